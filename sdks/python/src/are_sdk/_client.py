@@ -1,0 +1,194 @@
+"""The async client: one channel to a sidecar, error mapping, and auth metadata.
+
+The SDK has three layers, as Temporal's does: the generated stubs in
+``are_sdk._proto``; a raw service layer (:class:`ServiceClient`) that calls a
+stub with the bearer token and turns every gRPC error into the SDK's exception
+tree; and the typed facade (:class:`Client` and, as capabilities land, its
+handles) on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from are_sdk._errors import UnavailableError, error_from_rpc
+from are_sdk._proto.are.v1 import (
+    cache_service_pb2_grpc,
+    router_service_pb2_grpc,
+    scheduler_service_pb2_grpc,
+    state_service_pb2_grpc,
+    trace_service_pb2_grpc,
+    worker_service_pb2_grpc,
+)
+
+__all__ = ["Client", "ServiceClient"]
+
+# The sidecar's default bound on one message; the client accepts the same.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ServiceClient:
+    """The raw service layer: every method of one generated stub, made safe.
+
+    Attribute access returns the stub's method wrapped so that it sends the
+    bearer token, applies a default timeout to unary calls, and raises the
+    SDK's exceptions (:mod:`are_sdk._errors`) instead of ``grpc.RpcError``.
+    Unary calls are coroutines; server-streaming calls are async iterators.
+    """
+
+    def __init__(self, stub: object, metadata: Sequence[tuple[str, str]]) -> None:
+        self._stub = stub
+        self._metadata = tuple(metadata)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+        metadata = self._metadata
+        if isinstance(method, grpc.aio.UnaryStreamMultiCallable):
+
+            async def stream(request: Any, *, timeout: float | None = None) -> AsyncIterator[Any]:
+                call = method(request, metadata=metadata, timeout=timeout)
+                try:
+                    async for response in call:
+                        yield response
+                except grpc.aio.AioRpcError as error:
+                    raise error_from_rpc(error) from None
+                finally:
+                    call.cancel()
+
+            return stream
+        if isinstance(method, grpc.aio.StreamStreamMultiCallable | grpc.aio.StreamUnaryMultiCallable):
+
+            def open_stream(*args: Any, **kwargs: Any) -> Any:
+                # Streams that the client writes to are returned as grpc calls;
+                # the typed facades that use them map errors themselves.
+                return method(*args, metadata=metadata, **kwargs)
+
+            return open_stream
+
+        async def unary(request: Any, *, timeout: float | None = 30.0) -> Any:
+            try:
+                return await method(request, metadata=metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                raise error_from_rpc(error) from None
+
+        return unary
+
+
+class Client:
+    """An async connection to one ARE sidecar.
+
+    Create it with :meth:`connect`; use it as an async context manager or call
+    :meth:`close`. The raw services (``client.scheduler``, ``client.worker``,
+    ``client.state``, ``client.cache``, ``client.router``, ``client.trace``)
+    take and return the generated protobuf messages of ``are.v1``.
+    """
+
+    def __init__(self, target: str, channel: grpc.aio.Channel, token: str | None) -> None:
+        self._target = target
+        self._channel = channel
+        metadata: list[tuple[str, str]] = []
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        self._metadata = tuple(metadata)
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self.scheduler = ServiceClient(scheduler_service_pb2_grpc.SchedulerServiceStub(channel), metadata)
+        self.worker = ServiceClient(worker_service_pb2_grpc.WorkerServiceStub(channel), metadata)
+        self.state = ServiceClient(state_service_pb2_grpc.StateServiceStub(channel), metadata)
+        self.cache = ServiceClient(cache_service_pb2_grpc.CacheServiceStub(channel), metadata)
+        self.router = ServiceClient(router_service_pb2_grpc.RouterServiceStub(channel), metadata)
+        self.trace = ServiceClient(trace_service_pb2_grpc.TraceServiceStub(channel), metadata)
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        timeout: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> Self:
+        """Opens a channel to a sidecar and waits until it is reachable.
+
+        Args:
+            target: ``host:port`` (TCP) or ``unix:PATH`` (a Unix socket).
+            token: The bearer token, when the sidecar was started with one.
+            root_certificates: PEM roots to trust for TLS (implies ``tls``).
+            tls: Use TLS with the system's roots when no roots are given.
+            timeout: Seconds to wait for the channel to become ready.
+            max_message_bytes: The largest message sent or received.
+
+        Raises:
+            UnavailableError: The sidecar did not answer within ``timeout``.
+        """
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        except TimeoutError:
+            await channel.close()
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no ARE sidecar answered at {target!r} within {timeout:g}s",
+            ) from None
+        return cls(target, channel, token)
+
+    @property
+    def target(self) -> str:
+        """The gRPC target this client is connected to."""
+        return self._target
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The underlying channel, for generated stubs of your own."""
+        return self._channel
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata (bearer token) sent with every call."""
+        return self._metadata
+
+    async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
+        """Returns the sidecar's health status name, ``"SERVING"`` when ready.
+
+        Args:
+            service: A service name such as ``"are.v1.SchedulerService"``, or
+                "" for the sidecar as a whole.
+            timeout: Seconds to wait for the answer.
+        """
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

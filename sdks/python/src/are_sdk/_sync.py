@@ -1,0 +1,135 @@
+"""The blocking client: the async client driven from a private event loop.
+
+:class:`SyncClient` does not re-implement anything. It runs one event loop in
+a daemon thread, builds the ordinary async :class:`~are_sdk.Client` on it, and
+turns every coroutine into a blocking call and every async iterator into a
+plain iterator, so both clients share one code path and one behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from are_sdk._client import Client
+
+__all__ = ["SyncClient"]
+
+_T = TypeVar("_T")
+
+
+class _LoopThread:
+    """One event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="are-sdk-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def iterate(self, iterator: AsyncIterator[_T]) -> Iterator[_T]:
+        try:
+            while True:
+                try:
+                    yield self.run(_anext(iterator))
+                except StopAsyncIteration:
+                    return
+        finally:
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:
+                self.run(closer())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+async def _anext(iterator: AsyncIterator[_T]) -> _T:
+    return await iterator.__anext__()
+
+
+class _Blocking:
+    """Wraps an object of the async SDK so that its methods block."""
+
+    def __init__(self, target: object, runner: _LoopThread) -> None:
+        self._target = target
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return _wrap(value, self._runner)
+        runner = self._runner
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            # Calls are made on the loop thread: grpc.aio objects belong to it.
+            async def invoke() -> Any:
+                result = value(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+
+            return _wrap(runner.run(invoke()), runner)
+
+        return call
+
+
+def _wrap(value: Any, runner: _LoopThread) -> Any:
+    if isinstance(value, AsyncIterator):
+        return runner.iterate(value)
+    if type(value).__module__.startswith("are_sdk.") and not isinstance(value, Exception):
+        return _Blocking(value, runner)
+    return value
+
+
+class SyncClient:
+    """A blocking connection to one ARE sidecar, with the async client's API.
+
+    Every method of :class:`~are_sdk.Client` is available and blocks until it
+    returns; streams become iterators. Use it as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(self, client: Client, runner: _LoopThread) -> None:
+        self._client = client
+        self._runner = runner
+        self._facade = _Blocking(client, runner)
+
+    @classmethod
+    def connect(cls, target: str, **kwargs: Any) -> Self:
+        """Connects like :meth:`are_sdk.Client.connect`, blocking until ready."""
+        runner = _LoopThread()
+        try:
+            client = runner.run(Client.connect(target, **kwargs))
+        except BaseException:
+            runner.stop()
+            raise
+        return cls(client, runner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._facade, name)
+
+    def close(self) -> None:
+        """Closes the channel and stops the private event loop."""
+        try:
+            self._runner.run(self._client.close())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
