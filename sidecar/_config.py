@@ -1,0 +1,354 @@
+"""The sidecar's configuration: flags, ``ARE_*`` environment variables, a TOML file.
+
+Precedence, highest first: command-line flag, environment variable, TOML file
+(``--config`` or ``ARE_CONFIG``), built-in default. Every option is declared
+once in :data:`OPTIONS`; the flag parser, the environment reader, the TOML
+reader, ``--help`` and the README's table are all derived from that list, so
+they cannot drift apart. Any unknown or invalid setting is a :class:`ConfigError`
+naming it, which the CLI turns into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = ["OPTIONS", "Config", "ConfigError", "LogFormat", "Option", "load_config", "options_table_markdown"]
+
+
+class ConfigError(ValueError):
+    """A configuration setting is unknown or invalid; the message names it."""
+
+
+class LogFormat(enum.StrEnum):
+    """How the sidecar writes its log lines."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """The sidecar's resolved configuration.
+
+    The bearer token itself is kept out of ``repr`` so that it is never logged.
+    """
+
+    listen: str | None
+    uds: Path | None
+    data_dir: Path
+    durability: str
+    token: str | None = msgspec.field(default=None)
+    tls_cert: Path | None
+    tls_key: Path | None
+    log_format: LogFormat
+    log_level: str
+    shutdown_grace_s: float
+    max_message_bytes: int
+    max_concurrent_streams: int
+    ready_file: Path | None
+    config_file: Path | None
+
+    def __repr__(self) -> str:
+        shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "token"}
+        shown["token"] = "<set>" if self.token else None
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    def loggable(self) -> dict[str, Any]:
+        """The settings as plain values for a startup log line, token redacted."""
+        out: dict[str, Any] = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name == "token":
+                value = "<set>" if value else None
+            elif isinstance(value, Path | enum.Enum):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its name, default, parser and documentation."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any]
+    metavar: str = "VALUE"
+    env: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return "ARE_" + self.name.upper()
+
+
+def _listen(text: str) -> str | None:
+    if text.lower() in {"off", "none", ""}:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (or 'off'), got {text!r}")
+    return text
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _token_file(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "config",
+        None,
+        "TOML file with any of these settings (keys are the option names with underscores).",
+        _optional_path,
+        "PATH",
+    ),
+    Option(
+        "listen",
+        "127.0.0.1:50051",
+        "TCP address to listen on, HOST:PORT; port 0 picks a free port; 'off' disables TCP.",
+        _listen,
+        "HOST:PORT",
+    ),
+    Option(
+        "uds",
+        None,
+        "Also listen on this Unix socket path (created with owner-only permissions).",
+        _optional_path,
+        "PATH",
+    ),
+    Option(
+        "data_dir",
+        "./.are-data",
+        "Folder holding the LMDB environment and vector indexes; locked against a second sidecar.",
+        Path,
+        "PATH",
+    ),
+    Option(
+        "durability",
+        "sync",
+        "'sync': every acknowledged change is fsynced first; 'relaxed': no fsync, "
+        "a power loss may drop the last seconds (a process crash loses nothing).",
+        _choice("sync", "relaxed"),
+        "MODE",
+    ),
+    Option(
+        "token_file",
+        None,
+        "File whose first line is the bearer token every call must carry (ARE_TOKEN sets the token itself).",
+        _token_file,
+        "PATH",
+    ),
+    Option(
+        "tls_cert",
+        None,
+        "PEM certificate chain; with --tls-key, serve TLS instead of plaintext.",
+        _optional_path,
+        "PATH",
+    ),
+    Option("tls_key", None, "PEM private key for --tls-cert.", _optional_path, "PATH"),
+    Option(
+        "log_format",
+        "text",
+        "Log lines as readable 'text' or 'json' (one object per line).",
+        _choice("text", "json"),
+        "FORMAT",
+    ),
+    Option(
+        "log_level",
+        "info",
+        "Least severe log level written.",
+        _choice("debug", "info", "warning", "error"),
+        "LEVEL",
+    ),
+    Option(
+        "shutdown_grace_s",
+        10.0,
+        "Seconds in-flight calls get to finish after SIGTERM/SIGINT before they are cancelled.",
+        _positive_float,
+        "SECONDS",
+    ),
+    Option(
+        "max_message_bytes",
+        4 * 1024 * 1024,
+        "Largest request or response message, in bytes (1 KiB to 64 MiB).",
+        _bounded_int(1024, 64 * 1024 * 1024),
+        "BYTES",
+    ),
+    Option(
+        "max_concurrent_streams",
+        1024,
+        "Most concurrent calls per client connection (1 to 65536).",
+        _bounded_int(1, 65536),
+        "N",
+    ),
+    Option(
+        "ready_file",
+        None,
+        "Once serving, write the bound endpoints as JSON to this file (for supervisors and tests).",
+        _optional_path,
+        "PATH",
+    ),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per option; defaults are shown but not applied by argparse."""
+    for option in OPTIONS:
+        default = "none" if option.default is None else option.default
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            metavar=option.metavar,
+            default=argparse.SUPPRESS,
+            help=f"{option.help} [env {option.env_var}; default: {default}]",
+        )
+
+
+def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Config:
+    """Resolves the configuration from flags, environment and TOML file.
+
+    Args:
+        flags: The flags given on the command line, by option name, as text.
+        environ: The environment; ``os.environ`` when None.
+
+    Raises:
+        ConfigError: A setting is unknown or invalid; the message names the
+            flag, variable or TOML key and says what was expected.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {
+        option.name: option.parse(option.default) if isinstance(option.default, str) else option.default
+        for option in OPTIONS
+    }
+
+    config_path: Path | None = None
+    if "config" in flags:
+        config_path = _parse(_BY_NAME["config"], flags["config"], "--config")
+    elif env.get("ARE_CONFIG"):
+        config_path = _parse(_BY_NAME["config"], env["ARE_CONFIG"], "ARE_CONFIG")
+    if config_path is not None:
+        values.update(_read_toml(config_path))
+
+    for option in OPTIONS:
+        if option.env_var in env and option.name != "config":
+            values[option.name] = _parse(option, env[option.env_var], option.env_var)
+    for name, text in flags.items():
+        values[name] = _parse(_BY_NAME[name], text, _BY_NAME[name].flag)
+
+    token = _resolve_token(values.pop("token_file"), env)
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise ConfigError("--tls-cert and --tls-key must be given together")
+    if values["listen"] is None and values["uds"] is None:
+        raise ConfigError("--listen is 'off' and no --uds is given: the sidecar would be unreachable")
+    return Config(
+        listen=values["listen"],
+        uds=values["uds"],
+        data_dir=values["data_dir"],
+        durability=values["durability"],
+        token=token,
+        tls_cert=values["tls_cert"],
+        tls_key=values["tls_key"],
+        log_format=LogFormat(values["log_format"]),
+        log_level=values["log_level"],
+        shutdown_grace_s=values["shutdown_grace_s"],
+        max_message_bytes=values["max_message_bytes"],
+        max_concurrent_streams=values["max_concurrent_streams"],
+        ready_file=values["ready_file"],
+        config_file=config_path,
+    )
+
+
+def _parse(option: Option, text: str, source: str) -> Any:
+    try:
+        return option.parse(text)
+    except ValueError as error:
+        raise ConfigError(f"invalid value for {source}: {error}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    values: dict[str, Any] = {}
+    for key, raw in document.items():
+        option = _BY_NAME.get(key)
+        if option is None or key == "config":
+            raise ConfigError(f"unknown setting {key!r} in config file {str(path)!r}")
+        if isinstance(raw, dict | list | bool):
+            raise ConfigError(f"invalid value for {key!r} in {str(path)!r}: expected a string or number")
+        values[key] = _parse(option, str(raw), f"{key!r} in {str(path)!r}")
+    return values
+
+
+def _resolve_token(token_file: Path | None, env: Mapping[str, str]) -> str | None:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().splitlines()[0].strip() if token_file.stat().st_size else ""
+        except OSError as error:
+            raise ConfigError(f"cannot read --token-file {str(token_file)!r}: {error.strerror}") from None
+        if not token:
+            raise ConfigError(f"--token-file {str(token_file)!r} is empty")
+        return token
+    token = env.get("ARE_TOKEN", "").strip()
+    return token or None
+
+
+def options_table_markdown() -> str:
+    """The configuration table for the README, generated from :data:`OPTIONS`."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        default = "none" if option.default is None else f"`{option.default}`"
+        rows.append(f"| `{option.flag}` | `{option.env_var}` | {default} | {option.help} |")
+    rows.append(
+        "| | `ARE_TOKEN` | none | The bearer token itself "
+        "(prefer `--token-file`; a flag would show in `ps`). |"
+    )
+    return "\n".join(rows)

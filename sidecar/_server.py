@@ -1,0 +1,241 @@
+"""The composition root: builds the sidecar from its configuration and runs it.
+
+Order matters and is the contract with supervisors: take the data-folder lock,
+open storage (recording this boot durably), bind the endpoints, start serving,
+report SERVING on ``grpc.health.v1``, then write the ready file. On SIGTERM or
+SIGINT the reverse: report NOT_SERVING, stop accepting, give in-flight calls
+the grace period, flush the group committer, close storage, release the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import msgspec
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from are_core.storage import Durability, GroupCommitter, Storage
+from are_sdk._proto.are.v1 import (
+    cache_service_pb2,
+    router_service_pb2,
+    scheduler_service_pb2,
+    state_service_pb2,
+    trace_service_pb2,
+    worker_service_pb2,
+)
+from sidecar._config import Config
+from sidecar._interceptors import BearerTokenInterceptor
+from sidecar._unimplemented import unimplemented_handler
+
+__all__ = ["TABLES", "BootRecord", "Sidecar", "service_descriptors"]
+
+VERSION = "0.1.0"
+
+# The named LMDB databases this build uses; capabilities add theirs here.
+TABLES = ("meta",)
+_BOOT_KEY = b"boot"
+
+_log = logging.getLogger("are.sidecar")
+
+
+class BootRecord(msgspec.Struct, frozen=True):
+    """What the sidecar records about itself on every start."""
+
+    boot_count: int
+    started_unix_ms: int
+    version: str
+
+
+_boot_encoder = msgspec.msgpack.Encoder()
+_boot_decoder = msgspec.msgpack.Decoder(BootRecord)
+
+
+def service_descriptors() -> Iterator[ServiceDescriptor]:
+    """Every service of the ``are.v1`` contract, in a stable order."""
+    for module in (
+        scheduler_service_pb2,
+        worker_service_pb2,
+        state_service_pb2,
+        cache_service_pb2,
+        router_service_pb2,
+        trace_service_pb2,
+    ):
+        yield from module.DESCRIPTOR.services_by_name.values()
+
+
+class Sidecar:
+    """One running sidecar: storage, the gRPC server and its lifecycle."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._storage: Storage | None = None
+        self._committer: GroupCommitter | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        """Serves until SIGTERM or SIGINT, then shuts down gracefully; returns 0.
+
+        Raises:
+            DataDirLockedError: Another sidecar owns the data folder.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self._start()
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        _log.info("shutdown requested", extra={"fields": {"signal": signal.Signals(signum).name}})
+        self._stopping.set()
+
+    async def _start(self) -> None:
+        config = self._config
+        started = time.perf_counter()
+        durability = Durability.SYNC if config.durability == "sync" else Durability.RELAXED
+        # Storage.open takes the data-folder lock before anything else.
+        self._storage = Storage.open(config.data_dir, tables=TABLES, durability=durability)
+        self._committer = GroupCommitter(self._storage)
+        boot = await self._record_boot()
+
+        options = [
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+            ("grpc.so_reuseport", 0),
+        ]
+        interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._server = server
+        services = list(service_descriptors())
+        server.add_generic_rpc_handlers((unimplemented_handler(services, VERSION),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [s.full_name for s in services]
+            + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        targets = self._bind(server)
+        await server.start()
+        for name in ["", *(s.full_name for s in services)]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready_file(targets)
+        if config.listen and not _is_loopback(config.listen) and not config.token:
+            _log.warning(
+                "listening beyond loopback without a bearer token; "
+                "anyone who reaches the port can drive the sidecar",
+                extra={"fields": {"listen": config.listen}},
+            )
+        _log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "targets": ",".join(targets),
+                    "boot_count": boot.boot_count,
+                    "startup_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "config": json.dumps(config.loggable(), sort_keys=True),
+                }
+            },
+        )
+
+    async def _record_boot(self) -> BootRecord:
+        assert self._storage is not None
+        assert self._committer is not None
+        previous = self._storage.get("meta", _BOOT_KEY)
+        count = _boot_decoder.decode(previous).boot_count + 1 if previous else 1
+        boot = BootRecord(boot_count=count, started_unix_ms=int(time.time() * 1000), version=VERSION)
+        batch = self._storage.batch().put("meta", _BOOT_KEY, _boot_encoder.encode(boot))
+        await self._committer.submit(batch)
+        return boot
+
+    def _bind(self, server: grpc.aio.Server) -> list[str]:
+        config = self._config
+        credentials = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+            )
+        targets: list[str] = []
+        if config.listen is not None:
+            port = (
+                server.add_secure_port(config.listen, credentials)
+                if credentials
+                else server.add_insecure_port(config.listen)
+            )
+            if port == 0:
+                raise OSError(f"could not listen on {config.listen}")
+            host = config.listen.rpartition(":")[0]
+            targets.append(f"{host}:{port}")
+        if config.uds is not None:
+            path = config.uds.absolute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            old_umask = os.umask(0o177)  # the socket is born owner-only (0600)
+            try:
+                address = f"unix:{path}"
+                bound = (
+                    server.add_secure_port(address, credentials)
+                    if credentials
+                    else server.add_insecure_port(address)
+                )
+            finally:
+                os.umask(old_umask)
+            if bound == 0:
+                raise OSError(f"could not listen on {address}")
+            path.chmod(0o600)
+            targets.append(address)
+        return targets
+
+    def _write_ready_file(self, targets: list[str]) -> None:
+        if self._config.ready_file is None:
+            return
+        path = self._config.ready_file
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps({"targets": targets, "pid": os.getpid(), "version": VERSION}))
+        temporary.replace(path)  # atomic: readers never see half a file
+
+    async def _shutdown(self) -> None:
+        config = self._config
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(config.shutdown_grace_s)
+            if config.uds is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    config.uds.absolute().unlink()
+        if self._committer is not None:
+            await self._committer.aclose()
+        if self._storage is not None:
+            self._storage.close()  # also releases the data-folder lock
+        if config.ready_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                Path(config.ready_file).unlink()
+        _log.info("stopped")
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,111 @@
+"""Rich gRPC statuses: a code, a message, a machine-readable reason, details.
+
+Every error the sidecar returns goes through :func:`abort`, so that clients
+always find a ``google.rpc.ErrorInfo`` (reason and domain ``are.v1``), plus a
+``BadRequest`` naming each invalid field or a ``RetryInfo`` when backing off
+helps. The engine's own exceptions are mapped to statuses here and only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = ["DOMAIN", "abort", "refusing_handler", "status_trailers"]
+
+DOMAIN = "are.v1"
+
+
+def status_trailers(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    metadata: Mapping[str, str] | None = None,
+    field_violations: Sequence[tuple[str, str]] = (),
+    retry_after: timedelta | None = None,
+) -> tuple[tuple[str, bytes | str], ...]:
+    """Builds the ``grpc-status-details-bin`` trailer for a rich status."""
+    details: list[any_pb2.Any] = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=dict(metadata or {})))
+    details.append(info)
+    if field_violations:
+        bad = any_pb2.Any()
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in field_violations
+                ]
+            )
+        )
+        details.append(bad)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(retry_after)
+        hint = any_pb2.Any()
+        hint.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(hint)
+    status = status_pb2.Status(code=_code_number(code), message=message, details=details)
+    return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    metadata: Mapping[str, str] | None = None,
+    field_violations: Sequence[tuple[str, str]] = (),
+    retry_after: timedelta | None = None,
+) -> NoReturn:
+    """Ends the call with a rich status; never returns."""
+    trailers = status_trailers(
+        code,
+        message,
+        reason=reason,
+        metadata=metadata,
+        field_violations=field_violations,
+        retry_after=retry_after,
+    )
+    await context.abort(code, message, trailing_metadata=trailers)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def _code_number(code: grpc.StatusCode) -> int:
+    return int(code_pb2.Code.Value(code.name))
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def refusing_handler(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    request_streaming: bool,
+    response_streaming: bool,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+    response_serializer: Callable[[Any], bytes] | None = None,
+) -> grpc.RpcMethodHandler:
+    """A method handler of the given shape that ends every call with one rich status."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await abort(context, code, message, reason=reason)
+
+    make = _HANDLER_KINDS[(request_streaming, response_streaming)]
+    return make(refuse, request_deserializer=request_deserializer, response_serializer=response_serializer)
