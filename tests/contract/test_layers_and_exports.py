@@ -1,0 +1,65 @@
+"""Architecture rules that a test must enforce, not a reviewer remember."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import are_sdk
+import are_sdk.testing
+
+_CHECK_CORE = """
+import importlib, pkgutil, sys
+import are_core
+for module in pkgutil.walk_packages(are_core.__path__, "are_core."):
+    importlib.import_module(module.name)
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {"grpc", "google", "are_sdk", "sidecar"})
+print("\\n".join(bad))
+"""
+
+
+def test_are_core_imports_neither_grpc_nor_protobuf() -> None:
+    result = subprocess.run([sys.executable, "-c", _CHECK_CORE], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"are_core pulled in: {result.stdout}"
+
+
+def test_sdk_public_names_are_pinned() -> None:
+    assert sorted(are_sdk.__all__) == [
+        "AbortedError",
+        "AlreadyExistsError",
+        "AreError",
+        "Client",
+        "DeadlineExceededError",
+        "FailedPreconditionError",
+        "FieldViolation",
+        "InternalError",
+        "InvalidArgumentError",
+        "NotFoundError",
+        "PermissionDeniedError",
+        "ResourceExhaustedError",
+        "RpcCancelledError",
+        "RpcError",
+        "ServiceClient",
+        "SyncClient",
+        "UnauthenticatedError",
+        "UnavailableError",
+        "UnimplementedError",
+        "VersionMismatchError",
+        "__version__",
+    ]
+    assert are_sdk.testing.__all__ == ["SidecarProcess", "SidecarStartError"]
+
+
+def test_every_public_name_is_defined_and_documented() -> None:
+    for name in are_sdk.__all__:
+        value = getattr(are_sdk, name)
+        if name != "__version__":
+            assert value.__doc__, name
+            assert value.__module__.startswith("are_sdk."), name
+
+
+def test_every_sdk_exception_derives_from_are_error() -> None:
+    for name in are_sdk.__all__:
+        value = getattr(are_sdk, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, are_sdk.AreError), name
