@@ -1,0 +1,214 @@
+"""Unit tests of the benchmark harness: statistics, ratios, table, JSON, loops.
+
+These run no server and no subprocess; the harness's process handling is
+exercised by ``python -m benchmarks`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from benchmarks._client import run_loop
+from benchmarks._harness import (
+    Contender,
+    ContenderResult,
+    Report,
+    Settings,
+    Stats,
+    Suite,
+    SuiteReport,
+    apply_ratios,
+    discover_suites,
+    format_table,
+    missing_requirements,
+    percentile,
+    summarize,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from benchmarks._harness import Operation
+
+
+@contextlib.asynccontextmanager
+async def _noop_client(target: str | None) -> AsyncIterator[Operation]:
+    del target
+
+    async def operation() -> None:
+        return None
+
+    yield operation
+
+
+def _stats(median_us: float, p99_us: float) -> Stats:
+    return Stats(
+        requests=100,
+        min_us=1.0,
+        median_us=median_us,
+        p90_us=median_us,
+        p99_us=p99_us,
+        max_us=p99_us,
+        mean_us=median_us,
+        throughput_rps=1e6 / median_us,
+    )
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    values = [10.0, 20.0, 30.0, 40.0]
+    assert percentile(values, 0) == 10.0
+    assert percentile(values, 100) == 40.0
+    assert percentile(values, 50) == 25.0
+    assert percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0
+
+
+@pytest.mark.parametrize(("values", "q"), [([], 50), ([1.0], -1), ([1.0], 100.5)])
+def test_percentile_rejects_bad_input(values: list[float], q: float) -> None:
+    with pytest.raises(ValueError, match="percentile"):
+        percentile(values, q)
+
+
+def test_summarize_reports_microseconds_and_throughput() -> None:
+    latencies_ns = [(i + 1) * 1_000 for i in range(100)]  # 1..100 µs, shuffled below
+    latencies_ns.reverse()
+    stats = summarize(latencies_ns, elapsed_ns=50_000_000)  # 100 requests in 50 ms
+    assert stats.requests == 100
+    assert stats.min_us == 1.0
+    assert stats.max_us == 100.0
+    assert stats.median_us == pytest.approx(50.5)
+    assert stats.p99_us == pytest.approx(99.01)
+    assert stats.mean_us == pytest.approx(50.5)
+    assert stats.throughput_rps == pytest.approx(2_000.0)
+
+
+def test_summarize_rejects_an_empty_loop() -> None:
+    with pytest.raises(ValueError, match="no completed requests"):
+        summarize([], elapsed_ns=1)
+
+
+def test_apply_ratios_divides_by_the_baseline_of_the_same_run() -> None:
+    results = [
+        ContenderResult(name="echo", status="ok", stats=_stats(100.0, 400.0)),
+        ContenderResult(name="sidecar", status="ok", stats=_stats(150.0, 200.0)),
+        ContenderResult(name="peer", status="skipped", reason="not installed (x)"),
+    ]
+    base, sidecar, peer = apply_ratios(results, "echo")
+    assert (base.median_ratio, base.p99_ratio) == (1.0, 1.0)
+    assert sidecar.median_ratio == pytest.approx(1.5)
+    assert sidecar.p99_ratio == pytest.approx(0.5)
+    assert (peer.median_ratio, peer.p99_ratio) == (None, None)
+
+
+def test_apply_ratios_without_a_measured_baseline_leaves_none() -> None:
+    results = [
+        ContenderResult(name="echo", status="failed", reason="boom"),
+        ContenderResult(name="sidecar", status="ok", stats=_stats(150.0, 200.0)),
+    ]
+    assert all(r.median_ratio is None for r in apply_ratios(results, "echo"))
+
+
+def test_format_table_shows_ratios_skips_failures_and_time_stops() -> None:
+    results = apply_ratios(
+        [
+            ContenderResult(name="echo", status="ok", stats=_stats(100.0, 400.0)),
+            ContenderResult(name="sidecar", status="ok", stats=_stats(150.0, 200.0), stopped_by="time"),
+            ContenderResult(name="peer", status="skipped", reason="not installed (langgraph)"),
+            ContenderResult(name="broken", status="failed", reason="RuntimeError: a\nb"),
+        ],
+        "echo",
+    )
+    table = format_table(SuiteReport(suite="rpc", baseline="echo", results=results))
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["contender", "requests", "median"]
+    assert "echo (baseline)" in lines[2]
+    assert lines[2].split()[-2:] == ["1.00x", "1.00x"]
+    assert lines[3].split()[1] == "100*"
+    assert lines[3].split()[-2:] == ["1.50x", "0.50x"]
+    assert lines[4].endswith("skipped: not installed (langgraph)")
+    assert lines[5].endswith("failed: RuntimeError: a b")
+    assert lines[6].startswith("* stopped by --max-seconds")
+
+
+def test_report_json_round_trips() -> None:
+    report = Report(
+        machine={"cpu_count": 2, "git_commit": None},
+        settings=Settings(requests=10, warmup=0),
+        suites=[
+            SuiteReport(
+                suite="rpc",
+                baseline="echo",
+                results=apply_ratios(
+                    [ContenderResult(name="echo", status="ok", stats=_stats(1.0, 2.0))], "echo"
+                ),
+            )
+        ],
+    )
+    data = msgspec.json.encode(report)
+    assert msgspec.json.decode(data, type=Report) == report
+    plain = msgspec.json.decode(data)
+    result = plain["suites"][0]["results"][0]
+    assert result["stats"]["median_us"] == 1.0
+    assert result["median_ratio"] == 1.0
+
+
+def test_run_loop_stops_at_the_count() -> None:
+    calls = 0
+
+    async def operation() -> None:
+        nonlocal calls
+        calls += 1
+
+    loop = asyncio.run(run_loop(operation, count=50, max_seconds=10.0, concurrency=4))
+    assert calls == 50
+    assert len(loop.latencies_ns) == 50
+    assert loop.stopped_by == "count"
+    assert all(latency >= 0 for latency in loop.latencies_ns)
+
+
+def test_run_loop_stops_at_the_time_bound() -> None:
+    async def operation() -> None:
+        await asyncio.sleep(0.01)
+
+    loop = asyncio.run(run_loop(operation, count=1_000_000, max_seconds=0.1))
+    assert 1 <= len(loop.latencies_ns) <= 11
+    assert loop.stopped_by == "time"
+    assert loop.elapsed_ns < 1_000_000_000
+
+
+def test_suite_rejects_duplicate_names_and_unknown_lookups() -> None:
+    echo = Contender(name="echo", client=_noop_client)
+    with pytest.raises(ValueError, match="duplicate"):
+        Suite(name="s", baseline=echo, contenders=(echo,))
+    suite = Suite(name="s", baseline=echo)
+    assert suite.get("echo") is echo
+    with pytest.raises(KeyError, match="nope"):
+        suite.get("nope")
+
+
+def test_missing_requirements_finds_absent_modules_without_importing() -> None:
+    assert missing_requirements(["json", "no_such_module_x", "no_such_pkg_x.sub"]) == [
+        "no_such_module_x",
+        "no_such_pkg_x.sub",
+    ]
+
+
+def test_rpc_suite_is_discovered() -> None:
+    assert "rpc" in discover_suites()
+
+
+def test_missing_requirements_raises_for_a_broken_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "broken_pkg_x"
+    package.mkdir()
+    (package / "__init__.py").write_text("import broken_pkg_x._absent_generated_code\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="_absent_generated_code"):
+        missing_requirements(["broken_pkg_x.testing"])
