@@ -57,6 +57,7 @@ lint: $(STAMP) gen-check breaking
 
 fmt: $(STAMP)
 	$(BIN)/buf format -w
+	$(PY) tools/sync_readme.py
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 

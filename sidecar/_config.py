@@ -212,9 +212,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_message_bytes",
-        4 * 1024 * 1024,
-        "Largest request or response message, in bytes (1 KiB to 64 MiB).",
-        _bounded_int(1024, 64 * 1024 * 1024),
+        64 * 1024 * 1024,
+        "Largest request or response message, in bytes (1 KiB to 256 MiB); "
+        "payloads over 4 MiB travel as blobs.",
+        _bounded_int(1024, 256 * 1024 * 1024),
         "BYTES",
     ),
     Option(

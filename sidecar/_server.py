@@ -36,6 +36,8 @@ from are_sdk._proto.are.v1 import (
     trace_service_pb2,
     worker_service_pb2,
 )
+from sidecar._capabilities import CAPABILITIES
+from sidecar._capability import Capability, Runtime
 from sidecar._config import Config
 from sidecar._interceptors import BearerTokenInterceptor
 from sidecar._unimplemented import unimplemented_handler
@@ -44,8 +46,8 @@ __all__ = ["TABLES", "BootRecord", "Sidecar", "service_descriptors"]
 
 VERSION = "0.1.0"
 
-# The named LMDB databases this build uses; capabilities add theirs here.
-TABLES = ("meta",)
+# The sidecar's own LMDB table; each capability declares its own tables.
+TABLES = ("meta", *(t for c in CAPABILITIES for t in c.tables))
 _BOOT_KEY = b"boot"
 
 _log = logging.getLogger("are.sidecar")
@@ -84,6 +86,7 @@ class Sidecar:
         self._storage: Storage | None = None
         self._committer: GroupCommitter | None = None
         self._server: grpc.aio.Server | None = None
+        self._capabilities: list[Capability] = []
         self._health = HealthServicer()
         self._stopping = asyncio.Event()
 
@@ -115,6 +118,12 @@ class Sidecar:
         self._storage = Storage.open(config.data_dir, tables=TABLES, durability=durability)
         self._committer = GroupCommitter(self._storage)
         boot = await self._record_boot()
+        runtime = Runtime(config=config, storage=self._storage, committer=self._committer)
+        for kind in CAPABILITIES:
+            capability = kind(runtime)
+            runtime.capabilities.append(capability)
+            self._capabilities.append(capability)
+            await capability.start()
 
         options = [
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -126,7 +135,11 @@ class Sidecar:
         server = grpc.aio.server(interceptors=interceptors, options=options)
         self._server = server
         services = list(service_descriptors())
-        server.add_generic_rpc_handlers((unimplemented_handler(services, VERSION),))
+        served = {name for capability in self._capabilities for name in capability.services}
+        for capability in self._capabilities:
+            capability.add_to_server(server)
+        unbuilt = [s for s in services if s.full_name not in served]
+        server.add_generic_rpc_handlers((unimplemented_handler(unbuilt, VERSION),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [s.full_name for s in services]
@@ -217,10 +230,19 @@ class Sidecar:
         config = self._config
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
+            for capability in self._capabilities:
+                await capability.drain()
             await self._server.stop(config.shutdown_grace_s)
             if config.uds is not None:
                 with contextlib.suppress(FileNotFoundError):
                     config.uds.absolute().unlink()
+        for capability in reversed(self._capabilities):
+            try:
+                await capability.stop()
+            except Exception:  # noqa: BLE001 - one failing stop must not skip the others' or the commit flush
+                _log.exception(
+                    "a capability failed to stop", extra={"fields": {"capability": type(capability).__name__}}
+                )
         if self._committer is not None:
             await self._committer.aclose()
         if self._storage is not None:

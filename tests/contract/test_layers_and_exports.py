@@ -36,6 +36,7 @@ def test_sdk_public_names_are_pinned() -> None:
         "InvalidArgumentError",
         "NotFoundError",
         "PermissionDeniedError",
+        "RawServices",
         "ResourceExhaustedError",
         "RpcCancelledError",
         "RpcError",

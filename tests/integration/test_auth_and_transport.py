@@ -41,7 +41,7 @@ async def test_a_wrong_token_is_refused_with_the_sdk_exception(guarded: SidecarP
 
     async with await Client.connect(guarded.target, token="not-the-token") as client:
         with pytest.raises(UnauthenticatedError) as caught:
-            await client.trace.ListEvents(trace_service_pb2.ListEventsRequest())
+            await client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest())
         assert caught.value.reason == "UNAUTHENTICATED"
         assert "wrong bearer token" in caught.value.message
 
@@ -53,7 +53,7 @@ async def test_the_right_token_passes_and_health_stays_open(guarded: SidecarProc
         assert await anonymous.health() == "SERVING"
     async with await Client.connect(guarded.target, token=TOKEN) as client:
         with pytest.raises(UnimplementedError):  # past auth: the RPC itself answers
-            await client.trace.ListEvents(trace_service_pb2.ListEventsRequest())
+            await client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest())
 
 
 def test_the_token_never_reaches_the_log(guarded: SidecarProcess) -> None:

@@ -77,7 +77,7 @@ async def test_sdk_maps_unimplemented_to_its_exception(client: Client) -> None:
     from are_sdk._proto.are.v1 import scheduler_service_pb2
 
     with pytest.raises(UnimplementedError) as caught:
-        await client.scheduler.GetWorkflow(scheduler_service_pb2.GetWorkflowRequest(workflow_id="wf-1"))
+        await client.raw.scheduler.GetWorkflow(scheduler_service_pb2.GetWorkflowRequest(workflow_id="wf-1"))
     assert caught.value.reason == "NOT_IMPLEMENTED"
     assert "are.v1.SchedulerService/GetWorkflow" in caught.value.message
 

@@ -6,7 +6,7 @@ one channel to a sidecar; every error is an :class:`AreError` (see
 sidecar for tests.
 """
 
-from are_sdk._client import Client, ServiceClient
+from are_sdk._client import Client, RawServices, ServiceClient
 from are_sdk._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -42,6 +42,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RawServices",
     "ResourceExhaustedError",
     "RpcCancelledError",
     "RpcError",

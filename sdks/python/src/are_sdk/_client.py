@@ -27,10 +27,10 @@ from are_sdk._proto.are.v1 import (
     worker_service_pb2_grpc,
 )
 
-__all__ = ["Client", "ServiceClient"]
+__all__ = ["Client", "RawServices", "ServiceClient"]
 
 # The sidecar's default bound on one message; the client accepts the same.
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ServiceClient:
@@ -80,13 +80,28 @@ class ServiceClient:
         return unary
 
 
+class RawServices:
+    """The raw service layer of every ``are.v1`` service, one attribute each.
+
+    Methods take and return the generated protobuf messages; errors are the
+    SDK's exceptions. Prefer the typed facades on :class:`Client`.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -> None:
+        self.scheduler = ServiceClient(scheduler_service_pb2_grpc.SchedulerServiceStub(channel), metadata)
+        self.worker = ServiceClient(worker_service_pb2_grpc.WorkerServiceStub(channel), metadata)
+        self.state = ServiceClient(state_service_pb2_grpc.StateServiceStub(channel), metadata)
+        self.cache = ServiceClient(cache_service_pb2_grpc.CacheServiceStub(channel), metadata)
+        self.router = ServiceClient(router_service_pb2_grpc.RouterServiceStub(channel), metadata)
+        self.trace = ServiceClient(trace_service_pb2_grpc.TraceServiceStub(channel), metadata)
+
+
 class Client:
     """An async connection to one ARE sidecar.
 
     Create it with :meth:`connect`; use it as an async context manager or call
-    :meth:`close`. The raw services (``client.scheduler``, ``client.worker``,
-    ``client.state``, ``client.cache``, ``client.router``, ``client.trace``)
-    take and return the generated protobuf messages of ``are.v1``.
+    :meth:`close`. ``client.raw`` holds the raw service layer
+    (:class:`RawServices`) for every RPC of the contract.
     """
 
     def __init__(self, target: str, channel: grpc.aio.Channel, token: str | None) -> None:
@@ -97,12 +112,9 @@ class Client:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
         self._health = health_pb2_grpc.HealthStub(channel)
-        self.scheduler = ServiceClient(scheduler_service_pb2_grpc.SchedulerServiceStub(channel), metadata)
-        self.worker = ServiceClient(worker_service_pb2_grpc.WorkerServiceStub(channel), metadata)
-        self.state = ServiceClient(state_service_pb2_grpc.StateServiceStub(channel), metadata)
-        self.cache = ServiceClient(cache_service_pb2_grpc.CacheServiceStub(channel), metadata)
-        self.router = ServiceClient(router_service_pb2_grpc.RouterServiceStub(channel), metadata)
-        self.trace = ServiceClient(trace_service_pb2_grpc.TraceServiceStub(channel), metadata)
+        self.raw = RawServices(channel, self._metadata)
+        # Typed facades (client.cache, client.state, ...) are added here as
+        # their capabilities land; each wraps the matching raw service.
 
     @classmethod
     async def connect(
