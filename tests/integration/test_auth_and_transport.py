@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from are_sdk import Client, UnauthenticatedError, UnimplementedError
+from are_sdk import Client, UnauthenticatedError
 from are_sdk.testing import SidecarProcess
 
 from .test_serving import _all_methods, _call_raw
@@ -37,23 +37,25 @@ async def test_every_service_refuses_calls_without_the_token(guarded: SidecarPro
 
 
 async def test_a_wrong_token_is_refused_with_the_sdk_exception(guarded: SidecarProcess) -> None:
-    from are_sdk._proto.are.v1 import trace_service_pb2
+    from are_sdk._proto.are.v1 import cache_service_pb2
 
     async with await Client.connect(guarded.target, token="not-the-token") as client:
         with pytest.raises(UnauthenticatedError) as caught:
-            await client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest())
+            await client.raw.cache.ListNamespaces(cache_service_pb2.ListNamespacesRequest())
         assert caught.value.reason == "UNAUTHENTICATED"
         assert "wrong bearer token" in caught.value.message
 
 
 async def test_the_right_token_passes_and_health_stays_open(guarded: SidecarProcess) -> None:
-    from are_sdk._proto.are.v1 import trace_service_pb2
-
     async with await Client.connect(guarded.target) as anonymous:
         assert await anonymous.health() == "SERVING"
     async with await Client.connect(guarded.target, token=TOKEN) as client:
-        with pytest.raises(UnimplementedError):  # past auth: the RPC itself answers
-            await client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest())
+        # Past auth, each RPC answers for itself: never UNAUTHENTICATED.
+        for path, client_streaming, server_streaming in _all_methods():
+            code, details, _ = await _call_raw(
+                client.channel, path, client_streaming, server_streaming, metadata=client.metadata
+            )
+            assert code != grpc.StatusCode.UNAUTHENTICATED, (path, details)
 
 
 def test_the_token_never_reaches_the_log(guarded: SidecarProcess) -> None:
