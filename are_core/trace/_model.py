@@ -1,0 +1,106 @@
+"""The event record every part of the engine emits, and the sink it emits to.
+
+This is the seam between the engines that *make* events (scheduler, state,
+cache, router) and the trace engine that *keeps* them (flight recorder, live
+fan-out, OpenTelemetry). Producers depend only on :class:`EventSink`:
+
+1. while building the batch of a transition, call ``sink.record(batch, draft)``
+   for each event; the sink assigns the sequence and time, adds the event's
+   row to that same batch (so the event commits atomically with the change it
+   describes), and returns the :class:`Event`;
+2. after ``await committer.submit(batch)`` returns, call
+   ``sink.publish(events)``: only committed events ever reach a live
+   subscriber or an exporter.
+
+A producer built without a sink (``None``) records no events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import msgspec
+
+from are_core.storage import Batch
+
+__all__ = ["AttributeValue", "Event", "EventDraft", "EventSink", "EventUsage", "FailureInfo"]
+
+AttributeValue = str | int | float | bool
+
+
+class EventUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens and cost attached to a completion or an LLM/tool call."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micro_usd: int = 0
+    llm_calls: int = 0
+    tool_calls: int = 0
+
+
+class FailureInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The failure attached to a failing transition (mirrors ``are.v1.Failure``)."""
+
+    message: str
+    type: str = ""
+    non_retryable: bool = False
+    kind: str = ""  # FailureKind name without prefix, e.g. "APPLICATION", "TIMEOUT"
+    timeout_type: str = ""  # TimeoutType name without prefix, e.g. "START_TO_CLOSE"
+
+
+class EventDraft(msgspec.Struct, frozen=True, kw_only=True):
+    """An event before the sink gives it a sequence and a time.
+
+    ``event_type``, ``task_state`` and ``workflow_state`` are the proto enum
+    value names without their prefix (``"TASK_DISPATCHED"``, ``"RUNNING"``).
+    ``event_time_unix_ns`` is set only for events whose time comes from
+    elsewhere (a worker's clock); otherwise the sink stamps it.
+    """
+
+    event_type: str
+    workflow_id: str = ""
+    task_id: str = ""
+    attempt: int = 0
+    worker_id: str = ""
+    task_state: str = ""
+    workflow_state: str = ""
+    failure: FailureInfo | None = None
+    usage: EventUsage | None = None
+    duration_ns: int | None = None
+    name: str = ""
+    attributes: Mapping[str, AttributeValue] = msgspec.field(default_factory=dict)
+    span_id: str = ""
+    event_time_unix_ns: int | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A recorded event: a draft with its place in the log (``sequence``) and time."""
+
+    sequence: int
+    event_time_unix_ns: int
+    event_type: str
+    workflow_id: str = ""
+    task_id: str = ""
+    attempt: int = 0
+    worker_id: str = ""
+    task_state: str = ""
+    workflow_state: str = ""
+    failure: FailureInfo | None = None
+    usage: EventUsage | None = None
+    duration_ns: int | None = None
+    name: str = ""
+    attributes: dict[str, AttributeValue] = msgspec.field(default_factory=dict)
+    span_id: str = ""
+
+
+class EventSink(Protocol):
+    """Where engines send their events; implemented by the trace engine."""
+
+    def record(self, batch: Batch, draft: EventDraft) -> Event:
+        """Assigns sequence and time and adds the event's row to ``batch``."""
+        ...
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Fans committed events out to live subscribers and exporters."""
+        ...
