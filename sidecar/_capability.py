@@ -20,6 +20,7 @@ from typing import ClassVar, TypeVar
 import grpc
 
 from are_core.storage import GroupCommitter, Storage
+from are_core.trace import EventSink
 from sidecar._config import Config
 
 __all__ = ["Capability", "Runtime"]
@@ -29,7 +30,7 @@ _C = TypeVar("_C", bound="Capability")
 
 @dataclass(slots=True)
 class Runtime:
-    """What every capability shares: configuration, storage, the group committer.
+    """What every capability shares: configuration, storage, the group committer, the event sink.
 
     ``capabilities`` holds the capabilities constructed so far, so a later one
     can find an earlier one it depends on (the scheduler finds the trace
@@ -40,6 +41,9 @@ class Runtime:
     storage: Storage
     committer: GroupCommitter
     capabilities: list[Capability] = field(default_factory=list)
+    # Set by the trace capability (listed first) when it is constructed;
+    # None means events are not recorded in this build.
+    events: EventSink | None = None
 
     @property
     def data_dir(self) -> Path:
