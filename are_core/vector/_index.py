@@ -1,0 +1,331 @@
+"""VectorIndex: add, replace, remove, search, save atomically, restore by memory map."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from usearch.index import Index, MetricKind, ScalarKind
+
+from ._errors import VectorError, VectorShapeError
+
+__all__ = ["DTYPES", "VectorIndex"]
+
+DTYPES: tuple[str, ...] = ("f32", "f16", "i8")
+"""The component types an index may store. usearch itself defaults to bf16;
+we never take that default: f32 is exact, f16 halves memory at a negligible
+recall cost for normalised embeddings, i8 quarters it and searches fastest."""
+
+_SCALARS = {"f32": ScalarKind.F32, "f16": ScalarKind.F16, "i8": ScalarKind.I8}
+_METRICS = {"cos": MetricKind.Cos, "ip": MetricKind.IP}
+
+_Keys = Sequence[int] | np.ndarray[Any, Any]
+
+
+class VectorIndex:
+    """An HNSW index of float vectors under uint64 keys (usearch underneath).
+
+    The index is derived data. Keys are the owner's ids, kept in LMDB beside
+    the vectors. Re-adding a key replaces its vector. An index restored with
+    ``view=True`` serves searches straight from the memory-mapped file (a
+    start in milliseconds, whatever its size); the first change loads a
+    private copy (:meth:`materialize`), which an owner may also do ahead of
+    time in a worker thread.
+
+    Args:
+        dimension: Components per vector, 1 to 65,536.
+        dtype: How components are stored: ``"f32"``, ``"f16"`` or ``"i8"``.
+        metric: ``"cos"`` (cosine) or ``"ip"`` (inner product of normalised vectors).
+        connectivity: HNSW edges per node (M); more is better recall, more memory.
+        expansion_add: Candidates considered per insertion (efConstruction).
+        expansion_search: Candidates considered per search (ef).
+    """
+
+    def __init__(
+        self,
+        *,
+        dimension: int,
+        dtype: str = "f32",
+        metric: str = "cos",
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 64,
+    ) -> None:
+        if not 1 <= dimension <= 65_536:
+            raise VectorError(f"dimension must be 1 to 65536, got {dimension}")
+        if dtype not in _SCALARS:
+            raise VectorError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if metric not in _METRICS:
+            raise VectorError(f"metric must be 'cos' or 'ip', got {metric!r}")
+        self._dimension = dimension
+        self._dtype = dtype
+        self._metric = metric
+        self._index = Index(
+            ndim=dimension,
+            metric=_METRICS[metric],
+            dtype=_SCALARS[dtype],
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
+        self._view_path: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- properties ------------------------------------------------------
+
+    @property
+    def dimension(self) -> int:
+        """Components per vector."""
+        return self._dimension
+
+    @property
+    def dtype(self) -> str:
+        """How components are stored (``"f32"``, ``"f16"`` or ``"i8"``)."""
+        return self._dtype
+
+    @property
+    def metric(self) -> str:
+        """``"cos"`` or ``"ip"``."""
+        return self._metric
+
+    @property
+    def is_view(self) -> bool:
+        """True while the index is a read-only memory map of a saved file."""
+        return self._view_path is not None
+
+    @property
+    def expansion_search(self) -> int:
+        """Candidates considered per search (ef); settable."""
+        return int(self._index.expansion_search)
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        self._index.expansion_search = value
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the index holds in memory (a view's mapped file is not counted by usearch)."""
+        return int(self._index.memory_usage)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, int | np.integer) or key < 0:
+            return False
+        return bool(self._index.contains(int(key)))
+
+    def __repr__(self) -> str:
+        view = ", view" if self.is_view else ""
+        return f"VectorIndex({len(self)} x {self._dimension} {self._dtype}, {self._metric}{view})"
+
+    def contains_many(self, keys: _Keys) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """For each key, whether the index holds it."""
+        array = _keys(keys)
+        if array.size == 0:
+            return np.zeros(0, dtype=np.bool_)
+        return np.asarray(self._index.contains(array), dtype=np.bool_).reshape(-1)
+
+    def keys(self) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        """Every key held, in no particular order."""
+        return np.asarray(self._index.keys, dtype=np.uint64).reshape(-1)
+
+    # -- changes ---------------------------------------------------------
+
+    def add(self, keys: _Keys, vectors: np.ndarray[Any, Any]) -> None:
+        """Adds vectors under keys; a key already present has its vector replaced.
+
+        Args:
+            keys: n uint64 keys; a key repeated in the batch keeps its last vector.
+            vectors: An (n, dimension) array (float32 preferred), or one vector when n is 1.
+
+        Raises:
+            VectorShapeError: The vectors are not (n, dimension).
+        """
+        array = _keys(keys)
+        matrix = self._matrix(vectors)
+        if matrix.shape[0] != array.shape[0]:
+            raise VectorError(f"{array.shape[0]} keys but {matrix.shape[0]} vectors")
+        if array.size == 0:
+            return
+        if np.unique(array).size != array.size:
+            # Keep each key's last occurrence.
+            _, last_from_end = np.unique(array[::-1], return_index=True)
+            pick = np.sort(array.size - 1 - last_from_end)
+            array, matrix = array[pick], matrix[pick]
+        self.materialize()
+        present = self.contains_many(array)
+        if present.any():
+            self._index.remove(array[present])
+        self._index.add(array, matrix)
+
+    def remove(self, keys: _Keys) -> None:
+        """Removes keys; keys not present are ignored."""
+        array = _keys(keys)
+        if array.size == 0:
+            return
+        present = self.contains_many(array)
+        if not present.any():
+            return
+        self.materialize()
+        self._index.remove(array[present])
+
+    def clear(self) -> None:
+        """Removes every key."""
+        self.materialize()
+        self._index.clear()
+
+    # -- search ----------------------------------------------------------
+
+    def search(self, vector: np.ndarray[Any, Any], k: int, *, exact: bool = False) -> list[tuple[int, float]]:
+        """The k nearest keys to one vector with their cosine similarity, best first.
+
+        Args:
+            vector: A (dimension,) or (1, dimension) array.
+            k: How many neighbours at most.
+            exact: Brute force instead of the graph (for recall checks).
+        """
+        query = self._matrix(vector)
+        if query.shape[0] != 1:
+            raise VectorShapeError(expected=self._dimension, got=tuple(query.shape))
+        if k <= 0 or len(self._index) == 0:
+            return []
+        matches = self._index.search(query[0], k, exact=exact)
+        keys = matches.keys.tolist()
+        similarities = (1.0 - matches.distances.astype(np.float64)).tolist()
+        return list(zip(keys, similarities, strict=True))
+
+    def search_many(self, vectors: np.ndarray[Any, Any], k: int) -> list[list[tuple[int, float]]]:
+        """The k nearest keys to each of several vectors (one native call)."""
+        queries = self._matrix(vectors)
+        n = queries.shape[0]
+        if n == 0:
+            return []
+        if k <= 0 or len(self._index) == 0:
+            return [[] for _ in range(n)]
+        if n == 1:
+            return [self.search(queries[0], k)]
+        matches = self._index.search(queries, k)
+        keys = matches.keys.tolist()
+        similarities = (1.0 - matches.distances.astype(np.float64)).tolist()
+        counts = matches.counts.tolist()
+        return [list(zip(keys[i][: counts[i]], similarities[i][: counts[i]], strict=True)) for i in range(n)]
+
+    # -- persistence -----------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Writes the index to ``path`` atomically (a temporary file, fsync, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self._index.save(str(temporary))
+            fd = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            temporary.replace(path)
+            _fsync_dir(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+
+    @classmethod
+    def restore(
+        cls, path: Path, *, dimension: int, dtype: str, view: bool = False, metric: str = "cos"
+    ) -> VectorIndex | None:
+        """Opens a saved index, or None when it is missing, corrupt or of another shape.
+
+        Args:
+            path: The file :meth:`save` wrote.
+            dimension: The dimension the owner expects.
+            dtype: The component type the owner expects.
+            view: Memory-map the file instead of reading it (read-only until
+                the first change, which loads a private copy).
+            metric: The metric the owner expects.
+        """
+        path = Path(path)
+        if dtype not in _SCALARS or metric not in _METRICS or not path.is_file():
+            return None
+        try:
+            meta = Index.metadata(str(path))
+            if (
+                meta is None
+                or int(meta["dimensions"]) != dimension
+                or meta["kind_scalar"] != _SCALARS[dtype]
+                or meta["kind_metric"] != _METRICS[metric]
+                or meta["kind_key"] != ScalarKind.U64
+            ):
+                return None
+            index = Index.restore(str(path), view=view)
+        except (ValueError, RuntimeError, OSError, KeyError):
+            return None
+        if index is None or index.ndim != dimension:
+            return None
+        self = cls.__new__(cls)
+        self._dimension = dimension
+        self._dtype = dtype
+        self._metric = metric
+        self._index = index
+        self._view_path = path if view else None
+        self._lock = threading.Lock()
+        return self
+
+    def materialize(self) -> None:
+        """Replaces a memory-mapped view by a private, writable copy; no-op otherwise.
+
+        Safe to call from a worker thread while the owner's thread searches:
+        the view keeps serving until the copy is swapped in under a lock, and
+        a change made meanwhile waits for (and then uses) the copy.
+        """
+        if self._view_path is None:
+            return
+        with self._lock:
+            path = self._current_view()
+            if path is None:  # another thread materialised it meanwhile
+                return
+            try:
+                copy = Index.restore(str(path), view=False)
+            except (ValueError, RuntimeError, OSError) as error:
+                raise VectorError(f"cannot load the index file {path.name}: {error}") from error
+            if copy is None:
+                raise VectorError(f"the index file {path.name} disappeared")
+            copy.expansion_search = self._index.expansion_search
+            self._index = copy
+            self._view_path = None
+
+    # -- helpers ---------------------------------------------------------
+
+    def _current_view(self) -> Path | None:
+        return self._view_path
+
+    def _matrix(self, vectors: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim == 1:
+            matrix = matrix.reshape(1, -1)
+        if matrix.ndim != 2 or matrix.shape[1] != self._dimension:
+            raise VectorShapeError(expected=self._dimension, got=tuple(np.shape(vectors)))
+        return np.ascontiguousarray(matrix)
+
+
+def _keys(keys: _Keys) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    array = np.asarray(keys)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
+        raise VectorError("keys must be non-negative")
+    return np.ascontiguousarray(array.astype(np.uint64, copy=False).reshape(-1))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,176 @@
+"""VectorIndex: add/replace/remove/search, atomic save, memory-mapped restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import are_core.vector
+from are_core.vector import DTYPES, VectorError, VectorIndex, VectorShapeError
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_exported_members() -> None:
+    public = {name for name in vars(are_core.vector) if not name.startswith("_")}
+    assert set(are_core.vector.__all__) == public
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_search_finds_each_vector_first(dtype: str) -> None:
+    vectors = _unit(300, 32)
+    index = VectorIndex(dimension=32, dtype=dtype)
+    index.add(np.arange(300), vectors)
+    assert len(index) == 300
+    assert index.dtype == dtype
+    for key in (0, 17, 299):
+        best, similarity = index.search(vectors[key], 1)[0]
+        assert best == key
+        assert similarity == pytest.approx(1.0, abs=0.02)
+
+
+def test_results_are_best_first_cosine_similarities() -> None:
+    index = VectorIndex(dimension=2)
+    index.add([1, 2, 3], np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32))
+    results = index.search(np.array([1, 0], dtype=np.float32), 3)
+    assert [key for key, _ in results] == [1, 3, 2]
+    assert [round(s, 4) for _, s in results] == [1.0, round(2**-0.5, 4), 0.0]
+    exact = index.search(np.array([1, 0], dtype=np.float32), 3, exact=True)
+    assert [key for key, _ in exact] == [1, 3, 2]
+
+
+def test_readding_a_key_replaces_its_vector() -> None:
+    index = VectorIndex(dimension=2)
+    index.add([7], np.array([[1, 0]], dtype=np.float32))
+    index.add([7], np.array([[0, 1]], dtype=np.float32))
+    assert len(index) == 1
+    assert index.search(np.array([0, 1], dtype=np.float32), 1)[0] == (7, pytest.approx(1.0))
+
+
+def test_a_key_repeated_in_one_batch_keeps_its_last_vector() -> None:
+    index = VectorIndex(dimension=2)
+    index.add([5, 5, 6], np.array([[1, 0], [0, 1], [1, 0]], dtype=np.float32))
+    assert len(index) == 2
+    assert index.search(np.array([0, 1], dtype=np.float32), 1)[0][0] == 5
+
+
+def test_remove_ignores_unknown_keys_and_removed_keys_never_answer() -> None:
+    vectors = _unit(50, 8)
+    index = VectorIndex(dimension=8)
+    index.add(np.arange(50), vectors)
+    index.remove([3, 4, 10_000])
+    assert len(index) == 48
+    assert 3 not in index
+    assert 5 in index
+    assert -1 not in index
+    found = {key for row in index.search_many(vectors, 5) for key, _ in row}
+    assert not found & {3, 4}
+    assert index.contains_many([3, 5]).tolist() == [False, True]
+    assert sorted(index.keys().tolist()) == sorted(set(range(50)) - {3, 4})
+
+
+def test_empty_index_and_bad_shapes() -> None:
+    index = VectorIndex(dimension=4)
+    assert index.search(np.ones(4, dtype=np.float32), 3) == []
+    assert index.search_many(np.ones((2, 4), dtype=np.float32), 3) == [[], []]
+    with pytest.raises(VectorShapeError) as caught:
+        index.add([1], np.ones((1, 5), dtype=np.float32))
+    assert caught.value.expected == 4
+    with pytest.raises(VectorShapeError):
+        index.search(np.ones(3, dtype=np.float32), 1)
+    with pytest.raises(VectorError):
+        index.add([1, 2], np.ones((1, 4), dtype=np.float32))
+    with pytest.raises(VectorError):
+        VectorIndex(dimension=4, dtype="bf16")
+    with pytest.raises(VectorError):
+        VectorIndex(dimension=0)
+
+
+def test_search_many_matches_single_searches() -> None:
+    vectors = _unit(200, 16, seed=1)
+    index = VectorIndex(dimension=16)
+    index.add(np.arange(200), vectors)
+    many = index.search_many(vectors[:10], 3)
+    assert [row[0][0] for row in many] == list(range(10))
+    single = index.search(vectors[4], 3)
+    assert [key for key, _ in many[4]] == [key for key, _ in single]
+    assert [s for _, s in many[4]] == pytest.approx([s for _, s in single])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_save_and_restore_by_view_then_write(tmp_path: Path, dtype: str) -> None:
+    vectors = _unit(100, 16, seed=2)
+    index = VectorIndex(dimension=16, dtype=dtype)
+    index.add(np.arange(100), vectors)
+    index.remove([9])
+    path = tmp_path / "index.usearch"
+    index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["index.usearch"]  # no temporary left behind
+
+    view = VectorIndex.restore(path, dimension=16, dtype=dtype, view=True)
+    assert view is not None
+    assert view.is_view
+    assert len(view) == 99
+    assert 9 not in view
+    assert view.search(vectors[42], 1)[0][0] == 42
+    view.add([9], vectors[9])  # the first change loads a private copy
+    assert not view.is_view
+    assert view.search(vectors[9], 1)[0][0] == 9
+    view.remove([42])
+    assert 42 not in view
+    # The file is untouched by changes to the copy.
+    again = VectorIndex.restore(path, dimension=16, dtype=dtype)
+    assert again is not None
+    assert 42 in again
+    assert 9 not in again
+
+
+def test_materialize_ahead_of_time(tmp_path: Path) -> None:
+    index = VectorIndex(dimension=4)
+    index.add([1, 2], _unit(2, 4))
+    index.save(tmp_path / "i")
+    view = VectorIndex.restore(tmp_path / "i", dimension=4, dtype="f32", view=True)
+    assert view is not None
+    view.materialize()
+    assert not view.is_view
+    view.materialize()
+    assert len(view) == 2
+
+
+def test_restore_refuses_missing_corrupt_and_other_shapes(tmp_path: Path) -> None:
+    assert VectorIndex.restore(tmp_path / "missing", dimension=4, dtype="f32") is None
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"not an index" * 10)
+    assert VectorIndex.restore(garbage, dimension=4, dtype="f32", view=True) is None
+    index = VectorIndex(dimension=4, dtype="f16")
+    index.add(np.arange(20), _unit(20, 4))
+    path = tmp_path / "good"
+    index.save(path)
+    assert VectorIndex.restore(path, dimension=5, dtype="f16") is None
+    assert VectorIndex.restore(path, dimension=4, dtype="f32") is None
+    assert VectorIndex.restore(path, dimension=4, dtype="f16", metric="ip") is None
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert VectorIndex.restore(truncated, dimension=4, dtype="f16", view=True) is None
+    assert VectorIndex.restore(path, dimension=4, dtype="f16") is not None
+
+
+def test_recall_on_low_intrinsic_dimension_data() -> None:
+    # Embedding-like data: 384-d vectors on a 16-d subspace plus a little noise.
+    rng = np.random.default_rng(3)
+    basis = rng.standard_normal((16, 384)).astype(np.float32)
+    data = rng.standard_normal((3000, 16)).astype(np.float32) @ basis
+    data += 0.05 * rng.standard_normal(data.shape).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index = VectorIndex(dimension=384, dtype="f32")
+    index.add(np.arange(3000), data)
+    queries = data[:200] + 0.01 * rng.standard_normal((200, 384)).astype(np.float32)
+    found = [row[0][0] for row in index.search_many(queries, 1)]
+    recall = np.mean(np.array(found) == np.arange(200))
+    assert recall >= 0.99
