@@ -1,10 +1,67 @@
 """Trace: the events every transition produces, kept, streamed and exported.
 
 The shared event model and the :class:`EventSink` seam are defined in
-``_model``; the flight recorder, live fan-out and OpenTelemetry export build
-on them.
+``_model``. :class:`EventRecorder` implements the sink: it stores events in
+LMDB with bounded retention, pages through them (``list_events``), fans
+committed events out to live :class:`Subscription` streams with bounded
+buffers, and hands them to listeners such as :class:`SpanBuilder`, which turns
+them into OpenTelemetry spans.
+
+Exceptions::
+
+    TraceError
+    ├── InvalidPageTokenError      a page token that is malformed or of another filter
+    ├── TooManySubscribersError    the live-stream bound is reached
+    └── SubscriptionClosedError    the recorder shut down under a live stream
 """
 
+from are_core.trace._errors import (
+    InvalidPageTokenError,
+    SubscriptionClosedError,
+    TooManySubscribersError,
+    TraceError,
+)
+from are_core.trace._filter import EventFilter, decode_page_token, encode_page_token
 from are_core.trace._model import AttributeValue, Event, EventDraft, EventSink, EventUsage, FailureInfo
+from are_core.trace._otel import (
+    SpanBuilder,
+    TraceContextResolver,
+    attempt_span_id,
+    task_traceparent,
+    trace_context_of,
+    workflow_span_id,
+    workflow_trace_id,
+)
+from are_core.trace._recorder import EVENT_TABLES, EventListener, EventPage, EventRecorder
+from are_core.trace._stream import CaughtUp, EventsMissed, StreamItem, Subscription
 
-__all__ = ["AttributeValue", "Event", "EventDraft", "EventSink", "EventUsage", "FailureInfo"]
+__all__ = [
+    "EVENT_TABLES",
+    "AttributeValue",
+    "CaughtUp",
+    "Event",
+    "EventDraft",
+    "EventFilter",
+    "EventListener",
+    "EventPage",
+    "EventRecorder",
+    "EventSink",
+    "EventUsage",
+    "EventsMissed",
+    "FailureInfo",
+    "InvalidPageTokenError",
+    "SpanBuilder",
+    "StreamItem",
+    "Subscription",
+    "SubscriptionClosedError",
+    "TooManySubscribersError",
+    "TraceContextResolver",
+    "TraceError",
+    "attempt_span_id",
+    "decode_page_token",
+    "encode_page_token",
+    "task_traceparent",
+    "trace_context_of",
+    "workflow_span_id",
+    "workflow_trace_id",
+]

@@ -1,0 +1,472 @@
+"""OpenTelemetry spans built from recorded events.
+
+Spans are derived from the event log alone, so tracing works with whatever
+the scheduler emits:
+
+* one trace per workflow: its trace id is a hash of the workflow id, and
+  ``WORKFLOW_SUBMITTED`` .. ``WORKFLOW_COMPLETED|FAILED|CANCELLED`` is the
+  root span ``workflow <name>``;
+* one span per task attempt, child of the workflow span: ``TASK_DISPATCHED``
+  starts it, ``TASK_COMPLETED``, ``TASK_ATTEMPT_FAILED``, ``TASK_TIMED_OUT``,
+  ``TASK_CANCELLED`` or ``TASK_LEASE_EXPIRED`` ends it; a retry links to the
+  previous attempt's span;
+* every other event becomes a span event of its attempt's span (or of the
+  workflow's span, up to ``max_events_per_span``); the events a span's start
+  and end stand for (dispatch, completion, submission, workflow completion)
+  are that span's start, end and attributes rather than repeated events;
+* LLM and tool calls reported by workers become child spans of the attempt
+  named and attributed after the OpenTelemetry GenAI semantic conventions
+  (``chat gpt-4o``, ``execute_tool search``; ``gen_ai.*`` attributes), unless
+  the worker traced the call itself (the event carries its span id).
+
+Ids follow what the producer recorded, so that the W3C trace context handed
+to a worker names the very span exported here and the worker's own spans
+nest under it:
+
+* the trace id is the ``are.trace_id`` attribute (32 hex digits) of the
+  workflow's ``WORKFLOW_SUBMITTED``/``WORKFLOW_FORKED`` event, looked up with
+  the optional ``trace_context`` resolver when that event was not seen here
+  (after a restart); ``are.parent_span_id`` (16 hex digits) there makes the
+  workflow span a child of the submitting client's span;
+* an attempt's span id is the ``span_id`` of its ``TASK_DISPATCHED`` event.
+
+Where a producer sets neither, ids are derived from the workflow, task and
+attempt ids (:func:`workflow_trace_id`, :func:`attempt_span_id`,
+:func:`task_traceparent`), which a producer may equally use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from are_core.trace._model import AttributeValue, Event
+
+__all__ = [
+    "SpanBuilder",
+    "TraceContextResolver",
+    "attempt_span_id",
+    "task_traceparent",
+    "trace_context_of",
+    "workflow_span_id",
+    "workflow_trace_id",
+]
+
+_WORKFLOW_START = frozenset({"WORKFLOW_SUBMITTED", "WORKFLOW_FORKED"})
+_WORKFLOW_END = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CANCELLED", "WORKFLOW_DELETED"})
+_ATTEMPT_END = frozenset(
+    {"TASK_COMPLETED", "TASK_ATTEMPT_FAILED", "TASK_TIMED_OUT", "TASK_CANCELLED", "TASK_LEASE_EXPIRED"}
+)
+_CALLS = frozenset({"LLM_CALL", "TOOL_CALL"})
+# Events a span's own start and end stand for (their data is on the span): not repeated as span events.
+_SPAN_BOUNDARIES = frozenset(
+    {"TASK_DISPATCHED", "TASK_COMPLETED", "WORKFLOW_SUBMITTED", "WORKFLOW_COMPLETED"}
+)
+_SPAN_START_KEY = "are.span"
+
+
+def _hash(kind: str, *parts: str | int, size: int) -> int:
+    text = kind + "\x00" + "\x00".join(str(p) for p in parts)
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size).digest(), "big")
+    return value or 1  # the all-zero id is invalid in OpenTelemetry
+
+
+def workflow_trace_id(workflow_id: str) -> int:
+    """The 128-bit trace id of a workflow's trace."""
+    return _hash("are-trace", workflow_id, size=16)
+
+
+def workflow_span_id(workflow_id: str) -> int:
+    """The 64-bit span id of a workflow's root span."""
+    return _hash("are-workflow", workflow_id, size=8)
+
+
+def attempt_span_id(workflow_id: str, task_id: str, attempt: int) -> int:
+    """The 64-bit span id of one task attempt's span."""
+    return _hash("are-attempt", workflow_id, task_id, attempt, size=8)
+
+
+def task_traceparent(workflow_id: str, task_id: str, attempt: int) -> str:
+    """The W3C ``traceparent`` to hand the worker of an attempt: its spans nest under the attempt's."""
+    trace_id = workflow_trace_id(workflow_id)
+    span_id = attempt_span_id(workflow_id, task_id, attempt)
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
+
+
+class _ChosenIds(IdGenerator):
+    """Hands out the ids chosen for the next span, random ones otherwise."""
+
+    def __init__(self) -> None:
+        self._random = RandomIdGenerator()
+        self.next_span_id: int | None = None
+        self.next_trace_id: int | None = None
+
+    def generate_span_id(self) -> int:
+        chosen, self.next_span_id = self.next_span_id, None
+        return chosen if chosen is not None else self._random.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        chosen, self.next_trace_id = self.next_trace_id, None
+        return chosen if chosen is not None else self._random.generate_trace_id()
+
+
+_AttemptKey = tuple[str, str, int]
+TraceContextResolver = Callable[[str], "tuple[int, int | None] | None"]
+"""Given a workflow id, its (trace id, parent span id or None), or None if unknown."""
+
+
+def _hex_id(text: object, digits: int) -> int | None:
+    if not isinstance(text, str) or len(text) != digits:
+        return None
+    try:
+        value = int(text, 16)
+    except ValueError:
+        return None
+    return value or None
+
+
+def trace_context_of(attributes: Mapping[str, object]) -> tuple[int, int | None] | None:
+    """The (trace id, parent span id) a workflow's submission event carries, if any."""
+    trace_id = _hex_id(attributes.get("are.trace_id"), 32)
+    if trace_id is None:
+        return None
+    return trace_id, _hex_id(attributes.get("are.parent_span_id"), 16)
+
+
+class SpanBuilder:
+    """An :class:`~are_core.trace.EventListener` that turns events into spans.
+
+    Args:
+        processor: Where finished spans go, e.g. a ``BatchSpanProcessor``
+            around an OTLP exporter (its queue is bounded and exporting runs
+            on its own thread, so the event loop never waits on the network).
+        service_name: The ``service.name`` resource attribute.
+        max_open_spans: Spans kept open at once; beyond it the oldest is
+            ended early (marked ``are.span.evicted``) so memory stays bounded.
+        max_events_per_span: Span events kept on a workflow's span (a 10,000-task
+            fan-out schedules 10,000 tasks); OpenTelemetry's default limit.
+        trace_context: Finds a workflow's trace context when its submission
+            event was not seen by this builder (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        processor: SpanProcessor,
+        *,
+        service_name: str = "are-sidecar",
+        max_open_spans: int = 100_000,
+        max_events_per_span: int = 128,
+        trace_context: TraceContextResolver | None = None,
+    ) -> None:
+        self._ids = _ChosenIds()
+        resource = Resource.create({"service.name": service_name})
+        self._provider = TracerProvider(resource=resource, id_generator=self._ids)
+        self._provider.add_span_processor(processor)
+        self._tracer = self._provider.get_tracer("are.trace")
+        self._workflows: OrderedDict[str, otel_trace.Span] = OrderedDict()
+        self._attempts: OrderedDict[_AttemptKey, otel_trace.Span] = OrderedDict()
+        # (workflow, task) -> (latest attempt, its span id): for retries' links and late events.
+        self._latest: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+        # Span events added to each open workflow span, capped like the SDK's own limit.
+        self._workflow_events: dict[str, int] = {}
+        self.max_events_per_span = max_events_per_span
+        # workflow -> (trace id, parent span id): bounded, refilled by the resolver.
+        self._contexts: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
+        self._resolve = trace_context
+        self.max_open_spans = max_open_spans
+        self.dropped_events = 0
+        """Events that belonged to no open span (their span ended or never started here)."""
+
+    @property
+    def open_spans(self) -> int:
+        """Workflow and attempt spans currently open."""
+        return len(self._workflows) + len(self._attempts)
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Updates the spans with committed events, in order."""
+        for event in events:
+            self._on_event(event)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Exports every finished span now; True when done in time."""
+        return self._provider.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        """Ends every open span (marked unfinished), flushes and stops the processor."""
+        for span in [*self._attempts.values(), *self._workflows.values()]:
+            span.set_attribute("are.span.unfinished", value=True)
+            span.end()
+        self._attempts.clear()
+        self._workflows.clear()
+        self._workflow_events.clear()
+        self._provider.shutdown()
+
+    # Event handling
+
+    def _on_event(self, event: Event) -> None:
+        kind = event.event_type
+        if not event.workflow_id:
+            return  # worker connections, cache and router calls outside a workflow: no trace
+        if kind in _WORKFLOW_START:
+            self._start_workflow(event)
+        elif kind == "TASK_DISPATCHED":
+            self._start_attempt(event)
+        elif kind in _CALLS and not event.span_id:
+            self._call_span(event)
+        if kind not in _SPAN_BOUNDARIES:
+            self._add_span_event(event)
+        if kind in _ATTEMPT_END:
+            self._end_attempt(event)
+        elif kind in _WORKFLOW_END:
+            self._end_workflow(event)
+
+    def _add_span_event(self, event: Event) -> None:
+        span = self._attempt_span(event)
+        if span is None:
+            span = self._workflows.get(event.workflow_id)
+            count = self._workflow_events.get(event.workflow_id, 0)
+            if span is None or count >= self.max_events_per_span:
+                self.dropped_events += 1
+                return
+            self._workflow_events[event.workflow_id] = count + 1
+        name = f"are.{event.event_type.lower()}"
+        span.add_event(name, _event_attributes(event), timestamp=event.event_time_unix_ns)
+
+    def _trace_id(self, workflow_id: str) -> int:
+        context = self._contexts.get(workflow_id)
+        if context is None:
+            resolved = self._resolve(workflow_id) if self._resolve is not None else None
+            # Remembered either way, so an unknown workflow costs one lookup, not one per event.
+            context = resolved if resolved is not None else (workflow_trace_id(workflow_id), None)
+            self._remember_context(workflow_id, context)
+        return context[0]
+
+    def _remember_context(self, workflow_id: str, context: tuple[int, int | None]) -> None:
+        self._contexts[workflow_id] = context
+        self._contexts.move_to_end(workflow_id)
+        while len(self._contexts) > self.max_open_spans:
+            self._contexts.popitem(last=False)
+
+    def _remote(self, trace_id: int, span_id: int) -> Context:
+        span = NonRecordingSpan(
+            SpanContext(
+                trace_id=trace_id, span_id=span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+            )
+        )
+        return otel_trace.set_span_in_context(span)
+
+    def _parent_context(self, workflow_id: str) -> Context:
+        parent = self._workflows.get(workflow_id)
+        if parent is not None:
+            return otel_trace.set_span_in_context(parent)
+        # The root span is not open here: still nest under its ids.
+        return self._remote(self._trace_id(workflow_id), workflow_span_id(workflow_id))
+
+    def _start_workflow(self, event: Event) -> None:
+        workflow_id = event.workflow_id
+        if workflow_id in self._workflows:
+            return
+        context = trace_context_of(event.attributes)
+        if context is not None:
+            self._remember_context(workflow_id, context)
+        trace_id = self._trace_id(workflow_id)
+        resolved = self._contexts.get(workflow_id)
+        parent_span = resolved[1] if resolved is not None else None
+        name = event.attributes.get("are.workflow.name") or event.name or workflow_id
+        self._ids.next_trace_id = trace_id
+        self._ids.next_span_id = workflow_span_id(workflow_id)
+        span = self._tracer.start_span(
+            f"workflow {name}",
+            context=self._remote(trace_id, parent_span)
+            if parent_span is not None
+            else otel_trace.set_span_in_context(otel_trace.INVALID_SPAN),
+            kind=SpanKind.INTERNAL,
+            attributes={"are.workflow.id": workflow_id, **_scalar(event.attributes)},
+            start_time=event.event_time_unix_ns,
+        )
+        self._workflows[workflow_id] = span
+        self._bound()
+
+    def _start_attempt(self, event: Event) -> None:
+        key = (event.workflow_id, event.task_id, event.attempt)
+        if key in self._attempts:
+            return
+        links = []
+        previous = self._latest_attempt(event.workflow_id, event.task_id)
+        if previous is not None and previous[0] < event.attempt:
+            context = SpanContext(
+                trace_id=self._trace_id(event.workflow_id),
+                span_id=previous[1],
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            links.append(Link(context, {"are.link": "previous_attempt"}))
+        span_id = _hex_id(event.span_id, 16) or attempt_span_id(*key)
+        self._ids.next_span_id = span_id
+        attributes: dict[str, AttributeValue] = {
+            "are.workflow.id": event.workflow_id,
+            "are.task.id": event.task_id,
+            "are.attempt": event.attempt,
+        }
+        if event.worker_id:
+            attributes["are.worker.id"] = event.worker_id
+        attributes.update(_scalar(event.attributes))
+        span = self._tracer.start_span(
+            f"task {event.task_id}",
+            context=self._parent_context(event.workflow_id),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+            start_time=event.event_time_unix_ns,
+        )
+        self._attempts[key] = span
+        tasks = self._latest.get(event.workflow_id)
+        if tasks is None:
+            tasks = self._latest[event.workflow_id] = {}
+        tasks[event.task_id] = (event.attempt, span_id)
+        self._bound()
+
+    def _latest_attempt(self, workflow_id: str, task_id: str) -> tuple[int, int] | None:
+        tasks = self._latest.get(workflow_id)
+        return tasks.get(task_id) if tasks is not None else None
+
+    def _attempt_span(self, event: Event) -> otel_trace.Span | None:
+        if not event.task_id:
+            return None
+        latest = self._latest_attempt(event.workflow_id, event.task_id)
+        attempt = event.attempt or (latest[0] if latest is not None else 0)
+        return self._attempts.get((event.workflow_id, event.task_id, attempt))
+
+    def _call_span(self, event: Event) -> None:
+        parent = self._attempts.get((event.workflow_id, event.task_id, event.attempt))
+        if parent is not None:
+            context = otel_trace.set_span_in_context(parent)
+        else:
+            latest = self._latest_attempt(event.workflow_id, event.task_id)
+            span_id = (
+                latest[1]
+                if latest is not None and latest[0] == event.attempt
+                else attempt_span_id(event.workflow_id, event.task_id, event.attempt)
+            )
+            context = self._remote(self._trace_id(event.workflow_id), span_id)
+        attributes: dict[str, AttributeValue] = {
+            "are.workflow.id": event.workflow_id,
+            "are.task.id": event.task_id,
+            "are.attempt": event.attempt,
+        }
+        if event.event_type == "LLM_CALL":
+            operation = str(event.attributes.get("gen_ai.operation.name", "chat"))
+            model = str(event.attributes.get("gen_ai.request.model", event.name))
+            name = f"{operation} {model}".strip()
+            attributes["gen_ai.operation.name"] = operation
+            if model:
+                attributes["gen_ai.request.model"] = model
+            if event.usage is not None:
+                attributes["gen_ai.usage.input_tokens"] = event.usage.input_tokens
+                attributes["gen_ai.usage.output_tokens"] = event.usage.output_tokens
+                attributes["are.cost_micro_usd"] = event.usage.cost_micro_usd
+        else:
+            tool = str(event.attributes.get("gen_ai.tool.name", event.name))
+            name = f"execute_tool {tool}".strip()
+            attributes["gen_ai.operation.name"] = "execute_tool"
+            if tool:
+                attributes["gen_ai.tool.name"] = tool
+        attributes.update(_scalar(event.attributes))
+        end = event.event_time_unix_ns
+        start = end - (event.duration_ns or 0)
+        span = self._tracer.start_span(
+            name, context=context, kind=SpanKind.CLIENT, attributes=attributes, start_time=start
+        )
+        if event.failure is not None:
+            span.set_attribute("error.type", event.failure.type or "_OTHER")
+            span.set_status(Status(StatusCode.ERROR, event.failure.message))
+        span.end(end_time=max(start, end))
+
+    def _end_attempt(self, event: Event) -> None:
+        span = self._attempts.pop((event.workflow_id, event.task_id, event.attempt), None)
+        if span is None:
+            return
+        if event.usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", event.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", event.usage.output_tokens)
+            span.set_attribute("are.cost_micro_usd", event.usage.cost_micro_usd)
+        if event.task_state:
+            span.set_attribute("are.task.state", event.task_state)
+        if event.event_type == "TASK_COMPLETED":
+            span.set_status(Status(StatusCode.OK))
+        else:
+            failure = event.failure
+            if failure is not None and failure.type:
+                span.set_attribute("error.type", failure.type)
+            span.set_status(Status(StatusCode.ERROR, failure.message if failure else event.event_type))
+        span.end(end_time=event.event_time_unix_ns)
+
+    def _end_workflow(self, event: Event) -> None:
+        span = self._workflows.pop(event.workflow_id, None)
+        self._workflow_events.pop(event.workflow_id, None)
+        if span is None:
+            return
+        if event.workflow_state:
+            span.set_attribute("are.workflow.state", event.workflow_state)
+        if event.usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", event.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", event.usage.output_tokens)
+            span.set_attribute("are.cost_micro_usd", event.usage.cost_micro_usd)
+        if event.event_type == "WORKFLOW_FAILED":
+            span.set_status(
+                Status(StatusCode.ERROR, event.failure.message if event.failure else "workflow failed")
+            )
+        elif event.event_type == "WORKFLOW_COMPLETED":
+            span.set_status(Status(StatusCode.OK))
+        span.end(end_time=event.event_time_unix_ns)
+        self._latest.pop(event.workflow_id, None)
+
+    def _bound(self) -> None:
+        while self.open_spans > self.max_open_spans:
+            spans: OrderedDict[_AttemptKey, otel_trace.Span] | OrderedDict[str, otel_trace.Span]
+            spans = self._attempts or self._workflows
+            key, span = spans.popitem(last=False)
+            if isinstance(key, str):
+                self._workflow_events.pop(key, None)
+            span.set_attribute("are.span.evicted", value=True)
+            span.end()
+        while len(self._latest) > self.max_open_spans:
+            self._latest.popitem(last=False)
+
+
+def _scalar(attributes: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
+    return {k: v for k, v in attributes.items() if not k.startswith(_SPAN_START_KEY)}
+
+
+def _event_attributes(event: Event) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {"are.sequence": event.sequence}
+    optional: dict[str, AttributeValue] = {
+        "are.task.id": event.task_id,
+        "are.attempt": event.attempt,
+        "are.worker.id": event.worker_id,
+        "are.name": event.name,
+        "are.task.state": event.task_state,
+        "are.workflow.state": event.workflow_state,
+        "are.worker_span_id": event.span_id,
+    }
+    attributes.update({k: v for k, v in optional.items() if v})
+    if event.duration_ns is not None:
+        attributes["are.duration_ms"] = event.duration_ns / 1e6
+    if event.failure is not None:
+        attributes["are.failure.message"] = event.failure.message[:1024]
+        if event.failure.type:
+            attributes["error.type"] = event.failure.type
+    if event.usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = event.usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = event.usage.output_tokens
+        attributes["are.cost_micro_usd"] = event.usage.cost_micro_usd
+    attributes.update(event.attributes)
+    return attributes

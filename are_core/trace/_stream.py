@@ -1,0 +1,215 @@
+"""One live event stream: replay from a cursor, the seam, then a bounded live buffer.
+
+The seam has neither gap nor duplicate because the last replay page is read
+and the subscription registered in the same synchronous step of the event
+loop. Every event committed before that step is in the page's snapshot; every
+event published after it reaches the subscription's buffer. The only events
+in both are those committed but not yet published at that instant: the
+recorder knows them (its pending set), so they are remembered and skipped
+when they arrive live.
+
+The live buffer holds at most ``capacity`` items. When it is full, matching
+events are counted as missed instead of queued (the producer never waits and
+memory never grows); once the reader drains, it first receives one
+:class:`EventsMissed` naming the range, then live events again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from are_core.trace._errors import SubscriptionClosedError
+from are_core.trace._filter import EventFilter
+from are_core.trace._model import Event
+
+if TYPE_CHECKING:
+    from are_core.trace._recorder import EventRecorder
+
+__all__ = ["CaughtUp", "EventsMissed", "StreamItem", "Subscription"]
+
+_REPLAY_PAGE = 256
+
+
+class EventsMissed(msgspec.Struct, frozen=True, kw_only=True):
+    """Matching events this stream did not deliver, and the cursor to fetch them from.
+
+    ``reason`` is ``"SLOW_SUBSCRIBER"`` (still stored: read them with
+    ``list_events`` after ``resume_after_sequence``) or ``"RETENTION"``
+    (gone; ``missed_count`` is then an upper bound).
+    """
+
+    reason: str
+    missed_count: int
+    first_missed_sequence: int
+    last_missed_sequence: int
+    resume_after_sequence: int
+
+
+class CaughtUp(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of the replay: everything after this item is live."""
+
+    sequence: int
+
+
+StreamItem = Event | EventsMissed | CaughtUp
+
+
+class Subscription:
+    """An async iterator of :data:`StreamItem`; use :meth:`EventRecorder.subscribe`.
+
+    Iterate it (``async for item in subscription``) and :meth:`close` it when
+    done; iteration ends with :class:`SubscriptionClosedError` if the recorder
+    shuts down first.
+    """
+
+    def __init__(
+        self,
+        recorder: EventRecorder,
+        event_filter: EventFilter,
+        after_sequence: int | None,
+        capacity: int,
+    ) -> None:
+        self._recorder = recorder
+        self.event_filter = event_filter
+        self.capacity = capacity
+        self._ready: deque[StreamItem] = deque()  # replay items, unbounded only by page size
+        self._queue: deque[Event | EventsMissed] = deque()  # live items, at most `capacity`
+        self._skip: set[int] = set()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._live = False
+        # The overflow being counted: [count, first, last] while events are dropped.
+        self._missed: list[int] | None = None
+        self.missed_total = 0
+        """Matching events dropped because this subscriber was slow."""
+        # 0 means "from the oldest retained": nothing can have been missed before it.
+        self._cursor = max(after_sequence or 0, recorder.pruned_through if after_sequence == 0 else 0)
+        if after_sequence is None:
+            self._go_live()
+
+    @property
+    def live(self) -> bool:
+        """Whether the replay is over and the stream follows live events."""
+        return self._live
+
+    @property
+    def buffered(self) -> int:
+        """Live items waiting to be read (at most ``capacity``)."""
+        return len(self._queue)
+
+    def _go_live(self) -> None:
+        self._recorder._register(self)  # noqa: SLF001 - the recorder and its streams are one unit
+        self._live = True
+        self._ready.append(CaughtUp(sequence=self._recorder.last_sequence))
+
+    def _replay_page(self) -> None:
+        recorder = self._recorder
+        floor = recorder.pruned_through
+        if self._cursor < floor:  # retention dropped events this stream has not replayed yet
+            self._ready.append(
+                EventsMissed(
+                    reason="RETENTION",
+                    missed_count=floor - self._cursor,
+                    first_missed_sequence=self._cursor + 1,
+                    last_missed_sequence=floor,
+                    resume_after_sequence=floor,
+                )
+            )
+            self._cursor = floor
+        page = recorder.list_events(
+            self.event_filter, after_sequence=self._cursor, limit=_REPLAY_PAGE, scan_budget=_REPLAY_PAGE * 16
+        )
+        self._cursor = page.last_sequence
+        for event in page.events:
+            if recorder.is_pending(event.sequence):
+                self._skip.add(event.sequence)
+        self._ready.extend(page.events)
+        if not page.more:
+            # Same synchronous step as the read above: nothing can be published in between.
+            self._go_live()
+
+    def offer(self, event: Event) -> None:
+        """Queues a published event, or counts it missed when the buffer is full (never blocks)."""
+        if self._closed:
+            return
+        queue = self._queue
+        missed = self._missed
+        if missed is None:
+            if len(queue) < self.capacity:
+                queue.append(event)
+                self._wake.set()
+                return
+            self._missed = [1, event.sequence, event.sequence]
+        elif len(queue) <= self.capacity - 2:
+            # Room for the notice and the event: the overflow is over.
+            queue.append(self._take_missed())
+            queue.append(event)
+        else:
+            missed[0] += 1
+            missed[1] = min(missed[1], event.sequence)
+            missed[2] = max(missed[2], event.sequence)
+        self.missed_total += 1 if self._missed is not None else 0
+        self._wake.set()
+
+    def _take_missed(self) -> EventsMissed:
+        assert self._missed is not None
+        count, first, last = self._missed
+        self._missed = None
+        return EventsMissed(
+            reason="SLOW_SUBSCRIBER",
+            missed_count=count,
+            first_missed_sequence=first,
+            last_missed_sequence=last,
+            resume_after_sequence=first - 1,
+        )
+
+    async def next(self) -> StreamItem:
+        """The next item: replayed events, the CaughtUp marker, then live items.
+
+        Raises:
+            SubscriptionClosedError: the recorder shut down (or :meth:`close`).
+        """
+        while True:
+            if self._ready:
+                return self._ready.popleft()
+            if not self._live:
+                if self._closed:
+                    raise SubscriptionClosedError("the event stream was closed")
+                self._replay_page()
+                if not self._ready:
+                    await asyncio.sleep(0)  # a selective filter over a long log: let others run
+                continue
+            queue = self._queue
+            while queue:
+                live = queue.popleft()
+                if isinstance(live, Event) and live.sequence in self._skip:
+                    self._skip.discard(live.sequence)
+                    continue
+                return live
+            if self._missed is not None:
+                return self._take_missed()
+            if self._closed:
+                raise SubscriptionClosedError("the event stream was closed")
+            self._wake.clear()
+            await self._wake.wait()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> StreamItem:
+        try:
+            return await self.next()
+        except SubscriptionClosedError:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Stops the stream and releases its buffer; idempotent."""
+        self._closed = True
+        self._recorder._unregister(self)  # noqa: SLF001
+        self._queue.clear()
+        self._skip.clear()
+        self._wake.set()

@@ -1,0 +1,1 @@
+"""Unit tests of the trace engine (no server)."""

@@ -1,0 +1,194 @@
+"""The flight recorder: sequences, storage, filtered pages, retention, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from are_core.trace import (
+    EventFilter,
+    EventUsage,
+    FailureInfo,
+    InvalidPageTokenError,
+    decode_page_token,
+    encode_page_token,
+)
+from tests.unit.trace._support import MakeHarness, close, draft, sequences
+
+
+async def test_record_assigns_increasing_sequences_and_stores_every_field(make_harness: MakeHarness) -> None:
+    harness = make_harness()
+    first = await harness.emit(
+        draft(
+            "TASK_ATTEMPT_FAILED",
+            attempt=2,
+            worker_id="w1",
+            task_state="BACKING_OFF",
+            failure=FailureInfo(message="boom", type="ValueError", kind="APPLICATION"),
+            usage=EventUsage(input_tokens=10, output_tokens=5, cost_micro_usd=7),
+            duration_ns=1_500,
+            name="n",
+            attributes={"are.pool": "default", "are.priority": 3, "x": 1.5, "y": True},
+            span_id="00f067aa0ba902b7",
+        )
+    )
+    second = await harness.emit(draft(), draft(event_time_unix_ns=42))
+    assert sequences(first + second) == [1, 2, 3]
+    assert second[1].event_time_unix_ns == 42
+    assert first[0].event_time_unix_ns == harness.clock.now_ns
+
+    page = harness.recorder.list_events(EventFilter())
+    assert page.events == first + second
+    assert page.last_sequence == 3
+    assert not page.more
+    assert page.oldest_retained_sequence == 1
+
+
+async def test_an_event_commits_with_its_batch_or_not_at_all(make_harness: MakeHarness) -> None:
+    harness = make_harness()
+    batch = harness.storage.batch()
+    harness.recorder.record(batch, draft())  # never submitted: as if the transition failed
+    await harness.emit(draft())
+    page = harness.recorder.list_events(EventFilter())
+    assert sequences(page.events) == [2]  # a gap, never a phantom event
+
+
+async def test_filters_by_workflow_task_type_worker_and_time(make_harness: MakeHarness) -> None:
+    harness = make_harness()
+    clock = harness.clock
+    events = []
+    for index in range(12):
+        clock.now_ns += 1_000
+        events += await harness.emit(
+            draft(
+                "TASK_DISPATCHED" if index % 2 else "TASK_COMPLETED",
+                workflow_id=f"wf-{index % 3}",
+                task_id=f"t{index % 4}",
+                worker_id=f"w{index % 2}",
+            )
+        )
+    recorder = harness.recorder
+
+    def listed(event_filter: EventFilter) -> list[int]:
+        return sequences(recorder.list_events(event_filter, limit=100).events)
+
+    def expected(predicate: object) -> list[int]:
+        return [e.sequence for e in events if predicate(e)]  # type: ignore[operator]
+
+    assert listed(EventFilter(workflow_ids=frozenset({"wf-1"}))) == expected(
+        lambda e: e.workflow_id == "wf-1"
+    )
+    assert listed(EventFilter(workflow_ids=frozenset({"wf-0", "wf-2"}))) == expected(
+        lambda e: e.workflow_id in {"wf-0", "wf-2"}
+    )
+    assert listed(EventFilter(task_ids=frozenset({"t3"}))) == expected(lambda e: e.task_id == "t3")
+    assert listed(EventFilter(event_types=frozenset({"TASK_DISPATCHED"}))) == expected(
+        lambda e: e.event_type == "TASK_DISPATCHED"
+    )
+    assert listed(EventFilter(worker_id="w0")) == expected(lambda e: e.worker_id == "w0")
+    start, end = events[3].event_time_unix_ns, events[7].event_time_unix_ns
+    assert listed(EventFilter(start_time_unix_ns=start, end_time_unix_ns=end)) == [4, 5, 6, 7]
+    assert listed(
+        EventFilter(workflow_ids=frozenset({"wf-1"}), event_types=frozenset({"TASK_DISPATCHED"}))
+    ) == expected(lambda e: e.workflow_id == "wf-1" and e.event_type == "TASK_DISPATCHED")
+    assert listed(EventFilter(workflow_ids=frozenset({"nope"}))) == []
+
+
+@pytest.mark.parametrize("by_workflow", [False, True])
+async def test_pages_cover_the_log_exactly_once(make_harness: MakeHarness, by_workflow: bool) -> None:
+    harness = make_harness()
+    events = await harness.emit_many(250, lambda i: draft(workflow_id=f"wf-{i % 2}"))
+    wanted = [e.sequence for e in events if e.workflow_id == "wf-1"] if by_workflow else sequences(events)
+    event_filter = EventFilter(workflow_ids=frozenset({"wf-1"})) if by_workflow else EventFilter()
+    seen: list[int] = []
+    after = 0
+    for _ in range(100):
+        page = harness.recorder.list_events(event_filter, after_sequence=after, limit=30, scan_budget=40)
+        seen += sequences(page.events)
+        assert page.last_sequence >= after
+        after = page.last_sequence
+        if not page.more:
+            break
+    assert seen == wanted
+    assert after == 250  # the cursor reaches the end of the log, ready to follow live
+
+
+async def test_page_tokens_carry_the_cursor_and_belong_to_their_filter() -> None:
+    event_filter = EventFilter(workflow_ids=frozenset({"a", "b"}))
+    token = encode_page_token(77, event_filter)
+    assert decode_page_token(token, EventFilter(workflow_ids=frozenset({"b", "a"}))) == 77
+    with pytest.raises(InvalidPageTokenError, match="different filter"):
+        decode_page_token(token, EventFilter())
+    for bad in ("", "not-a-token!", "AAAA"):
+        with pytest.raises(InvalidPageTokenError):
+            decode_page_token(bad, event_filter)
+
+
+async def test_sequence_is_recovered_after_restart_and_never_reused(make_harness: MakeHarness) -> None:
+    harness = make_harness(retention_count=3)
+    await harness.emit_many(5, lambda _: draft())
+    assert await harness.recorder.prune_once() == 2
+    await close(harness)
+
+    harness = make_harness(retention_count=3)
+    assert harness.recorder.last_sequence == 5
+    assert harness.recorder.pruned_through == 2
+    (event,) = await harness.emit(draft())
+    assert event.sequence == 6
+    await close(harness)
+
+    # Retention by age empties the log; the next sequence still moves on.
+    harness = make_harness(retention_age_s=1.0)
+    harness.clock.now_ns += 10 * 1_000_000_000
+    assert await harness.recorder.prune_once() == 4
+    assert harness.recorder.list_events(EventFilter()).events == []
+    await close(harness)
+    harness = make_harness()
+    (event,) = await harness.emit(draft())
+    assert event.sequence == 7
+
+
+async def test_retention_prunes_by_count_and_age_in_bounded_batches(make_harness: MakeHarness) -> None:
+    harness = make_harness(retention_count=100, retention_age_s=60.0, prune_batch=10)
+    old = await harness.emit_many(30, lambda i: draft(workflow_id=f"wf-{i % 2}"))
+    harness.clock.now_ns += 120 * 1_000_000_000  # the first 30 are now too old
+    await harness.emit_many(120, lambda i: draft(workflow_id=f"wf-{i % 2}"))
+
+    assert await harness.recorder.prune_once() == 10  # one bounded batch at a time
+    while await harness.recorder.prune_once():
+        pass
+    page = harness.recorder.list_events(EventFilter(), limit=1000)
+    assert sequences(page.events) == list(range(51, 151))  # 30 by age, then 20 more by count
+    assert page.oldest_retained_sequence == 51
+    assert harness.recorder.pruned == 50
+    # The secondary index was pruned with the events it points to.
+    rows = harness.storage.scan("trace_events_by_workflow", limit=1000)
+    assert len(rows) == 100
+    assert old[0].sequence not in sequences(
+        harness.recorder.list_events(EventFilter(workflow_ids=frozenset({"wf-0"}))).events
+    )
+
+
+async def test_background_pruning_runs_on_its_own(make_harness: MakeHarness) -> None:
+    harness = make_harness(retention_count=5, prune_interval_s=0.01)
+    await harness.emit_many(20, lambda _: draft())
+    harness.recorder.start_pruning()
+    for _ in range(500):  # bounded wait, no timing assertion
+        if harness.recorder.pruned == 15:
+            break
+        await asyncio.sleep(0.01)
+    assert sequences(harness.recorder.list_events(EventFilter()).events) == list(range(16, 21))
+    await close(harness)
+
+
+async def test_a_failing_listener_does_not_fail_the_producer(make_harness: MakeHarness) -> None:
+    harness = make_harness()
+
+    class Broken:
+        def on_events(self, events: object) -> None:
+            raise RuntimeError("exporter bug")
+
+    harness.recorder.add_listener(Broken())
+    (event,) = await harness.emit(draft())
+    assert event.sequence == 1
