@@ -1,0 +1,588 @@
+"""Per-workflow memory: notes with text, vector and metadata; top-k hydration.
+
+Tables:
+
+* ``memory_spaces`` ``wid`` -> :class:`MemorySpace` (embedder, dimension,
+  counters) — fixed by the first note, a mismatch is refused;
+* ``memory_notes``  ``wid NUL u64(note id)`` -> :class:`Note` (the vector
+  is stored here too: LMDB is the source of truth).
+
+The usearch index of each workflow is derived data, kept in memory, saved
+under ``<index_dir>/<wid>.usearch`` on stop with the note id it covers up
+to, and on load topped up from LMDB with the notes added since (or rebuilt
+from LMDB when the file is missing, corrupt or of another shape). Notes are
+append-only until the workflow is deleted, so "the ids after the saved
+high-water mark" is exactly what a saved index lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from are_core.embed import Embedder, LexicalEmbedder
+from are_core.storage import GroupCommitter, Storage, u64_key
+from are_core.trace import Event, EventDraft, EventSink
+from are_core.vector import VectorIndex
+
+from ._errors import (
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    InvalidStateArgumentError,
+    LimitExceededError,
+)
+from ._locks import KeyedLocks
+
+__all__ = [
+    "MAX_NOTES_PER_CALL",
+    "MAX_NOTES_PER_WORKFLOW",
+    "MEMORY_TABLES",
+    "MemoryHit",
+    "MemoryStore",
+    "Note",
+    "NoteContent",
+    "NoteInput",
+]
+
+SPACES, NOTES = "memory_spaces", "memory_notes"
+MEMORY_TABLES = (SPACES, NOTES)
+MAX_NOTES_PER_CALL = 1000
+MAX_NOTES_PER_WORKFLOW = 1_000_000
+MAX_TEXT_BYTES = 64 * 1024
+MAX_CONTENT_BYTES = 64 * 1024
+MAX_DIMENSION = 4096
+MAX_TOP_K = 100
+MAX_BUDGET_BYTES = 4 * 1024 * 1024
+DEFAULT_BUDGET_BYTES = 64 * 1024
+_SCAN_PAGE = 2000
+_INDEX_SLICE = 64
+
+
+class NoteContent(msgspec.Struct, frozen=True, kw_only=True):
+    """A payload stored with a note: inline bytes or a blob reference."""
+
+    data: bytes = b""
+    content_type: str = ""
+    blob_sha256: str = ""
+    blob_size_bytes: int = 0
+    blob_content_type: str = ""
+
+
+class Note(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored note (table ``memory_notes``); ``vector`` is raw float32."""
+
+    note_id: int
+    text: str
+    vector: bytes
+    metadata: dict[str, str]
+    content: NoteContent | None
+    create_time_ns: int
+
+
+class NoteInput(msgspec.Struct, frozen=True, kw_only=True):
+    """A note to add: text and/or a vector, metadata, an optional payload."""
+
+    text: str = ""
+    vector: Sequence[float] | None = None
+    metadata: Mapping[str, str] = msgspec.field(default_factory=dict)
+    content: NoteContent | None = None
+
+
+class MemorySpace(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow's memory settings and counters (table ``memory_spaces``)."""
+
+    dimension: int
+    embedder: str
+    """The embedder that embedded its texts ("" while only caller vectors were given)."""
+    next_id: int
+    count: int
+
+
+class MemoryHit(msgspec.Struct, frozen=True):
+    """A note chosen by ``hydrate`` and its cosine similarity to the query."""
+
+    note: Note
+    similarity: float
+
+
+_enc = msgspec.msgpack.Encoder()
+_note_dec = msgspec.msgpack.Decoder(Note)
+_space_dec = msgspec.msgpack.Decoder(MemorySpace)
+
+
+def _wid(workflow_id: str) -> bytes:
+    return workflow_id.encode() + b"\x00"
+
+
+def _note_bytes(note: Note) -> int:
+    content = note.content
+    return len(note.text.encode()) + (len(content.data) if content is not None else 0)
+
+
+class MemoryStore:
+    """Notes per workflow and their vector indexes.
+
+    Args:
+        storage, committer: The sidecar's storage.
+        embedder: Embeds note texts and query texts; None means callers must
+            send vectors (texts alone are EMBEDDER_UNAVAILABLE).
+        index_dir: Where indexes are saved between runs.
+        events: Records MEMORY_ADDED events when given.
+        save_every: Save a workflow's index once this many notes were added
+            since its last save, so a restart after a crash tops up at most
+            that many from LMDB instead of rebuilding everything.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        committer: GroupCommitter,
+        *,
+        embedder: Embedder | None,
+        index_dir: Path,
+        events: EventSink | None = None,
+        save_every: int = 20_000,
+    ) -> None:
+        self._storage = storage
+        self._committer = committer
+        self.embedder = embedder
+        self._index_dir = index_dir
+        self._events = events
+        self._indexes: dict[str, tuple[VectorIndex, int]] = {}
+        self._saved: dict[str, int] = {}
+        """The note id each index's saved file covers up to (exclusive)."""
+        self.save_every = save_every
+        """Loaded indexes and the note id they cover up to (exclusive)."""
+        self._locks = KeyedLocks()
+
+    def space(self, workflow_id: str) -> MemorySpace | None:
+        """The workflow's memory settings, or None if it has no notes."""
+        raw = self._storage.get(SPACES, workflow_id.encode())
+        return None if raw is None else _space_dec.decode(raw)
+
+    # Writes
+
+    async def add(self, workflow_id: str, notes: Sequence[NoteInput]) -> list[int]:
+        """Store notes durably and index them; returns their ids in order.
+
+        Field names in errors are ``entries[i].<field>``.
+
+        Raises:
+            LimitExceededError, InvalidStateArgumentError,
+            DimensionMismatchError, EmbedderUnavailableError.
+        """
+        _check_notes(notes)
+        async with self._locks.hold(workflow_id):
+            space = self.space(workflow_id)
+            vectors = await self._vectors(workflow_id, space, notes)
+            dimension = vectors.shape[1]
+            embedded = any(n.vector is None for n in notes)
+            if space is None:
+                space = MemorySpace(
+                    dimension=dimension,
+                    embedder=self.embedder.name if embedded and self.embedder else "",
+                    next_id=1,
+                    count=0,
+                )
+            elif embedded and not space.embedder and self.embedder is not None:
+                space = msgspec.structs.replace(space, embedder=self.embedder.name)
+            if space.count + len(notes) > MAX_NOTES_PER_WORKFLOW:
+                raise LimitExceededError(
+                    f"the memory of {workflow_id!r} would hold over {MAX_NOTES_PER_WORKFLOW} notes",
+                    field="entries",
+                    limit=MAX_NOTES_PER_WORKFLOW,
+                )
+            index = self._index(workflow_id, space)
+            now = time.time_ns()
+            prefix = _wid(workflow_id)
+            batch = self._storage.batch()
+            ids = list(range(space.next_id, space.next_id + len(notes)))
+            for note_id, note, vector in zip(ids, notes, vectors, strict=True):
+                record = Note(
+                    note_id=note_id,
+                    text=note.text,
+                    vector=vector.astype(np.float32).tobytes(),
+                    metadata=dict(note.metadata),
+                    content=note.content,
+                    create_time_ns=now,
+                )
+                batch.put(NOTES, prefix + u64_key(note_id), _enc.encode(record))
+            new_space = msgspec.structs.replace(space, next_id=ids[-1] + 1, count=space.count + len(notes))
+            batch.put(SPACES, workflow_id.encode(), _enc.encode(new_space))
+            events: list[Event] = []
+            if self._events is not None:
+                events.append(
+                    self._events.record(
+                        batch,
+                        EventDraft(
+                            event_type="MEMORY_ADDED",
+                            workflow_id=workflow_id,
+                            attributes={"memory.notes": len(notes), "memory.first_id": ids[0]},
+                        ),
+                    )
+                )
+            await self._committer.submit(batch)
+            # Claim the coverage first: a search between the slices below uses
+            # this index as it is (these notes are not acknowledged yet) rather
+            # than topping it up from LMDB itself.
+            self._indexes[workflow_id] = (index, new_space.next_id)
+            keys = np.asarray(ids, dtype=np.uint64)
+            for start in range(0, len(ids), _INDEX_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # HNSW insertion is slow: let other calls run between slices
+                index.add(keys[start : start + _INDEX_SLICE], vectors[start : start + _INDEX_SLICE])
+            if new_space.next_id - self._saved.get(workflow_id, 1) >= self.save_every:
+                self._save(workflow_id, index, new_space.next_id)
+        if self._events is not None and events:
+            self._events.publish(events)
+        return ids
+
+    async def _vectors(
+        self, workflow_id: str, space: MemorySpace | None, notes: Sequence[NoteInput]
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        dimension = space.dimension if space is not None else None
+        texts = [(i, n.text) for i, n in enumerate(notes) if n.vector is None]
+        embedded: dict[int, np.ndarray[Any, Any]] = {}
+        if texts:
+            embedder = self._embedder_for(workflow_id, space, field=f"entries[{texts[0][0]}].text")
+            dimension = embedder.dimension
+            matrix = await self._embed(embedder, [t for _, t in texts])
+            embedded = {i: matrix[row] for row, (i, _) in enumerate(texts)}
+        rows = []
+        for i, note in enumerate(notes):
+            if note.vector is None:
+                rows.append(embedded[i])
+                continue
+            if dimension is None:
+                dimension = len(note.vector)
+            if len(note.vector) != dimension:
+                raise DimensionMismatchError(
+                    f"entries[{i}].vector has {len(note.vector)} components; "
+                    f"the memory of {workflow_id!r} has dimension {dimension}",
+                    field=f"entries[{i}].vector.values",
+                    expected=dimension,
+                    actual=len(note.vector),
+                )
+            rows.append(np.asarray(note.vector, dtype=np.float32))
+        return np.vstack(rows).astype(np.float32, copy=False)
+
+    def _embedder_for(self, workflow_id: str, space: MemorySpace | None, *, field: str) -> Embedder:
+        embedder = self.embedder
+        if embedder is None:
+            raise EmbedderUnavailableError(
+                "no memory embedder is configured; send vectors instead of text", field=field
+            )
+        if space is not None and space.dimension != embedder.dimension:
+            raise DimensionMismatchError(
+                f"the memory of {workflow_id!r} has dimension {space.dimension}; "
+                f"the embedder {embedder.name!r} makes {embedder.dimension}",
+                field=field,
+                expected=space.dimension,
+                actual=embedder.dimension,
+            )
+        if space is not None and space.count and space.embedder != embedder.name:
+            held = f"embedder {space.embedder!r}" if space.embedder else "caller vectors only"
+            raise EmbedderUnavailableError(
+                f"the memory of {workflow_id!r} holds {held}; the sidecar's embedder is "
+                f"{embedder.name!r}, whose vectors would not compare — send vectors",
+                field=field,
+            )
+        return embedder
+
+    async def _embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        if isinstance(embedder, LexicalEmbedder):
+            return embedder.embed(texts)  # tens of microseconds: not worth a thread hop
+        return await asyncio.to_thread(embedder.embed, texts)
+
+    # Reads
+
+    async def hydrate(
+        self,
+        workflow_id: str,
+        *,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        top_k: int = 10,
+        metadata_match: Mapping[str, str] | None = None,
+        max_bytes: int = DEFAULT_BUDGET_BYTES,
+        min_similarity: float | None = None,
+    ) -> tuple[list[MemoryHit], int, bool]:
+        """The most relevant notes, best first, within ``top_k`` and ``max_bytes``.
+
+        Returns (hits, bytes returned, truncated by the budget). A workflow
+        without notes returns no hits.
+        """
+        if (text is None) == (vector is None):
+            raise InvalidStateArgumentError("set exactly one of text or vector", field="query")
+        space = self.space(workflow_id)
+        if space is None or not space.count:
+            return [], 0, False
+        query = await self._query_vector(workflow_id, space, text, vector)
+        index = self._index(workflow_id, space)
+        return self._select(
+            workflow_id,
+            index,
+            query,
+            top_k=top_k,
+            matches=dict(metadata_match or {}),
+            max_bytes=max_bytes,
+            min_similarity=min_similarity,
+        )
+
+    async def _query_vector(
+        self, workflow_id: str, space: MemorySpace, text: str | None, vector: Sequence[float] | None
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        if vector is not None:
+            if len(vector) != space.dimension:
+                raise DimensionMismatchError(
+                    f"the query vector has {len(vector)} components; the memory of "
+                    f"{workflow_id!r} has dimension {space.dimension}",
+                    field="vector.values",
+                    expected=space.dimension,
+                    actual=len(vector),
+                )
+            return np.asarray(vector, dtype=np.float32)
+        assert text is not None
+        embedder = self._embedder_for(workflow_id, space, field="text")
+        if not space.embedder:
+            raise EmbedderUnavailableError(
+                f"the memory of {workflow_id!r} holds caller vectors only; query with a vector",
+                field="text",
+            )
+        matrix = await self._embed(embedder, [text])
+        return np.asarray(matrix[0], dtype=np.float32)
+
+    def _select(
+        self,
+        workflow_id: str,
+        index: VectorIndex,
+        query: np.ndarray[Any, np.dtype[np.float32]],
+        *,
+        top_k: int,
+        matches: dict[str, str],
+        max_bytes: int,
+        min_similarity: float | None,
+    ) -> tuple[list[MemoryHit], int, bool]:
+        """Walk the nearest notes best first, widening the search while filters reject too many."""
+        prefix = _wid(workflow_id)
+        total = len(index)
+        want = top_k if not matches else max(top_k * 8, 64)
+        hits: list[MemoryHit] = []
+        used = 0
+        truncated = False
+        seen = 0
+        while True:
+            found = index.search(query, min(want, total))
+            fresh = found[seen:]
+            with self._storage.read() as view:
+                raws = view.get_many(NOTES, [prefix + u64_key(key) for key, _ in fresh])
+            for (_, similarity), raw in zip(fresh, raws, strict=True):
+                if min_similarity is not None and similarity < min_similarity:
+                    return hits, used, truncated
+                note = None if raw is None else _note_dec.decode(raw)
+                if note is None or any(note.metadata.get(k) != v for k, v in matches.items()):
+                    continue
+                size = _note_bytes(note)
+                if used + size > max_bytes:
+                    truncated = True
+                    continue
+                used += size
+                hits.append(MemoryHit(note, similarity))
+                if len(hits) >= top_k:
+                    return hits, used, truncated
+            seen = len(found)
+            if want >= total or len(found) < want:
+                return hits, used, truncated
+            want = min(want * 4, total)
+
+    def notes_until(self, workflow_id: str, time_ns: int) -> list[Note]:
+        """Notes created at or before ``time_ns`` (for a fork), in id order, bounded by the page."""
+        out: list[Note] = []
+        prefix = _wid(workflow_id)
+        start = prefix
+        end = prefix[:-1] + b"\x01"
+        while True:
+            rows = self._storage.scan(NOTES, start=start, end=end, limit=_SCAN_PAGE)
+            for _, raw in rows:
+                note = _note_dec.decode(raw)
+                if note.create_time_ns <= time_ns:
+                    out.append(note)
+            if len(rows) < _SCAN_PAGE:
+                return out
+            start = rows[-1][0] + b"\x00"
+
+    async def copy_notes(self, source: str, target: str, until_ns: int) -> int:
+        """Copy the source's notes up to ``until_ns`` into an empty memory (fork); returns the count."""
+        space = self.space(source)
+        if space is None:
+            return 0
+        notes = self.notes_until(source, until_ns)
+        if not notes:
+            return 0
+        prefix = _wid(target)
+        for start in range(0, len(notes), 5000):
+            batch = self._storage.batch()
+            for note in notes[start : start + 5000]:
+                batch.put(NOTES, prefix + u64_key(note.note_id), _enc.encode(note))
+            await self._committer.submit(batch)
+        new_space = msgspec.structs.replace(space, next_id=notes[-1].note_id + 1, count=len(notes))
+        await self._committer.submit(
+            self._storage.batch().put(SPACES, target.encode(), _enc.encode(new_space))
+        )
+        return len(notes)
+
+    async def delete(self, workflow_id: str) -> int:
+        """Remove the workflow's notes, space and saved index; returns the bytes of notes removed."""
+        self._indexes.pop(workflow_id, None)
+        self._saved.pop(workflow_id, None)
+        prefix = _wid(workflow_id)
+        await self._committer.submit(self._storage.batch().delete(SPACES, workflow_id.encode()))
+        removed = 0
+        while True:
+            rows = self._storage.scan(NOTES, prefix=prefix, limit=5000)
+            if not rows:
+                break
+            batch = self._storage.batch()
+            for key, value in rows:
+                batch.delete(NOTES, key)
+                removed += len(key) + len(value)
+            await self._committer.submit(batch)
+        for path in self._paths(workflow_id):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return removed
+
+    # Indexes
+
+    def _paths(self, workflow_id: str) -> tuple[Path, Path]:
+        # Ids may contain dots: append suffixes rather than replace one.
+        return self._index_dir / f"{workflow_id}.usearch", self._index_dir / f"{workflow_id}.json"
+
+    def _index(self, workflow_id: str, space: MemorySpace) -> VectorIndex:
+        loaded = self._indexes.get(workflow_id)
+        if loaded is not None and loaded[0].dimension == space.dimension:
+            index, covered = loaded
+            if covered < space.next_id:
+                self._top_up(workflow_id, index, covered)
+                self._indexes[workflow_id] = (index, space.next_id)
+            return index
+        index, covered = self._restore(workflow_id, space)
+        if covered < space.next_id:
+            self._top_up(workflow_id, index, covered)
+        self._indexes[workflow_id] = (index, space.next_id)
+        return index
+
+    def _restore(self, workflow_id: str, space: MemorySpace) -> tuple[VectorIndex, int]:
+        index_path, meta_path = self._paths(workflow_id)
+        try:
+            meta = json.loads(meta_path.read_text())
+            covered = int(meta["covered"])
+            fits = meta.get("dimension") == space.dimension and covered <= space.next_id
+        except (OSError, ValueError, KeyError, TypeError):
+            fits, covered = False, 1
+        if fits:
+            restored = VectorIndex.restore(index_path, dimension=space.dimension, dtype="f32")
+            if restored is not None:
+                self._saved[workflow_id] = covered
+                return restored, covered
+        return VectorIndex(dimension=space.dimension), 1
+
+    def _top_up(self, workflow_id: str, index: VectorIndex, from_id: int) -> None:
+        """Add to ``index`` every note with id >= ``from_id``, from LMDB."""
+        prefix = _wid(workflow_id)
+        start = prefix + u64_key(from_id)
+        end = prefix[:-1] + b"\x01"
+        dimension = index.dimension
+        while True:
+            rows = self._storage.scan(NOTES, start=start, end=end, limit=_SCAN_PAGE)
+            if not rows:
+                return
+            keys = np.fromiter(
+                (int.from_bytes(k[-8:], "big") for k, _ in rows), dtype=np.uint64, count=len(rows)
+            )
+            matrix = np.empty((len(rows), dimension), dtype=np.float32)
+            for row, (_, raw) in enumerate(rows):
+                matrix[row] = np.frombuffer(_note_dec.decode(raw).vector, dtype=np.float32)
+            index.add(keys, matrix)
+            if len(rows) < _SCAN_PAGE:
+                return
+            start = rows[-1][0] + b"\x00"
+
+    def load_all(self) -> int:
+        """Load (restore or rebuild) the index of every workflow with notes; returns how many."""
+        loaded = 0
+        start = b""
+        while True:
+            rows = self._storage.scan(SPACES, start=start or None, limit=_SCAN_PAGE)
+            for key, raw in rows:
+                self._index(key.decode(), _space_dec.decode(raw))
+                loaded += 1
+            if len(rows) < _SCAN_PAGE:
+                return loaded
+            start = rows[-1][0] + b"\x00"
+
+    def save_all(self) -> int:
+        """Save every loaded index with the note id it covers; returns how many."""
+        self._index_dir.mkdir(parents=True, exist_ok=True)
+        for workflow_id, (index, covered) in list(self._indexes.items()):
+            if self._saved.get(workflow_id) != covered:
+                self._save(workflow_id, index, covered)
+        return len(self._indexes)
+
+    def _save(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
+        """Save one index, then the id it covers (so the record never claims more than the file)."""
+        self._index_dir.mkdir(parents=True, exist_ok=True)
+        index_path, meta_path = self._paths(workflow_id)
+        index.save(index_path)
+        temporary = meta_path.with_name(f".{meta_path.name}.tmp")
+        temporary.write_text(json.dumps({"covered": covered, "dimension": index.dimension}))
+        temporary.replace(meta_path)
+        self._saved[workflow_id] = covered
+
+
+def _check_notes(notes: Sequence[NoteInput]) -> None:
+    if not notes:
+        raise InvalidStateArgumentError("give 1 to 1,000 entries", field="entries")
+    if len(notes) > MAX_NOTES_PER_CALL:
+        raise LimitExceededError(
+            f"{len(notes)} entries; at most {MAX_NOTES_PER_CALL} per call",
+            field="entries",
+            limit=MAX_NOTES_PER_CALL,
+        )
+    for i, note in enumerate(notes):
+        _check_note(i, note)
+
+
+def _check_note(i: int, note: NoteInput) -> None:
+    if note.vector is None and not note.text:
+        raise InvalidStateArgumentError("a note needs text or a vector", field=f"entries[{i}]")
+    if len(note.text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise LimitExceededError(
+            f"entries[{i}].text is over {MAX_TEXT_BYTES} bytes",
+            field=f"entries[{i}].text",
+            limit=MAX_TEXT_BYTES,
+        )
+    if note.vector is not None:
+        if not 1 <= len(note.vector) <= MAX_DIMENSION:
+            raise InvalidStateArgumentError(
+                f"a vector has 1 to {MAX_DIMENSION} components", field=f"entries[{i}].vector.values"
+            )
+        if not all(math.isfinite(v) for v in note.vector):
+            raise InvalidStateArgumentError(
+                "every vector component must be finite", field=f"entries[{i}].vector.values"
+            )
+    if note.content is not None and len(note.content.data) > MAX_CONTENT_BYTES:
+        raise LimitExceededError(
+            f"entries[{i}].content is over {MAX_CONTENT_BYTES} bytes inline; store it as a blob",
+            field=f"entries[{i}].content",
+            limit=MAX_CONTENT_BYTES,
+        )

@@ -1,0 +1,151 @@
+"""Memory (indexes derived from LMDB) and blobs (chunks, dedup, references), no server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from are_core.embed import LexicalEmbedder
+from are_core.state import (
+    BlobDigestMismatchError,
+    BlobStore,
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    MemoryStore,
+    NoteInput,
+)
+from are_core.storage import GroupCommitter, Storage
+
+Store = tuple[Storage, GroupCommitter]
+
+
+class _Renamed(LexicalEmbedder):
+    """Same dimension, another name: its vectors must not be mixed in."""
+
+    def __init__(self) -> None:
+        super().__init__(64)
+        self.name = "other-embedder:64"
+
+
+def _unit(i: int, dimension: int = 8) -> list[float]:
+    vector = [0.0] * dimension
+    vector[i % dimension] = 1.0
+    vector[(i + 1) % dimension] = 0.25 * (i // dimension + 1)
+    return vector
+
+
+async def test_saved_index_is_topped_up_and_a_broken_one_rebuilt(store: Store, tmp_path: Path) -> None:
+    storage, committer = store
+    folder = tmp_path / "indexes"
+    memory = MemoryStore(storage, committer, embedder=None, index_dir=folder)
+    await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(20)])
+    assert memory.save_all() == 1
+    # Notes added after the save (then a crash: nothing saved again).
+    await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(20, 30)])
+
+    restarted = MemoryStore(storage, committer, embedder=None, index_dir=folder)
+    assert restarted.load_all() == 1
+    hits, _, _ = await restarted.hydrate("wf", vector=_unit(25), top_k=1)
+    assert [h.note.text for h in hits] == ["n25"]
+
+    (folder / "wf.usearch").write_bytes(b"garbage")
+    rebuilt = MemoryStore(storage, committer, embedder=None, index_dir=folder)
+    rebuilt.load_all()
+    hits, _, _ = await rebuilt.hydrate("wf", vector=_unit(3), top_k=1)
+    assert [h.note.text for h in hits] == ["n3"]
+
+
+async def test_filters_widen_the_search_until_enough_notes_match(store: Store, tmp_path: Path) -> None:
+    memory = MemoryStore(*store, embedder=None, index_dir=tmp_path)
+    notes = [
+        NoteInput(text=f"n{i}", vector=_unit(i, 4), metadata={"rare": "yes" if i == 299 else "no"})
+        for i in range(300)
+    ]
+    await memory.add("wf", notes)
+    hits, _, _ = await memory.hydrate("wf", vector=_unit(0, 4), top_k=3, metadata_match={"rare": "yes"})
+    assert [h.note.text for h in hits] == ["n299"]
+
+
+async def test_dimension_and_embedder_are_fixed_by_the_first_note(store: Store, tmp_path: Path) -> None:
+    storage, committer = store
+    lexical = MemoryStore(storage, committer, embedder=LexicalEmbedder(64), index_dir=tmp_path)
+    await lexical.add("wf", [NoteInput(text="hello world")])
+    with pytest.raises(DimensionMismatchError) as caught:
+        await lexical.add("wf", [NoteInput(vector=[1.0] * 3)])
+    assert (caught.value.expected, caught.value.actual, caught.value.field) == (
+        64,
+        3,
+        "entries[0].vector.values",
+    )
+    other = MemoryStore(storage, committer, embedder=LexicalEmbedder(128), index_dir=tmp_path)
+    with pytest.raises(DimensionMismatchError) as caught:
+        await other.add("wf", [NoteInput(text="more")])
+    assert caught.value.field == "entries[0].text"
+    same_size = MemoryStore(storage, committer, embedder=_Renamed(), index_dir=tmp_path)
+    with pytest.raises(EmbedderUnavailableError):
+        await same_size.add("wf", [NoteInput(text="more")])
+    none = MemoryStore(storage, committer, embedder=None, index_dir=tmp_path)
+    with pytest.raises(EmbedderUnavailableError):
+        await none.hydrate("wf", text="hello")
+
+
+async def test_delete_removes_notes_and_the_saved_index(store: Store, tmp_path: Path) -> None:
+    storage, committer = store
+    memory = MemoryStore(storage, committer, embedder=None, index_dir=tmp_path)
+    await memory.add("wf.1", [NoteInput(text="a", vector=[1.0, 0.0])])
+    await memory.add("wf.2", [NoteInput(text="b", vector=[1.0, 0.0])])
+    memory.save_all()
+    assert (tmp_path / "wf.1.usearch").exists()
+    assert await memory.delete("wf.1") > 0
+    assert storage.count("memory_notes") == 1
+    assert not (tmp_path / "wf.1.usearch").exists()
+    assert (await memory.hydrate("wf.1", vector=[1.0, 0.0]))[0] == []
+    assert (tmp_path / "wf.2.usearch").exists()
+
+
+async def test_blobs_dedup_refcount_and_crash_sweep(store: Store) -> None:
+    storage, committer = store
+    blobs = BlobStore(storage, committer)
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    digest = hashlib.sha256(data).digest()
+    info, dedup = await blobs.put(data, workflow_id="a")
+    assert (info.sha256, info.size_bytes, dedup) == (digest.hex(), len(data), False)
+    assert storage.count("blob_chunks") == 4  # 1 MiB chunks, not one giant value
+    _, dedup = await blobs.put(data, workflow_id="b")
+    assert dedup
+    assert storage.count("blob_chunks") == 4
+    assert await blobs.release_workflow("a") == 0
+    assert blobs.stat(digest) is not None
+    assert await blobs.release_workflow("b") == len(data)
+    assert blobs.stat(digest) is None
+    assert storage.count("blob_chunks") == 0
+
+    upload = blobs.begin(content_type="", size_bytes=2 * 1024 * 1024, sha256="", workflow_id="")
+    await upload.write(os.urandom(1024 * 1024))  # flushed: a crash now leaves staged chunks
+    assert storage.count("blob_chunks") == 1
+    assert await BlobStore(storage, committer).recover() == 1
+    assert storage.count("blob_chunks") == 0
+
+    bad = blobs.begin(content_type="", size_bytes=2, sha256="0" * 64, workflow_id="")
+    await bad.write(b"ab")
+    with pytest.raises(BlobDigestMismatchError):
+        await bad.finish()
+    assert storage.count("blob_meta") == 0
+
+
+async def test_indexes_are_saved_as_they_grow(store: Store, tmp_path: Path) -> None:
+    storage, committer = store
+    memory = MemoryStore(storage, committer, embedder=None, index_dir=tmp_path, save_every=10)
+    for start in range(0, 25, 5):
+        await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(start, start + 5)])
+    saved = json.loads((tmp_path / "wf.json").read_text())
+    assert saved == {"covered": 21, "dimension": 8}  # saved after notes 1-10 and 11-20
+    # A crash now: a new store restores the file and tops up notes 21-25 only.
+    restarted = MemoryStore(storage, committer, embedder=None, index_dir=tmp_path)
+    restarted.load_all()
+    hits, _, _ = await restarted.hydrate("wf", vector=_unit(23), top_k=1)
+    assert [h.note.text for h in hits] == ["n23"]
