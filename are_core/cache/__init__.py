@@ -1,0 +1,76 @@
+"""The semantic cache: never pay for the same thought twice.
+
+A lookup tries the exact tier (a hash of the normalised prompt) and then
+the semantic tier (cosine similarity over a usearch index, above the
+namespace's threshold). Namespaces keep apart what must never mix; entries
+expire by TTL and are evicted least recently used past the size bounds;
+statistics count hits, misses and what they saved. Entries live in LMDB;
+indexes are derived. See :class:`CacheEngine`.
+
+The scheduler's task short-circuit calls
+:meth:`CacheEngine.lookup_for_task` (namespace, prompt) and gets a
+:class:`CacheHit` or None.
+
+Exceptions::
+
+    CacheError
+    ├── NamespaceNotFoundError      no namespace of this name
+    ├── DimensionMismatchError      a vector of another dimension (names the field)
+    ├── EmbedderUnavailableError    text to embed, but no embedder can
+    ├── ImmutableFieldError         embedder, dimension or dtype changed
+    ├── CacheLimitError             an entry over its namespace's bounds
+    ├── InvalidCacheArgumentError   a setting out of range (names the field)
+    └── NamespaceLimitError         past 1,000 namespaces
+"""
+
+from ._engine import CACHE_TABLES, CacheEngine
+from ._errors import (
+    CacheError,
+    CacheLimitError,
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    ImmutableFieldError,
+    InvalidCacheArgumentError,
+    NamespaceLimitError,
+    NamespaceNotFoundError,
+)
+from ._model import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TTL_NS,
+    MAX_NAMESPACES,
+    CacheHit,
+    CacheStats,
+    LookupResult,
+    Namespace,
+    NamespaceSettings,
+    StoreResult,
+)
+from ._normalise import normalise_prompt, prompt_hash
+
+__all__ = [
+    "CACHE_TABLES",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TTL_NS",
+    "MAX_NAMESPACES",
+    "CacheEngine",
+    "CacheError",
+    "CacheHit",
+    "CacheLimitError",
+    "CacheStats",
+    "DimensionMismatchError",
+    "EmbedderUnavailableError",
+    "ImmutableFieldError",
+    "InvalidCacheArgumentError",
+    "LookupResult",
+    "Namespace",
+    "NamespaceLimitError",
+    "NamespaceNotFoundError",
+    "NamespaceSettings",
+    "StoreResult",
+    "normalise_prompt",
+    "prompt_hash",
+]

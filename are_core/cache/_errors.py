@@ -1,0 +1,72 @@
+"""The cache engine's exceptions; the sidecar maps each to one gRPC status."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "CacheLimitError",
+    "DimensionMismatchError",
+    "EmbedderUnavailableError",
+    "ImmutableFieldError",
+    "InvalidCacheArgumentError",
+    "NamespaceLimitError",
+    "NamespaceNotFoundError",
+]
+
+
+class CacheError(Exception):
+    """Base of every cache engine error."""
+
+
+class NamespaceNotFoundError(CacheError):
+    """No namespace has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"cache namespace {name!r} does not exist")
+
+
+class DimensionMismatchError(CacheError):
+    """A vector's dimension differs from its namespace's."""
+
+    def __init__(self, *, field: str, expected: int, got: int) -> None:
+        self.field = field
+        self.expected = expected
+        self.got = got
+        super().__init__(f"`{field}` has {got} components; the namespace's dimension is {expected}")
+
+
+class EmbedderUnavailableError(CacheError):
+    """The text needs embedding but the namespace has no embedder, or it cannot be loaded."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class ImmutableFieldError(CacheError):
+    """A namespace setting fixed at creation was changed."""
+
+    def __init__(self, *, field: str, old: object, new: object) -> None:
+        self.field = field
+        super().__init__(f"`{field}` is fixed at creation: it is {old!r}, the request has {new!r}")
+
+
+class CacheLimitError(CacheError):
+    """A value is over a bound (an entry larger than its namespace's max_bytes)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class InvalidCacheArgumentError(CacheError):
+    """A value the engine cannot use (a setting out of range)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class NamespaceLimitError(CacheError):
+    """Creating the namespace would pass the bound on namespaces."""

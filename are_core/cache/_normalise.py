@@ -1,0 +1,36 @@
+"""The exact tier's key: a hash of the normalised prompt."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+__all__ = ["entry_id_text", "normalise_prompt", "parse_entry_id", "prompt_hash"]
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_prompt(prompt: str) -> str:
+    """Unicode NFC, trimmed, runs of whitespace collapsed to one space, case kept."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", prompt)).strip()
+
+
+def prompt_hash(prompt: str) -> bytes:
+    """16 bytes of BLAKE2b over the normalised prompt."""
+    return hashlib.blake2b(normalise_prompt(prompt).encode("utf-8"), digest_size=16).digest()
+
+
+def entry_id_text(entry_id: int) -> str:
+    """An entry id as the API shows it: ``e`` and 16 hexadecimal digits."""
+    return f"e{entry_id:016x}"
+
+
+def parse_entry_id(text: str) -> int | None:
+    """The number of an entry id, or None when it is not one."""
+    if len(text) != 17 or text[0] != "e":
+        return None
+    try:
+        return int(text[1:], 16)
+    except ValueError:
+        return None

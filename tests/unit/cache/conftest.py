@@ -1,0 +1,97 @@
+"""Fixtures for the cache engine tests: real LMDB in a temporary folder, no server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from are_core.cache import CACHE_TABLES, CacheEngine
+from are_core.storage import Batch, Durability, GroupCommitter, Storage
+from are_core.trace import Event, EventDraft
+
+
+class RecordingSink:
+    """An EventSink keeping what it was given (the trace engine is not under test here)."""
+
+    def __init__(self) -> None:
+        self.recorded: list[EventDraft] = []
+        self.published: list[Event] = []
+
+    def record(self, batch: Batch, draft: EventDraft) -> Event:
+        self.recorded.append(draft)
+        return Event(sequence=len(self.recorded), event_time_unix_ns=1, event_type=draft.event_type)
+
+    def publish(self, events: Sequence[Event]) -> None:
+        self.published.extend(events)
+
+
+class Clock:
+    """A settable clock in nanoseconds."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000 * 10**9
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+class Harness:
+    """Opens, closes and reopens one engine over one data folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.clock = Clock()
+        self.sink = RecordingSink()
+        self.storage: Storage | None = None
+        self.committer: GroupCommitter | None = None
+        self.engine: CacheEngine | None = None
+
+    async def open(self, **kwargs: object) -> CacheEngine:
+        self.storage = Storage.open(self.root / "data", tables=CACHE_TABLES, durability=Durability.RELAXED)
+        self.committer = GroupCommitter(self.storage)
+        self.engine = CacheEngine(
+            self.storage,
+            self.committer,
+            index_dir=self.root / "data" / "cache",
+            events=self.sink,
+            clock=self.clock,
+            flush_interval=3600,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        await self.engine.start()
+        return self.engine
+
+    async def close(self, *, save: bool = True) -> None:
+        assert self.engine is not None and self.committer is not None and self.storage is not None
+        if save:
+            await self.engine.stop()
+        elif self.engine._flusher is not None:
+            self.engine._flusher.cancel()
+        await self.committer.aclose()
+        self.storage.close()
+        self.engine = None
+
+    @property
+    def e(self) -> CacheEngine:
+        assert self.engine is not None
+        return self.engine
+
+    async def reopen(self, *, save: bool = True) -> CacheEngine:
+        await self.close(save=save)
+        return await self.open()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    await h.open()
+    try:
+        yield h
+    finally:
+        if h.engine is not None:
+            await h.close()

@@ -1,0 +1,364 @@
+"""The cache engine: tiers, namespaces, TTL, LRU, invalidation, stats, durability."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import are_core.cache
+from are_core.cache import (
+    CacheLimitError,
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    ImmutableFieldError,
+    InvalidCacheArgumentError,
+    NamespaceNotFoundError,
+    NamespaceSettings,
+    normalise_prompt,
+)
+
+from .conftest import Harness
+
+SECOND = 10**9
+
+
+def _unit(d: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_exported_members() -> None:
+    public = {name for name in vars(are_core.cache) if not name.startswith("_")}
+    assert set(are_core.cache.__all__) == public
+
+
+def test_normalisation_keeps_case_and_collapses_whitespace() -> None:
+    assert normalise_prompt("  Hello\t\n  World  ") == "Hello World"
+    assert normalise_prompt("Cafe\u0301") == "Caf\u00e9"
+    assert normalise_prompt("hello world") != normalise_prompt("Hello World")
+
+
+async def test_exact_hit_returns_the_entry_and_its_cost(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="gpt:sys1"))
+    stored = await e.store(
+        "gpt:sys1",
+        prompt="What is 2+2?",
+        response=b'{"answer": 4}',
+        content_type="application/json",
+        metadata={"model": "gpt"},
+        input_tokens=10,
+        output_tokens=5,
+        cost_micro_usd=300,
+    )
+    assert not stored.replaced
+    result = await e.lookup("gpt:sys1", prompt="  What is   2+2? ")
+    assert result.hit is not None
+    hit = result.hit
+    assert (hit.tier, hit.similarity, hit.entry_id) == ("EXACT", 1.0, stored.entry_id)
+    assert (hit.response, hit.content_type, hit.metadata) == (
+        b'{"answer": 4}',
+        "application/json",
+        {"model": "gpt"},
+    )
+    assert (hit.input_tokens, hit.output_tokens, hit.cost_micro_usd, hit.prompt) == (
+        10,
+        5,
+        300,
+        "What is 2+2?",
+    )
+    [stats] = e.stats("gpt:sys1")
+    assert (stats.lookups, stats.exact_hits, stats.misses, stats.entries) == (1, 1, 0, 1)
+    assert (stats.saved_tokens, stats.saved_cost_micro_usd, stats.hit_rate) == (15, 300, 1.0)
+
+
+async def test_semantic_tier_with_lexical_embedder_and_threshold(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="lex", similarity_threshold=0.7))
+    await e.store("lex", prompt="How do I book a cheap flight to Paris?", response=b"A")
+    result = await e.lookup("lex", prompt="how do i book cheap flights to paris")
+    assert result.hit is not None
+    assert result.hit.tier == "SEMANTIC"
+    assert 0.7 <= result.hit.similarity < 1.0
+    # A stricter threshold per call turns it into a miss that reports the best similarity.
+    miss = await e.lookup("lex", prompt="how do i book cheap flights to paris", threshold=0.99)
+    assert miss.hit is None
+    assert 0.7 <= miss.best_similarity < 0.99
+    assert (await e.lookup("lex", prompt="how do i book cheap flights to paris", exact_only=True)).hit is None
+    [stats] = e.stats("lex")
+    assert (stats.lookups, stats.semantic_hits, stats.misses) == (3, 1, 2)
+
+
+async def test_caller_vectors_and_dimension_checks(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(
+        NamespaceSettings(name="vec", embedder="caller", dimension=8, similarity_threshold=0.95)
+    )
+    v = _unit(8, 1)
+    await e.store("vec", prompt="p1", vector=v, response=b"r1")
+    await e.store("vec", prompt="p2", response=b"r2")  # no vector: answers exact lookups only
+    near = v + 0.01 * _unit(8, 2)
+    hit = (await e.lookup("vec", vector=near)).hit
+    assert hit is not None
+    assert hit.response == b"r1"
+    assert hit.tier == "SEMANTIC"
+    assert (await e.lookup("vec", prompt="p2")).hit is not None
+    with pytest.raises(DimensionMismatchError) as caught:
+        await e.lookup("vec", vector=np.ones(7, dtype=np.float32))
+    assert (caught.value.field, caught.value.expected, caught.value.got) == ("vector", 8, 7)
+    with pytest.raises(DimensionMismatchError):
+        await e.store("vec", prompt="p3", vector=np.ones(9, dtype=np.float32))
+    with pytest.raises(EmbedderUnavailableError):
+        await e.lookup("vec", prompt="unknown text")
+    assert (await e.lookup("vec", prompt="unknown text", exact_only=True)).hit is None
+    assert await e.lookup_for_task("vec", "p2") is not None
+    assert await e.lookup_for_task("vec", "unknown text") is None
+
+
+async def test_namespaces_settings_defaults_and_immutables(harness: Harness) -> None:
+    e = harness.e
+    ns, created = await e.put_namespace(NamespaceSettings(name="a"))
+    assert created
+    assert (ns.embedder, ns.embedder_name, ns.dimension, ns.vector_dtype) == (
+        "lexical",
+        "lexical-v1:256",
+        256,
+        "f32",
+    )
+    assert ns.similarity_threshold == pytest.approx(0.92)
+    ns2, created = await e.put_namespace(
+        NamespaceSettings(name="a", similarity_threshold=0.8, description="d")
+    )
+    assert not created
+    assert (ns2.similarity_threshold, ns2.description, ns2.create_time_ns) == (0.8, "d", ns.create_time_ns)
+    for settings, field in [
+        (NamespaceSettings(name="a", embedder="caller"), "namespace.embedder"),
+        (NamespaceSettings(name="a", dimension=128), "namespace.dimension"),
+        (NamespaceSettings(name="a", vector_dtype="i8"), "namespace.vector_dtype"),
+    ]:
+        with pytest.raises(ImmutableFieldError) as immutable:
+            await e.put_namespace(settings)
+        assert immutable.value.field == field
+    with pytest.raises(InvalidCacheArgumentError) as invalid:
+        await e.put_namespace(NamespaceSettings(name="b", embedder="caller"))
+    assert invalid.value.field == "namespace.dimension"
+    with pytest.raises(InvalidCacheArgumentError) as invalid:
+        await e.put_namespace(NamespaceSettings(name="b", similarity_threshold=1.5))
+    assert invalid.value.field == "namespace.similarity_threshold"
+    with pytest.raises(EmbedderUnavailableError) as unavailable:
+        await e.put_namespace(NamespaceSettings(name="b", embedder="minilm"))
+    assert unavailable.value.field == "namespace.embedder"
+    with pytest.raises(NamespaceNotFoundError):
+        await e.lookup("missing", prompt="x")
+    with pytest.raises(NamespaceNotFoundError):
+        e.stats("missing")
+    await e.put_namespace(NamespaceSettings(name="c", embedder="lexical", dimension=64, vector_dtype="i8"))
+    page, after = e.list_namespaces(limit=1)
+    assert [n.name for n in page] == ["a"]
+    assert after == "a"
+    page, after = e.list_namespaces(after=after, limit=5)
+    assert [n.name for n in page] == ["c"]
+    assert after == ""
+
+
+async def test_store_replaces_the_same_normalised_prompt(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="n"))
+    first = await e.store("n", prompt="Hello  there", response=b"1")
+    second = await e.store("n", prompt="Hello there", response=b"2")
+    assert second.replaced
+    assert second.entry_id != first.entry_id
+    hit = (await e.lookup("n", prompt="Hello there")).hit
+    assert hit is not None
+    assert (hit.response, hit.entry_id) == (b"2", second.entry_id)
+    assert e.stats("n")[0].entries == 1
+
+
+async def test_ttl_and_max_age_never_answer_old_entries(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="t", default_ttl_ns=60 * SECOND))
+    short = await e.store("t", prompt="short lived", response=b"s", ttl_ns=5 * SECOND)
+    await e.store("t", prompt="long lived", response=b"l")
+    assert short.expire_time_ns == harness.clock.now + 5 * SECOND
+    harness.clock.advance(10)
+    assert (await e.lookup("t", prompt="short lived")).hit is None  # exact tier
+    assert (await e.lookup("t", prompt="short lived!")).hit is None  # semantic tier
+    assert (await e.lookup("t", prompt="long lived", max_age_ns=5 * SECOND)).hit is None
+    assert (await e.lookup("t", prompt="long lived")).hit is not None
+    await e.flush()  # the sweep removes what expired and counts it
+    [stats] = e.stats("t")
+    assert (stats.entries, stats.expirations) == (1, 1)
+    assert any(
+        d.event_type == "CACHE_INVALIDATED" and d.attributes["reason"] == "EXPIRED"
+        for d in harness.sink.recorded
+    )
+
+
+async def test_lru_eviction_by_count_and_bytes(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="l", max_entries=3))
+    for i in range(3):
+        await e.store("l", prompt=f"prompt number {i}", response=b"x")
+    assert (await e.lookup("l", prompt="prompt number 0")).hit is not None  # 0 is now recent
+    await e.store("l", prompt="prompt number 3", response=b"x")  # evicts 1, the least recently used
+    assert (await e.lookup("l", prompt="prompt number 1", exact_only=True)).hit is None
+    for i in (0, 2, 3):
+        assert (await e.lookup("l", prompt=f"prompt number {i}", exact_only=True)).hit is not None
+    # Shrinking the bound evicts at once.
+    await e.put_namespace(NamespaceSettings(name="l", max_entries=1))
+    [stats] = e.stats("l")
+    assert (stats.entries, stats.evictions) == (1, 3)
+    # Byte bound: an entry alone larger than it is refused; others evict.
+    await e.put_namespace(NamespaceSettings(name="b", max_bytes=100))
+    with pytest.raises(CacheLimitError):
+        await e.store("b", prompt="p", response=b"y" * 200)
+    await e.store("b", prompt="one", response=b"y" * 60)
+    await e.store("b", prompt="two", response=b"y" * 60)
+    assert (await e.lookup("b", prompt="one", exact_only=True)).hit is None
+    assert e.stats("b")[0].size_bytes == 63
+
+
+async def test_invalidate_by_id_metadata_and_all(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="i"))
+    a = await e.store("i", prompt="alpha question", response=b"a", metadata={"model": "m1", "user": "u"})
+    await e.store("i", prompt="beta question", response=b"b", metadata={"model": "m2", "user": "u"})
+    await e.store("i", prompt="gamma question", response=b"c", metadata={"model": "m1"})
+    assert await e.invalidate("i", entry_ids=[a.entry_id, "e00000000000000ff", "bogus"]) == 1
+    assert (await e.lookup("i", prompt="alpha question")).hit is None
+    assert (await e.lookup("i", prompt="alpha questions")).hit is None
+    assert await e.invalidate("i", metadata_match={"model": "m1"}) == 1
+    assert (await e.lookup("i", prompt="gamma question")).hit is None
+    assert (await e.lookup("i", prompt="beta question")).hit is not None
+    assert await e.invalidate("i", everything=True) == 1
+    assert e.stats("i")[0].entries == 0
+    assert await e.invalidate("i", everything=True) == 0
+
+
+async def test_events_for_hits_misses_stores_and_invalidations(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="ev"))
+    await e.store("ev", prompt="q", response=b"r")
+    await e.lookup("ev", prompt="q")
+    await e.lookup("ev", prompt="something else entirely")
+    await e.invalidate("ev", everything=True)
+    await e.flush()
+    kinds = [d.event_type for d in harness.sink.recorded]
+    assert kinds.count("CACHE_STORED") == 1
+    assert kinds.count("CACHE_HIT") == 1
+    assert kinds.count("CACHE_MISS") == 1
+    assert kinds.count("CACHE_INVALIDATED") == 1
+    assert len(harness.sink.published) == len(harness.sink.recorded)
+    hit = next(d for d in harness.sink.recorded if d.event_type == "CACHE_HIT")
+    assert hit.attributes["tier"] == "EXACT"
+
+
+async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="d", embedder="caller", dimension=16))
+    vectors = {i: _unit(16, i) for i in range(20)}
+    ids = {}
+    for i, v in vectors.items():
+        ids[i] = (await e.store("d", prompt=f"p{i}", vector=v, response=str(i).encode())).entry_id
+    await e.invalidate("d", entry_ids=[ids[3], ids[4]])
+    await e.lookup("d", prompt="p1")
+    e = await harness.reopen()  # clean stop: the index was saved and is memory-mapped back
+    assert e.stats("d")[0].entries == 18
+    assert e.stats("d")[0].exact_hits == 1
+    for i, v in vectors.items():
+        hit = (await e.lookup("d", vector=v)).hit
+        if i in (3, 4):
+            assert hit is None or hit.response not in (b"3", b"4")
+        else:
+            assert hit is not None
+            assert hit.response == str(i).encode()
+    # A new entry after restart gets a fresh id.
+    new = await e.store("d", prompt="p-new", vector=_unit(16, 99), response=b"n")
+    assert new.entry_id not in ids.values()
+
+
+async def test_stale_index_is_repaired_and_missing_index_rebuilt(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="r", embedder="caller", dimension=16))
+    for i in range(10):
+        await e.store("r", prompt=f"p{i}", vector=_unit(16, i), response=str(i).encode())
+    e = await harness.reopen()  # saves the index with 10 vectors
+    first = (await e.lookup("r", prompt="p0")).hit
+    assert first is not None
+    await e.invalidate("r", entry_ids=[first.entry_id])
+    await e.store("r", prompt="p10", vector=_unit(16, 10), response=b"10")
+    e = await harness.reopen(save=False)  # "crash": the saved index is stale
+    hit0 = (await e.lookup("r", vector=_unit(16, 0), threshold=0.999)).hit
+    assert hit0 is None
+    hit10 = (await e.lookup("r", vector=_unit(16, 10))).hit
+    assert hit10 is not None
+    assert hit10.response == b"10"
+    await harness.close()
+    for path in (harness.root / "data" / "cache").iterdir():
+        path.unlink()
+    e = await harness.open()
+    hit10 = (await e.lookup("r", vector=_unit(16, 10))).hit
+    assert hit10 is not None
+    assert hit10.response == b"10"
+    assert e.stats("r")[0].entries == 10
+
+
+async def test_concurrent_lookups_and_stores(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="c", max_entries=50))
+
+    async def writer(k: int) -> None:
+        for i in range(20):
+            await e.store("c", prompt=f"w{k} item {i}", response=f"{k}:{i}".encode())
+
+    async def reader(k: int) -> None:
+        for i in range(20):
+            result = await e.lookup("c", prompt=f"w{k} item {i}")
+            if result.hit is not None and result.hit.tier == "EXACT":
+                assert result.hit.response == f"{k}:{i}".encode()
+
+    await asyncio.gather(*(writer(k) for k in range(4)), *(reader(k) for k in range(4)))
+    [stats] = e.stats("c")
+    assert stats.entries == 50
+    assert stats.evictions == 30
+    e = await harness.reopen(save=False)
+    assert e.stats("c")[0].entries == 50
+
+
+async def test_store_many_bulk_loads_and_survives_restart(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="bulk", embedder="caller", dimension=16, max_entries=120))
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((150, 16)).astype(np.float32)
+    results = await e.store_many(
+        "bulk", [f"bulk {i}" for i in range(150)], [str(i).encode() for i in range(150)], vectors=vectors
+    )
+    assert len(results) == 150
+    assert e.stats("bulk")[0].entries == 120  # the 30 least recent were evicted
+    e = await harness.reopen()
+    hit = (await e.lookup("bulk", vector=vectors[149])).hit
+    assert hit is not None
+    assert hit.response == b"149"
+    assert (await e.lookup("bulk", prompt="bulk 0", exact_only=True)).hit is None
+    with pytest.raises(DimensionMismatchError):
+        await e.store_many("bulk", ["x"], [b"y"], vectors=np.ones((1, 8), dtype=np.float32))
+    lexical = await e.put_namespace(NamespaceSettings(name="bulk-text"))
+    assert lexical[1]
+    await e.store_many("bulk-text", ["hello big world", "goodbye"], [b"1", b"2"])
+    assert (await e.lookup("bulk-text", prompt="hello big worlds", threshold=0.6)).hit is not None
+
+
+async def test_churn_keeps_the_expiry_heap_bounded(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="churn", embedder="caller", dimension=4, max_entries=5))
+    prompts = [f"p{i}" for i in range(1500)]
+    await e.store_many("churn", prompts, [b"r"] * len(prompts))
+    state = e._states["churn"]
+    assert len(state.heads) == 5
+    assert len(state.expiry) <= 2 * 5 + 1024 + 1
+    harness.clock.advance(8 * 86_400)
+    await e.flush()
+    assert e.stats("churn")[0].entries == 0
+    assert e.stats("churn")[0].expirations == 5
