@@ -1,0 +1,1206 @@
+"""The router engine: agent cards, RouteTask ranking and model routing.
+
+State lives in four LMDB tables (``TABLES``): registered cards
+(``router_agents``, by agent_id), the model catalog (``router_meta``), model
+routes awaiting an outcome (``router_routes``, by time-ordered route_id) and
+reported outcomes (``router_outcomes``, by sequence). The vector indexes are
+derived: :meth:`Router.load` rebuilds them from LMDB on every start, so a
+crash can never leave them disagreeing with the truth.
+
+Worker cards are live state, not durable: a worker that connects through the
+worker service declares them (:meth:`Router.update_worker`) and they go away
+with it (:meth:`Router.remove_worker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from are_core.storage import Batch, Codec, GroupCommitter, Storage, u64_key
+from are_core.storage import parse_u64_key as _parse_u64
+from are_core.trace import AttributeValue, Event, EventDraft, EventSink
+
+from ._errors import (
+    AgentNotFoundError,
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    ModelCatalogEmptyError,
+    NoEligibleModelError,
+    NoRouteError,
+    OutcomeAlreadyReportedError,
+    RouteNotFoundError,
+    RouterLimitError,
+)
+from ._model import (
+    AgentSource,
+    AgentSpec,
+    AgentView,
+    ModelChoice,
+    ModelEstimate,
+    ModelSpec,
+    OutcomeRecord,
+    RouteCandidate,
+    RouteMode,
+    RouteQuery,
+    RouteRecord,
+    RouteResult,
+    RouterSettings,
+    StoredAgent,
+    StoredCatalog,
+)
+from ._protocols import EmbedderLike, IndexFactory, VectorIndexLike
+
+__all__ = ["AGENTS_TABLE", "META_TABLE", "OUTCOMES_TABLE", "ROUTES_TABLE", "TABLES", "Router"]
+
+AGENTS_TABLE = "router_agents"
+META_TABLE = "router_meta"
+ROUTES_TABLE = "router_routes"
+OUTCOMES_TABLE = "router_outcomes"
+TABLES = (AGENTS_TABLE, META_TABLE, ROUTES_TABLE, OUTCOMES_TABLE)
+
+_CATALOG_KEY = b"catalog"
+_PAGE = 1000
+# A capability filter leaving at most this many agents is scored exactly
+# (one small matrix product) instead of searching the whole index.
+_EXACT_FILTER_LIMIT = 1024
+_FIRST_SEARCH = 64
+_DEFAULT_OUTPUT_TOKENS = 500
+_CHARS_PER_TOKEN = 4
+# Keys of worker-declared cards (live only) come from a range of their own.
+_WORKER_KEYS = 1 << 62
+_MANIFEST = "manifest.json"
+
+_agent_codec = Codec(StoredAgent)
+_catalog_codec = Codec(StoredCatalog)
+_route_codec = Codec(RouteRecord)
+_outcome_codec = Codec(OutcomeRecord)
+
+_log = logging.getLogger("are.router")
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class _Worker:
+    worker_id: str
+    agent_id: str
+    spec: AgentSpec
+    running: int
+    capacity: int
+    available: bool
+
+
+@dataclass(slots=True)
+class _Agent:
+    agent_id: str
+    key: int
+    stored: StoredAgent | None = None
+    workers: dict[str, _Worker] = field(default_factory=dict)
+    vector: Vector | None = None
+    capabilities: frozenset[str] = frozenset()
+    first_seen_ns: int = 0
+
+    @property
+    def spec(self) -> AgentSpec:
+        if self.stored is not None:
+            return self.stored.spec
+        return next(iter(self.workers.values())).spec
+
+    @property
+    def source(self) -> AgentSource:
+        return AgentSource.REGISTERED if self.stored is not None else AgentSource.WORKER
+
+    @property
+    def running(self) -> int:
+        return sum(w.running for w in self.workers.values())
+
+    @property
+    def capacity(self) -> int:
+        if self.stored is not None:
+            return max(1, self.stored.spec.capacity)
+        return max(1, sum(w.capacity for w in self.workers.values()))
+
+    @property
+    def available(self) -> bool:
+        if not self.workers:
+            return self.stored is not None
+        return any(w.available for w in self.workers.values())
+
+    @property
+    def load(self) -> float:
+        return self.running / self.capacity
+
+
+class Router:
+    """Capability and model routing over durable cards, catalog and outcomes.
+
+    Args:
+        storage: The sidecar's storage, opened with :data:`TABLES`.
+        committer: The group committer every write goes through.
+        dimension: The dimension of every vector (cards, tasks, prompts).
+        embedder: Embeds text (descriptions, task texts, prompts); None means
+            callers must send vectors (text then raises
+            :class:`EmbedderUnavailableError`).
+        index_factory: Makes an empty vector index of a dimension
+            (``are_core.vector.VectorIndex`` in the sidecar).
+        events: Where events go; None records none.
+        settings: Defaults and bounds.
+        clock: Wall-clock nanoseconds (tests may pin it).
+        index_dir: Where :meth:`save_indexes` writes the indexes at a clean
+            stop, for a fast next start; None rebuilds them on every start.
+        restore_index: Opens a saved index file of a dimension, or None when
+            missing or unreadable (``VectorIndex.restore``).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        committer: GroupCommitter,
+        *,
+        dimension: int,
+        embedder: EmbedderLike | None,
+        index_factory: IndexFactory,
+        events: EventSink | None = None,
+        settings: RouterSettings | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        index_dir: Path | None = None,
+        restore_index: Callable[[Path, int], VectorIndexLike | None] | None = None,
+    ) -> None:
+        if embedder is not None and embedder.dimension != dimension:
+            raise ValueError(
+                f"the embedder makes {embedder.dimension}-d vectors, the router needs {dimension}"
+            )
+        self._storage = storage
+        self._committer = committer
+        self.dimension = dimension
+        self.embedder = embedder
+        self._index_factory = index_factory
+        self._events = events
+        self.settings = settings or RouterSettings()
+        self._clock = clock
+        self._index_dir = index_dir
+        self._restore_index = restore_index
+        self.restored_indexes = 0
+        """How many indexes the last :meth:`load` reused from files instead of rebuilding."""
+        self._background: set[asyncio.Task[None]] = set()
+        # Agents.
+        self._agents: dict[str, _Agent] = {}
+        self._sorted_ids: list[str] = []
+        self._by_key: dict[int, _Agent] = {}
+        self._by_capability: dict[str, set[int]] = {}
+        self._workers: dict[str, _Worker] = {}
+        self._next_key = 1
+        self._next_worker_key = _WORKER_KEYS
+        self._index: VectorIndexLike = index_factory(dimension)
+        # Models.
+        self._catalog: StoredCatalog | None = None
+        self._outcome_index: dict[str, VectorIndexLike] = {}
+        self._outcome_keys: dict[str, deque[int]] = {}
+        self._outcome_scores: dict[int, float] = {}
+        self._next_outcome = 1
+        self._reporting: set[str] = set()
+
+    # ------------------------------------------------------------------ load
+
+    async def load(self) -> None:
+        """Reads cards, catalog and outcomes from LMDB and rebuilds every index.
+
+        An index saved by :meth:`save_indexes` is reused only when its
+        manifest matches LMDB exactly (every card's key and update time, the
+        embedder and dimension); otherwise it is rebuilt from LMDB. Cards
+        whose description was embedded by a different embedder than the
+        current one are re-embedded (and rewritten); cards carrying a caller
+        vector of another dimension are kept in LMDB but left out of the
+        index, with a warning.
+        """
+        now = self._clock()
+        self.restored_indexes = 0
+        manifest = self._read_manifest()
+        rewrite = self._storage.batch()
+        records = self._load_records(rewrite)
+        restored = None if len(rewrite) else self._restore("agents", self._agents_digest(records), manifest)
+        keys: list[int] = []
+        vectors: list[Vector] = []
+        for record in records:
+            stored = record
+            vector = self._stored_vector(stored)
+            if vector is None and self.embedder is not None and stored.spec.vector is None:
+                vector = self._embed_card(stored.spec)
+                stored = msgspec.structs.replace(
+                    stored, embedded_vector=vector.tobytes(), embedder=self.embedder.name
+                )
+                rewrite.put(AGENTS_TABLE, stored.spec.agent_id.encode(), _agent_codec.encode(stored))
+                restored = None
+            agent = self._new_agent(stored.spec.agent_id, stored.create_time_ns, stored.key)
+            agent.stored = stored
+            agent.capabilities = frozenset(stored.spec.capabilities)
+            if vector is None:
+                _log.warning(
+                    "agent card left out of the router index: its vector does not fit the index",
+                    extra={"fields": {"agent_id": stored.spec.agent_id, "dimension": self.dimension}},
+                )
+            else:
+                agent.vector = vector
+                keys.append(agent.key)
+                vectors.append(vector)
+            self._index_capabilities(agent)
+        if restored is not None and len(restored) == len(keys):
+            self._index = restored
+            self.restored_indexes += 1
+        elif keys:
+            self._index.add(keys, np.stack(vectors))
+        raw_catalog = self._storage.get(META_TABLE, _CATALOG_KEY)
+        if raw_catalog is not None:
+            self._catalog = _catalog_codec.decode(raw_catalog)
+        self._load_outcomes(rewrite, manifest)
+        self._sweep_routes(rewrite, now)
+        if len(rewrite):
+            await self._committer.submit(rewrite)
+
+    def _load_records(self, rewrite: Batch) -> list[StoredAgent]:
+        """Every registered card, each with a unique index key (old records get one)."""
+        records = [_agent_codec.decode(value) for _, value in self._scan_all(AGENTS_TABLE)]
+        used: set[int] = set()
+        fresh: list[int] = []
+        for position, record in enumerate(records):
+            if record.key > 0 and record.key not in used:
+                used.add(record.key)
+            else:
+                fresh.append(position)
+        self._next_key = max((k for k in used if k < _WORKER_KEYS), default=0) + 1
+        self._next_worker_key = max((k + 1 for k in used if k >= _WORKER_KEYS), default=_WORKER_KEYS)
+        for position in fresh:
+            record = msgspec.structs.replace(records[position], key=self._allocate_key())
+            records[position] = record
+            rewrite.put(AGENTS_TABLE, record.spec.agent_id.encode(), _agent_codec.encode(record))
+        return records
+
+    def _agents_digest(self, records: Iterable[StoredAgent]) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{self.dimension}|{self.embedder.name if self.embedder else ''}".encode())
+        for record in records:
+            digest.update(
+                f"|{record.spec.agent_id}:{record.key}:{record.update_time_ns}:{record.embedder}".encode()
+            )
+        return digest.hexdigest()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        if self._index_dir is None or self._restore_index is None:
+            return {}
+        try:
+            manifest = json.loads((self._index_dir / _MANIFEST).read_text())
+        except (OSError, ValueError):
+            return {}
+        return manifest if isinstance(manifest, dict) else {}
+
+    def _restore(self, name: str, digest: str, manifest: Mapping[str, Any]) -> VectorIndexLike | None:
+        if self._index_dir is None or self._restore_index is None or manifest.get(name) != digest:
+            return None
+        return self._restore_index(self._index_dir / f"{name}.usearch", self.dimension)
+
+    def save_indexes(self) -> int:
+        """Saves the vector indexes for a fast next start (call at a clean stop); returns how many.
+
+        The agents index is saved only while no worker card is in it (worker
+        cards are live state, absent at the next start). Each saved index is
+        named in a manifest with a digest of the LMDB state it reflects; the
+        manifest is removed first and written last, so a crash meanwhile
+        leaves no manifest and the next start rebuilds.
+        """
+        if self._index_dir is None:
+            return 0
+        folder = self._index_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_path = folder / _MANIFEST
+        with contextlib.suppress(FileNotFoundError):
+            manifest_path.unlink()
+        manifest: dict[str, str] = {}
+        if not any(a.stored is None for a in self._agents.values()):
+            self._index.save(folder / "agents.usearch")
+            records = [_agent_codec.decode(value) for _, value in self._scan_all(AGENTS_TABLE)]
+            manifest["agents"] = self._agents_digest(records)
+        for model_id, index in self._outcome_index.items():
+            sequences = self._outcome_keys.get(model_id)
+            if not sequences:
+                continue
+            index.save(folder / f"outcomes-{model_id}.usearch")
+            manifest[f"outcomes-{model_id}"] = _outcomes_digest(sequences)
+        temporary = folder / f".{_MANIFEST}.tmp"
+        temporary.write_text(json.dumps(manifest, sort_keys=True))
+        with open(temporary, "rb") as handle:  # noqa: PTH123 - an fsync needs the descriptor
+            os.fsync(handle.fileno())
+        temporary.replace(manifest_path)
+        return len(manifest)
+
+    def _load_outcomes(self, rewrite: Batch, manifest: Mapping[str, Any]) -> None:
+        per_model: dict[str, list[tuple[int, Vector]]] = {}
+        for key, value in self._scan_all(OUTCOMES_TABLE):
+            sequence = _parse_u64(key)
+            self._next_outcome = max(self._next_outcome, sequence + 1)
+            record = _outcome_codec.decode(value)
+            vector = np.frombuffer(record.vector, dtype=np.float32)
+            if vector.shape[0] != self.dimension:
+                rewrite.delete(OUTCOMES_TABLE, key)
+                continue
+            per_model.setdefault(record.model_id, []).append((sequence, vector))
+            self._outcome_scores[sequence] = record.score
+        bound = self.settings.max_outcomes_per_model
+        for model_id, rows in per_model.items():
+            for sequence, _ in rows[:-bound]:
+                rewrite.delete(OUTCOMES_TABLE, u64_key(sequence))
+                del self._outcome_scores[sequence]
+            kept = rows[-bound:]
+            sequences = deque(s for s, _ in kept)
+            index = self._restore(f"outcomes-{model_id}", _outcomes_digest(sequences), manifest)
+            if index is not None and len(index) == len(kept):
+                self.restored_indexes += 1
+            else:
+                index = self._index_factory(self.dimension)
+                index.add([s for s, _ in kept], np.stack([v for _, v in kept]))
+            self._outcome_index[model_id] = index
+            self._outcome_keys[model_id] = sequences
+
+    def _sweep_routes(self, batch: Batch, now_ns: int) -> int:
+        """Deletes routes past the outcome window (route ids start with their time)."""
+        oldest_ms = (now_ns - self.settings.route_ttl_ns) // 1_000_000
+        removed = 0
+        for key, _ in self._storage.scan(ROUTES_TABLE, limit=_PAGE):
+            created_ms = _route_time_ms(key.decode())
+            if created_ms is None or created_ms >= oldest_ms:
+                break
+            batch.delete(ROUTES_TABLE, key)
+            removed += 1
+        return removed
+
+    async def sweep_routes(self) -> int:
+        """Deletes up to 1,000 expired routes; returns how many (call it periodically)."""
+        batch = self._storage.batch()
+        removed = self._sweep_routes(batch, self._clock())
+        if removed:
+            await self._committer.submit(batch)
+        return removed
+
+    async def aclose(self) -> None:
+        """Waits for the background commits of RouteTask events."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # ---------------------------------------------------------------- agents
+
+    @property
+    def agent_count(self) -> int:
+        """Cards in the index, registered and worker-declared."""
+        return len(self._agents)
+
+    async def register_agent(self, spec: AgentSpec) -> tuple[AgentView, bool]:
+        """Adds or replaces a registered card; returns it and whether it is new.
+
+        Raises:
+            DimensionMismatchError: ``spec.vector`` is not of the index's dimension.
+            EmbedderUnavailableError: No vector and no embedder.
+            RouterLimitError: The index holds ``max_agents`` cards already.
+        """
+        vector = self._card_vector(spec)
+        existing = self._agents.get(spec.agent_id)
+        if existing is None and len(self._agents) >= self.settings.max_agents:
+            raise RouterLimitError("agent cards", self.settings.max_agents)
+        now = self._clock()
+        previous = existing.stored if existing is not None else None
+        stored = StoredAgent(
+            spec=spec,
+            create_time_ns=previous.create_time_ns if previous is not None else now,
+            update_time_ns=now,
+            embedded_vector=vector.tobytes() if spec.vector is None else None,
+            embedder=self.embedder.name if spec.vector is None and self.embedder is not None else "",
+            key=existing.key if existing is not None else self._allocate_key(),
+        )
+        batch = self._storage.batch().put(AGENTS_TABLE, spec.agent_id.encode(), _agent_codec.encode(stored))
+        draft = EventDraft(event_type="AGENT_REGISTERED", attributes={"are.agent.id": spec.agent_id})
+        await self._commit(batch, [draft])
+        agent = self._agents.get(spec.agent_id)
+        if agent is None:
+            agent = self._new_agent(spec.agent_id, now, stored.key)
+        agent.stored = stored
+        self._set_vector(agent, vector)
+        return self._view(agent), previous is None
+
+    async def deregister_agent(self, agent_id: str) -> None:
+        """Removes a registered card (a worker's card stays while its workers do).
+
+        Raises:
+            AgentNotFoundError: No registered card has this id.
+        """
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.stored is None:
+            raise AgentNotFoundError(agent_id)
+        batch = self._storage.batch().delete(AGENTS_TABLE, agent_id.encode())
+        draft = EventDraft(event_type="AGENT_DEREGISTERED", attributes={"are.agent.id": agent_id})
+        await self._commit(batch, [draft])
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.stored is None:
+            return
+        agent.stored = None
+        if agent.workers:
+            self._set_vector(agent, self._worker_vector(agent.spec))
+        else:
+            self._drop_agent(agent)
+
+    def get_agent(self, agent_id: str) -> AgentView | None:
+        """The card with this id and its live fields, or None."""
+        agent = self._agents.get(agent_id)
+        return self._view(agent) if agent is not None else None
+
+    def list_agents(
+        self,
+        *,
+        after: str = "",
+        limit: int = 100,
+        capability: str = "",
+        labels: Mapping[str, str] | None = None,
+        available_only: bool = False,
+    ) -> tuple[list[AgentView], str]:
+        """One page of cards by agent_id, after ``after``; returns it and the last id ("" at the end)."""
+        start = bisect.bisect_right(self._sorted_ids, after) if after else 0
+        page: list[AgentView] = []
+        for position in range(start, len(self._sorted_ids)):
+            agent = self._agents[self._sorted_ids[position]]
+            if capability and capability not in agent.capabilities:
+                continue
+            if labels and not _has_labels(agent.spec.labels, labels):
+                continue
+            if available_only and not agent.available:
+                continue
+            if len(page) == limit:
+                return page, page[-1].spec.agent_id
+            page.append(self._view(agent))
+        return page, ""
+
+    # --------------------------------------------------------------- workers
+
+    def update_worker(
+        self,
+        worker_id: str,
+        *,
+        name: str,
+        capabilities: Sequence[str],
+        running: int = 0,
+        capacity: int = 1,
+        available: bool = True,
+        card: AgentSpec | None = None,
+    ) -> None:
+        """Declares or refreshes a connected worker (the scheduler calls this).
+
+        The first call for a ``worker_id`` adds the worker to the card named
+        ``card.agent_id`` (or ``name`` when no card is given), creating a
+        worker card when no such card exists; later calls update only its
+        live load (``running`` of ``capacity``) and availability. Call it
+        with ``available=False`` the moment a worker drains or disconnects,
+        and :meth:`remove_worker` once it is gone.
+
+        Raises:
+            DimensionMismatchError: ``card.vector`` is not of the index's dimension.
+        """
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            worker.running = max(0, running)
+            worker.capacity = max(1, capacity)
+            worker.available = available
+            return
+        spec = card or AgentSpec(agent_id=name, description=" ".join(capabilities))
+        if not spec.capabilities:
+            spec = _replace_capabilities(spec, tuple(capabilities))
+        vector = self._worker_vector(spec)
+        worker = _Worker(worker_id, spec.agent_id, spec, max(0, running), max(1, capacity), available)
+        self._workers[worker_id] = worker
+        agent = self._agents.get(spec.agent_id)
+        if agent is None:
+            agent = self._new_agent(spec.agent_id, self._clock(), self._allocate_worker_key())
+            agent.workers[worker_id] = worker
+            self._set_vector(agent, vector)
+        else:
+            agent.workers[worker_id] = worker
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forgets a disconnected worker; a worker card with no worker left goes away."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is None:
+            return
+        agent = self._agents.get(worker.agent_id)
+        if agent is None:
+            return
+        agent.workers.pop(worker_id, None)
+        if agent.stored is None:
+            if agent.workers:
+                self._set_vector(agent, self._worker_vector(agent.spec))
+            else:
+                self._drop_agent(agent)
+
+    # ------------------------------------------------------------ RouteTask
+
+    async def route_task(self, query: RouteQuery) -> RouteResult:
+        """Ranks agents for a task and records a ROUTE_DECIDED event.
+
+        The event commits in the background (a route changes no state, so
+        the answer does not wait for a disk sync); :meth:`aclose` waits for it.
+
+        Raises:
+            NoRouteError: No eligible agent reaches the threshold and
+                ``include_below_threshold`` is false.
+            DimensionMismatchError, EmbedderUnavailableError: A bad query.
+        """
+        mode = query.mode or self.settings.mode
+        try:
+            result = self.rank(query)
+        except NoRouteError as error:
+            best = error.best_below[0] if error.best_below else ("", 0.0)
+            self._record_route(mode, best[0], best[1], 0, error.threshold, routed=False)
+            raise
+        top = result.candidates[0] if result.candidates else None
+        self._record_route(
+            result.mode,
+            top.agent_id if top else "",
+            top.similarity if top else 0.0,
+            len(result.candidates),
+            result.threshold,
+            routed=bool(top and top.above_threshold),
+        )
+        return result
+
+    def route_for_intent(
+        self,
+        text: str,
+        *,
+        exclude_agent_ids: Iterable[str] = (),
+        required_capabilities: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> RouteCandidate:
+        """The agent a task's ``intent`` goes to: cost-biased, router defaults.
+
+        For the scheduler at dispatch: it records the decision itself (a
+        TASK_ROUTED event) and dispatches to ``candidate.capability``.
+        Unavailable agents are never chosen; agents at capacity only when
+        nothing else clears the threshold.
+
+        Raises:
+            NoRouteError: Nothing clears the threshold (fail the task with
+                FAILURE_KIND_ROUTING; the message lists the best below).
+            EmbedderUnavailableError: The router has no embedder.
+        """
+        result = self.rank(
+            RouteQuery(
+                text=text,
+                top_k=1,
+                mode=RouteMode.COST_BIASED,
+                exclude_agent_ids=frozenset(exclude_agent_ids),
+                required_capabilities=tuple(required_capabilities),
+                labels=dict(labels or {}),
+            )
+        )
+        return result.candidates[0]
+
+    def rank(self, query: RouteQuery) -> RouteResult:
+        """Ranks agents for a query without recording anything (see :meth:`route_task`)."""
+        vector = self._query_vector(query.text, query.vector)
+        settings = self.settings
+        mode = query.mode or settings.mode
+        threshold = settings.threshold if query.threshold is None else query.threshold
+        weight = settings.cost_weight if query.cost_weight is None else query.cost_weight
+        top_k = max(1, query.top_k)
+        eligible = self._eligible(vector, query, threshold, top_k)
+        above = [(a, s) for a, s in eligible if s >= threshold]
+        if not above:
+            best_below = sorted(eligible, key=lambda pair: (-pair[1], pair[0].agent_id))
+            if not query.include_below_threshold:
+                raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:3]])
+            candidates = [
+                self._candidate(a, s, s, query, above=False, why=f"below threshold {threshold:.2f}")
+                for a, s in best_below[:top_k]
+            ]
+            candidates.sort(key=_rank_key)
+            return RouteResult(candidates=tuple(candidates), mode=mode, threshold=threshold)
+        # Rank on plain tuples; build the (costlier) candidates for the top_k only.
+        costs = [a.spec.cost_per_call_micro_usd for a, _ in above]
+        ranked: list[tuple[int, float, float, str, _Agent, float]] = []
+        if mode is RouteMode.COST_BIASED:
+            highest = max(costs)
+            for (agent, similarity), cost in zip(above, costs, strict=True):
+                cost_term = 1.0 - cost / highest if highest > 0 else 1.0
+                score = (1.0 - weight) * similarity + weight * cost_term
+                tier, load = _order(agent)
+                ranked.append((tier, -score, load, agent.agent_id, agent, similarity))
+        else:
+            for agent, similarity in above:
+                tier, load = _order(agent)
+                ranked.append((tier, -similarity, load, agent.agent_id, agent, similarity))
+        ranked.sort(key=lambda row: row[:4])
+        cheapest = min(costs)
+        candidates = []
+        for _tier, negative_score, _load, _id, agent, similarity in ranked[:top_k]:
+            cost = agent.spec.cost_per_call_micro_usd
+            if mode is RouteMode.BEST_MATCH:
+                why = f"similarity {similarity:.3f} above {threshold:.2f}"
+            elif cost == cheapest:
+                why = f"cheapest above {threshold:.2f}"
+            else:
+                why = f"similarity {similarity:.3f}, cost {cost} µUSD"
+            candidates.append(self._candidate(agent, similarity, -negative_score, query, above=True, why=why))
+        return RouteResult(candidates=tuple(candidates), mode=mode, threshold=threshold)
+
+    def _eligible(
+        self, vector: Vector, query: RouteQuery, threshold: float, top_k: int
+    ) -> list[tuple[_Agent, float]]:
+        total = len(self._index)
+        if total == 0:
+            return []
+        required = query.required_capabilities
+        if required:
+            sets = sorted((self._by_capability.get(c, set()) for c in required), key=len)
+            restricted = set(sets[0]).intersection(*sets[1:]) if sets[0] else set()
+            if len(restricted) <= _EXACT_FILTER_LIMIT:
+                agents = [self._by_key[k] for k in restricted]
+                agents = [a for a in agents if a.vector is not None and self._passes(a, query)]
+                if not agents:
+                    return []
+                matrix = np.stack([a.vector for a in agents if a.vector is not None])
+                similarities = matrix @ vector
+                return [(a, float(s)) for a, s in zip(agents, similarities.tolist(), strict=True)]
+        k = min(total, max(_FIRST_SEARCH, 4 * top_k + len(query.exclude_agent_ids)))
+        while True:
+            hits = self._index.search(vector, k)
+            eligible = []
+            for key, similarity in hits:
+                agent = self._by_key.get(key)
+                if agent is not None and self._passes(agent, query):
+                    eligible.append((agent, similarity))
+            if k >= total or len(hits) < k:
+                return eligible
+            # Deepen while the tail still clears the threshold (a cheaper
+            # agent may lie further down) or the filters left too few.
+            if hits[-1][1] >= threshold or len(eligible) < top_k:
+                k = min(total, k * 4)
+                continue
+            return eligible
+
+    def _passes(self, agent: _Agent, query: RouteQuery) -> bool:
+        if agent.agent_id in query.exclude_agent_ids:
+            return False
+        if query.required_capabilities and not agent.capabilities.issuperset(query.required_capabilities):
+            return False
+        if query.labels and not _has_labels(agent.spec.labels, query.labels):
+            return False
+        return query.include_unavailable or agent.available
+
+    def _candidate(
+        self, agent: _Agent, similarity: float, score: float, query: RouteQuery, *, above: bool, why: str
+    ) -> RouteCandidate:
+        spec = agent.spec
+        capability = next((c for c in spec.capabilities if c in query.required_capabilities), "")
+        if not capability and spec.capabilities:
+            capability = spec.capabilities[0]
+        load = agent.load
+        available = agent.available
+        if not available:
+            why += "; unavailable"
+        elif load >= 1.0:
+            why += f"; at capacity (load {load:.2f})"
+        else:
+            why += f"; load {load:.2f}"
+        return RouteCandidate(
+            agent_id=agent.agent_id,
+            capability=capability,
+            similarity=similarity,
+            score=score,
+            cost_per_call_micro_usd=spec.cost_per_call_micro_usd,
+            load=load,
+            available=available,
+            above_threshold=above,
+            reason=why,
+        )
+
+    def _record_route(
+        self, mode: RouteMode, agent_id: str, similarity: float, count: int, threshold: float, *, routed: bool
+    ) -> None:
+        if self._events is None:
+            return
+        attributes: dict[str, AttributeValue] = {
+            "are.route.mode": mode.value,
+            "are.route.agent_id": agent_id,
+            "are.route.similarity": round(similarity, 6),
+            "are.route.candidate_count": count,
+            "are.route.threshold": threshold,
+            "are.route.routed": routed,
+        }
+        batch = self._storage.batch()
+        self._spawn(self._commit(batch, [EventDraft(event_type="ROUTE_DECIDED", attributes=attributes)]))
+
+    # ---------------------------------------------------------- model routing
+
+    @property
+    def catalog(self) -> StoredCatalog | None:
+        """The model catalog, or None before the first :meth:`put_catalog`."""
+        return self._catalog
+
+    async def put_catalog(self, models: Sequence[ModelSpec]) -> StoredCatalog:
+        """Replaces the catalog; outcomes of models that leave it are deleted."""
+        catalog = StoredCatalog(models=tuple(models), update_time_ns=self._clock())
+        batch = self._storage.batch().put(META_TABLE, _CATALOG_KEY, _catalog_codec.encode(catalog))
+        await self._commit(batch, [])
+        self._catalog = catalog
+        staying = {m.model_id for m in models}
+        for model_id in [m for m in self._outcome_keys if m not in staying]:
+            sequences = self._outcome_keys.pop(model_id)
+            self._outcome_index.pop(model_id, None)
+            for sequence in sequences:
+                self._outcome_scores.pop(sequence, None)
+            ordered = list(sequences)
+            for start in range(0, len(ordered), _PAGE):
+                chunk = self._storage.batch()
+                for sequence in ordered[start : start + _PAGE]:
+                    chunk.delete(OUTCOMES_TABLE, u64_key(sequence))
+                await self._committer.submit(chunk)
+        return catalog
+
+    def estimate(
+        self,
+        vector: Vector,
+        *,
+        exclude_model_ids: Iterable[str] = (),
+        input_tokens: int = 0,
+        output_tokens: int = _DEFAULT_OUTPUT_TOKENS,
+    ) -> list[ModelEstimate]:
+        """Expected quality and cost of every eligible model for a prompt vector, cheapest first.
+
+        Expected quality is the similarity-weighted mean score of the model's
+        ``outcome_neighbours`` nearest past outcomes whose prompt similarity
+        is at least ``outcome_min_similarity``; with fewer than
+        ``min_outcomes`` of them, the model's prior success rate (samples 0).
+
+        Raises:
+            ModelCatalogEmptyError: No catalog yet.
+        """
+        if self._catalog is None or not self._catalog.models:
+            raise ModelCatalogEmptyError
+        excluded = set(exclude_model_ids)
+        settings = self.settings
+        estimates = []
+        for model in self._catalog.models:
+            if model.model_id in excluded:
+                continue
+            if model.context_window_tokens and input_tokens > model.context_window_tokens:
+                continue
+            quality, samples = model.prior_success_rate, 0
+            index = self._outcome_index.get(model.model_id)
+            if index is not None and len(index) >= settings.min_outcomes:
+                hits = index.search(vector, settings.outcome_neighbours)
+                near = [(k, s) for k, s in hits if s >= settings.outcome_min_similarity]
+                if len(near) >= settings.min_outcomes:
+                    weights = sum(s for _, s in near)
+                    quality = sum(s * self._outcome_scores.get(k, 0.0) for k, s in near) / weights
+                    samples = len(near)
+            estimates.append(
+                ModelEstimate(
+                    model_id=model.model_id,
+                    expected_quality=quality,
+                    expected_cost_micro_usd=model.expected_cost(input_tokens, output_tokens),
+                    samples=samples,
+                    tier=model.tier,
+                )
+            )
+        estimates.sort(key=lambda e: (e.expected_cost_micro_usd, e.tier, e.model_id))
+        return estimates
+
+    async def route_model(
+        self,
+        *,
+        prompt: str | None = None,
+        vector: bytes | None = None,
+        quality_target: float = 0.8,
+        exclude_model_ids: Iterable[str] = (),
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> ModelChoice:
+        """Picks the cheapest model expected to reach ``quality_target``, durably.
+
+        When none is expected to, the one with the highest expected quality
+        is chosen (``target_met`` false). The route is stored so that its
+        outcome can be reported for 7 days.
+
+        Raises:
+            ModelCatalogEmptyError: No catalog yet.
+            NoEligibleModelError: Every model is excluded or too small.
+            DimensionMismatchError, EmbedderUnavailableError: A bad query.
+        """
+        if self._catalog is None or not self._catalog.models:
+            raise ModelCatalogEmptyError
+        query = self._query_vector(prompt, vector)
+        if not input_tokens and prompt is not None:
+            input_tokens = -(-len(prompt) // _CHARS_PER_TOKEN)
+        estimates = self.estimate(
+            query,
+            exclude_model_ids=exclude_model_ids,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens or _DEFAULT_OUTPUT_TOKENS,
+        )
+        if not estimates:
+            raise NoEligibleModelError(
+                "no model of the catalog is eligible: every one is excluded or its context window "
+                f"is below the prompt's {input_tokens} estimated tokens"
+            )
+        meeting = [e for e in estimates if e.expected_quality >= quality_target]
+        if meeting:
+            chosen = min(meeting, key=lambda e: (e.expected_cost_micro_usd, -e.expected_quality, e.tier))
+            reason = f"cheapest model expected to reach {quality_target:.2f}"
+        else:
+            chosen = max(estimates, key=lambda e: (e.expected_quality, -e.expected_cost_micro_usd, -e.tier))
+            reason = f"no model is expected to reach {quality_target:.2f}; highest expected quality"
+        basis = (
+            f"{chosen.samples} similar past outcomes" if chosen.samples else "its prior (too little history)"
+        )
+        reason += f" ({chosen.expected_quality:.2f} from {basis}, {chosen.expected_cost_micro_usd} µUSD)"
+        now = self._clock()
+        route_id = f"r{now // 1_000_000:012x}{secrets.token_hex(6)}"
+        record = RouteRecord(
+            model_id=chosen.model_id,
+            create_time_ns=now,
+            vector=query.tobytes(),
+            quality_target=quality_target,
+        )
+        batch = self._storage.batch().put(ROUTES_TABLE, route_id.encode(), _route_codec.encode(record))
+        draft = EventDraft(
+            event_type="MODEL_ROUTED",
+            attributes={
+                "are.route.route_id": route_id,
+                "gen_ai.request.model": chosen.model_id,
+                "are.route.expected_quality": round(chosen.expected_quality, 6),
+            },
+        )
+        await self._commit(batch, [draft])
+        return ModelChoice(
+            route_id=route_id,
+            model_id=chosen.model_id,
+            expected_quality=chosen.expected_quality,
+            expected_cost_micro_usd=chosen.expected_cost_micro_usd,
+            target_met=bool(meeting),
+            estimates=tuple(estimates),
+            reason=reason,
+        )
+
+    async def report_outcome(
+        self,
+        route_id: str,
+        *,
+        model_id: str = "",
+        success: bool | None = None,
+        score: float | None = None,
+        cost_micro_usd: int = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        latency_ns: int = 0,
+    ) -> OutcomeRecord:
+        """Records how a routed call went; it feeds the estimator at once.
+
+        Exactly one of ``success`` (counted as score 1 or 0) and ``score``
+        (in [0, 1]) must be given.
+
+        Raises:
+            RouteNotFoundError: Unknown or expired route_id.
+            OutcomeAlreadyReportedError: Reported before.
+            ValueError: Neither or both outcomes, or a score outside [0, 1].
+        """
+        if (success is None) == (score is None):
+            raise ValueError("exactly one of success and score must be given")
+        value = float(score) if score is not None else (1.0 if success else 0.0)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"score {value} is outside [0, 1]")
+        raw = self._storage.get(ROUTES_TABLE, route_id.encode())
+        now = self._clock()
+        if raw is None:
+            raise RouteNotFoundError(route_id)
+        route = _route_codec.decode(raw)
+        if now - route.create_time_ns > self.settings.route_ttl_ns:
+            raise RouteNotFoundError(route_id)
+        if route.reported or route_id in self._reporting:
+            raise OutcomeAlreadyReportedError(route_id)
+        model = model_id or route.model_id
+        sequence = self._next_outcome
+        self._next_outcome += 1
+        outcome = OutcomeRecord(
+            route_id=route_id,
+            model_id=model,
+            score=value,
+            vector=route.vector,
+            report_time_ns=now,
+            success=success,
+            cost_micro_usd=cost_micro_usd,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ns=latency_ns,
+        )
+        done = RouteRecord(
+            model_id=route.model_id,
+            create_time_ns=route.create_time_ns,
+            vector=b"",
+            quality_target=route.quality_target,
+            reported=True,
+        )
+        batch = self._storage.batch()
+        batch.put(ROUTES_TABLE, route_id.encode(), _route_codec.encode(done))
+        batch.put(OUTCOMES_TABLE, u64_key(sequence), _outcome_codec.encode(outcome))
+        attributes: dict[str, AttributeValue] = {
+            "are.route.route_id": route_id,
+            "are.route.score": value,
+            "gen_ai.request.model": model,
+        }
+        if success is not None:
+            attributes["are.route.success"] = success
+        evicted = self._evict_outcome(model, batch)
+        draft = EventDraft(event_type="ROUTE_OUTCOME_REPORTED", attributes=attributes)
+        self._reporting.add(route_id)
+        try:
+            await self._commit(batch, [draft])
+        finally:
+            self._reporting.discard(route_id)
+        if evicted is not None:
+            self._outcome_scores.pop(evicted, None)
+            keys = self._outcome_keys.get(model)
+            if keys and keys[0] == evicted:
+                keys.popleft()
+            index = self._outcome_index.get(model)
+            if index is not None:
+                index.remove([evicted])
+        self._add_outcome(model, sequence, np.frombuffer(route.vector, dtype=np.float32), value)
+        return outcome
+
+    def _evict_outcome(self, model_id: str, batch: Batch) -> int | None:
+        keys = self._outcome_keys.get(model_id)
+        if keys is None or len(keys) < self.settings.max_outcomes_per_model:
+            return None
+        oldest = keys[0]
+        batch.delete(OUTCOMES_TABLE, u64_key(oldest))
+        return oldest
+
+    def _add_outcome(self, model_id: str, sequence: int, vector: Vector, score: float) -> None:
+        index = self._outcome_index.get(model_id)
+        if index is None:
+            index = self._outcome_index[model_id] = self._index_factory(self.dimension)
+            self._outcome_keys[model_id] = deque()
+        index.add([sequence], vector.reshape(1, -1))
+        self._outcome_keys[model_id].append(sequence)
+        self._outcome_scores[sequence] = score
+
+    def outcome_count(self, model_id: str) -> int:
+        """How many outcomes the estimator holds for a model."""
+        keys = self._outcome_keys.get(model_id)
+        return len(keys) if keys is not None else 0
+
+    # --------------------------------------------------------------- helpers
+
+    def embed(self, text: str) -> Vector:
+        """The embedding of ``text`` (its first ``max_text_chars_embedded`` characters).
+
+        Raises:
+            EmbedderUnavailableError: The router has no embedder.
+        """
+        if self.embedder is None:
+            raise EmbedderUnavailableError(
+                "text was given but the router has no embedder (configured for caller vectors only); "
+                "send a vector instead"
+            )
+        vector = self.embedder.embed([text[: self.settings.max_text_chars_embedded]])[0]
+        return np.ascontiguousarray(vector, dtype=np.float32)
+
+    def _query_vector(self, text: str | None, vector: bytes | None) -> Vector:
+        if vector is not None:
+            return self._check_vector(vector)
+        return self.embed(text or "")
+
+    def _check_vector(self, raw: bytes) -> Vector:
+        vector = np.frombuffer(raw, dtype=np.float32)
+        if vector.shape[0] != self.dimension:
+            raise DimensionMismatchError(self.dimension, vector.shape[0])
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+    def _card_vector(self, spec: AgentSpec) -> Vector:
+        if spec.vector is not None:
+            return self._check_vector(spec.vector)
+        return self._embed_card(spec)
+
+    def _embed_card(self, spec: AgentSpec) -> Vector:
+        text = spec.description or " ".join((*spec.capabilities, spec.display_name)).strip() or spec.agent_id
+        return self.embed(text)
+
+    def _worker_vector(self, spec: AgentSpec) -> Vector | None:
+        try:
+            return self._card_vector(spec)
+        except EmbedderUnavailableError:
+            return None  # listed but not routable by similarity
+
+    def _stored_vector(self, stored: StoredAgent) -> Vector | None:
+        if stored.spec.vector is not None:
+            vector = np.frombuffer(stored.spec.vector, dtype=np.float32)
+            return self._check_vector(stored.spec.vector) if vector.shape[0] == self.dimension else None
+        if stored.embedded_vector is None or self.embedder is None or stored.embedder != self.embedder.name:
+            return None
+        vector = np.frombuffer(stored.embedded_vector, dtype=np.float32)
+        return vector if vector.shape[0] == self.dimension else None
+
+    def _allocate_key(self) -> int:
+        key = self._next_key
+        self._next_key += 1
+        return key
+
+    def _allocate_worker_key(self) -> int:
+        key = self._next_worker_key
+        self._next_worker_key += 1
+        return key
+
+    def _new_agent(self, agent_id: str, now_ns: int, key: int) -> _Agent:
+        agent = _Agent(agent_id=agent_id, key=key, first_seen_ns=now_ns)
+        self._agents[agent_id] = agent
+        self._by_key[agent.key] = agent
+        bisect.insort(self._sorted_ids, agent_id)
+        return agent
+
+    def _drop_agent(self, agent: _Agent) -> None:
+        self._unindex_capabilities(agent)
+        if agent.vector is not None:
+            self._index.remove([agent.key])
+        del self._agents[agent.agent_id]
+        del self._by_key[agent.key]
+        position = bisect.bisect_left(self._sorted_ids, agent.agent_id)
+        del self._sorted_ids[position]
+
+    def _set_vector(self, agent: _Agent, vector: Vector | None) -> None:
+        self._unindex_capabilities(agent)
+        agent.capabilities = frozenset(agent.spec.capabilities)
+        self._index_capabilities(agent)
+        if vector is None:
+            if agent.vector is not None:
+                self._index.remove([agent.key])
+            agent.vector = None
+            return
+        agent.vector = vector
+        self._index.add([agent.key], vector.reshape(1, -1))
+
+    def _index_capabilities(self, agent: _Agent) -> None:
+        for capability in agent.capabilities:
+            self._by_capability.setdefault(capability, set()).add(agent.key)
+
+    def _unindex_capabilities(self, agent: _Agent) -> None:
+        for capability in agent.capabilities:
+            keys = self._by_capability.get(capability)
+            if keys is not None:
+                keys.discard(agent.key)
+                if not keys:
+                    del self._by_capability[capability]
+
+    def _view(self, agent: _Agent) -> AgentView:
+        stored = agent.stored
+        return AgentView(
+            spec=agent.spec,
+            source=agent.source,
+            available=agent.available,
+            running=agent.running,
+            capacity=agent.capacity,
+            worker_ids=tuple(sorted(agent.workers)),
+            create_time_ns=stored.create_time_ns if stored else agent.first_seen_ns,
+            update_time_ns=stored.update_time_ns if stored else agent.first_seen_ns,
+        )
+
+    def _scan_all(self, table: str) -> Iterable[tuple[bytes, bytes]]:
+        start: bytes | None = None
+        while True:
+            rows = self._storage.scan(table, start=start, limit=_PAGE)
+            yield from rows
+            if len(rows) < _PAGE:
+                return
+            start = rows[-1][0] + b"\x00"
+
+    async def _commit(self, batch: Batch, drafts: Sequence[EventDraft]) -> None:
+        sink = self._events
+        events: list[Event] = [sink.record(batch, d) for d in drafts] if sink is not None else []
+        await self._committer.submit(batch)
+        if sink is not None and events:
+            sink.publish(events)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(_logged(coroutine))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def _logged(coroutine: Coroutine[Any, Any, None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await coroutine
+        except Exception:  # noqa: BLE001 - a lost route event must not crash the loop
+            _log.exception("could not record a routing event")
+
+
+def _outcomes_digest(sequences: Sequence[int]) -> str:
+    """Outcomes are appended and evicted from the front: count and ends identify the set."""
+    return f"{len(sequences)}:{sequences[0]}:{sequences[-1]}" if sequences else "0"
+
+
+def _order(agent: _Agent) -> tuple[int, float]:
+    """Availability tier (free, full, unavailable) and load: the first sort keys."""
+    load = agent.load
+    if not agent.available:
+        return 2, load
+    return (1 if load >= 1.0 else 0), load
+
+
+def _rank_key(candidate: RouteCandidate) -> tuple[int, float, float, str]:
+    if not candidate.available:
+        tier = 2
+    elif candidate.load >= 1.0:
+        tier = 1
+    else:
+        tier = 0
+    return (tier, -candidate.score, candidate.load, candidate.agent_id)
+
+
+def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+def _replace_capabilities(spec: AgentSpec, capabilities: tuple[str, ...]) -> AgentSpec:
+    description = spec.description or " ".join(capabilities)
+    return AgentSpec(
+        agent_id=spec.agent_id,
+        display_name=spec.display_name,
+        description=description,
+        capabilities=capabilities,
+        vector=spec.vector,
+        cost_per_call_micro_usd=spec.cost_per_call_micro_usd,
+        typical_latency_ns=spec.typical_latency_ns,
+        capacity=spec.capacity,
+        labels=spec.labels,
+    )
+
+
+def _route_time_ms(route_id: str) -> int | None:
+    if len(route_id) < 13 or not route_id.startswith("r"):
+        return None
+    try:
+        return int(route_id[1:13], 16)
+    except ValueError:
+        return None

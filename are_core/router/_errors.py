@@ -1,0 +1,99 @@
+"""The router engine's exceptions; ``sidecar._router`` maps them to statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AgentNotFoundError",
+    "DimensionMismatchError",
+    "EmbedderUnavailableError",
+    "ModelCatalogEmptyError",
+    "NoEligibleModelError",
+    "NoRouteError",
+    "OutcomeAlreadyReportedError",
+    "RouteNotFoundError",
+    "RouterError",
+    "RouterLimitError",
+]
+
+
+class RouterError(Exception):
+    """Base of every error the router engine raises."""
+
+
+class AgentNotFoundError(RouterError):
+    """No registered card has this agent_id."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no registered agent card has agent_id {agent_id!r}")
+        self.agent_id = agent_id
+
+
+class DimensionMismatchError(RouterError):
+    """A vector's dimension differs from the router index's."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"the vector has dimension {actual}, the router index has dimension {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class EmbedderUnavailableError(RouterError):
+    """Text was given where a vector is needed, and the router has no embedder."""
+
+
+class RouterLimitError(RouterError):
+    """A sidecar-wide bound of the router is reached (for example 100,000 cards)."""
+
+    def __init__(self, limit: str, bound: int) -> None:
+        super().__init__(f"the router holds its maximum of {bound:,} {limit}")
+        self.limit = limit
+        self.bound = bound
+
+
+class NoRouteError(RouterError):
+    """No eligible agent reaches the similarity threshold.
+
+    Attributes:
+        threshold: The threshold that was used.
+        best_below: The best eligible agents below it, as ``(agent_id,
+            similarity)``, best first (possibly empty).
+    """
+
+    def __init__(self, threshold: float, best_below: Sequence[tuple[str, float]]) -> None:
+        self.threshold = threshold
+        self.best_below = tuple(best_below)
+        if self.best_below:
+            listed = ", ".join(f"{agent_id} ({similarity:.3f})" for agent_id, similarity in self.best_below)
+            detail = f"; best below it: {listed}"
+        else:
+            detail = "; no eligible agent at all (check the filters and exclusions)"
+        super().__init__(f"no eligible agent reaches the similarity threshold {threshold:.3f}{detail}")
+
+
+class ModelCatalogEmptyError(RouterError):
+    """RouteModel was called before any PutModelCatalog."""
+
+    def __init__(self) -> None:
+        super().__init__("the model catalog is empty; call PutModelCatalog first")
+
+
+class NoEligibleModelError(RouterError):
+    """Every model of the catalog is excluded or too small for the prompt."""
+
+
+class RouteNotFoundError(RouterError):
+    """No model route has this route_id (unknown, or older than the outcome window)."""
+
+    def __init__(self, route_id: str) -> None:
+        super().__init__(f"no model route has route_id {route_id!r} (unknown or older than 7 days)")
+        self.route_id = route_id
+
+
+class OutcomeAlreadyReportedError(RouterError):
+    """An outcome was already reported for this route_id."""
+
+    def __init__(self, route_id: str) -> None:
+        super().__init__(f"an outcome was already reported for route_id {route_id!r}")
+        self.route_id = route_id

@@ -1,0 +1,247 @@
+"""Agent cards and RouteTask ranking, on the engine alone (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from are_core.router import (
+    TABLES,
+    AgentNotFoundError,
+    AgentSource,
+    AgentSpec,
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    NoRouteError,
+    RouteMode,
+    RouteQuery,
+    Router,
+    RouterLimitError,
+    RouterSettings,
+)
+from are_core.storage import GroupCommitter, Storage
+
+from .conftest import DIMENSION, make_index, unit
+
+
+async def _register_trio(router: Router) -> None:
+    # Three agents that all match the task direction (1, 0, ...), at
+    # decreasing similarity and decreasing cost; one that does not match.
+    await router.register_agent(
+        AgentSpec(agent_id="gold", capabilities=("summarize",), vector=unit(1.0), cost_per_call_micro_usd=900)
+    )
+    await router.register_agent(
+        AgentSpec(
+            agent_id="silver", capabilities=("summarize",), vector=unit(0.9, 0.3), cost_per_call_micro_usd=300
+        )
+    )
+    await router.register_agent(
+        AgentSpec(
+            agent_id="bronze",
+            capabilities=("summarize", "translate"),
+            vector=unit(0.7, 0.7),
+            cost_per_call_micro_usd=100,
+            labels={"region": "eu"},
+        )
+    )
+    await router.register_agent(
+        AgentSpec(
+            agent_id="other", capabilities=("draw",), vector=unit(0.0, 0.0, 1.0), cost_per_call_micro_usd=1
+        )
+    )
+
+
+async def test_register_replace_and_deregister(router: Router) -> None:
+    view, created = await router.register_agent(AgentSpec(agent_id="a", description="summarise legal text"))
+    assert created
+    assert view.source is AgentSource.REGISTERED
+    assert view.available
+    first_create = view.create_time_ns
+    view, created = await router.register_agent(AgentSpec(agent_id="a", description="translate", capacity=4))
+    assert not created
+    assert view.create_time_ns == first_create
+    assert view.capacity == 4
+    await router.deregister_agent("a")
+    assert router.get_agent("a") is None
+    with pytest.raises(AgentNotFoundError):
+        await router.deregister_agent("a")
+
+
+async def test_list_pages_in_id_order_with_filters(router: Router) -> None:
+    await _register_trio(router)
+    page, last = router.list_agents(limit=2)
+    assert [v.spec.agent_id for v in page] == ["bronze", "gold"]
+    assert last == "gold"
+    page, last = router.list_agents(after=last, limit=2)
+    assert [v.spec.agent_id for v in page] == ["other", "silver"]
+    assert last == ""
+    page, _ = router.list_agents(capability="translate")
+    assert [v.spec.agent_id for v in page] == ["bronze"]
+    page, _ = router.list_agents(labels={"region": "eu"})
+    assert [v.spec.agent_id for v in page] == ["bronze"]
+
+
+async def test_best_match_ranks_by_similarity(router: Router) -> None:
+    await _register_trio(router)
+    result = router.rank(RouteQuery(vector=unit(1.0), mode=RouteMode.BEST_MATCH, threshold=0.6, top_k=5))
+    assert [c.agent_id for c in result.candidates] == ["gold", "silver", "bronze"]
+    assert all(c.above_threshold for c in result.candidates)
+    assert result.candidates[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_cost_biased_picks_the_cheapest_above_threshold(router: Router) -> None:
+    await _register_trio(router)
+    result = router.rank(RouteQuery(vector=unit(1.0), mode=RouteMode.COST_BIASED, threshold=0.6))
+    assert [c.agent_id for c in result.candidates] == ["bronze", "silver", "gold"]
+    assert result.candidates[0].reason.startswith("cheapest above 0.60")
+    # A higher threshold leaves bronze (similarity ~0.71) out.
+    result = router.rank(RouteQuery(vector=unit(1.0), mode=RouteMode.COST_BIASED, threshold=0.9))
+    assert [c.agent_id for c in result.candidates] == ["silver", "gold"]
+    # Cost weight 0 is best match again.
+    result = router.rank(
+        RouteQuery(vector=unit(1.0), mode=RouteMode.COST_BIASED, threshold=0.6, cost_weight=0.0)
+    )
+    assert [c.agent_id for c in result.candidates] == ["gold", "silver", "bronze"]
+
+
+async def test_nothing_above_threshold_is_an_error_listing_the_best_below(router: Router) -> None:
+    await _register_trio(router)
+    with pytest.raises(NoRouteError) as caught:
+        router.rank(RouteQuery(vector=unit(0.0, 1.0), threshold=0.95))
+    assert caught.value.best_below[0][0] == "bronze"
+    assert "bronze" in str(caught.value)
+    result = router.rank(
+        RouteQuery(vector=unit(0.0, 1.0), threshold=0.95, include_below_threshold=True, top_k=2)
+    )
+    assert [c.agent_id for c in result.candidates] == ["bronze", "silver"]
+    assert not any(c.above_threshold for c in result.candidates)
+
+
+async def test_filters_and_exclusions(router: Router) -> None:
+    await _register_trio(router)
+    query = RouteQuery(vector=unit(1.0), threshold=0.6, exclude_agent_ids=frozenset({"bronze"}))
+    assert router.rank(query).candidates[0].agent_id == "silver"
+    query = RouteQuery(vector=unit(1.0), threshold=0.6, required_capabilities=("translate",))
+    result = router.rank(query)
+    assert [c.agent_id for c in result.candidates] == ["bronze"]
+    assert result.candidates[0].capability == "translate"
+    query = RouteQuery(vector=unit(1.0), threshold=0.6, labels={"region": "eu"})
+    assert [c.agent_id for c in router.rank(query).candidates] == ["bronze"]
+    with pytest.raises(NoRouteError):
+        router.rank(RouteQuery(vector=unit(1.0), required_capabilities=("nobody-has-this",)))
+
+
+async def test_load_breaks_ties_and_full_agents_rank_last(router: Router) -> None:
+    for name in ("a", "b", "c"):
+        await router.register_agent(
+            AgentSpec(
+                agent_id=name, capabilities=("x",), vector=unit(1.0), cost_per_call_micro_usd=10, capacity=4
+            )
+        )
+    router.update_worker("w-a", name="a", capabilities=("x",), running=3, capacity=4)
+    router.update_worker("w-b", name="b", capabilities=("x",), running=1, capacity=4)
+    router.update_worker("w-c", name="c", capabilities=("x",), running=4, capacity=4)
+    result = router.rank(RouteQuery(vector=unit(1.0), top_k=3))
+    assert [c.agent_id for c in result.candidates] == ["b", "a", "c"]
+    assert result.candidates[2].load == pytest.approx(1.0)
+    assert "at capacity" in result.candidates[2].reason
+
+
+async def test_worker_cards_follow_their_workers(router: Router) -> None:
+    router.update_worker("w1", name="writer", capabilities=("write",), running=0, capacity=2)
+    view = router.get_agent("writer")
+    assert view is not None
+    assert view.source is AgentSource.WORKER
+    assert view.worker_ids == ("w1",)
+    assert router.route_for_intent("write").agent_id == "writer"
+    # Disconnected: unavailable at once, then gone.
+    router.update_worker("w1", name="writer", capabilities=("write",), available=False)
+    assert router.get_agent("writer") is not None
+    assert not router.get_agent("writer").available  # type: ignore[union-attr]
+    with pytest.raises(NoRouteError):
+        router.route_for_intent("write")
+    result = router.rank(RouteQuery(text="write", include_unavailable=True))
+    assert result.candidates[0].agent_id == "writer"
+    assert not result.candidates[0].available
+    router.remove_worker("w1")
+    assert router.get_agent("writer") is None
+    with pytest.raises(AgentNotFoundError):
+        await router.deregister_agent("writer")
+
+
+async def test_text_routing_with_the_lexical_embedder(router: Router) -> None:
+    await router.register_agent(
+        AgentSpec(agent_id="legal", description="summarize legal contracts", capabilities=("legal-summary",))
+    )
+    await router.register_agent(
+        AgentSpec(agent_id="images", description="generate images from prompts", capabilities=("image-gen",))
+    )
+    candidate = router.route_for_intent("summarize this legal contract", labels={})
+    assert candidate.agent_id == "legal"
+    assert candidate.capability == "legal-summary"
+
+
+async def test_bad_vectors_and_missing_embedder(router: Router, tmp_path: Path) -> None:
+    with pytest.raises(DimensionMismatchError) as caught:
+        await router.register_agent(AgentSpec(agent_id="x", vector=np.zeros(3, dtype=np.float32).tobytes()))
+    assert (caught.value.expected, caught.value.actual) == (DIMENSION, 3)
+    with pytest.raises(DimensionMismatchError):
+        router.rank(RouteQuery(vector=np.zeros(5, dtype=np.float32).tobytes()))
+    storage = Storage.open(tmp_path / "other", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            bare = Router(storage, committer, dimension=DIMENSION, embedder=None, index_factory=make_index)
+            await bare.load()
+            with pytest.raises(EmbedderUnavailableError):
+                await bare.register_agent(AgentSpec(agent_id="x", description="no vector"))
+            await bare.register_agent(AgentSpec(agent_id="x", vector=unit(1.0)))
+            with pytest.raises(EmbedderUnavailableError):
+                bare.rank(RouteQuery(text="hello"))
+    finally:
+        storage.close()
+
+
+async def test_card_limit(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            small = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                settings=RouterSettings(max_agents=2),
+            )
+            await small.load()
+            await small.register_agent(AgentSpec(agent_id="a", vector=unit(1.0)))
+            await small.register_agent(AgentSpec(agent_id="b", vector=unit(1.0)))
+            await small.register_agent(
+                AgentSpec(agent_id="a", vector=unit(0.5, 0.5))
+            )  # a replacement is fine
+            with pytest.raises(RouterLimitError):
+                await small.register_agent(AgentSpec(agent_id="c", vector=unit(1.0)))
+    finally:
+        storage.close()
+
+
+async def test_many_agents_cost_biased_finds_the_cheapest_deep_in_the_index(router: Router) -> None:
+    rng = np.random.default_rng(7)
+    target = np.zeros(DIMENSION, dtype=np.float32)
+    target[0] = 1.0
+    # 300 agents near the target (similarity > 0.8), costs 1000..1299; the
+    # cheapest is the least similar of them.
+    for i in range(300):
+        noise = rng.normal(0, 1, DIMENSION).astype(np.float32)
+        noise[0] = 0
+        noise /= np.linalg.norm(noise)
+        weight = 0.05 + 0.45 * i / 299
+        vector = (target + weight * noise).astype(np.float32)
+        await router.register_agent(
+            AgentSpec(agent_id=f"near-{i:03d}", vector=vector.tobytes(), cost_per_call_micro_usd=1299 - i)
+        )
+    result = router.rank(RouteQuery(vector=target.tobytes(), threshold=0.8, top_k=3))
+    assert result.candidates[0].agent_id == "near-299"
+    assert result.candidates[0].similarity >= 0.8

@@ -1,0 +1,241 @@
+"""Model routing: the catalog, the estimator learning from outcomes, durability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from are_core.embed import LexicalEmbedder
+from are_core.router import (
+    TABLES,
+    AgentSpec,
+    ModelCatalogEmptyError,
+    ModelSpec,
+    NoEligibleModelError,
+    OutcomeAlreadyReportedError,
+    RouteNotFoundError,
+    RouteQuery,
+    Router,
+    RouterSettings,
+)
+from are_core.storage import GroupCommitter, Storage
+from are_core.vector import VectorIndex
+
+from .conftest import DIMENSION, make_index, unit
+
+CHEAP = ModelSpec(
+    model_id="cheap",
+    tier=1,
+    input_cost_per_million_tokens_micro_usd=150_000,
+    output_cost_per_million_tokens_micro_usd=600_000,
+    prior_success_rate=0.9,
+)
+STRONG = ModelSpec(
+    model_id="strong",
+    tier=8,
+    input_cost_per_million_tokens_micro_usd=5_000_000,
+    output_cost_per_million_tokens_micro_usd=15_000_000,
+    prior_success_rate=0.9,
+)
+
+
+def synthetic_prompts(seed: int, n: int) -> list[tuple[bytes, bool]]:
+    """Prompt vectors in two clusters, easy and hard, labelled; deterministic."""
+    rng = np.random.default_rng(seed)
+    easy_centre = np.zeros(DIMENSION, dtype=np.float32)
+    easy_centre[0] = 1.0
+    hard_centre = np.zeros(DIMENSION, dtype=np.float32)
+    hard_centre[1] = 1.0
+    prompts = []
+    for i in range(n):
+        hard = i % 2 == 1
+        centre = hard_centre if hard else easy_centre
+        vector = centre + rng.normal(0, 0.05, DIMENSION).astype(np.float32)
+        prompts.append(((vector / np.linalg.norm(vector)).astype(np.float32).tobytes(), hard))
+    return prompts
+
+
+async def test_route_model_needs_a_catalog(router: Router) -> None:
+    with pytest.raises(ModelCatalogEmptyError):
+        await router.route_model(vector=unit(1.0))
+
+
+async def test_prior_picks_the_cheapest_expected_to_succeed(router: Router) -> None:
+    await router.put_catalog([STRONG, CHEAP])
+    choice = await router.route_model(vector=unit(1.0), quality_target=0.8)
+    assert choice.model_id == "cheap"
+    assert choice.target_met
+    assert [e.model_id for e in choice.estimates] == ["cheap", "strong"]
+    assert all(e.samples == 0 for e in choice.estimates)
+    # A target no prior reaches: the highest expected quality, target not met.
+    choice = await router.route_model(vector=unit(1.0), quality_target=0.95)
+    assert not choice.target_met
+    assert choice.model_id == "cheap"  # equal quality: the cheaper one
+    choice = await router.route_model(vector=unit(1.0), exclude_model_ids=["cheap"])
+    assert choice.model_id == "strong"
+    with pytest.raises(NoEligibleModelError):
+        await router.route_model(vector=unit(1.0), exclude_model_ids=["cheap", "strong"])
+
+
+async def test_expected_cost_and_context_window(router: Router) -> None:
+    small = ModelSpec(model_id="small", input_cost_per_million_tokens_micro_usd=1, context_window_tokens=100)
+    await router.put_catalog([small, CHEAP])
+    choice = await router.route_model(prompt="x" * 4000, quality_target=0.1)  # about 1,000 tokens
+    assert choice.model_id == "cheap"
+    assert choice.expected_cost_micro_usd == CHEAP.expected_cost(1000, 500)
+
+
+async def test_feedback_moves_hard_prompts_to_the_strong_model(router: Router) -> None:
+    await router.put_catalog([CHEAP, STRONG])
+    # Training: route each prompt, report the truth (cheap fails hard prompts).
+    for vector, hard in synthetic_prompts(seed=1, n=80):
+        choice = await router.route_model(vector=vector, quality_target=0.8)
+        success = not (hard and choice.model_id == "cheap")
+        await router.report_outcome(choice.route_id, success=success, cost_micro_usd=10)
+    # Evaluation on fresh prompts of the same distribution.
+    picks = {True: [], False: []}
+    for vector, hard in synthetic_prompts(seed=2, n=40):
+        choice = await router.route_model(vector=vector, quality_target=0.8)
+        picks[hard].append(choice.model_id)
+        if hard:
+            assert next(e for e in choice.estimates if e.model_id == "cheap").samples >= 5
+    assert picks[False].count("cheap") == len(picks[False])
+    assert picks[True].count("strong") == len(picks[True])
+
+
+async def test_report_outcome_rules(router: Router) -> None:
+    await router.put_catalog([CHEAP])
+    choice = await router.route_model(vector=unit(1.0))
+    with pytest.raises(ValueError, match="exactly one"):
+        await router.report_outcome(choice.route_id)
+    with pytest.raises(ValueError, match="outside"):
+        await router.report_outcome(choice.route_id, score=1.5)
+    await router.report_outcome(choice.route_id, score=0.7, model_id="strong")
+    with pytest.raises(OutcomeAlreadyReportedError):
+        await router.report_outcome(choice.route_id, success=True)
+    with pytest.raises(RouteNotFoundError):
+        await router.report_outcome("r000000000000nothere", success=True)
+    assert router.outcome_count("strong") == 1
+
+
+async def test_expired_routes_are_not_found_and_swept(tmp_path: Path) -> None:
+    now = [10**18]
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                clock=lambda: now[0],
+            )
+            await engine.load()
+            await engine.put_catalog([CHEAP])
+            choice = await engine.route_model(vector=unit(1.0))
+            now[0] += engine.settings.route_ttl_ns + 1_000_000
+            with pytest.raises(RouteNotFoundError):
+                await engine.report_outcome(choice.route_id, success=True)
+            assert await engine.sweep_routes() == 1
+    finally:
+        storage.close()
+
+
+async def test_cards_catalog_and_outcomes_survive_a_restart(tmp_path: Path) -> None:
+    async def open_router(storage: Storage, committer: GroupCommitter) -> Router:
+        engine = Router(
+            storage,
+            committer,
+            dimension=DIMENSION,
+            embedder=LexicalEmbedder(DIMENSION),
+            index_factory=make_index,
+            settings=RouterSettings(max_outcomes_per_model=30),
+        )
+        await engine.load()
+        return engine
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    async with GroupCommitter(storage) as committer:
+        engine = await open_router(storage, committer)
+        await engine.register_agent(AgentSpec(agent_id="legal", description="summarize legal contracts"))
+        await engine.register_agent(AgentSpec(agent_id="vec", vector=unit(1.0), cost_per_call_micro_usd=5))
+        await engine.put_catalog([CHEAP, STRONG])
+        for vector, hard in synthetic_prompts(seed=3, n=40):
+            choice = await engine.route_model(vector=vector)
+            await engine.report_outcome(choice.route_id, success=not hard)
+        pending = await engine.route_model(vector=unit(1.0))
+        before = [
+            (e.model_id, e.samples) for e in (await engine.route_model(vector=unit(0.0, 1.0))).estimates
+        ]
+        counts = engine.outcome_count("cheap"), engine.outcome_count("strong")
+        await engine.aclose()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = await open_router(storage, committer)
+            assert engine.agent_count == 2
+            assert engine.route_for_intent("summarize a legal contract").agent_id == "legal"
+            assert engine.catalog is not None
+            assert [m.model_id for m in engine.catalog.models] == ["cheap", "strong"]
+            assert (engine.outcome_count("cheap"), engine.outcome_count("strong")) == counts
+            assert counts[0] <= 30
+            after = [
+                (e.model_id, e.samples) for e in (await engine.route_model(vector=unit(0.0, 1.0))).estimates
+            ]
+            assert after == before
+            await engine.report_outcome(pending.route_id, success=True)  # still reportable
+            # Replacing the catalog drops the outcomes of models that leave it.
+            await engine.put_catalog([CHEAP])
+            assert engine.outcome_count("strong") == 0
+            assert engine.outcome_count("cheap") > 0
+    finally:
+        storage.close()
+
+
+async def test_saved_indexes_are_reused_only_while_they_match_lmdb(tmp_path: Path) -> None:
+    def restore(path: Path, dimension: int) -> VectorIndex | None:
+        return VectorIndex.restore(path, dimension=dimension, dtype="f32")
+
+    def open_router(storage: Storage, committer: GroupCommitter) -> Router:
+        return Router(
+            storage,
+            committer,
+            dimension=DIMENSION,
+            embedder=LexicalEmbedder(DIMENSION),
+            index_factory=make_index,
+            index_dir=tmp_path / "indexes",
+            restore_index=restore,
+        )
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = open_router(storage, committer)
+            await engine.load()
+            await engine.register_agent(AgentSpec(agent_id="legal", description="summarize legal contracts"))
+            await engine.register_agent(AgentSpec(agent_id="vec", vector=unit(1.0)))
+            await engine.put_catalog([CHEAP])
+            for vector, _ in synthetic_prompts(seed=4, n=6):
+                choice = await engine.route_model(vector=vector)
+                await engine.report_outcome(choice.route_id, success=True)
+            assert engine.save_indexes() == 2  # agents, outcomes of "cheap"
+
+            again = open_router(storage, committer)
+            await again.load()
+            assert again.restored_indexes == 2
+            assert again.route_for_intent("summarize a legal contract").agent_id == "legal"
+            assert again.rank(RouteQuery(vector=unit(1.0))).candidates[0].agent_id == "vec"
+            # A change after the save (then a crash: no new save) makes the saved agents index stale.
+            await again.register_agent(AgentSpec(agent_id="vec", vector=unit(0.0, 1.0)))
+
+            third = open_router(storage, committer)
+            await third.load()
+            assert third.restored_indexes == 1  # the outcomes index still matches
+            assert third.rank(RouteQuery(vector=unit(0.0, 1.0))).candidates[0].agent_id == "vec"
+    finally:
+        storage.close()
