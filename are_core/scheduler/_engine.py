@@ -1,0 +1,2295 @@
+"""The scheduler engine: workflows, readiness, leases, retries, pools, recovery.
+
+Everything runs on one event loop. Every public operation mutates the
+in-memory graph synchronously and joins the current *transaction*: one
+storage batch per loop turn holding every task and workflow row that changed
+and every event recorded. The transaction is submitted to the group
+committer at the end of the turn; only once it is durable are its events
+published, its assignments and cancellations delivered to workers and its
+callers answered. So every acknowledged transition is in LMDB before the
+acknowledgement, and a completion, the readiness it releases and the next
+dispatch share one commit.
+
+The hot path is a few dictionary operations: a finished task decrements the
+unresolved-dependency counter of each dependent (never a scan of the
+workflow), ready tasks go to a per-(capability, pool) queue served by
+priority then round-robin across workflows, and idle workers sit in
+per-capability sets. Timeouts, backoffs and rate-limit refills share one
+timer heap and one loop timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from are_core.storage import Batch, Codec, GroupCommitter, Storage, join_key, prefix_key
+from are_core.trace import Event, EventDraft, EventSink, EventUsage, FailureInfo
+
+from ._conditions import evaluate
+from ._errors import (
+    BudgetExceededError,
+    NotAwaitingApprovalError,
+    PoolNotFoundError,
+    PoolQueueFullError,
+    RequestIdConflictError,
+    RoutingError,
+    SpecError,
+    TaskAlreadyCompletedError,
+    TaskExistsError,
+    TaskNotFoundError,
+    TaskNotHeldError,
+    WorkflowClosedError,
+    WorkflowExistsError,
+    WorkflowNotClosedError,
+    WorkflowNotFoundError,
+)
+from ._model import (
+    OPEN_WORKFLOW_STATES,
+    TERMINAL_TASK_STATES,
+    Approval,
+    Assignment,
+    CacheKey,
+    DependencyResult,
+    Failure,
+    PoolLimits,
+    RetryPolicy,
+    TaskRecord,
+    TaskSpec,
+    Usage,
+    WorkflowRecord,
+    WorkflowSpec,
+)
+from ._validate import validate_graph
+
+__all__ = [
+    "TABLES",
+    "Cancellation",
+    "PoolStatus",
+    "Scheduler",
+    "TaskView",
+    "UsageTotal",
+    "WorkerHandle",
+    "WorkflowView",
+]
+
+_log = logging.getLogger("are.scheduler")
+
+T_WORKFLOWS = "sched_workflows"  # workflow id -> WorkflowRecord
+T_BY_TIME = "sched_wf_by_time"  # u64(~create_ns) NUL workflow id -> b"" (newest first)
+T_OPEN = "sched_open"  # workflow id -> b"" while RUNNING or CANCELLING
+T_TASKS = "sched_tasks"  # workflow id NUL u64(index) -> TaskRecord
+T_SPECS = "sched_task_specs"  # workflow id NUL u64(index) -> TaskSpec (written once)
+T_REQUESTS = "sched_requests"  # request id -> workflow id NUL request hash
+T_POOLS = "sched_pools"  # pool name -> PoolLimits
+TABLES = (T_WORKFLOWS, T_BY_TIME, T_OPEN, T_TASKS, T_SPECS, T_REQUESTS, T_POOLS)
+
+_U64 = (1 << 64) - 1
+_FAIL_STATES = frozenset({"FAILED", "REJECTED", "CANCELLED"})
+_HANDLING_RULES = frozenset({"ALL_DONE", "ONE_FAILED", "ONE_SUCCESS"})
+_NOT_RETRIED_KINDS = frozenset({"CANCELLED", "BUDGET_EXCEEDED", "APPROVAL_REJECTED"})
+_DEFAULT_POLICY = RetryPolicy()
+_RECENT_CLOSED = 1024
+_COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
+
+RouteHook = Callable[["TaskSpec", "TaskRecord"], tuple[str, dict[str, Any]]]
+"""``route(spec, record)`` -> (capability, event attributes); raises RoutingError."""
+CacheLookupHook = Callable[[CacheKey], Awaitable["tuple[bytes, str, dict[str, Any]] | None"]]
+"""``lookup(key)`` -> (output, content type, event attributes) on a hit, None on a miss."""
+CacheStoreHook = Callable[[CacheKey, bytes, str, "Usage | None"], None]
+"""``store(key, output, content_type, usage)`` after a cache-keyed task completes."""
+WorkerHook = Callable[["WorkerHandle"], None]
+"""``changed(worker)``: connected, load or draining changed, or disconnected (``connected`` False)."""
+
+_wf_codec = Codec(WorkflowRecord)
+_task_codec = Codec(TaskRecord)
+_spec_codec = Codec(TaskSpec)
+_pool_codec = Codec(PoolLimits)
+
+
+class Cancellation(msgspec.Struct, frozen=True):
+    """Asks a worker to stop an attempt."""
+
+    workflow_id: str
+    task_id: str
+    attempt: int
+    reason: str  # TaskCancelReason name without prefix
+    message: str
+
+
+class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A pool's live counters."""
+
+    running: int
+    queued: int
+    backlog: int
+    available_requests: float
+    llm_tokens_last_minute: int
+    dispatched_total: int
+    rejected_total: int
+    oldest_queued_age_ms: int
+
+
+class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's record with its spec, for readers."""
+
+    workflow_id: str
+    record: TaskRecord
+    spec: TaskSpec
+
+
+class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow's record with its result payload, for readers."""
+
+    record: WorkflowRecord
+    result: bytes | None = None
+    result_content_type: str = ""
+    last_sequence: int = 0
+
+
+class UsageTotal(msgspec.Struct, kw_only=True):
+    """Usage summed over workflows."""
+
+    usage: Usage = msgspec.field(default_factory=Usage)
+    task_attempts: int = 0
+    retries: int = 0
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    workflows: int = 0
+
+    def add(self, rec: WorkflowRecord) -> None:
+        """Adds one workflow's usage."""
+        self.usage.add(rec.usage)
+        self.task_attempts += rec.task_attempts
+        self.retries += rec.retries
+        self.tasks_completed += rec.tasks_completed
+        self.tasks_failed += rec.tasks_failed
+        self.workflows += 1
+
+
+class WorkerHandle:
+    """A connected worker (stream) or one waiting poll (unary): its slots and leases."""
+
+    __slots__ = (
+        "capabilities",
+        "connected",
+        "draining",
+        "free",
+        "held",
+        "max_concurrency",
+        "name",
+        "on_assign",
+        "on_cancel",
+        "worker_id",
+    )
+
+    def __init__(
+        self,
+        worker_id: str,
+        name: str,
+        capabilities: Sequence[str],
+        max_concurrency: int,
+        *,
+        on_assign: Callable[[list[Assignment]], None],
+        on_cancel: Callable[[list[Cancellation]], None],
+    ) -> None:
+        self.worker_id = worker_id
+        self.name = name
+        self.capabilities = tuple(dict.fromkeys(capabilities))
+        self.max_concurrency = max_concurrency
+        self.free = max_concurrency
+        self.held: dict[tuple[str, str], _Task] = {}
+        self.on_assign = on_assign
+        self.on_cancel = on_cancel
+        self.draining = False
+        self.connected = True
+
+
+class _Task:
+    __slots__ = (
+        "cap",
+        "dependents",
+        "deps",
+        "holder",
+        "in_queue",
+        "key",
+        "n_fail",
+        "n_ok",
+        "n_skip",
+        "queued_ns",
+        "rec",
+        "spec",
+        "token",
+        "unresolved",
+        "wf",
+    )
+
+    def __init__(self, wf: _Workflow, rec: TaskRecord, spec: TaskSpec) -> None:
+        self.wf = wf
+        self.rec = rec
+        self.spec = spec
+        self.key = wf.prefix + rec.index.to_bytes(8, "big")  # = join_key(workflow_id, index)
+        self.deps: tuple[str, ...] = spec.depends_on + rec.extra_depends_on
+        self.dependents: list[_Task] = []
+        self.unresolved = 0
+        self.n_ok = 0
+        self.n_fail = 0
+        self.n_skip = 0
+        self.holder: WorkerHandle | None = None
+        self.in_queue = False
+        self.queued_ns = 0
+        self.token = 0  # bumps on every state change, so stale timers are ignored
+        self.cap = rec.capability or spec.capability  # an intent's routed capability, or the spec's
+
+
+class _Workflow:
+    __slots__ = ("last_seq", "open", "order", "prefix", "rec", "tasks", "watchers")
+
+    def __init__(self, rec: WorkflowRecord) -> None:
+        self.rec = rec
+        self.prefix = prefix_key(rec.workflow_id)
+        self.tasks: dict[str, _Task] = {}
+        self.order: list[_Task] = []
+        self.open = 0
+        self.last_seq = 0
+        self.watchers: set[asyncio.Event] = set()
+
+
+class _Queue:
+    """Ready tasks of one (capability, pool): by priority, round-robin across workflows."""
+
+    __slots__ = ("buckets", "size")
+
+    def __init__(self) -> None:
+        self.buckets: list[OrderedDict[str, deque[_Task]]] = [OrderedDict() for _ in range(6)]
+        self.size = 0
+
+    def push(self, task: _Task) -> None:
+        bucket = self.buckets[task.spec.priority]
+        line = bucket.get(task.wf.rec.workflow_id)
+        if line is None:
+            bucket[task.wf.rec.workflow_id] = deque((task,))
+        else:
+            line.append(task)
+        self.size += 1
+
+    def pop(self) -> _Task | None:
+        for bucket in self.buckets:
+            while bucket:
+                wf_id, line = next(iter(bucket.items()))
+                task = line.popleft()
+                self.size -= 1
+                if line:
+                    bucket.move_to_end(wf_id)
+                else:
+                    del bucket[wf_id]
+                if task.in_queue:
+                    return task
+        return None
+
+    def push_front(self, task: _Task) -> None:
+        bucket = self.buckets[task.spec.priority]
+        line = bucket.get(task.wf.rec.workflow_id)
+        if line is None:
+            bucket[task.wf.rec.workflow_id] = deque((task,))
+            bucket.move_to_end(task.wf.rec.workflow_id, last=False)
+        else:
+            line.appendleft(task)
+        self.size += 1
+
+
+class _Pool:
+    __slots__ = (
+        "dispatched_total",
+        "limits",
+        "llm_level",
+        "llm_used",
+        "queued",
+        "refill_ns",
+        "rejected_total",
+        "running",
+        "tokens",
+    )
+
+    def __init__(self, limits: PoolLimits, now: int) -> None:
+        self.limits = limits
+        self.running = 0
+        self.queued = 0
+        self.tokens = limits.bucket_size
+        self.llm_level = float(limits.llm_tokens_per_minute)
+        self.llm_used: deque[tuple[int, int]] = deque()
+        self.refill_ns = now
+        self.dispatched_total = 0
+        self.rejected_total = 0
+
+    def refill(self, now: int) -> None:
+        elapsed = (now - self.refill_ns) / 1e9
+        self.refill_ns = now
+        limits = self.limits
+        if limits.requests_per_second:
+            self.tokens = min(limits.bucket_size, self.tokens + elapsed * limits.requests_per_second)
+        if limits.llm_tokens_per_minute:
+            self.llm_level = min(
+                float(limits.llm_tokens_per_minute),
+                self.llm_level + elapsed * limits.llm_tokens_per_minute / 60.0,
+            )
+
+    def wait_ns(self, now: int, estimate: int) -> int:
+        """0 when a dispatch may happen now, else ns until it may (-1: when a task ends)."""
+        limits = self.limits
+        if limits.max_concurrency and self.running >= limits.max_concurrency:
+            return -1
+        self.refill(now)
+        wait = 0
+        if limits.requests_per_second and self.tokens < 1.0:
+            wait = int((1.0 - self.tokens) / limits.requests_per_second * 1e9) + 1
+        if limits.llm_tokens_per_minute and estimate and self.llm_level <= 0:
+            need = (1.0 - self.llm_level) * 60.0 / limits.llm_tokens_per_minute
+            wait = max(wait, int(need * 1e9) + 1)
+        return wait
+
+    def charge(self, now: int, estimate: int) -> None:
+        if self.limits.requests_per_second:
+            self.tokens -= 1.0
+        if estimate:
+            self.llm_level -= estimate
+            self.llm_used.append((now, estimate))
+
+    def correct(self, now: int, delta: int) -> None:
+        if delta:
+            self.llm_level -= delta
+            self.llm_used.append((now, delta))
+
+    def tokens_last_minute(self, now: int) -> int:
+        horizon = now - 60 * 10**9
+        while self.llm_used and self.llm_used[0][0] < horizon:
+            self.llm_used.popleft()
+        return max(0, sum(n for _, n in self.llm_used))
+
+
+class _Txn:
+    __slots__ = ("after", "assign", "batch", "cancel", "events", "future", "tasks", "workflows")
+
+    def __init__(self, batch: Batch, future: asyncio.Future[None]) -> None:
+        self.batch = batch
+        self.future = future
+        self.tasks: set[_Task] = set()
+        self.workflows: set[_Workflow] = set()
+        self.events: list[Event] = []
+        self.assign: dict[WorkerHandle, list[Assignment]] = {}
+        self.cancel: dict[WorkerHandle, list[Cancellation]] = {}
+        self.after: list[Callable[[], None]] = []
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(13)
+
+
+class Scheduler:
+    """Runs workflows on one event loop, durable through ``storage`` and ``committer``.
+
+    Args:
+        storage: Where records live (tables :data:`TABLES` must be declared).
+        committer: The group committer for ``storage``.
+        events: Where transitions are recorded as events, or None.
+        clock: Wall-clock nanoseconds (tests may pass a fake).
+        rng: ``random.random``-like source for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        committer: GroupCommitter,
+        events: EventSink | None = None,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._storage = storage
+        self._committer = committer
+        self._events = events
+        self._clock = clock
+        self._rng = rng
+        self._open: dict[str, _Workflow] = {}
+        self._recent: OrderedDict[str, _Workflow] = OrderedDict()
+        self._pools: dict[str, _Pool] = {}
+        self._queues: dict[str, dict[str, _Queue]] = {}  # capability -> pool -> queue
+        self._idle: dict[str, dict[str, WorkerHandle]] = {}  # capability -> worker id -> handle
+        self._workers: dict[str, WorkerHandle] = {}
+        self._txn: _Txn | None = None
+        self._heap: list[tuple[int, int, str, Any, int]] = []
+        self._heap_seq = 0
+        self._compact_at = _COMPACT_MIN
+        self._next_pump_ns = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._resolved: deque[_Task] = deque()
+        self._closing: list[_Workflow] = []
+        self._pump_wanted = False
+        self._pending_commits: set[asyncio.Future[None]] = set()
+        self._stopped = False
+        self._requests: dict[str, tuple[str, str]] = {}  # request ids not yet committed
+        self._ids = random.Random()  # noqa: S311 - span ids need uniqueness, not secrecy
+        # Integration hooks, installed by the sidecar when the capability exists
+        # (None: the feature is off). Only tasks that use a feature reach its hook.
+        self.route: RouteHook | None = None
+        """Picks the capability of a task's ``intent`` when it is scheduled."""
+        self.cache_lookup: CacheLookupHook | None = None
+        """Looks a task's ``cache_key`` up when it is scheduled; None is a miss."""
+        self.cache_store: CacheStoreHook | None = None
+        """Stores a cache-keyed task's output after its durable completion (fire and forget)."""
+        self.worker_changed: WorkerHook | None = None
+        """Told when a worker connects, its load changes, or it goes (``gone``)."""
+        self._lookups: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        """Loads pools and every open workflow, and carries on where they stopped.
+
+        Tasks that were RUNNING when the sidecar stopped are scheduled again
+        (their next dispatch is attempt+1 with the same idempotency key); the
+        lost attempt is not charged to the retry policy.
+        """
+        now = self._clock()
+        self._pools["default"] = _Pool(PoolLimits(name="default", create_ns=now, update_ns=now), now)
+        for _, raw in self._storage.scan(T_POOLS, limit=100_000):
+            limits = _pool_codec.decode(raw)
+            self._pools[limits.name] = _Pool(limits, now)
+        open_ids = [key.decode() for key, _ in self._storage.scan(T_OPEN, limit=1_000_000)]
+        for wf_id in open_ids:
+            wf_raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
+            if wf_raw is None:
+                continue
+            self._recover(_wf_codec.decode(wf_raw))
+        if open_ids:
+            self._settle()
+            self._pump()
+            await self._commit_now()
+
+    def _recover(self, rec: WorkflowRecord) -> None:  # noqa: C901 - one branch per task state
+        w = _Workflow(rec)
+        self._open[rec.workflow_id] = w
+        prefix = prefix_key(rec.workflow_id)
+        specs = self._storage.scan(T_SPECS, prefix=prefix, limit=10_000_000)
+        rows = self._storage.scan(T_TASKS, prefix=prefix, limit=10_000_000)
+        for (_, spec_raw), (_, task_raw) in zip(specs, rows, strict=True):
+            task = _Task(w, _task_codec.decode(task_raw), _spec_codec.decode(spec_raw))
+            w.tasks[task.rec.task_id] = task
+            w.order.append(task)
+        rec.counts = {}
+        for task in w.order:
+            rec.counts[task.rec.state] = rec.counts.get(task.rec.state, 0) + 1
+            if task.rec.state not in TERMINAL_TASK_STATES:
+                w.open += 1
+            self._wire(task)
+        now = self._clock()
+        for task in w.order:
+            state = task.rec.state
+            if state == "RUNNING":
+                task.rec.free_attempts += 1
+                self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id, name="sidecar restart")
+                self._set_state(task, "SCHEDULED", "re-dispatched after a sidecar restart")
+                self._enqueue(task, now)
+            elif state == "SCHEDULED":
+                self._enqueue(task, now)
+            elif state == "BACKING_OFF":
+                self._at(task.rec.next_attempt_ns, "backoff", task, task.token)
+            elif state == "AWAITING_APPROVAL" and task.rec.approval and task.rec.approval.expire_ns:
+                self._at(task.rec.approval.expire_ns, "approval", task, task.token)
+            elif state == "PENDING" and not task.unresolved:
+                self._decide(task)
+        self._at(rec.deadline_ns, "deadline", w, 0)
+        if rec.state == "CANCELLING" or not w.open:
+            self._closing.append(w)
+
+    async def stop(self) -> None:
+        """Stops timers and waits for transactions in flight; in-flight attempts stay RUNNING."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._txn is not None:
+            self._flush()
+        if self._pending_commits:
+            await asyncio.gather(*self._pending_commits, return_exceptions=True)
+
+    # ------------------------------------------------------------ transactions
+
+    def _t(self) -> _Txn:
+        txn = self._txn
+        if txn is None:
+            loop = asyncio.get_running_loop()
+            txn = self._txn = _Txn(self._storage.batch(), loop.create_future())
+            loop.call_soon(self._flush)
+        return txn
+
+    def _dirty(self, task: _Task) -> None:
+        self._t().tasks.add(task)
+
+    def _dirty_wf(self, w: _Workflow) -> None:
+        self._t().workflows.add(w)
+
+    def _flush(self) -> None:
+        txn = self._txn
+        if txn is None:
+            return
+        self._txn = None
+        batch = txn.batch
+        for task in txn.tasks:
+            batch.put(T_TASKS, task.key, _task_codec.encode(task.rec))
+        for w in txn.workflows:
+            rec = w.rec
+            wf_key = rec.workflow_id.encode()
+            batch.put(T_WORKFLOWS, wf_key, _wf_codec.encode(rec))
+            if rec.state in OPEN_WORKFLOW_STATES:
+                batch.put(T_OPEN, wf_key, b"")
+            else:
+                batch.delete(T_OPEN, wf_key)
+        commit = asyncio.ensure_future(self._committer.submit(batch))
+        self._pending_commits.add(commit)
+        commit.add_done_callback(lambda done: self._committed(txn, done))
+
+    def _committed(self, txn: _Txn, done: asyncio.Future[None]) -> None:  # noqa: C901 - flat delivery steps
+        self._pending_commits.discard(done)
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            _log.error("scheduler commit failed", exc_info=error)
+            if not txn.future.done():
+                txn.future.set_exception(error)
+            txn.future.exception()  # mark retrieved
+            return
+        if self._events is not None and txn.events:
+            self._events.publish(txn.events)
+        for worker, assignments in txn.assign.items():
+            if worker.connected:
+                worker.on_assign(assignments)
+        for worker, cancellations in txn.cancel.items():
+            if worker.connected:
+                worker.on_cancel(cancellations)
+        for callback in txn.after:
+            callback()
+        for w in txn.workflows:
+            for watcher in w.watchers:
+                watcher.set()
+        if not txn.future.done():
+            txn.future.set_result(None)
+
+    async def _commit_now(self) -> None:
+        if self._txn is not None:
+            future = self._txn.future
+            self._flush()
+            await future
+
+    def _event(
+        self, event_type: str, task: _Task | None = None, w: _Workflow | None = None, **fields: Any
+    ) -> None:
+        if self._events is None:
+            return
+        if task is not None:
+            w = task.wf
+            fields.setdefault("task_id", task.rec.task_id)
+            fields.setdefault("attempt", task.rec.attempt)
+            fields.setdefault("task_state", task.rec.state)
+        assert w is not None
+        fields.setdefault("workflow_state", w.rec.state)
+        txn = self._t()
+        event = self._events.record(
+            txn.batch, EventDraft(event_type=event_type, workflow_id=w.rec.workflow_id, **fields)
+        )
+        w.last_seq = event.sequence
+        txn.events.append(event)
+        txn.workflows.add(w)  # watchers wake up on any recorded change
+
+    # -------------------------------------------------------------- submission
+
+    def check_request(self, request_id: str, request_hash: str) -> str | None:
+        """The workflow a request_id already created, or None; raises on a conflict."""
+        if not request_id:
+            return None
+        pending = self._requests.get(request_id)
+        if pending is not None:
+            wf_id, stored_hash = pending
+        else:
+            raw = self._storage.get(T_REQUESTS, request_id.encode())
+            if raw is None:
+                return None
+            wf_id, _, stored_hash = raw.decode().partition("\x00")
+        if stored_hash != request_hash:
+            raise RequestIdConflictError(f"request_id {request_id!r} was used with a different request")
+        return wf_id
+
+    async def submit(  # noqa: C901, PLR0912 - the checks read best in order
+        self,
+        spec: WorkflowSpec,
+        *,
+        request_id: str = "",
+        request_hash: str = "",
+        stage: Callable[[Batch, str], None] | None = None,
+    ) -> tuple[WorkflowRecord, bool]:
+        """Validates, stores and starts a workflow; returns it and whether it was deduplicated.
+
+        ``stage(batch, workflow_id)``, when given, adds the caller's rows (the
+        initial state document) to the submit's batch once the spec is valid;
+        if it raises, nothing is stored and the error propagates.
+
+        Raises:
+            SpecError: a bad spec (nothing stored).
+            RequestIdConflictError, WorkflowExistsError, PoolQueueFullError.
+        """
+        earlier = self.check_request(request_id, request_hash)
+        if earlier is not None:
+            return self._load_workflow(earlier).record, True
+        validate_graph(spec.tasks)
+        pools: dict[str, int] = {}
+        default_pool = spec.default_pool or "default"
+        if default_pool not in self._pools:
+            raise SpecError("POOL_NOT_FOUND", "spec.default_pool", f"pool {default_pool!r} does not exist")
+        for i, task_spec in enumerate(spec.tasks):
+            pool = task_spec.pool or default_pool
+            if pool not in self._pools:
+                raise SpecError("POOL_NOT_FOUND", f"spec.tasks[{i}].pool", f"pool {pool!r} does not exist")
+            if not task_spec.depends_on and not task_spec.requires_approval:
+                pools[pool] = pools.get(pool, 0) + 1
+        result_task_id = spec.result_task_id
+        if result_task_id:
+            if not any(t.task_id == result_task_id for t in spec.tasks):
+                raise SpecError(
+                    "UNKNOWN_DEPENDENCY",
+                    "spec.result_task_id",
+                    f"{result_task_id!r} is not a task of the workflow",
+                )
+        else:
+            upstream = {d for t in spec.tasks for d in t.depends_on}
+            sinks = [t.task_id for t in spec.tasks if t.task_id not in upstream]
+            result_task_id = sinks[0] if len(sinks) == 1 else ""
+        self._check_queues(pools, spec.workflow_id)
+        wf_id = spec.workflow_id or _new_id("wf_")
+        if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
+            raise WorkflowExistsError(f"workflow {wf_id!r} already exists")
+        if stage is not None:
+            stage(self._t().batch, wf_id)
+        now = self._clock()
+        trace_id, parent_span = _parse_traceparent(spec.traceparent)
+        rec = WorkflowRecord(
+            workflow_id=wf_id,
+            name=spec.name,
+            labels=dict(spec.labels),
+            budget=spec.budget,
+            create_ns=now,
+            deadline_ns=now + int(spec.budget.max_duration_s * 1e9),
+            trace_id=trace_id or secrets.token_hex(16),
+            parent_span_id=parent_span,
+            result_task_id=result_task_id,
+            request_id=request_id,
+            request_hash=request_hash,
+            task_count=len(spec.tasks),
+            default_pool=default_pool,
+            default_retry_policy=spec.default_retry_policy,
+        )
+        w = _Workflow(rec)
+        batch = self._t().batch
+        batch.put(T_BY_TIME, join_key(_U64 - now, wf_id), b"")
+        if request_id:
+            batch.put(T_REQUESTS, request_id.encode(), f"{wf_id}\x00{request_hash}".encode())
+            self._requests[request_id] = (wf_id, request_hash)
+            self._t().after.append(lambda: self._forget_request(request_id))
+        self._add_tasks(w, spec.tasks, now, parent="", depth=0)
+        self._open[wf_id] = w
+        self._dirty_wf(w)
+        self._event(
+            "WORKFLOW_SUBMITTED",
+            w=w,
+            attributes={
+                "are.workflow.name": spec.name,
+                "are.workflow.task_count": len(spec.tasks),
+                "are.request_id": request_id,
+            },
+        )
+        self._at(rec.deadline_ns, "deadline", w, 0)
+        for task in w.order:
+            if not task.deps:
+                self._decide(task)
+        self._settle()
+        self._pump()
+        await self._t().future
+        return rec, False
+
+    def _forget_request(self, request_id: str) -> None:
+        self._requests.pop(request_id, None)
+
+    def _check_queues(self, incoming: dict[str, int], workflow_id: str) -> None:
+        for name, n in incoming.items():
+            pool = self._pools[name]
+            if pool.queued + n > pool.limits.queue_limit:
+                pool.rejected_total += 1
+                if self._events is not None:
+                    txn = self._t()
+                    txn.events.append(
+                        self._events.record(
+                            txn.batch,
+                            EventDraft(
+                                event_type="POOL_QUEUE_FULL",
+                                workflow_id=workflow_id,
+                                attributes={"are.pool": name, "are.queue_length": pool.queued},
+                            ),
+                        )
+                    )
+                raise PoolQueueFullError(name, pool.queued, n, pool.limits.queue_limit, retry_after_s=1.0)
+
+    def _add_tasks(
+        self, w: _Workflow, specs: Iterable[TaskSpec], now: int, *, parent: str, depth: int
+    ) -> list[_Task]:
+        batch = self._t().batch
+        added: list[_Task] = []
+        for spec in specs:
+            index = len(w.order)
+            rec = TaskRecord(
+                task_id=spec.task_id, index=index, create_ns=now, parent_task_id=parent, spawn_depth=depth
+            )
+            pooled = spec if spec.pool else msgspec.structs.replace(spec, pool=w.rec.default_pool)
+            task = _Task(w, rec, pooled)
+            w.tasks[spec.task_id] = task
+            w.order.append(task)
+            w.rec.counts["PENDING"] = w.rec.counts.get("PENDING", 0) + 1
+            w.open += 1
+            batch.put(T_SPECS, task.key, _spec_codec.encode(pooled))
+            self._dirty(task)
+            added.append(task)
+        for task in added:
+            self._wire(task)
+        return added
+
+    def _wire(self, task: _Task) -> None:
+        tasks = task.wf.tasks
+        for dep_id in task.deps:
+            dep = tasks[dep_id]
+            dep.dependents.append(task)
+            state = dep.rec.state
+            if state in TERMINAL_TASK_STATES:
+                self._tally(task, state)
+            else:
+                task.unresolved += 1
+
+    @staticmethod
+    def _tally(task: _Task, state: str) -> None:
+        if state == "COMPLETED":
+            task.n_ok += 1
+        elif state == "SKIPPED":
+            task.n_skip += 1
+        else:
+            task.n_fail += 1
+
+    # ---------------------------------------------------------------- readiness
+
+    def _decide(self, task: _Task) -> None:  # noqa: C901, PLR0912 - one branch per trigger rule
+        """Applies the trigger rule to a PENDING task: schedule it, skip it, or wait."""
+        if task.rec.state != "PENDING" or task.wf.rec.state != "RUNNING":
+            return
+        rule = task.spec.trigger_rule
+        done = not task.unresolved
+        if not task.deps:
+            verdict: bool | None = True
+        elif rule == "ALL_SUCCESS":
+            verdict = False if (task.n_fail or task.n_skip) else (True if done else None)
+        elif rule == "ALL_DONE":
+            verdict = True if done else None
+        elif rule == "ONE_FAILED":
+            verdict = True if task.n_fail else (False if done else None)
+        elif rule == "ONE_SUCCESS":
+            verdict = True if task.n_ok else (False if done else None)
+        else:  # NONE_FAILED
+            verdict = False if task.n_fail else (True if done else None)
+        if verdict is None:
+            return
+        if not verdict:
+            self._skip(task, "trigger_rule", f"skipped: trigger rule {rule} can no longer be met")
+            return
+        for condition in task.spec.conditions:
+            dep = task.wf.tasks[condition.task_id]
+            output = dep.rec.output if dep.rec.state == "COMPLETED" else None
+            if not evaluate(condition, output):
+                detail = (
+                    f"condition on {condition.task_id}:{condition.pointer} {condition.operator} was false"
+                )
+                self._skip(task, "condition", f"skipped: {detail}")
+                return
+        now = self._clock()
+        if task.spec.requires_approval and task.rec.approval is None:
+            expire = now + int(task.spec.approval_timeout_s * 1e9) if task.spec.approval_timeout_s else 0
+            task.rec.approval = Approval(request_ns=now, expire_ns=expire)
+            self._set_state(task, "AWAITING_APPROVAL", "waiting for approval")
+            self._event("TASK_AWAITING_APPROVAL", task)
+            if expire:
+                self._at(expire, "approval", task, task.token)
+            return
+        self._schedule(task, now)
+
+    def _schedule(self, task: _Task, now: int) -> None:
+        self._set_state(task, "SCHEDULED", "")
+        task.rec.schedule_ns = now
+        self._event(
+            "TASK_SCHEDULED",
+            task,
+            attributes={"are.pool": task.spec.pool, "are.priority": task.spec.priority},
+        )
+        spec = task.spec
+        if spec.intent and not self._routed(task):
+            return
+        if spec.cache_key is not None and self.cache_lookup is not None and not task.rec.attempt:
+            self._look_up(task, spec.cache_key)
+        else:
+            self._enqueue(task, now)
+        if spec.schedule_to_start_s:
+            self._at(now + int(spec.schedule_to_start_s * 1e9), "s2s", task, task.token)
+
+    def _routed(self, task: _Task) -> bool:
+        """Routes an intent to a capability; False when the attempt failed with ROUTING."""
+        rec = task.rec
+        try:
+            if self.route is None:
+                raise RoutingError("no router is configured to route task intents")  # noqa: TRY301
+            capability, attributes = self.route(task.spec, rec)
+        except RoutingError as error:
+            rec.attempt += 1  # a routing failure uses up an attempt, so the policy bounds it
+            task.wf.rec.task_attempts += 1
+            failure = Failure(message=str(error)[:1024], type="NO_ROUTE", kind="ROUTING")
+            self._attempt_failed(task, failure, None, 0.0)
+            return False
+        task.cap = capability
+        rec.capability = capability
+        self._event("TASK_ROUTED", task, attributes={"are.intent": task.spec.intent[:256], **attributes})
+        return True
+
+    def _look_up(self, task: _Task, key: CacheKey) -> None:
+        """Asks the cache (off the loop's turn); a hit completes the task, a miss enqueues it."""
+        assert self.cache_lookup is not None
+        token = task.token
+        lookup = self.cache_lookup
+
+        async def run() -> None:
+            try:
+                hit = await lookup(key)
+            except Exception:  # noqa: BLE001 - a failing cache is a miss, never a stuck task
+                _log.warning("cache lookup failed; dispatching", exc_info=True)
+                hit = None
+            self._looked_up(task, token, hit)
+
+        job = asyncio.ensure_future(run())
+        self._lookups.add(job)
+        job.add_done_callback(self._lookups.discard)
+
+    def _looked_up(self, task: _Task, token: int, hit: tuple[bytes, str, dict[str, Any]] | None) -> None:
+        rec = task.rec
+        if task.token != token or rec.state != "SCHEDULED" or task.wf.rec.state != "RUNNING":
+            return
+        now = self._clock()
+        if hit is None:
+            namespace = task.spec.cache_key.namespace if task.spec.cache_key else ""
+            self._event("TASK_CACHE_MISS", task, attributes={"are.cache.namespace": namespace})
+            self._enqueue(task, now)
+        else:
+            output, content_type, attributes = hit
+            rec.output = output
+            rec.output_content_type = content_type
+            rec.close_ns = now
+            task.wf.rec.tasks_completed += 1
+            self._event("TASK_CACHE_HIT", task, task_state="COMPLETED", attributes=attributes)
+            self._set_state(task, "COMPLETED", "answered from the cache")
+            self._terminal(task)
+        self._after_op()
+
+    def _enqueue(self, task: _Task, now: int) -> None:
+        cap = task.cap
+        by_pool = self._queues.get(cap)
+        if by_pool is None:
+            by_pool = self._queues[cap] = {}
+        queue = by_pool.get(task.spec.pool)
+        if queue is None:
+            queue = by_pool[task.spec.pool] = _Queue()
+        task.in_queue = True
+        task.queued_ns = now
+        queue.push(task)
+        self._pools[task.spec.pool].queued += 1
+        self._pump_wanted = True
+
+    def _dequeue(self, task: _Task) -> None:
+        if task.in_queue:
+            task.in_queue = False
+            self._pools[task.spec.pool].queued -= 1
+
+    def _skip(self, task: _Task, why: str, reason: str) -> None:
+        self._set_state(task, "SKIPPED", reason)
+        task.rec.close_ns = self._clock()
+        self._event("TASK_SKIPPED", task, attributes={"are.skip.reason": why, "are.skip.detail": reason})
+        self._terminal(task)
+
+    def _set_state(self, task: _Task, state: str, reason: str | None = None) -> None:
+        rec = task.rec
+        counts = task.wf.rec.counts
+        counts[rec.state] -= 1
+        counts[state] = counts.get(state, 0) + 1
+        rec.state = state
+        if reason is not None:
+            rec.state_reason = reason
+        task.token += 1
+        txn = self._txn or self._t()
+        txn.tasks.add(task)
+        txn.workflows.add(task.wf)
+
+    def _terminal(self, task: _Task) -> None:
+        """A task reached a terminal state: queue its dependents for a decision."""
+        self._resolved.append(task)
+        w = task.wf
+        w.open -= 1
+        if not w.open:
+            self._closing.append(w)
+
+    def _settle(self) -> None:
+        """Propagates every finished task to its dependents (iteratively), then closes workflows."""
+        resolved = self._resolved
+        while resolved:
+            task = resolved.popleft()
+            state = task.rec.state
+            for dependent in task.dependents:
+                if dependent.rec.state != "PENDING":
+                    continue
+                dependent.unresolved -= 1
+                self._tally(dependent, state)
+                self._decide(dependent)
+        while self._closing:
+            w = self._closing.pop()
+            if w.rec.state in OPEN_WORKFLOW_STATES and not w.open:
+                self._close_done(w)
+
+    def _close_done(self, w: _Workflow) -> None:
+        if w.rec.state == "CANCELLING":
+            self._close(w, "CANCELLED", w.rec.failure)
+            return
+        failed = [t for t in w.order if t.rec.state in _FAIL_STATES]
+        unhandled = [
+            t
+            for t in failed
+            if not any(
+                d.spec.trigger_rule in _HANDLING_RULES and d.rec.state in ("COMPLETED", "FAILED")
+                for d in t.dependents
+            )
+        ]
+        if unhandled:
+            first = unhandled[0]
+            cause = first.rec.failure.message if first.rec.failure else first.rec.state_reason
+            failure = Failure(
+                message=f"task {first.rec.task_id!r} ended {first.rec.state}: {cause}",
+                type="TASK_FAILED",
+                kind=first.rec.failure.kind if first.rec.failure else "APPLICATION",
+            )
+            self._close(w, "FAILED", failure)
+        else:
+            self._close(w, "COMPLETED", None)
+
+    def _close(self, w: _Workflow, state: str, failure: Failure | None) -> None:
+        rec = w.rec
+        rec.state = state
+        rec.failure = failure
+        rec.close_ns = self._clock()
+        self._dirty_wf(w)
+        usage = _event_usage(rec.usage)
+        failure_info = _failure_info(failure) if failure else None
+        self._event(f"WORKFLOW_{state}", w=w, usage=usage, failure=failure_info)
+        self._open.pop(rec.workflow_id, None)
+        self._recent[rec.workflow_id] = w
+        while len(self._recent) > _RECENT_CLOSED:
+            self._recent.popitem(last=False)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _pump(self) -> None:  # noqa: C901 - the dispatch loop is kept in one frame for speed
+        """Assigns queued tasks to idle workers, within pool limits."""
+        self._pump_wanted = False
+        if self._stopped:
+            return
+        now = 0
+        for cap, idle in list(self._idle.items()):
+            if not idle:
+                continue
+            by_pool = self._queues.get(cap)
+            if not by_pool:
+                continue
+            for pool_name, queue in list(by_pool.items()):
+                if not queue.size:
+                    continue
+                pool = self._pools[pool_name]
+                while queue.size and idle:
+                    if not now:
+                        now = self._clock()
+                    task = queue.pop()
+                    if task is None:
+                        break
+                    wait = pool.wait_ns(now, task.spec.estimated_tokens)
+                    if wait:
+                        queue.push_front(task)  # not yet: it keeps its place
+                        if wait > 0:
+                            self._pump_at(now + wait)
+                        break
+                    worker = next(iter(idle.values()))
+                    self._dispatch(task, worker, pool, now)
+                if not idle:
+                    break
+
+    def _dispatch(self, task: _Task, worker: WorkerHandle, pool: _Pool, now: int) -> None:
+        w = task.wf
+        rec = task.rec
+        task.in_queue = False
+        pool.queued -= 1
+        pool.running += 1
+        pool.dispatched_total += 1
+        pool.charge(now, task.spec.estimated_tokens)
+        rec.attempt += 1
+        rec.worker_id = worker.worker_id
+        rec.capability = task.cap
+        rec.start_ns = now
+        rec.heartbeat_ns = now
+        rec.span_id = f"{self._ids.getrandbits(64) or 1:016x}"  # W3C span id: 8 random bytes, not all zero
+        w.rec.task_attempts += 1
+        self._set_state(task, "RUNNING", "")
+        worker.held[(w.rec.workflow_id, rec.task_id)] = task
+        worker.free -= 1
+        if worker.free <= 0:
+            self._unidle(worker)
+        if self.worker_changed is not None:
+            self.worker_changed(worker)
+        task.holder = worker
+        deadline = now + int(task.spec.start_to_close_s * 1e9)
+        self._at(deadline, "s2c", task, task.token)
+        if task.spec.heartbeat_s:
+            self._at(now + int(task.spec.heartbeat_s * 1e9), "hb", task, task.token)
+        self._event(
+            "TASK_DISPATCHED",
+            task,
+            worker_id=worker.worker_id,
+            span_id=rec.span_id,
+            attributes={
+                "are.capability": task.cap,
+                "are.pool": task.spec.pool,
+                "are.queue_wait_ms": max(0, (now - task.queued_ns) // 1_000_000),
+            },
+        )
+        self._t().assign.setdefault(worker, []).append(self._assignment(task, deadline))
+        budget = w.rec.budget
+        max_attempts = budget.max_attempts or 10 * budget.max_tasks
+        if w.rec.task_attempts > max_attempts:
+            self._exceed(w, "max_attempts", max_attempts, w.rec.task_attempts)
+
+    def _assignment(self, task: _Task, deadline: int) -> Assignment:
+        w = task.wf
+        rec = task.rec
+        spec = task.spec
+        tasks = w.tasks
+        exclude = spec.exclude_dependency_outputs
+        deps = []
+        for dep_id in task.deps:
+            d = tasks[dep_id].rec
+            deps.append(
+                DependencyResult(
+                    task_id=dep_id,
+                    state=d.state,
+                    output=None if exclude else d.output,
+                    content_type=d.output_content_type,
+                    failure=d.failure if d.state in _FAIL_STATES else None,
+                )
+            )
+        policy = spec.retry_policy or w.rec.default_retry_policy or _DEFAULT_POLICY
+        return Assignment(
+            workflow_id=w.rec.workflow_id,
+            task_id=rec.task_id,
+            attempt=rec.attempt,
+            idempotency_key=f"{w.rec.workflow_id}/{rec.task_id}",
+            capability=task.cap,
+            input=spec.input,
+            content_type=spec.content_type,
+            dependencies=tuple(deps),
+            deadline_ns=deadline,
+            heartbeat_timeout_s=spec.heartbeat_s,
+            traceparent=f"00-{w.rec.trace_id}-{rec.span_id}-01",
+            last_failure=rec.failure if rec.attempt > 1 else None,
+            last_heartbeat_details=rec.heartbeat_details,
+            last_heartbeat_content_type=rec.heartbeat_content_type,
+            labels=dict(spec.labels),
+            maximum_attempts=policy.maximum_attempts + rec.free_attempts,
+        )
+
+    def _release(self, task: _Task) -> None:
+        """The running attempt ends: free the worker's slot and the pool's."""
+        self._release_pool(task)
+        worker = task.holder
+        task.holder = None
+        if worker is not None:
+            worker.held.pop((task.wf.rec.workflow_id, task.rec.task_id), None)
+            worker.free += 1
+            if worker.connected and not worker.draining and worker.free == 1:
+                self._reidle(worker)
+            if self.worker_changed is not None and worker.connected:
+                self.worker_changed(worker)
+        self._pump_wanted = True
+
+    def _release_pool(self, task: _Task) -> None:
+        self._pools[task.spec.pool].running -= 1
+
+    def _unidle(self, worker: WorkerHandle) -> None:
+        for cap in worker.capabilities:
+            idle = self._idle.get(cap)
+            if idle is not None:
+                idle.pop(worker.worker_id, None)
+
+    def _reidle(self, worker: WorkerHandle) -> None:
+        for cap in worker.capabilities:
+            idle = self._idle.get(cap)
+            if idle is None:
+                idle = self._idle[cap] = {}
+            idle[worker.worker_id] = worker
+
+    def _after_op(self) -> None:
+        self._settle()
+        if self._pump_wanted:
+            self._pump()
+
+    # ------------------------------------------------------------------ workers
+
+    def connect_worker(
+        self,
+        name: str,
+        capabilities: Sequence[str],
+        max_concurrency: int,
+        on_assign: Callable[[list[Assignment]], None],
+        on_cancel: Callable[[list[Cancellation]], None],
+        *,
+        worker_id: str = "",
+    ) -> WorkerHandle:
+        """Registers a worker with free slots; assignments are delivered through ``on_assign``."""
+        worker = WorkerHandle(
+            worker_id or _new_id(f"{name}-"),
+            name,
+            capabilities,
+            max_concurrency,
+            on_assign=on_assign,
+            on_cancel=on_cancel,
+        )
+        self._workers[worker.worker_id] = worker
+        if self.worker_changed is not None:
+            self.worker_changed(worker)
+        self._reidle(worker)
+        self._pump()
+        return worker
+
+    def drain_worker(self, worker: WorkerHandle) -> None:
+        """No more assignments for ``worker``; results of held tasks are still accepted."""
+        worker.draining = True
+        self._unidle(worker)
+        if self.worker_changed is not None:
+            self.worker_changed(worker)
+
+    def disconnect_worker(self, worker: WorkerHandle, *, release_leases: bool = True) -> None:
+        """The worker is gone: its held attempts fail with WORKER_LOST and are retried by policy."""
+        if not worker.connected:
+            return
+        worker.connected = False
+        self._unidle(worker)
+        self._workers.pop(worker.worker_id, None)
+        if self.worker_changed is not None:
+            self.worker_changed(worker)
+        if release_leases:
+            for task in list(worker.held.values()):
+                self._event("TASK_LEASE_EXPIRED", task, worker_id=worker.worker_id)
+                failure = Failure(
+                    message=f"worker {worker.worker_id} disconnected", type="WORKER_LOST", kind="WORKER_LOST"
+                )
+                self._attempt_failed(task, failure, None, 0.0)
+            self._after_op()
+
+    def forget_poller(self, worker: WorkerHandle) -> None:
+        """A poll ended: the poller stops taking work; its leases live on until their timeouts."""
+        worker.draining = True  # never idle again; assignments already made are still delivered
+        self._unidle(worker)
+        self._workers.pop(worker.worker_id, None)
+
+    def _held(self, wf_id: str, task_id: str, attempt: int) -> _Task:
+        w = self._open.get(wf_id)
+        if w is None:
+            closed = self._recent.get(wf_id)
+            rec = (
+                closed.tasks[task_id].rec
+                if closed and task_id in closed.tasks
+                else self._load_task(wf_id, task_id)
+            )
+            if rec.outcome_attempt == attempt and attempt:
+                raise TaskAlreadyCompletedError(
+                    f"attempt {attempt} of task {task_id!r} already reported its outcome"
+                )
+            raise TaskNotHeldError(
+                f"task {task_id!r} of workflow {wf_id!r} is not running: the workflow is closed"
+            )
+        task = w.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+        rec = task.rec
+        if rec.state == "RUNNING" and rec.attempt == attempt:
+            return task
+        if rec.outcome_attempt == attempt and attempt:
+            raise TaskAlreadyCompletedError(
+                f"attempt {attempt} of task {task_id!r} already reported its outcome"
+            )
+        raise TaskNotHeldError(
+            f"attempt {attempt} of task {task_id!r} is not held (task is {rec.state}, attempt {rec.attempt})"
+        )
+
+    def complete(
+        self,
+        wf_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        output: bytes,
+        content_type: str,
+        usage: Usage | None,
+        stage: Callable[[Batch, TaskSpec], None] | None = None,
+    ) -> asyncio.Future[None]:
+        """Records a held attempt's success; returns an awaitable resolved once durable.
+
+        ``stage(batch, spec)``, when given, adds the caller's own rows (the
+        attempt's state write) to the completion's batch before anything
+        changes; if it raises, nothing is recorded and the error propagates.
+
+        Raises (synchronously, changing nothing): TaskNotHeldError,
+        TaskAlreadyCompletedError, TaskNotFoundError, WorkflowNotFoundError.
+        """
+        task = self._held(wf_id, task_id, attempt)
+        now = self._clock()  # before the stage: a state version it writes is not older than the outcome
+        if stage is not None:
+            stage(self._t().batch, task.spec)
+        rec = task.rec
+        key = task.spec.cache_key
+        if key is not None and not key.read_only and self.cache_store is not None:
+            store = self.cache_store
+            self._t().after.append(lambda: store(key, output, content_type, usage))
+        self._release(task)
+        rec.output = output
+        rec.output_content_type = content_type
+        rec.outcome_attempt = attempt
+        rec.close_ns = now
+        w = task.wf
+        w.rec.tasks_completed += 1
+        self._set_state(task, "COMPLETED", "")
+        self._event(
+            "TASK_COMPLETED",
+            task,
+            worker_id=rec.worker_id,
+            usage=_event_usage(usage) if usage else None,
+            duration_ns=now - rec.start_ns,
+            span_id=rec.span_id,
+            attributes={"are.output.size_bytes": len(output)},
+        )
+        self._terminal(task)
+        if usage is not None:
+            self._charge(task, usage, now)
+        self._after_op()
+        return self._t().future
+
+    def fail(
+        self,
+        wf_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        failure: Failure,
+        usage: Usage | None,
+        retry_after_s: float = 0.0,
+    ) -> tuple[bool, int, str, asyncio.Future[None]]:
+        """Records a held attempt's failure; returns (will_retry, next_attempt_ns, task state, durable)."""
+        task = self._held(wf_id, task_id, attempt)
+        task.rec.outcome_attempt = attempt
+        retry = self._attempt_failed(task, failure, usage, retry_after_s)
+        if usage is not None:
+            self._charge(task, usage, self._clock())
+        self._after_op()
+        return retry, task.rec.next_attempt_ns if retry else 0, task.rec.state, self._t().future
+
+    def _attempt_failed(
+        self, task: _Task, failure: Failure, usage: Usage | None, retry_after_s: float
+    ) -> bool:
+        """Ends the running attempt with ``failure``; retries by policy or fails the task."""
+        rec = task.rec
+        w = task.wf
+        now = self._clock()
+        if rec.state == "RUNNING":
+            self._release(task)
+        rec.failure = failure
+        policy = task.spec.retry_policy or w.rec.default_retry_policy or _DEFAULT_POLICY
+        charged = rec.attempt - rec.free_attempts
+        retry = (
+            w.rec.state == "RUNNING"
+            and not failure.non_retryable
+            and failure.kind not in _NOT_RETRIED_KINDS
+            and failure.type not in policy.non_retryable_types
+            and charged < policy.maximum_attempts
+        )
+        if retry and task.spec.schedule_to_close_s and rec.schedule_ns:
+            retry = now < rec.create_ns + int(task.spec.schedule_to_close_s * 1e9)
+        final_state = "BACKING_OFF" if retry else "FAILED"
+        self._event(
+            "TASK_ATTEMPT_FAILED",
+            task,
+            worker_id=rec.worker_id,
+            failure=_failure_info(failure),
+            usage=_event_usage(usage) if usage else None,
+            duration_ns=now - rec.start_ns if rec.start_ns else None,
+            task_state=final_state,
+            span_id=rec.span_id,
+        )
+        if retry:
+            bound = policy.delay_bound_s(charged)
+            delay = self._rng() * bound  # full jitter
+            delay = max(delay, retry_after_s)
+            rec.next_attempt_ns = now + int(delay * 1e9)
+            rec.retries += 1
+            w.rec.retries += 1
+            self._set_state(task, "BACKING_OFF", f"retrying after: {failure.message}"[:1024])
+            self._event(
+                "TASK_RETRY_SCHEDULED",
+                task,
+                attempt=rec.attempt + 1,
+                duration_ns=int(delay * 1e9),
+                attributes={
+                    "are.retry.backoff_ms": round(delay * 1000, 3),
+                    "are.retry.delay_bound_ms": round(bound * 1000, 3),
+                    "are.retry.maximum_attempts": policy.maximum_attempts,
+                },
+            )
+            self._at(rec.next_attempt_ns, "backoff", task, task.token)
+        else:
+            rec.close_ns = now
+            w.rec.tasks_failed += 1
+            self._set_state(task, "FAILED", failure.message[:1024])
+            self._terminal(task)
+        return retry
+
+    def heartbeat(
+        self, wf_id: str, task_id: str, attempt: int, details: bytes | None, content_type: str
+    ) -> bool:
+        """Extends a held attempt's lease; returns whether the worker should stop."""
+        task = self._held_strict(wf_id, task_id, attempt)
+        task.rec.heartbeat_ns = self._clock()
+        if details is not None:
+            task.rec.heartbeat_details = details
+            task.rec.heartbeat_content_type = content_type
+            self._dirty(task)
+        return task.wf.rec.state != "RUNNING"
+
+    def check_held(self, wf_id: str, task_id: str, attempt: int) -> None:
+        """Raises unless the attempt is running (for worker-reported events)."""
+        self._held_strict(wf_id, task_id, attempt)
+
+    def _held_strict(self, wf_id: str, task_id: str, attempt: int) -> _Task:
+        try:
+            return self._held(wf_id, task_id, attempt)
+        except TaskAlreadyCompletedError as error:
+            raise TaskNotHeldError(
+                str(error).replace("already reported", "is no longer held: it reported")
+            ) from None
+
+    def record_events(self, drafts: Sequence[EventDraft]) -> tuple[list[int], asyncio.Future[None]]:
+        """Records worker-reported events in the current transaction; returns their sequences."""
+        if self._events is None:
+            return [0] * len(drafts), _done()
+        txn = self._t()
+        sequences = []
+        for draft in drafts:
+            event = self._events.record(txn.batch, draft)
+            txn.events.append(event)
+            sequences.append(event.sequence)
+        return sequences, txn.future
+
+    def _charge(self, task: _Task, usage: Usage, now: int) -> None:
+        task.rec.usage.add(usage)
+        w = task.wf
+        w.rec.usage.add(usage)
+        self._dirty_wf(w)
+        if task.spec.estimated_tokens or self._pools[task.spec.pool].limits.llm_tokens_per_minute:
+            self._pools[task.spec.pool].correct(now, usage.tokens - task.spec.estimated_tokens)
+        budget = w.rec.budget
+        if budget.max_cost_micro_usd and w.rec.usage.cost_micro_usd > budget.max_cost_micro_usd:
+            self._exceed(w, "max_cost_micro_usd", budget.max_cost_micro_usd, w.rec.usage.cost_micro_usd)
+        elif budget.max_tokens and w.rec.usage.tokens > budget.max_tokens:
+            self._exceed(w, "max_tokens", budget.max_tokens, w.rec.usage.tokens)
+
+    # ----------------------------------------------------------------- unary poll
+
+    async def poll(
+        self, name: str, capabilities: Sequence[str], max_tasks: int, wait_s: float
+    ) -> tuple[str, list[Assignment]]:
+        """Waits up to ``wait_s`` for assignments (long poll); returns the worker id and them."""
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[list[Assignment]] = loop.create_future()
+
+        def deliver(assignments: list[Assignment]) -> None:
+            if not got.done():
+                got.set_result(assignments)
+
+        worker = self.connect_worker(
+            name,
+            capabilities,
+            max_tasks,
+            deliver,
+            lambda _: None,
+            worker_id=f"{name}@poll-{secrets.token_hex(4)}",
+        )
+        # Assignments are delivered after their commit; stop taking more at once.
+        if worker.free < max_tasks:
+            self.forget_poller(worker)
+        try:
+            return worker.worker_id, await asyncio.wait_for(asyncio.shield(got), wait_s)
+        except TimeoutError:
+            if worker.free < max_tasks:  # dispatched meanwhile: wait for the commit
+                return worker.worker_id, await got
+            return worker.worker_id, []
+        finally:
+            self.forget_poller(worker)
+
+    # -------------------------------------------------------------------- timers
+
+    def _at(self, when_ns: int, kind: str, subject: Any, token: int) -> None:
+        self._heap_seq += 1
+        heap = self._heap
+        heapq.heappush(heap, (when_ns, self._heap_seq, kind, subject, token))
+        if len(heap) >= self._compact_at:
+            self._compact()
+        if self._timer is None or when_ns < self._timer_at:
+            self._arm()
+
+    def _pump_at(self, when_ns: int) -> None:
+        """One pending rate-limit wake-up at a time: the earliest wins."""
+        if self._next_pump_ns <= self._clock() or when_ns < self._next_pump_ns:
+            self._next_pump_ns = when_ns
+            self._at(when_ns, "pump", None, 0)
+
+    def _compact(self) -> None:
+        """Drops timers whose task has moved on (lazy deletion, amortised O(1) per timer)."""
+        live = [entry for entry in self._heap if _timer_live(entry)]
+        heapq.heapify(live)
+        self._heap = live
+        self._compact_at = max(_COMPACT_MIN, 2 * len(live))
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._heap or self._stopped:
+            return
+        when = self._heap[0][0]
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (when - self._clock()) / 1e9)
+        self._timer_at = when
+        self._timer = loop.call_at(loop.time() + delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._clock()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, subject, token = heapq.heappop(heap)
+            self._on_timer(kind, subject, token, now)
+        self._after_op()
+        self._arm()
+
+    def _on_timer(self, kind: str, subject: Any, token: int, now: int) -> None:  # noqa: C901 - one branch per timer kind
+        if kind == "pump":
+            self._pump_wanted = True
+            return
+        if kind == "deadline":
+            w: _Workflow = subject
+            if w.rec.state == "RUNNING":
+                self._exceed(
+                    w, "max_duration", int(w.rec.budget.max_duration_s), (now - w.rec.create_ns) // 10**9
+                )
+            return
+        task: _Task = subject
+        if task.token != token or task.wf.rec.state != "RUNNING":
+            return
+        rec = task.rec
+        if kind == "backoff" and rec.state == "BACKING_OFF":
+            self._schedule(task, now)
+        elif kind == "s2s" and rec.state == "SCHEDULED":
+            self._dequeue(task)
+            failure = Failure(
+                message=f"no worker started the task within {task.spec.schedule_to_start_s}s",
+                type="TIMEOUT",
+                kind="TIMEOUT",
+                timeout_type="SCHEDULE_TO_START",
+                non_retryable=True,
+            )
+            self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
+            rec.failure = failure
+            rec.close_ns = now
+            task.wf.rec.tasks_failed += 1
+            self._set_state(task, "FAILED", failure.message)
+            self._terminal(task)
+        elif kind == "s2c" and rec.state == "RUNNING":
+            self._timeout(task, "START_TO_CLOSE", f"attempt {rec.attempt} exceeded start_to_close_timeout")
+        elif kind == "hb" and rec.state == "RUNNING":
+            due = rec.heartbeat_ns + int(task.spec.heartbeat_s * 1e9)
+            if due > now:
+                self._at(due, "hb", task, token)
+            else:
+                self._timeout(task, "HEARTBEAT", f"attempt {rec.attempt} missed its heartbeat_timeout")
+        elif kind == "approval" and rec.state == "AWAITING_APPROVAL":
+            self._reject(task, "are:timeout", "approval timed out", timeout=True)
+
+    def _timeout(self, task: _Task, timeout_type: str, message: str) -> None:
+        failure = Failure(message=message, type="TIMEOUT", kind="TIMEOUT", timeout_type=timeout_type)
+        self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
+        self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id)
+        holder = task.holder
+        if holder is not None and holder.connected:
+            self._t().cancel.setdefault(holder, []).append(
+                Cancellation(
+                    task.wf.rec.workflow_id, task.rec.task_id, task.rec.attempt, "TIMED_OUT", message
+                )
+            )
+        self._attempt_failed(task, failure, None, 0.0)
+
+    # ---------------------------------------------------- cancel, budgets, approvals
+
+    async def cancel(self, wf_id: str, reason: str, requested_by: str) -> WorkflowRecord:
+        """Cancels a workflow (idempotent); returns its record once durable."""
+        w = self._open.get(wf_id)
+        if w is None:
+            return self._load_workflow(wf_id).record
+        w.rec.state = "CANCELLING"
+        w.rec.failure = Failure(
+            message=f"cancelled by {requested_by or 'a client'}: {reason}".rstrip(": "),
+            type="CANCELLED",
+            kind="CANCELLED",
+        )
+        self._dirty_wf(w)
+        self._event("WORKFLOW_CANCEL_REQUESTED", w=w, attributes={"are.cancel.reason": reason})
+        self._stop_all(w, "WORKFLOW_CANCELLED", "the workflow was cancelled")
+        self._after_op()
+        await self._t().future
+        return w.rec
+
+    def _stop_all(self, w: _Workflow, cancel_reason: str, message: str) -> None:
+        now = self._clock()
+        for task in w.order:
+            rec = task.rec
+            if rec.state in TERMINAL_TASK_STATES:
+                continue
+            if rec.state == "RUNNING":
+                holder = task.holder
+                if holder is not None and holder.connected:
+                    self._t().cancel.setdefault(holder, []).append(
+                        Cancellation(w.rec.workflow_id, rec.task_id, rec.attempt, cancel_reason, message)
+                    )
+                self._release(task)
+            self._dequeue(task)
+            rec.close_ns = now
+            self._set_state(task, "CANCELLED", message)
+            self._event("TASK_CANCELLED", task)
+            self._terminal(task)
+
+    def _exceed(self, w: _Workflow, budget: str, limit: int, value: int) -> None:
+        if w.rec.state != "RUNNING":
+            return
+        failure = Failure(
+            message=f"budget {budget} exceeded: {value} > {limit}",
+            type="BUDGET_EXCEEDED",
+            kind="BUDGET_EXCEEDED",
+            details=msgspec.json.encode({"budget": budget, "limit": limit, "value": value}),
+            details_content_type="application/json",
+        )
+        self._event(
+            "WORKFLOW_BUDGET_EXCEEDED",
+            w=w,
+            failure=_failure_info(failure),
+            attributes={"are.budget.name": budget, "are.budget.limit": limit, "are.budget.value": value},
+        )
+        w.rec.state = "CANCELLING"
+        self._stop_all(w, "BUDGET_EXCEEDED", failure.message)
+        self._settle_now(w)
+        self._close(w, "FAILED", failure)
+
+    def _settle_now(self, w: _Workflow) -> None:
+        # Dependents of cancelled tasks are cancelled too, so nothing is left to decide.
+        self._closing = [c for c in self._closing if c is not w]
+
+    async def resolve_approval(
+        self, wf_id: str, task_id: str, approve: bool, approver: str, comment: str
+    ) -> TaskView:
+        """Approves (schedules) or rejects a task waiting at its gate."""
+        w = self._open.get(wf_id)
+        if w is None:
+            view = self.get_task(wf_id, task_id)
+            raise NotAwaitingApprovalError(f"task {task_id!r} is {view.record.state}, not AWAITING_APPROVAL")
+        task = w.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+        if task.rec.state != "AWAITING_APPROVAL" or task.rec.approval is None:
+            raise NotAwaitingApprovalError(f"task {task_id!r} is {task.rec.state}, not AWAITING_APPROVAL")
+        now = self._clock()
+        approval = task.rec.approval
+        approval.approver = approver
+        approval.comment = comment
+        approval.resolve_ns = now
+        attributes = {"are.approval.approver": approver, "are.approval.comment": comment[:1024]}
+        if approve:
+            approval.decision = "APPROVE"
+            self._event("TASK_APPROVED", task, attributes=attributes)
+            self._schedule(task, now)
+        else:
+            self._reject(task, approver, comment, timeout=False)
+        self._after_op()
+        await self._t().future
+        return TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec)
+
+    def _reject(self, task: _Task, approver: str, comment: str, *, timeout: bool) -> None:
+        now = self._clock()
+        approval = task.rec.approval
+        if approval is not None:
+            approval.decision = "REJECT"
+            approval.approver = approver
+            approval.comment = comment
+            approval.resolve_ns = now
+        failure = Failure(
+            message=f"rejected by {approver}: {comment}" if comment else f"rejected by {approver}",
+            type="APPROVAL_REJECTED",
+            kind="TIMEOUT" if timeout else "APPROVAL_REJECTED",
+            timeout_type="APPROVAL" if timeout else "",
+        )
+        task.rec.failure = failure
+        task.rec.close_ns = now
+        self._set_state(task, "REJECTED", failure.message[:1024])
+        self._event(
+            "TASK_REJECTED",
+            task,
+            failure=_failure_info(failure),
+            attributes={"are.approval.approver": approver, "are.approval.comment": comment[:1024]},
+        )
+        self._terminal(task)
+
+    def list_approvals(
+        self, wf_id: str, labels: dict[str, str], after: tuple[int, str, str] | None, limit: int
+    ) -> tuple[list[TaskView], tuple[int, str, str] | None]:
+        """Tasks waiting at approval gates, oldest request first (open workflows only)."""
+        waiting: list[tuple[int, str, str, _Task]] = []
+        workflows = (
+            [self._open[wf_id]] if wf_id in self._open else ([] if wf_id else list(self._open.values()))
+        )
+        for w in workflows:
+            if not w.rec.counts.get("AWAITING_APPROVAL"):
+                continue
+            waiting.extend(
+                (task.rec.approval.request_ns, w.rec.workflow_id, task.rec.task_id, task)
+                for task in w.order
+                if task.rec.state == "AWAITING_APPROVAL"
+                and task.rec.approval is not None
+                and all(task.spec.labels.get(k) == v for k, v in labels.items())
+            )
+        waiting.sort(key=lambda item: item[:3])
+        if after is not None:
+            waiting = [item for item in waiting if item[:3] > after]
+        page = waiting[:limit]
+        more = len(waiting) > limit
+        views = [TaskView(workflow_id=item[1], record=item[3].rec, spec=item[3].spec) for item in page]
+        return views, (page[-1][:3] if more and page else None)
+
+    # ------------------------------------------------------------------- spawn
+
+    async def spawn(  # noqa: C901, PLR0912, PLR0915 - checks in contract order, then wiring
+        self,
+        wf_id: str,
+        specs: Sequence[TaskSpec],
+        *,
+        parent_task_id: str = "",
+        parent_attempt: int = 0,
+        dependents_wait: bool = False,
+    ) -> list[str]:
+        """Adds tasks to a running workflow (dynamic expansion)."""
+        w = self._open.get(wf_id)
+        if w is None:
+            self._load_workflow(wf_id)
+            raise WorkflowClosedError(f"workflow {wf_id!r} is closed")
+        if w.rec.state != "RUNNING":
+            raise WorkflowClosedError(f"workflow {wf_id!r} is {w.rec.state}")
+        parent: _Task | None = None
+        if parent_task_id:
+            parent = w.tasks.get(parent_task_id)
+            if parent is None:
+                raise TaskNotFoundError(f"workflow {wf_id!r} has no task {parent_task_id!r}")
+            if parent.rec.state != "RUNNING" or parent.rec.attempt != parent_attempt:
+                raise TaskNotHeldError(f"attempt {parent_attempt} of task {parent_task_id!r} is not running")
+        for i, spec in enumerate(specs):
+            if spec.task_id in w.tasks:
+                raise TaskExistsError(
+                    f"tasks[{i}].task_id", f"task {spec.task_id!r} already exists in {wf_id!r}"
+                )
+        validate_graph(specs, field="tasks", existing=w.tasks)
+        for i, spec in enumerate(specs):
+            pool = spec.pool or w.rec.default_pool
+            if pool not in self._pools:
+                raise SpecError("POOL_NOT_FOUND", f"tasks[{i}].pool", f"pool {pool!r} does not exist")
+        depth = parent.rec.spawn_depth + 1 if parent else 0
+        budget = w.rec.budget
+        if len(w.order) + len(specs) > budget.max_tasks:
+            self._exceed(w, "max_tasks", budget.max_tasks, len(w.order) + len(specs))
+            self._after_op()
+            await self._t().future
+            raise BudgetExceededError(f"spawning {len(specs)} tasks exceeds max_tasks {budget.max_tasks}")
+        if depth > budget.max_spawn_depth:
+            self._exceed(w, "max_spawn_depth", budget.max_spawn_depth, depth)
+            self._after_op()
+            await self._t().future
+            raise BudgetExceededError(f"spawn depth {depth} exceeds max_spawn_depth {budget.max_spawn_depth}")
+        now = self._clock()
+        added = self._add_tasks(w, specs, now, parent=parent_task_id, depth=depth)
+        w.rec.task_count = len(w.order)
+        self._dirty_wf(w)
+        if parent is not None and dependents_wait:
+            new_ids = tuple(t.rec.task_id for t in added)
+            for dependent in list(parent.dependents):
+                if dependent.rec.state != "PENDING":
+                    continue
+                dependent.rec.extra_depends_on += new_ids
+                dependent.deps += new_ids
+                for t in added:
+                    t.dependents.append(dependent)
+                    dependent.unresolved += 1
+                self._dirty(dependent)
+        ids = [t.rec.task_id for t in added]
+        self._event(
+            "TASKS_SPAWNED",
+            w=w,
+            task_id=parent_task_id,
+            attributes={"are.spawn.task_ids": ",".join(ids)[:4096], "are.spawn.count": len(ids)},
+        )
+        for task in added:
+            if not task.unresolved:
+                self._decide(task)
+        self._after_op()
+        await self._t().future
+        return ids
+
+    # ------------------------------------------------------------------- pools
+
+    async def put_pool(self, limits: PoolLimits) -> tuple[PoolLimits, bool]:
+        """Creates or replaces a pool's limits; returns it as stored and whether it is new."""
+        now = self._clock()
+        existing = self._pools.get(limits.name)
+        if existing is None and len(self._pools) >= 1000:
+            raise PoolQueueFullError(limits.name, len(self._pools), 1, 1000, 60.0)
+        created_ns = existing.limits.create_ns if existing else now
+        stored = msgspec.structs.replace(limits, create_ns=created_ns, update_ns=now)
+        batch = self._t().batch
+        batch.put(T_POOLS, stored.name.encode(), _pool_codec.encode(stored))
+        if existing is None:
+            self._pools[stored.name] = _Pool(stored, now)
+        else:
+            existing.refill(now)
+            existing.limits = stored
+            existing.tokens = min(existing.tokens, stored.bucket_size)
+        self._pump_wanted = True
+        self._after_op()
+        await self._t().future
+        return stored, existing is None
+
+    def get_pool(self, name: str) -> tuple[PoolLimits, PoolStatus]:
+        """A pool's limits and live counts."""
+        pool = self._pools.get(name)
+        if pool is None:
+            raise PoolNotFoundError(f"pool {name!r} does not exist")
+        now = self._clock()
+        pool.refill(now)
+        oldest = 0
+        for by_pool in self._queues.values():
+            queue = by_pool.get(name)
+            if queue is None:
+                continue
+            for bucket in queue.buckets:
+                for line in bucket.values():
+                    for task in line:
+                        if task.in_queue:
+                            oldest = max(oldest, (now - task.queued_ns) // 1_000_000)
+                            break
+        status = PoolStatus(
+            running=pool.running,
+            queued=pool.queued,
+            backlog=0,
+            available_requests=pool.tokens if pool.limits.requests_per_second else 0.0,
+            llm_tokens_last_minute=pool.tokens_last_minute(now),
+            dispatched_total=pool.dispatched_total,
+            rejected_total=pool.rejected_total,
+            oldest_queued_age_ms=oldest,
+        )
+        return pool.limits, status
+
+    def pool_names(self) -> list[str]:
+        """Every pool's name, sorted."""
+        return sorted(self._pools)
+
+    # ------------------------------------------------------------------- reads
+
+    def _find(self, wf_id: str) -> _Workflow | None:
+        return self._open.get(wf_id) or self._recent.get(wf_id)
+
+    def _load_workflow(self, wf_id: str) -> WorkflowView:
+        w = self._find(wf_id)
+        if w is not None:
+            return self._view(w)
+        raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
+        if not raw:
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+        rec = _wf_codec.decode(raw)
+        result, content_type = None, ""
+        if rec.state == "COMPLETED" and rec.result_task_id:
+            try:
+                task = self._load_task(wf_id, rec.result_task_id)
+                result, content_type = task.output, task.output_content_type
+            except TaskNotFoundError:
+                pass
+        return WorkflowView(record=rec, result=result, result_content_type=content_type)
+
+    def _view(self, w: _Workflow) -> WorkflowView:
+        result, content_type = None, ""
+        if w.rec.state == "COMPLETED" and w.rec.result_task_id:
+            task = w.tasks.get(w.rec.result_task_id)
+            if task is not None and task.rec.state == "COMPLETED":
+                result, content_type = task.rec.output, task.rec.output_content_type
+        return WorkflowView(
+            record=w.rec, result=result, result_content_type=content_type, last_sequence=w.last_seq
+        )
+
+    def get_workflow(self, wf_id: str) -> WorkflowView:
+        """A workflow's status and result."""
+        return self._load_workflow(wf_id)
+
+    def _load_task(self, wf_id: str, task_id: str) -> TaskRecord:
+        return self.get_task(wf_id, task_id).record
+
+    def get_task(self, wf_id: str, task_id: str) -> TaskView:
+        """One task's status and spec."""
+        w = self._find(wf_id)
+        if w is not None:
+            task = w.tasks.get(task_id)
+            if task is None:
+                raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+            return TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec)
+        if self._storage.get(T_WORKFLOWS, wf_id.encode()) is None:
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+        with self._storage.read() as view:
+            for key, raw in view.scan(T_SPECS, prefix=prefix_key(wf_id), limit=10_000_000):
+                spec = _spec_codec.decode(raw)
+                if spec.task_id == task_id:
+                    rec_raw = view.get(T_TASKS, key)
+                    assert rec_raw is not None
+                    return TaskView(workflow_id=wf_id, record=_task_codec.decode(rec_raw), spec=spec)
+        raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+
+    def list_tasks(  # noqa: C901 - memory and storage paths side by side
+        self, wf_id: str, states: frozenset[str], after_index: int, limit: int
+    ) -> tuple[list[TaskView], int | None]:
+        """A page of a workflow's tasks in submission order; returns them and the next index."""
+        w = self._find(wf_id)
+        out: list[TaskView] = []
+        if w is not None:
+            order = w.order
+            i = after_index
+            while i < len(order) and len(out) < limit:
+                task = order[i]
+                i += 1
+                if not states or task.rec.state in states:
+                    out.append(TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec))
+            return out, (i if i < len(order) else None)
+        if self._storage.get(T_WORKFLOWS, wf_id.encode()) is None:
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+        start = join_key(wf_id, after_index)
+        end = join_key(wf_id, _U64)
+        next_index: int | None = None
+        with self._storage.read() as view:
+            while len(out) < limit:
+                rows = view.scan(T_TASKS, start=start, end=end, limit=limit)
+                if not rows:
+                    next_index = None
+                    break
+                for key, raw in rows:
+                    rec = _task_codec.decode(raw)
+                    next_index = rec.index + 1
+                    if not states or rec.state in states:
+                        spec_raw = view.get(T_SPECS, key)
+                        assert spec_raw is not None
+                        out.append(TaskView(workflow_id=wf_id, record=rec, spec=_spec_codec.decode(spec_raw)))
+                        if len(out) >= limit:
+                            break
+                start = join_key(wf_id, next_index or 0)
+            if next_index is not None and not view.scan(
+                T_TASKS, start=join_key(wf_id, next_index), end=end, limit=1
+            ):
+                next_index = None
+        return out, next_index
+
+    def list_workflows(
+        self,
+        states: frozenset[str],
+        *,
+        labels: dict[str, str],
+        start_ns: int,
+        end_ns: int,
+        after_key: bytes | None,
+        limit: int,
+    ) -> tuple[list[WorkflowView], bytes | None]:
+        """A page of workflows, newest first; returns them and the cursor of the next page."""
+        out: list[WorkflowView] = []
+        low = join_key(_U64 - end_ns + 1) if end_ns else None
+        start = after_key + b"\x00" if after_key else low
+        high = join_key(_U64 - start_ns, b"\xff") if start_ns else None
+        last: bytes | None = None
+        scanned = 0
+        exhausted = False
+        with self._storage.read() as view:
+            while len(out) < limit and scanned < 100_000:
+                rows = view.scan(T_BY_TIME, start=start, end=high, limit=256)
+                if not rows:
+                    exhausted = True
+                    break
+                for key, _ in rows:
+                    scanned += 1
+                    last = key
+                    wf_id = key[9:].decode()
+                    w = self._find(wf_id)
+                    if w is not None:
+                        rec = w.rec
+                    else:
+                        raw = view.get(T_WORKFLOWS, wf_id.encode())
+                        if not raw:
+                            continue
+                        rec = _wf_codec.decode(raw)
+                    if states and rec.state not in states:
+                        continue
+                    if any(rec.labels.get(k) != v for k, v in labels.items()):
+                        continue
+                    out.append(WorkflowView(record=rec))
+                    if len(out) >= limit:
+                        break
+                start = (last or b"") + b"\x00"
+            if (
+                not exhausted
+                and last is not None
+                and not view.scan(T_BY_TIME, start=last + b"\x00", end=high, limit=1)
+            ):
+                exhausted = True
+        return out, (None if exhausted or last is None else last)
+
+    def usage(
+        self, start_ns: int, end_ns: int, labels: dict[str, str], group_by: str
+    ) -> tuple[UsageTotal, dict[str, UsageTotal]]:
+        """Sums usage over the workflows created in ``[start_ns, end_ns)`` having ``labels``.
+
+        Returns the total and, when ``group_by`` names a label, the sums per
+        value of that label (at most 1,000 groups; the rest go under "").
+        """
+        total = UsageTotal()
+        groups: dict[str, UsageTotal] = {}
+        low = join_key(_U64 - end_ns + 1)
+        high = join_key(_U64 - start_ns, b"\xff")
+        with self._storage.read() as view:
+            start: bytes | None = low
+            while True:
+                rows = view.scan(T_BY_TIME, start=start, end=high, limit=1024)
+                if not rows:
+                    break
+                for key, _ in rows:
+                    wf_id = key[9:].decode()
+                    w = self._find(wf_id)
+                    if w is not None:
+                        rec = w.rec
+                    else:
+                        raw = view.get(T_WORKFLOWS, wf_id.encode())
+                        if not raw:
+                            continue
+                        rec = _wf_codec.decode(raw)
+                    if any(rec.labels.get(k) != v for k, v in labels.items()):
+                        continue
+                    total.add(rec)
+                    if group_by:
+                        value = rec.labels.get(group_by, "")
+                        if value not in groups and len(groups) >= 1000:
+                            value = ""
+                        groups.setdefault(value, UsageTotal()).add(rec)
+                start = rows[-1][0] + b"\x00"
+        return total, groups
+
+    def watch(self, wf_id: str) -> asyncio.Event:
+        """An event set after each durable change of an open workflow (call ``unwatch`` after)."""
+        signal = asyncio.Event()
+        w = self._find(wf_id)
+        if w is None:
+            self._load_workflow(wf_id)
+            signal.set()
+            return signal
+        w.watchers.add(signal)
+        return signal
+
+    def unwatch(self, wf_id: str, signal: asyncio.Event) -> None:
+        """Stops signalling ``signal``."""
+        w = self._find(wf_id)
+        if w is not None:
+            w.watchers.discard(signal)
+
+    # ------------------------------------------------------ integration reads
+
+    def workflow_state(self, wf_id: str) -> str | None:
+        """The workflow's state name (RUNNING, CANCELLING, COMPLETED, ...), or None if unknown."""
+        w = self._open.get(wf_id) or self._recent.get(wf_id)
+        if w is not None:
+            return w.rec.state
+        raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
+        return None if raw is None else _wf_codec.decode(raw).state
+
+    def output_pointer(self, wf_id: str, task_id: str) -> str:
+        """The task's ``output_state_pointer`` if the task is in an open workflow, else ""."""
+        w = self._open.get(wf_id)
+        if w is None:
+            return ""
+        task = w.tasks.get(task_id)
+        return task.spec.output_state_pointer if task is not None else ""
+
+    # ------------------------------------------------------------ delete, fork
+
+    async def delete(self, wf_id: str) -> int:
+        """Removes a closed workflow's records (tasks, specs, indexes); returns the bytes freed.
+
+        Raises:
+            WorkflowNotFoundError, WorkflowNotClosedError.
+        """
+        if wf_id in self._open:
+            raise WorkflowNotClosedError(f"workflow {wf_id!r} is {self._open[wf_id].rec.state}")
+        raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
+        if raw is None:
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+        rec = _wf_codec.decode(raw)
+        self._recent.pop(wf_id, None)
+        freed = len(raw)
+        batch = self._storage.batch()
+        batch.delete(T_WORKFLOWS, wf_id.encode())
+        batch.delete(T_BY_TIME, join_key(_U64 - rec.create_ns, wf_id))
+        if rec.request_id:
+            batch.delete(T_REQUESTS, rec.request_id.encode())
+        await self._committer.submit(batch)
+        # The rest in bounded batches: with the workflow row gone nothing reads them,
+        # and a crash half-way leaves only unreachable rows.
+        prefix = prefix_key(wf_id)
+        for table in (T_SPECS, T_TASKS):
+            while True:
+                rows = self._storage.scan(table, prefix=prefix, limit=5000)
+                if not rows:
+                    break
+                batch = self._storage.batch()
+                for key, value in rows:
+                    batch.delete(table, key)
+                    freed += len(key) + len(value)
+                await self._committer.submit(batch)
+        return freed
+
+    async def fork(  # noqa: C901, PLR0912, PLR0915 - copy, decide what reruns, wire, start
+        self,
+        source_id: str,
+        new_id: str,
+        *,
+        cutoff_ns: int,
+        rerun_task_ids: Sequence[str] = (),
+        labels: dict[str, str] | None = None,
+        source_version: int = 0,
+    ) -> WorkflowRecord:
+        """Starts ``new_id`` from ``source_id`` as it was at ``cutoff_ns`` (time travel).
+
+        Tasks the source had COMPLETED by then keep their output and stay
+        COMPLETED, unless listed in ``rerun_task_ids`` or downstream of one;
+        every other task starts again from PENDING. Spawned tasks are kept
+        with their edges. The new workflow's state is the caller's business.
+
+        Raises:
+            WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
+            PoolNotFoundError.
+        """
+        source = self._load_workflow(source_id).record
+        if new_id in self._open or new_id in self._recent or self._storage.get(T_WORKFLOWS, new_id.encode()):
+            raise WorkflowExistsError(f"workflow {new_id!r} already exists")
+        specs: list[TaskSpec] = []
+        records: list[TaskRecord] = []
+        w_src = self._find(source_id)
+        if w_src is not None:
+            specs = [t.spec for t in w_src.order]
+            records = [t.rec for t in w_src.order]
+        else:
+            prefix = prefix_key(source_id)
+            with self._storage.read() as view:
+                for key, spec_raw in view.scan(T_SPECS, prefix=prefix, limit=10_000_000):
+                    rec_raw = view.get(T_TASKS, key)
+                    assert rec_raw is not None
+                    specs.append(_spec_codec.decode(spec_raw))
+                    records.append(_task_codec.decode(rec_raw))
+        ids = {spec.task_id for spec in specs}
+        for i, task_id in enumerate(rerun_task_ids):
+            if task_id not in ids:
+                raise SpecError(
+                    "UNKNOWN_DEPENDENCY",
+                    f"rerun_task_ids[{i}]",
+                    f"{task_id!r} is not a task of {source_id!r}",
+                )
+        for spec in specs:
+            if spec.pool not in self._pools:
+                raise PoolNotFoundError(f"pool {spec.pool!r} does not exist")
+        # What runs again: the rerun tasks and everything downstream of them.
+        downstream: dict[str, list[str]] = {}
+        for spec, old_rec in zip(specs, records, strict=True):
+            for dep in spec.depends_on + old_rec.extra_depends_on:
+                downstream.setdefault(dep, []).append(spec.task_id)
+        again = set(rerun_task_ids)
+        stack = list(rerun_task_ids)
+        while stack:
+            for child in downstream.get(stack.pop(), ()):
+                if child not in again:
+                    again.add(child)
+                    stack.append(child)
+        now = self._clock()
+        rec = WorkflowRecord(
+            workflow_id=new_id,
+            name=source.name,
+            labels={**source.labels, **(labels or {})},
+            budget=source.budget,
+            create_ns=now,
+            deadline_ns=now + int(source.budget.max_duration_s * 1e9),
+            trace_id=secrets.token_hex(16),
+            result_task_id=source.result_task_id,
+            task_count=len(specs),
+            default_pool=source.default_pool,
+            default_retry_policy=source.default_retry_policy,
+            forked_from=source_id,
+            forked_version=source_version,
+        )
+        w = _Workflow(rec)
+        batch = self._t().batch
+        batch.put(T_BY_TIME, join_key(_U64 - now, new_id), b"")
+        for index, (spec, old) in enumerate(zip(specs, records, strict=True)):
+            kept = old.state == "COMPLETED" and old.close_ns <= cutoff_ns and spec.task_id not in again
+            task_rec = TaskRecord(
+                task_id=spec.task_id,
+                index=index,
+                create_ns=now,
+                parent_task_id=old.parent_task_id,
+                spawn_depth=old.spawn_depth,
+                extra_depends_on=old.extra_depends_on,
+            )
+            if kept:
+                task_rec.state = "COMPLETED"
+                task_rec.state_reason = f"kept from {source_id}"
+                task_rec.output = old.output
+                task_rec.output_content_type = old.output_content_type
+                task_rec.capability = old.capability
+                task_rec.close_ns = now
+            task = _Task(w, task_rec, spec)
+            w.tasks[spec.task_id] = task
+            w.order.append(task)
+            rec.counts[task_rec.state] = rec.counts.get(task_rec.state, 0) + 1
+            if not kept:
+                w.open += 1
+            else:
+                rec.tasks_completed += 1
+            batch.put(T_SPECS, task.key, _spec_codec.encode(spec))
+            self._dirty(task)
+        for task in w.order:
+            self._wire(task)
+        self._open[new_id] = w
+        self._dirty_wf(w)
+        self._event(
+            "WORKFLOW_SUBMITTED",
+            w=w,
+            attributes={
+                "are.workflow.name": source.name,
+                "are.workflow.task_count": len(specs),
+                "are.fork.source": source_id,
+                "are.fork.version": source_version,
+            },
+        )
+        self._at(rec.deadline_ns, "deadline", w, 0)
+        for task in w.order:
+            if task.rec.state == "PENDING" and not task.unresolved:
+                self._decide(task)
+        if not w.open:
+            self._closing.append(w)
+        self._settle()
+        self._pump()
+        await self._t().future
+        return rec
+
+    def counters(self) -> dict[str, int]:
+        """Engine-wide counters for diagnostics and benchmarks."""
+        return {
+            "open_workflows": len(self._open),
+            "workers": len(self._workers),
+            "timers": len(self._heap),
+            "queued": sum(p.queued for p in self._pools.values()),
+            "running": sum(p.running for p in self._pools.values()),
+        }
+
+
+def _timer_live(entry: tuple[int, int, str, Any, int]) -> bool:
+    kind, subject, token = entry[2], entry[3], entry[4]
+    if kind == "pump":
+        return True
+    if kind == "deadline":
+        return bool(subject.rec.state == "RUNNING")
+    return bool(subject.token == token and subject.wf.rec.state == "RUNNING")
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def _parse_traceparent(traceparent: str) -> tuple[str, str]:
+    parts = traceparent.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        try:
+            int(parts[1], 16)
+            int(parts[2], 16)
+        except ValueError:
+            return "", ""
+        if parts[1] != "0" * 32:
+            return parts[1].lower(), parts[2].lower()
+    return "", ""
+
+
+def _event_usage(usage: Usage) -> EventUsage:
+    return EventUsage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_micro_usd=usage.cost_micro_usd,
+        llm_calls=usage.llm_calls,
+        tool_calls=usage.tool_calls,
+    )
+
+
+def _failure_info(failure: Failure) -> FailureInfo:
+    return FailureInfo(
+        message=failure.message,
+        type=failure.type,
+        non_retryable=failure.non_retryable,
+        kind=failure.kind,
+        timeout_type=failure.timeout_type,
+    )

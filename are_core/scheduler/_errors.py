@@ -1,0 +1,165 @@
+"""The scheduler's exceptions; the sidecar maps each to one gRPC status.
+
+Exceptions::
+
+    SchedulerError
+    ├── SpecError                 a bad spec: reason + field path (INVALID_ARGUMENT)
+    ├── NotImplementedFieldError  a field the engine does not serve yet (UNIMPLEMENTED)
+    ├── WorkflowNotFoundError
+    ├── TaskNotFoundError
+    ├── PoolNotFoundError
+    ├── WorkflowExistsError       a taken workflow id
+    ├── TaskExistsError           a spawned task id already in the workflow
+    ├── RequestIdConflictError    the same request_id with another request
+    ├── TaskNotHeldError          the attempt is not running (any more)
+    ├── TaskAlreadyCompletedError the attempt already reported its outcome
+    ├── NotAwaitingApprovalError
+    ├── WorkflowClosedError
+    ├── WorkflowNotClosedError    DeleteWorkflow of an open workflow
+    ├── RoutingError              a route hook found no worker class for an intent
+    ├── PoolQueueFullError        backpressure, with a retry hint
+    └── BudgetExceededError       a spawn past max_tasks or max_spawn_depth
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceededError",
+    "NotAwaitingApprovalError",
+    "NotImplementedFieldError",
+    "PoolNotFoundError",
+    "PoolQueueFullError",
+    "RequestIdConflictError",
+    "RoutingError",
+    "SchedulerError",
+    "SpecError",
+    "TaskAlreadyCompletedError",
+    "TaskExistsError",
+    "TaskNotFoundError",
+    "TaskNotHeldError",
+    "WorkflowClosedError",
+    "WorkflowExistsError",
+    "WorkflowNotClosedError",
+    "WorkflowNotFoundError",
+]
+
+
+class SchedulerError(Exception):
+    """Base of the scheduler's exceptions."""
+
+    reason = "INVALID_ARGUMENT"
+
+
+class SpecError(SchedulerError):
+    """A spec is invalid; ``field`` is the exact path, ``reason`` an ErrorReason name."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        self.reason = reason
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class NotImplementedFieldError(SchedulerError):
+    """A field whose feature is not wired into the scheduler yet."""
+
+    reason = "NOT_IMPLEMENTED"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class WorkflowNotFoundError(SchedulerError):
+    """No workflow has this id."""
+
+    reason = "WORKFLOW_NOT_FOUND"
+
+
+class TaskNotFoundError(SchedulerError):
+    """The workflow has no task with this id."""
+
+    reason = "TASK_NOT_FOUND"
+
+
+class PoolNotFoundError(SchedulerError):
+    """No pool has this name."""
+
+    reason = "POOL_NOT_FOUND"
+
+
+class WorkflowExistsError(SchedulerError):
+    """The workflow id is taken."""
+
+    reason = "WORKFLOW_ALREADY_EXISTS"
+
+
+class TaskExistsError(SchedulerError):
+    """A spawned task's id is already in the workflow."""
+
+    reason = "TASK_ALREADY_EXISTS"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class RequestIdConflictError(SchedulerError):
+    """The request_id was used before with a different request."""
+
+    reason = "REQUEST_ID_CONFLICT"
+
+
+class TaskNotHeldError(SchedulerError):
+    """The attempt is not running: it timed out, was lost, cancelled or never existed."""
+
+    reason = "TASK_NOT_HELD"
+
+
+class TaskAlreadyCompletedError(SchedulerError):
+    """The attempt (or the task) already has its outcome recorded."""
+
+    reason = "TASK_ALREADY_COMPLETED"
+
+
+class NotAwaitingApprovalError(SchedulerError):
+    """The task is not waiting at an approval gate."""
+
+    reason = "TASK_NOT_AWAITING_APPROVAL"
+
+
+class WorkflowClosedError(SchedulerError):
+    """The workflow is closed (or closing) and takes no new work."""
+
+    reason = "WORKFLOW_CLOSED"
+
+
+class PoolQueueFullError(SchedulerError):
+    """Admitting the tasks would overflow a pool's queue; retry after ``retry_after_s``."""
+
+    reason = "POOL_QUEUE_FULL"
+
+    def __init__(self, pool: str, queued: int, incoming: int, limit: int, retry_after_s: float) -> None:
+        self.pool = pool
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"pool {pool!r} queue is full: {queued} queued + {incoming} incoming > max_queue_length {limit}"
+        )
+
+
+class BudgetExceededError(SchedulerError):
+    """A spawn would exceed the workflow's budget; the workflow has failed."""
+
+    reason = "BUDGET_EXCEEDED"
+
+
+class WorkflowNotClosedError(SchedulerError):
+    """The workflow is still open (DeleteWorkflow takes closed workflows only)."""
+
+    reason = "WORKFLOW_NOT_CLOSED"
+
+
+class RoutingError(SchedulerError):
+    """The route hook found no worker class for a task's intent (the attempt fails with ROUTING)."""
+
+    reason = "NO_ROUTE_ABOVE_THRESHOLD"

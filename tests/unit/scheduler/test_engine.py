@@ -1,0 +1,298 @@
+"""The scheduler engine without a server: graph checks, conditions, readiness, retries, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from are_core.scheduler import (
+    TABLES,
+    Assignment,
+    Budget,
+    Cancellation,
+    Condition,
+    Failure,
+    PoolLimits,
+    RetryPolicy,
+    Scheduler,
+    SpecError,
+    TaskAlreadyCompletedError,
+    TaskNotHeldError,
+    TaskSpec,
+    WorkflowSpec,
+    evaluate,
+    find_cycle,
+    resolve_pointer,
+    validate_graph,
+)
+from are_core.storage import Durability, GroupCommitter, Storage
+
+
+def spec(task_id: str, *deps: str, capability: str = "cap", **fields: object) -> TaskSpec:
+    return TaskSpec(task_id=task_id, capability=capability, depends_on=deps, **fields)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- graph checks
+
+
+def test_validate_graph_names_the_exact_field() -> None:
+    with pytest.raises(SpecError) as dup:
+        validate_graph([spec("a"), spec("b"), spec("a")])
+    assert (dup.value.reason, dup.value.field) == ("DUPLICATE_TASK_ID", "spec.tasks[2].task_id")
+    with pytest.raises(SpecError) as unknown:
+        validate_graph([spec("a"), spec("b", "a", "x")], field="tasks")
+    assert (unknown.value.reason, unknown.value.field) == ("UNKNOWN_DEPENDENCY", "tasks[1].depends_on[1]")
+    validate_graph(
+        [spec("b", "a")], field="tasks", existing={"a"}
+    )  # spawned tasks may depend on existing ones
+
+
+def test_cycles_are_found_and_named() -> None:
+    tasks = [spec("a", "c"), spec("b", "a"), spec("c", "b"), spec("d", "a")]
+    cycle = find_cycle(tasks)
+    assert sorted(cycle) == ["a", "b", "c"]
+    with pytest.raises(SpecError) as caught:
+        validate_graph(tasks)
+    assert caught.value.reason == "DAG_CYCLE"
+    assert " -> " in caught.value.message
+    assert find_cycle([spec("a"), spec("b", "a"), spec("c", "a", "b")]) == []
+
+
+def test_a_long_chain_does_not_recurse() -> None:
+    tasks = [spec("t0")] + [spec(f"t{i}", f"t{i - 1}") for i in range(1, 20_000)]
+    assert find_cycle(tasks) == []
+
+
+# ------------------------------------------------------------------- conditions
+
+
+@pytest.mark.parametrize(
+    ("pointer", "operator", "value", "expected"),
+    [
+        ("/score", "GREATER_THAN", 0.5, True),
+        ("/score", "LESS_THAN_OR_EQUAL", 0.5, False),
+        ("/score", "EQUAL", 0.9, True),
+        ("/name", "EQUAL", "x", True),
+        ("/name", "GREATER_THAN", 1, False),  # different types never order
+        ("/tags", "CONTAINS", "b", True),
+        ("/name", "CONTAINS", "x", True),
+        ("/name", "IN", ["x", "y"], True),
+        ("/missing", "EXISTS", None, False),
+        ("/missing", "NOT_EXISTS", None, True),
+        ("/missing", "NOT_EQUAL", 1, True),
+        ("/missing", "EQUAL", 1, False),
+        ("/tags/1", "EQUAL", "b", True),
+        ("/a~1b", "TRUTHY", None, True),
+        ("/zero", "TRUTHY", None, False),
+        ("", "EXISTS", None, True),
+    ],
+)
+def test_conditions_compare_json_values(pointer: str, operator: str, value: object, expected: bool) -> None:
+    output = b'{"score": 0.9, "name": "x", "tags": ["a", "b"], "a/b": 1, "zero": 0}'
+    assert (
+        evaluate(Condition(task_id="t", pointer=pointer, operator=operator, value=value), output) is expected
+    )
+
+
+def test_a_non_json_output_fails_every_condition_but_the_negative_ones() -> None:
+    assert not evaluate(Condition(task_id="t", pointer="", operator="EXISTS"), b"not json")
+    assert evaluate(Condition(task_id="t", pointer="", operator="NOT_EXISTS"), b"not json")
+    assert resolve_pointer({"a": [1, 2]}, "/a/01") is not None  # a private "missing" marker, never 2
+
+
+def test_the_retry_delay_bound_grows_and_is_capped() -> None:
+    policy = RetryPolicy(initial_interval_s=1.0, backoff_coefficient=2.0, maximum_interval_s=5.0)
+    assert [policy.delay_bound_s(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+# ------------------------------------------------------------------- the engine
+
+
+class FakeWorker:
+    """Collects what the engine hands a worker."""
+
+    def __init__(self) -> None:
+        self.assignments: list[Assignment] = []
+        self.cancellations: list[Cancellation] = []
+
+    def assign(self, batch: list[Assignment]) -> None:
+        self.assignments.extend(batch)
+
+    def cancel(self, batch: list[Cancellation]) -> None:
+        self.cancellations.extend(batch)
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[Path, Storage, GroupCommitter]]:
+    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
+    committer = GroupCommitter(storage)
+    yield tmp_path / "data", storage, committer
+    await committer.aclose()
+    storage.close()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+
+
+async def test_readiness_is_incremental_and_outputs_flow_downstream(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer, rng=lambda: 0.0)
+    await engine.start()
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("a", input=b"1"), spec("b", "a"), spec("c", "a"), spec("d", "b", "c")))
+    )
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
+    await settle()
+    assert [a.task_id for a in worker.assignments] == ["a"]
+    await engine.complete(
+        record.workflow_id, "a", 1, output=b'"A"', content_type="application/json", usage=None
+    )
+    await settle()
+    assert sorted(a.task_id for a in worker.assignments[1:]) == ["b", "c"]
+    b = next(a for a in worker.assignments if a.task_id == "b")
+    assert b.dependencies[0].output == b'"A"'
+    with pytest.raises(TaskAlreadyCompletedError):
+        engine.complete(record.workflow_id, "a", 1, output=b"", content_type="", usage=None)
+    with pytest.raises(TaskNotHeldError):
+        engine.complete(record.workflow_id, "d", 1, output=b"", content_type="", usage=None)
+    for task_id in ("b", "c"):
+        await engine.complete(record.workflow_id, task_id, 1, output=b"1", content_type="", usage=None)
+    await settle()
+    await engine.complete(record.workflow_id, "d", 1, output=b'"D"', content_type="", usage=None)
+    view = engine.get_workflow(record.workflow_id)
+    assert view.record.state == "COMPLETED"
+    assert view.result == b'"D"'
+    await engine.stop()
+
+
+async def test_a_failed_attempt_backs_off_with_full_jitter_and_retries(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer, rng=lambda: 0.5)
+    await engine.start()
+    policy = RetryPolicy(initial_interval_s=0.02, maximum_attempts=2)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(spec("a", retry_policy=policy),)))
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
+    await settle()
+    will_retry, next_ns, state, durable = engine.fail(
+        record.workflow_id, "a", 1, failure=Failure(message="x"), usage=None
+    )
+    await durable
+    assert (will_retry, state) == (True, "BACKING_OFF")
+    view = engine.get_task(record.workflow_id, "a")
+    assert next_ns - view.record.start_ns >= 0.01 * 1e9  # half of the 20 ms bound, chosen by the jitter
+    async with asyncio.timeout(5):
+        while len(worker.assignments) < 2:
+            await asyncio.sleep(0.005)
+    assert worker.assignments[1].attempt == 2
+    assert worker.assignments[1].last_failure is not None
+    will_retry, _, state, durable = engine.fail(
+        record.workflow_id, "a", 2, failure=Failure(message="y"), usage=None
+    )
+    await durable
+    assert (will_retry, state) == (False, "FAILED")
+    assert engine.get_workflow(record.workflow_id).record.state == "FAILED"
+    await engine.stop()
+
+
+async def test_a_restart_redispatches_running_tasks_with_the_next_attempt(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer)
+    await engine.start()
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("a", retry_policy=RetryPolicy(maximum_attempts=1)), spec("b", "a")))
+    )
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
+    await settle()
+    assert worker.assignments[0].attempt == 1
+    await engine.stop()
+
+    restarted = Scheduler(storage, committer)
+    await restarted.start()
+    again = FakeWorker()
+    restarted.connect_worker("w", ["cap"], 10, again.assign, again.cancel)
+    await settle()
+    (redispatched,) = again.assignments
+    assert redispatched.attempt == 2
+    assert redispatched.idempotency_key == worker.assignments[0].idempotency_key
+    assert redispatched.maximum_attempts == 2  # the lost attempt is not charged to the policy
+    with pytest.raises(TaskNotHeldError):
+        restarted.complete(record.workflow_id, "a", 1, output=b"", content_type="", usage=None)
+    await restarted.complete(record.workflow_id, "a", 2, output=b"1", content_type="", usage=None)
+    await settle()
+    assert [a.task_id for a in again.assignments] == ["a", "b"]
+    await restarted.stop()
+
+
+async def test_a_rate_limited_pool_never_dispatches_past_its_bucket(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer)
+    await engine.start()
+    await engine.put_pool(PoolLimits(name="slow", requests_per_second=50.0, burst=3))
+    await engine.submit(WorkflowSpec(tasks=tuple(spec(f"t{i}", pool="slow") for i in range(10))))
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 100, worker.assign, worker.cancel)
+    await settle()
+    assert len(worker.assignments) == 3  # the burst, at once
+    async with asyncio.timeout(5):
+        while len(worker.assignments) < 10:
+            await asyncio.sleep(0.005)
+    _, status = engine.get_pool("slow")
+    assert status.dispatched_total == 10
+    await engine.stop()
+
+
+async def test_a_budget_on_attempts_fails_the_workflow(opened: tuple[Path, Storage, GroupCommitter]) -> None:
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer)
+    await engine.start()
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("a"), spec("b"), spec("c")), budget=Budget(max_tasks=3, max_attempts=2))
+    )
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
+    await settle()
+    view = engine.get_workflow(record.workflow_id)
+    assert view.record.state == "FAILED"
+    assert view.record.failure is not None and view.record.failure.kind == "BUDGET_EXCEEDED"
+    assert worker.cancellations
+    await engine.stop()
+
+
+async def test_stale_timers_are_swept_so_the_heap_stays_bounded(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer)
+    await engine.start()
+
+    def complete_all(batch: list[Assignment]) -> None:
+        for a in batch:
+            engine.complete(a.workflow_id, a.task_id, a.attempt, output=b"", content_type="", usage=None)
+
+    engine.connect_worker("w", ["cap"], 10_000, complete_all, lambda _: None)
+    n = 20_000  # every dispatch arms a start-to-close timer that its completion makes stale
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=tuple(spec(f"t{i}") for i in range(n)), budget=Budget(max_tasks=n))
+    )
+    async with asyncio.timeout(60):
+        while engine.get_workflow(record.workflow_id).record.state == "RUNNING":
+            await asyncio.sleep(0.01)
+    assert engine.counters()["timers"] < n
+    await engine.stop()

@@ -1,0 +1,212 @@
+"""The engine's integration hooks without a server: stage, route, cache, worker load, delete, fork."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from are_core.scheduler import (
+    TABLES,
+    CacheKey,
+    RetryPolicy,
+    RoutingError,
+    Scheduler,
+    SpecError,
+    TaskRecord,
+    TaskSpec,
+    WorkerHandle,
+    WorkflowNotClosedError,
+    WorkflowNotFoundError,
+    WorkflowSpec,
+)
+from are_core.storage import Batch, Durability, GroupCommitter, Storage
+from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
+
+_EXTRA = "sched_pools"  # any declared table will do for a staged row
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Scheduler]:
+    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
+    committer = GroupCommitter(storage)
+    scheduler = Scheduler(storage, committer, rng=lambda: 0.0)
+    await scheduler.start()
+    yield scheduler
+    await scheduler.stop()
+    await committer.aclose()
+    storage.close()
+
+
+async def test_stage_hooks_join_the_submit_and_completion_commits(engine: Scheduler) -> None:
+    storage = engine._storage
+
+    def stage_submit(batch: Batch, workflow_id: str) -> None:
+        batch.put(_EXTRA, b"submit:" + workflow_id.encode(), b"1")
+
+    record, _ = await engine.submit(WorkflowSpec(tasks=(spec("a"),)), stage=stage_submit)
+    wid = record.workflow_id
+    assert storage.get(_EXTRA, b"submit:" + wid.encode()) == b"1"
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+    await settle()
+
+    def refuse(batch: Batch, task: TaskSpec) -> None:
+        raise SpecError("PATCH_NOT_APPLICABLE", "completion.state_patch", "no")
+
+    with pytest.raises(SpecError):
+        engine.complete(wid, "a", 1, output=b"x", content_type="", usage=None, stage=refuse)
+    assert engine.get_task(wid, "a").record.state == "RUNNING"  # nothing changed
+
+    def stage_done(batch: Batch, task: TaskSpec) -> None:
+        batch.put(_EXTRA, b"done:" + task.task_id.encode(), b"2")
+
+    await engine.complete(wid, "a", 1, output=b"x", content_type="", usage=None, stage=stage_done)
+    assert storage.get(_EXTRA, b"done:a") == b"2"
+    assert engine.get_task(wid, "a").record.state == "COMPLETED"
+    # A failing submit stage stores nothing.
+    with pytest.raises(SpecError):
+        await engine.submit(WorkflowSpec(workflow_id="nope", tasks=(spec("a"),)), stage=refuse_submit)
+    with pytest.raises(WorkflowNotFoundError):
+        engine.get_workflow("nope")
+
+
+def refuse_submit(batch: Batch, workflow_id: str) -> None:
+    raise SpecError("INVALID_JSON", "spec.initial_state.data", "bad")
+
+
+async def test_an_intent_is_routed_when_scheduled_and_a_failed_route_uses_an_attempt(
+    engine: Scheduler,
+) -> None:
+    routes: list[str] = []
+
+    def route(task: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:
+        routes.append(task.intent)
+        if "unknown" in task.intent:
+            raise RoutingError("nothing clears the threshold")
+        return "writer", {"are.route.agent_id": "agent-1"}
+
+    engine.route = route
+    record, _ = await engine.submit(
+        WorkflowSpec(
+            tasks=(
+                TaskSpec(task_id="a", capability="", intent="write a poem"),
+                TaskSpec(
+                    task_id="b",
+                    capability="",
+                    intent="unknown thing",
+                    retry_policy=RetryPolicy(maximum_attempts=2, initial_interval_s=0.001),
+                ),
+            )
+        )
+    )
+    wid = record.workflow_id
+    worker = FakeWorker()
+    engine.connect_worker("w", ["writer"], 4, worker.assign, worker.cancel)
+    await settle()
+    (assigned,) = worker.assignments
+    assert (assigned.task_id, assigned.capability) == ("a", "writer")
+    assert engine.get_task(wid, "a").record.capability == "writer"
+    async with asyncio.timeout(5):
+        while engine.get_task(wid, "b").record.state != "FAILED":
+            await asyncio.sleep(0.005)
+    failed = engine.get_task(wid, "b").record
+    assert failed.attempt == 2  # each failed route used an attempt; the policy bounded them
+    assert failed.failure is not None
+    assert failed.failure.kind == "ROUTING"
+    assert routes.count("unknown thing") == 2
+
+
+async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engine: Scheduler) -> None:
+    answers = {"known": (b'"cached"', "application/json", {"are.cache.tier": "EXACT"})}
+    stored: list[tuple[str, bytes]] = []
+
+    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        await asyncio.sleep(0)
+        return answers.get(key.prompt)
+
+    engine.cache_lookup = lookup
+    engine.cache_store = lambda key, output, content_type, usage: stored.append((key.prompt, output))
+    record, _ = await engine.submit(
+        WorkflowSpec(
+            tasks=(
+                spec("hit", cache_key=CacheKey(namespace="n", prompt="known")),
+                spec("miss", cache_key=CacheKey(namespace="n", prompt="new")),
+                spec("ro", cache_key=CacheKey(namespace="n", prompt="other", read_only=True)),
+                spec("after", "hit"),
+            )
+        )
+    )
+    wid = record.workflow_id
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 8, worker.assign, worker.cancel)
+    await settle()
+    hit = engine.get_task(wid, "hit").record
+    assert (hit.state, hit.output, hit.attempt) == ("COMPLETED", b'"cached"', 0)
+    assert sorted(a.task_id for a in worker.assignments) == ["after", "miss", "ro"]
+    after = next(a for a in worker.assignments if a.task_id == "after")
+    assert after.dependencies[0].output == b'"cached"'
+    for task_id in ("miss", "ro"):
+        await engine.complete(wid, task_id, 1, output=b"fresh", content_type="", usage=None)
+    await settle()
+    assert stored == [("new", b"fresh")]  # read_only keys are not stored
+
+
+async def test_worker_changes_reach_the_hook(engine: Scheduler) -> None:
+    seen: list[tuple[int, bool, bool]] = []
+
+    def changed(worker: WorkerHandle) -> None:
+        seen.append((worker.max_concurrency - worker.free, worker.connected, worker.draining))
+
+    engine.worker_changed = changed
+    await engine.submit(WorkflowSpec(tasks=(spec("a"),)))
+    fake = FakeWorker()
+    handle = engine.connect_worker("w", ["cap"], 2, fake.assign, fake.cancel)
+    await settle()
+    engine.drain_worker(handle)
+    engine.disconnect_worker(handle)
+    await settle()
+    assert seen[0] == (0, True, False)  # connected
+    assert (1, True, False) in seen  # the dispatch raised its load
+    assert seen[-1][1] is False  # gone
+
+
+async def test_delete_takes_closed_workflows_only(engine: Scheduler) -> None:
+    record, _ = await engine.submit(WorkflowSpec(tasks=(spec("a"),)))
+    wid = record.workflow_id
+    with pytest.raises(WorkflowNotClosedError):
+        await engine.delete(wid)
+    await engine.cancel(wid, "done", "test")
+    await settle()
+    assert await engine.delete(wid) > 0
+    with pytest.raises(WorkflowNotFoundError):
+        engine.get_workflow(wid)
+    with pytest.raises(WorkflowNotFoundError):
+        await engine.delete(wid)
+
+
+async def test_fork_keeps_completed_tasks_up_to_the_cutoff(engine: Scheduler) -> None:
+    record, _ = await engine.submit(WorkflowSpec(tasks=(spec("a"), spec("b", "a"), spec("c", "b"))))
+    wid = record.workflow_id
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap"], 4, worker.assign, worker.cancel)
+    await settle()
+    await engine.complete(wid, "a", 1, output=b"A", content_type="", usage=None)
+    cutoff = engine.get_task(wid, "a").record.close_ns
+    await settle()
+    await engine.complete(wid, "b", 1, output=b"B", content_type="", usage=None)
+    await settle()
+    await engine.cancel(wid, "fork it", "test")
+    with pytest.raises(SpecError) as unknown:
+        await engine.fork(wid, "copy", cutoff_ns=cutoff, rerun_task_ids=("zz",))
+    assert unknown.value.field == "rerun_task_ids[0]"
+    forked = await engine.fork(wid, "copy", cutoff_ns=cutoff, source_version=2)
+    assert (forked.forked_from, forked.forked_version) == (wid, 2)
+    states = {t: engine.get_task("copy", t).record.state for t in "abc"}
+    assert states == {"a": "COMPLETED", "b": "RUNNING", "c": "PENDING"}
+    rerun = await engine.fork(wid, "again", cutoff_ns=cutoff, rerun_task_ids=("a",))
+    assert rerun.workflow_id == "again"
+    assert engine.get_task("again", "a").record.state == "RUNNING"
