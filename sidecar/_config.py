@@ -55,6 +55,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent_streams: int
     ready_file: Path | None
     config_file: Path | None
+    otlp_endpoint: str | None = None
+    event_retention_count: int = 10_000_000
+    event_retention_age_s: float = 7 * 86_400.0
+    event_stream_buffer: int = 10_000
+    state_keep_versions: int = 1000
+    state_keep_age_s: float = 7 * 86_400.0
+    memory_embedder: str = "lexical"
+    router_embedder: str = "lexical"
+    router_dimension: int = 256
+    router_threshold: float = 0.5
+    router_cost_weight: float = 1.0
+    router_mode: str = "cost_biased"
+    cache_models: str = ""
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "token"}
@@ -128,6 +141,16 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
         value = int(text)
         if not low <= value <= high:
             raise ValueError(f"expected an integer from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _bounded_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {text!r}")
         return value
 
     return parse
@@ -232,6 +255,103 @@ OPTIONS: tuple[Option, ...] = (
         _optional_path,
         "PATH",
     ),
+    Option(
+        "otlp_endpoint",
+        None,
+        "Export traces (a span per task attempt) with OTLP/gRPC to this collector, e.g. "
+        "http://127.0.0.1:4317; when unset, OTEL_EXPORTER_OTLP_ENDPOINT is used; neither: no export.",
+        str,
+        "URL",
+    ),
+    Option(
+        "event_retention_count",
+        10_000_000,
+        "Most events the flight recorder keeps; the oldest are dropped first.",
+        _bounded_int(1, 10**12),
+        "N",
+    ),
+    Option(
+        "event_retention_age_s",
+        7 * 86_400.0,
+        "Seconds the flight recorder keeps an event.",
+        _positive_float,
+        "SECONDS",
+    ),
+    Option(
+        "event_stream_buffer",
+        10_000,
+        "Unread events one StreamEvents subscriber may buffer before it is told it missed some.",
+        _bounded_int(16, 1_000_000),
+        "N",
+    ),
+    Option(
+        "state_keep_versions",
+        1000,
+        "State versions kept per workflow (besides those younger than --state-keep-age-s) "
+        "unless its WorkflowSpec.state_retention says otherwise.",
+        _bounded_int(1, 10**9),
+        "N",
+    ),
+    Option(
+        "state_keep_age_s",
+        7 * 86_400.0,
+        "Seconds a state version is kept even beyond --state-keep-versions.",
+        _positive_float,
+        "SECONDS",
+    ),
+    Option(
+        "memory_embedder",
+        "lexical",
+        "Embedder of workflow memory texts: 'lexical', 'lexical:DIM', 'model:DIR', or 'off' "
+        "(callers send vectors).",
+        str,
+        "SPEC",
+    ),
+    Option(
+        "router_embedder",
+        "lexical",
+        "Embedder of agent descriptions, RouteTask texts and RouteModel prompts: 'lexical', "
+        "'lexical:DIM', 'model:DIR', or 'off' (callers send vectors of --router-dimension).",
+        str,
+        "SPEC",
+    ),
+    Option(
+        "router_dimension",
+        256,
+        "Dimension of the router's vectors when --router-embedder is 'off' (else the embedder's).",
+        _bounded_int(1, 65_536),
+        "N",
+    ),
+    Option(
+        "router_threshold",
+        0.5,
+        "Default cosine similarity an agent needs in RouteTask and intent routing, in [-1, 1].",
+        _bounded_float(-1.0, 1.0),
+        "SIMILARITY",
+    ),
+    Option(
+        "router_cost_weight",
+        1.0,
+        "Default weight of cost in cost-biased routing, in [0, 1]; 1 picks the cheapest agent "
+        "above the threshold.",
+        _bounded_float(0.0, 1.0),
+        "WEIGHT",
+    ),
+    Option(
+        "router_mode",
+        "cost_biased",
+        "RouteTask's mode when a request leaves it unspecified: 'cost_biased' or 'best_match'.",
+        _choice("cost_biased", "best_match"),
+        "MODE",
+    ),
+    Option(
+        "cache_models",
+        "",
+        "Local embedding models that cache namespaces may name as their embedder, as "
+        "NAME=DIR[,NAME=DIR...] (ONNX model directories with tokenizer.json; needs the embed-model extra).",
+        str,
+        "MODELS",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -301,6 +421,19 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         max_concurrent_streams=values["max_concurrent_streams"],
         ready_file=values["ready_file"],
         config_file=config_path,
+        otlp_endpoint=values["otlp_endpoint"] or None,
+        event_retention_count=values["event_retention_count"],
+        event_retention_age_s=values["event_retention_age_s"],
+        event_stream_buffer=values["event_stream_buffer"],
+        state_keep_versions=values["state_keep_versions"],
+        state_keep_age_s=values["state_keep_age_s"],
+        memory_embedder=values["memory_embedder"],
+        router_embedder=values["router_embedder"],
+        router_dimension=values["router_dimension"],
+        router_threshold=values["router_threshold"],
+        router_cost_weight=values["router_cost_weight"],
+        router_mode=values["router_mode"],
+        cache_models=values["cache_models"],
     )
 
 

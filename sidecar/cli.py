@@ -1,8 +1,15 @@
-"""The ``are`` command line: ``are serve`` runs the sidecar.
+"""The ``are`` command line: ``are serve`` runs the sidecar; the other commands talk to one.
 
-Exit statuses: 0 after a clean shutdown, 2 for an unknown or invalid option
-(the message names it), 1 when the sidecar cannot start (for example another
-sidecar holds the data folder).
+``are serve`` keeps its own option parser (derived from :data:`OPTIONS`, so
+``--help``, the environment and the TOML file cannot drift apart). Exit
+statuses of ``are serve``: 0 after a clean shutdown, 2 for an unknown or
+invalid option (the message names it), 1 when the sidecar cannot start (for
+example another sidecar holds the data folder).
+
+The client commands (``are submit``, ``status``, ``trace``, ``events``,
+``approve``, ``reject``, ``pools``, ``cache stats``) live in
+:mod:`sidecar._cli_client`; they exit 0 on success, 1 when the sidecar
+answers with an error (printed with its reason) and 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import click
 import uvloop
 
 from are_core.storage import DataDirLockedError
+from sidecar._cli_client import register_client_commands
 from sidecar._config import ConfigError, add_arguments, load_config
 from sidecar._logging import configure_logging
 from sidecar._server import VERSION, Sidecar
@@ -28,28 +37,50 @@ _SERVE_EPILOG = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="are", description=_DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"are {VERSION}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    serve = commands.add_parser(
-        "serve",
-        help="run the sidecar",
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="are serve",
         description="Run the ARE sidecar until SIGTERM or SIGINT.",
         epilog=_SERVE_EPILOG,
     )
-    add_arguments(serve)
+    add_arguments(parser)
     return parser
+
+
+@click.group(help=_DESCRIPTION, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, prog_name="are", message="%(prog)s %(version)s")
+def _are() -> None:
+    """The ``are`` command group."""
+
+
+@_are.command(
+    "serve",
+    help="Run the sidecar (see `are serve --help` for its options).",
+    add_help_option=False,
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "allow_interspersed_args": False,
+    },
+)
+@click.pass_context
+def _serve_command(ctx: click.Context) -> None:
+    args = vars(_serve_parser().parse_args(ctx.args))  # exits 2, naming the option, on a bad flag
+    ctx.exit(_serve(args))
+
+
+register_client_commands(_are)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``are`` command line and returns its exit status."""
-    parser = _parser()
-    args = vars(parser.parse_args(argv))  # exits 2, naming the option, on a bad flag
-    command = args.pop("command")
-    if command != "serve":
-        parser.error(f"unknown command {command!r}")
-    return _serve(args)
+    try:
+        _are.main(args=list(argv) if argv is not None else None, prog_name="are", standalone_mode=True)
+    except SystemExit as exit_:
+        code = exit_.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
 
 
 def _serve(flags: dict[str, str]) -> int:

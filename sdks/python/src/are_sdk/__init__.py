@@ -3,9 +3,20 @@
 :class:`Client` (async) and :class:`SyncClient` (blocking, the same code) open
 one channel to a sidecar; every error is an :class:`AreError` (see
 :mod:`are_sdk._errors` for the tree); :mod:`are_sdk.testing` starts a real
-sidecar for tests.
+sidecar for tests. Workflows are built with :class:`WorkflowSpec`, submitted
+with ``client.submit_workflow`` (a :class:`WorkflowHandle` comes back at once)
+and run by :class:`Worker` handlers.
 """
 
+from are_sdk._cache import (
+    Cache,
+    CachedResult,
+    CacheHit,
+    CacheNamespace,
+    CacheStats,
+    CacheStored,
+    CacheUsage,
+)
 from are_sdk._client import Client, RawServices, ServiceClient
 from are_sdk._errors import (
     AbortedError,
@@ -26,31 +37,156 @@ from are_sdk._errors import (
     UnimplementedError,
     VersionMismatchError,
 )
+from are_sdk._payload import (
+    BlobReference,
+    RawPayload,
+)
+from are_sdk._router import (
+    AgentCard,
+    ModelCatalog,
+    ModelEstimate,
+    ModelRoute,
+    ModelSpec,
+    RouteCandidate,
+    Router,
+    RouteResult,
+)
+from are_sdk._state import (
+    BoundMemory,
+    BoundState,
+    MemoryHit,
+    MemoryHydration,
+    MemoryNote,
+    StateBlobs,
+    StateCheckpoint,
+    StateClient,
+    StateFork,
+    StateMemory,
+    StateSnapshot,
+)
 from are_sdk._sync import SyncClient
+from are_sdk._trace import Trace
+from are_sdk._worker import (
+    DependencyResult,
+    NonRetryableError,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    Worker,
+)
+from are_sdk._workflow import (
+    Pools,
+    WorkflowHandle,
+    Workflows,
+)
+from are_sdk._workflow_spec import (
+    Budget,
+    ComparisonOperator,
+    Condition,
+    RetryPolicy,
+    TaskSpec,
+    TriggerRule,
+    WorkflowSpec,
+    WorkflowSpecError,
+)
+from are_sdk._workflow_types import (
+    ApprovalInfo,
+    FailureInfo,
+    PoolInfo,
+    PoolStatus,
+    TaskCounts,
+    TaskInfo,
+    TaskState,
+    UsageInfo,
+    WaitTimeoutError,
+    WorkflowDescription,
+    WorkflowFailedError,
+    WorkflowState,
+    WorkflowUpdate,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbortedError",
+    "AgentCard",
     "AlreadyExistsError",
+    "ApprovalInfo",
     "AreError",
+    "BlobReference",
+    "BoundMemory",
+    "BoundState",
+    "Budget",
+    "Cache",
+    "CacheHit",
+    "CacheNamespace",
+    "CacheStats",
+    "CacheStored",
+    "CacheUsage",
+    "CachedResult",
     "Client",
+    "ComparisonOperator",
+    "Condition",
     "DeadlineExceededError",
+    "DependencyResult",
     "FailedPreconditionError",
+    "FailureInfo",
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
+    "MemoryHit",
+    "MemoryHydration",
+    "MemoryNote",
+    "ModelCatalog",
+    "ModelEstimate",
+    "ModelRoute",
+    "ModelSpec",
+    "NonRetryableError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PoolInfo",
+    "PoolStatus",
+    "Pools",
+    "RawPayload",
     "RawServices",
     "ResourceExhaustedError",
+    "RetryPolicy",
+    "RouteCandidate",
+    "RouteResult",
+    "Router",
     "RpcCancelledError",
     "RpcError",
     "ServiceClient",
+    "StateBlobs",
+    "StateCheckpoint",
+    "StateClient",
+    "StateFork",
+    "StateMemory",
+    "StateSnapshot",
     "SyncClient",
+    "TaskContext",
+    "TaskCounts",
+    "TaskError",
+    "TaskInfo",
+    "TaskResult",
+    "TaskSpec",
+    "TaskState",
+    "Trace",
+    "TriggerRule",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "UsageInfo",
     "VersionMismatchError",
+    "WaitTimeoutError",
+    "Worker",
+    "WorkflowDescription",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowSpec",
+    "WorkflowSpecError",
+    "WorkflowState",
+    "WorkflowUpdate",
+    "Workflows",
     "__version__",
 ]

@@ -17,6 +17,7 @@ from typing import Any, Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from are_sdk._cache import Cache
 from are_sdk._errors import UnavailableError, error_from_rpc
 from are_sdk._proto.are.v1 import (
     cache_service_pb2_grpc,
@@ -26,6 +27,10 @@ from are_sdk._proto.are.v1 import (
     trace_service_pb2_grpc,
     worker_service_pb2_grpc,
 )
+from are_sdk._router import Router
+from are_sdk._state import StateClient
+from are_sdk._trace import Trace
+from are_sdk._workflow import Pools, Workflows
 
 __all__ = ["Client", "RawServices", "ServiceClient"]
 
@@ -113,6 +118,19 @@ class Client:
         self._metadata = tuple(metadata)
         self._health = health_pb2_grpc.HealthStub(channel)
         self.raw = RawServices(channel, self._metadata)
+        # The scheduler: workflows and approvals, pools, and two shortcuts.
+        self.workflows = Workflows(self.raw)
+        self.pools = Pools(self.raw)
+        self.submit_workflow = self.workflows.submit
+        self.get_workflow_handle = self.workflows.get_handle
+        # The flight recorder: list and follow events.
+        self.trace = Trace(self.raw.trace)
+        # State: documents, checkpoints and forks, memory, blobs.
+        self.state = StateClient(self.raw)
+        # Agent cards, task routing and model routing.
+        self.router = Router(self.raw.router)
+        # The semantic cache: lookup, store, invalidate, stats, namespaces, get_or_call.
+        self.cache = Cache(self.raw.cache)
         # Typed facades (client.cache, client.state, ...) are added here as
         # their capabilities land; each wraps the matching raw service.
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from are_sdk._client import Client
+from are_sdk._client import Client, ServiceClient
 
 __all__ = ["SyncClient"]
 
@@ -84,9 +84,35 @@ class _Blocking:
 def _wrap(value: Any, runner: _LoopThread) -> Any:
     if isinstance(value, AsyncIterator):
         return runner.iterate(value)
-    if type(value).__module__.startswith("are_sdk.") and not isinstance(value, Exception):
+    if _has_async_api(type(value)):
         return _Blocking(value, runner)
-    return value
+    return value  # plain values (records, enums, exceptions) pass through untouched
+
+
+_ASYNC_API: dict[type, bool] = {}
+
+
+def _has_async_api(cls: type) -> bool:
+    """Whether instances are SDK facades or handles (they have async methods).
+
+    Records, enums and exceptions of the SDK have none and are returned as
+    they are, so ``handle.describe().state is WorkflowState.RUNNING`` holds
+    for the blocking client too.
+    """
+    known = _ASYNC_API.get(cls)
+    if known is None:
+        if not cls.__module__.startswith("are_sdk.") or issubclass(cls, BaseException):
+            known = False
+        elif cls is ServiceClient:
+            known = True  # its methods are made on attribute access
+        else:
+            known = any(
+                inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+                for klass in cls.__mro__
+                for member in vars(klass).values()
+            )
+        _ASYNC_API[cls] = known
+    return known
 
 
 class SyncClient:

@@ -1,0 +1,472 @@
+"""The typed facade of CacheService: ``client.cache``.
+
+A semantic cache of LLM results, so the same thought is not paid for twice.
+A lookup tries the exact tier (the normalised prompt) and then the semantic
+tier (embedding similarity over the namespace's threshold)::
+
+    await client.cache.put_namespace("gpt-4o:sys-3f2a", similarity_threshold=0.9)
+    hit = await client.cache.lookup("gpt-4o:sys-3f2a", "What is the capital of France?")
+    if hit:
+        answer = hit.value
+    else:
+        answer = await llm(...)
+        await client.cache.store("gpt-4o:sys-3f2a", prompt, answer, input_tokens=12, output_tokens=3)
+
+    # Or let the helper do all three (look up, call on a miss, store):
+    result = await client.cache.get_or_call("gpt-4o:sys-3f2a", prompt, lambda: llm(prompt))
+    result.value, result.hit
+
+Values are encoded like every payload of the SDK (:mod:`are_sdk._payload`):
+JSON by default, ``bytes`` raw, :class:`~are_sdk.RawPayload` as given.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from google.protobuf import duration_pb2
+
+from are_sdk._payload import decode_payload, encode_payload
+from are_sdk._proto.are.v1 import cache_service_pb2, common_pb2
+
+if TYPE_CHECKING:
+    from are_sdk._client import ServiceClient
+
+__all__ = [
+    "Cache",
+    "CacheHit",
+    "CacheNamespace",
+    "CacheStats",
+    "CacheStored",
+    "CacheUsage",
+    "CachedResult",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_TIERS = {cache_service_pb2.CACHE_TIER_EXACT: "exact", cache_service_pb2.CACHE_TIER_SEMANTIC: "semantic"}
+_DTYPES = {
+    "": cache_service_pb2.VECTOR_DTYPE_UNSPECIFIED,
+    "f32": cache_service_pb2.VECTOR_DTYPE_F32,
+    "f16": cache_service_pb2.VECTOR_DTYPE_F16,
+    "i8": cache_service_pb2.VECTOR_DTYPE_I8,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items() if k}
+
+
+def _time(stamp: Any) -> datetime:
+    return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
+
+
+def _duration(value: timedelta | float) -> Any:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """Tokens and cost a response took to produce (credited as savings on each hit)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micro_usd: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """The entry that answered a lookup.
+
+    Attributes:
+        entry_id: The entry's id (for :meth:`Cache.invalidate`).
+        tier: ``"exact"`` or ``"semantic"``.
+        similarity: Cosine similarity of the entry's prompt (1.0 for exact hits).
+        value: The stored response, decoded (JSON to Python, otherwise a RawPayload).
+        data: The stored response's bytes.
+        content_type: The stored response's media type.
+        matched_prompt: The prompt stored with the entry.
+        metadata: The entry's metadata.
+        usage: What producing the response cost, i.e. what this hit saved.
+        create_time: When the entry was stored.
+    """
+
+    entry_id: str
+    tier: str
+    similarity: float
+    value: Any
+    data: bytes
+    content_type: str
+    matched_prompt: str
+    metadata: dict[str, str]
+    usage: CacheUsage
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStored:
+    """A stored entry: its id, whether it replaced one, when it expires."""
+
+    entry_id: str
+    replaced: bool
+    expire_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CacheNamespace:
+    """A namespace's settings (defaults filled in); ``created`` is set by put_namespace."""
+
+    name: str
+    embedder: str
+    dimension: int
+    similarity_threshold: float
+    default_ttl: timedelta
+    max_entries: int
+    max_bytes: int
+    vector_dtype: str
+    description: str
+    create_time: datetime
+    update_time: datetime
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """One namespace's counters since it was created."""
+
+    namespace: str
+    lookups: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    hit_rate: float
+    entries: int
+    size_bytes: int
+    expirations: int
+    evictions: int
+    saved_tokens: int
+    saved_cost_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResult(Generic[T]):
+    """What :meth:`Cache.get_or_call` returns: the value, and the hit if the cache answered."""
+
+    value: T
+    hit: CacheHit | None = None
+    stored: CacheStored | None = field(default=None)
+
+    @property
+    def from_cache(self) -> bool:
+        """True when the cache answered and the call was not made."""
+        return self.hit is not None
+
+
+def _namespace(ns: Any, created: bool = False) -> CacheNamespace:
+    return CacheNamespace(
+        name=ns.name,
+        embedder=ns.embedder,
+        dimension=ns.dimension,
+        similarity_threshold=ns.similarity_threshold,
+        default_ttl=ns.default_ttl.ToTimedelta(),
+        max_entries=ns.max_entries,
+        max_bytes=ns.max_bytes,
+        vector_dtype=_DTYPE_NAMES.get(ns.vector_dtype, "f32"),
+        description=ns.description,
+        create_time=_time(ns.create_time),
+        update_time=_time(ns.update_time),
+        created=created,
+    )
+
+
+class Cache:
+    """``client.cache``: look up, store, invalidate, statistics, namespaces.
+
+    Errors are the SDK's exceptions: :class:`~are_sdk.NotFoundError` for an
+    unknown namespace, :class:`~are_sdk.InvalidArgumentError` naming the
+    field (a vector of the wrong dimension names ``vector``), and so on.
+    """
+
+    def __init__(self, raw: ServiceClient) -> None:
+        self._raw = raw
+
+    async def lookup(
+        self,
+        namespace: str,
+        prompt: str = "",
+        *,
+        vector: Sequence[float] | None = None,
+        threshold: float | None = None,
+        max_age: timedelta | float | None = None,
+        exact_only: bool = False,
+    ) -> CacheHit | None:
+        """The entry answering a prompt (exact tier, then semantic), or None on a miss.
+
+        Args:
+            namespace: The namespace to search.
+            prompt: The prompt text (exact tier; embedded for the semantic tier).
+            vector: The prompt's embedding, when you compute your own.
+            threshold: The similarity a semantic hit needs; default the namespace's.
+            max_age: Only entries younger than this (seconds or a timedelta) answer.
+            exact_only: Consult the exact tier only.
+        """
+        response = await self.lookup_raw(
+            namespace, prompt, vector=vector, threshold=threshold, max_age=max_age, exact_only=exact_only
+        )
+        return _hit(response) if response.hit else None
+
+    async def lookup_raw(
+        self,
+        namespace: str,
+        prompt: str = "",
+        *,
+        vector: Sequence[float] | None = None,
+        threshold: float | None = None,
+        max_age: timedelta | float | None = None,
+        exact_only: bool = False,
+    ) -> cache_service_pb2.LookupCacheResponse:
+        """Like :meth:`lookup`, returning the response message (``best_similarity`` on a miss)."""
+        request = cache_service_pb2.LookupCacheRequest(
+            namespace=namespace, prompt=prompt, exact_only=exact_only
+        )
+        if vector is not None:
+            request.vector.values.extend(vector)
+        if threshold is not None:
+            request.threshold = threshold
+        if max_age is not None:
+            request.max_age.CopyFrom(_duration(max_age))
+        response: cache_service_pb2.LookupCacheResponse = await self._raw.LookupCache(request)
+        return response
+
+    async def store(
+        self,
+        namespace: str,
+        prompt: str,
+        value: Any,
+        *,
+        content_type: str | None = None,
+        vector: Sequence[float] | None = None,
+        ttl: timedelta | float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        usage: CacheUsage | None = None,
+    ) -> CacheStored:
+        """Stores a response under a prompt; an entry of the same normalised prompt is replaced.
+
+        Args:
+            namespace: The namespace to store in.
+            prompt: The prompt.
+            value: The response: JSON-serialisable, ``bytes``, or a RawPayload.
+            content_type: Overrides the encoded content type.
+            vector: The prompt's embedding, when you compute your own.
+            ttl: Time to live (seconds or a timedelta); default the namespace's.
+            metadata: Entry metadata (matched by :meth:`invalidate`).
+            usage: The tokens and cost the response took, credited on each hit.
+        """
+        request = cache_service_pb2.StoreCacheRequest(
+            namespace=namespace,
+            prompt=prompt,
+            response=encode_payload(value, content_type),
+            metadata=dict(metadata or {}),
+        )
+        if vector is not None:
+            request.vector.values.extend(vector)
+        if ttl is not None:
+            request.ttl.CopyFrom(_duration(ttl))
+        if usage is not None:
+            request.usage.CopyFrom(
+                common_pb2.Usage(
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_micro_usd=usage.cost_micro_usd,
+                )
+            )
+        response = await self._raw.StoreCache(request)
+        return CacheStored(
+            entry_id=response.entry_id, replaced=response.replaced, expire_time=_time(response.expire_time)
+        )
+
+    async def invalidate(
+        self,
+        namespace: str,
+        *,
+        entry_ids: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        all: bool = False,  # noqa: A002 - mirrors the RPC's field
+    ) -> int:
+        """Removes entries by id, by metadata match, or all; returns how many were removed."""
+        request = cache_service_pb2.InvalidateCacheRequest(
+            namespace=namespace, entry_ids=list(entry_ids), metadata_match=dict(metadata or {}), all=all
+        )
+        response = await self._raw.InvalidateCache(request)
+        return int(response.removed_count)
+
+    async def stats(self, namespace: str = "") -> list[CacheStats]:
+        """Counters of one namespace, or of every namespace when ``namespace`` is empty."""
+        response = await self._raw.GetCacheStats(cache_service_pb2.GetCacheStatsRequest(namespace=namespace))
+        return [
+            CacheStats(
+                namespace=s.namespace,
+                lookups=s.lookups,
+                exact_hits=s.exact_hits,
+                semantic_hits=s.semantic_hits,
+                misses=s.misses,
+                hit_rate=s.hit_rate,
+                entries=s.entries,
+                size_bytes=s.size_bytes,
+                expirations=s.expirations,
+                evictions=s.evictions,
+                saved_tokens=s.saved_tokens,
+                saved_cost_micro_usd=s.saved_cost_micro_usd,
+            )
+            for s in response.stats
+        ]
+
+    async def put_namespace(
+        self,
+        name: str,
+        *,
+        embedder: str = "",
+        dimension: int = 0,
+        similarity_threshold: float = 0.0,
+        default_ttl: timedelta | float | None = None,
+        max_entries: int = 0,
+        max_bytes: int = 0,
+        vector_dtype: str = "",
+        description: str = "",
+    ) -> CacheNamespace:
+        """Creates a namespace or updates its mutable settings; zero values mean the defaults.
+
+        Args:
+            name: The namespace's name (for example ``"gpt-4o:sys-3f2a:t0"``).
+            embedder: ``"lexical"`` (default), ``"caller"`` or a model configured on the sidecar.
+            dimension: Vector dimension; 0 means the embedder's (required for ``"caller"``).
+            similarity_threshold: A semantic hit's minimum similarity; 0 means 0.92.
+            default_ttl: Entries' default time to live; None means 7 days.
+            max_entries: Most entries kept (LRU eviction); 0 means 1,000,000.
+            max_bytes: Most bytes of prompts and responses kept; 0 means 1 GiB.
+            vector_dtype: ``"f32"`` (default), ``"f16"`` or ``"i8"``.
+            description: For humans.
+        """
+        if vector_dtype not in _DTYPES:
+            raise ValueError(f"vector_dtype must be f32, f16 or i8, got {vector_dtype!r}")
+        ns = cache_service_pb2.CacheNamespace(
+            name=name,
+            embedder=embedder,
+            dimension=dimension,
+            similarity_threshold=similarity_threshold,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            vector_dtype=_DTYPES[vector_dtype],
+            description=description,
+        )
+        if default_ttl is not None:
+            ns.default_ttl.CopyFrom(_duration(default_ttl))
+        response = await self._raw.PutNamespace(cache_service_pb2.PutNamespaceRequest(namespace=ns))
+        return _namespace(response.namespace, response.created)
+
+    async def list_namespaces(self) -> list[CacheNamespace]:
+        """Every namespace, by name (all pages)."""
+        out: list[CacheNamespace] = []
+        token = ""
+        while True:
+            response = await self._raw.ListNamespaces(
+                cache_service_pb2.ListNamespacesRequest(page_size=1000, page_token=token)
+            )
+            out.extend(_namespace(ns) for ns in response.namespaces)
+            token = response.next_page_token
+            if not token:
+                return out
+
+    async def get_or_call(
+        self,
+        namespace: str,
+        prompt: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        vector: Sequence[float] | None = None,
+        threshold: float | None = None,
+        ttl: timedelta | float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        usage: CacheUsage | Callable[[T], CacheUsage] | None = None,
+    ) -> CachedResult[Any]:
+        """Looks the prompt up; on a miss awaits ``call()`` and stores its result.
+
+        Args:
+            namespace: The namespace.
+            prompt: The prompt (the cache key).
+            call: Any async LLM call; awaited only on a miss.
+            vector: The prompt's embedding, when you compute your own.
+            threshold: The similarity a semantic hit needs.
+            ttl: Time to live of a stored result.
+            metadata: Metadata of a stored result.
+            usage: Its tokens and cost, or a function computing them from the result.
+
+        Returns:
+            The cached value (decoded) and the hit, or the call's result and the stored entry.
+        """
+        hit = await self.lookup(namespace, prompt, vector=vector, threshold=threshold)
+        if hit is not None:
+            return CachedResult(value=hit.value, hit=hit)
+        value = await call()
+        spent = usage(value) if callable(usage) else usage
+        stored = await self.store(
+            namespace, prompt, value, vector=vector, ttl=ttl, metadata=metadata, usage=spent
+        )
+        return CachedResult(value=value, stored=stored)
+
+    def cached(
+        self,
+        namespace: str,
+        *,
+        prompt: Callable[P, str],
+        ttl: timedelta | float | None = None,
+        usage: Callable[[Any], CacheUsage] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[Any]]]:
+        """A decorator caching an async function by the prompt its arguments make.
+
+        Example::
+
+        @client.cache.cached("gpt-4o:sys1", prompt=lambda question: question)
+        async def ask(question: str) -> str: ...
+        """
+
+        def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[Any]]:
+            @functools.wraps(function)
+            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                result = await self.get_or_call(
+                    namespace,
+                    prompt(*args, **kwargs),
+                    lambda: function(*args, **kwargs),
+                    ttl=ttl,
+                    usage=usage,
+                )
+                return result.value
+
+            return wrapper
+
+        return decorate
+
+
+def _hit(response: cache_service_pb2.LookupCacheResponse) -> CacheHit:
+    payload = response.response
+    return CacheHit(
+        entry_id=response.entry_id,
+        tier=_TIERS.get(response.tier, "exact"),
+        similarity=response.similarity,
+        value=decode_payload(payload),
+        data=payload.data,
+        content_type=payload.content_type,
+        matched_prompt=response.matched_prompt,
+        metadata=dict(response.metadata),
+        usage=CacheUsage(
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+            cost_micro_usd=response.usage.cost_micro_usd,
+        ),
+        create_time=_time(response.create_time),
+    )

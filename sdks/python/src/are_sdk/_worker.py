@@ -1,0 +1,931 @@
+"""The worker: run task handlers for the sidecar over one bidirectional stream.
+
+::
+
+    worker = Worker(client, name="writer", max_concurrency=8)
+
+    @worker.handler("write")
+    async def write(ctx: TaskContext) -> dict[str, str]:
+        notes = ctx.dependency_outputs["research"]
+        ctx.report_llm_call("gpt-x", input_tokens=900, output_tokens=300, cost_micro_usd=1200)
+        return {"draft": f"About {notes['topic']}..."}
+
+    await worker.run()          # until worker.shutdown() or SIGTERM
+
+A handler takes a :class:`TaskContext` and returns the task's output (any
+JSON value; ``bytes`` or :class:`~are_sdk.RawPayload` for other content; a
+:class:`TaskResult` to add a state patch). Async handlers run on the event
+loop; plain functions run in a thread pool. An exception fails the attempt
+with a ``Failure`` whose type is the exception's class name; raise
+:class:`NonRetryableError` (or :class:`TaskError` with ``non_retryable``) to
+forbid retries.
+
+The worker registers on ``WorkerService.Connect``, receives batches of
+assignments (never more than ``max_concurrency`` held), sends completions
+and failures batched (everything finished while the previous write was in
+flight goes in the next message), heartbeats automatically, and reconnects
+with backoff when the stream drops (tasks held on a lost stream are retried
+by the sidecar, so their handlers are cancelled). :meth:`Worker.shutdown`
+drains: the sidecar stops assigning, tasks in flight get ``shutdown_grace``
+seconds to finish and report, and the rest are handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import importlib.metadata
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from are_sdk._errors import AreError, RpcError, error_from_rpc
+from are_sdk._payload import decode_payload, encode_payload
+from are_sdk._proto.are.v1 import common_pb2, event_pb2, state_pb2
+from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
+from are_sdk._workflow import spawn_tasks
+from are_sdk._workflow_spec import Duration, TaskSpec, _any, to_duration
+from are_sdk._workflow_types import FailureInfo, TaskState, timestamp
+
+if TYPE_CHECKING:
+    from are_sdk._client import Client
+
+__all__ = [
+    "DependencyResult",
+    "Handler",
+    "NonRetryableError",
+    "TaskContext",
+    "TaskError",
+    "TaskResult",
+    "Worker",
+]
+
+_log = logging.getLogger("are_sdk.worker")
+
+#: A task handler: takes the context, returns the output (or an awaitable of it).
+Handler = Callable[["TaskContext"], Any]
+
+_Key = tuple[str, str, int]
+
+try:
+    _SDK = f"are-sdk-python/{importlib.metadata.version('are-sdk')}"
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    _SDK = "are-sdk-python"
+
+# Stream errors after which reconnecting cannot help: the worker stops.
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+_MAX_BATCH = 1000
+_MAX_STACK_TRACE = 64 * 1024
+_MAX_MESSAGE = 32 * 1024
+_DEFAULT_HEARTBEAT_INTERVAL = 10.0
+
+
+class TaskError(AreError):
+    """Raise from a handler to fail the attempt with a chosen type, details and retry hint.
+
+    Any other exception fails the attempt too; this one lets the handler say
+    more.
+
+    Args:
+        message: The failure's message.
+        type: The failure's type (matched against a retry policy's
+            ``non_retryable_failure_types``); default the class name.
+        details: A JSON value (or bytes) carried as the failure's details.
+        non_retryable: Forbid retries whatever the retry policy says.
+        retry_after: The least delay before a retry (a provider's Retry-After).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str | None = None,  # noqa: A002 - the contract's name
+        details: Any = None,
+        non_retryable: bool = False,
+        retry_after: Duration | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type or self.__class__.__name__
+        self.details = details
+        self.non_retryable = non_retryable
+        self.retry_after = retry_after
+
+
+class NonRetryableError(TaskError):
+    """Raise from a handler to fail the attempt for good: no retry, whatever the policy."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str | None = None,  # noqa: A002 - the contract's name
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, type=type, details=details, non_retryable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """A handler's output with extras: a content type and a state patch.
+
+    Attributes:
+        output: The output (JSON value, bytes or RawPayload).
+        content_type: The output's content type, when not the default.
+        state_merge_patch: A JSON Merge Patch applied to the workflow's state
+            document in the same commit as the completion.
+    """
+
+    output: Any = None
+    content_type: str | None = None
+    state_merge_patch: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyResult:
+    """What a task received about one of its dependencies."""
+
+    task_id: str
+    state: TaskState
+    output: Any
+    failure: FailureInfo | None
+
+
+def _task_state(value: int) -> TaskState:
+    try:
+        return TaskState(value)
+    except ValueError:
+        return TaskState.UNSPECIFIED
+
+
+def _now_timestamp() -> Any:
+    message = timestamp_pb2.Timestamp()
+    message.GetCurrentTime()
+    return message
+
+
+class TaskContext:
+    """Everything a handler knows about its task attempt, and what it can report.
+
+    Attributes:
+        workflow_id: The task's workflow.
+        task_id: The task's id.
+        attempt: The attempt number, from 1.
+        idempotency_key: The same for every attempt of the task, across
+            restarts: use it to make side effects idempotent.
+        capability: The capability the task was assigned for.
+        input: The decoded input.
+        dependencies: What each dependency ended as, by task id, in
+            ``depends_on`` order.
+        deadline: When the attempt's start-to-close timeout ends.
+        heartbeat_timeout: Seconds without a heartbeat before the lease is
+            lost (the worker heartbeats automatically), or None.
+        traceparent: The W3C ``traceparent`` of the attempt's span, so the
+            handler's own spans nest under it ("" if none).
+        tracestate: The W3C ``tracestate`` ("" if none).
+        labels: The task's labels.
+        last_failure: The previous attempt's failure, on retries.
+        last_heartbeat_details: The previous attempt's last heartbeat details.
+        maximum_attempts: The retry policy's maximum attempts.
+        state_version: The workflow state document's version at dispatch.
+    """
+
+    def __init__(self, session: _Session, assignment: Any) -> None:
+        self._session = session
+        self._loop = session.loop
+        self._assignment = assignment
+        self.workflow_id: str = assignment.workflow_id
+        self.task_id: str = assignment.task_id
+        self.attempt: int = assignment.attempt
+        self.idempotency_key: str = assignment.idempotency_key
+        self.capability: str = assignment.capability
+        self.maximum_attempts: int = assignment.maximum_attempts
+        self.state_version: int = assignment.state_version
+        self.heartbeat_timeout: float | None = (
+            assignment.heartbeat_timeout.ToTimedelta().total_seconds()
+            if assignment.HasField("heartbeat_timeout")
+            else None
+        )
+        #: ``(workflow_id, task_id, attempt)``: the attempt's identity.
+        self.key: tuple[str, str, int] = (self.workflow_id, self.task_id, self.attempt)
+        # Plain flags, not locks: the loop sets them, a handler's thread reads.
+        self._cancelled = False
+        # Usage is added only by the handler and read once it has returned.
+        self._usage: Any = None
+
+    # The rest is decoded on first use: most handlers read little of it.
+
+    @functools.cached_property
+    def input(self) -> Any:
+        """The decoded input."""
+        assignment = self._assignment
+        return decode_payload(assignment.input) if assignment.HasField("input") else None
+
+    @functools.cached_property
+    def dependencies(self) -> dict[str, DependencyResult]:
+        """What each dependency ended as, by task id, in ``depends_on`` order."""
+        return {
+            d.task_id: DependencyResult(
+                task_id=d.task_id,
+                state=_task_state(d.state),
+                output=decode_payload(d.output) if d.HasField("output") else None,
+                failure=FailureInfo.from_proto(d.failure) if d.HasField("failure") else None,
+            )
+            for d in self._assignment.dependencies
+        }
+
+    @functools.cached_property
+    def deadline(self) -> datetime | None:
+        """When the attempt's start-to-close timeout ends."""
+        return timestamp(self._assignment, "deadline_time")
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` of the attempt's span ("" if none)."""
+        return str(self._assignment.trace_context.traceparent)
+
+    @property
+    def tracestate(self) -> str:
+        """The W3C ``tracestate`` ("" if none)."""
+        return str(self._assignment.trace_context.tracestate)
+
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        """The task's labels."""
+        return dict(self._assignment.labels)
+
+    @functools.cached_property
+    def last_failure(self) -> FailureInfo | None:
+        """The previous attempt's failure, on retries."""
+        assignment = self._assignment
+        return (
+            FailureInfo.from_proto(assignment.last_failure) if assignment.HasField("last_failure") else None
+        )
+
+    @functools.cached_property
+    def last_heartbeat_details(self) -> Any:
+        """The previous attempt's last heartbeat details, to resume from."""
+        assignment = self._assignment
+        if not assignment.HasField("last_heartbeat_details"):
+            return None
+        return decode_payload(assignment.last_heartbeat_details)
+
+    def __repr__(self) -> str:
+        return f"TaskContext({self.workflow_id!r}, {self.task_id!r}, attempt={self.attempt})"
+
+    @property
+    def dependency_outputs(self) -> dict[str, Any]:
+        """The outputs of the dependencies that COMPLETED, by task id."""
+        return {k: d.output for k, d in self.dependencies.items() if d.state is TaskState.COMPLETED}
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure of this attempt will not be retried by policy."""
+        return self.maximum_attempts > 0 and self.attempt >= self.maximum_attempts
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the sidecar asked to stop this attempt (poll it in sync handlers)."""
+        return self._cancelled
+
+    def _call_soon(self, function: Callable[[], None]) -> None:
+        # Sync handlers run in threads; the session belongs to the loop.
+        if self._session.loop_thread == threading.get_ident():
+            function()
+        else:
+            self._loop.call_soon_threadsafe(function)
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Records progress now (the worker also heartbeats on its own).
+
+        Args:
+            details: Progress to hand to the next attempt if this one is lost
+                (any JSON value), or None.
+        """
+        beat = wpb.TaskHeartbeat(workflow_id=self.workflow_id, task_id=self.task_id, attempt=self.attempt)
+        if details is not None:
+            beat.details.CopyFrom(encode_payload(details))
+        self._call_soon(functools.partial(self._session.queue_heartbeat, beat))
+
+    def report_llm_call(
+        self,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_micro_usd: int = 0,
+        *,
+        duration: Duration | None = None,
+    ) -> None:
+        """Records one LLM call: an event in the flight recorder, and usage on the result.
+
+        The tokens and cost are summed into the usage sent with the attempt's
+        completion or failure, which the workflow's budgets and the pool's
+        token rate count.
+        """
+        usage = common_pb2.Usage(
+            input_tokens=input_tokens, output_tokens=output_tokens, cost_micro_usd=cost_micro_usd, llm_calls=1
+        )
+        self._add_usage(usage)
+        event = self._event(int(event_pb2.EVENT_TYPE_LLM_CALL), model, duration)
+        event.usage.CopyFrom(usage)
+        self._call_soon(functools.partial(self._session.queue_event, event))
+
+    def report_tool_call(self, name: str, *, duration: Duration | None = None) -> None:
+        """Records one tool call in the flight recorder and in the attempt's usage."""
+        self._add_usage(common_pb2.Usage(tool_calls=1))
+        event = self._event(int(event_pb2.EVENT_TYPE_TOOL_CALL), name, duration)
+        self._call_soon(functools.partial(self._session.queue_event, event))
+
+    def _event(self, event_type: int, name: str, duration: Duration | None) -> Any:
+        event = event_pb2.ReportedEvent(
+            workflow_id=self.workflow_id,
+            task_id=self.task_id,
+            attempt=self.attempt,
+            event_type=_any(event_type),
+            event_time=_now_timestamp(),
+            name=name,
+        )
+        if duration is not None:
+            event.duration.CopyFrom(to_duration(duration))
+        return event
+
+    def _add_usage(self, usage: Any) -> None:
+        if self._usage is None:
+            self._usage = common_pb2.Usage()
+        total = self._usage
+        total.input_tokens += usage.input_tokens
+        total.output_tokens += usage.output_tokens
+        total.cost_micro_usd += usage.cost_micro_usd
+        total.llm_calls += usage.llm_calls
+        total.tool_calls += usage.tool_calls
+
+    def usage_message(self) -> Any:
+        """The usage reported so far, as an ``are.v1.Usage`` (None when nothing was reported)."""
+        return self._usage
+
+    async def spawn(
+        self, *tasks: TaskSpec, dependents_wait: bool = False, request_id: str | None = None
+    ) -> list[str]:
+        """Adds tasks to this workflow as children of this attempt and returns their ids.
+
+        Args:
+            tasks: The new tasks; they may depend on existing tasks and each other.
+            dependents_wait: Make this task's pending dependents also wait
+                for (and receive the outputs of) the new tasks.
+            request_id: An idempotency key, for example derived from
+                :attr:`idempotency_key`, so a retried attempt spawns once.
+        """
+        return await spawn_tasks(
+            self._session.client.raw,
+            self.workflow_id,
+            tasks,
+            parent_task_id=self.task_id,
+            parent_attempt=self.attempt,
+            dependents_wait=dependents_wait,
+            request_id=request_id,
+        )
+
+    def spawn_blocking(
+        self, *tasks: TaskSpec, dependents_wait: bool = False, request_id: str | None = None
+    ) -> list[str]:
+        """:meth:`spawn` for sync handlers (which run in a thread); blocks until done."""
+        if self._session.loop_thread == threading.get_ident():
+            raise RuntimeError("spawn_blocking is for sync handlers; await ctx.spawn(...) instead")
+        coroutine = self.spawn(*tasks, dependents_wait=dependents_wait, request_id=request_id)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+def _failure_from_exception(error: BaseException) -> Any:
+    failure = common_pb2.Failure(
+        message=str(error)[:_MAX_MESSAGE] or error.__class__.__name__,
+        type=error.__class__.__name__,
+        kind=common_pb2.FAILURE_KIND_APPLICATION,
+        stack_trace="".join(traceback.format_exception(error))[-_MAX_STACK_TRACE:],
+    )
+    if isinstance(error, TaskError):
+        failure.message = error.message[:_MAX_MESSAGE]
+        failure.type = error.type
+        failure.non_retryable = error.non_retryable
+        if error.details is not None:
+            with contextlib.suppress(TypeError):
+                failure.details.CopyFrom(encode_payload(error.details))
+    else:
+        failure.non_retryable = bool(getattr(error, "non_retryable", False))
+    return failure
+
+
+def _output_completion(ctx: TaskContext, result: Any) -> Any:
+    completion = wpb.TaskCompletion(workflow_id=ctx.workflow_id, task_id=ctx.task_id, attempt=ctx.attempt)
+    if isinstance(result, TaskResult):
+        if result.output is not None or result.content_type is not None:
+            completion.output.CopyFrom(encode_payload(result.output, result.content_type))
+        if result.state_merge_patch is not None:
+            patch = encode_payload(dict(result.state_merge_patch))
+            completion.state_patch.CopyFrom(state_pb2.StatePatch(merge_patch_json=patch.data))
+    elif result is not None:
+        completion.output.CopyFrom(encode_payload(result))
+    usage = ctx.usage_message()
+    if usage is not None:
+        completion.usage.CopyFrom(usage)
+    return completion
+
+
+async def _no_handler(worker: str, ctx: TaskContext) -> Any:
+    raise NonRetryableError(f"worker {worker} has no handler for {ctx.capability!r}")
+
+
+class _Session:
+    """One registered stream: reads assignments and acks, writes batched results."""
+
+    def __init__(self, worker: Worker, client: Client) -> None:
+        self.worker = worker
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.call: Any = None
+        self.worker_id = ""
+        self.heartbeat_interval = _DEFAULT_HEARTBEAT_INTERVAL
+        self.attempts: dict[_Key, tuple[TaskContext, asyncio.Task[None]]] = {}
+        self.unacked: set[_Key] = set()
+        self._completions: list[Any] = []
+        self._failures: list[Any] = []
+        self._heartbeats: dict[_Key, Any] = {}
+        self._events: list[Any] = []
+        self._drain_reason: str | None = None
+        self._ping = False
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._last_write = time.monotonic()
+
+    # -- queueing (loop thread only) -------------------------------------
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def queue_heartbeat(self, beat: Any) -> None:
+        key = (beat.workflow_id, beat.task_id, beat.attempt)
+        if key in self.attempts:
+            self._heartbeats[key] = beat
+            self._kick()
+
+    def queue_event(self, event: Any) -> None:
+        self._events.append(event)
+        self._kick()
+
+    # -- the stream ----------------------------------------------------------
+
+    async def open(self) -> None:
+        worker = self.worker
+        self.call = self.client.raw.worker.Connect()
+        registration = wpb.WorkerRegistration(
+            worker_name=worker.name,
+            capabilities=sorted(worker.capabilities),
+            max_concurrency=worker.max_concurrency,
+            identity=worker.identity,
+            sdk=_SDK,
+            labels=worker.labels,
+        )
+        try:
+            await self.call.write(wpb.ConnectRequest(register=registration))
+            first = await self.call.read()
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        if first is grpc.aio.EOF:
+            status = await self.call.code()
+            raise RpcError(status, "the sidecar closed the worker stream before registering")
+        if first.WhichOneof("message") != "registered":
+            raise RpcError(grpc.StatusCode.INTERNAL, "the sidecar's first message was not `registered`")
+        registered = first.registered
+        self.worker_id = registered.worker_id
+        if registered.HasField("heartbeat_interval"):
+            interval = registered.heartbeat_interval.ToTimedelta().total_seconds()
+            if interval > 0:
+                self.heartbeat_interval = interval
+
+    async def serve(self, stop: asyncio.Event) -> bool:
+        """Runs the stream until it ends; returns True when it ended by a drain."""
+        reader = asyncio.create_task(self._read(), name="are-worker-read")
+        writer = asyncio.create_task(self._write(), name="are-worker-write")
+        beater = asyncio.create_task(self._beat(), name="are-worker-heartbeat")
+        stopper = asyncio.create_task(stop.wait(), name="are-worker-stop")
+        try:
+            done, _ = await asyncio.wait({reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                await self._drain(reader, writer)
+                return True
+            for task in done:
+                task.result()  # raises the stream's error
+            return False
+        finally:
+            for task in (reader, writer, beater, stopper):
+                task.cancel()
+            for task in (reader, writer, beater, stopper):
+                with contextlib.suppress(BaseException):
+                    await task
+            self._abandon()
+            self.call.cancel()
+
+    async def _drain(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
+        grace = self.worker.shutdown_grace
+        deadline = self.loop.time() + grace
+        self._drain_reason = "worker shutting down"
+        self._kick()
+        running = [task for _, task in self.attempts.values()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()  # handed back: the sidecar retries it once the stream closes
+            if late:
+                _log.warning(
+                    "worker %s: %d task(s) still running after %.1fs, handed back",
+                    self.worker.name,
+                    len(late),
+                    grace,
+                )
+        # Wait for the acks of what was sent, within the grace period.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.5, deadline - self.loop.time())):
+                while self.unacked or self._completions or self._failures:
+                    if reader.done() or writer.done():
+                        break
+                    self._settled.clear()
+                    await self._settled.wait()
+        # Half-close after the last write; the sidecar then ends the stream.
+        self._closing = True
+        self._kick()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, RpcError):
+            await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, RpcError):
+            await asyncio.wait_for(asyncio.shield(reader), timeout=2.0)
+
+    def _abandon(self) -> None:
+        """Stops every attempt still held: its lease ended with the stream."""
+        for ctx, task in self.attempts.values():
+            ctx._cancelled = True  # noqa: SLF001 - the session owns its contexts
+            task.cancel()
+        self.attempts.clear()
+        self.unacked.clear()
+
+    async def _read(self) -> None:
+        call = self.call
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                kind = message.WhichOneof("message")
+                if kind == "assignments":
+                    for assignment in message.assignments.assignments:
+                        self._start(assignment)
+                elif kind == "acks":
+                    self._on_acks(message.acks.acks)
+                elif kind == "cancellations":
+                    for cancellation in message.cancellations.cancellations:
+                        self._cancel((cancellation.workflow_id, cancellation.task_id, cancellation.attempt))
+                elif kind == "drain":
+                    _log.info(
+                        "worker %s: the sidecar is draining (%s)", self.worker.name, message.drain.reason
+                    )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+
+    def _on_acks(self, acks: Sequence[Any]) -> None:
+        for ack in acks:
+            key = (ack.workflow_id, ack.task_id, ack.attempt)
+            if ack.subject in (wpb.ACK_SUBJECT_COMPLETION, wpb.ACK_SUBJECT_FAILURE):
+                self.unacked.discard(key)
+            if not ack.accepted:
+                _log.warning(
+                    "worker %s: the sidecar refused %s of %s/%s attempt %d: %s",
+                    self.worker.name,
+                    wpb.AckSubject.Name(ack.subject).removeprefix("ACK_SUBJECT_").lower(),
+                    ack.workflow_id,
+                    ack.task_id,
+                    ack.attempt,
+                    ack.message or ack.reason,
+                )
+                if ack.subject == wpb.ACK_SUBJECT_HEARTBEAT:
+                    self._cancel(key)  # the lease is gone: stop working on it
+        self._settled.set()
+
+    def _cancel(self, key: _Key) -> None:
+        held = self.attempts.pop(key, None)
+        if held is not None:
+            ctx, task = held
+            ctx._cancelled = True  # noqa: SLF001 - the session owns its contexts
+            task.cancel()
+            self.worker.stats["cancelled"] += 1
+
+    def _start(self, assignment: Any) -> None:
+        ctx = TaskContext(self, assignment)
+        handler = self.worker.handlers.get(ctx.capability)
+        task = asyncio.create_task(self._run(ctx, handler))
+        self.attempts[ctx.key] = (ctx, task)
+
+    async def _run(self, ctx: TaskContext, handler: Handler | None) -> None:
+        try:
+            if handler is None:
+                result = await _no_handler(self.worker.name, ctx)
+            elif self.worker.is_async(handler):
+                result = await handler(ctx)
+            else:
+                run = contextvars.copy_context().run
+                result = await self.loop.run_in_executor(self.worker.executor(), run, handler, ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+            message = _output_completion(ctx, result)
+        except asyncio.CancelledError:
+            return  # stopped by the sidecar or handed back on shutdown: nothing to report
+        except Exception as error:  # noqa: BLE001 - every handler error becomes a Failure
+            if self.attempts.get(ctx.key) is None:
+                return
+            failure = wpb.TaskFailure(
+                workflow_id=ctx.workflow_id,
+                task_id=ctx.task_id,
+                attempt=ctx.attempt,
+                failure=_failure_from_exception(error),
+                usage=ctx.usage_message(),  # None leaves it unset
+            )
+            if isinstance(error, TaskError) and error.retry_after is not None:
+                failure.retry_after.CopyFrom(to_duration(error.retry_after))
+            self._failures.append(failure)
+            self.worker.stats["failed"] += 1
+        else:
+            if self.attempts.get(ctx.key) is None:
+                return
+            self._completions.append(message)
+            self.worker.stats["completed"] += 1
+        self.attempts.pop(ctx.key, None)
+        self._heartbeats.pop(ctx.key, None)
+        self.unacked.add(ctx.key)
+        self._kick()
+
+    async def _write(self) -> None:
+        call = self.call
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._flush(call)
+                if self._closing:
+                    await call.done_writing()
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+
+    async def _flush(self, call: Any) -> None:
+        # Heartbeats and events first: they concern attempts whose results may
+        # be in the same flush, and are refused once a result is recorded.
+        if self._heartbeats:
+            beats, self._heartbeats = list(self._heartbeats.values()), {}
+            await call.write(wpb.ConnectRequest(heartbeat=wpb.HeartbeatBatch(heartbeats=beats)))
+        while self._events:
+            batch, self._events = self._events[:_MAX_BATCH], self._events[_MAX_BATCH:]
+            await call.write(wpb.ConnectRequest(report_events=wpb.EventBatch(events=batch)))
+        while self._completions:
+            batch, self._completions = self._completions[:_MAX_BATCH], self._completions[_MAX_BATCH:]
+            await call.write(wpb.ConnectRequest(complete=wpb.CompletionBatch(completions=batch)))
+        while self._failures:
+            batch, self._failures = self._failures[:_MAX_BATCH], self._failures[_MAX_BATCH:]
+            await call.write(wpb.ConnectRequest(fail=wpb.FailureBatch(failures=batch)))
+        if self._drain_reason is not None:
+            reason, self._drain_reason = self._drain_reason, None
+            await call.write(wpb.ConnectRequest(drain=wpb.WorkerDrain(reason=reason)))
+        elif self._ping:
+            # An empty batch is a liveness ping.
+            await call.write(wpb.ConnectRequest(heartbeat=wpb.HeartbeatBatch()))
+        self._ping = False
+        self._last_write = time.monotonic()
+
+    async def _beat(self) -> None:
+        """Heartbeats held attempts that need it, and pings when the stream is idle."""
+        while True:
+            timeouts = [c.heartbeat_timeout for c, _ in self.attempts.values() if c.heartbeat_timeout]
+            tick = min([self.heartbeat_interval / 2, 1.0, *(t / 4 for t in timeouts)])
+            await asyncio.sleep(max(0.05, tick))
+            beats = 0
+            for ctx, _ in self.attempts.values():
+                if ctx.heartbeat_timeout and ctx.key not in self._heartbeats:
+                    self._heartbeats[ctx.key] = wpb.TaskHeartbeat(
+                        workflow_id=ctx.workflow_id, task_id=ctx.task_id, attempt=ctx.attempt
+                    )
+                    beats += 1
+            if not beats and time.monotonic() - self._last_write >= self.heartbeat_interval / 2:
+                self._ping = True
+            if beats or self._ping:
+                self._kick()
+
+
+class Worker:
+    """Runs task handlers for one or more capabilities; see the module documentation.
+
+    Args:
+        client: A connected async :class:`~are_sdk.Client`.
+        name: The worker's name, shared by its replicas (id alphabet).
+        capabilities: Capabilities to declare besides those with handlers.
+        max_concurrency: The most tasks run at once (1 to 10,000).
+        identity: Who this process is, for humans; default ``host:pid N``.
+        labels: Free labels sent with the registration.
+        shutdown_grace: Seconds tasks in flight get to finish on shutdown.
+        max_threads: Threads for sync handlers; default ``min(max_concurrency, 32)``.
+        reconnect_max_delay: The longest wait between reconnection attempts.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        name: str,
+        capabilities: Sequence[str] = (),
+        max_concurrency: int = 16,
+        identity: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        shutdown_grace: float = 10.0,
+        max_threads: int | None = None,
+        reconnect_max_delay: float = 5.0,
+    ) -> None:
+        if not 1 <= max_concurrency <= 10_000:
+            raise ValueError(f"max_concurrency must be 1 to 10,000, got {max_concurrency}")
+        self.client = client
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.identity = identity or f"{socket.gethostname()}:pid {os.getpid()}"
+        self.labels = dict(labels or {})
+        self.shutdown_grace = shutdown_grace
+        self.reconnect_max_delay = reconnect_max_delay
+        self.handlers: dict[str, Handler] = {}
+        self._async: dict[Handler, bool] = {}
+        self._declared = set(capabilities)
+        self._max_threads = max_threads or min(max_concurrency, 32)
+        self._executor: ThreadPoolExecutor | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: _Session | None = None
+        self._registered = asyncio.Event()
+        self._background: asyncio.Task[None] | None = None
+        #: Counters since construction: completed, failed, cancelled, connects.
+        self.stats: dict[str, int] = {"completed": 0, "failed": 0, "cancelled": 0, "connects": 0}
+
+    @property
+    def capabilities(self) -> set[str]:
+        """Every capability declared: those with handlers and those given."""
+        return self._declared | set(self.handlers)
+
+    @property
+    def worker_id(self) -> str:
+        """The id the sidecar gave the current connection ("" when not connected)."""
+        return self._session.worker_id if self._session is not None else ""
+
+    @property
+    def in_flight(self) -> int:
+        """How many attempts are running now."""
+        return len(self._session.attempts) if self._session is not None else 0
+
+    def handler(self, capability: str) -> Callable[[Handler], Handler]:
+        """Decorates an async or sync function as the handler of ``capability``."""
+
+        def decorate(function: Handler) -> Handler:
+            self.register(capability, function)
+            return function
+
+        return decorate
+
+    def register(self, capability: str, function: Handler) -> None:
+        """Sets the handler of ``capability`` (replacing any earlier one)."""
+        self.handlers[capability] = function
+
+    def is_async(self, handler: Handler) -> bool:
+        """True when ``handler`` is a coroutine function (run on the loop, not in a thread)."""
+        known = self._async.get(handler)
+        if known is None:
+            known = self._async[handler] = inspect.iscoroutinefunction(handler)
+        return known
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The thread pool sync handlers run in (created on first use)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._max_threads, thread_name_prefix="are-worker"
+            )
+        return self._executor
+
+    async def wait_registered(self, timeout: float | None = None) -> None:
+        """Waits until the worker's stream is registered with the sidecar."""
+        async with asyncio.timeout(timeout):
+            await self._registered.wait()
+
+    def shutdown(self) -> None:
+        """Starts a graceful drain; :meth:`run` returns once it is done. Thread-safe."""
+        stop, loop = self._stop, self._loop
+        if stop is None or loop is None:
+            return
+        if threading.get_ident() == getattr(self._session, "loop_thread", None) or not loop.is_running():
+            stop.set()
+        else:
+            loop.call_soon_threadsafe(stop.set)
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Serves tasks until :meth:`shutdown` (or SIGTERM/SIGINT), reconnecting as needed.
+
+        Args:
+            handle_signals: Drain on SIGTERM and SIGINT (only when running in
+                the main thread).
+
+        Raises:
+            ValueError: No capability to serve.
+            RpcError: The sidecar refused the worker for a reason that
+                reconnecting cannot fix (bad registration, authentication,
+                a sidecar without the scheduler).
+        """
+        if not self.capabilities:
+            raise ValueError("the worker declares no capability; add a handler first")
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        installed: list[signal.Signals] = []
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    self._loop.add_signal_handler(signum, self._stop.set)
+                    installed.append(signum)
+        try:
+            await self._serve_forever(self._stop)
+        finally:
+            for signum in installed:
+                self._loop.remove_signal_handler(signum)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            self._registered.clear()
+
+    async def _serve_forever(self, stop: asyncio.Event) -> None:
+        delay = 0.05
+        while not stop.is_set():
+            session = _Session(self, self.client)
+            self._session = session
+            try:
+                await session.open()
+            except RpcError as error:
+                if error.code in _FATAL_CODES:
+                    raise
+                _log.warning("worker %s: cannot connect (%s); retrying", self.name, error)
+            else:
+                self.stats["connects"] += 1
+                self._registered.set()
+                delay = 0.05
+                try:
+                    if await session.serve(stop):
+                        return
+                except RpcError as error:
+                    if error.code in _FATAL_CODES:
+                        raise
+                    _log.warning("worker %s: stream ended (%s); reconnecting", self.name, error)
+                finally:
+                    self._registered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), random.uniform(0, delay))  # noqa: S311 - jitter
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    async def __aenter__(self) -> Self:
+        """Runs the worker in the background until the block ends (no signal handling)."""
+        self._background = asyncio.create_task(self.run(handle_signals=False), name=f"are-worker-{self.name}")
+        registered = asyncio.create_task(self._registered.wait())
+        done, _ = await asyncio.wait({self._background, registered}, return_when=asyncio.FIRST_COMPLETED)
+        if self._background in done:
+            registered.cancel()
+            self._background.result()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+        if self._background is not None:
+            await self._background

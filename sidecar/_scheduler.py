@@ -1,0 +1,531 @@
+"""The scheduler capability: ``are.v1.SchedulerService`` and ``are.v1.WorkerService``.
+
+Thin servicers over :class:`are_core.scheduler.Scheduler`: they validate and
+translate (``sidecar._scheduler_convert``), call the engine, and answer once
+the engine's transaction is durable.
+
+The state, router and cache capabilities are reached through
+``sidecar._scheduler_wiring`` (initial state, completion state writes,
+DeleteWorkflow's state cleanup, fork, intent routing, worker load, cache
+short-circuit). A capability absent from the build turns its feature off:
+the spec fields that need it answer UNIMPLEMENTED, reason NOT_IMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+import grpc
+
+from are_core.scheduler import (
+    TABLES,
+    Scheduler,
+    SchedulerError,
+    SpecError,
+    WorkflowNotClosedError,
+    WorkflowNotFoundError,
+)
+from are_core.state import StateError
+from are_core.storage import StorageError, u64_key
+from are_core.trace import (
+    CaughtUp,
+    EventFilter,
+    EventRecorder,
+    EventsMissed,
+    SubscriptionClosedError,
+    TraceError,
+)
+from are_sdk._proto.are.v1 import (
+    scheduler_service_pb2 as pb,
+)
+from are_sdk._proto.are.v1 import (
+    scheduler_service_pb2_grpc,
+    task_pb2,
+    worker_service_pb2_grpc,
+    workflow_pb2,
+)
+from sidecar._capability import Capability, Runtime
+from sidecar._scheduler_convert import (
+    abort_for,
+    check_id,
+    check_labels,
+    pool_from_proto,
+    pool_status_to_proto,
+    pool_to_proto,
+    request_hash,
+    spec_from_proto,
+    task_specs_from_proto,
+    task_to_proto,
+    timestamp,
+    usage_summary_to_proto,
+    workflow_to_proto,
+)
+from sidecar._scheduler_wiring import (
+    Wiring,
+    initial_state_from_proto,
+    retention_from_proto,
+)
+from sidecar._scheduler_worker import WorkerServicer
+from sidecar._state import abort_for_state_error
+from sidecar._status import abort
+from sidecar._trace import event_to_proto
+
+__all__ = ["SchedulerCapability", "SchedulerServicer"]
+
+_Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+def _page_size(value: int, *, default: int = 100, maximum: int = 1000) -> int:
+    return default if value <= 0 else min(value, maximum)
+
+
+_OPEN_STATES = frozenset({"RUNNING", "CANCELLING"})
+_CLOSING_EVENTS = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CANCELLED"})
+_TOKEN_TAG = b"are1:"
+_DAY_NS = 86_400 * 10**9
+
+
+def _token(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(_TOKEN_TAG + raw).decode()
+
+
+async def _untoken(context: _Context, token: str, field: str = "page_token") -> bytes:
+    try:
+        raw = base64.b64decode(token.encode(), altchars=b"-_", validate=True)
+        if not raw.startswith(_TOKEN_TAG):
+            raise ValueError(field)  # noqa: TRY301 - one refusal path for every bad token
+        return raw[len(_TOKEN_TAG) :]
+    except ValueError:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field} is not a token this server issued",
+            reason="INVALID_PAGE_TOKEN",
+            field_violations=[(field, "not a token from a previous response")],
+        )
+
+
+def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest) -> dict[str, str]:
+    if end_ns < start_ns:
+        raise SpecError("INVALID_ARGUMENT", "end_time", "end_time is before start_time")
+    if end_ns - start_ns > 366 * _DAY_NS:
+        raise SpecError("INVALID_ARGUMENT", "start_time", "the range exceeds 366 days")
+    labels = check_labels(request.labels, "labels")
+    if len(labels) > 8:
+        raise SpecError("LIMIT_EXCEEDED", "labels", "at most 8 labels")
+    return labels
+
+
+class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  # type: ignore[misc]
+    """Translates SchedulerService calls to the scheduler engine."""
+
+    def __init__(self, engine: Scheduler, wiring: Wiring) -> None:
+        self._engine = engine
+        self._wiring = wiring
+
+    async def SubmitWorkflow(  # noqa: N802 - the RPC's name
+        self, request: pb.SubmitWorkflowRequest, context: _Context
+    ) -> pb.SubmitWorkflowResponse:
+        """Validates, stores and starts a workflow; returns its id at once."""
+        try:
+            if request.request_id:
+                check_id(request.request_id, "request_id", "a request_id")
+            digest = request_hash(request) if request.request_id else ""
+            earlier = self._engine.check_request(request.request_id, digest)
+            if earlier is None:
+                wiring = self._wiring
+                spec = spec_from_proto(request.spec, wiring.features)
+                wiring.check_namespaces(spec.tasks, "spec.tasks")
+                stage = wiring.stage_initial(
+                    initial_state_from_proto(request.spec), retention_from_proto(request.spec)
+                )
+            record, deduplicated = (
+                await self._engine.submit(
+                    spec, request_id=request.request_id, request_hash=digest, stage=stage
+                )
+                if earlier is None
+                else (self._engine.get_workflow(earlier).record, True)
+            )
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.SubmitWorkflowResponse(
+            workflow_id=record.workflow_id, deduplicated=deduplicated, create_time=timestamp(record.create_ns)
+        )
+
+    async def GetWorkflow(  # noqa: N802 - the RPC's name
+        self, request: pb.GetWorkflowRequest, context: _Context
+    ) -> pb.GetWorkflowResponse:
+        """Returns a workflow's status."""
+        try:
+            view = self._engine.get_workflow(request.workflow_id)
+        except SchedulerError as error:
+            await abort_for(context, error)
+        version = self._wiring.state_version(request.workflow_id)
+        return pb.GetWorkflowResponse(workflow=workflow_to_proto(view, version))
+
+    async def ListWorkflows(  # noqa: N802 - the RPC's name
+        self, request: pb.ListWorkflowsRequest, context: _Context
+    ) -> pb.ListWorkflowsResponse:
+        """Lists workflows, newest first, filtered by state, labels and creation time."""
+        if len(request.states) > 8:
+            await abort_for(context, SpecError("LIMIT_EXCEEDED", "states", "at most 8 states"))
+        try:
+            labels = check_labels(request.labels, "labels")
+        except SpecError as error:
+            await abort_for(context, error)
+        states = frozenset(
+            workflow_pb2.WorkflowState.Name(s).removeprefix("WORKFLOW_STATE_") for s in request.states
+        )
+        after = await _untoken(context, request.page_token) if request.page_token else None
+        start_ns = request.start_time.ToNanoseconds() if request.HasField("start_time") else 0
+        end_ns = request.end_time.ToNanoseconds() if request.HasField("end_time") else 0
+        views, cursor = self._engine.list_workflows(
+            states,
+            labels=labels,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            after_key=after,
+            limit=_page_size(request.page_size),
+        )
+        return pb.ListWorkflowsResponse(
+            workflows=[workflow_to_proto(v) for v in views], next_page_token=_token(cursor) if cursor else ""
+        )
+
+    async def WatchWorkflow(  # noqa: N802 - the RPC's name
+        self, request: pb.WatchWorkflowRequest, context: _Context
+    ) -> AsyncIterator[pb.WatchWorkflowResponse]:
+        """Streams a workflow's status after each durable change until it closes.
+
+        With ``include_tasks`` or ``after_sequence`` (and the flight recorder in
+        the build), one message per recorded change, carrying its ``event``
+        (and, with include_tasks, the task it concerned); a resumed watch
+        replays each change after ``after_sequence`` before following live.
+        The ``workflow`` of every message is the status when it is sent.
+        Otherwise task changes are coalesced: one status per durable commit.
+        """
+        engine = self._engine
+        try:
+            signal = engine.watch(request.workflow_id)
+        except SchedulerError as error:
+            await abort_for(context, error)
+        recorder = self._wiring.recorder
+        if recorder is not None and (request.include_tasks or request.HasField("after_sequence")):
+            engine.unwatch(request.workflow_id, signal)
+            async for message in self._watch_events(request, context, recorder):
+                yield message
+            return
+        # A resumed watch (after_sequence) gets one coalesced status when it missed
+        # changes, and nothing until the next change when it missed none.
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        try:
+            while True:
+                view = engine.get_workflow(request.workflow_id)
+                closed = view.record.state not in ("RUNNING", "CANCELLING")
+                caught_up = after is not None and 0 < view.last_sequence <= after
+                if closed or not caught_up:
+                    yield pb.WatchWorkflowResponse(
+                        workflow=workflow_to_proto(view), sequence=view.last_sequence
+                    )
+                after = None
+                if closed:
+                    return
+                signal.clear()
+                await signal.wait()
+        finally:
+            engine.unwatch(request.workflow_id, signal)
+
+    async def _watch_events(  # noqa: C901, PLR0912 - replay, gaps, live, close in one loop
+        self, request: pb.WatchWorkflowRequest, context: _Context, recorder: EventRecorder
+    ) -> AsyncIterator[pb.WatchWorkflowResponse]:
+        engine = self._engine
+        wf_id = request.workflow_id
+        resume = request.HasField("after_sequence")
+        try:
+            subscription = recorder.subscribe(
+                EventFilter(workflow_ids=frozenset({wf_id})), request.after_sequence if resume else None
+            )
+        except TraceError as error:
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                str(error),
+                reason="RESOURCE_LIMIT",
+                retry_after=timedelta(seconds=1),
+            )
+        try:
+            seen = request.after_sequence if resume else 0
+            if not resume:
+                view = engine.get_workflow(wf_id)
+                yield pb.WatchWorkflowResponse(workflow=workflow_to_proto(view), sequence=view.last_sequence)
+                seen = view.last_sequence
+                if view.record.state not in _OPEN_STATES:
+                    return
+            while True:
+                item = await subscription.next()
+                if isinstance(item, CaughtUp | EventsMissed):
+                    view = engine.get_workflow(wf_id)
+                    closed = view.record.state not in _OPEN_STATES
+                    if isinstance(item, EventsMissed) or closed:
+                        # A gap (slow reader, retention) or a close whose event is gone: the status.
+                        cursor = item.sequence if isinstance(item, CaughtUp) else item.last_missed_sequence
+                        seen = max(seen, cursor)
+                        yield pb.WatchWorkflowResponse(workflow=workflow_to_proto(view), sequence=seen)
+                    if closed and isinstance(item, CaughtUp):
+                        return
+                    continue
+                if item.sequence <= seen:
+                    continue
+                seen = item.sequence
+                message = pb.WatchWorkflowResponse(
+                    workflow=workflow_to_proto(engine.get_workflow(wf_id)),
+                    event=event_to_proto(item),
+                    sequence=item.sequence,
+                )
+                if request.include_tasks and item.task_id:
+                    with contextlib.suppress(SchedulerError):
+                        task = engine.get_task(wf_id, item.task_id)
+                        message.task.CopyFrom(task_to_proto(task, include_payloads=False))
+                yield message
+                if item.event_type in _CLOSING_EVENTS:
+                    return
+        except SubscriptionClosedError:
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
+            )
+        except SchedulerError as error:  # deleted while watched
+            await abort_for(context, error)
+        finally:
+            subscription.close()
+
+    async def CancelWorkflow(  # noqa: N802 - the RPC's name
+        self, request: pb.CancelWorkflowRequest, context: _Context
+    ) -> pb.CancelWorkflowResponse:
+        """Cancels a workflow; idempotent."""
+        if len(request.reason.encode()) > 1024 or len(request.requested_by) > 256:
+            field = "reason" if len(request.reason.encode()) > 1024 else "requested_by"
+            await abort_for(context, SpecError("LIMIT_EXCEEDED", field, "too long"))
+        try:
+            await self._engine.cancel(request.workflow_id, request.reason, request.requested_by)
+            view = self._engine.get_workflow(request.workflow_id)
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.CancelWorkflowResponse(workflow=workflow_to_proto(view))
+
+    async def DeleteWorkflow(  # noqa: N802 - the RPC's name
+        self, request: pb.DeleteWorkflowRequest, context: _Context
+    ) -> pb.DeleteWorkflowResponse:
+        """Removes a closed workflow: its tasks, then its state, memory and unshared blobs."""
+        wf_id = request.workflow_id
+        try:
+            state = self._engine.workflow_state(wf_id)
+            if state is None:
+                raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+            if state in ("RUNNING", "CANCELLING"):
+                raise WorkflowNotClosedError(f"workflow {wf_id!r} is {state}; cancel it first")
+            # State first: if the sidecar stops half-way the workflow is still listed and
+            # a repeated DeleteWorkflow finishes the job.
+            freed = await self._wiring.delete_state(wf_id)
+            freed += await self._engine.delete(wf_id)
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        except StateError as error:
+            await abort_for_state_error(context, error)
+        return pb.DeleteWorkflowResponse(freed_bytes=freed)
+
+    async def GetTask(  # noqa: N802 - the RPC's name
+        self, request: pb.GetTaskRequest, context: _Context
+    ) -> pb.GetTaskResponse:
+        """Returns one task with its input and output."""
+        try:
+            view = self._engine.get_task(request.workflow_id, request.task_id)
+        except SchedulerError as error:
+            await abort_for(context, error)
+        return pb.GetTaskResponse(task=task_to_proto(view))
+
+    async def ListTasks(  # noqa: N802 - the RPC's name
+        self, request: pb.ListTasksRequest, context: _Context
+    ) -> pb.ListTasksResponse:
+        """Lists a workflow's tasks in submission order."""
+        limit = _page_size(request.page_size, maximum=100 if request.include_payloads else 1000)
+        after = 0
+        if request.page_token:
+            raw = await _untoken(context, request.page_token)
+            if len(raw) != 8:
+                await _untoken(context, "!")
+            after = int.from_bytes(raw, "big")
+        states = frozenset(task_pb2.TaskState.Name(s).removeprefix("TASK_STATE_") for s in request.states)
+        try:
+            views, next_index = self._engine.list_tasks(request.workflow_id, states, after, limit)
+        except SchedulerError as error:
+            await abort_for(context, error)
+        return pb.ListTasksResponse(
+            tasks=[task_to_proto(v, include_payloads=request.include_payloads) for v in views],
+            next_page_token=_token(u64_key(next_index)) if next_index is not None else "",
+        )
+
+    async def SpawnTasks(  # noqa: N802 - the RPC's name
+        self, request: pb.SpawnTasksRequest, context: _Context
+    ) -> pb.SpawnTasksResponse:
+        """Adds tasks to a running workflow."""
+        try:
+            if request.parent_task_id:
+                check_id(request.parent_task_id, "parent_task_id", "a task id")
+            elif request.dependents_wait:
+                raise SpecError(
+                    "INVALID_ARGUMENT", "dependents_wait", "dependents_wait requires parent_task_id"
+                )
+            specs = task_specs_from_proto(
+                request.tasks, "tasks", max_tasks=10_000, features=self._wiring.features
+            )
+            self._wiring.check_namespaces(specs, "tasks")
+            ids = await self._engine.spawn(
+                request.workflow_id,
+                specs,
+                parent_task_id=request.parent_task_id,
+                parent_attempt=request.parent_attempt,
+                dependents_wait=request.dependents_wait,
+            )
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.SpawnTasksResponse(task_ids=ids)
+
+    async def ResolveApproval(  # noqa: N802 - the RPC's name
+        self, request: pb.ResolveApprovalRequest, context: _Context
+    ) -> pb.ResolveApprovalResponse:
+        """Approves or rejects a task at its approval gate."""
+        decision = task_pb2.ApprovalDecision.Name(request.decision).removeprefix("APPROVAL_DECISION_")
+        try:
+            if decision == "UNSPECIFIED":
+                raise SpecError("INVALID_ARGUMENT", "decision", "decision must be APPROVE or REJECT")
+            if len(request.approver) > 256:
+                raise SpecError("LIMIT_EXCEEDED", "approver", "at most 256 characters")
+            if len(request.comment.encode()) > 8 * 1024:
+                raise SpecError("LIMIT_EXCEEDED", "comment", "at most 8 KiB")
+            view = await self._engine.resolve_approval(
+                request.workflow_id, request.task_id, decision == "APPROVE", request.approver, request.comment
+            )
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.ResolveApprovalResponse(task=task_to_proto(view))
+
+    async def ListApprovals(  # noqa: N802 - the RPC's name
+        self, request: pb.ListApprovalsRequest, context: _Context
+    ) -> pb.ListApprovalsResponse:
+        """Lists tasks waiting at approval gates, oldest request first."""
+        after: tuple[int, str, str] | None = None
+        if request.page_token:
+            raw = await _untoken(context, request.page_token)
+            parts = raw.split(b"\x00")
+            if len(parts) != 3 or len(parts[0]) != 8:
+                await _untoken(context, "!")
+            after = (int.from_bytes(parts[0], "big"), parts[1].decode(), parts[2].decode())
+        try:
+            labels = check_labels(request.labels, "labels")
+        except SpecError as error:
+            await abort_for(context, error)
+        views, cursor = self._engine.list_approvals(
+            request.workflow_id, labels, after, _page_size(request.page_size, maximum=100)
+        )
+        token = ""
+        if cursor is not None:
+            token = _token(b"\x00".join((u64_key(cursor[0]), cursor[1].encode(), cursor[2].encode())))
+        return pb.ListApprovalsResponse(tasks=[task_to_proto(v) for v in views], next_page_token=token)
+
+    async def PutPool(  # noqa: N802 - the RPC's name
+        self, request: pb.PutPoolRequest, context: _Context
+    ) -> pb.PutPoolResponse:
+        """Creates or replaces a pool's limits."""
+        try:
+            limits, created = await self._engine.put_pool(pool_from_proto(request.pool))
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.PutPoolResponse(pool=pool_to_proto(limits), created=created)
+
+    async def GetPool(  # noqa: N802 - the RPC's name
+        self, request: pb.GetPoolRequest, context: _Context
+    ) -> pb.GetPoolResponse:
+        """Returns a pool's limits and live counts."""
+        try:
+            limits, status = self._engine.get_pool(request.name)
+        except SchedulerError as error:
+            await abort_for(context, error)
+        return pb.GetPoolResponse(pool=pool_to_proto(limits), status=pool_status_to_proto(status))
+
+    async def ListPools(  # noqa: N802 - the RPC's name
+        self, request: pb.ListPoolsRequest, context: _Context
+    ) -> pb.ListPoolsResponse:
+        """Lists pools by name with live counts."""
+        after = (await _untoken(context, request.page_token)).decode() if request.page_token else ""
+        names = [n for n in self._engine.pool_names() if n > after]
+        limit = _page_size(request.page_size)
+        page = names[:limit]
+        out = pb.ListPoolsResponse()
+        for name in page:
+            limits, status = self._engine.get_pool(name)
+            out.pools.add(pool=pool_to_proto(limits), status=pool_status_to_proto(status))
+        if len(names) > limit:
+            out.next_page_token = _token(page[-1].encode())
+        return out
+
+    async def GetUsage(  # noqa: N802 - the RPC's name
+        self,
+        request: pb.GetUsageRequest,
+        context: _Context,
+    ) -> pb.GetUsageResponse:
+        """Sums usage over the workflows of a time range, optionally grouped by a label."""
+        now = time.time_ns()
+        end_ns = request.end_time.ToNanoseconds() if request.HasField("end_time") else now
+        start_ns = (
+            request.start_time.ToNanoseconds() if request.HasField("start_time") else end_ns - 30 * _DAY_NS
+        )
+        try:
+            labels = _check_usage_request(start_ns, end_ns, request)
+        except SpecError as error:
+            await abort_for(context, error)
+        total, groups = self._engine.usage(max(0, start_ns), max(0, end_ns), labels, request.group_by_label)
+        response = pb.GetUsageResponse(total=usage_summary_to_proto(total), workflow_count=total.workflows)
+        for value, group in sorted(groups.items(), key=lambda item: -item[1].usage.cost_micro_usd):
+            response.groups.add(
+                label_value=value, usage=usage_summary_to_proto(group), workflow_count=group.workflows
+            )
+        return response
+
+
+class SchedulerCapability(Capability):
+    """Serves SchedulerService and WorkerService from one scheduler engine."""
+
+    tables = TABLES
+    services = ("are.v1.SchedulerService", "are.v1.WorkerService")
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self.engine = Scheduler(runtime.storage, runtime.committer, runtime.events)
+        self.wiring = Wiring(runtime, self.engine)
+        self._workers = WorkerServicer(self.engine, self.wiring)
+
+    async def start(self) -> None:
+        """Loads every open workflow and carries on."""
+        await self.engine.start()
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Registers both servicers."""
+        scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server(
+            SchedulerServicer(self.engine, self.wiring), server
+        )
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self._workers, server)
+
+    async def drain(self) -> None:
+        """Tells connected workers the sidecar is stopping and ends their streams."""
+        self._workers.drain()
+
+    async def stop(self) -> None:
+        """Stops timers and waits for commits in flight; running attempts resume after restart."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.engine.stop()
+            await self.wiring.stop()

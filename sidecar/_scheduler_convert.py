@@ -1,0 +1,732 @@
+"""Protobuf <-> scheduler core translation, input validation and status mapping.
+
+Every bad input becomes a :class:`~are_core.scheduler.SpecError` naming the
+exact field path (``spec.tasks[3].depends_on[0]``); :func:`abort_for` maps
+the scheduler's exceptions to rich gRPC statuses in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from are_core.scheduler import (
+    Assignment,
+    Budget,
+    BudgetExceededError,
+    CacheKey,
+    Condition,
+    Failure,
+    NotAwaitingApprovalError,
+    NotImplementedFieldError,
+    PoolLimits,
+    PoolNotFoundError,
+    PoolQueueFullError,
+    PoolStatus,
+    RequestIdConflictError,
+    RetryPolicy,
+    SchedulerError,
+    SpecError,
+    TaskAlreadyCompletedError,
+    TaskExistsError,
+    TaskNotFoundError,
+    TaskNotHeldError,
+    TaskSpec,
+    TaskView,
+    Usage,
+    UsageTotal,
+    WorkflowClosedError,
+    WorkflowExistsError,
+    WorkflowNotClosedError,
+    WorkflowNotFoundError,
+    WorkflowSpec,
+    WorkflowView,
+    check_pointer,
+)
+from are_core.storage import StorageBusyError, StorageError
+from are_sdk._proto.are.v1 import (
+    common_pb2,
+    errors_pb2,
+    scheduler_service_pb2,
+    task_pb2,
+    worker_service_pb2,
+    workflow_pb2,
+)
+from sidecar._status import abort
+
+__all__ = [
+    "abort_for",
+    "assignment_to_proto",
+    "failure_from_proto",
+    "failure_to_proto",
+    "pool_from_proto",
+    "pool_to_proto",
+    "request_hash",
+    "spec_from_proto",
+    "task_specs_from_proto",
+    "task_to_proto",
+    "timestamp",
+    "usage_from_proto",
+    "usage_summary_to_proto",
+    "workflow_to_proto",
+]
+
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_MiB = 1 << 20
+_DAY = 86_400.0
+_OPERATORS_WITHOUT_VALUE = frozenset({"EXISTS", "NOT_EXISTS", "TRUTHY"})
+
+FEATURES_NONE: frozenset[str] = frozenset()
+"""Which wired features a spec may use: "intent" (router), "cache" (cache), "state" (state)."""
+
+
+def _bad(reason: str, field: str, message: str) -> NoReturn:
+    raise SpecError(reason, field, message)
+
+
+def check_id(value: str, field: str, what: str = "an id") -> None:
+    """Refuses ``value`` unless it is 1 to 128 characters of ``[A-Za-z0-9._:-]``."""
+    if not _ID.fullmatch(value):
+        _bad(
+            "INVALID_ARGUMENT",
+            field,
+            f"{what} must be 1 to 128 characters of [A-Za-z0-9._:-], got {value[:140]!r}",
+        )
+
+
+def check_labels(labels: Any, field: str) -> dict[str, str]:
+    """Checks a labels map against the package bounds; returns it as a dict."""
+    out = dict(labels)
+    if len(out) > 32:
+        _bad("LIMIT_EXCEEDED", field, f"at most 32 labels, got {len(out)}")
+    for key, value in out.items():
+        if not _LABEL_KEY.fullmatch(key):
+            _bad(
+                "INVALID_ARGUMENT",
+                f"{field}[{key[:40]!r}]",
+                "label keys are 1 to 128 characters of [A-Za-z0-9._:/-]",
+            )
+        if len(value.encode()) > 256:
+            _bad("LIMIT_EXCEEDED", f"{field}[{key!r}]", "label values are at most 256 bytes")
+    return out
+
+
+def seconds(message: Message, name: str) -> float | None:
+    """The Duration field ``name`` of ``message`` in seconds, or None when unset."""
+    if not message.HasField(name):
+        return None
+    value: duration_pb2.Duration = getattr(message, name)
+    return value.seconds + value.nanos / 1e9
+
+
+def _duration(message: Message, name: str, field: str, *, low: float, high: float) -> float | None:
+    value = seconds(message, name)
+    if value is not None and not low <= value <= high:
+        _bad("INVALID_ARGUMENT", field, f"must be between {low:g}s and {high:g}s, got {value:g}s")
+    return value
+
+
+def retry_from_proto(policy: common_pb2.RetryPolicy, field: str) -> RetryPolicy:
+    """Validates a RetryPolicy and fills in its defaults."""
+    initial = _duration(policy, "initial_interval", f"{field}.initial_interval", low=0.01, high=_DAY) or 1.0
+    coefficient = policy.backoff_coefficient or 2.0
+    if not 1.0 <= coefficient <= 100.0:
+        _bad(
+            "INVALID_ARGUMENT",
+            f"{field}.backoff_coefficient",
+            f"must be between 1.0 and 100.0, got {coefficient}",
+        )
+    maximum = _duration(policy, "maximum_interval", f"{field}.maximum_interval", low=initial, high=_DAY)
+    attempts = policy.maximum_attempts or 3
+    if not 1 <= attempts <= 100:
+        _bad("INVALID_ARGUMENT", f"{field}.maximum_attempts", f"must be between 0 and 100, got {attempts}")
+    if len(policy.non_retryable_failure_types) > 64:
+        _bad("LIMIT_EXCEEDED", f"{field}.non_retryable_failure_types", "at most 64 entries")
+    return RetryPolicy(
+        initial_interval_s=initial,
+        backoff_coefficient=coefficient,
+        maximum_interval_s=maximum or 100.0 * initial,
+        maximum_attempts=attempts,
+        non_retryable_types=tuple(policy.non_retryable_failure_types),
+    )
+
+
+def _payload(payload: common_pb2.Payload, field: str) -> tuple[bytes, str]:
+    if payload.WhichOneof("content") == "blob":
+        raise NotImplementedFieldError(
+            f"{field}.blob", f"{field}.blob: blob references are not wired into the scheduler yet"
+        )
+    if len(payload.data) > 4 * _MiB:
+        _bad("LIMIT_EXCEEDED", f"{field}.data", f"at most 4 MiB inline, got {len(payload.data)} bytes")
+    return payload.data, payload.content_type
+
+
+def _condition(condition: task_pb2.Condition, field: str) -> Condition:
+    operator = task_pb2.ComparisonOperator.Name(condition.operator).removeprefix("COMPARISON_OPERATOR_")
+    if operator == "UNSPECIFIED":
+        _bad("INVALID_ARGUMENT", f"{field}.operator", "a condition must name an operator")
+    value: object = None
+    if operator not in _OPERATORS_WITHOUT_VALUE:
+        if len(condition.value_json) > 64 * 1024:
+            _bad("LIMIT_EXCEEDED", f"{field}.value_json", "at most 64 KiB")
+        try:
+            value = json.loads(condition.value_json)
+        except ValueError as error:
+            _bad("INVALID_JSON", f"{field}.value_json", f"not JSON text: {error}")
+    return Condition(task_id=condition.task_id, pointer=condition.pointer, operator=operator, value=value)
+
+
+def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
+    spec: task_pb2.TaskSpec, field: str, features: frozenset[str] = FEATURES_NONE
+) -> TaskSpec:
+    """Validates one TaskSpec (everything but the graph) and translates it.
+
+    ``features`` names the wired integrations; a field whose integration is
+    absent is refused with UNIMPLEMENTED, reason NOT_IMPLEMENTED.
+    """
+    check_id(spec.task_id, f"{field}.task_id", "a task id")
+    target = spec.WhichOneof("target")
+    if target is None:
+        _bad("INVALID_ARGUMENT", f"{field}.target", "set exactly one of capability or intent")
+    if target == "intent":
+        if "intent" not in features:
+            raise NotImplementedFieldError(
+                f"{field}.intent", f"{field}.intent: this sidecar has no router to route intents"
+            )
+        if not spec.intent.strip():
+            _bad("INVALID_ARGUMENT", f"{field}.intent", "an intent must not be empty")
+        if len(spec.intent.encode()) > 8 * 1024:
+            _bad("LIMIT_EXCEEDED", f"{field}.intent", "at most 8 KiB")
+    else:
+        check_id(spec.capability, f"{field}.capability", "a capability")
+    data, content_type = _payload(spec.input, f"{field}.input")
+    if len(spec.depends_on) > 10_000:
+        _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task")
+    rule = task_pb2.TriggerRule.Name(spec.trigger_rule).removeprefix("TRIGGER_RULE_")
+    if rule == "UNSPECIFIED":
+        rule = "ALL_SUCCESS"
+    if len(spec.conditions) > 16:
+        _bad("LIMIT_EXCEEDED", f"{field}.conditions", "at most 16 conditions")
+    conditions = tuple(_condition(c, f"{field}.conditions[{j}]") for j, c in enumerate(spec.conditions))
+    retry = (
+        retry_from_proto(spec.retry_policy, f"{field}.retry_policy")
+        if spec.HasField("retry_policy")
+        else None
+    )
+    s2s = _duration(
+        spec, "schedule_to_start_timeout", f"{field}.schedule_to_start_timeout", low=0.001, high=30 * _DAY
+    )
+    s2c = (
+        _duration(spec, "start_to_close_timeout", f"{field}.start_to_close_timeout", low=1.0, high=7 * _DAY)
+        or 600.0
+    )
+    heartbeat = _duration(spec, "heartbeat_timeout", f"{field}.heartbeat_timeout", low=0.001, high=s2c)
+    s2close = _duration(
+        spec, "schedule_to_close_timeout", f"{field}.schedule_to_close_timeout", low=0.001, high=30 * _DAY
+    )
+    approval = _duration(spec, "approval_timeout", f"{field}.approval_timeout", low=0.001, high=366 * _DAY)
+    if spec.pool:
+        check_id(spec.pool, f"{field}.pool", "a pool name")
+    if not 0 <= spec.priority <= 5:
+        _bad(
+            "INVALID_ARGUMENT",
+            f"{field}.priority",
+            f"must be 1 (most urgent) to 5, or 0 for 3; got {spec.priority}",
+        )
+    labels = check_labels(spec.labels, f"{field}.labels")
+    cache_key = _cache_key(spec, f"{field}.cache_key", features) if spec.HasField("cache_key") else None
+    if spec.output_state_pointer:
+        if "state" not in features:
+            raise NotImplementedFieldError(
+                f"{field}.output_state_pointer",
+                f"{field}.output_state_pointer: this sidecar has no state service",
+            )
+        problem = check_pointer(spec.output_state_pointer)
+        if problem:
+            _bad("INVALID_JSON_POINTER", f"{field}.output_state_pointer", problem)
+    if not 0 <= spec.estimated_tokens <= 10_000_000:
+        _bad("INVALID_ARGUMENT", f"{field}.estimated_tokens", "must be between 0 and 10,000,000")
+    if len(spec.display_name) > 256:
+        _bad("LIMIT_EXCEEDED", f"{field}.display_name", "at most 256 characters")
+    spec.ClearField("input")  # the input is kept once, in TaskSpec.input (the request is ours to change)
+    return TaskSpec(
+        task_id=spec.task_id,
+        capability=spec.capability,
+        input=data,
+        content_type=content_type,
+        depends_on=tuple(spec.depends_on),
+        trigger_rule=rule,
+        conditions=conditions,
+        retry_policy=retry,
+        schedule_to_start_s=s2s or 0.0,
+        start_to_close_s=s2c,
+        heartbeat_s=heartbeat or 0.0,
+        schedule_to_close_s=s2close or 0.0,
+        pool=spec.pool,
+        priority=spec.priority or 3,
+        requires_approval=spec.requires_approval,
+        approval_timeout_s=approval or 0.0,
+        labels=labels,
+        estimated_tokens=spec.estimated_tokens,
+        exclude_dependency_outputs=spec.exclude_dependency_outputs,
+        raw=spec.SerializeToString(deterministic=True),
+        intent=spec.intent,
+        output_state_pointer=spec.output_state_pointer,
+        cache_key=cache_key,
+    )
+
+
+def _cache_key(spec: task_pb2.TaskSpec, field: str, features: frozenset[str]) -> CacheKey:
+    if "cache" not in features:
+        raise NotImplementedFieldError(field, f"{field}: this sidecar has no cache to answer tasks from")
+    key = spec.cache_key
+    check_id(key.namespace, f"{field}.namespace", "a cache namespace")
+    if not key.prompt:
+        _bad("INVALID_ARGUMENT", f"{field}.prompt", "a cache key needs a prompt")
+    if len(key.prompt.encode()) > _MiB:
+        _bad("LIMIT_EXCEEDED", f"{field}.prompt", "at most 1 MiB")
+    ttl = _duration(key, "ttl", f"{field}.ttl", low=0.001, high=366 * _DAY)
+    return CacheKey(
+        namespace=key.namespace,
+        prompt=key.prompt,
+        exact_only=key.exact_only,
+        read_only=key.read_only,
+        ttl_s=ttl or 0.0,
+    )
+
+
+def task_specs_from_proto(
+    tasks: Any, field: str, *, max_tasks: int, features: frozenset[str] = FEATURES_NONE
+) -> tuple[TaskSpec, ...]:
+    """Validates a repeated TaskSpec field (1 to ``max_tasks`` entries)."""
+    if not tasks:
+        _bad("INVALID_ARGUMENT", field, "at least one task is required")
+    if len(tasks) > max_tasks:
+        _bad("LIMIT_EXCEEDED", field, f"{len(tasks)} tasks exceed max_tasks {max_tasks}")
+    return tuple(task_spec_from_proto(t, f"{field}[{i}]", features) for i, t in enumerate(tasks))
+
+
+def spec_from_proto(
+    spec: workflow_pb2.WorkflowSpec, features: frozenset[str] = FEATURES_NONE
+) -> WorkflowSpec:
+    """Validates a WorkflowSpec field by field (the graph is checked by the engine)."""
+    if spec.workflow_id:
+        check_id(spec.workflow_id, "spec.workflow_id", "a workflow id")
+    if len(spec.name) > 256:
+        _bad("LIMIT_EXCEEDED", "spec.name", "at most 256 characters")
+    budget = budget_from_proto(spec.budget)
+    labels = check_labels(spec.labels, "spec.labels")
+    if spec.default_pool:
+        check_id(spec.default_pool, "spec.default_pool", "a pool name")
+    if spec.result_task_id:
+        check_id(spec.result_task_id, "spec.result_task_id", "a task id")
+    default_retry = (
+        retry_from_proto(spec.default_retry_policy, "spec.default_retry_policy")
+        if spec.HasField("default_retry_policy")
+        else None
+    )
+    tasks = task_specs_from_proto(spec.tasks, "spec.tasks", max_tasks=budget.max_tasks, features=features)
+    # initial_state and state_retention belong to the state engine (sidecar/_scheduler.py).
+    return WorkflowSpec(
+        workflow_id=spec.workflow_id,
+        name=spec.name,
+        tasks=tasks,
+        budget=budget,
+        labels=labels,
+        default_retry_policy=default_retry,
+        default_pool=spec.default_pool,
+        result_task_id=spec.result_task_id,
+        traceparent=spec.trace_context.traceparent,
+    )
+
+
+def budget_from_proto(budget: workflow_pb2.WorkflowBudget) -> Budget:
+    """Validates a WorkflowBudget and fills in its defaults."""
+    if not 0 <= budget.max_tasks <= 100_000:
+        _bad("INVALID_ARGUMENT", "spec.budget.max_tasks", "must be between 0 and 100,000")
+    if budget.max_cost_micro_usd < 0:
+        _bad("INVALID_ARGUMENT", "spec.budget.max_cost_micro_usd", "must not be negative")
+    if budget.max_tokens < 0:
+        _bad("INVALID_ARGUMENT", "spec.budget.max_tokens", "must not be negative")
+    if budget.max_attempts < 0:
+        _bad("INVALID_ARGUMENT", "spec.budget.max_attempts", "must not be negative")
+    if not 0 <= budget.max_spawn_depth <= 64:
+        _bad("INVALID_ARGUMENT", "spec.budget.max_spawn_depth", "must be between 0 and 64")
+    duration = _duration(budget, "max_duration", "spec.budget.max_duration", low=0.001, high=366 * _DAY)
+    return Budget(
+        max_tasks=budget.max_tasks or 10_000,
+        max_cost_micro_usd=budget.max_cost_micro_usd,
+        max_duration_s=duration or 7 * _DAY,
+        max_tokens=budget.max_tokens,
+        max_attempts=budget.max_attempts,
+        max_spawn_depth=budget.max_spawn_depth or 8,
+    )
+
+
+def request_hash(request: Message) -> str:
+    """A digest of a request, to tell a retry from a different request with the same request_id."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+# --------------------------------------------------------------------- output
+
+
+def timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp for wall-clock nanoseconds, or None for 0 (unset)."""
+    if not ns:
+        return None
+    value = timestamp_pb2.Timestamp()
+    value.FromNanoseconds(ns)
+    return value
+
+
+def _duration_pb(value_s: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(value_s * 1e9))
+    return value
+
+
+def failure_to_proto(failure: Failure) -> common_pb2.Failure:
+    """The are.v1.Failure of a core failure."""
+    out = common_pb2.Failure(
+        message=failure.message,
+        type=failure.type,
+        non_retryable=failure.non_retryable,
+        kind="FAILURE_KIND_" + (failure.kind or "UNSPECIFIED"),
+        timeout_type="TIMEOUT_TYPE_" + (failure.timeout_type or "UNSPECIFIED"),
+        stack_trace=failure.stack_trace,
+    )
+    if failure.details:
+        out.details.data = failure.details
+        out.details.content_type = failure.details_content_type
+    return out
+
+
+def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
+    """Validates a worker-reported Failure."""
+    if len(failure.message.encode()) > 32 * 1024:
+        _bad("LIMIT_EXCEEDED", f"{field}.message", "at most 32 KiB")
+    if len(failure.type) > 256:
+        _bad("LIMIT_EXCEEDED", f"{field}.type", "at most 256 characters")
+    kind = common_pb2.FailureKind.Name(failure.kind).removeprefix("FAILURE_KIND_")
+    details = failure.details.data if failure.HasField("details") else b""
+    if len(details) > _MiB:
+        _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB")
+    return Failure(
+        message=failure.message,
+        type=failure.type,
+        non_retryable=failure.non_retryable,
+        kind="APPLICATION" if kind == "UNSPECIFIED" else kind,
+        timeout_type=common_pb2.TimeoutType.Name(failure.timeout_type)
+        .removeprefix("TIMEOUT_TYPE_")
+        .replace("UNSPECIFIED", ""),
+        stack_trace=failure.stack_trace[: 64 * 1024],
+        details=details,
+        details_content_type=failure.details.content_type,
+    )
+
+
+def usage_from_proto(usage: common_pb2.Usage) -> Usage | None:
+    """A core Usage, or None when nothing was reported."""
+    if not (
+        usage.input_tokens
+        or usage.output_tokens
+        or usage.cost_micro_usd
+        or usage.llm_calls
+        or usage.tool_calls
+    ):
+        return None
+    return Usage(
+        input_tokens=max(0, usage.input_tokens),
+        output_tokens=max(0, usage.output_tokens),
+        cost_micro_usd=max(0, usage.cost_micro_usd),
+        llm_calls=max(0, usage.llm_calls),
+        tool_calls=max(0, usage.tool_calls),
+    )
+
+
+def _usage_pb(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_micro_usd=usage.cost_micro_usd,
+        llm_calls=usage.llm_calls,
+        tool_calls=usage.tool_calls,
+    )
+
+
+def usage_summary_to_proto(total: UsageTotal) -> common_pb2.UsageSummary:
+    """The UsageSummary of summed workflows."""
+    return common_pb2.UsageSummary(
+        usage=_usage_pb(total.usage),
+        task_attempts=total.task_attempts,
+        retries=total.retries,
+        tasks_completed=total.tasks_completed,
+        tasks_failed=total.tasks_failed,
+    )
+
+
+def _set_ts(message: Message, name: str, ns: int) -> None:
+    value = timestamp(ns)
+    if value is not None:
+        getattr(message, name).CopyFrom(value)
+
+
+def workflow_to_proto(view: WorkflowView, state_version: int = 0) -> workflow_pb2.Workflow:
+    """The are.v1.Workflow status of a workflow (``state_version``: its state document's latest)."""
+    rec = view.record
+    budget = rec.budget
+    counts = rec.counts
+    out = workflow_pb2.Workflow(
+        workflow_id=rec.workflow_id,
+        name=rec.name,
+        state="WORKFLOW_STATE_" + rec.state,
+        labels=rec.labels,
+        budget=workflow_pb2.WorkflowBudget(
+            max_tasks=budget.max_tasks,
+            max_cost_micro_usd=budget.max_cost_micro_usd,
+            max_duration=_duration_pb(budget.max_duration_s),
+            max_tokens=budget.max_tokens,
+            max_attempts=budget.max_attempts or 10 * budget.max_tasks,
+            max_spawn_depth=budget.max_spawn_depth,
+        ),
+        task_counts=workflow_pb2.TaskCounts(
+            pending=counts.get("PENDING", 0),
+            scheduled=counts.get("SCHEDULED", 0),
+            awaiting_approval=counts.get("AWAITING_APPROVAL", 0),
+            running=counts.get("RUNNING", 0),
+            backing_off=counts.get("BACKING_OFF", 0),
+            completed=counts.get("COMPLETED", 0),
+            failed=counts.get("FAILED", 0),
+            skipped=counts.get("SKIPPED", 0),
+            rejected=counts.get("REJECTED", 0),
+            cancelled=counts.get("CANCELLED", 0),
+            total=rec.task_count,
+        ),
+        usage=common_pb2.UsageSummary(
+            usage=_usage_pb(rec.usage),
+            task_attempts=rec.task_attempts,
+            retries=rec.retries,
+            tasks_completed=rec.tasks_completed,
+            tasks_failed=rec.tasks_failed,
+        ),
+        trace_id=rec.trace_id,
+        result_task_id=rec.result_task_id,
+        state_version=state_version,
+    )
+    if rec.forked_from:
+        out.forked_from.workflow_id = rec.forked_from
+        out.forked_from.state_version = rec.forked_version
+    if view.result is not None:
+        out.result.data = view.result
+        out.result.content_type = view.result_content_type
+    if rec.failure is not None and rec.state in ("FAILED", "CANCELLED", "CANCELLING"):
+        out.failure.CopyFrom(failure_to_proto(rec.failure))
+    _set_ts(out, "create_time", rec.create_ns)
+    _set_ts(out, "close_time", rec.close_ns)
+    _set_ts(out, "deadline_time", rec.deadline_ns)
+    return out
+
+
+def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.Task:
+    """The are.v1.Task status of a task."""
+    rec = view.record
+    spec = task_pb2.TaskSpec.FromString(view.spec.raw)
+    if include_payloads and (view.spec.input or view.spec.content_type):
+        spec.input.data = view.spec.input
+        spec.input.content_type = view.spec.content_type
+    out = task_pb2.Task(
+        workflow_id=view.workflow_id,
+        task_id=rec.task_id,
+        spec=spec,
+        state="TASK_STATE_" + rec.state,
+        state_reason=rec.state_reason[:1024],
+        attempt=rec.attempt,
+        capability=rec.capability,
+        worker_id=rec.worker_id,
+        parent_task_id=rec.parent_task_id,
+        idempotency_key=f"{view.workflow_id}/{rec.task_id}",
+        usage=common_pb2.UsageSummary(
+            usage=_usage_pb(rec.usage),
+            task_attempts=rec.attempt,
+            retries=rec.retries,
+        ),
+    )
+    if include_payloads and rec.output is not None:
+        out.output.data = rec.output
+        out.output.content_type = rec.output_content_type
+    if rec.failure is not None:
+        out.failure.CopyFrom(failure_to_proto(rec.failure))
+    approval = rec.approval
+    if approval is not None:
+        out.approval.decision = task_pb2.ApprovalDecision.Value(  # type: ignore[assignment]
+            "APPROVAL_DECISION_" + (approval.decision or "UNSPECIFIED")
+        )
+        out.approval.approver = approval.approver
+        out.approval.comment = approval.comment
+        _set_ts(out.approval, "request_time", approval.request_ns)
+        _set_ts(out.approval, "expire_time", approval.expire_ns)
+        _set_ts(out.approval, "resolve_time", approval.resolve_ns)
+    _set_ts(out, "create_time", rec.create_ns)
+    _set_ts(out, "schedule_time", rec.schedule_ns)
+    _set_ts(out, "start_time", rec.start_ns)
+    _set_ts(out, "close_time", rec.close_ns)
+    if rec.state == "RUNNING":
+        _set_ts(out, "last_heartbeat_time", rec.heartbeat_ns)
+    if rec.state == "BACKING_OFF":
+        _set_ts(out, "next_attempt_time", rec.next_attempt_ns)
+    return out
+
+
+def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
+    """The TaskAssignment a worker receives."""
+    out = worker_service_pb2.TaskAssignment(
+        workflow_id=a.workflow_id,
+        task_id=a.task_id,
+        attempt=a.attempt,
+        idempotency_key=a.idempotency_key,
+        capability=a.capability,
+        input=common_pb2.Payload(data=a.input, content_type=a.content_type),
+        trace_context=common_pb2.TraceContext(traceparent=a.traceparent),
+        labels=a.labels,
+        maximum_attempts=a.maximum_attempts,
+    )
+    for dep in a.dependencies:
+        result = out.dependencies.add(
+            task_id=dep.task_id, state=task_pb2.TaskState.Value("TASK_STATE_" + dep.state)
+        )
+        if dep.output is not None:
+            result.output.data = dep.output
+            result.output.content_type = dep.content_type
+        if dep.failure is not None:
+            result.failure.CopyFrom(failure_to_proto(dep.failure))
+    _set_ts(out, "deadline_time", a.deadline_ns)
+    if a.heartbeat_timeout_s:
+        out.heartbeat_timeout.CopyFrom(_duration_pb(a.heartbeat_timeout_s))
+    if a.last_failure is not None:
+        out.last_failure.CopyFrom(failure_to_proto(a.last_failure))
+    if a.last_heartbeat_details is not None:
+        out.last_heartbeat_details.data = a.last_heartbeat_details
+        out.last_heartbeat_details.content_type = a.last_heartbeat_content_type
+    return out
+
+
+def pool_from_proto(pool: scheduler_service_pb2.Pool) -> PoolLimits:
+    """Validates a Pool's limits."""
+    check_id(pool.name, "pool.name", "a pool name")
+    if not 0 <= pool.max_concurrency <= 100_000:
+        _bad("INVALID_ARGUMENT", "pool.max_concurrency", "must be between 0 and 100,000")
+    if not 0 <= pool.requests_per_second <= 100_000:
+        _bad("INVALID_ARGUMENT", "pool.requests_per_second", "must be between 0 and 100,000")
+    if not 0 <= pool.burst <= 100_000:
+        _bad("INVALID_ARGUMENT", "pool.burst", "must be between 0 and 100,000")
+    if pool.llm_tokens_per_minute < 0:
+        _bad("INVALID_ARGUMENT", "pool.llm_tokens_per_minute", "must not be negative")
+    if not 0 <= pool.max_queue_length <= 1_000_000:
+        _bad("INVALID_ARGUMENT", "pool.max_queue_length", "must be between 0 and 1,000,000")
+    if len(pool.description.encode()) > 1024:
+        _bad("LIMIT_EXCEEDED", "pool.description", "at most 1 KiB")
+    return PoolLimits(
+        name=pool.name,
+        max_concurrency=pool.max_concurrency,
+        requests_per_second=pool.requests_per_second,
+        burst=pool.burst,
+        llm_tokens_per_minute=pool.llm_tokens_per_minute,
+        max_queue_length=pool.max_queue_length,
+        description=pool.description,
+    )
+
+
+def pool_to_proto(limits: PoolLimits) -> scheduler_service_pb2.Pool:
+    """The are.v1.Pool of stored limits, defaults filled in."""
+    out = scheduler_service_pb2.Pool(
+        name=limits.name,
+        max_concurrency=limits.max_concurrency,
+        requests_per_second=limits.requests_per_second,
+        burst=int(limits.bucket_size) if limits.requests_per_second else limits.burst,
+        llm_tokens_per_minute=limits.llm_tokens_per_minute,
+        max_queue_length=limits.queue_limit,
+        description=limits.description,
+    )
+    _set_ts(out, "create_time", limits.create_ns)
+    _set_ts(out, "update_time", limits.update_ns)
+    return out
+
+
+def pool_status_to_proto(status: PoolStatus) -> scheduler_service_pb2.PoolStatus:
+    """The live counters of a pool."""
+    return scheduler_service_pb2.PoolStatus(
+        running=status.running,
+        queued=status.queued,
+        backlog=status.backlog,
+        available_requests=status.available_requests,
+        llm_tokens_last_minute=status.llm_tokens_last_minute,
+        dispatched_total=status.dispatched_total,
+        rejected_total=status.rejected_total,
+        oldest_queued_age_ms=status.oldest_queued_age_ms,
+    )
+
+
+# ------------------------------------------------------------------- statuses
+
+_CODES: tuple[tuple[type[SchedulerError], grpc.StatusCode], ...] = (
+    (SpecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotImplementedFieldError, grpc.StatusCode.UNIMPLEMENTED),
+    (WorkflowNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (TaskNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PoolNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (WorkflowExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (TaskExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (RequestIdConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (TaskNotHeldError, grpc.StatusCode.FAILED_PRECONDITION),
+    (TaskAlreadyCompletedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotAwaitingApprovalError, grpc.StatusCode.FAILED_PRECONDITION),
+    (WorkflowClosedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (WorkflowNotClosedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (PoolQueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (BudgetExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+)
+
+
+async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
+    """Ends the call with the status that ``error`` (a scheduler or storage error) maps to."""
+    if isinstance(error, StorageBusyError):
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the sidecar's write queue is full: {error}",
+            reason="RESOURCE_LIMIT",
+            retry_after=timedelta(seconds=1),
+        )
+    if isinstance(error, StorageError):
+        await abort(
+            context, grpc.StatusCode.UNAVAILABLE, f"storage failed: {error}", reason="STORAGE_FAILURE"
+        )
+    if not isinstance(error, SchedulerError):
+        raise error
+    code = next((c for kind, c in _CODES if isinstance(error, kind)), grpc.StatusCode.INVALID_ARGUMENT)
+    if error.reason == "PATCH_NOT_APPLICABLE":  # a completion's state write that cannot apply
+        code = grpc.StatusCode.FAILED_PRECONDITION
+    violations: list[tuple[str, str]] = []
+    message = str(error)
+    if isinstance(error, SpecError):
+        violations = [(error.field, error.message)]
+    elif isinstance(error, NotImplementedFieldError | TaskExistsError):
+        violations = [(error.field, message)]
+    retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, PoolQueueFullError) else None
+    await abort(
+        context, code, message, reason=error.reason, field_violations=violations, retry_after=retry_after
+    )
+
+
+def error_reason_value(reason: str) -> int:
+    """The ErrorReason number of a reason name (for TaskAck.reason)."""
+    return errors_pb2.ErrorReason.Value("ERROR_REASON_" + reason)

@@ -1,0 +1,421 @@
+"""How the scheduler reaches the state, router and cache capabilities.
+
+Each integration is found once with ``runtime.find`` when the scheduler is
+constructed; a missing capability leaves its feature off (the spec field
+that needs it is refused with UNIMPLEMENTED, reason NOT_IMPLEMENTED). The
+hooks below are installed on the engines, so a task that uses none of
+``intent``, ``cache_key`` or ``output_state_pointer`` never reaches them.
+
+* **State.** SubmitWorkflow stages ``initial_state`` as version 1 (with the
+  workflow's ``state_retention``) in the submit's own batch; a completion
+  carrying a ``state_patch`` or completing a task with an
+  ``output_state_pointer`` stages that write in the completion's batch,
+  under the document's patch lock, so the state version and the completion
+  are one commit. The state service's writes are gated on the scheduler's
+  view of the workflow (unknown: WORKFLOW_NOT_FOUND; closed: WORKFLOW_CLOSED;
+  a named attempt not held: TASK_NOT_HELD). ForkWorkflow's hook creates the
+  new workflow's tasks; DeleteWorkflow removes the document, memory and
+  blobs.
+* **Router.** A task's ``intent`` is routed when the task is scheduled
+  (cost-biased, the router's defaults) and recorded as TASK_ROUTED;
+  stream workers appear in the router with their capabilities and live
+  load, and become unavailable the moment they drain or disconnect.
+* **Cache.** A task's ``cache_key`` is looked up when the task is scheduled
+  (``CacheEngine.lookup_for_task``); a hit completes it without dispatch
+  (TASK_CACHE_HIT), a miss dispatches it (TASK_CACHE_MISS) and, unless
+  ``read_only``, its output is stored after the durable completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from are_core import state as st
+from are_core.scheduler import (
+    CacheKey,
+    RoutingError,
+    Scheduler,
+    SpecError,
+    TaskRecord,
+    TaskSpec,
+    Usage,
+    WorkerHandle,
+    WorkflowExistsError,
+)
+from are_core.scheduler import SchedulerError as _SchedulerError
+from are_core.storage import Batch
+from are_core.trace import EventRecorder
+from are_sdk._proto.are.v1 import common_pb2, state_pb2, workflow_pb2
+from sidecar._cache import CacheCapability
+from sidecar._capability import Runtime
+from sidecar._router import RouterCapability
+from sidecar._state import ForkPlan, StateCapability
+
+__all__ = [
+    "StateWrite",
+    "Wiring",
+    "initial_state_from_proto",
+    "patch_from_proto",
+    "retention_from_proto",
+    "state_spec_error",
+]
+
+_log = logging.getLogger("are.scheduler")
+_OPEN = frozenset({"RUNNING", "CANCELLING"})
+_STORE_TIMEOUT_S = 30.0
+
+
+class StateWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """A completion's state write: its patch (one form or none) and the output pointer write."""
+
+    merge_patch: bytes | None = None
+    operations: list[st.PatchOp] | None = None
+    pointer: str = ""
+
+
+def patch_from_proto(patch: state_pb2.StatePatch, field: str) -> tuple[bytes | None, list[st.PatchOp] | None]:
+    """A StatePatch as the state engine takes it; raises SpecError naming the field."""
+    kind = patch.WhichOneof("patch")
+    if kind == "merge_patch_json":
+        return patch.merge_patch_json, None
+    if kind != "operations":
+        raise SpecError("INVALID_ARGUMENT", field, "set merge_patch_json or operations")
+    operations: list[st.PatchOp] = []
+    for i, op in enumerate(patch.operations.operations):
+        if op.op == state_pb2.PATCH_OPERATION_TYPE_SET:
+            operations.append(st.PatchOp("set", op.path, op.value_json))
+        elif op.op == state_pb2.PATCH_OPERATION_TYPE_REMOVE:
+            operations.append(st.PatchOp("remove", op.path))
+        else:
+            raise SpecError(
+                "INVALID_ARGUMENT", f"{field}.operations.operations[{i}].op", "op must be SET or REMOVE"
+            )
+    return None, operations
+
+
+def retention_from_proto(spec: workflow_pb2.WorkflowSpec) -> st.Retention | None:
+    """The workflow's own state retention, or None for the sidecar default."""
+    if not spec.HasField("state_retention"):
+        return None
+    retention = spec.state_retention
+    if retention.keep_versions < 0:
+        raise SpecError("INVALID_ARGUMENT", "spec.state_retention.keep_versions", "must not be negative")
+    keep_s = -1.0
+    if retention.HasField("keep_duration"):
+        keep_s = retention.keep_duration.ToNanoseconds() / 1e9
+        if keep_s < 0:
+            raise SpecError("INVALID_ARGUMENT", "spec.state_retention.keep_duration", "must not be negative")
+    return st.Retention(keep_versions=retention.keep_versions, keep_seconds=keep_s)
+
+
+def initial_state_from_proto(spec: workflow_pb2.WorkflowSpec) -> bytes:
+    """The initial state document's JSON text ("" for ``{}``); raises SpecError naming the field."""
+    if not spec.HasField("initial_state"):
+        return b""
+    payload: common_pb2.Payload = spec.initial_state
+    if payload.WhichOneof("content") == "blob":
+        raise SpecError(
+            "INVALID_ARGUMENT", "spec.initial_state.blob", "the initial state must be inline JSON"
+        )
+    if len(payload.data) > st.MAX_DOCUMENT_BYTES:
+        raise SpecError("LIMIT_EXCEEDED", "spec.initial_state.data", f"at most {st.MAX_DOCUMENT_BYTES} bytes")
+    return payload.data
+
+
+def state_spec_error(error: st.StateError, field: str) -> SpecError:
+    """A state engine refusal of a submit's or completion's write, as a SpecError on ``field``."""
+    if isinstance(error, st.PatchNotApplicableError):
+        reason = "PATCH_NOT_APPLICABLE"
+    elif isinstance(error, st.InvalidJsonError):
+        reason = "INVALID_JSON"
+    elif isinstance(error, st.InvalidPointerError):
+        reason = "INVALID_JSON_POINTER"
+    elif isinstance(error, st.LimitExceededError):
+        reason = "LIMIT_EXCEEDED"
+    else:
+        reason = "INVALID_ARGUMENT"
+    return SpecError(reason, field, error.message)
+
+
+class Wiring:
+    """The scheduler's view of the other capabilities, and the hooks it installs on them."""
+
+    def __init__(self, runtime: Runtime, engine: Scheduler) -> None:
+        self.engine = engine
+        self.state = runtime.find(StateCapability)
+        self.router = runtime.find(RouterCapability)
+        self.cache = runtime.find(CacheCapability)
+        features = set()
+        if self.state is not None:
+            features.add("state")
+            self.state.gate = self.gate
+            self.state.fork_hook = self.fork
+        if self.router is not None:
+            features.add("intent")
+            engine.route = self.route
+            engine.worker_changed = self.worker_changed
+        if self.cache is not None:
+            features.add("cache")
+            engine.cache_lookup = self.cache_lookup
+            engine.cache_store = self.cache_store
+        self.features = frozenset(features)
+        events = runtime.events
+        self.recorder = events if isinstance(events, EventRecorder) else None
+        """The flight recorder, for WatchWorkflow's per-change stream (None: coalesced only)."""
+        self._stores: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ state
+
+    def stage_initial(self, document: bytes, retention: st.Retention | None) -> Any:
+        """The submit's stage hook writing state version 1 (None without a state service)."""
+        state = self.state
+        if state is None:
+            return None
+
+        def stage(batch: Batch, workflow_id: str) -> None:
+            try:
+                state.engine.stage_initial(batch, workflow_id, document, retention=retention)
+            except st.VersionMismatchError:
+                raise WorkflowExistsError(f"workflow {workflow_id!r} already has a state document") from None
+            except st.StateError as error:
+                raise state_spec_error(error, "spec.initial_state.data") from None
+
+        return stage
+
+    def state_version(self, workflow_id: str) -> int:
+        """The latest version of the workflow's state document (0: none or no state service)."""
+        if self.state is None:
+            return 0
+        head = self.state.engine.head(workflow_id)
+        return head.latest_version if head is not None else 0
+
+    async def complete_with_state(
+        self,
+        workflow_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        output: bytes,
+        content_type: str,
+        usage: Usage | None,
+        write: StateWrite,
+        field: str,
+    ) -> int:
+        """Completes an attempt and applies its state write in one commit; returns the new version.
+
+        Raises SchedulerError (nothing recorded) for a refused completion or write.
+        """
+        state = self.state
+        assert state is not None
+        versions: list[int] = []
+        then: Sequence[st.PatchOp] = ()
+        if write.pointer:
+            then = (st.PatchOp("set", write.pointer, output),)
+
+        def stage(batch: Batch, spec: TaskSpec) -> None:  # noqa: ARG001 - the hook's signature
+            merge, operations = write.merge_patch, write.operations
+            extra = then
+            if merge is None and operations is None:
+                operations, extra = list(then), ()
+            elif operations is not None and then:
+                operations, extra = [*operations, *then], ()
+            try:
+                result = state.engine.stage_patch(
+                    batch,
+                    workflow_id,
+                    merge_patch=merge,
+                    operations=operations,
+                    writer=f"task:{task_id}",
+                    task_id=task_id,
+                    attempt=attempt,
+                    then_operations=extra,
+                )
+            except st.StateError as error:
+                raise self._write_error(error, write, field) from None
+            versions.append(result.version)
+
+        async with state.engine.locked(workflow_id):
+            durable = self.engine.complete(
+                workflow_id,
+                task_id,
+                attempt,
+                output=output,
+                content_type=content_type,
+                usage=usage,
+                stage=stage,
+            )
+            await durable
+        return versions[0]
+
+    @staticmethod
+    def _write_error(error: st.StateError, write: StateWrite, field: str) -> SpecError:
+        """Names the completion's field at fault: its state_patch, or its output (the pointer write)."""
+        inner = error.field or ""
+        if write.pointer:
+            if write.merge_patch is None and write.operations is None:
+                pointer_write = True
+            elif write.operations is not None:
+                pointer_write = inner.startswith(f"operations.operations[{len(write.operations)}]")
+            else:
+                pointer_write = inner.startswith("operations")
+            if pointer_write or not inner:
+                return state_spec_error(error, f"{field}.output.data")
+        return state_spec_error(error, f"{field}.state_patch.{inner}".rstrip("."))
+
+    def gate(self, operation: str, workflow_id: str, task_id: str, attempt: int) -> None:
+        """StateService's write gate: known workflows only, open ones for patches, held attempts."""
+        status = self.engine.workflow_state(workflow_id)
+        if status is None:
+            raise st.WorkflowNotFoundError(f"workflow {workflow_id!r} does not exist", field="workflow_id")
+        if operation != "patch":
+            return
+        if status not in _OPEN:
+            raise st.WorkflowClosedError(f"workflow {workflow_id!r} is {status}", field="workflow_id")
+        if task_id:
+            try:
+                self.engine.check_held(workflow_id, task_id, attempt)
+            except _SchedulerError as error:
+                raise st.TaskNotHeldError(str(error), field="task_id") from None
+
+    async def fork(self, plan: ForkPlan) -> None:
+        """ForkWorkflow's hook: the new workflow's tasks as of the checkpoint."""
+        try:
+            await self.engine.fork(
+                plan.source_workflow_id,
+                plan.workflow_id,
+                cutoff_ns=plan.source_time_ns,
+                rerun_task_ids=plan.rerun_task_ids,
+                labels=plan.labels,
+                source_version=plan.source_version,
+            )
+        except WorkflowExistsError as error:
+            raise st.WorkflowExistsError(str(error), field="new_workflow_id") from None
+        except SpecError as error:
+            raise st.InvalidStateArgumentError(error.message, field=error.field) from None
+        except _SchedulerError as error:
+            if error.reason == "WORKFLOW_NOT_FOUND":
+                # The source has state but no scheduler record: only its state is forked.
+                return
+            raise st.InvalidStateArgumentError(str(error), field="workflow_id") from None
+
+    async def delete_state(self, workflow_id: str) -> int:
+        """Removes the workflow's document, memory and unshared blobs; returns the bytes freed."""
+        if self.state is None:
+            return 0
+        return await self.state.delete_workflow_state(workflow_id)
+
+    # ----------------------------------------------------------------- router
+
+    def route(self, spec: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:  # noqa: ARG002
+        """Routes a task's intent to a capability (cost-biased); raises RoutingError."""
+        assert self.router is not None
+        from are_core.router import RouterError  # noqa: PLC0415 - only intents get here
+
+        try:
+            candidate = self.router.engine.route_for_intent(spec.intent)
+        except RouterError as error:
+            raise RoutingError(f"no agent for intent: {error}") from None
+        return candidate.capability, {
+            "are.route.agent_id": candidate.agent_id,
+            "are.route.capability": candidate.capability,
+            "are.route.similarity": round(candidate.similarity, 4),
+            "are.route.cost_micro_usd": candidate.cost_per_call_micro_usd,
+            "are.route.reason": candidate.reason[:256],
+            "are.route.mode": "COST_BIASED",
+        }
+
+    def worker_changed(self, worker: WorkerHandle) -> None:
+        """Mirrors a stream worker's capabilities, load and availability in the router."""
+        if "@poll-" in worker.worker_id:
+            return  # a unary poll is not a standing worker
+        assert self.router is not None
+        router = self.router.engine
+        try:
+            if not worker.connected:
+                router.update_worker(
+                    worker.worker_id, name=worker.name, capabilities=worker.capabilities, available=False
+                )
+                router.remove_worker(worker.worker_id)
+                return
+            router.update_worker(
+                worker.worker_id,
+                name=worker.name,
+                capabilities=worker.capabilities,
+                running=worker.max_concurrency - worker.free,
+                capacity=worker.max_concurrency,
+                available=worker.connected and not worker.draining,
+            )
+        except Exception:  # noqa: BLE001 - routing metadata must never break dispatch
+            _log.warning("router update failed", exc_info=True)
+
+    # ------------------------------------------------------------------ cache
+
+    def check_namespaces(self, specs: Sequence[TaskSpec], field: str) -> None:
+        """Every cache key's namespace must exist (NAMESPACE_NOT_FOUND naming the field)."""
+        if self.cache is None:
+            return
+        from are_core.cache import CacheError  # noqa: PLC0415 - only cache keys get here
+
+        for i, spec in enumerate(specs):
+            if spec.cache_key is None:
+                continue
+            try:
+                self.cache.engine.get_namespace(spec.cache_key.namespace)
+            except CacheError:
+                raise SpecError(
+                    "NAMESPACE_NOT_FOUND",
+                    f"{field}[{i}].cache_key.namespace",
+                    f"cache namespace {spec.cache_key.namespace!r} does not exist",
+                ) from None
+
+    async def cache_lookup(self, key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        """The scheduler's short-circuit lookup."""
+        assert self.cache is not None
+        hit = await self.cache.engine.lookup_for_task(key.namespace, key.prompt)
+        if hit is None:
+            return None
+        return (
+            hit.response,
+            hit.content_type,
+            {
+                "are.cache.namespace": key.namespace,
+                "are.cache.entry_id": hit.entry_id,
+                "are.cache.tier": hit.tier,
+                "are.cache.similarity": round(hit.similarity, 4),
+            },
+        )
+
+    def cache_store(self, key: CacheKey, output: bytes, content_type: str, usage: Usage | None) -> None:
+        """Stores a cache-keyed task's output in the background (after its durable completion)."""
+        assert self.cache is not None
+        engine = self.cache.engine
+
+        async def store() -> None:
+            try:
+                async with asyncio.timeout(_STORE_TIMEOUT_S):
+                    await engine.store(
+                        key.namespace,
+                        prompt=key.prompt,
+                        response=output,
+                        content_type=content_type,
+                        ttl_ns=int(key.ttl_s * 1e9),
+                        input_tokens=usage.input_tokens if usage else 0,
+                        output_tokens=usage.output_tokens if usage else 0,
+                        cost_micro_usd=usage.cost_micro_usd if usage else 0,
+                    )
+            except Exception:  # noqa: BLE001 - a failed store costs a future hit, nothing else
+                _log.warning("storing a task's output in the cache failed", exc_info=True)
+
+        job = asyncio.ensure_future(store())
+        self._stores.add(job)
+        job.add_done_callback(self._stores.discard)
+
+    async def stop(self) -> None:
+        """Waits for background cache stores."""
+        if self._stores:
+            await asyncio.gather(*self._stores, return_exceptions=True)

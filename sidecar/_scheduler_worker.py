@@ -1,0 +1,558 @@
+"""``are.v1.WorkerService``: the worker stream and the unary poll/complete path.
+
+On the stream, one reader task takes the worker's messages and applies each
+batch to the engine synchronously; acknowledgements are queued when the
+engine's transaction is durable, and one writer (the handler itself) sends
+assignment, ack and cancellation batches in order. Assignments arrive in
+batches: every task dispatched to the worker in one engine transaction goes
+in one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import duration_pb2
+
+from are_core.scheduler import Assignment, Cancellation, Scheduler, SchedulerError, SpecError
+from are_core.storage import StorageError
+from are_core.trace import EventDraft, EventUsage, FailureInfo
+from are_sdk._proto.are.v1 import event_pb2, worker_service_pb2, worker_service_pb2_grpc
+from are_sdk._proto.are.v1 import worker_service_pb2 as pb
+from sidecar._scheduler_convert import (
+    abort_for,
+    assignment_to_proto,
+    check_id,
+    check_labels,
+    error_reason_value,
+    failure_from_proto,
+    timestamp,
+    usage_from_proto,
+)
+from sidecar._scheduler_wiring import StateWrite, Wiring, patch_from_proto
+from sidecar._status import abort
+
+__all__ = ["WorkerServicer"]
+
+_Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+HEARTBEAT_INTERVAL_S = 10.0
+MAX_ASSIGNMENTS_PER_BATCH = 256
+REGISTER_TIMEOUT_S = 10.0
+_REPORTABLE = frozenset({"LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"})
+_COMPLETION = worker_service_pb2.ACK_SUBJECT_COMPLETION
+_FAILURE = worker_service_pb2.ACK_SUBJECT_FAILURE
+_HEARTBEAT = worker_service_pb2.ACK_SUBJECT_HEARTBEAT
+_EVENT = worker_service_pb2.ACK_SUBJECT_EVENT
+
+
+def _check_registration(reg: pb.WorkerRegistration, prefix: str = "register") -> None:
+    check_id(reg.worker_name, f"{prefix}.worker_name", "a worker name")
+    _check_capabilities(reg.capabilities, f"{prefix}.capabilities")
+    if not 1 <= reg.max_concurrency <= 10_000:
+        raise SpecError("INVALID_ARGUMENT", f"{prefix}.max_concurrency", "must be between 1 and 10,000")
+    if len(reg.identity) > 256:
+        raise SpecError("LIMIT_EXCEEDED", f"{prefix}.identity", "at most 256 characters")
+    if len(reg.sdk) > 128:
+        raise SpecError("LIMIT_EXCEEDED", f"{prefix}.sdk", "at most 128 characters")
+    check_labels(reg.labels, f"{prefix}.labels")
+
+
+def _check_poll(request: pb.PollTaskRequest) -> None:
+    check_id(request.worker_name, "worker_name", "a worker name")
+    _check_capabilities(request.capabilities, "capabilities")
+    if not 0 <= request.max_tasks <= 100:
+        raise SpecError("INVALID_ARGUMENT", "max_tasks", "must be between 0 and 100")
+    if len(request.identity) > 256:
+        raise SpecError("LIMIT_EXCEEDED", "identity", "at most 256 characters")
+
+
+def _check_capabilities(capabilities: Any, field: str) -> None:
+    if not 1 <= len(capabilities) <= 256:
+        raise SpecError("INVALID_ARGUMENT", field, "declare 1 to 256 capabilities")
+    for i, capability in enumerate(capabilities):
+        check_id(capability, f"{field}[{i}]", "a capability")
+
+
+def _attributes(attributes: Any) -> dict[str, str | int | float | bool]:
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in attributes.items():
+        kind = value.WhichOneof("value")
+        if kind is not None:
+            out[key] = getattr(value, kind)
+    return out
+
+
+def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: str) -> EventDraft:
+    """Validates a worker-reported event and makes it an EventDraft."""
+    event_type = event_pb2.EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+    if event_type not in _REPORTABLE:
+        raise SpecError(
+            "INVALID_ARGUMENT", f"{field}.event_type", "workers report LLM_CALL, TOOL_CALL or WORKER_CUSTOM"
+        )
+    usage = usage_from_proto(event.usage) if event.HasField("usage") else None
+    failure = failure_from_proto(event.failure, f"{field}.failure") if event.HasField("failure") else None
+    return EventDraft(
+        event_type=event_type,
+        workflow_id=event.workflow_id,
+        task_id=event.task_id,
+        attempt=event.attempt,
+        worker_id=worker_id,
+        name=event.name[:256],
+        usage=EventUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_micro_usd=usage.cost_micro_usd,
+            llm_calls=usage.llm_calls,
+            tool_calls=usage.tool_calls,
+        )
+        if usage
+        else None,
+        failure=FailureInfo(
+            message=failure.message,
+            type=failure.type,
+            non_retryable=failure.non_retryable,
+            kind=failure.kind,
+            timeout_type=failure.timeout_type,
+        )
+        if failure
+        else None,
+        duration_ns=event.duration.ToNanoseconds() if event.HasField("duration") else None,
+        attributes=_attributes(event.attributes),
+        span_id=event.span_id,
+        event_time_unix_ns=event.event_time.ToNanoseconds() if event.HasField("event_time") else None,
+    )
+
+
+def _ack(
+    item: Any, subject: int, *, accepted: bool, reason: str = "", message: str = "", will_retry: bool = False
+) -> pb.TaskAck:
+    return pb.TaskAck(
+        workflow_id=item.workflow_id,
+        task_id=item.task_id,
+        attempt=item.attempt,
+        subject=subject,  # type: ignore[arg-type]
+        accepted=accepted,
+        reason=error_reason_value(reason) if reason else 0,  # type: ignore[arg-type]
+        message=message,
+        will_retry=will_retry,
+    )
+
+
+def _assignments(assignments: list[Assignment], wiring: Wiring) -> list[pb.TaskAssignment]:
+    """Assignments as sent, with the state version at dispatch (one read per workflow per batch)."""
+    out = [assignment_to_proto(a) for a in assignments]
+    if wiring.state is not None:
+        versions: dict[str, int] = {}
+        for message in out:
+            version = versions.get(message.workflow_id)
+            if version is None:
+                version = versions[message.workflow_id] = wiring.state_version(message.workflow_id)
+            message.state_version = version
+    return out
+
+
+class _Stream:
+    """One connected worker stream: its outbox and its engine handle."""
+
+    def __init__(self, engine: Scheduler, wiring: Wiring) -> None:
+        self.engine = engine
+        self.wiring = wiring
+        self.outbox: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+
+    def assign(self, assignments: list[Assignment]) -> None:
+        for start in range(0, len(assignments), MAX_ASSIGNMENTS_PER_BATCH):
+            chunk = assignments[start : start + MAX_ASSIGNMENTS_PER_BATCH]
+            batch = pb.AssignmentBatch(assignments=_assignments(chunk, self.wiring))
+            self.outbox.put_nowait(pb.ConnectResponse(assignments=batch))
+
+    def cancel(self, cancellations: list[Cancellation]) -> None:
+        batch = pb.TaskCancellationBatch(
+            cancellations=[
+                pb.TaskCancellation(
+                    workflow_id=c.workflow_id,
+                    task_id=c.task_id,
+                    attempt=c.attempt,
+                    reason="TASK_CANCEL_REASON_" + c.reason,
+                    message=c.message,
+                )
+                for c in cancellations
+            ]
+        )
+        self.outbox.put_nowait(pb.ConnectResponse(cancellations=batch))
+
+    def send_acks(self, acks: list[pb.TaskAck]) -> None:
+        if acks:
+            self.outbox.put_nowait(pb.ConnectResponse(acks=pb.TaskAckBatch(acks=acks)))
+
+    def acks_when_durable(self, durable: asyncio.Future[None] | None, acks: list[pb.TaskAck]) -> None:
+        """Queues ``acks`` once ``durable`` resolves (at once if None)."""
+        if durable is None or durable.done():
+            self.send_acks(acks)
+            return
+
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                self.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
+            else:
+                self.send_acks(acks)
+
+        durable.add_done_callback(done)
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
+    """Translates WorkerService calls to the scheduler engine."""
+
+    def __init__(self, engine: Scheduler, wiring: Wiring) -> None:
+        self._engine = engine
+        self._wiring = wiring
+        self._with_state = wiring.state is not None
+        self._streams: set[_Stream] = set()
+        self._writes: set[asyncio.Task[None]] = set()
+        self._draining = False
+
+    def _is_draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """Sends every stream a drain notice and ends it; leases survive for the restart."""
+        self._draining = True
+        notice = pb.DrainNotice(
+            grace_period=duration_pb2.Duration(seconds=0), reason="the sidecar is shutting down"
+        )
+        for stream in list(self._streams):
+            stream.outbox.put_nowait(pb.ConnectResponse(drain=notice))
+            stream.outbox.put_nowait(None)
+
+    async def Connect(  # noqa: C901, N802 - the RPC's name; the stream's lifecycle in one place
+        self,
+        request_iterator: Any,  # noqa: ARG002 - the stream is read with context.read()
+        context: _Context,
+    ) -> None:
+        """The worker stream: register, then assignments, acks and cancellations."""
+        if self._is_draining():
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
+            )
+        try:
+            first = await asyncio.wait_for(context.read(), REGISTER_TIMEOUT_S)
+        except TimeoutError:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no register message within {REGISTER_TIMEOUT_S:g} seconds",
+                reason="STREAM_PROTOCOL_VIOLATION",
+            )
+        if first is grpc.aio.EOF:
+            return
+        if first.WhichOneof("message") != "register":
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the first message of a worker stream must be register",
+                reason="STREAM_PROTOCOL_VIOLATION",
+            )
+        try:
+            _check_registration(first.register)
+        except SpecError as error:
+            await abort_for(context, error)
+        reg = first.register
+        if len(self._streams) >= 10_000:
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "at most 10,000 connected workers",
+                reason="RESOURCE_LIMIT",
+                retry_after=timedelta(seconds=5),
+            )
+        stream = _Stream(self._engine, self._wiring)
+        worker_id = f"{reg.worker_name}-{secrets.token_hex(6)}"
+        await context.write(
+            pb.ConnectResponse(
+                registered=pb.WorkerRegistered(
+                    worker_id=worker_id,
+                    heartbeat_interval=duration_pb2.Duration(seconds=int(HEARTBEAT_INTERVAL_S)),
+                    max_assignments_per_batch=MAX_ASSIGNMENTS_PER_BATCH,
+                    server_time=timestamp(time.time_ns()),
+                )
+            )
+        )
+        handle = self._engine.connect_worker(
+            reg.worker_name,
+            list(reg.capabilities),
+            reg.max_concurrency,
+            stream.assign,
+            stream.cancel,
+            worker_id=worker_id,
+        )
+        self._streams.add(stream)
+        reader = asyncio.ensure_future(self._read(context, stream, handle))
+        violation: str | None = None
+        try:
+            while True:
+                message = await stream.outbox.get()
+                if message is None:
+                    break
+                await context.write(message)
+            if reader.done() and not reader.cancelled():
+                violation = reader.result()
+        finally:
+            reader.cancel()
+            self._streams.discard(stream)
+            # On a sidecar drain the leases are kept: the restart re-dispatches them.
+            self._engine.disconnect_worker(handle, release_leases=not self._draining)
+        if violation:
+            await abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, violation, reason="STREAM_PROTOCOL_VIOLATION"
+            )
+        if self._is_draining():
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
+            )
+
+    async def _read(  # noqa: C901 - one branch per message kind
+        self, context: _Context, stream: _Stream, handle: Any
+    ) -> str | None:
+        """Applies the worker's messages; returns a protocol violation, or None at the end."""
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(context.read(), 3 * HEARTBEAT_INTERVAL_S)
+                except TimeoutError:
+                    return f"the worker was silent for {3 * HEARTBEAT_INTERVAL_S:g} seconds"
+                if message is grpc.aio.EOF:
+                    return None
+                kind = message.WhichOneof("message")
+                if kind == "complete":
+                    self._complete(stream, message.complete.completions)
+                elif kind == "fail":
+                    self._fail(stream, message.fail.failures)
+                elif kind == "heartbeat":
+                    self._heartbeat(stream, message.heartbeat.heartbeats)
+                elif kind == "report_events":
+                    self._events(stream, message.report_events.events, handle.worker_id)
+                elif kind == "drain":
+                    self._engine.drain_worker(handle)
+                elif kind == "register":
+                    return "a worker stream registers only once"
+        except (asyncio.CancelledError, grpc.RpcError):
+            return None
+        finally:
+            stream.outbox.put_nowait(None)
+
+    def _complete(self, stream: _Stream, completions: Any) -> None:
+        acks: list[pb.TaskAck] = []
+        durable: asyncio.Future[None] | None = None
+        for i, c in enumerate(completions):
+            if self._with_state and (
+                c.HasField("state_patch") or self._engine.output_pointer(c.workflow_id, c.task_id)
+            ):
+                self._complete_with_state(stream, c, f"complete.completions[{i}]")
+                continue
+            try:
+                durable = self._engine.complete(
+                    c.workflow_id,
+                    c.task_id,
+                    c.attempt,
+                    output=c.output.data,
+                    content_type=c.output.content_type,
+                    usage=usage_from_proto(c.usage),
+                )
+                acks.append(_ack(c, _COMPLETION, accepted=True))
+            except SchedulerError as error:
+                acks.append(_ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error)))
+        stream.acks_when_durable(durable, acks)
+
+    def _state_write(self, c: pb.TaskCompletion, field: str) -> StateWrite:
+        merge, operations = (
+            patch_from_proto(c.state_patch, f"{field}.state_patch")
+            if c.HasField("state_patch")
+            else (None, None)
+        )
+        return StateWrite(
+            merge_patch=merge,
+            operations=operations,
+            pointer=self._engine.output_pointer(c.workflow_id, c.task_id),
+        )
+
+    async def _completed_with_state(self, c: pb.TaskCompletion, field: str) -> int:
+        """Completes with the attempt's state write in the same commit; returns the state version."""
+        if len(c.output.data) > 4 * 1024 * 1024:
+            raise SpecError("LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline")
+        return await self._wiring.complete_with_state(
+            c.workflow_id,
+            c.task_id,
+            c.attempt,
+            output=c.output.data,
+            content_type=c.output.content_type,
+            usage=usage_from_proto(c.usage),
+            write=self._state_write(c, field),
+            field=field,
+        )
+
+    def _complete_with_state(self, stream: _Stream, c: pb.TaskCompletion, field: str) -> None:
+        """A stream completion with a state write: applied off the reader, acked when durable."""
+
+        async def run() -> None:
+            try:
+                await self._completed_with_state(c, field)
+                ack = _ack(c, _COMPLETION, accepted=True)
+            except SchedulerError as error:
+                ack = _ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error))
+            except StorageError:
+                stream.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
+                return
+            stream.send_acks([ack])
+
+        job = asyncio.ensure_future(run())
+        self._writes.add(job)
+        job.add_done_callback(self._writes.discard)
+
+    def _fail(self, stream: _Stream, failures: Any) -> None:
+        acks: list[pb.TaskAck] = []
+        durable: asyncio.Future[None] | None = None
+        for i, f in enumerate(failures):
+            try:
+                failure = failure_from_proto(f.failure, f"fail.failures[{i}].failure")
+                retry_after = f.retry_after.ToNanoseconds() / 1e9 if f.HasField("retry_after") else 0.0
+                will_retry, _, _, durable = self._engine.fail(
+                    f.workflow_id,
+                    f.task_id,
+                    f.attempt,
+                    failure=failure,
+                    usage=usage_from_proto(f.usage),
+                    retry_after_s=min(retry_after, 86_400.0),
+                )
+                acks.append(_ack(f, _FAILURE, accepted=True, will_retry=will_retry))
+            except SchedulerError as error:
+                acks.append(_ack(f, _FAILURE, accepted=False, reason=error.reason, message=str(error)))
+        stream.acks_when_durable(durable, acks)
+
+    def _heartbeat(self, stream: _Stream, heartbeats: Any) -> None:
+        refusals: list[pb.TaskAck] = []
+        for h in heartbeats:
+            try:
+                details = h.details.data if h.HasField("details") else None
+                self._engine.heartbeat(h.workflow_id, h.task_id, h.attempt, details, h.details.content_type)
+            except SchedulerError as error:
+                refusals.append(_ack(h, _HEARTBEAT, accepted=False, reason=error.reason, message=str(error)))
+        stream.send_acks(refusals)
+
+    def _events(self, stream: _Stream, events: Any, worker_id: str) -> None:
+        refusals: list[pb.TaskAck] = []
+        drafts: list[EventDraft] = []
+        for i, event in enumerate(events):
+            try:
+                self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
+                drafts.append(reported_event_draft(event, worker_id, f"report_events.events[{i}]"))
+            except SchedulerError as error:
+                refusals.append(_ack(event, _EVENT, accepted=False, reason=error.reason, message=str(error)))
+        if drafts:
+            self._engine.record_events(drafts)
+        stream.send_acks(refusals)
+
+    # ------------------------------------------------------------------ unary
+
+    async def PollTask(  # noqa: N802 - the RPC's name
+        self, request: pb.PollTaskRequest, context: _Context
+    ) -> pb.PollTaskResponse:
+        """Long-polls for up to max_tasks assignments."""
+        try:
+            _check_poll(request)
+        except SpecError as error:
+            await abort_for(context, error)
+        remaining = context.time_remaining()
+        wait = 60.0 if remaining is None else max(0.0, min(60.0, remaining - 1.0))
+        worker_id, assignments = await self._engine.poll(
+            request.worker_name, list(request.capabilities), request.max_tasks or 1, wait
+        )
+        return pb.PollTaskResponse(assignments=_assignments(assignments, self._wiring), worker_id=worker_id)
+
+    async def CompleteTask(  # noqa: N802 - the RPC's name
+        self, request: pb.CompleteTaskRequest, context: _Context
+    ) -> pb.CompleteTaskResponse:
+        """Records a held attempt's success once durable."""
+        c = request.completion
+        try:
+            if self._with_state and (
+                c.HasField("state_patch") or self._engine.output_pointer(c.workflow_id, c.task_id)
+            ):
+                version = await self._completed_with_state(c, "completion")
+                return pb.CompleteTaskResponse(state_version=version)
+            if len(c.output.data) > 4 * 1024 * 1024:
+                raise SpecError("LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline")
+            durable = self._engine.complete(
+                c.workflow_id,
+                c.task_id,
+                c.attempt,
+                output=c.output.data,
+                content_type=c.output.content_type,
+                usage=usage_from_proto(c.usage),
+            )
+            await durable
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.CompleteTaskResponse(state_version=self._wiring.state_version(c.workflow_id))
+
+    async def FailTask(  # noqa: N802 - the RPC's name
+        self, request: pb.FailTaskRequest, context: _Context
+    ) -> pb.FailTaskResponse:
+        """Records a held attempt's failure; says whether it will be retried."""
+        f = request.failure
+        try:
+            failure = failure_from_proto(f.failure, "failure.failure")
+            retry_after = f.retry_after.ToNanoseconds() / 1e9 if f.HasField("retry_after") else 0.0
+            will_retry, next_ns, state, durable = self._engine.fail(
+                f.workflow_id,
+                f.task_id,
+                f.attempt,
+                failure=failure,
+                usage=usage_from_proto(f.usage),
+                retry_after_s=min(retry_after, 86_400.0),
+            )
+            await durable
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.FailTaskResponse(
+            will_retry=will_retry,
+            next_attempt_time=timestamp(next_ns),
+            task_state="TASK_STATE_" + state,
+        )
+
+    async def RecordHeartbeat(  # noqa: N802 - the RPC's name
+        self, request: pb.RecordHeartbeatRequest, context: _Context
+    ) -> pb.RecordHeartbeatResponse:
+        """Extends a held attempt's lease."""
+        h = request.heartbeat
+        try:
+            if h.HasField("details") and len(h.details.data) > 1024 * 1024:
+                raise SpecError("LIMIT_EXCEEDED", "heartbeat.details.data", "at most 1 MiB")
+            details = h.details.data if h.HasField("details") else None
+            stop = self._engine.heartbeat(
+                h.workflow_id, h.task_id, h.attempt, details, h.details.content_type
+            )
+        except SchedulerError as error:
+            await abort_for(context, error)
+        return pb.RecordHeartbeatResponse(cancel_requested=stop)
+
+    async def ReportEvents(  # noqa: N802 - the RPC's name
+        self, request: pb.ReportEventsRequest, context: _Context
+    ) -> pb.ReportEventsResponse:
+        """Records worker events (all or nothing)."""
+        try:
+            if not 1 <= len(request.events) <= 1000:
+                raise SpecError("LIMIT_EXCEEDED", "events", "send 1 to 1,000 events")
+            drafts = []
+            for i, event in enumerate(request.events):
+                drafts.append(reported_event_draft(event, "", f"events[{i}]"))
+                self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
+            sequences, durable = self._engine.record_events(drafts)
+            await durable
+        except (SchedulerError, StorageError) as error:
+            await abort_for(context, error)
+        return pb.ReportEventsResponse(sequences=sequences)

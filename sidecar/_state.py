@@ -1,0 +1,833 @@
+"""StateService: versioned state documents, memory and blobs over gRPC.
+
+:class:`StateCapability` owns the state engine (:mod:`are_core.state`); the
+servicer validates requests (every bad field is INVALID_ARGUMENT naming its
+path, and changes nothing), translates protobuf to engine types and maps the
+engine's exceptions to rich statuses.
+
+Seams for the scheduler, which is written separately:
+
+* Any valid workflow id may be read and patched: the first PatchState
+  creates its document (version 1). Until the scheduler installs
+  :attr:`StateCapability.gate`, workflow existence, closed workflows and
+  task leases are not checked; ``gate(operation, workflow_id, task_id,
+  attempt)``, called before every write ("patch", "memory", "blob" for an
+  owned blob), may
+  raise :class:`~are_core.state.WorkflowNotFoundError`,
+  :class:`~are_core.state.WorkflowClosedError` or
+  :class:`~are_core.state.TaskNotHeldError`.
+* ForkWorkflow copies the state document and the memory notes up to the
+  checkpoint; :attr:`StateCapability.fork_hook` (when installed) then
+  creates the new workflow's tasks with their statuses at the checkpoint's
+  ``event_sequence``.
+* SubmitWorkflow stages version 1 with ``engine.stage_initial(batch, ...)``
+  and its retention with ``engine.stage_retention``; task completions with
+  an output pointer use ``engine.patch(..., extra=...)``; DeleteWorkflow
+  calls :meth:`StateCapability.delete_workflow_state`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, NoReturn, TypeAlias
+
+import grpc
+import msgspec
+from google.protobuf import timestamp_pb2
+
+from are_core.embed import Embedder, EmbedderError, load_embedder
+from are_core.state import (
+    BLOB_TABLES,
+    MEMORY_TABLES,
+    STATE_TABLES,
+    BlobDigestMismatchError,
+    BlobInfo,
+    BlobNotFoundError,
+    BlobSizeMismatchError,
+    BlobStore,
+    BlobUpload,
+    DimensionMismatchError,
+    EmbedderUnavailableError,
+    InvalidJsonError,
+    InvalidPointerError,
+    LimitExceededError,
+    MemoryStore,
+    NoteContent,
+    NoteInput,
+    PatchNotApplicableError,
+    PatchOp,
+    Retention,
+    StateEngine,
+    StateError,
+    TaskNotHeldError,
+    VersionMismatchError,
+    VersionNotFoundError,
+    WorkflowClosedError,
+    WorkflowExistsError,
+    WorkflowNotFoundError,
+    check_digest,
+)
+from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError, StorageFullError
+from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, state_service_pb2_grpc
+from sidecar._capability import Capability, Runtime
+from sidecar._status import abort
+
+__all__ = [
+    "FORK_REQUESTS_TABLE",
+    "ForkHook",
+    "ForkPlan",
+    "Gate",
+    "StateCapability",
+    "StateServicer",
+    "abort_for_state_error",
+]
+
+_log = logging.getLogger("are.state")
+_Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_METADATA_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
+_MAX_METADATA = 32
+_MAX_MATCH = 8
+_MAX_RERUN = 10_000
+_MAX_DIGESTS = 1000
+_GET_CHUNK = 1024 * 1024
+_MAX_WRITER = 256
+_RESPONSE_SLACK = 64 * 1024  # room for paths and framing in GetStateResponse
+FORK_REQUESTS_TABLE = "state_fork_requests"
+
+Gate = Callable[[str, str, str, int], None]
+"""``gate(operation, workflow_id, task_id, attempt)``: raises a StateError when the write is not allowed.
+
+``operation`` is "patch" (PatchState; ``task_id``/``attempt`` when a worker
+writes), "memory" (AddMemory) or "blob" (PutBlob naming an owner).
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ForkPlan:
+    """What a fork's hook needs to create the new workflow's tasks.
+
+    Task statuses of the new workflow are those of the source as of the
+    event ``event_sequence`` (the event that recorded ``source_version``; 0
+    when events are not recorded); ``rerun_task_ids`` and their dependents
+    run again.
+    """
+
+    source_workflow_id: str
+    workflow_id: str
+    source_version: int
+    event_sequence: int
+    rerun_task_ids: tuple[str, ...]
+    labels: dict[str, str]
+    source_time_ns: int = 0
+    """When ``source_version`` was written (task outcomes after it are not kept)."""
+
+
+ForkHook = Callable[[ForkPlan], Awaitable[None]]
+"""Installed by the scheduler; called after the state and memory are copied."""
+
+
+class _ForkRecord(msgspec.Struct, frozen=True):
+    fingerprint: bytes
+    workflow_id: str
+    source_version: int
+
+
+_fork_enc = msgspec.msgpack.Encoder()
+_fork_dec = msgspec.msgpack.Decoder(_ForkRecord)
+_token_dec = msgspec.msgpack.Decoder(tuple[str, int])
+
+
+class StateCapability(Capability):
+    """Serves ``are.v1.StateService``: documents, checkpoints, fork, memory, blobs."""
+
+    tables: ClassVar[tuple[str, ...]] = (*STATE_TABLES, *BLOB_TABLES, *MEMORY_TABLES, FORK_REQUESTS_TABLE)
+    services: ClassVar[tuple[str, ...]] = ("are.v1.StateService",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        config = runtime.config
+        self.engine = StateEngine(
+            runtime.storage,
+            runtime.committer,
+            retention=Retention(
+                keep_versions=config.state_keep_versions, keep_seconds=config.state_keep_age_s
+            ),
+            events=runtime.events,
+        )
+        self.blobs = BlobStore(runtime.storage, runtime.committer)
+        self.memory = MemoryStore(
+            runtime.storage,
+            runtime.committer,
+            embedder=_memory_embedder(config.memory_embedder),
+            index_dir=runtime.data_dir / "indexes" / "memory",
+            events=runtime.events,
+        )
+        self.gate: Gate | None = None
+        """Installed by the scheduler to check workflow existence, closure and task leases."""
+        self.fork_hook: ForkHook | None = None
+        """Installed by the scheduler to create a fork's workflow and task statuses."""
+
+    async def start(self) -> None:
+        """Sweeps unfinished uploads and loads (or rebuilds) every memory index."""
+        swept = await self.blobs.recover()
+        started = time.perf_counter()
+        loaded = self.memory.load_all()
+        _log.info(
+            "state ready",
+            extra={
+                "fields": {
+                    "memory_indexes": loaded,
+                    "index_load_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "swept_uploads": swept,
+                }
+            },
+        )
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Registers the StateService servicer."""
+        state_service_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(self), server)
+
+    async def stop(self) -> None:
+        """Saves the memory indexes for a fast next start."""
+        try:
+            self.memory.save_all()
+        except OSError as error:  # derived data: the next start rebuilds it
+            _log.warning("could not save memory indexes", extra={"fields": {"error": str(error)}})
+
+    async def delete_workflow_state(self, workflow_id: str) -> int:
+        """Removes a workflow's state, memory and blob references (DeleteWorkflow's hook).
+
+        Blobs that no other workflow owns are deleted. Returns the bytes of
+        state rows, notes and blobs removed (DeleteWorkflowResponse's count).
+        """
+        removed = await self.engine.delete(workflow_id)
+        removed += await self.memory.delete(workflow_id)
+        removed += await self.blobs.release_workflow(workflow_id)
+        return removed
+
+
+def _memory_embedder(spec: str) -> Embedder | None:
+    if spec.strip().lower() in {"", "off", "none"}:
+        return None
+    try:
+        return load_embedder(spec)
+    except EmbedderError as error:
+        _log.warning(
+            "memory embedder unavailable; texts need vectors", extra={"fields": {"error": str(error)}}
+        )
+        return None
+
+
+class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignore[misc]
+    """Translates StateService calls to the state engine."""
+
+    def __init__(self, capability: StateCapability) -> None:
+        self._cap = capability
+        self._engine = capability.engine
+        self._memory = capability.memory
+        self._blobs = capability.blobs
+
+    # Documents
+
+    async def GetState(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.GetStateRequest, context: _Context
+    ) -> state_service_pb2.GetStateResponse:
+        """Reads JSON-pointer paths at the latest or a given version."""
+        await _check_id(context, request.workflow_id, "workflow_id")
+        version = request.version if request.HasField("version") else None
+        if version is not None and version < 1:
+            await _invalid(context, "version", "a state version is 1 or more")
+        try:
+            result = self._engine.get(request.workflow_id, list(request.paths), version)
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+        room = self._cap.runtime.config.max_message_bytes - _RESPONSE_SLACK
+        if sum(len(value) for _, value in result.values) > room:
+            await _limit(context, "paths", room)
+        return state_service_pb2.GetStateResponse(
+            version=result.version,
+            values=[state_service_pb2.StateValue(path=p, value_json=v) for p, v in result.values],
+            missing_paths=result.missing_paths,
+            update_time=_timestamp(result.update_time_ns),
+        )
+
+    async def PatchState(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.PatchStateRequest, context: _Context
+    ) -> state_service_pb2.PatchStateResponse:
+        """Applies a merge patch or pointer operations as one new durable version."""
+        await _check_id(context, request.workflow_id, "workflow_id")
+        if request.task_id:
+            await _check_id(context, request.task_id, "task_id")
+        if request.attempt < 0:
+            await _invalid(context, "attempt", "attempt must not be negative")
+        if len(request.writer) > _MAX_WRITER:
+            await _limit(context, "writer", _MAX_WRITER)
+        expected = request.expected_version if request.HasField("expected_version") else None
+        if expected is not None and expected < 0:
+            await _invalid(context, "expected_version", "expected_version must not be negative")
+        merge, operations = await _patch_from_proto(context, request.patch)
+        try:
+            if self._cap.gate is not None:
+                self._cap.gate("patch", request.workflow_id, request.task_id, request.attempt)
+            result = await self._engine.patch(
+                request.workflow_id,
+                merge_patch=merge,
+                operations=operations,
+                expected_version=expected,
+                writer=request.writer,
+                task_id=request.task_id,
+                attempt=request.attempt,
+            )
+        except (StateError, StorageError) as error:
+            await _fail(context, error, prefix="patch.")
+        return state_service_pb2.PatchStateResponse(
+            version=result.version, update_time=_timestamp(result.update_time_ns)
+        )
+
+    async def ListCheckpoints(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.ListCheckpointsRequest, context: _Context
+    ) -> state_service_pb2.ListCheckpointsResponse:
+        """Pages the retained versions, newest first."""
+        await _check_id(context, request.workflow_id, "workflow_id")
+        if request.page_size < 0:
+            await _invalid(context, "page_size", "page_size must not be negative")
+        size = min(request.page_size or _DEFAULT_PAGE, _MAX_PAGE)
+        before = await _decode_token(context, request.page_token, request.workflow_id)
+        try:
+            page, head = self._engine.checkpoints(request.workflow_id, before=before, limit=size + 1)
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+        token = ""
+        if len(page) > size:
+            page = page[:size]
+            token = _encode_token(request.workflow_id, page[-1].version)
+        return state_service_pb2.ListCheckpointsResponse(
+            checkpoints=[
+                state_service_pb2.Checkpoint(
+                    version=c.version,
+                    create_time=_timestamp(c.create_time_ns),
+                    task_id=c.task_id,
+                    attempt=c.attempt,
+                    writer=c.writer,
+                    size_bytes=c.size_bytes,
+                    event_sequence=c.event_sequence,
+                )
+                for c in page
+            ],
+            next_page_token=token,
+            oldest_version=head.oldest_version,
+            latest_version=head.latest_version,
+        )
+
+    async def ForkWorkflow(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.ForkWorkflowRequest, context: _Context
+    ) -> state_service_pb2.ForkWorkflowResponse:
+        """Starts a new workflow's state (and memory) from a checkpoint of another."""
+        await _check_fork(context, request)
+        storage = self._cap.runtime.storage
+        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+        if request.request_id:
+            previous = await self._previous_fork(context, request.request_id, fingerprint)
+            if previous is not None:
+                return previous
+        new_id = request.new_workflow_id or _new_workflow_id()
+        try:
+            source_version = await self._engine.fork(request.workflow_id, request.version, new_id)
+            record = self._checkpoint(request.workflow_id, source_version)
+            await self._memory.copy_notes(request.workflow_id, new_id, record[0])
+            if request.request_id:
+                batch = storage.batch().put(
+                    FORK_REQUESTS_TABLE,
+                    request.request_id.encode(),
+                    _fork_enc.encode(_ForkRecord(fingerprint, new_id, source_version)),
+                )
+                await self._cap.runtime.committer.submit(batch)
+            if self._cap.fork_hook is not None:
+                await self._cap.fork_hook(
+                    ForkPlan(
+                        source_workflow_id=request.workflow_id,
+                        workflow_id=new_id,
+                        source_version=source_version,
+                        event_sequence=record[1],
+                        rerun_task_ids=tuple(request.rerun_task_ids),
+                        labels=dict(request.labels),
+                        source_time_ns=record[0],
+                    )
+                )
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+        return state_service_pb2.ForkWorkflowResponse(workflow_id=new_id, source_version=source_version)
+
+    async def _previous_fork(
+        self, context: _Context, request_id: str, fingerprint: bytes
+    ) -> state_service_pb2.ForkWorkflowResponse | None:
+        raw = self._cap.runtime.storage.get(FORK_REQUESTS_TABLE, request_id.encode())
+        if raw is None:
+            return None
+        previous = _fork_dec.decode(raw)
+        if previous.fingerprint != fingerprint:
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {request_id!r} was used for a different ForkWorkflow",
+                reason="REQUEST_ID_CONFLICT",
+                metadata={"request_id": request_id},
+            )
+        return state_service_pb2.ForkWorkflowResponse(
+            workflow_id=previous.workflow_id, source_version=previous.source_version
+        )
+
+    def _checkpoint(self, workflow_id: str, version: int) -> tuple[int, int]:
+        """(create time, event sequence) of a version of the source."""
+        page, _ = self._engine.checkpoints(workflow_id, before=version + 1, limit=1)
+        if not page:
+            return time.time_ns(), 0
+        return page[0].create_time_ns, page[0].event_sequence
+
+    # Memory
+
+    async def AddMemory(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.AddMemoryRequest, context: _Context
+    ) -> state_service_pb2.AddMemoryResponse:
+        """Stores notes durably and indexes them."""
+        await _check_id(context, request.workflow_id, "workflow_id")
+        notes: list[NoteInput] = []
+        for i, entry in enumerate(request.entries):
+            field = f"entries[{i}]"
+            await _check_metadata(context, entry.metadata, f"{field}.metadata", _MAX_METADATA)
+            vector = None
+            if entry.HasField("vector"):
+                vector = list(entry.vector.values)
+                await _check_vector(context, vector, f"{field}.vector.values")
+            content = await self._content(context, entry, f"{field}.content")
+            notes.append(
+                NoteInput(text=entry.text, vector=vector, metadata=dict(entry.metadata), content=content)
+            )
+        try:
+            if self._cap.gate is not None:
+                self._cap.gate("memory", request.workflow_id, "", 0)
+            ids = await self._memory.add(request.workflow_id, notes)
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+        return state_service_pb2.AddMemoryResponse(memory_ids=[_memory_id(i) for i in ids])
+
+    async def _content(
+        self, context: _Context, entry: state_service_pb2.MemoryEntry, field: str
+    ) -> NoteContent | None:
+        if not entry.HasField("content"):
+            return None
+        payload = entry.content
+        if len(payload.content_type) > 128:
+            await _limit(context, f"{field}.content_type", 128)
+        which = payload.WhichOneof("content")
+        if which == "blob":
+            digest = await _digest(context, payload.blob.sha256, f"{field}.blob.sha256")
+            info = self._blobs.stat(digest)
+            if info is None:
+                await _fail(
+                    context, BlobNotFoundError(f"no blob has digest {digest.hex()}", field=f"{field}.blob")
+                )
+            return NoteContent(
+                content_type=payload.content_type,
+                blob_sha256=info.sha256,
+                blob_size_bytes=info.size_bytes,
+                blob_content_type=info.content_type,
+            )
+        return NoteContent(data=payload.data, content_type=payload.content_type)
+
+    async def HydrateMemory(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.HydrateMemoryRequest, context: _Context
+    ) -> state_service_pb2.HydrateMemoryResponse:
+        """Returns the most relevant notes within the count and byte budgets."""
+        await _check_hydrate(context, request)
+        which = request.WhichOneof("query")
+        text = request.text if which == "text" else None
+        vector = list(request.vector.values) if which == "vector" else None
+        floor = request.min_similarity if request.HasField("min_similarity") else None
+        try:
+            hits, used, truncated = await self._memory.hydrate(
+                request.workflow_id,
+                text=text,
+                vector=vector,
+                top_k=request.top_k or 10,
+                metadata_match=dict(request.metadata_match),
+                max_bytes=request.max_bytes or 64 * 1024,
+                min_similarity=floor,
+            )
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+        out = []
+        for hit in hits:
+            note = hit.note
+            entry = state_service_pb2.MemoryEntry(
+                memory_id=_memory_id(note.note_id),
+                text=note.text,
+                metadata=note.metadata,
+                create_time=_timestamp(note.create_time_ns),
+            )
+            if request.include_vectors:
+                entry.vector.values.extend(_floats(note.vector))
+            if note.content is not None:
+                _content_to_proto(note.content, entry.content)
+            out.append(state_service_pb2.MemoryHit(entry=entry, similarity=hit.similarity))
+        return state_service_pb2.HydrateMemoryResponse(hits=out, total_bytes=used, truncated=truncated)
+
+    # Blobs
+
+    async def PutBlob(  # noqa: N802 - the RPC's name
+        self, request_iterator: AsyncIterator[state_service_pb2.PutBlobRequest], context: _Context
+    ) -> state_service_pb2.PutBlobResponse:
+        """Stores a streamed blob, verifying its size and digest."""
+        uploads: list[BlobUpload] = []
+        try:
+            upload = await self._receive(request_iterator, context, uploads)
+            info, deduplicated = await upload.finish()
+        except (StateError, StorageError) as error:
+            for started in uploads:
+                await started.abort()
+            await _fail(context, error)
+        except BaseException:
+            for started in uploads:
+                if started.staged:
+                    await started.abort()
+            raise
+        return state_service_pb2.PutBlobResponse(blob=_blob_ref(info), deduplicated=deduplicated)
+
+    async def _receive(
+        self,
+        request_iterator: AsyncIterator[state_service_pb2.PutBlobRequest],
+        context: _Context,
+        uploads: list[BlobUpload],
+    ) -> BlobUpload:
+        """Reads the header and every chunk into a new upload (appended to ``uploads``)."""
+        upload: BlobUpload | None = None
+        async for message in request_iterator:
+            which = message.WhichOneof("message")
+            if upload is None:
+                if which != "header":
+                    await _invalid(context, "header", "the first PutBlob message must be the header")
+                header = message.header
+                if header.workflow_id:
+                    await _check_id(context, header.workflow_id, "header.workflow_id")
+                    if self._cap.gate is not None:
+                        self._cap.gate("blob", header.workflow_id, "", 0)
+                upload = self._blobs.begin(
+                    content_type=header.content_type,
+                    size_bytes=header.size_bytes,
+                    sha256=header.sha256,
+                    workflow_id=header.workflow_id,
+                )
+                uploads.append(upload)
+            elif which == "header":
+                await _invalid(context, "header", "the header comes first and only once")
+            else:
+                await upload.write(message.chunk)
+        if upload is None:
+            await _invalid(context, "header", "the stream ended before the header")
+        return upload
+
+    async def GetBlob(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.GetBlobRequest, context: _Context
+    ) -> AsyncIterator[state_service_pb2.GetBlobResponse]:
+        """Streams a blob or a byte range of it in chunks of at most 1 MiB."""
+        digest = await _digest(context, request.sha256, "sha256")
+        if request.offset < 0:
+            await _invalid(context, "offset", "offset must not be negative")
+        if request.length < 0:
+            await _invalid(context, "length", "length must not be negative")
+        try:
+            info, chunks = self._blobs.read(digest, offset=request.offset, length=request.length)
+            first = True
+            sent = False
+            for offset, chunk in chunks:
+                for start in range(0, len(chunk), _GET_CHUNK):
+                    message = state_service_pb2.GetBlobResponse(
+                        offset=offset + start, chunk=chunk[start : start + _GET_CHUNK]
+                    )
+                    if first:
+                        message.blob.CopyFrom(_blob_ref(info))
+                        first = False
+                    sent = True
+                    yield message
+            if not sent:
+                yield state_service_pb2.GetBlobResponse(blob=_blob_ref(info), offset=request.offset)
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+
+    async def CheckBlobs(  # noqa: N802 - the RPC's name
+        self, request: state_service_pb2.CheckBlobsRequest, context: _Context
+    ) -> state_service_pb2.CheckBlobsResponse:
+        """Splits digests into stored and missing."""
+        if not request.sha256s:
+            await _invalid(context, "sha256s", "give 1 to 1,000 digests")
+        if len(request.sha256s) > _MAX_DIGESTS:
+            await _limit(context, "sha256s", _MAX_DIGESTS)
+        found, missing = [], []
+        for i, text in enumerate(request.sha256s):
+            info = self._blobs.stat(await _digest(context, text, f"sha256s[{i}]"))
+            if info is None:
+                missing.append(text)
+            else:
+                found.append(_blob_ref(info))
+        return state_service_pb2.CheckBlobsResponse(found=found, missing=missing)
+
+
+# Helpers
+
+
+async def _patch_from_proto(
+    context: _Context, patch: state_pb2.StatePatch
+) -> tuple[bytes | None, list[PatchOp] | None]:
+    kind = patch.WhichOneof("patch")
+    if kind == "merge_patch_json":
+        return patch.merge_patch_json, None
+    if kind != "operations":
+        await _invalid(context, "patch", "set merge_patch_json or operations")
+    operations: list[PatchOp] = []
+    for i, op in enumerate(patch.operations.operations):
+        if op.op == state_pb2.PATCH_OPERATION_TYPE_SET:
+            operations.append(PatchOp("set", op.path, op.value_json))
+        elif op.op == state_pb2.PATCH_OPERATION_TYPE_REMOVE:
+            operations.append(PatchOp("remove", op.path))
+        else:
+            await _invalid(context, f"patch.operations.operations[{i}].op", "op must be SET or REMOVE")
+    return None, operations
+
+
+async def _check_fork(context: _Context, request: state_service_pb2.ForkWorkflowRequest) -> None:
+    await _check_id(context, request.workflow_id, "workflow_id")
+    if request.new_workflow_id:
+        await _check_id(context, request.new_workflow_id, "new_workflow_id")
+    if request.request_id:
+        await _check_id(context, request.request_id, "request_id")
+    if request.version < 0:
+        await _invalid(context, "version", "version must not be negative (0 means the latest)")
+    if len(request.rerun_task_ids) > _MAX_RERUN:
+        await _limit(context, "rerun_task_ids", _MAX_RERUN)
+    for i, task_id in enumerate(request.rerun_task_ids):
+        await _check_id(context, task_id, f"rerun_task_ids[{i}]")
+
+
+async def _check_hydrate(context: _Context, request: state_service_pb2.HydrateMemoryRequest) -> None:
+    await _check_id(context, request.workflow_id, "workflow_id")
+    which = request.WhichOneof("query")
+    if which is None:
+        await _invalid(context, "query", "set text or vector")
+    if which == "text" and len(request.text.encode("utf-8", "surrogatepass")) > 64 * 1024:
+        await _limit(context, "text", 64 * 1024)
+    if which == "vector":
+        await _check_vector(context, list(request.vector.values), "vector.values")
+    if not 0 <= request.top_k <= 100:
+        await _invalid(context, "top_k", "top_k is 1 to 100 (0 means 10)")
+    if not 0 <= request.max_bytes <= 4 * 1024 * 1024:
+        await _invalid(context, "max_bytes", "max_bytes is 0 (64 KiB) to 4 MiB")
+    await _check_metadata(context, request.metadata_match, "metadata_match", _MAX_MATCH)
+    if request.HasField("min_similarity") and not -1.0 <= request.min_similarity <= 1.0:
+        await _invalid(context, "min_similarity", "min_similarity is in [-1, 1]")
+
+
+def _timestamp(unix_ns: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(unix_ns)
+    return stamp
+
+
+def _memory_id(note_id: int) -> str:
+    return f"mem_{note_id}"
+
+
+def _floats(raw: bytes) -> list[float]:
+    import numpy as np  # noqa: PLC0415 - only when vectors are asked for
+
+    return [float(x) for x in np.frombuffer(raw, dtype=np.float32)]
+
+
+def _blob_ref(info: BlobInfo) -> common_pb2.BlobRef:
+    return common_pb2.BlobRef(sha256=info.sha256, size_bytes=info.size_bytes, content_type=info.content_type)
+
+
+def _content_to_proto(content: NoteContent, out: common_pb2.Payload) -> None:
+    out.content_type = content.content_type
+    if content.blob_sha256:
+        out.blob.CopyFrom(
+            common_pb2.BlobRef(
+                sha256=content.blob_sha256,
+                size_bytes=content.blob_size_bytes,
+                content_type=content.blob_content_type,
+            )
+        )
+    else:
+        out.data = content.data
+
+
+def _new_workflow_id() -> str:
+    """A ULID prefixed ``wf_``: 48 bits of milliseconds, 80 random bits, Crockford base32."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "wf_" + "".join(reversed(chars))
+
+
+def _encode_token(workflow_id: str, before: int) -> str:
+    return base64.urlsafe_b64encode(msgspec.msgpack.encode((workflow_id, before))).decode().rstrip("=")
+
+
+async def _decode_token(context: _Context, token: str, workflow_id: str) -> int | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        owner, before = _token_dec.decode(raw)
+    except (ValueError, msgspec.DecodeError):
+        owner, before = "", 0
+    if owner != workflow_id or before < 1:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token is malformed or was issued for another workflow",
+            reason="INVALID_PAGE_TOKEN",
+            field_violations=[("page_token", "not a token of this listing")],
+        )
+    return before
+
+
+async def _invalid(context: _Context, field: str, description: str) -> NoReturn:
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{field}: {description}",
+        reason="INVALID_ARGUMENT",
+        metadata={"field": field},
+        field_violations=[(field, description)],
+    )
+
+
+async def _limit(context: _Context, field: str, limit: int) -> NoReturn:
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{field} is over its bound of {limit}",
+        reason="LIMIT_EXCEEDED",
+        metadata={"field": field, "limit": str(limit)},
+        field_violations=[(field, f"at most {limit}")],
+    )
+
+
+async def _check_id(context: _Context, value: str, field: str) -> None:
+    if not _ID.fullmatch(value):
+        await _invalid(context, field, "an id is 1 to 128 characters of [A-Za-z0-9._:-]")
+
+
+async def _digest(context: _Context, text: str, field: str) -> bytes:
+    try:
+        return check_digest(text, field=field)
+    except StateError as error:
+        await _fail(context, error)
+
+
+async def _check_vector(context: _Context, values: list[float], field: str) -> None:
+    if not 1 <= len(values) <= 4096:
+        await _invalid(context, field, "a vector has 1 to 4,096 components")
+    if not all(math.isfinite(v) for v in values):
+        await _invalid(context, field, "every component must be finite")
+
+
+async def _check_metadata(context: _Context, metadata: Any, field: str, most: int) -> None:
+    if len(metadata) > most:
+        await _limit(context, field, most)
+    for key, value in metadata.items():
+        if not _METADATA_KEY.fullmatch(key):
+            await _invalid(context, f"{field}[{key!r}]", "a key is 1 to 128 characters of [A-Za-z0-9._:/-]")
+        if len(value.encode()) > 256:
+            await _limit(context, f"{field}[{key!r}]", 256)
+
+
+_PATCH_FIELDS = frozenset({"operations", "merge_patch_json"})
+_STATE_ERRORS: dict[type[StateError], tuple[grpc.StatusCode, str]] = {
+    InvalidJsonError: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_JSON"),
+    InvalidPointerError: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_JSON_POINTER"),
+    LimitExceededError: (grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED"),
+    BlobDigestMismatchError: (grpc.StatusCode.INVALID_ARGUMENT, "BLOB_DIGEST_MISMATCH"),
+    BlobSizeMismatchError: (grpc.StatusCode.INVALID_ARGUMENT, "BLOB_SIZE_MISMATCH"),
+    DimensionMismatchError: (grpc.StatusCode.INVALID_ARGUMENT, "DIMENSION_MISMATCH"),
+    PatchNotApplicableError: (grpc.StatusCode.FAILED_PRECONDITION, "PATCH_NOT_APPLICABLE"),
+    EmbedderUnavailableError: (grpc.StatusCode.FAILED_PRECONDITION, "EMBEDDER_UNAVAILABLE"),
+    WorkflowClosedError: (grpc.StatusCode.FAILED_PRECONDITION, "WORKFLOW_CLOSED"),
+    TaskNotHeldError: (grpc.StatusCode.FAILED_PRECONDITION, "TASK_NOT_HELD"),
+    VersionMismatchError: (grpc.StatusCode.ABORTED, "STATE_VERSION_MISMATCH"),
+    VersionNotFoundError: (grpc.StatusCode.NOT_FOUND, "STATE_VERSION_NOT_FOUND"),
+    WorkflowNotFoundError: (grpc.StatusCode.NOT_FOUND, "WORKFLOW_NOT_FOUND"),
+    BlobNotFoundError: (grpc.StatusCode.NOT_FOUND, "BLOB_NOT_FOUND"),
+    WorkflowExistsError: (grpc.StatusCode.ALREADY_EXISTS, "WORKFLOW_ALREADY_EXISTS"),
+}
+
+
+async def abort_for_state_error(
+    context: _Context, error: StateError | StorageError, *, prefix: str = ""
+) -> NoReturn:
+    """Ends the call as StateService would for this error (for callers outside this module)."""
+    await _fail(context, error, prefix=prefix)
+
+
+async def _fail(context: _Context, error: StateError | StorageError, *, prefix: str = "") -> NoReturn:
+    """Ends the call with the status an engine or storage error maps to."""
+    if isinstance(error, StorageError):
+        await _storage_failure(context, error)
+    code, reason = grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    for kind in type(error).__mro__:
+        if kind in _STATE_ERRORS:
+            code, reason = _STATE_ERRORS[kind]
+            break
+    field = error.field
+    if prefix and field.partition(".")[0].partition("[")[0] in _PATCH_FIELDS:
+        field = prefix + field
+    metadata = {"field": field} if field else {}
+    if isinstance(error, LimitExceededError):
+        metadata["limit"] = str(error.limit)
+    elif isinstance(error, VersionMismatchError):
+        metadata.update(expected_version=str(error.expected), current_version=str(error.current))
+    elif isinstance(error, VersionNotFoundError):
+        metadata.update(oldest_version=str(error.oldest), latest_version=str(error.latest))
+    elif isinstance(error, DimensionMismatchError):
+        metadata.update(expected_dimension=str(error.expected), actual_dimension=str(error.actual))
+    violations = [(field, error.message)] if field and code == grpc.StatusCode.INVALID_ARGUMENT else []
+    await abort(context, code, error.message, reason=reason, metadata=metadata, field_violations=violations)
+
+
+async def _storage_failure(context: _Context, error: StorageError) -> NoReturn:
+    if isinstance(error, StorageBusyError):
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(error),
+            reason="RESOURCE_LIMIT",
+            metadata={"limit": "storage_pending_writes"},
+            retry_after=timedelta(milliseconds=100),
+        )
+    if isinstance(error, StorageFullError):
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(error),
+            reason="RESOURCE_LIMIT",
+            metadata={"limit": "storage_size"},
+            retry_after=timedelta(seconds=60),
+        )
+    if isinstance(error, BatchTooLargeError):
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), reason="LIMIT_EXCEEDED")
+    await abort(context, grpc.StatusCode.INTERNAL, str(error), reason="STORAGE_FAILURE")
