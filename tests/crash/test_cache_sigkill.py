@@ -1,0 +1,78 @@
+"""SIGKILL the sidecar while the cache is in use: every acknowledged entry answers, no removed one does."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from are_sdk import Client
+from are_sdk.testing import SidecarProcess
+
+NS = "crash:vectors"
+DIM = 32
+
+
+def _vector(i: int) -> list[float]:
+    v = np.random.default_rng(i).standard_normal(DIM)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+async def _store_many(client: Client, start: int, stop: int) -> list[tuple[int, str]]:
+    acknowledged: list[tuple[int, str]] = []
+
+    async def one(i: int) -> None:
+        stored = await client.cache.store(NS, f"prompt {i}", {"i": i}, vector=_vector(i))
+        acknowledged.append((i, stored.entry_id))
+
+    await asyncio.gather(*(one(i) for i in range(start, stop)))
+    return acknowledged
+
+
+async def test_acknowledged_entries_survive_sigkill_and_removals_stay_removed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    process = SidecarProcess.start(data_dir=data)
+    try:
+        async with await Client.connect(process.target) as client:
+            await client.cache.put_namespace(NS, embedder="caller", dimension=DIM, similarity_threshold=0.99)
+            first = await _store_many(client, 0, 60)
+        # A clean stop saves the index, so the next start restores it by memory map.
+    finally:
+        assert process.stop() == 0
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data)
+    try:
+        async with await Client.connect(process.target) as client:
+            ids = dict(first)
+            removed = set(range(0, 60, 5))
+            assert await client.cache.invalidate(NS, entry_ids=[ids[i] for i in sorted(removed)]) == len(
+                removed
+            )
+            later = await _store_many(client, 60, 100)  # in LMDB, not in the saved index
+            await client.cache.store(NS, "prompt 7", {"i": "7 again"}, vector=_vector(7))  # replaces entry 7
+    finally:
+        process.kill()  # no shutdown: the saved index is now stale
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data)
+    try:
+        async with await Client.connect(process.target) as client:
+            for i, _entry_id in [*first, *later]:
+                exact = await client.cache.lookup(NS, f"prompt {i}", exact_only=True)
+                semantic = await client.cache.lookup(NS, vector=_vector(i))
+                if i in removed:
+                    assert exact is None, i
+                    assert semantic is None, i
+                    continue
+                expected = {"i": "7 again"} if i == 7 else {"i": i}
+                assert exact is not None, i
+                assert exact.value == expected, i
+                assert semantic is not None, i
+                assert semantic.value == expected, i
+            [stats] = await client.cache.stats(NS)
+            assert stats.entries == 100 - len(removed)
+    finally:
+        process.kill()
+        process.cleanup()

@@ -1,0 +1,354 @@
+"""The SDK's Worker against a real sidecar: handlers, context, heartbeats, drain, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from are_sdk import (
+    Client,
+    TaskContext,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    Worker,
+    WorkflowSpec,
+    WorkflowState,
+)
+from are_sdk.testing import SidecarProcess
+
+
+def _scheduler_served() -> bool:
+    from sidecar._capabilities import CAPABILITIES
+
+    return any("are.v1.WorkerService" in capability.services for capability in CAPABILITIES)
+
+
+pytestmark = pytest.mark.skipif(
+    not _scheduler_served(), reason="no capability serves are.v1.WorkerService yet"
+)
+
+RESULT_TIMEOUT = 30.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def suffix() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def test_sync_handlers_run_in_the_thread_pool(client: Client) -> None:
+    cap = f"sync-{suffix()}"
+    worker = Worker(client, name=f"sync-{suffix()}")
+
+    @worker.handler(cap)
+    def handle(ctx: TaskContext) -> dict[str, Any]:
+        return {"main": threading.current_thread() is threading.main_thread(), "input": ctx.input}
+
+    async with worker:
+        handle_ = await client.submit_workflow(WorkflowSpec().task("x", capability=cap, input=[1, "a"]))
+        assert await handle_.result(timeout=RESULT_TIMEOUT) == {"main": False, "input": [1, "a"]}
+    assert worker.stats["completed"] == 1
+
+
+async def test_context_carries_the_assignment(client: Client) -> None:
+    cap = f"ctx-{suffix()}"
+    seen: dict[str, Any] = {}
+    worker = Worker(client, name=f"ctx-{suffix()}")
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> Any:
+        if ctx.task_id == "up":
+            return {"v": 1}
+        seen.update(
+            workflow_id=ctx.workflow_id,
+            attempt=ctx.attempt,
+            key=ctx.idempotency_key,
+            deps=ctx.dependency_outputs,
+            dep_state=ctx.dependencies["up"].state,
+            deadline=ctx.deadline,
+            traceparent=ctx.traceparent,
+            labels=ctx.labels,
+            maximum_attempts=ctx.maximum_attempts,
+        )
+        ctx.report_llm_call("model-x", input_tokens=100, output_tokens=20, cost_micro_usd=150)
+        ctx.report_llm_call("model-x", input_tokens=10, output_tokens=2, cost_micro_usd=15)
+        ctx.report_tool_call("search")
+        return TaskResult(b"\x00raw", content_type="application/octet-stream")
+
+    spec = (
+        WorkflowSpec("ctx")
+        .task("up", capability=cap)
+        .task("down", capability=cap, depends_on=["up"], labels={"l": "v"}, start_to_close_timeout=20)
+    )
+    async with worker:
+        handle = await client.submit_workflow(spec)
+        await handle.wait(timeout=RESULT_TIMEOUT)
+    assert seen["workflow_id"] == handle.workflow_id
+    assert seen["attempt"] == 1
+    assert seen["key"]
+    assert seen["deps"] == {"up": {"v": 1}}
+    assert seen["dep_state"] is TaskState.COMPLETED
+    assert seen["deadline"] is not None
+    assert seen["labels"] == {"l": "v"}
+    assert seen["traceparent"].startswith("00-")
+    down = await handle.task("down")
+    assert down.output.data == b"\x00raw"
+    assert (down.usage.input_tokens, down.usage.output_tokens, down.usage.cost_micro_usd) == (110, 22, 165)
+    assert (down.usage.llm_calls, down.usage.tool_calls) == (2, 1)
+    described = await handle.describe()
+    assert described.usage.cost_micro_usd == 165
+
+
+async def test_spawned_tasks_feed_the_waiting_dependents(client: Client) -> None:
+    cap = f"spawn-{suffix()}"
+    worker = Worker(client, name=f"spawn-{suffix()}")
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> Any:
+        if ctx.task_id == "plan":
+            children = [TaskSpec(f"part-{i}", capability=cap, input={"i": i}) for i in range(3)]
+            ids = await ctx.spawn(*children, dependents_wait=True, request_id=f"{ctx.idempotency_key}-spawn")
+            return {"spawned": ids}
+        if ctx.task_id.startswith("part-"):
+            return ctx.input["i"] * 10
+        return sorted(v for k, v in ctx.dependency_outputs.items() if k.startswith("part-"))
+
+    spec = (
+        WorkflowSpec("spawn").task("plan", capability=cap).task("merge", capability=cap, depends_on=["plan"])
+    )
+    async with worker:
+        handle = await client.submit_workflow(spec)
+        assert await handle.result(timeout=RESULT_TIMEOUT) == [0, 10, 20]
+    assert len(await handle.tasks()) == 5
+
+
+async def test_concurrency_is_bounded_and_fan_out_is_parallel(client: Client) -> None:
+    cap = f"par-{suffix()}"
+    running = 0
+    peak = 0
+    gate = asyncio.Event()
+    worker = Worker(client, name=f"par-{suffix()}", max_concurrency=4)
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if peak >= 4:
+            gate.set()
+        await asyncio.wait_for(gate.wait(), RESULT_TIMEOUT)
+        running -= 1
+
+    spec = WorkflowSpec("fan")
+    for i in range(20):
+        spec.task(f"t{i}", capability=cap)
+    spec.task("join", capability=cap, depends_on=[f"t{i}" for i in range(20)])
+    async with worker:
+        handle = await client.submit_workflow(spec)
+        final = await handle.wait(timeout=RESULT_TIMEOUT)
+    assert final.state is WorkflowState.COMPLETED
+    assert peak == 4
+
+
+async def test_automatic_heartbeats_keep_a_long_task_leased(client: Client) -> None:
+    cap = f"hb-{suffix()}"
+    worker = Worker(client, name=f"hb-{suffix()}")
+    attempts: list[int] = []
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        attempts.append(ctx.attempt)
+        assert ctx.heartbeat_timeout == 2.0
+        ctx.heartbeat({"progress": 0.5})
+        await asyncio.sleep(4.5)  # twice the heartbeat timeout, and more
+        return "done"
+
+    spec = WorkflowSpec("hb").task("x", capability=cap, heartbeat_timeout=2, start_to_close_timeout=30)
+    async with worker:
+        handle = await client.submit_workflow(spec)
+        assert await handle.result(timeout=RESULT_TIMEOUT) == "done"
+    assert attempts == [1]
+
+
+async def test_shutdown_drains_in_flight_tasks(client: Client) -> None:
+    cap = f"drain-{suffix()}"
+    started = asyncio.Event()
+    worker = Worker(client, name=f"drain-{suffix()}", shutdown_grace=20)
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        started.set()
+        await asyncio.sleep(0.3)
+        return "finished during drain"
+
+    run = asyncio.create_task(worker.run(handle_signals=False))
+    await worker.wait_registered(RESULT_TIMEOUT)
+    handle_ = await client.submit_workflow(WorkflowSpec().task("x", capability=cap))
+    await asyncio.wait_for(started.wait(), RESULT_TIMEOUT)
+    worker.shutdown()
+    await asyncio.wait_for(run, RESULT_TIMEOUT)
+    assert worker.stats["completed"] == 1
+    assert await handle_.result(timeout=RESULT_TIMEOUT) == "finished during drain"
+
+
+async def test_tasks_past_the_grace_period_are_handed_back(client: Client) -> None:
+    cap = f"handback-{suffix()}"
+    started = asyncio.Event()
+    first = Worker(client, name=f"handback-{suffix()}", shutdown_grace=0.2)
+
+    @first.handler(cap)
+    async def stuck(ctx: TaskContext) -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    handle = await client.submit_workflow(WorkflowSpec().task("x", capability=cap))
+    async with first:
+        await asyncio.wait_for(started.wait(), RESULT_TIMEOUT)
+    second = Worker(client, name=f"handback-{suffix()}")
+
+    @second.handler(cap)
+    async def finish(ctx: TaskContext) -> int:
+        return ctx.attempt
+
+    async with second:
+        assert await handle.result(timeout=RESULT_TIMEOUT) == 2
+
+
+async def test_a_declared_capability_without_handler_fails_for_good(client: Client) -> None:
+    cap = f"orphan-{suffix()}"
+    async with Worker(client, name=f"orphan-{suffix()}", capabilities=[cap]) as worker:
+        assert cap in worker.capabilities
+        handle = await client.submit_workflow(WorkflowSpec().task("x", capability=cap))
+        final = await handle.wait(timeout=RESULT_TIMEOUT)
+    assert final.state is WorkflowState.FAILED
+    task = await handle.task("x")
+    assert task.failure is not None
+    assert (task.failure.type, task.failure.non_retryable) == ("NonRetryableError", True)
+    assert task.attempt == 1
+
+
+async def test_non_retryable_failure_types_of_the_policy_apply(client: Client) -> None:
+    from are_sdk import RetryPolicy, TaskError
+
+    cap = f"typed-{suffix()}"
+    worker = Worker(client, name=f"typed-{suffix()}")
+    attempts: list[int] = []
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> None:
+        attempts.append(ctx.attempt)
+        raise TaskError("quota gone", type="QuotaExhausted", details={"left": 0})
+
+    policy = RetryPolicy(
+        maximum_attempts=5, initial_interval=0.01, non_retryable_failure_types=("QuotaExhausted",)
+    )
+    async with worker:
+        handle_ = await client.submit_workflow(WorkflowSpec().task("x", capability=cap, retry_policy=policy))
+        final = await handle_.wait(timeout=RESULT_TIMEOUT)
+    assert final.state is WorkflowState.FAILED
+    assert attempts == [1]
+    task = await handle_.task("x")
+    assert task.failure is not None
+    assert (task.failure.type, task.failure.details) == ("QuotaExhausted", {"left": 0})
+
+
+async def test_worker_without_handlers_refuses_to_run(client: Client) -> None:
+    worker = Worker(client, name="empty")
+    with pytest.raises(ValueError, match="no capability"):
+        await worker.run()
+
+
+@pytest.mark.slow
+async def test_worker_reconnects_after_a_sidecar_restart(tmp_path: Path) -> None:
+    socket = tmp_path / "are.sock"
+    args = ["--listen", "off", "--uds", str(socket)]
+    data = tmp_path / "data"
+    sidecar = SidecarProcess.start(data_dir=data, args=args)
+    try:
+        async with await Client.connect(sidecar.target) as client:
+            cap = f"re-{suffix()}"
+            worker = Worker(client, name="reconnect")
+
+            @worker.handler(cap)
+            async def handle(ctx: TaskContext) -> int:
+                return ctx.attempt
+
+            async with worker:
+                sidecar.kill()
+                sidecar.cleanup()
+                sidecar = SidecarProcess.start(data_dir=data, args=args)
+                handle_ = await client.submit_workflow(WorkflowSpec().task("x", capability=cap))
+                assert await handle_.result(timeout=RESULT_TIMEOUT) == 1
+            assert worker.stats["connects"] >= 2
+    finally:
+        sidecar.cleanup()
+
+
+def test_the_example_pipeline_runs_end_to_end(sidecar: SidecarProcess) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "research_pipeline.py"), "--target", sidecar.target],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "waiting for approval: review" in result.stdout
+    assert "COMPLETED: cost 900 micro-USD" in result.stdout
+    assert "published: https://example.invalid/" in result.stdout
+
+
+_SIGTERM_WORKER = """
+import asyncio, sys
+from are_sdk import Client, Worker
+
+async def main(target, cap):
+    async with await Client.connect(target) as client:
+        worker = Worker(client, name="sigterm", shutdown_grace=20)
+
+        @worker.handler(cap)
+        async def slow(ctx):
+            print("started", flush=True)
+            await asyncio.sleep(0.5)
+            return "drained"
+
+        await worker.run()
+        print("stopped", worker.stats["completed"], flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_sigterm_drains_a_worker_process(client: Client, sidecar: SidecarProcess) -> None:
+    cap = f"sigterm-{suffix()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SIGTERM_WORKER,
+        sidecar.target,
+        cap,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        handle = await client.submit_workflow(WorkflowSpec().task("x", capability=cap))
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), RESULT_TIMEOUT)
+        assert line.strip() == b"started"
+        process.terminate()
+        out, err = await asyncio.wait_for(process.communicate(), RESULT_TIMEOUT)
+        assert process.returncode == 0, err.decode()
+        assert out.strip() == b"stopped 1"
+        assert await handle.result(timeout=RESULT_TIMEOUT) == "drained"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

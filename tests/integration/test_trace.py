@@ -1,0 +1,274 @@
+"""TraceService over real gRPC: paged reads, filters, errors, the live seam, overflow, shutdown.
+
+Events are recorded through the sidecar's test hook (``ARE_TRACE_TEST_HOOK=1``),
+which takes the path every producer takes: one batch, group commit, publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import grpc
+import msgspec
+import pytest
+
+from are_core.trace import EventDraft
+from are_sdk import Client, InvalidArgumentError, UnavailableError
+from are_sdk._proto.are.v1 import event_pb2, trace_service_pb2
+from are_sdk.testing import SidecarProcess
+from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
+
+BUFFER = 16
+
+
+@pytest.fixture(scope="module")
+def traced() -> Iterator[SidecarProcess]:
+    """A sidecar with the event test hook on and a small stream buffer (to overflow it)."""
+    with SidecarProcess.start(
+        env={TEST_HOOK_ENV: "1"}, args=["--event-stream-buffer", str(BUFFER)]
+    ) as process:
+        yield process
+
+
+@pytest.fixture
+async def trace_client(traced: SidecarProcess) -> AsyncIterator[Client]:
+    async with await Client.connect(traced.target) as connected:
+        yield connected
+
+
+async def record(client: Client, *drafts: EventDraft) -> list[int]:
+    """Records ``drafts`` in the sidecar (one transaction) and returns their sequences."""
+    call = client.channel.unary_unary(TEST_HOOK_METHOD)
+    reply = await call(msgspec.msgpack.encode(list(drafts)), timeout=30)
+    return msgspec.msgpack.decode(reply, type=list[int])
+
+
+def new_workflow() -> str:
+    return f"wf-{uuid.uuid4().hex[:12]}"
+
+
+async def test_list_events_filters_and_pages(trace_client: Client) -> None:
+    wf, other = new_workflow(), new_workflow()
+    drafts = [
+        EventDraft(
+            event_type="TASK_DISPATCHED" if i % 2 else "TASK_COMPLETED",
+            workflow_id=wf if i % 3 else other,
+            task_id=f"t{i % 2}",
+            attempt=1,
+            worker_id="w1",
+            task_state="RUNNING" if i % 2 else "COMPLETED",
+            duration_ns=2_500_000_000,
+            attributes={"are.pool": "default", "n": i, "ratio": 0.5, "ok": True},
+        )
+        for i in range(30)
+    ]
+    sequences = await record(trace_client, *drafts)
+    mine = [s for s, d in zip(sequences, drafts, strict=True) if d.workflow_id == wf]
+
+    seen: list[int] = []
+    token = ""
+    for _ in range(20):
+        page = await trace_client.trace.list_events(workflow_ids=[wf], page_size=7, page_token=token)
+        seen += [e.sequence for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == mine
+    assert page.last_sequence >= mine[-1]
+
+    dispatched = await trace_client.trace.list_events(
+        workflow_ids=[wf], event_types=["TASK_DISPATCHED"], task_ids=["t1"], page_size=1000
+    )
+    assert [e.sequence for e in dispatched.events] == [
+        s
+        for s, d in zip(sequences, drafts, strict=True)
+        if d.workflow_id == wf and d.event_type == "TASK_DISPATCHED"
+    ]
+    event = dispatched.events[0]
+    assert event.event_type == event_pb2.EVENT_TYPE_TASK_DISPATCHED
+    assert event.task_state == 4  # TASK_STATE_RUNNING
+    assert event.worker_id == "w1"
+    assert event.duration.seconds == 2
+    assert event.duration.nanos == 500_000_000
+    assert event.attributes["are.pool"].string_value == "default"
+    assert event.attributes["ok"].bool_value is True
+    assert event.attributes["ratio"].double_value == 0.5
+    assert event.attributes["n"].WhichOneof("value") == "int_value"
+
+    everything = [e.sequence async for e in trace_client.trace.iter_events(workflow_ids=[wf, other])]
+    assert everything == sequences
+    future = await trace_client.trace.list_events(
+        workflow_ids=[wf], start_time=datetime(2999, 1, 1, tzinfo=UTC)
+    )
+    assert list(future.events) == []
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field", "reason"),
+    [
+        ({"filter": event_pb2.EventFilter(event_types=[0])}, "filter.event_types[0]", "INVALID_ARGUMENT"),
+        (
+            {"filter": event_pb2.EventFilter(workflow_ids=[f"w{i}" for i in range(101)])},
+            "filter.workflow_ids",
+            "INVALID_ARGUMENT",
+        ),
+        ({"filter": event_pb2.EventFilter(task_ids=["ok", ""])}, "filter.task_ids[1]", "INVALID_ARGUMENT"),
+        ({"page_size": -1}, "page_size", "INVALID_ARGUMENT"),
+        ({"page_token": "garbage"}, "page_token", "INVALID_PAGE_TOKEN"),
+    ],
+)
+async def test_invalid_list_requests_name_the_field(
+    trace_client: Client, request_fields: dict[str, object], field: str, reason: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        await trace_client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest(**request_fields))  # type: ignore[arg-type]
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.reason == reason
+    assert field in [violation.field for violation in raised.value.field_violations]
+
+
+async def test_end_time_before_start_time_is_invalid_for_both_rpcs(trace_client: Client) -> None:
+    bad = event_pb2.EventFilter()
+    bad.start_time.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))
+    bad.end_time.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))
+    with pytest.raises(InvalidArgumentError) as listed:
+        await trace_client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest(filter=bad))
+    assert [v.field for v in listed.value.field_violations] == ["filter.end_time"]
+    with pytest.raises(InvalidArgumentError) as streamed:
+        async for _ in trace_client.raw.trace.StreamEvents(trace_service_pb2.StreamEventsRequest(filter=bad)):
+            pass
+    assert streamed.value.reason == "INVALID_ARGUMENT"
+    assert [v.field for v in streamed.value.field_violations] == ["filter.end_time"]
+
+
+async def test_a_page_token_of_another_filter_is_refused(trace_client: Client) -> None:
+    wf = new_workflow()
+    await record(trace_client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf) for _ in range(3)))
+    page = await trace_client.trace.list_events(workflow_ids=[wf], page_size=1)
+    assert page.next_page_token
+    with pytest.raises(InvalidArgumentError) as raised:
+        await trace_client.trace.list_events(workflow_ids=[new_workflow()], page_token=page.next_page_token)
+    assert raised.value.reason == "INVALID_PAGE_TOKEN"
+
+
+async def test_stream_replays_then_follows_live_without_gap_or_duplicate(trace_client: Client) -> None:
+    wf = new_workflow()
+    before = await record(
+        trace_client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf) for _ in range(5))
+    )
+    stream = trace_client.trace.stream(workflow_ids=[wf], after_sequence=0)
+    items = [await asyncio.wait_for(anext(stream), 10) for _ in range(6)]
+    assert [i.sequence for i in items[:5]] == before
+    assert isinstance(items[5], trace_service_pb2.CaughtUp)
+    assert items[5].sequence >= before[-1]
+
+    # Live, concurrent with a producer; another workflow's events are filtered out.
+    async def produce() -> list[int]:
+        out: list[int] = []
+        for _ in range(10):
+            out += await record(
+                trace_client,
+                EventDraft(event_type="TASK_DISPATCHED", workflow_id=wf),
+                EventDraft(event_type="TASK_DISPATCHED", workflow_id=new_workflow()),
+            )
+        return out[::2]
+
+    producer = asyncio.create_task(produce())
+    live = [await asyncio.wait_for(anext(stream), 10) for _ in range(10)]
+    assert [e.sequence for e in live] == await producer
+    await stream.aclose()
+
+
+async def test_live_only_stream_starts_at_the_caught_up_marker(trace_client: Client) -> None:
+    wf = new_workflow()
+    await record(trace_client, EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf))
+    stream = trace_client.trace.stream(workflow_ids=[wf])
+    marker = await asyncio.wait_for(anext(stream), 10)
+    assert isinstance(marker, trace_service_pb2.CaughtUp)
+    (sequence,) = await record(trace_client, EventDraft(event_type="TASK_COMPLETED", workflow_id=wf))
+    event = await asyncio.wait_for(anext(stream), 10)
+    assert isinstance(event, event_pb2.Event)
+    assert event.sequence == sequence
+    await stream.aclose()
+
+
+async def _overflow(client: Client, wf: str, count: int) -> list[int]:
+    # Big events fill the transport's flow-control window quickly, so the stream's own
+    # bounded buffer overflows while the reader is not reading.
+    padding = "x" * 8192
+    sequences: list[int] = []
+    for _ in range(count // 100):
+        sequences += await record(
+            client,
+            *(
+                EventDraft(event_type="WORKER_CUSTOM", workflow_id=wf, attributes={"pad": padding})
+                for _ in range(100)
+            ),
+        )
+    return sequences
+
+
+async def test_a_slow_subscriber_is_told_what_it_missed_and_can_fetch_it(trace_client: Client) -> None:
+    wf = new_workflow()
+    request = trace_service_pb2.StreamEventsRequest(filter=event_pb2.EventFilter(workflow_ids=[wf]))
+    stream = trace_client.raw.trace.StreamEvents(request, timeout=None)
+    first = await asyncio.wait_for(anext(stream), 10)
+    assert first.WhichOneof("message") == "caught_up"
+    sequences = await _overflow(trace_client, wf, 3000)  # not reading meanwhile
+
+    delivered: list[int] = []
+    notices: list[trace_service_pb2.EventsMissed] = []
+    while len(delivered) + sum(n.missed_count for n in notices) < len(sequences):
+        message = await asyncio.wait_for(anext(stream), 10)
+        if message.WhichOneof("message") == "event":
+            delivered.append(message.event.sequence)
+        else:
+            notices.append(message.missed)
+    await stream.aclose()
+    assert notices, "the reader never fell behind: raise the event count"
+    for notice in notices:
+        assert notice.reason == trace_service_pb2.MISSED_REASON_SLOW_SUBSCRIBER
+        page = await trace_client.trace.list_events(
+            workflow_ids=[wf], after_sequence=notice.resume_after_sequence, page_size=1
+        )
+        assert page.events[0].sequence == notice.first_missed_sequence
+    assert len(set(delivered)) == len(delivered)
+
+
+async def test_the_sdk_stream_fills_what_it_missed(trace_client: Client) -> None:
+    wf = new_workflow()
+    stream = trace_client.trace.stream(workflow_ids=[wf])
+    assert isinstance(await asyncio.wait_for(anext(stream), 10), trace_service_pb2.CaughtUp)
+    sequences = await _overflow(trace_client, wf, 3000)
+    received = [(await asyncio.wait_for(anext(stream), 10)).sequence for _ in sequences]
+    await stream.aclose()
+    assert sorted(received) == sequences
+    assert len(set(received)) == len(received)
+
+
+async def test_shutdown_ends_streams_with_unavailable_and_events_survive_a_restart() -> None:
+    with SidecarProcess.start(env={TEST_HOOK_ENV: "1"}) as process:
+        async with await Client.connect(process.target) as client:
+            wf = new_workflow()
+            sequences = await record(
+                client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf) for _ in range(3))
+            )
+            stream = client.trace.stream(after_sequence=0)
+            while not isinstance(await asyncio.wait_for(anext(stream), 10), trace_service_pb2.CaughtUp):
+                pass
+            waiting = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(process.stop)
+            with pytest.raises(UnavailableError) as raised:
+                await asyncio.wait_for(waiting, 20)
+            assert raised.value.reason == "SHUTTING_DOWN"
+        # The same data folder (removed with the first process's workdir, so restart inside).
+        with SidecarProcess.start(data_dir=process.data_dir, env={TEST_HOOK_ENV: "1"}) as again:
+            async with await Client.connect(again.target) as client:
+                page = await client.trace.list_events(workflow_ids=[wf])
+                assert [e.sequence for e in page.events] == sequences
+                (after,) = await record(client, EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf))
+                assert after > sequences[-1]

@@ -1,0 +1,231 @@
+"""The ``are`` client commands against a real sidecar (events recorded through the test hook)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from are_core.trace import EventDraft, EventUsage
+from are_sdk import Client, TaskContext, Worker
+from are_sdk.testing import SidecarProcess
+from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
+from sidecar.cli import main
+
+
+@pytest.fixture(scope="module")
+def traced() -> Iterator[SidecarProcess]:
+    with SidecarProcess.start(env={TEST_HOOK_ENV: "1"}) as process:
+        yield process
+
+
+class Ran(msgspec.Struct):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def are(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ran]:
+    """Runs ``are ARGS`` in this process (the console script's ``main``) against a target."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("ARE_TOKEN", raising=False)
+
+    def run(target: str, *args: str) -> Ran:
+        capsys.readouterr()
+        monkeypatch.setenv("ARE_TARGET", target)
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
+
+
+async def record(target: str, *drafts: EventDraft) -> list[int]:
+    async with await Client.connect(target) as client:
+        call = client.channel.unary_unary(TEST_HOOK_METHOD)
+        reply = await call(msgspec.msgpack.encode(list(drafts)), timeout=30)
+    return msgspec.msgpack.decode(reply, type=list[int])
+
+
+def test_events_and_trace_print_the_recorded_events(traced: SidecarProcess, are: Callable[..., Ran]) -> None:
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    recorded = record(
+        traced.target,
+        EventDraft(event_type="WORKFLOW_SUBMITTED", workflow_id=wf),
+        EventDraft(event_type="TASK_DISPATCHED", workflow_id=wf, task_id="plan", attempt=1, worker_id="w7"),
+        EventDraft(
+            event_type="LLM_CALL",
+            workflow_id=wf,
+            task_id="plan",
+            attempt=1,
+            name="gpt-4o",
+            usage=EventUsage(input_tokens=12, output_tokens=3, cost_micro_usd=50),
+        ),
+    )
+    asyncio.run(recorded)
+    result = are(traced.target, "trace", wf)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["WORKFLOW_SUBMITTED", "TASK_DISPATCHED", "LLM_CALL"]
+    assert "plan#1" in lines[1]
+    assert "worker=w7" in lines[1]
+    assert "tokens=12/3" in lines[2]
+
+    result = are(traced.target, "events", "--workflow", wf, "--type", "llm_call")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+
+    result = are(traced.target, "events", "--type", "NOT_A_TYPE")
+    assert result.returncode == 2
+    assert "NOT_A_TYPE" in result.stderr
+
+
+async def test_trace_follow_streams_until_the_workflow_ends(traced: SidecarProcess) -> None:
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    await record(traced.target, EventDraft(event_type="WORKFLOW_SUBMITTED", workflow_id=wf))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
+    env.update({"ARE_TARGET": traced.target, "COLUMNS": "200", "NO_COLOR": "1"})
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "trace", wf, "--follow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        # Keep recording until the follower has seen the end (it may join before or after).
+        sequence = 0
+        while follower.poll() is None and time.monotonic() < deadline:
+            sequence += 1
+            await record(
+                traced.target,
+                EventDraft(event_type="TASK_COMPLETED", workflow_id=wf, task_id=f"t{sequence}"),
+                EventDraft(event_type="WORKFLOW_COMPLETED", workflow_id=wf) if sequence >= 3 else
+                EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf),
+            )  # fmt: skip
+            await asyncio.sleep(0.2)
+        stdout, stderr = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, stderr
+    kinds = [line.split()[2] for line in stdout.splitlines() if line.strip()]
+    assert kinds[0] == "WORKFLOW_SUBMITTED"
+    assert kinds[-1] == "WORKFLOW_COMPLETED"
+    assert "TASK_COMPLETED" in kinds
+
+
+async def _are_async(target: str, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
+    env.update({"ARE_TARGET": target, "COLUMNS": "200", "NO_COLOR": "1"})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+SPEC = """
+name: cli-demo
+tasks:
+  - task_id: draft
+    capability: cli-echo
+    input: {question: hi}
+  - task_id: publish
+    capability: cli-echo
+    depends_on: [draft]
+    requires_approval: true
+    start_to_close_timeout: 30s
+"""
+
+
+async def test_submit_wait_approve_status_and_trace_with_a_real_worker(
+    traced: SidecarProcess, tmp_path: Path
+) -> None:
+    spec = tmp_path / "wf.yaml"
+    spec.write_text(SPEC)
+    async with await Client.connect(traced.target) as client:
+        worker = Worker(client, name="cli-test", max_concurrency=4)
+
+        @worker.handler("cli-echo")
+        async def echo(ctx: TaskContext) -> dict[str, object]:
+            ctx.report_llm_call("test-model", input_tokens=7, output_tokens=2, cost_micro_usd=3)
+            return {"echo": ctx.task_id}
+
+        async with worker:
+            submitting = asyncio.create_task(_are_async(traced.target, "submit", str(spec), "--wait"))
+            gates: list[object] = []
+            for _ in range(600):  # bounded: until the approval gate opens
+                gates = list(await client.workflows.list_approvals())
+                if gates or submitting.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert gates, "the approval gate never opened"
+            gate = gates[0]
+            workflow_id = gate.workflow_id  # type: ignore[attr-defined]
+            code, stdout, stderr = await _are_async(traced.target, "status", workflow_id)
+            assert code == 0, stderr
+            assert "draft COMPLETED" in stdout
+            assert "publish AWAITING_APPROVAL" in stdout
+            code, stdout, stderr = await _are_async(
+                traced.target, "approve", workflow_id, "publish", "--approver", "me", "--comment", "ok"
+            )
+            assert code == 0, stderr
+            code, stdout, stderr = await submitting
+            assert code == 0, stderr
+            assert f"submitted {workflow_id}" in stdout
+            assert "COMPLETED" in stdout.splitlines()[-1]
+    code, stdout, stderr = await _are_async(traced.target, "status", workflow_id)
+    assert code == 0, stderr
+    assert "publish COMPLETED" in stdout
+    code, stdout, stderr = await _are_async(traced.target, "trace", workflow_id)
+    assert code == 0, stderr
+    kinds = [line.split()[2] for line in stdout.splitlines() if line.strip()]
+    assert (
+        kinds.index("WORKFLOW_SUBMITTED") < kinds.index("TASK_APPROVED") < kinds.index("WORKFLOW_COMPLETED")
+    )
+    assert kinds.count("LLM_CALL") == 2
+    code, _, stderr = await _are_async(traced.target, "reject", workflow_id, "publish")
+    assert code == 1
+    assert "error:" in stderr
+
+
+def test_pools_and_cache_stats_print_tables(traced: SidecarProcess, are: Callable[..., Ran]) -> None:
+    result = are(traced.target, "pools")
+    assert result.returncode == 0, result.stderr
+    assert "pool" in result.stdout
+    result = are(traced.target, "cache", "stats")
+    assert result.returncode == 0, result.stderr
+    assert "hit rate" in result.stdout
+
+
+def test_submit_refuses_an_invalid_spec_naming_it(
+    traced: SidecarProcess, tmp_path: Path, are: Callable[..., Ran]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tasks": [{"task_id": "a", "no_such_field": 1}]}')
+    result = are(traced.target, "submit", str(bad))
+    assert result.returncode == 2
+    assert "no_such_field" in result.stderr
+
+
+def test_an_unreachable_sidecar_is_a_clear_error(are: Callable[..., Ran]) -> None:
+    result = are("127.0.0.1:9", "events", "--connect-timeout", "0.5")
+    assert result.returncode == 1
+    assert "no ARE sidecar answered" in result.stderr

@@ -1,0 +1,521 @@
+"""The capabilities wired into the scheduler, over real gRPC against the session sidecar.
+
+State: initial state as version 1, completion patches and output pointers in
+the completion's commit, retention, the write gate, DeleteWorkflow, fork.
+Router: intents routed at scheduling (TASK_ROUTED), workers mirrored in the
+router. Cache: a cache-keyed task answered without dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from itertools import count
+from typing import Any
+
+import pytest
+from google.protobuf import duration_pb2
+
+from are_sdk import Client, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from are_sdk._proto.are.v1 import agent_pb2, event_pb2, router_service_pb2, state_pb2, trace_service_pb2
+from are_sdk._proto.are.v1 import cache_service_pb2 as cs
+from are_sdk._proto.are.v1 import common_pb2 as c
+from are_sdk._proto.are.v1 import scheduler_service_pb2 as s
+from are_sdk._proto.are.v1 import state_service_pb2 as ss
+from are_sdk._proto.are.v1 import task_pb2 as t
+from are_sdk._proto.are.v1 import worker_service_pb2 as w
+from are_sdk._proto.are.v1 import workflow_pb2 as wf
+from tests.integration.test_scheduler import (
+    StreamWorker,
+    completion,
+    expect_error,
+    get_task,
+    submit,
+    task,
+    unique_capability,
+    wait_closed,
+)
+
+_ids = count()
+
+
+def _wid(name: str) -> str:
+    return f"wire-{name}-{os.getpid()}-{next(_ids)}"
+
+
+def _json(value: Any) -> c.Payload:
+    return c.Payload(data=json.dumps(value).encode(), content_type="application/json")
+
+
+async def _state(client: Client, workflow_id: str, *paths: str) -> tuple[int, dict[str, Any]]:
+    response = await client.raw.state.GetState(ss.GetStateRequest(workflow_id=workflow_id, paths=list(paths)))
+    return response.version, {v.path: json.loads(v.value_json) for v in response.values}
+
+
+async def _poll_one(client: Client, capability: str) -> w.TaskAssignment:
+    async with asyncio.timeout(20):
+        while True:
+            response = await client.raw.worker.PollTask(
+                w.PollTaskRequest(worker_name="wiring", capabilities=[capability], max_tasks=1), timeout=5
+            )
+            if response.assignments:
+                return response.assignments[0]
+
+
+async def _events(client: Client, workflow_id: str, event_type: int) -> list[event_pb2.Event]:
+    response = await client.raw.trace.ListEvents(
+        trace_service_pb2.ListEventsRequest(
+            filter=event_pb2.EventFilter(workflow_ids=[workflow_id], event_types=[event_type])
+        )
+    )
+    return list(response.events)
+
+
+def _attributes(event: event_pb2.Event) -> dict[str, Any]:
+    return {k: getattr(v, v.WhichOneof("value")) for k, v in event.attributes.items()}
+
+
+# ------------------------------------------------------------------- state
+
+
+async def test_initial_state_is_version_1_with_the_workflows_own_retention(client: Client) -> None:
+    cap = unique_capability("nobody")
+    wid = await submit(
+        client,
+        task("a", cap),
+        workflow_id=_wid("init"),
+        initial_state=_json({"plan": {"steps": [1, 2]}, "n": 0}),
+        state_retention=wf.StateRetention(keep_versions=2, keep_duration=duration_pb2.Duration(nanos=1000)),
+    )
+    version, values = await _state(client, wid, "/plan/steps", "/n")
+    assert version == 1
+    assert values == {"/plan/steps": [1, 2], "/n": 0}
+    got = await client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=wid))
+    assert got.workflow.state_version == 1
+    for n in range(1, 5):
+        await client.raw.state.PatchState(
+            ss.PatchStateRequest(
+                workflow_id=wid, patch=state_pb2.StatePatch(merge_patch_json=json.dumps({"n": n}).encode())
+            )
+        )
+    listed = await client.raw.state.ListCheckpoints(ss.ListCheckpointsRequest(workflow_id=wid))
+    assert [cp.version for cp in listed.checkpoints] == [5, 4]  # keep_versions=2, not the default 1,000
+    # A workflow without initial_state starts at `{}`, version 1.
+    bare = await submit(client, task("a", cap))
+    assert await _state(client, bare) == (1, {"": {}})
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=wid))
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=bare))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b"{nope", "INVALID_JSON"), (b"[1, 2]", "INVALID_JSON")],
+)
+async def test_a_bad_initial_state_names_the_field_and_stores_nothing(
+    client: Client, payload: bytes, reason: str
+) -> None:
+    wid = _wid("badinit")
+    await expect_error(
+        submit(client, task("a"), workflow_id=wid, initial_state=c.Payload(data=payload)),
+        InvalidArgumentError,
+        reason,
+        "spec.initial_state.data",
+    )
+    await expect_error(
+        client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=wid)),
+        NotFoundError,
+        "WORKFLOW_NOT_FOUND",
+    )
+    await expect_error(
+        client.raw.state.GetState(ss.GetStateRequest(workflow_id=wid)), NotFoundError, "WORKFLOW_NOT_FOUND"
+    )
+
+
+async def test_a_completion_patch_and_output_pointer_are_the_attempts_state_write(client: Client) -> None:
+    cap = unique_capability("writer")
+    wid = await submit(
+        client,
+        task("a", cap, output_state_pointer="/results/a"),
+        task("b", cap, "a"),
+        initial_state=_json({"results": {}, "log": []}),
+    )
+    # Unary: a merge patch plus the output pointer make one new version, written by the attempt.
+    a = await _poll_one(client, cap)
+    assert a.state_version == 1  # the latest version at dispatch
+    response = await client.raw.worker.CompleteTask(
+        w.CompleteTaskRequest(
+            completion=completion(
+                a,
+                {"answer": 42},
+                state_patch=state_pb2.StatePatch(merge_patch_json=b'{"seen": "a"}'),
+            )
+        )
+    )
+    assert response.state_version == 2
+    version, values = await _state(client, wid, "/results/a", "/seen", "/log")
+    assert (version, values) == (2, {"/results/a": {"answer": 42}, "/seen": "a", "/log": []})
+    checkpoints = await client.raw.state.ListCheckpoints(ss.ListCheckpointsRequest(workflow_id=wid))
+    assert (checkpoints.checkpoints[0].task_id, checkpoints.checkpoints[0].attempt) == ("a", a.attempt)
+    # Stream: operations in the completion, acked once the write is durable.
+    async with StreamWorker(client, lambda _: None, capabilities=[cap]) as worker:
+        async with asyncio.timeout(20):
+            while not worker.held:
+                await asyncio.sleep(0.02)
+        b = next(iter(worker.held.values()))
+        ops = state_pb2.PatchOperationList(
+            operations=[
+                state_pb2.PatchOperation(
+                    op=state_pb2.PATCH_OPERATION_TYPE_SET, path="/log/-", value_json=b'"b"'
+                )
+            ]
+        )
+        await worker.send(
+            w.ConnectRequest(
+                complete=w.CompletionBatch(
+                    completions=[completion(b, "done", state_patch=state_pb2.StatePatch(operations=ops))]
+                )
+            )
+        )
+        acks = await worker.wait_acks(1)
+        assert acks[0].accepted, acks[0]
+    closed = await wait_closed(client, wid)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+    assert await _state(client, wid, "/log") == (3, {"/log": ["b"]})
+    got = await client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=wid))
+    assert got.workflow.state_version == 3
+
+
+async def test_a_completion_whose_state_write_cannot_apply_records_nothing(client: Client) -> None:
+    cap = unique_capability("badwrite")
+    wid = await submit(client, task("a", cap, output_state_pointer="/out"))
+    a = await _poll_one(client, cap)
+    bad_patch = state_pb2.StatePatch(
+        operations=state_pb2.PatchOperationList(
+            operations=[
+                state_pb2.PatchOperation(
+                    op=state_pb2.PATCH_OPERATION_TYPE_SET, path="/x/y/z", value_json=b"1"
+                )
+            ]
+        )
+    )
+    await expect_error(
+        client.raw.worker.CompleteTask(
+            w.CompleteTaskRequest(completion=completion(a, 1, state_patch=bad_patch))
+        ),
+        FailedPreconditionError,
+        "PATCH_NOT_APPLICABLE",
+        "completion.state_patch.operations.operations[0].path",
+    )
+    # The output must be JSON to land at the pointer.
+    await expect_error(
+        client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, b"not json"))),
+        InvalidArgumentError,
+        "INVALID_JSON",
+        "completion.output.data",
+    )
+    assert (await get_task(client, wid, "a")).state == t.TASK_STATE_RUNNING
+    assert (await _state(client, wid))[0] == 1
+    response = await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, [1, 2])))
+    assert response.state_version == 2
+    assert await _state(client, wid, "/out") == (2, {"/out": [1, 2]})
+
+
+async def test_an_invalid_output_pointer_is_refused_at_submit(client: Client) -> None:
+    await expect_error(
+        submit(client, task("a", output_state_pointer="no-slash")),
+        InvalidArgumentError,
+        "INVALID_JSON_POINTER",
+        "spec.tasks[0].output_state_pointer",
+    )
+
+
+async def test_state_writes_are_gated_on_the_scheduler(client: Client) -> None:
+    patch = state_pb2.StatePatch(merge_patch_json=b'{"k": 1}')
+    await expect_error(
+        client.raw.state.PatchState(ss.PatchStateRequest(workflow_id=_wid("ghost"), patch=patch)),
+        NotFoundError,
+        "WORKFLOW_NOT_FOUND",
+    )
+    cap = unique_capability("gate")
+    wid = await submit(client, task("a", cap))
+    await expect_error(
+        client.raw.state.PatchState(
+            ss.PatchStateRequest(workflow_id=wid, patch=patch, task_id="a", attempt=1)
+        ),
+        FailedPreconditionError,
+        "TASK_NOT_HELD",
+    )
+    a = await _poll_one(client, cap)
+    held = await client.raw.state.PatchState(
+        ss.PatchStateRequest(workflow_id=wid, patch=patch, task_id="a", attempt=a.attempt)
+    )
+    assert held.version == 2
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=wid))
+    await wait_closed(client, wid)
+    await expect_error(
+        client.raw.state.PatchState(ss.PatchStateRequest(workflow_id=wid, patch=patch)),
+        FailedPreconditionError,
+        "WORKFLOW_CLOSED",
+    )
+
+
+async def test_delete_workflow_removes_a_closed_workflow_and_its_state(client: Client) -> None:
+    cap = unique_capability("del")
+    wid = await submit(client, task("a", cap), initial_state=_json({"big": "x" * 1000}))
+    await expect_error(
+        client.raw.scheduler.DeleteWorkflow(s.DeleteWorkflowRequest(workflow_id=wid)),
+        FailedPreconditionError,
+        "WORKFLOW_NOT_CLOSED",
+    )
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=wid))
+    await wait_closed(client, wid)
+    deleted = await client.raw.scheduler.DeleteWorkflow(s.DeleteWorkflowRequest(workflow_id=wid))
+    assert deleted.freed_bytes > 1000
+    await expect_error(
+        client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=wid)),
+        NotFoundError,
+        "WORKFLOW_NOT_FOUND",
+    )
+    await expect_error(
+        client.raw.state.GetState(ss.GetStateRequest(workflow_id=wid)), NotFoundError, "WORKFLOW_NOT_FOUND"
+    )
+    await expect_error(
+        client.raw.scheduler.DeleteWorkflow(s.DeleteWorkflowRequest(workflow_id=wid)),
+        NotFoundError,
+        "WORKFLOW_NOT_FOUND",
+    )
+
+
+async def test_fork_keeps_tasks_completed_by_the_checkpoint_and_reruns_the_rest(client: Client) -> None:
+    cap = unique_capability("fork")
+    wid = await submit(
+        client,
+        task("a", cap),
+        task("b", cap, "a"),
+        task("c", cap, "b"),
+        initial_state=_json({"stage": 0}),
+    )
+    for stage, name in enumerate(("a", "b"), start=1):
+        assignment = await _poll_one(client, cap)
+        assert assignment.task_id == name
+        patch = state_pb2.StatePatch(merge_patch_json=json.dumps({"stage": stage}).encode())
+        await client.raw.worker.CompleteTask(
+            w.CompleteTaskRequest(completion=completion(assignment, {"by": name}, state_patch=patch))
+        )
+    # Version 2 was written by a's completion: at that point only a had completed.
+    forked = await client.raw.state.ForkWorkflow(ss.ForkWorkflowRequest(workflow_id=wid, version=2))
+    new = forked.workflow_id
+    assert await _state(client, new, "/stage") == (1, {"/stage": 1})
+    got = await client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=new))
+    assert got.workflow.forked_from.workflow_id == wid
+    assert got.workflow.forked_from.state_version == 2
+    kept = await get_task(client, new, "a")
+    assert kept.state == t.TASK_STATE_COMPLETED
+    assert json.loads(kept.output.data) == {"by": "a"}
+    assert (await get_task(client, new, "c")).state == t.TASK_STATE_PENDING
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=wid))
+    again = await _poll_one(client, cap)
+    assert (again.workflow_id, again.task_id) == (new, "b")
+    assert json.loads(again.dependencies[0].output.data) == {"by": "a"}
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=new))
+
+
+# ------------------------------------------------------------------ router
+
+
+async def test_an_intent_is_routed_at_scheduling_and_recorded(client: Client) -> None:
+    cap = unique_capability("translate")
+    words = f"translate legal contracts into klingon zq{next(_ids)}x"
+    await client.raw.router.RegisterAgent(
+        router_service_pb2.RegisterAgentRequest(
+            agent=agent_pb2.AgentCard(
+                agent_id=f"agent-{cap}", description=words, capabilities=[cap], cost_per_call_micro_usd=5
+            )
+        )
+    )
+    wid = await submit(client, t.TaskSpec(task_id="a", intent=words, input=_json({"doc": 1})))
+    assignment = await _poll_one(client, cap)
+    assert (assignment.workflow_id, assignment.capability) == (wid, cap)
+    assert (await get_task(client, wid, "a")).capability == cap
+    routed = await _events(client, wid, event_pb2.EVENT_TYPE_TASK_ROUTED)
+    assert len(routed) == 1
+    attributes = _attributes(routed[0])
+    assert attributes["are.route.capability"] == cap
+    assert attributes["are.route.agent_id"] == f"agent-{cap}"
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(assignment, "ok")))
+    assert (await wait_closed(client, wid)).state == wf.WORKFLOW_STATE_COMPLETED
+
+
+async def test_an_intent_nothing_matches_fails_with_routing(client: Client) -> None:
+    words = f"qqq{next(_ids)} zzzz vvvv wwww nothing registered matches this"
+    wid = await submit(
+        client,
+        t.TaskSpec(task_id="a", intent=words, retry_policy=c.RetryPolicy(maximum_attempts=1)),
+    )
+    closed = await wait_closed(client, wid)
+    assert closed.state == wf.WORKFLOW_STATE_FAILED
+    failed = await get_task(client, wid, "a")
+    assert failed.state == t.TASK_STATE_FAILED
+    assert failed.failure.kind == c.FAILURE_KIND_ROUTING
+
+
+async def test_connected_workers_appear_in_the_router_and_leave_at_once(client: Client) -> None:
+    cap = unique_capability("visible")
+
+    async def cards() -> list[agent_pb2.AgentCard]:
+        response = await client.raw.router.ListAgents(router_service_pb2.ListAgentsRequest(capability=cap))
+        return list(response.agents)
+
+    assert await cards() == []
+    wid = await submit(client, task("a", cap))
+    async with StreamWorker(client, lambda _: None, capabilities=[cap], concurrency=3) as worker:
+        async with asyncio.timeout(20):
+            while not worker.held:
+                await asyncio.sleep(0.02)
+        [card] = await cards()
+        assert worker.worker_id in card.worker_ids
+        assert (card.available, card.running, card.capacity) == (True, 1, 3)
+    async with asyncio.timeout(10):
+        while await cards():
+            await asyncio.sleep(0.02)
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=wid))
+
+
+# ------------------------------------------------------------------- cache
+
+
+async def test_a_cache_keyed_task_is_answered_from_the_cache_without_dispatch(client: Client) -> None:
+    namespace = f"wire{next(_ids)}-{os.getpid()}"
+    await client.raw.cache.PutNamespace(cs.PutNamespaceRequest(namespace=cs.CacheNamespace(name=namespace)))
+    cap = unique_capability("llm")
+    prompt = "what is the capital of france"
+    key = t.TaskCacheKey(namespace=namespace, prompt=prompt)
+    # A miss is dispatched; its output is stored under the prompt.
+    first = await submit(client, task("a", cap, cache_key=key))
+    assignment = await _poll_one(client, cap)
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(assignment, "Paris")))
+    await wait_closed(client, first)
+    assert len(await _events(client, first, event_pb2.EVENT_TYPE_TASK_CACHE_MISS)) == 1
+    async with asyncio.timeout(10):  # the store follows the durable completion
+        while True:
+            found = await client.raw.cache.LookupCache(
+                cs.LookupCacheRequest(namespace=namespace, prompt=prompt)
+            )
+            if found.hit:
+                break
+            await asyncio.sleep(0.02)
+    # A hit completes the task with the cached output; nothing is dispatched.
+    second = await submit(client, task("a", cap, cache_key=key))
+    closed = await wait_closed(client, second)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+    assert json.loads(closed.result.data) == "Paris"
+    hits = await _events(client, second, event_pb2.EVENT_TYPE_TASK_CACHE_HIT)
+    assert len(hits) == 1
+    assert _attributes(hits[0])["are.cache.tier"] == "EXACT"
+    assert (await get_task(client, second, "a")).attempt == 0
+
+
+async def test_a_cache_key_in_an_unknown_namespace_is_refused(client: Client) -> None:
+    key = t.TaskCacheKey(namespace=f"missing{next(_ids)}", prompt="p")
+    await expect_error(
+        submit(client, task("a", cache_key=key)),
+        InvalidArgumentError,
+        "NAMESPACE_NOT_FOUND",
+        "spec.tasks[0].cache_key.namespace",
+    )
+
+
+# ------------------------------------------------------------------- watch
+
+
+async def _collect(client: Client, request: s.WatchWorkflowRequest) -> list[s.WatchWorkflowResponse]:
+    async with asyncio.timeout(20):
+        return [message async for message in client.raw.scheduler.WatchWorkflow(request)]
+
+
+async def test_watch_with_include_tasks_sends_each_change_with_its_event_and_task(client: Client) -> None:
+    cap = unique_capability("watch")
+    wid = await submit(client, task("a", cap), task("b", cap, "a"))
+    watching = asyncio.ensure_future(
+        _collect(client, s.WatchWorkflowRequest(workflow_id=wid, include_tasks=True))
+    )
+    async with StreamWorker(client, lambda a: {"ok": a.task_id}, capabilities=[cap]):
+        messages = await watching
+    first, *changes = messages
+    assert not first.HasField("event")  # the initial status
+    assert [m.sequence for m in changes] == sorted({m.sequence for m in changes})
+    assert all(m.event.sequence == m.sequence for m in changes)
+    kinds = [m.event.event_type for m in changes]
+    assert kinds[-1] == event_pb2.EVENT_TYPE_WORKFLOW_COMPLETED
+    completed = [m for m in changes if m.event.event_type == event_pb2.EVENT_TYPE_TASK_COMPLETED]
+    assert [m.task.task_id for m in completed] == ["a", "b"]
+    assert not completed[0].task.HasField("output")  # tasks come without payloads
+    assert changes[-1].workflow.state == wf.WORKFLOW_STATE_COMPLETED
+    # Resuming after a sequence replays each change after it, one message per change.
+    middle = completed[0].sequence
+    replay = await _collect(client, s.WatchWorkflowRequest(workflow_id=wid, after_sequence=middle))
+    assert [m.sequence for m in replay] == [m.sequence for m in changes if m.sequence > middle]
+    assert [m.event.event_type for m in replay] == [
+        m.event.event_type for m in changes if m.sequence > middle
+    ]
+    assert not any(m.HasField("task") for m in replay)  # include_tasks was not asked
+
+
+async def test_a_resumed_watch_of_a_live_workflow_replays_then_follows(client: Client) -> None:
+    cap = unique_capability("resume")
+    wid = await submit(client, task("a", cap), task("b", cap, "a"))
+    first = await _collect_first(client, wid)
+    a = await _poll_one(client, cap)
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, 1)))
+    watching = asyncio.ensure_future(
+        _collect(client, s.WatchWorkflowRequest(workflow_id=wid, after_sequence=first.sequence))
+    )
+    b = await _poll_one(client, cap)
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(b, 2)))
+    messages = await watching
+    kinds = [m.event.event_type for m in messages]
+    assert kinds.count(event_pb2.EVENT_TYPE_TASK_COMPLETED) == 2  # a's replayed, b's live
+    assert kinds[-1] == event_pb2.EVENT_TYPE_WORKFLOW_COMPLETED
+    assert all(m.sequence > first.sequence for m in messages)
+
+
+async def _collect_first(client: Client, workflow_id: str) -> s.WatchWorkflowResponse:
+    async with asyncio.timeout(10):
+        async for message in client.raw.scheduler.WatchWorkflow(
+            s.WatchWorkflowRequest(workflow_id=workflow_id)
+        ):
+            return message
+    raise AssertionError("no initial status")
+
+
+# --------------------------------------------------------------------- sdk
+
+
+async def test_the_sdk_worker_writes_state_through_completions(client: Client) -> None:
+    from are_sdk import TaskContext, TaskResult, Worker, WorkflowSpec
+
+    cap = unique_capability("sdkstate")
+    versions: list[int] = []
+
+    async def step(ctx: TaskContext) -> Any:
+        versions.append(ctx.state_version)
+        if ctx.task_id == "plan":
+            return TaskResult(output={"steps": 2}, state_merge_patch={"phase": "planned"})
+        return {"done": True}
+
+    spec = (
+        WorkflowSpec("sdk-state", initial_state={"phase": "new"})
+        .task("plan", capability=cap, output_state_pointer="/plan")
+        .task("act", capability=cap, depends_on=["plan"])
+    )
+    worker = Worker(client, name=f"sdk-{cap}")
+    worker.register(cap, step)
+    async with worker:
+        handle = await client.submit_workflow(spec)
+        assert await handle.result(timeout=20) == {"done": True}
+    assert versions == [1, 2]  # act was dispatched after plan's write
+    assert await _state(client, handle.workflow_id, "/phase", "/plan") == (
+        2,
+        {"/phase": "planned", "/plan": {"steps": 2}},
+    )
