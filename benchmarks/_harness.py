@@ -100,6 +100,10 @@ class Contender:
         description: One line saying what is measured.
         requires: Importable module names this contender needs (for optional
             peers); when one is missing the contender is skipped, not failed.
+        units: Work items one operation does (the tasks of one workflow);
+            latencies are then reported per unit and throughput in units/s.
+        max_requests: Caps ``--requests`` and ``--warmup`` for operations
+            too heavy to repeat thousands of times (a 10,000-task workflow).
     """
 
     name: str
@@ -107,6 +111,8 @@ class Contender:
     server: ServerFactory | None = None
     description: str = ""
     requires: tuple[str, ...] = ()
+    units: int = 1
+    max_requests: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +224,7 @@ class ContenderResult(msgspec.Struct, frozen=True, kw_only=True):
     stopped_by: Literal["count", "time"] | None = None
     median_ratio: float | None = None
     p99_ratio: float | None = None
+    units: int = 1
 
 
 class SuiteReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -264,12 +271,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
 
 
-def summarize(latencies_ns: Sequence[int], elapsed_ns: int) -> Stats:
+def summarize(latencies_ns: Sequence[int], elapsed_ns: int, *, units: int = 1) -> Stats:
     """Summarize per-request latencies of one timed loop.
 
     Args:
         latencies_ns: Latency of each completed operation, in nanoseconds.
         elapsed_ns: Wall time of the whole loop, for throughput.
+        units: Work items per operation: latencies are divided by it and
+            throughput multiplied, so figures are per unit.
 
     Raises:
         ValueError: If there are no latencies or no elapsed time.
@@ -278,7 +287,7 @@ def summarize(latencies_ns: Sequence[int], elapsed_ns: int) -> Stats:
         msg = "no completed requests to summarize"
         raise ValueError(msg)
     values = sorted(latencies_ns)
-    us = 1_000.0
+    us = 1_000.0 * units
     return Stats(
         requests=len(values),
         min_us=values[0] / us,
@@ -287,7 +296,7 @@ def summarize(latencies_ns: Sequence[int], elapsed_ns: int) -> Stats:
         p99_us=percentile(values, 99) / us,
         max_us=values[-1] / us,
         mean_us=sum(values) / len(values) / us,
-        throughput_rps=len(values) * 1e9 / elapsed_ns,
+        throughput_rps=len(values) * units * 1e9 / elapsed_ns,
     )
 
 
@@ -347,6 +356,9 @@ def format_table(report: SuiteReport) -> str:
             rows.append((name, f"{r.status}: {_shorten(reason)}"))
             continue
         requests = f"{r.stats.requests}"
+        if r.units > 1:
+            requests += f" x{r.units:,}"
+            notes.append("x N: each request did N units (tasks); µs are per unit and req/s counts units")
         if r.stopped_by == "time":
             requests += "*"
             notes.append("* stopped by --max-seconds before --requests")
@@ -548,7 +560,15 @@ def run_client(suite: str, contender: str, target: str | None, settings: Setting
 def run_contender(suite: Suite, contender: Contender, settings: Settings) -> ContenderResult:
     """Start a contender's servers, run its client process, and summarize."""
 
-    result = functools.partial(ContenderResult, name=contender.name, description=contender.description)
+    result = functools.partial(
+        ContenderResult, name=contender.name, description=contender.description, units=contender.units
+    )
+    if contender.max_requests is not None:
+        settings = msgspec.structs.replace(
+            settings,
+            requests=min(settings.requests, contender.max_requests),
+            warmup=min(settings.warmup, contender.max_requests),
+        )
 
     try:
         missing = missing_requirements(contender.requires)
@@ -565,7 +585,7 @@ def run_contender(suite: Suite, contender: Contender, settings: Settings) -> Con
     if report.error is not None:
         return result(status="failed", reason=report.error)
     try:
-        stats = summarize(report.latencies_ns, report.elapsed_ns)
+        stats = summarize(report.latencies_ns, report.elapsed_ns, units=contender.units)
     except ValueError as exc:
         return result(status="failed", reason=str(exc))
     return result(status="ok", stats=stats, stopped_by=report.stopped_by)
