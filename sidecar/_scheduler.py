@@ -161,13 +161,23 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     async def GetWorkflow(  # noqa: N802 - the RPC's name
         self, request: pb.GetWorkflowRequest, context: _Context
     ) -> pb.GetWorkflowResponse:
-        """Returns a workflow's status."""
+        """Returns a workflow's status, as committed: never a state a crash could undo."""
+        await self._durable(request.workflow_id)
         try:
             view = self._engine.get_workflow(request.workflow_id)
         except SchedulerError as error:
             await abort_for(context, error)
         version = self._wiring.state_version(request.workflow_id)
         return pb.GetWorkflowResponse(workflow=workflow_to_proto(view, version))
+
+    async def _durable(self, workflow_id: str) -> None:
+        """Waits until the workflow's in-memory status (one transaction ahead) is in LMDB."""
+        for _ in range(100):  # bounded under constant change
+            pending = self._engine.durable(workflow_id)
+            if pending is None:
+                return
+            with contextlib.suppress(Exception):  # a failed commit is reported by its writer
+                await asyncio.shield(pending)
 
     async def ListWorkflows(  # noqa: N802 - the RPC's name
         self, request: pb.ListWorkflowsRequest, context: _Context
@@ -225,6 +235,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         after = request.after_sequence if request.HasField("after_sequence") else None
         try:
             while True:
+                for _ in range(100):  # report only what is in LMDB (bounded under constant change)
+                    pending = engine.durable(request.workflow_id)
+                    if pending is None:
+                        break
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pending)
                 view = engine.get_workflow(request.workflow_id)
                 closed = view.record.state not in ("RUNNING", "CANCELLING")
                 caught_up = after is not None and 0 < view.last_sequence <= after
@@ -341,7 +357,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     async def GetTask(  # noqa: N802 - the RPC's name
         self, request: pb.GetTaskRequest, context: _Context
     ) -> pb.GetTaskResponse:
-        """Returns one task with its input and output."""
+        """Returns one task with its input and output, as committed."""
+        await self._durable(request.workflow_id)
         try:
             view = self._engine.get_task(request.workflow_id, request.task_id)
         except SchedulerError as error:
@@ -351,7 +368,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     async def ListTasks(  # noqa: N802 - the RPC's name
         self, request: pb.ListTasksRequest, context: _Context
     ) -> pb.ListTasksResponse:
-        """Lists a workflow's tasks in submission order."""
+        """Lists a workflow's tasks in submission order, as committed."""
+        await self._durable(request.workflow_id)
         limit = _page_size(request.page_size, maximum=100 if request.include_payloads else 1000)
         after = 0
         if request.page_token:

@@ -83,6 +83,11 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 _MiB = 1 << 20
 _DAY = 86_400.0
 _OPERATORS_WITHOUT_VALUE = frozenset({"EXISTS", "NOT_EXISTS", "TRUTHY"})
+# TriggerRule number -> the engine's rule name (UNSPECIFIED means the default, ALL_SUCCESS).
+_TRIGGER_RULES = {
+    value.number: value.name.removeprefix("TRIGGER_RULE_") if value.number else "ALL_SUCCESS"
+    for value in task_pb2.TriggerRule.DESCRIPTOR.values
+}
 
 FEATURES_NONE: frozenset[str] = frozenset()
 """Which wired features a spec may use: "intent" (router), "cache" (cache), "state" (state)."""
@@ -132,6 +137,13 @@ def _duration(message: Message, name: str, field: str, *, low: float, high: floa
     if value is not None and not low <= value <= high:
         _bad("INVALID_ARGUMENT", field, f"must be between {low:g}s and {high:g}s, got {value:g}s")
     return value
+
+
+def _timeout(spec: Message, name: str, prefix: str, *, low: float, high: float) -> float | None:
+    """``_duration`` of ``spec.<name>`` whose error path ``<prefix>.<name>`` is built only when needed."""
+    if not spec.HasField(name):
+        return None
+    return _duration(spec, name, f"{prefix}.{name}", low=low, high=high)
 
 
 def retry_from_proto(policy: common_pb2.RetryPolicy, field: str) -> RetryPolicy:
@@ -207,32 +219,29 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
             _bad("LIMIT_EXCEEDED", f"{field}.intent", "at most 8 KiB")
     else:
         check_id(spec.capability, f"{field}.capability", "a capability")
-    data, content_type = _payload(spec.input, f"{field}.input")
+    # Field paths are formatted only on the error path: this runs once per task of every submit.
+    payload = spec.input
+    if payload.WhichOneof("content") == "blob" or len(payload.data) > 4 * _MiB:
+        _payload(payload, f"{field}.input")  # raises with the exact field
+    data, content_type = payload.data, payload.content_type
     if len(spec.depends_on) > 10_000:
         _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task")
-    rule = task_pb2.TriggerRule.Name(spec.trigger_rule).removeprefix("TRIGGER_RULE_")
-    if rule == "UNSPECIFIED":
-        rule = "ALL_SUCCESS"
-    if len(spec.conditions) > 16:
-        _bad("LIMIT_EXCEEDED", f"{field}.conditions", "at most 16 conditions")
-    conditions = tuple(_condition(c, f"{field}.conditions[{j}]") for j, c in enumerate(spec.conditions))
+    rule = _TRIGGER_RULES.get(spec.trigger_rule) or task_pb2.TriggerRule.Name(spec.trigger_rule)
+    conditions: tuple[Condition, ...] = ()
+    if spec.conditions:
+        if len(spec.conditions) > 16:
+            _bad("LIMIT_EXCEEDED", f"{field}.conditions", "at most 16 conditions")
+        conditions = tuple(_condition(c, f"{field}.conditions[{j}]") for j, c in enumerate(spec.conditions))
     retry = (
         retry_from_proto(spec.retry_policy, f"{field}.retry_policy")
         if spec.HasField("retry_policy")
         else None
     )
-    s2s = _duration(
-        spec, "schedule_to_start_timeout", f"{field}.schedule_to_start_timeout", low=0.001, high=30 * _DAY
-    )
-    s2c = (
-        _duration(spec, "start_to_close_timeout", f"{field}.start_to_close_timeout", low=1.0, high=7 * _DAY)
-        or 600.0
-    )
-    heartbeat = _duration(spec, "heartbeat_timeout", f"{field}.heartbeat_timeout", low=0.001, high=s2c)
-    s2close = _duration(
-        spec, "schedule_to_close_timeout", f"{field}.schedule_to_close_timeout", low=0.001, high=30 * _DAY
-    )
-    approval = _duration(spec, "approval_timeout", f"{field}.approval_timeout", low=0.001, high=366 * _DAY)
+    s2s = _timeout(spec, "schedule_to_start_timeout", field, low=0.001, high=30 * _DAY)
+    s2c = _timeout(spec, "start_to_close_timeout", field, low=1.0, high=7 * _DAY) or 600.0
+    heartbeat = _timeout(spec, "heartbeat_timeout", field, low=0.001, high=s2c)
+    s2close = _timeout(spec, "schedule_to_close_timeout", field, low=0.001, high=30 * _DAY)
+    approval = _timeout(spec, "approval_timeout", field, low=0.001, high=366 * _DAY)
     if spec.pool:
         check_id(spec.pool, f"{field}.pool", "a pool name")
     if not 0 <= spec.priority <= 5:
@@ -241,7 +250,7 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
             f"{field}.priority",
             f"must be 1 (most urgent) to 5, or 0 for 3; got {spec.priority}",
         )
-    labels = check_labels(spec.labels, f"{field}.labels")
+    labels = check_labels(spec.labels, f"{field}.labels") if spec.labels else {}
     cache_key = _cache_key(spec, f"{field}.cache_key", features) if spec.HasField("cache_key") else None
     if spec.output_state_pointer:
         if "state" not in features:
@@ -588,6 +597,7 @@ def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.
 
 def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
     """The TaskAssignment a worker receives."""
+    deadline = a.deadline_ns
     out = worker_service_pb2.TaskAssignment(
         workflow_id=a.workflow_id,
         task_id=a.task_id,
@@ -598,6 +608,12 @@ def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
         trace_context=common_pb2.TraceContext(traceparent=a.traceparent),
         labels=a.labels,
         maximum_attempts=a.maximum_attempts,
+        # = Timestamp.FromNanoseconds(deadline), without its per-call overhead
+        deadline_time=timestamp_pb2.Timestamp(
+            seconds=deadline // 1_000_000_000, nanos=deadline % 1_000_000_000
+        )
+        if deadline
+        else None,
     )
     for dep in a.dependencies:
         result = out.dependencies.add(
@@ -608,7 +624,6 @@ def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
             result.output.content_type = dep.content_type
         if dep.failure is not None:
             result.failure.CopyFrom(failure_to_proto(dep.failure))
-    _set_ts(out, "deadline_time", a.deadline_ns)
     if a.heartbeat_timeout_s:
         out.heartbeat_timeout.CopyFrom(_duration_pb(a.heartbeat_timeout_s))
     if a.last_failure is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import logging
@@ -147,6 +148,7 @@ class Sidecar:
             server,
         )
         targets = self._bind(server)
+        _tune_garbage_collector()
         await server.start()
         for name in ["", *(s.full_name for s in services)]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -251,6 +253,25 @@ class Sidecar:
             with contextlib.suppress(FileNotFoundError):
                 Path(config.ready_file).unlink()
         _log.info("stopped")
+
+
+# Generation 0 (new containers), then 1 and 2 (collections of the younger).
+_GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def _tune_garbage_collector() -> None:
+    """Freezes start-up objects and makes cyclic collections rarer.
+
+    A 10,000-task fan-out allocates container objects (tasks, dependents
+    lists, batch rows) by the hundred thousand; with CPython's default
+    thresholds every 700 of them start a collection that walks the young
+    heap, about a sixth of the scheduler's CPU (profiled). Objects alive once
+    the sidecar has started are frozen out of collections, and collections
+    start after 50,000 new containers; cyclic garbage is still collected,
+    only less often.
+    """
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 def _is_loopback(listen: str) -> bool:

@@ -220,6 +220,7 @@ class _Task:
         "dependents",
         "deps",
         "holder",
+        "in_backlog",
         "in_queue",
         "key",
         "n_fail",
@@ -246,16 +247,18 @@ class _Task:
         self.n_skip = 0
         self.holder: WorkerHandle | None = None
         self.in_queue = False
+        self.in_backlog = False
         self.queued_ns = 0
         self.token = 0  # bumps on every state change, so stale timers are ignored
         self.cap = rec.capability or spec.capability  # an intent's routed capability, or the spec's
 
 
 class _Workflow:
-    __slots__ = ("last_seq", "open", "order", "prefix", "rec", "tasks", "watchers")
+    __slots__ = ("commit", "last_seq", "open", "order", "prefix", "rec", "tasks", "watchers")
 
     def __init__(self, rec: WorkflowRecord) -> None:
         self.rec = rec
+        self.commit: asyncio.Future[None] | None = None  # the last flushed transaction that changed it
         self.prefix = prefix_key(rec.workflow_id)
         self.tasks: dict[str, _Task] = {}
         self.order: list[_Task] = []
@@ -307,8 +310,35 @@ class _Queue:
         self.size += 1
 
 
+class _Backlog(_Queue):
+    """Ready tasks of one pool held back because its queue is full.
+
+    Same shape as :class:`_Queue` (priority, then round-robin across
+    workflows, so one workflow's released fan-out cannot starve another's),
+    but an entry is live while the task is ``in_backlog``.
+    """
+
+    __slots__ = ()
+
+    def pop(self) -> _Task | None:
+        for bucket in self.buckets:
+            while bucket:
+                wf_id, line = next(iter(bucket.items()))
+                task = line.popleft()
+                self.size -= 1
+                if line:
+                    bucket.move_to_end(wf_id)
+                else:
+                    del bucket[wf_id]
+                if task.in_backlog:
+                    return task
+        return None
+
+
 class _Pool:
     __slots__ = (
+        "backlog",
+        "backlogged",
         "dispatched_total",
         "limits",
         "llm_level",
@@ -324,6 +354,8 @@ class _Pool:
         self.limits = limits
         self.running = 0
         self.queued = 0
+        self.backlog = _Backlog()  # entries may be stale (lazy deletion); ``backlogged`` is exact
+        self.backlogged = 0
         self.tokens = limits.bucket_size
         self.llm_level = float(limits.llm_tokens_per_minute)
         self.llm_used: deque[tuple[int, int]] = deque()
@@ -466,17 +498,27 @@ class Scheduler:
             limits = _pool_codec.decode(raw)
             self._pools[limits.name] = _Pool(limits, now)
         open_ids = [key.decode() for key, _ in self._storage.scan(T_OPEN, limit=1_000_000)]
+        ready: list[tuple[tuple[int, int, int], _Task]] = []
         for wf_id in open_ids:
             wf_raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
             if wf_raw is None:
                 continue
-            self._recover(_wf_codec.decode(wf_raw))
+            self._recover(_wf_codec.decode(wf_raw), ready)
+        # Queues and backlogs are rebuilt in the order tasks became ready: what
+        # was running first (it had left the queue), then by schedule time, so
+        # the queue bound holds and the earliest ready tasks are queued again.
+        ready.sort(key=lambda item: item[0])
+        for _, task in ready:
+            self._enqueue(task, now)
         if open_ids:
             self._settle()
             self._pump()
             await self._commit_now()
 
-    def _recover(self, rec: WorkflowRecord) -> None:  # noqa: C901 - one branch per task state
+    def _recover(  # noqa: C901 - one branch per task state
+        self, rec: WorkflowRecord, ready: list[tuple[tuple[int, int, int], _Task]]
+    ) -> None:
+        """Rebuilds one open workflow; its ready tasks are appended to ``ready`` (sort key, task)."""
         w = _Workflow(rec)
         self._open[rec.workflow_id] = w
         prefix = prefix_key(rec.workflow_id)
@@ -492,16 +534,15 @@ class Scheduler:
             if task.rec.state not in TERMINAL_TASK_STATES:
                 w.open += 1
             self._wire(task)
-        now = self._clock()
         for task in w.order:
             state = task.rec.state
             if state == "RUNNING":
                 task.rec.free_attempts += 1
                 self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id, name="sidecar restart")
                 self._set_state(task, "SCHEDULED", "re-dispatched after a sidecar restart")
-                self._enqueue(task, now)
+                ready.append(((0, task.rec.start_ns, len(ready)), task))
             elif state == "SCHEDULED":
-                self._enqueue(task, now)
+                ready.append(((1, task.rec.schedule_ns, len(ready)), task))
             elif state == "BACKING_OFF":
                 self._at(task.rec.next_attempt_ns, "backoff", task, task.token)
             elif state == "AWAITING_APPROVAL" and task.rec.approval and task.rec.approval.expire_ns:
@@ -547,6 +588,7 @@ class Scheduler:
         for task in txn.tasks:
             batch.put(T_TASKS, task.key, _task_codec.encode(task.rec))
         for w in txn.workflows:
+            w.commit = txn.future
             rec = w.rec
             wf_key = rec.workflow_id.encode()
             batch.put(T_WORKFLOWS, wf_key, _wf_codec.encode(rec))
@@ -592,18 +634,25 @@ class Scheduler:
     def _event(
         self, event_type: str, task: _Task | None = None, w: _Workflow | None = None, **fields: Any
     ) -> None:
-        if self._events is None:
+        events = self._events
+        if events is None:
             return
         if task is not None:
             w = task.wf
-            fields.setdefault("task_id", task.rec.task_id)
-            fields.setdefault("attempt", task.rec.attempt)
-            fields.setdefault("task_state", task.rec.state)
+            rec = task.rec
+            if "task_id" not in fields:
+                fields["task_id"] = rec.task_id
+            if "attempt" not in fields:
+                fields["attempt"] = rec.attempt
+            if "task_state" not in fields:
+                fields["task_state"] = rec.state
         assert w is not None
-        fields.setdefault("workflow_state", w.rec.state)
-        txn = self._t()
-        event = self._events.record(
-            txn.batch, EventDraft(event_type=event_type, workflow_id=w.rec.workflow_id, **fields)
+        wf_rec = w.rec
+        if "workflow_state" not in fields:
+            fields["workflow_state"] = wf_rec.state
+        txn = self._txn or self._t()
+        event = events.record(
+            txn.batch, EventDraft(event_type=event_type, workflow_id=wf_rec.workflow_id, **fields)
         )
         w.last_seq = event.sequence
         txn.events.append(event)
@@ -908,6 +957,22 @@ class Scheduler:
         self._after_op()
 
     def _enqueue(self, task: _Task, now: int) -> None:
+        """A task became ready: into its pool's queue, or its workflow's backlog when the queue is full.
+
+        Admission (submit, spawn) is checked against the queue beforehand;
+        tasks released later by progress are never refused, they wait in
+        the backlog and move up as the queue drains (:meth:`_promote`).
+        """
+        task.queued_ns = now
+        pool = self._pools[task.spec.pool]
+        if pool.backlogged or pool.queued >= pool.limits.queue_limit:
+            task.in_backlog = True
+            pool.backlog.push(task)
+            pool.backlogged += 1
+            return
+        self._push_queue(task, pool)
+
+    def _push_queue(self, task: _Task, pool: _Pool) -> None:
         cap = task.cap
         by_pool = self._queues.get(cap)
         if by_pool is None:
@@ -916,15 +981,32 @@ class Scheduler:
         if queue is None:
             queue = by_pool[task.spec.pool] = _Queue()
         task.in_queue = True
-        task.queued_ns = now
         queue.push(task)
-        self._pools[task.spec.pool].queued += 1
+        pool.queued += 1
         self._pump_wanted = True
+
+    def _promote(self, pool: _Pool) -> None:
+        """Moves backlogged tasks into the pool's queue while it has room (fair across workflows)."""
+        limit = pool.limits.queue_limit
+        while pool.backlogged and pool.queued < limit:
+            task = pool.backlog.pop()
+            if task is None:  # only stale entries were left (cannot happen while backlogged > 0)
+                pool.backlogged = 0
+                break
+            task.in_backlog = False
+            pool.backlogged -= 1
+            self._push_queue(task, pool)
 
     def _dequeue(self, task: _Task) -> None:
         if task.in_queue:
             task.in_queue = False
-            self._pools[task.spec.pool].queued -= 1
+            pool = self._pools[task.spec.pool]
+            pool.queued -= 1
+            if pool.backlogged:
+                self._promote(pool)
+        elif task.in_backlog:
+            task.in_backlog = False  # its entry in the backlog goes stale
+            self._pools[task.spec.pool].backlogged -= 1
 
     def _skip(self, task: _Task, why: str, reason: str) -> None:
         self._set_state(task, "SKIPPED", reason)
@@ -1011,11 +1093,22 @@ class Scheduler:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _pump(self) -> None:  # noqa: C901 - the dispatch loop is kept in one frame for speed
-        """Assigns queued tasks to idle workers, within pool limits."""
-        self._pump_wanted = False
-        if self._stopped:
-            return
+    def _pump(self) -> None:
+        """Assigns queued tasks to idle workers, within pool limits.
+
+        Runs again while a pass made more work ready (a dispatch promoted
+        backlogged tasks into a queue already visited), so nothing waits for
+        an unrelated event.
+        """
+        while True:
+            self._pump_wanted = False
+            if self._stopped:
+                return
+            self._pump_pass()
+            if not self._pump_wanted:
+                return
+
+    def _pump_pass(self) -> None:  # noqa: C901 - the dispatch loop is kept in one frame for speed
         now = 0
         for cap, idle in list(self._idle.items()):
             if not idle:
@@ -1049,6 +1142,8 @@ class Scheduler:
         rec = task.rec
         task.in_queue = False
         pool.queued -= 1
+        if pool.backlogged:
+            self._promote(pool)
         pool.running += 1
         pool.dispatched_total += 1
         pool.charge(now, task.spec.estimated_tokens)
@@ -1739,10 +1834,15 @@ class Scheduler:
                     f"tasks[{i}].task_id", f"task {spec.task_id!r} already exists in {wf_id!r}"
                 )
         validate_graph(specs, field="tasks", existing=w.tasks)
+        incoming: dict[str, int] = {}
         for i, spec in enumerate(specs):
             pool = spec.pool or w.rec.default_pool
             if pool not in self._pools:
                 raise SpecError("POOL_NOT_FOUND", f"tasks[{i}].pool", f"pool {pool!r} does not exist")
+            if not spec.requires_approval and all(
+                d in w.tasks and w.tasks[d].rec.state in TERMINAL_TASK_STATES for d in spec.depends_on
+            ):
+                incoming[pool] = incoming.get(pool, 0) + 1  # ready at once: admitted into the queue
         depth = parent.rec.spawn_depth + 1 if parent else 0
         budget = w.rec.budget
         if len(w.order) + len(specs) > budget.max_tasks:
@@ -1755,6 +1855,7 @@ class Scheduler:
             self._after_op()
             await self._t().future
             raise BudgetExceededError(f"spawn depth {depth} exceeds max_spawn_depth {budget.max_spawn_depth}")
+        self._check_queues(incoming, wf_id)  # raises POOL_QUEUE_FULL; only its event is recorded
         now = self._clock()
         added = self._add_tasks(w, specs, now, parent=parent_task_id, depth=depth)
         w.rec.task_count = len(w.order)
@@ -1802,6 +1903,7 @@ class Scheduler:
             existing.refill(now)
             existing.limits = stored
             existing.tokens = min(existing.tokens, stored.bucket_size)
+            self._promote(existing)  # a longer queue takes backlogged tasks at once
         self._pump_wanted = True
         self._after_op()
         await self._t().future
@@ -1828,7 +1930,7 @@ class Scheduler:
         status = PoolStatus(
             running=pool.running,
             queued=pool.queued,
-            backlog=0,
+            backlog=pool.backlogged,
             available_requests=pool.tokens if pool.limits.requests_per_second else 0.0,
             llm_tokens_last_minute=pool.tokens_last_minute(now),
             dispatched_total=pool.dispatched_total,
@@ -2043,6 +2145,21 @@ class Scheduler:
         w.watchers.add(signal)
         return signal
 
+    def durable(self, wf_id: str) -> asyncio.Future[None] | None:
+        """The commit that makes the workflow's in-memory state durable, or None when it already is.
+
+        Readers that must only report durable state (a watch) await it before
+        reading: the in-memory record runs ahead of LMDB by one transaction.
+        """
+        w = self._open.get(wf_id) or self._recent.get(wf_id)
+        if w is None:
+            return None
+        txn = self._txn
+        if txn is not None and w in txn.workflows:
+            return txn.future
+        commit = w.commit
+        return commit if commit is not None and not commit.done() else None
+
     def unwatch(self, wf_id: str, signal: asyncio.Event) -> None:
         """Stops signalling ``signal``."""
         w = self._find(wf_id)
@@ -2243,6 +2360,7 @@ class Scheduler:
             "workers": len(self._workers),
             "timers": len(self._heap),
             "queued": sum(p.queued for p in self._pools.values()),
+            "backlog": sum(p.backlogged for p in self._pools.values()),
             "running": sum(p.running for p in self._pools.values()),
         }
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Mutation", "MutationKind"]
 
 _Value = bytes | bytearray | memoryview
+_new_tuple = tuple.__new__
 
 
 class MutationKind(enum.Enum):
@@ -33,6 +34,9 @@ class Mutation(NamedTuple):
     table: str
     key: bytes
     value: bytes
+
+
+_PUT = MutationKind.PUT
 
 
 class Batch:
@@ -61,6 +65,17 @@ class Batch:
 
     def put(self, table: str, key: bytes, value: _Value) -> Batch:
         """Set ``key`` to ``value`` (bytes-like values are copied); returns the batch."""
+        # The hot path (every engine write): exact bytes key and value, checked
+        # inline; anything else takes the general path with its precise errors.
+        if (
+            type(key) is bytes
+            and type(value) is bytes
+            and table in self._tables
+            and 0 < len(key) <= self._max_key_size
+        ):
+            self._mutations.append(_new_tuple(Mutation, (_PUT, table, key, value)))
+            self._nbytes += len(key) + len(value)
+            return self
         return self._add(MutationKind.PUT, table, key, value)
 
     def put_if_absent(self, table: str, key: bytes, value: _Value) -> Batch:

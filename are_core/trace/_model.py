@@ -13,6 +13,10 @@ fan-out, OpenTelemetry). Producers depend only on :class:`EventSink`:
    subscriber or an exporter.
 
 A producer built without a sink (``None``) records no events.
+
+The records are ``gc=False`` (several are made per task transition, and
+they hold only scalars, strings, dicts of scalars and each other, so they
+can never be part of a reference cycle).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ __all__ = ["AttributeValue", "Event", "EventDraft", "EventSink", "EventUsage", "
 AttributeValue = str | int | float | bool
 
 
-class EventUsage(msgspec.Struct, frozen=True, kw_only=True):
+class EventUsage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Tokens and cost attached to a completion or an LLM/tool call."""
 
     input_tokens: int = 0
@@ -39,7 +43,7 @@ class EventUsage(msgspec.Struct, frozen=True, kw_only=True):
     tool_calls: int = 0
 
 
-class FailureInfo(msgspec.Struct, frozen=True, kw_only=True):
+class FailureInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The failure attached to a failing transition (mirrors ``are.v1.Failure``)."""
 
     message: str
@@ -49,7 +53,7 @@ class FailureInfo(msgspec.Struct, frozen=True, kw_only=True):
     timeout_type: str = ""  # TimeoutType name without prefix, e.g. "START_TO_CLOSE"
 
 
-class EventDraft(msgspec.Struct, frozen=True, kw_only=True):
+class EventDraft(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event before the sink gives it a sequence and a time.
 
     ``event_type``, ``task_state`` and ``workflow_state`` are the proto enum
@@ -74,7 +78,7 @@ class EventDraft(msgspec.Struct, frozen=True, kw_only=True):
     event_time_unix_ns: int | None = None
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A recorded event: a draft with its place in the log (``sequence``) and time."""
 
     sequence: int

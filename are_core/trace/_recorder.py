@@ -55,6 +55,7 @@ _PRUNED_THROUGH = b"pruned_through"
 # An event recorded but not published within this long belongs to a batch
 # that failed to commit; it is forgotten so the pending set stays small.
 _PENDING_EXPIRY_NS = 120 * 1_000_000_000
+_PREFIX_CACHE = 4096  # encoded workflow-id key prefixes kept for record()
 _log = logging.getLogger("are.trace")
 
 
@@ -126,6 +127,8 @@ class EventRecorder:
         self.prune_interval_s = prune_interval_s
         self._clock_ns = clock_ns
         self._codec = Codec(Event)
+        self._encode = msgspec.msgpack.Encoder().encode  # the same encoding as ``self._codec``
+        self._prefixes: dict[str, bytes] = {}  # workflow id -> its by-workflow key prefix
         self._next_sequence = 1
         self._pruned_through = 0
         # sequence -> monotonic ns of record(), for events not yet published.
@@ -195,16 +198,21 @@ class EventRecorder:
         return len(self._open)
 
     def record(self, batch: Batch, draft: EventDraft) -> Event:
-        """Assigns sequence and time and adds the event's rows to ``batch``."""
+        """Assigns sequence and time and adds the event's rows to ``batch``.
+
+        This runs for every transition of every task (three events per task
+        at least), so the keys are built inline: ``u64_key(sequence)``, and
+        ``join_key(workflow_id, sequence)`` from a cached encoded prefix.
+        """
         sequence = self._next_sequence
-        self._next_sequence += 1
+        self._next_sequence = sequence + 1
+        when = draft.event_time_unix_ns
+        workflow_id = draft.workflow_id
         event = Event(
             sequence=sequence,
-            event_time_unix_ns=draft.event_time_unix_ns
-            if draft.event_time_unix_ns is not None
-            else self._clock_ns(),
+            event_time_unix_ns=when if when is not None else self._clock_ns(),
             event_type=draft.event_type,
-            workflow_id=draft.workflow_id,
+            workflow_id=workflow_id,
             task_id=draft.task_id,
             attempt=draft.attempt,
             worker_id=draft.worker_id,
@@ -217,13 +225,26 @@ class EventRecorder:
             attributes=dict(draft.attributes),
             span_id=draft.span_id,
         )
-        key = u64_key(sequence)
-        batch.put(EVENTS_TABLE, key, self._codec.encode(event))
-        if _indexable(event.workflow_id):
-            batch.put(BY_WORKFLOW_TABLE, join_key(event.workflow_id, sequence), b"")
+        key = sequence.to_bytes(8, "big")  # = u64_key(sequence); sequences stay far below 2**64
+        batch.put(EVENTS_TABLE, key, self._encode(event))
+        if workflow_id:
+            prefix = self._prefixes.get(workflow_id)
+            if prefix is None:
+                prefix = self._index_prefix(workflow_id)
+            if prefix:
+                batch.put(BY_WORKFLOW_TABLE, prefix + key, b"")  # = join_key(workflow_id, sequence)
         self._pending[sequence] = time.monotonic_ns()
         self.recorded += 1
         return event
+
+    def _index_prefix(self, workflow_id: str) -> bytes:
+        """``prefix_key(workflow_id)``, or b"" when the id cannot be indexed; cached (bounded)."""
+        prefix = prefix_key(workflow_id) if _indexable(workflow_id) else b""
+        prefixes = self._prefixes
+        if len(prefixes) >= _PREFIX_CACHE:
+            del prefixes[next(iter(prefixes))]  # the oldest entry
+        prefixes[workflow_id] = prefix
+        return prefix
 
     def publish(self, events: Sequence[Event]) -> None:
         """Fans committed events out to live subscribers and listeners."""
