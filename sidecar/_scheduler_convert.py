@@ -480,6 +480,9 @@ def usage_summary_to_proto(total: UsageTotal) -> common_pb2.UsageSummary:
         retries=total.retries,
         tasks_completed=total.tasks_completed,
         tasks_failed=total.tasks_failed,
+        cache_hits=total.cache_hits,
+        cache_saved_tokens=total.cache_saved_tokens,
+        cache_saved_cost_micro_usd=total.cache_saved_cost_micro_usd,
     )
 
 
@@ -526,6 +529,9 @@ def workflow_to_proto(view: WorkflowView, state_version: int = 0) -> workflow_pb
             retries=rec.retries,
             tasks_completed=rec.tasks_completed,
             tasks_failed=rec.tasks_failed,
+            cache_hits=rec.cache_hits,
+            cache_saved_tokens=rec.cache_saved_tokens,
+            cache_saved_cost_micro_usd=rec.cache_saved_cost_micro_usd,
         ),
         trace_id=rec.trace_id,
         result_task_id=rec.result_task_id,

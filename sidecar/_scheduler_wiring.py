@@ -37,6 +37,8 @@ import msgspec
 
 from are_core import state as st
 from are_core.scheduler import (
+    CACHE_SAVED_COST,
+    CACHE_SAVED_TOKENS,
     CacheKey,
     RoutingError,
     Scheduler,
@@ -387,6 +389,8 @@ class Wiring:
                 "are.cache.entry_id": hit.entry_id,
                 "are.cache.tier": hit.tier,
                 "are.cache.similarity": round(hit.similarity, 4),
+                CACHE_SAVED_TOKENS: hit.input_tokens + hit.output_tokens,
+                CACHE_SAVED_COST: hit.cost_micro_usd,
             },
         )
 

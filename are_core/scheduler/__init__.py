@@ -8,6 +8,8 @@ evaluated by ``evaluate``. Its exceptions are drawn in ``_errors``.
 
 from ._conditions import check_pointer, evaluate, resolve_pointer
 from ._engine import (
+    CACHE_SAVED_COST,
+    CACHE_SAVED_TOKENS,
     TABLES,
     Cancellation,
     PoolStatus,
@@ -57,6 +59,8 @@ from ._model import (
 from ._validate import find_cycle, validate_graph
 
 __all__ = [
+    "CACHE_SAVED_COST",
+    "CACHE_SAVED_TOKENS",
     "TABLES",
     "TERMINAL_TASK_STATES",
     "TRIGGER_RULES",

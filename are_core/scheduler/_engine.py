@@ -156,6 +156,12 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
     last_sequence: int = 0
 
 
+# Attributes a cache lookup hook returns with a hit: the tokens and cost the
+# cached answer cost when it was first made (what the hit saved).
+CACHE_SAVED_TOKENS = "are.cache.saved_tokens"
+CACHE_SAVED_COST = "are.cache.saved_cost_micro_usd"
+
+
 class UsageTotal(msgspec.Struct, kw_only=True):
     """Usage summed over workflows."""
 
@@ -164,6 +170,9 @@ class UsageTotal(msgspec.Struct, kw_only=True):
     retries: int = 0
     tasks_completed: int = 0
     tasks_failed: int = 0
+    cache_hits: int = 0
+    cache_saved_tokens: int = 0
+    cache_saved_cost_micro_usd: int = 0
     workflows: int = 0
 
     def add(self, rec: WorkflowRecord) -> None:
@@ -173,6 +182,9 @@ class UsageTotal(msgspec.Struct, kw_only=True):
         self.retries += rec.retries
         self.tasks_completed += rec.tasks_completed
         self.tasks_failed += rec.tasks_failed
+        self.cache_hits += rec.cache_hits
+        self.cache_saved_tokens += rec.cache_saved_tokens
+        self.cache_saved_cost_micro_usd += rec.cache_saved_cost_micro_usd
         self.workflows += 1
 
 
@@ -950,7 +962,12 @@ class Scheduler:
             rec.output = output
             rec.output_content_type = content_type
             rec.close_ns = now
-            task.wf.rec.tasks_completed += 1
+            wf_rec = task.wf.rec
+            wf_rec.tasks_completed += 1
+            # What the cached answer cost when it was first made is what this hit saved.
+            wf_rec.cache_hits += 1
+            wf_rec.cache_saved_tokens += int(attributes.get(CACHE_SAVED_TOKENS, 0))
+            wf_rec.cache_saved_cost_micro_usd += int(attributes.get(CACHE_SAVED_COST, 0))
             self._event("TASK_CACHE_HIT", task, task_state="COMPLETED", attributes=attributes)
             self._set_state(task, "COMPLETED", "answered from the cache")
             self._terminal(task)

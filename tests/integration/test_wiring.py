@@ -394,7 +394,10 @@ async def test_a_cache_keyed_task_is_answered_from_the_cache_without_dispatch(cl
     # A miss is dispatched; its output is stored under the prompt.
     first = await submit(client, task("a", cap, cache_key=key))
     assignment = await _poll_one(client, cap)
-    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(assignment, "Paris")))
+    spent = c.Usage(input_tokens=120, output_tokens=30, cost_micro_usd=4_500, llm_calls=1)
+    await client.raw.worker.CompleteTask(
+        w.CompleteTaskRequest(completion=completion(assignment, "Paris", usage=spent))
+    )
     await wait_closed(client, first)
     assert len(await _events(client, first, event_pb2.EVENT_TYPE_TASK_CACHE_MISS)) == 1
     async with asyncio.timeout(10):  # the store follows the durable completion
@@ -418,6 +421,11 @@ async def test_a_cache_keyed_task_is_answered_from_the_cache_without_dispatch(cl
     assert len(hits) == 1
     assert _attributes(hits[0])["are.cache.tier"] == "EXACT"
     assert (await get_task(client, second, "a")).attempt == 0
+    # Cost accounting: the hit saved what the first answer cost, and cost nothing itself.
+    assert closed.usage.cache_hits == 1
+    assert closed.usage.cache_saved_tokens == 150
+    assert closed.usage.cache_saved_cost_micro_usd == 4_500
+    assert closed.usage.usage.cost_micro_usd == 0
 
 
 async def test_a_cache_key_in_an_unknown_namespace_is_refused(client: Client) -> None:
