@@ -19,17 +19,36 @@ same run:
   loaded in memory), one query per call, in-process: what gRPC and Python add
   is the difference to ``semantic-hit``;
 * ``hnswlib-inproc``: hnswlib (M=16, ef 64) on the same vectors, in-process;
-  needs the ``bench-cache`` extra, reported skipped without it.
+  needs the ``bench-cache`` extra, reported skipped without it;
+* ``gptcache-exact``, ``gptcache-semantic``, ``gptcache-miss``: GPTCache
+  (``bench-cache`` extra) doing the same three lookups on the same vectors,
+  in-process (``gptcache.adapter.api.get``; no server, so no gRPC cost),
+  with its own stores: SQLite through SQLAlchemy for the entries and its
+  hnswlib vector store (M=16, ef_construction 100, search ef raised to 64 as
+  for ``hnswlib-inproc``), its ``SearchDistanceEvaluation`` with the same
+  cosine threshold, its hit reports disabled (a SQLite row per hit), its
+  LRU bound above the entry count, and its SQLite tables indexed on
+  ``question_id`` (its schema has no index there, so each hit would scan
+  them; that cost it ~4x at 100k).
+  GPTCache has no exact tier: its "exact" lookup embeds the stored prompt
+  (here a table look-up of the stored vector) and searches. Two defects of
+  GPTCache 0.1.44 are worked around and reported: its hnswlib store returns
+  numpy labels that SQLAlchemy never matches (every lookup misses; we return
+  ``int`` labels, as its faiss store does), and its usearch store does not
+  run on usearch 2.x (so hnswlib it is).
 
-GPTCache is not measured yet (it would be reported skipped).
+Settings: ``ARE_BENCH_CACHE_ENTRIES`` (default 100000),
+``ARE_BENCH_CACHE_DTYPE`` (f32, f16 or i8; default f32) and
+``ARE_BENCH_CACHE_CONTENDERS`` (comma-separated contender names to keep,
+default all; at 1M entries the peers' own builds take long).
 
-Settings: ``ARE_BENCH_CACHE_ENTRIES`` (default 100000) and
-``ARE_BENCH_CACHE_DTYPE`` (f32, f16 or i8; default f32).
-
-``python -m benchmarks.cache [--entries N] [--dtypes f32,f16,i8]`` prints
-the figures the harness does not: bulk store throughput (entries/s),
-recall@1 of the graph search against exact search per dtype (and hnswlib),
-and the time from starting a sidecar on the folder to its first answer.
+``python -m benchmarks.cache [--entries N] [--dtypes f32,f16,i8] [--peers]``
+prints the figures the harness does not: bulk store throughput (entries/s),
+recall@1 of the graph search against exact search per dtype, the time from
+starting a sidecar on the folder to its first answer, whether lookups over
+gRPC answer with the right entry, and with ``--peers`` the same for hnswlib
+and GPTCache. ``--ratios PATH`` reads a harness ``--json`` file and prints
+GPTCache's latencies as ratios to ARE's and to echo's.
 """
 
 from __future__ import annotations
@@ -47,13 +66,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from benchmarks._echo import echo_contender
-from benchmarks._harness import Contender, Operation, Suite
+from benchmarks._harness import Contender, Operation, Suite, missing_requirements
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 __all__ = ["SUITE", "build_folder", "dataset_rows", "main"]
 
@@ -67,6 +87,8 @@ SEED = 20261125
 NAMESPACE = "bench:vectors"
 THRESHOLD = 0.9
 QUERIES = 2_000
+CHECKS = 500  # lookups per correctness figure
+GPTCACHE_REQUIRES = ("gptcache", "sqlalchemy", "hnswlib")
 FORMAT = 1  # bump when the folder layout changes
 
 
@@ -126,6 +148,25 @@ def _miss_queries() -> np.ndarray:
     queries: np.ndarray = rng.standard_normal((QUERIES, DIMENSION)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     return queries
+
+
+def _exact_top1(queries: np.ndarray, entries: int) -> np.ndarray:
+    """The row id of each query's nearest stored vector (brute force, f32)."""
+    best = np.full(queries.shape[0], -np.inf, dtype=np.float32)
+    rows_of = np.zeros(queries.shape[0], dtype=np.int64)
+    basis = _basis()
+    for c in range((entries + CHUNK - 1) // CHUNK):
+        scores = queries @ _chunk(c, basis)[: entries - c * CHUNK].T
+        top = scores.argmax(axis=1)
+        better = scores[np.arange(queries.shape[0]), top] > best
+        best[better] = scores[np.arange(queries.shape[0]), top][better]
+        rows_of[better] = c * CHUNK + top[better]
+    return rows_of
+
+
+def _answer(i: int) -> str:
+    """The response stored with row ``i`` (GPTCache's answers name their entry)."""
+    return '{"answer": "' + "x" * 48 + f'", "entry": {i}}}'
 
 
 # -- the data folder (built in the runner, reused across contenders and runs) --
@@ -239,6 +280,131 @@ def _hnswlib_path(entries: int) -> Iterator[str]:
     yield str(path)
 
 
+def _gptcache_open(
+    folder: Path, entries: int, embed: Callable[[str], np.ndarray], *, writable: bool = False
+) -> tuple[Any, Any]:
+    """GPTCache on the folder's SQLite file and hnswlib index: (cache, data manager).
+
+    ``embed`` maps a prompt to its vector (the embedder GPTCache calls).
+    Unless ``writable``, the index is never saved (GPTCache saves it at exit).
+    """
+    from gptcache import Cache, Config  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+    from gptcache.manager import CacheBase, get_data_manager  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+    from gptcache.manager.vector_data.hnswlib_store import Hnswlib  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+    from gptcache.processor.pre import get_prompt  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+    from gptcache.similarity_evaluation import SearchDistanceEvaluation  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+
+    class IntLabels(Hnswlib):  # type: ignore[misc,unused-ignore]
+        """GPTCache's hnswlib store, searching with ef 64 and returning ``int`` labels.
+
+        Its own returns ``numpy.uint64`` labels, which its SQLAlchemy store
+        binds so that no row matches: every lookup would miss. Its search
+        ef after a load is hnswlib's default, 10.
+        """
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._index.set_ef(64)
+
+        def search(self, data: np.ndarray, top_k: int = -1) -> list[tuple[float, int]]:
+            return [(float(d), int(i)) for d, i in super().search(data, top_k)]
+
+        def flush(self) -> None:
+            if writable:
+                super().flush()
+
+    vectors = IntLabels(
+        index_file_path=str(folder / "hnswlib.bin"), dimension=DIMENSION, top_k=1, max_elements=entries
+    )
+    data_manager = get_data_manager(
+        CacheBase("sqlite", sql_url=f"sqlite:///{folder / 'sqlite.db'}"), vectors, max_size=entries + 1
+    )
+    cache = Cache()
+    cache.init(
+        pre_embedding_func=get_prompt,
+        embedding_func=lambda data, **_: embed(data),
+        data_manager=data_manager,
+        # hnswlib "l2" is the squared distance, 2 - 2 cos on unit vectors:
+        # the score 2 - distance = 2 cos reaches 2 * threshold when cos does.
+        similarity_evaluation=SearchDistanceEvaluation(max_distance=2.0),
+        config=Config(similarity_threshold=THRESHOLD, disable_report=True),
+    )
+    return cache, data_manager
+
+
+def _no_embedder(prompt: str) -> np.ndarray:
+    raise RuntimeError(f"no vector for {prompt!r}")
+
+
+def _gptcache_indexes(folder: Path) -> None:
+    """Indexes GPTCache's SQLite tables on ``question_id``, in its favour.
+
+    Its schema has none, so each hit's answer, dependency and session
+    queries scan their whole table: several milliseconds at 100k entries.
+    """
+    import sqlite3  # noqa: PLC0415
+
+    with contextlib.closing(sqlite3.connect(folder / "sqlite.db")) as db:
+        for table in ("gptcache_answer", "gptcache_question_dep", "gptcache_session"):
+            db.execute(f"CREATE INDEX IF NOT EXISTS {table}_question_id ON {table} (question_id)")
+        db.commit()
+
+
+def build_gptcache(entries: int) -> tuple[Path, dict[str, Any]]:
+    """GPTCache's folder holding the same ``entries`` (built if needed) and its build figures."""
+    folder = _folder(entries, "gptcache")
+    marker = folder / "built.json"
+    if marker.is_file():
+        figures: dict[str, Any] = json.loads(marker.read_text())
+        _gptcache_indexes(folder)
+        return folder, figures
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    _, data_manager = _gptcache_open(folder, entries, _no_embedder, writable=True)
+    basis = _basis()
+    started = time.perf_counter()
+    for c in range((entries + CHUNK - 1) // CHUNK):
+        rows = _chunk(c, basis)[: entries - c * CHUNK]
+        ids = range(c * CHUNK, c * CHUNK + rows.shape[0])
+        data_manager.import_data(
+            [_prompt(i) for i in ids], [_answer(i) for i in ids], list(rows), [None] * len(ids)
+        )
+        print(f"gptcache: stored {ids.stop:,} / {entries:,}", file=sys.stderr, flush=True)
+    data_manager.flush()
+    stored_s = time.perf_counter() - started
+    data_manager.close()
+    _gptcache_indexes(folder)
+    figures = {"entries": entries, "store_s": stored_s, "store_per_s": entries / stored_s}
+    marker.write_text(json.dumps(figures))
+    return folder, figures
+
+
+@contextlib.contextmanager
+def _gptcache_path(entries: int) -> Iterator[str]:
+    folder, figures = build_gptcache(entries)
+    print(f"gptcache: {entries:,} entries (bulk import {figures['store_per_s']:,.0f}/s)", file=sys.stderr)
+    yield str(folder)
+
+
+def _gptcache_lookups(kind: str, entries: int) -> tuple[list[str], dict[str, np.ndarray], list[str | None]]:
+    """GPTCache's prompts for a kind of lookup, their vectors, and the answers expected."""
+    if kind == "exact":
+        sample = [int(i) for i in _sample(entries)]
+        rows = dataset_rows(0, min(entries, 4 * CHUNK))
+        prompts = [_prompt(i) for i in sample]
+        return (
+            prompts,
+            {p: rows[i] for p, i in zip(prompts, sample, strict=True)},
+            [_answer(i) for i in sample],
+        )
+    if kind == "semantic":
+        ids, queries = _semantic_queries(entries)
+        prompts = [f"semantic query {j}" for j in range(QUERIES)]
+        return prompts, dict(zip(prompts, queries, strict=True)), [_answer(int(i)) for i in ids]
+    prompts = [f"unrelated query {j}" for j in range(QUERIES)]
+    return prompts, dict(zip(prompts, _miss_queries(), strict=True)), [None] * QUERIES
+
+
 # -- clients (in the client process) -------------------------------------
 
 
@@ -318,6 +484,36 @@ async def _hnswlib_client(target: str | None, *, entries: int) -> AsyncIterator[
     yield operation
 
 
+@contextlib.asynccontextmanager
+async def _gptcache_client(target: str | None, *, kind: str, entries: int) -> AsyncIterator[Operation]:
+    from gptcache.adapter.api import get  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+
+    if target is None:
+        raise ValueError("needs GPTCache's folder")
+    prompts, vectors, expected = _gptcache_lookups(kind, entries)
+    cache, _ = _gptcache_open(Path(target), entries, vectors.__getitem__)
+    first = get(prompts[0], cache_obj=cache)
+    if first != expected[0]:
+        raise ValueError(f"gptcache {kind}: the first lookup answered {first!r}, not {expected[0]!r}")
+    position = 0
+
+    async def operation() -> object:
+        nonlocal position
+        position = (position + 1) % len(prompts)
+        return get(prompts[position], cache_obj=cache)
+
+    yield operation
+
+
+def _keep(*contenders: Contender) -> tuple[Contender, ...]:
+    """The contenders ``ARE_BENCH_CACHE_CONTENDERS`` names (all when unset)."""
+    names = os.environ.get("ARE_BENCH_CACHE_CONTENDERS", "")
+    if not names:
+        return contenders
+    wanted = set(names.split(","))
+    return tuple(c for c in contenders if c.name in wanted)
+
+
 def _suite() -> Suite:
     entries, dtype = _entries(), _dtype()
     sidecar = functools.partial(_sidecar, entries, dtype)
@@ -325,7 +521,7 @@ def _suite() -> Suite:
         name="cache",
         description=f"LookupCache, {entries:,} 384-d {dtype} entries, vs bare grpc.aio; raw indexes",
         baseline=echo_contender("echo", payload_bytes=16),
-        contenders=(
+        contenders=_keep(
             Contender(
                 name="exact-hit",
                 client=functools.partial(_lookup_client, kind="exact", entries=entries),
@@ -360,6 +556,20 @@ def _suite() -> Suite:
                 description="hnswlib knn_query (top 1, M=16, ef 64) on the same vectors, in-process",
                 requires=("hnswlib",),
             ),
+            *(
+                Contender(
+                    name=f"gptcache-{kind}",
+                    client=functools.partial(_gptcache_client, kind=kind, entries=entries),
+                    server=functools.partial(_gptcache_path, entries),
+                    description=f"GPTCache get() in-process, {what}: SQLite + its hnswlib store",
+                    requires=GPTCACHE_REQUIRES,
+                )
+                for kind, what in (
+                    ("exact", "a stored prompt (no exact tier: embedded and searched)"),
+                    ("semantic", "a stored vector plus noise"),
+                    ("miss", "an unrelated vector"),
+                )
+            ),
         ),
     )
 
@@ -385,29 +595,67 @@ def _recall(data: Path, dtype: str, entries: int) -> float:
     return agree / 500
 
 
-def _hnswlib_recall(entries: int) -> float | None:
+def _hnswlib_recall(entries: int, truth: np.ndarray) -> float | None:
+    """hnswlib's recall@1 (M=16, ef 64) against exact f32 search; None when not installed."""
     try:
         import hnswlib  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
     except ImportError:
         return None
-    from are_core.vector import VectorIndex  # noqa: PLC0415
-
     with _hnswlib_path(entries) as path:
         index = hnswlib.Index(space="cosine", dim=DIMENSION)
         index.load_index(path, max_elements=entries)
         index.set_ef(64)
-    exact = VectorIndex.restore(
-        _index_file(build_folder(entries, "f32")[0], "f32"), dimension=DIMENSION, dtype="f32"
-    )
-    if exact is None:
-        return None
     _, queries = _semantic_queries(entries)
-    labels, _ = index.knn_query(queries[:500], k=1)
-    agree = sum(int(labels[i][0]) + 1 == exact.search(queries[i], 1, exact=True)[0][0] for i in range(500))
-    return agree / 500
+    labels, _ = index.knn_query(queries[:CHECKS], k=1)
+    return float(np.mean(labels[:, 0].astype(np.int64) == truth))
 
 
-def _restart_seconds(data: Path) -> tuple[float, float]:
+class Correctness(msgspec.Struct, frozen=True, kw_only=True):
+    """How often lookups answer with the right entry, over ``CHECKS`` lookups of each kind.
+
+    Attributes:
+        exact: Exact lookups (a stored prompt) answered by that prompt's entry.
+        semantic: Semantic lookups (a stored vector plus noise) answered by
+            the entry exact f32 search finds nearest: recall@1 end to end.
+        miss: Unrelated lookups that missed.
+    """
+
+    exact: float
+    semantic: float
+    miss: float
+
+
+async def _grpc_correctness(target: str, entries: int, truth: np.ndarray) -> Correctness:
+    import grpc.aio  # noqa: PLC0415
+
+    from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2  # noqa: PLC0415
+
+    sample = _sample(entries)[:CHECKS]
+    _, semantic = _semantic_queries(entries)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = cache_service_pb2_grpc.CacheServiceStub(channel)
+
+        async def lookup(prompt: str = "", vector: np.ndarray | None = None) -> Any:
+            request = cache_service_pb2.LookupCacheRequest(namespace=NAMESPACE, prompt=prompt)
+            if vector is not None:
+                request.vector.CopyFrom(common_pb2.Vector(values=vector.tolist()))
+            return await stub.LookupCache(request)
+
+        exact = 0
+        for i in sample:
+            answer = await lookup(_prompt(int(i)))
+            exact += answer.hit and answer.matched_prompt == _prompt(int(i))
+        right = 0
+        for query, row in zip(semantic[:CHECKS], truth, strict=True):
+            answer = await lookup(vector=query)
+            right += answer.hit and answer.matched_prompt == _prompt(int(row))
+        missed = 0
+        for query in _miss_queries()[:CHECKS]:
+            missed += not (await lookup(vector=query)).hit
+    return Correctness(exact=exact / CHECKS, semantic=right / CHECKS, miss=missed / CHECKS)
+
+
+def _restart_seconds(data: Path, entries: int, truth: np.ndarray) -> tuple[float, float, Correctness]:
     from are_sdk import SyncClient  # noqa: PLC0415
     from are_sdk.testing import SidecarProcess  # noqa: PLC0415
 
@@ -417,33 +665,114 @@ def _restart_seconds(data: Path) -> tuple[float, float]:
         with SyncClient.connect(sidecar.target) as client:
             client.cache.lookup(NAMESPACE, _prompt(0))
         answered = time.perf_counter() - started
-    return serving, answered
+        correct = asyncio.run(_grpc_correctness(sidecar.target, entries, truth))
+    return serving, answered, correct
+
+
+def _gptcache_figures(entries: int, truth: np.ndarray) -> tuple[dict[str, Any], Correctness] | None:
+    """GPTCache's build figures and correctness; None when not installed."""
+    if missing_requirements(GPTCACHE_REQUIRES):
+        return None
+    from gptcache.adapter.api import get  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+
+    folder, figures = build_gptcache(entries)
+    rates = []
+    for kind in ("exact", "semantic", "miss"):
+        prompts, vectors, expected = _gptcache_lookups(kind, entries)
+        if kind == "semantic":
+            expected = [_answer(int(row)) for row in truth]
+        cache, data_manager = _gptcache_open(folder, entries, vectors.__getitem__)
+        right = sum(
+            get(p, cache_obj=cache) == e for p, e in zip(prompts[:CHECKS], expected[:CHECKS], strict=True)
+        )
+        rates.append(right / CHECKS)
+        data_manager.close()
+    return figures, Correctness(exact=rates[0], semantic=rates[1], miss=rates[2])
+
+
+def _ratios(path: Path) -> int:
+    """Prints GPTCache's latencies as ratios to ARE's and to echo's, from a harness JSON file."""
+    report = json.loads(path.read_text())
+    suites = [s for s in report["suites"] if s["suite"] == "cache"]
+    if not suites:
+        print(f"{path}: no cache suite")
+        return 1
+    results = {r["name"]: r for r in suites[0]["results"]}
+    pairs = (
+        ("gptcache-exact", "exact-hit"),
+        ("gptcache-semantic", "semantic-hit"),
+        ("gptcache-miss", "miss"),
+    )
+    print(f"{'lookup':<20}{'GPTCache/ARE p50':>18}{'p99':>8}{'GPTCache/echo p50':>19}{'p99':>8}")
+    for peer, ours in pairs:
+        mine, theirs = results.get(ours, {}).get("stats"), results.get(peer, {}).get("stats")
+        if not mine or not theirs:
+            print(f"{peer:<20}{'skipped or failed':>18}")
+            continue
+        base = suites[0]["results"][0]["stats"]
+        cells = (
+            theirs["median_us"] / mine["median_us"],
+            theirs["p99_us"] / mine["p99_us"],
+            theirs["median_us"] / base["median_us"],
+            theirs["p99_us"] / base["p99_us"],
+        )
+        print(f"{peer:<20}{cells[0]:>17.1f}x{cells[1]:>7.1f}x{cells[2]:>18.1f}x{cells[3]:>7.1f}x")
+    return 0
+
+
+def _rates(c: Correctness) -> str:
+    return f"{c.exact:>9.4f}{c.semantic:>10.4f}{c.miss:>8.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Prints store throughput, recall@1 per dtype and restart-to-serving time."""
+    """Prints store throughput, recall@1, restart-to-serving time and correctness per contender."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cache", description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=_entries(), help="entries per namespace (100000)")
     parser.add_argument("--dtypes", default="f32,f16,i8", help="comma-separated dtypes (f32,f16,i8)")
+    parser.add_argument("--peers", action="store_true", help="also build and check hnswlib and GPTCache")
+    parser.add_argument(
+        "--ratios", type=Path, metavar="PATH", help="print GPTCache/ARE ratios from a --json file"
+    )
     args = parser.parse_args(argv)
-    print(f"cache figures at {args.entries:,} entries of 384-d low-intrinsic-dimension vectors")
-    print(f"{'dtype':<8}{'store/s':>10}{'recall@1':>10}{'serving s':>11}{'answered s':>12}{'index MiB':>11}")
+    if args.ratios:
+        return _ratios(args.ratios)
+    print(f"cache figures at {args.entries:,} entries of 384-d low-intrinsic-dimension vectors", flush=True)
+    _, queries = _semantic_queries(args.entries)
+    truth = _exact_top1(queries[:CHECKS], args.entries)
+    print(
+        f"{'contender':<11}{'store/s':>10}{'recall@1':>10}{'serving s':>11}{'answered s':>12}"
+        f"{'index MiB':>11}{'exact ok':>9}{'sem. ok':>10}{'miss ok':>8}"
+    )
     for dtype in args.dtypes.split(","):
         data, figures = build_folder(args.entries, dtype)
         recall = _recall(data, dtype, args.entries)
-        serving, answered = _restart_seconds(data)
+        serving, answered, correct = _restart_seconds(data, args.entries, truth)
         size = _index_file(data, dtype).stat().st_size / 2**20
         print(
-            f"{dtype:<8}{figures['store_per_s']:>10,.0f}{recall:>10.4f}{serving:>11.2f}{answered:>12.2f}{size:>11.0f}",
+            f"{'ARE ' + dtype:<11}{figures['store_per_s']:>10,.0f}{recall:>10.4f}{serving:>11.2f}"
+            f"{answered:>12.2f}{size:>11.0f}{_rates(correct)}",
             flush=True,
         )
-    hnsw = _hnswlib_recall(args.entries)
-    print(f"hnswlib recall@1 (M=16, ef 64): {'skipped: not installed' if hnsw is None else f'{hnsw:.4f}'}")
+    if args.peers:
+        hnsw = _hnswlib_recall(args.entries, truth)
+        print(f"{'hnswlib':<11}{'':>10}{'skipped: not installed' if hnsw is None else f'{hnsw:>10.4f}'}")
+        gptcache = _gptcache_figures(args.entries, truth)
+        if gptcache is None:
+            print(f"{'GPTCache':<11}  skipped: not installed ({', '.join(GPTCACHE_REQUIRES)})")
+        else:
+            figures, correct = gptcache
+            print(f"{'GPTCache':<11}{figures['store_per_s']:>10,.0f}{'':>44}{_rates(correct)}")
     print(
-        "recall@1: the graph search's top hit equals exact search's, over 500 noisy copies of stored vectors"
+        "recall@1: ARE's graph search's top hit equals exact search's on the same (quantised) index;"
+        " hnswlib's equals exact f32 search's; over noisy copies of stored vectors"
     )
     print(
         "serving s: from starting the sidecar process to SERVING; answered s: to its first LookupCache answer"
+    )
+    print(
+        f"exact ok: of {CHECKS} lookups of a stored prompt, those answered by its entry; sem. ok: of"
+        f" {CHECKS} noisy copies, those answered by exact f32 search's nearest entry (ARE over gRPC);"
+        " miss ok: unrelated vectors that missed"
     )
     return 0
 
