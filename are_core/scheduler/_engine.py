@@ -772,7 +772,10 @@ class Scheduler:
             attributes={
                 "are.workflow.name": spec.name,
                 "are.workflow.task_count": len(spec.tasks),
-                "are.request_id": request_id,
+                **({"are.request_id": request_id} if request_id else {}),
+                # The W3C trace the workflow's spans belong to, so exporters need no engine lookup.
+                "are.trace_id": rec.trace_id,
+                **({"are.parent_span_id": rec.parent_span_id} if rec.parent_span_id else {}),
             },
         )
         self._at(rec.deadline_ns, "deadline", w, 0)
@@ -2357,6 +2360,7 @@ class Scheduler:
                 "are.workflow.task_count": len(specs),
                 "are.fork.source": source_id,
                 "are.fork.version": source_version,
+                "are.trace_id": w.rec.trace_id,
             },
         )
         self._at(rec.deadline_ns, "deadline", w, 0)
