@@ -573,7 +573,11 @@ def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.
             usage=_usage_pb(rec.usage),
             task_attempts=rec.attempt,
             retries=rec.retries,
+            cache_hits=1 if rec.cache_entry_id else 0,
+            cache_saved_tokens=rec.cache_saved_tokens,
+            cache_saved_cost_micro_usd=rec.cache_saved_cost_micro_usd,
         ),
+        cache_entry_id=rec.cache_entry_id,
     )
     if include_payloads and rec.output is not None:
         out.output.data = rec.output

@@ -37,6 +37,7 @@ import msgspec
 
 from are_core import state as st
 from are_core.scheduler import (
+    CACHE_ENTRY_ID,
     CACHE_SAVED_COST,
     CACHE_SAVED_TOKENS,
     CacheKey,
@@ -386,7 +387,7 @@ class Wiring:
             hit.content_type,
             {
                 "are.cache.namespace": key.namespace,
-                "are.cache.entry_id": hit.entry_id,
+                CACHE_ENTRY_ID: hit.entry_id,
                 "are.cache.tier": hit.tier,
                 "are.cache.similarity": round(hit.similarity, 4),
                 CACHE_SAVED_TOKENS: hit.input_tokens + hit.output_tokens,

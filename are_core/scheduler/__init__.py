@@ -8,6 +8,7 @@ evaluated by ``evaluate``. Its exceptions are drawn in ``_errors``.
 
 from ._conditions import check_pointer, evaluate, resolve_pointer
 from ._engine import (
+    CACHE_ENTRY_ID,
     CACHE_SAVED_COST,
     CACHE_SAVED_TOKENS,
     TABLES,
@@ -59,6 +60,7 @@ from ._model import (
 from ._validate import find_cycle, validate_graph
 
 __all__ = [
+    "CACHE_ENTRY_ID",
     "CACHE_SAVED_COST",
     "CACHE_SAVED_TOKENS",
     "TABLES",

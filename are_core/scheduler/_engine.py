@@ -158,6 +158,7 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
 
 # Attributes a cache lookup hook returns with a hit: the tokens and cost the
 # cached answer cost when it was first made (what the hit saved).
+CACHE_ENTRY_ID = "are.cache.entry_id"
 CACHE_SAVED_TOKENS = "are.cache.saved_tokens"
 CACHE_SAVED_COST = "are.cache.saved_cost_micro_usd"
 
@@ -968,9 +969,12 @@ class Scheduler:
             wf_rec = task.wf.rec
             wf_rec.tasks_completed += 1
             # What the cached answer cost when it was first made is what this hit saved.
+            rec.cache_entry_id = str(attributes.get(CACHE_ENTRY_ID, ""))
+            rec.cache_saved_tokens = int(attributes.get(CACHE_SAVED_TOKENS, 0))
+            rec.cache_saved_cost_micro_usd = int(attributes.get(CACHE_SAVED_COST, 0))
             wf_rec.cache_hits += 1
-            wf_rec.cache_saved_tokens += int(attributes.get(CACHE_SAVED_TOKENS, 0))
-            wf_rec.cache_saved_cost_micro_usd += int(attributes.get(CACHE_SAVED_COST, 0))
+            wf_rec.cache_saved_tokens += rec.cache_saved_tokens
+            wf_rec.cache_saved_cost_micro_usd += rec.cache_saved_cost_micro_usd
             self._event("TASK_CACHE_HIT", task, task_state="COMPLETED", attributes=attributes)
             self._set_state(task, "COMPLETED", "answered from the cache")
             self._terminal(task)

@@ -199,6 +199,9 @@ class TaskRecord(msgspec.Struct, kw_only=True, gc=False):
     heartbeat_content_type: str = ""
     usage: Usage = msgspec.field(default_factory=Usage)
     retries: int = 0
+    cache_entry_id: str = ""  # the cache entry that answered the task, if it did
+    cache_saved_tokens: int = 0  # what that answer cost when first made
+    cache_saved_cost_micro_usd: int = 0
     extra_depends_on: tuple[str, ...] = ()  # added by SpawnTasks(dependents_wait)
 
 

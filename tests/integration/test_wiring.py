@@ -420,7 +420,11 @@ async def test_a_cache_keyed_task_is_answered_from_the_cache_without_dispatch(cl
             await asyncio.sleep(0.05)
     assert len(hits) == 1
     assert _attributes(hits[0])["are.cache.tier"] == "EXACT"
-    assert (await get_task(client, second, "a")).attempt == 0
+    answered = await get_task(client, second, "a")
+    assert answered.attempt == 0
+    assert answered.cache_entry_id == _attributes(hits[0])["are.cache.entry_id"]
+    assert answered.usage.cache_hits == 1
+    assert answered.usage.cache_saved_cost_micro_usd == 4_500
     # Cost accounting: the hit saved what the first answer cost, and cost nothing itself.
     assert closed.usage.cache_hits == 1
     assert closed.usage.cache_saved_tokens == 150
