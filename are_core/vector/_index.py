@@ -27,6 +27,12 @@ _METRICS = {"cos": MetricKind.Cos, "ip": MetricKind.IP}
 _Keys = Sequence[int] | np.ndarray[Any, Any]
 
 
+# Up to this many vectors a brute-force scan (SIMD, a few microseconds per
+# thousand vectors) is as fast as walking the graph and always exact: a small
+# HNSW graph that has seen removals can leave a live vector unreachable.
+EXACT_SEARCH_BELOW = 2048
+
+
 class VectorIndex:
     """An HNSW index of float vectors under uint64 keys (usearch underneath).
 
@@ -193,9 +199,10 @@ class VectorIndex:
         query = self._matrix(vector)
         if query.shape[0] != 1:
             raise VectorShapeError(expected=self._dimension, got=tuple(query.shape))
-        if k <= 0 or len(self._index) == 0:
+        size = len(self._index)
+        if k <= 0 or size == 0:
             return []
-        matches = self._index.search(query[0], k, exact=exact)
+        matches = self._index.search(query[0], k, exact=exact or size <= EXACT_SEARCH_BELOW)
         keys = matches.keys.tolist()
         similarities = (1.0 - matches.distances.astype(np.float64)).tolist()
         return list(zip(keys, similarities, strict=True))
@@ -210,7 +217,7 @@ class VectorIndex:
             return [[] for _ in range(n)]
         if n == 1:
             return [self.search(queries[0], k)]
-        matches = self._index.search(queries, k)
+        matches = self._index.search(queries, k, exact=len(self._index) <= EXACT_SEARCH_BELOW)
         keys = matches.keys.tolist()
         similarities = (1.0 - matches.distances.astype(np.float64)).tolist()
         counts = matches.counts.tolist()
