@@ -116,17 +116,20 @@ async def _call_raw(
     """Calls any method with an empty message and returns its status.
 
     Streams are given a short deadline: an implemented stream may wait for
-    more input or events, which ends as DEADLINE_EXCEEDED.
+    more input or events, which ends as DEADLINE_EXCEEDED. Client streams
+    send nothing: a refusal that arrives while a message is still being
+    written can surface as INTERNAL in grpc's client (a transport race, not
+    the server's answer).
     """
     identity = {"request_serializer": None, "response_deserializer": None}
     options = {"metadata": metadata, "timeout": 3}
     try:
         if client_streaming and server_streaming:
-            call = channel.stream_stream(path, **identity)(iter([b""]), **options)
+            call = channel.stream_stream(path, **identity)(iter(()), **options)
             async for _ in call:
                 pass
         elif client_streaming:
-            await channel.stream_unary(path, **identity)(iter([b""]), **options)
+            await channel.stream_unary(path, **identity)(iter(()), **options)
         elif server_streaming:
             async for _ in channel.unary_stream(path, **identity)(b"", **options):
                 pass
