@@ -43,6 +43,7 @@ from are_core.cache import (
 )
 from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError, StorageFullError
 from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2
+from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._status import abort
 
@@ -50,8 +51,8 @@ __all__ = ["CacheCapability", "CacheServicer", "parse_models"]
 
 _log = logging.getLogger("are.cache")
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_METADATA_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_ID = conventions.ID
+_METADATA_KEY = conventions.KEY
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_PROMPT = 1 << 20
 _MAX_RESPONSE = 4 << 20

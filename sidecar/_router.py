@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -58,6 +57,7 @@ from are_core.router import (
 from are_core.storage import StorageBusyError, StorageError, StorageFullError
 from are_core.vector import VectorError, VectorIndex
 from are_sdk._proto.are.v1 import agent_pb2, common_pb2, router_service_pb2, router_service_pb2_grpc
+from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._status import abort
 
@@ -66,8 +66,8 @@ __all__ = ["RouterCapability", "RouterServicer"]
 _log = logging.getLogger("are.router")
 
 SERVICE = "are.v1.RouterService"
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_ID = conventions.ID
+_LABEL_KEY = conventions.KEY
 _MAX_LABELS = 32
 _MAX_FILTER_LABELS = 8
 _MAX_LABEL_VALUE_BYTES = 256

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -59,6 +58,7 @@ from are_sdk._proto.are.v1 import (
     worker_service_pb2,
     workflow_pb2,
 )
+from sidecar import _conventions as conventions
 from sidecar._status import abort
 
 __all__ = [
@@ -78,8 +78,8 @@ __all__ = [
     "workflow_to_proto",
 ]
 
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_LABEL_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_ID = conventions.ID
+_LABEL_KEY = conventions.KEY
 _MiB = 1 << 20
 _DAY = 86_400.0
 _OPERATORS_WITHOUT_VALUE = frozenset({"EXISTS", "NOT_EXISTS", "TRUTHY"})

@@ -33,7 +33,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -78,6 +77,7 @@ from are_core.state import (
 )
 from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError, StorageFullError
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, state_service_pb2_grpc
+from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._status import abort
 
@@ -93,8 +93,8 @@ __all__ = [
 
 _log = logging.getLogger("are.state")
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_METADATA_KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+_ID = conventions.ID
+_METADATA_KEY = conventions.KEY
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
