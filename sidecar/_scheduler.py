@@ -402,16 +402,27 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 request.tasks, "tasks", max_tasks=10_000, features=self._wiring.features
             )
             self._wiring.check_namespaces(specs, "tasks")
-            ids = await self._engine.spawn(
+            digest = ""
+            if request.request_id:
+                check_id(request.request_id, "request_id", "a request_id")
+                # A retried parent attempt spawns once: the attempt number is
+                # not part of what makes the request "the same".
+                same = pb.SpawnTasksRequest()
+                same.CopyFrom(request)
+                same.parent_attempt = 0
+                digest = request_hash(same)
+            ids, deduplicated = await self._engine.spawn(
                 request.workflow_id,
                 specs,
                 parent_task_id=request.parent_task_id,
                 parent_attempt=request.parent_attempt,
                 dependents_wait=request.dependents_wait,
+                request_id=request.request_id,
+                request_hash=digest,
             )
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
-        return pb.SpawnTasksResponse(task_ids=ids)
+        return pb.SpawnTasksResponse(task_ids=ids, deduplicated=deduplicated)
 
     async def ResolveApproval(  # noqa: N802 - the RPC's name
         self, request: pb.ResolveApprovalRequest, context: _Context

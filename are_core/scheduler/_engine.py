@@ -90,8 +90,9 @@ T_OPEN = "sched_open"  # workflow id -> b"" while RUNNING or CANCELLING
 T_TASKS = "sched_tasks"  # workflow id NUL u64(index) -> TaskRecord
 T_SPECS = "sched_task_specs"  # workflow id NUL u64(index) -> TaskSpec (written once)
 T_REQUESTS = "sched_requests"  # request id -> workflow id NUL request hash
+T_SPAWNS = "sched_spawn_requests"  # workflow id NUL request id -> _SpawnReceipt
 T_POOLS = "sched_pools"  # pool name -> PoolLimits
-TABLES = (T_WORKFLOWS, T_BY_TIME, T_OPEN, T_TASKS, T_SPECS, T_REQUESTS, T_POOLS)
+TABLES = (T_WORKFLOWS, T_BY_TIME, T_OPEN, T_TASKS, T_SPECS, T_REQUESTS, T_SPAWNS, T_POOLS)
 
 _U64 = (1 << 64) - 1
 _FAIL_STATES = frozenset({"FAILED", "REJECTED", "CANCELLED"})
@@ -114,6 +115,16 @@ _wf_codec = Codec(WorkflowRecord)
 _task_codec = Codec(TaskRecord)
 _spec_codec = Codec(TaskSpec)
 _pool_codec = Codec(PoolLimits)
+
+
+class _SpawnReceipt(msgspec.Struct, frozen=True):
+    """What a spawn with a request_id added, kept to answer its retries."""
+
+    request_hash: str
+    task_ids: list[str]
+
+
+_spawn_codec = Codec(_SpawnReceipt)
 
 
 class Cancellation(msgspec.Struct, frozen=True):
@@ -483,6 +494,7 @@ class Scheduler:
         self._pending_commits: set[asyncio.Future[None]] = set()
         self._stopped = False
         self._requests: dict[str, tuple[str, str]] = {}  # request ids not yet committed
+        self._spawn_requests: dict[bytes, _SpawnReceipt] = {}  # spawn request ids not yet committed
         self._ids = random.Random()  # noqa: S311 - span ids need uniqueness, not secrecy
         # Integration hooks, installed by the sidecar when the capability exists
         # (None: the feature is off). Only tasks that use a feature reach its hook.
@@ -1837,8 +1849,31 @@ class Scheduler:
         parent_task_id: str = "",
         parent_attempt: int = 0,
         dependents_wait: bool = False,
-    ) -> list[str]:
-        """Adds tasks to a running workflow (dynamic expansion)."""
+        request_id: str = "",
+        request_hash: str = "",
+    ) -> tuple[list[str], bool]:
+        """Adds tasks to a running workflow (dynamic expansion).
+
+        Returns the added task ids and whether ``request_id`` matched an
+        earlier spawn into this workflow (then nothing is added and its ids
+        are returned; a retried parent attempt spawns once).
+
+        Raises:
+            RequestIdConflictError: ``request_id`` was used in this workflow
+                with a different request.
+        """
+        if request_id:
+            key = join_key(wf_id, request_id)
+            receipt = self._spawn_requests.get(key)
+            if receipt is None:
+                raw = self._storage.get(T_SPAWNS, key)
+                receipt = _spawn_codec.decode(raw) if raw is not None else None
+            if receipt is not None:
+                if receipt.request_hash != request_hash:
+                    raise RequestIdConflictError(
+                        f"request_id {request_id!r} was used in {wf_id!r} with a different request"
+                    )
+                return list(receipt.task_ids), True
         w = self._open.get(wf_id)
         if w is None:
             self._load_workflow(wf_id)
@@ -1896,6 +1931,12 @@ class Scheduler:
                     dependent.unresolved += 1
                 self._dirty(dependent)
         ids = [t.rec.task_id for t in added]
+        if request_id:
+            key = join_key(wf_id, request_id)
+            receipt = _SpawnReceipt(request_hash=request_hash, task_ids=ids)
+            self._t().batch.put(T_SPAWNS, key, _spawn_codec.encode(receipt))
+            self._spawn_requests[key] = receipt
+            self._t().after.append(lambda: self._spawn_requests.pop(key, None))
         self._event(
             "TASKS_SPAWNED",
             w=w,
@@ -1907,7 +1948,7 @@ class Scheduler:
                 self._decide(task)
         self._after_op()
         await self._t().future
-        return ids
+        return ids, False
 
     # ------------------------------------------------------------------- pools
 
@@ -2233,7 +2274,7 @@ class Scheduler:
         # The rest in bounded batches: with the workflow row gone nothing reads them,
         # and a crash half-way leaves only unreachable rows.
         prefix = prefix_key(wf_id)
-        for table in (T_SPECS, T_TASKS):
+        for table in (T_SPECS, T_TASKS, T_SPAWNS):
             while True:
                 rows = self._storage.scan(table, prefix=prefix, limit=5000)
                 if not rows:

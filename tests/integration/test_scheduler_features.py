@@ -6,7 +6,10 @@ import asyncio
 import json
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+
 from are_sdk import (
+    AlreadyExistsError,
     Client,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -145,6 +148,47 @@ async def test_a_running_task_spawns_sub_tasks_and_its_dependents_wait_for_them(
     assert set(report["deps"]) == {"planner", "part1", "part2", "merge"}
     merge = await get_task(client, workflow_id, "merge")
     assert merge.parent_task_id == "planner"
+
+
+async def test_a_spawn_with_a_request_id_adds_its_tasks_once_even_from_a_retried_attempt(
+    client: Client,
+) -> None:
+    cap = unique_capability("spawn-once")
+    answers: list[tuple[int, list[str], bool]] = []
+
+    async def handler(a: w.TaskAssignment) -> Any:
+        if a.task_id == "planner":
+            response = await client.raw.scheduler.SpawnTasks(
+                s.SpawnTasksRequest(
+                    workflow_id=a.workflow_id,
+                    parent_task_id="planner",
+                    parent_attempt=a.attempt,
+                    tasks=[task("child", cap)],
+                    request_id=f"{a.workflow_id}-plan",
+                )
+            )
+            answers.append((a.attempt, list(response.task_ids), response.deduplicated))
+            if a.attempt == 1:  # fails after spawning; its retry spawns again
+                return c.Failure(message="planner lost its way")
+        return echo(a)
+
+    retry = c.RetryPolicy(maximum_attempts=2, initial_interval=Duration(nanos=10_000_000))
+    async with StreamWorker(client, handler, capabilities=[cap]):
+        workflow_id = await submit(client, task("planner", cap, retry_policy=retry))
+        status = await wait_closed(client, workflow_id)
+    assert answers == [(1, ["child"], False), (2, ["child"], True)]
+    assert status.state == wf.WORKFLOW_STATE_COMPLETED
+    assert status.task_counts.total == 2
+    # The same request_id with other tasks is a conflict, not a silent no-op.
+    await expect_error(
+        client.raw.scheduler.SpawnTasks(
+            s.SpawnTasksRequest(
+                workflow_id=workflow_id, tasks=[task("other", cap)], request_id=f"{workflow_id}-plan"
+            )
+        ),
+        AlreadyExistsError,
+        "REQUEST_ID_CONFLICT",
+    )
 
 
 async def test_spawning_is_refused_when_not_held_and_past_max_tasks_fails_the_workflow(

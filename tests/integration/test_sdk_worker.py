@@ -114,7 +114,7 @@ async def test_spawned_tasks_feed_the_waiting_dependents(client: Client) -> None
     async def handle(ctx: TaskContext) -> Any:
         if ctx.task_id == "plan":
             children = [TaskSpec(f"part-{i}", capability=cap, input={"i": i}) for i in range(3)]
-            ids = await ctx.spawn(*children, dependents_wait=True, request_id=f"{ctx.idempotency_key}-spawn")
+            ids = await ctx.spawn(*children, dependents_wait=True, request_id=f"{ctx.task_id}.spawn")
             return {"spawned": ids}
         if ctx.task_id.startswith("part-"):
             return ctx.input["i"] * 10

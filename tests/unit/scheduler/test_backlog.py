@@ -102,7 +102,7 @@ async def test_a_released_fan_out_waits_in_the_backlog_and_drains_fairly(
     with pytest.raises(PoolQueueFullError):
         await engine.submit(WorkflowSpec(tasks=(spec("late"),)))
     with pytest.raises(PoolQueueFullError):
-        await engine.spawn(big.workflow_id, [spec("extra")])
+        await engine.spawn(big.workflow_id, [spec("extra")])  # (ids, deduplicated)
     ran += await drain(engine, worker, expected=44)
     assert len(set(ran)) == 46
     assert worker.most_queued == 5

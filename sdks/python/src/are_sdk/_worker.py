@@ -396,8 +396,11 @@ class TaskContext:
             tasks: The new tasks; they may depend on existing tasks and each other.
             dependents_wait: Make this task's pending dependents also wait
                 for (and receive the outputs of) the new tasks.
-            request_id: An idempotency key, for example derived from
-                :attr:`idempotency_key`, so a retried attempt spawns once.
+            request_id: An idempotency key, so a retried attempt spawns
+                once: scoped to the workflow, so the task id plus a suffix
+                (``f"{ctx.task_id}.plan"``) is enough. A retry with the same
+                key and tasks returns the ids of the first spawn; the same key
+                with other tasks is refused (REQUEST_ID_CONFLICT).
         """
         return await spawn_tasks(
             self._session.client.raw,
