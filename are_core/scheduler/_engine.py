@@ -803,6 +803,9 @@ class Scheduler:
     def _forget_request(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
 
+    def _forget_spawn_request(self, key: bytes) -> None:
+        self._spawn_requests.pop(key, None)
+
     def _check_queues(self, incoming: dict[str, int], workflow_id: str) -> None:
         for name, n in incoming.items():
             pool = self._pools[name]
@@ -1936,7 +1939,7 @@ class Scheduler:
             receipt = _SpawnReceipt(request_hash=request_hash, task_ids=ids)
             self._t().batch.put(T_SPAWNS, key, _spawn_codec.encode(receipt))
             self._spawn_requests[key] = receipt
-            self._t().after.append(lambda: self._spawn_requests.pop(key, None))
+            self._t().after.append(lambda: self._forget_spawn_request(key))
         self._event(
             "TASKS_SPAWNED",
             w=w,
