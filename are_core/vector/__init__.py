@@ -4,6 +4,8 @@ An index is derived data: its owner keeps every vector and its uint64 key in
 LMDB (the source of truth), saves the index for a fast start, restores it by
 memory map, and rebuilds it from LMDB when the saved copy is missing, corrupt
 or stale. Similarities are cosine similarities in [-1, 1], best first.
+Concurrent searches of one index from one event loop coalesce into one
+native call made off the loop (``VectorIndex.search_coalesced``).
 
 Exceptions::
 
@@ -11,7 +13,16 @@ Exceptions::
     └── VectorShapeError     a vector of the wrong dimension or shape
 """
 
+from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
-from ._index import DTYPES, VectorIndex
+from ._index import DTYPES, EXACT_SEARCH_BELOW, EXPANSION_SEARCH, VectorIndex
 
-__all__ = ["DTYPES", "VectorError", "VectorIndex", "VectorShapeError"]
+__all__ = [
+    "DTYPES",
+    "EXACT_SEARCH_BELOW",
+    "EXPANSION_SEARCH",
+    "SearchCoalescer",
+    "VectorError",
+    "VectorIndex",
+    "VectorShapeError",
+]
