@@ -116,6 +116,7 @@ class CacheCapability(Capability):
             index_dir=runtime.data_dir / "indexes" / "cache",
             events=runtime.events,
             models=models,
+            coalesce=runtime.config.cache_search == "coalesced",
         )
 
     async def start(self) -> None:

@@ -68,6 +68,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     router_cost_weight: float = 1.0
     router_mode: str = "cost_biased"
     cache_models: str = ""
+    cache_search: str = "inline"
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "token"}
@@ -352,6 +353,15 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "MODELS",
     ),
+    Option(
+        "cache_search",
+        "inline",
+        "How semantic lookups search: 'inline' (each on the event loop) or 'coalesced' (concurrent "
+        "lookups batched into one native call in a worker thread; pays only with idle cores: "
+        "compare `python -m benchmarks cache --concurrency 8` with and without ARE_CACHE_SEARCH=coalesced).",
+        _choice("inline", "coalesced"),
+        "MODE",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -434,6 +444,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         router_cost_weight=values["router_cost_weight"],
         router_mode=values["router_mode"],
         cache_models=values["cache_models"],
+        cache_search=values["cache_search"],
     )
 
 

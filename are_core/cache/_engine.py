@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import math
+import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,12 @@ from ._model import (
     LookupResult,
     Namespace,
     NamespaceSettings,
+    SnapshotMark,
     StatsRecord,
     StoreResult,
 )
 from ._normalise import entry_id_text, normalise_prompt, parse_entry_id, prompt_hash
+from ._table import Entries, EntryTable, ExactView, RecencyView
 
 __all__ = ["CACHE_TABLES", "CacheEngine"]
 
@@ -57,8 +58,17 @@ HEADS = "cache_heads"
 BODIES = "cache_bodies"
 VECTORS = "cache_vectors"
 STATS = "cache_stats"
-CACHE_TABLES: tuple[str, ...] = (NAMESPACES, HEADS, BODIES, VECTORS, STATS)
-"""The LMDB tables the cache keeps (entries are the truth; indexes are derived)."""
+JOURNAL = "cache_journal"
+MARKS = "cache_marks"
+CACHE_TABLES: tuple[str, ...] = (NAMESPACES, HEADS, BODIES, VECTORS, STATS, JOURNAL, MARKS)
+"""The LMDB tables the cache keeps (entries are the truth; indexes and entry tables are derived).
+
+``cache_journal`` has one row per write that changed a namespace's heads
+(namespace, sequence -> the changed entry ids), committed with the write;
+``cache_marks`` names each namespace's current saved entry table. A start
+reads the table and replays the journal rows after it instead of decoding
+every head.
+"""
 
 _MAX_TTL_NS = 366 * 86_400 * 1_000_000_000
 _MAX_ENTRIES_BOUND = 100_000_000
@@ -74,64 +84,102 @@ _namespace_codec = Codec(Namespace)
 _head_codec = Codec(EntryHead)
 _body_codec = Codec(EntryBody)
 _stats_codec = Codec(StatsRecord)
+_mark_codec = Codec(SnapshotMark)
+# A namespace's entry table is saved again once this many entries changed since
+# the last one (bounds the journal a start after SIGKILL replays), or journal rows.
+_SNAPSHOT_CHANGES = 100_000
+_SNAPSHOT_ROWS = 20_000
+_WARM_DELAY_S = 1.0
 
 
 class _State:
-    """One namespace in memory: entry heads, the exact map, recency, expiry, the index."""
+    """One namespace in memory: entry heads (exact map, recency, expiry), the index, the journal.
+
+    ``heads``, ``exact`` and ``lru`` are views of one :class:`Entries`
+    (a saved table plus the changes since). Every change of a head is noted
+    in ``pending`` and written as one journal row with the write that made
+    it; ``seq`` is the last journal row assigned, ``mark`` the snapshot
+    mark in force.
+    """
 
     __slots__ = (
         "embedder",
+        "entries",
         "exact",
-        "expiry",
         "heads",
         "index",
         "index_dirty",
         "lru",
+        "mark",
         "namespace",
-        "size_bytes",
+        "pending",
+        "seq",
+        "since",
+        "snapshot_due",
+        "stale_keys",
         "stats",
         "stats_dirty",
         "touched",
+        "unsaved_changes",
+        "unsaved_rows",
     )
 
-    def __init__(self, namespace: Namespace, embedder: Embedder | None, index: VectorIndex) -> None:
+    def __init__(
+        self,
+        namespace: Namespace,
+        embedder: Embedder | None,
+        index: VectorIndex,
+        base: EntryTable | None = None,
+    ) -> None:
         self.namespace = namespace
         self.embedder = embedder
-        self.heads: dict[int, EntryHead] = {}
-        self.exact: dict[bytes, int] = {}
-        self.lru: OrderedDict[int, None] = OrderedDict()
-        self.expiry: list[tuple[int, int]] = []
         self.index = index
         self.index_dirty = False
-        self.size_bytes = 0
         self.stats = StatsRecord()
         self.stats_dirty = False
         self.touched: set[int] = set()
+        self.pending: list[int] = []
+        self.seq = 0
+        self.mark: SnapshotMark | None = None
+        self.since: list[int] | None = None  # ids changed while a snapshot is being written
+        self.snapshot_due = False
+        self.stale_keys: list[int] = []  # index keys of removed entries, dropped once the index is loaded
+        self.unsaved_changes = 0
+        self.unsaved_rows = 0
+        self._use(Entries(base))
+
+    def _use(self, entries: Entries) -> None:
+        self.entries = entries
+        self.heads = entries
+        self.exact = ExactView(entries)
+        self.lru = RecencyView(entries)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of prompts and responses held."""
+        return self.entries.size_bytes
 
     def admit(self, head: EntryHead) -> None:
-        self.heads[head.entry_id] = head
-        self.exact[head.prompt_hash] = head.entry_id
-        self.lru[head.entry_id] = None
-        heapq.heappush(self.expiry, (head.expire_ns, head.entry_id))
-        self.size_bytes += head.size_bytes
-        self.compact_expiry()
-
-    def compact_expiry(self) -> None:
-        # Removed entries leave their expiry behind; drop them now and then.
-        if len(self.expiry) > 2 * len(self.heads) + 1024:
-            self.expiry = [(h.expire_ns, h.entry_id) for h in self.heads.values()]
-            heapq.heapify(self.expiry)
+        self.entries.admit(head)
+        self.changed(head.entry_id)
 
     def forget(self, entry_id: int) -> EntryHead | None:
-        head = self.heads.pop(entry_id, None)
+        head = self.entries.forget(entry_id)
         if head is None:
             return None
-        if self.exact.get(head.prompt_hash) == entry_id:
-            del self.exact[head.prompt_hash]
-        self.lru.pop(entry_id, None)
         self.touched.discard(entry_id)
-        self.size_bytes -= head.size_bytes
+        self.changed(entry_id)
         return head
+
+    def changed(self, entry_id: int) -> None:
+        self.pending.append(entry_id)
+        if self.since is not None:
+            self.since.append(entry_id)
+
+    def rebase(self, table: EntryTable) -> None:
+        """Serves from a freshly saved table, carrying over what changed since its export."""
+        since = [*(self.since or ()), *self.touched]
+        self._use(self.entries.rebase(table, since))
 
 
 class CacheEngine:
@@ -157,6 +205,8 @@ class CacheEngine:
         index_dir: Where saved indexes live (derived data beside LMDB).
         events: The event sink, or None to record no events.
         models: Local model directories by name, usable as namespace embedders.
+        coalesce: Batch the semantic searches of concurrent lookups into one
+            native call in a worker thread (pays only with idle cores).
         flush_interval: Seconds between flushes of counters and recency.
         clock: Nanoseconds since the epoch (tests may pass their own).
     """
@@ -169,6 +219,7 @@ class CacheEngine:
         index_dir: Path,
         events: EventSink | None = None,
         models: Mapping[str, Path] | None = None,
+        coalesce: bool = False,
         flush_interval: float = 1.0,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -179,14 +230,20 @@ class CacheEngine:
         self._models = dict(models or {})
         self._loaded_models: dict[str, Embedder] = {}
         self._flush_interval = flush_interval
+        self._coalesce = coalesce
         self._clock = clock
         self._states: dict[str, _State] = {}
         self._next_id = 1
         self._pending_events: list[EventDraft] = []
         self._dropped_events = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._tick: asyncio.Future[None] | None = None
         self._warmers: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
+        self._tickets = 0  # _submit calls begun
+        self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
+        self._failures = 0  # _submit calls that failed (memory was reloaded)
+        self._snapshotting = False
 
     # -- lifecycle -------------------------------------------------------
 
@@ -197,31 +254,63 @@ class CacheEngine:
             self._states[namespace.name] = self._load(namespace)
         for state in self._states.values():
             if state.index.is_view:
-                task = asyncio.create_task(asyncio.to_thread(state.index.materialize))
+                task = asyncio.create_task(self._warm(state))
                 self._warmers.add(task)
                 task.add_done_callback(self._warmers.discard)
         self._flusher = asyncio.create_task(self._flush_loop())
 
+    async def _warm(self, state: _State) -> None:
+        """Loads a private copy of a memory-mapped index off the loop, then drops its stale keys.
+
+        Waits ``_WARM_DELAY_S`` first: the copy holds the GIL (about a second
+        at 1M entries), and the sidecar should reach SERVING before that. A
+        write meanwhile loads the copy itself; lookups use the view.
+        """
+        await asyncio.sleep(_WARM_DELAY_S)
+        await asyncio.to_thread(state.index.materialize)
+        self._drop_stale(state)
+
+    def _drop_stale(self, state: _State) -> None:
+        stale, state.stale_keys = state.stale_keys, []
+        keys = [key for key in stale if key not in state.heads]
+        if keys:
+            state.index.remove(keys)
+            state.index_dirty = True
+
     async def stop(self) -> None:
-        """Flushes counters and recency, and saves every changed index for a fast start."""
+        """Flushes counters and recency, and saves every changed index and entry table for a fast start."""
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        for task in list(self._warmers):
+        if self._tick is not None:  # a flush or table save under way finishes first
             with contextlib.suppress(Exception):
+                await self._tick
+            self._tick = None
+        for task in list(self._warmers):
+            task.cancel()  # one still waiting to begin is not worth a load now
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        for state in self._states.values():
+            if state.stale_keys:  # the index must lose them before it is saved
+                state.index.materialize()
+                self._drop_stale(state)
         with contextlib.suppress(Exception):
             await self.flush()
         self._index_dir.mkdir(parents=True, exist_ok=True)
-        for state in self._states.values():
+        for state in list(self._states.values()):
             if state.index_dirty:
                 try:
                     state.index.save(self._index_path(state.namespace))
                     state.index_dirty = False
                 except OSError as error:  # derived data: the next start repairs it
                     _log.warning(f"cache: could not save the index of {state.namespace.name!r}: {error}")
+            mark = state.mark
+            index_seq = state.seq if not state.index_dirty else -1
+            if mark is None or mark.seq != state.seq or mark.index_seq != index_seq:
+                with contextlib.suppress(Exception):  # derived data: the next start rebuilds it
+                    await self._snapshot(state, index_seq=index_seq)
 
     # -- namespaces ------------------------------------------------------
 
@@ -353,7 +442,7 @@ class CacheEngine:
             query = await self._query_vector(state, prompt, vector, "vector")
             if query is not None and len(state.index):
                 needed = state.namespace.similarity_threshold if threshold is None else threshold
-                hit, best = self._semantic(state, query, needed, now, oldest)
+                hit, best = await self._semantic(state, query, needed, now, oldest)
                 if hit is not None:
                     return LookupResult(hit=hit)
         state.stats.lookups += 1
@@ -377,16 +466,24 @@ class CacheEngine:
             return None
         return self._answer(state, head, "EXACT", 1.0, now)
 
-    def _semantic(
+    async def _search(self, state: _State, query: np.ndarray[Any, Any], k: int) -> list[tuple[int, float]]:
+        # Inline by default: batching concurrent lookups' searches off the loop
+        # did not pay on a shared 2-core machine (benchmarks/README.md).
+        if self._coalesce:
+            return await state.index.search_coalesced(query, k)
+        return state.index.search(query, k)
+
+    async def _semantic(
         self, state: _State, query: np.ndarray[Any, Any], needed: float, now: int, oldest: int | None
     ) -> tuple[CacheHit | None, float]:
         # The top hit alone first (the common case); more candidates only
-        # when it cannot answer (removed or too old).
-        candidates = state.index.search(query, 1)
+        # when it cannot answer (removed or too old). Entries removed while a
+        # coalesced search ran are skipped below, as removed ones always are.
+        candidates = await self._search(state, query, 1)
         if candidates:
             head = state.heads.get(candidates[0][0])
             if head is None or not _alive(head, now, oldest):
-                candidates = state.index.search(query, _CANDIDATES)
+                candidates = await self._search(state, query, _CANDIDATES)
         for key, similarity in candidates:
             head = state.heads.get(key)
             if head is None or not _alive(head, now, oldest):
@@ -786,6 +883,7 @@ class CacheEngine:
                 head = state.heads.get(entry_id)
                 if head is not None:
                     batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
+                    state.changed(entry_id)
             state.touched.clear()
             if state.stats_dirty:
                 self._put_stats(batch, state)
@@ -798,10 +896,19 @@ class CacheEngine:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self._flush_interval)
-            try:
-                await self.flush()
-            except Exception as error:  # noqa: BLE001 - keep flushing; the next turn retries
-                _log.warning(f"cache: flush failed: {error}")
+            # Shielded: stopping waits for a turn under way instead of cutting it.
+            self._tick = asyncio.ensure_future(self._flush_turn())
+            await asyncio.shield(self._tick)
+
+    async def _flush_turn(self) -> None:
+        try:
+            await self.flush()
+        except Exception as error:  # noqa: BLE001 - keep flushing; the next turn retries
+            _log.warning(f"cache: flush failed: {error}")
+        try:
+            await self.snapshot_due()
+        except Exception as error:  # noqa: BLE001 - derived data; the next turn retries
+            _log.warning(f"cache: saving an entry table failed: {error}")
 
     # -- internals -------------------------------------------------------
 
@@ -902,7 +1009,7 @@ class CacheEngine:
         namespace = state.namespace
         evicted: list[EntryHead] = []
         while len(state.heads) > namespace.max_entries or state.size_bytes > namespace.max_bytes:
-            victim = next(iter(state.lru), None)
+            victim = state.lru.first()
             if victim is None or victim == keep:
                 if victim is None or len(state.lru) == 1:
                     break
@@ -913,13 +1020,11 @@ class CacheEngine:
                 evicted.append(head)
                 state.stats.evictions += 1
                 state.stats_dirty = True
-        state.compact_expiry()
         return evicted
 
     def _expire(self, state: _State, batch: Any, now: int) -> list[EntryHead]:
         expired: list[EntryHead] = []
-        while state.expiry and state.expiry[0][0] <= now:
-            expire_ns, entry_id = heapq.heappop(state.expiry)
+        for expire_ns, entry_id in state.entries.due(now):
             head = state.heads.get(entry_id)
             if head is None or head.expire_ns != expire_ns:
                 continue
@@ -959,20 +1064,150 @@ class CacheEngine:
         self._pending_events.append(draft)
 
     async def _submit(self, batch: Any, state: _State | None, drafts: list[EventDraft]) -> None:
+        # Everything up to the committer's submit runs in the same loop turn as
+        # the memory changes it carries (snapshots rely on it).
+        targets = [state] if state is not None else list(self._states.values())
+        for target in targets:
+            if target.pending:
+                self._journal(batch, target)
         events: list[Event] = []
         if self._events is not None:
             events = [self._events.record(batch, draft) for draft in drafts]
-        try:
-            await self._committer.submit(batch)
-        except BaseException:
-            # Memory ran ahead of a commit that failed: reload from the truth.
-            targets = [state] if state is not None else list(self._states.values())
-            for target in targets:
-                with contextlib.suppress(Exception):
-                    self._states[target.namespace.name] = self._load(target.namespace, restore=False)
-            raise
+        ticket = self._tickets
+        self._tickets += 1
+        # The commit runs to its end even if this caller is cancelled (the
+        # committer keeps an accepted batch); its outcome is handled once, below.
+        commit = asyncio.ensure_future(self._committer.submit(batch))
+        self._inflight[ticket] = commit
+        commit.add_done_callback(lambda done: self._committed(ticket, targets, done))
+        await asyncio.shield(commit)
         if self._events is not None and events:
             self._events.publish(events)
+
+    def _committed(self, ticket: int, targets: list[_State], commit: asyncio.Future[None]) -> None:
+        del self._inflight[ticket]
+        if not commit.cancelled() and commit.exception() is None:
+            return
+        # Memory ran ahead of a commit that failed: reload from the truth.
+        self._failures += 1
+        for target in targets:
+            if self._states.get(target.namespace.name) is target:
+                with contextlib.suppress(Exception):
+                    self._states[target.namespace.name] = self._load(target.namespace, restore=False)
+
+    def _journal(self, batch: Any, state: _State) -> None:
+        """Adds the journal row of a write that changed these heads (committed with it)."""
+        ids = np.asarray(state.pending, dtype=">u8")
+        state.pending = []
+        state.seq += 1
+        batch.put(JOURNAL, join_key(state.namespace.name, state.seq), ids.tobytes())
+        state.unsaved_changes += int(ids.size)
+        state.unsaved_rows += 1
+
+    async def _settled(self, ticket: int) -> None:
+        """Waits until every _submit begun before ``ticket`` has finished (committed or failed)."""
+        waiting = [future for number, future in self._inflight.items() if number < ticket]
+        if waiting:
+            await asyncio.wait(waiting)
+
+    # -- entry tables ----------------------------------------------------
+
+    async def snapshot_due(self) -> None:
+        """Saves the entry table of each namespace that has none or whose journal grew past a bound."""
+        for state in list(self._states.values()):
+            if (
+                state.snapshot_due
+                or state.unsaved_changes >= _SNAPSHOT_CHANGES
+                or state.unsaved_rows >= _SNAPSHOT_ROWS
+            ):
+                await self._snapshot(state, index_seq=-1)
+
+    async def _snapshot(self, state: _State, *, index_seq: int) -> None:
+        """Saves a namespace's entries as a table and makes it current; drops the journal it covers.
+
+        The export is taken in one loop turn (so it holds exactly the changes of
+        journal rows up to ``state.seq``); the file is written in a worker
+        thread; the mark naming it is committed only after every earlier write
+        committed, so a table never holds a change LMDB lacks.
+        """
+        if self._snapshotting or state.since is not None:
+            return
+        self._snapshotting = True
+        name = state.namespace.name
+        ticket, failures = self._tickets, self._failures
+        seq = state.seq
+        columns = state.entries.export()
+        changes, rows = state.unsaved_changes, state.unsaved_rows
+        state.since = []
+        token = os.urandom(16)
+        path = self._table_path(state.namespace, seq)
+        try:
+            table = await asyncio.to_thread(self._write_table, columns, path, seq, token, state.namespace)
+            await self._settled(ticket)
+            if self._failures != failures or self._states.get(name) is not state:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                return
+            state.rebase(table)
+            mark = SnapshotMark(
+                seq=seq,
+                token=token,
+                entries=len(table),
+                namespace_create_ns=state.namespace.create_time_ns,
+                index_seq=index_seq if index_seq == seq else -1,
+            )
+            batch = self._storage.batch()
+            batch.put(MARKS, name.encode(), _mark_codec.encode(mark))
+            await self._committer.submit(batch)
+            state.mark = mark
+            state.snapshot_due = False
+            state.unsaved_changes -= changes
+            state.unsaved_rows -= rows
+        finally:
+            state.since = None
+            self._snapshotting = False
+        self._remove_tables(state.namespace, keep=path)
+        await self._trim_journal(name, seq)
+
+    @staticmethod
+    def _write_table(
+        columns: dict[str, np.ndarray[Any, Any]], path: Path, seq: int, token: bytes, namespace: Namespace
+    ) -> EntryTable:
+        table = EntryTable.build(**columns)
+        table.save(path, seq=seq, token=token, namespace_create_ns=namespace.create_time_ns)
+        return table
+
+    def _remove_tables(self, namespace: Namespace, *, keep: Path | None) -> None:
+        """Deletes a namespace's table files other than ``keep`` (older ones, or leftovers)."""
+        prefix, suffix = f"{namespace.name}.", ".entries"
+        try:
+            names = [entry.name for entry in self._index_dir.iterdir()]
+        except OSError:
+            return
+        for file_name in names:
+            middle = file_name[len(prefix) : -len(suffix)]
+            if file_name.startswith(prefix) and file_name.endswith(suffix) and middle.isdigit():
+                path = self._index_dir / file_name
+                if path != keep:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+    async def _trim_journal(self, name: str, seq: int) -> None:
+        """Deletes the journal rows a saved table covers, a page per commit."""
+        end = join_key(name, seq + 1)
+        while True:
+            rows = self._storage.scan(JOURNAL, start=prefix_key(name), end=end, limit=_INVALIDATE_CHUNK)
+            if not rows:
+                return
+            batch = self._storage.batch()
+            for key, _ in rows:
+                batch.delete(JOURNAL, key)
+            await self._committer.submit(batch)
+            if len(rows) < _INVALIDATE_CHUNK:
+                return
+
+    def _table_path(self, namespace: Namespace, seq: int) -> Path:
+        return self._index_dir / f"{namespace.name}.{seq}.entries"
 
     def _scan(self, table: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         start: bytes | None = None
@@ -1006,21 +1241,121 @@ class CacheEngine:
             index = VectorIndex.restore(
                 path, dimension=namespace.dimension, dtype=namespace.vector_dtype, view=True
             )
-        state = _State(namespace, embedder, index if index is not None else _new_index(namespace))
-        raw_stats = self._storage.get(STATS, namespace.name.encode())
+        name = namespace.name
+        raw_mark = self._storage.get(MARKS, name.encode())
+        mark = _mark_codec.decode(raw_mark) if raw_mark is not None else None
+        table = None
+        if mark is not None and mark.namespace_create_ns == namespace.create_time_ns:
+            table = EntryTable.load(
+                self._table_path(namespace, mark.seq),
+                seq=mark.seq,
+                token=mark.token,
+                namespace_create_ns=namespace.create_time_ns,
+            )
+        if table is None or mark is None:
+            # No table to trust: every head from LMDB (then a table is saved soon).
+            if mark is not None or self._table_files(namespace):
+                _log.info(f"cache: no usable entry table for {name!r}; reading every head")
+            heads = [_head_codec.decode(raw) for _, raw in self._scan(HEADS, prefix_key(name))]
+            heads.sort(key=lambda h: h.last_access_ns)
+            state = _State(namespace, embedder, index or _new_index(namespace), EntryTable.from_heads(heads))
+            last = self._storage.scan(JOURNAL, prefix=prefix_key(name), reverse=True, limit=1)
+            state.seq = max(mark.seq if mark is not None else 0, _journal_seq(last[0][0]) if last else 0)
+            state.snapshot_due = True
+            replayed = None
+        else:
+            state = _State(namespace, embedder, index or _new_index(namespace), table)
+            state.mark = mark
+            state.seq = mark.seq
+            replayed = self._replay(state)
+        raw_stats = self._storage.get(STATS, name.encode())
         if raw_stats is not None:
             state.stats = _stats_codec.decode(raw_stats)
-        heads = [_head_codec.decode(raw) for _, raw in self._scan(HEADS, prefix_key(namespace.name))]
-        heads.sort(key=lambda h: h.last_access_ns)
-        for head in heads:
-            state.admit(head)
-            self._next_id = max(self._next_id, head.entry_id + 1)
-        self._reconcile_index(state, rebuild=index is None)
+        self._next_id = max(self._next_id, state.entries.max_id() + 1)
+        with_table = replayed is not None and mark is not None and mark.index_seq == mark.seq
+        self._settle_index(state, restored=index is not None, replayed=replayed if with_table else None)
         return state
+
+    def _settle_index(
+        self, state: _State, *, restored: bool, replayed: np.ndarray[Any, np.dtype[np.uint64]] | None
+    ) -> None:
+        """Makes the index agree with the heads: from the journal alone when it was saved with the table."""
+        if restored and replayed is not None:
+            self._repair_index(state, replayed)
+            if len(state.index) != state.entries.vector_ids().size + len(state.stale_keys):
+                self._reconcile_index(state, rebuild=False)  # it disagrees anyway: check it whole
+        else:
+            self._reconcile_index(state, rebuild=not restored)
+        if state.stale_keys and not state.index.is_view:  # loaded by a repair: no wait needed
+            keys, state.stale_keys = state.stale_keys, []
+            state.index.remove(keys)
+
+    def _replay(self, state: _State) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        """Applies the journal rows after the table (LMDB's heads win); returns the ids they name."""
+        name = state.namespace.name
+        chunks: list[np.ndarray[Any, Any]] = []
+        start = join_key(name, state.seq + 1)
+        end = _prefix_end(prefix_key(name))
+        while True:
+            rows = self._storage.scan(JOURNAL, start=start, end=end, limit=_SCAN_PAGE)
+            for key, value in rows:
+                chunks.append(np.frombuffer(value, dtype=">u8"))
+                state.seq = _journal_seq(key)
+                state.unsaved_rows += 1
+            if len(rows) < _SCAN_PAGE:
+                break
+            start = rows[-1][0] + b"\x00"
+        if not chunks:
+            return np.zeros(0, dtype=np.uint64)
+        ids = np.unique(np.concatenate(chunks).astype(np.uint64))
+        state.unsaved_changes += int(ids.size)
+        present: list[EntryHead] = []
+        for begin in range(0, ids.size, _SCAN_PAGE):
+            part = ids[begin : begin + _SCAN_PAGE].tolist()
+            with self._storage.read() as view:
+                raws = view.get_many(HEADS, [join_key(name, n) for n in part])
+            for entry_id, raw in zip(part, raws, strict=True):
+                if raw is None:
+                    state.entries.forget(entry_id)
+                else:
+                    present.append(_head_codec.decode(raw))
+        present.sort(key=lambda h: h.last_access_ns)
+        for head in present:
+            state.entries.admit(head)
+        _log.info(f"cache: replayed {ids.size} journal entries of {name!r}")
+        return ids
+
+    def _repair_index(self, state: _State, ids: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
+        """Makes the index agree with the heads for these entries only."""
+        if not ids.size:
+            return
+        keep = np.fromiter(
+            ((head := state.heads.get(n)) is not None and head.has_vector for n in ids.tolist()),
+            dtype=np.bool_,
+            count=ids.size,
+        )
+        index = state.index
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        stale = ids[~keep]
+        stale = stale[index.contains_many(stale)] if stale.size else stale
+        self._drop_keys(state, stale)
+        wanted = ids[keep]
+        missing = wanted[~index.contains_many(wanted)] if wanted.size else wanted
+        if missing.size:
+            self._add_vectors(state, missing)
+            state.index_dirty = True
+
+    def _table_files(self, namespace: Namespace) -> bool:
+        prefix = f"{namespace.name}."
+        try:
+            names = [entry.name for entry in self._index_dir.iterdir()]
+        except OSError:
+            return False
+        return any(n.startswith(prefix) and n.endswith(".entries") for n in names)
 
     def _reconcile_index(self, state: _State, *, rebuild: bool) -> None:
         """Makes the index hold exactly the entries with vectors: repair, or rebuild."""
-        wanted = np.fromiter((h.entry_id for h in state.heads.values() if h.has_vector), dtype=np.uint64)
+        wanted = state.entries.vector_ids()
         index = state.index
         if not rebuild:
             present = index.contains_many(wanted)
@@ -1032,24 +1367,48 @@ class CacheEngine:
                 f"cache: repairing the index of {state.namespace.name!r}: "
                 f"{extra.size} stale, {missing.size} missing"
             )
-            index.remove(extra)
+            if extra.size:
+                self._next_id = max(self._next_id, int(extra.max()) + 1)
+            self._drop_keys(state, extra)
         else:
             missing = wanted
             if missing.size:
                 _log.info(f"cache: rebuilding the index of {state.namespace.name!r} ({missing.size} vectors)")
-        for start in range(0, missing.size, _SCAN_PAGE):
-            part = missing[start : start + _SCAN_PAGE]
+        self._add_vectors(state, missing)
+        if missing.size or rebuild:
+            state.index_dirty = True
+
+    def _drop_keys(self, state: _State, keys: np.ndarray[Any, Any]) -> None:
+        """Removes keys of removed entries from the index; from a memory-mapped one only once it is loaded.
+
+        A key without a head never answers, so it may wait: removing it from
+        a view would load the whole index on the loop before serving.
+        """
+        if not keys.size:
+            return
+        if state.index.is_view:
+            state.stale_keys.extend(keys.tolist())
+        else:
+            state.index.remove(keys)
+        state.index_dirty = True
+
+    def _add_vectors(self, state: _State, ids: np.ndarray[Any, Any]) -> None:
+        """Adds these entries' vectors (from LMDB) to the index."""
+        for start in range(0, ids.size, _SCAN_PAGE):
+            part = ids[start : start + _SCAN_PAGE]
             with self._storage.read() as view:
                 raws = view.get_many(VECTORS, [u64_key(int(n)) for n in part])
             keys = [int(n) for n, raw in zip(part, raws, strict=True) if raw is not None]
             if keys:
                 matrix = np.stack([np.frombuffer(raw, dtype=np.float32) for raw in raws if raw is not None])
-                index.add(keys, matrix)
-        if missing.size or rebuild:
-            state.index_dirty = True
+                state.index.add(keys, matrix)
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+def _journal_seq(key: bytes) -> int:
+    return int.from_bytes(key[-8:], "big")
 
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:
@@ -1058,13 +1417,13 @@ def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:
 
 def _new_index(namespace: Namespace) -> VectorIndex:
     # Tuned for 384-d embeddings at 100k-1M entries: M=16 keeps memory low;
-    # ef_add 64 builds twice as fast as 128 at the same recall on embedding-like data.
+    # ef_add 64 builds twice as fast as 128 at the same recall on embedding-like data;
+    # the search expansion is the dtype's default (EXPANSION_SEARCH), as after a restore.
     return VectorIndex(
         dimension=namespace.dimension,
         dtype=namespace.vector_dtype,
         connectivity=16,
         expansion_add=64,
-        expansion_search=64,
     )
 
 

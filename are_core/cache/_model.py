@@ -17,6 +17,7 @@ __all__ = [
     "LookupResult",
     "Namespace",
     "NamespaceSettings",
+    "SnapshotMark",
     "StatsRecord",
     "StoreResult",
 ]
@@ -88,6 +89,23 @@ class EntryBody(msgspec.Struct, frozen=True, kw_only=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_micro_usd: int = 0
+
+
+class SnapshotMark(msgspec.Struct, frozen=True, kw_only=True):
+    """Which saved entry table is current for a namespace (written only once the file is durable).
+
+    The table holds the namespace's entries as of journal row ``seq``; the
+    engine trusts a table file only when its header repeats ``seq``,
+    ``token`` and ``namespace_create_ns``, and replays the journal rows after
+    ``seq``. ``index_seq`` is ``seq`` when the saved index was written at the
+    same moment (a clean stop), else -1 (the index is checked in full).
+    """
+
+    seq: int
+    token: bytes
+    entries: int
+    namespace_create_ns: int
+    index_seq: int = -1
 
 
 class StatsRecord(msgspec.Struct, kw_only=True):

@@ -16,7 +16,7 @@ DIM = 32
 
 def _vector(i: int) -> list[float]:
     v = np.random.default_rng(i).standard_normal(DIM)
-    return (v / np.linalg.norm(v)).tolist()
+    return [float(x) for x in v / np.linalg.norm(v)]
 
 
 async def _store_many(client: Client, start: int, stop: int) -> list[tuple[int, str]]:
@@ -73,6 +73,61 @@ async def test_acknowledged_entries_survive_sigkill_and_removals_stay_removed(tm
                 assert semantic.value == expected, i
             [stats] = await client.cache.stats(NS)
             assert stats.entries == 100 - len(removed)
+    finally:
+        process.kill()
+        process.cleanup()
+
+
+async def _check(client: Client, acknowledged: list[tuple[int, str]], removed: set[int]) -> None:
+    for i, _entry_id in acknowledged:
+        exact = await client.cache.lookup(NS, f"prompt {i}", exact_only=True)
+        semantic = await client.cache.lookup(NS, vector=_vector(i))
+        if i in removed:
+            assert exact is None, i
+            assert semantic is None, i
+        else:
+            assert exact is not None, i
+            assert exact.value == {"i": i}, i
+            assert semantic is not None, i
+            assert semantic.value == {"i": i}, i
+    [stats] = await client.cache.stats(NS)
+    assert stats.entries == len(acknowledged) - len(removed)
+
+
+async def test_sigkill_after_a_periodic_entry_table(tmp_path: Path) -> None:
+    """No clean stop ever: the table saved in the background, then the journal after it, carry the truth."""
+    data = tmp_path / "data"
+    process = SidecarProcess.start(data_dir=data)
+    try:
+        async with await Client.connect(process.target) as client:
+            await client.cache.put_namespace(NS, embedder="caller", dimension=DIM, similarity_threshold=0.99)
+            first = await _store_many(client, 0, 40)
+    finally:
+        process.kill()  # no table, no index saved
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data)
+    try:
+        # Started from every head in LMDB; the flush loop saves a table within about a second.
+        tables = data / "indexes" / "cache"
+        for _ in range(400):
+            if any(tables.glob("*.entries")):
+                break
+            await asyncio.sleep(0.05)
+        assert any(tables.glob("*.entries"))
+        async with await Client.connect(process.target) as client:
+            ids = dict(first)
+            removed = {2, 11, 30}
+            await client.cache.invalidate(NS, entry_ids=[ids[i] for i in sorted(removed)])
+            later = await _store_many(client, 40, 60)
+    finally:
+        process.kill()
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data)
+    try:
+        async with await Client.connect(process.target) as client:
+            await _check(client, [*first, *later], removed)
     finally:
         process.kill()
         process.cleanup()

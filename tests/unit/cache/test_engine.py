@@ -357,8 +357,36 @@ async def test_churn_keeps_the_expiry_heap_bounded(harness: Harness) -> None:
     await e.store_many("churn", prompts, [b"r"] * len(prompts))
     state = e._states["churn"]
     assert len(state.heads) == 5
-    assert len(state.expiry) <= 2 * 5 + 1024 + 1
+    assert len(state.entries._heap) <= 2 * 5 + 1024 + 1
     harness.clock.advance(8 * 86_400)
     await e.flush()
     assert e.stats("churn")[0].entries == 0
     assert e.stats("churn")[0].expirations == 5
+
+
+async def test_coalesced_searches_answer_as_inline_ones_do(harness: Harness) -> None:
+    # Above the exact-search size, so the graph answers; concurrent lookups share native calls.
+    await harness.close()
+    e = await harness.open(coalesce=True)
+    await e.put_namespace(
+        NamespaceSettings(name="co", embedder="caller", dimension=16, similarity_threshold=0.95)
+    )
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = []
+    for chunk in range(0, len(vectors), 500):
+        stored = await asyncio.gather(
+            *(
+                e.store("co", prompt=f"p{i}", vector=vectors[i], response=str(i).encode())
+                for i in range(chunk, chunk + 500)
+            )
+        )
+        ids.extend(s.entry_id for s in stored)
+    probe = range(0, 3000, 30)
+    results = await asyncio.gather(*(e.lookup("co", vector=vectors[i]) for i in probe))
+    answered = [(r.hit.entry_id, r.hit.response) if r.hit else None for r in results]
+    right = sum(a == (ids[i], str(i).encode()) for a, i in zip(answered, probe, strict=True))
+    assert right >= 0.95 * len(probe)  # an approximate index; each answer names its own entry
+    [stats] = e.stats("co")
+    assert stats.semantic_hits + stats.misses == len(probe)
