@@ -119,16 +119,75 @@ def test_save_and_restore_by_view_then_write(tmp_path: Path, dtype: str) -> None
     assert len(view) == 99
     assert 9 not in view
     assert view.search(vectors[42], 1)[0][0] == 42
-    view.add([9], vectors[9])  # the first change loads a private copy
-    assert not view.is_view
+    view.add([9], vectors[9])  # into the overlay: the file is not loaded for a change
+    assert view.is_view
     assert view.search(vectors[9], 1)[0][0] == 9
     view.remove([42])
     assert 42 not in view
+    view.materialize()  # a private copy, with the overlay folded in
+    assert not view.is_view
+    assert (len(view), 9 in view, 42 in view) == (99, True, False)
+    assert view.search(vectors[9], 1)[0][0] == 9
+    assert view.search(vectors[42], 1)[0][0] != 42
     # The file is untouched by changes to the copy.
     again = VectorIndex.restore(path, dimension=16, dtype=dtype)
     assert again is not None
     assert 42 in again
     assert 9 not in again
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_view_takes_changes_in_an_overlay_and_answers_as_a_copy_would(tmp_path: Path, dtype: str) -> None:
+    # Above the exact-search size, so the view's graph answers; the overlay is
+    # small and searched exactly. Same operations on a plain index as the model.
+    n = 3000
+    vectors = _unit(n + 50, 24, seed=5)
+    index = VectorIndex(dimension=24, dtype=dtype)
+    index.add(np.arange(n), vectors[:n])
+    index.save(tmp_path / "v")
+    view = VectorIndex.restore(tmp_path / "v", dimension=24, dtype=dtype, view=True)
+    assert view is not None
+    model = VectorIndex(dimension=24, dtype=dtype)
+    model.add(np.arange(n), vectors[:n])
+    for target in (view, model):
+        target.add(np.arange(n, n + 50), vectors[n:])  # new keys
+        target.add([7, 8], vectors[[100, 200]])  # file keys replaced
+        target.remove([11, 12, n + 3])  # file keys and an overlay key removed
+        target.remove([999_999])  # unknown: ignored
+    assert view.is_view
+    assert len(view) == len(model) == n + 50 - 3
+    probe = [7, 8, 11, 12, 13, n, n + 3, n + 49]
+    assert view.contains_many(probe).tolist() == model.contains_many(probe).tolist()
+    assert sorted(view.keys().tolist()) == sorted(model.keys().tolist())
+    for key in (n, n + 20, n + 49):  # new vectors answer first
+        assert view.search(vectors[key], 1)[0][0] == key
+    for key in (11, 12, n + 3):  # removed ones never answer
+        assert key not in [k for k, _ in view.search(vectors[key], 10)]
+    assert view.search(vectors[100], 2)[0][0] in (7, 100)  # 7 now holds vector 100
+    assert view.search(vectors[7], 1)[0][0] != 7  # 7's old vector (still in the file) is hidden
+    view.materialize()
+    assert not view.is_view
+    assert len(view) == n + 50 - 3
+    assert sorted(view.keys().tolist()) == sorted(model.keys().tolist())
+    view.save(tmp_path / "w")
+    again = VectorIndex.restore(tmp_path / "w", dimension=24, dtype=dtype)
+    assert again is not None
+    assert (n + 49 in again, 11 in again, len(again)) == (True, False, n + 47)
+
+
+def test_saving_a_changed_view_saves_its_overlay(tmp_path: Path) -> None:
+    vectors = _unit(10, 8, seed=9)
+    index = VectorIndex(dimension=8)
+    index.add(np.arange(5), vectors[:5])
+    index.save(tmp_path / "a")
+    view = VectorIndex.restore(tmp_path / "a", dimension=8, dtype="f32", view=True)
+    assert view is not None
+    view.add([5], vectors[5])
+    view.remove([0])
+    view.save(tmp_path / "b")
+    again = VectorIndex.restore(tmp_path / "b", dimension=8, dtype="f32")
+    assert again is not None
+    assert sorted(again.keys().tolist()) == [1, 2, 3, 4, 5]
 
 
 def test_materialize_ahead_of_time(tmp_path: Path) -> None:
