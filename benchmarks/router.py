@@ -12,8 +12,10 @@ grpc.aio echo measured in the same run:
 * ``sidecar-route-10k``: ``RouterService/RouteTask`` over loopback gRPC to a
   real sidecar holding the 10,000 cards (cost-biased, threshold 0.5, vector
   query): what a caller sees.
-* ``engine-route-10k``: the same ranking in-process (``Router.rank``): usearch
-  search, filters, cost-biased ranking; what the router adds beyond gRPC.
+* ``engine-route-10k``: the same ranking in-process (``Router.rank``) over the
+  sidecar's own index (half-precision, inner product): usearch search,
+  filters, exact rescoring, cost-biased ranking; what the router adds beyond
+  gRPC.
 * ``semantic-router-10k``: semantic-router's ``LocalIndex.query`` (aurelio-labs,
   numpy brute force) on the same vectors, top 5; needs the optional
   ``bench-router`` extra and is reported skipped without it.
@@ -177,7 +179,7 @@ async def engine() -> AsyncIterator[Any]:
     """A loaded in-process ``Router`` holding the 10,000 cards, in a temporary folder."""
     from are_core.router import TABLES, AgentSpec, Router  # noqa: PLC0415
     from are_core.storage import Durability, GroupCommitter, Storage  # noqa: PLC0415
-    from are_core.vector import VectorIndex  # noqa: PLC0415
+    from sidecar._router import new_router_index  # noqa: PLC0415 - the sidecar's own index
 
     data = capability_set()
     with tempfile.TemporaryDirectory(prefix="are-bench-router-") as folder:
@@ -189,7 +191,7 @@ async def engine() -> AsyncIterator[Any]:
                     committer,
                     dimension=DIMENSION,
                     embedder=None,
-                    index_factory=lambda d: VectorIndex(dimension=d),
+                    index_factory=new_router_index,
                 )
                 await router.load()
                 for start in range(0, AGENTS, 500):
@@ -344,6 +346,7 @@ SUITE = Suite(
             name="engine-route-10k",
             client=engine_client,
             description="Router.rank in-process (usearch + ranking), 10k cards, cost-biased, top 5",
+            requires=("sidecar",),
         ),
         Contender(
             name="semantic-router-10k",

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -81,6 +82,11 @@ _PAGE = 1000
 # (one small matrix product) instead of searching the whole index.
 _EXACT_FILTER_LIMIT = 1024
 _FIRST_SEARCH = 64
+# The index's similarities may be off by this much (quantised vectors): a
+# tail this close below the threshold still deepens the search.
+_TAIL_SLACK = 0.01
+# Queued ROUTE_DECIDED events commit at once when this many wait.
+_ROUTE_EVENT_GROUP = 64
 _DEFAULT_OUTPUT_TOKENS = 500
 _CHARS_PER_TOKEN = 4
 # Keys of worker-declared cards (live only) come from a range of their own.
@@ -107,45 +113,65 @@ class _Worker:
     available: bool
 
 
+_NO_SPEC = AgentSpec(agent_id="")
+
+
 @dataclass(slots=True)
 class _Agent:
+    """A card in the index: registered, worker-declared, or both.
+
+    The live fields (``spec`` to ``tier``) are derived from the card and its
+    workers by :meth:`refresh`, called whenever either changes, so that
+    ranking reads plain attributes instead of summing over workers per call.
+    """
+
     agent_id: str
     key: int
     stored: StoredAgent | None = None
     workers: dict[str, _Worker] = field(default_factory=dict)
-    vector: Vector | None = None
+    row: int = -1
+    """The card's row in the router's matrix of vectors; -1 when it has no vector."""
     capabilities: frozenset[str] = frozenset()
     first_seen_ns: int = 0
-
-    @property
-    def spec(self) -> AgentSpec:
-        if self.stored is not None:
-            return self.stored.spec
-        return next(iter(self.workers.values())).spec
+    spec: AgentSpec = _NO_SPEC
+    cost: int = 0
+    running: int = 0
+    capacity: int = 1
+    available: bool = False
+    load: float = 0.0
+    tier: int = 2
+    """Availability tier, the first sort key: 0 free, 1 at capacity, 2 unavailable."""
 
     @property
     def source(self) -> AgentSource:
         return AgentSource.REGISTERED if self.stored is not None else AgentSource.WORKER
 
-    @property
-    def running(self) -> int:
-        return sum(w.running for w in self.workers.values())
-
-    @property
-    def capacity(self) -> int:
+    def refresh(self) -> None:
+        """Recomputes the live fields from the card and the workers."""
+        workers = self.workers.values()
         if self.stored is not None:
-            return max(1, self.stored.spec.capacity)
-        return max(1, sum(w.capacity for w in self.workers.values()))
+            self.spec = self.stored.spec
+            self.capacity = max(1, self.spec.capacity)
+            self.available = not workers or any(w.available for w in workers)
+        elif workers:
+            self.spec = next(iter(workers)).spec
+            self.capacity = max(1, sum(w.capacity for w in workers))
+            self.available = any(w.available for w in workers)
+        else:
+            self.available = False  # being dropped
+        self.cost = self.spec.cost_per_call_micro_usd
+        self.running = sum(w.running for w in workers)
+        self.load = self.running / self.capacity
+        self.tier = 2 if not self.available else (1 if self.load >= 1.0 else 0)
 
-    @property
-    def available(self) -> bool:
-        if not self.workers:
-            return self.stored is not None
-        return any(w.available for w in self.workers.values())
 
-    @property
-    def load(self) -> float:
-        return self.running / self.capacity
+@dataclass(slots=True)
+class _Scored:
+    """Eligible agents, their matrix rows and exact similarities, in the index's order."""
+
+    agents: list[_Agent]
+    rows: npt.NDArray[np.intp]
+    similarities: npt.NDArray[np.float64]
 
 
 class Router:
@@ -200,6 +226,10 @@ class Router:
         self.restored_indexes = 0
         """How many indexes the last :meth:`load` reused from files instead of rebuilding."""
         self._background: set[asyncio.Task[None]] = set()
+        self._route_events: list[EventDraft] = []
+        self._route_flush: asyncio.TimerHandle | None = None
+        self.dropped_route_events = 0
+        """ROUTE_DECIDED events dropped because ``max_pending_route_events`` were queued."""
         # Agents.
         self._agents: dict[str, _Agent] = {}
         self._sorted_ids: list[str] = []
@@ -209,6 +239,15 @@ class Router:
         self._next_key = 1
         self._next_worker_key = _WORKER_KEYS
         self._index: VectorIndexLike = index_factory(dimension)
+        # Every card vector at full precision, one row per card (rows are
+        # reused): exact similarities for the index's candidates.
+        self._matrix: Vector = np.zeros((0, dimension), dtype=np.float32)
+        # The live fields ranking sorts on, per row (kept by _refresh).
+        self._row_cost: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        self._row_tier: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        self._row_load: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        self._rows_used = 0
+        self._free_rows: list[int] = []
         # Models.
         self._catalog: StoredCatalog | None = None
         self._outcome_index: dict[str, VectorIndexLike] = {}
@@ -250,6 +289,7 @@ class Router:
                 restored = None
             agent = self._new_agent(stored.spec.agent_id, stored.create_time_ns, stored.key)
             agent.stored = stored
+            self._refresh(agent)
             agent.capabilities = frozenset(stored.spec.capabilities)
             if vector is None:
                 _log.warning(
@@ -257,7 +297,7 @@ class Router:
                     extra={"fields": {"agent_id": stored.spec.agent_id, "dimension": self.dimension}},
                 )
             else:
-                agent.vector = vector
+                self._store_row(agent, vector)
                 keys.append(agent.key)
                 vectors.append(vector)
             self._index_capabilities(agent)
@@ -398,7 +438,8 @@ class Router:
         return removed
 
     async def aclose(self) -> None:
-        """Waits for the background commits of RouteTask events."""
+        """Commits the queued RouteTask events and waits for the background commits."""
+        self.flush_route_events()
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -438,6 +479,7 @@ class Router:
         if agent is None:
             agent = self._new_agent(spec.agent_id, now, stored.key)
         agent.stored = stored
+        self._refresh(agent)
         self._set_vector(agent, vector)
         return self._view(agent), previous is None
 
@@ -457,6 +499,7 @@ class Router:
         if agent is None or agent.stored is None:
             return
         agent.stored = None
+        self._refresh(agent)
         if agent.workers:
             self._set_vector(agent, self._worker_vector(agent.spec))
         else:
@@ -522,6 +565,9 @@ class Router:
             worker.running = max(0, running)
             worker.capacity = max(1, capacity)
             worker.available = available
+            agent = self._agents.get(worker.agent_id)
+            if agent is not None:
+                self._refresh(agent)
             return
         spec = card or AgentSpec(agent_id=name, description=" ".join(capabilities))
         if not spec.capabilities:
@@ -533,9 +579,11 @@ class Router:
         if agent is None:
             agent = self._new_agent(spec.agent_id, self._clock(), self._allocate_worker_key())
             agent.workers[worker_id] = worker
+            self._refresh(agent)
             self._set_vector(agent, vector)
         else:
             agent.workers[worker_id] = worker
+            self._refresh(agent)
 
     def remove_worker(self, worker_id: str) -> None:
         """Forgets a disconnected worker; a worker card with no worker left goes away."""
@@ -546,6 +594,7 @@ class Router:
         if agent is None:
             return
         agent.workers.pop(worker_id, None)
+        self._refresh(agent)
         if agent.stored is None:
             if agent.workers:
                 self._set_vector(agent, self._worker_vector(agent.spec))
@@ -557,8 +606,9 @@ class Router:
     async def route_task(self, query: RouteQuery) -> RouteResult:
         """Ranks agents for a task and records a ROUTE_DECIDED event.
 
-        The event commits in the background (a route changes no state, so
-        the answer does not wait for a disk sync); :meth:`aclose` waits for it.
+        The event is queued and commits in the background with others (a
+        route changes no state, so the answer waits for no commit; see
+        :meth:`flush_route_events`); :meth:`aclose` commits what is queued.
 
         Raises:
             NoRouteError: No eligible agent reaches the threshold and
@@ -624,79 +674,132 @@ class Router:
         weight = settings.cost_weight if query.cost_weight is None else query.cost_weight
         top_k = max(1, query.top_k)
         eligible = self._eligible(vector, query, threshold, top_k)
-        above = [(a, s) for a, s in eligible if s >= threshold]
-        if not above:
-            best_below = sorted(eligible, key=lambda pair: (-pair[1], pair[0].agent_id))
-            if not query.include_below_threshold:
-                raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:3]])
-            candidates = [
-                self._candidate(a, s, s, query, above=False, why=f"below threshold {threshold:.2f}")
-                for a, s in best_below[:top_k]
-            ]
-            candidates.sort(key=_rank_key)
-            return RouteResult(candidates=tuple(candidates), mode=mode, threshold=threshold)
-        # Rank on plain tuples; build the (costlier) candidates for the top_k only.
-        costs = [a.spec.cost_per_call_micro_usd for a, _ in above]
-        ranked: list[tuple[int, float, float, str, _Agent, float]] = []
-        if mode is RouteMode.COST_BIASED:
-            highest = max(costs)
-            for (agent, similarity), cost in zip(above, costs, strict=True):
-                cost_term = 1.0 - cost / highest if highest > 0 else 1.0
-                score = (1.0 - weight) * similarity + weight * cost_term
-                tier, load = _order(agent)
-                ranked.append((tier, -score, load, agent.agent_id, agent, similarity))
+        above = np.flatnonzero(eligible.similarities >= threshold)
+        if above.size:
+            candidates = self._ranked(
+                eligible, above, query, mode=mode, threshold=threshold, weight=weight, top_k=top_k
+            )
         else:
-            for agent, similarity in above:
-                tier, load = _order(agent)
-                ranked.append((tier, -similarity, load, agent.agent_id, agent, similarity))
-        ranked.sort(key=lambda row: row[:4])
-        cheapest = min(costs)
-        candidates = []
-        for _tier, negative_score, _load, _id, agent, similarity in ranked[:top_k]:
-            cost = agent.spec.cost_per_call_micro_usd
-            if mode is RouteMode.BEST_MATCH:
-                why = f"similarity {similarity:.3f} above {threshold:.2f}"
-            elif cost == cheapest:
-                why = f"cheapest above {threshold:.2f}"
-            else:
-                why = f"similarity {similarity:.3f}, cost {cost} µUSD"
-            candidates.append(self._candidate(agent, similarity, -negative_score, query, above=True, why=why))
+            candidates = self._best_below(eligible, query, threshold, top_k)
         return RouteResult(candidates=tuple(candidates), mode=mode, threshold=threshold)
 
-    def _eligible(
-        self, vector: Vector, query: RouteQuery, threshold: float, top_k: int
-    ) -> list[tuple[_Agent, float]]:
+    def _ranked(
+        self,
+        eligible: _Scored,
+        above: npt.NDArray[np.intp],
+        query: RouteQuery,
+        *,
+        mode: RouteMode,
+        threshold: float,
+        weight: float,
+        top_k: int,
+    ) -> list[RouteCandidate]:
+        """The top_k of the eligible agents above the threshold, best first.
+
+        Sorted in numpy on the per-row live arrays: availability tier, then
+        score (similarity, or its blend with cheapness), then load; agent_id
+        breaks the ties that remain, in Python, among the few rows kept.
+        """
+        rows = eligible.rows[above]
+        similarities = eligible.similarities[above]
+        costs = self._row_cost[rows]
+        if mode is RouteMode.COST_BIASED:
+            highest = float(costs.max())
+            cost_term = 1.0 - costs / highest if highest > 0 else 1.0
+            scores = (1.0 - weight) * similarities + weight * cost_term
+        else:
+            scores = similarities
+        tiers = self._row_tier[rows]
+        loads = self._row_load[rows]
+        order = np.lexsort((loads, -scores, tiers))
+        kept = order[: min(top_k, order.size)].tolist()
+        last = kept[-1]
+        for position in order[len(kept) :].tolist():  # the k-th's ties, for agent_id to decide
+            if (
+                tiers[position] != tiers[last]
+                or scores[position] != scores[last]
+                or loads[position] != loads[last]
+            ):
+                break
+            kept.append(position)
+        agents = [eligible.agents[i] for i in above[kept].tolist()]
+        tier_list, score_list, load_list = tiers[kept].tolist(), scores[kept].tolist(), loads[kept].tolist()
+        similarity_list = similarities[kept].tolist()
+        ranked = sorted(
+            range(len(kept)), key=lambda i: (tier_list[i], -score_list[i], load_list[i], agents[i].agent_id)
+        )
+        cheapest = int(costs.min())
+        candidates = []
+        for i in ranked[:top_k]:
+            agent, similarity = agents[i], similarity_list[i]
+            if mode is RouteMode.BEST_MATCH:
+                why = f"similarity {similarity:.3f} above {threshold:.2f}"
+            elif agent.cost == cheapest:
+                why = f"cheapest above {threshold:.2f}"
+            else:
+                why = f"similarity {similarity:.3f}, cost {agent.cost} µUSD"
+            candidates.append(self._candidate(agent, similarity, score_list[i], query, above=True, why=why))
+        return candidates
+
+    def _best_below(
+        self, eligible: _Scored, query: RouteQuery, threshold: float, top_k: int
+    ) -> list[RouteCandidate]:
+        """Nothing clears the threshold: the best below it when asked for, else NoRouteError."""
+        pairs = zip(eligible.agents, eligible.similarities.tolist(), strict=True)
+        best_below = sorted(pairs, key=lambda pair: (-pair[1], pair[0].agent_id))
+        if not query.include_below_threshold:
+            raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:3]])
+        candidates = [
+            self._candidate(a, s, s, query, above=False, why=f"below threshold {threshold:.2f}")
+            for a, s in best_below[:top_k]
+        ]
+        candidates.sort(key=_rank_key)
+        return candidates
+
+    def _eligible(self, vector: Vector, query: RouteQuery, threshold: float, top_k: int) -> _Scored:
         total = len(self._index)
         if total == 0:
-            return []
+            return self._scored([], vector)
         required = query.required_capabilities
         if required:
             sets = sorted((self._by_capability.get(c, set()) for c in required), key=len)
             restricted = set(sets[0]).intersection(*sets[1:]) if sets[0] else set()
             if len(restricted) <= _EXACT_FILTER_LIMIT:
                 agents = [self._by_key[k] for k in restricted]
-                agents = [a for a in agents if a.vector is not None and self._passes(a, query)]
-                if not agents:
-                    return []
-                matrix = np.stack([a.vector for a in agents if a.vector is not None])
-                similarities = matrix @ vector
-                return [(a, float(s)) for a, s in zip(agents, similarities.tolist(), strict=True)]
+                return self._scored([a for a in agents if a.row >= 0 and self._passes(a, query)], vector)
         k = min(total, max(_FIRST_SEARCH, 4 * top_k + len(query.exclude_agent_ids)))
         while True:
             hits = self._index.search(vector, k)
-            eligible = []
-            for key, similarity in hits:
-                agent = self._by_key.get(key)
-                if agent is not None and self._passes(agent, query):
-                    eligible.append((agent, similarity))
+            eligible = self._scored(self._filter(hits, query), vector)
             if k >= total or len(hits) < k:
                 return eligible
             # Deepen while the tail still clears the threshold (a cheaper
             # agent may lie further down) or the filters left too few.
-            if hits[-1][1] >= threshold or len(eligible) < top_k:
+            if hits[-1][1] >= threshold - _TAIL_SLACK or len(eligible.agents) < top_k:
                 k = min(total, k * 4)
                 continue
             return eligible
+
+    def _filter(self, hits: Sequence[tuple[int, float]], query: RouteQuery) -> list[_Agent]:
+        """The agents of the hits that pass the query's filters, in order; one comprehension per case."""
+        by_key = self._by_key
+        if query.exclude_agent_ids or query.required_capabilities or query.labels:
+            passes = self._passes
+            return [a for key, _ in hits if (a := by_key.get(key)) is not None and passes(a, query)]
+        if query.include_unavailable:
+            return [a for key, _ in hits if (a := by_key.get(key)) is not None]
+        return [a for key, _ in hits if (a := by_key.get(key)) is not None and a.available]
+
+    def _scored(self, agents: list[_Agent], vector: Vector) -> _Scored:
+        """The agents with their rows and exact cosine similarity to ``vector`` (one small matrix product).
+
+        The index only finds the candidates: it may hold its vectors
+        quantised (f16), so the similarities compared with the threshold and
+        reported come from the full-precision matrix of card vectors.
+        """
+        rows = np.array([a.row for a in agents], dtype=np.intp)
+        similarities = (self._matrix.take(rows, axis=0) @ vector).astype(np.float64)
+        return _Scored(agents, rows, similarities)
 
     def _passes(self, agent: _Agent, query: RouteQuery) -> bool:
         if agent.agent_id in query.exclude_agent_ids:
@@ -727,7 +830,7 @@ class Router:
             capability=capability,
             similarity=similarity,
             score=score,
-            cost_per_call_micro_usd=spec.cost_per_call_micro_usd,
+            cost_per_call_micro_usd=agent.cost,
             load=load,
             available=available,
             above_threshold=above,
@@ -737,7 +840,12 @@ class Router:
     def _record_route(
         self, mode: RouteMode, agent_id: str, similarity: float, count: int, threshold: float, *, routed: bool
     ) -> None:
+        """Queues a ROUTE_DECIDED event; queued events commit together (see :meth:`flush_route_events`)."""
         if self._events is None:
+            return
+        pending = self._route_events
+        if len(pending) >= self.settings.max_pending_route_events:
+            self.dropped_route_events += 1
             return
         attributes: dict[str, AttributeValue] = {
             "are.route.mode": mode.value,
@@ -747,8 +855,32 @@ class Router:
             "are.route.threshold": threshold,
             "are.route.routed": routed,
         }
-        batch = self._storage.batch()
-        self._spawn(self._commit(batch, [EventDraft(event_type="ROUTE_DECIDED", attributes=attributes)]))
+        pending.append(
+            EventDraft(event_type="ROUTE_DECIDED", attributes=attributes, event_time_unix_ns=self._clock())
+        )
+        if len(pending) >= _ROUTE_EVENT_GROUP:
+            self.flush_route_events()
+        elif self._route_flush is None:
+            delay = self.settings.route_event_flush_interval_ns / 1e9
+            self._route_flush = asyncio.get_running_loop().call_later(delay, self.flush_route_events)
+
+    def flush_route_events(self) -> None:
+        """Commits the queued ROUTE_DECIDED events in one batch, in the background.
+
+        A route changes no state, so its event need not cost a commit of its
+        own before (or just after) the answer: events queue for at most
+        ``route_event_flush_interval_ns`` (or until ``_ROUTE_EVENT_GROUP``
+        of them wait) and commit together, each with the time of its
+        decision. A SIGKILL loses at most the queued ones; over
+        ``max_pending_route_events`` queued, new ones are dropped and
+        counted in ``dropped_route_events``.
+        """
+        if self._route_flush is not None:
+            self._route_flush.cancel()
+            self._route_flush = None
+        drafts, self._route_events = self._route_events, []
+        if drafts:
+            self._spawn(self._commit(self._storage.batch(), drafts))
 
     # ---------------------------------------------------------- model routing
 
@@ -1035,8 +1167,8 @@ class Router:
         vector = np.frombuffer(raw, dtype=np.float32)
         if vector.shape[0] != self.dimension:
             raise DimensionMismatchError(self.dimension, vector.shape[0])
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        norm = math.sqrt(float(vector @ vector))
+        return vector / np.float32(norm) if norm > 0 else vector
 
     def _card_vector(self, spec: AgentSpec) -> Vector:
         if spec.vector is not None:
@@ -1081,8 +1213,9 @@ class Router:
 
     def _drop_agent(self, agent: _Agent) -> None:
         self._unindex_capabilities(agent)
-        if agent.vector is not None:
+        if agent.row >= 0:
             self._index.remove([agent.key])
+            self._release_row(agent)
         del self._agents[agent.agent_id]
         del self._by_key[agent.key]
         position = bisect.bisect_left(self._sorted_ids, agent.agent_id)
@@ -1093,12 +1226,44 @@ class Router:
         agent.capabilities = frozenset(agent.spec.capabilities)
         self._index_capabilities(agent)
         if vector is None:
-            if agent.vector is not None:
+            if agent.row >= 0:
                 self._index.remove([agent.key])
-            agent.vector = None
+                self._release_row(agent)
             return
-        agent.vector = vector
+        self._store_row(agent, vector)
         self._index.add([agent.key], vector.reshape(1, -1))
+
+    def _refresh(self, agent: _Agent) -> None:
+        """Recomputes the card's live fields (and its row's copy of them) after a change."""
+        agent.refresh()
+        row = agent.row
+        if row >= 0:
+            self._row_cost[row] = agent.cost
+            self._row_tier[row] = agent.tier
+            self._row_load[row] = agent.load
+
+    def _store_row(self, agent: _Agent, vector: Vector) -> None:
+        """Writes the card's vector and live fields into its row (a new row if it has none)."""
+        if agent.row < 0:
+            if self._free_rows:
+                agent.row = self._free_rows.pop()
+            else:
+                used = self._rows_used
+                if used == self._matrix.shape[0]:
+                    # Doubling, but not far past the bound on cards.
+                    size = min(max(64, 2 * used), max(self.settings.max_agents, used + 64))
+                    self._matrix = _grown(self._matrix, (size, self.dimension))
+                    self._row_cost = _grown(self._row_cost, (size,))
+                    self._row_tier = _grown(self._row_tier, (size,))
+                    self._row_load = _grown(self._row_load, (size,))
+                agent.row = used
+                self._rows_used = used + 1
+        self._matrix[agent.row] = vector
+        self._refresh(agent)
+
+    def _release_row(self, agent: _Agent) -> None:
+        self._free_rows.append(agent.row)
+        agent.row = -1
 
     def _index_capabilities(self, agent: _Agent) -> None:
         for capability in agent.capabilities:
@@ -1160,12 +1325,11 @@ def _outcomes_digest(sequences: Sequence[int]) -> str:
     return f"{len(sequences)}:{sequences[0]}:{sequences[-1]}" if sequences else "0"
 
 
-def _order(agent: _Agent) -> tuple[int, float]:
-    """Availability tier (free, full, unavailable) and load: the first sort keys."""
-    load = agent.load
-    if not agent.available:
-        return 2, load
-    return (1 if load >= 1.0 else 0), load
+def _grown(array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """A zeroed array of ``shape`` starting with the rows of ``array``."""
+    grown = np.zeros(shape, dtype=array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
 
 
 def _rank_key(candidate: RouteCandidate) -> tuple[int, float, float, str]:

@@ -105,6 +105,11 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
         max_outcomes_per_model: Outcomes kept per model; the oldest go first.
         route_ttl_ns: How long a route_id accepts its outcome (7 days).
         max_text_chars_embedded: Long prompts are embedded from their start.
+        route_event_flush_interval_ns: How long a ROUTE_DECIDED event may
+            wait to commit with the next ones (a route changes no state; a
+            SIGKILL loses at most this much of them).
+        max_pending_route_events: ROUTE_DECIDED events queued at most; more
+            are dropped (and counted) until the queue commits.
     """
 
     threshold: float = 0.5
@@ -117,6 +122,8 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_outcomes_per_model: int = 10_000
     route_ttl_ns: int = 7 * 24 * 3600 * 1_000_000_000
     max_text_chars_embedded: int = 32 * 1024
+    route_event_flush_interval_ns: int = 100_000_000
+    max_pending_route_events: int = 10_000
 
 
 class RouteQuery(msgspec.Struct, frozen=True, kw_only=True):

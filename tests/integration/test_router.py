@@ -22,6 +22,7 @@ from are_sdk import (
 )
 from are_sdk._proto.are.v1 import agent_pb2, common_pb2, router_service_pb2
 from are_sdk.testing import SidecarProcess
+from sidecar._router import _vector
 
 DIMENSION = 256  # the default lexical embedder's
 
@@ -224,6 +225,13 @@ async def test_register_agent_refuses_bad_cards(
             "DIMENSION_MISMATCH",
             "vector",
         ),
+        (
+            router_service_pb2.RouteTaskRequest(
+                vector=common_pb2.Vector(values=[*unit(1.0)[:5], float("inf"), *unit(1.0)[6:]])
+            ),
+            "INVALID_ARGUMENT",
+            "vector.values[5]",
+        ),
         (router_service_pb2.RouteTaskRequest(text="x", top_k=101), "LIMIT_EXCEEDED", "top_k"),
         (router_service_pb2.RouteTaskRequest(text="x", top_k=-1), "INVALID_ARGUMENT", "top_k"),
         (router_service_pb2.RouteTaskRequest(text="x", mode=9), "INVALID_ARGUMENT", "mode"),
@@ -389,3 +397,13 @@ async def test_without_embedder_text_is_refused_and_catalog_starts_empty(vectors
     with pytest.raises(FailedPreconditionError) as caught:
         await vectors_only.router.route_model(unit(1.0, dimension=8))
     assert_error(caught.value, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_CATALOG_EMPTY")
+
+
+def test_vectors_are_read_whole_from_the_packed_wire_form_or_else_one_by_one() -> None:
+    values = np.random.default_rng(3).normal(size=DIMENSION).astype(np.float32)
+    packed = common_pb2.Vector(values=values.tolist())
+    assert _vector(packed, "vector", DIMENSION) == values.tobytes()
+    # A sender may encode the repeated field unpacked (tag 0x0D per float): same components.
+    unpacked = b"".join(b"\x0d" + np.float32(v).tobytes() for v in values)
+    assert _vector(common_pb2.Vector.FromString(unpacked), "vector", DIMENSION) == values.tobytes()
+    assert _vector(common_pb2.Vector(values=[0.5] * 3), "vector", 3) == np.full(3, 0.5, np.float32).tobytes()

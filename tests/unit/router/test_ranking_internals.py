@@ -1,0 +1,257 @@
+"""What the fast RouteTask path must keep: exact similarities over a quantised index, live
+load and availability, agent_id breaking ties at the top_k boundary, reused rows, and
+ROUTE_DECIDED events committed in groups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from are_core.router import (
+    TABLES,
+    AgentSpec,
+    IndexFactory,
+    NoRouteError,
+    RouteMode,
+    RouteQuery,
+    Router,
+    RouterSettings,
+)
+from are_core.storage import GroupCommitter, Storage
+from are_core.trace import EVENT_TABLES, EventFilter, EventRecorder
+from are_core.vector import VectorIndex
+
+from .conftest import DIMENSION, make_index, unit
+
+
+def quantised_index(dimension: int) -> VectorIndex:
+    """Half-precision vectors compared by inner product, as the sidecar's router index."""
+    return VectorIndex(dimension=dimension, dtype="f16", metric="ip")
+
+
+def cards(count: int, seed: int) -> list[AgentSpec]:
+    """Cards around two directions, with costs that repeat (cost ties) and duplicated vectors."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(2, DIMENSION))
+    specs = []
+    previous = np.zeros(DIMENSION, dtype=np.float32)
+    for i in range(count):
+        vector = (
+            previous if i % 7 == 6 else (centres[i % 2] + rng.normal(0, 0.7, DIMENSION)).astype(np.float32)
+        )
+        previous = vector
+        specs.append(
+            AgentSpec(
+                agent_id=f"a{i:04d}",
+                capabilities=("even",) if i % 2 == 0 else ("odd",),
+                vector=vector.tobytes(),
+                cost_per_call_micro_usd=(0, 10, 10, 250)[i % 4],
+                capacity=2,
+            )
+        )
+    return specs
+
+
+async def open_router(folder: Path, index_factory: IndexFactory = make_index) -> Router:
+    storage = Storage.open(folder, tables=TABLES)
+    router = Router(
+        storage,
+        GroupCommitter(storage),
+        dimension=DIMENSION,
+        embedder=None,
+        index_factory=index_factory,
+    )
+    await router.load()
+    return router
+
+
+async def close_router(router: Router) -> None:
+    await router.aclose()
+    await router._committer.aclose()
+    router._storage.close()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Router, Router]]:
+    """The same 400 cards behind a full-precision index and a quantised one."""
+    exact = await open_router(tmp_path / "f32")
+    quantised = await open_router(tmp_path / "f16", quantised_index)
+    for spec in cards(400, seed=3):
+        await exact.register_agent(spec)
+        await quantised.register_agent(spec)
+    try:
+        yield exact, quantised
+    finally:
+        await close_router(exact)
+        await close_router(quantised)
+
+
+async def test_a_quantised_index_ranks_and_reports_as_a_full_precision_one(
+    pair: tuple[Router, Router],
+) -> None:
+    exact, quantised = pair
+    rng = np.random.default_rng(11)
+    specs = cards(400, seed=3)
+    matrix = np.stack([np.frombuffer(s.vector or b"", dtype=np.float32) for s in specs])
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    for i in range(40):
+        task = matrix[(7 * i) % 400] + rng.normal(0, 0.3, DIMENSION).astype(np.float32)
+        task /= np.linalg.norm(task)
+        for mode in RouteMode:
+            for threshold in (0.3, 0.6):
+                query = RouteQuery(
+                    vector=task.astype(np.float32).tobytes(),
+                    mode=mode,
+                    threshold=threshold,
+                    top_k=10,
+                    include_below_threshold=True,
+                )
+                expected = exact.rank(query).candidates
+                got = quantised.rank(query).candidates
+                assert [c.agent_id for c in got] == [c.agent_id for c in expected]
+                for candidate in got:
+                    row = int(candidate.agent_id[1:])
+                    assert candidate.similarity == pytest.approx(float(matrix[row] @ task), abs=1e-5)
+                    assert candidate.above_threshold == (candidate.similarity >= threshold)
+
+
+async def test_the_top_k_boundary_splits_ties_by_agent_id(router: Router) -> None:
+    for name in ("d", "b", "e", "a", "c"):
+        await router.register_agent(AgentSpec(agent_id=name, vector=unit(1.0), cost_per_call_micro_usd=7))
+    await router.register_agent(AgentSpec(agent_id="best", vector=unit(1.0), cost_per_call_micro_usd=1))
+    for mode in RouteMode:
+        result = router.rank(RouteQuery(vector=unit(1.0), mode=mode, threshold=0.5, top_k=3))
+        expected = ["best", "a", "b"] if mode is RouteMode.COST_BIASED else ["a", "b", "best"]
+        assert [c.agent_id for c in result.candidates] == expected
+
+
+async def test_live_load_and_availability_follow_the_workers(router: Router) -> None:
+    await router.register_agent(AgentSpec(agent_id="near", vector=unit(1.0), capacity=2))
+    await router.register_agent(AgentSpec(agent_id="far", vector=unit(0.8, 0.6), capacity=2))
+    query = RouteQuery(vector=unit(1.0), mode=RouteMode.BEST_MATCH, threshold=0.5)
+    assert [c.agent_id for c in router.rank(query).candidates] == ["near", "far"]
+    router.update_worker("w1", name="near", capabilities=(), running=2, capacity=2)
+    ranked = router.rank(query).candidates
+    assert [c.agent_id for c in ranked] == ["far", "near"]
+    assert ranked[1].load == pytest.approx(1.0)
+    router.update_worker("w1", name="near", capabilities=(), running=0, available=False)
+    assert [c.agent_id for c in router.rank(query).candidates] == ["far"]
+    router.update_worker("w1", name="near", capabilities=(), running=1)
+    assert [(c.agent_id, c.load) for c in router.rank(query).candidates] == [("near", 0.5), ("far", 0.0)]
+    router.remove_worker("w1")  # a registered card without workers is available and idle again
+    assert [(c.agent_id, c.load) for c in router.rank(query).candidates] == [("near", 0.0), ("far", 0.0)]
+
+
+async def test_rows_are_reused_and_grow(tmp_path: Path) -> None:
+    router = await open_router(tmp_path / "data", quantised_index)
+    try:
+        specs = cards(150, seed=5)
+        for spec in specs:
+            await router.register_agent(spec)
+        for spec in specs[:100]:
+            await router.deregister_agent(spec.agent_id)
+        for i in range(60):  # into rows the deregistered cards left
+            vector = np.zeros(DIMENSION, dtype=np.float32)
+            vector[i] = 1.0
+            await router.register_agent(AgentSpec(agent_id=f"new-{i:03d}", vector=vector.tobytes()))
+        for i in (0, 37, 59):
+            vector = np.zeros(DIMENSION, dtype=np.float32)
+            vector[i] = 1.0
+            top = router.rank(RouteQuery(vector=vector.tobytes(), threshold=0.99, top_k=1)).candidates[0]
+            assert top.agent_id == f"new-{i:03d}"
+            assert top.similarity == pytest.approx(1.0, abs=1e-5)
+        assert router.agent_count == 110
+        with pytest.raises(NoRouteError):
+            router.rank(RouteQuery(vector=unit(1.0), threshold=0.5, exclude_agent_ids=frozenset({"new-000"})))
+    finally:
+        await close_router(router)
+
+
+@pytest.fixture
+async def traced(tmp_path: Path) -> AsyncIterator[tuple[Router, EventRecorder]]:
+    storage = Storage.open(tmp_path / "data", tables=(*TABLES, *EVENT_TABLES))
+    committer = GroupCommitter(storage)
+    recorder = EventRecorder(storage, committer)
+    recorder.recover()
+    router = Router(
+        storage,
+        committer,
+        dimension=DIMENSION,
+        embedder=None,
+        index_factory=make_index,
+        events=recorder,
+        settings=RouterSettings(route_event_flush_interval_ns=20_000_000, max_pending_route_events=100),
+    )
+    await router.load()
+    await router.register_agent(AgentSpec(agent_id="only", vector=unit(1.0)))
+    try:
+        yield router, recorder
+    finally:
+        await router.aclose()
+        await recorder.stop()
+        await committer.aclose()
+        storage.close()
+
+
+def route_events(recorder: EventRecorder) -> list[str]:
+    page = recorder.list_events(EventFilter(event_types=frozenset({"ROUTE_DECIDED"})), limit=1000)
+    return [str(e.attributes["are.route.agent_id"]) for e in page.events]
+
+
+async def test_route_events_commit_in_groups_after_the_answer(traced: tuple[Router, EventRecorder]) -> None:
+    router, recorder = traced
+    await router.route_task(RouteQuery(vector=unit(1.0)))
+    with pytest.raises(NoRouteError):
+        await router.route_task(RouteQuery(vector=unit(0.0, 1.0)))
+    assert route_events(recorder) == []  # queued: the answer waited for no commit
+    for _ in range(100):  # bounded wait for the flush interval (20 ms)
+        if len(route_events(recorder)) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert route_events(recorder) == ["only", "only"]
+    page = recorder.list_events(EventFilter(event_types=frozenset({"ROUTE_DECIDED"})))
+    assert [e.attributes["are.route.routed"] for e in page.events] == [True, False]
+
+
+async def test_route_events_are_bounded_and_flushed_at_close(traced: tuple[Router, EventRecorder]) -> None:
+    router, recorder = traced
+    # Many routes in one loop turn: groups of 64 commit as they fill; the
+    # queue never holds more than max_pending_route_events (100).
+    for _ in range(300):
+        await router.route_task(RouteQuery(vector=unit(1.0)))
+    assert router.dropped_route_events == 0
+    await router.aclose()  # commits what is queued
+    assert len(route_events(recorder)) == 300
+
+
+async def test_route_events_over_the_bound_are_dropped_and_counted(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "data", tables=(*TABLES, *EVENT_TABLES))
+    committer = GroupCommitter(storage)
+    recorder = EventRecorder(storage, committer)
+    recorder.recover()
+    router = Router(
+        storage,
+        committer,
+        dimension=DIMENSION,
+        embedder=None,
+        index_factory=make_index,
+        events=recorder,
+        settings=RouterSettings(max_pending_route_events=10),
+    )
+    try:
+        await router.load()
+        await router.register_agent(AgentSpec(agent_id="only", vector=unit(1.0)))
+        for _ in range(15):
+            await router.route_task(RouteQuery(vector=unit(1.0)))
+        assert router.dropped_route_events == 5
+        await router.aclose()
+        assert len(route_events(recorder)) == 10
+    finally:
+        await router.aclose()
+        await recorder.stop()
+        await committer.aclose()
+        storage.close()
