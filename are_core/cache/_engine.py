@@ -89,7 +89,7 @@ _mark_codec = Codec(SnapshotMark)
 # the last one (bounds the journal a start after SIGKILL replays), or journal rows.
 _SNAPSHOT_CHANGES = 100_000
 _SNAPSHOT_ROWS = 20_000
-_WARM_DELAY_S = 1.0
+_FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
 _FLUSH_CHUNK = 256  # heads or events per flush commit
 
 
@@ -117,7 +117,6 @@ class _State:
         "seq",
         "since",
         "snapshot_due",
-        "stale_keys",
         "stats",
         "stats_dirty",
         "touched",
@@ -144,7 +143,6 @@ class _State:
         self.mark: SnapshotMark | None = None
         self.since: list[int] | None = None  # ids changed while a snapshot is being written
         self.snapshot_due = False
-        self.stale_keys: list[int] = []  # index keys of removed entries, dropped once the index is loaded
         self.unsaved_changes = 0
         self.unsaved_rows = 0
         self._use(Entries(base))
@@ -239,7 +237,7 @@ class CacheEngine:
         self._dropped_events = 0
         self._flusher: asyncio.Task[None] | None = None
         self._tick: asyncio.Future[None] | None = None
-        self._warmers: set[asyncio.Task[None]] = set()
+        self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
@@ -254,29 +252,35 @@ class CacheEngine:
             namespace = _namespace_codec.decode(raw)
             self._states[namespace.name] = self._load(namespace)
         for state in self._states.values():
-            if state.index.is_view:
-                task = asyncio.create_task(self._warm(state))
+            if state.index.is_view:  # outside the GIL: searches meanwhile fault pages in themselves
+                task = asyncio.create_task(asyncio.to_thread(state.index.prefault))
                 self._warmers.add(task)
                 task.add_done_callback(self._warmers.discard)
         self._flusher = asyncio.create_task(self._flush_loop())
 
-    async def _warm(self, state: _State) -> None:
-        """Loads a private copy of a memory-mapped index off the loop, then drops its stale keys.
+    def _fold_due(self) -> None:
+        """Starts loading a private copy of each memory-mapped index whose overlay grew large.
 
-        Waits ``_WARM_DELAY_S`` first: the copy holds the GIL (about a second
-        at 1M entries), and the sidecar should reach SERVING before that. A
-        write meanwhile loads the copy itself; lookups use the view.
+        A restored index serves from its memory-mapped file and takes changes
+        in an overlay (see :class:`~are_core.vector.VectorIndex`). Loading the
+        copy holds the GIL (about 0.7 s at 1M i8 entries), stalling every
+        call meanwhile, so it happens only once the overlay holds
+        ``_FOLD_AT`` changes or a twentieth of the index (or at stop, to save).
         """
-        await asyncio.sleep(_WARM_DELAY_S)
-        await asyncio.to_thread(state.index.materialize)
-        self._drop_stale(state)
+        for state in self._states.values():
+            index = state.index
+            if not index.is_view or index.pending_changes < max(_FOLD_AT, len(index) // 20):
+                continue
+            if any(not task.done() for task in self._warmers):
+                return
+            task = asyncio.create_task(self._warm(state))
+            self._warmers.add(task)
+            task.add_done_callback(self._warmers.discard)
+            return
 
-    def _drop_stale(self, state: _State) -> None:
-        stale, state.stale_keys = state.stale_keys, []
-        keys = [key for key in stale if key not in state.heads]
-        if keys:
-            state.index.remove(keys)
-            state.index_dirty = True
+    async def _warm(self, state: _State) -> None:
+        """Loads a private copy of a memory-mapped index off the loop (its overlay folded in)."""
+        await asyncio.to_thread(state.index.materialize)
 
     async def stop(self) -> None:
         """Flushes counters and recency, and saves every changed index and entry table for a fast start."""
@@ -289,14 +293,9 @@ class CacheEngine:
             with contextlib.suppress(Exception):
                 await self._tick
             self._tick = None
-        for task in list(self._warmers):
-            task.cancel()  # one still waiting to begin is not worth a load now
+        for task in list(self._warmers):  # a copy being loaded: saving waits for it anyway
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
-        for state in self._states.values():
-            if state.stale_keys:  # the index must lose them before it is saved
-                state.index.materialize()
-                self._drop_stale(state)
         with contextlib.suppress(Exception):
             await self.flush()
         self._index_dir.mkdir(parents=True, exist_ok=True)
@@ -920,6 +919,7 @@ class CacheEngine:
             await self.snapshot_due()
         except Exception as error:  # noqa: BLE001 - derived data; the next turn retries
             _log.warning(f"cache: saving an entry table failed: {error}")
+        self._fold_due()
 
     # -- internals -------------------------------------------------------
 
@@ -1293,13 +1293,10 @@ class CacheEngine:
         """Makes the index agree with the heads: from the journal alone when it was saved with the table."""
         if restored and replayed is not None:
             self._repair_index(state, replayed)
-            if len(state.index) != state.entries.vector_ids().size + len(state.stale_keys):
+            if len(state.index) != state.entries.vector_ids().size:
                 self._reconcile_index(state, rebuild=False)  # it disagrees anyway: check it whole
         else:
             self._reconcile_index(state, rebuild=not restored)
-        if state.stale_keys and not state.index.is_view:  # loaded by a repair: no wait needed
-            keys, state.stale_keys = state.stale_keys, []
-            state.index.remove(keys)
 
     def _replay(self, state: _State) -> np.ndarray[Any, np.dtype[np.uint64]]:
         """Applies the journal rows after the table (LMDB's heads win); returns the ids they name."""
@@ -1390,17 +1387,10 @@ class CacheEngine:
             state.index_dirty = True
 
     def _drop_keys(self, state: _State, keys: np.ndarray[Any, Any]) -> None:
-        """Removes keys of removed entries from the index; from a memory-mapped one only once it is loaded.
-
-        A key without a head never answers, so it may wait: removing it from
-        a view would load the whole index on the loop before serving.
-        """
+        """Removes keys of removed entries from the index (a memory-mapped one hides them in its overlay)."""
         if not keys.size:
             return
-        if state.index.is_view:
-            state.stale_keys.extend(keys.tolist())
-        else:
-            state.index.remove(keys)
+        state.index.remove(keys)
         state.index_dirty = True
 
     def _add_vectors(self, state: _State, ids: np.ndarray[Any, Any]) -> None:

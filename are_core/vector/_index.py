@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,6 +135,11 @@ class VectorIndex:
     def is_view(self) -> bool:
         """True while the index is a read-only memory map of a saved file."""
         return self._view_path is not None
+
+    @property
+    def pending_changes(self) -> int:
+        """Changes a view holds in its overlay (added vectors and hidden keys); 0 once materialised."""
+        return len(self._overlay_vectors) + len(self._hidden)
 
     @property
     def expansion_search(self) -> int:
@@ -419,6 +427,37 @@ class VectorIndex:
         self._reset_overlay()
         return self
 
+    def prefault(self) -> int:
+        """Maps every page of a view's file into this process ahead of the searches; returns bytes mapped.
+
+        A fresh view pays a page fault for each page its first searches touch
+        (at 1M i8 entries, p99 of the first 1,000 searches 1.4 ms instead of
+        0.6 ms). This asks the kernel to populate the mapping at once
+        (``madvise(MADV_POPULATE_READ)``, Linux 5.14+), outside the GIL: call
+        it from a worker thread. Returns 0 where that is not available, or
+        for an index that is not a view.
+        """
+        path = self._view_path
+        if path is None or not sys.platform.startswith("linux"):
+            return 0
+        try:
+            madvise = _libc().madvise
+            real = os.path.realpath(path)
+            with Path("/proc/self/maps").open(encoding="utf-8", errors="replace") as maps:
+                ranges = [
+                    tuple(int(x, 16) for x in parts[0].split("-"))
+                    for parts in (line.split(maxsplit=5) for line in maps)
+                    if len(parts) == 6 and parts[5].rstrip("\n") == real
+                ]
+        except (OSError, AttributeError):
+            return 0
+        done = 0
+        for start, end in ranges:
+            if madvise(start, end - start, _MADV_POPULATE_READ) != 0:
+                return done  # an older kernel (EINVAL): searches fault pages in as they go
+            done += end - start
+        return done
+
     def materialize(self) -> None:
         """Replaces a memory-mapped view by a private, writable copy; no-op otherwise.
 
@@ -489,6 +528,17 @@ class VectorIndex:
         if matrix.ndim != 2 or matrix.shape[1] != self._dimension:
             raise VectorShapeError(expected=self._dimension, got=tuple(np.shape(vectors)))
         return np.ascontiguousarray(matrix)
+
+
+_MADV_POPULATE_READ = 22
+
+
+@functools.cache
+def _libc() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    return libc
 
 
 def _contains(

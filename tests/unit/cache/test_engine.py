@@ -390,3 +390,34 @@ async def test_coalesced_searches_answer_as_inline_ones_do(harness: Harness) -> 
     assert right >= 0.95 * len(probe)  # an approximate index; each answer names its own entry
     [stats] = e.stats("co")
     assert stats.semantic_hits + stats.misses == len(probe)
+
+
+async def test_a_restored_index_takes_writes_in_its_overlay_and_folds_them_when_large(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import are_core.cache._engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_FOLD_AT", 8)
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="o", embedder="caller", dimension=16))
+    vectors = {i: _unit(16, 100 + i) for i in range(30)}
+    ids = {}
+    for i in range(10):
+        ids[i] = (await e.store("o", prompt=f"p{i}", vector=vectors[i], response=str(i).encode())).entry_id
+    e = await harness.reopen()  # memory-mapped back
+    index = e._states["o"].index
+    assert index.is_view
+    for i in range(10, 15):  # a few writes: they stay in the overlay, the file is not loaded
+        ids[i] = (await e.store("o", prompt=f"p{i}", vector=vectors[i], response=str(i).encode())).entry_id
+    await e.invalidate("o", entry_ids=[ids[0]])
+    e._fold_due()
+    assert index.is_view and index.pending_changes == 6
+    for i in range(15, 30):  # past the bound: the next flush turn folds the overlay in
+        ids[i] = (await e.store("o", prompt=f"p{i}", vector=vectors[i], response=str(i).encode())).entry_id
+    e._fold_due()
+    await asyncio.gather(*e._warmers)
+    assert not index.is_view
+    assert len(index) == 29
+    for i, v in vectors.items():
+        hit = (await e.lookup("o", vector=v, threshold=0.999)).hit
+        assert (hit.response if hit else None) == (None if i == 0 else str(i).encode())

@@ -276,3 +276,16 @@ def test_churn_reuses_removed_slots_and_keeps_recall() -> None:
     truth = keys[np.argmax(matrix[probe] @ matrix.T, axis=1)]
     found = [row[0][0] for row in index.search_many(matrix[probe], 1)]
     assert np.mean(np.array(found) == truth) >= 0.98
+
+
+def test_prefault_maps_a_views_file_and_is_a_no_op_otherwise(tmp_path: Path) -> None:
+    index = VectorIndex(dimension=8)
+    index.add(np.arange(3000), _unit(3000, 8, seed=4))
+    assert index.prefault() == 0  # not a view
+    index.save(tmp_path / "p")
+    view = VectorIndex.restore(tmp_path / "p", dimension=8, dtype="f32", view=True)
+    assert view is not None
+    mapped = view.prefault()
+    size = (tmp_path / "p").stat().st_size
+    assert mapped == 0 or mapped >= size  # 0 where the kernel lacks MADV_POPULATE_READ
+    assert view.search(_unit(3000, 8, seed=4)[17], 1)[0][0] == 17
