@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
+import msgspec
 
 from are_core.scheduler import (
     TABLES,
@@ -142,6 +143,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 wiring = self._wiring
                 spec = spec_from_proto(request.spec, wiring.features)
                 wiring.check_namespaces(spec.tasks, "spec.tasks")
+                blobs = [t.input_blob_sha256 for t in spec.tasks if t.input_blob_sha256]
+                if blobs:
+                    spec = msgspec.structs.replace(spec, tasks=wiring.check_blobs(spec.tasks, "spec.tasks"))
                 stage = wiring.stage_initial(
                     initial_state_from_proto(request.spec), retention_from_proto(request.spec)
                 )
@@ -152,6 +156,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 if earlier is None
                 else (self._engine.get_workflow(earlier).record, True)
             )
+            if earlier is None and blobs:
+                await self._wiring.own_blobs(record.workflow_id, blobs)
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.SubmitWorkflowResponse(
@@ -402,6 +408,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 request.tasks, "tasks", max_tasks=10_000, features=self._wiring.features
             )
             self._wiring.check_namespaces(specs, "tasks")
+            specs = self._wiring.check_blobs(specs, "tasks")
             digest = ""
             if request.request_id:
                 check_id(request.request_id, "request_id", "a request_id")
@@ -420,6 +427,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 request_id=request.request_id,
                 request_hash=digest,
             )
+            if not deduplicated:
+                await self._wiring.own_blobs(
+                    request.workflow_id, [t.input_blob_sha256 for t in specs if t.input_blob_sha256]
+                )
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.SpawnTasksResponse(task_ids=ids, deduplicated=deduplicated)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 from typing import Any, NoReturn
 
 import grpc
+import msgspec
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from are_core.scheduler import (
     Assignment,
+    BlobNotFoundError,
     Budget,
     BudgetExceededError,
     CacheKey,
@@ -62,10 +65,13 @@ from sidecar import _conventions as conventions
 from sidecar._status import abort
 
 __all__ = [
+    "BlobPayload",
     "abort_for",
     "assignment_to_proto",
+    "blob_from_proto",
     "failure_from_proto",
     "failure_to_proto",
+    "payload_to_proto",
     "pool_from_proto",
     "pool_to_proto",
     "request_hash",
@@ -82,6 +88,7 @@ _ID = conventions.ID
 _LABEL_KEY = conventions.KEY
 _MiB = 1 << 20
 _DAY = 86_400.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPERATORS_WITHOUT_VALUE = frozenset({"EXISTS", "NOT_EXISTS", "TRUTHY"})
 # TriggerRule number -> the engine's rule name (UNSPECIFIED means the default, ALL_SUCCESS).
 _TRIGGER_RULES = {
@@ -90,7 +97,7 @@ _TRIGGER_RULES = {
 }
 
 FEATURES_NONE: frozenset[str] = frozenset()
-"""Which wired features a spec may use: "intent" (router), "cache" (cache), "state" (state)."""
+"""Which wired features a spec may use: "intent" (router), "cache" (cache), "state" (state), "blobs"."""
 
 
 def _bad(reason: str, field: str, message: str) -> NoReturn:
@@ -171,14 +178,51 @@ def retry_from_proto(policy: common_pb2.RetryPolicy, field: str) -> RetryPolicy:
     )
 
 
-def _payload(payload: common_pb2.Payload, field: str) -> tuple[bytes, str]:
-    if payload.WhichOneof("content") == "blob":
-        raise NotImplementedFieldError(
-            f"{field}.blob", f"{field}.blob: blob references are not wired into the scheduler yet"
+class BlobPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """A payload's blob reference as submitted: checked for shape, not yet for existence."""
+
+    sha256: str
+    size_bytes: int  # 0: not given (the stored size is used)
+    content_type: str  # the payload's, else the reference's; "" means the blob's
+
+
+def blob_from_proto(payload: common_pb2.Payload, field: str) -> BlobPayload:
+    """The shape-checked blob reference of a ``blob`` payload (``field`` names the payload)."""
+    ref = payload.blob
+    if not _SHA256.fullmatch(ref.sha256):
+        _bad(
+            "INVALID_ARGUMENT",
+            f"{field}.blob.sha256",
+            f"must be 64 lowercase hexadecimal characters (a SHA-256 digest), got {ref.sha256[:80]!r}",
         )
-    if len(payload.data) > 4 * _MiB:
+    if ref.size_bytes < 0:
+        _bad("INVALID_ARGUMENT", f"{field}.blob.size_bytes", "must not be negative")
+    content_type = payload.content_type or ref.content_type
+    if len(content_type) > 128:
+        _bad("LIMIT_EXCEEDED", f"{field}.content_type", "at most 128 characters")
+    return BlobPayload(sha256=ref.sha256, size_bytes=ref.size_bytes, content_type=content_type)
+
+
+def _input_blob(payload: common_pb2.Payload, field: str, features: frozenset[str]) -> BlobPayload:
+    """A task input's blob reference; refuses an inline input over 4 MiB."""
+    if payload.WhichOneof("content") != "blob":
         _bad("LIMIT_EXCEEDED", f"{field}.data", f"at most 4 MiB inline, got {len(payload.data)} bytes")
-    return payload.data, payload.content_type
+    if "blobs" not in features:
+        raise NotImplementedFieldError(f"{field}.blob", f"{field}.blob: this sidecar has no blob store")
+    return blob_from_proto(payload, field)
+
+
+def payload_to_proto(
+    out: common_pb2.Payload, data: bytes, content_type: str, blob_sha256: str, blob_size: int
+) -> None:
+    """Fills ``out`` with inline ``data``, or with the blob reference when ``blob_sha256`` is set."""
+    if blob_sha256:
+        out.blob.sha256 = blob_sha256
+        out.blob.size_bytes = blob_size
+        out.blob.content_type = content_type
+    else:
+        out.data = data
+    out.content_type = content_type
 
 
 def _condition(condition: task_pb2.Condition, field: str) -> Condition:
@@ -221,9 +265,10 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
         check_id(spec.capability, f"{field}.capability", "a capability")
     # Field paths are formatted only on the error path: this runs once per task of every submit.
     payload = spec.input
+    blob: BlobPayload | None = None
     if payload.WhichOneof("content") == "blob" or len(payload.data) > 4 * _MiB:
-        _payload(payload, f"{field}.input")  # raises with the exact field
-    data, content_type = payload.data, payload.content_type
+        blob = _input_blob(payload, f"{field}.input", features)  # raises with the exact field
+    data, content_type = payload.data, blob.content_type if blob is not None else payload.content_type
     if len(spec.depends_on) > 10_000:
         _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task")
     rule = _TRIGGER_RULES.get(spec.trigger_rule) or task_pb2.TriggerRule.Name(spec.trigger_rule)
@@ -290,6 +335,8 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
         intent=spec.intent,
         output_state_pointer=spec.output_state_pointer,
         cache_key=cache_key,
+        input_blob_sha256=blob.sha256 if blob is not None else "",
+        input_blob_size=blob.size_bytes if blob is not None else 0,
     )
 
 
@@ -541,8 +588,9 @@ def workflow_to_proto(view: WorkflowView, state_version: int = 0) -> workflow_pb
         out.forked_from.workflow_id = rec.forked_from
         out.forked_from.state_version = rec.forked_version
     if view.result is not None:
-        out.result.data = view.result
-        out.result.content_type = view.result_content_type
+        payload_to_proto(
+            out.result, view.result, view.result_content_type, view.result_blob_sha256, view.result_blob_size
+        )
     if rec.failure is not None and rec.state in ("FAILED", "CANCELLED", "CANCELLING"):
         out.failure.CopyFrom(failure_to_proto(rec.failure))
     _set_ts(out, "create_time", rec.create_ns)
@@ -555,9 +603,15 @@ def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.
     """The are.v1.Task status of a task."""
     rec = view.record
     spec = task_pb2.TaskSpec.FromString(view.spec.raw)
-    if include_payloads and (view.spec.input or view.spec.content_type):
-        spec.input.data = view.spec.input
-        spec.input.content_type = view.spec.content_type
+    task_spec = view.spec
+    if include_payloads and (task_spec.input or task_spec.content_type or task_spec.input_blob_sha256):
+        payload_to_proto(
+            spec.input,
+            task_spec.input,
+            task_spec.content_type,
+            task_spec.input_blob_sha256,
+            task_spec.input_blob_size,
+        )
     out = task_pb2.Task(
         workflow_id=view.workflow_id,
         task_id=rec.task_id,
@@ -580,8 +634,9 @@ def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.
         cache_entry_id=rec.cache_entry_id,
     )
     if include_payloads and rec.output is not None:
-        out.output.data = rec.output
-        out.output.content_type = rec.output_content_type
+        payload_to_proto(
+            out.output, rec.output, rec.output_content_type, rec.output_blob_sha256, rec.output_blob_size
+        )
     if rec.failure is not None:
         out.failure.CopyFrom(failure_to_proto(rec.failure))
     approval = rec.approval
@@ -614,7 +669,14 @@ def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
         attempt=a.attempt,
         idempotency_key=a.idempotency_key,
         capability=a.capability,
-        input=common_pb2.Payload(data=a.input, content_type=a.content_type),
+        input=common_pb2.Payload(
+            blob=common_pb2.BlobRef(
+                sha256=a.input_blob_sha256, size_bytes=a.input_blob_size, content_type=a.content_type
+            ),
+            content_type=a.content_type,
+        )
+        if a.input_blob_sha256
+        else common_pb2.Payload(data=a.input, content_type=a.content_type),
         trace_context=common_pb2.TraceContext(traceparent=a.traceparent),
         labels=a.labels,
         maximum_attempts=a.maximum_attempts,
@@ -630,8 +692,7 @@ def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
             task_id=dep.task_id, state=task_pb2.TaskState.Value("TASK_STATE_" + dep.state)
         )
         if dep.output is not None:
-            result.output.data = dep.output
-            result.output.content_type = dep.content_type
+            payload_to_proto(result.output, dep.output, dep.content_type, dep.blob_sha256, dep.blob_size)
         if dep.failure is not None:
             result.failure.CopyFrom(failure_to_proto(dep.failure))
     if a.heartbeat_timeout_s:
@@ -705,6 +766,7 @@ def pool_status_to_proto(status: PoolStatus) -> scheduler_service_pb2.PoolStatus
 _CODES: tuple[tuple[type[SchedulerError], grpc.StatusCode], ...] = (
     (SpecError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotImplementedFieldError, grpc.StatusCode.UNIMPLEMENTED),
+    (BlobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (WorkflowNotFoundError, grpc.StatusCode.NOT_FOUND),
     (TaskNotFoundError, grpc.StatusCode.NOT_FOUND),
     (PoolNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -744,7 +806,7 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exceptio
     message = str(error)
     if isinstance(error, SpecError):
         violations = [(error.field, error.message)]
-    elif isinstance(error, NotImplementedFieldError | TaskExistsError):
+    elif isinstance(error, NotImplementedFieldError | TaskExistsError | BlobNotFoundError):
         violations = [(error.field, message)]
     retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, PoolQueueFullError) else None
     await abort(

@@ -24,6 +24,16 @@ hooks below are installed on the engines, so a task that uses none of
   (``CacheEngine.lookup_for_task``); a hit completes it without dispatch
   (TASK_CACHE_HIT), a miss dispatches it (TASK_CACHE_MISS) and, unless
   ``read_only``, its output is stored after the durable completion.
+* **Blobs** (with the state service). A payload may be a blob reference:
+  :meth:`Wiring.check_blobs` and :meth:`Wiring.output_blob` check that the
+  blob exists (BLOB_NOT_FOUND naming the field) and that a given size
+  matches, and fill in the size and media type from the store. Once a
+  submit, spawn or completion is durable, its workflow is counted as an
+  owner of each owned blob it references (``BlobStore.add_owner``), so
+  DeleteWorkflow of the uploading workflow does not delete a blob another
+  workflow's tasks still reference. A cache-keyed task's blob output is
+  stored in the cache as a blob response; a hit holding a blob completes
+  the task with the reference (a hit whose blob is gone is a miss).
 """
 
 from __future__ import annotations
@@ -37,10 +47,13 @@ import msgspec
 
 from are_core import state as st
 from are_core.scheduler import (
+    CACHE_BLOB_SHA256,
+    CACHE_BLOB_SIZE,
     CACHE_ENTRY_ID,
     CACHE_SAVED_COST,
     CACHE_SAVED_TOKENS,
     CacheKey,
+    NotImplementedFieldError,
     RoutingError,
     Scheduler,
     SpecError,
@@ -50,6 +63,7 @@ from are_core.scheduler import (
     WorkerHandle,
     WorkflowExistsError,
 )
+from are_core.scheduler import BlobNotFoundError as BlobMissingError
 from are_core.scheduler import SchedulerError as _SchedulerError
 from are_core.storage import Batch
 from are_core.trace import EventRecorder
@@ -57,6 +71,7 @@ from are_sdk._proto.are.v1 import common_pb2, state_pb2, workflow_pb2
 from sidecar._cache import CacheCapability
 from sidecar._capability import Runtime
 from sidecar._router import RouterCapability
+from sidecar._scheduler_convert import BlobPayload, blob_from_proto
 from sidecar._state import ForkPlan, StateCapability
 
 __all__ = [
@@ -156,6 +171,7 @@ class Wiring:
         features = set()
         if self.state is not None:
             features.add("state")
+            features.add("blobs")
             self.state.gate = self.gate
             self.state.fork_hook = self.fork
         if self.router is not None:
@@ -208,6 +224,8 @@ class Wiring:
         usage: Usage | None,
         write: StateWrite,
         field: str,
+        blob_sha256: str = "",
+        blob_size: int = 0,
     ) -> int:
         """Completes an attempt and applies its state write in one commit; returns the new version.
 
@@ -251,6 +269,8 @@ class Wiring:
                 content_type=content_type,
                 usage=usage,
                 stage=stage,
+                blob_sha256=blob_sha256,
+                blob_size=blob_size,
             )
             await durable
         return versions[0]
@@ -305,12 +325,85 @@ class Wiring:
                 # The source has state but no scheduler record: only its state is forked.
                 return
             raise st.InvalidStateArgumentError(str(error), field="workflow_id") from None
+        if self.state is not None:
+            await self.own_blobs(plan.workflow_id, self._task_blobs(plan.workflow_id))
+
+    def _task_blobs(self, workflow_id: str) -> list[str]:
+        """The blobs a workflow's task inputs and outputs reference (at most one per task payload)."""
+        digests: list[str] = []
+        after: int | None = 0
+        for _ in range(1_000):  # bounded: max_tasks is at most 1,000 pages of 1,000
+            if after is None:
+                break
+            views, after = self.engine.list_tasks(workflow_id, frozenset(), after, 1_000)
+            for view in views:
+                if view.spec.input_blob_sha256:
+                    digests.append(view.spec.input_blob_sha256)
+                if view.record.output_blob_sha256:
+                    digests.append(view.record.output_blob_sha256)
+        return digests
 
     async def delete_state(self, workflow_id: str) -> int:
         """Removes the workflow's document, memory and unshared blobs; returns the bytes freed."""
         if self.state is None:
             return 0
         return await self.state.delete_workflow_state(workflow_id)
+
+    # ------------------------------------------------------------------ blobs
+
+    def _stat(self, blob: BlobPayload, field: str) -> tuple[int, str]:
+        """The stored size and the media type of a referenced blob; raises naming ``field``."""
+        assert self.state is not None
+        info = self.state.blobs.stat(bytes.fromhex(blob.sha256))
+        if info is None:
+            raise BlobMissingError(f"{field}.blob", f"no blob has digest {blob.sha256}")
+        if blob.size_bytes and blob.size_bytes != info.size_bytes:
+            raise SpecError(
+                "INVALID_ARGUMENT",
+                f"{field}.blob.size_bytes",
+                f"the blob is {info.size_bytes} bytes, not {blob.size_bytes}",
+            )
+        return info.size_bytes, blob.content_type or info.content_type
+
+    def check_blobs(self, specs: Sequence[TaskSpec], field: str) -> tuple[TaskSpec, ...]:
+        """The specs with their blob inputs checked and completed (size, media type from the store).
+
+        Raises BlobNotFoundError (``<field>[i].input.blob``) or SpecError (its ``size_bytes``).
+        """
+        if not any(spec.input_blob_sha256 for spec in specs):
+            return tuple(specs)
+        out = list(specs)
+        for i, spec in enumerate(specs):
+            if not spec.input_blob_sha256:
+                continue
+            blob = BlobPayload(
+                sha256=spec.input_blob_sha256, size_bytes=spec.input_blob_size, content_type=spec.content_type
+            )
+            size, content_type = self._stat(blob, f"{field}[{i}].input")
+            out[i] = msgspec.structs.replace(spec, input_blob_size=size, content_type=content_type)
+        return tuple(out)
+
+    def output_blob(self, payload: common_pb2.Payload, field: str) -> tuple[str, int, str]:
+        """(digest, size, media type) of a completion's blob output; ``field`` names the payload.
+
+        Raises SpecError, NotImplementedFieldError or BlobNotFoundError naming the field.
+        """
+        if self.state is None:
+            raise NotImplementedFieldError(f"{field}.blob", f"{field}.blob: this sidecar has no blob store")
+        blob = blob_from_proto(payload, field)
+        size, content_type = self._stat(blob, field)
+        return blob.sha256, size, content_type
+
+    async def own_blobs(self, workflow_id: str, digests: Sequence[str]) -> None:
+        """Counts the workflow as an owner of the (owned) blobs its payloads reference."""
+        if self.state is None or not digests:
+            return
+        blobs = self.state.blobs
+        for digest in dict.fromkeys(digests):
+            try:
+                await blobs.add_owner(workflow_id, bytes.fromhex(digest))
+            except Exception:  # noqa: BLE001 - the payload is accepted; only its lifetime is at stake
+                _log.warning("recording a blob reference failed", exc_info=True)
 
     # ----------------------------------------------------------------- router
 
@@ -382,20 +475,31 @@ class Wiring:
         hit = await self.cache.engine.lookup_for_task(key.namespace, key.prompt)
         if hit is None:
             return None
-        return (
-            hit.response,
-            hit.content_type,
-            {
-                "are.cache.namespace": key.namespace,
-                CACHE_ENTRY_ID: hit.entry_id,
-                "are.cache.tier": hit.tier,
-                "are.cache.similarity": round(hit.similarity, 4),
-                CACHE_SAVED_TOKENS: hit.input_tokens + hit.output_tokens,
-                CACHE_SAVED_COST: hit.cost_micro_usd,
-            },
-        )
+        attributes: dict[str, Any] = {
+            "are.cache.namespace": key.namespace,
+            CACHE_ENTRY_ID: hit.entry_id,
+            "are.cache.tier": hit.tier,
+            "are.cache.similarity": round(hit.similarity, 4),
+            CACHE_SAVED_TOKENS: hit.input_tokens + hit.output_tokens,
+            CACHE_SAVED_COST: hit.cost_micro_usd,
+        }
+        if hit.blob_sha256:
+            blobs = self.state.blobs if self.state is not None else None
+            if blobs is None or blobs.stat(bytes.fromhex(hit.blob_sha256)) is None:
+                return None  # the answer's blob is gone (or unreachable): a miss, never a dangling reference
+            attributes[CACHE_BLOB_SHA256] = hit.blob_sha256
+            attributes[CACHE_BLOB_SIZE] = hit.blob_size_bytes
+        return hit.response, hit.content_type, attributes
 
-    def cache_store(self, key: CacheKey, output: bytes, content_type: str, usage: Usage | None) -> None:
+    def cache_store(  # noqa: PLR0917 - the engine's hook signature
+        self,
+        key: CacheKey,
+        output: bytes,
+        content_type: str,
+        usage: Usage | None,
+        blob_sha256: str = "",
+        blob_size: int = 0,
+    ) -> None:
         """Stores a cache-keyed task's output in the background (after its durable completion)."""
         assert self.cache is not None
         engine = self.cache.engine
@@ -408,6 +512,8 @@ class Wiring:
                         prompt=key.prompt,
                         response=output,
                         content_type=content_type,
+                        blob_sha256=blob_sha256,
+                        blob_size_bytes=blob_size,
                         ttl_ns=int(key.ttl_s * 1e9),
                         input_tokens=usage.input_tokens if usage else 0,
                         output_tokens=usage.output_tokens if usage else 0,

@@ -11,6 +11,7 @@ in one message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from datetime import timedelta
@@ -355,6 +356,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 self._complete_with_state(stream, c, f"complete.completions[{i}]")
                 continue
             try:
+                if c.output.WhichOneof("content") == "blob":
+                    self._complete_with_blob(stream, c, f"complete.completions[{i}]")
+                    continue
                 durable = self._engine.complete(
                     c.workflow_id,
                     c.task_id,
@@ -367,6 +371,37 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             except SchedulerError as error:
                 acks.append(_ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error)))
         stream.acks_when_durable(durable, acks)
+
+    def _complete_with_blob(self, stream: _Stream, c: pb.TaskCompletion, field: str) -> None:
+        """A stream completion with a blob output: checked, recorded, acked when durable.
+
+        Raises SchedulerError (nothing recorded) for a refused completion.
+        """
+        digest, size, content_type = self._wiring.output_blob(c.output, f"{field}.output")
+        durable = self._engine.complete(
+            c.workflow_id,
+            c.task_id,
+            c.attempt,
+            output=b"",
+            content_type=content_type,
+            usage=usage_from_proto(c.usage),
+            blob_sha256=digest,
+            blob_size=size,
+        )
+        stream.acks_when_durable(durable, [_ack(c, _COMPLETION, accepted=True)])
+        self._own_blob_later(c.workflow_id, digest, durable)
+
+    def _own_blob_later(self, workflow_id: str, digest: str, durable: asyncio.Future[None]) -> None:
+        """Once the completion is durable, counts its workflow as an owner of the output blob."""
+
+        async def run() -> None:
+            with contextlib.suppress(Exception):  # a failed commit is reported by the ack
+                await asyncio.shield(durable)
+                await self._wiring.own_blobs(workflow_id, [digest])
+
+        job = asyncio.ensure_future(run())
+        self._writes.add(job)
+        job.add_done_callback(self._writes.discard)
 
     def _state_write(self, c: pb.TaskCompletion, field: str) -> StateWrite:
         merge, operations = (
@@ -384,16 +419,32 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Completes with the attempt's state write in the same commit; returns the state version."""
         if len(c.output.data) > 4 * 1024 * 1024:
             raise SpecError("LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline")
-        return await self._wiring.complete_with_state(
+        write = self._state_write(c, field)
+        digest, size, content_type = "", 0, c.output.content_type
+        if c.output.WhichOneof("content") == "blob":
+            digest, size, content_type = self._wiring.output_blob(c.output, f"{field}.output")
+            if write.pointer:
+                raise SpecError(
+                    "INVALID_ARGUMENT",
+                    f"{field}.output.blob",
+                    "the task writes its output into the state document (output_state_pointer): "
+                    "its output must be inline JSON",
+                )
+        version = await self._wiring.complete_with_state(
             c.workflow_id,
             c.task_id,
             c.attempt,
             output=c.output.data,
-            content_type=c.output.content_type,
+            content_type=content_type,
             usage=usage_from_proto(c.usage),
-            write=self._state_write(c, field),
+            write=write,
             field=field,
+            blob_sha256=digest,
+            blob_size=size,
         )
+        if digest:
+            await self._wiring.own_blobs(c.workflow_id, [digest])
+        return version
 
     def _complete_with_state(self, stream: _Stream, c: pb.TaskCompletion, field: str) -> None:
         """A stream completion with a state write: applied off the reader, acked when durable."""
@@ -486,15 +537,22 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 return pb.CompleteTaskResponse(state_version=version)
             if len(c.output.data) > 4 * 1024 * 1024:
                 raise SpecError("LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline")
+            digest, size, content_type = "", 0, c.output.content_type
+            if c.output.WhichOneof("content") == "blob":
+                digest, size, content_type = self._wiring.output_blob(c.output, "completion.output")
             durable = self._engine.complete(
                 c.workflow_id,
                 c.task_id,
                 c.attempt,
                 output=c.output.data,
-                content_type=c.output.content_type,
+                content_type=content_type,
                 usage=usage_from_proto(c.usage),
+                blob_sha256=digest,
+                blob_size=size,
             )
             await durable
+            if digest:
+                await self._wiring.own_blobs(c.workflow_id, [digest])
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.CompleteTaskResponse(state_version=self._wiring.state_version(c.workflow_id))

@@ -8,6 +8,8 @@ evaluated by ``evaluate``. Its exceptions are drawn in ``_errors``.
 
 from ._conditions import check_pointer, evaluate, resolve_pointer
 from ._engine import (
+    CACHE_BLOB_SHA256,
+    CACHE_BLOB_SIZE,
     CACHE_ENTRY_ID,
     CACHE_SAVED_COST,
     CACHE_SAVED_TOKENS,
@@ -21,6 +23,7 @@ from ._engine import (
     WorkflowView,
 )
 from ._errors import (
+    BlobNotFoundError,
     BudgetExceededError,
     NotAwaitingApprovalError,
     NotImplementedFieldError,
@@ -60,6 +63,8 @@ from ._model import (
 from ._validate import find_cycle, validate_graph
 
 __all__ = [
+    "CACHE_BLOB_SHA256",
+    "CACHE_BLOB_SIZE",
     "CACHE_ENTRY_ID",
     "CACHE_SAVED_COST",
     "CACHE_SAVED_TOKENS",
@@ -68,6 +73,7 @@ __all__ = [
     "TRIGGER_RULES",
     "Approval",
     "Assignment",
+    "BlobNotFoundError",
     "Budget",
     "BudgetExceededError",
     "CacheKey",

@@ -21,6 +21,7 @@ timer heap and one loop timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
@@ -105,9 +106,13 @@ _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
 RouteHook = Callable[["TaskSpec", "TaskRecord"], tuple[str, dict[str, Any]]]
 """``route(spec, record)`` -> (capability, event attributes); raises RoutingError."""
 CacheLookupHook = Callable[[CacheKey], Awaitable["tuple[bytes, str, dict[str, Any]] | None"]]
-"""``lookup(key)`` -> (output, content type, event attributes) on a hit, None on a miss."""
-CacheStoreHook = Callable[[CacheKey, bytes, str, "Usage | None"], None]
-"""``store(key, output, content_type, usage)`` after a cache-keyed task completes."""
+"""``lookup(key)`` -> (output, content type, event attributes) on a hit, None on a miss.
+
+A hit whose answer is a blob carries its digest and size in the attributes
+``CACHE_BLOB_SHA256`` and ``CACHE_BLOB_SIZE`` (the output is then empty).
+"""
+CacheStoreHook = Callable[[CacheKey, bytes, str, "Usage | None", str, int], None]
+"""``store(key, output, content_type, usage, blob_sha256, blob_size)`` after a cache-keyed task completes."""
 WorkerHook = Callable[["WorkerHandle"], None]
 """``changed(worker)``: connected, load or draining changed, or disconnected (``connected`` False)."""
 
@@ -165,6 +170,8 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
     result: bytes | None = None
     result_content_type: str = ""
     last_sequence: int = 0
+    result_blob_sha256: str = ""  # the result is this blob (``result`` is then empty)
+    result_blob_size: int = 0
 
 
 # Attributes a cache lookup hook returns with a hit: the tokens and cost the
@@ -172,6 +179,8 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
 CACHE_ENTRY_ID = "are.cache.entry_id"
 CACHE_SAVED_TOKENS = "are.cache.saved_tokens"
 CACHE_SAVED_COST = "are.cache.saved_cost_micro_usd"
+CACHE_BLOB_SHA256 = "are.cache.blob_sha256"
+CACHE_BLOB_SIZE = "are.cache.blob_size_bytes"
 
 
 class UsageTotal(msgspec.Struct, kw_only=True):
@@ -895,7 +904,9 @@ class Scheduler:
             return
         for condition in task.spec.conditions:
             dep = task.wf.tasks[condition.task_id]
-            output = dep.rec.output if dep.rec.state == "COMPLETED" else None
+            # A blob output has no inline JSON: the condition sees no value.
+            done = dep.rec.state == "COMPLETED" and not dep.rec.output_blob_sha256
+            output = dep.rec.output if done else None
             if not evaluate(condition, output):
                 detail = (
                     f"condition on {condition.task_id}:{condition.pointer} {condition.operator} was false"
@@ -980,6 +991,8 @@ class Scheduler:
             output, content_type, attributes = hit
             rec.output = output
             rec.output_content_type = content_type
+            rec.output_blob_sha256 = str(attributes.get(CACHE_BLOB_SHA256, ""))
+            rec.output_blob_size = int(attributes.get(CACHE_BLOB_SIZE, 0))
             rec.close_ns = now
             wf_rec = task.wf.rec
             wf_rec.tasks_completed += 1
@@ -1238,6 +1251,8 @@ class Scheduler:
                     output=None if exclude else d.output,
                     content_type=d.output_content_type,
                     failure=d.failure if d.state in _FAIL_STATES else None,
+                    blob_sha256="" if exclude else d.output_blob_sha256,
+                    blob_size=0 if exclude else d.output_blob_size,
                 )
             )
         policy = spec.retry_policy or w.rec.default_retry_policy or _DEFAULT_POLICY
@@ -1258,6 +1273,8 @@ class Scheduler:
             last_heartbeat_content_type=rec.heartbeat_content_type,
             labels=dict(spec.labels),
             maximum_attempts=policy.maximum_attempts + rec.free_attempts,
+            input_blob_sha256=spec.input_blob_sha256,
+            input_blob_size=spec.input_blob_size,
         )
 
     def _release(self, task: _Task) -> None:
@@ -1394,8 +1411,13 @@ class Scheduler:
         content_type: str,
         usage: Usage | None,
         stage: Callable[[Batch, TaskSpec], None] | None = None,
+        blob_sha256: str = "",
+        blob_size: int = 0,
     ) -> asyncio.Future[None]:
         """Records a held attempt's success; returns an awaitable resolved once durable.
+
+        A blob output is ``blob_sha256`` (hex) and ``blob_size`` with an empty
+        ``output``; the caller has checked that the blob exists.
 
         ``stage(batch, spec)``, when given, adds the caller's own rows (the
         attempt's state write) to the completion's batch before anything
@@ -1412,10 +1434,12 @@ class Scheduler:
         key = task.spec.cache_key
         if key is not None and not key.read_only and self.cache_store is not None:
             store = self.cache_store
-            self._t().after.append(lambda: store(key, output, content_type, usage))
+            self._t().after.append(lambda: store(key, output, content_type, usage, blob_sha256, blob_size))
         self._release(task)
         rec.output = output
         rec.output_content_type = content_type
+        rec.output_blob_sha256 = blob_sha256
+        rec.output_blob_size = blob_size
         rec.outcome_attempt = attempt
         rec.close_ns = now
         w = task.wf
@@ -1428,7 +1452,7 @@ class Scheduler:
             usage=_event_usage(usage) if usage else None,
             duration_ns=now - rec.start_ns,
             span_id=rec.span_id,
-            attributes={"are.output.size_bytes": len(output)},
+            attributes={"are.output.size_bytes": blob_size if blob_sha256 else len(output)},
         )
         self._terminal(task)
         if usage is not None:
@@ -2024,24 +2048,19 @@ class Scheduler:
         if not raw:
             raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
         rec = _wf_codec.decode(raw)
-        result, content_type = None, ""
+        result: TaskRecord | None = None
         if rec.state == "COMPLETED" and rec.result_task_id:
-            try:
-                task = self._load_task(wf_id, rec.result_task_id)
-                result, content_type = task.output, task.output_content_type
-            except TaskNotFoundError:
-                pass
-        return WorkflowView(record=rec, result=result, result_content_type=content_type)
+            with contextlib.suppress(TaskNotFoundError):
+                result = self._load_task(wf_id, rec.result_task_id)
+        return _workflow_view(rec, result, 0)
 
     def _view(self, w: _Workflow) -> WorkflowView:
-        result, content_type = None, ""
+        result: TaskRecord | None = None
         if w.rec.state == "COMPLETED" and w.rec.result_task_id:
             task = w.tasks.get(w.rec.result_task_id)
             if task is not None and task.rec.state == "COMPLETED":
-                result, content_type = task.rec.output, task.rec.output_content_type
-        return WorkflowView(
-            record=w.rec, result=result, result_content_type=content_type, last_sequence=w.last_seq
-        )
+                result = task.rec
+        return _workflow_view(w.rec, result, w.last_seq)
 
     def get_workflow(self, wf_id: str) -> WorkflowView:
         """A workflow's status and result."""
@@ -2384,6 +2403,8 @@ class Scheduler:
                 task_rec.state_reason = f"kept from {source_id}"
                 task_rec.output = old.output
                 task_rec.output_content_type = old.output_content_type
+                task_rec.output_blob_sha256 = old.output_blob_sha256
+                task_rec.output_blob_size = old.output_blob_size
                 task_rec.capability = old.capability
                 task_rec.close_ns = now
             task = _Task(w, task_rec, spec)
@@ -2460,6 +2481,20 @@ def _parse_traceparent(traceparent: str) -> tuple[str, str]:
         if parts[1] != "0" * 32:
             return parts[1].lower(), parts[2].lower()
     return "", ""
+
+
+def _workflow_view(rec: WorkflowRecord, result: TaskRecord | None, last_sequence: int) -> WorkflowView:
+    """A workflow's view with its result task's output (inline or blob), if it has one."""
+    if result is None:
+        return WorkflowView(record=rec, last_sequence=last_sequence)
+    return WorkflowView(
+        record=rec,
+        result=result.output,
+        result_content_type=result.output_content_type,
+        last_sequence=last_sequence,
+        result_blob_sha256=result.output_blob_sha256,
+        result_blob_size=result.output_blob_size,
+    )
 
 
 def _event_usage(usage: Usage) -> EventUsage:

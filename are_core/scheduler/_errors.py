@@ -5,6 +5,7 @@ Exceptions::
     SchedulerError
     ├── SpecError                 a bad spec: reason + field path (INVALID_ARGUMENT)
     ├── NotImplementedFieldError  a field the engine does not serve yet (UNIMPLEMENTED)
+    ├── BlobNotFoundError         a payload's blob reference names no stored blob
     ├── WorkflowNotFoundError
     ├── TaskNotFoundError
     ├── PoolNotFoundError
@@ -24,6 +25,7 @@ Exceptions::
 from __future__ import annotations
 
 __all__ = [
+    "BlobNotFoundError",
     "BudgetExceededError",
     "NotAwaitingApprovalError",
     "NotImplementedFieldError",
@@ -68,6 +70,16 @@ class NotImplementedFieldError(SchedulerError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+class BlobNotFoundError(SchedulerError):
+    """A payload references a blob that is not in the blob store; ``field`` names the reference."""
+
+    reason = "BLOB_NOT_FOUND"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
 
 
 class WorkflowNotFoundError(SchedulerError):

@@ -96,6 +96,9 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     intent: str = ""  # routed to a capability when scheduled (capability is then "")
     output_state_pointer: str = ""  # where the output goes in the state document
     cache_key: CacheKey | None = None
+    # A blob input (``input`` is then empty): its SHA-256 (hex) and size; "" for inline.
+    input_blob_sha256: str = ""
+    input_blob_size: int = 0
 
 
 class Budget(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,6 +206,9 @@ class TaskRecord(msgspec.Struct, kw_only=True, gc=False):
     cache_saved_tokens: int = 0  # what that answer cost when first made
     cache_saved_cost_micro_usd: int = 0
     extra_depends_on: tuple[str, ...] = ()  # added by SpawnTasks(dependents_wait)
+    # A blob output (``output`` is then empty): its SHA-256 (hex) and size; "" for inline.
+    output_blob_sha256: str = ""
+    output_blob_size: int = 0
 
 
 class WorkflowRecord(msgspec.Struct, kw_only=True):
@@ -272,6 +278,8 @@ class DependencyResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     output: bytes | None = None
     content_type: str = ""
     failure: Failure | None = None
+    blob_sha256: str = ""  # the output is this blob (``output`` is then empty)
+    blob_size: int = 0
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -293,3 +301,5 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     last_heartbeat_content_type: str
     labels: dict[str, str]
     maximum_attempts: int
+    input_blob_sha256: str = ""  # the input is this blob (``input`` is then empty)
+    input_blob_size: int = 0

@@ -327,6 +327,29 @@ class BlobStore:
             yield position, piece
             position += len(piece)
 
+    async def add_owner(self, workflow_id: str, digest: bytes) -> bool:
+        """Count ``workflow_id`` as an owner of an owned blob its tasks reference.
+
+        A blob uploaded for a workflow is deleted with its last owner; a
+        workflow whose task payloads reference it becomes an owner too, so
+        deleting another workflow keeps it. An unowned blob (uploaded without
+        a workflow, never deleted by a workflow) is left unowned. Returns
+        whether the blob exists.
+        """
+        owner_key = workflow_id.encode() + b"\x00" + digest
+        async with self._lock:
+            raw = self.storage.get(META, digest)
+            if raw is None:
+                return False
+            meta = _meta_dec.decode(raw)
+            if meta.owners == 0 or self.storage.get(OWNERS, owner_key) is not None:
+                return True
+            batch = self.storage.batch()
+            batch.put(OWNERS, owner_key, b"")
+            batch.put(META, digest, _enc.encode(msgspec.structs.replace(meta, owners=meta.owners + 1)))
+            await self.committer.submit(batch)
+            return True
+
     async def release_workflow(self, workflow_id: str) -> int:
         """Drop the workflow's references; blobs left with no owner are deleted. Returns their bytes."""
         prefix = workflow_id.encode() + b"\x00"

@@ -129,7 +129,7 @@ async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engi
         return answers.get(key.prompt)
 
     engine.cache_lookup = lookup
-    engine.cache_store = lambda key, output, content_type, usage: stored.append((key.prompt, output))
+    engine.cache_store = lambda key, output, content_type, usage, *_: stored.append((key.prompt, output))
     record, _ = await engine.submit(
         WorkflowSpec(
             tasks=(
