@@ -69,7 +69,8 @@ def encode_payload(value: Any, content_type: str | None = None) -> Any:
 
     Args:
         value: A JSON-serialisable value; ``bytes`` (sent raw); a
-            :class:`RawPayload`; or an ``are.v1.Payload`` passed through.
+            :class:`RawPayload`; a :class:`BlobReference` (sent by
+            reference); or an ``are.v1.Payload`` passed through.
         content_type: Overrides the content type; with a non-JSON type, a
             ``str`` value is sent as UTF-8 text rather than as a JSON string.
 
@@ -78,6 +79,14 @@ def encode_payload(value: Any, content_type: str | None = None) -> Any:
     """
     if isinstance(value, common_pb2.Payload):
         return value
+    if isinstance(value, BlobReference):
+        content_type = content_type or value.content_type
+        return common_pb2.Payload(
+            blob=common_pb2.BlobRef(
+                sha256=value.sha256, size_bytes=value.size_bytes, content_type=content_type
+            ),
+            content_type=content_type,
+        )
     if isinstance(value, RawPayload):
         return common_pb2.Payload(data=value.data, content_type=content_type or value.content_type)
     if isinstance(value, bytes | bytearray | memoryview):

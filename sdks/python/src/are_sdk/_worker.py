@@ -57,7 +57,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from are_sdk._errors import AreError, RpcError, error_from_rpc
-from are_sdk._payload import decode_payload, encode_payload
+from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
 from are_sdk._proto.are.v1 import common_pb2, event_pb2, state_pb2
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
 from are_sdk._workflow import spawn_tasks
@@ -101,6 +101,8 @@ _FATAL_CODES = frozenset(
 _MAX_BATCH = 1000
 _MAX_STACK_TRACE = 64 * 1024
 _MAX_MESSAGE = 32 * 1024
+#: Outputs over this many bytes are uploaded as a blob and completed by reference.
+MAX_INLINE_BYTES = 4 * 1024 * 1024
 _DEFAULT_HEARTBEAT_INTERVAL = 10.0
 
 
@@ -441,6 +443,46 @@ def _failure_from_exception(error: BaseException) -> Any:
     return failure
 
 
+async def _load_blobs(ctx: TaskContext, client: Client) -> None:
+    """Fetches an assignment's blob input and dependency outputs, so handlers see the values.
+
+    ``ctx.input`` and ``ctx.dependencies`` then decode the blob's bytes
+    exactly as they would an inline payload of the same content type.
+    """
+    assignment = ctx._assignment  # noqa: SLF001 - the session owns its contexts
+    payloads = [assignment.input, *(d.output for d in assignment.dependencies)]
+    if not any(p.WhichOneof("content") == "blob" for p in payloads):
+        return
+    fetched: dict[str, bytes] = {}
+
+    async def inline(payload: Any) -> Any:
+        blob = payload.blob
+        if blob.sha256 not in fetched:
+            fetched[blob.sha256] = await client.state.blobs.get(blob.sha256)
+        content_type = payload.content_type or blob.content_type or OCTET_STREAM
+        return common_pb2.Payload(data=fetched[blob.sha256], content_type=content_type)
+
+    resolved = wpb.TaskAssignment()
+    resolved.CopyFrom(assignment)
+    if resolved.input.WhichOneof("content") == "blob":
+        resolved.input.CopyFrom(await inline(resolved.input))
+    for dep in resolved.dependencies:
+        if dep.output.WhichOneof("content") == "blob":
+            dep.output.CopyFrom(await inline(dep.output))
+    ctx._assignment = resolved  # noqa: SLF001 - read by the cached properties on first use
+
+
+async def _by_reference(completion: Any, client: Client) -> Any:
+    """The completion with an output over 4 MiB uploaded as a blob (owned by its workflow)."""
+    output = completion.output
+    if output.WhichOneof("content") == "data" and len(output.data) > MAX_INLINE_BYTES:
+        ref = await client.state.blobs.put(
+            output.data, content_type=output.content_type, workflow_id=completion.workflow_id
+        )
+        completion.output.CopyFrom(encode_payload(ref, output.content_type or ref.content_type))
+    return completion
+
+
 def _output_completion(ctx: TaskContext, result: Any) -> Any:
     completion = wpb.TaskCompletion(workflow_id=ctx.workflow_id, task_id=ctx.task_id, attempt=ctx.attempt)
     if isinstance(result, TaskResult):
@@ -652,6 +694,7 @@ class _Session:
 
     async def _run(self, ctx: TaskContext, handler: Handler | None) -> None:
         try:
+            await _load_blobs(ctx, self.client)
             if handler is None:
                 result = await _no_handler(self.worker.name, ctx)
             elif self.worker.is_async(handler):
@@ -661,7 +704,7 @@ class _Session:
                 result = await self.loop.run_in_executor(self.worker.executor(), run, handler, ctx)
                 if inspect.isawaitable(result):
                     result = await result
-            message = _output_completion(ctx, result)
+            message = await _by_reference(_output_completion(ctx, result), self.client)
         except asyncio.CancelledError:
             return  # stopped by the sidecar or handed back on shutdown: nothing to report
         except Exception as error:  # noqa: BLE001 - every handler error becomes a Failure

@@ -24,8 +24,10 @@ from datetime import datetime
 from typing import Any
 
 from are_sdk._errors import FieldViolation, RpcCancelledError, UnavailableError
+from are_sdk._payload import BlobReference, decode_payload
+from are_sdk._proto.are.v1 import common_pb2, task_pb2, workflow_pb2
 from are_sdk._proto.are.v1 import scheduler_service_pb2 as pb
-from are_sdk._proto.are.v1 import task_pb2, workflow_pb2
+from are_sdk._state import StateBlobs
 from are_sdk._workflow_spec import TaskSpec, WorkflowSpec, WorkflowSpecError, _any, task_violations
 from are_sdk._workflow_types import (
     PoolInfo,
@@ -161,7 +163,8 @@ class WorkflowHandle:
         """Waits for the workflow to complete and returns its decoded result.
 
         The result is the output of the workflow's result task (JSON decoded),
-        or None when it has no result task.
+        or None when it has no result task. A result passed as a blob is
+        fetched from the blob store and decoded the same way.
 
         Args:
             timeout: Seconds to wait; None waits as long as it takes.
@@ -174,7 +177,11 @@ class WorkflowHandle:
         workflow = await self.wait(timeout=timeout)
         if workflow.state is not WorkflowState.COMPLETED:
             raise WorkflowFailedError(workflow)
-        return workflow.result
+        result = workflow.result
+        if isinstance(result, BlobReference):  # fetched and decoded as an inline result would be
+            data = await StateBlobs(self._raw.state).get(result)
+            return decode_payload(common_pb2.Payload(data=data, content_type=result.content_type))
+        return result
 
     async def cancel(self, *, reason: str = "", requested_by: str = "") -> WorkflowDescription:
         """Cancels the workflow (idempotent) and returns its status, CANCELLING or closed."""

@@ -1,0 +1,54 @@
+"""The SDK with blob payloads against a real sidecar: large outputs by reference, blob inputs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from are_sdk import BlobReference, Client, TaskContext, Worker, WorkflowSpec
+from are_sdk._proto.are.v1 import scheduler_service_pb2 as s
+
+RESULT_TIMEOUT = 60.0
+_MiB = 1024 * 1024
+
+
+def suffix() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def test_a_large_return_value_travels_as_a_blob_and_handlers_see_values(client: Client) -> None:
+    make, check = f"make-{suffix()}", f"check-{suffix()}"
+    worker = Worker(client, name=f"blobs-{suffix()}")
+    big_text = "x" * (5 * _MiB)
+
+    @worker.handler(make)
+    async def produce(ctx: TaskContext) -> dict[str, object]:
+        return {"text": big_text, "n": ctx.input["n"]}
+
+    @worker.handler(check)
+    def consume(ctx: TaskContext) -> dict[str, object]:
+        upstream = ctx.dependency_outputs["make"]
+        return {"len": len(upstream["text"]), "n": upstream["n"], "raw": len(ctx.input.data)}
+
+    raw_input = os.urandom(5 * _MiB)
+    ref = await client.state.blobs.put(raw_input, content_type="application/octet-stream")
+    assert isinstance(ref, BlobReference)
+    async with worker:
+        handle = await client.submit_workflow(
+            WorkflowSpec(result_task_id="check")
+            .task("make", capability=make, input={"n": 7})
+            .task("check", capability=check, input=ref, depends_on=["make"])
+        )
+        assert await handle.result(timeout=RESULT_TIMEOUT) == {"len": 5 * _MiB, "n": 7, "raw": 5 * _MiB}
+        made = await client.raw.scheduler.GetTask(
+            s.GetTaskRequest(workflow_id=handle.workflow_id, task_id="make")
+        )
+        assert made.task.output.WhichOneof("content") == "blob"
+        assert made.task.output.blob.size_bytes > 4 * _MiB
+
+        # A large result is fetched by handle.result().
+        handle2 = await client.submit_workflow(
+            WorkflowSpec(result_task_id="make").task("make", capability=make, input={"n": 1})
+        )
+        result = await handle2.result(timeout=RESULT_TIMEOUT)
+        assert result == {"text": big_text, "n": 1}
