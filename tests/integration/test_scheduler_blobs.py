@@ -258,3 +258,22 @@ async def test_a_blob_output_is_cached_as_a_blob_and_a_hit_completes_with_the_re
     answered = await get_task(client, second, "a")
     assert answered.attempt == 0
     assert answered.output.blob.sha256 == ref.sha256
+
+
+async def test_a_blob_output_cannot_feed_a_state_pointer_and_the_task_stays_held(client: Client) -> None:
+    cap = unique_capability("blobstate")
+    ref = await client.state.blobs.put(b'{"big": true}', content_type="application/json")
+    async with StreamWorker(client, lambda a: None, capabilities=[cap]) as worker:
+        wf_id = await submit(client, task("a", cap, output_state_pointer="/out"))
+        a = await _held(worker, "a")
+        await expect_error(
+            client.raw.worker.CompleteTask(
+                w.CompleteTaskRequest(completion=_blob_completion(a, ref.sha256, 0))
+            ),
+            InvalidArgumentError,
+            "INVALID_ARGUMENT",
+            "completion.output.blob",
+        )
+        await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, {"v": 1})))
+        closed = await wait_closed(client, wf_id)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
