@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 
 from are_core.scheduler import (
     CACHE_BLOB_SHA256,
     CACHE_BLOB_SIZE,
-    TABLES,
     CacheKey,
     Condition,
     Scheduler,
@@ -21,22 +17,10 @@ from are_core.scheduler import (
     TaskSpec,
     WorkflowSpec,
 )
-from are_core.storage import Codec, Durability, GroupCommitter, Storage
+from are_core.storage import Codec
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 
 _SHA = "ab" * 32
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
-    committer = GroupCommitter(storage)
-    scheduler = Scheduler(storage, committer, rng=lambda: 0.0)
-    await scheduler.start()
-    yield scheduler
-    await scheduler.stop()
-    await committer.aclose()
-    storage.close()
 
 
 class _OldTaskSpec(msgspec.Struct, kw_only=True):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from are_core.scheduler import (
-    TABLES,
     CacheKey,
     RetryPolicy,
     RoutingError,
@@ -23,22 +20,10 @@ from are_core.scheduler import (
     WorkflowNotFoundError,
     WorkflowSpec,
 )
-from are_core.storage import Batch, Durability, GroupCommitter, Storage
+from are_core.storage import Batch
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 
 _EXTRA = "sched_pools"  # any declared table will do for a staged row
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Scheduler]:
-    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
-    committer = GroupCommitter(storage)
-    scheduler = Scheduler(storage, committer, rng=lambda: 0.0)
-    await scheduler.start()
-    yield scheduler
-    await scheduler.stop()
-    await committer.aclose()
-    storage.close()
 
 
 async def test_stage_hooks_join_the_submit_and_completion_commits(engine: Scheduler) -> None:
