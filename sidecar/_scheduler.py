@@ -82,8 +82,17 @@ __all__ = ["SchedulerCapability", "SchedulerServicer"]
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-def _page_size(value: int, *, default: int = 100, maximum: int = 1000) -> int:
-    return default if value <= 0 else min(value, maximum)
+async def _page_size(context: _Context, value: int, *, default: int = 100, maximum: int = 1000) -> int:
+    """The page size to use: ``default`` for 0, clamped to ``maximum``; a negative one is refused."""
+    if value < 0:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"page_size must not be negative, got {value}",
+            reason="INVALID_ARGUMENT",
+            field_violations=[("page_size", f"must be 0 (default {default}) to {maximum}")],
+        )
+    return default if value == 0 else min(value, maximum)
 
 
 _OPEN_STATES = frozenset({"RUNNING", "CANCELLING"})
@@ -207,7 +216,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             start_ns=start_ns,
             end_ns=end_ns,
             after_key=after,
-            limit=_page_size(request.page_size),
+            limit=await _page_size(context, request.page_size),
         )
         return pb.ListWorkflowsResponse(
             workflows=[workflow_to_proto(v) for v in views], next_page_token=_token(cursor) if cursor else ""
@@ -376,7 +385,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     ) -> pb.ListTasksResponse:
         """Lists a workflow's tasks in submission order, as committed."""
         await self._durable(request.workflow_id)
-        limit = _page_size(request.page_size, maximum=100 if request.include_payloads else 1000)
+        limit = await _page_size(
+            context, request.page_size, maximum=100 if request.include_payloads else 1000
+        )
         after = 0
         if request.page_token:
             raw = await _untoken(context, request.page_token)
@@ -470,7 +481,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         except SpecError as error:
             await abort_for(context, error)
         views, cursor = self._engine.list_approvals(
-            request.workflow_id, labels, after, _page_size(request.page_size, maximum=100)
+            request.workflow_id, labels, after, await _page_size(context, request.page_size, maximum=100)
         )
         token = ""
         if cursor is not None:
@@ -503,7 +514,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         """Lists pools by name with live counts."""
         after = (await _untoken(context, request.page_token)).decode() if request.page_token else ""
         names = [n for n in self._engine.pool_names() if n > after]
-        limit = _page_size(request.page_size)
+        limit = await _page_size(context, request.page_size)
         page = names[:limit]
         out = pb.ListPoolsResponse()
         for name in page:

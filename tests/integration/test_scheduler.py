@@ -815,3 +815,15 @@ async def test_a_missed_heartbeat_loses_the_lease(client: Client) -> None:
         )
         acks = await worker.wait_acks(2)
         assert not acks[-1].accepted
+
+
+async def test_a_negative_page_size_is_refused_naming_the_field(client: Client) -> None:
+    workflow_id = await submit(client, task("a", unique_capability("nobody")))
+    for call in (
+        client.raw.scheduler.ListWorkflows(s.ListWorkflowsRequest(page_size=-1)),
+        client.raw.scheduler.ListTasks(s.ListTasksRequest(workflow_id=workflow_id, page_size=-1)),
+        client.raw.scheduler.ListApprovals(s.ListApprovalsRequest(workflow_id=workflow_id, page_size=-1)),
+        client.raw.scheduler.ListPools(s.ListPoolsRequest(page_size=-1)),
+    ):
+        await expect_error(call, InvalidArgumentError, "INVALID_ARGUMENT", "page_size")
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
