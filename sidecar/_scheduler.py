@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -80,6 +82,7 @@ from sidecar._trace import event_to_proto
 __all__ = ["SchedulerCapability", "SchedulerServicer"]
 
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+_log = logging.getLogger("are.scheduler")
 
 
 async def _page_size(context: _Context, value: int, *, default: int = 100, maximum: int = 1000) -> int:
@@ -548,6 +551,27 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         return response
 
 
+EXIT_COMMIT_FAILED = 70
+"""The sidecar's exit status when a scheduler commit failed (see :func:`_stop_at_once`)."""
+
+
+def _stop_at_once(error: BaseException) -> None:
+    """Fail-stop: a scheduler commit failed, so its memory is ahead of LMDB.
+
+    The engine has no rollback, and carrying on would hand workers and
+    watchers state that a restart would not find. Everything acknowledged is
+    durable (acknowledgements follow commits), so the process ends at once,
+    as a crash would, and the restart recovers from LMDB (the path the
+    SIGKILL tests exercise).
+    """
+    _log.critical(
+        f"a scheduler commit failed ({type(error).__name__}: {error}); stopping now so that a "
+        "restart recovers from the durable state"
+    )
+    logging.shutdown()
+    os._exit(EXIT_COMMIT_FAILED)
+
+
 class SchedulerCapability(Capability):
     """Serves SchedulerService and WorkerService from one scheduler engine."""
 
@@ -557,6 +581,7 @@ class SchedulerCapability(Capability):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
         self.engine = Scheduler(runtime.storage, runtime.committer, runtime.events)
+        self.engine.commit_failed = _stop_at_once
         self.wiring = Wiring(runtime, self.engine)
         self._workers = WorkerServicer(self.engine, self.wiring)
 

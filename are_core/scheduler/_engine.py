@@ -515,6 +515,10 @@ class Scheduler:
         """Stores a cache-keyed task's output after its durable completion (fire and forget)."""
         self.worker_changed: WorkerHook | None = None
         """Told when a worker connects, its load changes, or it goes (``gone``)."""
+        self.commit_failed: Callable[[BaseException], None] | None = None
+        """Told when a commit fails: memory is then ahead of the durable records
+        (there is no rollback), so the owner should stop the process and let a
+        restart recover from LMDB. Without it the engine carries on, logging."""
         self._lookups: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ life
@@ -642,6 +646,8 @@ class Scheduler:
             if not txn.future.done():
                 txn.future.set_exception(error)
             txn.future.exception()  # mark retrieved
+            if self.commit_failed is not None and not isinstance(error, asyncio.CancelledError):
+                self.commit_failed(error)
             return
         if self._events is not None and txn.events:
             self._events.publish(txn.events)
