@@ -18,8 +18,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import msgspec
@@ -137,15 +138,16 @@ class Sidecar:
         self._server = server
         services = list(service_descriptors())
         served = {name for capability in self._capabilities for name in capability.services}
+        registrar = cast("grpc.aio.Server", _GenericHandlersOnly(server))
         for capability in self._capabilities:
-            capability.add_to_server(server)
+            capability.add_to_server(registrar)
         unbuilt = [s for s in services if s.full_name not in served]
         server.add_generic_rpc_handlers((unimplemented_handler(unbuilt, VERSION),))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
         reflection.enable_server_reflection(
             [s.full_name for s in services]
             + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
+            registrar,
         )
         targets = self._bind(server)
         _tune_garbage_collector()
@@ -253,6 +255,32 @@ class Sidecar:
             with contextlib.suppress(FileNotFoundError):
                 Path(config.ready_file).unlink()
         _log.info("stopped")
+
+
+class _GenericHandlersOnly:
+    """A server as the generated ``add_*_to_server`` functions see it: generic handlers only.
+
+    Those functions add each service twice: as a generic handler and as
+    "registered methods". For registered methods grpc.aio keeps one pending
+    request future per method and, for every incoming call, waits on all of
+    them (``asyncio.wait`` over the whole set): with our 51 methods that wait
+    costs about 26 µs per call against 6 µs over one future (measured in
+    isolation on uvloop). The generic handlers serve the same methods from
+    one future.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        """Ignored: the service's generic handler (added with it) serves these methods."""
+        del service_name, method_handlers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 # Generation 0 (new containers), then 1 and 2 (collections of the younger).
