@@ -220,20 +220,13 @@ class VectorIndex:
         with self._native:
             if self._view_path is not None:  # into the overlay: never wait for the file to load
                 self._hide(array)
-                overlay = self._overlay
-                if overlay is None:
-                    overlay = self._overlay = self._new_overlay()
-                present = _contains(overlay, array)
-                if present.any():
-                    overlay.remove(array[present])
-                overlay.add(array, matrix)
+                if self._overlay is None:
+                    self._overlay = self._new_overlay()
+                _put(self._overlay, array, matrix)
                 for key, row in zip(array.tolist(), matrix, strict=True):
                     self._overlay_vectors[key] = row.copy()
                 return
-            present = _contains(self._index, array)
-            if present.any():
-                self._index.remove(array[present])
-            self._index.add(array, matrix)
+            _put(self._index, array, matrix)
 
     def remove(self, keys: _Keys) -> None:
         """Removes keys; keys not present are ignored."""
@@ -243,17 +236,11 @@ class VectorIndex:
         with self._native:
             if self._view_path is not None:
                 self._hide(array)
-                overlay = self._overlay
-                if overlay is not None:
-                    present = _contains(overlay, array)
-                    if present.any():
-                        overlay.remove(array[present])
-                        for key in array[present].tolist():
-                            self._overlay_vectors.pop(key, None)
+                if self._overlay is not None:
+                    for key in _drop(self._overlay, array).tolist():
+                        self._overlay_vectors.pop(key, None)
                 return
-            present = _contains(self._index, array)
-            if present.any():
-                self._index.remove(array[present])
+            _drop(self._index, array)
 
     def clear(self) -> None:
         """Removes every key."""
@@ -482,10 +469,7 @@ class VectorIndex:
             copy.expansion_search = view.expansion_search
             with self._native:  # fold the overlay in: changes made while the copy loaded
                 if self._hidden:
-                    hidden = np.fromiter(self._hidden, dtype=np.uint64, count=len(self._hidden))
-                    present = _contains(copy, hidden)
-                    if present.any():
-                        copy.remove(hidden[present])
+                    _drop(copy, np.fromiter(self._hidden, dtype=np.uint64, count=len(self._hidden)))
                 if self._overlay_vectors:
                     added = np.fromiter(
                         self._overlay_vectors, dtype=np.uint64, count=len(self._overlay_vectors)
@@ -545,6 +529,20 @@ def _contains(
     index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]]
 ) -> np.ndarray[Any, np.dtype[np.bool_]]:
     return np.asarray(index.contains(keys), dtype=np.bool_).reshape(-1).copy()
+
+
+def _put(index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any]) -> None:
+    """Adds vectors under keys, replacing the vectors of keys already present (lock held)."""
+    _drop(index, keys)
+    index.add(keys, matrix)
+
+
+def _drop(index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """Removes the keys the index holds (lock held); returns those it removed."""
+    present: np.ndarray[Any, np.dtype[np.uint64]] = keys[_contains(index, keys)]
+    if present.size:
+        index.remove(present)
+    return present
 
 
 def _native_search(
