@@ -349,6 +349,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
     def _complete(self, stream: _Stream, completions: Any) -> None:
         acks: list[pb.TaskAck] = []
         durable: asyncio.Future[None] | None = None
+        owned: list[tuple[str, str]] = []  # (workflow, blob) of the blob outputs accepted
         for i, c in enumerate(completions):
             if self._with_state and (
                 c.HasField("state_patch") or self._engine.output_pointer(c.workflow_id, c.task_id)
@@ -356,48 +357,43 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 self._complete_with_state(stream, c, f"complete.completions[{i}]")
                 continue
             try:
-                if c.output.WhichOneof("content") == "blob":
-                    self._complete_with_blob(stream, c, f"complete.completions[{i}]")
-                    continue
+                digest, size, content_type = self._output(c, f"complete.completions[{i}].output")
                 durable = self._engine.complete(
                     c.workflow_id,
                     c.task_id,
                     c.attempt,
                     output=c.output.data,
-                    content_type=c.output.content_type,
+                    content_type=content_type,
                     usage=usage_from_proto(c.usage),
+                    blob_sha256=digest,
+                    blob_size=size,
                 )
                 acks.append(_ack(c, _COMPLETION, accepted=True))
+                if digest:
+                    owned.append((c.workflow_id, digest))
             except SchedulerError as error:
                 acks.append(_ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error)))
         stream.acks_when_durable(durable, acks)
+        if owned and durable is not None:
+            self._own_blobs_later(owned, durable)
 
-    def _complete_with_blob(self, stream: _Stream, c: pb.TaskCompletion, field: str) -> None:
-        """A stream completion with a blob output: checked, recorded, acked when durable.
+    def _output(self, c: pb.TaskCompletion, field: str) -> tuple[str, int, str]:
+        """(blob digest, blob size, media type) of a completion's output; ("", 0, its type) when inline.
 
-        Raises SchedulerError (nothing recorded) for a refused completion.
+        Raises SchedulerError naming ``field`` for a bad or missing blob.
         """
-        digest, size, content_type = self._wiring.output_blob(c.output, f"{field}.output")
-        durable = self._engine.complete(
-            c.workflow_id,
-            c.task_id,
-            c.attempt,
-            output=b"",
-            content_type=content_type,
-            usage=usage_from_proto(c.usage),
-            blob_sha256=digest,
-            blob_size=size,
-        )
-        stream.acks_when_durable(durable, [_ack(c, _COMPLETION, accepted=True)])
-        self._own_blob_later(c.workflow_id, digest, durable)
+        if c.output.WhichOneof("content") == "blob":
+            return self._wiring.output_blob(c.output, field)
+        return "", 0, c.output.content_type
 
-    def _own_blob_later(self, workflow_id: str, digest: str, durable: asyncio.Future[None]) -> None:
-        """Once the completion is durable, counts its workflow as an owner of the output blob."""
+    def _own_blobs_later(self, owned: list[tuple[str, str]], durable: asyncio.Future[None]) -> None:
+        """Once the completions are durable, counts each workflow as an owner of its output blob."""
 
         async def run() -> None:
-            with contextlib.suppress(Exception):  # a failed commit is reported by the ack
+            with contextlib.suppress(Exception):  # a failed commit is reported by the acks
                 await asyncio.shield(durable)
-                await self._wiring.own_blobs(workflow_id, [digest])
+                for workflow_id, digest in owned:
+                    await self._wiring.own_blobs(workflow_id, [digest])
 
         job = asyncio.ensure_future(run())
         self._writes.add(job)
@@ -420,16 +416,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         if len(c.output.data) > 4 * 1024 * 1024:
             raise SpecError("LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline")
         write = self._state_write(c, field)
-        digest, size, content_type = "", 0, c.output.content_type
-        if c.output.WhichOneof("content") == "blob":
-            digest, size, content_type = self._wiring.output_blob(c.output, f"{field}.output")
-            if write.pointer:
-                raise SpecError(
-                    "INVALID_ARGUMENT",
-                    f"{field}.output.blob",
-                    "the task writes its output into the state document (output_state_pointer): "
-                    "its output must be inline JSON",
-                )
+        digest, size, content_type = self._output(c, f"{field}.output")
+        if digest and write.pointer:
+            raise SpecError(
+                "INVALID_ARGUMENT",
+                f"{field}.output.blob",
+                "the task writes its output into the state document (output_state_pointer): "
+                "its output must be inline JSON",
+            )
         version = await self._wiring.complete_with_state(
             c.workflow_id,
             c.task_id,
@@ -537,9 +531,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 return pb.CompleteTaskResponse(state_version=version)
             if len(c.output.data) > 4 * 1024 * 1024:
                 raise SpecError("LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline")
-            digest, size, content_type = "", 0, c.output.content_type
-            if c.output.WhichOneof("content") == "blob":
-                digest, size, content_type = self._wiring.output_blob(c.output, "completion.output")
+            digest, size, content_type = self._output(c, "completion.output")
             durable = self._engine.complete(
                 c.workflow_id,
                 c.task_id,
