@@ -425,24 +425,20 @@ def _decode_token(token: str) -> str:
 # -- validation ----------------------------------------------------------
 
 
-async def _invalid(context: _Context, message: str, field: str) -> NoReturn:
+async def _invalid(
+    context: _Context, message: str, field: str, *, reason: str = "INVALID_ARGUMENT"
+) -> NoReturn:
     await abort(
         context,
         grpc.StatusCode.INVALID_ARGUMENT,
         message,
-        reason="INVALID_ARGUMENT",
+        reason=reason,
         field_violations=[(field, message)],
     )
 
 
 async def _limit(context: _Context, message: str, field: str) -> NoReturn:
-    await abort(
-        context,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        message,
-        reason="LIMIT_EXCEEDED",
-        field_violations=[(field, message)],
-    )
+    await _invalid(context, message, field, reason="LIMIT_EXCEEDED")
 
 
 async def _check_id(context: _Context, value: str, field: str) -> None:

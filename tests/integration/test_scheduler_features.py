@@ -189,6 +189,17 @@ async def test_a_spawn_with_a_request_id_adds_its_tasks_once_even_from_a_retried
         AlreadyExistsError,
         "REQUEST_ID_CONFLICT",
     )
+    # A request_id of the wrong shape is refused naming it; nothing is added.
+    await expect_error(
+        client.raw.scheduler.SpawnTasks(
+            s.SpawnTasksRequest(workflow_id=workflow_id, tasks=[task("other", cap)], request_id="not/an id")
+        ),
+        InvalidArgumentError,
+        "INVALID_ARGUMENT",
+        "request_id",
+    )
+    assert (await get_task(client, workflow_id, "child")).task_id == "child"
+    await expect_error(get_task(client, workflow_id, "other"), NotFoundError, "TASK_NOT_FOUND")
 
 
 async def test_spawning_is_refused_when_not_held_and_past_max_tasks_fails_the_workflow(

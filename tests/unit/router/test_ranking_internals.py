@@ -5,6 +5,7 @@ ROUTE_DECIDED events committed in groups."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -171,8 +172,11 @@ async def test_rows_are_reused_and_grow(tmp_path: Path) -> None:
         await close_router(router)
 
 
-@pytest.fixture
-async def traced(tmp_path: Path) -> AsyncIterator[tuple[Router, EventRecorder]]:
+@contextlib.asynccontextmanager
+async def _traced_router(
+    tmp_path: Path, settings: RouterSettings
+) -> AsyncIterator[tuple[Router, EventRecorder]]:
+    """A router with one agent card, recording its events in a real flight recorder."""
     storage = Storage.open(tmp_path / "data", tables=(*TABLES, *EVENT_TABLES))
     committer = GroupCommitter(storage)
     recorder = EventRecorder(storage, committer)
@@ -184,17 +188,24 @@ async def traced(tmp_path: Path) -> AsyncIterator[tuple[Router, EventRecorder]]:
         embedder=None,
         index_factory=make_index,
         events=recorder,
-        settings=RouterSettings(route_event_flush_interval_ns=20_000_000, max_pending_route_events=100),
+        settings=settings,
     )
-    await router.load()
-    await router.register_agent(AgentSpec(agent_id="only", vector=unit(1.0)))
     try:
+        await router.load()
+        await router.register_agent(AgentSpec(agent_id="only", vector=unit(1.0)))
         yield router, recorder
     finally:
         await router.aclose()
         await recorder.stop()
         await committer.aclose()
         storage.close()
+
+
+@pytest.fixture
+async def traced(tmp_path: Path) -> AsyncIterator[tuple[Router, EventRecorder]]:
+    settings = RouterSettings(route_event_flush_interval_ns=20_000_000, max_pending_route_events=100)
+    async with _traced_router(tmp_path, settings) as pair:
+        yield pair
 
 
 def route_events(recorder: EventRecorder) -> list[str]:
@@ -229,29 +240,9 @@ async def test_route_events_are_bounded_and_flushed_at_close(traced: tuple[Route
 
 
 async def test_route_events_over_the_bound_are_dropped_and_counted(tmp_path: Path) -> None:
-    storage = Storage.open(tmp_path / "data", tables=(*TABLES, *EVENT_TABLES))
-    committer = GroupCommitter(storage)
-    recorder = EventRecorder(storage, committer)
-    recorder.recover()
-    router = Router(
-        storage,
-        committer,
-        dimension=DIMENSION,
-        embedder=None,
-        index_factory=make_index,
-        events=recorder,
-        settings=RouterSettings(max_pending_route_events=10),
-    )
-    try:
-        await router.load()
-        await router.register_agent(AgentSpec(agent_id="only", vector=unit(1.0)))
+    async with _traced_router(tmp_path, RouterSettings(max_pending_route_events=10)) as (router, recorder):
         for _ in range(15):
             await router.route_task(RouteQuery(vector=unit(1.0)))
         assert router.dropped_route_events == 5
         await router.aclose()
         assert len(route_events(recorder)) == 10
-    finally:
-        await router.aclose()
-        await recorder.stop()
-        await committer.aclose()
-        storage.close()
