@@ -89,6 +89,8 @@ _TAIL_SLACK = 0.01
 _ROUTE_EVENT_GROUP = 64
 _DEFAULT_OUTPUT_TOKENS = 500
 _CHARS_PER_TOKEN = 4
+# The availability tier of an unavailable agent (see _Agent.tier).
+_UNAVAILABLE_TIER = 2
 # Keys of worker-declared cards (live only) come from a range of their own.
 _WORKER_KEYS = 1 << 62
 _MANIFEST = "manifest.json"
@@ -167,11 +169,40 @@ class _Agent:
 
 @dataclass(slots=True)
 class _Scored:
-    """Eligible agents, their matrix rows and exact similarities, in the index's order."""
+    """Eligible agents as matrix rows with their exact similarities, in the index's order."""
 
-    agents: list[_Agent]
     rows: npt.NDArray[np.intp]
     similarities: npt.NDArray[np.float64]
+
+
+class _KeyRows:
+    """Index key -> matrix row, looked up for a whole search result at once.
+
+    Card keys count up from 1 and worker keys from ``_WORKER_KEYS``, so two
+    dense arrays (grown by doubling, -1 where no row) map them without a
+    Python-level lookup per hit. Keys are never reused within a run, so the
+    arrays grow with the keys handed out since the start, 8 bytes each.
+    """
+
+    def __init__(self) -> None:
+        self._cards: npt.NDArray[np.intp] = np.full(64, -1, dtype=np.intp)
+        self._workers: npt.NDArray[np.intp] = np.full(64, -1, dtype=np.intp)
+
+    def set(self, key: int, row: int) -> None:
+        if key >= _WORKER_KEYS:
+            self._workers = _set_grown(self._workers, key - _WORKER_KEYS, row)
+        else:
+            self._cards = _set_grown(self._cards, key, row)
+
+    def rows(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
+        """The rows of ``keys`` (-1 for a key without one)."""
+        if not keys.size or int(keys.max()) < _WORKER_KEYS:
+            return _looked_up(self._cards, keys.astype(np.intp))
+        workers = keys >= _WORKER_KEYS
+        out = np.empty(keys.shape, dtype=np.intp)
+        out[~workers] = _looked_up(self._cards, keys[~workers].astype(np.intp))
+        out[workers] = _looked_up(self._workers, (keys[workers] - np.uint64(_WORKER_KEYS)).astype(np.intp))
+        return out
 
 
 class Router:
@@ -246,6 +277,9 @@ class Router:
         self._row_cost: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._row_tier: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._row_load: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        # The agent of each row (a released row keeps its last agent until reused).
+        self._row_agents: list[_Agent] = []
+        self._key_rows = _KeyRows()
         self._rows_used = 0
         self._free_rows: list[int] = []
         # Models.
@@ -722,7 +756,8 @@ class Router:
             ):
                 break
             kept.append(position)
-        agents = [eligible.agents[i] for i in above[kept].tolist()]
+        row_agents = self._row_agents
+        agents = [row_agents[r] for r in rows[kept].tolist()]
         tier_list, score_list, load_list = tiers[kept].tolist(), scores[kept].tolist(), loads[kept].tolist()
         similarity_list = similarities[kept].tolist()
         ranked = sorted(
@@ -745,7 +780,9 @@ class Router:
         self, eligible: _Scored, query: RouteQuery, threshold: float, top_k: int
     ) -> list[RouteCandidate]:
         """Nothing clears the threshold: the best below it when asked for, else NoRouteError."""
-        pairs = zip(eligible.agents, eligible.similarities.tolist(), strict=True)
+        row_agents = self._row_agents
+        rows, similarities = eligible.rows.tolist(), eligible.similarities.tolist()
+        pairs = [(row_agents[r], s) for r, s in zip(rows, similarities, strict=True)]
         best_below = sorted(pairs, key=lambda pair: (-pair[1], pair[0].agent_id))
         if not query.include_below_threshold:
             raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:3]])
@@ -757,49 +794,53 @@ class Router:
         return candidates
 
     def _eligible(self, vector: Vector, query: RouteQuery, threshold: float, top_k: int) -> _Scored:
+        """The agents the query may route to among the nearest, as rows with exact similarities.
+
+        The search result stays in numpy (keys to rows, availability from
+        the per-row tiers) unless the query filters by id, capability or
+        label, which looks at the agents themselves.
+        """
         total = len(self._index)
         if total == 0:
-            return self._scored([], vector)
+            return self._scored(np.empty(0, dtype=np.intp), vector)
         required = query.required_capabilities
         if required:
             sets = sorted((self._by_capability.get(c, set()) for c in required), key=len)
             restricted = set(sets[0]).intersection(*sets[1:]) if sets[0] else set()
             if len(restricted) <= _EXACT_FILTER_LIMIT:
                 agents = [self._by_key[k] for k in restricted]
-                return self._scored([a for a in agents if a.row >= 0 and self._passes(a, query)], vector)
+                kept = [a.row for a in agents if a.row >= 0 and self._passes(a, query)]
+                return self._scored(np.array(kept, dtype=np.intp), vector)
+        filtered = bool(query.exclude_agent_ids or required or query.labels)
         k = min(total, max(_FIRST_SEARCH, 4 * top_k + len(query.exclude_agent_ids)))
         while True:
-            hits = self._index.search(vector, k)
-            eligible = self._scored(self._filter(hits, query), vector)
-            if k >= total or len(hits) < k:
+            keys, similarities = self._index.search_arrays(vector, k)
+            rows = self._key_rows.rows(keys)
+            rows = rows[rows >= 0]
+            if filtered:
+                row_agents, passes = self._row_agents, self._passes
+                rows = np.array([r for r in rows.tolist() if passes(row_agents[r], query)], dtype=np.intp)
+            elif not query.include_unavailable:
+                rows = rows[self._row_tier[rows] < _UNAVAILABLE_TIER]
+            eligible = self._scored(rows, vector)
+            if k >= total or keys.size < k:
                 return eligible
             # Deepen while the tail still clears the threshold (a cheaper
             # agent may lie further down) or the filters left too few.
-            if hits[-1][1] >= threshold - _TAIL_SLACK or len(eligible.agents) < top_k:
+            if similarities[-1] >= threshold - _TAIL_SLACK or rows.size < top_k:
                 k = min(total, k * 4)
                 continue
             return eligible
 
-    def _filter(self, hits: Sequence[tuple[int, float]], query: RouteQuery) -> list[_Agent]:
-        """The agents of the hits that pass the query's filters, in order; one comprehension per case."""
-        by_key = self._by_key
-        if query.exclude_agent_ids or query.required_capabilities or query.labels:
-            passes = self._passes
-            return [a for key, _ in hits if (a := by_key.get(key)) is not None and passes(a, query)]
-        if query.include_unavailable:
-            return [a for key, _ in hits if (a := by_key.get(key)) is not None]
-        return [a for key, _ in hits if (a := by_key.get(key)) is not None and a.available]
-
-    def _scored(self, agents: list[_Agent], vector: Vector) -> _Scored:
-        """The agents with their rows and exact cosine similarity to ``vector`` (one small matrix product).
+    def _scored(self, rows: npt.NDArray[np.intp], vector: Vector) -> _Scored:
+        """The rows with their exact cosine similarity to ``vector`` (one small matrix product).
 
         The index only finds the candidates: it may hold its vectors
         quantised (f16), so the similarities compared with the threshold and
         reported come from the full-precision matrix of card vectors.
         """
-        rows = np.array([a.row for a in agents], dtype=np.intp)
         similarities = (self._matrix.take(rows, axis=0) @ vector).astype(np.float64)
-        return _Scored(agents, rows, similarities)
+        return _Scored(rows, similarities)
 
     def _passes(self, agent: _Agent, query: RouteQuery) -> bool:
         if agent.agent_id in query.exclude_agent_ids:
@@ -1258,11 +1299,17 @@ class Router:
                     self._row_load = _grown(self._row_load, (size,))
                 agent.row = used
                 self._rows_used = used + 1
+            if agent.row == len(self._row_agents):
+                self._row_agents.append(agent)
+            else:
+                self._row_agents[agent.row] = agent
+            self._key_rows.set(agent.key, agent.row)
         self._matrix[agent.row] = vector
         self._refresh(agent)
 
     def _release_row(self, agent: _Agent) -> None:
         self._free_rows.append(agent.row)
+        self._key_rows.set(agent.key, -1)
         agent.row = -1
 
     def _index_capabilities(self, agent: _Agent) -> None:
@@ -1323,6 +1370,24 @@ async def _logged(coroutine: Coroutine[Any, Any, None]) -> None:
 def _outcomes_digest(sequences: Sequence[int]) -> str:
     """Outcomes are appended and evicted from the front: count and ends identify the set."""
     return f"{len(sequences)}:{sequences[0]}:{sequences[-1]}" if sequences else "0"
+
+
+def _set_grown(array: npt.NDArray[np.intp], position: int, value: int) -> npt.NDArray[np.intp]:
+    """``array`` with ``array[position] = value``, doubled (-1 filled) until it has that position."""
+    if position >= array.shape[0]:
+        grown = np.full(max(position + 1, 2 * array.shape[0]), -1, dtype=np.intp)
+        grown[: array.shape[0]] = array
+        array = grown
+    array[position] = value
+    return array
+
+
+def _looked_up(table: npt.NDArray[np.intp], positions: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """``table[positions]``, -1 for positions past its end."""
+    inside = positions < table.shape[0]
+    if inside.all():
+        return table[positions]
+    return np.where(inside, table[np.minimum(positions, table.shape[0] - 1)], -1)
 
 
 def _grown(array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:

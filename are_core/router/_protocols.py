@@ -33,6 +33,12 @@ class VectorIndexLike(Protocol):
         """The ``k`` nearest keys with their cosine similarity, best first."""
         ...
 
+    def search_arrays(
+        self, vector: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
+        """As :meth:`search`: the keys and similarities as two arrays, best first."""
+        ...
+
     def __len__(self) -> int:
         """The number of vectors held."""
         ...

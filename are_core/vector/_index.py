@@ -263,6 +263,28 @@ class VectorIndex:
             return []
         return self._search(query, k, exact=exact, threads=1)[0]
 
+    def search_arrays(
+        self, vector: np.ndarray[Any, Any], k: int
+    ) -> tuple[np.ndarray[Any, np.dtype[np.uint64]], np.ndarray[Any, np.dtype[np.float32]]]:
+        """As :meth:`search`, as two arrays: keys and cosine similarities, best first.
+
+        For callers that go on in numpy: no Python object per match.
+        """
+        query = self.query(vector)
+        with self._native:
+            size = len(self._index)
+            if k > 0 and size and self._overlay is None and not self._hidden:
+                keys, distances, counts, *_ = self._index._compiled.search_many(  # noqa: SLF001 - see _search
+                    query, count=k, exact=size <= EXACT_SEARCH_BELOW, threads=1, dtype=ScalarKind.Unknown
+                )
+                n = int(counts[0])
+                return keys[0, :n].copy(), 1.0 - distances[0, :n]
+        matches = self._search(query, k, exact=False, threads=1)[0] if k > 0 else []
+        return (
+            np.fromiter((m[0] for m in matches), dtype=np.uint64, count=len(matches)),
+            np.fromiter((m[1] for m in matches), dtype=np.float32, count=len(matches)),
+        )
+
     def search_many(
         self, vectors: np.ndarray[Any, Any], k: int, *, threads: int = 1
     ) -> list[list[tuple[int, float]]]:

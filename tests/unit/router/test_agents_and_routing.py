@@ -245,3 +245,18 @@ async def test_many_agents_cost_biased_finds_the_cheapest_deep_in_the_index(rout
     result = router.rank(RouteQuery(vector=target.tobytes(), threshold=0.8, top_k=3))
     assert result.candidates[0].agent_id == "near-299"
     assert result.candidates[0].similarity >= 0.8
+
+
+async def test_one_search_mixes_registered_and_worker_cards(router: Router) -> None:
+    """Registered and worker-declared cards draw index keys from two ranges; one ranking sees both."""
+    await router.register_agent(
+        AgentSpec(agent_id="summarizer", description="write a summary", cost_per_call_micro_usd=50)
+    )
+    router.update_worker(
+        "w1", name="summary-writer", capabilities=("write", "summary"), running=0, capacity=1
+    )
+    result = router.rank(RouteQuery(text="write summary", top_k=5, threshold=0.1))
+    assert {c.agent_id for c in result.candidates} == {"summarizer", "summary-writer"}
+    router.remove_worker("w1")
+    result = router.rank(RouteQuery(text="write summary", top_k=5, threshold=0.1))
+    assert [c.agent_id for c in result.candidates] == ["summarizer"]

@@ -17,6 +17,11 @@ def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _assert_same(keys: np.ndarray, similarities: np.ndarray, matches: list[tuple[int, float]]) -> None:
+    assert keys.tolist() == [key for key, _ in matches]
+    assert similarities.tolist() == pytest.approx([similarity for _, similarity in matches], abs=1e-6)
+
+
 def test_exported_members() -> None:
     public = {name for name in vars(are_core.vector) if not name.startswith("_")}
     assert set(are_core.vector.__all__) == public
@@ -33,6 +38,20 @@ def test_search_finds_each_vector_first(dtype: str) -> None:
         best, similarity = index.search(vectors[key], 1)[0]
         assert best == key
         assert similarity == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("size", [10, 3000])  # exact search, then the graph
+def test_search_arrays_match_search(size: int) -> None:
+    vectors = _unit(size, 24, seed=3)
+    index = VectorIndex(dimension=24, dtype="f16")
+    index.add(np.arange(size), vectors)
+    keys, similarities = index.search_arrays(vectors[5], 8)
+    assert (keys.dtype, similarities.dtype) == (np.uint64, np.float32)
+    _assert_same(keys, similarities, index.search(vectors[5], 8))
+    assert keys[0] == 5
+    empty = VectorIndex(dimension=24)
+    assert [a.size for a in empty.search_arrays(vectors[0], 4)] == [0, 0]
+    assert [a.size for a in index.search_arrays(vectors[0], 0)] == [0, 0]
 
 
 def test_results_are_best_first_cosine_similarities() -> None:
@@ -165,6 +184,9 @@ def test_a_view_takes_changes_in_an_overlay_and_answers_as_a_copy_would(tmp_path
         assert key not in [k for k, _ in view.search(vectors[key], 10)]
     assert view.search(vectors[100], 2)[0][0] in (7, 100)  # 7 now holds vector 100
     assert view.search(vectors[7], 1)[0][0] != 7  # 7's old vector (still in the file) is hidden
+    for key in (7, 11, n + 3, n + 20):  # the array form agrees with the list form
+        keys, similarities = view.search_arrays(vectors[key], 10)
+        _assert_same(keys, similarities, view.search(vectors[key], 10))
     view.materialize()
     assert not view.is_view
     assert len(view) == n + 50 - 3
