@@ -454,7 +454,7 @@ async def _check_prompt(context: _Context, prompt: str, *, required: bool) -> No
 
 
 async def _vector(context: _Context, request: Any) -> np.ndarray[Any, Any]:
-    values = np.asarray(request.vector.values, dtype=np.float32)
+    values = conventions.vector_values(request.vector)
     if values.size == 0:
         await _invalid(context, "`vector.values` is empty", "vector.values")
     if not bool(np.isfinite(values).all()):

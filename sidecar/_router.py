@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -89,8 +88,6 @@ _MAX_PAGE = 1000
 _DEFAULT_QUALITY_TARGET = 0.8
 _DEFAULT_PRIOR = 0.5
 _SWEEP_INTERVAL_S = 3600.0
-_PACKED_VALUES_TAG = 0x0A  # field 1, length-delimited
-_VARINT_MAX_SHIFT = 35  # a length varint of at most 5 bytes
 
 _MODES = {
     router_service_pb2.ROUTE_MODE_BEST_MATCH: RouteMode.BEST_MATCH,
@@ -525,12 +522,7 @@ def _filter_labels(labels: Mapping[str, str], field: str) -> dict[str, str]:
 
 
 def _vector(message: common_pb2.Vector, field: str, dimension: int) -> bytes:
-    raw = _packed_floats(message)
-    values = (
-        np.frombuffer(raw, dtype=np.float32)
-        if raw is not None
-        else np.asarray(message.values, dtype=np.float32)
-    )
+    values = conventions.vector_values(message)
     if values.shape[0] != dimension:
         raise DimensionMismatchError(dimension, int(values.shape[0]))
     finite = np.isfinite(values)
@@ -539,32 +531,7 @@ def _vector(message: common_pb2.Vector, field: str, dimension: int) -> bytes:
         raise _InvalidFieldError(
             f"{field}.values[{position}]", f"`{field}.values[{position}]` is not a finite number"
         )
-    return raw if raw is not None else values.tobytes()
-
-
-def _packed_floats(message: common_pb2.Vector) -> bytes | None:
-    """The components as float32 bytes taken whole from the message's wire form, or None.
-
-    proto3 serialises ``repeated float values = 1`` packed: the tag byte
-    0x0A, the byte length as a varint, then the little-endian floats. Taking
-    them as one slice costs a copy instead of a Python float per component
-    (a RouteTask vector is 256 to 1,024 of them); any other shape, or a
-    big-endian host, returns None and the caller reads ``values``.
-    """
-    raw = message.SerializeToString()
-    if not raw or raw[0] != _PACKED_VALUES_TAG or sys.byteorder != "little":
-        return None
-    length, shift, offset = 0, 0, 1
-    while offset < len(raw) and shift < _VARINT_MAX_SHIFT:
-        byte = raw[offset]
-        offset += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-    if length % 4 or offset + length != len(raw):
-        return None
-    return raw[offset:]
+    return values.tobytes()
 
 
 def _duration_ns(duration: duration_pb2.Duration, field: str) -> int:
