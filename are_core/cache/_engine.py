@@ -89,8 +89,11 @@ _mark_codec = Codec(SnapshotMark)
 # the last one (bounds the journal a start after SIGKILL replays), or journal rows.
 _SNAPSHOT_CHANGES = 100_000
 _SNAPSHOT_ROWS = 20_000
+# Recency (the LRU order) changes with every hit and is saved only with the
+# entry table: at most this often while lookups touch entries, and at stop.
+_RECENCY_SAVE_NS = 300 * 1_000_000_000
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
-_FLUSH_CHUNK = 256  # heads or events per flush commit
+_FLUSH_CHUNK = 256  # events per flush commit
 
 
 class _State:
@@ -114,6 +117,7 @@ class _State:
         "mark",
         "namespace",
         "pending",
+        "saved_ns",
         "seq",
         "since",
         "snapshot_due",
@@ -130,6 +134,8 @@ class _State:
         embedder: Embedder | None,
         index: VectorIndex,
         base: EntryTable | None = None,
+        *,
+        now: int,
     ) -> None:
         self.namespace = namespace
         self.embedder = embedder
@@ -137,7 +143,8 @@ class _State:
         self.index_dirty = False
         self.stats = StatsRecord()
         self.stats_dirty = False
-        self.touched: set[int] = set()
+        self.touched: set[int] = set()  # entries used since the last table export
+        self.saved_ns = now  # when the recency in memory was last saved or loaded (engine clock)
         self.pending: list[int] = []
         self.seq = 0
         self.mark: SnapshotMark | None = None
@@ -190,10 +197,14 @@ class CacheEngine:
     the recency order (least recently used evicted first), an expiry heap
     and the usearch index (derived: restored by memory map at start,
     repaired from LMDB when it disagrees, rebuilt when missing, saved at
-    stop). Lookups write nothing on their path: counters, recency and the
-    CACHE_HIT/CACHE_MISS events are flushed in one batch every
-    ``flush_interval`` seconds (and at stop), so a SIGKILL can lose at most
-    that much of them, never an acknowledged entry or removal.
+    stop). Lookups write nothing on their path: counters and the
+    CACHE_HIT/CACHE_MISS events are flushed every ``flush_interval`` seconds
+    (and at stop), so a SIGKILL can lose at most that much of them, never an
+    acknowledged entry or removal. Recency (which entry an eviction takes
+    first) is kept in memory and saved with the entry table, at most every
+    five minutes while lookups use entries and at stop: rewriting the head of
+    every entry a lookup touched cost more than the lookups themselves, and
+    a SIGKILL only makes the eviction order up to five minutes stale.
 
     Expired, evicted or invalidated entries never answer: expiry is checked
     on every lookup; removals leave memory before their commit is awaited.
@@ -206,7 +217,7 @@ class CacheEngine:
         models: Local model directories by name, usable as namespace embedders.
         coalesce: Batch the semantic searches of concurrent lookups into one
             native call in a worker thread (pays only with idle cores).
-        flush_interval: Seconds between flushes of counters and recency.
+        flush_interval: Seconds between flushes of counters and lookup events.
         clock: Nanoseconds since the epoch (tests may pass their own).
     """
 
@@ -308,7 +319,7 @@ class CacheEngine:
                     _log.warning(f"cache: could not save the index of {state.namespace.name!r}: {error}")
             mark = state.mark
             index_seq = state.seq if not state.index_dirty else -1
-            if mark is None or mark.seq != state.seq or mark.index_seq != index_seq:
+            if mark is None or mark.seq != state.seq or mark.index_seq != index_seq or state.touched:
                 with contextlib.suppress(Exception):  # derived data: the next start rebuilds it
                     await self._snapshot(state, index_seq=index_seq)
 
@@ -382,7 +393,7 @@ class CacheEngine:
             create_time_ns=now,
             update_time_ns=now,
         )
-        state = _State(namespace, embedder, _new_index(namespace))
+        state = _State(namespace, embedder, _new_index(namespace), now=now)
         batch = self._storage.batch()
         batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
         batch.put(STATS, settings.name.encode(), _stats_codec.encode(state.stats))
@@ -871,12 +882,13 @@ class CacheEngine:
         return out
 
     async def flush(self) -> None:
-        """Writes counters, recency and queued lookup events; removes expired entries.
+        """Writes counters and queued lookup events; removes expired entries.
 
-        In commits of at most ``_FLUSH_CHUNK`` heads or events, each awaited
-        before the next is built: at 1,000 lookups a second one batch of
-        everything held the event loop for tens of milliseconds each second,
-        which lookups arriving meanwhile paid in their tail latency.
+        Events go in commits of at most ``_FLUSH_CHUNK``, each awaited before
+        the next is built: at 1,000 lookups a second one batch of everything
+        held the event loop for tens of milliseconds each second, which
+        lookups arriving meanwhile paid in their tail latency. Recency is not
+        written here (see the class comment).
         """
         now = self._clock()
         for state in list(self._states.values()):
@@ -887,17 +899,6 @@ class CacheEngine:
                 self._put_stats(batch, state)
             if len(batch) or drafts:
                 await self._submit(batch, state, drafts)
-            name = state.namespace.name
-            touched, state.touched = list(state.touched), set()
-            for start in range(0, len(touched), _FLUSH_CHUNK):
-                batch = self._storage.batch()
-                for entry_id in touched[start : start + _FLUSH_CHUNK]:
-                    head = state.heads.get(entry_id)
-                    if head is not None:
-                        batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
-                        state.changed(entry_id)
-                if len(batch):
-                    await self._submit(batch, state, [])
         while self._pending_events:
             drafts = self._pending_events[:_FLUSH_CHUNK]
             del self._pending_events[:_FLUSH_CHUNK]
@@ -1124,12 +1125,18 @@ class CacheEngine:
     # -- entry tables ----------------------------------------------------
 
     async def snapshot_due(self) -> None:
-        """Saves the entry table of each namespace that has none or whose journal grew past a bound."""
+        """Saves the entry tables that are due.
+
+        Due: a namespace without one, whose journal grew past a bound, or
+        whose recency changed and was last saved over ``_RECENCY_SAVE_NS`` ago.
+        """
+        now = self._clock()
         for state in list(self._states.values()):
             if (
                 state.snapshot_due
                 or state.unsaved_changes >= _SNAPSHOT_CHANGES
                 or state.unsaved_rows >= _SNAPSHOT_ROWS
+                or (state.touched and now - state.saved_ns >= _RECENCY_SAVE_NS)
             ):
                 await self._snapshot(state, index_seq=-1)
 
@@ -1149,7 +1156,10 @@ class CacheEngine:
         seq = state.seq
         columns = state.entries.export()
         changes, rows = state.unsaved_changes, state.unsaved_rows
+        exported_touched, state.touched = state.touched, set()  # their recency is in the export
+        saved_ns, state.saved_ns = state.saved_ns, self._clock()
         state.since = []
+        saved = False
         token = os.urandom(16)
         path = self._table_path(state.namespace, seq)
         try:
@@ -1174,9 +1184,13 @@ class CacheEngine:
             state.snapshot_due = False
             state.unsaved_changes -= changes
             state.unsaved_rows -= rows
+            saved = True
         finally:
             state.since = None
             self._snapshotting = False
+            if not saved:  # the recency exported is still unsaved
+                state.touched |= exported_touched
+                state.saved_ns = saved_ns
         self._remove_tables(state.namespace, keep=path)
         await self._trim_journal(name, seq)
 
@@ -1269,13 +1283,19 @@ class CacheEngine:
                 _log.info(f"cache: no usable entry table for {name!r}; reading every head")
             heads = [_head_codec.decode(raw) for _, raw in self._scan(HEADS, prefix_key(name))]
             heads.sort(key=lambda h: h.last_access_ns)
-            state = _State(namespace, embedder, index or _new_index(namespace), EntryTable.from_heads(heads))
+            state = _State(
+                namespace,
+                embedder,
+                index or _new_index(namespace),
+                EntryTable.from_heads(heads),
+                now=self._clock(),
+            )
             last = self._storage.scan(JOURNAL, prefix=prefix_key(name), reverse=True, limit=1)
             state.seq = max(mark.seq if mark is not None else 0, _journal_seq(last[0][0]) if last else 0)
             state.snapshot_due = True
             replayed = None
         else:
-            state = _State(namespace, embedder, index or _new_index(namespace), table)
+            state = _State(namespace, embedder, index or _new_index(namespace), table, now=self._clock())
             state.mark = mark
             state.seq = mark.seq
             replayed = self._replay(state)

@@ -249,3 +249,34 @@ async def test_lru_and_expiry_survive_a_restart_from_the_table(harness: Harness)
     await e.flush()
     assert e.stats(NS)[0].entries == 0
     assert e.stats(NS)[0].expirations == 5
+
+
+async def _touch_p0_then_store(harness: Harness, *, saved: bool) -> set[str]:
+    """Five entries (p0 oldest), a lookup of p0, a restart without a clean stop, one more store:
+    which prompts remain. ``saved``: the recency save came due before the crash."""
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name=NS, max_entries=5))
+    for i in range(5):
+        await e.store(NS, prompt=f"p{i}", response=str(i).encode())
+        harness.clock.advance(1)
+    e = await harness.reopen()  # a clean stop: a table holds the five, p0 least recent
+    assert (await e.lookup(NS, prompt="p0", exact_only=True)).hit is not None
+    await e.flush()  # counters and events only: the touch is not written to LMDB
+    if saved:
+        await e.snapshot_due()
+        assert e._states[NS].touched  # not due yet: saved at most every five minutes
+        harness.clock.advance(301)
+        await e.snapshot_due()
+        assert not e._states[NS].touched
+    e = await harness.reopen(save=False)  # as after SIGKILL
+    await e.store(NS, prompt="p5", response=b"5")  # evicts the least recently used one
+    return {f"p{i}" for i in range(6) if (await e.lookup(NS, prompt=f"p{i}", exact_only=True)).hit}
+
+
+async def test_recency_is_saved_with_the_table_not_per_lookup(harness: Harness) -> None:
+    # A crash before the save loses the touch: p0 is evicted as the oldest.
+    assert await _touch_p0_then_store(harness, saved=False) == {"p1", "p2", "p3", "p4", "p5"}
+
+
+async def test_recency_saved_when_due_survives_a_crash(harness: Harness) -> None:
+    assert await _touch_p0_then_store(harness, saved=True) == {"p0", "p2", "p3", "p4", "p5"}
