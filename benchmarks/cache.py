@@ -114,6 +114,26 @@ def _dtype() -> str:
     return os.environ.get("ARE_BENCH_CACHE_DTYPE", "f32")
 
 
+def _expansion() -> int:
+    """The namespace's search expansion to time (``ARE_BENCH_CACHE_EF``); 0: the dtype's default."""
+    return int(os.environ.get("ARE_BENCH_CACHE_EF", "0"))
+
+
+def _settings(entries: int, dtype: str) -> Any:
+    from are_core.cache import NamespaceSettings  # noqa: PLC0415
+
+    return NamespaceSettings(
+        name=NAMESPACE,
+        embedder="caller",
+        dimension=DIMENSION,
+        vector_dtype=dtype,
+        similarity_threshold=THRESHOLD,
+        max_entries=max(entries, 1),
+        max_bytes=1 << 40,
+        search_expansion=_expansion(),
+    )
+
+
 def _basis() -> np.ndarray:
     return np.random.default_rng(SEED).standard_normal((LATENT, DIMENSION)).astype(np.float32)
 
@@ -208,24 +228,14 @@ def build_folder(entries: int, dtype: str) -> tuple[Path, dict[str, Any]]:
 
 
 async def _build(data: Path, entries: int, dtype: str) -> dict[str, Any]:
-    from are_core.cache import CACHE_TABLES, CacheEngine, NamespaceSettings  # noqa: PLC0415
+    from are_core.cache import CACHE_TABLES, CacheEngine  # noqa: PLC0415
     from are_core.storage import GroupCommitter, Storage  # noqa: PLC0415
 
     storage = Storage.open(data, tables=CACHE_TABLES)
     committer = GroupCommitter(storage)
     engine = CacheEngine(storage, committer, index_dir=data / "indexes" / "cache")
     await engine.start()
-    await engine.put_namespace(
-        NamespaceSettings(
-            name=NAMESPACE,
-            embedder="caller",
-            dimension=DIMENSION,
-            vector_dtype=dtype,
-            similarity_threshold=THRESHOLD,
-            max_entries=max(entries, 1),
-            max_bytes=1 << 40,
-        )
-    )
+    await engine.put_namespace(_settings(entries, dtype))
     response = b'{"answer": "' + b"x" * 48 + b'"}'
     basis = _basis()
     started = time.perf_counter()
@@ -263,13 +273,33 @@ def _sidecar(entries: int, dtype: str) -> Iterator[str]:
     started = time.perf_counter()
     with SidecarProcess.start(data_dir=data) as sidecar:
         ready = time.perf_counter() - started
+        expansion = asyncio.run(_put_settings(sidecar.target, entries, dtype))
         print(
             f"cache: {entries:,} {dtype} entries (bulk store {figures['store_per_s']:,.0f}/s); "
-            f"sidecar serving {ready:.2f}s after start",
+            f"sidecar serving {ready:.2f}s after start; search expansion {expansion}",
             file=sys.stderr,
             flush=True,
         )
         yield sidecar.target
+
+
+async def _put_settings(target: str, entries: int, dtype: str) -> int:
+    """Puts the benchmark's namespace settings (a folder keeps the search expansion of its last run)."""
+    from are_sdk import Client  # noqa: PLC0415 - an optional dependency
+
+    settings = _settings(entries, dtype)
+    async with await Client.connect(target) as client:
+        namespace = await client.cache.put_namespace(
+            NAMESPACE,
+            embedder=settings.embedder,
+            dimension=settings.dimension,
+            vector_dtype=dtype,
+            similarity_threshold=settings.similarity_threshold,
+            max_entries=settings.max_entries,
+            max_bytes=settings.max_bytes,
+            search_expansion=settings.search_expansion,
+        )
+    return namespace.search_expansion
 
 
 @contextlib.contextmanager
@@ -542,7 +572,7 @@ async def _usearch_client(target: str | None, *, entries: int) -> AsyncIterator[
     from are_core.vector import EXPANSION_SEARCH  # noqa: PLC0415
 
     index = Index.restore(target, view=False)  # in memory, as the sidecar searches it
-    index.expansion_search = EXPANSION_SEARCH[str(index.dtype).rsplit(".", 1)[-1].lower()]  # as the sidecar
+    index.expansion_search = _expansion() or EXPANSION_SEARCH[str(index.dtype).rsplit(".", 1)[-1].lower()]
     queries = _semantic_queries(entries)[1]
     position = 0
 
@@ -687,7 +717,13 @@ SUITE = _suite()
 def _recall(data: Path, dtype: str, entries: int) -> float:
     from are_core.vector import VectorIndex  # noqa: PLC0415
 
-    index = VectorIndex.restore(_index_file(data, dtype), dimension=DIMENSION, dtype=dtype, view=True)
+    index = VectorIndex.restore(
+        _index_file(data, dtype),
+        dimension=DIMENSION,
+        dtype=dtype,
+        view=True,
+        expansion_search=_expansion() or None,  # as the sidecar searches it
+    )
     if index is None:
         raise RuntimeError("the saved index did not restore")
     _, queries = _semantic_queries(entries)

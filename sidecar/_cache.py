@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -64,7 +63,6 @@ _MAX_IDS = 1000
 _MAX_TTL = timedelta(days=366)
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
-_MAX_DIMENSION = 4096
 
 _DTYPE_NAMES = {
     cache_service_pb2.VECTOR_DTYPE_UNSPECIFIED: "",
@@ -272,23 +270,10 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
                 "`namespace.embedder` is lexical, caller or a configured model's name",
                 "namespace.embedder",
             )
-        if not 0 <= ns.dimension <= _MAX_DIMENSION:
-            await _invalid(context, "`namespace.dimension` must be 0 to 4,096", "namespace.dimension")
-        if not (0.0 <= ns.similarity_threshold <= 1.0) or math.isnan(ns.similarity_threshold):
-            await _invalid(
-                context,
-                "`namespace.similarity_threshold` must be in (0, 1] (0 means 0.92)",
-                "namespace.similarity_threshold",
-            )
+        # Ranges of the numbers are the engine's to check (_check_settings).
         ttl_ns = 0
         if ns.HasField("default_ttl"):
             ttl_ns = await _duration_ns(context, ns.default_ttl, "namespace.default_ttl")
-        if not 0 <= ns.max_entries <= 100_000_000:
-            await _invalid(
-                context, "`namespace.max_entries` must be 0 to 100,000,000", "namespace.max_entries"
-            )
-        if not 0 <= ns.max_bytes <= 1 << 40:
-            await _invalid(context, "`namespace.max_bytes` must be 0 to 1 TiB", "namespace.max_bytes")
         if ns.vector_dtype not in _DTYPE_NAMES:
             await _invalid(context, "`namespace.vector_dtype` is not a VectorDtype", "namespace.vector_dtype")
         if len(ns.description.encode("utf-8")) > 1024:
@@ -303,6 +288,7 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
             max_bytes=ns.max_bytes,
             vector_dtype=_DTYPE_NAMES[ns.vector_dtype],
             description=ns.description,
+            search_expansion=ns.search_expansion,
         )
         try:
             namespace, created = await self._engine.put_namespace(settings)
@@ -388,6 +374,7 @@ def _namespace(ns: Namespace) -> cache_service_pb2.CacheNamespace:
         description=ns.description,
         create_time=_timestamp(ns.create_time_ns),
         update_time=_timestamp(ns.update_time_ns),
+        search_expansion=ns.search_expansion,
     )
 
 

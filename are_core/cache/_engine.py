@@ -18,7 +18,7 @@ import numpy as np
 from are_core.embed import Embedder, EmbedderError, LexicalEmbedder, OnnxEmbedder
 from are_core.storage import Codec, GroupCommitter, Storage, join_key, prefix_key, u64_key
 from are_core.trace import Event, EventDraft, EventSink
-from are_core.vector import VectorIndex
+from are_core.vector import EXPANSION_SEARCH, VectorIndex
 
 from ._errors import (
     CacheLimitError,
@@ -92,6 +92,7 @@ _SNAPSHOT_ROWS = 20_000
 # Recency (the LRU order) changes with every hit and is saved only with the
 # entry table: at most this often while lookups touch entries, and at stop.
 _RECENCY_SAVE_NS = 300 * 1_000_000_000
+_MAX_EXPANSION = 1024
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
 _FLUSH_CHUNK = 256  # events per flush commit
 
@@ -261,6 +262,10 @@ class CacheEngine:
         """Loads every namespace and its entries, restores or repairs the indexes, starts the flusher."""
         for _, raw in self._scan(NAMESPACES, b""):
             namespace = _namespace_codec.decode(raw)
+            if not namespace.search_expansion:  # stored before the setting existed
+                namespace = msgspec.structs.replace(
+                    namespace, search_expansion=EXPANSION_SEARCH[namespace.vector_dtype]
+                )
             self._states[namespace.name] = self._load(namespace)
         for state in self._states.values():
             if state.index.is_view:  # outside the GIL: searches meanwhile fault pages in themselves
@@ -349,6 +354,7 @@ class CacheEngine:
             old = state.namespace
             embedder_spec = settings.embedder or old.embedder
             dtype = settings.vector_dtype or old.vector_dtype
+            expansion = settings.search_expansion or EXPANSION_SEARCH[dtype]
             for field, before, after in (
                 ("namespace.embedder", old.embedder, embedder_spec),
                 ("namespace.vector_dtype", old.vector_dtype, dtype),
@@ -366,11 +372,13 @@ class CacheEngine:
                 max_entries=max_entries,
                 max_bytes=max_bytes,
                 description=settings.description,
+                search_expansion=expansion,
                 update_time_ns=now,
             )
             batch = self._storage.batch()
             batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
             state.namespace = namespace
+            state.index.expansion_search = expansion
             evicted = self._evict(state, batch, keep=None)
             self._put_stats(batch, state)
             await self._submit(batch, state, self._removal_drafts(state, evicted, "EVICTED"))
@@ -390,6 +398,7 @@ class CacheEngine:
             max_bytes=max_bytes,
             vector_dtype=settings.vector_dtype or "f32",
             description=settings.description,
+            search_expansion=settings.search_expansion or EXPANSION_SEARCH[settings.vector_dtype or "f32"],
             create_time_ns=now,
             update_time_ns=now,
         )
@@ -1264,7 +1273,11 @@ class CacheEngine:
         path = self._index_path(namespace)
         if restore:
             index = VectorIndex.restore(
-                path, dimension=namespace.dimension, dtype=namespace.vector_dtype, view=True
+                path,
+                dimension=namespace.dimension,
+                dtype=namespace.vector_dtype,
+                view=True,
+                expansion_search=namespace.search_expansion or None,
             )
         name = namespace.name
         raw_mark = self._storage.get(MARKS, name.encode())
@@ -1439,12 +1452,13 @@ def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:
 def _new_index(namespace: Namespace) -> VectorIndex:
     # Tuned for 384-d embeddings at 100k-1M entries: M=16 keeps memory low;
     # ef_add 64 builds twice as fast as 128 at the same recall on embedding-like data;
-    # the search expansion is the dtype's default (EXPANSION_SEARCH), as after a restore.
+    # the search expansion is the namespace's (by default the dtype's, EXPANSION_SEARCH).
     return VectorIndex(
         dimension=namespace.dimension,
         dtype=namespace.vector_dtype,
         connectivity=16,
         expansion_add=64,
+        expansion_search=namespace.search_expansion or None,
     )
 
 
@@ -1468,6 +1482,11 @@ def _check_settings(settings: NamespaceSettings) -> None:
         (0 <= settings.dimension <= _MAX_DIMENSION, "namespace.dimension", "must be 0 to 4,096"),
         (settings.vector_dtype in ("", *_DTYPES), "namespace.vector_dtype", "must be f32, f16 or i8"),
         (len(settings.description.encode("utf-8")) <= 1024, "namespace.description", "must be at most 1 KiB"),
+        (
+            settings.search_expansion == 0 or 4 <= settings.search_expansion <= _MAX_EXPANSION,
+            "namespace.search_expansion",
+            "must be 0 (the dtype's default) or 4 to 1,024",
+        ),
     )
     for ok, field, rule in checks:
         if not ok:

@@ -41,6 +41,7 @@ class NamespaceSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_bytes: int = 0
     vector_dtype: str = ""
     description: str = ""
+    search_expansion: int = 0
 
 
 class Namespace(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +64,7 @@ class Namespace(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     create_time_ns: int
     update_time_ns: int
+    search_expansion: int = 0  # 0 (namespaces stored before it existed): the dtype's default
 
 
 class EntryHead(msgspec.Struct, kw_only=True, array_like=True):

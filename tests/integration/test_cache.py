@@ -100,9 +100,13 @@ async def test_namespaces_put_list_and_errors(client: Client) -> None:
     base = _name("ns")
     first = await client.cache.put_namespace(f"{base}.a")
     await client.cache.put_namespace(f"{base}.b", embedder="lexical", dimension=64, vector_dtype="i8")
+    assert first.search_expansion == 64  # the f32 default
     updated = await client.cache.put_namespace(f"{base}.a", similarity_threshold=0.8, max_entries=10)
     assert not updated.created
     assert (updated.similarity_threshold, updated.max_entries) == (0.8, 10)
+    faster = await client.cache.put_namespace(f"{base}.a", search_expansion=16)
+    assert faster.search_expansion == 16
+    assert (await client.cache.put_namespace(f"{base}.a")).search_expansion == 64  # 0: the default again
     assert updated.create_time == first.create_time
     names = [n.name for n in await client.cache.list_namespaces()]
     assert [n for n in names if n.startswith(base)] == [f"{base}.a", f"{base}.b"]
@@ -123,6 +127,8 @@ async def test_namespaces_put_list_and_errors(client: Client) -> None:
         ({"max_entries": -1}, "namespace.max_entries"),
         ({"default_ttl": timedelta(days=400)}, "namespace.default_ttl"),
         ({"embedder": "caller"}, "namespace.dimension"),
+        ({"search_expansion": 2}, "namespace.search_expansion"),
+        ({"search_expansion": 5000}, "namespace.search_expansion"),
     ]:
         with pytest.raises(InvalidArgumentError) as invalid:
             await client.cache.put_namespace(f"{base}.c", **kwargs)  # type: ignore[arg-type]

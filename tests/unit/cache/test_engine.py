@@ -154,6 +154,9 @@ async def test_namespaces_settings_defaults_and_immutables(harness: Harness) -> 
         await e.lookup("missing", prompt="x")
     with pytest.raises(NamespaceNotFoundError):
         e.stats("missing")
+    with pytest.raises(InvalidCacheArgumentError) as invalid:
+        await e.put_namespace(NamespaceSettings(name="b", search_expansion=3))
+    assert invalid.value.field == "namespace.search_expansion"
     await e.put_namespace(NamespaceSettings(name="c", embedder="lexical", dimension=64, vector_dtype="i8"))
     page, after = e.list_namespaces(limit=1)
     assert [n.name for n in page] == ["a"]
@@ -421,3 +424,18 @@ async def test_a_restored_index_takes_writes_in_its_overlay_and_folds_them_when_
     for i, v in vectors.items():
         hit = (await e.lookup("o", vector=v, threshold=0.999)).hit
         assert (hit.response if hit else None) == (None if i == 0 else str(i).encode())
+
+
+async def test_search_expansion_is_the_indexs_and_survives_a_restart(harness: Harness) -> None:
+    e = harness.e
+    ns, _ = await e.put_namespace(NamespaceSettings(name="x", vector_dtype="i8"))
+    assert ns.search_expansion == 32  # the i8 default
+    assert e._states["x"].index.expansion_search == 32
+    ns, _ = await e.put_namespace(NamespaceSettings(name="x", search_expansion=12))
+    assert (ns.search_expansion, e._states["x"].index.expansion_search) == (12, 12)
+    for i in range(20):
+        await e.store("x", prompt=f"prompt number {i}", response=b"r")
+    e = await harness.reopen()  # the saved index is restored by memory map
+    assert e._states["x"].namespace.search_expansion == 12
+    assert e._states["x"].index.expansion_search == 12
+    assert (await e.lookup("x", prompt="prompt number 7")).hit is not None

@@ -132,6 +132,7 @@ class CacheNamespace:
     description: str
     create_time: datetime
     update_time: datetime
+    search_expansion: int = 0
     created: bool = False
 
 
@@ -180,6 +181,7 @@ def _namespace(ns: Any, created: bool = False) -> CacheNamespace:
         description=ns.description,
         create_time=_time(ns.create_time),
         update_time=_time(ns.update_time),
+        search_expansion=ns.search_expansion,
         created=created,
     )
 
@@ -338,6 +340,7 @@ class Cache:
         max_bytes: int = 0,
         vector_dtype: str = "",
         description: str = "",
+        search_expansion: int = 0,
     ) -> CacheNamespace:
         """Creates a namespace or updates its mutable settings; zero values mean the defaults.
 
@@ -351,6 +354,9 @@ class Cache:
             max_bytes: Most bytes of prompts and responses kept; 0 means 1 GiB.
             vector_dtype: ``"f32"`` (default), ``"f16"`` or ``"i8"``.
             description: For humans.
+            search_expansion: Candidates a semantic lookup keeps while walking the index
+                graph (HNSW ef): more is more reliable, fewer is faster; 0 means the
+                dtype's default (64 for f32, 32 for f16 and i8), otherwise 4 to 1,024.
         """
         if vector_dtype not in _DTYPES:
             raise ValueError(f"vector_dtype must be f32, f16 or i8, got {vector_dtype!r}")
@@ -363,6 +369,7 @@ class Cache:
             max_bytes=max_bytes,
             vector_dtype=_DTYPES[vector_dtype],
             description=description,
+            search_expansion=search_expansion,
         )
         if default_ttl is not None:
             ns.default_ttl.CopyFrom(_duration(default_ttl))

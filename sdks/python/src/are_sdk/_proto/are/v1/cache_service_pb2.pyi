@@ -33,7 +33,7 @@ VECTOR_DTYPE_F16: VectorDtype
 VECTOR_DTYPE_I8: VectorDtype
 
 class CacheNamespace(_message.Message):
-    __slots__ = ("name", "embedder", "dimension", "similarity_threshold", "default_ttl", "max_entries", "max_bytes", "vector_dtype", "description", "create_time", "update_time")
+    __slots__ = ("name", "embedder", "dimension", "similarity_threshold", "default_ttl", "max_entries", "max_bytes", "vector_dtype", "description", "create_time", "update_time", "search_expansion")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class CacheNamespace(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_EXPANSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     embedder: str
     dimension: int
@@ -56,7 +57,8 @@ class CacheNamespace(_message.Message):
     description: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_entries: _Optional[int] = ..., max_bytes: _Optional[int] = ..., vector_dtype: _Optional[_Union[VectorDtype, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    search_expansion: int
+    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_entries: _Optional[int] = ..., max_bytes: _Optional[int] = ..., vector_dtype: _Optional[_Union[VectorDtype, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., search_expansion: _Optional[int] = ...) -> None: ...
 
 class LookupCacheRequest(_message.Message):
     __slots__ = ("namespace", "prompt", "vector", "threshold", "max_age", "exact_only")
