@@ -27,13 +27,17 @@ hooks below are installed on the engines, so a task that uses none of
 * **Blobs** (with the state service). A payload may be a blob reference:
   :meth:`Wiring.check_blobs` and :meth:`Wiring.output_blob` check that the
   blob exists (BLOB_NOT_FOUND naming the field) and that a given size
-  matches, and fill in the size and media type from the store. Once a
-  submit, spawn or completion is durable, its workflow is counted as an
-  owner of each owned blob it references (``BlobStore.add_owner``), so
-  DeleteWorkflow of the uploading workflow does not delete a blob another
-  workflow's tasks still reference. A cache-keyed task's blob output is
-  stored in the cache as a blob response; a hit holding a blob completes
-  the task with the reference (a hit whose blob is gone is a miss).
+  matches, and fill in the size and media type from the store. The
+  engine's ``stage_blob_reference`` hook stages the workflow's reference
+  to each blob a task payload names (submit, spawn, completion, cache hit,
+  fork) in the very batch that stores the payload
+  (``BlobStore.stage_reference``), so a crash keeps both or neither; the
+  check and the staging happen in one loop step (the blob store's rule).
+  A blob is thus kept while any workflow whose tasks name it exists, and
+  DeleteWorkflow releases the workflow's references. A cache-keyed task's
+  blob output is stored in the cache as a blob response; a hit holding a
+  blob completes the task with the reference (a hit whose blob is gone is
+  a miss).
 """
 
 from __future__ import annotations
@@ -174,6 +178,7 @@ class Wiring:
             features.add("blobs")
             self.state.gate = self.gate
             self.state.fork_hook = self.fork
+            engine.stage_blob_reference = self.stage_blob_reference
         if self.router is not None:
             features.add("intent")
             engine.route = self.route
@@ -239,6 +244,9 @@ class Wiring:
             then = (st.PatchOp("set", write.pointer, output),)
 
         def stage(batch: Batch, spec: TaskSpec) -> None:  # noqa: ARG001 - the hook's signature
+            if blob_sha256 and state.blobs.stat(bytes.fromhex(blob_sha256)) is None:
+                # Checked again in the step that stages its reference (the patch lock was awaited).
+                raise BlobMissingError(f"{field}.output.blob", f"no blob has digest {blob_sha256}")
             merge, operations = write.merge_patch, write.operations
             extra = then
             if merge is None and operations is None:
@@ -325,23 +333,6 @@ class Wiring:
                 # The source has state but no scheduler record: only its state is forked.
                 return
             raise st.InvalidStateArgumentError(str(error), field="workflow_id") from None
-        if self.state is not None:
-            await self.own_blobs(plan.workflow_id, self._task_blobs(plan.workflow_id))
-
-    def _task_blobs(self, workflow_id: str) -> list[str]:
-        """The blobs a workflow's task inputs and outputs reference (at most one per task payload)."""
-        digests: list[str] = []
-        after: int | None = 0
-        for _ in range(1_000):  # bounded: max_tasks is at most 1,000 pages of 1,000
-            if after is None:
-                break
-            views, after = self.engine.list_tasks(workflow_id, frozenset(), after, 1_000)
-            for view in views:
-                if view.spec.input_blob_sha256:
-                    digests.append(view.spec.input_blob_sha256)
-                if view.record.output_blob_sha256:
-                    digests.append(view.record.output_blob_sha256)
-        return digests
 
     async def delete_state(self, workflow_id: str) -> int:
         """Removes the workflow's document, memory and unshared blobs; returns the bytes freed."""
@@ -394,16 +385,17 @@ class Wiring:
         size, content_type = self._stat(blob, field)
         return blob.sha256, size, content_type
 
+    def stage_blob_reference(self, batch: Batch, workflow_id: str, sha256: str) -> None:
+        """The engine's hook: the workflow references a blob its task payload names, in its batch."""
+        assert self.state is not None
+        self.state.blobs.stage_reference(batch, st.workflow_referrer(workflow_id), bytes.fromhex(sha256))
+
     async def own_blobs(self, workflow_id: str, digests: Sequence[str]) -> None:
-        """Counts the workflow as an owner of the (owned) blobs its payloads reference."""
-        if self.state is None or not digests:
-            return
-        blobs = self.state.blobs
-        for digest in dict.fromkeys(digests):
-            try:
-                await blobs.add_owner(workflow_id, bytes.fromhex(digest))
-            except Exception:  # noqa: BLE001 - the payload is accepted; only its lifetime is at stake
-                _log.warning("recording a blob reference failed", exc_info=True)
+        """Nothing left to do: the references were committed with the payloads (``stage_blob_reference``).
+
+        Kept while the servicers still call it after a durable submit, spawn
+        or completion; a second, later commit is what lost references on a crash.
+        """
 
     # ----------------------------------------------------------------- router
 

@@ -24,6 +24,11 @@ Seams for the scheduler, which is written separately:
   and its retention with ``engine.stage_retention``; task completions with
   an output pointer use ``engine.patch(..., extra=...)``; DeleteWorkflow
   calls :meth:`StateCapability.delete_workflow_state`.
+
+Blobs are kept while something references them (``are_core.state._blobs``):
+PutBlob naming a workflow, a memory note with blob content, and (through
+the scheduler's wiring) task payloads reference a blob from their workflow
+in the same commit that stores them.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from are_core.state import (
     WorkflowExistsError,
     WorkflowNotFoundError,
     check_digest,
+    workflow_referrer,
 )
 from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError, StorageFullError
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, state_service_pb2_grpc
@@ -174,6 +180,7 @@ class StateCapability(Capability):
             embedder=_memory_embedder(config.memory_embedder),
             index_dir=runtime.data_dir / "indexes" / "memory",
             events=runtime.events,
+            blobs=self.blobs,
         )
         self.gate: Gate | None = None
         """Installed by the scheduler to check workflow existence, closure and task leases."""
@@ -181,8 +188,9 @@ class StateCapability(Capability):
         """Installed by the scheduler to create a fork's workflow and task statuses."""
 
     async def start(self) -> None:
-        """Sweeps unfinished uploads and loads (or rebuilds) every memory index."""
+        """Drops unfinished uploads, migrates old blob owners, loads (or rebuilds) every memory index."""
         swept = await self.blobs.recover()
+        migrated = await self.blobs.migrate()
         started = time.perf_counter()
         loaded = self.memory.load_all()
         _log.info(
@@ -192,6 +200,7 @@ class StateCapability(Capability):
                     "memory_indexes": loaded,
                     "index_load_ms": round((time.perf_counter() - started) * 1000, 1),
                     "swept_uploads": swept,
+                    "migrated_blob_owners": migrated,
                 }
             },
         )
@@ -215,7 +224,7 @@ class StateCapability(Capability):
         """
         removed = await self.engine.delete(workflow_id)
         removed += await self.memory.delete(workflow_id)
-        removed += await self.blobs.release_workflow(workflow_id)
+        removed += await self.blobs.release_referrer(workflow_referrer(workflow_id))
         return removed
 
 

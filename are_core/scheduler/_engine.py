@@ -113,6 +113,12 @@ A hit whose answer is a blob carries its digest and size in the attributes
 """
 CacheStoreHook = Callable[[CacheKey, bytes, str, "Usage | None", str, int], None]
 """``store(key, output, content_type, usage, blob_sha256, blob_size)`` after a cache-keyed task completes."""
+BlobReferenceHook = Callable[[Batch, str, str], None]
+"""``reference(batch, workflow_id, sha256)``: stages the workflow's reference to a blob a task payload names.
+
+Called with the batch that stores the payload (a spec's input, an output),
+so the reference commits with it; it must not raise.
+"""
 WorkerHook = Callable[["WorkerHandle"], None]
 """``changed(worker)``: connected, load or draining changed, or disconnected (``connected`` False)."""
 
@@ -513,6 +519,8 @@ class Scheduler:
         """Looks a task's ``cache_key`` up when it is scheduled; None is a miss."""
         self.cache_store: CacheStoreHook | None = None
         """Stores a cache-keyed task's output after its durable completion (fire and forget)."""
+        self.stage_blob_reference: BlobReferenceHook | None = None
+        """Stages, in the commit's own batch, a workflow's reference to each blob its task payloads name."""
         self.worker_changed: WorkerHook | None = None
         """Told when a worker connects, its load changes, or it goes (``gone``)."""
         self.commit_failed: Callable[[BaseException], None] | None = None
@@ -857,6 +865,8 @@ class Scheduler:
             w.rec.counts["PENDING"] = w.rec.counts.get("PENDING", 0) + 1
             w.open += 1
             batch.put(T_SPECS, task.key, _spec_codec.encode(pooled))
+            if spec.input_blob_sha256 and self.stage_blob_reference is not None:
+                self.stage_blob_reference(batch, w.rec.workflow_id, spec.input_blob_sha256)
             self._dirty(task)
             added.append(task)
         for task in added:
@@ -999,6 +1009,8 @@ class Scheduler:
             rec.output_content_type = content_type
             rec.output_blob_sha256 = str(attributes.get(CACHE_BLOB_SHA256, ""))
             rec.output_blob_size = int(attributes.get(CACHE_BLOB_SIZE, 0))
+            if rec.output_blob_sha256 and self.stage_blob_reference is not None:
+                self.stage_blob_reference(self._t().batch, task.wf.rec.workflow_id, rec.output_blob_sha256)
             rec.close_ns = now
             wf_rec = task.wf.rec
             wf_rec.tasks_completed += 1
@@ -1436,6 +1448,8 @@ class Scheduler:
         now = self._clock()  # before the stage: a state version it writes is not older than the outcome
         if stage is not None:
             stage(self._t().batch, task.spec)
+        if blob_sha256 and self.stage_blob_reference is not None:
+            self.stage_blob_reference(self._t().batch, wf_id, blob_sha256)
         rec = task.rec
         key = task.spec.cache_key
         if key is not None and not key.read_only and self.cache_store is not None:
@@ -2422,6 +2436,10 @@ class Scheduler:
             else:
                 rec.tasks_completed += 1
             batch.put(T_SPECS, task.key, _spec_codec.encode(spec))
+            if self.stage_blob_reference is not None:
+                for digest in (spec.input_blob_sha256, task_rec.output_blob_sha256):
+                    if digest:
+                        self.stage_blob_reference(batch, new_id, digest)
             self._dirty(task)
         for task in w.order:
             self._wire(task)

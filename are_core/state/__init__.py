@@ -6,7 +6,9 @@
   cursor seek plus a raw walk of one member (see ``_documents``).
 * :class:`MemoryStore` keeps notes per workflow and answers top-k queries
   through a usearch index derived from LMDB.
-* :class:`BlobStore` keeps content-addressed blobs in 1 MiB chunks.
+* :class:`BlobStore` keeps content-addressed blobs in 1 MiB chunks, with
+  the references that keep them (``stage_reference`` into the caller's
+  batch, ``release_referrer``) and a sweep of old unreferenced ones.
 
 Exceptions::
 
@@ -33,10 +35,14 @@ from ._blobs import (
     BLOB_TABLES,
     MAX_BLOB_BYTES,
     MAX_CHUNK_BYTES,
+    MAX_REFERRER_BYTES,
+    TOUCH_GRACE_S,
     BlobInfo,
     BlobStore,
     BlobUpload,
+    SweepResult,
     check_digest,
+    workflow_referrer,
 )
 from ._documents import (
     MAX_DOCUMENT_BYTES,
@@ -86,8 +92,10 @@ __all__ = [
     "MAX_OPERATIONS",
     "MAX_PATCH_BYTES",
     "MAX_READ_PATHS",
+    "MAX_REFERRER_BYTES",
     "MEMORY_TABLES",
     "STATE_TABLES",
+    "TOUCH_GRACE_S",
     "BlobDigestMismatchError",
     "BlobInfo",
     "BlobNotFoundError",
@@ -114,6 +122,7 @@ __all__ = [
     "StateEngine",
     "StateError",
     "StateHead",
+    "SweepResult",
     "TaskNotHeldError",
     "VersionMismatchError",
     "VersionNotFoundError",
@@ -125,4 +134,5 @@ __all__ = [
     "format_pointer",
     "parse_pointer",
     "resolve_raw",
+    "workflow_referrer",
 ]

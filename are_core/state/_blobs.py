@@ -1,18 +1,60 @@
-"""Content-addressed blobs: streamed in, stored in chunks, deduplicated by SHA-256.
+"""Content-addressed blobs: streamed in, stored in chunks, deduplicated by SHA-256, kept while referenced.
 
 Tables:
 
-* ``blob_meta``    ``sha256 (32 bytes)`` -> :class:`BlobMeta`
-* ``blob_chunks``  ``data_id (16 bytes) u64(offset)`` -> up to 1 MiB of bytes
-* ``blob_uploads`` ``data_id`` -> start time of an upload not yet finished
-* ``blob_owners``  ``workflow_id NUL sha256`` -> empty (one reference each)
+* ``blob_meta``         ``sha256 (32 bytes)`` -> :class:`BlobMeta`
+* ``blob_chunks``       ``data_id (16 bytes) u64(offset)`` -> up to 1 MiB of bytes
+* ``blob_uploads``      ``data_id`` -> u64 time: chunks that no ``blob_meta`` row points
+  to, an upload not finished yet or a deleted blob's data not dropped yet;
+  dropped on start (:meth:`BlobStore.recover`)
+* ``blob_refs``         ``referrer NUL sha256`` -> empty
+* ``blob_refs_by_blob`` ``sha256 NUL referrer`` -> empty
+* ``blob_owners``       ``workflow_id NUL sha256`` -> empty: the owners recorded by
+  data folders older than ``blob_refs``, moved there on start
+  (:meth:`BlobStore.migrate`); nothing writes it any more
 
 An upload streams its chunks into LMDB under a fresh ``data_id`` as they
 arrive (bounded memory, backpressure from the group committer), then its
 digest is checked and ``blob_meta`` is pointed at ``data_id`` in one commit;
-a duplicate upload only deletes its staged chunks. Uploads cut short by a
-crash are swept on start. A blob owned by workflows is removed when the last
-owner's state is deleted (reference counting).
+a duplicate upload only deletes its staged chunks.
+
+References. A *referrer* is a short byte key naming what holds references:
+``b"wf:" + workflow_id`` (:func:`workflow_referrer`) for a workflow's task
+payloads, memory notes and the blobs uploaded for it; other holders use
+their own prefix (``b"cache:" + entry id``). A reference is staged with
+:meth:`BlobStore.stage_reference` into the caller's own batch, so it commits
+with the payload that names the blob: a crash keeps both or neither. Its
+rows are key-only, in both directions, so staging is two puts and never a
+read-modify-write two batches could race on, "is this blob referenced?" is
+a one-row prefix probe of ``blob_refs_by_blob``, and
+:meth:`BlobStore.release_referrer` drops a referrer's references with one
+prefix scan of ``blob_refs``.
+
+Lifetime:
+
+* A blob uploaded for a workflow (PutBlob ``workflow_id``) is *owned*: it is
+  deleted as soon as its last reference is released (DeleteWorkflow of the
+  last workflow that uploaded or used it).
+* Any blob without a reference whose creation (or latest upload of the same
+  bytes) is older than the TTL is deleted by :meth:`BlobStore.sweep`, which
+  the state capability runs periodically. An upload in progress has no
+  ``blob_meta`` row and a fresh blob is younger than the TTL: neither is
+  ever swept.
+* Blobs stored before references were recorded (``BlobMeta.tracked`` is
+  False) may be named by payloads that never recorded a reference, so the
+  sweep keeps them; an owned one still goes with its last owner.
+
+Deleting versus a concurrent reference (the rule). The sweep and
+``release_referrer`` decide under the store's lock, in one event-loop step
+from the reads to the submission of the deletion, and skip a blob that has
+a reference row in LMDB or had a reference staged in the last
+``TOUCH_GRACE_S`` seconds (a staged batch not committed yet is invisible to
+the probe). While its deletion commits, :meth:`BlobStore.stat` and
+:meth:`BlobStore.read` already say the blob is missing. So a caller checks
+the blob with ``stat`` and stages its reference in the same loop step (no
+``await`` between), and submits the batch promptly (well within the
+grace): the reference then either wins, keeping the blob, or the check
+fails (BLOB_NOT_FOUND). A reference is never left naming a deleted blob.
 """
 
 from __future__ import annotations
@@ -22,11 +64,12 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
-from are_core.storage import GroupCommitter, Storage, u64_key
+from are_core.storage import Batch, GroupCommitter, Storage, u64_key
 
 from ._errors import (
     BlobDigestMismatchError,
@@ -36,15 +79,33 @@ from ._errors import (
     LimitExceededError,
 )
 
-__all__ = ["BLOB_TABLES", "MAX_BLOB_BYTES", "MAX_CHUNK_BYTES", "BlobInfo", "BlobStore", "BlobUpload"]
+__all__ = [
+    "BLOB_TABLES",
+    "MAX_BLOB_BYTES",
+    "MAX_CHUNK_BYTES",
+    "MAX_REFERRER_BYTES",
+    "TOUCH_GRACE_S",
+    "BlobInfo",
+    "BlobStore",
+    "BlobUpload",
+    "SweepResult",
+    "workflow_referrer",
+]
 
 MiB = 1024 * 1024
 MAX_BLOB_BYTES = 256 * MiB
 MAX_CHUNK_BYTES = 1 * MiB
+MAX_REFERRER_BYTES = 256
+TOUCH_GRACE_S = 60.0
+"""Seconds a freshly staged reference protects its blob before its rows must be committed."""
 _STORED_CHUNK_BYTES = 1 * MiB
+_PAGE = 256  # blob_meta rows read, and blobs deleted, per step and commit
+_DROP_PAGE = 64  # chunk rows (of up to 1 MiB each) deleted per commit
 META, CHUNKS, UPLOADS, OWNERS = "blob_meta", "blob_chunks", "blob_uploads", "blob_owners"
-BLOB_TABLES = (META, CHUNKS, UPLOADS, OWNERS)
+REFS, REFS_BY_BLOB = "blob_refs", "blob_refs_by_blob"
+BLOB_TABLES = (META, CHUNKS, UPLOADS, OWNERS, REFS, REFS_BY_BLOB)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_NUL = b"\x00"
 
 
 class BlobMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +116,34 @@ class BlobMeta(msgspec.Struct, frozen=True, kw_only=True):
     data_id: bytes
     create_time_ns: int
     owners: int = 0
+    """Legacy: the owner count of data folders older than ``blob_refs``; 0 once migrated."""
+    owned: bool = False
+    """Uploaded for a workflow: deleted as soon as its last reference is released."""
+    tracked: bool = False
+    """Its references are recorded in ``blob_refs`` (False: stored before they were, kept by the sweep)."""
+    upload_time_ns: int = 0
+    """The latest upload of the same bytes (a deduplicated PutBlob); the TTL counts from it too."""
+
+
+class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What one :meth:`BlobStore.sweep` pass did."""
+
+    scanned: int
+    """Blobs looked at."""
+    deleted: int
+    """Blobs deleted."""
+    deleted_bytes: int
+    """Their total size."""
+
+
+def workflow_referrer(workflow_id: str) -> bytes:
+    """The referrer key of a workflow: its task payloads, memory notes and the blobs uploaded for it."""
+    return b"wf:" + workflow_id.encode()
+
+
+def _check_referrer(referrer: bytes) -> None:
+    if not 0 < len(referrer) <= MAX_REFERRER_BYTES or _NUL in referrer:
+        raise ValueError(f"a referrer is 1 to {MAX_REFERRER_BYTES} bytes without NUL, got {referrer!r}")
 
 
 class BlobInfo(msgspec.Struct, frozen=True):
@@ -179,20 +268,72 @@ class BlobUpload:
 
 
 class BlobStore:
-    """The content-addressed blob store of one sidecar."""
+    """The content-addressed blob store of one sidecar.
 
-    def __init__(self, storage: Storage, committer: GroupCommitter) -> None:
+    Args:
+        storage, committer: The sidecar's storage.
+        clock: Wall-clock nanoseconds, for creation times and the sweep's
+            TTL (tests pass a fake).
+    """
+
+    def __init__(
+        self, storage: Storage, committer: GroupCommitter, *, clock: Callable[[], int] = time.time_ns
+    ) -> None:
         """Bind the store to storage."""
         self.storage = storage
         self.committer = committer
+        self._clock = clock
         self._lock = asyncio.Lock()
+        """Held by every writer of ``blob_meta`` (publish, deletions, migration)."""
+        self._touched: dict[bytes, dict[bytes, float]] = {}
+        """Digest -> referrer -> monotonic time of a staging in the last ``TOUCH_GRACE_S`` seconds."""
+        self._touches: deque[tuple[float, bytes, bytes]] = deque()
+        """(time, digest, referrer) of each staging, oldest first: what to forget past the grace."""
+        self._deleting: set[bytes] = set()
+        """Digests whose deletion is submitted and not yet committed."""
 
     async def recover(self) -> int:
-        """Drop the chunks of uploads a crash cut short; returns how many."""
+        """Drop the chunks no blob points to (uploads or deletions a crash cut short); returns how many."""
         rows = self.storage.scan(UPLOADS, limit=10_000)
         for data_id, _ in rows:
             await self.drop_data(data_id, upload=True)
         return len(rows)
+
+    async def migrate(self) -> int:
+        """Move the owners of an older data folder into ``blob_refs``; returns the rows moved.
+
+        Each ``blob_owners`` row (``workflow_id NUL sha256``) becomes the
+        reference of ``wf:<workflow_id>``, and its blob (whose
+        ``BlobMeta.owners`` counted those rows) becomes owned and tracked
+        with ``owners`` 0. Batches are bounded and each is self-contained, so
+        a crash half-way is finished on the next start. Unowned blobs of such
+        a folder stay untracked: the payloads naming them recorded nothing.
+        """
+        moved = 0
+        async with self._lock:
+            while True:
+                rows = self.storage.scan(OWNERS, limit=_PAGE)
+                if not rows:
+                    return moved
+                batch = self.storage.batch()
+                metas: dict[bytes, BlobMeta] = {}
+                for key, _ in rows:
+                    batch.delete(OWNERS, key)
+                    if len(key) < 34 or key[-33] != 0:
+                        continue  # not a row of the old layout
+                    workflow_id, digest = key[:-33], key[-32:]
+                    meta = metas.get(digest)
+                    if meta is None:
+                        raw = self.storage.get(META, digest)
+                        if raw is None:
+                            continue  # the blob is gone: only the row was left
+                        meta = _meta_dec.decode(raw)
+                    metas[digest] = msgspec.structs.replace(meta, owners=0, owned=True, tracked=True)
+                    self.stage_reference(batch, b"wf:" + workflow_id, digest)
+                for digest, meta in metas.items():
+                    batch.put(META, digest, _enc.encode(meta))
+                await self.committer.submit(batch)
+                moved += len(rows)
 
     def begin(self, *, content_type: str, size_bytes: int, sha256: str, workflow_id: str) -> BlobUpload:
         """Start an upload after checking its header.
@@ -229,55 +370,64 @@ class BlobStore:
         return await upload.finish()
 
     async def publish(self, upload: BlobUpload, digest: bytes, tail: bytes) -> tuple[BlobInfo, bool]:
-        """Make a checked upload visible (or count it as a duplicate); used by ``BlobUpload.finish``."""
+        """Make a checked upload visible (or count it as a duplicate); used by ``BlobUpload.finish``.
+
+        An upload naming a workflow stages that workflow's reference and makes
+        the blob owned. A duplicate refreshes the blob's upload time, so the
+        caller told "stored" has a full TTL to reference it.
+        """
+        referrer = workflow_referrer(upload.workflow_id) if upload.workflow_id else b""
         async with self._lock:
+            now = self._clock()
             raw = self.storage.get(META, digest)
             batch = self.storage.batch()
-            owner_key = upload.workflow_id.encode() + b"\x00" + digest if upload.workflow_id else b""
-            new_owner = bool(owner_key) and self.storage.get(OWNERS, owner_key) is None
             if raw is not None:
                 meta = _meta_dec.decode(raw)
-                if new_owner:
-                    batch.put(OWNERS, owner_key, b"")
-                    batch.put(
-                        META, digest, _enc.encode(msgspec.structs.replace(meta, owners=meta.owners + 1))
-                    )
+                meta = msgspec.structs.replace(meta, upload_time_ns=now, owned=meta.owned or bool(referrer))
+                batch.put(META, digest, _enc.encode(meta))
+                if referrer:
+                    self.stage_reference(batch, referrer, digest)
                 await self.committer.submit(batch)
+                deduplicated = True
+            else:
+                if tail:
+                    batch.put(CHUNKS, upload.data_id + u64_key(upload.size_bytes - len(tail)), tail)
                 if upload.staged:
-                    await self.drop_data(upload.data_id, upload=True)
-                return BlobInfo(digest.hex(), meta.size_bytes, meta.content_type), True
-            if tail:
-                batch.put(CHUNKS, upload.data_id + u64_key(upload.size_bytes - len(tail)), tail)
-            if upload.staged:
-                batch.delete(UPLOADS, upload.data_id)
-            meta = BlobMeta(
-                size_bytes=upload.size_bytes,
-                content_type=upload.content_type,
-                data_id=upload.data_id,
-                create_time_ns=time.time_ns(),
-                owners=1 if new_owner else 0,
-            )
-            batch.put(META, digest, _enc.encode(meta))
-            if new_owner:
-                batch.put(OWNERS, owner_key, b"")
-            await self.committer.submit(batch)
-            return BlobInfo(digest.hex(), meta.size_bytes, meta.content_type), False
+                    batch.delete(UPLOADS, upload.data_id)
+                meta = BlobMeta(
+                    size_bytes=upload.size_bytes,
+                    content_type=upload.content_type,
+                    data_id=upload.data_id,
+                    create_time_ns=now,
+                    owned=bool(referrer),
+                    tracked=True,
+                )
+                batch.put(META, digest, _enc.encode(meta))
+                if referrer:
+                    self.stage_reference(batch, referrer, digest)
+                await self.committer.submit(batch)
+                deduplicated = False
+        if deduplicated and upload.staged:
+            await self.drop_data(upload.data_id, upload=True)
+        return BlobInfo(digest.hex(), meta.size_bytes, meta.content_type), deduplicated
 
     async def drop_data(self, data_id: bytes, *, upload: bool) -> None:
-        """Delete the chunks stored under ``data_id`` (and its upload row when ``upload``)."""
+        """Delete the chunks stored under ``data_id`` (and its ``blob_uploads`` row when ``upload``)."""
         while True:
-            rows = self.storage.scan(CHUNKS, prefix=data_id, limit=64)
+            rows = self.storage.scan(CHUNKS, prefix=data_id, limit=_DROP_PAGE)
             batch = self.storage.batch()
             for key, _ in rows:
                 batch.delete(CHUNKS, key)
-            if len(rows) < 64 and upload:
+            if len(rows) < _DROP_PAGE and upload:
                 batch.delete(UPLOADS, data_id)
             await self.committer.submit(batch)
-            if len(rows) < 64:
+            if len(rows) < _DROP_PAGE:
                 return
 
     def stat(self, digest: bytes) -> BlobInfo | None:
-        """The reference of a stored blob, or None."""
+        """The reference of a stored blob, or None (also while its deletion commits)."""
+        if digest in self._deleting:
+            return None
         raw = self.storage.get(META, digest)
         if raw is None:
             return None
@@ -295,7 +445,7 @@ class BlobStore:
             BlobNotFoundError: no such blob.
             InvalidStateArgumentError: the range is outside the blob.
         """
-        raw = self.storage.get(META, digest)
+        raw = None if digest in self._deleting else self.storage.get(META, digest)
         if raw is None:
             raise BlobNotFoundError(f"no blob has digest {digest.hex()}", field="sha256")
         meta = _meta_dec.decode(raw)
@@ -327,55 +477,169 @@ class BlobStore:
             yield position, piece
             position += len(piece)
 
-    async def add_owner(self, workflow_id: str, digest: bytes) -> bool:
-        """Count ``workflow_id`` as an owner of an owned blob its tasks reference.
+    # References
 
-        A blob uploaded for a workflow is deleted with its last owner; a
-        workflow whose task payloads reference it becomes an owner too, so
-        deleting another workflow keeps it. An unowned blob (uploaded without
-        a workflow, never deleted by a workflow) is left unowned. Returns
-        whether the blob exists.
+    def stage_reference(self, batch: Batch, referrer: bytes, digest: bytes) -> None:
+        """Add ``referrer``'s reference to the blob ``digest`` to ``batch`` (two key-only puts).
+
+        The reference is durable with the caller's batch. Check the blob
+        with :meth:`stat` in the same event-loop step (no ``await`` between)
+        and submit the batch promptly: see the module's rule. Staging a
+        reference that exists already, or to a blob that is gone, is
+        harmless (the rows go with the referrer).
+
+        Raises:
+            ValueError: ``referrer`` is empty, over ``MAX_REFERRER_BYTES``
+                or holds NUL, or ``digest`` is not 32 bytes.
         """
-        owner_key = workflow_id.encode() + b"\x00" + digest
-        async with self._lock:
-            raw = self.storage.get(META, digest)
-            if raw is None:
-                return False
-            meta = _meta_dec.decode(raw)
-            if meta.owners == 0 or self.storage.get(OWNERS, owner_key) is not None:
-                return True
+        _check_referrer(referrer)
+        if len(digest) != 32:
+            raise ValueError(f"a digest is 32 bytes, got {len(digest)}")
+        batch.put(REFS, referrer + _NUL + digest, b"")
+        batch.put(REFS_BY_BLOB, digest + _NUL + referrer, b"")
+        now = time.monotonic()
+        self._touched.setdefault(digest, {})[referrer] = now
+        touches = self._touches
+        touches.append((now, digest, referrer))
+        horizon = now - TOUCH_GRACE_S
+        while touches[0][0] < horizon:
+            at, old_digest, old_referrer = touches.popleft()
+            by = self._touched.get(old_digest)
+            if by is not None and by.get(old_referrer) == at:
+                del by[old_referrer]
+                if not by:
+                    del self._touched[old_digest]
+
+    def _touched_recently(self, digest: bytes) -> bool:
+        by = self._touched.get(digest)
+        if not by:
+            return False
+        horizon = time.monotonic() - TOUCH_GRACE_S
+        return any(at >= horizon for at in by.values())
+
+    def _untouch(self, digest: bytes, referrer: bytes) -> None:
+        """Forget a staging by a referrer that released it (its own reference must not keep the blob)."""
+        by = self._touched.get(digest)
+        if by is not None and by.pop(referrer, None) is not None and not by:
+            del self._touched[digest]
+
+    def referenced(self, digest: bytes) -> bool:
+        """Whether a committed reference names the blob (a one-row prefix probe)."""
+        return bool(self.storage.scan(REFS_BY_BLOB, prefix=digest + _NUL, limit=1))
+
+    def referrers(self, digest: bytes, *, limit: int = 100) -> list[bytes]:
+        """The referrers of the blob, in key order, at most ``limit``."""
+        prefix = digest + _NUL
+        return [key[len(prefix) :] for key, _ in self.storage.scan(REFS_BY_BLOB, prefix=prefix, limit=limit)]
+
+    def references(self, referrer: bytes, *, limit: int = 1000) -> list[bytes]:
+        """The digests ``referrer`` references, in key order, at most ``limit``."""
+        _check_referrer(referrer)
+        prefix = referrer + _NUL
+        return [key[len(prefix) :] for key, _ in self.storage.scan(REFS, prefix=prefix, limit=limit)]
+
+    async def release_referrer(self, referrer: bytes) -> int:
+        """Drop every reference of ``referrer``; owned blobs left without one go; returns their bytes.
+
+        Call it once the referrer stages no more references (a deleted
+        workflow, an evicted cache entry). Unowned blobs left without a
+        reference are the sweep's, once older than its TTL.
+        """
+        _check_referrer(referrer)
+        prefix = referrer + _NUL
+        deleted = 0
+        while True:
+            rows = self.storage.scan(REFS, prefix=prefix, limit=_PAGE)
+            if not rows:
+                return deleted
             batch = self.storage.batch()
-            batch.put(OWNERS, owner_key, b"")
-            batch.put(META, digest, _enc.encode(msgspec.structs.replace(meta, owners=meta.owners + 1)))
+            digests: list[bytes] = []
+            for key, _ in rows:
+                digest = key[len(prefix) :]
+                batch.delete(REFS, key)
+                batch.delete(REFS_BY_BLOB, digest + _NUL + referrer)
+                digests.append(digest)
             await self.committer.submit(batch)
-            return True
+            for digest in digests:
+                self._untouch(digest, referrer)
+            deleted += (await self._delete_unreferenced(digests, owned_only=True))[1]
 
     async def release_workflow(self, workflow_id: str) -> int:
-        """Drop the workflow's references; blobs left with no owner are deleted. Returns their bytes."""
-        prefix = workflow_id.encode() + b"\x00"
-        deleted = 0
+        """:meth:`release_referrer` of the workflow (DeleteWorkflow); returns the bytes of blobs deleted."""
+        return await self.release_referrer(workflow_referrer(workflow_id))
+
+    # Deletion
+
+    async def sweep(self, ttl_ns: int, *, stop: asyncio.Event | None = None) -> SweepResult:
+        """Delete every tracked blob without a reference created (or uploaded again) over ``ttl_ns`` ago.
+
+        Walks ``blob_meta`` a page at a time, deleting at most one page of
+        blobs per commit (their chunks in further commits of bounded size)
+        and yielding to the event loop between pages; returns early once
+        ``stop`` is set. A blob referenced meanwhile is kept (module rule).
+        """
+        cutoff = self._clock() - ttl_ns
+        scanned = deleted = deleted_bytes = 0
+        start: bytes | None = None
+        while stop is None or not stop.is_set():
+            rows = self.storage.scan(META, start=start, limit=_PAGE)
+            scanned += len(rows)
+            candidates = [key for key, raw in rows if _expired(_meta_dec.decode(raw), cutoff)]
+            if candidates:
+                count, size = await self._delete_unreferenced(candidates, cutoff_ns=cutoff)
+                deleted += count
+                deleted_bytes += size
+            if len(rows) < _PAGE:
+                break
+            start = rows[-1][0] + _NUL
+            await asyncio.sleep(0)
+        return SweepResult(scanned=scanned, deleted=deleted, deleted_bytes=deleted_bytes)
+
+    async def _delete_unreferenced(
+        self, digests: Iterable[bytes], *, owned_only: bool = False, cutoff_ns: int | None = None
+    ) -> tuple[int, int]:
+        """Delete the unreferenced ``digests`` (owned ones only, or expired ones only); (count, bytes).
+
+        Decides under the lock in one loop step, from the reads to the
+        submission, so that no reference staged before the submission is
+        missed (it is in LMDB or recently touched); blobs being deleted look
+        missing to :meth:`stat` until the commit. The chunks are dropped
+        afterwards, outside the lock: their ``blob_uploads`` row, written with
+        the deletion, has them dropped on the next start should a crash come first.
+        """
+        doomed: list[tuple[bytes, BlobMeta]] = []
         async with self._lock:
-            while True:
-                rows = self.storage.scan(OWNERS, prefix=prefix, limit=256)
-                if not rows:
-                    return deleted
-                batch = self.storage.batch()
-                drop: list[BlobMeta] = []
-                for key, _ in rows:
-                    digest = key[len(prefix) :]
-                    batch.delete(OWNERS, key)
-                    raw = self.storage.get(META, digest)
+            batch = self.storage.batch()
+            with self.storage.read() as view:
+                for digest in dict.fromkeys(digests):
+                    if digest in self._deleting or self._touched_recently(digest):
+                        continue
+                    raw = view.get(META, digest)
                     if raw is None:
                         continue
                     meta = _meta_dec.decode(raw)
-                    if meta.owners <= 1:
-                        batch.delete(META, digest)
-                        drop.append(meta)
-                    else:
-                        batch.put(
-                            META, digest, _enc.encode(msgspec.structs.replace(meta, owners=meta.owners - 1))
-                        )
+                    if owned_only and not meta.owned:
+                        continue
+                    if cutoff_ns is not None and not _expired(meta, cutoff_ns):
+                        continue
+                    if view.scan(REFS_BY_BLOB, prefix=digest + _NUL, limit=1):
+                        continue
+                    batch.delete(META, digest)
+                    batch.put(UPLOADS, meta.data_id, u64_key(self._clock()))
+                    doomed.append((digest, meta))
+            if not doomed:
+                return 0, 0
+            gone = [digest for digest, _ in doomed]
+            self._deleting.update(gone)
+            try:
                 await self.committer.submit(batch)
-                for meta in drop:
-                    await self.drop_data(meta.data_id, upload=False)
-                    deleted += meta.size_bytes
+            finally:
+                self._deleting.difference_update(gone)
+        for _, meta in doomed:
+            await self.drop_data(meta.data_id, upload=True)
+        return len(doomed), sum(meta.size_bytes for _, meta in doomed)
+
+
+def _expired(meta: BlobMeta, cutoff_ns: int) -> bool:
+    """Whether the sweep may take the blob: tracked, created and last uploaded by ``cutoff_ns``."""
+    return meta.tracked and max(meta.create_time_ns, meta.upload_time_ns) <= cutoff_ns

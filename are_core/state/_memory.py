@@ -13,6 +13,10 @@ to, and on load topped up from LMDB with the notes added since (or rebuilt
 from LMDB when the file is missing, corrupt or of another shape). Notes are
 append-only until the workflow is deleted, so "the ids after the saved
 high-water mark" is exactly what a saved index lacks.
+
+A note whose content is a blob references it from its workflow
+(``wf:<id>``), staged in the batch that stores the note, so the blob is kept
+as long as the note (see ``_blobs``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ import msgspec
 import numpy as np
 
 from are_core.embed import Embedder, LexicalEmbedder
-from are_core.storage import GroupCommitter, Storage, u64_key
+from are_core.storage import Batch, GroupCommitter, Storage, u64_key
 from are_core.trace import Event, EventDraft, EventSink
 from are_core.vector import VectorIndex
 
+from ._blobs import BlobStore, workflow_referrer
 from ._errors import (
+    BlobNotFoundError,
     DimensionMismatchError,
     EmbedderUnavailableError,
     InvalidStateArgumentError,
@@ -137,6 +143,8 @@ class MemoryStore:
             send vectors (texts alone are EMBEDDER_UNAVAILABLE).
         index_dir: Where indexes are saved between runs.
         events: Records MEMORY_ADDED events when given.
+        blobs: The blob store that notes with blob content reference (their
+            blobs must exist, and are kept while the notes are); None: not checked.
         save_every: Save a workflow's index once this many notes were added
             since its last save, so a restart after a crash tops up at most
             that many from LMDB instead of rebuilding everything.
@@ -150,9 +158,11 @@ class MemoryStore:
         embedder: Embedder | None,
         index_dir: Path,
         events: EventSink | None = None,
+        blobs: BlobStore | None = None,
         save_every: int = 20_000,
     ) -> None:
         self._storage = storage
+        self._blobs = blobs
         self._committer = committer
         self.embedder = embedder
         self._index_dir = index_dir
@@ -178,7 +188,8 @@ class MemoryStore:
 
         Raises:
             LimitExceededError, InvalidStateArgumentError,
-            DimensionMismatchError, EmbedderUnavailableError.
+            DimensionMismatchError, EmbedderUnavailableError,
+            BlobNotFoundError (``entries[i].content.blob``).
         """
         _check_notes(notes)
         async with self._locks.hold(workflow_id):
@@ -202,6 +213,9 @@ class MemoryStore:
                     limit=MAX_NOTES_PER_WORKFLOW,
                 )
             index = self._index(workflow_id, space)
+            # From here to the submit there is no await: the blobs checked
+            # are referenced in the same step (the blob store's rule).
+            digests = self._note_blobs(notes)
             now = time.time_ns()
             prefix = _wid(workflow_id)
             batch = self._storage.batch()
@@ -218,6 +232,7 @@ class MemoryStore:
                 batch.put(NOTES, prefix + u64_key(note_id), _enc.encode(record))
             new_space = msgspec.structs.replace(space, next_id=ids[-1] + 1, count=space.count + len(notes))
             batch.put(SPACES, workflow_id.encode(), _enc.encode(new_space))
+            self._stage_blobs(batch, workflow_id, digests)
             events: list[Event] = []
             if self._events is not None:
                 events.append(
@@ -245,6 +260,32 @@ class MemoryStore:
         if self._events is not None and events:
             self._events.publish(events)
         return ids
+
+    def _note_blobs(self, notes: Sequence[NoteInput]) -> list[bytes]:
+        """The distinct blobs the notes' contents name, each checked to exist (none without a blob store)."""
+        blobs = self._blobs
+        if blobs is None:
+            return []
+        digests: dict[bytes, None] = {}
+        for i, note in enumerate(notes):
+            content = note.content
+            if content is None or not content.blob_sha256:
+                continue
+            digest = bytes.fromhex(content.blob_sha256)
+            if blobs.stat(digest) is None:
+                raise BlobNotFoundError(
+                    f"no blob has digest {content.blob_sha256}", field=f"entries[{i}].content.blob"
+                )
+            digests[digest] = None
+        return list(digests)
+
+    def _stage_blobs(self, batch: Batch, workflow_id: str, digests: Sequence[bytes]) -> None:
+        """Reference the notes' blobs from their workflow, in the batch that stores the notes."""
+        if not digests or self._blobs is None:
+            return
+        referrer = workflow_referrer(workflow_id)
+        for digest in digests:
+            self._blobs.stage_reference(batch, referrer, digest)
 
     async def _vectors(
         self, workflow_id: str, space: MemorySpace | None, notes: Sequence[NoteInput]
@@ -429,10 +470,15 @@ class MemoryStore:
         if not notes:
             return 0
         prefix = _wid(target)
+        referrer = workflow_referrer(target)
         for start in range(0, len(notes), 5000):
             batch = self._storage.batch()
             for note in notes[start : start + 5000]:
                 batch.put(NOTES, prefix + u64_key(note.note_id), _enc.encode(note))
+                content = note.content
+                if content is not None and content.blob_sha256 and self._blobs is not None:
+                    # The source's notes reference the blob meanwhile: no check needed.
+                    self._blobs.stage_reference(batch, referrer, bytes.fromhex(content.blob_sha256))
             await self._committer.submit(batch)
         new_space = msgspec.structs.replace(space, next_id=notes[-1].note_id + 1, count=len(notes))
         await self._committer.submit(
