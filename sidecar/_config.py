@@ -61,6 +61,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     event_stream_buffer: int = 10_000
     state_keep_versions: int = 1000
     state_keep_age_s: float = 7 * 86_400.0
+    blob_unreferenced_ttl_s: float = 86_400.0
     memory_embedder: str = "lexical"
     router_embedder: str = "lexical"
     router_dimension: int = 256
@@ -301,6 +302,14 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "blob_unreferenced_ttl_s",
+        86_400.0,
+        "Seconds after its upload that a blob nothing references (no owning workflow, task payload "
+        "or memory note) is kept; a background sweep then deletes it.",
+        _positive_float,
+        "SECONDS",
+    ),
+    Option(
         "memory_embedder",
         "lexical",
         "Embedder of workflow memory texts: 'lexical', 'lexical:DIM', 'model:DIR', or 'off' "
@@ -437,6 +446,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         event_stream_buffer=values["event_stream_buffer"],
         state_keep_versions=values["state_keep_versions"],
         state_keep_age_s=values["state_keep_age_s"],
+        blob_unreferenced_ttl_s=values["blob_unreferenced_ttl_s"],
         memory_embedder=values["memory_embedder"],
         router_embedder=values["router_embedder"],
         router_dimension=values["router_dimension"],

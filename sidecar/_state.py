@@ -28,12 +28,17 @@ Seams for the scheduler, which is written separately:
 Blobs are kept while something references them (``are_core.state._blobs``):
 PutBlob naming a workflow, a memory note with blob content, and (through
 the scheduler's wiring) task payloads reference a blob from their workflow
-in the same commit that stores them.
+in the same commit that stores them. A background sweep, shortly after
+start and then every ``blob_unreferenced_ttl_s / 4`` (at least 0.25 s, at
+most 10 minutes), deletes blobs that nothing references once
+``blob_unreferenced_ttl_s`` has passed since their upload.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import math
@@ -112,6 +117,10 @@ _GET_CHUNK = 1024 * 1024
 _MAX_WRITER = 256
 _RESPONSE_SLACK = 64 * 1024  # room for paths and framing in GetStateResponse
 FORK_REQUESTS_TABLE = "state_fork_requests"
+_SWEEP_MIN_S = 0.25
+_SWEEP_MAX_S = 600.0
+_FIRST_SWEEP_MAX_S = 5.0
+_SWEEP_STOP_S = 10.0
 
 Gate = Callable[[str, str, str, int], None]
 """``gate(operation, workflow_id, task_id, attempt)``: raises a StateError when the write is not allowed.
@@ -182,13 +191,19 @@ class StateCapability(Capability):
             events=runtime.events,
             blobs=self.blobs,
         )
+        self.blob_ttl_s = config.blob_unreferenced_ttl_s
+        """Blobs nothing references are deleted this long after their upload."""
+        self.blob_sweep_interval_s = min(_SWEEP_MAX_S, max(_SWEEP_MIN_S, self.blob_ttl_s / 4))
+        """Seconds between two sweeps of unreferenced blobs."""
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.gate: Gate | None = None
         """Installed by the scheduler to check workflow existence, closure and task leases."""
         self.fork_hook: ForkHook | None = None
         """Installed by the scheduler to create a fork's workflow and task statuses."""
 
     async def start(self) -> None:
-        """Drops unfinished uploads, migrates old blob owners, loads (or rebuilds) every memory index."""
+        """Drops unfinished uploads, migrates old blob owners, loads every memory index, starts the sweep."""
         swept = await self.blobs.recover()
         migrated = await self.blobs.migrate()
         started = time.perf_counter()
@@ -204,13 +219,22 @@ class StateCapability(Capability):
                 }
             },
         )
+        self._stopping.clear()
+        self._sweeper = asyncio.create_task(self._sweep_blobs(), name="are-blob-sweep")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the StateService servicer."""
         state_service_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(self), server)
 
     async def stop(self) -> None:
-        """Saves the memory indexes for a fast next start."""
+        """Stops the blob sweep (between two commits) and saves the memory indexes for a fast next start."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            self._stopping.set()
+            done, _ = await asyncio.wait({sweeper}, timeout=_SWEEP_STOP_S)
+            if not done:  # a commit stuck that long: cancelling leaves nothing half-done on disk
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
         try:
             self.memory.save_all()
         except OSError as error:  # derived data: the next start rebuilds it
@@ -226,6 +250,33 @@ class StateCapability(Capability):
         removed += await self.memory.delete(workflow_id)
         removed += await self.blobs.release_referrer(workflow_referrer(workflow_id))
         return removed
+
+    async def _sweep_blobs(self) -> None:
+        """Deletes unreferenced blobs past their TTL: shortly after start, then periodically, until stop."""
+        ttl_ns = int(self.blob_ttl_s * 1e9)
+        wait = min(self.blob_sweep_interval_s, _FIRST_SWEEP_MAX_S)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            if self._stopping.is_set():
+                return
+            wait = self.blob_sweep_interval_s
+            try:
+                result = await self.blobs.sweep(ttl_ns, stop=self._stopping)
+            except Exception:  # noqa: BLE001 - the next pass tries again; the sweep must outlive a failure
+                _log.warning("blob sweep failed", exc_info=True)
+                continue
+            if result.deleted:
+                _log.info(
+                    "swept unreferenced blobs",
+                    extra={
+                        "fields": {
+                            "blobs": result.deleted,
+                            "bytes": result.deleted_bytes,
+                            "scanned": result.scanned,
+                        }
+                    },
+                )
 
 
 def _memory_embedder(spec: str) -> Embedder | None:
