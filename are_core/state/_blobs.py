@@ -49,7 +49,9 @@ Deleting versus a concurrent reference (the rule). The sweep and
 from the reads to the submission of the deletion, and skip a blob that has
 a reference row in LMDB or had a reference staged in the last
 ``TOUCH_GRACE_S`` seconds (a staged batch not committed yet is invisible to
-the probe). While its deletion commits, :meth:`BlobStore.stat` and
+the probe; at most the last 100,000 stagings are remembered, which bounds
+the memory: one pushed out by 100,000 newer ones has long been committed).
+While its deletion commits, :meth:`BlobStore.stat` and
 :meth:`BlobStore.read` already say the blob is missing. So a caller checks
 the blob with ``stat`` and stages its reference in the same loop step (no
 ``await`` between), and submits the batch promptly (well within the
@@ -99,6 +101,7 @@ MAX_REFERRER_BYTES = 256
 TOUCH_GRACE_S = 60.0
 """Seconds a freshly staged reference protects its blob before its rows must be committed."""
 _STORED_CHUNK_BYTES = 1 * MiB
+_MAX_TOUCHES = 100_000  # stagings remembered; past it the oldest (long committed) are forgotten
 _PAGE = 256  # blob_meta rows read, and blobs deleted, per step and commit
 _DROP_PAGE = 64  # chunk rows (of up to 1 MiB each) deleted per commit
 META, CHUNKS, UPLOADS, OWNERS = "blob_meta", "blob_chunks", "blob_uploads", "blob_owners"
@@ -502,7 +505,7 @@ class BlobStore:
         touches = self._touches
         touches.append((now, digest, referrer))
         horizon = now - TOUCH_GRACE_S
-        while touches[0][0] < horizon:
+        while touches[0][0] < horizon or len(touches) > _MAX_TOUCHES:
             at, old_digest, old_referrer = touches.popleft()
             by = self._touched.get(old_digest)
             if by is not None and by.get(old_referrer) == at:
