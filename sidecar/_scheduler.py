@@ -155,8 +155,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 wiring = self._wiring
                 spec = spec_from_proto(request.spec, wiring.features)
                 wiring.check_namespaces(spec.tasks, "spec.tasks")
-                blobs = [t.input_blob_sha256 for t in spec.tasks if t.input_blob_sha256]
-                if blobs:
+                if any(t.input_blob_sha256 for t in spec.tasks):
                     spec = msgspec.structs.replace(spec, tasks=wiring.check_blobs(spec.tasks, "spec.tasks"))
                 stage = wiring.stage_initial(
                     initial_state_from_proto(request.spec), retention_from_proto(request.spec)
@@ -168,8 +167,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 if earlier is None
                 else (self._engine.get_workflow(earlier).record, True)
             )
-            if earlier is None and blobs:
-                await self._wiring.own_blobs(record.workflow_id, blobs)
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.SubmitWorkflowResponse(
@@ -441,10 +438,6 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 request_id=request.request_id,
                 request_hash=digest,
             )
-            if not deduplicated:
-                await self._wiring.own_blobs(
-                    request.workflow_id, [t.input_blob_sha256 for t in specs if t.input_blob_sha256]
-                )
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.SpawnTasksResponse(task_ids=ids, deduplicated=deduplicated)

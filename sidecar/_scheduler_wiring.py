@@ -390,13 +390,6 @@ class Wiring:
         assert self.state is not None
         self.state.blobs.stage_reference(batch, st.workflow_referrer(workflow_id), bytes.fromhex(sha256))
 
-    async def own_blobs(self, workflow_id: str, digests: Sequence[str]) -> None:
-        """Nothing left to do: the references were committed with the payloads (``stage_blob_reference``).
-
-        Kept while the servicers still call it after a durable submit, spawn
-        or completion; a second, later commit is what lost references on a crash.
-        """
-
     # ----------------------------------------------------------------- router
 
     def route(self, spec: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:  # noqa: ARG002

@@ -11,7 +11,6 @@ in one message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from datetime import timedelta
@@ -349,7 +348,6 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
     def _complete(self, stream: _Stream, completions: Any) -> None:
         acks: list[pb.TaskAck] = []
         durable: asyncio.Future[None] | None = None
-        owned: list[tuple[str, str]] = []  # (workflow, blob) of the blob outputs accepted
         for i, c in enumerate(completions):
             if self._with_state and (
                 c.HasField("state_patch") or self._engine.output_pointer(c.workflow_id, c.task_id)
@@ -369,13 +367,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                     blob_size=size,
                 )
                 acks.append(_ack(c, _COMPLETION, accepted=True))
-                if digest:
-                    owned.append((c.workflow_id, digest))
             except SchedulerError as error:
                 acks.append(_ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error)))
         stream.acks_when_durable(durable, acks)
-        if owned and durable is not None:
-            self._own_blobs_later(owned, durable)
 
     def _output(self, c: pb.TaskCompletion, field: str) -> tuple[str, int, str]:
         """(blob digest, blob size, media type) of a completion's output; ("", 0, its type) when inline.
@@ -385,19 +379,6 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         if c.output.WhichOneof("content") == "blob":
             return self._wiring.output_blob(c.output, field)
         return "", 0, c.output.content_type
-
-    def _own_blobs_later(self, owned: list[tuple[str, str]], durable: asyncio.Future[None]) -> None:
-        """Once the completions are durable, counts each workflow as an owner of its output blob."""
-
-        async def run() -> None:
-            with contextlib.suppress(Exception):  # a failed commit is reported by the acks
-                await asyncio.shield(durable)
-                for workflow_id, digest in owned:
-                    await self._wiring.own_blobs(workflow_id, [digest])
-
-        job = asyncio.ensure_future(run())
-        self._writes.add(job)
-        job.add_done_callback(self._writes.discard)
 
     def _state_write(self, c: pb.TaskCompletion, field: str) -> StateWrite:
         merge, operations = (
@@ -424,7 +405,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 "the task writes its output into the state document (output_state_pointer): "
                 "its output must be inline JSON",
             )
-        version = await self._wiring.complete_with_state(
+        return await self._wiring.complete_with_state(
             c.workflow_id,
             c.task_id,
             c.attempt,
@@ -436,9 +417,6 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             blob_sha256=digest,
             blob_size=size,
         )
-        if digest:
-            await self._wiring.own_blobs(c.workflow_id, [digest])
-        return version
 
     def _complete_with_state(self, stream: _Stream, c: pb.TaskCompletion, field: str) -> None:
         """A stream completion with a state write: applied off the reader, acked when durable."""
@@ -543,8 +521,6 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 blob_size=size,
             )
             await durable
-            if digest:
-                await self._wiring.own_blobs(c.workflow_id, [digest])
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.CompleteTaskResponse(state_version=self._wiring.state_version(c.workflow_id))
