@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from are_core.cache import (
     CACHE_TABLES,
+    BlobNotFoundError,
     CacheEngine,
     CacheError,
     CacheHit,
@@ -44,6 +45,7 @@ from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError,
 from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
+from sidecar._state import StateCapability
 from sidecar._status import abort
 
 __all__ = ["CacheCapability", "CacheServicer", "parse_models"]
@@ -108,6 +110,7 @@ class CacheCapability(Capability):
         except ValueError as error:
             _log.warning(f"cache: ignoring the cache_models option: {error}")
             models = {}
+        state = runtime.find(StateCapability)  # its blob store holds blob-backed responses
         self.engine = CacheEngine(
             runtime.storage,
             runtime.committer,
@@ -115,6 +118,7 @@ class CacheCapability(Capability):
             events=runtime.events,
             models=models,
             coalesce=runtime.config.cache_search == "coalesced",
+            blobs=state.blobs if state is not None else None,
         )
 
     async def start(self) -> None:
@@ -566,6 +570,14 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:
         )
     if isinstance(error, CacheLimitError):
         await _limit(context, message, error.field)
+    if isinstance(error, BlobNotFoundError):
+        await abort(
+            context,
+            grpc.StatusCode.NOT_FOUND,
+            message,
+            reason="BLOB_NOT_FOUND",
+            field_violations=[(error.field, message)],
+        )
     if isinstance(error, InvalidCacheArgumentError):
         await _invalid(context, message, error.field)
     if isinstance(error, NamespaceLimitError):

@@ -23,8 +23,9 @@ Exceptions::
     └── NamespaceLimitError         past 1,000 namespaces
 """
 
-from ._engine import CACHE_TABLES, CacheEngine
+from ._engine import CACHE_TABLES, BlobReferences, CacheEngine
 from ._errors import (
+    BlobNotFoundError,
     CacheError,
     CacheLimitError,
     DimensionMismatchError,
@@ -56,6 +57,8 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TTL_NS",
     "MAX_NAMESPACES",
+    "BlobNotFoundError",
+    "BlobReferences",
     "CacheEngine",
     "CacheError",
     "CacheHit",

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -21,6 +21,7 @@ from are_core.trace import Event, EventDraft, EventSink
 from are_core.vector import EXPANSION_SEARCH, VectorIndex
 
 from ._errors import (
+    BlobNotFoundError,
     CacheLimitError,
     DimensionMismatchError,
     EmbedderUnavailableError,
@@ -93,6 +94,7 @@ _SNAPSHOT_ROWS = 20_000
 # entry table: at most this often while lookups touch entries, and at stop.
 _RECENCY_SAVE_NS = 300 * 1_000_000_000
 _MAX_EXPANSION = 1024
+_BLOB_REFERRER = b"cache:"  # + an entry id: what a blob-backed entry's reference is filed under
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
 _FLUSH_CHUNK = 256  # events per flush commit
 
@@ -189,6 +191,27 @@ class _State:
         self._use(self.entries.rebase(table, since))
 
 
+class BlobReferences(Protocol):
+    """What the cache needs of the sidecar's blob store (``are_core.state.BlobStore``).
+
+    An entry whose response is a blob references it from its own commit,
+    and drops the reference in the commit that removes it; the blob store
+    keeps a referenced blob and sweeps unreferenced ones.
+    """
+
+    def stat(self, digest: bytes) -> Any:
+        """The blob's info (``size_bytes``, ``content_type``), or None when it does not exist."""
+        ...
+
+    def stage_reference(self, batch: Any, referrer: bytes, digest: bytes) -> None:
+        """Adds ``referrer``'s reference to the blob to ``batch``."""
+        ...
+
+    def stage_release(self, batch: Any, referrer: bytes, digest: bytes) -> None:
+        """Adds the removal of ``referrer``'s reference to the blob to ``batch``."""
+        ...
+
+
 class CacheEngine:
     """The semantic cache: a lookup tries the exact tier, then the semantic tier.
 
@@ -219,6 +242,8 @@ class CacheEngine:
         coalesce: Batch the semantic searches of concurrent lookups into one
             native call in a worker thread (pays only with idle cores).
         flush_interval: Seconds between flushes of counters and lookup events.
+        blobs: The blob store responses stored as blob references are checked
+            against and referenced in; None refuses them (BlobNotFoundError).
         clock: Nanoseconds since the epoch (tests may pass their own).
     """
 
@@ -233,6 +258,7 @@ class CacheEngine:
         coalesce: bool = False,
         flush_interval: float = 1.0,
         clock: Callable[[], int] = time.time_ns,
+        blobs: BlobReferences | None = None,
     ) -> None:
         self._storage = storage
         self._committer = committer
@@ -255,6 +281,8 @@ class CacheEngine:
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
         self._failures = 0  # _submit calls that failed (memory was reloaded)
         self._snapshotting = False
+        self._blobs = blobs
+        self._entry_blobs: dict[int, bytes] = {}  # blob-backed entries stored since start -> digest
 
     # -- lifecycle -------------------------------------------------------
 
@@ -606,6 +634,8 @@ class CacheEngine:
             NamespaceNotFoundError: The namespace does not exist.
             DimensionMismatchError: ``vector`` is not of the namespace's dimension.
             CacheLimitError: The entry alone is larger than the namespace's max_bytes.
+            BlobNotFoundError: ``blob_sha256`` names no stored blob.
+            InvalidCacheArgumentError: ``blob_size_bytes`` is not the blob's size.
         """
         state = self._state(namespace)
         size = len(prompt.encode("utf-8")) + len(response)
@@ -621,6 +651,8 @@ class CacheEngine:
             query = await self._embed(state, prompt)
         else:
             query = None
+        # From the blob check to the submit: one loop step (the blob store's rule).
+        digest = self._check_blob(blob_sha256, blob_size_bytes) if blob_sha256 else b""
         now = self._clock()
         ttl = ttl_ns or state.namespace.default_ttl_ns
         entry_id = self._next_id
@@ -652,6 +684,9 @@ class CacheEngine:
         name = state.namespace.name
         batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
         batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
+        if digest and self._blobs is not None:
+            self._blobs.stage_reference(batch, _blob_referrer(entry_id), digest)
+            self._entry_blobs[entry_id] = digest
         if query is not None:
             batch.put(VECTORS, u64_key(entry_id), query.tobytes())
             state.index.add([entry_id], query)
@@ -1019,12 +1054,39 @@ class CacheEngine:
         if head is None:
             return None
         batch.delete(HEADS, join_key(state.namespace.name, entry_id))
+        if self._blobs is not None:
+            digest = self._entry_blobs.pop(entry_id, None) or self._stored_blob(entry_id)
+            if digest:
+                self._blobs.stage_release(batch, _blob_referrer(entry_id), digest)
         batch.delete(BODIES, u64_key(entry_id))
         if head.has_vector:
             batch.delete(VECTORS, u64_key(entry_id))
             state.index.remove([entry_id])
             state.index_dirty = True
         return head
+
+    def _check_blob(self, sha256: str, size_bytes: int) -> bytes:
+        """The digest of a blob a response names, after checking the store holds it at that size."""
+        if self._blobs is None:
+            raise BlobNotFoundError("this sidecar has no blob store", field="response.blob")
+        digest = bytes.fromhex(sha256)
+        info = self._blobs.stat(digest)
+        if info is None:
+            raise BlobNotFoundError(f"no blob has digest {sha256}", field="response.blob")
+        if size_bytes and size_bytes != info.size_bytes:
+            raise InvalidCacheArgumentError(
+                f"`response.blob.size_bytes` is {size_bytes}; the blob is {info.size_bytes} bytes",
+                field="response.blob.size_bytes",
+            )
+        return digest
+
+    def _stored_blob(self, entry_id: int) -> bytes:
+        """The blob a committed entry's response names (b"" for an inline one)."""
+        raw = self._storage.get(BODIES, u64_key(entry_id))
+        if raw is None:
+            return b""
+        sha256 = _body_codec.decode(raw).blob_sha256
+        return bytes.fromhex(sha256) if sha256 else b""
 
     def _evict(self, state: _State, batch: Any, keep: int | None) -> list[EntryHead]:
         namespace = state.namespace
@@ -1447,6 +1509,10 @@ def _journal_seq(key: bytes) -> int:
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:
     return head.expire_ns > now and (oldest is None or head.create_ns >= oldest)
+
+
+def _blob_referrer(entry_id: int) -> bytes:
+    return _BLOB_REFERRER + entry_id_text(entry_id).encode()
 
 
 def _new_index(namespace: Namespace) -> VectorIndex:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BlobNotFoundError",
     "CacheError",
     "CacheLimitError",
     "DimensionMismatchError",
@@ -50,6 +51,14 @@ class ImmutableFieldError(CacheError):
     def __init__(self, *, field: str, old: object, new: object) -> None:
         self.field = field
         super().__init__(f"`{field}` is fixed at creation: it is {old!r}, the request has {new!r}")
+
+
+class BlobNotFoundError(CacheError):
+    """A stored response names a blob the sidecar's blob store does not hold."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 class CacheLimitError(CacheError):

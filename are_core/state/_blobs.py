@@ -513,6 +513,23 @@ class BlobStore:
                 if not by:
                     del self._touched[old_digest]
 
+    def stage_release(self, batch: Batch, referrer: bytes, digest: bytes) -> None:
+        """Add the removal of ``referrer``'s reference to the blob ``digest`` to ``batch``.
+
+        For a holder that drops one reference in its own commit (a cache
+        entry removed with its rows). The blob is not deleted here, owned or
+        not: once no reference is left the sweep collects it (past the TTL).
+
+        Raises:
+            ValueError: As :meth:`stage_reference`.
+        """
+        _check_referrer(referrer)
+        if len(digest) != 32:
+            raise ValueError(f"a digest is 32 bytes, got {len(digest)}")
+        batch.delete(REFS, referrer + _NUL + digest)
+        batch.delete(REFS_BY_BLOB, digest + _NUL + referrer)
+        self._untouch(digest, referrer)
+
     def _touched_recently(self, digest: bytes) -> bool:
         by = self._touched.get(digest)
         if not by:

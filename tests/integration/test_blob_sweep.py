@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from are_sdk import Client, NotFoundError
+from are_sdk import Client, InvalidArgumentError, NotFoundError
+from are_sdk._proto.are.v1 import cache_service_pb2 as cs
 from are_sdk._proto.are.v1 import common_pb2 as c
 from are_sdk._proto.are.v1 import scheduler_service_pb2 as s
 from are_sdk._proto.are.v1 import state_service_pb2 as st
@@ -118,3 +119,44 @@ async def test_a_blob_a_task_output_references_is_kept(client: Client) -> None:
     unreferenced = (await client.state.blobs.put(os.urandom(4000), check_first=False)).sha256
     await _wait_gone(client, unreferenced)
     assert await _stored(client, output) == {output}
+
+
+async def test_a_blob_a_cache_entry_answers_with_is_kept_while_the_entry_lives(client: Client) -> None:
+    namespace = f"sweep-{os.urandom(4).hex()}"
+    await client.cache.put_namespace(namespace)
+
+    def store(sha256: str, size: int = 0) -> cs.StoreCacheRequest:
+        blob = c.BlobRef(sha256=sha256, size_bytes=size)
+        return cs.StoreCacheRequest(
+            namespace=namespace, prompt="summarise the report", response=c.Payload(blob=blob)
+        )
+
+    with pytest.raises(NotFoundError) as missing:  # a blob the store does not hold: refused, nothing stored
+        await client.raw.cache.StoreCache(store("ab" * 32))
+    assert (missing.value.reason, missing.value.field_violations[0].field) == (
+        "BLOB_NOT_FOUND",
+        "response.blob",
+    )
+    data = os.urandom(6000)
+    for _ in range(5):  # on a machine so slow the sweep took the fresh upload first: upload again
+        answer = (await client.state.blobs.put(data, check_first=False)).sha256
+        with pytest.raises(InvalidArgumentError) as wrong_size:
+            await client.raw.cache.StoreCache(store(answer, size=7))
+        assert wrong_size.value.field_violations[0].field == "response.blob.size_bytes"
+        try:
+            stored = await client.raw.cache.StoreCache(store(answer, size=6000))
+            break
+        except NotFoundError:
+            continue
+    assert (await client.cache.stats(namespace))[0].entries == 1
+
+    unreferenced = (await client.state.blobs.put(os.urandom(4000), check_first=False)).sha256
+    await _wait_gone(client, unreferenced)
+    assert await _stored(client, answer) == {answer}
+    hit = await client.raw.cache.LookupCache(
+        cs.LookupCacheRequest(namespace=namespace, prompt="summarise the report")
+    )
+    assert (hit.hit, hit.response.blob.sha256) == (True, answer)
+
+    assert await client.cache.invalidate(namespace, entry_ids=[stored.entry_id]) == 1
+    await _wait_gone(client, answer)  # no longer referenced, past the TTL: the next sweep
