@@ -172,10 +172,11 @@ class SchedulerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelWorkflow(self, request, context):
-        """CancelWorkflow stops a workflow: no new task is dispatched, pending
-        tasks become CANCELLED, and workers holding running attempts are told
-        to stop. It is idempotent: cancelling a closing or closed workflow
-        changes nothing and returns its status.
+        """CancelWorkflow stops a workflow: no new task is dispatched, pending and
+        running tasks become CANCELLED, workers holding running attempts are
+        told to stop (their later results are refused), and the workflow closes
+        CANCELLED in the same commit. It is idempotent: cancelling a closed
+        workflow changes nothing and returns its status.
         Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
