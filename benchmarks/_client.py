@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import time
 import traceback
@@ -77,7 +78,62 @@ async def run_loop(
     )
 
 
+class PairedResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Latencies of a paired loop: baseline and contender, one of each per step."""
+
+    baseline: LoopResult
+    contender: LoopResult
+
+
+async def run_paired_loop(
+    baseline: Operation, contender: Operation, *, count: int, max_seconds: float
+) -> PairedResult:
+    """Await ``baseline`` then ``contender``, ``count`` times, for at most ``max_seconds``.
+
+    Each pair runs back to back, so whatever the machine does meanwhile (other
+    tenants, frequency, caches) weighs on both alike: the ratio of the two is
+    steadier than that of two loops run one after the other.
+    """
+    base: list[int] = []
+    own: list[int] = []
+    clock = time.perf_counter_ns
+    start = clock()
+    deadline = start + int(max_seconds * 1e9)
+    while len(own) < count and clock() < deadline:
+        began = clock()
+        await baseline()
+        middle = clock()
+        await contender()
+        base.append(middle - began)
+        own.append(clock() - middle)
+    stopped: Literal["count", "time"] = "count" if len(own) >= count else "time"
+    # Each side's elapsed time is its own operations' (req/s is then one per mean latency).
+    return PairedResult(
+        baseline=LoopResult(latencies_ns=base, elapsed_ns=sum(base), stopped_by=stopped),
+        contender=LoopResult(latencies_ns=own, elapsed_ns=sum(own), stopped_by=stopped),
+    )
+
+
+async def _measure_paired(args: argparse.Namespace) -> ClientReport:
+    suite = load_suite(args.suite)
+    async with contextlib.AsyncExitStack() as stack:
+        baseline = await stack.enter_async_context(suite.get(args.paired_baseline).client(args.paired_target))
+        operation = await stack.enter_async_context(suite.get(args.contender).client(args.target))
+        warm = await run_paired_loop(baseline, operation, count=args.warmup, max_seconds=args.max_seconds)
+        gc.collect()
+        timed = await run_paired_loop(baseline, operation, count=args.requests, max_seconds=args.max_seconds)
+    return ClientReport(
+        latencies_ns=timed.contender.latencies_ns,
+        baseline_latencies_ns=timed.baseline.latencies_ns,
+        elapsed_ns=timed.contender.elapsed_ns,
+        stopped_by=timed.contender.stopped_by,
+        warmup_done=len(warm.contender.latencies_ns),
+    )
+
+
 async def _measure(args: argparse.Namespace) -> ClientReport:
+    if args.paired_baseline:
+        return await _measure_paired(args)
     suite = load_suite(args.suite)
     contender = suite.get(args.contender)
     async with contender.client(args.target) as operation:
@@ -113,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--paired-baseline", default=None, help="a contender to time alternately with this one"
+    )
+    parser.add_argument("--paired-target", default=None)
     args = parser.parse_args(argv)
     try:
         report = uvloop.run(_measure(args))

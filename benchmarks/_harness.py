@@ -165,12 +165,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         concurrency: Operations in flight at once in the client process.
         max_seconds: Time bound applied separately to the warmup loop and to
             the timed loop; a loop stops at whichever bound it reaches first.
+        paired: Time each contender alternately with the baseline, one
+            operation each, in the contender's client process, and take its
+            ratios against that paired baseline (concurrency 1 only).
     """
 
     requests: int = 10_000
     warmup: int = 1_000
     concurrency: int = 1
     max_seconds: float = 30.0
+    paired: bool = False
 
 
 class ClientReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,9 +187,12 @@ class ClientReport(msgspec.Struct, frozen=True, kw_only=True):
             bound stopped the loop first.
         warmup_done: Warmup operations actually run.
         error: Set, with no latencies, when the client failed.
+        baseline_latencies_ns: In a paired run, the baseline's latencies,
+            each timed just before the contender's operation of the same index.
     """
 
     latencies_ns: list[int] = msgspec.field(default_factory=list)
+    baseline_latencies_ns: list[int] = msgspec.field(default_factory=list)
     elapsed_ns: int = 0
     stopped_by: Literal["count", "time"] = "count"
     warmup_done: int = 0
@@ -213,7 +220,9 @@ class ContenderResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of one contender: measured, skipped or failed.
 
     Ratios are the contender's value divided by the baseline's value from the
-    same run, so 1.0 is "as fast as the baseline" and 2.0 "twice as slow".
+    same run, so 1.0 is "as fast as the baseline" and 2.0 "twice as slow". In
+    a paired run (``--paired``) the divisor is ``paired_baseline``: the
+    baseline timed alternately with this contender.
     """
 
     name: str
@@ -225,6 +234,7 @@ class ContenderResult(msgspec.Struct, frozen=True, kw_only=True):
     median_ratio: float | None = None
     p99_ratio: float | None = None
     units: int = 1
+    paired_baseline: Stats | None = None
 
 
 class SuiteReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -303,22 +313,22 @@ def summarize(latencies_ns: Sequence[int], elapsed_ns: int, *, units: int = 1) -
 def apply_ratios(results: Sequence[ContenderResult], baseline: str) -> list[ContenderResult]:
     """Return ``results`` with median and p99 ratios against ``baseline``.
 
-    Results that were not measured, or all of them when the baseline itself
-    was not measured, keep ``None`` ratios.
+    A result with a ``paired_baseline`` is divided by that instead. Results
+    that were not measured, or that have neither a paired baseline nor a
+    measured ``baseline`` to divide by, keep ``None`` ratios.
     """
-    base = next((r for r in results if r.name == baseline and r.stats), None)
-    if base is None or base.stats is None:
-        return list(results)
+    base = next((r.stats for r in results if r.name == baseline and r.stats), None)
     out = []
     for result in results:
-        if result.stats is None:
+        divisor = result.paired_baseline or base
+        if result.stats is None or divisor is None:
             out.append(result)
             continue
         out.append(
             msgspec.structs.replace(
                 result,
-                median_ratio=result.stats.median_us / base.stats.median_us,
-                p99_ratio=result.stats.p99_us / base.stats.p99_us,
+                median_ratio=result.stats.median_us / divisor.median_us,
+                p99_ratio=result.stats.p99_us / divisor.p99_us,
             )
         )
     return out
@@ -362,6 +372,18 @@ def format_table(report: SuiteReport) -> str:
         if r.stopped_by == "time":
             requests += "*"
             notes.append("* stopped by --max-seconds before --requests")
+        if r.paired_baseline is not None:
+            requests += "+"
+            notes.append(
+                "+ paired: ratios against the baseline timed alternately with this contender "
+                "(its median / p99 in µs: "
+                + ", ".join(
+                    f"{p.name} {p.paired_baseline.median_us:.1f} / {p.paired_baseline.p99_us:.1f}"
+                    for p in report.results
+                    if p.paired_baseline is not None
+                )
+                + ")"
+            )
         rows.append(
             (
                 name,
@@ -508,11 +530,20 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def run_client(suite: str, contender: str, target: str | None, settings: Settings) -> ClientReport:
+def run_client(
+    suite: str,
+    contender: str,
+    target: str | None,
+    settings: Settings,
+    *,
+    paired: tuple[str, str | None] | None = None,
+) -> ClientReport:
     """Run one contender's client loop in a fresh ``python`` process.
 
-    The process is killed if it outlives both loop time bounds plus a slack for
-    start-up, so a hung server cannot hang the run.
+    ``paired`` names the baseline contender and its target to time
+    alternately with this one. The process is killed if it outlives both
+    loop time bounds plus a slack for start-up, so a hung server cannot hang
+    the run.
     """
     with tempfile.TemporaryDirectory(prefix="are-bench-") as tmp:
         out = Path(tmp) / "report.json"
@@ -537,6 +568,10 @@ def run_client(suite: str, contender: str, target: str | None, settings: Setting
         ]
         if target is not None:
             command += ["--target", target]
+        if paired is not None:
+            command += ["--paired-baseline", paired[0]]
+            if paired[1] is not None:
+                command += ["--paired-target", paired[1]]
         timeout = 2 * settings.max_seconds + _CLIENT_SLACK_SECONDS
         try:
             proc = subprocess.run(
@@ -579,16 +614,27 @@ def run_contender(suite: Suite, contender: Contender, settings: Settings) -> Con
     try:
         with contextlib.ExitStack() as stack:
             target = stack.enter_context(contender.server()) if contender.server else None
-            report = run_client(suite.name, contender.name, target, settings)
+            paired = None
+            if settings.paired and contender is not suite.baseline:
+                base = suite.baseline
+                paired = (base.name, stack.enter_context(base.server()) if base.server else None)
+            report = run_client(suite.name, contender.name, target, settings, paired=paired)
     except Exception as exc:  # noqa: BLE001 - one contender must not stop the run
         return result(status="failed", reason=f"{type(exc).__name__}: {exc}")
     if report.error is not None:
         return result(status="failed", reason=report.error)
     try:
         stats = summarize(report.latencies_ns, report.elapsed_ns, units=contender.units)
+        paired_stats = (
+            summarize(
+                report.baseline_latencies_ns, sum(report.baseline_latencies_ns), units=suite.baseline.units
+            )
+            if report.baseline_latencies_ns
+            else None
+        )
     except ValueError as exc:
         return result(status="failed", reason=str(exc))
-    return result(status="ok", stats=stats, stopped_by=report.stopped_by)
+    return result(status="ok", stats=stats, stopped_by=report.stopped_by, paired_baseline=paired_stats)
 
 
 def run_suite(suite: Suite, settings: Settings, *, log: Callable[[str], None]) -> SuiteReport:
@@ -670,6 +716,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"time bound of each warmup and timed loop (default {defaults.max_seconds:g})",
     )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help=(
+            "time each contender alternately with the baseline in one client process and take "
+            "its ratios against that paired baseline (drift of a shared machine cancels out; "
+            "concurrency 1 only)"
+        ),
+    )
     parser.add_argument("--list", action="store_true", help="list suites and contenders")
     return parser
 
@@ -702,17 +757,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {c.name}{mark}: {c.description}")
         return 0
 
+    if args.paired and args.concurrency != 1:
+        parser.error("--paired times one operation at a time: it needs --concurrency 1")
     settings = Settings(
         requests=args.requests,
         warmup=args.warmup,
         concurrency=args.concurrency,
         max_seconds=args.max_seconds,
+        paired=args.paired,
     )
     machine = machine_info()
     print(_machine_line(machine))
     print(
         f"requests {settings.requests}, warmup {settings.warmup}, "
         f"concurrency {settings.concurrency}, max {settings.max_seconds:g} s per loop"
+        + (", paired with the baseline" if settings.paired else "")
     )
     reports = []
     for suite in suites:

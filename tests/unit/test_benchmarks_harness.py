@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from benchmarks._client import run_loop
+from benchmarks._client import run_loop, run_paired_loop
 from benchmarks._harness import (
     Contender,
     ContenderResult,
@@ -25,8 +25,10 @@ from benchmarks._harness import (
     apply_ratios,
     discover_suites,
     format_table,
+    load_suite,
     missing_requirements,
     percentile,
+    run_contender,
     summarize,
 )
 
@@ -211,3 +213,50 @@ def test_missing_requirements_raises_for_a_broken_install(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="_absent_generated_code"):
         missing_requirements(["broken_pkg_x.testing"])
+
+
+def test_apply_ratios_divides_a_paired_result_by_its_own_baseline() -> None:
+    results = [
+        ContenderResult(name="echo", status="ok", stats=_stats(100.0, 400.0)),
+        ContenderResult(
+            name="sidecar", status="ok", stats=_stats(150.0, 200.0), paired_baseline=_stats(120.0, 250.0)
+        ),
+        ContenderResult(name="alone", status="ok", stats=_stats(150.0, 200.0)),
+    ]
+    _, sidecar, alone = apply_ratios(results, "echo")
+    assert (sidecar.median_ratio, sidecar.p99_ratio) == (pytest.approx(1.25), pytest.approx(0.8))
+    assert alone.median_ratio == pytest.approx(1.5)  # no pair: the run's baseline
+    table = format_table(SuiteReport(suite="rpc", baseline="echo", results=[results[0], sidecar]))
+    assert table.splitlines()[3].split()[1] == "100+"
+    assert "sidecar 120.0 / 250.0" in table.splitlines()[-1]
+
+
+def test_run_paired_loop_alternates_and_stops_at_the_count_or_the_time() -> None:
+    order: list[str] = []
+
+    async def baseline() -> None:
+        order.append("b")
+
+    async def contender() -> None:
+        order.append("c")
+
+    paired = asyncio.run(run_paired_loop(baseline, contender, count=5, max_seconds=10.0))
+    assert order == ["b", "c"] * 5
+    assert len(paired.baseline.latencies_ns) == len(paired.contender.latencies_ns) == 5
+    assert paired.contender.stopped_by == "count"
+
+    async def slow() -> None:
+        await asyncio.sleep(0.01)
+
+    bounded = asyncio.run(run_paired_loop(baseline, slow, count=1_000_000, max_seconds=0.1))
+    assert 1 <= len(bounded.contender.latencies_ns) <= 11
+    assert bounded.contender.stopped_by == "time"
+
+
+def test_a_paired_contender_runs_against_its_own_baseline_servers() -> None:
+    suite = load_suite("rpc")  # echo-4k against echo: two real echo servers, one client process
+    settings = Settings(requests=20, warmup=5, max_seconds=10.0, paired=True)
+    result = run_contender(suite, suite.get("echo-4k"), settings)
+    assert result.status == "ok", result.reason
+    assert result.stats is not None and result.paired_baseline is not None
+    assert result.stats.requests == result.paired_baseline.requests == 20
