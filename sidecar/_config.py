@@ -304,8 +304,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "blob_unreferenced_ttl_s",
         86_400.0,
-        "Seconds after its upload that a blob nothing references (no owning workflow, task payload "
-        "or memory note) is kept; a background sweep then deletes it.",
+        "Seconds after its upload that a blob nothing references (no owning workflow, task payload, "
+        "memory note or cache entry) is kept; a background sweep then deletes it.",
         _positive_float,
         "SECONDS",
     ),
