@@ -52,3 +52,26 @@ async def test_a_large_return_value_travels_as_a_blob_and_handlers_see_values(cl
         )
         result = await handle2.result(timeout=RESULT_TIMEOUT)
         assert result == {"text": big_text, "n": 1}
+
+
+async def test_a_large_cached_response_is_stored_as_a_blob_and_read_back(client: Client) -> None:
+    namespace = f"big-{suffix()}"
+    await client.cache.put_namespace(namespace)
+    report = {"text": "y" * (5 * _MiB), "pages": 12}
+    calls = 0
+
+    async def produce() -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        return report
+
+    first = await client.cache.get_or_call(namespace, "summarise the annual report", produce)
+    assert (first.from_cache, first.value) == (False, report)
+    again = await client.cache.get_or_call(namespace, "summarise the annual report", produce)
+    assert again.from_cache
+    assert again.value == report  # fetched from the blob store and decoded as stored
+    assert calls == 1
+    raw = await client.cache.lookup_raw(namespace, "summarise the annual report")
+    assert raw.response.WhichOneof("content") == "blob"  # the entry holds a reference, not 5 MiB
+    assert again.hit is not None
+    assert raw.response.blob.size_bytes == len(again.hit.data)

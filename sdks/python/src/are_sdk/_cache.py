@@ -30,11 +30,16 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from google.protobuf import duration_pb2
 
+from are_sdk._errors import NotFoundError
 from are_sdk._payload import decode_payload, encode_payload
 from are_sdk._proto.are.v1 import cache_service_pb2, common_pb2
 
 if TYPE_CHECKING:
     from are_sdk._client import ServiceClient
+    from are_sdk._state import StateBlobs
+
+# A response over this many bytes is stored in the blob store and the entry holds a reference.
+MAX_INLINE_BYTES = 4 * 1024 * 1024
 
 __all__ = [
     "Cache",
@@ -87,7 +92,8 @@ class CacheHit:
         entry_id: The entry's id (for :meth:`Cache.invalidate`).
         tier: ``"exact"`` or ``"semantic"``.
         similarity: Cosine similarity of the entry's prompt (1.0 for exact hits).
-        value: The stored response, decoded (JSON to Python, otherwise a RawPayload).
+        value: The stored response, decoded (JSON to Python, otherwise a RawPayload);
+            a response stored as a blob is fetched first.
         data: The stored response's bytes.
         content_type: The stored response's media type.
         matched_prompt: The prompt stored with the entry.
@@ -194,8 +200,9 @@ class Cache:
     field (a vector of the wrong dimension names ``vector``), and so on.
     """
 
-    def __init__(self, raw: ServiceClient) -> None:
+    def __init__(self, raw: ServiceClient, blobs: StateBlobs | None = None) -> None:
         self._raw = raw
+        self._blobs = blobs
 
     async def lookup(
         self,
@@ -220,7 +227,15 @@ class Cache:
         response = await self.lookup_raw(
             namespace, prompt, vector=vector, threshold=threshold, max_age=max_age, exact_only=exact_only
         )
-        return _hit(response) if response.hit else None
+        if not response.hit:
+            return None
+        payload = response.response
+        if payload.WhichOneof("content") == "blob" and self._blobs is not None:
+            data = await self._blobs.get(payload.blob.sha256)
+            payload = common_pb2.Payload(
+                data=data, content_type=payload.content_type or payload.blob.content_type
+            )
+        return _hit(response, payload)
 
     async def lookup_raw(
         self,
@@ -262,17 +277,24 @@ class Cache:
         Args:
             namespace: The namespace to store in.
             prompt: The prompt.
-            value: The response: JSON-serialisable, ``bytes``, or a RawPayload.
+            value: The response: JSON-serialisable, ``bytes``, or a RawPayload. Encoded
+                over 4 MiB, it is uploaded to the blob store and the entry holds a reference
+                (lookups fetch it back).
             content_type: Overrides the encoded content type.
             vector: The prompt's embedding, when you compute your own.
             ttl: Time to live (seconds or a timedelta); default the namespace's.
             metadata: Entry metadata (matched by :meth:`invalidate`).
             usage: The tokens and cost the response took, credited on each hit.
         """
+        inline = payload = encode_payload(value, content_type)
+        large = payload.WhichOneof("content") == "data" and len(payload.data) > MAX_INLINE_BYTES
+        if large and self._blobs is not None:
+            ref = await self._blobs.put(inline.data, content_type=inline.content_type)
+            payload = encode_payload(ref, inline.content_type)
         request = cache_service_pb2.StoreCacheRequest(
             namespace=namespace,
             prompt=prompt,
-            response=encode_payload(value, content_type),
+            response=payload,
             metadata=dict(metadata or {}),
         )
         if vector is not None:
@@ -287,7 +309,15 @@ class Cache:
                     cost_micro_usd=usage.cost_micro_usd,
                 )
             )
-        response = await self._raw.StoreCache(request)
+        try:
+            response = await self._raw.StoreCache(request)
+        except NotFoundError as error:
+            if not (large and self._blobs is not None and error.reason == "BLOB_NOT_FOUND"):
+                raise
+            # Swept between the check and the store (it was near its TTL): send the bytes again.
+            ref = await self._blobs.put(inline.data, content_type=inline.content_type, check_first=False)
+            request.response.CopyFrom(encode_payload(ref, inline.content_type))
+            response = await self._raw.StoreCache(request)
         return CacheStored(
             entry_id=response.entry_id, replaced=response.replaced, expire_time=_time(response.expire_time)
         )
@@ -459,8 +489,7 @@ class Cache:
         return decorate
 
 
-def _hit(response: cache_service_pb2.LookupCacheResponse) -> CacheHit:
-    payload = response.response
+def _hit(response: cache_service_pb2.LookupCacheResponse, payload: Any) -> CacheHit:
     return CacheHit(
         entry_id=response.entry_id,
         tier=_TIERS.get(response.tier, "exact"),

@@ -130,7 +130,7 @@ class Client:
         # Agent cards, task routing and model routing.
         self.router = Router(self.raw.router)
         # The semantic cache: lookup, store, invalidate, stats, namespaces, get_or_call.
-        self.cache = Cache(self.raw.cache)
+        self.cache = Cache(self.raw.cache, self.state.blobs)
         # Typed facades (client.cache, client.state, ...) are added here as
         # their capabilities land; each wraps the matching raw service.
 
