@@ -289,6 +289,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             stream.assign,
             stream.cancel,
             worker_id=worker_id,
+            announce=True,
         )
         self._streams.add(stream)
         reader = asyncio.ensure_future(self._read(context, stream, handle))

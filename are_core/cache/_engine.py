@@ -500,7 +500,7 @@ class CacheEngine:
             EventDraft(
                 event_type="CACHE_MISS",
                 name=namespace,
-                attributes={"namespace": namespace, "best_similarity": round(best, 6)},
+                attributes={"are.cache.namespace": namespace, "are.cache.best_similarity": round(best, 6)},
             )
         )
         return LookupResult(hit=None, best_similarity=max(best, 0.0))
@@ -582,12 +582,12 @@ class CacheEngine:
                 event_type="CACHE_HIT",
                 name=state.namespace.name,
                 attributes={
-                    "namespace": state.namespace.name,
-                    "entry_id": entry_id,
-                    "tier": tier,
-                    "similarity": round(similarity, 6),
-                    "saved_tokens": body.input_tokens + body.output_tokens,
-                    "saved_cost_micro_usd": body.cost_micro_usd,
+                    "are.cache.namespace": state.namespace.name,
+                    "are.cache.entry_id": entry_id,
+                    "are.cache.tier": tier,
+                    "are.cache.similarity": round(similarity, 6),
+                    "are.cache.saved_tokens": body.input_tokens + body.output_tokens,
+                    "are.cache.saved_cost_micro_usd": body.cost_micro_usd,
                 },
             )
         )
@@ -700,10 +700,10 @@ class CacheEngine:
                 event_type="CACHE_STORED",
                 name=name,
                 attributes={
-                    "namespace": name,
-                    "entry_id": entry_id_text(entry_id),
-                    "replaced": replaced_id is not None,
-                    "size_bytes": size,
+                    "are.cache.namespace": name,
+                    "are.cache.entry_id": entry_id_text(entry_id),
+                    "are.cache.replaced": replaced_id is not None,
+                    "are.cache.size_bytes": size,
                 },
             )
         )
@@ -825,7 +825,11 @@ class CacheEngine:
             EventDraft(
                 event_type="CACHE_STORED",
                 name=name,
-                attributes={"namespace": name, "stored_count": len(keys), "bulk": True},
+                attributes={
+                    "are.cache.namespace": name,
+                    "are.cache.stored_count": len(keys),
+                    "are.cache.bulk": True,
+                },
             )
         )
         await self._submit(batch, state, drafts)
@@ -869,10 +873,10 @@ class CacheEngine:
                     event_type="CACHE_INVALIDATED",
                     name=namespace,
                     attributes={
-                        "namespace": namespace,
-                        "removed_count": len(removed),
-                        "reason": "INVALIDATED",
-                        "entry_id": entry_id_text(removed[0].entry_id) if len(removed) == 1 else "",
+                        "are.cache.namespace": namespace,
+                        "are.cache.removed_count": len(removed),
+                        "are.cache.reason": "INVALIDATED",
+                        "are.cache.entry_id": entry_id_text(removed[0].entry_id) if len(removed) == 1 else "",
                     },
                 )
             ]
@@ -1126,10 +1130,10 @@ class CacheEngine:
                 event_type="CACHE_INVALIDATED",
                 name=name,
                 attributes={
-                    "namespace": name,
-                    "removed_count": len(heads),
-                    "reason": reason,
-                    "entry_id": entry_id_text(heads[0].entry_id) if len(heads) == 1 else "",
+                    "are.cache.namespace": name,
+                    "are.cache.removed_count": len(heads),
+                    "are.cache.reason": reason,
+                    "are.cache.entry_id": entry_id_text(heads[0].entry_id) if len(heads) == 1 else "",
                 },
             )
         ]

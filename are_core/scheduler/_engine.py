@@ -219,6 +219,7 @@ class WorkerHandle:
     """A connected worker (stream) or one waiting poll (unary): its slots and leases."""
 
     __slots__ = (
+        "announced",
         "capabilities",
         "connected",
         "draining",
@@ -251,6 +252,7 @@ class WorkerHandle:
         self.on_cancel = on_cancel
         self.draining = False
         self.connected = True
+        self.announced = False  # WORKER_CONNECTED recorded (stream workers; not each poll)
 
 
 class _Task:
@@ -705,6 +707,18 @@ class Scheduler:
         w.last_seq = event.sequence
         txn.events.append(event)
         txn.workflows.add(w)  # watchers wake up on any recorded change
+
+    def _worker_event(self, event_type: str, worker: WorkerHandle, attributes: dict[str, Any]) -> None:
+        """Records an event of a worker (no workflow) in the current commit."""
+        if self._events is None:
+            return
+        txn = self._txn or self._t()
+        txn.events.append(
+            self._events.record(
+                txn.batch,
+                EventDraft(event_type=event_type, worker_id=worker.worker_id, attributes=attributes),
+            )
+        )
 
     # -------------------------------------------------------------- submission
 
@@ -1341,8 +1355,13 @@ class Scheduler:
         on_cancel: Callable[[list[Cancellation]], None],
         *,
         worker_id: str = "",
+        announce: bool = False,
     ) -> WorkerHandle:
-        """Registers a worker with free slots; assignments are delivered through ``on_assign``."""
+        """Registers a worker with free slots; assignments are delivered through ``on_assign``.
+
+        ``announce`` records WORKER_CONNECTED (and WORKER_DISCONNECTED when it
+        goes): for stream workers, not for each unary poll.
+        """
         worker = WorkerHandle(
             worker_id or _new_id(f"{name}-"),
             name,
@@ -1352,6 +1371,17 @@ class Scheduler:
             on_cancel=on_cancel,
         )
         self._workers[worker.worker_id] = worker
+        if announce:
+            worker.announced = True
+            self._worker_event(
+                "WORKER_CONNECTED",
+                worker,
+                {
+                    "are.worker.name": name,
+                    "are.worker.capabilities": ",".join(worker.capabilities),
+                    "are.worker.max_concurrency": max_concurrency,
+                },
+            )
         if self.worker_changed is not None:
             self.worker_changed(worker)
         self._reidle(worker)
@@ -1374,6 +1404,12 @@ class Scheduler:
         self._workers.pop(worker.worker_id, None)
         if self.worker_changed is not None:
             self.worker_changed(worker)
+        if worker.announced:
+            self._worker_event(
+                "WORKER_DISCONNECTED",
+                worker,
+                {"are.worker.held_tasks": len(worker.held) if release_leases else 0},
+            )
         if release_leases:
             for task in list(worker.held.values()):
                 self._event("TASK_LEASE_EXPIRED", task, worker_id=worker.worker_id)
@@ -2451,9 +2487,17 @@ class Scheduler:
             attributes={
                 "are.workflow.name": source.name,
                 "are.workflow.task_count": len(specs),
-                "are.fork.source": source_id,
-                "are.fork.version": source_version,
+                "are.fork.source_workflow_id": source_id,
+                "are.fork.source_state_version": source_version,
                 "are.trace_id": w.rec.trace_id,
+            },
+        )
+        self._event(
+            "WORKFLOW_FORKED",
+            w=w,
+            attributes={
+                "are.fork.source_workflow_id": source_id,
+                "are.fork.source_state_version": source_version,
             },
         )
         self._at(rec.deadline_ns, "deadline", w, 0)

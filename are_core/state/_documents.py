@@ -481,6 +481,11 @@ class StateEngine:
             # Nothing raises past this point: the batch only grows once the patch is valid.
             for mhash, record in rows:
                 batch.put(MEMBERS, prefix + mhash + u64_key(version), _encode(record))
+            patch_bytes = (
+                len(merge_patch)
+                if merge_patch is not None
+                else sum(len(op.path) + len(op.value_json) for op in operations or ())
+            ) + sum(len(op.path) + len(op.value_json) for op in then_operations)
             sequence = self._record_event(
                 batch,
                 workflow_id=workflow_id,
@@ -488,6 +493,7 @@ class StateEngine:
                 attempt=attempt,
                 version=version,
                 writer=writer,
+                patch_bytes=patch_bytes,
                 events_out=events_out,
             )
             changed = [mhash for mhash, _ in rows]
@@ -515,6 +521,7 @@ class StateEngine:
         attempt: int,
         version: int,
         writer: str,
+        patch_bytes: int,
         events_out: list[Event] | None,
     ) -> int:
         """Adds a STATE_PATCHED event to ``batch``; returns its sequence (0 without a sink)."""
@@ -527,7 +534,11 @@ class StateEngine:
                 workflow_id=workflow_id,
                 task_id=task_id,
                 attempt=attempt,
-                attributes={"state.version": version, "state.writer": writer or "client"},
+                attributes={
+                    "are.state.version": version,
+                    "are.state.writer": writer or "client",
+                    "are.state.patch_size_bytes": patch_bytes,
+                },
             ),
         )
         if events_out is not None:

@@ -241,7 +241,7 @@ class MemoryStore:
                         EventDraft(
                             event_type="MEMORY_ADDED",
                             workflow_id=workflow_id,
-                            attributes={"memory.notes": len(notes), "memory.first_id": ids[0]},
+                            attributes={"are.memory.count": len(notes), "are.memory.first_id": ids[0]},
                         ),
                     )
                 )

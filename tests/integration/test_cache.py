@@ -309,7 +309,15 @@ async def test_cache_decisions_are_events_in_the_flight_recorder(client: Client)
             break
         await asyncio.sleep(0.1)
     assert set(seen) == wanted
-    assert "entry_id" in seen["CACHE_HIT"]
+    # The attribute names event.proto documents for each type.
+    assert {"are.cache.namespace", "are.cache.tier", "are.cache.entry_id", "are.cache.similarity"} <= set(
+        seen["CACHE_HIT"]
+    )
+    assert {"are.cache.namespace", "are.cache.best_similarity"} <= set(seen["CACHE_MISS"])
+    assert {"are.cache.namespace", "are.cache.entry_id", "are.cache.size_bytes"} <= set(seen["CACHE_STORED"])
+    assert {"are.cache.namespace", "are.cache.removed_count", "are.cache.reason"} <= set(
+        seen["CACHE_INVALIDATED"]
+    )
 
 
 def pb_event_type_name(number: int) -> str:

@@ -22,6 +22,7 @@ from are_sdk import (
     WorkflowSpec,
     WorkflowState,
 )
+from are_sdk._proto.are.v1 import event_pb2
 from are_sdk.testing import SidecarProcess
 
 
@@ -352,3 +353,29 @@ async def test_sigterm_drains_a_worker_process(client: Client, sidecar: SidecarP
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_stream_worker_connecting_and_leaving_is_in_the_trace(client: Client) -> None:
+    name = f"traced-{suffix()}"
+    worker = Worker(client, name=name, max_concurrency=3)
+
+    @worker.handler(f"cap-{suffix()}")
+    def handle(ctx: TaskContext) -> None:
+        del ctx
+
+    async with worker:
+        worker_id = worker.worker_id
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(100):  # the disconnect commits just after the stream ends; bounded wait
+        page = await client.trace.list_events(
+            worker_id=worker_id, event_types=["WORKER_CONNECTED", "WORKER_DISCONNECTED"], page_size=100
+        )
+        seen = {event_pb2.EventType.Name(e.event_type): dict(e.attributes.items()) for e in page.events}
+        if len(seen) == 2:
+            break
+        await asyncio.sleep(0.05)
+    connected = seen["EVENT_TYPE_WORKER_CONNECTED"]
+    assert connected["are.worker.name"].string_value == name
+    assert connected["are.worker.max_concurrency"].int_value == 3
+    assert "are.worker.capabilities" in connected
+    assert seen["EVENT_TYPE_WORKER_DISCONNECTED"]["are.worker.held_tasks"].int_value == 0

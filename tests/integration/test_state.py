@@ -491,6 +491,11 @@ async def test_patches_and_notes_are_recorded_as_events(client: Client) -> None:
     ]
     assert [e.sequence for e in state_events[:2]] == [initial.event_sequence, checkpoint.event_sequence]
     assert checkpoint.event_sequence > 0
+    patched, added = state_events[1].attributes, state_events[2].attributes  # the names event.proto documents
+    assert patched["are.state.version"].int_value == 2
+    assert patched["are.state.writer"].string_value == "me"
+    assert patched["are.state.patch_size_bytes"].int_value == len(b'{"a":1}')
+    assert added["are.memory.count"].int_value == 1
 
 
 async def test_the_sdk_refuses_an_ambiguous_patch_before_sending(client: Client) -> None:

@@ -310,6 +310,10 @@ async def test_fork_keeps_tasks_completed_by_the_checkpoint_and_reruns_the_rest(
     got = await client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=new))
     assert got.workflow.forked_from.workflow_id == wid
     assert got.workflow.forked_from.state_version == 2
+    page = await client.trace.list_events(workflow_ids=[new], event_types=["WORKFLOW_FORKED"])
+    (fork_event,) = page.events  # the attribute names event.proto documents
+    assert fork_event.attributes["are.fork.source_workflow_id"].string_value == wid
+    assert fork_event.attributes["are.fork.source_state_version"].int_value == 2
     kept = await get_task(client, new, "a")
     assert kept.state == t.TASK_STATE_COMPLETED
     assert json.loads(kept.output.data) == {"by": "a"}

@@ -194,7 +194,7 @@ async def test_ttl_and_max_age_never_answer_old_entries(harness: Harness) -> Non
     [stats] = e.stats("t")
     assert (stats.entries, stats.expirations) == (1, 1)
     assert any(
-        d.event_type == "CACHE_INVALIDATED" and d.attributes["reason"] == "EXPIRED"
+        d.event_type == "CACHE_INVALIDATED" and d.attributes["are.cache.reason"] == "EXPIRED"
         for d in harness.sink.recorded
     )
 
@@ -255,7 +255,7 @@ async def test_events_for_hits_misses_stores_and_invalidations(harness: Harness)
     assert kinds.count("CACHE_INVALIDATED") == 1
     assert len(harness.sink.published) == len(harness.sink.recorded)
     hit = next(d for d in harness.sink.recorded if d.event_type == "CACHE_HIT")
-    assert hit.attributes["tier"] == "EXACT"
+    assert hit.attributes["are.cache.tier"] == "EXACT"
 
 
 async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:
