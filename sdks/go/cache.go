@@ -1,0 +1,249 @@
+package are
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/are-runtime/are/sdks/go/arev1"
+)
+
+// Cache is the semantic cache of LLM results (CacheService): Client.Cache.
+// A lookup tries the exact tier (the normalised prompt), then the semantic
+// tier (embedding similarity over the namespace's threshold):
+//
+//	value, hit, err := client.Cache.GetOrCall(ctx, "gpt-4o:sys-3f2a", prompt,
+//		func(ctx context.Context) ([]byte, *arev1.Usage, error) { return callLLM(ctx, prompt) })
+type Cache struct {
+	client *Client
+}
+
+// CacheHit is the entry that answered a lookup.
+type CacheHit struct {
+	// EntryID is the entry's id (to invalidate it).
+	EntryID string
+	// Tier is the tier that answered: exact or semantic.
+	Tier arev1.CacheTier
+	// Similarity is the cosine similarity of the entry (1 for exact hits).
+	Similarity float64
+	// Value is the stored response (fetched when stored as a blob).
+	Value []byte
+	// ContentType is the response's content type ("" means JSON).
+	ContentType string
+	// MatchedPrompt is the prompt stored with the entry.
+	MatchedPrompt string
+	// Metadata is the entry's metadata.
+	Metadata map[string]string
+	// Usage is what producing the response cost: what this hit saved.
+	Usage *arev1.Usage
+	// Response is the whole LookupCacheResponse.
+	Response *arev1.LookupCacheResponse
+}
+
+// CacheOption configures Lookup, Store and GetOrCall; each uses the options
+// that apply to it.
+type CacheOption func(*cacheOptions)
+
+type cacheOptions struct {
+	vector      []float32
+	threshold   *float64
+	maxAge      time.Duration
+	exactOnly   bool
+	ttl         time.Duration
+	metadata    map[string]string
+	usage       *arev1.Usage
+	contentType string
+}
+
+// WithVector gives the prompt's embedding, computed by the caller, for the
+// semantic tier (lookups and stores).
+func WithVector(vector []float32) CacheOption {
+	return func(o *cacheOptions) { o.vector = vector }
+}
+
+// WithThreshold sets the similarity a semantic hit needs, in (0, 1]
+// (default the namespace's).
+func WithThreshold(threshold float64) CacheOption {
+	return func(o *cacheOptions) { o.threshold = &threshold }
+}
+
+// WithMaxAge lets only entries younger than d answer a lookup.
+func WithMaxAge(d time.Duration) CacheOption {
+	return func(o *cacheOptions) { o.maxAge = d }
+}
+
+// ExactOnly consults the exact tier only.
+func ExactOnly() CacheOption {
+	return func(o *cacheOptions) { o.exactOnly = true }
+}
+
+// WithTTL sets a stored entry's time to live (default the namespace's).
+func WithTTL(d time.Duration) CacheOption {
+	return func(o *cacheOptions) { o.ttl = d }
+}
+
+// WithMetadata sets a stored entry's metadata (matched by InvalidateCache).
+func WithMetadata(metadata map[string]string) CacheOption {
+	return func(o *cacheOptions) { o.metadata = metadata }
+}
+
+// WithUsage records the tokens and cost a stored response took, credited as
+// savings on each hit.
+func WithUsage(usage *arev1.Usage) CacheOption {
+	return func(o *cacheOptions) { o.usage = usage }
+}
+
+// WithContentType sets a stored response's content type (default JSON).
+func WithContentType(contentType string) CacheOption {
+	return func(o *cacheOptions) { o.contentType = contentType }
+}
+
+func collect(opts []CacheOption) cacheOptions {
+	var o cacheOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+func vectorOf(values []float32) *arev1.Vector {
+	if values == nil {
+		return nil
+	}
+	return &arev1.Vector{Values: values}
+}
+
+// PutNamespace creates a namespace or updates its mutable settings; it
+// returns the namespace as stored and whether it was created.
+func (c *Cache) PutNamespace(ctx context.Context, namespace *arev1.CacheNamespace) (*arev1.CacheNamespace, bool, error) {
+	resp, err := c.client.Raw.Cache.PutNamespace(ctx, &arev1.PutNamespaceRequest{Namespace: namespace})
+	if err != nil {
+		return nil, false, err
+	}
+	return resp.GetNamespace(), resp.GetCreated(), nil
+}
+
+// Lookup returns the entry answering prompt (exact tier, then semantic), or
+// nil on a miss. Options: WithVector, WithThreshold, WithMaxAge, ExactOnly.
+func (c *Cache) Lookup(ctx context.Context, namespace, prompt string, opts ...CacheOption) (*CacheHit, error) {
+	return c.lookup(ctx, namespace, prompt, collect(opts))
+}
+
+func (c *Cache) lookup(ctx context.Context, namespace, prompt string, o cacheOptions) (*CacheHit, error) {
+	req := &arev1.LookupCacheRequest{
+		Namespace: namespace,
+		Prompt:    prompt,
+		Vector:    vectorOf(o.vector),
+		Threshold: o.threshold,
+		ExactOnly: o.exactOnly,
+	}
+	if o.maxAge > 0 {
+		req.MaxAge = durationpb.New(o.maxAge)
+	}
+	resp, err := c.client.Raw.Cache.LookupCache(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if !resp.GetHit() {
+		return nil, nil
+	}
+	value, err := c.client.PayloadBytes(ctx, resp.GetResponse())
+	if err != nil {
+		return nil, err
+	}
+	contentType := resp.GetResponse().GetContentType()
+	if contentType == "" && resp.GetResponse().GetBlob() != nil {
+		contentType = resp.GetResponse().GetBlob().GetContentType()
+	}
+	return &CacheHit{
+		EntryID:       resp.GetEntryId(),
+		Tier:          resp.GetTier(),
+		Similarity:    resp.GetSimilarity(),
+		Value:         value,
+		ContentType:   contentType,
+		MatchedPrompt: resp.GetMatchedPrompt(),
+		Metadata:      resp.GetMetadata(),
+		Usage:         resp.GetUsage(),
+		Response:      resp,
+	}, nil
+}
+
+// Store stores value under prompt; an entry with the same normalised prompt
+// is replaced. A value over MaxInlineBytes goes through the blob store.
+// Options: WithVector, WithTTL, WithMetadata, WithUsage, WithContentType.
+func (c *Cache) Store(ctx context.Context, namespace, prompt string, value []byte, opts ...CacheOption) (*arev1.StoreCacheResponse, error) {
+	return c.store(ctx, namespace, prompt, value, collect(opts))
+}
+
+func (c *Cache) store(ctx context.Context, namespace, prompt string, value []byte, o cacheOptions) (*arev1.StoreCacheResponse, error) {
+	contentType := o.contentType
+	if contentType == "" {
+		contentType = JSONContentType
+	}
+	response, err := c.client.inlineOrBlob(ctx, value, contentType, "")
+	if err != nil {
+		return nil, err
+	}
+	req := &arev1.StoreCacheRequest{
+		Namespace: namespace,
+		Prompt:    prompt,
+		Vector:    vectorOf(o.vector),
+		Response:  response,
+		Metadata:  o.metadata,
+		Usage:     o.usage,
+	}
+	if o.ttl > 0 {
+		req.Ttl = durationpb.New(o.ttl)
+	}
+	return c.client.Raw.Cache.StoreCache(ctx, req)
+}
+
+// Invalidate removes entries by id; it returns how many were removed.
+func (c *Cache) Invalidate(ctx context.Context, namespace string, entryIDs ...string) (int64, error) {
+	resp, err := c.client.Raw.Cache.InvalidateCache(ctx, &arev1.InvalidateCacheRequest{Namespace: namespace, EntryIds: entryIDs})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetRemovedCount(), nil
+}
+
+// Stats returns the counters of one namespace ("" for every namespace).
+func (c *Cache) Stats(ctx context.Context, namespace string) ([]*arev1.CacheStats, error) {
+	resp, err := c.client.Raw.Cache.GetCacheStats(ctx, &arev1.GetCacheStatsRequest{Namespace: namespace})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetStats(), nil
+}
+
+// CacheCall produces a response on a miss, with the tokens and cost it took
+// (nil when unknown).
+type CacheCall func(ctx context.Context) (value []byte, usage *arev1.Usage, err error)
+
+// GetOrCall looks prompt up; on a hit it returns the cached value and the
+// hit, without calling call. On a miss it calls call once, stores its value
+// (with its usage) and returns it with a nil hit. An error of call is
+// returned as it is and nothing is stored. It is not a lock: concurrent
+// misses of one prompt each call.
+func (c *Cache) GetOrCall(ctx context.Context, namespace, prompt string, call CacheCall, opts ...CacheOption) ([]byte, *CacheHit, error) {
+	o := collect(opts)
+	hit, err := c.lookup(ctx, namespace, prompt, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if hit != nil {
+		return hit.Value, hit, nil
+	}
+	value, usage, err := call(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if usage != nil {
+		o.usage = usage
+	}
+	if _, err := c.store(ctx, namespace, prompt, value, o); err != nil {
+		return value, nil, err
+	}
+	return value, nil, nil
+}

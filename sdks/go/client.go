@@ -1,0 +1,263 @@
+package are
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/are-runtime/are/sdks/go/arev1"
+)
+
+// DefaultMaxMessageBytes is the largest message sent or received by default:
+// the sidecar's own default bound (64 MiB).
+const DefaultMaxMessageBytes = 64 * 1024 * 1024
+
+// SDKName identifies this SDK to the sidecar (worker identity, diagnostics).
+const SDKName = "are-sdk-go/0.1"
+
+// Raw holds the generated stub of every are.v1 service, for the RPCs the
+// facade does not wrap. Calls through them send the bearer token and return
+// *Error for failed calls, like the facade's.
+type Raw struct {
+	Scheduler arev1.SchedulerServiceClient
+	Worker    arev1.WorkerServiceClient
+	State     arev1.StateServiceClient
+	Cache     arev1.CacheServiceClient
+	Router    arev1.RouterServiceClient
+	Trace     arev1.TraceServiceClient
+	Health    healthpb.HealthClient
+}
+
+// Client is a connection to one ARE sidecar. It is safe for concurrent use;
+// create it with Connect and release it with Close.
+type Client struct {
+	target string
+	conn   *grpc.ClientConn
+
+	// Raw is the raw service layer: every RPC of the contract.
+	Raw Raw
+	// Workflows submits and follows workflows (SchedulerService).
+	Workflows *Workflows
+	// Cache is the semantic cache (CacheService).
+	Cache *Cache
+	// Trace reads and follows the flight recorder (TraceService).
+	Trace *Trace
+}
+
+type options struct {
+	token           string
+	tls             *tls.Config
+	useTLS          bool
+	maxMessageBytes int
+	dial            []grpc.DialOption
+}
+
+// Option configures Connect.
+type Option func(*options)
+
+// WithToken sends "authorization: Bearer <token>" with every call, for a
+// sidecar started with --token-file or ARE_TOKEN.
+func WithToken(token string) Option { return func(o *options) { o.token = token } }
+
+// WithTLS connects with TLS; a nil config uses the system's roots.
+func WithTLS(config *tls.Config) Option {
+	return func(o *options) { o.useTLS, o.tls = true, config }
+}
+
+// WithMaxMessageBytes sets the largest message sent or received (default
+// DefaultMaxMessageBytes).
+func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
+
+// WithDialOptions adds grpc dial options (interceptors, keepalive, ...).
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dial = append(o.dial, opts...) }
+}
+
+// Connect opens a connection to the sidecar at target ("host:port" for TCP or
+// "unix:PATH" for a Unix socket) and waits until it is reachable or ctx ends.
+// The wait is bounded by ctx only: give it a deadline.
+func Connect(ctx context.Context, target string, opts ...Option) (*Client, error) {
+	o := options{maxMessageBytes: DefaultMaxMessageBytes}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	creds := insecure.NewCredentials()
+	if o.useTLS {
+		config := o.tls
+		if config == nil {
+			config = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		creds = credentials.NewTLS(config)
+	}
+	var md metadata.MD
+	if o.token != "" {
+		md = metadata.Pairs("authorization", "Bearer "+o.token)
+	}
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(o.maxMessageBytes),
+			grpc.MaxCallSendMsgSize(o.maxMessageBytes),
+		),
+		grpc.WithChainUnaryInterceptor(unaryInterceptor(md)),
+		grpc.WithChainStreamInterceptor(streamInterceptor(md)),
+	}
+	dial = append(dial, o.dial...)
+	conn, err := grpc.NewClient(dialTarget(target), dial...)
+	if err != nil {
+		return nil, fmt.Errorf("are: bad target %q: %w", target, err)
+	}
+	if err := waitReady(ctx, conn); err != nil {
+		conn.Close()
+		return nil, &Error{
+			Code:    codes.Unavailable,
+			Message: fmt.Sprintf("no ARE sidecar answered at %q: %v", target, err),
+			cause:   err,
+		}
+	}
+	return newClient(target, conn), nil
+}
+
+// dialTarget makes a plain host:port resolve without DNS (the sidecar is
+// local), and keeps unix: and scheme-qualified targets as they are.
+func dialTarget(target string) string {
+	if strings.Contains(target, ":///") || strings.HasPrefix(target, "unix:") || strings.HasPrefix(target, "unix-abstract:") {
+		return target
+	}
+	return "passthrough:///" + target
+}
+
+func waitReady(ctx context.Context, conn *grpc.ClientConn) error {
+	conn.Connect()
+	for {
+		state := conn.GetState()
+		switch state {
+		case connectivity.Ready:
+			return nil
+		case connectivity.Idle:
+			conn.Connect()
+		case connectivity.Shutdown:
+			return fmt.Errorf("connection shut down")
+		}
+		if !conn.WaitForStateChange(ctx, state) {
+			return ctx.Err()
+		}
+	}
+}
+
+func newClient(target string, conn *grpc.ClientConn) *Client {
+	c := &Client{
+		target: target,
+		conn:   conn,
+		Raw: Raw{
+			Scheduler: arev1.NewSchedulerServiceClient(conn),
+			Worker:    arev1.NewWorkerServiceClient(conn),
+			State:     arev1.NewStateServiceClient(conn),
+			Cache:     arev1.NewCacheServiceClient(conn),
+			Router:    arev1.NewRouterServiceClient(conn),
+			Trace:     arev1.NewTraceServiceClient(conn),
+			Health:    healthpb.NewHealthClient(conn),
+		},
+	}
+	c.Workflows = &Workflows{client: c}
+	c.Cache = &Cache{client: c}
+	c.Trace = &Trace{client: c}
+	return c
+}
+
+// Target is the target the client was connected to.
+func (c *Client) Target() string { return c.target }
+
+// Conn is the underlying connection, for stubs of your own.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Close closes the connection; calls in flight are cancelled.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Health returns the sidecar's health status (SERVING when ready to serve).
+func (c *Client) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	return c.ServiceHealth(ctx, "")
+}
+
+// ServiceHealth returns the health of one service, such as
+// "are.v1.SchedulerService" ("" is the sidecar as a whole).
+func (c *Client) ServiceHealth(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	resp, err := c.Raw.Health.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, err
+	}
+	return resp.GetStatus(), nil
+}
+
+// convert turns a failed call's error into an *Error, remembering the
+// context's error when the caller's context ended the call.
+func convert(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	s, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	e := FromStatus(s)
+	if cerr := ctx.Err(); cerr != nil && (e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded) {
+		e.cause = cerr
+	}
+	return e
+}
+
+func withToken(ctx context.Context, md metadata.MD) context.Context {
+	if md == nil {
+		return ctx
+	}
+	return metadata.NewOutgoingContext(ctx, metadata.Join(md, outgoing(ctx)))
+}
+
+func outgoing(ctx context.Context) metadata.MD {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	return md
+}
+
+func unaryInterceptor(md metadata.MD) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return convert(ctx, invoker(withToken(ctx, md), method, req, reply, cc, opts...))
+	}
+}
+
+func streamInterceptor(md metadata.MD) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		stream, err := streamer(withToken(ctx, md), desc, cc, method, opts...)
+		if err != nil {
+			return nil, convert(ctx, err)
+		}
+		return &convertingStream{ClientStream: stream, ctx: ctx}, nil
+	}
+}
+
+// convertingStream returns *Error for a stream's failures (io.EOF stays).
+type convertingStream struct {
+	grpc.ClientStream
+	ctx context.Context
+}
+
+func (s *convertingStream) RecvMsg(m any) error {
+	return convert(s.ctx, s.ClientStream.RecvMsg(m))
+}
+
+func (s *convertingStream) SendMsg(m any) error {
+	return convert(s.ctx, s.ClientStream.SendMsg(m))
+}
+
+func (s *convertingStream) CloseSend() error {
+	return convert(s.ctx, s.ClientStream.CloseSend())
+}

@@ -1,0 +1,27 @@
+// Package are is the Go client of ARE, the Agent Runtime Environment: a gRPC
+// sidecar that schedules, stores, caches, routes and traces the work of AI
+// agent processes. Its whole contract is proto/are/v1 (package are.v1); the
+// generated code is in the arev1 package.
+//
+// The SDK has three layers, like the Python one (are_sdk): the generated
+// stubs (arev1), a raw layer (Client.Raw: every service's stub, sending the
+// bearer token and returning *Error for failed calls), and a small typed
+// facade on top:
+//
+//   - Connect, Client.Close and Client.Health;
+//   - Client.Workflows: submit a workflow (an arev1.WorkflowSpec, or one made
+//     with NewWorkflow), get it, wait for it to close, cancel it, read a
+//     task's output;
+//   - Client.NewWorker: a worker on the unary path (PollTask long poll,
+//     CompleteTask / FailTask, RecordHeartbeat while a handler runs) with a
+//     Run loop of bounded concurrency;
+//   - Client.Cache: Lookup, Store and GetOrCall on the semantic cache;
+//   - Client.Trace: the flight recorder, listed or followed live.
+//
+// Every failed call returns an *Error carrying the gRPC code, the ErrorInfo
+// reason, the BadRequest field violations and the RetryInfo delay; use
+// errors.As to read it, or errors.Is with the Err* kinds (ErrNotFound, ...).
+// A task's own failure is data (arev1.Failure), never an *Error.
+//
+// Every wait takes a context: deadlines and cancellation bound it.
+package are

@@ -1,0 +1,728 @@
+package are
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/are-runtime/are/sdks/go/arev1"
+)
+
+// Handler runs one task attempt and returns its output (JSON unless the task
+// says otherwise with SetOutputContentType; nil means no output). A returned
+// error fails the attempt, which is retried by the task's retry policy; wrap
+// it in a *TaskError (or use NonRetryable) to choose its type or forbid
+// retries. ctx ends when the sidecar cancels the attempt (context.Cause is
+// then ErrTaskCancelled), at the attempt's deadline, or when the worker's
+// shutdown grace runs out (ErrWorkerStopped).
+type Handler func(ctx context.Context, task *Task) ([]byte, error)
+
+var (
+	// ErrTaskCancelled is the cause of a handler's context when the sidecar
+	// asked to stop the attempt (its workflow was cancelled or closed) or
+	// the worker lost the attempt's lease.
+	ErrTaskCancelled = errors.New("are: task attempt cancelled by the sidecar")
+	// ErrWorkerStopped is the cause of a handler's context when the worker
+	// stopped and the handler outlived the shutdown grace.
+	ErrWorkerStopped = errors.New("are: worker stopped")
+)
+
+// TaskError is a handler's failure with the details the contract carries:
+// a type (matched against RetryPolicy.non_retryable_failure_types), whether
+// it may be retried, structured details and a least retry delay.
+type TaskError struct {
+	// Message says what went wrong; default Err's message.
+	Message string
+	// Type is the failure's type; default the Go type of Err.
+	Type string
+	// NonRetryable forbids retries, whatever the retry policy says.
+	NonRetryable bool
+	// Details are structured details (JSON), at most 1 MiB.
+	Details []byte
+	// RetryAfter is the least delay before a retry (a provider's
+	// Retry-After); zero leaves the policy's backoff.
+	RetryAfter time.Duration
+	// Err is the underlying error, if any.
+	Err error
+}
+
+func (e *TaskError) Error() string {
+	switch {
+	case e.Message != "":
+		return e.Message
+	case e.Err != nil:
+		return e.Err.Error()
+	default:
+		return "task failed"
+	}
+}
+
+func (e *TaskError) Unwrap() error { return e.Err }
+
+// NonRetryable wraps err so that the attempt fails for good: no retry.
+func NonRetryable(err error) error {
+	return &TaskError{Err: err, NonRetryable: true}
+}
+
+// Dependency is what a task received about one of its dependencies.
+type Dependency struct {
+	// TaskID is the dependency's task id.
+	TaskID string
+	// State is its terminal state (or its state at dispatch for rules that
+	// fire early).
+	State arev1.TaskState
+	// Output is its output when COMPLETED (fetched when passed as a blob).
+	Output []byte
+	// ContentType is the output's content type ("" means JSON).
+	ContentType string
+	// Failure is its failure when FAILED, REJECTED or CANCELLED.
+	Failure *arev1.Failure
+}
+
+// Task is one attempt of one task, as handed to a Handler.
+type Task struct {
+	// WorkflowID is the task's workflow.
+	WorkflowID string
+	// TaskID is the task's id.
+	TaskID string
+	// Attempt is the attempt number, from 1.
+	Attempt int32
+	// Capability is the capability the task was assigned for.
+	Capability string
+	// IdempotencyKey is the same for every attempt of the task: use it to
+	// make side effects idempotent.
+	IdempotencyKey string
+	// Input is the task's input (fetched when passed as a blob).
+	Input []byte
+	// InputContentType is the input's content type ("" means JSON).
+	InputContentType string
+	// Dependencies are the task's dependencies, in depends_on order.
+	Dependencies []Dependency
+	// Deadline is when the attempt's start-to-close timeout ends (zero if
+	// the sidecar sent none); the handler's context ends then too.
+	Deadline time.Time
+	// Assignment is the assignment as received, with everything else
+	// (trace context, labels, last failure, heartbeat details, ...).
+	Assignment *arev1.TaskAssignment
+
+	mu                sync.Mutex
+	usage             *arev1.Usage
+	heartbeatDetails  *arev1.Payload
+	outputContentType string
+	statePatch        []byte
+	kick              chan struct{}
+}
+
+// DecodeInput unmarshals the JSON input into v.
+func (t *Task) DecodeInput(v any) error {
+	if len(t.Input) == 0 {
+		return errors.New("are: the task has no input")
+	}
+	return json.Unmarshal(t.Input, v)
+}
+
+// DependencyOutput returns the output of a dependency that COMPLETED.
+func (t *Task) DependencyOutput(taskID string) ([]byte, bool) {
+	for _, d := range t.Dependencies {
+		if d.TaskID == taskID && d.State == arev1.TaskState_TASK_STATE_COMPLETED {
+			return d.Output, true
+		}
+	}
+	return nil, false
+}
+
+// IsLastAttempt reports whether a failure of this attempt will not be
+// retried by policy.
+func (t *Task) IsLastAttempt() bool {
+	limit := t.Assignment.GetMaximumAttempts()
+	return limit > 0 && t.Attempt >= limit
+}
+
+// AddUsage adds tokens, cost and calls to what the attempt reports with its
+// result (counted against the workflow's budgets). Safe for concurrent use.
+func (t *Task) AddUsage(u *arev1.Usage) {
+	if u == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.usage == nil {
+		t.usage = &arev1.Usage{}
+	}
+	t.usage.InputTokens += u.GetInputTokens()
+	t.usage.OutputTokens += u.GetOutputTokens()
+	t.usage.CostMicroUsd += u.GetCostMicroUsd()
+	t.usage.LlmCalls += u.GetLlmCalls()
+	t.usage.ToolCalls += u.GetToolCalls()
+}
+
+// RecordHeartbeat records progress details (JSON) to send with the next
+// heartbeat, at once; the next attempt receives the latest ones if this one
+// is lost. The worker heartbeats on its own while the handler runs.
+func (t *Task) RecordHeartbeat(details []byte) {
+	t.mu.Lock()
+	t.heartbeatDetails = Bytes(details, JSONContentType)
+	t.mu.Unlock()
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SetOutputContentType sets the content type of the handler's output
+// (default JSON).
+func (t *Task) SetOutputContentType(contentType string) {
+	t.mu.Lock()
+	t.outputContentType = contentType
+	t.mu.Unlock()
+}
+
+// SetStateMergePatch sets a JSON Merge Patch applied to the workflow's state
+// document in the same commit as the completion.
+func (t *Task) SetStateMergePatch(patch []byte) {
+	t.mu.Lock()
+	t.statePatch = patch
+	t.mu.Unlock()
+}
+
+// WorkerOptions configure a Worker; zero values take the defaults.
+type WorkerOptions struct {
+	// Concurrency is the most handlers run at once (default 16, at most
+	// 10,000).
+	Concurrency int
+	// Identity says who this process is, for humans (default "host:pid N").
+	Identity string
+	// PollTimeout is the deadline of each PollTask long poll (default 10 s;
+	// the sidecar answers about 1 s before it). A stopping worker lets the
+	// poll in flight finish rather than cancel it, since a poll cancelled
+	// just as the sidecar assigns a task would strand that task until its
+	// lease expires; so this also bounds how long Run takes to notice a
+	// stop. At least 2 s.
+	PollTimeout time.Duration
+	// HeartbeatInterval is how often a running attempt is heartbeated
+	// (default 1 s, and at most a quarter of the task's heartbeat timeout).
+	// Heartbeats are how a unary worker learns that an attempt was
+	// cancelled, so this also bounds how soon a handler hears of it.
+	HeartbeatInterval time.Duration
+	// ShutdownGrace is how long running handlers may go on after Run's
+	// context ends (default 10 s); their context is then cancelled with
+	// ErrWorkerStopped.
+	ShutdownGrace time.Duration
+	// ReportTimeout bounds each CompleteTask, FailTask and RecordHeartbeat
+	// call, retries on UNAVAILABLE included (default 30 s).
+	ReportTimeout time.Duration
+	// Logger receives the worker's warnings (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// WorkerStats are a worker's counters since it was created.
+type WorkerStats struct {
+	// Completed counts attempts reported as completed.
+	Completed int64
+	// Failed counts attempts reported as failed.
+	Failed int64
+	// Cancelled counts attempts the sidecar cancelled or took back.
+	Cancelled int64
+}
+
+// Worker serves tasks of one or more capabilities on the unary path of
+// WorkerService: PollTask long polls, CompleteTask / FailTask, and
+// RecordHeartbeat while a handler runs. Create it with Client.NewWorker, add
+// handlers with Handle, then call Run.
+type Worker struct {
+	client   *Client
+	name     string
+	opts     WorkerOptions
+	log      *slog.Logger
+	handlers map[string]Handler
+	running  atomic.Bool
+	workerID atomic.Value // string
+
+	completed, failed, cancelled atomic.Int64
+}
+
+const maxPollTasks = 100
+
+// NewWorker makes a worker named name (shared by its replicas, in the id
+// alphabet).
+func (c *Client) NewWorker(name string, opts WorkerOptions) *Worker {
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 16
+	}
+	if opts.Identity == "" {
+		host, _ := os.Hostname()
+		opts.Identity = fmt.Sprintf("%s:pid %d", host, os.Getpid())
+	}
+	if opts.PollTimeout <= 0 {
+		opts.PollTimeout = 10 * time.Second
+	}
+	opts.PollTimeout = max(opts.PollTimeout, 2*time.Second)
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = time.Second
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	if opts.ReportTimeout <= 0 {
+		opts.ReportTimeout = 30 * time.Second
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Worker{
+		client:   c,
+		name:     name,
+		opts:     opts,
+		log:      logger.With("worker", name),
+		handlers: map[string]Handler{},
+	}
+}
+
+// Handle sets the handler of a capability; call it before Run.
+func (w *Worker) Handle(capability string, handler Handler) {
+	if w.running.Load() {
+		panic("are: Worker.Handle called while the worker runs")
+	}
+	w.handlers[capability] = handler
+}
+
+// WorkerID is the id the sidecar uses for this worker in events and task
+// statuses ("" before the first poll).
+func (w *Worker) WorkerID() string {
+	id, _ := w.workerID.Load().(string)
+	return id
+}
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() WorkerStats {
+	return WorkerStats{Completed: w.completed.Load(), Failed: w.failed.Load(), Cancelled: w.cancelled.Load()}
+}
+
+// Run serves tasks until ctx ends, then stops gracefully: it polls no more,
+// lets running handlers finish within ShutdownGrace (then cancels their
+// context), reports their results, and returns nil. It returns an error at
+// once when the sidecar refuses the worker for a reason that retrying cannot
+// fix (a bad name or capability, authentication, UNIMPLEMENTED); other poll
+// failures are retried with backoff.
+func (w *Worker) Run(ctx context.Context) error {
+	if len(w.handlers) == 0 {
+		return errors.New("are: the worker has no handler; call Handle first")
+	}
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("are: the worker is already running")
+	}
+	defer w.running.Store(false)
+
+	// Handlers outlive ctx by the shutdown grace at most.
+	base, stopHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopHandlers(nil)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		timer := time.NewTimer(w.opts.ShutdownGrace)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+			stopHandlers(ErrWorkerStopped)
+		case <-done:
+		}
+	}()
+
+	slots := make(chan struct{}, w.opts.Concurrency)
+	var running sync.WaitGroup
+	err := w.poll(ctx, base, slots, &running)
+	running.Wait()
+	return err
+}
+
+func (w *Worker) capabilities() []string {
+	out := make([]string, 0, len(w.handlers))
+	for c := range w.handlers {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// poll long-polls for as many tasks as there are free slots and starts a
+// goroutine per assignment (never more than Concurrency).
+func (w *Worker) poll(ctx, base context.Context, slots chan struct{}, running *sync.WaitGroup) error {
+	capabilities := w.capabilities()
+	delay := 50 * time.Millisecond
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		if ctx.Err() != nil {
+			<-slots
+			return nil
+		}
+		free := 1
+	more:
+		for free < maxPollTasks {
+			select {
+			case slots <- struct{}{}:
+				free++
+			default:
+				break more
+			}
+		}
+		// Not cancelled with ctx (see PollTimeout), but bounded.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.PollTimeout)
+		resp, err := w.client.Raw.Worker.PollTask(pctx, &arev1.PollTaskRequest{
+			WorkerName:   w.name,
+			Capabilities: capabilities,
+			MaxTasks:     int32(free),
+			Identity:     w.opts.Identity,
+		})
+		cancel()
+		assigned := len(resp.GetAssignments())
+		for i := assigned; i < free; i++ {
+			<-slots
+		}
+		if err != nil {
+			if fatalPollError(err) {
+				return fmt.Errorf("are: worker %s refused: %w", w.name, err)
+			}
+			if ctx.Err() == nil {
+				w.log.Warn("poll failed; retrying", "error", err)
+			}
+			if sleep(ctx, jitter(delay)) != nil {
+				return nil
+			}
+			delay = min(2*delay, 5*time.Second)
+			continue
+		}
+		delay = 50 * time.Millisecond
+		if id := resp.GetWorkerId(); id != "" {
+			w.workerID.Store(id)
+		}
+		for _, a := range resp.GetAssignments() {
+			running.Add(1)
+			go func(a *arev1.TaskAssignment) {
+				defer running.Done()
+				defer func() { <-slots }()
+				w.runAttempt(ctx, base, a)
+			}(a)
+		}
+	}
+}
+
+func fatalPollError(err error) bool {
+	return errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrUnauthenticated) ||
+		errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrUnimplemented)
+}
+
+// attemptEnd says how the sidecar ended an attempt while its handler ran.
+type attemptEnd int32
+
+const (
+	attemptHeld          attemptEnd = iota
+	attemptCancelRequest            // RecordHeartbeat said cancel_requested: report CANCELLED
+	attemptLost                     // the lease is gone (TASK_NOT_HELD, ...): report nothing
+)
+
+func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) {
+	var hctx context.Context
+	var cancel context.CancelCauseFunc
+	hctx, cancel = context.WithCancelCause(base)
+	defer cancel(nil)
+	task := &Task{
+		WorkflowID:       a.GetWorkflowId(),
+		TaskID:           a.GetTaskId(),
+		Attempt:          a.GetAttempt(),
+		Capability:       a.GetCapability(),
+		IdempotencyKey:   a.GetIdempotencyKey(),
+		InputContentType: a.GetInput().GetContentType(),
+		Assignment:       a,
+		kick:             make(chan struct{}, 1),
+	}
+	if dl := a.GetDeadlineTime(); dl != nil {
+		task.Deadline = dl.AsTime()
+		var cancelDeadline context.CancelFunc
+		hctx, cancelDeadline = context.WithDeadline(hctx, task.Deadline)
+		defer cancelDeadline()
+	}
+
+	var end atomic.Int32
+	stopBeats := make(chan struct{})
+	beating := make(chan struct{})
+	go func() {
+		defer close(beating)
+		w.heartbeat(hctx, task, stopBeats, func(e attemptEnd, why error) {
+			if end.CompareAndSwap(int32(attemptHeld), int32(e)) {
+				cancel(fmt.Errorf("%w: %v", ErrTaskCancelled, why))
+			}
+		})
+	}()
+
+	output, err := w.call(hctx, task)
+	close(stopBeats)
+	<-beating
+
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.ReportTimeout)
+	defer rcancel()
+	switch attemptEnd(end.Load()) {
+	case attemptLost:
+		w.cancelled.Add(1)
+		return
+	case attemptCancelRequest:
+		w.cancelled.Add(1)
+		w.fail(rctx, task, &arev1.Failure{
+			Message: "cancelled: the sidecar asked the worker to stop",
+			Type:    "Cancelled",
+			Kind:    arev1.FailureKind_FAILURE_KIND_CANCELLED,
+		}, 0)
+		return
+	}
+	if err != nil {
+		failure, retryAfter := failureOf(err)
+		if errors.Is(context.Cause(hctx), ErrWorkerStopped) {
+			failure = &arev1.Failure{
+				Message: "the worker stopped before the task finished: " + err.Error(),
+				Type:    "WorkerStopped",
+				Kind:    arev1.FailureKind_FAILURE_KIND_WORKER_LOST,
+			}
+		}
+		w.fail(rctx, task, failure, retryAfter)
+		return
+	}
+	w.complete(rctx, task, output)
+}
+
+// call runs the handler, fetching blob inputs first and turning a panic
+// into a failure.
+func (w *Worker) call(ctx context.Context, task *Task) (output []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &panicError{value: r, stack: string(debug.Stack())}
+		}
+	}()
+	if err := w.resolve(ctx, task); err != nil {
+		return nil, &TaskError{Message: "cannot read the task's blobs: " + err.Error(), Type: "BlobReadError", Err: err}
+	}
+	handler := w.handlers[task.Capability]
+	if handler == nil {
+		return nil, &TaskError{Message: fmt.Sprintf("worker %s has no handler for %q", w.name, task.Capability), Type: "NoHandler", NonRetryable: true}
+	}
+	return handler(ctx, task)
+}
+
+func (w *Worker) resolve(ctx context.Context, task *Task) error {
+	a := task.Assignment
+	input, err := w.client.PayloadBytes(ctx, a.GetInput())
+	if err != nil {
+		return err
+	}
+	task.Input = input
+	if task.InputContentType == "" && a.GetInput().GetBlob() != nil {
+		task.InputContentType = a.GetInput().GetBlob().GetContentType()
+	}
+	for _, d := range a.GetDependencies() {
+		out, err := w.client.PayloadBytes(ctx, d.GetOutput())
+		if err != nil {
+			return err
+		}
+		task.Dependencies = append(task.Dependencies, Dependency{
+			TaskID:      d.GetTaskId(),
+			State:       d.GetState(),
+			Output:      out,
+			ContentType: d.GetOutput().GetContentType(),
+			Failure:     d.GetFailure(),
+		})
+	}
+	return nil
+}
+
+type panicError struct {
+	value any
+	stack string
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.value) }
+
+const (
+	maxFailureMessage = 32 * 1024
+	maxStackTrace     = 64 * 1024
+)
+
+// failureOf makes the Failure a handler's error is reported as.
+func failureOf(err error) (*arev1.Failure, time.Duration) {
+	failure := &arev1.Failure{
+		Message: truncate(err.Error(), maxFailureMessage),
+		Type:    strings.TrimPrefix(fmt.Sprintf("%T", err), "*"),
+		Kind:    arev1.FailureKind_FAILURE_KIND_APPLICATION,
+	}
+	var retryAfter time.Duration
+	var te *TaskError
+	var pe *panicError
+	switch {
+	case errors.As(err, &te):
+		if te.Type != "" {
+			failure.Type = te.Type
+		} else if te.Err != nil {
+			failure.Type = strings.TrimPrefix(fmt.Sprintf("%T", te.Err), "*")
+		}
+		failure.NonRetryable = te.NonRetryable
+		if len(te.Details) > 0 {
+			failure.Details = Bytes(te.Details, JSONContentType)
+		}
+		retryAfter = te.RetryAfter
+	case errors.As(err, &pe):
+		failure.Type = "panic"
+		failure.StackTrace = truncate(pe.stack, maxStackTrace)
+	}
+	return failure, retryAfter
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// heartbeat records a heartbeat every interval (and at once when the
+// handler records details) until stop is closed, and calls end when the
+// sidecar says the attempt is over.
+func (w *Worker) heartbeat(ctx context.Context, task *Task, stop <-chan struct{}, end func(attemptEnd, error)) {
+	interval := w.opts.HeartbeatInterval
+	if ht := task.Assignment.GetHeartbeatTimeout(); ht != nil && ht.AsDuration() > 0 {
+		interval = min(interval, ht.AsDuration()/4)
+	}
+	interval = max(interval, 50*time.Millisecond)
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-task.kick:
+		}
+		task.mu.Lock()
+		details := task.heartbeatDetails
+		task.heartbeatDetails = nil
+		task.mu.Unlock()
+		beat := &arev1.TaskHeartbeat{WorkflowId: task.WorkflowID, TaskId: task.TaskID, Attempt: task.Attempt, Details: details}
+		bctx, cancel := context.WithTimeout(ctx, min(w.opts.ReportTimeout, max(interval, 5*time.Second)))
+		resp, err := w.client.Raw.Worker.RecordHeartbeat(bctx, &arev1.RecordHeartbeatRequest{Heartbeat: beat})
+		cancel()
+		switch {
+		case err == nil && resp.GetCancelRequested():
+			end(attemptCancelRequest, errors.New("cancel requested"))
+			return
+		case err != nil && leaseGone(err):
+			end(attemptLost, err)
+			return
+		case err != nil && ctx.Err() == nil:
+			w.log.Debug("heartbeat failed", "workflow_id", task.WorkflowID, "task_id", task.TaskID, "error", err)
+		}
+	}
+}
+
+// leaseGone reports whether a heartbeat's error means the attempt is no
+// longer this worker's.
+func leaseGone(err error) bool {
+	switch ReasonOf(err) {
+	case "TASK_NOT_HELD", "TASK_ALREADY_COMPLETED", "TASK_NOT_FOUND", "WORKFLOW_NOT_FOUND":
+		return true
+	}
+	return false
+}
+
+func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {
+	task.mu.Lock()
+	contentType, patch, usage := task.outputContentType, task.statePatch, task.usage
+	task.mu.Unlock()
+	completion := &arev1.TaskCompletion{
+		WorkflowId: task.WorkflowID, TaskId: task.TaskID, Attempt: task.Attempt, Usage: usage,
+	}
+	if output != nil {
+		if contentType == "" {
+			contentType = JSONContentType
+		}
+		payload, err := w.client.inlineOrBlob(ctx, output, contentType, task.WorkflowID)
+		if err != nil {
+			w.log.Warn("cannot store the output as a blob", "workflow_id", task.WorkflowID, "task_id", task.TaskID, "error", err)
+			w.fail(ctx, task, &arev1.Failure{Message: "cannot store the output: " + err.Error(), Type: "BlobWriteError"}, 0)
+			return
+		}
+		completion.Output = payload
+	}
+	if patch != nil {
+		completion.StatePatch = &arev1.StatePatch{Patch: &arev1.StatePatch_MergePatchJson{MergePatchJson: patch}}
+	}
+	err := retryUnavailable(ctx, func(ctx context.Context) error {
+		_, err := w.client.Raw.Worker.CompleteTask(ctx, &arev1.CompleteTaskRequest{Completion: completion})
+		return err
+	})
+	if err != nil {
+		w.log.Warn("completion refused", "workflow_id", task.WorkflowID, "task_id", task.TaskID, "attempt", task.Attempt, "error", err)
+		return
+	}
+	w.completed.Add(1)
+}
+
+func (w *Worker) fail(ctx context.Context, task *Task, failure *arev1.Failure, retryAfter time.Duration) {
+	task.mu.Lock()
+	usage := task.usage
+	task.mu.Unlock()
+	report := &arev1.TaskFailure{
+		WorkflowId: task.WorkflowID, TaskId: task.TaskID, Attempt: task.Attempt, Failure: failure, Usage: usage,
+	}
+	if retryAfter > 0 {
+		report.RetryAfter = durationpb.New(retryAfter)
+	}
+	err := retryUnavailable(ctx, func(ctx context.Context) error {
+		_, err := w.client.Raw.Worker.FailTask(ctx, &arev1.FailTaskRequest{Failure: report})
+		return err
+	})
+	if err != nil {
+		if failure.GetKind() != arev1.FailureKind_FAILURE_KIND_CANCELLED || !leaseGone(err) {
+			w.log.Warn("failure refused", "workflow_id", task.WorkflowID, "task_id", task.TaskID, "attempt", task.Attempt, "error", err)
+		}
+		return
+	}
+	if failure.GetKind() != arev1.FailureKind_FAILURE_KIND_CANCELLED {
+		w.failed.Add(1)
+	}
+}
+
+// retryUnavailable calls f until it succeeds, fails for another reason than
+// UNAVAILABLE, or ctx ends.
+func retryUnavailable(ctx context.Context, f func(context.Context) error) error {
+	delay := 50 * time.Millisecond
+	for {
+		err := f(ctx)
+		if err == nil || !errors.Is(err, ErrUnavailable) {
+			return err
+		}
+		if sleep(ctx, jitter(delay)) != nil {
+			return err
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
