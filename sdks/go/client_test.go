@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	are "github.com/are-runtime/are/sdks/go"
-	"github.com/are-runtime/are/sdks/go/arev1"
 	"github.com/are-runtime/are/sdks/go/aretest"
+	"github.com/are-runtime/are/sdks/go/arev1"
 )
 
 func TestConnectAndHealth(t *testing.T) {

@@ -725,4 +725,3 @@ func retryUnavailable(ctx context.Context, f func(context.Context) error) error 
 		delay = min(2*delay, 2*time.Second)
 	}
 }
-

@@ -1,0 +1,115 @@
+package are_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	are "github.com/are-runtime/are/sdks/go"
+	"github.com/are-runtime/are/sdks/go/arev1"
+)
+
+func TestCacheExactTier(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	namespace := name("go-exact")
+	if _, created, err := client.Cache.PutNamespace(ctx, &arev1.CacheNamespace{Name: namespace}); err != nil || !created {
+		t.Fatalf("PutNamespace = created %v, %v", created, err)
+	}
+
+	hit, err := client.Cache.Lookup(ctx, namespace, "What is the capital of France?")
+	if err != nil || hit != nil {
+		t.Fatalf("Lookup before any store = %+v, %v; want a miss", hit, err)
+	}
+	stored, err := client.Cache.Store(ctx, namespace, "What is the capital of France?", []byte(`"Paris"`),
+		are.WithUsage(&arev1.Usage{InputTokens: 12, OutputTokens: 3, CostMicroUsd: 40}),
+		are.WithMetadata(map[string]string{"model": "gpt-x"}))
+	if err != nil || stored.GetEntryId() == "" {
+		t.Fatalf("Store = %v, %v", stored, err)
+	}
+	// The exact tier normalises whitespace.
+	hit, err = client.Cache.Lookup(ctx, namespace, "  What is the   capital of France?", are.ExactOnly())
+	if err != nil || hit == nil {
+		t.Fatalf("exact Lookup = %+v, %v; want a hit", hit, err)
+	}
+	if hit.Tier != arev1.CacheTier_CACHE_TIER_EXACT || string(hit.Value) != `"Paris"` || hit.EntryID != stored.GetEntryId() ||
+		hit.Usage.GetOutputTokens() != 3 || hit.Metadata["model"] != "gpt-x" {
+		t.Fatalf("exact hit = %+v; want tier EXACT, value \"Paris\", the stored entry's usage and metadata", hit)
+	}
+	if _, err := client.Cache.Lookup(ctx, name("no-such-namespace"), "x"); !errors.Is(err, are.ErrNotFound) || are.ReasonOf(err) != "NAMESPACE_NOT_FOUND" {
+		t.Fatalf("Lookup in an unknown namespace = %v; want NOT_FOUND NAMESPACE_NOT_FOUND", err)
+	}
+}
+
+func TestCacheSemanticTierWithCallerVectors(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	namespace := name("go-vectors")
+	_, _, err := client.Cache.PutNamespace(ctx, &arev1.CacheNamespace{
+		Name: namespace, Embedder: "caller", Dimension: 4, SimilarityThreshold: 0.9,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Cache.Store(ctx, namespace, "summarise the report", []byte(`{"summary":"short"}`),
+		are.WithVector([]float32{1, 0, 0, 0})); err != nil {
+		t.Fatal(err)
+	}
+	hit, err := client.Cache.Lookup(ctx, namespace, "give me a summary of the report", are.WithVector([]float32{0.99, 0.05, 0, 0}))
+	if err != nil || hit == nil {
+		t.Fatalf("semantic Lookup = %+v, %v; want a hit", hit, err)
+	}
+	if hit.Tier != arev1.CacheTier_CACHE_TIER_SEMANTIC || hit.Similarity < 0.9 || hit.MatchedPrompt != "summarise the report" {
+		t.Fatalf("semantic hit = %+v; want tier SEMANTIC above 0.9 matching the stored prompt", hit)
+	}
+	miss, err := client.Cache.Lookup(ctx, namespace, "something else", are.WithVector([]float32{0, 1, 0, 0}))
+	if err != nil || miss != nil {
+		t.Fatalf("Lookup of an orthogonal vector = %+v, %v; want a miss", miss, err)
+	}
+	_, err = client.Cache.Lookup(ctx, namespace, "wrong size", are.WithVector([]float32{1, 0}))
+	var e *are.Error
+	if !errors.As(err, &e) || e.Reason != "DIMENSION_MISMATCH" {
+		t.Fatalf("Lookup with a 2-d vector = %v; want DIMENSION_MISMATCH", err)
+	}
+	if _, ok := e.Field("vector"); !ok {
+		t.Fatalf("field violations %v do not name vector", e.FieldViolations)
+	}
+}
+
+func TestCacheGetOrCallCallsOnce(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	namespace := name("go-get-or-call")
+	if _, _, err := client.Cache.PutNamespace(ctx, &arev1.CacheNamespace{Name: namespace}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	llm := func(ctx context.Context) ([]byte, *arev1.Usage, error) {
+		calls++
+		return []byte(`"42"`), &arev1.Usage{InputTokens: 7, OutputTokens: 1}, nil
+	}
+	for i := 0; i < 3; i++ {
+		value, hit, err := client.Cache.GetOrCall(ctx, namespace, "the answer to everything", llm)
+		if err != nil || string(value) != `"42"` {
+			t.Fatalf("GetOrCall #%d = %s, %v", i+1, value, err)
+		}
+		if (i == 0) != (hit == nil) {
+			t.Fatalf("GetOrCall #%d hit = %+v; want a miss first, then hits", i+1, hit)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("the call ran %d times; want once", calls)
+	}
+	failing := func(ctx context.Context) ([]byte, *arev1.Usage, error) { return nil, nil, errors.New("provider down") }
+	if _, _, err := client.Cache.GetOrCall(ctx, namespace, "another prompt", failing); err == nil || err.Error() != "provider down" {
+		t.Fatalf("GetOrCall with a failing call = %v; want its error", err)
+	}
+	if hit, err := client.Cache.Lookup(ctx, namespace, "another prompt"); err != nil || hit != nil {
+		t.Fatalf("a failed call was cached: %+v, %v", hit, err)
+	}
+	stats, err := client.Cache.Stats(ctx, namespace)
+	if err != nil || len(stats) != 1 || stats[0].GetSavedTokens() != 16 {
+		t.Fatalf("Stats = %v, %v; want two hits saving 8 tokens each", stats, err)
+	}
+}
