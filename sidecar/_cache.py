@@ -232,7 +232,7 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
         if len(selectors) > 1:
             await _invalid(context, f"use one selector, not {' and '.join(selectors)}", selectors[1])
         if len(request.entry_ids) > _MAX_IDS:
-            await _limit(context, f"at most {_MAX_IDS} `entry_ids`", "entry_ids")
+            await _limit(context, f"at most {_MAX_IDS} `entry_ids`", "entry_ids", _MAX_IDS)
         for i, entry_id in enumerate(request.entry_ids):
             if not _ID.fullmatch(entry_id):
                 await _invalid(
@@ -281,7 +281,7 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
         if ns.vector_dtype not in _DTYPE_NAMES:
             await _invalid(context, "`namespace.vector_dtype` is not a VectorDtype", "namespace.vector_dtype")
         if len(ns.description.encode("utf-8")) > 1024:
-            await _limit(context, "`namespace.description` is over 1 KiB", "namespace.description")
+            await _limit(context, "`namespace.description` is over 1 KiB", "namespace.description", 1024)
         settings = NamespaceSettings(
             name=ns.name,
             embedder=ns.embedder,
@@ -428,8 +428,16 @@ async def _invalid(
     )
 
 
-async def _limit(context: _Context, message: str, field: str) -> NoReturn:
-    await _invalid(context, message, field, reason="LIMIT_EXCEEDED")
+async def _limit(context: _Context, message: str, field: str, limit: int) -> NoReturn:
+    """INVALID_ARGUMENT, reason LIMIT_EXCEEDED, with the bound in ErrorInfo metadata "limit"."""
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        message,
+        reason="LIMIT_EXCEEDED",
+        metadata={"field": field, "limit": str(limit)},
+        field_violations=[(field, message)],
+    )
 
 
 async def _check_id(context: _Context, value: str, field: str) -> None:
@@ -441,7 +449,7 @@ async def _check_prompt(context: _Context, prompt: str, *, required: bool) -> No
     if required and not prompt.strip():
         await _invalid(context, "`prompt` is required", "prompt")
     if len(prompt) > _MAX_PROMPT // 4 and len(prompt.encode("utf-8")) > _MAX_PROMPT:
-        await _limit(context, "`prompt` is over 1 MiB", "prompt")
+        await _limit(context, "`prompt` is over 1 MiB", "prompt", _MAX_PROMPT)
 
 
 async def _vector(context: _Context, request: Any) -> np.ndarray[Any, Any]:
@@ -457,7 +465,12 @@ async def _response(context: _Context, response: common_pb2.Payload) -> tuple[st
     """(content type, inline bytes, blob digest, blob size) of a response payload, validated."""
     content_type = response.content_type
     if len(content_type) > _MAX_CONTENT_TYPE:
-        await _limit(context, "`response.content_type` is over 128 characters", "response.content_type")
+        await _limit(
+            context,
+            "`response.content_type` is over 128 characters",
+            "response.content_type",
+            _MAX_CONTENT_TYPE,
+        )
     which = response.WhichOneof("content")
     if which == "blob":
         if not _SHA256.fullmatch(response.blob.sha256):
@@ -472,7 +485,10 @@ async def _response(context: _Context, response: common_pb2.Payload) -> tuple[st
     data = response.data if which == "data" else b""
     if len(data) > _MAX_RESPONSE:
         await _limit(
-            context, "`response.data` is over 4 MiB; store it as a blob and pass a reference", "response.data"
+            context,
+            "`response.data` is over 4 MiB; store it as a blob and pass a reference",
+            "response.data",
+            _MAX_RESPONSE,
         )
     return content_type, data, "", 0
 
@@ -488,14 +504,16 @@ async def _duration_ns(context: _Context, duration: duration_pb2.Duration, field
 
 async def _check_metadata(context: _Context, metadata: Any, field: str, bound: int) -> None:
     if len(metadata) > bound:
-        await _limit(context, f"`{field}` has more than {bound} entries", field)
+        await _limit(context, f"`{field}` has more than {bound} entries", field, bound)
     for key, value in metadata.items():
         if not _METADATA_KEY.fullmatch(key):
             await _invalid(
                 context, "a metadata key is 1 to 128 characters of [A-Za-z0-9._:/-]", f'{field}["{key}"]'
             )
         if len(value.encode("utf-8")) > _MAX_METADATA_VALUE:
-            await _limit(context, "a metadata value is at most 256 bytes", f'{field}["{key}"]')
+            await _limit(
+                context, "a metadata value is at most 256 bytes", f'{field}["{key}"]', _MAX_METADATA_VALUE
+            )
 
 
 # -- errors --------------------------------------------------------------
@@ -529,7 +547,13 @@ async def _fail_storage(context: _Context, error: StorageError) -> NoReturn:
             retry_after=timedelta(seconds=60),
         )
     if isinstance(error, BatchTooLargeError):
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, reason="LIMIT_EXCEEDED")
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            message,
+            reason="LIMIT_EXCEEDED",
+            metadata={"limit": str(error.limit)},
+        )
     await abort(context, grpc.StatusCode.INTERNAL, message, reason="STORAGE_FAILURE")
 
 
@@ -569,7 +593,7 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:
             metadata={"field": error.field},
         )
     if isinstance(error, CacheLimitError):
-        await _limit(context, message, error.field)
+        await _limit(context, message, error.field, error.limit)
     if isinstance(error, BlobNotFoundError):
         await abort(
             context,

@@ -131,7 +131,7 @@ def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest
         raise SpecError("INVALID_ARGUMENT", "start_time", "the range exceeds 366 days")
     labels = check_labels(request.labels, "labels")
     if len(labels) > 8:
-        raise SpecError("LIMIT_EXCEEDED", "labels", "at most 8 labels")
+        raise SpecError("LIMIT_EXCEEDED", "labels", "at most 8 labels", limit=8)
     return labels
 
 
@@ -199,7 +199,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     ) -> pb.ListWorkflowsResponse:
         """Lists workflows, newest first, filtered by state, labels and creation time."""
         if len(request.states) > 8:
-            await abort_for(context, SpecError("LIMIT_EXCEEDED", "states", "at most 8 states"))
+            await abort_for(context, SpecError("LIMIT_EXCEEDED", "states", "at most 8 states", limit=8))
         try:
             labels = check_labels(request.labels, "labels")
         except SpecError as error:
@@ -339,8 +339,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     ) -> pb.CancelWorkflowResponse:
         """Cancels a workflow; idempotent."""
         if len(request.reason.encode()) > 1024 or len(request.requested_by) > 256:
-            field = "reason" if len(request.reason.encode()) > 1024 else "requested_by"
-            await abort_for(context, SpecError("LIMIT_EXCEEDED", field, "too long"))
+            field, limit = ("reason", 1024) if len(request.reason.encode()) > 1024 else ("requested_by", 256)
+            await abort_for(context, SpecError("LIMIT_EXCEEDED", field, f"at most {limit}", limit=limit))
         try:
             await self._engine.cancel(request.workflow_id, request.reason, request.requested_by)
             view = self._engine.get_workflow(request.workflow_id)
@@ -451,9 +451,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             if decision == "UNSPECIFIED":
                 raise SpecError("INVALID_ARGUMENT", "decision", "decision must be APPROVE or REJECT")
             if len(request.approver) > 256:
-                raise SpecError("LIMIT_EXCEEDED", "approver", "at most 256 characters")
+                raise SpecError("LIMIT_EXCEEDED", "approver", "at most 256 characters", limit=256)
             if len(request.comment.encode()) > 8 * 1024:
-                raise SpecError("LIMIT_EXCEEDED", "comment", "at most 8 KiB")
+                raise SpecError("LIMIT_EXCEEDED", "comment", "at most 8 KiB", limit=8 * 1024)
             view = await self._engine.resolve_approval(
                 request.workflow_id, request.task_id, decision == "APPROVE", request.approver, request.comment
             )

@@ -100,8 +100,8 @@ FEATURES_NONE: frozenset[str] = frozenset()
 """Which wired features a spec may use: "intent" (router), "cache" (cache), "state" (state), "blobs"."""
 
 
-def _bad(reason: str, field: str, message: str) -> NoReturn:
-    raise SpecError(reason, field, message)
+def _bad(reason: str, field: str, message: str, *, limit: int | None = None) -> NoReturn:
+    raise SpecError(reason, field, message, limit=limit)
 
 
 def check_id(value: str, field: str, what: str = "an id") -> None:
@@ -118,7 +118,7 @@ def check_labels(labels: Any, field: str) -> dict[str, str]:
     """Checks a labels map against the package bounds; returns it as a dict."""
     out = dict(labels)
     if len(out) > 32:
-        _bad("LIMIT_EXCEEDED", field, f"at most 32 labels, got {len(out)}")
+        _bad("LIMIT_EXCEEDED", field, f"at most 32 labels, got {len(out)}", limit=32)
     for key, value in out.items():
         if not _LABEL_KEY.fullmatch(key):
             _bad(
@@ -127,7 +127,7 @@ def check_labels(labels: Any, field: str) -> dict[str, str]:
                 "label keys are 1 to 128 characters of [A-Za-z0-9._:/-]",
             )
         if len(value.encode()) > 256:
-            _bad("LIMIT_EXCEEDED", f"{field}[{key!r}]", "label values are at most 256 bytes")
+            _bad("LIMIT_EXCEEDED", f"{field}[{key!r}]", "label values are at most 256 bytes", limit=256)
     return out
 
 
@@ -168,7 +168,7 @@ def retry_from_proto(policy: common_pb2.RetryPolicy, field: str) -> RetryPolicy:
     if not 1 <= attempts <= 100:
         _bad("INVALID_ARGUMENT", f"{field}.maximum_attempts", f"must be between 0 and 100, got {attempts}")
     if len(policy.non_retryable_failure_types) > 64:
-        _bad("LIMIT_EXCEEDED", f"{field}.non_retryable_failure_types", "at most 64 entries")
+        _bad("LIMIT_EXCEEDED", f"{field}.non_retryable_failure_types", "at most 64 entries", limit=64)
     return RetryPolicy(
         initial_interval_s=initial,
         backoff_coefficient=coefficient,
@@ -199,14 +199,19 @@ def blob_from_proto(payload: common_pb2.Payload, field: str) -> BlobPayload:
         _bad("INVALID_ARGUMENT", f"{field}.blob.size_bytes", "must not be negative")
     content_type = payload.content_type or ref.content_type
     if len(content_type) > 128:
-        _bad("LIMIT_EXCEEDED", f"{field}.content_type", "at most 128 characters")
+        _bad("LIMIT_EXCEEDED", f"{field}.content_type", "at most 128 characters", limit=128)
     return BlobPayload(sha256=ref.sha256, size_bytes=ref.size_bytes, content_type=content_type)
 
 
 def _input_blob(payload: common_pb2.Payload, field: str, features: frozenset[str]) -> BlobPayload:
     """A task input's blob reference; refuses an inline input over 4 MiB."""
     if payload.WhichOneof("content") != "blob":
-        _bad("LIMIT_EXCEEDED", f"{field}.data", f"at most 4 MiB inline, got {len(payload.data)} bytes")
+        _bad(
+            "LIMIT_EXCEEDED",
+            f"{field}.data",
+            f"at most 4 MiB inline, got {len(payload.data)} bytes",
+            limit=4 * 1024 * 1024,
+        )
     if "blobs" not in features:
         raise NotImplementedFieldError(f"{field}.blob", f"{field}.blob: this sidecar has no blob store")
     return blob_from_proto(payload, field)
@@ -232,7 +237,7 @@ def _condition(condition: task_pb2.Condition, field: str) -> Condition:
     value: object = None
     if operator not in _OPERATORS_WITHOUT_VALUE:
         if len(condition.value_json) > 64 * 1024:
-            _bad("LIMIT_EXCEEDED", f"{field}.value_json", "at most 64 KiB")
+            _bad("LIMIT_EXCEEDED", f"{field}.value_json", "at most 64 KiB", limit=64 * 1024)
         try:
             value = json.loads(condition.value_json)
         except ValueError as error:
@@ -260,7 +265,7 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
         if not spec.intent.strip():
             _bad("INVALID_ARGUMENT", f"{field}.intent", "an intent must not be empty")
         if len(spec.intent.encode()) > 8 * 1024:
-            _bad("LIMIT_EXCEEDED", f"{field}.intent", "at most 8 KiB")
+            _bad("LIMIT_EXCEEDED", f"{field}.intent", "at most 8 KiB", limit=8 * 1024)
     else:
         check_id(spec.capability, f"{field}.capability", "a capability")
     # Field paths are formatted only on the error path: this runs once per task of every submit.
@@ -270,12 +275,12 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
         blob = _input_blob(payload, f"{field}.input", features)  # raises with the exact field
     data, content_type = payload.data, blob.content_type if blob is not None else payload.content_type
     if len(spec.depends_on) > 10_000:
-        _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task")
+        _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task", limit=10_000)
     rule = _TRIGGER_RULES.get(spec.trigger_rule) or task_pb2.TriggerRule.Name(spec.trigger_rule)
     conditions: tuple[Condition, ...] = ()
     if spec.conditions:
         if len(spec.conditions) > 16:
-            _bad("LIMIT_EXCEEDED", f"{field}.conditions", "at most 16 conditions")
+            _bad("LIMIT_EXCEEDED", f"{field}.conditions", "at most 16 conditions", limit=16)
         conditions = tuple(_condition(c, f"{field}.conditions[{j}]") for j, c in enumerate(spec.conditions))
     retry = (
         retry_from_proto(spec.retry_policy, f"{field}.retry_policy")
@@ -309,7 +314,7 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
     if not 0 <= spec.estimated_tokens <= 10_000_000:
         _bad("INVALID_ARGUMENT", f"{field}.estimated_tokens", "must be between 0 and 10,000,000")
     if len(spec.display_name) > 256:
-        _bad("LIMIT_EXCEEDED", f"{field}.display_name", "at most 256 characters")
+        _bad("LIMIT_EXCEEDED", f"{field}.display_name", "at most 256 characters", limit=256)
     spec.ClearField("input")  # the input is kept once, in TaskSpec.input (the request is ours to change)
     return TaskSpec(
         task_id=spec.task_id,
@@ -348,7 +353,7 @@ def _cache_key(spec: task_pb2.TaskSpec, field: str, features: frozenset[str]) ->
     if not key.prompt:
         _bad("INVALID_ARGUMENT", f"{field}.prompt", "a cache key needs a prompt")
     if len(key.prompt.encode()) > _MiB:
-        _bad("LIMIT_EXCEEDED", f"{field}.prompt", "at most 1 MiB")
+        _bad("LIMIT_EXCEEDED", f"{field}.prompt", "at most 1 MiB", limit=1024 * 1024)
     ttl = _duration(key, "ttl", f"{field}.ttl", low=0.001, high=366 * _DAY)
     return CacheKey(
         namespace=key.namespace,
@@ -366,7 +371,7 @@ def task_specs_from_proto(
     if not tasks:
         _bad("INVALID_ARGUMENT", field, "at least one task is required")
     if len(tasks) > max_tasks:
-        _bad("LIMIT_EXCEEDED", field, f"{len(tasks)} tasks exceed max_tasks {max_tasks}")
+        _bad("LIMIT_EXCEEDED", field, f"{len(tasks)} tasks exceed max_tasks {max_tasks}", limit=max_tasks)
     return tuple(task_spec_from_proto(t, f"{field}[{i}]", features) for i, t in enumerate(tasks))
 
 
@@ -377,7 +382,7 @@ def spec_from_proto(
     if spec.workflow_id:
         check_id(spec.workflow_id, "spec.workflow_id", "a workflow id")
     if len(spec.name) > 256:
-        _bad("LIMIT_EXCEEDED", "spec.name", "at most 256 characters")
+        _bad("LIMIT_EXCEEDED", "spec.name", "at most 256 characters", limit=256)
     budget = budget_from_proto(spec.budget)
     labels = check_labels(spec.labels, "spec.labels")
     if spec.default_pool:
@@ -469,13 +474,13 @@ def failure_to_proto(failure: Failure) -> common_pb2.Failure:
 def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
     """Validates a worker-reported Failure."""
     if len(failure.message.encode()) > 32 * 1024:
-        _bad("LIMIT_EXCEEDED", f"{field}.message", "at most 32 KiB")
+        _bad("LIMIT_EXCEEDED", f"{field}.message", "at most 32 KiB", limit=32 * 1024)
     if len(failure.type) > 256:
-        _bad("LIMIT_EXCEEDED", f"{field}.type", "at most 256 characters")
+        _bad("LIMIT_EXCEEDED", f"{field}.type", "at most 256 characters", limit=256)
     kind = common_pb2.FailureKind.Name(failure.kind).removeprefix("FAILURE_KIND_")
     details = failure.details.data if failure.HasField("details") else b""
     if len(details) > _MiB:
-        _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB")
+        _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB", limit=1024 * 1024)
     return Failure(
         message=failure.message,
         type=failure.type,
@@ -719,7 +724,7 @@ def pool_from_proto(pool: scheduler_service_pb2.Pool) -> PoolLimits:
     if not 0 <= pool.max_queue_length <= 1_000_000:
         _bad("INVALID_ARGUMENT", "pool.max_queue_length", "must be between 0 and 1,000,000")
     if len(pool.description.encode()) > 1024:
-        _bad("LIMIT_EXCEEDED", "pool.description", "at most 1 KiB")
+        _bad("LIMIT_EXCEEDED", "pool.description", "at most 1 KiB", limit=1024)
     return PoolLimits(
         name=pool.name,
         max_concurrency=pool.max_concurrency,
@@ -803,14 +808,23 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exceptio
     if error.reason == "PATCH_NOT_APPLICABLE":  # a completion's state write that cannot apply
         code = grpc.StatusCode.FAILED_PRECONDITION
     violations: list[tuple[str, str]] = []
+    metadata: dict[str, str] | None = None
     message = str(error)
     if isinstance(error, SpecError):
         violations = [(error.field, error.message)]
+        if error.limit is not None:
+            metadata = {"field": error.field, "limit": str(error.limit)}
     elif isinstance(error, NotImplementedFieldError | TaskExistsError | BlobNotFoundError):
         violations = [(error.field, message)]
     retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, PoolQueueFullError) else None
     await abort(
-        context, code, message, reason=error.reason, field_violations=violations, retry_after=retry_after
+        context,
+        code,
+        message,
+        reason=error.reason,
+        metadata=metadata,
+        field_violations=violations,
+        retry_after=retry_after,
     )
 
 

@@ -145,7 +145,12 @@ def initial_state_from_proto(spec: workflow_pb2.WorkflowSpec) -> bytes:
             "INVALID_ARGUMENT", "spec.initial_state.blob", "the initial state must be inline JSON"
         )
     if len(payload.data) > st.MAX_DOCUMENT_BYTES:
-        raise SpecError("LIMIT_EXCEEDED", "spec.initial_state.data", f"at most {st.MAX_DOCUMENT_BYTES} bytes")
+        raise SpecError(
+            "LIMIT_EXCEEDED",
+            "spec.initial_state.data",
+            f"at most {st.MAX_DOCUMENT_BYTES} bytes",
+            limit=st.MAX_DOCUMENT_BYTES,
+        )
     return payload.data
 
 
@@ -161,7 +166,8 @@ def state_spec_error(error: st.StateError, field: str) -> SpecError:
         reason = "LIMIT_EXCEEDED"
     else:
         reason = "INVALID_ARGUMENT"
-    return SpecError(reason, field, error.message)
+    limit = error.limit if isinstance(error, st.LimitExceededError) and error.limit else None
+    return SpecError(reason, field, error.message, limit=limit)
 
 
 class Wiring:

@@ -57,9 +57,9 @@ def _check_registration(reg: pb.WorkerRegistration, prefix: str = "register") ->
     if not 1 <= reg.max_concurrency <= 10_000:
         raise SpecError("INVALID_ARGUMENT", f"{prefix}.max_concurrency", "must be between 1 and 10,000")
     if len(reg.identity) > 256:
-        raise SpecError("LIMIT_EXCEEDED", f"{prefix}.identity", "at most 256 characters")
+        raise SpecError("LIMIT_EXCEEDED", f"{prefix}.identity", "at most 256 characters", limit=256)
     if len(reg.sdk) > 128:
-        raise SpecError("LIMIT_EXCEEDED", f"{prefix}.sdk", "at most 128 characters")
+        raise SpecError("LIMIT_EXCEEDED", f"{prefix}.sdk", "at most 128 characters", limit=128)
     check_labels(reg.labels, f"{prefix}.labels")
 
 
@@ -69,7 +69,7 @@ def _check_poll(request: pb.PollTaskRequest) -> None:
     if not 0 <= request.max_tasks <= 100:
         raise SpecError("INVALID_ARGUMENT", "max_tasks", "must be between 0 and 100")
     if len(request.identity) > 256:
-        raise SpecError("LIMIT_EXCEEDED", "identity", "at most 256 characters")
+        raise SpecError("LIMIT_EXCEEDED", "identity", "at most 256 characters", limit=256)
 
 
 def _check_capabilities(capabilities: Any, field: str) -> None:
@@ -396,7 +396,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
     async def _completed_with_state(self, c: pb.TaskCompletion, field: str) -> int:
         """Completes with the attempt's state write in the same commit; returns the state version."""
         if len(c.output.data) > 4 * 1024 * 1024:
-            raise SpecError("LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline")
+            raise SpecError(
+                "LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline", limit=4 * 1024 * 1024
+            )
         write = self._state_write(c, field)
         digest, size, content_type = self._output(c, f"{field}.output")
         if digest and write.pointer:
@@ -509,7 +511,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 version = await self._completed_with_state(c, "completion")
                 return pb.CompleteTaskResponse(state_version=version)
             if len(c.output.data) > 4 * 1024 * 1024:
-                raise SpecError("LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline")
+                raise SpecError(
+                    "LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline", limit=4 * 1024 * 1024
+                )
             digest, size, content_type = self._output(c, "completion.output")
             durable = self._engine.complete(
                 c.workflow_id,
@@ -558,7 +562,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         h = request.heartbeat
         try:
             if h.HasField("details") and len(h.details.data) > 1024 * 1024:
-                raise SpecError("LIMIT_EXCEEDED", "heartbeat.details.data", "at most 1 MiB")
+                raise SpecError(
+                    "LIMIT_EXCEEDED", "heartbeat.details.data", "at most 1 MiB", limit=1024 * 1024
+                )
             details = h.details.data if h.HasField("details") else None
             stop = self._engine.heartbeat(
                 h.workflow_id, h.task_id, h.attempt, details, h.details.content_type
@@ -573,7 +579,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Records worker events (all or nothing)."""
         try:
             if not 1 <= len(request.events) <= 1000:
-                raise SpecError("LIMIT_EXCEEDED", "events", "send 1 to 1,000 events")
+                raise SpecError("LIMIT_EXCEEDED", "events", "send 1 to 1,000 events", limit=1000)
             drafts = []
             for i, event in enumerate(request.events):
                 drafts.append(reported_event_draft(event, "", f"events[{i}]"))

@@ -889,5 +889,11 @@ async def _storage_failure(context: _Context, error: StorageError) -> NoReturn:
             retry_after=timedelta(seconds=60),
         )
     if isinstance(error, BatchTooLargeError):
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), reason="LIMIT_EXCEEDED")
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            str(error),
+            reason="LIMIT_EXCEEDED",
+            metadata={"limit": str(error.limit)},
+        )
     await abort(context, grpc.StatusCode.INTERNAL, str(error), reason="STORAGE_FAILURE")

@@ -644,6 +644,7 @@ class CacheEngine:
                 f"the entry's {size} bytes of prompt and response exceed the namespace's "
                 f"max_bytes of {state.namespace.max_bytes}",
                 field="response",
+                limit=state.namespace.max_bytes,
             )
         if vector is not None:
             query = self._check_vector(state, vector, "vector")
@@ -784,7 +785,9 @@ class CacheEngine:
             size = len(prompt.encode("utf-8")) + len(response)
             if size > state.namespace.max_bytes:
                 raise CacheLimitError(
-                    f"entry {row}: {size} bytes exceed the namespace's max_bytes", field=f"responses[{row}]"
+                    f"entry {row}: {size} bytes exceed the namespace's max_bytes",
+                    field=f"responses[{row}]",
+                    limit=state.namespace.max_bytes,
                 )
             entry_id = self._next_id
             self._next_id += 1

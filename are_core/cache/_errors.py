@@ -62,10 +62,11 @@ class BlobNotFoundError(CacheError):
 
 
 class CacheLimitError(CacheError):
-    """A value is over a bound (an entry larger than its namespace's max_bytes)."""
+    """A value is over a bound (an entry larger than its namespace's max_bytes); ``limit`` holds it."""
 
-    def __init__(self, message: str, *, field: str) -> None:
+    def __init__(self, message: str, *, field: str, limit: int) -> None:
         self.field = field
+        self.limit = limit
         super().__init__(message)
 
 

@@ -53,12 +53,16 @@ class SchedulerError(Exception):
 
 
 class SpecError(SchedulerError):
-    """A spec is invalid; ``field`` is the exact path, ``reason`` an ErrorReason name."""
+    """A spec is invalid; ``field`` is the exact path, ``reason`` an ErrorReason name.
 
-    def __init__(self, reason: str, field: str, message: str) -> None:
+    ``limit`` is the bound a LIMIT_EXCEEDED refusal names (ErrorInfo metadata "limit").
+    """
+
+    def __init__(self, reason: str, field: str, message: str, *, limit: int | None = None) -> None:
         self.reason = reason
         self.field = field
         self.message = message
+        self.limit = limit
         super().__init__(f"{field}: {message}")
 
 

@@ -36,6 +36,8 @@ def _check(error: RpcError, code: grpc.StatusCode, reason: str, field: str | Non
     assert error.reason == reason, error
     if field is not None:
         assert [v.field for v in error.field_violations] == [field], error
+    if reason == "LIMIT_EXCEEDED":  # errors.proto: ErrorInfo.metadata "limit" holds the bound
+        assert error.metadata.get("limit", "").isdigit(), error
 
 
 async def test_exact_and_semantic_hits_with_savings(client: Client) -> None:

@@ -44,6 +44,8 @@ def assert_error(error: RpcError, code: grpc.StatusCode, reason: str, field: str
     assert error.reason == reason, error
     if field is not None:
         assert [v.field for v in error.field_violations] == [field], error
+    if reason == "LIMIT_EXCEEDED":  # errors.proto: ErrorInfo.metadata "limit" holds the bound
+        assert error.metadata.get("limit", "").isdigit(), error
 
 
 async def register_trio(client: Client, run: str) -> None:

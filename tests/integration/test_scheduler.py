@@ -230,6 +230,8 @@ async def expect_error(
     assert error.reason == reason, error
     if field is not None:
         assert [v.field for v in error.field_violations] == [field], error
+    if reason == "LIMIT_EXCEEDED":  # errors.proto: ErrorInfo.metadata "limit" holds the bound
+        assert error.metadata.get("limit", "").isdigit(), error
     return error
 
 

@@ -86,6 +86,8 @@ def _assert_error(error: RpcError, code: grpc.StatusCode, reason: str, field: st
     assert error.reason == reason, error
     if field is not None:
         assert [v.field for v in error.field_violations] == [field], error
+    if reason == "LIMIT_EXCEEDED":  # errors.proto: ErrorInfo.metadata "limit" holds the bound
+        assert error.metadata.get("limit", "").isdigit(), error
 
 
 async def test_patch_then_read_paths_at_latest_and_at_a_version(client: Client) -> None:

@@ -39,4 +39,5 @@ async def test_keep_versions_option_prunes_old_versions() -> None:
             with pytest.raises(InvalidArgumentError) as refused:
                 await state.read("/blob", "/blob")
             assert refused.value.reason == "LIMIT_EXCEEDED"
+            assert refused.value.metadata.get("limit", "").isdigit()
             assert [v.field for v in refused.value.field_violations] == ["paths"]
