@@ -814,6 +814,8 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exceptio
         violations = [(error.field, error.message)]
         if error.limit is not None:
             metadata = {"field": error.field, "limit": str(error.limit)}
+    elif isinstance(error, NotAwaitingApprovalError | PoolQueueFullError | BudgetExceededError):
+        metadata = dict(error.metadata)
     elif isinstance(error, NotImplementedFieldError | TaskExistsError | BlobNotFoundError):
         violations = [(error.field, message)]
     retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, PoolQueueFullError) else None

@@ -1849,12 +1849,17 @@ class Scheduler:
         w = self._open.get(wf_id)
         if w is None:
             view = self.get_task(wf_id, task_id)
-            raise NotAwaitingApprovalError(f"task {task_id!r} is {view.record.state}, not AWAITING_APPROVAL")
+            raise NotAwaitingApprovalError(
+                f"task {task_id!r} is {view.record.state}, not AWAITING_APPROVAL",
+                task_state=view.record.state,
+            )
         task = w.tasks.get(task_id)
         if task is None:
             raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
         if task.rec.state != "AWAITING_APPROVAL" or task.rec.approval is None:
-            raise NotAwaitingApprovalError(f"task {task_id!r} is {task.rec.state}, not AWAITING_APPROVAL")
+            raise NotAwaitingApprovalError(
+                f"task {task_id!r} is {task.rec.state}, not AWAITING_APPROVAL", task_state=task.rec.state
+            )
         now = self._clock()
         approval = task.rec.approval
         approval.approver = approver
@@ -1991,12 +1996,20 @@ class Scheduler:
             self._exceed(w, "max_tasks", budget.max_tasks, len(w.order) + len(specs))
             self._after_op()
             await self._t().future
-            raise BudgetExceededError(f"spawning {len(specs)} tasks exceeds max_tasks {budget.max_tasks}")
+            raise BudgetExceededError(
+                f"spawning {len(specs)} tasks exceeds max_tasks {budget.max_tasks}",
+                budget="max_tasks",
+                limit=budget.max_tasks,
+            )
         if depth > budget.max_spawn_depth:
             self._exceed(w, "max_spawn_depth", budget.max_spawn_depth, depth)
             self._after_op()
             await self._t().future
-            raise BudgetExceededError(f"spawn depth {depth} exceeds max_spawn_depth {budget.max_spawn_depth}")
+            raise BudgetExceededError(
+                f"spawn depth {depth} exceeds max_spawn_depth {budget.max_spawn_depth}",
+                budget="max_spawn_depth",
+                limit=budget.max_spawn_depth,
+            )
         self._check_queues(incoming, wf_id)  # raises POOL_QUEUE_FULL; only its event is recorded
         now = self._clock()
         added = self._add_tasks(w, specs, now, parent=parent_task_id, depth=depth)

@@ -139,9 +139,13 @@ class TaskAlreadyCompletedError(SchedulerError):
 
 
 class NotAwaitingApprovalError(SchedulerError):
-    """The task is not waiting at an approval gate."""
+    """The task is not waiting at an approval gate; ``task_state`` is the state it is in."""
 
     reason = "TASK_NOT_AWAITING_APPROVAL"
+
+    def __init__(self, message: str, *, task_state: str) -> None:
+        self.metadata = {"task_state": task_state}
+        super().__init__(message)
 
 
 class WorkflowClosedError(SchedulerError):
@@ -158,15 +162,20 @@ class PoolQueueFullError(SchedulerError):
     def __init__(self, pool: str, queued: int, incoming: int, limit: int, retry_after_s: float) -> None:
         self.pool = pool
         self.retry_after_s = retry_after_s
+        self.metadata = {"pool": pool, "limit": str(limit)}
         super().__init__(
             f"pool {pool!r} queue is full: {queued} queued + {incoming} incoming > max_queue_length {limit}"
         )
 
 
 class BudgetExceededError(SchedulerError):
-    """A spawn would exceed the workflow's budget; the workflow has failed."""
+    """A spawn would exceed the workflow's budget; the workflow has failed. ``budget`` names it."""
 
     reason = "BUDGET_EXCEEDED"
+
+    def __init__(self, message: str, *, budget: str, limit: int) -> None:
+        self.metadata = {"budget": budget, "limit": str(limit)}
+        super().__init__(message)
 
 
 class WorkflowNotClosedError(SchedulerError):

@@ -232,6 +232,13 @@ async def expect_error(
         assert [v.field for v in error.field_violations] == [field], error
     if reason == "LIMIT_EXCEEDED":  # errors.proto: ErrorInfo.metadata "limit" holds the bound
         assert error.metadata.get("limit", "").isdigit(), error
+    documented = {
+        "POOL_QUEUE_FULL": "pool",
+        "BUDGET_EXCEEDED": "budget",
+        "TASK_NOT_AWAITING_APPROVAL": "task_state",
+    }
+    if reason in documented:  # the metadata errors.proto promises for the reason
+        assert error.metadata.get(documented[reason]), error
     return error
 
 
