@@ -611,6 +611,7 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:
             message,
             reason="RESOURCE_LIMIT",
             metadata={"limit": "cache_namespaces"},
+            retry_after=timedelta(seconds=60),
         )
     # Unreachable while every CacheError subclass is mapped above.
     await abort(context, grpc.StatusCode.INTERNAL, message, reason="STORAGE_FAILURE")

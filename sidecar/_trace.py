@@ -24,6 +24,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any, ClassVar, TypeAlias
 
 import grpc
@@ -242,7 +243,14 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         try:
             subscription = self._recorder.subscribe(event_filter, after)
         except TooManySubscribersError as error:
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), reason="RESOURCE_LIMIT")
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                str(error),
+                reason="RESOURCE_LIMIT",
+                metadata={"limit": "stream_subscribers"},
+                retry_after=timedelta(seconds=1),
+            )
         try:
             while True:
                 try:
