@@ -39,6 +39,7 @@ const (
 	// "are.workflow.name", "are.workflow.task_count", "are.request_id" (when
 	// given), "are.trace_id" (32 hex characters: the W3C trace of the
 	// workflow's spans) and "are.parent_span_id" (when the submitter gave one).
+	// ForkWorkflow's new workflow records it too, then WORKFLOW_FORKED.
 	EventType_EVENT_TYPE_WORKFLOW_SUBMITTED EventType = 1
 	// Every task is terminal and the workflow COMPLETED. Sets workflow_id,
 	// workflow_state, usage (the workflow's total).
@@ -114,7 +115,8 @@ const (
 	// A task was answered from the cache without dispatch (COMPLETED). Sets
 	// workflow_id, task_id, task_state, usage (the cost saved). Attributes:
 	// "are.cache.namespace", "are.cache.tier", "are.cache.entry_id",
-	// "are.cache.similarity".
+	// "are.cache.similarity", and for an answer stored as a blob
+	// "are.cache.blob_sha256", "are.cache.blob_size_bytes".
 	EventType_EVENT_TYPE_TASK_CACHE_HIT EventType = 33
 	// A task's cache lookup missed and it is dispatched. Sets workflow_id,
 	// task_id. Attributes: "are.cache.namespace", "are.cache.best_similarity".
@@ -130,26 +132,34 @@ const (
 	// The workflow's state document got a new version (PatchState, or a task
 	// output written with output_state_pointer). Sets workflow_id, task_id and
 	// attempt (when a task wrote it). Attributes: "are.state.version",
-	// "are.state.writer", "are.state.patch_size_bytes".
+	// "are.state.writer", "are.state.patch_size_bytes" (the bytes of the
+	// merge patch, or of the operations' paths and values).
 	EventType_EVENT_TYPE_STATE_PATCHED EventType = 50
 	// Notes were added to the workflow's memory. Sets workflow_id.
-	// Attributes: "are.memory.count".
+	// Attributes: "are.memory.count", "are.memory.first_id" (the id of the
+	// first note added).
 	EventType_EVENT_TYPE_MEMORY_ADDED EventType = 51
 	// LookupCache answered from a tier. Attributes: "are.cache.namespace",
-	// "are.cache.tier", "are.cache.entry_id", "are.cache.similarity".
+	// "are.cache.tier", "are.cache.entry_id", "are.cache.similarity",
+	// "are.cache.saved_tokens", "are.cache.saved_cost_micro_usd".
 	EventType_EVENT_TYPE_CACHE_HIT EventType = 60
 	// LookupCache found nothing. Attributes: "are.cache.namespace",
 	// "are.cache.best_similarity".
 	EventType_EVENT_TYPE_CACHE_MISS EventType = 61
 	// StoreCache stored an entry. Attributes: "are.cache.namespace",
-	// "are.cache.entry_id", "are.cache.size_bytes".
+	// "are.cache.entry_id", "are.cache.size_bytes", "are.cache.replaced"
+	// (a bulk load records one event: "are.cache.stored_count",
+	// "are.cache.bulk").
 	EventType_EVENT_TYPE_CACHE_STORED EventType = 62
-	// InvalidateCache removed entries. Attributes: "are.cache.namespace",
-	// "are.cache.removed_count".
+	// Entries left the cache. Attributes: "are.cache.namespace",
+	// "are.cache.removed_count", "are.cache.reason" (INVALIDATED by
+	// InvalidateCache, EVICTED by a size bound, EXPIRED by their TTL),
+	// "are.cache.entry_id" (when one entry was removed, else "").
 	EventType_EVENT_TYPE_CACHE_INVALIDATED EventType = 63
 	// RouteTask ranked agents. Attributes: "are.route.mode",
 	// "are.route.agent_id" (the top one), "are.route.similarity",
-	// "are.route.candidate_count".
+	// "are.route.candidate_count", "are.route.threshold", "are.route.routed"
+	// (false when nothing cleared the threshold).
 	EventType_EVENT_TYPE_ROUTE_DECIDED EventType = 70
 	// RouteModel chose a model. Attributes: "are.route.route_id",
 	// "gen_ai.request.model", "are.route.expected_quality".
