@@ -3,6 +3,7 @@ package are_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,6 +95,19 @@ func TestErrorCarriesReasonAndField(t *testing.T) {
 	}
 	if _, ok := e.Field("namespace.name"); !ok {
 		t.Fatalf("field violations %v do not name namespace.name", e.FieldViolations)
+	}
+
+	// A bound exceeded names the field and carries the bound as metadata.
+	namespace := name("go-limits")
+	if _, _, err := client.Cache.PutNamespace(ctx, &arev1.CacheNamespace{Name: namespace}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Cache.Store(ctx, namespace, strings.Repeat("p", 1024*1024+1), []byte(`1`))
+	if !errors.As(err, &e) || e.Reason != "LIMIT_EXCEEDED" || e.Metadata["limit"] == "" {
+		t.Fatalf("Store of a prompt over 1 MiB = %#v; want LIMIT_EXCEEDED with metadata limit", err)
+	}
+	if _, ok := e.Field("prompt"); !ok {
+		t.Fatalf("field violations %v do not name prompt", e.FieldViolations)
 	}
 
 	// So is a dependency on a task that does not exist, through the raw stubs too.
