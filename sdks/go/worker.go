@@ -14,7 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/are-runtime/are/sdks/go/arev1"
 )
@@ -116,6 +118,7 @@ type Task struct {
 	// (trace context, labels, last failure, heartbeat details, ...).
 	Assignment *arev1.TaskAssignment
 
+	client            *Client
 	mu                sync.Mutex
 	usage             *arev1.Usage
 	heartbeatDetails  *arev1.Payload
@@ -196,6 +199,82 @@ func (t *Task) SetStateMergePatch(patch []byte) {
 	t.mu.Unlock()
 }
 
+// NewTaskSpec makes the spec of one task, with the options of
+// WorkflowBuilder.Task, for Task.Spawn.
+func NewTaskSpec(taskID, capability string, opts ...TaskOption) (*arev1.TaskSpec, error) {
+	task := &arev1.TaskSpec{TaskId: taskID, Target: &arev1.TaskSpec_Capability{Capability: capability}}
+	var errs []error
+	for _, opt := range opts {
+		if err := opt(task); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("are: task %q: %w", taskID, errors.Join(errs...))
+	}
+	return task, nil
+}
+
+// Spawn adds tasks to the workflow as children of this attempt (dynamic
+// expansion) and returns their ids. With dependentsWait, this task's pending
+// dependents also wait for (and receive the outputs of) the new tasks. A
+// requestID (for example task.TaskID+".plan") makes a retried attempt spawn
+// once.
+func (t *Task) Spawn(ctx context.Context, tasks []*arev1.TaskSpec, dependentsWait bool, requestID string) ([]string, error) {
+	resp, err := t.client.Raw.Scheduler.SpawnTasks(ctx, &arev1.SpawnTasksRequest{
+		WorkflowId:     t.WorkflowID,
+		ParentTaskId:   t.TaskID,
+		ParentAttempt:  t.Attempt,
+		Tasks:          tasks,
+		DependentsWait: dependentsWait,
+		RequestId:      requestID,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetTaskIds(), nil
+}
+
+// ReportLLMCall records one LLM call of this attempt in the flight recorder
+// (an EVENT_TYPE_LLM_CALL event named after the model) and adds its usage to
+// what the attempt reports with its result.
+func (t *Task) ReportLLMCall(ctx context.Context, model string, usage *arev1.Usage, took time.Duration) error {
+	counted := &arev1.Usage{LlmCalls: 1}
+	if usage != nil {
+		counted = proto.Clone(usage).(*arev1.Usage)
+		if counted.LlmCalls == 0 {
+			counted.LlmCalls = 1
+		}
+	}
+	t.AddUsage(counted)
+	return t.report(ctx, arev1.EventType_EVENT_TYPE_LLM_CALL, model, counted, took)
+}
+
+// ReportToolCall records one tool call of this attempt in the flight
+// recorder and counts it in the attempt's usage.
+func (t *Task) ReportToolCall(ctx context.Context, tool string, took time.Duration) error {
+	usage := &arev1.Usage{ToolCalls: 1}
+	t.AddUsage(usage)
+	return t.report(ctx, arev1.EventType_EVENT_TYPE_TOOL_CALL, tool, usage, took)
+}
+
+func (t *Task) report(ctx context.Context, eventType arev1.EventType, name string, usage *arev1.Usage, took time.Duration) error {
+	event := &arev1.ReportedEvent{
+		WorkflowId: t.WorkflowID,
+		TaskId:     t.TaskID,
+		Attempt:    t.Attempt,
+		EventType:  eventType,
+		EventTime:  timestamppb.Now(),
+		Name:       name,
+		Usage:      usage,
+	}
+	if took > 0 {
+		event.Duration = durationpb.New(took)
+	}
+	_, err := t.client.Raw.Worker.ReportEvents(ctx, &arev1.ReportEventsRequest{Events: []*arev1.ReportedEvent{event}})
+	return err
+}
+
 // WorkerOptions configure a Worker; zero values take the defaults.
 type WorkerOptions struct {
 	// Concurrency is the most handlers run at once (default 16, at most
@@ -215,9 +294,11 @@ type WorkerOptions struct {
 	// Heartbeats are how a unary worker learns that an attempt was
 	// cancelled, so this also bounds how soon a handler hears of it.
 	HeartbeatInterval time.Duration
-	// ShutdownGrace is how long running handlers may go on after Run's
-	// context ends (default 10 s); their context is then cancelled with
-	// ErrWorkerStopped.
+	// ShutdownGrace is how long running handlers may go on once the worker
+	// has stopped polling after Run's context ended (default 10 s); their
+	// context is then cancelled with ErrWorkerStopped and a failure is
+	// reported as FAILURE_KIND_WORKER_LOST (retried by policy, as for a
+	// worker whose stream drops).
 	ShutdownGrace time.Duration
 	// ReportTimeout bounds each CompleteTask, FailTask and RecordHeartbeat
 	// call, retries on UNAVAILABLE included (default 30 s).
@@ -310,9 +391,10 @@ func (w *Worker) Stats() WorkerStats {
 	return WorkerStats{Completed: w.completed.Load(), Failed: w.failed.Load(), Cancelled: w.cancelled.Load()}
 }
 
-// Run serves tasks until ctx ends, then stops gracefully: it polls no more,
-// lets running handlers finish within ShutdownGrace (then cancels their
-// context), reports their results, and returns nil. It returns an error at
+// Run serves tasks until ctx ends, then stops gracefully: it polls no more
+// (the poll in flight finishes, within PollTimeout), lets running handlers
+// finish within ShutdownGrace (then cancels their context), reports their
+// results, and returns nil. It returns an error at
 // once when the sidecar refuses the worker for a reason that retrying cannot
 // fix (a bad name or capability, authentication, UNIMPLEMENTED); other poll
 // failures are retried with backoff.
@@ -325,30 +407,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	defer w.running.Store(false)
 
-	// Handlers outlive ctx by the shutdown grace at most.
+	// Handlers run on after ctx ends, for the shutdown grace at most, which
+	// starts once the last poll has returned: every assignment received gets
+	// the whole grace, and none arrives after it.
 	base, stopHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopHandlers(nil)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-done:
-			return
-		}
-		timer := time.NewTimer(w.opts.ShutdownGrace)
-		defer timer.Stop()
-		select {
-		case <-timer.C:
-			stopHandlers(ErrWorkerStopped)
-		case <-done:
-		}
-	}()
-
 	slots := make(chan struct{}, w.opts.Concurrency)
 	var running sync.WaitGroup
 	err := w.poll(ctx, base, slots, &running)
-	running.Wait()
+	finished := make(chan struct{})
+	go func() {
+		running.Wait()
+		close(finished)
+	}()
+	grace := time.NewTimer(w.opts.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-finished:
+	case <-grace.C:
+		stopHandlers(ErrWorkerStopped)
+		<-finished
+	}
 	return err
 }
 
@@ -454,6 +533,7 @@ func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) 
 		IdempotencyKey:   a.GetIdempotencyKey(),
 		InputContentType: a.GetInput().GetContentType(),
 		Assignment:       a,
+		client:           w.client,
 		kick:             make(chan struct{}, 1),
 	}
 	if dl := a.GetDeadlineTime(); dl != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,6 +286,143 @@ func TestWaitIsBoundedByItsContext(t *testing.T) {
 	defer cancel()
 	if _, err := handle.Wait(short); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Wait past its deadline = %v; want context.DeadlineExceeded", err)
+	}
+	if _, err := handle.Cancel(ctx, "test over"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSpawnAndReportedCalls(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-spawn")
+
+	worker := client.NewWorker(name("go-spawner"), fastWorker)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		switch task.TaskID {
+		case "plan":
+			child, err := are.NewTaskSpec("step", capability, are.InputJSON(3))
+			if err != nil {
+				return nil, are.NonRetryable(err)
+			}
+			ids, err := task.Spawn(ctx, []*arev1.TaskSpec{child}, true, task.TaskID+".plan")
+			if err != nil || len(ids) != 1 || ids[0] != "step" {
+				return nil, fmt.Errorf("spawn = %v, %v", ids, err)
+			}
+			return []byte(`"planned"`), nil
+		case "step":
+			var n int
+			if err := task.DecodeInput(&n); err != nil {
+				return nil, are.NonRetryable(err)
+			}
+			if err := task.ReportLLMCall(ctx, "gpt-x", &arev1.Usage{InputTokens: 20, OutputTokens: 4}, 15*time.Millisecond); err != nil {
+				return nil, err
+			}
+			if err := task.ReportToolCall(ctx, "search", time.Millisecond); err != nil {
+				return nil, err
+			}
+			return json.Marshal(n * 2)
+		case "sum":
+			step, ok := task.DependencyOutput("step")
+			if !ok {
+				return nil, are.NonRetryable(errors.New("the spawned step's output did not arrive"))
+			}
+			return step, nil
+		}
+		return nil, nil
+	})
+	run(t, worker)
+
+	spec, err := are.NewWorkflow("go-spawn").
+		Task("plan", capability).
+		Task("sum", capability, are.DependsOn("plan")).
+		Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != "6" {
+		t.Fatalf("Result = %s, %v; want the spawned step's 6 passed on to sum", result, err)
+	}
+	step, err := handle.Task(ctx, "step")
+	if err != nil || step.GetParentTaskId() != "plan" {
+		t.Fatalf("spawned task = %v, %v; want parent plan", step, err)
+	}
+	if u := step.GetUsage().GetUsage(); u.GetInputTokens() != 20 || u.GetLlmCalls() != 1 || u.GetToolCalls() != 1 {
+		t.Fatalf("step usage = %v; want the reported LLM and tool call", u)
+	}
+	page, err := client.Trace.List(ctx, are.TraceFilter{
+		WorkflowIDs: []string{handle.ID},
+		EventTypes:  []arev1.EventType{arev1.EventType_EVENT_TYPE_LLM_CALL, arev1.EventType_EVENT_TYPE_TOOL_CALL},
+	}, 0, 100)
+	if err != nil || len(page.GetEvents()) != 2 || page.GetEvents()[0].GetName() != "gpt-x" {
+		t.Fatalf("reported events = %v, %v; want the LLM call then the tool call", page.GetEvents(), err)
+	}
+}
+
+func TestGracefulStop(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-stop")
+
+	started := make(chan string, 2)
+	release := make(chan struct{})
+	opts := fastWorker
+	opts.ShutdownGrace = 500 * time.Millisecond
+	worker := client.NewWorker(name("go-stopper"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		started <- task.TaskID
+		if task.TaskID == "finishes" {
+			<-release // finishes within the grace, whatever ctx says
+			return []byte(`"done"`), nil
+		}
+		<-ctx.Done() // outlives the grace: its context ends with ErrWorkerStopped
+		return nil, context.Cause(ctx)
+	})
+	stop := run(t, worker)
+
+	spec, err := are.NewWorkflow("go-stop").
+		Task("finishes", capability).
+		Task("outlives", capability, are.MaxAttempts(2, 10*time.Millisecond)).
+		Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		select {
+		case <-started:
+		case <-ctx.Done():
+			t.Fatal("the handlers never started")
+		}
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		close(release)
+	}()
+	stop() // returns once both results are reported
+
+	finished, err := handle.Task(ctx, "finishes")
+	if err != nil || finished.GetState() != arev1.TaskState_TASK_STATE_COMPLETED {
+		t.Fatalf("the task finishing within the grace is %v (%v); want COMPLETED", finished.GetState(), err)
+	}
+	outlived, err := handle.Task(ctx, "outlives")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := outlived.GetFailure(); f.GetKind() != arev1.FailureKind_FAILURE_KIND_WORKER_LOST || f.GetType() != "WorkerStopped" {
+		t.Fatalf("the task outliving the grace failed with %v; want WORKER_LOST, WorkerStopped", f)
+	}
+	// Handed back once; the stopped worker took no retry of it.
+	if s := outlived.GetState(); outlived.GetAttempt() != 1 || (s != arev1.TaskState_TASK_STATE_BACKING_OFF && s != arev1.TaskState_TASK_STATE_SCHEDULED) {
+		t.Fatalf("the handed-back task is %v after attempt %d; want attempt 1 waiting for a retry", s, outlived.GetAttempt())
 	}
 	if _, err := handle.Cancel(ctx, "test over"); err != nil {
 		t.Fatal(err)

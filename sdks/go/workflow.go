@@ -303,11 +303,10 @@ func (b *WorkflowBuilder) Configure(f func(*arev1.WorkflowSpec)) *WorkflowBuilde
 
 // Task adds a task served by workers of capability.
 func (b *WorkflowBuilder) Task(taskID, capability string, opts ...TaskOption) *WorkflowBuilder {
-	task := &arev1.TaskSpec{TaskId: taskID, Target: &arev1.TaskSpec_Capability{Capability: capability}}
-	for _, opt := range opts {
-		if err := opt(task); err != nil {
-			b.errs = append(b.errs, fmt.Errorf("task %q: %w", taskID, err))
-		}
+	task, err := NewTaskSpec(taskID, capability, opts...)
+	if err != nil {
+		b.errs = append(b.errs, err)
+		return b
 	}
 	b.spec.Tasks = append(b.spec.Tasks, task)
 	return b
@@ -317,7 +316,7 @@ func (b *WorkflowBuilder) Task(taskID, capability string, opts ...TaskOption) *W
 // is not JSON-serialisable, for example).
 func (b *WorkflowBuilder) Build() (*arev1.WorkflowSpec, error) {
 	if len(b.errs) > 0 {
-		return nil, fmt.Errorf("are: workflow spec: %w", errors.Join(b.errs...))
+		return nil, errors.Join(b.errs...)
 	}
 	return b.spec, nil
 }
