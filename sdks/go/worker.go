@@ -544,11 +544,11 @@ func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) 
 	}
 
 	var end atomic.Int32
-	stopBeats := make(chan struct{})
+	beatCtx, stopBeats := context.WithCancel(hctx)
 	beating := make(chan struct{})
 	go func() {
 		defer close(beating)
-		w.heartbeat(hctx, task, stopBeats, func(e attemptEnd, why error) {
+		w.heartbeat(beatCtx, task, func(e attemptEnd, why error) {
 			if end.CompareAndSwap(int32(attemptHeld), int32(e)) {
 				cancel(fmt.Errorf("%w: %v", ErrTaskCancelled, why))
 			}
@@ -556,7 +556,7 @@ func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) 
 	}()
 
 	output, err := w.call(hctx, task)
-	close(stopBeats)
+	stopBeats()
 	<-beating
 
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.ReportTimeout)
@@ -682,9 +682,9 @@ func truncate(s string, n int) string {
 }
 
 // heartbeat records a heartbeat every interval (and at once when the
-// handler records details) until stop is closed, and calls end when the
-// sidecar says the attempt is over.
-func (w *Worker) heartbeat(ctx context.Context, task *Task, stop <-chan struct{}, end func(attemptEnd, error)) {
+// handler records details) until ctx ends, and calls end when the sidecar
+// says the attempt is over.
+func (w *Worker) heartbeat(ctx context.Context, task *Task, end func(attemptEnd, error)) {
 	interval := w.opts.HeartbeatInterval
 	if ht := task.Assignment.GetHeartbeatTimeout(); ht != nil && ht.AsDuration() > 0 {
 		interval = min(interval, ht.AsDuration()/4)
@@ -694,8 +694,6 @@ func (w *Worker) heartbeat(ctx context.Context, task *Task, stop <-chan struct{}
 	defer ticker.Stop()
 	for {
 		select {
-		case <-stop:
-			return
 		case <-ctx.Done():
 			return
 		case <-ticker.C:

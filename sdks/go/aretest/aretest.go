@@ -16,6 +16,7 @@ package aretest
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -50,6 +52,9 @@ type Options struct {
 	Token string
 	// StartTimeout bounds the wait for SERVING (default 30 s), within ctx.
 	StartTimeout time.Duration
+	// TLS checks the health of a sidecar serving TLS (started with
+	// --tls-cert and --tls-key in Args) with this client configuration.
+	TLS *tls.Config
 }
 
 // Sidecar is a running sidecar child process.
@@ -123,7 +128,7 @@ func Start(ctx context.Context, opts Options) (*Sidecar, error) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := s.waitServing(wctx, readyFile); err != nil {
+	if err := s.waitServing(wctx, readyFile, opts.TLS); err != nil {
 		s.kill()
 		log := s.Log()
 		os.RemoveAll(workdir)
@@ -160,7 +165,7 @@ func sidecarCommand(python string) ([]string, error) {
 	return []string{python, "-m", "sidecar"}, nil
 }
 
-func (s *Sidecar) waitServing(ctx context.Context, readyFile string) error {
+func (s *Sidecar) waitServing(ctx context.Context, readyFile string, config *tls.Config) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for s.Target == "" {
@@ -177,7 +182,11 @@ func (s *Sidecar) waitServing(ctx context.Context, readyFile string) error {
 			return fmt.Errorf("no ready file: %w", err)
 		}
 	}
-	conn, err := grpc.NewClient(dialTarget(s.Target), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if config != nil {
+		creds = credentials.NewTLS(config)
+	}
+	conn, err := grpc.NewClient(dialTarget(s.Target), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
