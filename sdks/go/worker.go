@@ -394,10 +394,10 @@ func (w *Worker) Stats() WorkerStats {
 // Run serves tasks until ctx ends, then stops gracefully: it polls no more
 // (the poll in flight finishes, within PollTimeout), lets running handlers
 // finish within ShutdownGrace (then cancels their context), reports their
-// results, and returns nil. It returns an error at
-// once when the sidecar refuses the worker for a reason that retrying cannot
-// fix (a bad name or capability, authentication, UNIMPLEMENTED); other poll
-// failures are retried with backoff.
+// results, and returns nil. It stops polling at once and returns an error
+// when the sidecar refuses the worker for a reason that retrying cannot fix
+// (a bad name or capability, authentication, UNIMPLEMENTED); other poll
+// failures are retried with jittered backoff.
 func (w *Worker) Run(ctx context.Context) error {
 	if len(w.handlers) == 0 {
 		return errors.New("are: the worker has no handler; call Handle first")

@@ -428,3 +428,14 @@ func TestGracefulStop(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestWorkerRefusedForABadCapabilityStops(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	worker := client.NewWorker(name("go-bad"), fastWorker)
+	worker.Handle("not a capability!", func(ctx context.Context, task *are.Task) ([]byte, error) { return nil, nil })
+	err := worker.Run(ctx)
+	if !errors.Is(err, are.ErrInvalidArgument) {
+		t.Fatalf("Run with a bad capability = %v; want INVALID_ARGUMENT at once", err)
+	}
+}
