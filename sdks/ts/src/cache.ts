@@ -1,0 +1,357 @@
+/**
+ * The semantic cache (`client.cache`): an exact tier (the normalised prompt)
+ * then a semantic tier (embedding similarity above the namespace's
+ * threshold), so the same thought is not paid for twice.
+ *
+ * ```ts
+ * await client.cache.putNamespace("gpt-4o:sys-3f2a", { similarityThreshold: 0.9 });
+ * const result = await client.cache.getOrCall("gpt-4o:sys-3f2a", prompt, () => llm(prompt));
+ * result.value; result.fromCache;
+ * ```
+ *
+ * Values are encoded like every payload of the SDK: JSON by default, a
+ * Uint8Array raw, a RawPayload as given. A response over 4 MiB is stored in
+ * the blob store and the entry holds a reference; lookups fetch it back.
+ *
+ * @module
+ */
+import type { Blobs } from "./blobs.js";
+import { AreError } from "./errors.js";
+import {
+  CacheTier,
+  GetCacheStatsRequest,
+  InvalidateCacheRequest,
+  ListNamespacesRequest,
+  LookupCacheRequest,
+  PutNamespaceRequest,
+  StoreCacheRequest,
+  VectorDtype,
+  type CacheNamespace as CacheNamespaceMessage,
+  type CacheServiceClient,
+  type CacheStats,
+  type LookupCacheResponse,
+} from "./gen/are/v1/cache_service.js";
+import { decodePayload, encodePayload } from "./payload.js";
+import type { CallOptions, Rpc } from "./rpc.js";
+import { fromDuration, toDuration } from "./time.js";
+
+export type { CacheStats } from "./gen/are/v1/cache_service.js";
+
+/** A response over this many bytes is stored as a blob and the entry holds a reference. */
+export const MAX_INLINE_BYTES = 4 * 1024 * 1024;
+
+/** Tokens and cost a response took to produce (credited as savings on each hit). */
+export interface CacheUsage {
+  inputTokens?: number;
+  outputTokens?: number;
+  costMicroUsd?: number;
+}
+
+/** The entry that answered a lookup. */
+export interface CacheHit {
+  entryId: string;
+  tier: "exact" | "semantic";
+  /** Cosine similarity of the entry's prompt (1.0 for exact hits). */
+  similarity: number;
+  /** The stored response, decoded. */
+  value: unknown;
+  /** The stored response's bytes. */
+  data: Buffer;
+  contentType: string;
+  matchedPrompt: string;
+  metadata: Record<string, string>;
+  /** What producing the response cost, i.e. what this hit saved. */
+  usage: Required<CacheUsage>;
+  createTime: Date | undefined;
+}
+
+/** A stored entry. */
+export interface CacheStored {
+  entryId: string;
+  /** True when an entry with the same normalised prompt was replaced. */
+  replaced: boolean;
+  expireTime: Date | undefined;
+}
+
+/** What {@link Cache.getOrCall} returns. */
+export interface CachedResult<T> {
+  value: T;
+  /** True when the cache answered and the call was not made. */
+  fromCache: boolean;
+  hit: CacheHit | undefined;
+  stored: CacheStored | undefined;
+}
+
+/** A namespace's settings as stored (defaults filled in). */
+export interface CacheNamespace {
+  name: string;
+  embedder: string;
+  dimension: number;
+  similarityThreshold: number;
+  defaultTtlMs: number | undefined;
+  maxEntries: number;
+  maxBytes: number;
+  vectorDtype: "f32" | "f16" | "i8";
+  description: string;
+  searchExpansion: number;
+  createTime: Date | undefined;
+  updateTime: Date | undefined;
+  /** True when put_namespace created it. */
+  created: boolean;
+}
+
+/** Options of {@link Cache.putNamespace}; zero or unset means the sidecar's default. */
+export interface NamespaceOptions extends CallOptions {
+  /** `"lexical"` (default), `"caller"` (caller vectors only) or a model configured on the sidecar. */
+  embedder?: string;
+  /** Vector dimension; 0 means the embedder's (required for `"caller"`). */
+  dimension?: number;
+  similarityThreshold?: number;
+  defaultTtlMs?: number;
+  maxEntries?: number;
+  maxBytes?: number;
+  vectorDtype?: "f32" | "f16" | "i8";
+  description?: string;
+  searchExpansion?: number;
+}
+
+/** Options of {@link Cache.lookup}. */
+export interface LookupOptions extends CallOptions {
+  /** The prompt's embedding, when you compute your own. */
+  vector?: readonly number[];
+  /** The similarity a semantic hit needs; default the namespace's. */
+  threshold?: number;
+  /** Only entries younger than this answer. */
+  maxAgeMs?: number;
+  /** Consult the exact tier only. */
+  exactOnly?: boolean;
+}
+
+/** Options of {@link Cache.store}. */
+export interface StoreOptions extends CallOptions {
+  contentType?: string;
+  vector?: readonly number[];
+  ttlMs?: number;
+  metadata?: Record<string, string>;
+  usage?: CacheUsage;
+}
+
+/** Options of {@link Cache.getOrCall}. */
+export interface GetOrCallOptions<T> extends CallOptions {
+  vector?: readonly number[];
+  threshold?: number;
+  ttlMs?: number;
+  metadata?: Record<string, string>;
+  /** The result's tokens and cost, or a function computing them from it. */
+  usage?: CacheUsage | ((value: T) => CacheUsage);
+}
+
+const DTYPES: Record<string, VectorDtype> = {
+  "": VectorDtype.VECTOR_DTYPE_UNSPECIFIED,
+  f32: VectorDtype.VECTOR_DTYPE_F32,
+  f16: VectorDtype.VECTOR_DTYPE_F16,
+  i8: VectorDtype.VECTOR_DTYPE_I8,
+};
+
+function namespaceView(ns: CacheNamespaceMessage, created = false): CacheNamespace {
+  const dtype = ns.vectorDtype === VectorDtype.VECTOR_DTYPE_F16 ? "f16" : ns.vectorDtype === VectorDtype.VECTOR_DTYPE_I8 ? "i8" : "f32";
+  return {
+    name: ns.name,
+    embedder: ns.embedder,
+    dimension: ns.dimension,
+    similarityThreshold: ns.similarityThreshold,
+    defaultTtlMs: fromDuration(ns.defaultTtl),
+    maxEntries: ns.maxEntries,
+    maxBytes: ns.maxBytes,
+    vectorDtype: dtype,
+    description: ns.description,
+    searchExpansion: ns.searchExpansion,
+    createTime: ns.createTime,
+    updateTime: ns.updateTime,
+    created,
+  };
+}
+
+function usageMessage(usage: CacheUsage | undefined) {
+  if (usage === undefined) return undefined;
+  return {
+    inputTokens: usage.inputTokens ?? 0,
+    outputTokens: usage.outputTokens ?? 0,
+    costMicroUsd: usage.costMicroUsd ?? 0,
+    llmCalls: 0,
+    toolCalls: 0,
+  };
+}
+
+/** `client.cache`: look up, store, get-or-call, invalidate, statistics, namespaces. */
+export class Cache {
+  /** @internal */
+  constructor(
+    private readonly raw: CacheServiceClient,
+    private readonly rpc: Rpc,
+    private readonly blobs: Blobs,
+  ) {}
+
+  /** The entry answering a prompt (exact tier, then semantic), or undefined on a miss. */
+  async lookup(namespace: string, prompt: string, options: LookupOptions = {}): Promise<CacheHit | undefined> {
+    const response = await this.lookupRaw(namespace, prompt, options);
+    if (!response.hit) return undefined;
+    let payload = response.response ?? { contentType: "" };
+    if (payload.blob !== undefined) {
+      const data = await this.blobs.get(payload.blob.sha256, { signal: options.signal });
+      payload = { data, contentType: payload.contentType || payload.blob.contentType };
+    }
+    const usage = response.usage;
+    return {
+      entryId: response.entryId,
+      tier: response.tier === CacheTier.CACHE_TIER_SEMANTIC ? "semantic" : "exact",
+      similarity: response.similarity,
+      value: decodePayload(payload),
+      data: payload.data ?? Buffer.alloc(0),
+      contentType: payload.contentType,
+      matchedPrompt: response.matchedPrompt,
+      metadata: response.metadata,
+      usage: {
+        inputTokens: usage?.inputTokens ?? 0,
+        outputTokens: usage?.outputTokens ?? 0,
+        costMicroUsd: usage?.costMicroUsd ?? 0,
+      },
+      createTime: response.createTime,
+    };
+  }
+
+  /** Like {@link lookup}, returning the response message (with `bestSimilarity` on a miss). */
+  lookupRaw(namespace: string, prompt: string, options: LookupOptions = {}): Promise<LookupCacheResponse> {
+    const request = LookupCacheRequest.fromPartial({
+      namespace,
+      prompt,
+      vector: options.vector ? { values: [...options.vector] } : undefined,
+      threshold: options.threshold,
+      maxAge: toDuration(options.maxAgeMs),
+      exactOnly: options.exactOnly ?? false,
+    });
+    return this.rpc.unary(this.raw.lookupCache.bind(this.raw), request, options);
+  }
+
+  /** Stores a response under a prompt; an entry of the same normalised prompt is replaced. */
+  async store(namespace: string, prompt: string, value: unknown, options: StoreOptions = {}): Promise<CacheStored> {
+    let payload = encodePayload(value, options.contentType);
+    const inline = payload.data;
+    const large = inline !== undefined && inline.length > MAX_INLINE_BYTES;
+    if (large) {
+      const ref = await this.blobs.put(inline, { contentType: payload.contentType, signal: options.signal });
+      payload = encodePayload(ref, payload.contentType);
+    }
+    const request = StoreCacheRequest.fromPartial({
+      namespace,
+      prompt,
+      vector: options.vector ? { values: [...options.vector] } : undefined,
+      response: payload,
+      ttl: toDuration(options.ttlMs),
+      metadata: { ...(options.metadata ?? {}) },
+      usage: usageMessage(options.usage),
+    });
+    let response;
+    try {
+      response = await this.rpc.unary(this.raw.storeCache.bind(this.raw), request, options);
+    } catch (error) {
+      if (!(large && error instanceof AreError && error.reason === "BLOB_NOT_FOUND")) throw error;
+      // Swept between the upload and the store (it was near its TTL): send the bytes again.
+      const ref = await this.blobs.put(inline, { contentType: payload.contentType, signal: options.signal });
+      request.response = encodePayload(ref, payload.contentType);
+      response = await this.rpc.unary(this.raw.storeCache.bind(this.raw), request, options);
+    }
+    return { entryId: response.entryId, replaced: response.replaced, expireTime: response.expireTime };
+  }
+
+  /**
+   * Looks the prompt up; on a miss awaits `call()` once and stores its result.
+   * The call's own errors propagate and nothing is stored.
+   */
+  async getOrCall<T>(namespace: string, prompt: string, call: () => T | Promise<T>, options: GetOrCallOptions<T> = {}): Promise<CachedResult<T>> {
+    const { signal, timeoutMs } = options;
+    const hit = await this.lookup(namespace, prompt, { vector: options.vector, threshold: options.threshold, signal, timeoutMs });
+    if (hit !== undefined) return { value: hit.value as T, fromCache: true, hit, stored: undefined };
+    const value = await call();
+    const usage = typeof options.usage === "function" ? options.usage(value) : options.usage;
+    const stored = await this.store(namespace, prompt, value, {
+      vector: options.vector,
+      ttlMs: options.ttlMs,
+      metadata: options.metadata,
+      usage,
+      signal,
+      timeoutMs,
+    });
+    return { value, fromCache: false, hit: undefined, stored };
+  }
+
+  /** Removes entries by id, by metadata match, or all; returns how many were removed. */
+  async invalidate(
+    namespace: string,
+    selector: { entryIds?: string[]; metadata?: Record<string, string>; all?: boolean },
+    options: CallOptions = {},
+  ): Promise<number> {
+    const response = await this.rpc.unary(
+      this.raw.invalidateCache.bind(this.raw),
+      InvalidateCacheRequest.fromPartial({
+        namespace,
+        entryIds: selector.entryIds ?? [],
+        metadataMatch: { ...(selector.metadata ?? {}) },
+        all: selector.all ?? false,
+      }),
+      options,
+    );
+    return response.removedCount;
+  }
+
+  /** Counters of one namespace, or of every namespace when `namespace` is "". */
+  async stats(namespace = "", options: CallOptions = {}): Promise<CacheStats[]> {
+    const response = await this.rpc.unary(
+      this.raw.getCacheStats.bind(this.raw),
+      GetCacheStatsRequest.fromPartial({ namespace }),
+      options,
+    );
+    return response.stats;
+  }
+
+  /** Creates a namespace or updates its mutable settings; returns it as stored. */
+  async putNamespace(name: string, options: NamespaceOptions = {}): Promise<CacheNamespace> {
+    const dtype = DTYPES[options.vectorDtype ?? ""];
+    if (dtype === undefined) throw new RangeError(`vectorDtype must be f32, f16 or i8, got ${JSON.stringify(options.vectorDtype)}`);
+    const response = await this.rpc.unary(
+      this.raw.putNamespace.bind(this.raw),
+      PutNamespaceRequest.fromPartial({
+        namespace: {
+          name,
+          embedder: options.embedder ?? "",
+          dimension: options.dimension ?? 0,
+          similarityThreshold: options.similarityThreshold ?? 0,
+          defaultTtl: toDuration(options.defaultTtlMs),
+          maxEntries: options.maxEntries ?? 0,
+          maxBytes: options.maxBytes ?? 0,
+          vectorDtype: dtype,
+          description: options.description ?? "",
+          searchExpansion: options.searchExpansion ?? 0,
+        },
+      }),
+      options,
+    );
+    return namespaceView(response.namespace!, response.created);
+  }
+
+  /** Every namespace, by name (all pages). */
+  async listNamespaces(options: CallOptions = {}): Promise<CacheNamespace[]> {
+    const out: CacheNamespace[] = [];
+    let pageToken = "";
+    for (;;) {
+      const response = await this.rpc.unary(
+        this.raw.listNamespaces.bind(this.raw),
+        ListNamespacesRequest.fromPartial({ pageSize: 1000, pageToken }),
+        options,
+      );
+      out.push(...response.namespaces.map((ns) => namespaceView(ns)));
+      pageToken = response.nextPageToken;
+      if (!pageToken) return out;
+    }
+  }
+}

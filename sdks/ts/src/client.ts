@@ -1,0 +1,186 @@
+/**
+ * The client: one channel to a sidecar, shared by every service.
+ *
+ * The SDK has three layers, as the Python SDK does: the generated code
+ * (`src/gen`, one grpc-js client class per service, exposed as
+ * `client.raw`); a call layer that adds the bearer token, deadlines, abort
+ * signals and error mapping; and the typed facades (`client.workflows`,
+ * `client.cache`, `client.trace`, `client.blobs`, and {@link Worker}).
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+
+import { Blobs } from "./blobs.js";
+import { Cache } from "./cache.js";
+import { AreError, Code } from "./errors.js";
+import { CacheServiceClient } from "./gen/are/v1/cache_service.js";
+import { RouterServiceClient } from "./gen/are/v1/router_service.js";
+import { SchedulerServiceClient } from "./gen/are/v1/scheduler_service.js";
+import { StateServiceClient } from "./gen/are/v1/state_service.js";
+import { TraceServiceClient } from "./gen/are/v1/trace_service.js";
+import { WorkerServiceClient } from "./gen/are/v1/worker_service.js";
+import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthClient } from "./gen/grpc/health/v1/health.js";
+import { Rpc, type CallOptions } from "./rpc.js";
+import { Trace } from "./trace.js";
+import { Workflows } from "./workflows.js";
+
+/** The sidecar's default bound on one message; the client accepts the same. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** Options of {@link Client.connect}. */
+export interface ConnectOptions {
+  /** The bearer token, when the sidecar was started with one. */
+  token?: string;
+  /** Use TLS (with the system's roots unless `rootCertificates` is given). */
+  tls?: boolean;
+  /** PEM roots to trust for TLS (implies `tls`). */
+  rootCertificates?: Buffer;
+  /** The largest message sent or received, in bytes; default 64 MiB like the sidecar. */
+  maxMessageBytes?: number;
+  /** How long to wait for the sidecar to answer, in milliseconds; default 10 s. */
+  connectTimeoutMs?: number;
+  /** Aborts the connection attempt. */
+  signal?: AbortSignal;
+  /** More grpc-js channel options (`grpc.keepalive_time_ms`, ...). */
+  channelOptions?: grpc.ChannelOptions;
+}
+
+/** The generated grpc-js clients of every service, sharing the client's channel. */
+export interface RawServices {
+  readonly scheduler: SchedulerServiceClient;
+  readonly worker: WorkerServiceClient;
+  readonly state: StateServiceClient;
+  readonly cache: CacheServiceClient;
+  readonly router: RouterServiceClient;
+  readonly trace: TraceServiceClient;
+  readonly health: HealthClient;
+}
+
+/** The health status names of `grpc.health.v1`. */
+export type HealthStatus = "UNKNOWN" | "SERVING" | "NOT_SERVING" | "SERVICE_UNKNOWN";
+
+/**
+ * A connection to one ARE sidecar. Create it with {@link Client.connect} and
+ * {@link Client.close} it when done.
+ */
+export class Client {
+  /** The gRPC target (`host:port` or `unix:PATH`). */
+  readonly target: string;
+  /**
+   * The generated clients: every RPC of the contract, taking and returning
+   * the generated message types. Call them with `client.metadata()` to send
+   * the token; prefer the typed facades.
+   */
+  readonly raw: RawServices;
+  /** Submit, follow and cancel workflows (SchedulerService). */
+  readonly workflows: Workflows;
+  /** The semantic cache (CacheService). */
+  readonly cache: Cache;
+  /** The flight recorder (TraceService). */
+  readonly trace: Trace;
+  /** The blob store (StateService blobs). */
+  readonly blobs: Blobs;
+  /** @internal */
+  readonly rpc: Rpc;
+  private readonly channel: grpc.Channel;
+  private closed = false;
+
+  private constructor(target: string, channel: grpc.Channel, credentials: grpc.ChannelCredentials, token: string | undefined) {
+    this.target = target;
+    this.channel = channel;
+    const options = { channelOverride: channel };
+    this.raw = {
+      scheduler: new SchedulerServiceClient(target, credentials, options),
+      worker: new WorkerServiceClient(target, credentials, options),
+      state: new StateServiceClient(target, credentials, options),
+      cache: new CacheServiceClient(target, credentials, options),
+      router: new RouterServiceClient(target, credentials, options),
+      trace: new TraceServiceClient(target, credentials, options),
+      health: new HealthClient(target, credentials, options),
+    };
+    this.rpc = new Rpc(() => {
+      const metadata = new grpc.Metadata();
+      if (token) metadata.set("authorization", `Bearer ${token}`);
+      return metadata;
+    });
+    this.blobs = new Blobs(this.raw.state, this.rpc);
+    this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs);
+    this.cache = new Cache(this.raw.cache, this.rpc, this.blobs);
+    this.trace = new Trace(this.raw.trace, this.rpc);
+  }
+
+  /**
+   * Opens a channel to a sidecar and waits until it is reachable.
+   *
+   * @param target `host:port` (TCP) or `unix:PATH` (a Unix socket).
+   * @throws AreError `UNAVAILABLE` when nothing answered within `connectTimeoutMs`.
+   */
+  static async connect(target: string, options: ConnectOptions = {}): Promise<Client> {
+    const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    const credentials =
+      options.tls || options.rootCertificates !== undefined
+        ? grpc.credentials.createSsl(options.rootCertificates ?? null)
+        : grpc.credentials.createInsecure();
+    const channel = new grpc.Channel(target, credentials, {
+      "grpc.max_send_message_length": maxMessageBytes,
+      "grpc.max_receive_message_length": maxMessageBytes,
+      ...options.channelOptions,
+    });
+    const client = new Client(target, channel, credentials, options.token);
+    const timeoutMs = options.connectTimeoutMs ?? 10_000;
+    try {
+      await waitForReady(client.raw.health, timeoutMs, options.signal);
+    } catch (error) {
+      client.close();
+      if (options.signal?.aborted) throw options.signal.reason;
+      throw new AreError(Code.UNAVAILABLE, `no ARE sidecar answered at ${JSON.stringify(target)} within ${timeoutMs} ms`, {
+        cause: error,
+      });
+    }
+    return client;
+  }
+
+  /** The metadata (the bearer token) every call sends, for calls through `client.raw`. */
+  metadata(): grpc.Metadata {
+    return this.rpc.metadata();
+  }
+
+  /**
+   * The sidecar's health status, `"SERVING"` when ready.
+   *
+   * @param service A service name such as `"are.v1.SchedulerService"`, or "" for the sidecar.
+   */
+  async health(service = "", options: CallOptions = {}): Promise<HealthStatus> {
+    const health = this.raw.health;
+    const response = await this.rpc.unary(health.check.bind(health), HealthCheckRequest.fromPartial({ service }), {
+      timeoutMs: 5_000,
+      ...options,
+    });
+    return (HealthCheckResponse_ServingStatus[response.status] ?? "UNKNOWN") as HealthStatus;
+  }
+
+  /** Closes the channel; calls in flight are cancelled. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const service of Object.values(this.raw)) (service as grpc.Client).close();
+    this.channel.close();
+  }
+}
+
+function waitForReady(client: grpc.Client, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = (): void => reject(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    client.waitForReady(new Date(Date.now() + timeoutMs), (error) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (error) reject(error);
+      else resolve();
+    });
+  });
+}

@@ -1,0 +1,99 @@
+/**
+ * ARE's TypeScript SDK: talk to the Agent Runtime Environment sidecar.
+ *
+ * {@link Client.connect} opens one channel to a sidecar; every failed call
+ * throws an {@link AreError}; workflows are built with {@link WorkflowSpec},
+ * submitted with `client.workflows.submit` (a {@link WorkflowHandle} comes
+ * back at once) and run by {@link Worker} handlers; `client.cache` is the
+ * semantic cache and `client.trace` the flight recorder.
+ * `@are-runtime/sdk/testing` starts a real sidecar for tests, and
+ * `@are-runtime/sdk/gen/are/v1/<file>` exposes the generated messages.
+ *
+ * @module
+ */
+export { Blobs, MAX_BLOB_BYTES, type PutBlobOptions } from "./blobs.js";
+export {
+  Cache,
+  type CacheHit,
+  type CacheNamespace,
+  type CacheStats,
+  type CacheStored,
+  type CacheUsage,
+  type CachedResult,
+  type GetOrCallOptions,
+  type LookupOptions,
+  type NamespaceOptions,
+  type StoreOptions,
+} from "./cache.js";
+export { Client, DEFAULT_MAX_MESSAGE_BYTES, type ConnectOptions, type HealthStatus, type RawServices } from "./client.js";
+export {
+  AreError,
+  Code,
+  WaitTimeoutError,
+  WorkflowSpecError,
+  codeName,
+  toAreError,
+  type AreErrorInit,
+  type FieldViolation,
+} from "./errors.js";
+export { BlobReference, RawPayload, decodePayload, encodePayload, isJsonContentType } from "./payload.js";
+export type { CallOptions } from "./rpc.js";
+export {
+  WorkflowSpec,
+  type Budget,
+  type ComparisonOperator,
+  type Condition,
+  type RetryPolicy,
+  type TaskCacheKey,
+  type TaskOptions,
+  type TaskSpec,
+  type TriggerRule,
+  type WorkflowOptions,
+} from "./spec.js";
+export {
+  EventType,
+  Trace,
+  eventFilter,
+  eventTypeName,
+  type Event,
+  type EventFilter,
+  type EventsMissed,
+  type StreamOptions,
+  type TraceFilter,
+  type TraceItem,
+} from "./trace.js";
+export {
+  CLOSED_WORKFLOW_STATES,
+  type FailureInfo,
+  type TaskInfo,
+  type TaskState,
+  type UsageInfo,
+  type WorkflowInfo,
+  type WorkflowState,
+} from "./types.js";
+export {
+  NonRetryableError,
+  TaskCancelledError,
+  TaskContext,
+  TaskError,
+  TaskResult,
+  Worker,
+  type DependencyResult,
+  type Handler,
+  type TaskCancelKind,
+  type WorkerOptions,
+  type WorkerStats,
+} from "./worker.js";
+export {
+  WorkflowFailedError,
+  WorkflowHandle,
+  Workflows,
+  type SpawnOptions,
+  type SubmitOptions,
+  type WaitOptions,
+  type WatchOptions,
+  type WorkflowUpdate,
+} from "./workflows.js";
+
+/** The SDK's version, sent nowhere yet; kept equal to package.json's. */
+export const VERSION = "0.1.0";

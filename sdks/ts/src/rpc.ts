@@ -1,0 +1,96 @@
+/**
+ * The raw call layer: promises and async iterators over grpc-js calls, with
+ * the bearer token, a default deadline, abort signals and error mapping.
+ *
+ * @internal
+ */
+import type { CallOptions as GrpcCallOptions, ClientReadableStream, ClientUnaryCall, Metadata, ServiceError } from "@grpc/grpc-js";
+
+import { toAreError } from "./errors.js";
+
+/** Options every call of the SDK takes. */
+export interface CallOptions {
+  /** Aborts the call; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** The call's deadline in milliseconds; default 30 s for unary calls. `Infinity` means none. */
+  timeoutMs?: number;
+}
+
+/** A generated unary method in its (request, metadata, options, callback) form. */
+export type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<GrpcCallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => ClientUnaryCall;
+
+/** A generated server-streaming method in its (request, metadata, options) form. */
+export type StreamMethod<Req, Res> = (
+  request: Req,
+  metadata?: Metadata,
+  options?: Partial<GrpcCallOptions>,
+) => ClientReadableStream<Res>;
+
+export const DEFAULT_UNARY_TIMEOUT_MS = 30_000;
+
+export class Rpc {
+  constructor(private readonly makeMetadata: () => Metadata) {}
+
+  /** A fresh copy of the metadata every call sends (the bearer token, if any). */
+  metadata(): Metadata {
+    return this.makeMetadata();
+  }
+
+  /** Calls a unary method; rejects with an AreError, or the signal's reason once aborted. */
+  unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, options: CallOptions = {}): Promise<Res> {
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const timeoutMs = options.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS;
+    const callOptions: Partial<GrpcCallOptions> = {};
+    if (Number.isFinite(timeoutMs)) callOptions.deadline = new Date(Date.now() + timeoutMs);
+    return new Promise<Res>((resolve, reject) => {
+      let settled = false;
+      const onAbort = (): void => {
+        if (settled) return;
+        settled = true;
+        call.cancel();
+        reject(signal?.reason);
+      };
+      const call = method(request, this.metadata(), callOptions, (error, response) => {
+        signal?.removeEventListener("abort", onAbort);
+        if (settled) return;
+        settled = true;
+        if (error) reject(toAreError(error));
+        else resolve(response);
+      });
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /**
+   * Calls a server-streaming method and yields its messages. Breaking out of
+   * the loop cancels the call; an abort rejects with the signal's reason;
+   * other failures are AreErrors. grpc-js reads the next message only as
+   * the consumer asks for it, so the buffer is bounded.
+   */
+  async *stream<Req, Res>(method: StreamMethod<Req, Res>, request: Req, options: CallOptions = {}): AsyncGenerator<Res> {
+    const { signal } = options;
+    if (signal?.aborted) throw signal.reason;
+    const callOptions: Partial<GrpcCallOptions> = {};
+    if (options.timeoutMs !== undefined && Number.isFinite(options.timeoutMs)) {
+      callOptions.deadline = new Date(Date.now() + options.timeoutMs);
+    }
+    const call = method(request, this.metadata(), callOptions);
+    const onAbort = (): void => call.cancel();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      for await (const message of call) yield message as Res;
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      throw toAreError(error);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      call.cancel();
+    }
+  }
+}

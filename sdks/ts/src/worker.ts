@@ -1,0 +1,781 @@
+/**
+ * The worker: run task handlers for the sidecar over the unary path.
+ *
+ * ```ts
+ * const worker = new Worker(client, { name: "writer", maxConcurrency: 8 })
+ *   .handle("write", async (ctx) => {
+ *     const notes = ctx.dependencyOutputs["research"];
+ *     ctx.reportLlmCall("gpt-x", { inputTokens: 900, outputTokens: 300, costMicroUsd: 1200 });
+ *     return { draft: `About ${JSON.stringify(notes)}`, };   // any JSON value; a Uint8Array raw
+ *   });
+ * const done = worker.run();        // until worker.stop() or the signal given to run()
+ * ```
+ *
+ * A handler takes a {@link TaskContext} and returns (or resolves to) the
+ * task's output; a {@link TaskResult} adds a content type or a state patch.
+ * Throwing fails the attempt with a Failure whose type is the error's class
+ * name (throw {@link TaskError} to choose type, details and a retry hint,
+ * {@link NonRetryableError} to forbid retries).
+ *
+ * The worker long-polls `PollTask` for as many tasks as it has free slots
+ * (never more than `maxConcurrency` running), reports with `CompleteTask` /
+ * `FailTask`, and heartbeats every running attempt with `RecordHeartbeat`
+ * (every `heartbeatIntervalMs`, and at least three times per heartbeat
+ * timeout). `ctx.signal` aborts, with a {@link TaskCancelledError} as its
+ * reason, when the sidecar says the attempt is over (workflow cancelled or
+ * closed, lease lost), when the attempt's deadline passes, or when the worker
+ * stops and the grace period has run out. The bidirectional `Connect` stream
+ * is not used: the unary path is the contract's equivalent for simple
+ * clients.
+ *
+ * @module
+ */
+import { hostname } from "node:os";
+
+import type { Client } from "./client.js";
+import { AreError, Code } from "./errors.js";
+import { FailureKind, type Failure, type Payload, type Usage } from "./gen/are/v1/common.js";
+import { EventType, type ReportedEvent } from "./gen/are/v1/event.js";
+import {
+  CompleteTaskRequest,
+  FailTaskRequest,
+  PollTaskRequest,
+  RecordHeartbeatRequest,
+  ReportEventsRequest,
+  type TaskAssignment,
+} from "./gen/are/v1/worker_service.js";
+import { OCTET_STREAM, decodePayload, encodePayload } from "./payload.js";
+import type { TaskSpec } from "./spec.js";
+import { fromDuration, jitter, sleep, toDuration } from "./time.js";
+import { failureInfo, taskStateName, type FailureInfo, type TaskState } from "./types.js";
+import { spawnTasks, type SpawnOptions } from "./workflows.js";
+
+/** A task handler: takes the context, returns the output (or a promise of it). */
+export type Handler = (ctx: TaskContext) => unknown;
+
+/** Outputs over this many bytes are uploaded as a blob and completed by reference. */
+export const MAX_INLINE_BYTES = 4 * 1024 * 1024;
+const MAX_MESSAGE = 32 * 1024;
+const MAX_STACK_TRACE = 64 * 1024;
+const MAX_EVENTS_PER_CALL = 1000;
+const MAX_QUEUED_EVENTS = 10_000;
+const REPORT_ATTEMPTS = 5;
+const FATAL_CODES = new Set<number>([Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.UNIMPLEMENTED]);
+
+/** Throw from a handler to fail the attempt with a chosen type, details and retry hint. */
+export class TaskError extends Error {
+  /** The failure's type, matched against a retry policy's nonRetryableFailureTypes; default the class name. */
+  readonly type: string;
+  /** A JSON value (or bytes) carried as the failure's details. */
+  readonly details: unknown;
+  /** Forbid retries whatever the retry policy says. */
+  readonly nonRetryable: boolean;
+  /** The least delay before a retry (a provider's Retry-After). */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(
+    message: string,
+    options: { type?: string; details?: unknown; nonRetryable?: boolean; retryAfterMs?: number; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.type = options.type ?? new.target.name;
+    this.details = options.details;
+    this.nonRetryable = options.nonRetryable ?? false;
+    this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+/** Throw from a handler to fail the attempt for good: no retry, whatever the policy. */
+export class NonRetryableError extends TaskError {
+  constructor(message: string, options: { type?: string; details?: unknown; cause?: unknown } = {}) {
+    super(message, { ...options, nonRetryable: true });
+  }
+}
+
+/** Why an attempt's signal aborted. */
+export type TaskCancelKind =
+  /** The sidecar asked to stop: the workflow was cancelled or closed. */
+  | "CANCEL_REQUESTED"
+  /** The attempt is no longer held (lease lost, superseded, cancelled). */
+  | "NOT_HELD"
+  /** The attempt's start-to-close deadline passed. */
+  | "TIMED_OUT"
+  /** The worker stopped and its grace period ran out. */
+  | "WORKER_STOPPED";
+
+/** The reason of `ctx.signal` once an attempt is cancelled. */
+export class TaskCancelledError extends Error {
+  constructor(
+    readonly kind: TaskCancelKind,
+    message: string,
+  ) {
+    super(message);
+    this.name = "TaskCancelledError";
+  }
+}
+
+/** A handler's output with extras: a content type and a JSON Merge Patch of the workflow's state. */
+export class TaskResult {
+  constructor(
+    readonly output: unknown,
+    readonly options: { contentType?: string; stateMergePatch?: Record<string, unknown> } = {},
+  ) {}
+}
+
+/** What a task received about one of its dependencies. */
+export interface DependencyResult {
+  taskId: string;
+  state: TaskState;
+  output: unknown;
+  failure: FailureInfo | undefined;
+}
+
+/** Options of {@link Worker}. */
+export interface WorkerOptions {
+  /** The worker's name, shared by its replicas (id alphabet). */
+  name: string;
+  /** Handlers by capability (more can be added with {@link Worker.handle}). */
+  handlers?: Record<string, Handler>;
+  /** Capabilities to declare besides those with handlers. */
+  capabilities?: string[];
+  /** The most tasks run at once (1 to 10,000); default 8. */
+  maxConcurrency?: number;
+  /** Who this process is, for humans; default `host:pid N`. */
+  identity?: string;
+  /** The deadline of one long poll; the sidecar answers about 1 s before it. Default 30 s. */
+  pollTimeoutMs?: number;
+  /** How often running attempts heartbeat (and learn of cancellation); default 2 s. */
+  heartbeatIntervalMs?: number;
+  /** How long running tasks get to finish on stop(); default 10 s. */
+  shutdownGraceMs?: number;
+  /** Where warnings go (refused results, dropped connections); default `console`. */
+  logger?: { warn: (message: string) => void };
+}
+
+/** Counters since the worker was made. */
+export interface WorkerStats {
+  completed: number;
+  failed: number;
+  cancelled: number;
+  polls: number;
+}
+
+/** Everything a handler knows about its task attempt, and what it can report. */
+export class TaskContext {
+  readonly workflowId: string;
+  readonly taskId: string;
+  /** The attempt number, from 1. */
+  readonly attempt: number;
+  /** The same for every attempt of the task, across restarts: make side effects idempotent with it. */
+  readonly idempotencyKey: string;
+  readonly capability: string;
+  /** The decoded input. */
+  readonly input: unknown;
+  /** What each dependency ended as, by task id, in depends_on order. */
+  readonly dependencies: Readonly<Record<string, DependencyResult>>;
+  /** When the attempt's start-to-close timeout ends. */
+  readonly deadline: Date | undefined;
+  /** The heartbeat timeout in milliseconds, or undefined (the worker heartbeats on its own). */
+  readonly heartbeatTimeoutMs: number | undefined;
+  /** The W3C traceparent of the attempt's span ("" if none), so your spans nest under it. */
+  readonly traceparent: string;
+  readonly tracestate: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** The previous attempt's failure, on retries. */
+  readonly lastFailure: FailureInfo | undefined;
+  /** The previous attempt's last heartbeat details, to resume from. */
+  readonly lastHeartbeatDetails: unknown;
+  /** The retry policy's maximum attempts. */
+  readonly maximumAttempts: number;
+  /** The workflow state document's version at dispatch. */
+  readonly stateVersion: number;
+  /** Aborts (reason: {@link TaskCancelledError}) when the attempt must stop. */
+  readonly signal: AbortSignal;
+
+  /** @internal */
+  constructor(
+    private readonly attemptState: Attempt,
+    assignment: TaskAssignment,
+  ) {
+    this.workflowId = assignment.workflowId;
+    this.taskId = assignment.taskId;
+    this.attempt = assignment.attempt;
+    this.idempotencyKey = assignment.idempotencyKey;
+    this.capability = assignment.capability;
+    this.input = decodePayload(assignment.input);
+    const dependencies: Record<string, DependencyResult> = {};
+    for (const d of assignment.dependencies) {
+      dependencies[d.taskId] = {
+        taskId: d.taskId,
+        state: taskStateName(d.state),
+        output: decodePayload(d.output),
+        failure: failureInfo(d.failure),
+      };
+    }
+    this.dependencies = dependencies;
+    this.deadline = assignment.deadlineTime;
+    this.heartbeatTimeoutMs = fromDuration(assignment.heartbeatTimeout);
+    this.traceparent = assignment.traceContext?.traceparent ?? "";
+    this.tracestate = assignment.traceContext?.tracestate ?? "";
+    this.labels = assignment.labels;
+    this.lastFailure = failureInfo(assignment.lastFailure);
+    this.lastHeartbeatDetails = decodePayload(assignment.lastHeartbeatDetails);
+    this.maximumAttempts = assignment.maximumAttempts;
+    this.stateVersion = assignment.stateVersion;
+    this.signal = attemptState.controller.signal;
+  }
+
+  /** The outputs of the dependencies that COMPLETED, by task id. */
+  get dependencyOutputs(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const [id, d] of Object.entries(this.dependencies)) if (d.state === "COMPLETED") out[id] = d.output;
+    return out;
+  }
+
+  /** True when a failure of this attempt will not be retried by policy. */
+  get isLastAttempt(): boolean {
+    return this.maximumAttempts > 0 && this.attempt >= this.maximumAttempts;
+  }
+
+  /** True once the attempt must stop (same as `signal.aborted`). */
+  get cancelled(): boolean {
+    return this.signal.aborted;
+  }
+
+  /** Records progress, sent with the next heartbeat and handed to the next attempt if this one is lost. */
+  heartbeat(details?: unknown): void {
+    this.attemptState.details = details === undefined ? undefined : encodePayload(details);
+  }
+
+  /** Records one LLM call: an event in the flight recorder, and usage on the result (which budgets count). */
+  reportLlmCall(
+    model: string,
+    usage: { inputTokens?: number; outputTokens?: number; costMicroUsd?: number; durationMs?: number } = {},
+  ): void {
+    const call: Usage = {
+      inputTokens: usage.inputTokens ?? 0,
+      outputTokens: usage.outputTokens ?? 0,
+      costMicroUsd: usage.costMicroUsd ?? 0,
+      llmCalls: 1,
+      toolCalls: 0,
+    };
+    this.addUsage(call);
+    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_LLM_CALL, model, usage.durationMs, call));
+  }
+
+  /** Records one tool call in the flight recorder and in the attempt's usage. */
+  reportToolCall(name: string, options: { durationMs?: number } = {}): void {
+    this.addUsage({ toolCalls: 1 });
+    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_TOOL_CALL, name, options.durationMs, undefined));
+  }
+
+  /** Adds tokens, cost or calls to the usage reported with the attempt's result. */
+  addUsage(usage: Partial<Usage>): void {
+    const total = this.attemptState.usage;
+    total.inputTokens += usage.inputTokens ?? 0;
+    total.outputTokens += usage.outputTokens ?? 0;
+    total.costMicroUsd += usage.costMicroUsd ?? 0;
+    total.llmCalls += usage.llmCalls ?? 0;
+    total.toolCalls += usage.toolCalls ?? 0;
+  }
+
+  /** Adds tasks to this workflow as children of this attempt and returns their ids. */
+  spawn(tasks: readonly TaskSpec[], options: Omit<SpawnOptions, "parentTaskId" | "parentAttempt"> = {}): Promise<string[]> {
+    const client = this.attemptState.client;
+    return spawnTasks(client.raw.scheduler, client.rpc, this.workflowId, tasks, {
+      ...options,
+      parentTaskId: this.taskId,
+      parentAttempt: this.attempt,
+    });
+  }
+
+  private event(type: EventType, name: string, durationMs: number | undefined, usage: Usage | undefined): ReportedEvent {
+    return {
+      workflowId: this.workflowId,
+      taskId: this.taskId,
+      attempt: this.attempt,
+      eventType: type,
+      eventTime: new Date(),
+      name,
+      duration: toDuration(durationMs),
+      usage,
+      failure: undefined,
+      attributes: {},
+      spanId: "",
+    };
+  }
+}
+
+/** One running attempt: its controllers, queued reports and usage. @internal */
+class Attempt {
+  readonly controller = new AbortController();
+  /** Stops the heartbeat loop once the handler has settled. */
+  readonly finished = new AbortController();
+  readonly usage: Usage = { inputTokens: 0, outputTokens: 0, costMicroUsd: 0, llmCalls: 0, toolCalls: 0 };
+  events: ReportedEvent[] = [];
+  details: Payload | undefined;
+  cancelKind: TaskCancelKind | undefined;
+  done: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly client: Client,
+    readonly assignment: TaskAssignment,
+    private readonly warn: (message: string) => void,
+  ) {}
+
+  get label(): string {
+    const a = this.assignment;
+    return `${a.workflowId}/${a.taskId} attempt ${a.attempt}`;
+  }
+
+  queueEvent(event: ReportedEvent): void {
+    if (this.events.length >= MAX_QUEUED_EVENTS) {
+      this.events.shift();
+      this.warn(`worker: more than ${MAX_QUEUED_EVENTS} unsent events for ${this.label}; dropping the oldest`);
+    }
+    this.events.push(event);
+  }
+
+  cancel(kind: TaskCancelKind, message: string): void {
+    if (this.controller.signal.aborted) return;
+    this.cancelKind = kind;
+    this.controller.abort(new TaskCancelledError(kind, message));
+  }
+}
+
+/** Runs `promise`, or rejects with the signal's reason as soon as it aborts (the promise is then abandoned). */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => undefined);
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+function failureFromError(error: unknown): Failure {
+  const asError = error instanceof Error ? error : undefined;
+  const type = error instanceof TaskError ? error.type : (asError?.constructor?.name ?? "Error");
+  const message = (asError ? asError.message : String(error)).slice(0, MAX_MESSAGE) || type;
+  let details: Payload | undefined;
+  if (error instanceof TaskError && error.details !== undefined) {
+    try {
+      details = encodePayload(error.details);
+    } catch {
+      details = undefined; // details that cannot be encoded are dropped, the failure still goes
+    }
+  }
+  const nonRetryable =
+    error instanceof TaskError ? error.nonRetryable : (error as { nonRetryable?: unknown } | null)?.nonRetryable === true;
+  return {
+    message,
+    type,
+    nonRetryable,
+    details,
+    cause: undefined,
+    kind: FailureKind.FAILURE_KIND_APPLICATION,
+    timeoutType: 0,
+    stackTrace: (asError?.stack ?? "").slice(-MAX_STACK_TRACE),
+  };
+}
+
+/**
+ * Runs task handlers for one or more capabilities; see the module documentation.
+ */
+export class Worker {
+  readonly name: string;
+  readonly maxConcurrency: number;
+  readonly identity: string;
+  /** Counters since the worker was made. */
+  readonly stats: WorkerStats = { completed: 0, failed: 0, cancelled: 0, polls: 0 };
+  private readonly handlers = new Map<string, Handler>();
+  private readonly declared: Set<string>;
+  private readonly pollTimeoutMs: number;
+  private readonly heartbeatIntervalMs: number;
+  private readonly shutdownGraceMs: number;
+  private readonly logger: { warn: (message: string) => void };
+  private readonly active = new Map<string, Attempt>();
+  private running = false;
+  private stopping = false;
+  private graceMs = 0;
+  private stopController = new AbortController();
+  private wakeSlot: (() => void) | undefined;
+  private stopped: Promise<void> = Promise.resolve();
+  private currentWorkerId = "";
+
+  constructor(
+    private readonly client: Client,
+    options: WorkerOptions,
+  ) {
+    const maxConcurrency = options.maxConcurrency ?? 8;
+    if (!Number.isInteger(maxConcurrency) || maxConcurrency < 1 || maxConcurrency > 10_000) {
+      throw new RangeError(`maxConcurrency must be an integer from 1 to 10,000, got ${maxConcurrency}`);
+    }
+    this.name = options.name;
+    this.maxConcurrency = maxConcurrency;
+    this.identity = options.identity ?? `${hostname()}:pid ${process.pid}`;
+    this.pollTimeoutMs = options.pollTimeoutMs ?? 30_000;
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2_000;
+    this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
+    this.logger = options.logger ?? console;
+    this.declared = new Set(options.capabilities ?? []);
+    for (const [capability, handler] of Object.entries(options.handlers ?? {})) this.handle(capability, handler);
+  }
+
+  /** Sets the handler of `capability` (replacing any earlier one) and returns the worker. */
+  handle(capability: string, handler: Handler): this {
+    this.handlers.set(capability, handler);
+    return this;
+  }
+
+  /** Every capability declared: those with handlers and those given. */
+  get capabilities(): string[] {
+    return [...new Set([...this.declared, ...this.handlers.keys()])];
+  }
+
+  /** The id the sidecar uses for this worker in events and task statuses ("" before the first poll). */
+  get workerId(): string {
+    return this.currentWorkerId;
+  }
+
+  /** How many attempts are running now. */
+  get inFlight(): number {
+    return this.active.size;
+  }
+
+  /** True between run() and the end of stop(). */
+  get isRunning(): boolean {
+    return this.running;
+  }
+
+  /**
+   * Serves tasks until {@link stop} is called or `signal` aborts, then drains
+   * (see {@link stop}) and resolves. Rejects with an {@link AreError} when
+   * the sidecar refuses the worker for a reason that retrying cannot fix
+   * (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED);
+   * other errors (a restarting sidecar) are retried with backoff.
+   */
+  async run(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.running) throw new Error(`worker ${this.name} is already running`);
+    const capabilities = this.capabilities;
+    if (capabilities.length === 0) throw new Error(`worker ${this.name} declares no capability; add a handler first`);
+    this.running = true;
+    this.stopping = false;
+    this.stopController = new AbortController();
+    let resolveStopped!: () => void;
+    this.stopped = new Promise((resolve) => {
+      resolveStopped = resolve;
+    });
+    const { signal } = options;
+    const onAbort = (): void => void this.stop();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) onAbort();
+    let fatal: unknown;
+    try {
+      await this.pollLoop(capabilities);
+    } catch (error) {
+      fatal = error;
+      this.stopping = true;
+      this.graceMs = this.shutdownGraceMs;
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    await this.drain(this.graceMs);
+    this.running = false;
+    resolveStopped();
+    if (fatal !== undefined) throw fatal;
+  }
+
+  /**
+   * Stops gracefully: no new polls (the one in flight is cancelled), running
+   * tasks get `graceMs` (default `shutdownGraceMs`) to finish and report;
+   * the rest are aborted (`ctx.signal`, kind WORKER_STOPPED) and failed as
+   * retryable, so the sidecar retries them at once. Resolves when run() has
+   * returned. Idempotent.
+   */
+  stop(options: { graceMs?: number } = {}): Promise<void> {
+    if (!this.running) return this.stopped;
+    if (!this.stopping) {
+      this.stopping = true;
+      this.graceMs = options.graceMs ?? this.shutdownGraceMs;
+      this.stopController.abort(new Error(`worker ${this.name} is stopping`));
+      this.wake();
+    }
+    return this.stopped;
+  }
+
+  private wake(): void {
+    const wake = this.wakeSlot;
+    this.wakeSlot = undefined;
+    wake?.();
+  }
+
+  private async pollLoop(capabilities: string[]): Promise<void> {
+    let delay = 50;
+    const stopSignal = this.stopController.signal;
+    while (!this.stopping) {
+      const free = this.maxConcurrency - this.active.size;
+      if (free <= 0) {
+        await new Promise<void>((resolve) => {
+          this.wakeSlot = resolve;
+        });
+        continue;
+      }
+      let assignments: TaskAssignment[];
+      try {
+        const worker = this.client.raw.worker;
+        this.stats.polls += 1;
+        const response = await this.client.rpc.unary(
+          worker.pollTask.bind(worker),
+          PollTaskRequest.fromPartial({
+            workerName: this.name,
+            capabilities,
+            maxTasks: Math.min(free, 100),
+            identity: this.identity,
+          }),
+          { timeoutMs: this.pollTimeoutMs, signal: stopSignal },
+        );
+        if (response.workerId) this.currentWorkerId = response.workerId;
+        assignments = response.assignments;
+        delay = 50;
+      } catch (error) {
+        if (this.stopping) return;
+        if (error instanceof AreError && FATAL_CODES.has(error.code)) throw error;
+        if (error instanceof AreError && error.code === Code.DEADLINE_EXCEEDED) continue;
+        this.logger.warn(`worker ${this.name}: poll failed (${(error as Error).message}); retrying`);
+        try {
+          await sleep(jitter(delay), stopSignal);
+        } catch {
+          return;
+        }
+        delay = Math.min(delay * 2, 5_000);
+        continue;
+      }
+      for (const assignment of assignments) this.start(assignment);
+    }
+  }
+
+  private start(assignment: TaskAssignment): void {
+    const attempt = new Attempt(this.client, assignment, (message) => this.logger.warn(message));
+    const key = `${assignment.workflowId}\u0000${assignment.taskId}\u0000${assignment.attempt}`;
+    this.active.set(key, attempt);
+    attempt.done = this.execute(attempt)
+      .catch((error: unknown) => this.logger.warn(`worker ${this.name}: ${attempt.label}: ${(error as Error).message}`))
+      .finally(() => {
+        this.active.delete(key);
+        this.wake();
+      });
+  }
+
+  private async drain(graceMs: number): Promise<void> {
+    if (this.active.size === 0) return;
+    const all = Promise.allSettled([...this.active.values()].map((attempt) => attempt.done));
+    const timer = new AbortController();
+    await Promise.race([all, sleep(graceMs, timer.signal).catch(() => undefined)]);
+    timer.abort();
+    for (const attempt of this.active.values()) {
+      attempt.cancel("WORKER_STOPPED", `worker ${this.name} stopped before the task finished`);
+    }
+    await all;
+  }
+
+  private async execute(attempt: Attempt): Promise<void> {
+    const { assignment } = attempt;
+    const beats = this.heartbeatLoop(attempt);
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    if (assignment.deadlineTime) {
+      const remaining = assignment.deadlineTime.getTime() - Date.now();
+      deadlineTimer = setTimeout(() => attempt.cancel("TIMED_OUT", "the attempt's start-to-close deadline passed"), Math.max(0, remaining));
+      deadlineTimer.unref();
+    }
+    let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
+    try {
+      const ctx = new TaskContext(attempt, await this.inlineBlobs(assignment, attempt.controller.signal));
+      const handler = this.handlers.get(assignment.capability);
+      const run = handler
+        ? Promise.resolve().then(() => handler(ctx))
+        : Promise.reject(new NonRetryableError(`worker ${this.name} has no handler for ${JSON.stringify(assignment.capability)}`));
+      outcome = { ok: true, value: await raceAbort(run, attempt.controller.signal) };
+    } catch (error) {
+      outcome = { ok: false, error };
+    } finally {
+      attempt.finished.abort();
+      clearTimeout(deadlineTimer);
+    }
+    await beats;
+    const base = { workflowId: assignment.workflowId, taskId: assignment.taskId, attempt: assignment.attempt };
+    if (attempt.cancelKind !== undefined) {
+      this.stats.cancelled += 1;
+      if (attempt.cancelKind === "CANCEL_REQUESTED" || attempt.cancelKind === "WORKER_STOPPED") {
+        // The contract asks for a CANCELLED failure after cancel_requested; a stopping worker hands
+        // its task back as a retryable failure so the sidecar retries it now, not at lease expiry.
+        const cancelled = attempt.cancelKind === "CANCEL_REQUESTED";
+        const failure: Failure = {
+          ...failureFromError(attempt.controller.signal.reason),
+          type: cancelled ? "CANCELLED" : "WORKER_STOPPED",
+          kind: cancelled ? FailureKind.FAILURE_KIND_CANCELLED : FailureKind.FAILURE_KIND_APPLICATION,
+        };
+        await this.report("fail", attempt, () => this.failTask({ ...base, failure, usage: attempt.usage, retryAfter: undefined }), true);
+      }
+      return;
+    }
+    await this.flushEvents(attempt);
+    if (outcome.ok) {
+      const completion = await this.completion(attempt, outcome.value);
+      if (await this.report("complete", attempt, () => this.completeTask(completion))) this.stats.completed += 1;
+    } else {
+      const error = outcome.error;
+      const retryAfter = error instanceof TaskError ? toDuration(error.retryAfterMs) : undefined;
+      const failure = failureFromError(error);
+      if (await this.report("fail", attempt, () => this.failTask({ ...base, failure, usage: attempt.usage, retryAfter }))) {
+        this.stats.failed += 1;
+      }
+    }
+  }
+
+  private async completion(attempt: Attempt, value: unknown): Promise<CompleteTaskRequest> {
+    const { assignment } = attempt;
+    let output: unknown = value;
+    let contentType: string | undefined;
+    let stateMergePatch: Record<string, unknown> | undefined;
+    if (value instanceof TaskResult) {
+      output = value.output;
+      contentType = value.options.contentType;
+      stateMergePatch = value.options.stateMergePatch;
+    }
+    let payload = output === undefined && contentType === undefined ? undefined : encodePayload(output ?? null, contentType);
+    if (payload?.data !== undefined && payload.data.length > MAX_INLINE_BYTES) {
+      const ref = await this.client.blobs.put(payload.data, { contentType: payload.contentType, workflowId: assignment.workflowId });
+      payload = encodePayload(ref, payload.contentType);
+    }
+    return CompleteTaskRequest.fromPartial({
+      completion: {
+        workflowId: assignment.workflowId,
+        taskId: assignment.taskId,
+        attempt: assignment.attempt,
+        output: payload,
+        usage: attempt.usage,
+        statePatch: stateMergePatch ? { mergePatchJson: Buffer.from(JSON.stringify(stateMergePatch), "utf8") } : undefined,
+      },
+    });
+  }
+
+  private async completeTask(request: CompleteTaskRequest): Promise<void> {
+    const worker = this.client.raw.worker;
+    await this.client.rpc.unary(worker.completeTask.bind(worker), request);
+  }
+
+  private async failTask(failure: FailTaskRequest["failure"]): Promise<void> {
+    const worker = this.client.raw.worker;
+    await this.client.rpc.unary(worker.failTask.bind(worker), FailTaskRequest.fromPartial({ failure }));
+  }
+
+  /**
+   * Sends a result, retrying a few times while the sidecar is unreachable
+   * (it may be restarting). A refusal (TASK_NOT_HELD, ...) is logged, not
+   * thrown: the first recorded result stands. Returns whether it was recorded.
+   */
+  private async report(what: string, attempt: Attempt, send: () => Promise<void>, quiet = false): Promise<boolean> {
+    let delay = 100;
+    for (let tries = 1; ; tries += 1) {
+      try {
+        await send();
+        return true;
+      } catch (error) {
+        const retryable = error instanceof AreError && (error.code === Code.UNAVAILABLE || error.code === Code.DEADLINE_EXCEEDED);
+        if (tries > 1 && error instanceof AreError && error.reason === "TASK_ALREADY_COMPLETED") return true; // an earlier try landed
+        if (!retryable || tries >= REPORT_ATTEMPTS) {
+          if (!quiet) this.logger.warn(`worker ${this.name}: the sidecar refused to ${what} ${attempt.label}: ${(error as Error).message}`);
+          return false;
+        }
+      }
+      await sleep(jitter(delay));
+      delay *= 2;
+    }
+  }
+
+  private async flushEvents(attempt: Attempt): Promise<void> {
+    const worker = this.client.raw.worker;
+    while (attempt.events.length > 0) {
+      const batch = attempt.events.splice(0, MAX_EVENTS_PER_CALL);
+      try {
+        await this.client.rpc.unary(worker.reportEvents.bind(worker), ReportEventsRequest.fromPartial({ events: batch }));
+      } catch (error) {
+        this.logger.warn(`worker ${this.name}: events of ${attempt.label} were refused: ${(error as Error).message}`);
+        return;
+      }
+    }
+  }
+
+  private async heartbeatLoop(attempt: Attempt): Promise<void> {
+    const { assignment } = attempt;
+    const timeoutMs = fromDuration(assignment.heartbeatTimeout);
+    const interval = Math.max(50, Math.min(this.heartbeatIntervalMs, timeoutMs ? timeoutMs / 3 : Infinity));
+    const stop = attempt.finished.signal;
+    const worker = this.client.raw.worker;
+    for (;;) {
+      try {
+        await sleep(interval, stop);
+      } catch {
+        return;
+      }
+      await this.flushEvents(attempt);
+      const details = attempt.details;
+      attempt.details = undefined;
+      try {
+        const response = await this.client.rpc.unary(
+          worker.recordHeartbeat.bind(worker),
+          RecordHeartbeatRequest.fromPartial({
+            heartbeat: { workflowId: assignment.workflowId, taskId: assignment.taskId, attempt: assignment.attempt, details },
+          }),
+          { signal: stop, timeoutMs: Math.max(5_000, interval) },
+        );
+        if (response.cancelRequested) {
+          attempt.cancel("CANCEL_REQUESTED", "the sidecar asked to stop: the workflow was cancelled or closed");
+          return;
+        }
+      } catch (error) {
+        if (stop.aborted) return;
+        if (error instanceof AreError && (error.code === Code.FAILED_PRECONDITION || error.code === Code.NOT_FOUND)) {
+          attempt.cancel("NOT_HELD", `the attempt is no longer held: ${error.details}${error.reason ? ` [${error.reason}]` : ""}`);
+          return;
+        }
+        if (details !== undefined && attempt.details === undefined) attempt.details = details; // send it next time
+        this.logger.warn(`worker ${this.name}: heartbeat of ${attempt.label} failed: ${(error as Error).message}`);
+      }
+    }
+  }
+
+  /** The assignment with blob inputs and dependency outputs fetched inline, so handlers see values. */
+  private async inlineBlobs(assignment: TaskAssignment, signal: AbortSignal): Promise<TaskAssignment> {
+    const payloads = [assignment.input, ...assignment.dependencies.map((d) => d.output)];
+    if (!payloads.some((p) => p?.blob !== undefined)) return assignment;
+    const fetched = new Map<string, Buffer>();
+    const inline = async (payload: Payload | undefined): Promise<Payload | undefined> => {
+      const blob = payload?.blob;
+      if (payload === undefined || blob === undefined) return payload;
+      let data = fetched.get(blob.sha256);
+      if (data === undefined) {
+        data = await this.client.blobs.get(blob.sha256, { signal });
+        fetched.set(blob.sha256, data);
+      }
+      return { data, contentType: payload.contentType || blob.contentType || OCTET_STREAM };
+    };
+    const dependencies = [];
+    for (const d of assignment.dependencies) dependencies.push({ ...d, output: await inline(d.output) });
+    return { ...assignment, input: await inline(assignment.input), dependencies };
+  }
+}

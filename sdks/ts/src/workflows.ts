@@ -1,0 +1,402 @@
+/**
+ * The scheduler's facade: submit workflows and follow them (`client.workflows`).
+ *
+ * ```ts
+ * const handle = await client.workflows.submit(spec);   // returns at once
+ * for await (const update of handle.watch()) console.log(update.workflow.state);
+ * const output = await handle.result({ timeoutMs: 60_000 }); // or WorkflowFailedError
+ * ```
+ *
+ * @module
+ */
+import type { Blobs } from "./blobs.js";
+import { AreError, Code, WaitTimeoutError, WorkflowSpecError } from "./errors.js";
+import type { Event } from "./gen/are/v1/event.js";
+import {
+  CancelWorkflowRequest,
+  DeleteWorkflowRequest,
+  GetTaskRequest,
+  GetWorkflowRequest,
+  ListApprovalsRequest,
+  ListTasksRequest,
+  ListWorkflowsRequest,
+  ResolveApprovalRequest,
+  SpawnTasksRequest,
+  SubmitWorkflowRequest,
+  WatchWorkflowRequest,
+  type SchedulerServiceClient,
+  type WatchWorkflowResponse,
+} from "./gen/are/v1/scheduler_service.js";
+import { ApprovalDecision, TaskState as TaskStateEnum } from "./gen/are/v1/task.js";
+import { WorkflowState as WorkflowStateEnum, type WorkflowSpec as WorkflowSpecMessage } from "./gen/are/v1/workflow.js";
+import { BlobReference, decodePayload } from "./payload.js";
+import type { CallOptions, Rpc } from "./rpc.js";
+import { WorkflowSpec, taskSpecMessage, taskViolations, type TaskSpec } from "./spec.js";
+import { jitter, sleep, withTimeout } from "./time.js";
+import { taskInfo, workflowInfo, type TaskInfo, type TaskState, type WorkflowInfo, type WorkflowState } from "./types.js";
+
+const PAGE_SIZE = 1000;
+const RESUME_INITIAL_DELAY_MS = 50;
+const RESUME_MAX_DELAY_MS = 2000;
+const CLOSED = new Set([
+  WorkflowStateEnum.WORKFLOW_STATE_COMPLETED,
+  WorkflowStateEnum.WORKFLOW_STATE_FAILED,
+  WorkflowStateEnum.WORKFLOW_STATE_CANCELLED,
+]);
+
+/** `handle.result()` on a workflow that closed FAILED or CANCELLED; `workflow` says why. */
+export class WorkflowFailedError extends AreError {
+  readonly workflow: WorkflowInfo;
+
+  constructor(workflow: WorkflowInfo) {
+    const why = workflow.failure ? `: ${workflow.failure.type ? `${workflow.failure.type}: ` : ""}${workflow.failure.message}` : "";
+    super(Code.FAILED_PRECONDITION, `workflow ${workflow.workflowId} closed ${workflow.state}${why}`);
+    this.workflow = workflow;
+  }
+}
+
+/** Options of a wait: an abort signal and a timeout. */
+export interface WaitOptions {
+  signal?: AbortSignal;
+  /** Give up after this many milliseconds with {@link WaitTimeoutError}; default: no limit. */
+  timeoutMs?: number;
+}
+
+/** One change of a watched workflow. */
+export interface WorkflowUpdate {
+  workflow: WorkflowInfo;
+  /** The task that changed, with `includeTasks`. */
+  task: TaskInfo | undefined;
+  /** The event that recorded the change; undefined for the initial status. */
+  event: Event | undefined;
+  /** The cursor to resume from. */
+  sequence: number;
+}
+
+/** Options of {@link WorkflowHandle.watch}. */
+export interface WatchOptions {
+  signal?: AbortSignal;
+  /** Carry the task that changed in each update. */
+  includeTasks?: boolean;
+  /** Replay the changes recorded after this sequence first. */
+  afterSequence?: number;
+}
+
+/** Options of {@link WorkflowHandle.spawn}. */
+export interface SpawnOptions extends CallOptions {
+  parentTaskId?: string;
+  parentAttempt?: number;
+  dependentsWait?: boolean;
+  requestId?: string;
+}
+
+/** @internal Calls SpawnTasks after the client-side checks. */
+export async function spawnTasks(
+  raw: SchedulerServiceClient,
+  rpc: Rpc,
+  workflowId: string,
+  tasks: readonly TaskSpec[],
+  options: SpawnOptions,
+): Promise<string[]> {
+  const violations = taskViolations(tasks, "tasks");
+  if (tasks.length === 0) violations.unshift({ field: "tasks", description: "spawn at least one task" });
+  if (violations.length > 0) throw new WorkflowSpecError(violations);
+  const response = await rpc.unary(
+    raw.spawnTasks.bind(raw),
+    SpawnTasksRequest.fromPartial({
+      workflowId,
+      parentTaskId: options.parentTaskId ?? "",
+      parentAttempt: options.parentAttempt ?? 0,
+      tasks: tasks.map(taskSpecMessage),
+      dependentsWait: options.dependentsWait ?? false,
+      requestId: options.requestId ?? "",
+    }),
+    options,
+  );
+  return response.taskIds;
+}
+
+/**
+ * A submitted workflow. Creating one makes no call; get one from
+ * `client.workflows.submit()` or `client.workflows.getHandle(id)`.
+ */
+export class WorkflowHandle {
+  /** @internal */
+  constructor(
+    private readonly raw: SchedulerServiceClient,
+    private readonly rpc: Rpc,
+    private readonly blobs: Blobs,
+    /** The workflow's id. */
+    readonly workflowId: string,
+    /** True when the submit matched an earlier requestId and created nothing. */
+    readonly deduplicated = false,
+  ) {}
+
+  /** The workflow's current status; `AreError` NOT_FOUND (WORKFLOW_NOT_FOUND) if there is none. */
+  async get(options: CallOptions = {}): Promise<WorkflowInfo> {
+    const response = await this.rpc.unary(
+      this.raw.getWorkflow.bind(this.raw),
+      GetWorkflowRequest.fromPartial({ workflowId: this.workflowId }),
+      options,
+    );
+    if (!response.workflow) throw new AreError(Code.INTERNAL, "GetWorkflow answered without a workflow");
+    return workflowInfo(response.workflow);
+  }
+
+  /**
+   * Yields the workflow's status after each change and ends once it is
+   * closed. A dropped stream (UNAVAILABLE, e.g. a sidecar restart) is resumed
+   * from the last sequence received, so no change is missed. An abort
+   * rejects with the signal's reason.
+   */
+  async *watch(options: WatchOptions = {}): AsyncGenerator<WorkflowUpdate> {
+    for await (const response of this.watchRaw(options)) {
+      yield {
+        workflow: workflowInfo(response.workflow!),
+        task: response.task ? taskInfo(response.task) : undefined,
+        event: response.event,
+        sequence: response.sequence,
+      };
+    }
+  }
+
+  private async *watchRaw(options: WatchOptions): AsyncGenerator<WatchWorkflowResponse> {
+    const { signal } = options;
+    let cursor = options.afterSequence;
+    let delay = RESUME_INITIAL_DELAY_MS;
+    for (;;) {
+      const request = WatchWorkflowRequest.fromPartial({
+        workflowId: this.workflowId,
+        includeTasks: options.includeTasks ?? false,
+        afterSequence: cursor,
+      });
+      try {
+        for await (const response of this.rpc.stream(this.raw.watchWorkflow.bind(this.raw), request, { signal })) {
+          if (response.sequence) cursor = response.sequence;
+          delay = RESUME_INITIAL_DELAY_MS;
+          if (!response.workflow) continue;
+          yield response;
+          if (CLOSED.has(response.workflow.state)) return;
+        }
+      } catch (error) {
+        if (signal?.aborted) throw signal.reason;
+        if (!(error instanceof AreError) || (error.code !== Code.UNAVAILABLE && error.code !== Code.CANCELLED)) throw error;
+        // The sidecar restarted or the connection dropped: resume from the cursor.
+      }
+      await sleep(jitter(delay), signal);
+      delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
+    }
+  }
+
+  /** Waits until the workflow closes, whatever the outcome, and returns its status. */
+  async wait(options: WaitOptions = {}): Promise<WorkflowInfo> {
+    const { signal, timedOut } = withTimeout(options.signal, options.timeoutMs);
+    try {
+      for await (const response of this.watchRaw({ signal })) {
+        if (CLOSED.has(response.workflow!.state)) return workflowInfo(response.workflow!);
+      }
+    } catch (error) {
+      if (timedOut()) throw new WaitTimeoutError(`workflow ${this.workflowId} did not close within ${options.timeoutMs} ms`);
+      throw error;
+    }
+    return this.get(); // not reached: a watch ends only once the workflow is closed
+  }
+
+  /**
+   * Waits for the workflow to complete and returns its decoded result (the
+   * result task's output; a blob result is fetched). Throws
+   * {@link WorkflowFailedError} when it closed FAILED or CANCELLED,
+   * {@link WaitTimeoutError} after `timeoutMs`.
+   */
+  async result<T = unknown>(options: WaitOptions = {}): Promise<T> {
+    const workflow = await this.wait(options);
+    if (workflow.state !== "COMPLETED") throw new WorkflowFailedError(workflow);
+    const result = workflow.result;
+    if (result instanceof BlobReference) {
+      const data = await this.blobs.get(result, { signal: options.signal });
+      return decodePayload({ data, contentType: workflow.raw.result?.contentType || result.contentType }) as T;
+    }
+    return result as T;
+  }
+
+  /** Cancels the workflow (idempotent) and returns its status, closed. */
+  async cancel(options: CallOptions & { reason?: string; requestedBy?: string } = {}): Promise<WorkflowInfo> {
+    const response = await this.rpc.unary(
+      this.raw.cancelWorkflow.bind(this.raw),
+      CancelWorkflowRequest.fromPartial({
+        workflowId: this.workflowId,
+        reason: options.reason ?? "",
+        requestedBy: options.requestedBy ?? "",
+      }),
+      options,
+    );
+    return workflowInfo(response.workflow!);
+  }
+
+  /** Deletes the closed workflow and returns the bytes freed (FAILED_PRECONDITION while it runs). */
+  async delete(options: CallOptions = {}): Promise<number> {
+    const response = await this.rpc.unary(
+      this.raw.deleteWorkflow.bind(this.raw),
+      DeleteWorkflowRequest.fromPartial({ workflowId: this.workflowId }),
+      options,
+    );
+    return response.freedBytes;
+  }
+
+  /** One task's status, with its input and output. */
+  async task(taskId: string, options: CallOptions = {}): Promise<TaskInfo> {
+    const response = await this.rpc.unary(
+      this.raw.getTask.bind(this.raw),
+      GetTaskRequest.fromPartial({ workflowId: this.workflowId, taskId }),
+      options,
+    );
+    return taskInfo(response.task!);
+  }
+
+  /** The workflow's tasks in submission order, every page read. */
+  async tasks(options: CallOptions & { states?: TaskState[]; includePayloads?: boolean } = {}): Promise<TaskInfo[]> {
+    const includePayloads = options.includePayloads ?? false;
+    const states = (options.states ?? []).map((name) => TaskStateEnum[`TASK_STATE_${name}` as keyof typeof TaskStateEnum]);
+    const result: TaskInfo[] = [];
+    let pageToken = "";
+    for (;;) {
+      const response = await this.rpc.unary(
+        this.raw.listTasks.bind(this.raw),
+        ListTasksRequest.fromPartial({
+          workflowId: this.workflowId,
+          pageSize: includePayloads ? 100 : PAGE_SIZE,
+          pageToken,
+          states,
+          includePayloads,
+        }),
+        options,
+      );
+      result.push(...response.tasks.map(taskInfo));
+      pageToken = response.nextPageToken;
+      if (!pageToken) return result;
+    }
+  }
+
+  /** Approves a task waiting at its approval gate. */
+  approve(taskId: string, options: CallOptions & { approver?: string; comment?: string } = {}): Promise<TaskInfo> {
+    return this.resolve(taskId, ApprovalDecision.APPROVAL_DECISION_APPROVE, options);
+  }
+
+  /** Rejects a task waiting at its approval gate; its dependents follow their trigger rules. */
+  reject(taskId: string, options: CallOptions & { approver?: string; comment?: string } = {}): Promise<TaskInfo> {
+    return this.resolve(taskId, ApprovalDecision.APPROVAL_DECISION_REJECT, options);
+  }
+
+  private async resolve(
+    taskId: string,
+    decision: ApprovalDecision,
+    options: CallOptions & { approver?: string; comment?: string },
+  ): Promise<TaskInfo> {
+    const response = await this.rpc.unary(
+      this.raw.resolveApproval.bind(this.raw),
+      ResolveApprovalRequest.fromPartial({
+        workflowId: this.workflowId,
+        taskId,
+        decision,
+        approver: options.approver ?? "",
+        comment: options.comment ?? "",
+      }),
+      options,
+    );
+    return taskInfo(response.task!);
+  }
+
+  /** Adds tasks to the running workflow and returns their ids. */
+  spawn(tasks: readonly TaskSpec[], options: SpawnOptions = {}): Promise<string[]> {
+    return spawnTasks(this.raw, this.rpc, this.workflowId, tasks, options);
+  }
+}
+
+/** Options of {@link Workflows.submit}. */
+export interface SubmitOptions extends CallOptions {
+  /** An idempotency key: a retried submit with the same key returns the same workflow. */
+  requestId?: string;
+}
+
+/** `client.workflows`: submit, list and open workflows. */
+export class Workflows {
+  /** @internal */
+  constructor(
+    private readonly raw: SchedulerServiceClient,
+    private readonly rpc: Rpc,
+    private readonly blobs: Blobs,
+  ) {}
+
+  /**
+   * Submits a workflow and returns its handle at once, without waiting for
+   * any task. A {@link WorkflowSpec} is validated client-side first
+   * ({@link WorkflowSpecError}); an `are.v1.WorkflowSpec` message is sent as it is.
+   */
+  async submit(spec: WorkflowSpec | WorkflowSpecMessage, options: SubmitOptions = {}): Promise<WorkflowHandle> {
+    const message = spec instanceof WorkflowSpec ? spec.toMessage() : spec;
+    const response = await this.rpc.unary(
+      this.raw.submitWorkflow.bind(this.raw),
+      SubmitWorkflowRequest.fromPartial({ spec: message, requestId: options.requestId ?? "" }),
+      options,
+    );
+    return new WorkflowHandle(this.raw, this.rpc, this.blobs, response.workflowId, response.deduplicated);
+  }
+
+  /** A handle on an existing workflow (no call is made). */
+  getHandle(workflowId: string): WorkflowHandle {
+    return new WorkflowHandle(this.raw, this.rpc, this.blobs, workflowId);
+  }
+
+  /** A workflow's status. */
+  get(workflowId: string, options: CallOptions = {}): Promise<WorkflowInfo> {
+    return this.getHandle(workflowId).get(options);
+  }
+
+  /** Yields workflows, newest first, reading pages as needed (at most `limit`). */
+  async *list(
+    options: CallOptions & { states?: WorkflowState[]; labels?: Record<string, string>; limit?: number } = {},
+  ): AsyncGenerator<WorkflowInfo> {
+    const states = (options.states ?? []).map(
+      (name) => WorkflowStateEnum[`WORKFLOW_STATE_${name}` as keyof typeof WorkflowStateEnum],
+    );
+    let pageToken = "";
+    let count = 0;
+    const limit = options.limit;
+    for (;;) {
+      const pageSize = limit === undefined ? PAGE_SIZE : Math.max(1, Math.min(PAGE_SIZE, limit - count));
+      const response = await this.rpc.unary(
+        this.raw.listWorkflows.bind(this.raw),
+        ListWorkflowsRequest.fromPartial({ pageSize, pageToken, states, labels: { ...(options.labels ?? {}) } }),
+        options,
+      );
+      for (const workflow of response.workflows) {
+        yield workflowInfo(workflow);
+        count += 1;
+        if (limit !== undefined && count >= limit) return;
+      }
+      pageToken = response.nextPageToken;
+      if (!pageToken) return;
+    }
+  }
+
+  /** The tasks waiting at approval gates, oldest first, with their inputs. */
+  async listApprovals(options: CallOptions & { workflowId?: string; labels?: Record<string, string> } = {}): Promise<TaskInfo[]> {
+    const result: TaskInfo[] = [];
+    let pageToken = "";
+    for (;;) {
+      const response = await this.rpc.unary(
+        this.raw.listApprovals.bind(this.raw),
+        ListApprovalsRequest.fromPartial({
+          pageSize: 100,
+          pageToken,
+          workflowId: options.workflowId ?? "",
+          labels: { ...(options.labels ?? {}) },
+        }),
+        options,
+      );
+      result.push(...response.tasks.map(taskInfo));
+      pageToken = response.nextPageToken;
+      if (!pageToken) return result;
+    }
+  }
+}
