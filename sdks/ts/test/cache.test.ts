@@ -1,0 +1,112 @@
+// The semantic cache against a real sidecar: exact and caller-vector lookups, getOrCall.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { AreError, Client, Code, RawPayload } from "@are-runtime/sdk";
+import type { SidecarProcess } from "@are-runtime/sdk/testing";
+
+import { startSidecar, unique } from "./helpers.js";
+
+let sidecar: SidecarProcess;
+let client: Client;
+
+before(async () => {
+  sidecar = await startSidecar();
+  client = await Client.connect(sidecar.target);
+});
+
+after(async () => {
+  client?.close();
+  if (sidecar) await sidecar.stop();
+});
+
+describe("cache", () => {
+  test("store then an exact lookup of the normalised prompt", async () => {
+    const ns = unique("exact");
+    const created = await client.cache.putNamespace(ns, { description: "ts exact" });
+    assert.equal(created.created, true);
+    assert.equal(created.embedder, "lexical");
+    const stored = await client.cache.store(ns, "What is the capital of France?", { answer: "Paris" }, {
+      usage: { inputTokens: 12, outputTokens: 3, costMicroUsd: 40 },
+      metadata: { model: "m1" },
+    });
+    assert.ok(stored.entryId);
+    assert.equal(stored.replaced, false);
+
+    const hit = await client.cache.lookup(ns, "  What is the capital   of France? ");
+    assert.ok(hit);
+    assert.equal(hit.tier, "exact");
+    assert.equal(hit.entryId, stored.entryId);
+    assert.deepEqual(hit.value, { answer: "Paris" });
+    assert.equal(hit.similarity, 1);
+    assert.deepEqual(hit.usage, { inputTokens: 12, outputTokens: 3, costMicroUsd: 40 });
+    assert.deepEqual(hit.metadata, { model: "m1" });
+
+    assert.equal(await client.cache.lookup(ns, "Something else entirely", { exactOnly: true }), undefined);
+    const [stats] = await client.cache.stats(ns);
+    assert.equal(stats?.exactHits, 1);
+    assert.equal(stats?.misses, 1);
+  });
+
+  test("a semantic hit from the caller's own vectors", async () => {
+    const ns = unique("vectors");
+    await client.cache.putNamespace(ns, { embedder: "caller", dimension: 4, similarityThreshold: 0.9 });
+    await client.cache.store(ns, "first prompt", "first answer", { vector: [1, 0, 0, 0] });
+    await client.cache.store(ns, "second prompt", "second answer", { vector: [0, 1, 0, 0] });
+
+    const hit = await client.cache.lookup(ns, "a differently worded prompt", { vector: [0.99, 0.05, 0, 0] });
+    assert.ok(hit);
+    assert.equal(hit.tier, "semantic");
+    assert.equal(hit.value, "first answer");
+    assert.equal(hit.matchedPrompt, "first prompt");
+    assert.ok(hit.similarity > 0.99 && hit.similarity <= 1, String(hit.similarity));
+
+    assert.equal(await client.cache.lookup(ns, "unrelated", { vector: [0, 0, 1, 0] }), undefined);
+    const raw = await client.cache.lookupRaw(ns, "unrelated", { vector: [0.1, 0, 1, 0] });
+    assert.equal(raw.hit, false);
+    assert.ok(raw.bestSimilarity > 0 && raw.bestSimilarity < 0.9, String(raw.bestSimilarity));
+
+    const wrong = await client.cache.lookup(ns, "x", { vector: [1, 0, 0] }).catch((e: unknown) => e);
+    assert.ok(wrong instanceof AreError);
+    assert.equal(wrong.code, Code.INVALID_ARGUMENT);
+    assert.equal(wrong.reason, "DIMENSION_MISMATCH");
+    assert.equal(wrong.field, "vector");
+  });
+
+  test("getOrCall calls once, then answers from the cache", async () => {
+    const ns = unique("calls");
+    await client.cache.putNamespace(ns);
+    let calls = 0;
+    const llm = async (): Promise<{ text: string }> => {
+      calls += 1;
+      return { text: "forty-two" };
+    };
+    const first = await client.cache.getOrCall(ns, "the answer?", llm, { usage: () => ({ outputTokens: 2 }) });
+    assert.equal(first.fromCache, false);
+    assert.deepEqual(first.value, { text: "forty-two" });
+    assert.ok(first.stored?.entryId);
+    const second = await client.cache.getOrCall(ns, "the answer?", llm);
+    assert.equal(second.fromCache, true);
+    assert.deepEqual(second.value, { text: "forty-two" });
+    assert.equal(second.hit?.entryId, first.stored?.entryId);
+    assert.equal(second.hit?.usage.outputTokens, 2);
+    assert.equal(calls, 1);
+  });
+
+  test("bytes are stored raw and come back as a RawPayload", async () => {
+    const ns = unique("bytes");
+    await client.cache.putNamespace(ns);
+    await client.cache.store(ns, "png?", Buffer.from([0x89, 0x50, 0x4e, 0x47]));
+    const hit = await client.cache.lookup(ns, "png?");
+    assert.ok(hit?.value instanceof RawPayload);
+    assert.equal(hit.contentType, "application/octet-stream");
+    assert.deepEqual([...hit.data], [0x89, 0x50, 0x4e, 0x47]);
+  });
+
+  test("an unknown namespace is NOT_FOUND with its reason", async () => {
+    const error = await client.cache.lookup(unique("missing"), "hello").catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.NOT_FOUND);
+    assert.equal(error.reason, "NAMESPACE_NOT_FOUND");
+  });
+});

@@ -1,0 +1,136 @@
+// Client basics against a real sidecar: connect, health, errors with reason and field, abort, token.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { AreError, Client, Code, WaitTimeoutError, WorkflowSpec, WorkflowSpecError } from "@are-runtime/sdk";
+import type { SidecarProcess } from "@are-runtime/sdk/testing";
+
+import { startSidecar, unique } from "./helpers.js";
+
+let sidecar: SidecarProcess;
+let client: Client;
+
+before(async () => {
+  sidecar = await startSidecar();
+  client = await Client.connect(sidecar.target);
+});
+
+after(async () => {
+  client?.close();
+  if (sidecar) assert.equal(await sidecar.stop(), 0, "the sidecar exits 0 after SIGTERM");
+});
+
+describe("connect and health", () => {
+  test("health says SERVING", async () => {
+    assert.equal(await client.health(), "SERVING");
+    assert.equal(await client.health("are.v1.SchedulerService"), "SERVING");
+  });
+
+  test("connecting where nothing listens fails with UNAVAILABLE", async () => {
+    const error = await Client.connect("127.0.0.1:1", { connectTimeoutMs: 300 }).catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.UNAVAILABLE);
+  });
+});
+
+describe("errors", () => {
+  test("PutNamespace with a bad name: INVALID_ARGUMENT, its reason and the field", async () => {
+    const error = await client.cache.putNamespace("not a valid name!").catch((e: unknown) => e);
+    assert.ok(error instanceof AreError, String(error));
+    assert.equal(error.code, Code.INVALID_ARGUMENT);
+    assert.equal(error.codeName, "INVALID_ARGUMENT");
+    assert.equal(error.reason, "INVALID_ARGUMENT");
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      ["namespace.name"],
+    );
+    assert.equal(error.field, "namespace.name");
+    assert.match(error.message, /^INVALID_ARGUMENT: .*\[INVALID_ARGUMENT\]/);
+  });
+
+  test("an unknown workflow: NOT_FOUND, reason WORKFLOW_NOT_FOUND", async () => {
+    const error = await client.workflows.get("wf-does-not-exist").catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.NOT_FOUND);
+    assert.equal(error.reason, "WORKFLOW_NOT_FOUND");
+  });
+
+  test("a spec the sidecar refuses names the field (unknown pool)", async () => {
+    const spec = new WorkflowSpec("bad-pool").task("a", { capability: "x", pool: unique("no-such-pool") });
+    const error = await client.workflows.submit(spec).catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.INVALID_ARGUMENT);
+    assert.equal(error.reason, "POOL_NOT_FOUND");
+    assert.equal(error.field, "spec.tasks[0].pool");
+  });
+
+  test("a spec with a cycle is refused client-side, named as the sidecar would", async () => {
+    const spec = new WorkflowSpec("cycle")
+      .task("a", { capability: "x", dependsOn: ["b"] })
+      .task("b", { capability: "x", dependsOn: ["a"] });
+    const error = await client.workflows.submit(spec).catch((e: unknown) => e);
+    assert.ok(error instanceof WorkflowSpecError);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.INVALID_ARGUMENT);
+    assert.equal(error.field, "spec.tasks[0].depends_on");
+    assert.match(error.fieldViolations[0]!.description, /a -> b -> a/);
+  });
+
+  test("the same spec sent unchecked is refused by the sidecar with DAG_CYCLE", async () => {
+    const spec = new WorkflowSpec("cycle")
+      .task("a", { capability: "x", dependsOn: ["b"] })
+      .task("b", { capability: "x", dependsOn: ["a"] });
+    const error = await client.workflows.submit(spec.toMessage({ validate: false })).catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.reason, "DAG_CYCLE");
+    assert.ok(error.field.startsWith("spec.tasks["), error.field);
+  });
+});
+
+describe("bounded waits", () => {
+  test("a wait with timeoutMs gives up with WaitTimeoutError", async () => {
+    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const error = await handle.wait({ timeoutMs: 300 }).catch((e: unknown) => e);
+    assert.ok(error instanceof WaitTimeoutError, String(error));
+    assert.equal(error.code, Code.DEADLINE_EXCEEDED);
+    await handle.cancel();
+  });
+
+  test("an aborted wait rejects with the signal's reason", async () => {
+    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const controller = new AbortController();
+    const waiting = handle.result({ signal: controller.signal });
+    controller.abort();
+    const error = await waiting.catch((e: unknown) => e);
+    assert.ok(error instanceof Error);
+    assert.equal(error.name, "AbortError");
+    const closed = await handle.cancel({ reason: "test over" });
+    assert.equal(closed.state, "CANCELLED");
+  });
+
+  test("an aborted unary call rejects with the signal's reason", async () => {
+    const error = await client.health("", { signal: AbortSignal.abort(new Error("stop")) }).catch((e: unknown) => e);
+    assert.ok(error instanceof Error);
+    assert.equal(error.message, "stop");
+  });
+});
+
+describe("bearer token", () => {
+  test("calls carry the token; without it they are UNAUTHENTICATED", async () => {
+    const guarded = await startSidecar({ token: "s3cret-token" });
+    try {
+      const anonymous = await Client.connect(guarded.target);
+      const refused = await anonymous.workflows.get("wf-x").catch((e: unknown) => e);
+      anonymous.close();
+      assert.ok(refused instanceof AreError);
+      assert.equal(refused.code, Code.UNAUTHENTICATED);
+      const authed = await Client.connect(guarded.target, { token: "s3cret-token" });
+      const notFound = await authed.workflows.get("wf-x").catch((e: unknown) => e);
+      authed.close();
+      assert.ok(notFound instanceof AreError);
+      assert.equal(notFound.code, Code.NOT_FOUND);
+    } finally {
+      await guarded.stop();
+    }
+  });
+});

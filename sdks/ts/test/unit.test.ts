@@ -1,0 +1,122 @@
+// Client-side pieces without a sidecar: payload encoding, spec checks, error decoding.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { Metadata } from "@grpc/grpc-js";
+
+import { AreError, BlobReference, Code, RawPayload, WorkflowSpec, WorkflowSpecError, decodePayload, encodePayload, toAreError } from "@are-runtime/sdk";
+import { Status } from "@are-runtime/sdk/gen/google/rpc/status";
+import { BadRequest, ErrorInfo, RetryInfo } from "@are-runtime/sdk/gen/google/rpc/error_details";
+
+describe("payloads", () => {
+  test("JSON by default, both ways", () => {
+    const payload = encodePayload({ a: [1, "two", null] });
+    assert.equal(payload.contentType, "application/json");
+    assert.equal(payload.data?.toString(), '{"a":[1,"two",null]}');
+    assert.deepEqual(decodePayload(payload), { a: [1, "two", null] });
+  });
+
+  test("bytes raw, RawPayload as given, text with a non-JSON type", () => {
+    const bytes = encodePayload(new Uint8Array([1, 2, 3]));
+    assert.equal(bytes.contentType, "application/octet-stream");
+    const decoded = decodePayload(bytes);
+    assert.ok(decoded instanceof RawPayload);
+    assert.deepEqual([...decoded.data], [1, 2, 3]);
+    assert.equal(encodePayload("plain", "text/plain").data?.toString(), "plain");
+    assert.equal((decodePayload({ data: Buffer.from("hi"), contentType: "text/plain" }) as RawPayload).text(), "hi");
+  });
+
+  test("empty, unset, malformed JSON and blob references", () => {
+    assert.equal(decodePayload(undefined), undefined);
+    assert.equal(decodePayload({ contentType: "" }), undefined);
+    assert.ok(decodePayload({ data: Buffer.from("{nope"), contentType: "application/json" }) instanceof RawPayload);
+    const blob = decodePayload({ blob: { sha256: "ab", sizeBytes: 2, contentType: "" }, contentType: "" });
+    assert.ok(blob instanceof BlobReference);
+    assert.equal(encodePayload(blob).blob?.sha256, "ab");
+    assert.throws(() => encodePayload(undefined), TypeError);
+    assert.throws(() => encodePayload(() => 1), TypeError);
+  });
+});
+
+describe("spec checks", () => {
+  test("ids, targets, dependencies and conditions are named like the sidecar names them", () => {
+    const spec = new WorkflowSpec("bad")
+      .task("ok", { capability: "x" })
+      .task("ok", { capability: "x" })
+      .task("bad id!", { capability: "x" })
+      .task("both", { capability: "x", intent: "y" })
+      .task("dep", { capability: "x", dependsOn: ["ghost", "dep"], conditions: [{ taskId: "ok", pointer: "", operator: "==" }] });
+    const error = (() => {
+      try {
+        spec.validate();
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    assert.ok(error instanceof WorkflowSpecError);
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      [
+        "spec.tasks[1].task_id",
+        "spec.tasks[2].task_id",
+        "spec.tasks[3].target",
+        "spec.tasks[4].depends_on[0]",
+        "spec.tasks[4].depends_on[1]",
+        "spec.tasks[4].conditions[0].task_id",
+      ],
+    );
+  });
+
+  test("the message carries durations, retry policy and JSON input", () => {
+    const message = new WorkflowSpec("good", { labels: { team: "a" }, budget: { maxDurationMs: 1500 } })
+      .task("a", {
+        capability: "x",
+        input: { q: 1 },
+        startToCloseTimeoutMs: 2500,
+        retryPolicy: { maximumAttempts: 2, initialIntervalMs: 10 },
+        triggerRule: "all_done",
+      })
+      .toMessage();
+    const task = message.tasks[0]!;
+    assert.deepEqual(task.startToCloseTimeout, { seconds: 2, nanos: 500_000_000 });
+    assert.deepEqual(task.retryPolicy?.initialInterval, { seconds: 0, nanos: 10_000_000 });
+    assert.equal(task.triggerRule, 2);
+    assert.equal(task.input?.data?.toString(), '{"q":1}');
+    assert.deepEqual(message.budget?.maxDuration, { seconds: 1, nanos: 500_000_000 });
+    assert.deepEqual(message.labels, { team: "a" });
+  });
+});
+
+describe("error decoding", () => {
+  test("reason, metadata, field violations and retry hint come from grpc-status-details-bin", () => {
+    const status = Status.encode({
+      code: Code.RESOURCE_EXHAUSTED,
+      message: "pool full",
+      details: [
+        { typeUrl: "type.googleapis.com/google.rpc.ErrorInfo", value: Buffer.from(ErrorInfo.encode({ reason: "POOL_QUEUE_FULL", domain: "are.v1", metadata: { pool: "p" } }).finish()) },
+        { typeUrl: "type.googleapis.com/google.rpc.RetryInfo", value: Buffer.from(RetryInfo.encode({ retryDelay: { seconds: 1, nanos: 250_000_000 } }).finish()) },
+        {
+          typeUrl: "type.googleapis.com/google.rpc.BadRequest",
+          value: Buffer.from(BadRequest.encode({ fieldViolations: [{ field: "pool", description: "full", reason: "", localizedMessage: undefined }] }).finish()),
+        },
+      ],
+    }).finish();
+    const metadata = new Metadata();
+    metadata.set("grpc-status-details-bin", Buffer.from(status));
+    const error = toAreError({ code: Code.RESOURCE_EXHAUSTED, details: "plain", metadata, message: "8 RESOURCE_EXHAUSTED: plain" });
+    assert.ok(error instanceof AreError);
+    assert.equal(error.reason, "POOL_QUEUE_FULL");
+    assert.equal(error.details, "pool full");
+    assert.deepEqual(error.metadata, { pool: "p" });
+    assert.equal(error.retryAfterMs, 1250);
+    assert.equal(error.field, "pool");
+  });
+
+  test("a plain status keeps its code and message", () => {
+    const error = toAreError({ code: Code.UNAVAILABLE, details: "down", metadata: new Metadata(), message: "" });
+    assert.equal(error.code, Code.UNAVAILABLE);
+    assert.equal(error.reason, "");
+    assert.equal(error.message, "UNAVAILABLE: down");
+  });
+});

@@ -1,0 +1,224 @@
+// Workflows run by a TypeScript worker on a real sidecar: completion with outputs,
+// failures per the retry policy, and cancellation reaching a running handler.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import {
+  Client,
+  NonRetryableError,
+  RawPayload,
+  TaskCancelledError,
+  TaskError,
+  TaskResult,
+  Worker,
+  WorkflowFailedError,
+  WorkflowSpec,
+  type TaskContext,
+} from "@are-runtime/sdk";
+import type { SidecarProcess } from "@are-runtime/sdk/testing";
+
+import { deferred, startSidecar, unique, within } from "./helpers.js";
+
+let sidecar: SidecarProcess;
+let client: Client;
+const WAIT = { timeoutMs: 30_000 };
+
+before(async () => {
+  sidecar = await startSidecar();
+  client = await Client.connect(sidecar.target);
+});
+
+after(async () => {
+  client?.close();
+  if (sidecar) await sidecar.stop();
+});
+
+/** Runs `body` with the worker serving, and always stops it (bounded). */
+async function serving(worker: Worker, body: () => Promise<void>): Promise<void> {
+  const running = worker.run();
+  try {
+    await body();
+  } finally {
+    await within(worker.stop({ graceMs: 2_000 }), 20_000, "the worker to stop");
+    await running;
+  }
+}
+
+class RefusalError extends Error {}
+
+describe("worker", () => {
+  test("a 2-task workflow run by a TS worker COMPLETES with outputs", async () => {
+    const research = unique("research");
+    const write = unique("write");
+    const worker = new Worker(client, { name: "ts-writer", maxConcurrency: 2, heartbeatIntervalMs: 200 })
+      .handle(research, (ctx: TaskContext) => {
+        const { topic } = ctx.input as { topic: string };
+        ctx.reportLlmCall("model-x", { inputTokens: 10, outputTokens: 5, costMicroUsd: 7 });
+        return { notes: `about ${topic}` };
+      })
+      .handle(write, async (ctx: TaskContext) => {
+        const notes = ctx.dependencyOutputs["research"] as { notes: string } | undefined;
+        assert.equal(ctx.dependencies["research"]?.state, "COMPLETED");
+        return new TaskResult({ draft: `${notes?.notes}!`, attempt: ctx.attempt }, { stateMergePatch: { written: true } });
+      });
+    await serving(worker, async () => {
+      const spec = new WorkflowSpec("ts-two-step")
+        .task("research", { capability: research, input: { topic: "tides" } })
+        .task("write", { capability: write, dependsOn: ["research"] });
+      const handle = await client.workflows.submit(spec);
+      assert.match(handle.workflowId, /^wf_/);
+      assert.deepEqual(await handle.result(WAIT), { draft: "about tides!", attempt: 1 });
+
+      const info = await handle.get();
+      assert.equal(info.state, "COMPLETED");
+      assert.equal(info.closed, true);
+      assert.equal(info.taskCounts?.completed, 2);
+      assert.equal(info.usage.inputTokens, 10);
+      assert.equal(info.usage.costMicroUsd, 7);
+      const tasks = await handle.tasks({ includePayloads: true });
+      assert.deepEqual(
+        tasks.map((t) => [t.taskId, t.state, t.output]),
+        [
+          ["research", "COMPLETED", { notes: "about tides" }],
+          ["write", "COMPLETED", { draft: "about tides!", attempt: 1 }],
+        ],
+      );
+      assert.deepEqual(tasks[0]?.input, { topic: "tides" });
+      assert.ok(tasks[0]?.workerId.startsWith("ts-writer"), tasks[0]?.workerId);
+    });
+    assert.equal(worker.stats.completed, 2);
+    assert.equal(worker.inFlight, 0);
+  });
+
+  test("raw bytes travel as they are, both ways", async () => {
+    const capability = unique("bytes");
+    const worker = new Worker(client, { name: "ts-bytes", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+      const input = ctx.input as RawPayload;
+      assert.ok(input instanceof RawPayload);
+      return new RawPayload(Buffer.from(input.text().toUpperCase()), "text/plain");
+    });
+    await serving(worker, async () => {
+      const handle = await client.workflows.submit(
+        new WorkflowSpec("ts-bytes").task("shout", { capability, input: new RawPayload("hello", "text/plain") }),
+      );
+      const result = await handle.result<RawPayload>(WAIT);
+      assert.ok(result instanceof RawPayload);
+      assert.equal(result.contentType, "text/plain");
+      assert.equal(result.text(), "HELLO");
+    });
+  });
+
+  test("a failing handler fails the workflow after the policy's attempts", async () => {
+    const capability = unique("flaky");
+    const attempts: number[] = [];
+    const worker = new Worker(client, { name: "ts-flaky", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+      attempts.push(ctx.attempt);
+      if (ctx.attempt > 1) assert.equal(ctx.lastFailure?.type, "RefusalError");
+      throw new RefusalError(`refused on attempt ${ctx.attempt}`);
+    });
+    await serving(worker, async () => {
+      const spec = new WorkflowSpec("ts-flaky").task("ask", {
+        capability,
+        retryPolicy: { maximumAttempts: 3, initialIntervalMs: 10, maximumIntervalMs: 20 },
+      });
+      const handle = await client.workflows.submit(spec);
+      const error = await handle.result(WAIT).catch((e: unknown) => e);
+      assert.ok(error instanceof WorkflowFailedError, String(error));
+      assert.equal(error.workflow.state, "FAILED");
+      const task = await handle.task("ask");
+      assert.equal(task.state, "FAILED");
+      assert.equal(task.attempt, 3);
+      assert.equal(task.failure?.type, "RefusalError");
+      assert.equal(task.failure?.message, "refused on attempt 3");
+      assert.equal(task.failure?.kind, "APPLICATION");
+      assert.match(task.failure?.stackTrace ?? "", /refused on attempt 3/);
+    });
+    assert.deepEqual(attempts, [1, 2, 3]);
+    assert.equal(worker.stats.failed, 3);
+  });
+
+  test("NonRetryableError and non-retryable types are not retried", async () => {
+    const fatal = unique("fatal");
+    const typed = unique("typed");
+    const seen: string[] = [];
+    const worker = new Worker(client, { name: "ts-fatal", heartbeatIntervalMs: 200 })
+      .handle(fatal, (ctx) => {
+        seen.push(`${ctx.taskId}#${ctx.attempt}`);
+        throw new NonRetryableError("no point trying again", { details: { code: 42 } });
+      })
+      .handle(typed, (ctx) => {
+        seen.push(`${ctx.taskId}#${ctx.attempt}`);
+        throw new TaskError("quota gone", { type: "QuotaError" });
+      });
+    await serving(worker, async () => {
+      const spec = new WorkflowSpec("ts-fatal", { defaultRetryPolicy: { maximumAttempts: 5, initialIntervalMs: 10 } })
+        .task("a", { capability: fatal })
+        .task("b", { capability: typed, retryPolicy: { maximumAttempts: 5, initialIntervalMs: 10, nonRetryableFailureTypes: ["QuotaError"] } })
+        .task("end", { capability: fatal, dependsOn: ["a", "b"], triggerRule: "all_done" });
+      const handle = await client.workflows.submit(spec);
+      const workflow = await handle.wait(WAIT);
+      assert.equal(workflow.state, "FAILED");
+      const a = await handle.task("a");
+      assert.equal(a.attempt, 1);
+      assert.equal(a.failure?.nonRetryable, true);
+      assert.deepEqual(a.failure?.details, { code: 42 });
+      const b = await handle.task("b");
+      assert.equal(b.attempt, 1);
+      assert.equal(b.failure?.type, "QuotaError");
+    });
+    assert.deepEqual(seen.sort(), ["a#1", "b#1", "end#1"]);
+  });
+
+  test("cancelling the workflow aborts the running handler's signal", async () => {
+    const capability = unique("slow");
+    const started = deferred<TaskContext>();
+    const aborted = deferred<unknown>();
+    const worker = new Worker(client, { name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
+      started.resolve(ctx);
+      return new Promise((_, reject) => {
+        ctx.signal.addEventListener("abort", () => {
+          aborted.resolve(ctx.signal.reason);
+          reject(ctx.signal.reason as Error);
+        });
+      });
+    });
+    await serving(worker, async () => {
+      const handle = await client.workflows.submit(new WorkflowSpec("ts-cancel").task("think", { capability }));
+      const ctx = await within(started.promise, 20_000, "the handler to start");
+      assert.equal(ctx.cancelled, false);
+      const closed = await handle.cancel({ reason: "changed my mind", requestedBy: "test" });
+      assert.equal(closed.state, "CANCELLED");
+      const reason = await within(aborted.promise, 20_000, "the handler's signal to abort");
+      assert.ok(reason instanceof TaskCancelledError, String(reason));
+      assert.ok(["CANCEL_REQUESTED", "NOT_HELD"].includes(reason.kind), reason.kind);
+      assert.equal(ctx.cancelled, true);
+      const error = await handle.result(WAIT).catch((e: unknown) => e);
+      assert.ok(error instanceof WorkflowFailedError);
+      assert.equal(error.workflow.state, "CANCELLED");
+      assert.equal((await handle.task("think")).state, "CANCELLED");
+    });
+    assert.equal(worker.stats.cancelled, 1);
+  });
+
+  test("stop() hands a task still running after the grace period back for a retry", async () => {
+    const capability = unique("stubborn");
+    const started = deferred<TaskContext>();
+    const worker = new Worker(client, { name: "ts-stubborn", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+      started.resolve(ctx);
+      return new Promise(() => undefined); // never settles and ignores its signal
+    });
+    const running = worker.run();
+    const handle = await client.workflows.submit(
+      new WorkflowSpec("ts-stop").task("forever", { capability, retryPolicy: { maximumAttempts: 2, initialIntervalMs: 10 } }),
+    );
+    const ctx = await within(started.promise, 20_000, "the handler to start");
+    await within(worker.stop({ graceMs: 100 }), 20_000, "the worker to stop");
+    await running;
+    assert.equal(ctx.signal.aborted, true);
+    assert.equal((ctx.signal.reason as TaskCancelledError).kind, "WORKER_STOPPED");
+    const task = await handle.task("forever");
+    assert.equal(task.failure?.type, "WORKER_STOPPED");
+    assert.ok(["SCHEDULED", "BACKING_OFF"].includes(task.state), task.state);
+    await handle.cancel();
+  });
+});
