@@ -51,7 +51,7 @@ import { failureInfo, taskStateName, type FailureInfo, type TaskState } from "./
 import { spawnTasks, type SpawnOptions } from "./workflows.js";
 
 /** A task handler: takes the context, returns the output (or a promise of it). */
-export type Handler = (ctx: TaskContext) => unknown;
+export type Handler<I = any> = (ctx: TaskContext<I>) => unknown;
 
 /** Outputs over this many bytes are uploaded as a blob and completed by reference. */
 export const MAX_INLINE_BYTES = 4 * 1024 * 1024;
@@ -162,7 +162,7 @@ export interface WorkerStats {
 }
 
 /** Everything a handler knows about its task attempt, and what it can report. */
-export class TaskContext {
+export class TaskContext<I = unknown> {
   readonly workflowId: string;
   readonly taskId: string;
   /** The attempt number, from 1. */
@@ -170,8 +170,8 @@ export class TaskContext {
   /** The same for every attempt of the task, across restarts: make side effects idempotent with it. */
   readonly idempotencyKey: string;
   readonly capability: string;
-  /** The decoded input. */
-  readonly input: unknown;
+  /** The decoded input (typed by the handler's declaration; not checked at run time). */
+  readonly input: I;
   /** What each dependency ended as, by task id, in depends_on order. */
   readonly dependencies: Readonly<Record<string, DependencyResult>>;
   /** When the attempt's start-to-close timeout ends. */
@@ -203,7 +203,7 @@ export class TaskContext {
     this.attempt = assignment.attempt;
     this.idempotencyKey = assignment.idempotencyKey;
     this.capability = assignment.capability;
-    this.input = decodePayload(assignment.input);
+    this.input = decodePayload(assignment.input) as I;
     const dependencies: Record<string, DependencyResult> = {};
     for (const d of assignment.dependencies) {
       dependencies[d.taskId] = {
@@ -243,9 +243,16 @@ export class TaskContext {
     return this.signal.aborted;
   }
 
-  /** Records progress, sent with the next heartbeat and handed to the next attempt if this one is lost. */
-  heartbeat(details?: unknown): void {
-    this.attemptState.details = details === undefined ? undefined : encodePayload(details);
+  /**
+   * Heartbeats now, with progress details (any JSON value, at most 1 MiB)
+   * that the next attempt receives as `lastHeartbeatDetails` if this one is
+   * lost. The worker also heartbeats on its own; await the promise to know
+   * the details were recorded. It never rejects: a failure is logged and the
+   * details go with the next heartbeat; if the attempt is over, `signal` aborts.
+   */
+  heartbeat(details?: unknown): Promise<void> {
+    if (details !== undefined) this.attemptState.details = encodePayload(details);
+    return this.attemptState.beat();
   }
 
   /** Records one LLM call: an event in the flight recorder, and usage on the result (which budgets count). */
@@ -317,6 +324,8 @@ class Attempt {
   details: Payload | undefined;
   cancelKind: TaskCancelKind | undefined;
   done: Promise<void> = Promise.resolve();
+  /** Sends one heartbeat now (set by the worker). */
+  beat: () => Promise<void> = () => Promise.resolve();
 
   constructor(
     readonly client: Client,
@@ -435,8 +444,11 @@ export class Worker {
     for (const [capability, handler] of Object.entries(options.handlers ?? {})) this.handle(capability, handler);
   }
 
-  /** Sets the handler of `capability` (replacing any earlier one) and returns the worker. */
-  handle(capability: string, handler: Handler): this {
+  /**
+   * Sets the handler of `capability` (replacing any earlier one) and returns
+   * the worker. `I` types `ctx.input` (a declaration, not a run-time check).
+   */
+  handle<I = unknown>(capability: string, handler: Handler<I>): this {
     this.handlers.set(capability, handler);
     return this;
   }
@@ -570,6 +582,7 @@ export class Worker {
 
   private start(assignment: TaskAssignment): void {
     const attempt = new Attempt(this.client, assignment, (message) => this.logger.warn(message));
+    attempt.beat = () => this.sendHeartbeat(attempt, 10_000);
     const key = `${assignment.workflowId}\u0000${assignment.taskId}\u0000${assignment.attempt}`;
     this.active.set(key, attempt);
     attempt.done = this.execute(attempt)
@@ -721,41 +734,47 @@ export class Worker {
   }
 
   private async heartbeatLoop(attempt: Attempt): Promise<void> {
-    const { assignment } = attempt;
-    const timeoutMs = fromDuration(assignment.heartbeatTimeout);
+    const timeoutMs = fromDuration(attempt.assignment.heartbeatTimeout);
     const interval = Math.max(50, Math.min(this.heartbeatIntervalMs, timeoutMs ? timeoutMs / 3 : Infinity));
     const stop = attempt.finished.signal;
-    const worker = this.client.raw.worker;
-    for (;;) {
+    while (!attempt.controller.signal.aborted) {
       try {
         await sleep(interval, stop);
       } catch {
         return;
       }
       await this.flushEvents(attempt);
-      const details = attempt.details;
-      attempt.details = undefined;
-      try {
-        const response = await this.client.rpc.unary(
-          worker.recordHeartbeat.bind(worker),
-          RecordHeartbeatRequest.fromPartial({
-            heartbeat: { workflowId: assignment.workflowId, taskId: assignment.taskId, attempt: assignment.attempt, details },
-          }),
-          { signal: stop, timeoutMs: Math.max(5_000, interval) },
-        );
-        if (response.cancelRequested) {
-          attempt.cancel("CANCEL_REQUESTED", "the sidecar asked to stop: the workflow was cancelled or closed");
-          return;
-        }
-      } catch (error) {
-        if (stop.aborted) return;
-        if (error instanceof AreError && (error.code === Code.FAILED_PRECONDITION || error.code === Code.NOT_FOUND)) {
-          attempt.cancel("NOT_HELD", `the attempt is no longer held: ${error.details}${error.reason ? ` [${error.reason}]` : ""}`);
-          return;
-        }
-        if (details !== undefined && attempt.details === undefined) attempt.details = details; // send it next time
-        this.logger.warn(`worker ${this.name}: heartbeat of ${attempt.label} failed: ${(error as Error).message}`);
+      await this.sendHeartbeat(attempt, Math.max(5_000, interval));
+    }
+  }
+
+  /** One RecordHeartbeat with the pending details; cancels the attempt when the sidecar says it is over. */
+  private async sendHeartbeat(attempt: Attempt, timeoutMs: number): Promise<void> {
+    const { assignment } = attempt;
+    const stop = attempt.finished.signal;
+    if (stop.aborted || attempt.controller.signal.aborted) return;
+    const worker = this.client.raw.worker;
+    const details = attempt.details;
+    attempt.details = undefined;
+    try {
+      const response = await this.client.rpc.unary(
+        worker.recordHeartbeat.bind(worker),
+        RecordHeartbeatRequest.fromPartial({
+          heartbeat: { workflowId: assignment.workflowId, taskId: assignment.taskId, attempt: assignment.attempt, details },
+        }),
+        { signal: stop, timeoutMs },
+      );
+      if (response.cancelRequested) {
+        attempt.cancel("CANCEL_REQUESTED", "the sidecar asked to stop: the workflow was cancelled or closed");
       }
+    } catch (error) {
+      if (stop.aborted) return;
+      if (error instanceof AreError && (error.code === Code.FAILED_PRECONDITION || error.code === Code.NOT_FOUND)) {
+        attempt.cancel("NOT_HELD", `the attempt is no longer held: ${error.details}${error.reason ? ` [${error.reason}]` : ""}`);
+        return;
+      }
+      if (details !== undefined && attempt.details === undefined) attempt.details = details; // send it next time
+      this.logger.warn(`worker ${this.name}: heartbeat of ${attempt.label} failed: ${(error as Error).message}`);
     }
   }
 

@@ -33,6 +33,20 @@ describe("connect and health", () => {
   });
 });
 
+describe("unix socket", () => {
+  test("connect to unix:PATH", async () => {
+    const local = await startSidecar({ uds: true });
+    try {
+      assert.match(local.target, /^unix:/);
+      const viaSocket = await Client.connect(local.target);
+      assert.equal(await viaSocket.health(), "SERVING");
+      viaSocket.close();
+    } finally {
+      await local.stop();
+    }
+  });
+});
+
 describe("errors", () => {
   test("PutNamespace with a bad name: INVALID_ARGUMENT, its reason and the field", async () => {
     const error = await client.cache.putNamespace("not a valid name!").catch((e: unknown) => e);

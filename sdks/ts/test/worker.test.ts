@@ -4,7 +4,10 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import {
+  AreError,
+  BlobReference,
   Client,
+  Code,
   NonRetryableError,
   RawPayload,
   TaskCancelledError,
@@ -220,5 +223,47 @@ describe("worker", () => {
     assert.equal(task.failure?.type, "WORKER_STOPPED");
     assert.ok(["SCHEDULED", "BACKING_OFF"].includes(task.state), task.state);
     await handle.cancel();
+  });
+
+  test("heartbeat details reach the next attempt; typed input", async () => {
+    const capability = unique("resume");
+    const worker = new Worker(client, { name: "ts-resume", heartbeatIntervalMs: 200 }).handle<{ steps: number }>(capability, async (ctx) => {
+      if (ctx.attempt === 1) {
+        await ctx.heartbeat({ done: 2 });
+        throw new Error("crashed after step 2");
+      }
+      return { resumedFrom: ctx.lastHeartbeatDetails, steps: ctx.input.steps };
+    });
+    await serving(worker, async () => {
+      const handle = await client.workflows.submit(
+        new WorkflowSpec("ts-resume").task("long", { capability, input: { steps: 5 }, retryPolicy: { initialIntervalMs: 10 } }),
+      );
+      assert.deepEqual(await handle.result(WAIT), { resumedFrom: { done: 2 }, steps: 5 });
+    });
+  });
+
+  test("payloads over 4 MiB travel through the blob store, both ways", async () => {
+    const capability = unique("big");
+    const big = "x".repeat(5 * 1024 * 1024);
+    const input = await client.blobs.put(Buffer.from(JSON.stringify({ text: big })), { contentType: "application/json" });
+    assert.ok(input instanceof BlobReference);
+    const worker = new Worker(client, { name: "ts-big", heartbeatIntervalMs: 200 }).handle<{ text: string }>(capability, (ctx) => ({
+      length: ctx.input.text.length,
+      echo: ctx.input.text,
+    }));
+    await serving(worker, async () => {
+      const handle = await client.workflows.submit(new WorkflowSpec("ts-big").task("echo", { capability, input }));
+      const result = await handle.result<{ length: number; echo: string }>(WAIT);
+      assert.equal(result.length, big.length);
+      assert.equal(result.echo, big);
+    });
+  });
+
+  test("a worker the sidecar refuses (bad name) makes run() reject", async () => {
+    const worker = new Worker(client, { name: "not a name!" }).handle(unique("any"), () => 1);
+    const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
+    assert.ok(error instanceof AreError, String(error));
+    assert.equal(error.code, Code.INVALID_ARGUMENT);
+    assert.equal(worker.isRunning, false);
   });
 });
