@@ -99,11 +99,14 @@ export class Client {
       trace: new TraceServiceClient(target, credentials, options),
       health: new HealthClient(target, credentials, options),
     };
-    this.rpc = new Rpc(() => {
-      const metadata = new grpc.Metadata();
-      if (token) metadata.set("authorization", `Bearer ${token}`);
-      return metadata;
-    });
+    this.rpc = new Rpc(
+      () => {
+        const metadata = new grpc.Metadata();
+        if (token) metadata.set("authorization", `Bearer ${token}`);
+        return metadata;
+      },
+      () => this.closed,
+    );
     this.blobs = new Blobs(this.raw.state, this.rpc);
     this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs);
     this.cache = new Cache(this.raw.cache, this.rpc, this.blobs);

@@ -6,7 +6,7 @@
  */
 import type { CallOptions as GrpcCallOptions, ClientReadableStream, ClientUnaryCall, Metadata, ServiceError } from "@grpc/grpc-js";
 
-import { toAreError } from "./errors.js";
+import { AreError, Code, toAreError } from "./errors.js";
 
 /** Options every call of the SDK takes. */
 export interface CallOptions {
@@ -34,7 +34,15 @@ export type StreamMethod<Req, Res> = (
 export const DEFAULT_UNARY_TIMEOUT_MS = 30_000;
 
 export class Rpc {
-  constructor(private readonly makeMetadata: () => Metadata) {}
+  constructor(
+    private readonly makeMetadata: () => Metadata,
+    private readonly isClosed: () => boolean = () => false,
+  ) {}
+
+  /** The error of a call made after `client.close()`. */
+  private closedError(): AreError {
+    return new AreError(Code.CANCELLED, "the client is closed");
+  }
 
   /** A fresh copy of the metadata every call sends (the bearer token, if any). */
   metadata(): Metadata {
@@ -45,6 +53,7 @@ export class Rpc {
   unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, options: CallOptions = {}): Promise<Res> {
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.isClosed()) return Promise.reject(this.closedError());
     const timeoutMs = options.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS;
     const callOptions: Partial<GrpcCallOptions> = {};
     if (Number.isFinite(timeoutMs)) callOptions.deadline = new Date(Date.now() + timeoutMs);
@@ -76,6 +85,7 @@ export class Rpc {
   async *stream<Req, Res>(method: StreamMethod<Req, Res>, request: Req, options: CallOptions = {}): AsyncGenerator<Res> {
     const { signal } = options;
     if (signal?.aborted) throw signal.reason;
+    if (this.isClosed()) throw this.closedError();
     const callOptions: Partial<GrpcCallOptions> = {};
     if (options.timeoutMs !== undefined && Number.isFinite(options.timeoutMs)) {
       callOptions.deadline = new Date(Date.now() + options.timeoutMs);

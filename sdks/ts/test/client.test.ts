@@ -33,6 +33,17 @@ describe("connect and health", () => {
   });
 });
 
+describe("close", () => {
+  test("a call after close() is an AreError CANCELLED", async () => {
+    const other = await Client.connect(sidecar.target);
+    other.close();
+    other.close(); // idempotent
+    const error = await other.health().catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.CANCELLED);
+  });
+});
+
 describe("unix socket", () => {
   test("connect to unix:PATH", async () => {
     const local = await startSidecar({ uds: true });

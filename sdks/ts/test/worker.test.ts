@@ -266,4 +266,14 @@ describe("worker", () => {
     assert.equal(error.code, Code.INVALID_ARGUMENT);
     assert.equal(worker.isRunning, false);
   });
+
+  test("run({ signal }) stops when the signal aborts; a second run() while running is refused", async () => {
+    const worker = new Worker(client, { name: "ts-signal" }).handle(unique("idle"), () => 1);
+    const controller = new AbortController();
+    const running = worker.run({ signal: controller.signal });
+    await assert.rejects(worker.run(), /already running/);
+    controller.abort();
+    await within(running, 20_000, "run() to return after the abort");
+    assert.equal(worker.isRunning, false);
+  });
 });
