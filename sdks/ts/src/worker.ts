@@ -143,7 +143,10 @@ export interface WorkerOptions {
   maxConcurrency?: number;
   /** Who this process is, for humans; default `host:pid N`. */
   identity?: string;
-  /** The deadline of one long poll; the sidecar answers about 1 s before it. Default 30 s. */
+  /**
+   * The deadline of one long poll; the sidecar answers about 1 s before it.
+   * It also bounds how long stop() waits for the poll in flight. Default 10 s.
+   */
   pollTimeoutMs?: number;
   /** How often running attempts heartbeat (and learn of cancellation); default 2 s. */
   heartbeatIntervalMs?: number;
@@ -419,7 +422,7 @@ export class Worker {
   private readonly active = new Map<string, Attempt>();
   private running = false;
   private stopping = false;
-  private graceMs = 0;
+  private graceDeadline = 0;
   private stopController = new AbortController();
   private wakeSlot: (() => void) | undefined;
   private stopped: Promise<void> = Promise.resolve();
@@ -436,7 +439,8 @@ export class Worker {
     this.name = options.name;
     this.maxConcurrency = maxConcurrency;
     this.identity = options.identity ?? `${hostname()}:pid ${process.pid}`;
-    this.pollTimeoutMs = options.pollTimeoutMs ?? 30_000;
+    this.pollTimeoutMs = options.pollTimeoutMs ?? 10_000;
+    if (!(this.pollTimeoutMs >= 1_500)) throw new RangeError(`pollTimeoutMs must be at least 1,500, got ${this.pollTimeoutMs}`);
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2_000;
     this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
     this.logger = options.logger ?? console;
@@ -501,28 +505,31 @@ export class Worker {
     } catch (error) {
       fatal = error;
       this.stopping = true;
-      this.graceMs = this.shutdownGraceMs;
+      this.graceDeadline = Date.now() + this.shutdownGraceMs;
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
-    await this.drain(this.graceMs);
+    await this.drain(Math.max(0, this.graceDeadline - Date.now()));
     this.running = false;
     resolveStopped();
     if (fatal !== undefined) throw fatal;
   }
 
   /**
-   * Stops gracefully: no new polls (the one in flight is cancelled), running
-   * tasks get `graceMs` (default `shutdownGraceMs`) to finish and report;
-   * the rest are aborted (`ctx.signal`, kind WORKER_STOPPED) and failed as
-   * retryable, so the sidecar retries them at once. Resolves when run() has
-   * returned. Idempotent.
+   * Stops gracefully: no new poll is sent; the one in flight is not
+   * cancelled (a cancelled poll could lose a task the sidecar had just
+   * assigned, until its lease expired) but answers within `pollTimeoutMs`,
+   * and what it brings runs like the rest. Running tasks get `graceMs`
+   * (default `shutdownGraceMs`, counted from this call) to finish and
+   * report; the rest are aborted (`ctx.signal`, kind WORKER_STOPPED) and
+   * failed as retryable, so the sidecar retries them at once. Resolves when
+   * run() has returned. Idempotent.
    */
   stop(options: { graceMs?: number } = {}): Promise<void> {
     if (!this.running) return this.stopped;
     if (!this.stopping) {
       this.stopping = true;
-      this.graceMs = options.graceMs ?? this.shutdownGraceMs;
+      this.graceDeadline = Date.now() + (options.graceMs ?? this.shutdownGraceMs);
       this.stopController.abort(new Error(`worker ${this.name} is stopping`));
       this.wake();
     }
@@ -558,7 +565,7 @@ export class Worker {
             maxTasks: Math.min(free, 100),
             identity: this.identity,
           }),
-          { timeoutMs: this.pollTimeoutMs, signal: stopSignal },
+          { timeoutMs: this.pollTimeoutMs },
         );
         if (response.workerId) this.currentWorkerId = response.workerId;
         assignments = response.assignments;
@@ -566,6 +573,8 @@ export class Worker {
       } catch (error) {
         if (this.stopping) return;
         if (error instanceof AreError && FATAL_CODES.has(error.code)) throw error;
+        // CANCELLED comes from this side only: the client was closed under the worker.
+        if (error instanceof AreError && error.code === Code.CANCELLED) throw error;
         if (error instanceof AreError && error.code === Code.DEADLINE_EXCEEDED) continue;
         this.logger.warn(`worker ${this.name}: poll failed (${(error as Error).message}); retrying`);
         try {

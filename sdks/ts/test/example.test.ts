@@ -1,11 +1,12 @@
-// The README's example, run against a real sidecar (kept in step with README.md by hand).
+// The README's example, run against a real sidecar (kept in step with README.md by hand;
+// FAST only shortens the long poll so that stop() returns sooner).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import { Client, Worker, WorkflowSpec, WorkflowFailedError } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { startSidecar } from "./helpers.js";
+import { FAST, startSidecar } from "./helpers.js";
 
 let sidecar: SidecarProcess;
 
@@ -21,7 +22,7 @@ test("the README example runs", async () => {
   const client = await Client.connect(sidecar.target);
   assert.equal(await client.health(), "SERVING");
 
-  const worker = new Worker(client, { name: "writer", maxConcurrency: 4 })
+  const worker = new Worker(client, { ...FAST, name: "writer", maxConcurrency: 4 })
     .handle("research", async (ctx) => {
       const { topic } = ctx.input as { topic: string };
       ctx.reportLlmCall("gpt-x", { inputTokens: 900, outputTokens: 300, costMicroUsd: 1200 });

@@ -40,3 +40,6 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T)
 export function unique(prefix: string): string {
   return `${prefix}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 }
+
+/** Worker options that keep stop() quick in tests: a short long-poll, frequent heartbeats. */
+export const FAST = { pollTimeoutMs: 1_500, heartbeatIntervalMs: 200 } as const;

@@ -5,7 +5,7 @@ import { after, before, describe, test } from "node:test";
 import { Client, Worker, WorkflowSpec, eventTypeName, type TraceItem } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { startSidecar, unique, within } from "./helpers.js";
+import { FAST, startSidecar, unique, within } from "./helpers.js";
 
 let sidecar: SidecarProcess;
 let client: Client;
@@ -23,7 +23,7 @@ after(async () => {
 describe("trace", () => {
   test("the stream sees the workflow's events, live, and ends on abort", async () => {
     const capability = unique("traced");
-    const worker = new Worker(client, { name: "ts-traced", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+    const worker = new Worker(client, { ...FAST, name: "ts-traced" }).handle(capability, (ctx) => {
       ctx.reportToolCall("search", { durationMs: 5 });
       ctx.reportLlmCall("model-y", { inputTokens: 3, outputTokens: 4 });
       return "done";

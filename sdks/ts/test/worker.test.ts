@@ -20,7 +20,7 @@ import {
 } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { deferred, startSidecar, unique, within } from "./helpers.js";
+import { FAST, deferred, startSidecar, unique, within } from "./helpers.js";
 
 let sidecar: SidecarProcess;
 let client: Client;
@@ -53,7 +53,7 @@ describe("worker", () => {
   test("a 2-task workflow run by a TS worker COMPLETES with outputs", async () => {
     const research = unique("research");
     const write = unique("write");
-    const worker = new Worker(client, { name: "ts-writer", maxConcurrency: 2, heartbeatIntervalMs: 200 })
+    const worker = new Worker(client, { ...FAST, name: "ts-writer", maxConcurrency: 2 })
       .handle(research, (ctx: TaskContext) => {
         const { topic } = ctx.input as { topic: string };
         ctx.reportLlmCall("model-x", { inputTokens: 10, outputTokens: 5, costMicroUsd: 7 });
@@ -95,7 +95,7 @@ describe("worker", () => {
 
   test("raw bytes travel as they are, both ways", async () => {
     const capability = unique("bytes");
-    const worker = new Worker(client, { name: "ts-bytes", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+    const worker = new Worker(client, { ...FAST, name: "ts-bytes" }).handle(capability, (ctx) => {
       const input = ctx.input as RawPayload;
       assert.ok(input instanceof RawPayload);
       return new RawPayload(Buffer.from(input.text().toUpperCase()), "text/plain");
@@ -114,7 +114,7 @@ describe("worker", () => {
   test("a failing handler fails the workflow after the policy's attempts", async () => {
     const capability = unique("flaky");
     const attempts: number[] = [];
-    const worker = new Worker(client, { name: "ts-flaky", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+    const worker = new Worker(client, { ...FAST, name: "ts-flaky" }).handle(capability, (ctx) => {
       attempts.push(ctx.attempt);
       if (ctx.attempt > 1) assert.equal(ctx.lastFailure?.type, "RefusalError");
       throw new RefusalError(`refused on attempt ${ctx.attempt}`);
@@ -144,7 +144,7 @@ describe("worker", () => {
     const fatal = unique("fatal");
     const typed = unique("typed");
     const seen: string[] = [];
-    const worker = new Worker(client, { name: "ts-fatal", heartbeatIntervalMs: 200 })
+    const worker = new Worker(client, { ...FAST, name: "ts-fatal" })
       .handle(fatal, (ctx) => {
         seen.push(`${ctx.taskId}#${ctx.attempt}`);
         throw new NonRetryableError("no point trying again", { details: { code: 42 } });
@@ -176,7 +176,7 @@ describe("worker", () => {
     const capability = unique("slow");
     const started = deferred<TaskContext>();
     const aborted = deferred<unknown>();
-    const worker = new Worker(client, { name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
+    const worker = new Worker(client, { ...FAST, name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
       started.resolve(ctx);
       return new Promise((_, reject) => {
         ctx.signal.addEventListener("abort", () => {
@@ -206,7 +206,7 @@ describe("worker", () => {
   test("stop() hands a task still running after the grace period back for a retry", async () => {
     const capability = unique("stubborn");
     const started = deferred<TaskContext>();
-    const worker = new Worker(client, { name: "ts-stubborn", heartbeatIntervalMs: 200 }).handle(capability, (ctx) => {
+    const worker = new Worker(client, { ...FAST, name: "ts-stubborn" }).handle(capability, (ctx) => {
       started.resolve(ctx);
       return new Promise(() => undefined); // never settles and ignores its signal
     });
@@ -227,7 +227,7 @@ describe("worker", () => {
 
   test("heartbeat details reach the next attempt; typed input", async () => {
     const capability = unique("resume");
-    const worker = new Worker(client, { name: "ts-resume", heartbeatIntervalMs: 200 }).handle<{ steps: number }>(capability, async (ctx) => {
+    const worker = new Worker(client, { ...FAST, name: "ts-resume" }).handle<{ steps: number }>(capability, async (ctx) => {
       if (ctx.attempt === 1) {
         await ctx.heartbeat({ done: 2 });
         throw new Error("crashed after step 2");
@@ -247,7 +247,7 @@ describe("worker", () => {
     const big = "x".repeat(5 * 1024 * 1024);
     const input = await client.blobs.put(Buffer.from(JSON.stringify({ text: big })), { contentType: "application/json" });
     assert.ok(input instanceof BlobReference);
-    const worker = new Worker(client, { name: "ts-big", heartbeatIntervalMs: 200 }).handle<{ text: string }>(capability, (ctx) => ({
+    const worker = new Worker(client, { ...FAST, name: "ts-big" }).handle<{ text: string }>(capability, (ctx) => ({
       length: ctx.input.text.length,
       echo: ctx.input.text,
     }));
@@ -260,7 +260,7 @@ describe("worker", () => {
   });
 
   test("a worker the sidecar refuses (bad name) makes run() reject", async () => {
-    const worker = new Worker(client, { name: "not a name!" }).handle(unique("any"), () => 1);
+    const worker = new Worker(client, { ...FAST, name: "not a name!" }).handle(unique("any"), () => 1);
     const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
     assert.ok(error instanceof AreError, String(error));
     assert.equal(error.code, Code.INVALID_ARGUMENT);
@@ -268,12 +268,22 @@ describe("worker", () => {
   });
 
   test("run({ signal }) stops when the signal aborts; a second run() while running is refused", async () => {
-    const worker = new Worker(client, { name: "ts-signal" }).handle(unique("idle"), () => 1);
+    const worker = new Worker(client, { ...FAST, name: "ts-signal" }).handle(unique("idle"), () => 1);
     const controller = new AbortController();
     const running = worker.run({ signal: controller.signal });
     await assert.rejects(worker.run(), /already running/);
     controller.abort();
     await within(running, 20_000, "run() to return after the abort");
     assert.equal(worker.isRunning, false);
+  });
+
+  test("closing the client under a running worker makes run() reject with CANCELLED", async () => {
+    const own = await Client.connect(sidecar.target);
+    const worker = new Worker(own, { ...FAST, name: "ts-orphan", logger: { warn: () => undefined } }).handle(unique("idle"), () => 1);
+    const running = worker.run();
+    own.close();
+    const error = await within(running, 20_000, "run() to reject").catch((e: unknown) => e);
+    assert.ok(error instanceof AreError, String(error));
+    assert.equal(error.code, Code.CANCELLED);
   });
 });
