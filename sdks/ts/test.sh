@@ -27,4 +27,4 @@ bash scripts/gen.sh --check
 rm -rf dist build
 npx --no-install tsc -p tsconfig.json
 npx --no-install tsc -p tsconfig.test.json
-node --test --test-reporter=spec build/test/*.test.js
+node --test --test-reporter=spec --test-timeout=120000 build/test/*.test.js

@@ -102,6 +102,12 @@ export class SidecarProcess {
       child.once("exit", (code, signal) => resolve(code ?? (signal ? 128 : null)));
       child.once("error", () => resolve(127));
     });
+    // Never leave a sidecar behind when this process exits without stopping it.
+    const reap = (): void => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    };
+    process.once("exit", reap);
+    void exited.then(() => process.removeListener("exit", reap));
     const sidecar = new SidecarProcess(child, "", dataDir, logPath, workdir, exited);
     const deadline = Date.now() + (options.timeoutMs ?? 30_000);
     try {

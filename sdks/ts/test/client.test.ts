@@ -5,7 +5,7 @@ import { after, before, describe, test } from "node:test";
 import { AreError, Client, Code, WaitTimeoutError, WorkflowSpec, WorkflowSpecError } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { startSidecar, unique } from "./helpers.js";
+import { startSidecar, unique, within } from "./helpers.js";
 
 let sidecar: SidecarProcess;
 let client: Client;
@@ -109,6 +109,38 @@ describe("errors", () => {
     assert.ok(error instanceof AreError);
     assert.equal(error.reason, "DAG_CYCLE");
     assert.ok(error.field.startsWith("spec.tasks["), error.field);
+  });
+});
+
+describe("workflows", () => {
+  test("a retried submit with the same requestId returns the same workflow", async () => {
+    const requestId = unique("req");
+    const spec = new WorkflowSpec("dedup").task("a", { capability: unique("none") });
+    const first = await client.workflows.submit(spec, { requestId });
+    const again = await client.workflows.submit(spec, { requestId });
+    assert.equal(again.workflowId, first.workflowId);
+    assert.equal(first.deduplicated, false);
+    assert.equal(again.deduplicated, true);
+    await first.cancel();
+  });
+
+  test("watch() yields the status after each change and ends once closed", async () => {
+    const handle = await client.workflows.submit(
+      new WorkflowSpec("watched", { labels: { suite: "ts" } }).task("a", { capability: unique("none") }),
+    );
+    const states: string[] = [];
+    const watching = (async () => {
+      for await (const update of handle.watch({ includeTasks: true })) {
+        states.push(update.workflow.state);
+        if (states.length === 1) await handle.cancel({ reason: "watch test" });
+      }
+    })();
+    await within(watching, 20_000, "the watch to end");
+    assert.equal(states[0], "RUNNING");
+    assert.equal(states.at(-1), "CANCELLED");
+    const listed = [];
+    for await (const workflow of client.workflows.list({ labels: { suite: "ts" }, states: ["CANCELLED"], limit: 5 })) listed.push(workflow.workflowId);
+    assert.ok(listed.includes(handle.workflowId));
   });
 });
 
