@@ -656,9 +656,20 @@ export class Worker {
     }
     await this.flushEvents(attempt);
     if (outcome.ok) {
-      const completion = await this.completion(attempt, outcome.value);
-      if (await this.report("complete", attempt, () => this.completeTask(completion))) this.stats.completed += 1;
-    } else {
+      let completion: CompleteTaskRequest | undefined;
+      try {
+        completion = await this.completion(attempt, outcome.value);
+      } catch (error) {
+        // An output that cannot be sent (not JSON-serialisable, a failed blob upload) fails the attempt.
+        outcome = { ok: false, error };
+      }
+      if (completion !== undefined) {
+        const request = completion;
+        if (await this.report("complete", attempt, () => this.completeTask(request))) this.stats.completed += 1;
+        return;
+      }
+    }
+    if (!outcome.ok) {
       const error = outcome.error;
       const retryAfter = error instanceof TaskError ? toDuration(error.retryAfterMs) : undefined;
       const failure = failureFromError(error);

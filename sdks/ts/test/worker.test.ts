@@ -143,6 +143,7 @@ describe("worker", () => {
   test("NonRetryableError and non-retryable types are not retried", async () => {
     const fatal = unique("fatal");
     const typed = unique("typed");
+    const unserialisable = unique("unserialisable");
     const seen: string[] = [];
     const worker = new Worker(client, { ...FAST, name: "ts-fatal" })
       .handle(fatal, (ctx) => {
@@ -152,11 +153,16 @@ describe("worker", () => {
       .handle(typed, (ctx) => {
         seen.push(`${ctx.taskId}#${ctx.attempt}`);
         throw new TaskError("quota gone", { type: "QuotaError" });
+      })
+      .handle(unserialisable, (ctx) => {
+        seen.push(`${ctx.taskId}#${ctx.attempt}`);
+        return { size: 10n }; // a BigInt is not JSON
       });
     await serving(worker, async () => {
       const spec = new WorkflowSpec("ts-fatal", { defaultRetryPolicy: { maximumAttempts: 5, initialIntervalMs: 10 } })
         .task("a", { capability: fatal })
         .task("b", { capability: typed, retryPolicy: { maximumAttempts: 5, initialIntervalMs: 10, nonRetryableFailureTypes: ["QuotaError"] } })
+        .task("c", { capability: unserialisable, retryPolicy: { maximumAttempts: 1 } })
         .task("end", { capability: fatal, dependsOn: ["a", "b"], triggerRule: "all_done" });
       const handle = await client.workflows.submit(spec);
       const workflow = await handle.wait(WAIT);
@@ -165,11 +171,14 @@ describe("worker", () => {
       assert.equal(a.attempt, 1);
       assert.equal(a.failure?.nonRetryable, true);
       assert.deepEqual(a.failure?.details, { code: 42 });
+      const c = await handle.task("c");
+      assert.equal(c.failure?.type, "TypeError");
+      assert.match(c.failure?.message ?? "", /not JSON-serialisable/);
       const b = await handle.task("b");
       assert.equal(b.attempt, 1);
       assert.equal(b.failure?.type, "QuotaError");
     });
-    assert.deepEqual(seen.sort(), ["a#1", "b#1", "end#1"]);
+    assert.deepEqual(seen.sort(), ["a#1", "b#1", "c#1", "end#1"]);
   });
 
   test("cancelling the workflow aborts the running handler's signal", async () => {
