@@ -808,14 +808,12 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exceptio
     if error.reason == "PATCH_NOT_APPLICABLE":  # a completion's state write that cannot apply
         code = grpc.StatusCode.FAILED_PRECONDITION
     violations: list[tuple[str, str]] = []
-    metadata: dict[str, str] | None = None
+    metadata = dict(error.metadata)  # the identifiers to act on the error
     message = str(error)
     if isinstance(error, SpecError):
         violations = [(error.field, error.message)]
         if error.limit is not None:
-            metadata = {"field": error.field, "limit": str(error.limit)}
-    elif isinstance(error, NotAwaitingApprovalError | PoolQueueFullError | BudgetExceededError):
-        metadata = dict(error.metadata)
+            metadata.update(field=error.field, limit=str(error.limit))
     elif isinstance(error, NotImplementedFieldError | TaskExistsError | BlobNotFoundError):
         violations = [(error.field, message)]
     retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, PoolQueueFullError) else None

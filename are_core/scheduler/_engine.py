@@ -1426,6 +1426,7 @@ class Scheduler:
         self._workers.pop(worker.worker_id, None)
 
     def _held(self, wf_id: str, task_id: str, attempt: int) -> _Task:
+        ids = {"workflow_id": wf_id, "task_id": task_id, "attempt": attempt}
         w = self._open.get(wf_id)
         if w is None:
             closed = self._recent.get(wf_id)
@@ -1436,23 +1437,26 @@ class Scheduler:
             )
             if rec.outcome_attempt == attempt and attempt:
                 raise TaskAlreadyCompletedError(
-                    f"attempt {attempt} of task {task_id!r} already reported its outcome"
+                    f"attempt {attempt} of task {task_id!r} already reported its outcome", **ids
                 )
             raise TaskNotHeldError(
-                f"task {task_id!r} of workflow {wf_id!r} is not running: the workflow is closed"
+                f"task {task_id!r} of workflow {wf_id!r} is not running: the workflow is closed", **ids
             )
         task = w.tasks.get(task_id)
         if task is None:
-            raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+            raise TaskNotFoundError(
+                f"workflow {wf_id!r} has no task {task_id!r}", workflow_id=wf_id, task_id=task_id
+            )
         rec = task.rec
         if rec.state == "RUNNING" and rec.attempt == attempt:
             return task
         if rec.outcome_attempt == attempt and attempt:
             raise TaskAlreadyCompletedError(
-                f"attempt {attempt} of task {task_id!r} already reported its outcome"
+                f"attempt {attempt} of task {task_id!r} already reported its outcome", **ids
             )
         raise TaskNotHeldError(
-            f"attempt {attempt} of task {task_id!r} is not held (task is {rec.state}, attempt {rec.attempt})"
+            f"attempt {attempt} of task {task_id!r} is not held (task is {rec.state}, attempt {rec.attempt})",
+            **ids,
         )
 
     def complete(
@@ -1615,7 +1619,10 @@ class Scheduler:
             return self._held(wf_id, task_id, attempt)
         except TaskAlreadyCompletedError as error:
             raise TaskNotHeldError(
-                str(error).replace("already reported", "is no longer held: it reported")
+                str(error).replace("already reported", "is no longer held: it reported"),
+                workflow_id=wf_id,
+                task_id=task_id,
+                attempt=attempt,
             ) from None
 
     def record_events(self, drafts: Sequence[EventDraft]) -> tuple[list[int], asyncio.Future[None]]:
@@ -1855,7 +1862,9 @@ class Scheduler:
             )
         task = w.tasks.get(task_id)
         if task is None:
-            raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+            raise TaskNotFoundError(
+                f"workflow {wf_id!r} has no task {task_id!r}", workflow_id=wf_id, task_id=task_id
+            )
         if task.rec.state != "AWAITING_APPROVAL" or task.rec.approval is None:
             raise NotAwaitingApprovalError(
                 f"task {task_id!r} is {task.rec.state}, not AWAITING_APPROVAL", task_state=task.rec.state
@@ -1965,16 +1974,25 @@ class Scheduler:
         w = self._open.get(wf_id)
         if w is None:
             self._load_workflow(wf_id)
-            raise WorkflowClosedError(f"workflow {wf_id!r} is closed")
+            raise WorkflowClosedError(f"workflow {wf_id!r} is closed", workflow_id=wf_id)
         if w.rec.state != "RUNNING":
-            raise WorkflowClosedError(f"workflow {wf_id!r} is {w.rec.state}")
+            raise WorkflowClosedError(f"workflow {wf_id!r} is {w.rec.state}", workflow_id=wf_id)
         parent: _Task | None = None
         if parent_task_id:
             parent = w.tasks.get(parent_task_id)
             if parent is None:
-                raise TaskNotFoundError(f"workflow {wf_id!r} has no task {parent_task_id!r}")
+                raise TaskNotFoundError(
+                    f"workflow {wf_id!r} has no task {parent_task_id!r}",
+                    workflow_id=wf_id,
+                    task_id=parent_task_id,
+                )
             if parent.rec.state != "RUNNING" or parent.rec.attempt != parent_attempt:
-                raise TaskNotHeldError(f"attempt {parent_attempt} of task {parent_task_id!r} is not running")
+                raise TaskNotHeldError(
+                    f"attempt {parent_attempt} of task {parent_task_id!r} is not running",
+                    workflow_id=wf_id,
+                    task_id=parent_task_id,
+                    attempt=parent_attempt,
+                )
         for i, spec in enumerate(specs):
             if spec.task_id in w.tasks:
                 raise TaskExistsError(
@@ -2074,7 +2092,7 @@ class Scheduler:
         """A pool's limits and live counts."""
         pool = self._pools.get(name)
         if pool is None:
-            raise PoolNotFoundError(f"pool {name!r} does not exist")
+            raise PoolNotFoundError(f"pool {name!r} does not exist", pool=name)
         now = self._clock()
         pool.refill(now)
         oldest = 0
@@ -2115,7 +2133,7 @@ class Scheduler:
             return self._view(w)
         raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
         if not raw:
-            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         rec = _wf_codec.decode(raw)
         result: TaskRecord | None = None
         if rec.state == "COMPLETED" and rec.result_task_id:
@@ -2144,10 +2162,12 @@ class Scheduler:
         if w is not None:
             task = w.tasks.get(task_id)
             if task is None:
-                raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+                raise TaskNotFoundError(
+                    f"workflow {wf_id!r} has no task {task_id!r}", workflow_id=wf_id, task_id=task_id
+                )
             return TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec)
         if self._storage.get(T_WORKFLOWS, wf_id.encode()) is None:
-            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         with self._storage.read() as view:
             for key, raw in view.scan(T_SPECS, prefix=prefix_key(wf_id), limit=10_000_000):
                 spec = _spec_codec.decode(raw)
@@ -2155,7 +2175,9 @@ class Scheduler:
                     rec_raw = view.get(T_TASKS, key)
                     assert rec_raw is not None
                     return TaskView(workflow_id=wf_id, record=_task_codec.decode(rec_raw), spec=spec)
-        raise TaskNotFoundError(f"workflow {wf_id!r} has no task {task_id!r}")
+        raise TaskNotFoundError(
+            f"workflow {wf_id!r} has no task {task_id!r}", workflow_id=wf_id, task_id=task_id
+        )
 
     def list_tasks(  # noqa: C901 - memory and storage paths side by side
         self, wf_id: str, states: frozenset[str], after_index: int, limit: int
@@ -2173,7 +2195,7 @@ class Scheduler:
                     out.append(TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec))
             return out, (i if i < len(order) else None)
         if self._storage.get(T_WORKFLOWS, wf_id.encode()) is None:
-            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         start = join_key(wf_id, after_index)
         end = join_key(wf_id, _U64)
         next_index: int | None = None
@@ -2349,10 +2371,12 @@ class Scheduler:
             WorkflowNotFoundError, WorkflowNotClosedError.
         """
         if wf_id in self._open:
-            raise WorkflowNotClosedError(f"workflow {wf_id!r} is {self._open[wf_id].rec.state}")
+            raise WorkflowNotClosedError(
+                f"workflow {wf_id!r} is {self._open[wf_id].rec.state}", workflow_id=wf_id
+            )
         raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
         if raw is None:
-            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         rec = _wf_codec.decode(raw)
         self._recent.pop(wf_id, None)
         freed = len(raw)
@@ -2425,7 +2449,7 @@ class Scheduler:
                 )
         for spec in specs:
             if spec.pool not in self._pools:
-                raise PoolNotFoundError(f"pool {spec.pool!r} does not exist")
+                raise PoolNotFoundError(f"pool {spec.pool!r} does not exist", pool=spec.pool)
         # What runs again: the rerun tasks and everything downstream of them.
         downstream: dict[str, list[str]] = {}
         for spec, old_rec in zip(specs, records, strict=True):

@@ -47,9 +47,18 @@ __all__ = [
 
 
 class SchedulerError(Exception):
-    """Base of the scheduler's exceptions."""
+    """Base of the scheduler's exceptions.
+
+    ``identifiers`` (``workflow_id``, ``task_id``, ``attempt``, ``pool``)
+    become ``metadata``: what a caller needs to act on the error, sent as
+    ErrorInfo metadata.
+    """
 
     reason = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str = "", **identifiers: object) -> None:
+        self.metadata: dict[str, str] = {k: str(v) for k, v in identifiers.items() if v not in ("", None)}
+        super().__init__(message)
 
 
 class SpecError(SchedulerError):
@@ -144,8 +153,8 @@ class NotAwaitingApprovalError(SchedulerError):
     reason = "TASK_NOT_AWAITING_APPROVAL"
 
     def __init__(self, message: str, *, task_state: str) -> None:
-        self.metadata = {"task_state": task_state}
         super().__init__(message)
+        self.metadata = {"task_state": task_state}
 
 
 class WorkflowClosedError(SchedulerError):
@@ -162,9 +171,10 @@ class PoolQueueFullError(SchedulerError):
     def __init__(self, pool: str, queued: int, incoming: int, limit: int, retry_after_s: float) -> None:
         self.pool = pool
         self.retry_after_s = retry_after_s
-        self.metadata = {"pool": pool, "limit": str(limit)}
         super().__init__(
-            f"pool {pool!r} queue is full: {queued} queued + {incoming} incoming > max_queue_length {limit}"
+            f"pool {pool!r} queue is full: {queued} queued + {incoming} incoming > max_queue_length {limit}",
+            pool=pool,
+            limit=limit,
         )
 
 
@@ -174,8 +184,8 @@ class BudgetExceededError(SchedulerError):
     reason = "BUDGET_EXCEEDED"
 
     def __init__(self, message: str, *, budget: str, limit: int) -> None:
-        self.metadata = {"budget": budget, "limit": str(limit)}
         super().__init__(message)
+        self.metadata = {"budget": budget, "limit": str(limit)}
 
 
 class WorkflowNotClosedError(SchedulerError):

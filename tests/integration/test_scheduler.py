@@ -232,13 +232,17 @@ async def expect_error(
         assert [v.field for v in error.field_violations] == [field], error
     if reason == "LIMIT_EXCEEDED":  # errors.proto: ErrorInfo.metadata "limit" holds the bound
         assert error.metadata.get("limit", "").isdigit(), error
-    documented = {
-        "POOL_QUEUE_FULL": "pool",
-        "BUDGET_EXCEEDED": "budget",
-        "TASK_NOT_AWAITING_APPROVAL": "task_state",
+    documented = {  # the metadata errors.proto promises for the reason: what a caller acts on
+        "POOL_QUEUE_FULL": ("pool",),
+        "BUDGET_EXCEEDED": ("budget",),
+        "TASK_NOT_AWAITING_APPROVAL": ("task_state",),
+        "WORKFLOW_NOT_FOUND": ("workflow_id",),
+        "TASK_NOT_FOUND": ("workflow_id", "task_id"),
+        "TASK_NOT_HELD": ("workflow_id", "task_id", "attempt"),
+        "TASK_ALREADY_COMPLETED": ("workflow_id", "task_id", "attempt"),
     }
-    if reason in documented:  # the metadata errors.proto promises for the reason
-        assert error.metadata.get(documented[reason]), error
+    for key in documented.get(reason, ()):
+        assert error.metadata.get(key), error
     return error
 
 
