@@ -1674,14 +1674,40 @@ class Scheduler:
         # Assignments are delivered after their commit; stop taking more at once.
         if worker.free < max_tasks:
             self.forget_poller(worker)
+        handed = False
         try:
-            return worker.worker_id, await asyncio.wait_for(asyncio.shield(got), wait_s)
-        except TimeoutError:
-            if worker.free < max_tasks:  # dispatched meanwhile: wait for the commit
-                return worker.worker_id, await got
-            return worker.worker_id, []
+            try:
+                assignments = await asyncio.wait_for(asyncio.shield(got), wait_s)
+            except TimeoutError:
+                # Dispatched meanwhile: wait for the commit.
+                assignments = await got if worker.free < max_tasks else []
+            handed = True
+            return worker.worker_id, assignments
         finally:
-            self.forget_poller(worker)
+            self.forget_poller(worker)  # first: what is handed back must not come back to it
+            if not handed and worker.held:
+                self._hand_back(worker)
+
+    def _hand_back(self, worker: WorkerHandle) -> None:
+        """Queues again the attempts dispatched to a poll that ended before returning them.
+
+        The poll's caller went away (its call was cancelled) after the
+        dispatch and before the assignments reached it: the worker never saw
+        them. Rather than hold them until their lease ends (up to the
+        start-to-close timeout), each goes back to its queue at once, and
+        the lost attempt is not charged to the retry policy, as after a
+        sidecar restart.
+        """
+        now = self._clock()
+        for task in list(worker.held.values()):
+            self._release(task)
+            task.rec.free_attempts += 1
+            self._event(
+                "TASK_LEASE_EXPIRED", task, worker_id=worker.worker_id, name="poll ended before delivery"
+            )
+            self._set_state(task, "SCHEDULED", "re-dispatched: the poll it went to ended before returning it")
+            self._enqueue(task, now)
+        self._after_op()
 
     # -------------------------------------------------------------------- timers
 

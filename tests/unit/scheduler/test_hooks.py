@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -195,3 +196,39 @@ async def test_fork_keeps_completed_tasks_up_to_the_cutoff(engine: Scheduler) ->
     rerun = await engine.fork(wid, "again", cutoff_ns=cutoff, rerun_task_ids=("a",))
     assert rerun.workflow_id == "again"
     assert engine.get_task("again", "a").record.state == "RUNNING"
+
+
+async def test_a_poll_cancelled_before_it_returns_releases_what_was_dispatched_to_it(
+    engine: Scheduler,
+) -> None:
+    """The caller of a long poll went away after a task was dispatched to it but before the
+    assignment was returned: the attempt goes back to the queue at once, uncharged (the worker
+    never saw it), instead of being held until its start-to-close timeout."""
+    retry = RetryPolicy(initial_interval_s=0.0, maximum_attempts=1)  # an attempt charged would fail it
+    for round_ in range(20):  # until the cancel lands before the poll returns (almost always the first)
+        wid = f"wf-poll-{round_}"
+        poll = asyncio.create_task(engine.poll("poller", ["cap"], 1, wait_s=30.0))
+        await settle()  # the poller is idle, waiting
+        submitting = asyncio.create_task(
+            engine.submit(WorkflowSpec(workflow_id=wid, tasks=(spec("a", retry_policy=retry),)))
+        )
+        for _ in range(1000):  # the dispatch is made in memory before its commit
+            await asyncio.sleep(0)
+            with contextlib.suppress(WorkflowNotFoundError):
+                if engine.get_task(wid, "a").record.state == "RUNNING":
+                    break
+        handed = poll.done()
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+        await submitting
+        if handed:
+            continue
+        await settle()
+        record = engine.get_task(wid, "a").record
+        assert (record.state, record.attempt, record.free_attempts) == ("SCHEDULED", 1, 1), record
+        worker = FakeWorker()
+        engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+        await settle()
+        assert [(a.task_id, a.attempt) for a in worker.assignments] == [("a", 2)]
+        return
+    pytest.fail("every poll returned before it could be cancelled")
