@@ -16,11 +16,13 @@ help:
 	@echo "make run        set up and run the sidecar on its embedded defaults (ARGS='--listen ...')"
 	@echo "make test       set up and run every test but the slow ones"
 	@echo "make test-slow  the slow suite (soaks)"
-	@echo "make gen        regenerate the Python code of proto/ into the SDK"
+	@echo "make gen        regenerate the Python and Go code of proto/ into the SDKs (make gen-ts: TypeScript)"
 	@echo "make gen-check  fail if the generated code is stale"
 	@echo "make lint       buf lint + buf breaking + ruff + mypy + gen-check"
 	@echo "make fmt        format Python and proto sources"
 	@echo "make bench      run the benchmarks (ARGS='rpc --json out.json')"
+	@echo "make test-go    the Go SDK's tests (sdks/go), against a real sidecar"
+	@echo "make test-ts    the TypeScript SDK's tests (sdks/ts), against a real sidecar"
 
 venv: $(STAMP)
 
@@ -41,7 +43,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-gen: $(STAMP)
+# Every SDK's generated code: Python here, Go below (Go's carries the proto
+# comments, so a comment-only change regenerates it too). The TypeScript code:
+# `make gen-ts`.
+gen: $(STAMP) gen-go
 	$(PY) tools/gen_proto.py
 
 gen-check: $(STAMP)
@@ -102,6 +107,16 @@ gen-go-check: $(STAMP) $(GO_TOOLS_STAMP)
 	  diff -rq "$$tmp/$(GO_DIR)/arev1" $(GO_DIR)/arev1 | sed "s|$$tmp/||"; \
 	  echo "generated Go code is stale; run \`make gen-go\` and commit"; exit 1; \
 	fi
+
+# The TypeScript SDK (sdks/ts): npm ci, generated-code freshness, tsc, and its
+# tests against a real sidecar from the venv (sdks/ts/test.sh).
+.PHONY: gen-ts test-ts
+
+gen-ts: $(STAMP)
+	cd sdks/ts && npm ci --no-audit --no-fund --loglevel=error && bash scripts/gen.sh
+
+test-ts: $(STAMP)
+	bash sdks/ts/test.sh
 
 test-go: $(STAMP) gen-go-check
 	cd $(GO_DIR) && unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(find . -name "*.go" -not -path "./.tools/*")) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
