@@ -356,7 +356,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         try:
             state = self._engine.workflow_state(wf_id)
             if state is None:
-                raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist")
+                raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
             if state in ("RUNNING", "CANCELLING"):
                 raise WorkflowNotClosedError(f"workflow {wf_id!r} is {state}; cancel it first")
             # State first: if the sidecar stops half-way the workflow is still listed and

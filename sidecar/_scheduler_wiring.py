@@ -308,16 +308,22 @@ class Wiring:
         """StateService's write gate: known workflows only, open ones for patches, held attempts."""
         status = self.engine.workflow_state(workflow_id)
         if status is None:
-            raise st.WorkflowNotFoundError(f"workflow {workflow_id!r} does not exist", field="workflow_id")
+            raise st.WorkflowNotFoundError(
+                f"workflow {workflow_id!r} does not exist", field="workflow_id", workflow_id=workflow_id
+            )
         if operation != "patch":
             return
         if status not in _OPEN:
-            raise st.WorkflowClosedError(f"workflow {workflow_id!r} is {status}", field="workflow_id")
+            raise st.WorkflowClosedError(
+                f"workflow {workflow_id!r} is {status}", field="workflow_id", workflow_id=workflow_id
+            )
         if task_id:
             try:
                 self.engine.check_held(workflow_id, task_id, attempt)
             except _SchedulerError as error:
-                raise st.TaskNotHeldError(str(error), field="task_id") from None
+                raise st.TaskNotHeldError(
+                    str(error), field="task_id", workflow_id=workflow_id, task_id=task_id, attempt=attempt
+                ) from None
 
     async def fork(self, plan: ForkPlan) -> None:
         """ForkWorkflow's hook: the new workflow's tasks as of the checkpoint."""

@@ -857,6 +857,7 @@ async def _fail(context: _Context, error: StateError | StorageError, *, prefix: 
     if prefix and field.partition(".")[0].partition("[")[0] in _PATCH_FIELDS:
         field = prefix + field
     metadata = {"field": field} if field else {}
+    metadata.update(error.identifiers)
     if isinstance(error, LimitExceededError):
         metadata["limit"] = str(error.limit)
     elif isinstance(error, VersionMismatchError):

@@ -318,7 +318,9 @@ class StateEngine:
     def _head_in(self, view: ReadView, workflow_id: str) -> StateHead:
         raw = view.get(HEADS, workflow_id.encode())
         if raw is None:
-            raise WorkflowNotFoundError(f"workflow {workflow_id!r} has no state", field="workflow_id")
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} has no state", field="workflow_id", workflow_id=workflow_id
+            )
         return _head_dec.decode(raw)
 
     def _resolve_version(
@@ -620,7 +622,9 @@ class StateEngine:
         """Record a workflow's own retention (``WorkflowSpec.state_retention``); needs a head."""
         head = self.head(workflow_id)
         if head is None:
-            raise WorkflowNotFoundError(f"workflow {workflow_id!r} has no state", field="workflow_id")
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} has no state", field="workflow_id", workflow_id=workflow_id
+            )
         batch.put(
             HEADS,
             workflow_id.encode(),

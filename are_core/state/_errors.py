@@ -29,12 +29,15 @@ class StateError(Exception):
     ``field`` names the request field at fault (``patch.operations[2].path``)
     when the caller gave one; the engine fills it in from the ``field``
     argument its methods take, so messages name the exact path.
+    ``identifiers`` (``workflow_id``, ``task_id``, ``attempt``) are what a
+    caller needs to act on the error (ErrorInfo metadata).
     """
 
-    def __init__(self, message: str, *, field: str = "") -> None:
+    def __init__(self, message: str, *, field: str = "", **identifiers: object) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.identifiers = {k: str(v) for k, v in identifiers.items() if v not in ("", None)}
 
 
 class InvalidStateArgumentError(StateError):
