@@ -497,8 +497,12 @@ export interface RecordHeartbeatRequest {
 /** RecordHeartbeatResponse says whether to go on. */
 export interface RecordHeartbeatResponse {
   /**
-   * True when the workflow is being cancelled or closed: stop and report a
-   * FAILURE_KIND_CANCELLED failure.
+   * True when the attempt is still held but its workflow is no longer
+   * running: stop and report a FAILURE_KIND_CANCELLED failure. A cancelled
+   * workflow (CancelWorkflow, an exceeded budget) releases its running
+   * attempts at once, so the usual sign of a cancellation on the unary path
+   * is this RPC failing with FAILED_PRECONDITION, reason TASK_NOT_HELD: stop
+   * working on the attempt; no result or failure is accepted for it any more.
    */
   cancelRequested: boolean;
 }
