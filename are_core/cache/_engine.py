@@ -688,6 +688,9 @@ class CacheEngine:
         if digest and self._blobs is not None:
             self._blobs.stage_reference(batch, _blob_referrer(entry_id), digest)
             self._entry_blobs[entry_id] = digest
+            if not state.namespace.blob_entries:
+                state.namespace = msgspec.structs.replace(state.namespace, blob_entries=True)
+                batch.put(NAMESPACES, name.encode(), _namespace_codec.encode(state.namespace))
         if query is not None:
             batch.put(VECTORS, u64_key(entry_id), query.tobytes())
             state.index.add([entry_id], query)
@@ -1061,7 +1064,7 @@ class CacheEngine:
         if head is None:
             return None
         batch.delete(HEADS, join_key(state.namespace.name, entry_id))
-        if self._blobs is not None:
+        if self._blobs is not None and state.namespace.blob_entries:
             digest = self._entry_blobs.pop(entry_id, None) or self._stored_blob(entry_id)
             if digest:
                 self._blobs.stage_release(batch, _blob_referrer(entry_id), digest)

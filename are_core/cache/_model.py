@@ -65,6 +65,9 @@ class Namespace(msgspec.Struct, frozen=True, kw_only=True):
     create_time_ns: int
     update_time_ns: int
     search_expansion: int = 0  # 0 (namespaces stored before it existed): the dtype's default
+    # Set (durably) once an entry referencing a blob is stored: only then does
+    # removing an entry need to find and release its blob reference.
+    blob_entries: bool = False
 
 
 class EntryHead(msgspec.Struct, kw_only=True, array_like=True):

@@ -42,9 +42,11 @@ async def test_entries_reference_their_blob_until_removed(tmp_path: Path) -> Non
             assert wrong.value.field == "response.blob.size_bytes"
             assert engine.stats(NS)[0].entries == 0  # refusals store nothing
 
+            assert not engine._states[NS].namespace.blob_entries  # removals need not look for references
             first = await engine.store(
                 NS, prompt="p", blob_sha256=info.sha256, blob_size_bytes=info.size_bytes
             )
+            assert engine._states[NS].namespace.blob_entries
             assert blobs.referrers(digest) == [b"cache:" + first.entry_id.encode()]
             hit = (await engine.lookup(NS, prompt="p")).hit
             assert hit is not None
@@ -60,6 +62,7 @@ async def test_entries_reference_their_blob_until_removed(tmp_path: Path) -> Non
                 storage, committer, index_dir=tmp_path / "indexes", blobs=blobs, flush_interval=3600
             )
             await engine.start()
+            assert engine._states[NS].namespace.blob_entries  # durable with the first blob entry
             await engine.store(NS, prompt="q", response=b"1")
             await engine.store(NS, prompt="r", response=b"2")
             assert (await engine.lookup(NS, prompt="p")).hit is None
