@@ -1,0 +1,201 @@
+//! The semantic cache of LLM results: lookup, store and get-or-call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::workflow::json_payload;
+use crate::Client;
+
+/// Options of a lookup or a store; the defaults are the namespace's.
+#[derive(Clone, Debug, Default)]
+pub struct CacheOptions {
+    /// A vector the caller computed (namespaces with embedder "caller").
+    pub vector: Option<Vec<f32>>,
+    /// Least similarity of a semantic hit (lookup).
+    pub threshold: Option<f64>,
+    /// Oldest entry a lookup accepts.
+    pub max_age: Option<Duration>,
+    /// Only the exact tier (lookup).
+    pub exact_only: bool,
+    /// Time to live of a stored entry.
+    pub ttl: Option<Duration>,
+    /// Metadata stored with the entry.
+    pub metadata: HashMap<String, String>,
+    /// Usage the stored response cost (counted as saved on hits).
+    pub usage: Option<pb::Usage>,
+}
+
+/// A cache hit.
+#[derive(Clone, Debug)]
+pub struct CacheHit {
+    /// The entry's id.
+    pub entry_id: String,
+    /// Which tier answered (a `pb::CacheTier`).
+    pub tier: i32,
+    /// Cosine similarity (1 for an exact hit).
+    pub similarity: f64,
+    /// The cached response, decoded from JSON.
+    pub value: serde_json::Value,
+    /// The prompt that was stored.
+    pub matched_prompt: String,
+    /// The entry's metadata.
+    pub metadata: HashMap<String, String>,
+    /// The usage stored with the entry.
+    pub usage: Option<pb::Usage>,
+}
+
+/// The error of [`Cache::get_or_call`]: the call's own, or the cache's.
+#[derive(Debug)]
+pub enum GetOrCallError<E> {
+    /// The call failed; nothing was stored.
+    Call(E),
+    /// The cache failed.
+    Cache(Error),
+}
+
+impl<E: fmt::Display> fmt::Display for GetOrCallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GetOrCallError::Call(e) => write!(f, "{e}"),
+            GetOrCallError::Cache(e) => write!(f, "cache: {e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for GetOrCallError<E> {}
+
+/// The cache service: `client.cache()`.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    client: Client,
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+impl Client {
+    /// The cache service.
+    pub fn cache(&self) -> Cache {
+        Cache {
+            client: self.clone(),
+        }
+    }
+}
+
+impl Cache {
+    /// Creates or updates a namespace; returns it and whether it was created.
+    pub async fn put_namespace(
+        &self,
+        namespace: pb::CacheNamespace,
+    ) -> Result<(pb::CacheNamespace, bool)> {
+        let mut stub = self.client.raw().cache;
+        let req = pb::PutNamespaceRequest {
+            namespace: Some(namespace),
+        };
+        let resp = self
+            .client
+            .unary("PutNamespace", stub.put_namespace(req))
+            .await?;
+        Ok((resp.namespace.unwrap_or_default(), resp.created))
+    }
+
+    /// Looks `prompt` up: the exact tier, then the semantic one; `None` on a miss.
+    pub async fn lookup(
+        &self,
+        namespace: &str,
+        prompt: &str,
+        options: &CacheOptions,
+    ) -> Result<Option<CacheHit>> {
+        let mut stub = self.client.raw().cache;
+        let req = pb::LookupCacheRequest {
+            namespace: namespace.to_string(),
+            prompt: prompt.to_string(),
+            vector: options.vector.clone().map(|values| pb::Vector { values }),
+            threshold: options.threshold,
+            max_age: options.max_age.map(duration),
+            exact_only: options.exact_only,
+        };
+        let resp = self
+            .client
+            .unary("LookupCache", stub.lookup_cache(req))
+            .await?;
+        if !resp.hit {
+            return Ok(None);
+        }
+        let bytes = self.client.payload_bytes(resp.response.as_ref()).await?;
+        Ok(Some(CacheHit {
+            entry_id: resp.entry_id,
+            tier: resp.tier,
+            similarity: resp.similarity,
+            value: serde_json::from_slice(&bytes)?,
+            matched_prompt: resp.matched_prompt,
+            metadata: resp.metadata,
+            usage: resp.usage,
+        }))
+    }
+
+    /// Stores a JSON response for `prompt`; returns the entry's id.
+    pub async fn store(
+        &self,
+        namespace: &str,
+        prompt: &str,
+        value: &serde_json::Value,
+        options: &CacheOptions,
+    ) -> Result<String> {
+        let mut stub = self.client.raw().cache;
+        let req = pb::StoreCacheRequest {
+            namespace: namespace.to_string(),
+            prompt: prompt.to_string(),
+            vector: options.vector.clone().map(|values| pb::Vector { values }),
+            response: Some(json_payload(value)),
+            ttl: options.ttl.map(duration),
+            metadata: options.metadata.clone(),
+            usage: options.usage,
+        };
+        Ok(self
+            .client
+            .unary("StoreCache", stub.store_cache(req))
+            .await?
+            .entry_id)
+    }
+
+    /// Returns the cached response for `prompt`, or calls `call` on a miss and
+    /// stores what it returns (with its usage). Returns the value and the hit
+    /// (`None` when `call` ran). A failed call stores nothing.
+    pub async fn get_or_call<F, Fut, E>(
+        &self,
+        namespace: &str,
+        prompt: &str,
+        options: &CacheOptions,
+        call: F,
+    ) -> std::result::Result<(serde_json::Value, Option<CacheHit>), GetOrCallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<(serde_json::Value, Option<pb::Usage>), E>>,
+    {
+        if let Some(hit) = self
+            .lookup(namespace, prompt, options)
+            .await
+            .map_err(GetOrCallError::Cache)?
+        {
+            return Ok((hit.value.clone(), Some(hit)));
+        }
+        let (value, usage) = call().await.map_err(GetOrCallError::Call)?;
+        let mut options = options.clone();
+        if usage.is_some() {
+            options.usage = usage;
+        }
+        self.store(namespace, prompt, &value, &options)
+            .await
+            .map_err(GetOrCallError::Cache)?;
+        Ok((value, None))
+    }
+}

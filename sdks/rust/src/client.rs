@@ -1,0 +1,250 @@
+//! Connecting to the sidecar: [`Client`], [`Options`] and the raw stubs.
+
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::error::{bounded, Error, Result};
+use crate::pb;
+use crate::pb::cache_service_client::CacheServiceClient;
+use crate::pb::router_service_client::RouterServiceClient;
+use crate::pb::scheduler_service_client::SchedulerServiceClient;
+use crate::pb::state_service_client::StateServiceClient;
+use crate::pb::trace_service_client::TraceServiceClient;
+use crate::pb::worker_service_client::WorkerServiceClient;
+
+/// Default bound of request and response messages, as the sidecar's.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How to reach the sidecar.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bearer token sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+    /// TLS configuration; `None` is plaintext (loopback or a Unix socket).
+    pub tls: Option<ClientTlsConfig>,
+    /// Bound of [`Client::connect`] (default 10 s).
+    pub connect_timeout: Duration,
+    /// Bound of each unary call of the facade (default 30 s).
+    pub call_timeout: Duration,
+    /// Largest message sent or received (default 64 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The transport every raw stub runs on.
+pub type Transport = InterceptedService<Channel, Auth>;
+
+/// The generated stubs of every service, sharing the client's connection
+/// (cheap to clone; a tonic stub needs `&mut self` to call).
+#[derive(Clone, Debug)]
+pub struct Raw {
+    /// `are.v1.SchedulerService`.
+    pub scheduler: SchedulerServiceClient<Transport>,
+    /// `are.v1.WorkerService`.
+    pub worker: WorkerServiceClient<Transport>,
+    /// `are.v1.StateService`.
+    pub state: StateServiceClient<Transport>,
+    /// `are.v1.CacheService`.
+    pub cache: CacheServiceClient<Transport>,
+    /// `are.v1.RouterService`.
+    pub router: RouterServiceClient<Transport>,
+    /// `are.v1.TraceService`.
+    pub trace: TraceServiceClient<Transport>,
+    /// `grpc.health.v1.Health`.
+    pub health: HealthClient<Transport>,
+}
+
+/// A connection to one ARE sidecar, cheap to clone and safe to share.
+#[derive(Clone, Debug)]
+pub struct Client {
+    target: String,
+    raw: Raw,
+    pub(crate) call_timeout: Duration,
+}
+
+macro_rules! stub {
+    ($t:ident, $svc:expr, $n:expr) => {
+        $t::new($svc.clone())
+            .max_decoding_message_size($n)
+            .max_encoding_message_size($n)
+    };
+}
+
+impl Client {
+    /// Connects to `target`, `host:port` or `unix:PATH`, within
+    /// `options.connect_timeout`; an unreachable sidecar is UNAVAILABLE.
+    pub async fn connect(target: &str, options: Options) -> Result<Client> {
+        let header = match &options.token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                Error::local(
+                    Code::InvalidArgument,
+                    "BAD_TOKEN",
+                    "the token is not printable ASCII",
+                )
+            })?),
+            None => None,
+        };
+        let unavailable = |e: tonic::transport::Error| {
+            Error::local(
+                Code::Unavailable,
+                "UNAVAILABLE",
+                format!("no ARE sidecar answered at {target:?}: {e}"),
+            )
+            .with_source(e)
+        };
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let channel = if let Some(path) = target.strip_prefix("unix:") {
+            let path = path.trim_start_matches("//").to_string();
+            let endpoint =
+                Endpoint::from_static("http://localhost").connect_timeout(options.connect_timeout);
+            let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }));
+            bounded("connect", options.connect_timeout, async {
+                connect.await.map_err(unavailable)
+            })
+            .await?
+        } else {
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
+                .map_err(|e| {
+                    Error::local(
+                        Code::InvalidArgument,
+                        "BAD_TARGET",
+                        format!("bad target {target:?}: {e}"),
+                    )
+                })?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true);
+            if let Some(tls) = options.tls.clone() {
+                endpoint = endpoint.tls_config(tls).map_err(unavailable)?;
+            }
+            bounded("connect", options.connect_timeout, async {
+                endpoint.connect().await.map_err(unavailable)
+            })
+            .await?
+        };
+        let svc = InterceptedService::new(channel, Auth { header });
+        let n = options.max_message_bytes;
+        let raw = Raw {
+            scheduler: stub!(SchedulerServiceClient, svc, n),
+            worker: stub!(WorkerServiceClient, svc, n),
+            state: stub!(StateServiceClient, svc, n),
+            cache: stub!(CacheServiceClient, svc, n),
+            router: stub!(RouterServiceClient, svc, n),
+            trace: stub!(TraceServiceClient, svc, n),
+            health: stub!(HealthClient, svc, n),
+        };
+        Ok(Client {
+            target: target.to_string(),
+            raw,
+            call_timeout: options.call_timeout,
+        })
+    }
+
+    /// The target this client connected to.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The generated stubs, for everything the facade does not cover.
+    pub fn raw(&self) -> Raw {
+        self.raw.clone()
+    }
+
+    /// The sidecar's overall health (`SERVING` once it accepts work).
+    pub async fn health(&self) -> Result<ServingStatus> {
+        let mut h = self.raw.health.clone();
+        let resp = self
+            .unary(
+                "Health.Check",
+                h.check(HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
+            .await?;
+        Ok(ServingStatus::try_from(resp.status).unwrap_or(ServingStatus::Unknown))
+    }
+
+    /// Runs one unary call bounded by the call timeout.
+    pub(crate) async fn unary<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        bounded(what, self.call_timeout, async {
+            Ok(fut.await?.into_inner())
+        })
+        .await
+    }
+
+    /// Reads a payload's bytes, fetching a blob reference from the blob store.
+    pub async fn payload_bytes(&self, payload: Option<&pb::Payload>) -> Result<Vec<u8>> {
+        match payload.and_then(|p| p.content.as_ref()) {
+            None => Ok(Vec::new()),
+            Some(pb::payload::Content::Data(d)) => Ok(d.clone()),
+            Some(pb::payload::Content::Blob(b)) => self.get_blob(&b.sha256).await,
+        }
+    }
+
+    /// Reads a whole blob (GetBlob stream), bounded by the call timeout.
+    pub async fn get_blob(&self, sha256: &str) -> Result<Vec<u8>> {
+        let mut state = self.raw.state.clone();
+        bounded("GetBlob", self.call_timeout, async {
+            let mut stream = state
+                .get_blob(pb::GetBlobRequest {
+                    sha256: sha256.to_string(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(msg) = stream.message().await? {
+                out.extend_from_slice(&msg.chunk);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

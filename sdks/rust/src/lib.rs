@@ -1,0 +1,43 @@
+//! A thin async Rust client of ARE, the Agent Runtime Environment sidecar.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use are_sdk::{Client, Options, TaskBuilder, WorkflowBuilder};
+//! # async fn demo() -> are_sdk::Result<()> {
+//! let client = Client::connect("127.0.0.1:50051", Options::default()).await?;
+//! let spec = WorkflowBuilder::new("pipeline")
+//!     .task(TaskBuilder::new("research", "research").input(serde_json::json!({"topic": "caches"})))
+//!     .task(TaskBuilder::new("write", "write").depends_on(["research"]));
+//! let handle = client.submit(spec).await?; // returns at once
+//! let result: serde_json::Value = handle.result(Duration::from_secs(60)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layers: the generated messages in [`pb`] and stubs in [`Raw`]; the facade
+//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`]); one [`Error`].
+#![warn(missing_docs)]
+
+/// The `are.v1` messages and gRPC clients, generated from `proto/` at build time.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("are.v1");
+}
+
+mod cache;
+mod client;
+mod error;
+pub mod testing;
+mod worker;
+mod workflow;
+
+pub use cache::{Cache, CacheHit, CacheOptions, GetOrCallError};
+pub use client::{Auth, Client, Options, Raw, Transport, DEFAULT_MAX_MESSAGE_BYTES};
+pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
+pub use tokio_util::sync::CancellationToken;
+pub use tonic::transport::ClientTlsConfig;
+pub use tonic::Code;
+pub use tonic_health::pb::health_check_response::ServingStatus;
+pub use worker::{CancelReason, Dependency, Task, TaskError, Worker, WorkerOptions, WorkerStats};
+pub use workflow::{
+    is_closed, json_payload, TaskBuilder, WorkflowBuilder, WorkflowHandle, JSON_CONTENT_TYPE,
+};

@@ -1,0 +1,123 @@
+//! Starts a real sidecar for tests: `PYTHON -m sidecar serve` on
+//! 127.0.0.1:0 in a temporary data folder, stopped with SIGTERM on drop.
+//!
+//! PYTHON is `$ARE_PYTHON`, else the repository's `.venv/bin/python`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::{Client, Code, Options, ServingStatus};
+
+/// A sidecar process for the length of a test.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The `host:port` it listens on.
+    pub target: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("ARE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"))
+}
+
+fn fail(msg: String) -> Error {
+    Error::local(Code::Unavailable, "SIDECAR_NOT_STARTED", msg)
+}
+
+impl Sidecar {
+    /// Starts a sidecar with extra `serve` options and waits (at most 30 s)
+    /// until it answers SERVING.
+    pub async fn start(args: &[&str]) -> Result<Sidecar> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("are-sdk-rust-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {dir:?}: {e}")))?;
+        let ready = dir.join("ready.json");
+        let log =
+            std::fs::File::create(dir.join("sidecar.log")).map_err(|e| fail(e.to_string()))?;
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "sidecar",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--durability",
+                "relaxed",
+                "--shutdown-grace-s",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(args)
+            .current_dir(repo)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| fail(format!("cannot run {:?}: {e}", python())))?;
+        let mut sidecar = Sidecar {
+            target: String::new(),
+            child,
+            dir,
+        };
+        let started = Instant::now();
+        let limit = Duration::from_secs(30);
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = sidecar.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(sidecar.dir.join("sidecar.log")).unwrap_or_default();
+                return Err(fail(format!("the sidecar exited with {status}: {log}")));
+            }
+            let text = std::fs::read_to_string(&ready).unwrap_or_default();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                if let Some(t) = v["targets"][0].as_str() {
+                    sidecar.target = t.to_string();
+                    let client = sidecar.client().await?;
+                    if client.health().await? == ServingStatus::Serving {
+                        return Ok(sidecar);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(fail(format!(
+            "the sidecar was not SERVING within {limit:?}"
+        )))
+    }
+
+    /// A client of this sidecar.
+    pub async fn client(&self) -> Result<Client> {
+        Client::connect(&self.target, Options::default()).await
+    }
+}
+
+impl Drop for Sidecar {
+    /// SIGTERM, up to 15 s for a graceful exit, then SIGKILL.
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,685 @@
+//! A worker on the unary path of WorkerService: PollTask long polls,
+//! CompleteTask / FailTask, and RecordHeartbeat while a handler runs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::Client;
+
+/// A full-jitter delay in `[0, d]`.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0) as u128;
+    let max = d.as_nanos().max(1);
+    Duration::from_nanos((nanos.wrapping_mul(2654435761) % (max + 1)) as u64)
+}
+
+/// A handler's failure: a message, a type (matched against the retry policy's
+/// `non_retryable_failure_types`), whether it may be retried, JSON details
+/// and a least retry delay. Any `std::error::Error` converts into one with `?`.
+#[derive(Clone, Debug, Default)]
+pub struct TaskError {
+    /// What went wrong.
+    pub message: String,
+    /// The failure's type (default the Rust type name of the error).
+    pub error_type: String,
+    /// Forbids retries, whatever the retry policy says.
+    pub non_retryable: bool,
+    /// Structured details.
+    pub details: Option<serde_json::Value>,
+    /// Least delay before a retry (a provider's Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl TaskError {
+    /// A failure with a message and a type.
+    pub fn new(error_type: &str, message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            error_type: error_type.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// This failure, never retried.
+    pub fn non_retryable(mut self) -> Self {
+        self.non_retryable = true;
+        self
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        TaskError::new(std::any::type_name::<E>(), e.to_string())
+    }
+}
+
+/// Why a running attempt's cancellation token fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The sidecar asked to stop (the workflow was cancelled or closed).
+    CancelRequested,
+    /// The worker no longer holds the attempt (TASK_NOT_HELD and the like).
+    LeaseLost,
+    /// The attempt's start-to-close deadline passed.
+    DeadlineExceeded,
+    /// The worker stopped and the handler outlived the shutdown grace.
+    WorkerStopped,
+}
+
+/// What a task received about one of its dependencies.
+#[derive(Clone, Debug)]
+pub struct Dependency {
+    /// The dependency's task id.
+    pub task_id: String,
+    /// Its state (a `pb::TaskState`).
+    pub state: i32,
+    /// Its output when COMPLETED (fetched when passed as a blob).
+    pub output: Vec<u8>,
+    /// Its failure when it failed.
+    pub failure: Option<pb::Failure>,
+}
+
+/// One attempt of one task, as handed to a handler.
+#[derive(Clone, Debug)]
+pub struct Task {
+    /// The task's workflow.
+    pub workflow_id: String,
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt number, from 1.
+    pub attempt: i32,
+    /// The capability it was assigned for.
+    pub capability: String,
+    /// The same for every attempt: makes side effects idempotent.
+    pub idempotency_key: String,
+    /// The input's bytes (JSON unless its content type says otherwise).
+    pub input: Vec<u8>,
+    /// The dependencies, in `depends_on` order.
+    pub dependencies: Vec<Dependency>,
+    /// The assignment as received, with everything else.
+    pub assignment: pb::TaskAssignment,
+    cancel: CancellationToken,
+    reason: Arc<OnceLock<CancelReason>>,
+    usage: Arc<Mutex<pb::Usage>>,
+    heartbeat: Arc<Mutex<Option<serde_json::Value>>>,
+    kick: Arc<Notify>,
+}
+
+impl Task {
+    /// The input decoded from JSON.
+    pub fn input_json<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
+        serde_json::from_slice(&self.input).map_err(|e| TaskError::from(e).non_retryable())
+    }
+
+    /// The output of a dependency that COMPLETED, decoded from JSON.
+    pub fn dependency_json<T: DeserializeOwned>(&self, task_id: &str) -> Option<T> {
+        self.dependencies
+            .iter()
+            .find(|d| d.task_id == task_id && d.state == pb::TaskState::Completed as i32)
+            .and_then(|d| serde_json::from_slice(&d.output).ok())
+    }
+
+    /// Fires when the attempt must stop: see [`Task::cancel_reason`].
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Why the cancellation token fired, once it has.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.reason.get().copied()
+    }
+
+    /// Adds tokens, cost and calls to what the attempt reports.
+    pub fn add_usage(&self, u: pb::Usage) {
+        let mut usage = self.usage.lock().unwrap();
+        usage.input_tokens += u.input_tokens;
+        usage.output_tokens += u.output_tokens;
+        usage.cost_micro_usd += u.cost_micro_usd;
+        usage.llm_calls += u.llm_calls;
+        usage.tool_calls += u.tool_calls;
+    }
+
+    /// Records progress details, sent with a heartbeat at once.
+    pub fn record_heartbeat(&self, details: serde_json::Value) {
+        *self.heartbeat.lock().unwrap() = Some(details);
+        self.kick.notify_one();
+    }
+
+    fn cancel_with(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, TaskError>> + Send>>;
+type Handler = Arc<dyn Fn(Task) -> HandlerFuture + Send + Sync>;
+
+/// Options of a [`Worker`].
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Most handlers at once (default 16).
+    pub concurrency: usize,
+    /// Who this process is, for humans (default "pid N").
+    pub identity: String,
+    /// Deadline of each PollTask long poll (default 10 s, at least 2 s). A
+    /// stopping worker lets the poll in flight finish (a poll cancelled as a
+    /// task is assigned would strand it until its lease ends), so this also
+    /// bounds how long `run` takes to notice a shutdown.
+    pub poll_timeout: Duration,
+    /// How often a running attempt heartbeats (default 1 s, at most a quarter
+    /// of the task's heartbeat timeout); bounds how soon a cancellation is heard.
+    pub heartbeat_interval: Duration,
+    /// How long running handlers may go on after shutdown (default 10 s);
+    /// then their tokens fire with [`CancelReason::WorkerStopped`].
+    pub shutdown_grace: Duration,
+    /// Bound of each CompleteTask / FailTask / RecordHeartbeat, retries on
+    /// UNAVAILABLE included (default 30 s).
+    pub report_timeout: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            concurrency: 16,
+            identity: format!("pid {}", std::process::id()),
+            poll_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            report_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A worker's counters.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Attempts reported completed.
+    pub completed: AtomicI64,
+    /// Attempts reported failed.
+    pub failed: AtomicI64,
+    /// Attempts the sidecar cancelled or took back.
+    pub cancelled: AtomicI64,
+}
+
+/// Serves tasks of one or more capabilities: add handlers with
+/// [`Worker::handle`], then [`Worker::run`] until a shutdown token fires.
+pub struct Worker {
+    client: Client,
+    name: String,
+    options: WorkerOptions,
+    handlers: HashMap<String, Handler>,
+    stats: Arc<WorkerStats>,
+    worker_id: Arc<Mutex<String>>,
+}
+
+const MAX_POLL_TASKS: usize = 100;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Held,
+    CancelRequested,
+    Lost,
+}
+
+impl Worker {
+    /// A worker named `name` (shared by its replicas).
+    pub fn new(client: &Client, name: &str, mut options: WorkerOptions) -> Self {
+        options.concurrency = options.concurrency.clamp(1, 10_000);
+        options.poll_timeout = options.poll_timeout.max(Duration::from_secs(2));
+        options.heartbeat_interval = options.heartbeat_interval.max(Duration::from_millis(50));
+        Worker {
+            client: client.clone(),
+            name: name.to_string(),
+            options,
+            handlers: HashMap::new(),
+            stats: Arc::default(),
+            worker_id: Arc::default(),
+        }
+    }
+
+    /// Sets the handler of a capability. Its JSON result is the task's output
+    /// (`null`: no output); an error fails the attempt (retried by policy).
+    pub fn handle<F, Fut>(mut self, capability: &str, handler: F) -> Self
+    where
+        F: Fn(Task) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, TaskError>> + Send + 'static,
+    {
+        let h: Handler = Arc::new(move |t| Box::pin(handler(t)));
+        self.handlers.insert(capability.to_string(), h);
+        self
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// The id the sidecar gave this worker ("" before the first poll).
+    pub fn worker_id(&self) -> String {
+        self.worker_id.lock().unwrap().clone()
+    }
+
+    /// Serves tasks until `shutdown` fires, then stops gracefully: no new poll
+    /// (the one in flight finishes, within `poll_timeout`), running handlers
+    /// get `shutdown_grace`, then their tokens fire and their failures are
+    /// reported as WORKER_LOST. Returns an error at once when the sidecar
+    /// refuses the worker for a reason retrying cannot fix (a bad name or
+    /// capability, authentication, UNIMPLEMENTED).
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        if self.handlers.is_empty() {
+            return Err(Error::local(
+                Code::InvalidArgument,
+                "NO_HANDLER",
+                "the worker has no handler",
+            ));
+        }
+        let stopped = CancellationToken::new();
+        let mut running = JoinSet::new();
+        let result = self.poll(&shutdown, &stopped, &mut running).await;
+        let drain = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.options.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            stopped.cancel();
+            let drain = async { while running.join_next().await.is_some() {} };
+            if tokio::time::timeout(self.options.report_timeout, drain)
+                .await
+                .is_err()
+            {
+                running.abort_all();
+            }
+        }
+        result
+    }
+
+    async fn poll(
+        &self,
+        shutdown: &CancellationToken,
+        stopped: &CancellationToken,
+        running: &mut JoinSet<()>,
+    ) -> Result<()> {
+        let slots = Arc::new(Semaphore::new(self.options.concurrency));
+        let mut capabilities: Vec<String> = self.handlers.keys().cloned().collect();
+        capabilities.sort();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            // Reap finished attempts so the set stays bounded.
+            while running.try_join_next().is_some() {}
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_POLL_TASKS {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let mut stub = self.client.raw().worker;
+            let mut req = tonic::Request::new(pb::PollTaskRequest {
+                worker_name: self.name.clone(),
+                capabilities: capabilities.clone(),
+                max_tasks: permits.len() as i32,
+                identity: self.options.identity.clone(),
+            });
+            req.set_timeout(self.options.poll_timeout);
+            // Not cancelled by shutdown (see poll_timeout), but bounded.
+            let polled = tokio::time::timeout(
+                self.options.poll_timeout + Duration::from_secs(1),
+                stub.poll_task(req),
+            )
+            .await;
+            let resp = match polled {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
+                    let e = Error::from(status);
+                    if matches!(
+                        e.code,
+                        Code::InvalidArgument
+                            | Code::Unauthenticated
+                            | Code::PermissionDenied
+                            | Code::Unimplemented
+                    ) {
+                        return Err(e);
+                    }
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            delay = Duration::from_millis(50);
+            if !resp.worker_id.is_empty() {
+                *self.worker_id.lock().unwrap() = resp.worker_id.clone();
+            }
+            for assignment in resp.assignments {
+                let Some(permit) = permits.pop() else { break };
+                let attempt = Attempt {
+                    client: self.client.clone(),
+                    options: self.options.clone(),
+                    handler: self.handlers.get(&assignment.capability).cloned(),
+                    stats: self.stats.clone(),
+                    stopped: stopped.clone(),
+                };
+                running.spawn(async move {
+                    attempt.run(assignment).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Aborts a handler's task when the attempt is dropped (a worker whose
+/// handlers outlive even the report timeout after shutdown).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Attempt {
+    client: Client,
+    options: WorkerOptions,
+    handler: Option<Handler>,
+    stats: Arc<WorkerStats>,
+    stopped: CancellationToken,
+}
+
+impl Attempt {
+    async fn run(self, a: pb::TaskAssignment) {
+        let token = CancellationToken::new();
+        let task = Task {
+            workflow_id: a.workflow_id.clone(),
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            capability: a.capability.clone(),
+            idempotency_key: a.idempotency_key.clone(),
+            input: Vec::new(),
+            dependencies: Vec::new(),
+            assignment: a,
+            cancel: token,
+            reason: Arc::default(),
+            usage: Arc::default(),
+            heartbeat: Arc::default(),
+            kick: Arc::default(),
+        };
+        let done = CancellationToken::new();
+        let beats = tokio::spawn(self.heartbeat(task.clone(), done.clone()));
+        let outcome = self.call(task.clone()).await;
+        done.cancel();
+        let end = beats.await.unwrap_or(End::Held);
+        let reporting = async {
+            match end {
+                End::Lost => {
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                End::CancelRequested => {
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    let failure = pb::Failure {
+                        message: "cancelled: the sidecar asked the worker to stop".into(),
+                        r#type: "Cancelled".into(),
+                        kind: pb::FailureKind::Cancelled as i32,
+                        ..Default::default()
+                    };
+                    let _ = self.fail(&task, failure, None).await;
+                }
+                End::Held => match outcome {
+                    Ok(value) => self.complete(&task, value).await,
+                    Err(e) => {
+                        let mut failure = pb::Failure {
+                            message: e.message.chars().take(32 * 1024).collect(),
+                            r#type: e.error_type.clone(),
+                            non_retryable: e.non_retryable,
+                            details: e.details.as_ref().map(crate::workflow::json_payload),
+                            kind: pb::FailureKind::Application as i32,
+                            ..Default::default()
+                        };
+                        if task.cancel_reason() == Some(CancelReason::WorkerStopped) {
+                            failure.kind = pb::FailureKind::WorkerLost as i32;
+                            failure.r#type = "WorkerStopped".into();
+                        }
+                        if self.fail(&task, failure, e.retry_after).await {
+                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                },
+            }
+        };
+        let _ = tokio::time::timeout(self.options.report_timeout, reporting).await;
+    }
+
+    /// Fetches blob inputs, runs the handler in its own task (a panic is a
+    /// failure of type "panic"), and fires the token at the deadline.
+    async fn call(&self, mut task: Task) -> Result<serde_json::Value, TaskError> {
+        let Some(handler) = self.handler.clone() else {
+            return Err(TaskError::new(
+                "NoHandler",
+                format!("no handler for {:?}", task.capability),
+            )
+            .non_retryable());
+        };
+        let a = &task.assignment;
+        let blob = |e: Error| {
+            TaskError::new(
+                "BlobReadError",
+                format!("cannot read the task's blobs: {e}"),
+            )
+        };
+        task.input = self
+            .client
+            .payload_bytes(a.input.as_ref())
+            .await
+            .map_err(blob)?;
+        let mut deps = Vec::new();
+        for d in &a.dependencies {
+            deps.push(Dependency {
+                task_id: d.task_id.clone(),
+                state: d.state,
+                output: self
+                    .client
+                    .payload_bytes(d.output.as_ref())
+                    .await
+                    .map_err(blob)?,
+                failure: d.failure.clone(),
+            });
+        }
+        task.dependencies = deps;
+        let deadline = a.deadline_time.as_ref().map(|t| {
+            let at = SystemTime::UNIX_EPOCH
+                + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        });
+        let watcher = task.clone();
+        let mut join = AbortOnDrop(tokio::spawn(handler(task)));
+        let at_deadline = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(86_400 * 365)));
+        let result = tokio::select! {
+            r = &mut join.0 => r,
+            _ = at_deadline, if deadline.is_some() => {
+                watcher.cancel_with(CancelReason::DeadlineExceeded);
+                (&mut join.0).await
+            }
+            _ = self.stopped.cancelled() => {
+                watcher.cancel_with(CancelReason::WorkerStopped);
+                (&mut join.0).await
+            }
+        };
+        match result {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".into());
+                Err(TaskError::new("panic", format!("handler panicked: {msg}")))
+            }
+            Err(e) => Err(TaskError::new("Aborted", e.to_string())),
+        }
+    }
+
+    async fn complete(&self, task: &Task, value: serde_json::Value) {
+        let usage = *task.usage.lock().unwrap();
+        let completion = pb::TaskCompletion {
+            workflow_id: task.workflow_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            output: (!value.is_null()).then(|| crate::workflow::json_payload(&value)),
+            usage: Some(usage),
+            state_patch: None,
+        };
+        let client = self.client.clone();
+        let sent = retry_unavailable(|| {
+            let mut stub = client.raw().worker;
+            let req = pb::CompleteTaskRequest {
+                completion: Some(completion.clone()),
+            };
+            async move { stub.complete_task(req).await.map(|_| ()) }
+        })
+        .await;
+        if sent.is_ok() {
+            self.stats.completed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reports a failure; true when the sidecar accepted it.
+    async fn fail(&self, task: &Task, failure: pb::Failure, retry_after: Option<Duration>) -> bool {
+        let usage = *task.usage.lock().unwrap();
+        let report = pb::TaskFailure {
+            workflow_id: task.workflow_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            failure: Some(failure),
+            usage: Some(usage),
+            retry_after: retry_after.map(|d| prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
+        };
+        let client = self.client.clone();
+        retry_unavailable(|| {
+            let mut stub = client.raw().worker;
+            let req = pb::FailTaskRequest {
+                failure: Some(report.clone()),
+            };
+            async move { stub.fail_task(req).await.map(|_| ()) }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Heartbeats until `done`; fires the task's token and says how the
+    /// sidecar ended the attempt when it does.
+    fn heartbeat(
+        &self,
+        task: Task,
+        done: CancellationToken,
+    ) -> impl Future<Output = End> + Send + 'static {
+        let client = self.client.clone();
+        let mut interval = self.options.heartbeat_interval;
+        if let Some(ht) = &task.assignment.heartbeat_timeout {
+            let ht = Duration::new(ht.seconds.max(0) as u64, ht.nanos.max(0) as u32);
+            if !ht.is_zero() {
+                interval = interval.min(ht / 4);
+            }
+        }
+        let interval = interval.max(Duration::from_millis(50));
+        async move {
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return End::Held,
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = task.kick.notified() => {}
+                }
+                let details = task.heartbeat.lock().unwrap().take();
+                let mut stub = client.raw().worker;
+                let mut req = tonic::Request::new(pb::RecordHeartbeatRequest {
+                    heartbeat: Some(pb::TaskHeartbeat {
+                        workflow_id: task.workflow_id.clone(),
+                        task_id: task.task_id.clone(),
+                        attempt: task.attempt,
+                        details: details.as_ref().map(crate::workflow::json_payload),
+                    }),
+                });
+                let bound = interval.max(Duration::from_secs(5));
+                req.set_timeout(bound);
+                let answer = tokio::select! {
+                    _ = done.cancelled() => return End::Held,
+                    a = tokio::time::timeout(bound, stub.record_heartbeat(req)) => a,
+                };
+                match answer {
+                    Ok(Ok(r)) if r.get_ref().cancel_requested => {
+                        task.cancel_with(CancelReason::CancelRequested);
+                        return End::CancelRequested;
+                    }
+                    Ok(Err(status)) => {
+                        let e = Error::from(status);
+                        if matches!(
+                            e.reason.as_str(),
+                            "TASK_NOT_HELD"
+                                | "TASK_ALREADY_COMPLETED"
+                                | "TASK_NOT_FOUND"
+                                | "WORKFLOW_NOT_FOUND"
+                        ) {
+                            task.cancel_with(CancelReason::LeaseLost);
+                            return End::Lost;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f` until it succeeds or fails otherwise than UNAVAILABLE (the
+/// caller bounds the whole).
+async fn retry_unavailable<F, Fut>(mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+}

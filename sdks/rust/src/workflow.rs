@@ -1,0 +1,392 @@
+//! Workflows: a spec builder, submit, and handles to wait on, read and cancel.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tonic::Code;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::Client;
+
+/// Content type of JSON payloads.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// A JSON payload.
+pub fn json_payload(value: &serde_json::Value) -> pb::Payload {
+    pb::Payload {
+        content: Some(pb::payload::Content::Data(value.to_string().into_bytes())),
+        content_type: JSON_CONTENT_TYPE.to_string(),
+    }
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Builds one task of a workflow (or of a spawn).
+#[derive(Clone, Debug)]
+pub struct TaskBuilder {
+    spec: pb::TaskSpec,
+}
+
+impl TaskBuilder {
+    /// A task `task_id` served by workers of `capability`.
+    pub fn new(task_id: &str, capability: &str) -> Self {
+        TaskBuilder {
+            spec: pb::TaskSpec {
+                task_id: task_id.to_string(),
+                target: Some(pb::task_spec::Target::Capability(capability.to_string())),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Sets the input to a JSON value.
+    pub fn input(mut self, value: serde_json::Value) -> Self {
+        self.spec.input = Some(json_payload(&value));
+        self
+    }
+
+    /// Makes the task wait for others (by default for all of them to succeed).
+    pub fn depends_on<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.spec.depends_on.extend(ids.into_iter().map(Into::into));
+        self
+    }
+
+    /// At most `n` attempts (1: no retry), the first retry after up to `initial`.
+    pub fn max_attempts(mut self, n: i32, initial: Duration) -> Self {
+        let policy = self.spec.retry_policy.get_or_insert_with(Default::default);
+        policy.maximum_attempts = n;
+        policy.initial_interval = Some(duration(initial));
+        self
+    }
+
+    /// Sets the whole retry policy.
+    pub fn retry_policy(mut self, policy: pb::RetryPolicy) -> Self {
+        self.spec.retry_policy = Some(policy);
+        self
+    }
+
+    /// Bounds one attempt once assigned.
+    pub fn start_to_close_timeout(mut self, d: Duration) -> Self {
+        self.spec.start_to_close_timeout = Some(duration(d));
+        self
+    }
+
+    /// Ends an attempt's lease when its worker does not heartbeat for `d`.
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
+        self.spec.heartbeat_timeout = Some(duration(d));
+        self
+    }
+
+    /// Puts the task in a resource pool.
+    pub fn pool(mut self, pool: &str) -> Self {
+        self.spec.pool = pool.to_string();
+        self
+    }
+
+    /// Priority in its pool, 1 (most urgent) to 5.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.spec.priority = priority;
+        self
+    }
+
+    /// Stops the task at an approval gate once its dependencies are met.
+    pub fn requires_approval(mut self) -> Self {
+        self.spec.requires_approval = true;
+        self
+    }
+
+    /// Changes the spec directly, for fields the builder does not cover.
+    pub fn configure(mut self, f: impl FnOnce(&mut pb::TaskSpec)) -> Self {
+        f(&mut self.spec);
+        self
+    }
+
+    /// The spec.
+    pub fn build(self) -> pb::TaskSpec {
+        self.spec
+    }
+}
+
+/// Builds a [`pb::WorkflowSpec`]; the sidecar validates it and names the
+/// field of any error.
+#[derive(Clone, Debug)]
+pub struct WorkflowBuilder {
+    spec: pb::WorkflowSpec,
+}
+
+impl WorkflowBuilder {
+    /// A workflow named `name` (free form, for humans).
+    pub fn new(name: &str) -> Self {
+        WorkflowBuilder {
+            spec: pb::WorkflowSpec {
+                name: name.to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Sets the workflow id (otherwise the sidecar generates one).
+    pub fn id(mut self, workflow_id: &str) -> Self {
+        self.spec.workflow_id = workflow_id.to_string();
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.spec.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Retry policy of the tasks that declare none.
+    pub fn default_retry_policy(mut self, policy: pb::RetryPolicy) -> Self {
+        self.spec.default_retry_policy = Some(policy);
+        self
+    }
+
+    /// Names the task whose output is the workflow's result.
+    pub fn result_task(mut self, task_id: &str) -> Self {
+        self.spec.result_task_id = task_id.to_string();
+        self
+    }
+
+    /// Adds a task.
+    pub fn task(mut self, task: TaskBuilder) -> Self {
+        self.spec.tasks.push(task.build());
+        self
+    }
+
+    /// Changes the spec directly, for fields the builder does not cover.
+    pub fn configure(mut self, f: impl FnOnce(&mut pb::WorkflowSpec)) -> Self {
+        f(&mut self.spec);
+        self
+    }
+
+    /// The spec.
+    pub fn build(self) -> pb::WorkflowSpec {
+        self.spec
+    }
+}
+
+impl From<WorkflowBuilder> for pb::WorkflowSpec {
+    fn from(b: WorkflowBuilder) -> Self {
+        b.build()
+    }
+}
+
+/// Whether a workflow state is closed (COMPLETED, FAILED or CANCELLED).
+pub fn is_closed(state: i32) -> bool {
+    matches!(
+        pb::WorkflowState::try_from(state),
+        Ok(pb::WorkflowState::Completed | pb::WorkflowState::Failed | pb::WorkflowState::Cancelled)
+    )
+}
+
+impl Client {
+    /// Submits a workflow and returns a handle at once, without waiting.
+    pub async fn submit(&self, spec: impl Into<pb::WorkflowSpec>) -> Result<WorkflowHandle> {
+        self.submit_request(pb::SubmitWorkflowRequest {
+            spec: Some(spec.into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Submits with every field of the request (a `request_id` for idempotency).
+    pub async fn submit_request(&self, req: pb::SubmitWorkflowRequest) -> Result<WorkflowHandle> {
+        let mut s = self.raw().scheduler;
+        let resp = self.unary("SubmitWorkflow", s.submit_workflow(req)).await?;
+        Ok(WorkflowHandle {
+            client: self.clone(),
+            id: resp.workflow_id,
+            deduplicated: resp.deduplicated,
+        })
+    }
+
+    /// A handle on an existing workflow; makes no call.
+    pub fn workflow(&self, workflow_id: &str) -> WorkflowHandle {
+        WorkflowHandle {
+            client: self.clone(),
+            id: workflow_id.to_string(),
+            deduplicated: false,
+        }
+    }
+}
+
+/// A submitted workflow.
+#[derive(Clone, Debug)]
+pub struct WorkflowHandle {
+    client: Client,
+    /// The workflow's id.
+    pub id: String,
+    /// True when the submit matched an earlier request id and created nothing.
+    pub deduplicated: bool,
+}
+
+impl WorkflowHandle {
+    /// The workflow's current status.
+    pub async fn get(&self) -> Result<pb::Workflow> {
+        let mut s = self.client.raw().scheduler;
+        let req = pb::GetWorkflowRequest {
+            workflow_id: self.id.clone(),
+        };
+        let resp = self
+            .client
+            .unary("GetWorkflow", s.get_workflow(req))
+            .await?;
+        resp.workflow.ok_or_else(|| {
+            Error::local(
+                Code::Internal,
+                "EMPTY_RESPONSE",
+                "GetWorkflow returned no workflow",
+            )
+        })
+    }
+
+    /// Cancels the workflow (idempotent) and returns its status; workers
+    /// running its tasks are told to stop.
+    pub async fn cancel(&self, reason: &str) -> Result<pb::Workflow> {
+        let mut s = self.client.raw().scheduler;
+        let req = pb::CancelWorkflowRequest {
+            workflow_id: self.id.clone(),
+            reason: reason.to_string(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .unary("CancelWorkflow", s.cancel_workflow(req))
+            .await?;
+        resp.workflow.ok_or_else(|| {
+            Error::local(
+                Code::Internal,
+                "EMPTY_RESPONSE",
+                "CancelWorkflow returned no workflow",
+            )
+        })
+    }
+
+    /// One task's status, with its input and output.
+    pub async fn task(&self, task_id: &str) -> Result<pb::Task> {
+        let mut s = self.client.raw().scheduler;
+        let req = pb::GetTaskRequest {
+            workflow_id: self.id.clone(),
+            task_id: task_id.to_string(),
+        };
+        let resp = self.client.unary("GetTask", s.get_task(req)).await?;
+        resp.task.ok_or_else(|| {
+            Error::local(Code::Internal, "EMPTY_RESPONSE", "GetTask returned no task")
+        })
+    }
+
+    /// Follows the workflow (WatchWorkflow, resumed from the last sequence
+    /// when the stream drops) until it closes, whatever the outcome, for at
+    /// most `timeout`.
+    pub async fn wait(&self, timeout: Duration) -> Result<pb::Workflow> {
+        let what = format!("waiting for workflow {}", self.id);
+        crate::error::bounded(&what, timeout, self.watch()).await
+    }
+
+    async fn watch(&self) -> Result<pb::Workflow> {
+        let mut after = None;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let mut s = self.client.raw().scheduler;
+            let req = pb::WatchWorkflowRequest {
+                workflow_id: self.id.clone(),
+                after_sequence: after,
+                include_tasks: false,
+            };
+            let ended: Result<Option<pb::Workflow>> = async {
+                let mut stream = s.watch_workflow(req).await?.into_inner();
+                while let Some(msg) = stream.message().await? {
+                    if msg.sequence != 0 {
+                        after = Some(msg.sequence);
+                    }
+                    if let Some(w) = msg.workflow.filter(|w| is_closed(w.state)) {
+                        return Ok(Some(w));
+                    }
+                }
+                Ok(None) // ended without a closed status: resume
+            }
+            .await;
+            match ended {
+                Ok(Some(w)) => return Ok(w),
+                Err(e) if !matches!(e.code, Code::Unavailable | Code::Cancelled) => return Err(e),
+                _ => {}
+            }
+            tokio::time::sleep(crate::worker::jitter(delay)).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits (at most `timeout`) for the workflow to close and returns its
+    /// result's bytes (empty when it has none). A workflow that closed FAILED
+    /// or CANCELLED is an error with reason `WORKFLOW_FAILED` /
+    /// `WORKFLOW_CANCELLED` and the closing status in `Error::workflow`.
+    pub async fn result_bytes(&self, timeout: Duration) -> Result<Vec<u8>> {
+        let w = self.wait(timeout).await?;
+        if w.state != pb::WorkflowState::Completed as i32 {
+            let state = pb::WorkflowState::try_from(w.state).unwrap_or_default();
+            let reason = if state == pb::WorkflowState::Cancelled {
+                "WORKFLOW_CANCELLED"
+            } else {
+                "WORKFLOW_FAILED"
+            };
+            let why = w
+                .failure
+                .as_ref()
+                .map(|f| f.message.clone())
+                .unwrap_or_default();
+            return Err(Error::local(
+                Code::FailedPrecondition,
+                reason,
+                format!("workflow {} closed {}: {why}", self.id, state.as_str_name()),
+            )
+            .with_workflow(w));
+        }
+        self.client.payload_bytes(w.result.as_ref()).await
+    }
+
+    /// Like [`WorkflowHandle::result_bytes`], decoding the result as JSON
+    /// (`null` when there is none).
+    pub async fn result<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
+        let bytes = self.result_bytes(timeout).await?;
+        Ok(serde_json::from_slice(if bytes.is_empty() {
+            b"null"
+        } else {
+            &bytes
+        })?)
+    }
+
+    /// The output of a COMPLETED task as JSON; any other state is an error
+    /// with reason `TASK_NOT_COMPLETED`. Does not wait.
+    pub async fn task_output<T: DeserializeOwned>(&self, task_id: &str) -> Result<T> {
+        let task = self.task(task_id).await?;
+        if task.state != pb::TaskState::Completed as i32 {
+            let state = pb::TaskState::try_from(task.state).unwrap_or_default();
+            return Err(Error::local(
+                Code::FailedPrecondition,
+                "TASK_NOT_COMPLETED",
+                format!("task {}/{task_id} is {}", self.id, state.as_str_name()),
+            ));
+        }
+        let bytes = self.client.payload_bytes(task.output.as_ref()).await?;
+        Ok(serde_json::from_slice(if bytes.is_empty() {
+            b"null"
+        } else {
+            &bytes
+        })?)
+    }
+}
+
+impl Error {
+    fn with_workflow(mut self, w: pb::Workflow) -> Self {
+        self.workflow = Some(Box::new(w));
+        self
+    }
+}

@@ -1,0 +1,378 @@
+//! Tests against a real sidecar (one per test), started from the repository's
+//! `.venv`. Every wait is bounded; nothing asserts on timing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use are_sdk::testing::Sidecar;
+use are_sdk::{
+    pb, CacheOptions, CancelReason, CancellationToken, Client, Code, GetOrCallError, ServingStatus,
+    TaskBuilder, TaskError, Worker, WorkerOptions, WorkflowBuilder,
+};
+use serde_json::{json, Value};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Worker options that keep tests short: a stop is noticed within about 2 s,
+/// a cancellation within about 100 ms.
+fn fast() -> WorkerOptions {
+    WorkerOptions {
+        concurrency: 4,
+        poll_timeout: Duration::from_secs(2),
+        heartbeat_interval: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+async fn start() -> (Sidecar, Client) {
+    let sidecar = Sidecar::start(&[]).await.expect("sidecar");
+    let client = sidecar.client().await.expect("connect");
+    (sidecar, client)
+}
+
+/// Runs a worker in the background; the returned guard stops it.
+struct Running {
+    stop: CancellationToken,
+    join: tokio::task::JoinHandle<are_sdk::Result<()>>,
+}
+
+impl Running {
+    fn spawn(worker: Worker) -> (Running, Arc<are_sdk::WorkerStats>) {
+        let stop = CancellationToken::new();
+        let stats = worker.stats();
+        let token = stop.clone();
+        let join = tokio::spawn(async move { worker.run(token).await });
+        (Running { stop, join }, stats)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        timeout(WAIT, self.join)
+            .await
+            .expect("the worker stopped in time")
+            .expect("no panic")
+            .expect("run ended without error");
+    }
+}
+
+#[tokio::test]
+async fn connect_and_health() {
+    let (_sidecar, client) = start().await;
+    assert_eq!(client.health().await.unwrap(), ServingStatus::Serving);
+    let bad = Client::connect(
+        "127.0.0.1:1",
+        are_sdk::Options {
+            connect_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code, Code::Unavailable);
+}
+
+#[tokio::test]
+async fn errors_carry_reason_and_field() {
+    let (_sidecar, client) = start().await;
+    let e = client
+        .workflow("wf-does-not-exist")
+        .get()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::NotFound);
+    assert_eq!(e.reason, "WORKFLOW_NOT_FOUND");
+    assert_eq!(e.domain, "are.v1");
+
+    let bad = pb::CacheNamespace {
+        name: "not a valid name!".into(),
+        ..Default::default()
+    };
+    let e = client.cache().put_namespace(bad).await.unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert_eq!(e.reason, "INVALID_ARGUMENT");
+    assert!(
+        e.field("namespace.name").is_some(),
+        "violations {:?}",
+        e.field_violations
+    );
+
+    let spec = WorkflowBuilder::new("bad")
+        .task(TaskBuilder::new("a", "x"))
+        .task(TaskBuilder::new("b", "x").depends_on(["missing"]));
+    let e = client.submit(spec).await.unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument);
+    assert!(
+        e.field("spec.tasks[1].depends_on[0]").is_some(),
+        "violations {:?}",
+        e.field_violations
+    );
+}
+
+#[tokio::test]
+async fn two_task_workflow_run_by_a_rust_worker() {
+    let (_sidecar, client) = start().await;
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let seen2 = seen.clone();
+    let worker = Worker::new(&client, "rust-worker", fast()).handle("rust-e2e", move |task| {
+        let seen = seen2.clone();
+        async move {
+            seen.lock().unwrap().insert(task.task_id.clone(), task.attempt);
+            match task.task_id.as_str() {
+                "research" => {
+                    let input: Value = task.input_json()?;
+                    task.add_usage(pb::Usage { input_tokens: 10, output_tokens: 5, llm_calls: 1, ..Default::default() });
+                    Ok(json!({"notes": format!("about {}", input["topic"].as_str().unwrap_or("?"))}))
+                }
+                "write" => {
+                    let notes: Value = task
+                        .dependency_json("research")
+                        .ok_or_else(|| TaskError::new("MissingInput", "no research output"))?;
+                    Ok(json!({"draft": notes["notes"]}))
+                }
+                other => Err(TaskError::new("Unexpected", other).non_retryable()),
+            }
+        }
+    });
+    let (running, stats) = Running::spawn(worker);
+
+    let spec = WorkflowBuilder::new("rust-two-tasks")
+        .task(TaskBuilder::new("research", "rust-e2e").input(json!({"topic": "caches"})))
+        .task(TaskBuilder::new("write", "rust-e2e").depends_on(["research"]));
+    let handle = client.submit(spec).await.unwrap();
+    let workflow = handle.wait(WAIT).await.unwrap();
+    assert_eq!(
+        workflow.state,
+        pb::WorkflowState::Completed as i32,
+        "{:?}",
+        workflow.failure
+    );
+    assert_eq!(workflow.task_counts.unwrap().completed, 2);
+    assert_eq!(
+        workflow.usage.and_then(|u| u.usage).unwrap().input_tokens,
+        10
+    );
+
+    let research: Value = handle.task_output("research").await.unwrap();
+    assert_eq!(research, json!({"notes": "about caches"}));
+    let result: Value = handle.result(WAIT).await.unwrap();
+    assert_eq!(result, json!({"draft": "about caches"}));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        HashMap::from([("research".to_string(), 1), ("write".to_string(), 1)])
+    );
+    running.stop().await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn failing_handler_fails_by_the_retry_policy() {
+    let (_sidecar, client) = start().await;
+    let calls = Arc::new(Mutex::new(HashMap::<String, i32>::new()));
+    let calls2 = calls.clone();
+    let worker = Worker::new(&client, "rust-failer", fast()).handle("rust-fail", move |task| {
+        let calls = calls2.clone();
+        async move {
+            let n = {
+                let mut c = calls.lock().unwrap();
+                let n = c.entry(task.task_id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            match task.task_id.as_str() {
+                "flaky" if n == 1 => Err(TaskError::new("Transient", "try again")),
+                "flaky" => Ok(json!("ok")),
+                "broken" => Err(TaskError::new("Boom", "boom")),
+                "fatal" => Err(TaskError::new("Fatal", "no point retrying").non_retryable()),
+                _ => panic!("handler bug"),
+            }
+        }
+    });
+    let (running, _) = Running::spawn(worker);
+    let retry = |t: TaskBuilder| t.max_attempts(3, Duration::from_millis(10));
+    let spec = WorkflowBuilder::new("rust-failing")
+        .task(retry(TaskBuilder::new("flaky", "rust-fail")))
+        .task(retry(TaskBuilder::new("broken", "rust-fail")))
+        .task(retry(TaskBuilder::new("fatal", "rust-fail")))
+        .task(TaskBuilder::new("panics", "rust-fail").max_attempts(1, Duration::from_millis(10)));
+    let handle = client.submit(spec).await.unwrap();
+    let e = handle.result::<Value>(WAIT).await.unwrap_err();
+    assert_eq!(e.reason, "WORKFLOW_FAILED", "{e}");
+    assert_eq!(
+        e.workflow.as_ref().unwrap().state,
+        pb::WorkflowState::Failed as i32
+    );
+
+    for (id, state, attempts, typ) in [
+        ("flaky", pb::TaskState::Completed, 2, "Transient"),
+        ("broken", pb::TaskState::Failed, 3, "Boom"),
+        ("fatal", pb::TaskState::Failed, 1, "Fatal"),
+        ("panics", pb::TaskState::Failed, 1, "panic"),
+    ] {
+        let task = handle.task(id).await.unwrap();
+        assert_eq!(task.state, state as i32, "task {id}");
+        assert_eq!(task.attempt, attempts, "task {id}");
+        assert_eq!(calls.lock().unwrap()[id], attempts, "handler calls of {id}");
+        assert_eq!(
+            task.failure.as_ref().map(|f| f.r#type.as_str()),
+            Some(typ),
+            "task {id}"
+        );
+    }
+    assert!(
+        handle
+            .task("fatal")
+            .await
+            .unwrap()
+            .failure
+            .unwrap()
+            .non_retryable
+    );
+    let e = handle.task_output::<Value>("broken").await.unwrap_err();
+    assert_eq!(e.reason, "TASK_NOT_COMPLETED");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn cancellation_reaches_a_running_handler() {
+    let (_sidecar, client) = start().await;
+    let (started_tx, started_rx) = tokio::sync::mpsc::channel(1);
+    let (reason_tx, reason_rx) = tokio::sync::mpsc::channel(1);
+    let worker =
+        Worker::new(&client, "rust-canceller", fast()).handle("rust-cancel", move |task| {
+            let started = started_tx.clone();
+            let reason = reason_tx.clone();
+            async move {
+                started.send(()).await.ok();
+                // A long LLM call, say, that honours its token (bounded all the same).
+                let _ = timeout(WAIT, task.cancellation().cancelled()).await;
+                reason.send(task.cancel_reason()).await.ok();
+                Err(TaskError::new("Cancelled", "stopped"))
+            }
+        });
+    let (running, stats) = Running::spawn(worker);
+    let handle = client
+        .submit(WorkflowBuilder::new("rust-cancel").task(TaskBuilder::new("long", "rust-cancel")))
+        .await
+        .unwrap();
+    let mut started_rx = started_rx;
+    timeout(WAIT, started_rx.recv())
+        .await
+        .expect("the handler started");
+    let workflow = handle.cancel("the user changed their mind").await.unwrap();
+    assert_eq!(workflow.state, pb::WorkflowState::Cancelled as i32);
+    let mut reason_rx = reason_rx;
+    let reason = timeout(WAIT, reason_rx.recv())
+        .await
+        .expect("the cancellation reached the handler");
+    assert!(
+        matches!(
+            reason,
+            Some(Some(
+                CancelReason::CancelRequested | CancelReason::LeaseLost
+            ))
+        ),
+        "reason {reason:?}"
+    );
+    let e = handle.result::<Value>(WAIT).await.unwrap_err();
+    assert_eq!(e.reason, "WORKFLOW_CANCELLED");
+    running.stop().await;
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn cache_exact_tier_and_get_or_call() {
+    let (_sidecar, client) = start().await;
+    let cache = client.cache();
+    let ns = "rust-exact";
+    let (_, created) = cache
+        .put_namespace(pb::CacheNamespace {
+            name: ns.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    let none = CacheOptions::default();
+    assert!(cache
+        .lookup(ns, "What is the capital of France?", &none)
+        .await
+        .unwrap()
+        .is_none());
+    let stored = cache
+        .store(
+            ns,
+            "What is the capital of France?",
+            &json!("Paris"),
+            &CacheOptions {
+                usage: Some(pb::Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                    cost_micro_usd: 40,
+                    ..Default::default()
+                }),
+                metadata: HashMap::from([("model".into(), "gpt-x".into())]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let exact = CacheOptions {
+        exact_only: true,
+        ..Default::default()
+    };
+    let hit = cache
+        .lookup(ns, "  What is the   capital of France?", &exact)
+        .await
+        .unwrap()
+        .expect("a hit");
+    assert_eq!(hit.tier, pb::CacheTier::Exact as i32);
+    assert_eq!(hit.value, json!("Paris"));
+    assert_eq!(hit.entry_id, stored);
+    assert_eq!(hit.usage.unwrap().output_tokens, 3);
+    assert_eq!(hit.metadata["model"], "gpt-x");
+    let e = cache
+        .lookup("no-such-namespace", "x", &none)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (Code::NotFound, "NAMESPACE_NOT_FOUND")
+    );
+
+    let calls = AtomicUsize::new(0);
+    for i in 0..3 {
+        let (value, hit) = cache
+            .get_or_call(ns, "the answer to everything", &none, || async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>((
+                    json!("42"),
+                    Some(pb::Usage {
+                        input_tokens: 7,
+                        output_tokens: 1,
+                        ..Default::default()
+                    }),
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, json!("42"));
+        assert_eq!(hit.is_none(), i == 0, "call #{i}");
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    let failed = cache
+        .get_or_call(ns, "another prompt", &none, || async {
+            Err::<(Value, Option<pb::Usage>), _>("provider down")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, GetOrCallError::Call("provider down")));
+    assert!(cache
+        .lookup(ns, "another prompt", &none)
+        .await
+        .unwrap()
+        .is_none());
+}
