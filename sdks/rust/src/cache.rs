@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::workflow::json_payload;
+use crate::workflow::JSON_CONTENT_TYPE;
 use crate::Client;
 
 /// Options of a lookup or a store; the defaults are the namespace's.
@@ -155,7 +155,11 @@ impl Cache {
             namespace: namespace.to_string(),
             prompt: prompt.to_string(),
             vector: options.vector.clone().map(|values| pb::Vector { values }),
-            response: Some(json_payload(value)),
+            response: Some(
+                self.client
+                    .inline_or_blob(value.to_string().into_bytes(), JSON_CONTENT_TYPE, "")
+                    .await?,
+            ),
             ttl: options.ttl.map(duration),
             metadata: options.metadata.clone(),
             usage: options.usage,

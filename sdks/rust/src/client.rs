@@ -19,6 +19,11 @@ use crate::pb::state_service_client::StateServiceClient;
 use crate::pb::trace_service_client::TraceServiceClient;
 use crate::pb::worker_service_client::WorkerServiceClient;
 
+/// Largest payload sent inline; larger ones travel as blobs.
+pub const MAX_INLINE_BYTES: usize = 4 * 1024 * 1024;
+
+const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// Default bound of request and response messages, as the sidecar's.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -246,5 +251,52 @@ impl Client {
             Ok(out)
         })
         .await
+    }
+
+    /// Stores a blob (PutBlob stream, 1 MiB chunks), owned by `workflow_id`
+    /// when not empty, bounded by the call timeout.
+    pub async fn put_blob(
+        &self,
+        data: Vec<u8>,
+        content_type: &str,
+        workflow_id: &str,
+    ) -> Result<pb::BlobRef> {
+        use pb::put_blob_request::Message;
+        let mut messages = vec![pb::PutBlobRequest {
+            message: Some(Message::Header(pb::BlobHeader {
+                content_type: content_type.to_string(),
+                size_bytes: data.len() as i64,
+                sha256: String::new(),
+                workflow_id: workflow_id.to_string(),
+            })),
+        }];
+        messages.extend(data.chunks(BLOB_CHUNK_BYTES).map(|c| pb::PutBlobRequest {
+            message: Some(Message::Chunk(c.to_vec())),
+        }));
+        let mut state = self.raw.state.clone();
+        let resp = self
+            .unary("PutBlob", state.put_blob(tokio_stream::iter(messages)))
+            .await?;
+        resp.blob.ok_or_else(|| {
+            Error::local(Code::Internal, "EMPTY_RESPONSE", "PutBlob returned no blob")
+        })
+    }
+
+    /// A payload of `data`: inline up to [`MAX_INLINE_BYTES`], else a blob.
+    pub async fn inline_or_blob(
+        &self,
+        data: Vec<u8>,
+        content_type: &str,
+        workflow_id: &str,
+    ) -> Result<pb::Payload> {
+        let content = if data.len() <= MAX_INLINE_BYTES {
+            pb::payload::Content::Data(data)
+        } else {
+            pb::payload::Content::Blob(self.put_blob(data, content_type, workflow_id).await?)
+        };
+        Ok(pb::Payload {
+            content: Some(content),
+            content_type: content_type.to_string(),
+        })
     }
 }

@@ -27,16 +27,20 @@ mod cache;
 mod client;
 mod error;
 pub mod testing;
+mod trace;
 mod worker;
 mod workflow;
 
 pub use cache::{Cache, CacheHit, CacheOptions, GetOrCallError};
-pub use client::{Auth, Client, Options, Raw, Transport, DEFAULT_MAX_MESSAGE_BYTES};
+pub use client::{
+    Auth, Client, Options, Raw, Transport, DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
+};
 pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::transport::ClientTlsConfig;
 pub use tonic::Code;
 pub use tonic_health::pb::health_check_response::ServingStatus;
+pub use trace::EventStream;
 pub use worker::{CancelReason, Dependency, Task, TaskError, Worker, WorkerOptions, WorkerStats};
 pub use workflow::{
     is_closed, json_payload, TaskBuilder, WorkflowBuilder, WorkflowHandle, JSON_CONTENT_TYPE,

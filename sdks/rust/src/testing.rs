@@ -13,10 +13,22 @@ use crate::{Client, Code, Options, ServingStatus};
 /// A sidecar process for the length of a test.
 #[derive(Debug)]
 pub struct Sidecar {
-    /// The `host:port` it listens on.
+    /// The `host:port` (or `unix:PATH`) it listens on.
     pub target: String,
+    token: Option<String>,
     child: Child,
     dir: PathBuf,
+}
+
+/// How to start a [`Sidecar`].
+#[derive(Clone, Debug, Default)]
+pub struct SidecarOptions {
+    /// Require this bearer token (written to a token file).
+    pub token: Option<String>,
+    /// Listen on a Unix socket in the temporary folder instead of TCP.
+    pub uds: bool,
+    /// More options for `serve`.
+    pub args: Vec<String>,
 }
 
 fn python() -> PathBuf {
@@ -33,6 +45,16 @@ impl Sidecar {
     /// Starts a sidecar with extra `serve` options and waits (at most 30 s)
     /// until it answers SERVING.
     pub async fn start(args: &[&str]) -> Result<Sidecar> {
+        Sidecar::start_with(SidecarOptions {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Starts a sidecar as `options` say and waits (at most 30 s) until it
+    /// answers SERVING.
+    pub async fn start_with(options: SidecarOptions) -> Result<Sidecar> {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("are-sdk-rust-{}-{n}", std::process::id()));
@@ -42,23 +64,34 @@ impl Sidecar {
         let log =
             std::fs::File::create(dir.join("sidecar.log")).map_err(|e| fail(e.to_string()))?;
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let child = Command::new(python())
-            .args([
-                "-m",
-                "sidecar",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--durability",
-                "relaxed",
-                "--shutdown-grace-s",
-                "1",
-            ])
+        let mut command = Command::new(python());
+        command.args([
+            "-m",
+            "sidecar",
+            "serve",
+            "--durability",
+            "relaxed",
+            "--shutdown-grace-s",
+            "1",
+        ]);
+        if options.uds {
+            command
+                .args(["--listen", "off", "--uds"])
+                .arg(dir.join("are.sock"));
+        } else {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        if let Some(token) = &options.token {
+            let file = dir.join("token");
+            std::fs::write(&file, token).map_err(|e| fail(e.to_string()))?;
+            command.arg("--token-file").arg(file);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--ready-file")
             .arg(&ready)
-            .args(args)
+            .args(&options.args)
             .current_dir(repo)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
@@ -67,6 +100,7 @@ impl Sidecar {
             .map_err(|e| fail(format!("cannot run {:?}: {e}", python())))?;
         let mut sidecar = Sidecar {
             target: String::new(),
+            token: options.token,
             child,
             dir,
         };
@@ -97,7 +131,11 @@ impl Sidecar {
 
     /// A client of this sidecar.
     pub async fn client(&self) -> Result<Client> {
-        Client::connect(&self.target, Options::default()).await
+        let options = Options {
+            token: self.token.clone(),
+            ..Default::default()
+        };
+        Client::connect(&self.target, options).await
     }
 }
 

@@ -17,6 +17,7 @@ use tonic::Code;
 
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::workflow::JSON_CONTENT_TYPE;
 use crate::Client;
 
 /// A full-jitter delay in `[0, d]`.
@@ -552,11 +553,35 @@ impl Attempt {
 
     async fn complete(&self, task: &Task, value: serde_json::Value) {
         let usage = *task.usage.lock().unwrap();
+        let output = if value.is_null() {
+            None
+        } else {
+            let bytes = value.to_string().into_bytes();
+            match self
+                .client
+                .inline_or_blob(bytes, JSON_CONTENT_TYPE, &task.workflow_id)
+                .await
+            {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let failure = pb::Failure {
+                        message: format!("cannot store the output: {e}"),
+                        r#type: "BlobWriteError".into(),
+                        kind: pb::FailureKind::Application as i32,
+                        ..Default::default()
+                    };
+                    if self.fail(task, failure, None).await {
+                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
+        };
         let completion = pb::TaskCompletion {
             workflow_id: task.workflow_id.clone(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
-            output: (!value.is_null()).then(|| crate::workflow::json_payload(&value)),
+            output,
             usage: Some(usage),
             state_patch: None,
         };

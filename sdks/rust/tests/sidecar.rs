@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use are_sdk::testing::Sidecar;
+use are_sdk::testing::{Sidecar, SidecarOptions};
 use are_sdk::{
     pb, CacheOptions, CancelReason, CancellationToken, Client, Code, GetOrCallError, ServingStatus,
     TaskBuilder, TaskError, Worker, WorkerOptions, WorkflowBuilder,
@@ -375,4 +375,114 @@ async fn cache_exact_tier_and_get_or_call() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test]
+async fn unix_socket_and_token() {
+    let sidecar = Sidecar::start_with(SidecarOptions {
+        uds: true,
+        token: Some("s3cret-token".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(sidecar.target.starts_with("unix:"), "{}", sidecar.target);
+    let client = sidecar.client().await.unwrap();
+    assert_eq!(client.health().await.unwrap(), ServingStatus::Serving);
+    let e = client.workflow("wf-missing").get().await.unwrap_err();
+    assert_eq!(e.code, Code::NotFound, "{e}");
+
+    let anonymous = Client::connect(&sidecar.target, Default::default())
+        .await
+        .unwrap();
+    let e = anonymous.workflow("wf-missing").get().await.unwrap_err();
+    assert_eq!(e.code, Code::Unauthenticated, "{e}");
+}
+
+#[tokio::test]
+async fn large_output_as_a_blob_and_the_event_stream() {
+    let (_sidecar, client) = start().await;
+    let big = "x".repeat(are_sdk::MAX_INLINE_BYTES + 1024);
+    let out = big.clone();
+    let worker = Worker::new(&client, "rust-blobber", fast()).handle("rust-blob", move |_task| {
+        let out = out.clone();
+        async move { Ok(json!(out)) }
+    });
+    let (running, _) = Running::spawn(worker);
+    let handle = client
+        .submit(WorkflowBuilder::new("rust-blob").task(TaskBuilder::new("big", "rust-blob")))
+        .await
+        .unwrap();
+    let result: String = handle.result(WAIT).await.unwrap();
+    assert!(
+        result == big,
+        "the result is {} bytes; want {}",
+        result.len(),
+        big.len()
+    );
+    let task = handle.task("big").await.unwrap();
+    assert!(matches!(
+        task.output.and_then(|p| p.content),
+        Some(pb::payload::Content::Blob(_))
+    ));
+    running.stop().await;
+
+    let filter = pb::EventFilter {
+        workflow_ids: vec![handle.id.clone()],
+        ..Default::default()
+    };
+    let mut events = client.stream_events(filter, Some(0)).await.unwrap();
+    let mut types = Vec::new();
+    loop {
+        match events
+            .next(WAIT)
+            .await
+            .unwrap()
+            .expect("the stream is open")
+        {
+            pb::stream_events_response::Message::Event(e) => types.push(e.event_type),
+            pb::stream_events_response::Message::CaughtUp(_) => break,
+            pb::stream_events_response::Message::Missed(m) => panic!("missed {m:?}"),
+        }
+    }
+    assert!(
+        types.contains(&(pb::EventType::WorkflowSubmitted as i32)),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&(pb::EventType::WorkflowCompleted as i32)),
+        "{types:?}"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_running_handler_finish() {
+    let (_sidecar, client) = start().await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let worker = Worker::new(&client, "rust-stopper", fast()).handle("rust-stop", move |task| {
+        let started = started_tx.clone();
+        let mut go = go_rx.clone();
+        async move {
+            started.send(()).await.ok();
+            let _ = timeout(WAIT, go.wait_for(|g| *g)).await;
+            assert!(task.cancel_reason().is_none());
+            Ok(json!("finished"))
+        }
+    });
+    let (running, stats) = Running::spawn(worker);
+    let handle = client
+        .submit(WorkflowBuilder::new("rust-stop").task(TaskBuilder::new("slow", "rust-stop")))
+        .await
+        .unwrap();
+    timeout(WAIT, started_rx.recv())
+        .await
+        .expect("the handler started");
+    running.stop.cancel(); // shutdown begins while the handler runs
+    go_tx.send(true).unwrap();
+    let Running { join, .. } = running;
+    timeout(WAIT, join).await.unwrap().unwrap().unwrap();
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 1);
+    let result: String = handle.result(WAIT).await.unwrap();
+    assert_eq!(result, "finished");
 }
