@@ -23,6 +23,7 @@ help:
 	@echo "make bench      run the benchmarks (ARGS='rpc --json out.json')"
 	@echo "make test-go    the Go SDK's tests (sdks/go), against a real sidecar"
 	@echo "make test-ts    the TypeScript SDK's tests (sdks/ts), against a real sidecar"
+	@echo "make test-rust  the Rust SDK's tests (sdks/rust), against a real sidecar"
 
 venv: $(STAMP)
 
@@ -117,6 +118,14 @@ gen-ts: $(STAMP)
 
 test-ts: $(STAMP)
 	bash sdks/ts/test.sh
+
+# The Rust SDK (sdks/rust): cargo fmt, clippy and its tests against a real
+# sidecar from the venv (sdks/rust/test.sh); its code is generated from proto/
+# at build time (build.rs, with a vendored protoc).
+.PHONY: test-rust
+
+test-rust: $(STAMP)
+	bash sdks/rust/test.sh
 
 test-go: $(STAMP) gen-go-check
 	cd $(GO_DIR) && unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(find . -name "*.go" -not -path "./.tools/*")) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }
