@@ -268,6 +268,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                     return
                 signal.clear()
                 await signal.wait()
+                if engine.draining:
+                    await abort(
+                        context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the sidecar is shutting down; watch again after its restart",
+                        reason="SHUTTING_DOWN",
+                    )
         finally:
             engine.unwatch(request.workflow_id, signal)
 
@@ -590,8 +597,9 @@ class SchedulerCapability(Capability):
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self._workers, server)
 
     async def drain(self) -> None:
-        """Tells connected workers the sidecar is stopping and ends their streams."""
+        """Tells connected workers the sidecar is stopping and ends their streams and long waits."""
         self._workers.drain()
+        self.engine.drain()
 
     async def stop(self) -> None:
         """Stops timers and waits for commits in flight; running attempts resume after restart."""

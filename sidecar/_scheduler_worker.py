@@ -488,6 +488,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         self, request: pb.PollTaskRequest, context: _Context
     ) -> pb.PollTaskResponse:
         """Long-polls for up to max_tasks assignments."""
+        if self._is_draining():
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
+            )
         try:
             _check_poll(request)
         except SpecError as error:

@@ -510,6 +510,9 @@ class Scheduler:
         self._pump_wanted = False
         self._pending_commits: set[asyncio.Future[None]] = set()
         self._stopped = False
+        self._polls: dict[asyncio.Future[list[Assignment]], WorkerHandle] = {}  # long polls waiting
+        self.draining = False
+        """Set by :meth:`drain`: the sidecar is stopping; long waits end early."""
         self._requests: dict[str, tuple[str, str]] = {}  # request ids not yet committed
         self._spawn_requests: dict[bytes, _SpawnReceipt] = {}  # spawn request ids not yet committed
         self._ids = random.Random()  # noqa: S311 - span ids need uniqueness, not secrecy
@@ -1671,6 +1674,7 @@ class Scheduler:
             lambda _: None,
             worker_id=f"{name}@poll-{secrets.token_hex(4)}",
         )
+        self._polls[got] = worker
         # Assignments are delivered after their commit; stop taking more at once.
         if worker.free < max_tasks:
             self.forget_poller(worker)
@@ -1684,9 +1688,26 @@ class Scheduler:
             handed = True
             return worker.worker_id, assignments
         finally:
+            self._polls.pop(got, None)
             self.forget_poller(worker)  # first: what is handed back must not come back to it
             if not handed and worker.held:
                 self._hand_back(worker)
+
+    def drain(self) -> None:
+        """The sidecar is stopping: long polls holding nothing return empty now, watchers wake.
+
+        A poll whose assignments are dispatched but not yet committed still
+        gets them (after their commit); watchers see :attr:`draining` and
+        end their streams, so a graceful stop does not wait out its grace
+        period for callers that are only waiting.
+        """
+        self.draining = True
+        for got, worker in list(self._polls.items()):
+            if not worker.held and not got.done():
+                got.set_result([])
+        for w in self._open.values():
+            for signal in w.watchers:
+                signal.set()
 
     def _hand_back(self, worker: WorkerHandle) -> None:
         """Queues again the attempts dispatched to a poll that ended before returning them.

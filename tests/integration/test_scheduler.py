@@ -25,6 +25,7 @@ from are_sdk import (
     InvalidArgumentError,
     NotFoundError,
     RpcError,
+    UnavailableError,
 )
 from are_sdk._proto.are.v1 import common_pb2 as c
 from are_sdk._proto.are.v1 import errors_pb2
@@ -840,3 +841,32 @@ async def test_a_negative_page_size_is_refused_naming_the_field(client: Client) 
     ):
         await expect_error(call, InvalidArgumentError, "INVALID_ARGUMENT", "page_size")
     await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+async def test_a_graceful_stop_ends_watches_and_long_polls_at_once() -> None:
+    """SIGTERM ends a WatchWorkflow stream with UNAVAILABLE SHUTTING_DOWN and answers a waiting
+    PollTask with no assignment, instead of leaving both to be cut at the end of the grace period
+    (60 s here; the process is waited on for at most 30 s, so it must not wait the grace out)."""
+    from are_sdk.testing import SidecarProcess
+
+    with SidecarProcess.start(args=["--shutdown-grace-s", "60"]) as process:
+        async with await Client.connect(process.target) as client:
+            workflow_id = await submit(client, task("waits", unique_capability("nobody")))
+            watch = client.raw.scheduler.WatchWorkflow(s.WatchWorkflowRequest(workflow_id=workflow_id))
+            first = await asyncio.wait_for(anext(aiter(watch)), 10)
+            assert first.workflow.workflow_id == workflow_id
+            rest = asyncio.ensure_future(anext(aiter(watch)))
+            poll = asyncio.ensure_future(
+                client.raw.worker.PollTask(
+                    w.PollTaskRequest(worker_name="idle", capabilities=[unique_capability("idle")]),
+                    timeout=55,
+                )
+            )
+            await asyncio.sleep(0.3)  # both are waiting in the sidecar
+            stopping = asyncio.ensure_future(asyncio.to_thread(process.stop))
+            with pytest.raises(UnavailableError) as ended:
+                await asyncio.wait_for(rest, 30)
+            assert ended.value.reason == "SHUTTING_DOWN"
+            answered = await asyncio.wait_for(poll, 30)
+            assert list(answered.assignments) == []
+            await asyncio.wait_for(stopping, 30)
