@@ -272,13 +272,10 @@ class VectorIndex:
         """
         query = self.query(vector)
         with self._native:
-            size = len(self._index)
-            if k > 0 and size and self._overlay is None and not self._hidden:
-                keys, distances, counts, *_ = self._index._compiled.search_many(  # noqa: SLF001 - see _search
-                    query, count=k, exact=size <= EXACT_SEARCH_BELOW, threads=1, dtype=ScalarKind.Unknown
-                )
+            if k > 0 and len(self._index) and self._overlay is None and not self._hidden:
+                keys, distances, counts = _compiled_search(self._index, query, k, exact=False, threads=1)
                 n = int(counts[0])
-                return keys[0, :n].copy(), 1.0 - distances[0, :n]
+                return keys[0, :n].astype(np.uint64), (1.0 - distances[0, :n]).astype(np.float32, copy=False)
         matches = self._search(query, k, exact=False, threads=1)[0] if k > 0 else []
         return (
             np.fromiter((m[0] for m in matches), dtype=np.uint64, count=len(matches)),
@@ -571,21 +568,28 @@ def _native_search(
     index: Index, queries: np.ndarray[Any, np.dtype[np.float32]], k: int, exact: bool, threads: int
 ) -> list[list[tuple[int, float]]]:
     """One native call of usearch's compiled search (lock held by the caller)."""
-    size = len(index)
-    if size == 0:
+    if len(index) == 0:
         return [[] for _ in range(queries.shape[0])]
-    keys, distances, counts, *_ = index._compiled.search_many(  # noqa: SLF001 - see VectorIndex._search
-        queries,
-        count=k,
-        exact=exact or size <= EXACT_SEARCH_BELOW,
-        threads=threads,
-        dtype=ScalarKind.Unknown,
-    )
+    keys, distances, counts = _compiled_search(index, queries, k, exact=exact, threads=threads)
     # Slots past a query's count hold no match (uninitialised memory).
     return [
         list(zip(keys[i, :n].tolist(), (1.0 - distances[i, :n].astype(np.float64)).tolist(), strict=True))
         for i, n in enumerate(counts.tolist())
     ]
+
+
+def _compiled_search(
+    index: Index, queries: np.ndarray[Any, np.dtype[np.float32]], k: int, *, exact: bool, threads: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """One compiled usearch search: keys, distances, counts per query (lock held, index not empty)."""
+    keys, distances, counts, *_ = index._compiled.search_many(  # noqa: SLF001 - see VectorIndex._search
+        queries,
+        count=k,
+        exact=exact or len(index) <= EXACT_SEARCH_BELOW,
+        threads=threads,
+        dtype=ScalarKind.Unknown,
+    )
+    return keys, distances, counts
 
 
 def _keys(keys: _Keys) -> np.ndarray[Any, np.dtype[np.uint64]]:
