@@ -311,12 +311,11 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
         if request.page_token:
             after = _decode_token(request.page_token)
             if not after:
-                await abort(
+                await _invalid(
                     context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
                     "`page_token` is not a token this RPC issued",
+                    "page_token",
                     reason="INVALID_PAGE_TOKEN",
-                    field_violations=[("page_token", "not a token this RPC issued")],
                 )
         page, last = self._engine.list_namespaces(after=after, limit=size)
         return cache_service_pb2.ListNamespacesResponse(
@@ -417,26 +416,27 @@ def _decode_token(token: str) -> str:
 
 
 async def _invalid(
-    context: _Context, message: str, field: str, *, reason: str = "INVALID_ARGUMENT"
+    context: _Context,
+    message: str,
+    field: str,
+    *,
+    reason: str = "INVALID_ARGUMENT",
+    metadata: dict[str, str] | None = None,
 ) -> NoReturn:
     await abort(
         context,
         grpc.StatusCode.INVALID_ARGUMENT,
         message,
         reason=reason,
+        metadata=metadata,
         field_violations=[(field, message)],
     )
 
 
 async def _limit(context: _Context, message: str, field: str, limit: int) -> NoReturn:
     """INVALID_ARGUMENT, reason LIMIT_EXCEEDED, with the bound in ErrorInfo metadata "limit"."""
-    await abort(
-        context,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        message,
-        reason="LIMIT_EXCEEDED",
-        metadata={"field": field, "limit": str(limit)},
-        field_violations=[(field, message)],
+    await _invalid(
+        context, message, field, reason="LIMIT_EXCEEDED", metadata={"field": field, "limit": str(limit)}
     )
 
 
