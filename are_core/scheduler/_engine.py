@@ -588,9 +588,9 @@ class Scheduler:
         for task in w.order:
             state = task.rec.state
             if state == "RUNNING":
-                task.rec.free_attempts += 1
-                self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id, name="sidecar restart")
-                self._set_state(task, "SCHEDULED", "re-dispatched after a sidecar restart")
+                self._requeue_uncharged(
+                    task, task.rec.worker_id, "sidecar restart", "re-dispatched after a sidecar restart"
+                )
                 ready.append(((0, task.rec.start_ns, len(ready)), task))
             elif state == "SCHEDULED":
                 ready.append(((1, task.rec.schedule_ns, len(ready)), task))
@@ -1722,13 +1722,23 @@ class Scheduler:
         now = self._clock()
         for task in list(worker.held.values()):
             self._release(task)
-            task.rec.free_attempts += 1
-            self._event(
-                "TASK_LEASE_EXPIRED", task, worker_id=worker.worker_id, name="poll ended before delivery"
+            self._requeue_uncharged(
+                task,
+                worker.worker_id,
+                "poll ended before delivery",
+                "re-dispatched: the poll it went to ended before returning it",
             )
-            self._set_state(task, "SCHEDULED", "re-dispatched: the poll it went to ended before returning it")
             self._enqueue(task, now)
         self._after_op()
+
+    def _requeue_uncharged(self, task: _Task, worker_id: str, event_name: str, reason: str) -> None:
+        """Makes a running attempt lost through no fault of its worker SCHEDULED again.
+
+        The attempt is not charged to the retry policy; the caller queues the task.
+        """
+        task.rec.free_attempts += 1
+        self._event("TASK_LEASE_EXPIRED", task, worker_id=worker_id, name=event_name)
+        self._set_state(task, "SCHEDULED", reason)
 
     # -------------------------------------------------------------------- timers
 
