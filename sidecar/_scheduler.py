@@ -76,7 +76,7 @@ from sidecar._scheduler_wiring import (
 )
 from sidecar._scheduler_worker import WorkerServicer
 from sidecar._state import abort_for_state_error
-from sidecar._status import abort
+from sidecar._status import abort, shutting_down
 from sidecar._trace import event_to_proto
 
 __all__ = ["SchedulerCapability", "SchedulerServicer"]
@@ -269,12 +269,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 signal.clear()
                 await signal.wait()
                 if engine.draining:
-                    await abort(
-                        context,
-                        grpc.StatusCode.UNAVAILABLE,
-                        "the sidecar is shutting down; watch again after its restart",
-                        reason="SHUTTING_DOWN",
-                    )
+                    await shutting_down(context, "watch again after its restart")
         finally:
             engine.unwatch(request.workflow_id, signal)
 
@@ -333,9 +328,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 if item.event_type in _CLOSING_EVENTS:
                     return
         except SubscriptionClosedError:
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
-            )
+            await shutting_down(context)
         except SchedulerError as error:  # deleted while watched
             await abort_for(context, error)
         finally:

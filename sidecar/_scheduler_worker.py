@@ -35,7 +35,7 @@ from sidecar._scheduler_convert import (
     usage_from_proto,
 )
 from sidecar._scheduler_wiring import StateWrite, Wiring, patch_from_proto
-from sidecar._status import abort
+from sidecar._status import abort, shutting_down
 
 __all__ = ["WorkerServicer"]
 
@@ -236,9 +236,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
     ) -> None:
         """The worker stream: register, then assignments, acks and cancellations."""
         if self._is_draining():
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
-            )
+            await shutting_down(context)
         try:
             first = await asyncio.wait_for(context.read(), REGISTER_TIMEOUT_S)
         except TimeoutError:
@@ -312,9 +310,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 context, grpc.StatusCode.FAILED_PRECONDITION, violation, reason="STREAM_PROTOCOL_VIOLATION"
             )
         if self._is_draining():
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
-            )
+            await shutting_down(context)
 
     async def _read(  # noqa: C901 - one branch per message kind
         self, context: _Context, stream: _Stream, handle: Any
@@ -489,9 +485,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
     ) -> pb.PollTaskResponse:
         """Long-polls for up to max_tasks assignments."""
         if self._is_draining():
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down", reason="SHUTTING_DOWN"
-            )
+            await shutting_down(context)
         try:
             _check_poll(request)
         except SpecError as error:

@@ -17,7 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "abort", "refusing_handler", "status_trailers"]
+__all__ = ["DOMAIN", "abort", "refusing_handler", "shutting_down", "status_trailers"]
 
 DOMAIN = "are.v1"
 
@@ -78,6 +78,12 @@ async def abort(
     )
     await context.abort(code, message, trailing_metadata=trailers)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+async def shutting_down(context: grpc.aio.ServicerContext[object, object], then: str = "") -> NoReturn:
+    """Ends the call with UNAVAILABLE, reason SHUTTING_DOWN; ``then`` says what to do after the restart."""
+    message = "the sidecar is shutting down" + (f"; {then}" if then else "")
+    await abort(context, grpc.StatusCode.UNAVAILABLE, message, reason="SHUTTING_DOWN")
 
 
 def _code_number(code: grpc.StatusCode) -> int:

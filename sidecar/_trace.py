@@ -58,7 +58,7 @@ from are_sdk._proto.are.v1 import (
     workflow_pb2,
 )
 from sidecar._capability import Capability, Runtime
-from sidecar._status import abort
+from sidecar._status import abort, shutting_down
 
 __all__ = ["TEST_HOOK_ENV", "TEST_HOOK_METHOD", "TraceCapability", "TraceServicer", "event_to_proto"]
 
@@ -256,12 +256,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                 try:
                     item = await subscription.next()
                 except SubscriptionClosedError:
-                    await abort(
-                        context,
-                        grpc.StatusCode.UNAVAILABLE,
-                        "the sidecar is shutting down; resume from the last sequence received",
-                        reason="SHUTTING_DOWN",
-                    )
+                    await shutting_down(context, "resume from the last sequence received")
                 yield self._stream_message(item)
         finally:
             subscription.close()
