@@ -192,3 +192,13 @@ async def test_a_failing_listener_does_not_fail_the_producer(make_harness: MakeH
     harness.recorder.add_listener(Broken())
     (event,) = await harness.emit(draft())
     assert event.sequence == 1
+
+
+async def test_pruning_with_nothing_due_reads_only_the_oldest_event(make_harness: MakeHarness) -> None:
+    harness = make_harness(retention_count=100, retention_age_s=60.0, prune_batch=10)
+    await harness.emit_many(30, lambda _: draft())
+    assert await harness.recorder.prune_once() == 0  # under both bounds: nothing changes
+    assert len(harness.recorder.list_events(EventFilter(), limit=1000).events) == 30
+    harness.clock.now_ns += 61 * 1_000_000_000  # the count is still under its bound; the age is not
+    assert await harness.recorder.prune_once() == 10
+    assert harness.recorder.pruned_through == 10
