@@ -526,27 +526,31 @@ def _gptcache_lookups(kind: str, entries: int) -> tuple[list[str], dict[str, np.
 # -- clients (in the client process) -------------------------------------
 
 
+def lookup_requests(kind: str, entries: int) -> list[Any]:
+    """The timed LookupCache requests of ``kind`` (exact, semantic or miss)."""
+    from are_sdk._proto.are.v1 import cache_service_pb2, common_pb2  # noqa: PLC0415
+
+    if kind == "exact":
+        return [
+            cache_service_pb2.LookupCacheRequest(namespace=NAMESPACE, prompt=_prompt(int(i)))
+            for i in _sample(entries)
+        ]
+    queries = _semantic_queries(entries)[1] if kind == "semantic" else _miss_queries()
+    return [
+        cache_service_pb2.LookupCacheRequest(namespace=NAMESPACE, vector=common_pb2.Vector(values=q.tolist()))
+        for q in queries
+    ]
+
+
 @contextlib.asynccontextmanager
 async def _lookup_client(target: str | None, *, kind: str, entries: int) -> AsyncIterator[Operation]:
     import grpc.aio  # noqa: PLC0415
 
-    from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2  # noqa: PLC0415
+    from are_sdk._proto.are.v1 import cache_service_pb2_grpc  # noqa: PLC0415
 
     if target is None:
         raise ValueError("the lookup client needs a sidecar target")
-    if kind == "exact":
-        requests = [
-            cache_service_pb2.LookupCacheRequest(namespace=NAMESPACE, prompt=_prompt(int(i)))
-            for i in _sample(entries)
-        ]
-    else:
-        queries = _semantic_queries(entries)[1] if kind == "semantic" else _miss_queries()
-        requests = [
-            cache_service_pb2.LookupCacheRequest(
-                namespace=NAMESPACE, vector=common_pb2.Vector(values=q.tolist())
-            )
-            for q in queries
-        ]
+    requests = lookup_requests(kind, entries)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = cache_service_pb2_grpc.CacheServiceStub(channel)
         await channel.channel_ready()

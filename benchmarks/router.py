@@ -138,25 +138,30 @@ def sidecar_server() -> Iterator[str]:
         yield sidecar.target
 
 
-@contextlib.asynccontextmanager
-async def sidecar_client(target: str | None) -> AsyncIterator[Operation]:
-    """One RouteTask (vector, cost-biased, top 5) per operation, cycling over the task vectors."""
-    from are_sdk import Client  # noqa: PLC0415 - an optional dependency
+def route_requests() -> list[Any]:
+    """The timed RouteTask requests: one per task vector, cost-biased, top 5."""
     from are_sdk._proto.are.v1 import common_pb2, router_service_pb2  # noqa: PLC0415
 
-    if target is None:
-        msg = "the RouteTask client needs a sidecar target"
-        raise ValueError(msg)
-    data = capability_set()
-    requests = [
+    return [
         router_service_pb2.RouteTaskRequest(
             vector=common_pb2.Vector(values=vector.tolist()),
             top_k=TOP_K,
             mode=router_service_pb2.ROUTE_MODE_COST_BIASED,
             threshold=THRESHOLD,
         )
-        for vector in data.query_vectors
+        for vector in capability_set().query_vectors
     ]
+
+
+@contextlib.asynccontextmanager
+async def sidecar_client(target: str | None) -> AsyncIterator[Operation]:
+    """One RouteTask (vector, cost-biased, top 5) per operation, cycling over the task vectors."""
+    from are_sdk import Client  # noqa: PLC0415 - an optional dependency
+
+    if target is None:
+        msg = "the RouteTask client needs a sidecar target"
+        raise ValueError(msg)
+    requests = route_requests()
     cycle = itertools.cycle(requests)
     async with await Client.connect(target) as client:
         route = client.raw.router.RouteTask

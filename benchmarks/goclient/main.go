@@ -1,0 +1,171 @@
+// Command goclient replays recorded gRPC requests against a server from a
+// compiled client, alternating each one with the echo baseline, and prints
+// the latencies of both as JSON. It knows no message types: requests are
+// serialised protobuf bytes prepared by `python -m benchmarks.goclient`, and
+// responses are only checked for an OK status.
+//
+// Input file: a sequence of records, each a 4-byte little-endian length and
+// that many bytes.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+)
+
+// rawCodec passes bytes through: requests are already serialised.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) {
+	b, ok := v.(*[]byte)
+	if !ok {
+		return nil, fmt.Errorf("rawCodec: %T is not *[]byte", v)
+	}
+	return *b, nil
+}
+
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	b, ok := v.(*[]byte)
+	if !ok {
+		return fmt.Errorf("rawCodec: %T is not *[]byte", v)
+	}
+	*b = append((*b)[:0], data...)
+	return nil
+}
+
+func (rawCodec) Name() string { return "raw" }
+
+// endpoint is one side of the pair: a connection, a method and its requests.
+type endpoint struct {
+	conn     *grpc.ClientConn
+	method   string
+	requests [][]byte
+	next     int
+}
+
+func (e *endpoint) call(ctx context.Context, out *[]byte) (time.Duration, error) {
+	request := e.requests[e.next]
+	e.next = (e.next + 1) % len(e.requests)
+	began := time.Now()
+	err := e.conn.Invoke(ctx, e.method, &request, out, grpc.ForceCodec(rawCodec{}))
+	return time.Since(began), err
+}
+
+func readRequests(path string) ([][]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out [][]byte
+	var size [4]byte
+	for {
+		if _, err := io.ReadFull(f, size[:]); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, err
+		}
+		record := make([]byte, binary.LittleEndian.Uint32(size[:]))
+		if _, err := io.ReadFull(f, record); err != nil {
+			return nil, err
+		}
+		out = append(out, record)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no request", path)
+	}
+	return out, nil
+}
+
+func open(target, method, path string) (*endpoint, error) {
+	requests, err := readRequests(path)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return &endpoint{conn: conn, method: method, requests: requests}, nil
+}
+
+type report struct {
+	BaselineNs  []int64 `json:"baseline_ns"`
+	ContenderNs []int64 `json:"contender_ns"`
+	StoppedBy   string  `json:"stopped_by"`
+}
+
+func main() {
+	baseTarget := flag.String("baseline-target", "", "the echo server")
+	baseMethod := flag.String("baseline-method", "/are.bench.v1.EchoService/Echo", "")
+	baseFile := flag.String("baseline-requests", "", "the baseline's request file")
+	target := flag.String("target", "", "the contender's server")
+	method := flag.String("method", "", "the contender's full method name")
+	file := flag.String("requests", "", "the contender's request file")
+	count := flag.Int("n", 5000, "timed pairs")
+	warmup := flag.Int("warmup", 500, "untimed pairs first")
+	maxSeconds := flag.Float64("max-seconds", 30, "time bound of the warmup and of the timed loop, each")
+	flag.Parse()
+
+	base, err := open(*baseTarget, *baseMethod, *baseFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goclient: baseline:", err)
+		os.Exit(2)
+	}
+	contender, err := open(*target, *method, *file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goclient: contender:", err)
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	var out []byte
+	loop := func(n int, keep bool) (report, error) {
+		r := report{StoppedBy: "count"}
+		deadline := time.Now().Add(time.Duration(*maxSeconds * float64(time.Second)))
+		for i := 0; i < n; i++ {
+			if time.Now().After(deadline) {
+				r.StoppedBy = "time"
+				break
+			}
+			b, err := base.call(ctx, &out)
+			if err != nil {
+				return r, fmt.Errorf("baseline: %w", err)
+			}
+			c, err := contender.call(ctx, &out)
+			if err != nil {
+				return r, fmt.Errorf("%s: %w", *method, err)
+			}
+			if keep {
+				r.BaselineNs = append(r.BaselineNs, b.Nanoseconds())
+				r.ContenderNs = append(r.ContenderNs, c.Nanoseconds())
+			}
+		}
+		return r, nil
+	}
+	if _, err := loop(*warmup, false); err != nil {
+		fmt.Fprintln(os.Stderr, "goclient: warmup:", err)
+		os.Exit(1)
+	}
+	r, err := loop(*count, true)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "goclient:", err)
+		os.Exit(1)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(r); err != nil {
+		fmt.Fprintln(os.Stderr, "goclient:", err)
+		os.Exit(1)
+	}
+}
+
+func init() { encoding.RegisterCodec(rawCodec{}) }

@@ -1,0 +1,50 @@
+"""The compiled replay client of ``benchmarks.go_client``, end to end against the echo server.
+
+Skipped where no Go toolchain is installed (the benchmark itself then
+reports itself skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+import pytest
+
+from benchmarks import go_client
+from benchmarks._echo import ECHO_METHOD, echo_server
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_go_client_replays_recorded_requests_paired_with_the_echo(tmp_path: Path) -> None:
+    go = go_client._go()  # noqa: SLF001
+    if go is None:
+        pytest.skip("no Go toolchain")
+    binary = go_client._build(go)  # noqa: SLF001
+    settings = argparse.Namespace(requests=25, warmup=5, max_seconds=20.0)
+    with echo_server() as echo:
+        base, own, stopped = go_client._replay(  # noqa: SLF001
+            binary,
+            tmp_path,
+            echo=echo,
+            target=echo,
+            method=ECHO_METHOD,
+            requests=[b"first", b"", bytes(range(256)) * 64],  # an empty and a 16 KiB record too
+            settings=settings,
+        )
+        assert (len(base), len(own), stopped) == (25, 25, "count")
+        assert all(ns > 0 for ns in base + own)
+
+        # A failing call fails the run, naming the method (no silent latencies).
+        with pytest.raises(RuntimeError, match="NoSuchMethod"):
+            go_client._replay(  # noqa: SLF001
+                binary,
+                tmp_path,
+                echo=echo,
+                target=echo,
+                method="/are.bench.v1.EchoService/NoSuchMethod",
+                requests=[b"x"],
+                settings=settings,
+            )
