@@ -180,8 +180,10 @@ class _KeyRows:
 
     Card keys count up from 1 and worker keys from ``_WORKER_KEYS``, so two
     dense arrays (grown by doubling, -1 where no row) map them without a
-    Python-level lookup per hit. Keys are never reused within a run, so the
-    arrays grow with the keys handed out since the start, 8 bytes each.
+    Python-level lookup per hit. The router reuses the keys of dropped
+    cards, so the arrays are as long as the most cards and worker cards
+    held at once (plus the keys stored before the start), 8 bytes a key,
+    however many workers connect and leave.
     """
 
     def __init__(self) -> None:
@@ -269,6 +271,10 @@ class Router:
         self._workers: dict[str, _Worker] = {}
         self._next_key = 1
         self._next_worker_key = _WORKER_KEYS
+        # Keys of dropped cards, handed out again (their index entry,
+        # row and capability sets are gone with them).
+        self._free_keys: list[int] = []
+        self._free_worker_keys: list[int] = []
         self._index: VectorIndexLike = index_factory(dimension)
         # Every card vector at full precision, one row per card (rows are
         # reused): exact similarities for the index's candidates.
@@ -1236,11 +1242,15 @@ class Router:
         return vector if vector.shape[0] == self.dimension else None
 
     def _allocate_key(self) -> int:
+        if self._free_keys:
+            return self._free_keys.pop()
         key = self._next_key
         self._next_key += 1
         return key
 
     def _allocate_worker_key(self) -> int:
+        if self._free_worker_keys:
+            return self._free_worker_keys.pop()
         key = self._next_worker_key
         self._next_worker_key += 1
         return key
@@ -1261,6 +1271,7 @@ class Router:
         del self._by_key[agent.key]
         position = bisect.bisect_left(self._sorted_ids, agent.agent_id)
         del self._sorted_ids[position]
+        (self._free_worker_keys if agent.key >= _WORKER_KEYS else self._free_keys).append(agent.key)
 
     def _set_vector(self, agent: _Agent, vector: Vector | None) -> None:
         self._unindex_capabilities(agent)

@@ -260,3 +260,28 @@ async def test_one_search_mixes_registered_and_worker_cards(router: Router) -> N
     router.remove_worker("w1")
     result = router.rank(RouteQuery(text="write summary", top_k=5, threshold=0.1))
     assert [c.agent_id for c in result.candidates] == ["summarizer"]
+
+
+async def test_keys_of_dropped_cards_are_reused_so_churn_stays_bounded(router: Router) -> None:
+    """Workers connecting and leaving (and cards registered and removed) reuse index keys:
+    the key-to-row map stays as large as the most cards held at once, and every
+    reused key routes to its new card, never to the one that held it before."""
+    await router.register_agent(
+        AgentSpec(agent_id="steady", description="translate french", capabilities=("fr",))
+    )
+    for round_ in range(300):
+        router.update_worker(
+            f"w{round_}", name=f"writer-{round_}", capabilities=("write", "summary"), running=0
+        )
+        await router.register_agent(AgentSpec(agent_id=f"card-{round_}", description="review code"))
+        top = router.rank(RouteQuery(text="write summary", top_k=1, threshold=0.1)).candidates[0]
+        assert top.agent_id == f"writer-{round_}"
+        top = router.rank(RouteQuery(text="review code", top_k=1, threshold=0.1)).candidates[0]
+        assert top.agent_id == f"card-{round_}"
+        router.remove_worker(f"w{round_}")
+        await router.deregister_agent(f"card-{round_}")
+    assert router._key_rows._workers.shape[0] == 64
+    assert router._key_rows._cards.shape[0] == 64
+    assert [
+        c.agent_id for c in router.rank(RouteQuery(text="translate french", threshold=0.1)).candidates
+    ] == ["steady"]
