@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 
 
 def test_go_client_replays_recorded_requests_paired_with_the_echo(tmp_path: Path) -> None:
-    go = go_client._go()  # noqa: SLF001
+    go = go_client._go()
     if go is None:
         pytest.skip("no Go toolchain")
-    binary = go_client._build(go)  # noqa: SLF001
+    binary = go_client._build(go)
     settings = argparse.Namespace(requests=25, warmup=5, max_seconds=20.0)
     with echo_server() as echo:
-        base, own, stopped = go_client._replay(  # noqa: SLF001
+        base, own, stopped = go_client._replay(
             binary,
             tmp_path,
             echo=echo,
@@ -39,7 +39,7 @@ def test_go_client_replays_recorded_requests_paired_with_the_echo(tmp_path: Path
 
         # A failing call fails the run, naming the method (no silent latencies).
         with pytest.raises(RuntimeError, match="NoSuchMethod"):
-            go_client._replay(  # noqa: SLF001
+            go_client._replay(
                 binary,
                 tmp_path,
                 echo=echo,
