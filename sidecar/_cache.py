@@ -119,6 +119,7 @@ class CacheCapability(Capability):
             models=models,
             coalesce=runtime.config.cache_search == "coalesced",
             blobs=state.blobs if state is not None else None,
+            hot_bytes=runtime.config.cache_hot_bytes,
         )
 
     async def start(self) -> None:

@@ -70,6 +70,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     router_mode: str = "cost_biased"
     cache_models: str = ""
     cache_search: str = "inline"
+    cache_hot_bytes: int = 64 * 1024 * 1024
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "token"}
@@ -371,6 +372,14 @@ OPTIONS: tuple[Option, ...] = (
         _choice("inline", "coalesced"),
         "MODE",
     ),
+    Option(
+        "cache_hot_bytes",
+        64 * 1024 * 1024,
+        "Memory for the bodies of recently answered cache entries, so that repeated hits skip the "
+        "LMDB read (least recently used dropped first); 0 reads every hit from LMDB.",
+        _bounded_int(0, 1 << 40),
+        "BYTES",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -455,6 +464,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         router_mode=values["router_mode"],
         cache_models=values["cache_models"],
         cache_search=values["cache_search"],
+        cache_hot_bytes=values["cache_hot_bytes"],
     )
 
 

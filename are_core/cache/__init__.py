@@ -35,6 +35,7 @@ from ._errors import (
     NamespaceLimitError,
     NamespaceNotFoundError,
 )
+from ._hot import DEFAULT_HOT_BYTES
 from ._model import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRIES,
@@ -52,6 +53,7 @@ from ._normalise import normalise_prompt, prompt_hash
 
 __all__ = [
     "CACHE_TABLES",
+    "DEFAULT_HOT_BYTES",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_THRESHOLD",

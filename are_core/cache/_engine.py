@@ -30,6 +30,7 @@ from ._errors import (
     NamespaceLimitError,
     NamespaceNotFoundError,
 )
+from ._hot import DEFAULT_HOT_BYTES, HotBodies
 from ._model import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRIES,
@@ -244,6 +245,9 @@ class CacheEngine:
         flush_interval: Seconds between flushes of counters and lookup events.
         blobs: The blob store responses stored as blob references are checked
             against and referenced in; None refuses them (BlobNotFoundError).
+        hot_bytes: Memory for the bodies of recently answered entries (see
+            :class:`~are_core.cache._hot.HotBodies`); 0 reads every hit's body
+            from LMDB.
         clock: Nanoseconds since the epoch (tests may pass their own).
     """
 
@@ -259,8 +263,10 @@ class CacheEngine:
         flush_interval: float = 1.0,
         clock: Callable[[], int] = time.time_ns,
         blobs: BlobReferences | None = None,
+        hot_bytes: int = DEFAULT_HOT_BYTES,
     ) -> None:
         self._storage = storage
+        self._hot = HotBodies(hot_bytes)
         self._committer = committer
         self._index_dir = index_dir
         self._events = events
@@ -506,10 +512,15 @@ class CacheEngine:
         return LookupResult(hit=None, best_similarity=max(best, 0.0))
 
     def _exact(self, state: _State, prompt: str, now: int, oldest: int | None) -> CacheHit | None:
-        entry_id = state.exact.get(prompt_hash(prompt))
-        if entry_id is None:
-            return None
-        head = state.heads[entry_id]
+        digest = prompt_hash(prompt)
+        # An entry that answered this prompt lately, if still live; else the table.
+        entry_id = self._hot.entry_for(state.namespace.name, digest)
+        head = state.heads.get(entry_id) if entry_id is not None else None
+        if head is None:
+            entry_id = state.exact.get(digest)
+            if entry_id is None:
+                return None
+            head = state.heads[entry_id]
         if not _alive(head, now, oldest):
             return None
         return self._answer(state, head, "EXACT", 1.0, now)
@@ -560,10 +571,13 @@ class CacheEngine:
     def _answer(
         self, state: _State, head: EntryHead, tier: str, similarity: float, now: int
     ) -> CacheHit | None:
-        raw = self._storage.get(BODIES, u64_key(head.entry_id))
-        if raw is None:  # removed under us; never answer
-            return None
-        body = _body_codec.decode(raw)
+        body = self._hot.get(head.entry_id)
+        if body is None:
+            raw = self._storage.get(BODIES, u64_key(head.entry_id))
+            if raw is None:  # removed under us; never answer
+                return None
+            body = _body_codec.decode(raw)
+            self._hot.put(head.entry_id, body, state.namespace.name, head.prompt_hash)
         state.lru.move_to_end(head.entry_id)
         head.last_access_ns = now
         state.touched.add(head.entry_id)
@@ -1063,6 +1077,7 @@ class CacheEngine:
         head = state.forget(entry_id)
         if head is None:
             return None
+        self._hot.forget(entry_id)
         batch.delete(HEADS, join_key(state.namespace.name, entry_id))
         if self._blobs is not None and state.namespace.blob_entries:
             digest = self._entry_blobs.pop(entry_id, None) or self._stored_blob(entry_id)
@@ -1183,6 +1198,7 @@ class CacheEngine:
             return
         # Memory ran ahead of a commit that failed: reload from the truth.
         self._failures += 1
+        self._hot.clear()
         for target in targets:
             if self._states.get(target.namespace.name) is target:
                 with contextlib.suppress(Exception):
