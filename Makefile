@@ -24,6 +24,7 @@ help:
 	@echo "make test-go    the Go SDK's tests (sdks/go), against a real sidecar"
 	@echo "make test-ts    the TypeScript SDK's tests (sdks/ts), against a real sidecar"
 	@echo "make test-rust  the Rust SDK's tests (sdks/rust), against a real sidecar"
+	@echo "make test-java  the Java SDK's tests (sdks/java), against a real sidecar"
 
 venv: $(STAMP)
 
@@ -126,6 +127,14 @@ test-ts: $(STAMP)
 
 test-rust: $(STAMP)
 	bash sdks/rust/test.sh
+
+# The Java SDK (sdks/java): the are.v1 stubs generated from proto/ at build
+# time (protoc from Maven Central), javac -Werror, and its JUnit tests against a
+# real sidecar from the venv (sdks/java/test.sh).
+.PHONY: test-java
+
+test-java: $(STAMP)
+	bash sdks/java/test.sh
 
 test-go: $(STAMP) gen-go-check
 	cd $(GO_DIR) && unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(find . -name "*.go" -not -path "./.tools/*")) && test -z "$$unformatted" || { echo "gofmt needed: $$unformatted"; exit 1; }

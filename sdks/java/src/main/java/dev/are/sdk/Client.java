@@ -1,0 +1,398 @@
+package dev.are.sdk;
+
+import com.google.protobuf.ByteString;
+import dev.are.sdk.v1.BlobHeader;
+import dev.are.sdk.v1.BlobRef;
+import dev.are.sdk.v1.CacheServiceGrpc;
+import dev.are.sdk.v1.EventFilter;
+import dev.are.sdk.v1.GetBlobRequest;
+import dev.are.sdk.v1.GetBlobResponse;
+import dev.are.sdk.v1.Payload;
+import dev.are.sdk.v1.PutBlobRequest;
+import dev.are.sdk.v1.PutBlobResponse;
+import dev.are.sdk.v1.RouterServiceGrpc;
+import dev.are.sdk.v1.SchedulerServiceGrpc;
+import dev.are.sdk.v1.StateServiceGrpc;
+import dev.are.sdk.v1.SubmitWorkflowRequest;
+import dev.are.sdk.v1.SubmitWorkflowResponse;
+import dev.are.sdk.v1.TraceServiceGrpc;
+import dev.are.sdk.v1.WorkerServiceGrpc;
+import dev.are.sdk.v1.WorkflowSpec;
+import io.grpc.Channel;
+import io.grpc.ChannelCredentials;
+import io.grpc.ClientInterceptors;
+import io.grpc.ConnectivityState;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
+import io.grpc.Metadata;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.TlsChannelCredentials;
+import io.grpc.health.v1.HealthCheckRequest;
+import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
+import io.grpc.health.v1.HealthGrpc;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.grpc.netty.shaded.io.netty.channel.ChannelOption;
+import io.grpc.stub.MetadataUtils;
+import io.grpc.stub.StreamObserver;
+import java.io.IOException;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.function.Supplier;
+
+/**
+ * A connection to one ARE sidecar, safe to share between threads; close it when done.
+ *
+ * <pre>{@code
+ * try (Client client = Client.connect("127.0.0.1:50051", Options.defaults())) {
+ *   WorkflowHandle handle = client.submit(new WorkflowBuilder("pipeline")
+ *       .task(new TaskBuilder("write", "write").input(Map.of("topic", "caches"))));
+ *   JsonNode result = handle.result(Duration.ofSeconds(60));
+ * }
+ * }</pre>
+ */
+public final class Client implements AutoCloseable {
+  /** Largest payload sent inline; larger ones travel as blobs (4 MiB). */
+  public static final int MAX_INLINE_BYTES = 4 * 1024 * 1024;
+
+  private static final int BLOB_CHUNK_BYTES = 1024 * 1024;
+  private static final Metadata.Key<String> AUTHORIZATION =
+      Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+
+  /** The generated blocking stubs of every service, sharing the client's connection. */
+  public record Raw(
+      Channel channel,
+      SchedulerServiceGrpc.SchedulerServiceBlockingStub scheduler,
+      WorkerServiceGrpc.WorkerServiceBlockingStub worker,
+      StateServiceGrpc.StateServiceBlockingStub state,
+      CacheServiceGrpc.CacheServiceBlockingStub cache,
+      RouterServiceGrpc.RouterServiceBlockingStub router,
+      TraceServiceGrpc.TraceServiceBlockingStub trace,
+      HealthGrpc.HealthBlockingStub health) {}
+
+  private final String target;
+  private final ManagedChannel managed;
+  private final Raw raw;
+  private final Duration callTimeout;
+  private final int maxMessageBytes;
+
+  private Client(String target, ManagedChannel managed, Channel channel, Options options) {
+    this.target = target;
+    this.managed = managed;
+    this.callTimeout = options.callTimeout();
+    this.maxMessageBytes = options.maxMessageBytes();
+    int n = maxMessageBytes;
+    this.raw =
+        new Raw(
+            channel,
+            SchedulerServiceGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n),
+            WorkerServiceGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n),
+            StateServiceGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n),
+            CacheServiceGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n),
+            RouterServiceGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n),
+            TraceServiceGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n),
+            HealthGrpc.newBlockingStub(channel).withMaxInboundMessageSize(n));
+  }
+
+  /** Connects to {@code target} with the default options. */
+  public static Client connect(String target) {
+    return connect(target, Options.defaults());
+  }
+
+  /**
+   * Connects to {@code target}, {@code host:port} or {@code unix:/path}, within the options'
+   * connect timeout; an unreachable sidecar is UNAVAILABLE.
+   */
+  public static Client connect(String target, Options options) {
+    Metadata headers = new Metadata();
+    if (options.token() != null) {
+      if (!options.token().chars().allMatch(c -> c >= 0x20 && c < 0x7f)) {
+        throw AreException.local(
+            Status.Code.INVALID_ARGUMENT, "BAD_TOKEN", "the token is not printable ASCII");
+      }
+      headers.put(AUTHORIZATION, "Bearer " + options.token());
+    }
+    ManagedChannel managed;
+    try {
+      ManagedChannelBuilder<?> builder =
+          Grpc.newChannelBuilder(target, credentials(options))
+              .maxInboundMessageSize(options.maxMessageBytes());
+      if (target.startsWith("unix:") && builder instanceof NettyChannelBuilder netty) {
+        // TCP keepalive means nothing on a Unix socket; netty would warn of it on each connect.
+        netty.withOption(ChannelOption.SO_KEEPALIVE, null);
+      }
+      managed = builder.build();
+    } catch (IllegalArgumentException | IOException e) {
+      throw AreException.local(
+          Status.Code.INVALID_ARGUMENT, "BAD_TARGET", "bad target \"" + target + "\": " + e, e);
+    }
+    try {
+      awaitReady(managed, target, options.connectTimeout());
+    } catch (RuntimeException e) {
+      managed.shutdownNow();
+      throw e;
+    }
+    Channel channel =
+        ClientInterceptors.intercept(managed, MetadataUtils.newAttachHeadersInterceptor(headers));
+    return new Client(target, managed, channel, options);
+  }
+
+  private static ChannelCredentials credentials(Options options) throws IOException {
+    if (options.credentials() != null) {
+      return options.credentials();
+    }
+    if (options.tlsTrustedCertificates() != null) {
+      return TlsChannelCredentials.newBuilder()
+          .trustManager(options.tlsTrustedCertificates().toFile())
+          .build();
+    }
+    return options.tls() ? TlsChannelCredentials.create() : InsecureChannelCredentials.create();
+  }
+
+  /** Waits until the channel is READY; a failed attempt or the timeout is UNAVAILABLE. */
+  private static void awaitReady(ManagedChannel channel, String target, Duration timeout) {
+    long deadline = System.nanoTime() + timeout.toNanos();
+    ConnectivityState state = channel.getState(true);
+    while (state != ConnectivityState.READY) {
+      if (state == ConnectivityState.TRANSIENT_FAILURE || state == ConnectivityState.SHUTDOWN) {
+        throw AreException.local(
+            Status.Code.UNAVAILABLE,
+            "UNAVAILABLE",
+            "no ARE sidecar answered at \"" + target + "\" (" + state + ")");
+      }
+      long left = deadline - System.nanoTime();
+      if (left <= 0) {
+        throw AreException.local(
+            Status.Code.UNAVAILABLE,
+            "UNAVAILABLE",
+            "no ARE sidecar answered at \"" + target + "\" within " + timeout);
+      }
+      CountDownLatch changed = new CountDownLatch(1);
+      channel.notifyWhenStateChanged(state, changed::countDown);
+      try {
+        changed.await(left, TimeUnit.NANOSECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        throw AreException.local(Status.Code.CANCELLED, "INTERRUPTED", "connect interrupted", e);
+      }
+      state = channel.getState(false);
+    }
+  }
+
+  /** The target this client connected to. */
+  public String target() {
+    return target;
+  }
+
+  /**
+   * The generated stubs and the channel (which sends the token), for everything the facade does
+   * not cover; set a deadline on each call ({@code withDeadlineAfter}).
+   */
+  public Raw raw() {
+    return raw;
+  }
+
+  /** Bound of each unary call of the facade. */
+  public Duration callTimeout() {
+    return callTimeout;
+  }
+
+  /** Largest message received. */
+  int maxMessageBytes() {
+    return maxMessageBytes;
+  }
+
+  /** The sidecar's overall health ({@code SERVING} once it accepts work). */
+  public ServingStatus health() {
+    return call(
+            "Health.Check",
+            () ->
+                deadline(raw.health())
+                    .check(HealthCheckRequest.newBuilder().setService("").build()))
+        .getStatus();
+  }
+
+  /** Submits a workflow and returns a handle at once, without waiting. */
+  public WorkflowHandle submit(WorkflowBuilder spec) {
+    return submit(spec.build());
+  }
+
+  /** Submits a workflow spec and returns a handle at once, without waiting. */
+  public WorkflowHandle submit(WorkflowSpec spec) {
+    return submit(SubmitWorkflowRequest.newBuilder().setSpec(spec).build());
+  }
+
+  /** Submits with every field of the request (a {@code request_id} for idempotency). */
+  public WorkflowHandle submit(SubmitWorkflowRequest request) {
+    SubmitWorkflowResponse resp =
+        call("SubmitWorkflow", () -> deadline(raw.scheduler()).submitWorkflow(request));
+    return new WorkflowHandle(this, resp.getWorkflowId(), resp.getDeduplicated());
+  }
+
+  /** A handle on an existing workflow; makes no call. */
+  public WorkflowHandle workflow(String workflowId) {
+    return new WorkflowHandle(this, workflowId, false);
+  }
+
+  /** The cache service. */
+  public Cache cache() {
+    return new Cache(this);
+  }
+
+  /**
+   * Opens an event stream: events matching {@code filter}, replayed from {@code afterSequence} (0:
+   * the oldest retained) then live; null: live only. Close it when done.
+   */
+  public EventStream streamEvents(EventFilter filter, Long afterSequence) {
+    return new EventStream(this, filter, afterSequence);
+  }
+
+  /** Reads a payload's bytes, fetching a blob reference from the blob store. */
+  public byte[] payloadBytes(Payload payload) {
+    if (payload == null) {
+      return new byte[0];
+    }
+    return switch (payload.getContentCase()) {
+      case DATA -> payload.getData().toByteArray();
+      case BLOB -> getBlob(payload.getBlob().getSha256());
+      default -> new byte[0];
+    };
+  }
+
+  /** Reads a whole blob (GetBlob stream), bounded by the call timeout. */
+  public byte[] getBlob(String sha256) {
+    return call(
+        "GetBlob",
+        () -> {
+          List<ByteString> chunks = new ArrayList<>();
+          Iterator<GetBlobResponse> it =
+              deadline(raw.state()).getBlob(GetBlobRequest.newBuilder().setSha256(sha256).build());
+          while (it.hasNext()) {
+            chunks.add(it.next().getChunk());
+          }
+          return ByteString.copyFrom(chunks).toByteArray();
+        });
+  }
+
+  /**
+   * Stores a blob (PutBlob stream, 1 MiB chunks), owned by {@code workflowId} when not empty,
+   * bounded by the call timeout.
+   */
+  public BlobRef putBlob(byte[] data, String contentType, String workflowId) {
+    CompletableFuture<PutBlobResponse> done = new CompletableFuture<>();
+    StreamObserver<PutBlobResponse> answer =
+        new StreamObserver<>() {
+          @Override
+          public void onNext(PutBlobResponse value) {
+            done.complete(value);
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            done.completeExceptionally(t);
+          }
+
+          @Override
+          public void onCompleted() {
+            done.completeExceptionally(
+                AreException.local(
+                    Status.Code.INTERNAL, "EMPTY_RESPONSE", "PutBlob returned no blob"));
+          }
+        };
+    StreamObserver<PutBlobRequest> requests =
+        StateServiceGrpc.newStub(raw.channel())
+            .withDeadlineAfter(callTimeout.toNanos(), TimeUnit.NANOSECONDS)
+            .putBlob(answer);
+    try {
+      requests.onNext(
+          PutBlobRequest.newBuilder()
+              .setHeader(
+                  BlobHeader.newBuilder()
+                      .setContentType(contentType)
+                      .setSizeBytes(data.length)
+                      .setWorkflowId(workflowId == null ? "" : workflowId))
+              .build());
+      for (int at = 0; at < data.length; at += BLOB_CHUNK_BYTES) {
+        int n = Math.min(BLOB_CHUNK_BYTES, data.length - at);
+        ByteString chunk = ByteString.copyFrom(data, at, n);
+        requests.onNext(PutBlobRequest.newBuilder().setChunk(chunk).build());
+      }
+      requests.onCompleted();
+    } catch (RuntimeException e) {
+      requests.onError(e);
+      throw AreException.from(e);
+    }
+    try {
+      return done.get(callTimeout.toNanos() + 1_000_000_000L, TimeUnit.NANOSECONDS).getBlob();
+    } catch (ExecutionException e) {
+      throw translate("PutBlob", e.getCause());
+    } catch (TimeoutException e) {
+      throw AreException.timeout("PutBlob", callTimeout);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw AreException.local(Status.Code.CANCELLED, "INTERRUPTED", "PutBlob interrupted", e);
+    }
+  }
+
+  /** A payload of {@code data}: inline up to {@link #MAX_INLINE_BYTES}, else a blob. */
+  public Payload inlineOrBlob(byte[] data, String contentType, String workflowId) {
+    Payload.Builder p = Payload.newBuilder().setContentType(contentType);
+    if (data.length <= MAX_INLINE_BYTES) {
+      p.setData(ByteString.copyFrom(data));
+    } else {
+      p.setBlob(putBlob(data, contentType, workflowId));
+    }
+    return p.build();
+  }
+
+  /** Closes the connection; calls in flight are cancelled after up to 5 seconds. */
+  @Override
+  public void close() {
+    managed.shutdown();
+    try {
+      if (!managed.awaitTermination(5, TimeUnit.SECONDS)) {
+        managed.shutdownNow();
+      }
+    } catch (InterruptedException e) {
+      managed.shutdownNow();
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  /** A stub bounded by the call timeout. */
+  <S extends io.grpc.stub.AbstractStub<S>> S deadline(S stub) {
+    return stub.withDeadlineAfter(callTimeout.toNanos(), TimeUnit.NANOSECONDS);
+  }
+
+  /** Runs a call, turning any failure into an {@link AreException}. */
+  <T> T call(String what, Supplier<T> call) {
+    try {
+      return call.get();
+    } catch (RuntimeException e) {
+      throw translate(what, e);
+    }
+  }
+
+  private AreException translate(String what, Throwable t) {
+    AreException e = AreException.from(t);
+    if (e.code() == Status.Code.DEADLINE_EXCEEDED
+        && e.reason().isEmpty()
+        && t instanceof StatusRuntimeException) {
+      return AreException.local(
+          Status.Code.DEADLINE_EXCEEDED,
+          "TIMEOUT",
+          what + " did not finish within " + callTimeout,
+          t);
+    }
+    return e;
+  }
+}

@@ -1,0 +1,86 @@
+package dev.are.sdk;
+
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.NullNode;
+import com.google.protobuf.ByteString;
+import dev.are.sdk.v1.Payload;
+import io.grpc.Status;
+import java.io.IOException;
+
+/**
+ * JSON for task inputs, outputs, cache responses and heartbeat details (Jackson). Any value
+ * Jackson can serialise is accepted: a {@link JsonNode}, a record, a map, a string, a number.
+ */
+public final class Json {
+  /** Content type of JSON payloads. */
+  public static final String CONTENT_TYPE = "application/json";
+
+  private static final ObjectMapper MAPPER =
+      new ObjectMapper().configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
+
+  private Json() {}
+
+  /** The mapper the SDK uses (share it; do not reconfigure it). */
+  public static ObjectMapper mapper() {
+    return MAPPER;
+  }
+
+  /** Serialises a value to JSON bytes; an unserialisable value is INVALID_ARGUMENT. */
+  public static byte[] encode(Object value) {
+    try {
+      return MAPPER.writeValueAsBytes(value);
+    } catch (JsonProcessingException e) {
+      throw AreException.local(
+          Status.Code.INVALID_ARGUMENT,
+          "INVALID_JSON",
+          "value cannot be written as JSON: " + e.getOriginalMessage(),
+          e);
+    }
+  }
+
+  /** Parses JSON bytes to a tree; empty bytes are JSON null. */
+  public static JsonNode decode(byte[] bytes) {
+    if (bytes.length == 0) {
+      return NullNode.getInstance();
+    }
+    try {
+      return MAPPER.readTree(bytes);
+    } catch (IOException e) {
+      throw invalid(e);
+    }
+  }
+
+  /** Parses JSON bytes to a type; empty bytes are JSON null. */
+  public static <T> T decode(byte[] bytes, Class<T> type) {
+    try {
+      return MAPPER.treeToValue(decode(bytes), type);
+    } catch (IOException e) {
+      throw invalid(e);
+    }
+  }
+
+  /** Converts a tree to a type. */
+  public static <T> T convert(JsonNode node, Class<T> type) {
+    try {
+      return MAPPER.treeToValue(node, type);
+    } catch (IOException e) {
+      throw invalid(e);
+    }
+  }
+
+  /** A JSON payload of a value, inline. */
+  public static Payload payload(Object value) {
+    return Payload.newBuilder()
+        .setData(ByteString.copyFrom(encode(value)))
+        .setContentType(CONTENT_TYPE)
+        .build();
+  }
+
+  private static AreException invalid(IOException e) {
+    return AreException.local(
+        Status.Code.INVALID_ARGUMENT, "INVALID_JSON", "payload is not valid JSON: " + e, e);
+  }
+}

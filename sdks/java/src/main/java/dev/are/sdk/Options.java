@@ -1,0 +1,151 @@
+package dev.are.sdk;
+
+import io.grpc.ChannelCredentials;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.Objects;
+
+/**
+ * How to reach the sidecar: immutable; {@code Options.builder().token("...").build()}, or {@link
+ * #defaults()}.
+ */
+public final class Options {
+  /** Default bound of request and response messages, as the sidecar's (64 MiB). */
+  public static final int DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+  private final String token;
+  private final boolean tls;
+  private final Path tlsTrustedCertificates;
+  private final ChannelCredentials credentials;
+  private final Duration connectTimeout;
+  private final Duration callTimeout;
+  private final int maxMessageBytes;
+
+  private Options(Builder b) {
+    this.token = b.token;
+    this.tls = b.tls;
+    this.tlsTrustedCertificates = b.tlsTrustedCertificates;
+    this.credentials = b.credentials;
+    this.connectTimeout = b.connectTimeout;
+    this.callTimeout = b.callTimeout;
+    this.maxMessageBytes = b.maxMessageBytes;
+  }
+
+  /** Plaintext, no token, 10 s to connect, 30 s per call, 64 MiB messages. */
+  public static Options defaults() {
+    return builder().build();
+  }
+
+  /** A builder starting from the defaults. */
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /** A builder starting from these options. */
+  public Builder toBuilder() {
+    Builder b = new Builder();
+    b.token = token;
+    b.tls = tls;
+    b.tlsTrustedCertificates = tlsTrustedCertificates;
+    b.credentials = credentials;
+    b.connectTimeout = connectTimeout;
+    b.callTimeout = callTimeout;
+    b.maxMessageBytes = maxMessageBytes;
+    return b;
+  }
+
+  /** The bearer token sent as {@code authorization: Bearer <token>}, or null. */
+  public String token() {
+    return token;
+  }
+
+  /** Whether the connection uses TLS. */
+  public boolean tls() {
+    return tls || tlsTrustedCertificates != null;
+  }
+
+  /** PEM certificates trusted for TLS instead of the system's, or null. */
+  public Path tlsTrustedCertificates() {
+    return tlsTrustedCertificates;
+  }
+
+  /** Channel credentials that replace the TLS settings, or null. */
+  public ChannelCredentials credentials() {
+    return credentials;
+  }
+
+  /** Bound of {@link Client#connect}. */
+  public Duration connectTimeout() {
+    return connectTimeout;
+  }
+
+  /** Bound of each unary call of the facade. */
+  public Duration callTimeout() {
+    return callTimeout;
+  }
+
+  /** Largest message received. */
+  public int maxMessageBytes() {
+    return maxMessageBytes;
+  }
+
+  /** Builds {@link Options}. */
+  public static final class Builder {
+    private String token;
+    private boolean tls;
+    private Path tlsTrustedCertificates;
+    private ChannelCredentials credentials;
+    private Duration connectTimeout = Duration.ofSeconds(10);
+    private Duration callTimeout = Duration.ofSeconds(30);
+    private int maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
+
+    private Builder() {}
+
+    /** Sends {@code authorization: Bearer <token>} on every call (null: none). */
+    public Builder token(String token) {
+      this.token = token;
+      return this;
+    }
+
+    /** Connects with TLS, trusting the system's roots. */
+    public Builder tls(boolean tls) {
+      this.tls = tls;
+      return this;
+    }
+
+    /** Connects with TLS, trusting the PEM certificates in this file. */
+    public Builder tlsTrustedCertificates(Path pem) {
+      this.tlsTrustedCertificates = pem;
+      return this;
+    }
+
+    /** Uses these channel credentials (mutual TLS, say) instead of the TLS settings. */
+    public Builder credentials(ChannelCredentials credentials) {
+      this.credentials = credentials;
+      return this;
+    }
+
+    /** Bounds {@link Client#connect} (default 10 s). */
+    public Builder connectTimeout(Duration d) {
+      this.connectTimeout = Objects.requireNonNull(d);
+      return this;
+    }
+
+    /** Bounds each unary call of the facade (default 30 s). */
+    public Builder callTimeout(Duration d) {
+      this.callTimeout = Objects.requireNonNull(d);
+      return this;
+    }
+
+    /** Largest message received (default 64 MiB). */
+    public Builder maxMessageBytes(int n) {
+      this.maxMessageBytes = n;
+      return this;
+    }
+
+    /** The options. */
+    public Options build() {
+      return new Options(this);
+    }
+  }
+}

@@ -1,0 +1,604 @@
+package dev.are.sdk;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import dev.are.sdk.v1.CompleteTaskRequest;
+import dev.are.sdk.v1.DependencyResult;
+import dev.are.sdk.v1.FailTaskRequest;
+import dev.are.sdk.v1.Failure;
+import dev.are.sdk.v1.FailureKind;
+import dev.are.sdk.v1.Payload;
+import dev.are.sdk.v1.PollTaskRequest;
+import dev.are.sdk.v1.PollTaskResponse;
+import dev.are.sdk.v1.RecordHeartbeatRequest;
+import dev.are.sdk.v1.RecordHeartbeatResponse;
+import dev.are.sdk.v1.TaskAssignment;
+import dev.are.sdk.v1.TaskCompletion;
+import dev.are.sdk.v1.TaskFailure;
+import dev.are.sdk.v1.TaskHeartbeat;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
+
+/**
+ * Serves tasks of one or more capabilities on the unary path of WorkerService (PollTask long
+ * polls, RecordHeartbeat while a handler runs, CompleteTask / FailTask). Add handlers with {@link
+ * #handle}, then {@link #run()} on a thread of yours, or {@link #start()} in the background; stop
+ * it with {@link #shutdown()} or {@link #close()}.
+ *
+ * <pre>{@code
+ * try (Worker worker = new Worker(client, "writer", WorkerOptions.defaults())
+ *     .handle("write", task -> Map.of("draft", "About " + task.input().get("topic").asText()))
+ *     .start()) {
+ *   ... // submit workflows; close() stops gracefully
+ * }
+ * }</pre>
+ */
+public final class Worker implements AutoCloseable {
+  private static final int MAX_POLL_TASKS = 100;
+  private static final int MAX_FAILURE_MESSAGE = 32 * 1024;
+  private static final Set<String> LOST_REASONS =
+      Set.of("TASK_NOT_HELD", "TASK_ALREADY_COMPLETED", "TASK_NOT_FOUND", "WORKFLOW_NOT_FOUND");
+  private static final AtomicInteger THREADS = new AtomicInteger();
+
+  private enum End {
+    HELD,
+    CANCEL_REQUESTED,
+    LOST
+  }
+
+  private final Client client;
+  private final String name;
+  private final WorkerOptions options;
+  private final Map<String, TaskHandler> handlers = new HashMap<>();
+  private final WorkerStats stats = new WorkerStats();
+  private final AtomicReference<String> workerId = new AtomicReference<>("");
+  private final CountDownLatch stopping = new CountDownLatch(1);
+  private final CountDownLatch stopped = new CountDownLatch(1);
+  private final Set<TaskContext> active = ConcurrentHashMap.newKeySet();
+  private final AtomicReference<RuntimeException> failure = new AtomicReference<>();
+  private volatile boolean started;
+
+  /** A worker named {@code name} (shared by its replicas). */
+  public Worker(Client client, String name, WorkerOptions options) {
+    this.client = client;
+    this.name = name;
+    this.options = options;
+  }
+
+  /**
+   * Sets the handler of a capability. Its return value, written as JSON, is the task's output
+   * (null: no output); an exception fails the attempt (retried by policy).
+   */
+  public Worker handle(String capability, TaskHandler handler) {
+    if (started) {
+      throw new IllegalStateException("handlers are set before the worker runs");
+    }
+    handlers.put(capability, handler);
+    return this;
+  }
+
+  /** The worker's counters. */
+  public WorkerStats stats() {
+    return stats;
+  }
+
+  /** The id the sidecar gave this worker ("" before the first poll). */
+  public String workerId() {
+    return workerId.get();
+  }
+
+  /** Runs the worker on a background thread; returns it at once. */
+  public Worker start() {
+    started = true;
+    Thread t =
+        new Thread(
+            () -> {
+              try {
+                run();
+              } catch (RuntimeException e) {
+                failure.set(e);
+              }
+            },
+            "are-worker-" + name);
+    t.setDaemon(true);
+    t.start();
+    return this;
+  }
+
+  /**
+   * Asks the worker to stop, at once: no new poll (the one in flight finishes, within the poll
+   * timeout), running handlers get the shutdown grace, then they are cancelled with {@link
+   * CancelReason#WORKER_STOPPED} and their failures reported as WORKER_LOST.
+   */
+  public void shutdown() {
+    stopping.countDown();
+  }
+
+  /**
+   * Waits at most {@code timeout} for {@link #run()} to end; true when it did. Rethrows the error
+   * that ended a worker started with {@link #start()}.
+   */
+  public boolean awaitTermination(Duration timeout) throws InterruptedException {
+    boolean done = stopped.await(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    RuntimeException e = failure.get();
+    if (e != null) {
+      throw e;
+    }
+    return done;
+  }
+
+  /**
+   * Stops gracefully ({@link #shutdown()}) and waits until the worker has stopped, for at most the
+   * poll timeout plus the shutdown grace plus the report timeout.
+   */
+  @Override
+  public void close() {
+    shutdown();
+    if (!started) {
+      return;
+    }
+    Duration bound =
+        options
+            .pollTimeout()
+            .plus(options.shutdownGrace())
+            .plus(options.reportTimeout())
+            .plusSeconds(2);
+    try {
+      awaitTermination(bound);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  /**
+   * Serves tasks on this thread until {@link #shutdown()}, then stops gracefully (see there).
+   * Throws at once when the sidecar refuses the worker for a reason retrying cannot fix (a bad name
+   * or capability, authentication, UNIMPLEMENTED).
+   */
+  public void run() {
+    if (handlers.isEmpty()) {
+      stopped.countDown();
+      throw AreException.local(
+          Status.Code.INVALID_ARGUMENT, "NO_HANDLER", "the worker has no handler");
+    }
+    started = true;
+    int n = THREADS.incrementAndGet();
+    ExecutorService pool =
+        Executors.newCachedThreadPool(
+            r -> {
+              Thread t = new Thread(r, "are-worker-" + name + "-" + n + "-attempt");
+              t.setDaemon(true);
+              return t;
+            });
+    ScheduledExecutorService timers =
+        Executors.newSingleThreadScheduledExecutor(
+            r -> {
+              Thread t = new Thread(r, "are-worker-" + name + "-" + n + "-timer");
+              t.setDaemon(true);
+              return t;
+            });
+    Semaphore slots = new Semaphore(options.concurrency());
+    try {
+      poll(pool, timers, slots);
+    } finally {
+      try {
+        drain(slots);
+      } finally {
+        pool.shutdownNow();
+        timers.shutdownNow();
+        stopped.countDown();
+      }
+    }
+  }
+
+  private void drain(Semaphore slots) {
+    int all = options.concurrency();
+    try {
+      if (!slots.tryAcquire(all, options.shutdownGrace().toNanos(), TimeUnit.NANOSECONDS)) {
+        for (TaskContext task : active) {
+          task.cancel(CancelReason.WORKER_STOPPED);
+        }
+        if (!slots.tryAcquire(all, options.reportTimeout().toNanos(), TimeUnit.NANOSECONDS)) {
+          return;
+        }
+      }
+      slots.release(all);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  private boolean isStopping() {
+    return stopping.getCount() == 0;
+  }
+
+  private void poll(ExecutorService pool, ScheduledExecutorService timers, Semaphore slots) {
+    List<String> capabilities = new ArrayList<>(new TreeSet<>(handlers.keySet()));
+    long delayMs = 50;
+    while (!isStopping()) {
+      int permits;
+      try {
+        if (!slots.tryAcquire(100, TimeUnit.MILLISECONDS)) {
+          continue;
+        }
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        return;
+      }
+      permits = 1;
+      while (permits < MAX_POLL_TASKS && slots.tryAcquire()) {
+        permits++;
+      }
+      PollTaskRequest req =
+          PollTaskRequest.newBuilder()
+              .setWorkerName(name)
+              .addAllCapabilities(capabilities)
+              .setMaxTasks(permits)
+              .setIdentity(options.identity())
+              .build();
+      PollTaskResponse resp;
+      try {
+        // Not cancelled by shutdown (see WorkerOptions.pollTimeout), but bounded.
+        resp =
+            client
+                .raw()
+                .worker()
+                .withDeadlineAfter(options.pollTimeout().toNanos(), TimeUnit.NANOSECONDS)
+                .pollTask(req);
+      } catch (RuntimeException t) {
+        slots.release(permits);
+        AreException e = AreException.from(t);
+        switch (e.code()) {
+          case INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED -> throw e;
+          case DEADLINE_EXCEEDED -> {
+            continue;
+          }
+          default -> {}
+        }
+        try {
+          if (stopping.await(Backoff.jitter(delayMs), TimeUnit.MILLISECONDS)) {
+            return;
+          }
+        } catch (InterruptedException ie) {
+          Thread.currentThread().interrupt();
+          return;
+        }
+        delayMs = Math.min(delayMs * 2, 5000);
+        continue;
+      }
+      delayMs = 50;
+      if (!resp.getWorkerId().isEmpty()) {
+        workerId.set(resp.getWorkerId());
+      }
+      int used = 0;
+      for (TaskAssignment a : resp.getAssignmentsList()) {
+        if (used == permits) {
+          break;
+        }
+        used++;
+        pool.execute(
+            () -> {
+              try {
+                attempt(a, pool, timers);
+              } finally {
+                slots.release();
+              }
+            });
+      }
+      slots.release(permits - used);
+    }
+  }
+
+  private void attempt(TaskAssignment a, ExecutorService pool, ScheduledExecutorService timers) {
+    TaskContext task = new TaskContext(a, options.interruptOnCancel());
+    active.add(task);
+    try {
+      Future<End> beats = pool.submit(() -> heartbeat(task));
+      Outcome outcome = call(task, pool, timers);
+      task.finish();
+      End end;
+      try {
+        end = beats.get(heartbeatBound(task).toMillis() + 1000, TimeUnit.MILLISECONDS);
+      } catch (ExecutionException | TimeoutException e) {
+        beats.cancel(true);
+        end = End.HELD;
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        return;
+      }
+      long reportBy = System.nanoTime() + options.reportTimeout().toNanos();
+      switch (end) {
+        case LOST -> stats.cancelled.incrementAndGet();
+        case CANCEL_REQUESTED -> {
+          stats.cancelled.incrementAndGet();
+          fail(
+              task,
+              Failure.newBuilder()
+                  .setMessage("cancelled: the sidecar asked the worker to stop")
+                  .setType("Cancelled")
+                  .setKind(FailureKind.FAILURE_KIND_CANCELLED)
+                  .build(),
+              null,
+              reportBy);
+        }
+        case HELD -> {
+          if (outcome.error == null) {
+            complete(task, outcome.value, reportBy);
+          } else {
+            reportError(task, outcome.error, reportBy);
+          }
+        }
+      }
+    } finally {
+      active.remove(task);
+    }
+  }
+
+  private record Outcome(Object value, Throwable error) {}
+
+  /**
+   * Fetches blob inputs, runs the handler on a thread of its own, and cancels it at the deadline.
+   */
+  private Outcome call(TaskContext task, ExecutorService pool, ScheduledExecutorService timers) {
+    TaskAssignment a = task.assignment();
+    TaskHandler handler = handlers.get(a.getCapability());
+    if (handler == null) {
+      return new Outcome(
+          null,
+          new TaskError("NoHandler", "no handler for \"" + a.getCapability() + "\"")
+              .nonRetryable());
+    }
+    try {
+      byte[] input = client.payloadBytes(a.hasInput() ? a.getInput() : null);
+      List<TaskContext.Dependency> deps = new ArrayList<>();
+      for (DependencyResult d : a.getDependenciesList()) {
+        deps.add(
+            new TaskContext.Dependency(
+                d.getTaskId(),
+                d.getState(),
+                client.payloadBytes(d.hasOutput() ? d.getOutput() : null),
+                d.hasFailure() ? d.getFailure() : null));
+      }
+      task.setInputs(input, deps);
+    } catch (AreException e) {
+      return new Outcome(
+          null, new TaskError("BlobReadError", "cannot read the task's blobs: " + e, e));
+    }
+    ScheduledFuture<?> atDeadline = null;
+    if (a.hasDeadlineTime()) {
+      Duration left = Duration.between(Instant.now(), Durations.fromProto(a.getDeadlineTime()));
+      atDeadline =
+          timers.schedule(
+              () -> task.cancel(CancelReason.DEADLINE_EXCEEDED),
+              Math.max(0, left.toNanos()),
+              TimeUnit.NANOSECONDS);
+    }
+    Future<Object> running = pool.submit(() -> task.run(handler));
+    try {
+      return new Outcome(running.get(), null);
+    } catch (ExecutionException e) {
+      return new Outcome(null, e.getCause());
+    } catch (InterruptedException e) {
+      // The worker's pool is being torn down after the report timeout.
+      task.cancel(CancelReason.WORKER_STOPPED);
+      Thread.currentThread().interrupt();
+      return new Outcome(null, e);
+    } finally {
+      if (atDeadline != null) {
+        atDeadline.cancel(false);
+      }
+    }
+  }
+
+  private void reportError(TaskContext task, Throwable error, long reportBy) {
+    Failure.Builder f = Failure.newBuilder().setKind(FailureKind.FAILURE_KIND_APPLICATION);
+    Duration retryAfter = null;
+    String message = error.getMessage() == null ? error.toString() : error.getMessage();
+    if (error instanceof TaskError te) {
+      f.setType(te.type()).setNonRetryable(te.isNonRetryable());
+      if (te.detailsValue() != null) {
+        try {
+          f.setDetails(Json.payload(te.detailsValue()));
+        } catch (AreException ignored) {
+          // Details that cannot be written as JSON are dropped; the failure still goes.
+        }
+      }
+      retryAfter = te.retryAfterValue();
+    } else {
+      f.setType(error.getClass().getSimpleName());
+      StringWriter trace = new StringWriter();
+      error.printStackTrace(new PrintWriter(trace));
+      f.setStackTrace(truncate(trace.toString()));
+    }
+    f.setMessage(truncate(message));
+    if (task.cancelReason().orElse(null) == CancelReason.WORKER_STOPPED) {
+      f.setKind(FailureKind.FAILURE_KIND_WORKER_LOST).setType("WorkerStopped");
+    }
+    if (fail(task, f.build(), retryAfter, reportBy)) {
+      stats.failed.incrementAndGet();
+    }
+  }
+
+  private static String truncate(String s) {
+    return s.length() <= MAX_FAILURE_MESSAGE ? s : s.substring(0, MAX_FAILURE_MESSAGE);
+  }
+
+  private void complete(TaskContext task, Object value, long reportBy) {
+    TaskCompletion.Builder completion =
+        TaskCompletion.newBuilder()
+            .setWorkflowId(task.workflowId())
+            .setTaskId(task.taskId())
+            .setAttempt(task.attempt())
+            .setUsage(task.usage());
+    boolean none = value == null || (value instanceof JsonNode n && n.isNull());
+    if (!none) {
+      Payload output;
+      try {
+        output = client.inlineOrBlob(Json.encode(value), Json.CONTENT_TYPE, task.workflowId());
+      } catch (AreException e) {
+        String type = "INVALID_JSON".equals(e.reason()) ? "InvalidOutput" : "BlobWriteError";
+        Failure failure =
+            Failure.newBuilder()
+                .setMessage(truncate("cannot store the output: " + e.getMessage()))
+                .setType(type)
+                .setNonRetryable(type.equals("InvalidOutput"))
+                .setKind(FailureKind.FAILURE_KIND_APPLICATION)
+                .build();
+        if (fail(task, failure, null, reportBy)) {
+          stats.failed.incrementAndGet();
+        }
+        return;
+      }
+      completion.setOutput(output);
+    }
+    CompleteTaskRequest req = CompleteTaskRequest.newBuilder().setCompletion(completion).build();
+    boolean sent =
+        retryUnavailable(
+            reportBy,
+            left ->
+                client
+                    .raw()
+                    .worker()
+                    .withDeadlineAfter(left, TimeUnit.NANOSECONDS)
+                    .completeTask(req));
+    if (sent) {
+      stats.completed.incrementAndGet();
+    }
+  }
+
+  /** Reports a failure; true when the sidecar accepted it. */
+  private boolean fail(TaskContext task, Failure failure, Duration retryAfter, long reportBy) {
+    TaskFailure.Builder report =
+        TaskFailure.newBuilder()
+            .setWorkflowId(task.workflowId())
+            .setTaskId(task.taskId())
+            .setAttempt(task.attempt())
+            .setFailure(failure)
+            .setUsage(task.usage());
+    if (retryAfter != null) {
+      report.setRetryAfter(Durations.toProto(retryAfter));
+    }
+    FailTaskRequest req = FailTaskRequest.newBuilder().setFailure(report).build();
+    return retryUnavailable(
+        reportBy,
+        left -> client.raw().worker().withDeadlineAfter(left, TimeUnit.NANOSECONDS).failTask(req));
+  }
+
+  @FunctionalInterface
+  private interface Report {
+    Object send(long nanosLeft);
+  }
+
+  /** Sends until accepted, refused otherwise than UNAVAILABLE, or past {@code by}. */
+  private static boolean retryUnavailable(long by, Report report) {
+    long delayMs = 50;
+    while (true) {
+      long left = by - System.nanoTime();
+      if (left <= 0) {
+        return false;
+      }
+      try {
+        report.send(left);
+        return true;
+      } catch (StatusRuntimeException e) {
+        if (e.getStatus().getCode() != Status.Code.UNAVAILABLE) {
+          return false;
+        }
+      }
+      try {
+        long leftMs = Math.max(1, (by - System.nanoTime()) / 1_000_000);
+        Thread.sleep(Math.min(Backoff.jitter(delayMs), leftMs));
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        return false;
+      }
+      delayMs = Math.min(delayMs * 2, 2000);
+    }
+  }
+
+  private Duration interval(TaskContext task) {
+    Duration interval = options.heartbeatInterval();
+    if (task.assignment().hasHeartbeatTimeout()) {
+      Duration ht = Durations.fromProto(task.assignment().getHeartbeatTimeout());
+      if (!ht.isZero() && ht.dividedBy(4).compareTo(interval) < 0) {
+        interval = ht.dividedBy(4);
+      }
+    }
+    return interval.compareTo(Duration.ofMillis(50)) < 0 ? Duration.ofMillis(50) : interval;
+  }
+
+  private Duration heartbeatBound(TaskContext task) {
+    Duration interval = interval(task);
+    return interval.compareTo(Duration.ofSeconds(5)) > 0 ? interval : Duration.ofSeconds(5);
+  }
+
+  /**
+   * Heartbeats until the attempt is done; cancels the task and says how the sidecar ended the
+   * attempt when it does.
+   */
+  private End heartbeat(TaskContext task) throws InterruptedException {
+    long interval = interval(task).toNanos();
+    long bound = heartbeatBound(task).toNanos();
+    while (true) {
+      task.kick.tryAcquire(interval, TimeUnit.NANOSECONDS);
+      task.kick.drainPermits();
+      if (task.done) {
+        return End.HELD;
+      }
+      TaskHeartbeat.Builder beat =
+          TaskHeartbeat.newBuilder()
+              .setWorkflowId(task.workflowId())
+              .setTaskId(task.taskId())
+              .setAttempt(task.attempt());
+      Object details = task.takeHeartbeat();
+      if (details != null) {
+        try {
+          beat.setDetails(Json.payload(details));
+        } catch (AreException ignored) {
+          // Details that cannot be written as JSON are not sent; the heartbeat still is.
+        }
+      }
+      RecordHeartbeatRequest req = RecordHeartbeatRequest.newBuilder().setHeartbeat(beat).build();
+      try {
+        RecordHeartbeatResponse resp =
+            client
+                .raw()
+                .worker()
+                .withDeadlineAfter(bound, TimeUnit.NANOSECONDS)
+                .recordHeartbeat(req);
+        if (resp.getCancelRequested()) {
+          task.cancel(CancelReason.CANCEL_REQUESTED);
+          return End.CANCEL_REQUESTED;
+        }
+      } catch (RuntimeException t) {
+        AreException e = AreException.from(t);
+        if (LOST_REASONS.contains(e.reason())) {
+          task.cancel(CancelReason.LEASE_LOST);
+          return End.LOST;
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,144 @@
+package dev.are.sdk;
+
+import java.time.Duration;
+import java.util.Objects;
+
+/** Options of a {@link Worker}: immutable; {@code WorkerOptions.builder()...build()}. */
+public final class WorkerOptions {
+  private final int concurrency;
+  private final String identity;
+  private final Duration pollTimeout;
+  private final Duration heartbeatInterval;
+  private final Duration shutdownGrace;
+  private final Duration reportTimeout;
+  private final boolean interruptOnCancel;
+
+  private WorkerOptions(Builder b) {
+    this.concurrency = Math.max(1, Math.min(b.concurrency, 10_000));
+    this.identity = b.identity;
+    this.pollTimeout = max(b.pollTimeout, Duration.ofSeconds(2));
+    this.heartbeatInterval = max(b.heartbeatInterval, Duration.ofMillis(50));
+    this.shutdownGrace = b.shutdownGrace;
+    this.reportTimeout = b.reportTimeout;
+    this.interruptOnCancel = b.interruptOnCancel;
+  }
+
+  private static Duration max(Duration a, Duration b) {
+    return a.compareTo(b) >= 0 ? a : b;
+  }
+
+  /** The defaults. */
+  public static WorkerOptions defaults() {
+    return builder().build();
+  }
+
+  /** A builder starting from the defaults. */
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /** Most handlers at once (default 16). */
+  public int concurrency() {
+    return concurrency;
+  }
+
+  /** Who this process is, for humans (default "pid N"). */
+  public String identity() {
+    return identity;
+  }
+
+  /**
+   * Deadline of each PollTask long poll (default 10 s, at least 2 s). A stopping worker lets the
+   * poll in flight finish (a poll cancelled as a task is assigned would strand it until its lease
+   * ends), so this also bounds how long a shutdown takes to be noticed.
+   */
+  public Duration pollTimeout() {
+    return pollTimeout;
+  }
+
+  /**
+   * How often a running attempt heartbeats (default 1 s, at most a quarter of the task's heartbeat
+   * timeout); bounds how soon a cancellation is heard.
+   */
+  public Duration heartbeatInterval() {
+    return heartbeatInterval;
+  }
+
+  /**
+   * How long running handlers may go on after shutdown (default 10 s); then they are cancelled
+   * with {@link CancelReason#WORKER_STOPPED}.
+   */
+  public Duration shutdownGrace() {
+    return shutdownGrace;
+  }
+
+  /** Bound of reporting one attempt, retries on UNAVAILABLE included (default 30 s). */
+  public Duration reportTimeout() {
+    return reportTimeout;
+  }
+
+  /** Whether a cancellation also interrupts the handler's thread (default true). */
+  public boolean interruptOnCancel() {
+    return interruptOnCancel;
+  }
+
+  /** Builds {@link WorkerOptions}. */
+  public static final class Builder {
+    private int concurrency = 16;
+    private String identity = "pid " + ProcessHandle.current().pid();
+    private Duration pollTimeout = Duration.ofSeconds(10);
+    private Duration heartbeatInterval = Duration.ofSeconds(1);
+    private Duration shutdownGrace = Duration.ofSeconds(10);
+    private Duration reportTimeout = Duration.ofSeconds(30);
+    private boolean interruptOnCancel = true;
+
+    private Builder() {}
+
+    /** Most handlers at once (1 to 10,000). */
+    public Builder concurrency(int n) {
+      this.concurrency = n;
+      return this;
+    }
+
+    /** Who this process is, for humans. */
+    public Builder identity(String identity) {
+      this.identity = Objects.requireNonNull(identity);
+      return this;
+    }
+
+    /** Deadline of each PollTask long poll (at least 2 s). */
+    public Builder pollTimeout(Duration d) {
+      this.pollTimeout = Objects.requireNonNull(d);
+      return this;
+    }
+
+    /** How often a running attempt heartbeats (at least 50 ms). */
+    public Builder heartbeatInterval(Duration d) {
+      this.heartbeatInterval = Objects.requireNonNull(d);
+      return this;
+    }
+
+    /** How long running handlers may go on after shutdown. */
+    public Builder shutdownGrace(Duration d) {
+      this.shutdownGrace = Objects.requireNonNull(d);
+      return this;
+    }
+
+    /** Bound of reporting one attempt. */
+    public Builder reportTimeout(Duration d) {
+      this.reportTimeout = Objects.requireNonNull(d);
+      return this;
+    }
+
+    /** Whether a cancellation also interrupts the handler's thread. */
+    public Builder interruptOnCancel(boolean b) {
+      this.interruptOnCancel = b;
+      return this;
+    }
+
+    /** The options. */
+    public WorkerOptions build() {
+      return new WorkerOptions(this);
+    }
+  }
+}

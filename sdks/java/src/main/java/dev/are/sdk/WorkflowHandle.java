@@ -1,0 +1,185 @@
+package dev.are.sdk;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import dev.are.sdk.v1.CancelWorkflowRequest;
+import dev.are.sdk.v1.GetTaskRequest;
+import dev.are.sdk.v1.GetWorkflowRequest;
+import dev.are.sdk.v1.Task;
+import dev.are.sdk.v1.TaskState;
+import dev.are.sdk.v1.WatchWorkflowRequest;
+import dev.are.sdk.v1.WatchWorkflowResponse;
+import dev.are.sdk.v1.Workflow;
+import dev.are.sdk.v1.WorkflowState;
+import io.grpc.Context;
+import io.grpc.Status;
+import java.time.Duration;
+import java.util.Iterator;
+import java.util.concurrent.TimeUnit;
+
+/** A submitted workflow: wait on it, read it, cancel it. Cheap; makes no call until used. */
+public final class WorkflowHandle {
+  private final Client client;
+  private final String id;
+  private final boolean deduplicated;
+
+  WorkflowHandle(Client client, String id, boolean deduplicated) {
+    this.client = client;
+    this.id = id;
+    this.deduplicated = deduplicated;
+  }
+
+  /** The workflow's id. */
+  public String id() {
+    return id;
+  }
+
+  /** True when the submit matched an earlier request id and created nothing. */
+  public boolean deduplicated() {
+    return deduplicated;
+  }
+
+  /** Whether a workflow state is closed (COMPLETED, FAILED or CANCELLED). */
+  public static boolean isClosed(WorkflowState state) {
+    return state == WorkflowState.WORKFLOW_STATE_COMPLETED
+        || state == WorkflowState.WORKFLOW_STATE_FAILED
+        || state == WorkflowState.WORKFLOW_STATE_CANCELLED;
+  }
+
+  /** The workflow's current status. */
+  public Workflow get() {
+    GetWorkflowRequest req = GetWorkflowRequest.newBuilder().setWorkflowId(id).build();
+    return client
+        .call("GetWorkflow", () -> client.deadline(client.raw().scheduler()).getWorkflow(req))
+        .getWorkflow();
+  }
+
+  /**
+   * Cancels the workflow (idempotent) and returns its status; workers running its tasks are told
+   * to stop.
+   */
+  public Workflow cancel(String reason) {
+    CancelWorkflowRequest req =
+        CancelWorkflowRequest.newBuilder().setWorkflowId(id).setReason(reason).build();
+    return client
+        .call(
+            "CancelWorkflow", () -> client.deadline(client.raw().scheduler()).cancelWorkflow(req))
+        .getWorkflow();
+  }
+
+  /** One task's status, with its input and output. */
+  public Task task(String taskId) {
+    GetTaskRequest req = GetTaskRequest.newBuilder().setWorkflowId(id).setTaskId(taskId).build();
+    return client
+        .call("GetTask", () -> client.deadline(client.raw().scheduler()).getTask(req))
+        .getTask();
+  }
+
+  /**
+   * Follows the workflow (WatchWorkflow, resumed from the last sequence when the stream drops)
+   * until it closes, whatever the outcome, for at most {@code timeout}; then DEADLINE_EXCEEDED
+   * with reason TIMEOUT.
+   */
+  public Workflow await(Duration timeout) {
+    long deadline = System.nanoTime() + timeout.toNanos();
+    Long after = null;
+    long delayMs = 50;
+    String what = "waiting for workflow " + id;
+    while (true) {
+      long left = deadline - System.nanoTime();
+      if (left <= 0) {
+        throw AreException.timeout(what, timeout);
+      }
+      WatchWorkflowRequest.Builder req = WatchWorkflowRequest.newBuilder().setWorkflowId(id);
+      if (after != null) {
+        req.setAfterSequence(after);
+      }
+      Context.CancellableContext watch = Context.current().withCancellation();
+      try {
+        Context previous = watch.attach();
+        try {
+          Iterator<WatchWorkflowResponse> it =
+              client
+                  .raw()
+                  .scheduler()
+                  .withDeadlineAfter(left, TimeUnit.NANOSECONDS)
+                  .watchWorkflow(req.build());
+          while (it.hasNext()) {
+            WatchWorkflowResponse msg = it.next();
+            if (msg.getSequence() != 0) {
+              after = msg.getSequence();
+            }
+            if (msg.hasWorkflow() && isClosed(msg.getWorkflow().getState())) {
+              return msg.getWorkflow();
+            }
+          }
+          // Ended without a closed status: resume.
+        } finally {
+          watch.detach(previous);
+        }
+      } catch (RuntimeException t) {
+        AreException e = AreException.from(t);
+        if (e.code() == Status.Code.DEADLINE_EXCEEDED && e.reason().isEmpty()) {
+          throw AreException.timeout(what, timeout);
+        }
+        if (e.code() != Status.Code.UNAVAILABLE && e.code() != Status.Code.CANCELLED) {
+          throw e;
+        }
+      } finally {
+        watch.cancel(null);
+      }
+      Backoff.sleep(Math.min(Backoff.jitter(delayMs), (deadline - System.nanoTime()) / 1_000_000));
+      delayMs = Math.min(delayMs * 2, 2000);
+    }
+  }
+
+  /**
+   * Waits (at most {@code timeout}) for the workflow to close and returns its result's bytes
+   * (empty when it has none). A workflow that closed FAILED or CANCELLED is an error with reason
+   * {@code WORKFLOW_FAILED} / {@code WORKFLOW_CANCELLED} and the closing status in {@link
+   * AreException#workflow()}.
+   */
+  public byte[] resultBytes(Duration timeout) {
+    Workflow w = await(timeout);
+    if (w.getState() != WorkflowState.WORKFLOW_STATE_COMPLETED) {
+      String reason =
+          w.getState() == WorkflowState.WORKFLOW_STATE_CANCELLED
+              ? "WORKFLOW_CANCELLED"
+              : "WORKFLOW_FAILED";
+      throw AreException.workflowClosed(
+          reason,
+          "workflow " + id + " closed " + w.getState() + ": " + w.getFailure().getMessage(),
+          w);
+    }
+    return client.payloadBytes(w.hasResult() ? w.getResult() : null);
+  }
+
+  /** Like {@link #resultBytes}, decoding the result as JSON (null node when there is none). */
+  public JsonNode result(Duration timeout) {
+    return Json.decode(resultBytes(timeout));
+  }
+
+  /** Like {@link #resultBytes}, decoding the result as JSON to {@code type}. */
+  public <T> T result(Duration timeout, Class<T> type) {
+    return Json.decode(resultBytes(timeout), type);
+  }
+
+  /**
+   * The output of a COMPLETED task as JSON; any other state is an error with reason {@code
+   * TASK_NOT_COMPLETED}. Does not wait.
+   */
+  public JsonNode taskOutput(String taskId) {
+    Task task = task(taskId);
+    if (task.getState() != TaskState.TASK_STATE_COMPLETED) {
+      throw AreException.local(
+          Status.Code.FAILED_PRECONDITION,
+          "TASK_NOT_COMPLETED",
+          "task " + id + "/" + taskId + " is " + task.getState());
+    }
+    return Json.decode(client.payloadBytes(task.hasOutput() ? task.getOutput() : null));
+  }
+
+  /** Like {@link #taskOutput(String)}, decoded to {@code type}. */
+  public <T> T taskOutput(String taskId, Class<T> type) {
+    return Json.convert(taskOutput(taskId), type);
+  }
+}

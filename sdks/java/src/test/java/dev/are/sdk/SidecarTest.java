@@ -1,0 +1,490 @@
+package dev.are.sdk;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import dev.are.sdk.Cache.CacheOptions;
+import dev.are.sdk.testing.Sidecar;
+import dev.are.sdk.testing.Sidecar.SidecarOptions;
+import dev.are.sdk.v1.CacheNamespace;
+import dev.are.sdk.v1.CacheTier;
+import dev.are.sdk.v1.EventFilter;
+import dev.are.sdk.v1.EventType;
+import dev.are.sdk.v1.Payload;
+import dev.are.sdk.v1.PutNamespaceResponse;
+import dev.are.sdk.v1.StreamEventsResponse;
+import dev.are.sdk.v1.Task;
+import dev.are.sdk.v1.TaskState;
+import dev.are.sdk.v1.Usage;
+import dev.are.sdk.v1.Workflow;
+import dev.are.sdk.v1.WorkflowState;
+import io.grpc.Status;
+import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Tests against a real sidecar (one per test), started from the repository's .venv. Every wait is
+ * bounded; nothing asserts on timing.
+ */
+@Timeout(value = 120, unit = TimeUnit.SECONDS)
+class SidecarTest {
+  private static final Duration WAIT = Duration.ofSeconds(60);
+
+  private Sidecar sidecar;
+  private Client client;
+
+  /** Worker options that keep tests short: a stop is noticed within about 2 s. */
+  private static WorkerOptions fast() {
+    return WorkerOptions.builder()
+        .concurrency(4)
+        .pollTimeout(Duration.ofSeconds(2))
+        .heartbeatInterval(Duration.ofMillis(100))
+        .shutdownGrace(Duration.ofSeconds(5))
+        .build();
+  }
+
+  @BeforeEach
+  void start() {
+    sidecar = Sidecar.start();
+    client = sidecar.client();
+  }
+
+  @AfterEach
+  void stop() {
+    if (client != null) {
+      client.close();
+    }
+    if (sidecar != null) {
+      sidecar.close();
+    }
+  }
+
+  private static void stopWorker(Worker worker) throws InterruptedException {
+    worker.shutdown();
+    assertTrue(worker.awaitTermination(WAIT), "the worker stopped in time");
+  }
+
+  @Test
+  void connectAndHealth() {
+    assertEquals(ServingStatus.SERVING, client.health());
+    AreException bad =
+        assertThrows(
+            AreException.class,
+            () ->
+                Client.connect(
+                    "127.0.0.1:1",
+                    Options.builder().connectTimeout(Duration.ofSeconds(2)).build()));
+    assertEquals(Status.Code.UNAVAILABLE, bad.code());
+    assertEquals(AreException.SDK_DOMAIN, bad.domain());
+  }
+
+  @Test
+  void errorsCarryReasonAndField() {
+    AreException e =
+        assertThrows(AreException.class, () -> client.workflow("wf-does-not-exist").get());
+    assertEquals(Status.Code.NOT_FOUND, e.code());
+    assertEquals("WORKFLOW_NOT_FOUND", e.reason());
+    assertEquals("are.v1", e.domain());
+
+    CacheNamespace bad = CacheNamespace.newBuilder().setName("not a valid name!").build();
+    e = assertThrows(AreException.class, () -> client.cache().putNamespace(bad));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code(), e.getMessage());
+    assertEquals("INVALID_ARGUMENT", e.reason());
+    assertTrue(e.field("namespace.name").isPresent(), "violations " + e.fieldViolations());
+
+    WorkflowBuilder spec =
+        new WorkflowBuilder("bad")
+            .task(new TaskBuilder("a", "x"))
+            .task(new TaskBuilder("b", "x").dependsOn("missing"));
+    e = assertThrows(AreException.class, () -> client.submit(spec));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+    assertTrue(
+        e.field("spec.tasks[1].depends_on[0]").isPresent(), "violations " + e.fieldViolations());
+  }
+
+  /** What the research task returns. */
+  record Notes(String notes) {}
+
+  @Test
+  void twoTaskWorkflowRunByAJavaWorker() throws Exception {
+    Map<String, Integer> seen = new ConcurrentHashMap<>();
+    Worker worker =
+        new Worker(client, "java-worker", fast())
+            .handle(
+                "java-e2e",
+                task -> {
+                  seen.put(task.taskId(), task.attempt());
+                  switch (task.taskId()) {
+                    case "research" -> {
+                      JsonNode input = task.input();
+                      task.addUsage(
+                          Usage.newBuilder()
+                              .setInputTokens(10)
+                              .setOutputTokens(5)
+                              .setLlmCalls(1)
+                              .build());
+                      return new Notes("about " + input.path("topic").asText("?"));
+                    }
+                    case "write" -> {
+                      Notes notes =
+                          task.dependency("research", Notes.class)
+                              .orElseThrow(
+                                  () -> new TaskError("MissingInput", "no research output"));
+                      return Map.of("draft", notes.notes());
+                    }
+                    default -> throw new TaskError("Unexpected", task.taskId()).nonRetryable();
+                  }
+                })
+            .start();
+
+    WorkflowBuilder spec =
+        new WorkflowBuilder("java-two-tasks")
+            .task(new TaskBuilder("research", "java-e2e").input(Map.of("topic", "caches")))
+            .task(new TaskBuilder("write", "java-e2e").dependsOn("research"));
+    WorkflowHandle handle = client.submit(spec);
+    Workflow workflow = handle.await(WAIT);
+    assertEquals(
+        WorkflowState.WORKFLOW_STATE_COMPLETED,
+        workflow.getState(),
+        workflow.getFailure().toString());
+    assertEquals(2, workflow.getTaskCounts().getCompleted());
+    assertEquals(10, workflow.getUsage().getUsage().getInputTokens());
+
+    assertEquals(new Notes("about caches"), handle.taskOutput("research", Notes.class));
+    JsonNode result = handle.result(WAIT);
+    assertEquals(Json.mapper().valueToTree(Map.of("draft", "about caches")), result);
+    assertEquals(Map.of("research", 1, "write", 1), seen);
+    stopWorker(worker);
+    assertEquals(2, worker.stats().completed());
+  }
+
+  @Test
+  void failingHandlerFailsByTheRetryPolicy() throws Exception {
+    Map<String, AtomicInteger> calls = new ConcurrentHashMap<>();
+    Worker worker =
+        new Worker(client, "java-failer", fast())
+            .handle(
+                "java-fail",
+                task -> {
+                  int n =
+                      calls
+                          .computeIfAbsent(task.taskId(), k -> new AtomicInteger())
+                          .incrementAndGet();
+                  switch (task.taskId()) {
+                    case "flaky":
+                      if (n == 1) {
+                        throw new TaskError("Transient", "try again");
+                      }
+                      return "ok";
+                    case "broken":
+                      throw new TaskError("Boom", "boom");
+                    case "fatal":
+                      throw new TaskError("Fatal", "no point retrying").nonRetryable();
+                    default:
+                      throw new IllegalStateException("handler bug");
+                  }
+                })
+            .start();
+    WorkflowBuilder spec =
+        new WorkflowBuilder("java-failing")
+            .task(new TaskBuilder("flaky", "java-fail").maxAttempts(3, Duration.ofMillis(10)))
+            .task(new TaskBuilder("broken", "java-fail").maxAttempts(3, Duration.ofMillis(10)))
+            .task(new TaskBuilder("fatal", "java-fail").maxAttempts(3, Duration.ofMillis(10)))
+            .task(new TaskBuilder("throws", "java-fail").maxAttempts(1, Duration.ofMillis(10)));
+    WorkflowHandle handle = client.submit(spec);
+    AreException e = assertThrows(AreException.class, () -> handle.result(WAIT));
+    assertEquals("WORKFLOW_FAILED", e.reason(), e.getMessage());
+    assertEquals(AreException.SDK_DOMAIN, e.domain());
+    assertEquals(WorkflowState.WORKFLOW_STATE_FAILED, e.workflow().orElseThrow().getState());
+
+    record Want(String id, TaskState state, int attempts, String type) {}
+    for (Want w :
+        List.of(
+            new Want("flaky", TaskState.TASK_STATE_COMPLETED, 2, "Transient"),
+            new Want("broken", TaskState.TASK_STATE_FAILED, 3, "Boom"),
+            new Want("fatal", TaskState.TASK_STATE_FAILED, 1, "Fatal"),
+            new Want("throws", TaskState.TASK_STATE_FAILED, 1, "IllegalStateException"))) {
+      Task task = handle.task(w.id());
+      assertEquals(w.state(), task.getState(), "task " + w.id());
+      assertEquals(w.attempts(), task.getAttempt(), "task " + w.id());
+      assertEquals(w.attempts(), calls.get(w.id()).get(), "handler calls of " + w.id());
+      assertEquals(w.type(), task.getFailure().getType(), "task " + w.id());
+    }
+    assertTrue(handle.task("fatal").getFailure().getNonRetryable());
+    assertTrue(handle.task("throws").getFailure().getStackTrace().contains("handler bug"));
+    e = assertThrows(AreException.class, () -> handle.taskOutput("broken"));
+    assertEquals("TASK_NOT_COMPLETED", e.reason());
+    stopWorker(worker);
+  }
+
+  @Test
+  void cancellationReachesARunningHandler() throws Exception {
+    CountDownLatch started = new CountDownLatch(1);
+    BlockingQueue<Optional<CancelReason>> reasons = new ArrayBlockingQueue<>(1);
+    BlockingQueue<Boolean> interrupted = new ArrayBlockingQueue<>(1);
+    Worker worker =
+        new Worker(client, "java-canceller", fast())
+            .handle(
+                "java-cancel",
+                task -> {
+                  started.countDown();
+                  // A long LLM call, say: a blocking wait the cancellation interrupts
+                  // (bounded all the same).
+                  try {
+                    Thread.sleep(WAIT.toMillis());
+                    interrupted.add(false);
+                  } catch (InterruptedException e) {
+                    interrupted.add(true);
+                  }
+                  reasons.add(task.cancelReason());
+                  throw new TaskError("Cancelled", "stopped");
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-cancel").task(new TaskBuilder("long", "java-cancel")));
+    assertTrue(started.await(WAIT.toSeconds(), TimeUnit.SECONDS), "the handler started");
+    Workflow workflow = handle.cancel("the user changed their mind");
+    assertEquals(WorkflowState.WORKFLOW_STATE_CANCELLED, workflow.getState());
+    Optional<CancelReason> reason = reasons.poll(WAIT.toSeconds(), TimeUnit.SECONDS);
+    assertTrue(reason != null, "the cancellation reached the handler");
+    assertTrue(
+        reason.equals(Optional.of(CancelReason.CANCEL_REQUESTED))
+            || reason.equals(Optional.of(CancelReason.LEASE_LOST)),
+        "reason " + reason);
+    assertEquals(Boolean.TRUE, interrupted.poll(1, TimeUnit.SECONDS));
+    AreException e = assertThrows(AreException.class, () -> handle.result(WAIT));
+    assertEquals("WORKFLOW_CANCELLED", e.reason());
+    stopWorker(worker);
+    assertEquals(1, worker.stats().cancelled());
+  }
+
+  @Test
+  void cacheExactTierAndGetOrCall() {
+    Cache cache = client.cache();
+    String ns = "java-exact";
+    PutNamespaceResponse put =
+        cache.putNamespace(CacheNamespace.newBuilder().setName(ns).build());
+    assertTrue(put.getCreated());
+    CacheOptions none = CacheOptions.defaults();
+    assertTrue(cache.lookup(ns, "What is the capital of France?", none).isEmpty());
+    String stored =
+        cache.store(
+            ns,
+            "What is the capital of France?",
+            "Paris",
+            none.withUsage(
+                    Usage.newBuilder()
+                        .setInputTokens(12)
+                        .setOutputTokens(3)
+                        .setCostMicroUsd(40)
+                        .build())
+                .withMetadata(Map.of("model", "gpt-x")));
+    Cache.CacheHit hit =
+        cache
+            .lookup(ns, "  What is the   capital of France?", none.withExactOnly(true))
+            .orElseThrow();
+    assertEquals(CacheTier.CACHE_TIER_EXACT, hit.tier());
+    assertEquals("Paris", hit.value().asText());
+    assertEquals(stored, hit.entryId());
+    assertEquals(3, hit.usage().getOutputTokens());
+    assertEquals("gpt-x", hit.metadata().get("model"));
+    AreException e =
+        assertThrows(AreException.class, () -> cache.lookup("no-such-namespace", "x", none));
+    assertEquals(Status.Code.NOT_FOUND, e.code());
+    assertEquals("NAMESPACE_NOT_FOUND", e.reason());
+
+    AtomicInteger calls = new AtomicInteger();
+    for (int i = 0; i < 3; i++) {
+      Cache.Result r =
+          cache.getOrCall(
+              ns,
+              "the answer to everything",
+              none,
+              () -> {
+                calls.incrementAndGet();
+                return Cache.Computed.of(
+                    "42", Usage.newBuilder().setInputTokens(7).setOutputTokens(1).build());
+              });
+      assertEquals("42", r.value().asText());
+      assertEquals(i > 0, r.isHit(), "call #" + i);
+    }
+    assertEquals(1, calls.get());
+    IOException failed =
+        assertThrows(
+            IOException.class,
+            () ->
+                cache.getOrCall(
+                    ns,
+                    "another prompt",
+                    none,
+                    () -> {
+                      throw new IOException("provider down");
+                    }));
+    assertEquals("provider down", failed.getMessage());
+    assertTrue(cache.lookup(ns, "another prompt", none).isEmpty());
+  }
+
+  @Test
+  void unixSocketAndToken() {
+    try (Sidecar uds =
+            Sidecar.start(SidecarOptions.defaults().withUds(true).withToken("s3cret-token"));
+        Client authed = uds.client();
+        Client anonymous = Client.connect(uds.target())) {
+      assertTrue(uds.target().startsWith("unix:"), uds.target());
+      assertEquals(ServingStatus.SERVING, authed.health());
+      AreException e =
+          assertThrows(AreException.class, () -> authed.workflow("wf-missing").get());
+      assertEquals(Status.Code.NOT_FOUND, e.code(), e.getMessage());
+
+      e = assertThrows(AreException.class, () -> anonymous.workflow("wf-missing").get());
+      assertEquals(Status.Code.UNAUTHENTICATED, e.code(), e.getMessage());
+    }
+  }
+
+  @Test
+  void tokenOverTcp() {
+    try (Sidecar tcp = Sidecar.start(SidecarOptions.defaults().withToken("tcp-token"));
+        Client authed = tcp.client();
+        Client wrong =
+            Client.connect(tcp.target(), Options.builder().token("not-the-token").build())) {
+      AreException e =
+          assertThrows(AreException.class, () -> authed.workflow("wf-missing").get());
+      assertEquals(Status.Code.NOT_FOUND, e.code(), e.getMessage());
+      e = assertThrows(AreException.class, () -> wrong.workflow("wf-missing").get());
+      assertEquals(Status.Code.UNAUTHENTICATED, e.code(), e.getMessage());
+    }
+  }
+
+  @Test
+  void tlsWithATrustedCertificate(@TempDir Path dir) throws Exception {
+    Path cert = dir.resolve("cert.pem");
+    Path key = dir.resolve("key.pem");
+    Process openssl;
+    try {
+      openssl =
+          new ProcessBuilder(
+                  "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                  "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                  "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                  "-keyout", key.toString(), "-out", cert.toString())
+              .redirectErrorStream(true)
+              .redirectOutput(dir.resolve("openssl.log").toFile())
+              .start();
+    } catch (IOException e) {
+      Assumptions.abort("no openssl to make a test certificate: " + e);
+      return;
+    }
+    assertTrue(openssl.waitFor(30, TimeUnit.SECONDS), "openssl finished");
+    assertEquals(0, openssl.exitValue(), Files.readString(dir.resolve("openssl.log")));
+    try (Sidecar tls = Sidecar.start(SidecarOptions.defaults().withTls(cert, key));
+        Client trusted = tls.client()) {
+      assertEquals(ServingStatus.SERVING, trusted.health());
+      AreException e =
+          assertThrows(
+              AreException.class,
+              () ->
+                  Client.connect(
+                      tls.target(),
+                      Options.builder().connectTimeout(Duration.ofSeconds(5)).build()));
+      assertEquals(Status.Code.UNAVAILABLE, e.code(), e.getMessage());
+    }
+  }
+
+  @Test
+  void largeOutputAsABlobAndTheEventStream() throws Exception {
+    String big = "x".repeat(Client.MAX_INLINE_BYTES + 1024);
+    Worker worker =
+        new Worker(client, "java-blobber", fast()).handle("java-blob", task -> big).start();
+    WorkflowHandle handle =
+        client.submit(new WorkflowBuilder("java-blob").task(new TaskBuilder("big", "java-blob")));
+    String result = handle.result(WAIT, String.class);
+    assertEquals(big.length(), result.length());
+    assertEquals(big, result);
+    Task task = handle.task("big");
+    assertEquals(Payload.ContentCase.BLOB, task.getOutput().getContentCase());
+    stopWorker(worker);
+
+    EventFilter filter = EventFilter.newBuilder().addWorkflowIds(handle.id()).build();
+    List<EventType> types = new ArrayList<>();
+    try (EventStream events = client.streamEvents(filter, 0L)) {
+      loop:
+      while (true) {
+        StreamEventsResponse msg = events.next(WAIT).orElseThrow();
+        switch (msg.getMessageCase()) {
+          case EVENT -> types.add(msg.getEvent().getEventType());
+          case CAUGHT_UP -> {
+            break loop;
+          }
+          case MISSED -> throw new AssertionError("missed " + msg.getMissed());
+          default -> throw new AssertionError("unexpected " + msg);
+        }
+      }
+      assertTrue(types.contains(EventType.EVENT_TYPE_WORKFLOW_SUBMITTED), types.toString());
+      assertTrue(types.contains(EventType.EVENT_TYPE_WORKFLOW_COMPLETED), types.toString());
+      // Nothing more comes for a closed workflow: a bounded wait says so.
+      AreException e =
+          assertThrows(AreException.class, () -> events.next(Duration.ofMillis(200)));
+      assertEquals("TIMEOUT", e.reason());
+    }
+  }
+
+  @Test
+  void gracefulShutdownLetsARunningHandlerFinish() throws Exception {
+    CountDownLatch started = new CountDownLatch(1);
+    CountDownLatch go = new CountDownLatch(1);
+    BlockingQueue<Optional<CancelReason>> reasons = new ArrayBlockingQueue<>(1);
+    Worker worker =
+        new Worker(client, "java-stopper", fast())
+            .handle(
+                "java-stop",
+                task -> {
+                  started.countDown();
+                  go.await(WAIT.toSeconds(), TimeUnit.SECONDS);
+                  reasons.add(task.cancelReason());
+                  return "finished";
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(new WorkflowBuilder("java-stop").task(new TaskBuilder("slow", "java-stop")));
+    assertTrue(started.await(WAIT.toSeconds(), TimeUnit.SECONDS), "the handler started");
+    worker.shutdown(); // shutdown begins while the handler runs
+    go.countDown();
+    assertTrue(worker.awaitTermination(WAIT), "the worker stopped in time");
+    assertEquals(Optional.empty(), reasons.poll(1, TimeUnit.SECONDS));
+    assertEquals(1, worker.stats().completed());
+    assertEquals("finished", handle.result(WAIT, String.class));
+  }
+
+  @Test
+  void aWorkerWithoutHandlersIsRefused() {
+    AreException e =
+        assertThrows(AreException.class, () -> new Worker(client, "idle", fast()).run());
+    assertEquals("NO_HANDLER", e.reason());
+    assertInstanceOf(RuntimeException.class, e);
+    assertFalse(e.isRetryable());
+  }
+}
