@@ -502,12 +502,16 @@ def missing_requirements(modules: Iterable[str]) -> list[str]:
     return missing
 
 
+# Modules of the package that are tools run on their own, not suites.
+_NOT_SUITES = frozenset({"go_client"})
+
+
 def discover_suites() -> list[str]:
     """Return the names of all suite modules in the ``benchmarks`` package."""
     return sorted(
         info.name
         for info in pkgutil.iter_modules([str(Path(__file__).parent)])
-        if not info.name.startswith("_")
+        if not info.name.startswith("_") and info.name not in _NOT_SUITES
     )
 
 

@@ -16,7 +16,21 @@ from benchmarks._harness import ROOT
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["python_server", "stop_process"]
+__all__ = ["python_server", "sidecar_env", "stop_process"]
+
+
+def sidecar_env(**extra: str) -> dict[str, str]:
+    """The sidecar settings of this environment, for a benchmark's sidecar.
+
+    ``SidecarProcess`` starts its child without the caller's ``ARE_*``
+    variables (so that tests are not configured by accident); a benchmark
+    passes them on on purpose, so that ``ARE_CACHE_SEARCH=coalesced python -m
+    benchmarks cache`` times what it says. The benchmarks' own
+    ``ARE_BENCH_*`` variables stay behind.
+    """
+    env = {k: v for k, v in os.environ.items() if k.startswith("ARE_") and not k.startswith("ARE_BENCH_")}
+    env.update(extra)
+    return env
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks._echo import echo_contender
 from benchmarks._harness import Contender, Operation, Suite
+from benchmarks._process import sidecar_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -133,7 +134,7 @@ def sidecar_server() -> Iterator[str]:
     """A real sidecar holding the 10,000 cards (registered before timing starts)."""
     from are_sdk.testing import SidecarProcess  # noqa: PLC0415 - an optional dependency
 
-    with SidecarProcess.start(args=["--durability", "relaxed"]) as sidecar:
+    with SidecarProcess.start(args=["--durability", "relaxed"], env=sidecar_env()) as sidecar:
         asyncio.run(_register_all(sidecar.target))
         yield sidecar.target
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2
 
 from benchmarks._echo import echo_contender
 from benchmarks._harness import Contender, Operation, Suite
+from benchmarks._process import sidecar_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -37,7 +38,7 @@ def sidecar_server(*, uds: bool = False) -> Iterator[str]:
     """
     from are_sdk.testing import SidecarProcess  # noqa: PLC0415 - an optional dependency
 
-    with SidecarProcess.start(uds=uds) as sidecar:
+    with SidecarProcess.start(uds=uds, env=sidecar_env()) as sidecar:
         yield sidecar.target
 
 

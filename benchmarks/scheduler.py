@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from benchmarks._echo import echo_contender
 from benchmarks._harness import Contender, Operation, Suite
+from benchmarks._process import sidecar_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -51,7 +52,7 @@ def sidecar_server() -> Iterator[str]:
     """Start a real sidecar (default config: sync durability) in a temporary folder."""
     from are_sdk.testing import SidecarProcess  # noqa: PLC0415 - an optional dependency
 
-    with SidecarProcess.start() as sidecar:
+    with SidecarProcess.start(env=sidecar_env()) as sidecar:
         yield sidecar.target
 
 

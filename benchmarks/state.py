@@ -53,6 +53,7 @@ import numpy as np
 
 from benchmarks._echo import echo_contender
 from benchmarks._harness import Contender, Operation, Suite
+from benchmarks._process import sidecar_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -125,7 +126,7 @@ def sidecar_server(*, patches: int = 0, notes: int = 0) -> Iterator[str]:
     """A real sidecar (sync durability) seeded with the document, ``patches`` versions more and ``notes``."""
     from are_sdk.testing import SidecarProcess  # noqa: PLC0415 - an optional dependency
 
-    with SidecarProcess.start(args=["--durability", "sync"], timeout=120) as sidecar:
+    with SidecarProcess.start(args=["--durability", "sync"], timeout=120, env=sidecar_env()) as sidecar:
         asyncio.run(_seed(sidecar.target, patches=patches, notes=notes))
         yield sidecar.target
 

@@ -45,6 +45,7 @@ import msgspec
 
 from benchmarks._echo import echo_contender
 from benchmarks._harness import Contender, Operation, Suite
+from benchmarks._process import sidecar_env
 from benchmarks.scheduler import are_client
 
 __all__ = ["SUITE"]
@@ -92,7 +93,7 @@ def traced_sidecar(*, otlp: bool = False, relaxed: bool = True) -> Iterator[str]
 
     with contextlib.ExitStack() as stack:
         args = ["--durability", "relaxed"] if relaxed else []
-        env = {"ARE_TRACE_TEST_HOOK": "1"}
+        env = sidecar_env(ARE_TRACE_TEST_HOOK="1")
         if otlp:
             port = stack.enter_context(_otlp_receiver())
             args += ["--otlp-endpoint", f"http://127.0.0.1:{port}"]

@@ -204,6 +204,13 @@ def test_rpc_suite_is_discovered() -> None:
     assert "rpc" in discover_suites()
 
 
+def test_every_discovered_module_is_a_suite() -> None:
+    """``python -m benchmarks`` (all suites) and ``--list`` load each one."""
+    names = discover_suites()
+    assert "go_client" not in names  # a tool run on its own
+    assert [load_suite(name).name for name in names] == names
+
+
 def test_missing_requirements_raises_for_a_broken_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
