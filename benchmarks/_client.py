@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import time
 import traceback
 from pathlib import Path
@@ -173,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--paired-baseline", default=None, help="a contender to time alternately with this one"
     )
     parser.add_argument("--paired-target", default=None)
+    parser.add_argument("--cpus", default="", help="run on these CPUs only (comma-separated; --pin)")
     args = parser.parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     try:
         report = uvloop.run(_measure(args))
     except Exception as exc:  # noqa: BLE001 - reported to the runner as a failure

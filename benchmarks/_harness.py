@@ -168,6 +168,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         paired: Time each contender alternately with the baseline, one
             operation each, in the contender's client process, and take its
             ratios against that paired baseline (concurrency 1 only).
+        server_cpus: With ``--pin``, the CPUs every server process runs on
+            (empty: wherever the OS puts them).
+        client_cpus: With ``--pin``, the CPUs every client process runs on.
     """
 
     requests: int = 10_000
@@ -175,6 +178,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 1
     max_seconds: float = 30.0
     paired: bool = False
+    server_cpus: tuple[int, ...] = ()
+    client_cpus: tuple[int, ...] = ()
 
 
 class ClientReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -576,6 +581,8 @@ def run_client(
             command += ["--paired-baseline", paired[0]]
             if paired[1] is not None:
                 command += ["--paired-target", paired[1]]
+        if settings.client_cpus:
+            command += ["--cpus", ",".join(map(str, settings.client_cpus))]
         timeout = 2 * settings.max_seconds + _CLIENT_SLACK_SECONDS
         try:
             proc = subprocess.run(
@@ -729,8 +736,39 @@ def build_parser() -> argparse.ArgumentParser:
             "concurrency 1 only)"
         ),
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help=(
+            "run every server (the echo, the sidecar) on the last CPU and every client on the "
+            "others, for baseline and contenders alike (needs 2 CPUs)"
+        ),
+    )
     parser.add_argument("--list", action="store_true", help="list suites and contenders")
     return parser
+
+
+def cpu_split() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``--pin``'s CPUs: the last this process may use for servers, the others for clients.
+
+    Raises:
+        ValueError: Fewer than two CPUs.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:  # one for the servers, one at least for the clients
+        msg = f"--pin needs at least 2 CPUs; this process may use {len(cpus)}"
+        raise ValueError(msg)
+    return (cpus[-1],), tuple(cpus[:-1])
+
+
+def _pin(parser: argparse.ArgumentParser) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Pins this process (and so the servers it starts) to the servers' CPUs; both CPU sets."""
+    try:
+        server_cpus, client_cpus = cpu_split()
+    except ValueError as error:
+        parser.error(str(error))
+    os.sched_setaffinity(0, server_cpus)
+    return server_cpus, client_cpus
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -763,12 +801,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.paired and args.concurrency != 1:
         parser.error("--paired times one operation at a time: it needs --concurrency 1")
+    server_cpus, client_cpus = _pin(parser) if args.pin else ((), ())
     settings = Settings(
         requests=args.requests,
         warmup=args.warmup,
         concurrency=args.concurrency,
         max_seconds=args.max_seconds,
         paired=args.paired,
+        server_cpus=server_cpus,
+        client_cpus=client_cpus,
     )
     machine = machine_info()
     print(_machine_line(machine))
@@ -776,6 +817,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"requests {settings.requests}, warmup {settings.warmup}, "
         f"concurrency {settings.concurrency}, max {settings.max_seconds:g} s per loop"
         + (", paired with the baseline" if settings.paired else "")
+        + (
+            f", servers pinned to CPU {settings.server_cpus} and clients to {settings.client_cpus}"
+            if settings.server_cpus
+            else ""
+        )
     )
     reports = []
     for suite in suites:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from benchmarks._echo import ECHO_METHOD, echo_server
-from benchmarks._harness import ContenderResult, SuiteReport, apply_ratios, format_table, summarize
+from benchmarks._harness import ContenderResult, SuiteReport, apply_ratios, cpu_split, format_table, summarize
 
 __all__ = ["main"]
 
@@ -99,9 +99,15 @@ def _replay(
         f"-warmup={settings.warmup}",
         f"-max-seconds={settings.max_seconds}",
     ]
+    client_cpus = getattr(settings, "client_cpus", ())
     # Bounded: two loops of at most max_seconds each, plus a minute of slack.
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=2 * settings.max_seconds + 60, check=False
+        command,
+        capture_output=True,
+        text=True,
+        timeout=2 * settings.max_seconds + 60,
+        check=False,
+        preexec_fn=(lambda: os.sched_setaffinity(0, client_cpus)) if client_cpus else None,
     )
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or f"goclient exited {done.returncode}")
@@ -209,7 +215,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=5_000, help="timed pairs per contender")
     parser.add_argument("--warmup", type=int, default=500, help="untimed pairs first")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="time bound of each loop")
+    parser.add_argument(
+        "--pin", action="store_true", help="servers on the last CPU, the Go client on the others"
+    )
     args = parser.parse_args(argv)
+    args.client_cpus = ()
+    if args.pin:
+        try:
+            server_cpus, args.client_cpus = cpu_split()
+        except ValueError as error:
+            parser.error(str(error))
+        os.sched_setaffinity(0, server_cpus)  # the servers started from here inherit it
     go = _go()
     if go is None:
         print("go-client: skipped (no go toolchain found)", file=sys.stderr)

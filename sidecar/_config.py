@@ -53,6 +53,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float
     max_message_bytes: int
     max_concurrent_streams: int
+    cpu_affinity: tuple[int, ...] = ()
     ready_file: Path | None
     config_file: Path | None
     otlp_endpoint: str | None = None
@@ -147,6 +148,26 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    """``2`` or ``0,2`` or ``2-3``: CPUs this process may run on (empty: no pinning)."""
+    text = text.strip()
+    if not text:
+        return ()
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("pinning to CPUs is supported on Linux only")
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        first, last = int(low), int(high or low)
+        if first < 0 or last < first:
+            raise ValueError(f"expected CPU numbers or ranges like 2-3, got {part.strip()!r}")
+        cpus.update(range(first, last + 1))
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise ValueError(f"CPUs {sorted(cpus - allowed)} are not available (allowed: {sorted(allowed)})")
+    return tuple(sorted(cpus))
 
 
 def _bounded_float(low: float, high: float) -> Callable[[str], float]:
@@ -250,6 +271,15 @@ OPTIONS: tuple[Option, ...] = (
         "Most concurrent calls per client connection (1 to 65536).",
         _bounded_int(1, 65536),
         "N",
+    ),
+    Option(
+        "cpu_affinity",
+        None,
+        "Run the sidecar (all its threads) on these CPUs only, e.g. '3', '2,3' or '2-3' (Linux); "
+        "empty: wherever the OS schedules it. A core the agents do not use keeps the sidecar's "
+        "caches warm between calls (benchmarks/README.md, --pin).",
+        _cpu_list,
+        "CPUS",
     ),
     Option(
         "ready_file",
@@ -447,6 +477,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         shutdown_grace_s=values["shutdown_grace_s"],
         max_message_bytes=values["max_message_bytes"],
         max_concurrent_streams=values["max_concurrent_streams"],
+        cpu_affinity=values["cpu_affinity"] or (),
         ready_file=values["ready_file"],
         config_file=config_path,
         otlp_endpoint=values["otlp_endpoint"] or None,

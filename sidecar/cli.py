@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 import uvloop
@@ -83,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if isinstance(code, int) else 1
 
 
+def _pin(cpus: tuple[int, ...]) -> None:
+    """Pins every thread of this process to ``cpus``; threads started later inherit it.
+
+    Some threads exist before the server does (a BLAS library's, started at
+    import), so each is pinned, not only this one.
+    """
+    for task in Path("/proc/self/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
 def _serve(flags: dict[str, str]) -> int:
     try:
         config = load_config(flags)
@@ -90,6 +102,8 @@ def _serve(flags: dict[str, str]) -> int:
         sys.stderr.write(f"are serve: error: {error}\n")
         return 2
     configure_logging(config.log_format, config.log_level)
+    if config.cpu_affinity:
+        _pin(config.cpu_affinity)
     try:
         return uvloop.run(Sidecar(config).run())
     except DataDirLockedError as error:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
@@ -138,3 +141,12 @@ async def _call_raw(
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or "", tuple(error.trailing_metadata() or ())
     return grpc.StatusCode.OK, "", ()
+
+
+def test_cpu_affinity_pins_every_thread_of_the_sidecar() -> None:
+    cpu = max(os.sched_getaffinity(0))
+    with SidecarProcess.start(args=["--cpu-affinity", str(cpu)]) as pinned:
+        assert SyncClient.connect(pinned.target).health() == "SERVING"
+        threads = list(Path(f"/proc/{pinned.pid}/task").iterdir())
+        assert len(threads) > 1  # grpc's threads and the committer's, started after the pinning
+        assert {frozenset(os.sched_getaffinity(int(t.name))) for t in threads} == {frozenset({cpu})}

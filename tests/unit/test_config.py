@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,23 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({}, {"ARE_SHUTDOWN_GRACE_S": "-1"}, "ARE_SHUTDOWN_GRACE_S"),
         ({"tls_cert": "cert.pem"}, {}, "--tls-key"),
         ({"listen": "off"}, {}, "--uds"),
+        ({"cpu_affinity": "3-1"}, {}, "--cpu-affinity"),
+        ({}, {"ARE_CPU_AFFINITY": "4096"}, "ARE_CPU_AFFINITY"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config(flags, environ=env)
+
+
+def test_cpu_affinity_takes_lists_and_ranges_of_available_cpus() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    assert load_config({}, environ={}).cpu_affinity == ()
+    assert load_config({"cpu_affinity": str(allowed[-1])}, environ={}).cpu_affinity == (allowed[-1],)
+    spelled = f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+    assert load_config({"cpu_affinity": spelled}, environ={}).cpu_affinity == tuple(
+        range(allowed[0], allowed[-1] + 1)
+    )
 
 
 def test_toml_rejects_unknown_keys_and_bad_types(tmp_path: Path) -> None:
