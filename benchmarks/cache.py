@@ -666,33 +666,20 @@ def _suite() -> Suite:
         description=f"LookupCache, {entries:,} 384-d {dtype} entries, vs bare grpc.aio; raw indexes",
         baseline=echo_contender("echo", payload_bytes=16),
         contenders=_keep(
-            Contender(
-                name="exact-hit",
-                client=functools.partial(_lookup_client, kind="exact", entries=entries),
-                server=sidecar,
-                description="LookupCache by prompt, answered by the exact tier",
-                requires=SIDECAR_REQUIRES,
-            ),
-            Contender(
-                name="exact-hit-first",
-                client=functools.partial(_lookup_client, kind="exact-first", entries=entries),
-                server=sidecar,
-                description="LookupCache by a prompt asked for the first time since the sidecar started",
-                requires=SIDECAR_REQUIRES,
-            ),
-            Contender(
-                name="semantic-hit",
-                client=functools.partial(_lookup_client, kind="semantic", entries=entries),
-                server=sidecar,
-                description="LookupCache by vector (a stored one plus noise), answered by the semantic tier",
-                requires=SIDECAR_REQUIRES,
-            ),
-            Contender(
-                name="miss",
-                client=functools.partial(_lookup_client, kind="miss", entries=entries),
-                server=sidecar,
-                description="LookupCache by an unrelated vector: searched, below the threshold",
-                requires=SIDECAR_REQUIRES,
+            *(
+                Contender(
+                    name=name,
+                    client=functools.partial(_lookup_client, kind=kind, entries=entries),
+                    server=sidecar,
+                    description=f"LookupCache {what}",
+                    requires=SIDECAR_REQUIRES,
+                )
+                for name, kind, what in (
+                    ("exact-hit", "exact", "by prompt, answered by the exact tier"),
+                    ("exact-hit-first", "exact-first", "by a prompt not asked before since the start"),
+                    ("semantic-hit", "semantic", "by vector (a stored one plus noise): the semantic tier"),
+                    ("miss", "miss", "by an unrelated vector: searched, below the threshold"),
+                )
             ),
             Contender(
                 name="usearch-inproc",

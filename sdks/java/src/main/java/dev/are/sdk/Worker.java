@@ -36,6 +36,7 @@ import java.util.concurrent.Future;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.Semaphore;
+import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -185,20 +186,9 @@ public final class Worker implements AutoCloseable {
     }
     started = true;
     int n = THREADS.incrementAndGet();
-    ExecutorService pool =
-        Executors.newCachedThreadPool(
-            r -> {
-              Thread t = new Thread(r, "are-worker-" + name + "-" + n + "-attempt");
-              t.setDaemon(true);
-              return t;
-            });
+    ExecutorService pool = Executors.newCachedThreadPool(daemons(name, n, "attempt"));
     ScheduledExecutorService timers =
-        Executors.newSingleThreadScheduledExecutor(
-            r -> {
-              Thread t = new Thread(r, "are-worker-" + name + "-" + n + "-timer");
-              t.setDaemon(true);
-              return t;
-            });
+        Executors.newSingleThreadScheduledExecutor(daemons(name, n, "timer"));
     Semaphore slots = new Semaphore(options.concurrency());
     try {
       poll(pool, timers, slots);
@@ -211,6 +201,15 @@ public final class Worker implements AutoCloseable {
         stopped.countDown();
       }
     }
+  }
+
+  /** Daemon threads named after the worker, so that a thread dump says whose they are. */
+  private static ThreadFactory daemons(String name, int n, String role) {
+    return r -> {
+      Thread t = new Thread(r, "are-worker-" + name + "-" + n + "-" + role);
+      t.setDaemon(true);
+      return t;
+    };
   }
 
   private void drain(Semaphore slots) {
