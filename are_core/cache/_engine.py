@@ -233,6 +233,9 @@ class CacheEngine:
 
     Expired, evicted or invalidated entries never answer: expiry is checked
     on every lookup; removals leave memory before their commit is awaited.
+    The bodies of entries that answered lately stay in memory (``hot_bytes``),
+    so a repeated hit reads nothing from LMDB; a kept body answers only for
+    an entry whose head is still there.
 
     Args:
         storage: The open storage (with :data:`CACHE_TABLES`).
