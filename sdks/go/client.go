@@ -52,6 +52,9 @@ type Client struct {
 	Cache *Cache
 	// Trace reads and follows the flight recorder (TraceService).
 	Trace *Trace
+	// State reads and patches workflows' state documents, lists their
+	// checkpoints, forks them, and keeps their memory (StateService).
+	State *State
 }
 
 type options struct {
@@ -172,6 +175,7 @@ func newClient(target string, conn *grpc.ClientConn) *Client {
 	c.Workflows = &Workflows{client: c}
 	c.Cache = &Cache{client: c}
 	c.Trace = &Trace{client: c}
+	c.State = &State{client: c, Memory: &Memory{client: c}}
 	return c
 }
 

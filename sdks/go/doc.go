@@ -16,7 +16,10 @@
 //     CompleteTask / FailTask, RecordHeartbeat while a handler runs) with a
 //     Run loop of bounded concurrency;
 //   - Client.Cache: Lookup, Store and GetOrCall on the semantic cache;
-//   - Client.Trace: the flight recorder, listed or followed live.
+//   - Client.Trace: the flight recorder, listed or followed live;
+//   - Client.State: a workflow's state document (Get by JSON Pointer, Patch
+//     with optimistic concurrency, checkpoints, Fork) and its memory (Add,
+//     Hydrate); Task.State is the view bound to a running task's attempt.
 //
 // Every failed call returns an *Error carrying the gRPC code, the ErrorInfo
 // reason, the BadRequest field violations and the RetryInfo delay; use
