@@ -43,8 +43,9 @@ hooks below are installed on the engines, so a task that uses none of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -184,6 +185,7 @@ class Wiring:
             features.add("blobs")
             self.state.gate = self.gate
             self.state.fork_hook = self.fork
+            self.state.fork_check = self.check_fork
             engine.stage_blob_reference = self.stage_blob_reference
         if self.router is not None:
             features.add("intent")
@@ -325,9 +327,14 @@ class Wiring:
                     str(error), field="task_id", workflow_id=workflow_id, task_id=task_id, attempt=attempt
                 ) from None
 
+    def check_fork(self, source_id: str, new_id: str, rerun_task_ids: tuple[str, ...]) -> None:
+        """ForkWorkflow's check, before any copy: raises what :meth:`fork` would."""
+        with _fork_errors():
+            self.engine.check_fork(source_id, new_id, rerun_task_ids)
+
     async def fork(self, plan: ForkPlan) -> None:
         """ForkWorkflow's hook: the new workflow's tasks as of the checkpoint."""
-        try:
+        with _fork_errors():
             await self.engine.fork(
                 plan.source_workflow_id,
                 plan.workflow_id,
@@ -336,15 +343,6 @@ class Wiring:
                 labels=plan.labels,
                 source_version=plan.source_version,
             )
-        except WorkflowExistsError as error:
-            raise st.WorkflowExistsError(str(error), field="new_workflow_id") from None
-        except SpecError as error:
-            raise st.InvalidStateArgumentError(error.message, field=error.field) from None
-        except _SchedulerError as error:
-            if error.reason == "WORKFLOW_NOT_FOUND":
-                # The source has state but no scheduler record: only its state is forked.
-                return
-            raise st.InvalidStateArgumentError(str(error), field="workflow_id") from None
 
     async def delete_state(self, workflow_id: str) -> int:
         """Removes the workflow's document, memory and unshared blobs; returns the bytes freed."""
@@ -527,3 +525,20 @@ class Wiring:
         """Waits for background cache stores."""
         if self._stores:
             await asyncio.gather(*self._stores, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def _fork_errors() -> Iterator[None]:
+    """A scheduler refusal of a fork as the StateError ForkWorkflow answers with."""
+    try:
+        yield
+    except WorkflowExistsError as error:
+        raise st.WorkflowExistsError(str(error), field="new_workflow_id") from None
+    except SpecError as error:
+        if error.reason == "UNKNOWN_DEPENDENCY":
+            raise st.UnknownTaskError(error.message, field=error.field) from None
+        raise st.InvalidStateArgumentError(error.message, field=error.field) from None
+    except _SchedulerError as error:
+        if error.reason != "WORKFLOW_NOT_FOUND":
+            raise st.InvalidStateArgumentError(str(error), field="workflow_id") from None
+        # The source has state but no scheduler record: only its state is forked.

@@ -78,6 +78,7 @@ from are_core.state import (
     StateEngine,
     StateError,
     TaskNotHeldError,
+    UnknownTaskError,
     VersionMismatchError,
     VersionNotFoundError,
     WorkflowClosedError,
@@ -94,6 +95,7 @@ from sidecar._status import abort
 
 __all__ = [
     "FORK_REQUESTS_TABLE",
+    "ForkCheck",
     "ForkHook",
     "ForkPlan",
     "Gate",
@@ -153,6 +155,10 @@ class ForkPlan:
 ForkHook = Callable[[ForkPlan], Awaitable[None]]
 """Installed by the scheduler; called after the state and memory are copied."""
 
+ForkCheck = Callable[[str, str, tuple[str, ...]], None]
+"""Installed by the scheduler: (source, new workflow id, rerun task ids); raises
+the StateError the fork hook would, before anything is copied."""
+
 
 class _ForkRecord(msgspec.Struct, frozen=True):
     fingerprint: bytes
@@ -201,6 +207,8 @@ class StateCapability(Capability):
         """Installed by the scheduler to check workflow existence, closure and task leases."""
         self.fork_hook: ForkHook | None = None
         """Installed by the scheduler to create a fork's workflow and task statuses."""
+        self.fork_check: ForkCheck | None = None
+        """Installed by the scheduler to refuse a fork it would refuse, before any copy."""
 
     async def start(self) -> None:
         """Drops unfinished uploads, migrates old blob owners, loads every memory index, starts the sweep."""
@@ -405,6 +413,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
                 return previous
         new_id = request.new_workflow_id or _new_workflow_id()
         try:
+            if self._cap.fork_check is not None:  # a refused fork copies nothing
+                self._cap.fork_check(request.workflow_id, new_id, tuple(request.rerun_task_ids))
             source_version = await self._engine.fork(request.workflow_id, request.version, new_id)
             record = self._checkpoint(request.workflow_id, source_version)
             await self._memory.copy_notes(request.workflow_id, new_id, record[0])
@@ -829,6 +839,7 @@ _STATE_ERRORS: dict[type[StateError], tuple[grpc.StatusCode, str]] = {
     EmbedderUnavailableError: (grpc.StatusCode.FAILED_PRECONDITION, "EMBEDDER_UNAVAILABLE"),
     WorkflowClosedError: (grpc.StatusCode.FAILED_PRECONDITION, "WORKFLOW_CLOSED"),
     TaskNotHeldError: (grpc.StatusCode.FAILED_PRECONDITION, "TASK_NOT_HELD"),
+    UnknownTaskError: (grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_DEPENDENCY"),
     VersionMismatchError: (grpc.StatusCode.ABORTED, "STATE_VERSION_MISMATCH"),
     VersionNotFoundError: (grpc.StatusCode.NOT_FOUND, "STATE_VERSION_NOT_FOUND"),
     WorkflowNotFoundError: (grpc.StatusCode.NOT_FOUND, "WORKFLOW_NOT_FOUND"),

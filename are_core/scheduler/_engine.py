@@ -2458,27 +2458,22 @@ class Scheduler:
                 await self._committer.submit(batch)
         return freed
 
-    async def fork(  # noqa: C901, PLR0912, PLR0915 - copy, decide what reruns, wire, start
-        self,
-        source_id: str,
-        new_id: str,
-        *,
-        cutoff_ns: int,
-        rerun_task_ids: Sequence[str] = (),
-        labels: dict[str, str] | None = None,
-        source_version: int = 0,
-    ) -> WorkflowRecord:
-        """Starts ``new_id`` from ``source_id`` as it was at ``cutoff_ns`` (time travel).
+    def check_fork(self, source_id: str, new_id: str, rerun_task_ids: Sequence[str] = ()) -> None:
+        """Raises what :meth:`fork` would for these arguments, changing nothing.
 
-        Tasks the source had COMPLETED by then keep their output and stay
-        COMPLETED, unless listed in ``rerun_task_ids`` or downstream of one;
-        every other task starts again from PENDING. Spawned tasks are kept
-        with their edges. The new workflow's state is the caller's business.
+        ForkWorkflow calls it before it copies any state, so that a fork the
+        scheduler would refuse leaves nothing behind.
 
         Raises:
             WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
             PoolNotFoundError.
         """
+        self._fork_source(source_id, new_id, rerun_task_ids)
+
+    def _fork_source(
+        self, source_id: str, new_id: str, rerun_task_ids: Sequence[str]
+    ) -> tuple[WorkflowRecord, list[TaskSpec], list[TaskRecord]]:
+        """The source of a fork and its tasks, after every check a fork makes."""
         source = self._load_workflow(source_id).record
         if new_id in self._open or new_id in self._recent or self._storage.get(T_WORKFLOWS, new_id.encode()):
             raise WorkflowExistsError(f"workflow {new_id!r} already exists")
@@ -2507,6 +2502,30 @@ class Scheduler:
         for spec in specs:
             if spec.pool not in self._pools:
                 raise PoolNotFoundError(f"pool {spec.pool!r} does not exist", pool=spec.pool)
+        return source, specs, records
+
+    async def fork(  # noqa: C901, PLR0912, PLR0915 - copy, decide what reruns, wire, start
+        self,
+        source_id: str,
+        new_id: str,
+        *,
+        cutoff_ns: int,
+        rerun_task_ids: Sequence[str] = (),
+        labels: dict[str, str] | None = None,
+        source_version: int = 0,
+    ) -> WorkflowRecord:
+        """Starts ``new_id`` from ``source_id`` as it was at ``cutoff_ns`` (time travel).
+
+        Tasks the source had COMPLETED by then keep their output and stay
+        COMPLETED, unless listed in ``rerun_task_ids`` or downstream of one;
+        every other task starts again from PENDING. Spawned tasks are kept
+        with their edges. The new workflow's state is the caller's business.
+
+        Raises:
+            WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
+            PoolNotFoundError.
+        """
+        source, specs, records = self._fork_source(source_id, new_id, rerun_task_ids)
         # What runs again: the rerun tasks and everything downstream of them.
         downstream: dict[str, list[str]] = {}
         for spec, old_rec in zip(specs, records, strict=True):

@@ -15,6 +15,7 @@ __all__ = [
     "PatchNotApplicableError",
     "StateError",
     "TaskNotHeldError",
+    "UnknownTaskError",
     "VersionMismatchError",
     "VersionNotFoundError",
     "WorkflowClosedError",
@@ -42,6 +43,10 @@ class StateError(Exception):
 
 class InvalidStateArgumentError(StateError):
     """A value is malformed or out of range (INVALID_ARGUMENT)."""
+
+
+class UnknownTaskError(InvalidStateArgumentError):
+    """A task id the workflow does not have (a fork's ``rerun_task_ids``)."""
 
 
 class InvalidJsonError(StateError):

@@ -325,6 +325,27 @@ async def test_fork_keeps_tasks_completed_by_the_checkpoint_and_reruns_the_rest(
     await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=new))
 
 
+async def test_a_fork_the_scheduler_refuses_copies_nothing(client: Client) -> None:
+    """An unknown rerun task is refused as state_service.proto says, before any state is copied."""
+    cap = unique_capability("fork-refused")
+    wid = await submit(client, task("a", cap), initial_state=_json({"stage": 0}))
+    new = _wid("fork-refused")
+    request = ss.ForkWorkflowRequest(workflow_id=wid, new_workflow_id=new, rerun_task_ids=["a", "nope"])
+    refused = client.raw.state.ForkWorkflow(request)
+    await expect_error(refused, InvalidArgumentError, "UNKNOWN_DEPENDENCY", "rerun_task_ids[1]")
+    await expect_error(
+        client.raw.state.GetState(ss.GetStateRequest(workflow_id=new)), NotFoundError, "WORKFLOW_NOT_FOUND"
+    )
+    # Nothing was left behind: the same new id forks once the request is right.
+    forked = await client.raw.state.ForkWorkflow(
+        ss.ForkWorkflowRequest(workflow_id=wid, new_workflow_id=new, rerun_task_ids=["a"])
+    )
+    assert forked.workflow_id == new
+    assert await _state(client, new, "/stage") == (1, {"/stage": 0})
+    for workflow_id in (wid, new):
+        await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
 # ------------------------------------------------------------------ router
 
 
