@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Layers: the generated messages in [`pb`] and stubs in [`Raw`]; the facade
-//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`]); one [`Error`].
+//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`], [`State`]); one [`Error`].
 #![warn(missing_docs)]
 
 /// The `are.v1` messages and gRPC clients, generated from `proto/` at build time.
@@ -26,6 +26,7 @@ pub mod pb {
 mod cache;
 mod client;
 mod error;
+mod state;
 pub mod testing;
 mod trace;
 mod worker;
@@ -36,6 +37,10 @@ pub use client::{
     Auth, Client, Options, Raw, Transport, DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
 };
 pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
+pub use state::{
+    Checkpoint, CheckpointPage, Fork, ForkOptions, HydrateOptions, Hydration, MemoryHit,
+    MemoryNote, MemoryQuery, Patch, PatchOp, PatchOptions, State, StateSnapshot, WorkflowState,
+};
 pub use tokio_util::sync::CancellationToken;
 pub use tonic::transport::ClientTlsConfig;
 pub use tonic::Code;
