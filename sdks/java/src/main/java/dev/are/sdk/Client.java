@@ -248,6 +248,11 @@ public final class Client implements AutoCloseable {
     return new Cache(this);
   }
 
+  /** The state service: workflow state documents, checkpoints, forks and memory. */
+  public State state() {
+    return new State(this);
+  }
+
   /**
    * Opens an event stream: events matching {@code filter}, replayed from {@code afterSequence} (0:
    * the oldest retained) then live; null: live only. Close it when done.
