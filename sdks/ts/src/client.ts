@@ -5,7 +5,8 @@
  * (`src/gen`, one grpc-js client class per service, exposed as
  * `client.raw`); a call layer that adds the bearer token, deadlines, abort
  * signals and error mapping; and the typed facades (`client.workflows`,
- * `client.cache`, `client.trace`, `client.blobs`, and {@link Worker}).
+ * `client.state`, `client.cache`, `client.trace`, `client.blobs`, and
+ * {@link Worker}).
  *
  * @module
  */
@@ -22,6 +23,7 @@ import { TraceServiceClient } from "./gen/are/v1/trace_service.js";
 import { WorkerServiceClient } from "./gen/are/v1/worker_service.js";
 import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthClient } from "./gen/grpc/health/v1/health.js";
 import { Rpc, type CallOptions } from "./rpc.js";
+import { State } from "./state.js";
 import { Trace } from "./trace.js";
 import { Workflows } from "./workflows.js";
 
@@ -75,6 +77,8 @@ export class Client {
   readonly raw: RawServices;
   /** Submit, follow and cancel workflows (SchedulerService). */
   readonly workflows: Workflows;
+  /** Workflow state documents, checkpoints, forks and memory (StateService). */
+  readonly state: State;
   /** The semantic cache (CacheService). */
   readonly cache: Cache;
   /** The flight recorder (TraceService). */
@@ -109,6 +113,7 @@ export class Client {
     );
     this.blobs = new Blobs(this.raw.state, this.rpc);
     this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs);
+    this.state = new State(this.raw.state, this.rpc);
     this.cache = new Cache(this.raw.cache, this.rpc, this.blobs);
     this.trace = new Trace(this.raw.trace, this.rpc);
   }

@@ -4,7 +4,8 @@
  * {@link Client.connect} opens one channel to a sidecar; every failed call
  * throws an {@link AreError}; workflows are built with {@link WorkflowSpec},
  * submitted with `client.workflows.submit` (a {@link WorkflowHandle} comes
- * back at once) and run by {@link Worker} handlers; `client.cache` is the
+ * back at once) and run by {@link Worker} handlers; `client.state` holds each
+ * workflow's state document and memory, `client.cache` is the
  * semantic cache and `client.trace` the flight recorder.
  * `@are-runtime/sdk/testing` starts a real sidecar for tests, and
  * `@are-runtime/sdk/gen/are/v1/<file>` exposes the generated messages.
@@ -38,6 +39,27 @@ export {
 } from "./errors.js";
 export { BlobReference, RawPayload, decodePayload, encodePayload, isJsonContentType } from "./payload.js";
 export type { CallOptions } from "./rpc.js";
+export {
+  BoundMemory,
+  BoundState,
+  State,
+  StateMemory,
+  type CheckpointPage,
+  type ForkOptions,
+  type GetStateOptions,
+  type HydrateOptions,
+  type MemoryHit,
+  type MemoryHydration,
+  type MemoryNote,
+  type PatchOperation,
+  type PatchOptions,
+  type PatchResult,
+  type StateChange,
+  type StateCheckpoint,
+  type StateFork,
+  type StateSnapshot,
+  type TaskIdentity,
+} from "./state.js";
 export {
   WorkflowSpec,
   type Budget,

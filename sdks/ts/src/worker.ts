@@ -46,6 +46,7 @@ import {
 } from "./gen/are/v1/worker_service.js";
 import { OCTET_STREAM, decodePayload, encodePayload } from "./payload.js";
 import type { TaskSpec } from "./spec.js";
+import type { BoundState } from "./state.js";
 import { fromDuration, jitter, sleep, toDuration } from "./time.js";
 import { failureInfo, taskStateName, type FailureInfo, type TaskState } from "./types.js";
 import { spawnTasks, type SpawnOptions } from "./workflows.js";
@@ -195,6 +196,7 @@ export class TaskContext<I = unknown> {
   readonly stateVersion: number;
   /** Aborts (reason: {@link TaskCancelledError}) when the attempt must stop. */
   readonly signal: AbortSignal;
+  private boundState: BoundState | undefined;
 
   /** @internal */
   constructor(
@@ -288,6 +290,16 @@ export class TaskContext<I = unknown> {
     total.costMicroUsd += usage.costMicroUsd ?? 0;
     total.llmCalls += usage.llmCalls ?? 0;
     total.toolCalls += usage.toolCalls ?? 0;
+  }
+
+  /**
+   * This workflow's state document and memory, with each patch recorded as
+   * written by this attempt (refused, TASK_NOT_HELD, once the attempt is no
+   * longer held). Same as `client.state.forTask(ctx)`.
+   */
+  get state(): BoundState {
+    this.boundState ??= this.attemptState.client.state.forTask(this);
+    return this.boundState;
   }
 
   /** Adds tasks to this workflow as children of this attempt and returns their ids. */
