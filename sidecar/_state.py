@@ -528,6 +528,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         vector = list(request.vector.values) if which == "vector" else None
         floor = request.min_similarity if request.HasField("min_similarity") else None
         try:
+            if self._cap.gate is not None:  # an unknown workflow is NOT_FOUND, not an empty memory
+                self._cap.gate("memory", request.workflow_id, "", 0)
             hits, used, truncated = await self._memory.hydrate(
                 request.workflow_id,
                 text=text,

@@ -348,6 +348,9 @@ async def test_memory_text_uses_the_embedder_and_refuses_mismatches(client: Clie
     with pytest.raises(InvalidArgumentError) as caught:
         await memory.hydrate([1.0, 2.0])
     _assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "DIMENSION_MISMATCH", "vector.values")
+    with pytest.raises(NotFoundError) as caught:  # as AddMemory answers, not an empty memory
+        await client.state.for_workflow(f"no-such-workflow-{os.getpid()}").memory.hydrate("anything")
+    _assert_error(caught.value, grpc.StatusCode.NOT_FOUND, "WORKFLOW_NOT_FOUND")
     vectors_only = client.state.for_workflow(_wid("memvec")).memory
     await vectors_only.add([MemoryNote(text="v", vector=[1.0] * 256)])
     with pytest.raises(FailedPreconditionError) as caught:
