@@ -12,9 +12,11 @@
 //   - Client.Workflows: submit a workflow (an arev1.WorkflowSpec, or one made
 //     with NewWorkflow), get it, wait for it to close, cancel it, read a
 //     task's output;
-//   - Client.NewWorker: a worker on the unary path (PollTask long poll,
-//     CompleteTask / FailTask, RecordHeartbeat while a handler runs) with a
-//     Run loop of bounded concurrency;
+//   - Client.NewWorker: a worker with a Run loop of bounded concurrency, on
+//     the Connect stream (the default: batched assignments, heartbeats and
+//     results, pushed cancellations, reconnection with backoff) or on the
+//     unary path (PollTask long poll, CompleteTask / FailTask,
+//     RecordHeartbeat while a handler runs);
 //   - Client.Cache: Lookup, Store and GetOrCall on the semantic cache;
 //   - Client.Trace: the flight recorder, listed or followed live;
 //   - Client.State: a workflow's state document (Get by JSON Pointer, Patch

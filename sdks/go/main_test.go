@@ -96,3 +96,16 @@ func run(t *testing.T, w *are.Worker) (stop func()) {
 	t.Cleanup(stop)
 	return stop
 }
+
+// eachTransport runs f as one subtest per worker transport, with the
+// fastWorker options and that transport.
+func eachTransport(t *testing.T, f func(t *testing.T, opts are.WorkerOptions)) {
+	t.Helper()
+	for _, transport := range []are.Transport{are.TransportStream, are.TransportUnary} {
+		t.Run(transport.String(), func(t *testing.T) {
+			opts := fastWorker
+			opts.Transport = transport
+			f(t, opts)
+		})
+	}
+}

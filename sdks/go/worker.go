@@ -275,34 +275,69 @@ func (t *Task) report(ctx context.Context, eventType arev1.EventType, name strin
 	return err
 }
 
+// Transport is how a Worker talks to the sidecar's WorkerService.
+type Transport int
+
+const (
+	// TransportStream is the default: one bidirectional Connect stream per
+	// worker carrying assignments, batched heartbeats, results and their
+	// acknowledgements, and the sidecar's cancellations.
+	TransportStream Transport = iota
+	// TransportUnary uses PollTask long polls, CompleteTask / FailTask and
+	// RecordHeartbeat calls: simpler, and what a proxy without bidirectional
+	// streams allows.
+	TransportUnary
+)
+
+func (t Transport) String() string {
+	switch t {
+	case TransportStream:
+		return "stream"
+	case TransportUnary:
+		return "unary"
+	}
+	return fmt.Sprintf("Transport(%d)", int(t))
+}
+
 // WorkerOptions configure a Worker; zero values take the defaults.
 type WorkerOptions struct {
+	// Transport chooses the stream (the default) or the unary path; the
+	// handlers are the same either way.
+	Transport Transport
 	// Concurrency is the most handlers run at once (default 16, at most
 	// 10,000).
 	Concurrency int
 	// Identity says who this process is, for humans (default "host:pid N").
 	Identity string
-	// PollTimeout is the deadline of each PollTask long poll (default 10 s;
+	// PollTimeout (unary) is the deadline of each PollTask long poll (default 10 s;
 	// the sidecar answers about 1 s before it). A stopping worker lets the
 	// poll in flight finish rather than cancel it, since a poll cancelled
 	// just as the sidecar assigns a task would strand that task until its
 	// lease expires; so this also bounds how long Run takes to notice a
 	// stop. At least 2 s.
 	PollTimeout time.Duration
-	// HeartbeatInterval is how often a running attempt is heartbeated
-	// (default 1 s, and at most a quarter of the task's heartbeat timeout).
-	// Heartbeats are how a unary worker learns that an attempt was
-	// cancelled, so this also bounds how soon a handler hears of it.
+	// HeartbeatInterval (unary) is how often a running attempt is
+	// heartbeated (default 1 s, and at most a quarter of the task's
+	// heartbeat timeout). Heartbeats are how a unary worker learns that an
+	// attempt was cancelled, so this also bounds how soon a handler hears of
+	// it. The stream heartbeats at the interval the sidecar gives when the
+	// worker registers (at most a quarter of a task's heartbeat timeout) and
+	// hears of cancellations at once.
 	HeartbeatInterval time.Duration
 	// ShutdownGrace is how long running handlers may go on once the worker
-	// has stopped polling after Run's context ended (default 10 s); their
+	// has stopped taking work (drained the stream, or stopped polling)
+	// after Run's context ended (default 10 s); their
 	// context is then cancelled with ErrWorkerStopped and a failure is
 	// reported as FAILURE_KIND_WORKER_LOST (retried by policy, as for a
 	// worker whose stream drops).
 	ShutdownGrace time.Duration
 	// ReportTimeout bounds each CompleteTask, FailTask and RecordHeartbeat
-	// call, retries on UNAVAILABLE included (default 30 s).
+	// call, retries on UNAVAILABLE included, and on the stream how long a
+	// result waits for its acknowledgement (default 30 s).
 	ReportTimeout time.Duration
+	// ReconnectMaxDelay is the longest wait between attempts to reconnect a
+	// broken stream (default 5 s; waits are jittered and start at 50 ms).
+	ReconnectMaxDelay time.Duration
 	// Logger receives the worker's warnings (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -315,12 +350,15 @@ type WorkerStats struct {
 	Failed int64
 	// Cancelled counts attempts the sidecar cancelled or took back.
 	Cancelled int64
+	// Connects counts streams registered (stream transport only).
+	Connects int64
 }
 
-// Worker serves tasks of one or more capabilities on the unary path of
-// WorkerService: PollTask long polls, CompleteTask / FailTask, and
-// RecordHeartbeat while a handler runs. Create it with Client.NewWorker, add
-// handlers with Handle, then call Run.
+// Worker serves tasks of one or more capabilities, over the Connect stream
+// of WorkerService or its unary path (PollTask long polls, CompleteTask /
+// FailTask, and RecordHeartbeat while a handler runs); see
+// WorkerOptions.Transport. Create it with Client.NewWorker, add handlers
+// with Handle, then call Run.
 type Worker struct {
 	client   *Client
 	name     string
@@ -330,7 +368,7 @@ type Worker struct {
 	running  atomic.Bool
 	workerID atomic.Value // string
 
-	completed, failed, cancelled atomic.Int64
+	completed, failed, cancelled, connects atomic.Int64
 }
 
 const maxPollTasks = 100
@@ -358,6 +396,9 @@ func (c *Client) NewWorker(name string, opts WorkerOptions) *Worker {
 	if opts.ReportTimeout <= 0 {
 		opts.ReportTimeout = 30 * time.Second
 	}
+	if opts.ReconnectMaxDelay <= 0 {
+		opts.ReconnectMaxDelay = 5 * time.Second
+	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -380,7 +421,8 @@ func (w *Worker) Handle(capability string, handler Handler) {
 }
 
 // WorkerID is the id the sidecar uses for this worker in events and task
-// statuses ("" before the first poll).
+// statuses ("" before the first poll or registration; on the stream, the id
+// of the current or last connection).
 func (w *Worker) WorkerID() string {
 	id, _ := w.workerID.Load().(string)
 	return id
@@ -388,19 +430,23 @@ func (w *Worker) WorkerID() string {
 
 // Stats returns the worker's counters.
 func (w *Worker) Stats() WorkerStats {
-	return WorkerStats{Completed: w.completed.Load(), Failed: w.failed.Load(), Cancelled: w.cancelled.Load()}
+	return WorkerStats{Completed: w.completed.Load(), Failed: w.failed.Load(), Cancelled: w.cancelled.Load(), Connects: w.connects.Load()}
 }
 
-// Run serves tasks until ctx ends, then stops gracefully: it polls no more
-// (the poll in flight finishes, within PollTimeout), lets running handlers
-// finish within ShutdownGrace (then cancels their context), reports their
-// results, and returns nil. It stops polling at once and returns an error
-// when the sidecar refuses the worker for a reason that retrying cannot fix
-// (a bad name or capability, authentication, UNIMPLEMENTED); other poll
-// failures are retried with jittered backoff.
+// Run serves tasks until ctx ends, then stops gracefully: it takes no more
+// work (on the stream it sends a drain; on the unary path the poll in flight
+// finishes, within PollTimeout), lets running handlers finish within
+// ShutdownGrace (then cancels their context), reports their results, and
+// returns nil. It returns an error at once when the sidecar refuses the
+// worker for a reason that retrying cannot fix (a bad name or capability,
+// authentication, UNIMPLEMENTED); other failures (a broken stream, a failed
+// poll) are retried with jittered backoff.
 func (w *Worker) Run(ctx context.Context) error {
 	if len(w.handlers) == 0 {
 		return errors.New("are: the worker has no handler; call Handle first")
+	}
+	if w.opts.Transport != TransportStream && w.opts.Transport != TransportUnary {
+		return fmt.Errorf("are: unknown worker transport %v", w.opts.Transport)
 	}
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("are: the worker is already running")
@@ -414,7 +460,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopHandlers(nil)
 	slots := make(chan struct{}, w.opts.Concurrency)
 	var running sync.WaitGroup
-	err := w.poll(ctx, base, slots, &running)
+	var err error
+	if w.opts.Transport == TransportUnary {
+		err = w.poll(ctx, base, slots, &running)
+	} else {
+		err = w.serveStream(ctx, base, stopHandlers, slots, &running)
+	}
 	finished := make(chan struct{})
 	go func() {
 		running.Wait()
@@ -525,19 +576,8 @@ func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) 
 	var cancel context.CancelCauseFunc
 	hctx, cancel = context.WithCancelCause(base)
 	defer cancel(nil)
-	task := &Task{
-		WorkflowID:       a.GetWorkflowId(),
-		TaskID:           a.GetTaskId(),
-		Attempt:          a.GetAttempt(),
-		Capability:       a.GetCapability(),
-		IdempotencyKey:   a.GetIdempotencyKey(),
-		InputContentType: a.GetInput().GetContentType(),
-		Assignment:       a,
-		client:           w.client,
-		kick:             make(chan struct{}, 1),
-	}
-	if dl := a.GetDeadlineTime(); dl != nil {
-		task.Deadline = dl.AsTime()
+	task := w.newTask(a)
+	if !task.Deadline.IsZero() {
 		var cancelDeadline context.CancelFunc
 		hctx, cancelDeadline = context.WithDeadline(hctx, task.Deadline)
 		defer cancelDeadline()
@@ -575,18 +615,43 @@ func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) 
 		return
 	}
 	if err != nil {
-		failure, retryAfter := failureOf(err)
-		if errors.Is(context.Cause(hctx), ErrWorkerStopped) {
-			failure = &arev1.Failure{
-				Message: "the worker stopped before the task finished: " + err.Error(),
-				Type:    "WorkerStopped",
-				Kind:    arev1.FailureKind_FAILURE_KIND_WORKER_LOST,
-			}
-		}
+		failure, retryAfter := handlerFailure(hctx, err)
 		w.fail(rctx, task, failure, retryAfter)
 		return
 	}
 	w.complete(rctx, task, output)
+}
+
+// newTask makes the Task a handler receives for an assignment.
+func (w *Worker) newTask(a *arev1.TaskAssignment) *Task {
+	task := &Task{
+		WorkflowID:       a.GetWorkflowId(),
+		TaskID:           a.GetTaskId(),
+		Attempt:          a.GetAttempt(),
+		Capability:       a.GetCapability(),
+		IdempotencyKey:   a.GetIdempotencyKey(),
+		InputContentType: a.GetInput().GetContentType(),
+		Assignment:       a,
+		client:           w.client,
+		kick:             make(chan struct{}, 1),
+	}
+	if dl := a.GetDeadlineTime(); dl != nil {
+		task.Deadline = dl.AsTime()
+	}
+	return task
+}
+
+// handlerFailure is the Failure a handler's error is reported as; a handler
+// that outlived the shutdown grace is reported as WORKER_LOST.
+func handlerFailure(hctx context.Context, err error) (*arev1.Failure, time.Duration) {
+	if errors.Is(context.Cause(hctx), ErrWorkerStopped) {
+		return &arev1.Failure{
+			Message: "the worker stopped before the task finished: " + err.Error(),
+			Type:    "WorkerStopped",
+			Kind:    arev1.FailureKind_FAILURE_KIND_WORKER_LOST,
+		}, 0
+	}
+	return failureOf(err)
 }
 
 // call runs the handler, fetching blob inputs first and turning a panic
@@ -730,7 +795,10 @@ func leaseGone(err error) bool {
 	return false
 }
 
-func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {
+// completionOf makes the completion of an attempt whose handler returned
+// output, uploading an output over MaxInlineBytes as a blob; when the upload
+// fails it returns the failure to report instead.
+func (w *Worker) completionOf(ctx context.Context, task *Task, output []byte) (*arev1.TaskCompletion, *arev1.Failure) {
 	task.mu.Lock()
 	contentType, patch, usage := task.outputContentType, task.statePatch, task.usage
 	task.mu.Unlock()
@@ -744,13 +812,35 @@ func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {
 		payload, err := w.client.inlineOrBlob(ctx, output, contentType, task.WorkflowID)
 		if err != nil {
 			w.log.Warn("cannot store the output as a blob", "workflow_id", task.WorkflowID, "task_id", task.TaskID, "error", err)
-			w.fail(ctx, task, &arev1.Failure{Message: "cannot store the output: " + err.Error(), Type: "BlobWriteError"}, 0)
-			return
+			return nil, &arev1.Failure{Message: "cannot store the output: " + err.Error(), Type: "BlobWriteError"}
 		}
 		completion.Output = payload
 	}
 	if patch != nil {
 		completion.StatePatch = &arev1.StatePatch{Patch: &arev1.StatePatch_MergePatchJson{MergePatchJson: patch}}
+	}
+	return completion, nil
+}
+
+// failureReportOf makes the failure report of an attempt.
+func failureReportOf(task *Task, failure *arev1.Failure, retryAfter time.Duration) *arev1.TaskFailure {
+	task.mu.Lock()
+	usage := task.usage
+	task.mu.Unlock()
+	report := &arev1.TaskFailure{
+		WorkflowId: task.WorkflowID, TaskId: task.TaskID, Attempt: task.Attempt, Failure: failure, Usage: usage,
+	}
+	if retryAfter > 0 {
+		report.RetryAfter = durationpb.New(retryAfter)
+	}
+	return report
+}
+
+func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {
+	completion, failure := w.completionOf(ctx, task, output)
+	if failure != nil {
+		w.fail(ctx, task, failure, 0)
+		return
 	}
 	err := retryUnavailable(ctx, func(ctx context.Context) error {
 		_, err := w.client.Raw.Worker.CompleteTask(ctx, &arev1.CompleteTaskRequest{Completion: completion})
@@ -764,15 +854,7 @@ func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {
 }
 
 func (w *Worker) fail(ctx context.Context, task *Task, failure *arev1.Failure, retryAfter time.Duration) {
-	task.mu.Lock()
-	usage := task.usage
-	task.mu.Unlock()
-	report := &arev1.TaskFailure{
-		WorkflowId: task.WorkflowID, TaskId: task.TaskID, Attempt: task.Attempt, Failure: failure, Usage: usage,
-	}
-	if retryAfter > 0 {
-		report.RetryAfter = durationpb.New(retryAfter)
-	}
+	report := failureReportOf(task, failure, retryAfter)
 	err := retryUnavailable(ctx, func(ctx context.Context) error {
 		_, err := w.client.Raw.Worker.FailTask(ctx, &arev1.FailTaskRequest{Failure: report})
 		return err

@@ -17,258 +17,267 @@ import (
 )
 
 func TestWorkflowOfTwoTasksRunByAGoWorker(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 60*time.Second)
-	capability := name("go-e2e")
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 60*time.Second)
+		capability := name("go-e2e")
 
-	worker := client.NewWorker(name("go-worker"), fastWorker)
-	var seen sync.Map
-	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		seen.Store(task.TaskID, task.Attempt)
-		switch task.TaskID {
-		case "research":
-			var in struct{ Topic string }
-			if err := task.DecodeInput(&in); err != nil {
-				return nil, are.NonRetryable(err)
+		worker := client.NewWorker(name("go-worker"), opts)
+		var seen sync.Map
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			seen.Store(task.TaskID, task.Attempt)
+			switch task.TaskID {
+			case "research":
+				var in struct{ Topic string }
+				if err := task.DecodeInput(&in); err != nil {
+					return nil, are.NonRetryable(err)
+				}
+				task.AddUsage(&arev1.Usage{InputTokens: 10, OutputTokens: 5, LlmCalls: 1})
+				return json.Marshal(map[string]string{"notes": "about " + in.Topic})
+			case "write":
+				notes, ok := task.DependencyOutput("research")
+				if !ok {
+					return nil, errors.New("no research output")
+				}
+				return json.Marshal(map[string]string{"draft": string(notes)})
 			}
-			task.AddUsage(&arev1.Usage{InputTokens: 10, OutputTokens: 5, LlmCalls: 1})
-			return json.Marshal(map[string]string{"notes": "about " + in.Topic})
-		case "write":
-			notes, ok := task.DependencyOutput("research")
-			if !ok {
-				return nil, errors.New("no research output")
-			}
-			return json.Marshal(map[string]string{"draft": string(notes)})
-		}
-		return nil, are.NonRetryable(errors.New("unexpected task " + task.TaskID))
-	})
-	run(t, worker)
+			return nil, are.NonRetryable(errors.New("unexpected task " + task.TaskID))
+		})
+		stop := run(t, worker)
 
-	spec, err := are.NewWorkflow("go-two-tasks").
-		Task("research", capability, are.InputJSON(map[string]string{"topic": "caches"})).
-		Task("write", capability, are.DependsOn("research")).
-		Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatalf("Submit: %v", err)
-	}
-	workflow, err := handle.Wait(ctx)
-	if err != nil {
-		t.Fatalf("Wait: %v", err)
-	}
-	if workflow.GetState() != arev1.WorkflowState_WORKFLOW_STATE_COMPLETED {
-		t.Fatalf("workflow closed %v (%v); want COMPLETED", workflow.GetState(), workflow.GetFailure())
-	}
-	if got := workflow.GetTaskCounts().GetCompleted(); got != 2 {
-		t.Fatalf("completed tasks = %d; want 2", got)
-	}
-	if got := workflow.GetUsage().GetUsage().GetInputTokens(); got != 10 {
-		t.Fatalf("workflow input tokens = %d; want the 10 the handler reported", got)
-	}
-
-	research, err := handle.TaskResult(ctx, "research")
-	if err != nil || string(research) != `{"notes":"about caches"}` {
-		t.Fatalf("research output = %s, %v", research, err)
-	}
-	result, err := handle.Result(ctx)
-	if err != nil {
-		t.Fatalf("Result: %v", err)
-	}
-	var draft map[string]string
-	if err := json.Unmarshal(result, &draft); err != nil || draft["draft"] != `{"notes":"about caches"}` {
-		t.Fatalf("result = %s (%v); want the write task's draft of the research notes", result, err)
-	}
-	for _, id := range []string{"research", "write"} {
-		if attempt, ok := seen.Load(id); !ok || attempt.(int32) != 1 {
-			t.Fatalf("task %s ran as attempt %v; want once, attempt 1", id, attempt)
-		}
-	}
-	if worker.WorkerID() == "" {
-		t.Fatalf("the worker has no id after polling")
-	}
-	if stats := worker.Stats(); stats.Completed != 2 || stats.Failed != 0 {
-		t.Fatalf("worker stats = %+v; want 2 completed", stats)
-	}
-}
-
-func TestFailingHandlerIsRetriedThenFails(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 60*time.Second)
-	capability := name("go-fail")
-
-	var calls sync.Map // task id -> *atomic.Int32
-	count := func(id string) int32 {
-		v, _ := calls.LoadOrStore(id, new(atomic.Int32))
-		return v.(*atomic.Int32).Add(1)
-	}
-	worker := client.NewWorker(name("go-failer"), fastWorker)
-	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		n := count(task.TaskID)
-		switch task.TaskID {
-		case "flaky": // fails once, then succeeds
-			if n == 1 {
-				return nil, errors.New("transient")
-			}
-			return []byte(`"ok"`), nil
-		case "broken": // always fails with a chosen type
-			return nil, &are.TaskError{Message: "boom", Type: "Boom"}
-		case "fatal": // fails for good at once
-			return nil, are.NonRetryable(errors.New("no point retrying"))
-		case "panics":
-			panic("handler bug")
-		}
-		return nil, nil
-	})
-	run(t, worker)
-
-	retry := are.MaxAttempts(3, 10*time.Millisecond)
-	spec, err := are.NewWorkflow("go-failing").
-		Task("flaky", capability, retry).
-		Task("broken", capability, retry).
-		Task("fatal", capability, retry).
-		Task("panics", capability, are.MaxAttempts(1, 0)).
-		Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = handle.Result(ctx)
-	var failed *are.WorkflowFailedError
-	if !errors.As(err, &failed) || failed.Workflow.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
-		t.Fatalf("Result = %v; want a *WorkflowFailedError, FAILED", err)
-	}
-
-	want := map[string]struct {
-		state    arev1.TaskState
-		attempts int32
-		typ      string
-	}{
-		"flaky":  {arev1.TaskState_TASK_STATE_COMPLETED, 2, "errors.errorString"},
-		"broken": {arev1.TaskState_TASK_STATE_FAILED, 3, "Boom"},
-		"fatal":  {arev1.TaskState_TASK_STATE_FAILED, 1, "errors.errorString"},
-		"panics": {arev1.TaskState_TASK_STATE_FAILED, 1, "panic"},
-	}
-	for id, w := range want {
-		task, err := handle.Task(ctx, id)
+		spec, err := are.NewWorkflow("go-two-tasks").
+			Task("research", capability, are.InputJSON(map[string]string{"topic": "caches"})).
+			Task("write", capability, are.DependsOn("research")).
+			Build()
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, _ := calls.Load(id)
-		if task.GetState() != w.state || task.GetAttempt() != w.attempts || v.(*atomic.Int32).Load() != w.attempts {
-			t.Errorf("task %s: %v after attempt %d (handler called %d times); want %v after %d",
-				id, task.GetState(), task.GetAttempt(), v.(*atomic.Int32).Load(), w.state, w.attempts)
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatalf("Submit: %v", err)
 		}
-		if got := task.GetFailure().GetType(); got != w.typ {
-			t.Errorf("task %s failure type %q; want %q", id, got, w.typ)
+		workflow, err := handle.Wait(ctx)
+		if err != nil {
+			t.Fatalf("Wait: %v", err)
 		}
-	}
-	if task, _ := handle.Task(ctx, "fatal"); !task.GetFailure().GetNonRetryable() {
-		t.Errorf("the NonRetryable failure was not reported non-retryable")
-	}
-	if task, _ := handle.Task(ctx, "panics"); !strings.Contains(task.GetFailure().GetStackTrace(), "worker_test.go") {
-		t.Errorf("a panic's failure carries no stack trace of the handler")
-	}
-	if _, err := handle.TaskResult(ctx, "broken"); err == nil {
-		t.Errorf("TaskResult of a failed task returned no error")
-	} else if nc := (*are.TaskNotCompletedError)(nil); !errors.As(err, &nc) || nc.Task.GetFailure().GetMessage() != "boom" {
-		t.Errorf("TaskResult of a failed task = %v; want a *TaskNotCompletedError with the failure", err)
-	}
+		if workflow.GetState() != arev1.WorkflowState_WORKFLOW_STATE_COMPLETED {
+			t.Fatalf("workflow closed %v (%v); want COMPLETED", workflow.GetState(), workflow.GetFailure())
+		}
+		if got := workflow.GetTaskCounts().GetCompleted(); got != 2 {
+			t.Fatalf("completed tasks = %d; want 2", got)
+		}
+		if got := workflow.GetUsage().GetUsage().GetInputTokens(); got != 10 {
+			t.Fatalf("workflow input tokens = %d; want the 10 the handler reported", got)
+		}
+
+		research, err := handle.TaskResult(ctx, "research")
+		if err != nil || string(research) != `{"notes":"about caches"}` {
+			t.Fatalf("research output = %s, %v", research, err)
+		}
+		result, err := handle.Result(ctx)
+		if err != nil {
+			t.Fatalf("Result: %v", err)
+		}
+		var draft map[string]string
+		if err := json.Unmarshal(result, &draft); err != nil || draft["draft"] != `{"notes":"about caches"}` {
+			t.Fatalf("result = %s (%v); want the write task's draft of the research notes", result, err)
+		}
+		for _, id := range []string{"research", "write"} {
+			if attempt, ok := seen.Load(id); !ok || attempt.(int32) != 1 {
+				t.Fatalf("task %s ran as attempt %v; want once, attempt 1", id, attempt)
+			}
+		}
+		if worker.WorkerID() == "" {
+			t.Fatalf("the worker has no id after polling")
+		}
+		stop() // the last result's report may end after the workflow is visibly closed
+		if stats := worker.Stats(); stats.Completed != 2 || stats.Failed != 0 {
+			t.Fatalf("worker stats = %+v; want 2 completed", stats)
+		}
+	})
+}
+
+func TestFailingHandlerIsRetriedThenFails(t *testing.T) {
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 60*time.Second)
+		capability := name("go-fail")
+
+		var calls sync.Map // task id -> *atomic.Int32
+		count := func(id string) int32 {
+			v, _ := calls.LoadOrStore(id, new(atomic.Int32))
+			return v.(*atomic.Int32).Add(1)
+		}
+		worker := client.NewWorker(name("go-failer"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			n := count(task.TaskID)
+			switch task.TaskID {
+			case "flaky": // fails once, then succeeds
+				if n == 1 {
+					return nil, errors.New("transient")
+				}
+				return []byte(`"ok"`), nil
+			case "broken": // always fails with a chosen type
+				return nil, &are.TaskError{Message: "boom", Type: "Boom"}
+			case "fatal": // fails for good at once
+				return nil, are.NonRetryable(errors.New("no point retrying"))
+			case "panics":
+				panic("handler bug")
+			}
+			return nil, nil
+		})
+		run(t, worker)
+
+		retry := are.MaxAttempts(3, 10*time.Millisecond)
+		spec, err := are.NewWorkflow("go-failing").
+			Task("flaky", capability, retry).
+			Task("broken", capability, retry).
+			Task("fatal", capability, retry).
+			Task("panics", capability, are.MaxAttempts(1, 0)).
+			Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = handle.Result(ctx)
+		var failed *are.WorkflowFailedError
+		if !errors.As(err, &failed) || failed.Workflow.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
+			t.Fatalf("Result = %v; want a *WorkflowFailedError, FAILED", err)
+		}
+
+		want := map[string]struct {
+			state    arev1.TaskState
+			attempts int32
+			typ      string
+		}{
+			"flaky":  {arev1.TaskState_TASK_STATE_COMPLETED, 2, "errors.errorString"},
+			"broken": {arev1.TaskState_TASK_STATE_FAILED, 3, "Boom"},
+			"fatal":  {arev1.TaskState_TASK_STATE_FAILED, 1, "errors.errorString"},
+			"panics": {arev1.TaskState_TASK_STATE_FAILED, 1, "panic"},
+		}
+		for id, w := range want {
+			task, err := handle.Task(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _ := calls.Load(id)
+			if task.GetState() != w.state || task.GetAttempt() != w.attempts || v.(*atomic.Int32).Load() != w.attempts {
+				t.Errorf("task %s: %v after attempt %d (handler called %d times); want %v after %d",
+					id, task.GetState(), task.GetAttempt(), v.(*atomic.Int32).Load(), w.state, w.attempts)
+			}
+			if got := task.GetFailure().GetType(); got != w.typ {
+				t.Errorf("task %s failure type %q; want %q", id, got, w.typ)
+			}
+		}
+		if task, _ := handle.Task(ctx, "fatal"); !task.GetFailure().GetNonRetryable() {
+			t.Errorf("the NonRetryable failure was not reported non-retryable")
+		}
+		if task, _ := handle.Task(ctx, "panics"); !strings.Contains(task.GetFailure().GetStackTrace(), "worker_test.go") {
+			t.Errorf("a panic's failure carries no stack trace of the handler")
+		}
+		if _, err := handle.TaskResult(ctx, "broken"); err == nil {
+			t.Errorf("TaskResult of a failed task returned no error")
+		} else if nc := (*are.TaskNotCompletedError)(nil); !errors.As(err, &nc) || nc.Task.GetFailure().GetMessage() != "boom" {
+			t.Errorf("TaskResult of a failed task = %v; want a *TaskNotCompletedError with the failure", err)
+		}
+	})
 }
 
 func TestCancellationReachesARunningHandler(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 60*time.Second)
-	capability := name("go-cancel")
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 60*time.Second)
+		capability := name("go-cancel")
 
-	started := make(chan struct{}, 1)
-	cause := make(chan error, 1)
-	worker := client.NewWorker(name("go-canceller"), fastWorker)
-	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		started <- struct{}{}
-		<-ctx.Done() // a long LLM call, say, that honours its context
-		cause <- context.Cause(ctx)
-		return nil, ctx.Err()
-	})
-	run(t, worker)
+		started := make(chan struct{}, 1)
+		cause := make(chan error, 1)
+		worker := client.NewWorker(name("go-canceller"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			started <- struct{}{}
+			<-ctx.Done() // a long LLM call, say, that honours its context
+			cause <- context.Cause(ctx)
+			return nil, ctx.Err()
+		})
+		run(t, worker)
 
-	spec, err := are.NewWorkflow("go-cancel").Task("long", capability).Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-started:
-	case <-ctx.Done():
-		t.Fatal("the handler never started")
-	}
-	workflow, err := handle.Cancel(ctx, "the user changed their mind")
-	if err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
-	if workflow.GetState() != arev1.WorkflowState_WORKFLOW_STATE_CANCELLED {
-		t.Fatalf("state after Cancel = %v; want CANCELLED", workflow.GetState())
-	}
-	select {
-	case err := <-cause:
-		if !errors.Is(err, are.ErrTaskCancelled) {
-			t.Fatalf("the handler's context ended with %v; want ErrTaskCancelled", err)
+		spec, err := are.NewWorkflow("go-cancel").Task("long", capability).Build()
+		if err != nil {
+			t.Fatal(err)
 		}
-	case <-ctx.Done():
-		t.Fatal("the cancellation never reached the handler")
-	}
-	if _, err := handle.Result(ctx); err == nil {
-		t.Fatal("Result of a cancelled workflow returned no error")
-	}
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-started:
+		case <-ctx.Done():
+			t.Fatal("the handler never started")
+		}
+		workflow, err := handle.Cancel(ctx, "the user changed their mind")
+		if err != nil {
+			t.Fatalf("Cancel: %v", err)
+		}
+		if workflow.GetState() != arev1.WorkflowState_WORKFLOW_STATE_CANCELLED {
+			t.Fatalf("state after Cancel = %v; want CANCELLED", workflow.GetState())
+		}
+		select {
+		case err := <-cause:
+			if !errors.Is(err, are.ErrTaskCancelled) {
+				t.Fatalf("the handler's context ended with %v; want ErrTaskCancelled", err)
+			}
+		case <-ctx.Done():
+			t.Fatal("the cancellation never reached the handler")
+		}
+		if _, err := handle.Result(ctx); err == nil {
+			t.Fatal("Result of a cancelled workflow returned no error")
+		}
+	})
 }
 
 func TestLargeOutputTravelsAsABlob(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 60*time.Second)
-	capability := name("go-blob")
-	big := bytes.Repeat([]byte("x"), are.MaxInlineBytes+1024)
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 60*time.Second)
+		capability := name("go-blob")
+		big := bytes.Repeat([]byte("x"), are.MaxInlineBytes+1024)
 
-	worker := client.NewWorker(name("go-blobber"), fastWorker)
-	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		if task.TaskID == "consume" {
-			in, ok := task.DependencyOutput("produce")
-			if !ok || !bytes.Equal(in, big) {
-				return nil, are.NonRetryable(errors.New("the dependency's blob output did not arrive whole"))
+		worker := client.NewWorker(name("go-blobber"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			if task.TaskID == "consume" {
+				in, ok := task.DependencyOutput("produce")
+				if !ok || !bytes.Equal(in, big) {
+					return nil, are.NonRetryable(errors.New("the dependency's blob output did not arrive whole"))
+				}
+				return []byte(`"consumed"`), nil
 			}
-			return []byte(`"consumed"`), nil
-		}
-		task.SetOutputContentType("application/octet-stream")
-		return big, nil
-	})
-	run(t, worker)
+			task.SetOutputContentType("application/octet-stream")
+			return big, nil
+		})
+		run(t, worker)
 
-	spec, err := are.NewWorkflow("go-blob").
-		Task("produce", capability).
-		Task("consume", capability, are.DependsOn("produce")).
-		Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	result, err := handle.Result(ctx)
-	if err != nil || string(result) != `"consumed"` {
-		t.Fatalf("Result = %q, %v", result, err)
-	}
-	out, err := handle.TaskResult(ctx, "produce")
-	if err != nil || !bytes.Equal(out, big) {
-		t.Fatalf("TaskResult(produce) = %d bytes, %v; want the %d bytes produced", len(out), err, len(big))
-	}
+		spec, err := are.NewWorkflow("go-blob").
+			Task("produce", capability).
+			Task("consume", capability, are.DependsOn("produce")).
+			Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		result, err := handle.Result(ctx)
+		if err != nil || string(result) != `"consumed"` {
+			t.Fatalf("Result = %q, %v", result, err)
+		}
+		out, err := handle.TaskResult(ctx, "produce")
+		if err != nil || !bytes.Equal(out, big) {
+			t.Fatalf("TaskResult(produce) = %d bytes, %v; want the %d bytes produced", len(out), err, len(big))
+		}
+	})
 }
 
 func TestWaitIsBoundedByItsContext(t *testing.T) {
@@ -293,149 +302,154 @@ func TestWaitIsBoundedByItsContext(t *testing.T) {
 }
 
 func TestSpawnAndReportedCalls(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 60*time.Second)
-	capability := name("go-spawn")
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 60*time.Second)
+		capability := name("go-spawn")
 
-	worker := client.NewWorker(name("go-spawner"), fastWorker)
-	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		switch task.TaskID {
-		case "plan":
-			child, err := are.NewTaskSpec("step", capability, are.InputJSON(3))
-			if err != nil {
-				return nil, are.NonRetryable(err)
+		worker := client.NewWorker(name("go-spawner"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			switch task.TaskID {
+			case "plan":
+				child, err := are.NewTaskSpec("step", capability, are.InputJSON(3))
+				if err != nil {
+					return nil, are.NonRetryable(err)
+				}
+				ids, err := task.Spawn(ctx, []*arev1.TaskSpec{child}, true, task.TaskID+".plan")
+				if err != nil || len(ids) != 1 || ids[0] != "step" {
+					return nil, fmt.Errorf("spawn = %v, %v", ids, err)
+				}
+				return []byte(`"planned"`), nil
+			case "step":
+				var n int
+				if err := task.DecodeInput(&n); err != nil {
+					return nil, are.NonRetryable(err)
+				}
+				if err := task.ReportLLMCall(ctx, "gpt-x", &arev1.Usage{InputTokens: 20, OutputTokens: 4}, 15*time.Millisecond); err != nil {
+					return nil, err
+				}
+				if err := task.ReportToolCall(ctx, "search", time.Millisecond); err != nil {
+					return nil, err
+				}
+				return json.Marshal(n * 2)
+			case "sum":
+				step, ok := task.DependencyOutput("step")
+				if !ok {
+					return nil, are.NonRetryable(errors.New("the spawned step's output did not arrive"))
+				}
+				return step, nil
 			}
-			ids, err := task.Spawn(ctx, []*arev1.TaskSpec{child}, true, task.TaskID+".plan")
-			if err != nil || len(ids) != 1 || ids[0] != "step" {
-				return nil, fmt.Errorf("spawn = %v, %v", ids, err)
-			}
-			return []byte(`"planned"`), nil
-		case "step":
-			var n int
-			if err := task.DecodeInput(&n); err != nil {
-				return nil, are.NonRetryable(err)
-			}
-			if err := task.ReportLLMCall(ctx, "gpt-x", &arev1.Usage{InputTokens: 20, OutputTokens: 4}, 15*time.Millisecond); err != nil {
-				return nil, err
-			}
-			if err := task.ReportToolCall(ctx, "search", time.Millisecond); err != nil {
-				return nil, err
-			}
-			return json.Marshal(n * 2)
-		case "sum":
-			step, ok := task.DependencyOutput("step")
-			if !ok {
-				return nil, are.NonRetryable(errors.New("the spawned step's output did not arrive"))
-			}
-			return step, nil
+			return nil, nil
+		})
+		run(t, worker)
+
+		spec, err := are.NewWorkflow("go-spawn").
+			Task("plan", capability).
+			Task("sum", capability, are.DependsOn("plan")).
+			Build()
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil, nil
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		result, err := handle.Result(ctx)
+		if err != nil || string(result) != "6" {
+			t.Fatalf("Result = %s, %v; want the spawned step's 6 passed on to sum", result, err)
+		}
+		step, err := handle.Task(ctx, "step")
+		if err != nil || step.GetParentTaskId() != "plan" {
+			t.Fatalf("spawned task = %v, %v; want parent plan", step, err)
+		}
+		if u := step.GetUsage().GetUsage(); u.GetInputTokens() != 20 || u.GetLlmCalls() != 1 || u.GetToolCalls() != 1 {
+			t.Fatalf("step usage = %v; want the reported LLM and tool call", u)
+		}
+		page, err := client.Trace.List(ctx, are.TraceFilter{
+			WorkflowIDs: []string{handle.ID},
+			EventTypes:  []arev1.EventType{arev1.EventType_EVENT_TYPE_LLM_CALL, arev1.EventType_EVENT_TYPE_TOOL_CALL},
+		}, 0, 100)
+		if err != nil || len(page.GetEvents()) != 2 || page.GetEvents()[0].GetName() != "gpt-x" {
+			t.Fatalf("reported events = %v, %v; want the LLM call then the tool call", page.GetEvents(), err)
+		}
 	})
-	run(t, worker)
-
-	spec, err := are.NewWorkflow("go-spawn").
-		Task("plan", capability).
-		Task("sum", capability, are.DependsOn("plan")).
-		Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	result, err := handle.Result(ctx)
-	if err != nil || string(result) != "6" {
-		t.Fatalf("Result = %s, %v; want the spawned step's 6 passed on to sum", result, err)
-	}
-	step, err := handle.Task(ctx, "step")
-	if err != nil || step.GetParentTaskId() != "plan" {
-		t.Fatalf("spawned task = %v, %v; want parent plan", step, err)
-	}
-	if u := step.GetUsage().GetUsage(); u.GetInputTokens() != 20 || u.GetLlmCalls() != 1 || u.GetToolCalls() != 1 {
-		t.Fatalf("step usage = %v; want the reported LLM and tool call", u)
-	}
-	page, err := client.Trace.List(ctx, are.TraceFilter{
-		WorkflowIDs: []string{handle.ID},
-		EventTypes:  []arev1.EventType{arev1.EventType_EVENT_TYPE_LLM_CALL, arev1.EventType_EVENT_TYPE_TOOL_CALL},
-	}, 0, 100)
-	if err != nil || len(page.GetEvents()) != 2 || page.GetEvents()[0].GetName() != "gpt-x" {
-		t.Fatalf("reported events = %v, %v; want the LLM call then the tool call", page.GetEvents(), err)
-	}
 }
 
 func TestGracefulStop(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 60*time.Second)
-	capability := name("go-stop")
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 60*time.Second)
+		capability := name("go-stop")
 
-	started := make(chan string, 2)
-	release := make(chan struct{})
-	opts := fastWorker
-	opts.ShutdownGrace = 500 * time.Millisecond
-	worker := client.NewWorker(name("go-stopper"), opts)
-	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		started <- task.TaskID
-		if task.TaskID == "finishes" {
-			<-release // finishes within the grace, whatever ctx says
-			return []byte(`"done"`), nil
+		started := make(chan string, 2)
+		release := make(chan struct{})
+		opts.ShutdownGrace = 500 * time.Millisecond
+		worker := client.NewWorker(name("go-stopper"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			started <- task.TaskID
+			if task.TaskID == "finishes" {
+				<-release // finishes within the grace, whatever ctx says
+				return []byte(`"done"`), nil
+			}
+			<-ctx.Done() // outlives the grace: its context ends with ErrWorkerStopped
+			return nil, context.Cause(ctx)
+		})
+		stop := run(t, worker)
+
+		spec, err := are.NewWorkflow("go-stop").
+			Task("finishes", capability).
+			Task("outlives", capability, are.MaxAttempts(2, 10*time.Millisecond)).
+			Build()
+		if err != nil {
+			t.Fatal(err)
 		}
-		<-ctx.Done() // outlives the grace: its context ends with ErrWorkerStopped
-		return nil, context.Cause(ctx)
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			select {
+			case <-started:
+			case <-ctx.Done():
+				t.Fatal("the handlers never started")
+			}
+		}
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			close(release)
+		}()
+		stop() // returns once both results are reported
+
+		finished, err := handle.Task(ctx, "finishes")
+		if err != nil || finished.GetState() != arev1.TaskState_TASK_STATE_COMPLETED {
+			t.Fatalf("the task finishing within the grace is %v (%v); want COMPLETED", finished.GetState(), err)
+		}
+		outlived, err := handle.Task(ctx, "outlives")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := outlived.GetFailure(); f.GetKind() != arev1.FailureKind_FAILURE_KIND_WORKER_LOST || f.GetType() != "WorkerStopped" {
+			t.Fatalf("the task outliving the grace failed with %v; want WORKER_LOST, WorkerStopped", f)
+		}
+		// Handed back once; the stopped worker took no retry of it.
+		if s := outlived.GetState(); outlived.GetAttempt() != 1 || (s != arev1.TaskState_TASK_STATE_BACKING_OFF && s != arev1.TaskState_TASK_STATE_SCHEDULED) {
+			t.Fatalf("the handed-back task is %v after attempt %d; want attempt 1 waiting for a retry", s, outlived.GetAttempt())
+		}
+		if _, err := handle.Cancel(ctx, "test over"); err != nil {
+			t.Fatal(err)
+		}
 	})
-	stop := run(t, worker)
-
-	spec, err := are.NewWorkflow("go-stop").
-		Task("finishes", capability).
-		Task("outlives", capability, are.MaxAttempts(2, 10*time.Millisecond)).
-		Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 2; i++ {
-		select {
-		case <-started:
-		case <-ctx.Done():
-			t.Fatal("the handlers never started")
-		}
-	}
-	go func() {
-		time.Sleep(100 * time.Millisecond)
-		close(release)
-	}()
-	stop() // returns once both results are reported
-
-	finished, err := handle.Task(ctx, "finishes")
-	if err != nil || finished.GetState() != arev1.TaskState_TASK_STATE_COMPLETED {
-		t.Fatalf("the task finishing within the grace is %v (%v); want COMPLETED", finished.GetState(), err)
-	}
-	outlived, err := handle.Task(ctx, "outlives")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f := outlived.GetFailure(); f.GetKind() != arev1.FailureKind_FAILURE_KIND_WORKER_LOST || f.GetType() != "WorkerStopped" {
-		t.Fatalf("the task outliving the grace failed with %v; want WORKER_LOST, WorkerStopped", f)
-	}
-	// Handed back once; the stopped worker took no retry of it.
-	if s := outlived.GetState(); outlived.GetAttempt() != 1 || (s != arev1.TaskState_TASK_STATE_BACKING_OFF && s != arev1.TaskState_TASK_STATE_SCHEDULED) {
-		t.Fatalf("the handed-back task is %v after attempt %d; want attempt 1 waiting for a retry", s, outlived.GetAttempt())
-	}
-	if _, err := handle.Cancel(ctx, "test over"); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestWorkerRefusedForABadCapabilityStops(t *testing.T) {
-	client := connect(t)
-	ctx := within(t, 30*time.Second)
-	worker := client.NewWorker(name("go-bad"), fastWorker)
-	worker.Handle("not a capability!", func(ctx context.Context, task *are.Task) ([]byte, error) { return nil, nil })
-	err := worker.Run(ctx)
-	if !errors.Is(err, are.ErrInvalidArgument) {
-		t.Fatalf("Run with a bad capability = %v; want INVALID_ARGUMENT at once", err)
-	}
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 30*time.Second)
+		worker := client.NewWorker(name("go-bad"), opts)
+		worker.Handle("not a capability!", func(ctx context.Context, task *are.Task) ([]byte, error) { return nil, nil })
+		err := worker.Run(ctx)
+		if !errors.Is(err, are.ErrInvalidArgument) {
+			t.Fatalf("Run with a bad capability = %v; want INVALID_ARGUMENT at once", err)
+		}
+	})
 }

@@ -1,0 +1,213 @@
+package are_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	are "github.com/are-runtime/are/sdks/go"
+	"github.com/are-runtime/are/sdks/go/aretest"
+)
+
+// The worker tests of worker_test.go run over both transports; these are
+// about the stream's own behaviour.
+
+func TestStreamRunsAWorkflowOfManyTasksWithinItsConcurrency(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-stream-many")
+
+	var inFlight, most atomic.Int32
+	opts := fastWorker
+	opts.Transport = are.TransportStream
+	opts.Concurrency = 3
+	worker := client.NewWorker(name("go-streamer"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		if task.TaskID == "sum" {
+			total := 0
+			for _, d := range task.Dependencies {
+				var v int
+				if err := json.Unmarshal(d.Output, &v); err != nil {
+					return nil, are.NonRetryable(err)
+				}
+				total += v
+			}
+			return json.Marshal(total)
+		}
+		var v int
+		if err := task.DecodeInput(&v); err != nil {
+			return nil, are.NonRetryable(err)
+		}
+		time.Sleep(20 * time.Millisecond) // long enough for the slots to fill
+		return json.Marshal(v * v)
+	})
+	stop := run(t, worker)
+
+	builder := are.NewWorkflow("go-stream-many")
+	var parts []string
+	want := 0
+	for i := 1; i <= 12; i++ {
+		id := fmt.Sprintf("square-%d", i)
+		parts = append(parts, id)
+		builder.Task(id, capability, are.InputJSON(i))
+		want += i * i
+	}
+	builder.Task("sum", capability, are.DependsOn(parts...))
+	spec, err := builder.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != fmt.Sprint(want) {
+		t.Fatalf("Result = %s, %v; want %d", result, err, want)
+	}
+	if got := most.Load(); got > 3 {
+		t.Fatalf("%d handlers ran at once; want at most the concurrency, 3", got)
+	}
+	stop() // the last acknowledgement may arrive after the result is visible
+	stats := worker.Stats()
+	if stats.Completed != 13 || stats.Failed != 0 || stats.Connects != 1 {
+		t.Fatalf("worker stats = %+v; want 13 completed over one stream", stats)
+	}
+	if worker.WorkerID() == "" {
+		t.Fatal("the worker has no id after registering")
+	}
+}
+
+func TestStreamHeartbeatsKeepAnAttemptPastItsHeartbeatTimeout(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-stream-beat")
+
+	opts := fastWorker
+	opts.Transport = are.TransportStream
+	worker := client.NewWorker(name("go-beater"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		// Three heartbeat timeouts without news would lose the lease.
+		for i := 0; i < 6; i++ {
+			task.RecordHeartbeat([]byte(fmt.Sprintf(`{"step":%d}`, i)))
+			select {
+			case <-time.After(500 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		}
+		return []byte(`"done"`), nil
+	})
+	run(t, worker)
+
+	spec, err := are.NewWorkflow("go-stream-beat").
+		Task("long", capability, are.HeartbeatTimeout(time.Second), are.MaxAttempts(1, 0)).
+		Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != `"done"` {
+		t.Fatalf("Result = %s, %v; want the attempt to outlive its heartbeat timeout", result, err)
+	}
+}
+
+// TestStreamReconnectsAfterTheSidecarRestarts restarts a sidecar of its own
+// on the same port and data: the worker's stream gets the drain notice, ends,
+// and the worker reconnects and serves the next workflow.
+func TestStreamReconnectsAfterTheSidecarRestarts(t *testing.T) {
+	ctx := within(t, 120*time.Second)
+	port := freePort(t)
+	dataDir := t.TempDir()
+	start := func() *aretest.Sidecar {
+		t.Helper()
+		s, err := aretest.Start(ctx, aretest.Options{DataDir: dataDir, Args: []string{"--durability", "relaxed", "--listen", "127.0.0.1:" + port}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first := start()
+	client, err := are.Connect(ctx, "127.0.0.1:"+port)
+	if err != nil {
+		first.Stop()
+		t.Fatal(err)
+	}
+	defer client.Close()
+	capability := name("go-stream-restart")
+	opts := fastWorker
+	opts.Transport = are.TransportStream
+	opts.ReconnectMaxDelay = 200 * time.Millisecond
+	worker := client.NewWorker(name("go-restarter"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		return []byte(`"ok"`), nil
+	})
+	stop := run(t, worker)
+
+	submit := func() {
+		t.Helper()
+		spec, err := are.NewWorkflow("go-stream-restart").Task("a", capability).Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if result, err := handle.Result(ctx); err != nil || string(result) != `"ok"` {
+			t.Fatalf("Result = %s, %v", result, err)
+		}
+	}
+	submit()
+	if err := first.Stop(); err != nil {
+		t.Logf("stopping the first sidecar: %v", err)
+	}
+	second := start()
+	for { // the client's connection backs off while the sidecar is down
+		if _, err := client.Health(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the client never reconnected to the restarted sidecar")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer func() {
+		stop() // before the sidecar goes
+		if err := second.Stop(); err != nil {
+			t.Logf("stopping the second sidecar: %v", err)
+		}
+	}()
+	submit()
+	if got := worker.Stats().Connects; got < 2 {
+		t.Fatalf("the worker registered %d times; want a reconnection after the restart", got)
+	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
