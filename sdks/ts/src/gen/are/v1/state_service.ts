@@ -43,7 +43,7 @@ export interface GetStateRequest {
    * characters; empty means the whole document (path "").
    */
   paths: string[];
-  /** The version to read; unset means the latest. */
+  /** The version to read, 1 or more; unset means the latest. */
   version?: number | undefined;
 }
 
@@ -122,7 +122,7 @@ export interface Checkpoint {
 export interface ListCheckpointsRequest {
   /** The workflow whose checkpoints are listed. */
   workflowId: string;
-  /** Page size: default 100, at most 1,000. */
+  /** Page size: default 100; larger values are served as 1,000. */
   pageSize: number;
   /** The next_page_token of the previous page, or empty for the first. */
   pageToken: string;
@@ -2560,7 +2560,8 @@ export const StateServiceService = {
    * resolve are reported in missing_paths, not as errors. Reading a few
    * paths does not decode the history of the document.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or STATE_VERSION_NOT_FOUND;
-   * INVALID_ARGUMENT, reason INVALID_JSON_POINTER or LIMIT_EXCEEDED.
+   * INVALID_ARGUMENT, reason INVALID_JSON_POINTER, LIMIT_EXCEEDED, or
+   * INVALID_ARGUMENT (a malformed workflow id, a version below 1).
    */
   getState: {
     path: "/are.v1.StateService/GetState" as const,
@@ -2577,8 +2578,10 @@ export const StateServiceService = {
    * new version, all or nothing.
    * Errors: ABORTED, reason STATE_VERSION_MISMATCH, when expected_version
    * is set and differs from the current version; INVALID_ARGUMENT, reason
-   * INVALID_JSON, INVALID_JSON_POINTER or LIMIT_EXCEEDED (patch over 4 MiB,
-   * document over 16 MiB, more than 1,000 operations); FAILED_PRECONDITION,
+   * INVALID_JSON, INVALID_JSON_POINTER, LIMIT_EXCEEDED (patch over 4 MiB,
+   * document over 16 MiB, more than 1,000 operations) or INVALID_ARGUMENT
+   * (neither a merge patch nor operations, an empty operation list, an
+   * operation removing the document's root); FAILED_PRECONDITION,
    * reason PATCH_NOT_APPLICABLE, WORKFLOW_CLOSED, or TASK_NOT_HELD when a
    * task attempt is named and not held; NOT_FOUND, reason
    * WORKFLOW_NOT_FOUND. On error nothing changes.
@@ -2727,7 +2730,8 @@ export interface StateServiceServer extends UntypedServiceImplementation {
    * resolve are reported in missing_paths, not as errors. Reading a few
    * paths does not decode the history of the document.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or STATE_VERSION_NOT_FOUND;
-   * INVALID_ARGUMENT, reason INVALID_JSON_POINTER or LIMIT_EXCEEDED.
+   * INVALID_ARGUMENT, reason INVALID_JSON_POINTER, LIMIT_EXCEEDED, or
+   * INVALID_ARGUMENT (a malformed workflow id, a version below 1).
    */
   getState: handleUnaryCall<GetStateRequest, GetStateResponse>;
   /**
@@ -2736,8 +2740,10 @@ export interface StateServiceServer extends UntypedServiceImplementation {
    * new version, all or nothing.
    * Errors: ABORTED, reason STATE_VERSION_MISMATCH, when expected_version
    * is set and differs from the current version; INVALID_ARGUMENT, reason
-   * INVALID_JSON, INVALID_JSON_POINTER or LIMIT_EXCEEDED (patch over 4 MiB,
-   * document over 16 MiB, more than 1,000 operations); FAILED_PRECONDITION,
+   * INVALID_JSON, INVALID_JSON_POINTER, LIMIT_EXCEEDED (patch over 4 MiB,
+   * document over 16 MiB, more than 1,000 operations) or INVALID_ARGUMENT
+   * (neither a merge patch nor operations, an empty operation list, an
+   * operation removing the document's root); FAILED_PRECONDITION,
    * reason PATCH_NOT_APPLICABLE, WORKFLOW_CLOSED, or TASK_NOT_HELD when a
    * task attempt is named and not held; NOT_FOUND, reason
    * WORKFLOW_NOT_FOUND. On error nothing changes.
@@ -2818,7 +2824,8 @@ export interface StateServiceClient extends Client {
    * resolve are reported in missing_paths, not as errors. Reading a few
    * paths does not decode the history of the document.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or STATE_VERSION_NOT_FOUND;
-   * INVALID_ARGUMENT, reason INVALID_JSON_POINTER or LIMIT_EXCEEDED.
+   * INVALID_ARGUMENT, reason INVALID_JSON_POINTER, LIMIT_EXCEEDED, or
+   * INVALID_ARGUMENT (a malformed workflow id, a version below 1).
    */
   getState(
     request: GetStateRequest,
@@ -2841,8 +2848,10 @@ export interface StateServiceClient extends Client {
    * new version, all or nothing.
    * Errors: ABORTED, reason STATE_VERSION_MISMATCH, when expected_version
    * is set and differs from the current version; INVALID_ARGUMENT, reason
-   * INVALID_JSON, INVALID_JSON_POINTER or LIMIT_EXCEEDED (patch over 4 MiB,
-   * document over 16 MiB, more than 1,000 operations); FAILED_PRECONDITION,
+   * INVALID_JSON, INVALID_JSON_POINTER, LIMIT_EXCEEDED (patch over 4 MiB,
+   * document over 16 MiB, more than 1,000 operations) or INVALID_ARGUMENT
+   * (neither a merge patch nor operations, an empty operation list, an
+   * operation removing the document's root); FAILED_PRECONDITION,
    * reason PATCH_NOT_APPLICABLE, WORKFLOW_CLOSED, or TASK_NOT_HELD when a
    * task attempt is named and not held; NOT_FOUND, reason
    * WORKFLOW_NOT_FOUND. On error nothing changes.

@@ -100,7 +100,8 @@ class StateServiceServicer:
         resolve are reported in missing_paths, not as errors. Reading a few
         paths does not decode the history of the document.
         Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or STATE_VERSION_NOT_FOUND;
-        INVALID_ARGUMENT, reason INVALID_JSON_POINTER or LIMIT_EXCEEDED.
+        INVALID_ARGUMENT, reason INVALID_JSON_POINTER, LIMIT_EXCEEDED, or
+        INVALID_ARGUMENT (a malformed workflow id, a version below 1).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,8 +113,10 @@ class StateServiceServicer:
         new version, all or nothing.
         Errors: ABORTED, reason STATE_VERSION_MISMATCH, when expected_version
         is set and differs from the current version; INVALID_ARGUMENT, reason
-        INVALID_JSON, INVALID_JSON_POINTER or LIMIT_EXCEEDED (patch over 4 MiB,
-        document over 16 MiB, more than 1,000 operations); FAILED_PRECONDITION,
+        INVALID_JSON, INVALID_JSON_POINTER, LIMIT_EXCEEDED (patch over 4 MiB,
+        document over 16 MiB, more than 1,000 operations) or INVALID_ARGUMENT
+        (neither a merge patch nor operations, an empty operation list, an
+        operation removing the document's root); FAILED_PRECONDITION,
         reason PATCH_NOT_APPLICABLE, WORKFLOW_CLOSED, or TASK_NOT_HELD when a
         task attempt is named and not held; NOT_FOUND, reason
         WORKFLOW_NOT_FOUND. On error nothing changes.
