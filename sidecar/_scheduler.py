@@ -83,6 +83,7 @@ __all__ = ["SchedulerCapability", "SchedulerServicer"]
 
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _log = logging.getLogger("are.scheduler")
+_DRAIN_MARGIN_S = 0.5  # a draining stream ends this long before the server's grace does
 
 
 async def _page_size(context: _Context, value: int, *, default: int = 100, maximum: int = 1000) -> int:
@@ -590,8 +591,14 @@ class SchedulerCapability(Capability):
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(self._workers, server)
 
     async def drain(self) -> None:
-        """Tells connected workers the sidecar is stopping and ends their streams and long waits."""
-        self._workers.drain()
+        """Tells connected workers the sidecar is stopping and ends their streams and long waits.
+
+        Stream workers may still report what they hold for the shutdown
+        grace (less a margin, so that their streams end before the server
+        cancels what is left): a restart then has less to run again.
+        """
+        grace = max(0.0, self.runtime.config.shutdown_grace_s - _DRAIN_MARGIN_S)
+        self._workers.drain(grace)
         self.engine.drain()
 
     async def stop(self) -> None:

@@ -44,6 +44,7 @@ _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 HEARTBEAT_INTERVAL_S = 10.0
 MAX_ASSIGNMENTS_PER_BATCH = 256
 REGISTER_TIMEOUT_S = 10.0
+_DRAIN_CHECK_S = 0.02  # how often a draining sidecar looks for streams it may end
 _REPORTABLE = frozenset({"LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"})
 _COMPLETION = worker_service_pb2.ACK_SUBJECT_COMPLETION
 _FAILURE = worker_service_pb2.ACK_SUBJECT_FAILURE
@@ -164,6 +165,16 @@ class _Stream:
         self.engine = engine
         self.wiring = wiring
         self.outbox: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+        self.handle: Any = None  # the engine's WorkerHandle, once registered
+        self.pending_acks = 0  # batches of acks waiting for their commit
+
+    def idle(self) -> bool:
+        """Holds no attempt and owes no acknowledgement: a draining sidecar may end it."""
+        return self.pending_acks == 0 and (self.handle is None or not self.handle.held)
+
+    def end(self) -> None:
+        """Ends the stream (the writer stops at the first None)."""
+        self.outbox.put_nowait(None)
 
     def assign(self, assignments: list[Assignment]) -> None:
         for start in range(0, len(assignments), MAX_ASSIGNMENTS_PER_BATCH):
@@ -195,8 +206,10 @@ class _Stream:
         if durable is None or durable.done():
             self.send_acks(acks)
             return
+        self.pending_acks += 1
 
         def done(future: asyncio.Future[None]) -> None:
+            self.pending_acks -= 1
             if future.cancelled() or future.exception() is not None:
                 self.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
             else:
@@ -215,19 +228,40 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         self._streams: set[_Stream] = set()
         self._writes: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._drainer: asyncio.Future[None] | None = None
 
     def _is_draining(self) -> bool:
         return self._draining
 
-    def drain(self) -> None:
-        """Sends every stream a drain notice and ends it; leases survive for the restart."""
+    def drain(self, grace_s: float = 0.0) -> None:
+        """Tells every stream the sidecar is stopping; results are accepted for ``grace_s``.
+
+        No stream gets new work. A stream that holds no attempt and owes no
+        acknowledgement ends at once; the others end as soon as they are so,
+        or when the grace runs out. Attempts still held then keep their
+        leases: the restart re-dispatches them.
+        """
         self._draining = True
-        notice = pb.DrainNotice(
-            grace_period=duration_pb2.Duration(seconds=0), reason="the sidecar is shutting down"
-        )
+        grace = duration_pb2.Duration()
+        grace.FromNanoseconds(int(max(grace_s, 0.0) * 1e9))
+        notice = pb.DrainNotice(grace_period=grace, reason="the sidecar is shutting down")
         for stream in list(self._streams):
             stream.outbox.put_nowait(pb.ConnectResponse(drain=notice))
-            stream.outbox.put_nowait(None)
+            if stream.handle is not None:
+                self._engine.drain_worker(stream.handle)
+        self._drainer = asyncio.ensure_future(self._end_streams(grace_s))
+
+    async def _end_streams(self, grace_s: float) -> None:
+        """Ends each draining stream once it is idle, and every one at the end of the grace."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._streams and loop.time() < deadline:
+            for stream in list(self._streams):
+                if stream.idle():
+                    stream.end()
+            await asyncio.sleep(_DRAIN_CHECK_S)
+        for stream in list(self._streams):
+            stream.end()
 
     async def Connect(  # noqa: C901, N802 - the RPC's name; the stream's lifecycle in one place
         self,
@@ -289,6 +323,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             worker_id=worker_id,
             announce=True,
         )
+        stream.handle = handle
         self._streams.add(stream)
         reader = asyncio.ensure_future(self._read(context, stream, handle))
         violation: str | None = None
@@ -429,8 +464,11 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             except StorageError:
                 stream.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
                 return
+            finally:
+                stream.pending_acks -= 1
             stream.send_acks([ack])
 
+        stream.pending_acks += 1
         job = asyncio.ensure_future(run())
         self._writes.add(job)
         job.add_done_callback(self._writes.discard)

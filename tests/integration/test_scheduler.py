@@ -843,6 +843,45 @@ async def test_a_negative_page_size_is_refused_naming_the_field(client: Client) 
     await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
 
 
+async def test_a_graceful_stop_takes_the_results_of_held_attempts_within_its_grace(tmp_path: Any) -> None:
+    """SIGTERM tells stream workers the grace they have; a result reported within it is recorded
+    (the restart does not run the task again), and the stream then ends with SHUTTING_DOWN."""
+    from are_sdk.testing import SidecarProcess
+
+    cap = unique_capability("draining")
+    data = tmp_path / "data"
+    with SidecarProcess.start(data_dir=data, args=["--shutdown-grace-s", "20"]) as process:
+        async with await Client.connect(process.target) as client:
+            workflow_id = await submit(client, task("long", cap))
+            call = client.raw.worker.Connect()
+            await call.write(
+                w.ConnectRequest(
+                    register=w.WorkerRegistration(
+                        worker_name="drainer", capabilities=[cap], max_concurrency=1
+                    )
+                )
+            )
+            assert (await asyncio.wait_for(call.read(), 10)).HasField("registered")
+            (assignment,) = (await asyncio.wait_for(call.read(), 10)).assignments.assignments
+            stopping = asyncio.ensure_future(asyncio.to_thread(process.stop))
+            notice = await asyncio.wait_for(call.read(), 10)
+            assert notice.HasField("drain")
+            assert notice.drain.grace_period.seconds >= 10  # the shutdown grace, less a margin
+            await call.write(
+                w.ConnectRequest(complete=w.CompletionBatch(completions=[completion(assignment, 42)]))
+            )
+            ack = await asyncio.wait_for(call.read(), 10)
+            assert [(a.task_id, a.accepted) for a in ack.acks.acks] == [("long", True)]
+            with pytest.raises(grpc.aio.AioRpcError) as ended:  # idle now: ended at once, not at the grace
+                await asyncio.wait_for(call.read(), 10)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.wait_for(stopping, 30)
+    with SidecarProcess.start(data_dir=data) as process:
+        async with await Client.connect(process.target) as client:
+            done = await get_task(client, workflow_id, "long")
+            assert (done.state, json.loads(done.output.data), done.attempt) == (t.TASK_STATE_COMPLETED, 42, 1)
+
+
 async def test_a_graceful_stop_ends_watches_and_long_polls_at_once() -> None:
     """SIGTERM ends a WatchWorkflow stream with UNAVAILABLE SHUTTING_DOWN and answers a waiting
     PollTask with no assignment, instead of leaving both to be cut at the end of the grace period
