@@ -959,7 +959,9 @@ func (x *EventBatch) GetEvents() []*ReportedEvent {
 
 // WorkerDrain tells the sidecar that the worker is shutting down: no more
 // assignments; results of held tasks are still accepted. The worker then
-// half-closes the stream, and any lease it still holds is released.
+// half-closes the stream, and any lease it still holds is released. The
+// half-close ends the stream: wait for the acks of the results sent before
+// it, or they are not delivered (the results themselves are recorded).
 type WorkerDrain struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Why, for the record, at most 1 KiB.
@@ -1500,7 +1502,10 @@ func (x *TaskCancellationBatch) GetCancellations() []*TaskCancellation {
 // SHUTTING_DOWN, and unfinished attempts are retried after the restart.
 type DrainNotice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How long results are still accepted.
+	// How long results of held attempts are still accepted: the sidecar's
+	// shutdown grace, less a margin. The stream ends once the worker holds
+	// nothing and is owed no ack, or when the grace runs out; attempts still
+	// held then are dispatched again after the restart.
 	GracePeriod *durationpb.Duration `protobuf:"bytes,1,opt,name=grace_period,json=gracePeriod,proto3" json:"grace_period,omitempty"`
 	// Why, for humans.
 	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`

@@ -298,7 +298,9 @@ export interface EventBatch {
 /**
  * WorkerDrain tells the sidecar that the worker is shutting down: no more
  * assignments; results of held tasks are still accepted. The worker then
- * half-closes the stream, and any lease it still holds is released.
+ * half-closes the stream, and any lease it still holds is released. The
+ * half-close ends the stream: wait for the acks of the results sent before
+ * it, or they are not delivered (the results themselves are recorded).
  */
 export interface WorkerDrain {
   /** Why, for the record, at most 1 KiB. */
@@ -405,7 +407,12 @@ export interface TaskCancellationBatch {
  * SHUTTING_DOWN, and unfinished attempts are retried after the restart.
  */
 export interface DrainNotice {
-  /** How long results are still accepted. */
+  /**
+   * How long results of held attempts are still accepted: the sidecar's
+   * shutdown grace, less a margin. The stream ends once the worker holds
+   * nothing and is owed no ack, or when the grace runs out; attempts still
+   * held then are dispatched again after the restart.
+   */
   gracePeriod:
     | Duration
     | undefined;
