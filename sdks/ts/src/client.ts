@@ -172,6 +172,7 @@ export class Client {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.rpc.cancelStreams();
     for (const service of Object.values(this.raw)) (service as grpc.Client).close();
     this.channel.close();
   }

@@ -104,6 +104,7 @@ export {
   type Handler,
   type TaskCancelKind,
   type WorkerOptions,
+  type WorkerTransport,
   type WorkerStats,
 } from "./worker.js";
 export {

@@ -4,7 +4,14 @@
  *
  * @internal
  */
-import type { CallOptions as GrpcCallOptions, ClientReadableStream, ClientUnaryCall, Metadata, ServiceError } from "@grpc/grpc-js";
+import type {
+  CallOptions as GrpcCallOptions,
+  ClientDuplexStream,
+  ClientReadableStream,
+  ClientUnaryCall,
+  Metadata,
+  ServiceError,
+} from "@grpc/grpc-js";
 
 import { AreError, Code, toAreError } from "./errors.js";
 
@@ -31,9 +38,15 @@ export type StreamMethod<Req, Res> = (
   options?: Partial<GrpcCallOptions>,
 ) => ClientReadableStream<Res>;
 
+/** A generated bidirectional-streaming method in its (metadata, options) form. */
+export type DuplexMethod<Req, Res> = (metadata: Metadata, options?: Partial<GrpcCallOptions>) => ClientDuplexStream<Req, Res>;
+
 export const DEFAULT_UNARY_TIMEOUT_MS = 30_000;
 
 export class Rpc {
+  /** Open bidirectional calls, cancelled by {@link cancelStreams} when the client closes. */
+  private readonly duplexCalls = new Set<ClientDuplexStream<unknown, unknown>>();
+
   constructor(
     private readonly makeMetadata: () => Metadata,
     private readonly isClosed: () => boolean = () => false,
@@ -47,6 +60,27 @@ export class Rpc {
   /** A fresh copy of the metadata every call sends (the bearer token, if any). */
   metadata(): Metadata {
     return this.makeMetadata();
+  }
+
+  /**
+   * Opens a bidirectional stream (no deadline). The caller writes, reads and
+   * ends it; closing the client cancels it (with CANCELLED).
+   *
+   * @throws AreError CANCELLED once the client is closed.
+   */
+  duplex<Req, Res>(method: DuplexMethod<Req, Res>): ClientDuplexStream<Req, Res> {
+    if (this.isClosed()) throw this.closedError();
+    const call = method(this.metadata(), {});
+    const untyped = call as ClientDuplexStream<unknown, unknown>;
+    this.duplexCalls.add(untyped);
+    call.on("status", () => this.duplexCalls.delete(untyped));
+    return call;
+  }
+
+  /** Cancels every open bidirectional stream (the client is closing). */
+  cancelStreams(): void {
+    for (const call of this.duplexCalls) call.cancel();
+    this.duplexCalls.clear();
   }
 
   /** Calls a unary method; rejects with an AreError, or the signal's reason once aborted. */

@@ -1,5 +1,5 @@
 /**
- * The worker: run task handlers for the sidecar over the unary path.
+ * The worker: run task handlers for the sidecar, over the `Connect` stream or the unary path.
  *
  * ```ts
  * const worker = new Worker(client, { name: "writer", maxConcurrency: 8 })
@@ -17,16 +17,28 @@
  * name (throw {@link TaskError} to choose type, details and a retry hint,
  * {@link NonRetryableError} to forbid retries).
  *
- * The worker long-polls `PollTask` for as many tasks as it has free slots
- * (never more than `maxConcurrency` running), reports with `CompleteTask` /
- * `FailTask`, and heartbeats every running attempt with `RecordHeartbeat`
- * (every `heartbeatIntervalMs`, and at least three times per heartbeat
- * timeout). `ctx.signal` aborts, with a {@link TaskCancelledError} as its
- * reason, when the sidecar says the attempt is over (workflow cancelled or
- * closed, lease lost), when the attempt's deadline passes, or when the worker
- * stops and the grace period has run out. The bidirectional `Connect` stream
- * is not used: the unary path is the contract's equivalent for simple
- * clients.
+ * Two transports carry the same handlers (`transport` in {@link WorkerOptions}):
+ *
+ * - `"stream"` (the default): one `Connect` stream per worker. It registers
+ *   (name, capabilities, `maxConcurrency`, identity); the sidecar assigns at
+ *   most `maxConcurrency` attempts at once; heartbeats of running attempts go
+ *   in batches at the interval the registration answer gives (and at least
+ *   three times per heartbeat timeout); results and events go in batches and
+ *   each result waits for its TaskAck (a refusal such as TASK_NOT_HELD is
+ *   that task's outcome, not the stream's); a cancellation from the sidecar
+ *   aborts the handler at once. A broken stream is reopened with full-jitter
+ *   backoff (50 ms doubling to `reconnectMaxDelayMs`); its attempts are lost
+ *   (their leases end with it and the sidecar retries them).
+ * - `"unary"`: the worker long-polls `PollTask` for as many tasks as it has
+ *   free slots (never more than `maxConcurrency` running), reports with
+ *   `CompleteTask` / `FailTask`, and heartbeats every running attempt with
+ *   `RecordHeartbeat` (every `heartbeatIntervalMs`, and at least three times
+ *   per heartbeat timeout).
+ *
+ * `ctx.signal` aborts, with a {@link TaskCancelledError} as its reason, when
+ * the sidecar says the attempt is over (workflow cancelled or closed, lease
+ * lost), when the attempt's deadline passes, or when the worker stops and the
+ * grace period has run out.
  *
  * @module
  */
@@ -35,6 +47,7 @@ import { hostname } from "node:os";
 import type { Client } from "./client.js";
 import { AreError, Code } from "./errors.js";
 import { FailureKind, type Failure, type Payload, type Usage } from "./gen/are/v1/common.js";
+import { ErrorReason } from "./gen/are/v1/errors.js";
 import { EventType, type ReportedEvent } from "./gen/are/v1/event.js";
 import {
   CompleteTaskRequest,
@@ -42,11 +55,13 @@ import {
   PollTaskRequest,
   RecordHeartbeatRequest,
   ReportEventsRequest,
+  type TaskAck,
   type TaskAssignment,
 } from "./gen/are/v1/worker_service.js";
 import { OCTET_STREAM, decodePayload, encodePayload } from "./payload.js";
 import type { TaskSpec } from "./spec.js";
 import type { BoundState } from "./state.js";
+import { StreamSession, attemptKey, type StreamAttempt } from "./stream.js";
 import { fromDuration, jitter, sleep, toDuration } from "./time.js";
 import { failureInfo, taskStateName, type FailureInfo, type TaskState } from "./types.js";
 import { spawnTasks, type SpawnOptions } from "./workflows.js";
@@ -132,8 +147,17 @@ export interface DependencyResult {
   failure: FailureInfo | undefined;
 }
 
+/**
+ * How a worker talks to the sidecar: `"stream"`, one `Connect` stream
+ * carrying batches both ways (the fast path), or `"unary"`, `PollTask`
+ * long-polls and one call per heartbeat and result.
+ */
+export type WorkerTransport = "stream" | "unary";
+
 /** Options of {@link Worker}. */
 export interface WorkerOptions {
+  /** The transport; default `"stream"` (see {@link WorkerTransport}). */
+  transport?: WorkerTransport;
   /** The worker's name, shared by its replicas (id alphabet). */
   name: string;
   /** Handlers by capability (more can be added with {@link Worker.handle}). */
@@ -145,14 +169,22 @@ export interface WorkerOptions {
   /** Who this process is, for humans; default `host:pid N`. */
   identity?: string;
   /**
-   * The deadline of one long poll; the sidecar answers about 1 s before it.
-   * It also bounds how long stop() waits for the poll in flight. Default 10 s.
+   * The deadline of one long poll (unary transport); the sidecar answers
+   * about 1 s before it. It also bounds how long stop() waits for the poll
+   * in flight. Default 10 s.
    */
   pollTimeoutMs?: number;
-  /** How often running attempts heartbeat (and learn of cancellation); default 2 s. */
+  /**
+   * How often running attempts heartbeat (and learn of cancellation) on the
+   * unary transport; default 2 s. The stream transport heartbeats at the
+   * interval the sidecar gives at registration, and learns of cancellations
+   * at once.
+   */
   heartbeatIntervalMs?: number;
   /** How long running tasks get to finish on stop(); default 10 s. */
   shutdownGraceMs?: number;
+  /** The longest wait between two reconnections of the stream transport (full jitter from 50 ms); default 5 s. */
+  reconnectMaxDelayMs?: number;
   /** Where warnings go (refused results, dropped connections); default `console`. */
   logger?: { warn: (message: string) => void };
 }
@@ -162,7 +194,10 @@ export interface WorkerStats {
   completed: number;
   failed: number;
   cancelled: number;
+  /** Long polls sent (unary transport). */
   polls: number;
+  /** Streams registered (stream transport). */
+  connects: number;
 }
 
 /** Everything a handler knows about its task attempt, and what it can report. */
@@ -252,7 +287,8 @@ export class TaskContext<I = unknown> {
    * Heartbeats now, with progress details (any JSON value, at most 1 MiB)
    * that the next attempt receives as `lastHeartbeatDetails` if this one is
    * lost. The worker also heartbeats on its own; await the promise to know
-   * the details were recorded. It never rejects: a failure is logged and the
+   * the details were recorded (on the stream transport: sent, the sidecar
+   * acknowledging only refusals, which abort `signal`). It never rejects: a failure is logged and the
    * details go with the next heartbeat; if the attempt is over, `signal` aborts.
    */
   heartbeat(details?: unknown): Promise<void> {
@@ -330,7 +366,7 @@ export class TaskContext<I = unknown> {
 }
 
 /** One running attempt: its controllers, queued reports and usage. @internal */
-class Attempt {
+class Attempt implements StreamAttempt {
   readonly controller = new AbortController();
   /** Stops the heartbeat loop once the handler has settled. */
   readonly finished = new AbortController();
@@ -338,6 +374,10 @@ class Attempt {
   events: ReportedEvent[] = [];
   details: Payload | undefined;
   cancelKind: TaskCancelKind | undefined;
+  /** The sidecar took the attempt back (stream transport): no result is reported. */
+  lost = false;
+  /** The stream holding the attempt; undefined on the unary transport. */
+  session: StreamSession | undefined;
   done: Promise<void> = Promise.resolve();
   /** Sends one heartbeat now (set by the worker). */
   beat: () => Promise<void> = () => Promise.resolve();
@@ -359,6 +399,11 @@ class Attempt {
       this.warn(`worker: more than ${MAX_QUEUED_EVENTS} unsent events for ${this.label}; dropping the oldest`);
     }
     this.events.push(event);
+  }
+
+  lose(kind: "CANCEL_REQUESTED" | "NOT_HELD" | "TIMED_OUT", message: string): void {
+    this.lost = true;
+    this.cancel(kind, message);
   }
 
   cancel(kind: TaskCancelKind, message: string): void {
@@ -388,6 +433,14 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/** A result's ack as the unary path's outcome: resolves when accepted, throws the refusal as an AreError. */
+function ackOutcome(ack: TaskAck | undefined): void {
+  if (ack === undefined) throw new AreError(Code.UNAVAILABLE, "the worker stream ended before the result was acknowledged");
+  if (ack.accepted) return;
+  const reason = ErrorReason[ack.reason]?.replace(/^ERROR_REASON_/, "") ?? "";
+  throw new AreError(Code.FAILED_PRECONDITION, ack.message || "refused", { reason });
 }
 
 function failureFromError(error: unknown): Failure {
@@ -424,12 +477,15 @@ export class Worker {
   readonly maxConcurrency: number;
   readonly identity: string;
   /** Counters since the worker was made. */
-  readonly stats: WorkerStats = { completed: 0, failed: 0, cancelled: 0, polls: 0 };
+  readonly stats: WorkerStats = { completed: 0, failed: 0, cancelled: 0, polls: 0, connects: 0 };
+  /** The transport (see {@link WorkerTransport}). */
+  readonly transport: WorkerTransport;
   private readonly handlers = new Map<string, Handler>();
   private readonly declared: Set<string>;
   private readonly pollTimeoutMs: number;
   private readonly heartbeatIntervalMs: number;
   private readonly shutdownGraceMs: number;
+  private readonly reconnectMaxDelayMs: number;
   private readonly logger: { warn: (message: string) => void };
   private readonly active = new Map<string, Attempt>();
   private running = false;
@@ -448,6 +504,11 @@ export class Worker {
     if (!Number.isInteger(maxConcurrency) || maxConcurrency < 1 || maxConcurrency > 10_000) {
       throw new RangeError(`maxConcurrency must be an integer from 1 to 10,000, got ${maxConcurrency}`);
     }
+    const transport = options.transport ?? "stream";
+    if (transport !== "stream" && transport !== "unary") {
+      throw new RangeError(`transport must be "stream" or "unary", got ${JSON.stringify(transport)}`);
+    }
+    this.transport = transport;
     this.name = options.name;
     this.maxConcurrency = maxConcurrency;
     this.identity = options.identity ?? `${hostname()}:pid ${process.pid}`;
@@ -455,6 +516,7 @@ export class Worker {
     if (!(this.pollTimeoutMs >= 1_500)) throw new RangeError(`pollTimeoutMs must be at least 1,500, got ${this.pollTimeoutMs}`);
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2_000;
     this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000;
+    this.reconnectMaxDelayMs = options.reconnectMaxDelayMs ?? 5_000;
     this.logger = options.logger ?? console;
     this.declared = new Set(options.capabilities ?? []);
     for (const [capability, handler] of Object.entries(options.handlers ?? {})) this.handle(capability, handler);
@@ -474,7 +536,7 @@ export class Worker {
     return [...new Set([...this.declared, ...this.handlers.keys()])];
   }
 
-  /** The id the sidecar uses for this worker in events and task statuses ("" before the first poll). */
+  /** The id the sidecar uses for this worker in events and task statuses ("" before the first poll or registration). */
   get workerId(): string {
     return this.currentWorkerId;
   }
@@ -513,7 +575,8 @@ export class Worker {
     if (signal?.aborted) onAbort();
     let fatal: unknown;
     try {
-      await this.pollLoop(capabilities);
+      if (this.transport === "stream") await this.streamLoop(capabilities);
+      else await this.pollLoop(capabilities);
     } catch (error) {
       fatal = error;
       this.stopping = true;
@@ -601,15 +664,86 @@ export class Worker {
     }
   }
 
-  private start(assignment: TaskAssignment): void {
+  /**
+   * Serves over `Connect` streams: registers, runs what the sidecar assigns
+   * (it never assigns more than maxConcurrency at once), and reconnects with
+   * full-jitter backoff when the stream breaks. On stop it drains: a
+   * WorkerDrain, running handlers get their grace, their results are
+   * acknowledged, then the stream is half-closed.
+   */
+  private async streamLoop(capabilities: string[]): Promise<void> {
+    let delay = 50;
+    const stopSignal = this.stopController.signal;
+    while (!this.stopping) {
+      let session: StreamSession;
+      try {
+        session = await StreamSession.open(
+          this.client,
+          { workerName: this.name, capabilities, maxConcurrency: this.maxConcurrency, identity: this.identity },
+          (assignment, session) => this.start(assignment, session),
+          (message) => this.logger.warn(`worker ${this.name}: ${message}`),
+          stopSignal,
+        );
+      } catch (error) {
+        if (this.stopping) return;
+        if (error instanceof AreError && (FATAL_CODES.has(error.code) || error.code === Code.CANCELLED)) throw error;
+        this.logger.warn(`worker ${this.name}: could not open the worker stream (${(error as Error).message}); retrying`);
+        if (!(await this.backoff(delay))) return;
+        delay = Math.min(delay * 2, this.reconnectMaxDelayMs);
+        continue;
+      }
+      this.stats.connects += 1;
+      this.currentWorkerId = session.workerId;
+      delay = 50;
+      let onAbort: (() => void) | undefined;
+      const onStop = new Promise<undefined>((resolve) => {
+        onAbort = () => resolve(undefined);
+        stopSignal.addEventListener("abort", onAbort, { once: true });
+      });
+      const ended = await Promise.race([session.ended, stopSignal.aborted ? undefined : onStop]);
+      if (onAbort) stopSignal.removeEventListener("abort", onAbort);
+      if (ended === undefined) {
+        session.drain(`worker ${this.name} is stopping`);
+        // Within the worker's grace, and the sidecar's if it is draining too; assignments sent
+        // before the sidecar read the drain still run.
+        let deadline = this.graceDeadline;
+        if (session.sidecarDrainDeadline !== undefined) deadline = Math.min(deadline, session.sidecarDrainDeadline);
+        do await this.drain(Math.max(0, deadline - Date.now()));
+        while (this.active.size > 0 && !session.isEnded);
+        await session.close(5_000);
+        return;
+      }
+      if (this.stopping) return;
+      // CANCELLED comes from this side only: the client was closed under the worker.
+      if (FATAL_CODES.has(ended.code) || ended.code === Code.CANCELLED) throw ended;
+      this.logger.warn(`worker ${this.name}: the worker stream ended (${ended.message}); reconnecting`);
+      if (!(await this.backoff(delay))) return;
+      delay = Math.min(delay * 2, this.reconnectMaxDelayMs);
+    }
+  }
+
+  /** Sleeps a full-jitter `delayMs`; false when the worker stops meanwhile. */
+  private async backoff(delayMs: number): Promise<boolean> {
+    try {
+      await sleep(jitter(delayMs), this.stopController.signal);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private start(assignment: TaskAssignment, session?: StreamSession): void {
     const attempt = new Attempt(this.client, assignment, (message) => this.logger.warn(message));
+    attempt.session = session;
     attempt.beat = () => this.sendHeartbeat(attempt, 10_000);
-    const key = `${assignment.workflowId}\u0000${assignment.taskId}\u0000${assignment.attempt}`;
+    const key = attemptKey(assignment);
     this.active.set(key, attempt);
+    session?.hold(attempt);
     attempt.done = this.execute(attempt)
       .catch((error: unknown) => this.logger.warn(`worker ${this.name}: ${attempt.label}: ${(error as Error).message}`))
       .finally(() => {
-        this.active.delete(key);
+        session?.release(attempt);
+        if (this.active.get(key) === attempt) this.active.delete(key);
         this.wake();
       });
   }
@@ -653,6 +787,7 @@ export class Worker {
     const base = { workflowId: assignment.workflowId, taskId: assignment.taskId, attempt: assignment.attempt };
     if (attempt.cancelKind !== undefined) {
       this.stats.cancelled += 1;
+      if (attempt.lost) return; // the sidecar took it back: a result would be refused
       if (attempt.cancelKind === "CANCEL_REQUESTED" || attempt.cancelKind === "WORKER_STOPPED") {
         // The contract asks for a CANCELLED failure after cancel_requested; a stopping worker hands
         // its task back as a retryable failure so the sidecar retries it now, not at lease expiry.
@@ -662,7 +797,7 @@ export class Worker {
           type: cancelled ? "CANCELLED" : "WORKER_STOPPED",
           kind: cancelled ? FailureKind.FAILURE_KIND_CANCELLED : FailureKind.FAILURE_KIND_APPLICATION,
         };
-        await this.report("fail", attempt, () => this.failTask({ ...base, failure, usage: attempt.usage, retryAfter: undefined }), true);
+        await this.report("fail", attempt, () => this.failTask(attempt, { ...base, failure, usage: attempt.usage, retryAfter: undefined }), true);
       }
       return;
     }
@@ -677,7 +812,7 @@ export class Worker {
       }
       if (completion !== undefined) {
         const request = completion;
-        if (await this.report("complete", attempt, () => this.completeTask(request))) this.stats.completed += 1;
+        if (await this.report("complete", attempt, () => this.completeTask(attempt, request))) this.stats.completed += 1;
         return;
       }
     }
@@ -685,7 +820,7 @@ export class Worker {
       const error = outcome.error;
       const retryAfter = error instanceof TaskError ? toDuration(error.retryAfterMs) : undefined;
       const failure = failureFromError(error);
-      if (await this.report("fail", attempt, () => this.failTask({ ...base, failure, usage: attempt.usage, retryAfter }))) {
+      if (await this.report("fail", attempt, () => this.failTask(attempt, { ...base, failure, usage: attempt.usage, retryAfter }))) {
         this.stats.failed += 1;
       }
     }
@@ -718,12 +853,18 @@ export class Worker {
     });
   }
 
-  private async completeTask(request: CompleteTaskRequest): Promise<void> {
+  private async completeTask(attempt: Attempt, request: CompleteTaskRequest): Promise<void> {
+    if (attempt.session !== undefined && request.completion !== undefined) {
+      return ackOutcome(await attempt.session.complete(request.completion));
+    }
     const worker = this.client.raw.worker;
     await this.client.rpc.unary(worker.completeTask.bind(worker), request);
   }
 
-  private async failTask(failure: FailTaskRequest["failure"]): Promise<void> {
+  private async failTask(attempt: Attempt, failure: FailTaskRequest["failure"]): Promise<void> {
+    if (attempt.session !== undefined && failure !== undefined) {
+      return ackOutcome(await attempt.session.fail(FailTaskRequest.fromPartial({ failure }).failure!));
+    }
     const worker = this.client.raw.worker;
     await this.client.rpc.unary(worker.failTask.bind(worker), FailTaskRequest.fromPartial({ failure }));
   }
@@ -740,7 +881,11 @@ export class Worker {
         await send();
         return true;
       } catch (error) {
-        const retryable = error instanceof AreError && (error.code === Code.UNAVAILABLE || error.code === Code.DEADLINE_EXCEEDED);
+        // On the stream a result is sent once: a broken stream released the lease, and a retry would be refused.
+        const retryable =
+          attempt.session === undefined &&
+          error instanceof AreError &&
+          (error.code === Code.UNAVAILABLE || error.code === Code.DEADLINE_EXCEEDED);
         if (tries > 1 && error instanceof AreError && error.reason === "TASK_ALREADY_COMPLETED") return true; // an earlier try landed
         if (!retryable || tries >= REPORT_ATTEMPTS) {
           if (!quiet) this.logger.warn(`worker ${this.name}: the sidecar refused to ${what} ${attempt.label}: ${(error as Error).message}`);
@@ -753,6 +898,10 @@ export class Worker {
   }
 
   private async flushEvents(attempt: Attempt): Promise<void> {
+    if (attempt.session !== undefined) {
+      attempt.session.flushEvents(); // written before the attempt's result, in the stream's order
+      return;
+    }
     const worker = this.client.raw.worker;
     while (attempt.events.length > 0) {
       const batch = attempt.events.splice(0, MAX_EVENTS_PER_CALL);
@@ -766,6 +915,7 @@ export class Worker {
   }
 
   private async heartbeatLoop(attempt: Attempt): Promise<void> {
+    if (attempt.session !== undefined) return; // the stream heartbeats its held attempts in batches
     const timeoutMs = fromDuration(attempt.assignment.heartbeatTimeout);
     const interval = Math.max(50, Math.min(this.heartbeatIntervalMs, timeoutMs ? timeoutMs / 3 : Infinity));
     const stop = attempt.finished.signal;
@@ -785,6 +935,7 @@ export class Worker {
     const { assignment } = attempt;
     const stop = attempt.finished.signal;
     if (stop.aborted || attempt.controller.signal.aborted) return;
+    if (attempt.session !== undefined) return attempt.session.beat(attempt);
     const worker = this.client.raw.worker;
     const details = attempt.details;
     attempt.details = undefined;

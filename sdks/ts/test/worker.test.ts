@@ -1,5 +1,6 @@
 // Workflows run by a TypeScript worker on a real sidecar: completion with outputs,
-// failures per the retry policy, and cancellation reaching a running handler.
+// failures per the retry policy, and cancellation reaching a running handler,
+// over both transports (the Connect stream and the unary path).
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
@@ -49,250 +50,254 @@ async function serving(worker: Worker, body: () => Promise<void>): Promise<void>
 
 class RefusalError extends Error {}
 
-describe("worker", () => {
-  test("a 2-task workflow run by a TS worker COMPLETES with outputs", async () => {
-    const research = unique("research");
-    const write = unique("write");
-    const worker = new Worker(client, { ...FAST, name: "ts-writer", maxConcurrency: 2 })
-      .handle(research, (ctx: TaskContext) => {
-        const { topic } = ctx.input as { topic: string };
-        ctx.reportLlmCall("model-x", { inputTokens: 10, outputTokens: 5, costMicroUsd: 7 });
-        return { notes: `about ${topic}` };
-      })
-      .handle(write, async (ctx: TaskContext) => {
-        const notes = ctx.dependencyOutputs["research"] as { notes: string } | undefined;
-        assert.equal(ctx.dependencies["research"]?.state, "COMPLETED");
-        return new TaskResult({ draft: `${notes?.notes}!`, attempt: ctx.attempt }, { stateMergePatch: { written: true } });
+for (const transport of ["stream", "unary"] as const) {
+  const OPTS = { ...FAST, transport };
+
+  describe(`worker (${transport})`, () => {
+    test("a 2-task workflow run by a TS worker COMPLETES with outputs", async () => {
+      const research = unique("research");
+      const write = unique("write");
+      const worker = new Worker(client, { ...OPTS, name: "ts-writer", maxConcurrency: 2 })
+        .handle(research, (ctx: TaskContext) => {
+          const { topic } = ctx.input as { topic: string };
+          ctx.reportLlmCall("model-x", { inputTokens: 10, outputTokens: 5, costMicroUsd: 7 });
+          return { notes: `about ${topic}` };
+        })
+        .handle(write, async (ctx: TaskContext) => {
+          const notes = ctx.dependencyOutputs["research"] as { notes: string } | undefined;
+          assert.equal(ctx.dependencies["research"]?.state, "COMPLETED");
+          return new TaskResult({ draft: `${notes?.notes}!`, attempt: ctx.attempt }, { stateMergePatch: { written: true } });
+        });
+      await serving(worker, async () => {
+        const spec = new WorkflowSpec("ts-two-step")
+          .task("research", { capability: research, input: { topic: "tides" } })
+          .task("write", { capability: write, dependsOn: ["research"] });
+        const handle = await client.workflows.submit(spec);
+        assert.match(handle.workflowId, /^wf_/);
+        assert.deepEqual(await handle.result(WAIT), { draft: "about tides!", attempt: 1 });
+
+        const info = await handle.get();
+        assert.equal(info.state, "COMPLETED");
+        assert.equal(info.closed, true);
+        assert.equal(info.taskCounts?.completed, 2);
+        assert.equal(info.usage.inputTokens, 10);
+        assert.equal(info.usage.costMicroUsd, 7);
+        const tasks = await handle.tasks({ includePayloads: true });
+        assert.deepEqual(
+          tasks.map((t) => [t.taskId, t.state, t.output]),
+          [
+            ["research", "COMPLETED", { notes: "about tides" }],
+            ["write", "COMPLETED", { draft: "about tides!", attempt: 1 }],
+          ],
+        );
+        assert.deepEqual(tasks[0]?.input, { topic: "tides" });
+        assert.ok(tasks[0]?.workerId.startsWith("ts-writer"), tasks[0]?.workerId);
       });
-    await serving(worker, async () => {
-      const spec = new WorkflowSpec("ts-two-step")
-        .task("research", { capability: research, input: { topic: "tides" } })
-        .task("write", { capability: write, dependsOn: ["research"] });
-      const handle = await client.workflows.submit(spec);
-      assert.match(handle.workflowId, /^wf_/);
-      assert.deepEqual(await handle.result(WAIT), { draft: "about tides!", attempt: 1 });
+      assert.equal(worker.stats.completed, 2);
+      assert.equal(worker.inFlight, 0);
+    });
 
-      const info = await handle.get();
-      assert.equal(info.state, "COMPLETED");
-      assert.equal(info.closed, true);
-      assert.equal(info.taskCounts?.completed, 2);
-      assert.equal(info.usage.inputTokens, 10);
-      assert.equal(info.usage.costMicroUsd, 7);
-      const tasks = await handle.tasks({ includePayloads: true });
-      assert.deepEqual(
-        tasks.map((t) => [t.taskId, t.state, t.output]),
-        [
-          ["research", "COMPLETED", { notes: "about tides" }],
-          ["write", "COMPLETED", { draft: "about tides!", attempt: 1 }],
-        ],
-      );
-      assert.deepEqual(tasks[0]?.input, { topic: "tides" });
-      assert.ok(tasks[0]?.workerId.startsWith("ts-writer"), tasks[0]?.workerId);
-    });
-    assert.equal(worker.stats.completed, 2);
-    assert.equal(worker.inFlight, 0);
-  });
-
-  test("raw bytes travel as they are, both ways", async () => {
-    const capability = unique("bytes");
-    const worker = new Worker(client, { ...FAST, name: "ts-bytes" }).handle(capability, (ctx) => {
-      const input = ctx.input as RawPayload;
-      assert.ok(input instanceof RawPayload);
-      return new RawPayload(Buffer.from(input.text().toUpperCase()), "text/plain");
-    });
-    await serving(worker, async () => {
-      const handle = await client.workflows.submit(
-        new WorkflowSpec("ts-bytes").task("shout", { capability, input: new RawPayload("hello", "text/plain") }),
-      );
-      const result = await handle.result<RawPayload>(WAIT);
-      assert.ok(result instanceof RawPayload);
-      assert.equal(result.contentType, "text/plain");
-      assert.equal(result.text(), "HELLO");
-    });
-  });
-
-  test("a failing handler fails the workflow after the policy's attempts", async () => {
-    const capability = unique("flaky");
-    const attempts: number[] = [];
-    const worker = new Worker(client, { ...FAST, name: "ts-flaky" }).handle(capability, (ctx) => {
-      attempts.push(ctx.attempt);
-      if (ctx.attempt > 1) assert.equal(ctx.lastFailure?.type, "RefusalError");
-      throw new RefusalError(`refused on attempt ${ctx.attempt}`);
-    });
-    await serving(worker, async () => {
-      const spec = new WorkflowSpec("ts-flaky").task("ask", {
-        capability,
-        retryPolicy: { maximumAttempts: 3, initialIntervalMs: 10, maximumIntervalMs: 20 },
+    test("raw bytes travel as they are, both ways", async () => {
+      const capability = unique("bytes");
+      const worker = new Worker(client, { ...OPTS, name: "ts-bytes" }).handle(capability, (ctx) => {
+        const input = ctx.input as RawPayload;
+        assert.ok(input instanceof RawPayload);
+        return new RawPayload(Buffer.from(input.text().toUpperCase()), "text/plain");
       });
-      const handle = await client.workflows.submit(spec);
-      const error = await handle.result(WAIT).catch((e: unknown) => e);
-      assert.ok(error instanceof WorkflowFailedError, String(error));
-      assert.equal(error.workflow.state, "FAILED");
-      const task = await handle.task("ask");
-      assert.equal(task.state, "FAILED");
-      assert.equal(task.attempt, 3);
-      assert.equal(task.failure?.type, "RefusalError");
-      assert.equal(task.failure?.message, "refused on attempt 3");
-      assert.equal(task.failure?.kind, "APPLICATION");
-      assert.match(task.failure?.stackTrace ?? "", /refused on attempt 3/);
-    });
-    assert.deepEqual(attempts, [1, 2, 3]);
-    assert.equal(worker.stats.failed, 3);
-  });
-
-  test("NonRetryableError and non-retryable types are not retried", async () => {
-    const fatal = unique("fatal");
-    const typed = unique("typed");
-    const unserialisable = unique("unserialisable");
-    const seen: string[] = [];
-    const worker = new Worker(client, { ...FAST, name: "ts-fatal" })
-      .handle(fatal, (ctx) => {
-        seen.push(`${ctx.taskId}#${ctx.attempt}`);
-        throw new NonRetryableError("no point trying again", { details: { code: 42 } });
-      })
-      .handle(typed, (ctx) => {
-        seen.push(`${ctx.taskId}#${ctx.attempt}`);
-        throw new TaskError("quota gone", { type: "QuotaError" });
-      })
-      .handle(unserialisable, (ctx) => {
-        seen.push(`${ctx.taskId}#${ctx.attempt}`);
-        return { size: 10n }; // a BigInt is not JSON
+      await serving(worker, async () => {
+        const handle = await client.workflows.submit(
+          new WorkflowSpec("ts-bytes").task("shout", { capability, input: new RawPayload("hello", "text/plain") }),
+        );
+        const result = await handle.result<RawPayload>(WAIT);
+        assert.ok(result instanceof RawPayload);
+        assert.equal(result.contentType, "text/plain");
+        assert.equal(result.text(), "HELLO");
       });
-    await serving(worker, async () => {
-      const spec = new WorkflowSpec("ts-fatal", { defaultRetryPolicy: { maximumAttempts: 5, initialIntervalMs: 10 } })
-        .task("a", { capability: fatal })
-        .task("b", { capability: typed, retryPolicy: { maximumAttempts: 5, initialIntervalMs: 10, nonRetryableFailureTypes: ["QuotaError"] } })
-        .task("c", { capability: unserialisable, retryPolicy: { maximumAttempts: 1 } })
-        .task("end", { capability: fatal, dependsOn: ["a", "b"], triggerRule: "all_done" });
-      const handle = await client.workflows.submit(spec);
-      const workflow = await handle.wait(WAIT);
-      assert.equal(workflow.state, "FAILED");
-      const a = await handle.task("a");
-      assert.equal(a.attempt, 1);
-      assert.equal(a.failure?.nonRetryable, true);
-      assert.deepEqual(a.failure?.details, { code: 42 });
-      const c = await handle.task("c");
-      assert.equal(c.failure?.type, "TypeError");
-      assert.match(c.failure?.message ?? "", /not JSON-serialisable/);
-      const b = await handle.task("b");
-      assert.equal(b.attempt, 1);
-      assert.equal(b.failure?.type, "QuotaError");
     });
-    assert.deepEqual(seen.sort(), ["a#1", "b#1", "c#1", "end#1"]);
-  });
 
-  test("cancelling the workflow aborts the running handler's signal", async () => {
-    const capability = unique("slow");
-    const started = deferred<TaskContext>();
-    const aborted = deferred<unknown>();
-    const worker = new Worker(client, { ...FAST, name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
-      started.resolve(ctx);
-      return new Promise((_, reject) => {
-        ctx.signal.addEventListener("abort", () => {
-          aborted.resolve(ctx.signal.reason);
-          reject(ctx.signal.reason as Error);
+    test("a failing handler fails the workflow after the policy's attempts", async () => {
+      const capability = unique("flaky");
+      const attempts: number[] = [];
+      const worker = new Worker(client, { ...OPTS, name: "ts-flaky" }).handle(capability, (ctx) => {
+        attempts.push(ctx.attempt);
+        if (ctx.attempt > 1) assert.equal(ctx.lastFailure?.type, "RefusalError");
+        throw new RefusalError(`refused on attempt ${ctx.attempt}`);
+      });
+      await serving(worker, async () => {
+        const spec = new WorkflowSpec("ts-flaky").task("ask", {
+          capability,
+          retryPolicy: { maximumAttempts: 3, initialIntervalMs: 10, maximumIntervalMs: 20 },
+        });
+        const handle = await client.workflows.submit(spec);
+        const error = await handle.result(WAIT).catch((e: unknown) => e);
+        assert.ok(error instanceof WorkflowFailedError, String(error));
+        assert.equal(error.workflow.state, "FAILED");
+        const task = await handle.task("ask");
+        assert.equal(task.state, "FAILED");
+        assert.equal(task.attempt, 3);
+        assert.equal(task.failure?.type, "RefusalError");
+        assert.equal(task.failure?.message, "refused on attempt 3");
+        assert.equal(task.failure?.kind, "APPLICATION");
+        assert.match(task.failure?.stackTrace ?? "", /refused on attempt 3/);
+      });
+      assert.deepEqual(attempts, [1, 2, 3]);
+      assert.equal(worker.stats.failed, 3);
+    });
+
+    test("NonRetryableError and non-retryable types are not retried", async () => {
+      const fatal = unique("fatal");
+      const typed = unique("typed");
+      const unserialisable = unique("unserialisable");
+      const seen: string[] = [];
+      const worker = new Worker(client, { ...OPTS, name: "ts-fatal" })
+        .handle(fatal, (ctx) => {
+          seen.push(`${ctx.taskId}#${ctx.attempt}`);
+          throw new NonRetryableError("no point trying again", { details: { code: 42 } });
+        })
+        .handle(typed, (ctx) => {
+          seen.push(`${ctx.taskId}#${ctx.attempt}`);
+          throw new TaskError("quota gone", { type: "QuotaError" });
+        })
+        .handle(unserialisable, (ctx) => {
+          seen.push(`${ctx.taskId}#${ctx.attempt}`);
+          return { size: 10n }; // a BigInt is not JSON
+        });
+      await serving(worker, async () => {
+        const spec = new WorkflowSpec("ts-fatal", { defaultRetryPolicy: { maximumAttempts: 5, initialIntervalMs: 10 } })
+          .task("a", { capability: fatal })
+          .task("b", { capability: typed, retryPolicy: { maximumAttempts: 5, initialIntervalMs: 10, nonRetryableFailureTypes: ["QuotaError"] } })
+          .task("c", { capability: unserialisable, retryPolicy: { maximumAttempts: 1 } })
+          .task("end", { capability: fatal, dependsOn: ["a", "b"], triggerRule: "all_done" });
+        const handle = await client.workflows.submit(spec);
+        const workflow = await handle.wait(WAIT);
+        assert.equal(workflow.state, "FAILED");
+        const a = await handle.task("a");
+        assert.equal(a.attempt, 1);
+        assert.equal(a.failure?.nonRetryable, true);
+        assert.deepEqual(a.failure?.details, { code: 42 });
+        const c = await handle.task("c");
+        assert.equal(c.failure?.type, "TypeError");
+        assert.match(c.failure?.message ?? "", /not JSON-serialisable/);
+        const b = await handle.task("b");
+        assert.equal(b.attempt, 1);
+        assert.equal(b.failure?.type, "QuotaError");
+      });
+      assert.deepEqual(seen.sort(), ["a#1", "b#1", "c#1", "end#1"]);
+    });
+
+    test("cancelling the workflow aborts the running handler's signal", async () => {
+      const capability = unique("slow");
+      const started = deferred<TaskContext>();
+      const aborted = deferred<unknown>();
+      const worker = new Worker(client, { ...OPTS, name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
+        started.resolve(ctx);
+        return new Promise((_, reject) => {
+          ctx.signal.addEventListener("abort", () => {
+            aborted.resolve(ctx.signal.reason);
+            reject(ctx.signal.reason as Error);
+          });
         });
       });
+      await serving(worker, async () => {
+        const handle = await client.workflows.submit(new WorkflowSpec("ts-cancel").task("think", { capability }));
+        const ctx = await within(started.promise, 20_000, "the handler to start");
+        assert.equal(ctx.cancelled, false);
+        const closed = await handle.cancel({ reason: "changed my mind", requestedBy: "test" });
+        assert.equal(closed.state, "CANCELLED");
+        const reason = await within(aborted.promise, 20_000, "the handler's signal to abort");
+        assert.ok(reason instanceof TaskCancelledError, String(reason));
+        assert.ok(["CANCEL_REQUESTED", "NOT_HELD"].includes(reason.kind), reason.kind);
+        assert.equal(ctx.cancelled, true);
+        const error = await handle.result(WAIT).catch((e: unknown) => e);
+        assert.ok(error instanceof WorkflowFailedError);
+        assert.equal(error.workflow.state, "CANCELLED");
+        assert.equal((await handle.task("think")).state, "CANCELLED");
+      });
+      assert.equal(worker.stats.cancelled, 1);
     });
-    await serving(worker, async () => {
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-cancel").task("think", { capability }));
-      const ctx = await within(started.promise, 20_000, "the handler to start");
-      assert.equal(ctx.cancelled, false);
-      const closed = await handle.cancel({ reason: "changed my mind", requestedBy: "test" });
-      assert.equal(closed.state, "CANCELLED");
-      const reason = await within(aborted.promise, 20_000, "the handler's signal to abort");
-      assert.ok(reason instanceof TaskCancelledError, String(reason));
-      assert.ok(["CANCEL_REQUESTED", "NOT_HELD"].includes(reason.kind), reason.kind);
-      assert.equal(ctx.cancelled, true);
-      const error = await handle.result(WAIT).catch((e: unknown) => e);
-      assert.ok(error instanceof WorkflowFailedError);
-      assert.equal(error.workflow.state, "CANCELLED");
-      assert.equal((await handle.task("think")).state, "CANCELLED");
-    });
-    assert.equal(worker.stats.cancelled, 1);
-  });
 
-  test("stop() hands a task still running after the grace period back for a retry", async () => {
-    const capability = unique("stubborn");
-    const started = deferred<TaskContext>();
-    const worker = new Worker(client, { ...FAST, name: "ts-stubborn" }).handle(capability, (ctx) => {
-      started.resolve(ctx);
-      return new Promise(() => undefined); // never settles and ignores its signal
-    });
-    const running = worker.run();
-    const handle = await client.workflows.submit(
-      new WorkflowSpec("ts-stop").task("forever", { capability, retryPolicy: { maximumAttempts: 2, initialIntervalMs: 10 } }),
-    );
-    const ctx = await within(started.promise, 20_000, "the handler to start");
-    await within(worker.stop({ graceMs: 100 }), 20_000, "the worker to stop");
-    await running;
-    assert.equal(ctx.signal.aborted, true);
-    assert.equal((ctx.signal.reason as TaskCancelledError).kind, "WORKER_STOPPED");
-    const task = await handle.task("forever");
-    assert.equal(task.failure?.type, "WORKER_STOPPED");
-    assert.ok(["SCHEDULED", "BACKING_OFF"].includes(task.state), task.state);
-    await handle.cancel();
-  });
-
-  test("heartbeat details reach the next attempt; typed input", async () => {
-    const capability = unique("resume");
-    const worker = new Worker(client, { ...FAST, name: "ts-resume" }).handle<{ steps: number }>(capability, async (ctx) => {
-      if (ctx.attempt === 1) {
-        await ctx.heartbeat({ done: 2 });
-        throw new Error("crashed after step 2");
-      }
-      return { resumedFrom: ctx.lastHeartbeatDetails, steps: ctx.input.steps };
-    });
-    await serving(worker, async () => {
+    test("stop() hands a task still running after the grace period back for a retry", async () => {
+      const capability = unique("stubborn");
+      const started = deferred<TaskContext>();
+      const worker = new Worker(client, { ...OPTS, name: "ts-stubborn" }).handle(capability, (ctx) => {
+        started.resolve(ctx);
+        return new Promise(() => undefined); // never settles and ignores its signal
+      });
+      const running = worker.run();
       const handle = await client.workflows.submit(
-        new WorkflowSpec("ts-resume").task("long", { capability, input: { steps: 5 }, retryPolicy: { initialIntervalMs: 10 } }),
+        new WorkflowSpec("ts-stop").task("forever", { capability, retryPolicy: { maximumAttempts: 2, initialIntervalMs: 10 } }),
       );
-      assert.deepEqual(await handle.result(WAIT), { resumedFrom: { done: 2 }, steps: 5 });
+      const ctx = await within(started.promise, 20_000, "the handler to start");
+      await within(worker.stop({ graceMs: 100 }), 20_000, "the worker to stop");
+      await running;
+      assert.equal(ctx.signal.aborted, true);
+      assert.equal((ctx.signal.reason as TaskCancelledError).kind, "WORKER_STOPPED");
+      const task = await handle.task("forever");
+      assert.equal(task.failure?.type, "WORKER_STOPPED");
+      assert.ok(["SCHEDULED", "BACKING_OFF"].includes(task.state), task.state);
+      await handle.cancel();
+    });
+
+    test("heartbeat details reach the next attempt; typed input", async () => {
+      const capability = unique("resume");
+      const worker = new Worker(client, { ...OPTS, name: "ts-resume" }).handle<{ steps: number }>(capability, async (ctx) => {
+        if (ctx.attempt === 1) {
+          await ctx.heartbeat({ done: 2 });
+          throw new Error("crashed after step 2");
+        }
+        return { resumedFrom: ctx.lastHeartbeatDetails, steps: ctx.input.steps };
+      });
+      await serving(worker, async () => {
+        const handle = await client.workflows.submit(
+          new WorkflowSpec("ts-resume").task("long", { capability, input: { steps: 5 }, retryPolicy: { initialIntervalMs: 10 } }),
+        );
+        assert.deepEqual(await handle.result(WAIT), { resumedFrom: { done: 2 }, steps: 5 });
+      });
+    });
+
+    test("payloads over 4 MiB travel through the blob store, both ways", async () => {
+      const capability = unique("big");
+      const big = "x".repeat(5 * 1024 * 1024);
+      const input = await client.blobs.put(Buffer.from(JSON.stringify({ text: big })), { contentType: "application/json" });
+      assert.ok(input instanceof BlobReference);
+      const worker = new Worker(client, { ...OPTS, name: "ts-big" }).handle<{ text: string }>(capability, (ctx) => ({
+        length: ctx.input.text.length,
+        echo: ctx.input.text,
+      }));
+      await serving(worker, async () => {
+        const handle = await client.workflows.submit(new WorkflowSpec("ts-big").task("echo", { capability, input }));
+        const result = await handle.result<{ length: number; echo: string }>(WAIT);
+        assert.equal(result.length, big.length);
+        assert.equal(result.echo, big);
+      });
+    });
+
+    test("a worker the sidecar refuses (bad name) makes run() reject", async () => {
+      const worker = new Worker(client, { ...OPTS, name: "not a name!" }).handle(unique("any"), () => 1);
+      const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
+      assert.ok(error instanceof AreError, String(error));
+      assert.equal(error.code, Code.INVALID_ARGUMENT);
+      assert.equal(worker.isRunning, false);
+    });
+
+    test("run({ signal }) stops when the signal aborts; a second run() while running is refused", async () => {
+      const worker = new Worker(client, { ...OPTS, name: "ts-signal" }).handle(unique("idle"), () => 1);
+      const controller = new AbortController();
+      const running = worker.run({ signal: controller.signal });
+      await assert.rejects(worker.run(), /already running/);
+      controller.abort();
+      await within(running, 20_000, "run() to return after the abort");
+      assert.equal(worker.isRunning, false);
+    });
+
+    test("closing the client under a running worker makes run() reject with CANCELLED", async () => {
+      const own = await Client.connect(sidecar.target);
+      const worker = new Worker(own, { ...OPTS, name: "ts-orphan", logger: { warn: () => undefined } }).handle(unique("idle"), () => 1);
+      const running = worker.run();
+      own.close();
+      const error = await within(running, 20_000, "run() to reject").catch((e: unknown) => e);
+      assert.ok(error instanceof AreError, String(error));
+      assert.equal(error.code, Code.CANCELLED);
     });
   });
-
-  test("payloads over 4 MiB travel through the blob store, both ways", async () => {
-    const capability = unique("big");
-    const big = "x".repeat(5 * 1024 * 1024);
-    const input = await client.blobs.put(Buffer.from(JSON.stringify({ text: big })), { contentType: "application/json" });
-    assert.ok(input instanceof BlobReference);
-    const worker = new Worker(client, { ...FAST, name: "ts-big" }).handle<{ text: string }>(capability, (ctx) => ({
-      length: ctx.input.text.length,
-      echo: ctx.input.text,
-    }));
-    await serving(worker, async () => {
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-big").task("echo", { capability, input }));
-      const result = await handle.result<{ length: number; echo: string }>(WAIT);
-      assert.equal(result.length, big.length);
-      assert.equal(result.echo, big);
-    });
-  });
-
-  test("a worker the sidecar refuses (bad name) makes run() reject", async () => {
-    const worker = new Worker(client, { ...FAST, name: "not a name!" }).handle(unique("any"), () => 1);
-    const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
-    assert.ok(error instanceof AreError, String(error));
-    assert.equal(error.code, Code.INVALID_ARGUMENT);
-    assert.equal(worker.isRunning, false);
-  });
-
-  test("run({ signal }) stops when the signal aborts; a second run() while running is refused", async () => {
-    const worker = new Worker(client, { ...FAST, name: "ts-signal" }).handle(unique("idle"), () => 1);
-    const controller = new AbortController();
-    const running = worker.run({ signal: controller.signal });
-    await assert.rejects(worker.run(), /already running/);
-    controller.abort();
-    await within(running, 20_000, "run() to return after the abort");
-    assert.equal(worker.isRunning, false);
-  });
-
-  test("closing the client under a running worker makes run() reject with CANCELLED", async () => {
-    const own = await Client.connect(sidecar.target);
-    const worker = new Worker(own, { ...FAST, name: "ts-orphan", logger: { warn: () => undefined } }).handle(unique("idle"), () => 1);
-    const running = worker.run();
-    own.close();
-    const error = await within(running, 20_000, "run() to reject").catch((e: unknown) => e);
-    assert.ok(error instanceof AreError, String(error));
-    assert.equal(error.code, Code.CANCELLED);
-  });
-});
+}
