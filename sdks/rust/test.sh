@@ -9,4 +9,8 @@ if [[ -z "${ARE_PYTHON:-}" && ! -x ../../.venv/bin/python ]]; then
 fi
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+# Each sidecar test starts its own Python sidecar. With all 18 at once on a
+# 2-core machine, failing_handler_fails_by_the_retry_policy::unary stalled
+# past its 60 s wait in 2 runs of 4 (likely a 2 s long poll answered after its
+# deadline, stranding its task until the lease ends), so cap them.
+cargo test --locked -- --test-threads="${ARE_TEST_THREADS:-4}"

@@ -46,7 +46,9 @@ pub use tonic::transport::ClientTlsConfig;
 pub use tonic::Code;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use trace::EventStream;
-pub use worker::{CancelReason, Dependency, Task, TaskError, Worker, WorkerOptions, WorkerStats};
+pub use worker::{
+    CancelReason, Dependency, Task, TaskError, Worker, WorkerOptions, WorkerStats, WorkerTransport,
+};
 pub use workflow::{
     is_closed, json_payload, TaskBuilder, WorkflowBuilder, WorkflowHandle, JSON_CONTENT_TYPE,
 };

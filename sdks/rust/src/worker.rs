@@ -1,5 +1,9 @@
-//! A worker on the unary path of WorkerService: PollTask long polls,
-//! CompleteTask / FailTask, and RecordHeartbeat while a handler runs.
+//! A worker of WorkerService, on one of two transports (see
+//! [`WorkerTransport`]): the unary path (PollTask long polls, CompleteTask /
+//! FailTask, and RecordHeartbeat while a handler runs) or the Connect stream
+//! (in `worker/stream.rs`). Handlers are the same on both.
+
+mod stream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -168,6 +172,25 @@ impl Task {
         self.kick.notify_one();
     }
 
+    /// A task of an assignment, before its blobs are read.
+    fn of(a: pb::TaskAssignment) -> Task {
+        Task {
+            workflow_id: a.workflow_id.clone(),
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            capability: a.capability.clone(),
+            idempotency_key: a.idempotency_key.clone(),
+            input: Vec::new(),
+            dependencies: Vec::new(),
+            assignment: a,
+            cancel: CancellationToken::new(),
+            reason: Arc::default(),
+            usage: Arc::default(),
+            heartbeat: Arc::default(),
+            kick: Arc::default(),
+        }
+    }
+
     fn cancel_with(&self, reason: CancelReason) {
         let _ = self.reason.set(reason);
         self.cancel.cancel();
@@ -177,38 +200,63 @@ impl Task {
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, TaskError>> + Send>>;
 type Handler = Arc<dyn Fn(Task) -> HandlerFuture + Send + Sync>;
 
+/// How a [`Worker`] talks to the sidecar's WorkerService.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WorkerTransport {
+    /// One bidirectional Connect stream per worker (the default): batched
+    /// heartbeats and results, acknowledged per task, assignments pushed as
+    /// slots free up, cancellations pushed at once; reconnected with jittered
+    /// backoff when it breaks.
+    #[default]
+    Stream,
+    /// PollTask long polls, CompleteTask / FailTask and one RecordHeartbeat
+    /// loop per running attempt.
+    Unary,
+}
+
 /// Options of a [`Worker`].
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
+    /// The stream (default) or the unary path; handlers are the same.
+    pub transport: WorkerTransport,
     /// Most handlers at once (default 16).
     pub concurrency: usize,
     /// Who this process is, for humans (default "pid N").
     pub identity: String,
-    /// Deadline of each PollTask long poll (default 10 s, at least 2 s). A
+    /// Deadline of each PollTask long poll on the unary path (default 10 s,
+    /// at least 2 s). A
     /// stopping worker lets the poll in flight finish (a poll cancelled as a
     /// task is assigned would strand it until its lease ends), so this also
     /// bounds how long `run` takes to notice a shutdown.
     pub poll_timeout: Duration,
-    /// How often a running attempt heartbeats (default 1 s, at most a quarter
-    /// of the task's heartbeat timeout); bounds how soon a cancellation is heard.
+    /// How often a running attempt heartbeats on the unary path (default 1 s,
+    /// at most a quarter of the task's heartbeat timeout); bounds how soon a
+    /// cancellation is heard. The stream heartbeats at the interval the
+    /// sidecar gives at registration and hears cancellations at once.
     pub heartbeat_interval: Duration,
     /// How long running handlers may go on after shutdown (default 10 s);
     /// then their tokens fire with [`CancelReason::WorkerStopped`].
     pub shutdown_grace: Duration,
     /// Bound of each CompleteTask / FailTask / RecordHeartbeat, retries on
-    /// UNAVAILABLE included (default 30 s).
+    /// UNAVAILABLE included, and on the stream of a registration and of the
+    /// wait for a result's acknowledgement (default 30 s).
     pub report_timeout: Duration,
+    /// Longest pause between reconnections of a broken stream (default 5 s);
+    /// each pause is a full-jitter draw below a doubling bound.
+    pub reconnect_max_delay: Duration,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
             concurrency: 16,
+            transport: WorkerTransport::default(),
             identity: format!("pid {}", std::process::id()),
             poll_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             report_timeout: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(5),
         }
     }
 }
@@ -222,6 +270,8 @@ pub struct WorkerStats {
     pub failed: AtomicI64,
     /// Attempts the sidecar cancelled or took back.
     pub cancelled: AtomicI64,
+    /// Worker streams registered (reconnections included).
+    pub connects: AtomicI64,
 }
 
 /// Serves tasks of one or more capabilities: add handlers with
@@ -250,6 +300,7 @@ impl Worker {
         options.concurrency = options.concurrency.clamp(1, 10_000);
         options.poll_timeout = options.poll_timeout.max(Duration::from_secs(2));
         options.heartbeat_interval = options.heartbeat_interval.max(Duration::from_millis(50));
+        options.reconnect_max_delay = options.reconnect_max_delay.max(Duration::from_millis(50));
         Worker {
             client: client.clone(),
             name: name.to_string(),
@@ -277,15 +328,18 @@ impl Worker {
         self.stats.clone()
     }
 
-    /// The id the sidecar gave this worker ("" before the first poll).
+    /// The id the sidecar gave this worker ("" before the first poll or
+    /// registration).
     pub fn worker_id(&self) -> String {
         self.worker_id.lock().unwrap().clone()
     }
 
-    /// Serves tasks until `shutdown` fires, then stops gracefully: no new poll
-    /// (the one in flight finishes, within `poll_timeout`), running handlers
-    /// get `shutdown_grace`, then their tokens fire and their failures are
-    /// reported as WORKER_LOST. Returns an error at once when the sidecar
+    /// Serves tasks until `shutdown` fires, then stops gracefully: no new work
+    /// (on the stream a drain is sent; on the unary path the poll in flight
+    /// finishes, within `poll_timeout`), running handlers get
+    /// `shutdown_grace`, then their tokens fire and their failures are
+    /// reported as WORKER_LOST; on the stream the results' acknowledgements
+    /// are awaited before it is closed. Returns an error at once when the sidecar
     /// refuses the worker for a reason retrying cannot fix (a bad name or
     /// capability, authentication, UNIMPLEMENTED).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
@@ -298,7 +352,10 @@ impl Worker {
         }
         let stopped = CancellationToken::new();
         let mut running = JoinSet::new();
-        let result = self.poll(&shutdown, &stopped, &mut running).await;
+        let result = match self.options.transport {
+            WorkerTransport::Unary => self.poll(&shutdown, &stopped, &mut running).await,
+            WorkerTransport::Stream => self.serve_stream(&shutdown, &stopped, &mut running).await,
+        };
         let drain = async { while running.join_next().await.is_some() {} };
         if tokio::time::timeout(self.options.shutdown_grace, drain)
             .await
@@ -359,13 +416,7 @@ impl Worker {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(status)) => {
                     let e = Error::from(status);
-                    if matches!(
-                        e.code,
-                        Code::InvalidArgument
-                            | Code::Unauthenticated
-                            | Code::PermissionDenied
-                            | Code::Unimplemented
-                    ) {
+                    if fatal(e.code) {
                         return Err(e);
                     }
                     drop(permits);
@@ -420,22 +471,7 @@ struct Attempt {
 
 impl Attempt {
     async fn run(self, a: pb::TaskAssignment) {
-        let token = CancellationToken::new();
-        let task = Task {
-            workflow_id: a.workflow_id.clone(),
-            task_id: a.task_id.clone(),
-            attempt: a.attempt,
-            capability: a.capability.clone(),
-            idempotency_key: a.idempotency_key.clone(),
-            input: Vec::new(),
-            dependencies: Vec::new(),
-            assignment: a,
-            cancel: token,
-            reason: Arc::default(),
-            usage: Arc::default(),
-            heartbeat: Arc::default(),
-            kick: Arc::default(),
-        };
+        let task = Task::of(a);
         let done = CancellationToken::new();
         let beats = tokio::spawn(self.heartbeat(task.clone(), done.clone()));
         let outcome = self.call(task.clone()).await;
@@ -459,19 +495,7 @@ impl Attempt {
                 End::Held => match outcome {
                     Ok(value) => self.complete(&task, value).await,
                     Err(e) => {
-                        let mut failure = pb::Failure {
-                            message: e.message.chars().take(32 * 1024).collect(),
-                            r#type: e.error_type.clone(),
-                            non_retryable: e.non_retryable,
-                            details: e.details.as_ref().map(crate::workflow::json_payload),
-                            kind: pb::FailureKind::Application as i32,
-                            ..Default::default()
-                        };
-                        if task.cancel_reason() == Some(CancelReason::WorkerStopped) {
-                            failure.kind = pb::FailureKind::WorkerLost as i32;
-                            failure.r#type = "WorkerStopped".into();
-                        }
-                        if self.fail(&task, failure, e.retry_after).await {
+                        if self.fail(&task, failure_of(&task, &e), e.retry_after).await {
                             self.stats.failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -551,8 +575,14 @@ impl Attempt {
         }
     }
 
-    async fn complete(&self, task: &Task, value: serde_json::Value) {
-        let usage = *task.usage.lock().unwrap();
+    /// The completion of a handler's value: its output inline up to 4 MiB,
+    /// else stored as a blob; the failure to report when the blob cannot be
+    /// stored.
+    async fn completion_of(
+        &self,
+        task: &Task,
+        value: serde_json::Value,
+    ) -> Result<pb::TaskCompletion, pb::Failure> {
         let output = if value.is_null() {
             None
         } else {
@@ -564,26 +594,35 @@ impl Attempt {
             {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    let failure = pb::Failure {
+                    return Err(pb::Failure {
                         message: format!("cannot store the output: {e}"),
                         r#type: "BlobWriteError".into(),
                         kind: pb::FailureKind::Application as i32,
                         ..Default::default()
-                    };
-                    if self.fail(task, failure, None).await {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return;
+                    })
                 }
             }
         };
-        let completion = pb::TaskCompletion {
+        let usage = *task.usage.lock().unwrap();
+        Ok(pb::TaskCompletion {
             workflow_id: task.workflow_id.clone(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             output,
             usage: Some(usage),
             state_patch: None,
+        })
+    }
+
+    async fn complete(&self, task: &Task, value: serde_json::Value) {
+        let completion = match self.completion_of(task, value).await {
+            Ok(c) => c,
+            Err(failure) => {
+                if self.fail(task, failure, None).await {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
         };
         let client = self.client.clone();
         let sent = retry_unavailable(|| {
@@ -601,18 +640,7 @@ impl Attempt {
 
     /// Reports a failure; true when the sidecar accepted it.
     async fn fail(&self, task: &Task, failure: pb::Failure, retry_after: Option<Duration>) -> bool {
-        let usage = *task.usage.lock().unwrap();
-        let report = pb::TaskFailure {
-            workflow_id: task.workflow_id.clone(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            failure: Some(failure),
-            usage: Some(usage),
-            retry_after: retry_after.map(|d| prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            }),
-        };
+        let report = failure_report(task, failure, retry_after);
         let client = self.client.clone();
         retry_unavailable(|| {
             let mut stub = client.raw().worker;
@@ -687,6 +715,55 @@ impl Attempt {
             }
         }
     }
+}
+
+/// The failure a handler's error reports: WORKER_LOST when the worker's stop
+/// cut the handler short, else an application failure.
+fn failure_of(task: &Task, e: &TaskError) -> pb::Failure {
+    let mut failure = pb::Failure {
+        message: e.message.chars().take(32 * 1024).collect(),
+        r#type: e.error_type.clone(),
+        non_retryable: e.non_retryable,
+        details: e.details.as_ref().map(crate::workflow::json_payload),
+        kind: pb::FailureKind::Application as i32,
+        ..Default::default()
+    };
+    if task.cancel_reason() == Some(CancelReason::WorkerStopped) {
+        failure.kind = pb::FailureKind::WorkerLost as i32;
+        failure.r#type = "WorkerStopped".into();
+    }
+    failure
+}
+
+/// The report of an attempt's failure, with the usage it spent.
+fn failure_report(
+    task: &Task,
+    failure: pb::Failure,
+    retry_after: Option<Duration>,
+) -> pb::TaskFailure {
+    let usage = *task.usage.lock().unwrap();
+    pb::TaskFailure {
+        workflow_id: task.workflow_id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        failure: Some(failure),
+        usage: Some(usage),
+        retry_after: retry_after.map(|d| prost_types::Duration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }),
+    }
+}
+
+/// Whether a refusal is final: retrying cannot fix it.
+fn fatal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::Unimplemented
+    )
 }
 
 /// Calls `f` until it succeeds or fails otherwise than UNAVAILABLE (the

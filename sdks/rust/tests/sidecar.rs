@@ -9,7 +9,7 @@ use std::time::Duration;
 use are_sdk::testing::{Sidecar, SidecarOptions};
 use are_sdk::{
     pb, CacheOptions, CancelReason, CancellationToken, Client, Code, GetOrCallError, ServingStatus,
-    TaskBuilder, TaskError, Worker, WorkerOptions, WorkflowBuilder,
+    TaskBuilder, TaskError, Worker, WorkerOptions, WorkerTransport, WorkflowBuilder,
 };
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -18,8 +18,9 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Worker options that keep tests short: a stop is noticed within about 2 s,
 /// a cancellation within about 100 ms.
-fn fast() -> WorkerOptions {
+fn fast(transport: WorkerTransport) -> WorkerOptions {
     WorkerOptions {
+        transport,
         concurrency: 4,
         poll_timeout: Duration::from_secs(2),
         heartbeat_interval: Duration::from_millis(100),
@@ -27,6 +28,35 @@ fn fast() -> WorkerOptions {
         ..Default::default()
     }
 }
+
+/// Runs each worker test once per transport: `NAME::unary` and `NAME::stream`.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test]
+                async fn unary() {
+                    super::$name(WorkerTransport::Unary).await
+                }
+
+                #[tokio::test]
+                async fn stream() {
+                    super::$name(WorkerTransport::Stream).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_transports!(
+    two_task_workflow_run_by_a_rust_worker,
+    failing_handler_fails_by_the_retry_policy,
+    cancellation_reaches_a_running_handler,
+    large_output_as_a_blob_and_the_event_stream,
+    graceful_shutdown_lets_a_running_handler_finish,
+);
 
 async fn start() -> (Sidecar, Client) {
     let sidecar = Sidecar::start(&[]).await.expect("sidecar");
@@ -112,12 +142,11 @@ async fn errors_carry_reason_and_field() {
     );
 }
 
-#[tokio::test]
-async fn two_task_workflow_run_by_a_rust_worker() {
+async fn two_task_workflow_run_by_a_rust_worker(transport: WorkerTransport) {
     let (_sidecar, client) = start().await;
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let seen2 = seen.clone();
-    let worker = Worker::new(&client, "rust-worker", fast()).handle("rust-e2e", move |task| {
+    let worker = Worker::new(&client, "rust-worker", fast(transport)).handle("rust-e2e", move |task| {
         let seen = seen2.clone();
         async move {
             seen.lock().unwrap().insert(task.task_id.clone(), task.attempt);
@@ -168,29 +197,29 @@ async fn two_task_workflow_run_by_a_rust_worker() {
     assert_eq!(stats.completed.load(Ordering::Relaxed), 2);
 }
 
-#[tokio::test]
-async fn failing_handler_fails_by_the_retry_policy() {
+async fn failing_handler_fails_by_the_retry_policy(transport: WorkerTransport) {
     let (_sidecar, client) = start().await;
     let calls = Arc::new(Mutex::new(HashMap::<String, i32>::new()));
     let calls2 = calls.clone();
-    let worker = Worker::new(&client, "rust-failer", fast()).handle("rust-fail", move |task| {
-        let calls = calls2.clone();
-        async move {
-            let n = {
-                let mut c = calls.lock().unwrap();
-                let n = c.entry(task.task_id.clone()).or_default();
-                *n += 1;
-                *n
-            };
-            match task.task_id.as_str() {
-                "flaky" if n == 1 => Err(TaskError::new("Transient", "try again")),
-                "flaky" => Ok(json!("ok")),
-                "broken" => Err(TaskError::new("Boom", "boom")),
-                "fatal" => Err(TaskError::new("Fatal", "no point retrying").non_retryable()),
-                _ => panic!("handler bug"),
+    let worker =
+        Worker::new(&client, "rust-failer", fast(transport)).handle("rust-fail", move |task| {
+            let calls = calls2.clone();
+            async move {
+                let n = {
+                    let mut c = calls.lock().unwrap();
+                    let n = c.entry(task.task_id.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                match task.task_id.as_str() {
+                    "flaky" if n == 1 => Err(TaskError::new("Transient", "try again")),
+                    "flaky" => Ok(json!("ok")),
+                    "broken" => Err(TaskError::new("Boom", "boom")),
+                    "fatal" => Err(TaskError::new("Fatal", "no point retrying").non_retryable()),
+                    _ => panic!("handler bug"),
+                }
             }
-        }
-    });
+        });
     let (running, _) = Running::spawn(worker);
     let retry = |t: TaskBuilder| t.max_attempts(3, Duration::from_millis(10));
     let spec = WorkflowBuilder::new("rust-failing")
@@ -236,13 +265,13 @@ async fn failing_handler_fails_by_the_retry_policy() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn cancellation_reaches_a_running_handler() {
+async fn cancellation_reaches_a_running_handler(transport: WorkerTransport) {
     let (_sidecar, client) = start().await;
     let (started_tx, started_rx) = tokio::sync::mpsc::channel(1);
     let (reason_tx, reason_rx) = tokio::sync::mpsc::channel(1);
-    let worker =
-        Worker::new(&client, "rust-canceller", fast()).handle("rust-cancel", move |task| {
+    let worker = Worker::new(&client, "rust-canceller", fast(transport)).handle(
+        "rust-cancel",
+        move |task| {
             let started = started_tx.clone();
             let reason = reason_tx.clone();
             async move {
@@ -252,7 +281,8 @@ async fn cancellation_reaches_a_running_handler() {
                 reason.send(task.cancel_reason()).await.ok();
                 Err(TaskError::new("Cancelled", "stopped"))
             }
-        });
+        },
+    );
     let (running, stats) = Running::spawn(worker);
     let handle = client
         .submit(WorkflowBuilder::new("rust-cancel").task(TaskBuilder::new("long", "rust-cancel")))
@@ -399,15 +429,15 @@ async fn unix_socket_and_token() {
     assert_eq!(e.code, Code::Unauthenticated, "{e}");
 }
 
-#[tokio::test]
-async fn large_output_as_a_blob_and_the_event_stream() {
+async fn large_output_as_a_blob_and_the_event_stream(transport: WorkerTransport) {
     let (_sidecar, client) = start().await;
     let big = "x".repeat(are_sdk::MAX_INLINE_BYTES + 1024);
     let out = big.clone();
-    let worker = Worker::new(&client, "rust-blobber", fast()).handle("rust-blob", move |_task| {
-        let out = out.clone();
-        async move { Ok(json!(out)) }
-    });
+    let worker =
+        Worker::new(&client, "rust-blobber", fast(transport)).handle("rust-blob", move |_task| {
+            let out = out.clone();
+            async move { Ok(json!(out)) }
+        });
     let (running, _) = Running::spawn(worker);
     let handle = client
         .submit(WorkflowBuilder::new("rust-blob").task(TaskBuilder::new("big", "rust-blob")))
@@ -455,21 +485,21 @@ async fn large_output_as_a_blob_and_the_event_stream() {
     );
 }
 
-#[tokio::test]
-async fn graceful_shutdown_lets_a_running_handler_finish() {
+async fn graceful_shutdown_lets_a_running_handler_finish(transport: WorkerTransport) {
     let (_sidecar, client) = start().await;
     let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
-    let worker = Worker::new(&client, "rust-stopper", fast()).handle("rust-stop", move |task| {
-        let started = started_tx.clone();
-        let mut go = go_rx.clone();
-        async move {
-            started.send(()).await.ok();
-            let _ = timeout(WAIT, go.wait_for(|g| *g)).await;
-            assert!(task.cancel_reason().is_none());
-            Ok(json!("finished"))
-        }
-    });
+    let worker =
+        Worker::new(&client, "rust-stopper", fast(transport)).handle("rust-stop", move |task| {
+            let started = started_tx.clone();
+            let mut go = go_rx.clone();
+            async move {
+                started.send(()).await.ok();
+                let _ = timeout(WAIT, go.wait_for(|g| *g)).await;
+                assert!(task.cancel_reason().is_none());
+                Ok(json!("finished"))
+            }
+        });
     let (running, stats) = Running::spawn(worker);
     let handle = client
         .submit(WorkflowBuilder::new("rust-stop").task(TaskBuilder::new("slow", "rust-stop")))
@@ -485,4 +515,111 @@ async fn graceful_shutdown_lets_a_running_handler_finish() {
     assert_eq!(stats.completed.load(Ordering::Relaxed), 1);
     let result: String = handle.result(WAIT).await.unwrap();
     assert_eq!(result, "finished");
+}
+
+#[tokio::test]
+async fn several_tasks_over_one_stream() {
+    let (_sidecar, client) = start().await;
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now2, most2) = (now.clone(), most.clone());
+    let worker = Worker::new(&client, "rust-streamer", fast(WorkerTransport::Stream)).handle(
+        "rust-fan",
+        move |task| {
+            let (now, most) = (now2.clone(), most2.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                task.record_heartbeat(json!({"step": 1}));
+                tokio::task::yield_now().await;
+                let out = if task.task_id == "join" {
+                    let sum: i64 = (0..8)
+                        .filter_map(|i| task.dependency_json::<i64>(&format!("part-{i}")))
+                        .sum();
+                    json!(sum)
+                } else {
+                    let input: Value = task.input_json()?;
+                    json!(input["n"].as_i64().unwrap_or(0) * 10)
+                };
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(out)
+            }
+        },
+    );
+    let (running, stats) = Running::spawn(worker);
+    let mut spec = WorkflowBuilder::new("rust-fan");
+    let mut parts = Vec::new();
+    for i in 0..8 {
+        let id = format!("part-{i}");
+        spec = spec.task(TaskBuilder::new(&id, "rust-fan").input(json!({"n": i})));
+        parts.push(id);
+    }
+    spec = spec.task(TaskBuilder::new("join", "rust-fan").depends_on(parts));
+    let handle = client.submit(spec).await.unwrap();
+    let result: i64 = handle.result(WAIT).await.unwrap();
+    assert_eq!(result, (0..8).map(|i| i * 10).sum::<i64>());
+    running.stop().await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 9);
+    assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
+    assert!(
+        most.load(Ordering::SeqCst) <= 4,
+        "more handlers than the concurrency"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_registration_ends_run() {
+    let (_sidecar, client) = start().await;
+    let worker = Worker::new(&client, "not a valid name!", fast(WorkerTransport::Stream))
+        .handle("rust-x", |_task| async move { Ok(Value::Null) });
+    let e = timeout(WAIT, worker.run(CancellationToken::new()))
+        .await
+        .expect("run returned in time")
+        .unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert_eq!(worker.stats().connects.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn the_stream_is_the_default_transport() {
+    assert_eq!(WorkerOptions::default().transport, WorkerTransport::Stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_sidecar_takes_back_a_running_attempt() {
+    let (sidecar, client) = start().await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
+    let (reason_tx, mut reason_rx) = tokio::sync::mpsc::channel(1);
+    let worker = Worker::new(&client, "rust-orphan", fast(WorkerTransport::Stream)).handle(
+        "rust-orphan",
+        move |task| {
+            let (started, reason) = (started_tx.clone(), reason_tx.clone());
+            async move {
+                started.send(()).await.ok();
+                let _ = timeout(WAIT, task.cancellation().cancelled()).await;
+                reason.send(task.cancel_reason()).await.ok();
+                Err(TaskError::new("Cancelled", "stopped"))
+            }
+        },
+    );
+    let (running, stats) = Running::spawn(worker);
+    client
+        .submit(WorkflowBuilder::new("rust-orphan").task(TaskBuilder::new("t", "rust-orphan")))
+        .await
+        .unwrap();
+    timeout(WAIT, started_rx.recv())
+        .await
+        .expect("the handler started");
+    // SIGTERM: the sidecar drains the stream (a short grace in tests), then
+    // ends it; the attempt's lease is gone and the worker keeps retrying.
+    tokio::task::spawn_blocking(move || drop(sidecar))
+        .await
+        .unwrap();
+    let reason = timeout(WAIT, reason_rx.recv())
+        .await
+        .expect("the handler heard of it");
+    assert_eq!(reason, Some(Some(CancelReason::LeaseLost)));
+    running.stop().await;
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 0);
 }

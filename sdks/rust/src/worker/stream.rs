@@ -1,0 +1,601 @@
+//! The worker's stream transport: one WorkerService.Connect stream per
+//! worker, reconnected with full-jitter backoff when it breaks.
+//!
+//! The worker's `run` loop reads the stream (assignments, acknowledgements,
+//! cancellations, drain notices) and owns the running attempts; one writer
+//! task sends what is pending (heartbeats, completions, failures, a drain, a
+//! ping) in batches, everything that piled up while the previous write was in
+//! flight going in the next; one beat task queues the heartbeats that are due.
+//! Outgoing messages wait in a bounded channel; pending items are bounded by
+//! the attempts held, which the sidecar bounds by the registered concurrency.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use super::{
+    failure_of, failure_report, fatal, jitter, AbortOnDrop, Attempt, CancelReason, Task, Worker,
+};
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::pb::connect_request::Message as Out;
+use crate::pb::connect_response::Message as In;
+
+/// This SDK in the registration.
+const SDK: &str = concat!("are-sdk-rust/", env!("CARGO_PKG_VERSION"));
+/// The most items of one kind in one message.
+const MAX_BATCH: usize = 1000;
+/// The heartbeat interval when the sidecar gives none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a draining worker waits for the sidecar to end the stream after
+/// the worker half-closed it.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Outgoing messages queued for the transport.
+const OUTBOX: usize = 16;
+
+type Key = (String, String, i32);
+
+fn key_of(workflow_id: &str, task_id: &str, attempt: i32) -> Key {
+    (workflow_id.to_string(), task_id.to_string(), attempt)
+}
+
+fn duration(d: Option<&prost_types::Duration>) -> Duration {
+    d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+        .unwrap_or_default()
+}
+
+/// An attempt whose handler runs on this stream.
+struct Held {
+    task: Task,
+    every: Duration,
+    next: Instant,
+}
+
+/// What the session's tasks share, under one lock.
+struct Pending {
+    held: HashMap<Key, Held>,
+    /// Results sent and not yet acknowledged.
+    waiting: HashMap<Key, oneshot::Sender<pb::TaskAck>>,
+    beats: HashMap<Key, pb::TaskHeartbeat>,
+    completions: Vec<pb::TaskCompletion>,
+    failures: Vec<pb::TaskFailure>,
+    drain: Option<String>,
+    closing: bool,
+    last_write: Instant,
+}
+
+/// One registered stream.
+struct Session {
+    interval: Duration,
+    pending: Mutex<Pending>,
+    /// Wakes the writer.
+    wake: Notify,
+    /// Fires when the session ends; the writer and beat tasks stop.
+    done: CancellationToken,
+}
+
+impl Session {
+    /// Takes an attempt back: its token fires and its result is not reported.
+    fn lose(&self, key: &Key, reason: CancelReason) {
+        let held = {
+            let mut p = self.pending.lock().unwrap();
+            p.beats.remove(key);
+            p.held.remove(key)
+        };
+        if let Some(h) = held {
+            h.task.cancel_with(reason);
+        }
+    }
+
+    /// Queues a heartbeat of a held attempt with its latest details.
+    fn queue_beat(p: &mut Pending, key: &Key, now: Instant) -> bool {
+        let Some(h) = p.held.get_mut(key) else {
+            return false;
+        };
+        h.next = now + h.every;
+        let details = h.task.heartbeat.lock().unwrap().take();
+        let beat = p
+            .beats
+            .entry(key.clone())
+            .or_insert_with(|| pb::TaskHeartbeat {
+                workflow_id: key.0.clone(),
+                task_id: key.1.clone(),
+                attempt: key.2,
+                details: None,
+            });
+        if let Some(d) = details {
+            beat.details = Some(crate::workflow::json_payload(&d));
+        }
+        true
+    }
+
+    /// Cancels every attempt still held and forgets the awaited acks: the
+    /// stream's end released their leases.
+    fn abandon(&self) {
+        self.done.cancel();
+        let held: Vec<Held> = {
+            let mut p = self.pending.lock().unwrap();
+            p.waiting.clear();
+            p.held.drain().map(|(_, h)| h).collect()
+        };
+        for h in held {
+            h.task.cancel_with(CancelReason::LeaseLost);
+        }
+    }
+
+    /// Sends what is pending whenever woken, until the session ends or the
+    /// worker half-closes the stream (by dropping `tx`).
+    async fn write(self: Arc<Self>, tx: mpsc::Sender<pb::ConnectRequest>) {
+        loop {
+            tokio::select! {
+                _ = self.done.cancelled() => return,
+                _ = self.wake.notified() => {}
+            }
+            let (beats, completions, failures, drain, closing) = {
+                let mut p = self.pending.lock().unwrap();
+                let beats: Vec<pb::TaskHeartbeat> = p.beats.drain().map(|(_, b)| b).collect();
+                (
+                    beats,
+                    std::mem::take(&mut p.completions),
+                    std::mem::take(&mut p.failures),
+                    p.drain.take(),
+                    p.closing,
+                )
+            };
+            let mut msgs = Vec::new();
+            // Heartbeats first: they concern attempts whose results may
+            // follow, and are refused once a result is recorded.
+            for c in beats.chunks(MAX_BATCH) {
+                msgs.push(Out::Heartbeat(pb::HeartbeatBatch {
+                    heartbeats: c.to_vec(),
+                }));
+            }
+            for c in completions.chunks(MAX_BATCH) {
+                msgs.push(Out::Complete(pb::CompletionBatch {
+                    completions: c.to_vec(),
+                }));
+            }
+            for c in failures.chunks(MAX_BATCH) {
+                msgs.push(Out::Fail(pb::FailureBatch {
+                    failures: c.to_vec(),
+                }));
+            }
+            if let Some(reason) = drain {
+                msgs.push(Out::Drain(pb::WorkerDrain { reason }));
+            }
+            if msgs.is_empty() && !closing {
+                // An empty heartbeat batch is a liveness ping.
+                msgs.push(Out::Heartbeat(pb::HeartbeatBatch::default()));
+            }
+            for m in msgs {
+                let sent = tokio::select! {
+                    _ = self.done.cancelled() => return,
+                    s = tx.send(pb::ConnectRequest { message: Some(m) }) => s,
+                };
+                if sent.is_err() {
+                    // The transport dropped the request stream; the reader
+                    // learns why.
+                    return;
+                }
+            }
+            self.pending.lock().unwrap().last_write = Instant::now();
+            if closing {
+                return; // dropping tx half-closes the stream
+            }
+        }
+    }
+
+    /// Queues the heartbeats that are due, in one batch, and pings when the
+    /// stream has been idle for half the sidecar's interval.
+    async fn beat(self: Arc<Self>) {
+        let tick = (self.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.done.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let now = Instant::now();
+            let wake = {
+                let mut p = self.pending.lock().unwrap();
+                let due: Vec<Key> = p
+                    .held
+                    .iter()
+                    .filter(|(_, h)| h.next <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let mut wake = now.duration_since(p.last_write) >= self.interval / 2;
+                for k in due {
+                    wake |= Session::queue_beat(&mut p, &k, now);
+                }
+                wake
+            };
+            if wake {
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// The worker stopped and drained the stream.
+    Drained,
+    /// The stream broke; reconnect unless the error is final.
+    Broken(Error),
+}
+
+impl Worker {
+    /// Serves over the stream until `shutdown` fires (then drains) or the
+    /// sidecar refuses the worker for good.
+    pub(super) async fn serve_stream(
+        &self,
+        shutdown: &CancellationToken,
+        stopped: &CancellationToken,
+        running: &mut JoinSet<()>,
+    ) -> Result<()> {
+        let slots = Arc::new(Semaphore::new(self.options.concurrency));
+        let mut delay = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            let opened = tokio::select! {
+                o = self.open() => o,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let err = match opened {
+                Ok((session, tx, inbound)) => {
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    delay = Duration::from_millis(50);
+                    let ended = self
+                        .session(&session, tx, inbound, shutdown, stopped, running, &slots)
+                        .await;
+                    session.abandon();
+                    match ended {
+                        Ended::Drained => return Ok(()),
+                        Ended::Broken(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            if fatal(err.code) {
+                return Err(err);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(delay)) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            delay = (delay * 2).min(self.options.reconnect_max_delay);
+        }
+        Ok(())
+    }
+
+    /// Connects and registers, within `report_timeout`.
+    async fn open(
+        &self,
+    ) -> Result<(
+        Arc<Session>,
+        mpsc::Sender<pb::ConnectRequest>,
+        tonic::Streaming<pb::ConnectResponse>,
+    )> {
+        let mut capabilities: Vec<String> = self.handlers.keys().cloned().collect();
+        capabilities.sort();
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let register = pb::WorkerRegistration {
+            worker_name: self.name.clone(),
+            capabilities,
+            max_concurrency: self.options.concurrency as i32,
+            identity: self.options.identity.clone(),
+            sdk: SDK.into(),
+            ..Default::default()
+        };
+        tx.send(pb::ConnectRequest {
+            message: Some(Out::Register(register)),
+        })
+        .await
+        .expect("the receiver is alive");
+        let mut stub = self.client.raw().worker;
+        let opening = async {
+            let mut inbound = stub.connect(ReceiverStream::new(rx)).await?.into_inner();
+            match inbound.message().await? {
+                Some(pb::ConnectResponse {
+                    message: Some(In::Registered(r)),
+                }) => Ok((r, inbound)),
+                Some(_) => Err(tonic::Status::internal(
+                    "the sidecar's first message on the worker stream was not `registered`",
+                )),
+                None => Err(tonic::Status::unavailable(
+                    "the sidecar closed the worker stream before registering it",
+                )),
+            }
+        };
+        let (registered, inbound) =
+            match tokio::time::timeout(self.options.report_timeout, opening).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::local(
+                        Code::Unavailable,
+                        "UNAVAILABLE",
+                        "the worker stream was not registered in time",
+                    ))
+                }
+            };
+        *self.worker_id.lock().unwrap() = registered.worker_id.clone();
+        let mut interval = duration(registered.heartbeat_interval.as_ref());
+        if interval.is_zero() {
+            interval = DEFAULT_INTERVAL;
+        }
+        let session = Arc::new(Session {
+            interval,
+            pending: Mutex::new(Pending {
+                held: HashMap::new(),
+                waiting: HashMap::new(),
+                beats: HashMap::new(),
+                completions: Vec::new(),
+                failures: Vec::new(),
+                drain: None,
+                closing: false,
+                last_write: Instant::now(),
+            }),
+            wake: Notify::new(),
+            done: CancellationToken::new(),
+        });
+        Ok((session, tx, inbound))
+    }
+
+    /// Runs one registered stream until it breaks or the worker drained it.
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &self,
+        session: &Arc<Session>,
+        tx: mpsc::Sender<pb::ConnectRequest>,
+        mut inbound: tonic::Streaming<pb::ConnectResponse>,
+        shutdown: &CancellationToken,
+        stopped: &CancellationToken,
+        running: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+    ) -> Ended {
+        let _writer = AbortOnDrop(tokio::spawn(session.clone().write(tx)));
+        let _beats = AbortOnDrop(tokio::spawn(session.clone().beat()));
+        // The worker's own drain: running handlers get the grace, then their
+        // tokens fire and their reports get `report_timeout`; then the stream
+        // is half-closed and the sidecar ends it.
+        #[derive(PartialEq)]
+        enum Phase {
+            Serving,
+            Draining,
+            Stopping,
+            Closing,
+        }
+        let mut phase = Phase::Serving;
+        let mut phase_end: Option<Instant> = None;
+        // The sidecar's drain: results are recorded within its grace; then
+        // the attempts still held are lost (retried after its restart).
+        let mut sidecar_end: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            if phase == Phase::Serving && shutdown.is_cancelled() {
+                session.pending.lock().unwrap().drain = Some("the worker is stopping".into());
+                session.wake.notify_one();
+                phase = Phase::Draining;
+                phase_end = Some(Instant::now() + self.options.shutdown_grace);
+            }
+            if matches!(phase, Phase::Draining | Phase::Stopping) && running.is_empty() {
+                session.pending.lock().unwrap().closing = true;
+                session.wake.notify_one();
+                phase = Phase::Closing;
+                phase_end = Some(Instant::now() + CLOSE_WAIT);
+            }
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(pb::ConnectResponse { message: Some(m) })) => match m {
+                        In::Assignments(batch) => {
+                            for a in batch.assignments {
+                                self.start(session, a, running, slots, stopped);
+                            }
+                        }
+                        In::Acks(batch) => {
+                            for ack in batch.acks {
+                                acknowledged(session, ack);
+                            }
+                        }
+                        In::Cancellations(batch) => {
+                            for c in batch.cancellations {
+                                let key = key_of(&c.workflow_id, &c.task_id, c.attempt);
+                                session.lose(&key, CancelReason::CancelRequested);
+                            }
+                        }
+                        In::Drain(notice) => {
+                            sidecar_end = Some(Instant::now() + duration(notice.grace_period.as_ref()));
+                        }
+                        In::Registered(_) => {}
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) if phase == Phase::Closing => return Ended::Drained,
+                    Ok(None) => {
+                        return Ended::Broken(Error::local(
+                            Code::Unavailable,
+                            "UNAVAILABLE",
+                            "the sidecar ended the worker stream",
+                        ))
+                    }
+                    Err(_) if phase == Phase::Closing => return Ended::Drained,
+                    Err(status) => return Ended::Broken(status.into()),
+                },
+                _ = shutdown.cancelled(), if phase == Phase::Serving => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = tokio::time::sleep_until(phase_end.unwrap_or(far)), if phase_end.is_some() => {
+                    match phase {
+                        Phase::Draining => {
+                            stopped.cancel();
+                            phase = Phase::Stopping;
+                            phase_end = Some(Instant::now() + self.options.report_timeout);
+                        }
+                        Phase::Stopping => {
+                            running.abort_all();
+                            phase_end = None;
+                        }
+                        Phase::Closing => return Ended::Drained,
+                        Phase::Serving => phase_end = None,
+                    }
+                }
+                _ = tokio::time::sleep_until(sidecar_end.unwrap_or(far)), if sidecar_end.is_some() => {
+                    sidecar_end = None;
+                    let keys: Vec<Key> = session.pending.lock().unwrap().held.keys().cloned().collect();
+                    for k in keys {
+                        session.lose(&k, CancelReason::LeaseLost);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs an assignment in its own task once a handler slot is free.
+    fn start(
+        &self,
+        session: &Arc<Session>,
+        a: pb::TaskAssignment,
+        running: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+        stopped: &CancellationToken,
+    ) {
+        let key = key_of(&a.workflow_id, &a.task_id, a.attempt);
+        let mut every = session.interval;
+        let ht = duration(a.heartbeat_timeout.as_ref());
+        if !ht.is_zero() {
+            every = every.min(ht / 4);
+        }
+        let every = every.max(Duration::from_millis(50));
+        let task = Task::of(a);
+        session.pending.lock().unwrap().held.insert(
+            key.clone(),
+            Held {
+                task: task.clone(),
+                every,
+                next: Instant::now() + every,
+            },
+        );
+        let attempt = Attempt {
+            client: self.client.clone(),
+            options: self.options.clone(),
+            handler: self.handlers.get(&task.capability).cloned(),
+            stats: self.stats.clone(),
+            stopped: stopped.clone(),
+        };
+        let session = session.clone();
+        let slots = slots.clone();
+        running.spawn(async move {
+            let permit = tokio::select! {
+                p = slots.acquire_owned() => p.expect("semaphore never closed"),
+                _ = task.cancel.cancelled() => {
+                    // Taken back before a slot was free: the sidecar retries it.
+                    attempt.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            run_attempt(session, &attempt, task, key).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Hands an acknowledgement to the attempt awaiting it; a refused heartbeat
+/// means the lease is gone.
+fn acknowledged(session: &Session, ack: pb::TaskAck) {
+    let key = key_of(&ack.workflow_id, &ack.task_id, ack.attempt);
+    match pb::AckSubject::try_from(ack.subject) {
+        Ok(pb::AckSubject::Completion | pb::AckSubject::Failure) => {
+            let waiter = session.pending.lock().unwrap().waiting.remove(&key);
+            if let Some(w) = waiter {
+                let _ = w.send(ack);
+            }
+        }
+        Ok(pb::AckSubject::Heartbeat) if !ack.accepted => {
+            session.lose(&key, CancelReason::LeaseLost);
+        }
+        _ => {}
+    }
+}
+
+/// Runs one attempt's handler, sends its result and awaits the ack.
+async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: Key) {
+    let stats = &attempt.stats;
+    // Task::record_heartbeat sends a heartbeat at once.
+    let kicker = {
+        let task = task.clone();
+        let key = key.clone();
+        let session = session.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                task.kick.notified().await;
+                let queued =
+                    Session::queue_beat(&mut session.pending.lock().unwrap(), &key, Instant::now());
+                if queued {
+                    session.wake.notify_one();
+                }
+            }
+        }))
+    };
+    let outcome = attempt.call(task.clone()).await;
+    drop(kicker);
+    let lost = |t: &Task| {
+        matches!(
+            t.cancel_reason(),
+            Some(CancelReason::CancelRequested | CancelReason::LeaseLost)
+        )
+    };
+    if lost(&task) || session.done.is_cancelled() {
+        stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let (completion, failure) = match outcome {
+        Ok(value) => match attempt.completion_of(&task, value).await {
+            Ok(c) => (Some(c), None),
+            Err(f) => (None, Some(failure_report(&task, f, None))),
+        },
+        Err(e) => (
+            None,
+            Some(failure_report(&task, failure_of(&task, &e), e.retry_after)),
+        ),
+    };
+    let is_completion = completion.is_some();
+    let (ack_tx, ack_rx) = oneshot::channel();
+    {
+        let mut p = session.pending.lock().unwrap();
+        if p.held.remove(&key).is_none() {
+            drop(p);
+            stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        p.beats.remove(&key);
+        p.waiting.insert(key.clone(), ack_tx);
+        p.completions.extend(completion);
+        p.failures.extend(failure);
+    }
+    session.wake.notify_one();
+    match tokio::time::timeout(attempt.options.report_timeout, ack_rx).await {
+        Ok(Ok(ack)) if ack.accepted && is_completion => {
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Ok(ack)) if ack.accepted => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        // A per-task refusal (TASK_NOT_HELD, TASK_ALREADY_COMPLETED): the
+        // sidecar kept another result or took the attempt back.
+        Ok(Ok(_)) => {
+            stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        // The stream ended or no ack came in time: the sidecar retries the
+        // attempt if the result was not recorded.
+        _ => {
+            session.pending.lock().unwrap().waiting.remove(&key);
+        }
+    }
+}
