@@ -39,6 +39,8 @@ public final class TaskContext {
   private Usage usage = Usage.getDefaultInstance();
   private final AtomicReference<Object> heartbeat = new AtomicReference<>();
   final Semaphore kick = new Semaphore(0);
+  /** Set by the stream transport: queues a heartbeat at once (the unary one waits on kick). */
+  volatile Runnable onHeartbeat;
   volatile boolean done;
   private final Object threadLock = new Object();
   private Thread handlerThread;
@@ -166,6 +168,10 @@ public final class TaskContext {
   public void recordHeartbeat(Object details) {
     heartbeat.set(details);
     kick.release();
+    Runnable queue = onHeartbeat;
+    if (queue != null) {
+      queue.run();
+    }
   }
 
   Object takeHeartbeat() {

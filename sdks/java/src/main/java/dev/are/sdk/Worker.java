@@ -43,10 +43,13 @@ import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
- * Serves tasks of one or more capabilities on the unary path of WorkerService (PollTask long
- * polls, RecordHeartbeat while a handler runs, CompleteTask / FailTask). Add handlers with {@link
- * #handle}, then {@link #run()} on a thread of yours, or {@link #start()} in the background; stop
- * it with {@link #shutdown()} or {@link #close()}.
+ * Serves tasks of one or more capabilities. By default over one WorkerService.Connect stream
+ * ({@link WorkerOptions.Transport#STREAM}: assignments pushed up to the free slots, batched
+ * heartbeats and results acknowledged on the stream, cancellations pushed, reconnected with
+ * jittered backoff); or on the unary path ({@link WorkerOptions.Transport#UNARY}: PollTask long
+ * polls, RecordHeartbeat while a handler runs, CompleteTask / FailTask). The handlers are the same
+ * either way. Add handlers with {@link #handle}, then {@link #run()} on a thread of yours, or
+ * {@link #start()} in the background; stop it with {@link #shutdown()} or {@link #close()}.
  *
  * <pre>{@code
  * try (Worker worker = new Worker(client, "writer", WorkerOptions.defaults())
@@ -79,6 +82,7 @@ public final class Worker implements AutoCloseable {
   private final CountDownLatch stopped = new CountDownLatch(1);
   private final Set<TaskContext> active = ConcurrentHashMap.newKeySet();
   private final AtomicReference<RuntimeException> failure = new AtomicReference<>();
+  private final Reporter unary = new UnaryReporter();
   private volatile boolean started;
 
   /** A worker named {@code name} (shared by its replicas). */
@@ -105,7 +109,7 @@ public final class Worker implements AutoCloseable {
     return stats;
   }
 
-  /** The id the sidecar gave this worker ("" before the first poll). */
+  /** The id the sidecar gave this worker (its stream's; "" before the first poll or stream). */
   public String workerId() {
     return workerId.get();
   }
@@ -129,9 +133,11 @@ public final class Worker implements AutoCloseable {
   }
 
   /**
-   * Asks the worker to stop, at once: no new poll (the one in flight finishes, within the poll
-   * timeout), running handlers get the shutdown grace, then they are cancelled with {@link
-   * CancelReason#WORKER_STOPPED} and their failures reported as WORKER_LOST.
+   * Asks the worker to stop, at once: no new work (on the stream a drain tells the sidecar to
+   * assign no more; on the unary path the poll in flight finishes, within the poll timeout),
+   * running handlers get the shutdown grace, then they are cancelled with {@link
+   * CancelReason#WORKER_STOPPED} and their failures reported as WORKER_LOST; on the stream the
+   * worker then waits for the acks of its results (within the report timeout) and closes it.
    */
   public void shutdown() {
     stopping.countDown();
@@ -191,7 +197,11 @@ public final class Worker implements AutoCloseable {
         Executors.newSingleThreadScheduledExecutor(daemons(name, n, "timer"));
     Semaphore slots = new Semaphore(options.concurrency());
     try {
-      poll(pool, timers, slots);
+      if (options.transport() == WorkerOptions.Transport.STREAM) {
+        new WorkerStream(this, pool, timers, slots, stopping).serve();
+      } else {
+        poll(pool, timers, slots);
+      }
     } finally {
       try {
         drain(slots);
@@ -229,12 +239,40 @@ public final class Worker implements AutoCloseable {
     }
   }
 
+  Client client() {
+    return client;
+  }
+
+  String name() {
+    return name;
+  }
+
+  WorkerOptions options() {
+    return options;
+  }
+
+  void setWorkerId(String id) {
+    workerId.set(id);
+  }
+
+  List<String> capabilities() {
+    return new ArrayList<>(new TreeSet<>(handlers.keySet()));
+  }
+
+  /** Whether the sidecar's refusal is one that retrying cannot fix. */
+  static boolean fatal(Status.Code code) {
+    return switch (code) {
+      case INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED -> true;
+      default -> false;
+    };
+  }
+
   private boolean isStopping() {
     return stopping.getCount() == 0;
   }
 
   private void poll(ExecutorService pool, ScheduledExecutorService timers, Semaphore slots) {
-    List<String> capabilities = new ArrayList<>(new TreeSet<>(handlers.keySet()));
+    List<String> capabilities = capabilities();
     long delayMs = 50;
     while (!isStopping()) {
       int permits;
@@ -269,12 +307,11 @@ public final class Worker implements AutoCloseable {
       } catch (RuntimeException t) {
         slots.release(permits);
         AreException e = AreException.from(t);
-        switch (e.code()) {
-          case INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED -> throw e;
-          case DEADLINE_EXCEEDED -> {
-            continue;
-          }
-          default -> {}
+        if (fatal(e.code())) {
+          throw e;
+        }
+        if (e.code() == Status.Code.DEADLINE_EXCEEDED) {
+          continue;
         }
         try {
           if (stopping.await(Backoff.jitter(delayMs), TimeUnit.MILLISECONDS)) {
@@ -340,27 +377,66 @@ public final class Worker implements AutoCloseable {
                   .setKind(FailureKind.FAILURE_KIND_CANCELLED)
                   .build(),
               null,
-              reportBy);
+              reportBy,
+              unary);
         }
-        case HELD -> {
-          if (outcome.error == null) {
-            complete(task, outcome.value, reportBy);
-          } else {
-            reportError(task, outcome.error, reportBy);
-          }
-        }
+        case HELD -> report(task, outcome, reportBy, unary);
       }
     } finally {
       active.remove(task);
     }
   }
 
-  private record Outcome(Object value, Throwable error) {}
+  /** What a handler returned or threw. */
+  record Outcome(Object value, Throwable error) {}
+
+  /** Sends one attempt's result over a transport. */
+  interface Reporter {
+    /** Sends a completion; true when the sidecar recorded it. */
+    boolean complete(TaskCompletion completion, long reportBy);
+
+    /** Sends a failure; true when the sidecar recorded it. */
+    boolean fail(TaskFailure failure, long reportBy);
+  }
+
+  /** CompleteTask / FailTask, retried on UNAVAILABLE until {@code reportBy}. */
+  private final class UnaryReporter implements Reporter {
+    @Override
+    public boolean complete(TaskCompletion completion, long reportBy) {
+      CompleteTaskRequest req = CompleteTaskRequest.newBuilder().setCompletion(completion).build();
+      return retryUnavailable(
+          reportBy,
+          left ->
+              client
+                  .raw()
+                  .worker()
+                  .withDeadlineAfter(left, TimeUnit.NANOSECONDS)
+                  .completeTask(req));
+    }
+
+    @Override
+    public boolean fail(TaskFailure failure, long reportBy) {
+      FailTaskRequest req = FailTaskRequest.newBuilder().setFailure(failure).build();
+      return retryUnavailable(
+          reportBy,
+          left ->
+              client.raw().worker().withDeadlineAfter(left, TimeUnit.NANOSECONDS).failTask(req));
+    }
+  }
+
+  /** Reports a handler's outcome: its output, or its error as a failure. */
+  void report(TaskContext task, Outcome outcome, long reportBy, Reporter reporter) {
+    if (outcome.error == null) {
+      complete(task, outcome.value, reportBy, reporter);
+    } else {
+      reportError(task, outcome.error, reportBy, reporter);
+    }
+  }
 
   /**
    * Fetches blob inputs, runs the handler on a thread of its own, and cancels it at the deadline.
    */
-  private Outcome call(TaskContext task, ExecutorService pool, ScheduledExecutorService timers) {
+  Outcome call(TaskContext task, ExecutorService pool, ScheduledExecutorService timers) {
     TaskAssignment a = task.assignment();
     TaskHandler handler = handlers.get(a.getCapability());
     if (handler == null) {
@@ -411,7 +487,7 @@ public final class Worker implements AutoCloseable {
     }
   }
 
-  private void reportError(TaskContext task, Throwable error, long reportBy) {
+  private void reportError(TaskContext task, Throwable error, long reportBy, Reporter reporter) {
     Failure.Builder f = Failure.newBuilder().setKind(FailureKind.FAILURE_KIND_APPLICATION);
     Duration retryAfter = null;
     String message = error.getMessage() == null ? error.toString() : error.getMessage();
@@ -435,7 +511,7 @@ public final class Worker implements AutoCloseable {
     if (task.cancelReason().orElse(null) == CancelReason.WORKER_STOPPED) {
       f.setKind(FailureKind.FAILURE_KIND_WORKER_LOST).setType("WorkerStopped");
     }
-    if (fail(task, f.build(), retryAfter, reportBy)) {
+    if (fail(task, f.build(), retryAfter, reportBy, reporter)) {
       stats.failed.incrementAndGet();
     }
   }
@@ -444,7 +520,7 @@ public final class Worker implements AutoCloseable {
     return s.length() <= MAX_FAILURE_MESSAGE ? s : s.substring(0, MAX_FAILURE_MESSAGE);
   }
 
-  private void complete(TaskContext task, Object value, long reportBy) {
+  private void complete(TaskContext task, Object value, long reportBy, Reporter reporter) {
     TaskCompletion.Builder completion =
         TaskCompletion.newBuilder()
             .setWorkflowId(task.workflowId())
@@ -465,30 +541,21 @@ public final class Worker implements AutoCloseable {
                 .setNonRetryable(type.equals("InvalidOutput"))
                 .setKind(FailureKind.FAILURE_KIND_APPLICATION)
                 .build();
-        if (fail(task, failure, null, reportBy)) {
+        if (fail(task, failure, null, reportBy, reporter)) {
           stats.failed.incrementAndGet();
         }
         return;
       }
       completion.setOutput(output);
     }
-    CompleteTaskRequest req = CompleteTaskRequest.newBuilder().setCompletion(completion).build();
-    boolean sent =
-        retryUnavailable(
-            reportBy,
-            left ->
-                client
-                    .raw()
-                    .worker()
-                    .withDeadlineAfter(left, TimeUnit.NANOSECONDS)
-                    .completeTask(req));
-    if (sent) {
+    if (reporter.complete(completion.build(), reportBy)) {
       stats.completed.incrementAndGet();
     }
   }
 
   /** Reports a failure; true when the sidecar accepted it. */
-  private boolean fail(TaskContext task, Failure failure, Duration retryAfter, long reportBy) {
+  private boolean fail(
+      TaskContext task, Failure failure, Duration retryAfter, long reportBy, Reporter reporter) {
     TaskFailure.Builder report =
         TaskFailure.newBuilder()
             .setWorkflowId(task.workflowId())
@@ -499,10 +566,7 @@ public final class Worker implements AutoCloseable {
     if (retryAfter != null) {
       report.setRetryAfter(Durations.toProto(retryAfter));
     }
-    FailTaskRequest req = FailTaskRequest.newBuilder().setFailure(report).build();
-    return retryUnavailable(
-        reportBy,
-        left -> client.raw().worker().withDeadlineAfter(left, TimeUnit.NANOSECONDS).failTask(req));
+    return reporter.fail(report.build(), reportBy);
   }
 
   @FunctionalInterface

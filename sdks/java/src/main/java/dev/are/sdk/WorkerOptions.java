@@ -12,6 +12,19 @@ public final class WorkerOptions {
   private final Duration shutdownGrace;
   private final Duration reportTimeout;
   private final boolean interruptOnCancel;
+  private final Transport transport;
+
+  /** How a {@link Worker} talks to the sidecar; the handlers are the same either way. */
+  public enum Transport {
+    /**
+     * One WorkerService.Connect stream per worker: assignments pushed up to the free slots,
+     * heartbeats, completions and failures sent in batches and acknowledged on the stream,
+     * cancellations pushed; reconnected with jittered backoff when it breaks.
+     */
+    STREAM,
+    /** Unary calls: PollTask long polls, RecordHeartbeat, CompleteTask / FailTask. */
+    UNARY,
+  }
 
   private WorkerOptions(Builder b) {
     this.concurrency = Math.max(1, Math.min(b.concurrency, 10_000));
@@ -21,6 +34,7 @@ public final class WorkerOptions {
     this.shutdownGrace = b.shutdownGrace;
     this.reportTimeout = b.reportTimeout;
     this.interruptOnCancel = b.interruptOnCancel;
+    this.transport = b.transport;
   }
 
   private static Duration max(Duration a, Duration b) {
@@ -48,17 +62,19 @@ public final class WorkerOptions {
   }
 
   /**
-   * Deadline of each PollTask long poll (default 10 s, at least 2 s). A stopping worker lets the
-   * poll in flight finish (a poll cancelled as a task is assigned would strand it until its lease
-   * ends), so this also bounds how long a shutdown takes to be noticed.
+   * Deadline of each PollTask long poll on the unary transport (default 10 s, at least 2 s). A
+   * stopping worker lets the poll in flight finish (a poll cancelled as a task is assigned would
+   * strand it until its lease ends), so this also bounds how long a shutdown takes to be noticed.
    */
   public Duration pollTimeout() {
     return pollTimeout;
   }
 
   /**
-   * How often a running attempt heartbeats (default 1 s, at most a quarter of the task's heartbeat
-   * timeout); bounds how soon a cancellation is heard.
+   * How often a running attempt heartbeats on the unary transport (default 1 s, at most a quarter
+   * of the task's heartbeat timeout); bounds how soon a cancellation is heard there. The stream
+   * heartbeats at the interval the sidecar's registration answer gives (at most a quarter of the
+   * task's heartbeat timeout) and hears cancellations at once.
    */
   public Duration heartbeatInterval() {
     return heartbeatInterval;
@@ -72,7 +88,10 @@ public final class WorkerOptions {
     return shutdownGrace;
   }
 
-  /** Bound of reporting one attempt, retries on UNAVAILABLE included (default 30 s). */
+  /**
+   * Bound of reporting one attempt (default 30 s): on the unary transport retries on UNAVAILABLE
+   * included; on the stream, until the result's ack (and of the stream's registration).
+   */
   public Duration reportTimeout() {
     return reportTimeout;
   }
@@ -80,6 +99,11 @@ public final class WorkerOptions {
   /** Whether a cancellation also interrupts the handler's thread (default true). */
   public boolean interruptOnCancel() {
     return interruptOnCancel;
+  }
+
+  /** The transport (default {@link Transport#STREAM}). */
+  public Transport transport() {
+    return transport;
   }
 
   /** Builds {@link WorkerOptions}. */
@@ -91,6 +115,7 @@ public final class WorkerOptions {
     private Duration shutdownGrace = Duration.ofSeconds(10);
     private Duration reportTimeout = Duration.ofSeconds(30);
     private boolean interruptOnCancel = true;
+    private Transport transport = Transport.STREAM;
 
     private Builder() {}
 
@@ -133,6 +158,12 @@ public final class WorkerOptions {
     /** Whether a cancellation also interrupts the handler's thread. */
     public Builder interruptOnCancel(boolean b) {
       this.interruptOnCancel = b;
+      return this;
+    }
+
+    /** The transport: the Connect stream or the unary calls. */
+    public Builder transport(Transport t) {
+      this.transport = Objects.requireNonNull(t);
       return this;
     }
 

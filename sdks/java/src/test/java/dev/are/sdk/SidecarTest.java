@@ -25,6 +25,8 @@ import dev.are.sdk.v1.WorkflowState;
 import io.grpc.Status;
 import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import java.io.IOException;
+import java.net.InetAddress;
+import java.net.ServerSocket;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -44,6 +46,8 @@ import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * Tests against a real sidecar (one per test), started from the repository's .venv. Every wait is
@@ -57,8 +61,9 @@ class SidecarTest {
   private Client client;
 
   /** Worker options that keep tests short: a stop is noticed within about 2 s. */
-  private static WorkerOptions fast() {
+  private static WorkerOptions fast(WorkerOptions.Transport transport) {
     return WorkerOptions.builder()
+        .transport(transport)
         .concurrency(4)
         .pollTimeout(Duration.ofSeconds(2))
         .heartbeatInterval(Duration.ofMillis(100))
@@ -128,11 +133,12 @@ class SidecarTest {
   /** What the research task returns. */
   record Notes(String notes) {}
 
-  @Test
-  void twoTaskWorkflowRunByAJavaWorker() throws Exception {
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void twoTaskWorkflowRunByAJavaWorker(WorkerOptions.Transport transport) throws Exception {
     Map<String, Integer> seen = new ConcurrentHashMap<>();
     Worker worker =
-        new Worker(client, "java-worker", fast())
+        new Worker(client, "java-worker", fast(transport))
             .handle(
                 "java-e2e",
                 task -> {
@@ -181,11 +187,86 @@ class SidecarTest {
     assertEquals(2, worker.stats().completed());
   }
 
-  @Test
-  void failingHandlerFailsByTheRetryPolicy() throws Exception {
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void aFanOutWorkflowOfSeveralTasks(WorkerOptions.Transport transport) throws Exception {
+    int n = 8; // twice the worker's concurrency
+    AtomicInteger inFlight = new AtomicInteger();
+    AtomicInteger most = new AtomicInteger();
+    Worker worker =
+        new Worker(client, "java-fan", fast(transport))
+            .handle(
+                "java-part",
+                task -> {
+                  most.accumulateAndGet(inFlight.incrementAndGet(), Math::max);
+                  try {
+                    Thread.sleep(20); // long enough for the slots to fill
+                    return task.input().path("i").asInt() * 10;
+                  } finally {
+                    inFlight.decrementAndGet();
+                  }
+                })
+            .handle(
+                "java-sum",
+                task -> {
+                  int sum = 0;
+                  for (TaskContext.Dependency d : task.dependencies()) {
+                    sum += d.outputJson().asInt();
+                  }
+                  return sum;
+                })
+            .start();
+    WorkflowBuilder spec = new WorkflowBuilder("java-fan-out");
+    TaskBuilder sum = new TaskBuilder("sum", "java-sum");
+    for (int i = 0; i < n; i++) {
+      spec.task(new TaskBuilder("part-" + i, "java-part").input(Map.of("i", i)));
+      sum.dependsOn("part-" + i);
+    }
+    spec.task(sum);
+    WorkflowHandle handle = client.submit(spec);
+    assertEquals(10 * n * (n - 1) / 2, handle.result(WAIT, Integer.class));
+    stopWorker(worker);
+    assertEquals(n + 1, worker.stats().completed());
+    assertFalse(worker.workerId().isEmpty());
+    assertTrue(most.get() <= 4, most.get() + " handlers ran at once; the concurrency is 4");
+  }
+
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void heartbeatsKeepAnAttemptPastItsHeartbeatTimeout(WorkerOptions.Transport transport)
+      throws Exception {
+    Worker worker =
+        new Worker(client, "java-beater", fast(transport))
+            .handle(
+                "java-beat",
+                task -> {
+                  // Three heartbeat timeouts without news would lose the lease.
+                  for (int i = 0; i < 6; i++) {
+                    task.recordHeartbeat(Map.of("step", i));
+                    if (task.awaitCancellation(Duration.ofMillis(500))) {
+                      throw new TaskError("Cancelled", "lost: " + task.cancelReason());
+                    }
+                  }
+                  return "done";
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-beat")
+                .task(
+                    new TaskBuilder("long", "java-beat")
+                        .heartbeatTimeout(Duration.ofSeconds(1))
+                        .maxAttempts(1, Duration.ofMillis(10))));
+    assertEquals("done", handle.result(WAIT, String.class));
+    stopWorker(worker);
+  }
+
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void failingHandlerFailsByTheRetryPolicy(WorkerOptions.Transport transport) throws Exception {
     Map<String, AtomicInteger> calls = new ConcurrentHashMap<>();
     Worker worker =
-        new Worker(client, "java-failer", fast())
+        new Worker(client, "java-failer", fast(transport))
             .handle(
                 "java-fail",
                 task -> {
@@ -240,13 +321,14 @@ class SidecarTest {
     stopWorker(worker);
   }
 
-  @Test
-  void cancellationReachesARunningHandler() throws Exception {
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void cancellationReachesARunningHandler(WorkerOptions.Transport transport) throws Exception {
     CountDownLatch started = new CountDownLatch(1);
     BlockingQueue<Optional<CancelReason>> reasons = new ArrayBlockingQueue<>(1);
     BlockingQueue<Boolean> interrupted = new ArrayBlockingQueue<>(1);
     Worker worker =
-        new Worker(client, "java-canceller", fast())
+        new Worker(client, "java-canceller", fast(transport))
             .handle(
                 "java-cancel",
                 task -> {
@@ -271,10 +353,15 @@ class SidecarTest {
     assertEquals(WorkflowState.WORKFLOW_STATE_CANCELLED, workflow.getState());
     Optional<CancelReason> reason = reasons.poll(WAIT.toSeconds(), TimeUnit.SECONDS);
     assertTrue(reason != null, "the cancellation reached the handler");
-    assertTrue(
-        reason.equals(Optional.of(CancelReason.CANCEL_REQUESTED))
-            || reason.equals(Optional.of(CancelReason.LEASE_LOST)),
-        "reason " + reason);
+    if (transport == WorkerOptions.Transport.STREAM) {
+      // The sidecar pushes the cancellation on the stream.
+      assertEquals(Optional.of(CancelReason.CANCEL_REQUESTED), reason);
+    } else {
+      assertTrue(
+          reason.equals(Optional.of(CancelReason.CANCEL_REQUESTED))
+              || reason.equals(Optional.of(CancelReason.LEASE_LOST)),
+          "reason " + reason);
+    }
     assertEquals(Boolean.TRUE, interrupted.poll(1, TimeUnit.SECONDS));
     AreException e = assertThrows(AreException.class, () -> handle.result(WAIT));
     assertEquals("WORKFLOW_CANCELLED", e.reason());
@@ -414,11 +501,14 @@ class SidecarTest {
     }
   }
 
-  @Test
-  void largeOutputAsABlobAndTheEventStream() throws Exception {
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void largeOutputAsABlobAndTheEventStream(WorkerOptions.Transport transport) throws Exception {
     String big = "x".repeat(Client.MAX_INLINE_BYTES + 1024);
     Worker worker =
-        new Worker(client, "java-blobber", fast()).handle("java-blob", task -> big).start();
+        new Worker(client, "java-blobber", fast(transport))
+            .handle("java-blob", task -> big)
+            .start();
     WorkflowHandle handle =
         client.submit(new WorkflowBuilder("java-blob").task(new TaskBuilder("big", "java-blob")));
     String result = handle.result(WAIT, String.class);
@@ -452,13 +542,15 @@ class SidecarTest {
     }
   }
 
-  @Test
-  void gracefulShutdownLetsARunningHandlerFinish() throws Exception {
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void gracefulShutdownLetsARunningHandlerFinish(WorkerOptions.Transport transport)
+      throws Exception {
     CountDownLatch started = new CountDownLatch(1);
     CountDownLatch go = new CountDownLatch(1);
     BlockingQueue<Optional<CancelReason>> reasons = new ArrayBlockingQueue<>(1);
     Worker worker =
-        new Worker(client, "java-stopper", fast())
+        new Worker(client, "java-stopper", fast(transport))
             .handle(
                 "java-stop",
                 task -> {
@@ -480,9 +572,98 @@ class SidecarTest {
   }
 
   @Test
-  void aWorkerWithoutHandlersIsRefused() {
+  void aStreamWorkerReconnectsAfterTheSidecarRestarts() throws Exception {
+    int port;
+    try (ServerSocket probe = new ServerSocket(0, 1, InetAddress.getByName("127.0.0.1"))) {
+      port = probe.getLocalPort(); // free a moment ago
+    }
+    String listen = "127.0.0.1:" + port;
+    Sidecar first = Sidecar.start("--listen", listen);
+    Sidecar second = null;
+    try (Client own = Client.connect(listen)) {
+      Worker worker =
+          new Worker(own, "java-restarter", fast(WorkerOptions.Transport.STREAM))
+              .handle("java-restart", task -> "ok")
+              .start();
+      WorkflowBuilder spec =
+          new WorkflowBuilder("java-restart").task(new TaskBuilder("a", "java-restart"));
+      assertEquals("ok", own.submit(spec).result(WAIT, String.class));
+      first.close(); // a drain notice, then the stream ends with UNAVAILABLE
+      second = Sidecar.start("--listen", listen);
+      long deadline = System.nanoTime() + WAIT.toNanos();
+      while (true) { // the client's connection backs off while the sidecar is down
+        String why;
+        try {
+          ServingStatus status = own.health();
+          if (status == ServingStatus.SERVING) {
+            break;
+          }
+          why = status.toString();
+        } catch (AreException e) {
+          why = e.toString();
+        }
+        assertTrue(System.nanoTime() < deadline, "the client did not reconnect: " + why);
+        Thread.sleep(50);
+      }
+      assertEquals("ok", own.submit(spec).result(WAIT, String.class));
+      stopWorker(worker);
+      assertEquals(2, worker.stats().completed());
+    } finally {
+      first.close();
+      if (second != null) {
+        second.close();
+      }
+    }
+  }
+
+  @Test
+  void aStreamWorkerOutlivesTheSidecarsShutdown() throws Exception {
+    CountDownLatch started = new CountDownLatch(1);
+    CountDownLatch release = new CountDownLatch(1);
+    Sidecar own = Sidecar.start();
+    try (Client ownClient = own.client()) {
+      Worker worker =
+          new Worker(ownClient, "java-survivor", fast(WorkerOptions.Transport.STREAM))
+              .handle(
+                  "java-survive",
+                  task -> {
+                    started.countDown();
+                    release.await(WAIT.toSeconds(), TimeUnit.SECONDS);
+                    return "done";
+                  })
+              .start();
+      ownClient.submit(
+          new WorkflowBuilder("java-survive").task(new TaskBuilder("t", "java-survive")));
+      assertTrue(started.await(WAIT.toSeconds(), TimeUnit.SECONDS), "the handler started");
+      // The sidecar drains the stream (its notice carries its grace), then exits; the handler
+      // finishes meanwhile and its result is recorded or not, by the race.
+      Thread closer = new Thread(own::close);
+      closer.start();
+      release.countDown();
+      closer.join(WAIT.toMillis());
+      assertFalse(closer.isAlive(), "the sidecar stopped");
+      // The stream broke with UNAVAILABLE: the worker reconnects (in vain) rather than fail.
+      assertFalse(worker.awaitTermination(Duration.ofMillis(500)), "the worker still runs");
+      stopWorker(worker);
+    } finally {
+      own.close();
+    }
+  }
+
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void aBadWorkerNameEndsRunWithTheSidecarsRefusal(WorkerOptions.Transport transport) {
+    Worker worker =
+        new Worker(client, "not a valid name!", fast(transport)).handle("java-x", task -> null);
+    AreException e = assertThrows(AreException.class, worker::run);
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code(), e.getMessage());
+  }
+
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void aWorkerWithoutHandlersIsRefused(WorkerOptions.Transport transport) {
     AreException e =
-        assertThrows(AreException.class, () -> new Worker(client, "idle", fast()).run());
+        assertThrows(AreException.class, () -> new Worker(client, "idle", fast(transport)).run());
     assertEquals("NO_HANDLER", e.reason());
     assertInstanceOf(RuntimeException.class, e);
     assertFalse(e.isRetryable());

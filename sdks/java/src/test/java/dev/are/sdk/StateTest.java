@@ -29,6 +29,8 @@ import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * The state facade against a real sidecar (one per test), started from the repository's .venv.
@@ -282,13 +284,16 @@ class StateTest {
     assertEquals("DIMENSION_MISMATCH", dim.reason());
   }
 
-  @Test
-  void aHandlerPatchesItsWorkflowThroughTheBoundView() throws Exception {
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void aHandlerPatchesItsWorkflowThroughTheBoundView(WorkerOptions.Transport transport)
+      throws Exception {
     Worker worker =
         new Worker(
                 client,
                 "java-state-worker",
                 WorkerOptions.builder()
+                    .transport(transport)
                     .concurrency(2)
                     .pollTimeout(Duration.ofSeconds(2))
                     .shutdownGrace(Duration.ofSeconds(5))
