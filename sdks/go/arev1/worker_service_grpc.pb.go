@@ -50,8 +50,10 @@ type WorkerServiceClient interface {
 	// batches whenever the worker has free slots (never more than
 	// max_concurrency held at once) and acknowledges each completion and
 	// failure. Per-task refusals (TASK_NOT_HELD, TASK_ALREADY_COMPLETED) are
-	// TaskAcks, not stream errors. When the stream ends for any reason, the
-	// worker's leases are released at once and their tasks retried.
+	// TaskAcks, not stream errors. When the stream ends, the worker's leases
+	// are released at once and their tasks retried; except when a sidecar
+	// drain ends it (see DrainNotice): the attempts still held then keep
+	// their leases and are dispatched again after the restart.
 	// Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
 	// (no register within 10 seconds, a second register); INVALID_ARGUMENT
 	// for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
@@ -183,8 +185,10 @@ type WorkerServiceServer interface {
 	// batches whenever the worker has free slots (never more than
 	// max_concurrency held at once) and acknowledges each completion and
 	// failure. Per-task refusals (TASK_NOT_HELD, TASK_ALREADY_COMPLETED) are
-	// TaskAcks, not stream errors. When the stream ends for any reason, the
-	// worker's leases are released at once and their tasks retried.
+	// TaskAcks, not stream errors. When the stream ends, the worker's leases
+	// are released at once and their tasks retried; except when a sidecar
+	// drain ends it (see DrainNotice): the attempts still held then keep
+	// their leases and are dispatched again after the restart.
 	// Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
 	// (no register within 10 seconds, a second register); INVALID_ARGUMENT
 	// for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
