@@ -533,6 +533,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         worker_id, assignments = await self._engine.poll(
             request.worker_name, list(request.capabilities), request.max_tasks or 1, wait
         )
+        if assignments:  # an answer its caller does not get (cancelled on the way) is handed back
+            held = [(a.workflow_id, a.task_id, a.attempt) for a in assignments]
+
+            def undelivered(call: Any) -> None:
+                if call.cancelled():
+                    self._engine.hand_back_undelivered(worker_id, held)
+
+            context.add_done_callback(undelivered)
         return pb.PollTaskResponse(assignments=_assignments(assignments, self._wiring), worker_id=worker_id)
 
     async def CompleteTask(  # noqa: N802 - the RPC's name

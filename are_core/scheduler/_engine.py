@@ -1731,6 +1731,37 @@ class Scheduler:
             self._enqueue(task, now)
         self._after_op()
 
+    def hand_back_undelivered(self, worker_id: str, attempts: Sequence[tuple[str, str, int]]) -> int:
+        """Queues again attempts a poll returned whose call then ended cancelled; returns how many.
+
+        The answer left the sidecar but its caller had gone (a deadline
+        passed on the way): the worker never saw the attempts. As for a poll
+        cancelled before it returned (:meth:`_hand_back`), each still held by
+        that poll goes back to its queue at once, uncharged. An attempt
+        already reported, cancelled or re-dispatched is left alone.
+        """
+        now = self._clock()
+        handed = 0
+        for wf_id, task_id, attempt in attempts:
+            try:
+                task = self._held(wf_id, task_id, attempt)
+            except (TaskNotHeldError, TaskAlreadyCompletedError, TaskNotFoundError, WorkflowNotFoundError):
+                continue
+            if task.holder is None or task.holder.worker_id != worker_id:
+                continue
+            self._release(task)
+            self._requeue_uncharged(
+                task,
+                worker_id,
+                "poll answer not delivered",
+                "re-dispatched: the poll's answer did not reach its caller",
+            )
+            self._enqueue(task, now)
+            handed += 1
+        if handed:
+            self._after_op()
+        return handed
+
     def _requeue_uncharged(self, task: _Task, worker_id: str, event_name: str, reason: str) -> None:
         """Makes a running attempt lost through no fault of its worker SCHEDULED again.
 

@@ -232,3 +232,24 @@ async def test_a_poll_cancelled_before_it_returns_releases_what_was_dispatched_t
         assert [(a.task_id, a.attempt) for a in worker.assignments] == [("a", 2)]
         return
     pytest.fail("every poll returned before it could be cancelled")
+
+
+async def test_a_poll_answer_that_never_reached_its_caller_is_handed_back(engine: Scheduler) -> None:
+    """The poll returned, but its call ended cancelled on the way (the caller's deadline passed):
+    the sidecar hands the attempts back, uncharged, unless they were reported meanwhile."""
+    retry = RetryPolicy(initial_interval_s=0.0, maximum_attempts=1)  # an attempt charged would fail it
+    await engine.submit(WorkflowSpec(workflow_id="wf-lost", tasks=(spec("a", retry_policy=retry),)))
+    await engine.submit(WorkflowSpec(workflow_id="wf-done", tasks=(spec("a"),)))
+    worker_id, (lost,) = await engine.poll("poller", ["cap"], 1, wait_s=5.0)
+    other_id, (done,) = await engine.poll("poller", ["cap"], 1, wait_s=5.0)
+    await engine.complete(done.workflow_id, "a", done.attempt, output=b"ok", content_type="", usage=None)
+    assert engine.hand_back_undelivered(other_id, [(done.workflow_id, "a", done.attempt)]) == 0
+    assert engine.hand_back_undelivered("someone-else", [(lost.workflow_id, "a", lost.attempt)]) == 0
+    assert engine.hand_back_undelivered(worker_id, [(lost.workflow_id, "a", lost.attempt)]) == 1
+    await settle()
+    record = engine.get_task("wf-lost", "a").record
+    assert (record.state, record.attempt, record.free_attempts) == ("SCHEDULED", 1, 1), record
+    assert engine.hand_back_undelivered(worker_id, [(lost.workflow_id, "a", lost.attempt)]) == 0  # once
+    _, (again,) = await engine.poll("poller", ["cap"], 1, wait_s=5.0)
+    assert (again.workflow_id, again.attempt) == ("wf-lost", 2)
+    assert engine.get_task("wf-done", "a").record.state == "COMPLETED"
