@@ -99,7 +99,7 @@ def _replay(
         f"-warmup={settings.warmup}",
         f"-max-seconds={settings.max_seconds}",
     ]
-    client_cpus = getattr(settings, "client_cpus", ())
+    client_cpus: tuple[int, ...] = settings.client_cpus
     # Bounded: two loops of at most max_seconds each, plus a minute of slack.
     done = subprocess.run(
         command,

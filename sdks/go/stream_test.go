@@ -99,8 +99,9 @@ func TestStreamHeartbeatsKeepAnAttemptPastItsHeartbeatTimeout(t *testing.T) {
 	opts.Transport = are.TransportStream
 	worker := client.NewWorker(name("go-beater"), opts)
 	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
-		// Three heartbeat timeouts without news would lose the lease.
-		for i := 0; i < 6; i++ {
+		// Two heartbeat timeouts in all: without heartbeats the lease would be
+		// lost; with one every 500 ms a stall of up to 1.5 s is tolerated.
+		for i := 0; i < 8; i++ {
 			task.RecordHeartbeat([]byte(fmt.Sprintf(`{"step":%d}`, i)))
 			select {
 			case <-time.After(500 * time.Millisecond):
@@ -113,7 +114,7 @@ func TestStreamHeartbeatsKeepAnAttemptPastItsHeartbeatTimeout(t *testing.T) {
 	run(t, worker)
 
 	spec, err := are.NewWorkflow("go-stream-beat").
-		Task("long", capability, are.HeartbeatTimeout(time.Second), are.MaxAttempts(1, 0)).
+		Task("long", capability, are.HeartbeatTimeout(2*time.Second), are.MaxAttempts(1, 0)).
 		Build()
 	if err != nil {
 		t.Fatal(err)

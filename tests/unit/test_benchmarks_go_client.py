@@ -23,7 +23,7 @@ def test_go_client_replays_recorded_requests_paired_with_the_echo(tmp_path: Path
     if go is None:
         pytest.skip("no Go toolchain")
     binary = go_client._build(go)
-    settings = argparse.Namespace(requests=25, warmup=5, max_seconds=20.0)
+    settings = argparse.Namespace(requests=25, warmup=5, max_seconds=20.0, client_cpus=())
     with echo_server() as echo:
         base, own, stopped = go_client._replay(
             binary,

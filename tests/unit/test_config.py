@@ -42,6 +42,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({"listen": "off"}, {}, "--uds"),
         ({"cpu_affinity": "3-1"}, {}, "--cpu-affinity"),
         ({}, {"ARE_CPU_AFFINITY": "4096"}, "ARE_CPU_AFFINITY"),
+        ({"cache_hot_bytes": "-1"}, {}, "--cache-hot-bytes"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:

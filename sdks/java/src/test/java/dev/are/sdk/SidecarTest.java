@@ -240,8 +240,9 @@ class SidecarTest {
             .handle(
                 "java-beat",
                 task -> {
-                  // Three heartbeat timeouts without news would lose the lease.
-                  for (int i = 0; i < 6; i++) {
+                  // Two heartbeat timeouts in all: without heartbeats the lease would be
+                  // lost; with one every 500 ms a stall of up to 1.5 s is tolerated.
+                  for (int i = 0; i < 8; i++) {
                     task.recordHeartbeat(Map.of("step", i));
                     if (task.awaitCancellation(Duration.ofMillis(500))) {
                       throw new TaskError("Cancelled", "lost: " + task.cancelReason());
@@ -255,7 +256,7 @@ class SidecarTest {
             new WorkflowBuilder("java-beat")
                 .task(
                     new TaskBuilder("long", "java-beat")
-                        .heartbeatTimeout(Duration.ofSeconds(1))
+                        .heartbeatTimeout(Duration.ofSeconds(2))
                         .maxAttempts(1, Duration.ofMillis(10))));
     assertEquals("done", handle.result(WAIT, String.class));
     stopWorker(worker);
