@@ -1,13 +1,16 @@
 """The same requests from a compiled client: how much of a round trip is Python's.
 
-``python -m benchmarks.go_client [router] [cache] [--requests N] [--warmup N]``
+``python -m benchmarks.go_client [router] [cache] [--requests N] [--warmup N] [--pin] [--unpaired]``
 
 Every other suite times its operations from a Python grpc.aio client, whose
 own cost is part of each figure (the baseline's too). This one sends the very
 requests of the ``router`` and ``cache`` suites from a Go program
 (``benchmarks/goclient``, grpc-go), each alternately with an echo to the bare
 grpc.aio echo server, so that both sides of every ratio are timed by a client
-that adds little. The Go program knows no message type: this module writes
+that adds little. With ``--unpaired`` the echo's calls are all timed first
+and the contender's after, as the Python suites do by default: pinned, the
+echo server and the sidecar share one CPU, and alternating calls evict each
+other's data from its caches. The Go program knows no message type: this module writes
 the serialised requests to a file and the program replays them, checking
 only that each call returns OK.
 
@@ -98,6 +101,7 @@ def _replay(
         f"-n={settings.requests}",
         f"-warmup={settings.warmup}",
         f"-max-seconds={settings.max_seconds}",
+        f"-unpaired={'true' if settings.unpaired else 'false'}",
     ]
     client_cpus: tuple[int, ...] = settings.client_cpus
     # Bounded: two loops of at most max_seconds each, plus a minute of slack.
@@ -218,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pin", action="store_true", help="servers on the last CPU, the Go client on the others"
     )
+    parser.add_argument(
+        "--unpaired", action="store_true", help="time the echo alone first, then each contender alone"
+    )
     args = parser.parse_args(argv)
     args.client_cpus = ()
     if args.pin:
@@ -238,9 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.suites or list(_SUITES):
         report = _run_suite(name, binary, args)
         failed = failed or any(r.status == "failed" for r in report.results)
-        print(f"\n{report.suite}: the suite's requests from a Go client, each paired with an echo")
+        how = "after an echo timed alone" if args.unpaired else "each paired with an echo"
+        print(f"\n{report.suite}: the suite's requests from a Go client, {how}")
         print(format_table(report))
-    print(f"\nratios = contender / the echo timed alternately with it (machine: {os.cpu_count()} CPUs)")
+    how = "timed alone before it" if args.unpaired else "timed alternately with it"
+    print(f"\nratios = contender / the echo {how} (machine: {os.cpu_count()} CPUs)")
     return 1 if failed else 0
 
 

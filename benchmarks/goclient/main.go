@@ -1,6 +1,7 @@
 // Command goclient replays recorded gRPC requests against a server from a
-// compiled client, alternating each one with the echo baseline, and prints
-// the latencies of both as JSON. It knows no message types: requests are
+// compiled client, alternating each one with the echo baseline (or, with
+// -unpaired, timing all of the baseline's calls first and then all of the
+// contender's), and prints the latencies of both as JSON. It knows no message types: requests are
 // serialised protobuf bytes prepared by `python -m benchmarks.goclient`, and
 // responses are only checked for an OK status.
 //
@@ -116,6 +117,7 @@ func main() {
 	count := flag.Int("n", 5000, "timed pairs")
 	warmup := flag.Int("warmup", 500, "untimed pairs first")
 	maxSeconds := flag.Float64("max-seconds", 30, "time bound of the warmup and of the timed loop, each")
+	unpaired := flag.Bool("unpaired", false, "time the baseline alone first, then the contender alone")
 	flag.Parse()
 
 	base, err := open(*baseTarget, *baseMethod, *baseFile)
@@ -129,38 +131,49 @@ func main() {
 		os.Exit(2)
 	}
 	ctx := context.Background()
-	var out []byte
-	loop := func(n int, keep bool) (report, error) {
-		r := report{StoppedBy: "count"}
+	var reply []byte
+	// timed runs n calls of each endpoint given (alternating when both are),
+	// within maxSeconds, and returns their latencies in the same order.
+	timed := func(n int, endpoints ...*endpoint) ([][]int64, string, error) {
+		out := make([][]int64, len(endpoints))
 		deadline := time.Now().Add(time.Duration(*maxSeconds * float64(time.Second)))
 		for i := 0; i < n; i++ {
 			if time.Now().After(deadline) {
-				r.StoppedBy = "time"
-				break
+				return out, "time", nil
 			}
-			b, err := base.call(ctx, &out)
-			if err != nil {
-				return r, fmt.Errorf("baseline: %w", err)
-			}
-			c, err := contender.call(ctx, &out)
-			if err != nil {
-				return r, fmt.Errorf("%s: %w", *method, err)
-			}
-			if keep {
-				r.BaselineNs = append(r.BaselineNs, b.Nanoseconds())
-				r.ContenderNs = append(r.ContenderNs, c.Nanoseconds())
+			for j, e := range endpoints {
+				d, err := e.call(ctx, &reply)
+				if err != nil {
+					return out, "", fmt.Errorf("%s: %w", e.method, err)
+				}
+				out[j] = append(out[j], d.Nanoseconds())
 			}
 		}
-		return r, nil
+		return out, "count", nil
 	}
-	if _, err := loop(*warmup, false); err != nil {
-		fmt.Fprintln(os.Stderr, "goclient: warmup:", err)
-		os.Exit(1)
+	run := func(endpoints ...*endpoint) ([][]int64, string) {
+		if _, _, err := timed(*warmup, endpoints...); err != nil {
+			fmt.Fprintln(os.Stderr, "goclient: warmup:", err)
+			os.Exit(1)
+		}
+		latencies, stoppedBy, err := timed(*count, endpoints...)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "goclient:", err)
+			os.Exit(1)
+		}
+		return latencies, stoppedBy
 	}
-	r, err := loop(*count, true)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "goclient:", err)
-		os.Exit(1)
+	var r report
+	if *unpaired {
+		b, stoppedBase := run(base)
+		c, stoppedOwn := run(contender)
+		r = report{BaselineNs: b[0], ContenderNs: c[0], StoppedBy: stoppedOwn}
+		if stoppedBase == "time" {
+			r.StoppedBy = "time"
+		}
+	} else {
+		both, stoppedBy := run(base, contender)
+		r = report{BaselineNs: both[0], ContenderNs: both[1], StoppedBy: stoppedBy}
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(r); err != nil {
 		fmt.Fprintln(os.Stderr, "goclient:", err)

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_go_client_replays_recorded_requests_paired_with_the_echo(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unpaired", [False, True], ids=["paired", "unpaired"])
+def test_go_client_replays_recorded_requests_with_the_echo(tmp_path: Path, unpaired: bool) -> None:
     go = go_client._go()
     if go is None:
         pytest.skip("no Go toolchain")
     binary = go_client._build(go)
-    settings = argparse.Namespace(requests=25, warmup=5, max_seconds=20.0, client_cpus=())
+    settings = argparse.Namespace(requests=25, warmup=5, max_seconds=20.0, client_cpus=(), unpaired=unpaired)
     with echo_server() as echo:
         base, own, stopped = go_client._replay(
             binary,
