@@ -43,6 +43,11 @@ class VectorIndexLike(Protocol):
         """The number of vectors held."""
         ...
 
+    @property
+    def similarity_error(self) -> float:
+        """How far a similarity the index reports may be from the exact one."""
+        ...
+
     def save(self, path: Path) -> None:
         """Writes the index to ``path`` atomically."""
         ...

@@ -15,12 +15,13 @@ Exceptions::
 
 from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
-from ._index import DTYPES, EXACT_SEARCH_BELOW, EXPANSION_SEARCH, VectorIndex
+from ._index import DTYPES, EXACT_SEARCH_BELOW, EXPANSION_SEARCH, SIMILARITY_ERROR, VectorIndex
 
 __all__ = [
     "DTYPES",
     "EXACT_SEARCH_BELOW",
     "EXPANSION_SEARCH",
+    "SIMILARITY_ERROR",
     "SearchCoalescer",
     "VectorError",
     "VectorIndex",

@@ -203,7 +203,7 @@ async def _traced_router(
 
 @pytest.fixture
 async def traced(tmp_path: Path) -> AsyncIterator[tuple[Router, EventRecorder]]:
-    settings = RouterSettings(route_event_flush_interval_ns=20_000_000, max_pending_route_events=100)
+    settings = RouterSettings(route_event_flush_interval_ns=20_000_000, max_pending_route_events=300)
     async with _traced_router(tmp_path, settings) as pair:
         yield pair
 
@@ -230,13 +230,13 @@ async def test_route_events_commit_in_groups_after_the_answer(traced: tuple[Rout
 
 async def test_route_events_are_bounded_and_flushed_at_close(traced: tuple[Router, EventRecorder]) -> None:
     router, recorder = traced
-    # Many routes in one loop turn: groups of 64 commit as they fill; the
-    # queue never holds more than max_pending_route_events (100).
-    for _ in range(300):
+    # Many routes in one loop turn: groups of 256 commit as they fill, so
+    # the queue never reaches max_pending_route_events (300).
+    for _ in range(700):
         await router.route_task(RouteQuery(vector=unit(1.0)))
     assert router.dropped_route_events == 0
     await router.aclose()  # commits what is queued
-    assert len(route_events(recorder)) == 300
+    assert len(route_events(recorder)) == 700
 
 
 async def test_route_events_over_the_bound_are_dropped_and_counted(tmp_path: Path) -> None:

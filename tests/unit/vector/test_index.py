@@ -54,6 +54,25 @@ def test_search_arrays_match_search(size: int) -> None:
     assert [a.size for a in index.search_arrays(vectors[0], 0)] == [0, 0]
 
 
+@pytest.mark.parametrize(("dtype", "metric"), [("f32", "cos"), ("f16", "ip"), ("i8", "cos")])
+def test_reported_similarities_stay_within_the_dtypes_error(dtype: str, metric: str) -> None:
+    # Owners rescore candidates exactly and use similarity_error as the slack
+    # of decisions made on the index's own similarities (the router's deepening).
+    vectors = _unit(2000, 256, seed=3)
+    queries = _unit(200, 256, seed=4)
+    index = VectorIndex(dimension=256, dtype=dtype, metric=metric)
+    index.add(np.arange(2000), vectors)
+    assert index.similarity_error == are_core.vector.SIMILARITY_ERROR[dtype]
+    worst = 0.0
+    for query in queries:
+        keys, similarities = index.search_arrays(query, 64)
+        exact = vectors[keys.astype(np.intp)] @ query
+        worst = max(worst, float(np.abs(similarities - exact).max()))
+    assert worst <= index.similarity_error
+    if dtype == "i8":
+        assert worst > are_core.vector.SIMILARITY_ERROR["f16"]  # the bound is not loose by orders
+
+
 def test_results_are_best_first_cosine_similarities() -> None:
     index = VectorIndex(dimension=2)
     index.add([1, 2, 3], np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32))
