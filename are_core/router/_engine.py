@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -67,6 +68,12 @@ from ._model import (
     StoredCatalog,
 )
 from ._protocols import EmbedderLike, IndexFactory, VectorIndexLike
+
+_native: ModuleType | None  # the ranking loop in C (_ranking.c, typed in _ranking.pyi)
+try:  # built at install when a C compiler is there
+    from . import _ranking as _native
+except ImportError:  # pragma: no cover - numpy gives the same answers, slower
+    _native = None
 
 __all__ = ["AGENTS_TABLE", "META_TABLE", "OUTCOMES_TABLE", "ROUTES_TABLE", "TABLES", "Router"]
 
@@ -188,6 +195,11 @@ class _KeyRows:
     def __init__(self) -> None:
         self._cards: npt.NDArray[np.intp] = np.full(64, -1, dtype=np.intp)
         self._workers: npt.NDArray[np.intp] = np.full(64, -1, dtype=np.intp)
+
+    @property
+    def tables(self) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """The two arrays, cards' and workers' (for the C ranking loop)."""
+        return self._cards, self._workers
 
     def set(self, key: int, row: int) -> None:
         if key >= _WORKER_KEYS:
@@ -713,32 +725,85 @@ class Router:
         weight = settings.cost_weight if query.cost_weight is None else query.cost_weight
         top_k = max(1, query.top_k)
         eligible = self._eligible(vector, query, threshold, top_k)
-        above = np.flatnonzero(eligible.similarities >= threshold)
-        if above.size:
-            candidates = self._ranked(
-                eligible, above, query, mode=mode, threshold=threshold, weight=weight, top_k=top_k
-            )
-        else:
+        candidates = self._ranked(eligible, query, mode=mode, threshold=threshold, weight=weight, top_k=top_k)
+        if candidates is None:
             candidates = self._best_below(eligible, query, threshold, top_k)
         return RouteResult(candidates=tuple(candidates), mode=mode, threshold=threshold)
 
     def _ranked(
         self,
         eligible: _Scored,
-        above: npt.NDArray[np.intp],
         query: RouteQuery,
         *,
         mode: RouteMode,
         threshold: float,
         weight: float,
         top_k: int,
-    ) -> list[RouteCandidate]:
-        """The top_k of the eligible agents above the threshold, best first.
+    ) -> list[RouteCandidate] | None:
+        """The top_k of the eligible agents above the threshold, best first; None when there is none.
 
-        Sorted in numpy on the per-row live arrays: availability tier, then
-        score (similarity, or its blend with cheapness), then load; agent_id
-        breaks the ties that remain, in Python, among the few rows kept.
+        Sorted on the per-row live arrays (in C, or in numpy without it):
+        availability tier, then score (similarity, or its blend with
+        cheapness), then load; agent_id breaks the ties that remain, in
+        Python, among the few rows kept.
         """
+        if _native is not None:
+            size = eligible.rows.size
+            kept_at, kept_scores = np.empty(size, dtype=np.intp), np.empty(size, dtype=np.float64)
+            kept, above, cheapest = _native.rank(
+                eligible.rows,
+                eligible.similarities,
+                size,
+                threshold,
+                self._row_cost,
+                self._row_tier,
+                self._row_load,
+                mode is RouteMode.COST_BIASED,
+                weight,
+                top_k,
+                kept_at,
+                kept_scores,
+            )
+            if not above:
+                return None
+            positions, score_list = kept_at[:kept], kept_scores[:kept].tolist()
+        else:
+            selected = self._selected(eligible, threshold, mode=mode, weight=weight, top_k=top_k)
+            if selected is None:
+                return None
+            positions, score_list, cheapest = selected
+        rows = eligible.rows[positions]
+        row_agents = self._row_agents
+        agents = [row_agents[r] for r in rows.tolist()]
+        tier_list, load_list = self._row_tier[rows].tolist(), self._row_load[rows].tolist()
+        similarity_list = eligible.similarities[positions].tolist()
+        ranked = sorted(
+            range(len(agents)), key=lambda i: (tier_list[i], -score_list[i], load_list[i], agents[i].agent_id)
+        )
+        candidates = []
+        for i in ranked[:top_k]:
+            agent, similarity = agents[i], similarity_list[i]
+            if mode is RouteMode.BEST_MATCH:
+                why = f"similarity {similarity:.3f} above {threshold:.2f}"
+            elif agent.cost == cheapest:
+                why = f"cheapest above {threshold:.2f}"
+            else:
+                why = f"similarity {similarity:.3f}, cost {agent.cost} µUSD"
+            candidates.append(self._candidate(agent, similarity, score_list[i], query, above=True, why=why))
+        return candidates
+
+    def _selected(
+        self, eligible: _Scored, threshold: float, *, mode: RouteMode, weight: float, top_k: int
+    ) -> tuple[npt.NDArray[np.intp], list[float], float] | None:
+        """What ``_ranking.rank`` computes, in numpy; None when nothing reaches the threshold.
+
+        Returns the positions (into the eligible rows) of the top_k above the
+        threshold and of those tying with the last of them, their scores, and
+        the lowest cost among those above.
+        """
+        above = np.flatnonzero(eligible.similarities >= threshold)
+        if not above.size:
+            return None
         rows = eligible.rows[above]
         similarities = eligible.similarities[above]
         costs = self._row_cost[rows]
@@ -761,25 +826,7 @@ class Router:
             ):
                 break
             kept.append(position)
-        row_agents = self._row_agents
-        agents = [row_agents[r] for r in rows[kept].tolist()]
-        tier_list, score_list, load_list = tiers[kept].tolist(), scores[kept].tolist(), loads[kept].tolist()
-        similarity_list = similarities[kept].tolist()
-        ranked = sorted(
-            range(len(kept)), key=lambda i: (tier_list[i], -score_list[i], load_list[i], agents[i].agent_id)
-        )
-        cheapest = int(costs.min())
-        candidates = []
-        for i in ranked[:top_k]:
-            agent, similarity = agents[i], similarity_list[i]
-            if mode is RouteMode.BEST_MATCH:
-                why = f"similarity {similarity:.3f} above {threshold:.2f}"
-            elif agent.cost == cheapest:
-                why = f"cheapest above {threshold:.2f}"
-            else:
-                why = f"similarity {similarity:.3f}, cost {agent.cost} µUSD"
-            candidates.append(self._candidate(agent, similarity, score_list[i], query, above=True, why=why))
-        return candidates
+        return above[kept], scores[kept].tolist(), float(costs.min())
 
     def _best_below(
         self, eligible: _Scored, query: RouteQuery, threshold: float, top_k: int
@@ -820,14 +867,18 @@ class Router:
         k = min(total, max(_FIRST_SEARCH, 4 * top_k + len(query.exclude_agent_ids)))
         while True:
             keys, similarities = self._index.search_arrays(vector, k)
-            rows = self._key_rows.rows(keys)
-            rows = rows[rows >= 0]
-            if filtered:
-                row_agents, passes = self._row_agents, self._passes
-                rows = np.array([r for r in rows.tolist() if passes(row_agents[r], query)], dtype=np.intp)
-            elif not query.include_unavailable:
-                rows = rows[self._row_tier[rows] < _UNAVAILABLE_TIER]
-            eligible = self._scored(rows, vector)
+            if filtered or _native is None:
+                rows = self._key_rows.rows(keys)
+                rows = rows[rows >= 0]
+                if filtered:
+                    row_agents, passes = self._row_agents, self._passes
+                    rows = np.array([r for r in rows.tolist() if passes(row_agents[r], query)], dtype=np.intp)
+                elif not query.include_unavailable:
+                    rows = rows[self._row_tier[rows] < _UNAVAILABLE_TIER]
+                eligible = self._scored(rows, vector)
+            else:
+                eligible = self._scored_keys(keys, vector, include_unavailable=query.include_unavailable)
+                rows = eligible.rows
             if k >= total or keys.size < k:
                 return eligible
             # Deepen while the tail still clears the threshold (a cheaper
@@ -848,6 +899,28 @@ class Router:
         """
         similarities = (self._matrix.take(rows, axis=0) @ vector).astype(np.float64)
         return _Scored(rows, similarities)
+
+    def _scored_keys(
+        self, keys: npt.NDArray[np.uint64], vector: Vector, *, include_unavailable: bool
+    ) -> _Scored:
+        """As ``_scored`` of the rows of ``keys`` (available ones unless told), in one C call."""
+        assert _native is not None
+        rows, similarities = np.empty(keys.size, dtype=np.intp), np.empty(keys.size, dtype=np.float64)
+        cards, workers = self._key_rows.tables
+        count = _native.eligible(
+            keys,
+            cards,
+            workers,
+            _WORKER_KEYS,
+            self._row_tier,
+            float(_UNAVAILABLE_TIER),
+            self._matrix,
+            vector,
+            include_unavailable,
+            rows,
+            similarities,
+        )
+        return _Scored(rows[:count], similarities[:count])
 
     def _passes(self, agent: _Agent, query: RouteQuery) -> bool:
         if agent.agent_id in query.exclude_agent_ids:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import are_core.router._engine as router_engine
 from are_core.embed import LexicalEmbedder
 from are_core.router import TABLES, Router, RouterSettings
 from are_core.storage import GroupCommitter, Storage
@@ -16,6 +17,18 @@ from are_core.vector import VectorIndex
 DIMENSION = 64
 
 RouterFactory = Callable[..., Router]
+NATIVE = router_engine._native
+
+
+@pytest.fixture(autouse=True, params=["c", "numpy"])
+def ranking_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every router engine test runs with the C ranking loop and with its numpy twin."""
+    if request.param == "c":
+        if NATIVE is None:
+            pytest.skip("the C ranking loop is not built (no C compiler at install)")
+    else:
+        monkeypatch.setattr(router_engine, "_native", None)
+    return str(request.param)
 
 
 def make_index(dimension: int) -> VectorIndex:

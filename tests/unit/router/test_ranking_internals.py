@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import are_core.router._engine as router_engine
 from are_core.router import (
     TABLES,
     AgentSpec,
@@ -26,12 +27,12 @@ from are_core.storage import GroupCommitter, Storage
 from are_core.trace import EVENT_TABLES, EventFilter, EventRecorder
 from are_core.vector import VectorIndex
 
-from .conftest import DIMENSION, make_index, unit
+from .conftest import DIMENSION, NATIVE, make_index, unit
 
 
 def quantised_index(dimension: int) -> VectorIndex:
-    """Half-precision vectors compared by inner product, as the sidecar's router index."""
-    return VectorIndex(dimension=dimension, dtype="f16", metric="ip")
+    """8-bit vectors compared by cosine, as the sidecar's router index."""
+    return VectorIndex(dimension=dimension, dtype="i8", metric="cos")
 
 
 def cards(count: int, seed: int) -> list[AgentSpec]:
@@ -170,6 +171,97 @@ async def test_rows_are_reused_and_grow(tmp_path: Path) -> None:
             router.rank(RouteQuery(vector=unit(1.0), threshold=0.5, exclude_agent_ids=frozenset({"new-000"})))
     finally:
         await close_router(router)
+
+
+async def test_the_c_loop_and_numpy_give_the_same_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranking_loop: str
+) -> None:
+    # Registered and worker-declared cards (keys from both ranges), some busy
+    # or unavailable, cost and vector ties, filters, every mode; over 2,048
+    # cards so the graph is searched (and deepened at low thresholds).
+    if ranking_loop != "c":
+        pytest.skip("compares the C loop with numpy once")
+    router = await open_router(tmp_path / "data", quantised_index)
+    try:
+        for spec in cards(2100, seed=9):
+            await router.register_agent(spec)
+        rng = np.random.default_rng(13)
+        for w in range(60):
+            vector = rng.normal(size=DIMENSION).astype(np.float32)
+            card = AgentSpec(agent_id=f"worker-{w:02d}", vector=vector.tobytes(), cost_per_call_micro_usd=10)
+            router.update_worker(
+                f"w{w}",
+                name=f"worker-{w:02d}",
+                capabilities=("odd",),
+                running=w % 3,
+                capacity=2,
+                available=w % 5 != 0,
+                card=card,
+            )
+        for i in range(0, 2100, 9):  # busy and unavailable registered cards
+            router.update_worker(
+                f"r{i}", name=f"a{i:04d}", capabilities=(), running=i % 3, available=i % 4 != 0
+            )
+        queries = []
+        for i in range(120):
+            task = rng.normal(size=DIMENSION).astype(np.float32)
+            queries.append(
+                RouteQuery(
+                    vector=task.tobytes(),
+                    mode=list(RouteMode)[i % 2],
+                    threshold=(-0.2, 0.0, 0.1, 0.3)[i % 4],
+                    cost_weight=(0.0, 0.5, 1.0)[i % 3],
+                    top_k=(1, 5, 30)[i % 3],
+                    include_unavailable=i % 5 == 0,
+                    include_below_threshold=True,
+                    exclude_agent_ids=frozenset({"a0002"}) if i % 7 == 0 else frozenset(),
+                )
+            )
+        native = [router.rank(q) for q in queries]
+        monkeypatch.setattr(router_engine, "_native", None)
+        for query, got in zip(queries, native, strict=True):
+            expected = router.rank(query)
+            assert [c.agent_id for c in got.candidates] == [c.agent_id for c in expected.candidates]
+            for a, b in zip(got.candidates, expected.candidates, strict=True):
+                assert a.similarity == pytest.approx(b.similarity, abs=1e-6)
+                assert a.score == pytest.approx(b.score, abs=1e-6)
+                assert (a.load, a.available, a.above_threshold, a.capability) == (
+                    b.load,
+                    b.available,
+                    b.above_threshold,
+                    b.capability,
+                )
+        assert NATIVE is not None
+    finally:
+        await close_router(router)
+
+
+def test_the_c_loop_refuses_buffers_that_do_not_fit() -> None:
+    if NATIVE is None:
+        pytest.skip("the C ranking loop is not built")
+    keys = np.array([0, 1], dtype=np.uint64)
+    table = np.array([0, 1, -1], dtype=np.intp)
+    tiers = np.zeros(2, dtype=np.float64)
+    matrix = np.ones((2, 4), dtype=np.float32)
+    query = np.ones(4, dtype=np.float32)
+    rows, sims = np.empty(2, dtype=np.intp), np.empty(2, dtype=np.float64)
+    everyone = cost_biased = False  # include_unavailable, and the ranking mode
+    assert NATIVE.eligible(keys, table, table, 1 << 62, tiers, 2.0, matrix, query, everyone, rows, sims) == 2
+    assert sims.tolist() == [4.0, 4.0]
+    with pytest.raises(ValueError, match="one item per key"):
+        NATIVE.eligible(keys, table, table, 1 << 62, tiers, 2.0, matrix, query, everyone, rows[:1], sims)
+    with pytest.raises(ValueError, match="past the matrix"):
+        NATIVE.eligible(keys, table, table, 1 << 62, tiers, 2.0, matrix[:1], query, everyone, rows, sims)
+    with pytest.raises(ValueError, match="whole rows"):
+        NATIVE.eligible(keys, table, table, 1 << 62, tiers, 2.0, matrix, query[:3], everyone, rows, sims)
+    with pytest.raises(ValueError, match="whole number"):
+        NATIVE.eligible(
+            keys.view(np.uint8)[:3], table, table, 1 << 62, tiers, 2.0, matrix, query, everyone, rows, sims
+        )
+    with pytest.raises(ValueError, match="top_k"):
+        NATIVE.rank(rows, sims, 2, 0.0, tiers, tiers, tiers, cost_biased, 1.0, 0, rows, sims)
+    with pytest.raises(ValueError, match="count"):
+        NATIVE.rank(rows, sims, 3, 0.0, tiers, tiers, tiers, cost_biased, 1.0, 1, rows, sims)
 
 
 @contextlib.asynccontextmanager
