@@ -53,6 +53,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float
     max_message_bytes: int
     max_concurrent_streams: int
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
     cpu_affinity: tuple[int, ...] = ()
     ready_file: Path | None
     config_file: Path | None
@@ -273,6 +275,22 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "keepalive_time_s",
+        60.0,
+        "Ping a client connection after this many quiet seconds (1 to 7200); one that does not "
+        "answer within --keepalive-timeout-s is closed, so a hung or vanished worker frees its "
+        "stream and shows as disconnected. Clients may ping the sidecar as often as once a second.",
+        _bounded_float(1.0, 7200.0),
+        "SECONDS",
+    ),
+    Option(
+        "keepalive_timeout_s",
+        20.0,
+        "Seconds a keepalive ping waits for its answer before the connection is closed (1 to 600).",
+        _bounded_float(1.0, 600.0),
+        "SECONDS",
+    ),
+    Option(
         "cpu_affinity",
         None,
         "Run the sidecar (all its threads) on these CPUs only, e.g. '3', '2,3' or '2-3' (Linux); "
@@ -477,6 +495,8 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         shutdown_grace_s=values["shutdown_grace_s"],
         max_message_bytes=values["max_message_bytes"],
         max_concurrent_streams=values["max_concurrent_streams"],
+        keepalive_time_s=values["keepalive_time_s"],
+        keepalive_timeout_s=values["keepalive_timeout_s"],
         cpu_affinity=values["cpu_affinity"] or (),
         ready_file=values["ready_file"],
         config_file=config_path,

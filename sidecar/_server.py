@@ -51,6 +51,9 @@ VERSION = "0.1.0"
 # The sidecar's own LMDB table; each capability declares its own tables.
 TABLES = ("meta", *(t for c in CAPABILITIES for t in c.tables))
 _BOOT_KEY = b"boot"
+# The shortest interval between client keepalive pings the sidecar accepts;
+# a client pinging faster is sent GOAWAY (too_many_pings) by gRPC.
+_MIN_CLIENT_PING_INTERVAL_MS = 1000
 
 _log = logging.getLogger("are.sidecar")
 
@@ -132,6 +135,16 @@ class Sidecar:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_concurrent_streams", config.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
+            # Keepalive both ways: the sidecar pings quiet connections (a hung
+            # or vanished worker's stream ends and frees its slot), and accepts
+            # the SDKs' pings (which detect a hung sidecar) as often as 1/s.
+            ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+            # What C-core enforces today is the ping timeout (1 min by default).
+            ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
         ]
         interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)

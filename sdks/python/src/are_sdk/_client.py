@@ -36,6 +36,10 @@ __all__ = ["Client", "RawServices", "ServiceClient"]
 
 # The sidecar's default bound on one message; the client accepts the same.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_KEEPALIVE = 30.0
+"""Seconds of quiet on an open call before the client pings the sidecar."""
+DEFAULT_KEEPALIVE_TIMEOUT = 10.0
+"""Seconds a keepalive ping waits for its answer before the connection is dropped."""
 
 
 class ServiceClient:
@@ -144,6 +148,8 @@ class Client:
         tls: bool = False,
         timeout: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive: float = DEFAULT_KEEPALIVE,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> Self:
         """Opens a channel to a sidecar and waits until it is reachable.
 
@@ -154,14 +160,38 @@ class Client:
             tls: Use TLS with the system's roots when no roots are given.
             timeout: Seconds to wait for the channel to become ready.
             max_message_bytes: The largest message sent or received.
+            keepalive: Ping the sidecar after this many quiet seconds while a
+                call is open (a worker's stream, a long wait); 0 turns pings
+                off. The sidecar accepts one a second at most.
+            keepalive_timeout: Seconds a ping waits for its answer; without
+                one the connection is closed and open calls fail with
+                UNAVAILABLE, so a worker notices a hung sidecar and reconnects.
 
         Raises:
             UnavailableError: The sidecar did not answer within ``timeout``.
+            ValueError: ``keepalive`` is negative or between 0 and 1 second,
+                or ``keepalive_timeout`` is not positive.
         """
+        if keepalive < 0 or 0 < keepalive < 1 or not keepalive_timeout > 0:
+            raise ValueError(
+                f"keepalive must be 0 (off) or at least 1 s and keepalive_timeout positive, "
+                f"got {keepalive!r} and {keepalive_timeout!r}"
+            )
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        if keepalive:
+            options += [
+                ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+                ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+                # What C-core enforces today is the ping timeout (1 min by default).
+                ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
+                ("grpc.keepalive_permit_without_calls", 0),
+                # C-core stops pinging after two pings without data unless told
+                # otherwise; a worker's stream can be quiet for hours.
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             channel = grpc.aio.secure_channel(target, credentials, options=options)

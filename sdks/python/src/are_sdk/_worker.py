@@ -834,8 +834,15 @@ class Worker:
         self._session: _Session | None = None
         self._registered = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
-        #: Counters since construction: completed, failed, cancelled, connects.
-        self.stats: dict[str, int] = {"completed": 0, "failed": 0, "cancelled": 0, "connects": 0}
+        #: Counters since construction: completed, failed, cancelled, connects,
+        #: and disconnects (streams that ended other than by a shutdown).
+        self.stats: dict[str, int] = {
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "connects": 0,
+            "disconnects": 0,
+        }
 
     @property
     def capabilities(self) -> set[str]:
@@ -946,7 +953,9 @@ class Worker:
                 try:
                     if await session.serve(stop):
                         return
+                    self.stats["disconnects"] += 1  # the sidecar ended it (a drain)
                 except RpcError as error:
+                    self.stats["disconnects"] += 1
                     if error.code in _FATAL_CODES:
                         raise
                     _log.warning("worker %s: stream ended (%s); reconnecting", self.name, error)
