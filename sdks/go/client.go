@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -21,6 +23,16 @@ import (
 // DefaultMaxMessageBytes is the largest message sent or received by default:
 // the sidecar's own default bound (64 MiB).
 const DefaultMaxMessageBytes = 64 * 1024 * 1024
+
+// DefaultKeepaliveTime and DefaultKeepaliveTimeout are the client's keepalive
+// defaults: while a call is open (a worker's Connect stream, a Wait) and the
+// connection has been quiet for DefaultKeepaliveTime, the client pings the
+// sidecar, and closes the connection when no ack comes within
+// DefaultKeepaliveTimeout. See WithKeepalive.
+const (
+	DefaultKeepaliveTime    = 30 * time.Second
+	DefaultKeepaliveTimeout = 10 * time.Second
+)
 
 // SDKName identifies this SDK to the sidecar (worker identity, diagnostics).
 const SDKName = "are-sdk-go/0.1"
@@ -58,11 +70,13 @@ type Client struct {
 }
 
 type options struct {
-	token           string
-	tls             *tls.Config
-	useTLS          bool
-	maxMessageBytes int
-	dial            []grpc.DialOption
+	token            string
+	tls              *tls.Config
+	useTLS           bool
+	maxMessageBytes  int
+	keepaliveTime    time.Duration
+	keepaliveTimeout time.Duration
+	dial             []grpc.DialOption
 }
 
 // Option configures Connect.
@@ -81,7 +95,21 @@ func WithTLS(config *tls.Config) Option {
 // DefaultMaxMessageBytes).
 func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
 
-// WithDialOptions adds grpc dial options (interceptors, keepalive, ...).
+// WithKeepalive sets the client's keepalive pings (default
+// DefaultKeepaliveTime, DefaultKeepaliveTimeout). While a call is open and the
+// connection has been quiet for interval, the client sends an HTTP/2 ping;
+// when no ack comes within timeout it closes the connection, so that a sidecar
+// that hangs (a stopped process, a frozen VM, a dead NAT entry) fails the open
+// calls with UNAVAILABLE instead of leaving them waiting forever, and a worker
+// reconnects. No pings are sent while no call is open. interval <= 0 turns
+// keepalive off; timeout <= 0 is DefaultKeepaliveTimeout. grpc-go raises an
+// interval under 10 s to 10 s. Pings work over TCP and Unix sockets alike.
+func WithKeepalive(interval, timeout time.Duration) Option {
+	return func(o *options) { o.keepaliveTime, o.keepaliveTimeout = interval, timeout }
+}
+
+// WithDialOptions adds grpc dial options (interceptors, ...); they are
+// applied after the SDK's own, so that they win over them.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = append(o.dial, opts...) }
 }
@@ -90,7 +118,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // "unix:PATH" for a Unix socket) and waits until it is reachable or ctx ends.
 // The wait is bounded by ctx only: give it a deadline.
 func Connect(ctx context.Context, target string, opts ...Option) (*Client, error) {
-	o := options{maxMessageBytes: DefaultMaxMessageBytes}
+	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -115,6 +143,9 @@ func Connect(ctx context.Context, target string, opts ...Option) (*Client, error
 		grpc.WithChainUnaryInterceptor(unaryInterceptor(md)),
 		grpc.WithChainStreamInterceptor(streamInterceptor(md)),
 	}
+	if params, ok := o.keepalive(); ok {
+		dial = append(dial, grpc.WithKeepaliveParams(params))
+	}
 	dial = append(dial, o.dial...)
 	conn, err := grpc.NewClient(dialTarget(target), dial...)
 	if err != nil {
@@ -129,6 +160,26 @@ func Connect(ctx context.Context, target string, opts ...Option) (*Client, error
 		}
 	}
 	return newClient(target, conn), nil
+}
+
+func defaultOptions() options {
+	return options{
+		maxMessageBytes:  DefaultMaxMessageBytes,
+		keepaliveTime:    DefaultKeepaliveTime,
+		keepaliveTimeout: DefaultKeepaliveTimeout,
+	}
+}
+
+// keepalive is the connection's keepalive parameters; false when off.
+func (o *options) keepalive() (keepalive.ClientParameters, bool) {
+	if o.keepaliveTime <= 0 {
+		return keepalive.ClientParameters{}, false
+	}
+	timeout := o.keepaliveTimeout
+	if timeout <= 0 {
+		timeout = DefaultKeepaliveTimeout
+	}
+	return keepalive.ClientParameters{Time: o.keepaliveTime, Timeout: timeout, PermitWithoutStream: false}, true
 }
 
 // dialTarget makes a plain host:port resolve without DNS (the sidecar is

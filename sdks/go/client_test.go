@@ -133,3 +133,16 @@ func TestCallEndedByItsContext(t *testing.T) {
 		t.Fatalf("call with a cancelled context = %v; want CANCELLED wrapping context.Canceled", err)
 	}
 }
+
+func TestConnectWithCustomKeepalive(t *testing.T) {
+	ctx := within(t, 20*time.Second)
+	for _, opt := range []are.Option{are.WithKeepalive(10*time.Second, 5*time.Second), are.WithKeepalive(0, 0)} {
+		client := connect(t, opt)
+		if got, err := client.Health(ctx); err != nil || got != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("Health = %v, %v; want SERVING", got, err)
+		}
+		if _, err := client.Workflows.Get(ctx, "wf-none"); !errors.Is(err, are.ErrNotFound) {
+			t.Fatalf("Get of an unknown workflow = %v; want NOT_FOUND", err)
+		}
+	}
+}
