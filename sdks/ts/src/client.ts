@@ -30,6 +30,11 @@ import { Workflows } from "./workflows.js";
 /** The sidecar's default bound on one message; the client accepts the same. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
+/** The default interval of the client's keepalive pings, in milliseconds (see {@link ConnectOptions.keepaliveTimeMs}). */
+export const DEFAULT_KEEPALIVE_TIME_MS = 30_000;
+/** The default wait for a keepalive ping's ack, in milliseconds (see {@link ConnectOptions.keepaliveTimeoutMs}). */
+export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 10_000;
+
 /** Options of {@link Client.connect}. */
 export interface ConnectOptions {
   /** The bearer token, when the sidecar was started with one. */
@@ -44,7 +49,19 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Aborts the connection attempt. */
   signal?: AbortSignal;
-  /** More grpc-js channel options (`grpc.keepalive_time_ms`, ...). */
+  /**
+   * Keepalive: while a call is open (a worker's stream, a wait) the client
+   * sends an HTTP/2 ping every `keepaliveTimeMs` and closes the connection
+   * when no ack comes within `keepaliveTimeoutMs`, so that a sidecar that
+   * hangs (a stopped process, a frozen VM, a dead NAT entry) fails the open
+   * calls with `UNAVAILABLE` instead of leaving them waiting forever, and a
+   * worker reconnects. No pings are sent while no call is open. Default
+   * 30 s; `0` or `null` turns keepalive off.
+   */
+  keepaliveTimeMs?: number | null;
+  /** How long to wait for a keepalive ping's ack, in milliseconds; default 10 s. */
+  keepaliveTimeoutMs?: number;
+  /** More grpc-js channel options; they win over the SDK's own. */
   channelOptions?: grpc.ChannelOptions;
 }
 
@@ -133,6 +150,7 @@ export class Client {
     const channel = new grpc.Channel(target, credentials, {
       "grpc.max_send_message_length": maxMessageBytes,
       "grpc.max_receive_message_length": maxMessageBytes,
+      ...keepaliveChannelOptions(options),
       ...options.channelOptions,
     });
     const client = new Client(target, channel, credentials, options.token);
@@ -176,6 +194,23 @@ export class Client {
     for (const service of Object.values(this.raw)) (service as grpc.Client).close();
     this.channel.close();
   }
+}
+
+/**
+ * The grpc-js channel options {@link Client.connect} sets for keepalive:
+ * `grpc.keepalive_time_ms`, `grpc.keepalive_timeout_ms` and
+ * `grpc.keepalive_permit_without_calls` (0: no pings while no call is open),
+ * or none when keepalive is off.
+ */
+export function keepaliveChannelOptions(options: Pick<ConnectOptions, "keepaliveTimeMs" | "keepaliveTimeoutMs"> = {}): grpc.ChannelOptions {
+  const timeMs = options.keepaliveTimeMs === undefined ? DEFAULT_KEEPALIVE_TIME_MS : options.keepaliveTimeMs;
+  if (timeMs === null || !(timeMs > 0)) return {};
+  const timeoutMs = options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS;
+  return {
+    "grpc.keepalive_time_ms": timeMs,
+    "grpc.keepalive_timeout_ms": timeoutMs > 0 ? timeoutMs : DEFAULT_KEEPALIVE_TIMEOUT_MS,
+    "grpc.keepalive_permit_without_calls": 0,
+  };
 }
 
 function waitForReady(client: grpc.Client, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {

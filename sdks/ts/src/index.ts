@@ -26,7 +26,16 @@ export {
   type NamespaceOptions,
   type StoreOptions,
 } from "./cache.js";
-export { Client, DEFAULT_MAX_MESSAGE_BYTES, type ConnectOptions, type HealthStatus, type RawServices } from "./client.js";
+export {
+  Client,
+  DEFAULT_KEEPALIVE_TIMEOUT_MS,
+  DEFAULT_KEEPALIVE_TIME_MS,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  keepaliveChannelOptions,
+  type ConnectOptions,
+  type HealthStatus,
+  type RawServices,
+} from "./client.js";
 export {
   AreError,
   Code,

@@ -33,6 +33,22 @@ describe("connect and health", () => {
   });
 });
 
+describe("keepalive", () => {
+  test("a client with a custom keepalive, or none, still works", async () => {
+    for (const options of [{ keepaliveTimeMs: 10_000, keepaliveTimeoutMs: 5_000 }, { keepaliveTimeMs: null }]) {
+      const other = await Client.connect(sidecar.target, options);
+      try {
+        assert.equal(await other.health(), "SERVING");
+        const error = await other.workflows.get("wf-does-not-exist").catch((e: unknown) => e);
+        assert.ok(error instanceof AreError);
+        assert.equal(error.code, Code.NOT_FOUND);
+      } finally {
+        other.close();
+      }
+    }
+  });
+});
+
 describe("close", () => {
   test("a call after close() is an AreError CANCELLED", async () => {
     const other = await Client.connect(sidecar.target);

@@ -4,7 +4,18 @@ import { describe, test } from "node:test";
 
 import { Metadata } from "@grpc/grpc-js";
 
-import { AreError, BlobReference, Code, RawPayload, WorkflowSpec, WorkflowSpecError, decodePayload, encodePayload, toAreError } from "@are-runtime/sdk";
+import {
+  AreError,
+  BlobReference,
+  Code,
+  RawPayload,
+  WorkflowSpec,
+  WorkflowSpecError,
+  decodePayload,
+  encodePayload,
+  keepaliveChannelOptions,
+  toAreError,
+} from "@are-runtime/sdk";
 import { Status } from "@are-runtime/sdk/gen/google/rpc/status";
 import { BadRequest, ErrorInfo, RetryInfo } from "@are-runtime/sdk/gen/google/rpc/error_details";
 
@@ -118,5 +129,20 @@ describe("error decoding", () => {
     assert.equal(error.code, Code.UNAVAILABLE);
     assert.equal(error.reason, "");
     assert.equal(error.message, "UNAVAILABLE: down");
+  });
+});
+
+describe("keepalive", () => {
+  test("the connect options become grpc-js channel options: default, custom, off", () => {
+    const on = (timeMs: number, timeoutMs: number): Record<string, number> => ({
+      "grpc.keepalive_time_ms": timeMs,
+      "grpc.keepalive_timeout_ms": timeoutMs,
+      "grpc.keepalive_permit_without_calls": 0,
+    });
+    assert.deepEqual(keepaliveChannelOptions(), on(30_000, 10_000));
+    assert.deepEqual(keepaliveChannelOptions({ keepaliveTimeMs: 2_000, keepaliveTimeoutMs: 500 }), on(2_000, 500));
+    assert.deepEqual(keepaliveChannelOptions({ keepaliveTimeMs: 20_000 }), on(20_000, 10_000));
+    assert.deepEqual(keepaliveChannelOptions({ keepaliveTimeMs: 0 }), {});
+    assert.deepEqual(keepaliveChannelOptions({ keepaliveTimeMs: null }), {});
   });
 });
