@@ -27,6 +27,12 @@ const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
 /// Default bound of request and response messages, as the sidecar's.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default interval of the client's keepalive pings ([`Options::keepalive_interval`]).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default wait for a keepalive ping's ack ([`Options::keepalive_timeout`]).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to reach the sidecar.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -40,6 +46,18 @@ pub struct Options {
     pub call_timeout: Duration,
     /// Largest message sent or received (default 64 MiB).
     pub max_message_bytes: usize,
+    /// Keepalive: while a call is open (a worker's stream, a wait) and the
+    /// connection is quiet, the client sends an HTTP/2 ping every interval
+    /// and closes the connection when no ack comes within
+    /// [`keepalive_timeout`](Options::keepalive_timeout), so that a sidecar
+    /// that hangs (a stopped process, a frozen VM, a dead NAT entry) fails
+    /// the open calls with UNAVAILABLE instead of leaving them waiting
+    /// forever, and a worker reconnects. No pings are sent while no call is
+    /// open. Default 30 s; `None` (or zero) turns keepalive off.
+    pub keepalive_interval: Option<Duration>,
+    /// How long to wait for a keepalive ping's ack (default 10 s; zero is
+    /// the default).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Options {
@@ -50,6 +68,34 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(30),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+impl Options {
+    /// The keepalive interval and timeout in effect, `None` when off.
+    fn keepalive(&self) -> Option<(Duration, Duration)> {
+        let interval = self.keepalive_interval.filter(|d| !d.is_zero())?;
+        let timeout = if self.keepalive_timeout.is_zero() {
+            DEFAULT_KEEPALIVE_TIMEOUT
+        } else {
+            self.keepalive_timeout
+        };
+        Some((interval, timeout))
+    }
+
+    /// The endpoint's connect timeout and keepalive (pings only while a
+    /// call is open).
+    fn configure(&self, endpoint: Endpoint) -> Endpoint {
+        let endpoint = endpoint.connect_timeout(self.connect_timeout);
+        match self.keepalive() {
+            Some((interval, timeout)) => endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(timeout)
+                .keep_alive_while_idle(false),
+            None => endpoint,
         }
     }
 }
@@ -137,8 +183,7 @@ impl Client {
         };
         let channel = if let Some(path) = target.strip_prefix("unix:") {
             let path = path.trim_start_matches("//").to_string();
-            let endpoint =
-                Endpoint::from_static("http://localhost").connect_timeout(options.connect_timeout);
+            let endpoint = options.configure(Endpoint::from_static("http://localhost"));
             let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -152,16 +197,14 @@ impl Client {
             })
             .await?
         } else {
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
-                .map_err(|e| {
-                    Error::local(
-                        Code::InvalidArgument,
-                        "BAD_TARGET",
-                        format!("bad target {target:?}: {e}"),
-                    )
-                })?
-                .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true);
+            let endpoint = Endpoint::from_shared(format!("{scheme}://{target}")).map_err(|e| {
+                Error::local(
+                    Code::InvalidArgument,
+                    "BAD_TARGET",
+                    format!("bad target {target:?}: {e}"),
+                )
+            })?;
+            let mut endpoint = options.configure(endpoint).tcp_nodelay(true);
             if let Some(tls) = options.tls.clone() {
                 endpoint = endpoint.tls_config(tls).map_err(unavailable)?;
             }
@@ -298,5 +341,34 @@ impl Client {
             content: Some(content),
             content_type: content_type.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_options() {
+        let secs = Duration::from_secs;
+        assert_eq!(Options::default().keepalive(), Some((secs(30), secs(10))));
+        let custom = Options {
+            keepalive_interval: Some(secs(15)),
+            keepalive_timeout: secs(5),
+            ..Default::default()
+        };
+        assert_eq!(custom.keepalive(), Some((secs(15), secs(5))));
+        let default_timeout = Options {
+            keepalive_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(default_timeout.keepalive(), Some((secs(30), secs(10))));
+        for off in [None, Some(Duration::ZERO)] {
+            let options = Options {
+                keepalive_interval: off,
+                ..Default::default()
+            };
+            assert_eq!(options.keepalive(), None);
+        }
     }
 }

@@ -34,7 +34,8 @@ mod workflow;
 
 pub use cache::{Cache, CacheHit, CacheOptions, GetOrCallError};
 pub use client::{
-    Auth, Client, Options, Raw, Transport, DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
+    Auth, Client, Options, Raw, Transport, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
 };
 pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
 pub use state::{

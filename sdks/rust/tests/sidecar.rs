@@ -106,6 +106,33 @@ async fn connect_and_health() {
 }
 
 #[tokio::test]
+async fn custom_keepalive_or_none_still_works() {
+    let (sidecar, _client) = start().await;
+    for (interval, timeout) in [
+        (Some(Duration::from_secs(10)), Duration::from_secs(5)),
+        (None, Duration::ZERO),
+    ] {
+        let client = Client::connect(
+            &sidecar.target,
+            are_sdk::Options {
+                keepalive_interval: interval,
+                keepalive_timeout: timeout,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect");
+        assert_eq!(client.health().await.unwrap(), ServingStatus::Serving);
+        let e = client
+            .workflow("wf-does-not-exist")
+            .get()
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+    }
+}
+
+#[tokio::test]
 async fn errors_carry_reason_and_field() {
     let (_sidecar, client) = start().await;
     let e = client
