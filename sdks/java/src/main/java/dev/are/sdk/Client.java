@@ -130,6 +130,7 @@ public final class Client implements AutoCloseable {
         // TCP keepalive means nothing on a Unix socket; netty would warn of it on each connect.
         netty.withOption(ChannelOption.SO_KEEPALIVE, null);
       }
+      keepalive(builder, options);
       managed = builder.build();
     } catch (IllegalArgumentException | IOException e) {
       throw AreException.local(
@@ -144,6 +145,20 @@ public final class Client implements AutoCloseable {
     Channel channel =
         ClientInterceptors.intercept(managed, MetadataUtils.newAttachHeadersInterceptor(headers));
     return new Client(target, managed, channel, options);
+  }
+
+  /**
+   * Sets the channel's keepalive (HTTP/2 pings, only while a call is open) from the options, or
+   * leaves it off (grpc-java's default) when they turn it off.
+   */
+  static void keepalive(ManagedChannelBuilder<?> builder, Options options) {
+    Duration time = options.keepaliveTime();
+    if (time == null) {
+      return;
+    }
+    builder.keepAliveTime(time.toNanos(), TimeUnit.NANOSECONDS);
+    builder.keepAliveTimeout(options.keepaliveTimeout().toNanos(), TimeUnit.NANOSECONDS);
+    builder.keepAliveWithoutCalls(false);
   }
 
   private static ChannelCredentials credentials(Options options) throws IOException {

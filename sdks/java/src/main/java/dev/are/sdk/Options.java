@@ -13,6 +13,12 @@ public final class Options {
   /** Default bound of request and response messages, as the sidecar's (64 MiB). */
   public static final int DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
+  /** Default interval of the client's keepalive pings (30 s); see {@link Builder#keepalive}. */
+  public static final Duration DEFAULT_KEEPALIVE_TIME = Duration.ofSeconds(30);
+
+  /** Default wait for a keepalive ping's ack (10 s); see {@link Builder#keepalive}. */
+  public static final Duration DEFAULT_KEEPALIVE_TIMEOUT = Duration.ofSeconds(10);
+
   private final String token;
   private final boolean tls;
   private final Path tlsTrustedCertificates;
@@ -20,6 +26,8 @@ public final class Options {
   private final Duration connectTimeout;
   private final Duration callTimeout;
   private final int maxMessageBytes;
+  private final Duration keepaliveTime;
+  private final Duration keepaliveTimeout;
 
   private Options(Builder b) {
     this.token = b.token;
@@ -29,9 +37,14 @@ public final class Options {
     this.connectTimeout = b.connectTimeout;
     this.callTimeout = b.callTimeout;
     this.maxMessageBytes = b.maxMessageBytes;
+    this.keepaliveTime = b.keepaliveTime;
+    this.keepaliveTimeout = b.keepaliveTimeout;
   }
 
-  /** Plaintext, no token, 10 s to connect, 30 s per call, 64 MiB messages. */
+  /**
+   * Plaintext, no token, 10 s to connect, 30 s per call, 64 MiB messages, keepalive pings every
+   * 30 s (10 s for the ack) while a call is open.
+   */
   public static Options defaults() {
     return builder().build();
   }
@@ -51,6 +64,8 @@ public final class Options {
     b.connectTimeout = connectTimeout;
     b.callTimeout = callTimeout;
     b.maxMessageBytes = maxMessageBytes;
+    b.keepaliveTime = keepaliveTime;
+    b.keepaliveTimeout = keepaliveTimeout;
     return b;
   }
 
@@ -89,6 +104,16 @@ public final class Options {
     return maxMessageBytes;
   }
 
+  /** Interval of the keepalive pings, or null when keepalive is off. */
+  public Duration keepaliveTime() {
+    return keepaliveTime;
+  }
+
+  /** Wait for a keepalive ping's ack before the connection is closed. */
+  public Duration keepaliveTimeout() {
+    return keepaliveTimeout;
+  }
+
   /** Builds {@link Options}. */
   public static final class Builder {
     private String token;
@@ -98,6 +123,8 @@ public final class Options {
     private Duration connectTimeout = Duration.ofSeconds(10);
     private Duration callTimeout = Duration.ofSeconds(30);
     private int maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
+    private Duration keepaliveTime = DEFAULT_KEEPALIVE_TIME;
+    private Duration keepaliveTimeout = DEFAULT_KEEPALIVE_TIMEOUT;
 
     private Builder() {}
 
@@ -140,6 +167,25 @@ public final class Options {
     /** Largest message received (default 64 MiB). */
     public Builder maxMessageBytes(int n) {
       this.maxMessageBytes = n;
+      return this;
+    }
+
+    /**
+     * Keepalive (default 30 s and 10 s): while a call is open (a worker's stream, a wait) and the
+     * connection is quiet for {@code time}, the client sends an HTTP/2 ping and closes the
+     * connection when no ack comes within {@code timeout}, so that a sidecar that hangs (a stopped
+     * process, a frozen VM, a dead NAT entry) fails the open calls with UNAVAILABLE instead of
+     * leaving them waiting forever, and a worker reconnects. No pings are sent while no call is
+     * open. They are HTTP/2 pings, so they work on a Unix socket too. A null or zero {@code time}
+     * turns keepalive off; a null or zero {@code timeout} is the default. grpc-java raises a
+     * {@code time} under 10 s to 10 s.
+     */
+    public Builder keepalive(Duration time, Duration timeout) {
+      this.keepaliveTime = time == null || time.isZero() || time.isNegative() ? null : time;
+      this.keepaliveTimeout =
+          timeout == null || timeout.isZero() || timeout.isNegative()
+              ? DEFAULT_KEEPALIVE_TIMEOUT
+              : timeout;
       return this;
     }
 

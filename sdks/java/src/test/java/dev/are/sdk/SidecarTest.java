@@ -454,6 +454,25 @@ class SidecarTest {
   }
 
   @Test
+  void customKeepaliveOrNoneStillWorks() {
+    Options custom =
+        Options.builder().keepalive(Duration.ofSeconds(10), Duration.ofSeconds(5)).build();
+    Options off = Options.builder().keepalive(null, null).build();
+    try (Sidecar uds = Sidecar.start(SidecarOptions.defaults().withUds(true))) {
+      for (String target : List.of(sidecar.target(), uds.target())) {
+        for (Options options : List.of(custom, off)) {
+          try (Client other = Client.connect(target, options)) {
+            assertEquals(ServingStatus.SERVING, other.health(), target);
+            AreException e =
+                assertThrows(AreException.class, () -> other.workflow("wf-missing").get());
+            assertEquals(Status.Code.NOT_FOUND, e.code(), e.getMessage());
+          }
+        }
+      }
+    }
+  }
+
+  @Test
   void tokenOverTcp() {
     try (Sidecar tcp = Sidecar.start(SidecarOptions.defaults().withToken("tcp-token"));
         Client authed = tcp.client();
