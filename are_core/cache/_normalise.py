@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 
 __all__ = ["entry_id_text", "normalise_prompt", "parse_entry_id", "prompt_hash"]
 
-_SPACES = re.compile(r"\s+")
-
 
 def normalise_prompt(prompt: str) -> str:
-    """Unicode NFC, trimmed, runs of whitespace collapsed to one space, case kept."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", prompt)).strip()
+    r"""Unicode NFC, trimmed, runs of whitespace collapsed to one space, case kept.
+
+    ``str.split()`` splits on exactly the characters the ``\s`` of ``re``
+    matches (both are ``str.isspace``; a test checks every code point), so
+    this is ``re.sub(r"\s+", " ", text).strip()`` at a third of the cost.
+    """
+    return " ".join(unicodedata.normalize("NFC", prompt).split())
 
 
 def prompt_hash(prompt: str) -> bytes:

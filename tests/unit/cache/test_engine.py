@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
+import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -38,6 +42,22 @@ def test_normalisation_keeps_case_and_collapses_whitespace() -> None:
     assert normalise_prompt("  Hello\t\n  World  ") == "Hello World"
     assert normalise_prompt("Cafe\u0301") == "Caf\u00e9"
     assert normalise_prompt("hello world") != normalise_prompt("Hello World")
+
+
+def test_normalisation_is_the_regex_one_it_replaced() -> None:
+    # Stored exact-tier keys hash the normalised prompt: the normalisation
+    # must stay what it was (``re.sub(r"\s+", " ", nfc).strip()``) for every
+    # whitespace character there is.
+    spaces = re.compile(r"\s+")
+    every = [chr(c) for c in range(sys.maxunicode + 1)]
+    assert [c for c in every if bool(spaces.fullmatch(c)) != c.isspace()] == []
+    whitespace = [c for c in every if c.isspace()]
+    rng = random.Random(7)
+    alphabet = [*whitespace, "a", "B", "e\u0301", "\u212b", "x y"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        nfc = unicodedata.normalize("NFC", text)
+        assert normalise_prompt(text) == spaces.sub(" ", nfc).strip()
 
 
 async def test_exact_hit_returns_the_entry_and_its_cost(harness: Harness) -> None:
