@@ -698,6 +698,9 @@ async def _check_hydrate(context: _Context, request: state_service_pb2.HydrateMe
     which = request.WhichOneof("query")
     if which is None:
         await _invalid(context, "query", "set text or vector")
+    if which == "text" and not request.text.strip():
+        # It would embed to no direction at all: every note equally (ir)relevant.
+        await _invalid(context, "text", "the query text is empty")
     if which == "text" and len(request.text.encode("utf-8", "surrogatepass")) > 64 * 1024:
         await _limit(context, "text", 64 * 1024)
     if which == "vector":

@@ -371,6 +371,10 @@ async def test_memory_bad_input_names_the_field(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.state.memory.hydrate(wid, "q", top_k=101)
     _assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "top_k")
+    for empty in ("", " \t\n"):  # no direction to rank by: refused, not every note at random
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.state.memory.hydrate(wid, empty)
+        _assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "text")
     with pytest.raises(InvalidArgumentError) as caught:
         await client.state.memory.add(wid, [MemoryNote(text="x", content=b"y" * (64 * 1024 + 1))])
     _assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "entries[0].content")

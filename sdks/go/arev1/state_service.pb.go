@@ -1077,7 +1077,8 @@ type isHydrateMemoryRequest_Query interface {
 }
 
 type HydrateMemoryRequest_Text struct {
-	// Query text, at most 64 KiB, embedded by the memory embedder.
+	// Query text, not empty nor only whitespace, at most 64 KiB, embedded
+	// by the memory embedder.
 	Text string `protobuf:"bytes,2,opt,name=text,proto3,oneof"`
 }
 

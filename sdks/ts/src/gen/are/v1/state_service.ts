@@ -227,7 +227,10 @@ export interface AddMemoryResponse {
 export interface HydrateMemoryRequest {
   /** The workflow whose memory is searched. */
   workflowId: string;
-  /** Query text, at most 64 KiB, embedded by the memory embedder. */
+  /**
+   * Query text, not empty nor only whitespace, at most 64 KiB, embedded
+   * by the memory embedder.
+   */
   text?:
     | string
     | undefined;
