@@ -67,6 +67,9 @@ type Client struct {
 	// State reads and patches workflows' state documents, lists their
 	// checkpoints, forks them, and keeps their memory (StateService).
 	State *State
+	// Router keeps agent cards and routes tasks to agents and prompts to
+	// models (RouterService).
+	Router *Router
 }
 
 type options struct {
@@ -227,6 +230,7 @@ func newClient(target string, conn *grpc.ClientConn) *Client {
 	c.Cache = &Cache{client: c}
 	c.Trace = &Trace{client: c}
 	c.State = &State{client: c, Memory: &Memory{client: c}}
+	c.Router = &Router{client: c}
 	return c
 }
 

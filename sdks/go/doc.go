@@ -21,7 +21,11 @@
 //   - Client.Trace: the flight recorder, listed or followed live;
 //   - Client.State: a workflow's state document (Get by JSON Pointer, Patch
 //     with optimistic concurrency, checkpoints, Fork) and its memory (Add,
-//     Hydrate); Task.State is the view bound to a running task's attempt.
+//     Hydrate); Task.State is the view bound to a running task's attempt;
+//   - Client.Router: agent cards (RegisterAgent, ListAgents, Agents),
+//     RouteTask to the best or cheapest capable agent, and RouteModel to the
+//     cheapest model expected to reach a quality target, learning from
+//     ReportOutcome.
 //
 // Every failed call returns an *Error carrying the gRPC code, the ErrorInfo
 // reason, the BadRequest field violations and the RetryInfo delay; use
