@@ -5,7 +5,8 @@
  * (`src/gen`, one grpc-js client class per service, exposed as
  * `client.raw`); a call layer that adds the bearer token, deadlines, abort
  * signals and error mapping; and the typed facades (`client.workflows`,
- * `client.state`, `client.cache`, `client.trace`, `client.blobs`, and
+ * `client.state`, `client.cache`, `client.trace`, `client.router`,
+ * `client.blobs`, and
  * {@link Worker}).
  *
  * @module
@@ -22,6 +23,7 @@ import { StateServiceClient } from "./gen/are/v1/state_service.js";
 import { TraceServiceClient } from "./gen/are/v1/trace_service.js";
 import { WorkerServiceClient } from "./gen/are/v1/worker_service.js";
 import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthClient } from "./gen/grpc/health/v1/health.js";
+import { Router } from "./router.js";
 import { Rpc, type CallOptions } from "./rpc.js";
 import { State } from "./state.js";
 import { Trace } from "./trace.js";
@@ -100,6 +102,8 @@ export class Client {
   readonly cache: Cache;
   /** The flight recorder (TraceService). */
   readonly trace: Trace;
+  /** Agent cards, task routing and model routing (RouterService). */
+  readonly router: Router;
   /** The blob store (StateService blobs). */
   readonly blobs: Blobs;
   /** @internal */
@@ -133,6 +137,7 @@ export class Client {
     this.state = new State(this.raw.state, this.rpc);
     this.cache = new Cache(this.raw.cache, this.rpc, this.blobs);
     this.trace = new Trace(this.raw.trace, this.rpc);
+    this.router = new Router(this.raw.router, this.rpc);
   }
 
   /**

@@ -6,7 +6,8 @@
  * submitted with `client.workflows.submit` (a {@link WorkflowHandle} comes
  * back at once) and run by {@link Worker} handlers; `client.state` holds each
  * workflow's state document and memory, `client.cache` is the
- * semantic cache and `client.trace` the flight recorder.
+ * semantic cache, `client.router` routes tasks to agents and prompts to
+ * models, and `client.trace` is the flight recorder.
  * `@are-runtime/sdk/testing` starts a real sidecar for tests, and
  * `@are-runtime/sdk/gen/are/v1/<file>` exposes the generated messages.
  *
@@ -48,6 +49,23 @@ export {
 } from "./errors.js";
 export { BlobReference, RawPayload, decodePayload, encodePayload, isJsonContentType } from "./payload.js";
 export type { CallOptions } from "./rpc.js";
+export {
+  Router,
+  type AgentCard,
+  type AgentCardInput,
+  type AgentFilter,
+  type AgentPage,
+  type ModelCatalog,
+  type ModelEstimate,
+  type ModelRoute,
+  type ModelSpec,
+  type OutcomeReport,
+  type RouteCandidate,
+  type RouteModeName,
+  type RouteModelOptions,
+  type RouteResult,
+  type RouteTaskOptions,
+} from "./router.js";
 export {
   BoundMemory,
   BoundState,
