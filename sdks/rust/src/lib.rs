@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Layers: the generated messages in [`pb`] and stubs in [`Raw`]; the facade
-//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`], [`State`]); one [`Error`].
+//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`], [`State`], [`Router`]); one [`Error`].
 #![warn(missing_docs)]
 
 /// The `are.v1` messages and gRPC clients, generated from `proto/` at build time.
@@ -26,6 +26,7 @@ pub mod pb {
 mod cache;
 mod client;
 mod error;
+mod router;
 mod state;
 pub mod testing;
 mod trace;
@@ -38,6 +39,12 @@ pub use client::{
     DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
 };
 pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
+pub use pb::{AgentSource, RouteMode};
+pub use router::{
+    AgentCard, AgentFilter, AgentPage, ModelCatalog, ModelEstimate, ModelRoute, ModelRouteOptions,
+    ModelSpec, Outcome, OutcomeOptions, RouteCandidate, RouteOptions, RouteQuery, RouteResult,
+    Router,
+};
 pub use state::{
     Checkpoint, CheckpointPage, Fork, ForkOptions, HydrateOptions, Hydration, MemoryHit,
     MemoryNote, MemoryQuery, Patch, PatchOp, PatchOptions, State, StateSnapshot, WorkflowState,
