@@ -268,6 +268,11 @@ public final class Client implements AutoCloseable {
     return new State(this);
   }
 
+  /** The router: agent cards, task routing, and model routing with reported outcomes. */
+  public Router router() {
+    return new Router(this);
+  }
+
   /**
    * Opens an event stream: events matching {@code filter}, replayed from {@code afterSequence} (0:
    * the oldest retained) then live; null: live only. Close it when done.
