@@ -1,4 +1,10 @@
-"""The cache's records (stored in LMDB) and the values its engine returns."""
+"""The cache's records (stored in LMDB) and the values its engine returns.
+
+The records are ``gc=False``: they hold only scalars, strings, bytes, string
+maps and other such records, so they can never be part of a reference cycle;
+leaving them out of the cyclic collector's accounting keeps the heads and
+hits made per lookup from triggering collections.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ DEFAULT_MAX_BYTES = 1 << 30
 MAX_NAMESPACES = 1000
 
 
-class NamespaceSettings(msgspec.Struct, frozen=True, kw_only=True):
+class NamespaceSettings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a caller asks of a namespace; zero values mean the defaults."""
 
     name: str
@@ -44,7 +50,7 @@ class NamespaceSettings(msgspec.Struct, frozen=True, kw_only=True):
     search_expansion: int = 0
 
 
-class Namespace(msgspec.Struct, frozen=True, kw_only=True):
+class Namespace(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A namespace as stored, defaults filled in.
 
     ``embedder`` is what the caller named (``"lexical"``, ``"caller"`` or a
@@ -70,7 +76,7 @@ class Namespace(msgspec.Struct, frozen=True, kw_only=True):
     blob_entries: bool = False
 
 
-class EntryHead(msgspec.Struct, kw_only=True, array_like=True):
+class EntryHead(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """The small part of an entry kept in memory for every entry (scanned at start)."""
 
     entry_id: int
@@ -82,7 +88,7 @@ class EntryHead(msgspec.Struct, kw_only=True, array_like=True):
     last_access_ns: int = 0
 
 
-class EntryBody(msgspec.Struct, frozen=True, kw_only=True):
+class EntryBody(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An entry's content, read only when it answers or is matched by metadata."""
 
     prompt: str
@@ -96,7 +102,7 @@ class EntryBody(msgspec.Struct, frozen=True, kw_only=True):
     cost_micro_usd: int = 0
 
 
-class SnapshotMark(msgspec.Struct, frozen=True, kw_only=True):
+class SnapshotMark(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Which saved entry table is current for a namespace (written only once the file is durable).
 
     The table holds the namespace's entries as of journal row ``seq``; the
@@ -113,7 +119,7 @@ class SnapshotMark(msgspec.Struct, frozen=True, kw_only=True):
     index_seq: int = -1
 
 
-class StatsRecord(msgspec.Struct, kw_only=True):
+class StatsRecord(msgspec.Struct, kw_only=True, gc=False):
     """A namespace's durable counters."""
 
     lookups: int = 0
@@ -126,7 +132,7 @@ class StatsRecord(msgspec.Struct, kw_only=True):
     saved_cost_micro_usd: int = 0
 
 
-class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
+class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One namespace's statistics since it was created."""
 
     namespace: str
@@ -143,7 +149,7 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
     saved_cost_micro_usd: int
 
 
-class CacheHit(msgspec.Struct, frozen=True, kw_only=True):
+class CacheHit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An entry that answered a lookup.
 
     ``tier`` is ``"EXACT"`` or ``"SEMANTIC"``; ``similarity`` is 1.0 for exact hits.
@@ -164,14 +170,14 @@ class CacheHit(msgspec.Struct, frozen=True, kw_only=True):
     create_time_ns: int
 
 
-class LookupResult(msgspec.Struct, frozen=True, kw_only=True):
+class LookupResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A lookup's answer: a hit, or a miss with the best similarity seen below the threshold."""
 
     hit: CacheHit | None
     best_similarity: float = 0.0
 
 
-class StoreResult(msgspec.Struct, frozen=True, kw_only=True):
+class StoreResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A stored entry's id, whether it replaced one, and when it expires."""
 
     entry_id: str

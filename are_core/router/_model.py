@@ -1,4 +1,10 @@
-"""The router's records (stored in LMDB as MessagePack) and its answers."""
+"""The router's records (stored in LMDB as MessagePack) and its answers.
+
+The records are ``gc=False``: they hold only scalars, strings, bytes, tuples,
+string maps and other such records, so they can never be part of a reference
+cycle; leaving them out of the cyclic collector's accounting keeps 10,000
+cards and the records made per RouteTask from triggering collections.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ class AgentSource(enum.StrEnum):
     WORKER = "WORKER"
 
 
-class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
+class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A card as a caller (RegisterAgent) or a worker (Connect) declares it.
 
     ``vector`` is the caller's embedding as float32 bytes, or None to embed
@@ -57,7 +63,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class StoredAgent(msgspec.Struct, frozen=True, kw_only=True):
+class StoredAgent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A registered card as kept in table ``router_agents`` (key: agent_id)."""
 
     spec: AgentSpec
@@ -70,7 +76,7 @@ class StoredAgent(msgspec.Struct, frozen=True, kw_only=True):
     """The card's key in the vector index (stable, so a saved index can be reused)."""
 
 
-class AgentView(msgspec.Struct, frozen=True, kw_only=True):
+class AgentView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A card with its live fields, as ListAgents and RegisterAgent return it."""
 
     spec: AgentSpec
@@ -126,7 +132,7 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_route_events: int = 10_000
 
 
-class RouteQuery(msgspec.Struct, frozen=True, kw_only=True):
+class RouteQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A RouteTask request: text or vector (float32 bytes), filters and ranking."""
 
     text: str | None = None
@@ -142,7 +148,7 @@ class RouteQuery(msgspec.Struct, frozen=True, kw_only=True):
     include_below_threshold: bool = False
 
 
-class RouteCandidate(msgspec.Struct, frozen=True, kw_only=True):
+class RouteCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One ranked agent."""
 
     agent_id: str
@@ -156,7 +162,7 @@ class RouteCandidate(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class RouteResult(msgspec.Struct, frozen=True, kw_only=True):
+class RouteResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The ranked candidates, best first, with the mode and threshold used."""
 
     candidates: tuple[RouteCandidate, ...]
@@ -164,7 +170,7 @@ class RouteResult(msgspec.Struct, frozen=True, kw_only=True):
     threshold: float
 
 
-class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One model of the catalog (proto ``ModelSpec``, defaults filled in)."""
 
     model_id: str
@@ -184,14 +190,14 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
         return -(-total // 1_000_000)
 
 
-class StoredCatalog(msgspec.Struct, frozen=True, kw_only=True):
+class StoredCatalog(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The model catalog as kept under ``router_meta/catalog``."""
 
     models: tuple[ModelSpec, ...]
     update_time_ns: int
 
 
-class RouteRecord(msgspec.Struct, frozen=True, kw_only=True):
+class RouteRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A model route awaiting its outcome (table ``router_routes``, key: route_id)."""
 
     model_id: str
@@ -201,7 +207,7 @@ class RouteRecord(msgspec.Struct, frozen=True, kw_only=True):
     reported: bool = False
 
 
-class OutcomeRecord(msgspec.Struct, frozen=True, kw_only=True):
+class OutcomeRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A reported outcome (table ``router_outcomes``, key: big-endian sequence)."""
 
     route_id: str
@@ -216,7 +222,7 @@ class OutcomeRecord(msgspec.Struct, frozen=True, kw_only=True):
     latency_ns: int = 0
 
 
-class ModelEstimate(msgspec.Struct, frozen=True, kw_only=True):
+class ModelEstimate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The estimator's view of one model for one prompt."""
 
     model_id: str
@@ -226,7 +232,7 @@ class ModelEstimate(msgspec.Struct, frozen=True, kw_only=True):
     tier: int
 
 
-class ModelChoice(msgspec.Struct, frozen=True, kw_only=True):
+class ModelChoice(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """RouteModel's answer."""
 
     route_id: str

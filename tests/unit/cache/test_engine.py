@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import re
 import sys
@@ -459,3 +460,12 @@ async def test_search_expansion_is_the_indexs_and_survives_a_restart(harness: Ha
     assert e._states["x"].namespace.search_expansion == 12
     assert e._states["x"].index.expansion_search == 12
     assert (await e.lookup("x", prompt="prompt number 7")).hit is not None
+
+
+async def test_lookup_answers_are_not_tracked_by_the_cyclic_gc(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="gc"))
+    await e.store("gc", prompt="p", response=b"r", metadata={"model": "m"})
+    result = await e.lookup("gc", prompt="p")
+    assert result.hit is not None
+    assert not any(gc.is_tracked(record) for record in (result, result.hit))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -338,3 +339,9 @@ async def test_route_events_over_the_bound_are_dropped_and_counted(tmp_path: Pat
         assert router.dropped_route_events == 5
         await router.aclose()
         assert len(route_events(recorder)) == 10
+
+
+def test_the_records_made_per_route_and_per_card_are_not_tracked_by_the_cyclic_gc() -> None:
+    spec = AgentSpec(agent_id="a", capabilities=("x",), labels={"k": "v"}, vector=unit(1.0))
+    query = RouteQuery(vector=unit(1.0), labels={"k": "v"}, exclude_agent_ids=frozenset({"b"}))
+    assert not any(gc.is_tracked(record) for record in (spec, query))
