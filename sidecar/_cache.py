@@ -41,12 +41,12 @@ from are_core.cache import (
     NamespaceNotFoundError,
     NamespaceSettings,
 )
-from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError, StorageFullError
+from are_core.storage import StorageError
 from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._state import StateCapability
-from sidecar._status import abort
+from sidecar._status import abort, abort_storage
 
 __all__ = ["CacheCapability", "CacheServicer", "parse_models"]
 
@@ -523,39 +523,8 @@ async def _check_metadata(context: _Context, metadata: Any, field: str, bound: i
 async def _fail(context: _Context, error: CacheError | StorageError) -> NoReturn:
     """Ends the call with the status an engine or storage error maps to."""
     if isinstance(error, StorageError):
-        await _fail_storage(context, error)
+        await abort_storage(context, error)
     await _fail_cache(context, error)
-
-
-async def _fail_storage(context: _Context, error: StorageError) -> NoReturn:
-    message = str(error)
-    if isinstance(error, StorageBusyError):
-        await abort(
-            context,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            message,
-            reason="RESOURCE_LIMIT",
-            metadata={"limit": "storage_pending_writes"},
-            retry_after=timedelta(milliseconds=100),
-        )
-    if isinstance(error, StorageFullError):
-        await abort(
-            context,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            message,
-            reason="RESOURCE_LIMIT",
-            metadata={"limit": "storage_size"},
-            retry_after=timedelta(seconds=60),
-        )
-    if isinstance(error, BatchTooLargeError):
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            message,
-            reason="LIMIT_EXCEEDED",
-            metadata={"limit": str(error.limit)},
-        )
-    await abort(context, grpc.StatusCode.INTERNAL, message, reason="STORAGE_FAILURE")
 
 
 async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:

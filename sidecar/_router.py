@@ -54,12 +54,12 @@ from are_core.router import (
     RouterSettings,
     StoredCatalog,
 )
-from are_core.storage import StorageBusyError, StorageError, StorageFullError
+from are_core.storage import StorageError
 from are_core.vector import VectorError, VectorIndex
 from are_sdk._proto.are.v1 import agent_pb2, common_pb2, router_service_pb2, router_service_pb2_grpc
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
-from sidecar._status import abort
+from sidecar._status import abort, storage_status
 
 __all__ = ["RouterCapability", "RouterServicer", "agent_spec_from_card", "new_router_index"]
 
@@ -458,19 +458,11 @@ def _storage_status(error: Exception) -> _Status:
     if isinstance(error, RouterLimitError):
         metadata = {"limit": error.limit, "bound": str(error.bound)}
         return exhausted, "RESOURCE_LIMIT", str(error), metadata, [], timedelta(seconds=5)
-    if isinstance(error, StorageBusyError):
-        return exhausted, "RESOURCE_LIMIT", str(error), {"limit": "pending writes"}, [], timedelta(seconds=1)
-    if isinstance(error, StorageFullError):
-        return exhausted, "RESOURCE_LIMIT", str(error), {"limit": "storage size"}, [], timedelta(seconds=60)
+    if isinstance(error, StorageError):
+        status = storage_status(error)
+        return status.code, status.reason, status.message, status.metadata, [], status.retry_after
     _log.error("router request failed", exc_info=error)
-    return (
-        grpc.StatusCode.INTERNAL,
-        "STORAGE_FAILURE",
-        f"the change could not be committed: {error}",
-        {},
-        [],
-        None,
-    )
+    return grpc.StatusCode.INTERNAL, "INTERNAL", f"the request failed: {error}", {}, [], None
 
 
 # -------------------------------------------------------------- validation

@@ -52,7 +52,7 @@ from are_core.scheduler import (
     WorkflowView,
     check_pointer,
 )
-from are_core.storage import StorageBusyError, StorageError
+from are_core.storage import StorageError
 from are_sdk._proto.are.v1 import (
     common_pb2,
     errors_pb2,
@@ -62,7 +62,7 @@ from are_sdk._proto.are.v1 import (
     workflow_pb2,
 )
 from sidecar import _conventions as conventions
-from sidecar._status import abort
+from sidecar._status import abort, abort_storage
 
 __all__ = [
     "BlobPayload",
@@ -790,18 +790,8 @@ _CODES: tuple[tuple[type[SchedulerError], grpc.StatusCode], ...] = (
 
 async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
     """Ends the call with the status that ``error`` (a scheduler or storage error) maps to."""
-    if isinstance(error, StorageBusyError):
-        await abort(
-            context,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the sidecar's write queue is full: {error}",
-            reason="RESOURCE_LIMIT",
-            retry_after=timedelta(seconds=1),
-        )
     if isinstance(error, StorageError):
-        await abort(
-            context, grpc.StatusCode.UNAVAILABLE, f"storage failed: {error}", reason="STORAGE_FAILURE"
-        )
+        await abort_storage(context, error)
     if not isinstance(error, SchedulerError):
         raise error
     code = next((c for kind, c in _CODES if isinstance(error, kind)), grpc.StatusCode.INVALID_ARGUMENT)

@@ -46,7 +46,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, ClassVar, NoReturn, TypeAlias
 
 import grpc
@@ -87,11 +86,11 @@ from are_core.state import (
     check_digest,
     workflow_referrer,
 )
-from are_core.storage import BatchTooLargeError, StorageBusyError, StorageError, StorageFullError
+from are_core.storage import StorageError
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, state_service_pb2_grpc
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
-from sidecar._status import abort
+from sidecar._status import abort, abort_storage
 
 __all__ = [
     "FORK_REQUESTS_TABLE",
@@ -863,7 +862,7 @@ async def abort_for_state_error(
 async def _fail(context: _Context, error: StateError | StorageError, *, prefix: str = "") -> NoReturn:
     """Ends the call with the status an engine or storage error maps to."""
     if isinstance(error, StorageError):
-        await _storage_failure(context, error)
+        await abort_storage(context, error)
     code, reason = grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
     for kind in type(error).__mro__:
         if kind in _STATE_ERRORS:
@@ -884,33 +883,3 @@ async def _fail(context: _Context, error: StateError | StorageError, *, prefix: 
         metadata.update(expected_dimension=str(error.expected), actual_dimension=str(error.actual))
     violations = [(field, error.message)] if field and code == grpc.StatusCode.INVALID_ARGUMENT else []
     await abort(context, code, error.message, reason=reason, metadata=metadata, field_violations=violations)
-
-
-async def _storage_failure(context: _Context, error: StorageError) -> NoReturn:
-    if isinstance(error, StorageBusyError):
-        await abort(
-            context,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            str(error),
-            reason="RESOURCE_LIMIT",
-            metadata={"limit": "storage_pending_writes"},
-            retry_after=timedelta(milliseconds=100),
-        )
-    if isinstance(error, StorageFullError):
-        await abort(
-            context,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            str(error),
-            reason="RESOURCE_LIMIT",
-            metadata={"limit": "storage_size"},
-            retry_after=timedelta(seconds=60),
-        )
-    if isinstance(error, BatchTooLargeError):
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            str(error),
-            reason="LIMIT_EXCEEDED",
-            metadata={"limit": str(error.limit)},
-        )
-    await abort(context, grpc.StatusCode.INTERNAL, str(error), reason="STORAGE_FAILURE")

@@ -8,16 +8,35 @@ helps. The engine's own exceptions are mapped to statuses here and only here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "abort", "refusing_handler", "shutting_down", "status_trailers"]
+from are_core.storage import (
+    BatchTooLargeError,
+    StorageBusyError,
+    StorageClosedError,
+    StorageError,
+    StorageFullError,
+)
+
+__all__ = [
+    "DOMAIN",
+    "StorageStatus",
+    "abort",
+    "abort_storage",
+    "refusing_handler",
+    "shutting_down",
+    "status_trailers",
+    "storage_status",
+]
+_log = logging.getLogger("are.sidecar")
 
 DOMAIN = "are.v1"
 
@@ -78,6 +97,58 @@ async def abort(
     )
     await context.abort(code, message, trailing_metadata=trailers)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+class StorageStatus(NamedTuple):
+    """The status a storage error maps to (see :func:`storage_status`)."""
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    metadata: dict[str, str]
+    retry_after: timedelta | None
+
+
+def storage_status(error: StorageError) -> StorageStatus:
+    """The one mapping of the storage layer's errors, for every service alike.
+
+    A full write queue is RESOURCE_EXHAUSTED (limit ``storage_pending_writes``,
+    retry in 100 ms: a group commit or two drains it); a full map is
+    RESOURCE_EXHAUSTED (limit ``storage_size``, retry in a minute); one
+    request's writes over a bound are INVALID_ARGUMENT, LIMIT_EXCEEDED; a
+    closing store is UNAVAILABLE, SHUTTING_DOWN; anything else failed to
+    commit: INTERNAL, STORAGE_FAILURE (logged), nothing acknowledged.
+    """
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = str(error)
+    if isinstance(error, StorageBusyError):
+        metadata = {"limit": "storage_pending_writes", "bound": error.limit_name}
+        return StorageStatus(exhausted, "RESOURCE_LIMIT", message, metadata, timedelta(milliseconds=100))
+    if isinstance(error, StorageFullError):
+        metadata = {"limit": "storage_size", "max_map_size_bytes": str(error.max_map_size_bytes)}
+        return StorageStatus(exhausted, "RESOURCE_LIMIT", message, metadata, timedelta(seconds=60))
+    if isinstance(error, BatchTooLargeError):
+        metadata = {"limit": str(error.limit), "limit_name": error.limit_name}
+        return StorageStatus(grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", message, metadata, None)
+    if isinstance(error, StorageClosedError):
+        return StorageStatus(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", message, {}, timedelta(seconds=1))
+    _log.error("a change could not be committed", exc_info=error)
+    return StorageStatus(
+        grpc.StatusCode.INTERNAL, "STORAGE_FAILURE", f"the change could not be committed: {error}", {}, None
+    )
+
+
+async def abort_storage(context: grpc.aio.ServicerContext[Any, Any], error: StorageError) -> NoReturn:
+    """Ends the call with the status of a storage error (:func:`storage_status`)."""
+    status = storage_status(error)
+    await abort(
+        context,
+        status.code,
+        status.message,
+        reason=status.reason,
+        metadata=status.metadata,
+        retry_after=status.retry_after,
+    )
 
 
 async def shutting_down(context: grpc.aio.ServicerContext[object, object], then: str = "") -> NoReturn:
