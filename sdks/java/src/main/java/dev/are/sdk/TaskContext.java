@@ -1,12 +1,18 @@
 package dev.are.sdk;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.google.protobuf.Timestamp;
+import dev.are.sdk.v1.EventType;
 import dev.are.sdk.v1.Failure;
+import dev.are.sdk.v1.ReportEventsRequest;
+import dev.are.sdk.v1.ReportedEvent;
 import dev.are.sdk.v1.TaskAssignment;
 import dev.are.sdk.v1.TaskState;
 import dev.are.sdk.v1.Usage;
 import java.time.Duration;
+import java.time.Instant;
 import java.util.List;
+import java.util.Objects;
 import java.util.Optional;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Semaphore;
@@ -29,6 +35,7 @@ public final class TaskContext {
     }
   }
 
+  private final Client client;
   private final TaskAssignment assignment;
   private final boolean interruptOnCancel;
   private byte[] input = new byte[0];
@@ -45,7 +52,8 @@ public final class TaskContext {
   private final Object threadLock = new Object();
   private Thread handlerThread;
 
-  TaskContext(TaskAssignment assignment, boolean interruptOnCancel) {
+  TaskContext(Client client, TaskAssignment assignment, boolean interruptOnCancel) {
+    this.client = client;
     this.assignment = assignment;
     this.interruptOnCancel = interruptOnCancel;
   }
@@ -162,6 +170,59 @@ public final class TaskContext {
     synchronized (usageLock) {
       return usage;
     }
+  }
+
+  /**
+   * Records one LLM call of this attempt: an EVENT_TYPE_LLM_CALL event named after {@code model}
+   * in the flight recorder (sent at once with the unary ReportEvents, on either transport), and
+   * its usage added to what the attempt reports with its result ({@link #addUsage}), which the
+   * workflow's budgets count. {@code usage} may be null; its {@code llm_calls} counts 1 when left
+   * 0. {@code took} (null: unknown) is the call's duration. The usage is counted even when the
+   * event cannot be sent. Bounded by the client's call timeout; a refusal is an {@link
+   * AreException} (FAILED_PRECONDITION, reason TASK_NOT_HELD, once the attempt is no longer held).
+   */
+  public void reportLlmCall(String model, Usage usage, Duration took) {
+    Objects.requireNonNull(model, "model");
+    Usage counted = usage == null ? Usage.getDefaultInstance() : usage;
+    if (counted.getLlmCalls() == 0) {
+      counted = counted.toBuilder().setLlmCalls(1).build();
+    }
+    addUsage(counted);
+    reportEvent(EventType.EVENT_TYPE_LLM_CALL, model, counted, took);
+  }
+
+  /**
+   * Records one tool call of this attempt: an EVENT_TYPE_TOOL_CALL event named {@code tool} in
+   * the flight recorder, and {@code tool_calls} 1 added to the attempt's usage. Otherwise as
+   * {@link #reportLlmCall}.
+   */
+  public void reportToolCall(String tool, Duration took) {
+    Objects.requireNonNull(tool, "tool");
+    Usage counted = Usage.newBuilder().setToolCalls(1).build();
+    addUsage(counted);
+    reportEvent(EventType.EVENT_TYPE_TOOL_CALL, tool, counted, took);
+  }
+
+  private void reportEvent(EventType type, String name, Usage usage, Duration took) {
+    Instant now = Instant.now();
+    ReportedEvent.Builder event =
+        ReportedEvent.newBuilder()
+            .setWorkflowId(workflowId())
+            .setTaskId(taskId())
+            .setAttempt(attempt())
+            .setEventType(type)
+            .setEventTime(
+                Timestamp.newBuilder()
+                    .setSeconds(now.getEpochSecond())
+                    .setNanos(now.getNano())
+                    .build())
+            .setName(name)
+            .setUsage(usage);
+    if (took != null && !took.isNegative() && !took.isZero()) {
+      event.setDuration(Durations.toProto(took));
+    }
+    ReportEventsRequest req = ReportEventsRequest.newBuilder().addEvents(event).build();
+    client.call("ReportEvents", () -> client.deadline(client.raw().worker()).reportEvents(req));
   }
 
   /** Records progress details (written as JSON), sent with a heartbeat at once. */

@@ -348,7 +348,7 @@ public final class Worker implements AutoCloseable {
   }
 
   private void attempt(TaskAssignment a, ExecutorService pool, ScheduledExecutorService timers) {
-    TaskContext task = new TaskContext(a, options.interruptOnCancel());
+    TaskContext task = new TaskContext(client, a, options.interruptOnCancel());
     active.add(task);
     try {
       Future<End> beats = pool.submit(() -> heartbeat(task));

@@ -1,6 +1,7 @@
 package dev.are.sdk;
 
 import java.time.Duration;
+import java.util.Map;
 import java.util.Objects;
 
 /** Options of a {@link Worker}: immutable; {@code WorkerOptions.builder()...build()}. */
@@ -13,6 +14,7 @@ public final class WorkerOptions {
   private final Duration reportTimeout;
   private final boolean interruptOnCancel;
   private final Transport transport;
+  private final Map<String, String> labels;
 
   /** How a {@link Worker} talks to the sidecar; the handlers are the same either way. */
   public enum Transport {
@@ -35,6 +37,7 @@ public final class WorkerOptions {
     this.reportTimeout = b.reportTimeout;
     this.interruptOnCancel = b.interruptOnCancel;
     this.transport = b.transport;
+    this.labels = b.labels;
   }
 
   private static Duration max(Duration a, Duration b) {
@@ -106,6 +109,16 @@ public final class WorkerOptions {
     return transport;
   }
 
+  /**
+   * Free labels sent with the stream's registration (default none). The sidecar checks them (at
+   * most 32; keys 1 to 128 characters of {@code [A-Za-z0-9._:/-]}, values at most 256 bytes) and
+   * refuses the registration with INVALID_ARGUMENT naming {@code register.labels[...]}, which ends
+   * {@link Worker#run()}. The unary transport does not send them: PollTaskRequest has no labels.
+   */
+  public Map<String, String> labels() {
+    return labels;
+  }
+
   /** Builds {@link WorkerOptions}. */
   public static final class Builder {
     private int concurrency = 16;
@@ -116,6 +129,7 @@ public final class WorkerOptions {
     private Duration reportTimeout = Duration.ofSeconds(30);
     private boolean interruptOnCancel = true;
     private Transport transport = Transport.STREAM;
+    private Map<String, String> labels = Map.of();
 
     private Builder() {}
 
@@ -164,6 +178,12 @@ public final class WorkerOptions {
     /** The transport: the Connect stream or the unary calls. */
     public Builder transport(Transport t) {
       this.transport = Objects.requireNonNull(t);
+      return this;
+    }
+
+    /** Free labels sent with the registration (copied; no null keys or values). */
+    public Builder labels(Map<String, String> labels) {
+      this.labels = Map.copyOf(labels);
       return this;
     }
 

@@ -152,7 +152,8 @@ final class WorkerStream {
                     .addAllCapabilities(worker.capabilities())
                     .setMaxConcurrency(options.concurrency())
                     .setIdentity(options.identity())
-                    .setSdk(SDK))
+                    .setSdk(SDK)
+                    .putAllLabels(options.labels()))
             .build());
     WorkerRegistered registered;
     try {
@@ -371,7 +372,7 @@ final class WorkerStream {
 
     /** Starts an assignment on the worker's pool; it runs once a handler slot is free. */
     private void start(TaskAssignment a) {
-      TaskContext task = new TaskContext(a, worker.options().interruptOnCancel());
+      TaskContext task = new TaskContext(worker.client(), a, worker.options().interruptOnCancel());
       long every = interval;
       if (a.hasHeartbeatTimeout()) {
         long ht = Durations.fromProto(a.getHeartbeatTimeout()).toNanos();

@@ -12,8 +12,11 @@ import dev.are.sdk.testing.Sidecar;
 import dev.are.sdk.testing.Sidecar.SidecarOptions;
 import dev.are.sdk.v1.CacheNamespace;
 import dev.are.sdk.v1.CacheTier;
+import dev.are.sdk.v1.Event;
 import dev.are.sdk.v1.EventFilter;
 import dev.are.sdk.v1.EventType;
+import dev.are.sdk.v1.ListEventsRequest;
+import dev.are.sdk.v1.ListEventsResponse;
 import dev.are.sdk.v1.Payload;
 import dev.are.sdk.v1.PutNamespaceResponse;
 import dev.are.sdk.v1.StreamEventsResponse;
@@ -40,6 +43,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeEach;
@@ -668,6 +672,127 @@ class SidecarTest {
     } finally {
       own.close();
     }
+  }
+
+  @Test
+  void labelsGoInTheStreamsRegistration() throws Exception {
+    String run = "r" + System.nanoTime();
+    WorkerOptions labelled =
+        WorkerOptions.builder()
+            .transport(WorkerOptions.Transport.STREAM)
+            .pollTimeout(Duration.ofSeconds(2))
+            .shutdownGrace(Duration.ofSeconds(5))
+            .labels(Map.of("team", "java", "run", run))
+            .build();
+    assertEquals(Map.of("team", "java", "run", run), labelled.labels());
+    assertEquals(Map.of(), WorkerOptions.defaults().labels());
+    // The sidecar shows a worker's labels nowhere (no RPC lists workers with them); what is
+    // observable is that it accepts them, and refuses a bad key naming the field.
+    Worker worker =
+        new Worker(client, "java-labelled-" + run, labelled)
+            .handle("java-labelled-" + run, task -> "ok")
+            .start();
+    WorkflowBuilder spec =
+        new WorkflowBuilder("java-labels")
+            .task(new TaskBuilder("a", "java-labelled-" + run).maxAttempts(1, Duration.ofMillis(10)));
+    assertEquals("ok", client.submit(spec).result(WAIT, String.class));
+    stopWorker(worker);
+
+    Worker bad =
+        new Worker(
+                client,
+                "java-badly-labelled",
+                WorkerOptions.builder()
+                    .transport(WorkerOptions.Transport.STREAM)
+                    .labels(Map.of("bad key!", "x"))
+                    .build())
+            .handle("java-x", task -> null);
+    AreException e = assertThrows(AreException.class, bad::run);
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.code(), e.getMessage());
+    assertTrue(
+        e.field("register.labels['bad key!']").isPresent(), "violations " + e.fieldViolations());
+  }
+
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void handlersReportLlmAndToolCalls(WorkerOptions.Transport transport) throws Exception {
+    String model = "java-model-" + transport.name().toLowerCase() + "-" + System.nanoTime();
+    AtomicReference<TaskContext> held = new AtomicReference<>();
+    Worker worker =
+        new Worker(client, "java-reporter", fast(transport))
+            .handle(
+                "java-report",
+                task -> {
+                  held.set(task);
+                  task.reportLlmCall(
+                      model,
+                      Usage.newBuilder()
+                          .setInputTokens(20)
+                          .setOutputTokens(4)
+                          .setCostMicroUsd(30)
+                          .build(),
+                      Duration.ofMillis(15));
+                  task.reportLlmCall(model, null, null); // counts one call, no tokens
+                  task.reportToolCall("search", Duration.ofMillis(1));
+                  return "done";
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-report")
+                .task(new TaskBuilder("t", "java-report").maxAttempts(1, Duration.ofMillis(10))));
+    assertEquals("done", handle.result(WAIT, String.class));
+    stopWorker(worker);
+
+    // The attempt's usage, reported with its result: both LLM calls and the tool call.
+    Usage usage = handle.task("t").getUsage().getUsage();
+    assertEquals(20, usage.getInputTokens(), usage.toString());
+    assertEquals(4, usage.getOutputTokens(), usage.toString());
+    assertEquals(30, usage.getCostMicroUsd(), usage.toString());
+    assertEquals(2, usage.getLlmCalls(), usage.toString());
+    assertEquals(1, usage.getToolCalls(), usage.toString());
+
+    ListEventsResponse page =
+        client
+            .raw()
+            .trace()
+            .withDeadlineAfter(WAIT.toMillis(), TimeUnit.MILLISECONDS)
+            .listEvents(
+                ListEventsRequest.newBuilder()
+                    .setFilter(
+                        EventFilter.newBuilder()
+                            .addWorkflowIds(handle.id())
+                            .addEventTypes(EventType.EVENT_TYPE_LLM_CALL)
+                            .addEventTypes(EventType.EVENT_TYPE_TOOL_CALL))
+                    .setPageSize(100)
+                    .build());
+    List<Event> llm = new ArrayList<>();
+    List<Event> tools = new ArrayList<>();
+    for (Event event : page.getEventsList()) {
+      assertEquals("t", event.getTaskId());
+      assertEquals(1, event.getAttempt());
+      (event.getEventType() == EventType.EVENT_TYPE_LLM_CALL ? llm : tools).add(event);
+    }
+    assertEquals(2, llm.size(), page.toString());
+    Event first = llm.get(0);
+    assertEquals(model, first.getName());
+    assertEquals(20, first.getUsage().getInputTokens());
+    assertEquals(4, first.getUsage().getOutputTokens());
+    assertEquals(30, first.getUsage().getCostMicroUsd());
+    assertEquals(1, first.getUsage().getLlmCalls());
+    assertEquals(Duration.ofMillis(15), Durations.fromProto(first.getDuration()));
+    assertEquals(model, llm.get(1).getName());
+    assertEquals(1, llm.get(1).getUsage().getLlmCalls());
+    assertFalse(llm.get(1).hasDuration());
+    assertEquals(1, tools.size(), page.toString());
+    assertEquals("search", tools.get(0).getName());
+    assertEquals(1, tools.get(0).getUsage().getToolCalls());
+
+    // Once the attempt is over, its events are refused.
+    AreException e =
+        assertThrows(AreException.class, () -> held.get().reportToolCall("late", null));
+    assertEquals(Status.Code.FAILED_PRECONDITION, e.code(), e.getMessage());
+    assertEquals("TASK_NOT_HELD", e.reason());
   }
 
   @ParameterizedTest
