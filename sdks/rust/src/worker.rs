@@ -130,6 +130,7 @@ pub struct Task {
     usage: Arc<Mutex<pb::Usage>>,
     heartbeat: Arc<Mutex<Option<serde_json::Value>>>,
     kick: Arc<Notify>,
+    client: Client,
 }
 
 impl Task {
@@ -166,6 +167,77 @@ impl Task {
         usage.tool_calls += u.tool_calls;
     }
 
+    /// Records one LLM call of this attempt: an `EVENT_TYPE_LLM_CALL` event
+    /// named after `model` in the flight recorder, and `usage` added to what
+    /// the attempt reports with its result ([`Task::add_usage`]), which the
+    /// workflow's budgets count. `usage.llm_calls` counts 1 when left 0;
+    /// `took` (`None`: unknown) is the call's duration.
+    ///
+    /// The event is sent at once with the unary ReportEvents, on either
+    /// transport, bounded by the client's call timeout; the usage is counted
+    /// even when it cannot be sent. Once the attempt is no longer held the
+    /// sidecar refuses it: FAILED_PRECONDITION, reason `TASK_NOT_HELD`.
+    pub async fn report_llm_call(
+        &self,
+        model: &str,
+        mut usage: pb::Usage,
+        took: Option<Duration>,
+    ) -> Result<()> {
+        if usage.llm_calls == 0 {
+            usage.llm_calls = 1;
+        }
+        self.add_usage(usage);
+        self.report_event(pb::EventType::LlmCall, model, usage, took)
+            .await
+    }
+
+    /// Records one tool call of this attempt: an `EVENT_TYPE_TOOL_CALL` event
+    /// named `tool` in the flight recorder, and `tool_calls` 1 added to the
+    /// attempt's usage. Otherwise as [`Task::report_llm_call`].
+    pub async fn report_tool_call(&self, tool: &str, took: Option<Duration>) -> Result<()> {
+        let usage = pb::Usage {
+            tool_calls: 1,
+            ..Default::default()
+        };
+        self.add_usage(usage);
+        self.report_event(pb::EventType::ToolCall, tool, usage, took)
+            .await
+    }
+
+    /// Sends one event of this attempt (ReportEvents).
+    async fn report_event(
+        &self,
+        event_type: pb::EventType,
+        name: &str,
+        usage: pb::Usage,
+        took: Option<Duration>,
+    ) -> Result<()> {
+        let event = pb::ReportedEvent {
+            workflow_id: self.workflow_id.clone(),
+            task_id: self.task_id.clone(),
+            attempt: self.attempt,
+            event_type: event_type as i32,
+            event_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+            name: name.to_string(),
+            duration: took
+                .filter(|d| !d.is_zero())
+                .map(|d| prost_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: d.subsec_nanos() as i32,
+                }),
+            usage: Some(usage),
+            ..Default::default()
+        };
+        let mut stub = self.client.raw().worker;
+        let req = pb::ReportEventsRequest {
+            events: vec![event],
+        };
+        self.client
+            .unary("ReportEvents", stub.report_events(req))
+            .await
+            .map(|_| ())
+    }
+
     /// Records progress details, sent with a heartbeat at once.
     pub fn record_heartbeat(&self, details: serde_json::Value) {
         *self.heartbeat.lock().unwrap() = Some(details);
@@ -173,7 +245,7 @@ impl Task {
     }
 
     /// A task of an assignment, before its blobs are read.
-    fn of(a: pb::TaskAssignment) -> Task {
+    fn of(a: pb::TaskAssignment, client: Client) -> Task {
         Task {
             workflow_id: a.workflow_id.clone(),
             task_id: a.task_id.clone(),
@@ -188,6 +260,7 @@ impl Task {
             usage: Arc::default(),
             heartbeat: Arc::default(),
             kick: Arc::default(),
+            client,
         }
     }
 
@@ -223,6 +296,12 @@ pub struct WorkerOptions {
     pub concurrency: usize,
     /// Who this process is, for humans (default "pid N").
     pub identity: String,
+    /// Free labels sent with the stream's registration (default none;
+    /// at most 32, keys 1 to 128 characters of `[A-Za-z0-9._:/-]`, values at
+    /// most 256 bytes: `run` returns the sidecar's INVALID_ARGUMENT, naming
+    /// the field, for a bad one). The unary path has no field for them
+    /// (PollTaskRequest carries none), so a unary worker sends none.
+    pub labels: HashMap<String, String>,
     /// Deadline of each PollTask long poll on the unary path (default 10 s,
     /// at least 2 s). A
     /// stopping worker lets the poll in flight finish (a poll cancelled as a
@@ -252,6 +331,7 @@ impl Default for WorkerOptions {
             concurrency: 16,
             transport: WorkerTransport::default(),
             identity: format!("pid {}", std::process::id()),
+            labels: HashMap::new(),
             poll_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
@@ -471,7 +551,7 @@ struct Attempt {
 
 impl Attempt {
     async fn run(self, a: pb::TaskAssignment) {
-        let task = Task::of(a);
+        let task = Task::of(a, self.client.clone());
         let done = CancellationToken::new();
         let beats = tokio::spawn(self.heartbeat(task.clone(), done.clone()));
         let outcome = self.call(task.clone()).await;

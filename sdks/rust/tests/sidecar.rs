@@ -56,6 +56,7 @@ on_both_transports!(
     cancellation_reaches_a_running_handler,
     large_output_as_a_blob_and_the_event_stream,
     graceful_shutdown_lets_a_running_handler_finish,
+    handlers_report_llm_and_tool_calls,
 );
 
 async fn start() -> (Sidecar, Client) {
@@ -649,4 +650,175 @@ async fn a_stopping_sidecar_takes_back_a_running_attempt() {
     running.stop().await;
     assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
     assert_eq!(stats.completed.load(Ordering::Relaxed), 0);
+}
+
+/// A name no other test (or run) uses.
+fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{nanos}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[tokio::test]
+async fn labels_go_in_the_streams_registration() {
+    let (_sidecar, client) = start().await;
+    assert!(WorkerOptions::default().labels.is_empty());
+    // The sidecar shows a worker's labels nowhere (no RPC lists workers with
+    // them); what is observable is that it accepts them, and refuses a bad
+    // key naming the field.
+    let run = unique("r");
+    let capability = format!("rust-labelled-{run}");
+    let labelled = WorkerOptions {
+        labels: HashMap::from([
+            ("team".to_string(), "rust".to_string()),
+            ("run".to_string(), run.clone()),
+        ]),
+        ..fast(WorkerTransport::Stream)
+    };
+    let worker = Worker::new(&client, &capability, labelled)
+        .handle(&capability, |_task| async move { Ok(json!("ok")) });
+    let (running, stats) = Running::spawn(worker);
+    let handle =
+        client
+            .submit(WorkflowBuilder::new("rust-labels").task(
+                TaskBuilder::new("a", &capability).max_attempts(1, Duration::from_millis(10)),
+            ))
+            .await
+            .unwrap();
+    let result: String = handle.result(WAIT).await.unwrap();
+    assert_eq!(result, "ok");
+    running.stop().await;
+    assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
+
+    let bad = WorkerOptions {
+        labels: HashMap::from([("bad key!".to_string(), "x".to_string())]),
+        ..fast(WorkerTransport::Stream)
+    };
+    let worker = Worker::new(&client, "rust-badly-labelled", bad)
+        .handle("rust-x", |_task| async move { Ok(Value::Null) });
+    let e = timeout(WAIT, worker.run(CancellationToken::new()))
+        .await
+        .expect("run returned in time")
+        .unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert!(
+        e.field("register.labels['bad key!']").is_some(),
+        "violations {:?}",
+        e.field_violations
+    );
+    assert_eq!(worker.stats().connects.load(Ordering::Relaxed), 0);
+}
+
+async fn handlers_report_llm_and_tool_calls(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    let model = unique(&format!("rust-model-{transport:?}").to_lowercase());
+    let held = Arc::new(Mutex::new(None));
+    let (held2, model2) = (held.clone(), model.clone());
+    let worker =
+        Worker::new(&client, "rust-reporter", fast(transport)).handle("rust-report", move |task| {
+            let (held, model) = (held2.clone(), model2.clone());
+            async move {
+                *held.lock().unwrap() = Some(task.clone());
+                let usage = pb::Usage {
+                    input_tokens: 20,
+                    output_tokens: 4,
+                    cost_micro_usd: 30,
+                    ..Default::default()
+                };
+                task.report_llm_call(&model, usage, Some(Duration::from_millis(15)))
+                    .await?;
+                // Counts one call, no tokens.
+                task.report_llm_call(&model, pb::Usage::default(), None)
+                    .await?;
+                task.report_tool_call("search", Some(Duration::from_millis(1)))
+                    .await?;
+                Ok(json!("done"))
+            }
+        });
+    let (running, _) = Running::spawn(worker);
+    let handle =
+        client
+            .submit(WorkflowBuilder::new("rust-report").task(
+                TaskBuilder::new("t", "rust-report").max_attempts(1, Duration::from_millis(10)),
+            ))
+            .await
+            .unwrap();
+    let result: String = handle.result(WAIT).await.unwrap();
+    assert_eq!(result, "done");
+    running.stop().await;
+
+    // The attempt's usage, reported with its result: both LLM calls and the
+    // tool call; the workflow's sums the same.
+    let want = pb::Usage {
+        input_tokens: 20,
+        output_tokens: 4,
+        cost_micro_usd: 30,
+        llm_calls: 2,
+        tool_calls: 1,
+    };
+    let task = handle.task("t").await.unwrap();
+    assert_eq!(task.usage.and_then(|u| u.usage), Some(want));
+    let workflow = handle.get().await.unwrap();
+    assert_eq!(workflow.usage.and_then(|u| u.usage), Some(want));
+
+    let mut trace = client.raw().trace;
+    let page = trace
+        .list_events(pb::ListEventsRequest {
+            filter: Some(pb::EventFilter {
+                workflow_ids: vec![handle.id.clone()],
+                event_types: vec![
+                    pb::EventType::LlmCall as i32,
+                    pb::EventType::ToolCall as i32,
+                ],
+                ..Default::default()
+            }),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut llm, mut tools) = (Vec::new(), Vec::new());
+    for event in page.events {
+        assert_eq!((event.task_id.as_str(), event.attempt), ("t", 1));
+        if event.event_type == pb::EventType::LlmCall as i32 {
+            llm.push(event);
+        } else {
+            tools.push(event);
+        }
+    }
+    assert_eq!(llm.len(), 2, "{llm:?}");
+    assert_eq!(llm[0].name, model);
+    assert_eq!(
+        llm[0].usage,
+        Some(pb::Usage {
+            input_tokens: 20,
+            output_tokens: 4,
+            cost_micro_usd: 30,
+            llm_calls: 1,
+            tool_calls: 0,
+        })
+    );
+    assert_eq!(
+        llm[0].duration,
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 15_000_000
+        })
+    );
+    assert_eq!(llm[1].name, model);
+    assert_eq!(llm[1].usage.map(|u| u.llm_calls), Some(1));
+    assert_eq!(llm[1].duration, None);
+    assert_eq!(tools.len(), 1, "{tools:?}");
+    assert_eq!(tools[0].name, "search");
+    assert_eq!(tools[0].usage.map(|u| u.tool_calls), Some(1));
+
+    // Once the attempt is over, its events are refused.
+    let task = held.lock().unwrap().take().expect("the handler ran");
+    let e = task.report_tool_call("late", None).await.unwrap_err();
+    assert_eq!(e.code, Code::FailedPrecondition, "{e}");
+    assert_eq!(e.reason, "TASK_NOT_HELD");
 }

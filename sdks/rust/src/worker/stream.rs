@@ -294,6 +294,7 @@ impl Worker {
             max_concurrency: self.options.concurrency as i32,
             identity: self.options.identity.clone(),
             sdk: SDK.into(),
+            labels: self.options.labels.clone(),
             ..Default::default()
         };
         tx.send(pb::ConnectRequest {
@@ -473,7 +474,7 @@ impl Worker {
             every = every.min(ht / 4);
         }
         let every = every.max(Duration::from_millis(50));
-        let task = Task::of(a);
+        let task = Task::of(a, self.client.clone());
         session.pending.lock().unwrap().held.insert(
             key.clone(),
             Held {
