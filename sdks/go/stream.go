@@ -129,6 +129,7 @@ func (w *Worker) openStream(ctx context.Context) (*streamSession, error) {
 		MaxConcurrency: int32(w.opts.Concurrency),
 		Identity:       w.opts.Identity,
 		Sdk:            sdkName,
+		Labels:         w.opts.Labels,
 	}}})
 	var first *arev1.ConnectResponse
 	if err == nil || errors.Is(err, io.EOF) {

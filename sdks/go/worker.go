@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime/debug"
 	"sort"
@@ -309,6 +310,13 @@ type WorkerOptions struct {
 	Concurrency int
 	// Identity says who this process is, for humans (default "host:pid N").
 	Identity string
+	// Labels are free labels sent with the stream registration
+	// (WorkerRegistration.labels): at most 32, keys 1 to 128 characters of
+	// [A-Za-z0-9._:/-], values at most 256 UTF-8 bytes. A bad label makes
+	// the sidecar refuse the worker (Run returns INVALID_ARGUMENT naming the
+	// field, for example register.labels['bad key!']). The unary transport
+	// has no field for them (PollTask carries none): they are not sent.
+	Labels map[string]string
 	// PollTimeout (unary) is the deadline of each PollTask long poll (default 10 s;
 	// the sidecar answers about 1 s before it). A stopping worker lets the
 	// poll in flight finish rather than cancel it, since a poll cancelled
@@ -398,6 +406,9 @@ func (c *Client) NewWorker(name string, opts WorkerOptions) *Worker {
 	}
 	if opts.ReconnectMaxDelay <= 0 {
 		opts.ReconnectMaxDelay = 5 * time.Second
+	}
+	if opts.Labels != nil {
+		opts.Labels = maps.Clone(opts.Labels)
 	}
 	logger := opts.Logger
 	if logger == nil {

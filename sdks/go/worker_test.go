@@ -453,3 +453,49 @@ func TestWorkerRefusedForABadCapabilityStops(t *testing.T) {
 		}
 	})
 }
+
+func TestWorkerLabelsAreSentWithTheStreamRegistration(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-labelled")
+	opts := fastWorker // the stream, the default transport
+	opts.Labels = map[string]string{"team": "go", "run": capability}
+	// The sidecar shows a worker's labels nowhere (no RPC lists workers with
+	// them); what is observable is that it accepts them, and refuses a bad
+	// key naming the field.
+	worker := client.NewWorker(name("go-labelled-worker"), opts)
+	opts.Labels["team"] = "changed after NewWorker" // the worker keeps its own copy
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		return []byte(`"ok"`), nil
+	})
+	stop := run(t, worker)
+	spec, err := are.NewWorkflow("go-labels").Task("a", capability).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != `"ok"` {
+		t.Fatalf("result = %s, %v; want the labelled worker's \"ok\"", result, err)
+	}
+	stop()
+	if stats := worker.Stats(); stats.Completed != 1 || stats.Connects < 1 {
+		t.Fatalf("worker stats = %+v; want 1 completed over the stream", stats)
+	}
+
+	bad := fastWorker
+	bad.Labels = map[string]string{"bad key!": "x"}
+	refused := client.NewWorker(name("go-badly-labelled"), bad)
+	refused.Handle(name("go-x"), func(ctx context.Context, task *are.Task) ([]byte, error) { return nil, nil })
+	err = refused.Run(within(t, 30*time.Second))
+	var aerr *are.Error
+	if !errors.Is(err, are.ErrInvalidArgument) || !errors.As(err, &aerr) {
+		t.Fatalf("Run with a bad label key = %v; want INVALID_ARGUMENT at once", err)
+	}
+	if _, ok := aerr.Field("register.labels['bad key!']"); !ok {
+		t.Fatalf("Run with a bad label key = %v; want a violation of register.labels['bad key!']", err)
+	}
+}
