@@ -114,7 +114,13 @@ export class StreamSession {
    */
   static async open(
     client: Client,
-    registration: { workerName: string; capabilities: string[]; maxConcurrency: number; identity: string },
+    registration: {
+      workerName: string;
+      capabilities: string[];
+      maxConcurrency: number;
+      identity: string;
+      labels: Record<string, string>;
+    },
     onAssignment: (assignment: TaskAssignment, session: StreamSession) => void,
     warn: (message: string) => void,
     signal: AbortSignal,

@@ -20,8 +20,8 @@
  * Two transports carry the same handlers (`transport` in {@link WorkerOptions}):
  *
  * - `"stream"` (the default): one `Connect` stream per worker. It registers
- *   (name, capabilities, `maxConcurrency`, identity); the sidecar assigns at
- *   most `maxConcurrency` attempts at once; heartbeats of running attempts go
+ *   (name, capabilities, `maxConcurrency`, identity, labels); the sidecar
+ *   assigns at most `maxConcurrency` attempts at once; heartbeats of running attempts go
  *   in batches at the interval the registration answer gives (and at least
  *   three times per heartbeat timeout); results and events go in batches and
  *   each result waits for its TaskAck (a refusal such as TASK_NOT_HELD is
@@ -168,6 +168,15 @@ export interface WorkerOptions {
   maxConcurrency?: number;
   /** Who this process is, for humans; default `host:pid N`. */
   identity?: string;
+  /**
+   * Free labels sent with the stream registration (`WorkerRegistration.labels`):
+   * at most 32, keys 1 to 128 characters of `[A-Za-z0-9._:/-]`, values at most
+   * 256 UTF-8 bytes. A bad label makes the sidecar refuse the worker: `run()`
+   * rejects with INVALID_ARGUMENT naming the field (for example
+   * `register.labels['bad key!']`). The unary transport has no field for them
+   * (`PollTask` carries none): there they are not sent.
+   */
+  labels?: Record<string, string>;
   /**
    * The deadline of one long poll (unary transport); the sidecar answers
    * about 1 s before it. It also bounds how long stop() waits for the poll
@@ -476,6 +485,8 @@ export class Worker {
   readonly name: string;
   readonly maxConcurrency: number;
   readonly identity: string;
+  /** The labels sent with the stream registration (a copy of the option's). */
+  readonly labels: Readonly<Record<string, string>>;
   /** Counters since the worker was made. */
   readonly stats: WorkerStats = { completed: 0, failed: 0, cancelled: 0, polls: 0, connects: 0 };
   /** The transport (see {@link WorkerTransport}). */
@@ -512,6 +523,7 @@ export class Worker {
     this.name = options.name;
     this.maxConcurrency = maxConcurrency;
     this.identity = options.identity ?? `${hostname()}:pid ${process.pid}`;
+    this.labels = Object.freeze({ ...(options.labels ?? {}) });
     this.pollTimeoutMs = options.pollTimeoutMs ?? 10_000;
     if (!(this.pollTimeoutMs >= 1_500)) throw new RangeError(`pollTimeoutMs must be at least 1,500, got ${this.pollTimeoutMs}`);
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2_000;
@@ -679,7 +691,13 @@ export class Worker {
       try {
         session = await StreamSession.open(
           this.client,
-          { workerName: this.name, capabilities, maxConcurrency: this.maxConcurrency, identity: this.identity },
+          {
+            workerName: this.name,
+            capabilities,
+            maxConcurrency: this.maxConcurrency,
+            identity: this.identity,
+            labels: { ...this.labels },
+          },
           (assignment, session) => this.start(assignment, session),
           (message) => this.logger.warn(`worker ${this.name}: ${message}`),
           stopSignal,

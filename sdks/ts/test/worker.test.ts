@@ -301,3 +301,36 @@ for (const transport of ["stream", "unary"] as const) {
     });
   });
 }
+
+describe("worker labels", () => {
+  // The sidecar shows a worker's labels nowhere (no RPC lists workers with
+  // them); what is observable is that it accepts them with the stream
+  // registration, and refuses a bad key naming the field.
+  test("a labelled worker registers over the stream and runs a task; a bad label key is refused", async () => {
+    const capability = unique("ts-labelled");
+    const labels = { team: "ts", run: capability };
+    const worker = new Worker(client, { ...FAST, name: unique("ts-labelled-worker"), labels }).handle(capability, () => "ok");
+    labels.team = "changed after the worker was made"; // the worker keeps its own copy
+    assert.equal(worker.transport, "stream");
+    assert.deepEqual(worker.labels, { team: "ts", run: capability });
+    await serving(worker, async () => {
+      const handle = await client.workflows.submit(new WorkflowSpec("ts-labels").task("a", { capability }));
+      assert.equal(await handle.result(WAIT), "ok");
+    });
+    assert.equal(worker.stats.completed, 1);
+    assert.ok(worker.stats.connects >= 1);
+
+    const bad = new Worker(client, { ...FAST, name: unique("ts-badly-labelled"), labels: { "bad key!": "x" } }).handle(
+      unique("ts-x"),
+      () => null,
+    );
+    const error = await within(bad.run(), 20_000, "run() to reject").catch((e: unknown) => e);
+    assert.ok(error instanceof AreError, String(error));
+    assert.equal(error.code, Code.INVALID_ARGUMENT);
+    assert.ok(
+      error.fieldViolations.some((v) => v.field === "register.labels['bad key!']"),
+      `violations ${JSON.stringify(error.fieldViolations)}`,
+    );
+    assert.equal(bad.isRunning, false);
+  });
+});
