@@ -61,7 +61,13 @@ from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._status import abort, storage_status
 
-__all__ = ["RouterCapability", "RouterServicer", "agent_spec_from_card", "new_router_index"]
+__all__ = [
+    "InvalidCardError",
+    "RouterCapability",
+    "RouterServicer",
+    "agent_spec_from_card",
+    "new_router_index",
+]
 
 _log = logging.getLogger("are.router")
 
@@ -577,17 +583,38 @@ def _agent_spec(card: agent_pb2.AgentCard, field: str, dimension: int) -> AgentS
     )
 
 
+class InvalidCardError(Exception):
+    """A worker's declared card is invalid: the field, the reason and the status metadata."""
+
+    def __init__(self, field: str, message: str, reason: str, metadata: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata)
+
+
 def agent_spec_from_card(card: agent_pb2.AgentCard, dimension: int, field: str = "agent_card") -> AgentSpec:
-    """Converts a worker's declared card (WorkerService) to the engine's spec.
+    """Converts a worker's declared card (WorkerService registration) to the engine's spec.
+
+    Checked as RegisterAgent checks a card, with the fields named under ``field``.
 
     Raises:
-        ValueError: A field is invalid; the message names it.
-        DimensionMismatchError: The card's vector does not fit the router index.
+        InvalidCardError: A field is invalid (a vector of the wrong dimension
+            too: reason DIMENSION_MISMATCH, with the expected and actual
+            dimensions in the metadata).
     """
     try:
         return _agent_spec(card, field, dimension)
     except _InvalidFieldError as error:
-        raise ValueError(error.message) from None
+        raise InvalidCardError(error.field, error.message, error.reason, error.metadata) from None
+    except DimensionMismatchError as error:
+        raise InvalidCardError(
+            f"{field}.vector",
+            f"`{field}.vector` has {error.actual} components; the router's dimension is {error.expected}",
+            "DIMENSION_MISMATCH",
+            {"expected_dimension": str(error.expected), "actual_dimension": str(error.actual)},
+        ) from None
 
 
 def _route_query(request: router_service_pb2.RouteTaskRequest, dimension: int) -> RouteQuery:

@@ -51,6 +51,7 @@ from typing import Any
 import msgspec
 
 from are_core import state as st
+from are_core.router import AgentSpec
 from are_core.scheduler import (
     CACHE_BLOB_SHA256,
     CACHE_BLOB_SIZE,
@@ -75,7 +76,7 @@ from are_core.trace import EventRecorder
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, workflow_pb2
 from sidecar._cache import CacheCapability
 from sidecar._capability import Runtime
-from sidecar._router import RouterCapability
+from sidecar._router import InvalidCardError, RouterCapability, agent_spec_from_card
 from sidecar._scheduler_convert import BlobPayload, blob_from_proto
 from sidecar._state import ForkPlan, StateCapability
 
@@ -187,6 +188,9 @@ class Wiring:
             self.state.fork_hook = self.fork
             self.state.fork_check = self.check_fork
             engine.stage_blob_reference = self.stage_blob_reference
+        # The cards stream workers declared at registration, by worker id
+        # (bounded by the connected workers; dropped when one disconnects).
+        self._cards: dict[str, AgentSpec] = {}
         if self.router is not None:
             features.add("intent")
             engine.route = self.route
@@ -420,6 +424,31 @@ class Wiring:
             "are.route.mode": "COST_BIASED",
         }
 
+    def declare_card(self, worker_id: str, registration: Any) -> None:
+        """Keeps the card a stream worker declared, for the router (before it connects).
+
+        Raises:
+            InvalidCardError: The card is invalid, or names a capability the
+                worker does not serve (a routed task would find no worker);
+                nothing is kept.
+        """
+        if self.router is None or not registration.HasField("agent_card"):
+            return  # without the router there is no one to describe the worker to
+        field = "register.agent_card"
+        served = set(registration.capabilities)
+        for i, capability in enumerate(registration.agent_card.capabilities):
+            if capability not in served:
+                message = (
+                    f"`{field}.capabilities[{i}]` ({capability!r}) is not a capability the worker serves"
+                )
+                raise InvalidCardError(f"{field}.capabilities[{i}]", message, "INVALID_ARGUMENT", {})
+        dimension = self.router.engine.dimension
+        self._cards[worker_id] = agent_spec_from_card(registration.agent_card, dimension, field)
+
+    def forget_card(self, worker_id: str) -> None:
+        """Drops a declared card whose worker never connected."""
+        self._cards.pop(worker_id, None)
+
     def worker_changed(self, worker: WorkerHandle) -> None:
         """Mirrors a stream worker's capabilities, load and availability in the router."""
         if "@poll-" in worker.worker_id:
@@ -428,6 +457,7 @@ class Wiring:
         router = self.router.engine
         try:
             if not worker.connected:
+                self._cards.pop(worker.worker_id, None)
                 router.update_worker(
                     worker.worker_id, name=worker.name, capabilities=worker.capabilities, available=False
                 )
@@ -440,6 +470,7 @@ class Wiring:
                 running=worker.max_concurrency - worker.free,
                 capacity=worker.max_concurrency,
                 available=worker.connected and not worker.draining,
+                card=self._cards.get(worker.worker_id),
             )
         except Exception:  # noqa: BLE001 - routing metadata must never break dispatch
             _log.warning("router update failed", exc_info=True)

@@ -24,6 +24,7 @@ from are_core.storage import StorageError
 from are_core.trace import EventDraft, EventUsage, FailureInfo
 from are_sdk._proto.are.v1 import event_pb2, worker_service_pb2, worker_service_pb2_grpc
 from are_sdk._proto.are.v1 import worker_service_pb2 as pb
+from sidecar._router import InvalidCardError
 from sidecar._scheduler_convert import (
     abort_for,
     assignment_to_proto,
@@ -263,6 +264,36 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         for stream in list(self._streams):
             stream.end()
 
+    async def _answer_registration(
+        self, context: _Context, worker_id: str, reg: pb.WorkerRegistration
+    ) -> None:
+        """Keeps the card the worker declared (checked first) and answers its registration."""
+        try:
+            self._wiring.declare_card(worker_id, reg)
+        except InvalidCardError as error:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                error.message,
+                reason=error.reason,
+                metadata=error.metadata,
+                field_violations=[(error.field, error.message)],
+            )
+        try:
+            await context.write(
+                pb.ConnectResponse(
+                    registered=pb.WorkerRegistered(
+                        worker_id=worker_id,
+                        heartbeat_interval=duration_pb2.Duration(seconds=int(HEARTBEAT_INTERVAL_S)),
+                        max_assignments_per_batch=MAX_ASSIGNMENTS_PER_BATCH,
+                        server_time=timestamp(time.time_ns()),
+                    )
+                )
+            )
+        except BaseException:
+            self._wiring.forget_card(worker_id)  # it never connected
+            raise
+
     async def Connect(  # noqa: C901, N802 - the RPC's name; the stream's lifecycle in one place
         self,
         request_iterator: Any,  # noqa: ARG002 - the stream is read with context.read()
@@ -304,16 +335,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             )
         stream = _Stream(self._engine, self._wiring)
         worker_id = f"{reg.worker_name}-{secrets.token_hex(6)}"
-        await context.write(
-            pb.ConnectResponse(
-                registered=pb.WorkerRegistered(
-                    worker_id=worker_id,
-                    heartbeat_interval=duration_pb2.Duration(seconds=int(HEARTBEAT_INTERVAL_S)),
-                    max_assignments_per_batch=MAX_ASSIGNMENTS_PER_BATCH,
-                    server_time=timestamp(time.time_ns()),
-                )
-            )
-        )
+        await self._answer_registration(context, worker_id, reg)
         handle = self._engine.connect_worker(
             reg.worker_name,
             list(reg.capabilities),

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 from google.protobuf import duration_pb2
 
-from are_sdk import Client, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from are_sdk import (
+    AgentCard,
+    Client,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    Worker,
+    WorkflowSpec,
+)
 from are_sdk._proto.are.v1 import agent_pb2, event_pb2, router_service_pb2, state_pb2, trace_service_pb2
 from are_sdk._proto.are.v1 import cache_service_pb2 as cs
 from are_sdk._proto.are.v1 import common_pb2 as c
@@ -370,6 +378,51 @@ async def test_an_intent_is_routed_at_scheduling_and_recorded(client: Client) ->
     assert attributes["are.route.agent_id"] == f"agent-{cap}"
     await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(assignment, "ok")))
     assert (await wait_closed(client, wid)).state == wf.WORKFLOW_STATE_COMPLETED
+
+
+async def test_workers_declare_their_cards_and_intents_go_to_the_cheapest_class(client: Client) -> None:
+    n = next(_ids)
+    words = f"summarise quarterly filings of mining firms zq{n}x"
+    classes = {"cheap": 3, "dear": 900}
+    caps = {name: unique_capability(f"sum-{name}") for name in classes}
+    workers = []
+    for name, cost in classes.items():
+        card = AgentCard(
+            f"class-{name}-{n}", description=words, capabilities=(caps[name],), cost_per_call_micro_usd=cost
+        )
+        worker = Worker(client, name=f"{name}-{n}", card=card)
+        worker.register(caps[name], lambda ctx, answer=name: answer)
+        workers.append(worker)
+    async with workers[0], workers[1]:
+        cards, _ = await client.router.list_agents(capability=caps["cheap"])
+        assert [(a.agent_id, a.source, a.cost_per_call_micro_usd, a.available) for a in cards] == [
+            (f"class-cheap-{n}", "worker", 3, True)
+        ]
+        assert cards[0].description == words
+        handle = await client.submit_workflow(WorkflowSpec().task("a", intent=words))
+        assert await handle.result(timeout=30) == "cheap"  # cost-biased: both clear the threshold
+        routed = await _events(client, handle.workflow_id, event_pb2.EVENT_TYPE_TASK_ROUTED)
+        assert _attributes(routed[0])["are.route.agent_id"] == f"class-cheap-{n}"
+    cards, _ = await client.router.list_agents(capability=caps["cheap"])
+    assert [a.available for a in cards] in ([], [False])  # the worker left: its class is gone
+
+
+async def test_a_declared_card_is_checked_and_names_the_field(client: Client) -> None:
+    cap = unique_capability("bad-card")
+    bad_cards = {
+        "register.agent_card.vector": AgentCard("bad-vector", capabilities=(cap,), vector=[1.0, 0.0]),
+        "register.agent_card.capabilities[0]": AgentCard("bad-cap", capabilities=("not-served",)),
+        "register.agent_card.agent_id": AgentCard("bad id!", capabilities=(cap,)),
+    }
+    for field, card in bad_cards.items():
+        worker = Worker(client, name=f"bad-card-{next(_ids)}", card=card)
+        worker.register(cap, lambda ctx: None)
+        with pytest.raises(InvalidArgumentError) as caught:
+            await worker.run(handle_signals=False)
+        assert [v.field for v in caught.value.field_violations] == [field]
+        assert worker.stats["connects"] == 0
+    cards, _ = await client.router.list_agents(capability=cap)
+    assert cards == []  # nothing was declared
 
 
 async def test_an_intent_nothing_matches_fails_with_routing(client: Client) -> None:

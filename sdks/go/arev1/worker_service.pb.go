@@ -169,7 +169,12 @@ type WorkerRegistration struct {
 	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// An optional card describing the worker to the router. Workers
 	// registering the same agent_id share one card whose load and
-	// availability follow them; its capabilities default to the worker's.
+	// availability follow them (a card registered with RegisterAgent under
+	// that id describes them, else the first worker's); its capabilities
+	// default to the worker's and, when given, must be among them. It is checked as RegisterAgent checks a card: an invalid one
+	// refuses the registration with INVALID_ARGUMENT naming the field under
+	// `register.agent_card` (reason DIMENSION_MISMATCH for a vector of the
+	// wrong size). Ignored when the sidecar runs without the router.
 	// When unset the worker still appears in the router's index, as a card
 	// with agent_id = worker_name, its capabilities, and their names as its
 	// description.

@@ -60,6 +60,7 @@ from are_sdk._errors import AreError, RpcError, error_from_rpc
 from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
 from are_sdk._proto.are.v1 import common_pb2, event_pb2, state_pb2
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
+from are_sdk._router import AgentCard
 from are_sdk._workflow import spawn_tasks
 from are_sdk._workflow_spec import Duration, TaskSpec, _any, to_duration
 from are_sdk._workflow_types import FailureInfo, TaskState, timestamp
@@ -554,6 +555,7 @@ class _Session:
             identity=worker.identity,
             sdk=_SDK,
             labels=worker.labels,
+            agent_card=worker.card.to_proto() if worker.card is not None else None,
         )
         try:
             await self.call.write(wpb.ConnectRequest(register=registration))
@@ -800,6 +802,13 @@ class Worker:
         shutdown_grace: Seconds tasks in flight get to finish on shutdown.
         max_threads: Threads for sync handlers; default ``min(max_concurrency, 32)``.
         reconnect_max_delay: The longest wait between reconnection attempts.
+        card: How the router shows this worker (its class): agent_id,
+            description or vector, cost per call, labels. Replicas sending
+            the same agent_id share one card whose load and availability
+            follow them, so intent-routed tasks go to the cheapest class
+            that fits. Its capabilities must be among the worker's (they
+            default to them). Without a card the worker still appears, as
+            a card named after it that costs nothing.
     """
 
     def __init__(
@@ -814,6 +823,7 @@ class Worker:
         shutdown_grace: float = 10.0,
         max_threads: int | None = None,
         reconnect_max_delay: float = 5.0,
+        card: AgentCard | None = None,
     ) -> None:
         if not 1 <= max_concurrency <= 10_000:
             raise ValueError(f"max_concurrency must be 1 to 10,000, got {max_concurrency}")
@@ -824,6 +834,7 @@ class Worker:
         self.labels = dict(labels or {})
         self.shutdown_grace = shutdown_grace
         self.reconnect_max_delay = reconnect_max_delay
+        self.card = card
         self.handlers: dict[str, Handler] = {}
         self._async: dict[Handler, bool] = {}
         self._declared = set(capabilities)
