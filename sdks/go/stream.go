@@ -123,14 +123,18 @@ func (w *Worker) openStream(ctx context.Context) (*streamSession, error) {
 		cancel()
 		return nil, err
 	}
-	err = stream.Send(&arev1.ConnectRequest{Message: &arev1.ConnectRequest_Register{Register: &arev1.WorkerRegistration{
+	registration := &arev1.WorkerRegistration{
 		WorkerName:     w.name,
 		Capabilities:   w.capabilities(),
 		MaxConcurrency: int32(w.opts.Concurrency),
 		Identity:       w.opts.Identity,
 		Sdk:            sdkName,
 		Labels:         w.opts.Labels,
-	}}})
+	}
+	if w.opts.Card != nil {
+		registration.AgentCard = w.opts.Card.Proto()
+	}
+	err = stream.Send(&arev1.ConnectRequest{Message: &arev1.ConnectRequest_Register{Register: registration}})
 	var first *arev1.ConnectResponse
 	if err == nil || errors.Is(err, io.EOF) {
 		// On a failed send the stream's status comes from Recv.

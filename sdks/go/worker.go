@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -317,6 +318,22 @@ type WorkerOptions struct {
 	// field, for example register.labels['bad key!']). The unary transport
 	// has no field for them (PollTask carries none): they are not sent.
 	Labels map[string]string
+	// Card is how the router shows this worker's class, sent with the stream
+	// registration (WorkerRegistration.agent_card): agent ID, description or
+	// vector, cost per call, labels. Replicas sending the same AgentID share
+	// one card whose load and availability follow them (a card registered
+	// with Router.RegisterAgent under that id describes them instead), so a
+	// task submitted with an intent goes to the cheapest class that fits.
+	// Its Capabilities default to the worker's and must be among them; only
+	// the input fields (those up to Labels) are sent. An invalid card makes
+	// the sidecar refuse the worker: Run returns INVALID_ARGUMENT naming the
+	// field under register.agent_card (for example register.agent_card.vector,
+	// reason DIMENSION_MISMATCH, for a vector not of the router's dimension).
+	// Without a card the worker still appears in the router's index, as a
+	// card named after the worker, with its capabilities, that costs nothing.
+	// The card needs the stream transport: the unary one has no registration
+	// (PollTask carries no card), so there it is not sent.
+	Card *AgentCard
 	// PollTimeout (unary) is the deadline of each PollTask long poll (default 10 s;
 	// the sidecar answers about 1 s before it). A stopping worker lets the
 	// poll in flight finish rather than cancel it, since a poll cancelled
@@ -409,6 +426,13 @@ func (c *Client) NewWorker(name string, opts WorkerOptions) *Worker {
 	}
 	if opts.Labels != nil {
 		opts.Labels = maps.Clone(opts.Labels)
+	}
+	if opts.Card != nil {
+		card := *opts.Card // the worker keeps its own copy
+		card.Capabilities = slices.Clone(card.Capabilities)
+		card.Vector = slices.Clone(card.Vector)
+		card.Labels = maps.Clone(card.Labels)
+		opts.Card = &card
 	}
 	logger := opts.Logger
 	if logger == nil {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -497,5 +499,149 @@ func TestWorkerLabelsAreSentWithTheStreamRegistration(t *testing.T) {
 	}
 	if _, ok := aerr.Field("register.labels['bad key!']"); !ok {
 		t.Fatalf("Run with a bad label key = %v; want a violation of register.labels['bad key!']", err)
+	}
+}
+
+// cardsServing lists the router's cards serving capability.
+func cardsServing(t *testing.T, ctx context.Context, client *are.Client, capability string) []are.AgentCard {
+	t.Helper()
+	cards, _, err := client.Router.ListAgents(ctx, are.AgentFilter{Capability: capability}, 0, "")
+	if err != nil {
+		t.Fatalf("ListAgents(%s): %v", capability, err)
+	}
+	return cards
+}
+
+// eventually polls cond every 20 ms until it holds, failing the test after d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestWorkersDeclareTheirCardsAndIntentsGoToTheCheapestClass(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 90*time.Second)
+	n := fmt.Sprintf("%d-%d", os.Getpid(), unique.Add(1))
+	words := fmt.Sprintf("summarise quarterly filings of mining firms zq%sx", n)
+	classes := []struct {
+		name string
+		cost int64
+	}{{"cheap", 3}, {"dear", 900}}
+	caps := map[string]string{}
+	workers := map[string]*are.Worker{}
+	var stops []func()
+	for _, class := range classes {
+		caps[class.name] = name("go-sum-" + class.name)
+		opts := fastWorker // the stream, the default transport
+		opts.Card = &are.AgentCard{
+			AgentID:             fmt.Sprintf("class-%s-%s", class.name, n),
+			Description:         words,
+			Capabilities:        []string{caps[class.name]},
+			CostPerCallMicroUSD: class.cost,
+		}
+		worker := client.NewWorker(fmt.Sprintf("go-%s-%s", class.name, n), opts)
+		opts.Card.CostPerCallMicroUSD = 0 // the worker keeps its own copy
+		answer := []byte(`"` + class.name + `"`)
+		worker.Handle(caps[class.name], func(ctx context.Context, task *are.Task) ([]byte, error) { return answer, nil })
+		workers[class.name] = worker
+		stops = append(stops, run(t, worker))
+	}
+	for _, class := range classes { // both classes are in the index before the intent is routed
+		eventually(t, 20*time.Second, "the "+class.name+" worker's card", func() bool {
+			cards := cardsServing(t, ctx, client, caps[class.name])
+			return len(cards) == 1 && cards[0].Available
+		})
+	}
+
+	cards := cardsServing(t, ctx, client, caps["cheap"])
+	if len(cards) != 1 {
+		t.Fatalf("cards serving %s = %+v; want the cheap class's", caps["cheap"], cards)
+	}
+	card := cards[0]
+	if card.AgentID != "class-cheap-"+n || card.Source != arev1.AgentSource_AGENT_SOURCE_WORKER ||
+		card.CostPerCallMicroUSD != 3 || !card.Available || card.Description != words {
+		t.Fatalf("card = %+v; want class-cheap-%s declared by a worker, cost 3, available, described as %q", card, n, words)
+	}
+	if !slices.Equal(card.Capabilities, []string{caps["cheap"]}) || !slices.Contains(card.WorkerIDs, workers["cheap"].WorkerID()) {
+		t.Fatalf("card = %+v; want capability %s backed by worker %s", card, caps["cheap"], workers["cheap"].WorkerID())
+	}
+
+	// The builder sets a capability; an intent goes in the task's target.
+	spec, err := are.NewWorkflow("go-intent").
+		Task("a", "", are.ConfigureTask(func(task *arev1.TaskSpec) { task.Target = &arev1.TaskSpec_Intent{Intent: words} })).
+		Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != `"cheap"` { // cost-biased: both clear the threshold
+		t.Fatalf("result = %s, %v; want the cheap class's \"cheap\"", result, err)
+	}
+	events, err := client.Trace.List(ctx, are.TraceFilter{
+		WorkflowIDs: []string{handle.ID}, EventTypes: []arev1.EventType{arev1.EventType_EVENT_TYPE_TASK_ROUTED},
+	}, 0, 0)
+	if err != nil {
+		t.Fatalf("Trace.List: %v", err)
+	}
+	if len(events.GetEvents()) != 1 {
+		t.Fatalf("TASK_ROUTED events = %v; want one", events.GetEvents())
+	}
+	if got := events.GetEvents()[0].GetAttributes()["are.route.agent_id"].GetStringValue(); got != "class-cheap-"+n {
+		t.Fatalf("are.route.agent_id = %q; want class-cheap-%s", got, n)
+	}
+
+	for _, stop := range stops {
+		stop()
+	}
+	eventually(t, 10*time.Second, "the cheap class to leave the index", func() bool { // the worker left: its class is gone
+		cards := cardsServing(t, ctx, client, caps["cheap"])
+		return len(cards) == 0 || (len(cards) == 1 && !cards[0].Available)
+	})
+}
+
+func TestADeclaredCardIsCheckedAndNamesTheField(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-bad-card")
+	for _, c := range []struct {
+		field string
+		card  are.AgentCard
+	}{
+		{"register.agent_card.vector", are.AgentCard{AgentID: name("bad-vector"), Capabilities: []string{capability}, Vector: []float32{1, 0}}},
+		{"register.agent_card.capabilities[0]", are.AgentCard{AgentID: name("bad-cap"), Capabilities: []string{name("not-served")}}},
+		{"register.agent_card.agent_id", are.AgentCard{AgentID: "bad id!", Capabilities: []string{capability}}},
+	} {
+		opts := fastWorker
+		opts.Card = &c.card
+		worker := client.NewWorker(name("go-bad-card"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) { return nil, nil })
+		err := worker.Run(within(t, 30*time.Second))
+		var aerr *are.Error
+		if !errors.Is(err, are.ErrInvalidArgument) || !errors.As(err, &aerr) {
+			t.Fatalf("Run with a bad card (%s) = %v; want INVALID_ARGUMENT at once", c.field, err)
+		}
+		var fields []string
+		for _, v := range aerr.FieldViolations {
+			fields = append(fields, v.Field)
+		}
+		if !slices.Equal(fields, []string{c.field}) {
+			t.Fatalf("Run with a bad card: violations %v; want [%s]", fields, c.field)
+		}
+		if stats := worker.Stats(); stats.Connects != 0 {
+			t.Fatalf("worker stats = %+v; want no connect", stats)
+		}
+	}
+	if cards := cardsServing(t, ctx, client, capability); len(cards) != 0 {
+		t.Fatalf("cards serving %s = %+v; want none: nothing was declared", capability, cards)
 	}
 }
