@@ -250,7 +250,8 @@ export interface OutcomeReport extends CallOptions {
   latencyMs?: number;
 }
 
-function cardMessage(card: AgentCardInput): AgentCardMessage {
+/** @internal The `are.v1.AgentCard` of a card input (its input fields only). */
+export function cardMessage(card: AgentCardInput): AgentCardMessage {
   return {
     agentId: card.agentId,
     displayName: card.displayName ?? "",

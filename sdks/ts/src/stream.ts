@@ -18,6 +18,7 @@ import type { ClientDuplexStream, StatusObject } from "@grpc/grpc-js";
 
 import type { Client } from "./client.js";
 import { AreError, Code, toAreError } from "./errors.js";
+import type { AgentCard as AgentCardMessage } from "./gen/are/v1/agent.js";
 import type { Payload } from "./gen/are/v1/common.js";
 import type { ReportedEvent } from "./gen/are/v1/event.js";
 import {
@@ -120,6 +121,7 @@ export class StreamSession {
       maxConcurrency: number;
       identity: string;
       labels: Record<string, string>;
+      agentCard?: AgentCardMessage;
     },
     onAssignment: (assignment: TaskAssignment, session: StreamSession) => void,
     warn: (message: string) => void,

@@ -20,7 +20,7 @@
  * Two transports carry the same handlers (`transport` in {@link WorkerOptions}):
  *
  * - `"stream"` (the default): one `Connect` stream per worker. It registers
- *   (name, capabilities, `maxConcurrency`, identity, labels); the sidecar
+ *   (name, capabilities, `maxConcurrency`, identity, labels, card); the sidecar
  *   assigns at most `maxConcurrency` attempts at once; heartbeats of running attempts go
  *   in batches at the interval the registration answer gives (and at least
  *   three times per heartbeat timeout); results and events go in batches and
@@ -59,6 +59,7 @@ import {
   type TaskAssignment,
 } from "./gen/are/v1/worker_service.js";
 import { OCTET_STREAM, decodePayload, encodePayload } from "./payload.js";
+import { cardMessage, type AgentCardInput } from "./router.js";
 import type { TaskSpec } from "./spec.js";
 import type { BoundState } from "./state.js";
 import { StreamSession, attemptKey, type StreamAttempt } from "./stream.js";
@@ -177,6 +178,24 @@ export interface WorkerOptions {
    * (`PollTask` carries none): there they are not sent.
    */
   labels?: Record<string, string>;
+  /**
+   * How the router shows this worker's class, sent with the stream
+   * registration (`WorkerRegistration.agent_card`): agent id, description or
+   * vector, cost per call, labels. Replicas sending the same `agentId` share
+   * one card whose load and availability follow them (a card registered with
+   * `client.router.registerAgent` under that id describes them instead), so
+   * a task submitted with an `intent` goes to the cheapest class that fits.
+   * Its `capabilities` default to the worker's and must be among them. An
+   * invalid card makes the sidecar refuse the worker: `run()` rejects with
+   * INVALID_ARGUMENT naming the field under `register.agent_card` (for
+   * example `register.agent_card.vector`, reason `DIMENSION_MISMATCH`, for a
+   * vector not of the router's dimension). Without a card the worker still
+   * appears in the router's index, as a card named after it, with its
+   * capabilities, that costs nothing. The card needs the stream transport:
+   * the unary one has no registration (`PollTask` carries no card), so there
+   * it is not sent.
+   */
+  card?: AgentCardInput;
   /**
    * The deadline of one long poll (unary transport); the sidecar answers
    * about 1 s before it. It also bounds how long stop() waits for the poll
@@ -478,6 +497,16 @@ function failureFromError(error: unknown): Failure {
   };
 }
 
+/** A frozen copy of a card input, its lists and labels included. */
+function copyCard(card: AgentCardInput): Readonly<AgentCardInput> {
+  return Object.freeze({
+    ...card,
+    capabilities: card.capabilities === undefined ? undefined : Object.freeze([...card.capabilities]),
+    vector: card.vector === undefined ? undefined : Object.freeze([...card.vector]),
+    labels: card.labels === undefined ? undefined : Object.freeze({ ...card.labels }),
+  });
+}
+
 /**
  * Runs task handlers for one or more capabilities; see the module documentation.
  */
@@ -487,6 +516,8 @@ export class Worker {
   readonly identity: string;
   /** The labels sent with the stream registration (a copy of the option's). */
   readonly labels: Readonly<Record<string, string>>;
+  /** The card sent with the stream registration (a copy of the option's), if any. */
+  readonly card: Readonly<AgentCardInput> | undefined;
   /** Counters since the worker was made. */
   readonly stats: WorkerStats = { completed: 0, failed: 0, cancelled: 0, polls: 0, connects: 0 };
   /** The transport (see {@link WorkerTransport}). */
@@ -524,6 +555,7 @@ export class Worker {
     this.maxConcurrency = maxConcurrency;
     this.identity = options.identity ?? `${hostname()}:pid ${process.pid}`;
     this.labels = Object.freeze({ ...(options.labels ?? {}) });
+    this.card = options.card === undefined ? undefined : copyCard(options.card);
     this.pollTimeoutMs = options.pollTimeoutMs ?? 10_000;
     if (!(this.pollTimeoutMs >= 1_500)) throw new RangeError(`pollTimeoutMs must be at least 1,500, got ${this.pollTimeoutMs}`);
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2_000;
@@ -697,6 +729,7 @@ export class Worker {
             maxConcurrency: this.maxConcurrency,
             identity: this.identity,
             labels: { ...this.labels },
+            agentCard: this.card === undefined ? undefined : cardMessage(this.card),
           },
           (assignment, session) => this.start(assignment, session),
           (message) => this.logger.warn(`worker ${this.name}: ${message}`),

@@ -17,6 +17,7 @@ import {
   Worker,
   WorkflowFailedError,
   WorkflowSpec,
+  type AgentCardInput,
   type TaskContext,
 } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
@@ -332,5 +333,83 @@ describe("worker labels", () => {
       `violations ${JSON.stringify(error.fieldViolations)}`,
     );
     assert.equal(bad.isRunning, false);
+  });
+});
+
+/** Polls `condition` every 20 ms until it holds; rejects after `ms`. */
+async function eventually(condition: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe("worker cards", () => {
+  test("workers declare their cards, and an intent goes to the cheapest class", async () => {
+    const n = unique("zq");
+    const words = `summarise quarterly filings of mining firms ${n}x`;
+    const classes = { cheap: 3, dear: 900 } as const;
+    const caps = { cheap: unique("ts-sum-cheap"), dear: unique("ts-sum-dear") };
+    const workers = Object.entries(classes).map(([name, cost]) => {
+      const capability = caps[name as keyof typeof caps];
+      const card: AgentCardInput = { agentId: `class-${name}-${n}`, description: words, capabilities: [capability], costPerCallMicroUsd: cost };
+      const worker = new Worker(client, { ...FAST, name: `ts-${name}-${n}`, card }).handle(capability, () => name);
+      card.costPerCallMicroUsd = 0; // the worker keeps its own copy
+      return worker;
+    });
+    const [cheap, dear] = workers as [Worker, Worker];
+    assert.equal(cheap.card?.costPerCallMicroUsd, 3);
+    const cardsServing = async (capability: string) => (await client.router.listAgents({ capability })).agents;
+    await serving(cheap, () =>
+      serving(dear, async () => {
+        for (const capability of Object.values(caps)) {
+          // both classes are in the index before the intent is routed
+          await eventually(async () => (await cardsServing(capability)).some((a) => a.available), 20_000, `the card serving ${capability}`);
+        }
+        const cards = await cardsServing(caps.cheap);
+        assert.deepEqual(
+          cards.map((a) => [a.agentId, a.source, a.costPerCallMicroUsd, a.available]),
+          [[`class-cheap-${n}`, "worker", 3, true]],
+        );
+        assert.equal(cards[0]!.description, words);
+        assert.deepEqual(cards[0]!.capabilities, [caps.cheap]);
+        assert.ok(cards[0]!.workerIds.includes(cheap.workerId), `workers ${JSON.stringify(cards[0]!.workerIds)}`);
+
+        const handle = await client.workflows.submit(new WorkflowSpec("ts-intent").task("a", { intent: words }));
+        assert.equal(await handle.result(WAIT), "cheap"); // cost-biased: both clear the threshold
+        const routed = (await client.trace.listEvents({ workflowIds: [handle.workflowId], eventTypes: ["TASK_ROUTED"] })).events;
+        assert.equal(routed.length, 1);
+        assert.equal(routed[0]!.attributes["are.route.agent_id"]?.stringValue, `class-cheap-${n}`);
+      }),
+    );
+    // The workers left: their class is gone, or at least unavailable.
+    await eventually(
+      async () => {
+        const cards = await cardsServing(caps.cheap);
+        return cards.length === 0 || (cards.length === 1 && !cards[0]!.available);
+      },
+      10_000,
+      "the cheap class to leave the index",
+    );
+  });
+
+  test("a declared card is checked and the refusal names the field", async () => {
+    const capability = unique("ts-bad-card");
+    const badCards = {
+      "register.agent_card.vector": { agentId: unique("bad-vector"), capabilities: [capability], vector: [1, 0] },
+      "register.agent_card.capabilities[0]": { agentId: unique("bad-cap"), capabilities: [unique("not-served")] },
+      "register.agent_card.agent_id": { agentId: "bad id!", capabilities: [capability] },
+    };
+    for (const [field, card] of Object.entries(badCards)) {
+      const worker = new Worker(client, { ...FAST, name: unique("ts-bad-card"), card }).handle(capability, () => null);
+      const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
+      assert.ok(error instanceof AreError, String(error));
+      assert.equal(error.code, Code.INVALID_ARGUMENT);
+      assert.deepEqual(error.fieldViolations.map((v) => v.field), [field]);
+      assert.equal(worker.stats.connects, 0);
+      assert.equal(worker.isRunning, false);
+    }
+    assert.deepEqual((await client.router.listAgents({ capability })).agents, []); // nothing was declared
   });
 });
