@@ -21,6 +21,7 @@ use tonic::Code;
 
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::router::AgentCard;
 use crate::workflow::JSON_CONTENT_TYPE;
 use crate::Client;
 
@@ -302,6 +303,19 @@ pub struct WorkerOptions {
     /// the field, for a bad one). The unary path has no field for them
     /// (PollTaskRequest carries none), so a unary worker sends none.
     pub labels: HashMap<String, String>,
+    /// How the router shows this worker, its class (default none), sent as
+    /// the stream registration's `agent_card`: agent_id, description or
+    /// vector, cost per call, labels. Workers sending the same agent_id
+    /// share one card whose load and availability follow them, so a task
+    /// submitted with an intent goes to the cheapest class whose card
+    /// matches. Its capabilities must be among the worker's (they default to
+    /// them); an invalid card makes `run` return the sidecar's
+    /// INVALID_ARGUMENT naming the field under `register.agent_card`. Without
+    /// one the worker still appears, as a card named after it that costs
+    /// nothing. Needs the stream transport: the unary path has no
+    /// registration (PollTaskRequest carries no card), so a unary worker
+    /// sends none.
+    pub card: Option<AgentCard>,
     /// Deadline of each PollTask long poll on the unary path (default 10 s,
     /// at least 2 s). A
     /// stopping worker lets the poll in flight finish (a poll cancelled as a
@@ -332,6 +346,7 @@ impl Default for WorkerOptions {
             transport: WorkerTransport::default(),
             identity: format!("pid {}", std::process::id()),
             labels: HashMap::new(),
+            card: None,
             poll_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use are_sdk::testing::{Sidecar, SidecarOptions};
 use are_sdk::{
-    pb, CacheOptions, CancelReason, CancellationToken, Client, Code, GetOrCallError, ServingStatus,
-    TaskBuilder, TaskError, Worker, WorkerOptions, WorkerTransport, WorkflowBuilder,
+    pb, AgentCard, AgentFilter, AgentSource, CacheOptions, CancelReason, CancellationToken, Client,
+    Code, GetOrCallError, ServingStatus, TaskBuilder, TaskError, Worker, WorkerOptions,
+    WorkerTransport, WorkflowBuilder,
 };
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -710,6 +711,199 @@ async fn labels_go_in_the_streams_registration() {
         e.field_violations
     );
     assert_eq!(worker.stats().connects.load(Ordering::Relaxed), 0);
+}
+
+/// The cards ListAgents shows for a capability.
+async fn cards_of(client: &Client, capability: &str) -> Vec<AgentCard> {
+    let filter = AgentFilter {
+        capability: capability.to_string(),
+        ..Default::default()
+    };
+    client.router().agents(&filter, 100).await.unwrap()
+}
+
+#[tokio::test]
+async fn workers_declare_their_cards_and_intents_go_to_the_cheapest_class() {
+    let (_sidecar, client) = start().await;
+    assert!(WorkerOptions::default().card.is_none());
+    let run = unique("c");
+    let n = run.replace('-', "");
+    let words = format!("summarise quarterly filings of mining firms zq{n}x");
+    let mut workers = Vec::new();
+    let mut capabilities = HashMap::new();
+    for (class, cost) in [("cheap", 3), ("dear", 900)] {
+        let capability = format!("rust-sum-{class}-{run}");
+        let options = WorkerOptions {
+            card: Some(AgentCard {
+                description: words.clone(),
+                capabilities: vec![capability.clone()],
+                cost_per_call_micro_usd: cost,
+                ..AgentCard::new(&format!("class-{class}-{run}"))
+            }),
+            ..fast(WorkerTransport::Stream)
+        };
+        let worker = Worker::new(&client, &format!("{class}-{run}"), options)
+            .handle(&capability, move |_task| async move { Ok(json!(class)) });
+        let (running, stats) = Running::spawn(worker);
+        workers.push((running, stats));
+        capabilities.insert(class, capability);
+    }
+    // A spawned worker registers in the background: wait (bounded) for both
+    // classes to be up before routing between them.
+    timeout(WAIT, async {
+        for capability in capabilities.values() {
+            while !cards_of(&client, capability)
+                .await
+                .iter()
+                .any(|c| c.available)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    })
+    .await
+    .expect("both workers registered");
+    let cards = cards_of(&client, &capabilities["cheap"]).await;
+    let seen: Vec<_> = cards
+        .iter()
+        .map(|c| {
+            (
+                c.agent_id.as_str(),
+                c.source,
+                c.cost_per_call_micro_usd,
+                c.available,
+            )
+        })
+        .collect();
+    let cheap = format!("class-cheap-{run}");
+    assert_eq!(
+        seen,
+        vec![(cheap.as_str(), AgentSource::Worker, 3, true)],
+        "{cards:?}"
+    );
+    assert_eq!(cards[0].description, words);
+
+    let target = pb::task_spec::Target::Intent(words.clone());
+    let handle = client
+        .submit(
+            WorkflowBuilder::new("rust-intent").task(
+                TaskBuilder::new("a", "")
+                    .configure(|t| t.target = Some(target))
+                    .max_attempts(1, Duration::from_millis(10)),
+            ),
+        )
+        .await
+        .unwrap();
+    // Cost-biased: both classes clear the threshold, the cheap one wins.
+    let answer: String = handle.result(WAIT).await.unwrap();
+    assert_eq!(answer, "cheap");
+    let mut trace = client.raw().trace;
+    let routed = timeout(WAIT, async {
+        loop {
+            let page = trace
+                .list_events(pb::ListEventsRequest {
+                    filter: Some(pb::EventFilter {
+                        workflow_ids: vec![handle.id.clone()],
+                        event_types: vec![pb::EventType::TaskRouted as i32],
+                        ..Default::default()
+                    }),
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(event) = page.events.into_iter().next() {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the task was routed");
+    let agent = routed
+        .attributes
+        .get("are.route.agent_id")
+        .and_then(|v| v.value.clone());
+    assert_eq!(
+        agent,
+        Some(pb::attribute_value::Value::StringValue(cheap.clone())),
+        "{routed:?}"
+    );
+
+    for (running, stats) in workers {
+        running.stop().await;
+        assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
+    }
+    // The workers left: their class is gone (or shown unavailable).
+    timeout(WAIT, async {
+        while cards_of(&client, &capabilities["cheap"])
+            .await
+            .iter()
+            .any(|c| c.available)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the class left with its workers");
+    let left: Vec<bool> = cards_of(&client, &capabilities["cheap"])
+        .await
+        .iter()
+        .map(|c| c.available)
+        .collect();
+    assert!(left.is_empty() || left == [false], "{left:?}");
+}
+
+#[tokio::test]
+async fn a_declared_card_is_checked_and_names_the_field() {
+    let (_sidecar, client) = start().await;
+    let capability = unique("rust-bad-card");
+    let bad_cards = [
+        (
+            "register.agent_card.vector",
+            AgentCard {
+                capabilities: vec![capability.clone()],
+                vector: Some(vec![1.0, 0.0]), // the router's dimension is 256
+                ..AgentCard::new("bad-vector")
+            },
+        ),
+        (
+            "register.agent_card.capabilities[0]",
+            AgentCard {
+                capabilities: vec!["not-served".to_string()],
+                ..AgentCard::new("bad-cap")
+            },
+        ),
+        (
+            "register.agent_card.agent_id",
+            AgentCard {
+                capabilities: vec![capability.clone()],
+                ..AgentCard::new("bad id!")
+            },
+        ),
+    ];
+    for (field, card) in bad_cards {
+        let options = WorkerOptions {
+            card: Some(card),
+            ..fast(WorkerTransport::Stream)
+        };
+        let worker = Worker::new(&client, &unique("rust-bad-card"), options)
+            .handle(&capability, |_task| async move { Ok(Value::Null) });
+        let e = timeout(WAIT, worker.run(CancellationToken::new()))
+            .await
+            .expect("run returned in time")
+            .unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument, "{e}");
+        let fields: Vec<&str> = e
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, [field], "{e}");
+        assert_eq!(worker.stats().connects.load(Ordering::Relaxed), 0);
+    }
+    assert!(cards_of(&client, &capability).await.is_empty()); // nothing was declared
 }
 
 async fn handlers_report_llm_and_tool_calls(transport: WorkerTransport) {

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::connect_request::Message as Out;
 use crate::pb::connect_response::Message as In;
+use crate::router::AgentCard;
 
 /// This SDK in the registration.
 const SDK: &str = concat!("are-sdk-rust/", env!("CARGO_PKG_VERSION"));
@@ -295,7 +296,7 @@ impl Worker {
             identity: self.options.identity.clone(),
             sdk: SDK.into(),
             labels: self.options.labels.clone(),
-            ..Default::default()
+            agent_card: self.options.card.as_ref().map(AgentCard::to_pb),
         };
         tx.send(pb::ConnectRequest {
             message: Some(Out::Register(register)),
