@@ -15,6 +15,7 @@ public final class WorkerOptions {
   private final boolean interruptOnCancel;
   private final Transport transport;
   private final Map<String, String> labels;
+  private final Router.AgentCard card;
 
   /** How a {@link Worker} talks to the sidecar; the handlers are the same either way. */
   public enum Transport {
@@ -38,6 +39,7 @@ public final class WorkerOptions {
     this.interruptOnCancel = b.interruptOnCancel;
     this.transport = b.transport;
     this.labels = b.labels;
+    this.card = b.card;
   }
 
   private static Duration max(Duration a, Duration b) {
@@ -119,6 +121,21 @@ public final class WorkerOptions {
     return labels;
   }
 
+  /**
+   * How the router shows this worker, its class (default null: none), sent as the stream
+   * registration's {@code agent_card}: agent_id, description or vector, cost per call, labels.
+   * Workers sending the same agent_id share one card whose load and availability follow them, so a
+   * task submitted with an intent instead of a capability goes to the cheapest class whose card
+   * matches. Its capabilities must be among the worker's (they default to them); an invalid card
+   * refuses the registration with INVALID_ARGUMENT naming the field under {@code
+   * register.agent_card}, which ends {@link Worker#run()}. Without one the worker still appears,
+   * as a card named after it that costs nothing. Needs the stream transport: the unary transport
+   * has no registration (PollTaskRequest carries no card), so a unary worker sends none.
+   */
+  public Router.AgentCard card() {
+    return card;
+  }
+
   /** Builds {@link WorkerOptions}. */
   public static final class Builder {
     private int concurrency = 16;
@@ -130,6 +147,7 @@ public final class WorkerOptions {
     private boolean interruptOnCancel = true;
     private Transport transport = Transport.STREAM;
     private Map<String, String> labels = Map.of();
+    private Router.AgentCard card;
 
     private Builder() {}
 
@@ -184,6 +202,15 @@ public final class WorkerOptions {
     /** Free labels sent with the registration (copied; no null keys or values). */
     public Builder labels(Map<String, String> labels) {
       this.labels = Map.copyOf(labels);
+      return this;
+    }
+
+    /**
+     * The agent card sent with the stream's registration (null: none); only its registered fields
+     * are sent.
+     */
+    public Builder card(Router.AgentCard card) {
+      this.card = card;
       return this;
     }
 

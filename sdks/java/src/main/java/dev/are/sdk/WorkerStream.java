@@ -144,17 +144,18 @@ final class WorkerStream {
         .withMaxInboundMessageSize(client.maxMessageBytes())
         .connect(s);
     WorkerOptions options = worker.options();
-    s.call.onNext(
-        ConnectRequest.newBuilder()
-            .setRegister(
-                WorkerRegistration.newBuilder()
-                    .setWorkerName(worker.name())
-                    .addAllCapabilities(worker.capabilities())
-                    .setMaxConcurrency(options.concurrency())
-                    .setIdentity(options.identity())
-                    .setSdk(SDK)
-                    .putAllLabels(options.labels()))
-            .build());
+    WorkerRegistration.Builder registration =
+        WorkerRegistration.newBuilder()
+            .setWorkerName(worker.name())
+            .addAllCapabilities(worker.capabilities())
+            .setMaxConcurrency(options.concurrency())
+            .setIdentity(options.identity())
+            .setSdk(SDK)
+            .putAllLabels(options.labels());
+    if (options.card() != null) {
+      registration.setAgentCard(options.card().toProto());
+    }
+    s.call.onNext(ConnectRequest.newBuilder().setRegister(registration).build());
     WorkerRegistered registered;
     try {
       registered =

@@ -8,8 +8,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import dev.are.sdk.Cache.CacheOptions;
+import dev.are.sdk.Router.AgentCard;
+import dev.are.sdk.Router.AgentFilter;
 import dev.are.sdk.testing.Sidecar;
 import dev.are.sdk.testing.Sidecar.SidecarOptions;
+import dev.are.sdk.v1.AgentSource;
 import dev.are.sdk.v1.CacheNamespace;
 import dev.are.sdk.v1.CacheTier;
 import dev.are.sdk.v1.Event;
@@ -34,6 +37,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
@@ -44,6 +48,7 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.function.BooleanSupplier;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeEach;
@@ -711,6 +716,147 @@ class SidecarTest {
     assertEquals(Status.Code.INVALID_ARGUMENT, e.code(), e.getMessage());
     assertTrue(
         e.field("register.labels['bad key!']").isPresent(), "violations " + e.fieldViolations());
+  }
+
+  /** The cards ListAgents shows for a capability. */
+  private List<AgentCard> cardsOf(String capability) {
+    return client.router().agents(AgentFilter.defaults().withCapability(capability), 100);
+  }
+
+  /** Waits (bounded) until {@code done} holds. */
+  private static void waitFor(String what, BooleanSupplier done)
+      throws InterruptedException {
+    long by = System.nanoTime() + WAIT.toNanos();
+    while (!done.getAsBoolean()) {
+      assertTrue(System.nanoTime() < by, what);
+      Thread.sleep(20);
+    }
+  }
+
+  @Test
+  void workersDeclareTheirCardsAndIntentsGoToTheCheapestClass() throws Exception {
+    assertEquals(null, WorkerOptions.defaults().card());
+    String run = "j" + System.nanoTime();
+    String words = "summarise quarterly filings of mining firms zq" + run + "x";
+    Map<String, String> capabilities = new LinkedHashMap<>();
+    List<Worker> workers = new ArrayList<>();
+    for (Map.Entry<String, Long> e : Map.of("cheap", 3L, "dear", 900L).entrySet()) {
+      String cls = e.getKey();
+      String capability = "java-sum-" + cls + "-" + run;
+      capabilities.put(cls, capability);
+      AgentCard card =
+          AgentCard.of("class-" + cls + "-" + run)
+              .withDescription(words)
+              .withCapabilities(capability)
+              .withCostPerCallMicroUsd(e.getValue());
+      WorkerOptions options =
+          WorkerOptions.builder()
+              .transport(WorkerOptions.Transport.STREAM)
+              .pollTimeout(Duration.ofSeconds(2))
+              .shutdownGrace(Duration.ofSeconds(5))
+              .card(card)
+              .build();
+      assertEquals(card, options.card());
+      workers.add(
+          new Worker(client, cls + "-" + run, options).handle(capability, task -> cls).start());
+    }
+    try {
+      // A started worker registers in the background: wait for both classes to be up.
+      for (String capability : capabilities.values()) {
+        waitFor(
+            "the worker of " + capability + " registered",
+            () -> cardsOf(capability).stream().anyMatch(AgentCard::available));
+      }
+      String cheap = "class-cheap-" + run;
+      List<AgentCard> cards = cardsOf(capabilities.get("cheap"));
+      assertEquals(1, cards.size(), cards.toString());
+      AgentCard card = cards.get(0);
+      assertEquals(cheap, card.agentId());
+      assertEquals(AgentSource.AGENT_SOURCE_WORKER, card.source());
+      assertEquals(3, card.costPerCallMicroUsd());
+      assertTrue(card.available(), card.toString());
+      assertEquals(words, card.description());
+
+      WorkflowHandle handle =
+          client.submit(
+              new WorkflowBuilder("java-intent")
+                  .task(
+                      new TaskBuilder("a", "")
+                          .configure(t -> t.setIntent(words))
+                          .maxAttempts(1, Duration.ofMillis(10))));
+      // Cost-biased: both classes clear the threshold, the cheap one wins.
+      assertEquals("cheap", handle.result(WAIT, String.class));
+      ListEventsRequest req =
+          ListEventsRequest.newBuilder()
+              .setFilter(
+                  EventFilter.newBuilder()
+                      .addWorkflowIds(handle.id())
+                      .addEventTypes(EventType.EVENT_TYPE_TASK_ROUTED))
+              .setPageSize(100)
+              .build();
+      AtomicReference<List<Event>> routed = new AtomicReference<>(List.of());
+      waitFor(
+          "the task was routed",
+          () -> {
+            routed.set(
+                client
+                    .raw()
+                    .trace()
+                    .withDeadlineAfter(WAIT.toMillis(), TimeUnit.MILLISECONDS)
+                    .listEvents(req)
+                    .getEventsList());
+            return !routed.get().isEmpty();
+          });
+      Event event = routed.get().get(0);
+      assertEquals(
+          cheap,
+          event.getAttributesOrThrow("are.route.agent_id").getStringValue(),
+          event.toString());
+    } finally {
+      for (Worker worker : workers) {
+        stopWorker(worker);
+      }
+    }
+    // The workers left: their class is gone (or shown unavailable).
+    waitFor(
+        "the class left with its workers",
+        () -> cardsOf(capabilities.get("cheap")).stream().noneMatch(AgentCard::available));
+    List<Boolean> left =
+        cardsOf(capabilities.get("cheap")).stream().map(AgentCard::available).toList();
+    assertTrue(left.isEmpty() || left.equals(List.of(false)), left.toString());
+  }
+
+  @Test
+  void aDeclaredCardIsCheckedAndNamesTheField() {
+    String capability = "java-bad-card-" + System.nanoTime();
+    Map<String, AgentCard> badCards =
+        Map.of(
+            "register.agent_card.vector",
+            // The router's dimension is 256.
+            AgentCard.of("bad-vector").withCapabilities(capability).withVector(List.of(1.0f, 0.0f)),
+            "register.agent_card.capabilities[0]",
+            AgentCard.of("bad-cap").withCapabilities("not-served"),
+            "register.agent_card.agent_id",
+            AgentCard.of("bad id!").withCapabilities(capability));
+    for (Map.Entry<String, AgentCard> bad : badCards.entrySet()) {
+      Worker worker =
+          new Worker(
+                  client,
+                  "java-bad-card-" + System.nanoTime(),
+                  WorkerOptions.builder()
+                      .transport(WorkerOptions.Transport.STREAM)
+                      .card(bad.getValue())
+                      .build())
+              .handle(capability, task -> null);
+      AreException e = assertThrows(AreException.class, worker::run);
+      assertEquals(Status.Code.INVALID_ARGUMENT, e.code(), e.getMessage());
+      assertEquals(
+          List.of(bad.getKey()),
+          e.fieldViolations().stream().map(AreException.FieldViolation::field).toList(),
+          e.getMessage());
+      assertEquals("", worker.workerId(), "no stream was registered");
+    }
+    assertEquals(List.of(), cardsOf(capability)); // nothing was declared
   }
 
   @ParameterizedTest
