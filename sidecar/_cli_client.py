@@ -48,6 +48,7 @@ from are_sdk._proto.are.v1 import (
 __all__ = ["register_client_commands"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_MAX_ROWS = 1000  # cards `are agents` prints at most
 _TERMINAL_WORKFLOW_EVENTS = frozenset(
     {
         event_pb2.EVENT_TYPE_WORKFLOW_COMPLETED,
@@ -139,7 +140,7 @@ def _print_rpc_error(error: RpcError) -> None:
 
 def register_client_commands(group: click.Group) -> None:
     """Adds the client commands to the ``are`` group."""
-    for command in (submit, status, trace, events, approve, reject, pools, cache):
+    for command in (submit, status, trace, events, approve, reject, pools, cache, agents, route):
         group.add_command(command)
 
 
@@ -628,6 +629,77 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
             f"{stats.saved_cost_micro_usd / 1e6:.4f}",
         )
     out.print(table)
+    return 0
+
+
+# agents / route
+
+
+@click.command("agents")
+@click.option("--capability", default="", help="Only cards serving this capability.")
+@click.option("--available", is_flag=True, help="Only cards that can take work now.")
+@_client_command
+async def agents(client: Client, *, capability: str, available: bool) -> int:
+    """List the router's agent cards: registered ones and connected workers' classes."""
+    table = Table("agent", "source", "capabilities", "cost $/call", "load", "available", "workers")
+    shown, more = 0, False
+    async for card in client.router.iter_agents(capability=capability, available_only=available):
+        if shown == _MAX_ROWS:
+            more = True
+            break
+        shown += 1
+        table.add_row(
+            card.agent_id,
+            card.source,
+            ", ".join(card.capabilities),
+            f"{card.cost_per_call_micro_usd / 1e6:.6f}",
+            f"{card.running}/{card.capacity}",
+            "yes" if card.available else "[red]no[/]",
+            str(len(card.worker_ids)),
+        )
+    out.print(table)
+    if more:
+        err.print(f"(the first {_MAX_ROWS:,} cards; filter with --capability)")
+    return 0
+
+
+@click.command("route")
+@click.argument("task")
+@click.option(
+    "--mode",
+    type=click.Choice(["cost_biased", "best_match"]),
+    default=None,
+    help="Ranking mode (default: the router's).",
+)
+@click.option("--threshold", type=float, default=None, help="Similarity an agent must reach.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Agents shown.")
+@_client_command
+async def route(client: Client, *, task: str, mode: str | None, threshold: float | None, top_k: int) -> int:
+    """Show which agents a task described by TASK would go to, and why (nothing is dispatched)."""
+    result = await client.router.route_task(
+        task,
+        mode=mode,  # type: ignore[arg-type]
+        threshold=threshold,
+        top_k=top_k,
+        include_below_threshold=True,
+    )
+    table = Table("#", "agent", "capability", "similarity", "cost $/call", "load", "why")
+    for rank, c in enumerate(result.candidates, 1):
+        style = "" if c.above_threshold else "[dim]"
+        table.add_row(
+            str(rank),
+            f"{style}{c.agent_id}",
+            c.capability,
+            f"{c.similarity:.3f}",
+            f"{c.cost_per_call_micro_usd / 1e6:.6f}",
+            f"{c.load:.2f}",
+            c.reason,
+        )
+    out.print(f"mode {result.mode}, threshold {result.threshold:.2f}")
+    out.print(table)
+    if not any(c.above_threshold for c in result.candidates):
+        err.print("[red]no agent reaches the threshold[/] (the best below it are shown)")
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from are_core.trace import EventDraft, EventUsage
-from are_sdk import Client, TaskContext, Worker
+from are_sdk import AgentCard, Client, TaskContext, Worker
 from are_sdk.testing import SidecarProcess
 from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
 from sidecar.cli import main
@@ -213,6 +213,40 @@ def test_pools_and_cache_stats_print_tables(traced: SidecarProcess, are: Callabl
     result = are(traced.target, "cache", "stats")
     assert result.returncode == 0, result.stderr
     assert "hit rate" in result.stdout
+
+
+def test_agents_and_route_show_the_cards_and_the_ranking(
+    traced: SidecarProcess, are: Callable[..., Ran]
+) -> None:
+    n = os.getpid()
+    words = f"translate shipping manifests into welsh zq{n}x"
+
+    async def register() -> None:
+        async with await Client.connect(traced.target) as client:
+            for name, cost in (("cheap", 2_000), ("dear", 90_000)):
+                await client.router.register_agent(
+                    AgentCard(
+                        f"cli-{name}-{n}",
+                        description=words,
+                        capabilities=(f"cli-cap-{n}",),
+                        cost_per_call_micro_usd=cost,
+                    )
+                )
+
+    asyncio.run(register())
+    result = are(traced.target, "agents", "--capability", f"cli-cap-{n}")
+    assert result.returncode == 0, result.stderr
+    assert f"cli-cheap-{n}" in result.stdout and f"cli-dear-{n}" in result.stdout
+    assert "0.002000" in result.stdout and "0.090000" in result.stdout
+    result = are(traced.target, "route", words)
+    assert result.returncode == 0, result.stderr
+    assert "cost_biased" in result.stdout
+    first = next(line for line in result.stdout.splitlines() if "cli-" in line)
+    assert f"cli-cheap-{n}" in first  # cost-biased: the cheaper one first
+    result = are(traced.target, "route", f"welsh manifests zq{n}x", "--threshold", "0.999")
+    assert result.returncode == 1
+    assert "no agent reaches the threshold" in result.stderr
+    assert "cli-" in result.stdout  # the best below it are shown
 
 
 def test_submit_refuses_an_invalid_spec_naming_it(
