@@ -307,6 +307,20 @@ def test_the_example_pipeline_runs_end_to_end(sidecar: SidecarProcess) -> None:
     assert "published: https://example.invalid/" in result.stdout
 
 
+def test_the_worker_classes_example_routes_intents_to_the_cheapest_class(sidecar: SidecarProcess) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "worker_classes.py"), "--target", sidecar.target],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "-> summarize-small" in result.stdout  # not the large summariser: it costs more
+    assert "-> translate" in result.stdout
+    assert "inbox: class-summarize-small (cheapest above" in result.stdout
+
+
 _SIGTERM_WORKER = """
 import asyncio, sys
 from are_sdk import Client, Worker
