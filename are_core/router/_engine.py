@@ -905,6 +905,10 @@ class Router:
     ) -> _Scored:
         """As ``_scored`` of the rows of ``keys`` (available ones unless told), in one C call."""
         assert _native is not None
+        # The C loop reads raw buffers: a query of another type or size must never reach it.
+        if vector.shape != (self._matrix.shape[1],):
+            raise DimensionMismatchError(self._matrix.shape[1], int(vector.size))
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
         rows, similarities = np.empty(keys.size, dtype=np.intp), np.empty(keys.size, dtype=np.float64)
         cards, workers = self._key_rows.tables
         count = _native.eligible(
