@@ -62,7 +62,7 @@ from sidecar._capability import Capability, Runtime
 from sidecar._status import abort, storage_status
 
 __all__ = [
-    "InvalidCardError",
+    "InvalidFieldError",
     "RouterCapability",
     "RouterServicer",
     "agent_spec_from_card",
@@ -219,7 +219,7 @@ def _restore_index(path: Path, dimension: int) -> VectorIndex | None:
     return VectorIndex.restore(path, dimension=dimension, dtype=_INDEX_DTYPE, metric=_INDEX_METRIC)
 
 
-class _InvalidFieldError(Exception):
+class InvalidFieldError(Exception):
     """A request field is bad; carries everything the status needs."""
 
     def __init__(
@@ -253,7 +253,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
         try:
             spec = _agent_spec(request.agent, "agent", self._engine.dimension)
             view, created = await self._engine.register_agent(spec)
-        except (_InvalidFieldError, RouterError, StorageError) as error:
+        except (InvalidFieldError, RouterError, StorageError) as error:
             await _fail(context, error, vector_field="agent.vector")
         return router_service_pb2.RegisterAgentResponse(agent=_card(view), created=created)
 
@@ -264,7 +264,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
         try:
             _check_id(request.agent_id, "agent_id")
             await self._engine.deregister_agent(request.agent_id)
-        except (_InvalidFieldError, RouterError, StorageError) as error:
+        except (InvalidFieldError, RouterError, StorageError) as error:
             await _fail(context, error)
         return router_service_pb2.DeregisterAgentResponse()
 
@@ -279,7 +279,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
             labels = _filter_labels(request.labels, "labels")
             digest = _filter_digest(request.capability, labels, request.available_only)
             after = _decode_token(request.page_token, digest)
-        except _InvalidFieldError as error:
+        except InvalidFieldError as error:
             await _fail(context, error)
         views, last = self._engine.list_agents(
             after=after,
@@ -299,7 +299,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
         try:
             query = _route_query(request, self._engine.dimension)
             result = await self._engine.route_task(query)
-        except (_InvalidFieldError, RouterError) as error:
+        except (InvalidFieldError, RouterError) as error:
             await _fail(context, error, vector_field="vector")
         return router_service_pb2.RouteTaskResponse(
             candidates=[
@@ -327,7 +327,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
         try:
             models = _models(request.catalog.models)
             catalog = await self._engine.put_catalog(models)
-        except (_InvalidFieldError, RouterError, StorageError) as error:
+        except (InvalidFieldError, RouterError, StorageError) as error:
             await _fail(context, error)
         return router_service_pb2.PutModelCatalogResponse(catalog=_catalog(catalog))
 
@@ -355,7 +355,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
                 input_tokens=request.estimated_input_tokens,
                 output_tokens=request.estimated_output_tokens,
             )
-        except (_InvalidFieldError, RouterError, StorageError) as error:
+        except (InvalidFieldError, RouterError, StorageError) as error:
             await _fail(context, error, vector_field="vector")
         return router_service_pb2.RouteModelResponse(
             route_id=choice.route_id,
@@ -392,7 +392,7 @@ class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ig
                 output_tokens=usage.output_tokens,
                 latency_ns=latency_ns,
             )
-        except (_InvalidFieldError, RouterError, StorageError) as error:
+        except (InvalidFieldError, RouterError, StorageError) as error:
             await _fail(context, error)
         return router_service_pb2.ReportOutcomeResponse()
 
@@ -427,7 +427,7 @@ _SIMPLE: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
 
 def _status_of(error: Exception, vector_field: str) -> _Status:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, _InvalidFieldError):
+    if isinstance(error, InvalidFieldError):
         metadata = {"field": error.field, **error.metadata}
         return invalid, error.reason, error.message, metadata, [(error.field, error.message)], None
     if isinstance(error, DimensionMismatchError):
@@ -476,7 +476,7 @@ def _storage_status(error: Exception) -> _Status:
 
 def _check_id(value: str, field: str) -> None:
     if not _ID.fullmatch(value):
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             field, f"`{field}` must be 1 to 128 characters of [A-Za-z0-9._:-], got {value!r:.140}"
         )
 
@@ -484,7 +484,7 @@ def _check_id(value: str, field: str) -> None:
 def _check_bytes(value: str, field: str, bound: int) -> None:
     size = len(value.encode())
     if size > bound:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             field,
             f"`{field}` is {size:,} bytes, over the bound of {bound:,}",
             reason="LIMIT_EXCEEDED",
@@ -494,7 +494,7 @@ def _check_bytes(value: str, field: str, bound: int) -> None:
 
 def _check_count(values: Sequence[Any] | Mapping[str, str], field: str, bound: int) -> None:
     if len(values) > bound:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             field,
             f"`{field}` has {len(values):,} entries, over the bound of {bound:,}",
             reason="LIMIT_EXCEEDED",
@@ -504,14 +504,14 @@ def _check_count(values: Sequence[Any] | Mapping[str, str], field: str, bound: i
 
 def _check_non_negative(value: int, field: str) -> None:
     if value < 0:
-        raise _InvalidFieldError(field, f"`{field}` must be at least 0, got {value}")
+        raise InvalidFieldError(field, f"`{field}` must be at least 0, got {value}")
 
 
 def _labels(labels: Mapping[str, str], field: str, bound: int = _MAX_LABELS) -> dict[str, str]:
     _check_count(labels, field, bound)
     for key in sorted(labels):
         if not _LABEL_KEY.fullmatch(key):
-            raise _InvalidFieldError(
+            raise InvalidFieldError(
                 f"{field}[{key!r}]", f"label key {key!r:.140} must be 1 to 128 characters of [A-Za-z0-9._:/-]"
             )
         _check_bytes(labels[key], f"{field}[{key!r}]", _MAX_LABEL_VALUE_BYTES)
@@ -529,7 +529,7 @@ def _vector(message: common_pb2.Vector, field: str, dimension: int) -> bytes:
     finite = np.isfinite(values)
     if not finite.all():
         position = int(np.argmin(finite))
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             f"{field}.values[{position}]", f"`{field}.values[{position}]` is not a finite number"
         )
     return values.tobytes()
@@ -538,14 +538,14 @@ def _vector(message: common_pb2.Vector, field: str, dimension: int) -> bytes:
 def _duration_ns(duration: duration_pb2.Duration, field: str) -> int:
     nanos = duration.seconds * 1_000_000_000 + duration.nanos
     if nanos < 0:
-        raise _InvalidFieldError(field, f"`{field}` must not be negative")
+        raise InvalidFieldError(field, f"`{field}` must not be negative")
     return nanos
 
 
 def _agent_spec(card: agent_pb2.AgentCard, field: str, dimension: int) -> AgentSpec:
     _check_id(card.agent_id, f"{field}.agent_id")
     if len(card.display_name) > _MAX_DISPLAY_NAME:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             f"{field}.display_name",
             f"`{field}.display_name` is over {_MAX_DISPLAY_NAME} characters",
             reason="LIMIT_EXCEEDED",
@@ -559,11 +559,11 @@ def _agent_spec(card: agent_pb2.AgentCard, field: str, dimension: int) -> AgentS
     _check_non_negative(card.cost_per_call_micro_usd, f"{field}.cost_per_call_micro_usd")
     latency_ns = _duration_ns(card.typical_latency, f"{field}.typical_latency")
     if card.capacity < 0:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             f"{field}.capacity", f"`{field}.capacity` must be 1 to {_MAX_CAPACITY:,} (0 means 1)"
         )
     if card.capacity > _MAX_CAPACITY:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             f"{field}.capacity",
             f"`{field}.capacity` is over {_MAX_CAPACITY:,}",
             reason="LIMIT_EXCEEDED",
@@ -583,46 +583,33 @@ def _agent_spec(card: agent_pb2.AgentCard, field: str, dimension: int) -> AgentS
     )
 
 
-class InvalidCardError(Exception):
-    """A worker's declared card is invalid: the field, the reason and the status metadata."""
-
-    def __init__(self, field: str, message: str, reason: str, metadata: Mapping[str, str]) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.reason = reason
-        self.metadata = dict(metadata)
-
-
 def agent_spec_from_card(card: agent_pb2.AgentCard, dimension: int, field: str = "agent_card") -> AgentSpec:
     """Converts a worker's declared card (WorkerService registration) to the engine's spec.
 
     Checked as RegisterAgent checks a card, with the fields named under ``field``.
 
     Raises:
-        InvalidCardError: A field is invalid (a vector of the wrong dimension
+        InvalidFieldError: A field is invalid (a vector of the wrong dimension
             too: reason DIMENSION_MISMATCH, with the expected and actual
             dimensions in the metadata).
     """
     try:
         return _agent_spec(card, field, dimension)
-    except _InvalidFieldError as error:
-        raise InvalidCardError(error.field, error.message, error.reason, error.metadata) from None
     except DimensionMismatchError as error:
-        raise InvalidCardError(
+        raise InvalidFieldError(
             f"{field}.vector",
             f"`{field}.vector` has {error.actual} components; the router's dimension is {error.expected}",
-            "DIMENSION_MISMATCH",
-            {"expected_dimension": str(error.expected), "actual_dimension": str(error.actual)},
+            reason="DIMENSION_MISMATCH",
+            metadata={"expected_dimension": str(error.expected), "actual_dimension": str(error.actual)},
         ) from None
 
 
 def _route_query(request: router_service_pb2.RouteTaskRequest, dimension: int) -> RouteQuery:
     text, vector = _task_query(request, dimension)
     if request.top_k < 0:
-        raise _InvalidFieldError("top_k", f"`top_k` must be 1 to {_MAX_TOP_K} (0 means {_DEFAULT_TOP_K})")
+        raise InvalidFieldError("top_k", f"`top_k` must be 1 to {_MAX_TOP_K} (0 means {_DEFAULT_TOP_K})")
     if request.top_k > _MAX_TOP_K:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             "top_k",
             f"`top_k` is over {_MAX_TOP_K}",
             reason="LIMIT_EXCEEDED",
@@ -631,7 +618,7 @@ def _route_query(request: router_service_pb2.RouteTaskRequest, dimension: int) -
     mode: RouteMode | None = None
     if request.mode != router_service_pb2.ROUTE_MODE_UNSPECIFIED:
         if request.mode not in _MODES:
-            raise _InvalidFieldError("mode", f"unknown route mode {request.mode}")
+            raise InvalidFieldError("mode", f"unknown route mode {request.mode}")
         mode = _MODES[request.mode]
     threshold = _optional_range(request, "threshold", -1.0, 1.0)
     cost_weight = _optional_range(request, "cost_weight", 0.0, 1.0)
@@ -657,11 +644,11 @@ def _task_query(
 ) -> tuple[str | None, bytes | None]:
     which = request.WhichOneof("query")
     if which is None:
-        raise _InvalidFieldError("query", "exactly one of text or vector must be set")
+        raise InvalidFieldError("query", "exactly one of text or vector must be set")
     if which == "vector":
         return None, _vector(request.vector, "vector", dimension)
     if not request.text:
-        raise _InvalidFieldError("text", "the task text is empty")
+        raise InvalidFieldError("text", "the task text is empty")
     _check_bytes(request.text, "text", _MAX_TEXT_BYTES)
     return request.text, None
 
@@ -673,7 +660,7 @@ def _optional_range(
         return None
     value = float(getattr(request, field))
     if not math.isfinite(value) or not low <= value <= high:
-        raise _InvalidFieldError(field, f"`{field}` must be in [{low:g}, {high:g}], got {value}")
+        raise InvalidFieldError(field, f"`{field}` must be in [{low:g}, {high:g}], got {value}")
     return value
 
 
@@ -690,17 +677,17 @@ def _route_model_query(
     prompt: str | None = None
     vector: bytes | None = None
     if which is None:
-        raise _InvalidFieldError("query", "exactly one of prompt or vector must be set")
+        raise InvalidFieldError("query", "exactly one of prompt or vector must be set")
     if which == "prompt":
         prompt = request.prompt
         if not prompt:
-            raise _InvalidFieldError("prompt", "the prompt is empty")
+            raise InvalidFieldError("prompt", "the prompt is empty")
         _check_bytes(prompt, "prompt", _MAX_PROMPT_BYTES)
     else:
         vector = _vector(request.vector, "vector", dimension)
     target = request.quality_target
     if not math.isfinite(target) or not 0.0 <= target <= 1.0:
-        raise _InvalidFieldError("quality_target", f"`quality_target` must be in (0, 1], got {target}")
+        raise InvalidFieldError("quality_target", f"`quality_target` must be in (0, 1], got {target}")
     _check_ids(request.exclude_model_ids, "exclude_model_ids", _MAX_MODELS)
     _check_non_negative(request.estimated_input_tokens, "estimated_input_tokens")
     _check_non_negative(request.estimated_output_tokens, "estimated_output_tokens")
@@ -713,11 +700,11 @@ def _outcome(request: router_service_pb2.ReportOutcomeRequest) -> tuple[bool | N
         _check_id(request.model_id, "model_id")
     which = request.WhichOneof("outcome")
     if which is None:
-        raise _InvalidFieldError("outcome", "exactly one of success or score must be set")
+        raise InvalidFieldError("outcome", "exactly one of success or score must be set")
     success = request.success if which == "success" else None
     score = request.score if which == "score" else None
     if score is not None and (not math.isfinite(score) or not 0.0 <= score <= 1.0):
-        raise _InvalidFieldError("score", f"`score` must be in [0, 1], got {score}")
+        raise InvalidFieldError("score", f"`score` must be in [0, 1], got {score}")
     for name in ("input_tokens", "output_tokens", "cost_micro_usd", "llm_calls", "tool_calls"):
         _check_non_negative(getattr(request.usage, name), f"usage.{name}")
     latency_ns = _duration_ns(request.latency, "latency") if request.HasField("latency") else 0
@@ -726,7 +713,7 @@ def _outcome(request: router_service_pb2.ReportOutcomeRequest) -> tuple[bool | N
 
 def _models(models: Sequence[router_service_pb2.ModelSpec]) -> list[ModelSpec]:
     if not models:
-        raise _InvalidFieldError("catalog.models", "the catalog needs at least one model")
+        raise InvalidFieldError("catalog.models", "the catalog needs at least one model")
     _check_count(models, "catalog.models", _MAX_MODELS)
     seen: set[str] = set()
     out = []
@@ -734,12 +721,12 @@ def _models(models: Sequence[router_service_pb2.ModelSpec]) -> list[ModelSpec]:
         field = f"catalog.models[{i}]"
         _check_id(model.model_id, f"{field}.model_id")
         if model.model_id in seen:
-            raise _InvalidFieldError(
+            raise InvalidFieldError(
                 f"{field}.model_id", f"model_id {model.model_id!r} appears twice in the catalog"
             )
         seen.add(model.model_id)
         if not 0 <= model.tier <= _MAX_TIER:
-            raise _InvalidFieldError(
+            raise InvalidFieldError(
                 f"{field}.tier", f"`{field}.tier` must be 1 to {_MAX_TIER}, got {model.tier}"
             )
         _check_non_negative(
@@ -751,7 +738,7 @@ def _models(models: Sequence[router_service_pb2.ModelSpec]) -> list[ModelSpec]:
         )
         prior = model.prior_success_rate
         if not math.isfinite(prior) or not 0.0 <= prior <= 1.0:
-            raise _InvalidFieldError(
+            raise InvalidFieldError(
                 f"{field}.prior_success_rate", f"`{field}.prior_success_rate` must be in [0, 1], got {prior}"
             )
         _check_non_negative(model.context_window_tokens, f"{field}.context_window_tokens")
@@ -771,7 +758,7 @@ def _models(models: Sequence[router_service_pb2.ModelSpec]) -> list[ModelSpec]:
 
 def _page_size(requested: int) -> int:
     if requested < 0:
-        raise _InvalidFieldError("page_size", f"`page_size` must not be negative, got {requested}")
+        raise InvalidFieldError("page_size", f"`page_size` must not be negative, got {requested}")
     return min(requested or _DEFAULT_PAGE, _MAX_PAGE)
 
 
@@ -800,11 +787,11 @@ def _decode_token(token: str, digest: str) -> str:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         decoded = _token_decoder.decode(raw)
     except (ValueError, msgspec.DecodeError):
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             "page_token", "the page_token is malformed", reason="INVALID_PAGE_TOKEN"
         ) from None
     if decoded.digest != digest:
-        raise _InvalidFieldError(
+        raise InvalidFieldError(
             "page_token", "the page_token was issued for a different filter", reason="INVALID_PAGE_TOKEN"
         )
     return decoded.after

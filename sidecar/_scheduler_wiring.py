@@ -76,7 +76,7 @@ from are_core.trace import EventRecorder
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, workflow_pb2
 from sidecar._cache import CacheCapability
 from sidecar._capability import Runtime
-from sidecar._router import InvalidCardError, RouterCapability, agent_spec_from_card
+from sidecar._router import InvalidFieldError, RouterCapability, agent_spec_from_card
 from sidecar._scheduler_convert import BlobPayload, blob_from_proto
 from sidecar._state import ForkPlan, StateCapability
 
@@ -428,7 +428,7 @@ class Wiring:
         """Keeps the card a stream worker declared, for the router (before it connects).
 
         Raises:
-            InvalidCardError: The card is invalid, or names a capability the
+            InvalidFieldError: The card is invalid, or names a capability the
                 worker does not serve (a routed task would find no worker);
                 nothing is kept.
         """
@@ -441,7 +441,7 @@ class Wiring:
                 message = (
                     f"`{field}.capabilities[{i}]` ({capability!r}) is not a capability the worker serves"
                 )
-                raise InvalidCardError(f"{field}.capabilities[{i}]", message, "INVALID_ARGUMENT", {})
+                raise InvalidFieldError(f"{field}.capabilities[{i}]", message)
         dimension = self.router.engine.dimension
         self._cards[worker_id] = agent_spec_from_card(registration.agent_card, dimension, field)
 

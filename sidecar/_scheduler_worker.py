@@ -24,7 +24,7 @@ from are_core.storage import StorageError
 from are_core.trace import EventDraft, EventUsage, FailureInfo
 from are_sdk._proto.are.v1 import event_pb2, worker_service_pb2, worker_service_pb2_grpc
 from are_sdk._proto.are.v1 import worker_service_pb2 as pb
-from sidecar._router import InvalidCardError
+from sidecar._router import InvalidFieldError
 from sidecar._scheduler_convert import (
     abort_for,
     assignment_to_proto,
@@ -270,7 +270,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Keeps the card the worker declared (checked first) and answers its registration."""
         try:
             self._wiring.declare_card(worker_id, reg)
-        except InvalidCardError as error:
+        except InvalidFieldError as error:
             await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -22,7 +22,7 @@ import {
 } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { FAST, deferred, startSidecar, unique, within } from "./helpers.js";
+import { FAST, deferred, eventually, startSidecar, unique, within } from "./helpers.js";
 
 let sidecar: SidecarProcess;
 let client: Client;
@@ -335,15 +335,6 @@ describe("worker labels", () => {
     assert.equal(bad.isRunning, false);
   });
 });
-
-/** Polls `condition` every 20 ms until it holds; rejects after `ms`. */
-async function eventually(condition: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 describe("worker cards", () => {
   test("workers declare their cards, and an intent goes to the cheapest class", async () => {
