@@ -961,6 +961,11 @@ class CacheEngine:
         lookups arriving meanwhile paid in their tail latency. Recency is not
         written here (see the class comment).
         """
+        # Only the events queued before this flush: lookups answered while its
+        # commits run queue for the next one. Taking whatever was pending after
+        # each commit chased them one at a time, a commit (an fsync under sync
+        # durability) per lookup, for as long as lookups kept coming.
+        queued, self._pending_events = self._pending_events, []
         now = self._clock()
         for state in list(self._states.values()):
             batch = self._storage.batch()
@@ -970,10 +975,8 @@ class CacheEngine:
                 self._put_stats(batch, state)
             if len(batch) or drafts:
                 await self._submit(batch, state, drafts)
-        while self._pending_events:
-            drafts = self._pending_events[:_FLUSH_CHUNK]
-            del self._pending_events[:_FLUSH_CHUNK]
-            await self._submit(self._storage.batch(), None, drafts)
+        for start in range(0, len(queued), _FLUSH_CHUNK):
+            await self._submit(self._storage.batch(), None, queued[start : start + _FLUSH_CHUNK])
 
     async def _flush_loop(self) -> None:
         while True:

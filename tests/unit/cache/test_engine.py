@@ -279,6 +279,34 @@ async def test_events_for_hits_misses_stores_and_invalidations(harness: Harness)
     assert hit.attributes["are.cache.tier"] == "EXACT"
 
 
+async def test_a_flush_writes_the_events_queued_before_it_and_leaves_later_ones_for_the_next(
+    harness: Harness,
+) -> None:
+    # A flush used to take whatever was pending after each commit, so while
+    # lookups kept coming it committed them one at a time (a commit, an fsync
+    # under sync durability, per lookup) and did not end.
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="fl"))
+    await e.store("fl", prompt="q", response=b"r")
+    await e.flush()
+    before = len(harness.sink.recorded)
+    for _ in range(600):
+        await e.lookup("fl", prompt="q")
+    flushing = asyncio.ensure_future(e.flush())
+    await asyncio.sleep(0)  # the flush starts (and takes what is queued)
+    during = 0
+    while not flushing.done() and during < 10_000:
+        await e.lookup("fl", prompt="q")
+        during += 1
+        await asyncio.sleep(0)
+    await flushing
+    assert during > 0  # lookups were answered while the flush committed
+    assert len(harness.sink.recorded) == before + 600
+    await e.flush()
+    assert len(harness.sink.recorded) == before + 600 + during
+    assert {d.event_type for d in harness.sink.recorded[before:]} == {"CACHE_HIT"}
+
+
 async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:
     e = harness.e
     await e.put_namespace(NamespaceSettings(name="d", embedder="caller", dimension=16))
