@@ -120,6 +120,7 @@ class CacheCapability(Capability):
             coalesce=runtime.config.cache_search == "coalesced",
             blobs=state.blobs if state is not None else None,
             hot_bytes=runtime.config.cache_hot_bytes,
+            index_at_start=runtime.config.cache_index_at_start,
         )
 
     async def start(self) -> None:
@@ -396,6 +397,7 @@ def _stats(s: CacheStats) -> cache_service_pb2.CacheStats:
         evictions=s.evictions,
         saved_tokens=s.saved_tokens,
         saved_cost_micro_usd=s.saved_cost_micro_usd,
+        unindexed_entries=s.unindexed_entries,
     )
 
 

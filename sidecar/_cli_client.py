@@ -623,13 +623,17 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
             str(stats.semantic_hits),
             str(stats.misses),
             f"{stats.hit_rate:.1%}",
-            str(stats.entries),
+            _entries_cell(stats.entries, stats.unindexed_entries),
             _format_bytes(stats.size_bytes),
             str(stats.saved_tokens),
             f"{stats.saved_cost_micro_usd / 1e6:.4f}",
         )
     out.print(table)
     return 0
+
+
+def _entries_cell(entries: int, unindexed: int) -> str:
+    return f"{entries} ({unindexed} to index)" if unindexed else str(entries)
 
 
 # agents / route

@@ -74,6 +74,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     cache_models: str = ""
     cache_search: str = "inline"
     cache_hot_bytes: int = 64 * 1024 * 1024
+    cache_index_at_start: int = 4096
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "token"}
@@ -428,6 +429,15 @@ OPTIONS: tuple[Option, ...] = (
         _bounded_int(0, 1 << 40),
         "BYTES",
     ),
+    Option(
+        "cache_index_at_start",
+        4096,
+        "Vectors missing from a cache namespace's saved index (after a crash, or with no index file) "
+        "that are indexed before the sidecar serves; past that many the sidecar serves at once and "
+        "indexes them in the background (the semantic tier answers from those indexed so far).",
+        _bounded_int(0, 1 << 40),
+        "N",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -516,6 +526,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         cache_models=values["cache_models"],
         cache_search=values["cache_search"],
         cache_hot_bytes=values["cache_hot_bytes"],
+        cache_index_at_start=values["cache_index_at_start"],
     )
 
 

@@ -23,7 +23,7 @@ Exceptions::
     └── NamespaceLimitError         past 1,000 namespaces
 """
 
-from ._engine import CACHE_TABLES, BlobReferences, CacheEngine
+from ._engine import CACHE_TABLES, DEFAULT_INDEX_AT_START, BlobReferences, CacheEngine
 from ._errors import (
     BlobNotFoundError,
     CacheError,
@@ -54,6 +54,7 @@ from ._normalise import normalise_prompt, prompt_hash
 __all__ = [
     "CACHE_TABLES",
     "DEFAULT_HOT_BYTES",
+    "DEFAULT_INDEX_AT_START",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_THRESHOLD",

@@ -51,7 +51,7 @@ from ._model import (
 from ._normalise import entry_id_text, normalise_prompt, parse_entry_id, prompt_hash
 from ._table import Entries, EntryTable, ExactView, RecencyView
 
-__all__ = ["CACHE_TABLES", "CacheEngine"]
+__all__ = ["CACHE_TABLES", "DEFAULT_INDEX_AT_START", "CacheEngine"]
 
 _log = logging.getLogger("are.cache")
 
@@ -98,6 +98,13 @@ _MAX_EXPANSION = 1024
 _BLOB_REFERRER = b"cache:"  # + an entry id: what a blob-backed entry's reference is filed under
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
 _FLUSH_CHUNK = 256  # events per flush commit
+DEFAULT_INDEX_AT_START = 4096
+"""Missing vectors a start indexes before the engine serves; more are indexed after it, in the background."""
+# Background indexing adds vectors in chunks sized to take about this long:
+# a lookup or store that needs the index meanwhile waits for the chunk.
+_BACKLOG_CHUNK_NS = 10_000_000
+_BACKLOG_FIRST_CHUNK = 16
+_BACKLOG_MAX_CHUNK = 1024
 
 
 class _State:
@@ -111,6 +118,8 @@ class _State:
     """
 
     __slots__ = (
+        "backlog",
+        "backlog_total",
         "embedder",
         "entries",
         "exact",
@@ -145,6 +154,10 @@ class _State:
         self.embedder = embedder
         self.index = index
         self.index_dirty = False
+        # Entries whose vectors a start left to index after serving began
+        # (ids, in order); None once none are left.
+        self.backlog: np.ndarray[Any, np.dtype[np.uint64]] | None = None
+        self.backlog_total = 0
         self.stats = StatsRecord()
         self.stats_dirty = False
         self.touched: set[int] = set()  # entries used since the last table export
@@ -251,6 +264,10 @@ class CacheEngine:
         hot_bytes: Memory for the bodies of recently answered entries (see
             :class:`~are_core.cache._hot.HotBodies`); 0 reads every hit's body
             from LMDB.
+        index_at_start: Vectors missing from a namespace's index that
+            :meth:`start` adds before returning; past that many (a missing or
+            stale index file after a crash), they are added in the background
+            while the engine serves (see :meth:`start`).
         clock: Nanoseconds since the epoch (tests may pass their own).
     """
 
@@ -267,8 +284,12 @@ class CacheEngine:
         clock: Callable[[], int] = time.time_ns,
         blobs: BlobReferences | None = None,
         hot_bytes: int = DEFAULT_HOT_BYTES,
+        index_at_start: int = DEFAULT_INDEX_AT_START,
     ) -> None:
         self._storage = storage
+        self._index_at_start = index_at_start
+        self._indexers: set[asyncio.Task[None]] = set()  # background indexing, one task per namespace
+        self._stopping = False
         self._hot = HotBodies(hot_bytes)
         self._committer = committer
         self._index_dir = index_dir
@@ -296,7 +317,17 @@ class CacheEngine:
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
-        """Loads every namespace and its entries, restores or repairs the indexes, starts the flusher."""
+        """Loads every namespace and its entries, restores or repairs the indexes, starts the flusher.
+
+        A namespace whose saved index lacks more than ``index_at_start``
+        vectors (no index file, or one saved long before a crash) is not
+        rebuilt before serving: at 1M entries that took minutes, during
+        which the whole sidecar did not serve. Its missing vectors are added
+        in the background instead, in chunks of about 10 ms. Meanwhile the
+        exact tier answers every entry and the semantic tier those indexed
+        so far; :meth:`stats` counts the rest (``unindexed_entries``) and
+        CACHE_INDEXING events show the progress.
+        """
         for _, raw in self._scan(NAMESPACES, b""):
             namespace = _namespace_codec.decode(raw)
             if not namespace.search_expansion:  # stored before the setting existed
@@ -304,6 +335,7 @@ class CacheEngine:
                     namespace, search_expansion=EXPANSION_SEARCH[namespace.vector_dtype]
                 )
             self._states[namespace.name] = self._load(namespace)
+        self._start_indexing()
         for state in self._states.values():
             if state.index.is_view:  # outside the GIL: searches meanwhile fault pages in themselves
                 task = asyncio.create_task(asyncio.to_thread(state.index.prefault))
@@ -337,6 +369,10 @@ class CacheEngine:
 
     async def stop(self) -> None:
         """Flushes counters and recency, and saves every changed index and entry table for a fast start."""
+        self._stopping = True
+        for task in list(self._indexers):  # each ends after the chunk it is adding (never cut mid-add)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -360,7 +396,9 @@ class CacheEngine:
                 except OSError as error:  # derived data: the next start repairs it
                     _log.warning(f"cache: could not save the index of {state.namespace.name!r}: {error}")
             mark = state.mark
-            index_seq = state.seq if not state.index_dirty else -1
+            # An index still missing vectors is saved (its progress kept), but
+            # not as agreeing with the table: the next start checks it whole.
+            index_seq = state.seq if not state.index_dirty and state.backlog is None else -1
             if mark is None or mark.seq != state.seq or mark.index_seq != index_seq or state.touched:
                 with contextlib.suppress(Exception):  # derived data: the next start rebuilds it
                     await self._snapshot(state, index_seq=index_seq)
@@ -948,6 +986,7 @@ class CacheEngine:
                     evictions=s.evictions,
                     saved_tokens=s.saved_tokens,
                     saved_cost_micro_usd=s.saved_cost_micro_usd,
+                    unindexed_entries=0 if state.backlog is None else int(state.backlog.size),
                 )
             )
         return out
@@ -1209,6 +1248,7 @@ class CacheEngine:
             if self._states.get(target.namespace.name) is target:
                 with contextlib.suppress(Exception):
                     self._states[target.namespace.name] = self._load(target.namespace, restore=False)
+        self._start_indexing()
 
     def _journal(self, batch: Any, state: _State) -> None:
         """Adds the journal row of a write that changed these heads (committed with it)."""
@@ -1420,7 +1460,8 @@ class CacheEngine:
         """Makes the index agree with the heads: from the journal alone when it was saved with the table."""
         if restored and replayed is not None:
             self._repair_index(state, replayed)
-            if len(state.index) != state.entries.vector_ids().size:
+            waiting = 0 if state.backlog is None else state.backlog.size
+            if len(state.index) + waiting != state.entries.vector_ids().size:
                 self._reconcile_index(state, rebuild=False)  # it disagrees anyway: check it whole
         else:
             self._reconcile_index(state, rebuild=not restored)
@@ -1477,7 +1518,7 @@ class CacheEngine:
         wanted = ids[keep]
         missing = wanted[~index.contains_many(wanted)] if wanted.size else wanted
         if missing.size:
-            self._add_vectors(state, missing)
+            self._index_missing(state, missing)
             state.index_dirty = True
 
     def _table_files(self, namespace: Namespace) -> bool:
@@ -1509,7 +1550,7 @@ class CacheEngine:
             missing = wanted
             if missing.size:
                 _log.info(f"cache: rebuilding the index of {state.namespace.name!r} ({missing.size} vectors)")
-        self._add_vectors(state, missing)
+        self._index_missing(state, missing)
         if missing.size or rebuild:
             state.index_dirty = True
 
@@ -1523,16 +1564,113 @@ class CacheEngine:
     def _add_vectors(self, state: _State, ids: np.ndarray[Any, Any]) -> None:
         """Adds these entries' vectors (from LMDB) to the index."""
         for start in range(0, ids.size, _SCAN_PAGE):
-            part = ids[start : start + _SCAN_PAGE]
-            with self._storage.read() as view:
-                raws = view.get_many(VECTORS, [u64_key(int(n)) for n in part])
-            keys = [int(n) for n, raw in zip(part, raws, strict=True) if raw is not None]
+            keys, matrix = self._read_vectors(ids[start : start + _SCAN_PAGE])
             if keys:
-                matrix = np.stack([np.frombuffer(raw, dtype=np.float32) for raw in raws if raw is not None])
                 state.index.add(keys, matrix)
+
+    def _read_vectors(self, ids: np.ndarray[Any, Any]) -> tuple[list[int], np.ndarray[Any, Any]]:
+        """The stored vectors of these entries (those that have one), as keys and an (n, d) matrix."""
+        with self._storage.read() as view:
+            raws = view.get_many(VECTORS, [u64_key(int(n)) for n in ids])
+        keys = [int(n) for n, raw in zip(ids, raws, strict=True) if raw is not None]
+        if not keys:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return keys, np.stack([np.frombuffer(raw, dtype=np.float32) for raw in raws if raw is not None])
+
+    def _index_missing(self, state: _State, ids: np.ndarray[Any, Any]) -> None:
+        """Indexes these entries' vectors now, or, past ``index_at_start`` of them, in the background."""
+        if state.backlog is None and ids.size <= self._index_at_start:
+            self._add_vectors(state, ids)
+            return
+        waiting = ids if state.backlog is None else np.union1d(state.backlog, ids)
+        state.backlog = np.asarray(waiting, dtype=np.uint64)
+        state.backlog_total = int(state.backlog.size)
+
+    @staticmethod
+    def _with_vectors(state: _State, ids: Sequence[int] | np.ndarray[Any, Any]) -> list[int]:
+        """Those of these entries that are still held and have a vector."""
+        heads = state.heads
+        return [
+            n
+            for n in np.asarray(ids, dtype=np.uint64).tolist()
+            if (h := heads.get(n)) is not None and h.has_vector
+        ]
+
+    def _start_indexing(self) -> None:
+        """Starts indexing the backlog of every namespace that has one (and no task doing it)."""
+        busy = {task.get_name() for task in self._indexers if not task.done()}
+        for state in self._states.values():
+            name = f"are-cache-index:{state.namespace.name}"
+            if state.backlog is None or name in busy:
+                continue
+            _log.info(
+                f"cache: serving {state.namespace.name!r} while indexing {state.backlog.size} vectors "
+                "in the background (the semantic tier answers from those indexed so far)"
+            )
+            task = asyncio.create_task(self._index_backlog(state), name=name)
+            self._indexers.add(task)
+            task.add_done_callback(self._indexers.discard)
+
+    async def _index_backlog(self, state: _State) -> None:
+        """Adds a namespace's backlog of vectors to its index, chunk by chunk, while the engine serves.
+
+        Each chunk is added in a worker thread; lookups and stores that need
+        the index meanwhile wait for it, so chunks are sized to take about
+        ``_BACKLOG_CHUNK_NS``. An entry removed while its chunk was being
+        added is taken out again (a removed entry never answers anyway: its
+        head is gone). Progress is recorded as CACHE_INDEXING events at the
+        start, at every tenth and at the end.
+        """
+        name = state.namespace.name
+        total = state.backlog_total
+        chunk = _BACKLOG_FIRST_CHUNK
+        tenths = 0
+        started = time.monotonic()
+        self._queue_event(_indexing_draft(name, 0, total, done=False))
+        try:
+            while state.backlog is not None and state.backlog.size:
+                if self._stopping or self._states.get(name) is not state:
+                    return
+                part = state.backlog[:chunk]
+                began = time.monotonic_ns()
+                keys, matrix = self._read_vectors(
+                    np.asarray(self._with_vectors(state, part), dtype=np.uint64)
+                )
+                if keys:
+                    await asyncio.to_thread(state.index.add, keys, matrix)
+                    alive = set(self._with_vectors(state, keys))
+                    gone = [n for n in keys if n not in alive]
+                    if gone:
+                        state.index.remove(gone)
+                state.backlog = state.backlog[part.size :]
+                spent = max(time.monotonic_ns() - began, 1)
+                chunk = int(min(_BACKLOG_MAX_CHUNK, max(1, chunk * _BACKLOG_CHUNK_NS / spent)))
+                indexed = total - int(state.backlog.size)
+                if indexed * 10 // max(total, 1) > tenths and state.backlog.size:
+                    tenths = indexed * 10 // max(total, 1)
+                    self._queue_event(_indexing_draft(name, indexed, total, done=False))
+        except Exception as error:  # noqa: BLE001 - derived data: the next start indexes what is left
+            _log.warning(f"cache: indexing {name!r} in the background failed: {error}")
+            return
+        state.backlog = None
+        self._queue_event(_indexing_draft(name, total, total, done=True))
+        _log.info(f"cache: indexed {total} vectors of {name!r} in {time.monotonic() - started:.1f} s")
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+def _indexing_draft(namespace: str, indexed: int, total: int, *, done: bool) -> EventDraft:
+    return EventDraft(
+        event_type="CACHE_INDEXING",
+        name=namespace,
+        attributes={
+            "are.cache.namespace": namespace,
+            "are.cache.indexed": indexed,
+            "are.cache.total": total,
+            "are.cache.done": done,
+        },
+    )
 
 
 def _journal_seq(key: bytes) -> int:

@@ -147,6 +147,7 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     evictions: int
     saved_tokens: int
     saved_cost_micro_usd: int
+    unindexed_entries: int = 0
 
 
 class CacheHit(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -131,3 +131,43 @@ async def test_sigkill_after_a_periodic_entry_table(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.cleanup()
+
+
+async def test_after_sigkill_the_sidecar_serves_at_once_and_indexes_missing_vectors_behind(
+    tmp_path: Path,
+) -> None:
+    """A start that finds the index far behind serves first; the vectors are indexed in the background."""
+    data = tmp_path / "data"
+    args = ["--cache-index-at-start", "16"]
+    process = SidecarProcess.start(data_dir=data, args=args)
+    try:
+        async with await Client.connect(process.target) as client:
+            await client.cache.put_namespace(NS, embedder="caller", dimension=DIM, similarity_threshold=0.99)
+            acknowledged = await _store_many(client, 0, 300)
+    finally:
+        process.kill()  # no index saved: all 300 vectors are missing at the next start
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data, args=args)
+    try:
+        async with await Client.connect(process.target) as client:
+            for _ in range(600):  # bounded: 30 s
+                [stats] = await client.cache.stats(NS)
+                if stats.unindexed_entries == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats.unindexed_entries == 0
+            await _check(client, acknowledged, set())
+            for _ in range(100):  # the last event is recorded at the next flush (about a second)
+                page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=100)
+                if any(e.attributes["are.cache.done"].bool_value for e in page.events):
+                    break
+                await asyncio.sleep(0.05)
+            progress = [e.attributes for e in page.events]
+            assert progress[0]["are.cache.indexed"].int_value == 0
+            assert progress[0]["are.cache.total"].int_value == 300
+            assert progress[-1]["are.cache.done"].bool_value
+            assert progress[-1]["are.cache.indexed"].int_value == 300
+    finally:
+        process.kill()
+        process.cleanup()

@@ -835,8 +835,14 @@ type CacheStats struct {
 	SavedTokens int64 `protobuf:"varint,11,opt,name=saved_tokens,json=savedTokens,proto3" json:"saved_tokens,omitempty"`
 	// Cost saved by hits, in micro-US-dollars.
 	SavedCostMicroUsd int64 `protobuf:"varint,12,opt,name=saved_cost_micro_usd,json=savedCostMicroUsd,proto3" json:"saved_cost_micro_usd,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Entries whose vectors are not in the semantic index yet: after a start
+	// that found the saved index missing or far behind (a crash), the sidecar
+	// serves at once and indexes them in the background (CACHE_INDEXING events
+	// show the progress). Meanwhile the exact tier answers every entry and the
+	// semantic tier only those indexed. 0 when the index is complete.
+	UnindexedEntries int64 `protobuf:"varint,13,opt,name=unindexed_entries,json=unindexedEntries,proto3" json:"unindexed_entries,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CacheStats) Reset() {
@@ -949,6 +955,13 @@ func (x *CacheStats) GetSavedTokens() int64 {
 func (x *CacheStats) GetSavedCostMicroUsd() int64 {
 	if x != nil {
 		return x.SavedCostMicroUsd
+	}
+	return 0
+}
+
+func (x *CacheStats) GetUnindexedEntries() int64 {
+	if x != nil {
+		return x.UnindexedEntries
 	}
 	return 0
 }
@@ -1332,7 +1345,7 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
 	"\x17InvalidateCacheResponse\x12#\n" +
-	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\x88\x03\n" +
+	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\xb5\x03\n" +
 	"\n" +
 	"CacheStats\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
@@ -1349,7 +1362,8 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\tevictions\x18\n" +
 	" \x01(\x03R\tevictions\x12!\n" +
 	"\fsaved_tokens\x18\v \x01(\x03R\vsavedTokens\x12/\n" +
-	"\x14saved_cost_micro_usd\x18\f \x01(\x03R\x11savedCostMicroUsd\"4\n" +
+	"\x14saved_cost_micro_usd\x18\f \x01(\x03R\x11savedCostMicroUsd\x12+\n" +
+	"\x11unindexed_entries\x18\r \x01(\x03R\x10unindexedEntries\"4\n" +
 	"\x14GetCacheStatsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"A\n" +
 	"\x15GetCacheStatsResponse\x12(\n" +

@@ -156,6 +156,11 @@ const (
 	// InvalidateCache, EVICTED by a size bound, EXPIRED by their TTL),
 	// "are.cache.entry_id" (when one entry was removed, else "").
 	EventType_EVENT_TYPE_CACHE_INVALIDATED EventType = 63
+	// A namespace's semantic index is being completed in the background after
+	// a start (its saved index was missing or far behind): at the start, at
+	// every tenth and at the end. Attributes: "are.cache.namespace",
+	// "are.cache.indexed", "are.cache.total", "are.cache.done".
+	EventType_EVENT_TYPE_CACHE_INDEXING EventType = 64
 	// RouteTask ranked agents. Attributes: "are.route.mode",
 	// "are.route.agent_id" (the top one), "are.route.similarity",
 	// "are.route.candidate_count", "are.route.threshold", "are.route.routed"
@@ -229,6 +234,7 @@ var (
 		61: "EVENT_TYPE_CACHE_MISS",
 		62: "EVENT_TYPE_CACHE_STORED",
 		63: "EVENT_TYPE_CACHE_INVALIDATED",
+		64: "EVENT_TYPE_CACHE_INDEXING",
 		70: "EVENT_TYPE_ROUTE_DECIDED",
 		71: "EVENT_TYPE_MODEL_ROUTED",
 		72: "EVENT_TYPE_ROUTE_OUTCOME_REPORTED",
@@ -273,6 +279,7 @@ var (
 		"EVENT_TYPE_CACHE_MISS":                61,
 		"EVENT_TYPE_CACHE_STORED":              62,
 		"EVENT_TYPE_CACHE_INVALIDATED":         63,
+		"EVENT_TYPE_CACHE_INDEXING":            64,
 		"EVENT_TYPE_ROUTE_DECIDED":             70,
 		"EVENT_TYPE_MODEL_ROUTED":              71,
 		"EVENT_TYPE_ROUTE_OUTCOME_REPORTED":    72,
@@ -919,7 +926,7 @@ const file_are_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1b\n" +
-	"\tworker_id\x18\x06 \x01(\tR\bworkerId*\xd0\n" +
+	"\tworker_id\x18\x06 \x01(\tR\bworkerId*\xef\n" +
 	"\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
@@ -953,7 +960,8 @@ const file_are_v1_event_proto_rawDesc = "" +
 	"\x14EVENT_TYPE_CACHE_HIT\x10<\x12\x19\n" +
 	"\x15EVENT_TYPE_CACHE_MISS\x10=\x12\x1b\n" +
 	"\x17EVENT_TYPE_CACHE_STORED\x10>\x12 \n" +
-	"\x1cEVENT_TYPE_CACHE_INVALIDATED\x10?\x12\x1c\n" +
+	"\x1cEVENT_TYPE_CACHE_INVALIDATED\x10?\x12\x1d\n" +
+	"\x19EVENT_TYPE_CACHE_INDEXING\x10@\x12\x1c\n" +
 	"\x18EVENT_TYPE_ROUTE_DECIDED\x10F\x12\x1b\n" +
 	"\x17EVENT_TYPE_MODEL_ROUTED\x10G\x12%\n" +
 	"!EVENT_TYPE_ROUTE_OUTCOME_REPORTED\x10H\x12\x1f\n" +

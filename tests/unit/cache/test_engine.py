@@ -14,6 +14,7 @@ import pytest
 
 import are_core.cache
 from are_core.cache import (
+    CacheEngine,
     CacheLimitError,
     DimensionMismatchError,
     EmbedderUnavailableError,
@@ -305,6 +306,76 @@ async def test_a_flush_writes_the_events_queued_before_it_and_leaves_later_ones_
     await e.flush()
     assert len(harness.sink.recorded) == before + 600 + during
     assert {d.event_type for d in harness.sink.recorded[before:]} == {"CACHE_HIT"}
+
+
+async def _indexed(e: CacheEngine, namespace: str) -> None:
+    """Waits (at most 30 s) until the namespace's background indexing is done."""
+    for _ in range(3000):
+        if e.stats(namespace)[0].unindexed_entries == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("background indexing did not finish in 30 s")
+
+
+async def _store_vectors(e: CacheEngine, namespace: str, count: int) -> dict[int, str]:
+    await e.put_namespace(NamespaceSettings(name=namespace, embedder="caller", dimension=16))
+    return {
+        i: (await e.store(namespace, prompt=f"p{i}", vector=_unit(16, i), response=str(i).encode())).entry_id
+        for i in range(count)
+    }
+
+
+async def test_a_start_missing_many_vectors_serves_at_once_and_indexes_them_behind(harness: Harness) -> None:
+    ids = await _store_vectors(harness.e, "bk", 300)
+    await harness.close(save=False)  # as after SIGKILL: no index file
+    e = await harness.open(index_at_start=50)
+    assert e.stats("bk")[0].unindexed_entries == 300  # serving before any is indexed
+    for i in range(300):  # the exact tier answers every entry meanwhile
+        hit = (await e.lookup("bk", prompt=f"p{i}")).hit
+        assert hit is not None and hit.response == str(i).encode()
+    assert await e.invalidate("bk", entry_ids=[ids[7], ids[250]]) == 2  # removed while indexing
+    await _indexed(e, "bk")
+    for i in range(300):
+        hit = (await e.lookup("bk", vector=_unit(16, i))).hit
+        if i in (7, 250):
+            assert hit is None or hit.response not in (b"7", b"250")
+        else:
+            assert hit is not None and hit.tier == "SEMANTIC" and hit.response == str(i).encode()
+    await e.flush()
+    progress = [d.attributes for d in harness.sink.recorded if d.event_type == "CACHE_INDEXING"]
+    assert progress[0] == {
+        "are.cache.namespace": "bk",
+        "are.cache.indexed": 0,
+        "are.cache.total": 300,
+        "are.cache.done": False,
+    }
+    assert progress[-1]["are.cache.done"] is True and progress[-1]["are.cache.indexed"] == 300
+    assert 3 <= len(progress) <= 12  # the start, some tenths, the end
+    e = await harness.reopen()  # a clean stop saved the completed index: nothing left to index
+    assert e.stats("bk")[0].unindexed_entries == 0
+    assert (await e.lookup("bk", vector=_unit(16, 42))).hit is not None
+
+
+async def test_a_stop_during_background_indexing_leaves_the_rest_to_the_next_start(harness: Harness) -> None:
+    await _store_vectors(harness.e, "st", 200)
+    await harness.close(save=False)
+    e = await harness.open(index_at_start=20)
+    await asyncio.sleep(0)  # indexing begins
+    await harness.close(save=True)  # the partial index is saved, not as complete
+    e = await harness.open(index_at_start=20)
+    assert 0 < e.stats("st")[0].unindexed_entries <= 200
+    await _indexed(e, "st")
+    for i in range(200):
+        hit = (await e.lookup("st", vector=_unit(16, i))).hit
+        assert hit is not None and hit.response == str(i).encode()
+
+
+async def test_few_missing_vectors_are_indexed_before_serving(harness: Harness) -> None:
+    await _store_vectors(harness.e, "few", 30)
+    await harness.close(save=False)
+    e = await harness.open(index_at_start=30)
+    assert e.stats("few")[0].unindexed_entries == 0
+    assert (await e.lookup("few", vector=_unit(16, 3))).hit is not None
 
 
 async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:

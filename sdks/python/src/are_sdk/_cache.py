@@ -158,6 +158,8 @@ class CacheStats:
     evictions: int
     saved_tokens: int
     saved_cost_micro_usd: int
+    unindexed_entries: int = 0
+    """Entries not in the semantic index yet (the sidecar is indexing them after a start); 0 normally."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +356,7 @@ class Cache:
                 evictions=s.evictions,
                 saved_tokens=s.saved_tokens,
                 saved_cost_micro_usd=s.saved_cost_micro_usd,
+                unindexed_entries=s.unindexed_entries,
             )
             for s in response.stats
         ]

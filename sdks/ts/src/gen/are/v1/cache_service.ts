@@ -300,6 +300,14 @@ export interface CacheStats {
   savedTokens: number;
   /** Cost saved by hits, in micro-US-dollars. */
   savedCostMicroUsd: number;
+  /**
+   * Entries whose vectors are not in the semantic index yet: after a start
+   * that found the saved index missing or far behind (a crash), the sidecar
+   * serves at once and indexes them in the background (CACHE_INDEXING events
+   * show the progress). Meanwhile the exact tier answers every entry and the
+   * semantic tier only those indexed. 0 when the index is complete.
+   */
+  unindexedEntries: number;
 }
 
 /** GetCacheStatsRequest selects namespaces. */
@@ -1465,6 +1473,7 @@ function createBaseCacheStats(): CacheStats {
     evictions: 0,
     savedTokens: 0,
     savedCostMicroUsd: 0,
+    unindexedEntries: 0,
   };
 }
 
@@ -1505,6 +1514,9 @@ export const CacheStats: MessageFns<CacheStats> = {
     }
     if (message.savedCostMicroUsd !== 0) {
       writer.uint32(96).int64(message.savedCostMicroUsd);
+    }
+    if (message.unindexedEntries !== 0) {
+      writer.uint32(104).int64(message.unindexedEntries);
     }
     return writer;
   },
@@ -1618,6 +1630,14 @@ export const CacheStats: MessageFns<CacheStats> = {
             message.savedCostMicroUsd = longToNumber(reader.int64());
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.unindexedEntries = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1647,6 +1667,7 @@ export const CacheStats: MessageFns<CacheStats> = {
     message.evictions = object.evictions ?? 0;
     message.savedTokens = object.savedTokens ?? 0;
     message.savedCostMicroUsd = object.savedCostMicroUsd ?? 0;
+    message.unindexedEntries = object.unindexedEntries ?? 0;
     return message;
   },
 };

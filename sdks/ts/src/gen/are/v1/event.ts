@@ -204,6 +204,13 @@ export enum EventType {
    */
   EVENT_TYPE_CACHE_INVALIDATED = 63,
   /**
+   * EVENT_TYPE_CACHE_INDEXING - A namespace's semantic index is being completed in the background after
+   * a start (its saved index was missing or far behind): at the start, at
+   * every tenth and at the end. Attributes: "are.cache.namespace",
+   * "are.cache.indexed", "are.cache.total", "are.cache.done".
+   */
+  EVENT_TYPE_CACHE_INDEXING = 64,
+  /**
    * EVENT_TYPE_ROUTE_DECIDED - RouteTask ranked agents. Attributes: "are.route.mode",
    * "are.route.agent_id" (the top one), "are.route.similarity",
    * "are.route.candidate_count", "are.route.threshold", "are.route.routed"

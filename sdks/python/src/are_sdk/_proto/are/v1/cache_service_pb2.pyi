@@ -168,7 +168,7 @@ class InvalidateCacheResponse(_message.Message):
     def __init__(self, removed_count: _Optional[int] = ...) -> None: ...
 
 class CacheStats(_message.Message):
-    __slots__ = ("namespace", "lookups", "exact_hits", "semantic_hits", "misses", "hit_rate", "entries", "size_bytes", "expirations", "evictions", "saved_tokens", "saved_cost_micro_usd")
+    __slots__ = ("namespace", "lookups", "exact_hits", "semantic_hits", "misses", "hit_rate", "entries", "size_bytes", "expirations", "evictions", "saved_tokens", "saved_cost_micro_usd", "unindexed_entries")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class CacheStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     SAVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SAVED_COST_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    UNINDEXED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     lookups: int
     exact_hits: int
@@ -193,7 +194,8 @@ class CacheStats(_message.Message):
     evictions: int
     saved_tokens: int
     saved_cost_micro_usd: int
-    def __init__(self, namespace: _Optional[str] = ..., lookups: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., entries: _Optional[int] = ..., size_bytes: _Optional[int] = ..., expirations: _Optional[int] = ..., evictions: _Optional[int] = ..., saved_tokens: _Optional[int] = ..., saved_cost_micro_usd: _Optional[int] = ...) -> None: ...
+    unindexed_entries: int
+    def __init__(self, namespace: _Optional[str] = ..., lookups: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., entries: _Optional[int] = ..., size_bytes: _Optional[int] = ..., expirations: _Optional[int] = ..., evictions: _Optional[int] = ..., saved_tokens: _Optional[int] = ..., saved_cost_micro_usd: _Optional[int] = ..., unindexed_entries: _Optional[int] = ...) -> None: ...
 
 class GetCacheStatsRequest(_message.Message):
     __slots__ = ("namespace",)

@@ -48,6 +48,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_CACHE_MISS: _ClassVar[EventType]
     EVENT_TYPE_CACHE_STORED: _ClassVar[EventType]
     EVENT_TYPE_CACHE_INVALIDATED: _ClassVar[EventType]
+    EVENT_TYPE_CACHE_INDEXING: _ClassVar[EventType]
     EVENT_TYPE_ROUTE_DECIDED: _ClassVar[EventType]
     EVENT_TYPE_MODEL_ROUTED: _ClassVar[EventType]
     EVENT_TYPE_ROUTE_OUTCOME_REPORTED: _ClassVar[EventType]
@@ -90,6 +91,7 @@ EVENT_TYPE_CACHE_HIT: EventType
 EVENT_TYPE_CACHE_MISS: EventType
 EVENT_TYPE_CACHE_STORED: EventType
 EVENT_TYPE_CACHE_INVALIDATED: EventType
+EVENT_TYPE_CACHE_INDEXING: EventType
 EVENT_TYPE_ROUTE_DECIDED: EventType
 EVENT_TYPE_MODEL_ROUTED: EventType
 EVENT_TYPE_ROUTE_OUTCOME_REPORTED: EventType
