@@ -75,6 +75,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     cache_search: str = "inline"
     cache_hot_bytes: int = 64 * 1024 * 1024
     cache_index_at_start: int = 4096
+    cache_checkpoint_changes: int = 0
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "token"}
@@ -438,6 +439,15 @@ OPTIONS: tuple[Option, ...] = (
         _bounded_int(0, 1 << 40),
         "N",
     ),
+    Option(
+        "cache_checkpoint_changes",
+        0,
+        "Entries changed in a cache namespace before its index is written again, from a forked "
+        "child, so that a start after a crash has few vectors to index again; 0 means 4096 or a "
+        "twentieth of the index, whichever is more (and at least every ten minutes while it changes).",
+        _bounded_int(0, 1 << 40),
+        "N",
+    ),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -527,6 +537,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         cache_search=values["cache_search"],
         cache_hot_bytes=values["cache_hot_bytes"],
         cache_index_at_start=values["cache_index_at_start"],
+        cache_checkpoint_changes=values["cache_checkpoint_changes"],
     )
 
 

@@ -105,6 +105,12 @@ DEFAULT_INDEX_AT_START = 4096
 _BACKLOG_CHUNK_NS = 10_000_000
 _BACKLOG_FIRST_CHUNK = 16
 _BACKLOG_MAX_CHUNK = 1024
+# A namespace's index is written again (in a forked child) once this many of
+# its entries changed since it was last written (or a twentieth of the index,
+# if more), or this long after, if any did: what a start after SIGKILL has
+# to index again stays bounded.
+_CHECKPOINT_CHANGES = DEFAULT_INDEX_AT_START
+_CHECKPOINT_NS = 600 * 1_000_000_000
 
 
 class _State:
@@ -120,11 +126,13 @@ class _State:
     __slots__ = (
         "backlog",
         "backlog_total",
+        "checkpoint_ns",
         "embedder",
         "entries",
         "exact",
         "heads",
         "index",
+        "index_changes",
         "index_dirty",
         "lru",
         "mark",
@@ -158,6 +166,8 @@ class _State:
         # (ids, in order); None once none are left.
         self.backlog: np.ndarray[Any, np.dtype[np.uint64]] | None = None
         self.backlog_total = 0
+        self.index_changes = 0  # entries changed since the index file was last written
+        self.checkpoint_ns = now  # when it was last written, or loaded (engine clock)
         self.stats = StatsRecord()
         self.stats_dirty = False
         self.touched: set[int] = set()  # entries used since the last table export
@@ -195,6 +205,7 @@ class _State:
         return head
 
     def changed(self, entry_id: int) -> None:
+        self.index_changes += 1
         self.pending.append(entry_id)
         if self.since is not None:
             self.since.append(entry_id)
@@ -268,6 +279,9 @@ class CacheEngine:
             :meth:`start` adds before returning; past that many (a missing or
             stale index file after a crash), they are added in the background
             while the engine serves (see :meth:`start`).
+        checkpoint_changes: Entries changed in a namespace before its index
+            is written again (in a forked child, see :meth:`checkpoint_due`);
+            0 means 4,096 or a twentieth of the index, whichever is more.
         clock: Nanoseconds since the epoch (tests may pass their own).
     """
 
@@ -285,9 +299,11 @@ class CacheEngine:
         blobs: BlobReferences | None = None,
         hot_bytes: int = DEFAULT_HOT_BYTES,
         index_at_start: int = DEFAULT_INDEX_AT_START,
+        checkpoint_changes: int = 0,
     ) -> None:
         self._storage = storage
         self._index_at_start = index_at_start
+        self._checkpoint_changes = checkpoint_changes
         self._indexers: set[asyncio.Task[None]] = set()  # background indexing, one task per namespace
         self._stopping = False
         self._hot = HotBodies(hot_bytes)
@@ -362,6 +378,51 @@ class CacheEngine:
             self._warmers.add(task)
             task.add_done_callback(self._warmers.discard)
             return
+
+    def checkpoint_due(self) -> asyncio.Task[None] | None:
+        """Starts writing the index of a namespace that changed enough since it was last written.
+
+        Only a clean stop used to write an index, so a SIGKILL weeks after a
+        start left a start with every vector added since to index again. A
+        checkpoint writes the index from a forked child (this process pauses
+        for the fork only), one namespace at a time. Returns the task doing
+        it, if one started.
+        """
+        if any(not task.done() for task in self._warmers):
+            return None
+        now = self._clock()
+        for state in self._states.values():
+            if not state.index_changes or state.index.is_view or not len(state.index):
+                continue
+            bound = self._checkpoint_changes or max(_CHECKPOINT_CHANGES, len(state.index) // 20)
+            if state.index_changes < bound and now - state.checkpoint_ns < _CHECKPOINT_NS:
+                continue
+            task = asyncio.create_task(self._checkpoint(state))
+            self._warmers.add(task)
+            task.add_done_callback(self._warmers.discard)
+            return task
+        return None
+
+    async def _checkpoint(self, state: _State) -> None:
+        name = state.namespace.name
+        changes = state.index_changes
+        began = time.monotonic()
+        state.checkpoint_ns = self._clock()  # a failure is retried after the interval, not every flush
+        try:
+            pid = state.index.save_in_child(self._index_path(state.namespace))
+        except OSError as error:
+            _log.warning(f"cache: could not start writing the index of {name!r}: {error}")
+            return
+        if pid is None:
+            return
+        code = await asyncio.to_thread(_wait_child, pid)
+        if code != 0:
+            _log.warning(f"cache: writing the index of {name!r} failed (child exit status {code})")
+            return
+        if self._states.get(name) is state:
+            state.index_changes -= changes
+        seconds = time.monotonic() - began
+        _log.info(f"cache: wrote the index of {name!r} ({len(state.index)} vectors) in {seconds:.1f} s")
 
     async def _warm(self, state: _State) -> None:
         """Loads a private copy of a memory-mapped index off the loop (its overlay folded in)."""
@@ -1034,6 +1095,7 @@ class CacheEngine:
         except Exception as error:  # noqa: BLE001 - derived data; the next turn retries
             _log.warning(f"cache: saving an entry table failed: {error}")
         self._fold_due()
+        self.checkpoint_due()
 
     # -- internals -------------------------------------------------------
 
@@ -1581,6 +1643,7 @@ class CacheEngine:
         """Indexes these entries' vectors now, or, past ``index_at_start`` of them, in the background."""
         if state.backlog is None and ids.size <= self._index_at_start:
             self._add_vectors(state, ids)
+            state.index_changes += int(ids.size)
             return
         waiting = ids if state.backlog is None else np.union1d(state.backlog, ids)
         state.backlog = np.asarray(waiting, dtype=np.uint64)
@@ -1638,6 +1701,7 @@ class CacheEngine:
                 )
                 if keys:
                     await asyncio.to_thread(state.index.add, keys, matrix)
+                    state.index_changes += len(keys)
                     alive = set(self._with_vectors(state, keys))
                     gone = [n for n in keys if n not in alive]
                     if gone:
@@ -1658,6 +1722,12 @@ class CacheEngine:
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+def _wait_child(pid: int) -> int:
+    """The exit code of a child process, once it ended (blocks: call it from a worker thread)."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _indexing_draft(namespace: str, indexed: int, total: int, *, done: bool) -> EventDraft:

@@ -379,20 +379,46 @@ class VectorIndex:
         path = Path(path)
         if self._overlay is not None or self._hidden:
             self.materialize()  # the file must hold the overlay's changes
+        _write(self._index, path)
+
+    def save_in_child(self, path: Path) -> int | None:
+        """Starts writing the index to ``path`` in a forked child process; returns its pid.
+
+        The child writes the index as it was at the fork (the kernel keeps
+        that copy for it, page by page, as this process goes on changing
+        it), atomically as :meth:`save` does, and exits 0 once the file is
+        durable, 1 otherwise: wait for it with ``os.waitpid``. This process
+        pauses only for the fork itself (about a millisecond per GB
+        mapped), where :meth:`save` would hold the index for as long as
+        writing it takes. The child dies with this process (it never
+        renames a file after its parent is gone).
+
+        Returns None, and forks nothing, for a memory-mapped view (its file
+        is already on disk; :meth:`materialize` first) or where ``fork`` is
+        not available.
+        """
+        path = Path(path)
+        if not hasattr(os, "fork") or self._view_path is not None:
+            return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            self._index.save(str(temporary))
-            fd = os.open(temporary, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            temporary.replace(path)
-            _fsync_dir(path.parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+        parent = os.getpid()
+        if sys.platform.startswith("linux"):
+            _libc()  # loaded here: the child must not load a library (the loader's lock may be held)
+        # No native call and no materialisation is under way in any thread while forking:
+        # the child starts with the index whole, and with no lock it would wait for.
+        with self._lock, self._native:
+            if self._view_path is not None:
+                return None
+            pid = os.fork()
+            if pid == 0:  # the child: only this thread exists; never returns
+                code = 1
+                try:
+                    _die_with_parent(parent)
+                    _write(self._index, path)
+                    code = 0
+                finally:
+                    os._exit(code)
+        return pid
 
     @classmethod
     def restore(
@@ -615,6 +641,36 @@ def _keys(keys: _Keys) -> np.ndarray[Any, np.dtype[np.uint64]]:
     if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
         raise VectorError("keys must be non-negative")
     return np.ascontiguousarray(array.astype(np.uint64, copy=False).reshape(-1))
+
+
+def _write(index: Index, path: Path) -> None:
+    """Writes a usearch index to ``path`` atomically: a temporary file, fsync, rename, fsync of the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        index.save(str(temporary))
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        temporary.replace(path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked child: be killed when the parent dies (Linux), and stop if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            _libc().prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL
+    if os.getppid() != parent:
+        raise ChildProcessError("the parent is gone")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -171,3 +171,46 @@ async def test_after_sigkill_the_sidecar_serves_at_once_and_indexes_missing_vect
     finally:
         process.kill()
         process.cleanup()
+
+
+async def test_a_checkpoint_written_while_serving_is_what_a_start_after_sigkill_builds_on(
+    tmp_path: Path,
+) -> None:
+    """The index is written in the background (a forked child) as entries change; SIGKILL; restart."""
+    data = tmp_path / "data"
+    index_file = data / "indexes" / "cache" / f"{NS}.f32.usearch"
+    process = SidecarProcess.start(data_dir=data, args=["--cache-checkpoint-changes", "100"])
+    try:
+        async with await Client.connect(process.target) as client:
+            await client.cache.put_namespace(NS, embedder="caller", dimension=DIM, similarity_threshold=0.99)
+            acknowledged = await _store_many(client, 0, 250)
+            for _ in range(200):  # the flush loop starts a checkpoint within about a second (bounded: 10 s)
+                if index_file.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert index_file.exists()
+            acknowledged += await _store_many(client, 250, 260)
+    finally:
+        process.kill()  # never a clean stop: the only index on disk is a checkpoint
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data, args=["--cache-index-at-start", "0"])
+    try:
+        async with await Client.connect(process.target) as client:
+            for _ in range(600):  # bounded: 30 s
+                [stats] = await client.cache.stats(NS)
+                if stats.unindexed_entries == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats.unindexed_entries == 0
+            await _check(client, acknowledged, set())
+            for _ in range(100):
+                page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=100)
+                if any(e.attributes["are.cache.done"].bool_value for e in page.events):
+                    break
+                await asyncio.sleep(0.05)
+            # Only what changed after the checkpoint was indexed again, not all 260 entries.
+            assert 0 < page.events[0].attributes["are.cache.total"].int_value < 260
+    finally:
+        process.kill()
+        process.cleanup()

@@ -378,6 +378,29 @@ async def test_few_missing_vectors_are_indexed_before_serving(harness: Harness) 
     assert (await e.lookup("few", vector=_unit(16, 3))).hit is not None
 
 
+async def test_a_checkpoint_bounds_what_a_start_after_a_crash_indexes_again(harness: Harness) -> None:
+    await harness.close()
+    e = await harness.open(checkpoint_changes=100)
+    ids = await _store_vectors(e, "cp", 250)
+    task = e.checkpoint_due()  # 250 changes: due; written by a forked child
+    assert task is not None
+    await task
+    assert e.checkpoint_due() is None  # nothing changed since
+    for i in range(250, 270):
+        await e.store("cp", prompt=f"p{i}", vector=_unit(16, i), response=str(i).encode())
+    await e.invalidate("cp", entry_ids=[ids[5]])
+    await harness.close(save=False)  # as after SIGKILL: only the checkpoint is on disk
+    e = await harness.open(index_at_start=0)
+    assert e.stats("cp")[0].unindexed_entries == 20  # those stored after the checkpoint, not all 270
+    await _indexed(e, "cp")
+    for i in range(270):
+        hit = (await e.lookup("cp", vector=_unit(16, i))).hit
+        if i == 5:
+            assert hit is None or hit.response != b"5"
+        else:
+            assert hit is not None and hit.response == str(i).encode(), i
+
+
 async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:
     e = harness.e
     await e.put_namespace(NamespaceSettings(name="d", embedder="caller", dimension=16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,22 @@ def test_prefault_maps_a_views_file_and_is_a_no_op_otherwise(tmp_path: Path) -> 
     size = (tmp_path / "p").stat().st_size
     assert mapped == 0 or mapped >= size  # 0 where the kernel lacks MADV_POPULATE_READ
     assert view.search(_unit(3000, 8, seed=4)[17], 1)[0][0] == 17
+
+
+def test_save_in_child_writes_the_index_as_it_was_at_the_fork(tmp_path: Path) -> None:
+    vectors = _unit(300, 16, seed=5)
+    index = VectorIndex(dimension=16, dtype="i8")
+    index.add(np.arange(200), vectors[:200])
+    path = tmp_path / "index.usearch"
+    pid = index.save_in_child(path)
+    assert pid is not None
+    index.add(np.arange(200, 300), vectors[200:])  # after the fork: not in the child's copy
+    index.remove([0, 1])
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    saved = VectorIndex.restore(path, dimension=16, dtype="i8", view=True)
+    assert saved is not None
+    assert sorted(saved.keys().tolist()) == list(range(200))
+    assert saved.search(vectors[150], 1)[0][0] == 150
+    assert not list(tmp_path.glob(".*.tmp"))  # the child's temporary file was renamed
+    assert saved.save_in_child(tmp_path / "other.usearch") is None  # a view's file is already on disk
