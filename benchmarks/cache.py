@@ -823,6 +823,37 @@ def _restart_seconds(data: Path, entries: int, truth: np.ndarray) -> tuple[float
     return serving, answered, correct
 
 
+def _lost_index_seconds(
+    data: Path, dtype: str, entries: int, truth: np.ndarray
+) -> tuple[float, float, Correctness]:
+    """A start that finds no index file (as after SIGKILL long after the last clean stop), on a copy.
+
+    Returns the seconds to SERVING, to every vector indexed again in the
+    background, and the answers' correctness once indexed.
+    """
+    from are_sdk import SyncClient  # noqa: PLC0415
+    from are_sdk.testing import SidecarProcess  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(dir=data.parent.parent) as scratch:
+        copy = Path(scratch) / "data"
+        shutil.copytree(data, copy)
+        _index_file(copy, dtype).unlink()
+        started = time.perf_counter()
+        with SidecarProcess.start(data_dir=copy, env=sidecar_env(), timeout=3600) as sidecar:
+            serving = time.perf_counter() - started
+            with SyncClient.connect(sidecar.target) as client:
+                deadline = started + 3600
+                while time.perf_counter() < deadline:
+                    [stats] = client.cache.stats(NAMESPACE)
+                    if stats.unindexed_entries == 0:
+                        break
+                    time.sleep(0.25)
+            indexed = time.perf_counter() - started
+            correct = asyncio.run(_grpc_correctness(sidecar.target, entries, truth))
+            sidecar.kill()
+    return serving, indexed, correct
+
+
 def _gptcache_figures(entries: int, truth: np.ndarray) -> tuple[dict[str, Any], Correctness] | None:
     """GPTCache's build figures and correctness; None when not installed."""
     if missing_requirements(GPTCACHE_REQUIRES):
@@ -888,6 +919,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="f32,f16,i8", help="comma-separated dtypes (f32,f16,i8)")
     parser.add_argument("--peers", action="store_true", help="also build and check hnswlib and GPTCache")
     parser.add_argument(
+        "--lost-index",
+        action="store_true",
+        help="also time a start with the index file gone, on a copy of the data folder (to SERVING, "
+        "and until every vector is indexed again in the background)",
+    )
+    parser.add_argument(
         "--ratios", type=Path, metavar="PATH", help="print GPTCache/ARE ratios from a --json file"
     )
     args = parser.parse_args(argv)
@@ -910,6 +947,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{answered:>12.2f}{size:>11.0f}{_rates(correct)}",
             flush=True,
         )
+        if args.lost_index:
+            serving, indexed, correct = _lost_index_seconds(data, dtype, args.entries, truth)
+            print(
+                f"{'  no index':<11}{'':>10}{'':>10}{serving:>11.2f}{'':>12}{'':>11}{_rates(correct)}"
+                f"  (every vector indexed again {indexed:.1f} s after the start)",
+                flush=True,
+            )
     if args.peers:
         hnsw = _hnswlib_recall(args.entries, truth)
         print(f"{'hnswlib':<11}{'':>10}{'skipped: not installed' if hnsw is None else f'{hnsw:>10.4f}'}")

@@ -395,6 +395,8 @@ class CacheEngine:
             if not state.index_changes or state.index.is_view or not len(state.index):
                 continue
             bound = self._checkpoint_changes or max(_CHECKPOINT_CHANGES, len(state.index) // 20)
+            if state.backlog is not None:  # a rebuild behind a start: a checkpoint per quarter of it
+                bound = max(bound, state.backlog_total // 4)
             if state.index_changes < bound and now - state.checkpoint_ns < _CHECKPOINT_NS:
                 continue
             task = asyncio.create_task(self._checkpoint(state))

@@ -407,8 +407,6 @@ class VectorIndex:
         # No native call and no materialisation is under way in any thread while forking:
         # the child starts with the index whole, and with no lock it would wait for.
         with self._lock, self._native:
-            if self._view_path is not None:
-                return None
             pid = os.fork()
             if pid == 0:  # the child: only this thread exists; never returns
                 code = 1
