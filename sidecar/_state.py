@@ -210,21 +210,19 @@ class StateCapability(Capability):
         """Installed by the scheduler to refuse a fork it would refuse, before any copy."""
 
     async def start(self) -> None:
-        """Drops unfinished uploads, migrates old blob owners, loads every memory index, starts the sweep."""
+        """Drops unfinished uploads, migrates old blob owners, starts the sweep.
+
+        A workflow's memory index is loaded when the workflow's memory is
+        first used (restored from its file, topped up or rebuilt from
+        LMDB), not here: loading every workflow's at start made a start
+        after SIGKILL rebuild every memory ever written before serving, and
+        kept the indexes of long-finished workflows in memory.
+        """
         swept = await self.blobs.recover()
         migrated = await self.blobs.migrate()
-        started = time.perf_counter()
-        loaded = self.memory.load_all()
         _log.info(
             "state ready",
-            extra={
-                "fields": {
-                    "memory_indexes": loaded,
-                    "index_load_ms": round((time.perf_counter() - started) * 1000, 1),
-                    "swept_uploads": swept,
-                    "migrated_blob_owners": migrated,
-                }
-            },
+            extra={"fields": {"swept_uploads": swept, "migrated_blob_owners": migrated}},
         )
         self._stopping.clear()
         self._sweeper = asyncio.create_task(self._sweep_blobs(), name="are-blob-sweep")

@@ -59,6 +59,25 @@ async def test_saved_index_is_topped_up_and_a_broken_one_rebuilt(store: Store, t
     assert [h.note.text for h in hits] == ["n3"]
 
 
+async def test_an_index_loads_on_first_use_without_a_load_at_start(store: Store, tmp_path: Path) -> None:
+    # The sidecar no longer loads every workflow's index at start (a start after
+    # SIGKILL rebuilt them all before serving): each loads when first used.
+    storage, committer = store
+    folder = tmp_path / "indexes"
+    memory = MemoryStore(storage, committer, embedder=None, index_dir=folder)
+    for workflow in ("a", "b"):
+        await memory.add(workflow, [NoteInput(text=f"{workflow}{i}", vector=_unit(i)) for i in range(20)])
+    memory.save_all()
+    await memory.add("a", [NoteInput(text=f"a{i}", vector=_unit(i)) for i in range(20, 30)])  # then a crash
+    (folder / "b.usearch").unlink()  # and b's file is gone
+
+    restarted = MemoryStore(storage, committer, embedder=None, index_dir=folder)
+    hits, _, _ = await restarted.hydrate("a", vector=_unit(25), top_k=1)  # restored, topped up
+    assert [h.note.text for h in hits] == ["a25"]
+    hits, _, _ = await restarted.hydrate("b", vector=_unit(3), top_k=1)  # rebuilt from LMDB
+    assert [h.note.text for h in hits] == ["b3"]
+
+
 async def test_filters_widen_the_search_until_enough_notes_match(store: Store, tmp_path: Path) -> None:
     memory = MemoryStore(*store, embedder=None, index_dir=tmp_path)
     notes = [
