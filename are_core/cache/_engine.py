@@ -322,6 +322,7 @@ class CacheEngine:
         self._flusher: asyncio.Task[None] | None = None
         self._tick: asyncio.Future[None] | None = None
         self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
+        self._folding: set[str] = set()  # namespaces whose overlay is being folded into a private copy
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
@@ -428,7 +429,11 @@ class CacheEngine:
 
     async def _warm(self, state: _State) -> None:
         """Loads a private copy of a memory-mapped index off the loop (its overlay folded in)."""
-        await asyncio.to_thread(state.index.materialize)
+        self._folding.add(state.namespace.name)
+        try:
+            await asyncio.to_thread(state.index.materialize)
+        finally:
+            self._folding.discard(state.namespace.name)
 
     async def stop(self) -> None:
         """Flushes counters and recency, and saves every changed index and entry table for a fast start."""
@@ -1696,6 +1701,9 @@ class CacheEngine:
             while state.backlog is not None and state.backlog.size:
                 if self._stopping or self._states.get(name) is not state:
                     return
+                if name in self._folding:  # the fold catches up with the overlay only if it stops growing
+                    await asyncio.sleep(0.05)
+                    continue
                 part = state.backlog[:chunk]
                 began = time.monotonic_ns()
                 keys, matrix = self._read_vectors(

@@ -526,17 +526,26 @@ class VectorIndex:
             except (ValueError, RuntimeError, OSError, MemoryError) as error:
                 raise VectorError(f"cannot load the index file {path.name}: {error}") from error
             copy.expansion_search = view.expansion_search
-            with self._native:  # fold the overlay in: changes made while the copy loaded
-                if self._hidden:
-                    _drop(copy, np.fromiter(self._hidden, dtype=np.uint64, count=len(self._hidden)))
-                if self._overlay_vectors:
-                    added = np.fromiter(
-                        self._overlay_vectors, dtype=np.uint64, count=len(self._overlay_vectors)
-                    )
-                    copy.add(added, np.stack(list(self._overlay_vectors.values())))
-                self._index = copy
-                self._view_path = None
-                self._reset_overlay()
+            # Fold the overlay in. The copy is this thread's alone, so rounds
+            # fold what the overlay holds without the lock (adding 50k vectors
+            # to a 1M-entry copy takes some 20 s, which every search and change
+            # used to wait for); only a last, small round holds it, then swaps.
+            hidden: set[int] = set()  # folded so far
+            vectors: dict[int, np.ndarray[Any, Any]] = {}
+            for last in [False] * _FOLD_ROUNDS + [True]:
+                with self._native:
+                    change = _overlay_change(self._hidden, self._overlay_vectors, hidden, vectors)
+                    if last or change.size <= _FOLD_UNDER_LOCK:
+                        change.apply(copy)
+                        self._index = copy
+                        self._view_path = None
+                        self._reset_overlay()
+                        return
+                change.apply(copy)
+                hidden |= change.hidden
+                vectors.update(change.added)
+                for key in change.dropped:
+                    vectors.pop(key, None)
 
     # -- helpers ---------------------------------------------------------
 
@@ -571,6 +580,50 @@ class VectorIndex:
         if matrix.ndim != 2 or matrix.shape[1] != self._dimension:
             raise VectorShapeError(expected=self._dimension, got=tuple(np.shape(vectors)))
         return np.ascontiguousarray(matrix)
+
+
+_FOLD_ROUNDS = 8
+_FOLD_UNDER_LOCK = 2048  # overlay changes a materialisation folds while holding the lock, at most
+
+
+class _OverlayChange:
+    """What a view's overlay holds beyond what was already folded into a copy."""
+
+    __slots__ = ("added", "dropped", "hidden")
+
+    def __init__(self, hidden: set[int], dropped: list[int], added: dict[int, np.ndarray[Any, Any]]) -> None:
+        self.hidden = hidden  # keys of the file hidden since
+        self.dropped = dropped  # keys folded in from the overlay, removed from it since
+        self.added = added  # keys added to (or replaced in) the overlay since, with their vectors
+
+    @property
+    def size(self) -> int:
+        return len(self.hidden) + len(self.dropped) + len(self.added)
+
+    def apply(self, copy: Index) -> None:
+        gone = [*self.hidden, *self.dropped]
+        if gone:
+            _drop(copy, np.asarray(gone, dtype=np.uint64))
+        if self.added:
+            keys = np.fromiter(self.added, dtype=np.uint64, count=len(self.added))
+            _put(copy, keys, np.stack(list(self.added.values())))
+
+
+def _overlay_change(
+    hidden_now: set[int],
+    vectors_now: dict[int, np.ndarray[Any, Any]],
+    hidden: set[int],
+    vectors: dict[int, np.ndarray[Any, Any]],
+) -> _OverlayChange:
+    """The overlay (``hidden_now``, ``vectors_now``) beyond what was folded (``hidden``, ``vectors``).
+
+    Called with the lock held: both sides are read whole.
+    """
+    return _OverlayChange(
+        hidden_now - hidden,
+        [key for key in vectors if key not in vectors_now],
+        {key: row for key, row in vectors_now.items() if vectors.get(key) is not row},
+    )
 
 
 _MADV_POPULATE_READ = 22

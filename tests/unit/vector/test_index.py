@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,38 @@ def test_save_in_child_writes_the_index_as_it_was_at_the_fork(tmp_path: Path) ->
     assert saved.search(vectors[150], 1)[0][0] == 150
     assert not list(tmp_path.glob(".*.tmp"))  # the child's temporary file was renamed
     assert saved.save_in_child(tmp_path / "other.usearch") is None  # a view's file is already on disk
+
+
+def test_materialize_folds_a_large_overlay_while_changes_go_on(tmp_path: Path) -> None:
+    # The overlay (6,000 changes) is folded into the copy in rounds without the
+    # lock; changes made meanwhile from this thread must all be in the result.
+    n, extra = 3000, 6000
+    vectors = _unit(n + extra + 400, 16, seed=11)
+    index = VectorIndex(dimension=16, dtype="i8")
+    index.add(np.arange(n), vectors[:n])
+    index.save(tmp_path / "v")
+    view = VectorIndex.restore(tmp_path / "v", dimension=16, dtype="i8", view=True)
+    assert view is not None
+    model = VectorIndex(dimension=16, dtype="i8")
+    model.add(np.arange(n), vectors[:n])
+    for target in (view, model):
+        target.add(np.arange(n, n + extra), vectors[n : n + extra])
+        target.remove(np.arange(0, 600, 3))
+    folding = threading.Thread(target=view.materialize)
+    folding.start()
+    changes = 0
+    base = n + extra
+    while changes < 400 and (folding.is_alive() or changes < 20):  # bounded either way
+        key = base + changes
+        for target in (view, model):
+            target.add([key], vectors[key])  # a new key
+            target.add([changes * 7 % n], -vectors[key])  # a file key replaced (by another direction)
+            target.remove([n + changes * 13 % extra])  # an overlay key removed
+        changes += 1
+    folding.join(timeout=120)
+    assert not folding.is_alive()
+    assert not view.is_view
+    assert sorted(view.keys().tolist()) == sorted(model.keys().tolist())
+    for key in (base, base + changes - 1, n + 1, 5):
+        if key in model:
+            assert view.search(vectors[key], 1)[0][0] == model.search(vectors[key], 1)[0][0]
