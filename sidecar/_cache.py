@@ -296,6 +296,7 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
             vector_dtype=_DTYPE_NAMES[ns.vector_dtype],
             description=ns.description,
             search_expansion=ns.search_expansion,
+            recall_target=ns.recall_target,
         )
         try:
             namespace, created = await self._engine.put_namespace(settings)
@@ -381,6 +382,8 @@ def _namespace(ns: Namespace) -> cache_service_pb2.CacheNamespace:
         create_time=_timestamp(ns.create_time_ns),
         update_time=_timestamp(ns.update_time_ns),
         search_expansion=ns.search_expansion,
+        recall_target=ns.recall_target,
+        search_expansion_fixed=ns.expansion_fixed,
     )
 
 
@@ -399,6 +402,10 @@ def _stats(s: CacheStats) -> cache_service_pb2.CacheStats:
         saved_tokens=s.saved_tokens,
         saved_cost_micro_usd=s.saved_cost_micro_usd,
         unindexed_entries=s.unindexed_entries,
+        search_expansion=s.search_expansion,
+        measured_recall=s.measured_recall,
+        recall_samples=s.recall_samples,
+        calibrate_time=_timestamp(s.calibrate_time_ns) if s.calibrate_time_ns else None,
     )
 
 

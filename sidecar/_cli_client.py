@@ -614,6 +614,7 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
         "size",
         "saved tokens",
         "saved $",
+        "ef (recall@1)",
     )
     for stats in response.stats:
         table.add_row(
@@ -627,9 +628,14 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
             _format_bytes(stats.size_bytes),
             str(stats.saved_tokens),
             f"{stats.saved_cost_micro_usd / 1e6:.4f}",
+            _expansion_cell(stats.search_expansion, stats.measured_recall, stats.recall_samples),
         )
     out.print(table)
     return 0
+
+
+def _expansion_cell(expansion: int, recall: float, samples: int) -> str:
+    return f"{expansion} ({recall:.3f} of {samples})" if samples else f"{expansion} (not measured)"
 
 
 def _entries_cell(entries: int, unindexed: int) -> str:

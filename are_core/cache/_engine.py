@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,16 @@ import numpy as np
 from are_core.embed import Embedder, EmbedderError, LexicalEmbedder, OnnxEmbedder
 from are_core.storage import Codec, GroupCommitter, Storage, join_key, prefix_key, u64_key
 from are_core.trace import Event, EventDraft, EventSink
-from are_core.vector import EXPANSION_SEARCH, VectorIndex
+from are_core.vector import (
+    EXACT_SEARCH_BELOW,
+    EXPANSION_SEARCH,
+    LADDER,
+    Calibration,
+    ChildSearch,
+    VectorError,
+    VectorIndex,
+    choose_expansion,
+)
 
 from ._errors import (
     BlobNotFoundError,
@@ -34,6 +44,7 @@ from ._hot import DEFAULT_HOT_BYTES, HotBodies
 from ._model import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ENTRIES,
+    DEFAULT_RECALL_TARGET,
     DEFAULT_THRESHOLD,
     DEFAULT_TTL_NS,
     MAX_NAMESPACES,
@@ -111,6 +122,11 @@ _BACKLOG_MAX_CHUNK = 1024
 # to index again stays bounded.
 _CHECKPOINT_CHANGES = DEFAULT_INDEX_AT_START
 _CHECKPOINT_NS = 600 * 1_000_000_000
+# Search-expansion calibration: on the last this many semantic lookups'
+# queries, again after as many more once the index grew or shrank by a
+# quarter, or an hour passed.
+_CALIBRATION_QUERIES = 512
+_RECALIBRATE_NS = 3600 * 1_000_000_000
 
 
 class _State:
@@ -126,6 +142,8 @@ class _State:
     __slots__ = (
         "backlog",
         "backlog_total",
+        "calibrated_at",
+        "calibrating",
         "checkpoint_ns",
         "embedder",
         "entries",
@@ -138,12 +156,15 @@ class _State:
         "mark",
         "namespace",
         "pending",
+        "queries",
+        "queries_seen",
         "saved_ns",
         "seq",
         "since",
         "snapshot_due",
         "stats",
         "stats_dirty",
+        "thresholds",
         "touched",
         "unsaved_changes",
         "unsaved_rows",
@@ -167,6 +188,12 @@ class _State:
         self.backlog: np.ndarray[Any, np.dtype[np.uint64]] | None = None
         self.backlog_total = 0
         self.index_changes = 0  # entries changed since the index file was last written
+        # The last semantic lookups' queries and thresholds (a ring), for calibration.
+        self.queries: np.ndarray[Any, np.dtype[np.float32]] | None = None
+        self.thresholds: np.ndarray[Any, np.dtype[np.float32]] | None = None
+        self.queries_seen = 0
+        self.calibrated_at = 0  # queries_seen when the last calibration began
+        self.calibrating: ChildSearch | None = None
         self.checkpoint_ns = now  # when it was last written, or loaded (engine clock)
         self.stats = StatsRecord()
         self.stats_dirty = False
@@ -323,6 +350,7 @@ class CacheEngine:
         self._tick: asyncio.Future[None] | None = None
         self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
         self._folding: set[str] = set()  # namespaces whose overlay is being folded into a private copy
+        self._calibrations: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
@@ -427,6 +455,107 @@ class CacheEngine:
         seconds = time.monotonic() - began
         _log.info(f"cache: wrote the index of {name!r} ({len(state.index)} vectors) in {seconds:.1f} s")
 
+    def calibrate_due(self) -> asyncio.Task[None] | None:
+        """Starts calibrating the search expansion of a namespace that is due; returns the task.
+
+        Due: a namespace whose expansion is not fixed, with over
+        ``EXACT_SEARCH_BELOW`` vectors (smaller ones are searched exactly)
+        and ``_CALIBRATION_QUERIES`` semantic lookups remembered, never
+        calibrated (or for another target), or with as many lookups since
+        the last calibration and an index a quarter larger or smaller, or an
+        hour older. The searches run in a forked child at idle priority
+        (:meth:`VectorIndex.search_in_child`), forked here, between two
+        folds of the overlay (a fold holds the index's lock for its copy).
+        """
+        now = self._clock()
+        for state in self._states.values():
+            namespace = state.namespace
+            if (
+                namespace.expansion_fixed
+                or state.calibrating is not None
+                or state.queries is None
+                or state.thresholds is None
+                or state.queries_seen < _CALIBRATION_QUERIES
+                or namespace.name in self._folding
+                or len(state.index) <= EXACT_SEARCH_BELOW
+            ):
+                continue
+            entries = len(state.index)
+            last = state.stats.calibration
+            if last is not None and last.target == namespace.recall_target:
+                if state.queries_seen - state.calibrated_at < _CALIBRATION_QUERIES:
+                    continue
+                resized = not last.entries * 0.8 <= entries <= last.entries * 1.25
+                if not resized and now - last.time_ns < _RECALIBRATE_NS:
+                    continue
+            try:
+                child = state.index.search_in_child(state.queries.copy(), LADDER)
+            except OSError as error:
+                _log.warning(f"cache: could not start calibrating {namespace.name!r}: {error}")
+                continue
+            if child is None:
+                continue
+            state.calibrating = child
+            state.calibrated_at = state.queries_seen
+            task = asyncio.create_task(self._calibrate(state, child, state.thresholds.copy(), entries))
+            self._calibrations.add(task)
+            task.add_done_callback(self._calibrations.discard)
+            return task
+        return None
+
+    async def _calibrate(
+        self, state: _State, child: ChildSearch, thresholds: np.ndarray[Any, Any], entries: int
+    ) -> None:
+        name = state.namespace.name
+        try:
+            found = await asyncio.to_thread(child.collect)
+        except (VectorError, OSError, ValueError) as error:
+            if not self._stopping:
+                _log.warning(f"cache: calibrating {name!r} failed: {error}")
+            return
+        finally:
+            state.calibrating = None
+        if self._states.get(name) is not state or state.namespace.expansion_fixed:
+            return
+        reference = found.pop(0)
+        result = choose_expansion(
+            found,
+            reference,
+            thresholds,
+            target=state.namespace.recall_target,
+            similarity_error=state.index.similarity_error,
+            entries=entries,
+            time_ns=self._clock(),
+        )
+        if result is None:
+            _log.info(f"cache: too few of {name!r}'s last lookups could hit to calibrate; later")
+            return
+        previous = state.index.expansion_search
+        state.stats.calibration = result
+        state.stats_dirty = True
+        state.namespace = _in_force(state.namespace, result)
+        state.index.expansion_search = result.expansion
+        self._queue_event(
+            EventDraft(
+                event_type="CACHE_CALIBRATED",
+                name=name,
+                attributes={
+                    "are.cache.namespace": name,
+                    "are.cache.search_expansion": result.expansion,
+                    "are.cache.previous_search_expansion": previous,
+                    "are.cache.recall": round(result.recall, 6),
+                    "are.cache.recall_lower_bound": round(result.lower_bound, 6),
+                    "are.cache.samples": result.samples,
+                    "are.cache.recall_target": result.target,
+                    "are.cache.met": result.met,
+                },
+            )
+        )
+        _log.info(
+            f"cache: {name!r} searches with expansion {result.expansion} (was {previous}): recall@1 "
+            f"{result.recall:.4f} on {result.samples} lookups, at least {result.lower_bound:.4f} at 95%"
+        )
+
     async def _warm(self, state: _State) -> None:
         """Loads a private copy of a memory-mapped index off the loop (its overlay folded in)."""
         self._folding.add(state.namespace.name)
@@ -435,12 +564,20 @@ class CacheEngine:
         finally:
             self._folding.discard(state.namespace.name)
 
+    async def _stop_background(self) -> None:
+        """Cuts calibrations short (only measurements) and lets background indexing end its chunk."""
+        for state in self._states.values():
+            if state.calibrating is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(state.calibrating.pid, signal.SIGKILL)
+        for task in [*self._calibrations, *self._indexers]:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+
     async def stop(self) -> None:
         """Flushes counters and recency, and saves every changed index and entry table for a fast start."""
         self._stopping = True
-        for task in list(self._indexers):  # each ends after the chunk it is adding (never cut mid-add)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        await self._stop_background()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -516,12 +653,15 @@ class CacheEngine:
                 max_bytes=max_bytes,
                 description=settings.description,
                 search_expansion=expansion,
+                expansion_fixed=bool(settings.search_expansion),
+                recall_target=settings.recall_target or DEFAULT_RECALL_TARGET,
                 update_time_ns=now,
             )
+            namespace = _in_force(namespace, state.stats.calibration)
             batch = self._storage.batch()
             batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
             state.namespace = namespace
-            state.index.expansion_search = expansion
+            state.index.expansion_search = namespace.search_expansion
             evicted = self._evict(state, batch, keep=None)
             self._put_stats(batch, state)
             await self._submit(batch, state, self._removal_drafts(state, evicted, "EVICTED"))
@@ -542,6 +682,8 @@ class CacheEngine:
             vector_dtype=settings.vector_dtype or "f32",
             description=settings.description,
             search_expansion=settings.search_expansion or EXPANSION_SEARCH[settings.vector_dtype or "f32"],
+            expansion_fixed=bool(settings.search_expansion),
+            recall_target=settings.recall_target or DEFAULT_RECALL_TARGET,
             create_time_ns=now,
             update_time_ns=now,
         )
@@ -648,6 +790,8 @@ class CacheEngine:
         # when it cannot answer (removed or too old). Entries removed while a
         # coalesced search ran are skipped below, as removed ones always are.
         candidates = await self._search(state, query, 1)
+        if not state.namespace.expansion_fixed:
+            _remember(state, query, needed)
         if candidates:
             head = state.heads.get(candidates[0][0])
             if head is None or not _alive(head, now, oldest):
@@ -1055,6 +1199,10 @@ class CacheEngine:
                     saved_tokens=s.saved_tokens,
                     saved_cost_micro_usd=s.saved_cost_micro_usd,
                     unindexed_entries=0 if state.backlog is None else int(state.backlog.size),
+                    search_expansion=state.index.expansion_search,
+                    measured_recall=0.0 if s.calibration is None else s.calibration.recall,
+                    recall_samples=0 if s.calibration is None else s.calibration.samples,
+                    calibrate_time_ns=0 if s.calibration is None else s.calibration.time_ns,
                 )
             )
         return out
@@ -1103,6 +1251,7 @@ class CacheEngine:
             _log.warning(f"cache: saving an entry table failed: {error}")
         self._fold_due()
         self.checkpoint_due()
+        self.calibrate_due()
 
     # -- internals -------------------------------------------------------
 
@@ -1518,6 +1667,8 @@ class CacheEngine:
         raw_stats = self._storage.get(STATS, name.encode())
         if raw_stats is not None:
             state.stats = _stats_codec.decode(raw_stats)
+        state.namespace = _in_force(namespace, state.stats.calibration)
+        state.index.expansion_search = state.namespace.search_expansion
         self._next_id = max(self._next_id, state.entries.max_id() + 1)
         with_table = replayed is not None and mark is not None and mark.index_seq == mark.seq
         self._settle_index(state, restored=index is not None, replayed=replayed if with_table else None)
@@ -1734,6 +1885,26 @@ class CacheEngine:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
 
 
+def _remember(state: _State, query: np.ndarray[Any, Any], needed: float) -> None:
+    """Keeps a semantic lookup's query and threshold in the namespace's ring, for calibration."""
+    if state.queries is None or state.thresholds is None:
+        if len(state.index) <= EXACT_SEARCH_BELOW:  # searched exactly: nothing to calibrate yet
+            return
+        state.queries = np.zeros((_CALIBRATION_QUERIES, state.namespace.dimension), dtype=np.float32)
+        state.thresholds = np.zeros(_CALIBRATION_QUERIES, dtype=np.float32)
+    slot = state.queries_seen % _CALIBRATION_QUERIES
+    state.queries[slot] = query.reshape(-1)
+    state.thresholds[slot] = needed
+    state.queries_seen += 1
+
+
+def _in_force(namespace: Namespace, calibration: Calibration | None) -> Namespace:
+    """The namespace with the search expansion in force: its own if fixed, else the calibrated one."""
+    if namespace.expansion_fixed or calibration is None:
+        return namespace
+    return msgspec.structs.replace(namespace, search_expansion=calibration.expansion)
+
+
 def _wait_child(pid: int) -> int:
     """The exit code of a child process, once it ended (blocks: call it from a worker thread)."""
     _, status = os.waitpid(pid, 0)
@@ -1798,6 +1969,11 @@ def _check_settings(settings: NamespaceSettings) -> None:
         (0 <= settings.dimension <= _MAX_DIMENSION, "namespace.dimension", "must be 0 to 4,096"),
         (settings.vector_dtype in ("", *_DTYPES), "namespace.vector_dtype", "must be f32, f16 or i8"),
         (len(settings.description.encode("utf-8")) <= 1024, "namespace.description", "must be at most 1 KiB"),
+        (
+            settings.recall_target == 0 or 0.5 <= settings.recall_target < 1.0,
+            "namespace.recall_target",
+            "must be 0 (0.99) or in [0.5, 1)",
+        ),
         (
             settings.search_expansion == 0 or 4 <= settings.search_expansion <= _MAX_EXPANSION,
             "namespace.search_expansion",

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import msgspec
 
+from are_core.vector import Calibration
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_RECALL_TARGET",
     "DEFAULT_THRESHOLD",
     "DEFAULT_TTL_NS",
     "MAX_NAMESPACES",
@@ -29,6 +32,7 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLD = 0.92
+DEFAULT_RECALL_TARGET = 0.99
 DEFAULT_TTL_NS = 7 * 86_400 * 1_000_000_000
 DEFAULT_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_BYTES = 1 << 30
@@ -47,7 +51,8 @@ class NamespaceSettings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     max_bytes: int = 0
     vector_dtype: str = ""
     description: str = ""
-    search_expansion: int = 0
+    search_expansion: int = 0  # 0: calibrated
+    recall_target: float = 0.0  # 0: DEFAULT_RECALL_TARGET
 
 
 class Namespace(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -71,6 +76,10 @@ class Namespace(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     create_time_ns: int
     update_time_ns: int
     search_expansion: int = 0  # 0 (namespaces stored before it existed): the dtype's default
+    # Set by the caller (fixed), or calibrated on the namespace's lookups; in
+    # force: the calibration's if there is one, else ``search_expansion``.
+    expansion_fixed: bool = False
+    recall_target: float = DEFAULT_RECALL_TARGET
     # Set (durably) once an entry referencing a blob is stored: only then does
     # removing an entry need to find and release its blob reference.
     blob_entries: bool = False
@@ -130,6 +139,7 @@ class StatsRecord(msgspec.Struct, kw_only=True, gc=False):
     evictions: int = 0
     saved_tokens: int = 0
     saved_cost_micro_usd: int = 0
+    calibration: Calibration | None = None  # the last search-expansion calibration
 
 
 class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -148,6 +158,10 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     saved_tokens: int
     saved_cost_micro_usd: int
     unindexed_entries: int = 0
+    search_expansion: int = 0
+    measured_recall: float = 0.0
+    recall_samples: int = 0
+    calibrate_time_ns: int = 0
 
 
 class CacheHit(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -13,17 +13,23 @@ Exceptions::
     └── VectorShapeError     a vector of the wrong dimension or shape
 """
 
+from ._calibrate import LADDER, Calibration, choose_expansion, wilson_lower_bound
 from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
-from ._index import DTYPES, EXACT_SEARCH_BELOW, EXPANSION_SEARCH, SIMILARITY_ERROR, VectorIndex
+from ._index import DTYPES, EXACT_SEARCH_BELOW, EXPANSION_SEARCH, SIMILARITY_ERROR, ChildSearch, VectorIndex
 
 __all__ = [
     "DTYPES",
     "EXACT_SEARCH_BELOW",
     "EXPANSION_SEARCH",
+    "LADDER",
     "SIMILARITY_ERROR",
+    "Calibration",
+    "ChildSearch",
     "SearchCoalescer",
     "VectorError",
     "VectorIndex",
     "VectorShapeError",
+    "choose_expansion",
+    "wilson_lower_bound",
 ]

@@ -418,6 +418,56 @@ class VectorIndex:
                     os._exit(code)
         return pid
 
+    def search_in_child(self, queries: np.ndarray[Any, Any], expansions: Sequence[int]) -> ChildSearch | None:
+        """Starts searching ``queries`` at each expansion, and exactly, in a forked child.
+
+        The child searches the index as it was at the fork (the graph of a
+        view's file, without its overlay), at idle priority (Linux
+        ``SCHED_IDLE``: only when the CPU has nothing else to do), and
+        writes the top key and similarity of every query per expansion to a
+        pipe: read it with :meth:`ChildSearch.collect` (blocking; from a
+        worker thread). Returns None where ``fork`` is not available.
+        """
+        if not hasattr(os, "fork"):
+            return None
+        matrix = self._matrix(queries)
+        ladder = [int(e) for e in expansions]
+        parent = os.getpid()
+        if sys.platform.startswith("linux"):
+            _libc()  # loaded here: the child must not load a library (the loader's lock may be held)
+        read_fd, write_fd = os.pipe()
+        with self._lock, self._native:
+            pid = os.fork()
+            if pid == 0:  # the child: only this thread exists; never returns
+                code = 1
+                try:
+                    os.close(read_fd)
+                    _die_with_parent(parent)
+                    with contextlib.suppress(OSError, AttributeError):
+                        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                    index = self._index
+                    out = [np.array([matrix.shape[0], len(ladder)], dtype=np.uint64).tobytes()]
+                    for expansion in [*ladder, 0]:  # 0: the exact reference, last
+                        if expansion:
+                            index.expansion_search = expansion
+                        keys, distances, counts = _compiled_search(
+                            index, matrix, 1, exact=not expansion, threads=1
+                        )
+                        hit = counts > 0
+                        top = np.where(hit, keys[:, 0], np.uint64(_NO_KEY)).astype(np.uint64)
+                        similarity = np.where(hit, 1.0 - distances[:, 0].astype(np.float64), -2.0)
+                        out += [
+                            np.array([expansion], dtype=np.uint64).tobytes(),
+                            top.tobytes(),
+                            similarity.astype(np.float32).tobytes(),
+                        ]
+                    _write_all(write_fd, b"".join(out))
+                    code = 0
+                finally:
+                    os._exit(code)
+        os.close(write_fd)
+        return ChildSearch(pid, read_fd)
+
     @classmethod
     def restore(
         cls,
@@ -580,6 +630,57 @@ class VectorIndex:
         if matrix.ndim != 2 or matrix.shape[1] != self._dimension:
             raise VectorShapeError(expected=self._dimension, got=tuple(np.shape(vectors)))
         return np.ascontiguousarray(matrix)
+
+
+_NO_KEY = (1 << 64) - 1  # a child search's key for a query with no match
+
+
+class ChildSearch:
+    """A search running in a forked child (:meth:`VectorIndex.search_in_child`)."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self._fd = fd
+
+    def collect(self) -> dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+        """Waits for the child; per expansion (0: the exact search), each query's top key and similarity.
+
+        Blocks until the child ends: call it from a worker thread.
+
+        Raises:
+            VectorError: The child failed (its output is incomplete).
+        """
+        chunks = []
+        try:
+            while chunk := os.read(self._fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self._fd)
+            _, status = os.waitpid(self.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise VectorError(f"the search child failed (exit status {os.waitstatus_to_exitcode(status)})")
+        data = b"".join(chunks)
+        n, settings = (int(x) for x in np.frombuffer(data[:16], dtype=np.uint64))
+        out: dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        offset = 16
+        for _ in range(settings + 1):
+            expansion = int(np.frombuffer(data[offset : offset + 8], dtype=np.uint64)[0])
+            offset += 8
+            keys = np.frombuffer(data[offset : offset + 8 * n], dtype=np.uint64)
+            offset += 8 * n
+            sims = np.frombuffer(data[offset : offset + 4 * n], dtype=np.float32)
+            offset += 4 * n
+            out[expansion] = (keys, sims)
+        if offset != len(data):
+            raise VectorError("the search child's output has the wrong length")
+        return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.close(fd)
 
 
 _FOLD_ROUNDS = 8

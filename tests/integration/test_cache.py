@@ -106,9 +106,15 @@ async def test_namespaces_put_list_and_errors(client: Client) -> None:
     updated = await client.cache.put_namespace(f"{base}.a", similarity_threshold=0.8, max_entries=10)
     assert not updated.created
     assert (updated.similarity_threshold, updated.max_entries) == (0.8, 10)
+    assert (first.search_expansion_fixed, first.recall_target) == (False, 0.99)  # calibrated, to 0.99
     faster = await client.cache.put_namespace(f"{base}.a", search_expansion=16)
-    assert faster.search_expansion == 16
-    assert (await client.cache.put_namespace(f"{base}.a")).search_expansion == 64  # 0: the default again
+    assert (faster.search_expansion, faster.search_expansion_fixed) == (16, True)
+    again = await client.cache.put_namespace(f"{base}.a", recall_target=0.95)
+    assert (again.search_expansion, again.search_expansion_fixed) == (64, False)  # 0: calibrated again
+    assert again.recall_target == 0.95
+    [stats] = await client.cache.stats(f"{base}.a")
+    assert (stats.search_expansion, stats.measured_recall, stats.recall_samples) == (64, 0.0, 0)
+    assert stats.calibrate_time is None  # too few vectors and lookups to measure yet
     assert updated.create_time == first.create_time
     names = [n.name for n in await client.cache.list_namespaces()]
     assert [n for n in names if n.startswith(base)] == [f"{base}.a", f"{base}.b"]
@@ -131,6 +137,9 @@ async def test_namespaces_put_list_and_errors(client: Client) -> None:
         ({"embedder": "caller"}, "namespace.dimension"),
         ({"search_expansion": 2}, "namespace.search_expansion"),
         ({"search_expansion": 5000}, "namespace.search_expansion"),
+        ({"recall_target": 1.0}, "namespace.recall_target"),
+        ({"recall_target": 0.3}, "namespace.recall_target"),
+        ({"recall_target": float("nan")}, "namespace.recall_target"),
     ]:
         with pytest.raises(InvalidArgumentError) as invalid:
             await client.cache.put_namespace(f"{base}.c", **kwargs)  # type: ignore[arg-type]
@@ -326,3 +335,44 @@ def pb_event_type_name(number: int) -> str:
     from are_sdk._proto.are.v1 import event_pb2
 
     return event_pb2.EventType.Name(number).removeprefix("EVENT_TYPE_")
+
+
+async def test_the_sidecar_calibrates_a_namespaces_search_expansion_on_its_lookups(client: Client) -> None:
+    ns = _name("cal")
+    await client.cache.put_namespace(ns, embedder="caller", dimension=32, vector_dtype="i8")
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((2600, 6)).astype(np.float32) @ rng.standard_normal((6, 32)).astype(
+        np.float32
+    )
+    vectors += 0.05 * rng.standard_normal(vectors.shape).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for start in range(0, len(vectors), 200):
+        await asyncio.gather(
+            *(
+                client.cache.store(ns, f"p{i}", {"i": i}, vector=vectors[i].tolist())
+                for i in range(start, min(start + 200, len(vectors)))
+            )
+        )
+    for i in range(520):  # near-duplicates of stored prompts: the lookups calibration measures on
+        query = vectors[i * 5] + 0.01 * rng.standard_normal(32).astype(np.float32)
+        hit = await client.cache.lookup(ns, vector=query.tolist())
+        assert hit is not None and hit.value == {"i": i * 5}
+    for _ in range(300):  # the flush loop starts it within a second; the child searches (bounded: 30 s)
+        [stats] = await client.cache.stats(ns)
+        if stats.recall_samples:
+            break
+        await asyncio.sleep(0.1)
+    assert stats.recall_samples == 512  # the last 512 lookups, every one of which could hit
+    assert stats.measured_recall >= 0.99
+    assert stats.calibrate_time is not None
+    [listed] = [n for n in await client.cache.list_namespaces() if n.name == ns]
+    assert listed.search_expansion == stats.search_expansion  # in force
+    for _ in range(50):
+        page = await client.trace.list_events(event_types=["CACHE_CALIBRATED"], page_size=1000)
+        events = [e for e in page.events if e.name == ns]
+        if events:
+            break
+        await asyncio.sleep(0.1)
+    [event] = events
+    assert event.attributes["are.cache.search_expansion"].int_value == stats.search_expansion
+    assert event.attributes["are.cache.samples"].int_value == 512

@@ -173,12 +173,22 @@ type CacheNamespace struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// How many candidates a semantic lookup keeps while it walks the index
 	// graph (HNSW's ef): more finds the nearest entry more reliably, fewer
-	// answer sooner. 0 means the default of the vector dtype (64 for F32, 32
-	// for F16 and I8); otherwise 4 to 1,024. Changeable; the answer shows the
-	// value in force.
+	// answer sooner. 0 means calibrated: the sidecar starts from the default
+	// of the vector dtype (64 for F32, 32 for F16 and I8) and, once the
+	// namespace holds over 2,048 vectors and has served 512 semantic lookups,
+	// measures recall@1 on those lookups (against an exact search, in the
+	// background) and keeps the smallest expansion whose recall clears
+	// recall_target with 95% confidence (GetCacheStats shows the figures);
+	// it measures again as the namespace grows. Otherwise 4 to 1,024, fixed.
+	// Changeable; the answer shows the value in force.
 	SearchExpansion int32 `protobuf:"varint,12,opt,name=search_expansion,json=searchExpansion,proto3" json:"search_expansion,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The recall@1 a calibrated search_expansion keeps, in [0.5, 1); 0 means
+	// 0.99.
+	RecallTarget float64 `protobuf:"fixed64,13,opt,name=recall_target,json=recallTarget,proto3" json:"recall_target,omitempty"`
+	// Output only: whether search_expansion was set (true) or is calibrated.
+	SearchExpansionFixed bool `protobuf:"varint,14,opt,name=search_expansion_fixed,json=searchExpansionFixed,proto3" json:"search_expansion_fixed,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *CacheNamespace) Reset() {
@@ -293,6 +303,20 @@ func (x *CacheNamespace) GetSearchExpansion() int32 {
 		return x.SearchExpansion
 	}
 	return 0
+}
+
+func (x *CacheNamespace) GetRecallTarget() float64 {
+	if x != nil {
+		return x.RecallTarget
+	}
+	return 0
+}
+
+func (x *CacheNamespace) GetSearchExpansionFixed() bool {
+	if x != nil {
+		return x.SearchExpansionFixed
+	}
+	return false
 }
 
 // LookupCacheRequest asks whether a prompt was answered before.
@@ -841,8 +865,17 @@ type CacheStats struct {
 	// show the progress). Meanwhile the exact tier answers every entry and the
 	// semantic tier only those indexed. 0 when the index is complete.
 	UnindexedEntries int64 `protobuf:"varint,13,opt,name=unindexed_entries,json=unindexedEntries,proto3" json:"unindexed_entries,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The search expansion in force (see CacheNamespace.search_expansion).
+	SearchExpansion int32 `protobuf:"varint,14,opt,name=search_expansion,json=searchExpansion,proto3" json:"search_expansion,omitempty"`
+	// The recall@1 last measured at that expansion on the namespace's own
+	// semantic lookups (those whose exact nearest entry could answer), and
+	// how many lookups it was measured on; 0 and 0 before a measurement.
+	MeasuredRecall float64 `protobuf:"fixed64,15,opt,name=measured_recall,json=measuredRecall,proto3" json:"measured_recall,omitempty"`
+	RecallSamples  int64   `protobuf:"varint,16,opt,name=recall_samples,json=recallSamples,proto3" json:"recall_samples,omitempty"`
+	// When it was measured; unset before a measurement.
+	CalibrateTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=calibrate_time,json=calibrateTime,proto3" json:"calibrate_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CacheStats) Reset() {
@@ -964,6 +997,34 @@ func (x *CacheStats) GetUnindexedEntries() int64 {
 		return x.UnindexedEntries
 	}
 	return 0
+}
+
+func (x *CacheStats) GetSearchExpansion() int32 {
+	if x != nil {
+		return x.SearchExpansion
+	}
+	return 0
+}
+
+func (x *CacheStats) GetMeasuredRecall() float64 {
+	if x != nil {
+		return x.MeasuredRecall
+	}
+	return 0
+}
+
+func (x *CacheStats) GetRecallSamples() int64 {
+	if x != nil {
+		return x.RecallSamples
+	}
+	return 0
+}
+
+func (x *CacheStats) GetCalibrateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CalibrateTime
+	}
+	return nil
 }
 
 // GetCacheStatsRequest selects namespaces.
@@ -1273,7 +1334,7 @@ var File_are_v1_cache_service_proto protoreflect.FileDescriptor
 
 const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1aare/v1/cache_service.proto\x12\x06are.v1\x1a\x13are/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x04\n" +
+	"\x1aare/v1/cache_service.proto\x12\x06are.v1\x1a\x13are/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x04\n" +
 	"\x0eCacheNamespace\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bembedder\x18\x02 \x01(\tR\bembedder\x12\x1c\n" +
@@ -1291,7 +1352,9 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12)\n" +
-	"\x10search_expansion\x18\f \x01(\x05R\x0fsearchExpansion\"\xf6\x01\n" +
+	"\x10search_expansion\x18\f \x01(\x05R\x0fsearchExpansion\x12#\n" +
+	"\rrecall_target\x18\r \x01(\x01R\frecallTarget\x124\n" +
+	"\x16search_expansion_fixed\x18\x0e \x01(\bR\x14searchExpansionFixed\"\xf6\x01\n" +
 	"\x12LookupCacheRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12&\n" +
@@ -1345,7 +1408,7 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
 	"\x17InvalidateCacheResponse\x12#\n" +
-	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\xb5\x03\n" +
+	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\xf3\x04\n" +
 	"\n" +
 	"CacheStats\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
@@ -1363,7 +1426,11 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	" \x01(\x03R\tevictions\x12!\n" +
 	"\fsaved_tokens\x18\v \x01(\x03R\vsavedTokens\x12/\n" +
 	"\x14saved_cost_micro_usd\x18\f \x01(\x03R\x11savedCostMicroUsd\x12+\n" +
-	"\x11unindexed_entries\x18\r \x01(\x03R\x10unindexedEntries\"4\n" +
+	"\x11unindexed_entries\x18\r \x01(\x03R\x10unindexedEntries\x12)\n" +
+	"\x10search_expansion\x18\x0e \x01(\x05R\x0fsearchExpansion\x12'\n" +
+	"\x0fmeasured_recall\x18\x0f \x01(\x01R\x0emeasuredRecall\x12%\n" +
+	"\x0erecall_samples\x18\x10 \x01(\x03R\rrecallSamples\x12A\n" +
+	"\x0ecalibrate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rcalibrateTime\"4\n" +
 	"\x14GetCacheStatsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"A\n" +
 	"\x15GetCacheStatsResponse\x12(\n" +
@@ -1461,27 +1528,28 @@ var file_are_v1_cache_service_proto_depIdxs = []int32{
 	23, // 15: are.v1.StoreCacheRequest.usage:type_name -> are.v1.Usage
 	20, // 16: are.v1.StoreCacheResponse.expire_time:type_name -> google.protobuf.Timestamp
 	18, // 17: are.v1.InvalidateCacheRequest.metadata_match:type_name -> are.v1.InvalidateCacheRequest.MetadataMatchEntry
-	9,  // 18: are.v1.GetCacheStatsResponse.stats:type_name -> are.v1.CacheStats
-	2,  // 19: are.v1.PutNamespaceRequest.namespace:type_name -> are.v1.CacheNamespace
-	2,  // 20: are.v1.PutNamespaceResponse.namespace:type_name -> are.v1.CacheNamespace
-	2,  // 21: are.v1.ListNamespacesResponse.namespaces:type_name -> are.v1.CacheNamespace
-	3,  // 22: are.v1.CacheService.LookupCache:input_type -> are.v1.LookupCacheRequest
-	5,  // 23: are.v1.CacheService.StoreCache:input_type -> are.v1.StoreCacheRequest
-	7,  // 24: are.v1.CacheService.InvalidateCache:input_type -> are.v1.InvalidateCacheRequest
-	10, // 25: are.v1.CacheService.GetCacheStats:input_type -> are.v1.GetCacheStatsRequest
-	12, // 26: are.v1.CacheService.PutNamespace:input_type -> are.v1.PutNamespaceRequest
-	14, // 27: are.v1.CacheService.ListNamespaces:input_type -> are.v1.ListNamespacesRequest
-	4,  // 28: are.v1.CacheService.LookupCache:output_type -> are.v1.LookupCacheResponse
-	6,  // 29: are.v1.CacheService.StoreCache:output_type -> are.v1.StoreCacheResponse
-	8,  // 30: are.v1.CacheService.InvalidateCache:output_type -> are.v1.InvalidateCacheResponse
-	11, // 31: are.v1.CacheService.GetCacheStats:output_type -> are.v1.GetCacheStatsResponse
-	13, // 32: are.v1.CacheService.PutNamespace:output_type -> are.v1.PutNamespaceResponse
-	15, // 33: are.v1.CacheService.ListNamespaces:output_type -> are.v1.ListNamespacesResponse
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	20, // 18: are.v1.CacheStats.calibrate_time:type_name -> google.protobuf.Timestamp
+	9,  // 19: are.v1.GetCacheStatsResponse.stats:type_name -> are.v1.CacheStats
+	2,  // 20: are.v1.PutNamespaceRequest.namespace:type_name -> are.v1.CacheNamespace
+	2,  // 21: are.v1.PutNamespaceResponse.namespace:type_name -> are.v1.CacheNamespace
+	2,  // 22: are.v1.ListNamespacesResponse.namespaces:type_name -> are.v1.CacheNamespace
+	3,  // 23: are.v1.CacheService.LookupCache:input_type -> are.v1.LookupCacheRequest
+	5,  // 24: are.v1.CacheService.StoreCache:input_type -> are.v1.StoreCacheRequest
+	7,  // 25: are.v1.CacheService.InvalidateCache:input_type -> are.v1.InvalidateCacheRequest
+	10, // 26: are.v1.CacheService.GetCacheStats:input_type -> are.v1.GetCacheStatsRequest
+	12, // 27: are.v1.CacheService.PutNamespace:input_type -> are.v1.PutNamespaceRequest
+	14, // 28: are.v1.CacheService.ListNamespaces:input_type -> are.v1.ListNamespacesRequest
+	4,  // 29: are.v1.CacheService.LookupCache:output_type -> are.v1.LookupCacheResponse
+	6,  // 30: are.v1.CacheService.StoreCache:output_type -> are.v1.StoreCacheResponse
+	8,  // 31: are.v1.CacheService.InvalidateCache:output_type -> are.v1.InvalidateCacheResponse
+	11, // 32: are.v1.CacheService.GetCacheStats:output_type -> are.v1.GetCacheStatsResponse
+	13, // 33: are.v1.CacheService.PutNamespace:output_type -> are.v1.PutNamespaceResponse
+	15, // 34: are.v1.CacheService.ListNamespaces:output_type -> are.v1.ListNamespacesResponse
+	29, // [29:35] is the sub-list for method output_type
+	23, // [23:29] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_are_v1_cache_service_proto_init() }

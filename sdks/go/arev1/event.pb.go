@@ -161,6 +161,12 @@ const (
 	// every tenth and at the end. Attributes: "are.cache.namespace",
 	// "are.cache.indexed", "are.cache.total", "are.cache.done".
 	EventType_EVENT_TYPE_CACHE_INDEXING EventType = 64
+	// A namespace's search expansion was calibrated on its own lookups.
+	// Attributes: "are.cache.namespace", "are.cache.search_expansion" (now in
+	// force), "are.cache.previous_search_expansion", "are.cache.recall"
+	// (measured at it), "are.cache.recall_lower_bound", "are.cache.samples",
+	// "are.cache.recall_target", "are.cache.met".
+	EventType_EVENT_TYPE_CACHE_CALIBRATED EventType = 65
 	// RouteTask ranked agents. Attributes: "are.route.mode",
 	// "are.route.agent_id" (the top one), "are.route.similarity",
 	// "are.route.candidate_count", "are.route.threshold", "are.route.routed"
@@ -235,6 +241,7 @@ var (
 		62: "EVENT_TYPE_CACHE_STORED",
 		63: "EVENT_TYPE_CACHE_INVALIDATED",
 		64: "EVENT_TYPE_CACHE_INDEXING",
+		65: "EVENT_TYPE_CACHE_CALIBRATED",
 		70: "EVENT_TYPE_ROUTE_DECIDED",
 		71: "EVENT_TYPE_MODEL_ROUTED",
 		72: "EVENT_TYPE_ROUTE_OUTCOME_REPORTED",
@@ -280,6 +287,7 @@ var (
 		"EVENT_TYPE_CACHE_STORED":              62,
 		"EVENT_TYPE_CACHE_INVALIDATED":         63,
 		"EVENT_TYPE_CACHE_INDEXING":            64,
+		"EVENT_TYPE_CACHE_CALIBRATED":          65,
 		"EVENT_TYPE_ROUTE_DECIDED":             70,
 		"EVENT_TYPE_MODEL_ROUTED":              71,
 		"EVENT_TYPE_ROUTE_OUTCOME_REPORTED":    72,
@@ -926,8 +934,7 @@ const file_are_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1b\n" +
-	"\tworker_id\x18\x06 \x01(\tR\bworkerId*\xef\n" +
-	"\n" +
+	"\tworker_id\x18\x06 \x01(\tR\bworkerId*\x90\v\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dEVENT_TYPE_WORKFLOW_SUBMITTED\x10\x01\x12!\n" +
@@ -961,7 +968,8 @@ const file_are_v1_event_proto_rawDesc = "" +
 	"\x15EVENT_TYPE_CACHE_MISS\x10=\x12\x1b\n" +
 	"\x17EVENT_TYPE_CACHE_STORED\x10>\x12 \n" +
 	"\x1cEVENT_TYPE_CACHE_INVALIDATED\x10?\x12\x1d\n" +
-	"\x19EVENT_TYPE_CACHE_INDEXING\x10@\x12\x1c\n" +
+	"\x19EVENT_TYPE_CACHE_INDEXING\x10@\x12\x1f\n" +
+	"\x1bEVENT_TYPE_CACHE_CALIBRATED\x10A\x12\x1c\n" +
 	"\x18EVENT_TYPE_ROUTE_DECIDED\x10F\x12\x1b\n" +
 	"\x17EVENT_TYPE_MODEL_ROUTED\x10G\x12%\n" +
 	"!EVENT_TYPE_ROUTE_OUTCOME_REPORTED\x10H\x12\x1f\n" +

@@ -24,6 +24,7 @@ from are_core.cache import (
     NamespaceSettings,
     normalise_prompt,
 )
+from are_core.vector import LADDER
 
 from .conftest import Harness
 
@@ -399,6 +400,56 @@ async def test_a_checkpoint_bounds_what_a_start_after_a_crash_indexes_again(harn
             assert hit is None or hit.response != b"5"
         else:
             assert hit is not None and hit.response == str(i).encode(), i
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((n, 8)).astype(np.float32) @ rng.standard_normal((8, d)).astype(np.float32)
+    rows += 0.05 * rng.standard_normal((n, d)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+async def test_the_search_expansion_is_calibrated_on_the_namespaces_own_lookups(harness: Harness) -> None:
+    e = harness.e
+    vectors = _clustered(5000, 32, seed=3)
+    for name, fixed in (("cal", 0), ("fixed", 48)):
+        await e.put_namespace(
+            NamespaceSettings(
+                name=name, embedder="caller", dimension=32, vector_dtype="i8", search_expansion=fixed
+            )
+        )
+        await e.store_many(name, [f"p{i}" for i in range(5000)], [b"r"] * 5000, vectors=vectors)
+    assert e.get_namespace("cal").search_expansion == 32  # the i8 default until measured
+    assert e.calibrate_due() is None  # no lookups yet
+    rng = np.random.default_rng(4)
+    for i in range(600):  # near-duplicates of stored prompts: each could hit
+        query = vectors[i * 7 % 5000] + 0.01 * rng.standard_normal(32).astype(np.float32)
+        assert (await e.lookup("cal", vector=query)).hit is not None
+        await e.lookup("fixed", vector=query)
+    task = e.calibrate_due()
+    assert task is not None
+    await task
+    [stats] = e.stats("cal")
+    assert stats.recall_samples == 512
+    assert stats.measured_recall >= 0.99
+    assert stats.search_expansion in LADDER
+    assert e.get_namespace("cal").search_expansion == stats.search_expansion
+    assert e.calibrate_due() is None  # the fixed namespace is never calibrated; "cal" is not due again
+    assert e.stats("fixed")[0].search_expansion == 48
+    assert e.stats("fixed")[0].recall_samples == 0
+    await e.flush()
+    [event] = [d for d in harness.sink.recorded if d.event_type == "CACHE_CALIBRATED"]
+    assert event.attributes["are.cache.search_expansion"] == stats.search_expansion
+    assert event.attributes["are.cache.previous_search_expansion"] == 32
+    assert event.attributes["are.cache.met"] is True
+    e = await harness.reopen()  # the calibration is kept
+    assert e.stats("cal")[0].search_expansion == stats.search_expansion
+    assert e.get_namespace("cal").search_expansion == stats.search_expansion
+    # Setting an expansion fixes it; setting 0 again returns to the calibrated one.
+    await e.put_namespace(NamespaceSettings(name="cal", search_expansion=100))
+    assert e.stats("cal")[0].search_expansion == 100
+    await e.put_namespace(NamespaceSettings(name="cal"))
+    assert e.stats("cal")[0].search_expansion == stats.search_expansion
 
 
 async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:

@@ -139,6 +139,9 @@ class CacheNamespace:
     create_time: datetime
     update_time: datetime
     search_expansion: int = 0
+    """The search expansion in force (calibrated unless ``search_expansion_fixed``)."""
+    recall_target: float = 0.99
+    search_expansion_fixed: bool = False
     created: bool = False
 
 
@@ -160,6 +163,13 @@ class CacheStats:
     saved_cost_micro_usd: int
     unindexed_entries: int = 0
     """Entries not in the semantic index yet (the sidecar is indexing them after a start); 0 normally."""
+    search_expansion: int = 0
+    """The search expansion in force."""
+    measured_recall: float = 0.0
+    """recall@1 last measured at that expansion on the namespace's own lookups (0: not measured yet)."""
+    recall_samples: int = 0
+    """How many lookups it was measured on."""
+    calibrate_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +200,8 @@ def _namespace(ns: Any, created: bool = False) -> CacheNamespace:
         create_time=_time(ns.create_time),
         update_time=_time(ns.update_time),
         search_expansion=ns.search_expansion,
+        recall_target=ns.recall_target,
+        search_expansion_fixed=ns.search_expansion_fixed,
         created=created,
     )
 
@@ -357,6 +369,10 @@ class Cache:
                 saved_tokens=s.saved_tokens,
                 saved_cost_micro_usd=s.saved_cost_micro_usd,
                 unindexed_entries=s.unindexed_entries,
+                search_expansion=s.search_expansion,
+                measured_recall=s.measured_recall,
+                recall_samples=s.recall_samples,
+                calibrate_time=_time(s.calibrate_time) if s.HasField("calibrate_time") else None,
             )
             for s in response.stats
         ]
@@ -374,6 +390,7 @@ class Cache:
         vector_dtype: str = "",
         description: str = "",
         search_expansion: int = 0,
+        recall_target: float = 0.0,
     ) -> CacheNamespace:
         """Creates a namespace or updates its mutable settings; zero values mean the defaults.
 
@@ -388,8 +405,11 @@ class Cache:
             vector_dtype: ``"f32"`` (default), ``"f16"`` or ``"i8"``.
             description: For humans.
             search_expansion: Candidates a semantic lookup keeps while walking the index
-                graph (HNSW ef): more is more reliable, fewer is faster; 0 means the
-                dtype's default (64 for f32, 32 for f16 and i8), otherwise 4 to 1,024.
+                graph (HNSW ef): more is more reliable, fewer is faster. 0 means
+                calibrated: the sidecar measures recall@1 on the namespace's own lookups
+                and keeps the smallest expansion that meets ``recall_target``
+                (``stats()`` shows the figures); otherwise 4 to 1,024, fixed.
+            recall_target: The recall@1 a calibrated expansion keeps, in [0.5, 1); 0 means 0.99.
         """
         if vector_dtype not in _DTYPES:
             raise ValueError(f"vector_dtype must be f32, f16 or i8, got {vector_dtype!r}")
@@ -403,6 +423,7 @@ class Cache:
             vector_dtype=_DTYPES[vector_dtype],
             description=description,
             search_expansion=search_expansion,
+            recall_target=recall_target,
         )
         if default_ttl is not None:
             ns.default_ttl.CopyFrom(_duration(default_ttl))

@@ -114,11 +114,23 @@ export interface CacheNamespace {
   /**
    * How many candidates a semantic lookup keeps while it walks the index
    * graph (HNSW's ef): more finds the nearest entry more reliably, fewer
-   * answer sooner. 0 means the default of the vector dtype (64 for F32, 32
-   * for F16 and I8); otherwise 4 to 1,024. Changeable; the answer shows the
-   * value in force.
+   * answer sooner. 0 means calibrated: the sidecar starts from the default
+   * of the vector dtype (64 for F32, 32 for F16 and I8) and, once the
+   * namespace holds over 2,048 vectors and has served 512 semantic lookups,
+   * measures recall@1 on those lookups (against an exact search, in the
+   * background) and keeps the smallest expansion whose recall clears
+   * recall_target with 95% confidence (GetCacheStats shows the figures);
+   * it measures again as the namespace grows. Otherwise 4 to 1,024, fixed.
+   * Changeable; the answer shows the value in force.
    */
   searchExpansion: number;
+  /**
+   * The recall@1 a calibrated search_expansion keeps, in [0.5, 1); 0 means
+   * 0.99.
+   */
+  recallTarget: number;
+  /** Output only: whether search_expansion was set (true) or is calibrated. */
+  searchExpansionFixed: boolean;
 }
 
 /** LookupCacheRequest asks whether a prompt was answered before. */
@@ -308,6 +320,17 @@ export interface CacheStats {
    * semantic tier only those indexed. 0 when the index is complete.
    */
   unindexedEntries: number;
+  /** The search expansion in force (see CacheNamespace.search_expansion). */
+  searchExpansion: number;
+  /**
+   * The recall@1 last measured at that expansion on the namespace's own
+   * semantic lookups (those whose exact nearest entry could answer), and
+   * how many lookups it was measured on; 0 and 0 before a measurement.
+   */
+  measuredRecall: number;
+  recallSamples: number;
+  /** When it was measured; unset before a measurement. */
+  calibrateTime: Date | undefined;
 }
 
 /** GetCacheStatsRequest selects namespaces. */
@@ -368,6 +391,8 @@ function createBaseCacheNamespace(): CacheNamespace {
     createTime: undefined,
     updateTime: undefined,
     searchExpansion: 0,
+    recallTarget: 0,
+    searchExpansionFixed: false,
   };
 }
 
@@ -408,6 +433,12 @@ export const CacheNamespace: MessageFns<CacheNamespace> = {
     }
     if (message.searchExpansion !== 0) {
       writer.uint32(96).int32(message.searchExpansion);
+    }
+    if (message.recallTarget !== 0) {
+      writer.uint32(105).double(message.recallTarget);
+    }
+    if (message.searchExpansionFixed !== false) {
+      writer.uint32(112).bool(message.searchExpansionFixed);
     }
     return writer;
   },
@@ -521,6 +552,22 @@ export const CacheNamespace: MessageFns<CacheNamespace> = {
             message.searchExpansion = reader.int32();
             continue;
           }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.recallTarget = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.searchExpansionFixed = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -552,6 +599,8 @@ export const CacheNamespace: MessageFns<CacheNamespace> = {
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
     message.searchExpansion = object.searchExpansion ?? 0;
+    message.recallTarget = object.recallTarget ?? 0;
+    message.searchExpansionFixed = object.searchExpansionFixed ?? false;
     return message;
   },
 };
@@ -1474,6 +1523,10 @@ function createBaseCacheStats(): CacheStats {
     savedTokens: 0,
     savedCostMicroUsd: 0,
     unindexedEntries: 0,
+    searchExpansion: 0,
+    measuredRecall: 0,
+    recallSamples: 0,
+    calibrateTime: undefined,
   };
 }
 
@@ -1517,6 +1570,18 @@ export const CacheStats: MessageFns<CacheStats> = {
     }
     if (message.unindexedEntries !== 0) {
       writer.uint32(104).int64(message.unindexedEntries);
+    }
+    if (message.searchExpansion !== 0) {
+      writer.uint32(112).int32(message.searchExpansion);
+    }
+    if (message.measuredRecall !== 0) {
+      writer.uint32(121).double(message.measuredRecall);
+    }
+    if (message.recallSamples !== 0) {
+      writer.uint32(128).int64(message.recallSamples);
+    }
+    if (message.calibrateTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.calibrateTime), writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -1638,6 +1703,38 @@ export const CacheStats: MessageFns<CacheStats> = {
             message.unindexedEntries = longToNumber(reader.int64());
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.searchExpansion = reader.int32();
+            continue;
+          }
+          case 15: {
+            if (tag !== 121) {
+              break;
+            }
+
+            message.measuredRecall = reader.double();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.recallSamples = longToNumber(reader.int64());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.calibrateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1668,6 +1765,10 @@ export const CacheStats: MessageFns<CacheStats> = {
     message.savedTokens = object.savedTokens ?? 0;
     message.savedCostMicroUsd = object.savedCostMicroUsd ?? 0;
     message.unindexedEntries = object.unindexedEntries ?? 0;
+    message.searchExpansion = object.searchExpansion ?? 0;
+    message.measuredRecall = object.measuredRecall ?? 0;
+    message.recallSamples = object.recallSamples ?? 0;
+    message.calibrateTime = object.calibrateTime ?? undefined;
     return message;
   },
 };

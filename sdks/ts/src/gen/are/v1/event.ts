@@ -211,6 +211,14 @@ export enum EventType {
    */
   EVENT_TYPE_CACHE_INDEXING = 64,
   /**
+   * EVENT_TYPE_CACHE_CALIBRATED - A namespace's search expansion was calibrated on its own lookups.
+   * Attributes: "are.cache.namespace", "are.cache.search_expansion" (now in
+   * force), "are.cache.previous_search_expansion", "are.cache.recall"
+   * (measured at it), "are.cache.recall_lower_bound", "are.cache.samples",
+   * "are.cache.recall_target", "are.cache.met".
+   */
+  EVENT_TYPE_CACHE_CALIBRATED = 65,
+  /**
    * EVENT_TYPE_ROUTE_DECIDED - RouteTask ranked agents. Attributes: "are.route.mode",
    * "are.route.agent_id" (the top one), "are.route.similarity",
    * "are.route.candidate_count", "are.route.threshold", "are.route.routed"

@@ -33,7 +33,7 @@ VECTOR_DTYPE_F16: VectorDtype
 VECTOR_DTYPE_I8: VectorDtype
 
 class CacheNamespace(_message.Message):
-    __slots__ = ("name", "embedder", "dimension", "similarity_threshold", "default_ttl", "max_entries", "max_bytes", "vector_dtype", "description", "create_time", "update_time", "search_expansion")
+    __slots__ = ("name", "embedder", "dimension", "similarity_threshold", "default_ttl", "max_entries", "max_bytes", "vector_dtype", "description", "create_time", "update_time", "search_expansion", "recall_target", "search_expansion_fixed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class CacheNamespace(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SEARCH_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_EXPANSION_FIXED_FIELD_NUMBER: _ClassVar[int]
     name: str
     embedder: str
     dimension: int
@@ -58,7 +60,9 @@ class CacheNamespace(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     search_expansion: int
-    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_entries: _Optional[int] = ..., max_bytes: _Optional[int] = ..., vector_dtype: _Optional[_Union[VectorDtype, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., search_expansion: _Optional[int] = ...) -> None: ...
+    recall_target: float
+    search_expansion_fixed: bool
+    def __init__(self, name: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., default_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_entries: _Optional[int] = ..., max_bytes: _Optional[int] = ..., vector_dtype: _Optional[_Union[VectorDtype, str]] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., search_expansion: _Optional[int] = ..., recall_target: _Optional[float] = ..., search_expansion_fixed: _Optional[bool] = ...) -> None: ...
 
 class LookupCacheRequest(_message.Message):
     __slots__ = ("namespace", "prompt", "vector", "threshold", "max_age", "exact_only")
@@ -168,7 +172,7 @@ class InvalidateCacheResponse(_message.Message):
     def __init__(self, removed_count: _Optional[int] = ...) -> None: ...
 
 class CacheStats(_message.Message):
-    __slots__ = ("namespace", "lookups", "exact_hits", "semantic_hits", "misses", "hit_rate", "entries", "size_bytes", "expirations", "evictions", "saved_tokens", "saved_cost_micro_usd", "unindexed_entries")
+    __slots__ = ("namespace", "lookups", "exact_hits", "semantic_hits", "misses", "hit_rate", "entries", "size_bytes", "expirations", "evictions", "saved_tokens", "saved_cost_micro_usd", "unindexed_entries", "search_expansion", "measured_recall", "recall_samples", "calibrate_time")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +186,10 @@ class CacheStats(_message.Message):
     SAVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SAVED_COST_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     UNINDEXED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_TIME_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     lookups: int
     exact_hits: int
@@ -195,7 +203,11 @@ class CacheStats(_message.Message):
     saved_tokens: int
     saved_cost_micro_usd: int
     unindexed_entries: int
-    def __init__(self, namespace: _Optional[str] = ..., lookups: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., entries: _Optional[int] = ..., size_bytes: _Optional[int] = ..., expirations: _Optional[int] = ..., evictions: _Optional[int] = ..., saved_tokens: _Optional[int] = ..., saved_cost_micro_usd: _Optional[int] = ..., unindexed_entries: _Optional[int] = ...) -> None: ...
+    search_expansion: int
+    measured_recall: float
+    recall_samples: int
+    calibrate_time: _timestamp_pb2.Timestamp
+    def __init__(self, namespace: _Optional[str] = ..., lookups: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., entries: _Optional[int] = ..., size_bytes: _Optional[int] = ..., expirations: _Optional[int] = ..., evictions: _Optional[int] = ..., saved_tokens: _Optional[int] = ..., saved_cost_micro_usd: _Optional[int] = ..., unindexed_entries: _Optional[int] = ..., search_expansion: _Optional[int] = ..., measured_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ..., calibrate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetCacheStatsRequest(_message.Message):
     __slots__ = ("namespace",)
