@@ -564,12 +564,14 @@ async def _calibrated(stub: Any) -> None:
     from are_core.vector import EXACT_SEARCH_BELOW  # noqa: PLC0415
     from are_sdk._proto.are.v1 import cache_service_pb2  # noqa: PLC0415
 
+    await asyncio.sleep(1.5)  # the flush loop starts a due calibration within a second
     deadline = time.monotonic() + 180
     while True:
         [stats] = (
             await stub.GetCacheStats(cache_service_pb2.GetCacheStatsRequest(namespace=NAMESPACE))
         ).stats
-        if stats.recall_samples or stats.entries <= EXACT_SEARCH_BELOW or time.monotonic() > deadline:
+        done = stats.recall_samples and not stats.calibrating
+        if done or stats.entries <= EXACT_SEARCH_BELOW or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.25)
     print(
@@ -595,10 +597,16 @@ async def _lookup_client(target: str | None, *, kind: str, entries: int) -> Asyn
         # Every request once, untimed (but exact-first's): a timed lookup is
         # then one the sidecar answered before, as in a cache in use, not a
         # mix of first touches and repeats that depends on --requests.
+        # A semantic lookup may miss where the index's recall@1 falls short (at
+        # most 1% with the default target); every other kind answers as meant.
+        wrong = 0
         for request in requests[:1] if kind == "exact-first" else requests:
             answer = await stub.LookupCache(request)
-            if answer.hit != (kind != "miss"):
-                raise ValueError(f"{kind}: a lookup answered hit={answer.hit}")
+            wrong += answer.hit != (kind != "miss")
+        if wrong > (len(requests) // 100 if kind == "semantic" else 0):
+            raise ValueError(f"{kind}: {wrong} of {len(requests)} lookups did not answer as meant")
+        if wrong:
+            print(f"cache: {wrong} of {len(requests)} semantic lookups missed", file=sys.stderr, flush=True)
         if kind == "semantic" and not _expansion():
             await _calibrated(stub)
         position = 0

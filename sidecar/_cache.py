@@ -406,6 +406,7 @@ def _stats(s: CacheStats) -> cache_service_pb2.CacheStats:
         measured_recall=s.measured_recall,
         recall_samples=s.recall_samples,
         calibrate_time=_timestamp(s.calibrate_time_ns) if s.calibrate_time_ns else None,
+        calibrating=s.calibrating,
     )
 
 

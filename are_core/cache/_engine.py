@@ -125,7 +125,7 @@ _CHECKPOINT_NS = 600 * 1_000_000_000
 # Search-expansion calibration: on the last this many semantic lookups'
 # queries, again after as many more once the index grew or shrank by a
 # quarter, or an hour passed.
-_CALIBRATION_QUERIES = 512
+_CALIBRATION_QUERIES = 1024
 _RECALIBRATE_NS = 3600 * 1_000_000_000
 
 
@@ -1203,6 +1203,7 @@ class CacheEngine:
                     measured_recall=0.0 if s.calibration is None else s.calibration.recall,
                     recall_samples=0 if s.calibration is None else s.calibration.samples,
                     calibrate_time_ns=0 if s.calibration is None else s.calibration.time_ns,
+                    calibrating=state.calibrating is not None,
                 )
             )
         return out
@@ -1972,7 +1973,7 @@ def _check_settings(settings: NamespaceSettings) -> None:
         (
             settings.recall_target == 0 or 0.5 <= settings.recall_target < 1.0,
             "namespace.recall_target",
-            "must be 0 (0.99) or in [0.5, 1)",
+            "must be 0 (0.995) or in [0.5, 1)",
         ),
         (
             settings.search_expansion == 0 or 4 <= settings.search_expansion <= _MAX_EXPANSION,

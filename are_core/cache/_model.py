@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLD = 0.92
-DEFAULT_RECALL_TARGET = 0.99
+DEFAULT_RECALL_TARGET = 0.995
 DEFAULT_TTL_NS = 7 * 86_400 * 1_000_000_000
 DEFAULT_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_BYTES = 1 << 30
@@ -162,6 +162,7 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     measured_recall: float = 0.0
     recall_samples: int = 0
     calibrate_time_ns: int = 0
+    calibrating: bool = False
 
 
 class CacheHit(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -175,7 +175,7 @@ type CacheNamespace struct {
 	// graph (HNSW's ef): more finds the nearest entry more reliably, fewer
 	// answer sooner. 0 means calibrated: the sidecar starts from the default
 	// of the vector dtype (64 for F32, 32 for F16 and I8) and, once the
-	// namespace holds over 2,048 vectors and has served 512 semantic lookups,
+	// namespace holds over 2,048 vectors and has served 1,024 semantic lookups,
 	// measures recall@1 on those lookups (against an exact search, in the
 	// background) and keeps the smallest expansion whose recall clears
 	// recall_target with 95% confidence (GetCacheStats shows the figures);
@@ -183,7 +183,7 @@ type CacheNamespace struct {
 	// Changeable; the answer shows the value in force.
 	SearchExpansion int32 `protobuf:"varint,12,opt,name=search_expansion,json=searchExpansion,proto3" json:"search_expansion,omitempty"`
 	// The recall@1 a calibrated search_expansion keeps, in [0.5, 1); 0 means
-	// 0.99.
+	// 0.995.
 	RecallTarget float64 `protobuf:"fixed64,13,opt,name=recall_target,json=recallTarget,proto3" json:"recall_target,omitempty"`
 	// Output only: whether search_expansion was set (true) or is calibrated.
 	SearchExpansionFixed bool `protobuf:"varint,14,opt,name=search_expansion_fixed,json=searchExpansionFixed,proto3" json:"search_expansion_fixed,omitempty"`
@@ -874,6 +874,8 @@ type CacheStats struct {
 	RecallSamples  int64   `protobuf:"varint,16,opt,name=recall_samples,json=recallSamples,proto3" json:"recall_samples,omitempty"`
 	// When it was measured; unset before a measurement.
 	CalibrateTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=calibrate_time,json=calibrateTime,proto3" json:"calibrate_time,omitempty"`
+	// Whether a measurement is running now (in the background).
+	Calibrating   bool `protobuf:"varint,18,opt,name=calibrating,proto3" json:"calibrating,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1025,6 +1027,13 @@ func (x *CacheStats) GetCalibrateTime() *timestamppb.Timestamp {
 		return x.CalibrateTime
 	}
 	return nil
+}
+
+func (x *CacheStats) GetCalibrating() bool {
+	if x != nil {
+		return x.Calibrating
+	}
+	return false
 }
 
 // GetCacheStatsRequest selects namespaces.
@@ -1408,7 +1417,7 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
 	"\x17InvalidateCacheResponse\x12#\n" +
-	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\xf3\x04\n" +
+	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\x95\x05\n" +
 	"\n" +
 	"CacheStats\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
@@ -1430,7 +1439,8 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x10search_expansion\x18\x0e \x01(\x05R\x0fsearchExpansion\x12'\n" +
 	"\x0fmeasured_recall\x18\x0f \x01(\x01R\x0emeasuredRecall\x12%\n" +
 	"\x0erecall_samples\x18\x10 \x01(\x03R\rrecallSamples\x12A\n" +
-	"\x0ecalibrate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rcalibrateTime\"4\n" +
+	"\x0ecalibrate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rcalibrateTime\x12 \n" +
+	"\vcalibrating\x18\x12 \x01(\bR\vcalibrating\"4\n" +
 	"\x14GetCacheStatsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"A\n" +
 	"\x15GetCacheStatsResponse\x12(\n" +

@@ -140,7 +140,7 @@ class CacheNamespace:
     update_time: datetime
     search_expansion: int = 0
     """The search expansion in force (calibrated unless ``search_expansion_fixed``)."""
-    recall_target: float = 0.99
+    recall_target: float = 0.995
     search_expansion_fixed: bool = False
     created: bool = False
 
@@ -170,6 +170,8 @@ class CacheStats:
     recall_samples: int = 0
     """How many lookups it was measured on."""
     calibrate_time: datetime | None = None
+    calibrating: bool = False
+    """Whether a measurement is running now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +375,7 @@ class Cache:
                 measured_recall=s.measured_recall,
                 recall_samples=s.recall_samples,
                 calibrate_time=_time(s.calibrate_time) if s.HasField("calibrate_time") else None,
+                calibrating=s.calibrating,
             )
             for s in response.stats
         ]
@@ -409,7 +412,7 @@ class Cache:
                 calibrated: the sidecar measures recall@1 on the namespace's own lookups
                 and keeps the smallest expansion that meets ``recall_target``
                 (``stats()`` shows the figures); otherwise 4 to 1,024, fixed.
-            recall_target: The recall@1 a calibrated expansion keeps, in [0.5, 1); 0 means 0.99.
+            recall_target: The recall@1 a calibrated expansion keeps, in [0.5, 1); 0 means 0.995.
         """
         if vector_dtype not in _DTYPES:
             raise ValueError(f"vector_dtype must be f32, f16 or i8, got {vector_dtype!r}")

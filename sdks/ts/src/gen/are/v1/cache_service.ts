@@ -116,7 +116,7 @@ export interface CacheNamespace {
    * graph (HNSW's ef): more finds the nearest entry more reliably, fewer
    * answer sooner. 0 means calibrated: the sidecar starts from the default
    * of the vector dtype (64 for F32, 32 for F16 and I8) and, once the
-   * namespace holds over 2,048 vectors and has served 512 semantic lookups,
+   * namespace holds over 2,048 vectors and has served 1,024 semantic lookups,
    * measures recall@1 on those lookups (against an exact search, in the
    * background) and keeps the smallest expansion whose recall clears
    * recall_target with 95% confidence (GetCacheStats shows the figures);
@@ -126,7 +126,7 @@ export interface CacheNamespace {
   searchExpansion: number;
   /**
    * The recall@1 a calibrated search_expansion keeps, in [0.5, 1); 0 means
-   * 0.99.
+   * 0.995.
    */
   recallTarget: number;
   /** Output only: whether search_expansion was set (true) or is calibrated. */
@@ -330,7 +330,11 @@ export interface CacheStats {
   measuredRecall: number;
   recallSamples: number;
   /** When it was measured; unset before a measurement. */
-  calibrateTime: Date | undefined;
+  calibrateTime:
+    | Date
+    | undefined;
+  /** Whether a measurement is running now (in the background). */
+  calibrating: boolean;
 }
 
 /** GetCacheStatsRequest selects namespaces. */
@@ -1527,6 +1531,7 @@ function createBaseCacheStats(): CacheStats {
     measuredRecall: 0,
     recallSamples: 0,
     calibrateTime: undefined,
+    calibrating: false,
   };
 }
 
@@ -1582,6 +1587,9 @@ export const CacheStats: MessageFns<CacheStats> = {
     }
     if (message.calibrateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.calibrateTime), writer.uint32(138).fork()).join();
+    }
+    if (message.calibrating !== false) {
+      writer.uint32(144).bool(message.calibrating);
     }
     return writer;
   },
@@ -1735,6 +1743,14 @@ export const CacheStats: MessageFns<CacheStats> = {
             message.calibrateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.calibrating = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1769,6 +1785,7 @@ export const CacheStats: MessageFns<CacheStats> = {
     message.measuredRecall = object.measuredRecall ?? 0;
     message.recallSamples = object.recallSamples ?? 0;
     message.calibrateTime = object.calibrateTime ?? undefined;
+    message.calibrating = object.calibrating ?? false;
     return message;
   },
 };
