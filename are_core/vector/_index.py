@@ -437,7 +437,12 @@ class VectorIndex:
             _libc()  # loaded here: the child must not load a library (the loader's lock may be held)
         read_fd, write_fd = os.pipe()
         with self._lock, self._native:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
             if pid == 0:  # the child: only this thread exists; never returns
                 code = 1
                 try:
