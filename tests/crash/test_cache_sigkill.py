@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,6 +134,26 @@ async def test_sigkill_after_a_periodic_entry_table(tmp_path: Path) -> None:
         process.cleanup()
 
 
+async def _indexed(client: Client) -> None:
+    """Waits (bounded: 30 s) until the namespace's background indexing is done."""
+    for _ in range(600):
+        [stats] = await client.cache.stats(NS)
+        if stats.unindexed_entries == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{stats.unindexed_entries} entries still unindexed after 30 s")
+
+
+async def _indexing_progress(client: Client) -> list[Any]:
+    """The CACHE_INDEXING events' attributes, once the last (done) one is recorded (bounded: 5 s)."""
+    for _ in range(100):  # the last event is recorded at the next flush (about a second)
+        page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=100)
+        if any(e.attributes["are.cache.done"].bool_value for e in page.events):
+            break
+        await asyncio.sleep(0.05)
+    return [e.attributes for e in page.events]
+
+
 async def test_after_sigkill_the_sidecar_serves_at_once_and_indexes_missing_vectors_behind(
     tmp_path: Path,
 ) -> None:
@@ -151,19 +172,9 @@ async def test_after_sigkill_the_sidecar_serves_at_once_and_indexes_missing_vect
     process = SidecarProcess.start(data_dir=data, args=args)
     try:
         async with await Client.connect(process.target) as client:
-            for _ in range(600):  # bounded: 30 s
-                [stats] = await client.cache.stats(NS)
-                if stats.unindexed_entries == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert stats.unindexed_entries == 0
+            await _indexed(client)
             await _check(client, acknowledged, set())
-            for _ in range(100):  # the last event is recorded at the next flush (about a second)
-                page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=100)
-                if any(e.attributes["are.cache.done"].bool_value for e in page.events):
-                    break
-                await asyncio.sleep(0.05)
-            progress = [e.attributes for e in page.events]
+            progress = await _indexing_progress(client)
             assert progress[0]["are.cache.indexed"].int_value == 0
             assert progress[0]["are.cache.total"].int_value == 300
             assert progress[-1]["are.cache.done"].bool_value
@@ -197,20 +208,11 @@ async def test_a_checkpoint_written_while_serving_is_what_a_start_after_sigkill_
     process = SidecarProcess.start(data_dir=data, args=["--cache-index-at-start", "0"])
     try:
         async with await Client.connect(process.target) as client:
-            for _ in range(600):  # bounded: 30 s
-                [stats] = await client.cache.stats(NS)
-                if stats.unindexed_entries == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert stats.unindexed_entries == 0
+            await _indexed(client)
             await _check(client, acknowledged, set())
-            for _ in range(100):
-                page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=100)
-                if any(e.attributes["are.cache.done"].bool_value for e in page.events):
-                    break
-                await asyncio.sleep(0.05)
+            progress = await _indexing_progress(client)
             # Only what changed after the checkpoint was indexed again, not all 260 entries.
-            assert 0 < page.events[0].attributes["are.cache.total"].int_value < 260
+            assert 0 < progress[0]["are.cache.total"].int_value < 260
     finally:
         process.kill()
         process.cleanup()
