@@ -351,6 +351,7 @@ class CacheEngine:
         self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
         self._folding: set[str] = set()  # namespaces whose overlay is being folded into a private copy
         self._calibrations: set[asyncio.Task[None]] = set()
+        self._writers: set[int] = set()  # pids of children writing an index (checkpoints)
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
@@ -360,6 +361,13 @@ class CacheEngine:
         self._entry_blobs: dict[int, bytes] = {}  # blob-backed entries stored since start -> digest
 
     # -- lifecycle -------------------------------------------------------
+
+    def _remove_temporaries(self) -> None:
+        """Removes index files a killed writer left half-written (``.NAME.PID.tmp``)."""
+        with contextlib.suppress(OSError):
+            for path in self._index_dir.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     async def start(self) -> None:
         """Loads every namespace and its entries, restores or repairs the indexes, starts the flusher.
@@ -373,6 +381,7 @@ class CacheEngine:
         so far; :meth:`stats` counts the rest (``unindexed_entries``) and
         CACHE_INDEXING events show the progress.
         """
+        self._remove_temporaries()
         for _, raw in self._scan(NAMESPACES, b""):
             namespace = _namespace_codec.decode(raw)
             if not namespace.search_expansion:  # stored before the setting existed
@@ -446,9 +455,14 @@ class CacheEngine:
             return
         if pid is None:
             return
-        code = await asyncio.to_thread(_wait_child, pid)
+        self._writers.add(pid)
+        try:
+            code = await asyncio.to_thread(_wait_child, pid)
+        finally:
+            self._writers.discard(pid)
         if code != 0:
-            _log.warning(f"cache: writing the index of {name!r} failed (child exit status {code})")
+            if not self._stopping:
+                _log.warning(f"cache: writing the index of {name!r} failed (child exit status {code})")
             return
         if self._states.get(name) is state:
             state.index_changes -= changes
@@ -565,11 +579,15 @@ class CacheEngine:
             self._folding.discard(state.namespace.name)
 
     async def _stop_background(self) -> None:
-        """Cuts calibrations short (only measurements) and lets background indexing end its chunk."""
-        for state in self._states.values():
-            if state.calibrating is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(state.calibrating.pid, signal.SIGKILL)
+        """Cuts calibrations and checkpoints short; lets background indexing end its chunk.
+
+        A calibration is only a measurement, and a stop writes every changed
+        index itself: waiting for a checkpoint child would write it twice.
+        """
+        children = [*self._writers, *(s.calibrating.pid for s in self._states.values() if s.calibrating)]
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         for task in [*self._calibrations, *self._indexers]:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
@@ -590,6 +608,7 @@ class CacheEngine:
         for task in list(self._warmers):  # a copy being loaded: saving waits for it anyway
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        self._remove_temporaries()  # of the checkpoints cut short above
         with contextlib.suppress(Exception):
             await self.flush()
         self._index_dir.mkdir(parents=True, exist_ok=True)

@@ -454,6 +454,21 @@ async def test_the_search_expansion_is_calibrated_on_the_namespaces_own_lookups(
     assert e.stats("cal")[0].search_expansion == stats.search_expansion
 
 
+async def test_a_stop_cuts_a_checkpoint_short_and_no_half_written_file_stays(harness: Harness) -> None:
+    await harness.close()
+    e = await harness.open(checkpoint_changes=10)
+    await _store_vectors(e, "cut", 100)
+    assert e.checkpoint_due() is not None
+    await harness.close()  # the stop kills the child (if still writing) and writes the index itself
+    folder = harness.root / "data" / "cache"
+    assert not list(folder.glob(".*.tmp"))
+    (folder / ".cut.f32.usearch.12345.tmp").write_bytes(b"half")  # as a killed writer leaves it
+    e = await harness.open()
+    assert not list(folder.glob(".*.tmp"))
+    assert e.stats("cut")[0].unindexed_entries == 0
+    assert (await e.lookup("cut", vector=_unit(16, 9))).hit is not None
+
+
 async def test_restart_keeps_entries_stats_and_removals(harness: Harness) -> None:
     e = harness.e
     await e.put_namespace(NamespaceSettings(name="d", embedder="caller", dimension=16))
