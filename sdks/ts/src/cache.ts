@@ -93,7 +93,12 @@ export interface CacheNamespace {
   maxBytes: number;
   vectorDtype: "f32" | "f16" | "i8";
   description: string;
+  /** The search expansion in force: fixed, or calibrated on the namespace's own lookups. */
   searchExpansion: number;
+  /** The recall@1 a calibrated expansion keeps. */
+  recallTarget: number;
+  /** True when searchExpansion was set (fixed), false when it is calibrated. */
+  searchExpansionFixed: boolean;
   createTime: Date | undefined;
   updateTime: Date | undefined;
   /** True when put_namespace created it. */
@@ -112,7 +117,10 @@ export interface NamespaceOptions extends CallOptions {
   maxBytes?: number;
   vectorDtype?: "f32" | "f16" | "i8";
   description?: string;
+  /** HNSW ef; 0 or unset means calibrated (see `recallTarget`), otherwise 4 to 1,024, fixed. */
   searchExpansion?: number;
+  /** The recall@1 a calibrated expansion keeps, in [0.5, 1); 0 or unset means 0.995. */
+  recallTarget?: number;
 }
 
 /** Options of {@link Cache.lookup}. */
@@ -166,6 +174,8 @@ function namespaceView(ns: CacheNamespaceMessage, created = false): CacheNamespa
     vectorDtype: dtype,
     description: ns.description,
     searchExpansion: ns.searchExpansion,
+    recallTarget: ns.recallTarget,
+    searchExpansionFixed: ns.searchExpansionFixed,
     createTime: ns.createTime,
     updateTime: ns.updateTime,
     created,
@@ -332,6 +342,7 @@ export class Cache {
           vectorDtype: dtype,
           description: options.description ?? "",
           searchExpansion: options.searchExpansion ?? 0,
+          recallTarget: options.recallTarget ?? 0,
         },
       }),
       options,

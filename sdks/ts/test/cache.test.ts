@@ -26,6 +26,12 @@ describe("cache", () => {
     const created = await client.cache.putNamespace(ns, { description: "ts exact" });
     assert.equal(created.created, true);
     assert.equal(created.embedder, "lexical");
+    assert.equal(created.searchExpansionFixed, false); // calibrated on its own lookups
+    assert.equal(created.recallTarget, 0.995);
+    const fixed = await client.cache.putNamespace(ns, { description: "ts exact", searchExpansion: 48, recallTarget: 0.99 });
+    assert.equal(fixed.searchExpansion, 48);
+    assert.equal(fixed.searchExpansionFixed, true);
+    assert.equal(fixed.recallTarget, 0.99);
     const stored = await client.cache.store(ns, "What is the capital of France?", { answer: "Paris" }, {
       usage: { inputTokens: 12, outputTokens: 3, costMicroUsd: 40 },
       metadata: { model: "m1" },
@@ -46,6 +52,9 @@ describe("cache", () => {
     const [stats] = await client.cache.stats(ns);
     assert.equal(stats?.exactHits, 1);
     assert.equal(stats?.misses, 1);
+    assert.equal(stats?.searchExpansion, 48);
+    assert.equal(stats?.recallSamples, 0); // too few vectors and lookups to measure
+    assert.equal(stats?.unindexedEntries, 0);
   });
 
   test("a semantic hit from the caller's own vectors", async () => {
