@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -113,7 +114,7 @@ DEFAULT_INDEX_AT_START = 4096
 """Missing vectors a start indexes before the engine serves; more are indexed after it, in the background."""
 # Background indexing adds vectors in chunks sized to take about this long:
 # a lookup or store that needs the index meanwhile waits for the chunk.
-_BACKLOG_CHUNK_NS = 10_000_000
+_BACKLOG_CHUNK_NS = 5_000_000
 _BACKLOG_FIRST_CHUNK = 16
 _BACKLOG_MAX_CHUNK = 1024
 # A namespace's index is written again (in a forked child) once this many of
@@ -376,7 +377,7 @@ class CacheEngine:
         vectors (no index file, or one saved long before a crash) is not
         rebuilt before serving: at 1M entries that took minutes, during
         which the whole sidecar did not serve. Its missing vectors are added
-        in the background instead, in chunks of about 10 ms. Meanwhile the
+        in the background instead, in chunks of about 5 ms. Meanwhile the
         exact tier answers every entry and the semantic tier those indexed
         so far; :meth:`stats` counts the rest (``unindexed_entries``) and
         CACHE_INDEXING events show the progress.
@@ -800,6 +801,10 @@ class CacheEngine:
         # did not pay on a shared 2-core machine (benchmarks/README.md).
         if self._coalesce:
             return await state.index.search_coalesced(query, k)
+        if state.backlog is not None:
+            # Background indexing holds the index's lock a chunk at a time:
+            # wait for it in a worker thread, not with the whole event loop.
+            return await asyncio.to_thread(state.index.search, query, k)
         return state.index.search(query, k)
 
     async def _semantic(
@@ -1855,8 +1860,10 @@ class CacheEngine:
     async def _index_backlog(self, state: _State) -> None:
         """Adds a namespace's backlog of vectors to its index, chunk by chunk, while the engine serves.
 
-        Each chunk is added in a worker thread; lookups and stores that need
-        the index meanwhile wait for it, so chunks are sized to take about
+        Each chunk is added in a worker thread, by every core but one (the
+        event loop's). A semantic lookup meanwhile waits for the chunk in a
+        worker thread of its own, so other calls go on; stores and removals
+        wait with the loop. Chunks are sized to take about
         ``_BACKLOG_CHUNK_NS``. An entry removed while its chunk was being
         added is taken out again (a removed entry never answers anyway: its
         head is gone). Progress is recorded as CACHE_INDEXING events at the
@@ -1881,7 +1888,8 @@ class CacheEngine:
                     np.asarray(self._with_vectors(state, part), dtype=np.uint64)
                 )
                 if keys:
-                    await asyncio.to_thread(state.index.add, keys, matrix)
+                    add = functools.partial(state.index.add, keys, matrix, threads=_background_threads())
+                    await asyncio.to_thread(add)
                     state.index_changes += len(keys)
                     alive = set(self._with_vectors(state, keys))
                     gone = [n for n in keys if n not in alive]
@@ -1903,6 +1911,15 @@ class CacheEngine:
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+def _background_threads() -> int:
+    """Native threads for background work: every core this process may use but one (the loop's)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def _remember(state: _State, query: np.ndarray[Any, Any], needed: float) -> None:

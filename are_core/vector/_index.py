@@ -212,12 +212,14 @@ class VectorIndex:
 
     # -- changes ---------------------------------------------------------
 
-    def add(self, keys: _Keys, vectors: np.ndarray[Any, Any]) -> None:
+    def add(self, keys: _Keys, vectors: np.ndarray[Any, Any], *, threads: int = 0) -> None:
         """Adds vectors under keys; a key already present has its vector replaced.
 
         Args:
             keys: n uint64 keys; a key repeated in the batch keeps its last vector.
             vectors: An (n, dimension) array (float32 preferred), or one vector when n is 1.
+            threads: Native threads inserting the batch; 0 means one per core
+                (background work passes 1, leaving the other cores to serve).
 
         Raises:
             VectorShapeError: The vectors are not (n, dimension).
@@ -238,11 +240,11 @@ class VectorIndex:
                 self._hide(array)
                 if self._overlay is None:
                     self._overlay = self._new_overlay()
-                _put(self._overlay, array, matrix)
+                _put(self._overlay, array, matrix, threads)
                 for key, row in zip(array.tolist(), matrix, strict=True):
                     self._overlay_vectors[key] = row.copy()
                 return
-            _put(self._index, array, matrix)
+            _put(self._index, array, matrix, threads)
 
     def remove(self, keys: _Keys) -> None:
         """Removes keys; keys not present are ignored."""
@@ -749,10 +751,12 @@ def _contains(
     return np.asarray(index.contains(keys), dtype=np.bool_).reshape(-1).copy()
 
 
-def _put(index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any]) -> None:
+def _put(
+    index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any], threads: int = 0
+) -> None:
     """Adds vectors under keys, replacing the vectors of keys already present (lock held)."""
     _drop(index, keys)
-    index.add(keys, matrix)
+    index.add(keys, matrix, threads=threads)
 
 
 def _drop(index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:
