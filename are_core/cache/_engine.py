@@ -123,6 +123,7 @@ _BACKLOG_MAX_CHUNK = 1024
 # to index again stays bounded.
 _CHECKPOINT_CHANGES = DEFAULT_INDEX_AT_START
 _CHECKPOINT_NS = 600 * 1_000_000_000
+_CHECKPOINT_RETRY_NS = 60 * 1_000_000_000
 # Search-expansion calibration: on the last this many semantic lookups'
 # queries, again after as many more once the index grew or shrank by a
 # quarter, or an hour passed.
@@ -146,6 +147,7 @@ class _State:
         "calibrated_at",
         "calibrating",
         "checkpoint_ns",
+        "checkpoint_retry_ns",
         "embedder",
         "entries",
         "exact",
@@ -196,6 +198,7 @@ class _State:
         self.calibrated_at = 0  # queries_seen when the last calibration began
         self.calibrating: ChildSearch | None = None
         self.checkpoint_ns = now  # when it was last written, or loaded (engine clock)
+        self.checkpoint_retry_ns = 0  # after a failed checkpoint: not before then
         self.stats = StatsRecord()
         self.stats_dirty = False
         self.touched: set[int] = set()  # entries used since the last table export
@@ -433,6 +436,8 @@ class CacheEngine:
         for state in self._states.values():
             if not state.index_changes or state.index.is_view or not len(state.index):
                 continue
+            if now < state.checkpoint_retry_ns:
+                continue
             bound = self._checkpoint_changes or max(_CHECKPOINT_CHANGES, len(state.index) // 20)
             if state.backlog is not None:  # a rebuild behind a start: a checkpoint per quarter of it
                 bound = max(bound, state.backlog_total // 4)
@@ -448,7 +453,8 @@ class CacheEngine:
         name = state.namespace.name
         changes = state.index_changes
         began = time.monotonic()
-        state.checkpoint_ns = self._clock()  # a failure is retried after the interval, not every flush
+        started = self._clock()
+        state.checkpoint_retry_ns = started + _CHECKPOINT_RETRY_NS  # cleared once written
         try:
             pid = state.index.save_in_child(self._index_path(state.namespace))
         except OSError as error:
@@ -467,6 +473,8 @@ class CacheEngine:
             return
         if self._states.get(name) is state:
             state.index_changes -= changes
+            state.checkpoint_ns = started
+            state.checkpoint_retry_ns = 0
         seconds = time.monotonic() - began
         _log.info(f"cache: wrote the index of {name!r} ({len(state.index)} vectors) in {seconds:.1f} s")
 
