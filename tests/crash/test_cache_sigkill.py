@@ -216,3 +216,38 @@ async def test_a_checkpoint_written_while_serving_is_what_a_start_after_sigkill_
     finally:
         process.kill()
         process.cleanup()
+
+
+async def test_sigkill_during_background_indexing_then_a_start_finishes_it(tmp_path: Path) -> None:
+    """SIGKILL while a start's backlog is being indexed (a checkpoint perhaps mid-way); the next finishes."""
+    data = tmp_path / "data"
+    args = ["--cache-index-at-start", "16", "--cache-checkpoint-changes", "200"]
+    process = SidecarProcess.start(data_dir=data, args=args)
+    try:
+        async with await Client.connect(process.target) as client:
+            await client.cache.put_namespace(NS, embedder="caller", dimension=DIM, similarity_threshold=0.99)
+            acknowledged = []
+            for start in range(0, 1500, 250):  # under the sidecar's concurrent-stream bound
+                acknowledged += await _store_many(client, start, start + 250)
+    finally:
+        process.kill()  # no index on disk
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data, args=args)
+    try:
+        async with await Client.connect(process.target) as client:
+            removed = {3, 700}
+            ids = dict(acknowledged)
+            await client.cache.invalidate(NS, entry_ids=[ids[i] for i in sorted(removed)])
+    finally:
+        process.kill()  # most likely mid-way through the backlog
+        process.cleanup()
+
+    process = SidecarProcess.start(data_dir=data, args=args)
+    try:
+        async with await Client.connect(process.target) as client:
+            await _indexed(client)
+            await _check(client, acknowledged, removed)
+    finally:
+        process.kill()
+        process.cleanup()
