@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -143,7 +144,9 @@ class _State:
 
     __slots__ = (
         "backlog",
+        "backlog_removed",
         "backlog_total",
+        "backlog_vectors",
         "calibrated_at",
         "calibrating",
         "checkpoint_ns",
@@ -155,6 +158,7 @@ class _State:
         "index",
         "index_changes",
         "index_dirty",
+        "index_incomplete",
         "lru",
         "mark",
         "namespace",
@@ -186,10 +190,16 @@ class _State:
         self.embedder = embedder
         self.index = index
         self.index_dirty = False
+        self.index_incomplete = False  # some entries' vectors may be missing from it (checked at a start)
         # Entries whose vectors a start left to index after serving began
         # (ids, in order); None once none are left.
         self.backlog: np.ndarray[Any, np.dtype[np.uint64]] | None = None
         self.backlog_total = 0
+        # While it is indexed, changes to the index wait for the indexer too (so
+        # that no store or removal waits for its lock with the event loop): the
+        # vectors of entries stored since, and keys removed since.
+        self.backlog_vectors: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
+        self.backlog_removed: list[int] = []
         self.index_changes = 0  # entries changed since the index file was last written
         # The last semantic lookups' queries and thresholds (a ring), for calibration;
         # half precision (0.75 MB at 384-d), and only in namespaces of over 2,048 vectors.
@@ -632,7 +642,8 @@ class CacheEngine:
             mark = state.mark
             # An index still missing vectors is saved (its progress kept), but
             # not as agreeing with the table: the next start checks it whole.
-            index_seq = state.seq if not state.index_dirty and state.backlog is None else -1
+            complete = state.backlog is None and not state.index_incomplete
+            index_seq = state.seq if not state.index_dirty and complete else -1
             if mark is None or mark.seq != state.seq or mark.index_seq != index_seq or state.touched:
                 with contextlib.suppress(Exception):  # derived data: the next start rebuilds it
                     await self._snapshot(state, index_seq=index_seq)
@@ -993,7 +1004,7 @@ class CacheEngine:
                 batch.put(NAMESPACES, name.encode(), _namespace_codec.encode(state.namespace))
         if query is not None:
             batch.put(VECTORS, u64_key(entry_id), query.tobytes())
-            state.index.add([entry_id], query)
+            _index_add(state, [entry_id], query.reshape(1, -1))
             state.index_dirty = True
         state.admit(head)
         evicted = self._evict(state, batch, keep=entry_id)
@@ -1122,7 +1133,7 @@ class CacheEngine:
                 )
             )
         if matrix is not None:
-            state.index.add(keys, matrix)
+            _index_add(state, keys, matrix)
             state.index_dirty = True
         evicted = self._evict(state, batch, keep=keys[-1] if keys else None)
         self._put_stats(batch, state)
@@ -1231,7 +1242,7 @@ class CacheEngine:
                     evictions=s.evictions,
                     saved_tokens=s.saved_tokens,
                     saved_cost_micro_usd=s.saved_cost_micro_usd,
-                    unindexed_entries=0 if state.backlog is None else int(state.backlog.size),
+                    unindexed_entries=_unindexed(state),
                     search_expansion=state.index.expansion_search,
                     measured_recall=0.0 if s.calibration is None else s.calibration.recall,
                     recall_samples=0 if s.calibration is None else s.calibration.samples,
@@ -1383,7 +1394,7 @@ class CacheEngine:
         batch.delete(BODIES, u64_key(entry_id))
         if head.has_vector:
             batch.delete(VECTORS, u64_key(entry_id))
-            state.index.remove([entry_id])
+            _index_remove(state, [entry_id])
             state.index_dirty = True
         return head
 
@@ -1866,17 +1877,36 @@ class CacheEngine:
             self._indexers.add(task)
             task.add_done_callback(self._indexers.discard)
 
+    @staticmethod
+    def _end_backlog(state: _State) -> None:
+        """After a failed background indexing: changes go to the index directly again.
+
+        The changes queued for the indexer are applied now (as far as the
+        index takes them); what the backlog still held is left to the next
+        start, which checks the index whole (``index_incomplete``).
+        """
+        vectors, removed = state.backlog_vectors, state.backlog_removed
+        state.backlog, state.backlog_vectors, state.backlog_removed = None, {}, []
+        state.index_incomplete = True
+        with contextlib.suppress(Exception):
+            if removed:
+                state.index.remove(removed)
+            if vectors:
+                state.index.add(list(vectors), np.stack(list(vectors.values())))
+
     async def _index_backlog(self, state: _State) -> None:
         """Adds a namespace's backlog of vectors to its index, chunk by chunk, while the engine serves.
 
         Each chunk is added in a worker thread, by every core but one (the
         event loop's). A semantic lookup meanwhile waits for the chunk in a
-        worker thread of its own, so other calls go on; stores and removals
-        wait with the loop. Chunks are sized to take about
-        ``_BACKLOG_CHUNK_NS``. An entry removed while its chunk was being
-        added is taken out again (a removed entry never answers anyway: its
-        head is gone). Progress is recorded as CACHE_INDEXING events at the
-        start, at every tenth and at the end.
+        worker thread of its own, so other calls go on. Stores and removals
+        do not touch the index meanwhile: they queue their changes, which
+        the indexer applies first (removals, then the newest vectors, then
+        the backlog). Chunks are sized to take about ``_BACKLOG_CHUNK_NS``.
+        An entry removed while its chunk was being added is taken out again
+        (a removed entry never answers anyway: its head is gone). Progress
+        is recorded as CACHE_INDEXING events at the start, at every tenth
+        and at the end.
         """
         name = state.namespace.name
         total = state.backlog_total
@@ -1885,26 +1915,34 @@ class CacheEngine:
         started = time.monotonic()
         self._queue_event(_indexing_draft(name, 0, total, done=False))
         try:
-            while state.backlog is not None and state.backlog.size:
+            while state.backlog is not None and _unindexed(state) + len(state.backlog_removed):
                 if self._stopping or self._states.get(name) is not state:
                     return
                 if name in self._folding:  # the fold catches up with the overlay only if it stops growing
                     await asyncio.sleep(0.05)
                     continue
-                part = state.backlog[:chunk]
                 began = time.monotonic_ns()
-                keys, matrix = self._read_vectors(
-                    np.asarray(self._with_vectors(state, part), dtype=np.uint64)
-                )
+                if state.backlog_removed:  # removed since the start: out of the index first
+                    gone, state.backlog_removed = state.backlog_removed, []
+                    await asyncio.to_thread(state.index.remove, gone)
+                    continue
+                if state.backlog_vectors:  # stored since the start: the newest answer soonest
+                    keys = list(itertools.islice(state.backlog_vectors, chunk))
+                    matrix = np.stack([state.backlog_vectors.pop(key) for key in keys])
+                    part_size = 0
+                else:
+                    part = state.backlog[:chunk]
+                    part_size = int(part.size)
+                    keys, matrix = self._read_vectors(
+                        np.asarray(self._with_vectors(state, part), dtype=np.uint64)
+                    )
                 if keys:
                     add = functools.partial(state.index.add, keys, matrix, threads=_background_threads())
                     await asyncio.to_thread(add)
                     state.index_changes += len(keys)
                     alive = set(self._with_vectors(state, keys))
-                    gone = [n for n in keys if n not in alive]
-                    if gone:
-                        state.index.remove(gone)
-                state.backlog = state.backlog[part.size :]
+                    state.backlog_removed += [n for n in keys if n not in alive]  # removed meanwhile
+                state.backlog = state.backlog[part_size:]
                 spent = max(time.monotonic_ns() - began, 1)
                 chunk = int(min(_BACKLOG_MAX_CHUNK, max(1, chunk * _BACKLOG_CHUNK_NS / spent)))
                 indexed = total - int(state.backlog.size)
@@ -1913,6 +1951,7 @@ class CacheEngine:
                     self._queue_event(_indexing_draft(name, indexed, total, done=False))
         except Exception as error:  # noqa: BLE001 - derived data: the next start indexes what is left
             _log.warning(f"cache: indexing {name!r} in the background failed: {error}")
+            self._end_backlog(state)
             return
         state.backlog = None
         self._queue_event(_indexing_draft(name, total, total, done=True))
@@ -1920,6 +1959,32 @@ class CacheEngine:
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+def _unindexed(state: _State) -> int:
+    """Entries whose vectors a start's background indexing has yet to add."""
+    if state.backlog is None:
+        return 0
+    return int(state.backlog.size) + len(state.backlog_vectors)
+
+
+def _index_add(state: _State, keys: list[int], matrix: np.ndarray[Any, Any]) -> None:
+    """Adds stored vectors to the index, or, while a start's backlog is indexed, queues them for it."""
+    if state.backlog is None:
+        state.index.add(keys, matrix)
+        return
+    for key, row in zip(keys, matrix, strict=True):
+        state.backlog_vectors[key] = np.array(row, dtype=np.float32)
+
+
+def _index_remove(state: _State, keys: list[int]) -> None:
+    """Takes keys out of the index, or, while a start's backlog is indexed, has the indexer do it."""
+    if state.backlog is None:
+        state.index.remove(keys)
+        return
+    for key in keys:
+        if state.backlog_vectors.pop(key, None) is None:  # queued, never added: nothing to take out
+            state.backlog_removed.append(key)
 
 
 def _background_threads() -> int:
