@@ -8,7 +8,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -403,22 +403,7 @@ class VectorIndex:
         if not hasattr(os, "fork") or self._view_path is not None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        parent = os.getpid()
-        if sys.platform.startswith("linux"):
-            _libc()  # loaded here: the child must not load a library (the loader's lock may be held)
-        # No native call and no materialisation is under way in any thread while forking:
-        # the child starts with the index whole, and with no lock it would wait for.
-        with self._lock, self._native:
-            pid = os.fork()
-            if pid == 0:  # the child: only this thread exists; never returns
-                code = 1
-                try:
-                    _die_with_parent(parent)
-                    _write(self._index, path)
-                    code = 0
-                finally:
-                    os._exit(code)
-        return pid
+        return self._fork(lambda: _write(self._index, path))
 
     def search_in_child(self, queries: np.ndarray[Any, Any], expansions: Sequence[int]) -> ChildSearch | None:
         """Starts searching ``queries`` at each expansion, and exactly, in a forked child.
@@ -434,46 +419,62 @@ class VectorIndex:
             return None
         matrix = self._matrix(queries)
         ladder = [int(e) for e in expansions]
+        read_fd, write_fd = os.pipe()
+
+        def child() -> None:
+            os.close(read_fd)
+            with contextlib.suppress(OSError, AttributeError):
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            index = self._index
+            out = [np.array([matrix.shape[0], len(ladder)], dtype=np.uint64).tobytes()]
+            for expansion in [*ladder, 0]:  # 0: the exact reference, last
+                if expansion:
+                    index.expansion_search = expansion
+                keys, distances, counts = _compiled_search(index, matrix, 1, exact=not expansion, threads=1)
+                hit = counts > 0
+                top = np.where(hit, keys[:, 0], np.uint64(_NO_KEY)).astype(np.uint64)
+                similarity = np.where(hit, 1.0 - distances[:, 0].astype(np.float64), -2.0)
+                out += [
+                    np.array([expansion], dtype=np.uint64).tobytes(),
+                    top.tobytes(),
+                    similarity.astype(np.float32).tobytes(),
+                ]
+            _write_all(write_fd, b"".join(out))
+
+        try:
+            pid = self._fork(child)
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child's end
+        return ChildSearch(pid, read_fd)
+
+    def _fork(self, child: Callable[[], None]) -> int:
+        """Forks a child that runs ``child`` and exits (0, or 1 on an error); returns its pid.
+
+        No native call and no materialisation is under way in any thread
+        while forking, so the child starts with the index whole and with no
+        lock it would wait for; only this thread exists in the child. The
+        child dies with this process.
+
+        Raises:
+            OSError: The fork failed.
+        """
         parent = os.getpid()
         if sys.platform.startswith("linux"):
             _libc()  # loaded here: the child must not load a library (the loader's lock may be held)
-        read_fd, write_fd = os.pipe()
         with self._lock, self._native:
-            try:
-                pid = os.fork()
-            except OSError:
-                os.close(read_fd)
-                os.close(write_fd)
-                raise
-            if pid == 0:  # the child: only this thread exists; never returns
+            pid = os.fork()
+            if pid == 0:  # never returns
                 code = 1
                 try:
-                    os.close(read_fd)
                     _die_with_parent(parent)
-                    with contextlib.suppress(OSError, AttributeError):
-                        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-                    index = self._index
-                    out = [np.array([matrix.shape[0], len(ladder)], dtype=np.uint64).tobytes()]
-                    for expansion in [*ladder, 0]:  # 0: the exact reference, last
-                        if expansion:
-                            index.expansion_search = expansion
-                        keys, distances, counts = _compiled_search(
-                            index, matrix, 1, exact=not expansion, threads=1
-                        )
-                        hit = counts > 0
-                        top = np.where(hit, keys[:, 0], np.uint64(_NO_KEY)).astype(np.uint64)
-                        similarity = np.where(hit, 1.0 - distances[:, 0].astype(np.float64), -2.0)
-                        out += [
-                            np.array([expansion], dtype=np.uint64).tobytes(),
-                            top.tobytes(),
-                            similarity.astype(np.float32).tobytes(),
-                        ]
-                    _write_all(write_fd, b"".join(out))
+                    child()
                     code = 0
                 finally:
                     os._exit(code)
-        os.close(write_fd)
-        return ChildSearch(pid, read_fd)
+        return pid
 
     @classmethod
     def restore(
