@@ -495,9 +495,9 @@ class CacheEngine:
         Due: a namespace whose expansion is not fixed, with over
         ``EXACT_SEARCH_BELOW`` vectors (smaller ones are searched exactly)
         and ``_CALIBRATION_QUERIES`` semantic lookups remembered, never
-        calibrated (or for another target), or with as many lookups since
-        the last calibration and an index a quarter larger or smaller, or an
-        hour older. The searches run in a forked child at idle priority
+        calibrated (or for another target, or on another :data:`LADDER`), or
+        with as many lookups since the last calibration and an index a
+        quarter larger or smaller, or an hour older. The searches run in a forked child at idle priority
         (:meth:`VectorIndex.search_in_child`), forked here, between two
         folds of the overlay (a fold holds the index's lock for its copy).
         """
@@ -516,7 +516,7 @@ class CacheEngine:
                 continue
             entries = len(state.index)
             last = state.stats.calibration
-            if last is not None and last.target == namespace.recall_target:
+            if last is not None and last.target == namespace.recall_target and last.ladder == LADDER:
                 if state.queries_seen - state.calibrated_at < _CALIBRATION_QUERIES:
                     continue
                 resized = not last.entries * 0.8 <= entries <= last.entries * 1.25
