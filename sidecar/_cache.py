@@ -121,6 +121,7 @@ class CacheCapability(Capability):
             blobs=state.blobs if state is not None else None,
             hot_bytes=runtime.config.cache_hot_bytes,
             index_at_start=runtime.config.cache_index_at_start,
+            huge_pages=runtime.config.cache_huge_pages == "on",
             checkpoint_changes=runtime.config.cache_checkpoint_changes,
         )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
+import mmap
 import os
 import sys
 import threading
@@ -17,6 +19,8 @@ from usearch.index import Index, MetricKind, ScalarKind
 
 from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
+
+_log = logging.getLogger("are.vector")
 
 __all__ = ["DTYPES", "SIMILARITY_ERROR", "VectorIndex"]
 
@@ -120,6 +124,8 @@ class VectorIndex:
             expansion_search=expansion_search or EXPANSION_SEARCH[dtype],
         )
         self._view_path: Path | None = None
+        self._view_file: tuple[int, ...] | None = None  # the viewed file: device, inode, size, mtime
+        self._buffer: mmap.mmap | None = None  # what a view reads from when not the file's own mapping
         self._lock = threading.Lock()
         self._native = threading.Lock()
         self._coalescer: SearchCoalescer | None = None
@@ -525,6 +531,8 @@ class VectorIndex:
         index.expansion_search = expansion_search or EXPANSION_SEARCH[dtype]
         self._index = index
         self._view_path = path if view else None
+        self._view_file = _identity(path) if view else None
+        self._buffer = None
         self._lock = threading.Lock()
         self._native = threading.Lock()
         self._coalescer = None
@@ -562,6 +570,60 @@ class VectorIndex:
             done += end - start
         return done
 
+    def into_huge_pages(self) -> int:
+        """Moves a view from its file's mapping into anonymous memory in huge pages; returns bytes moved.
+
+        A search reads a few hundred vectors and neighbour lists at random
+        places of the index: at 1M 8-bit entries, some 560 distances, each
+        on a page of its own. With 4 KiB pages (a file's mapping in the
+        page cache has nothing else) nearly each of them also misses the
+        TLB, which in a virtual machine costs a two-level page walk, and
+        the search evicts the TLB entries of everything the process does
+        next. Read into memory advised ``MADV_HUGEPAGE``, the same bytes
+        sit in 2 MiB pages: measured in-process at 1M i8 entries, ef 14,
+        between polluting 2 MiB, median 234 -> 181 µs and p99 342-389 ->
+        280-287 µs.
+
+        Reads the file (not the old mapping) outside the GIL: call it from
+        a worker thread; the view serves meanwhile, and is swapped under
+        the lock once the copy is complete. The copy costs the file's size
+        in resident memory (the page cache's copy becomes reclaimable).
+        Returns 0, changing nothing, for an index that is not a view, where
+        transparent huge pages are off (``never``; the copy would not help),
+        when the file was replaced since the view opened it, or when a
+        materialisation came first.
+        """
+        path, identity = self._view_path, self._view_file
+        if path is None or identity is None or self._buffer is not None or not _huge_pages_available():
+            return 0
+        try:
+            with path.open("rb", buffering=0) as file:
+                if _identity_of(os.fstat(file.fileno())) != identity:
+                    return 0  # a checkpoint renamed another file in: not what this view serves
+                size = identity[2]
+                buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                buffer.madvise(mmap.MADV_HUGEPAGE)  # before the first touch: faults take 2 MiB pages
+                into = memoryview(buffer)
+                done = 0
+                while done < size:
+                    read = file.readinto(into[done : done + _READ_CHUNK])
+                    if not read:
+                        return 0  # shorter than at open: leave the view as it is
+                    done += read
+                into.release()
+            index = Index(ndim=self._dimension, metric=_METRICS[self._metric], dtype=_SCALARS[self._dtype])
+            index._compiled.view_index_from_buffer(buffer, None)  # noqa: SLF001 - usearch's view of a buffer
+        except (OSError, ValueError, RuntimeError, MemoryError) as error:
+            _log.info(f"vector index {path.name}: staying in the file's mapping: {error}")
+            return 0
+        with self._lock, self._native:
+            if self._view_path != path or self._view_file != identity or self._buffer is not None:
+                return 0  # materialised (or moved) meanwhile
+            index.expansion_search = self._index.expansion_search
+            self._index = index
+            self._buffer = buffer
+        return size
+
     def materialize(self) -> None:
         """Replaces a memory-mapped view by a private, writable copy; no-op otherwise.
 
@@ -597,6 +659,8 @@ class VectorIndex:
                         change.apply(copy)
                         self._index = copy
                         self._view_path = None
+                        self._view_file = None
+                        self._buffer = None  # unmapped once the view reading it is gone
                         self._reset_overlay()
                         return
                 change.apply(copy)
@@ -736,6 +800,29 @@ def _overlay_change(
 
 
 _MADV_POPULATE_READ = 22
+_READ_CHUNK = 64 << 20
+_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _huge_pages_available() -> bool:
+    """Whether ``MADV_HUGEPAGE`` memory can come in huge pages (Linux, THP not ``[never]``)."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        return "[never]" not in _THP_SETTING.read_text(encoding="ascii")
+    except OSError:
+        return False
+
+
+def _identity_of(stat: os.stat_result) -> tuple[int, ...]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        return _identity_of(path.stat())
+    except OSError:
+        return None
 
 
 @functools.cache

@@ -45,6 +45,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({"cache_hot_bytes": "-1"}, {}, "--cache-hot-bytes"),
         ({"cache_index_at_start": "-5"}, {}, "--cache-index-at-start"),
         ({}, {"ARE_CACHE_CHECKPOINT_CHANGES": "many"}, "ARE_CACHE_CHECKPOINT_CHANGES"),
+        ({"cache_huge_pages": "yes"}, {}, "--cache-huge-pages"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:

@@ -335,6 +335,63 @@ def test_prefault_maps_a_views_file_and_is_a_no_op_otherwise(tmp_path: Path) -> 
     assert view.search(_unit(3000, 8, seed=4)[17], 1)[0][0] == 17
 
 
+def _anon_huge_kib() -> int:
+    with Path("/proc/self/smaps_rollup").open(encoding="ascii") as rollup:
+        for line in rollup:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_view_moved_into_huge_pages_answers_and_changes_as_before(tmp_path: Path, dtype: str) -> None:
+    n = 6000
+    vectors = _unit(n + 10, 32, seed=8)
+    index = VectorIndex(dimension=32, dtype=dtype)
+    index.add(np.arange(n), vectors[:n])
+    assert index.into_huge_pages() == 0  # not a view
+    index.save(tmp_path / "h")
+    view = VectorIndex.restore(tmp_path / "h", dimension=32, dtype=dtype, view=True)
+    assert view is not None
+    view.add([n], vectors[n])  # an overlay made before the move stays in force
+    view.remove([5])
+    probes = vectors[[0, 5, 17, 2999, n - 1, n]]
+    before = [view.search(p, 5) for p in probes]
+    huge_before = _anon_huge_kib() if Path("/proc/self/smaps_rollup").exists() else 0
+    moved = view.into_huge_pages()
+    if not moved:
+        pytest.skip("transparent huge pages are off here")
+    assert moved == (tmp_path / "h").stat().st_size
+    assert view.is_view
+    # The kernel may fall back to small pages; where it gives huge ones, they show.
+    assert _anon_huge_kib() >= huge_before
+    assert view.into_huge_pages() == 0  # once
+    assert [view.search(p, 5) for p in probes] == before
+    (tmp_path / "h").unlink()  # the view reads its own memory now, not the file
+    view.add([n + 1], vectors[n + 1])
+    view.remove([17])
+    assert view.search(vectors[n + 1], 1)[0][0] == n + 1
+    assert 17 not in [k for k, _ in view.search(vectors[17], 10)]
+    view.materialize()
+    assert not view.is_view
+    assert (len(view), 5 in view, 17 in view, n + 1 in view) == (n, False, False, True)
+    view.save(tmp_path / "again")
+    again = VectorIndex.restore(tmp_path / "again", dimension=32, dtype=dtype, view=True)
+    assert again is not None and len(again) == n
+
+
+def test_a_view_whose_file_was_replaced_is_not_moved(tmp_path: Path) -> None:
+    index = VectorIndex(dimension=8)
+    index.add(np.arange(3000), _unit(3000, 8, seed=3))
+    index.save(tmp_path / "r")
+    view = VectorIndex.restore(tmp_path / "r", dimension=8, dtype="f32", view=True)
+    assert view is not None
+    index.remove([0])
+    index.save(tmp_path / "r")  # a checkpoint renamed another file in: not what the view serves
+    assert view.into_huge_pages() == 0
+    assert 0 in view and len(view) == 3000
+
+
 def test_save_in_child_writes_the_index_as_it_was_at_the_fork(tmp_path: Path) -> None:
     vectors = _unit(300, 16, seed=5)
     index = VectorIndex(dimension=16, dtype="i8")
