@@ -126,6 +126,7 @@ class VectorIndex:
         self._view_path: Path | None = None
         self._view_file: tuple[int, ...] | None = None  # the viewed file: device, inode, size, mtime
         self._buffer: mmap.mmap | None = None  # what a view reads from when not the file's own mapping
+        self._huge = False  # moved into huge pages: a fold's copy goes into them too
         self._lock = threading.Lock()
         self._native = threading.Lock()
         self._coalescer: SearchCoalescer | None = None
@@ -533,6 +534,7 @@ class VectorIndex:
         self._view_path = path if view else None
         self._view_file = _identity(path) if view else None
         self._buffer = None
+        self._huge = False
         self._lock = threading.Lock()
         self._native = threading.Lock()
         self._coalescer = None
@@ -622,6 +624,7 @@ class VectorIndex:
             index.expansion_search = self._index.expansion_search
             self._index = index
             self._buffer = buffer
+            self._huge = True
         return size
 
     def materialize(self) -> None:
@@ -638,6 +641,7 @@ class VectorIndex:
             if path is None:  # another thread materialised it meanwhile
                 return
             view = self._index
+            before = _anonymous_mappings() if self._huge else None
             try:
                 # Copying the mapped view holds the GIL about a third as long
                 # as reading the file again (0.7 s against 1.8 s at 1M i8
@@ -660,14 +664,21 @@ class VectorIndex:
                         self._index = copy
                         self._view_path = None
                         self._view_file = None
-                        self._buffer = None  # unmapped once the view reading it is gone
+                        retired, self._buffer = self._buffer, None
                         self._reset_overlay()
-                        return
+                        break
                 change.apply(copy)
                 hidden |= change.hidden
                 vectors.update(change.added)
                 for key in change.dropped:
                     vectors.pop(key, None)
+        del view  # the old view first, then the buffer it read (if it had one of its own)
+        del retired
+        if before is not None:
+            # The copy is usearch's own allocation, in small pages: ask the
+            # kernel to collapse the mappings it added into huge ones (in
+            # this worker thread, outside the GIL; searches go on meanwhile).
+            _collapse(_anonymous_mappings() - before)
 
     # -- helpers ---------------------------------------------------------
 
@@ -801,6 +812,9 @@ def _overlay_change(
 
 _MADV_POPULATE_READ = 22
 _READ_CHUNK = 64 << 20
+_MADV_COLLAPSE = 25
+_HUGE = 2 << 20
+_MIN_COLLAPSE = 4 << 20
 _THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -812,6 +826,44 @@ def _huge_pages_available() -> bool:
         return "[never]" not in _THP_SETTING.read_text(encoding="ascii")
     except OSError:
         return False
+
+
+def _anonymous_mappings() -> set[tuple[int, int]]:
+    """This process's private anonymous mappings of 4 MiB or more, as (start, end) (Linux)."""
+    found: set[tuple[int, int]] = set()
+    try:
+        with Path("/proc/self/maps").open(encoding="ascii", errors="replace") as maps:
+            for line in maps:
+                parts = line.split()
+                if len(parts) == 5 and parts[1].endswith("p"):  # no path: anonymous; private
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    if end - start >= _MIN_COLLAPSE:
+                        found.add((start, end))
+    except OSError:
+        pass
+    return found
+
+
+def _collapse(mappings: set[tuple[int, int]]) -> int:
+    """Advises these mappings ``MADV_HUGEPAGE`` and collapses them, 2 MiB at a time; returns bytes collapsed.
+
+    ``MADV_COLLAPSE`` (Linux 6.1+) is synchronous and best effort: a range
+    it cannot collapse (EINVAL, EAGAIN) is left in small pages, and so is
+    everything on an older kernel.
+    """
+    if not mappings or not _huge_pages_available():
+        return 0
+    madvise = _libc().madvise
+    done = 0
+    for start, end in mappings:
+        low = (start + _HUGE - 1) & ~(_HUGE - 1)
+        high = end & ~(_HUGE - 1)
+        if high <= low or madvise(low, high - low, mmap.MADV_HUGEPAGE) != 0:
+            continue
+        for at in range(low, high, _HUGE):
+            if madvise(at, _HUGE, _MADV_COLLAPSE) == 0:
+                done += _HUGE
+    return done
 
 
 def _identity_of(stat: os.stat_result) -> tuple[int, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -10,7 +12,13 @@ import numpy as np
 import pytest
 
 import are_core.vector
-from are_core.vector import DTYPES, VectorError, VectorIndex, VectorShapeError
+from are_core.vector import (
+    DTYPES,
+    VectorError,
+    VectorIndex,
+    VectorShapeError,
+    _index,  # the helpers behind a fold's huge pages
+)
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -378,6 +386,22 @@ def test_a_view_moved_into_huge_pages_answers_and_changes_as_before(tmp_path: Pa
     view.save(tmp_path / "again")
     again = VectorIndex.restore(tmp_path / "again", dimension=32, dtype=dtype, view=True)
     assert again is not None and len(again) == n
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux only")
+def test_new_anonymous_mappings_are_found_and_collapsed_into_huge_pages() -> None:
+    before = _index._anonymous_mappings()
+    memory = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    memory.write(b"\x01" * (16 << 20))  # populated, as an index's copy is
+    start = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    added = _index._anonymous_mappings() - before
+    assert any(low <= start < high for low, high in added)
+    collapsed = _index._collapse({(low, high) for low, high in added if low <= start < high})
+    if not _index._huge_pages_available():
+        assert collapsed == 0
+    else:  # an older kernel (no MADV_COLLAPSE) collapses nothing, and says so
+        assert collapsed % (2 << 20) == 0 and collapsed <= 18 << 20
+    assert memory[: 1 << 20] == b"\x01" * (1 << 20)  # the contents stay
 
 
 def test_a_view_whose_file_was_replaced_is_not_moved(tmp_path: Path) -> None:
