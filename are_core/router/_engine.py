@@ -93,6 +93,7 @@ _FIRST_SEARCH = 64
 # costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
 # groups of 256 (or whatever 100 ms brings) cost a sixth of groups of 64.
 _ROUTE_EVENT_GROUP = 256
+_ROUTE_RECORD_SLICE = 32  # ROUTE_DECIDED events recorded per event-loop turn
 _DEFAULT_OUTPUT_TOKENS = 500
 _CHARS_PER_TOKEN = 4
 # The availability tier of an unavailable agent (see _Agent.tier).
@@ -1005,7 +1006,25 @@ class Router:
             self._route_flush = None
         drafts, self._route_events = self._route_events, []
         if drafts:
-            self._spawn(self._commit(self._storage.batch(), drafts))
+            self._spawn(self._commit_route_events(drafts))
+
+    async def _commit_route_events(self, drafts: Sequence[EventDraft]) -> None:
+        """Records queued events ``_ROUTE_RECORD_SLICE`` per loop turn, then commits them in one batch.
+
+        Recording takes about 1.5 µs an event on the loop: a group of 256
+        in one turn made the route arriving meanwhile wait some 0.4 ms.
+        """
+        sink = self._events
+        if sink is None:
+            return
+        batch = self._storage.batch()
+        events: list[Event] = []
+        for at in range(0, len(drafts), _ROUTE_RECORD_SLICE):
+            if at:
+                await asyncio.sleep(0)  # routes that arrived meanwhile go first
+            events.extend(sink.record(batch, draft) for draft in drafts[at : at + _ROUTE_RECORD_SLICE])
+        await self._committer.submit(batch)
+        sink.publish(events)
 
     # ---------------------------------------------------------- model routing
 
