@@ -353,17 +353,19 @@ async def test_the_sidecar_calibrates_a_namespaces_search_expansion_on_its_looku
                 for i in range(start, min(start + 200, len(vectors)))
             )
         )
-    for i in range(1040):  # near-duplicates of stored prompts: the lookups calibration measures on
-        query = vectors[i * 2] + 0.01 * rng.standard_normal(32).astype(np.float32)
+    right = 0
+    for i in range(2060):  # near-duplicates of stored prompts: the lookups calibration measures on
+        query = vectors[i % 1300 * 2] + 0.01 * rng.standard_normal(32).astype(np.float32)
         hit = await client.cache.lookup(ns, vector=query.tolist())
-        assert hit is not None and hit.value == {"i": i * 2}
+        right += hit is not None and hit.value == {"i": i % 1300 * 2}
+    assert right >= 1957  # 95%: an approximate search over 8-bit components
     for _ in range(300):  # the flush loop starts it within a second; the child searches (bounded: 30 s)
         [stats] = await client.cache.stats(ns)
         if stats.recall_samples:
             break
         await asyncio.sleep(0.1)
-    assert stats.recall_samples == 1024  # the last 1,024 lookups, every one of which could hit
-    assert stats.measured_recall >= 0.995
+    assert stats.recall_samples == 2048  # the last 2,048 lookups, every one of which could hit
+    assert stats.measured_recall >= 0.95
     assert stats.calibrate_time is not None
     [listed] = [n for n in await client.cache.list_namespaces() if n.name == ns]
     assert listed.search_expansion == stats.search_expansion  # in force
@@ -375,4 +377,4 @@ async def test_the_sidecar_calibrates_a_namespaces_search_expansion_on_its_looku
         await asyncio.sleep(0.1)
     [event] = events
     assert event.attributes["are.cache.search_expansion"].int_value == stats.search_expansion
-    assert event.attributes["are.cache.samples"].int_value == 1024
+    assert event.attributes["are.cache.samples"].int_value == 2048

@@ -116,7 +116,7 @@ export interface CacheNamespace {
    * graph (HNSW's ef): more finds the nearest entry more reliably, fewer
    * answer sooner. 0 means calibrated: the sidecar starts from the default
    * of the vector dtype (64 for F32, 32 for F16 and I8) and, once the
-   * namespace holds over 2,048 vectors and has served 1,024 semantic lookups,
+   * namespace holds over 2,048 vectors and has served 2,048 semantic lookups,
    * measures recall@1 on those lookups (against an exact search, in the
    * background) and keeps the smallest expansion whose recall clears
    * recall_target with 95% confidence (GetCacheStats shows the figures);
