@@ -20,7 +20,7 @@ import numpy as np
 
 from are_core.embed import Embedder, EmbedderError, LexicalEmbedder, OnnxEmbedder
 from are_core.storage import Codec, GroupCommitter, Storage, join_key, prefix_key, u64_key
-from are_core.trace import Event, EventDraft, EventSink
+from are_core.trace import Event, EventDraft, EventSink, record_in_slices
 from are_core.vector import (
     EXACT_SEARCH_BELOW,
     EXPANSION_SEARCH,
@@ -111,9 +111,6 @@ _MAX_EXPANSION = 1024
 _BLOB_REFERRER = b"cache:"  # + an entry id: what a blob-backed entry's reference is filed under
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
 _FLUSH_CHUNK = 2048  # lookup events per flush commit
-# Lookup events recorded per event-loop turn: a lookup arriving while a
-# flush records them waits for one slice (about 50 µs), not for the flush.
-_RECORD_SLICE = 32
 DEFAULT_INDEX_AT_START = 4096
 """Missing vectors a start indexes before the engine serves; more are indexed after it, in the background."""
 # Background indexing adds vectors in chunks sized to take about this long:
@@ -536,8 +533,12 @@ class CacheEngine:
                 continue
             entries = len(state.index)
             last = state.stats.calibration
-            same_method = last is not None and last.ladder == LADDER and last.queries == _CALIBRATION_QUERIES
-            if last is not None and same_method and last.target == namespace.recall_target:
+            if (
+                last is not None
+                and last.target == namespace.recall_target
+                and last.ladder == LADDER
+                and last.queries == _CALIBRATION_QUERIES
+            ):
                 if state.queries_seen - state.calibrated_at < _CALIBRATION_QUERIES:
                     continue
                 resized = not last.entries * 0.8 <= entries <= last.entries * 1.25
@@ -1277,7 +1278,8 @@ class CacheEngine:
         """Writes counters and queued lookup events; removes expired entries.
 
         Events go in commits of at most ``_FLUSH_CHUNK``, each awaited before
-        the next is built, and are recorded ``_RECORD_SLICE`` per loop turn.
+        the next is built, and are recorded a slice per loop turn
+        (:func:`~are_core.trace.record_in_slices`).
         Recording takes about 1.5 µs an event on the loop: at 1,250 lookups a
         second, 256 per turn made every lookup arriving during a flush wait
         some 0.4 ms, once a second for 10 to 20 ms. Those were the slowest
@@ -1301,12 +1303,7 @@ class CacheEngine:
             return
         for start in range(0, len(queued), _FLUSH_CHUNK):
             batch = self._storage.batch()
-            chunk = queued[start : start + _FLUSH_CHUNK]
-            recorded: list[Event] = []
-            for at in range(0, len(chunk), _RECORD_SLICE):
-                if at:
-                    await asyncio.sleep(0)  # lookups that arrived meanwhile go first
-                recorded.extend(self._events.record(batch, draft) for draft in chunk[at : at + _RECORD_SLICE])
+            recorded = await record_in_slices(self._events, batch, queued[start : start + _FLUSH_CHUNK])
             await self._submit(batch, None, [], recorded)
 
     async def _flush_loop(self) -> None:

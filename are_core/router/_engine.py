@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from are_core.storage import Batch, Codec, GroupCommitter, Storage, u64_key
 from are_core.storage import parse_u64_key as _parse_u64
-from are_core.trace import AttributeValue, Event, EventDraft, EventSink
+from are_core.trace import AttributeValue, Event, EventDraft, EventSink, record_in_slices
 
 from ._errors import (
     AgentNotFoundError,
@@ -93,7 +93,6 @@ _FIRST_SEARCH = 64
 # costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
 # groups of 256 (or whatever 100 ms brings) cost a sixth of groups of 64.
 _ROUTE_EVENT_GROUP = 256
-_ROUTE_RECORD_SLICE = 32  # ROUTE_DECIDED events recorded per event-loop turn
 _DEFAULT_OUTPUT_TOKENS = 500
 _CHARS_PER_TOKEN = 4
 # The availability tier of an unavailable agent (see _Agent.tier).
@@ -1009,22 +1008,13 @@ class Router:
             self._spawn(self._commit_route_events(drafts))
 
     async def _commit_route_events(self, drafts: Sequence[EventDraft]) -> None:
-        """Records queued events ``_ROUTE_RECORD_SLICE`` per loop turn, then commits them in one batch.
-
-        Recording takes about 1.5 µs an event on the loop: a group of 256
-        in one turn made the route arriving meanwhile wait some 0.4 ms.
-        """
-        sink = self._events
-        if sink is None:
+        """Records queued events a slice per loop turn (``record_in_slices``), then commits them."""
+        if self._events is None:
             return
         batch = self._storage.batch()
-        events: list[Event] = []
-        for at in range(0, len(drafts), _ROUTE_RECORD_SLICE):
-            if at:
-                await asyncio.sleep(0)  # routes that arrived meanwhile go first
-            events.extend(sink.record(batch, draft) for draft in drafts[at : at + _ROUTE_RECORD_SLICE])
+        events = await record_in_slices(self._events, batch, drafts)
         await self._committer.submit(batch)
-        sink.publish(events)
+        self._events.publish(events)
 
     # ---------------------------------------------------------- model routing
 

@@ -22,7 +22,15 @@ from are_core.trace._errors import (
     TraceError,
 )
 from are_core.trace._filter import EventFilter, decode_page_token, encode_page_token
-from are_core.trace._model import AttributeValue, Event, EventDraft, EventSink, EventUsage, FailureInfo
+from are_core.trace._model import (
+    AttributeValue,
+    Event,
+    EventDraft,
+    EventSink,
+    EventUsage,
+    FailureInfo,
+    record_in_slices,
+)
 from are_core.trace._otel import (
     SpanBuilder,
     TraceContextResolver,
@@ -60,6 +68,7 @@ __all__ = [
     "attempt_span_id",
     "decode_page_token",
     "encode_page_token",
+    "record_in_slices",
     "task_traceparent",
     "trace_context_of",
     "workflow_span_id",

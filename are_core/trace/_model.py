@@ -21,6 +21,7 @@ can never be part of a reference cycle).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -108,3 +109,25 @@ class EventSink(Protocol):
     def publish(self, events: Sequence[Event]) -> None:
         """Fans committed events out to live subscribers and exporters."""
         ...
+
+
+RECORD_SLICE = 32
+"""Events :func:`record_in_slices` records per event-loop turn (about 50 µs of it)."""
+
+
+async def record_in_slices(sink: EventSink, batch: Batch, drafts: Sequence[EventDraft]) -> list[Event]:
+    """Records ``drafts`` into ``batch``, :data:`RECORD_SLICE` per event-loop turn; returns the events.
+
+    For background batches of events alone (a second of cache lookups, a
+    group of routes): recording takes about 1.5 µs an event on the loop, so
+    256 in one turn made a call arriving meanwhile wait some 0.4 ms. Never
+    for a batch that carries a state change: other coroutines run between
+    slices, and such a batch must be submitted in the turn its change was
+    made.
+    """
+    events: list[Event] = []
+    for at in range(0, len(drafts), RECORD_SLICE):
+        if at:
+            await asyncio.sleep(0)  # calls that arrived meanwhile go first
+        events.extend(sink.record(batch, draft) for draft in drafts[at : at + RECORD_SLICE])
+    return events

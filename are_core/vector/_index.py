@@ -556,15 +556,10 @@ class VectorIndex:
             return 0
         try:
             madvise = _libc().madvise
-            real = os.path.realpath(path)
-            with Path("/proc/self/maps").open(encoding="utf-8", errors="replace") as maps:
-                ranges = [
-                    tuple(int(x, 16) for x in parts[0].split("-"))
-                    for parts in (line.split(maxsplit=5) for line in maps)
-                    if len(parts) == 6 and parts[5].rstrip("\n") == real
-                ]
         except (OSError, AttributeError):
             return 0
+        real = os.path.realpath(path)
+        ranges = [(start, end) for start, end, _, name in _mappings() if name == real]
         done = 0
         for start, end in ranges:
             if madvise(start, end - start, _MADV_POPULATE_READ) != 0:
@@ -828,20 +823,27 @@ def _huge_pages_available() -> bool:
         return False
 
 
-def _anonymous_mappings() -> set[tuple[int, int]]:
-    """This process's private anonymous mappings of 4 MiB or more, as (start, end) (Linux)."""
-    found: set[tuple[int, int]] = set()
+def _mappings() -> list[tuple[int, int, str, str]]:
+    """This process's mappings as (start, end, permissions, path or ""); none where /proc is not there."""
+    found = []
     try:
-        with Path("/proc/self/maps").open(encoding="ascii", errors="replace") as maps:
+        with Path("/proc/self/maps").open(encoding="utf-8", errors="replace") as maps:
             for line in maps:
-                parts = line.split()
-                if len(parts) == 5 and parts[1].endswith("p"):  # no path: anonymous; private
-                    start, end = (int(x, 16) for x in parts[0].split("-"))
-                    if end - start >= _MIN_COLLAPSE:
-                        found.add((start, end))
+                parts = line.rstrip("\n").split(maxsplit=5)
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                found.append((start, end, parts[1], parts[5] if len(parts) == 6 else ""))
     except OSError:
         pass
     return found
+
+
+def _anonymous_mappings() -> set[tuple[int, int]]:
+    """This process's private anonymous mappings of 4 MiB or more, as (start, end)."""
+    return {
+        (start, end)
+        for start, end, permissions, name in _mappings()
+        if not name and permissions.endswith("p") and end - start >= _MIN_COLLAPSE
+    }
 
 
 def _collapse(mappings: set[tuple[int, int]]) -> int:

@@ -283,6 +283,13 @@ async def test_events_for_hits_misses_stores_and_invalidations(harness: Harness)
     assert hit.attributes["are.cache.tier"] == "EXACT"
 
 
+async def _one_entry_flushed(e: CacheEngine, namespace: str) -> None:
+    """A namespace holding one entry (prompt "q"), every event so far flushed."""
+    await e.put_namespace(NamespaceSettings(name=namespace))
+    await e.store(namespace, prompt="q", response=b"r")
+    await e.flush()
+
+
 async def test_a_flush_writes_the_events_queued_before_it_and_leaves_later_ones_for_the_next(
     harness: Harness,
 ) -> None:
@@ -290,9 +297,7 @@ async def test_a_flush_writes_the_events_queued_before_it_and_leaves_later_ones_
     # lookups kept coming it committed them one at a time (a commit, an fsync
     # under sync durability, per lookup) and did not end.
     e = harness.e
-    await e.put_namespace(NamespaceSettings(name="fl"))
-    await e.store("fl", prompt="q", response=b"r")
-    await e.flush()
+    await _one_entry_flushed(e, "fl")
     before = len(harness.sink.recorded)
     for _ in range(600):
         await e.lookup("fl", prompt="q")
@@ -317,9 +322,7 @@ async def test_a_flush_records_lookup_events_a_slice_per_loop_turn_and_publishes
     # Recording 256 events in one loop turn held the loop some 0.4 ms: each
     # lookup arriving during a flush waited that long (the slowest 1%).
     e = harness.e
-    await e.put_namespace(NamespaceSettings(name="sl"))
-    await e.store("sl", prompt="q", response=b"r")
-    await e.flush()
+    await _one_entry_flushed(e, "sl")
     before, published = len(harness.sink.recorded), len(harness.sink.published)
     for _ in range(1000):
         await e.lookup("sl", prompt="q")
