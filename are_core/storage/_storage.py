@@ -37,6 +37,7 @@ MAX_TABLES = 64
 DEFAULT_MAX_SCAN_ROWS = 10_000
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _RESIZE_WAIT_SECONDS = 30.0
+_Puts = list[tuple[bytes, bytes]]  # one table's puts, in order
 
 
 class Durability(enum.Enum):
@@ -285,20 +286,41 @@ class Storage:
                 raise StorageError(f"write transaction failed in {str(self.path)!r}: {exc}") from exc
 
     def _write_once(self, batches: Sequence[Batch]) -> list[KeyExistsError | None]:
+        """One write transaction; the puts go to LMDB a table at a time, in C.
+
+        Puts are gathered per table and written with one ``putmulti`` call
+        each (py-lmdb's loop in C: about 3x faster than a put per call, and
+        it holds the GIL, which every other thread waits for, that much
+        shorter). Puts and deletes of one table keep their order: a delete
+        first writes the puts gathered before it, and a conditional batch's
+        check first writes everything gathered, so that it reads the state
+        the batches before it left. Tables are independent, so the order
+        between them does not matter.
+        """
         dbs = self._dbs
         results: list[KeyExistsError | None] = []
+        gathered: dict[str, _Puts] = {}
         txn = self._env.begin(write=True)
         try:
             for batch in batches:
-                conflict = _first_conflict(txn, dbs, batch) if batch.conditional else None
+                conflict = None
+                if batch.conditional:
+                    _put_gathered(txn, dbs, gathered)
+                    conflict = _first_conflict(txn, dbs, batch)
                 results.append(conflict)
                 if conflict is not None:
                     continue
                 for kind, table, key, value in batch:
                     if kind is MutationKind.DELETE:
+                        earlier = gathered.pop(table, None)
+                        if earlier:
+                            txn.cursor(db=dbs[table]).putmulti(earlier)
                         txn.delete(key, db=dbs[table])
+                    elif (puts := gathered.get(table)) is not None:
+                        puts.append((key, value))
                     else:
-                        txn.put(key, value, db=dbs[table])
+                        gathered[table] = [(key, value)]
+            _put_gathered(txn, dbs, gathered)
         except BaseException:
             txn.abort()
             raise
@@ -476,6 +498,15 @@ def _walk_backward(
         rows.append((key, value))
         ok = cursor.prev()
     return rows
+
+
+def _put_gathered(
+    txn: lmdb.Transaction[bytes], dbs: dict[str, lmdb._Database], gathered: dict[str, _Puts]
+) -> None:
+    """Writes and forgets the puts gathered per table (see ``Storage._write_once``)."""
+    for table, puts in gathered.items():
+        txn.cursor(db=dbs[table]).putmulti(puts)
+    gathered.clear()
 
 
 def _first_conflict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -59,6 +60,44 @@ def test_get_put_delete_and_persistence(tmp_path: Path) -> None:
     with Storage.open(tmp_path, tables=["kv", "events"]) as store:
         assert store.get("kv", b"b") == b"2"
         assert store.count("kv") == 1
+
+
+def test_one_transaction_applies_puts_and_deletes_in_order_per_table(tmp_path: Path) -> None:
+    # The writer gathers puts per table; a delete, or a conditional batch's
+    # check, must still see every put made before it.
+    with Storage.open(tmp_path, tables=["kv", "events"]) as store:
+        first = store.batch().put("kv", b"a", b"1").put("events", b"e", b"x").put("kv", b"a", b"2")
+        first.delete("kv", b"a").put("kv", b"a", b"3").put("kv", b"b", b"4").delete("events", b"e")
+        second = store.batch().put("kv", b"c", b"5").delete("kv", b"b")
+        conflicting = store.batch().put_if_absent("kv", b"c", b"6").put("kv", b"d", b"7")
+        conditional = store.batch().put_if_absent("kv", b"e", b"8").put("events", b"f", b"9")
+        results = store.apply_batches([first, second, conflicting, conditional])
+        assert [r is None for r in results] == [True, True, False, True]
+        assert store.scan("kv") == [(b"a", b"3"), (b"c", b"5"), (b"e", b"8")]
+        assert store.scan("events") == [(b"f", b"9")]
+
+
+def test_a_large_transaction_matches_a_model_of_its_mutations(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    model: dict[str, dict[bytes, bytes]] = {"kv": {}, "events": {}}
+    with Storage.open(tmp_path, tables=["kv", "events"]) as store:
+        batches = []
+        for b in range(40):
+            batch = store.batch()
+            for i in range(250):
+                table = rng.choice(("kv", "events"))
+                key = u64_key(rng.randrange(500))
+                if rng.random() < 0.2:
+                    batch.delete(table, key)
+                    model[table].pop(key, None)
+                else:
+                    value = f"{b}:{i}".encode()
+                    batch.put(table, key, value)
+                    model[table][key] = value
+            batches.append(batch)
+        assert store.apply_batches(batches) == [None] * 40
+        for table, rows in model.items():
+            assert store.scan(table, limit=1000) == sorted(rows.items())
 
 
 def test_unknown_table_is_rejected_when_building_the_batch(storage: Storage) -> None:
