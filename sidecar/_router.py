@@ -41,6 +41,7 @@ from are_core.router import (
     EmbedderLike,
     EmbedderUnavailableError,
     ModelCatalogEmptyError,
+    ModelNotInCatalogError,
     ModelSpec,
     NoEligibleModelError,
     NoRouteError,
@@ -421,7 +422,8 @@ _SIMPLE: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
     (OutcomeAlreadyReportedError, grpc.StatusCode.ALREADY_EXISTS, "OUTCOME_ALREADY_REPORTED"),
     (EmbedderUnavailableError, grpc.StatusCode.FAILED_PRECONDITION, "EMBEDDER_UNAVAILABLE"),
     (ModelCatalogEmptyError, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_CATALOG_EMPTY"),
-    (NoEligibleModelError, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_CATALOG_EMPTY"),
+    (NoEligibleModelError, grpc.StatusCode.FAILED_PRECONDITION, "NO_ELIGIBLE_MODEL"),
+    (ModelNotInCatalogError, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_NOT_IN_CATALOG"),
 )
 
 
@@ -456,6 +458,8 @@ def _identifiers(error: Exception) -> dict[str, str]:
         return {"agent_id": error.agent_id}
     if isinstance(error, RouteNotFoundError | OutcomeAlreadyReportedError):
         return {"route_id": error.route_id}
+    if isinstance(error, ModelNotInCatalogError):
+        return {"field": "model_id", "model_id": error.model_id}
     return {}
 
 

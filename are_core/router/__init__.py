@@ -32,6 +32,7 @@ Exceptions::
     ├── RouterLimitError             a sidecar-wide bound is reached
     ├── NoRouteError                 nothing clears the threshold (.best_below)
     ├── ModelCatalogEmptyError       RouteModel before PutModelCatalog
+    ├── ModelNotInCatalogError       an outcome for a model outside the catalog
     ├── NoEligibleModelError         every model excluded or too small
     ├── RouteNotFoundError           unknown or expired route_id
     └── OutcomeAlreadyReportedError  a second outcome for one route
@@ -43,6 +44,7 @@ from ._errors import (
     DimensionMismatchError,
     EmbedderUnavailableError,
     ModelCatalogEmptyError,
+    ModelNotInCatalogError,
     NoEligibleModelError,
     NoRouteError,
     OutcomeAlreadyReportedError,
@@ -86,6 +88,7 @@ __all__ = [
     "ModelCatalogEmptyError",
     "ModelChoice",
     "ModelEstimate",
+    "ModelNotInCatalogError",
     "ModelSpec",
     "NoEligibleModelError",
     "NoRouteError",

@@ -25,7 +25,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +44,7 @@ from ._errors import (
     DimensionMismatchError,
     EmbedderUnavailableError,
     ModelCatalogEmptyError,
+    ModelNotInCatalogError,
     NoEligibleModelError,
     NoRouteError,
     OutcomeAlreadyReportedError,
@@ -84,11 +85,17 @@ OUTCOMES_TABLE = "router_outcomes"
 TABLES = (AGENTS_TABLE, META_TABLE, ROUTES_TABLE, OUTCOMES_TABLE)
 
 _CATALOG_KEY = b"catalog"
+# The next outcome sequence, kept so that a sequence is never reused, even
+# once every outcome was deleted (a saved index names its outcomes by them).
+_NEXT_OUTCOME_KEY = b"next_outcome"
 _PAGE = 1000
 # A capability filter leaving at most this many agents is scored exactly
 # (one small matrix product) instead of searching the whole index.
 _EXACT_FILTER_LIMIT = 1024
 _FIRST_SEARCH = 64
+# Similarities come from float32 dot products of unit vectors: one this close
+# below the threshold reaches it (an identical vector gives 0.99999994).
+_SIMILARITY_TOLERANCE = 1e-6
 # Queued ROUTE_DECIDED events commit at once when this many wait. A commit
 # costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
 # groups of 256 (or whatever 100 ms brings) cost a sixth of groups of 64.
@@ -306,6 +313,16 @@ class Router:
         self._outcome_scores: dict[int, float] = {}
         self._next_outcome = 1
         self._reporting: set[str] = set()
+        # Model routes stored (approximate between starts: a route the TTL
+        # sweep and the bound both delete counts twice), and the newest key
+        # the bound deleted, so that calls in one turn delete different ones.
+        self._route_count = 0
+        self._evicted_through = b""
+        self.evicted_routes = 0
+        """Model routes deleted, unreported or not, to keep ``max_routes``."""
+        # One registration or removal of a card id at a time (each awaits a
+        # commit); entries go when their last holder leaves.
+        self._card_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # ------------------------------------------------------------------ load
 
@@ -361,7 +378,7 @@ class Router:
         if raw_catalog is not None:
             self._catalog = _catalog_codec.decode(raw_catalog)
         self._load_outcomes(rewrite, manifest)
-        self._sweep_routes(rewrite, now)
+        self._route_count = self._storage.count(ROUTES_TABLE) - self._sweep_routes(rewrite, now)
         if len(rewrite):
             await self._committer.submit(rewrite)
 
@@ -441,17 +458,39 @@ class Router:
         return len(manifest)
 
     def _load_outcomes(self, rewrite: Batch, manifest: Mapping[str, Any]) -> None:
+        """Rebuilds the per-model outcome indexes.
+
+        Outcomes of models no longer in the catalog are deleted (what
+        :meth:`put_catalog` does, here also after a crash part-way through
+        it). Outcomes whose prompt vector has another dimension than the
+        router (recorded under another ``--router-dimension`` or embedder)
+        stay in LMDB, left out of the estimator, and count again if the
+        router returns to their dimension.
+        """
+        stored_next = self._storage.get(META_TABLE, _NEXT_OUTCOME_KEY)
+        if stored_next is not None:
+            self._next_outcome = max(self._next_outcome, _parse_u64(stored_next))
+        models = {m.model_id for m in self._catalog.models} if self._catalog is not None else None
         per_model: dict[str, list[tuple[int, Vector]]] = {}
+        other_dimension = 0
         for key, value in self._scan_all(OUTCOMES_TABLE):
             sequence = _parse_u64(key)
             self._next_outcome = max(self._next_outcome, sequence + 1)
             record = _outcome_codec.decode(value)
+            if models is not None and record.model_id not in models:
+                rewrite.delete(OUTCOMES_TABLE, key)
+                continue
             vector = np.frombuffer(record.vector, dtype=np.float32)
             if vector.shape[0] != self.dimension:
-                rewrite.delete(OUTCOMES_TABLE, key)
+                other_dimension += 1
                 continue
             per_model.setdefault(record.model_id, []).append((sequence, vector))
             self._outcome_scores[sequence] = record.score
+        if other_dimension:
+            _log.warning(
+                "model outcomes of another dimension kept in storage but left out of the estimator",
+                extra={"fields": {"outcomes": other_dimension, "dimension": self.dimension}},
+            )
         bound = self.settings.max_outcomes_per_model
         for model_id, rows in per_model.items():
             for sequence, _ in rows[:-bound]:
@@ -486,7 +525,21 @@ class Router:
         removed = self._sweep_routes(batch, self._clock())
         if removed:
             await self._committer.submit(batch)
+            self._route_count -= removed
         return removed
+
+    def _evict_routes(self, batch: Batch) -> int:
+        """Deletes the oldest routes in ``batch`` so that one more fits ``max_routes``; returns how many."""
+        over = self._route_count + 1 - self.settings.max_routes
+        if over <= 0:
+            return 0
+        start = self._evicted_through + b"\x00" if self._evicted_through else None
+        rows = self._storage.scan(ROUTES_TABLE, start=start, limit=min(over, _PAGE))
+        for key, _ in rows:
+            batch.delete(ROUTES_TABLE, key)
+        if rows:
+            self._evicted_through = rows[-1][0]
+        return len(rows)
 
     async def aclose(self) -> None:
         """Commits the queued RouteTask events and waits for the background commits."""
@@ -504,12 +557,19 @@ class Router:
     async def register_agent(self, spec: AgentSpec) -> tuple[AgentView, bool]:
         """Adds or replaces a registered card; returns it and whether it is new.
 
+        Calls for one agent_id take turns, so concurrent registrations of a
+        new id report it new once and share its index key.
+
         Raises:
             DimensionMismatchError: ``spec.vector`` is not of the index's dimension.
             EmbedderUnavailableError: No vector and no embedder.
             RouterLimitError: The index holds ``max_agents`` cards already.
         """
         vector = self._card_vector(spec)
+        async with self._card_lock(spec.agent_id):
+            return await self._register(spec, vector)
+
+    async def _register(self, spec: AgentSpec, vector: Vector) -> tuple[AgentView, bool]:
         existing = self._agents.get(spec.agent_id)
         if existing is None and len(self._agents) >= self.settings.max_agents:
             raise RouterLimitError("agent cards", self.settings.max_agents)
@@ -540,6 +600,10 @@ class Router:
         Raises:
             AgentNotFoundError: No registered card has this id.
         """
+        async with self._card_lock(agent_id):
+            await self._deregister(agent_id)
+
+    async def _deregister(self, agent_id: str) -> None:
         agent = self._agents.get(agent_id)
         if agent is None or agent.stored is None:
             raise AgentNotFoundError(agent_id)
@@ -555,6 +619,22 @@ class Router:
             self._set_vector(agent, self._worker_vector(agent.spec))
         else:
             self._drop_agent(agent)
+
+    @contextlib.asynccontextmanager
+    async def _card_lock(self, agent_id: str) -> AsyncIterator[None]:
+        lock, holders = self._card_locks.get(agent_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._card_locks[agent_id] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._card_locks[agent_id]
+            if holders > 1:
+                self._card_locks[agent_id] = (lock, holders - 1)
+            else:
+                del self._card_locks[agent_id]
 
     def get_agent(self, agent_id: str) -> AgentView | None:
         """The card with this id and its live fields, or None."""
@@ -696,8 +776,9 @@ class Router:
 
         For the scheduler at dispatch: it records the decision itself (a
         TASK_ROUTED event) and dispatches to ``candidate.capability``.
-        Unavailable agents are never chosen; agents at capacity only when
-        nothing else clears the threshold.
+        Unavailable agents, and cards declaring no capability (no worker
+        class to dispatch to), are never chosen; agents at capacity only
+        when nothing else clears the threshold.
 
         Raises:
             NoRouteError: Nothing clears the threshold (fail the task with
@@ -712,6 +793,7 @@ class Router:
                 exclude_agent_ids=frozenset(exclude_agent_ids),
                 required_capabilities=tuple(required_capabilities),
                 labels=dict(labels or {}),
+                capable_only=True,
             )
         )
         return result.candidates[0]
@@ -744,9 +826,11 @@ class Router:
 
         Sorted on the per-row live arrays (in C, or in numpy without it):
         availability tier, then score (similarity, or its blend with
-        cheapness), then load; agent_id breaks the ties that remain, in
-        Python, among the few rows kept.
+        cheapness), then similarity (among equal scores, as when cost alone
+        decides and costs tie, the better match first), then load; agent_id
+        breaks the ties that remain, in Python, among the few rows kept.
         """
+        reach = threshold - _SIMILARITY_TOLERANCE
         if _native is not None:
             size = eligible.rows.size
             kept_at, kept_scores = np.empty(size, dtype=np.intp), np.empty(size, dtype=np.float64)
@@ -754,7 +838,7 @@ class Router:
                 eligible.rows,
                 eligible.similarities,
                 size,
-                threshold,
+                reach,
                 self._row_cost,
                 self._row_tier,
                 self._row_load,
@@ -768,7 +852,7 @@ class Router:
                 return None
             positions, score_list = kept_at[:kept], kept_scores[:kept].tolist()
         else:
-            selected = self._selected(eligible, threshold, mode=mode, weight=weight, top_k=top_k)
+            selected = self._selected(eligible, reach, mode=mode, weight=weight, top_k=top_k)
             if selected is None:
                 return None
             positions, score_list, cheapest = selected
@@ -777,9 +861,11 @@ class Router:
         agents = [row_agents[r] for r in rows.tolist()]
         tier_list, load_list = self._row_tier[rows].tolist(), self._row_load[rows].tolist()
         similarity_list = eligible.similarities[positions].tolist()
-        ranked = sorted(
-            range(len(agents)), key=lambda i: (tier_list[i], -score_list[i], load_list[i], agents[i].agent_id)
-        )
+
+        def order(i: int) -> tuple[float, float, float, float, str]:
+            return (tier_list[i], -score_list[i], -similarity_list[i], load_list[i], agents[i].agent_id)
+
+        ranked = sorted(range(len(agents)), key=order)
         candidates = []
         for i in ranked[:top_k]:
             agent, similarity = agents[i], similarity_list[i]
@@ -815,13 +901,14 @@ class Router:
             scores = similarities
         tiers = self._row_tier[rows]
         loads = self._row_load[rows]
-        order = np.lexsort((loads, -scores, tiers))
+        order = np.lexsort((loads, -similarities, -scores, tiers))
         kept = order[: min(top_k, order.size)].tolist()
         last = kept[-1]
         for position in order[len(kept) :].tolist():  # the k-th's ties, for agent_id to decide
             if (
                 tiers[position] != tiers[last]
                 or scores[position] != scores[last]
+                or similarities[position] != similarities[last]
                 or loads[position] != loads[last]
             ):
                 break
@@ -863,7 +950,7 @@ class Router:
                 agents = [self._by_key[k] for k in restricted]
                 kept = [a.row for a in agents if a.row >= 0 and self._passes(a, query)]
                 return self._scored(np.array(kept, dtype=np.intp), vector)
-        filtered = bool(query.exclude_agent_ids or required or query.labels)
+        filtered = bool(query.exclude_agent_ids or required or query.labels or query.capable_only)
         k = min(total, max(_FIRST_SEARCH, 4 * top_k + len(query.exclude_agent_ids)))
         while True:
             keys, similarities = self._index.search_arrays(vector, k)
@@ -932,6 +1019,8 @@ class Router:
         if query.required_capabilities and not agent.capabilities.issuperset(query.required_capabilities):
             return False
         if query.labels and not _has_labels(agent.spec.labels, query.labels):
+            return False
+        if query.capable_only and not agent.capabilities:
             return False
         return query.include_unavailable or agent.available
 
@@ -1106,7 +1195,8 @@ class Router:
 
         When none is expected to, the one with the highest expected quality
         is chosen (``target_met`` false). The route is stored so that its
-        outcome can be reported for 7 days.
+        outcome can be reported for 7 days, while the newest ``max_routes``
+        are kept (beyond it the oldest go).
 
         Raises:
             ModelCatalogEmptyError: No catalog yet.
@@ -1148,7 +1238,9 @@ class Router:
             vector=query.tobytes(),
             quality_target=quality_target,
         )
-        batch = self._storage.batch().put(ROUTES_TABLE, route_id.encode(), _route_codec.encode(record))
+        batch = self._storage.batch()
+        evicted = self._evict_routes(batch)
+        batch.put(ROUTES_TABLE, route_id.encode(), _route_codec.encode(record))
         draft = EventDraft(
             event_type="MODEL_ROUTED",
             attributes={
@@ -1157,6 +1249,8 @@ class Router:
                 "are.route.expected_quality": round(chosen.expected_quality, 6),
             },
         )
+        self._route_count += 1 - evicted
+        self.evicted_routes += evicted
         await self._commit(batch, [draft])
         return ModelChoice(
             route_id=route_id,
@@ -1185,9 +1279,15 @@ class Router:
         Exactly one of ``success`` (counted as score 1 or 0) and ``score``
         (in [0, 1]) must be given.
 
+        An outcome whose route was made at another dimension than the
+        router's now (``--router-dimension`` or the embedder changed since)
+        is stored but does not feed the estimator (see :meth:`load`).
+
         Raises:
             RouteNotFoundError: Unknown or expired route_id.
             OutcomeAlreadyReportedError: Reported before.
+            ModelNotInCatalogError: The model is not in the catalog (only
+                catalog models are estimated; nothing is stored).
             ValueError: Neither or both outcomes, or a score outside [0, 1].
         """
         if (success is None) == (score is None):
@@ -1195,16 +1295,13 @@ class Router:
         value = float(score) if score is not None else (1.0 if success else 0.0)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"score {value} is outside [0, 1]")
-        raw = self._storage.get(ROUTES_TABLE, route_id.encode())
         now = self._clock()
-        if raw is None:
-            raise RouteNotFoundError(route_id)
-        route = _route_codec.decode(raw)
-        if now - route.create_time_ns > self.settings.route_ttl_ns:
-            raise RouteNotFoundError(route_id)
-        if route.reported or route_id in self._reporting:
-            raise OutcomeAlreadyReportedError(route_id)
+        route = self._reportable_route(route_id, now)
         model = model_id or route.model_id
+        if self._catalog is None or all(m.model_id != model for m in self._catalog.models):
+            raise ModelNotInCatalogError(model)
+        vector = np.frombuffer(route.vector, dtype=np.float32)
+        fits = vector.shape[0] == self.dimension
         sequence = self._next_outcome
         self._next_outcome += 1
         outcome = OutcomeRecord(
@@ -1229,6 +1326,7 @@ class Router:
         batch = self._storage.batch()
         batch.put(ROUTES_TABLE, route_id.encode(), _route_codec.encode(done))
         batch.put(OUTCOMES_TABLE, u64_key(sequence), _outcome_codec.encode(outcome))
+        batch.put(META_TABLE, _NEXT_OUTCOME_KEY, u64_key(sequence + 1))
         attributes: dict[str, AttributeValue] = {
             "are.route.route_id": route_id,
             "are.route.score": value,
@@ -1236,7 +1334,7 @@ class Router:
         }
         if success is not None:
             attributes["are.route.success"] = success
-        evicted = self._evict_outcome(model, batch)
+        evicted = self._evict_outcome(model, batch) if fits else None
         draft = EventDraft(event_type="ROUTE_OUTCOME_REPORTED", attributes=attributes)
         self._reporting.add(route_id)
         try:
@@ -1251,8 +1349,21 @@ class Router:
             index = self._outcome_index.get(model)
             if index is not None:
                 index.remove([evicted])
-        self._add_outcome(model, sequence, np.frombuffer(route.vector, dtype=np.float32), value)
+        if fits:
+            self._add_outcome(model, sequence, vector, value)
         return outcome
+
+    def _reportable_route(self, route_id: str, now: int) -> RouteRecord:
+        """The stored route of ``route_id`` if its outcome may be reported now."""
+        raw = self._storage.get(ROUTES_TABLE, route_id.encode())
+        if raw is None:
+            raise RouteNotFoundError(route_id)
+        route = _route_codec.decode(raw)
+        if now - route.create_time_ns > self.settings.route_ttl_ns:
+            raise RouteNotFoundError(route_id)
+        if route.reported or route_id in self._reporting:
+            raise OutcomeAlreadyReportedError(route_id)
+        return route
 
     def _evict_outcome(self, model_id: str, batch: Batch) -> int | None:
         keys = self._outcome_keys.get(model_id)
@@ -1495,14 +1606,14 @@ def _grown(array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
     return grown
 
 
-def _rank_key(candidate: RouteCandidate) -> tuple[int, float, float, str]:
+def _rank_key(candidate: RouteCandidate) -> tuple[int, float, float, float, str]:
     if not candidate.available:
         tier = 2
     elif candidate.load >= 1.0:
         tier = 1
     else:
         tier = 0
-    return (tier, -candidate.score, candidate.load, candidate.agent_id)
+    return (tier, -candidate.score, -candidate.similarity, candidate.load, candidate.agent_id)
 
 
 def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:

@@ -9,6 +9,7 @@ __all__ = [
     "DimensionMismatchError",
     "EmbedderUnavailableError",
     "ModelCatalogEmptyError",
+    "ModelNotInCatalogError",
     "NoEligibleModelError",
     "NoRouteError",
     "OutcomeAlreadyReportedError",
@@ -77,6 +78,16 @@ class ModelCatalogEmptyError(RouterError):
 
     def __init__(self) -> None:
         super().__init__("the model catalog is empty; call PutModelCatalog first")
+
+
+class ModelNotInCatalogError(RouterError):
+    """An outcome names a model that is not in the catalog (never was, or left it)."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            f"model {model_id!r} is not in the model catalog; outcomes are kept only for catalog models"
+        )
+        self.model_id = model_id
 
 
 class NoEligibleModelError(RouterError):

@@ -110,6 +110,9 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
             prompt are not neighbours (they say nothing about it).
         max_outcomes_per_model: Outcomes kept per model; the oldest go first.
         route_ttl_ns: How long a route_id accepts its outcome (7 days).
+        max_routes: Model routes kept at most (about 1 KiB each at 256
+            dimensions, reported or not); RouteModel deletes the oldest
+            beyond it, whose outcome can then no longer be reported.
         max_text_chars_embedded: Long prompts are embedded from their start.
         route_event_flush_interval_ns: How long a ROUTE_DECIDED event may
             wait to commit with the next ones (a route changes no state; a
@@ -127,6 +130,7 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     outcome_min_similarity: float = 0.3
     max_outcomes_per_model: int = 10_000
     route_ttl_ns: int = 7 * 24 * 3600 * 1_000_000_000
+    max_routes: int = 250_000
     max_text_chars_embedded: int = 32 * 1024
     route_event_flush_interval_ns: int = 100_000_000
     max_pending_route_events: int = 10_000
@@ -146,6 +150,8 @@ class RouteQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     include_unavailable: bool = False
     include_below_threshold: bool = False
+    capable_only: bool = False
+    """Only agents declaring at least one capability (a worker class a task can be dispatched to)."""
 
 
 class RouteCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -143,10 +143,13 @@ done:
 }
 
 /* One candidate above the threshold, as sorted: tier, then score (higher
- * first), then load, then its position (numpy's lexsort is stable). */
+ * first), then similarity (higher first: among equal scores, as when cost
+ * alone decides and costs tie, the better match), then load, then its
+ * position (numpy's lexsort is stable). */
 typedef struct {
     double tier;
     double score;
+    double similarity;
     double load;
     Py_ssize_t position;
 } candidate_t;
@@ -161,6 +164,9 @@ by_rank(const void *left, const void *right)
     if (a->score != b->score) {
         return a->score > b->score ? -1 : 1;
     }
+    if (a->similarity != b->similarity) {
+        return a->similarity > b->similarity ? -1 : 1;
+    }
     if (a->load != b->load) {
         return a->load < b->load ? -1 : 1;
     }
@@ -170,7 +176,8 @@ by_rank(const void *left, const void *right)
 static int
 same_key(const candidate_t *a, const candidate_t *b)
 {
-    return a->tier == b->tier && a->score == b->score && a->load == b->load;
+    return a->tier == b->tier && a->score == b->score && a->similarity == b->similarity
+           && a->load == b->load;
 }
 
 PyDoc_STRVAR(rank_doc,
@@ -180,10 +187,11 @@ PyDoc_STRVAR(rank_doc,
 "Ranks the first count eligible rows (int64) whose similarity (float64)\n"
 "reaches threshold: by tier, then score (the similarity, or when cost_biased\n"
 "(1 - weight) * similarity + weight * (1 - cost / the highest cost among\n"
-"them)), then load (per-row float64 tables), then their order. Writes the\n"
-"positions (into rows) and scores of the first top_k, and of those after\n"
-"them that tie with the last on all three keys, to out_positions (int64) and\n"
-"out_scores (float64). Returns how many were written, how many reached the\n"
+"them)), then similarity, then load (per-row float64 tables), then their\n"
+"order. Writes the positions (into rows) and scores of the first top_k, and\n"
+"of those after them that tie with the last on all four keys, to\n"
+"out_positions (int64) and out_scores (float64). Returns how many were\n"
+"written, how many reached the\n"
 "threshold, and the lowest cost among those.");
 
 static PyObject *
@@ -243,6 +251,7 @@ rank(PyObject *self, PyObject *args)
         }
         found[above].tier = tier[row];
         found[above].score = sims[i];
+        found[above].similarity = sims[i];
         found[above].load = load[row];
         found[above].position = i;
         above++;

@@ -30,8 +30,9 @@ import (
 // field; reason DIMENSION_MISMATCH for a vector of the wrong size, with
 // Metadata "expected_dimension" and "actual_dimension"), NOT_FOUND (reasons
 // AGENT_NOT_FOUND, NO_ROUTE_ABOVE_THRESHOLD, ROUTE_NOT_FOUND),
-// FAILED_PRECONDITION (EMBEDDER_UNAVAILABLE, MODEL_CATALOG_EMPTY),
-// ALREADY_EXISTS (OUTCOME_ALREADY_REPORTED).
+// FAILED_PRECONDITION (EMBEDDER_UNAVAILABLE, MODEL_CATALOG_EMPTY,
+// NO_ELIGIBLE_MODEL, MODEL_NOT_IN_CATALOG), ALREADY_EXISTS
+// (OUTCOME_ALREADY_REPORTED).
 type Router struct {
 	client *Client
 }
@@ -494,8 +495,8 @@ func EstimatedTokens(input, output int64) ModelRouteOption {
 // RouteModel picks the cheapest model expected to reach the quality target
 // for a prompt (at most 1 MiB, embedded by the router). Options:
 // QualityTarget, ExcludeModels, EstimatedTokens. Before any PutModelCatalog
-// (or with every model excluded) it fails with FAILED_PRECONDITION, reason
-// MODEL_CATALOG_EMPTY.
+// it fails with FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY; with every
+// model excluded or too small, reason NO_ELIGIBLE_MODEL.
 func (r *Router) RouteModel(ctx context.Context, prompt string, opts ...ModelRouteOption) (*ModelRoute, error) {
 	return r.routeModel(ctx, &arev1.RouteModelRequest{Query: &arev1.RouteModelRequest_Prompt{Prompt: prompt}}, opts)
 }
@@ -568,7 +569,8 @@ func OutcomeLatency(d time.Duration) OutcomeOption {
 // ReportOutcome records how a call routed by RouteModel went, which feeds
 // the router's estimator. Routes can be reported for 7 days, once each:
 // NOT_FOUND, reason ROUTE_NOT_FOUND, for an unknown route; ALREADY_EXISTS,
-// reason OUTCOME_ALREADY_REPORTED, for a second report. The zero Outcome is
+// reason OUTCOME_ALREADY_REPORTED, for a second report; FAILED_PRECONDITION,
+// reason MODEL_NOT_IN_CATALOG, for a model outside the catalog. The zero Outcome is
 // refused (INVALID_ARGUMENT, field "outcome") without a call. Options:
 // OutcomeModel, OutcomeUsage, OutcomeLatency.
 func (r *Router) ReportOutcome(ctx context.Context, routeID string, outcome Outcome, opts ...OutcomeOption) error {

@@ -360,6 +360,11 @@ async def test_report_outcome_errors(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.router.report_outcome(route.route_id, score=1.5)
     assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "score")
+    # An outcome for a model outside the catalog is refused and changes nothing.
+    with pytest.raises(FailedPreconditionError) as caught:
+        await client.router.report_outcome(route.route_id, score=0.9, model_id="made-up")
+    assert_error(caught.value, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_NOT_IN_CATALOG")
+    assert caught.value.metadata["model_id"] == "made-up"
     await client.router.report_outcome(route.route_id, score=0.9)
     with pytest.raises(AlreadyExistsError) as caught:
         await client.router.report_outcome(route.route_id, success=True)
@@ -370,6 +375,10 @@ async def test_report_outcome_errors(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.router.route_model(unit(1.0, dimension=3))
     assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "DIMENSION_MISMATCH", "vector")
+    # A catalog whose every model is excluded is not an empty catalog.
+    with pytest.raises(FailedPreconditionError) as caught:
+        await client.router.route_model("a short question", exclude_model_ids=["cheap"])
+    assert_error(caught.value, grpc.StatusCode.FAILED_PRECONDITION, "NO_ELIGIBLE_MODEL")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ const (
 
 // RouteMode says how RouteTask ranks the agents that reach the threshold.
 // In every mode, agents at or over capacity, or unavailable, rank after the
-// others, and equal scores go to the less loaded agent.
+// others; equal scores go to the better match (the higher similarity), then
+// to the less loaded agent.
 type RouteMode int32
 
 const (
@@ -417,7 +418,9 @@ type RouteTaskRequest struct {
 	// How to rank.
 	Mode RouteMode `protobuf:"varint,4,opt,name=mode,proto3,enum=are.v1.RouteMode" json:"mode,omitempty"`
 	// The cosine similarity an agent needs, in [-1, 1]; unset means the
-	// router's default (0.5 unless configured).
+	// router's default (0.5 unless configured). Similarities are computed in
+	// float32, so one within 1e-6 below the threshold reaches it (a task
+	// vector identical to a card's reaches 1.0).
 	Threshold *float64 `protobuf:"fixed64,5,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
 	// The weight of cost in COST_BIASED mode, in [0, 1]; unset means the
 	// router's default (1.0 unless configured).

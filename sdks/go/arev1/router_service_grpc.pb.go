@@ -80,16 +80,21 @@ type RouterServiceClient interface {
 	// fewer than 5 such outcomes the model's prior_success_rate is used. If
 	// no model is expected to reach the target, the model with the highest
 	// expected quality is chosen and target_met is false.
-	// Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY or
-	// EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
-	// INVALID_ARGUMENT.
+	// Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
+	// NO_ELIGIBLE_MODEL (every model excluded or its context window too
+	// small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
+	// DIMENSION_MISMATCH or INVALID_ARGUMENT.
 	RouteModel(ctx context.Context, in *RouteModelRequest, opts ...grpc.CallOption) (*RouteModelResponse, error)
 	// ReportOutcome records how a routed call went (success or a score, cost,
 	// latency), which feeds the estimator of RouteModel. Routes can be
-	// reported for 7 days, once each.
+	// reported for 7 days, once each; the sidecar keeps the newest 250,000
+	// routes, so an older one may be gone sooner (ROUTE_NOT_FOUND).
+	// Only models in the catalog are estimated: an outcome for another model
+	// (model_id, or the chosen one if it left the catalog since) is refused.
 	// Errors: NOT_FOUND, reason ROUTE_NOT_FOUND; ALREADY_EXISTS, reason
-	// OUTCOME_ALREADY_REPORTED; INVALID_ARGUMENT when no outcome is set or
-	// the score is outside [0, 1].
+	// OUTCOME_ALREADY_REPORTED; FAILED_PRECONDITION, reason
+	// MODEL_NOT_IN_CATALOG (metadata model_id); INVALID_ARGUMENT when no
+	// outcome is set or the score is outside [0, 1].
 	ReportOutcome(ctx context.Context, in *ReportOutcomeRequest, opts ...grpc.CallOption) (*ReportOutcomeResponse, error)
 }
 
@@ -232,16 +237,21 @@ type RouterServiceServer interface {
 	// fewer than 5 such outcomes the model's prior_success_rate is used. If
 	// no model is expected to reach the target, the model with the highest
 	// expected quality is chosen and target_met is false.
-	// Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY or
-	// EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
-	// INVALID_ARGUMENT.
+	// Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
+	// NO_ELIGIBLE_MODEL (every model excluded or its context window too
+	// small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
+	// DIMENSION_MISMATCH or INVALID_ARGUMENT.
 	RouteModel(context.Context, *RouteModelRequest) (*RouteModelResponse, error)
 	// ReportOutcome records how a routed call went (success or a score, cost,
 	// latency), which feeds the estimator of RouteModel. Routes can be
-	// reported for 7 days, once each.
+	// reported for 7 days, once each; the sidecar keeps the newest 250,000
+	// routes, so an older one may be gone sooner (ROUTE_NOT_FOUND).
+	// Only models in the catalog are estimated: an outcome for another model
+	// (model_id, or the chosen one if it left the catalog since) is refused.
 	// Errors: NOT_FOUND, reason ROUTE_NOT_FOUND; ALREADY_EXISTS, reason
-	// OUTCOME_ALREADY_REPORTED; INVALID_ARGUMENT when no outcome is set or
-	// the score is outside [0, 1].
+	// OUTCOME_ALREADY_REPORTED; FAILED_PRECONDITION, reason
+	// MODEL_NOT_IN_CATALOG (metadata model_id); INVALID_ARGUMENT when no
+	// outcome is set or the score is outside [0, 1].
 	ReportOutcome(context.Context, *ReportOutcomeRequest) (*ReportOutcomeResponse, error)
 	mustEmbedUnimplementedRouterServiceServer()
 }

@@ -431,8 +431,9 @@ pub struct OutcomeOptions {
 /// reason `DIMENSION_MISMATCH` for a vector of the wrong size, with
 /// `expected_dimension` / `actual_dimension` in the metadata), NOT_FOUND
 /// (`AGENT_NOT_FOUND`, `NO_ROUTE_ABOVE_THRESHOLD`, `ROUTE_NOT_FOUND`),
-/// FAILED_PRECONDITION (`EMBEDDER_UNAVAILABLE`, `MODEL_CATALOG_EMPTY`),
-/// ALREADY_EXISTS (`OUTCOME_ALREADY_REPORTED`).
+/// FAILED_PRECONDITION (`EMBEDDER_UNAVAILABLE`, `MODEL_CATALOG_EMPTY`,
+/// `NO_ELIGIBLE_MODEL`, `MODEL_NOT_IN_CATALOG`), ALREADY_EXISTS
+/// (`OUTCOME_ALREADY_REPORTED`).
 #[derive(Clone, Debug)]
 pub struct Router {
     client: Client,
@@ -613,8 +614,8 @@ impl Router {
 
     /// Picks the cheapest model expected to reach the quality target for a
     /// prompt (text or a vector); FAILED_PRECONDITION, reason
-    /// `MODEL_CATALOG_EMPTY`, before a catalog is put (or when every model
-    /// is excluded).
+    /// `MODEL_CATALOG_EMPTY`, before a catalog is put, or
+    /// `NO_ELIGIBLE_MODEL` when every model is excluded or too small.
     pub async fn route_model(
         &self,
         prompt: impl Into<RouteQuery>,

@@ -25,8 +25,9 @@
  * (`fieldViolations` name the field; reason `DIMENSION_MISMATCH` for a vector
  * of the wrong size, with `metadata.expected_dimension`), NOT_FOUND (reasons
  * `AGENT_NOT_FOUND`, `NO_ROUTE_ABOVE_THRESHOLD`, `ROUTE_NOT_FOUND`),
- * FAILED_PRECONDITION (`EMBEDDER_UNAVAILABLE`, `MODEL_CATALOG_EMPTY`),
- * ALREADY_EXISTS (`OUTCOME_ALREADY_REPORTED`).
+ * FAILED_PRECONDITION (`EMBEDDER_UNAVAILABLE`, `MODEL_CATALOG_EMPTY`,
+ * `NO_ELIGIBLE_MODEL`, `MODEL_NOT_IN_CATALOG`), ALREADY_EXISTS
+ * (`OUTCOME_ALREADY_REPORTED`).
  *
  * @module
  */
@@ -470,8 +471,9 @@ export class Router {
    * model's prior with fewer than 5; when no model reaches the target the
    * best one is chosen and `targetMet` is false.
    *
-   * @throws AreError FAILED_PRECONDITION, reason `MODEL_CATALOG_EMPTY`, before {@link putModelCatalog}
-   *   (or with every model excluded); INVALID_ARGUMENT, reason `DIMENSION_MISMATCH`.
+   * @throws AreError FAILED_PRECONDITION, reason `MODEL_CATALOG_EMPTY`, before {@link putModelCatalog},
+   *   or `NO_ELIGIBLE_MODEL` with every model excluded or too small; INVALID_ARGUMENT, reason
+   *   `DIMENSION_MISMATCH`.
    */
   async routeModel(prompt: string | readonly number[], options: RouteModelOptions = {}): Promise<ModelRoute> {
     const request = RouteModelRequest.fromPartial({

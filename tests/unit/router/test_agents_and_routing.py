@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import are_core.router._engine as router_engine
 from are_core.router import (
+    AGENTS_TABLE,
     TABLES,
     AgentNotFoundError,
     AgentSource,
@@ -285,3 +288,48 @@ async def test_keys_of_dropped_cards_are_reused_so_churn_stays_bounded(router: R
     assert [
         c.agent_id for c in router.rank(RouteQuery(text="translate french", threshold=0.1)).candidates
     ] == ["steady"]
+
+
+async def test_equal_scores_go_to_the_better_match_before_load_and_id(router: Router) -> None:
+    """Cost-biased at weight 1 with equal costs (every card's default is 0): similarity decides."""
+    await router.register_agent(AgentSpec(agent_id="a-weak", capabilities=("x",), vector=unit(1.0, 1.0)))
+    await router.register_agent(AgentSpec(agent_id="z-strong", capabilities=("x",), vector=unit(1.0)))
+    result = router.rank(RouteQuery(vector=unit(1.0), top_k=2))
+    assert [c.agent_id for c in result.candidates] == ["z-strong", "a-weak"]
+    assert result.candidates[0].score == result.candidates[1].score
+
+
+async def test_an_intent_never_goes_to_a_card_without_capabilities(router: Router) -> None:
+    """The scheduler dispatches to the candidate's capability: a card declaring none has no worker class."""
+    await router.register_agent(AgentSpec(agent_id="translator", description="translate french documents"))
+    with pytest.raises(NoRouteError):
+        router.route_for_intent("translate french documents")
+    # RouteTask still lists it: the caller decides what to do with a card.
+    assert router.rank(RouteQuery(text="translate french documents")).candidates[0].agent_id == "translator"
+    await router.register_agent(
+        AgentSpec(agent_id="fr", description="translate french documents", capabilities=("translate",))
+    )
+    candidate = router.route_for_intent("translate french documents")
+    assert (candidate.agent_id, candidate.capability) == ("fr", "translate")
+
+
+async def test_an_identical_vector_reaches_a_threshold_of_one(router: Router) -> None:
+    vector = unit(1.0, 1.0, 1.0)
+    await router.register_agent(AgentSpec(agent_id="tri", capabilities=("x",), vector=vector))
+    result = router.rank(RouteQuery(vector=vector, threshold=1.0, mode=RouteMode.BEST_MATCH))
+    assert [c.agent_id for c in result.candidates] == ["tri"]
+    assert result.candidates[0].above_threshold
+    with pytest.raises(NoRouteError):
+        router.rank(RouteQuery(vector=unit(1.0, 1.0, 0.9), threshold=1.0))
+
+
+async def test_concurrent_registrations_of_one_new_id_report_it_new_once(router: Router) -> None:
+    specs = [AgentSpec(agent_id="dup", capabilities=("x",), vector=unit(1.0, float(i))) for i in range(5)]
+    results = await asyncio.gather(*(router.register_agent(spec) for spec in specs))
+    assert [created for _, created in results] == [True, False, False, False, False]
+    assert router.agent_count == 1
+    # The card in memory and the one stored share their index key (a restart finds it).
+    stored = router._storage.get(AGENTS_TABLE, b"dup")
+    assert stored is not None
+    assert router_engine._agent_codec.decode(stored).key == router._agents["dup"].key
+    assert router.rank(RouteQuery(vector=unit(1.0, 4.0))).candidates[0].agent_id == "dup"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 
 from are_core.embed import LexicalEmbedder
 from are_core.router import (
+    ROUTES_TABLE,
     TABLES,
     AgentSpec,
     ModelCatalogEmptyError,
+    ModelNotInCatalogError,
     ModelSpec,
     NoEligibleModelError,
     OutcomeAlreadyReportedError,
@@ -106,12 +109,16 @@ async def test_feedback_moves_hard_prompts_to_the_strong_model(router: Router) -
 
 
 async def test_report_outcome_rules(router: Router) -> None:
-    await router.put_catalog([CHEAP])
+    await router.put_catalog([CHEAP, STRONG])
     choice = await router.route_model(vector=unit(1.0))
     with pytest.raises(ValueError, match="exactly one"):
         await router.report_outcome(choice.route_id)
     with pytest.raises(ValueError, match="outside"):
         await router.report_outcome(choice.route_id, score=1.5)
+    # Only catalog models are estimated: another model's outcome stores nothing.
+    with pytest.raises(ModelNotInCatalogError, match="made-up"):
+        await router.report_outcome(choice.route_id, score=0.7, model_id="made-up")
+    assert router.outcome_count("made-up") == 0
     await router.report_outcome(choice.route_id, score=0.7, model_id="strong")
     with pytest.raises(OutcomeAlreadyReportedError):
         await router.report_outcome(choice.route_id, success=True)
@@ -160,7 +167,9 @@ async def test_cards_catalog_and_outcomes_survive_a_restart(tmp_path: Path) -> N
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     async with GroupCommitter(storage) as committer:
         engine = await open_router(storage, committer)
-        await engine.register_agent(AgentSpec(agent_id="legal", description="summarize legal contracts"))
+        await engine.register_agent(
+            AgentSpec(agent_id="legal", description="summarize legal contracts", capabilities=("legal",))
+        )
         await engine.register_agent(AgentSpec(agent_id="vec", vector=unit(1.0), cost_per_call_micro_usd=5))
         await engine.put_catalog([CHEAP, STRONG])
         for vector, hard in synthetic_prompts(seed=3, n=40):
@@ -217,7 +226,9 @@ async def test_saved_indexes_are_reused_only_while_they_match_lmdb(tmp_path: Pat
         async with GroupCommitter(storage) as committer:
             engine = open_router(storage, committer)
             await engine.load()
-            await engine.register_agent(AgentSpec(agent_id="legal", description="summarize legal contracts"))
+            await engine.register_agent(
+                AgentSpec(agent_id="legal", description="summarize legal contracts", capabilities=("legal",))
+            )
             await engine.register_agent(AgentSpec(agent_id="vec", vector=unit(1.0)))
             await engine.put_catalog([CHEAP])
             for vector, _ in synthetic_prompts(seed=4, n=6):
@@ -237,5 +248,132 @@ async def test_saved_indexes_are_reused_only_while_they_match_lmdb(tmp_path: Pat
             await third.load()
             assert third.restored_indexes == 1  # the outcomes index still matches
             assert third.rank(RouteQuery(vector=unit(0.0, 1.0))).candidates[0].agent_id == "vec"
+    finally:
+        storage.close()
+
+
+async def test_outcome_sequences_are_never_reused_so_a_stale_index_never_matches(tmp_path: Path) -> None:
+    """Outcomes deleted with their model, new ones reported, a crash: the old saved index must not return."""
+
+    def restore(path: Path, dimension: int) -> VectorIndex | None:
+        return VectorIndex.restore(path, dimension=dimension, dtype="f32")
+
+    async def open_router(storage: Storage, committer: GroupCommitter) -> Router:
+        engine = Router(
+            storage,
+            committer,
+            dimension=DIMENSION,
+            embedder=None,
+            index_factory=make_index,
+            index_dir=tmp_path / "indexes",
+            restore_index=restore,
+        )
+        await engine.load()
+        return engine
+
+    first, second = unit(1.0), unit(0.0, 1.0)
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = await open_router(storage, committer)
+            await engine.put_catalog([CHEAP])
+            for _ in range(10):
+                choice = await engine.route_model(vector=first)
+                await engine.report_outcome(choice.route_id, score=1.0)
+            assert engine.save_indexes() == 2  # a clean stop: the (empty) agents and "cheap"'s outcomes
+
+            engine = await open_router(storage, committer)
+            await engine.put_catalog([STRONG])  # "cheap" leaves: its outcomes are deleted
+            await engine.put_catalog([CHEAP])
+            for _ in range(10):
+                choice = await engine.route_model(vector=second)
+                await engine.report_outcome(choice.route_id, score=0.0)
+            # No save (a SIGKILL): the manifest of the first stop is still there.
+
+            engine = await open_router(storage, committer)
+            assert engine.restored_indexes == 1  # the agents index; "cheap"'s outcomes are rebuilt
+            near_second = engine.estimate(np.frombuffer(second, dtype=np.float32))[0]
+            near_first = engine.estimate(np.frombuffer(first, dtype=np.float32))[0]
+            assert (near_second.expected_quality, near_second.samples) == (0.0, 10)
+            assert near_first.samples == 0  # the deleted outcomes stay deleted
+    finally:
+        storage.close()
+
+
+async def test_outcomes_of_another_dimension_are_kept_aside_not_deleted(tmp_path: Path) -> None:
+    async def open_router(storage: Storage, committer: GroupCommitter, dimension: int) -> Router:
+        engine = Router(storage, committer, dimension=dimension, embedder=None, index_factory=make_index)
+        await engine.load()
+        return engine
+
+    def vector(dimension: int) -> bytes:
+        values = np.zeros(dimension, dtype=np.float32)
+        values[0] = 1.0
+        return values.tobytes()
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = await open_router(storage, committer, DIMENSION)
+            await engine.put_catalog([CHEAP])
+            for _ in range(6):
+                choice = await engine.route_model(vector=vector(DIMENSION))
+                await engine.report_outcome(choice.route_id, score=0.25)
+            pending = await engine.route_model(vector=vector(DIMENSION))
+
+            # The router restarts at another dimension: the history is set aside, and
+            # an outcome of a route made before is stored (not an error, not half-applied).
+            other = await open_router(storage, committer, 2 * DIMENSION)
+            assert other.outcome_count("cheap") == 0
+            await other.report_outcome(pending.route_id, score=0.25)
+            assert other.outcome_count("cheap") == 0
+            with pytest.raises(OutcomeAlreadyReportedError):
+                await other.report_outcome(pending.route_id, score=0.25)
+
+            # Back at the first dimension, all seven outcomes count again.
+            back = await open_router(storage, committer, DIMENSION)
+            assert back.outcome_count("cheap") == 7
+            estimate = back.estimate(np.frombuffer(vector(DIMENSION), dtype=np.float32))[0]
+            assert estimate.samples == 7
+            assert estimate.expected_quality == pytest.approx(0.25)
+    finally:
+        storage.close()
+
+
+async def test_model_routes_are_bounded_the_oldest_go_first(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                settings=RouterSettings(max_routes=5),
+            )
+            await engine.load()
+            await engine.put_catalog([CHEAP])
+            routes = [await engine.route_model(vector=unit(1.0)) for _ in range(3)]
+            routes += await asyncio.gather(*(engine.route_model(vector=unit(1.0)) for _ in range(5)))
+            assert storage.count(ROUTES_TABLE) == 5
+            assert engine.evicted_routes == 3
+            for gone in routes[:3]:
+                with pytest.raises(RouteNotFoundError):
+                    await engine.report_outcome(gone.route_id, success=True)
+            for kept in routes[3:]:
+                await engine.report_outcome(kept.route_id, success=True)
+
+            again = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                settings=RouterSettings(max_routes=5),
+            )
+            await again.load()
+            await again.route_model(vector=unit(1.0))
+            assert storage.count(ROUTES_TABLE) == 5
     finally:
         storage.close()

@@ -278,8 +278,8 @@ class Router:
     a vector of the wrong size), ``NotFoundError`` (reasons
     ``AGENT_NOT_FOUND``, ``NO_ROUTE_ABOVE_THRESHOLD``, ``ROUTE_NOT_FOUND``),
     ``FailedPreconditionError`` (``EMBEDDER_UNAVAILABLE``,
-    ``MODEL_CATALOG_EMPTY``), ``AlreadyExistsError``
-    (``OUTCOME_ALREADY_REPORTED``).
+    ``MODEL_CATALOG_EMPTY``, ``NO_ELIGIBLE_MODEL``, ``MODEL_NOT_IN_CATALOG``),
+    ``AlreadyExistsError`` (``OUTCOME_ALREADY_REPORTED``).
     """
 
     def __init__(self, raw: ServiceClient) -> None:
@@ -442,7 +442,8 @@ class Router:
 
         Raises:
             FailedPreconditionError: Reason ``MODEL_CATALOG_EMPTY`` before
-                :meth:`put_model_catalog` (or when every model is excluded).
+                :meth:`put_model_catalog`, ``NO_ELIGIBLE_MODEL`` when every
+                model is excluded or too small.
         """
         request = router_service_pb2.RouteModelRequest(
             quality_target=quality_target,
@@ -494,6 +495,8 @@ class Router:
         Raises:
             NotFoundError: Reason ``ROUTE_NOT_FOUND``.
             AlreadyExistsError: Reason ``OUTCOME_ALREADY_REPORTED``.
+            FailedPreconditionError: Reason ``MODEL_NOT_IN_CATALOG``: the
+                model is not in the catalog (nothing is stored).
             ValueError: Neither or both of ``success`` and ``score``.
         """
         if (success is None) == (score is None):

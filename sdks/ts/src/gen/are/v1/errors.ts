@@ -201,6 +201,16 @@ export enum ErrorReason {
    */
   ERROR_REASON_STREAM_PROTOCOL_VIOLATION = 70,
   /**
+   * ERROR_REASON_NO_ELIGIBLE_MODEL - FAILED_PRECONDITION: RouteModel found no eligible model in a non-empty
+   * catalog (every one excluded, or its context window below the prompt).
+   */
+  ERROR_REASON_NO_ELIGIBLE_MODEL = 71,
+  /**
+   * ERROR_REASON_MODEL_NOT_IN_CATALOG - FAILED_PRECONDITION: ReportOutcome named a model that is not in the
+   * catalog (never was, or left it since the route); metadata "model_id".
+   */
+  ERROR_REASON_MODEL_NOT_IN_CATALOG = 72,
+  /**
    * ERROR_REASON_POOL_QUEUE_FULL - RESOURCE_EXHAUSTED: admitting the request's ready tasks would exceed a
    * pool's max_queue_length; metadata "pool" names it, RetryInfo says when
    * to retry.

@@ -26,7 +26,8 @@ import { Usage, Vector } from "./common.js";
 /**
  * RouteMode says how RouteTask ranks the agents that reach the threshold.
  * In every mode, agents at or over capacity, or unavailable, rank after the
- * others, and equal scores go to the less loaded agent.
+ * others; equal scores go to the better match (the higher similarity), then
+ * to the less loaded agent.
  */
 export enum RouteMode {
   /**
@@ -114,7 +115,9 @@ export interface RouteTaskRequest {
   mode: RouteMode;
   /**
    * The cosine similarity an agent needs, in [-1, 1]; unset means the
-   * router's default (0.5 unless configured).
+   * router's default (0.5 unless configured). Similarities are computed in
+   * float32, so one within 1e-6 below the threshold reaches it (a task
+   * vector identical to a card's reaches 1.0).
    */
   threshold?:
     | number
@@ -2441,9 +2444,10 @@ export const RouterServiceService = {
    * fewer than 5 such outcomes the model's prior_success_rate is used. If
    * no model is expected to reach the target, the model with the highest
    * expected quality is chosen and target_met is false.
-   * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY or
-   * EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
-   * INVALID_ARGUMENT.
+   * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
+   * NO_ELIGIBLE_MODEL (every model excluded or its context window too
+   * small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
+   * DIMENSION_MISMATCH or INVALID_ARGUMENT.
    */
   routeModel: {
     path: "/are.v1.RouterService/RouteModel" as const,
@@ -2457,10 +2461,14 @@ export const RouterServiceService = {
   /**
    * ReportOutcome records how a routed call went (success or a score, cost,
    * latency), which feeds the estimator of RouteModel. Routes can be
-   * reported for 7 days, once each.
+   * reported for 7 days, once each; the sidecar keeps the newest 250,000
+   * routes, so an older one may be gone sooner (ROUTE_NOT_FOUND).
+   * Only models in the catalog are estimated: an outcome for another model
+   * (model_id, or the chosen one if it left the catalog since) is refused.
    * Errors: NOT_FOUND, reason ROUTE_NOT_FOUND; ALREADY_EXISTS, reason
-   * OUTCOME_ALREADY_REPORTED; INVALID_ARGUMENT when no outcome is set or
-   * the score is outside [0, 1].
+   * OUTCOME_ALREADY_REPORTED; FAILED_PRECONDITION, reason
+   * MODEL_NOT_IN_CATALOG (metadata model_id); INVALID_ARGUMENT when no
+   * outcome is set or the score is outside [0, 1].
    */
   reportOutcome: {
     path: "/are.v1.RouterService/ReportOutcome" as const,
@@ -2527,18 +2535,23 @@ export interface RouterServiceServer extends UntypedServiceImplementation {
    * fewer than 5 such outcomes the model's prior_success_rate is used. If
    * no model is expected to reach the target, the model with the highest
    * expected quality is chosen and target_met is false.
-   * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY or
-   * EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
-   * INVALID_ARGUMENT.
+   * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
+   * NO_ELIGIBLE_MODEL (every model excluded or its context window too
+   * small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
+   * DIMENSION_MISMATCH or INVALID_ARGUMENT.
    */
   routeModel: handleUnaryCall<RouteModelRequest, RouteModelResponse>;
   /**
    * ReportOutcome records how a routed call went (success or a score, cost,
    * latency), which feeds the estimator of RouteModel. Routes can be
-   * reported for 7 days, once each.
+   * reported for 7 days, once each; the sidecar keeps the newest 250,000
+   * routes, so an older one may be gone sooner (ROUTE_NOT_FOUND).
+   * Only models in the catalog are estimated: an outcome for another model
+   * (model_id, or the chosen one if it left the catalog since) is refused.
    * Errors: NOT_FOUND, reason ROUTE_NOT_FOUND; ALREADY_EXISTS, reason
-   * OUTCOME_ALREADY_REPORTED; INVALID_ARGUMENT when no outcome is set or
-   * the score is outside [0, 1].
+   * OUTCOME_ALREADY_REPORTED; FAILED_PRECONDITION, reason
+   * MODEL_NOT_IN_CATALOG (metadata model_id); INVALID_ARGUMENT when no
+   * outcome is set or the score is outside [0, 1].
    */
   reportOutcome: handleUnaryCall<ReportOutcomeRequest, ReportOutcomeResponse>;
 }
@@ -2680,9 +2693,10 @@ export interface RouterServiceClient extends Client {
    * fewer than 5 such outcomes the model's prior_success_rate is used. If
    * no model is expected to reach the target, the model with the highest
    * expected quality is chosen and target_met is false.
-   * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY or
-   * EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
-   * INVALID_ARGUMENT.
+   * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
+   * NO_ELIGIBLE_MODEL (every model excluded or its context window too
+   * small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
+   * DIMENSION_MISMATCH or INVALID_ARGUMENT.
    */
   routeModel(
     request: RouteModelRequest,
@@ -2702,10 +2716,14 @@ export interface RouterServiceClient extends Client {
   /**
    * ReportOutcome records how a routed call went (success or a score, cost,
    * latency), which feeds the estimator of RouteModel. Routes can be
-   * reported for 7 days, once each.
+   * reported for 7 days, once each; the sidecar keeps the newest 250,000
+   * routes, so an older one may be gone sooner (ROUTE_NOT_FOUND).
+   * Only models in the catalog are estimated: an outcome for another model
+   * (model_id, or the chosen one if it left the catalog since) is refused.
    * Errors: NOT_FOUND, reason ROUTE_NOT_FOUND; ALREADY_EXISTS, reason
-   * OUTCOME_ALREADY_REPORTED; INVALID_ARGUMENT when no outcome is set or
-   * the score is outside [0, 1].
+   * OUTCOME_ALREADY_REPORTED; FAILED_PRECONDITION, reason
+   * MODEL_NOT_IN_CATALOG (metadata model_id); INVALID_ARGUMENT when no
+   * outcome is set or the score is outside [0, 1].
    */
   reportOutcome(
     request: ReportOutcomeRequest,

@@ -51,8 +51,8 @@ import java.util.Map;
  * names the field; reason {@code DIMENSION_MISMATCH} for a vector of the wrong size, with {@code
  * expected_dimension} and {@code actual_dimension} in the metadata), NOT_FOUND ({@code
  * AGENT_NOT_FOUND}, {@code NO_ROUTE_ABOVE_THRESHOLD}, {@code ROUTE_NOT_FOUND}), FAILED_PRECONDITION
- * ({@code EMBEDDER_UNAVAILABLE}, {@code MODEL_CATALOG_EMPTY}), ALREADY_EXISTS ({@code
- * OUTCOME_ALREADY_REPORTED}).
+ * ({@code EMBEDDER_UNAVAILABLE}, {@code MODEL_CATALOG_EMPTY}, {@code NO_ELIGIBLE_MODEL}, {@code
+ * MODEL_NOT_IN_CATALOG}), ALREADY_EXISTS ({@code OUTCOME_ALREADY_REPORTED}).
  */
 public final class Router {
   private final Client client;
@@ -888,7 +888,7 @@ public final class Router {
   /**
    * Picks the cheapest model expected to reach the quality target for a prompt (at most 1 MiB,
    * embedded by the router); FAILED_PRECONDITION, reason {@code MODEL_CATALOG_EMPTY}, before a
-   * catalog is put (or when every model is excluded).
+   * catalog is put, or {@code NO_ELIGIBLE_MODEL} when every model is excluded or too small.
    */
   public ModelRoute routeModel(String prompt, ModelRouteOptions options) {
     return routeModel(RouteModelRequest.newBuilder().setPrompt(prompt), options);
