@@ -33,6 +33,7 @@ from are_core.cache import (
     CacheLimitError,
     CacheStats,
     DimensionMismatchError,
+    EmbedderMismatchError,
     EmbedderUnavailableError,
     ImmutableFieldError,
     InvalidCacheArgumentError,
@@ -151,7 +152,7 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
         await _check_id(context, request.namespace, "namespace")
         await _check_prompt(context, request.prompt, required=False)
         vector = await _vector(context, request) if request.HasField("vector") else None
-        if not request.prompt and vector is None:
+        if vector is None and not request.prompt.strip():  # whitespace alone normalises to nothing
             await _invalid(context, "give a prompt, a vector or both", "prompt")
         threshold: float | None = None
         if request.HasField("threshold"):
@@ -565,6 +566,14 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:
             message,
             reason="EMBEDDER_UNAVAILABLE",
             metadata={"field": error.field} if error.field else None,
+        )
+    if isinstance(error, EmbedderMismatchError):
+        await abort(
+            context,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            message,
+            reason="EMBEDDER_MISMATCH",
+            metadata={"namespace": error.namespace},
         )
     if isinstance(error, ImmutableFieldError):
         await abort(

@@ -21,7 +21,8 @@ hooks below are installed on the engines, so a task that uses none of
   stream workers appear in the router with their capabilities and live
   load, and become unavailable the moment they drain or disconnect.
 * **Cache.** A task's ``cache_key`` is looked up when the task is scheduled
-  (``CacheEngine.lookup_for_task``); a hit completes it without dispatch
+  (``CacheEngine.lookup_for_task``; the exact tier alone when the key is
+  ``exact_only``); a hit completes it without dispatch
   (TASK_CACHE_HIT), a miss dispatches it (TASK_CACHE_MISS) and, unless
   ``read_only``, its output is stored after the durable completion.
 * **Blobs** (with the state service). A payload may be a blob reference:
@@ -498,7 +499,7 @@ class Wiring:
     async def cache_lookup(self, key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
         """The scheduler's short-circuit lookup."""
         assert self.cache is not None
-        hit = await self.cache.engine.lookup_for_task(key.namespace, key.prompt)
+        hit = await self.cache.engine.lookup_for_task(key.namespace, key.prompt, exact_only=key.exact_only)
         if hit is None:
             return None
         attributes: dict[str, Any] = {

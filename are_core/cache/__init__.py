@@ -17,6 +17,7 @@ Exceptions::
     ├── NamespaceNotFoundError      no namespace of this name
     ├── DimensionMismatchError      a vector of another dimension (names the field)
     ├── EmbedderUnavailableError    text to embed, but no embedder can
+    ├── EmbedderMismatchError       text to embed, but the configured model no longer fits
     ├── ImmutableFieldError         embedder, dimension or dtype changed
     ├── CacheLimitError             an entry over its namespace's bounds
     ├── InvalidCacheArgumentError   a setting out of range (names the field)
@@ -29,6 +30,7 @@ from ._errors import (
     CacheError,
     CacheLimitError,
     DimensionMismatchError,
+    EmbedderMismatchError,
     EmbedderUnavailableError,
     ImmutableFieldError,
     InvalidCacheArgumentError,
@@ -70,6 +72,7 @@ __all__ = [
     "CacheLimitError",
     "CacheStats",
     "DimensionMismatchError",
+    "EmbedderMismatchError",
     "EmbedderUnavailableError",
     "ImmutableFieldError",
     "InvalidCacheArgumentError",

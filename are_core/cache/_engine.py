@@ -36,6 +36,7 @@ from ._errors import (
     BlobNotFoundError,
     CacheLimitError,
     DimensionMismatchError,
+    EmbedderMismatchError,
     EmbedderUnavailableError,
     ImmutableFieldError,
     InvalidCacheArgumentError,
@@ -75,14 +76,18 @@ VECTORS = "cache_vectors"
 STATS = "cache_stats"
 JOURNAL = "cache_journal"
 MARKS = "cache_marks"
-CACHE_TABLES: tuple[str, ...] = (NAMESPACES, HEADS, BODIES, VECTORS, STATS, JOURNAL, MARKS)
+META = "cache_meta"
+CACHE_TABLES: tuple[str, ...] = (NAMESPACES, HEADS, BODIES, VECTORS, STATS, JOURNAL, MARKS, META)
 """The LMDB tables the cache keeps (entries are the truth; indexes and entry tables are derived).
 
 ``cache_journal`` has one row per write that changed a namespace's heads
 (namespace, sequence -> the changed entry ids), committed with the write;
 ``cache_marks`` names each namespace's current saved entry table. A start
 reads the table and replays the journal rows after it instead of decoding
-every head.
+every head. ``cache_meta`` holds the entry-id high-water mark
+(``next_entry_id``: every id below it was handed out once), written in the
+same commit as each store that allocates ids, so that no id is ever reused,
+even after a SIGKILL.
 """
 
 _MAX_TTL_NS = 366 * 86_400 * 1_000_000_000
@@ -91,6 +96,11 @@ _MAX_BYTES_BOUND = 1 << 40
 _MAX_DIMENSION = 4096
 _DTYPES = ("f32", "f16", "i8")
 _CANDIDATES = 8
+# A semantic lookup whose nearest candidates cannot answer (removed, expired
+# but not yet swept, or older than max_age) searches deeper, four times as
+# many at a time, while they are still above the threshold: at most this many.
+_MAX_CANDIDATES = 512
+_NEXT_ID_KEY = b"next_entry_id"
 _SCAN_PAGE = 10_000
 _MAX_PENDING_EVENTS = 10_000
 _INVALIDATE_CHUNK = 5_000
@@ -155,6 +165,7 @@ class _State:
         "checkpoint_ns",
         "checkpoint_retry_ns",
         "embedder",
+        "embedder_error",
         "entries",
         "exact",
         "heads",
@@ -191,6 +202,9 @@ class _State:
     ) -> None:
         self.namespace = namespace
         self.embedder = embedder
+        # Why text cannot be embedded here although the namespace has an
+        # embedder (the configured model no longer fits it); "" when it can.
+        self.embedder_error = ""
         self.index = index
         self.index_dirty = False
         self.index_incomplete = False  # some entries' vectors may be missing from it (checked at a start)
@@ -407,6 +421,7 @@ class CacheEngine:
         CACHE_INDEXING events show the progress.
         """
         self._remove_temporaries()
+        self._next_id = max(self._next_id, self._stored_next_id())
         for _, raw in self._scan(NAMESPACES, b""):
             namespace = _namespace_codec.decode(raw)
             if not namespace.search_expansion:  # stored before the setting existed
@@ -792,12 +807,26 @@ class CacheEngine:
     ) -> LookupResult:
         """Looks a prompt up: the exact tier first, then the semantic tier.
 
+        A query vector with no direction (the embedder's for a prompt with
+        no words, say) skips the semantic tier. When the nearest entries
+        cannot answer (removed, expired but not yet swept, or older than
+        ``max_age_ns``), the search goes deeper, four times as many
+        candidates at a time, while they are still above the threshold, up
+        to ``_MAX_CANDIDATES`` (512); a miss reports the best similarity of
+        an entry that could have answered.
+
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
+            InvalidCacheArgumentError: Neither a prompt (after normalisation) nor a vector was
+                given, or ``vector`` is zero or not finite.
             DimensionMismatchError: ``vector`` is not of the namespace's dimension.
             EmbedderUnavailableError: Only text was given and the namespace takes caller vectors only.
+            EmbedderMismatchError: Only text was given and the configured model no longer fits
+                the namespace.
         """
         state = self._state(namespace)
+        if vector is None and not normalise_prompt(prompt):
+            raise InvalidCacheArgumentError("give a prompt, a vector or both", field="prompt")
         now = self._clock()
         oldest = now - max_age_ns if max_age_ns else None
         if prompt:
@@ -853,37 +882,68 @@ class CacheEngine:
         self, state: _State, query: np.ndarray[Any, Any], needed: float, now: int, oldest: int | None
     ) -> tuple[CacheHit | None, float]:
         # The top hit alone first (the common case); more candidates only
-        # when it cannot answer (removed or too old). Entries removed while a
-        # coalesced search ran are skipped below, as removed ones always are.
+        # when it cannot answer (removed or too old).
         candidates = await self._search(state, query, 1)
         if not state.namespace.expansion_fixed:
             _remember(state, query, needed)
-        if candidates:
-            head = state.heads.get(candidates[0][0])
-            if head is None or not _alive(head, now, oldest):
-                candidates = await self._search(state, query, _CANDIDATES)
-        for key, similarity in candidates:
-            head = state.heads.get(key)
-            if head is None or not _alive(head, now, oldest):
-                continue  # removed or too old: never answers; look further
-            if similarity >= needed - 1e-6:
-                return self._answer(state, head, "SEMANTIC", min(similarity, 1.0), now), similarity
-            return None, max(similarity, 0.0)
-        return None, 0.0
+        if not candidates:
+            return None, 0.0
+        key, similarity = candidates[0]
+        head = state.heads.get(key)
+        if head is None or not _alive(head, now, oldest):
+            return await self._semantic_deeper(state, query, needed, now, oldest)
+        if similarity >= needed - 1e-6:
+            return self._answer(state, head, "SEMANTIC", min(similarity, 1.0), now), similarity
+        return None, max(similarity, 0.0)
 
-    async def lookup_for_task(self, namespace: str, prompt: str) -> CacheHit | None:
+    async def _semantic_deeper(
+        self, state: _State, query: np.ndarray[Any, Any], needed: float, now: int, oldest: int | None
+    ) -> tuple[CacheHit | None, float]:
+        """Past nearest candidates that cannot answer: the first that can, searching deeper while it may hit.
+
+        Candidates come best first: the first one that can answer decides
+        (a hit when over the threshold, else a miss reporting its
+        similarity). While every candidate so far is ineligible and the last
+        is still over the threshold, an eligible entry over it may lie
+        deeper: search again with four times as many, up to
+        ``_MAX_CANDIDATES``. Entries removed while a coalesced search ran
+        are skipped, as removed ones always are.
+        """
+        k = _CANDIDATES
+        while True:
+            candidates = await self._search(state, query, k)
+            for key, similarity in candidates:
+                head = state.heads.get(key)
+                if head is None or not _alive(head, now, oldest):
+                    continue  # removed, expired or too old: never answers; look further
+                if similarity >= needed - 1e-6:
+                    return self._answer(state, head, "SEMANTIC", min(similarity, 1.0), now), similarity
+                return None, max(similarity, 0.0)
+            exhausted = len(candidates) < k or k >= min(_MAX_CANDIDATES, len(state.index))
+            if exhausted or candidates[-1][1] < needed - 1e-6:
+                return None, 0.0  # no entry that could answer was seen
+            k = min(k * 4, _MAX_CANDIDATES)
+
+    async def lookup_for_task(
+        self, namespace: str, prompt: str, *, exact_only: bool = False
+    ) -> CacheHit | None:
         """The scheduler's short-circuit: the entry answering this prompt, or None.
 
         Uses the namespace's threshold and embedder, exactly as a LookupCache
-        call with only the prompt would (and counts in its statistics).
+        call with only the prompt would (and counts in its statistics);
+        ``exact_only`` (the task cache key's) consults the exact tier only.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
         """
         state = self._state(namespace)
+        if not normalise_prompt(prompt):
+            return None
         try:
-            result = await self.lookup(namespace, prompt=prompt, exact_only=state.embedder is None)
-        except EmbedderUnavailableError:
+            result = await self.lookup(
+                namespace, prompt=prompt, exact_only=exact_only or state.embedder is None
+            )
+        except (EmbedderUnavailableError, EmbedderMismatchError):
             return None
         return result.hit
 
@@ -961,30 +1021,33 @@ class CacheEngine:
         """Stores a response under a prompt (replacing an entry of the same normalised prompt).
 
         Acknowledged (returns) only once durable. Evicts least recently used
-        entries past the namespace's bounds in the same commit.
+        entries past the namespace's bounds in the same commit. Everything is
+        checked (and the prompt embedded) before anything changes, so a
+        refused store leaves an entry it would have replaced in place. A
+        prompt its embedder gives no direction (no words, for the lexical
+        one) is stored for the exact tier only.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
             DimensionMismatchError: ``vector`` is not of the namespace's dimension.
+            InvalidCacheArgumentError: ``vector`` is zero or not finite, or ``blob_size_bytes``
+                is not the blob's size.
             CacheLimitError: The entry alone is larger than the namespace's max_bytes.
             BlobNotFoundError: ``blob_sha256`` names no stored blob.
-            InvalidCacheArgumentError: ``blob_size_bytes`` is not the blob's size.
+            EmbedderMismatchError: No vector was given and the configured model no longer fits
+                the namespace.
         """
         state = self._state(namespace)
-        size = len(prompt.encode("utf-8")) + len(response)
+        prompt_bytes = len(prompt.encode("utf-8"))
+        size = prompt_bytes + len(response)
         if size > state.namespace.max_bytes:
             raise CacheLimitError(
                 f"the entry's {size} bytes of prompt and response exceed the namespace's "
                 f"max_bytes of {state.namespace.max_bytes}",
-                field="response",
+                field="prompt" if prompt_bytes > state.namespace.max_bytes else "response",
                 limit=state.namespace.max_bytes,
             )
-        if vector is not None:
-            query = self._check_vector(state, vector, "vector")
-        elif state.embedder is not None and normalise_prompt(prompt):
-            query = await self._embed(state, prompt)
-        else:
-            query = None
+        query = await self._store_vector(state, prompt, vector)
         # From the blob check to the submit: one loop step (the blob store's rule).
         digest = self._check_blob(blob_sha256, blob_size_bytes) if blob_sha256 else b""
         now = self._clock()
@@ -1012,25 +1075,31 @@ class CacheEngine:
             cost_micro_usd=cost_micro_usd,
         )
         batch = self._storage.batch()
-        replaced_id = state.exact.get(head.prompt_hash)
-        if replaced_id is not None:
-            self._remove(state, batch, replaced_id)
+        self._put_next_id(batch)
         name = state.namespace.name
-        batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
-        batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
-        if digest and self._blobs is not None:
-            self._blobs.stage_reference(batch, _blob_referrer(entry_id), digest)
-            self._entry_blobs[entry_id] = digest
-            if not state.namespace.blob_entries:
-                state.namespace = msgspec.structs.replace(state.namespace, blob_entries=True)
-                batch.put(NAMESPACES, name.encode(), _namespace_codec.encode(state.namespace))
         if query is not None:
-            batch.put(VECTORS, u64_key(entry_id), query.tobytes())
-            _index_add(state, [entry_id], query.reshape(1, -1))
-            state.index_dirty = True
-        state.admit(head)
-        evicted = self._evict(state, batch, keep=entry_id)
-        self._put_stats(batch, state)
+            # The native step first: if the index refuses the vector, no entry has been touched.
+            self._index_new(state, [entry_id], query.reshape(1, -1))
+        replaced_id = state.exact.get(head.prompt_hash)
+        try:
+            if replaced_id is not None:
+                self._remove(state, batch, replaced_id)
+            batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
+            batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
+            if digest and self._blobs is not None:
+                self._blobs.stage_reference(batch, _blob_referrer(entry_id), digest)
+                self._entry_blobs[entry_id] = digest
+                if not state.namespace.blob_entries:
+                    state.namespace = msgspec.structs.replace(state.namespace, blob_entries=True)
+                    batch.put(NAMESPACES, name.encode(), _namespace_codec.encode(state.namespace))
+            if query is not None:
+                batch.put(VECTORS, u64_key(entry_id), query.tobytes())
+            state.admit(head)
+            evicted = self._evict(state, batch, keep=entry_id)
+            self._put_stats(batch, state)
+        except BaseException:
+            self._resync(state)  # memory ran ahead of a write that never happened: reload
+            raise
         drafts = self._removal_drafts(state, evicted, "EVICTED")
         drafts.append(
             EventDraft(
@@ -1048,6 +1117,19 @@ class CacheEngine:
         return StoreResult(
             entry_id=entry_id_text(entry_id), replaced=replaced_id is not None, expire_time_ns=head.expire_ns
         )
+
+    async def _store_vector(
+        self, state: _State, prompt: str, vector: np.ndarray[Any, Any] | None
+    ) -> np.ndarray[Any, Any] | None:
+        """The vector a store indexes: the caller's (checked), the prompt's embedding, or None."""
+        if vector is not None:
+            return self._check_vector(state, vector, "vector")
+        if state.embedder is not None and normalise_prompt(prompt):
+            query = await self._embed(state, prompt)
+            return query if _has_direction(query) else None  # no direction: the exact tier only
+        if state.embedder_error:
+            raise EmbedderMismatchError(state.namespace.name, state.embedder_error)
+        return None
 
     async def store_many(
         self,
@@ -1069,18 +1151,43 @@ class CacheEngine:
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
             DimensionMismatchError: ``vectors`` is not (n, the namespace's dimension).
+            InvalidCacheArgumentError: A row of ``vectors`` is zero or not finite.
+            CacheLimitError: An entry alone is larger than the namespace's max_bytes
+                (checked for every entry before any is stored).
         """
         state = self._state(namespace)
         if len(prompts) != len(responses):
             raise InvalidCacheArgumentError("as many responses as prompts are needed", field="responses")
+        limit = state.namespace.max_bytes
+        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            prompt_bytes = len(prompt.encode("utf-8"))
+            if prompt_bytes + len(response) > limit:
+                field = f"prompts[{row}]" if prompt_bytes > limit else f"responses[{row}]"
+                raise CacheLimitError(
+                    f"entry {row}: {prompt_bytes + len(response)} bytes exceed the namespace's max_bytes",
+                    field=field,
+                    limit=limit,
+                )
+        usable: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         if vectors is not None:
             matrix = np.asarray(vectors, dtype=np.float32)
             if matrix.ndim != 2 or matrix.shape != (len(prompts), state.namespace.dimension):
                 got = matrix.shape[-1] if matrix.ndim else 0
                 raise DimensionMismatchError(field="vectors", expected=state.namespace.dimension, got=got)
-            matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
+            bad = np.flatnonzero(~(np.isfinite(norms) & (norms > 0.0)))
+            if bad.size:
+                raise InvalidCacheArgumentError(
+                    f"`vectors[{bad[0]}]` is zero or has a component that is not finite: "
+                    "a vector needs a direction",
+                    field=f"vectors[{bad[0]}]",
+                )
+            matrix = (matrix / norms[:, None]).astype(np.float32)
         elif state.embedder is not None:
             matrix = await asyncio.to_thread(state.embedder.embed, list(prompts))
+            usable = _directions(matrix)  # a prompt with no direction: the exact tier only
+        elif state.embedder_error:
+            raise EmbedderMismatchError(state.namespace.name, state.embedder_error)
         else:
             matrix = None
         results: list[StoreResult] = []
@@ -1093,6 +1200,7 @@ class CacheEngine:
                     prompts[start:stop],
                     responses[start:stop],
                     part,
+                    None if usable is None else usable[start:stop],
                     content_type=content_type,
                     ttl_ns=ttl_ns,
                     metadata=metadata,
@@ -1106,6 +1214,7 @@ class CacheEngine:
         prompts: Sequence[str],
         responses: Sequence[bytes],
         matrix: np.ndarray[Any, Any] | None,
+        usable: np.ndarray[Any, np.dtype[np.bool_]] | None,
         *,
         content_type: str,
         ttl_ns: int,
@@ -1114,51 +1223,56 @@ class CacheEngine:
         now = self._clock()
         name = state.namespace.name
         expire = now + (ttl_ns or state.namespace.default_ttl_ns)
+        first = self._next_id
+        self._next_id += len(prompts)
+        keys = list(range(first, first + len(prompts)))
         batch = self._storage.batch()
-        results: list[StoreResult] = []
-        keys: list[int] = []
-        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-            size = len(prompt.encode("utf-8")) + len(response)
-            if size > state.namespace.max_bytes:
-                raise CacheLimitError(
-                    f"entry {row}: {size} bytes exceed the namespace's max_bytes",
-                    field=f"responses[{row}]",
-                    limit=state.namespace.max_bytes,
-                )
-            entry_id = self._next_id
-            self._next_id += 1
-            digest = prompt_hash(prompt)
-            replaced_id = state.exact.get(digest)
-            if replaced_id is not None:
-                self._remove(state, batch, replaced_id)
-            head = EntryHead(
-                entry_id=entry_id,
-                prompt_hash=digest,
-                create_ns=now,
-                expire_ns=expire,
-                size_bytes=size,
-                has_vector=matrix is not None,
-                last_access_ns=now,
-            )
-            body = EntryBody(
-                prompt=prompt, response=response, content_type=content_type, metadata=dict(metadata or {})
-            )
-            batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
-            batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
-            if matrix is not None:
-                batch.put(VECTORS, u64_key(entry_id), matrix[row].tobytes())
-            state.admit(head)
-            keys.append(entry_id)
-            results.append(
-                StoreResult(
-                    entry_id=entry_id_text(entry_id), replaced=replaced_id is not None, expire_time_ns=expire
-                )
-            )
+        self._put_next_id(batch)
+        with_vector = [
+            matrix is not None and (usable is None or bool(usable[row])) for row in range(len(keys))
+        ]
         if matrix is not None:
-            _index_add(state, keys, matrix)
-            state.index_dirty = True
-        evicted = self._evict(state, batch, keep=keys[-1] if keys else None)
-        self._put_stats(batch, state)
+            rows = [row for row, has in enumerate(with_vector) if has]
+            if rows:  # the native step first: if the index refuses, no entry has been touched
+                self._index_new(state, [keys[row] for row in rows], np.ascontiguousarray(matrix[rows]))
+        results: list[StoreResult] = []
+        try:
+            for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+                entry_id = keys[row]
+                size = len(prompt.encode("utf-8")) + len(response)
+                digest = prompt_hash(prompt)
+                replaced_id = state.exact.get(digest)
+                if replaced_id is not None:
+                    self._remove(state, batch, replaced_id)
+                head = EntryHead(
+                    entry_id=entry_id,
+                    prompt_hash=digest,
+                    create_ns=now,
+                    expire_ns=expire,
+                    size_bytes=size,
+                    has_vector=with_vector[row],
+                    last_access_ns=now,
+                )
+                body = EntryBody(
+                    prompt=prompt, response=response, content_type=content_type, metadata=dict(metadata or {})
+                )
+                batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
+                batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
+                if matrix is not None and with_vector[row]:
+                    batch.put(VECTORS, u64_key(entry_id), matrix[row].tobytes())
+                state.admit(head)
+                results.append(
+                    StoreResult(
+                        entry_id=entry_id_text(entry_id),
+                        replaced=replaced_id is not None,
+                        expire_time_ns=expire,
+                    )
+                )
+            evicted = self._evict(state, batch, keep=keys[-1] if keys else None)
+            self._put_stats(batch, state)
+        except BaseException:
+            self._resync(state)  # memory ran ahead of a write that never happened: reload
+            raise
         drafts = self._removal_drafts(state, evicted, "EVICTED")
         drafts.append(
             EventDraft(
@@ -1375,15 +1489,25 @@ class CacheEngine:
         return model
 
     def _check_vector(self, state: _State, vector: np.ndarray[Any, Any], field: str) -> np.ndarray[Any, Any]:
+        """A caller's vector, of the namespace's dimension, as a new L2-normalised float32 array.
+
+        Raises:
+            DimensionMismatchError: It has another dimension.
+            InvalidCacheArgumentError: It is zero (no direction to compare by) or not finite.
+        """
         array = np.asarray(vector, dtype=np.float32).reshape(-1)
         if array.shape[0] != state.namespace.dimension:
             raise DimensionMismatchError(field=field, expected=state.namespace.dimension, got=array.shape[0])
-        norm = float(np.linalg.norm(array))
+        wide = array.astype(np.float64)  # so that tiny components do not underflow to a zero norm
+        norm = float(np.linalg.norm(wide))
         if not math.isfinite(norm):
             raise InvalidCacheArgumentError(f"`{field}` has a component that is not finite", field=field)
-        if norm > 0.0:
-            array = array / norm
-        return np.ascontiguousarray(array, dtype=np.float32)
+        if norm == 0.0:
+            raise InvalidCacheArgumentError(
+                f"`{field}` is all zeros: a vector needs a direction to be compared by similarity",
+                field=field,
+            )
+        return np.ascontiguousarray(wide / norm, dtype=np.float32)
 
     async def _query_vector(
         self, state: _State, prompt: str, vector: np.ndarray[Any, Any] | None, field: str
@@ -1393,12 +1517,15 @@ class CacheEngine:
         if not normalise_prompt(prompt):
             return None
         if state.embedder is None:
+            if state.embedder_error:
+                raise EmbedderMismatchError(state.namespace.name, state.embedder_error)
             raise EmbedderUnavailableError(
                 f"namespace {state.namespace.name!r} takes caller vectors only: "
                 "give `vector` or set `exact_only`",
                 field="vector",
             )
-        return await self._embed(state, prompt)
+        query = await self._embed(state, prompt)
+        return query if _has_direction(query) else None  # no direction: no semantic tier
 
     async def _embed(self, state: _State, prompt: str) -> np.ndarray[Any, Any]:
         embedder = state.embedder
@@ -1537,12 +1664,48 @@ class CacheEngine:
             return
         # Memory ran ahead of a commit that failed: reload from the truth.
         self._failures += 1
+        self._resync(*targets)
+
+    def _resync(self, *targets: _State) -> None:
+        """Reloads these namespaces from LMDB (memory ran ahead of a write that failed or never ran)."""
         self._hot.clear()
         for target in targets:
             if self._states.get(target.namespace.name) is target:
                 with contextlib.suppress(Exception):
                     self._states[target.namespace.name] = self._load(target.namespace, restore=False)
         self._start_indexing()
+
+    def _index_new(self, state: _State, keys: list[int], matrix: np.ndarray[Any, Any]) -> None:
+        """Adds new entries' vectors to the index; if it refuses, takes them out again and re-raises."""
+        try:
+            _index_add(state, keys, matrix)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _index_remove(state, keys)
+            raise
+        state.index_dirty = True
+
+    def _put_next_id(self, batch: Any) -> None:
+        """Adds the entry-id high-water mark to a batch that uses ids below it (ids are never reused).
+
+        Batches are submitted in the order their ids were taken, so the last
+        one committed holds the highest mark.
+        """
+        batch.put(META, _NEXT_ID_KEY, u64_key(self._next_id))
+
+    def _stored_next_id(self) -> int:
+        """The first id never handed out: above the stored mark and every id any row is keyed by.
+
+        The rows cover data folders written before the mark was kept
+        (bodies and vectors are keyed by entry id alone).
+        """
+        raw = self._storage.get(META, _NEXT_ID_KEY)
+        next_id = int.from_bytes(raw, "big") if raw is not None and len(raw) == 8 else 1
+        for table in (BODIES, VECTORS):
+            last = self._storage.scan(table, reverse=True, limit=1)
+            if last and len(last[0][0]) == 8:
+                next_id = max(next_id, int.from_bytes(last[0][0], "big") + 1)
+        return next_id
 
     def _journal(self, batch: Any, state: _State) -> None:
         """Adds the journal row of a write that changed these heads (committed with it)."""
@@ -1689,14 +1852,7 @@ class CacheEngine:
             start = rows[-1][0] + b"\x00"
 
     def _load(self, namespace: Namespace, *, restore: bool = True) -> _State:
-        embedder: Embedder | None = None
-        if namespace.embedder == "lexical":
-            embedder = LexicalEmbedder(namespace.dimension)
-        elif namespace.embedder != "caller":
-            try:
-                embedder = self._model(namespace.embedder)
-            except EmbedderUnavailableError as error:
-                _log.warning(f"cache: namespace {namespace.name!r} serves exact lookups only: {error}")
+        embedder, mismatch = self._load_embedder(namespace)
         index = None
         path = self._index_path(namespace)
         if restore:
@@ -1740,6 +1896,7 @@ class CacheEngine:
             state.mark = mark
             state.seq = mark.seq
             replayed = self._replay(state)
+        state.embedder_error = mismatch
         raw_stats = self._storage.get(STATS, name.encode())
         if raw_stats is not None:
             state.stats = _stats_codec.decode(raw_stats)
@@ -1747,8 +1904,28 @@ class CacheEngine:
         state.index.expansion_search = state.namespace.search_expansion
         self._next_id = max(self._next_id, state.entries.max_id() + 1)
         with_table = replayed is not None and mark is not None and mark.index_seq == mark.seq
-        self._settle_index(state, restored=index is not None, replayed=replayed if with_table else None)
+        try:
+            self._settle_index(state, restored=index is not None, replayed=replayed if with_table else None)
+        except Exception as error:  # noqa: BLE001 - derived data: never a reason not to start
+            # The saved index does not take what LMDB holds: start one afresh from LMDB.
+            _log.warning(f"cache: the saved index of {name!r} is unusable ({error}); rebuilding it")
+            state.index = _new_index(state.namespace)
+            state.backlog, state.backlog_vectors, state.backlog_removed = None, {}, []
+            self._reconcile_index(state, rebuild=True)
         return state
+
+    def _load_embedder(self, namespace: Namespace) -> tuple[Embedder | None, str]:
+        """A loaded namespace's embedder, and why text cannot be embedded when its model no longer fits."""
+        if namespace.embedder == "lexical":
+            return LexicalEmbedder(namespace.dimension), ""
+        if namespace.embedder == "caller":
+            return None, ""
+        try:
+            model = self._model(namespace.embedder)
+        except EmbedderUnavailableError as error:
+            _log.warning(f"cache: namespace {namespace.name!r} serves exact lookups only: {error}")
+            return None, ""
+        return _fitting(namespace, model)
 
     def _settle_index(
         self, state: _State, *, restored: bool, replayed: np.ndarray[Any, np.dtype[np.uint64]] | None
@@ -1860,18 +2037,52 @@ class CacheEngine:
     def _add_vectors(self, state: _State, ids: np.ndarray[Any, Any]) -> None:
         """Adds these entries' vectors (from LMDB) to the index."""
         for start in range(0, ids.size, _SCAN_PAGE):
-            keys, matrix = self._read_vectors(ids[start : start + _SCAN_PAGE])
+            keys, matrix = self._read_vectors(state, ids[start : start + _SCAN_PAGE])
             if keys:
                 state.index.add(keys, matrix)
 
-    def _read_vectors(self, ids: np.ndarray[Any, Any]) -> tuple[list[int], np.ndarray[Any, Any]]:
-        """The stored vectors of these entries (those that have one), as keys and an (n, d) matrix."""
+    def _read_vectors(
+        self, state: _State, ids: np.ndarray[Any, Any]
+    ) -> tuple[list[int], np.ndarray[Any, Any]]:
+        """The stored vectors of these entries (those that have one), as keys and an (n, d) matrix.
+
+        A stored vector that cannot be indexed (of another dimension than the
+        namespace's, zero, or not finite: a damaged or inconsistent data
+        folder) is left out with a warning naming the entry: the entry still
+        answers from the exact tier, and the start goes on.
+        """
         with self._storage.read() as view:
             raws = view.get_many(VECTORS, [u64_key(int(n)) for n in ids])
-        keys = [int(n) for n, raw in zip(ids, raws, strict=True) if raw is not None]
+        width = state.namespace.dimension * 4
+        keys: list[int] = []
+        rows: list[bytes] = []
+        skipped: list[int] = []
+        for n, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            if len(raw) == width:
+                keys.append(int(n))
+                rows.append(raw)
+            else:
+                skipped.append(int(n))
+        matrix = np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(rows), state.namespace.dimension)
+        if keys:
+            usable = _directions(matrix)
+            if not bool(usable.all()):
+                skipped += [key for key, ok in zip(keys, usable.tolist(), strict=True) if not ok]
+                keys = [key for key, ok in zip(keys, usable.tolist(), strict=True) if ok]
+                matrix = matrix[usable]
+        if skipped:
+            shown = ", ".join(entry_id_text(n) for n in skipped[:10])
+            more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            _log.warning(
+                f"cache: {len(skipped)} stored vector(s) of namespace {state.namespace.name!r} cannot be "
+                f"indexed (not {state.namespace.dimension} finite components with a direction): entries "
+                f"{shown}{more}; they answer exact lookups only"
+            )
         if not keys:
             return [], np.zeros((0, 0), dtype=np.float32)
-        return keys, np.stack([np.frombuffer(raw, dtype=np.float32) for raw in raws if raw is not None])
+        return keys, np.ascontiguousarray(matrix)
 
     def _index_missing(self, state: _State, ids: np.ndarray[Any, Any]) -> None:
         """Indexes these entries' vectors now, or, past ``index_at_start`` of them, in the background."""
@@ -1965,7 +2176,7 @@ class CacheEngine:
                     part = state.backlog[:chunk]
                     part_size = int(part.size)
                     keys, matrix = self._read_vectors(
-                        np.asarray(self._with_vectors(state, part), dtype=np.uint64)
+                        state, np.asarray(self._with_vectors(state, part), dtype=np.uint64)
                     )
                 if keys:
                     add = functools.partial(state.index.add, keys, matrix, threads=_background_threads())
@@ -2068,6 +2279,42 @@ def _indexing_draft(namespace: str, indexed: int, total: int, *, done: bool) -> 
 
 def _journal_seq(key: bytes) -> int:
     return int.from_bytes(key[-8:], "big")
+
+
+def _has_direction(vector: np.ndarray[Any, Any]) -> bool:
+    """Whether an embedder's vector can be compared by cosine: finite and not zero."""
+    squared = float(np.dot(vector, vector))
+    return squared > 0.0 and math.isfinite(squared)
+
+
+def _directions(matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which rows of a matrix of vectors are finite and not zero."""
+    with np.errstate(all="ignore"):  # an infinite component is what this looks for
+        squared = np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
+    result: np.ndarray[Any, np.dtype[np.bool_]] = np.isfinite(squared) & (squared > 0.0)
+    return result
+
+
+def _fitting(namespace: Namespace, embedder: Embedder) -> tuple[Embedder | None, str]:
+    """The configured model if it fits the namespace (its dimension), else None and why not.
+
+    A model whose name differs but whose dimension fits is used, with a
+    warning: its name is its directory's, which a move may change.
+    """
+    if embedder.dimension != namespace.dimension:
+        reason = (
+            f"the configured model {namespace.embedder!r} ({embedder.name}) makes {embedder.dimension}-d "
+            f"vectors; the namespace's are {namespace.dimension}-d ({namespace.embedder_name}): give "
+            "vectors, look up with exact_only, or configure the model the namespace was created with"
+        )
+        _log.warning(f"cache: namespace {namespace.name!r} cannot embed text: {reason}")
+        return None, reason
+    if embedder.name != namespace.embedder_name:
+        _log.warning(
+            f"cache: namespace {namespace.name!r} was created with embedder {namespace.embedder_name!r}; "
+            f"the configured {namespace.embedder!r} is {embedder.name!r} (same dimension: used)"
+        )
+    return embedder, ""
 
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:

@@ -7,6 +7,7 @@ __all__ = [
     "CacheError",
     "CacheLimitError",
     "DimensionMismatchError",
+    "EmbedderMismatchError",
     "EmbedderUnavailableError",
     "ImmutableFieldError",
     "InvalidCacheArgumentError",
@@ -80,3 +81,11 @@ class InvalidCacheArgumentError(CacheError):
 
 class NamespaceLimitError(CacheError):
     """Creating the namespace would pass the bound on namespaces."""
+
+
+class EmbedderMismatchError(CacheError):
+    """The namespace's configured embedder no longer fits it (another dimension): text cannot be embedded."""
+
+    def __init__(self, namespace: str, reason: str) -> None:
+        self.namespace = namespace
+        super().__init__(f"cache namespace {namespace!r} cannot embed text: {reason}")

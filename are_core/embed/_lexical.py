@@ -31,7 +31,10 @@ class LexicalEmbedder:
     "flight" and "flights" share most of theirs), each weighted by
     ``1 + log(count)`` and hashed (CRC-32, stable across processes and
     machines) with a sign into ``dimension`` buckets; the sum is
-    L2-normalised. Two prompts are close when they share wording. It needs
+    L2-normalised. Two prompts are close when they share wording. A text
+    with no word characters ("?", an emoji) has no features and gets the
+    zero vector: it has no direction, so it is similar to nothing (the cache
+    stores such a prompt for its exact tier only). It needs
     no model and runs in tens of microseconds; for paraphrases configure a
     model (:class:`OnnxEmbedder`).
 
@@ -51,7 +54,7 @@ class LexicalEmbedder:
         return f"LexicalEmbedder(dimension={self.dimension})"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """An (n, dimension) float32 array of L2-normalised vectors; an empty text gives zeros."""
+        """An (n, dimension) float32 array of L2-normalised vectors; a text without words gives zeros."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             features = _features(text)

@@ -251,3 +251,34 @@ async def test_sigkill_during_background_indexing_then_a_start_finishes_it(tmp_p
     finally:
         process.kill()
         process.cleanup()
+
+
+async def test_entry_ids_are_never_reused_after_a_restart_or_sigkill(tmp_path: Path) -> None:
+    """A stale InvalidateCache of a removed entry's id must never remove an entry stored after a restart."""
+    data = tmp_path / "data"
+    ns = "crash:ids"
+    removed: list[str] = []
+    for stop in ("clean", "sigkill", "clean"):
+        process = SidecarProcess.start(data_dir=data)
+        try:
+            async with await Client.connect(process.target) as client:
+                if not removed:
+                    await client.cache.put_namespace(ns)
+                    await client.cache.store(ns, "kept", "k")
+                # A new entry's id is above every id ever handed out, removed ones included.
+                fresh = await client.cache.store(ns, f"stored after {len(removed)}", "v")
+                assert all(fresh.entry_id > old for old in removed), (fresh.entry_id, removed)
+                if removed:  # stale ids: nothing of today's answers to them
+                    assert await client.cache.invalidate(ns, entry_ids=removed) == 0
+                hit = await client.cache.lookup(ns, f"stored after {len(removed)}")
+                assert hit is not None
+                assert hit.entry_id == fresh.entry_id
+                assert await client.cache.invalidate(ns, entry_ids=[fresh.entry_id]) == 1
+                removed.append(fresh.entry_id)
+                assert await client.cache.lookup(ns, "kept") is not None
+        finally:
+            if stop == "clean":
+                assert process.stop() == 0
+            else:
+                process.kill()
+            process.cleanup()

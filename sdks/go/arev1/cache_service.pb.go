@@ -328,13 +328,18 @@ type LookupCacheRequest struct {
 	// semantic tier when no vector is given.
 	Prompt string `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
 	// The prompt's embedding for the semantic tier, of the namespace's
-	// dimension.
+	// dimension; a zero or non-finite vector has no direction and is refused
+	// (INVALID_ARGUMENT naming vector). A prompt its embedder gives no
+	// direction (no words, for the lexical embedder) skips the semantic tier.
+	// A prompt of whitespace alone counts as no prompt.
 	Vector *Vector `protobuf:"bytes,3,opt,name=vector,proto3" json:"vector,omitempty"`
 	// The similarity a semantic hit needs, in (0, 1]; unset means the
 	// namespace's threshold.
 	Threshold *float64 `protobuf:"fixed64,4,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
 	// Only entries younger than this may answer; unset means any unexpired
-	// entry.
+	// entry. When the nearest entries are too old (or expired), the semantic
+	// tier searches further, while candidates are still above the threshold,
+	// up to 512 candidates.
 	MaxAge *durationpb.Duration `protobuf:"bytes,5,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
 	// When true only the exact tier is consulted.
 	ExactOnly     bool `protobuf:"varint,6,opt,name=exact_only,json=exactOnly,proto3" json:"exact_only,omitempty"`
@@ -437,8 +442,9 @@ type LookupCacheResponse struct {
 	MatchedPrompt string `protobuf:"bytes,8,opt,name=matched_prompt,json=matchedPrompt,proto3" json:"matched_prompt,omitempty"`
 	// When the answering entry was stored.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	// On a miss, the best similarity found below the threshold (0 when the
-	// semantic tier was not consulted or is empty); helps tune thresholds.
+	// On a miss, the best similarity below the threshold of an entry that
+	// could have answered (0 when the semantic tier was not consulted, is
+	// empty, or none of the candidates could answer); helps tune thresholds.
 	BestSimilarity float64 `protobuf:"fixed64,10,opt,name=best_similarity,json=bestSimilarity,proto3" json:"best_similarity,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -553,7 +559,10 @@ type StoreCacheRequest struct {
 	Prompt string `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
 	// The prompt's embedding; unset means the prompt is embedded by the
 	// namespace's embedder (or, for "caller" namespaces, the entry answers
-	// exact lookups only).
+	// exact lookups only). A zero or non-finite vector is refused
+	// (INVALID_ARGUMENT naming vector) and nothing changes; a prompt its
+	// embedder gives no direction (no words, for the lexical embedder) is
+	// stored for the exact tier only.
 	Vector *Vector `protobuf:"bytes,3,opt,name=vector,proto3" json:"vector,omitempty"`
 	// The response to return on hits, at most 4 MiB inline.
 	Response *Payload `protobuf:"bytes,4,opt,name=response,proto3" json:"response,omitempty"`

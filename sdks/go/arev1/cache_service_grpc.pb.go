@@ -46,14 +46,16 @@ type CacheServiceClient interface {
 	// DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
 	// nor vector, threshold out of range) or LIMIT_EXCEEDED;
 	// FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-	// namespace takes caller vectors only).
+	// namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
+	// and the model configured for the namespace's embedder now has another
+	// dimension).
 	LookupCache(ctx context.Context, in *LookupCacheRequest, opts ...grpc.CallOption) (*LookupCacheResponse, error)
 	// StoreCache stores a response under a prompt (and its vector). An entry
 	// with the same normalised prompt in the namespace is replaced.
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
 	// DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
 	// 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-	// reason EMBEDDER_UNAVAILABLE.
+	// reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
 	StoreCache(ctx context.Context, in *StoreCacheRequest, opts ...grpc.CallOption) (*StoreCacheResponse, error)
 	// InvalidateCache removes entries of a namespace: by entry id, by
 	// metadata match, or all of them.
@@ -165,14 +167,16 @@ type CacheServiceServer interface {
 	// DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
 	// nor vector, threshold out of range) or LIMIT_EXCEEDED;
 	// FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-	// namespace takes caller vectors only).
+	// namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
+	// and the model configured for the namespace's embedder now has another
+	// dimension).
 	LookupCache(context.Context, *LookupCacheRequest) (*LookupCacheResponse, error)
 	// StoreCache stores a response under a prompt (and its vector). An entry
 	// with the same normalised prompt in the namespace is replaced.
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
 	// DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
 	// 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-	// reason EMBEDDER_UNAVAILABLE.
+	// reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
 	StoreCache(context.Context, *StoreCacheRequest) (*StoreCacheResponse, error)
 	// InvalidateCache removes entries of a namespace: by entry id, by
 	// metadata match, or all of them.

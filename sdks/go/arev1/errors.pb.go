@@ -168,6 +168,11 @@ const (
 	// FAILED_PRECONDITION: ReportOutcome named a model that is not in the
 	// catalog (never was, or left it since the route); metadata "model_id".
 	ErrorReason_ERROR_REASON_MODEL_NOT_IN_CATALOG ErrorReason = 72
+	// FAILED_PRECONDITION: a cache namespace's text cannot be embedded: the
+	// model now configured under its embedder's name has another dimension
+	// than the namespace; metadata "namespace". Caller vectors and the exact
+	// tier still work.
+	ErrorReason_ERROR_REASON_EMBEDDER_MISMATCH ErrorReason = 73
 	// RESOURCE_EXHAUSTED: admitting the request's ready tasks would exceed a
 	// pool's max_queue_length; metadata "pool" names it, RetryInfo says when
 	// to retry.
@@ -234,6 +239,7 @@ var (
 		70:  "ERROR_REASON_STREAM_PROTOCOL_VIOLATION",
 		71:  "ERROR_REASON_NO_ELIGIBLE_MODEL",
 		72:  "ERROR_REASON_MODEL_NOT_IN_CATALOG",
+		73:  "ERROR_REASON_EMBEDDER_MISMATCH",
 		80:  "ERROR_REASON_POOL_QUEUE_FULL",
 		81:  "ERROR_REASON_BUDGET_EXCEEDED",
 		82:  "ERROR_REASON_RESOURCE_LIMIT",
@@ -281,6 +287,7 @@ var (
 		"ERROR_REASON_STREAM_PROTOCOL_VIOLATION":  70,
 		"ERROR_REASON_NO_ELIGIBLE_MODEL":          71,
 		"ERROR_REASON_MODEL_NOT_IN_CATALOG":       72,
+		"ERROR_REASON_EMBEDDER_MISMATCH":          73,
 		"ERROR_REASON_POOL_QUEUE_FULL":            80,
 		"ERROR_REASON_BUDGET_EXCEEDED":            81,
 		"ERROR_REASON_RESOURCE_LIMIT":             82,
@@ -322,7 +329,7 @@ var File_are_v1_errors_proto protoreflect.FileDescriptor
 
 const file_are_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x13are/v1/errors.proto\x12\x06are.v1*\xf7\f\n" +
+	"\x13are/v1/errors.proto\x12\x06are.v1*\x9b\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1f\n" +
@@ -362,7 +369,8 @@ const file_are_v1_errors_proto_rawDesc = "" +
 	" ERROR_REASON_MODEL_CATALOG_EMPTY\x10E\x12*\n" +
 	"&ERROR_REASON_STREAM_PROTOCOL_VIOLATION\x10F\x12\"\n" +
 	"\x1eERROR_REASON_NO_ELIGIBLE_MODEL\x10G\x12%\n" +
-	"!ERROR_REASON_MODEL_NOT_IN_CATALOG\x10H\x12 \n" +
+	"!ERROR_REASON_MODEL_NOT_IN_CATALOG\x10H\x12\"\n" +
+	"\x1eERROR_REASON_EMBEDDER_MISMATCH\x10I\x12 \n" +
 	"\x1cERROR_REASON_POOL_QUEUE_FULL\x10P\x12 \n" +
 	"\x1cERROR_REASON_BUDGET_EXCEEDED\x10Q\x12\x1f\n" +
 	"\x1bERROR_REASON_RESOURCE_LIMIT\x10R\x12 \n" +

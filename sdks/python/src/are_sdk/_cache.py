@@ -16,13 +16,20 @@ tier (embedding similarity over the namespace's threshold)::
     result = await client.cache.get_or_call("gpt-4o:sys-3f2a", prompt, lambda: llm(prompt))
     result.value, result.hit
 
+The helper never loses an answer it paid for (a failed store is logged, not
+raised), and concurrent calls for the same prompt in one client share one
+LLM call.
+
 Values are encoded like every payload of the SDK (:mod:`are_sdk._payload`):
 JSON by default, ``bytes`` raw, :class:`~are_sdk.RawPayload` as given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +60,8 @@ __all__ = [
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+_log = logging.getLogger("are_sdk.cache")
 
 _TIERS = {cache_service_pb2.CACHE_TIER_EXACT: "exact", cache_service_pb2.CACHE_TIER_SEMANTIC: "semantic"}
 _DTYPES = {
@@ -219,6 +228,9 @@ class Cache:
     def __init__(self, raw: ServiceClient, blobs: StateBlobs | None = None) -> None:
         self._raw = raw
         self._blobs = blobs
+        # get_or_call calls under way, by (namespace, normalised prompt): one entry per
+        # distinct prompt being answered now, removed when its call ends.
+        self._flights: dict[tuple[str, str], _Flight] = {}
 
     async def lookup(
         self,
@@ -460,6 +472,18 @@ class Cache:
     ) -> CachedResult[Any]:
         """Looks the prompt up; on a miss awaits ``call()`` and stores its result.
 
+        Concurrent calls of one client for the same namespace and prompt
+        (equal once normalised as the sidecar does: Unicode NFC, whitespace
+        collapsed) share one look-up and one ``call()``: the first caller's
+        arguments are used, and every caller gets its result, or its
+        exception (then nothing is stored). Cancelling a caller cancels the
+        shared call only when no other caller still waits for it.
+
+        A store that fails after the call (the response is over the
+        namespace's ``max_bytes``, the sidecar is busy or gone) is logged as
+        a warning and not raised: the answer paid for is returned, with
+        ``stored`` None.
+
         Args:
             namespace: The namespace.
             prompt: The prompt (the cache key).
@@ -473,14 +497,62 @@ class Cache:
         Returns:
             The cached value (decoded) and the hit, or the call's result and the stored entry.
         """
+        key = (namespace, _normalise(prompt))
+        flight = self._flights.get(key)
+        if flight is None:
+            task = asyncio.ensure_future(
+                self._look_up_or_call(
+                    namespace,
+                    prompt,
+                    call,
+                    vector=vector,
+                    threshold=threshold,
+                    ttl=ttl,
+                    metadata=metadata,
+                    usage=usage,
+                )
+            )
+            flight = self._flights[key] = _Flight(task)
+            task.add_done_callback(functools.partial(self._landed, key, flight))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.task.done():
+                flight.task.cancel()  # every caller gave up on it
+
+    def _landed(self, key: tuple[str, str], flight: _Flight, task: asyncio.Future[Any]) -> None:
+        """Forgets a finished shared call (and retrieves an exception nobody awaited)."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()
+
+    async def _look_up_or_call(
+        self,
+        namespace: str,
+        prompt: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        vector: Sequence[float] | None,
+        threshold: float | None,
+        ttl: timedelta | float | None,
+        metadata: Mapping[str, str] | None,
+        usage: CacheUsage | Callable[[T], CacheUsage] | None,
+    ) -> CachedResult[Any]:
         hit = await self.lookup(namespace, prompt, vector=vector, threshold=threshold)
         if hit is not None:
             return CachedResult(value=hit.value, hit=hit)
         value = await call()
-        spent = usage(value) if callable(usage) else usage
-        stored = await self.store(
-            namespace, prompt, value, vector=vector, ttl=ttl, metadata=metadata, usage=spent
-        )
+        try:
+            spent = usage(value) if callable(usage) else usage
+            stored = await self.store(
+                namespace, prompt, value, vector=vector, ttl=ttl, metadata=metadata, usage=spent
+            )
+        except Exception as error:  # noqa: BLE001 - the answer was paid for: return it anyway
+            _log.warning(f"cache: the answer to a prompt in {namespace!r} was not stored: {error}")
+            return CachedResult(value=value)
         return CachedResult(value=value, stored=stored)
 
     def cached(
@@ -514,6 +586,21 @@ class Cache:
             return wrapper
 
         return decorate
+
+
+class _Flight:
+    """A get_or_call under way, shared by the callers waiting for it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Future[CachedResult[Any]]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
+def _normalise(prompt: str) -> str:
+    """The prompt as the sidecar's exact tier keys it: NFC, whitespace runs collapsed, trimmed."""
+    return " ".join(unicodedata.normalize("NFC", prompt).split())
 
 
 def _hit(response: cache_service_pb2.LookupCacheResponse, payload: Any) -> CacheHit:

@@ -144,7 +144,10 @@ export interface LookupCacheRequest {
   prompt: string;
   /**
    * The prompt's embedding for the semantic tier, of the namespace's
-   * dimension.
+   * dimension; a zero or non-finite vector has no direction and is refused
+   * (INVALID_ARGUMENT naming vector). A prompt its embedder gives no
+   * direction (no words, for the lexical embedder) skips the semantic tier.
+   * A prompt of whitespace alone counts as no prompt.
    */
   vector:
     | Vector
@@ -158,7 +161,9 @@ export interface LookupCacheRequest {
     | undefined;
   /**
    * Only entries younger than this may answer; unset means any unexpired
-   * entry.
+   * entry. When the nearest entries are too old (or expired), the semantic
+   * tier searches further, while candidates are still above the threshold,
+   * up to 512 candidates.
    */
   maxAge:
     | Duration
@@ -200,8 +205,9 @@ export interface LookupCacheResponse {
     | Date
     | undefined;
   /**
-   * On a miss, the best similarity found below the threshold (0 when the
-   * semantic tier was not consulted or is empty); helps tune thresholds.
+   * On a miss, the best similarity below the threshold of an entry that
+   * could have answered (0 when the semantic tier was not consulted, is
+   * empty, or none of the candidates could answer); helps tune thresholds.
    */
   bestSimilarity: number;
 }
@@ -220,7 +226,10 @@ export interface StoreCacheRequest {
   /**
    * The prompt's embedding; unset means the prompt is embedded by the
    * namespace's embedder (or, for "caller" namespaces, the entry answers
-   * exact lookups only).
+   * exact lookups only). A zero or non-finite vector is refused
+   * (INVALID_ARGUMENT naming vector) and nothing changes; a prompt its
+   * embedder gives no direction (no words, for the lexical embedder) is
+   * stored for the exact tier only.
    */
   vector:
     | Vector
@@ -2179,7 +2188,9 @@ export const CacheServiceService = {
    * DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
    * nor vector, threshold out of range) or LIMIT_EXCEEDED;
    * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-   * namespace takes caller vectors only).
+   * namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
+   * and the model configured for the namespace's embedder now has another
+   * dimension).
    */
   lookupCache: {
     path: "/are.v1.CacheService/LookupCache" as const,
@@ -2196,7 +2207,7 @@ export const CacheServiceService = {
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
    * DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
    * 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-   * reason EMBEDDER_UNAVAILABLE.
+   * reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
    */
   storeCache: {
     path: "/are.v1.CacheService/StoreCache" as const,
@@ -2284,7 +2295,9 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
    * nor vector, threshold out of range) or LIMIT_EXCEEDED;
    * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-   * namespace takes caller vectors only).
+   * namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
+   * and the model configured for the namespace's embedder now has another
+   * dimension).
    */
   lookupCache: handleUnaryCall<LookupCacheRequest, LookupCacheResponse>;
   /**
@@ -2293,7 +2306,7 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
    * DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
    * 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-   * reason EMBEDDER_UNAVAILABLE.
+   * reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
    */
   storeCache: handleUnaryCall<StoreCacheRequest, StoreCacheResponse>;
   /**
@@ -2335,7 +2348,9 @@ export interface CacheServiceClient extends Client {
    * DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
    * nor vector, threshold out of range) or LIMIT_EXCEEDED;
    * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-   * namespace takes caller vectors only).
+   * namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
+   * and the model configured for the namespace's embedder now has another
+   * dimension).
    */
   lookupCache(
     request: LookupCacheRequest,
@@ -2358,7 +2373,7 @@ export interface CacheServiceClient extends Client {
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
    * DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
    * 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-   * reason EMBEDDER_UNAVAILABLE.
+   * reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
    */
   storeCache(
     request: StoreCacheRequest,

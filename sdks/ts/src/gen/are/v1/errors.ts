@@ -211,6 +211,13 @@ export enum ErrorReason {
    */
   ERROR_REASON_MODEL_NOT_IN_CATALOG = 72,
   /**
+   * ERROR_REASON_EMBEDDER_MISMATCH - FAILED_PRECONDITION: a cache namespace's text cannot be embedded: the
+   * model now configured under its embedder's name has another dimension
+   * than the namespace; metadata "namespace". Caller vectors and the exact
+   * tier still work.
+   */
+  ERROR_REASON_EMBEDDER_MISMATCH = 73,
+  /**
    * ERROR_REASON_POOL_QUEUE_FULL - RESOURCE_EXHAUSTED: admitting the request's ready tasks would exceed a
    * pool's max_queue_length; metadata "pool" names it, RetryInfo says when
    * to retry.

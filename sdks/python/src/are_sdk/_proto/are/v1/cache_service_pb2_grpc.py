@@ -92,7 +92,9 @@ class CacheServiceServicer:
         DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
         nor vector, threshold out of range) or LIMIT_EXCEEDED;
         FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-        namespace takes caller vectors only).
+        namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
+        and the model configured for the namespace's embedder now has another
+        dimension).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,7 +106,7 @@ class CacheServiceServicer:
         Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
         DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
         4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-        reason EMBEDDER_UNAVAILABLE.
+        reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
