@@ -62,7 +62,7 @@ from ._model import (
     StatsRecord,
     StoreResult,
 )
-from ._normalise import entry_id_text, normalise_prompt, parse_entry_id, prompt_hash
+from ._normalise import entry_id_text, is_blank, parse_entry_id, prompt_hash
 from ._table import Entries, EntryTable, ExactView, RecencyView
 
 __all__ = ["CACHE_TABLES", "DEFAULT_INDEX_AT_START", "CacheEngine"]
@@ -825,7 +825,7 @@ class CacheEngine:
                 the namespace.
         """
         state = self._state(namespace)
-        if vector is None and not normalise_prompt(prompt):
+        if vector is None and is_blank(prompt):
             raise InvalidCacheArgumentError("give a prompt, a vector or both", field="prompt")
         now = self._clock()
         oldest = now - max_age_ns if max_age_ns else None
@@ -937,7 +937,7 @@ class CacheEngine:
             NamespaceNotFoundError: The namespace does not exist.
         """
         state = self._state(namespace)
-        if not normalise_prompt(prompt):
+        if is_blank(prompt):
             return None
         try:
             result = await self.lookup(
@@ -1124,7 +1124,7 @@ class CacheEngine:
         """The vector a store indexes: the caller's (checked), the prompt's embedding, or None."""
         if vector is not None:
             return self._check_vector(state, vector, "vector")
-        if state.embedder is not None and normalise_prompt(prompt):
+        if state.embedder is not None and not is_blank(prompt):
             query = await self._embed(state, prompt)
             return query if _has_direction(query) else None  # no direction: the exact tier only
         if state.embedder_error:
@@ -1514,7 +1514,7 @@ class CacheEngine:
     ) -> np.ndarray[Any, Any] | None:
         if vector is not None:
             return self._check_vector(state, vector, field)
-        if not normalise_prompt(prompt):
+        if is_blank(prompt):
             return None
         if state.embedder is None:
             if state.embedder_error:

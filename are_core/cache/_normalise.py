@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 
-__all__ = ["entry_id_text", "normalise_prompt", "parse_entry_id", "prompt_hash"]
+__all__ = ["entry_id_text", "is_blank", "normalise_prompt", "parse_entry_id", "prompt_hash"]
 
 
 def normalise_prompt(prompt: str) -> str:
@@ -16,6 +16,15 @@ def normalise_prompt(prompt: str) -> str:
     this is ``re.sub(r"\s+", " ", text).strip()`` at a third of the cost.
     """
     return " ".join(unicodedata.normalize("NFC", prompt).split())
+
+
+def is_blank(prompt: str) -> bool:
+    """``not normalise_prompt(prompt)`` without normalising: empty or whitespace alone.
+
+    NFC never empties a string, and ``str.isspace`` is the test ``split()``
+    uses, so the two agree; this one stops at the first other character.
+    """
+    return not prompt or prompt.isspace()
 
 
 def prompt_hash(prompt: str) -> bytes:

@@ -26,6 +26,9 @@ from are_core.cache import (
     NamespaceSettings,
     normalise_prompt,
 )
+from are_core.cache._normalise import (
+    is_blank,
+)
 from are_core.vector import LADDER, wilson_lower_bound
 
 from .conftest import Harness
@@ -63,6 +66,7 @@ def test_normalisation_is_the_regex_one_it_replaced() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
         nfc = unicodedata.normalize("NFC", text)
         assert normalise_prompt(text) == spaces.sub(" ", nfc).strip()
+        assert is_blank(text) == (not normalise_prompt(text))
 
 
 async def test_exact_hit_returns_the_entry_and_its_cost(harness: Harness) -> None:
