@@ -96,6 +96,8 @@ _FIRST_SEARCH = 64
 # Similarities come from float32 dot products of unit vectors: one this close
 # below the threshold reaches it (an identical vector gives 0.99999994).
 _SIMILARITY_TOLERANCE = 1e-6
+# How many agents a NO_ROUTE_ABOVE_THRESHOLD message lists.
+_BEST_BELOW_LISTED = 3
 # Queued ROUTE_DECIDED events commit at once when this many wait. A commit
 # costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
 # groups of 256 (or whatever 100 ms brings) cost a sixth of groups of 64.
@@ -164,18 +166,23 @@ class _Agent:
     def refresh(self) -> None:
         """Recomputes the live fields from the card and the workers."""
         workers = self.workers.values()
+        running: Iterable[_Worker] = workers
         if self.stored is not None:
             self.spec = self.stored.spec
             self.capacity = max(1, self.spec.capacity)
             self.available = not workers or any(w.available for w in workers)
         elif workers:
             self.spec = next(iter(workers)).spec
-            self.capacity = max(1, sum(w.capacity for w in workers))
-            self.available = any(w.available for w in workers)
+            # A worker card's room is that of the workers taking work: a
+            # draining (or stalled) worker's slots, and its tasks, no longer count.
+            taking = [w for w in workers if w.available]
+            running = taking or workers
+            self.capacity = max(1, sum(w.capacity for w in running))
+            self.available = bool(taking)
         else:
             self.available = False  # being dropped
         self.cost = self.spec.cost_per_call_micro_usd
-        self.running = sum(w.running for w in workers)
+        self.running = sum(w.running for w in running)
         self.load = self.running / self.capacity
         self.tier = 2 if not self.available else (1 if self.load >= 1.0 else 0)
 
@@ -809,6 +816,15 @@ class Router:
         eligible = self._eligible(vector, query, threshold, top_k)
         candidates = self._ranked(eligible, query, mode=mode, threshold=threshold, weight=weight, top_k=top_k)
         if candidates is None:
+            # Nothing cleared the threshold among the graph's candidates. The
+            # graph can miss agents (more so once cards were replaced), so an
+            # exact search confirms before the answer is "no route", and
+            # finds the true best below the threshold.
+            eligible = self._eligible(vector, query, threshold, top_k, exact=True)
+            candidates = self._ranked(
+                eligible, query, mode=mode, threshold=threshold, weight=weight, top_k=top_k
+            )
+        if candidates is None:
             candidates = self._best_below(eligible, query, threshold, top_k)
         return RouteResult(candidates=tuple(candidates), mode=mode, threshold=threshold)
 
@@ -870,9 +886,9 @@ class Router:
         for i in ranked[:top_k]:
             agent, similarity = agents[i], similarity_list[i]
             if mode is RouteMode.BEST_MATCH:
-                why = f"similarity {similarity:.3f} above {threshold:.2f}"
+                why = f"similarity {_shown(similarity, threshold)} above {_threshold_text(threshold)}"
             elif agent.cost == cheapest:
-                why = f"cheapest above {threshold:.2f}"
+                why = f"cheapest above {_threshold_text(threshold)}"
             else:
                 why = f"similarity {similarity:.3f}, cost {agent.cost} µUSD"
             candidates.append(self._candidate(agent, similarity, score_list[i], query, above=True, why=why))
@@ -922,18 +938,21 @@ class Router:
         row_agents = self._row_agents
         rows, similarities = eligible.rows.tolist(), eligible.similarities.tolist()
         pairs = [(row_agents[r], s) for r, s in zip(rows, similarities, strict=True)]
-        best_below = sorted(pairs, key=lambda pair: (-pair[1], pair[0].agent_id))
         if not query.include_below_threshold:
-            raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:3]])
-        candidates = [
-            self._candidate(a, s, s, query, above=False, why=f"below threshold {threshold:.2f}")
-            for a, s in best_below[:top_k]
-        ]
-        candidates.sort(key=_rank_key)
-        return candidates
+            best_below = sorted(pairs, key=lambda pair: (-pair[1], pair[0].agent_id))
+            raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:_BEST_BELOW_LISTED]])
+        # As above the threshold: availability tier first, then similarity, then load.
+        pairs.sort(key=lambda pair: (pair[0].tier, -pair[1], pair[0].load, pair[0].agent_id))
+        why = f"below threshold {_threshold_text(threshold)}"
+        return [self._candidate(a, s, s, query, above=False, why=why) for a, s in pairs[:top_k]]
 
-    def _eligible(self, vector: Vector, query: RouteQuery, threshold: float, top_k: int) -> _Scored:
+    def _eligible(
+        self, vector: Vector, query: RouteQuery, threshold: float, top_k: int, *, exact: bool = False
+    ) -> _Scored:
         """The agents the query may route to among the nearest, as rows with exact similarities.
+
+        ``exact`` searches the index by brute force instead of the graph, and
+        deepens until enough rows for a best-below list are kept.
 
         The search result stays in numpy (keys to rows, availability from
         the per-row tiers) unless the query filters by id, capability or
@@ -953,7 +972,7 @@ class Router:
         filtered = bool(query.exclude_agent_ids or required or query.labels or query.capable_only)
         k = min(total, max(_FIRST_SEARCH, 4 * top_k + len(query.exclude_agent_ids)))
         while True:
-            keys, similarities = self._index.search_arrays(vector, k)
+            keys, similarities = self._index.search_arrays(vector, k, exact=exact)
             if filtered or _native is None:
                 rows = self._key_rows.rows(keys)
                 rows = rows[rows >= 0]
@@ -972,7 +991,8 @@ class Router:
             # agent may lie further down) or the filters left too few. The
             # index's similarities are quantised: a tail within its error
             # below the threshold deepens too.
-            if similarities[-1] >= threshold - self._index.similarity_error or rows.size < top_k:
+            wanted = max(top_k, _BEST_BELOW_LISTED) if exact else top_k
+            if similarities[-1] >= threshold - self._index.similarity_error or rows.size < wanted:
                 k = min(total, k * 4)
                 continue
             return eligible
@@ -1574,6 +1594,18 @@ async def _logged(coroutine: Coroutine[Any, Any, None]) -> None:
             await coroutine
         except Exception:  # noqa: BLE001 - a lost route event must not crash the loop
             _log.exception("could not record a routing event")
+
+
+def _threshold_text(threshold: float) -> str:
+    """A threshold for a reason string: 2 decimals ("0.60"), or all it has ("0.957")."""
+    text = f"{threshold:.2f}"
+    return text if float(text) == threshold else f"{threshold:g}"
+
+
+def _shown(similarity: float, threshold: float) -> str:
+    """A similarity for a reason string: 3 decimals, more when rounding would put it below the threshold."""
+    text = f"{similarity:.3f}"
+    return text if float(text) >= threshold else f"{similarity:.6f}"
 
 
 def _outcomes_digest(sequences: Sequence[int]) -> str:

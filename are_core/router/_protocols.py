@@ -34,7 +34,7 @@ class VectorIndexLike(Protocol):
         ...
 
     def search_arrays(
-        self, vector: npt.NDArray[np.float32], k: int
+        self, vector: npt.NDArray[np.float32], k: int, *, exact: bool = False
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
         """As :meth:`search`: the keys and similarities as two arrays, best first."""
         ...

@@ -289,7 +289,7 @@ class VectorIndex:
         return self._search(query, k, exact=exact, threads=1)[0]
 
     def search_arrays(
-        self, vector: np.ndarray[Any, Any], k: int
+        self, vector: np.ndarray[Any, Any], k: int, *, exact: bool = False
     ) -> tuple[np.ndarray[Any, np.dtype[np.uint64]], np.ndarray[Any, np.dtype[np.float32]]]:
         """As :meth:`search`, as two arrays: keys and cosine similarities, best first.
 
@@ -298,10 +298,10 @@ class VectorIndex:
         query = self.query(vector)
         with self._native:
             if k > 0 and len(self._index) and self._overlay is None and not self._hidden:
-                keys, distances, counts = _compiled_search(self._index, query, k, exact=False, threads=1)
+                keys, distances, counts = _compiled_search(self._index, query, k, exact=exact, threads=1)
                 n = int(counts[0])
                 return keys[0, :n].astype(np.uint64), (1.0 - distances[0, :n]).astype(np.float32, copy=False)
-        matches = self._search(query, k, exact=False, threads=1)[0] if k > 0 else []
+        matches = self._search(query, k, exact=exact, threads=1)[0] if k > 0 else []
         return (
             np.fromiter((m[0] for m in matches), dtype=np.uint64, count=len(matches)),
             np.fromiter((m[1] for m in matches), dtype=np.float32, count=len(matches)),

@@ -58,6 +58,9 @@ type RouterServiceClient interface {
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// RouteTask ranks agents for a task description (text or vector) and
 	// returns the top_k. It never picks silently below the threshold.
+	// Candidates come from an approximate (HNSW) index and are rescored
+	// exactly; when none reaches the threshold, an exact search over every
+	// card confirms it (and finds the true best below) before NOT_FOUND.
 	// Errors: NOT_FOUND, reason NO_ROUTE_ABOVE_THRESHOLD, when no eligible
 	// agent reaches the threshold and include_below_threshold is false (the
 	// message lists the best below it); INVALID_ARGUMENT, reason
@@ -215,6 +218,9 @@ type RouterServiceServer interface {
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// RouteTask ranks agents for a task description (text or vector) and
 	// returns the top_k. It never picks silently below the threshold.
+	// Candidates come from an approximate (HNSW) index and are rescored
+	// exactly; when none reaches the threshold, an exact search over every
+	// card confirms it (and finds the true best below) before NOT_FOUND.
 	// Errors: NOT_FOUND, reason NO_ROUTE_ABOVE_THRESHOLD, when no eligible
 	// agent reaches the threshold and include_below_threshold is false (the
 	// message lists the best below it); INVALID_ARGUMENT, reason

@@ -21,6 +21,7 @@ from are_core.router import (
     RouteMode,
     RouteQuery,
     Router,
+    RouteResult,
     RouterLimitError,
     RouterSettings,
 )
@@ -333,3 +334,102 @@ async def test_concurrent_registrations_of_one_new_id_report_it_new_once(router:
     assert stored is not None
     assert router_engine._agent_codec.decode(stored).key == router._agents["dup"].key
     assert router.rank(RouteQuery(vector=unit(1.0, 4.0))).candidates[0].agent_id == "dup"
+
+
+async def test_a_draining_worker_no_longer_counts_toward_its_card_s_room(router: Router) -> None:
+    """w1 drains, w2 is full: the card has no free slot, so it ranks after one that has."""
+    vector = unit(1.0)
+    spec = AgentSpec(agent_id="cls-a", capabilities=("x",), vector=vector)
+    router.update_worker("w1", name="cls-a", capabilities=("x",), running=1, capacity=2, card=spec)
+    router.update_worker("w2", name="cls-a", capabilities=("x",), running=3, capacity=3, card=spec)
+    other = AgentSpec(agent_id="cls-b", capabilities=("x",), vector=vector)
+    router.update_worker("w3", name="cls-b", capabilities=("x",), running=9, capacity=10, card=other)
+    router.update_worker("w1", name="cls-a", capabilities=("x",), running=1, capacity=2, available=False)
+    view = router.get_agent("cls-a")
+    assert view is not None
+    assert view.available
+    assert (view.running, view.capacity) == (3, 3)
+    result = router.rank(RouteQuery(vector=vector, top_k=2, mode=RouteMode.BEST_MATCH))
+    assert [c.agent_id for c in result.candidates] == ["cls-b", "cls-a"]
+    assert "at capacity" in result.candidates[1].reason
+
+
+async def test_reasons_never_contradict_the_numbers(router: Router) -> None:
+    await router.register_agent(AgentSpec(agent_id="fmt", capabilities=("f",), vector=unit(1.0)))
+    query = unit(0.9575, float(np.sqrt(1 - 0.9575**2)))
+    best = router.rank(RouteQuery(vector=query, threshold=0.957, mode=RouteMode.BEST_MATCH)).candidates[0]
+    assert best.reason.startswith("similarity 0.958 above 0.957"), best.reason
+    cheap = router.rank(RouteQuery(vector=query, threshold=0.957)).candidates[0]
+    assert cheap.reason.startswith("cheapest above 0.957"), cheap.reason
+    near = unit(0.9574, float(np.sqrt(1 - 0.9574**2)))
+    close = router.rank(RouteQuery(vector=near, threshold=0.9574, mode=RouteMode.BEST_MATCH)).candidates[0]
+    assert close.reason.startswith("similarity 0.9574"), close.reason  # not "0.957 above 0.9574"
+    assert "above 0.9574" in close.reason
+    assert (
+        router.rank(RouteQuery(vector=query, threshold=0.6))
+        .candidates[0]
+        .reason.startswith("cheapest above 0.60")
+    )
+
+
+async def test_no_route_lists_the_true_best_below_even_through_filters(router: Router) -> None:
+    # 200 cards at falling similarity to (1, 0, ...); three carry the label, one
+    # among the 64 nearest and two far below: the message lists all three.
+    for i in range(200):
+        labels = {"gpu": "yes"} if i in (5, 150, 190) else {}
+        await router.register_agent(
+            AgentSpec(agent_id=f"a{i:03d}", capabilities=("x",), vector=unit(1.0, 0.05 * i), labels=labels)
+        )
+    with pytest.raises(NoRouteError) as caught:
+        router.rank(RouteQuery(vector=unit(1.0), threshold=0.99999, top_k=1, labels={"gpu": "yes"}))
+    assert [agent_id for agent_id, _ in caught.value.best_below] == ["a005", "a150", "a190"]
+
+
+async def test_below_the_threshold_free_agents_rank_before_busy_ones(router: Router) -> None:
+    busy = AgentSpec(agent_id="busy", capabilities=("x",), vector=unit(1.0, 0.1))
+    router.update_worker("wb", name="busy", capabilities=("x",), running=1, capacity=1, card=busy)
+    await router.register_agent(AgentSpec(agent_id="free", capabilities=("x",), vector=unit(1.0, 0.3)))
+    result = router.rank(RouteQuery(vector=unit(1.0), threshold=0.999, top_k=1, include_below_threshold=True))
+    assert [c.agent_id for c in result.candidates] == ["free"]
+    assert not result.candidates[0].above_threshold
+
+
+async def test_no_route_is_confirmed_exactly_after_cards_were_replaced(tmp_path: Path) -> None:
+    """Replacing vectors damages an HNSW graph: a card it can no longer reach must still be found."""
+    dimension, count = 32, 3_000
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(30, dimension))
+
+    def draw(n: int) -> np.ndarray:
+        rows = centres[rng.integers(0, 30, n)] + rng.normal(0, 0.35, (n, dimension))
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = Router(storage, committer, dimension=dimension, embedder=None, index_factory=make_index)
+            await engine.load()
+            vectors = draw(count)
+
+            async def register(i: int) -> None:
+                await engine.register_agent(
+                    AgentSpec(agent_id=f"a{i:05d}", capabilities=("x",), vector=vectors[i].tobytes())
+                )
+
+            for start in range(0, count, 500):
+                await asyncio.gather(*(register(i) for i in range(start, start + 500)))
+            replaced = rng.choice(count, 600, replace=False)
+            vectors[replaced] = draw(600)
+            for start in range(0, 600, 200):
+                await asyncio.gather(*(register(int(i)) for i in replaced[start : start + 200]))
+            for i in range(count):
+                query = RouteQuery(
+                    vector=vectors[i].tobytes(), top_k=1, threshold=0.99, mode=RouteMode.BEST_MATCH
+                )
+                assert router_similarity(engine.rank(query)) >= 0.99, i
+    finally:
+        storage.close()
+
+
+def router_similarity(result: RouteResult) -> float:
+    return result.candidates[0].similarity
