@@ -63,7 +63,10 @@ type CacheServiceClient interface {
 	// selector is given (to clear a namespace, set `all`).
 	InvalidateCache(ctx context.Context, in *InvalidateCacheRequest, opts ...grpc.CallOption) (*InvalidateCacheResponse, error)
 	// GetCacheStats returns hit statistics and savings per namespace, since
-	// the namespace was created (counters survive restarts).
+	// the namespace was created. Counters survive restarts: lookups are
+	// counted in memory and written once a second (and at a clean stop), so a
+	// SIGKILL loses at most the last second of them; stores and removals are
+	// counted with their own commit.
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND when a named namespace
 	// does not exist.
 	GetCacheStats(ctx context.Context, in *GetCacheStatsRequest, opts ...grpc.CallOption) (*GetCacheStatsResponse, error)
@@ -184,7 +187,10 @@ type CacheServiceServer interface {
 	// selector is given (to clear a namespace, set `all`).
 	InvalidateCache(context.Context, *InvalidateCacheRequest) (*InvalidateCacheResponse, error)
 	// GetCacheStats returns hit statistics and savings per namespace, since
-	// the namespace was created (counters survive restarts).
+	// the namespace was created. Counters survive restarts: lookups are
+	// counted in memory and written once a second (and at a clean stop), so a
+	// SIGKILL loses at most the last second of them; stores and removals are
+	// counted with their own commit.
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND when a named namespace
 	// does not exist.
 	GetCacheStats(context.Context, *GetCacheStatsRequest) (*GetCacheStatsResponse, error)

@@ -2237,7 +2237,10 @@ export const CacheServiceService = {
   },
   /**
    * GetCacheStats returns hit statistics and savings per namespace, since
-   * the namespace was created (counters survive restarts).
+   * the namespace was created. Counters survive restarts: lookups are
+   * counted in memory and written once a second (and at a clean stop), so a
+   * SIGKILL loses at most the last second of them; stores and removals are
+   * counted with their own commit.
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND when a named namespace
    * does not exist.
    */
@@ -2318,7 +2321,10 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
   invalidateCache: handleUnaryCall<InvalidateCacheRequest, InvalidateCacheResponse>;
   /**
    * GetCacheStats returns hit statistics and savings per namespace, since
-   * the namespace was created (counters survive restarts).
+   * the namespace was created. Counters survive restarts: lookups are
+   * counted in memory and written once a second (and at a clean stop), so a
+   * SIGKILL loses at most the last second of them; stores and removals are
+   * counted with their own commit.
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND when a named namespace
    * does not exist.
    */
@@ -2413,7 +2419,10 @@ export interface CacheServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * GetCacheStats returns hit statistics and savings per namespace, since
-   * the namespace was created (counters survive restarts).
+   * the namespace was created. Counters survive restarts: lookups are
+   * counted in memory and written once a second (and at a clean stop), so a
+   * SIGKILL loses at most the last second of them; stores and removals are
+   * counted with their own commit.
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND when a named namespace
    * does not exist.
    */

@@ -124,7 +124,10 @@ class CacheServiceServicer:
 
     def GetCacheStats(self, request, context):
         """GetCacheStats returns hit statistics and savings per namespace, since
-        the namespace was created (counters survive restarts).
+        the namespace was created. Counters survive restarts: lookups are
+        counted in memory and written once a second (and at a clean stop), so a
+        SIGKILL loses at most the last second of them; stores and removals are
+        counted with their own commit.
         Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND when a named namespace
         does not exist.
         """
