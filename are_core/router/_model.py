@@ -110,6 +110,9 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
             prompt are not neighbours (they say nothing about it).
         max_outcomes_per_model: Outcomes kept per model; the oldest go first.
         route_ttl_ns: How long a route_id accepts its outcome (7 days).
+        index_rebuild_changes: The agents index is rebuilt in the background
+            once this many card vectors (or an eighth of the index, if more)
+            were removed or replaced since it was built.
         max_routes: Model routes kept at most (about 1 KiB each at 256
             dimensions, reported or not); RouteModel deletes the oldest
             beyond it, whose outcome can then no longer be reported.
@@ -131,6 +134,7 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_outcomes_per_model: int = 10_000
     route_ttl_ns: int = 7 * 24 * 3600 * 1_000_000_000
     max_routes: int = 250_000
+    index_rebuild_changes: int = 1_024
     max_text_chars_embedded: int = 32 * 1024
     route_event_flush_interval_ns: int = 100_000_000
     max_pending_route_events: int = 10_000

@@ -433,3 +433,59 @@ async def test_no_route_is_confirmed_exactly_after_cards_were_replaced(tmp_path:
 
 def router_similarity(result: RouteResult) -> float:
     return result.candidates[0].similarity
+
+
+async def test_the_index_is_rebuilt_after_churn_keeping_changes_made_meanwhile(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                settings=RouterSettings(index_rebuild_changes=8),
+            )
+            await engine.load()
+            for i in range(40):
+                await engine.register_agent(
+                    AgentSpec(agent_id=f"a{i:02d}", capabilities=("x",), vector=unit(1.0, 0.1 * i))
+                )
+            engine.update_worker(
+                "w-old",
+                name="old",
+                capabilities=("x",),
+                card=AgentSpec(agent_id="old", capabilities=("x",), vector=unit(0.0, 0.0, 1.0)),
+            )
+            for i in range(8):  # the eighth replacement starts a rebuild
+                await engine.register_agent(
+                    AgentSpec(agent_id=f"a{i:02d}", capabilities=("x",), vector=unit(0.0, 1.0, 0.1 * i))
+                )
+            assert engine.index_rebuilds == 0
+            # Changes while the rebuild runs are replayed on the new index.
+            engine.update_worker(
+                "w-new",
+                name="new",
+                capabilities=("x",),
+                card=AgentSpec(agent_id="new", capabilities=("x",), vector=unit(0.0, 0.0, 0.0, 1.0)),
+            )
+            engine.remove_worker("w-old")
+            async with asyncio.timeout(10):
+                while engine.index_rebuilds == 0:
+                    await asyncio.sleep(0.01)
+            best = RouteMode.BEST_MATCH
+            assert (
+                engine.rank(RouteQuery(vector=unit(0.0, 0.0, 0.0, 1.0), mode=best)).candidates[0].agent_id
+                == "new"
+            )
+            with pytest.raises(NoRouteError):
+                engine.rank(RouteQuery(vector=unit(0.0, 0.0, 1.0), mode=best, threshold=0.9))
+            for i in range(8):
+                top = engine.rank(RouteQuery(vector=unit(0.0, 1.0, 0.1 * i), mode=best, top_k=1)).candidates[
+                    0
+                ]
+                assert (top.agent_id, round(top.similarity, 5)) == (f"a{i:02d}", 1.0)
+            assert len(engine._index) == engine.agent_count == 41
+    finally:
+        storage.close()
