@@ -820,9 +820,11 @@ class CacheEngine:
             InvalidCacheArgumentError: Neither a prompt (after normalisation) nor a vector was
                 given, or ``vector`` is zero or not finite.
             DimensionMismatchError: ``vector`` is not of the namespace's dimension.
-            EmbedderUnavailableError: Only text was given and the namespace takes caller vectors only.
             EmbedderMismatchError: Only text was given and the configured model no longer fits
                 the namespace.
+
+        Only text, in a namespace that takes caller vectors (or whose model
+        did not load): the exact tier alone answers, or it is a miss.
         """
         state = self._state(namespace)
         if vector is None and is_blank(prompt):
@@ -834,7 +836,10 @@ class CacheEngine:
             if hit is not None:
                 return LookupResult(hit=hit)
         best = 0.0
-        if not exact_only:
+        # Text alone where nothing can embed it ("caller" namespaces, or a
+        # model that did not load): the exact tier is all there is to consult.
+        text_only_exact = vector is None and state.embedder is None and not state.embedder_error
+        if not (exact_only or text_only_exact):
             query = await self._query_vector(state, prompt, vector, "vector")
             if query is not None and len(state.index):
                 needed = state.namespace.similarity_threshold if threshold is None else threshold

@@ -367,8 +367,7 @@ class VectorIndex:
         """
         with self._native:
             hidden = self._hidden
-            # Hidden keys of a view still sit in its graph: ask for a few more.
-            found = _native_search(self._index, queries, k + min(len(hidden), 64), exact, threads)
+            found = self._search_past_hidden(queries, k, exact=exact, threads=threads)
             if self._overlay is None:
                 if not hidden:
                     return found
@@ -380,6 +379,31 @@ class VectorIndex:
             live.sort(key=lambda m: -m[1])
             merged.append(live[:k])
         return merged
+
+    def _search_past_hidden(
+        self, queries: np.ndarray[Any, np.dtype[np.float32]], k: int, *, exact: bool, threads: int
+    ) -> list[list[tuple[int, float]]]:
+        """The view's own matches, enough of them that k remain once its hidden keys are dropped.
+
+        Hidden (removed or replaced) keys of a view still sit in its graph
+        and take places in a result: ask for a few more, and, while a query
+        found fewer than k live keys in a full result, four times as many
+        (at most k plus every hidden key: then k live ones are in it if the
+        view has them). Lock held by the caller.
+        """
+        hidden = self._hidden
+        if not hidden:
+            return _native_search(self._index, queries, k, exact, threads)
+        most = min(k + len(hidden), len(self._index))
+        want = min(k + min(len(hidden), 64), most)
+        while True:
+            found = _native_search(self._index, queries, want, exact, threads)
+            short = any(
+                len(matches) == want and sum(m[0] not in hidden for m in matches) < k for matches in found
+            )
+            if not short or want >= most:
+                return found
+            want = min(want * 4, most)
 
     # -- persistence -----------------------------------------------------
 

@@ -91,10 +91,14 @@ async def test_caller_vectors_dimension_and_embedder_errors(client: Client) -> N
     with pytest.raises(InvalidArgumentError) as caught:
         await client.cache.store(ns, "second", "x", vector=[1.0] * 9)
     _check(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "DIMENSION_MISMATCH", "vector")
-    with pytest.raises(FailedPreconditionError) as precondition:
-        await client.cache.lookup(ns, "text only")
-    _check(precondition.value, grpc.StatusCode.FAILED_PRECONDITION, "EMBEDDER_UNAVAILABLE", None)
+    # Text alone in a caller namespace: the exact tier answers, or it is a miss.
+    assert await client.cache.lookup(ns, "text only") is None
     assert await client.cache.lookup(ns, "text only", exact_only=True) is None
+    await client.cache.store(ns, "text only", "exact answer")
+    hit = await client.cache.lookup(ns, "  text   only ")
+    assert hit is not None
+    assert (hit.tier, hit.data) == ("exact", b'"exact answer"')  # the SDK stores str as JSON
+    await client.cache.invalidate(ns, entry_ids=[hit.entry_id])
     assert (await client.cache.stats(ns))[0].entries == 1  # nothing refused was stored
 
 

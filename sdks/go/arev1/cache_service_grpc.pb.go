@@ -45,10 +45,10 @@ type CacheServiceClient interface {
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
 	// DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
 	// nor vector, threshold out of range) or LIMIT_EXCEEDED;
-	// FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-	// namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
-	// and the model configured for the namespace's embedder now has another
-	// dimension).
+	// FAILED_PRECONDITION, reason EMBEDDER_MISMATCH (text only, and the model
+	// configured for the namespace's embedder now has another dimension). A
+	// text-only lookup in a namespace that takes caller vectors (or whose
+	// model did not load) consults the exact tier alone.
 	LookupCache(ctx context.Context, in *LookupCacheRequest, opts ...grpc.CallOption) (*LookupCacheResponse, error)
 	// StoreCache stores a response under a prompt (and its vector). An entry
 	// with the same normalised prompt in the namespace is replaced.
@@ -169,10 +169,10 @@ type CacheServiceServer interface {
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
 	// DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
 	// nor vector, threshold out of range) or LIMIT_EXCEEDED;
-	// FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-	// namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
-	// and the model configured for the namespace's embedder now has another
-	// dimension).
+	// FAILED_PRECONDITION, reason EMBEDDER_MISMATCH (text only, and the model
+	// configured for the namespace's embedder now has another dimension). A
+	// text-only lookup in a namespace that takes caller vectors (or whose
+	// model did not load) consults the exact tier alone.
 	LookupCache(context.Context, *LookupCacheRequest) (*LookupCacheResponse, error)
 	// StoreCache stores a response under a prompt (and its vector). An entry
 	// with the same normalised prompt in the namespace is replaced.

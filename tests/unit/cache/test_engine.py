@@ -139,9 +139,11 @@ async def test_caller_vectors_and_dimension_checks(harness: Harness) -> None:
     assert (caught.value.field, caught.value.expected, caught.value.got) == ("vector", 8, 7)
     with pytest.raises(DimensionMismatchError):
         await e.store("vec", prompt="p3", vector=np.ones(9, dtype=np.float32))
-    with pytest.raises(EmbedderUnavailableError):
-        await e.lookup("vec", prompt="unknown text")
+    # Text alone in a caller namespace: the exact tier alone, a miss here, counted.
+    misses = e.stats("vec")[0].misses
+    assert (await e.lookup("vec", prompt="unknown text")).hit is None
     assert (await e.lookup("vec", prompt="unknown text", exact_only=True)).hit is None
+    assert e.stats("vec")[0].misses == misses + 2
     assert await e.lookup_for_task("vec", "p2") is not None
     assert await e.lookup_for_task("vec", "unknown text") is None
 

@@ -184,6 +184,31 @@ def test_save_and_restore_by_view_then_write(tmp_path: Path, dtype: str) -> None
     assert 9 not in again
 
 
+def test_a_view_finds_its_live_keys_past_any_number_of_hidden_nearer_ones(tmp_path: Path) -> None:
+    # 100 keys tight around a centre, one live key farther out: once the 100
+    # are removed from a view (hidden in its graph, not gone), k=1 must still
+    # find the live one. A fixed allowance of 64 extra results found none.
+    rng = np.random.default_rng(9)
+    centre = rng.normal(size=16)
+    near = centre + rng.normal(0, 0.01, (100, 16))
+    far = centre + rng.normal(0, 0.4, 16)
+    noise = rng.normal(size=(200, 16))
+    vectors = np.vstack([near, far, noise]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(dimension=16, dtype="f32")
+    index.add(np.arange(len(vectors)), vectors)
+    index.save(tmp_path / "v")
+    view = VectorIndex.restore(tmp_path / "v", dimension=16, dtype="f32", view=True)
+    assert view is not None
+    view.remove(np.arange(100))
+    assert view.is_view
+    query = (centre / np.linalg.norm(centre)).astype(np.float32)
+    assert view.search(query, 1)[0][0] == 100
+    keys, _ = view.search_arrays(query, 3)
+    assert keys[0] == 100
+    assert not set(keys.tolist()) & set(range(100))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_view_takes_changes_in_an_overlay_and_answers_as_a_copy_would(tmp_path: Path, dtype: str) -> None:
     # Above the exact-search size, so the view's graph answers; the overlay is

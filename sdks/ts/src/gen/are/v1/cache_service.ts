@@ -2187,10 +2187,10 @@ export const CacheServiceService = {
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
    * DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
    * nor vector, threshold out of range) or LIMIT_EXCEEDED;
-   * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-   * namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
-   * and the model configured for the namespace's embedder now has another
-   * dimension).
+   * FAILED_PRECONDITION, reason EMBEDDER_MISMATCH (text only, and the model
+   * configured for the namespace's embedder now has another dimension). A
+   * text-only lookup in a namespace that takes caller vectors (or whose
+   * model did not load) consults the exact tier alone.
    */
   lookupCache: {
     path: "/are.v1.CacheService/LookupCache" as const,
@@ -2297,10 +2297,10 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
    * DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
    * nor vector, threshold out of range) or LIMIT_EXCEEDED;
-   * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-   * namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
-   * and the model configured for the namespace's embedder now has another
-   * dimension).
+   * FAILED_PRECONDITION, reason EMBEDDER_MISMATCH (text only, and the model
+   * configured for the namespace's embedder now has another dimension). A
+   * text-only lookup in a namespace that takes caller vectors (or whose
+   * model did not load) consults the exact tier alone.
    */
   lookupCache: handleUnaryCall<LookupCacheRequest, LookupCacheResponse>;
   /**
@@ -2353,10 +2353,10 @@ export interface CacheServiceClient extends Client {
    * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
    * DIMENSION_MISMATCH (field `vector`), INVALID_ARGUMENT (neither prompt
    * nor vector, threshold out of range) or LIMIT_EXCEEDED;
-   * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE (text only, and the
-   * namespace takes caller vectors only) or EMBEDDER_MISMATCH (text only,
-   * and the model configured for the namespace's embedder now has another
-   * dimension).
+   * FAILED_PRECONDITION, reason EMBEDDER_MISMATCH (text only, and the model
+   * configured for the namespace's embedder now has another dimension). A
+   * text-only lookup in a namespace that takes caller vectors (or whose
+   * model did not load) consults the exact tier alone.
    */
   lookupCache(
     request: LookupCacheRequest,
