@@ -90,6 +90,10 @@ _MAX_EXCLUDED_AGENTS = 1000
 _MAX_REQUIRED_CAPABILITIES = 16
 _MAX_MODELS = 256
 _MAX_TIER = 10
+# Expected costs are price x tokens / 1e6 in int64 micro-USD: at these bounds
+# (a billion tokens, $1M per million tokens) the largest is 1e15.
+_MAX_TOKENS = 1_000_000_000
+_MAX_PRICE = 1_000_000_000_000
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
 _DEFAULT_QUALITY_TARGET = 0.8
@@ -511,6 +515,15 @@ def _check_non_negative(value: int, field: str) -> None:
         raise InvalidFieldError(field, f"`{field}` must be at least 0, got {value}")
 
 
+def _check_at_most(value: int, field: str, bound: int) -> None:
+    """0 to ``bound`` (a bound keeps expected costs, price x tokens, inside int64)."""
+    _check_non_negative(value, field)
+    if value > bound:
+        raise InvalidFieldError(
+            field, f"`{field}` is over {bound:,}", reason="LIMIT_EXCEEDED", metadata={"limit": str(bound)}
+        )
+
+
 def _labels(labels: Mapping[str, str], field: str, bound: int = _MAX_LABELS) -> dict[str, str]:
     _check_count(labels, field, bound)
     for key in sorted(labels):
@@ -536,6 +549,8 @@ def _vector(message: common_pb2.Vector, field: str, dimension: int) -> bytes:
         raise InvalidFieldError(
             f"{field}.values[{position}]", f"`{field}.values[{position}]` is not a finite number"
         )
+    if not values.any():
+        raise InvalidFieldError(field, f"`{field}` is all zeros: a vector needs a direction to be compared")
     return values.tobytes()
 
 
@@ -693,8 +708,8 @@ def _route_model_query(
     if not math.isfinite(target) or not 0.0 <= target <= 1.0:
         raise InvalidFieldError("quality_target", f"`quality_target` must be in (0, 1], got {target}")
     _check_ids(request.exclude_model_ids, "exclude_model_ids", _MAX_MODELS)
-    _check_non_negative(request.estimated_input_tokens, "estimated_input_tokens")
-    _check_non_negative(request.estimated_output_tokens, "estimated_output_tokens")
+    _check_at_most(request.estimated_input_tokens, "estimated_input_tokens", _MAX_TOKENS)
+    _check_at_most(request.estimated_output_tokens, "estimated_output_tokens", _MAX_TOKENS)
     return prompt, vector, target or _DEFAULT_QUALITY_TARGET
 
 
@@ -731,14 +746,17 @@ def _models(models: Sequence[router_service_pb2.ModelSpec]) -> list[ModelSpec]:
         seen.add(model.model_id)
         if not 0 <= model.tier <= _MAX_TIER:
             raise InvalidFieldError(
-                f"{field}.tier", f"`{field}.tier` must be 1 to {_MAX_TIER}, got {model.tier}"
+                f"{field}.tier", f"`{field}.tier` must be 1 to {_MAX_TIER} (0 means 1), got {model.tier}"
             )
-        _check_non_negative(
-            model.input_cost_per_million_tokens_micro_usd, f"{field}.input_cost_per_million_tokens_micro_usd"
+        _check_at_most(
+            model.input_cost_per_million_tokens_micro_usd,
+            f"{field}.input_cost_per_million_tokens_micro_usd",
+            _MAX_PRICE,
         )
-        _check_non_negative(
+        _check_at_most(
             model.output_cost_per_million_tokens_micro_usd,
             f"{field}.output_cost_per_million_tokens_micro_usd",
+            _MAX_PRICE,
         )
         prior = model.prior_success_rate
         if not math.isfinite(prior) or not 0.0 <= prior <= 1.0:

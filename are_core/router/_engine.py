@@ -98,6 +98,7 @@ _FIRST_SEARCH = 64
 _SIMILARITY_TOLERANCE = 1e-6
 # How many agents a NO_ROUTE_ABOVE_THRESHOLD message lists.
 _BEST_BELOW_LISTED = 3
+_QUALITY_TOLERANCE = 1e-9
 # Queued ROUTE_DECIDED events commit at once when this many wait. A commit
 # costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
 # groups of 256 (or whatever 100 ms brings) cost a sixth of groups of 64.
@@ -1200,8 +1201,7 @@ class Router:
             quality, samples = model.prior_success_rate, 0
             index = self._outcome_index.get(model.model_id)
             if index is not None and len(index) >= settings.min_outcomes:
-                hits = index.search(vector, settings.outcome_neighbours)
-                near = [(k, s) for k, s in hits if s >= settings.outcome_min_similarity]
+                near = self._nearest_outcomes(index, vector)
                 if len(near) >= settings.min_outcomes:
                     weights = sum(s for _, s in near)
                     quality = sum(s * self._outcome_scores.get(k, 0.0) for k, s in near) / weights
@@ -1217,6 +1217,31 @@ class Router:
             )
         estimates.sort(key=lambda e: (e.expected_cost_micro_usd, e.tier, e.model_id))
         return estimates
+
+    def _nearest_outcomes(self, index: VectorIndexLike, vector: Vector) -> list[tuple[int, float]]:
+        """A model's ``outcome_neighbours`` nearest outcomes at ``outcome_min_similarity`` or more, exactly.
+
+        The index holds its vectors quantised (8-bit), so it only finds
+        candidates (twice as many): their similarities, compared with the
+        cut-off and used as weights, are recomputed from the outcomes'
+        stored float32 prompt vectors.
+        """
+        settings = self.settings
+        hits = index.search(vector, 2 * settings.outcome_neighbours)
+        if not hits:
+            return []
+        with self._storage.read() as view:
+            raws = view.get_many(OUTCOMES_TABLE, [u64_key(key) for key, _ in hits])
+        exact = []
+        for (key, _), raw in zip(hits, raws, strict=True):
+            if raw is None:
+                continue
+            stored = np.frombuffer(_outcome_codec.decode(raw).vector, dtype=np.float32)
+            if stored.shape == vector.shape:
+                exact.append((key, float(stored @ vector)))
+        exact.sort(key=lambda pair: -pair[1])
+        cut = settings.outcome_min_similarity - _SIMILARITY_TOLERANCE
+        return [pair for pair in exact[: settings.outcome_neighbours] if pair[1] >= cut]
 
     async def route_model(
         self,
@@ -1256,7 +1281,8 @@ class Router:
                 "no model of the catalog is eligible: every one is excluded or its context window "
                 f"is below the prompt's {input_tokens} estimated tokens"
             )
-        meeting = [e for e in estimates if e.expected_quality >= quality_target]
+        # A weighted mean of scores equal to the target can round a hair below it.
+        meeting = [e for e in estimates if e.expected_quality >= quality_target - _QUALITY_TOLERANCE]
         if meeting:
             chosen = min(meeting, key=lambda e: (e.expected_cost_micro_usd, -e.expected_quality, e.tier))
             reason = f"cheapest model expected to reach {quality_target:.2f}"
@@ -1386,7 +1412,11 @@ class Router:
             index = self._outcome_index.get(model)
             if index is not None:
                 index.remove([evicted])
-        if fits:
+        if self._catalog is None or all(m.model_id != model for m in self._catalog.models):
+            # The model left the catalog while this report committed: its
+            # outcomes go with it (put_catalog deleted those it knew of).
+            await self._committer.submit(self._storage.batch().delete(OUTCOMES_TABLE, u64_key(sequence)))
+        elif fits:
             self._add_outcome(model, sequence, vector, value)
         return outcome
 

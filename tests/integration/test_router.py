@@ -234,6 +234,11 @@ async def test_register_agent_refuses_bad_cards(
             "INVALID_ARGUMENT",
             "vector.values[5]",
         ),
+        (
+            router_service_pb2.RouteTaskRequest(vector=common_pb2.Vector(values=[0.0] * DIMENSION)),
+            "INVALID_ARGUMENT",
+            "vector",
+        ),
         (router_service_pb2.RouteTaskRequest(text="x", top_k=101), "LIMIT_EXCEEDED", "top_k"),
         (router_service_pb2.RouteTaskRequest(text="x", top_k=-1), "INVALID_ARGUMENT", "top_k"),
         (router_service_pb2.RouteTaskRequest(text="x", mode=9), "INVALID_ARGUMENT", "mode"),
@@ -289,6 +294,11 @@ async def test_route_task_refuses_bad_requests(
             "catalog.models[0].prior_success_rate",
         ),
         ([router_service_pb2.ModelSpec(model_id="a", tier=11)], "INVALID_ARGUMENT", "catalog.models[0].tier"),
+        (
+            [router_service_pb2.ModelSpec(model_id="a", output_cost_per_million_tokens_micro_usd=2**62)],
+            "LIMIT_EXCEEDED",
+            "catalog.models[0].output_cost_per_million_tokens_micro_usd",
+        ),
     ],
 )
 async def test_put_model_catalog_refuses_bad_models(
@@ -375,6 +385,12 @@ async def test_report_outcome_errors(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.router.route_model(unit(1.0, dimension=3))
     assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "DIMENSION_MISMATCH", "vector")
+    # Token estimates are bounded (price x tokens must fit the cost's int64).
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.router.RouteModel(
+            router_service_pb2.RouteModelRequest(prompt="q", estimated_input_tokens=10**10)
+        )
+    assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED", "estimated_input_tokens")
     # A catalog whose every model is excluded is not an empty catalog.
     with pytest.raises(FailedPreconditionError) as caught:
         await client.router.route_model("a short question", exclude_model_ids=["cheap"])

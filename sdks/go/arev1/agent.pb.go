@@ -96,7 +96,8 @@ type AgentCard struct {
 	// first capability of the chosen agent.
 	Capabilities []string `protobuf:"bytes,4,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// An optional caller-computed embedding of the card; its dimension must
-	// equal the router index's (DIMENSION_MISMATCH otherwise).
+	// equal the router index's (DIMENSION_MISMATCH otherwise), and it must
+	// not be all zeros.
 	Vector *Vector `protobuf:"bytes,5,opt,name=vector,proto3" json:"vector,omitempty"`
 	// The typical cost of one call, in micro-US-dollars; at least 0.
 	CostPerCallMicroUsd int64 `protobuf:"varint,6,opt,name=cost_per_call_micro_usd,json=costPerCallMicroUsd,proto3" json:"cost_per_call_micro_usd,omitempty"`

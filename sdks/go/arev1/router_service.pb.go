@@ -568,7 +568,7 @@ type RouteTaskRequest_Text struct {
 }
 
 type RouteTaskRequest_Vector struct {
-	// A vector of the router index's dimension.
+	// A vector of the router index's dimension, not all zeros.
 	Vector *Vector `protobuf:"bytes,2,opt,name=vector,proto3,oneof"`
 }
 
@@ -767,13 +767,14 @@ type ModelSpec struct {
 	// The model's id as the worker will call it (for example
 	// "gpt-4o-mini"), in the id alphabet.
 	ModelId string `protobuf:"bytes,1,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
-	// The model's tier, 1 (cheapest, weakest) to 10 (strongest); breaks ties
-	// between models of equal expected quality and cost.
+	// The model's tier, 1 (cheapest, weakest) to 10 (strongest), 0 meaning
+	// 1; breaks ties between models of equal expected quality and cost.
 	Tier int32 `protobuf:"varint,2,opt,name=tier,proto3" json:"tier,omitempty"`
 	// The price of input tokens, in micro-US-dollars per million tokens
-	// (for example 150,000 for $0.15 per million).
+	// (for example 150,000 for $0.15 per million); at most 10^12.
 	InputCostPerMillionTokensMicroUsd int64 `protobuf:"varint,3,opt,name=input_cost_per_million_tokens_micro_usd,json=inputCostPerMillionTokensMicroUsd,proto3" json:"input_cost_per_million_tokens_micro_usd,omitempty"`
-	// The price of output tokens, in micro-US-dollars per million tokens.
+	// The price of output tokens, in micro-US-dollars per million tokens; at
+	// most 10^12.
 	OutputCostPerMillionTokensMicroUsd int64 `protobuf:"varint,4,opt,name=output_cost_per_million_tokens_micro_usd,json=outputCostPerMillionTokensMicroUsd,proto3" json:"output_cost_per_million_tokens_micro_usd,omitempty"`
 	// The success probability assumed before there is enough history, in
 	// [0, 1]; 0 means 0.5.
@@ -1112,9 +1113,10 @@ type RouteModelRequest struct {
 	ExcludeModelIds []string `protobuf:"bytes,4,rep,name=exclude_model_ids,json=excludeModelIds,proto3" json:"exclude_model_ids,omitempty"`
 	// The expected input tokens, for the expected cost and the context
 	// window check; 0 means estimated from the prompt (4 characters per
-	// token) or unknown for vectors.
+	// token) or unknown for vectors. At most 10^9.
 	EstimatedInputTokens int64 `protobuf:"varint,5,opt,name=estimated_input_tokens,json=estimatedInputTokens,proto3" json:"estimated_input_tokens,omitempty"`
-	// The expected output tokens, for the expected cost; 0 means 500.
+	// The expected output tokens, for the expected cost; 0 means 500. At
+	// most 10^9.
 	EstimatedOutputTokens int64 `protobuf:"varint,6,opt,name=estimated_output_tokens,json=estimatedOutputTokens,proto3" json:"estimated_output_tokens,omitempty"`
 	unknownFields         protoimpl.UnknownFields
 	sizeCache             protoimpl.SizeCache
@@ -1213,7 +1215,7 @@ type RouteModelRequest_Prompt struct {
 }
 
 type RouteModelRequest_Vector struct {
-	// A vector of the router's prompt-index dimension.
+	// A vector of the router's prompt-index dimension, not all zeros.
 	Vector *Vector `protobuf:"bytes,2,opt,name=vector,proto3,oneof"`
 }
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import are_core.router._engine as router_engine
 from are_core.embed import LexicalEmbedder
 from are_core.router import (
+    OUTCOMES_TABLE,
     ROUTES_TABLE,
     TABLES,
     AgentSpec,
@@ -377,3 +379,58 @@ async def test_model_routes_are_bounded_the_oldest_go_first(tmp_path: Path) -> N
             assert storage.count(ROUTES_TABLE) == 5
     finally:
         storage.close()
+
+
+async def test_neighbour_similarities_are_exact_not_the_quantised_index_s(tmp_path: Path) -> None:
+    """Five failures at cosine 0.302 to the query count (cut-off 0.3), though an 8-bit index rounds them."""
+
+    def index_i8(dimension: int) -> VectorIndex:
+        return VectorIndex(dimension=dimension, dtype="i8")
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = Router(storage, committer, dimension=DIMENSION, embedder=None, index_factory=index_i8)
+            await engine.load()
+            await engine.put_catalog([CHEAP])
+            side = float(np.sqrt(1 - 0.302**2))
+            for i in range(5):
+                values = np.zeros(DIMENSION, dtype=np.float32)
+                values[0], values[1 + i] = 0.302, side
+                choice = await engine.route_model(vector=values.tobytes())
+                await engine.report_outcome(choice.route_id, success=False)
+            [estimate] = engine.estimate(np.frombuffer(unit(1.0), dtype=np.float32))
+            assert (estimate.samples, estimate.expected_quality) == (5, 0.0)
+    finally:
+        storage.close()
+
+
+async def test_a_weighted_mean_equal_to_the_target_meets_it(router: Router) -> None:
+    # Six outcomes scored 0.7 at these cosines to the query: their weighted
+    # mean in floating point is 0.6999999999999998, which must still meet 0.7.
+    await router.put_catalog([CHEAP])
+    for j, cosine in enumerate((0.812, 0.632, 0.52, 0.508, 0.899, 0.947)):
+        values = np.zeros(DIMENSION, dtype=np.float32)
+        values[0], values[1 + j] = cosine, np.sqrt(1 - cosine**2)
+        choice = await router.route_model(vector=values.tobytes())
+        await router.report_outcome(choice.route_id, score=0.7)
+    choice = await router.route_model(vector=unit(1.0), quality_target=0.7)
+    assert choice.estimates[0].samples == 6
+    assert choice.target_met, choice.reason
+
+
+async def test_an_outcome_committed_as_its_model_leaves_the_catalog_goes_with_it(router: Router) -> None:
+    await router.put_catalog([CHEAP, STRONG])
+    route = await router.route_model(vector=unit(1.0))
+    # The catalog change commits first; the report, checked before it, commits right after.
+    await asyncio.gather(
+        router.put_catalog([CHEAP]),
+        router.report_outcome(route.route_id, success=False, model_id="strong"),
+    )
+    assert router.outcome_count("strong") == 0
+    await router.put_catalog([CHEAP, STRONG])
+    assert router.outcome_count("strong") == 0
+    assert all(
+        router_engine._outcome_codec.decode(value).model_id != "strong"
+        for _, value in router._storage.scan(OUTCOMES_TABLE)
+    )

@@ -53,7 +53,8 @@ export interface AgentCard {
   capabilities: string[];
   /**
    * An optional caller-computed embedding of the card; its dimension must
-   * equal the router index's (DIMENSION_MISMATCH otherwise).
+   * equal the router index's (DIMENSION_MISMATCH otherwise), and it must
+   * not be all zeros.
    */
   vector:
     | Vector

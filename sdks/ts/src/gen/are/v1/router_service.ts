@@ -105,7 +105,7 @@ export interface RouteTaskRequest {
   text?:
     | string
     | undefined;
-  /** A vector of the router index's dimension. */
+  /** A vector of the router index's dimension, not all zeros. */
   vector?:
     | Vector
     | undefined;
@@ -198,16 +198,19 @@ export interface ModelSpec {
    */
   modelId: string;
   /**
-   * The model's tier, 1 (cheapest, weakest) to 10 (strongest); breaks ties
-   * between models of equal expected quality and cost.
+   * The model's tier, 1 (cheapest, weakest) to 10 (strongest), 0 meaning
+   * 1; breaks ties between models of equal expected quality and cost.
    */
   tier: number;
   /**
    * The price of input tokens, in micro-US-dollars per million tokens
-   * (for example 150,000 for $0.15 per million).
+   * (for example 150,000 for $0.15 per million); at most 10^12.
    */
   inputCostPerMillionTokensMicroUsd: number;
-  /** The price of output tokens, in micro-US-dollars per million tokens. */
+  /**
+   * The price of output tokens, in micro-US-dollars per million tokens; at
+   * most 10^12.
+   */
   outputCostPerMillionTokensMicroUsd: number;
   /**
    * The success probability assumed before there is enough history, in
@@ -264,7 +267,7 @@ export interface RouteModelRequest {
   prompt?:
     | string
     | undefined;
-  /** A vector of the router's prompt-index dimension. */
+  /** A vector of the router's prompt-index dimension, not all zeros. */
   vector?:
     | Vector
     | undefined;
@@ -275,10 +278,13 @@ export interface RouteModelRequest {
   /**
    * The expected input tokens, for the expected cost and the context
    * window check; 0 means estimated from the prompt (4 characters per
-   * token) or unknown for vectors.
+   * token) or unknown for vectors. At most 10^9.
    */
   estimatedInputTokens: number;
-  /** The expected output tokens, for the expected cost; 0 means 500. */
+  /**
+   * The expected output tokens, for the expected cost; 0 means 500. At
+   * most 10^9.
+   */
   estimatedOutputTokens: number;
 }
 
