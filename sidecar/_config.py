@@ -71,6 +71,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     router_threshold: float = 0.5
     router_cost_weight: float = 1.0
     router_mode: str = "cost_biased"
+    router_model_exploration: float = 0.05
     cache_models: str = ""
     cache_search: str = "inline"
     cache_hot_bytes: int = 64 * 1024 * 1024
@@ -407,6 +408,15 @@ OPTIONS: tuple[Option, ...] = (
         "MODE",
     ),
     Option(
+        "router_model_exploration",
+        0.05,
+        "Share of RouteModel calls, in [0, 1], that go to a cheaper model with too little history "
+        "near the prompt (fewer than 5 similar outcomes), so that it gets the outcomes it needs to "
+        "be estimated; 0 never explores.",
+        _bounded_float(0.0, 1.0),
+        "SHARE",
+    ),
+    Option(
         "cache_models",
         "",
         "Local embedding models that cache namespaces may name as their embedder, as "
@@ -544,6 +554,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         router_threshold=values["router_threshold"],
         router_cost_weight=values["router_cost_weight"],
         router_mode=values["router_mode"],
+        router_model_exploration=values["router_model_exploration"],
         cache_models=values["cache_models"],
         cache_search=values["cache_search"],
         cache_hot_bytes=values["cache_hot_bytes"],

@@ -131,6 +131,7 @@ class RouterCapability(Capability):
             threshold=config.router_threshold,
             cost_weight=config.router_cost_weight,
             mode=RouteMode(config.router_mode.upper()),
+            model_exploration=config.router_model_exploration,
         )
         self.engine = Router(
             runtime.storage,

@@ -343,6 +343,7 @@ class Router:
         # commit); entries go when their last holder leaves.
         self._card_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._upkeep = _Upkeep()
+        self._exploration_credit = 0.0
 
     # ------------------------------------------------------------------ load
 
@@ -1218,6 +1219,33 @@ class Router:
         estimates.sort(key=lambda e: (e.expected_cost_micro_usd, e.tier, e.model_id))
         return estimates
 
+    def _explored(self, estimates: Sequence[ModelEstimate], chosen: ModelEstimate) -> ModelEstimate | None:
+        """The model to try instead of ``chosen`` on this call, or None (``model_exploration``).
+
+        Candidates are the models cheaper than the choice with fewer than
+        ``min_outcomes`` similar outcomes: a prior below the target would
+        otherwise keep such a model from ever being chosen, so it would
+        never get the outcomes to be estimated by. A share of the calls
+        that have a candidate (a running credit, not a coin: exactly that
+        share) goes to the cheapest one.
+        """
+        rate = self.settings.model_exploration
+        if rate <= 0.0:
+            return None
+        cheaper = [
+            e
+            for e in estimates
+            if e.samples < self.settings.min_outcomes
+            and e.expected_cost_micro_usd < chosen.expected_cost_micro_usd
+        ]
+        if not cheaper:
+            return None
+        self._exploration_credit += rate
+        if self._exploration_credit < 1.0:
+            return None
+        self._exploration_credit -= 1.0
+        return cheaper[0]  # estimates are cheapest first
+
     def _nearest_outcomes(self, index: VectorIndexLike, vector: Vector) -> list[tuple[int, float]]:
         """A model's ``outcome_neighbours`` nearest outcomes at ``outcome_min_similarity`` or more, exactly.
 
@@ -1293,6 +1321,15 @@ class Router:
             f"{chosen.samples} similar past outcomes" if chosen.samples else "its prior (too little history)"
         )
         reason += f" ({chosen.expected_quality:.2f} from {basis}, {chosen.expected_cost_micro_usd} µUSD)"
+        explored = self._explored(estimates, chosen)
+        if explored is not None:
+            reason = (
+                f"exploring {explored.model_id}, cheaper than {chosen.model_id} but with too little "
+                f"history here to estimate ({explored.samples} similar past outcomes of "
+                f"{self.settings.min_outcomes}): {explored.expected_quality:.2f} from its prior, "
+                f"{explored.expected_cost_micro_usd} µUSD; otherwise: {reason}"
+            )
+            chosen = explored
         now = self._clock()
         route_id = f"r{now // 1_000_000:012x}{secrets.token_hex(6)}"
         record = RouteRecord(
@@ -1320,7 +1357,7 @@ class Router:
             model_id=chosen.model_id,
             expected_quality=chosen.expected_quality,
             expected_cost_micro_usd=chosen.expected_cost_micro_usd,
-            target_met=bool(meeting),
+            target_met=chosen.expected_quality >= quality_target - _QUALITY_TOLERANCE,
             estimates=tuple(estimates),
             reason=reason,
         )

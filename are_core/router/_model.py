@@ -113,6 +113,11 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
         index_rebuild_changes: The agents index is rebuilt in the background
             once this many card vectors (or an eighth of the index, if more)
             were removed or replaced since it was built.
+        model_exploration: The share of RouteModel calls, where a model
+            cheaper than the choice has fewer than ``min_outcomes`` similar
+            outcomes, that go to that model instead (the cheapest such), so
+            that a model whose prior keeps it from being chosen still gets
+            the history to be estimated by; 0 never explores.
         max_routes: Model routes kept at most (about 1 KiB each at 256
             dimensions, reported or not); RouteModel deletes the oldest
             beyond it, whose outcome can then no longer be reported.
@@ -134,6 +139,7 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_outcomes_per_model: int = 10_000
     route_ttl_ns: int = 7 * 24 * 3600 * 1_000_000_000
     max_routes: int = 250_000
+    model_exploration: float = 0.05
     index_rebuild_changes: int = 1_024
     max_text_chars_embedded: int = 32 * 1024
     route_event_flush_interval_ns: int = 100_000_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -434,3 +435,50 @@ async def test_an_outcome_committed_as_its_model_leaves_the_catalog_goes_with_it
         router_engine._outcome_codec.decode(value).model_id != "strong"
         for _, value in router._storage.scan(OUTCOMES_TABLE)
     )
+
+
+async def test_a_cheap_model_below_the_target_is_explored_and_then_learned(tmp_path: Path) -> None:
+    """Cheap model at the default prior (0.5), strong at 0.9, target 0.8: without
+    exploration every prompt goes to the strong model and the cheap one never
+    gets outcomes. A share of the calls explores it; then easy prompts go cheap."""
+    cheap = msgspec.structs.replace(CHEAP, prior_success_rate=0.5)
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            engine = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                settings=RouterSettings(model_exploration=0.25),
+            )
+            await engine.load()
+            await engine.put_catalog([cheap, STRONG])
+            explored = 0
+            for vector, hard in synthetic_prompts(seed=21, n=200):
+                choice = await engine.route_model(vector=vector, quality_target=0.8)
+                explored += choice.reason.startswith("exploring")
+                success = not (hard and choice.model_id == "cheap")
+                await engine.report_outcome(choice.route_id, success=success)
+            assert 0 < explored <= 50  # a quarter of the calls that had a candidate, at most
+            picks: dict[bool, list[str]] = {False: [], True: []}
+            for vector, hard in synthetic_prompts(seed=22, n=20):
+                choice = await engine.route_model(vector=vector, quality_target=0.8)
+                picks[hard].append(choice.model_id)
+            assert picks[False] == ["cheap"] * 10
+            assert picks[True] == ["strong"] * 10
+
+            never = Router(
+                storage,
+                committer,
+                dimension=DIMENSION,
+                embedder=None,
+                index_factory=make_index,
+                settings=RouterSettings(model_exploration=0.0),
+            )
+            await never.load()
+            await never.put_catalog([cheap, STRONG])  # the cheap model's outcomes stay
+            assert never.outcome_count("cheap") > 0
+    finally:
+        storage.close()

@@ -2452,7 +2452,12 @@ export const RouterServiceService = {
    * nearest past prompts (k nearest neighbours in the prompt index); with
    * fewer than 5 such outcomes the model's prior_success_rate is used. If
    * no model is expected to reach the target, the model with the highest
-   * expected quality is chosen and target_met is false.
+   * expected quality is chosen and target_met is false. A share of the
+   * calls (--router-model-exploration, 5% by default) where a cheaper model
+   * has fewer than 5 similar outcomes goes to the cheapest such model
+   * instead, so that a model whose prior keeps it from being chosen still
+   * gets the history to be estimated by; the reason then starts with
+   * "exploring" and target_met reflects that model's estimate.
    * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
    * NO_ELIGIBLE_MODEL (every model excluded or its context window too
    * small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
@@ -2546,7 +2551,12 @@ export interface RouterServiceServer extends UntypedServiceImplementation {
    * nearest past prompts (k nearest neighbours in the prompt index); with
    * fewer than 5 such outcomes the model's prior_success_rate is used. If
    * no model is expected to reach the target, the model with the highest
-   * expected quality is chosen and target_met is false.
+   * expected quality is chosen and target_met is false. A share of the
+   * calls (--router-model-exploration, 5% by default) where a cheaper model
+   * has fewer than 5 similar outcomes goes to the cheapest such model
+   * instead, so that a model whose prior keeps it from being chosen still
+   * gets the history to be estimated by; the reason then starts with
+   * "exploring" and target_met reflects that model's estimate.
    * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
    * NO_ELIGIBLE_MODEL (every model excluded or its context window too
    * small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
@@ -2707,7 +2717,12 @@ export interface RouterServiceClient extends Client {
    * nearest past prompts (k nearest neighbours in the prompt index); with
    * fewer than 5 such outcomes the model's prior_success_rate is used. If
    * no model is expected to reach the target, the model with the highest
-   * expected quality is chosen and target_met is false.
+   * expected quality is chosen and target_met is false. A share of the
+   * calls (--router-model-exploration, 5% by default) where a cheaper model
+   * has fewer than 5 similar outcomes goes to the cheapest such model
+   * instead, so that a model whose prior keeps it from being chosen still
+   * gets the history to be estimated by; the reason then starts with
+   * "exploring" and target_met reflects that model's estimate.
    * Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
    * NO_ELIGIBLE_MODEL (every model excluded or its context window too
    * small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason

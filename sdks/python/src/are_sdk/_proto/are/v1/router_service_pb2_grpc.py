@@ -165,7 +165,12 @@ class RouterServiceServicer:
         nearest past prompts (k nearest neighbours in the prompt index); with
         fewer than 5 such outcomes the model's prior_success_rate is used. If
         no model is expected to reach the target, the model with the highest
-        expected quality is chosen and target_met is false.
+        expected quality is chosen and target_met is false. A share of the
+        calls (--router-model-exploration, 5% by default) where a cheaper model
+        has fewer than 5 similar outcomes goes to the cheapest such model
+        instead, so that a model whose prior keeps it from being chosen still
+        gets the history to be estimated by; the reason then starts with
+        "exploring" and target_met reflects that model's estimate.
         Errors: FAILED_PRECONDITION, reason MODEL_CATALOG_EMPTY (no catalog),
         NO_ELIGIBLE_MODEL (every model excluded or its context window too
         small) or EMBEDDER_UNAVAILABLE; INVALID_ARGUMENT, reason
