@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,3 +64,13 @@ async def router(tmp_path: Path) -> AsyncIterator[Router]:
         await engine.aclose()
         await committer.aclose()
         storage.close()
+
+
+async def open_router(storage: Storage, committer: GroupCommitter, **options: Any) -> Router:
+    """A loaded router over open storage: DIMENSION, no embedder (vectors only), unless given."""
+    options.setdefault("dimension", DIMENSION)
+    options.setdefault("embedder", None)
+    options.setdefault("index_factory", make_index)
+    engine = Router(storage, committer, **options)
+    await engine.load()
+    return engine

@@ -27,7 +27,7 @@ from are_core.router import (
 )
 from are_core.storage import GroupCommitter, Storage
 
-from .conftest import DIMENSION, make_index, unit
+from .conftest import DIMENSION, make_index, open_router, unit
 
 
 async def _register_trio(router: Router) -> None:
@@ -407,8 +407,7 @@ async def test_no_route_is_confirmed_exactly_after_cards_were_replaced(tmp_path:
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = Router(storage, committer, dimension=dimension, embedder=None, index_factory=make_index)
-            await engine.load()
+            engine = await open_router(storage, committer, dimension=dimension)
             vectors = draw(count)
 
             async def register(i: int) -> None:
@@ -439,15 +438,7 @@ async def test_the_index_is_rebuilt_after_churn_keeping_changes_made_meanwhile(t
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = Router(
-                storage,
-                committer,
-                dimension=DIMENSION,
-                embedder=None,
-                index_factory=make_index,
-                settings=RouterSettings(index_rebuild_changes=8),
-            )
-            await engine.load()
+            engine = await open_router(storage, committer, settings=RouterSettings(index_rebuild_changes=8))
             for i in range(40):
                 await engine.register_agent(
                     AgentSpec(agent_id=f"a{i:02d}", capabilities=("x",), vector=unit(1.0, 0.1 * i))

@@ -29,7 +29,7 @@ from are_core.router import (
 from are_core.storage import GroupCommitter, Storage
 from are_core.vector import VectorIndex
 
-from .conftest import DIMENSION, make_index, unit
+from .conftest import DIMENSION, make_index, open_router, unit
 
 CHEAP = ModelSpec(
     model_id="cheap",
@@ -261,31 +261,21 @@ async def test_outcome_sequences_are_never_reused_so_a_stale_index_never_matches
     def restore(path: Path, dimension: int) -> VectorIndex | None:
         return VectorIndex.restore(path, dimension=dimension, dtype="f32")
 
-    async def open_router(storage: Storage, committer: GroupCommitter) -> Router:
-        engine = Router(
-            storage,
-            committer,
-            dimension=DIMENSION,
-            embedder=None,
-            index_factory=make_index,
-            index_dir=tmp_path / "indexes",
-            restore_index=restore,
-        )
-        await engine.load()
-        return engine
+    async def reopen(storage: Storage, committer: GroupCommitter) -> Router:
+        return await open_router(storage, committer, index_dir=tmp_path / "indexes", restore_index=restore)
 
     first, second = unit(1.0), unit(0.0, 1.0)
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = await open_router(storage, committer)
+            engine = await reopen(storage, committer)
             await engine.put_catalog([CHEAP])
             for _ in range(10):
                 choice = await engine.route_model(vector=first)
                 await engine.report_outcome(choice.route_id, score=1.0)
             assert engine.save_indexes() == 2  # a clean stop: the (empty) agents and "cheap"'s outcomes
 
-            engine = await open_router(storage, committer)
+            engine = await reopen(storage, committer)
             await engine.put_catalog([STRONG])  # "cheap" leaves: its outcomes are deleted
             await engine.put_catalog([CHEAP])
             for _ in range(10):
@@ -293,7 +283,7 @@ async def test_outcome_sequences_are_never_reused_so_a_stale_index_never_matches
                 await engine.report_outcome(choice.route_id, score=0.0)
             # No save (a SIGKILL): the manifest of the first stop is still there.
 
-            engine = await open_router(storage, committer)
+            engine = await reopen(storage, committer)
             assert engine.restored_indexes == 1  # the agents index; "cheap"'s outcomes are rebuilt
             near_second = engine.estimate(np.frombuffer(second, dtype=np.float32))[0]
             near_first = engine.estimate(np.frombuffer(first, dtype=np.float32))[0]
@@ -304,11 +294,6 @@ async def test_outcome_sequences_are_never_reused_so_a_stale_index_never_matches
 
 
 async def test_outcomes_of_another_dimension_are_kept_aside_not_deleted(tmp_path: Path) -> None:
-    async def open_router(storage: Storage, committer: GroupCommitter, dimension: int) -> Router:
-        engine = Router(storage, committer, dimension=dimension, embedder=None, index_factory=make_index)
-        await engine.load()
-        return engine
-
     def vector(dimension: int) -> bytes:
         values = np.zeros(dimension, dtype=np.float32)
         values[0] = 1.0
@@ -317,7 +302,7 @@ async def test_outcomes_of_another_dimension_are_kept_aside_not_deleted(tmp_path
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = await open_router(storage, committer, DIMENSION)
+            engine = await open_router(storage, committer)
             await engine.put_catalog([CHEAP])
             for _ in range(6):
                 choice = await engine.route_model(vector=vector(DIMENSION))
@@ -326,7 +311,7 @@ async def test_outcomes_of_another_dimension_are_kept_aside_not_deleted(tmp_path
 
             # The router restarts at another dimension: the history is set aside, and
             # an outcome of a route made before is stored (not an error, not half-applied).
-            other = await open_router(storage, committer, 2 * DIMENSION)
+            other = await open_router(storage, committer, dimension=2 * DIMENSION)
             assert other.outcome_count("cheap") == 0
             await other.report_outcome(pending.route_id, score=0.25)
             assert other.outcome_count("cheap") == 0
@@ -334,7 +319,7 @@ async def test_outcomes_of_another_dimension_are_kept_aside_not_deleted(tmp_path
                 await other.report_outcome(pending.route_id, score=0.25)
 
             # Back at the first dimension, all seven outcomes count again.
-            back = await open_router(storage, committer, DIMENSION)
+            back = await open_router(storage, committer)
             assert back.outcome_count("cheap") == 7
             estimate = back.estimate(np.frombuffer(vector(DIMENSION), dtype=np.float32))[0]
             assert estimate.samples == 7
@@ -347,15 +332,7 @@ async def test_model_routes_are_bounded_the_oldest_go_first(tmp_path: Path) -> N
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = Router(
-                storage,
-                committer,
-                dimension=DIMENSION,
-                embedder=None,
-                index_factory=make_index,
-                settings=RouterSettings(max_routes=5),
-            )
-            await engine.load()
+            engine = await open_router(storage, committer, settings=RouterSettings(max_routes=5))
             await engine.put_catalog([CHEAP])
             routes = [await engine.route_model(vector=unit(1.0)) for _ in range(3)]
             routes += await asyncio.gather(*(engine.route_model(vector=unit(1.0)) for _ in range(5)))
@@ -367,15 +344,7 @@ async def test_model_routes_are_bounded_the_oldest_go_first(tmp_path: Path) -> N
             for kept in routes[3:]:
                 await engine.report_outcome(kept.route_id, success=True)
 
-            again = Router(
-                storage,
-                committer,
-                dimension=DIMENSION,
-                embedder=None,
-                index_factory=make_index,
-                settings=RouterSettings(max_routes=5),
-            )
-            await again.load()
+            again = await open_router(storage, committer, settings=RouterSettings(max_routes=5))
             await again.route_model(vector=unit(1.0))
             assert storage.count(ROUTES_TABLE) == 5
     finally:
@@ -391,8 +360,7 @@ async def test_neighbour_similarities_are_exact_not_the_quantised_index_s(tmp_pa
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = Router(storage, committer, dimension=DIMENSION, embedder=None, index_factory=index_i8)
-            await engine.load()
+            engine = await open_router(storage, committer, index_factory=index_i8)
             await engine.put_catalog([CHEAP])
             side = float(np.sqrt(1 - 0.302**2))
             for i in range(5):
@@ -445,15 +413,7 @@ async def test_a_cheap_model_below_the_target_is_explored_and_then_learned(tmp_p
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:
         async with GroupCommitter(storage) as committer:
-            engine = Router(
-                storage,
-                committer,
-                dimension=DIMENSION,
-                embedder=None,
-                index_factory=make_index,
-                settings=RouterSettings(model_exploration=0.25),
-            )
-            await engine.load()
+            engine = await open_router(storage, committer, settings=RouterSettings(model_exploration=0.25))
             await engine.put_catalog([cheap, STRONG])
             explored = 0
             for vector, hard in synthetic_prompts(seed=21, n=200):
@@ -469,15 +429,7 @@ async def test_a_cheap_model_below_the_target_is_explored_and_then_learned(tmp_p
             assert picks[False] == ["cheap"] * 10
             assert picks[True] == ["strong"] * 10
 
-            never = Router(
-                storage,
-                committer,
-                dimension=DIMENSION,
-                embedder=None,
-                index_factory=make_index,
-                settings=RouterSettings(model_exploration=0.0),
-            )
-            await never.load()
+            never = await open_router(storage, committer, settings=RouterSettings(model_exploration=0.0))
             await never.put_catalog([cheap, STRONG])  # the cheap model's outcomes stay
             assert never.outcome_count("cheap") > 0
     finally:
