@@ -966,14 +966,21 @@ class Scheduler:
             attributes={"are.pool": task.spec.pool, "are.priority": task.spec.priority},
         )
         spec = task.spec
-        if spec.intent and not self._routed(task):
-            return
+        # The cache first: an answer there needs no worker, so no route
+        # either (and a failed routing would use up an attempt for nothing).
         if spec.cache_key is not None and self.cache_lookup is not None and not task.rec.attempt:
             self._look_up(task, spec.cache_key)
-        else:
-            self._enqueue(task, now)
+        elif not self._route_and_enqueue(task, now):
+            return
         if spec.schedule_to_start_s:
             self._at(now + int(spec.schedule_to_start_s * 1e9), "s2s", task, task.token)
+
+    def _route_and_enqueue(self, task: _Task, now: int) -> bool:
+        """Routes an intent (if the task has one) and queues the task; False when routing failed."""
+        if task.spec.intent and not self._routed(task):
+            return False
+        self._enqueue(task, now)
+        return True
 
     def _routed(self, task: _Task) -> bool:
         """Routes an intent to a capability; False when the attempt failed with ROUTING."""
@@ -985,7 +992,7 @@ class Scheduler:
         except RoutingError as error:
             rec.attempt += 1  # a routing failure uses up an attempt, so the policy bounds it
             task.wf.rec.task_attempts += 1
-            failure = Failure(message=str(error)[:1024], type="NO_ROUTE", kind="ROUTING")
+            failure = Failure(message=str(error)[:1024], type="NO_ROUTE_ABOVE_THRESHOLD", kind="ROUTING")
             self._attempt_failed(task, failure, None, 0.0)
             return False
         task.cap = capability
@@ -1019,7 +1026,7 @@ class Scheduler:
         if hit is None:
             namespace = task.spec.cache_key.namespace if task.spec.cache_key else ""
             self._event("TASK_CACHE_MISS", task, attributes={"are.cache.namespace": namespace})
-            self._enqueue(task, now)
+            self._route_and_enqueue(task, now)
         else:
             output, content_type, attributes = hit
             rec.output = output

@@ -102,8 +102,53 @@ async def test_an_intent_is_routed_when_scheduled_and_a_failed_route_uses_an_att
     failed = engine.get_task(wid, "b").record
     assert failed.attempt == 2  # each failed route used an attempt; the policy bounded them
     assert failed.failure is not None
-    assert failed.failure.kind == "ROUTING"
+    assert (failed.failure.kind, failed.failure.type) == ("ROUTING", "NO_ROUTE_ABOVE_THRESHOLD")
     assert routes.count("unknown thing") == 2
+
+
+async def test_the_cache_answers_an_intent_task_before_any_route(engine: Scheduler) -> None:
+    """A cached answer needs no worker: the task completes even when its intent routes nowhere."""
+    routes: list[str] = []
+
+    def route(task: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:
+        routes.append(task.intent)
+        if "unknown" in task.intent:
+            raise RoutingError("nothing clears the threshold")
+        return "writer", {}
+
+    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        await asyncio.sleep(0)
+        return (b'"cached"', "application/json", {}) if key.prompt == "known" else None
+
+    engine.route = route
+    engine.cache_lookup = lookup
+    record, _ = await engine.submit(
+        WorkflowSpec(
+            tasks=(
+                TaskSpec(
+                    task_id="hit",
+                    capability="",
+                    intent="unknown thing",
+                    cache_key=CacheKey(namespace="n", prompt="known"),
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                ),
+                TaskSpec(
+                    task_id="miss",
+                    capability="",
+                    intent="write a poem",
+                    cache_key=CacheKey(namespace="n", prompt="new"),
+                ),
+            )
+        )
+    )
+    wid = record.workflow_id
+    worker = FakeWorker()
+    engine.connect_worker("w", ["writer"], 4, worker.assign, worker.cancel)
+    await settle()
+    hit = engine.get_task(wid, "hit").record
+    assert (hit.state, hit.output, hit.attempt) == ("COMPLETED", b'"cached"', 0)
+    assert routes == ["write a poem"]  # routed after its miss only
+    assert [(a.task_id, a.capability) for a in worker.assignments] == [("miss", "writer")]
 
 
 async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engine: Scheduler) -> None:
