@@ -58,6 +58,8 @@ from are_core.scheduler import (
     CACHE_BLOB_SIZE,
     CACHE_ENTRY_ID,
     CACHE_SAVED_COST,
+    CACHE_SAVED_INPUT_TOKENS,
+    CACHE_SAVED_OUTPUT_TOKENS,
     CACHE_SAVED_TOKENS,
     CacheKey,
     NotImplementedFieldError,
@@ -508,6 +510,8 @@ class Wiring:
             "are.cache.tier": hit.tier,
             "are.cache.similarity": round(hit.similarity, 4),
             CACHE_SAVED_TOKENS: hit.input_tokens + hit.output_tokens,
+            CACHE_SAVED_INPUT_TOKENS: hit.input_tokens,
+            CACHE_SAVED_OUTPUT_TOKENS: hit.output_tokens,
             CACHE_SAVED_COST: hit.cost_micro_usd,
         }
         if hit.blob_sha256:

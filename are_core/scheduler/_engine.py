@@ -185,6 +185,8 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
 CACHE_ENTRY_ID = "are.cache.entry_id"
 CACHE_SAVED_TOKENS = "are.cache.saved_tokens"
 CACHE_SAVED_COST = "are.cache.saved_cost_micro_usd"
+CACHE_SAVED_INPUT_TOKENS = "are.cache.saved_input_tokens"
+CACHE_SAVED_OUTPUT_TOKENS = "are.cache.saved_output_tokens"
 CACHE_BLOB_SHA256 = "are.cache.blob_sha256"
 CACHE_BLOB_SIZE = "are.cache.blob_size_bytes"
 
@@ -1045,7 +1047,13 @@ class Scheduler:
             wf_rec.cache_hits += 1
             wf_rec.cache_saved_tokens += rec.cache_saved_tokens
             wf_rec.cache_saved_cost_micro_usd += rec.cache_saved_cost_micro_usd
-            self._event("TASK_CACHE_HIT", task, task_state="COMPLETED", attributes=attributes)
+            saved = EventUsage(
+                input_tokens=int(attributes.get(CACHE_SAVED_INPUT_TOKENS, 0)),
+                output_tokens=int(attributes.get(CACHE_SAVED_OUTPUT_TOKENS, 0)),
+                cost_micro_usd=rec.cache_saved_cost_micro_usd,
+                llm_calls=1 if rec.cache_saved_tokens or rec.cache_saved_cost_micro_usd else 0,
+            )
+            self._event("TASK_CACHE_HIT", task, task_state="COMPLETED", attributes=attributes, usage=saved)
             self._set_state(task, "COMPLETED", "answered from the cache")
             self._terminal(task)
         self._after_op()

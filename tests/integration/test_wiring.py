@@ -498,6 +498,9 @@ async def test_a_cache_keyed_task_is_answered_from_the_cache_without_dispatch(cl
             await asyncio.sleep(0.05)
     assert len(hits) == 1
     assert _attributes(hits[0])["are.cache.tier"] == "EXACT"
+    # The event's usage is what the hit saved: what the cached answer cost when made.
+    saved = hits[0].usage
+    assert (saved.input_tokens, saved.output_tokens, saved.cost_micro_usd) == (120, 30, 4_500)
     answered = await get_task(client, second, "a")
     assert answered.attempt == 0
     assert answered.cache_entry_id == _attributes(hits[0])["are.cache.entry_id"]

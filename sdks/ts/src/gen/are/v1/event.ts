@@ -141,15 +141,19 @@ export enum EventType {
   EVENT_TYPE_TASK_CANCELLED = 32,
   /**
    * EVENT_TYPE_TASK_CACHE_HIT - A task was answered from the cache without dispatch (COMPLETED). Sets
-   * workflow_id, task_id, task_state, usage (the cost saved). Attributes:
+   * workflow_id, task_id, task_state, usage (the tokens and cost the cached
+   * answer took when it was made: what this hit saved). Attributes:
    * "are.cache.namespace", "are.cache.tier", "are.cache.entry_id",
-   * "are.cache.similarity", and for an answer stored as a blob
+   * "are.cache.similarity", "are.cache.saved_tokens",
+   * "are.cache.saved_input_tokens", "are.cache.saved_output_tokens",
+   * "are.cache.saved_cost_micro_usd", and for an answer stored as a blob
    * "are.cache.blob_sha256", "are.cache.blob_size_bytes".
    */
   EVENT_TYPE_TASK_CACHE_HIT = 33,
   /**
    * EVENT_TYPE_TASK_CACHE_MISS - A task's cache lookup missed and it is dispatched. Sets workflow_id,
-   * task_id. Attributes: "are.cache.namespace", "are.cache.best_similarity".
+   * task_id. Attributes: "are.cache.namespace" (the cache's own CACHE_MISS
+   * event of that lookup carries "are.cache.best_similarity").
    */
   EVENT_TYPE_TASK_CACHE_MISS = 34,
   /**
