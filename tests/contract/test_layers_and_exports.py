@@ -36,6 +36,7 @@ def test_sdk_public_names_are_pinned() -> None:
         "Budget",
         "Cache",
         "CacheHit",
+        "CacheKey",
         "CacheNamespace",
         "CacheStats",
         "CacheStored",

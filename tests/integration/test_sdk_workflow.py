@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from are_sdk import (
+    CacheKey,
+    CacheUsage,
     Client,
     Condition,
     FailedPreconditionError,
@@ -350,3 +352,107 @@ def test_sync_client_returns_plain_values(sidecar: SidecarProcess) -> None:
             assert handle.describe().state is WorkflowState.RUNNING
         finally:
             handle.cancel()
+
+
+async def _stored(client: Client, namespace: str, prompt: str) -> Any:
+    """The entry a task's background store made, once it is there (bounded: 10 s)."""
+    async with asyncio.timeout(10):
+        while True:
+            hit = await client.cache.lookup(namespace, prompt, exact_only=True)
+            if hit is not None:
+                return hit
+            await asyncio.sleep(0.02)
+
+
+async def test_a_task_answered_by_the_cache_completes_without_a_worker(client: Client) -> None:
+    ns = f"sdk-task-cache-{suffix()}"
+    await client.cache.put_namespace(ns)
+    prompt = "Summarise the tides of the Bay of Fundy."
+    entry = await client.cache.store(
+        ns,
+        prompt,
+        {"summary": "very high"},
+        usage=CacheUsage(input_tokens=120, output_tokens=30, cost_micro_usd=900),
+    )
+    cap = f"nobody-{suffix()}"  # no worker ever declares it
+    spec = WorkflowSpec("cached").task(
+        "sum", capability=cap, input={"p": prompt}, cache_key=CacheKey(ns, prompt)
+    )
+    handle = await client.submit_workflow(spec)
+    assert await handle.result(timeout=RESULT_TIMEOUT) == {"summary": "very high"}
+    task = await handle.task("sum")
+    assert task.state is TaskState.COMPLETED
+    assert task.cache_entry_id == entry.entry_id
+    assert (task.attempt, task.worker_id) == (0, "")
+    assert (task.usage.cache_hits, task.usage.task_attempts) == (1, 0)
+    assert (task.usage.cache_saved_tokens, task.usage.cache_saved_cost_micro_usd) == (150, 900)
+    described = await handle.describe()
+    assert (described.usage.cache_saved_tokens, described.usage.cache_saved_cost_micro_usd) == (150, 900)
+    assert task.raw.spec.cache_key.namespace == ns  # the key went over the wire as given
+
+
+async def test_a_cache_miss_is_dispatched_and_its_output_stored_for_the_next_task(client: Client) -> None:
+    ns = f"sdk-task-cache-{suffix()}"
+    await client.cache.put_namespace(ns)
+    prompt = f"Name a colour ({suffix()})."
+    cap = f"colour-{suffix()}"
+    runs: list[str] = []
+
+    async def answer(ctx: TaskContext) -> dict[str, str]:
+        runs.append(ctx.task_id)
+        ctx.report_llm_call("test-model", input_tokens=7, output_tokens=3, cost_micro_usd=40)
+        return {"colour": "teal"}
+
+    key = CacheKey(ns, prompt, exact_only=True, ttl=3600)
+    async with make_worker(client, {cap: answer}):
+        first = await client.submit_workflow(WorkflowSpec("miss").task("ask", capability=cap, cache_key=key))
+        assert await first.result(timeout=RESULT_TIMEOUT) == {"colour": "teal"}
+    assert runs == ["ask"]
+    missed = await first.task("ask")
+    assert (missed.cache_entry_id, missed.usage.cache_hits, missed.usage.cache_saved_tokens) == ("", 0, 0)
+    hit = await _stored(client, ns, prompt)
+    assert hit.value == {"colour": "teal"}
+    assert hit.usage == CacheUsage(input_tokens=7, output_tokens=3, cost_micro_usd=40)
+    # The worker is gone: the same key is now answered by the stored entry.
+    second = await client.submit_workflow(WorkflowSpec("hit").task("ask", capability=cap, cache_key=key))
+    assert await second.result(timeout=RESULT_TIMEOUT) == {"colour": "teal"}
+    answered = await second.task("ask")
+    assert answered.cache_entry_id == hit.entry_id
+    assert (answered.usage.cache_saved_tokens, answered.usage.cache_saved_cost_micro_usd) == (10, 40)
+    assert runs == ["ask"]
+
+
+async def test_a_read_only_cache_key_does_not_store_the_output(client: Client) -> None:
+    ns = f"sdk-task-cache-{suffix()}"
+    await client.cache.put_namespace(ns)
+    cap = f"echo-{suffix()}"
+
+    async def echo(ctx: TaskContext) -> Any:
+        return ctx.input
+
+    async with make_worker(client, {cap: echo}):
+        read_only = WorkflowSpec("ro").task(
+            "t", capability=cap, input="not kept", cache_key=CacheKey(ns, "read only prompt", read_only=True)
+        )
+        assert await (await client.submit_workflow(read_only)).result(timeout=RESULT_TIMEOUT) == "not kept"
+        # A later storing task: once its entry is there, the earlier store would have been too.
+        storing = WorkflowSpec("rw").task(
+            "t", capability=cap, input="kept", cache_key=CacheKey(ns, "stored prompt")
+        )
+        assert await (await client.submit_workflow(storing)).result(timeout=RESULT_TIMEOUT) == "kept"
+    assert (await _stored(client, ns, "stored prompt")).value == "kept"
+    assert await client.cache.lookup(ns, "read only prompt", exact_only=True) is None
+    [stats] = await client.cache.stats(ns)
+    assert stats.entries == 1
+
+
+async def test_cache_key_mistakes_name_the_field(client: Client) -> None:
+    blank = WorkflowSpec().task("a", capability="c", cache_key=CacheKey("some-namespace", "  "))
+    with pytest.raises(WorkflowSpecError) as local:
+        await client.submit_workflow(blank)
+    assert [v.field for v in local.value.field_violations] == ["spec.tasks[0].cache_key.prompt"]
+    unknown = WorkflowSpec().task("a", capability="c", cache_key=CacheKey(f"missing-{suffix()}", "p"))
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.submit_workflow(unknown)
+    assert caught.value.reason == "NAMESPACE_NOT_FOUND"
+    assert [v.field for v in caught.value.field_violations] == ["spec.tasks[0].cache_key.namespace"]

@@ -81,6 +81,7 @@ from are_sdk._workflow import (
 )
 from are_sdk._workflow_spec import (
     Budget,
+    CacheKey,
     ComparisonOperator,
     Condition,
     RetryPolicy,
@@ -119,6 +120,7 @@ __all__ = [
     "Budget",
     "Cache",
     "CacheHit",
+    "CacheKey",
     "CacheNamespace",
     "CacheStats",
     "CacheStored",

@@ -17,8 +17,9 @@ tier (embedding similarity over the namespace's threshold)::
     result.value, result.hit
 
 The helper never loses an answer it paid for (a failed store is logged, not
-raised), and concurrent calls for the same prompt in one client share one
-LLM call.
+raised), concurrent calls for the same prompt in one client share one LLM
+call, and it returns the same value on a miss as on a later hit (the call's
+result after the encoding round trip a stored answer makes).
 
 Values are encoded like every payload of the SDK (:mod:`are_sdk._payload`):
 JSON by default, ``bytes`` raw, :class:`~are_sdk.RawPayload` as given.
@@ -185,7 +186,11 @@ class CacheStats:
 
 @dataclass(frozen=True, slots=True)
 class CachedResult(Generic[T]):
-    """What :meth:`Cache.get_or_call` returns: the value, and the hit if the cache answered."""
+    """What :meth:`Cache.get_or_call` returns: the value, and the hit if the cache answered.
+
+    ``value`` is the same on a miss as on a hit: the answer decoded from the
+    encoding it is stored in (see :meth:`Cache.get_or_call`).
+    """
 
     value: T
     hit: CacheHit | None = None
@@ -228,9 +233,10 @@ class Cache:
     def __init__(self, raw: ServiceClient, blobs: StateBlobs | None = None) -> None:
         self._raw = raw
         self._blobs = blobs
-        # get_or_call calls under way, by (namespace, normalised prompt): one entry per
-        # distinct prompt being answered now, removed when its call ends.
-        self._flights: dict[tuple[str, str], _Flight] = {}
+        # get_or_call calls under way, by what decides their answer (see _FlightKey): one
+        # entry per distinct question being answered now, removed when its call ends or
+        # the moment its last caller gives up on it.
+        self._flights: dict[_FlightKey, _Flight] = {}
 
     async def lookup(
         self,
@@ -472,12 +478,22 @@ class Cache:
     ) -> CachedResult[Any]:
         """Looks the prompt up; on a miss awaits ``call()`` and stores its result.
 
-        Concurrent calls of one client for the same namespace and prompt
+        Concurrent calls of one client that ask the same question share one
+        look-up and one ``call()``: the same namespace, the same prompt
         (equal once normalised as the sidecar does: Unicode NFC, whitespace
-        collapsed) share one look-up and one ``call()``: the first caller's
-        arguments are used, and every caller gets its result, or its
-        exception (then nothing is stored). Cancelling a caller cancels the
-        shared call only when no other caller still waits for it.
+        collapsed), the same ``vector`` and the same ``threshold``. The first
+        caller's other arguments (``call``, ``ttl``, ``metadata``, ``usage``)
+        are used, and every caller gets its result, or its exception (then
+        nothing is stored). Cancelling a caller cancels the shared call only
+        when no other caller still waits for it; a call arriving after that
+        starts a call of its own.
+
+        On a miss the value returned is the call's result as a later hit
+        will return it: encoded as it is stored (JSON by default, ``bytes``
+        raw) and decoded back, so a tuple comes back as a list, ``bytes`` as
+        a :class:`~are_sdk.RawPayload`, and so on, on the miss and on the
+        hit alike. A result that cannot be encoded is returned as it is, and
+        not stored.
 
         A store that fails after the call (the response is over the
         namespace's ``max_bytes``, the sidecar is busy or gone) is logged as
@@ -486,20 +502,37 @@ class Cache:
 
         Args:
             namespace: The namespace.
-            prompt: The prompt (the cache key).
+            prompt: The prompt (the cache key); it must not be blank, since
+                the answer is stored under it.
             call: Any async LLM call; awaited only on a miss.
             vector: The prompt's embedding, when you compute your own.
             threshold: The similarity a semantic hit needs.
             ttl: Time to live of a stored result.
             metadata: Metadata of a stored result.
-            usage: Its tokens and cost, or a function computing them from the result.
+            usage: Its tokens and cost, or a function computing them from the
+                call's result (as the call returned it).
 
         Returns:
-            The cached value (decoded) and the hit, or the call's result and the stored entry.
+            The cached value (decoded) and the hit, or the call's result
+            (decoded as a hit would be) and the stored entry.
+
+        Raises:
+            ValueError: The prompt is empty or whitespace alone.
         """
-        key = (namespace, _normalise(prompt))
+        normalised = _normalise(prompt)
+        if not normalised:
+            raise ValueError(
+                "get_or_call needs a prompt: the answer is stored under it (StoreCache requires "
+                "`prompt`); use lookup() and store() directly to look up by vector alone"
+            )
+        key: _FlightKey = (
+            namespace,
+            normalised,
+            None if vector is None else tuple(float(x) for x in vector),
+            None if threshold is None else float(threshold),
+        )
         flight = self._flights.get(key)
-        if flight is None:
+        if flight is None or flight.task.done():  # never join a call that has ended (or been cancelled)
             task = asyncio.ensure_future(
                 self._look_up_or_call(
                     namespace,
@@ -520,9 +553,14 @@ class Cache:
         finally:
             flight.waiters -= 1
             if not flight.waiters and not flight.task.done():
-                flight.task.cancel()  # every caller gave up on it
+                # Every caller gave up on it: forget it now, not when the cancellation lands,
+                # so that a caller arriving meanwhile starts its own call instead of joining
+                # one that will only raise CancelledError.
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+                flight.task.cancel()
 
-    def _landed(self, key: tuple[str, str], flight: _Flight, task: asyncio.Future[Any]) -> None:
+    def _landed(self, key: _FlightKey, flight: _Flight, task: asyncio.Future[Any]) -> None:
         """Forgets a finished shared call (and retrieves an exception nobody awaited)."""
         if self._flights.get(key) is flight:
             del self._flights[key]
@@ -546,14 +584,21 @@ class Cache:
             return CachedResult(value=hit.value, hit=hit)
         value = await call()
         try:
+            # Encoded once, for the store and for the value returned: what a hit will return.
+            payload = encode_payload(value)
+        except TypeError as error:
+            _log.warning(f"cache: the answer to a prompt in {namespace!r} was not stored: {error}")
+            return CachedResult(value=value)
+        returned = decode_payload(payload)
+        try:
             spent = usage(value) if callable(usage) else usage
             stored = await self.store(
-                namespace, prompt, value, vector=vector, ttl=ttl, metadata=metadata, usage=spent
+                namespace, prompt, payload, vector=vector, ttl=ttl, metadata=metadata, usage=spent
             )
         except Exception as error:  # noqa: BLE001 - the answer was paid for: return it anyway
             _log.warning(f"cache: the answer to a prompt in {namespace!r} was not stored: {error}")
-            return CachedResult(value=value)
-        return CachedResult(value=value, stored=stored)
+            return CachedResult(value=returned)
+        return CachedResult(value=returned, stored=stored)
 
     def cached(
         self,
@@ -564,6 +609,12 @@ class Cache:
         usage: Callable[[Any], CacheUsage] | None = None,
     ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[Any]]]:
         """A decorator caching an async function by the prompt its arguments make.
+
+        The decorated function returns what :meth:`get_or_call` returns as
+        ``value``: the same on a miss as on a hit, i.e. the function's
+        result after the encoding round trip of a stored answer (a tuple
+        comes back as a list, ``bytes`` as a :class:`~are_sdk.RawPayload`).
+        A prompt that is blank raises ValueError before the function runs.
 
         Example::
 
@@ -586,6 +637,10 @@ class Cache:
             return wrapper
 
         return decorate
+
+
+# What decides a get_or_call's answer: namespace, normalised prompt, vector, threshold.
+_FlightKey = tuple[str, str, tuple[float, ...] | None, float | None]
 
 
 class _Flight:

@@ -11,6 +11,9 @@
     )
     handle = await client.submit_workflow(spec)
 
+A task with a :class:`CacheKey` is answered from the semantic cache when it
+can be, without being dispatched (``cache_key=CacheKey("gpt-4o:sys1", prompt)``).
+
 The builder checks the mistakes that are cheap to see on the client (task ids,
 duplicates, unknown dependencies, cycles, a task's target) and raises
 :class:`WorkflowSpecError` naming the field as the sidecar would
@@ -37,6 +40,7 @@ from are_sdk._proto.are.v1 import common_pb2, task_pb2, workflow_pb2
 
 __all__ = [
     "Budget",
+    "CacheKey",
     "ComparisonOperator",
     "Condition",
     "Duration",
@@ -224,6 +228,43 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheKey:
+    """Lets the scheduler answer a task from the semantic cache (``are.v1.TaskCacheKey``).
+
+    When the task becomes ready the scheduler looks ``prompt`` up in
+    ``namespace``: on a hit the task completes with the cached response as
+    its output without being dispatched (its :class:`~are_sdk.TaskInfo` names
+    the entry in ``cache_entry_id`` and its usage counts the savings); on a
+    miss it is dispatched and, unless ``read_only``, its successful output is
+    stored under the prompt with the usage its worker reported as the
+    entry's cost.
+
+    Attributes:
+        namespace: The cache namespace; it must exist when the workflow is submitted.
+        prompt: The prompt text that identifies the answer, at most 1 MiB.
+        exact_only: Consult the exact tier only (no semantic near-matches).
+        read_only: Do not store the task's output after a miss.
+        ttl: The time to live of a stored entry; None means the namespace's default.
+    """
+
+    namespace: str
+    prompt: str
+    exact_only: bool = False
+    read_only: bool = False
+    ttl: Duration | None = None
+
+    def to_proto(self) -> Any:
+        """The ``are.v1.TaskCacheKey`` message."""
+        return task_pb2.TaskCacheKey(
+            namespace=self.namespace,
+            prompt=self.prompt,
+            exact_only=self.exact_only,
+            read_only=self.read_only,
+            ttl=to_duration(self.ttl),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One task of a workflow: what runs, on what input, after what, under which limits.
 
@@ -256,6 +297,7 @@ class TaskSpec:
     output_state_pointer: str = ""
     exclude_dependency_outputs: bool = False
     display_name: str = ""
+    cache_key: CacheKey | None = None
 
     def to_proto(self) -> Any:
         """The ``are.v1.TaskSpec`` message (without validation; see :meth:`WorkflowSpec.validate`)."""
@@ -278,6 +320,7 @@ class TaskSpec:
             output_state_pointer=self.output_state_pointer,
             exclude_dependency_outputs=self.exclude_dependency_outputs,
             display_name=self.display_name,
+            cache_key=self.cache_key.to_proto() if self.cache_key is not None else None,
         )
         if self.capability is not None:
             message.capability = self.capability
@@ -337,6 +380,11 @@ def _task_fields(task: TaskSpec, path: str) -> list[FieldViolation]:
         _trigger_rule(task.trigger_rule)
     except ValueError as error:
         violations.append(FieldViolation(f"{path}.trigger_rule", str(error)))
+    if task.cache_key is not None:
+        if not task.cache_key.namespace:
+            violations.append(FieldViolation(f"{path}.cache_key.namespace", "a cache key needs a namespace"))
+        if not task.cache_key.prompt.strip():
+            violations.append(FieldViolation(f"{path}.cache_key.prompt", "a cache key needs a prompt"))
     return violations
 
 
@@ -469,6 +517,7 @@ class WorkflowSpec:
         output_state_pointer: str = "",
         exclude_dependency_outputs: bool = False,
         display_name: str = "",
+        cache_key: CacheKey | None = None,
     ) -> Self:
         """Adds one task (see :class:`TaskSpec` for the fields) and returns the builder."""
         return self.add(
@@ -495,6 +544,7 @@ class WorkflowSpec:
                 output_state_pointer=output_state_pointer,
                 exclude_dependency_outputs=exclude_dependency_outputs,
                 display_name=display_name,
+                cache_key=cache_key,
             )
         )
 

@@ -163,6 +163,10 @@ class UsageInfo:
     cache_hits: int = 0
     tasks_completed: int = 0
     tasks_failed: int = 0
+    cache_saved_tokens: int = 0
+    """Tokens not spent thanks to cache hits (input plus output, as recorded with the entries)."""
+    cache_saved_cost_micro_usd: int = 0
+    """Cost not spent thanks to cache hits, in micro-US-dollars."""
 
     @classmethod
     def from_proto(cls, summary: Any) -> UsageInfo:
@@ -179,6 +183,8 @@ class UsageInfo:
             cache_hits=summary.cache_hits,
             tasks_completed=summary.tasks_completed,
             tasks_failed=summary.tasks_failed,
+            cache_saved_tokens=summary.cache_saved_tokens,
+            cache_saved_cost_micro_usd=summary.cache_saved_cost_micro_usd,
         )
 
 
@@ -331,6 +337,8 @@ class TaskInfo:
         idempotency_key: The key shared by every attempt.
         create_time: When it was created.
         close_time: When it reached a terminal state.
+        cache_entry_id: The cache entry that answered it, when it completed
+            from the cache without being dispatched ("" otherwise).
         raw: The ``are.v1.Task`` message.
     """
 
@@ -352,6 +360,7 @@ class TaskInfo:
     idempotency_key: str
     create_time: datetime | None
     close_time: datetime | None
+    cache_entry_id: str
     raw: Any = field(repr=False, compare=False)
 
     @classmethod
@@ -377,6 +386,7 @@ class TaskInfo:
             idempotency_key=task.idempotency_key,
             create_time=timestamp(task, "create_time"),
             close_time=timestamp(task, "close_time"),
+            cache_entry_id=task.cache_entry_id,
             raw=task,
         )
 
