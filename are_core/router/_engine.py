@@ -98,6 +98,8 @@ _FIRST_SEARCH = 64
 _SIMILARITY_TOLERANCE = 1e-6
 # How many agents a NO_ROUTE_ABOVE_THRESHOLD message lists.
 _BEST_BELOW_LISTED = 3
+# Candidates an intent looks through for one a connected worker serves.
+_INTENT_CANDIDATES = 8
 _QUALITY_TOLERANCE = 1e-9
 # Queued ROUTE_DECIDED events commit at once when this many wait. A commit
 # costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
@@ -804,7 +806,11 @@ class Router:
         TASK_ROUTED event) and dispatches to ``candidate.capability``.
         Unavailable agents, and cards declaring no capability (no worker
         class to dispatch to), are never chosen; agents at capacity only
-        when nothing else clears the threshold.
+        when nothing else clears the threshold. Among the best
+        ``_INTENT_CANDIDATES`` above it, the first whose capability a
+        connected worker serves now wins over a card nobody serves yet (a
+        registered card with no workers): a task queued for a capability
+        no worker serves would wait for one.
 
         Raises:
             NoRouteError: Nothing clears the threshold (fail the task with
@@ -814,7 +820,7 @@ class Router:
         result = self.rank(
             RouteQuery(
                 text=text,
-                top_k=1,
+                top_k=_INTENT_CANDIDATES,
                 mode=RouteMode.COST_BIASED,
                 exclude_agent_ids=frozenset(exclude_agent_ids),
                 required_capabilities=tuple(required_capabilities),
@@ -822,7 +828,17 @@ class Router:
                 capable_only=True,
             )
         )
-        return result.candidates[0]
+        above = [c for c in result.candidates if c.above_threshold]
+        served = next((c for c in above if self._served(c.capability)), None)
+        return served or result.candidates[0]
+
+    def _served(self, capability: str) -> bool:
+        """Whether a connected worker taking work declares ``capability`` now."""
+        for key in self._by_capability.get(capability, ()):
+            agent = self._by_key.get(key)
+            if agent is not None and any(w.available for w in agent.workers.values()):
+                return True
+        return False
 
     def rank(self, query: RouteQuery) -> RouteResult:
         """Ranks agents for a query without recording anything (see :meth:`route_task`)."""

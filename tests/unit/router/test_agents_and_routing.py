@@ -480,3 +480,23 @@ async def test_the_index_is_rebuilt_after_churn_keeping_changes_made_meanwhile(t
             assert len(engine._index) == engine.agent_count == 41
     finally:
         storage.close()
+
+
+async def test_an_intent_goes_to_a_capability_a_worker_serves_before_a_cheaper_unserved_card(
+    router: Router,
+) -> None:
+    text = "translate french documents"
+    await router.register_agent(
+        AgentSpec(agent_id="ghost", description=text, capabilities=("cap-ghost",), cost_per_call_micro_usd=1)
+    )
+    # Nobody serves anything yet: the best card it is (its workers may come).
+    assert router.route_for_intent(text).capability == "cap-ghost"
+    live = AgentSpec(
+        agent_id="live", description=text, capabilities=("cap-live",), cost_per_call_micro_usd=100
+    )
+    router.update_worker("w1", name="live", capabilities=("cap-live",), card=live)
+    chosen = router.route_for_intent(text)
+    assert (chosen.agent_id, chosen.capability) == ("live", "cap-live")
+    # A worker serving the ghost's capability makes it the (cheaper) choice again.
+    router.update_worker("w2", name="ghost-worker", capabilities=("cap-ghost",))
+    assert router.route_for_intent(text).capability == "cap-ghost"
