@@ -101,6 +101,13 @@ func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
 		if last != nil {
 			cursor = last
 		}
+		if errors.Is(err, ErrDeadlineExceeded) {
+			// The deadline gRPC sent with the stream can end it a moment before
+			// ctx's own timer fires: the caller's deadline it is all the same.
+			if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < time.Second {
+				<-ctx.Done()
+			}
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("are: workflow %s did not close: %w", h.ID, ctx.Err())
 		}
