@@ -12,5 +12,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # Each sidecar test starts its own Python sidecar. With all 18 at once on a
 # 2-core machine, failing_handler_fails_by_the_retry_policy::unary stalled
 # past its 60 s wait in 2 runs of 4 (likely a 2 s long poll answered after its
-# deadline, stranding its task until the lease ends), so cap them.
-cargo test --locked -- --test-threads="${ARE_TEST_THREADS:-4}"
+# deadline, stranding its task until the lease ends), so cap them; at 4 it
+# happened again once (the client's margin past the deadline is now wider
+# too, see POLL_ANSWER_MARGIN).
+cargo test --locked -- --test-threads="${ARE_TEST_THREADS:-2}"

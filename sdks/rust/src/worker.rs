@@ -381,6 +381,8 @@ pub struct Worker {
 }
 
 const MAX_POLL_TASKS: usize = 100;
+/// How long past a poll's deadline its answer is still awaited (see `poll`).
+const POLL_ANSWER_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -501,9 +503,14 @@ impl Worker {
                 identity: self.options.identity.clone(),
             });
             req.set_timeout(self.options.poll_timeout);
-            // Not cancelled by shutdown (see poll_timeout), but bounded.
+            // Not cancelled by shutdown (see poll_timeout), but bounded. The
+            // sidecar answers a second before the deadline it was sent; the
+            // margin past that deadline is wide, because an answer this side
+            // gives up on after the sidecar sent it is lost to both (its
+            // tasks wait out their start-to-close timeout): seen on a loaded
+            // CI machine with a 1 s margin.
             let polled = tokio::time::timeout(
-                self.options.poll_timeout + Duration::from_secs(1),
+                self.options.poll_timeout + POLL_ANSWER_MARGIN,
                 stub.poll_task(req),
             )
             .await;
