@@ -45,6 +45,7 @@ _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 HEARTBEAT_INTERVAL_S = 10.0
 MAX_ASSIGNMENTS_PER_BATCH = 256
 REGISTER_TIMEOUT_S = 10.0
+_POLL_MARGIN_MAX_S = 5.0  # the most a long poll answers before its caller's deadline
 _DRAIN_CHECK_S = 0.02  # how often a draining sidecar looks for streams it may end
 _REPORTABLE = frozenset({"LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"})
 _COMPLETION = worker_service_pb2.ACK_SUBJECT_COMPLETION
@@ -551,7 +552,11 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         except SpecError as error:
             await abort_for(context, error)
         remaining = context.time_remaining()
-        wait = 60.0 if remaining is None else max(0.0, min(60.0, remaining - 1.0))
+        # Answer well before the caller's deadline: an answer that reaches a
+        # caller who already gave up is lost to both, and its tasks wait out
+        # their start-to-close timeout. A quarter of the time left, 1 to 5 s.
+        margin = 1.0 if remaining is None else min(_POLL_MARGIN_MAX_S, max(1.0, remaining / 4))
+        wait = 60.0 if remaining is None else max(0.0, min(60.0, remaining - margin))
         worker_id, assignments = await self._engine.poll(
             request.worker_name, list(request.capabilities), request.max_tasks or 1, wait
         )

@@ -62,8 +62,9 @@ type WorkerServiceClient interface {
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 	// PollTask waits for up to max_tasks assignments for the given
 	// capabilities (long poll). It returns as soon as at least one task is
-	// assigned, or with none shortly (about 1 second) before the call's
-	// deadline, and at the latest after 60 seconds. Tasks received this way
+	// assigned, or with none shortly before the call's deadline (a quarter of
+	// the time the call was given, 1 to 5 seconds), and at the latest after
+	// 60 seconds. Tasks received this way
 	// are leased until their heartbeat_timeout (or start_to_close_timeout)
 	// passes without news.
 	// Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
@@ -197,8 +198,9 @@ type WorkerServiceServer interface {
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	// PollTask waits for up to max_tasks assignments for the given
 	// capabilities (long poll). It returns as soon as at least one task is
-	// assigned, or with none shortly (about 1 second) before the call's
-	// deadline, and at the latest after 60 seconds. Tasks received this way
+	// assigned, or with none shortly before the call's deadline (a quarter of
+	// the time the call was given, 1 to 5 seconds), and at the latest after
+	// 60 seconds. Tasks received this way
 	// are leased until their heartbeat_timeout (or start_to_close_timeout)
 	// passes without news.
 	// Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.

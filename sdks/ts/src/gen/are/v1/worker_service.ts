@@ -3193,8 +3193,9 @@ export const WorkerServiceService = {
   /**
    * PollTask waits for up to max_tasks assignments for the given
    * capabilities (long poll). It returns as soon as at least one task is
-   * assigned, or with none shortly (about 1 second) before the call's
-   * deadline, and at the latest after 60 seconds. Tasks received this way
+   * assigned, or with none shortly before the call's deadline (a quarter of
+   * the time the call was given, 1 to 5 seconds), and at the latest after
+   * 60 seconds. Tasks received this way
    * are leased until their heartbeat_timeout (or start_to_close_timeout)
    * passes without news.
    * Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
@@ -3296,8 +3297,9 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
   /**
    * PollTask waits for up to max_tasks assignments for the given
    * capabilities (long poll). It returns as soon as at least one task is
-   * assigned, or with none shortly (about 1 second) before the call's
-   * deadline, and at the latest after 60 seconds. Tasks received this way
+   * assigned, or with none shortly before the call's deadline (a quarter of
+   * the time the call was given, 1 to 5 seconds), and at the latest after
+   * 60 seconds. Tasks received this way
    * are leased until their heartbeat_timeout (or start_to_close_timeout)
    * passes without news.
    * Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
@@ -3357,8 +3359,9 @@ export interface WorkerServiceClient extends Client {
   /**
    * PollTask waits for up to max_tasks assignments for the given
    * capabilities (long poll). It returns as soon as at least one task is
-   * assigned, or with none shortly (about 1 second) before the call's
-   * deadline, and at the latest after 60 seconds. Tasks received this way
+   * assigned, or with none shortly before the call's deadline (a quarter of
+   * the time the call was given, 1 to 5 seconds), and at the latest after
+   * 60 seconds. Tasks received this way
    * are leased until their heartbeat_timeout (or start_to_close_timeout)
    * passes without news.
    * Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.

@@ -118,8 +118,9 @@ class WorkerServiceServicer:
     def PollTask(self, request, context):
         """PollTask waits for up to max_tasks assignments for the given
         capabilities (long poll). It returns as soon as at least one task is
-        assigned, or with none shortly (about 1 second) before the call's
-        deadline, and at the latest after 60 seconds. Tasks received this way
+        assigned, or with none shortly before the call's deadline (a quarter of
+        the time the call was given, 1 to 5 seconds), and at the latest after
+        60 seconds. Tasks received this way
         are leased until their heartbeat_timeout (or start_to_close_timeout)
         passes without news.
         Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
