@@ -1414,7 +1414,7 @@ class Router:
         now = self._clock()
         route = self._reportable_route(route_id, now)
         model = model_id or route.model_id
-        if self._catalog is None or all(m.model_id != model for m in self._catalog.models):
+        if not self._in_catalog(model):
             raise ModelNotInCatalogError(model)
         vector = np.frombuffer(route.vector, dtype=np.float32)
         fits = vector.shape[0] == self.dimension
@@ -1465,13 +1465,16 @@ class Router:
             index = self._outcome_index.get(model)
             if index is not None:
                 index.remove([evicted])
-        if self._catalog is None or all(m.model_id != model for m in self._catalog.models):
+        if not self._in_catalog(model):
             # The model left the catalog while this report committed: its
             # outcomes go with it (put_catalog deleted those it knew of).
             await self._committer.submit(self._storage.batch().delete(OUTCOMES_TABLE, u64_key(sequence)))
         elif fits:
             self._add_outcome(model, sequence, vector, value)
         return outcome
+
+    def _in_catalog(self, model_id: str) -> bool:
+        return self._catalog is not None and any(m.model_id == model_id for m in self._catalog.models)
 
     def _reportable_route(self, route_id: str, now: int) -> RouteRecord:
         """The stored route of ``route_id`` if its outcome may be reported now."""
@@ -1789,16 +1792,6 @@ def _grown(array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
     grown = np.zeros(shape, dtype=array.dtype)
     grown[: array.shape[0]] = array
     return grown
-
-
-def _rank_key(candidate: RouteCandidate) -> tuple[int, float, float, float, str]:
-    if not candidate.available:
-        tier = 2
-    elif candidate.load >= 1.0:
-        tier = 1
-    else:
-        tier = 0
-    return (tier, -candidate.score, -candidate.similarity, candidate.load, candidate.agent_id)
 
 
 def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
