@@ -250,12 +250,20 @@ async fn failing_handler_fails_by_the_retry_policy(transport: WorkerTransport) {
             }
         });
     let (running, _) = Running::spawn(worker);
-    let retry = |t: TaskBuilder| t.max_attempts(3, Duration::from_millis(10));
+    // A heartbeat timeout bounds an attempt a unary poll dispatched but whose
+    // answer never reached this worker (seen in CI about once in three runs:
+    // the attempt was otherwise held until a start-to-close it does not have,
+    // past the 60 s wait). The worker heartbeats every second, so a held
+    // attempt never hits it; a stranded one is retried, or fails the last try.
+    let bounded = |t: TaskBuilder| t.heartbeat_timeout(Duration::from_secs(10));
+    let retry = |t: TaskBuilder| bounded(t.max_attempts(3, Duration::from_millis(10)));
     let spec = WorkflowBuilder::new("rust-failing")
         .task(retry(TaskBuilder::new("flaky", "rust-fail")))
         .task(retry(TaskBuilder::new("broken", "rust-fail")))
         .task(retry(TaskBuilder::new("fatal", "rust-fail")))
-        .task(TaskBuilder::new("panics", "rust-fail").max_attempts(1, Duration::from_millis(10)));
+        .task(bounded(
+            TaskBuilder::new("panics", "rust-fail").max_attempts(1, Duration::from_millis(10)),
+        ));
     let handle = client.submit(spec).await.unwrap();
     let e = handle.result::<Value>(WAIT).await.unwrap_err();
     assert_eq!(e.reason, "WORKFLOW_FAILED", "{e}");
