@@ -186,6 +186,11 @@ async def test_route_decisions_are_recorded_as_events(client: Client, run: str) 
             "agent.vector.values[0]",
         ),
         (
+            agent_pb2.AgentCard(agent_id="a", vector=common_pb2.Vector(values=[0.0] * DIMENSION)),
+            "INVALID_ARGUMENT",
+            "agent.vector",
+        ),
+        (
             agent_pb2.AgentCard(agent_id="a", cost_per_call_micro_usd=-1),
             "INVALID_ARGUMENT",
             "agent.cost_per_call_micro_usd",
@@ -385,6 +390,12 @@ async def test_report_outcome_errors(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.router.route_model(unit(1.0, dimension=3))
     assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "DIMENSION_MISMATCH", "vector")
+    # A zero vector has no direction: no similarity can be computed for it.
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.router.RouteModel(
+            router_service_pb2.RouteModelRequest(vector=common_pb2.Vector(values=[0.0] * DIMENSION))
+        )
+    assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "vector")
     # Token estimates are bounded (price x tokens must fit the cost's int64).
     with pytest.raises(InvalidArgumentError) as caught:
         await client.raw.router.RouteModel(
