@@ -231,6 +231,7 @@ class WorkerHandle:
         "name",
         "on_assign",
         "on_cancel",
+        "one_answer",
         "worker_id",
     )
 
@@ -255,6 +256,8 @@ class WorkerHandle:
         self.draining = False
         self.connected = True
         self.announced = False  # WORKER_CONNECTED recorded (stream workers; not each poll)
+        # A long poll's worker: it answers once, with one commit's assignments (see _flush).
+        self.one_answer = False
 
 
 class _Task:
@@ -637,6 +640,11 @@ class Scheduler:
         if txn is None:
             return
         self._txn = None
+        for worker in txn.assign:
+            if worker.one_answer:
+                # A poll answers with one commit's assignments (its first): a dispatch to it in
+                # a later transaction would be delivered after it answered, and reach no one.
+                self.forget_poller(worker)
         batch = txn.batch
         for task in txn.tasks:
             batch.put(T_TASKS, task.key, _task_codec.encode(task.rec))
@@ -1680,6 +1688,11 @@ class Scheduler:
         def deliver(assignments: list[Assignment]) -> None:
             if not got.done():
                 got.set_result(assignments)
+            else:  # the poll already answered (a drain, say): these would reach no one
+                self.forget_poller(worker)
+                self.hand_back_undelivered(
+                    worker.worker_id, [(a.workflow_id, a.task_id, a.attempt) for a in assignments]
+                )
 
         worker = self.connect_worker(
             name,
@@ -1689,6 +1702,7 @@ class Scheduler:
             lambda _: None,
             worker_id=f"{name}@poll-{secrets.token_hex(4)}",
         )
+        worker.one_answer = True
         self._polls[got] = worker
         # Assignments are delivered after their commit; stop taking more at once.
         if worker.free < max_tasks:
@@ -1720,6 +1734,7 @@ class Scheduler:
         for got, worker in list(self._polls.items()):
             if not worker.held and not got.done():
                 got.set_result([])
+                self.forget_poller(worker)  # it answered: nothing more may be dispatched to it
         for w in self._open.values():
             for signal in w.watchers:
                 signal.set()

@@ -693,6 +693,32 @@ async def test_the_unary_path_polls_completes_and_refuses_a_second_completion(cl
     await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
 
 
+async def test_a_long_poll_answers_every_attempt_dispatched_to_it(client: Client) -> None:
+    """Two workflows submitted at once while a poll for two tasks waits: each attempt reaches
+    a poll's caller. A poll answers with the assignments of one commit; an attempt dispatched
+    to it in a later one used to be held by a poll that had already answered, RUNNING until
+    its start-to-close timeout with no worker running it (the Rust SDK's failing-handler test
+    stalled so, between two retries' backoff timers)."""
+    cap = unique_capability("one-answer")
+
+    async def poll(timeout: float) -> list[w.TaskAssignment]:
+        request = w.PollTaskRequest(worker_name="poller", capabilities=[cap], max_tasks=2)
+        return list((await client.raw.worker.PollTask(request, timeout=timeout)).assignments)
+
+    for round_ in range(10):  # the two dispatches land in two commits in most rounds
+        waiting = asyncio.create_task(poll(10))
+        await asyncio.sleep(0.2)  # for ordering only: the poll is waiting when the tasks come
+        workflow_ids = await asyncio.gather(submit(client, task("a", cap)), submit(client, task("a", cap)))
+        answered = await waiting
+        while len(answered) < 2:  # what the first poll did not take goes to the next one
+            more = await poll(3)
+            assert more, f"round {round_}: an attempt was dispatched and never answered: {answered}"
+            answered += more
+        assert sorted(a.workflow_id for a in answered) == sorted(workflow_ids)
+        for a in answered:
+            await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, "ok")))
+
+
 async def test_an_empty_poll_returns_before_the_deadline(client: Client) -> None:
     cap = unique_capability("idle")
     polled = await client.raw.worker.PollTask(

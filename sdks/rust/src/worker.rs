@@ -504,11 +504,11 @@ impl Worker {
             });
             req.set_timeout(self.options.poll_timeout);
             // Not cancelled by shutdown (see poll_timeout), but bounded. The
-            // sidecar answers a second before the deadline it was sent; the
-            // margin past that deadline is wide, because an answer this side
-            // gives up on after the sidecar sent it is lost to both (its
-            // tasks wait out their start-to-close timeout): seen on a loaded
-            // CI machine with a 1 s margin.
+            // sidecar answers a quarter of the time (1 to 5 s) before the
+            // deadline it was sent; the margin past that deadline is wide,
+            // because an answer this side gives up on after the sidecar sent
+            // it is lost to both (its tasks wait out their heartbeat or
+            // start-to-close timeout) on a machine too loaded to keep time.
             let polled = tokio::time::timeout(
                 self.options.poll_timeout + POLL_ANSWER_MARGIN,
                 stub.poll_task(req),

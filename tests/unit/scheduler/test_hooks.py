@@ -298,3 +298,44 @@ async def test_a_poll_answer_that_never_reached_its_caller_is_handed_back(engine
     _, (again,) = await engine.poll("poller", ["cap"], 1, wait_s=5.0)
     assert (again.workflow_id, again.attempt) == ("wf-lost", 2)
     assert engine.get_task("wf-done", "a").record.state == "COMPLETED"
+
+
+async def test_a_poll_takes_no_attempt_after_the_commit_it_answers_with(engine: Scheduler) -> None:
+    """A poll for two tasks gets one, and a second is dispatched in a later transaction, before
+    the poll's caller has its answer: the poll answers with its first commit's assignments only,
+    so the second must go to the next poll, not be held by this one (where no worker ever sees
+    it, RUNNING until its start-to-close timeout)."""
+
+    async def running(workflow_id: str) -> None:
+        for _ in range(1000):  # the dispatch is made in memory before its commit
+            await asyncio.sleep(0)
+            with contextlib.suppress(WorkflowNotFoundError):
+                if engine.get_task(workflow_id, "a").record.state == "RUNNING":
+                    return
+
+    poll = asyncio.create_task(engine.poll("poller", ["cap"], 2, wait_s=30.0))
+    await settle()  # the poller is idle, waiting
+    first = asyncio.create_task(engine.submit(WorkflowSpec(workflow_id="wf-first", tasks=(spec("a"),))))
+    await running("wf-first")
+    second = asyncio.create_task(engine.submit(WorkflowSpec(workflow_id="wf-second", tasks=(spec("a"),))))
+    await running("wf-second")
+    worker_id, answer = await poll
+    await asyncio.gather(first, second)
+    assert [(a.workflow_id, a.attempt) for a in answer] == [("wf-first", 1)]
+    record = engine.get_task("wf-second", "a").record
+    assert (record.state, record.worker_id) != ("RUNNING", worker_id), "held by a poll that answered"
+    _, (later,) = await engine.poll("poller", ["cap"], 2, wait_s=5.0)
+    assert later.workflow_id == "wf-second"
+
+
+async def test_a_poll_emptied_by_a_drain_takes_nothing_more(engine: Scheduler) -> None:
+    """A drain answers idle polls at once (empty); a task submitted before such a poll's caller
+    has that answer is not dispatched to it."""
+    poll = asyncio.create_task(engine.poll("poller", ["cap"], 1, wait_s=30.0))
+    await settle()  # the poller is idle, waiting
+    engine.drain()
+    await engine.submit(WorkflowSpec(workflow_id="wf-drained", tasks=(spec("a"),)))  # before the poll resumes
+    _, answer = await poll
+    assert answer == []
+    record = engine.get_task("wf-drained", "a").record
+    assert (record.state, record.worker_id) == ("SCHEDULED", ""), record
