@@ -7,9 +7,9 @@ validates each request (every bad field is INVALID_ARGUMENT naming its exact
 path, and changes nothing), converts protobuf to engine types and back, and
 maps engine exceptions to rich statuses.
 
-For the scheduler (intent routing, live worker load) the engine is
-``RouterCapability.engine``: ``route_for_intent``, ``update_worker`` and
-``remove_worker`` (see :class:`are_core.router.Router`).
+For the scheduler (intent routing and re-routing, live worker load) the
+engine is ``RouterCapability.engine``: ``route_for_intent``, ``serves``,
+``update_worker`` and ``remove_worker`` (see :class:`are_core.router.Router`).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class RouterCapability(Capability):
 
     Attributes:
         engine: The router engine; the scheduler uses ``route_for_intent``,
-            ``update_worker`` and ``remove_worker`` on it.
+            ``serves``, ``update_worker`` and ``remove_worker`` on it.
     """
 
     tables = TABLES

@@ -17,9 +17,15 @@ hooks below are installed on the engines, so a task that uses none of
   new workflow's tasks; DeleteWorkflow removes the document, memory and
   blobs.
 * **Router.** A task's ``intent`` is routed when the task is scheduled
-  (cost-biased, the router's defaults) and recorded as TASK_ROUTED;
-  stream workers appear in the router with their capabilities and live
-  load, and become unavailable the moment they drain or disconnect.
+  (cost-biased, the router's defaults, preferring a class a worker serves
+  then) and recorded as TASK_ROUTED; stream workers appear in the router
+  with their capabilities and live load, and become unavailable the moment
+  they drain or disconnect. While an intent task waits in a queue it is
+  routed again each time a capability gains its first or loses its last
+  stream worker (``Scheduler.served_changed``): it moves to a class served
+  then, recorded as another TASK_ROUTED with ``are.route.rerouted`` and
+  ``are.route.previous_capability``. Unary polls are not declared to the
+  router, so they neither count as serving a capability nor trigger this.
 * **Cache.** A task's ``cache_key`` is looked up when the task is scheduled
   (``CacheEngine.lookup_for_task``; the exact tier alone when the key is
   ``exact_only``); a hit completes it without dispatch
@@ -197,6 +203,7 @@ class Wiring:
         if self.router is not None:
             features.add("intent")
             engine.route = self.route
+            engine.capability_served = self.router.engine.serves
             engine.worker_changed = self.worker_changed
         if self.cache is not None:
             features.add("cache")
@@ -453,7 +460,11 @@ class Wiring:
         self._cards.pop(worker_id, None)
 
     def worker_changed(self, worker: WorkerHandle) -> None:
-        """Mirrors a stream worker's capabilities, load and availability in the router."""
+        """Mirrors a stream worker's capabilities, load and availability in the router.
+
+        When that changes which capabilities are served, tells the scheduler
+        (it re-routes the intent tasks waiting).
+        """
         if "@poll-" in worker.worker_id:
             return  # a unary poll is not a standing worker
         assert self.router is not None
@@ -461,22 +472,25 @@ class Wiring:
         try:
             if not worker.connected:
                 self._cards.pop(worker.worker_id, None)
-                router.update_worker(
+                changed = router.update_worker(
                     worker.worker_id, name=worker.name, capabilities=worker.capabilities, available=False
                 )
-                router.remove_worker(worker.worker_id)
-                return
-            router.update_worker(
-                worker.worker_id,
-                name=worker.name,
-                capabilities=worker.capabilities,
-                running=worker.max_concurrency - worker.free,
-                capacity=worker.max_concurrency,
-                available=worker.connected and not worker.draining,
-                card=self._cards.get(worker.worker_id),
-            )
+                changed |= router.remove_worker(worker.worker_id)
+            else:
+                changed = router.update_worker(
+                    worker.worker_id,
+                    name=worker.name,
+                    capabilities=worker.capabilities,
+                    running=worker.max_concurrency - worker.free,
+                    capacity=worker.max_concurrency,
+                    available=not worker.draining,
+                    card=self._cards.get(worker.worker_id),
+                )
         except Exception:  # noqa: BLE001 - routing metadata must never break dispatch
             _log.warning("router update failed", exc_info=True)
+            return
+        if changed:  # a class came or went: the intent tasks waiting are routed again (in the background)
+            self.engine.served_changed(changed)
 
     # ------------------------------------------------------------------ cache
 

@@ -20,8 +20,11 @@ Scheduler integration (the sidecar's ``RouterCapability.engine``):
   the worker to the card ``card.agent_id`` or ``name``) and whenever its
   load or availability changes; ``available=False`` the moment it drains or
   its stream breaks; ``remove_worker(worker_id)`` once it is gone (a worker
-  card with no worker left disappears). ``sidecar._router.agent_spec_from_card``
-  converts a ``WorkerRegistration.agent_card``.
+  card with no worker left disappears). Both return the capabilities whose
+  ``serves(capability)`` answer they changed (first worker taking work
+  came, last one went), on which the scheduler re-routes the intent tasks
+  still queued. ``sidecar._router.agent_spec_from_card`` converts a
+  ``WorkerRegistration.agent_card``.
 
 Exceptions::
 

@@ -706,7 +706,7 @@ class Router:
         capacity: int = 1,
         available: bool = True,
         card: AgentSpec | None = None,
-    ) -> None:
+    ) -> frozenset[str]:
         """Declares or refreshes a connected worker (the scheduler calls this).
 
         The first call for a ``worker_id`` adds the worker to the card named
@@ -716,25 +716,36 @@ class Router:
         with ``available=False`` the moment a worker drains or disconnects,
         and :meth:`remove_worker` once it is gone.
 
+        Returns:
+            The capabilities whose :meth:`serves` answer this call changed
+            (one gained its first worker taking work, or lost its last):
+            the scheduler re-routes queued intent tasks on them. Empty when
+            only the load changed, so the per-dispatch calls stay cheap.
+
         Raises:
             DimensionMismatchError: ``card.vector`` is not of the index's dimension.
         """
         worker = self._workers.get(worker_id)
         if worker is not None:
+            agent = self._agents.get(worker.agent_id)
+            toggled = worker.available != available
+            watched = agent.capabilities if agent is not None and toggled else frozenset()
+            before = self._served_among(watched)
             worker.running = max(0, running)
             worker.capacity = max(1, capacity)
             worker.available = available
-            agent = self._agents.get(worker.agent_id)
             if agent is not None:
                 self._refresh(agent)
-            return
+            return before ^ self._served_among(watched)
         spec = card or AgentSpec(agent_id=name, description=" ".join(capabilities))
         if not spec.capabilities:
             spec = _replace_capabilities(spec, tuple(capabilities))
         vector = self._worker_vector(spec)
+        agent = self._agents.get(spec.agent_id)
+        watched = frozenset(spec.capabilities) | (agent.capabilities if agent is not None else frozenset())
+        before = self._served_among(watched) if available else frozenset()
         worker = _Worker(worker_id, spec.agent_id, spec, max(0, running), max(1, capacity), available)
         self._workers[worker_id] = worker
-        agent = self._agents.get(spec.agent_id)
         if agent is None:
             agent = self._new_agent(spec.agent_id, self._clock(), self._allocate_worker_key())
             agent.workers[worker_id] = worker
@@ -743,15 +754,22 @@ class Router:
         else:
             agent.workers[worker_id] = worker
             self._refresh(agent)
+        return before ^ self._served_among(watched) if available else frozenset()
 
-    def remove_worker(self, worker_id: str) -> None:
-        """Forgets a disconnected worker; a worker card with no worker left goes away."""
+    def remove_worker(self, worker_id: str) -> frozenset[str]:
+        """Forgets a disconnected worker; a worker card with no worker left goes away.
+
+        Returns the capabilities whose :meth:`serves` answer changed (empty
+        when the worker was marked unavailable first, as it should be).
+        """
         worker = self._workers.pop(worker_id, None)
         if worker is None:
-            return
+            return frozenset()
         agent = self._agents.get(worker.agent_id)
         if agent is None:
-            return
+            return frozenset()
+        watched = agent.capabilities if worker.available else frozenset()
+        before = self._served_among(watched)
         agent.workers.pop(worker_id, None)
         self._refresh(agent)
         if agent.stored is None:
@@ -759,6 +777,7 @@ class Router:
                 self._set_vector(agent, self._worker_vector(agent.spec))
             else:
                 self._drop_agent(agent)
+        return before ^ self._served_among(watched)
 
     # ------------------------------------------------------------ RouteTask
 
@@ -802,8 +821,11 @@ class Router:
     ) -> RouteCandidate:
         """The agent a task's ``intent`` goes to: cost-biased, router defaults.
 
-        For the scheduler at dispatch: it records the decision itself (a
-        TASK_ROUTED event) and dispatches to ``candidate.capability``.
+        For the scheduler, when a task with an intent is scheduled and again
+        while it waits in a queue, each time a capability gains its first or
+        loses its last worker taking work (what :meth:`update_worker` and
+        :meth:`remove_worker` return): it records the decision itself (a
+        TASK_ROUTED event) and queues the task for ``candidate.capability``.
         Unavailable agents, and cards declaring no capability (no worker
         class to dispatch to), are never chosen; agents at capacity only
         when nothing else clears the threshold. Among the best
@@ -829,16 +851,23 @@ class Router:
             )
         )
         above = [c for c in result.candidates if c.above_threshold]
-        served = next((c for c in above if self._served(c.capability)), None)
+        served = next((c for c in above if self.serves(c.capability)), None)
         return served or result.candidates[0]
 
-    def _served(self, capability: str) -> bool:
-        """Whether a connected worker taking work declares ``capability`` now."""
+    def serves(self, capability: str) -> bool:
+        """Whether a connected worker taking work (not draining) declares ``capability`` now.
+
+        Stream workers only: the scheduler does not declare unary polls here.
+        """
         for key in self._by_capability.get(capability, ()):
             agent = self._by_key.get(key)
             if agent is not None and any(w.available for w in agent.workers.values()):
                 return True
         return False
+
+    def _served_among(self, capabilities: Iterable[str]) -> frozenset[str]:
+        """Those of ``capabilities`` that :meth:`serves`."""
+        return frozenset(c for c in capabilities if self.serves(c))
 
     def rank(self, query: RouteQuery) -> RouteResult:
         """Ranks agents for a query without recording anything (see :meth:`route_task`)."""

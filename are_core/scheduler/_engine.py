@@ -16,6 +16,11 @@ workflow), ready tasks go to a per-(capability, pool) queue served by
 priority then round-robin across workflows, and idle workers sit in
 per-capability sets. Timeouts, backoffs and rate-limit refills share one
 timer heap and one loop timer.
+
+A task given an ``intent`` is routed to a capability when it is scheduled,
+and routed again while it waits in a queue whenever the set of served
+capabilities changes (:meth:`Scheduler.served_changed`, in the background,
+a bounded slice per loop turn).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -102,6 +107,11 @@ _NOT_RETRIED_KINDS = frozenset({"CANCELLED", "BUDGET_EXCEEDED", "APPROVAL_REJECT
 _DEFAULT_POLICY = RetryPolicy()
 _RECENT_CLOSED = 1024
 _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
+# A re-route pass (see Scheduler.served_changed) yields the loop after this
+# many queue entries looked at, or this many route calls (about 0.2 ms each):
+# a turn of it costs a few milliseconds, however many tasks wait.
+_REROUTE_ENTRIES_PER_TURN = 1024
+_REROUTE_ROUTES_PER_TURN = 16
 
 RouteHook = Callable[["TaskSpec", "TaskRecord"], tuple[str, dict[str, Any]]]
 """``route(spec, record)`` -> (capability, event attributes); raises RoutingError."""
@@ -119,6 +129,8 @@ BlobReferenceHook = Callable[[Batch, str, str], None]
 Called with the batch that stores the payload (a spec's input, an output),
 so the reference commits with it; it must not raise.
 """
+ServedHook = Callable[[str], bool]
+"""``served(capability)``: whether a standing worker taking work serves it now (the router's view)."""
 WorkerHook = Callable[["WorkerHandle"], None]
 """``changed(worker)``: connected, load or draining changed, or disconnected (``connected`` False)."""
 
@@ -314,13 +326,18 @@ class _Workflow:
 
 
 class _Queue:
-    """Ready tasks of one (capability, pool): by priority, round-robin across workflows."""
+    """Ready tasks of one (capability, pool): by priority, round-robin across workflows.
 
-    __slots__ = ("buckets", "size")
+    An entry is live while its task is ``in_queue`` for this capability: a
+    task re-routed while it waits leaves a stale entry behind (lazy deletion).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("buckets", "cap", "size")
+
+    def __init__(self, cap: str = "") -> None:
         self.buckets: list[OrderedDict[str, deque[_Task]]] = [OrderedDict() for _ in range(6)]
         self.size = 0
+        self.cap = cap
 
     def push(self, task: _Task) -> None:
         bucket = self.buckets[task.spec.priority]
@@ -341,7 +358,7 @@ class _Queue:
                     bucket.move_to_end(wf_id)
                 else:
                     del bucket[wf_id]
-                if task.in_queue:
+                if task.in_queue and task.cap == self.cap:
                     return task
         return None
 
@@ -524,7 +541,9 @@ class Scheduler:
         # Integration hooks, installed by the sidecar when the capability exists
         # (None: the feature is off). Only tasks that use a feature reach its hook.
         self.route: RouteHook | None = None
-        """Picks the capability of a task's ``intent`` when it is scheduled."""
+        """Picks the capability of a task's ``intent`` when it is scheduled (and re-routes it, below)."""
+        self.capability_served: ServedHook | None = None
+        """With ``route``: whether a capability is served now; :meth:`served_changed` re-routes on it."""
         self.cache_lookup: CacheLookupHook | None = None
         """Looks a task's ``cache_key`` up when it is scheduled; None is a miss."""
         self.cache_store: CacheStoreHook | None = None
@@ -538,6 +557,8 @@ class Scheduler:
         (there is no rollback), so the owner should stop the process and let a
         restart recover from LMDB. Without it the engine carries on, logging."""
         self._lookups: set[asyncio.Task[None]] = set()
+        self._reroute_pending: set[str] = set()  # capabilities whose served state changed, not yet looked at
+        self._reroute_job: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ life
 
@@ -614,6 +635,11 @@ class Scheduler:
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
+        job = self._reroute_job
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         if self._txn is not None:
             self._flush()
         if self._pending_commits:
@@ -1010,6 +1036,137 @@ class Scheduler:
         self._event("TASK_ROUTED", task, attributes={"are.intent": task.spec.intent[:256], **attributes})
         return True
 
+    # ---------------------------------------------------------------- re-routing
+
+    def served_changed(self, capabilities: Iterable[str]) -> None:
+        """Capabilities gained their first or lost their last worker: re-route the intent tasks waiting.
+
+        An intent is routed when its task is scheduled, preferring a class a
+        worker serves then; the task then waits in that capability's queue
+        (or its pool's backlog). When a capability loses its last worker,
+        the intent tasks waiting on it are routed again; when one gains its
+        first, so are those waiting on any capability nobody serves. A task
+        moves only when the new pick differs and is served now (a move to
+        another unserved queue would gain nothing; a later change looks
+        again); it keeps its priority and its place behind the tasks of its
+        workflow already there, its record is updated in the same commit as
+        a TASK_ROUTED event with ``are.route.rerouted`` and
+        ``are.route.previous_capability``. Nothing above the threshold, or a
+        failing router, leaves it where it is: its attempt is not charged
+        and it waits for a worker or its own schedule-to-start timeout. Tasks
+        that named a capability, and attempts handed to a worker, are never
+        re-routed.
+
+        The work runs in the background, a bounded slice per loop turn
+        (``_REROUTE_ENTRIES_PER_TURN`` entries looked at,
+        ``_REROUTE_ROUTES_PER_TURN`` route calls), and routes each intent
+        text once per pass: many queued tasks usually share one intent.
+        """
+        if self.route is None or self.capability_served is None or self._stopped:
+            return
+        self._reroute_pending.update(capabilities)
+        if self._reroute_job is None and self._reroute_pending:
+            self._reroute_job = asyncio.ensure_future(self._reroute())
+
+    async def _reroute(self) -> None:
+        """Runs re-route passes until no served-state change is left to look at."""
+        try:
+            while self._reroute_pending and not self._stopped:
+                changed, self._reroute_pending = self._reroute_pending, set()
+                await self._reroute_pass(changed)
+        except Exception:  # noqa: BLE001 - a failing pass leaves tasks where they are, nothing worse
+            _log.exception("re-routing queued intent tasks failed")
+        finally:
+            self._reroute_job = None
+
+    async def _reroute_pass(self, changed: set[str]) -> None:
+        """One pass over the intent tasks waiting on capabilities nobody serves now."""
+        served, route = self.capability_served, self.route
+        assert served is not None
+        assert route is not None
+        # A gain may serve what waits on any unserved capability (None); a loss, what waited on it.
+        caps = None if any(served(c) for c in changed) else {c for c in changed if not served(c)}
+        if caps is not None and not caps:
+            return
+        picks: dict[str, tuple[str, dict[str, Any]] | None] = {}  # intent text -> the router's pick
+        seen: set[_Task] = set()
+        entries = routes = 0
+        for cap, task in self._waiting_on(caps, served):
+            entries += 1
+            if entries >= _REROUTE_ENTRIES_PER_TURN or routes >= _REROUTE_ROUTES_PER_TURN:
+                self._after_op()  # dispatches what moved to a served capability
+                await asyncio.sleep(0)
+                if self._stopped:
+                    return
+                entries = routes = 0
+            # Checked now: the loop ran since this entry was collected.
+            if task in seen or not task.spec.intent or task.cap != cap or task.rec.state != "SCHEDULED":
+                continue
+            if not (task.in_queue or task.in_backlog) or task.wf.rec.state != "RUNNING" or served(cap):
+                continue
+            seen.add(task)
+            intent = task.spec.intent
+            if intent not in picks:
+                routes += 1
+                picks[intent] = self._pick(task, route)
+            pick = picks[intent]
+            if pick is not None and pick[0] != cap and served(pick[0]):
+                self._move(task, pick[0], pick[1])
+        self._after_op()
+
+    def _waiting_on(self, caps: set[str] | None, served: ServedHook) -> Iterator[tuple[str, _Task]]:
+        """(capability, task) for each queue or backlog entry that may wait on ``caps`` (None: any unserved).
+
+        Each line is copied as it is reached, so the caller may yield the
+        loop between entries; entries may be stale (the caller checks).
+        """
+        for cap in [c for c in (self._queues if caps is None else caps) if not served(c)]:
+            for queue in list(self._queues.get(cap, {}).values()):
+                for task in _entries(queue):
+                    yield cap, task
+        for pool in list(self._pools.values()):
+            if pool.backlogged:
+                for task in _entries(pool.backlog):
+                    if task.in_backlog and (caps is None or task.cap in caps):
+                        yield task.cap, task
+
+    def _pick(self, task: _Task, route: RouteHook) -> tuple[str, dict[str, Any]] | None:
+        """The router's pick for a waiting task's intent; None when nothing clears the threshold."""
+        try:
+            return route(task.spec, task.rec)
+        except RoutingError:
+            return None
+        except Exception:  # noqa: BLE001 - a failing router leaves the task where it is
+            _log.warning("re-routing an intent failed", exc_info=True)
+            return None
+
+    def _move(self, task: _Task, cap: str, attributes: dict[str, Any]) -> None:
+        """Re-routes a waiting task to ``cap``: its record and a TASK_ROUTED event in this turn's commit."""
+        previous = task.cap
+        task.cap = cap
+        task.rec.capability = cap
+        self._dirty(task)
+        if task.in_queue:  # the entry in the old queue goes stale; the pool's count is unchanged
+            by_pool = self._queues.get(cap)
+            if by_pool is None:
+                by_pool = self._queues[cap] = {}
+            queue = by_pool.get(task.spec.pool)
+            if queue is None:
+                queue = by_pool[task.spec.pool] = _Queue(cap)
+            queue.push(task)
+            self._pump_wanted = True
+        # (A backlogged task keeps its place in the pool's backlog; it is promoted into its new queue.)
+        self._event(
+            "TASK_ROUTED",
+            task,
+            attributes={
+                "are.intent": task.spec.intent[:256],
+                **attributes,
+                "are.route.rerouted": True,
+                "are.route.previous_capability": previous,
+            },
+        )
+
     def _look_up(self, task: _Task, key: CacheKey) -> None:
         """Asks the cache (off the loop's turn); a hit completes the task, a miss enqueues it."""
         assert self.cache_lookup is not None
@@ -1089,7 +1246,7 @@ class Scheduler:
             by_pool = self._queues[cap] = {}
         queue = by_pool.get(task.spec.pool)
         if queue is None:
-            queue = by_pool[task.spec.pool] = _Queue()
+            queue = by_pool[task.spec.pool] = _Queue(cap)
         task.in_queue = True
         queue.push(task)
         pool.queued += 1
@@ -2221,7 +2378,7 @@ class Scheduler:
             for bucket in queue.buckets:
                 for line in bucket.values():
                     for task in line:
-                        if task.in_queue:
+                        if task.in_queue and task.cap == queue.cap:
                             oldest = max(oldest, (now - task.queued_ns) // 1_000_000)
                             break
         status = PoolStatus(
@@ -2695,6 +2852,13 @@ class Scheduler:
             "backlog": sum(p.backlogged for p in self._pools.values()),
             "running": sum(p.running for p in self._pools.values()),
         }
+
+
+def _entries(queue: _Queue) -> Iterator[_Task]:
+    """A queue's (or backlog's) entries, live or stale, each line copied as it is reached."""
+    for bucket in queue.buckets:
+        for line in list(bucket.values()):
+            yield from list(line)
 
 
 def _timer_live(entry: tuple[int, int, str, Any, int]) -> bool:

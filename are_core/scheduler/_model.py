@@ -93,7 +93,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     estimated_tokens: int = 0
     exclude_dependency_outputs: bool = False
     raw: bytes = b""  # the serialized are.v1.TaskSpec, opaque to the engine
-    intent: str = ""  # routed to a capability when scheduled (capability is then "")
+    intent: str = ""  # routed to a capability when scheduled, again while it waits (capability is then "")
     output_state_pointer: str = ""  # where the output goes in the state document
     cache_key: CacheKey | None = None
     # A blob input (``input`` is then empty): its SHA-256 (hex) and size; "" for inline.

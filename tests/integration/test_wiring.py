@@ -2,8 +2,9 @@
 
 State: initial state as version 1, completion patches and output pointers in
 the completion's commit, retention, the write gate, DeleteWorkflow, fork.
-Router: intents routed at scheduling (TASK_ROUTED), workers mirrored in the
-router. Cache: a cache-keyed task answered without dispatch.
+Router: intents routed at scheduling (TASK_ROUTED) and again while they wait
+when a worker class comes or goes, workers mirrored in the router. Cache: a
+cache-keyed task answered without dispatch.
 """
 
 from __future__ import annotations
@@ -405,6 +406,63 @@ async def test_workers_declare_their_cards_and_intents_go_to_the_cheapest_class(
         assert _attributes(routed[0])["are.route.agent_id"] == f"class-cheap-{n}"
     cards, _ = await client.router.list_agents(capability=caps["cheap"])
     assert [a.available for a in cards] in ([], [False])  # the worker left: its class is gone
+
+
+async def test_a_queued_intent_task_goes_to_the_class_that_comes_after_its_own_left(client: Client) -> None:
+    """Re-routing: the cheap class is full, then leaves; the task waits, then goes to the dear class."""
+    n = next(_ids)
+    words = f"appraise antique clocks from geneva workshops zq{n}x"
+    cheap, dear = unique_capability("clock-cheap"), unique_capability("clock-dear")
+    # The cheap class: one raw stream worker with one slot, which a blocker holds.
+    stream = client.raw.worker.Connect()
+    card = agent_pb2.AgentCard(
+        agent_id=f"clock-cheap-{n}", description=words, capabilities=[cheap], cost_per_call_micro_usd=3
+    )
+    await stream.write(
+        w.ConnectRequest(
+            register=w.WorkerRegistration(
+                worker_name=f"cheap-{n}", capabilities=[cheap], max_concurrency=1, agent_card=card
+            )
+        )
+    )
+    assert (await stream.read()).WhichOneof("message") == "registered"
+    blocker = await submit(client, task("block", cheap))
+    async with asyncio.timeout(20):
+        while (message := await stream.read()).WhichOneof("message") != "assignments":
+            pass
+    assert [a.task_id for a in message.assignments.assignments] == ["block"]
+    wid = await submit(client, t.TaskSpec(task_id="a", intent=words, input=_json({"clock": 1})))
+    [first] = await _events(client, wid, event_pb2.EVENT_TYPE_TASK_ROUTED)
+    assert _attributes(first)["are.route.capability"] == cheap  # served then, and the cheaper
+    # The cheap class leaves; nothing else matches yet: the task keeps waiting, its attempt unspent.
+    await stream.done_writing()
+    stream.cancel()
+    async with asyncio.timeout(10):
+        while (await client.router.list_agents(capability=cheap))[0]:
+            await asyncio.sleep(0.02)
+    waiting = await get_task(client, wid, "a")
+    assert (waiting.state, waiting.attempt, waiting.capability) == (t.TASK_STATE_SCHEDULED, 0, cheap)
+    # The dear class connects: the task is routed again and served by it.
+    dear_card = AgentCard(
+        f"clock-dear-{n}", description=words, capabilities=(dear,), cost_per_call_micro_usd=900
+    )
+    worker = Worker(client, name=f"dear-{n}", card=dear_card)
+    worker.register(dear, lambda ctx: "dear")
+    async with worker:
+        closed = await wait_closed(client, wid, timeout=30)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+    done = await get_task(client, wid, "a")
+    assert (done.capability, done.attempt) == (dear, 1)
+    routed = [_attributes(e) for e in await _events(client, wid, event_pb2.EVENT_TYPE_TASK_ROUTED)]
+    assert len(routed) == 2
+    assert routed[0]["are.route.capability"] == cheap
+    assert routed[0].get("are.route.rerouted") is None
+    again = routed[1]
+    assert (again["are.route.capability"], again["are.route.agent_id"]) == (dear, f"clock-dear-{n}")
+    assert again["are.route.rerouted"] is True
+    assert again["are.route.previous_capability"] == cheap
+    assert again["are.intent"] == words
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=blocker))
 
 
 async def test_a_declared_card_is_checked_and_names_the_field(client: Client) -> None:

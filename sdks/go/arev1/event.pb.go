@@ -126,9 +126,11 @@ const (
 	// event of that lookup carries "are.cache.best_similarity").
 	EventType_EVENT_TYPE_TASK_CACHE_MISS EventType = 34
 	// A task's intent was routed to a capability. Sets workflow_id, task_id.
-	// Attributes: "are.route.agent_id", "are.route.capability",
+	// Attributes: "are.intent", "are.route.agent_id", "are.route.capability",
 	// "are.route.similarity", "are.route.cost_micro_usd", "are.route.mode",
-	// "are.route.reason".
+	// "are.route.reason"; when a waiting task was routed again to another
+	// class, also "are.route.rerouted" (true) and
+	// "are.route.previous_capability".
 	EventType_EVENT_TYPE_TASK_ROUTED EventType = 35
 	// A submit or spawn was refused because a pool queue was full. Sets
 	// workflow_id (when known). Attributes: "are.pool", "are.queue_length".

@@ -810,11 +810,16 @@ type TaskSpec_Capability struct {
 }
 
 type TaskSpec_Intent struct {
-	// A free-text description of the work, at most 8 KiB; at dispatch the
-	// router picks the capability of the best agent (cost-biased, with the
-	// router's default threshold) and records its decision as a
-	// TASK_ROUTED event. When nothing clears the threshold the task fails
-	// with FAILURE_KIND_ROUTING (retried by policy).
+	// A free-text description of the work, at most 8 KiB; when the task is
+	// scheduled the router picks the capability of the best agent
+	// (cost-biased, with the router's default threshold, preferring a class
+	// a connected worker serves) and records its decision as a TASK_ROUTED
+	// event. When nothing clears the threshold the task fails with
+	// FAILURE_KIND_ROUTING (retried by policy). While the task waits to
+	// start, it is routed again each time a capability gains its first or
+	// loses its last stream worker, and moves to a class served then (a
+	// further TASK_ROUTED event); a re-route that finds nothing leaves it
+	// waiting where it is.
 	Intent string `protobuf:"bytes,3,opt,name=intent,proto3,oneof"`
 }
 
@@ -1014,7 +1019,7 @@ type Task struct {
 	// Usage summed over every attempt, with runtime counters.
 	Usage *UsageSummary `protobuf:"bytes,9,opt,name=usage,proto3" json:"usage,omitempty"`
 	// The capability the task was dispatched to (equals spec.capability, or
-	// the router's choice for an intent).
+	// the router's latest choice for an intent, set from its routing on).
 	Capability string `protobuf:"bytes,10,opt,name=capability,proto3" json:"capability,omitempty"`
 	// The worker holding (or that last held) the task.
 	WorkerId string `protobuf:"bytes,11,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`

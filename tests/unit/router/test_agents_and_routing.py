@@ -500,3 +500,31 @@ async def test_an_intent_goes_to_a_capability_a_worker_serves_before_a_cheaper_u
     # A worker serving the ghost's capability makes it the (cheaper) choice again.
     router.update_worker("w2", name="ghost-worker", capabilities=("cap-ghost",))
     assert router.route_for_intent(text).capability == "cap-ghost"
+
+
+async def test_worker_updates_return_the_capabilities_whose_served_state_changed(router: Router) -> None:
+    """What the scheduler re-routes queued intent tasks on: a first worker came, a last one went."""
+    await router.register_agent(AgentSpec(agent_id="card", description="write", capabilities=("cap-a",)))
+    assert not router.serves("cap-a")  # a card nobody serves
+    assert router.update_worker("w1", name="card", capabilities=("cap-a",)) == {"cap-a"}
+    assert router.serves("cap-a")
+    assert router.update_worker("w2", name="card", capabilities=("cap-a",)) == set()  # not the first
+    assert router.update_worker("w1", name="card", capabilities=("cap-a",), running=1) == set()  # load only
+    assert router.update_worker("w1", name="card", capabilities=("cap-a",), available=False) == set()
+    assert router.update_worker("w2", name="card", capabilities=("cap-a",), available=False) == {"cap-a"}
+    assert not router.serves("cap-a")
+    assert router.remove_worker("w2") == set()  # already unavailable
+    assert router.update_worker("w1", name="card", capabilities=("cap-a",)) == {"cap-a"}  # back
+    assert router.remove_worker("w1") == {"cap-a"}  # gone without being marked unavailable first
+    # A worker card (no registered card) goes with its last worker.
+    spec = AgentSpec(agent_id="live", description="write", capabilities=("cap-b", "cap-c"))
+    assert router.update_worker("w3", name="live", capabilities=("cap-b", "cap-c"), card=spec) == {
+        "cap-b",
+        "cap-c",
+    }
+    assert router.update_worker("w3", name="live", capabilities=("cap-b",), available=False) == {
+        "cap-b",
+        "cap-c",
+    }
+    assert router.remove_worker("w3") == set()
+    assert router.update_worker("w4", name="idle", capabilities=("cap-d",), available=False) == set()

@@ -158,9 +158,11 @@ export enum EventType {
   EVENT_TYPE_TASK_CACHE_MISS = 34,
   /**
    * EVENT_TYPE_TASK_ROUTED - A task's intent was routed to a capability. Sets workflow_id, task_id.
-   * Attributes: "are.route.agent_id", "are.route.capability",
+   * Attributes: "are.intent", "are.route.agent_id", "are.route.capability",
    * "are.route.similarity", "are.route.cost_micro_usd", "are.route.mode",
-   * "are.route.reason".
+   * "are.route.reason"; when a waiting task was routed again to another
+   * class, also "are.route.rerouted" (true) and
+   * "are.route.previous_capability".
    */
   EVENT_TYPE_TASK_ROUTED = 35,
   /**

@@ -247,11 +247,16 @@ export interface TaskSpec {
     | string
     | undefined;
   /**
-   * A free-text description of the work, at most 8 KiB; at dispatch the
-   * router picks the capability of the best agent (cost-biased, with the
-   * router's default threshold) and records its decision as a
-   * TASK_ROUTED event. When nothing clears the threshold the task fails
-   * with FAILURE_KIND_ROUTING (retried by policy).
+   * A free-text description of the work, at most 8 KiB; when the task is
+   * scheduled the router picks the capability of the best agent
+   * (cost-biased, with the router's default threshold, preferring a class
+   * a connected worker serves) and records its decision as a TASK_ROUTED
+   * event. When nothing clears the threshold the task fails with
+   * FAILURE_KIND_ROUTING (retried by policy). While the task waits to
+   * start, it is routed again each time a capability gains its first or
+   * loses its last stream worker, and moves to a class served then (a
+   * further TASK_ROUTED event); a re-route that finds nothing leaves it
+   * waiting where it is.
    */
   intent?:
     | string
@@ -451,7 +456,7 @@ export interface Task {
     | undefined;
   /**
    * The capability the task was dispatched to (equals spec.capability, or
-   * the router's choice for an intent).
+   * the router's latest choice for an intent, set from its routing on).
    */
   capability: string;
   /** The worker holding (or that last held) the task. */

@@ -1,0 +1,268 @@
+"""Intent tasks waiting in a queue are routed again when served capabilities change (engine, no server).
+
+The route and served hooks stand in for the router: two classes match the
+intent "write", ``cap-a`` the cheaper; the pick is the cheapest served one,
+else ``cap-a`` (a registered card nobody serves yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from are_core.scheduler import (
+    TABLES,
+    PoolLimits,
+    RoutingError,
+    Scheduler,
+    TaskRecord,
+    TaskSpec,
+    WorkflowSpec,
+)
+from are_core.storage import Batch, Durability, GroupCommitter, Storage
+from are_core.trace import Event, EventDraft
+from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
+
+_CLASSES = ("cap-a", "cap-b")  # cheapest first
+
+
+class Sink:
+    """Keeps the events the engine publishes (after their commit)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._sequence = 0
+
+    def record(self, batch: Batch, draft: EventDraft) -> Event:
+        self._sequence += 1
+        fields = msgspec.structs.asdict(draft)
+        fields["event_time_unix_ns"] = 0
+        fields["attributes"] = dict(draft.attributes)
+        return Event(sequence=self._sequence, **fields)
+
+    def publish(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    def routed(self, task_id: str) -> list[dict[str, Any]]:
+        return [
+            dict(e.attributes) for e in self.events if e.event_type == "TASK_ROUTED" and e.task_id == task_id
+        ]
+
+
+class FakeRouter:
+    """The route and served hooks: the cheapest served class, else the cheapest one."""
+
+    def __init__(self) -> None:
+        self.served: set[str] = set()
+        self.down = False  # True: nothing clears the threshold
+        self.calls: list[str] = []
+
+    def route(self, task: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:
+        self.calls.append(task.intent)
+        if self.down:
+            raise RoutingError("no agent above the threshold")
+        capability = next((c for c in _CLASSES if c in self.served), _CLASSES[0])
+        return capability, {"are.route.capability": capability, "are.route.agent_id": f"agent-{capability}"}
+
+    def install(self, engine: Scheduler) -> None:
+        engine.route = self.route
+        engine.capability_served = self.served.__contains__
+
+    def serve(self, engine: Scheduler, capability: str) -> None:
+        self.served.add(capability)
+        engine.served_changed([capability])
+
+    def unserve(self, engine: Scheduler, capability: str) -> None:
+        self.served.discard(capability)
+        engine.served_changed([capability])
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[Storage, GroupCommitter]]:
+    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
+    committer = GroupCommitter(storage)
+    yield storage, committer
+    await committer.aclose()
+    storage.close()
+
+
+async def _started(opened: tuple[Storage, GroupCommitter], sink: Sink, router: FakeRouter) -> Scheduler:
+    engine = Scheduler(*opened, events=sink, rng=lambda: 0.0)
+    router.install(engine)
+    await engine.start()
+    return engine
+
+
+def _intent(task_id: str, *deps: str, **fields: Any) -> TaskSpec:
+    return spec(task_id, *deps, capability="", intent="write", **fields)
+
+
+async def test_a_waiting_intent_task_moves_to_the_class_that_connects_after_its_own_drained(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    a = FakeWorker()
+    worker_a = engine.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    router.serve(engine, "cap-a")
+    tasks = (_intent("r"), _intent("q1"), _intent("q2"), spec("n", capability="cap-a"))
+    record, _ = await engine.submit(WorkflowSpec(tasks=tasks))
+    wid = record.workflow_id
+    await settle()
+    assert [x.task_id for x in a.assignments] == ["r"]  # A is full: q1, q2 (and n) wait on cap-a
+    assert engine.get_task(wid, "q1").record.capability == "cap-a"
+
+    # A drains (r stays with it); nothing else matches above the threshold: the tasks stay put.
+    engine.drain_worker(worker_a)
+    router.down = True
+    router.unserve(engine, "cap-a")
+    await settle()
+    assert router.calls.count("write") == 4  # three when scheduled, one for the pass (memoised)
+    for task_id in ("q1", "q2"):
+        view = engine.get_task(wid, task_id).record
+        assert (view.state, view.attempt, view.capability) == ("SCHEDULED", 0, "cap-a")
+        assert len(sink.routed(task_id)) == 1
+
+    # B connects: the waiting intent tasks go to it; the named task and the held attempt do not move.
+    router.down = False
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 10, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    async with asyncio.timeout(5):
+        while len(b.assignments) < 2:
+            await asyncio.sleep(0.005)
+    assert router.calls.count("write") == 5
+    assert sorted((x.task_id, x.capability) for x in b.assignments) == [("q1", "cap-b"), ("q2", "cap-b")]
+    first, again = sink.routed("q1")
+    assert first["are.route.capability"] == "cap-a"
+    assert "are.route.rerouted" not in first
+    assert again["are.route.capability"] == "cap-b"
+    assert again["are.route.rerouted"] is True
+    assert again["are.route.previous_capability"] == "cap-a"
+    assert again["are.intent"] == "write"
+    held = engine.get_task(wid, "r").record
+    assert (held.state, held.capability, held.worker_id) == ("RUNNING", "cap-a", worker_a.worker_id)
+    assert len(sink.routed("r")) == 1
+    named = engine.get_task(wid, "n").record
+    assert (named.state, named.capability) == ("SCHEDULED", "")
+    assert engine.get_pool("default")[1].queued == 1  # n alone: a move changes no pool count
+    await engine.stop()
+
+
+async def test_a_task_routed_while_nothing_was_served_follows_the_first_class_to_come(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t", priority=1), _intent("u", priority=5))))
+    wid = record.workflow_id
+    await settle()
+    assert engine.get_task(wid, "t").record.capability == "cap-a"  # nobody serves anything yet
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    async with asyncio.timeout(5):
+        while not b.assignments:
+            await asyncio.sleep(0.005)
+    await settle()
+    assert [x.task_id for x in b.assignments] == ["t"]  # the priority order holds in the new queue
+    # An A worker coming back does not take u back: it waits on cap-b, which is served.
+    a = FakeWorker()
+    engine.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    router.serve(engine, "cap-a")
+    await settle()
+    assert a.assignments == []
+    assert engine.get_task(wid, "u").record.capability == "cap-b"
+    await engine.stop()
+
+
+async def test_a_move_is_durable_and_a_restart_queues_the_task_for_its_new_capability(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t"),)))
+    wid = record.workflow_id
+    await settle()
+    router.serve(engine, "cap-b")  # served elsewhere (no B worker in this engine): the task moves, and waits
+    async with asyncio.timeout(5):
+        while len(sink.routed("t")) < 2:
+            await asyncio.sleep(0.005)
+    await engine.stop()  # as after a crash: only what was committed is known
+
+    restarted = await _started(opened, Sink(), FakeRouter())
+    assert restarted.get_task(wid, "t").record.capability == "cap-b"
+    a = FakeWorker()
+    restarted.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    b = FakeWorker()
+    restarted.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    await settle()
+    assert a.assignments == []
+    assert [(x.task_id, x.capability, x.attempt) for x in b.assignments] == [("t", "cap-b", 1)]
+    await restarted.stop()
+
+
+async def test_a_backlogged_intent_task_is_rerouted_and_promoted_into_its_new_queue(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    await engine.put_pool(PoolLimits(name="p", max_queue_length=1))
+    tasks = (
+        spec("d", pool="p", capability="cap-d"),
+        spec("z", "d", capability="cap-z", pool="p"),
+        _intent("i", "d", pool="p"),
+    )
+    record, _ = await engine.submit(WorkflowSpec(tasks=tasks))
+    wid = record.workflow_id
+    d = FakeWorker()
+    engine.connect_worker("d", ["cap-d"], 1, d.assign, d.cancel)
+    await settle()
+    await engine.complete(wid, "d", 1, output=b"1", content_type="", usage=None)
+    await settle()
+    # z holds the pool's one queue place; i waits in the pool's backlog.
+    _, status = engine.get_pool("p")
+    assert (status.queued, status.backlog) == (1, 1)
+    assert engine.get_task(wid, "i").record.capability == "cap-a"
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await settle()
+    assert engine.get_task(wid, "i").record.capability == "cap-b"  # re-routed where it waits
+    assert engine.get_pool("p")[1].backlog == 1
+    z = FakeWorker()
+    engine.connect_worker("z", ["cap-z"], 1, z.assign, z.cancel)
+    async with asyncio.timeout(5):
+        while not (b.assignments and z.assignments):
+            await asyncio.sleep(0.005)
+    assert [(x.task_id, x.capability) for x in b.assignments] == [("i", "cap-b")]
+    assert sink.routed("i")[-1]["are.route.previous_capability"] == "cap-a"
+    await engine.stop()
+
+
+async def test_a_large_pass_routes_each_intent_once_and_yields_the_loop(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    n = 3000
+    tasks = [spec(f"t{i}", capability="", intent=f"write {i % 2}") for i in range(n)]
+    record, _ = await engine.submit(WorkflowSpec(tasks=tuple(tasks)))
+    wid = record.workflow_id
+    await settle()
+    router.calls.clear()
+    router.serve(engine, "cap-b")
+    await asyncio.sleep(0)  # one loop turn: the pass has done a slice, not everything
+    moved = sum(1 for i in range(n) if engine.get_task(wid, f"t{i}").record.capability == "cap-b")
+    assert 0 < moved < n
+    async with asyncio.timeout(10):
+        while sum(1 for e in sink.events if e.event_type == "TASK_ROUTED") < 2 * n:
+            await asyncio.sleep(0.01)
+    assert sorted(router.calls) == ["write 0", "write 1"]  # memoised per intent text within the pass
+    assert all(engine.get_task(wid, f"t{i}").record.capability == "cap-b" for i in range(n))
+    await engine.stop()
