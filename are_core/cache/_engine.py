@@ -813,7 +813,12 @@ class CacheEngine:
         ``max_age_ns``), the search goes deeper, four times as many
         candidates at a time, while they are still above the threshold, up
         to ``_MAX_CANDIDATES`` (512); a miss reports the best similarity of
-        an entry that could have answered.
+        an entry that could have answered. In a namespace small enough that
+        a brute-force search costs about a millisecond
+        (:data:`~are_core.vector.EXACT_CONFIRM_COMPONENTS`), a miss of the
+        graph search is confirmed by one (in a worker thread): removals
+        leave the graph unable to reach some entries, which would otherwise
+        miss even when looked up by their own vector. Hits never pay for it.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
@@ -872,7 +877,13 @@ class CacheEngine:
             return None
         return self._answer(state, head, "EXACT", 1.0, now)
 
-    async def _search(self, state: _State, query: np.ndarray[Any, Any], k: int) -> list[tuple[int, float]]:
+    async def _search(
+        self, state: _State, query: np.ndarray[Any, Any], k: int, *, exact: bool = False
+    ) -> list[tuple[int, float]]:
+        if exact:
+            # A brute-force scan (up to a millisecond) in a worker thread: usearch
+            # releases the GIL meanwhile, so the loop goes on serving.
+            return await asyncio.to_thread(state.index.search, query, k, exact=True)
         # Inline by default: batching concurrent lookups' searches off the loop
         # did not pay on a shared 2-core machine (benchmarks/README.md).
         if self._coalesce:
@@ -896,13 +907,29 @@ class CacheEngine:
         key, similarity = candidates[0]
         head = state.heads.get(key)
         if head is None or not _alive(head, now, oldest):
-            return await self._semantic_deeper(state, query, needed, now, oldest)
-        if similarity >= needed - 1e-6:
+            hit, best = await self._semantic_deeper(state, query, needed, now, oldest)
+        elif similarity >= needed - 1e-6:
             return self._answer(state, head, "SEMANTIC", min(similarity, 1.0), now), similarity
-        return None, max(similarity, 0.0)
+        else:
+            hit, best = None, max(similarity, 0.0)
+        if hit is None and len(state.index) > EXACT_SEARCH_BELOW and state.index.exact_is_cheap:
+            # A miss costs the caller an LLM call; a graph that removals (or
+            # usearch's threaded inserts) damaged can miss an entry that is
+            # there, even one looked up by its own vector. Where a brute-force
+            # search costs a millisecond at most, it has the last word.
+            hit, confirmed = await self._semantic_deeper(state, query, needed, now, oldest, exact=True)
+            return hit, confirmed if hit is not None else max(confirmed, best)
+        return hit, best
 
     async def _semantic_deeper(
-        self, state: _State, query: np.ndarray[Any, Any], needed: float, now: int, oldest: int | None
+        self,
+        state: _State,
+        query: np.ndarray[Any, Any],
+        needed: float,
+        now: int,
+        oldest: int | None,
+        *,
+        exact: bool = False,
     ) -> tuple[CacheHit | None, float]:
         """Past nearest candidates that cannot answer: the first that can, searching deeper while it may hit.
 
@@ -912,11 +939,12 @@ class CacheEngine:
         is still over the threshold, an eligible entry over it may lie
         deeper: search again with four times as many, up to
         ``_MAX_CANDIDATES``. Entries removed while a coalesced search ran
-        are skipped, as removed ones always are.
+        are skipped, as removed ones always are. ``exact``: brute force
+        instead of the graph (a miss's confirmation).
         """
         k = _CANDIDATES
         while True:
-            candidates = await self._search(state, query, k)
+            candidates = await self._search(state, query, k, exact=exact)
             for key, similarity in candidates:
                 head = state.heads.get(key)
                 if head is None or not _alive(head, now, oldest):

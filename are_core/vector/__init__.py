@@ -16,10 +16,19 @@ Exceptions::
 from ._calibrate import LADDER, Calibration, choose_expansion, wilson_lower_bound
 from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
-from ._index import DTYPES, EXACT_SEARCH_BELOW, EXPANSION_SEARCH, SIMILARITY_ERROR, ChildSearch, VectorIndex
+from ._index import (
+    DTYPES,
+    EXACT_CONFIRM_COMPONENTS,
+    EXACT_SEARCH_BELOW,
+    EXPANSION_SEARCH,
+    SIMILARITY_ERROR,
+    ChildSearch,
+    VectorIndex,
+)
 
 __all__ = [
     "DTYPES",
+    "EXACT_CONFIRM_COMPONENTS",
     "EXACT_SEARCH_BELOW",
     "EXPANSION_SEARCH",
     "LADDER",

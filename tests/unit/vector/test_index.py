@@ -319,7 +319,8 @@ def test_recall_on_low_intrinsic_dimension_data() -> None:
 def test_churn_reuses_removed_slots_and_keeps_recall() -> None:
     # A bounded cache removes (evicts, expires) as fast as it adds. usearch
     # reuses removed nodes' slots, so memory stays at the peak and the graph
-    # keeps finding live vectors: no periodic rebuild is needed for recall.
+    # keeps finding most live vectors; not every one (the cache confirms a
+    # miss exactly where that is cheap: see test_exact_is_cheap_...).
     rng = np.random.default_rng(3)
     basis = rng.standard_normal((8, 64)).astype(np.float32)
 
@@ -353,6 +354,25 @@ def test_churn_reuses_removed_slots_and_keeps_recall() -> None:
     truth = keys[np.argmax(matrix[probe] @ matrix.T, axis=1)]
     found = [row[0][0] for row in index.search_many(matrix[probe], 1)]
     assert np.mean(np.array(found) == truth) >= 0.98
+
+
+def test_exact_is_cheap_up_to_the_dtypes_bound_and_counts_a_views_overlay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = VectorIndex(dimension=8, dtype="i8")
+    index.add(np.arange(100), _unit(100, 8))
+    assert index.exact_is_cheap
+    monkeypatch.setitem(_index.EXACT_CONFIRM_COMPONENTS, "i8", 100 * 8)
+    assert index.exact_is_cheap
+    index.save(tmp_path / "i.usearch")
+    view = VectorIndex.restore(tmp_path / "i.usearch", dimension=8, dtype="i8", view=True)
+    assert view is not None and view.exact_is_cheap
+    view.add([1000], _unit(1, 8, seed=1))  # into the overlay: one more vector to scan
+    assert not view.exact_is_cheap
+    index.add([1000], _unit(1, 8, seed=1))
+    assert not index.exact_is_cheap
+    monkeypatch.setitem(_index.EXACT_CONFIRM_COMPONENTS, "f32", 1 << 22)
+    assert VectorIndex(dimension=384, dtype="f32").exact_is_cheap
 
 
 def test_prefault_maps_a_views_file_and_is_a_no_op_otherwise(tmp_path: Path) -> None:

@@ -1,0 +1,86 @@
+"""A churning cache still finds every live entry by its own vector (graph damage never loses one)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from are_core.cache import NamespaceSettings
+from are_core.cache._engine import VECTORS
+from are_core.cache._normalise import entry_id_text
+from are_core.storage import u64_key
+
+from .conftest import Harness
+
+_DIMENSION = 32
+_BOUND = 3000  # above the size searched exactly anyway (EXACT_SEARCH_BELOW)
+_CHUNK = 250
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    """Unit vectors of low intrinsic dimension (an 8-d latent space plus a little noise), like embeddings."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((8, _DIMENSION)).astype(np.float32)
+    rows = rng.standard_normal((n, 8)).astype(np.float32) @ basis
+    rows += 0.05 * rng.standard_normal((n, _DIMENSION)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+async def _misses(harness: Harness, name: str) -> list[int]:
+    """The live entries a lookup by their own stored vector does not answer (with themselves or a twin)."""
+    e, storage = harness.e, harness.storage
+    assert storage is not None
+    ids = e._states[name].entries.vector_ids().tolist()
+    with storage.read() as view:
+        raws = view.get_many(VECTORS, [u64_key(n) for n in ids])
+    missed = []
+    for entry_id, raw in zip(ids, raws, strict=True):
+        result = await e.lookup(name, vector=np.frombuffer(raw, dtype=np.float32), threshold=0.95)
+        if result.hit is None:
+            missed.append(entry_id)
+    return missed
+
+
+async def test_every_live_entry_answers_its_own_vector_after_churn_and_restarts(harness: Harness) -> None:
+    # A size-bounded namespace stored four times over (LRU eviction removes an
+    # entry per store), with invalidations and expiry on top: the HNSW graph
+    # loses links with every removal, and a node can become unreachable. A
+    # small search expansion makes that show at a few thousand entries.
+    e = harness.e
+    await e.put_namespace(
+        NamespaceSettings(
+            name="churn",
+            embedder="caller",
+            dimension=_DIMENSION,
+            vector_dtype="i8",
+            similarity_threshold=0.95,
+            max_entries=_BOUND,
+            search_expansion=4,
+        )
+    )
+    rows = _rows(4 * _BOUND, seed=7)
+    rng = np.random.default_rng(8)
+    for start in range(0, rows.shape[0], _CHUNK):
+        stop = start + _CHUNK
+        prompts = [f"prompt {i}" for i in range(start, stop)]
+        ttl = 30 * 10**9 if start % (4 * _CHUNK) == 0 else 0
+        await e.store_many("churn", prompts, [b"r"] * _CHUNK, vectors=rows[start:stop], ttl_ns=ttl)
+        harness.clock.advance(10)
+        live = e._states["churn"].entries.ids()
+        chosen = rng.choice(live, size=_CHUNK // 10, replace=False)
+        await e.invalidate("churn", entry_ids=[entry_id_text(int(n)) for n in chosen])
+        await e.flush()  # sweeps what expired
+    assert len(e._states["churn"].index) > 2048
+    assert await _misses(harness, "churn") == []
+    # A vector near no entry still misses, reporting the best similarity there is.
+    stranger = -rows[0] + 0.5 * _rows(1, seed=9)[0]
+    before = e.stats("churn")[0].misses
+    result = await e.lookup("churn", vector=stranger, threshold=0.95)
+    assert result.hit is None
+    assert 0.0 <= result.best_similarity < 0.95
+    assert e.stats("churn")[0].misses == before + 1
+    await harness.reopen()  # the index restored as a memory-mapped view of its file
+    assert e is not harness.e and harness.e._states["churn"].index.is_view
+    assert await _misses(harness, "churn") == []
+    await harness.reopen(save=False)  # as after SIGKILL: the index rebuilt from LMDB
+    assert await _misses(harness, "churn") == []
