@@ -944,9 +944,38 @@ def _contains(
 def _put(
     index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any], threads: int = 0
 ) -> None:
-    """Adds vectors under keys, replacing the vectors of keys already present (lock held)."""
+    """Adds vectors under keys, replacing the vectors of keys already present (lock held).
+
+    usearch's concurrent insertion can leave a node that no search reaches,
+    at any expansion (usearch issue #735; measured here: 6 to 10 of 40,000
+    low-dimension 384-d vectors, none on one thread, which takes twice as
+    long). So a batch inserted on several threads is searched for by its
+    own vectors, and what no search returned is inserted again on one
+    thread; that check costs a fraction of the insertion it follows.
+    """
     _drop(index, keys)
     index.add(keys, matrix, threads=threads)
+    if threads != 1 and keys.size > 1:
+        _relink_unreachable(index, keys, matrix, threads)
+
+
+# A vector found at this cosine distance from its query is the query's own
+# (or an identical twin's): reachable.
+_SAME_VECTOR_DISTANCE = 1e-5
+
+
+def _relink_unreachable(
+    index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any], threads: int
+) -> int:
+    """Re-inserts, on one thread, the keys of a batch their own vectors do not find; returns how many."""
+    found, distances, counts = _compiled_search(index, matrix, 1, exact=False, threads=threads)
+    lost = (counts == 0) | ((found[:, 0] != keys) & (distances[:, 0] > _SAME_VECTOR_DISTANCE))
+    if not lost.any():
+        return 0
+    again = keys[lost]
+    _drop(index, again)
+    index.add(again, matrix[lost], threads=1)
+    return int(again.size)
 
 
 def _drop(index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:

@@ -526,3 +526,20 @@ def test_materialize_folds_a_large_overlay_while_changes_go_on(tmp_path: Path) -
     for key in (base, base + changes - 1, n + 1, 5):
         if key in model:
             assert view.search(vectors[key], 1)[0][0] == model.search(vectors[key], 1)[0][0]
+
+
+def test_a_batch_added_on_several_threads_leaves_no_vector_unreachable() -> None:
+    """usearch's concurrent insertion can strand a node no search reaches, at any expansion (its
+    issue #735; 6 to 10 of 40,000 384-d vectors here). A batch added on several threads is
+    checked, and what its own vector does not find is inserted again on one thread. Small
+    vectors, low connectivity and 8 threads make it frequent: about 58 of these 20,000 before."""
+    n, dimension = 20_000, 32
+    rng = np.random.default_rng(735)
+    basis = rng.standard_normal((8, dimension)).astype(np.float32)  # low intrinsic dimension
+    vectors = rng.standard_normal((n, 8)).astype(np.float32) @ basis
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(dimension=dimension, dtype="i8", connectivity=4, expansion_search=256)
+    index.add(np.arange(n), vectors, threads=8)
+    found = index.search_many(vectors, 1, threads=2)
+    lost = [key for key, matches in enumerate(found) if not matches or matches[0][0] != key]
+    assert lost == []
