@@ -768,7 +768,11 @@ class Router:
         agent = self._agents.get(worker.agent_id)
         if agent is None:
             return frozenset()
+        # A worker card's capabilities are those of its first worker's card: when that one goes,
+        # they become the next one's (a rolling upgrade to other capabilities), served or not.
         watched = agent.capabilities if worker.available else frozenset()
+        if agent.stored is None:
+            watched = watched.union(*(w.spec.capabilities for w in agent.workers.values()))
         before = self._served_among(watched)
         agent.workers.pop(worker_id, None)
         self._refresh(agent)

@@ -372,6 +372,34 @@ class _Queue:
             line.appendleft(task)
         self.size += 1
 
+    def live(self, task: _Task) -> bool:
+        """Whether an entry for ``task`` is live (what :meth:`pop` checks, inlined there)."""
+        return task.in_queue and task.cap == self.cap
+
+    def compact(self) -> None:
+        """Drops the stale entries (and a live task's repeats), keeping the order of the rest.
+
+        Lazy deletion alone leaves a moved task's entry in a queue no worker
+        pops (a re-route leaves only queues nobody serves), holding the task
+        and its workflow in memory for good; the re-route pass that reads a
+        queue through calls this, at a cost in proportion to that reading.
+        """
+        kept: set[_Task] = set()
+        size = 0
+        for bucket in self.buckets:
+            for wf_id, line in list(bucket.items()):
+                live: deque[_Task] = deque()
+                for task in line:
+                    if task not in kept and self.live(task):
+                        kept.add(task)
+                        live.append(task)
+                if live:
+                    bucket[wf_id] = live
+                    size += len(live)
+                else:
+                    del bucket[wf_id]
+        self.size = size
+
 
 class _Backlog(_Queue):
     """Ready tasks of one pool held back because its queue is full.
@@ -382,6 +410,9 @@ class _Backlog(_Queue):
     """
 
     __slots__ = ()
+
+    def live(self, task: _Task) -> bool:
+        return task.in_backlog
 
     def pop(self) -> _Task | None:
         for bucket in self.buckets:
@@ -1124,6 +1155,7 @@ class Scheduler:
             for queue in list(self._queues.get(cap, {}).values()):
                 for task in _entries(queue):
                     yield cap, task
+                queue.compact()  # what moved out left stale entries here, which no worker pops
         for pool in list(self._pools.values()):
             if pool.backlogged:
                 for task in _entries(pool.backlog):

@@ -719,6 +719,47 @@ async def test_a_long_poll_answers_every_attempt_dispatched_to_it(client: Client
             await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, "ok")))
 
 
+async def test_three_pollers_for_several_tasks_complete_a_burst_of_fifty_tasks_exactly_once(
+    client: Client,
+) -> None:
+    """Fifty workflows (one or two tasks, on two capabilities) submitted at once while three
+    unary pollers, each asking for four tasks, poll and complete what they get: every task is
+    handed out once, at its first attempt, completed once, and every workflow completes."""
+    cap, other = unique_capability("burst"), unique_capability("burst-2")
+    expected: set[tuple[str, str]] = set()
+    seen: Counter[tuple[str, str]] = Counter()
+    attempts: list[int] = []
+
+    async def poller(name: str) -> None:
+        for _ in range(200):  # bounded: far more polls than it takes
+            if len(seen) >= 75 and set(seen) >= expected:
+                return
+            request = w.PollTaskRequest(worker_name=name, capabilities=[cap, other], max_tasks=4)
+            answer = await client.raw.worker.PollTask(request, timeout=3)
+            for a in answer.assignments:
+                seen[(a.workflow_id, a.task_id)] += 1
+                attempts.append(a.attempt)
+                await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, "ok")))
+
+    pollers = [asyncio.create_task(poller(f"burst-{i}")) for i in range(3)]
+    specs = [
+        (task("a", cap), task("b", other)) if i % 2 else (task("a", cap if i % 3 else other),)
+        for i in range(50)
+    ]
+    workflow_ids = await asyncio.gather(*(submit(client, *tasks) for tasks in specs))
+    for workflow_id, tasks in zip(workflow_ids, specs, strict=True):
+        expected.update((workflow_id, x.task_id) for x in tasks)
+    async with asyncio.timeout(60):
+        await asyncio.gather(*pollers)
+    assert len(expected) == 75
+    assert set(seen) == expected
+    assert [k for k, n in seen.items() if n != 1] == []
+    assert set(attempts) == {1}
+    for workflow_id in workflow_ids:
+        closed = await wait_closed(client, workflow_id)
+        assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+
+
 async def test_an_empty_poll_returns_before_the_deadline(client: Client) -> None:
     cap = unique_capability("idle")
     polled = await client.raw.worker.PollTask(

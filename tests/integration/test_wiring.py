@@ -465,6 +465,56 @@ async def test_a_queued_intent_task_goes_to_the_class_that_comes_after_its_own_l
     await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=blocker))
 
 
+async def test_a_queued_intent_task_follows_its_card_to_the_new_capability_of_a_rolling_upgrade(
+    client: Client,
+) -> None:
+    """Two stream workers declare one card id: the old one with capability v1 (full), the new
+    one with v2. The card's capabilities are its first worker's, so the intent goes to v1 and
+    waits; when the old worker leaves, the card serves v2 alone, and the task must be routed
+    again and run there (it used to wait on v1, which nobody serves any more)."""
+    n = next(_ids)
+    words = f"restore faded daguerreotype plates from lyon studios qv{n}w"
+    v1, v2 = unique_capability("plate-v1"), unique_capability("plate-v2")
+    agent_id = f"plate-restorer-{n}"
+
+    async def connect(name: str, capability: str) -> Any:
+        stream = client.raw.worker.Connect()
+        card = agent_pb2.AgentCard(agent_id=agent_id, description=words, capabilities=[capability])
+        registration = w.WorkerRegistration(
+            worker_name=name, capabilities=[capability], max_concurrency=1, agent_card=card
+        )
+        await stream.write(w.ConnectRequest(register=registration))
+        assert (await stream.read()).WhichOneof("message") == "registered"
+        return stream
+
+    old = await connect(f"old-{n}", v1)
+    blocker = await submit(client, task("block", v1))
+    async with asyncio.timeout(20):
+        while (message := await old.read()).WhichOneof("message") != "assignments":
+            pass
+    assert [a.task_id for a in message.assignments.assignments] == ["block"]
+    new = await connect(f"new-{n}", v2)
+    wid = await submit(client, t.TaskSpec(task_id="a", intent=words, input=_json({"plate": 1})))
+    [first] = await _events(client, wid, event_pb2.EVENT_TYPE_TASK_ROUTED)
+    assert _attributes(first)["are.route.capability"] == v1
+    await old.done_writing()
+    old.cancel()
+    async with asyncio.timeout(20):
+        while (message := await new.read()).WhichOneof("message") != "assignments":
+            pass
+    [assignment] = message.assignments.assignments
+    assert (assignment.workflow_id, assignment.task_id, assignment.attempt) == (wid, "a", 1)
+    batch = w.CompletionBatch(completions=[completion(assignment, "restored")])
+    await new.write(w.ConnectRequest(complete=batch))
+    closed = await wait_closed(client, wid, timeout=20)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+    again = _attributes((await _events(client, wid, event_pb2.EVENT_TYPE_TASK_ROUTED))[-1])
+    assert (again["are.route.capability"], again["are.route.previous_capability"]) == (v2, v1)
+    await new.done_writing()
+    new.cancel()
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=blocker))
+
+
 async def test_a_declared_card_is_checked_and_names_the_field(client: Client) -> None:
     cap = unique_capability("bad-card")
     bad_cards = {

@@ -528,3 +528,26 @@ async def test_worker_updates_return_the_capabilities_whose_served_state_changed
     }
     assert router.remove_worker("w3") == set()
     assert router.update_worker("w4", name="idle", capabilities=("cap-d",), available=False) == set()
+
+
+async def test_a_worker_card_taken_over_by_a_worker_of_other_capabilities_reports_both_changes(
+    router: Router,
+) -> None:
+    """A rolling upgrade: two workers share a card id, the old one declaring ``v1``, the new one
+    ``v2``. The card's capabilities are its first worker's; when that worker goes, they become the
+    new one's, so ``v1`` is no longer served and ``v2`` is: both must be reported, or the intent
+    tasks queued on ``v1`` are never routed again (the worker went unavailable first, as the
+    sidecar does it, so its removal is the call that changes the card)."""
+    old = AgentSpec(agent_id="writer", description="write", capabilities=("cap-v1",))
+    new = AgentSpec(agent_id="writer", description="write", capabilities=("cap-v2",))
+    assert router.update_worker("old", name="writer", capabilities=("cap-v1",), card=old) == {"cap-v1"}
+    assert router.update_worker("new", name="writer", capabilities=("cap-v2",), card=new) == set()
+    assert router.serves("cap-v1")
+    assert router.update_worker("old", name="writer", capabilities=("cap-v1",), available=False) == set()
+    assert router.remove_worker("old") == {"cap-v1", "cap-v2"}
+    assert (router.serves("cap-v1"), router.serves("cap-v2")) == (False, True)
+    # The same without marking it unavailable first.
+    assert router.update_worker("old", name="writer", capabilities=("cap-v1",), card=old) == set()
+    assert router.update_worker("newer", name="writer", capabilities=("cap-v1",), card=old) == set()
+    assert router.remove_worker("new") == {"cap-v1", "cap-v2"}
+    assert (router.serves("cap-v1"), router.serves("cap-v2")) == (True, False)

@@ -339,3 +339,28 @@ async def test_a_poll_emptied_by_a_drain_takes_nothing_more(engine: Scheduler) -
     assert answer == []
     record = engine.get_task("wf-drained", "a").record
     assert (record.state, record.worker_id) == ("SCHEDULED", ""), record
+
+
+async def test_a_poll_for_several_tasks_gets_all_those_of_one_commit_across_its_capabilities(
+    engine: Scheduler,
+) -> None:
+    """One answer per poll does not mean one task: what one transaction dispatches to the poll
+    (here three tasks of two capabilities, made ready by one submission) all reach
+    it; what is left goes to the next poll. The poller leaves no slot behind."""
+    poll = asyncio.create_task(engine.poll("poller", ["cap", "cap-2"], 3, wait_s=30.0))
+    await settle()  # the poller is idle, waiting
+    tasks = (spec("a"), spec("b", capability="cap-2"), spec("c"), spec("d", capability="cap-2"))
+    await engine.submit(WorkflowSpec(workflow_id="wf-1", tasks=tasks))
+    worker_id, answer = await poll
+    assert len(answer) == 3
+    assert len({(a.workflow_id, a.task_id) for a in answer}) == 3
+    for a in answer:
+        record = engine.get_task(a.workflow_id, a.task_id).record
+        assert (record.state, record.worker_id, record.attempt) == ("RUNNING", worker_id, 1)
+    _, rest = await engine.poll("poller", ["cap", "cap-2"], 3, wait_s=5.0)
+    assert len(rest) == 1
+    assert sorted(a.task_id for a in [*answer, *rest]) == ["a", "b", "c", "d"]
+    for a in [*answer, *rest]:
+        await engine.complete(a.workflow_id, a.task_id, a.attempt, output=b"", content_type="", usage=None)
+    assert engine.counters()["workers"] == 0  # the polls left nothing connected
+    assert engine.get_pool("default")[1].running == 0

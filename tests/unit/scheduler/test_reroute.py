@@ -17,7 +17,9 @@ import pytest
 
 from are_core.scheduler import (
     TABLES,
+    Failure,
     PoolLimits,
+    RetryPolicy,
     RoutingError,
     Scheduler,
     TaskRecord,
@@ -266,3 +268,175 @@ async def test_a_large_pass_routes_each_intent_once_and_yields_the_loop(
     assert sorted(router.calls) == ["write 0", "write 1"]  # memoised per intent text within the pass
     assert all(engine.get_task(wid, f"t{i}").record.capability == "cap-b" for i in range(n))
     await engine.stop()
+
+
+def _queue_entries(engine: Scheduler, capability: str) -> int:
+    """Entries, live or stale, in a capability's queues (what the engine keeps in memory for it)."""
+    return sum(queue.size for queue in engine._queues.get(capability, {}).values())
+
+
+async def test_tasks_moved_out_of_a_class_that_never_comes_back_leave_nothing_behind(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A move leaves a stale entry in the queue of a class nobody serves, so no worker ever pops
+    it: each one held its task (and its workflow, inputs and all) in memory for good, and every
+    later re-route pass read it again. The pass that moves tasks out of a queue drops them."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    n = 40
+    for _ in range(5):
+        await engine.submit(WorkflowSpec(tasks=tuple(_intent(f"t{i}", priority=1 + i % 3) for i in range(n))))
+    await settle()
+    assert _queue_entries(engine, "cap-a") == 5 * n  # routed while nothing was served
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 10 * n, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    async with asyncio.timeout(10):
+        while len(b.assignments) < 5 * n:
+            await asyncio.sleep(0.005)
+    for x in b.assignments:
+        await engine.complete(x.workflow_id, x.task_id, x.attempt, output=b"", content_type="", usage=None)
+    await settle()
+    assert engine.get_pool("default")[1].queued == 0
+    assert _queue_entries(engine, "cap-a") == 0
+    await engine.stop()
+
+
+async def test_a_task_moved_there_and_back_is_dispatched_once_and_counted_once(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A to B to A while both classes stay busy, so neither queue is popped in between: the task
+    is queued twice in A's queue, once live; it is dispatched once, the pool counts it once, and
+    its retry is dispatched once too."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    blockers = (
+        spec("ha", capability="cap-a", priority=0),
+        spec("hb", capability="cap-b", priority=0),
+        spec("ha2", capability="cap-a", priority=0),
+    )
+    await engine.submit(WorkflowSpec(workflow_id="blk", tasks=blockers))
+    a1, b = FakeWorker(), FakeWorker()
+    worker_a1 = engine.connect_worker("a1", ["cap-a"], 1, a1.assign, a1.cancel)
+    router.serve(engine, "cap-a")
+    worker_b = engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    retry = RetryPolicy(initial_interval_s=0.01)
+    await engine.submit(WorkflowSpec(workflow_id="w", tasks=(_intent("t", retry_policy=retry),)))
+    await settle()
+    assert engine.get_task("w", "t").record.capability == "cap-a"
+    engine.drain_worker(worker_a1)
+    router.unserve(engine, "cap-a")
+    await settle()
+    assert engine.get_task("w", "t").record.capability == "cap-b"
+    a2 = FakeWorker()
+    worker_a2 = engine.connect_worker("a2", ["cap-a"], 1, a2.assign, a2.cancel)  # takes ha2, stays busy
+    router.serve(engine, "cap-a")
+    engine.drain_worker(worker_b)
+    router.unserve(engine, "cap-b")
+    await settle()
+    assert engine.get_task("w", "t").record.capability == "cap-a"
+    assert engine.get_pool("default")[1].queued == 1
+    await engine.complete("blk", "ha2", 1, output=b"", content_type="", usage=None)
+    await settle()
+    assert [(x.task_id, x.attempt) for x in a2.assignments] == [("ha2", 1), ("t", 1)]
+    assert engine.get_pool("default")[1].queued == 0
+    engine.fail("w", "t", 1, failure=Failure(message="again", type="E"), usage=None)
+    async with asyncio.timeout(5):
+        while len(a2.assignments) < 3:
+            await asyncio.sleep(0.005)
+    await settle()
+    assert [(x.task_id, x.attempt) for x in a2.assignments] == [("ha2", 1), ("t", 1), ("t", 2)]
+    assert engine.get_pool("default")[1].queued == 0
+    assert worker_a2.free == 0
+    await engine.stop()
+
+
+async def test_a_moved_task_is_cancelled_or_times_out_like_any_other(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """After a move: CancelWorkflow and the schedule-to-start timeout take the task out of its
+    new queue (the pool's count falls to zero) and no worker of either class receives it."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    await engine.submit(WorkflowSpec(workflow_id="c", tasks=(_intent("t"),)))
+    await engine.submit(WorkflowSpec(workflow_id="s", tasks=(_intent("t", schedule_to_start_s=0.2),)))
+    await settle()
+    router.serve(engine, "cap-b")  # served elsewhere: both move to cap-b and wait
+    async with asyncio.timeout(5):
+        while engine.get_task("s", "t").record.capability != "cap-b":
+            await asyncio.sleep(0.005)
+    assert engine.get_task("c", "t").record.capability == "cap-b"
+    assert engine.get_pool("default")[1].queued == 2
+    await engine.cancel("c", "no longer needed", "test")
+    assert engine.get_pool("default")[1].queued == 1
+    async with asyncio.timeout(5):
+        while engine.get_task("s", "t").record.state != "FAILED":
+            await asyncio.sleep(0.01)
+    assert engine.get_task("s", "t").record.failure.timeout_type == "SCHEDULE_TO_START"
+    assert engine.get_pool("default")[1].queued == 0
+    a, b = FakeWorker(), FakeWorker()
+    engine.connect_worker("a", ["cap-a"], 5, a.assign, a.cancel)
+    engine.connect_worker("b", ["cap-b"], 5, b.assign, b.cancel)
+    await settle()
+    assert (a.assignments, b.assignments) == ([], [])
+    await engine.stop()
+
+
+async def test_a_task_moved_there_and_back_has_one_entry_in_each_queue_it_passed(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A to B to A: each pass that moves tasks out of a queue reads it through and drops what
+    went stale, so A's queue ends with one entry per task (not two, one of them a repeat) and
+    B's with none; the tasks are still served."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    await engine.submit(WorkflowSpec(workflow_id="w", tasks=(_intent("t"), _intent("u"))))
+    await settle()
+    router.serve(engine, "cap-b")  # no worker anywhere: the router's view alone moves them
+    async with asyncio.timeout(5):
+        while len(sink.routed("u")) < 2:
+            await asyncio.sleep(0.005)
+    router.served.add("cap-a")
+    router.unserve(engine, "cap-b")  # back to cap-a
+    async with asyncio.timeout(5):
+        while len(sink.routed("u")) < 3:
+            await asyncio.sleep(0.005)
+    await settle()
+    assert engine.get_task("w", "t").record.capability == "cap-a"
+    assert (_queue_entries(engine, "cap-a"), _queue_entries(engine, "cap-b")) == (2, 0)
+    assert engine.get_pool("default")[1].queued == 2
+    a = FakeWorker()
+    engine.connect_worker("a", ["cap-a"], 5, a.assign, a.cancel)
+    await settle()
+    assert sorted((x.task_id, x.attempt) for x in a.assignments) == [("t", 1), ("u", 1)]
+    assert engine.get_pool("default")[1].queued == 0
+    await engine.stop()
+
+
+async def test_a_stop_in_the_middle_of_a_pass_keeps_what_moved_and_a_restart_serves_every_task(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """The scheduler stops while a long pass has moved only a slice: the stop ends the pass and
+    commits the moves made; after a restart each task is queued once, where its record says."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    n = 3000
+    record, _ = await engine.submit(WorkflowSpec(tasks=tuple(_intent(f"t{i}") for i in range(n))))
+    wid = record.workflow_id
+    await settle()
+    router.serve(engine, "cap-b")
+    await asyncio.sleep(0)  # one slice
+    await engine.stop()
+    restarted = await _started(opened, Sink(), FakeRouter())
+    caps = [restarted.get_task(wid, f"t{i}").record.capability for i in range(n)]
+    assert 0 < caps.count("cap-b") < n
+    assert restarted.get_pool("default")[1].queued == n
+    a, b = FakeWorker(), FakeWorker()
+    restarted.connect_worker("a", ["cap-a"], n, a.assign, a.cancel)
+    restarted.connect_worker("b", ["cap-b"], n, b.assign, b.cancel)
+    await settle()
+    assert sorted(x.task_id for x in a.assignments) == sorted(f"t{i}" for i in range(n) if caps[i] == "cap-a")
+    assert sorted(x.task_id for x in b.assignments) == sorted(f"t{i}" for i in range(n) if caps[i] == "cap-b")
+    assert restarted.get_pool("default")[1].queued == 0
+    await restarted.stop()
