@@ -72,6 +72,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     router_cost_weight: float = 1.0
     router_mode: str = "cost_biased"
     router_model_exploration: float = 0.05
+    router_reroute_grace_s: float = 10.0
     cache_models: str = ""
     cache_search: str = "inline"
     cache_hot_bytes: int = 64 * 1024 * 1024
@@ -417,6 +418,15 @@ OPTIONS: tuple[Option, ...] = (
         "SHARE",
     ),
     Option(
+        "router_reroute_grace_s",
+        10.0,
+        "Seconds (0 to 3600) a worker class may go unserved before the intent tasks waiting on it "
+        "are routed to another class; counted from the start for a class not back yet after a "
+        "restart. 0 re-routes at once.",
+        _bounded_float(0.0, 3600.0),
+        "SECONDS",
+    ),
+    Option(
         "cache_models",
         "",
         "Local embedding models that cache namespaces may name as their embedder, as "
@@ -555,6 +565,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         router_cost_weight=values["router_cost_weight"],
         router_mode=values["router_mode"],
         router_model_exploration=values["router_model_exploration"],
+        router_reroute_grace_s=values["router_reroute_grace_s"],
         cache_models=values["cache_models"],
         cache_search=values["cache_search"],
         cache_hot_bytes=values["cache_hot_bytes"],

@@ -24,7 +24,9 @@ hooks below are installed on the engines, so a task that uses none of
   routed again each time a capability gains its first or loses its last
   stream worker (``Scheduler.served_changed``): it moves to a class served
   then, recorded as another TASK_ROUTED with ``are.route.rerouted`` and
-  ``are.route.previous_capability``. Unary polls are not declared to the
+  ``are.route.previous_capability``; only once its own class has gone
+  unserved for ``router_reroute_grace_s`` (a class restarting, or not yet
+  back after the sidecar's restart, keeps its tasks). Unary polls are not declared to the
   router, so they neither count as serving a capability nor trigger this.
 * **Cache.** A task's ``cache_key`` is looked up when the task is scheduled
   (``CacheEngine.lookup_for_task``; the exact tier alone when the key is
@@ -204,6 +206,7 @@ class Wiring:
             features.add("intent")
             engine.route = self.route
             engine.capability_served = self.router.engine.serves
+            engine.reroute_grace_s = runtime.config.router_reroute_grace_s
             engine.worker_changed = self.worker_changed
         if self.cache is not None:
             features.add("cache")

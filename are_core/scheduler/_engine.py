@@ -531,7 +531,7 @@ class Scheduler:
         rng: ``random.random``-like source for backoff jitter.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one statement per field of state
         self,
         storage: Storage,
         committer: GroupCommitter,
@@ -590,6 +590,13 @@ class Scheduler:
         self._lookups: set[asyncio.Task[None]] = set()
         self._reroute_pending: set[str] = set()  # capabilities whose served state changed, not yet looked at
         self._reroute_job: asyncio.Task[None] | None = None
+        self.reroute_grace_s = 10.0
+        """How long a capability stays unserved before the intent tasks waiting on it are routed
+        elsewhere (0: at once): a class gone for a moment (its workers restarting, or not yet
+        reconnected after the sidecar's own restart) keeps its tasks."""
+        self._unserved_since: dict[str, int] = {}  # capability -> when it lost its last worker
+        self._rechecks: set[str] = set()  # capabilities with a "reroute" timer armed
+        self._started_ns = 0
 
     # ------------------------------------------------------------------ life
 
@@ -601,6 +608,7 @@ class Scheduler:
         lost attempt is not charged to the retry policy.
         """
         now = self._clock()
+        self._started_ns = now
         self._pools["default"] = _Pool(PoolLimits(name="default", create_ns=now, update_ns=now), now)
         for _, raw in self._storage.scan(T_POOLS, limit=100_000):
             limits = _pool_codec.decode(raw)
@@ -1086,7 +1094,10 @@ class Scheduler:
         failing router, leaves it where it is: its attempt is not charged
         and it waits for a worker or its own schedule-to-start timeout. Tasks
         that named a capability, and attempts handed to a worker, are never
-        re-routed.
+        re-routed. Only tasks waiting on a capability unserved for
+        :attr:`reroute_grace_s` (counted from the start for one not served
+        since) move: a class that comes back within it keeps its tasks; a
+        timer looks again when the grace ends.
 
         The work runs in the background, a bounded slice per loop turn
         (``_REROUTE_ENTRIES_PER_TURN`` entries looked at,
@@ -1095,9 +1106,35 @@ class Scheduler:
         """
         if self.route is None or self.capability_served is None or self._stopped:
             return
+        served, now = self.capability_served, self._clock()
+        capabilities = set(capabilities)
+        for capability in capabilities:
+            if served(capability):
+                self._unserved_since.pop(capability, None)
+            else:
+                self._unserved_since.setdefault(capability, now)
+        self._reroute_soon(capabilities)
+
+    def _reroute_soon(self, capabilities: set[str]) -> None:
         self._reroute_pending.update(capabilities)
         if self._reroute_job is None and self._reroute_pending:
             self._reroute_job = asyncio.ensure_future(self._reroute())
+
+    def _settled(self, cap: str, now: int) -> bool:
+        """Whether ``cap`` has gone unserved for the grace period; if not, a re-check is armed for then.
+
+        A capability never served since the start counts from the start.
+        """
+        grace = int(self.reroute_grace_s * 1e9)
+        if grace <= 0:
+            return True
+        since = self._unserved_since.get(cap, self._started_ns)
+        if now - since >= grace:
+            return True
+        if cap not in self._rechecks:
+            self._rechecks.add(cap)
+            self._at(since + grace, "reroute", cap, 0)
+        return False
 
     async def _reroute(self) -> None:
         """Runs re-route passes until no served-state change is left to look at."""
@@ -1151,7 +1188,11 @@ class Scheduler:
         Each line is copied as it is reached, so the caller may yield the
         loop between entries; entries may be stale (the caller checks).
         """
-        for cap in [c for c in (self._queues if caps is None else caps) if not served(c)]:
+        now = self._clock()
+        waiting = [c for c in (self._queues if caps is None else caps) if not served(c)]
+        for cap in [c for c in waiting if any(q.size for q in self._queues.get(c, {}).values())]:
+            if not self._settled(cap, now):
+                continue
             for queue in list(self._queues.get(cap, {}).values()):
                 for task in _entries(queue):
                     yield cap, task
@@ -1159,7 +1200,9 @@ class Scheduler:
         for pool in list(self._pools.values()):
             if pool.backlogged:
                 for task in _entries(pool.backlog):
-                    if task.in_backlog and (caps is None or task.cap in caps):
+                    if not task.in_backlog or (caps is not None and task.cap not in caps):
+                        continue
+                    if self._settled(task.cap, now):
                         yield task.cap, task
 
     def _pick(self, task: _Task, route: RouteHook) -> tuple[str, dict[str, Any]] | None:
@@ -2036,9 +2079,14 @@ class Scheduler:
         self._after_op()
         self._arm()
 
-    def _on_timer(self, kind: str, subject: Any, token: int, now: int) -> None:  # noqa: C901 - one branch per timer kind
+    def _on_timer(self, kind: str, subject: Any, token: int, now: int) -> None:  # noqa: C901, PLR0912 - one branch per timer kind
         if kind == "pump":
             self._pump_wanted = True
+            return
+        if kind == "reroute":  # a capability's grace ended (see _settled)
+            self._rechecks.discard(subject)
+            if self.capability_served is not None and not self.capability_served(subject):
+                self._reroute_soon({subject})
             return
         if kind == "deadline":
             w: _Workflow = subject
@@ -2895,7 +2943,7 @@ def _entries(queue: _Queue) -> Iterator[_Task]:
 
 def _timer_live(entry: tuple[int, int, str, Any, int]) -> bool:
     kind, subject, token = entry[2], entry[3], entry[4]
-    if kind == "pump":
+    if kind in ("pump", "reroute"):
         return True
     if kind == "deadline":
         return bool(subject.rec.state == "RUNNING")

@@ -41,7 +41,7 @@ async def _capability(client: Client, workflow_id: str) -> str:
 
 async def test_a_rerouted_task_stays_in_its_new_queue_after_sigkill(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    process = SidecarProcess.start(data_dir=data)
+    process = SidecarProcess.start(data_dir=data, args=["--router-reroute-grace-s", "0"])
     try:
         async with await Client.connect(process.target) as client:
             # The cheap class: a registered card nobody serves.
@@ -82,7 +82,7 @@ async def test_a_rerouted_task_stays_in_its_new_queue_after_sigkill(tmp_path: Pa
         process.kill()
         process.cleanup()
 
-    process = SidecarProcess.start(data_dir=data)
+    process = SidecarProcess.start(data_dir=data, args=["--router-reroute-grace-s", "0"])
     try:
         async with await Client.connect(process.target) as client:
             assert await _capability(client, wid) == "dear"

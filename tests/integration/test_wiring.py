@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import AsyncIterator, Iterator
 from itertools import count
 from typing import Any
 
@@ -35,6 +36,7 @@ from are_sdk._proto.are.v1 import state_service_pb2 as ss
 from are_sdk._proto.are.v1 import task_pb2 as t
 from are_sdk._proto.are.v1 import worker_service_pb2 as w
 from are_sdk._proto.are.v1 import workflow_pb2 as wf
+from are_sdk.testing import SidecarProcess
 from tests.integration.test_scheduler import (
     StreamWorker,
     completion,
@@ -408,8 +410,23 @@ async def test_workers_declare_their_cards_and_intents_go_to_the_cheapest_class(
     assert [a.available for a in cards] in ([], [False])  # the worker left: its class is gone
 
 
-async def test_a_queued_intent_task_goes_to_the_class_that_comes_after_its_own_left(client: Client) -> None:
-    """Re-routing: the cheap class is full, then leaves; the task waits, then goes to the dear class."""
+@pytest.fixture(scope="module")
+def quick_reroute_sidecar() -> Iterator[SidecarProcess]:
+    """A sidecar whose worker classes may go unserved for 1 s (not 10) before their tasks move."""
+    with SidecarProcess.start(args=["--router-reroute-grace-s", "1"]) as process:
+        yield process
+
+
+@pytest.fixture
+async def quick(quick_reroute_sidecar: SidecarProcess) -> AsyncIterator[Client]:
+    async with await Client.connect(quick_reroute_sidecar.target) as connected:
+        yield connected
+
+
+async def test_a_queued_intent_task_goes_to_the_class_that_comes_after_its_own_left(quick: Client) -> None:
+    """Re-routing: the cheap class is full, then leaves; the task waits (past the grace), then goes
+    to the dear class."""
+    client = quick
     n = next(_ids)
     words = f"appraise antique clocks from geneva workshops zq{n}x"
     cheap, dear = unique_capability("clock-cheap"), unique_capability("clock-dear")
@@ -466,12 +483,13 @@ async def test_a_queued_intent_task_goes_to_the_class_that_comes_after_its_own_l
 
 
 async def test_a_queued_intent_task_follows_its_card_to_the_new_capability_of_a_rolling_upgrade(
-    client: Client,
+    quick: Client,
 ) -> None:
     """Two stream workers declare one card id: the old one with capability v1 (full), the new
     one with v2. The card's capabilities are its first worker's, so the intent goes to v1 and
     waits; when the old worker leaves, the card serves v2 alone, and the task must be routed
     again and run there (it used to wait on v1, which nobody serves any more)."""
+    client = quick
     n = next(_ids)
     words = f"restore faded daguerreotype plates from lyon studios qv{n}w"
     v1, v2 = unique_capability("plate-v1"), unique_capability("plate-v2")

@@ -93,8 +93,11 @@ async def opened(tmp_path: Path) -> AsyncIterator[tuple[Storage, GroupCommitter]
     storage.close()
 
 
-async def _started(opened: tuple[Storage, GroupCommitter], sink: Sink, router: FakeRouter) -> Scheduler:
+async def _started(
+    opened: tuple[Storage, GroupCommitter], sink: Sink, router: FakeRouter, *, grace_s: float = 0.0
+) -> Scheduler:
     engine = Scheduler(*opened, events=sink, rng=lambda: 0.0)
+    engine.reroute_grace_s = grace_s  # at once, unless a test is about the grace
     router.install(engine)
     await engine.start()
     return engine
@@ -439,4 +442,87 @@ async def test_a_stop_in_the_middle_of_a_pass_keeps_what_moved_and_a_restart_ser
     assert sorted(x.task_id for x in a.assignments) == sorted(f"t{i}" for i in range(n) if caps[i] == "cap-a")
     assert sorted(x.task_id for x in b.assignments) == sorted(f"t{i}" for i in range(n) if caps[i] == "cap-b")
     assert restarted.get_pool("default")[1].queued == 0
+    await restarted.stop()
+
+
+async def _served_by(worker: FakeWorker, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(worker.assignments) < count:
+            await asyncio.sleep(0.005)
+
+
+async def test_a_class_back_within_the_grace_keeps_its_tasks_and_one_gone_past_it_loses_them(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A worker class restarting (gone for a moment) keeps the intent tasks waiting on it; one
+    gone past the grace has them routed to the class served then, by a timer, with no other event."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router, grace_s=0.3)
+    engine._started_ns -= 10**9  # the start's own grace is over
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 10, b.assign, b.cancel)
+    router.serve(engine, "cap-b")  # dear, but served all along
+    a = FakeWorker()
+    worker_a = engine.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    router.serve(engine, "cap-a")
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
+    wid = record.workflow_id
+    await _served_by(a, 1)  # A is full: q waits on cap-a
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+
+    # A goes and comes back within the grace: q stays on cap-a and A serves it.
+    engine.drain_worker(worker_a)
+    router.unserve(engine, "cap-a")
+    await settle()
+    again = FakeWorker()
+    worker_a2 = engine.connect_worker("a2", ["cap-a"], 2, again.assign, again.cancel)
+    router.serve(engine, "cap-a")
+    await _served_by(again, 1)
+    assert [(x.task_id, x.capability) for x in again.assignments] == [("q", "cap-a")]
+    assert b.assignments == []
+    assert len(sink.routed("q")) == 1
+
+    # A third task waits on cap-a; A goes for good: after the grace it moves to B.
+    await engine.submit(WorkflowSpec(tasks=(_intent("s"), _intent("t"))))
+    await _served_by(again, 2)  # one slot left: one of s, t is served, the other waits on cap-a
+    engine.drain_worker(worker_a2)
+    router.unserve(engine, "cap-a")
+    await settle()
+    assert b.assignments == []  # within the grace
+    await _served_by(b, 1)
+    (moved,) = b.assignments
+    assert moved.capability == "cap-b"
+    assert sink.routed(moved.task_id)[-1]["are.route.previous_capability"] == "cap-a"
+    await engine.stop()
+
+
+async def test_after_a_restart_the_first_class_back_does_not_take_the_tasks_of_the_others(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """After the sidecar's restart every class reconnects in some order: the dear one first must
+    not take the tasks waiting on the cheap one while the grace (counted from the start) runs."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    a = FakeWorker()
+    engine.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    router.serve(engine, "cap-a")
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
+    wid = record.workflow_id
+    await _served_by(a, 1)
+    await engine.stop()
+
+    router = FakeRouter()
+    restarted = await _started(opened, Sink(), router, grace_s=30.0)
+    b = FakeWorker()
+    restarted.connect_worker("b", ["cap-b"], 10, b.assign, b.cancel)
+    router.serve(restarted, "cap-b")
+    await settle()
+    assert b.assignments == []
+    assert restarted.get_task(wid, "q").record.capability == "cap-a"
+    back = FakeWorker()
+    restarted.connect_worker("a", ["cap-a"], 2, back.assign, back.cancel)
+    router.serve(restarted, "cap-a")
+    await _served_by(back, 2)  # r (its lost attempt again) and q
+    assert sorted((x.task_id, x.capability) for x in back.assignments) == [("q", "cap-a"), ("r", "cap-a")]
+    assert b.assignments == []
     await restarted.stop()

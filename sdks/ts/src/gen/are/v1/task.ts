@@ -255,8 +255,10 @@ export interface TaskSpec {
    * FAILURE_KIND_ROUTING (retried by policy). While the task waits to
    * start, it is routed again each time a capability gains its first or
    * loses its last stream worker, and moves to a class served then (a
-   * further TASK_ROUTED event); a re-route that finds nothing leaves it
-   * waiting where it is.
+   * further TASK_ROUTED event) once its own class has gone unserved for
+   * the sidecar's re-route grace (router_reroute_grace_s, 10 s by default,
+   * counted from the start after a restart); a re-route that finds
+   * nothing leaves it waiting where it is.
    */
   intent?:
     | string
