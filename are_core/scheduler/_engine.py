@@ -1058,13 +1058,30 @@ class Scheduler:
         return True
 
     def _routed(self, task: _Task) -> bool:
-        """Routes an intent to a capability; False when the attempt failed with ROUTING."""
+        """Routes an intent to a capability; False when the attempt failed with ROUTING.
+
+        A task routed before (a retry, say) whose intent now clears no
+        threshold keeps its capability and waits for it: the router knows a
+        worker's card only while the worker is connected, so the class that
+        just lost its worker (the one whose attempt failed) is not gone for
+        good; a re-route moves the task if another class is served.
+        """
         rec = task.rec
         try:
             if self.route is None:
                 raise RoutingError("no router is configured to route task intents")  # noqa: TRY301
             capability, attributes = self.route(task.spec, rec)
         except RoutingError as error:
+            if rec.capability and self.route is not None:
+                task.cap = rec.capability
+                kept = {
+                    "are.intent": task.spec.intent[:256],
+                    "are.route.capability": rec.capability,
+                    "are.route.kept": True,
+                    "are.route.reason": f"kept the previous capability: {error}"[:256],
+                }
+                self._event("TASK_ROUTED", task, attributes=kept)
+                return True
             rec.attempt += 1  # a routing failure uses up an attempt, so the policy bounds it
             task.wf.rec.task_attempts += 1
             failure = Failure(message=str(error)[:1024], type="NO_ROUTE_ABOVE_THRESHOLD", kind="ROUTING")

@@ -130,7 +130,8 @@ const (
 	// "are.route.similarity", "are.route.cost_micro_usd", "are.route.mode",
 	// "are.route.reason"; when a waiting task was routed again to another
 	// class, also "are.route.rerouted" (true) and
-	// "are.route.previous_capability".
+	// "are.route.previous_capability"; when a task routed before (a retry)
+	// now routes nowhere and keeps its capability, "are.route.kept" (true).
 	EventType_EVENT_TYPE_TASK_ROUTED EventType = 35
 	// A submit or spawn was refused because a pool queue was full. Sets
 	// workflow_id (when known). Attributes: "are.pool", "are.queue_length".

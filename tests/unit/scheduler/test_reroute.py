@@ -526,3 +526,37 @@ async def test_after_a_restart_the_first_class_back_does_not_take_the_tasks_of_t
     assert sorted((x.task_id, x.capability) for x in back.assignments) == [("q", "cap-a"), ("r", "cap-a")]
     assert b.assignments == []
     await restarted.stop()
+
+
+async def test_a_retry_whose_intent_routes_nowhere_now_keeps_its_class_and_waits_for_it(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """The router knows a worker's card only while the worker is connected: when the only worker
+    of a class is lost mid-attempt, the retry's routing finds nothing. It keeps its capability
+    (a TASK_ROUTED event says so) and waits, instead of burning its attempts on ROUTING."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    a = FakeWorker()
+    worker_a = engine.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    router.serve(engine, "cap-a")
+    retry = RetryPolicy(maximum_attempts=2, initial_interval_s=0.001)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t", retry_policy=retry),)))
+    wid = record.workflow_id
+    await _served_by(a, 1)
+    router.down = True  # the class's cards left with its worker
+    router.unserve(engine, "cap-a")
+    engine.disconnect_worker(worker_a)  # WORKER_LOST: retried by policy
+    async with asyncio.timeout(5):
+        while len(sink.routed("t")) < 2:
+            await asyncio.sleep(0.005)
+    kept = sink.routed("t")[-1]
+    assert (kept["are.route.capability"], kept["are.route.kept"]) == ("cap-a", True)
+    waiting = engine.get_task(wid, "t").record
+    assert (waiting.state, waiting.capability, waiting.attempt) == ("SCHEDULED", "cap-a", 1)
+    router.down = False
+    back = FakeWorker()
+    engine.connect_worker("a2", ["cap-a"], 1, back.assign, back.cancel)
+    router.serve(engine, "cap-a")
+    await _served_by(back, 1)
+    assert [(x.task_id, x.capability, x.attempt) for x in back.assignments] == [("t", "cap-a", 2)]
+    await engine.stop()

@@ -162,7 +162,8 @@ export enum EventType {
    * "are.route.similarity", "are.route.cost_micro_usd", "are.route.mode",
    * "are.route.reason"; when a waiting task was routed again to another
    * class, also "are.route.rerouted" (true) and
-   * "are.route.previous_capability".
+   * "are.route.previous_capability"; when a task routed before (a retry)
+   * now routes nowhere and keeps its capability, "are.route.kept" (true).
    */
   EVENT_TYPE_TASK_ROUTED = 35,
   /**
