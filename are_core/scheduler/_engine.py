@@ -1239,13 +1239,7 @@ class Scheduler:
         task.rec.capability = cap
         self._dirty(task)
         if task.in_queue:  # the entry in the old queue goes stale; the pool's count is unchanged
-            by_pool = self._queues.get(cap)
-            if by_pool is None:
-                by_pool = self._queues[cap] = {}
-            queue = by_pool.get(task.spec.pool)
-            if queue is None:
-                queue = by_pool[task.spec.pool] = _Queue(cap)
-            queue.push(task)
+            self._queue_of(cap, task.spec.pool).push(task)
             self._pump_wanted = True
         # (A backlogged task keeps its place in the pool's backlog; it is promoted into its new queue.)
         self._event(
@@ -1331,16 +1325,19 @@ class Scheduler:
             return
         self._push_queue(task, pool)
 
-    def _push_queue(self, task: _Task, pool: _Pool) -> None:
-        cap = task.cap
+    def _queue_of(self, cap: str, pool_name: str) -> _Queue:
+        """The queue of (capability, pool), made on first use."""
         by_pool = self._queues.get(cap)
         if by_pool is None:
             by_pool = self._queues[cap] = {}
-        queue = by_pool.get(task.spec.pool)
+        queue = by_pool.get(pool_name)
         if queue is None:
-            queue = by_pool[task.spec.pool] = _Queue(cap)
+            queue = by_pool[pool_name] = _Queue(cap)
+        return queue
+
+    def _push_queue(self, task: _Task, pool: _Pool) -> None:
         task.in_queue = True
-        queue.push(task)
+        self._queue_of(task.cap, task.spec.pool).push(task)
         pool.queued += 1
         self._pump_wanted = True
 
