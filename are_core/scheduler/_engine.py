@@ -625,6 +625,15 @@ class Scheduler:
         # the queue bound holds and the earliest ready tasks are queued again.
         ready.sort(key=lambda item: item[0])
         for _, task in ready:
+            if task.spec.intent and not task.rec.capability and task.rec.state == "SCHEDULED":
+                # Its scheduling stopped before the intent was routed (a cache
+                # lookup in flight): finish it, or it would wait on capability "".
+                key = task.spec.cache_key
+                if key is not None and self.cache_lookup is not None and not task.rec.attempt:
+                    self._look_up(task, key)
+                else:
+                    self._route_and_enqueue(task, now)
+                continue
             self._enqueue(task, now)
         if open_ids:
             self._settle()

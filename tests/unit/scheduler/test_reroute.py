@@ -17,6 +17,7 @@ import pytest
 
 from are_core.scheduler import (
     TABLES,
+    CacheKey,
     Failure,
     PoolLimits,
     RetryPolicy,
@@ -560,3 +561,47 @@ async def test_a_retry_whose_intent_routes_nowhere_now_keeps_its_class_and_waits
     await _served_by(back, 1)
     assert [(x.task_id, x.capability, x.attempt) for x in back.assignments] == [("t", "cap-a", 2)]
     await engine.stop()
+
+
+async def test_an_intent_task_stopped_in_its_cache_lookup_is_looked_up_and_routed_after_a_restart(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A task with an intent and a cache key asks the cache before the router. Stopped while the
+    lookup was in flight, it was reloaded into the queue of capability "" (never routed), where
+    no worker ever looks: after a restart its scheduling must finish (lookup, then route)."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    stuck = asyncio.Event()
+
+    async def never(key: CacheKey) -> None:
+        stuck.set()
+        await asyncio.sleep(3600)
+
+    engine.cache_lookup = never
+    cached = spec("t", capability="", intent="write", cache_key=CacheKey(namespace="n", prompt="p"))
+    record, _ = await engine.submit(WorkflowSpec(tasks=(cached,)))
+    wid = record.workflow_id
+    await asyncio.wait_for(stuck.wait(), 5)
+    await engine.stop()  # the lookup never answered
+
+    router = FakeRouter()
+    lookups: list[str] = []
+
+    async def miss(key: CacheKey) -> None:
+        lookups.append(key.prompt)
+
+    sink = Sink()
+    restarted = Scheduler(*opened, events=sink, rng=lambda: 0.0)
+    restarted.reroute_grace_s = 0.0
+    router.install(restarted)
+    restarted.cache_lookup = miss
+    await restarted.start()
+    a = FakeWorker()
+    restarted.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
+    router.serve(restarted, "cap-a")
+    await _served_by(a, 1)
+    assert lookups == ["p"]
+    assert [(x.task_id, x.capability, x.attempt) for x in a.assignments] == [("t", "cap-a", 1)]
+    assert restarted.get_task(wid, "t").record.capability == "cap-a"
+    assert "are.route.rerouted" not in sink.routed("t")[0]  # routed as its scheduling went on
+    await restarted.stop()
