@@ -100,6 +100,13 @@ _CANDIDATES = 8
 # but not yet swept, or older than max_age) searches deeper, four times as
 # many at a time, while they are still above the threshold: at most this many.
 _MAX_CANDIDATES = 512
+# Exact confirmations of semantic misses (see CacheEngine.lookup) may take this
+# share of wall-clock time per namespace, with a burst of _CONFIRM_BURST_NS:
+# each holds the index's lock for up to a millisecond, and a load of mostly
+# misses (a cold cache) must not hand the event loop to them. Past it, the
+# graph's answer stands.
+_CONFIRM_SHARE = 0.1
+_CONFIRM_BURST_NS = 50_000_000
 _NEXT_ID_KEY = b"next_entry_id"
 _SCAN_PAGE = 10_000
 _MAX_PENDING_EVENTS = 10_000
@@ -164,6 +171,8 @@ class _State:
         "calibrating",
         "checkpoint_ns",
         "checkpoint_retry_ns",
+        "confirm_at_ns",
+        "confirm_budget_ns",
         "embedder",
         "embedder_error",
         "entries",
@@ -230,6 +239,9 @@ class _State:
         self.stats = StatsRecord()
         self.stats_dirty = False
         self.touched: set[int] = set()  # entries used since the last table export
+        # Time left for exact confirmations of misses (monotonic ns; see _CONFIRM_SHARE).
+        self.confirm_budget_ns = _CONFIRM_BURST_NS
+        self.confirm_at_ns = time.monotonic_ns()
         self.saved_ns = now  # when the recency in memory was last saved or loaded (engine clock)
         self.pending: list[int] = []
         self.seq = 0
@@ -818,7 +830,9 @@ class CacheEngine:
         (:data:`~are_core.vector.EXACT_CONFIRM_COMPONENTS`), a miss of the
         graph search is confirmed by one (in a worker thread): removals
         leave the graph unable to reach some entries, which would otherwise
-        miss even when looked up by their own vector. Hits never pay for it.
+        miss even when looked up by their own vector. Hits never pay for it,
+        and confirmations take at most a tenth of the time per namespace
+        (``_CONFIRM_SHARE``): under a load of misses the graph's answer stands.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
@@ -912,12 +926,19 @@ class CacheEngine:
             return self._answer(state, head, "SEMANTIC", min(similarity, 1.0), now), similarity
         else:
             hit, best = None, max(similarity, 0.0)
-        if hit is None and len(state.index) > EXACT_SEARCH_BELOW and state.index.exact_is_cheap:
+        if (
+            hit is None
+            and len(state.index) > EXACT_SEARCH_BELOW
+            and state.index.exact_is_cheap
+            and _may_confirm(state)
+        ):
             # A miss costs the caller an LLM call; a graph that removals (or
             # usearch's threaded inserts) damaged can miss an entry that is
             # there, even one looked up by its own vector. Where a brute-force
             # search costs a millisecond at most, it has the last word.
+            started = time.monotonic_ns()
             hit, confirmed = await self._semantic_deeper(state, query, needed, now, oldest, exact=True)
+            state.confirm_budget_ns -= time.monotonic_ns() - started
             return hit, confirmed if hit is not None else max(confirmed, best)
         return hit, best
 
@@ -2348,6 +2369,15 @@ def _fitting(namespace: Namespace, embedder: Embedder) -> tuple[Embedder | None,
             f"the configured {namespace.embedder!r} is {embedder.name!r} (same dimension: used)"
         )
     return embedder, ""
+
+
+def _may_confirm(state: _State) -> bool:
+    """Whether the namespace's budget for exact confirmations allows one now (refilled first)."""
+    now = time.monotonic_ns()
+    refill = int((now - state.confirm_at_ns) * _CONFIRM_SHARE)
+    state.confirm_at_ns = now
+    state.confirm_budget_ns = min(_CONFIRM_BURST_NS, state.confirm_budget_ns + refill)
+    return state.confirm_budget_ns > 0
 
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:

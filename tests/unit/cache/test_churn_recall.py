@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from are_core.cache import NamespaceSettings
+from are_core.cache import _engine as engine_module
 from are_core.cache._engine import VECTORS
 from are_core.cache._normalise import entry_id_text
 from are_core.storage import u64_key
@@ -84,3 +86,35 @@ async def test_every_live_entry_answers_its_own_vector_after_churn_and_restarts(
     assert await _misses(harness, "churn") == []
     await harness.reopen(save=False)  # as after SIGKILL: the index rebuilt from LMDB
     assert await _misses(harness, "churn") == []
+
+
+async def test_exact_confirmations_of_misses_stay_within_their_time_budget(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load of misses (a cold cache) must not hand the event loop to brute-force scans: past the
+    namespace's budget the graph's miss stands, and the budget refills with time."""
+    e = harness.e
+    await e.put_namespace(
+        NamespaceSettings(name="cold", embedder="caller", dimension=_DIMENSION, vector_dtype="i8")
+    )
+    rows = _rows(_BOUND, seed=11)
+    await e.store_many("cold", [f"p{i}" for i in range(_BOUND)], [b"r"] * _BOUND, vectors=rows)
+    state = e._states["cold"]
+    scans: list[bool] = []
+    search = state.index.search
+
+    def counted(vector: np.ndarray, k: int, *, exact: bool = False) -> list[tuple[int, float]]:
+        scans.append(exact)
+        return search(vector, k, exact=exact)
+
+    monkeypatch.setattr(state.index, "search", counted)
+    monkeypatch.setattr(engine_module, "_CONFIRM_SHARE", 0.0)  # no refill
+    state.confirm_budget_ns = 1  # enough to start one confirmation
+    far = -rows[0]
+    for _ in range(20):
+        assert (await e.lookup("cold", vector=far, threshold=0.99)).hit is None
+    assert scans.count(True) == 1
+    monkeypatch.setattr(engine_module, "_CONFIRM_SHARE", 0.1)  # the default share again
+    state.confirm_at_ns -= 10**9  # as if a second passed: a tenth of it refills the budget
+    assert (await e.lookup("cold", vector=far, threshold=0.99)).hit is None
+    assert scans.count(True) == 2
