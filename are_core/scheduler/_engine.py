@@ -596,6 +596,9 @@ class Scheduler:
         reconnected after the sidecar's own restart) keeps its tasks."""
         self._unserved_since: dict[str, int] = {}  # capability -> when it lost its last worker
         self._rechecks: set[str] = set()  # capabilities with a "reroute" timer armed
+        # Capabilities an intent was ever routed to: only their queues can hold intent
+        # tasks, so a re-route pass reads no other (bounded by the capabilities seen).
+        self._intent_caps: set[str] = set()
         self._started_ns = 0
 
     # ------------------------------------------------------------------ life
@@ -651,6 +654,8 @@ class Scheduler:
         rows = self._storage.scan(T_TASKS, prefix=prefix, limit=10_000_000)
         for (_, spec_raw), (_, task_raw) in zip(specs, rows, strict=True):
             task = _Task(w, _task_codec.decode(task_raw), _spec_codec.decode(spec_raw))
+            if task.spec.intent:
+                self._intent_caps.add(task.cap)
             w.tasks[task.rec.task_id] = task
             w.order.append(task)
         rec.counts = {}
@@ -1098,6 +1103,7 @@ class Scheduler:
             return False
         task.cap = capability
         rec.capability = capability
+        self._intent_caps.add(capability)
         self._event("TASK_ROUTED", task, attributes={"are.intent": task.spec.intent[:256], **attributes})
         return True
 
@@ -1215,7 +1221,8 @@ class Scheduler:
         loop between entries; entries may be stale (the caller checks).
         """
         now = self._clock()
-        waiting = [c for c in (self._queues if caps is None else caps) if not served(c)]
+        considered = self._intent_caps if caps is None else caps & self._intent_caps
+        waiting = [c for c in considered if c in self._queues and not served(c)]
         for cap in [c for c in waiting if any(q.size for q in self._queues.get(c, {}).values())]:
             if not self._settled(cap, now):
                 continue
@@ -1246,6 +1253,7 @@ class Scheduler:
         previous = task.cap
         task.cap = cap
         task.rec.capability = cap
+        self._intent_caps.add(cap)
         self._dirty(task)
         if task.in_queue:  # the entry in the old queue goes stale; the pool's count is unchanged
             self._queue_of(cap, task.spec.pool).push(task)
