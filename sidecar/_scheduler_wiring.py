@@ -489,11 +489,10 @@ class Wiring:
                     available=not worker.draining,
                     card=self._cards.get(worker.worker_id),
                 )
+            if changed:  # a class came or went: the intent tasks waiting are routed again (in the background)
+                self.engine.served_changed(changed)
         except Exception:  # noqa: BLE001 - routing metadata must never break dispatch
             _log.warning("router update failed", exc_info=True)
-            return
-        if changed:  # a class came or went: the intent tasks waiting are routed again (in the background)
-            self.engine.served_changed(changed)
 
     # ------------------------------------------------------------------ cache
 

@@ -112,6 +112,7 @@ _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
 # a turn of it costs a few milliseconds, however many tasks wait.
 _REROUTE_ENTRIES_PER_TURN = 1024
 _REROUTE_ROUTES_PER_TURN = 16
+_REROUTE_RETRY_S = 1.0  # after a pass that failed
 
 RouteHook = Callable[["TaskSpec", "TaskRecord"], tuple[str, dict[str, Any]]]
 """``route(spec, record)`` -> (capability, event attributes); raises RoutingError."""
@@ -1148,6 +1149,8 @@ class Scheduler:
         self._reroute_soon(capabilities)
 
     def _reroute_soon(self, capabilities: set[str]) -> None:
+        if self._stopped:
+            return
         self._reroute_pending.update(capabilities)
         if self._reroute_job is None and self._reroute_pending:
             self._reroute_job = asyncio.ensure_future(self._reroute())
@@ -1169,13 +1172,20 @@ class Scheduler:
         return False
 
     async def _reroute(self) -> None:
-        """Runs re-route passes until no served-state change is left to look at."""
+        """Runs re-route passes until no served-state change is left to look at.
+
+        A pass that fails leaves tasks where they are and is tried again a
+        second later (not at once: a failure that repeats must not spin).
+        """
+        changed: set[str] = set()
         try:
             while self._reroute_pending and not self._stopped:
                 changed, self._reroute_pending = self._reroute_pending, set()
                 await self._reroute_pass(changed)
         except Exception:  # noqa: BLE001 - a failing pass leaves tasks where they are, nothing worse
-            _log.exception("re-routing queued intent tasks failed")
+            _log.exception("re-routing queued intent tasks failed; trying again in a second")
+            if not self._stopped:
+                asyncio.get_running_loop().call_later(_REROUTE_RETRY_S, self._reroute_soon, changed)
         finally:
             self._reroute_job = None
 

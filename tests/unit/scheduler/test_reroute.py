@@ -27,6 +27,7 @@ from are_core.scheduler import (
     TaskSpec,
     WorkflowSpec,
 )
+from are_core.scheduler import _engine as engine_module
 from are_core.storage import Batch, Durability, GroupCommitter, Storage
 from are_core.trace import Event, EventDraft
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
@@ -439,7 +440,9 @@ async def test_a_stop_in_the_middle_of_a_pass_keeps_what_moved_and_a_restart_ser
     a, b = FakeWorker(), FakeWorker()
     restarted.connect_worker("a", ["cap-a"], n, a.assign, a.cancel)
     restarted.connect_worker("b", ["cap-b"], n, b.assign, b.cancel)
-    await settle()
+    async with asyncio.timeout(10):  # assignments reach workers after their commit
+        while len(a.assignments) + len(b.assignments) < n:
+            await asyncio.sleep(0.005)
     assert sorted(x.task_id for x in a.assignments) == sorted(f"t{i}" for i in range(n) if caps[i] == "cap-a")
     assert sorted(x.task_id for x in b.assignments) == sorted(f"t{i}" for i in range(n) if caps[i] == "cap-b")
     assert restarted.get_pool("default")[1].queued == 0
@@ -605,3 +608,33 @@ async def test_an_intent_task_stopped_in_its_cache_lookup_is_looked_up_and_route
     assert restarted.get_task(wid, "t").record.capability == "cap-a"
     assert "are.route.rerouted" not in sink.routed("t")[0]  # routed as its scheduling went on
     await restarted.stop()
+
+
+async def test_a_pass_that_fails_is_tried_again(
+    opened: tuple[Storage, GroupCommitter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing pass leaves the tasks where they are; its changes are looked at again a moment
+    later rather than only at the next served change, which may never come."""
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    monkeypatch.setattr(engine_module, "_REROUTE_RETRY_S", 0.05)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t"),)))
+    wid = record.workflow_id
+    await settle()
+    real = engine._reroute_pass
+    failures = [RuntimeError("a bug in a pass")]
+
+    async def flaky(changed: set[str]) -> None:
+        if failures:
+            raise failures.pop()
+        await real(changed)
+
+    monkeypatch.setattr(engine, "_reroute_pass", flaky)
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await _served_by(b, 1)
+    assert failures == []
+    assert [(x.task_id, x.capability) for x in b.assignments] == [("t", "cap-b")]
+    assert engine.get_task(wid, "t").record.capability == "cap-b"
+    await engine.stop()
