@@ -25,7 +25,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +35,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from are_core.storage import Batch, Codec, GroupCommitter, Storage, u64_key
+from are_core.storage import Batch, Codec, GroupCommitter, KeyedLocks, Storage, u64_key
 from are_core.storage import parse_u64_key as _parse_u64
 from are_core.trace import AttributeValue, Event, EventDraft, EventSink, record_in_slices
 
@@ -343,7 +343,7 @@ class Router:
         """Model routes deleted, unreported or not, to keep ``max_routes``."""
         # One registration or removal of a card id at a time (each awaits a
         # commit); entries go when their last holder leaves.
-        self._card_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._card_locks = KeyedLocks()
         self._upkeep = _Upkeep()
         self._exploration_credit = 0.0
 
@@ -594,7 +594,7 @@ class Router:
             RouterLimitError: The index holds ``max_agents`` cards already.
         """
         vector = self._card_vector(spec)
-        async with self._card_lock(spec.agent_id):
+        async with self._card_locks.hold(spec.agent_id):
             return await self._register(spec, vector)
 
     async def _register(self, spec: AgentSpec, vector: Vector) -> tuple[AgentView, bool]:
@@ -628,7 +628,7 @@ class Router:
         Raises:
             AgentNotFoundError: No registered card has this id.
         """
-        async with self._card_lock(agent_id):
+        async with self._card_locks.hold(agent_id):
             await self._deregister(agent_id)
 
     async def _deregister(self, agent_id: str) -> None:
@@ -647,22 +647,6 @@ class Router:
             self._set_vector(agent, self._worker_vector(agent.spec))
         else:
             self._drop_agent(agent)
-
-    @contextlib.asynccontextmanager
-    async def _card_lock(self, agent_id: str) -> AsyncIterator[None]:
-        lock, holders = self._card_locks.get(agent_id, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._card_locks[agent_id] = (lock, holders + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, holders = self._card_locks[agent_id]
-            if holders > 1:
-                self._card_locks[agent_id] = (lock, holders - 1)
-            else:
-                del self._card_locks[agent_id]
 
     def get_agent(self, agent_id: str) -> AgentView | None:
         """The card with this id and its live fields, or None."""

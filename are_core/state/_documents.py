@@ -46,7 +46,7 @@ from typing import Any
 
 import msgspec
 
-from are_core.storage import Batch, GroupCommitter, KeyExistsError, ReadView, Storage, u64_key
+from are_core.storage import Batch, GroupCommitter, KeyedLocks, KeyExistsError, ReadView, Storage, u64_key
 from are_core.trace import Event, EventDraft, EventSink
 
 from ._errors import (
@@ -59,7 +59,6 @@ from ._errors import (
     WorkflowExistsError,
     WorkflowNotFoundError,
 )
-from ._locks import KeyedLocks
 from ._model import (
     Checkpoint,
     MemberRecord,

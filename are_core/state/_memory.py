@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from are_core.embed import Embedder, LexicalEmbedder
-from are_core.storage import Batch, GroupCommitter, Storage, u64_key
+from are_core.storage import Batch, GroupCommitter, KeyedLocks, Storage, u64_key
 from are_core.trace import Event, EventDraft, EventSink
 from are_core.vector import VectorIndex
 
@@ -46,7 +46,6 @@ from ._errors import (
     InvalidStateArgumentError,
     LimitExceededError,
 )
-from ._locks import KeyedLocks
 
 __all__ = [
     "MAX_NOTES_PER_CALL",

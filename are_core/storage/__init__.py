@@ -5,7 +5,8 @@ as MessagePack (``Codec``) under byte keys laid out for range scans
 (``u64_key``, ``join_key``, ``prefix_key``). Reads are synchronous on
 ``Storage``; writes are ``Batch`` objects submitted to a ``GroupCommitter``,
 which writes everything submitted in one event-loop turn in one transaction
-and acknowledges only after it is durable.
+and acknowledges only after it is durable. ``KeyedLocks`` serialise the
+read-modify-write of one record (a workflow's document, an agent's card).
 
 Exceptions::
 
@@ -34,6 +35,7 @@ from ._errors import (
     StorageFullError,
     UnknownTableError,
 )
+from ._keyed_locks import KeyedLocks
 from ._keys import (
     KEY_SEPARATOR,
     join_key,
@@ -57,6 +59,7 @@ __all__ = [
     "Durability",
     "GroupCommitter",
     "KeyExistsError",
+    "KeyedLocks",
     "Mutation",
     "MutationKind",
     "ReadView",

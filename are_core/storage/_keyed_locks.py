@@ -10,7 +10,7 @@ __all__ = ["KeyedLocks"]
 
 
 class KeyedLocks:
-    """One ``asyncio.Lock`` per key (a workflow id), kept only while in use.
+    """One ``asyncio.Lock`` per key (a workflow id, an agent id), kept only while in use.
 
     Entries are reference-counted so that a long-running sidecar that has
     seen millions of workflows does not keep a lock for each of them.
