@@ -93,6 +93,7 @@ _PAGE = 1000
 # (one small matrix product) instead of searching the whole index.
 _EXACT_FILTER_LIMIT = 1024
 _FIRST_SEARCH = 64
+_NONE: frozenset[str] = frozenset()
 # Similarities come from float32 dot products of unit vectors: one this close
 # below the threshold reaches it (an identical vector gives 0.99999994).
 _SIMILARITY_TOLERANCE = 1e-6
@@ -712,15 +713,17 @@ class Router:
         worker = self._workers.get(worker_id)
         if worker is not None:
             agent = self._agents.get(worker.agent_id)
-            toggled = worker.available != available
-            watched = agent.capabilities if agent is not None and toggled else frozenset()
-            before = self._served_among(watched)
+            # Only a flip of availability can change what is served: the load updates
+            # of every dispatch and completion look at nothing more.
+            toggled = agent is not None and worker.available != available
+            before = self._served_among(agent.capabilities) if agent is not None and toggled else _NONE
             worker.running = max(0, running)
             worker.capacity = max(1, capacity)
             worker.available = available
-            if agent is not None:
-                self._refresh(agent)
-            return before ^ self._served_among(watched)
+            if agent is None:
+                return _NONE
+            self._refresh(agent)
+            return before ^ self._served_among(agent.capabilities) if toggled else _NONE
         spec = card or AgentSpec(agent_id=name, description=" ".join(capabilities))
         if not spec.capabilities:
             spec = _replace_capabilities(spec, tuple(capabilities))
