@@ -596,7 +596,7 @@ class Scheduler:
         elsewhere (0: at once): a class gone for a moment (its workers restarting, or not yet
         reconnected after the sidecar's own restart) keeps its tasks."""
         self._unserved_since: dict[str, int] = {}  # capability -> when it lost its last worker
-        self._rechecks: set[str] = set()  # capabilities with a "reroute" timer armed
+        self._rechecks: dict[str, int] = {}  # capability -> when its "reroute" timer fires
         # Capabilities an intent was ever routed to: only their queues can hold intent
         # tasks, so a re-route pass reads no other (bounded by the capabilities seen).
         self._intent_caps: set[str] = set()
@@ -1166,9 +1166,10 @@ class Scheduler:
         since = self._unserved_since.get(cap, self._started_ns)
         if now - since >= grace:
             return True
-        if cap not in self._rechecks:
-            self._rechecks.add(cap)
-            self._at(since + grace, "reroute", cap, 0)
+        due = since + grace
+        if self._rechecks.get(cap, due + 1) > due:  # none armed, or one for later (the grace shrank)
+            self._rechecks[cap] = due
+            self._at(due, "reroute", cap, 0)
         return False
 
     async def _reroute(self) -> None:
@@ -2125,7 +2126,7 @@ class Scheduler:
             self._pump_wanted = True
             return
         if kind == "reroute":  # a capability's grace ended (see _settled)
-            self._rechecks.discard(subject)
+            self._rechecks.pop(subject, None)
             if self.capability_served is not None and not self.capability_served(subject):
                 self._reroute_soon({subject})
             return
