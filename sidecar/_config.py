@@ -420,9 +420,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "router_reroute_grace_s",
         10.0,
-        "Seconds (0 to 3600) a worker class may go unserved before the intent tasks waiting on it "
-        "are routed to another class; counted from the start for a class not back yet after a "
-        "restart. 0 re-routes at once.",
+        "Seconds (0 to 3600) a worker class may go unserved (no stream worker, no unary poll) before "
+        "the intent tasks waiting on it are routed to another class; counted from the start for a "
+        "class not back yet after a restart, and from the end of its last poll (or of the last "
+        "attempt a poller held) for one served by unary polls. 0 re-routes at once (a second after "
+        "that end, for those).",
         _bounded_float(0.0, 3600.0),
         "SECONDS",
     ),

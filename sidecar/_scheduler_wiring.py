@@ -17,17 +17,24 @@ hooks below are installed on the engines, so a task that uses none of
   new workflow's tasks; DeleteWorkflow removes the document, memory and
   blobs.
 * **Router.** A task's ``intent`` is routed when the task is scheduled
-  (cost-biased, the router's defaults, preferring a class a worker serves
-  then) and recorded as TASK_ROUTED; stream workers appear in the router
-  with their capabilities and live load, and become unavailable the moment
-  they drain or disconnect. While an intent task waits in a queue it is
-  routed again each time a capability gains its first or loses its last
-  stream worker (``Scheduler.served_changed``): it moves to a class served
-  then, recorded as another TASK_ROUTED with ``are.route.rerouted`` and
+  (cost-biased, the router's defaults, preferring a class served then) and
+  recorded as TASK_ROUTED; stream workers appear in the router with their
+  capabilities and live load, and become unavailable the moment they drain
+  or disconnect. "Served" is ``Scheduler.serves``: a stream worker taking
+  work (the router's ``serves``) or unary polls lately (a poll for the
+  capability waiting, an attempt held by a poll worker that polled for it,
+  or the last of those ended within the grace, at least a second). Unary
+  polls are not declared to the router (they come and go each call, and
+  carry no card); the route hook passes ``Scheduler.serves`` to
+  ``route_for_intent`` instead, so a class served only by pollers counts.
+  While an intent task waits in a queue it is routed again each time a
+  capability gains its first or loses its last stream worker, or gains its
+  first poll while nothing served it (``Scheduler.served_changed``), or its
+  pollers stopped a grace ago: it moves to a class served then, recorded
+  as another TASK_ROUTED with ``are.route.rerouted`` and
   ``are.route.previous_capability``; only once its own class has gone
   unserved for ``router_reroute_grace_s`` (a class restarting, or not yet
-  back after the sidecar's restart, keeps its tasks). Unary polls are not declared to the
-  router, so they neither count as serving a capability nor trigger this.
+  back after the sidecar's restart, keeps its tasks).
 * **Cache.** A task's ``cache_key`` is looked up when the task is scheduled
   (``CacheEngine.lookup_for_task``; the exact tier alone when the key is
   ``exact_only``); a hit completes it without dispatch
@@ -420,12 +427,16 @@ class Wiring:
     # ----------------------------------------------------------------- router
 
     def route(self, spec: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:  # noqa: ARG002
-        """Routes a task's intent to a capability (cost-biased); raises RoutingError."""
+        """Routes a task's intent to a capability (cost-biased); raises RoutingError.
+
+        A class counts as served as the scheduler counts it (``Scheduler.serves``:
+        stream workers, and unary polls the router never sees).
+        """
         assert self.router is not None
         from are_core.router import RouterError  # noqa: PLC0415 - only intents get here
 
         try:
-            candidate = self.router.engine.route_for_intent(spec.intent)
+            candidate = self.router.engine.route_for_intent(spec.intent, served=self.engine.serves)
         except RouterError as error:
             raise RoutingError(f"no agent for intent: {error}") from None
         return candidate.capability, {
@@ -469,7 +480,7 @@ class Wiring:
         (it re-routes the intent tasks waiting).
         """
         if "@poll-" in worker.worker_id:
-            return  # a unary poll is not a standing worker
+            return  # a unary poll is not a standing worker: the scheduler counts polls itself
         assert self.router is not None
         router = self.router.engine
         try:

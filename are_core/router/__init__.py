@@ -10,11 +10,14 @@ k nearest past outcomes reported for it.
 Scheduler integration (the sidecar's ``RouterCapability.engine``):
 
 * ``route_for_intent(text, exclude_agent_ids=..., required_capabilities=...,
-  labels=...)`` returns the :class:`RouteCandidate` a task's ``intent`` goes
-  to (cost-biased, the router's default threshold and cost weight, never an
-  unavailable agent) or raises :class:`NoRouteError`, whose message lists the
-  best agents below the threshold (fail the task with FAILURE_KIND_ROUTING).
-  Dispatch to ``candidate.capability``; record TASK_ROUTED yourself.
+  labels=..., served=...)`` returns the :class:`RouteCandidate` a task's
+  ``intent`` goes to (cost-biased, the router's default threshold and cost
+  weight, never an unavailable agent, a served class before an unserved
+  card; ``served`` defaults to ``serves``, the scheduler passes its own,
+  which counts unary pollers too) or raises :class:`NoRouteError`, whose
+  message lists the best agents below the threshold (fail the task with
+  FAILURE_KIND_ROUTING). Dispatch to ``candidate.capability``; record
+  TASK_ROUTED yourself.
 * ``update_worker(worker_id, name=..., capabilities=..., running=...,
   capacity=..., available=..., card=...)`` on connect (the first call adds
   the worker to the card ``card.agent_id`` or ``name``) and whenever its

@@ -809,6 +809,7 @@ class Router:
         exclude_agent_ids: Iterable[str] = (),
         required_capabilities: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
+        served: Callable[[str], bool] | None = None,
     ) -> RouteCandidate:
         """The agent a task's ``intent`` goes to: cost-biased, router defaults.
 
@@ -820,10 +821,13 @@ class Router:
         Unavailable agents, and cards declaring no capability (no worker
         class to dispatch to), are never chosen; agents at capacity only
         when nothing else clears the threshold. Among the best
-        ``_INTENT_CANDIDATES`` above it, the first whose capability a
-        connected worker serves now wins over a card nobody serves yet (a
-        registered card with no workers): a task queued for a capability
-        no worker serves would wait for one.
+        ``_INTENT_CANDIDATES`` above it, the first whose capability is
+        served now wins over a card nobody serves yet (a registered card
+        with no workers): a task queued for a capability no worker serves
+        would wait for one. ``served(capability)`` says what is served
+        (default :meth:`serves`, the connected stream workers; the
+        scheduler passes its own, which adds workers taking work by unary
+        polls, which the router does not know).
 
         Raises:
             NoRouteError: Nothing clears the threshold (fail the task with
@@ -842,8 +846,9 @@ class Router:
             )
         )
         above = [c for c in result.candidates if c.above_threshold]
-        served = next((c for c in above if self.serves(c.capability)), None)
-        return served or result.candidates[0]
+        serves = served or self.serves
+        first_served = next((c for c in above if serves(c.capability)), None)
+        return first_served or result.candidates[0]
 
     def serves(self, capability: str) -> bool:
         """Whether a connected worker taking work (not draining) declares ``capability`` now.

@@ -20,7 +20,8 @@ timer heap and one loop timer.
 A task given an ``intent`` is routed to a capability when it is scheduled,
 and routed again while it waits in a queue whenever the set of served
 capabilities changes (:meth:`Scheduler.served_changed`, in the background,
-a bounded slice per loop turn).
+a bounded slice per loop turn). "Served" is :meth:`Scheduler.serves`: by a
+standing worker (the router's view) or by unary long polls lately.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
 _REROUTE_ENTRIES_PER_TURN = 1024
 _REROUTE_ROUTES_PER_TURN = 16
 _REROUTE_RETRY_S = 1.0  # after a pass that failed
+# A capability counts as served by unary polls for at least this long after its
+# last poll ended (see Scheduler.serves): a poller's next poll follows its
+# answer within a round trip, so its class does not flicker between polls (and
+# each poll does not start a re-route pass) even with a zero grace.
+_POLL_GAP_S = 1.0
 
 RouteHook = Callable[["TaskSpec", "TaskRecord"], tuple[str, dict[str, Any]]]
 """``route(spec, record)`` -> (capability, event attributes); raises RoutingError."""
@@ -131,7 +137,10 @@ Called with the batch that stores the payload (a spec's input, an output),
 so the reference commits with it; it must not raise.
 """
 ServedHook = Callable[[str], bool]
-"""``served(capability)``: whether a standing worker taking work serves it now (the router's view)."""
+"""``served(capability)``: whether a standing worker taking work serves it now (the router's view).
+
+The engine adds unary polls to it (:meth:`Scheduler.serves`).
+"""
 WorkerHook = Callable[["WorkerHandle"], None]
 """``changed(worker)``: connected, load or draining changed, or disconnected (``connected`` False)."""
 
@@ -575,7 +584,8 @@ class Scheduler:
         self.route: RouteHook | None = None
         """Picks the capability of a task's ``intent`` when it is scheduled (and re-routes it, below)."""
         self.capability_served: ServedHook | None = None
-        """With ``route``: whether a capability is served now; :meth:`served_changed` re-routes on it."""
+        """With ``route``: whether a standing worker serves a capability now; :meth:`serves` adds
+        unary polls, and :meth:`served_changed` re-routes on that."""
         self.cache_lookup: CacheLookupHook | None = None
         """Looks a task's ``cache_key`` up when it is scheduled; None is a miss."""
         self.cache_store: CacheStoreHook | None = None
@@ -601,6 +611,15 @@ class Scheduler:
         # tasks, so a re-route pass reads no other (bounded by the capabilities seen).
         self._intent_caps: set[str] = set()
         self._started_ns = 0
+        # Unary polls, by capability (see serves): the long polls waiting now and the attempts
+        # held by poll workers that polled for it (entries dropped at zero: bounded by the polls
+        # waiting and the attempts held), and when the last of those ended, oldest first (an entry
+        # is dropped once older than the poll window, when any capability's polls next end: at
+        # most one per capability polled within a window of the latest end).
+        self._poll_waiting: dict[str, int] = {}
+        self._poll_held: dict[str, int] = {}
+        self._poll_ended: OrderedDict[str, int] = OrderedDict()
+        self._poll_checks: set[str] = set()  # capabilities whose "polls" timer is armed
 
     # ------------------------------------------------------------------ life
 
@@ -1132,6 +1151,12 @@ class Scheduler:
         since) move: a class that comes back within it keeps its tasks; a
         timer looks again when the grace ends.
 
+        Served is :meth:`serves`: a stream worker (the router tells the
+        sidecar, which calls this) or unary polls lately. The engine calls
+        this itself for polls: when a poll arrives for a capability nothing
+        served, and when a poll-served class's polls have stopped for the
+        poll window (its grace then counted from its last poll's end).
+
         The work runs in the background, a bounded slice per loop turn
         (``_REROUTE_ENTRIES_PER_TURN`` entries looked at,
         ``_REROUTE_ROUTES_PER_TURN`` route calls), and routes each intent
@@ -1139,7 +1164,7 @@ class Scheduler:
         """
         if self.route is None or self.capability_served is None or self._stopped:
             return
-        served, now = self.capability_served, self._clock()
+        served, now = self.serves, self._clock()
         capabilities = set(capabilities)
         for capability in capabilities:
             if served(capability):
@@ -1147,6 +1172,127 @@ class Scheduler:
             else:
                 self._unserved_since.setdefault(capability, now)
         self._reroute_soon(capabilities)
+
+    def serves(self, capability: str) -> bool:
+        """Whether ``capability`` is served now, as re-routing and the pick of an intent count it.
+
+        Served by a standing worker taking work (the :attr:`capability_served`
+        hook: the router's view of the stream workers), or by unary long polls
+        lately: a poll for it is waiting now, an attempt is held by a poll
+        worker that polled for it (its lease not yet expired: a poller busy
+        on a long task comes back), or the last of those ended within the
+        poll window (:attr:`reroute_grace_s`, at least ``_POLL_GAP_S``: the
+        time between a poller's answer and its next poll). A poll-served
+        class thus keeps its tasks as long as a stream class would, counted
+        from its last poll.
+        """
+        if self._poll_served(capability):
+            return True
+        hook = self.capability_served
+        return hook is not None and hook(capability)
+
+    def _poll_window_ns(self) -> int:
+        """How long a capability counts as poll-served after its last poll activity ended."""
+        return int(max(self.reroute_grace_s, _POLL_GAP_S) * 1e9)
+
+    def _poll_served(self, cap: str) -> bool:
+        if cap in self._poll_waiting or cap in self._poll_held:
+            return True
+        ended = self._poll_ended.get(cap)
+        return ended is not None and self._clock() - ended < self._poll_window_ns()
+
+    def _poll_arrived(self, capabilities: Sequence[str]) -> None:
+        """A long poll waits for ``capabilities``; a capability it makes served re-routes (once).
+
+        Only the flip counts: a capability served already (another poll
+        waiting, an attempt held, a poll ended within the window, or a stream
+        worker) is a dictionary lookup or two, not a re-route pass.
+        """
+        waiting = self._poll_waiting
+        hook = self.capability_served if self.route is not None else None
+        since = self._clock() - self._poll_window_ns()  # a poll ended after this: served still
+        gained: list[str] = []
+        for cap in capabilities:
+            n = waiting.get(cap, 0)
+            waiting[cap] = n + 1
+            if hook is None or n or cap in self._poll_held or self._poll_ended.get(cap, since) > since:
+                continue
+            if not hook(cap):
+                gained.append(cap)
+        if gained:  # served now by this poll alone: tasks waiting on unserved classes may come
+            self.served_changed(gained)
+
+    def _poll_left(self, capabilities: Sequence[str]) -> None:
+        """A long poll for ``capabilities`` ended (answered, timed out or cancelled)."""
+        waiting = self._poll_waiting
+        now = self._clock()
+        for cap in capabilities:
+            n = waiting.pop(cap, 1) - 1
+            if n > 0:
+                waiting[cap] = n
+            self._poll_touch(cap, now)
+
+    def _poll_took(self, worker: WorkerHandle) -> None:
+        """A poll worker was handed an attempt: it serves its capabilities until the attempt ends."""
+        held = self._poll_held
+        for cap in worker.capabilities:
+            held[cap] = held.get(cap, 0) + 1
+
+    def _poll_released(self, worker: WorkerHandle) -> None:
+        """An attempt a poll worker held ended (reported, timed out, lost or handed back)."""
+        held = self._poll_held
+        now = self._clock()
+        for cap in worker.capabilities:
+            n = held.pop(cap, 1) - 1
+            if n > 0:
+                held[cap] = n
+            self._poll_touch(cap, now)
+
+    def _poll_touch(self, cap: str, now: int) -> None:
+        """Records that poll activity for ``cap`` ended now; prunes ends older than the window.
+
+        When none is left (no poll waiting, no attempt held), a timer looks
+        again once the window has passed: the class may have gone for good
+        (see :meth:`_polls_quiet`; one timer per capability at a time).
+        """
+        ended = self._poll_ended
+        ended[cap] = now
+        ended.move_to_end(cap)
+        window = self._poll_window_ns()
+        while ended:
+            oldest, when = next(iter(ended.items()))
+            if now - when < window:
+                break
+            del ended[oldest]
+        if cap not in self._poll_checks and cap not in self._poll_waiting and cap not in self._poll_held:
+            self._poll_checks.add(cap)
+            self._at(now + window, "polls", cap, now)
+
+    def _polls_quiet(self, cap: str, ended: int, now: int) -> None:
+        """The "polls" timer: ``cap``'s polls may have stopped a window ago (``ended``: the last known).
+
+        Still poll-served: looks again when the latest end's window passes (a
+        poll waiting or an attempt held arms the timer again when it ends).
+        Served by nobody: it lost its last poller when its last poll ended, so
+        the intent tasks waiting on it (if intents were ever routed there) are
+        routed again, as when a class loses its last stream worker (its grace
+        counted from that end, so over).
+        """
+        self._poll_checks.discard(cap)
+        if cap in self._poll_waiting or cap in self._poll_held:
+            return
+        last = self._poll_ended.get(cap, ended)
+        window = self._poll_window_ns()
+        if now - last < window:
+            self._poll_checks.add(cap)
+            self._at(last + window, "polls", cap, last)
+            return
+        if self.route is None or self.capability_served is None or cap not in self._intent_caps:
+            return
+        if self.serves(cap):
+            return
+        self._unserved_since.setdefault(cap, last)
+        self._reroute_soon({cap})
 
     def _reroute_soon(self, capabilities: set[str]) -> None:
         if self._stopped:
@@ -1192,8 +1338,7 @@ class Scheduler:
 
     async def _reroute_pass(self, changed: set[str]) -> None:
         """One pass over the intent tasks waiting on capabilities nobody serves now."""
-        served, route = self.capability_served, self.route
-        assert served is not None
+        served, route = self.serves, self.route
         assert route is not None
         # A gain may serve what waits on any unserved capability (None); a loss, what waited on it.
         caps = None if any(served(c) for c in changed) else {c for c in changed if not served(c)}
@@ -1546,6 +1691,8 @@ class Scheduler:
         if self.worker_changed is not None:
             self.worker_changed(worker)
         task.holder = worker
+        if worker.one_answer:
+            self._poll_took(worker)
         deadline = now + int(task.spec.start_to_close_s * 1e9)
         self._at(deadline, "s2c", task, task.token)
         if task.spec.heartbeat_s:
@@ -1616,6 +1763,8 @@ class Scheduler:
         task.holder = None
         if worker is not None:
             worker.held.pop((task.wf.rec.workflow_id, task.rec.task_id), None)
+            if worker.one_answer:
+                self._poll_released(worker)
             worker.free += 1
             if worker.connected and not worker.draining and worker.free == 1:
                 self._reidle(worker)
@@ -1656,11 +1805,13 @@ class Scheduler:
         *,
         worker_id: str = "",
         announce: bool = False,
+        one_answer: bool = False,
     ) -> WorkerHandle:
         """Registers a worker with free slots; assignments are delivered through ``on_assign``.
 
         ``announce`` records WORKER_CONNECTED (and WORKER_DISCONNECTED when it
-        goes): for stream workers, not for each unary poll.
+        goes): for stream workers, not for each unary poll. ``one_answer``
+        marks a long poll's worker (set before anything is dispatched to it).
         """
         worker = WorkerHandle(
             worker_id or _new_id(f"{name}-"),
@@ -1670,6 +1821,7 @@ class Scheduler:
             on_assign=on_assign,
             on_cancel=on_cancel,
         )
+        worker.one_answer = one_answer
         self._workers[worker.worker_id] = worker
         if announce:
             worker.announced = True
@@ -1955,7 +2107,12 @@ class Scheduler:
     async def poll(
         self, name: str, capabilities: Sequence[str], max_tasks: int, wait_s: float
     ) -> tuple[str, list[Assignment]]:
-        """Waits up to ``wait_s`` for assignments (long poll); returns the worker id and them."""
+        """Waits up to ``wait_s`` for assignments (long poll); returns the worker id and them.
+
+        While it waits, and while its worker holds an attempt, its
+        capabilities count as served (:meth:`serves`); a poll for one that
+        nothing served re-routes the intent tasks waiting on unserved classes.
+        """
         loop = asyncio.get_running_loop()
         got: asyncio.Future[list[Assignment]] = loop.create_future()
 
@@ -1968,33 +2125,38 @@ class Scheduler:
                     worker.worker_id, [(a.workflow_id, a.task_id, a.attempt) for a in assignments]
                 )
 
-        worker = self.connect_worker(
-            name,
-            capabilities,
-            max_tasks,
-            deliver,
-            lambda _: None,
-            worker_id=f"{name}@poll-{secrets.token_hex(4)}",
-        )
-        worker.one_answer = True
-        self._polls[got] = worker
-        # Assignments are delivered after their commit; stop taking more at once.
-        if worker.free < max_tasks:
-            self.forget_poller(worker)
-        handed = False
+        caps = tuple(dict.fromkeys(capabilities))
+        self._poll_arrived(caps)  # before its worker exists: a dispatch to it at once is served too
         try:
+            worker = self.connect_worker(
+                name,
+                caps,
+                max_tasks,
+                deliver,
+                lambda _: None,
+                worker_id=f"{name}@poll-{secrets.token_hex(4)}",
+                one_answer=True,
+            )
+            self._polls[got] = worker
+            # Assignments are delivered after their commit; stop taking more at once.
+            if worker.free < max_tasks:
+                self.forget_poller(worker)
+            handed = False
             try:
-                assignments = await asyncio.wait_for(asyncio.shield(got), wait_s)
-            except TimeoutError:
-                # Dispatched meanwhile: wait for the commit.
-                assignments = await got if worker.free < max_tasks else []
-            handed = True
-            return worker.worker_id, assignments
+                try:
+                    assignments = await asyncio.wait_for(asyncio.shield(got), wait_s)
+                except TimeoutError:
+                    # Dispatched meanwhile: wait for the commit.
+                    assignments = await got if worker.free < max_tasks else []
+                handed = True
+                return worker.worker_id, assignments
+            finally:
+                self._polls.pop(got, None)
+                self.forget_poller(worker)  # first: what is handed back must not come back to it
+                if not handed and worker.held:
+                    self._hand_back(worker)
         finally:
-            self._polls.pop(got, None)
-            self.forget_poller(worker)  # first: what is handed back must not come back to it
-            if not handed and worker.held:
-                self._hand_back(worker)
+            self._poll_left(caps)
 
     def drain(self) -> None:
         """The sidecar is stopping: long polls holding nothing return empty now, watchers wake.
@@ -2127,8 +2289,11 @@ class Scheduler:
             return
         if kind == "reroute":  # a capability's grace ended (see _settled)
             self._rechecks.pop(subject, None)
-            if self.capability_served is not None and not self.capability_served(subject):
+            if self.capability_served is not None and not self.serves(subject):
                 self._reroute_soon({subject})
+            return
+        if kind == "polls":  # a capability's polls may have stopped (see _poll_touch)
+            self._polls_quiet(subject, token, now)
             return
         if kind == "deadline":
             w: _Workflow = subject
@@ -2985,7 +3150,7 @@ def _entries(queue: _Queue) -> Iterator[_Task]:
 
 def _timer_live(entry: tuple[int, int, str, Any, int]) -> bool:
     kind, subject, token = entry[2], entry[3], entry[4]
-    if kind in ("pump", "reroute"):
+    if kind in ("pump", "reroute", "polls"):
         return True
     if kind == "deadline":
         return bool(subject.rec.state == "RUNNING")

@@ -2,8 +2,9 @@
 
 State: initial state as version 1, completion patches and output pointers in
 the completion's commit, retention, the write gate, DeleteWorkflow, fork.
-Router: intents routed at scheduling (TASK_ROUTED) and again while they wait
-when a worker class comes or goes, workers mirrored in the router. Cache: a
+Router: intents routed at scheduling (TASK_ROUTED; a class served only by
+unary pollers counts as served) and again while they wait when a worker
+class comes or goes, workers mirrored in the router. Cache: a
 cache-keyed task answered without dispatch.
 """
 
@@ -408,6 +409,41 @@ async def test_workers_declare_their_cards_and_intents_go_to_the_cheapest_class(
         assert _attributes(routed[0])["are.route.agent_id"] == f"class-cheap-{n}"
     cards, _ = await client.router.list_agents(capability=caps["cheap"])
     assert [a.available for a in cards] in ([], [False])  # the worker left: its class is gone
+
+
+async def test_an_intent_goes_to_a_class_served_only_by_unary_pollers_not_to_an_unserved_card(
+    client: Client,
+) -> None:
+    """Unary polls are not declared to the router, yet a class served only by pollers counts as
+    served when an intent is routed: the task goes to it rather than to a cheaper registered card
+    that nobody serves (where it would wait for a worker that never comes)."""
+    n = next(_ids)
+    words = f"catalogue medieval herbarium manuscripts from padua zq{n}x"
+    cheap, polled = unique_capability("herb-cheap"), unique_capability("herb-polled")
+    for name, capability, cost in (("cheap", cheap, 3), ("polled", polled, 900)):
+        card = agent_pb2.AgentCard(
+            agent_id=f"herb-{name}-{n}",
+            description=words,
+            capabilities=[capability],
+            cost_per_call_micro_usd=cost,
+        )
+        await client.raw.router.RegisterAgent(router_service_pb2.RegisterAgentRequest(agent=card))
+    # The dear class's poller: its poll ends empty (nothing is queued); it would poll again at once.
+    idle = await client.raw.worker.PollTask(
+        w.PollTaskRequest(worker_name=f"herb-{n}", capabilities=[polled], max_tasks=1), timeout=2
+    )
+    assert list(idle.assignments) == []
+    wid = await submit(client, t.TaskSpec(task_id="a", intent=words, input=_json({"folio": 1})))
+    [routed] = await _events(client, wid, event_pb2.EVENT_TYPE_TASK_ROUTED)
+    attributes = _attributes(routed)
+    assert (attributes["are.route.capability"], attributes["are.route.agent_id"]) == (
+        polled,
+        f"herb-polled-{n}",
+    )
+    assignment = await _poll_one(client, polled)
+    assert (assignment.workflow_id, assignment.task_id, assignment.capability) == (wid, "a", polled)
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(assignment, "ok")))
+    assert (await wait_closed(client, wid)).state == wf.WORKFLOW_STATE_COMPLETED
 
 
 @pytest.fixture(scope="module")

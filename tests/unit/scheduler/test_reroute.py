@@ -2,13 +2,17 @@
 
 The route and served hooks stand in for the router: two classes match the
 intent "write", ``cap-a`` the cheaper; the pick is the cheapest served one,
-else ``cap-a`` (a registered card nobody serves yet).
+else ``cap-a`` (a registered card nobody serves yet). Unary polls count as
+serving their capabilities too (``Scheduler.serves``), though the router
+never hears of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +100,14 @@ async def opened(tmp_path: Path) -> AsyncIterator[tuple[Storage, GroupCommitter]
 
 
 async def _started(
-    opened: tuple[Storage, GroupCommitter], sink: Sink, router: FakeRouter, *, grace_s: float = 0.0
+    opened: tuple[Storage, GroupCommitter],
+    sink: Sink,
+    router: FakeRouter,
+    *,
+    grace_s: float = 0.0,
+    clock: Callable[[], int] = time.time_ns,
 ) -> Scheduler:
-    engine = Scheduler(*opened, events=sink, rng=lambda: 0.0)
+    engine = Scheduler(*opened, events=sink, rng=lambda: 0.0, clock=clock)
     engine.reroute_grace_s = grace_s  # at once, unless a test is about the grace
     router.install(engine)
     await engine.start()
@@ -636,4 +645,237 @@ async def test_a_pass_that_fails_is_tried_again(
     assert failures == []
     assert [(x.task_id, x.capability) for x in b.assignments] == [("t", "cap-b")]
     assert engine.get_task(wid, "t").record.capability == "cap-b"
+    await engine.stop()
+
+
+# ------------------------------------------------------------ unary polls serve too
+
+
+class Clock:
+    """Wall-clock nanoseconds moved by hand: the grace and the poll window pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.time_ns()
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+class ServesRouter(FakeRouter):
+    """Picks as the sidecar's route hook does: the cheapest class the scheduler counts as served
+    (``Scheduler.serves``: the router's own view, which knows no polls, or unary polls lately)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine: Scheduler | None = None
+
+    def route(self, task: TaskSpec, rec: TaskRecord) -> tuple[str, dict[str, Any]]:
+        assert self.engine is not None
+        self.calls.append(task.intent)
+        capability = next((c for c in _CLASSES if self.engine.serves(c)), _CLASSES[0])
+        return capability, {"are.route.capability": capability, "are.route.agent_id": f"agent-{capability}"}
+
+    def install(self, engine: Scheduler) -> None:
+        super().install(engine)
+        self.engine = engine
+
+
+async def _passes_done(engine: Scheduler) -> None:
+    """Waits until no re-route pass runs or is due (what a served change started has finished)."""
+    async with asyncio.timeout(5):
+        while engine._reroute_job is not None or engine._reroute_pending:
+            await asyncio.sleep(0.005)
+    await settle()
+
+
+async def _restart_stream_class(engine: Scheduler, router: FakeRouter, capability: str) -> None:
+    """The class's stream workers go and come back: two served changes, as the router reports them."""
+    router.unserve(engine, capability)
+    await _passes_done(engine)
+    router.serve(engine, capability)
+    await _passes_done(engine)
+
+
+async def _stop_poll(poll: asyncio.Future[Any]) -> None:
+    poll.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poll
+
+
+async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_until_its_polls_stop(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A long poll waits for cap-a (its pool is full, so nothing is dispatched to it): no stream
+    worker declares cap-a, yet it is served, and a stream class connecting past the grace does not
+    take the intent task waiting there. Once its last poll ended more than the window (the grace)
+    ago, the next served change moves the task; within the window it still stays."""
+    sink, router, clock = Sink(), FakeRouter(), Clock()
+    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
+    clock.advance(11)  # the start's own grace is over
+    await engine.put_pool(PoolLimits(name="p", max_concurrency=1))
+    x = FakeWorker()
+    engine.connect_worker("x", ["cap-x"], 1, x.assign, x.cancel)
+    tasks = (spec("x", capability="cap-x", pool="p"), _intent("q", pool="p"))
+    record, _ = await engine.submit(WorkflowSpec(tasks=tasks))
+    wid = record.workflow_id
+    await _served_by(x, 1)  # x holds the pool's one slot
+    assert engine.get_task(wid, "q").record.capability == "cap-a"  # nothing served: the cheapest card
+    poll = asyncio.ensure_future(engine.poll("poller", ["cap-a"], 1, 60.0))
+    await _passes_done(engine)
+
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await _passes_done(engine)
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+    assert len(sink.routed("q")) == 1
+    assert engine.serves("cap-a")
+    assert not poll.done()  # still waiting: the pool is full
+
+    await _stop_poll(poll)
+    clock.advance(5)  # within the window of its end
+    await _restart_stream_class(engine, router, "cap-b")
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+
+    clock.advance(6)  # its polls stopped 11 s ago: cap-a is served by nobody
+    assert not engine.serves("cap-a")
+    await _restart_stream_class(engine, router, "cap-b")
+    moved = engine.get_task(wid, "q").record
+    assert (moved.state, moved.capability) == ("SCHEDULED", "cap-b")
+    assert sink.routed("q")[-1]["are.route.previous_capability"] == "cap-a"
+    await engine.stop()
+
+
+async def test_a_poller_busy_on_a_long_attempt_still_serves_its_class(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A poller took one task and works on it long past the window, polling no more meanwhile:
+    while its attempt is held (its lease has not expired) its class keeps the intent tasks waiting;
+    once the attempt is reported and the window passes with no poll, they move."""
+    sink, router, clock = Sink(), FakeRouter(), Clock()
+    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
+    clock.advance(11)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
+    wid = record.workflow_id
+    await settle()
+    _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
+    assert (taken.task_id, taken.capability) == ("r", "cap-a")
+    clock.advance(60)  # far past the window, well within its start-to-close timeout (600 s)
+
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await _passes_done(engine)
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+    assert b.assignments == []
+
+    await engine.complete(wid, "r", taken.attempt, output=b"", content_type="", usage=None)
+    await _restart_stream_class(engine, router, "cap-b")  # reported just now: within the window
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+    clock.advance(11)
+    await _restart_stream_class(engine, router, "cap-b")
+    await _served_by(b, 1)
+    assert [(x.task_id, x.capability) for x in b.assignments] == [("q", "cap-b")]
+    await engine.stop()
+
+
+async def test_a_class_whose_polls_stop_loses_its_intent_tasks_a_window_later_with_no_other_event(
+    opened: tuple[Storage, GroupCommitter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When its pollers go for good, nothing tells the router: a timer looks again once the window
+    has passed since the last poll ended, and the waiting intent tasks go to the class served."""
+    monkeypatch.setattr(engine_module, "_POLL_GAP_S", 0.0)  # the window is the grace alone
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router, grace_s=60.0)
+    engine._started_ns -= 61 * 10**9  # the start's own grace is over
+    await engine.put_pool(PoolLimits(name="p", max_concurrency=1))
+    x = FakeWorker()
+    engine.connect_worker("x", ["cap-x"], 1, x.assign, x.cancel)
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("x", capability="cap-x", pool="p"), _intent("q", pool="p")))
+    )
+    wid = record.workflow_id
+    await _served_by(x, 1)
+    poll = asyncio.ensure_future(engine.poll("poller", ["cap-a"], 1, 60.0))
+    await _passes_done(engine)
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await _passes_done(engine)
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+
+    engine.reroute_grace_s = 0.2
+    await _stop_poll(poll)
+    async with asyncio.timeout(10):
+        while engine.get_task(wid, "q").record.capability != "cap-b":
+            await asyncio.sleep(0.01)
+    assert sink.routed("q")[-1]["are.route.previous_capability"] == "cap-a"
+    await engine.stop()
+
+
+async def test_the_first_poll_for_a_class_brings_it_the_intent_tasks_waiting_on_unserved_ones(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """Nothing served cap-a or cap-b when the task was routed (so it waits on cap-a, the cheaper
+    card); a poll for cap-b arrives: cap-b is served now, the task is routed again, moves there
+    and is handed to that very poll."""
+    sink, router = Sink(), ServesRouter()
+    engine = await _started(opened, sink, router)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("q"),)))
+    wid = record.workflow_id
+    await settle()
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+    _, assignments = await engine.poll("poller", ["cap-b"], 1, 5.0)
+    assert [(a.task_id, a.capability) for a in assignments] == [("q", "cap-b")]
+    again = sink.routed("q")[-1]
+    assert (again["are.route.rerouted"], again["are.route.previous_capability"]) == (True, "cap-a")
+    await engine.stop()
+
+
+async def test_an_intent_routed_while_a_poll_serves_a_class_goes_to_it(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """The initial pick counts polls too: a poller serving cap-b (the dearer card) wins over
+    cap-a, a card nobody serves."""
+    sink, router = Sink(), ServesRouter()
+    engine = await _started(opened, sink, router)
+    poll = asyncio.ensure_future(engine.poll("poller", ["cap-b"], 1, 5.0))
+    await settle()
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("q"),)))
+    _, assignments = await poll
+    assert [(a.task_id, a.capability) for a in assignments] == [("q", "cap-b")]
+    assert len(sink.routed("q")) == 1
+    assert engine.get_task(record.workflow_id, "q").record.capability == "cap-b"
+    await engine.stop()
+
+
+async def test_only_a_poll_that_makes_a_class_served_starts_a_reroute(
+    opened: tuple[Storage, GroupCommitter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poller polling over and over does not start a pass each poll: only the poll that finds its
+    capability served by nothing (the first, or the first after a gap longer than the window)."""
+    sink, router, clock = Sink(), FakeRouter(), Clock()
+    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
+    told: list[list[str]] = []
+    real = engine.served_changed
+
+    def spy(capabilities: Any) -> None:
+        told.append(sorted(capabilities))
+        real(capabilities)
+
+    monkeypatch.setattr(engine, "served_changed", spy)
+    router.served.add("cap-a")  # served by a stream worker
+    for _ in range(3):
+        await engine.poll("poller", ["cap-a", "cap-b"], 1, 0.01)
+        clock.advance(5)  # each poll starts within the window of the last one's end
+    both = [asyncio.ensure_future(engine.poll("poller", ["cap-b"], 1, 0.05)) for _ in range(2)]
+    await asyncio.gather(*both)
+    assert told == [["cap-b"]]
+    clock.advance(11)
+    await engine.poll("poller", ["cap-b"], 1, 0.01)
+    assert told == [["cap-b"], ["cap-b"]]
+    assert len(engine._poll_ended) == 1  # cap-a's end, older than the window, was dropped
     await engine.stop()
