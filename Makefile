@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-slow gen gen-check lint breaking fmt bench clean
+.PHONY: help venv bytecode run test test-slow gen gen-check lint breaking fmt bench clean
 
 help:
 	@echo "make run        set up and run the sidecar on its embedded defaults (ARGS='--listen ...')"
@@ -36,13 +36,20 @@ $(STAMP): pyproject.toml setup.py are_core/router/_ranking.c sdks/python/pyproje
 	$(PY) -m pip install --quiet -e sdks/python -e '.[dev,embed-model-test]'
 	@touch $@
 
-run: $(STAMP)
+# Bytecode of our own packages. Where PYTHONDONTWRITEBYTECODE is set (as on CI
+# machines), Python caches nothing it compiles, and every sidecar start (each
+# test's, each benchmark's) would compile them from source again: about 0.18 s
+# of a start on 2 cores. Up-to-date files are skipped, so this is quick.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q -j 0 are_core sidecar sdks/python/src benchmarks
+
+run: bytecode
 	$(BIN)/are serve $(ARGS)
 
-test: $(STAMP)
+test: bytecode
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: bytecode
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # Every SDK's generated code: Python here, Go below (Go's carries the proto
@@ -70,7 +77,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: bytecode
 	$(PY) -m benchmarks $(ARGS)
 
 clean:

@@ -42,7 +42,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from benchmarks._echo import ECHO_METHOD, echo_server
-from benchmarks._harness import ContenderResult, SuiteReport, apply_ratios, cpu_split, format_table, summarize
+from benchmarks._harness import (
+    ContenderResult,
+    SuiteReport,
+    apply_ratios,
+    compile_bytecode,
+    cpu_split,
+    format_table,
+    summarize,
+)
 
 __all__ = ["main"]
 
@@ -231,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--unpaired", action="store_true", help="time the echo alone first, then each contender alone"
     )
     args = parser.parse_args(argv)
+    compile_bytecode()
     args.client_cpus = ()
     if args.pin:
         try:
