@@ -43,6 +43,7 @@ __all__ = ["main", "measure"]
 NAMESPACE = "churn"
 THRESHOLD = 0.95
 SECOND = 10**9
+_MAX_INVALIDATED_PER_1000 = 400
 
 
 class _Clock:
@@ -115,7 +116,9 @@ async def _churn(engine: CacheEngine, clock: _Clock, bound: int, churn: int, see
         if i % 1000 == 999:
             await engine.flush()  # sweeps expired entries
             live = list(engine._states[NAMESPACE].heads)  # noqa: SLF001
-            chosen = rng.sample(live, min(len(live), bound // 50))
+            # A share of the stores (2% of the bound per 1,000, at most 40%): past 50k, a
+            # share of the bound would invalidate as many entries as are stored.
+            chosen = rng.sample(live, min(len(live), bound // 50, _MAX_INVALIDATED_PER_1000))
             ids = [entry_id_text(n) for n in chosen]
             counts["invalidated"] += await engine.invalidate(NAMESPACE, entry_ids=ids)
             engine.checkpoint_due()  # as the sidecar's upkeep does
