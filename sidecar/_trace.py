@@ -25,7 +25,7 @@ import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import grpc
 import msgspec
@@ -40,7 +40,6 @@ from are_core.trace import (
     EventRecorder,
     EventsMissed,
     InvalidPageTokenError,
-    SpanBuilder,
     StreamItem,
     SubscriptionClosedError,
     TooManySubscribersError,
@@ -58,6 +57,9 @@ from are_sdk._proto.are.v1 import (
     workflow_pb2,
 )
 from sidecar._capability import Capability, Runtime
+
+if TYPE_CHECKING:
+    from are_core.trace import SpanBuilder
 from sidecar._status import abort, shutting_down
 
 __all__ = ["TEST_HOOK_ENV", "TEST_HOOK_METHOD", "TraceCapability", "TraceServicer", "event_to_proto"]
@@ -161,6 +163,8 @@ def _otlp_span_builder(endpoint: str, resolver: TraceContextResolver) -> SpanBui
     # Imported here: the exporter (and its grpc channel) exists only when export is on.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+    from are_core.trace import SpanBuilder  # noqa: PLC0415 - loads the OpenTelemetry SDK
 
     insecure = endpoint.startswith("http://") or "://" not in endpoint
     exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure)

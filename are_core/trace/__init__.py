@@ -15,6 +15,8 @@ Exceptions::
     └── SubscriptionClosedError    the recorder shut down under a live stream
 """
 
+from typing import TYPE_CHECKING, Any
+
 from are_core.trace._errors import (
     InvalidPageTokenError,
     SubscriptionClosedError,
@@ -22,6 +24,14 @@ from are_core.trace._errors import (
     TraceError,
 )
 from are_core.trace._filter import EventFilter, decode_page_token, encode_page_token
+from are_core.trace._ids import (
+    TraceContextResolver,
+    attempt_span_id,
+    task_traceparent,
+    trace_context_of,
+    workflow_span_id,
+    workflow_trace_id,
+)
 from are_core.trace._model import (
     AttributeValue,
     Event,
@@ -31,17 +41,22 @@ from are_core.trace._model import (
     FailureInfo,
     record_in_slices,
 )
-from are_core.trace._otel import (
-    SpanBuilder,
-    TraceContextResolver,
-    attempt_span_id,
-    task_traceparent,
-    trace_context_of,
-    workflow_span_id,
-    workflow_trace_id,
-)
 from are_core.trace._recorder import EVENT_TABLES, EventListener, EventPage, EventRecorder
 from are_core.trace._stream import CaughtUp, EventsMissed, StreamItem, Subscription
+
+if TYPE_CHECKING:
+    from are_core.trace._otel import SpanBuilder
+
+
+def __getattr__(name: str) -> Any:
+    # The OpenTelemetry SDK loads with the span builder only: a sidecar that
+    # exports no spans starts without it (some 25 ms of every start).
+    if name == "SpanBuilder":
+        from are_core.trace._otel import SpanBuilder  # noqa: PLC0415
+
+        return SpanBuilder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EVENT_TABLES",

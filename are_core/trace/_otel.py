@@ -37,9 +37,8 @@ attempt ids (:func:`workflow_trace_id`, :func:`attempt_span_id`,
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
@@ -48,6 +47,15 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from are_core.trace._ids import (
+    TraceContextResolver,
+    attempt_span_id,
+    parse_hex_id,
+    task_traceparent,
+    trace_context_of,
+    workflow_span_id,
+    workflow_trace_id,
+)
 from are_core.trace._model import AttributeValue, Event
 
 __all__ = [
@@ -73,34 +81,6 @@ _SPAN_BOUNDARIES = frozenset(
 _SPAN_START_KEY = "are.span"
 
 
-def _hash(kind: str, *parts: str | int, size: int) -> int:
-    text = kind + "\x00" + "\x00".join(str(p) for p in parts)
-    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size).digest(), "big")
-    return value or 1  # the all-zero id is invalid in OpenTelemetry
-
-
-def workflow_trace_id(workflow_id: str) -> int:
-    """The 128-bit trace id of a workflow's trace."""
-    return _hash("are-trace", workflow_id, size=16)
-
-
-def workflow_span_id(workflow_id: str) -> int:
-    """The 64-bit span id of a workflow's root span."""
-    return _hash("are-workflow", workflow_id, size=8)
-
-
-def attempt_span_id(workflow_id: str, task_id: str, attempt: int) -> int:
-    """The 64-bit span id of one task attempt's span."""
-    return _hash("are-attempt", workflow_id, task_id, attempt, size=8)
-
-
-def task_traceparent(workflow_id: str, task_id: str, attempt: int) -> str:
-    """The W3C ``traceparent`` to hand the worker of an attempt: its spans nest under the attempt's."""
-    trace_id = workflow_trace_id(workflow_id)
-    span_id = attempt_span_id(workflow_id, task_id, attempt)
-    return f"00-{trace_id:032x}-{span_id:016x}-01"
-
-
 class _ChosenIds(IdGenerator):
     """Hands out the ids chosen for the next span, random ones otherwise."""
 
@@ -119,26 +99,6 @@ class _ChosenIds(IdGenerator):
 
 
 _AttemptKey = tuple[str, str, int]
-TraceContextResolver = Callable[[str], "tuple[int, int | None] | None"]
-"""Given a workflow id, its (trace id, parent span id or None), or None if unknown."""
-
-
-def _hex_id(text: object, digits: int) -> int | None:
-    if not isinstance(text, str) or len(text) != digits:
-        return None
-    try:
-        value = int(text, 16)
-    except ValueError:
-        return None
-    return value or None
-
-
-def trace_context_of(attributes: Mapping[str, object]) -> tuple[int, int | None] | None:
-    """The (trace id, parent span id) a workflow's submission event carries, if any."""
-    trace_id = _hex_id(attributes.get("are.trace_id"), 32)
-    if trace_id is None:
-        return None
-    return trace_id, _hex_id(attributes.get("are.parent_span_id"), 16)
 
 
 class SpanBuilder:
@@ -309,7 +269,7 @@ class SpanBuilder:
                 trace_flags=TraceFlags(TraceFlags.SAMPLED),
             )
             links.append(Link(context, {"are.link": "previous_attempt"}))
-        span_id = _hex_id(event.span_id, 16) or attempt_span_id(*key)
+        span_id = parse_hex_id(event.span_id, 16) or attempt_span_id(*key)
         self._ids.next_span_id = span_id
         attributes: dict[str, AttributeValue] = {
             "are.workflow.id": event.workflow_id,

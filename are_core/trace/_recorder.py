@@ -41,8 +41,8 @@ from are_core.storage import (
 )
 from are_core.trace._errors import TooManySubscribersError
 from are_core.trace._filter import EventFilter
+from are_core.trace._ids import trace_context_of
 from are_core.trace._model import Event, EventDraft
-from are_core.trace._otel import trace_context_of
 from are_core.trace._stream import Subscription
 
 __all__ = ["EVENT_TABLES", "EventListener", "EventPage", "EventRecorder"]
