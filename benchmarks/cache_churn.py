@@ -8,15 +8,21 @@ its bound: single stores of low-intrinsic-dimension vectors (as
 ``benchmarks.cache`` makes them), a share of them replacing an entry of the
 same prompt, some with a short TTL that expires, and invalidations of random
 live entries; LRU eviction does the rest. Then it looks every live entry up
-by its own stored vector (threshold 0.95) and counts the misses, again after
-a clean restart (the index restored as a memory-mapped view), and again
-after a restart without a save (SIGKILL: the last checkpoint plus the
-journal).
+by its own stored vector (threshold 0.95) and counts the misses ("after
+churn": no repair sweep ran during the churn), runs one repair sweep (what
+the sidecar's upkeep starts once a tenth of the index, at least 1,000
+entries, was removed: ``CacheEngine.repair_due``), waits for it and counts
+them again ("after repair"), again after a clean restart (the index
+restored as a memory-mapped view), and again after a restart without a save
+(SIGKILL: the last checkpoint plus the journal).
 
 ``--ef N`` fixes the namespace's search expansion (a calibration picks one
 as low as 12 at 1M entries; by default the dtype's, 64 for f32, 32 for i8).
 
-``python -m benchmarks.cache_churn [--entries 5000,20000] [--dtypes f32,i8] [--churn 6] [--ef N]``
+``--no-repair`` leaves the sweep out (the restarts then serve the graph as the churn left it).
+
+``python -m benchmarks.cache_churn [--entries 5000,20000] [--dtypes f32,i8] [--churn 6] [--ef N]
+[--no-repair]``
 """
 
 from __future__ import annotations
@@ -144,7 +150,23 @@ async def _recall(engine: CacheEngine, storage: Storage) -> tuple[int, int, floa
     return len(ids), misses, time.perf_counter() - began
 
 
-async def measure(bound: int, dtype: str, churn: int, ef: int = 0, seed: int = 1) -> list[dict[str, Any]]:
+async def _repair(engine: CacheEngine) -> tuple[int, float] | None:
+    """Runs a repair sweep of the namespace and waits for it: (entries inserted again, seconds).
+
+    None when no sweep was due (an index searched exactly has nothing to repair).
+    """
+    before = engine.stats(NAMESPACE)[0].repaired_entries
+    began = time.perf_counter()
+    task = engine.repair_due()
+    if task is None:
+        return None
+    await task
+    return engine.stats(NAMESPACE)[0].repaired_entries - before, time.perf_counter() - began
+
+
+async def measure(
+    bound: int, dtype: str, churn: int, ef: int = 0, seed: int = 1, *, repair: bool = True
+) -> list[dict[str, Any]]:
     """Runs the workload on a fresh folder; one row of figures per phase."""
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="are-churn-") as folder:
@@ -165,8 +187,20 @@ async def measure(bound: int, dtype: str, churn: int, ef: int = 0, seed: int = 1
         began = time.perf_counter()
         counts = await _churn(engine, runner.clock, bound, churn, seed)
         stored = time.perf_counter() - began
-        phases = (("after churn", None), ("clean restart", True), ("SIGKILL restart", False))
+        phases = (
+            ("after churn", None),
+            ("after repair", None),
+            ("clean restart", True),
+            ("SIGKILL restart", False),
+        )
         for phase, save in phases:
+            extra: dict[str, Any] = {}
+            if phase == "after repair":
+                if not repair:
+                    continue
+                repaired = await _repair(engine)
+                extra = {"repaired": None if repaired is None else repaired[0]}
+                extra["repair_s"] = None if repaired is None else repaired[1]
             if save is not None:
                 await runner.close(save=save)
                 engine = await runner.open()
@@ -183,6 +217,7 @@ async def measure(bound: int, dtype: str, churn: int, ef: int = 0, seed: int = 1
                     "lookup_us": seconds / max(live, 1) * 1e6,
                     "store_s": stored,
                     **counts,
+                    **extra,
                 }
             )
         await runner.close(save=True)
@@ -196,12 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=int, default=6, help="stores per bound (5-10 evicts most of it)")
     parser.add_argument("--ef", type=int, default=0, help="a fixed search expansion (0: the dtype's default)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--no-repair", dest="repair", action="store_false", help="no repair sweep after the churn"
+    )
     args = parser.parse_args(argv)
     header = ("entries", "dtype", "phase", "live", "misses", "recall", "us/lookup")
     print("{:>8} {:>5} {:<16} {:>7} {:>6} {:>8} {:>9}".format(*header))
     for bound in (int(x) for x in args.entries.split(",")):
         for dtype in args.dtypes.split(","):
-            for row in asyncio.run(measure(bound, dtype, args.churn, args.ef, args.seed)):
+            for row in asyncio.run(measure(bound, dtype, args.churn, args.ef, args.seed, repair=args.repair)):
+                if "repaired" in row:
+                    swept = (
+                        "not due (the index is searched exactly)"
+                        if row["repaired"] is None
+                        else f"{row['repaired']} entries inserted again in {row['repair_s']:.1f} s"
+                    )
+                    print(f"{'':>8} {'':>5} repair sweep: {swept}", flush=True)
                 print(
                     f"{row['entries']:>8} {row['dtype']:>5} {row['phase']:<16} {row['live']:>7} "
                     f"{row['misses']:>6} {row['recall']:>8.5f} {row['lookup_us']:>9.1f}",

@@ -27,6 +27,7 @@ from are_core.vector import (
     LADDER,
     Calibration,
     ChildSearch,
+    ChildSweep,
     VectorError,
     VectorIndex,
     choose_expansion,
@@ -150,6 +151,15 @@ _CHECKPOINT_RETRY_NS = 60 * 1_000_000_000
 # time); with 2,048, when it missed at most four (95%).
 _CALIBRATION_QUERIES = 2048
 _RECALIBRATE_NS = 3600 * 1_000_000_000
+# A namespace's index is swept for entries no search reaches by their own
+# vector (in a forked child, see CacheEngine.repair_due) once this many of its
+# entries with vectors were removed or replaced since its last sweep (or a
+# tenth of the index, if more). The entries found are inserted again on the
+# event loop, in chunks sized like background indexing's.
+_REPAIR_CHANGES = 1000
+_REPAIR_PASSES = 3  # inserting nodes again can strand others: sweeps again while a pass inserted any
+_REPAIR_FIRST_CHUNK = 16
+_REPAIR_MAX_CHUNK = 256
 
 
 class _State:
@@ -182,6 +192,7 @@ class _State:
         "index_changes",
         "index_dirty",
         "index_incomplete",
+        "index_removals",
         "lru",
         "mark",
         "namespace",
@@ -194,6 +205,7 @@ class _State:
         "snapshot_due",
         "stats",
         "stats_dirty",
+        "sweeping",
         "thresholds",
         "touched",
         "unsaved_changes",
@@ -227,6 +239,10 @@ class _State:
         self.backlog_vectors: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
         self.backlog_removed: list[int] = []
         self.index_changes = 0  # entries changed since the index file was last written
+        # Entries with vectors removed or replaced since the index was last swept
+        # for unreachable ones (or since the start); sweeping: one is under way.
+        self.index_removals = 0
+        self.sweeping = False
         # The last semantic lookups' queries and thresholds (a ring), for calibration;
         # half precision (0.75 MB at 384-d), and only in namespaces of over 2,048 vectors.
         self.queries: np.ndarray[Any, np.dtype[np.float16]] | None = None
@@ -353,6 +369,10 @@ class CacheEngine:
         checkpoint_changes: Entries changed in a namespace before its index
             is written again (in a forked child, see :meth:`checkpoint_due`);
             0 means 4,096 or a twentieth of the index, whichever is more.
+        repair_changes: Entries with vectors removed or replaced in a
+            namespace before its index is swept for entries that no search
+            reaches (in a forked child, see :meth:`repair_due`); 0 means
+            1,000 or a tenth of the index, whichever is more.
         huge_pages: After a start, move each index restored as a view of its
             file into memory in huge pages, in a worker thread while the view
             serves (:meth:`VectorIndex.into_huge_pages`): faster searches for
@@ -376,12 +396,14 @@ class CacheEngine:
         hot_bytes: int = DEFAULT_HOT_BYTES,
         index_at_start: int = DEFAULT_INDEX_AT_START,
         checkpoint_changes: int = 0,
+        repair_changes: int = 0,
         huge_pages: bool = True,
     ) -> None:
         self._storage = storage
         self._huge_pages = huge_pages
         self._index_at_start = index_at_start
         self._checkpoint_changes = checkpoint_changes
+        self._repair_changes = repair_changes
         self._indexers: set[asyncio.Task[None]] = set()  # background indexing, one task per namespace
         self._stopping = False
         self._hot = HotBodies(hot_bytes)
@@ -402,6 +424,8 @@ class CacheEngine:
         self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
         self._folding: set[str] = set()  # namespaces whose overlay is being folded into a private copy
         self._calibrations: set[asyncio.Task[None]] = set()
+        self._repairs: set[asyncio.Task[None]] = set()  # a sweep and its re-insertions (one at a time)
+        self._sweep: ChildSweep | None = None  # the sweep child running, if any
         self._writers: set[int] = set()  # pids of children writing an index (checkpoints)
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
@@ -551,6 +575,7 @@ class CacheEngine:
             if (
                 namespace.expansion_fixed
                 or state.calibrating is not None
+                or state.sweeping
                 or state.queries is None
                 or state.thresholds is None
                 or state.queries_seen < _CALIBRATION_QUERIES
@@ -639,6 +664,168 @@ class CacheEngine:
             f"{result.recall:.4f} on {result.samples} lookups, at least {result.lower_bound:.4f} at 95%"
         )
 
+    def repair_due(self) -> asyncio.Task[None] | None:
+        """Starts sweeping the index of a namespace that saw enough removals for entries no search reaches.
+
+        Removals and replacements (evictions, expiry, invalidations, a
+        prompt stored again) leave some HNSW nodes that no search reaches by
+        their own vector, so a lookup by an entry's own vector misses it.
+        Where a brute-force search is cheap a miss is confirmed by one
+        (:meth:`lookup`); above that, nothing else finds them. Due: a
+        namespace of over ``EXACT_SEARCH_BELOW`` vectors with
+        ``repair_changes`` entries with vectors removed or replaced since
+        its last sweep (by default 1,000 or a tenth of the index, whichever
+        is more), no calibration running on it, no fold of its overlay and
+        no start's backlog. A forked child at idle priority finds the keys
+        (:meth:`VectorIndex.sweep_in_child`), one sweep in the whole engine
+        at a time; the entries still live are inserted again (see
+        :meth:`_repair`). Returns the task doing it, if one started.
+        """
+        if self._stopping or any(not task.done() for task in self._repairs):
+            return None
+        for state in self._states.values():
+            name = state.namespace.name
+            if not self._may_sweep(state):
+                continue
+            bound = self._repair_changes or max(_REPAIR_CHANGES, len(state.index) // 10)
+            if state.index_removals < bound:
+                continue
+            try:
+                child = state.index.sweep_in_child()
+            except OSError as error:
+                _log.warning(f"cache: could not start sweeping the index of {name!r}: {error}")
+                continue
+            if child is None:  # no fork here
+                return None
+            removals, state.index_removals = state.index_removals, 0  # those after the fork: the next sweep's
+            self._sweep = child
+            state.sweeping = True
+            task = asyncio.create_task(self._repair(state, child, removals))
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
+            return task
+        return None
+
+    async def _repair(self, state: _State, child: ChildSweep, removals: int) -> None:
+        """Collects a sweep's unreachable keys, inserts those of live entries again, and sweeps again.
+
+        A key whose entry was removed or replaced since the fork (an entry id
+        is never reused: a replacement is a new entry) or expired is
+        skipped: it never answers, and must not come back into the index.
+        The others are inserted again (:meth:`_reinsert`). Inserting a node
+        rewrites its neighbours' links and can leave another node
+        unreachable, so while a pass inserted any, another pass follows, up
+        to ``_REPAIR_PASSES``. Records a CACHE_INDEXING event
+        (``are.cache.reason`` "REPAIR") and adds what was inserted again to
+        the namespace's ``repaired_entries``.
+        """
+        name = state.namespace.name
+        began = time.monotonic()
+        checked = unreachable = reinserted = passes = 0
+        try:
+            while True:
+                passes += 1
+                try:
+                    found = await asyncio.to_thread(child.collect)
+                except (VectorError, OSError, ValueError) as error:
+                    if not self._stopping:
+                        _log.warning(f"cache: sweeping the index of {name!r} failed: {error}")
+                        state.index_removals += removals if passes == 1 else 0  # due again
+                    return
+                finally:
+                    self._sweep = None
+                if self._stopping or self._states.get(name) is not state:
+                    return
+                checked += found.checked
+                unreachable += int(found.unreachable.size)
+                done = await self._reinsert(state, found.unreachable)
+                reinserted += done
+                if not done or passes >= _REPAIR_PASSES or not self._may_sweep(state):
+                    break
+                try:
+                    again = state.index.sweep_in_child()
+                except OSError as error:
+                    _log.warning(f"cache: could not sweep the index of {name!r} again: {error}")
+                    break
+                if again is None:
+                    break
+                child = self._sweep = again
+        finally:
+            state.sweeping = False
+        seconds = time.monotonic() - began
+        if reinserted:
+            state.stats.repaired += reinserted
+            state.stats_dirty = True
+        self._queue_event(
+            EventDraft(
+                event_type="CACHE_INDEXING",
+                name=name,
+                duration_ns=int(seconds * 1e9),
+                attributes={
+                    "are.cache.namespace": name,
+                    "are.cache.reason": "REPAIR",
+                    "are.cache.passes": passes,
+                    "are.cache.checked": checked,
+                    "are.cache.unreachable": unreachable,
+                    "are.cache.reinserted": reinserted,
+                    "are.cache.seconds": round(seconds, 3),
+                    "are.cache.indexed": reinserted,
+                    "are.cache.total": reinserted,
+                    "are.cache.done": True,
+                },
+            )
+        )
+        _log.info(
+            f"cache: swept the index of {name!r} ({passes} passes, {checked} searches): {unreachable} "
+            f"entries unreachable by their own vector, {reinserted} inserted again, in {seconds:.1f} s"
+        )
+
+    def _may_sweep(self, state: _State) -> bool:
+        """Whether a namespace's index may be swept now: no calibration, fold or start's backlog.
+
+        A fork waits for the index's lock, which a fold holds for as long as
+        its copy takes (the event loop would wait with it).
+        """
+        return (
+            not self._stopping
+            and self._states.get(state.namespace.name) is state
+            and state.calibrating is None
+            and state.backlog is None
+            and state.namespace.name not in self._folding
+            and len(state.index) > EXACT_SEARCH_BELOW
+        )
+
+    async def _reinsert(self, state: _State, keys: np.ndarray[Any, np.dtype[np.uint64]]) -> int:
+        """Inserts the live entries of these keys again, a chunk per loop turn; returns how many."""
+        name = state.namespace.name
+        chunk = _REPAIR_FIRST_CHUNK
+        done = 0
+        at = 0
+        while at < keys.size:
+            if self._stopping or self._states.get(name) is not state or state.backlog is not None:
+                break
+            began = time.monotonic_ns()
+            part = keys[at : at + chunk]
+            at += int(part.size)
+            now = self._clock()
+            live = [
+                n
+                for n in part.tolist()
+                if (head := state.heads.get(n)) is not None and head.has_vector and head.expire_ns > now
+            ]
+            if live:
+                wanted = np.asarray(live, dtype=np.uint64)
+                ids, matrix = self._read_vectors(state, wanted[state.index.contains_many(wanted)])
+                if ids:  # one thread: usearch's concurrent insertion strands nodes itself
+                    state.index.add(ids, matrix, threads=1)
+                    done += len(ids)
+                    state.index_changes += len(ids)
+                    state.index_dirty = True
+            spent = max(time.monotonic_ns() - began, 1)
+            chunk = int(min(_REPAIR_MAX_CHUNK, max(1, chunk * _BACKLOG_CHUNK_NS / spent)))
+            await asyncio.sleep(0)  # the next chunk in another loop turn
+        return done
+
     async def _warm(self, state: _State) -> None:
         """Loads a private copy of a memory-mapped index off the loop (its overlay folded in)."""
         self._folding.add(state.namespace.name)
@@ -648,16 +835,19 @@ class CacheEngine:
             self._folding.discard(state.namespace.name)
 
     async def _stop_background(self) -> None:
-        """Cuts calibrations and checkpoints short; lets background indexing end its chunk.
+        """Cuts calibrations, sweeps and checkpoints short; lets background indexing end its chunk.
 
-        A calibration is only a measurement, and a stop writes every changed
-        index itself: waiting for a checkpoint child would write it twice.
+        A calibration is only a measurement, a sweep only a repair (the next
+        start's sweeps find what it would have), and a stop writes every
+        changed index itself: waiting for a checkpoint child would write it twice.
         """
         children = [*self._writers, *(s.calibrating.pid for s in self._states.values() if s.calibrating)]
+        if self._sweep is not None:
+            children.append(self._sweep.pid)
         for pid in children:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        for task in [*self._calibrations, *self._indexers]:
+        for task in [*self._calibrations, *self._repairs, *self._indexers]:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
 
@@ -1438,6 +1628,7 @@ class CacheEngine:
                     recall_samples=0 if s.calibration is None else s.calibration.samples,
                     calibrate_time_ns=0 if s.calibration is None else s.calibration.time_ns,
                     calibrating=state.calibrating is not None,
+                    repaired_entries=s.repaired,
                 )
             )
         return out
@@ -1493,6 +1684,7 @@ class CacheEngine:
         self._fold_due()
         self.checkpoint_due()
         self.calibrate_due()
+        self.repair_due()
 
     # -- internals -------------------------------------------------------
 
@@ -1605,6 +1797,7 @@ class CacheEngine:
             batch.delete(VECTORS, u64_key(entry_id))
             _index_remove(state, [entry_id])
             state.index_dirty = True
+            state.index_removals += 1
         return head
 
     def _check_blob(self, sha256: str, size_bytes: int) -> bytes:
@@ -2087,6 +2280,7 @@ class CacheEngine:
             return
         state.index.remove(keys)
         state.index_dirty = True
+        state.index_removals += int(keys.size)
 
     def _add_vectors(self, state: _State, ids: np.ndarray[Any, Any]) -> None:
         """Adds these entries' vectors (from LMDB) to the index."""

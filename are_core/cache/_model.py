@@ -140,6 +140,7 @@ class StatsRecord(msgspec.Struct, kw_only=True, gc=False):
     saved_tokens: int = 0
     saved_cost_micro_usd: int = 0
     calibration: Calibration | None = None  # the last search-expansion calibration
+    repaired: int = 0  # entries a sweep found unreachable by their own vector and inserted again
 
 
 class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -163,6 +164,7 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     recall_samples: int = 0
     calibrate_time_ns: int = 0
     calibrating: bool = False
+    repaired_entries: int = 0  # inserted again after a sweep found them unreachable (CacheEngine.repair_due)
 
 
 class CacheHit(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -5,7 +5,10 @@ LMDB (the source of truth), saves the index for a fast start, restores it by
 memory map, and rebuilds it from LMDB when the saved copy is missing, corrupt
 or stale. Similarities are cosine similarities in [-1, 1], best first.
 Concurrent searches of one index from one event loop coalesce into one
-native call made off the loop (``VectorIndex.search_coalesced``).
+native call made off the loop (``VectorIndex.search_coalesced``). Removals
+leave some vectors that no search reaches by their own vector: a sweep in a
+forked child finds them (``VectorIndex.sweep_in_child``), and the owner
+inserts them again.
 
 Exceptions::
 
@@ -22,7 +25,10 @@ from ._index import (
     EXACT_SEARCH_BELOW,
     EXPANSION_SEARCH,
     SIMILARITY_ERROR,
+    SWEEP_MAX_UNREACHABLE,
     ChildSearch,
+    ChildSweep,
+    Sweep,
     VectorIndex,
 )
 
@@ -33,9 +39,12 @@ __all__ = [
     "EXPANSION_SEARCH",
     "LADDER",
     "SIMILARITY_ERROR",
+    "SWEEP_MAX_UNREACHABLE",
     "Calibration",
     "ChildSearch",
+    "ChildSweep",
     "SearchCoalescer",
+    "Sweep",
     "VectorError",
     "VectorIndex",
     "VectorShapeError",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from usearch.index import Index, MetricKind, ScalarKind
 
@@ -22,7 +23,15 @@ from ._errors import VectorError, VectorShapeError
 
 _log = logging.getLogger("are.vector")
 
-__all__ = ["DTYPES", "EXACT_CONFIRM_COMPONENTS", "SIMILARITY_ERROR", "VectorIndex"]
+__all__ = [
+    "DTYPES",
+    "EXACT_CONFIRM_COMPONENTS",
+    "SIMILARITY_ERROR",
+    "SWEEP_MAX_UNREACHABLE",
+    "ChildSweep",
+    "Sweep",
+    "VectorIndex",
+]
 
 DTYPES: tuple[str, ...] = ("f32", "f16", "i8")
 """The component types an index may store. usearch itself defaults to bf16;
@@ -69,6 +78,10 @@ Measured (one query, 384-d vectors of ``benchmarks.cache``, a 2-core VM):
 i8: 1.0 ms); the bounds (10,922 f32 or f16 384-d vectors, 21,845 i8 ones)
 keep the median under a millisecond. Owners use it to confirm a miss
 exactly where that is cheap (:attr:`VectorIndex.exact_is_cheap`)."""
+
+
+SWEEP_MAX_UNREACHABLE = 65_536
+"""Unreachable keys a sweep reports at most (it stops there; the next sweep goes on)."""
 
 
 class VectorIndex:
@@ -505,6 +518,49 @@ class VectorIndex:
             os.close(write_fd)  # the child's end
         return ChildSearch(pid, read_fd)
 
+    def sweep_in_child(self, *, max_unreachable: int = SWEEP_MAX_UNREACHABLE) -> ChildSweep | None:
+        """Starts looking, in a forked child, for the keys that a search for their own vector misses.
+
+        Removals (and usearch's insertions) leave some nodes that no search
+        reaches by their own vector, so no lookup near it finds them either;
+        nothing else repairs that. The child takes every key of the index as
+        it was at the fork (of a view: its file's keys that are not hidden;
+        the overlay is small and built in memory), reads their stored
+        vectors 1,024 at a time (its memory stays bounded: the keys, and one
+        chunk of vectors and results), searches for each at the index's
+        expansion, and reports those whose top match (hidden keys skipped,
+        as :meth:`search` skips them) is neither the key itself nor an
+        identical twin. The stored vectors are in the index's dtype, which
+        is what usearch converts a float32 query to before it searches: the
+        child makes the search that a lookup by the entry's own vector
+        makes. One search per key, at idle priority (Linux ``SCHED_IDLE``);
+        it stops once it found ``max_unreachable`` keys. Read the report
+        with :meth:`ChildSweep.collect` (blocking; from a worker thread),
+        and insert what is still live again with :meth:`add`
+        (``threads=1``; a view puts it in its overlay). Returns None where
+        ``fork`` is not available.
+        """
+        if not hasattr(os, "fork"):
+            return None
+        bound = max(1, int(max_unreachable))
+        read_fd, write_fd = os.pipe()
+
+        def child() -> None:
+            os.close(read_fd)
+            with contextlib.suppress(OSError, AttributeError):
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            checked, lost = _sweep(self._index, self._hidden, bound)
+            _write_all(write_fd, np.array([checked, lost.size], dtype=np.uint64).tobytes() + lost.tobytes())
+
+        try:
+            pid = self._fork(child)
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child's end
+        return ChildSweep(pid, read_fd)
+
     def _fork(self, child: Callable[[], None]) -> int:
         """Forks a child that runs ``child`` and exits (0, or 1 on an error); returns its pid.
 
@@ -776,16 +832,7 @@ class ChildSearch:
         Raises:
             VectorError: The child failed (its output is incomplete).
         """
-        chunks = []
-        try:
-            while chunk := os.read(self._fd, 1 << 20):
-                chunks.append(chunk)
-        finally:
-            os.close(self._fd)
-            _, status = os.waitpid(self.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise VectorError(f"the search child failed (exit status {os.waitstatus_to_exitcode(status)})")
-        data = b"".join(chunks)
+        data = _child_output(self.pid, self._fd, "search")
         n, settings = (int(x) for x in np.frombuffer(data[:16], dtype=np.uint64))
         out: dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
         offset = 16
@@ -800,6 +847,121 @@ class ChildSearch:
         if offset != len(data):
             raise VectorError("the search child's output has the wrong length")
         return out
+
+
+class Sweep(msgspec.Struct, frozen=True, kw_only=True):
+    """What a sweep found: ``unreachable`` keys (their own vector did not find them) of ``checked``."""
+
+    checked: int
+    unreachable: np.ndarray[Any, np.dtype[np.uint64]]
+
+
+class ChildSweep:
+    """A sweep running in a forked child (:meth:`VectorIndex.sweep_in_child`)."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self._fd = fd
+
+    def collect(self) -> Sweep:
+        """Waits for the child; the keys it checked and those it found unreachable.
+
+        Blocks until the child ends: call it from a worker thread.
+
+        Raises:
+            VectorError: The child failed (its output is incomplete).
+        """
+        data = _child_output(self.pid, self._fd, "sweep")
+        if len(data) < 16:
+            raise VectorError("the sweep child's output has the wrong length")
+        checked, n = (int(x) for x in np.frombuffer(data[:16], dtype=np.uint64))
+        if len(data) != 16 + 8 * n:
+            raise VectorError("the sweep child's output has the wrong length")
+        return Sweep(checked=checked, unreachable=np.frombuffer(data[16:], dtype=np.uint64).copy())
+
+
+def _child_output(pid: int, fd: int, what: str) -> bytes:
+    """Everything a child wrote to its pipe, once it ended (reaped); raises VectorError if it failed."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise VectorError(f"the {what} child failed (exit status {os.waitstatus_to_exitcode(status)})")
+    return b"".join(chunks)
+
+
+_SWEEP_CHUNK = 1024  # keys whose stored vectors a sweep reads and searches for at a time
+
+
+def _sweep(
+    index: Index, hidden_keys: set[int], bound: int
+) -> tuple[int, np.ndarray[Any, np.dtype[np.uint64]]]:
+    """The keys of ``index`` (but ``hidden_keys``) that a search for their stored vector misses.
+
+    Returns how many keys were checked and the unreachable ones, at most
+    ``bound`` of them (it stops there). Reads the vectors a chunk at a time.
+    """
+    keys = np.asarray(index.keys, dtype=np.uint64).reshape(-1)
+    hidden = np.fromiter(hidden_keys, dtype=np.uint64, count=len(hidden_keys))
+    if hidden.size:
+        keys = keys[~np.isin(keys, hidden)]
+    # As _search_past_hidden asks for a top match: a few more, for hidden ones.
+    want = max(1, min(1 + min(hidden.size, 64), len(index)))
+    checked = 0
+    lost: list[np.ndarray[Any, np.dtype[np.uint64]]] = []
+    found = 0
+    for start in range(0, keys.size, _SWEEP_CHUNK):
+        part = keys[start : start + _SWEEP_CHUNK]
+        rows = index.get(part)
+        held = [row is not None for row in rows]
+        if not all(held):  # not expected: the keys are the index's own
+            part = part[np.asarray(held, dtype=np.bool_)]
+            rows = [row for row in rows if row is not None]
+        checked += int(part.size)
+        if not part.size:
+            continue
+        queries = np.ascontiguousarray(np.stack(rows))  # in the index's dtype
+        missed = part[_unreachable(index, part, queries, want, hidden)]
+        if missed.size:
+            lost.append(missed)
+            found += int(missed.size)
+            if found >= bound:
+                break
+    if not lost:
+        return checked, np.zeros(0, dtype=np.uint64)
+    return checked, np.concatenate(lost)[:bound]
+
+
+def _unreachable(
+    index: Index,
+    keys: np.ndarray[Any, np.dtype[np.uint64]],
+    queries: np.ndarray[Any, Any],
+    want: int,
+    hidden: np.ndarray[Any, np.dtype[np.uint64]],
+    *,
+    threads: int = 1,
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which keys a search for their own vector (``queries``, one row each) does not find (lock held).
+
+    Found: the first of the ``want`` matches that is not ``hidden`` is the
+    key itself, or lies within ``_SAME_VECTOR_DISTANCE`` (an identical twin).
+    """
+    found, distances, counts = _compiled_search(index, queries, want, exact=False, threads=threads)
+    usable = np.arange(found.shape[1]) < counts.reshape(-1, 1)  # past a query's count: no match
+    if hidden.size:
+        usable &= ~np.isin(found, hidden)
+    first = np.argmax(usable, axis=1)
+    rows = np.arange(keys.size)
+    matched = usable[rows, first]
+    top, distance = found[rows, first], distances[rows, first]
+    lost: np.ndarray[Any, np.dtype[np.bool_]] = ~matched | (
+        (top != keys) & (distance > _SAME_VECTOR_DISTANCE)
+    )
+    return lost
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -968,8 +1130,7 @@ def _relink_unreachable(
     index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any], threads: int
 ) -> int:
     """Re-inserts, on one thread, the keys of a batch their own vectors do not find; returns how many."""
-    found, distances, counts = _compiled_search(index, matrix, 1, exact=False, threads=threads)
-    lost = (counts == 0) | ((found[:, 0] != keys) & (distances[:, 0] > _SAME_VECTOR_DISTANCE))
+    lost = _unreachable(index, keys, matrix, 1, np.zeros(0, dtype=np.uint64), threads=threads)
     if not lost.any():
         return 0
     again = keys[lost]
@@ -1001,9 +1162,12 @@ def _native_search(
 
 
 def _compiled_search(
-    index: Index, queries: np.ndarray[Any, np.dtype[np.float32]], k: int, *, exact: bool, threads: int
+    index: Index, queries: np.ndarray[Any, Any], k: int, *, exact: bool, threads: int
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """One compiled usearch search: keys, distances, counts per query (lock held, index not empty)."""
+    """One compiled usearch search: keys, distances, counts per query (lock held, index not empty).
+
+    Queries are float32, or in the index's own dtype (its stored vectors).
+    """
     keys, distances, counts, *_ = index._compiled.search_many(  # noqa: SLF001 - see VectorIndex._search
         queries,
         count=k,
