@@ -409,6 +409,7 @@ def _stats(s: CacheStats) -> cache_service_pb2.CacheStats:
         recall_samples=s.recall_samples,
         calibrate_time=_timestamp(s.calibrate_time_ns) if s.calibrate_time_ns else None,
         calibrating=s.calibrating,
+        repaired_entries=s.repaired_entries,
     )
 
 

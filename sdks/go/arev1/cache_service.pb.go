@@ -884,9 +884,15 @@ type CacheStats struct {
 	// When it was measured; unset before a measurement.
 	CalibrateTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=calibrate_time,json=calibrateTime,proto3" json:"calibrate_time,omitempty"`
 	// Whether a measurement is running now (in the background).
-	Calibrating   bool `protobuf:"varint,18,opt,name=calibrating,proto3" json:"calibrating,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Calibrating bool `protobuf:"varint,18,opt,name=calibrating,proto3" json:"calibrating,omitempty"`
+	// Entries that a repair sweep found no search reached by their own vector
+	// (removals strand some nodes of the graph) and inserted again, since the
+	// namespace was created. A sweep runs in the background once a tenth of
+	// the index (at least 1,000 entries) was removed or replaced; each records
+	// a CACHE_INDEXING event with "are.cache.reason" REPAIR.
+	RepairedEntries int64 `protobuf:"varint,19,opt,name=repaired_entries,json=repairedEntries,proto3" json:"repaired_entries,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CacheStats) Reset() {
@@ -1043,6 +1049,13 @@ func (x *CacheStats) GetCalibrating() bool {
 		return x.Calibrating
 	}
 	return false
+}
+
+func (x *CacheStats) GetRepairedEntries() int64 {
+	if x != nil {
+		return x.RepairedEntries
+	}
+	return 0
 }
 
 // GetCacheStatsRequest selects namespaces.
@@ -1426,7 +1439,7 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
 	"\x17InvalidateCacheResponse\x12#\n" +
-	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\x95\x05\n" +
+	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\"\xc0\x05\n" +
 	"\n" +
 	"CacheStats\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
@@ -1449,7 +1462,8 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x0fmeasured_recall\x18\x0f \x01(\x01R\x0emeasuredRecall\x12%\n" +
 	"\x0erecall_samples\x18\x10 \x01(\x03R\rrecallSamples\x12A\n" +
 	"\x0ecalibrate_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rcalibrateTime\x12 \n" +
-	"\vcalibrating\x18\x12 \x01(\bR\vcalibrating\"4\n" +
+	"\vcalibrating\x18\x12 \x01(\bR\vcalibrating\x12)\n" +
+	"\x10repaired_entries\x18\x13 \x01(\x03R\x0frepairedEntries\"4\n" +
 	"\x14GetCacheStatsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"A\n" +
 	"\x15GetCacheStatsResponse\x12(\n" +

@@ -182,6 +182,8 @@ class CacheStats:
     calibrate_time: datetime | None = None
     calibrating: bool = False
     """Whether a measurement is running now."""
+    repaired_entries: int = 0
+    """Entries a repair sweep found unreachable by their own vector and inserted again (since creation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +396,7 @@ class Cache:
                 recall_samples=s.recall_samples,
                 calibrate_time=_time(s.calibrate_time) if s.HasField("calibrate_time") else None,
                 calibrating=s.calibrating,
+                repaired_entries=s.repaired_entries,
             )
             for s in response.stats
         ]

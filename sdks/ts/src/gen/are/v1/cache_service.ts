@@ -344,6 +344,14 @@ export interface CacheStats {
     | undefined;
   /** Whether a measurement is running now (in the background). */
   calibrating: boolean;
+  /**
+   * Entries that a repair sweep found no search reached by their own vector
+   * (removals strand some nodes of the graph) and inserted again, since the
+   * namespace was created. A sweep runs in the background once a tenth of
+   * the index (at least 1,000 entries) was removed or replaced; each records
+   * a CACHE_INDEXING event with "are.cache.reason" REPAIR.
+   */
+  repairedEntries: number;
 }
 
 /** GetCacheStatsRequest selects namespaces. */
@@ -1541,6 +1549,7 @@ function createBaseCacheStats(): CacheStats {
     recallSamples: 0,
     calibrateTime: undefined,
     calibrating: false,
+    repairedEntries: 0,
   };
 }
 
@@ -1599,6 +1608,9 @@ export const CacheStats: MessageFns<CacheStats> = {
     }
     if (message.calibrating !== false) {
       writer.uint32(144).bool(message.calibrating);
+    }
+    if (message.repairedEntries !== 0) {
+      writer.uint32(152).int64(message.repairedEntries);
     }
     return writer;
   },
@@ -1760,6 +1772,14 @@ export const CacheStats: MessageFns<CacheStats> = {
             message.calibrating = reader.bool();
             continue;
           }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.repairedEntries = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1795,6 +1815,7 @@ export const CacheStats: MessageFns<CacheStats> = {
     message.recallSamples = object.recallSamples ?? 0;
     message.calibrateTime = object.calibrateTime ?? undefined;
     message.calibrating = object.calibrating ?? false;
+    message.repairedEntries = object.repairedEntries ?? 0;
     return message;
   },
 };

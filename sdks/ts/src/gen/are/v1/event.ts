@@ -214,7 +214,12 @@ export enum EventType {
    * EVENT_TYPE_CACHE_INDEXING - A namespace's semantic index is being completed in the background after
    * a start (its saved index was missing or far behind): at the start, at
    * every tenth and at the end. Attributes: "are.cache.namespace",
-   * "are.cache.indexed", "are.cache.total", "are.cache.done".
+   * "are.cache.indexed", "are.cache.total", "are.cache.done". Also at the
+   * end of a repair sweep (see CacheStats.repaired_entries), with
+   * "are.cache.reason" REPAIR, "are.cache.passes", "are.cache.checked" (the
+   * searches made), "are.cache.unreachable" (entries no search by their own
+   * vector found), "are.cache.reinserted" (those still live, inserted again)
+   * and "are.cache.seconds".
    */
   EVENT_TYPE_CACHE_INDEXING = 64,
   /**

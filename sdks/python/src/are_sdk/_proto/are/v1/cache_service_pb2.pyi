@@ -172,7 +172,7 @@ class InvalidateCacheResponse(_message.Message):
     def __init__(self, removed_count: _Optional[int] = ...) -> None: ...
 
 class CacheStats(_message.Message):
-    __slots__ = ("namespace", "lookups", "exact_hits", "semantic_hits", "misses", "hit_rate", "entries", "size_bytes", "expirations", "evictions", "saved_tokens", "saved_cost_micro_usd", "unindexed_entries", "search_expansion", "measured_recall", "recall_samples", "calibrate_time", "calibrating")
+    __slots__ = ("namespace", "lookups", "exact_hits", "semantic_hits", "misses", "hit_rate", "entries", "size_bytes", "expirations", "evictions", "saved_tokens", "saved_cost_micro_usd", "unindexed_entries", "search_expansion", "measured_recall", "recall_samples", "calibrate_time", "calibrating", "repaired_entries")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class CacheStats(_message.Message):
     RECALL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CALIBRATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CALIBRATING_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     lookups: int
     exact_hits: int
@@ -209,7 +210,8 @@ class CacheStats(_message.Message):
     recall_samples: int
     calibrate_time: _timestamp_pb2.Timestamp
     calibrating: bool
-    def __init__(self, namespace: _Optional[str] = ..., lookups: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., entries: _Optional[int] = ..., size_bytes: _Optional[int] = ..., expirations: _Optional[int] = ..., evictions: _Optional[int] = ..., saved_tokens: _Optional[int] = ..., saved_cost_micro_usd: _Optional[int] = ..., unindexed_entries: _Optional[int] = ..., search_expansion: _Optional[int] = ..., measured_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ..., calibrate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calibrating: _Optional[bool] = ...) -> None: ...
+    repaired_entries: int
+    def __init__(self, namespace: _Optional[str] = ..., lookups: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., entries: _Optional[int] = ..., size_bytes: _Optional[int] = ..., expirations: _Optional[int] = ..., evictions: _Optional[int] = ..., saved_tokens: _Optional[int] = ..., saved_cost_micro_usd: _Optional[int] = ..., unindexed_entries: _Optional[int] = ..., search_expansion: _Optional[int] = ..., measured_recall: _Optional[float] = ..., recall_samples: _Optional[int] = ..., calibrate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calibrating: _Optional[bool] = ..., repaired_entries: _Optional[int] = ...) -> None: ...
 
 class GetCacheStatsRequest(_message.Message):
     __slots__ = ("namespace",)
