@@ -124,6 +124,7 @@ class CacheCapability(Capability):
             index_at_start=runtime.config.cache_index_at_start,
             huge_pages=runtime.config.cache_huge_pages == "on",
             checkpoint_changes=runtime.config.cache_checkpoint_changes,
+            repair_changes=runtime.config.cache_repair_changes,
         )
 
     async def start(self) -> None:

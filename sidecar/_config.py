@@ -78,6 +78,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     cache_hot_bytes: int = 64 * 1024 * 1024
     cache_index_at_start: int = 4096
     cache_checkpoint_changes: int = 0
+    cache_repair_changes: int = 0
     cache_huge_pages: str = "on"
 
     def __repr__(self) -> str:
@@ -472,6 +473,17 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "cache_repair_changes",
+        0,
+        "Entries with vectors removed or replaced in a cache namespace (evicted, expired, "
+        "invalidated, stored again) before its index is swept, from a forked child at idle "
+        "priority, for entries no search reaches by their own vector, which are then inserted "
+        "again; 0 means 1000 or a tenth of the index, whichever is more. Namespaces of 2048 "
+        "vectors or fewer are searched exactly and never swept.",
+        _bounded_int(0, 1 << 40),
+        "N",
+    ),
+    Option(
         "cache_huge_pages",
         "on",
         "'on': after a start, copy each cache namespace's saved index from its file's mapping into "
@@ -573,6 +585,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         cache_hot_bytes=values["cache_hot_bytes"],
         cache_index_at_start=values["cache_index_at_start"],
         cache_checkpoint_changes=values["cache_checkpoint_changes"],
+        cache_repair_changes=values["cache_repair_changes"],
         cache_huge_pages=values["cache_huge_pages"],
     )
 

@@ -382,3 +382,46 @@ async def test_the_sidecar_calibrates_a_namespaces_search_expansion_on_its_looku
     [event] = events
     assert event.attributes["are.cache.search_expansion"].int_value == stats.search_expansion
     assert event.attributes["are.cache.samples"].int_value == 2048
+
+
+async def test_a_namespace_that_evicted_enough_is_swept_and_reports_the_entries_it_repaired(
+    client: Client,
+) -> None:
+    ns = _name("sweep")
+    # Over 2,048 vectors (searched through the graph, not exactly); a fixed expansion: no calibration.
+    await client.cache.put_namespace(
+        ns, embedder="caller", dimension=32, vector_dtype="i8", max_entries=2100, search_expansion=8
+    )
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((3200, 6)).astype(np.float32) @ rng.standard_normal((6, 32)).astype(
+        np.float32
+    )
+    vectors += 0.05 * rng.standard_normal(vectors.shape).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for start in range(0, len(vectors), 200):  # 1,100 evictions: at least the default 1,000 removals
+        await asyncio.gather(
+            *(
+                client.cache.store(ns, f"p{i}", {"i": i}, vector=vectors[i].tolist())
+                for i in range(start, min(start + 200, len(vectors)))
+            )
+        )
+    events = []
+    for _ in range(300):  # the upkeep starts the sweep within a second; the child searches (bounded: 30 s)
+        page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=1000)
+        events = [
+            e
+            for e in page.events
+            if e.name == ns and e.attributes["are.cache.reason"].string_value == "REPAIR"
+        ]
+        if events:
+            break
+        await asyncio.sleep(0.1)
+    [event] = events
+    attributes = event.attributes
+    assert attributes["are.cache.checked"].int_value >= 2100  # every entry in the index, each pass
+    reinserted = attributes["are.cache.reinserted"].int_value
+    assert 0 <= reinserted <= attributes["are.cache.unreachable"].int_value
+    [stats] = await client.cache.stats(ns)
+    assert stats.repaired_entries == reinserted
+    assert stats.entries == 2100
+    assert stats.evictions == 1100

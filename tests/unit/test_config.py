@@ -46,6 +46,8 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({"cache_index_at_start": "-5"}, {}, "--cache-index-at-start"),
         ({}, {"ARE_CACHE_CHECKPOINT_CHANGES": "many"}, "ARE_CACHE_CHECKPOINT_CHANGES"),
         ({"cache_huge_pages": "yes"}, {}, "--cache-huge-pages"),
+        ({"cache_repair_changes": "-1"}, {}, "--cache-repair-changes"),
+        ({}, {"ARE_CACHE_REPAIR_CHANGES": "often"}, "ARE_CACHE_REPAIR_CHANGES"),
         ({"router_model_exploration": "1.5"}, {}, "--router-model-exploration"),
         ({"router_reroute_grace_s": "-1"}, {}, "--router-reroute-grace-s"),
         ({}, {"ARE_ROUTER_REROUTE_GRACE_S": "3601"}, "ARE_ROUTER_REROUTE_GRACE_S"),
