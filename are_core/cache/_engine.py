@@ -684,18 +684,13 @@ class CacheEngine:
         if self._stopping or any(not task.done() for task in self._repairs):
             return None
         for state in self._states.values():
-            name = state.namespace.name
             if not self._may_sweep(state):
                 continue
             bound = self._repair_changes or max(_REPAIR_CHANGES, len(state.index) // 10)
             if state.index_removals < bound:
                 continue
-            try:
-                child = state.index.sweep_in_child()
-            except OSError as error:
-                _log.warning(f"cache: could not start sweeping the index of {name!r}: {error}")
-                continue
-            if child is None:  # no fork here
+            child = _fork_sweep(state)
+            if child is None:  # no fork here, or it failed (the next upkeep tries again)
                 return None
             removals, state.index_removals = state.index_removals, 0  # those after the fork: the next sweep's
             self._sweep = child
@@ -742,11 +737,7 @@ class CacheEngine:
                 reinserted += done
                 if not done or passes >= _REPAIR_PASSES or not self._may_sweep(state):
                     break
-                try:
-                    again = state.index.sweep_in_child()
-                except OSError as error:
-                    _log.warning(f"cache: could not sweep the index of {name!r} again: {error}")
-                    break
+                again = _fork_sweep(state)
                 if again is None:
                     break
                 child = self._sweep = again
@@ -2484,6 +2475,15 @@ def _background_threads() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, cores - 1)
+
+
+def _fork_sweep(state: _State) -> ChildSweep | None:
+    """Starts sweeping a namespace's index in a forked child; None without fork or when it failed (logged)."""
+    try:
+        return state.index.sweep_in_child()
+    except OSError as error:
+        _log.warning(f"cache: could not start sweeping the index of {state.namespace.name!r}: {error}")
+        return None
 
 
 def _remember(state: _State, query: np.ndarray[Any, Any], needed: float) -> None:

@@ -487,12 +487,8 @@ class VectorIndex:
             return None
         matrix = self._matrix(queries)
         ladder = [int(e) for e in expansions]
-        read_fd, write_fd = os.pipe()
 
-        def child() -> None:
-            os.close(read_fd)
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        def child() -> bytes:
             index = self._index
             out = [np.array([matrix.shape[0], len(ladder)], dtype=np.uint64).tobytes()]
             for expansion in [*ladder, 0]:  # 0: the exact reference, last
@@ -507,16 +503,9 @@ class VectorIndex:
                     top.tobytes(),
                     similarity.astype(np.float32).tobytes(),
                 ]
-            _write_all(write_fd, b"".join(out))
+            return b"".join(out)
 
-        try:
-            pid = self._fork(child)
-        except OSError:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)  # the child's end
-        return ChildSearch(pid, read_fd)
+        return ChildSearch(*self._fork_reporting(child))
 
     def sweep_in_child(self, *, max_unreachable: int = SWEEP_MAX_UNREACHABLE) -> ChildSweep | None:
         """Starts looking, in a forked child, for the keys that a search for their own vector misses.
@@ -543,14 +532,30 @@ class VectorIndex:
         if not hasattr(os, "fork"):
             return None
         bound = max(1, int(max_unreachable))
+
+        def child() -> bytes:
+            checked, lost = _sweep(self._index, self._hidden, bound)
+            return np.array([checked, lost.size], dtype=np.uint64).tobytes() + lost.tobytes()
+
+        return ChildSweep(*self._fork_reporting(child))
+
+    def _fork_reporting(self, work: Callable[[], bytes]) -> tuple[int, int]:
+        """Forks an idle-priority child writing what ``work`` returns to a pipe; returns (pid, read end).
+
+        Linux ``SCHED_IDLE``: the child runs only when the CPU has nothing
+        else to do. Read the pipe to its end, then reap the child
+        (``_child_output``).
+
+        Raises:
+            OSError: The pipe or the fork failed.
+        """
         read_fd, write_fd = os.pipe()
 
         def child() -> None:
             os.close(read_fd)
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            checked, lost = _sweep(self._index, self._hidden, bound)
-            _write_all(write_fd, np.array([checked, lost.size], dtype=np.uint64).tobytes() + lost.tobytes())
+            _write_all(write_fd, work())
 
         try:
             pid = self._fork(child)
@@ -559,7 +564,7 @@ class VectorIndex:
             raise
         finally:
             os.close(write_fd)  # the child's end
-        return ChildSweep(pid, read_fd)
+        return pid, read_fd
 
     def _fork(self, child: Callable[[], None]) -> int:
         """Forks a child that runs ``child`` and exits (0, or 1 on an error); returns its pid.

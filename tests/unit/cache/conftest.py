@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from are_core.cache import CACHE_TABLES, CacheEngine
-from are_core.storage import Batch, Durability, GroupCommitter, Storage
+from are_core.cache._engine import VECTORS
+from are_core.storage import Batch, Durability, GroupCommitter, Storage, u64_key
 from are_core.trace import Event, EventDraft
 
 
@@ -95,3 +97,29 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     finally:
         if h.engine is not None:
             await h.close()
+
+
+def low_dimension_rows(n: int, dimension: int, seed: int) -> np.ndarray:
+    """Unit vectors of low intrinsic dimension (an 8-d latent space plus a little noise), like embeddings."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((8, dimension)).astype(np.float32)
+    rows = rng.standard_normal((n, 8)).astype(np.float32) @ basis
+    rows += 0.05 * rng.standard_normal((n, dimension)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+async def own_vector_misses(harness: Harness, name: str) -> list[int]:
+    """The live entries a lookup by their own stored vector does not answer (with themselves or a twin)."""
+    e, storage = harness.e, harness.storage
+    assert storage is not None
+    ids = e._states[name].entries.vector_ids().tolist()
+    with storage.read() as view:
+        raws = view.get_many(VECTORS, [u64_key(n) for n in ids])
+    missed = []
+    for entry_id, raw in zip(ids, raws, strict=True):
+        assert raw is not None
+        result = await e.lookup(name, vector=np.frombuffer(raw, dtype=np.float32), threshold=0.95)
+        if result.hit is None:
+            missed.append(entry_id)
+    return missed

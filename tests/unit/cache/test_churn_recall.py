@@ -7,40 +7,13 @@ import pytest
 
 from are_core.cache import NamespaceSettings
 from are_core.cache import _engine as engine_module
-from are_core.cache._engine import VECTORS
 from are_core.cache._normalise import entry_id_text
-from are_core.storage import u64_key
 
-from .conftest import Harness
+from .conftest import Harness, low_dimension_rows, own_vector_misses
 
 _DIMENSION = 32
 _BOUND = 3000  # above the size searched exactly anyway (EXACT_SEARCH_BELOW)
 _CHUNK = 250
-
-
-def _rows(n: int, seed: int) -> np.ndarray:
-    """Unit vectors of low intrinsic dimension (an 8-d latent space plus a little noise), like embeddings."""
-    rng = np.random.default_rng(seed)
-    basis = rng.standard_normal((8, _DIMENSION)).astype(np.float32)
-    rows = rng.standard_normal((n, 8)).astype(np.float32) @ basis
-    rows += 0.05 * rng.standard_normal((n, _DIMENSION)).astype(np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows
-
-
-async def _misses(harness: Harness, name: str) -> list[int]:
-    """The live entries a lookup by their own stored vector does not answer (with themselves or a twin)."""
-    e, storage = harness.e, harness.storage
-    assert storage is not None
-    ids = e._states[name].entries.vector_ids().tolist()
-    with storage.read() as view:
-        raws = view.get_many(VECTORS, [u64_key(n) for n in ids])
-    missed = []
-    for entry_id, raw in zip(ids, raws, strict=True):
-        result = await e.lookup(name, vector=np.frombuffer(raw, dtype=np.float32), threshold=0.95)
-        if result.hit is None:
-            missed.append(entry_id)
-    return missed
 
 
 async def test_every_live_entry_answers_its_own_vector_after_churn_and_restarts(harness: Harness) -> None:
@@ -60,7 +33,7 @@ async def test_every_live_entry_answers_its_own_vector_after_churn_and_restarts(
             search_expansion=4,
         )
     )
-    rows = _rows(4 * _BOUND, seed=7)
+    rows = low_dimension_rows(4 * _BOUND, _DIMENSION, seed=7)
     rng = np.random.default_rng(8)
     for start in range(0, rows.shape[0], _CHUNK):
         stop = start + _CHUNK
@@ -73,9 +46,9 @@ async def test_every_live_entry_answers_its_own_vector_after_churn_and_restarts(
         await e.invalidate("churn", entry_ids=[entry_id_text(int(n)) for n in chosen])
         await e.flush()  # sweeps what expired
     assert len(e._states["churn"].index) > 2048
-    assert await _misses(harness, "churn") == []
+    assert await own_vector_misses(harness, "churn") == []
     # A vector near no entry still misses, reporting the best similarity there is.
-    stranger = -rows[0] + 0.5 * _rows(1, seed=9)[0]
+    stranger = -rows[0] + 0.5 * low_dimension_rows(1, _DIMENSION, seed=9)[0]
     before = e.stats("churn")[0].misses
     result = await e.lookup("churn", vector=stranger, threshold=0.95)
     assert result.hit is None
@@ -83,9 +56,9 @@ async def test_every_live_entry_answers_its_own_vector_after_churn_and_restarts(
     assert e.stats("churn")[0].misses == before + 1
     await harness.reopen()  # the index restored as a memory-mapped view of its file
     assert e is not harness.e and harness.e._states["churn"].index.is_view
-    assert await _misses(harness, "churn") == []
+    assert await own_vector_misses(harness, "churn") == []
     await harness.reopen(save=False)  # as after SIGKILL: the index rebuilt from LMDB
-    assert await _misses(harness, "churn") == []
+    assert await own_vector_misses(harness, "churn") == []
 
 
 async def test_exact_confirmations_of_misses_stay_within_their_time_budget(
@@ -97,7 +70,7 @@ async def test_exact_confirmations_of_misses_stay_within_their_time_budget(
     await e.put_namespace(
         NamespaceSettings(name="cold", embedder="caller", dimension=_DIMENSION, vector_dtype="i8")
     )
-    rows = _rows(_BOUND, seed=11)
+    rows = low_dimension_rows(_BOUND, _DIMENSION, seed=11)
     await e.store_many("cold", [f"p{i}" for i in range(_BOUND)], [b"r"] * _BOUND, vectors=rows)
     state = e._states["cold"]
     scans: list[bool] = []

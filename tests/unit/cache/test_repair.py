@@ -17,20 +17,10 @@ from are_core.cache._normalise import entry_id_text
 from are_core.storage import Batch, u64_key
 from are_core.vector import _index as index_module
 
-from .conftest import Harness
+from .conftest import Harness, low_dimension_rows, own_vector_misses
 
 _DIMENSION = 32
 _BOUND = 2500  # above EXACT_SEARCH_BELOW: lookups walk the graph
-
-
-def _rows(n: int, seed: int) -> np.ndarray:
-    """Unit vectors of low intrinsic dimension (an 8-d latent space plus a little noise), like embeddings."""
-    rng = np.random.default_rng(seed)
-    basis = rng.standard_normal((8, _DIMENSION)).astype(np.float32)
-    rows = rng.standard_normal((n, 8)).astype(np.float32) @ basis
-    rows += 0.05 * rng.standard_normal((n, _DIMENSION)).astype(np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows
 
 
 @pytest.fixture
@@ -54,26 +44,10 @@ async def _churned(harness: Harness, name: str) -> np.ndarray:
             search_expansion=8,
         )
     )
-    rows = _rows(3 * _BOUND, seed=1)
+    rows = low_dimension_rows(3 * _BOUND, _DIMENSION, seed=1)
     for i in range(rows.shape[0]):
         await harness.e.store(name, prompt=f"p{i}", response=str(i).encode(), vector=rows[i])
     return rows
-
-
-async def _misses(harness: Harness, name: str) -> list[int]:
-    """The live entries that a lookup by their own stored vector does not answer."""
-    e, storage = harness.e, harness.storage
-    assert storage is not None
-    ids = e._states[name].entries.vector_ids().tolist()
-    with storage.read() as view:
-        raws = view.get_many(VECTORS, [u64_key(n) for n in ids])
-    missed = []
-    for entry_id, raw in zip(ids, raws, strict=True):
-        assert raw is not None
-        result = await e.lookup(name, vector=np.frombuffer(raw, dtype=np.float32), threshold=0.95)
-        if result.hit is None:
-            missed.append(entry_id)
-    return missed
 
 
 @pytest.mark.usefixtures("graph_only")
@@ -84,7 +58,7 @@ async def test_a_sweep_inserts_unreachable_live_entries_again_and_never_removed_
     rows = await _churned(harness, "churn")
     state = e._states["churn"]
     assert len(state.index) == _BOUND
-    lost = await _misses(harness, "churn")
+    lost = await own_vector_misses(harness, "churn")
     assert len(lost) >= 3  # the precondition: removals left live entries their own vector misses
     # 5,000 evictions since the start: past the default bound (1,000, or a tenth of the index).
     assert state.index_removals == 2 * _BOUND
@@ -112,7 +86,7 @@ async def test_a_sweep_inserts_unreachable_live_entries_again_and_never_removed_
     assert (await replacing).replaced
     assert not state.sweeping
     assert state.index_removals == 2  # the invalidation and the replacement: the next sweep's
-    assert await _misses(harness, "churn") == []
+    assert await own_vector_misses(harness, "churn") == []
     for gone, vector in gone_vectors.items():
         assert gone not in state.index
         assert gone not in state.heads
@@ -131,7 +105,7 @@ async def test_a_sweep_inserts_unreachable_live_entries_again_and_never_removed_
     # The repaired graph is what a clean stop saves and a restart serves (as a view).
     e = await harness.reopen()
     assert e._states["churn"].index.is_view
-    assert await _misses(harness, "churn") == []
+    assert await own_vector_misses(harness, "churn") == []
     assert e.stats("churn")[0].repaired_entries == stats.repaired_entries  # counted durably
 
 
@@ -180,7 +154,7 @@ async def test_the_threshold_decides_when_a_sweep_is_due(harness: Harness) -> No
     await e.put_namespace(
         NamespaceSettings(name="t", embedder="caller", dimension=_DIMENSION, max_entries=3000)
     )
-    rows = _rows(3300, seed=5)
+    rows = low_dimension_rows(3300, _DIMENSION, seed=5)
     await e.store_many("t", [f"p{i}" for i in range(3000)], [b"r"] * 3000, vectors=rows[:3000])
     assert e.repair_due() is None  # nothing removed yet
     await e.store_many("t", [f"p{i}" for i in range(3000, 3299)], [b"r"] * 299, vectors=rows[3000:3299])
@@ -200,7 +174,7 @@ async def test_stopping_during_a_sweep_kills_and_reaps_its_child(
     await harness.close()
     e = await harness.open(repair_changes=1)
     await e.put_namespace(NamespaceSettings(name="s", embedder="caller", dimension=_DIMENSION))
-    rows = _rows(2200, seed=6)
+    rows = low_dimension_rows(2200, _DIMENSION, seed=6)
     await e.store_many("s", [f"p{i}" for i in range(2200)], [b"r"] * 2200, vectors=rows)
     await e.invalidate("s", entry_ids=[entry_id_text(int(e._states["s"].entries.ids()[0]))])
     sweep = index_module._sweep

@@ -705,16 +705,11 @@ async def _stop_poll(poll: asyncio.Future[Any]) -> None:
         await poll
 
 
-async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_until_its_polls_stop(
-    opened: tuple[Storage, GroupCommitter],
-) -> None:
-    """A long poll waits for cap-a (its pool is full, so nothing is dispatched to it): no stream
-    worker declares cap-a, yet it is served, and a stream class connecting past the grace does not
-    take the intent task waiting there. Once its last poll ended more than the window (the grace)
-    ago, the next served change moves the task; within the window it still stays."""
-    sink, router, clock = Sink(), FakeRouter(), Clock()
-    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
-    clock.advance(11)  # the start's own grace is over
+async def _polled_class_with_a_waiting_intent(
+    engine: Scheduler, router: FakeRouter
+) -> tuple[str, asyncio.Future[Any]]:
+    """An intent task waits on cap-a, whose one long poll waits too (the pool's slot is held by a
+    task of cap-x), and a stream worker of cap-b connects: returns the workflow id and the poll."""
     await engine.put_pool(PoolLimits(name="p", max_concurrency=1))
     x = FakeWorker()
     engine.connect_worker("x", ["cap-x"], 1, x.assign, x.cancel)
@@ -725,11 +720,24 @@ async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_unti
     assert engine.get_task(wid, "q").record.capability == "cap-a"  # nothing served: the cheapest card
     poll = asyncio.ensure_future(engine.poll("poller", ["cap-a"], 1, 60.0))
     await _passes_done(engine)
-
     b = FakeWorker()
     engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
     router.serve(engine, "cap-b")
     await _passes_done(engine)
+    return wid, poll
+
+
+async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_until_its_polls_stop(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A long poll waits for cap-a (its pool is full, so nothing is dispatched to it): no stream
+    worker declares cap-a, yet it is served, and a stream class connecting past the grace does not
+    take the intent task waiting there. Once its last poll ended more than the window (the grace)
+    ago, the next served change moves the task; within the window it still stays."""
+    sink, router, clock = Sink(), FakeRouter(), Clock()
+    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
+    clock.advance(11)  # the start's own grace is over
+    wid, poll = await _polled_class_with_a_waiting_intent(engine, router)
     assert engine.get_task(wid, "q").record.capability == "cap-a"
     assert len(sink.routed("q")) == 1
     assert engine.serves("cap-a")
@@ -791,20 +799,7 @@ async def test_a_class_whose_polls_stop_loses_its_intent_tasks_a_window_later_wi
     sink, router = Sink(), FakeRouter()
     engine = await _started(opened, sink, router, grace_s=60.0)
     engine._started_ns -= 61 * 10**9  # the start's own grace is over
-    await engine.put_pool(PoolLimits(name="p", max_concurrency=1))
-    x = FakeWorker()
-    engine.connect_worker("x", ["cap-x"], 1, x.assign, x.cancel)
-    record, _ = await engine.submit(
-        WorkflowSpec(tasks=(spec("x", capability="cap-x", pool="p"), _intent("q", pool="p")))
-    )
-    wid = record.workflow_id
-    await _served_by(x, 1)
-    poll = asyncio.ensure_future(engine.poll("poller", ["cap-a"], 1, 60.0))
-    await _passes_done(engine)
-    b = FakeWorker()
-    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
-    router.serve(engine, "cap-b")
-    await _passes_done(engine)
+    wid, poll = await _polled_class_with_a_waiting_intent(engine, router)
     assert engine.get_task(wid, "q").record.capability == "cap-a"
 
     engine.reroute_grace_s = 0.2
