@@ -158,6 +158,7 @@ _RECALIBRATE_NS = 3600 * 1_000_000_000
 # event loop, in chunks sized like background indexing's.
 _REPAIR_CHANGES = 1000
 _REPAIR_PASSES = 3  # inserting nodes again can strand others: sweeps again while a pass inserted any
+_REPAIR_RETRY_NS = 60 * 1_000_000_000  # after a sweep that failed (a child killed, say): not at once
 _REPAIR_FIRST_CHUNK = 16
 _REPAIR_MAX_CHUNK = 256
 
@@ -192,13 +193,13 @@ class _State:
         "index_changes",
         "index_dirty",
         "index_incomplete",
-        "index_removals",
         "lru",
         "mark",
         "namespace",
         "pending",
         "queries",
         "queries_seen",
+        "repair_retry_ns",
         "saved_ns",
         "seq",
         "since",
@@ -239,10 +240,10 @@ class _State:
         self.backlog_vectors: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
         self.backlog_removed: list[int] = []
         self.index_changes = 0  # entries changed since the index file was last written
-        # Entries with vectors removed or replaced since the index was last swept
-        # for unreachable ones (or since the start); sweeping: one is under way.
-        self.index_removals = 0
+        # sweeping: a repair sweep is under way (see index_removals); after one
+        # that failed, none before repair_retry_ns.
         self.sweeping = False
+        self.repair_retry_ns = 0
         # The last semantic lookups' queries and thresholds (a ring), for calibration;
         # half precision (0.75 MB at 384-d), and only in namespaces of over 2,048 vectors.
         self.queries: np.ndarray[Any, np.dtype[np.float16]] | None = None
@@ -301,6 +302,21 @@ class _State:
         """Serves from a freshly saved table, carrying over what changed since its export."""
         since = [*(self.since or ()), *self.touched]
         self._use(self.entries.rebase(table, since))
+
+    @property
+    def index_removals(self) -> int:
+        """Entries with vectors removed or replaced since the index was last swept (see repair_due).
+
+        Kept with the durable counters, so a restart does not start the
+        count again: a sidecar restarted more often than it reaches the
+        bound would otherwise never sweep.
+        """
+        return self.stats.unswept_removals
+
+    @index_removals.setter
+    def index_removals(self, value: int) -> None:
+        self.stats.unswept_removals = value
+        self.stats_dirty = True
 
 
 class BlobReferences(Protocol):
@@ -675,31 +691,40 @@ class CacheEngine:
         namespace of over ``EXACT_SEARCH_BELOW`` vectors with
         ``repair_changes`` entries with vectors removed or replaced since
         its last sweep (by default 1,000 or a tenth of the index, whichever
-        is more), no calibration running on it, no fold of its overlay and
-        no start's backlog. A forked child at idle priority finds the keys
+        is more), no calibration running on it, no fold of its overlay, no
+        start's backlog, not a view of its saved file (see
+        :meth:`_may_sweep`), and none failed there in the last minute; the
+        most overdue first. The count is durable: a restart goes on with
+        it. A forked child at idle priority finds the keys
         (:meth:`VectorIndex.sweep_in_child`), one sweep in the whole engine
         at a time; the entries still live are inserted again (see
         :meth:`_repair`). Returns the task doing it, if one started.
         """
         if self._stopping or any(not task.done() for task in self._repairs):
             return None
+        now = self._clock()
+        due: list[tuple[float, _State]] = []
         for state in self._states.values():
-            if not self._may_sweep(state):
+            if not self._may_sweep(state) or now < state.repair_retry_ns:
                 continue
             bound = self._repair_changes or max(_REPAIR_CHANGES, len(state.index) // 10)
-            if state.index_removals < bound:
-                continue
-            child = _fork_sweep(state)
-            if child is None:  # no fork here, or it failed (the next upkeep tries again)
-                return None
-            removals, state.index_removals = state.index_removals, 0  # those after the fork: the next sweep's
-            self._sweep = child
-            state.sweeping = True
-            task = asyncio.create_task(self._repair(state, child, removals))
-            self._repairs.add(task)
-            task.add_done_callback(self._repairs.discard)
-            return task
-        return None
+            if state.index_removals >= bound:
+                due.append((state.index_removals / bound, state))
+        if not due:
+            return None
+        # The most overdue first: a namespace churning during its own sweeps never starves the others.
+        state = max(due, key=lambda pair: pair[0])[1]
+        child = _fork_sweep(state)
+        if child is None:  # no fork here, or it failed
+            state.repair_retry_ns = now + _REPAIR_RETRY_NS
+            return None
+        removals, state.index_removals = state.index_removals, 0  # those after the fork: the next sweep's
+        self._sweep = child
+        state.sweeping = True
+        task = asyncio.create_task(self._repair(state, child, removals))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+        return task
 
     async def _repair(self, state: _State, child: ChildSweep, removals: int) -> None:
         """Collects a sweep's unreachable keys, inserts those of live entries again, and sweeps again.
@@ -725,7 +750,8 @@ class CacheEngine:
                 except (VectorError, OSError, ValueError) as error:
                     if not self._stopping:
                         _log.warning(f"cache: sweeping the index of {name!r} failed: {error}")
-                        state.index_removals += removals if passes == 1 else 0  # due again
+                        state.index_removals += removals if passes == 1 else 0  # due again, later
+                        state.repair_retry_ns = self._clock() + _REPAIR_RETRY_NS
                     return
                 finally:
                     self._sweep = None
@@ -733,7 +759,12 @@ class CacheEngine:
                     return
                 checked += found.checked
                 unreachable += int(found.unreachable.size)
-                done = await self._reinsert(state, found.unreachable)
+                try:
+                    done = await self._reinsert(state, found.unreachable)
+                except Exception:  # noqa: BLE001 - a repair must never take the engine down
+                    _log.exception(f"cache: inserting the unreachable entries of {name!r} again failed")
+                    state.repair_retry_ns = self._clock() + _REPAIR_RETRY_NS
+                    break
                 reinserted += done
                 if not done or passes >= _REPAIR_PASSES or not self._may_sweep(state):
                     break
@@ -772,10 +803,15 @@ class CacheEngine:
         )
 
     def _may_sweep(self, state: _State) -> bool:
-        """Whether a namespace's index may be swept now: no calibration, fold or start's backlog.
+        """Whether a namespace's index may be swept now: no calibration, fold or start's backlog, no view.
 
         A fork waits for the index's lock, which a fold holds for as long as
-        its copy takes (the event loop would wait with it).
+        its copy takes (the event loop would wait with it). A view (an index
+        restored from its file, see VectorIndex) is not swept: removals only
+        hide its keys, and its searches look past hidden keys with a wider
+        expansion, so the damage they do shows only once the view is folded
+        into a private copy; the removals counted meanwhile make the sweep
+        due then.
         """
         return (
             not self._stopping
@@ -783,6 +819,7 @@ class CacheEngine:
             and state.calibrating is None
             and state.backlog is None
             and state.namespace.name not in self._folding
+            and not state.index.is_view
             and len(state.index) > EXACT_SEARCH_BELOW
         )
 

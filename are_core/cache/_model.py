@@ -141,6 +141,7 @@ class StatsRecord(msgspec.Struct, kw_only=True, gc=False):
     saved_cost_micro_usd: int = 0
     calibration: Calibration | None = None  # the last search-expansion calibration
     repaired: int = 0  # entries a sweep found unreachable by their own vector and inserted again
+    unswept_removals: int = 0  # entries with vectors removed or replaced since the last sweep
 
 
 class CacheStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -1211,14 +1211,13 @@ class Scheduler:
         waiting = self._poll_waiting
         hook = self.capability_served if self.route is not None else None
         since = self._clock() - self._poll_window_ns()  # a poll ended after this: served still
-        gained: list[str] = []
-        for cap in capabilities:
+        fresh: list[str] = []
+        for cap in capabilities:  # every count first: the caller uncounts them all, whatever follows
             n = waiting.get(cap, 0)
             waiting[cap] = n + 1
-            if hook is None or n or cap in self._poll_held or self._poll_ended.get(cap, since) > since:
-                continue
-            if not hook(cap):
-                gained.append(cap)
+            if not n and cap not in self._poll_held and self._poll_ended.get(cap, since) <= since:
+                fresh.append(cap)
+        gained = [cap for cap in fresh if hook is not None and not hook(cap)]
         if gained:  # served now by this poll alone: tasks waiting on unserved classes may come
             self.served_changed(gained)
 
@@ -2126,8 +2125,10 @@ class Scheduler:
                 )
 
         caps = tuple(dict.fromkeys(capabilities))
-        self._poll_arrived(caps)  # before its worker exists: a dispatch to it at once is served too
         try:
+            # Before its worker exists: a dispatch to it at once is served too. Inside the try:
+            # it counts every capability before it asks the served hook, and all are uncounted below.
+            self._poll_arrived(caps)
             worker = self.connect_worker(
                 name,
                 caps,
