@@ -20,6 +20,7 @@ from are_sdk import (
     RpcError,
 )
 from are_sdk._proto.are.v1 import cache_service_pb2, common_pb2
+from tests.integration._events import retained_events
 
 
 def _name(tag: str) -> str:
@@ -315,8 +316,7 @@ async def test_cache_decisions_are_events_in_the_flight_recorder(client: Client)
     wanted = {"CACHE_STORED", "CACHE_HIT", "CACHE_MISS", "CACHE_INVALIDATED"}
     seen: dict[str, dict[str, object]] = {}
     for _ in range(50):  # lookups' events are flushed about every second; bounded wait
-        page = await client.trace.list_events(event_types=sorted(wanted), page_size=1000)
-        for event in page.events:
+        for event in await retained_events(client, event_types=sorted(wanted)):
             if event.name == ns:
                 kind = pb_event_type_name(event.event_type)
                 seen[kind] = dict(event.attributes.items())
@@ -374,8 +374,7 @@ async def test_the_sidecar_calibrates_a_namespaces_search_expansion_on_its_looku
     [listed] = [n for n in await client.cache.list_namespaces() if n.name == ns]
     assert listed.search_expansion == stats.search_expansion  # in force
     for _ in range(50):
-        page = await client.trace.list_events(event_types=["CACHE_CALIBRATED"], page_size=1000)
-        events = [e for e in page.events if e.name == ns]
+        events = [e for e in await retained_events(client, event_types=["CACHE_CALIBRATED"]) if e.name == ns]
         if events:
             break
         await asyncio.sleep(0.1)
@@ -407,10 +406,9 @@ async def test_a_namespace_that_evicted_enough_is_swept_and_reports_the_entries_
         )
     events = []
     for _ in range(300):  # the upkeep starts the sweep within a second; the child searches (bounded: 30 s)
-        page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=1000)
         events = [
             e
-            for e in page.events
+            for e in await retained_events(client, event_types=["CACHE_INDEXING"])
             if e.name == ns and e.attributes["are.cache.reason"].string_value == "REPAIR"
         ]
         if events:

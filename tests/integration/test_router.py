@@ -23,6 +23,7 @@ from are_sdk import (
 from are_sdk._proto.are.v1 import agent_pb2, common_pb2, router_service_pb2
 from are_sdk.testing import SidecarProcess
 from sidecar._router import _vector
+from tests.integration._events import retained_events
 
 DIMENSION = 256  # the default lexical embedder's
 
@@ -155,9 +156,9 @@ async def test_route_decisions_are_recorded_as_events(client: Client, run: str) 
     await client.router.route_task(unit(1.0), threshold=0.6, labels={"run": run})
     found = False
     for _ in range(50):  # the event commits just after the answer; bounded wait
-        response = await client.trace.list_events(event_types=["ROUTE_DECIDED"], page_size=1000)
         found = any(
-            e.attributes["are.route.agent_id"].string_value == f"{run}-bronze" for e in response.events
+            e.attributes["are.route.agent_id"].string_value == f"{run}-bronze"
+            for e in await retained_events(client, event_types=["ROUTE_DECIDED"])
         )
         if found:
             break

@@ -24,6 +24,7 @@ from are_sdk import (
 )
 from are_sdk._proto.are.v1 import event_pb2
 from are_sdk.testing import SidecarProcess
+from tests.integration._events import retained_events
 
 
 def _scheduler_served() -> bool:
@@ -381,10 +382,10 @@ async def test_a_stream_worker_connecting_and_leaving_is_in_the_trace(client: Cl
         worker_id = worker.worker_id
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(100):  # the disconnect commits just after the stream ends; bounded wait
-        page = await client.trace.list_events(
-            worker_id=worker_id, event_types=["WORKER_CONNECTED", "WORKER_DISCONNECTED"], page_size=100
+        events = await retained_events(
+            client, worker_id=worker_id, event_types=["WORKER_CONNECTED", "WORKER_DISCONNECTED"]
         )
-        seen = {event_pb2.EventType.Name(e.event_type): dict(e.attributes.items()) for e in page.events}
+        seen = {event_pb2.EventType.Name(e.event_type): dict(e.attributes.items()) for e in events}
         if len(seen) == 2:
             break
         await asyncio.sleep(0.05)
