@@ -132,6 +132,7 @@ class _Worker:
     running: int
     capacity: int
     available: bool
+    capabilities: frozenset[str]  # what it declared: the capabilities whose tasks it takes
 
 
 _NO_SPEC = AgentSpec(agent_id="")
@@ -731,7 +732,8 @@ class Router:
         agent = self._agents.get(spec.agent_id)
         watched = frozenset(spec.capabilities) | (agent.capabilities if agent is not None else frozenset())
         before = self._served_among(watched) if available else frozenset()
-        worker = _Worker(worker_id, spec.agent_id, spec, max(0, running), max(1, capacity), available)
+        load = (max(0, running), max(1, capacity))
+        worker = _Worker(worker_id, spec.agent_id, spec, *load, available, frozenset(capabilities))
         self._workers[worker_id] = worker
         if agent is None:
             agent = self._new_agent(spec.agent_id, self._clock(), self._allocate_worker_key())
@@ -853,11 +855,18 @@ class Router:
     def serves(self, capability: str) -> bool:
         """Whether a connected worker taking work (not draining) declares ``capability`` now.
 
-        Stream workers only: the scheduler does not declare unary polls here.
+        On a card that offers it: a worker of that card that declared it
+        (only such a worker takes its tasks). Another worker sharing the
+        card does not count: in a rolling upgrade, the new workers of a card
+        whose capabilities are still the old worker's do not serve the old
+        capability while that worker drains. Stream workers only: the
+        scheduler does not declare unary polls here.
         """
         for key in self._by_capability.get(capability, ()):
             agent = self._by_key.get(key)
-            if agent is not None and any(w.available for w in agent.workers.values()):
+            if agent is not None and any(
+                w.available and capability in w.capabilities for w in agent.workers.values()
+            ):
                 return True
         return False
 

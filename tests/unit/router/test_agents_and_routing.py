@@ -535,16 +535,19 @@ async def test_a_worker_card_taken_over_by_a_worker_of_other_capabilities_report
 ) -> None:
     """A rolling upgrade: two workers share a card id, the old one declaring ``v1``, the new one
     ``v2``. The card's capabilities are its first worker's; when that worker goes, they become the
-    new one's, so ``v1`` is no longer served and ``v2`` is: both must be reported, or the intent
-    tasks queued on ``v1`` are never routed again (the worker went unavailable first, as the
-    sidecar does it, so its removal is the call that changes the card)."""
+    new one's. ``v1`` stops being served when the old worker drains (the new one never takes its
+    tasks), and ``v2`` is served once the card offers it: each change must be reported, or the
+    intent tasks queued on ``v1`` are never routed again."""
     old = AgentSpec(agent_id="writer", description="write", capabilities=("cap-v1",))
     new = AgentSpec(agent_id="writer", description="write", capabilities=("cap-v2",))
     assert router.update_worker("old", name="writer", capabilities=("cap-v1",), card=old) == {"cap-v1"}
     assert router.update_worker("new", name="writer", capabilities=("cap-v2",), card=new) == set()
     assert router.serves("cap-v1")
-    assert router.update_worker("old", name="writer", capabilities=("cap-v1",), available=False) == set()
-    assert router.remove_worker("old") == {"cap-v1", "cap-v2"}
+    assert not router.serves("cap-v2")  # the card offers cap-v1 until its first worker goes
+    # Draining, the old worker no longer serves cap-v1, and the new one never took its tasks.
+    assert router.update_worker("old", name="writer", capabilities=("cap-v1",), available=False) == {"cap-v1"}
+    assert not router.serves("cap-v1")
+    assert router.remove_worker("old") == {"cap-v2"}
     assert (router.serves("cap-v1"), router.serves("cap-v2")) == (False, True)
     # The same without marking it unavailable first.
     assert router.update_worker("old", name="writer", capabilities=("cap-v1",), card=old) == set()
