@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 import numpy as np
 import pytest
 
-from are_core.cache import NamespaceSettings
+from are_core.cache import CacheEngine, NamespaceSettings
 from are_core.cache._engine import BODIES, VECTORS, _body_codec
 from are_core.cache._normalise import entry_id_text
 from are_core.storage import Batch, u64_key
@@ -168,15 +168,21 @@ async def test_the_threshold_decides_when_a_sweep_is_due(harness: Harness) -> No
     assert e.repair_due() is None
 
 
+async def due_for_a_sweep(harness: Harness, name: str) -> CacheEngine:
+    """The engine reopened to sweep after one removal: a namespace of 2,200 entries, one invalidated."""
+    await harness.close()
+    e = await harness.open(repair_changes=1)
+    await e.put_namespace(NamespaceSettings(name=name, embedder="caller", dimension=_DIMENSION))
+    rows = low_dimension_rows(2200, _DIMENSION, seed=6)
+    await e.store_many(name, [f"p{i}" for i in range(2200)], [b"r"] * 2200, vectors=rows)
+    await e.invalidate(name, entry_ids=[entry_id_text(int(e._states[name].entries.ids()[0]))])
+    return e
+
+
 async def test_stopping_during_a_sweep_kills_and_reaps_its_child(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await harness.close()
-    e = await harness.open(repair_changes=1)
-    await e.put_namespace(NamespaceSettings(name="s", embedder="caller", dimension=_DIMENSION))
-    rows = low_dimension_rows(2200, _DIMENSION, seed=6)
-    await e.store_many("s", [f"p{i}" for i in range(2200)], [b"r"] * 2200, vectors=rows)
-    await e.invalidate("s", entry_ids=[entry_id_text(int(e._states["s"].entries.ids()[0]))])
+    e = await due_for_a_sweep(harness, "s")
     sweep = index_module._sweep
 
     def slow(*args: object) -> object:  # in the child: a sweep still running when the stop comes

@@ -10,7 +10,7 @@ from are_core.cache._normalise import entry_id_text
 from are_core.vector import _index as index_module
 
 from .conftest import Harness, low_dimension_rows, own_vector_misses
-from .test_repair import _DIMENSION, _churned
+from .test_repair import _DIMENSION, _churned, due_for_a_sweep
 
 
 @pytest.fixture
@@ -54,12 +54,7 @@ async def test_a_restored_view_is_swept_once_folded_with_the_removals_counted_be
 async def test_a_failed_sweep_is_not_started_again_for_a_minute(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await harness.close()
-    e = await harness.open(repair_changes=1)
-    await e.put_namespace(NamespaceSettings(name="f", embedder="caller", dimension=_DIMENSION))
-    rows = low_dimension_rows(2200, _DIMENSION, seed=6)
-    await e.store_many("f", [f"p{i}" for i in range(2200)], [b"r"] * 2200, vectors=rows)
-    await e.invalidate("f", entry_ids=[entry_id_text(int(e._states["f"].entries.ids()[0]))])
+    e = await due_for_a_sweep(harness, "f")
 
     def failing(*args: object) -> object:  # in the child: it dies (as when the OOM killer takes it)
         raise MemoryError
