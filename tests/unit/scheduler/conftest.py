@@ -22,3 +22,13 @@ async def engine(tmp_path: Path) -> AsyncIterator[Scheduler]:
     await scheduler.stop()
     await committer.aclose()
     storage.close()
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[Storage, GroupCommitter]]:
+    """Relaxed-durability LMDB and its committer, for tests that start (and restart) engines themselves."""
+    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
+    committer = GroupCommitter(storage)
+    yield storage, committer
+    await committer.aclose()
+    storage.close()

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from are_core.scheduler import (
-    TABLES,
     Assignment,
     Cancellation,
     PoolLimits,
@@ -18,7 +15,7 @@ from are_core.scheduler import (
     TaskSpec,
     WorkflowSpec,
 )
-from are_core.storage import Durability, GroupCommitter, Storage
+from are_core.storage import GroupCommitter, Storage
 
 
 def spec(task_id: str, *deps: str, **fields: object) -> TaskSpec:
@@ -30,15 +27,6 @@ def fan_out(width: int, *, prefix: str = "") -> WorkflowSpec:
     return WorkflowSpec(
         tasks=(spec(f"{prefix}root"), *(spec(f"{prefix}t{i}", f"{prefix}root") for i in range(width)))
     )
-
-
-@pytest.fixture
-async def opened(tmp_path: Path) -> AsyncIterator[tuple[Storage, GroupCommitter]]:
-    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
-    committer = GroupCommitter(storage)
-    yield storage, committer
-    await committer.aclose()
-    storage.close()
 
 
 class Recorder:

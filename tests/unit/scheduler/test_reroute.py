@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import pytest
 
 from are_core.scheduler import (
-    TABLES,
     CacheKey,
     Failure,
     PoolLimits,
@@ -32,7 +30,7 @@ from are_core.scheduler import (
     WorkflowSpec,
 )
 from are_core.scheduler import _engine as engine_module
-from are_core.storage import Batch, Durability, GroupCommitter, Storage
+from are_core.storage import Batch, GroupCommitter, Storage
 from are_core.trace import Event, EventDraft
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 
@@ -88,15 +86,6 @@ class FakeRouter:
     def unserve(self, engine: Scheduler, capability: str) -> None:
         self.served.discard(capability)
         engine.served_changed([capability])
-
-
-@pytest.fixture
-async def opened(tmp_path: Path) -> AsyncIterator[tuple[Storage, GroupCommitter]]:
-    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
-    committer = GroupCommitter(storage)
-    yield storage, committer
-    await committer.aclose()
-    storage.close()
 
 
 async def _started(
