@@ -339,15 +339,24 @@ class _Queue:
     """Ready tasks of one (capability, pool): by priority, round-robin across workflows.
 
     An entry is live while its task is ``in_queue`` for this capability: a
-    task re-routed while it waits leaves a stale entry behind (lazy deletion).
+    task dequeued or re-routed while it waits leaves a stale entry behind
+    (lazy deletion). ``size`` counts the entries, stale ones too;
+    ``waiting`` the tasks waiting here, each once (the engine keeps it:
+    at zero every entry left is stale).
     """
 
-    __slots__ = ("buckets", "cap", "size")
+    __slots__ = ("buckets", "cap", "size", "waiting")
 
     def __init__(self, cap: str = "") -> None:
         self.buckets: list[OrderedDict[str, deque[_Task]]] = [OrderedDict() for _ in range(6)]
         self.size = 0
+        self.waiting = 0
         self.cap = cap
+
+    def clear(self) -> None:
+        """Drops every entry, when all are stale (a reader holding the old buckets keeps them)."""
+        self.buckets = [OrderedDict() for _ in range(6)]
+        self.size = 0
 
     def push(self, task: _Task) -> None:
         bucket = self.buckets[task.spec.priority]
@@ -558,8 +567,11 @@ class Scheduler:
         self._open: dict[str, _Workflow] = {}
         self._recent: OrderedDict[str, _Workflow] = OrderedDict()
         self._pools: dict[str, _Pool] = {}
-        self._queues: dict[str, dict[str, _Queue]] = {}  # capability -> pool -> queue
-        self._idle: dict[str, dict[str, WorkerHandle]] = {}  # capability -> worker id -> handle
+        # Capability -> pool -> queue, while a task waits in one of the capability's queues
+        # or a worker waits idle for it (see _left_queue); capability -> worker id -> handle of
+        # the idle workers, dropped when the last leaves: both bounded by what is live.
+        self._queues: dict[str, dict[str, _Queue]] = {}
+        self._idle: dict[str, dict[str, WorkerHandle]] = {}
         self._workers: dict[str, WorkerHandle] = {}
         self._txn: _Txn | None = None
         self._heap: list[tuple[int, int, str, Any, int]] = []
@@ -605,17 +617,21 @@ class Scheduler:
         """How long a capability stays unserved before the intent tasks waiting on it are routed
         elsewhere (0: at once): a class gone for a moment (its workers restarting, or not yet
         reconnected after the sidecar's own restart) keeps its tasks."""
-        self._unserved_since: dict[str, int] = {}  # capability -> when it lost its last worker
+        # Capability -> when it lost its last worker, oldest first: an entry past the grace says
+        # no more than none does (the start, earlier still), so a timer drops it then (see
+        # _note_unserved): bounded by the capabilities that lost their last worker within a grace.
+        self._unserved_since: OrderedDict[str, int] = OrderedDict()
+        self._unserved_timer = False  # the "unserved" timer is armed (one at a time)
         self._rechecks: dict[str, int] = {}  # capability -> when its "reroute" timer fires
-        # Capabilities an intent was ever routed to: only their queues can hold intent
-        # tasks, so a re-route pass reads no other (bounded by the capabilities seen).
+        # Capabilities whose queues may hold intent tasks (one was queued there since the
+        # queues were made): a re-route pass reads no other queue. Dropped with the queues.
         self._intent_caps: set[str] = set()
         self._started_ns = 0
         # Unary polls, by capability (see serves): the long polls waiting now and the attempts
         # held by poll workers that polled for it (entries dropped at zero: bounded by the polls
         # waiting and the attempts held), and when the last of those ended, oldest first (an entry
-        # is dropped once older than the poll window, when any capability's polls next end: at
-        # most one per capability polled within a window of the latest end).
+        # is dropped by its capability's "polls" timer once older than the poll window, or sooner
+        # when any capability's polls end: bounded by the capabilities polled within a window).
         self._poll_waiting: dict[str, int] = {}
         self._poll_held: dict[str, int] = {}
         self._poll_ended: OrderedDict[str, int] = OrderedDict()
@@ -674,8 +690,6 @@ class Scheduler:
         rows = self._storage.scan(T_TASKS, prefix=prefix, limit=10_000_000)
         for (_, spec_raw), (_, task_raw) in zip(specs, rows, strict=True):
             task = _Task(w, _task_codec.decode(task_raw), _spec_codec.decode(spec_raw))
-            if task.spec.intent:
-                self._intent_caps.add(task.cap)
             w.tasks[task.rec.task_id] = task
             w.order.append(task)
         rec.counts = {}
@@ -1123,7 +1137,6 @@ class Scheduler:
             return False
         task.cap = capability
         rec.capability = capability
-        self._intent_caps.add(capability)
         self._event("TASK_ROUTED", task, attributes={"are.intent": task.spec.intent[:256], **attributes})
         return True
 
@@ -1170,8 +1183,42 @@ class Scheduler:
             if served(capability):
                 self._unserved_since.pop(capability, None)
             else:
-                self._unserved_since.setdefault(capability, now)
+                self._note_unserved(capability, now)
         self._reroute_soon(capabilities)
+
+    def _note_unserved(self, cap: str, since: int) -> None:
+        """Records that ``cap`` is served by nobody since ``since`` (an earlier time recorded stays).
+
+        Once the grace has passed since then the entry tells :meth:`_settled`
+        nothing that its absence does not (a capability with none counts from
+        the start, earlier still), so the "unserved" timer drops it: the map
+        holds only the capabilities that lost their last worker within a grace.
+        """
+        unserved = self._unserved_since
+        if cap in unserved:
+            return
+        unserved[cap] = since
+        if not self._unserved_timer:
+            self._unserved_timer = True
+            self._at(since + int(self.reroute_grace_s * 1e9), "unserved", None, 0)
+
+    def _unserved_expired(self, now: int) -> None:
+        """The "unserved" timer: drops the entries past the grace, oldest first; armed again for the next.
+
+        Entries are in the order recorded, which is nearly the order of
+        their times (a poll-served class's is its last poll's end): an older
+        one behind a younger goes when the younger does, within a grace.
+        """
+        self._unserved_timer = False
+        unserved = self._unserved_since
+        grace = int(self.reroute_grace_s * 1e9)
+        while unserved:
+            cap, since = next(iter(unserved.items()))
+            if now - since < grace:
+                self._unserved_timer = True
+                self._at(since + grace, "unserved", None, 0)
+                return
+            del unserved[cap]
 
     def serves(self, capability: str) -> bool:
         """Whether ``capability`` is served now, as re-routing and the pick of an intent count it.
@@ -1273,9 +1320,9 @@ class Scheduler:
         Still poll-served: looks again when the latest end's window passes (a
         poll waiting or an attempt held arms the timer again when it ends).
         Served by nobody: it lost its last poller when its last poll ended, so
-        the intent tasks waiting on it (if intents were ever routed there) are
+        the intent tasks waiting on it (in its queues or a pool's backlog) are
         routed again, as when a class loses its last stream worker (its grace
-        counted from that end, so over).
+        counted from that end, so over), and its end is forgotten.
         """
         self._poll_checks.discard(cap)
         if cap in self._poll_waiting or cap in self._poll_held:
@@ -1286,12 +1333,13 @@ class Scheduler:
             self._poll_checks.add(cap)
             self._at(last + window, "polls", cap, last)
             return
-        if self.route is None or self.capability_served is None or cap not in self._intent_caps:
+        self._poll_ended.pop(cap, None)  # past the window: as if never polled (see _poll_served)
+        if self.route is None or self.capability_served is None or self.serves(cap):
             return
-        if self.serves(cap):
-            return
-        self._unserved_since.setdefault(cap, last)
-        self._reroute_soon({cap})
+        self._note_unserved(cap, last)
+        # Intent tasks may wait on it in its queues, or in a pool's backlog.
+        if cap in self._intent_caps or any(pool.backlogged for pool in self._pools.values()):
+            self._reroute_soon({cap})
 
     def _reroute_soon(self, capabilities: set[str]) -> None:
         if self._stopped:
@@ -1406,12 +1454,13 @@ class Scheduler:
     def _move(self, task: _Task, cap: str, attributes: dict[str, Any]) -> None:
         """Re-routes a waiting task to ``cap``: its record and a TASK_ROUTED event in this turn's commit."""
         previous = task.cap
+        if task.in_queue:  # the entry in the old queue goes stale; the pool's count is unchanged
+            self._left_queue(task)
         task.cap = cap
         task.rec.capability = cap
-        self._intent_caps.add(cap)
         self._dirty(task)
-        if task.in_queue:  # the entry in the old queue goes stale; the pool's count is unchanged
-            self._queue_of(cap, task.spec.pool).push(task)
+        if task.in_queue:
+            self._queue_push(task)
             self._pump_wanted = True
         # (A backlogged task keeps its place in the pool's backlog; it is promoted into its new queue.)
         self._event(
@@ -1509,9 +1558,41 @@ class Scheduler:
 
     def _push_queue(self, task: _Task, pool: _Pool) -> None:
         task.in_queue = True
-        self._queue_of(task.cap, task.spec.pool).push(task)
+        self._queue_push(task)
         pool.queued += 1
         self._pump_wanted = True
+
+    def _queue_push(self, task: _Task) -> None:
+        """Puts a task that now waits (``in_queue``) into the queue of its capability and pool."""
+        queue = self._queue_of(task.cap, task.spec.pool)
+        queue.push(task)
+        queue.waiting += 1
+        if task.spec.intent:
+            self._intent_caps.add(task.cap)
+
+    def _left_queue(self, task: _Task) -> None:
+        """``task`` waits in its queue no more (dispatched, dequeued, or about to be re-routed).
+
+        A queue nobody waits in then holds only stale entries: it goes when
+        no task waits in any of its capability's queues and no worker waits
+        idle for the capability (made again on the next push, see
+        :meth:`_queue_of`; an idle worker's capability keeps its queues, so
+        a steady class does not remake them at each task), and is emptied
+        otherwise. So a capability named once costs nothing once its tasks
+        have left. Constant time (the queues of one capability are one per
+        pool at most).
+        """
+        cap = task.cap
+        by_pool = self._queues[cap]
+        queue = by_pool[task.spec.pool]
+        queue.waiting -= 1
+        if queue.waiting:
+            return
+        if cap not in self._idle and not any(q.waiting for q in by_pool.values()):
+            del self._queues[cap]
+            self._intent_caps.discard(cap)
+        elif queue.size:
+            queue.clear()
 
     def _promote(self, pool: _Pool) -> None:
         """Moves backlogged tasks into the pool's queue while it has room (fair across workflows)."""
@@ -1524,6 +1605,8 @@ class Scheduler:
             task.in_backlog = False
             pool.backlogged -= 1
             self._push_queue(task, pool)
+        if not pool.backlogged and pool.backlog.size:
+            pool.backlog.clear()  # only stale entries are left, holding their tasks
 
     def _dequeue(self, task: _Task) -> None:
         if task.in_queue:
@@ -1532,9 +1615,13 @@ class Scheduler:
             pool.queued -= 1
             if pool.backlogged:
                 self._promote(pool)
+            self._left_queue(task)  # after the promotion: a queue it refills stays
         elif task.in_backlog:
             task.in_backlog = False  # its entry in the backlog goes stale
-            self._pools[task.spec.pool].backlogged -= 1
+            pool = self._pools[task.spec.pool]
+            pool.backlogged -= 1
+            if not pool.backlogged:
+                pool.backlog.clear()  # only stale entries are left, holding their tasks
 
     def _skip(self, task: _Task, why: str, reason: str) -> None:
         self._set_state(task, "SKIPPED", reason)
@@ -1672,6 +1759,7 @@ class Scheduler:
         pool.queued -= 1
         if pool.backlogged:
             self._promote(pool)
+        self._left_queue(task)  # after the promotion: a queue it refills stays, and is popped on
         pool.running += 1
         pool.dispatched_total += 1
         pool.charge(now, task.spec.estimated_tokens)
@@ -1775,10 +1863,16 @@ class Scheduler:
         self._pools[task.spec.pool].running -= 1
 
     def _unidle(self, worker: WorkerHandle) -> None:
+        """The worker takes no more work now; a capability left with no idle worker loses its empty queues."""
         for cap in worker.capabilities:
             idle = self._idle.get(cap)
-            if idle is not None:
-                idle.pop(worker.worker_id, None)
+            if idle is None or idle.pop(worker.worker_id, None) is None or idle:
+                continue
+            del self._idle[cap]
+            by_pool = self._queues.get(cap)
+            if by_pool is not None and not any(q.waiting for q in by_pool.values()):
+                del self._queues[cap]  # kept for the idle worker only (see _left_queue)
+                self._intent_caps.discard(cap)
 
     def _reidle(self, worker: WorkerHandle) -> None:
         for cap in worker.capabilities:
@@ -2295,6 +2389,9 @@ class Scheduler:
             return
         if kind == "polls":  # a capability's polls may have stopped (see _poll_touch)
             self._polls_quiet(subject, token, now)
+            return
+        if kind == "unserved":  # the oldest capability unserved has been so for the grace
+            self._unserved_expired(now)
             return
         if kind == "deadline":
             w: _Workflow = subject
@@ -3151,7 +3248,7 @@ def _entries(queue: _Queue) -> Iterator[_Task]:
 
 def _timer_live(entry: tuple[int, int, str, Any, int]) -> bool:
     kind, subject, token = entry[2], entry[3], entry[4]
-    if kind in ("pump", "reroute", "polls"):
+    if kind in ("pump", "reroute", "polls", "unserved"):
         return True
     if kind == "deadline":
         return bool(subject.rec.state == "RUNNING")
