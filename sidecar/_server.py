@@ -41,6 +41,7 @@ from are_sdk._proto.are.v1 import (
 from sidecar._capabilities import CAPABILITIES
 from sidecar._capability import Capability, Runtime
 from sidecar._config import Config
+from sidecar._grpc_cycles import break_handler_lookup_cycle
 from sidecar._interceptors import BearerTokenInterceptor
 from sidecar._unimplemented import unimplemented_handler
 
@@ -147,6 +148,7 @@ class Sidecar:
             ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
         ]
         interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+        break_handler_lookup_cycle()
         server = grpc.aio.server(interceptors=interceptors, options=options)
         self._server = server
         services = list(service_descriptors())
