@@ -90,7 +90,7 @@ _CATALOG_KEY = b"catalog"
 _NEXT_OUTCOME_KEY = b"next_outcome"
 _PAGE = 1000
 # A capability filter leaving at most this many agents is scored exactly
-# (one small matrix product) instead of searching the whole index.
+# (a dot product each) instead of searching the whole index.
 _EXACT_FILTER_LIMIT = 1024
 _FIRST_SEARCH = 64
 _NONE: frozenset[str] = frozenset()
@@ -1067,13 +1067,18 @@ class Router:
             return eligible
 
     def _scored(self, rows: npt.NDArray[np.intp], vector: Vector) -> _Scored:
-        """The rows with their exact cosine similarity to ``vector`` (one small matrix product).
+        """The rows with their exact cosine similarity to ``vector`` (a dot product per row).
 
         The index only finds the candidates: it may hold its vectors
         quantised (f16), so the similarities compared with the threshold and
         reported come from the full-precision matrix of card vectors.
+
+        Each row's sum is made alone (einsum), not by a matrix product: BLAS
+        sums a row in an order that depends on its place among the rows taken,
+        so two cards of one vector could differ in the last bit, and their tie
+        go to that noise instead of load and agent_id.
         """
-        similarities = (self._matrix.take(rows, axis=0) @ vector).astype(np.float64)
+        similarities = np.einsum("ij,j->i", self._matrix.take(rows, axis=0), vector).astype(np.float64)
         return _Scored(rows, similarities)
 
     def _scored_keys(
@@ -1620,8 +1625,7 @@ class Router:
     def _drop_agent(self, agent: _Agent) -> None:
         self._unindex_capabilities(agent)
         if agent.row >= 0:
-            self._index_remove(agent.key)
-            self._release_row(agent)
+            self._remove_vector(agent)
         del self._agents[agent.agent_id]
         del self._by_key[agent.key]
         position = bisect.bisect_left(self._sorted_ids, agent.agent_id)
@@ -1634,8 +1638,7 @@ class Router:
         self._index_capabilities(agent)
         if vector is None:
             if agent.row >= 0:
-                self._index_remove(agent.key)
-                self._release_row(agent)
+                self._remove_vector(agent)
             return
         replaced = agent.row >= 0
         self._store_row(agent, vector)
@@ -1644,6 +1647,15 @@ class Router:
             self._upkeep.log.append((agent.key, vector))
         if replaced:
             self._index_changed()
+
+    def _remove_vector(self, agent: _Agent) -> None:
+        """Takes the card's vector out of its row, then out of the index.
+
+        In that order: a removal can start a rebuild of the index, which
+        takes every card that has a row, and must not take this one back.
+        """
+        self._release_row(agent)
+        self._index_remove(agent.key)
 
     def _index_remove(self, key: int) -> None:
         self._index.remove([key])

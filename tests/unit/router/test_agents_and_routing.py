@@ -26,6 +26,7 @@ from are_core.router import (
     RouterSettings,
 )
 from are_core.storage import GroupCommitter, Storage
+from are_core.vector import VectorIndex
 
 from .conftest import DIMENSION, make_index, open_router, unit
 
@@ -478,6 +479,35 @@ async def test_the_index_is_rebuilt_after_churn_keeping_changes_made_meanwhile(t
                 ]
                 assert (top.agent_id, round(top.similarity, 5)) == (f"a{i:02d}", 1.0)
             assert len(engine._index) == engine.agent_count == 41
+    finally:
+        storage.close()
+
+
+async def test_a_removal_that_starts_a_rebuild_stays_out_of_the_rebuilt_index(tmp_path: Path) -> None:
+    """The rebuild a removal starts takes every card holding a row: the card being removed still
+    held its own, and came back in the new index. That index then held one vector more than LMDB
+    cards, so a saved copy never matched at the next start and was rebuilt instead."""
+
+    def restore(path: Path, dimension: int) -> VectorIndex | None:
+        return VectorIndex.restore(path, dimension=dimension, dtype="f32")
+
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    try:
+        async with GroupCommitter(storage) as committer:
+            saved = {"index_dir": tmp_path / "indexes", "restore_index": restore}
+            settings = RouterSettings(index_rebuild_changes=4)
+            engine = await open_router(storage, committer, settings=settings, **saved)
+            for i in range(10):
+                await engine.register_agent(AgentSpec(agent_id=f"a{i}", vector=unit(*[0.0] * i, 1.0)))
+            for i in range(4):  # the fourth removal starts a rebuild
+                await engine.deregister_agent(f"a{i}")
+            await engine.aclose()  # waits for it
+            assert engine.index_rebuilds == 1
+            assert len(engine._index) == engine.agent_count == 6
+            assert engine.save_indexes() == 1
+            again = await open_router(storage, committer, settings=settings, **saved)
+            assert again.restored_indexes == 1
+            assert again.rank(RouteQuery(vector=unit(*[0.0] * 9, 1.0))).candidates[0].agent_id == "a9"
     finally:
         storage.close()
 

@@ -133,6 +133,27 @@ async def test_the_top_k_boundary_splits_ties_by_agent_id(router: Router) -> Non
         assert [c.agent_id for c in result.candidates] == expected
 
 
+async def test_cards_of_one_vector_tie_wherever_their_rows_are_scored(router: Router) -> None:
+    """Identical vectors score identically, whatever rows are scored with them.
+
+    BLAS's matrix-vector product sums some rows of a block in another order
+    than the rest: cards of one vector differed in the last bit, and their tie
+    went to that noise instead of load and agent_id (with numpy, and with the
+    C loop too through a filter, which scores the rows it keeps in numpy).
+    """
+    rng = np.random.default_rng(5)
+    vector = rng.normal(size=DIMENSION).astype(np.float32)
+    for i in range(3):
+        await router.register_agent(AgentSpec(agent_id=f"a{i}", vector=vector.tobytes(), labels={"k": "v"}))
+    for _ in range(20):
+        task = (vector + rng.normal(0, 0.3, DIMENSION)).astype(np.float32).tobytes()
+        for labels in ({}, {"k": "v"}):
+            query = RouteQuery(vector=task, mode=RouteMode.BEST_MATCH, threshold=-1.0, top_k=3, labels=labels)
+            ranked = router.rank(query).candidates
+            assert [c.agent_id for c in ranked] == ["a0", "a1", "a2"]
+            assert len({c.similarity for c in ranked}) == 1
+
+
 async def test_live_load_and_availability_follow_the_workers(router: Router) -> None:
     await router.register_agent(AgentSpec(agent_id="near", vector=unit(1.0), capacity=2))
     await router.register_agent(AgentSpec(agent_id="far", vector=unit(0.8, 0.6), capacity=2))
