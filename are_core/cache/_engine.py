@@ -450,6 +450,8 @@ class CacheEngine:
         self._snapshotting = False
         self._blobs = blobs
         self._entry_blobs: dict[int, bytes] = {}  # blob-backed entries stored since start -> digest
+        # Bodies of entries stored whose commit is under way (see _answer).
+        self._unsettled: dict[int, EntryBody] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -545,10 +547,12 @@ class CacheEngine:
 
     async def _checkpoint(self, state: _State) -> None:
         name = state.namespace.name
-        changes = state.index_changes
         began = time.monotonic()
         started = self._clock()
         state.checkpoint_retry_ns = started + _CHECKPOINT_RETRY_NS  # cleared once written
+        if not await self._disown_index(state) or self._stopping or self._states.get(name) is not state:
+            return
+        changes = state.index_changes
         try:
             pid = state.index.save_in_child(self._index_path(state.namespace))
         except OSError as error:
@@ -571,6 +575,36 @@ class CacheEngine:
             state.checkpoint_retry_ns = 0
         seconds = time.monotonic() - began
         _log.info(f"cache: wrote the index of {name!r} ({len(state.index)} vectors) in {seconds:.1f} s")
+
+    async def _disown_index(self, state: _State) -> bool:
+        """Before a checkpoint overwrites the index file: the mark no longer vouches for it.
+
+        A clean stop's mark says the saved index agrees with its table, so a
+        start repairs it from the journal after the table alone. A checkpoint
+        writes the index as it is in memory at the fork, which may hold
+        changes whose commits never end (a SIGKILL meanwhile): an entry
+        stored again has its old key gone and its new one there, the count
+        unchanged, and the old entry, still in LMDB, would never answer a
+        semantic lookup again. Once disowned, a start checks the file whole.
+        Returns False (no checkpoint now) while a table is being saved (its
+        mark comes next) or when the commit failed.
+        """
+        mark = state.mark
+        if mark is None or mark.index_seq < 0:
+            return True
+        if self._snapshotting:
+            return False
+        disowned = msgspec.structs.replace(mark, index_seq=-1)
+        batch = self._storage.batch()
+        batch.put(MARKS, state.namespace.name.encode(), _mark_codec.encode(disowned))
+        try:
+            await self._committer.submit(batch)
+        except Exception as error:  # noqa: BLE001 - no checkpoint this time; the next turn retries
+            _log.warning(f"cache: could not prepare a checkpoint of {state.namespace.name!r}: {error}")
+            return False
+        if state.mark is mark:
+            state.mark = disowned
+        return True
 
     def calibrate_due(self) -> asyncio.Task[None] | None:
         """Starts calibrating the search expansion of a namespace that is due; returns the task.
@@ -1222,7 +1256,9 @@ class CacheEngine:
     def _answer(
         self, state: _State, head: EntryHead, tier: str, similarity: float, now: int
     ) -> CacheHit | None:
-        body = self._hot.get(head.entry_id)
+        # A stored entry is in memory before its commit ends (the entry it
+        # replaced already gone): until then its body is not in LMDB.
+        body = self._hot.get(head.entry_id) or self._unsettled.get(head.entry_id)
         if body is None:
             raw = self._storage.get(BODIES, u64_key(head.entry_id))
             if raw is None:  # removed under us; never answer
@@ -1385,7 +1421,7 @@ class CacheEngine:
                 },
             )
         )
-        await self._submit(batch, state, drafts)
+        await self._submit(batch, state, drafts, bodies={entry_id: body})
         return StoreResult(
             entry_id=entry_id_text(entry_id), replaced=replaced_id is not None, expire_time_ns=head.expire_ns
         )
@@ -1508,6 +1544,7 @@ class CacheEngine:
             if rows:  # the native step first: if the index refuses, no entry has been touched
                 self._index_new(state, [keys[row] for row in rows], np.ascontiguousarray(matrix[rows]))
         results: list[StoreResult] = []
+        bodies: dict[int, EntryBody] = {}
         try:
             for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
                 entry_id = keys[row]
@@ -1530,6 +1567,7 @@ class CacheEngine:
                 )
                 batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
                 batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
+                bodies[entry_id] = body
                 if matrix is not None and with_vector[row]:
                     batch.put(VECTORS, u64_key(entry_id), matrix[row].tobytes())
                 state.admit(head)
@@ -1557,7 +1595,7 @@ class CacheEngine:
                 },
             )
         )
-        await self._submit(batch, state, drafts)
+        await self._submit(batch, state, drafts, bodies=bodies)
         return results
 
     # -- invalidation ----------------------------------------------------
@@ -1582,9 +1620,11 @@ class CacheEngine:
             chosen = self._match_metadata(state, dict(metadata_match))
         else:
             numbers = (parse_entry_id(text) for text in entry_ids)
-            chosen = [n for n in numbers if n is not None and n in state.heads]
+            # An id named twice is one entry: removed, and counted, once.
+            chosen = list(dict.fromkeys(n for n in numbers if n is not None and n in state.heads))
         if not chosen:
             return 0
+        count = 0
         for start in range(0, len(chosen), _INVALIDATE_CHUNK):
             batch = self._storage.batch()
             removed = [
@@ -1592,6 +1632,7 @@ class CacheEngine:
                 for n in chosen[start : start + _INVALIDATE_CHUNK]
                 if (head := self._remove(state, batch, n))
             ]
+            count += len(removed)
             self._put_stats(batch, state)
             drafts = [
                 EventDraft(
@@ -1606,7 +1647,7 @@ class CacheEngine:
                 )
             ]
             await self._submit(batch, state, drafts)
-        return len(chosen)
+        return count
 
     def _match_metadata(self, state: _State, wanted: dict[str, str]) -> list[int]:
         ids = list(state.heads)
@@ -1616,9 +1657,12 @@ class CacheEngine:
             with self._storage.read() as view:
                 raws = view.get_many(BODIES, [u64_key(n) for n in part])
             for n, raw in zip(part, raws, strict=True):
-                if raw is None:
-                    continue
-                metadata = _body_codec.decode(raw).metadata
+                body = self._unsettled.get(n)  # stored, its commit under way: not in LMDB yet
+                if body is None:
+                    if raw is None:
+                        continue
+                    body = _body_codec.decode(raw)
+                metadata = body.metadata
                 if all(metadata.get(k) == v for k, v in wanted.items()):
                     chosen.append(n)
         return chosen
@@ -1910,11 +1954,18 @@ class CacheEngine:
         self._pending_events.append(draft)
 
     async def _submit(
-        self, batch: Any, state: _State | None, drafts: list[EventDraft], recorded: Sequence[Event] = ()
+        self,
+        batch: Any,
+        state: _State | None,
+        drafts: list[EventDraft],
+        recorded: Sequence[Event] = (),
+        *,
+        bodies: Mapping[int, EntryBody] | None = None,
     ) -> None:
         # Everything up to the committer's submit runs in the same loop turn as
         # the memory changes it carries (snapshots rely on it). ``recorded``:
-        # events already in ``batch`` (published with these once committed).
+        # events already in ``batch`` (published with these once committed);
+        # ``bodies``: of the entries it stores, to answer from until it ends.
         targets = [state] if state is not None else list(self._states.values())
         for target in targets:
             if target.pending:
@@ -1928,13 +1979,23 @@ class CacheEngine:
         # committer keeps an accepted batch); its outcome is handled once, below.
         commit = asyncio.ensure_future(self._committer.submit(batch))
         self._inflight[ticket] = commit
-        commit.add_done_callback(lambda done: self._committed(ticket, targets, done))
+        if bodies:
+            self._unsettled.update(bodies)
+        commit.add_done_callback(lambda done: self._committed(ticket, targets, done, bodies))
         await asyncio.shield(commit)
         if self._events is not None and events:
             self._events.publish(events)
 
-    def _committed(self, ticket: int, targets: list[_State], commit: asyncio.Future[None]) -> None:
+    def _committed(
+        self,
+        ticket: int,
+        targets: list[_State],
+        commit: asyncio.Future[None],
+        bodies: Mapping[int, EntryBody] | None,
+    ) -> None:
         del self._inflight[ticket]
+        for entry_id in bodies or ():
+            self._unsettled.pop(entry_id, None)
         if not commit.cancelled() and commit.exception() is None:
             return
         # Memory ran ahead of a commit that failed: reload from the truth.

@@ -94,6 +94,16 @@ async def test_an_entry_over_max_bytes_names_the_field_that_is_too_large(client:
     _check(caught.value, "LIMIT_EXCEEDED", "response")
 
 
+async def test_an_entry_id_named_twice_is_removed_and_counted_once(client: Client) -> None:
+    ns = _name("twice")
+    await client.cache.put_namespace(ns)
+    first = await client.cache.store(ns, "alpha question", "a")
+    await client.cache.store(ns, "beta question", "b")
+    assert await client.cache.invalidate(ns, entry_ids=[first.entry_id, first.entry_id]) == 1
+    [stats] = await client.cache.stats(ns)
+    assert stats.entries == 1
+
+
 async def test_an_exact_only_cache_key_is_not_answered_by_the_semantic_tier(client: Client) -> None:
     ns = f"exact{next(_ids)}-{os.getpid()}"
     await client.cache.put_namespace(ns, similarity_threshold=0.7)

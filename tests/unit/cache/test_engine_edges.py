@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from pathlib import Path
@@ -255,3 +256,114 @@ async def test_a_model_of_another_dimension_than_the_namespace_is_refused(tmp_pa
     finally:
         if harness.engine is not None:
             await harness.close()
+
+
+async def test_an_id_named_twice_is_removed_and_counted_once(harness: Harness) -> None:
+    """InvalidateCache's removed_count is what was removed: a repeated id is one entry, not two."""
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="twice"))
+    a = await e.store("twice", prompt="alpha question", response=b"a")
+    await e.store("twice", prompt="beta question", response=b"b")
+    assert await e.invalidate("twice", entry_ids=[a.entry_id, a.entry_id]) == 1
+    [stats] = e.stats("twice")
+    assert stats.entries == 1
+    assert (await e.lookup("twice", prompt="alpha question")).hit is None
+
+
+async def test_a_lookup_while_a_store_commits_is_answered_as_before_or_after_it(harness: Harness) -> None:
+    """A store shows its entry before its commit ends: a lookup meanwhile must not miss for it.
+
+    Storing a prompt again takes the old entry out of memory at once, and the
+    new one's body is in LMDB only once the commit ends: a lookup in between
+    found the new head, read no body, and missed, although before the store
+    the old entry answered and after it the new one does. The same for a
+    semantic lookup whose nearest entry is the one being stored.
+    """
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="r", embedder="caller", dimension=8))
+    v = _unit(8, 1)
+    await e.store("r", prompt="alpha question", response=b"old", vector=v)
+    storing = asyncio.ensure_future(e.store("r", prompt="alpha question", response=b"new", vector=v))
+    await asyncio.sleep(0)  # the store has replaced the entry in memory; its commit is under way
+    assert not storing.done()
+    exact = await e.lookup("r", prompt="alpha question", exact_only=True)
+    semantic = await e.lookup("r", vector=v)
+    await storing
+    assert exact.hit is not None
+    assert exact.hit.response == b"new"
+    assert semantic.hit is not None
+    assert semantic.hit.response == b"new"
+    [stats] = e.stats("r")
+    assert (stats.lookups, stats.misses) == (2, 0)
+
+
+async def test_an_invalidation_by_metadata_while_a_store_commits_removes_its_entry(harness: Harness) -> None:
+    """Matching metadata reads entries' bodies: one whose store is still committing matches too.
+
+    The store had already taken the entry it replaces out of memory, so
+    skipping the new one (no body in LMDB yet) removed neither: the prompt
+    kept answering after an invalidation of everything that matched it.
+    """
+    e = harness.e
+    await e.put_namespace(NamespaceSettings(name="m"))
+    await e.store("m", prompt="alpha question", response=b"old", metadata={"model": "m1"})
+    storing = asyncio.ensure_future(
+        e.store("m", prompt="alpha question", response=b"new", metadata={"model": "m1"})
+    )
+    await asyncio.sleep(0)  # the store has replaced the entry in memory; its commit is under way
+    assert not storing.done()
+    removed = await e.invalidate("m", metadata_match={"model": "m1"})
+    await storing
+    assert removed == 1
+    assert (await e.lookup("m", prompt="alpha question")).hit is None
+    assert e.stats("m")[0].entries == 0
+
+
+async def test_a_checkpoint_written_while_a_store_commits_is_checked_whole_after_sigkill(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint writes the index as memory has it, ahead of commits that a SIGKILL may cut.
+
+    After a clean stop the mark vouches for the saved index, and a start
+    repaired it from the journal alone. A checkpoint later overwrote the file
+    while a store of a prompt again was committing; the process died before
+    that commit. The file lacked the old entry's key (still in LMDB, still
+    acknowledged) and held the new one's: the same count, so the start
+    trusted it, and the old entry never answered its own vector again.
+    """
+    await harness.close()
+    e = await harness.open(checkpoint_changes=1)
+    await e.put_namespace(
+        NamespaceSettings(name="c", embedder="caller", dimension=8, similarity_threshold=0.99)
+    )
+    v = _unit(8, 1)
+    await e.store("c", prompt="alpha question", response=b"old", vector=v)
+    await e.store("c", prompt="beta question", response=b"beta", vector=_unit(8, 3))
+    await harness.close(save=True)  # the mark vouches for the index saved with it
+    e = await harness.open(checkpoint_changes=1)
+    await asyncio.gather(*e._warmers)
+    await e._warm(e._states["c"])  # a private copy of the saved index: checkpoints write it
+    committer = harness.committer
+    assert committer is not None
+    never = asyncio.Event()
+
+    async def endless(batch: object) -> None:  # a commit the SIGKILL will cut
+        await never.wait()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(committer, "submit", endless)
+        storing = asyncio.ensure_future(
+            e.store("c", prompt="alpha question", response=b"new", vector=_unit(8, 2))
+        )
+        await asyncio.sleep(0)  # in memory: the old entry replaced; its commit never ends
+    task = e.checkpoint_due()
+    assert task is not None
+    await task  # the file now holds the new entry's key, not the old one's
+    storing.cancel()
+    await harness.close(save=False)  # as after SIGKILL
+    never.set()
+    e = await harness.open()
+    found = await e.lookup("c", vector=v)
+    assert found.hit is not None
+    assert found.hit.response == b"old"
+    assert sorted(e._states["c"].index.keys().tolist()) == sorted(e._states["c"].heads)
