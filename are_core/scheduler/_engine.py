@@ -531,7 +531,8 @@ class _Txn:
         self.workflows: set[_Workflow] = set()
         self.events: list[Event] = []
         self.assign: dict[WorkerHandle, list[Assignment]] = {}
-        self.cancel: dict[WorkerHandle, list[Cancellation]] = {}
+        # Each cancellation with how many of the worker's assignments in this commit preceded it.
+        self.cancel: dict[WorkerHandle, list[tuple[int, Cancellation]]] = {}
         self.after: list[Callable[[], None]] = []
 
 
@@ -787,12 +788,9 @@ class Scheduler:
             return
         if self._events is not None and txn.events:
             self._events.publish(txn.events)
-        for worker, assignments in txn.assign.items():
+        for worker in dict.fromkeys([*txn.assign, *txn.cancel]):
             if worker.connected:
-                worker.on_assign(assignments)
-        for worker, cancellations in txn.cancel.items():
-            if worker.connected:
-                worker.on_cancel(cancellations)
+                _deliver(worker, txn.assign.get(worker, []), txn.cancel.get(worker, []))
         for callback in txn.after:
             callback()
         for w in txn.workflows:
@@ -2438,10 +2436,11 @@ class Scheduler:
         self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id)
         holder = task.holder
         if holder is not None and holder.connected:
-            self._t().cancel.setdefault(holder, []).append(
+            self._stop_attempt(
+                holder,
                 Cancellation(
                     task.wf.rec.workflow_id, task.rec.task_id, task.rec.attempt, "TIMED_OUT", message
-                )
+                ),
             )
         self._attempt_failed(task, failure, None, 0.0)
 
@@ -2465,6 +2464,11 @@ class Scheduler:
         await self._t().future
         return w.rec
 
+    def _stop_attempt(self, holder: WorkerHandle, cancellation: Cancellation) -> None:
+        """Tells ``holder`` to stop an attempt, after what this commit assigned it so far (see _deliver)."""
+        txn = self._t()
+        txn.cancel.setdefault(holder, []).append((len(txn.assign.get(holder, ())), cancellation))
+
     def _stop_all(self, w: _Workflow, cancel_reason: str, message: str) -> None:
         now = self._clock()
         for task in w.order:
@@ -2474,8 +2478,9 @@ class Scheduler:
             if rec.state == "RUNNING":
                 holder = task.holder
                 if holder is not None and holder.connected:
-                    self._t().cancel.setdefault(holder, []).append(
-                        Cancellation(w.rec.workflow_id, rec.task_id, rec.attempt, cancel_reason, message)
+                    self._stop_attempt(
+                        holder,
+                        Cancellation(w.rec.workflow_id, rec.task_id, rec.attempt, cancel_reason, message),
                     )
                 self._release(task)
             self._dequeue(task)
@@ -3237,6 +3242,39 @@ class Scheduler:
             "backlog": sum(p.backlogged for p in self._pools.values()),
             "running": sum(p.running for p in self._pools.values()),
         }
+
+
+def _deliver(
+    worker: WorkerHandle, assignments: list[Assignment], cancellations: list[tuple[int, Cancellation]]
+) -> None:
+    """Delivers one commit's assignments and cancellations to a worker in the order they were made.
+
+    A cancellation made after k of the commit's assignments to the worker follows those and
+    precedes the rest: an attempt that ended (a timeout) before its slot was given again is
+    cancelled first, so the worker never holds more than its max_concurrency, and one assigned
+    then cancelled in the same commit (a budget its own dispatch exceeded) is cancelled after
+    its assignment. A long poll answers once, so its assignments go together.
+    """
+    if worker.one_answer:
+        if assignments:
+            worker.on_assign(assignments)
+        if cancellations:
+            worker.on_cancel([c for _, c in cancellations])
+        return
+    sent = 0
+    run: list[Cancellation] = []
+    for at, cancellation in cancellations:
+        if at > sent:
+            if run:
+                worker.on_cancel(run)
+                run = []
+            worker.on_assign(assignments[sent:at])
+            sent = at
+        run.append(cancellation)
+    if run:
+        worker.on_cancel(run)
+    if sent < len(assignments):
+        worker.on_assign(assignments[sent:] if sent else assignments)
 
 
 def _entries(queue: _Queue) -> Iterator[_Task]:
