@@ -1021,7 +1021,9 @@ class Router:
         """The agents the query may route to among the nearest, as rows with exact similarities.
 
         ``exact`` searches the index by brute force instead of the graph, and
-        deepens until enough rows for a best-below list are kept.
+        deepens until enough rows for a best-below list are kept (with
+        ``include_below_threshold``, enough free ones: that list ranks
+        availability first).
 
         The search result stays in numpy (keys to rows, availability from
         the per-row tiers) unless the query filters by id, capability or
@@ -1056,15 +1058,37 @@ class Router:
                 rows = eligible.rows
             if k >= total or keys.size < k:
                 return eligible
-            # Deepen while the tail still clears the threshold (a cheaper
-            # agent may lie further down) or the filters left too few. The
-            # index's similarities are quantised: a tail within its error
-            # below the threshold deepens too.
-            wanted = max(top_k, _BEST_BELOW_LISTED) if exact else top_k
-            if similarities[-1] >= threshold - self._index.similarity_error or rows.size < wanted:
-                k = min(total, k * 4)
-                continue
-            return eligible
+            if not self._deeper(query, rows, similarities, threshold, top_k, exact=exact):
+                return eligible
+            k = min(total, k * 4)
+
+    def _deeper(
+        self,
+        query: RouteQuery,
+        rows: npt.NDArray[np.intp],
+        similarities: npt.NDArray[np.float32],
+        threshold: float,
+        top_k: int,
+        *,
+        exact: bool,
+    ) -> bool:
+        """Whether a search that kept ``rows`` (its similarities, best first) must look further.
+
+        While the tail still clears the threshold (a cheaper agent may lie
+        further down) or the filters left too few. The index's similarities
+        are quantised: a tail within its error below the threshold deepens
+        too. The best below, when asked for (only once nothing cleared the
+        threshold, by exact search), rank free agents first (see
+        :meth:`_best_below`): one further down beats busy ones nearer, so
+        the search goes on until top_k free ones are kept, at worst scoring
+        every card.
+        """
+        wanted = max(top_k, _BEST_BELOW_LISTED) if exact else top_k
+        if similarities[-1] >= threshold - self._index.similarity_error or rows.size < wanted:
+            return True
+        if exact and query.include_below_threshold:
+            return int(np.count_nonzero(self._row_tier[rows] == 0)) < top_k
+        return False
 
     def _scored(self, rows: npt.NDArray[np.intp], vector: Vector) -> _Scored:
         """The rows with their exact cosine similarity to ``vector`` (a dot product per row).

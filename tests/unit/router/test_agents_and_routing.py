@@ -395,6 +395,23 @@ async def test_below_the_threshold_free_agents_rank_before_busy_ones(router: Rou
     assert not result.candidates[0].above_threshold
 
 
+async def test_below_the_threshold_a_free_agent_beyond_the_first_search_ranks_before_busy_ones(
+    router: Router,
+) -> None:
+    # 70 busy cards nearer the task than the one free card: more than the first search keeps (64).
+    for i in range(70):
+        card = AgentSpec(agent_id=f"busy{i:02d}", capabilities=("x",), vector=unit(1.0, 0.001 * i))
+        router.update_worker(
+            f"w{i}", name=card.agent_id, capabilities=("x",), running=1, capacity=1, card=card
+        )
+    await router.register_agent(AgentSpec(agent_id="free", capabilities=("x",), vector=unit(1.0, 0.5)))
+    # Similarity about 0.71 to the busy cards, 0.63 to the free one: none clears 0.9.
+    query = RouteQuery(vector=unit(1.0, 0.0, 1.0), threshold=0.9, top_k=2, include_below_threshold=True)
+    result = router.rank(query)
+    assert [c.agent_id for c in result.candidates] == ["free", "busy00"]
+    assert not any(c.above_threshold for c in result.candidates)
+
+
 async def test_no_route_is_confirmed_exactly_after_cards_were_replaced(tmp_path: Path) -> None:
     """Replacing vectors damages an HNSW graph: a card it can no longer reach must still be found."""
     dimension, count = 32, 3_000

@@ -21,10 +21,9 @@ exactly, and the engine deepens its search past every candidate within the
 index's error of the threshold and confirms "no route" by brute force: the
 answers must be exact, not approximate. Only two distinct similarities
 closer than float32 rounding may come in either order. (The best below the
-threshold, when asked for, are ranked tier first among the nearest cards
-that search keeps, 64 at first and deeper only until top_k eligible ones are
-kept, see ``Router._eligible``; here no 64 busy cards ever lie nearer than a
-free one, so they are compared with the model's pick among all cards.)
+threshold, when asked for, rank free agents first: the search deepens until
+top_k free ones are kept, see ``Router._eligible``, so they are compared
+with the model's pick among all cards.)
 """
 
 from __future__ import annotations
