@@ -635,6 +635,10 @@ class Scheduler:
         # when any capability's polls end: bounded by the capabilities polled within a window).
         self._poll_waiting: dict[str, int] = {}
         self._poll_held: dict[str, int] = {}
+        # When a poll worker holding an attempt for the capability last showed life (the
+        # assignment, or a heartbeat): a held attempt serves its class only within the poll
+        # window of that (a poller that died holding one serves nothing). Dropped with _poll_held.
+        self._poll_contact: dict[str, int] = {}
         self._poll_ended: OrderedDict[str, int] = OrderedDict()
         self._poll_checks: set[str] = set()  # capabilities whose "polls" timer is armed
 
@@ -1224,12 +1228,14 @@ class Scheduler:
         Served by a standing worker taking work (the :attr:`capability_served`
         hook: the router's view of the stream workers), or by unary long polls
         lately: a poll for it is waiting now, an attempt is held by a poll
-        worker that polled for it (its lease not yet expired: a poller busy
-        on a long task comes back), or the last of those ended within the
-        poll window (:attr:`reroute_grace_s`, at least ``_POLL_GAP_S``: the
-        time between a poller's answer and its next poll). A poll-served
-        class thus keeps its tasks as long as a stream class would, counted
-        from its last poll.
+        worker that polled for it and showed life within the poll window
+        (the assignment or a heartbeat: a poller busy on a long task, whose
+        SDK heartbeats every second or so, comes back; one that died holding
+        it does not, though its lease runs on), or the last of those ended
+        within the poll window (:attr:`reroute_grace_s`, at least
+        ``_POLL_GAP_S``: the time between a poller's answer and its next
+        poll). A poll-served class thus keeps its tasks as long as a stream
+        class would, counted from its last poll.
         """
         if self._poll_served(capability):
             return True
@@ -1241,10 +1247,36 @@ class Scheduler:
         return int(max(self.reroute_grace_s, _POLL_GAP_S) * 1e9)
 
     def _poll_served(self, cap: str) -> bool:
-        if cap in self._poll_waiting or cap in self._poll_held:
+        if cap in self._poll_waiting:
             return True
-        ended = self._poll_ended.get(cap)
-        return ended is not None and self._clock() - ended < self._poll_window_ns()
+        last = self._poll_ended.get(cap)
+        if cap in self._poll_held:
+            contact = self._poll_contact.get(cap, 0)
+            last = contact if last is None else max(last, contact)
+        return last is not None and self._clock() - last < self._poll_window_ns()
+
+    def _poll_contacted(self, worker: WorkerHandle) -> None:
+        """A poll worker holding an attempt showed life (a heartbeat): its classes are served again.
+
+        A class whose held attempts had gone silent for the poll window counted
+        as served by nobody; a heartbeat flips it back, as a fresh poll does
+        (see :meth:`_poll_arrived`), and re-routes once.
+        """
+        now = self._clock()
+        window = self._poll_window_ns()
+        contact = self._poll_contact
+        hook = self.capability_served if self.route is not None else None
+        gained: list[str] = []
+        for cap in worker.capabilities:
+            if cap not in self._poll_held:
+                continue
+            stale = not self._poll_served(cap)
+            contact[cap] = now
+            if stale and hook is not None and not hook(cap):
+                gained.append(cap)
+            self._poll_watch(cap, now, window)
+        if gained:
+            self.served_changed(gained)
 
     def _poll_arrived(self, capabilities: Sequence[str]) -> None:
         """A long poll waits for ``capabilities``; a capability it makes served re-routes (once).
@@ -1277,10 +1309,24 @@ class Scheduler:
             self._poll_touch(cap, now)
 
     def _poll_took(self, worker: WorkerHandle) -> None:
-        """A poll worker was handed an attempt: it serves its capabilities until the attempt ends."""
+        """A poll worker was handed an attempt: it serves its capabilities while it shows life.
+
+        Until the attempt ends, as long as its heartbeats (or the assignment)
+        are no older than the poll window: a timer looks again then.
+        """
         held = self._poll_held
+        now = self._clock()
+        window = self._poll_window_ns()
         for cap in worker.capabilities:
             held[cap] = held.get(cap, 0) + 1
+            self._poll_contact[cap] = now
+            self._poll_watch(cap, now, window)
+
+    def _poll_watch(self, cap: str, now: int, window: int) -> None:
+        """Arms ``cap``'s "polls" timer a window from now, unless armed (it re-arms itself while needed)."""
+        if cap not in self._poll_checks:
+            self._poll_checks.add(cap)
+            self._at(now + window, "polls", cap, now)
 
     def _poll_released(self, worker: WorkerHandle) -> None:
         """An attempt a poll worker held ended (reported, timed out, lost or handed back)."""
@@ -1290,6 +1336,8 @@ class Scheduler:
             n = held.pop(cap, 1) - 1
             if n > 0:
                 held[cap] = n
+            else:
+                self._poll_contact.pop(cap, None)
             self._poll_touch(cap, now)
 
     def _poll_touch(self, cap: str, now: int) -> None:
@@ -1315,23 +1363,30 @@ class Scheduler:
     def _polls_quiet(self, cap: str, ended: int, now: int) -> None:
         """The "polls" timer: ``cap``'s polls may have stopped a window ago (``ended``: the last known).
 
-        Still poll-served: looks again when the latest end's window passes (a
-        poll waiting or an attempt held arms the timer again when it ends).
-        Served by nobody: it lost its last poller when its last poll ended, so
-        the intent tasks waiting on it (in its queues or a pool's backlog) are
-        routed again, as when a class loses its last stream worker (its grace
-        counted from that end, so over), and its end is forgotten.
+        Still poll-served: looks again when the window of the latest activity
+        (an end, or a held attempt's heartbeat) passes (a poll waiting arms
+        the timer again when it ends). Served by nobody: it lost its last
+        poller when its last poll ended, or every poller holding an attempt
+        for it went silent (dead, most likely: the SDKs heartbeat every second
+        or so; a heartbeat makes it served again), so the intent tasks waiting
+        on it (in its queues or a pool's backlog) are routed again, as when a
+        class loses its last stream worker (its grace counted from that
+        activity, so over), and its end is forgotten.
         """
         self._poll_checks.discard(cap)
-        if cap in self._poll_waiting or cap in self._poll_held:
+        if cap in self._poll_waiting:
             return
         last = self._poll_ended.get(cap, ended)
+        held = cap in self._poll_held
+        if held:
+            last = max(last, self._poll_contact.get(cap, 0))
         window = self._poll_window_ns()
         if now - last < window:
             self._poll_checks.add(cap)
             self._at(last + window, "polls", cap, last)
             return
-        self._poll_ended.pop(cap, None)  # past the window: as if never polled (see _poll_served)
+        if not held:
+            self._poll_ended.pop(cap, None)  # past the window: as if never polled (see _poll_served)
         if self.route is None or self.capability_served is None or self.serves(cap):
             return
         self._note_unserved(cap, last)
@@ -2144,9 +2199,15 @@ class Scheduler:
     def heartbeat(
         self, wf_id: str, task_id: str, attempt: int, details: bytes | None, content_type: str
     ) -> bool:
-        """Extends a held attempt's lease; returns whether the worker should stop."""
+        """Extends a held attempt's lease; returns whether the worker should stop.
+
+        A poll worker's heartbeat also shows its classes are still served (see :meth:`serves`).
+        """
         task = self._held_strict(wf_id, task_id, attempt)
         task.rec.heartbeat_ns = self._clock()
+        holder = task.holder
+        if holder is not None and holder.one_answer:
+            self._poll_contacted(holder)
         if details is not None:
             task.rec.heartbeat_details = details
             task.rec.heartbeat_content_type = content_type

@@ -36,6 +36,7 @@ def _sizes(engine: Scheduler) -> dict[str, int]:
             "_reroute_pending",
             "_poll_waiting",
             "_poll_held",
+            "_poll_contact",
             "_poll_ended",
             "_poll_checks",
         )

@@ -749,8 +749,8 @@ async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_unti
 async def test_a_poller_busy_on_a_long_attempt_still_serves_its_class(
     opened: tuple[Storage, GroupCommitter],
 ) -> None:
-    """A poller took one task and works on it long past the window, polling no more meanwhile:
-    while its attempt is held (its lease has not expired) its class keeps the intent tasks waiting;
+    """A poller took one task and works on it long past the window, polling no more meanwhile but
+    heartbeating as the SDKs do: while its attempt is held its class keeps the intent tasks waiting;
     once the attempt is reported and the window passes with no poll, they move."""
     sink, router, clock = Sink(), FakeRouter(), Clock()
     engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
@@ -760,7 +760,9 @@ async def test_a_poller_busy_on_a_long_attempt_still_serves_its_class(
     await settle()
     _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
     assert (taken.task_id, taken.capability) == ("r", "cap-a")
-    clock.advance(60)  # far past the window, well within its start-to-close timeout (600 s)
+    for _ in range(12):  # far past the window, well within its start-to-close timeout (600 s)
+        clock.advance(5)
+        assert not engine.heartbeat(wid, "r", taken.attempt, None, "")
 
     b = FakeWorker()
     engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
@@ -776,6 +778,42 @@ async def test_a_poller_busy_on_a_long_attempt_still_serves_its_class(
     await _restart_stream_class(engine, router, "cap-b")
     await _served_by(b, 1)
     assert [(x.task_id, x.capability) for x in b.assignments] == [("q", "cap-b")]
+    await engine.stop()
+
+
+async def test_a_poller_that_dies_holding_an_attempt_stops_serving_its_class_a_window_later(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A poller took one task and went silent (no heartbeat: dead, as far as anyone can tell; its
+    attempt's lease runs on for 600 s): a window after it showed life its class is served by nobody
+    and the intent tasks waiting there move to a served class. A heartbeat after all brings the class
+    back: served again at once, with a re-route pass as a fresh poll starts."""
+    sink, router, clock = Sink(), FakeRouter(), Clock()
+    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
+    clock.advance(11)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
+    wid = record.workflow_id
+    await settle()
+    _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
+    assert taken.task_id == "r"
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await _passes_done(engine)
+    clock.advance(9)  # silent, but within the window of its assignment
+    assert engine.serves("cap-a")
+    await _restart_stream_class(engine, router, "cap-b")
+    assert engine.get_task(wid, "q").record.capability == "cap-a"
+
+    clock.advance(2)  # 11 s of silence: served by nobody, and the grace is counted from its last sign
+    assert not engine.serves("cap-a")
+    assert engine.get_task(wid, "r").record.state == "RUNNING"  # the lease itself runs on
+    await _restart_stream_class(engine, router, "cap-b")
+    await _served_by(b, 1)
+    assert [(x.task_id, x.capability) for x in b.assignments] == [("q", "cap-b")]
+
+    assert not engine.heartbeat(wid, "r", taken.attempt, None, "")  # alive after all
+    assert engine.serves("cap-a")
     await engine.stop()
 
 
