@@ -424,8 +424,9 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds (0 to 3600) a worker class may go unserved (no stream worker, no unary poll) before "
         "the intent tasks waiting on it are routed to another class; counted from the start for a "
         "class not back yet after a restart, and from the end of its last poll (or of the last "
-        "attempt a poller held) for one served by unary polls. 0 re-routes at once (a second after "
-        "that end, for those).",
+        "attempt a poller held, or its last heartbeat: a poller silent for the grace while it holds "
+        "an attempt counts as gone) for one served by unary polls. 0 re-routes at once (a second "
+        "after that end, for those).",
         _bounded_float(0.0, 3600.0),
         "SECONDS",
     ),
