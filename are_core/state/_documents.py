@@ -170,6 +170,8 @@ class _Work:
         if self.version:
             for name, _ in iter_members(self.view, self.prefix, self.version):
                 self.drop(name)
+        for name in list(self.values):  # members set by earlier operations of the same patch
+            self.drop(name)
         for name, value in document.items():
             self.put(name, value)
 
@@ -574,17 +576,14 @@ class StateEngine:
         new_oldest = doomed[-1].version + 1
         for rec in doomed:
             batch.delete(VERSIONS, prefix + u64_key(rec.version))
-            for mhash in rec.changed:
-                if new_oldest == latest and mhash in written:
-                    superseded = True
-                else:
-                    low = prefix + mhash
-                    newest = view.scan(
-                        MEMBERS, start=low, end=low + u64_key(new_oldest + 1), reverse=True, limit=1
-                    )
-                    superseded = bool(newest) and int.from_bytes(newest[0][0][-8:], "big") > rec.version
-                if superseded:
-                    batch.delete(MEMBERS, prefix + mhash + u64_key(rec.version))
+        for mhash in dict.fromkeys(m for rec in doomed for m in rec.changed):
+            _stage_dead_rows(
+                view,
+                batch,
+                prefix + mhash,
+                new_oldest,
+                live_in_batch=new_oldest == latest and mhash in written,
+            )
         return msgspec.structs.replace(head, oldest_version=new_oldest)
 
     def stage_initial(
@@ -713,6 +712,29 @@ class StateEngine:
                     removed += len(key) + len(value)
                 await self._committer.submit(batch)
         return removed
+
+
+def _stage_dead_rows(view: ReadView, batch: Batch, low: bytes, oldest: int, *, live_in_batch: bool) -> None:
+    """Delete a member's rows that no version from ``oldest`` on reads (``low``: its key prefix).
+
+    A member changed at a version retention drops is read, from the new
+    oldest version on, from its newest row at or below it: every older row
+    is dead, whichever version wrote it (also one an earlier prune kept
+    because it still served the oldest version then), and so is that row
+    itself if it is a tombstone. ``live_in_batch``: the newest row is at
+    ``oldest`` in the batch being staged.
+    """
+    if live_in_batch:
+        keep_from = oldest
+    else:
+        newest = view.scan(MEMBERS, start=low, end=low + u64_key(oldest + 1), reverse=True, limit=1)
+        if not newest:
+            return
+        keep_from = int.from_bytes(newest[0][0][-8:], "big")
+        if _member_dec.decode(newest[0][1]).value is None:
+            keep_from += 1  # a tombstone reads as no row at all
+    for key, _ in view.scan(MEMBERS, start=low, end=low + u64_key(keep_from), limit=_SCAN_PAGE):
+        batch.delete(MEMBERS, key)
 
 
 def _member_rows(work: _Work, head: StateHead | None) -> tuple[list[tuple[bytes, MemberRecord]], int, int]:
