@@ -359,7 +359,9 @@ class MemoryStore:
         """The most relevant notes, best first, within ``top_k`` and ``max_bytes``.
 
         Returns (hits, bytes returned, truncated by the budget). A workflow
-        without notes returns no hits.
+        without notes returns no hits, nor does a text whose embedding has no
+        direction (no words the embedder knows): nothing is relevant to it.
+        A caller's zero vector is refused (cosine is undefined there).
         """
         if (text is None) == (vector is None):
             raise InvalidStateArgumentError("set exactly one of text or vector", field="query")
@@ -367,6 +369,8 @@ class MemoryStore:
         if space is None or not space.count:
             return [], 0, False
         query = await self._query_vector(workflow_id, space, text, vector)
+        if not query.any():
+            return [], 0, False
         index = self._index(workflow_id, space)
         return self._select(
             workflow_id,
@@ -389,6 +393,10 @@ class MemoryStore:
                     field="vector.values",
                     expected=space.dimension,
                     actual=len(vector),
+                )
+            if not any(vector):
+                raise InvalidStateArgumentError(
+                    "the query vector is all zeros: it has no direction to compare", field="vector.values"
                 )
             return np.asarray(vector, dtype=np.float32)
         assert text is not None
@@ -624,6 +632,10 @@ def _check_note(i: int, note: NoteInput) -> None:
         if not all(math.isfinite(v) for v in note.vector):
             raise InvalidStateArgumentError(
                 "every vector component must be finite", field=f"entries[{i}].vector.values"
+            )
+        if not any(note.vector):
+            raise InvalidStateArgumentError(
+                "the vector is all zeros: it has no direction to compare", field=f"entries[{i}].vector.values"
             )
     if note.content is not None and len(note.content.data) > MAX_CONTENT_BYTES:
         raise LimitExceededError(

@@ -15,6 +15,7 @@ from are_core.state import (
     BlobStore,
     DimensionMismatchError,
     EmbedderUnavailableError,
+    InvalidStateArgumentError,
     MemoryStore,
     NoteInput,
 )
@@ -87,6 +88,25 @@ async def test_filters_widen_the_search_until_enough_notes_match(store: Store, t
     await memory.add("wf", notes)
     hits, _, _ = await memory.hydrate("wf", vector=_unit(0, 4), top_k=3, metadata_match={"rare": "yes"})
     assert [h.note.text for h in hits] == ["n299"]
+
+
+async def test_a_vector_with_no_direction_is_refused_and_a_text_with_none_finds_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    """Cosine is undefined for a zero vector: a zero note or query matched another at 1.0."""
+    storage, committer = store
+    memory = MemoryStore(storage, committer, embedder=LexicalEmbedder(64), index_dir=tmp_path / "indexes")
+    await memory.add("wf", [NoteInput(text="alpha beta"), NoteInput(text="gamma delta")])
+    with pytest.raises(InvalidStateArgumentError) as caught:
+        await memory.add("wf", [NoteInput(text="x", vector=[1.0] + [0.0] * 63), NoteInput(vector=[0.0] * 64)])
+    assert caught.value.field == "entries[1].vector.values"
+    with pytest.raises(InvalidStateArgumentError) as caught:
+        await memory.hydrate("wf", vector=[0.0] * 64)
+    assert caught.value.field == "vector.values"
+    assert await memory.hydrate("wf", text="!!! ???") == ([], 0, False)  # no word: no direction
+    hits, _, _ = await memory.hydrate("wf", text="gamma", top_k=5)
+    assert [h.note.text for h in hits][:1] == ["gamma delta"]
+    assert memory.space("wf").count == 2  # the refused call stored nothing
 
 
 async def test_dimension_and_embedder_are_fixed_by_the_first_note(store: Store, tmp_path: Path) -> None:
