@@ -250,11 +250,15 @@ class EventRecorder:
         """Fans committed events out to live subscribers and listeners."""
         pending = self._pending
         subscribers = self._subscribers
+        # Replaying streams: an event can commit behind a replay's cursor (see Subscription.offer_late).
+        replaying = self._open.difference(subscribers) if len(self._open) > len(subscribers) else ()
         for event in events:
             pending.pop(event.sequence, None)
             for subscription in subscribers:
                 if subscription.event_filter.matches(event):
                     subscription.offer(event)
+            for subscription in replaying:
+                subscription.offer_late(event)
         for listener in self._listeners:
             try:
                 listener.on_events(events)

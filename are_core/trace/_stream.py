@@ -8,6 +8,13 @@ in both are those committed but not yet published at that instant: the
 recorder knows them (its pending set), so they are remembered and skipped
 when they arrive live.
 
+Batches may commit out of sequence order (a producer that records, yields,
+then submits), so an event can commit behind the cursor of a replay that
+has not reached the seam yet: no later page reads it, and it was published
+before the stream went live. The recorder hands such late events to
+replaying streams (:meth:`Subscription.offer_late`), which deliver them
+next.
+
 The live buffer holds at most ``capacity`` items. When it is full, matching
 events are counted as missed instead of queued (the producer never waits and
 memory never grows); once the reader drains, it first receives one
@@ -131,6 +138,17 @@ class Subscription:
         if not page.more:
             # Same synchronous step as the read above: nothing can be published in between.
             self._go_live()
+
+    def offer_late(self, event: Event) -> None:
+        """While replaying: delivers a published event the replay has passed without reading."""
+        sequence = event.sequence
+        if self._closed or self._live or sequence > self._cursor:
+            return  # a later replay page (or the live buffer) has it
+        if sequence in self._skip:  # already replayed, committed before its producer published it
+            self._skip.discard(sequence)
+        elif self.event_filter.matches(event):
+            self._ready.append(event)
+            self._wake.set()
 
     def offer(self, event: Event) -> None:
         """Queues a published event, or counts it missed when the buffer is full (never blocks)."""
