@@ -51,6 +51,7 @@ from are_core.scheduler import (
 )
 from are_core.storage import Durability, GroupCommitter, Storage
 from tests.unit.scheduler.test_bounds import _sizes
+from tests.unit.scheduler.test_reroute import Clock
 
 SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)
 STEPS = 400
@@ -86,19 +87,6 @@ def verdict(rule: str, states: list[str]) -> bool | None:
     if rule == "ONE_SUCCESS":
         return True if ok else (False if done else None)
     return False if failed else (True if done else None)  # NONE_FAILED
-
-
-class Clock:
-    """Wall-clock nanoseconds moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1e9)
 
 
 class Router:

@@ -746,20 +746,28 @@ async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_unti
     await engine.stop()
 
 
+async def _poller_took_r(
+    opened: tuple[Storage, GroupCommitter],
+) -> tuple[Scheduler, FakeRouter, Clock, str, Any]:
+    """Intent tasks r and q wait on cap-a (grace 10 s, over), and a poller for cap-a takes r:
+    returns the engine, the router, the clock, the workflow id and r's assignment."""
+    sink, router, clock = Sink(), FakeRouter(), Clock()
+    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
+    clock.advance(11)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
+    await settle()
+    _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
+    assert (taken.task_id, taken.capability) == ("r", "cap-a")
+    return engine, router, clock, record.workflow_id, taken
+
+
 async def test_a_poller_busy_on_a_long_attempt_still_serves_its_class(
     opened: tuple[Storage, GroupCommitter],
 ) -> None:
     """A poller took one task and works on it long past the window, polling no more meanwhile but
     heartbeating as the SDKs do: while its attempt is held its class keeps the intent tasks waiting;
     once the attempt is reported and the window passes with no poll, they move."""
-    sink, router, clock = Sink(), FakeRouter(), Clock()
-    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
-    clock.advance(11)
-    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
-    wid = record.workflow_id
-    await settle()
-    _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
-    assert (taken.task_id, taken.capability) == ("r", "cap-a")
+    engine, router, clock, wid, taken = await _poller_took_r(opened)
     for _ in range(12):  # far past the window, well within its start-to-close timeout (600 s)
         clock.advance(5)
         assert not engine.heartbeat(wid, "r", taken.attempt, None, "")
@@ -788,14 +796,7 @@ async def test_a_poller_that_dies_holding_an_attempt_stops_serving_its_class_a_w
     attempt's lease runs on for 600 s): a window after it showed life its class is served by nobody
     and the intent tasks waiting there move to a served class. A heartbeat after all brings the class
     back: served again at once, with a re-route pass as a fresh poll starts."""
-    sink, router, clock = Sink(), FakeRouter(), Clock()
-    engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
-    clock.advance(11)
-    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
-    wid = record.workflow_id
-    await settle()
-    _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
-    assert taken.task_id == "r"
+    engine, router, clock, wid, taken = await _poller_took_r(opened)
     b = FakeWorker()
     engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
     router.serve(engine, "cap-b")
