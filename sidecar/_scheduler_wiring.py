@@ -22,8 +22,9 @@ hooks below are installed on the engines, so a task that uses none of
   capabilities and live load, and become unavailable the moment they drain
   or disconnect. "Served" is ``Scheduler.serves``: a stream worker taking
   work (the router's ``serves``) or unary polls lately (a poll for the
-  capability waiting, an attempt held by a poll worker that polled for it,
-  or the last of those ended within the grace, at least a second). Unary
+  capability waiting, an attempt held by a poll worker that polled for it
+  while that worker heartbeats, or the last of those ended within the
+  grace, at least a second). Unary
   polls are not declared to the router (they come and go each call, and
   carry no card); the route hook passes ``Scheduler.serves`` to
   ``route_for_intent`` instead, so a class served only by pollers counts.

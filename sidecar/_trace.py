@@ -57,10 +57,10 @@ from are_sdk._proto.are.v1 import (
     workflow_pb2,
 )
 from sidecar._capability import Capability, Runtime
+from sidecar._status import abort, shutting_down
 
 if TYPE_CHECKING:
     from are_core.trace import SpanBuilder
-from sidecar._status import abort, shutting_down
 
 __all__ = ["TEST_HOOK_ENV", "TEST_HOOK_METHOD", "TraceCapability", "TraceServicer", "event_to_proto"]
 

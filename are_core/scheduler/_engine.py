@@ -1282,18 +1282,17 @@ class Scheduler:
         """A long poll waits for ``capabilities``; a capability it makes served re-routes (once).
 
         Only the flip counts: a capability served already (another poll
-        waiting, an attempt held, a poll ended within the window, or a stream
-        worker) is a dictionary lookup or two, not a re-route pass.
+        waiting, an attempt held by a poller showing life, a poll ended
+        within the window, or a stream worker) is a dictionary lookup or two,
+        not a re-route pass.
         """
         waiting = self._poll_waiting
         hook = self.capability_served if self.route is not None else None
-        since = self._clock() - self._poll_window_ns()  # a poll ended after this: served still
         fresh: list[str] = []
         for cap in capabilities:  # every count first: the caller uncounts them all, whatever follows
-            n = waiting.get(cap, 0)
-            waiting[cap] = n + 1
-            if not n and cap not in self._poll_held and self._poll_ended.get(cap, since) <= since:
+            if not self._poll_served(cap):
                 fresh.append(cap)
+            waiting[cap] = waiting.get(cap, 0) + 1
         gained = [cap for cap in fresh if hook is not None and not hook(cap)]
         if gained:  # served now by this poll alone: tasks waiting on unserved classes may come
             self.served_changed(gained)
@@ -1356,9 +1355,8 @@ class Scheduler:
             if now - when < window:
                 break
             del ended[oldest]
-        if cap not in self._poll_checks and cap not in self._poll_waiting and cap not in self._poll_held:
-            self._poll_checks.add(cap)
-            self._at(now + window, "polls", cap, now)
+        if cap not in self._poll_waiting and cap not in self._poll_held:
+            self._poll_watch(cap, now, window)
 
     def _polls_quiet(self, cap: str, ended: int, now: int) -> None:
         """The "polls" timer: ``cap``'s polls may have stopped a window ago (``ended``: the last known).
@@ -1636,16 +1634,21 @@ class Scheduler:
         pool at most).
         """
         cap = task.cap
-        by_pool = self._queues[cap]
-        queue = by_pool[task.spec.pool]
+        queue = self._queues[cap][task.spec.pool]
         queue.waiting -= 1
         if queue.waiting:
             return
-        if cap not in self._idle and not any(q.waiting for q in by_pool.values()):
-            del self._queues[cap]
-            self._intent_caps.discard(cap)
-        elif queue.size:
+        if not self._drop_queues(cap) and queue.size:
             queue.clear()
+
+    def _drop_queues(self, cap: str) -> bool:
+        """Forgets ``cap``'s queues if no task waits in them and no worker waits idle for it."""
+        by_pool = self._queues.get(cap)
+        if by_pool is None or cap in self._idle or any(q.waiting for q in by_pool.values()):
+            return False
+        del self._queues[cap]
+        self._intent_caps.discard(cap)
+        return True
 
     def _promote(self, pool: _Pool) -> None:
         """Moves backlogged tasks into the pool's queue while it has room (fair across workflows)."""
@@ -1922,10 +1925,7 @@ class Scheduler:
             if idle is None or idle.pop(worker.worker_id, None) is None or idle:
                 continue
             del self._idle[cap]
-            by_pool = self._queues.get(cap)
-            if by_pool is not None and not any(q.waiting for q in by_pool.values()):
-                del self._queues[cap]  # kept for the idle worker only (see _left_queue)
-                self._intent_caps.discard(cap)
+            self._drop_queues(cap)  # kept for the idle worker only (see _left_queue)
 
     def _reidle(self, worker: WorkerHandle) -> None:
         for cap in worker.capabilities:
