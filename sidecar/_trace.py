@@ -71,6 +71,7 @@ _MAX_IDS = 100
 _MAX_TYPES = 64
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
+_SETTLE_WAIT_S = 0.5  # the longest a ListEvents call waits for commits under way
 _CONVERTED_CACHE = 4096
 _log = logging.getLogger("are.trace")
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -231,7 +232,10 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                     reason="INVALID_PAGE_TOKEN",
                     field_violations=[("page_token", str(error))],
                 )
-        page = self._recorder.list_events(event_filter, after_sequence=after, limit=limit)
+        recorder = self._recorder
+        # Read your writes: events recorded before this call still committing settle first.
+        await recorder.wait_visible(recorder.last_sequence, _SETTLE_WAIT_S)
+        page = recorder.list_events(event_filter, after_sequence=after, limit=limit)
         return trace_service_pb2.ListEventsResponse(
             events=[event_to_proto(event) for event in page.events],
             next_page_token=encode_page_token(page.last_sequence, event_filter) if page.more else "",

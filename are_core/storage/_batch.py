@@ -52,7 +52,8 @@ class Batch:
     and its submitter gets ``KeyExistsError``; other batches are unaffected.
     """
 
-    __slots__ = ("_max_key_size", "_mutations", "_nbytes", "_tables", "conditional")
+    # Weak references let the trace recorder notice a batch dropped without being submitted.
+    __slots__ = ("__weakref__", "_max_key_size", "_mutations", "_nbytes", "_tables", "conditional")
 
     def __init__(self, tables: frozenset[str], max_key_size: int) -> None:
         """Create an empty batch accepting ``tables`` and keys up to ``max_key_size``."""

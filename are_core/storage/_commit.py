@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -20,12 +21,13 @@ from ._errors import (
 from ._storage import MiB, Storage
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["CommitStats", "GroupCommitter"]
 
 _Waiter = tuple[Batch, "asyncio.Future[None]"]
 _WriteOutcome = tuple[list[KeyExistsError | None], float]
+_log = logging.getLogger("are.storage")
 
 
 class CommitStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +130,18 @@ class GroupCommitter:
         self._pending_batches = 0
         self._pending_mutations = 0
         self._pending_bytes = 0
+        self._settle_listeners: list[Callable[[Batch, bool], None]] = []
+
+    def add_settle_listener(self, listener: Callable[[Batch, bool], None]) -> None:
+        """Calls ``listener(batch, committed)`` once for each batch this committer settles.
+
+        A batch settles when its group's transaction ends (``committed`` is
+        False if the transaction failed or the batch's own condition did) or
+        when :meth:`submit` refuses it. It is called on the event loop before
+        the submitter resumes, in commit order; it must be quick and must not
+        raise (the trace recorder uses it to release events in order).
+        """
+        self._settle_listeners.append(listener)
 
     async def submit(self, batch: Batch) -> None:
         """Commit ``batch`` with the current group and wait until it is durable.
@@ -185,6 +199,7 @@ class GroupCommitter:
 
     def _enqueue(self, batch: Batch) -> asyncio.Future[None] | None:
         if self._closing:
+            self._settle(batch, committed=False)
             raise StorageClosedError("group committer")
         loop = asyncio.get_running_loop()
         if self._loop is None:
@@ -194,7 +209,11 @@ class GroupCommitter:
         n, nbytes = len(batch), batch.nbytes
         if not n:
             return None
-        self._check_bounds(n, nbytes)
+        try:
+            self._check_bounds(n, nbytes)
+        except (BatchTooLargeError, StorageBusyError):
+            self._settle(batch, committed=False)
+            raise
         future: asyncio.Future[None] = loop.create_future()
         self._queue.append((batch, future))
         self._pending_batches += 1
@@ -261,14 +280,25 @@ class GroupCommitter:
             self._pending_bytes -= batch.nbytes
         error = done.exception() if not done.cancelled() else StorageClosedError("writer")
         if error is not None:
+            for batch, _ in group:
+                self._settle(batch, committed=False)
             self._fail_group(group, error)
         else:
             results, latency = done.result()
+            for (batch, _), conflict in zip(group, results, strict=True):
+                self._settle(batch, committed=conflict is None)
             self._resolve_group(group, results, latency)
         if self._queue:
             self._flush()  # pipelining: everything that arrived meanwhile goes next
         elif self._idle is not None and not self._pending_batches:
             self._idle.set()
+
+    def _settle(self, batch: Batch, *, committed: bool) -> None:
+        for listener in self._settle_listeners:
+            try:
+                listener(batch, committed)
+            except Exception:  # noqa: BLE001 - a listener's bug must not fail the commit's submitters
+                _log.exception("a commit settle listener failed")
 
     def _fail_group(self, group: list[_Waiter], error: BaseException) -> None:
         self._failed_commits += 1

@@ -8,9 +8,11 @@ fan-out, OpenTelemetry). Producers depend only on :class:`EventSink`:
    for each event; the sink assigns the sequence and time, adds the event's
    row to that same batch (so the event commits atomically with the change it
    describes), and returns the :class:`Event`;
-2. after ``await committer.submit(batch)`` returns, call
-   ``sink.publish(events)``: only committed events ever reach a live
-   subscriber or an exporter.
+2. submit the batch to the group committer, and after it returns call
+   ``sink.publish(events)``. Only committed events ever reach a live
+   subscriber or an exporter, in sequence order: the recorder learns of each
+   batch's outcome from the committer itself, so ``publish`` matters only
+   for a batch written some other way.
 
 A producer built without a sink (``None``) records no events.
 

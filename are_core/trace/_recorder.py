@@ -13,6 +13,21 @@ Layout (two tables, both declared by the trace capability):
 Sequences are assigned in :meth:`EventRecorder.record` (on the event loop, so
 strictly increasing) and recovered on start as one past the highest sequence
 ever stored. A batch that fails to commit leaves a gap; gaps are allowed.
+
+Batches can commit out of sequence order: a producer may record, let other
+coroutines run, then submit (the scheduler's transaction of a loop turn, the
+cache's and router's event flushes recorded a slice per turn). So the
+recorder keeps a *visible* watermark: the highest sequence through which
+every event has settled (committed, or its batch failed or was dropped
+unsubmitted). It learns of each batch's outcome from the group committer
+(:meth:`~are_core.storage.GroupCommitter.add_settle_listener`) and of a
+batch dropped without being submitted from a weak reference to it.
+
+* Reads (:meth:`EventRecorder.list_events`, stream replays) stop at the
+  watermark, so a cursor never passes an event that commits later.
+* Live streams and listeners receive events in sequence order, as the
+  watermark passes them: a committed event waits, at most for the commits
+  in flight below it.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -35,7 +51,6 @@ from are_core.storage import (
     StorageError,
     join_key,
     parse_u64_key,
-    prefix_end,
     prefix_key,
     u64_key,
 )
@@ -52,15 +67,31 @@ BY_WORKFLOW_TABLE = "trace_events_by_workflow"
 META_TABLE = "trace_meta"
 EVENT_TABLES = (EVENTS_TABLE, BY_WORKFLOW_TABLE, META_TABLE)
 _PRUNED_THROUGH = b"pruned_through"
-# An event recorded but not published within this long belongs to a batch
-# that failed to commit; it is forgotten so the pending set stays small.
+# The last resort for an event whose batch neither settles nor is dropped (a
+# producer that keeps an unsubmitted batch): after this long the watermark
+# passes it, with a warning.
 _PENDING_EXPIRY_NS = 120 * 1_000_000_000
+_MAX_VISIBLE_WAITERS = 1024
 _PREFIX_CACHE = 4096  # encoded workflow-id key prefixes kept for record()
 _log = logging.getLogger("are.trace")
 
 
+class _BatchEvents(weakref.ref[Batch]):
+    """The events recorded into one batch that has not settled; a weak reference to the batch.
+
+    ``weakref.ref.__new__`` takes the batch and the callback (called when the
+    batch dies while this reference lives); this adds the fields.
+    """
+
+    __slots__ = ("events", "key")
+
+    def __init__(self, batch: Batch, on_dropped: Callable[[_BatchEvents], None]) -> None:  # noqa: ARG002 - for __new__
+        self.key = id(batch)
+        self.events: list[Event] = []
+
+
 class EventListener(Protocol):
-    """Receives every committed event, in publish order (the OpenTelemetry exporter)."""
+    """Receives every committed event, in sequence order (the OpenTelemetry exporter)."""
 
     def on_events(self, events: Sequence[Event]) -> None:
         """Handles committed events; must be quick and must not raise."""
@@ -91,7 +122,8 @@ class EventRecorder:
 
     Args:
         storage: The sidecar's storage, opened with :data:`EVENT_TABLES`.
-        committer: Its group committer, used by retention pruning.
+        committer: Its group committer: it reports each batch's outcome to
+            the recorder, and retention pruning commits through it.
         retention_count: Keep at most this many events (the oldest go first).
         retention_age_s: Drop events older than this many seconds.
         subscriber_buffer: Events a live subscriber may have unread before it
@@ -131,8 +163,17 @@ class EventRecorder:
         self._prefixes: dict[str, bytes] = {}  # workflow id -> its by-workflow key prefix
         self._next_sequence = 1
         self._pruned_through = 0
-        # sequence -> monotonic ns of record(), for events not yet published.
+        # sequence -> monotonic ns of record(), for events whose batch has not settled.
         self._pending: dict[int, int] = {}
+        # id(batch) -> its recorded events, while the batch has not settled.
+        self._unsettled: dict[int, _BatchEvents] = {}
+        # Committed events above the watermark, waiting for those below to settle.
+        self._committed: dict[int, Event] = {}
+        self._visible = 0  # every sequence through this one has settled and was delivered
+        self._visible_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_dropped = self._batch_dropped  # one bound method for every weak reference
+        committer.add_settle_listener(self._batch_settled)
         self._subscribers: set[Subscription] = set()  # live: receive published events
         self._open: set[Subscription] = set()  # every open stream, replaying or live
         self._listeners: list[EventListener] = []
@@ -142,6 +183,8 @@ class EventRecorder:
         """Events recorded since start (committed or not)."""
         self.pruned = 0
         """Events dropped by retention since start."""
+        self.expired_pending = 0
+        """Events the watermark passed unsettled after the pending expiry (a producer bug)."""
 
     # Lifecycle
 
@@ -153,6 +196,7 @@ class EventRecorder:
         self._pruned_through = parse_u64_key(floor) if floor is not None else 0
         highest = parse_u64_key(last[0][0]) if last else 0
         self._next_sequence = max(highest, self._pruned_through) + 1
+        self._visible = self._next_sequence - 1
 
     def start_pruning(self) -> None:
         """Starts the background retention task on the running loop."""
@@ -186,6 +230,11 @@ class EventRecorder:
     def last_sequence(self) -> int:
         """The highest sequence assigned so far (0 before the first event)."""
         return self._next_sequence - 1
+
+    @property
+    def visible_through(self) -> int:
+        """The watermark: every event through this sequence has settled and reached the streams."""
+        return self._visible
 
     @property
     def pruned_through(self) -> int:
@@ -234,8 +283,19 @@ class EventRecorder:
             if prefix:
                 batch.put(BY_WORKFLOW_TABLE, prefix + key, b"")  # = join_key(workflow_id, sequence)
         self._pending[sequence] = time.monotonic_ns()
+        unsettled = self._unsettled.get(id(batch))
+        if unsettled is None:
+            unsettled = self._track(batch)
+        unsettled.events.append(event)
         self.recorded += 1
         return event
+
+    def _track(self, batch: Batch) -> _BatchEvents:
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
+        unsettled = self._unsettled[id(batch)] = _BatchEvents(batch, self._on_dropped)
+        return unsettled
 
     def _index_prefix(self, workflow_id: str) -> bytes:
         """``prefix_key(workflow_id)``, or b"" when the id cannot be indexed; cached (bounded)."""
@@ -247,39 +307,138 @@ class EventRecorder:
         return prefix
 
     def publish(self, events: Sequence[Event]) -> None:
-        """Fans committed events out to live subscribers and listeners."""
+        """Tells the recorder that ``events`` committed (the producer's side of the seam).
+
+        Batches submitted through the recorder's committer are known to have
+        committed before their producer resumes, so this is a no-op for them;
+        it covers batches written any other way.
+        """
         pending = self._pending
-        subscribers = self._subscribers
-        # Replaying streams: an event can commit behind a replay's cursor (see Subscription.offer_late).
-        replaying = self._open.difference(subscribers) if len(self._open) > len(subscribers) else ()
+        committed = self._committed
+        found = False
         for event in events:
-            pending.pop(event.sequence, None)
+            if pending.pop(event.sequence, None) is not None:
+                committed[event.sequence] = event
+                found = True
+        if found:
+            self._advance()
+
+    def _batch_settled(self, batch: Batch, committed: bool) -> None:
+        unsettled = self._unsettled.pop(id(batch), None)
+        if unsettled is None:
+            return
+        pending = self._pending
+        waiting = self._committed
+        for event in unsettled.events:
+            if pending.pop(event.sequence, None) is not None and committed:
+                waiting[event.sequence] = event
+        self._advance()
+
+    def _batch_dropped(self, unsettled: _BatchEvents) -> None:
+        """A batch with events died unsettled (never submitted): its sequences are gaps.
+
+        This runs wherever the batch's last reference went, so it only
+        updates the sets and leaves the delivery to a callback of the loop.
+        """
+        if self._unsettled.get(unsettled.key) is unsettled:
+            del self._unsettled[unsettled.key]
+        for event in unsettled.events:
+            self._pending.pop(event.sequence, None)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._advance)
+
+    def _advance(self) -> None:
+        """Moves the watermark over every settled sequence, delivering the committed ones in order."""
+        visible = self._visible
+        end = self._next_sequence - 1
+        if visible >= end:
+            return
+        pending = self._pending
+        waiting = self._committed
+        ready: list[Event] = []
+        while visible < end and visible + 1 not in pending:
+            visible += 1
+            event = waiting.pop(visible, None)
+            if event is not None:
+                ready.append(event)
+        if visible == self._visible:
+            return
+        self._visible = visible
+        if ready:
+            self._deliver(ready)
+        if self._visible_waiters:
+            self._wake_visible_waiters()
+
+    def _deliver(self, events: list[Event]) -> None:
+        """Fans committed events, in sequence order, out to live streams and listeners."""
+        subscribers = self._subscribers
+        for event in events:
             for subscription in subscribers:
                 if subscription.event_filter.matches(event):
                     subscription.offer(event)
-            for subscription in replaying:
-                subscription.offer_late(event)
         for listener in self._listeners:
             try:
                 listener.on_events(events)
             except Exception:  # noqa: BLE001 - an exporter bug must not fail the producer's transition
                 _log.exception("an event listener failed")
-        self._expire_pending()
 
-    def _expire_pending(self) -> None:
-        if not self._pending:
-            return
+    def _wake_visible_waiters(self) -> None:
+        visible = self._visible
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for sequence, future in self._visible_waiters:
+            if sequence <= visible:
+                if not future.done():
+                    future.set_result(None)
+            elif not future.done():
+                still.append((sequence, future))
+        self._visible_waiters = still
+
+    async def wait_visible(self, sequence: int, timeout_s: float) -> bool:
+        """Waits until the watermark reaches ``sequence`` (at most ``timeout_s``); returns whether it did.
+
+        A reader calls it with :attr:`last_sequence` to see every event
+        recorded before it asked: those still committing settle within a
+        commit or two.
+        """
+        self._advance()
+        if self._visible >= sequence:
+            return True
+        if len(self._visible_waiters) >= _MAX_VISIBLE_WAITERS:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._visible_waiters.append((sequence, future))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError:
+            return False
+        finally:
+            if not future.done():
+                future.cancel()
+        return True
+
+    def expire_pending(self) -> int:
+        """Lets the watermark pass events unsettled for longer than the expiry; returns how many.
+
+        Every producer submits or drops the batch it records into, so this
+        only catches a producer that keeps one: its events are then
+        delivered late, if ever, and a cursor may have passed them.
+        """
         horizon = time.monotonic_ns() - _PENDING_EXPIRY_NS
         pending = self._pending
-        while pending:  # oldest first: stops at the first one still young
-            sequence, recorded_at = next(iter(pending.items()))
-            if recorded_at >= horizon:
+        expired = 0
+        while True:
+            self._advance()
+            recorded_at = pending.get(self._visible + 1)
+            if recorded_at is None or recorded_at >= horizon:
                 break
-            del pending[sequence]
-
-    def is_pending(self, sequence: int) -> bool:
-        """Whether ``sequence`` was recorded and not yet published."""
-        return sequence in self._pending
+            del pending[self._visible + 1]
+            expired += 1
+        if expired:
+            self.expired_pending += expired
+            _log.warning(f"{expired} events stayed unsettled for {_PENDING_EXPIRY_NS // 10**9} s")
+        return expired
 
     # Reads
 
@@ -304,23 +463,33 @@ class EventRecorder:
 
         At most ``scan_budget`` stored rows are examined, so a selective filter
         over a long log answers in bounded time with ``more`` set and a cursor
-        to continue from.
+        to continue from. The page ends at the watermark (:attr:`visible_through`):
+        an event still committing is listed by a later page, never skipped.
         """
         limit = max(1, limit)
         scan_budget = max(limit, scan_budget)
+        self._advance()
+        through = self._visible  # never past an event that has not settled
         with self._storage.read() as view:
             oldest = self._oldest(view)
-            if event_filter.workflow_ids:
-                page = self._list_indexed(view, event_filter, after_sequence, limit, scan_budget)
+            if after_sequence >= through:
+                page: tuple[list[Event], int, bool] = [], after_sequence, False
+            elif event_filter.workflow_ids:
+                page = self._list_indexed(
+                    view, event_filter, after_sequence, through=through, limit=limit, budget=scan_budget
+                )
             else:
-                page = self._list_scan(view, event_filter, after_sequence, limit, scan_budget)
+                page = self._list_scan(
+                    view, event_filter, after_sequence, through=through, limit=limit, budget=scan_budget
+                )
         events, last, more = page
         return EventPage(events=events, last_sequence=last, more=more, oldest_retained_sequence=oldest)
 
     def _list_scan(
-        self, view: ReadView, event_filter: EventFilter, after: int, limit: int, budget: int
+        self, view: ReadView, event_filter: EventFilter, after: int, *, through: int, limit: int, budget: int
     ) -> tuple[list[Event], int, bool]:
-        rows = view.scan(EVENTS_TABLE, start=u64_key(after + 1), limit=budget)
+        end = u64_key(through + 1)
+        rows = view.scan(EVENTS_TABLE, start=u64_key(after + 1), end=end, limit=budget)
         decode = self._codec.decode
         events: list[Event] = []
         last = after
@@ -330,13 +499,14 @@ class EventRecorder:
             if event_filter.matches(event):
                 events.append(event)
                 if len(events) == limit:
-                    return events, last, bool(view.scan(EVENTS_TABLE, start=u64_key(last + 1), limit=1))
+                    more = bool(view.scan(EVENTS_TABLE, start=u64_key(last + 1), end=end, limit=1))
+                    return events, last, more
         if len(rows) == budget:
             return events, last, True
-        return events, max(last, self._log_end(view, after)), False
+        return events, self._log_end(view, after, through), False
 
     def _list_indexed(
-        self, view: ReadView, event_filter: EventFilter, after: int, limit: int, budget: int
+        self, view: ReadView, event_filter: EventFilter, after: int, *, through: int, limit: int, budget: int
     ) -> tuple[list[Event], int, bool]:
         per_workflow = max(limit, budget // len(event_filter.workflow_ids))
         sequences: list[int] = []
@@ -344,7 +514,7 @@ class EventRecorder:
         for workflow_id in sorted(event_filter.workflow_ids):
             if not _indexable(workflow_id):
                 continue
-            end = prefix_end(prefix_key(workflow_id))
+            end = join_key(workflow_id, through + 1)
             start = join_key(workflow_id, after + 1)
             rows = view.scan(BY_WORKFLOW_TABLE, start=start, end=end, limit=per_workflow)
             found = [parse_u64_key(key[-8:]) for key, _ in rows]
@@ -367,7 +537,21 @@ class EventRecorder:
                     return events, sequence, index + 1 < len(sequences) or horizon is not None
         if horizon is not None:
             return events, horizon, True
-        return events, max(after, self._log_end(view, after)), False
+        return events, self._log_end(view, after, through), False
+
+    def _log_end(self, view: ReadView, after: int, through: int) -> int:
+        """The highest stored sequence through ``through`` (at least ``after``).
+
+        Cursors never go past it: a restart numbers on from the highest stored
+        event, so a sequence above it (of a batch that failed) may come again.
+        """
+        last = view.scan(EVENTS_TABLE, end=u64_key(through + 1), reverse=True, limit=1)
+        return max(after, parse_u64_key(last[0][0])) if last else after
+
+    def stored_through(self) -> int:
+        """The highest stored sequence at or below the watermark: where a live stream starts."""
+        with self._storage.read() as view:
+            return self._log_end(view, 0, self._visible)
 
     def workflow_trace_context(self, workflow_id: str) -> tuple[int, int | None] | None:
         """The trace context recorded on a workflow's submission event (see ``SpanBuilder``)."""
@@ -383,10 +567,6 @@ class EventRecorder:
             if event.event_type in {"WORKFLOW_SUBMITTED", "WORKFLOW_FORKED"}:
                 return trace_context_of(event.attributes)
         return None
-
-    def _log_end(self, view: ReadView, after: int) -> int:
-        last = view.scan(EVENTS_TABLE, reverse=True, limit=1)
-        return max(after, parse_u64_key(last[0][0])) if last else after
 
     # Live streams
 
@@ -456,6 +636,7 @@ class EventRecorder:
 
     async def _prune_loop(self) -> None:
         while True:
+            self.expire_pending()
             try:
                 # Several bounded batches in a row while far behind, yielding between them.
                 for _ in range(100):

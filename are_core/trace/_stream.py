@@ -2,18 +2,10 @@
 
 The seam has neither gap nor duplicate because the last replay page is read
 and the subscription registered in the same synchronous step of the event
-loop. Every event committed before that step is in the page's snapshot; every
-event published after it reaches the subscription's buffer. The only events
-in both are those committed but not yet published at that instant: the
-recorder knows them (its pending set), so they are remembered and skipped
-when they arrive live.
-
-Batches may commit out of sequence order (a producer that records, yields,
-then submits), so an event can commit behind the cursor of a replay that
-has not reached the seam yet: no later page reads it, and it was published
-before the stream went live. The recorder hands such late events to
-replaying streams (:meth:`Subscription.offer_late`), which deliver them
-next.
+loop, and both go by the recorder's watermark: a replay page ends at it
+(every event at or below it has settled, and the committed ones are in the
+page's snapshot), and the recorder delivers live exactly the events above
+it, in sequence order, as it moves.
 
 The live buffer holds at most ``capacity`` items. When it is full, matching
 events are counted as missed instead of queued (the producer never waits and
@@ -85,7 +77,6 @@ class Subscription:
         self.capacity = capacity
         self._ready: deque[StreamItem] = deque()  # replay items, unbounded only by page size
         self._queue: deque[Event | EventsMissed] = deque()  # live items, at most `capacity`
-        self._skip: set[int] = set()
         self._wake = asyncio.Event()
         self._closed = False
         self._live = False
@@ -108,10 +99,12 @@ class Subscription:
         """Live items waiting to be read (at most ``capacity``)."""
         return len(self._queue)
 
-    def _go_live(self) -> None:
-        self._recorder._register(self)  # noqa: SLF001 - the recorder and its streams are one unit
+    def _go_live(self, through: int | None = None) -> None:
+        """Follows live events from here; ``through``: where the replay ended."""
+        recorder = self._recorder
+        recorder._register(self)  # noqa: SLF001 - the recorder and its streams are one unit
         self._live = True
-        self._ready.append(CaughtUp(sequence=self._recorder.last_sequence))
+        self._ready.append(CaughtUp(sequence=recorder.stored_through() if through is None else through))
 
     def _replay_page(self) -> None:
         recorder = self._recorder
@@ -131,24 +124,10 @@ class Subscription:
             self.event_filter, after_sequence=self._cursor, limit=_REPLAY_PAGE, scan_budget=_REPLAY_PAGE * 16
         )
         self._cursor = page.last_sequence
-        for event in page.events:
-            if recorder.is_pending(event.sequence):
-                self._skip.add(event.sequence)
         self._ready.extend(page.events)
         if not page.more:
-            # Same synchronous step as the read above: nothing can be published in between.
-            self._go_live()
-
-    def offer_late(self, event: Event) -> None:
-        """While replaying: delivers a published event the replay has passed without reading."""
-        sequence = event.sequence
-        if self._closed or self._live or sequence > self._cursor:
-            return  # a later replay page (or the live buffer) has it
-        if sequence in self._skip:  # already replayed, committed before its producer published it
-            self._skip.discard(sequence)
-        elif self.event_filter.matches(event):
-            self._ready.append(event)
-            self._wake.set()
+            # Same synchronous step as the read above: nothing can be delivered in between.
+            self._go_live(page.last_sequence)
 
     def offer(self, event: Event) -> None:
         """Queues a published event, or counts it missed when the buffer is full (never blocks)."""
@@ -202,12 +181,8 @@ class Subscription:
                     await asyncio.sleep(0)  # a selective filter over a long log: let others run
                 continue
             queue = self._queue
-            while queue:
-                live = queue.popleft()
-                if isinstance(live, Event) and live.sequence in self._skip:
-                    self._skip.discard(live.sequence)
-                    continue
-                return live
+            if queue:
+                return queue.popleft()
             if self._missed is not None:
                 return self._take_missed()
             if self._closed:
@@ -229,5 +204,4 @@ class Subscription:
         self._closed = True
         self._recorder._unregister(self)  # noqa: SLF001
         self._queue.clear()
-        self._skip.clear()
         self._wake.set()

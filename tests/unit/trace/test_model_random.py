@@ -14,9 +14,11 @@ import random
 
 import pytest
 
+from are_core.storage import KeyExistsError
 from are_core.trace import (
     CaughtUp,
     Event,
+    EventDraft,
     EventFilter,
     EventRecorder,
     EventsMissed,
@@ -27,6 +29,7 @@ from are_core.trace import (
     encode_page_token,
     record_in_slices,
 )
+from are_core.trace._recorder import META_TABLE
 from tests.unit.trace._support import Harness, MakeHarness, draft
 
 _WORKFLOWS = ("wf-a", "wf-b", "wf-c", "")
@@ -34,6 +37,7 @@ _TYPES = ("TASK_SCHEDULED", "TASK_DISPATCHED", "TASK_COMPLETED", "LLM_CALL")
 _RETENTION = 80
 _BUFFER = 16
 _PRUNE_BATCH = 25
+_TAKEN_KEY = b"model-test-taken"  # present: a batch that puts it if absent fails
 
 
 class Model:
@@ -85,6 +89,11 @@ class Reader:
                 assert model.events[item.sequence] == item, "a delivered event differs from the recorded one"
                 assert self.filter.matches(item)
         assert sum(isinstance(item, CaughtUp) for item in self.items) == 1
+        caught_up = next(item for item in self.items if isinstance(item, CaughtUp))
+        assert caught_up.sequence <= max(self.start, 0, *model.events)  # a cursor a restart never reuses
+        seam = self.items.index(caught_up)
+        assert all(i.sequence <= caught_up.sequence for i in self.items[:seam] if isinstance(i, Event))
+        assert all(i.sequence > caught_up.sequence for i in self.items[seam:] if isinstance(i, Event))
         covered = set(got)
         for item in self.items:
             if isinstance(item, EventsMissed):
@@ -112,7 +121,7 @@ def random_filter(rng: random.Random, model: Model) -> EventFilter:
     return EventFilter(workflow_ids=frozenset({"wf-a"}), event_types=frozenset(_TYPES[:2]), worker_id="w1")
 
 
-def random_draft(rng: random.Random, harness: Harness) -> object:
+def random_draft(rng: random.Random, harness: Harness) -> EventDraft:
     harness.clock.now_ns += rng.randint(0, 3) * 1_000  # time never goes back; ties are common
     return draft(
         rng.choice(_TYPES),
@@ -124,15 +133,41 @@ def random_draft(rng: random.Random, harness: Harness) -> object:
 
 
 async def produce(rng: random.Random, harness: Harness, model: Model) -> None:
-    """Two to four producers record batches of one to six events concurrently."""
-    counts = [rng.randint(1, 6) for _ in range(rng.randint(2, 4))]
-    batches = await asyncio.gather(
-        *(harness.emit(*(random_draft(rng, harness) for _ in range(n))) for n in counts)  # type: ignore[misc]
-    )
-    for events in batches:
+    """Two to four producers record batches of one to six events concurrently.
+
+    Most commit at once; some commit a few loop turns after recording (as the
+    scheduler's turn transaction and the sliced event flushes do), some fail
+    (a conditional write finds its key) and some are dropped unsubmitted.
+    """
+    recorder = harness.recorder
+
+    async def one(n: int, mode: str, delay: int) -> list[Event]:
+        if mode == "prompt":
+            return await harness.emit(*(random_draft(rng, harness) for _ in range(n)))
+        batch = harness.storage.batch()
+        events = [recorder.record(batch, random_draft(rng, harness)) for _ in range(n)]
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        if mode == "dropped":
+            return []
+        if mode == "conflict":
+            batch.put_if_absent(META_TABLE, _TAKEN_KEY, b"")
+            with pytest.raises(KeyExistsError):
+                await harness.committer.submit(batch)
+            return []
+        await harness.committer.submit(batch)
+        recorder.publish(events)
+        return events
+
+    modes = ("prompt", "prompt", "late", "late", "dropped", "conflict")
+    producers = [
+        one(rng.randint(1, 6), rng.choice(modes), rng.randrange(4)) for _ in range(rng.randint(2, 4))
+    ]
+    for events in await asyncio.gather(*producers):
         for event in events:
             assert event.sequence not in model.events
             model.events[event.sequence] = event
+    assert recorder.visible_through == recorder.last_sequence  # everything settled
 
 
 async def prune(harness: Harness, model: Model) -> None:
@@ -160,6 +195,8 @@ async def page_through(rng: random.Random, harness: Harness, model: Model) -> No
         page = recorder.list_events(event_filter, after_sequence=after, limit=limit, scan_budget=budget)
         assert len(page.events) <= limit
         assert page.last_sequence >= after
+        # A cursor never passes the highest stored event: a restart would number on below it.
+        assert page.last_sequence <= max(after, 0, *model.events)
         for event in page.events:
             assert after < event.sequence <= page.last_sequence
             assert event_filter.matches(event)
@@ -187,7 +224,7 @@ def open_reader(rng: random.Random, recorder: EventRecorder, model: Model) -> Re
     choice = rng.randrange(3)
     after: int | None = None if choice == 0 else 0 if choice == 1 else rng.randint(0, recorder.last_sequence)
     subscription = recorder.subscribe(event_filter, after)
-    start = recorder.last_sequence if after is None else after
+    start = recorder.visible_through if after is None else after
     return Reader(subscription, event_filter, start, model.pruned_through if after is not None else 0)
 
 
@@ -196,6 +233,7 @@ async def run_model(seed: int, make_harness: MakeHarness) -> None:  # noqa: PLR0
     model = Model()
     options = {"retention_count": _RETENTION, "subscriber_buffer": _BUFFER, "prune_batch": _PRUNE_BATCH}
     harness = make_harness(**options)
+    await harness.committer.submit(harness.storage.batch().put(META_TABLE, _TAKEN_KEY, b""))
     readers: list[Reader] = []
     slow: list[Reader] = []
     for _ in range(220):
@@ -224,14 +262,14 @@ async def run_model(seed: int, make_harness: MakeHarness) -> None:  # noqa: PLR0
             for reader in readers + slow:
                 await reader.finish(model)
             readers, slow = [], []
-            last = harness.recorder.last_sequence
             await harness.recorder.stop()
             await harness.committer.aclose()
             harness.storage.close()
             clock = harness.clock.now_ns
             harness = make_harness(**options)
             harness.clock.now_ns = clock
-            assert harness.recorder.last_sequence >= last
+            # Numbering goes on from the highest stored event (a failed batch's may come again).
+            assert harness.recorder.last_sequence == max(0, model.pruned_through, *model.events)
             assert harness.recorder.pruned_through == model.pruned_through
             assert harness.recorder.list_events(EventFilter(), limit=1000).events == model.retained()
         for _ in range(30):  # prompt readers keep up
@@ -253,11 +291,12 @@ async def test_page_tokens_refuse_garbage_and_other_filters() -> None:
             decode_page_token(bad, EventFilter())
 
 
-async def test_an_event_committed_behind_a_replaying_stream_is_still_delivered(
+async def test_a_stream_delivers_an_event_that_commits_late_in_sequence_order(
     make_harness: MakeHarness,
 ) -> None:
     """Defect: batches commit out of sequence order (record, yield, submit), and a stream
-    whose replay had paged past such an event before it committed never received it."""
+    whose replay had paged past such an event before it committed never received it.
+    The replay now stops below the unsettled event and the rest arrives live, in order."""
     harness = make_harness()
     recorder = harness.recorder
     await harness.emit_many(600, lambda _: draft())
@@ -265,21 +304,23 @@ async def test_an_event_committed_behind_a_replaying_stream_is_still_delivered(
     late = [recorder.record(late_batch, draft())]  # 601: recorded, committed only later
     await harness.emit_many(600, lambda _: draft())  # 602..1201, committed now
     subscription = recorder.subscribe(EventFilter(), after_sequence=0)
-    items = [await subscription.next() for _ in range(700)]  # the replay has paged past 601
+    items: list[StreamItem] = []
+    while not items or not isinstance(items[-1], CaughtUp):
+        items.append(await asyncio.wait_for(subscription.next(), 5))
+    assert items[-1] == CaughtUp(sequence=600)
     await harness.committer.submit(late_batch)
     recorder.publish(late)
-    while not isinstance(items[-1], CaughtUp):
+    while len(items) < 1202:
         items.append(await asyncio.wait_for(subscription.next(), 5))
     received = [item.sequence for item in items if isinstance(item, Event)]
-    assert sorted(received) == list(range(1, 1202))
+    assert received == list(range(1, 1202))
     subscription.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: a page cursor passes an event that commits later")
 async def test_a_page_cursor_never_passes_an_event_that_commits_later(make_harness: MakeHarness) -> None:
-    """Defect, not fixed here: events 1..32 are recorded by ``record_in_slices`` (as the cache
-    and router do), event 33 commits before them; a page read meanwhile ends at cursor 33,
-    and the next page, from that cursor, never lists 1..32."""
+    """Defect: events 1..32 are recorded by ``record_in_slices`` (as the cache and router
+    do), event 33 commits before them; a page read meanwhile ended at cursor 33, and the
+    next page, from that cursor, never listed 1..32. Pages now end below them."""
     harness = make_harness()
     recorder = harness.recorder
     sliced_batch = harness.storage.batch()
@@ -287,6 +328,7 @@ async def test_a_page_cursor_never_passes_an_event_that_commits_later(make_harne
     await asyncio.sleep(0)  # the first slice, 1..32, is recorded
     await harness.emit(draft(workflow_id="wf-2"))  # 33, committed and published at once
     first = recorder.list_events(EventFilter())
+    assert (first.events, first.last_sequence, first.more) == ([], 0, False)
     events = await sliced
     await harness.committer.submit(sliced_batch)
     recorder.publish(events)

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from are_core.storage import BatchTooLargeError, KeyExistsError
 from are_core.trace import (
     EventFilter,
     EventUsage,
@@ -14,6 +15,7 @@ from are_core.trace import (
     decode_page_token,
     encode_page_token,
 )
+from are_core.trace._recorder import META_TABLE
 from tests.unit.trace._support import MakeHarness, close, draft, sequences
 
 
@@ -51,7 +53,67 @@ async def test_an_event_commits_with_its_batch_or_not_at_all(make_harness: MakeH
     harness.recorder.record(batch, draft())  # never submitted: as if the transition failed
     await harness.emit(draft())
     page = harness.recorder.list_events(EventFilter())
-    assert sequences(page.events) == [2]  # a gap, never a phantom event
+    assert (page.events, page.last_sequence) == ([], 0)  # 1 may still commit: the page stops below it
+    del batch  # dropped unsubmitted: 1 is a gap
+    page = harness.recorder.list_events(EventFilter())
+    assert (sequences(page.events), page.last_sequence) == ([2], 2)  # a gap, never a phantom event
+
+
+async def test_a_batch_the_committer_refuses_or_fails_is_a_gap_at_once(make_harness: MakeHarness) -> None:
+    harness = make_harness()
+    recorder = harness.recorder
+    harness.committer.max_pending_mutations = 3
+    too_big = harness.storage.batch()
+    recorder.record(too_big, draft())  # 1 (two rows)
+    too_big.put(META_TABLE, b"k1", b"").put(META_TABLE, b"k2", b"")
+    with pytest.raises(BatchTooLargeError):
+        await harness.committer.submit(too_big)
+    await harness.committer.submit(harness.storage.batch().put(META_TABLE, b"taken", b""))
+    conflicting = harness.storage.batch()
+    recorder.record(conflicting, draft())  # 2
+    conflicting.put_if_absent(META_TABLE, b"taken", b"")
+    with pytest.raises(KeyExistsError):
+        await harness.committer.submit(conflicting)
+    assert recorder.visible_through == 2  # both batches are held alive, yet settled
+    await harness.emit(draft())  # 3
+    page = recorder.list_events(EventFilter())
+    assert (sequences(page.events), page.last_sequence) == ([3], 3)
+
+
+async def test_live_events_arrive_in_sequence_order_when_batches_commit_out_of_order(
+    make_harness: MakeHarness,
+) -> None:
+    harness = make_harness()
+    recorder = harness.recorder
+    subscription = recorder.subscribe(EventFilter(), after_sequence=None)
+    early = harness.storage.batch()
+    recorder.record(early, draft())  # 1, committed last
+    await harness.emit(draft())  # 2
+    await harness.emit(draft())  # 3
+    assert recorder.visible_through == 0
+    assert subscription.buffered == 0  # 2 and 3 wait for 1
+    await harness.committer.submit(early)
+    items = [await asyncio.wait_for(subscription.next(), 5) for _ in range(4)]
+    assert [getattr(item, "sequence", None) for item in items] == [0, 1, 2, 3]  # CaughtUp(0), then in order
+    subscription.close()
+
+
+async def test_a_reader_waits_for_the_commits_under_way_before_it_asked(make_harness: MakeHarness) -> None:
+    harness = make_harness()
+    recorder = harness.recorder
+    batch = harness.storage.batch()
+    recorder.record(batch, draft())
+    waiting = asyncio.ensure_future(recorder.wait_visible(recorder.last_sequence, 5.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await harness.committer.submit(batch)
+    assert await waiting
+    assert sequences(recorder.list_events(EventFilter()).events) == [1]
+    stuck = harness.storage.batch()
+    recorder.record(stuck, draft())  # never submitted while it lives
+    assert not await recorder.wait_visible(recorder.last_sequence, 0.01)  # gives up: answers what settled
+    assert recorder.list_events(EventFilter()).last_sequence == 1
+    del stuck
 
 
 async def test_filters_by_workflow_task_type_worker_and_time(make_harness: MakeHarness) -> None:
