@@ -914,7 +914,12 @@ class CacheEngine:
                 await task
 
     async def stop(self) -> None:
-        """Flushes counters and recency, and saves every changed index and entry table for a fast start."""
+        """Flushes counters and recency, and saves every changed index and entry table for a fast start.
+
+        Each index is saved once every commit begun before has ended (see
+        :meth:`_may_overwrite_index`), so that the mark written after it
+        never vouches for a change that LMDB lacks.
+        """
         self._stopping = True
         await self._stop_background()
         if self._flusher is not None:
@@ -933,12 +938,20 @@ class CacheEngine:
         with contextlib.suppress(Exception):
             await self.flush()
         self._index_dir.mkdir(parents=True, exist_ok=True)
-        for state in list(self._states.values()):
-            if state.index_dirty:
+        for name in list(self._states):
+            # Every commit begun so far ends first: one that failed reloads its
+            # namespaces from LMDB, so the index saved below holds no change LMDB lacks.
+            await self._settled(self._tickets)
+            state = self._states.get(name)
+            if state is None:
+                continue
+            if state.index_dirty and await self._may_overwrite_index(state):
                 try:
                     state.index.save(self._index_path(state.namespace))
                     state.index_dirty = False
-                except OSError as error:  # derived data: the next start repairs it
+                except (OSError, RuntimeError, VectorError) as error:
+                    # Derived data: the next start repairs it. The old file stays whole
+                    # (usearch reports a failed write as a RuntimeError).
                     _log.warning(f"cache: could not save the index of {state.namespace.name!r}: {error}")
             mark = state.mark
             # An index still missing vectors is saved (its progress kept), but
@@ -948,6 +961,24 @@ class CacheEngine:
             if mark is None or mark.seq != state.seq or mark.index_seq != index_seq or state.touched:
                 with contextlib.suppress(Exception):  # derived data: the next start rebuilds it
                     await self._snapshot(state, index_seq=index_seq)
+
+    async def _may_overwrite_index(self, state: _State) -> bool:
+        """Whether stop may write a namespace's index file now; disowns the mark first if it must.
+
+        The mark in force may vouch for the file (a start then repairs it from
+        the journal after the table alone). Writing over it is sound only
+        when the file written agrees with LMDB up to some journal row: every
+        commit its changes belong to has ended, none failed (stop waited for
+        them just before), and no vector is still left to index. Otherwise (a
+        commit began meanwhile, or the index is incomplete) the mark is
+        disowned first, as before a checkpoint, for a commit that then fails,
+        or a SIGKILL before the new mark, leaves a file the mark must not
+        vouch for. False: the disowning failed, or the namespace was reloaded
+        meanwhile; the file is left as it is.
+        """
+        if not self._inflight and state.backlog is None and not state.index_incomplete:
+            return True
+        return await self._disown_index(state) and self._states.get(state.namespace.name) is state
 
     # -- namespaces ------------------------------------------------------
 
