@@ -233,6 +233,8 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                     field_violations=[("page_token", str(error))],
                 )
         recorder = self._recorder
+        cursor_field = "page_token" if request.page_token else "after_sequence"
+        await _check_cursor(context, after, recorder, cursor_field)
         # Read your writes: events recorded before this call still committing settle first.
         await recorder.wait_visible(recorder.last_sequence, _SETTLE_WAIT_S)
         page = recorder.list_events(event_filter, after_sequence=after, limit=limit)
@@ -248,6 +250,8 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
     ) -> AsyncIterator[bytes]:
         event_filter = await _filter_from_proto(request.filter, context)
         after = request.after_sequence if request.HasField("after_sequence") else None
+        if after is not None:
+            await _check_cursor(context, after, self._recorder, "after_sequence")
         try:
             subscription = self._recorder.subscribe(event_filter, after)
         except TooManySubscribersError as error:
@@ -287,6 +291,25 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         else:
             message = trace_service_pb2.StreamEventsResponse(missed=missed_to_proto(item))
         return message.SerializeToString()
+
+
+async def _check_cursor(context: _Context, after: int, recorder: EventRecorder, field: str) -> None:
+    """Refuses a cursor beyond the log's end: it comes from another log (a wiped or different data folder).
+
+    Every cursor the sidecar hands out is at most the highest stored
+    sequence, and numbering resumes above it after a restart; accepting a
+    larger one would silently skip the events numbered up to it.
+    """
+    end = recorder.last_sequence
+    if after > end:
+        await abort(
+            context,
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"{field} is after sequence {after}, beyond the end of this sidecar's event log ({end});"
+            " it comes from another log: start again from 0",
+            reason="SEQUENCE_BEYOND_LOG",
+            field_violations=[(field, f"at most {end}")],
+        )
 
 
 def missed_to_proto(item: EventsMissed) -> trace_service_pb2.EventsMissed:

@@ -130,6 +130,24 @@ async def test_invalid_list_requests_name_the_field(
     assert field in [violation.field for violation in raised.value.field_violations]
 
 
+async def test_a_cursor_beyond_the_log_is_refused_by_both_rpcs(trace_client: Client) -> None:
+    """A cursor from another data folder would silently skip the events numbered up to it."""
+    end = (await record(trace_client, EventDraft(event_type="TASK_SCHEDULED", workflow_id=new_workflow())))[0]
+    page = await trace_client.trace.list_events(after_sequence=end)  # the log's end itself is fine
+    assert page.last_sequence >= end
+    with pytest.raises(InvalidArgumentError) as raised:
+        await trace_client.trace.list_events(after_sequence=end + 1_000_000)
+    assert raised.value.code == grpc.StatusCode.OUT_OF_RANGE
+    assert raised.value.reason == "SEQUENCE_BEYOND_LOG"
+    assert [violation.field for violation in raised.value.field_violations] == ["after_sequence"]
+    request = trace_service_pb2.StreamEventsRequest(after_sequence=end + 1_000_000)
+    with pytest.raises(InvalidArgumentError) as streamed:
+        async for _ in trace_client.raw.trace.StreamEvents(request):
+            pass
+    assert streamed.value.code == grpc.StatusCode.OUT_OF_RANGE
+    assert [v.field for v in streamed.value.field_violations] == ["after_sequence"]
+
+
 async def test_end_time_before_start_time_is_invalid_for_both_rpcs(trace_client: Client) -> None:
     bad = event_pb2.EventFilter()
     bad.start_time.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))

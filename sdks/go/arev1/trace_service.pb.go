@@ -82,7 +82,9 @@ type ListEventsRequest struct {
 	// Which events; an empty filter matches every event.
 	Filter *EventFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
 	// Start after this sequence (a cursor: the last sequence seen); 0 means
-	// from the oldest retained event. Ignored when page_token is set.
+	// from the oldest retained event. Ignored when page_token is set. A
+	// cursor beyond the end of the log (from another data folder) is refused
+	// with OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG.
 	AfterSequence uint64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
 	// Page size: default 100, at most 1,000.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -235,7 +237,8 @@ type StreamEventsRequest struct {
 	Filter *EventFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
 	// When set, first replay retained events after this sequence (0 means
 	// from the oldest retained), then follow live; unset means live events
-	// only, from now.
+	// only, from now. Beyond the end of the log: OUT_OF_RANGE, reason
+	// SEQUENCE_BEYOND_LOG.
 	AfterSequence *uint64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3,oneof" json:"after_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -39,7 +39,10 @@ type TraceServiceClient interface {
 	// sequence order, starting after a cursor.
 	// Errors: INVALID_ARGUMENT, reason INVALID_ARGUMENT (an unspecified
 	// event type, end_time before start_time, more than 100 ids),
-	// INVALID_PAGE_TOKEN.
+	// INVALID_PAGE_TOKEN; OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG (a cursor
+	// beyond the end of the log). A call sees every event recorded before it
+	// (it waits, at most half a second, for their commits to end); events
+	// still committing are listed by a later page, never skipped.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 	// StreamEvents sends the retained events matching a filter after a
 	// cursor, then a caught-up marker, then new events as they are recorded,
@@ -48,9 +51,10 @@ type TraceServiceClient interface {
 	// EventsMissed message saying how many matching events it lost and from
 	// which cursor to fetch them again (with ListEvents), then carries on
 	// live; it never slows the scheduler or grows the sidecar's memory.
-	// Errors: INVALID_ARGUMENT as for ListEvents; RESOURCE_EXHAUSTED, reason
-	// RESOURCE_LIMIT (at most 1,024 concurrent watch and event streams);
-	// UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
+	// Live events arrive in sequence order.
+	// Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+	// watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
 	// the last sequence received).
 	StreamEvents(ctx context.Context, in *StreamEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamEventsResponse], error)
 }
@@ -108,7 +112,10 @@ type TraceServiceServer interface {
 	// sequence order, starting after a cursor.
 	// Errors: INVALID_ARGUMENT, reason INVALID_ARGUMENT (an unspecified
 	// event type, end_time before start_time, more than 100 ids),
-	// INVALID_PAGE_TOKEN.
+	// INVALID_PAGE_TOKEN; OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG (a cursor
+	// beyond the end of the log). A call sees every event recorded before it
+	// (it waits, at most half a second, for their commits to end); events
+	// still committing are listed by a later page, never skipped.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	// StreamEvents sends the retained events matching a filter after a
 	// cursor, then a caught-up marker, then new events as they are recorded,
@@ -117,9 +124,10 @@ type TraceServiceServer interface {
 	// EventsMissed message saying how many matching events it lost and from
 	// which cursor to fetch them again (with ListEvents), then carries on
 	// live; it never slows the scheduler or grows the sidecar's memory.
-	// Errors: INVALID_ARGUMENT as for ListEvents; RESOURCE_EXHAUSTED, reason
-	// RESOURCE_LIMIT (at most 1,024 concurrent watch and event streams);
-	// UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
+	// Live events arrive in sequence order.
+	// Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+	// watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
 	// the last sequence received).
 	StreamEvents(*StreamEventsRequest, grpc.ServerStreamingServer[StreamEventsResponse]) error
 	mustEmbedUnimplementedTraceServiceServer()

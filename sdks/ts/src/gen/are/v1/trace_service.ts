@@ -47,7 +47,9 @@ export interface ListEventsRequest {
     | undefined;
   /**
    * Start after this sequence (a cursor: the last sequence seen); 0 means
-   * from the oldest retained event. Ignored when page_token is set.
+   * from the oldest retained event. Ignored when page_token is set. A
+   * cursor beyond the end of the log (from another data folder) is refused
+   * with OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG.
    */
   afterSequence: number;
   /** Page size: default 100, at most 1,000. */
@@ -88,7 +90,8 @@ export interface StreamEventsRequest {
   /**
    * When set, first replay retained events after this sequence (0 means
    * from the oldest retained), then follow live; unset means live events
-   * only, from now.
+   * only, from now. Beyond the end of the log: OUT_OF_RANGE, reason
+   * SEQUENCE_BEYOND_LOG.
    */
   afterSequence?: number | undefined;
 }
@@ -650,7 +653,10 @@ export const TraceServiceService = {
    * sequence order, starting after a cursor.
    * Errors: INVALID_ARGUMENT, reason INVALID_ARGUMENT (an unspecified
    * event type, end_time before start_time, more than 100 ids),
-   * INVALID_PAGE_TOKEN.
+   * INVALID_PAGE_TOKEN; OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG (a cursor
+   * beyond the end of the log). A call sees every event recorded before it
+   * (it waits, at most half a second, for their commits to end); events
+   * still committing are listed by a later page, never skipped.
    */
   listEvents: {
     path: "/are.v1.TraceService/ListEvents" as const,
@@ -669,9 +675,10 @@ export const TraceServiceService = {
    * EventsMissed message saying how many matching events it lost and from
    * which cursor to fetch them again (with ListEvents), then carries on
    * live; it never slows the scheduler or grows the sidecar's memory.
-   * Errors: INVALID_ARGUMENT as for ListEvents; RESOURCE_EXHAUSTED, reason
-   * RESOURCE_LIMIT (at most 1,024 concurrent watch and event streams);
-   * UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
+   * Live events arrive in sequence order.
+   * Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+   * watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
    * the last sequence received).
    */
   streamEvents: {
@@ -692,7 +699,10 @@ export interface TraceServiceServer extends UntypedServiceImplementation {
    * sequence order, starting after a cursor.
    * Errors: INVALID_ARGUMENT, reason INVALID_ARGUMENT (an unspecified
    * event type, end_time before start_time, more than 100 ids),
-   * INVALID_PAGE_TOKEN.
+   * INVALID_PAGE_TOKEN; OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG (a cursor
+   * beyond the end of the log). A call sees every event recorded before it
+   * (it waits, at most half a second, for their commits to end); events
+   * still committing are listed by a later page, never skipped.
    */
   listEvents: handleUnaryCall<ListEventsRequest, ListEventsResponse>;
   /**
@@ -703,9 +713,10 @@ export interface TraceServiceServer extends UntypedServiceImplementation {
    * EventsMissed message saying how many matching events it lost and from
    * which cursor to fetch them again (with ListEvents), then carries on
    * live; it never slows the scheduler or grows the sidecar's memory.
-   * Errors: INVALID_ARGUMENT as for ListEvents; RESOURCE_EXHAUSTED, reason
-   * RESOURCE_LIMIT (at most 1,024 concurrent watch and event streams);
-   * UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
+   * Live events arrive in sequence order.
+   * Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+   * watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
    * the last sequence received).
    */
   streamEvents: handleServerStreamingCall<StreamEventsRequest, StreamEventsResponse>;
@@ -717,7 +728,10 @@ export interface TraceServiceClient extends Client {
    * sequence order, starting after a cursor.
    * Errors: INVALID_ARGUMENT, reason INVALID_ARGUMENT (an unspecified
    * event type, end_time before start_time, more than 100 ids),
-   * INVALID_PAGE_TOKEN.
+   * INVALID_PAGE_TOKEN; OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG (a cursor
+   * beyond the end of the log). A call sees every event recorded before it
+   * (it waits, at most half a second, for their commits to end); events
+   * still committing are listed by a later page, never skipped.
    */
   listEvents(
     request: ListEventsRequest,
@@ -742,9 +756,10 @@ export interface TraceServiceClient extends Client {
    * EventsMissed message saying how many matching events it lost and from
    * which cursor to fetch them again (with ListEvents), then carries on
    * live; it never slows the scheduler or grows the sidecar's memory.
-   * Errors: INVALID_ARGUMENT as for ListEvents; RESOURCE_EXHAUSTED, reason
-   * RESOURCE_LIMIT (at most 1,024 concurrent watch and event streams);
-   * UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
+   * Live events arrive in sequence order.
+   * Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+   * watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
    * the last sequence received).
    */
   streamEvents(
