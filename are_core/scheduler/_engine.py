@@ -669,16 +669,18 @@ class Scheduler:
         # the queue bound holds and the earliest ready tasks are queued again.
         ready.sort(key=lambda item: item[0])
         for _, task in ready:
-            if task.spec.intent and not task.rec.capability and task.rec.state == "SCHEDULED":
-                # Its scheduling stopped before the intent was routed (a cache
-                # lookup in flight): finish it, or it would wait on capability "".
-                key = task.spec.cache_key
-                if key is not None and self.cache_lookup is not None and not task.rec.attempt:
-                    self._look_up(task, key)
-                else:
-                    self._route_and_enqueue(task, now)
-                continue
-            self._enqueue(task, now)
+            rec, key = task.rec, task.spec.cache_key
+            if task.spec.intent and rec.capability:
+                self._enqueue(task, now)  # past its lookup and its route
+            elif key is not None and self.cache_lookup is not None and not rec.attempt:
+                # Its scheduling may have stopped with the cache lookup in flight (the record
+                # does not tell that from a miss): ask again rather than run what may be cached.
+                self._look_up(task, key)
+            elif task.spec.intent:
+                # Stopped before the intent was routed: finish it, or it would wait on capability "".
+                self._route_and_enqueue(task, now)
+            else:
+                self._enqueue(task, now)
         if open_ids:
             self._settle()
             self._pump()
@@ -712,6 +714,10 @@ class Scheduler:
                 ready.append(((0, task.rec.start_ns, len(ready)), task))
             elif state == "SCHEDULED":
                 ready.append(((1, task.rec.schedule_ns, len(ready)), task))
+                if task.spec.schedule_to_start_s and task.rec.schedule_ns:
+                    # The deadline counts from its scheduling before the restart.
+                    deadline = task.rec.schedule_ns + int(task.spec.schedule_to_start_s * 1e9)
+                    self._at(deadline, "s2s", task, task.token)
             elif state == "BACKING_OFF":
                 self._at(task.rec.next_attempt_ns, "backoff", task, task.token)
             elif state == "AWAITING_APPROVAL" and task.rec.approval and task.rec.approval.expire_ns:
@@ -1545,6 +1551,8 @@ class Scheduler:
 
     def _looked_up(self, task: _Task, token: int, hit: tuple[bytes, str, dict[str, Any]] | None) -> None:
         rec = task.rec
+        if self._stopped:
+            return  # answered after a stop: a restarted engine owns the task (and looks it up again)
         if task.token != token or rec.state != "SCHEDULED" or task.wf.rec.state != "RUNNING":
             return
         now = self._clock()
@@ -1669,6 +1677,9 @@ class Scheduler:
             task.in_queue = False
             pool = self._pools[task.spec.pool]
             pool.queued -= 1
+            # It may have been the head that held its queue back (waiting for its pool's LLM
+            # tokens): what waited behind it may go now, not at the bucket's refill.
+            self._pump_wanted = True
             if pool.backlogged:
                 self._promote(pool)
             self._left_queue(task)  # after the promotion: a queue it refills stays
@@ -3314,11 +3325,14 @@ def _deliver(
     precedes the rest: an attempt that ended (a timeout) before its slot was given again is
     cancelled first, so the worker never holds more than its max_concurrency, and one assigned
     then cancelled in the same commit (a budget its own dispatch exceeded) is cancelled after
-    its assignment. A long poll answers once, so its assignments go together.
+    its assignment. A long poll answers once, so its assignments go together, less those
+    cancelled in the same commit: it hears of no cancellation, and their slots may have been
+    given again (so it never gets more than its max_tasks, nor an attempt already over).
     """
     if worker.one_answer:
         if assignments:
-            worker.on_assign(assignments)
+            over = {(c.workflow_id, c.task_id, c.attempt) for _, c in cancellations}
+            worker.on_assign([a for a in assignments if (a.workflow_id, a.task_id, a.attempt) not in over])
         if cancellations:
             worker.on_cancel([c for _, c in cancellations])
         return

@@ -241,6 +241,27 @@ async def test_a_restart_redispatches_running_tasks_with_the_next_attempt(
     await restarted.stop()
 
 
+async def test_a_schedule_to_start_timeout_still_fires_after_a_restart(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    """Defect: recovery queued SCHEDULED tasks again without their schedule-to-start timer,
+    so with no worker they waited forever. The deadline counts from the original scheduling."""
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer)
+    await engine.start()
+    record, _ = await engine.submit(WorkflowSpec(tasks=(spec("a", schedule_to_start_s=0.3),)))
+    await engine.stop()
+    restarted = Scheduler(storage, committer)
+    await restarted.start()
+    async with asyncio.timeout(10):
+        while restarted.get_task(record.workflow_id, "a").record.state != "FAILED":
+            await asyncio.sleep(0.01)
+    failure = restarted.get_task(record.workflow_id, "a").record.failure
+    assert failure is not None and failure.timeout_type == "SCHEDULE_TO_START"
+    assert restarted.get_pool("default")[1].queued == 0
+    await restarted.stop()
+
+
 async def test_a_rate_limited_pool_never_dispatches_past_its_bucket(
     opened: tuple[Path, Storage, GroupCommitter],
 ) -> None:

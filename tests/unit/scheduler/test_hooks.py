@@ -21,7 +21,7 @@ from are_core.scheduler import (
     WorkflowNotFoundError,
     WorkflowSpec,
 )
-from are_core.storage import Batch
+from are_core.storage import Batch, GroupCommitter, Storage
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 
 _EXTRA = "sched_pools"  # any declared table will do for a staged row
@@ -184,6 +184,72 @@ async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engi
         await engine.complete(wid, task_id, 1, output=b"fresh", content_type="", usage=None)
     await settle()
     assert stored == [("new", b"fresh")]  # read_only keys are not stored
+
+
+async def test_a_task_stopped_in_its_cache_lookup_is_looked_up_after_a_restart(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A task naming its capability, stopped while its cache lookup was in flight, is reloaded
+    SCHEDULED: it must ask the cache again (here a hit, answered without dispatch), not be
+    dispatched as if the cache had missed."""
+    engine = Scheduler(*opened, rng=lambda: 0.0)
+    asked = asyncio.Event()
+
+    async def never(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        asked.set()
+        await asyncio.Event().wait()
+        return None
+
+    engine.cache_lookup = never
+    await engine.start()
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("a", cache_key=CacheKey(namespace="n", prompt="known")),))
+    )
+    await asyncio.wait_for(asked.wait(), 5)
+    await engine.stop()  # the lookup never answered
+
+    async def hit(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        return b'"cached"', "application/json", {}
+
+    restarted = Scheduler(*opened, rng=lambda: 0.0)
+    restarted.cache_lookup = hit
+    await restarted.start()
+    worker = FakeWorker()
+    restarted.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+    await settle()
+    task = restarted.get_task(record.workflow_id, "a").record
+    assert (task.state, task.output, task.attempt) == ("COMPLETED", b'"cached"', 0)
+    assert worker.assignments == []
+    await restarted.stop()
+
+
+async def test_a_cache_answer_after_the_engine_stopped_changes_nothing(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    """A lookup in flight when the engine stops may still answer: the stopped engine must not
+    act on it (a restarted engine owns the task and its rows now)."""
+    storage, _ = opened
+    engine = Scheduler(*opened, rng=lambda: 0.0)
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def late(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        asked.set()
+        await answer.wait()
+        return b'"cached"', "application/json", {}
+
+    engine.cache_lookup = late
+    await engine.start()
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("a", cache_key=CacheKey(namespace="n", prompt="known")),))
+    )
+    await asyncio.wait_for(asked.wait(), 5)
+    await engine.stop()
+    stored = storage.scan("sched_tasks", limit=10)
+    answer.set()
+    await settle()
+    assert engine.get_task(record.workflow_id, "a").record.state == "SCHEDULED"
+    assert engine._txn is None
+    assert storage.scan("sched_tasks", limit=10) == stored
 
 
 async def test_worker_changes_reach_the_hook(engine: Scheduler) -> None:

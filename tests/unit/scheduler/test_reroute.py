@@ -376,7 +376,8 @@ async def test_a_moved_task_is_cancelled_or_times_out_like_any_other(
     async with asyncio.timeout(5):
         while engine.get_task("s", "t").record.state != "FAILED":
             await asyncio.sleep(0.01)
-    assert engine.get_task("s", "t").record.failure.timeout_type == "SCHEDULE_TO_START"
+    failure = engine.get_task("s", "t").record.failure
+    assert failure is not None and failure.timeout_type == "SCHEDULE_TO_START"
     assert engine.get_pool("default")[1].queued == 0
     a, b = FakeWorker(), FakeWorker()
     engine.connect_worker("a", ["cap-a"], 5, a.assign, a.cancel)
