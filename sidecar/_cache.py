@@ -41,6 +41,7 @@ from are_core.cache import (
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceSettings,
+    NamespaceUnavailableError,
 )
 from are_core.storage import StorageError
 from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2
@@ -542,7 +543,7 @@ async def _fail(context: _Context, error: CacheError | StorageError) -> NoReturn
     await _fail_cache(context, error)
 
 
-async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:
+async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:  # noqa: C901 - one branch per error
     message = str(error)
     if isinstance(error, NamespaceNotFoundError):
         await abort(
@@ -551,6 +552,15 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:
             message,
             reason="NAMESPACE_NOT_FOUND",
             metadata={"namespace": error.name},
+        )
+    if isinstance(error, NamespaceUnavailableError):
+        await abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            message,
+            reason="NAMESPACE_UNAVAILABLE",
+            metadata={"namespace": error.name},
+            retry_after=timedelta(seconds=1),
         )
     if isinstance(error, DimensionMismatchError):
         await abort(

@@ -15,6 +15,7 @@ Exceptions::
 
     CacheError
     ├── NamespaceNotFoundError      no namespace of this name
+    ├── NamespaceUnavailableError   being reloaded from storage after a failed commit: retry later
     ├── DimensionMismatchError      a vector of another dimension (names the field)
     ├── EmbedderUnavailableError    text to embed, but no embedder can
     ├── EmbedderMismatchError       text to embed, but the configured model no longer fits
@@ -36,6 +37,7 @@ from ._errors import (
     InvalidCacheArgumentError,
     NamespaceLimitError,
     NamespaceNotFoundError,
+    NamespaceUnavailableError,
 )
 from ._hot import DEFAULT_HOT_BYTES
 from ._model import (
@@ -81,6 +83,7 @@ __all__ = [
     "NamespaceLimitError",
     "NamespaceNotFoundError",
     "NamespaceSettings",
+    "NamespaceUnavailableError",
     "StoreResult",
     "normalise_prompt",
     "prompt_hash",

@@ -43,6 +43,7 @@ from ._errors import (
     InvalidCacheArgumentError,
     NamespaceLimitError,
     NamespaceNotFoundError,
+    NamespaceUnavailableError,
 )
 from ._hot import DEFAULT_HOT_BYTES, HotBodies
 from ._model import (
@@ -199,6 +200,7 @@ class _State:
         "pending",
         "queries",
         "queries_seen",
+        "reload_error",
         "repair_retry_ns",
         "saved_ns",
         "seq",
@@ -267,6 +269,8 @@ class _State:
         self.snapshot_due = False
         self.unsaved_changes = 0
         self.unsaved_rows = 0
+        # Out of service (see CacheEngine._resync): why its last reload failed; "" before one did.
+        self.reload_error = ""
         self._use(Entries(base))
 
     def _use(self, entries: Entries) -> None:
@@ -432,6 +436,9 @@ class CacheEngine:
         self._coalesce = coalesce
         self._clock = clock
         self._states: dict[str, _State] = {}
+        # Namespaces out of service until reloaded from LMDB (a commit failed; see _resync),
+        # by name: the state memory had, which no call reads any more.
+        self._reloading: dict[str, _State] = {}
         self._next_id = 1
         self._pending_events: list[EventDraft] = []
         self._dropped_events = 0
@@ -446,6 +453,7 @@ class CacheEngine:
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
+        self._committing: dict[int, list[_State]] = {}  # the namespaces each commit under way changes
         self._failures = 0  # _submit calls that failed (memory was reloaded)
         self._snapshotting = False
         self._blobs = blobs
@@ -477,11 +485,7 @@ class CacheEngine:
         self._remove_temporaries()
         self._next_id = max(self._next_id, self._stored_next_id())
         for _, raw in self._scan(NAMESPACES, b""):
-            namespace = _namespace_codec.decode(raw)
-            if not namespace.search_expansion:  # stored before the setting existed
-                namespace = msgspec.structs.replace(
-                    namespace, search_expansion=EXPANSION_SEARCH[namespace.vector_dtype]
-                )
+            namespace = _decode_namespace(raw)
             self._states[namespace.name] = self._load(namespace)
         self._start_indexing()
         for state in self._states.values():
@@ -903,7 +907,8 @@ class CacheEngine:
         start's sweeps find what it would have), and a stop writes every
         changed index itself: waiting for a checkpoint child would write it twice.
         """
-        children = [*self._writers, *(s.calibrating.pid for s in self._states.values() if s.calibrating)]
+        states = [*self._states.values(), *self._reloading.values()]
+        children = [*self._writers, *(s.calibrating.pid for s in states if s.calibrating)]
         if self._sweep is not None:
             children.append(self._sweep.pid)
         for pid in children:
@@ -938,9 +943,11 @@ class CacheEngine:
         with contextlib.suppress(Exception):
             await self.flush()
         self._index_dir.mkdir(parents=True, exist_ok=True)
-        for name in list(self._states):
+        for name in [*self._states, *self._reloading]:
             # Every commit begun so far ends first: one that failed reloads its
             # namespaces from LMDB, so the index saved below holds no change LMDB lacks.
+            # A namespace still out of service (its reload failed, see _resync) has
+            # nothing saved: its table, index and mark stay as LMDB's last ones.
             await self._settled(self._tickets)
             state = self._states.get(name)
             if state is None:
@@ -996,6 +1003,8 @@ class CacheEngine:
 
     async def _put_namespace(self, settings: NamespaceSettings) -> tuple[Namespace, bool]:
         _check_settings(settings)
+        if settings.name in self._reloading:
+            raise self._unavailable(settings.name)
         now = self._clock()
         state = self._states.get(settings.name)
         threshold = settings.similarity_threshold or DEFAULT_THRESHOLD
@@ -1038,7 +1047,7 @@ class CacheEngine:
             self._put_stats(batch, state)
             await self._submit(batch, state, self._removal_drafts(state, evicted, "EVICTED"))
             return namespace, False
-        if len(self._states) >= MAX_NAMESPACES:
+        if len(self._states) + len(self._reloading) >= MAX_NAMESPACES:
             raise NamespaceLimitError(f"at most {MAX_NAMESPACES} cache namespaces")
         embedder_spec = settings.embedder or "lexical"
         embedder, embedder_name, dimension = self._resolve_embedder(embedder_spec, settings.dimension)
@@ -1074,19 +1083,23 @@ class CacheEngine:
         return namespace, True
 
     def get_namespace(self, name: str) -> Namespace:
-        """The namespace of this name.
+        """The namespace of this name (also while it is out of service, see :meth:`_resync`).
 
         Raises:
             NamespaceNotFoundError: There is none.
         """
-        return self._state(name).namespace
+        state = self._states.get(name) or self._reloading.get(name)
+        if state is None:
+            raise NamespaceNotFoundError(name)
+        return state.namespace
 
     def list_namespaces(self, *, after: str = "", limit: int = 100) -> tuple[list[Namespace], str]:
         """Namespaces by name after ``after``; also the name to continue after, or "" at the end."""
-        names = sorted(name for name in self._states if name > after)
+        names = sorted(name for name in (*self._states, *self._reloading) if name > after)
         page = names[:limit]
         more = len(names) > limit
-        return [self._states[name].namespace for name in page], (page[-1] if more and page else "")
+        namespaces = [(self._states.get(name) or self._reloading[name]).namespace for name in page]
+        return namespaces, (page[-1] if more and page else "")
 
     # -- lookups ---------------------------------------------------------
 
@@ -1119,6 +1132,8 @@ class CacheEngine:
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
+            NamespaceUnavailableError: The namespace is out of service until it is reloaded
+                from storage (a commit of it failed; see :meth:`_resync`).
             InvalidCacheArgumentError: Neither a prompt (after normalisation) nor a vector was
                 given, or ``vector`` is zero or not finite.
             DimensionMismatchError: ``vector`` is not of the namespace's dimension.
@@ -1269,18 +1284,19 @@ class CacheEngine:
         Uses the namespace's threshold and embedder, exactly as a LookupCache
         call with only the prompt would (and counts in its statistics);
         ``exact_only`` (the task cache key's) consults the exact tier only.
+        A namespace out of service until it is reloaded is a miss.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
         """
-        state = self._state(namespace)
-        if is_blank(prompt):
-            return None
         try:
+            state = self._state(namespace)
+            if is_blank(prompt):
+                return None
             result = await self.lookup(
                 namespace, prompt=prompt, exact_only=exact_only or state.embedder is None
             )
-        except (EmbedderUnavailableError, EmbedderMismatchError):
+        except (EmbedderUnavailableError, EmbedderMismatchError, NamespaceUnavailableError):
             return None
         return result.hit
 
@@ -1368,6 +1384,8 @@ class CacheEngine:
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
+            NamespaceUnavailableError: The namespace is out of service until it is reloaded
+                from storage (a commit of it failed; see :meth:`_resync`): nothing was stored.
             DimensionMismatchError: ``vector`` is not of the namespace's dimension.
             InvalidCacheArgumentError: ``vector`` is zero or not finite, or ``blob_size_bytes``
                 is not the blob's size.
@@ -1387,6 +1405,9 @@ class CacheEngine:
                 limit=state.namespace.max_bytes,
             )
         query = await self._store_vector(state, prompt, vector)
+        # Reloaded, or out of service, while the prompt was embedded: the state taken
+        # before is memory no call reads any more (see _resync).
+        state = self._state(namespace)
         # From the blob check to the submit: one loop step (the blob store's rule).
         digest = self._check_blob(blob_sha256, blob_size_bytes) if blob_sha256 else b""
         now = self._clock()
@@ -1535,7 +1556,7 @@ class CacheEngine:
             part = None if matrix is None else np.ascontiguousarray(matrix[start:stop])
             results.extend(
                 await self._store_chunk(
-                    state,
+                    self._state(namespace),  # the one in force after the last await (see _resync)
                     prompts[start:stop],
                     responses[start:stop],
                     part,
@@ -1657,6 +1678,7 @@ class CacheEngine:
             return 0
         count = 0
         for start in range(0, len(chosen), _INVALIDATE_CHUNK):
+            state = self._state(namespace)  # the one in force after the last chunk's commit (see _resync)
             batch = self._storage.batch()
             removed = [
                 head
@@ -1703,8 +1725,12 @@ class CacheEngine:
     def stats(self, namespace: str = "") -> list[CacheStats]:
         """Statistics of one namespace, or of every namespace by name when ``namespace`` is empty.
 
+        Those of a namespace out of service until it is reloaded are not known (memory
+        ran ahead of LMDB): every namespace leaves it out, and naming it raises.
+
         Raises:
             NamespaceNotFoundError: A named namespace does not exist.
+            NamespaceUnavailableError: A named namespace is out of service until it is reloaded.
         """
         states = [self._state(namespace)] if namespace else [self._states[n] for n in sorted(self._states)]
         out = []
@@ -1746,7 +1772,10 @@ class CacheEngine:
         second, 256 per turn made every lookup arriving during a flush wait
         some 0.4 ms, once a second for 10 to 20 ms. Those were the slowest
         1% of all lookups. Recency is not written here (see the class comment).
+        First, namespaces out of service whose reload failed are reloaded
+        again (see :meth:`_resync`).
         """
+        self._reload_ready(retry=True)
         # Only the events queued before this flush: lookups answered while its
         # commits run queue for the next one. Taking whatever was pending after
         # each commit chased them one at a time, a commit (an fsync under sync
@@ -1754,6 +1783,8 @@ class CacheEngine:
         queued, self._pending_events = self._pending_events, []
         now = self._clock()
         for state in list(self._states.values()):
+            if self._states.get(state.namespace.name) is not state:  # reloaded meanwhile
+                continue
             batch = self._storage.batch()
             expired = self._expire(state, batch, now)
             drafts = self._removal_drafts(state, expired, "EXPIRED")
@@ -1794,8 +1825,14 @@ class CacheEngine:
     def _state(self, name: str) -> _State:
         state = self._states.get(name)
         if state is None:
+            if name in self._reloading:
+                raise self._unavailable(name)
             raise NamespaceNotFoundError(name)
         return state
+
+    def _unavailable(self, name: str) -> NamespaceUnavailableError:
+        old = self._reloading.get(name)
+        return NamespaceUnavailableError(name, old.reload_error if old is not None else "")
 
     def _resolve_embedder(self, spec: str, dimension: int) -> tuple[Embedder | None, str, int]:
         if spec == "caller":
@@ -1997,6 +2034,10 @@ class CacheEngine:
         # the memory changes it carries (snapshots rely on it). ``recorded``:
         # events already in ``batch`` (published with these once committed);
         # ``bodies``: of the entries it stores, to answer from until it ends.
+        if state is not None and self._states.get(state.namespace.name) is not state:
+            # Reloaded, or out of service, since the caller took it: its changes are
+            # to memory no call reads any more, and must not reach LMDB.
+            raise self._unavailable(state.namespace.name)
         targets = [state] if state is not None else list(self._states.values())
         for target in targets:
             if target.pending:
@@ -2010,6 +2051,7 @@ class CacheEngine:
         # committer keeps an accepted batch); its outcome is handled once, below.
         commit = asyncio.ensure_future(self._committer.submit(batch))
         self._inflight[ticket] = commit
+        self._committing[ticket] = targets
         if bodies:
             self._unsettled.update(bodies)
         commit.add_done_callback(lambda done: self._committed(ticket, targets, done, bodies))
@@ -2025,22 +2067,74 @@ class CacheEngine:
         bodies: Mapping[int, EntryBody] | None,
     ) -> None:
         del self._inflight[ticket]
+        del self._committing[ticket]
         for entry_id in bodies or ():
             self._unsettled.pop(entry_id, None)
         if not commit.cancelled() and commit.exception() is None:
+            self._reload_ready()  # a namespace out of service may have waited for this commit
             return
         # Memory ran ahead of a commit that failed: reload from the truth.
         self._failures += 1
         self._resync(*targets)
 
     def _resync(self, *targets: _State) -> None:
-        """Reloads these namespaces from LMDB (memory ran ahead of a write that failed or never ran)."""
+        """Takes these namespaces out of service until they are reloaded from LMDB.
+
+        Memory ran ahead of a write that failed or never ran: it holds the
+        change (an entry stored, one it replaced or evicted gone, entries
+        invalidated, counters), LMDB does not. Until the reload, every call
+        on the namespace is refused (NamespaceUnavailableError) and nothing
+        is saved of it (no table, index or mark; flushes, checkpoints and
+        stop skip it), so no later write is made against memory LMDB
+        contradicts, and no mark vouches for it. The reload waits for the
+        namespace's other commits under way: reading LMDB before a later one
+        ends would lose that one's acknowledged change from memory. When the
+        reload fails (LMDB closed or failing, say), the namespace stays out
+        of service and every flush tries again (see :meth:`_reload_ready`).
+        """
         self._hot.clear()
         for target in targets:
-            if self._states.get(target.namespace.name) is target:
-                with contextlib.suppress(Exception):
-                    self._states[target.namespace.name] = self._load(target.namespace, restore=False)
+            name = target.namespace.name
+            if self._states.get(name) is target:
+                del self._states[name]
+                self._reloading[name] = target
+        self._reload_ready()
+
+    def _reload_ready(self, *, retry: bool = False) -> None:
+        """Reloads from LMDB each namespace out of service none of whose commits is still under way.
+
+        ``retry``: also those whose reload failed before (each flush); a commit
+        that ends tries only those that were waiting for commits.
+        """
+        if not self._reloading:
+            return
+        busy = {id(target) for targets in self._committing.values() for target in targets}
+        for old in list(self._reloading.values()):
+            if id(old) not in busy and (retry or not old.reload_error):
+                self._reload(old)
         self._start_indexing()
+
+    def _reload(self, old: _State) -> None:
+        """Loads a namespace out of service from LMDB, settings included, and serves it; or logs why not."""
+        name = old.namespace.name
+        try:
+            raw = self._storage.get(NAMESPACES, name.encode())
+            # No row: its creation failed to commit; then it does not exist.
+            state = None if raw is None else self._load(_decode_namespace(raw), restore=False)
+        except Exception as error:  # noqa: BLE001 - stays out of service; the next flush tries again
+            cause = str(error) or type(error).__name__
+            if cause != old.reload_error:
+                _log.error(
+                    f"cache: namespace {name!r} is out of service: reloading it from storage after a "
+                    f"failed commit failed ({cause}); every flush tries again"
+                )
+            old.reload_error = cause
+            return
+        del self._reloading[name]
+        if state is not None:
+            self._states[name] = state
+        if old.reload_error:
+            _log.warning(f"cache: namespace {name!r} was reloaded from storage; it serves again")
 
     def _index_new(self, state: _State, keys: list[int], matrix: np.ndarray[Any, Any]) -> None:
         """Adds new entries' vectors to the index; if it refuses, takes them out again and re-raises."""
@@ -2115,7 +2209,11 @@ class CacheEngine:
         thread; the mark naming it is committed only after every earlier write
         committed, so a table never holds a change LMDB lacks.
         """
-        if self._snapshotting or state.since is not None:
+        if (
+            self._snapshotting
+            or state.since is not None
+            or self._states.get(state.namespace.name) is not state
+        ):
             return
         self._snapshotting = True
         name = state.namespace.name
@@ -2569,6 +2667,16 @@ class CacheEngine:
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+def _decode_namespace(raw: bytes) -> Namespace:
+    """A stored namespace record, with the search expansion of its dtype if stored before the setting."""
+    namespace = _namespace_codec.decode(raw)
+    if not namespace.search_expansion:
+        namespace = msgspec.structs.replace(
+            namespace, search_expansion=EXPANSION_SEARCH[namespace.vector_dtype]
+        )
+    return namespace
 
 
 def _unindexed(state: _State) -> int:

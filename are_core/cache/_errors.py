@@ -13,6 +13,7 @@ __all__ = [
     "InvalidCacheArgumentError",
     "NamespaceLimitError",
     "NamespaceNotFoundError",
+    "NamespaceUnavailableError",
 ]
 
 
@@ -26,6 +27,31 @@ class NamespaceNotFoundError(CacheError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"cache namespace {name!r} does not exist")
+
+
+class NamespaceUnavailableError(CacheError):
+    """A namespace is out of service until it is reloaded from storage, after a commit of it failed.
+
+    A failed commit leaves the namespace's memory ahead of LMDB, so it is
+    reloaded from LMDB once its other commits under way have ended; until
+    then, and while the reload itself fails (it is retried at every flush,
+    about once a second), calls on it are refused with this: nothing was
+    changed, retry later. ``cause`` is why the last reload failed ("" while
+    it waits for those commits).
+    """
+
+    def __init__(self, name: str, cause: str = "") -> None:
+        self.name = name
+        self.cause = cause
+        if cause:
+            message = (
+                f"cache namespace {name!r} is out of service: reloading it from storage after a failed "
+                f"commit failed ({cause}); it is tried again at every flush (each second by default): "
+                "retry later"
+            )
+        else:
+            message = f"cache namespace {name!r} is being reloaded from storage after a failed commit: retry"
+        super().__init__(message)
 
 
 class DimensionMismatchError(CacheError):

@@ -38,7 +38,10 @@ const (
 // embeddings above a threshold). Namespaces keep apart what must never mix
 // (model, system prompt, parameters); entries expire by TTL and are evicted
 // least recently used past a namespace's size bounds. Expired, evicted or
-// invalidated entries never answer a lookup.
+// invalidated entries never answer a lookup. Any call naming a namespace
+// may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
+// namespace is reloaded from storage after one of its commits failed
+// (nothing changed; retry).
 type CacheServiceClient interface {
 	// LookupCache looks a prompt up, exact tier first, then semantic tier. A
 	// miss is an answer (hit = false), not an error.
@@ -162,7 +165,10 @@ func (c *cacheServiceClient) ListNamespaces(ctx context.Context, in *ListNamespa
 // embeddings above a threshold). Namespaces keep apart what must never mix
 // (model, system prompt, parameters); entries expire by TTL and are evicted
 // least recently used past a namespace's size bounds. Expired, evicted or
-// invalidated entries never answer a lookup.
+// invalidated entries never answer a lookup. Any call naming a namespace
+// may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
+// namespace is reloaded from storage after one of its commits failed
+// (nothing changed; retry).
 type CacheServiceServer interface {
 	// LookupCache looks a prompt up, exact tier first, then semantic tier. A
 	// miss is an answer (hit = false), not an error.

@@ -196,6 +196,10 @@ const (
 	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 102
 	// INTERNAL: the storage layer failed to commit; nothing was acknowledged.
 	ErrorReason_ERROR_REASON_STORAGE_FAILURE ErrorReason = 103
+	// UNAVAILABLE: a cache namespace is out of service until it is reloaded
+	// from storage, after one of its commits failed (metadata "namespace");
+	// nothing changed; retry after the RetryInfo delay.
+	ErrorReason_ERROR_REASON_NAMESPACE_UNAVAILABLE ErrorReason = 104
 )
 
 // Enum value maps for ErrorReason.
@@ -247,6 +251,7 @@ var (
 		101: "ERROR_REASON_NOT_IMPLEMENTED",
 		102: "ERROR_REASON_SHUTTING_DOWN",
 		103: "ERROR_REASON_STORAGE_FAILURE",
+		104: "ERROR_REASON_NAMESPACE_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":                0,
@@ -295,6 +300,7 @@ var (
 		"ERROR_REASON_NOT_IMPLEMENTED":            101,
 		"ERROR_REASON_SHUTTING_DOWN":              102,
 		"ERROR_REASON_STORAGE_FAILURE":            103,
+		"ERROR_REASON_NAMESPACE_UNAVAILABLE":      104,
 	}
 )
 
@@ -329,7 +335,7 @@ var File_are_v1_errors_proto protoreflect.FileDescriptor
 
 const file_are_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x13are/v1/errors.proto\x12\x06are.v1*\x9b\r\n" +
+	"\x13are/v1/errors.proto\x12\x06are.v1*\xc3\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1f\n" +
@@ -377,7 +383,8 @@ const file_are_v1_errors_proto_rawDesc = "" +
 	"\x1cERROR_REASON_UNAUTHENTICATED\x10d\x12 \n" +
 	"\x1cERROR_REASON_NOT_IMPLEMENTED\x10e\x12\x1e\n" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10f\x12 \n" +
-	"\x1cERROR_REASON_STORAGE_FAILURE\x10gB\x82\x01\n" +
+	"\x1cERROR_REASON_STORAGE_FAILURE\x10g\x12&\n" +
+	"\"ERROR_REASON_NAMESPACE_UNAVAILABLE\x10hB\x82\x01\n" +
 	"\n" +
 	"com.are.v1B\vErrorsProtoP\x01Z.github.com/are-runtime/are/sdks/go/arev1;arev1\xa2\x02\x03AXX\xaa\x02\x06Are.V1\xca\x02\x06Are\\V1\xe2\x02\x12Are\\V1\\GPBMetadata\xea\x02\aAre::V1b\x06proto3"
 

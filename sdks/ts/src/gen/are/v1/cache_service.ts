@@ -2198,7 +2198,10 @@ export const ListNamespacesResponse: MessageFns<ListNamespacesResponse> = {
  * embeddings above a threshold). Namespaces keep apart what must never mix
  * (model, system prompt, parameters); entries expire by TTL and are evicted
  * least recently used past a namespace's size bounds. Expired, evicted or
- * invalidated entries never answer a lookup.
+ * invalidated entries never answer a lookup. Any call naming a namespace
+ * may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
+ * namespace is reloaded from storage after one of its commits failed
+ * (nothing changed; retry).
  */
 export type CacheServiceService = typeof CacheServiceService;
 export const CacheServiceService = {

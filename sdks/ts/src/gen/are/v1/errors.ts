@@ -252,5 +252,11 @@ export enum ErrorReason {
   ERROR_REASON_SHUTTING_DOWN = 102,
   /** ERROR_REASON_STORAGE_FAILURE - INTERNAL: the storage layer failed to commit; nothing was acknowledged. */
   ERROR_REASON_STORAGE_FAILURE = 103,
+  /**
+   * ERROR_REASON_NAMESPACE_UNAVAILABLE - UNAVAILABLE: a cache namespace is out of service until it is reloaded
+   * from storage, after one of its commits failed (metadata "namespace");
+   * nothing changed; retry after the RetryInfo delay.
+   */
+  ERROR_REASON_NAMESPACE_UNAVAILABLE = 104,
   UNRECOGNIZED = -1,
 }

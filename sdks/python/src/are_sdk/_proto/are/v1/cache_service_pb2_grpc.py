@@ -33,7 +33,10 @@ class CacheServiceStub:
     embeddings above a threshold). Namespaces keep apart what must never mix
     (model, system prompt, parameters); entries expire by TTL and are evicted
     least recently used past a namespace's size bounds. Expired, evicted or
-    invalidated entries never answer a lookup.
+    invalidated entries never answer a lookup. Any call naming a namespace
+    may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
+    namespace is reloaded from storage after one of its commits failed
+    (nothing changed; retry).
     """
 
     def __init__(self, channel):
@@ -82,7 +85,10 @@ class CacheServiceServicer:
     embeddings above a threshold). Namespaces keep apart what must never mix
     (model, system prompt, parameters); entries expire by TTL and are evicted
     least recently used past a namespace's size bounds. Expired, evicted or
-    invalidated entries never answer a lookup.
+    invalidated entries never answer a lookup. Any call naming a namespace
+    may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
+    namespace is reloaded from storage after one of its commits failed
+    (nothing changed; retry).
     """
 
     def LookupCache(self, request, context):
@@ -205,7 +211,10 @@ class CacheService:
     embeddings above a threshold). Namespaces keep apart what must never mix
     (model, system prompt, parameters); entries expire by TTL and are evicted
     least recently used past a namespace's size bounds. Expired, evicted or
-    invalidated entries never answer a lookup.
+    invalidated entries never answer a lookup. Any call naming a namespace
+    may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
+    namespace is reloaded from storage after one of its commits failed
+    (nothing changed; retry).
     """
 
     @staticmethod
