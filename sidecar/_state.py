@@ -19,7 +19,13 @@ Seams for the scheduler, which is written separately:
 * ForkWorkflow copies the state document and the memory notes up to the
   checkpoint; :attr:`StateCapability.fork_hook` (when installed) then
   creates the new workflow's tasks with their statuses at the checkpoint's
-  ``event_sequence``.
+  ``event_sequence``. These are several commits, so the first one (the
+  document) also records the fork as unfinished (``state_forks_pending``),
+  and the last one (the request id's record) clears it: a fork refused
+  half-way is undone at once, and one a crash cut short is undone (or, if
+  the scheduler's commit made it, finished) when the sidecar starts again,
+  before calls that read or write state are served. A fork is thus wholly
+  applied or wholly absent.
 * SubmitWorkflow stages version 1 with ``engine.stage_initial(batch, ...)``
   and its retention with ``engine.stage_retention``; task completions with
   an output pointer use ``engine.patch(..., extra=...)``; DeleteWorkflow
@@ -86,13 +92,14 @@ from are_core.state import (
     check_digest,
     workflow_referrer,
 )
-from are_core.storage import StorageError
+from are_core.storage import Batch, StorageError
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, state_service_pb2_grpc
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._status import abort, abort_storage
 
 __all__ = [
+    "FORKS_PENDING_TABLE",
     "FORK_REQUESTS_TABLE",
     "ForkCheck",
     "ForkHook",
@@ -118,6 +125,7 @@ _GET_CHUNK = 1024 * 1024
 _MAX_WRITER = 256
 _RESPONSE_SLACK = 64 * 1024  # room for paths and framing in GetStateResponse
 FORK_REQUESTS_TABLE = "state_fork_requests"
+FORKS_PENDING_TABLE = "state_forks_pending"
 _SWEEP_MIN_S = 0.25
 _SWEEP_MAX_S = 600.0
 _FIRST_SWEEP_MAX_S = 5.0
@@ -165,15 +173,29 @@ class _ForkRecord(msgspec.Struct, frozen=True):
     source_version: int
 
 
+class _PendingFork(msgspec.Struct, frozen=True):
+    """A fork whose document is committed and whose last commit is not (``state_forks_pending``)."""
+
+    request_id: str
+    record: _ForkRecord
+
+
 _fork_enc = msgspec.msgpack.Encoder()
 _fork_dec = msgspec.msgpack.Decoder(_ForkRecord)
+_pending_dec = msgspec.msgpack.Decoder(_PendingFork)
 _token_dec = msgspec.msgpack.Decoder(tuple[str, int])
 
 
 class StateCapability(Capability):
     """Serves ``are.v1.StateService``: documents, checkpoints, fork, memory, blobs."""
 
-    tables: ClassVar[tuple[str, ...]] = (*STATE_TABLES, *BLOB_TABLES, *MEMORY_TABLES, FORK_REQUESTS_TABLE)
+    tables: ClassVar[tuple[str, ...]] = (
+        *STATE_TABLES,
+        *BLOB_TABLES,
+        *MEMORY_TABLES,
+        FORK_REQUESTS_TABLE,
+        FORKS_PENDING_TABLE,
+    )
     services: ClassVar[tuple[str, ...]] = ("are.v1.StateService",)
 
     def __init__(self, runtime: Runtime) -> None:
@@ -208,6 +230,8 @@ class StateCapability(Capability):
         """Installed by the scheduler to create a fork's workflow and task statuses."""
         self.fork_check: ForkCheck | None = None
         """Installed by the scheduler to refuse a fork it would refuse, before any copy."""
+        self._recovery: asyncio.Task[None] | None = None
+        self._recovered = asyncio.Event()
 
     async def start(self) -> None:
         """Drops unfinished uploads, migrates old blob owners, starts the sweep.
@@ -228,11 +252,61 @@ class StateCapability(Capability):
         self._sweeper = asyncio.create_task(self._sweep_blobs(), name="are-blob-sweep")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the StateService servicer."""
+        """Registers the StateService servicer and settles forks a crash cut short.
+
+        Every capability has started by now, so the scheduler's view (the
+        gate) says which of them it created; calls that read or write state
+        wait for this (see :meth:`recovered`).
+        """
         state_service_pb2_grpc.add_StateServiceServicer_to_server(StateServicer(self), server)
+        self._recovered.clear()
+        self._recovery = asyncio.get_running_loop().create_task(
+            self._recover_forks(), name="are-fork-recovery"
+        )
+
+    async def recovered(self) -> None:
+        """Returns once the forks a crash cut short are settled (at once, after the first calls)."""
+        if not self._recovered.is_set():
+            await self._recovered.wait()
+
+    async def _recover_forks(self) -> None:
+        """Finish the forks the scheduler created; undo the others (no scheduler: undo all)."""
+        storage = self.runtime.storage
+        try:
+            while rows := storage.scan(FORKS_PENDING_TABLE, limit=256):
+                for key, raw in rows:
+                    pending = _pending_dec.decode(raw)
+                    if self._scheduler_knows(key.decode()):
+                        await self.runtime.committer.submit(_finish_fork(storage.batch(), key, pending))
+                    else:
+                        await self.undo_fork(key.decode())
+                    _log.info("settled an unfinished fork", extra={"fields": {"workflow_id": key.decode()}})
+        except Exception:  # noqa: BLE001 - the next start tries again; serving must not wait forever
+            _log.warning("could not settle unfinished forks", exc_info=True)
+        finally:
+            self._recovered.set()
+
+    def _scheduler_knows(self, workflow_id: str) -> bool:
+        if self.gate is None or self.fork_hook is None:
+            return False
+        try:
+            self.gate("memory", workflow_id, "", 0)
+        except WorkflowNotFoundError:
+            return False
+        return True
+
+    async def undo_fork(self, workflow_id: str) -> None:
+        """Removes what an unfinished fork copied (document, notes, references), then its record."""
+        await self.delete_workflow_state(workflow_id)
+        storage = self.runtime.storage
+        await self.runtime.committer.submit(storage.batch().delete(FORKS_PENDING_TABLE, workflow_id.encode()))
 
     async def stop(self) -> None:
         """Stops the blob sweep (between two commits) and saves the memory indexes for a fast next start."""
+        recovery, self._recovery = self._recovery, None
+        if recovery is not None:  # each step commits on its own; the next start redoes the rest
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             self._stopping.set()
@@ -311,6 +385,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         self, request: state_service_pb2.GetStateRequest, context: _Context
     ) -> state_service_pb2.GetStateResponse:
         """Reads JSON-pointer paths at the latest or a given version."""
+        await self._cap.recovered()
         await _check_id(context, request.workflow_id, "workflow_id")
         version = request.version if request.HasField("version") else None
         if version is not None and version < 1:
@@ -333,6 +408,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         self, request: state_service_pb2.PatchStateRequest, context: _Context
     ) -> state_service_pb2.PatchStateResponse:
         """Applies a merge patch or pointer operations as one new durable version."""
+        await self._cap.recovered()
         await _check_id(context, request.workflow_id, "workflow_id")
         if request.task_id:
             await _check_id(context, request.task_id, "task_id")
@@ -366,6 +442,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         self, request: state_service_pb2.ListCheckpointsRequest, context: _Context
     ) -> state_service_pb2.ListCheckpointsResponse:
         """Pages the retained versions, newest first."""
+        await self._cap.recovered()
         await _check_id(context, request.workflow_id, "workflow_id")
         if request.page_size < 0:
             await _invalid(context, "page_size", "page_size must not be negative")
@@ -402,7 +479,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
     ) -> state_service_pb2.ForkWorkflowResponse:
         """Starts a new workflow's state (and memory) from a checkpoint of another."""
         await _check_fork(context, request)
-        storage = self._cap.runtime.storage
+        await self._cap.recovered()
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
         if request.request_id:
             previous = await self._previous_fork(context, request.request_id, fingerprint)
@@ -412,31 +489,53 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         try:
             if self._cap.fork_check is not None:  # a refused fork copies nothing
                 self._cap.fork_check(request.workflow_id, new_id, tuple(request.rerun_task_ids))
-            source_version = await self._engine.fork(request.workflow_id, request.version, new_id)
-            record = self._checkpoint(request.workflow_id, source_version)
-            await self._memory.copy_notes(request.workflow_id, new_id, record[0])
-            if request.request_id:
-                batch = storage.batch().put(
-                    FORK_REQUESTS_TABLE,
-                    request.request_id.encode(),
-                    _fork_enc.encode(_ForkRecord(fingerprint, new_id, source_version)),
-                )
-                await self._cap.runtime.committer.submit(batch)
+
+            def unfinished(batch: Batch, source_version: int) -> None:
+                record = _ForkRecord(fingerprint, new_id, source_version)
+                pending = _PendingFork(request.request_id, record)
+                batch.put(FORKS_PENDING_TABLE, new_id.encode(), _fork_enc.encode(pending))
+
+            source_version = await self._engine.fork(
+                request.workflow_id, request.version, new_id, extra=unfinished
+            )
+            # The rest runs to its end even if the caller goes away: a fork is all or nothing.
+            await asyncio.shield(self._finish_fork(request, new_id, source_version, fingerprint))
+        except (StateError, StorageError) as error:
+            await _fail(context, error)
+        return state_service_pb2.ForkWorkflowResponse(workflow_id=new_id, source_version=source_version)
+
+    async def _finish_fork(
+        self,
+        request: state_service_pb2.ForkWorkflowRequest,
+        new_id: str,
+        source_version: int,
+        fingerprint: bytes,
+    ) -> None:
+        """After the document: the notes, the scheduler's workflow, then the record that ends the fork.
+
+        On an error the copies are removed before it is raised.
+        """
+        try:
+            created_ns, sequence = self._checkpoint(request.workflow_id, source_version)
+            await self._memory.copy_notes(request.workflow_id, new_id, created_ns)
             if self._cap.fork_hook is not None:
                 await self._cap.fork_hook(
                     ForkPlan(
                         source_workflow_id=request.workflow_id,
                         workflow_id=new_id,
                         source_version=source_version,
-                        event_sequence=record[1],
+                        event_sequence=sequence,
                         rerun_task_ids=tuple(request.rerun_task_ids),
                         labels=dict(request.labels),
-                        source_time_ns=record[0],
+                        source_time_ns=created_ns,
                     )
                 )
-        except (StateError, StorageError) as error:
-            await _fail(context, error)
-        return state_service_pb2.ForkWorkflowResponse(workflow_id=new_id, source_version=source_version)
+        except BaseException:
+            await self._cap.undo_fork(new_id)
+            raise
+        storage = self._cap.runtime.storage
+        pending = _PendingFork(request.request_id, _ForkRecord(fingerprint, new_id, source_version))
+        await self._cap.runtime.committer.submit(_finish_fork(storage.batch(), new_id.encode(), pending))
 
     async def _previous_fork(
         self, context: _Context, request_id: str, fingerprint: bytes
@@ -470,6 +569,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         self, request: state_service_pb2.AddMemoryRequest, context: _Context
     ) -> state_service_pb2.AddMemoryResponse:
         """Stores notes durably and indexes them."""
+        await self._cap.recovered()
         await _check_id(context, request.workflow_id, "workflow_id")
         notes: list[NoteInput] = []
         for i, entry in enumerate(request.entries):
@@ -519,6 +619,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         self, request: state_service_pb2.HydrateMemoryRequest, context: _Context
     ) -> state_service_pb2.HydrateMemoryResponse:
         """Returns the most relevant notes within the count and byte budgets."""
+        await self._cap.recovered()
         await _check_hydrate(context, request)
         which = request.WhichOneof("query")
         text = request.text if which == "text" else None
@@ -709,6 +810,13 @@ async def _check_hydrate(context: _Context, request: state_service_pb2.HydrateMe
     await _check_metadata(context, request.metadata_match, "metadata_match", _MAX_MATCH)
     if request.HasField("min_similarity") and not -1.0 <= request.min_similarity <= 1.0:
         await _invalid(context, "min_similarity", "min_similarity is in [-1, 1]")
+
+
+def _finish_fork(batch: Batch, key: bytes, pending: _PendingFork) -> Batch:
+    """The last commit of a fork: its request id's record (if any) and the end of its pending record."""
+    if pending.request_id:
+        batch.put(FORK_REQUESTS_TABLE, pending.request_id.encode(), _fork_enc.encode(pending.record))
+    return batch.delete(FORKS_PENDING_TABLE, key)
 
 
 def _timestamp(unix_ns: int) -> timestamp_pb2.Timestamp:

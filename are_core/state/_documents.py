@@ -633,10 +633,19 @@ class StateEngine:
             ),
         )
 
-    async def fork(self, workflow_id: str, version: int, new_workflow_id: str) -> int:
+    async def fork(
+        self,
+        workflow_id: str,
+        version: int,
+        new_workflow_id: str,
+        *,
+        extra: Callable[[Batch, int], None] | None = None,
+    ) -> int:
         """Start ``new_workflow_id``'s document (version 1) as ``workflow_id`` at ``version`` (0: latest).
 
-        Returns the source version used.
+        ``extra(batch, source_version)`` may add the caller's own mutations to
+        the same atomic batch (the sidecar's record that the fork is not
+        finished yet). Returns the source version used.
 
         Raises:
             WorkflowNotFoundError, VersionNotFoundError, WorkflowExistsError.
@@ -680,6 +689,8 @@ class StateEngine:
         )
         batch.put(VERSIONS, new_prefix + u64_key(1), _encode(record))
         batch.put_if_absent(HEADS, new_workflow_id.encode(), _encode(new_head))
+        if extra is not None:
+            extra(batch, source)
         try:
             await self._committer.submit(batch)
         except KeyExistsError:
