@@ -71,7 +71,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
-from are_core.storage import Batch, GroupCommitter, Storage, u64_key
+from are_core.storage import Batch, GroupCommitter, ReadView, Storage, u64_key
 
 from ._errors import (
     BlobDigestMismatchError,
@@ -563,7 +563,12 @@ class BlobStore:
 
         Call it once the referrer stages no more references (a deleted
         workflow, an evicted cache entry). Unowned blobs left without a
-        reference are the sweep's, once older than its TTL.
+        reference are the sweep's, once older than its TTL. An owned blob
+        whose last reference goes is deleted in the same commit as that
+        reference (the decision taken under the lock, as in
+        :meth:`_delete_unreferenced`), so a crash between two commits
+        cannot leave it without references until the sweep; its chunks go
+        afterwards (or at the next start, by its ``blob_uploads`` row).
         """
         _check_referrer(referrer)
         prefix = referrer + _NUL
@@ -572,17 +577,43 @@ class BlobStore:
             rows = self.storage.scan(REFS, prefix=prefix, limit=_PAGE)
             if not rows:
                 return deleted
-            batch = self.storage.batch()
-            digests: list[bytes] = []
-            for key, _ in rows:
-                digest = key[len(prefix) :]
-                batch.delete(REFS, key)
-                batch.delete(REFS_BY_BLOB, digest + _NUL + referrer)
-                digests.append(digest)
-            await self.committer.submit(batch)
-            for digest in digests:
-                self._untouch(digest, referrer)
-            deleted += (await self._delete_unreferenced(digests, owned_only=True))[1]
+            doomed: list[tuple[bytes, BlobMeta]] = []
+            async with self._lock:
+                batch = self.storage.batch()
+                with self.storage.read() as view:
+                    for key, _ in rows:
+                        digest = key[len(prefix) :]
+                        own = digest + _NUL + referrer
+                        batch.delete(REFS, key)
+                        batch.delete(REFS_BY_BLOB, own)
+                        self._untouch(digest, referrer)  # its own staging must not keep the blob
+                        meta = self._last_reference_of_owned(view, digest, own)
+                        if meta is not None:
+                            batch.delete(META, digest)
+                            batch.put(UPLOADS, meta.data_id, u64_key(self._clock()))
+                            doomed.append((digest, meta))
+                gone = [digest for digest, _ in doomed]
+                self._deleting.update(gone)
+                try:
+                    await self.committer.submit(batch)
+                finally:
+                    self._deleting.difference_update(gone)
+            for _, meta in doomed:
+                await self.drop_data(meta.data_id, upload=True)
+            deleted += sum(meta.size_bytes for _, meta in doomed)
+
+    def _last_reference_of_owned(self, view: ReadView, digest: bytes, own: bytes) -> BlobMeta | None:
+        """The blob's meta if it is owned and ``own`` is its last reference (none staged meanwhile)."""
+        if digest in self._deleting or self._touched_recently(digest):
+            return None
+        raw = view.get(META, digest)
+        if raw is None:
+            return None
+        meta = _meta_dec.decode(raw)
+        if not meta.owned:
+            return None
+        others = view.scan(REFS_BY_BLOB, prefix=digest + _NUL, limit=2)
+        return meta if all(key == own for key, _ in others) else None
 
     async def release_workflow(self, workflow_id: str) -> int:
         """:meth:`release_referrer` of the workflow (DeleteWorkflow); returns the bytes of blobs deleted."""

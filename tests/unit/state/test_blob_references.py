@@ -18,7 +18,7 @@ from are_core.state import (
     NoteInput,
     workflow_referrer,
 )
-from are_core.storage import Durability, GroupCommitter, Storage, u64_key
+from are_core.storage import Batch, Durability, GroupCommitter, Storage, u64_key
 from tests.unit.state.conftest import TABLES
 
 Store = tuple[Storage, GroupCommitter]
@@ -296,3 +296,38 @@ async def test_memory_notes_reference_their_blobs(store: Store, tmp_path: Path, 
     await blobs.release_workflow("wf")
     await blobs.release_workflow("fork")
     assert (await blobs.sweep(TTL)).deleted == 1
+
+
+async def test_an_owned_blob_goes_in_the_commit_that_drops_its_last_reference(
+    blobs: BlobStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: the references went in one commit, the owned blob left without one in a second;
+    a SIGKILL between them kept the blob, referenced by nothing, until the sweep's TTL (a day).
+    Here the release stops right after its first commit, as a crash would."""
+    owned = await _stored(blobs, b"owned by a", workflow_id="a")
+    shared = await _stored(blobs, b"owned, also used by b", workflow_id="a")
+    await _reference(blobs, workflow_referrer("b"), shared)
+
+    submit = blobs.committer.submit
+    commits = 0
+
+    async def one_commit_then_killed(batch: Batch) -> None:
+        nonlocal commits
+        commits += 1
+        if commits > 1:
+            raise RuntimeError("killed")
+        await submit(batch)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(blobs.committer, "submit", one_commit_then_killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            await blobs.release_workflow("a")
+    assert blobs.stat(owned) is None  # gone with its last reference
+    assert blobs.stat(shared) is not None  # b still refers to it
+    assert blobs.references(workflow_referrer("a")) == []
+    # The next start drops the chunks the crash left (their blob_uploads row says so).
+    restarted = BlobStore(blobs.storage, blobs.committer, clock=clock)
+    await restarted.recover()
+    assert blobs.storage.count("blob_uploads") == 0
+    assert restarted.stat(shared) is not None
+    assert restarted.read(shared) is not None
