@@ -41,6 +41,28 @@ _log = logging.getLogger("are.sidecar")
 DOMAIN = "are.v1"
 
 
+# A status travels in trailers, and clients refuse metadata over 8 KiB (gRPC's
+# default soft limit; 16 KiB hard): the message is sent twice (grpc-message,
+# percent-encoded, and in the details), so the parts that may quote a caller's
+# input (a 1 MiB id) are bounded, or the caller would get RESOURCE_EXHAUSTED
+# from its own transport instead of the status naming the field.
+_MAX_MESSAGE_BYTES = 1024
+_MAX_METADATA_ENTRIES = 16
+_MAX_METADATA_BYTES = 256
+_MAX_VIOLATIONS = 8
+_MAX_FIELD_BYTES = 256
+_MAX_DESCRIPTION_BYTES = 512
+
+
+def _bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked when cut."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    kept = raw[: max(0, limit - 24)].decode("utf-8", "ignore")
+    return f"{kept}...({len(raw)} bytes)"
+
+
 def status_trailers(
     code: grpc.StatusCode,
     message: str,
@@ -50,18 +72,28 @@ def status_trailers(
     field_violations: Sequence[tuple[str, str]] = (),
     retry_after: timedelta | None = None,
 ) -> tuple[tuple[str, bytes | str], ...]:
-    """Builds the ``grpc-status-details-bin`` trailer for a rich status."""
+    """Builds the ``grpc-status-details-bin`` trailer for a rich status (bounded in size)."""
+    message = _bounded(message, _MAX_MESSAGE_BYTES)
     details: list[any_pb2.Any] = []
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=dict(metadata or {})))
+    entries = list((metadata or {}).items())[:_MAX_METADATA_ENTRIES]
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=reason,
+            domain=DOMAIN,
+            metadata={_bounded(k, _MAX_FIELD_BYTES): _bounded(v, _MAX_METADATA_BYTES) for k, v in entries},
+        )
+    )
     details.append(info)
     if field_violations:
         bad = any_pb2.Any()
         bad.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                    for f, d in field_violations
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_bounded(f, _MAX_FIELD_BYTES), description=_bounded(d, _MAX_DESCRIPTION_BYTES)
+                    )
+                    for f, d in field_violations[:_MAX_VIOLATIONS]
                 ]
             )
         )
@@ -95,7 +127,7 @@ async def abort(
         field_violations=field_violations,
         retry_after=retry_after,
     )
-    await context.abort(code, message, trailing_metadata=trailers)
+    await context.abort(code, _bounded(message, _MAX_MESSAGE_BYTES), trailing_metadata=trailers)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 

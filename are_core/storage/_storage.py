@@ -226,10 +226,18 @@ class Storage:
             self._active_readers += 1
         try:
             txn = self._env.begin()
+            view = ReadView(txn, self._dbs, self.max_scan_rows, self._max_key_size)
             try:
-                yield ReadView(txn, self._dbs, self.max_scan_rows)
+                yield view
             finally:
+                # py-lmdb keeps an aborted read transaction's reader slot until the
+                # object is freed, and an exception raised in the block keeps this
+                # frame and the caller's view alive (until a cyclic collection, which
+                # the sidecar makes rare): a burst of refused reads would fill LMDB's
+                # reader table (MDB_READERS_FULL). Drop every reference now.
                 txn.abort()
+                view.close()
+                del txn, view
         finally:
             with self._guard:
                 self._active_readers -= 1
@@ -383,18 +391,24 @@ class Storage:
 class ReadView:
     """A consistent snapshot of every table, valid inside ``Storage.read()``."""
 
-    __slots__ = ("_dbs", "_max_scan_rows", "_txn")
+    __slots__ = ("_dbs", "_max_key_size", "_max_scan_rows", "_txn")
 
     def __init__(
         self,
         txn: lmdb.Transaction[bytes],
         dbs: dict[str, lmdb._Database],
         max_scan_rows: int,
+        max_key_size: int = 511,
     ) -> None:
         """Bind the view to ``txn``; use ``Storage.read``."""
         self._txn = txn
         self._dbs = dbs
         self._max_scan_rows = max_scan_rows
+        self._max_key_size = max_key_size
+
+    def close(self) -> None:
+        """Forgets the transaction (``Storage.read`` has ended it); the view is unusable after."""
+        del self._txn
 
     def _db(self, table: str) -> lmdb._Database:
         try:
@@ -403,14 +417,20 @@ class ReadView:
             raise UnknownTableError(table, frozenset(self._dbs)) from None
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        """Return the value of ``key`` in ``table``, or None if absent."""
+        """Return the value of ``key`` in ``table``, or None if absent.
+
+        A key LMDB cannot hold (empty, or over ``max_key_size``) is absent.
+        """
+        if not 0 < len(key) <= self._max_key_size:
+            return None
         return self._txn.get(key, db=self._db(table))
 
     def get_many(self, table: str, keys: Iterable[bytes]) -> list[bytes | None]:
-        """Return the values of ``keys`` in order, None where absent."""
+        """Return the values of ``keys`` in order, None where absent (see :meth:`get`)."""
         db = self._db(table)
         get = self._txn.get
-        return [get(key, db=db) for key in keys]
+        most = self._max_key_size
+        return [get(key, db=db) if 0 < len(key) <= most else None for key in keys]
 
     def count(self, table: str) -> int:
         """Return the number of rows in ``table``."""

@@ -196,6 +196,41 @@ def test_read_view_is_a_consistent_snapshot(storage: Storage) -> None:
     assert storage.get("kv", b"a") == b"changed"
 
 
+def test_a_read_ended_by_an_exception_frees_its_reader_slot(storage: Storage) -> None:
+    """Kept tracebacks (a refused call's, until a rare cyclic collection) must not hold reader slots.
+
+    LMDB has 126 of them; before the fix, the 127th refused read kept alive this way raised
+    MDB_READERS_FULL, and every read of the sidecar failed after it.
+    """
+    storage.apply_batches([storage.batch().put("kv", b"a", b"1")])
+
+    def refuse() -> None:
+        with storage.read() as view:
+            view.get("kv", b"a")
+            raise LookupError("refused")
+
+    def refusal() -> BaseException:
+        try:
+            refuse()
+        except LookupError as error:
+            return error
+        raise AssertionError("unreachable")
+
+    kept = [refusal() for _ in range(300)]  # each traceback keeps refuse()'s frame and its view
+    assert len(kept) == 300
+    assert storage._env.readers().count("\n") <= 2  # the header, at most one cached slot
+    assert storage.get("kv", b"a") == b"1"
+
+
+def test_keys_lmdb_cannot_hold_are_absent(storage: Storage) -> None:
+    """An empty or over-long key (an id nobody checked) reads as absent, not as an LMDB error."""
+    with storage.read() as view:
+        assert view.get("kv", b"") is None
+        assert view.get("kv", b"k" * (storage.max_key_size + 1)) is None
+        assert view.get_many("kv", [b"", b"x" * 100_000]) == [None, None]
+    assert storage.get("kv", b"") is None
+
+
 def test_closed_storage_refuses_use(tmp_path: Path) -> None:
     store = Storage.open(tmp_path, tables=["kv"])
     store.close()
