@@ -14,12 +14,31 @@ import numpy as np
 
 from are_sdk._proto.are.v1 import common_pb2
 
-__all__ = ["ID", "KEY", "vector_values"]
+__all__ = [
+    "ID",
+    "INT64_MAX",
+    "KEY",
+    "duration_problem",
+    "enum_problem",
+    "timestamp_problem",
+    "unix_ns",
+    "vector_values",
+]
 
 # Workflow, task, pool, namespace, agent, model and worker names, request ids.
 ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Keys of labels and metadata maps.
 KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+INT64_MAX = 2**63 - 1
+"""The largest value LMDB records (MessagePack int64) and proto int64 fields hold."""
+
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_TIMESTAMP_MIN_S = -62_135_596_800
+_TIMESTAMP_MAX_S = 253_402_300_799
+# google.protobuf.Duration's valid range: about +-10,000 years.
+_DURATION_MAX_S = 315_576_000_000
+_NANOS_MAX = 999_999_999
 
 _PACKED_VALUES_TAG = 0x0A  # field 1, length-delimited
 _VARINT_MAX_SHIFT = 35  # a length varint of at most 5 bytes
@@ -47,3 +66,47 @@ def vector_values(message: common_pb2.Vector) -> np.ndarray[Any, np.dtype[np.flo
         if length % 4 == 0 and offset + length == len(raw):
             return np.frombuffer(raw, dtype=np.float32, offset=offset)
     return np.asarray(message.values, dtype=np.float32)
+
+
+def timestamp_problem(value: Any) -> str | None:
+    """Why a ``google.protobuf.Timestamp`` is not a valid one, or None.
+
+    ``ToNanoseconds()`` raises on these; a caller's bad timestamp is its field's
+    INVALID_ARGUMENT, never an unexpected exception.
+    """
+    if not _TIMESTAMP_MIN_S <= value.seconds <= _TIMESTAMP_MAX_S:
+        return (
+            f"seconds must be {_TIMESTAMP_MIN_S} to {_TIMESTAMP_MAX_S} (years 1 to 9999), got {value.seconds}"
+        )
+    if not 0 <= value.nanos <= _NANOS_MAX:
+        return f"nanos must be 0 to {_NANOS_MAX}, got {value.nanos}"
+    return None
+
+
+def unix_ns(value: Any) -> int:
+    """A valid Timestamp in nanoseconds since the epoch, clamped to 0 .. INT64_MAX.
+
+    Nothing the sidecar records is older than the epoch or later than 2262, so
+    a bound outside that range selects exactly what the clamped one does.
+    """
+    return min(max(int(value.seconds) * 1_000_000_000 + int(value.nanos), 0), INT64_MAX)
+
+
+def duration_problem(value: Any) -> str | None:
+    """Why a ``google.protobuf.Duration`` is not a valid one, or None."""
+    if not -_DURATION_MAX_S <= value.seconds <= _DURATION_MAX_S:
+        return f"seconds must be within +-{_DURATION_MAX_S}, got {value.seconds}"
+    if not -_NANOS_MAX <= value.nanos <= _NANOS_MAX or (value.seconds and value.nanos * value.seconds < 0):
+        return f"nanos must be -{_NANOS_MAX} to {_NANOS_MAX} with the sign of seconds, got {value.nanos}"
+    return None
+
+
+def enum_problem(enum: Any, value: int) -> str | None:
+    """Why ``value`` is not a number of the generated ``enum`` (an EnumTypeWrapper), or None.
+
+    proto3 enums are open: a request may carry any int32, and ``Name()`` raises
+    on an unknown one.
+    """
+    if value in enum.values():
+        return None
+    return f"{value} is not a {enum.DESCRIPTOR.name} value"

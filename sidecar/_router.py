@@ -559,6 +559,8 @@ def _duration_ns(duration: duration_pb2.Duration, field: str) -> int:
     nanos = duration.seconds * 1_000_000_000 + duration.nanos
     if nanos < 0:
         raise InvalidFieldError(field, f"`{field}` must not be negative")
+    if conventions.duration_problem(duration) or nanos > conventions.INT64_MAX:  # it is stored as int64 ns
+        raise InvalidFieldError(field, f"`{field}` must be a valid Duration of at most about 292 years")
     return nanos
 
 

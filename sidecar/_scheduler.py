@@ -53,11 +53,13 @@ from are_sdk._proto.are.v1 import (
     worker_service_pb2_grpc,
     workflow_pb2,
 )
+from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._scheduler_convert import (
     abort_for,
     check_id,
     check_labels,
+    enum_name,
     pool_from_proto,
     pool_status_to_proto,
     pool_to_proto,
@@ -125,6 +127,31 @@ async def _untoken(context: _Context, token: str, field: str = "page_token") -> 
         )
 
 
+async def _check_ids(context: _Context, *fields: tuple[str, str]) -> None:
+    """Refuses ids outside the id alphabet (see common.proto), naming the field, before any lookup."""
+    try:
+        for field, value in fields:
+            check_id(value, field)
+    except SpecError as error:
+        await abort_for(context, error)
+
+
+def _time_ns(request: Any, name: str) -> int | None:
+    """A Timestamp field in nanoseconds (clamped, see ``unix_ns``), None when unset; a bad one is refused."""
+    if not request.HasField(name):
+        return None
+    value = getattr(request, name)
+    problem = conventions.timestamp_problem(value)
+    if problem is not None:
+        raise SpecError("INVALID_ARGUMENT", name, problem)
+    return conventions.unix_ns(value)
+
+
+def _states(values: Any, enum: Any, prefix: str) -> frozenset[str]:
+    """The state names of a repeated state filter; an unknown number is refused naming its index."""
+    return frozenset(enum_name(enum, v, f"states[{i}]", prefix) for i, v in enumerate(values))
+
+
 def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest) -> dict[str, str]:
     if end_ns < start_ns:
         raise SpecError("INVALID_ARGUMENT", "end_time", "end_time is before start_time")
@@ -178,6 +205,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.GetWorkflowRequest, context: _Context
     ) -> pb.GetWorkflowResponse:
         """Returns a workflow's status, as committed: never a state a crash could undo."""
+        await _check_ids(context, ("workflow_id", request.workflow_id))
         await self._durable(request.workflow_id)
         try:
             view = self._engine.get_workflow(request.workflow_id)
@@ -203,14 +231,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             await abort_for(context, SpecError("LIMIT_EXCEEDED", "states", "at most 8 states", limit=8))
         try:
             labels = check_labels(request.labels, "labels")
+            states = _states(request.states, workflow_pb2.WorkflowState, "WORKFLOW_STATE_")
+            start_ns = _time_ns(request, "start_time") or 0
+            end = _time_ns(request, "end_time")
         except SpecError as error:
             await abort_for(context, error)
-        states = frozenset(
-            workflow_pb2.WorkflowState.Name(s).removeprefix("WORKFLOW_STATE_") for s in request.states
-        )
         after = await _untoken(context, request.page_token) if request.page_token else None
-        start_ns = request.start_time.ToNanoseconds() if request.HasField("start_time") else 0
-        end_ns = request.end_time.ToNanoseconds() if request.HasField("end_time") else 0
+        end_ns = 0 if end is None else max(end, 1)  # 0 means unset; before the epoch, nothing matches
         views, cursor = self._engine.list_workflows(
             states,
             labels=labels,
@@ -236,6 +263,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         Otherwise task changes are coalesced: one status per durable commit.
         """
         engine = self._engine
+        await _check_ids(context, ("workflow_id", request.workflow_id))
         try:
             signal = engine.watch(request.workflow_id)
         except SchedulerError as error:
@@ -339,6 +367,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.CancelWorkflowRequest, context: _Context
     ) -> pb.CancelWorkflowResponse:
         """Cancels a workflow; idempotent."""
+        await _check_ids(context, ("workflow_id", request.workflow_id))
         if len(request.reason.encode()) > 1024 or len(request.requested_by) > 256:
             field, limit = ("reason", 1024) if len(request.reason.encode()) > 1024 else ("requested_by", 256)
             await abort_for(context, SpecError("LIMIT_EXCEEDED", field, f"at most {limit}", limit=limit))
@@ -354,6 +383,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     ) -> pb.DeleteWorkflowResponse:
         """Removes a closed workflow: its tasks, then its state, memory and unshared blobs."""
         wf_id = request.workflow_id
+        await _check_ids(context, ("workflow_id", wf_id))
         try:
             state = self._engine.workflow_state(wf_id)
             if state is None:
@@ -374,6 +404,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.GetTaskRequest, context: _Context
     ) -> pb.GetTaskResponse:
         """Returns one task with its input and output, as committed."""
+        await _check_ids(context, ("workflow_id", request.workflow_id), ("task_id", request.task_id))
         await self._durable(request.workflow_id)
         try:
             view = self._engine.get_task(request.workflow_id, request.task_id)
@@ -385,6 +416,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.ListTasksRequest, context: _Context
     ) -> pb.ListTasksResponse:
         """Lists a workflow's tasks in submission order, as committed."""
+        await _check_ids(context, ("workflow_id", request.workflow_id))
         await self._durable(request.workflow_id)
         limit = await _page_size(
             context, request.page_size, maximum=100 if request.include_payloads else 1000
@@ -395,8 +427,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             if len(raw) != 8:
                 await _untoken(context, "!")
             after = int.from_bytes(raw, "big")
-        states = frozenset(task_pb2.TaskState.Name(s).removeprefix("TASK_STATE_") for s in request.states)
         try:
+            states = _states(request.states, task_pb2.TaskState, "TASK_STATE_")
             views, next_index = self._engine.list_tasks(request.workflow_id, states, after, limit)
         except SchedulerError as error:
             await abort_for(context, error)
@@ -410,6 +442,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
     ) -> pb.SpawnTasksResponse:
         """Adds tasks to a running workflow."""
         try:
+            check_id(request.workflow_id, "workflow_id", "a workflow id")
             if request.parent_task_id:
                 check_id(request.parent_task_id, "parent_task_id", "a task id")
             elif request.dependents_wait:
@@ -447,8 +480,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.ResolveApprovalRequest, context: _Context
     ) -> pb.ResolveApprovalResponse:
         """Approves or rejects a task at its approval gate."""
-        decision = task_pb2.ApprovalDecision.Name(request.decision).removeprefix("APPROVAL_DECISION_")
+        await _check_ids(context, ("workflow_id", request.workflow_id), ("task_id", request.task_id))
         try:
+            decision = enum_name(
+                task_pb2.ApprovalDecision, request.decision, "decision", "APPROVAL_DECISION_"
+            )
             if decision == "UNSPECIFIED":
                 raise SpecError("INVALID_ARGUMENT", "decision", "decision must be APPROVE or REJECT")
             if len(request.approver) > 256:
@@ -466,6 +502,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.ListApprovalsRequest, context: _Context
     ) -> pb.ListApprovalsResponse:
         """Lists tasks waiting at approval gates, oldest request first."""
+        if request.workflow_id:
+            await _check_ids(context, ("workflow_id", request.workflow_id))
         after: tuple[int, str, str] | None = None
         if request.page_token:
             raw = await _untoken(context, request.page_token)
@@ -499,6 +537,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.GetPoolRequest, context: _Context
     ) -> pb.GetPoolResponse:
         """Returns a pool's limits and live counts."""
+        await _check_ids(context, ("name", request.name))
         try:
             limits, status = self._engine.get_pool(request.name)
         except SchedulerError as error:
@@ -527,16 +566,16 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         context: _Context,
     ) -> pb.GetUsageResponse:
         """Sums usage over the workflows of a time range, optionally grouped by a label."""
-        now = time.time_ns()
-        end_ns = request.end_time.ToNanoseconds() if request.HasField("end_time") else now
-        start_ns = (
-            request.start_time.ToNanoseconds() if request.HasField("start_time") else end_ns - 30 * _DAY_NS
-        )
         try:
+            end = _time_ns(request, "end_time")
+            start = _time_ns(request, "start_time")
+            end_ns = time.time_ns() if end is None else end
+            start_ns = end_ns - 30 * _DAY_NS if start is None else start
             labels = _check_usage_request(start_ns, end_ns, request)
         except SpecError as error:
             await abort_for(context, error)
-        total, groups = self._engine.usage(max(0, start_ns), max(0, end_ns), labels, request.group_by_label)
+        # Clamped: nothing was created before the epoch (an end there selects nothing).
+        total, groups = self._engine.usage(max(0, start_ns), max(1, end_ns), labels, request.group_by_label)
         response = pb.GetUsageResponse(total=usage_summary_to_proto(total), workflow_count=total.workflows)
         for value, group in sorted(groups.items(), key=lambda item: -item[1].usage.cost_micro_usd):
             response.groups.add(

@@ -69,6 +69,7 @@ __all__ = [
     "abort_for",
     "assignment_to_proto",
     "blob_from_proto",
+    "enum_name",
     "failure_from_proto",
     "failure_to_proto",
     "payload_to_proto",
@@ -112,6 +113,14 @@ def check_id(value: str, field: str, what: str = "an id") -> None:
             field,
             f"{what} must be 1 to 128 characters of [A-Za-z0-9._:-], got {value[:140]!r}",
         )
+
+
+def enum_name(enum: Any, value: int, field: str, prefix: str) -> str:
+    """The name of an enum number without ``prefix``; an unknown number is refused naming ``field``."""
+    problem = conventions.enum_problem(enum, value)
+    if problem is not None:
+        _bad("INVALID_ARGUMENT", field, problem)
+    return str(enum.Name(value)).removeprefix(prefix)
 
 
 def check_labels(labels: Any, field: str) -> dict[str, str]:
@@ -231,7 +240,9 @@ def payload_to_proto(
 
 
 def _condition(condition: task_pb2.Condition, field: str) -> Condition:
-    operator = task_pb2.ComparisonOperator.Name(condition.operator).removeprefix("COMPARISON_OPERATOR_")
+    operator = enum_name(
+        task_pb2.ComparisonOperator, condition.operator, f"{field}.operator", "COMPARISON_OPERATOR_"
+    )
     if operator == "UNSPECIFIED":
         _bad("INVALID_ARGUMENT", f"{field}.operator", "a condition must name an operator")
     value: object = None
@@ -240,7 +251,7 @@ def _condition(condition: task_pb2.Condition, field: str) -> Condition:
             _bad("LIMIT_EXCEEDED", f"{field}.value_json", "at most 64 KiB", limit=64 * 1024)
         try:
             value = json.loads(condition.value_json)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             _bad("INVALID_JSON", f"{field}.value_json", f"not JSON text: {error}")
     return Condition(task_id=condition.task_id, pointer=condition.pointer, operator=operator, value=value)
 
@@ -276,7 +287,9 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
     data, content_type = payload.data, blob.content_type if blob is not None else payload.content_type
     if len(spec.depends_on) > 10_000:
         _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task", limit=10_000)
-    rule = _TRIGGER_RULES.get(spec.trigger_rule) or task_pb2.TriggerRule.Name(spec.trigger_rule)
+    rule = _TRIGGER_RULES.get(spec.trigger_rule) or enum_name(
+        task_pb2.TriggerRule, spec.trigger_rule, f"{field}.trigger_rule", "TRIGGER_RULE_"
+    )
     conditions: tuple[Condition, ...] = ()
     if spec.conditions:
         if len(spec.conditions) > 16:
@@ -477,7 +490,10 @@ def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
         _bad("LIMIT_EXCEEDED", f"{field}.message", "at most 32 KiB", limit=32 * 1024)
     if len(failure.type) > 256:
         _bad("LIMIT_EXCEEDED", f"{field}.type", "at most 256 characters", limit=256)
-    kind = common_pb2.FailureKind.Name(failure.kind).removeprefix("FAILURE_KIND_")
+    kind = enum_name(common_pb2.FailureKind, failure.kind, f"{field}.kind", "FAILURE_KIND_")
+    timeout_type = enum_name(
+        common_pb2.TimeoutType, failure.timeout_type, f"{field}.timeout_type", "TIMEOUT_TYPE_"
+    )
     details = failure.details.data if failure.HasField("details") else b""
     if len(details) > _MiB:
         _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB", limit=1024 * 1024)
@@ -486,9 +502,7 @@ def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
         type=failure.type,
         non_retryable=failure.non_retryable,
         kind="APPLICATION" if kind == "UNSPECIFIED" else kind,
-        timeout_type=common_pb2.TimeoutType.Name(failure.timeout_type)
-        .removeprefix("TIMEOUT_TYPE_")
-        .replace("UNSPECIFIED", ""),
+        timeout_type=timeout_type.replace("UNSPECIFIED", ""),
         stack_trace=failure.stack_trace[: 64 * 1024],
         details=details,
         details_content_type=failure.details.content_type,

@@ -24,12 +24,14 @@ from are_core.storage import StorageError
 from are_core.trace import EventDraft, EventUsage, FailureInfo
 from are_sdk._proto.are.v1 import event_pb2, worker_service_pb2, worker_service_pb2_grpc
 from are_sdk._proto.are.v1 import worker_service_pb2 as pb
+from sidecar import _conventions as conventions
 from sidecar._router import InvalidFieldError
 from sidecar._scheduler_convert import (
     abort_for,
     assignment_to_proto,
     check_id,
     check_labels,
+    enum_name,
     error_reason_value,
     failure_from_proto,
     timestamp,
@@ -82,6 +84,12 @@ def _check_capabilities(capabilities: Any, field: str) -> None:
         check_id(capability, f"{field}[{i}]", "a capability")
 
 
+def _check_attempt_ids(item: Any, field: str) -> None:
+    """Refuses a unary call's workflow or task id outside the id alphabet (see common.proto)."""
+    check_id(item.workflow_id, f"{field}.workflow_id", "a workflow id")
+    check_id(item.task_id, f"{field}.task_id", "a task id")
+
+
 def _attributes(attributes: Any) -> dict[str, str | int | float | bool]:
     out: dict[str, str | int | float | bool] = {}
     for key, value in attributes.items():
@@ -93,13 +101,24 @@ def _attributes(attributes: Any) -> dict[str, str | int | float | bool]:
 
 def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: str) -> EventDraft:
     """Validates a worker-reported event and makes it an EventDraft."""
-    event_type = event_pb2.EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+    event_type = enum_name(event_pb2.EventType, event.event_type, f"{field}.event_type", "EVENT_TYPE_")
     if event_type not in _REPORTABLE:
         raise SpecError(
             "INVALID_ARGUMENT", f"{field}.event_type", "workers report LLM_CALL, TOOL_CALL or WORKER_CUSTOM"
         )
     usage = usage_from_proto(event.usage) if event.HasField("usage") else None
     failure = failure_from_proto(event.failure, f"{field}.failure") if event.HasField("failure") else None
+    duration_ns: int | None = None
+    if event.HasField("duration"):
+        duration_ns = event.duration.ToNanoseconds()
+        if conventions.duration_problem(event.duration) or not 0 <= duration_ns <= conventions.INT64_MAX:
+            raise SpecError("INVALID_ARGUMENT", f"{field}.duration", "must be 0 to about 292 years")
+    event_time_ns: int | None = None
+    if event.HasField("event_time"):
+        problem = conventions.timestamp_problem(event.event_time)
+        if problem is not None:
+            raise SpecError("INVALID_ARGUMENT", f"{field}.event_time", problem)
+        event_time_ns = conventions.unix_ns(event.event_time)
     return EventDraft(
         event_type=event_type,
         workflow_id=event.workflow_id,
@@ -125,10 +144,10 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
         )
         if failure
         else None,
-        duration_ns=event.duration.ToNanoseconds() if event.HasField("duration") else None,
+        duration_ns=duration_ns,
         attributes=_attributes(event.attributes),
         span_id=event.span_id,
-        event_time_unix_ns=event.event_time.ToNanoseconds() if event.HasField("event_time") else None,
+        event_time_unix_ns=event_time_ns,
     )
 
 
@@ -576,6 +595,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Records a held attempt's success once durable."""
         c = request.completion
         try:
+            _check_attempt_ids(c, "completion")
             if self._with_state and (
                 c.HasField("state_patch") or self._engine.output_pointer(c.workflow_id, c.task_id)
             ):
@@ -607,6 +627,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Records a held attempt's failure; says whether it will be retried."""
         f = request.failure
         try:
+            _check_attempt_ids(f, "failure")
             failure = failure_from_proto(f.failure, "failure.failure")
             retry_after = f.retry_after.ToNanoseconds() / 1e9 if f.HasField("retry_after") else 0.0
             will_retry, next_ns, state, durable = self._engine.fail(
@@ -632,6 +653,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Extends a held attempt's lease."""
         h = request.heartbeat
         try:
+            _check_attempt_ids(h, "heartbeat")
             if h.HasField("details") and len(h.details.data) > 1024 * 1024:
                 raise SpecError(
                     "LIMIT_EXCEEDED", "heartbeat.details.data", "at most 1 MiB", limit=1024 * 1024
@@ -653,6 +675,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 raise SpecError("LIMIT_EXCEEDED", "events", "send 1 to 1,000 events", limit=1000)
             drafts = []
             for i, event in enumerate(request.events):
+                _check_attempt_ids(event, f"events[{i}]")
                 drafts.append(reported_event_draft(event, "", f"events[{i}]"))
                 self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
             sequences, durable = self._engine.record_events(drafts)

@@ -56,6 +56,7 @@ from are_sdk._proto.are.v1 import (
     trace_service_pb2_grpc,
     workflow_pb2,
 )
+from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._status import abort, shutting_down
 
@@ -390,8 +391,12 @@ def _timestamp(unix_ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
-def _unix_ns(timestamp: timestamp_pb2.Timestamp) -> int:
-    return timestamp.seconds * 1_000_000_000 + timestamp.nanos
+def _unix_ns(timestamp: timestamp_pb2.Timestamp, field: str, violations: list[tuple[str, str]]) -> int:
+    """A filter bound in nanoseconds, clamped to what events can have; a bad Timestamp is a violation."""
+    problem = conventions.timestamp_problem(timestamp)
+    if problem is not None:
+        violations.append((field, problem))
+    return conventions.unix_ns(timestamp) if problem is None else 0
 
 
 async def _filter_from_proto(message: event_pb2.EventFilter, context: _Context) -> EventFilter:
@@ -418,9 +423,15 @@ async def _filter_from_proto(message: event_pb2.EventFilter, context: _Context) 
             )
         else:
             types.append(name.removeprefix("EVENT_TYPE_"))
-    start = _unix_ns(message.start_time) if message.HasField("start_time") else None
-    end = _unix_ns(message.end_time) if message.HasField("end_time") else None
-    if start is not None and end is not None and end < start:
+    times = len(violations)
+    start = (
+        _unix_ns(message.start_time, "filter.start_time", violations)
+        if message.HasField("start_time")
+        else None
+    )
+    end = _unix_ns(message.end_time, "filter.end_time", violations) if message.HasField("end_time") else None
+    raw = [t.seconds * 1_000_000_000 + t.nanos for t in (message.start_time, message.end_time)]
+    if len(violations) == times and start is not None and end is not None and raw[1] < raw[0]:
         violations.append(("filter.end_time", "must not be before filter.start_time"))
     if violations:
         await abort(

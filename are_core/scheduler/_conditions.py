@@ -77,7 +77,7 @@ def evaluate(condition: Condition, output: bytes | None) -> bool:  # noqa: C901,
     if output is not None:
         try:
             document = msgspec.json.decode(output)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested too deep to decode is not JSON here either
             document = _MISSING
         if document is not _MISSING:
             found = resolve_pointer(document, condition.pointer)

@@ -75,6 +75,7 @@ from ._model import (
     Usage,
     WorkflowRecord,
     WorkflowSpec,
+    saturating_add,
 )
 from ._validate import validate_graph
 
@@ -227,15 +228,17 @@ class UsageTotal(msgspec.Struct, kw_only=True):
     workflows: int = 0
 
     def add(self, rec: WorkflowRecord) -> None:
-        """Adds one workflow's usage."""
+        """Adds one workflow's usage (saturating: the sums are sent as int64)."""
         self.usage.add(rec.usage)
         self.task_attempts += rec.task_attempts
         self.retries += rec.retries
         self.tasks_completed += rec.tasks_completed
         self.tasks_failed += rec.tasks_failed
         self.cache_hits += rec.cache_hits
-        self.cache_saved_tokens += rec.cache_saved_tokens
-        self.cache_saved_cost_micro_usd += rec.cache_saved_cost_micro_usd
+        self.cache_saved_tokens = saturating_add(self.cache_saved_tokens, rec.cache_saved_tokens)
+        self.cache_saved_cost_micro_usd = saturating_add(
+            self.cache_saved_cost_micro_usd, rec.cache_saved_cost_micro_usd
+        )
         self.workflows += 1
 
 
@@ -1573,14 +1576,16 @@ class Scheduler:
             wf_rec.tasks_completed += 1
             # What the cached answer cost when it was first made is what this hit saved.
             rec.cache_entry_id = str(attributes.get(CACHE_ENTRY_ID, ""))
-            rec.cache_saved_tokens = int(attributes.get(CACHE_SAVED_TOKENS, 0))
-            rec.cache_saved_cost_micro_usd = int(attributes.get(CACHE_SAVED_COST, 0))
+            rec.cache_saved_tokens = saturating_add(int(attributes.get(CACHE_SAVED_TOKENS, 0)), 0)
+            rec.cache_saved_cost_micro_usd = saturating_add(int(attributes.get(CACHE_SAVED_COST, 0)), 0)
             wf_rec.cache_hits += 1
-            wf_rec.cache_saved_tokens += rec.cache_saved_tokens
-            wf_rec.cache_saved_cost_micro_usd += rec.cache_saved_cost_micro_usd
+            wf_rec.cache_saved_tokens = saturating_add(wf_rec.cache_saved_tokens, rec.cache_saved_tokens)
+            wf_rec.cache_saved_cost_micro_usd = saturating_add(
+                wf_rec.cache_saved_cost_micro_usd, rec.cache_saved_cost_micro_usd
+            )
             saved = EventUsage(
-                input_tokens=int(attributes.get(CACHE_SAVED_INPUT_TOKENS, 0)),
-                output_tokens=int(attributes.get(CACHE_SAVED_OUTPUT_TOKENS, 0)),
+                input_tokens=saturating_add(int(attributes.get(CACHE_SAVED_INPUT_TOKENS, 0)), 0),
+                output_tokens=saturating_add(int(attributes.get(CACHE_SAVED_OUTPUT_TOKENS, 0)), 0),
                 cost_micro_usd=rec.cache_saved_cost_micro_usd,
                 llm_calls=1 if rec.cache_saved_tokens or rec.cache_saved_cost_micro_usd else 0,
             )

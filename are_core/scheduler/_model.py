@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "COUNTER_MAX",
     "TERMINAL_TASK_STATES",
     "TRIGGER_RULES",
     "Approval",
@@ -28,7 +29,18 @@ __all__ = [
     "Usage",
     "WorkflowRecord",
     "WorkflowSpec",
+    "saturating_add",
 ]
+
+COUNTER_MAX = 2**63 - 1
+"""Sums of reported usage saturate here: records are MessagePack int64, and a sum
+past it would fail the commit that stores it (a fail-stop of the sidecar)."""
+
+
+def saturating_add(total: int, more: int) -> int:
+    """``total + more``, at most :data:`COUNTER_MAX`."""
+    return min(total + more, COUNTER_MAX)
+
 
 TRIGGER_RULES = ("ALL_SUCCESS", "ALL_DONE", "ONE_FAILED", "ONE_SUCCESS", "NONE_FAILED")
 TERMINAL_TASK_STATES = frozenset({"COMPLETED", "FAILED", "SKIPPED", "REJECTED", "CANCELLED"})
@@ -149,12 +161,12 @@ class Usage(msgspec.Struct, kw_only=True, gc=False):
     tool_calls: int = 0
 
     def add(self, other: Usage) -> None:
-        """Adds ``other`` into this usage."""
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cost_micro_usd += other.cost_micro_usd
-        self.llm_calls += other.llm_calls
-        self.tool_calls += other.tool_calls
+        """Adds ``other`` into this usage (each counter saturating at :data:`COUNTER_MAX`)."""
+        self.input_tokens = saturating_add(self.input_tokens, other.input_tokens)
+        self.output_tokens = saturating_add(self.output_tokens, other.output_tokens)
+        self.cost_micro_usd = saturating_add(self.cost_micro_usd, other.cost_micro_usd)
+        self.llm_calls = saturating_add(self.llm_calls, other.llm_calls)
+        self.tool_calls = saturating_add(self.tool_calls, other.tool_calls)
 
     @property
     def tokens(self) -> int:

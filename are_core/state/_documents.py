@@ -124,6 +124,8 @@ def decode_json(data: bytes, *, field: str) -> Any:
         return _json_dec.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise InvalidJsonError(f"{field or 'value'} is not valid JSON: {error}", field=field) from None
+    except RecursionError:  # nested deeper than the decoder goes
+        raise InvalidJsonError(f"{field or 'value'} is nested too deep to decode", field=field) from None
 
 
 class _Work:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
 
 from are_sdk import (
     AgentCard,
@@ -209,6 +210,12 @@ async def test_route_decisions_are_recorded_as_events(client: Client, run: str) 
             "INVALID_ARGUMENT",
             "agent.labels['bad key']",
         ),
+        # Found by the bad-input fuzz: stored as int64 nanoseconds, it failed to encode (UNKNOWN).
+        (
+            agent_pb2.AgentCard(agent_id="a", typical_latency=duration_pb2.Duration(seconds=2**63 - 1)),
+            "INVALID_ARGUMENT",
+            "agent.typical_latency",
+        ),
     ],
 )
 async def test_register_agent_refuses_bad_cards(
@@ -376,6 +383,14 @@ async def test_report_outcome_errors(client: Client) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.router.report_outcome(route.route_id, score=1.5)
     assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "score")
+    # Found by the bad-input fuzz: a latency past int64 nanoseconds failed to encode (UNKNOWN).
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.router.ReportOutcome(
+            router_service_pb2.ReportOutcomeRequest(
+                route_id=route.route_id, success=True, latency=duration_pb2.Duration(seconds=10**18)
+            )
+        )
+    assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "latency")
     # An outcome for a model outside the catalog is refused and changes nothing.
     with pytest.raises(FailedPreconditionError) as caught:
         await client.router.report_outcome(route.route_id, score=0.9, model_id="made-up")

@@ -976,3 +976,189 @@ async def test_a_graceful_stop_ends_watches_and_long_polls_at_once() -> None:
             answered = await asyncio.wait_for(poll, 30)
             assert list(answered.assignments) == []
             await asyncio.wait_for(stopping, 30)
+
+
+# ------------------------------------------------ found by tests/integration/test_bad_input_fuzz.py
+
+from are_sdk._proto.are.v1 import event_pb2 as ev  # noqa: E402 - the fuzz regressions' own import
+
+
+def _reported(workflow_id: str = "wf-x", **fields: Any) -> w.ReportEventsRequest:
+    event = ev.ReportedEvent(
+        workflow_id=workflow_id, task_id="t", attempt=1, event_type=ev.EVENT_TYPE_TOOL_CALL, **fields
+    )
+    return w.ReportEventsRequest(events=[event])
+
+
+async def test_unknown_enum_numbers_are_invalid_argument_naming_the_field(client: Client) -> None:
+    """proto3 enums are open: 999 used to reach ``Enum.Name()`` and come back UNKNOWN."""
+    sched, worker = client.raw.scheduler, client.raw.worker
+    cap = unique_capability("enums")
+    workflow_id = await submit(client, task("a", cap), task("gate", cap, requires_approval=True))
+    calls = [
+        (sched.ListWorkflows(s.ListWorkflowsRequest(states=[wf.WORKFLOW_STATE_RUNNING, 999])), "states[1]"),  # type: ignore[list-item]
+        (sched.ListTasks(s.ListTasksRequest(workflow_id=workflow_id, states=[-1])), "states[0]"),  # type: ignore[list-item]
+        (
+            sched.ResolveApproval(
+                s.ResolveApprovalRequest(workflow_id=workflow_id, task_id="gate", decision=999)  # type: ignore[arg-type]
+            ),
+            "decision",
+        ),
+        (submit(client, task("a", trigger_rule=999)), "spec.tasks[0].trigger_rule"),
+        (
+            submit(
+                client,
+                task("a"),
+                task("b", "echo", "a", conditions=[t.Condition(task_id="a", pointer="/x", operator=999)]),  # type: ignore[arg-type]
+            ),
+            "spec.tasks[1].conditions[0].operator",
+        ),
+        (
+            worker.FailTask(
+                w.FailTaskRequest(
+                    failure=w.TaskFailure(
+                        workflow_id=workflow_id,
+                        task_id="a",
+                        attempt=1,
+                        failure=c.Failure(kind=999),  # type: ignore[arg-type]
+                    )
+                )
+            ),
+            "failure.failure.kind",
+        ),
+        (
+            worker.FailTask(
+                w.FailTaskRequest(
+                    failure=w.TaskFailure(
+                        workflow_id=workflow_id,
+                        task_id="a",
+                        attempt=1,
+                        failure=c.Failure(timeout_type=-1),  # type: ignore[arg-type]
+                    )
+                )
+            ),
+            "failure.failure.timeout_type",
+        ),
+        (worker.ReportEvents(_reported(workflow_id, failure=c.Failure(kind=-1))), "events[0].failure.kind"),  # type: ignore[arg-type]
+    ]
+    bad_type = _reported(workflow_id)
+    bad_type.events[0].event_type = 999  # type: ignore[assignment]
+    calls.append((worker.ReportEvents(bad_type), "events[0].event_type"))
+    for call, field in calls:
+        await expect_error(call, InvalidArgumentError, "INVALID_ARGUMENT", field)
+    gate = await get_task(client, workflow_id, "gate")
+    assert gate.state == t.TASK_STATE_AWAITING_APPROVAL  # the refused decision changed nothing
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+async def test_invalid_timestamps_and_durations_are_invalid_argument_naming_the_field(client: Client) -> None:
+    """``Timestamp.ToNanoseconds()`` raised on these (UNKNOWN), and out-of-range nanoseconds
+    failed to encode further down; a valid instant before the epoch selects nothing."""
+    from google.protobuf import duration_pb2, timestamp_pb2
+
+    sched, worker = client.raw.scheduler, client.raw.worker
+    far = timestamp_pb2.Timestamp(seconds=10**12)
+    bad_nanos = timestamp_pb2.Timestamp(seconds=1, nanos=-1)
+    calls = [
+        (sched.ListWorkflows(s.ListWorkflowsRequest(end_time=far)), "end_time"),
+        (sched.ListWorkflows(s.ListWorkflowsRequest(start_time=bad_nanos)), "start_time"),
+        (
+            sched.GetUsage(s.GetUsageRequest(start_time=timestamp_pb2.Timestamp(seconds=-(2**63)))),
+            "start_time",
+        ),
+        (sched.GetUsage(s.GetUsageRequest(end_time=bad_nanos)), "end_time"),
+        (worker.ReportEvents(_reported(event_time=far)), "events[0].event_time"),
+        (
+            worker.ReportEvents(_reported(duration=duration_pb2.Duration(seconds=-(10**12)))),
+            "events[0].duration",
+        ),
+    ]
+    for call, field in calls:
+        await expect_error(call, InvalidArgumentError, "INVALID_ARGUMENT", field)
+    before_epoch = timestamp_pb2.Timestamp(seconds=-1)
+    listed = await sched.ListWorkflows(s.ListWorkflowsRequest(end_time=before_epoch))
+    assert list(listed.workflows) == []
+    usage = await sched.GetUsage(s.GetUsageRequest(end_time=timestamp_pb2.Timestamp(seconds=0)))
+    assert usage.workflow_count == 0
+
+
+async def test_malformed_ids_are_invalid_argument_before_any_lookup(client: Client) -> None:
+    """An empty id reached LMDB (MDB_BAD_VALSIZE: UNKNOWN); a 1 MiB one came back quoted in a
+    status too large for the client's metadata limit (RESOURCE_EXHAUSTED from its own transport)."""
+    sched, worker = client.raw.scheduler, client.raw.worker
+    huge = "w" * (1 << 20)
+    calls = [
+        (sched.GetWorkflow(s.GetWorkflowRequest(workflow_id="")), "workflow_id"),
+        (sched.GetWorkflow(s.GetWorkflowRequest(workflow_id=huge)), "workflow_id"),
+        (sched.DeleteWorkflow(s.DeleteWorkflowRequest(workflow_id=huge)), "workflow_id"),
+        (sched.GetTask(s.GetTaskRequest(workflow_id="wf-x", task_id="")), "task_id"),
+        (sched.ListTasks(s.ListTasksRequest(workflow_id="bad id!")), "workflow_id"),
+        (sched.CancelWorkflow(s.CancelWorkflowRequest(workflow_id="")), "workflow_id"),
+        (
+            sched.ResolveApproval(
+                s.ResolveApprovalRequest(
+                    workflow_id="wf-x", task_id=huge, decision=t.APPROVAL_DECISION_APPROVE
+                )
+            ),
+            "task_id",
+        ),
+        (sched.SpawnTasks(s.SpawnTasksRequest(workflow_id="", tasks=[task("a")])), "workflow_id"),
+        (sched.GetPool(s.GetPoolRequest(name="")), "name"),
+        (worker.RecordHeartbeat(w.RecordHeartbeatRequest()), "heartbeat.workflow_id"),
+        (
+            worker.CompleteTask(w.CompleteTaskRequest(completion=w.TaskCompletion(workflow_id="wf-x"))),
+            "completion.task_id",
+        ),
+        (worker.ReportEvents(_reported(workflow_id="")), "events[0].workflow_id"),
+    ]
+    for call, field in calls:
+        error = await expect_error(call, InvalidArgumentError, "INVALID_ARGUMENT", field)
+        assert len(error.message) < 2048, error.message[:200]
+
+
+async def test_usage_sums_saturate_instead_of_failing_the_commit(client: Client) -> None:
+    """Two completions reporting 2**63 - 1 tokens made the workflow's sum overflow int64: its
+    commit could not be encoded and the sidecar stopped (a fail-stop), and GetUsage's total
+    (over workflows) came back UNKNOWN."""
+    cap = unique_capability("usage")
+    label = unique_capability("usage-label")
+    workflow_id = await submit(client, task("a", cap), task("b", cap), labels={"fz": label})
+    most = 2**63 - 1
+    polled = await client.raw.worker.PollTask(
+        w.PollTaskRequest(worker_name="big-spender", capabilities=[cap], max_tasks=2), timeout=10
+    )
+    assert len(polled.assignments) == 2
+    for assignment in polled.assignments:
+        done = completion(assignment, {"ok": True}, usage=c.Usage(input_tokens=most, cost_micro_usd=most))
+        await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=done))
+    closed = await wait_closed(client, workflow_id)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+    assert (closed.usage.usage.input_tokens, closed.usage.usage.cost_micro_usd) == (most, most)
+    status = (await client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=workflow_id))).workflow
+    assert status.usage.usage.input_tokens == most
+    usage = await client.raw.scheduler.GetUsage(s.GetUsageRequest(labels={"fz": label}))
+    assert (usage.workflow_count, usage.total.usage.input_tokens) == (1, most)
+
+
+async def test_a_condition_on_an_output_nested_too_deep_to_decode_is_false(client: Client) -> None:
+    """An upstream output nested deeper than the JSON decoder recurses raised RecursionError
+    inside the engine's completion (UNKNOWN, with the completion half applied in memory);
+    it is not JSON to a condition, like any output that does not decode."""
+    cap = unique_capability("deep")
+    exists = t.Condition(task_id="a", pointer="/0", operator=t.COMPARISON_OPERATOR_EXISTS)
+    workflow_id = await submit(
+        client,
+        task("a", cap),
+        task("b", cap, "a", conditions=[exists]),
+        task("c", cap, "a", trigger_rule=t.TRIGGER_RULE_ALL_DONE),
+    )
+    polled = await client.raw.worker.PollTask(
+        w.PollTaskRequest(worker_name="deep", capabilities=[cap]), timeout=10
+    )
+    (a,) = polled.assignments
+    deep = b"[" * 100_000 + b"]" * 100_000
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=completion(a, deep)))
+    b = await get_task(client, workflow_id, "b")
+    assert b.state == t.TASK_STATE_SKIPPED, b.state_reason
+    assert (await get_task(client, workflow_id, "a")).state == t.TASK_STATE_COMPLETED
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from are_sdk import (
 )
 from are_sdk._errors import error_from_rpc
 from are_sdk._proto.are.v1 import (
+    common_pb2,
     event_pb2,
     scheduler_service_pb2,
     scheduler_service_pb2_grpc,
@@ -528,3 +530,70 @@ async def test_a_file_is_streamed_as_a_blob(client: Client, tmp_path: Path) -> N
     assert ref.sha256 == hashlib.sha256(data).hexdigest()
     assert await client.state.blobs.get(ref) == data
     assert await client.state.blobs.put_file(path) == ref  # already stored: nothing sent
+
+
+_DEEP = b'{"a":' * 50_000 + b"1" + b"}" * 50_000  # valid JSON, deeper than any decoder recurses
+
+
+async def test_json_nested_too_deep_to_decode_is_invalid_json_and_changes_nothing(client: Client) -> None:
+    """Found by the bad-input fuzz (UNKNOWN before): PatchState (merge patch and operation
+    value), a completion's state patch and a submit's initial state all decode JSON in the
+    state engine; nesting past its recursion is not JSON."""
+    wid = _wid("deep")
+    attempt = _hold(wid)
+    state = state_service_pb2
+    refusals: list[tuple[Callable[[], Awaitable[object]], str]] = [
+        (
+            lambda: client.raw.state.PatchState(
+                state.PatchStateRequest(workflow_id=wid, patch=state_pb2.StatePatch(merge_patch_json=_DEEP))
+            ),
+            "patch.merge_patch_json",
+        ),
+        (
+            lambda: client.raw.state.PatchState(
+                state.PatchStateRequest(
+                    workflow_id=wid,
+                    patch=state_pb2.StatePatch(
+                        operations=state_pb2.PatchOperationList(
+                            operations=[
+                                state_pb2.PatchOperation(
+                                    op=state_pb2.PATCH_OPERATION_TYPE_SET, path="/a", value_json=_DEEP
+                                )
+                            ]
+                        )
+                    ),
+                )
+            ),
+            "patch.operations.operations[0].value_json",
+        ),
+        (
+            lambda: client.raw.worker.CompleteTask(
+                worker_service_pb2.CompleteTaskRequest(
+                    completion=worker_service_pb2.TaskCompletion(
+                        workflow_id=wid,
+                        task_id="hold",
+                        attempt=attempt,
+                        state_patch=state_pb2.StatePatch(merge_patch_json=_DEEP),
+                    )
+                )
+            ),
+            "completion.state_patch.merge_patch_json",
+        ),
+    ]
+    for call, field in refusals:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await call()
+        _assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_JSON", field)
+    spec = workflow_pb2.WorkflowSpec(
+        workflow_id=_unknown("deep-initial"),
+        tasks=[task_pb2.TaskSpec(task_id="t", capability="nobody-deep")],
+        initial_state=common_pb2.Payload(data=_DEEP),
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.scheduler.SubmitWorkflow(scheduler_service_pb2.SubmitWorkflowRequest(spec=spec))
+    _assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_JSON", "spec.initial_state.data")
+    assert (await client.state.for_workflow(wid).read()).version == 1  # nothing changed
+    held = await client.raw.scheduler.GetTask(
+        scheduler_service_pb2.GetTaskRequest(workflow_id=wid, task_id="hold")
+    )
+    assert held.task.state == task_pb2.TASK_STATE_RUNNING

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import grpc
 import msgspec
 import pytest
+from google.protobuf import timestamp_pb2
 
 from are_core.trace import EventDraft
 from are_sdk import Client, InvalidArgumentError, UnavailableError
@@ -118,6 +119,18 @@ async def test_list_events_filters_and_pages(trace_client: Client) -> None:
         ({"filter": event_pb2.EventFilter(task_ids=["ok", ""])}, "filter.task_ids[1]", "INVALID_ARGUMENT"),
         ({"page_size": -1}, "page_size", "INVALID_ARGUMENT"),
         ({"page_token": "garbage"}, "page_token", "INVALID_PAGE_TOKEN"),
+        # Found by the bad-input fuzz: not Timestamps at all; their nanoseconds overflowed the
+        # page token's int64 encoding (UNKNOWN).
+        (
+            {"filter": event_pb2.EventFilter(start_time=timestamp_pb2.Timestamp(seconds=-(2**63)))},
+            "filter.start_time",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            {"filter": event_pb2.EventFilter(end_time=timestamp_pb2.Timestamp(seconds=1, nanos=-1))},
+            "filter.end_time",
+            "INVALID_ARGUMENT",
+        ),
     ],
 )
 async def test_invalid_list_requests_name_the_field(
@@ -128,6 +141,19 @@ async def test_invalid_list_requests_name_the_field(
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.reason == reason
     assert field in [violation.field for violation in raised.value.field_violations]
+
+
+async def test_bounds_far_from_now_are_valid_and_clamped(trace_client: Client) -> None:
+    """Any valid Timestamp is a bound: year 1 and year 9999 select as well as the epoch and 2262."""
+    wf = new_workflow()
+    await record(trace_client, EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf))
+    wide = event_pb2.EventFilter(
+        workflow_ids=[wf],
+        start_time=timestamp_pb2.Timestamp(seconds=-62_135_596_800),
+        end_time=timestamp_pb2.Timestamp(seconds=253_402_300_799, nanos=999_999_999),
+    )
+    page = await trace_client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest(filter=wide))
+    assert [e.workflow_id for e in page.events] == [wf]
 
 
 async def test_a_cursor_beyond_the_log_is_refused_by_both_rpcs(trace_client: Client) -> None:
