@@ -110,6 +110,7 @@ _MAX_CANDIDATES = 512
 _CONFIRM_SHARE = 0.1
 _CONFIRM_BURST_NS = 50_000_000
 _NEXT_ID_KEY = b"next_entry_id"
+_INT64_MAX = 2**63 - 1
 _SCAN_PAGE = 10_000
 _MAX_PENDING_EVENTS = 10_000
 _INVALIDATE_CHUNK = 5_000
@@ -1321,8 +1322,10 @@ class CacheEngine:
             stats.exact_hits += 1
         else:
             stats.semantic_hits += 1
-        stats.saved_tokens += body.input_tokens + body.output_tokens
-        stats.saved_cost_micro_usd += body.cost_micro_usd
+        saved_tokens = min(body.input_tokens + body.output_tokens, _INT64_MAX)
+        # Totals stop at the largest int64 (what the counters' proto fields hold).
+        stats.saved_tokens = min(stats.saved_tokens + saved_tokens, _INT64_MAX)
+        stats.saved_cost_micro_usd = min(stats.saved_cost_micro_usd + body.cost_micro_usd, _INT64_MAX)
         state.stats_dirty = True
         entry_id = entry_id_text(head.entry_id)
         self._queue_event(
@@ -1334,7 +1337,7 @@ class CacheEngine:
                     "are.cache.entry_id": entry_id,
                     "are.cache.tier": tier,
                     "are.cache.similarity": round(similarity, 6),
-                    "are.cache.saved_tokens": body.input_tokens + body.output_tokens,
+                    "are.cache.saved_tokens": saved_tokens,
                     "are.cache.saved_cost_micro_usd": body.cost_micro_usd,
                 },
             )

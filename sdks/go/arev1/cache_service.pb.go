@@ -864,9 +864,10 @@ type CacheStats struct {
 	Expirations int64 `protobuf:"varint,9,opt,name=expirations,proto3" json:"expirations,omitempty"`
 	// Entries removed by the size bounds.
 	Evictions int64 `protobuf:"varint,10,opt,name=evictions,proto3" json:"evictions,omitempty"`
-	// Tokens saved by hits (the stored usage, input plus output).
+	// Tokens saved by hits (the stored usage, input plus output); stops at
+	// the largest int64.
 	SavedTokens int64 `protobuf:"varint,11,opt,name=saved_tokens,json=savedTokens,proto3" json:"saved_tokens,omitempty"`
-	// Cost saved by hits, in micro-US-dollars.
+	// Cost saved by hits, in micro-US-dollars; stops at the largest int64.
 	SavedCostMicroUsd int64 `protobuf:"varint,12,opt,name=saved_cost_micro_usd,json=savedCostMicroUsd,proto3" json:"saved_cost_micro_usd,omitempty"`
 	// Entries whose vectors are not in the semantic index yet: after a start
 	// that found the saved index missing or far behind (a crash), the sidecar

@@ -95,6 +95,25 @@ async def test_whitespace_only_lookup_is_refused(harness: Harness) -> None:
     assert e.stats("n")[0].lookups == 0
 
 
+async def test_savings_totals_stop_at_the_largest_int64(harness: Harness) -> None:
+    """Two hits of an entry recording 2**63 - 1 tokens and cost: the totals (int64 in the proto,
+    and in the flushed stats) would overflow; they saturate, and stats still flush and reload."""
+    e = harness.e
+    most = 2**63 - 1
+    await e.put_namespace(NamespaceSettings(name="n"))
+    await e.store(
+        "n", prompt="big", response=b"r", input_tokens=most, output_tokens=most, cost_micro_usd=most
+    )
+    for _ in range(2):
+        assert (await e.lookup("n", prompt="big")).hit is not None
+    stats = e.stats("n")[0]
+    assert (stats.saved_tokens, stats.saved_cost_micro_usd) == (most, most)
+    await e.flush()
+    await harness.reopen()
+    stats = harness.e.stats("n")[0]
+    assert (stats.saved_tokens, stats.saved_cost_micro_usd, stats.exact_hits) == (most, most, 2)
+
+
 async def test_max_bytes_refusal_names_the_field_too_large(harness: Harness) -> None:
     e = harness.e
     await e.put_namespace(NamespaceSettings(name="n", max_bytes=100))

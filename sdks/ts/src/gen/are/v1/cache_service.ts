@@ -317,9 +317,12 @@ export interface CacheStats {
   expirations: number;
   /** Entries removed by the size bounds. */
   evictions: number;
-  /** Tokens saved by hits (the stored usage, input plus output). */
+  /**
+   * Tokens saved by hits (the stored usage, input plus output); stops at
+   * the largest int64.
+   */
   savedTokens: number;
-  /** Cost saved by hits, in micro-US-dollars. */
+  /** Cost saved by hits, in micro-US-dollars; stops at the largest int64. */
   savedCostMicroUsd: number;
   /**
    * Entries whose vectors are not in the semantic index yet: after a start
