@@ -589,18 +589,9 @@ class BlobStore:
                         self._untouch(digest, referrer)  # its own staging must not keep the blob
                         meta = self._last_reference_of_owned(view, digest, own)
                         if meta is not None:
-                            batch.delete(META, digest)
-                            batch.put(UPLOADS, meta.data_id, u64_key(self._clock()))
-                            doomed.append((digest, meta))
-                gone = [digest for digest, _ in doomed]
-                self._deleting.update(gone)
-                try:
-                    await self.committer.submit(batch)
-                finally:
-                    self._deleting.difference_update(gone)
-            for _, meta in doomed:
-                await self.drop_data(meta.data_id, upload=True)
-            deleted += sum(meta.size_bytes for _, meta in doomed)
+                            self._stage_deletion(batch, digest, meta, doomed)
+                await self._commit_deletion(batch, doomed)
+            deleted += await self._drop_deleted(doomed)
 
     def _last_reference_of_owned(self, view: ReadView, digest: bytes, own: bytes) -> BlobMeta | None:
         """The blob's meta if it is owned and ``own`` is its last reference (none staged meanwhile)."""
@@ -675,20 +666,34 @@ class BlobStore:
                         continue
                     if view.scan(REFS_BY_BLOB, prefix=digest + _NUL, limit=1):
                         continue
-                    batch.delete(META, digest)
-                    batch.put(UPLOADS, meta.data_id, u64_key(self._clock()))
-                    doomed.append((digest, meta))
+                    self._stage_deletion(batch, digest, meta, doomed)
             if not doomed:
                 return 0, 0
-            gone = [digest for digest, _ in doomed]
-            self._deleting.update(gone)
-            try:
-                await self.committer.submit(batch)
-            finally:
-                self._deleting.difference_update(gone)
+            await self._commit_deletion(batch, doomed)
+        return len(doomed), await self._drop_deleted(doomed)
+
+    def _stage_deletion(
+        self, batch: Batch, digest: bytes, meta: BlobMeta, doomed: list[tuple[bytes, BlobMeta]]
+    ) -> None:
+        """Stages a blob's deletion: its meta goes, its ``blob_uploads`` row has its chunks dropped."""
+        batch.delete(META, digest)
+        batch.put(UPLOADS, meta.data_id, u64_key(self._clock()))
+        doomed.append((digest, meta))
+
+    async def _commit_deletion(self, batch: Batch, doomed: list[tuple[bytes, BlobMeta]]) -> None:
+        """Commits staged deletions (under the lock); the blobs look missing until it ends."""
+        gone = [digest for digest, _ in doomed]
+        self._deleting.update(gone)
+        try:
+            await self.committer.submit(batch)
+        finally:
+            self._deleting.difference_update(gone)
+
+    async def _drop_deleted(self, doomed: list[tuple[bytes, BlobMeta]]) -> int:
+        """Drops the chunks of committed deletions; returns their bytes."""
         for _, meta in doomed:
             await self.drop_data(meta.data_id, upload=True)
-        return len(doomed), sum(meta.size_bytes for _, meta in doomed)
+        return sum(meta.size_bytes for _, meta in doomed)
 
 
 def _expired(meta: BlobMeta, cutoff_ns: int) -> bool:
