@@ -22,46 +22,15 @@ import errno
 from collections.abc import Awaitable
 from typing import Any
 
-import numpy as np
 import pytest
 
 from are_core.cache import CacheEngine, NamespaceSettings, NamespaceUnavailableError
 from are_core.cache._engine import MARKS
-from are_core.storage import Batch, GroupCommitter
 
+from ._failing import GatedCommits, fill, unit, vector
 from .conftest import Harness
 
-
-def _unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-_PROMPTS = ("alpha", "beta", "gamma", "delta", "epsilon")
-
-
-def _vector(name: str, prompt: str) -> np.ndarray:
-    return _unit(10 * ("a", "b").index(name) + _PROMPTS.index(prompt) + 1)
-
-
-_FAILED = _unit(99)  # the vector of the store whose commit fails
-
-
-class _Commits:
-    """The next commits submitted wait for their gates (None: none), then fail or go through."""
-
-    def __init__(self, committer: GroupCommitter) -> None:
-        self._submit = committer.submit
-        self.next: list[tuple[asyncio.Event | None, bool]] = []
-
-    async def submit(self, batch: Batch) -> None:
-        if self.next:
-            gate, fails = self.next.pop(0)
-            if gate is not None:
-                await gate.wait()
-            if fails:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        await self._submit(batch)
+_FAILED = unit(99)  # the vector of the store whose commit fails
 
 
 class _Loads:
@@ -79,20 +48,6 @@ class _Loads:
         return self._load(*args, **kwargs)
 
 
-async def _fill(harness: Harness) -> CacheEngine:
-    """Two namespaces of three entries, saved by a clean stop (marks vouch for tables and indexes)."""
-    e = harness.e
-    for name in ("a", "b"):
-        await e.put_namespace(
-            NamespaceSettings(name=name, embedder="caller", dimension=8, similarity_threshold=0.99)
-        )
-        for prompt in ("alpha", "beta", "gamma"):
-            await e.store(
-                name, prompt=f"{prompt} question", response=prompt.encode(), vector=_vector(name, prompt)
-            )
-    return await harness.reopen()
-
-
 async def _check(harness: Harness, *, answering: tuple[str, ...], missing: tuple[str, ...]) -> None:
     """These acknowledged entries of "a" answer (by prompt and by their own vector); nothing else does."""
     e = harness.e
@@ -100,12 +55,12 @@ async def _check(harness: Harness, *, answering: tuple[str, ...], missing: tuple
         by_prompt = (await e.lookup("a", prompt=f"{prompt} question")).hit
         assert by_prompt is not None, prompt
         assert by_prompt.response == prompt.encode()
-        by_vector = (await e.lookup("a", vector=_vector("a", prompt))).hit
+        by_vector = (await e.lookup("a", vector=vector("a", prompt))).hit
         assert by_vector is not None, prompt
         assert (by_vector.tier, by_vector.response) == ("SEMANTIC", prompt.encode())
     for prompt in missing:
         assert (await e.lookup("a", prompt=f"{prompt} question")).hit is None, prompt
-        assert (await e.lookup("a", vector=_vector("a", prompt))).hit is None, prompt
+        assert (await e.lookup("a", vector=vector("a", prompt))).hit is None, prompt
     assert (await e.lookup("a", vector=_FAILED)).hit is None
     state = e._states["a"]
     assert sorted(state.index.keys().tolist()) == sorted(state.heads)
@@ -120,7 +75,7 @@ async def _fail_a_change(harness: Harness, monkeypatch: pytest.MonkeyPatch, chan
     e = harness.e
     committer = harness.committer
     assert committer is not None
-    commits = _Commits(committer)
+    commits = GatedCommits(committer)
     monkeypatch.setattr(committer, "submit", commits.submit)
     loads = _Loads(e)
     monkeypatch.setattr(e, "_load", loads)
@@ -148,7 +103,7 @@ async def _assert_unavailable(e: CacheEngine) -> None:
     with pytest.raises(NamespaceUnavailableError, match="'a'"):
         await e.lookup("a", vector=_FAILED)
     with pytest.raises(NamespaceUnavailableError, match="'a'"):
-        await e.store("a", prompt="epsilon question", response=b"eps", vector=_vector("a", "epsilon"))
+        await e.store("a", prompt="epsilon question", response=b"eps", vector=vector("a", "epsilon"))
     with pytest.raises(NamespaceUnavailableError, match="'a'"):
         await e.invalidate("a", everything=True)
     with pytest.raises(NamespaceUnavailableError, match="'a'"):
@@ -172,7 +127,7 @@ _ANSWERED = ("alpha", "beta", "gamma")
 async def test_a_namespace_whose_reload_failed_refuses_calls_until_a_flush_reloads_it(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
-    await _fill(harness)
+    await fill(harness)
     loads = await _fail_a_change(harness, monkeypatch, change)
     e = harness.e
     await _assert_unavailable(e)
@@ -182,7 +137,7 @@ async def test_a_namespace_whose_reload_failed_refuses_calls_until_a_flush_reloa
     loads.broken = False
     await e.flush()
     await _check(harness, answering=_ANSWERED, missing=("delta",))
-    stored = await e.store("a", prompt="delta question", response=b"delta", vector=_vector("a", "delta"))
+    stored = await e.store("a", prompt="delta question", response=b"delta", vector=vector("a", "delta"))
     assert not stored.replaced
     await harness.reopen()
     await _check(harness, answering=(*_ANSWERED, "delta"), missing=("epsilon",))
@@ -193,7 +148,7 @@ async def test_a_stop_while_a_reload_fails_saves_nothing_of_the_namespace(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     """Stop tries the reload again (failing) and saves no table, index or mark of "a"; a restart loads it."""
-    await _fill(harness)
+    await fill(harness)
     storage = harness.storage
     assert storage is not None
     mark = storage.get(MARKS, b"a")
@@ -220,18 +175,18 @@ async def test_a_store_committed_after_one_that_failed_is_in_the_reloaded_namesp
     at once, it read LMDB without the second store, which was acknowledged
     and then never answered in this run.
     """
-    await _fill(harness)
+    await fill(harness)
     e = harness.e
     committer = harness.committer
     assert committer is not None
-    commits = _Commits(committer)
+    commits = GatedCommits(committer)
     monkeypatch.setattr(committer, "submit", commits.submit)
     first, second = asyncio.Event(), asyncio.Event()
     commits.next += [(first, True), (second, False)]
     failing = asyncio.ensure_future(e.store("a", prompt="alpha question", response=b"new", vector=_FAILED))
     await asyncio.sleep(0)
     storing = asyncio.ensure_future(
-        e.store("a", prompt="delta question", response=b"delta", vector=_vector("a", "delta"))
+        e.store("a", prompt="delta question", response=b"delta", vector=vector("a", "delta"))
     )
     await asyncio.sleep(0)
     first.set()
@@ -259,7 +214,7 @@ async def test_a_store_embedding_while_its_namespace_is_reloaded_stores_in_the_r
     this run. Now it stores in the reloaded namespace, or, while the reload
     fails, is refused like any call.
     """
-    await _fill(harness)
+    await fill(harness)
     e = harness.e
     gate = asyncio.Event()
     embed = e._store_vector
@@ -270,13 +225,13 @@ async def test_a_store_embedding_while_its_namespace_is_reloaded_stores_in_the_r
 
     monkeypatch.setattr(e, "_store_vector", slow_embedding)
     storing = asyncio.ensure_future(
-        e.store("a", prompt="delta question", response=b"delta", vector=_vector("a", "delta"))
+        e.store("a", prompt="delta question", response=b"delta", vector=vector("a", "delta"))
     )
     await asyncio.sleep(0)
     monkeypatch.setattr(e, "_store_vector", embed)
     committer = harness.committer
     assert committer is not None
-    commits = _Commits(committer)
+    commits = GatedCommits(committer)
     monkeypatch.setattr(committer, "submit", commits.submit)
     commits.next.append((None, True))
     loads = _Loads(e)

@@ -14,37 +14,15 @@ own vector again.
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
 
-from are_core.cache import CacheEngine, NamespaceSettings
-from are_core.storage import Batch, GroupCommitter
+from are_core.cache import CacheEngine
 
+from ._failing import SPACES, GatedCommits, fill, unit, vector
 from .conftest import Harness
-
-
-def _unit(d: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(d).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-class _Commits:
-    """Holds the next commits submitted until their gates open; then each fails or goes through."""
-
-    def __init__(self, committer: GroupCommitter) -> None:
-        self._submit = committer.submit
-        self.next: list[tuple[asyncio.Event, bool]] = []  # (gate, fails) for the next submits, in order
-
-    async def submit(self, batch: Batch) -> None:
-        if self.next:
-            gate, fails = self.next.pop(0)
-            await gate.wait()
-            if fails:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        await self._submit(batch)
 
 
 def _hook_settled(
@@ -63,28 +41,11 @@ def _hook_settled(
     monkeypatch.setattr(engine, "_settled", settling)
 
 
-_SPACES = ("a", "b")
-_PROMPTS = ("alpha", "beta", "gamma", "delta")
-
-
-def _vector(name: str, prompt: str) -> np.ndarray:
-    return _unit(8, 10 * _SPACES.index(name) + _PROMPTS.index(prompt) + 1)
-
-
 async def _fill(harness: Harness) -> None:
     """Two namespaces saved by a clean stop (their marks vouch for their indexes), changed since."""
-    e = harness.e
-    for name in _SPACES:
-        await e.put_namespace(
-            NamespaceSettings(name=name, embedder="caller", dimension=8, similarity_threshold=0.99)
-        )
-        for prompt in ("alpha", "beta", "gamma"):
-            await e.store(
-                name, prompt=f"{prompt} question", response=prompt.encode(), vector=_vector(name, prompt)
-            )
-    e = await harness.reopen()
-    for name in _SPACES:  # acknowledged in this run: a new entry and a removal
-        await e.store(name, prompt="delta question", response=b"delta", vector=_vector(name, "delta"))
+    e = await fill(harness)
+    for name in SPACES:  # acknowledged in this run: a new entry and a removal
+        await e.store(name, prompt="delta question", response=b"delta", vector=vector(name, "delta"))
         gamma = (await e.lookup(name, prompt="gamma question")).hit
         assert gamma is not None
         assert await e.invalidate(name, entry_ids=[gamma.entry_id]) == 1
@@ -93,22 +54,22 @@ async def _fill(harness: Harness) -> None:
 async def _check(harness: Harness, failed: np.ndarray) -> None:
     """Every acknowledged entry answers by prompt and by its own vector; nothing else answers."""
     e = harness.e
-    for name in _SPACES:
+    for name in SPACES:
         for prompt, response in (("alpha", b"alpha"), ("beta", b"beta"), ("delta", b"delta")):
             by_prompt = (await e.lookup(name, prompt=f"{prompt} question")).hit
             assert by_prompt is not None, (name, prompt)
             assert by_prompt.response == response
-            by_vector = (await e.lookup(name, vector=_vector(name, prompt))).hit
+            by_vector = (await e.lookup(name, vector=vector(name, prompt))).hit
             assert by_vector is not None, (name, prompt)
             assert (by_vector.tier, by_vector.response) == ("SEMANTIC", response)
         assert (await e.lookup(name, prompt="gamma question")).hit is None
-        assert (await e.lookup(name, vector=_vector(name, "gamma"))).hit is None
+        assert (await e.lookup(name, vector=vector(name, "gamma"))).hit is None
         assert (await e.lookup(name, vector=failed)).hit is None
         state = e._states[name]
         assert sorted(state.index.keys().tolist()) == sorted(state.heads)
 
 
-@pytest.mark.parametrize("failing", _SPACES)
+@pytest.mark.parametrize("failing", SPACES)
 async def test_a_store_failing_while_stop_saves_the_indexes_leaves_no_mark_vouching_for_it(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
@@ -123,11 +84,11 @@ async def test_a_store_failing_while_stop_saves_the_indexes_leaves_no_mark_vouch
     e = harness.e
     committer = harness.committer
     assert committer is not None
-    commits = _Commits(committer)
+    commits = GatedCommits(committer)
     monkeypatch.setattr(committer, "submit", commits.submit)
     fail = asyncio.Event()
     commits.next.append((fail, True))
-    failed = _unit(8, 99)
+    failed = unit(99)
     storing = asyncio.ensure_future(e.store(failing, prompt="alpha question", response=b"new", vector=failed))
     await asyncio.sleep(0)  # in memory: the old entry replaced; its commit under way
     assert not storing.done()
@@ -143,7 +104,7 @@ async def test_a_store_failing_while_stop_saves_the_indexes_leaves_no_mark_vouch
     await _check(harness, failed)
 
 
-@pytest.mark.parametrize("failing", _SPACES)
+@pytest.mark.parametrize("failing", SPACES)
 async def test_a_store_begun_while_stop_drains_and_failing_after_a_save_leaves_no_mark_vouching(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
@@ -158,15 +119,13 @@ async def test_a_store_begun_while_stop_drains_and_failing_after_a_save_leaves_n
     e = harness.e
     committer = harness.committer
     assert committer is not None
-    commits = _Commits(committer)
+    commits = GatedCommits(committer)
     monkeypatch.setattr(committer, "submit", commits.submit)
     first, second = asyncio.Event(), asyncio.Event()
     commits.next.append((first, False))
-    storing = asyncio.ensure_future(
-        e.store("a", prompt="epsilon question", response=b"eps", vector=_unit(8, 77))
-    )
+    storing = asyncio.ensure_future(e.store("a", prompt="epsilon question", response=b"eps", vector=unit(77)))
     await asyncio.sleep(0)
-    failed = _unit(8, 99)
+    failed = unit(99)
     later: list[asyncio.Future[object]] = []
 
     async def meanwhile(call: int) -> None:
@@ -187,7 +146,7 @@ async def test_a_store_begun_while_stop_drains_and_failing_after_a_save_leaves_n
         await later[0]
     await harness.open()
     await _check(harness, failed)
-    hit = (await harness.e.lookup("a", vector=_unit(8, 77))).hit
+    hit = (await harness.e.lookup("a", vector=unit(77))).hit
     assert hit is not None
     assert hit.response == b"eps"
 
@@ -215,4 +174,4 @@ async def test_a_failed_index_save_at_stop_skips_no_other_namespace(
     assert a.index_seq == -1
     assert b is not None
     assert b.index_seq == b.seq == e._states["b"].seq  # saved by the stop, with its table
-    await _check(harness, _unit(8, 99))
+    await _check(harness, unit(99))

@@ -1,0 +1,58 @@
+"""Shared by the tests of commits that fail (stop, reload): gated commits and two small namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import numpy as np
+
+from are_core.cache import CacheEngine, NamespaceSettings
+from are_core.storage import Batch, GroupCommitter
+
+from .conftest import Harness
+
+SPACES = ("a", "b")
+PROMPTS = ("alpha", "beta", "gamma", "delta", "epsilon")
+
+
+def unit(seed: int) -> np.ndarray:
+    """A random unit vector of dimension 8."""
+    v = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def vector(name: str, prompt: str) -> np.ndarray:
+    """The vector of ``prompt`` in namespace ``name``: distinct for every pair."""
+    return unit(10 * SPACES.index(name) + PROMPTS.index(prompt) + 1)
+
+
+class GatedCommits:
+    """The next commits submitted wait for their gates (None: none), then fail or go through."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._submit = committer.submit
+        self.next: list[tuple[asyncio.Event | None, bool]] = []  # (gate, fails), in submit order
+
+    async def submit(self, batch: Batch) -> None:
+        if self.next:
+            gate, fails = self.next.pop(0)
+            if gate is not None:
+                await gate.wait()
+            if fails:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        await self._submit(batch)
+
+
+async def fill(harness: Harness) -> CacheEngine:
+    """Two namespaces of three entries, saved by a clean stop (marks vouch for tables and indexes)."""
+    e = harness.e
+    for name in SPACES:
+        await e.put_namespace(
+            NamespaceSettings(name=name, embedder="caller", dimension=8, similarity_threshold=0.99)
+        )
+        for prompt in ("alpha", "beta", "gamma"):
+            await e.store(
+                name, prompt=f"{prompt} question", response=prompt.encode(), vector=vector(name, prompt)
+            )
+    return await harness.reopen()
