@@ -4,8 +4,11 @@ State lives in four LMDB tables (``TABLES``): registered cards
 (``router_agents``, by agent_id), the model catalog (``router_meta``), model
 routes awaiting an outcome (``router_routes``, by time-ordered route_id) and
 reported outcomes (``router_outcomes``, by sequence). The vector indexes are
-derived: :meth:`Router.load` rebuilds them from LMDB on every start, so a
-crash can never leave them disagreeing with the truth.
+derived: a clean stop saves them (:meth:`Router.save_indexes`, the only time
+their files are written), and :meth:`Router.load` reuses a file only while
+its manifest matches LMDB, else rebuilds it from LMDB, so a crash can never
+leave them disagreeing with the truth. A change's memory follows its commit
+even when its caller is cancelled meanwhile (``Router._to_the_end``).
 
 Worker cards are live state, not durable: a worker that connects through the
 worker service declares them (:meth:`Router.update_worker`) and they go away
@@ -29,7 +32,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -122,6 +125,7 @@ _outcome_codec = Codec(OutcomeRecord)
 _log = logging.getLogger("are.router")
 
 Vector = npt.NDArray[np.float32]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -299,7 +303,8 @@ class Router:
         self._restore_index = restore_index
         self.restored_indexes = 0
         """How many indexes the last :meth:`load` reused from files instead of rebuilding."""
-        self._background: set[asyncio.Task[None]] = set()
+        # Background tasks and the changes run to their end (``_to_the_end``), awaited by aclose.
+        self._background: set[asyncio.Future[Any]] = set()
         self._route_events: list[EventDraft] = []
         self._route_flush: asyncio.TimerHandle | None = None
         self.dropped_route_events = 0
@@ -567,10 +572,25 @@ class Router:
         return len(rows)
 
     async def aclose(self) -> None:
-        """Commits the queued RouteTask events and waits for the background commits."""
+        """Commits the queued RouteTask events and waits for the background commits and changes."""
         self.flush_route_events()
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _to_the_end(self, change: Coroutine[Any, Any, _T]) -> _T:
+        """Runs a change (its commit, then memory) to its end, even if the caller is cancelled meanwhile.
+
+        The committer commits an accepted batch whatever becomes of its
+        submitter: a caller cancelled while it waits (a client gone, the
+        shutdown grace over) must not leave LMDB changed and memory not
+        (a card listed and routed to only after a restart, and a clean
+        stop saving an index that LMDB's digest vouches for).
+        """
+        task = asyncio.ensure_future(change)
+        self._background.add(task)
+        task.add_done_callback(_settled)
+        task.add_done_callback(self._background.discard)
+        return await asyncio.shield(task)
 
     # ---------------------------------------------------------------- agents
 
@@ -596,6 +616,9 @@ class Router:
             RouterLimitError: The index holds ``max_agents`` cards already.
         """
         vector = self._card_vector(spec)
+        return await self._to_the_end(self._register_held(spec, vector))
+
+    async def _register_held(self, spec: AgentSpec, vector: Vector) -> tuple[AgentView, bool]:
         async with self._card_locks.hold(spec.agent_id):
             return await self._register(spec, vector)
 
@@ -630,6 +653,9 @@ class Router:
         Raises:
             AgentNotFoundError: No registered card has this id.
         """
+        await self._to_the_end(self._deregister_held(agent_id))
+
+    async def _deregister_held(self, agent_id: str) -> None:
         async with self._card_locks.hold(agent_id):
             await self._deregister(agent_id)
 
@@ -1232,6 +1258,9 @@ class Router:
 
     async def put_catalog(self, models: Sequence[ModelSpec]) -> StoredCatalog:
         """Replaces the catalog; outcomes of models that leave it are deleted."""
+        return await self._to_the_end(self._put_catalog(models))
+
+    async def _put_catalog(self, models: Sequence[ModelSpec]) -> StoredCatalog:
         catalog = StoredCatalog(models=tuple(models), update_time_ns=self._clock())
         batch = self._storage.batch().put(META_TABLE, _CATALOG_KEY, _catalog_codec.encode(catalog))
         await self._commit(batch, [])
@@ -1469,6 +1498,31 @@ class Router:
                 catalog models are estimated; nothing is stored).
             ValueError: Neither or both outcomes, or a score outside [0, 1].
         """
+        return await self._to_the_end(
+            self._report_outcome(
+                route_id,
+                model_id=model_id,
+                success=success,
+                score=score,
+                cost_micro_usd=cost_micro_usd,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                latency_ns=latency_ns,
+            )
+        )
+
+    async def _report_outcome(
+        self,
+        route_id: str,
+        *,
+        model_id: str = "",
+        success: bool | None = None,
+        score: float | None = None,
+        cost_micro_usd: int = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        latency_ns: int = 0,
+    ) -> OutcomeRecord:
         if (success is None) == (score is None):
             raise ValueError("exactly one of success and score must be given")
         value = float(score) if score is not None else (1.0 if success else 0.0)
@@ -1820,6 +1874,12 @@ async def _logged(coroutine: Coroutine[Any, Any, None]) -> None:
             await coroutine
         except Exception:  # noqa: BLE001 - a lost route event must not crash the loop
             _log.exception("could not record a routing event")
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    """Retrieves a change's failure (a cancelled caller no longer will; memory stayed as LMDB)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _threshold_text(threshold: float) -> str:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -83,6 +84,12 @@ Vector = npt.NDArray[np.float64]
 def _unit(vector: npt.ArrayLike) -> Vector:
     array = np.asarray(vector, dtype=np.float64)
     return array / np.linalg.norm(array)
+
+
+class TextVectors(Protocol):
+    """What the model needs of an embedder: a text's vector (``TopicEmbedder``, or a sidecar's own)."""
+
+    def vector(self, text: str) -> npt.NDArray[np.float32]: ...
 
 
 class TopicEmbedder:
@@ -154,7 +161,7 @@ class _Card:
 
 @dataclass
 class Model:
-    embedder: TopicEmbedder
+    embedder: TextVectors
     settings: RouterSettings
     registered: dict[str, tuple[AgentSpec, Vector]] = field(default_factory=dict)
     workers: dict[str, _Worker] = field(default_factory=dict)  # in connection order
