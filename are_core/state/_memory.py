@@ -249,11 +249,7 @@ class MemoryStore:
             # this index as it is (these notes are not acknowledged yet) rather
             # than topping it up from LMDB itself.
             self._indexes[workflow_id] = (index, new_space.next_id)
-            keys = np.asarray(ids, dtype=np.uint64)
-            for start in range(0, len(ids), _INDEX_SLICE):
-                if start:
-                    await asyncio.sleep(0)  # HNSW insertion is slow: let other calls run between slices
-                index.add(keys[start : start + _INDEX_SLICE], vectors[start : start + _INDEX_SLICE])
+            await _index_in_slices(index, np.asarray(ids, dtype=np.uint64), vectors)
             if new_space.next_id - self._saved.get(workflow_id, 1) >= self.save_every:
                 self._save(workflow_id, index, new_space.next_id)
         if self._events is not None and events:
@@ -643,3 +639,22 @@ def _check_note(i: int, note: NoteInput) -> None:
             field=f"entries[{i}].content",
             limit=MAX_CONTENT_BYTES,
         )
+
+
+async def _index_in_slices(index: VectorIndex, keys: np.ndarray, vectors: np.ndarray) -> None:
+    """Adds committed notes to their index a slice per loop turn (HNSW insertion is slow).
+
+    The notes are committed and their coverage claimed: a caller cancelled
+    between slices (a client gone, the shutdown grace over) must not leave
+    the rest unsearchable, so they are added at once before it goes.
+    """
+    done = 0
+    try:
+        while done < len(keys):
+            if done:
+                await asyncio.sleep(0)  # let other calls run between slices
+            index.add(keys[done : done + _INDEX_SLICE], vectors[done : done + _INDEX_SLICE])
+            done += _INDEX_SLICE
+    except asyncio.CancelledError:
+        index.add(keys[done:], vectors[done:])
+        raise
