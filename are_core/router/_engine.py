@@ -472,7 +472,13 @@ class Router:
         manifest: dict[str, str] = {}
         if not any(a.stored is None for a in self._agents.values()):
             self._index.save(folder / "agents.usearch")
-            records = [_agent_codec.decode(value) for _, value in self._scan_all(AGENTS_TABLE)]
+            # The digest of what the index holds (memory), in LMDB's key order: a
+            # start compares it with LMDB's, so a memory that ever fell behind
+            # LMDB has its index rebuilt, never restored.
+            records = sorted(
+                (a.stored for a in self._agents.values() if a.stored is not None),
+                key=lambda record: record.spec.agent_id.encode(),
+            )
             manifest["agents"] = self._agents_digest(records)
         for model_id, index in self._outcome_index.items():
             sequences = self._outcome_keys.get(model_id)

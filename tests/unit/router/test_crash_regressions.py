@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from are_core.router import TABLES, AgentSpec, ModelSpec, RouteMode, RouteQuery, Router
+from are_core.router import AGENTS_TABLE, TABLES, AgentSpec, ModelSpec, RouteMode, RouteQuery, Router
 from are_core.storage import GroupCommitter, Storage
 from sidecar._router import _restore_index, new_router_index
 
@@ -93,3 +93,28 @@ async def test_changes_cancelled_while_they_commit_still_reach_memory_and_the_sa
         await router.aclose()
         await committer.aclose()
         storage.close()
+
+
+async def test_a_saved_index_vouches_for_what_memory_held_not_for_lmdb(tmp_path: Path) -> None:
+    """Should memory ever fall behind LMDB (as it did for a cancelled change), the index a clean
+    stop saves is named with the digest of memory, so the next start rebuilds it from LMDB
+    instead of restoring the stale file."""
+    storage, committer, router = await _open(tmp_path)
+    for i in range(80):
+        await router.register_agent(AgentSpec(agent_id=f"filler-{i:02d}", vector=_far(i)))
+    await router.register_agent(AgentSpec(agent_id="card", vector=unit(1.0)))
+    await _close(storage, committer, router)
+    storage, committer, router = await _open(tmp_path)
+    assert router.restored_indexes == 1  # the clean stop's file matched LMDB
+    # Memory falls behind LMDB by one card in and one out (the same size, as after the
+    # cancelled changes): LMDB gains "lost", which memory never heard of, and loses "card".
+    await router.register_agent(AgentSpec(agent_id="lost", vector=unit(0.0, 1.0)))
+    router._remove_vector(router._agents.pop("lost"))  # memory made to fall behind
+    await committer.submit(storage.batch().delete(AGENTS_TABLE, b"card"))
+    await _close(storage, committer, router)
+    storage, committer, router = await _open(tmp_path)
+    assert router.restored_indexes == 0  # rebuilt from LMDB
+    result = router.rank(RouteQuery(vector=unit(0.0, 1.0), top_k=1, mode=RouteMode.BEST_MATCH))
+    assert [c.agent_id for c in result.candidates] == ["lost"]
+    assert router.get_agent("card") is None
+    await _close(storage, committer, router)
