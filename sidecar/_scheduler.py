@@ -193,7 +193,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                     spec, request_id=request.request_id, request_hash=digest, stage=stage
                 )
                 if earlier is None
-                else (self._engine.get_workflow(earlier).record, True)
+                else (await self._engine.deduplicated(earlier), True)
             )
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)

@@ -313,7 +313,7 @@ class Wiring:
                 blob_sha256=blob_sha256,
                 blob_size=blob_size,
             )
-            await durable
+            await asyncio.shield(durable)  # shared by the commit's other callers
         return versions[0]
 
     @staticmethod

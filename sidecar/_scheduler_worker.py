@@ -616,7 +616,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 blob_sha256=digest,
                 blob_size=size,
             )
-            await durable
+            await asyncio.shield(durable)  # shared by the commit's other callers
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.CompleteTaskResponse(state_version=self._wiring.state_version(c.workflow_id))
@@ -638,7 +638,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 usage=usage_from_proto(f.usage),
                 retry_after_s=min(retry_after, 86_400.0),
             )
-            await durable
+            await asyncio.shield(durable)  # shared by the commit's other callers
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.FailTaskResponse(
@@ -679,7 +679,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 drafts.append(reported_event_draft(event, "", f"events[{i}]"))
                 self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
             sequences, durable = self._engine.record_events(drafts)
-            await durable
+            await asyncio.shield(durable)  # shared by the commit's other callers
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         return pb.ReportEventsResponse(sequences=sequences)

@@ -816,7 +816,7 @@ class Scheduler:
         if self._txn is not None:
             future = self._txn.future
             self._flush()
-            await future
+            await asyncio.shield(future)  # a caller gone must not cancel a shared commit
 
     def _event(
         self, event_type: str, task: _Task | None = None, w: _Workflow | None = None, **fields: Any
@@ -895,7 +895,7 @@ class Scheduler:
         """
         earlier = self.check_request(request_id, request_hash)
         if earlier is not None:
-            return self._load_workflow(earlier).record, True
+            return await self.deduplicated(earlier), True
         validate_graph(spec.tasks)
         pools: dict[str, int] = {}
         default_pool = spec.default_pool or "default"
@@ -971,8 +971,23 @@ class Scheduler:
                 self._decide(task)
         self._settle()
         self._pump()
-        await self._t().future
+        await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
         return rec, False
+
+    async def deduplicated(self, wf_id: str) -> WorkflowRecord:
+        """The workflow an earlier submit with the same request_id made, once that submit is durable.
+
+        The earlier submit may still be committing: answering its retry
+        sooner would acknowledge a workflow a crash can still undo.
+        """
+        await self._settled_commit(wf_id)
+        return self._load_workflow(wf_id).record
+
+    async def _settled_commit(self, wf_id: str) -> None:
+        """Waits for the commit holding the workflow's latest in-memory change (none: returns at once)."""
+        pending = self.durable(wf_id)
+        if pending is not None:
+            await asyncio.shield(pending)
 
     def _forget_request(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
@@ -2527,6 +2542,8 @@ class Scheduler:
         """Cancels a workflow (idempotent); returns its record once durable."""
         w = self._open.get(wf_id)
         if w is None:
+            # Closed, perhaps by a commit still in flight (an earlier cancel's): answer once it is durable.
+            await self._settled_commit(wf_id)
             return self._load_workflow(wf_id).record
         w.rec.state = "CANCELLING"
         w.rec.failure = Failure(
@@ -2538,7 +2555,7 @@ class Scheduler:
         self._event("WORKFLOW_CANCEL_REQUESTED", w=w, attributes={"are.cancel.reason": reason})
         self._stop_all(w, "WORKFLOW_CANCELLED", "the workflow was cancelled")
         self._after_op()
-        await self._t().future
+        await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
         return w.rec
 
     def _stop_attempt(self, holder: WorkerHandle, cancellation: Cancellation) -> None:
@@ -2624,7 +2641,7 @@ class Scheduler:
         else:
             self._reject(task, approver, comment, timeout=False)
         self._after_op()
-        await self._t().future
+        await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
         return TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec)
 
     def _reject(self, task: _Task, approver: str, comment: str, *, timeout: bool) -> None:
@@ -2712,6 +2729,7 @@ class Scheduler:
                     raise RequestIdConflictError(
                         f"request_id {request_id!r} was used in {wf_id!r} with a different request"
                     )
+                await self._settled_commit(wf_id)  # the earlier spawn may still be committing
                 return list(receipt.task_ids), True
         w = self._open.get(wf_id)
         if w is None:
@@ -2755,7 +2773,7 @@ class Scheduler:
         if len(w.order) + len(specs) > budget.max_tasks:
             self._exceed(w, "max_tasks", budget.max_tasks, len(w.order) + len(specs))
             self._after_op()
-            await self._t().future
+            await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
             raise BudgetExceededError(
                 f"spawning {len(specs)} tasks exceeds max_tasks {budget.max_tasks}",
                 budget="max_tasks",
@@ -2764,7 +2782,7 @@ class Scheduler:
         if depth > budget.max_spawn_depth:
             self._exceed(w, "max_spawn_depth", budget.max_spawn_depth, depth)
             self._after_op()
-            await self._t().future
+            await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
             raise BudgetExceededError(
                 f"spawn depth {depth} exceeds max_spawn_depth {budget.max_spawn_depth}",
                 budget="max_spawn_depth",
@@ -2803,7 +2821,7 @@ class Scheduler:
             if not task.unresolved:
                 self._decide(task)
         self._after_op()
-        await self._t().future
+        await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
         return ids, False
 
     # ------------------------------------------------------------------- pools
@@ -2827,7 +2845,7 @@ class Scheduler:
             self._promote(existing)  # a longer queue takes backlogged tasks at once
         self._pump_wanted = True
         self._after_op()
-        await self._t().future
+        await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
         return stored, existing is None
 
     def get_pool(self, name: str) -> tuple[PoolLimits, PoolStatus]:
@@ -3306,7 +3324,7 @@ class Scheduler:
             self._closing.append(w)
         self._settle()
         self._pump()
-        await self._t().future
+        await asyncio.shield(self._t().future)  # a caller gone must not cancel a shared commit
         return rec
 
     def counters(self) -> dict[str, int]:
