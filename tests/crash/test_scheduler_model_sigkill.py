@@ -483,9 +483,7 @@ class Run:
                 await self.poller
         async with asyncio.timeout(20):
             for worker in self.workers:
-                # A worker stopped while its stream is dying may raise InvalidStateError from the
-                # SDK's drain (done_writing on a finished call): the stream is gone either way.
-                with contextlib.suppress(RpcError, asyncio.InvalidStateError):
+                with contextlib.suppress(RpcError):
                     await worker.__aexit__(None, None, None)
         if self.client is not None:
             await self.client.close()

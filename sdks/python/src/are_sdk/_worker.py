@@ -745,6 +745,10 @@ class _Session:
                     return
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
+        except asyncio.InvalidStateError:
+            # "RPC already finished": the stream ended (the sidecar went away) while
+            # this was writing; the reader reports how, and nothing more can be sent.
+            return
 
     async def _flush(self, call: Any) -> None:
         # Heartbeats and events first: they concern attempts whose results may
