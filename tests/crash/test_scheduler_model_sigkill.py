@@ -70,16 +70,7 @@ from are_sdk._proto.are.v1 import (
 from are_sdk._proto.are.v1 import scheduler_service_pb2 as spb
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
 from are_sdk.testing import SidecarProcess
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    """ "1-20" or "3,7": the seeds to run."""
-    out: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        out.extend(range(int(first), int(last or first) + 1))
-    return tuple(out)
-
+from tests.unit.scheduler.test_model_random import _seeds  # "1-20" or "3,7"
 
 SEEDS = _seeds(os.environ.get("SCHED_MODEL_SEEDS", "1-3"))
 STEPS = int(os.environ.get("SCHED_MODEL_STEPS", "50"))
