@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 import numpy as np
@@ -126,6 +127,7 @@ _log = logging.getLogger("are.router")
 
 Vector = npt.NDArray[np.float32]
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @dataclass(slots=True)
@@ -250,6 +252,18 @@ class _KeyRows:
         out[~workers] = _looked_up(self._cards, keys[~workers].astype(np.intp))
         out[workers] = _looked_up(self._workers, (keys[workers] - np.uint64(_WORKER_KEYS)).astype(np.intp))
         return out
+
+
+def _runs_to_the_end(
+    method: Callable[Concatenate[Router, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[Router, _P], Coroutine[Any, Any, _T]]:
+    """Makes a change run to its end even if its caller is cancelled (see ``Router._to_the_end``)."""
+
+    @functools.wraps(method)
+    async def run(self: Router, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._to_the_end(method(self, *args, **kwargs))
+
+    return run
 
 
 class Router:
@@ -610,6 +624,7 @@ class Router:
         """Cards in the index, registered and worker-declared."""
         return len(self._agents)
 
+    @_runs_to_the_end
     async def register_agent(self, spec: AgentSpec) -> tuple[AgentView, bool]:
         """Adds or replaces a registered card; returns it and whether it is new.
 
@@ -622,9 +637,6 @@ class Router:
             RouterLimitError: The index holds ``max_agents`` cards already.
         """
         vector = self._card_vector(spec)
-        return await self._to_the_end(self._register_held(spec, vector))
-
-    async def _register_held(self, spec: AgentSpec, vector: Vector) -> tuple[AgentView, bool]:
         async with self._card_locks.hold(spec.agent_id):
             return await self._register(spec, vector)
 
@@ -653,15 +665,13 @@ class Router:
         self._set_vector(agent, vector)
         return self._view(agent), previous is None
 
+    @_runs_to_the_end
     async def deregister_agent(self, agent_id: str) -> None:
         """Removes a registered card (a worker's card stays while its workers do).
 
         Raises:
             AgentNotFoundError: No registered card has this id.
         """
-        await self._to_the_end(self._deregister_held(agent_id))
-
-    async def _deregister_held(self, agent_id: str) -> None:
         async with self._card_locks.hold(agent_id):
             await self._deregister(agent_id)
 
@@ -1262,11 +1272,9 @@ class Router:
         """The model catalog, or None before the first :meth:`put_catalog`."""
         return self._catalog
 
+    @_runs_to_the_end
     async def put_catalog(self, models: Sequence[ModelSpec]) -> StoredCatalog:
         """Replaces the catalog; outcomes of models that leave it are deleted."""
-        return await self._to_the_end(self._put_catalog(models))
-
-    async def _put_catalog(self, models: Sequence[ModelSpec]) -> StoredCatalog:
         catalog = StoredCatalog(models=tuple(models), update_time_ns=self._clock())
         batch = self._storage.batch().put(META_TABLE, _CATALOG_KEY, _catalog_codec.encode(catalog))
         await self._commit(batch, [])
@@ -1476,6 +1484,7 @@ class Router:
             reason=reason,
         )
 
+    @_runs_to_the_end
     async def report_outcome(
         self,
         route_id: str,
@@ -1504,31 +1513,6 @@ class Router:
                 catalog models are estimated; nothing is stored).
             ValueError: Neither or both outcomes, or a score outside [0, 1].
         """
-        return await self._to_the_end(
-            self._report_outcome(
-                route_id,
-                model_id=model_id,
-                success=success,
-                score=score,
-                cost_micro_usd=cost_micro_usd,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                latency_ns=latency_ns,
-            )
-        )
-
-    async def _report_outcome(
-        self,
-        route_id: str,
-        *,
-        model_id: str = "",
-        success: bool | None = None,
-        score: float | None = None,
-        cost_micro_usd: int = 0,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        latency_ns: int = 0,
-    ) -> OutcomeRecord:
         if (success is None) == (score is None):
             raise ValueError("exactly one of success and score must be given")
         value = float(score) if score is not None else (1.0 if success else 0.0)
