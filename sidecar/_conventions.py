@@ -18,10 +18,12 @@ __all__ = [
     "ID",
     "INT64_MAX",
     "KEY",
+    "USAGE_FIELDS",
     "duration_problem",
     "enum_problem",
     "timestamp_problem",
     "unix_ns",
+    "usage_problem",
     "vector_values",
 ]
 
@@ -32,6 +34,9 @@ KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 INT64_MAX = 2**63 - 1
 """The largest value LMDB records (MessagePack int64) and proto int64 fields hold."""
+
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cost_micro_usd", "llm_calls", "tool_calls")
+"""The counters of ``are.v1.Usage``, in field order; each is at least 0."""
 
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _TIMESTAMP_MIN_S = -62_135_596_800
@@ -98,6 +103,20 @@ def duration_problem(value: Any) -> str | None:
         return f"seconds must be within +-{_DURATION_MAX_S}, got {value.seconds}"
     if not -_NANOS_MAX <= value.nanos <= _NANOS_MAX or (value.seconds and value.nanos * value.seconds < 0):
         return f"nanos must be -{_NANOS_MAX} to {_NANOS_MAX} with the sign of seconds, got {value.nanos}"
+    return None
+
+
+def usage_problem(usage: common_pb2.Usage) -> tuple[str, str] | None:
+    """The first negative counter of a ``Usage`` as (its field name, why), or None.
+
+    common.proto says every counter is at least 0. A negative one is refused
+    naming its field, never clamped: a clamped report would record numbers the
+    worker did not send, and budgets would count them.
+    """
+    for name in USAGE_FIELDS:
+        value = getattr(usage, name)
+        if value < 0:
+            return name, f"must be at least 0, got {value}"
     return None
 
 

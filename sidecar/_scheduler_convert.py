@@ -509,22 +509,28 @@ def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
     )
 
 
-def usage_from_proto(usage: common_pb2.Usage) -> Usage | None:
-    """A core Usage, or None when nothing was reported."""
-    if not (
-        usage.input_tokens
-        or usage.output_tokens
-        or usage.cost_micro_usd
-        or usage.llm_calls
-        or usage.tool_calls
-    ):
+def usage_from_proto(usage: common_pb2.Usage, field: str) -> Usage | None:
+    """A worker-reported Usage as a core Usage, or None when nothing was reported.
+
+    A negative counter is refused naming it (``<field>.cost_micro_usd``),
+    never clamped. Counters up to the largest int64 are taken as sent; sums
+    of them saturate in the engine.
+    """
+    tokens_in, tokens_out, cost = usage.input_tokens, usage.output_tokens, usage.cost_micro_usd
+    llm_calls, tool_calls = usage.llm_calls, usage.tool_calls
+    # One test per completion: the OR of ints is 0 only when all are, negative when one is.
+    combined = tokens_in | tokens_out | cost | llm_calls | tool_calls
+    if combined == 0:
         return None
+    if combined < 0:
+        name, problem = conventions.usage_problem(usage) or ("", "")
+        _bad("INVALID_ARGUMENT", f"{field}.{name}", problem)
     return Usage(
-        input_tokens=max(0, usage.input_tokens),
-        output_tokens=max(0, usage.output_tokens),
-        cost_micro_usd=max(0, usage.cost_micro_usd),
-        llm_calls=max(0, usage.llm_calls),
-        tool_calls=max(0, usage.tool_calls),
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cost_micro_usd=cost,
+        llm_calls=llm_calls,
+        tool_calls=tool_calls,
     )
 
 

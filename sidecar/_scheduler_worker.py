@@ -90,6 +90,23 @@ def _check_attempt_ids(item: Any, field: str) -> None:
     check_id(item.task_id, f"{field}.task_id", "a task id")
 
 
+def _retry_after_s(failure: pb.TaskFailure, field: str) -> float:
+    """A failure's least retry delay in seconds (0 when unset), read as at most a day.
+
+    A negative or malformed one is refused naming ``field``, like any bad
+    Duration; one over a day is a provider's hint, and is read as a day.
+    """
+    if not failure.HasField("retry_after"):
+        return 0.0
+    delay = failure.retry_after
+    problem = conventions.duration_problem(delay)
+    if problem is None and (delay.seconds < 0 or delay.nanos < 0):
+        problem = f"must not be negative, got {delay.seconds}s {delay.nanos}ns"
+    if problem is not None:
+        raise SpecError("INVALID_ARGUMENT", field, problem)
+    return min(delay.ToNanoseconds() / 1e9, 86_400.0)
+
+
 def _attributes(attributes: Any) -> dict[str, str | int | float | bool]:
     out: dict[str, str | int | float | bool] = {}
     for key, value in attributes.items():
@@ -106,7 +123,7 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
         raise SpecError(
             "INVALID_ARGUMENT", f"{field}.event_type", "workers report LLM_CALL, TOOL_CALL or WORKER_CUSTOM"
         )
-    usage = usage_from_proto(event.usage) if event.HasField("usage") else None
+    usage = usage_from_proto(event.usage, f"{field}.usage") if event.HasField("usage") else None
     failure = failure_from_proto(event.failure, f"{field}.failure") if event.HasField("failure") else None
     duration_ns: int | None = None
     if event.HasField("duration"):
@@ -429,6 +446,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 self._complete_with_state(stream, c, f"complete.completions[{i}]")
                 continue
             try:
+                usage = usage_from_proto(c.usage, f"complete.completions[{i}].usage")
                 digest, size, content_type = self._output(c, f"complete.completions[{i}].output")
                 durable = self._engine.complete(
                     c.workflow_id,
@@ -436,7 +454,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                     c.attempt,
                     output=c.output.data,
                     content_type=content_type,
-                    usage=usage_from_proto(c.usage),
+                    usage=usage,
                     blob_sha256=digest,
                     blob_size=size,
                 )
@@ -468,6 +486,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
 
     async def _completed_with_state(self, c: pb.TaskCompletion, field: str) -> int:
         """Completes with the attempt's state write in the same commit; returns the state version."""
+        usage = usage_from_proto(c.usage, f"{field}.usage")
         if len(c.output.data) > 4 * 1024 * 1024:
             raise SpecError(
                 "LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline", limit=4 * 1024 * 1024
@@ -487,7 +506,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             c.attempt,
             output=c.output.data,
             content_type=content_type,
-            usage=usage_from_proto(c.usage),
+            usage=usage,
             write=write,
             field=field,
             blob_sha256=digest,
@@ -521,14 +540,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         for i, f in enumerate(failures):
             try:
                 failure = failure_from_proto(f.failure, f"fail.failures[{i}].failure")
-                retry_after = f.retry_after.ToNanoseconds() / 1e9 if f.HasField("retry_after") else 0.0
+                usage = usage_from_proto(f.usage, f"fail.failures[{i}].usage")
+                retry_after = _retry_after_s(f, f"fail.failures[{i}].retry_after")
                 will_retry, _, _, durable = self._engine.fail(
                     f.workflow_id,
                     f.task_id,
                     f.attempt,
                     failure=failure,
-                    usage=usage_from_proto(f.usage),
-                    retry_after_s=min(retry_after, 86_400.0),
+                    usage=usage,
+                    retry_after_s=retry_after,
                 )
                 acks.append(_ack(f, _FAILURE, accepted=True, will_retry=will_retry))
             except SchedulerError as error:
@@ -605,6 +625,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 raise SpecError(
                     "LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline", limit=4 * 1024 * 1024
                 )
+            usage = usage_from_proto(c.usage, "completion.usage")
             digest, size, content_type = self._output(c, "completion.output")
             durable = self._engine.complete(
                 c.workflow_id,
@@ -612,7 +633,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 c.attempt,
                 output=c.output.data,
                 content_type=content_type,
-                usage=usage_from_proto(c.usage),
+                usage=usage,
                 blob_sha256=digest,
                 blob_size=size,
             )
@@ -629,14 +650,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         try:
             _check_attempt_ids(f, "failure")
             failure = failure_from_proto(f.failure, "failure.failure")
-            retry_after = f.retry_after.ToNanoseconds() / 1e9 if f.HasField("retry_after") else 0.0
+            usage = usage_from_proto(f.usage, "failure.usage")
+            retry_after = _retry_after_s(f, "failure.retry_after")
             will_retry, next_ns, state, durable = self._engine.fail(
                 f.workflow_id,
                 f.task_id,
                 f.attempt,
                 failure=failure,
-                usage=usage_from_proto(f.usage),
-                retry_after_s=min(retry_after, 86_400.0),
+                usage=usage,
+                retry_after_s=retry_after,
             )
             await asyncio.shield(durable)  # shared by the commit's other callers
         except (SchedulerError, StorageError) as error:

@@ -262,6 +262,35 @@ async def test_non_retryable_failure_types_of_the_policy_apply(client: Client) -
     assert (task.failure.type, task.failure.details) == ("QuotaExhausted", {"left": 0})
 
 
+async def test_a_negative_llm_call_report_fails_the_attempt_with_the_reported_usage(client: Client) -> None:
+    """The sidecar refuses a negative usage counter (it used to clamp it to 0): the SDK refuses
+    it where it is reported, so the handler fails with the reason instead of its completion
+    being refused and the attempt waiting out its timeout."""
+    from are_sdk import RetryPolicy
+
+    cap = f"negative-usage-{suffix()}"
+    worker = Worker(client, name=f"negative-usage-{suffix()}")
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        ctx.report_llm_call("model-x", input_tokens=10, output_tokens=2, cost_micro_usd=3)
+        ctx.report_llm_call("model-x", input_tokens=1, cost_micro_usd=-1)
+        return "unreachable"
+
+    async with worker:
+        handle_ = await client.submit_workflow(
+            WorkflowSpec().task("x", capability=cap, retry_policy=RetryPolicy(maximum_attempts=1))
+        )
+        final = await handle_.wait(timeout=RESULT_TIMEOUT)
+    assert final.state is WorkflowState.FAILED
+    task = await handle_.task("x")
+    assert task.failure is not None
+    assert task.failure.type == "ValueError"
+    assert "cost_micro_usd must be at least 0, got -1" in task.failure.message
+    usage = task.usage  # what was reported before the bad call, sent with the failure
+    assert (usage.input_tokens, usage.output_tokens, usage.cost_micro_usd, usage.llm_calls) == (10, 2, 3, 1)
+
+
 async def test_worker_without_handlers_refuses_to_run(client: Client) -> None:
     worker = Worker(client, name="empty")
     with pytest.raises(ValueError, match="no capability"):

@@ -620,7 +620,8 @@ func (x *Failure) GetStackTrace() string {
 // Usage is what one unit of work consumed: LLM tokens and money. Workers
 // report it with each completion or failure; the sidecar sums it per task,
 // workflow and label. Sums stop at the largest int64 (2^63 - 1) rather than
-// overflow.
+// overflow. A negative counter is refused with INVALID_ARGUMENT naming the
+// field (for example `completion.usage.output_tokens`), never clamped.
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Prompt (input) tokens consumed; at least 0.

@@ -623,8 +623,8 @@ type TaskFailure struct {
 	// Tokens, cost and calls spent before the failure.
 	Usage *Usage `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
 	// The least delay before a retry (for example an LLM provider's
-	// Retry-After), used instead of a shorter computed backoff; at most
-	// 24 hours.
+	// Retry-After), used instead of a shorter computed backoff. Not
+	// negative; a longer one than 24 hours is read as 24 hours.
 	RetryAfter    *durationpb.Duration `protobuf:"bytes,6,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1229,10 +1229,14 @@ type TaskAck struct {
 	// True when the item was recorded; false when it was refused and changed
 	// nothing.
 	Accepted bool `protobuf:"varint,5,opt,name=accepted,proto3" json:"accepted,omitempty"`
-	// Why it was refused, for example ERROR_REASON_TASK_NOT_HELD or
-	// ERROR_REASON_TASK_ALREADY_COMPLETED; UNSPECIFIED when accepted.
+	// Why it was refused, for example ERROR_REASON_TASK_NOT_HELD,
+	// ERROR_REASON_TASK_ALREADY_COMPLETED or ERROR_REASON_INVALID_ARGUMENT;
+	// UNSPECIFIED when accepted.
 	Reason ErrorReason `protobuf:"varint,6,opt,name=reason,proto3,enum=are.v1.ErrorReason" json:"reason,omitempty"`
-	// A human-readable explanation of a refusal.
+	// A human-readable explanation of a refusal; for an invalid item it
+	// names the field's path within the request, for example
+	// "complete.completions[0].usage.cost_micro_usd: must be at least 0, got
+	// -5".
 	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
 	// For accepted failures: whether the task will be retried.
 	WillRetry     bool `protobuf:"varint,8,opt,name=will_retry,json=willRetry,proto3" json:"will_retry,omitempty"`

@@ -348,7 +348,19 @@ class TaskContext:
         The tokens and cost are summed into the usage sent with the attempt's
         completion or failure, which the workflow's budgets and the pool's
         token rate count.
+
+        Raises:
+            ValueError: A count or cost is negative (the sidecar would refuse
+                the attempt's result); raised in the handler, it fails the attempt.
         """
+        counts = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_micro_usd": cost_micro_usd,
+        }
+        for name, value in counts.items():
+            if value < 0:
+                raise ValueError(f"{name} must be at least 0, got {value}")
         usage = common_pb2.Usage(
             input_tokens=input_tokens, output_tokens=output_tokens, cost_micro_usd=cost_micro_usd, llm_calls=1
         )

@@ -216,7 +216,8 @@ export interface Failure {
  * Usage is what one unit of work consumed: LLM tokens and money. Workers
  * report it with each completion or failure; the sidecar sums it per task,
  * workflow and label. Sums stop at the largest int64 (2^63 - 1) rather than
- * overflow.
+ * overflow. A negative counter is refused with INVALID_ARGUMENT naming the
+ * field (for example `completion.usage.output_tokens`), never clamped.
  */
 export interface Usage {
   /** Prompt (input) tokens consumed; at least 0. */

@@ -249,8 +249,8 @@ export interface TaskFailure {
     | undefined;
   /**
    * The least delay before a retry (for example an LLM provider's
-   * Retry-After), used instead of a shorter computed backoff; at most
-   * 24 hours.
+   * Retry-After), used instead of a shorter computed backoff. Not
+   * negative; a longer one than 24 hours is read as 24 hours.
    */
   retryAfter: Duration | undefined;
 }
@@ -366,11 +366,17 @@ export interface TaskAck {
    */
   accepted: boolean;
   /**
-   * Why it was refused, for example ERROR_REASON_TASK_NOT_HELD or
-   * ERROR_REASON_TASK_ALREADY_COMPLETED; UNSPECIFIED when accepted.
+   * Why it was refused, for example ERROR_REASON_TASK_NOT_HELD,
+   * ERROR_REASON_TASK_ALREADY_COMPLETED or ERROR_REASON_INVALID_ARGUMENT;
+   * UNSPECIFIED when accepted.
    */
   reason: ErrorReason;
-  /** A human-readable explanation of a refusal. */
+  /**
+   * A human-readable explanation of a refusal; for an invalid item it
+   * names the field's path within the request, for example
+   * "complete.completions[0].usage.cost_micro_usd: must be at least 0, got
+   * -5".
+   */
   message: string;
   /** For accepted failures: whether the task will be retried. */
   willRetry: boolean;
@@ -3170,8 +3176,14 @@ export const WorkerServiceService = {
    * `register`; the server answers `registered`, then sends assignment
    * batches whenever the worker has free slots (never more than
    * max_concurrency held at once) and acknowledges each completion and
-   * failure. Per-task refusals (TASK_NOT_HELD, TASK_ALREADY_COMPLETED) are
-   * TaskAcks, not stream errors. When the stream ends, the worker's leases
+   * failure. Per-item refusals are TaskAcks, not stream errors:
+   * TASK_NOT_HELD, TASK_ALREADY_COMPLETED, and an invalid item (reason
+   * INVALID_ARGUMENT or LIMIT_EXCEEDED, for example a negative usage
+   * counter), whose ack message names the field's path, for example
+   * `complete.completions[2].usage.cost_micro_usd`. A refused item changes
+   * nothing: its attempt stays held (send a corrected completion, or a
+   * failure, before the lease runs out), and the stream and the worker's
+   * other attempts carry on. When the stream ends, the worker's leases
    * are released at once and their tasks retried; except when a sidecar
    * drain ends it (see DrainNotice): the attempts still held then keep
    * their leases and are dispatched again after the restart.
@@ -3214,8 +3226,11 @@ export const WorkerServiceService = {
    * and optional state patch, in one commit.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND;
    * FAILED_PRECONDITION, reason TASK_NOT_HELD or TASK_ALREADY_COMPLETED,
-   * or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason LIMIT_EXCEEDED,
-   * INVALID_JSON or INVALID_JSON_POINTER. On error nothing is recorded.
+   * or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason INVALID_ARGUMENT (a
+   * bad id, a negative usage counter such as
+   * `completion.usage.cost_micro_usd`), LIMIT_EXCEEDED, INVALID_JSON or
+   * INVALID_JSON_POINTER, naming the field. On error nothing is recorded:
+   * an attempt that was held stays held.
    */
   completeTask: {
     path: "/are.v1.WorkerService/CompleteTask" as const,
@@ -3230,7 +3245,9 @@ export const WorkerServiceService = {
   /**
    * FailTask records a held attempt's failure; the task is retried or
    * fails according to its retry policy.
-   * Errors: as for CompleteTask.
+   * Errors: as for CompleteTask, naming fields under `failure.` (for
+   * example a negative `failure.usage.input_tokens` or
+   * `failure.retry_after`).
    */
   failTask: {
     path: "/are.v1.WorkerService/FailTask" as const,
@@ -3261,7 +3278,8 @@ export const WorkerServiceService = {
   /**
    * ReportEvents records tool calls, LLM calls and custom events of held
    * task attempts in the flight recorder (at most 1,000 per call).
-   * Errors: INVALID_ARGUMENT for a bad event or event type, LIMIT_EXCEEDED;
+   * Errors: INVALID_ARGUMENT for a bad event or event type (a negative
+   * `events[i].usage` counter included), LIMIT_EXCEEDED;
    * FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
    */
   reportEvents: {
@@ -3282,8 +3300,14 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
    * `register`; the server answers `registered`, then sends assignment
    * batches whenever the worker has free slots (never more than
    * max_concurrency held at once) and acknowledges each completion and
-   * failure. Per-task refusals (TASK_NOT_HELD, TASK_ALREADY_COMPLETED) are
-   * TaskAcks, not stream errors. When the stream ends, the worker's leases
+   * failure. Per-item refusals are TaskAcks, not stream errors:
+   * TASK_NOT_HELD, TASK_ALREADY_COMPLETED, and an invalid item (reason
+   * INVALID_ARGUMENT or LIMIT_EXCEEDED, for example a negative usage
+   * counter), whose ack message names the field's path, for example
+   * `complete.completions[2].usage.cost_micro_usd`. A refused item changes
+   * nothing: its attempt stays held (send a corrected completion, or a
+   * failure, before the lease runs out), and the stream and the worker's
+   * other attempts carry on. When the stream ends, the worker's leases
    * are released at once and their tasks retried; except when a sidecar
    * drain ends it (see DrainNotice): the attempts still held then keep
    * their leases and are dispatched again after the restart.
@@ -3310,14 +3334,19 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
    * and optional state patch, in one commit.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND;
    * FAILED_PRECONDITION, reason TASK_NOT_HELD or TASK_ALREADY_COMPLETED,
-   * or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason LIMIT_EXCEEDED,
-   * INVALID_JSON or INVALID_JSON_POINTER. On error nothing is recorded.
+   * or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason INVALID_ARGUMENT (a
+   * bad id, a negative usage counter such as
+   * `completion.usage.cost_micro_usd`), LIMIT_EXCEEDED, INVALID_JSON or
+   * INVALID_JSON_POINTER, naming the field. On error nothing is recorded:
+   * an attempt that was held stays held.
    */
   completeTask: handleUnaryCall<CompleteTaskRequest, CompleteTaskResponse>;
   /**
    * FailTask records a held attempt's failure; the task is retried or
    * fails according to its retry policy.
-   * Errors: as for CompleteTask.
+   * Errors: as for CompleteTask, naming fields under `failure.` (for
+   * example a negative `failure.usage.input_tokens` or
+   * `failure.retry_after`).
    */
   failTask: handleUnaryCall<FailTaskRequest, FailTaskResponse>;
   /**
@@ -3330,7 +3359,8 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
   /**
    * ReportEvents records tool calls, LLM calls and custom events of held
    * task attempts in the flight recorder (at most 1,000 per call).
-   * Errors: INVALID_ARGUMENT for a bad event or event type, LIMIT_EXCEEDED;
+   * Errors: INVALID_ARGUMENT for a bad event or event type (a negative
+   * `events[i].usage` counter included), LIMIT_EXCEEDED;
    * FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
    */
   reportEvents: handleUnaryCall<ReportEventsRequest, ReportEventsResponse>;
@@ -3342,8 +3372,14 @@ export interface WorkerServiceClient extends Client {
    * `register`; the server answers `registered`, then sends assignment
    * batches whenever the worker has free slots (never more than
    * max_concurrency held at once) and acknowledges each completion and
-   * failure. Per-task refusals (TASK_NOT_HELD, TASK_ALREADY_COMPLETED) are
-   * TaskAcks, not stream errors. When the stream ends, the worker's leases
+   * failure. Per-item refusals are TaskAcks, not stream errors:
+   * TASK_NOT_HELD, TASK_ALREADY_COMPLETED, and an invalid item (reason
+   * INVALID_ARGUMENT or LIMIT_EXCEEDED, for example a negative usage
+   * counter), whose ack message names the field's path, for example
+   * `complete.completions[2].usage.cost_micro_usd`. A refused item changes
+   * nothing: its attempt stays held (send a corrected completion, or a
+   * failure, before the lease runs out), and the stream and the worker's
+   * other attempts carry on. When the stream ends, the worker's leases
    * are released at once and their tasks retried; except when a sidecar
    * drain ends it (see DrainNotice): the attempts still held then keep
    * their leases and are dispatched again after the restart.
@@ -3386,8 +3422,11 @@ export interface WorkerServiceClient extends Client {
    * and optional state patch, in one commit.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND;
    * FAILED_PRECONDITION, reason TASK_NOT_HELD or TASK_ALREADY_COMPLETED,
-   * or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason LIMIT_EXCEEDED,
-   * INVALID_JSON or INVALID_JSON_POINTER. On error nothing is recorded.
+   * or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason INVALID_ARGUMENT (a
+   * bad id, a negative usage counter such as
+   * `completion.usage.cost_micro_usd`), LIMIT_EXCEEDED, INVALID_JSON or
+   * INVALID_JSON_POINTER, naming the field. On error nothing is recorded:
+   * an attempt that was held stays held.
    */
   completeTask(
     request: CompleteTaskRequest,
@@ -3407,7 +3446,9 @@ export interface WorkerServiceClient extends Client {
   /**
    * FailTask records a held attempt's failure; the task is retried or
    * fails according to its retry policy.
-   * Errors: as for CompleteTask.
+   * Errors: as for CompleteTask, naming fields under `failure.` (for
+   * example a negative `failure.usage.input_tokens` or
+   * `failure.retry_after`).
    */
   failTask(
     request: FailTaskRequest,
@@ -3448,7 +3489,8 @@ export interface WorkerServiceClient extends Client {
   /**
    * ReportEvents records tool calls, LLM calls and custom events of held
    * task attempts in the flight recorder (at most 1,000 per call).
-   * Errors: INVALID_ARGUMENT for a bad event or event type, LIMIT_EXCEEDED;
+   * Errors: INVALID_ARGUMENT for a bad event or event type (a negative
+   * `events[i].usage` counter included), LIMIT_EXCEEDED;
    * FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
    */
   reportEvents(

@@ -100,8 +100,14 @@ class WorkerServiceServicer:
         `register`; the server answers `registered`, then sends assignment
         batches whenever the worker has free slots (never more than
         max_concurrency held at once) and acknowledges each completion and
-        failure. Per-task refusals (TASK_NOT_HELD, TASK_ALREADY_COMPLETED) are
-        TaskAcks, not stream errors. When the stream ends, the worker's leases
+        failure. Per-item refusals are TaskAcks, not stream errors:
+        TASK_NOT_HELD, TASK_ALREADY_COMPLETED, and an invalid item (reason
+        INVALID_ARGUMENT or LIMIT_EXCEEDED, for example a negative usage
+        counter), whose ack message names the field's path, for example
+        `complete.completions[2].usage.cost_micro_usd`. A refused item changes
+        nothing: its attempt stays held (send a corrected completion, or a
+        failure, before the lease runs out), and the stream and the worker's
+        other attempts carry on. When the stream ends, the worker's leases
         are released at once and their tasks retried; except when a sidecar
         drain ends it (see DrainNotice): the attempts still held then keep
         their leases and are dispatched again after the restart.
@@ -134,8 +140,11 @@ class WorkerServiceServicer:
         and optional state patch, in one commit.
         Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND;
         FAILED_PRECONDITION, reason TASK_NOT_HELD or TASK_ALREADY_COMPLETED,
-        or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason LIMIT_EXCEEDED,
-        INVALID_JSON or INVALID_JSON_POINTER. On error nothing is recorded.
+        or PATCH_NOT_APPLICABLE; INVALID_ARGUMENT, reason INVALID_ARGUMENT (a
+        bad id, a negative usage counter such as
+        `completion.usage.cost_micro_usd`), LIMIT_EXCEEDED, INVALID_JSON or
+        INVALID_JSON_POINTER, naming the field. On error nothing is recorded:
+        an attempt that was held stays held.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,7 +153,9 @@ class WorkerServiceServicer:
     def FailTask(self, request, context):
         """FailTask records a held attempt's failure; the task is retried or
         fails according to its retry policy.
-        Errors: as for CompleteTask.
+        Errors: as for CompleteTask, naming fields under `failure.` (for
+        example a negative `failure.usage.input_tokens` or
+        `failure.retry_after`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,7 +174,8 @@ class WorkerServiceServicer:
     def ReportEvents(self, request, context):
         """ReportEvents records tool calls, LLM calls and custom events of held
         task attempts in the flight recorder (at most 1,000 per call).
-        Errors: INVALID_ARGUMENT for a bad event or event type, LIMIT_EXCEEDED;
+        Errors: INVALID_ARGUMENT for a bad event or event type (a negative
+        `events[i].usage` counter included), LIMIT_EXCEEDED;
         FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
