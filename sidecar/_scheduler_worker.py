@@ -90,6 +90,31 @@ def _check_attempt_ids(item: Any, field: str) -> None:
     check_id(item.task_id, f"{field}.task_id", "a task id")
 
 
+_INLINE_OUTPUT_BYTES = 4 * 1024 * 1024
+"""Inline output of a completion at most (common.proto's Payload bound); larger ones go as blobs."""
+_HEARTBEAT_DETAILS_BYTES = 1024 * 1024
+"""Heartbeat details at most (worker_service.proto)."""
+
+
+def _check_inline_output(c: pb.TaskCompletion, field: str) -> None:
+    """Refuses an inline output over 4 MiB, naming ``<field>.output.data`` (stream and unary alike)."""
+    if len(c.output.data) > _INLINE_OUTPUT_BYTES:
+        raise SpecError(
+            "LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline", limit=_INLINE_OUTPUT_BYTES
+        )
+
+
+def _heartbeat_details(h: pb.TaskHeartbeat, field: str) -> bytes | None:
+    """A heartbeat's details (None when it has none); over 1 MiB refused naming ``<field>.details.data``."""
+    if not h.HasField("details"):
+        return None
+    if len(h.details.data) > _HEARTBEAT_DETAILS_BYTES:
+        raise SpecError(
+            "LIMIT_EXCEEDED", f"{field}.details.data", "at most 1 MiB", limit=_HEARTBEAT_DETAILS_BYTES
+        )
+    return h.details.data
+
+
 def _retry_after_s(failure: pb.TaskFailure, field: str) -> float:
     """A failure's least retry delay in seconds (0 when unset), read as at most a day.
 
@@ -446,6 +471,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 self._complete_with_state(stream, c, f"complete.completions[{i}]")
                 continue
             try:
+                _check_inline_output(c, f"complete.completions[{i}]")
                 usage = usage_from_proto(c.usage, f"complete.completions[{i}].usage")
                 digest, size, content_type = self._output(c, f"complete.completions[{i}].output")
                 durable = self._engine.complete(
@@ -487,10 +513,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
     async def _completed_with_state(self, c: pb.TaskCompletion, field: str) -> int:
         """Completes with the attempt's state write in the same commit; returns the state version."""
         usage = usage_from_proto(c.usage, f"{field}.usage")
-        if len(c.output.data) > 4 * 1024 * 1024:
-            raise SpecError(
-                "LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline", limit=4 * 1024 * 1024
-            )
+        _check_inline_output(c, field)
         write = self._state_write(c, field)
         digest, size, content_type = self._output(c, f"{field}.output")
         if digest and write.pointer:
@@ -557,9 +580,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
 
     def _heartbeat(self, stream: _Stream, heartbeats: Any) -> None:
         refusals: list[pb.TaskAck] = []
-        for h in heartbeats:
+        for i, h in enumerate(heartbeats):
             try:
-                details = h.details.data if h.HasField("details") else None
+                details = _heartbeat_details(h, f"heartbeat.heartbeats[{i}]")
                 self._engine.heartbeat(h.workflow_id, h.task_id, h.attempt, details, h.details.content_type)
             except SchedulerError as error:
                 refusals.append(_ack(h, _HEARTBEAT, accepted=False, reason=error.reason, message=str(error)))
@@ -621,10 +644,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             ):
                 version = await self._completed_with_state(c, "completion")
                 return pb.CompleteTaskResponse(state_version=version)
-            if len(c.output.data) > 4 * 1024 * 1024:
-                raise SpecError(
-                    "LIMIT_EXCEEDED", "completion.output.data", "at most 4 MiB inline", limit=4 * 1024 * 1024
-                )
+            _check_inline_output(c, "completion")
             usage = usage_from_proto(c.usage, "completion.usage")
             digest, size, content_type = self._output(c, "completion.output")
             durable = self._engine.complete(
@@ -676,11 +696,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         h = request.heartbeat
         try:
             _check_attempt_ids(h, "heartbeat")
-            if h.HasField("details") and len(h.details.data) > 1024 * 1024:
-                raise SpecError(
-                    "LIMIT_EXCEEDED", "heartbeat.details.data", "at most 1 MiB", limit=1024 * 1024
-                )
-            details = h.details.data if h.HasField("details") else None
+            details = _heartbeat_details(h, "heartbeat")
             stop = self._engine.heartbeat(
                 h.workflow_id, h.task_id, h.attempt, details, h.details.content_type
             )

@@ -352,3 +352,46 @@ async def test_a_stream_event_with_a_negative_counter_is_a_refused_ack(client: C
         await worker.send(w.ConnectRequest(complete=w.CompletionBatch(completions=[completion(a, {"a": 1})])))
         assert (await worker.wait_acks(3))[2].accepted
     assert "LLM_CALL" not in await event_types(client, workflow_id)
+
+
+# ------------------------------------------------- the stream's size bounds
+
+
+async def test_the_stream_refuses_an_inline_output_and_heartbeat_details_over_their_bounds(
+    client: Client,
+) -> None:
+    """The stream bounds inline output to 4 MiB and heartbeat details to 1 MiB, as unary calls do.
+
+    It used to take anything up to the message size (64 MiB): an output the
+    unary CompleteTask refuses was recorded when it came by the stream.
+    """
+    cap = unique_capability("bounds-stream")
+    async with StreamWorker(client, lambda _a: None, capabilities=[cap]) as worker:
+        workflow_id = await submit(client, task("a", cap))
+        (a,) = await held(worker, workflow_id, "a")
+        too_long = completion(a, b"x" * (4 * 1024 * 1024 + 1))
+        await worker.send(w.ConnectRequest(complete=w.CompletionBatch(completions=[too_long])))
+        (ack,) = await worker.wait_acks(1)
+        assert (ack.task_id, ack.subject, ack.accepted) == ("a", w.ACK_SUBJECT_COMPLETION, False), ack
+        assert ack.reason == errors_pb2.ERROR_REASON_LIMIT_EXCEEDED, ack
+        assert ack.message.startswith("complete.completions[0].output.data: at most 4 MiB"), ack.message
+        beat = w.TaskHeartbeat(
+            workflow_id=workflow_id,
+            task_id="a",
+            attempt=a.attempt,
+            details=c.Payload(data=b"y" * (1024 * 1024 + 1), content_type="text/plain"),
+        )
+        await worker.send(w.ConnectRequest(heartbeat=w.HeartbeatBatch(heartbeats=[beat])))
+        second = (await worker.wait_acks(2))[1]
+        assert (second.task_id, second.subject, second.accepted) == ("a", w.ACK_SUBJECT_HEARTBEAT, False)
+        assert second.reason == errors_pb2.ERROR_REASON_LIMIT_EXCEEDED, second
+        field = "heartbeat.heartbeats[0].details.data"
+        assert second.message.startswith(f"{field}: at most 1 MiB"), second.message
+        await assert_untouched(client, workflow_id, "a", worker.worker_id)
+        fitting = completion(a, b"x" * (4 * 1024 * 1024))
+        fitting.output.content_type = "application/octet-stream"
+        await worker.send(w.ConnectRequest(complete=w.CompletionBatch(completions=[fitting])))
+        assert (await worker.wait_acks(3))[2].accepted
+        closed = await wait_closed(client, workflow_id)
+    assert closed.state == wf.WORKFLOW_STATE_COMPLETED
+    assert len((await get_task(client, workflow_id, "a")).output.data) == 4 * 1024 * 1024
