@@ -85,9 +85,11 @@ def _check_capabilities(capabilities: Any, field: str) -> None:
 
 
 def _check_attempt_ids(item: Any, field: str) -> None:
-    """Refuses a unary call's workflow or task id outside the id alphabet (see common.proto)."""
+    """Refuses a unary call's ids outside the id alphabet (see common.proto), or an attempt below 1."""
     check_id(item.workflow_id, f"{field}.workflow_id", "a workflow id")
     check_id(item.task_id, f"{field}.task_id", "a task id")
+    if item.attempt < 1:
+        raise SpecError("INVALID_ARGUMENT", f"{field}.attempt", f"attempts count from 1, got {item.attempt}")
 
 
 _INLINE_OUTPUT_BYTES = 4 * 1024 * 1024

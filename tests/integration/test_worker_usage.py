@@ -395,3 +395,34 @@ async def test_the_stream_refuses_an_inline_output_and_heartbeat_details_over_th
         closed = await wait_closed(client, workflow_id)
     assert closed.state == wf.WORKFLOW_STATE_COMPLETED
     assert len((await get_task(client, workflow_id, "a")).output.data) == 4 * 1024 * 1024
+
+
+async def test_unary_reports_refuse_an_attempt_below_one_naming_it(client: Client) -> None:
+    """Attempts count from 1: 0 or less is a bad field (it was answered TASK_NOT_HELD, naming nothing)."""
+    cap = unique_capability("attempt-zero")
+    workflow_id = await submit(client, task("a", cap))
+    a = await poll_one(client, cap)
+    for attempt in (0, -1):
+        done = completion(a, {"a": 0}, usage=GOOD)
+        done.attempt = attempt
+        await expect_error(
+            client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=done)),
+            InvalidArgumentError,
+            "INVALID_ARGUMENT",
+            "completion.attempt",
+        )
+        failure = w.TaskFailure(workflow_id=workflow_id, task_id="a", attempt=attempt, failure=fail_with("x"))
+        await expect_error(
+            client.raw.worker.FailTask(w.FailTaskRequest(failure=failure)),
+            InvalidArgumentError,
+            "INVALID_ARGUMENT",
+            "failure.attempt",
+        )
+        beat = w.TaskHeartbeat(workflow_id=workflow_id, task_id="a", attempt=attempt)
+        await expect_error(
+            client.raw.worker.RecordHeartbeat(w.RecordHeartbeatRequest(heartbeat=beat)),
+            InvalidArgumentError,
+            "INVALID_ARGUMENT",
+            "heartbeat.attempt",
+        )
+    await assert_untouched(client, workflow_id, "a")
