@@ -652,7 +652,8 @@ class Scheduler:
 
         Tasks that were RUNNING when the sidecar stopped are scheduled again
         (their next dispatch is attempt+1 with the same idempotency key); the
-        lost attempt is not charged to the retry policy.
+        lost attempt is not charged to the retry policy, and their wait for a
+        worker, bounded by schedule-to-start, counts from the restart.
         """
         now = self._clock()
         self._started_ns = now
@@ -712,7 +713,11 @@ class Scheduler:
             state = task.rec.state
             if state == "RUNNING":
                 self._requeue_uncharged(
-                    task, task.rec.worker_id, "sidecar restart", "re-dispatched after a sidecar restart"
+                    task,
+                    task.rec.worker_id,
+                    "sidecar restart",
+                    "re-dispatched after a sidecar restart",
+                    self._started_ns,
                 )
                 ready.append(((0, task.rec.start_ns, len(ready)), task))
             elif state == "SCHEDULED":
@@ -2378,6 +2383,7 @@ class Scheduler:
                 worker.worker_id,
                 "poll ended before delivery",
                 "re-dispatched: the poll it went to ended before returning it",
+                now,
             )
             self._enqueue(task, now)
         self._after_op()
@@ -2406,6 +2412,7 @@ class Scheduler:
                 worker_id,
                 "poll answer not delivered",
                 "re-dispatched: the poll's answer did not reach its caller",
+                now,
             )
             self._enqueue(task, now)
             handed += 1
@@ -2413,14 +2420,20 @@ class Scheduler:
             self._after_op()
         return handed
 
-    def _requeue_uncharged(self, task: _Task, worker_id: str, event_name: str, reason: str) -> None:
+    def _requeue_uncharged(self, task: _Task, worker_id: str, event_name: str, reason: str, now: int) -> None:
         """Makes a running attempt lost through no fault of its worker SCHEDULED again.
 
         The attempt is not charged to the retry policy; the caller queues the task.
+        Its wait for a worker starts again, bounded by its schedule-to-start
+        timeout as every wait is (the timeout is per attempt; the timer of
+        its last wait went stale when it was dispatched).
         """
         task.rec.free_attempts += 1
         self._event("TASK_LEASE_EXPIRED", task, worker_id=worker_id, name=event_name)
         self._set_state(task, "SCHEDULED", reason)
+        task.rec.schedule_ns = now
+        if task.spec.schedule_to_start_s:
+            self._at(now + int(task.spec.schedule_to_start_s * 1e9), "s2s", task, task.token)
 
     # -------------------------------------------------------------------- timers
 

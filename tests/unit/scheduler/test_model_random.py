@@ -16,7 +16,8 @@ states and counts, holders and leases (a stream worker's or a poll's),
 trigger rules and conditions at each decision (replayed from the trace, in
 its order), cache hits and misses as the trace tells them, workflow closing
 and final state, pool bounds and counts, request and LLM-token buckets,
-priorities, retry attempts and backoff bounds, the engine's accounting of
+priorities, retry attempts and backoff bounds, each wait in SCHEDULED
+bounded by schedule-to-start from when it began, the engine's accounting of
 unary polls, and what was acknowledged before a restart.
 
 The engine runs on a fake clock; its timers are fired by re-arming its loop
@@ -174,6 +175,7 @@ class MTask:
     output: bytes = b""
     blob: str = ""  # the acknowledged output's blob digest ("" inline)
     unacked: bool = False  # an outcome reported whose commit was not awaited (a crash may lose it)
+    waiting: tuple[int, int] | None = None  # SCHEDULED when last checked: (attempt, since when)
     reported: dict[int, tuple[bytes, str] | None] = field(
         default_factory=dict
     )  # attempt -> output, None: failed
@@ -382,6 +384,7 @@ class Run:
         self.level = 0.0
         self.level_ns = 0
         self.used: deque[tuple[int, int]] = deque()
+        self.checked_ns = self.clock.now  # the clock at the last check
         self.storage: Storage
         self.committer: GroupCommitter
         self.engine: Scheduler
@@ -1176,6 +1179,8 @@ class Run:
                         or wf.state != "RUNNING"
                         or rec.state_reason.startswith("skipped: condition")  # checked by the replay
                     ), (key, dep_states)
+                self.check_wait(key, mt, rec, wf.state)
+        self.checked_ns = self.clock.now
         assert looking <= len(engine._lookups), (looking, len(engine._lookups))
         for name, limits in POOLS.items():
             _, status = engine.get_pool(name)
@@ -1240,6 +1245,30 @@ class Run:
                     if (cap, pool) == (rec_cap, spec.pool or "default"):
                         self.stats["priority_checks"] += 1
                         assert spec.priority <= priority, (key, spec.priority, other, priority)
+
+    def check_wait(self, key: tuple[str, str], mt: MTask, rec: TaskRecord, wf_state: str) -> None:
+        """Each wait in SCHEDULED (the first, or after any attempt: a retry, a lease lost, an attempt
+        handed back, a restart) is bounded by schedule_to_start_timeout, counted from when the task
+        entered SCHEDULED: its schedule time, which fell since the last check and holds while it waits.
+        """
+        s2s_ns = int(mt.spec.schedule_to_start_s * 1e9)
+        if rec.state == "SCHEDULED":
+            if mt.waiting is None or mt.waiting[0] != rec.attempt:
+                assert self.checked_ns <= rec.schedule_ns <= self.clock.now, (key, "schedule time off")
+                mt.waiting = (rec.attempt, rec.schedule_ns)
+            since = mt.waiting[1]
+            assert rec.schedule_ns == since, (key, "schedule time moved while it waited")
+            if s2s_ns and wf_state == "RUNNING":
+                assert self.clock.now < since + s2s_ns, f"{key} waited past its schedule_to_start_timeout"
+            return
+        if (
+            mt.waiting is not None
+            and rec.failure is not None
+            and rec.failure.timeout_type == "SCHEDULE_TO_START"
+        ):
+            assert s2s_ns and self.clock.now >= mt.waiting[1] + s2s_ns, f"{key} timed out early"
+            self.stats["schedule_to_start_timeouts"] += 1
+        mt.waiting = None
 
     def queued_snapshot(self) -> dict[tuple[str, str], tuple[str, str, int]]:
         out = {}
