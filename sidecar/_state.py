@@ -25,7 +25,10 @@ Seams for the scheduler, which is written separately:
   half-way is undone at once, and one a crash cut short is undone (or, if
   the scheduler's commit made it, finished) when the sidecar starts again,
   before calls that read or write state are served. A fork is thus wholly
-  applied or wholly absent.
+  applied or wholly absent. Until a fork is settled its workflow id is
+  taken: SubmitWorkflow's ``engine.stage_initial`` and another fork to it
+  are refused (ALREADY_EXISTS), so the settling never mixes with a
+  workflow submitted meanwhile (scheduler calls do not wait for it).
 * SubmitWorkflow stages version 1 with ``engine.stage_initial(batch, ...)``
   and its retention with ``engine.stage_retention``; task completions with
   an output pointer use ``engine.patch(..., extra=...)``; DeleteWorkflow
@@ -79,6 +82,7 @@ from are_core.state import (
     NoteInput,
     PatchNotApplicableError,
     PatchOp,
+    PatchResult,
     Retention,
     StateEngine,
     StateError,
@@ -186,6 +190,43 @@ _pending_dec = msgspec.msgpack.Decoder(_PendingFork)
 _token_dec = msgspec.msgpack.Decoder(tuple[str, int])
 
 
+class _StateEngine(StateEngine):
+    """The state engine, refusing a first version for a workflow id whose fork is not settled.
+
+    SubmitWorkflow stages its version 1 with :meth:`stage_initial` (the
+    scheduler's wiring). While a fork to the same id is unsettled (copying,
+    being undone, or cut short by a crash and not yet settled at start) the
+    id is taken, as the fork's document takes it: without this, a submit
+    between the undo's first commit (the head) and its last would have its
+    own rows deleted by the rest of the undo, and one accepted before the
+    settling reached its id would have the fork finished onto it.
+    """
+
+    def __init__(self, *args: Any, unsettled: set[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsettled = unsettled
+
+    def stage_initial(
+        self,
+        batch: Batch,
+        workflow_id: str,
+        document_json: bytes,
+        *,
+        writer: str = "submit",
+        retention: Retention | None = None,
+    ) -> PatchResult:
+        """Stages version 1 (:meth:`StateEngine.stage_initial`); refused while the id's fork is unsettled.
+
+        Raises:
+            VersionMismatchError: the id's fork is not settled (as if its document existed).
+        """
+        if workflow_id in self._unsettled:
+            raise VersionMismatchError(
+                f"workflow {workflow_id!r} is the target of a fork not yet settled", expected=0, current=1
+            )
+        return super().stage_initial(batch, workflow_id, document_json, writer=writer, retention=retention)
+
+
 class StateCapability(Capability):
     """Serves ``are.v1.StateService``: documents, checkpoints, fork, memory, blobs."""
 
@@ -201,13 +242,18 @@ class StateCapability(Capability):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
         config = runtime.config
-        self.engine = StateEngine(
+        # The new workflow ids of the forks not yet settled: those a crash cut short (loaded at
+        # start, settled by _recover_forks) and those in progress (from the commit of their
+        # document to their last). Bounded by the forks in flight, and those a crash left.
+        self._unsettled: set[str] = set()
+        self.engine: StateEngine = _StateEngine(
             runtime.storage,
             runtime.committer,
             retention=Retention(
                 keep_versions=config.state_keep_versions, keep_seconds=config.state_keep_age_s
             ),
             events=runtime.events,
+            unsettled=self._unsettled,
         )
         self.blobs = BlobStore(runtime.storage, runtime.committer)
         self.memory = MemoryStore(
@@ -234,7 +280,7 @@ class StateCapability(Capability):
         self._recovered = asyncio.Event()
 
     async def start(self) -> None:
-        """Drops unfinished uploads, migrates old blob owners, starts the sweep.
+        """Drops unfinished uploads, migrates old blob owners, notes forks cut short, starts the sweep.
 
         A workflow's memory index is loaded when the workflow's memory is
         first used (restored from its file, topped up or rebuilt from
@@ -244,12 +290,33 @@ class StateCapability(Capability):
         """
         swept = await self.blobs.recover()
         migrated = await self.blobs.migrate()
+        self._load_unsettled()
         _log.info(
             "state ready",
             extra={"fields": {"swept_uploads": swept, "migrated_blob_owners": migrated}},
         )
         self._stopping.clear()
         self._sweeper = asyncio.create_task(self._sweep_blobs(), name="are-blob-sweep")
+
+    def _load_unsettled(self) -> None:
+        """Takes the ids of the forks a crash cut short (settled once the server is assembled)."""
+        storage = self.runtime.storage
+        start = None
+        while rows := storage.scan(FORKS_PENDING_TABLE, start=start, limit=1024):
+            self._unsettled.update(key.decode() for key, _ in rows)
+            start = rows[-1][0] + b"\x00"
+
+    def fork_unsettled(self, workflow_id: str) -> bool:
+        """Whether a fork to ``workflow_id`` is not settled yet (the id is taken meanwhile)."""
+        return workflow_id in self._unsettled
+
+    def fork_staged(self, workflow_id: str) -> None:
+        """A fork's first commit (its document and pending record) is staged: its id is taken."""
+        self._unsettled.add(workflow_id)
+
+    def fork_settled(self, workflow_id: str) -> None:
+        """A fork's last commit (its finish, or the end of its undo) is durable, or its first failed."""
+        self._unsettled.discard(workflow_id)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the StateService servicer and settles forks a crash cut short.
@@ -278,6 +345,7 @@ class StateCapability(Capability):
                     pending = _pending_dec.decode(raw)
                     if self._scheduler_knows(key.decode()):
                         await self.runtime.committer.submit(_finish_fork(storage.batch(), key, pending))
+                        self.fork_settled(key.decode())
                     else:
                         await self.undo_fork(key.decode())
                     _log.info("settled an unfinished fork", extra={"fields": {"workflow_id": key.decode()}})
@@ -296,10 +364,15 @@ class StateCapability(Capability):
         return True
 
     async def undo_fork(self, workflow_id: str) -> None:
-        """Removes what an unfinished fork copied (document, notes, references), then its record."""
+        """Removes what an unfinished fork copied (document, notes, references), then its record.
+
+        The id stays taken until the record's removal is durable (a submit
+        meanwhile is refused); if a step fails, until the next start settles it.
+        """
         await self.delete_workflow_state(workflow_id)
         storage = self.runtime.storage
         await self.runtime.committer.submit(storage.batch().delete(FORKS_PENDING_TABLE, workflow_id.encode()))
+        self.fork_settled(workflow_id)
 
     async def stop(self) -> None:
         """Stops the blob sweep (between two commits) and saves the memory indexes for a fast next start."""
@@ -487,22 +560,45 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
                 return previous
         new_id = request.new_workflow_id or _new_workflow_id()
         try:
-            if self._cap.fork_check is not None:  # a refused fork copies nothing
-                self._cap.fork_check(request.workflow_id, new_id, tuple(request.rerun_task_ids))
-
-            def unfinished(batch: Batch, source_version: int) -> None:
-                record = _ForkRecord(fingerprint, new_id, source_version)
-                pending = _PendingFork(request.request_id, record)
-                batch.put(FORKS_PENDING_TABLE, new_id.encode(), _fork_enc.encode(pending))
-
-            source_version = await self._engine.fork(
-                request.workflow_id, request.version, new_id, extra=unfinished
-            )
-            # The rest runs to its end even if the caller goes away: a fork is all or nothing.
-            await asyncio.shield(self._finish_fork(request, new_id, source_version, fingerprint))
+            # From the document's commit on, a fork runs to its end even if its caller goes away
+            # (a cancel at that commit used to leave it half done until the next start).
+            source_version = await asyncio.shield(self._fork(request, new_id, fingerprint))
         except (StateError, StorageError) as error:
             await _fail(context, error)
         return state_service_pb2.ForkWorkflowResponse(workflow_id=new_id, source_version=source_version)
+
+    async def _fork(
+        self, request: state_service_pb2.ForkWorkflowRequest, new_id: str, fingerprint: bytes
+    ) -> int:
+        """The checks, the document's commit, then the rest (:meth:`_finish_fork`); the source version.
+
+        The checks and the staging of the document are one step: no submit
+        or other fork to ``new_id`` slips in between.
+        """
+        if self._cap.fork_unsettled(new_id):  # another fork to it is not settled: its id is taken
+            raise WorkflowExistsError(
+                f"workflow {new_id!r} is the target of a fork not yet settled", field="new_workflow_id"
+            )
+        if self._cap.fork_check is not None:  # a refused fork copies nothing
+            self._cap.fork_check(request.workflow_id, new_id, tuple(request.rerun_task_ids))
+
+        def unfinished(batch: Batch, source_version: int) -> None:
+            record = _ForkRecord(fingerprint, new_id, source_version)
+            pending = _PendingFork(request.request_id, record)
+            batch.put(FORKS_PENDING_TABLE, new_id.encode(), _fork_enc.encode(pending))
+            self._cap.fork_staged(new_id)  # in the step that stages it: no submit slips in after
+
+        try:
+            source_version = await self._engine.fork(
+                request.workflow_id, request.version, new_id, extra=unfinished
+            )
+        except (StateError, StorageError):
+            # Refused, or its commit failed: nothing of it is stored. (Its id was not taken
+            # before: that was checked above, in this same step.)
+            self._cap.fork_settled(new_id)
+            raise
+        await self._finish_fork(request, new_id, source_version, fingerprint)
+        return source_version
 
     async def _finish_fork(
         self,
@@ -536,6 +632,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         storage = self._cap.runtime.storage
         pending = _PendingFork(request.request_id, _ForkRecord(fingerprint, new_id, source_version))
         await self._cap.runtime.committer.submit(_finish_fork(storage.batch(), new_id.encode(), pending))
+        self._cap.fork_settled(new_id)
 
     async def _previous_fork(
         self, context: _Context, request_id: str, fingerprint: bytes

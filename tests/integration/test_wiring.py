@@ -11,9 +11,10 @@ cache-keyed task answered without dispatch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from itertools import count
 from typing import Any
 
@@ -23,6 +24,7 @@ from google.protobuf import duration_pb2
 from are_sdk import (
     AgentCard,
     Client,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -356,6 +358,53 @@ async def test_a_fork_the_scheduler_refuses_copies_nothing(client: Client) -> No
     assert await _state(client, new, "/stage") == (1, {"/stage": 0})
     for workflow_id in (wid, new):
         await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+async def test_a_fork_whose_caller_gives_up_is_whole_or_absent(client: Client) -> None:
+    """A caller whose deadline passes during a fork's first commit leaves no half fork behind.
+
+    The document's commit was awaited unshielded: a cancel there left the
+    document (and the fork's pending record) stored while the rest of the
+    fork never ran, until the next start undid it: GetState found a workflow
+    GetWorkflow did not, and its id could be neither submitted nor forked to.
+    Deadlines from 0.2 to 6 ms land before, in and after that commit; each
+    fork must end wholly present (state and workflow) or wholly absent.
+    """
+    cap = unique_capability("fork-gone")
+    source = await submit(client, task("a", cap), initial_state=_json({"stage": 0}))
+    targets = []
+    for i in range(60):
+        new = _wid(f"fork-gone-{i}")
+        targets.append(new)
+        with contextlib.suppress(DeadlineExceededError):
+            await client.raw.state.ForkWorkflow(
+                ss.ForkWorkflowRequest(workflow_id=source, new_workflow_id=new), timeout=0.0002 + i * 0.0001
+            )
+    present = 0
+    for new in targets:
+        async with asyncio.timeout(10):  # a fork still running settles within milliseconds
+            while True:
+                has_state = await _found(client.raw.state.GetState(ss.GetStateRequest(workflow_id=new)))
+                known = await _found(client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=new)))
+                if has_state == known:
+                    break
+                await asyncio.sleep(0.01)
+        present += has_state
+        if not has_state:  # absent means absent: the id is free
+            again = ss.ForkWorkflowRequest(workflow_id=source, new_workflow_id=new)
+            await client.raw.state.ForkWorkflow(again)
+        await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=new))
+    assert present > 0  # some forks ran (or finished) after their callers gave up
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=source))
+
+
+async def _found(call: Awaitable[Any]) -> bool:
+    """Whether a Get call finds its workflow (False on NOT_FOUND)."""
+    try:
+        await call
+    except NotFoundError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ router
