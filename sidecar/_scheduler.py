@@ -79,7 +79,7 @@ from sidecar._scheduler_wiring import (
 from sidecar._scheduler_worker import WorkerServicer
 from sidecar._state import abort_for_state_error
 from sidecar._status import abort, shutting_down
-from sidecar._trace import event_to_proto
+from sidecar._trace import check_cursor, event_to_proto
 
 __all__ = ["SchedulerCapability", "SchedulerServicer"]
 
@@ -250,7 +250,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             workflows=[workflow_to_proto(v) for v in views], next_page_token=_token(cursor) if cursor else ""
         )
 
-    async def WatchWorkflow(  # noqa: N802 - the RPC's name
+    async def WatchWorkflow(  # noqa: C901, N802 - the RPC's name; checks, then two ways to watch
         self, request: pb.WatchWorkflowRequest, context: _Context
     ) -> AsyncIterator[pb.WatchWorkflowResponse]:
         """Streams a workflow's status after each durable change until it closes.
@@ -264,11 +264,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         """
         engine = self._engine
         await _check_ids(context, ("workflow_id", request.workflow_id))
+        recorder = self._wiring.recorder
+        if recorder is not None and request.HasField("after_sequence"):
+            # A cursor beyond the log would skip every change up to it, the close included: the
+            # watch would never end. It comes from another data folder (see ListEvents).
+            await check_cursor(context, request.after_sequence, recorder, "after_sequence")
         try:
             signal = engine.watch(request.workflow_id)
         except SchedulerError as error:
             await abort_for(context, error)
-        recorder = self._wiring.recorder
         if recorder is not None and (request.include_tasks or request.HasField("after_sequence")):
             engine.unwatch(request.workflow_id, signal)
             async for message in self._watch_events(request, context, recorder):

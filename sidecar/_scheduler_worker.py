@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import time
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf import duration_pb2
@@ -54,6 +54,16 @@ _COMPLETION = worker_service_pb2.ACK_SUBJECT_COMPLETION
 _FAILURE = worker_service_pb2.ACK_SUBJECT_FAILURE
 _HEARTBEAT = worker_service_pb2.ACK_SUBJECT_HEARTBEAT
 _EVENT = worker_service_pb2.ACK_SUBJECT_EVENT
+# The most items of each batch kind (worker_service.proto); a batch over its bound ends the stream.
+_BATCH_BOUNDS = {
+    "complete": ("completions", 1000),
+    "fail": ("failures", 1000),
+    "heartbeat": ("heartbeats", 10_000),
+    "report_events": ("events", 1000),
+}
+_DRAIN_REASON_BYTES = 1024
+_ACK_ID_CHARS = 128  # an ack echoes at most this much of an id: longer ones are invalid, and refused
+_ACK_MESSAGE_CHARS = 1024
 
 
 def _check_registration(reg: pb.WorkerRegistration, prefix: str = "register") -> None:
@@ -85,7 +95,7 @@ def _check_capabilities(capabilities: Any, field: str) -> None:
 
 
 def _check_attempt_ids(item: Any, field: str) -> None:
-    """Refuses a unary call's ids outside the id alphabet (see common.proto), or an attempt below 1."""
+    """Refuses an item's ids outside the id alphabet (see common.proto), or an attempt below 1."""
     check_id(item.workflow_id, f"{field}.workflow_id", "a workflow id")
     check_id(item.task_id, f"{field}.task_id", "a task id")
     if item.attempt < 1:
@@ -198,16 +208,42 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
 def _ack(
     item: Any, subject: int, *, accepted: bool, reason: str = "", message: str = "", will_retry: bool = False
 ) -> pb.TaskAck:
+    """One item's ack; it echoes at most 128 characters of each id, so acks stay small whatever was sent."""
     return pb.TaskAck(
-        workflow_id=item.workflow_id,
-        task_id=item.task_id,
+        workflow_id=item.workflow_id[:_ACK_ID_CHARS],
+        task_id=item.task_id[:_ACK_ID_CHARS],
         attempt=item.attempt,
         subject=subject,  # type: ignore[arg-type]
         accepted=accepted,
         reason=error_reason_value(reason) if reason else 0,  # type: ignore[arg-type]
-        message=message,
+        message=message[:_ACK_MESSAGE_CHARS],
         will_retry=will_retry,
     )
+
+
+def _refusal(item: Any, subject: int, error: SchedulerError) -> pb.TaskAck:
+    return _ack(item, subject, accepted=False, reason=error.reason, message=str(error))
+
+
+def _message_problem(message: pb.ConnectRequest, kind: str | None) -> SpecError | None:
+    """Why a message after the registration ends the stream (worker_service.proto, Connect), or None.
+
+    An unset message, a batch over its count bound or a drain reason over
+    1 KiB is refused as a whole, naming the field: item acks cannot answer it
+    (a batch of millions of items would need millions of acks).
+    """
+    if kind is None:
+        return SpecError("INVALID_ARGUMENT", "message", "set exactly one of the ConnectRequest messages")
+    if kind in _BATCH_BOUNDS:
+        name, bound = _BATCH_BOUNDS[kind]
+        count = len(getattr(getattr(message, kind), name))
+        if count > bound:
+            return SpecError(
+                "LIMIT_EXCEEDED", f"{kind}.{name}", f"at most {bound:,} per batch, got {count:,}", limit=bound
+            )
+    elif kind == "drain" and len(message.drain.reason.encode()) > _DRAIN_REASON_BYTES:
+        return SpecError("LIMIT_EXCEEDED", "drain.reason", "at most 1 KiB", limit=_DRAIN_REASON_BYTES)
+    return None
 
 
 def _assignments(assignments: list[Assignment], wiring: Wiring) -> list[pb.TaskAssignment]:
@@ -221,6 +257,13 @@ def _assignments(assignments: list[Assignment], wiring: Wiring) -> list[pb.TaskA
                 version = versions[message.workflow_id] = wiring.state_version(message.workflow_id)
             message.state_version = version
     return out
+
+
+async def _end_for(context: _Context, violation: str | SpecError) -> NoReturn:
+    """Ends a worker stream: INVALID_ARGUMENT naming the field of a bad message, else a protocol violation."""
+    if isinstance(violation, SpecError):
+        await abort_for(context, violation)
+    await abort(context, grpc.StatusCode.FAILED_PRECONDITION, violation, reason="STREAM_PROTOCOL_VIOLATION")
 
 
 class _Stream:
@@ -412,7 +455,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         stream.handle = handle
         self._streams.add(stream)
         reader = asyncio.ensure_future(self._read(context, stream, handle))
-        violation: str | None = None
+        violation: str | SpecError | None = None
         try:
             while True:
                 message = await stream.outbox.get()
@@ -426,17 +469,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             self._streams.discard(stream)
             # On a sidecar drain the leases are kept: the restart re-dispatches them.
             self._engine.disconnect_worker(handle, release_leases=not self._draining)
-        if violation:
-            await abort(
-                context, grpc.StatusCode.FAILED_PRECONDITION, violation, reason="STREAM_PROTOCOL_VIOLATION"
-            )
+        if violation is not None:
+            await _end_for(context, violation)
         if self._is_draining():
             await shutting_down(context)
 
     async def _read(  # noqa: C901 - one branch per message kind
         self, context: _Context, stream: _Stream, handle: Any
-    ) -> str | None:
-        """Applies the worker's messages; returns a protocol violation, or None at the end."""
+    ) -> str | SpecError | None:
+        """Applies the worker's messages; returns why the stream must end, or None at its end."""
         try:
             while True:
                 try:
@@ -446,6 +487,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 if message is grpc.aio.EOF:
                     return None
                 kind = message.WhichOneof("message")
+                problem = _message_problem(message, kind)
+                if problem is not None:
+                    return problem
                 if kind == "complete":
                     self._complete(stream, message.complete.completions)
                 elif kind == "fail":
@@ -467,6 +511,11 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         acks: list[pb.TaskAck] = []
         durable: asyncio.Future[None] | None = None
         for i, c in enumerate(completions):
+            try:
+                _check_attempt_ids(c, f"complete.completions[{i}]")
+            except SpecError as error:
+                acks.append(_refusal(c, _COMPLETION, error))
+                continue
             if self._with_state and (
                 c.HasField("state_patch") or self._engine.output_pointer(c.workflow_id, c.task_id)
             ):
@@ -488,7 +537,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 )
                 acks.append(_ack(c, _COMPLETION, accepted=True))
             except SchedulerError as error:
-                acks.append(_ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error)))
+                acks.append(_refusal(c, _COMPLETION, error))
         stream.acks_when_durable(durable, acks)
 
     def _output(self, c: pb.TaskCompletion, field: str) -> tuple[str, int, str]:
@@ -546,7 +595,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 await self._completed_with_state(c, field)
                 ack = _ack(c, _COMPLETION, accepted=True)
             except SchedulerError as error:
-                ack = _ack(c, _COMPLETION, accepted=False, reason=error.reason, message=str(error))
+                ack = _refusal(c, _COMPLETION, error)
             except StorageError:
                 stream.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
                 return
@@ -564,6 +613,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         durable: asyncio.Future[None] | None = None
         for i, f in enumerate(failures):
             try:
+                _check_attempt_ids(f, f"fail.failures[{i}]")
                 failure = failure_from_proto(f.failure, f"fail.failures[{i}].failure")
                 usage = usage_from_proto(f.usage, f"fail.failures[{i}].usage")
                 retry_after = _retry_after_s(f, f"fail.failures[{i}].retry_after")
@@ -577,17 +627,18 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 )
                 acks.append(_ack(f, _FAILURE, accepted=True, will_retry=will_retry))
             except SchedulerError as error:
-                acks.append(_ack(f, _FAILURE, accepted=False, reason=error.reason, message=str(error)))
+                acks.append(_refusal(f, _FAILURE, error))
         stream.acks_when_durable(durable, acks)
 
     def _heartbeat(self, stream: _Stream, heartbeats: Any) -> None:
         refusals: list[pb.TaskAck] = []
         for i, h in enumerate(heartbeats):
             try:
+                _check_attempt_ids(h, f"heartbeat.heartbeats[{i}]")
                 details = _heartbeat_details(h, f"heartbeat.heartbeats[{i}]")
                 self._engine.heartbeat(h.workflow_id, h.task_id, h.attempt, details, h.details.content_type)
             except SchedulerError as error:
-                refusals.append(_ack(h, _HEARTBEAT, accepted=False, reason=error.reason, message=str(error)))
+                refusals.append(_refusal(h, _HEARTBEAT, error))
         stream.send_acks(refusals)
 
     def _events(self, stream: _Stream, events: Any, worker_id: str) -> None:
@@ -595,10 +646,12 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         drafts: list[EventDraft] = []
         for i, event in enumerate(events):
             try:
+                _check_attempt_ids(event, f"report_events.events[{i}]")
+                draft = reported_event_draft(event, worker_id, f"report_events.events[{i}]")
                 self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
-                drafts.append(reported_event_draft(event, worker_id, f"report_events.events[{i}]"))
+                drafts.append(draft)
             except SchedulerError as error:
-                refusals.append(_ack(event, _EVENT, accepted=False, reason=error.reason, message=str(error)))
+                refusals.append(_refusal(event, _EVENT, error))
         if drafts:
             self._engine.record_events(drafts)
         stream.send_acks(refusals)

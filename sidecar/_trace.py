@@ -63,7 +63,14 @@ from sidecar._status import abort, shutting_down
 if TYPE_CHECKING:
     from are_core.trace import SpanBuilder
 
-__all__ = ["TEST_HOOK_ENV", "TEST_HOOK_METHOD", "TraceCapability", "TraceServicer", "event_to_proto"]
+__all__ = [
+    "TEST_HOOK_ENV",
+    "TEST_HOOK_METHOD",
+    "TraceCapability",
+    "TraceServicer",
+    "check_cursor",
+    "event_to_proto",
+]
 
 TEST_HOOK_ENV = "ARE_TRACE_TEST_HOOK"
 TEST_HOOK_METHOD = "/are.testing.TraceHook/Record"
@@ -235,7 +242,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                 )
         recorder = self._recorder
         cursor_field = "page_token" if request.page_token else "after_sequence"
-        await _check_cursor(context, after, recorder, cursor_field)
+        await check_cursor(context, after, recorder, cursor_field)
         # Read your writes: events recorded before this call still committing settle first.
         await recorder.wait_visible(recorder.last_sequence, _SETTLE_WAIT_S)
         page = recorder.list_events(event_filter, after_sequence=after, limit=limit)
@@ -252,7 +259,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         event_filter = await _filter_from_proto(request.filter, context)
         after = request.after_sequence if request.HasField("after_sequence") else None
         if after is not None:
-            await _check_cursor(context, after, self._recorder, "after_sequence")
+            await check_cursor(context, after, self._recorder, "after_sequence")
         try:
             subscription = self._recorder.subscribe(event_filter, after)
         except TooManySubscribersError as error:
@@ -294,7 +301,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         return message.SerializeToString()
 
 
-async def _check_cursor(context: _Context, after: int, recorder: EventRecorder, field: str) -> None:
+async def check_cursor(context: _Context, after: int, recorder: EventRecorder, field: str) -> None:
     """Refuses a cursor beyond the log's end: it comes from another log (a wiped or different data folder).
 
     Every cursor the sidecar hands out is at most the highest stored

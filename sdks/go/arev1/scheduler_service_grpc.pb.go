@@ -70,9 +70,11 @@ type SchedulerServiceClient interface {
 	// after which the server ends the stream with OK (at once, for a
 	// workflow already closed). A dropped watcher resumes with the last
 	// sequence it received.
-	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; RESOURCE_EXHAUSTED,
-	// reason RESOURCE_LIMIT (at most 1,024 concurrent watch and event
-	// streams).
+	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; OUT_OF_RANGE, reason
+	// SEQUENCE_BEYOND_LOG (an after_sequence beyond the end of the event
+	// log, from another data folder: watch again without it);
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+	// watch and event streams).
 	WatchWorkflow(ctx context.Context, in *WatchWorkflowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchWorkflowResponse], error)
 	// CancelWorkflow stops a workflow: no new task is dispatched, pending and
 	// running tasks become CANCELLED, workers holding running attempts are
@@ -338,9 +340,11 @@ type SchedulerServiceServer interface {
 	// after which the server ends the stream with OK (at once, for a
 	// workflow already closed). A dropped watcher resumes with the last
 	// sequence it received.
-	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; RESOURCE_EXHAUSTED,
-	// reason RESOURCE_LIMIT (at most 1,024 concurrent watch and event
-	// streams).
+	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; OUT_OF_RANGE, reason
+	// SEQUENCE_BEYOND_LOG (an after_sequence beyond the end of the event
+	// log, from another data folder: watch again without it);
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+	// watch and event streams).
 	WatchWorkflow(*WatchWorkflowRequest, grpc.ServerStreamingServer[WatchWorkflowResponse]) error
 	// CancelWorkflow stops a workflow: no new task is dispatched, pending and
 	// running tasks become CANCELLED, workers holding running attempts are

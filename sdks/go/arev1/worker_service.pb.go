@@ -1218,9 +1218,10 @@ func (x *AssignmentBatch) GetAssignments() []*TaskAssignment {
 // sent once the item is durable (accepted) or known to be refused.
 type TaskAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task's workflow.
+	// The task's workflow, as the item named it (at most its first 128
+	// characters: a longer id is invalid, and the item refused).
 	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
-	// The task's id.
+	// The task's id, as the item named it (at most its first 128 characters).
 	TaskId string `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// The attempt.
 	Attempt int32 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
@@ -1233,8 +1234,9 @@ type TaskAck struct {
 	// ERROR_REASON_TASK_ALREADY_COMPLETED or ERROR_REASON_INVALID_ARGUMENT;
 	// UNSPECIFIED when accepted.
 	Reason ErrorReason `protobuf:"varint,6,opt,name=reason,proto3,enum=are.v1.ErrorReason" json:"reason,omitempty"`
-	// A human-readable explanation of a refusal; for an invalid item it
-	// names the field's path within the request, for example
+	// A human-readable explanation of a refusal, at most 1,024 characters;
+	// for an invalid item it begins with the field's path within the
+	// request, for example
 	// "complete.completions[0].usage.cost_micro_usd: must be at least 0, got
 	// -5".
 	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`

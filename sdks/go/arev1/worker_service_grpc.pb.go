@@ -60,10 +60,18 @@ type WorkerServiceClient interface {
 	// are released at once and their tasks retried; except when a sidecar
 	// drain ends it (see DrainNotice): the attempts still held then keep
 	// their leases and are dispatched again after the restart.
+	// An item's ids are checked as the unary calls check them: an id outside
+	// the id alphabet or an attempt below 1 is refused with reason
+	// INVALID_ARGUMENT naming it (`heartbeat.heartbeats[0].attempt`). An
+	// empty batch changes nothing and is not answered.
 	// Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
 	// (no register within 10 seconds, a second register); INVALID_ARGUMENT
-	// for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
-	// (at most 10,000 connected workers); UNAVAILABLE, reason SHUTTING_DOWN,
+	// for a malformed registration, and for a message that cannot be
+	// answered item by item, naming its field: no message set (`message`),
+	// a batch over its count bound or a drain reason over 1 KiB (reason
+	// LIMIT_EXCEEDED, for example `heartbeat.heartbeats`);
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 10,000 connected
+	// workers); UNAVAILABLE, reason SHUTTING_DOWN,
 	// after a drain notice's grace period.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 	// PollTask waits for up to max_tasks assignments for the given
@@ -208,10 +216,18 @@ type WorkerServiceServer interface {
 	// are released at once and their tasks retried; except when a sidecar
 	// drain ends it (see DrainNotice): the attempts still held then keep
 	// their leases and are dispatched again after the restart.
+	// An item's ids are checked as the unary calls check them: an id outside
+	// the id alphabet or an attempt below 1 is refused with reason
+	// INVALID_ARGUMENT naming it (`heartbeat.heartbeats[0].attempt`). An
+	// empty batch changes nothing and is not answered.
 	// Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
 	// (no register within 10 seconds, a second register); INVALID_ARGUMENT
-	// for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
-	// (at most 10,000 connected workers); UNAVAILABLE, reason SHUTTING_DOWN,
+	// for a malformed registration, and for a message that cannot be
+	// answered item by item, naming its field: no message set (`message`),
+	// a batch over its count bound or a drain reason over 1 KiB (reason
+	// LIMIT_EXCEEDED, for example `heartbeat.heartbeats`);
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 10,000 connected
+	// workers); UNAVAILABLE, reason SHUTTING_DOWN,
 	// after a drain notice's grace period.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	// PollTask waits for up to max_tasks assignments for the given

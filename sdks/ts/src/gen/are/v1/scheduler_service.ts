@@ -3485,9 +3485,11 @@ export const SchedulerServiceService = {
    * after which the server ends the stream with OK (at once, for a
    * workflow already closed). A dropped watcher resumes with the last
    * sequence it received.
-   * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; RESOURCE_EXHAUSTED,
-   * reason RESOURCE_LIMIT (at most 1,024 concurrent watch and event
-   * streams).
+   * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; OUT_OF_RANGE, reason
+   * SEQUENCE_BEYOND_LOG (an after_sequence beyond the end of the event
+   * log, from another data folder: watch again without it);
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+   * watch and event streams).
    */
   watchWorkflow: {
     path: "/are.v1.SchedulerService/WatchWorkflow" as const,
@@ -3712,9 +3714,11 @@ export interface SchedulerServiceServer extends UntypedServiceImplementation {
    * after which the server ends the stream with OK (at once, for a
    * workflow already closed). A dropped watcher resumes with the last
    * sequence it received.
-   * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; RESOURCE_EXHAUSTED,
-   * reason RESOURCE_LIMIT (at most 1,024 concurrent watch and event
-   * streams).
+   * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; OUT_OF_RANGE, reason
+   * SEQUENCE_BEYOND_LOG (an after_sequence beyond the end of the event
+   * log, from another data folder: watch again without it);
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+   * watch and event streams).
    */
   watchWorkflow: handleServerStreamingCall<WatchWorkflowRequest, WatchWorkflowResponse>;
   /**
@@ -3877,9 +3881,11 @@ export interface SchedulerServiceClient extends Client {
    * after which the server ends the stream with OK (at once, for a
    * workflow already closed). A dropped watcher resumes with the last
    * sequence it received.
-   * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; RESOURCE_EXHAUSTED,
-   * reason RESOURCE_LIMIT (at most 1,024 concurrent watch and event
-   * streams).
+   * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; OUT_OF_RANGE, reason
+   * SEQUENCE_BEYOND_LOG (an after_sequence beyond the end of the event
+   * log, from another data folder: watch again without it);
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+   * watch and event streams).
    */
   watchWorkflow(
     request: WatchWorkflowRequest,

@@ -352,9 +352,12 @@ export interface AssignmentBatch {
  * sent once the item is durable (accepted) or known to be refused.
  */
 export interface TaskAck {
-  /** The task's workflow. */
+  /**
+   * The task's workflow, as the item named it (at most its first 128
+   * characters: a longer id is invalid, and the item refused).
+   */
   workflowId: string;
-  /** The task's id. */
+  /** The task's id, as the item named it (at most its first 128 characters). */
   taskId: string;
   /** The attempt. */
   attempt: number;
@@ -372,8 +375,9 @@ export interface TaskAck {
    */
   reason: ErrorReason;
   /**
-   * A human-readable explanation of a refusal; for an invalid item it
-   * names the field's path within the request, for example
+   * A human-readable explanation of a refusal, at most 1,024 characters;
+   * for an invalid item it begins with the field's path within the
+   * request, for example
    * "complete.completions[0].usage.cost_micro_usd: must be at least 0, got
    * -5".
    */
@@ -3187,10 +3191,18 @@ export const WorkerServiceService = {
    * are released at once and their tasks retried; except when a sidecar
    * drain ends it (see DrainNotice): the attempts still held then keep
    * their leases and are dispatched again after the restart.
+   * An item's ids are checked as the unary calls check them: an id outside
+   * the id alphabet or an attempt below 1 is refused with reason
+   * INVALID_ARGUMENT naming it (`heartbeat.heartbeats[0].attempt`). An
+   * empty batch changes nothing and is not answered.
    * Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
    * (no register within 10 seconds, a second register); INVALID_ARGUMENT
-   * for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
-   * (at most 10,000 connected workers); UNAVAILABLE, reason SHUTTING_DOWN,
+   * for a malformed registration, and for a message that cannot be
+   * answered item by item, naming its field: no message set (`message`),
+   * a batch over its count bound or a drain reason over 1 KiB (reason
+   * LIMIT_EXCEEDED, for example `heartbeat.heartbeats`);
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 10,000 connected
+   * workers); UNAVAILABLE, reason SHUTTING_DOWN,
    * after a drain notice's grace period.
    */
   connect: {
@@ -3311,10 +3323,18 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
    * are released at once and their tasks retried; except when a sidecar
    * drain ends it (see DrainNotice): the attempts still held then keep
    * their leases and are dispatched again after the restart.
+   * An item's ids are checked as the unary calls check them: an id outside
+   * the id alphabet or an attempt below 1 is refused with reason
+   * INVALID_ARGUMENT naming it (`heartbeat.heartbeats[0].attempt`). An
+   * empty batch changes nothing and is not answered.
    * Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
    * (no register within 10 seconds, a second register); INVALID_ARGUMENT
-   * for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
-   * (at most 10,000 connected workers); UNAVAILABLE, reason SHUTTING_DOWN,
+   * for a malformed registration, and for a message that cannot be
+   * answered item by item, naming its field: no message set (`message`),
+   * a batch over its count bound or a drain reason over 1 KiB (reason
+   * LIMIT_EXCEEDED, for example `heartbeat.heartbeats`);
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 10,000 connected
+   * workers); UNAVAILABLE, reason SHUTTING_DOWN,
    * after a drain notice's grace period.
    */
   connect: handleBidiStreamingCall<ConnectRequest, ConnectResponse>;
@@ -3383,10 +3403,18 @@ export interface WorkerServiceClient extends Client {
    * are released at once and their tasks retried; except when a sidecar
    * drain ends it (see DrainNotice): the attempts still held then keep
    * their leases and are dispatched again after the restart.
+   * An item's ids are checked as the unary calls check them: an id outside
+   * the id alphabet or an attempt below 1 is refused with reason
+   * INVALID_ARGUMENT naming it (`heartbeat.heartbeats[0].attempt`). An
+   * empty batch changes nothing and is not answered.
    * Stream errors: FAILED_PRECONDITION, reason STREAM_PROTOCOL_VIOLATION
    * (no register within 10 seconds, a second register); INVALID_ARGUMENT
-   * for a malformed registration; RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT
-   * (at most 10,000 connected workers); UNAVAILABLE, reason SHUTTING_DOWN,
+   * for a malformed registration, and for a message that cannot be
+   * answered item by item, naming its field: no message set (`message`),
+   * a batch over its count bound or a drain reason over 1 KiB (reason
+   * LIMIT_EXCEEDED, for example `heartbeat.heartbeats`);
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 10,000 connected
+   * workers); UNAVAILABLE, reason SHUTTING_DOWN,
    * after a drain notice's grace period.
    */
   connect(): ClientDuplexStream<ConnectRequest, ConnectResponse>;

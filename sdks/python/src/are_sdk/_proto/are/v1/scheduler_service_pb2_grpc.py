@@ -163,9 +163,11 @@ class SchedulerServiceServicer:
         after which the server ends the stream with OK (at once, for a
         workflow already closed). A dropped watcher resumes with the last
         sequence it received.
-        Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; RESOURCE_EXHAUSTED,
-        reason RESOURCE_LIMIT (at most 1,024 concurrent watch and event
-        streams).
+        Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; OUT_OF_RANGE, reason
+        SEQUENCE_BEYOND_LOG (an after_sequence beyond the end of the event
+        log, from another data folder: watch again without it);
+        RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
+        watch and event streams).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
