@@ -174,6 +174,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.SubmitWorkflowRequest, context: _Context
     ) -> pb.SubmitWorkflowResponse:
         """Validates, stores and starts a workflow; returns its id at once."""
+        state = self._wiring.state
+        if state is not None and state.fork_unsettled(request.spec.workflow_id):
+            # A fork to this id that a crash cut short is settled at start: wait for that rather
+            # than answer ALREADY_EXISTS for an id that is free once it is undone.
+            await state.recovered()
         try:
             if request.request_id:
                 check_id(request.request_id, "request_id", "a request_id")

@@ -3,9 +3,10 @@
 At start the sidecar settles the forks a crash cut short (``state_forks_pending``):
 a fork whose workflow the scheduler created is finished, any other is undone
 (its copied document, notes and blob references deleted). State calls wait
-for that; scheduler calls do not. A SubmitWorkflow naming such an id must not
-mix with the settling: it is refused (the id is taken) until the fork is
-settled, and once accepted the workflow is exactly what was submitted.
+for that, and so does a SubmitWorkflow naming such an id: it must not mix
+with the settling (the id is taken until the fork is settled; a submit
+arriving then would be refused ALREADY_EXISTS), and once accepted the
+workflow is exactly what was submitted.
 
 Defect found: a SubmitWorkflow arriving before the settling had reached its
 id was accepted when the fork had no document left (a crash in the middle of
@@ -32,7 +33,7 @@ import msgspec
 
 from are_core.state import MemoryStore, NoteInput, StateEngine
 from are_core.storage import GroupCommitter, Storage
-from are_sdk import AlreadyExistsError, Client
+from are_sdk import Client
 from are_sdk._proto.are.v1 import scheduler_service_pb2, task_pb2, workflow_pb2
 from are_sdk.testing import SidecarProcess
 from sidecar._server import TABLES
@@ -41,7 +42,6 @@ from sidecar._state import FORK_REQUESTS_TABLE, FORKS_PENDING_TABLE, _ForkRecord
 BIG = "fork-big"  # a fork cut short with its whole document: undone at start, in many commits
 HALF = "fork-half"  # a fork cut short while it was being undone: notes left, no document
 MEMBERS = 150_000  # members of BIG's document (the undo deletes 5,000 rows per commit)
-ATTEMPTS = 20_000  # bound of a submit retried while its id is taken
 
 
 async def _crashed_forks(data: Path) -> None:
@@ -67,22 +67,17 @@ async def _crashed_forks(data: Path) -> None:
         storage.close()
 
 
-async def _submit_when_free(client: Client, workflow_id: str) -> None:
-    """Submits the workflow, again while its id is taken (ALREADY_EXISTS: the fork is being settled)."""
+async def _submit(client: Client, workflow_id: str) -> None:
+    """Submits the workflow: it waits for the settling of a fork to its id, rather than being refused."""
     spec = workflow_pb2.WorkflowSpec(
         workflow_id=workflow_id,
         tasks=[task_pb2.TaskSpec(task_id="hold", capability="nobody")],
         initial_state={"data": json.dumps({"mine": workflow_id}).encode()},
     )
-    request = scheduler_service_pb2.SubmitWorkflowRequest(spec=spec)
-    for _ in range(ATTEMPTS):
-        try:
-            await client.raw.scheduler.SubmitWorkflow(request)
-        except AlreadyExistsError:
-            await asyncio.sleep(0.001)
-            continue
-        return
-    raise AssertionError(f"{workflow_id} was refused {ATTEMPTS} times")
+    response = await client.raw.scheduler.SubmitWorkflow(
+        scheduler_service_pb2.SubmitWorkflowRequest(spec=spec), timeout=60
+    )
+    assert (response.workflow_id, response.deduplicated) == (workflow_id, False)
 
 
 def _rows(storage: Storage, workflow_id: str) -> dict[str, int]:
@@ -94,12 +89,12 @@ def _rows(storage: Storage, workflow_id: str) -> dict[str, int]:
     }
 
 
-async def test_a_submit_naming_a_fork_being_settled_is_refused_until_it_is_settled(tmp_path: Path) -> None:
+async def test_a_submit_naming_a_fork_being_settled_waits_until_it_is_settled(tmp_path: Path) -> None:
     data = tmp_path / "data"
     await _crashed_forks(data)
     with SidecarProcess.start(data_dir=data, args=["--memory-embedder", "off"]) as sidecar:
         async with await Client.connect(sidecar.target) as client:
-            await asyncio.gather(_submit_when_free(client, BIG), _submit_when_free(client, HALF))
+            await asyncio.gather(_submit(client, BIG), _submit(client, HALF))
             seen = {}
             for wid in (BIG, HALF):
                 state = client.state.for_workflow(wid)  # state calls wait for the settling
