@@ -554,13 +554,14 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:  # noqa
             metadata={"namespace": error.name},
         )
     if isinstance(error, NamespaceUnavailableError):
+        # Until its next reload is due (reloads that fail back off, up to a minute); at least a second.
         await abort(
             context,
             grpc.StatusCode.UNAVAILABLE,
             message,
             reason="NAMESPACE_UNAVAILABLE",
             metadata={"namespace": error.name},
-            retry_after=timedelta(seconds=1),
+            retry_after=timedelta(microseconds=max(error.retry_after_ns // 1000, 1_000_000)),
         )
     if isinstance(error, DimensionMismatchError):
         await abort(

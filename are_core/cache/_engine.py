@@ -163,6 +163,23 @@ _REPAIR_PASSES = 3  # inserting nodes again can strand others: sweeps again whil
 _REPAIR_RETRY_NS = 60 * 1_000_000_000  # after a sweep that failed (a child killed, say): not at once
 _REPAIR_FIRST_CHUNK = 16
 _REPAIR_MAX_CHUNK = 256
+# A namespace out of service whose reload failed (see CacheEngine._resync) is reloaded again
+# at a flush once this long passed, doubling with each failure up to _RELOAD_MAX_DELAY_NS: a
+# reload reads the namespace and indexes its vectors again on the event loop, which a flush
+# every second must not repeat for as long as the storage fails (a full disk, say).
+_RELOAD_FIRST_DELAY_NS = 1_000_000_000
+_RELOAD_MAX_DELAY_NS = 60 * 1_000_000_000
+# Counters of what lookups and repairs did in memory (written with any later commit): a
+# reload after a failed commit keeps those memory counted since the last commit that ended.
+_MEMORY_COUNTERS = (
+    "lookups",
+    "exact_hits",
+    "semantic_hits",
+    "misses",
+    "saved_tokens",
+    "saved_cost_micro_usd",
+    "repaired",
+)
 
 
 class _State:
@@ -184,8 +201,10 @@ class _State:
         "calibrating",
         "checkpoint_ns",
         "checkpoint_retry_ns",
+        "committed_removals",
         "confirm_at_ns",
         "confirm_budget_ns",
+        "counted_removals",
         "embedder",
         "embedder_error",
         "entries",
@@ -202,6 +221,9 @@ class _State:
         "queries",
         "queries_seen",
         "reload_error",
+        "reload_failures",
+        "reload_retry_ns",
+        "reload_since_ns",
         "repair_retry_ns",
         "saved_ns",
         "seq",
@@ -258,6 +280,10 @@ class _State:
         self.checkpoint_retry_ns = 0  # after a failed checkpoint: not before then
         self.stats = StatsRecord()
         self.stats_dirty = False
+        # Evictions and expirations as of the last write submitted, and of the writes
+        # committed (see take_removals): a failed write's must not stay counted.
+        self.counted_removals = (0, 0)
+        self.committed_removals = (0, 0)
         self.touched: set[int] = set()  # entries used since the last table export
         # Time left for exact confirmations of misses (monotonic ns; see _CONFIRM_SHARE).
         self.confirm_budget_ns = _CONFIRM_BURST_NS
@@ -270,8 +296,12 @@ class _State:
         self.snapshot_due = False
         self.unsaved_changes = 0
         self.unsaved_rows = 0
-        # Out of service (see CacheEngine._resync): why its last reload failed; "" before one did.
+        # Out of service (see CacheEngine._resync): why its last reload failed ("" before one
+        # did), how many failed in a row, when the first of them failed and when the next is due.
         self.reload_error = ""
+        self.reload_failures = 0
+        self.reload_since_ns = 0
+        self.reload_retry_ns = 0
         self._use(Entries(base))
 
     def _use(self, entries: Entries) -> None:
@@ -279,6 +309,28 @@ class _State:
         self.heads = entries
         self.exact = ExactView(entries)
         self.lru = RecencyView(entries)
+
+    def use_stats(self, stats: StatsRecord) -> None:
+        """Counts on from these counters (as LMDB holds them)."""
+        self.stats = stats
+        self.counted_removals = self.committed_removals = (stats.evictions, stats.expirations)
+
+    def take_removals(self) -> tuple[int, int]:
+        """The evictions and expirations counted since the last write was submitted: this write's.
+
+        Both are counted only in the loop step that builds the write removing
+        the entries (see CacheEngine._evict and _expire), and every write that
+        follows carries the counters as memory has them: when one fails, a later
+        one may commit its share too (see CacheEngine._carry_stats).
+        """
+        stats, (evicted, expired) = self.stats, self.counted_removals
+        self.counted_removals = (stats.evictions, stats.expirations)
+        return stats.evictions - evicted, stats.expirations - expired
+
+    def settle_removals(self, share: tuple[int, int]) -> None:
+        """Counts a committed write's evictions and expirations as LMDB's truth."""
+        evicted, expired = self.committed_removals
+        self.committed_removals = (evicted + share[0], expired + share[1])
 
     @property
     def size_bytes(self) -> int:
@@ -1073,12 +1125,12 @@ class CacheEngine:
         batch = self._storage.batch()
         batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
         batch.put(STATS, settings.name.encode(), _stats_codec.encode(state.stats))
+        # Served once created: a call naming it meanwhile finds no namespace. One that
+        # stored in it could commit after its creation failed: an acknowledged entry of a
+        # namespace that does not exist, whose rows a namespace created again under this
+        # name would read back after a restart.
+        await self._committer.submit(batch)
         self._states[settings.name] = state
-        try:
-            await self._committer.submit(batch)
-        except BaseException:
-            self._states.pop(settings.name, None)
-            raise
         with contextlib.suppress(OSError):
             self._index_path(namespace).unlink()  # a stale file of an older namespace of this name
         return namespace, True
@@ -1776,7 +1828,7 @@ class CacheEngine:
         some 0.4 ms, once a second for 10 to 20 ms. Those were the slowest
         1% of all lookups. Recency is not written here (see the class comment).
         First, namespaces out of service whose reload failed are reloaded
-        again (see :meth:`_resync`).
+        again, those whose delay passed (see :meth:`_resync`).
         """
         self._reload_ready(retry=True)
         # Only the events queued before this flush: lookups answered while its
@@ -1835,7 +1887,10 @@ class CacheEngine:
 
     def _unavailable(self, name: str) -> NamespaceUnavailableError:
         old = self._reloading.get(name)
-        return NamespaceUnavailableError(name, old.reload_error if old is not None else "")
+        if old is None or not old.reload_error:  # reloaded as soon as its commits under way end
+            return NamespaceUnavailableError(name)
+        due = max(old.reload_retry_ns - self._clock(), 0)
+        return NamespaceUnavailableError(name, old.reload_error, retry_after_ns=due)
 
     def _resolve_embedder(self, spec: str, dimension: int) -> tuple[Embedder | None, str, int]:
         if spec == "caller":
@@ -2041,10 +2096,14 @@ class CacheEngine:
             # Reloaded, or out of service, since the caller took it: its changes are
             # to memory no call reads any more, and must not reach LMDB.
             raise self._unavailable(state.namespace.name)
-        targets = [state] if state is not None else list(self._states.values())
+        # Without a namespace (lookup events): those with changes not yet journaled, if any (none
+        # should have: every write journals its own). Only they are reloaded if the commit fails:
+        # a failed commit of events alone changed no namespace's memory.
+        targets = [state] if state is not None else [s for s in self._states.values() if s.pending]
         for target in targets:
             if target.pending:
                 self._journal(batch, target)
+        removals = state.take_removals() if state is not None else (0, 0)
         events: list[Event] = list(recorded)
         if self._events is not None:
             events += [self._events.record(batch, draft) for draft in drafts]
@@ -2057,7 +2116,7 @@ class CacheEngine:
         self._committing[ticket] = targets
         if bodies:
             self._unsettled.update(bodies)
-        commit.add_done_callback(lambda done: self._committed(ticket, targets, done, bodies))
+        commit.add_done_callback(lambda done: self._committed(ticket, targets, done, bodies, removals))
         await asyncio.shield(commit)
         if self._events is not None and events:
             self._events.publish(events)
@@ -2068,17 +2127,21 @@ class CacheEngine:
         targets: list[_State],
         commit: asyncio.Future[None],
         bodies: Mapping[int, EntryBody] | None,
+        removals: tuple[int, int],
     ) -> None:
+        # ``removals``: the evictions and expirations of the write (of targets[0], if it has one).
         del self._inflight[ticket]
         del self._committing[ticket]
         for entry_id in bodies or ():
             self._unsettled.pop(entry_id, None)
         if not commit.cancelled() and commit.exception() is None:
+            if removals != (0, 0):
+                targets[0].settle_removals(removals)
             self._reload_ready()  # a namespace out of service may have waited for this commit
             return
-        # Memory ran ahead of a commit that failed: reload from the truth.
-        self._failures += 1
-        self._resync(*targets)
+        if targets:  # memory ran ahead of a commit that failed: reload from the truth
+            self._failures += 1
+            self._resync(*targets)
 
     def _resync(self, *targets: _State) -> None:
         """Takes these namespaces out of service until they are reloaded from LMDB.
@@ -2093,7 +2156,9 @@ class CacheEngine:
         namespace's other commits under way: reading LMDB before a later one
         ends would lose that one's acknowledged change from memory. When the
         reload fails (LMDB closed or failing, say), the namespace stays out
-        of service and every flush tries again (see :meth:`_reload_ready`).
+        of service and a flush tries again, after a delay doubling with each
+        failure (see :meth:`_reload_ready`); the reload keeps the counters
+        LMDB lacks or holds wrongly (see :meth:`_carry_stats`).
         """
         self._hot.clear()
         for target in targets:
@@ -2106,38 +2171,82 @@ class CacheEngine:
     def _reload_ready(self, *, retry: bool = False) -> None:
         """Reloads from LMDB each namespace out of service none of whose commits is still under way.
 
-        ``retry``: also those whose reload failed before (each flush); a commit
-        that ends tries only those that were waiting for commits.
+        ``retry`` (each flush): also those whose reload failed before, once
+        their delay passed (1 s after the first failure, doubling with each
+        one up to a minute, see :func:`_reload_delay`); a commit that ends
+        tries only those that were waiting for commits.
         """
         if not self._reloading:
             return
         busy = {id(target) for targets in self._committing.values() for target in targets}
+        now = self._clock()
         for old in list(self._reloading.values()):
-            if id(old) not in busy and (retry or not old.reload_error):
-                self._reload(old)
+            if id(old) in busy:
+                continue
+            if old.reload_error and not (retry and _reload_due(old, now)):
+                continue
+            self._reload(old)
         self._start_indexing()
 
     def _reload(self, old: _State) -> None:
-        """Loads a namespace out of service from LMDB, settings included, and serves it; or logs why not."""
+        """Loads a namespace out of service from LMDB, settings included, and serves it; or logs why not.
+
+        Logged once per run of failed reloads (when the first fails, and when
+        one succeeds again), not at every attempt.
+        """
         name = old.namespace.name
         try:
             raw = self._storage.get(NAMESPACES, name.encode())
             # No row: its creation failed to commit; then it does not exist.
             state = None if raw is None else self._load(_decode_namespace(raw), restore=False)
-        except Exception as error:  # noqa: BLE001 - stays out of service; the next flush tries again
+        except Exception as error:  # noqa: BLE001 - stays out of service; a later flush tries again
             cause = str(error) or type(error).__name__
-            if cause != old.reload_error:
+            now = self._clock()
+            if not old.reload_failures:
+                old.reload_since_ns = now
                 _log.error(
                     f"cache: namespace {name!r} is out of service: reloading it from storage after a "
-                    f"failed commit failed ({cause}); every flush tries again"
+                    f"failed commit failed ({cause}); tried again after 1 s, then less often (at most "
+                    f"every {_RELOAD_MAX_DELAY_NS // 1_000_000_000} s) while it fails"
                 )
+            else:
+                _log.debug(f"cache: reloading namespace {name!r} failed again ({cause})")
+            old.reload_failures += 1
+            old.reload_retry_ns = now + _reload_delay(old.reload_failures)
             old.reload_error = cause
             return
         del self._reloading[name]
         if state is not None:
+            self._carry_stats(old, state)
             self._states[name] = state
-        if old.reload_error:
-            _log.warning(f"cache: namespace {name!r} was reloaded from storage; it serves again")
+        if old.reload_failures:
+            seconds = max(self._clock() - old.reload_since_ns, 0) / 1e9
+            _log.warning(
+                f"cache: namespace {name!r} was reloaded from storage after {old.reload_failures} failed "
+                f"attempt(s) over {seconds:.0f} s; it serves again"
+            )
+
+    @staticmethod
+    def _carry_stats(old: _State, state: _State) -> None:
+        """Gives a namespace reloaded after a failed commit the counters that LMDB lacks or overstates.
+
+        LMDB holds the counters of the last write of the namespace that
+        committed, as memory had them when it was built. Lookups, hits,
+        misses, savings and repairs are counted in memory, not by a write:
+        those counted since are kept (the larger of the two, so none counts
+        twice). Evictions and expirations are a write's own: a failed write's
+        did not happen, but a later write that committed carried them in its
+        counters. They are those of the writes that committed. The counters
+        are written again at the next flush when they differ from LMDB's.
+        """
+        stats, was = state.stats, old.stats
+        loaded = msgspec.structs.astuple(stats)
+        for field in _MEMORY_COUNTERS:
+            setattr(stats, field, max(getattr(stats, field), getattr(was, field)))
+        stats.evictions, stats.expirations = old.committed_removals
+        state.counted_removals = state.committed_removals = old.committed_removals
+        if msgspec.structs.astuple(stats) != loaded:
+            state.stats_dirty = True
 
     def _index_new(self, state: _State, keys: list[int], matrix: np.ndarray[Any, Any]) -> None:
         """Adds new entries' vectors to the index; if it refuses, takes them out again and re-raises."""
@@ -2367,7 +2476,7 @@ class CacheEngine:
         state.embedder_error = mismatch
         raw_stats = self._storage.get(STATS, name.encode())
         if raw_stats is not None:
-            state.stats = _stats_codec.decode(raw_stats)
+            state.use_stats(_stats_codec.decode(raw_stats))
         state.namespace = _in_force(namespace, state.stats.calibration)
         state.index.expansion_search = state.namespace.search_expansion
         self._next_id = max(self._next_id, state.entries.max_id() + 1)
@@ -2812,6 +2921,16 @@ def _may_confirm(state: _State) -> bool:
     state.confirm_at_ns = now
     state.confirm_budget_ns = min(_CONFIRM_BURST_NS, state.confirm_budget_ns + refill)
     return state.confirm_budget_ns > 0
+
+
+def _reload_delay(failures: int) -> int:
+    """How long after this many failed reloads in a row of a namespace the next is due (ns)."""
+    return min(_RELOAD_FIRST_DELAY_NS << min(failures - 1, 16), _RELOAD_MAX_DELAY_NS)
+
+
+def _reload_due(old: _State, now: int) -> bool:
+    """Whether a namespace's next reload after a failed one is due (also when the clock stepped back)."""
+    return now >= old.reload_retry_ns or old.reload_retry_ns - now > _RELOAD_MAX_DELAY_NS
 
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:

@@ -34,20 +34,23 @@ class NamespaceUnavailableError(CacheError):
 
     A failed commit leaves the namespace's memory ahead of LMDB, so it is
     reloaded from LMDB once its other commits under way have ended; until
-    then, and while the reload itself fails (it is retried at every flush,
-    about once a second), calls on it are refused with this: nothing was
-    changed, retry later. ``cause`` is why the last reload failed ("" while
-    it waits for those commits).
+    then, and while the reload itself fails, calls on it are refused with
+    this: nothing was changed, retry later. A failed reload is tried again
+    at a flush, after a delay doubling with each failure (1 s, 2 s, ... up
+    to a minute). ``cause`` is why the last reload failed ("" while it waits
+    for those commits); ``retry_after_ns`` is how long until the next reload
+    is due (0 when it is not known: as soon as those commits end).
     """
 
-    def __init__(self, name: str, cause: str = "") -> None:
+    def __init__(self, name: str, cause: str = "", retry_after_ns: int = 0) -> None:
         self.name = name
         self.cause = cause
+        self.retry_after_ns = retry_after_ns
         if cause:
+            seconds = max(1, -(-retry_after_ns // 1_000_000_000))
             message = (
                 f"cache namespace {name!r} is out of service: reloading it from storage after a failed "
-                f"commit failed ({cause}); it is tried again at every flush (each second by default): "
-                "retry later"
+                f"commit failed ({cause}); it is tried again in about {seconds} s: retry later"
             )
         else:
             message = f"cache namespace {name!r} is being reloaded from storage after a failed commit: retry"

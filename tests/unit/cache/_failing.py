@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,21 @@ class GatedCommits:
             if fails:
                 raise OSError(errno.ENOSPC, "No space left on device")
         await self._submit(batch)
+
+
+class FailingLoads:
+    """Makes the engine's reload of a namespace fail while ``broken`` (LMDB's readers full, say)."""
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self._load = engine._load
+        self.broken = True
+        self.failed = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.broken:
+            self.failed += 1
+            raise OSError(errno.EAGAIN, "mdb_txn_begin: MDB_READERS_FULL")
+        return self._load(*args, **kwargs)
 
 
 async def fill(harness: Harness) -> CacheEngine:

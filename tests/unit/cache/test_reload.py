@@ -11,14 +11,14 @@ answered again, and an entry never stored was counted. The reload also ran
 at once, while later commits of the same namespace were still under way,
 so that an acknowledged store committed just after it was missing from
 memory. Now the namespace is out of service (NamespaceUnavailableError)
-until it is reloaded, once its commits under way ended, again at every
-flush while the reload fails; nothing derived from it is saved meanwhile.
+until it is reloaded, once its commits under way ended, again at a flush
+(less and less often, see test_reload_backoff.py) while the reload fails;
+nothing derived from it is saved meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 from collections.abc import Awaitable
 from typing import Any
 
@@ -27,25 +27,11 @@ import pytest
 from are_core.cache import CacheEngine, NamespaceSettings, NamespaceUnavailableError
 from are_core.cache._engine import MARKS
 
+from ._failing import FailingLoads as _Loads
 from ._failing import GatedCommits, fill, unit, vector
 from .conftest import Harness
 
 _FAILED = unit(99)  # the vector of the store whose commit fails
-
-
-class _Loads:
-    """Makes the engine's reload of a namespace fail while ``broken`` (LMDB's readers full, say)."""
-
-    def __init__(self, engine: CacheEngine) -> None:
-        self._load = engine._load
-        self.broken = True
-        self.failed = 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.broken:
-            self.failed += 1
-            raise OSError(errno.EAGAIN, "mdb_txn_begin: MDB_READERS_FULL")
-        return self._load(*args, **kwargs)
 
 
 async def _check(harness: Harness, *, answering: tuple[str, ...], missing: tuple[str, ...]) -> None:
@@ -131,10 +117,12 @@ async def test_a_namespace_whose_reload_failed_refuses_calls_until_a_flush_reloa
     loads = await _fail_a_change(harness, monkeypatch, change)
     e = harness.e
     await _assert_unavailable(e)
+    harness.clock.advance(1)  # a failed reload is tried again a second later (then less often)
     await e.flush()  # retried, and failing again: still out of service
     assert loads.failed == 2
     await _assert_unavailable(e)
     loads.broken = False
+    harness.clock.advance(2)
     await e.flush()
     await _check(harness, answering=_ANSWERED, missing=("delta",))
     stored = await e.store("a", prompt="delta question", response=b"delta", vector=vector("a", "delta"))
@@ -156,6 +144,7 @@ async def test_a_stop_while_a_reload_fails_saves_nothing_of_the_namespace(
     index_bytes = index_file.read_bytes()
     tables = sorted(p.name for p in (harness.root / "data" / "cache").glob("a.*.entries"))
     loads = await _fail_a_change(harness, monkeypatch, change)
+    harness.clock.advance(1)  # the next reload is due
     await harness.close()
     assert loads.failed == 2  # the flush at stop tried once more
     assert index_file.read_bytes() == index_bytes
@@ -244,6 +233,7 @@ async def test_a_store_embedding_while_its_namespace_is_reloaded_stores_in_the_r
         with pytest.raises(NamespaceUnavailableError, match="'a'"):
             await storing
         loads.broken = False
+        harness.clock.advance(1)
         await e.flush()
         await _check(harness, answering=("alpha", "beta", "gamma"), missing=("delta",))
     else:
