@@ -192,9 +192,9 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
             ttl_ns = await _duration_ns(context, request.ttl, "ttl")
         await _check_metadata(context, request.metadata, "metadata", _MAX_METADATA)
         usage = request.usage
-        for name in ("input_tokens", "output_tokens", "cost_micro_usd"):
-            if getattr(usage, name) < 0:
-                await _invalid(context, f"`usage.{name}` must be at least 0", f"usage.{name}")
+        problem = conventions.usage_problem(usage)  # llm_calls and tool_calls too, though not kept
+        if problem is not None:
+            await _invalid(context, f"`usage.{problem[0]}` {problem[1]}", f"usage.{problem[0]}")
         try:
             result = await self._engine.store(
                 request.namespace,

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from are_sdk import Client, InvalidArgumentError, RawPayload, RpcError
+from are_sdk._proto.are.v1 import cache_service_pb2 as cs
+from are_sdk._proto.are.v1 import common_pb2 as c
 from are_sdk._proto.are.v1 import task_pb2 as t
 from are_sdk._proto.are.v1 import worker_service_pb2 as w
 from are_sdk._proto.are.v1 import workflow_pb2 as wf
@@ -220,3 +222,22 @@ async def test_a_failed_shared_llm_call_reaches_every_caller_and_stores_nothing(
 
     result = await client.cache.get_or_call(ns, "same prompt", working)  # a new call, not the failed one
     assert (result.value, calls) == ("fine now", 2)
+
+
+async def test_a_store_with_any_negative_usage_counter_is_refused_naming_it(client: Client) -> None:
+    """Every Usage counter is at least 0 (common.proto): llm_calls and tool_calls too, though not kept."""
+    ns = _name("usage")
+    await client.cache.put_namespace(ns)
+    for name in ("input_tokens", "output_tokens", "cost_micro_usd", "llm_calls", "tool_calls"):
+        request = cs.StoreCacheRequest(
+            namespace=ns,
+            prompt="what is two plus two",
+            response=c.Payload(data=b"four", content_type="text/plain"),
+            usage=c.Usage(**{name: -1}),
+        )
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.raw.cache.StoreCache(request)
+        _check(caught.value, "INVALID_ARGUMENT", f"usage.{name}")
+    assert await client.cache.lookup(ns, "what is two plus two") is None
+    [stats] = await client.cache.stats(ns)
+    assert stats.entries == 0
