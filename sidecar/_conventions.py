@@ -15,12 +15,16 @@ import numpy as np
 from are_sdk._proto.are.v1 import common_pb2
 
 __all__ = [
+    "CONTENT_TYPE_CHARS",
     "ID",
     "INT64_MAX",
     "KEY",
+    "SPAN_ID",
     "USAGE_FIELDS",
+    "content_type_problem",
     "duration_problem",
     "enum_problem",
+    "span_id_problem",
     "timestamp_problem",
     "unix_ns",
     "usage_problem",
@@ -31,6 +35,11 @@ __all__ = [
 ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Keys of labels and metadata maps.
 KEY = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+# A W3C trace-context span id: 16 lowercase hex characters (all zeros is invalid; see span_id_problem).
+SPAN_ID = re.compile(r"[0-9a-f]{16}")
+
+CONTENT_TYPE_CHARS = 128
+"""The longest ``Payload.content_type`` (and ``BlobRef.content_type``) common.proto allows."""
 
 INT64_MAX = 2**63 - 1
 """The largest value LMDB records (MessagePack int64) and proto int64 fields hold."""
@@ -95,6 +104,22 @@ def unix_ns(value: Any) -> int:
     a bound outside that range selects exactly what the clamped one does.
     """
     return min(max(int(value.seconds) * 1_000_000_000 + int(value.nanos), 0), INT64_MAX)
+
+
+def content_type_problem(content_type: str) -> str | None:
+    """Why a ``Payload.content_type`` is refused (over 128 characters), or None."""
+    if len(content_type) > CONTENT_TYPE_CHARS:
+        return f"at most {CONTENT_TYPE_CHARS} characters, got {len(content_type)}"
+    return None
+
+
+def span_id_problem(span_id: str) -> str | None:
+    """Why a non-empty span id is not a W3C one (16 lowercase hex characters, not all zero), or None."""
+    if not SPAN_ID.fullmatch(span_id):
+        return f"a span id is 16 lowercase hexadecimal characters, got {span_id[:40]!r}"
+    if span_id == "0" * 16:
+        return "a span id must not be all zeros (W3C trace context: invalid)"
+    return None
 
 
 def duration_problem(value: Any) -> str | None:

@@ -206,9 +206,11 @@ def blob_from_proto(payload: common_pb2.Payload, field: str) -> BlobPayload:
         )
     if ref.size_bytes < 0:
         _bad("INVALID_ARGUMENT", f"{field}.blob.size_bytes", "must not be negative")
+    for name, value in (("content_type", payload.content_type), ("blob.content_type", ref.content_type)):
+        problem = conventions.content_type_problem(value)
+        if problem is not None:
+            _bad("LIMIT_EXCEEDED", f"{field}.{name}", problem, limit=conventions.CONTENT_TYPE_CHARS)
     content_type = payload.content_type or ref.content_type
-    if len(content_type) > 128:
-        _bad("LIMIT_EXCEEDED", f"{field}.content_type", "at most 128 characters", limit=128)
     return BlobPayload(sha256=ref.sha256, size_bytes=ref.size_bytes, content_type=content_type)
 
 
@@ -497,6 +499,9 @@ def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
     details = failure.details.data if failure.HasField("details") else b""
     if len(details) > _MiB:
         _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB", limit=1024 * 1024)
+    problem = conventions.content_type_problem(failure.details.content_type)
+    if problem is not None:
+        _bad("LIMIT_EXCEEDED", f"{field}.details.content_type", problem, limit=conventions.CONTENT_TYPE_CHARS)
     return Failure(
         message=failure.message,
         type=failure.type,

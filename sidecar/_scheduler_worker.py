@@ -11,6 +11,7 @@ in one message.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from datetime import timedelta
@@ -64,6 +65,11 @@ _BATCH_BOUNDS = {
 _DRAIN_REASON_BYTES = 1024
 _ACK_ID_CHARS = 128  # an ack echoes at most this much of an id: longer ones are invalid, and refused
 _ACK_MESSAGE_CHARS = 1024
+# The bounds of a ReportedEvent (event.proto).
+_EVENT_NAME_CHARS = 256
+_EVENT_ATTRIBUTES = 64
+_ATTRIBUTE_KEY_CHARS = 128
+_ATTRIBUTE_STRING_BYTES = 16 * 1024
 
 
 def _check_registration(reg: pb.WorkerRegistration, prefix: str = "register") -> None:
@@ -108,22 +114,43 @@ _HEARTBEAT_DETAILS_BYTES = 1024 * 1024
 """Heartbeat details at most (worker_service.proto)."""
 
 
+def _check_content_type(payload: Any, field: str) -> None:
+    """Refuses a Payload's content_type over 128 characters (common.proto), naming ``<field>.content_type``.
+
+    A worker's Payload may come inline or as a blob reference; either way its content_type is bounded.
+    """
+    problem = conventions.content_type_problem(payload.content_type)
+    if problem is not None:
+        raise SpecError(
+            "LIMIT_EXCEEDED", f"{field}.content_type", problem, limit=conventions.CONTENT_TYPE_CHARS
+        )
+
+
 def _check_inline_output(c: pb.TaskCompletion, field: str) -> None:
-    """Refuses an inline output over 4 MiB, naming ``<field>.output.data`` (stream and unary alike)."""
+    """Refuses an inline output over 4 MiB or a content type over 128 characters (stream and unary alike).
+
+    The fields are named ``<field>.output.data`` and ``<field>.output.content_type``.
+    """
     if len(c.output.data) > _INLINE_OUTPUT_BYTES:
         raise SpecError(
             "LIMIT_EXCEEDED", f"{field}.output.data", "at most 4 MiB inline", limit=_INLINE_OUTPUT_BYTES
         )
+    _check_content_type(c.output, f"{field}.output")
 
 
 def _heartbeat_details(h: pb.TaskHeartbeat, field: str) -> bytes | None:
-    """A heartbeat's details (None when it has none); over 1 MiB refused naming ``<field>.details.data``."""
+    """A heartbeat's details (None when it has none), checked against worker_service.proto's bounds.
+
+    Details over 1 MiB are refused naming ``<field>.details.data``, a
+    content type over 128 characters naming ``<field>.details.content_type``.
+    """
     if not h.HasField("details"):
         return None
     if len(h.details.data) > _HEARTBEAT_DETAILS_BYTES:
         raise SpecError(
             "LIMIT_EXCEEDED", f"{field}.details.data", "at most 1 MiB", limit=_HEARTBEAT_DETAILS_BYTES
         )
+    _check_content_type(h.details, f"{field}.details")
     return h.details.data
 
 
@@ -144,22 +171,88 @@ def _retry_after_s(failure: pb.TaskFailure, field: str) -> float:
     return min(delay.ToNanoseconds() / 1e9, 86_400.0)
 
 
-def _attributes(attributes: Any) -> dict[str, str | int | float | bool]:
+def _attribute_path(field: str, key: str) -> str:
+    """The path of one attribute, as labels are named: ``events[3].attributes['k']``.
+
+    A key far over its bound is cut to 140 characters, so that the path fits an ack's message.
+    """
+    return f"{field}[{key[:140]!r}]"
+
+
+def _attributes(attributes: Any, field: str) -> dict[str, str | int | float | bool]:
+    """A reported event's attributes, checked against event.proto's bounds; ``field`` names the map.
+
+    At most 64 entries; keys 1 to 128 characters; exactly one value set;
+    strings at most 16 KiB of UTF-8; doubles finite. The first entry out of
+    bounds is refused naming it (``events[3].attributes['k'].double_value``).
+    """
+    if len(attributes) > _EVENT_ATTRIBUTES:
+        raise SpecError(
+            "LIMIT_EXCEEDED",
+            field,
+            f"at most {_EVENT_ATTRIBUTES} attributes, got {len(attributes)}",
+            limit=_EVENT_ATTRIBUTES,
+        )
     out: dict[str, str | int | float | bool] = {}
     for key, value in attributes.items():
+        if not 1 <= len(key) <= _ATTRIBUTE_KEY_CHARS:
+            if key:
+                raise SpecError(
+                    "LIMIT_EXCEEDED",
+                    _attribute_path(field, key),
+                    f"attribute keys are at most {_ATTRIBUTE_KEY_CHARS} characters, got {len(key)}",
+                    limit=_ATTRIBUTE_KEY_CHARS,
+                )
+            raise SpecError(
+                "INVALID_ARGUMENT", _attribute_path(field, key), "attribute keys must not be empty"
+            )
         kind = value.WhichOneof("value")
-        if kind is not None:
-            out[key] = getattr(value, kind)
+        if kind is None:
+            raise SpecError(
+                "INVALID_ARGUMENT",
+                _attribute_path(field, key),
+                "set exactly one of string_value, int_value, double_value or bool_value",
+            )
+        item = getattr(value, kind)
+        if kind == "string_value" and len(item.encode()) > _ATTRIBUTE_STRING_BYTES:
+            raise SpecError(
+                "LIMIT_EXCEEDED",
+                f"{_attribute_path(field, key)}.string_value",
+                f"at most 16 KiB of UTF-8, got {len(item.encode()):,} bytes",
+                limit=_ATTRIBUTE_STRING_BYTES,
+            )
+        if kind == "double_value" and not math.isfinite(item):
+            raise SpecError(
+                "INVALID_ARGUMENT",
+                f"{_attribute_path(field, key)}.double_value",
+                f"must be finite, got {item}",
+            )
+        out[key] = item
     return out
 
 
 def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: str) -> EventDraft:
-    """Validates a worker-reported event and makes it an EventDraft."""
+    """Validates a worker-reported event against event.proto's bounds and makes it an EventDraft.
+
+    Raises SpecError naming the first field out of bounds (``<field>.name``,
+    ``<field>.span_id``, ``<field>.attributes['k']``); nothing is cut to fit.
+    """
     event_type = enum_name(event_pb2.EventType, event.event_type, f"{field}.event_type", "EVENT_TYPE_")
     if event_type not in _REPORTABLE:
         raise SpecError(
             "INVALID_ARGUMENT", f"{field}.event_type", "workers report LLM_CALL, TOOL_CALL or WORKER_CUSTOM"
         )
+    if len(event.name) > _EVENT_NAME_CHARS:
+        raise SpecError(
+            "LIMIT_EXCEEDED",
+            f"{field}.name",
+            f"at most {_EVENT_NAME_CHARS} characters, got {len(event.name):,}",
+            limit=_EVENT_NAME_CHARS,
+        )
+    if event.span_id:
+        problem = conventions.span_id_problem(event.span_id)
+        if problem is not None:
+            raise SpecError("INVALID_ARGUMENT", f"{field}.span_id", problem)
     usage = usage_from_proto(event.usage, f"{field}.usage") if event.HasField("usage") else None
     failure = failure_from_proto(event.failure, f"{field}.failure") if event.HasField("failure") else None
     duration_ns: int | None = None
@@ -173,13 +266,14 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
         if problem is not None:
             raise SpecError("INVALID_ARGUMENT", f"{field}.event_time", problem)
         event_time_ns = conventions.unix_ns(event.event_time)
+    attributes = _attributes(event.attributes, f"{field}.attributes") if event.attributes else {}
     return EventDraft(
         event_type=event_type,
         workflow_id=event.workflow_id,
         task_id=event.task_id,
         attempt=event.attempt,
         worker_id=worker_id,
-        name=event.name[:256],
+        name=event.name,
         usage=EventUsage(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -199,7 +293,7 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
         if failure
         else None,
         duration_ns=duration_ns,
-        attributes=_attributes(event.attributes),
+        attributes=attributes,
         span_id=event.span_id,
         event_time_unix_ns=event_time_ns,
     )
@@ -648,7 +742,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             try:
                 _check_attempt_ids(event, f"report_events.events[{i}]")
                 draft = reported_event_draft(event, worker_id, f"report_events.events[{i}]")
-                self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
+                self._engine.check_held(event.workflow_id, event.task_id, event.attempt, worker_id)
                 drafts.append(draft)
             except SchedulerError as error:
                 refusals.append(_refusal(event, _EVENT, error))

@@ -108,6 +108,11 @@ _HANDLING_RULES = frozenset({"ALL_DONE", "ONE_FAILED", "ONE_SUCCESS"})
 _NOT_RETRIED_KINDS = frozenset({"CANCELLED", "BUDGET_EXCEEDED", "APPROVAL_REJECTED"})
 _DEFAULT_POLICY = RetryPolicy()
 _RECENT_CLOSED = 1024
+# Worker-reported events of an attempt are accepted for this long after it
+# ended (event.proto, ReportedEvent): reports sent just after a result, or
+# after the workflow closed, are not lost.
+REPORT_GRACE_S = 300
+_REPORT_GRACE_NS = REPORT_GRACE_S * 1_000_000_000
 _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
 # A re-route pass (see Scheduler.served_changed) yields the loop after this
 # many queue entries looked at, or this many route calls (about 0.2 ms each):
@@ -290,6 +295,7 @@ class _Task:
         "cap",
         "dependents",
         "deps",
+        "ended",
         "holder",
         "in_backlog",
         "in_queue",
@@ -322,6 +328,8 @@ class _Task:
         self.queued_ns = 0
         self.token = 0  # bumps on every state change, so stale timers are ignored
         self.cap = rec.capability or spec.capability  # an intent's routed capability, or the spec's
+        # (attempt, end ns, worker id) of the last attempt that ended while in memory (see check_held)
+        self.ended: tuple[int, int, str] | None = None
 
 
 class _Workflow:
@@ -537,6 +545,18 @@ class _Txn:
         # Each cancellation with how many of the worker's assignments in this commit preceded it.
         self.cancel: dict[WorkerHandle, list[tuple[int, Cancellation]]] = {}
         self.after: list[Callable[[], None]] = []
+
+
+def _last_end(rec: TaskRecord) -> tuple[int, int, str] | None:
+    """(attempt, end ns, worker id) of a closed task's last attempt, as its record knows it; else None.
+
+    The record keeps no end time per attempt: a closed task's last attempt
+    ended at the latest when the task closed. Used for tasks whose in-memory
+    ``ended`` is gone (a restart, a workflow no longer among the recent ones).
+    """
+    if rec.state not in TERMINAL_TASK_STATES or not rec.close_ns or not rec.attempt:
+        return None
+    return rec.attempt, rec.close_ns, rec.worker_id
 
 
 def _new_id(prefix: str) -> str:
@@ -1937,6 +1957,7 @@ class Scheduler:
 
     def _release(self, task: _Task) -> None:
         """The running attempt ends: free the worker's slot and the pool's."""
+        task.ended = (task.rec.attempt, self._clock(), task.rec.worker_id)
         self._release_pool(task)
         worker = task.holder
         task.holder = None
@@ -2250,9 +2271,60 @@ class Scheduler:
             self._dirty(task)
         return task.wf.rec.state != "RUNNING"
 
-    def check_held(self, wf_id: str, task_id: str, attempt: int) -> None:
-        """Raises unless the attempt is running (for worker-reported events)."""
-        self._held_strict(wf_id, task_id, attempt)
+    def check_held(self, wf_id: str, task_id: str, attempt: int, worker_id: str = "") -> None:
+        """Raises unless a worker may report events of the attempt (ReportEvents).
+
+        It may while the attempt runs, and for :data:`REPORT_GRACE_S` after
+        it ended (completed, failed, timed out, lost or cancelled, its
+        workflow closed or not), so that the events a worker sends just
+        after its result are not lost. ``worker_id``, when given (a stream's
+        worker), must be the attempt's holder; unary reports name no worker.
+
+        Raises TaskNotHeldError, TaskNotFoundError or WorkflowNotFoundError.
+        """
+        ids = {"workflow_id": wf_id, "task_id": task_id, "attempt": attempt}
+        w = self._open.get(wf_id) or self._recent.get(wf_id)
+        if w is None:  # closed and read back from storage: only each task's last attempt is known
+            raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
+            if raw is None:
+                raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
+            closed_ns = _wf_codec.decode(raw).close_ns
+            if closed_ns and self._clock() - closed_ns > _REPORT_GRACE_NS:  # every attempt ended by then
+                raise TaskNotHeldError(
+                    f"task {task_id!r} of workflow {wf_id!r} is not running: the workflow closed "
+                    f"over {REPORT_GRACE_S} s ago",
+                    **ids,
+                )
+            rec = self._load_task(wf_id, task_id)  # a scan of the workflow's tasks: only within the grace
+            if self._reportable(_last_end(rec), attempt, worker_id):
+                return
+            if rec.outcome_attempt == attempt and attempt:
+                raise TaskNotHeldError(
+                    f"attempt {attempt} of task {task_id!r} is no longer held: it reported its outcome", **ids
+                )
+            raise TaskNotHeldError(
+                f"task {task_id!r} of workflow {wf_id!r} is not running: the workflow is closed", **ids
+            )
+        try:
+            task = self._held_strict(wf_id, task_id, attempt)
+        except TaskNotHeldError:
+            found = w.tasks[task_id]  # _held found it
+            if self._reportable(found.ended or _last_end(found.rec), attempt, worker_id):
+                return
+            raise
+        if worker_id and task.rec.worker_id != worker_id:
+            raise TaskNotHeldError(f"attempt {attempt} of task {task_id!r} is held by another worker", **ids)
+
+    def _reportable(self, ended: tuple[int, int, str] | None, attempt: int, worker_id: str) -> bool:
+        """Whether ``ended`` (attempt, end ns, holder) is ``attempt`` (of ``worker_id``) within the grace."""
+        if ended is None:
+            return False
+        ended_attempt, ended_ns, holder = ended
+        return (
+            ended_attempt == attempt
+            and (not worker_id or holder == worker_id)
+            and self._clock() - ended_ns <= _REPORT_GRACE_NS
+        )
 
     def _held_strict(self, wf_id: str, task_id: str, attempt: int) -> _Task:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from google.protobuf import duration_pb2
 
 from are_sdk import Client, InvalidArgumentError
@@ -426,3 +427,190 @@ async def test_unary_reports_refuse_an_attempt_below_one_naming_it(client: Clien
             "heartbeat.attempt",
         )
     await assert_untouched(client, workflow_id, "a")
+
+
+# ------------------------------------------- content types of a worker's payloads
+
+# common.proto: a Payload's content_type is at most 128 characters. Inline
+# outputs, heartbeat details and failure details took any length, on both paths.
+FITS = ("application/json; profile=" + "p" * 128)[:128]
+LONG = FITS + "p"
+RETRY_AT_ONCE = c.RetryPolicy(initial_interval=duration_pb2.Duration(nanos=10_000_000), maximum_attempts=2)
+
+
+def typed_failure(content_type: str) -> c.Failure:
+    return c.Failure(message="boom", type="Boom", details=c.Payload(data=b"{}", content_type=content_type))
+
+
+def refused_as_too_long(ack: w.TaskAck, subject: int, field: str) -> None:
+    """``ack`` refuses task a's item with LIMIT_EXCEEDED, its message starting with ``field``."""
+    assert (ack.task_id, ack.subject, ack.accepted) == ("a", subject, False), ack
+    assert ack.reason == errors_pb2.ERROR_REASON_LIMIT_EXCEEDED, ack
+    assert ack.message.startswith(f"{field}: at most 128 characters"), ack.message
+
+
+@pytest.mark.parametrize("with_patch", [False, True], ids=["inline", "with a state patch"])
+async def test_complete_task_refuses_an_output_content_type_over_128_characters(
+    client: Client, with_patch: bool
+) -> None:
+    cap = unique_capability("type-complete")
+    workflow_id = await submit(client, task("a", cap))
+    a = await poll_one(client, cap)
+    fields: dict[str, Any] = {}
+    if with_patch:
+        fields["state_patch"] = state_pb2.StatePatch(merge_patch_json=b'{"done": true}')
+    bad = completion(a, {"a": 0}, **fields)
+    bad.output.content_type = LONG
+    await expect_error(
+        client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=bad)),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "completion.output.content_type",
+    )
+    await assert_untouched(client, workflow_id, "a")
+    assert "TASK_COMPLETED" not in await event_types(client, workflow_id)
+    good = completion(a, {"a": 1}, **fields)
+    good.output.content_type = FITS
+    await client.raw.worker.CompleteTask(w.CompleteTaskRequest(completion=good))
+    done = await get_task(client, workflow_id, "a")
+    assert (done.output.data, done.output.content_type) == (b'{"a": 1}', FITS)
+
+
+async def test_record_heartbeat_refuses_a_details_content_type_over_128_characters(client: Client) -> None:
+    cap = unique_capability("type-heartbeat")
+    workflow_id = await submit(client, task("a", cap, retry_policy=RETRY_AT_ONCE))
+    a = await poll_one(client, cap)
+
+    def beat(data: bytes, content_type: str) -> w.RecordHeartbeatRequest:
+        details = c.Payload(data=data, content_type=content_type)
+        return w.RecordHeartbeatRequest(
+            heartbeat=w.TaskHeartbeat(
+                workflow_id=workflow_id, task_id="a", attempt=a.attempt, details=details
+            )
+        )
+
+    await client.raw.worker.RecordHeartbeat(beat(b'{"step": 1}', FITS))
+    await expect_error(
+        client.raw.worker.RecordHeartbeat(beat(b'{"step": 2}', LONG)),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "heartbeat.details.content_type",
+    )
+    # The next attempt resumes from the last details recorded: the fitting ones.
+    failure = w.TaskFailure(workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=fail_with("x"))
+    assert (await client.raw.worker.FailTask(w.FailTaskRequest(failure=failure))).will_retry
+    again = await poll_one(client, cap)
+    assert again.attempt == a.attempt + 1
+    assert (again.last_heartbeat_details.data, again.last_heartbeat_details.content_type) == (
+        b'{"step": 1}',
+        FITS,
+    )
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+async def test_fail_task_refuses_a_details_content_type_over_128_characters(client: Client) -> None:
+    cap = unique_capability("type-fail")
+    workflow_id = await submit(client, task("a", cap))
+    a = await poll_one(client, cap)
+
+    def failure(content_type: str) -> w.FailTaskRequest:
+        return w.FailTaskRequest(
+            failure=w.TaskFailure(
+                workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=typed_failure(content_type)
+            )
+        )
+
+    await expect_error(
+        client.raw.worker.FailTask(failure(LONG)),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "failure.failure.details.content_type",
+    )
+    await assert_untouched(client, workflow_id, "a")
+    assert "TASK_ATTEMPT_FAILED" not in await event_types(client, workflow_id)
+    await client.raw.worker.FailTask(failure(FITS))
+    now = await get_task(client, workflow_id, "a")
+    assert now.failure.details.content_type == FITS
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+async def test_a_stream_completion_with_an_output_content_type_over_128_characters_is_refused(
+    client: Client,
+) -> None:
+    cap = unique_capability("type-stream-complete")
+    async with StreamWorker(client, lambda _a: None, capabilities=[cap]) as worker:
+        workflow_id = await submit(client, task("a", cap))
+        (a,) = await held(worker, workflow_id, "a")
+        bad = completion(a, {"a": 0})
+        bad.output.content_type = LONG
+        await worker.send(w.ConnectRequest(complete=w.CompletionBatch(completions=[bad])))
+        (ack,) = await worker.wait_acks(1)
+        refused_as_too_long(ack, w.ACK_SUBJECT_COMPLETION, "complete.completions[0].output.content_type")
+        await assert_untouched(client, workflow_id, "a", worker.worker_id)
+        good = completion(a, {"a": 1})
+        good.output.content_type = FITS
+        await worker.send(w.ConnectRequest(complete=w.CompletionBatch(completions=[good])))
+        assert (await worker.wait_acks(2))[1].accepted
+    done = await get_task(client, workflow_id, "a")
+    assert (done.output.data, done.output.content_type) == (b'{"a": 1}', FITS)
+
+
+async def test_a_stream_heartbeat_with_a_details_content_type_over_128_characters_is_refused(
+    client: Client,
+) -> None:
+    cap = unique_capability("type-stream-heartbeat")
+    async with StreamWorker(client, lambda _a: None, capabilities=[cap]) as worker:
+        workflow_id = await submit(client, task("a", cap, retry_policy=RETRY_AT_ONCE))
+        (a,) = await held(worker, workflow_id, "a")
+
+        def beat(data: bytes, content_type: str) -> w.ConnectRequest:
+            details = c.Payload(data=data, content_type=content_type)
+            heartbeat = w.TaskHeartbeat(
+                workflow_id=workflow_id, task_id="a", attempt=a.attempt, details=details
+            )
+            return w.ConnectRequest(heartbeat=w.HeartbeatBatch(heartbeats=[heartbeat]))
+
+        await worker.send(beat(b'{"step": 1}', FITS))
+        await worker.send(beat(b'{"step": 2}', LONG))
+        (ack,) = await worker.wait_acks(1)  # heartbeats are acknowledged only when refused
+        refused_as_too_long(ack, w.ACK_SUBJECT_HEARTBEAT, "heartbeat.heartbeats[0].details.content_type")
+        failure = w.TaskFailure(
+            workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=fail_with("x")
+        )
+        await worker.send(w.ConnectRequest(fail=w.FailureBatch(failures=[failure])))
+        assert (await worker.wait_acks(2))[1].will_retry
+        async with asyncio.timeout(10):
+            while worker.held[(workflow_id, "a")].attempt == a.attempt:
+                await asyncio.sleep(0.01)
+        again = worker.held[(workflow_id, "a")]
+    assert (again.last_heartbeat_details.data, again.last_heartbeat_details.content_type) == (
+        b'{"step": 1}',
+        FITS,
+    )
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+async def test_a_stream_failure_with_a_details_content_type_over_128_characters_is_refused(
+    client: Client,
+) -> None:
+    cap = unique_capability("type-stream-fail")
+    async with StreamWorker(client, lambda _a: None, capabilities=[cap]) as worker:
+        workflow_id = await submit(client, task("a", cap))
+        (a,) = await held(worker, workflow_id, "a")
+
+        def failure(content_type: str) -> w.ConnectRequest:
+            item = w.TaskFailure(
+                workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=typed_failure(content_type)
+            )
+            return w.ConnectRequest(fail=w.FailureBatch(failures=[item]))
+
+        await worker.send(failure(LONG))
+        (ack,) = await worker.wait_acks(1)
+        refused_as_too_long(ack, w.ACK_SUBJECT_FAILURE, "fail.failures[0].failure.details.content_type")
+        await assert_untouched(client, workflow_id, "a", worker.worker_id)
+        assert "TASK_ATTEMPT_FAILED" not in await event_types(client, workflow_id)
+        await worker.send(failure(FITS))
+        assert (await worker.wait_acks(2))[1].accepted
+    now = await get_task(client, workflow_id, "a")
+    assert now.failure.details.content_type == FITS
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))

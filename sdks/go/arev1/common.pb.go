@@ -247,7 +247,8 @@ type Payload struct {
 	Content isPayload_Content `protobuf_oneof:"content"`
 	// The media type of the content, at most 128 characters, for example
 	// "application/json" or "text/plain; charset=utf-8". Empty means
-	// "application/json".
+	// "application/json". A longer one is INVALID_ARGUMENT, reason
+	// LIMIT_EXCEEDED, naming it (`completion.output.content_type`).
 	ContentType   string `protobuf:"bytes,2,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -344,7 +344,8 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 // AnyValue that events need.
 type AttributeValue struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The value; exactly one is set.
+	// The value; exactly one is set (a reported attribute with none is
+	// INVALID_ARGUMENT).
 	//
 	// Types that are valid to be assigned to Value:
 	//
@@ -435,7 +436,8 @@ type isAttributeValue_Value interface {
 }
 
 type AttributeValue_StringValue struct {
-	// A UTF-8 string, at most 16 KiB.
+	// A UTF-8 string, at most 16 KiB (16,384 bytes; a longer one is
+	// LIMIT_EXCEEDED).
 	StringValue string `protobuf:"bytes,1,opt,name=string_value,json=stringValue,proto3,oneof"`
 }
 
@@ -445,7 +447,7 @@ type AttributeValue_IntValue struct {
 }
 
 type AttributeValue_DoubleValue struct {
-	// A double; must be finite.
+	// A double; must be finite (NaN or an infinity is INVALID_ARGUMENT).
 	DoubleValue float64 `protobuf:"fixed64,3,opt,name=double_value,json=doubleValue,proto3,oneof"`
 }
 
@@ -645,9 +647,23 @@ func (x *Event) GetSpanId() string {
 
 // ReportedEvent is an event a worker records about its own work: a tool
 // call, an LLM call or a custom entry. The sidecar assigns its sequence and
-// checks that the worker holds the task attempt (TASK_NOT_HELD otherwise);
-// events of a closed workflow are still accepted for 5 minutes after it
-// closes, so late reports are not lost.
+// checks that the attempt is held, or ended at most 5 minutes ago
+// (completed, failed, timed out, lost or cancelled, whether or not that
+// closed its workflow), so that the events a worker sends just after its
+// result are not lost; otherwise FAILED_PRECONDITION, reason TASK_NOT_HELD.
+// On the worker stream the attempt must be, or have been, that stream's
+// worker's. The time each task's latest attempt ended is kept in memory
+// while its workflow is open or among the last 1,024 closed; otherwise
+// (after a restart, or for a workflow closed before those) only a closed
+// task's last attempt is known to have ended, when the task closed.
+//
+// Every bound below is checked and nothing is cut to fit: an event out of
+// bounds is refused with INVALID_ARGUMENT, reason INVALID_ARGUMENT or
+// LIMIT_EXCEEDED, naming the field, for example
+// `events[3].attributes['k'].double_value` (ReportEvents, which then
+// records none of its events) or
+// `report_events.events[3].name` (the message of the stream's refused
+// TaskAck for that event).
 type ReportedEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The workflow of the task the event belongs to.
@@ -661,7 +677,8 @@ type ReportedEvent struct {
 	EventType EventType `protobuf:"varint,4,opt,name=event_type,json=eventType,proto3,enum=are.v1.EventType" json:"event_type,omitempty"`
 	// When the event happened; unset means when the sidecar received it.
 	EventTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
-	// The model, tool or custom event name, at most 256 characters.
+	// The model, tool or custom event name, at most 256 characters (a longer
+	// one is LIMIT_EXCEEDED, never cut).
 	Name string `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
 	// How long the call took.
 	Duration *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
@@ -670,10 +687,11 @@ type ReportedEvent struct {
 	Usage *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
 	// The failure, if the call failed.
 	Failure *Failure `protobuf:"bytes,9,opt,name=failure,proto3" json:"failure,omitempty"`
-	// Further details; at most 64 entries (see EventType for keys).
+	// Further details (see EventType for keys): at most 64 entries, keys 1
+	// to 128 characters, values as AttributeValue says.
 	Attributes map[string]*AttributeValue `protobuf:"bytes,10,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// The worker's own span id for the call, if it traces, 16 lowercase hex
-	// characters.
+	// The worker's own span id for the call, if it traces: 16 lowercase hex
+	// characters, not all zeros (W3C trace context). Empty when it does not.
 	SpanId        string `protobuf:"bytes,11,opt,name=span_id,json=spanId,proto3" json:"span_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -104,10 +104,14 @@ type WorkerServiceClient interface {
 	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND;
 	// FAILED_PRECONDITION, reason TASK_NOT_HELD (stop working on it).
 	RecordHeartbeat(ctx context.Context, in *RecordHeartbeatRequest, opts ...grpc.CallOption) (*RecordHeartbeatResponse, error)
-	// ReportEvents records tool calls, LLM calls and custom events of held
-	// task attempts in the flight recorder (at most 1,000 per call).
-	// Errors: INVALID_ARGUMENT for a bad event or event type (a negative
-	// `events[i].usage` counter included), LIMIT_EXCEEDED;
+	// ReportEvents records tool calls, LLM calls and custom events of task
+	// attempts in the flight recorder (at most 1,000 per call): of attempts
+	// held, or ended at most 5 minutes ago (see ReportedEvent).
+	// Errors: INVALID_ARGUMENT for a bad event or event type, reason
+	// INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
+	// `events[i].attributes['k'].double_value`, a malformed
+	// `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
+	// `events[i].attributes`, a `events[i].name` over 256 characters);
 	// FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
 	ReportEvents(ctx context.Context, in *ReportEventsRequest, opts ...grpc.CallOption) (*ReportEventsResponse, error)
 }
@@ -260,10 +264,14 @@ type WorkerServiceServer interface {
 	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND;
 	// FAILED_PRECONDITION, reason TASK_NOT_HELD (stop working on it).
 	RecordHeartbeat(context.Context, *RecordHeartbeatRequest) (*RecordHeartbeatResponse, error)
-	// ReportEvents records tool calls, LLM calls and custom events of held
-	// task attempts in the flight recorder (at most 1,000 per call).
-	// Errors: INVALID_ARGUMENT for a bad event or event type (a negative
-	// `events[i].usage` counter included), LIMIT_EXCEEDED;
+	// ReportEvents records tool calls, LLM calls and custom events of task
+	// attempts in the flight recorder (at most 1,000 per call): of attempts
+	// held, or ended at most 5 minutes ago (see ReportedEvent).
+	// Errors: INVALID_ARGUMENT for a bad event or event type, reason
+	// INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
+	// `events[i].attributes['k'].double_value`, a malformed
+	// `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
+	// `events[i].attributes`, a `events[i].name` over 256 characters);
 	// FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
 	ReportEvents(context.Context, *ReportEventsRequest) (*ReportEventsResponse, error)
 	mustEmbedUnimplementedWorkerServiceServer()

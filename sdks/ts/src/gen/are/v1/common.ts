@@ -105,7 +105,8 @@ export interface Payload {
   /**
    * The media type of the content, at most 128 characters, for example
    * "application/json" or "text/plain; charset=utf-8". Empty means
-   * "application/json".
+   * "application/json". A longer one is INVALID_ARGUMENT, reason
+   * LIMIT_EXCEEDED, naming it (`completion.output.content_type`).
    */
   contentType: string;
 }

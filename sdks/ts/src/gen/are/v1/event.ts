@@ -290,7 +290,10 @@ export enum EventType {
  * AnyValue that events need.
  */
 export interface AttributeValue {
-  /** A UTF-8 string, at most 16 KiB. */
+  /**
+   * A UTF-8 string, at most 16 KiB (16,384 bytes; a longer one is
+   * LIMIT_EXCEEDED).
+   */
   stringValue?:
     | string
     | undefined;
@@ -298,7 +301,7 @@ export interface AttributeValue {
   intValue?:
     | number
     | undefined;
-  /** A double; must be finite. */
+  /** A double; must be finite (NaN or an infinity is INVALID_ARGUMENT). */
   doubleValue?:
     | number
     | undefined;
@@ -375,9 +378,23 @@ export interface Event_AttributesEntry {
 /**
  * ReportedEvent is an event a worker records about its own work: a tool
  * call, an LLM call or a custom entry. The sidecar assigns its sequence and
- * checks that the worker holds the task attempt (TASK_NOT_HELD otherwise);
- * events of a closed workflow are still accepted for 5 minutes after it
- * closes, so late reports are not lost.
+ * checks that the attempt is held, or ended at most 5 minutes ago
+ * (completed, failed, timed out, lost or cancelled, whether or not that
+ * closed its workflow), so that the events a worker sends just after its
+ * result are not lost; otherwise FAILED_PRECONDITION, reason TASK_NOT_HELD.
+ * On the worker stream the attempt must be, or have been, that stream's
+ * worker's. The time each task's latest attempt ended is kept in memory
+ * while its workflow is open or among the last 1,024 closed; otherwise
+ * (after a restart, or for a workflow closed before those) only a closed
+ * task's last attempt is known to have ended, when the task closed.
+ *
+ * Every bound below is checked and nothing is cut to fit: an event out of
+ * bounds is refused with INVALID_ARGUMENT, reason INVALID_ARGUMENT or
+ * LIMIT_EXCEEDED, naming the field, for example
+ * `events[3].attributes['k'].double_value` (ReportEvents, which then
+ * records none of its events) or
+ * `report_events.events[3].name` (the message of the stream's refused
+ * TaskAck for that event).
  */
 export interface ReportedEvent {
   /** The workflow of the task the event belongs to. */
@@ -395,7 +412,10 @@ export interface ReportedEvent {
   eventTime:
     | Date
     | undefined;
-  /** The model, tool or custom event name, at most 256 characters. */
+  /**
+   * The model, tool or custom event name, at most 256 characters (a longer
+   * one is LIMIT_EXCEEDED, never cut).
+   */
   name: string;
   /** How long the call took. */
   duration:
@@ -412,11 +432,14 @@ export interface ReportedEvent {
   failure:
     | Failure
     | undefined;
-  /** Further details; at most 64 entries (see EventType for keys). */
+  /**
+   * Further details (see EventType for keys): at most 64 entries, keys 1
+   * to 128 characters, values as AttributeValue says.
+   */
   attributes: { [key: string]: AttributeValue };
   /**
-   * The worker's own span id for the call, if it traces, 16 lowercase hex
-   * characters.
+   * The worker's own span id for the call, if it traces: 16 lowercase hex
+   * characters, not all zeros (W3C trace context). Empty when it does not.
    */
   spanId: string;
 }

@@ -3288,10 +3288,14 @@ export const WorkerServiceService = {
     responseDeserialize: (value: Buffer): RecordHeartbeatResponse => RecordHeartbeatResponse.decode(value),
   },
   /**
-   * ReportEvents records tool calls, LLM calls and custom events of held
-   * task attempts in the flight recorder (at most 1,000 per call).
-   * Errors: INVALID_ARGUMENT for a bad event or event type (a negative
-   * `events[i].usage` counter included), LIMIT_EXCEEDED;
+   * ReportEvents records tool calls, LLM calls and custom events of task
+   * attempts in the flight recorder (at most 1,000 per call): of attempts
+   * held, or ended at most 5 minutes ago (see ReportedEvent).
+   * Errors: INVALID_ARGUMENT for a bad event or event type, reason
+   * INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
+   * `events[i].attributes['k'].double_value`, a malformed
+   * `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
+   * `events[i].attributes`, a `events[i].name` over 256 characters);
    * FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
    */
   reportEvents: {
@@ -3377,10 +3381,14 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
    */
   recordHeartbeat: handleUnaryCall<RecordHeartbeatRequest, RecordHeartbeatResponse>;
   /**
-   * ReportEvents records tool calls, LLM calls and custom events of held
-   * task attempts in the flight recorder (at most 1,000 per call).
-   * Errors: INVALID_ARGUMENT for a bad event or event type (a negative
-   * `events[i].usage` counter included), LIMIT_EXCEEDED;
+   * ReportEvents records tool calls, LLM calls and custom events of task
+   * attempts in the flight recorder (at most 1,000 per call): of attempts
+   * held, or ended at most 5 minutes ago (see ReportedEvent).
+   * Errors: INVALID_ARGUMENT for a bad event or event type, reason
+   * INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
+   * `events[i].attributes['k'].double_value`, a malformed
+   * `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
+   * `events[i].attributes`, a `events[i].name` over 256 characters);
    * FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
    */
   reportEvents: handleUnaryCall<ReportEventsRequest, ReportEventsResponse>;
@@ -3515,10 +3523,14 @@ export interface WorkerServiceClient extends Client {
     callback: (error: ServiceError | null, response: RecordHeartbeatResponse) => void,
   ): ClientUnaryCall;
   /**
-   * ReportEvents records tool calls, LLM calls and custom events of held
-   * task attempts in the flight recorder (at most 1,000 per call).
-   * Errors: INVALID_ARGUMENT for a bad event or event type (a negative
-   * `events[i].usage` counter included), LIMIT_EXCEEDED;
+   * ReportEvents records tool calls, LLM calls and custom events of task
+   * attempts in the flight recorder (at most 1,000 per call): of attempts
+   * held, or ended at most 5 minutes ago (see ReportedEvent).
+   * Errors: INVALID_ARGUMENT for a bad event or event type, reason
+   * INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
+   * `events[i].attributes['k'].double_value`, a malformed
+   * `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
+   * `events[i].attributes`, a `events[i].name` over 256 characters);
    * FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
    */
   reportEvents(

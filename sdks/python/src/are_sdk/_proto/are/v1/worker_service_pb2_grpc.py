@@ -180,10 +180,14 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportEvents(self, request, context):
-        """ReportEvents records tool calls, LLM calls and custom events of held
-        task attempts in the flight recorder (at most 1,000 per call).
-        Errors: INVALID_ARGUMENT for a bad event or event type (a negative
-        `events[i].usage` counter included), LIMIT_EXCEEDED;
+        """ReportEvents records tool calls, LLM calls and custom events of task
+        attempts in the flight recorder (at most 1,000 per call): of attempts
+        held, or ended at most 5 minutes ago (see ReportedEvent).
+        Errors: INVALID_ARGUMENT for a bad event or event type, reason
+        INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
+        `events[i].attributes['k'].double_value`, a malformed
+        `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
+        `events[i].attributes`, a `events[i].name` over 256 characters);
         FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
