@@ -471,7 +471,7 @@ def _duration_pb(value_s: float) -> duration_pb2.Duration:
 
 
 def failure_to_proto(failure: Failure) -> common_pb2.Failure:
-    """The are.v1.Failure of a core failure."""
+    """The are.v1.Failure of a core failure, with its causes."""
     out = common_pb2.Failure(
         message=failure.message,
         type=failure.type,
@@ -483,11 +483,38 @@ def failure_to_proto(failure: Failure) -> common_pb2.Failure:
     if failure.details:
         out.details.data = failure.details
         out.details.content_type = failure.details_content_type
+    if failure.cause is not None:
+        out.cause.CopyFrom(failure_to_proto(failure.cause))
     return out
 
 
+_FAILURE_CAUSES = 8
+"""Causes a reported Failure nests at most (common.proto)."""
+_STACK_TRACE_BYTES = 64 * 1024
+
+
 def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
-    """Validates a worker-reported Failure."""
+    """Validates a worker-reported Failure and its causes (at most 8 deep, 1 MiB with them all)."""
+    chain = [failure]
+    while chain[-1].HasField("cause"):
+        if len(chain) > _FAILURE_CAUSES:
+            _bad(
+                "LIMIT_EXCEEDED",
+                field + ".cause" * len(chain),
+                f"causes nest at most {_FAILURE_CAUSES} deep",
+                limit=_FAILURE_CAUSES,
+            )
+        chain.append(chain[-1].cause)
+    if len(chain) > 1 and failure.ByteSize() > _MiB:
+        _bad("LIMIT_EXCEEDED", field, "at most 1 MiB with its causes", limit=_MiB)
+    out: Failure | None = None
+    for depth in range(len(chain) - 1, -1, -1):  # the deepest cause first: each wraps the one below
+        out = _one_failure(chain[depth], field + ".cause" * depth, out)
+    assert out is not None
+    return out
+
+
+def _one_failure(failure: common_pb2.Failure, field: str, cause: Failure | None) -> Failure:
     if len(failure.message.encode()) > 32 * 1024:
         _bad("LIMIT_EXCEEDED", f"{field}.message", "at most 32 KiB", limit=32 * 1024)
     if len(failure.type) > 256:
@@ -496,21 +523,31 @@ def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
     timeout_type = enum_name(
         common_pb2.TimeoutType, failure.timeout_type, f"{field}.timeout_type", "TIMEOUT_TYPE_"
     )
+    if failure.details.WhichOneof("content") == "blob":
+        _bad("INVALID_ARGUMENT", f"{field}.details.blob", "failure details are inline only (at most 1 MiB)")
     details = failure.details.data if failure.HasField("details") else b""
     if len(details) > _MiB:
         _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB", limit=1024 * 1024)
     problem = conventions.content_type_problem(failure.details.content_type)
     if problem is not None:
         _bad("LIMIT_EXCEEDED", f"{field}.details.content_type", problem, limit=conventions.CONTENT_TYPE_CHARS)
+    stack_trace = failure.stack_trace
+    if len(stack_trace) > _STACK_TRACE_BYTES // 4:  # it may be over 64 KiB of UTF-8
+        encoded = stack_trace.encode()
+        if len(encoded) > _STACK_TRACE_BYTES:
+            # Its last 64 KiB are kept, the frames nearest the error: a failure is never refused for
+            # its trace (a worker whose failure is refused has no other way to end its attempt).
+            stack_trace = encoded[-_STACK_TRACE_BYTES:].decode(errors="ignore")
     return Failure(
         message=failure.message,
         type=failure.type,
         non_retryable=failure.non_retryable,
         kind="APPLICATION" if kind == "UNSPECIFIED" else kind,
         timeout_type=timeout_type.replace("UNSPECIFIED", ""),
-        stack_trace=failure.stack_trace[: 64 * 1024],
+        stack_trace=stack_trace,
         details=details,
         details_content_type=failure.details.content_type,
+        cause=cause,
     )
 
 

@@ -149,6 +149,8 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     stack_trace: str = ""
     details: bytes = b""
     details_content_type: str = ""
+    cause: Failure | None = None
+    """The failure that caused this one (a worker's report keeps at most 8 levels)."""
 
 
 class Usage(msgspec.Struct, kw_only=True, gc=False):

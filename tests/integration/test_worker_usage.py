@@ -614,3 +614,64 @@ async def test_a_stream_failure_with_a_details_content_type_over_128_characters_
     now = await get_task(client, workflow_id, "a")
     assert now.failure.details.content_type == FITS
     await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
+
+
+# ------------------------------------------------------------- failure causes
+
+
+def _chain(depth: int) -> c.Failure:
+    """A Failure with ``depth`` causes below it: outer, cause1, ..., cause<depth>."""
+    failure = c.Failure(message=f"cause{depth}", type=f"Type{depth}")
+    for level in range(depth - 1, -1, -1):
+        outer = c.Failure(message="outer" if level == 0 else f"cause{level}", type=f"Type{level}")
+        outer.cause.CopyFrom(failure)
+        failure = outer
+    return failure
+
+
+async def test_a_failures_causes_are_kept_up_to_eight_deep_and_a_ninth_is_refused(client: Client) -> None:
+    """common.proto: a Failure's cause is kept with it; causes nest at most 8 deep.
+
+    The sidecar dropped every cause (and took any depth); it also took details
+    given as a blob reference and recorded them empty, and cut a long stack
+    trace at its start, where the frames nearest the error are at its end.
+    """
+    cap = unique_capability("causes")
+    once = c.RetryPolicy(maximum_attempts=1)
+    workflow_id = await submit(client, task("a", cap, retry_policy=once))
+    a = await poll_one(client, cap)
+    too_deep = w.TaskFailure(workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=_chain(9))
+    await expect_error(
+        client.raw.worker.FailTask(w.FailTaskRequest(failure=too_deep)),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "failure.failure" + ".cause" * 9,
+    )
+    blob_details = _chain(1)
+    blob_details.cause.details.blob.sha256 = "0" * 64
+    with_blob = w.TaskFailure(workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=blob_details)
+    await expect_error(
+        client.raw.worker.FailTask(w.FailTaskRequest(failure=with_blob)),
+        InvalidArgumentError,
+        "INVALID_ARGUMENT",
+        "failure.failure.cause.details.blob",
+    )
+    await assert_untouched(client, workflow_id, "a")
+    deepest = _chain(8)
+    deepest.stack_trace = "first frame\n" + "x" * (70 * 1024) + "\nnearest the error"
+    await client.raw.worker.FailTask(
+        w.FailTaskRequest(
+            failure=w.TaskFailure(workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=deepest)
+        )
+    )
+    closed = await wait_closed(client, workflow_id)
+    assert closed.state == wf.WORKFLOW_STATE_FAILED
+    recorded = (await get_task(client, workflow_id, "a")).failure
+    assert recorded.stack_trace.endswith("\nnearest the error")
+    assert len(recorded.stack_trace.encode()) == 64 * 1024
+    messages = []
+    level: c.Failure | None = recorded
+    while level is not None:
+        messages.append((level.message, level.type))
+        level = level.cause if level.HasField("cause") else None
+    assert messages == [("outer", "Type0")] + [(f"cause{n}", f"Type{n}") for n in range(1, 9)]

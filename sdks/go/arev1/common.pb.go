@@ -517,16 +517,19 @@ type Failure struct {
 	// Named negatively (as in Temporal) so that the proto3 default, false,
 	// means "retry according to the policy".
 	NonRetryable bool `protobuf:"varint,3,opt,name=non_retryable,json=nonRetryable,proto3" json:"non_retryable,omitempty"`
-	// Structured details for programs, for example a JSON object; at most
-	// 1 MiB.
+	// Structured details for programs, for example a JSON object; inline, at
+	// most 1 MiB (a blob reference is refused, naming `details.blob`).
 	Details *Payload `protobuf:"bytes,4,opt,name=details,proto3" json:"details,omitempty"`
-	// The failure that caused this one, if any; causes nest at most 8 deep.
+	// The failure that caused this one, if any; kept with the failure and
+	// returned wherever it is. Causes nest at most 8 deep: a ninth is refused
+	// with LIMIT_EXCEEDED naming it (for example `failure.cause.cause...`).
 	Cause *Failure `protobuf:"bytes,5,opt,name=cause,proto3" json:"cause,omitempty"`
 	// Where the failure came from.
 	Kind FailureKind `protobuf:"varint,6,opt,name=kind,proto3,enum=are.v1.FailureKind" json:"kind,omitempty"`
 	// Which timeout fired, when kind is FAILURE_KIND_TIMEOUT.
 	TimeoutType TimeoutType `protobuf:"varint,7,opt,name=timeout_type,json=timeoutType,proto3,enum=are.v1.TimeoutType" json:"timeout_type,omitempty"`
-	// The reporter's stack trace, if any, at most 64 KiB of UTF-8.
+	// The reporter's stack trace, if any: its last 64 KiB of UTF-8 are kept
+	// (the frames nearest the error); a longer one is cut, never refused.
 	StackTrace    string `protobuf:"bytes,8,opt,name=stack_trace,json=stackTrace,proto3" json:"stack_trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -195,13 +195,17 @@ export interface Failure {
    */
   nonRetryable: boolean;
   /**
-   * Structured details for programs, for example a JSON object; at most
-   * 1 MiB.
+   * Structured details for programs, for example a JSON object; inline, at
+   * most 1 MiB (a blob reference is refused, naming `details.blob`).
    */
   details:
     | Payload
     | undefined;
-  /** The failure that caused this one, if any; causes nest at most 8 deep. */
+  /**
+   * The failure that caused this one, if any; kept with the failure and
+   * returned wherever it is. Causes nest at most 8 deep: a ninth is refused
+   * with LIMIT_EXCEEDED naming it (for example `failure.cause.cause...`).
+   */
   cause:
     | Failure
     | undefined;
@@ -209,7 +213,10 @@ export interface Failure {
   kind: FailureKind;
   /** Which timeout fired, when kind is FAILURE_KIND_TIMEOUT. */
   timeoutType: TimeoutType;
-  /** The reporter's stack trace, if any, at most 64 KiB of UTF-8. */
+  /**
+   * The reporter's stack trace, if any: its last 64 KiB of UTF-8 are kept
+   * (the frames nearest the error); a longer one is cut, never refused.
+   */
   stackTrace: string;
 }
 
