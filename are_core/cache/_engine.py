@@ -19,7 +19,17 @@ import msgspec
 import numpy as np
 
 from are_core.embed import Embedder, EmbedderError, LexicalEmbedder, OnnxEmbedder
-from are_core.storage import Codec, GroupCommitter, Storage, join_key, prefix_key, u64_key
+from are_core.storage import (
+    BatchTooLargeError,
+    Codec,
+    GroupCommitter,
+    Storage,
+    StorageBusyError,
+    StorageError,
+    join_key,
+    prefix_key,
+    u64_key,
+)
 from are_core.trace import Event, EventDraft, EventSink, record_in_slices
 from are_core.vector import (
     EXACT_SEARCH_BELOW,
@@ -131,6 +141,23 @@ _MAX_EXPANSION = 1024
 _BLOB_REFERRER = b"cache:"  # + an entry id: what a blob-backed entry's reference is filed under
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
 _FLUSH_CHUNK = 2048  # lookup events per flush commit
+# Upper estimates of the rows a write carries besides its entries' own, for the committer's
+# admission check before memory changes (see CacheEngine._room). The largest encodings
+# measured: counters (a StatsRecord with a calibration) 390 bytes; a cache event 640 with a
+# 128-byte namespace name, which it holds twice; a namespace row 1,740 with every field at
+# its bound.
+_BOOKKEEPING_MUTATIONS = 3  # the entry-id mark, the counters, the journal row
+_BOOKKEEPING_BYTES = 32 + 512  # the mark (21), the journal's key past the name (9); counters
+_EVENT_BYTES = 512  # past twice the namespace's name
+_NAMESPACE_BYTES = 2048  # past the name
+_REMOVAL_MUTATIONS = 3  # an entry's head, body and vector deleted
+_REMOVAL_BYTES = 9 + 8 + 8 + 8  # their keys past the name, and the entry's id in the journal row
+_REFERENCE_MUTATIONS = 2  # the two key-only rows of a blob reference (staged or released)
+_REFERENCE_BYTES = 2 * (len(_BLOB_REFERRER) + 8 + 1 + 32)
+# Evictions over max_bytes take the least recently used entries until the rest fits, so
+# how many is known only as they are taken: estimated as twice as many mean-sized
+# entries as the excess makes, and this many more (see CacheEngine._evictions).
+_EVICTION_MARGIN = 8
 DEFAULT_INDEX_AT_START = 4096
 """Missing vectors a start indexes before the engine serves; more are indexed after it, in the background."""
 # Background indexing adds vectors in chunks sized to take about this long:
@@ -216,7 +243,9 @@ class _State:
         "index_incomplete",
         "lru",
         "mark",
+        "name_bytes",
         "namespace",
+        "overdue",
         "pending",
         "queries",
         "queries_seen",
@@ -248,6 +277,7 @@ class _State:
         now: int,
     ) -> None:
         self.namespace = namespace
+        self.name_bytes = len(namespace.name.encode("utf-8"))  # the name's share of its rows' keys
         self.embedder = embedder
         # Why text cannot be embedded here although the namespace has an
         # embedder (the configured model no longer fits it); "" when it can.
@@ -290,6 +320,9 @@ class _State:
         self.confirm_at_ns = time.monotonic_ns()
         self.saved_ns = now  # when the recency in memory was last saved or loaded (engine clock)
         self.pending: list[int] = []
+        # (expire_ns, entry_id) taken from the expiry order whose removal a flush left for
+        # the next (backpressure, or past a commit's chunk; see CacheEngine._flush_namespace).
+        self.overdue: list[tuple[int, int]] = []
         self.seq = 0
         self.mark: SnapshotMark | None = None
         self.since: list[int] | None = None  # ids changed while a snapshot is being written
@@ -417,6 +450,10 @@ class CacheEngine:
 
     Expired, evicted or invalidated entries never answer: expiry is checked
     on every lookup; removals leave memory before their commit is awaited.
+    Every write is checked against the group committer's bounds before it
+    changes memory, and admitted in the same loop step: under backpressure a
+    call is refused (``StorageBusyError``) with nothing changed, and a flush
+    leaves its work to the next one.
     The bodies of entries that answered lately stay in memory (``hot_bytes``),
     so a repeated hit reads nothing from LMDB; a kept body answers only for
     an entry whose head is still there.
@@ -1050,6 +1087,8 @@ class CacheEngine:
             ImmutableFieldError: The embedder, dimension or dtype of an existing namespace changed.
             EmbedderUnavailableError: The embedder is unknown or cannot be loaded.
             NamespaceLimitError: There are already 1,000 namespaces.
+            StorageBusyError: Too many writes are waiting for the storage; retry later. Nothing
+                changed.
         """
         async with self._write_lock:
             return await self._put_namespace(settings)
@@ -1092,6 +1131,11 @@ class CacheEngine:
                 update_time_ns=now,
             )
             namespace = _in_force(namespace, state.stats.calibration)
+            # Refused for backpressure before the settings change and evictions (see _room).
+            evicting = self._evictions(state, namespace, 0, 0)
+            self._room(
+                state, mutations=0, nbytes=0, changes=0, removals=evicting, events=1, namespace_row=True
+            )
             batch = self._storage.batch()
             batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
             state.namespace = namespace
@@ -1448,6 +1492,8 @@ class CacheEngine:
             BlobNotFoundError: ``blob_sha256`` names no stored blob.
             EmbedderMismatchError: No vector was given and the configured model no longer fits
                 the namespace.
+            StorageBusyError: Too many writes are waiting for the storage; retry later. Nothing
+                was stored (checked before anything changes, see :meth:`_room`).
         """
         state = self._state(namespace)
         prompt_bytes = len(prompt.encode("utf-8"))
@@ -1468,7 +1514,6 @@ class CacheEngine:
         now = self._clock()
         ttl = ttl_ns or state.namespace.default_ttl_ns
         entry_id = self._next_id
-        self._next_id += 1
         head = EntryHead(
             entry_id=entry_id,
             prompt_hash=prompt_hash(prompt),
@@ -1489,18 +1534,39 @@ class CacheEngine:
             output_tokens=output_tokens,
             cost_micro_usd=cost_micro_usd,
         )
+        name = state.namespace.name
+        head_key = join_key(name, entry_id)
+        head_row = _head_codec.encode(head)
+        body_row = _body_codec.encode(body)
+        vector_row = b"" if query is None else query.tobytes()
+        replaced_id = state.exact.get(head.prompt_hash)
+        # Refused for backpressure here, before memory changes, rather than by the commit
+        # after it changed (which reloads the namespace; see _room).
+        self._room(
+            state,
+            mutations=2 + (query is not None) + (_REFERENCE_MUTATIONS if digest else 0),
+            nbytes=len(head_key)
+            + len(head_row)
+            + 8
+            + len(body_row)
+            + (8 + len(vector_row) if query is not None else 0)
+            + (_REFERENCE_BYTES if digest else 0),
+            changes=1,
+            removals=(replaced_id is not None) + self._evictions(state, state.namespace, 1, size),
+            events=2,
+            namespace_row=bool(digest) and not state.namespace.blob_entries,
+        )
+        self._next_id += 1
         batch = self._storage.batch()
         self._put_next_id(batch)
-        name = state.namespace.name
         if query is not None:
             # The native step first: if the index refuses the vector, no entry has been touched.
             self._index_new(state, [entry_id], query.reshape(1, -1))
-        replaced_id = state.exact.get(head.prompt_hash)
         try:
             if replaced_id is not None:
                 self._remove(state, batch, replaced_id)
-            batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
-            batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
+            batch.put(HEADS, head_key, head_row)
+            batch.put(BODIES, u64_key(entry_id), body_row)
             if digest and self._blobs is not None:
                 self._blobs.stage_reference(batch, _blob_referrer(entry_id), digest)
                 self._entry_blobs[entry_id] = digest
@@ -1508,7 +1574,7 @@ class CacheEngine:
                     state.namespace = msgspec.structs.replace(state.namespace, blob_entries=True)
                     batch.put(NAMESPACES, name.encode(), _namespace_codec.encode(state.namespace))
             if query is not None:
-                batch.put(VECTORS, u64_key(entry_id), query.tobytes())
+                batch.put(VECTORS, u64_key(entry_id), vector_row)
             state.admit(head)
             evicted = self._evict(state, batch, keep=entry_id)
             self._put_stats(batch, state)
@@ -1569,6 +1635,8 @@ class CacheEngine:
             InvalidCacheArgumentError: A row of ``vectors`` is zero or not finite.
             CacheLimitError: An entry alone is larger than the namespace's max_bytes
                 (checked for every entry before any is stored).
+            StorageBusyError: Too many writes are waiting for the storage; retry later. The
+                chunks of 5,000 committed before stay stored; the refused one stored nothing.
         """
         state = self._state(namespace)
         if len(prompts) != len(responses):
@@ -1639,42 +1707,64 @@ class CacheEngine:
         name = state.namespace.name
         expire = now + (ttl_ns or state.namespace.default_ttl_ns)
         first = self._next_id
-        self._next_id += len(prompts)
         keys = list(range(first, first + len(prompts)))
-        batch = self._storage.batch()
-        self._put_next_id(batch)
         with_vector = [
             matrix is not None and (usable is None or bool(usable[row])) for row in range(len(keys))
         ]
+        # Every row is encoded, and counted, before anything changes (see _room).
+        heads: list[EntryHead] = []
+        encoded: list[tuple[bytes, bytes, bytes]] = []
+        bodies: dict[int, EntryBody] = {}
+        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            head = EntryHead(
+                entry_id=keys[row],
+                prompt_hash=prompt_hash(prompt),
+                create_ns=now,
+                expire_ns=expire,
+                size_bytes=len(prompt.encode("utf-8")) + len(response),
+                has_vector=with_vector[row],
+                last_access_ns=now,
+            )
+            body = EntryBody(
+                prompt=prompt, response=response, content_type=content_type, metadata=dict(metadata or {})
+            )
+            heads.append(head)
+            encoded.append(
+                (join_key(name, head.entry_id), _head_codec.encode(head), _body_codec.encode(body))
+            )
+            bodies[head.entry_id] = body
+        nbytes = sum(len(key) + len(head_row) + 8 + len(body_row) for key, head_row, body_row in encoded)
+        added_bytes = sum(head.size_bytes for head in heads)
+        vectors = sum(with_vector)
+        if matrix is not None:
+            nbytes += vectors * (8 + matrix.shape[1] * matrix.itemsize)
+        digests = {head.prompt_hash for head in heads}  # a prompt twice in the chunk: its second replaces it
+        replacing = len(heads) - len(digests) + sum(1 for digest in digests if digest in state.exact)
+        self._room(
+            state,
+            mutations=2 * len(heads) + vectors,
+            nbytes=nbytes,
+            changes=len(heads),
+            removals=replacing + self._evictions(state, state.namespace, len(heads), added_bytes),
+            events=2,
+        )
+        self._next_id += len(prompts)
+        batch = self._storage.batch()
+        self._put_next_id(batch)
         if matrix is not None:
             rows = [row for row, has in enumerate(with_vector) if has]
             if rows:  # the native step first: if the index refuses, no entry has been touched
                 self._index_new(state, [keys[row] for row in rows], np.ascontiguousarray(matrix[rows]))
         results: list[StoreResult] = []
-        bodies: dict[int, EntryBody] = {}
         try:
-            for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            for row, head in enumerate(heads):
                 entry_id = keys[row]
-                size = len(prompt.encode("utf-8")) + len(response)
-                digest = prompt_hash(prompt)
-                replaced_id = state.exact.get(digest)
+                replaced_id = state.exact.get(head.prompt_hash)
                 if replaced_id is not None:
                     self._remove(state, batch, replaced_id)
-                head = EntryHead(
-                    entry_id=entry_id,
-                    prompt_hash=digest,
-                    create_ns=now,
-                    expire_ns=expire,
-                    size_bytes=size,
-                    has_vector=with_vector[row],
-                    last_access_ns=now,
-                )
-                body = EntryBody(
-                    prompt=prompt, response=response, content_type=content_type, metadata=dict(metadata or {})
-                )
-                batch.put(HEADS, join_key(name, entry_id), _head_codec.encode(head))
-                batch.put(BODIES, u64_key(entry_id), _body_codec.encode(body))
-                bodies[entry_id] = body
+                head_key, head_row, body_row = encoded[row]
+                batch.put(HEADS, head_key, head_row)
+                batch.put(BODIES, u64_key(entry_id), body_row)
                 if matrix is not None and with_vector[row]:
                     batch.put(VECTORS, u64_key(entry_id), matrix[row].tobytes())
                 state.admit(head)
@@ -1717,8 +1807,14 @@ class CacheEngine:
     ) -> int:
         """Removes entries by id, by metadata match, or all of them; returns how many.
 
+        Entries are removed a chunk of 5,000 per commit, each checked against
+        the committer's bounds before it changes anything: under backpressure
+        the call is refused (StorageBusyError), and the chunks committed
+        before stay removed.
+
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
+            StorageBusyError: Too many writes are waiting for the storage; retry later.
         """
         state = self._state(namespace)
         if everything:
@@ -1734,12 +1830,10 @@ class CacheEngine:
         count = 0
         for start in range(0, len(chosen), _INVALIDATE_CHUNK):
             state = self._state(namespace)  # the one in force after the last chunk's commit (see _resync)
+            part = chosen[start : start + _INVALIDATE_CHUNK]
+            self._room(state, mutations=0, nbytes=0, changes=0, removals=len(part), events=1)
             batch = self._storage.batch()
-            removed = [
-                head
-                for n in chosen[start : start + _INVALIDATE_CHUNK]
-                if (head := self._remove(state, batch, n))
-            ]
+            removed = [head for n in part if (head := self._remove(state, batch, n))]
             count += len(removed)
             self._put_stats(batch, state)
             drafts = [
@@ -1838,21 +1932,70 @@ class CacheEngine:
         queued, self._pending_events = self._pending_events, []
         now = self._clock()
         for state in list(self._states.values()):
-            if self._states.get(state.namespace.name) is not state:  # reloaded meanwhile
+            await self._flush_namespace(state, now)
+        if self._events is None:
+            return
+        for start in range(0, len(queued), _FLUSH_CHUNK):
+            chunk = queued[start : start + _FLUSH_CHUNK]
+            try:
+                # Checked before recording (sequences taken, slices of loop turns spent); the
+                # submit may still be refused, the pending writes having grown meanwhile.
+                self._committer.check_room(len(chunk), len(chunk) * (_EVENT_BYTES + 256))
+                batch = self._storage.batch()
+                recorded = await record_in_slices(self._events, batch, chunk)
+                await self._submit(batch, None, [], recorded)
+            except StorageBusyError:
+                # Backpressure: these and the rest go first at the next flush (recorded again
+                # then; the sequences of a refused batch are gaps). Nothing else changed.
+                self._requeue_events(queued[start:])
+                return
+
+    async def _flush_namespace(self, state: _State, now: int) -> None:
+        """Removes a namespace's expired entries, a chunk per commit, and writes its counters if they changed.
+
+        Each commit is checked against the committer's bounds before it changes
+        memory; under backpressure the rest waits for the next flush. Meanwhile
+        an expired entry never answers (a lookup checks expiry) and nothing
+        else changed, so there is nothing to reload. The chunks also keep a
+        mass expiry's commits within the bound on one batch.
+        """
+        name = state.namespace.name
+        if self._states.get(name) is not state:  # reloaded meanwhile
+            return
+        state.overdue.extend(state.entries.due(now))
+        chunk = _INVALIDATE_CHUNK
+        while self._states.get(name) is state:
+            due = state.overdue[:chunk]
+            if not due and not state.stats_dirty:
+                return
+            try:
+                self._room(state, mutations=0, nbytes=0, changes=0, removals=len(due), events=1)
+            except BatchTooLargeError:  # a committer of small bounds: smaller commits
+                if len(due) <= 1:
+                    raise
+                chunk = len(due) // 2
                 continue
+            except StorageError as error:  # busy, or closing: the next flush tries again
+                _log.debug(f"cache: flushing {name!r} waits for the next flush: {error}")
+                return
+            del state.overdue[: len(due)]
             batch = self._storage.batch()
-            expired = self._expire(state, batch, now)
+            expired = self._expire(state, batch, due)
             drafts = self._removal_drafts(state, expired, "EXPIRED")
             if state.stats_dirty:
                 self._put_stats(batch, state)
             if len(batch) or drafts:
                 await self._submit(batch, state, drafts)
-        if self._events is None:
-            return
-        for start in range(0, len(queued), _FLUSH_CHUNK):
-            batch = self._storage.batch()
-            recorded = await record_in_slices(self._events, batch, queued[start : start + _FLUSH_CHUNK])
-            await self._submit(batch, None, [], recorded)
+            if not state.overdue:
+                return
+
+    def _requeue_events(self, drafts: list[EventDraft]) -> None:
+        """Puts lookup events a flush could not commit back before those queued since (within the bound)."""
+        pending = drafts + self._pending_events
+        if len(pending) > _MAX_PENDING_EVENTS:
+            self._dropped_events += len(pending) - _MAX_PENDING_EVENTS
+            del pending[_MAX_PENDING_EVENTS:]
+        self._pending_events = pending
 
     async def _flush_loop(self) -> None:
         while True:
@@ -2038,9 +2181,9 @@ class CacheEngine:
                 state.stats_dirty = True
         return evicted
 
-    def _expire(self, state: _State, batch: Any, now: int) -> list[EntryHead]:
+    def _expire(self, state: _State, batch: Any, due: list[tuple[int, int]]) -> list[EntryHead]:
         expired: list[EntryHead] = []
-        for expire_ns, entry_id in state.entries.due(now):
+        for expire_ns, entry_id in due:
             head = state.heads.get(entry_id)
             if head is None or head.expire_ns != expire_ns:
                 continue
@@ -2079,6 +2222,72 @@ class CacheEngine:
             return
         self._pending_events.append(draft)
 
+    def _room(
+        self,
+        state: _State,
+        *,
+        mutations: int,
+        nbytes: int,
+        changes: int,
+        removals: int,
+        events: int,
+        namespace_row: bool = False,
+    ) -> None:
+        """Refuses a write of ``state`` that the committer would refuse, before it changes memory.
+
+        A write changes memory first and commits after: a commit refused then
+        (or one that failed) leaves memory ahead of LMDB, and the namespace is
+        reloaded from it (see :meth:`_resync`), at a million entries a read of
+        every one and an index rebuilt on the event loop, out of service
+        meanwhile. Backpressure must not cost that: a write checks here first
+        and submits (:meth:`_submit`) in the same loop step, so no other batch
+        is admitted between and the check stands, unless its estimate was low.
+
+        ``mutations`` and ``nbytes`` are the write's entry rows (exact);
+        ``changes`` the heads it adds (an id each in the journal row);
+        ``removals`` how many entries it may remove, at most (their rows, and
+        their ids in the journal row); ``events`` the events it records. The
+        rows every write carries besides (the entry-id mark, the counters, the
+        journal row, the namespace's row when it changes) count at their largest.
+
+        Raises:
+            StorageBusyError: The writes pending would pass a bound; retry later. Nothing changed.
+            BatchTooLargeError: The write alone is over a bound. Nothing changed.
+            StorageClosedError: The committer is closing. Nothing changed.
+        """
+        name = state.name_bytes
+        removal_mutations, removal_bytes = _REMOVAL_MUTATIONS, name + _REMOVAL_BYTES
+        if state.namespace.blob_entries:
+            removal_mutations += _REFERENCE_MUTATIONS
+            removal_bytes += _REFERENCE_BYTES
+        mutations += _BOOKKEEPING_MUTATIONS + removals * removal_mutations
+        nbytes += 2 * name + _BOOKKEEPING_BYTES + 8 * changes + removals * removal_bytes
+        if namespace_row:
+            mutations += 1
+            nbytes += name + _NAMESPACE_BYTES
+        if self._events is not None:
+            mutations += events
+            nbytes += events * (2 * name + _EVENT_BYTES)
+        self._committer.check_room(mutations, nbytes)
+
+    @staticmethod
+    def _evictions(state: _State, namespace: Namespace, added: int, added_bytes: int) -> int:
+        """At most how many entries a write adding these evicts under ``namespace``'s bounds (see _room).
+
+        Over max_entries: exactly the excess. Over max_bytes: the least
+        recently used go until the rest fits, so how many is known only as
+        they are taken (scanning for them ahead would cost a store what the
+        eviction does): twice as many mean-sized entries as the excess, and
+        :data:`_EVICTION_MARGIN` more.
+        """
+        count = len(state.heads) + added  # a bulk store may evict entries it adds, but its last
+        size = state.size_bytes + added_bytes
+        over = count - namespace.max_entries
+        excess = size - namespace.max_bytes
+        if excess > 0:
+            over = max(over, 2 * excess * count // max(size, 1) + _EVICTION_MARGIN)
+        return min(max(over, 0), count)
+
     async def _submit(
         self,
         batch: Any,
@@ -2107,11 +2316,25 @@ class CacheEngine:
         events: list[Event] = list(recorded)
         if self._events is not None:
             events += [self._events.record(batch, draft) for draft in drafts]
+        # Admitted (or refused) now, in the loop step of the memory changes it carries.
+        # Every write of a namespace checked the committer's bounds (_room) in this step
+        # before making them, with no other batch admitted since, so a refusal here is
+        # rare: the estimate was low, which takes evictions over max_bytes of many more
+        # entries than _evictions allows for (least recently used entries far smaller
+        # than the mean) while the pending writes are within that difference of a bound.
+        # Then memory is ahead of LMDB, as after a failed commit, and the namespace is
+        # reloaded from it. (Lookup events alone, state None, change no namespace.)
+        try:
+            commit = self._committer.enqueue(batch)
+        except BaseException:
+            if targets:
+                self._failures += 1
+                self._resync(*targets)
+            raise
         ticket = self._tickets
         self._tickets += 1
         # The commit runs to its end even if this caller is cancelled (the
         # committer keeps an accepted batch); its outcome is handled once, below.
-        commit = asyncio.ensure_future(self._committer.submit(batch))
         self._inflight[ticket] = commit
         self._committing[ticket] = targets
         if bodies:

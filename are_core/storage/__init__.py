@@ -5,7 +5,9 @@ as MessagePack (``Codec``) under byte keys laid out for range scans
 (``u64_key``, ``join_key``, ``prefix_key``). Reads are synchronous on
 ``Storage``; writes are ``Batch`` objects submitted to a ``GroupCommitter``,
 which writes everything submitted in one event-loop turn in one transaction
-and acknowledges only after it is durable. ``KeyedLocks`` serialise the
+and acknowledges only after it is durable. Its ``enqueue`` admits or refuses
+a batch in the caller's loop step, and ``check_room`` asks ahead, for callers
+that change memory before their batch exists. ``KeyedLocks`` serialise the
 read-modify-write of one record (a workflow's document, an agent's card).
 
 Exceptions::

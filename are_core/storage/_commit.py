@@ -44,7 +44,7 @@ class CommitStats(msgspec.Struct, frozen=True, kw_only=True):
     conflicts: int
     """Batches rejected by a failed ``put_if_absent``."""
     rejected_busy: int
-    """Submissions refused with ``StorageBusyError``."""
+    """Submissions (and :meth:`GroupCommitter.check_room` checks) refused with ``StorageBusyError``."""
     last_group_batches: int
     """Batches in the most recent transaction."""
     max_group_batches: int
@@ -84,8 +84,15 @@ class GroupCommitter:
     the caller can answer ``RESOURCE_EXHAUSTED`` with a retry hint instead of
     holding its request (and its memory) in an invisible queue.
 
-    Cancelling a ``submit`` does not withdraw its batch: once accepted, it is
-    committed with its group.
+    Admission is synchronous in :meth:`enqueue` (which ``submit`` awaits):
+    a caller that changes its memory before it builds its batch checks
+    :meth:`check_room` with an upper estimate first and enqueues in the same
+    loop step, so that a refusal comes before anything changed. A coroutine
+    of ``submit`` handed to ``asyncio.ensure_future`` is admitted only when
+    it first runs, in a later step.
+
+    Cancelling a ``submit`` (or the future of ``enqueue``) does not withdraw
+    its batch: once accepted, it is committed with its group.
 
     The committer belongs to the event loop of its first ``submit``.
     """
@@ -137,14 +144,17 @@ class GroupCommitter:
 
         A batch settles when its group's transaction ends (``committed`` is
         False if the transaction failed or the batch's own condition did) or
-        when :meth:`submit` refuses it. It is called on the event loop before
-        the submitter resumes, in commit order; it must be quick and must not
+        when :meth:`enqueue` (or :meth:`submit`) refuses it, before the
+        refusal is raised. It is called on the event loop before the
+        submitter resumes, in commit order; it must be quick and must not
         raise (the trace recorder uses it to release events in order).
         """
         self._settle_listeners.append(listener)
 
     async def submit(self, batch: Batch) -> None:
         """Commit ``batch`` with the current group and wait until it is durable.
+
+        The batch is admitted when this coroutine first runs (see :meth:`enqueue`).
 
         Raises:
             StorageBusyError: the pending bounds are reached; retry later.
@@ -154,9 +164,49 @@ class GroupCommitter:
             StorageClosedError: the committer is closing or closed.
             StorageError: the group's transaction failed.
         """
+        await self.enqueue(batch)
+
+    def enqueue(self, batch: Batch) -> asyncio.Future[None]:
+        """Admit ``batch`` to the current group now; the future ends when its transaction does.
+
+        Admission (or refusal) happens in the caller's loop step, before it
+        returns: a caller can change its memory, build the batch and enqueue
+        it with no other coroutine running between, and learn of a refusal
+        while nothing else depends on the change. The future's outcome is
+        what :meth:`submit` would raise or return; cancelling it does not
+        withdraw the batch. Must be called on the event loop's thread.
+
+        Raises:
+            StorageBusyError: the pending bounds are reached; retry later.
+            BatchTooLargeError: the batch alone exceeds a bound.
+            StorageClosedError: the committer is closing or closed.
+
+        Refused batches settle at once (``committed`` False) with the listeners.
+        """
         future = self._enqueue(batch)
-        if future is not None:
-            await future
+        if future is None:  # an empty batch: nothing to write
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+        return future
+
+    def check_room(self, mutations: int, nbytes: int) -> None:
+        """Raise what :meth:`enqueue` would raise now for a batch of this size; admit nothing.
+
+        For a caller that must change its memory before its batch exists
+        (and could not undo the change cheaply): it checks an estimate at
+        least the batch's size first, then changes memory and enqueues in the
+        same loop step. No batch is admitted between, so the enqueue cannot
+        be refused for backpressure unless the estimate was too low. A
+        refusal here counts in ``rejected_busy`` like one of :meth:`enqueue`.
+
+        Raises:
+            StorageBusyError: the pending bounds would be passed; retry later.
+            BatchTooLargeError: a batch of this size alone exceeds a bound.
+            StorageClosedError: the committer is closing or closed.
+        """
+        if self._closing:
+            raise StorageClosedError("group committer")
+        self._check_bounds(mutations, nbytes)
 
     def stats(self) -> CommitStats:
         """Return a snapshot of the counters."""

@@ -29,20 +29,27 @@ def vector(name: str, prompt: str) -> np.ndarray:
 
 
 class GatedCommits:
-    """The next commits submitted wait for their gates (None: none), then fail or go through."""
+    """The next commits enqueued wait for their gates (None: none), then fail or go through.
+
+    It stands in for the committer's ``enqueue`` (which ``submit`` calls too).
+    """
 
     def __init__(self, committer: GroupCommitter) -> None:
-        self._submit = committer.submit
+        self._enqueue = committer.enqueue
         self.next: list[tuple[asyncio.Event | None, bool]] = []  # (gate, fails), in submit order
 
-    async def submit(self, batch: Batch) -> None:
-        if self.next:
-            gate, fails = self.next.pop(0)
-            if gate is not None:
-                await gate.wait()
-            if fails:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        await self._submit(batch)
+    def enqueue(self, batch: Batch) -> asyncio.Future[None]:
+        if not self.next:
+            return self._enqueue(batch)
+        gate, fails = self.next.pop(0)
+        return asyncio.ensure_future(self._gated(batch, gate, fails))
+
+    async def _gated(self, batch: Batch, gate: asyncio.Event | None, fails: bool) -> None:
+        if gate is not None:
+            await gate.wait()
+        if fails:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await self._enqueue(batch)
 
 
 class FailingLoads:

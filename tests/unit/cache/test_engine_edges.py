@@ -366,11 +366,14 @@ async def test_a_checkpoint_written_while_a_store_commits_is_checked_whole_after
     assert committer is not None
     never = asyncio.Event()
 
-    async def endless(batch: object) -> None:  # a commit the SIGKILL will cut
+    async def wait_forever() -> None:  # a commit the SIGKILL will cut
         await never.wait()
 
+    def endless(batch: object) -> asyncio.Future[None]:
+        return asyncio.ensure_future(wait_forever())
+
     with monkeypatch.context() as patch:
-        patch.setattr(committer, "submit", endless)
+        patch.setattr(committer, "enqueue", endless)
         storing = asyncio.ensure_future(
             e.store("c", prompt="alpha question", response=b"new", vector=_unit(8, 2))
         )

@@ -41,7 +41,7 @@ async def test_failed_blob_stores_leave_no_reference_and_drop_none(
             two, _ = await blobs.put(b"two" * 100, content_type="text/plain")
             await engine.store("n", prompt="p", blob_sha256=one.sha256)
             commits = GatedCommits(committer)
-            monkeypatch.setattr(committer, "submit", commits.submit)
+            monkeypatch.setattr(committer, "enqueue", commits.enqueue)
             failed = []
             for prompt in ("q", "p"):  # a new entry, then one replacing p: both commits fail
                 failed.append(engine._next_id)

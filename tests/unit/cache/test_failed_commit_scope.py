@@ -26,7 +26,7 @@ def _gate(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> GatedCommits:
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     return commits
 
 

@@ -42,7 +42,7 @@ async def _gate(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> GatedCommi
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     return commits
 
 

@@ -62,7 +62,7 @@ async def _fail_a_change(harness: Harness, monkeypatch: pytest.MonkeyPatch, chan
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     loads = _Loads(e)
     monkeypatch.setattr(e, "_load", loads)
     beta = (await e.lookup("a", prompt="beta question")).hit
@@ -169,7 +169,7 @@ async def test_a_store_committed_after_one_that_failed_is_in_the_reloaded_namesp
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     first, second = asyncio.Event(), asyncio.Event()
     commits.next += [(first, True), (second, False)]
     failing = asyncio.ensure_future(e.store("a", prompt="alpha question", response=b"new", vector=_FAILED))
@@ -221,7 +221,7 @@ async def test_a_store_embedding_while_its_namespace_is_reloaded_stores_in_the_r
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     commits.next.append((None, True))
     loads = _Loads(e)
     loads.broken = reload_fails

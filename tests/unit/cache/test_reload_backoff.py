@@ -40,7 +40,7 @@ async def _fail_a_store(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> No
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     commits.next.append((None, True))
     with pytest.raises(OSError, match="No space left"):
         await harness.e.store("a", prompt="delta question", response=b"delta", vector=unit(99))
@@ -106,7 +106,7 @@ async def test_a_namespace_waiting_for_its_commits_has_no_delay_of_its_own(
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     gate = asyncio.Event()
     commits.next += [(gate, False), (None, True)]  # the first waits, then commits; the second fails
     storing = asyncio.ensure_future(e.store("a", prompt="delta question", response=b"delta", vector=unit(98)))

@@ -114,19 +114,22 @@ async def _commits_held(harness: Harness) -> AsyncIterator[None]:
     """Holds every commit until the block ends: memory runs ahead of LMDB meanwhile."""
     committer = harness.committer
     assert committer is not None
-    submit = committer.submit
+    enqueue = committer.enqueue
     gate = asyncio.Event()
 
-    async def held(batch: Batch) -> None:
+    async def release(batch: Batch) -> None:
         await gate.wait()
-        await submit(batch)
+        await enqueue(batch)
 
-    committer.submit = held  # type: ignore[method-assign]
+    def held(batch: Batch) -> asyncio.Future[None]:
+        return asyncio.ensure_future(release(batch))
+
+    committer.enqueue = held  # type: ignore[method-assign]
     try:
         yield
     finally:
         gate.set()
-        del committer.submit
+        del committer.enqueue
 
 
 async def _repair_event(harness: Harness) -> Mapping[str, object]:

@@ -85,7 +85,7 @@ async def test_a_store_failing_while_stop_saves_the_indexes_leaves_no_mark_vouch
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     fail = asyncio.Event()
     commits.next.append((fail, True))
     failed = unit(99)
@@ -120,7 +120,7 @@ async def test_a_store_begun_while_stop_drains_and_failing_after_a_save_leaves_n
     committer = harness.committer
     assert committer is not None
     commits = GatedCommits(committer)
-    monkeypatch.setattr(committer, "submit", commits.submit)
+    monkeypatch.setattr(committer, "enqueue", commits.enqueue)
     first, second = asyncio.Event(), asyncio.Event()
     commits.next.append((first, False))
     storing = asyncio.ensure_future(e.store("a", prompt="epsilon question", response=b"eps", vector=unit(77)))
