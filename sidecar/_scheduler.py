@@ -187,6 +187,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             if earlier is None:
                 wiring = self._wiring
                 spec = spec_from_proto(request.spec, wiring.features)
+                self._engine.check_room(len(spec.tasks), request.ByteSize())
                 wiring.check_namespaces(spec.tasks, "spec.tasks")
                 if any(t.input_blob_sha256 for t in spec.tasks):
                     spec = msgspec.structs.replace(spec, tasks=wiring.check_blobs(spec.tasks, "spec.tasks"))
@@ -463,6 +464,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             )
             self._wiring.check_namespaces(specs, "tasks")
             specs = self._wiring.check_blobs(specs, "tasks")
+            self._engine.check_room(len(specs), request.ByteSize())
             digest = ""
             if request.request_id:
                 check_id(request.request_id, "request_id", "a request_id")

@@ -809,7 +809,14 @@ class Scheduler:
                 batch.put(T_OPEN, wf_key, b"")
             else:
                 batch.delete(T_OPEN, wf_key)
-        commit = asyncio.ensure_future(self._committer.submit(batch))
+        # Admitted whatever the committer's pending bounds: memory already changed, and a
+        # refusal would stop the sidecar (see commit_failed). The scheduler's work is bounded
+        # where it enters (SubmitWorkflow and SpawnTasks check the committer's room first).
+        try:
+            commit = self._committer.enqueue(batch, bounded=False)
+        except Exception as error:  # noqa: BLE001 - the committer is closing: as a failed commit
+            commit = asyncio.get_running_loop().create_future()
+            commit.set_exception(error)
         self._pending_commits.add(commit)
         commit.add_done_callback(lambda done: self._committed(txn, done))
 
@@ -899,6 +906,25 @@ class Scheduler:
         if stored_hash != request_hash:
             raise RequestIdConflictError(f"request_id {request_id!r} was used with a different request")
         return wf_id
+
+    def check_room(self, tasks: int, nbytes: int) -> None:
+        """Refuses, before anything changes, work the committer has no room for now.
+
+        The scheduler's transactions are admitted whatever the committer's
+        pending bounds (see :meth:`_flush`): backpressure applies where work
+        enters, to a submit or spawn of ``tasks`` tasks whose request is
+        ``nbytes`` long (about what its rows take). Work as large as a bound
+        alone is taken when nothing else is pending (a request the message
+        size allows is never refused for its size alone).
+
+        Raises:
+            StorageBusyError: Too many writes are waiting for the storage; retry later.
+        """
+        committer = self._committer
+        committer.check_room(
+            min(4 * tasks + 8, committer.max_pending_mutations),
+            min(nbytes + 256 * tasks + 4096, committer.max_pending_bytes),
+        )
 
     async def submit(  # noqa: C901, PLR0912 - the checks read best in order
         self,

@@ -166,7 +166,7 @@ class GroupCommitter:
         """
         await self.enqueue(batch)
 
-    def enqueue(self, batch: Batch) -> asyncio.Future[None]:
+    def enqueue(self, batch: Batch, *, bounded: bool = True) -> asyncio.Future[None]:
         """Admit ``batch`` to the current group now; the future ends when its transaction does.
 
         Admission (or refusal) happens in the caller's loop step, before it
@@ -176,6 +176,12 @@ class GroupCommitter:
         what :meth:`submit` would raise or return; cancelling it does not
         withdraw the batch. Must be called on the event loop's thread.
 
+        ``bounded=False`` admits the batch whatever the pending bounds (it
+        still counts in them, so other batches are refused sooner): for a
+        caller whose memory already changed and that cannot be refused, such
+        as the scheduler, whose transactions are bounded by its own limits
+        and which checks :meth:`check_room` where its work enters.
+
         Raises:
             StorageBusyError: the pending bounds are reached; retry later.
             BatchTooLargeError: the batch alone exceeds a bound.
@@ -183,7 +189,7 @@ class GroupCommitter:
 
         Refused batches settle at once (``committed`` False) with the listeners.
         """
-        future = self._enqueue(batch)
+        future = self._enqueue(batch, bounded=bounded)
         if future is None:  # an empty batch: nothing to write
             future = asyncio.get_running_loop().create_future()
             future.set_result(None)
@@ -247,7 +253,7 @@ class GroupCommitter:
 
     # Internals; all run on the event loop thread except _write.
 
-    def _enqueue(self, batch: Batch) -> asyncio.Future[None] | None:
+    def _enqueue(self, batch: Batch, *, bounded: bool = True) -> asyncio.Future[None] | None:
         if self._closing:
             self._settle(batch, committed=False)
             raise StorageClosedError("group committer")
@@ -260,7 +266,8 @@ class GroupCommitter:
         if not n:
             return None
         try:
-            self._check_bounds(n, nbytes)
+            if bounded:
+                self._check_bounds(n, nbytes)
         except (BatchTooLargeError, StorageBusyError):
             self._settle(batch, committed=False)
             raise

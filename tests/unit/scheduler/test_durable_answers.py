@@ -27,9 +27,13 @@ class _HeldCommitter(GroupCommitter):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def submit(self, batch: Batch) -> None:
+    def enqueue(self, batch: Batch, *, bounded: bool = True) -> asyncio.Future[None]:
+        # The scheduler enqueues its transactions (submit goes through here too).
+        return asyncio.ensure_future(self._when_open(batch, bounded))
+
+    async def _when_open(self, batch: Batch, bounded: bool) -> None:
         await self.gate.wait()
-        await super().submit(batch)
+        await GroupCommitter.enqueue(self, batch, bounded=bounded)
 
 
 @pytest.fixture
