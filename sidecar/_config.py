@@ -73,6 +73,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     router_mode: str = "cost_biased"
     router_model_exploration: float = 0.05
     router_reroute_grace_s: float = 10.0
+    max_open_tasks: int = 1_000_000
     cache_models: str = ""
     cache_search: str = "inline"
     cache_hot_bytes: int = 64 * 1024 * 1024
@@ -431,6 +432,18 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "max_open_tasks",
+        1_000_000,
+        "Most tasks of open (running or cancelling) workflows held in memory, 1 to 10^9: each takes "
+        "about 1.3 KB (2 KB resident) plus its inline input and output, so the default is about 2 GB "
+        "at most. SubmitWorkflow and SpawnTasks that would go over are refused with "
+        "RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (metadata limit=max_open_tasks) and a retry hint "
+        "until workflows close; a data folder holding more (the bound was lowered) still starts and "
+        "serves them all.",
+        _bounded_int(1, 10**9),
+        "N",
+    ),
+    Option(
         "cache_models",
         "",
         "Local embedding models that cache namespaces may name as their embedder, as "
@@ -581,6 +594,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         router_mode=values["router_mode"],
         router_model_exploration=values["router_model_exploration"],
         router_reroute_grace_s=values["router_reroute_grace_s"],
+        max_open_tasks=values["max_open_tasks"],
         cache_models=values["cache_models"],
         cache_search=values["cache_search"],
         cache_hot_bytes=values["cache_hot_bytes"],

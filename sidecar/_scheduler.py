@@ -624,7 +624,9 @@ class SchedulerCapability(Capability):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
-        self.engine = Scheduler(runtime.storage, runtime.committer, runtime.events)
+        self.engine = Scheduler(
+            runtime.storage, runtime.committer, runtime.events, max_open_tasks=runtime.config.max_open_tasks
+        )
         self.engine.commit_failed = _stop_at_once
         self.wiring = Wiring(runtime, self.engine)
         self._workers = WorkerServicer(self.engine, self.wiring)

@@ -42,6 +42,7 @@ from are_core.scheduler import (
     TaskNotHeldError,
     TaskSpec,
     TaskView,
+    TooManyOpenTasksError,
     Usage,
     UsageTotal,
     WorkflowClosedError,
@@ -846,6 +847,7 @@ _CODES: tuple[tuple[type[SchedulerError], grpc.StatusCode], ...] = (
     (WorkflowClosedError, grpc.StatusCode.FAILED_PRECONDITION),
     (WorkflowNotClosedError, grpc.StatusCode.FAILED_PRECONDITION),
     (PoolQueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TooManyOpenTasksError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (BudgetExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
@@ -868,7 +870,11 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exceptio
             metadata.update(field=error.field, limit=str(error.limit))
     elif isinstance(error, NotImplementedFieldError | TaskExistsError | BlobNotFoundError):
         violations = [(error.field, message)]
-    retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, PoolQueueFullError) else None
+    retry_after = (
+        timedelta(seconds=error.retry_after_s)
+        if isinstance(error, PoolQueueFullError | TooManyOpenTasksError)
+        else None
+    )
     await abort(
         context,
         code,

@@ -84,6 +84,7 @@ from are_core.scheduler import (
     SpecError,
     TaskRecord,
     TaskSpec,
+    TooManyOpenTasksError,
     Usage,
     WorkerHandle,
     WorkflowExistsError,
@@ -593,14 +594,23 @@ class Wiring:
 
 @contextlib.contextmanager
 def _fork_errors() -> Iterator[None]:
-    """A scheduler refusal of a fork as the StateError ForkWorkflow answers with."""
+    """A scheduler refusal of a fork as the StateError ForkWorkflow answers with.
+
+    A fork past the bound on open tasks (``--max-open-tasks``) is refused as
+    LIMIT_EXCEEDED with that bound, since StateService maps no state error to
+    RESOURCE_EXHAUSTED (``sidecar._state``); the message says to retry later.
+    """
     try:
         yield
     except WorkflowExistsError as error:
         raise st.WorkflowExistsError(str(error), field="new_workflow_id") from None
+    except TooManyOpenTasksError as error:
+        raise st.LimitExceededError(str(error), limit=error.limit) from None
     except SpecError as error:
         if error.reason == "UNKNOWN_DEPENDENCY":
             raise st.UnknownTaskError(error.message, field=error.field) from None
+        if error.reason == "LIMIT_EXCEEDED" and error.limit is not None:
+            raise st.LimitExceededError(error.message, field=error.field, limit=error.limit) from None
         raise st.InvalidStateArgumentError(error.message, field=error.field) from None
     except _SchedulerError as error:
         if error.reason != "WORKFLOW_NOT_FOUND":

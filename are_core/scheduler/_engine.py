@@ -55,6 +55,7 @@ from ._errors import (
     TaskExistsError,
     TaskNotFoundError,
     TaskNotHeldError,
+    TooManyOpenTasksError,
     WorkflowClosedError,
     WorkflowExistsError,
     WorkflowNotClosedError,
@@ -108,6 +109,14 @@ _HANDLING_RULES = frozenset({"ALL_DONE", "ONE_FAILED", "ONE_SUCCESS"})
 _NOT_RETRIED_KINDS = frozenset({"CANCELLED", "BUDGET_EXCEEDED", "APPROVAL_REJECTED"})
 _DEFAULT_POLICY = RetryPolicy()
 _RECENT_CLOSED = 1024
+# The most tasks of open workflows held in memory, unless configured (see
+# Scheduler.open_tasks). Over it, a new workflow (submit, fork) is told to retry
+# in 5 s and a spawn in 1 s: a running workflow that grows gets the room that
+# closing ones free a little before new workflows do.
+DEFAULT_MAX_OPEN_TASKS = 1_000_000
+_OPEN_TASKS_RETRY_S = 5.0
+_SPAWN_RETRY_S = 1.0
+_REFUSALS_LOG_NS = 60 * 1_000_000_000  # at most one warning a minute while refusing for it
 # Worker-reported events of an attempt are accepted for this long after it
 # ended (event.proto, ReportedEvent): reports sent just after a result, or
 # after the workflow closed, are not lost.
@@ -572,6 +581,10 @@ class Scheduler:
         events: Where transitions are recorded as events, or None.
         clock: Wall-clock nanoseconds (tests may pass a fake).
         rng: ``random.random``-like source for backoff jitter.
+        max_open_tasks: The most tasks of open workflows held in memory: a
+            submit, spawn or fork that would take :attr:`open_tasks` over it is
+            refused with :class:`TooManyOpenTasksError` (recovery at start
+            never is).
     """
 
     def __init__(  # noqa: PLR0915 - one statement per field of state
@@ -582,7 +595,10 @@ class Scheduler:
         *,
         clock: Callable[[], int] = time.time_ns,
         rng: Callable[[], float] = random.random,
+        max_open_tasks: int = DEFAULT_MAX_OPEN_TASKS,
     ) -> None:
+        if max_open_tasks < 1:
+            raise ValueError(f"max_open_tasks must be at least 1, got {max_open_tasks}")
         self._storage = storage
         self._committer = committer
         self._events = events
@@ -590,6 +606,12 @@ class Scheduler:
         self._rng = rng
         self._open: dict[str, _Workflow] = {}
         self._recent: OrderedDict[str, _Workflow] = OrderedDict()
+        # The tasks of the workflows in _open (every entry of their ``order``), kept as they open,
+        # spawn and close: the bound on them is checked without a scan (see _check_open_tasks).
+        self._open_tasks = 0
+        self._max_open_tasks = max_open_tasks
+        self._open_tasks_refused = 0  # refusals for the bound since the start
+        self._refusals_logged = (0, 0)  # (when the last warning about them was written, their count then)
         self._pools: dict[str, _Pool] = {}
         # Capability -> pool -> queue, while a task waits in one of the capability's queues
         # or a worker waits idle for it (see _left_queue); capability -> worker id -> handle of
@@ -674,6 +696,10 @@ class Scheduler:
         (their next dispatch is attempt+1 with the same idempotency key); the
         lost attempt is not charged to the retry policy, and their wait for a
         worker, bounded by schedule-to-start, counts from the restart.
+
+        Every open workflow is loaded, even past ``max_open_tasks`` (the bound
+        may have been lowered since they were admitted): the engine then
+        serves them and refuses new work until enough of them close.
         """
         now = self._clock()
         self._started_ns = now
@@ -681,7 +707,7 @@ class Scheduler:
         for _, raw in self._storage.scan(T_POOLS, limit=100_000):
             limits = _pool_codec.decode(raw)
             self._pools[limits.name] = _Pool(limits, now)
-        open_ids = [key.decode() for key, _ in self._storage.scan(T_OPEN, limit=1_000_000)]
+        open_ids = self._open_ids()
         ready: list[tuple[tuple[int, int, int], _Task]] = []
         for wf_id in open_ids:
             wf_raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
@@ -709,6 +735,32 @@ class Scheduler:
             self._settle()
             self._pump()
             await self._commit_now()
+        self._log_started()
+
+    def _open_ids(self) -> list[str]:
+        """The ids of the workflows stored open, every one of them (read a page at a time)."""
+        open_ids: list[str] = []
+        after: bytes | None = None
+        while rows := self._storage.scan(T_OPEN, start=after, limit=100_000):
+            open_ids.extend(key.decode() for key, _ in rows)
+            after = rows[-1][0] + b"\x00"
+        return open_ids
+
+    def _log_started(self) -> None:
+        """Logs what the start loaded, with a warning when it is over ``max_open_tasks``."""
+        fields = {
+            "open_workflows": len(self._open),
+            "open_tasks": self._open_tasks,
+            "max_open_tasks": self._max_open_tasks,
+        }
+        if self._open_tasks > self._max_open_tasks:
+            _log.warning(
+                "the open workflows hold more tasks than max_open_tasks: all are served, and new "
+                "workflows and spawned tasks are refused (RESOURCE_EXHAUSTED) until enough of them close",
+                extra={"fields": fields},
+            )
+        else:
+            _log.info("scheduler started", extra={"fields": fields})
 
     def _recover(  # noqa: C901 - one branch per task state
         self, rec: WorkflowRecord, ready: list[tuple[tuple[int, int, int], _Task]]
@@ -723,6 +775,7 @@ class Scheduler:
             task = _Task(w, _task_codec.decode(task_raw), _spec_codec.decode(spec_raw))
             w.tasks[task.rec.task_id] = task
             w.order.append(task)
+        self._open_tasks += len(w.order)
         rec.counts = {}
         for task in w.order:
             rec.counts[task.rec.state] = rec.counts.get(task.rec.state, 0) + 1
@@ -943,6 +996,7 @@ class Scheduler:
         Raises:
             SpecError: a bad spec (nothing stored).
             RequestIdConflictError, WorkflowExistsError, PoolQueueFullError.
+            TooManyOpenTasksError: the open workflows hold too many tasks now (nothing stored).
         """
         earlier = self.check_request(request_id, request_hash)
         if earlier is not None:
@@ -970,6 +1024,7 @@ class Scheduler:
             upstream = {d for t in spec.tasks for d in t.depends_on}
             sinks = [t.task_id for t in spec.tasks if t.task_id not in upstream]
             result_task_id = sinks[0] if len(sinks) == 1 else ""
+        self._check_open_tasks(len(spec.tasks), "spec.tasks", _OPEN_TASKS_RETRY_S)
         self._check_queues(pools, spec.workflow_id)
         wf_id = spec.workflow_id or _new_id("wf_")
         if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
@@ -1003,6 +1058,7 @@ class Scheduler:
             self._t().after.append(lambda: self._forget_request(request_id))
         self._add_tasks(w, spec.tasks, now, parent="", depth=0)
         self._open[wf_id] = w
+        self._open_tasks += len(w.order)
         self._dirty_wf(w)
         self._event(
             "WORKFLOW_SUBMITTED",
@@ -1064,6 +1120,55 @@ class Scheduler:
                         )
                     )
                 raise PoolQueueFullError(name, pool.queued, n, pool.limits.queue_limit, retry_after_s=1.0)
+
+    def _check_open_tasks(self, incoming: int, field: str, retry_after_s: float, *, held: int = 0) -> None:
+        """Refuses ``incoming`` more tasks that would take the open tasks over the bound; changes nothing.
+
+        ``held`` is what the workflow they join holds already (a spawn's): a
+        workflow that could not fit even alone is refused as invalid input
+        (LIMIT_EXCEEDED naming ``field``), since no retry would ever succeed.
+
+        Raises:
+            TooManyOpenTasksError: Not now; retry after ``retry_after_s``.
+            SpecError: LIMIT_EXCEEDED: not ever, however many workflows close.
+        """
+        limit = self._max_open_tasks
+        if self._open_tasks + incoming <= limit:
+            return
+        if held + incoming > limit:
+            raise SpecError(
+                "LIMIT_EXCEEDED",
+                field,
+                f"{held + incoming:,} tasks in one workflow exceed the sidecar's max_open_tasks {limit:,}",
+                limit=limit,
+            )
+        self._open_tasks_refused += 1
+        now = self._clock()
+        last_ns, last_count = self._refusals_logged
+        if not last_ns or now - last_ns >= _REFUSALS_LOG_NS:
+            self._refusals_logged = (now, self._open_tasks_refused)
+            _log.warning(
+                "refusing new work: the open workflows hold max_open_tasks tasks (retry hint given)",
+                extra={
+                    "fields": {
+                        "open_workflows": len(self._open),
+                        "open_tasks": self._open_tasks,
+                        "max_open_tasks": limit,
+                        "refused_since_last_warning": self._open_tasks_refused - last_count,
+                    }
+                },
+            )
+        raise TooManyOpenTasksError(self._open_tasks, incoming, limit, retry_after_s)
+
+    @property
+    def open_tasks(self) -> int:
+        """The tasks of the open workflows, all held in memory (exact, kept as they open and close)."""
+        return self._open_tasks
+
+    @property
+    def max_open_tasks(self) -> int:
+        """The bound on :attr:`open_tasks` that new work is admitted under."""
+        return self._max_open_tasks
 
     def _add_tasks(
         self, w: _Workflow, specs: Iterable[TaskSpec], now: int, *, parent: str, depth: int
@@ -1839,7 +1944,8 @@ class Scheduler:
         usage = _event_usage(rec.usage)
         failure_info = _failure_info(failure) if failure else None
         self._event(f"WORKFLOW_{state}", w=w, usage=usage, failure=failure_info)
-        self._open.pop(rec.workflow_id, None)
+        if self._open.pop(rec.workflow_id, None) is not None:
+            self._open_tasks -= len(w.order)
         self._recent[rec.workflow_id] = w
         while len(self._recent) > _RECENT_CLOSED:
             self._recent.popitem(last=False)
@@ -2828,6 +2934,8 @@ class Scheduler:
         Raises:
             RequestIdConflictError: ``request_id`` was used in this workflow
                 with a different request.
+            TooManyOpenTasksError: the open workflows hold too many tasks now
+                (nothing changed; checked after the workflow's budget).
         """
         if request_id:
             key = join_key(wf_id, request_id)
@@ -2899,9 +3007,11 @@ class Scheduler:
                 budget="max_spawn_depth",
                 limit=budget.max_spawn_depth,
             )
+        self._check_open_tasks(len(specs), "tasks", _SPAWN_RETRY_S, held=len(w.order))
         self._check_queues(incoming, wf_id)  # raises POOL_QUEUE_FULL; only its event is recorded
         now = self._clock()
         added = self._add_tasks(w, specs, now, parent=parent_task_id, depth=depth)
+        self._open_tasks += len(added)
         w.rec.task_count = len(w.order)
         self._dirty_wf(w)
         if parent is not None and dependents_wait:
@@ -3280,7 +3390,7 @@ class Scheduler:
 
         Raises:
             WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
-            PoolNotFoundError.
+            PoolNotFoundError, TooManyOpenTasksError.
         """
         self._fork_source(source_id, new_id, rerun_task_ids)
 
@@ -3316,6 +3426,7 @@ class Scheduler:
         for spec in specs:
             if spec.pool not in self._pools:
                 raise PoolNotFoundError(f"pool {spec.pool!r} does not exist", pool=spec.pool)
+        self._check_open_tasks(len(specs), "workflow_id", _OPEN_TASKS_RETRY_S)
         return source, specs, records
 
     async def fork(  # noqa: C901, PLR0912, PLR0915 - copy, decide what reruns, wire, start
@@ -3337,7 +3448,8 @@ class Scheduler:
 
         Raises:
             WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
-            PoolNotFoundError.
+            PoolNotFoundError, TooManyOpenTasksError (checked again here: the
+            caller's own steps since :meth:`check_fork` may have let others in).
         """
         source, specs, records = self._fork_source(source_id, new_id, rerun_task_ids)
         # What runs again: the rerun tasks and everything downstream of them.
@@ -3407,6 +3519,7 @@ class Scheduler:
         for task in w.order:
             self._wire(task)
         self._open[new_id] = w
+        self._open_tasks += len(w.order)
         self._dirty_wf(w)
         self._event(
             "WORKFLOW_SUBMITTED",
@@ -3442,6 +3555,9 @@ class Scheduler:
         """Engine-wide counters for diagnostics and benchmarks."""
         return {
             "open_workflows": len(self._open),
+            "open_tasks": self._open_tasks,
+            "max_open_tasks": self._max_open_tasks,
+            "open_tasks_refused": self._open_tasks_refused,
             "workers": len(self._workers),
             "timers": len(self._heap),
             "queued": sum(p.queued for p in self._pools.values()),

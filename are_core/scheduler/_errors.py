@@ -19,6 +19,7 @@ Exceptions::
     ├── WorkflowNotClosedError    DeleteWorkflow of an open workflow
     ├── RoutingError              a route hook found no worker class for an intent
     ├── PoolQueueFullError        backpressure, with a retry hint
+    ├── TooManyOpenTasksError     the sidecar's bound on open tasks in memory, with a retry hint
     └── BudgetExceededError       a spawn past max_tasks or max_spawn_depth
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "TaskExistsError",
     "TaskNotFoundError",
     "TaskNotHeldError",
+    "TooManyOpenTasksError",
     "WorkflowClosedError",
     "WorkflowExistsError",
     "WorkflowNotClosedError",
@@ -175,6 +177,31 @@ class PoolQueueFullError(SchedulerError):
             f"pool {pool!r} queue is full: {queued} queued + {incoming} incoming > max_queue_length {limit}",
             pool=pool,
             limit=limit,
+        )
+
+
+class TooManyOpenTasksError(SchedulerError):
+    """Admitting the tasks would take the open workflows' tasks in memory over the sidecar's bound.
+
+    Open workflows hold their tasks in memory until they close, so room comes
+    back as they finish: retry after ``retry_after_s``. ``metadata`` names the
+    limit (``max_open_tasks``) with the bound, the open tasks and the incoming.
+    """
+
+    reason = "RESOURCE_LIMIT"
+
+    def __init__(self, open_tasks: int, incoming: int, limit: int, retry_after_s: float) -> None:
+        self.open_tasks = open_tasks
+        self.incoming = incoming
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"the sidecar holds {open_tasks:,} tasks of open workflows; {incoming:,} more would exceed "
+            f"max_open_tasks {limit:,}: retry once workflows finish",
+            limit="max_open_tasks",
+            max_open_tasks=limit,
+            open_tasks=open_tasks,
+            incoming_tasks=incoming,
         )
 
 

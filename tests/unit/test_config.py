@@ -51,6 +51,9 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({"router_model_exploration": "1.5"}, {}, "--router-model-exploration"),
         ({"router_reroute_grace_s": "-1"}, {}, "--router-reroute-grace-s"),
         ({}, {"ARE_ROUTER_REROUTE_GRACE_S": "3601"}, "ARE_ROUTER_REROUTE_GRACE_S"),
+        ({"max_open_tasks": "0"}, {}, "--max-open-tasks"),
+        ({"max_open_tasks": "1000000001"}, {}, "--max-open-tasks"),
+        ({}, {"ARE_MAX_OPEN_TASKS": "lots"}, "ARE_MAX_OPEN_TASKS"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:
@@ -66,6 +69,19 @@ def test_cpu_affinity_takes_lists_and_ranges_of_available_cpus() -> None:
     assert load_config({"cpu_affinity": spelled}, environ={}).cpu_affinity == tuple(
         range(allowed[0], allowed[-1] + 1)
     )
+
+
+def test_max_open_tasks_bounds_the_scheduler_from_flag_environment_or_file(tmp_path: Path) -> None:
+    assert load_config({}, environ={}).max_open_tasks == 1_000_000
+    toml = tmp_path / "are.toml"
+    toml.write_text("max_open_tasks = 5000\n")
+    assert load_config({"config": str(toml)}, environ={}).max_open_tasks == 5000
+    env = {"ARE_CONFIG": str(toml), "ARE_MAX_OPEN_TASKS": "2000"}
+    assert load_config({}, environ=env).max_open_tasks == 2000
+    config = load_config({"max_open_tasks": "1"}, environ=env)
+    assert config.max_open_tasks == 1
+    assert config.loggable()["max_open_tasks"] == 1
+    assert "ARE_MAX_OPEN_TASKS" in options_table_markdown()
 
 
 def test_toml_rejects_unknown_keys_and_bad_types(tmp_path: Path) -> None:

@@ -52,8 +52,13 @@ type SchedulerServiceClient interface {
 	// DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, DAG_CYCLE, INVALID_JSON,
 	// INVALID_JSON_POINTER, POOL_NOT_FOUND or NAMESPACE_NOT_FOUND and a field
 	// violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
-	// REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL or
-	// RESOURCE_LIMIT (open workflows, default at most 100,000) and RetryInfo.
+	// REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
+	// RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
+	// (which the sidecar holds in memory) over the sidecar's --max-open-tasks
+	// (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+	// with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
+	// and RetryInfo (room comes back as workflows close). A workflow with more
+	// tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
 	// Nothing is stored on error.
 	SubmitWorkflow(ctx context.Context, in *SubmitWorkflowRequest, opts ...grpc.CallOption) (*SubmitWorkflowResponse, error)
 	// GetWorkflow returns a workflow's status: state, task counts, usage,
@@ -106,7 +111,10 @@ type SchedulerServiceClient interface {
 	// WORKFLOW_NOT_FOUND or TASK_NOT_FOUND; FAILED_PRECONDITION, reason
 	// WORKFLOW_CLOSED or TASK_NOT_HELD (the parent attempt is not running);
 	// RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
-	// max_spawn_depth; the workflow then fails) or POOL_QUEUE_FULL.
+	// max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
+	// RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
+	// all open workflows over the sidecar's --max-open-tasks (metadata as for
+	// SubmitWorkflow; checked after the budget; nothing changes).
 	SpawnTasks(ctx context.Context, in *SpawnTasksRequest, opts ...grpc.CallOption) (*SpawnTasksResponse, error)
 	// ResolveApproval approves or rejects a task waiting at its approval
 	// gate. An approved task is scheduled; a rejected one becomes REJECTED
@@ -322,8 +330,13 @@ type SchedulerServiceServer interface {
 	// DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, DAG_CYCLE, INVALID_JSON,
 	// INVALID_JSON_POINTER, POOL_NOT_FOUND or NAMESPACE_NOT_FOUND and a field
 	// violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
-	// REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL or
-	// RESOURCE_LIMIT (open workflows, default at most 100,000) and RetryInfo.
+	// REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
+	// RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
+	// (which the sidecar holds in memory) over the sidecar's --max-open-tasks
+	// (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+	// with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
+	// and RetryInfo (room comes back as workflows close). A workflow with more
+	// tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
 	// Nothing is stored on error.
 	SubmitWorkflow(context.Context, *SubmitWorkflowRequest) (*SubmitWorkflowResponse, error)
 	// GetWorkflow returns a workflow's status: state, task counts, usage,
@@ -376,7 +389,10 @@ type SchedulerServiceServer interface {
 	// WORKFLOW_NOT_FOUND or TASK_NOT_FOUND; FAILED_PRECONDITION, reason
 	// WORKFLOW_CLOSED or TASK_NOT_HELD (the parent attempt is not running);
 	// RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
-	// max_spawn_depth; the workflow then fails) or POOL_QUEUE_FULL.
+	// max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
+	// RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
+	// all open workflows over the sidecar's --max-open-tasks (metadata as for
+	// SubmitWorkflow; checked after the budget; nothing changes).
 	SpawnTasks(context.Context, *SpawnTasksRequest) (*SpawnTasksResponse, error)
 	// ResolveApproval approves or rejects a task waiting at its approval
 	// gate. An approved task is scheduled; a rejected one becomes REJECTED

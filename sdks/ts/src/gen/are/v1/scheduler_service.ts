@@ -3434,8 +3434,13 @@ export const SchedulerServiceService = {
    * DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, DAG_CYCLE, INVALID_JSON,
    * INVALID_JSON_POINTER, POOL_NOT_FOUND or NAMESPACE_NOT_FOUND and a field
    * violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
-   * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL or
-   * RESOURCE_LIMIT (open workflows, default at most 100,000) and RetryInfo.
+   * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
+   * RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
+   * (which the sidecar holds in memory) over the sidecar's --max-open-tasks
+   * (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+   * with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
+   * and RetryInfo (room comes back as workflows close). A workflow with more
+   * tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
    * Nothing is stored on error.
    */
   submitWorkflow: {
@@ -3576,7 +3581,10 @@ export const SchedulerServiceService = {
    * WORKFLOW_NOT_FOUND or TASK_NOT_FOUND; FAILED_PRECONDITION, reason
    * WORKFLOW_CLOSED or TASK_NOT_HELD (the parent attempt is not running);
    * RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
-   * max_spawn_depth; the workflow then fails) or POOL_QUEUE_FULL.
+   * max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
+   * RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
+   * all open workflows over the sidecar's --max-open-tasks (metadata as for
+   * SubmitWorkflow; checked after the budget; nothing changes).
    */
   spawnTasks: {
     path: "/are.v1.SchedulerService/SpawnTasks" as const,
@@ -3690,8 +3698,13 @@ export interface SchedulerServiceServer extends UntypedServiceImplementation {
    * DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, DAG_CYCLE, INVALID_JSON,
    * INVALID_JSON_POINTER, POOL_NOT_FOUND or NAMESPACE_NOT_FOUND and a field
    * violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
-   * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL or
-   * RESOURCE_LIMIT (open workflows, default at most 100,000) and RetryInfo.
+   * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
+   * RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
+   * (which the sidecar holds in memory) over the sidecar's --max-open-tasks
+   * (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+   * with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
+   * and RetryInfo (room comes back as workflows close). A workflow with more
+   * tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
    * Nothing is stored on error.
    */
   submitWorkflow: handleUnaryCall<SubmitWorkflowRequest, SubmitWorkflowResponse>;
@@ -3760,7 +3773,10 @@ export interface SchedulerServiceServer extends UntypedServiceImplementation {
    * WORKFLOW_NOT_FOUND or TASK_NOT_FOUND; FAILED_PRECONDITION, reason
    * WORKFLOW_CLOSED or TASK_NOT_HELD (the parent attempt is not running);
    * RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
-   * max_spawn_depth; the workflow then fails) or POOL_QUEUE_FULL.
+   * max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
+   * RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
+   * all open workflows over the sidecar's --max-open-tasks (metadata as for
+   * SubmitWorkflow; checked after the budget; nothing changes).
    */
   spawnTasks: handleUnaryCall<SpawnTasksRequest, SpawnTasksResponse>;
   /**
@@ -3815,8 +3831,13 @@ export interface SchedulerServiceClient extends Client {
    * DUPLICATE_TASK_ID, UNKNOWN_DEPENDENCY, DAG_CYCLE, INVALID_JSON,
    * INVALID_JSON_POINTER, POOL_NOT_FOUND or NAMESPACE_NOT_FOUND and a field
    * violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
-   * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL or
-   * RESOURCE_LIMIT (open workflows, default at most 100,000) and RetryInfo.
+   * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
+   * RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
+   * (which the sidecar holds in memory) over the sidecar's --max-open-tasks
+   * (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+   * with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
+   * and RetryInfo (room comes back as workflows close). A workflow with more
+   * tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
    * Nothing is stored on error.
    */
   submitWorkflow(
@@ -3991,7 +4012,10 @@ export interface SchedulerServiceClient extends Client {
    * WORKFLOW_NOT_FOUND or TASK_NOT_FOUND; FAILED_PRECONDITION, reason
    * WORKFLOW_CLOSED or TASK_NOT_HELD (the parent attempt is not running);
    * RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
-   * max_spawn_depth; the workflow then fails) or POOL_QUEUE_FULL.
+   * max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
+   * RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
+   * all open workflows over the sidecar's --max-open-tasks (metadata as for
+   * SubmitWorkflow; checked after the budget; nothing changes).
    */
   spawnTasks(
     request: SpawnTasksRequest,
