@@ -597,15 +597,14 @@ def _fork_errors() -> Iterator[None]:
     """A scheduler refusal of a fork as the StateError ForkWorkflow answers with.
 
     A fork past the bound on open tasks (``--max-open-tasks``) is refused as
-    LIMIT_EXCEEDED with that bound, since StateService maps no state error to
-    RESOURCE_EXHAUSTED (``sidecar._state``); the message says to retry later.
+    a scheduler submit is: RESOURCE_EXHAUSTED, RESOURCE_LIMIT, with a retry hint.
     """
     try:
         yield
     except WorkflowExistsError as error:
         raise st.WorkflowExistsError(str(error), field="new_workflow_id") from None
     except TooManyOpenTasksError as error:
-        raise st.LimitExceededError(str(error), limit=error.limit) from None
+        raise st.ResourceLimitError(str(error), retry_after_s=error.retry_after_s, **error.metadata) from None
     except SpecError as error:
         if error.reason == "UNKNOWN_DEPENDENCY":
             raise st.UnknownTaskError(error.message, field=error.field) from None

@@ -55,6 +55,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar, NoReturn, TypeAlias
 
 import grpc
@@ -83,6 +84,7 @@ from are_core.state import (
     PatchNotApplicableError,
     PatchOp,
     PatchResult,
+    ResourceLimitError,
     Retention,
     StateEngine,
     StateError,
@@ -1052,6 +1054,7 @@ _STATE_ERRORS: dict[type[StateError], tuple[grpc.StatusCode, str]] = {
     WorkflowNotFoundError: (grpc.StatusCode.NOT_FOUND, "WORKFLOW_NOT_FOUND"),
     BlobNotFoundError: (grpc.StatusCode.NOT_FOUND, "BLOB_NOT_FOUND"),
     WorkflowExistsError: (grpc.StatusCode.ALREADY_EXISTS, "WORKFLOW_ALREADY_EXISTS"),
+    ResourceLimitError: (grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_LIMIT"),
 }
 
 
@@ -1085,4 +1088,13 @@ async def _fail(context: _Context, error: StateError | StorageError, *, prefix: 
     elif isinstance(error, DimensionMismatchError):
         metadata.update(expected_dimension=str(error.expected), actual_dimension=str(error.actual))
     violations = [(field, error.message)] if field and code == grpc.StatusCode.INVALID_ARGUMENT else []
-    await abort(context, code, error.message, reason=reason, metadata=metadata, field_violations=violations)
+    retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, ResourceLimitError) else None
+    await abort(
+        context,
+        code,
+        error.message,
+        reason=reason,
+        metadata=metadata,
+        field_violations=violations,
+        retry_after=retry_after,
+    )

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidStateArgumentError",
     "LimitExceededError",
     "PatchNotApplicableError",
+    "ResourceLimitError",
     "StateError",
     "TaskNotHeldError",
     "UnknownTaskError",
@@ -63,6 +64,18 @@ class LimitExceededError(StateError):
     def __init__(self, message: str, *, field: str = "", limit: int = 0) -> None:
         super().__init__(message, field=field)
         self.limit = limit
+
+
+class ResourceLimitError(StateError):
+    """A sidecar-wide bound is reached for now (RESOURCE_EXHAUSTED); retry after ``retry_after_s``.
+
+    ``identifiers`` name the limit and its figures (ErrorInfo metadata).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float, **identifiers: object) -> None:
+        super().__init__(message)
+        self.identifiers = {k: str(v) for k, v in identifiers.items() if v not in ("", None)}
+        self.retry_after_s = retry_after_s
 
 
 class PatchNotApplicableError(StateError):

@@ -87,15 +87,14 @@ async def test_work_over_the_bound_is_resource_exhausted_until_a_workflow_comple
     _check_limit(spawned, open_tasks=5, incoming=1)
     listed = await bounded.raw.scheduler.ListTasks(s.ListTasksRequest(workflow_id=first))
     assert [t.task_id for t in listed.tasks] == ["a", "b", "c"]
-    # A fork is refused too, copying nothing. (state_service.proto promises RESOURCE_EXHAUSTED,
-    # RESOURCE_LIMIT; StateService maps no state error to it yet, so it is LIMIT_EXCEEDED.)
+    # A fork is refused too, as state_service.proto says, copying nothing.
     forked = await expect_error(
         bounded.raw.state.ForkWorkflow(ss.ForkWorkflowRequest(workflow_id=first, new_workflow_id="forked")),
-        InvalidArgumentError,
-        "LIMIT_EXCEEDED",
+        ResourceExhaustedError,
+        "RESOURCE_LIMIT",
     )
-    assert forked.metadata["limit"] == str(BOUND)
-    assert "max_open_tasks" in str(forked)
+    assert isinstance(forked, ResourceExhaustedError)
+    _check_limit(forked, open_tasks=5, incoming=3)
     await expect_error(
         bounded.raw.state.GetState(ss.GetStateRequest(workflow_id="forked")),
         NotFoundError,
