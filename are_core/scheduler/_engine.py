@@ -109,6 +109,10 @@ _HANDLING_RULES = frozenset({"ALL_DONE", "ONE_FAILED", "ONE_SUCCESS"})
 _NOT_RETRIED_KINDS = frozenset({"CANCELLED", "BUDGET_EXCEEDED", "APPROVAL_REJECTED"})
 _DEFAULT_POLICY = RetryPolicy()
 _RECENT_CLOSED = 1024
+# ... and their tasks at most: the recently closed workflows stay in memory (answers for late
+# results, events and reads), so they are bounded by tasks too (1,024 closed workflows of 10,000
+# tasks each would be some 13 GB); the latest one is kept whatever its size.
+_RECENT_CLOSED_TASKS = 100_000
 # The most tasks of open workflows held in memory, unless configured (see
 # Scheduler.open_tasks). Over it, a new workflow (submit, fork) is told to retry
 # in 5 s and a spawn in 1 s: a running workflow that grows gets the room that
@@ -606,6 +610,7 @@ class Scheduler:
         self._rng = rng
         self._open: dict[str, _Workflow] = {}
         self._recent: OrderedDict[str, _Workflow] = OrderedDict()
+        self._recent_tasks = 0  # the tasks of the workflows in _recent
         # The tasks of the workflows in _open (every entry of their ``order``), kept as they open,
         # spawn and close: the bound on them is checked without a scan (see _check_open_tasks).
         self._open_tasks = 0
@@ -1946,9 +1951,22 @@ class Scheduler:
         self._event(f"WORKFLOW_{state}", w=w, usage=usage, failure=failure_info)
         if self._open.pop(rec.workflow_id, None) is not None:
             self._open_tasks -= len(w.order)
-        self._recent[rec.workflow_id] = w
-        while len(self._recent) > _RECENT_CLOSED:
-            self._recent.popitem(last=False)
+        self._keep_recent(w)
+
+    def _keep_recent(self, w: _Workflow) -> None:
+        """Keeps a closed workflow among the recent ones, dropping the oldest past their bounds."""
+        recent = self._recent
+        wf_id = w.rec.workflow_id
+        if recent.get(wf_id) is w:
+            return
+        previous = recent.pop(wf_id, None)
+        if previous is not None:
+            self._recent_tasks -= len(previous.order)
+        recent[wf_id] = w
+        self._recent_tasks += len(w.order)
+        while len(recent) > _RECENT_CLOSED or (self._recent_tasks > _RECENT_CLOSED_TASKS and len(recent) > 1):
+            _, oldest = recent.popitem(last=False)
+            self._recent_tasks -= len(oldest.order)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -3359,7 +3377,9 @@ class Scheduler:
         if raw is None:
             raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         rec = _wf_codec.decode(raw)
-        self._recent.pop(wf_id, None)
+        dropped = self._recent.pop(wf_id, None)
+        if dropped is not None:
+            self._recent_tasks -= len(dropped.order)
         freed = len(raw)
         batch = self._storage.batch()
         batch.delete(T_WORKFLOWS, wf_id.encode())
@@ -3558,6 +3578,8 @@ class Scheduler:
             "open_tasks": self._open_tasks,
             "max_open_tasks": self._max_open_tasks,
             "open_tasks_refused": self._open_tasks_refused,
+            "recent_closed_workflows": len(self._recent),
+            "recent_closed_tasks": self._recent_tasks,
             "workers": len(self._workers),
             "timers": len(self._heap),
             "queued": sum(p.queued for p in self._pools.values()),

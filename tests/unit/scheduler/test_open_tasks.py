@@ -32,6 +32,7 @@ from are_core.scheduler import (
     WorkflowNotFoundError,
     WorkflowSpec,
 )
+from are_core.scheduler import _engine as engine_module
 from are_core.storage import GroupCommitter, Storage
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 
@@ -331,5 +332,37 @@ async def test_the_count_stays_exact_through_random_operations(
         assert states >= {"RUNNING", "COMPLETED", "FAILED", "CANCELLED"}  # every way out was taken
         assert any(engine.get_workflow(wf_id).record.forked_from for wf_id in created)
         assert engine.counters()["open_tasks_refused"] > 0  # and the bound was reached
+    finally:
+        await engine.stop()
+
+
+async def test_recently_closed_workflows_are_bounded_by_their_tasks_too(
+    opened: tuple[Storage, GroupCommitter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed workflows kept in memory (at most 1,024) are bounded by tasks as well.
+
+    1,024 closed workflows of 10,000 tasks each stayed in memory (about 13 GB),
+    outside max_open_tasks: the oldest now go once their tasks pass the bound,
+    and still read back from storage.
+    """
+    monkeypatch.setattr(engine_module, "_RECENT_CLOSED_TASKS", 25)
+    engine = await _started(*opened, bound=100)
+    try:
+        for i in range(8):
+            await engine.submit(_workflow(f"c{i}", 10))
+            await engine.cancel(f"c{i}", "enough", "test")
+            await settle()
+            held = sum(len(w.order) for w in engine._recent.values())
+            assert engine.counters()["recent_closed_tasks"] == held
+            assert held <= 25 or len(engine._recent) == 1
+        assert list(engine._recent) == ["c6", "c7"]  # 20 tasks: a third would pass 25
+        assert engine.get_workflow("c0").record.state == "CANCELLED"  # read back from storage
+        await engine.delete("c7")
+        assert engine.counters()["recent_closed_tasks"] == 10
+        await engine.submit(_workflow("big", 30))  # larger than the bound alone: kept, as the latest
+        await engine.cancel("big", "enough", "test")
+        await settle()
+        assert list(engine._recent) == ["big"]
+        assert engine.counters()["recent_closed_tasks"] == 30
     finally:
         await engine.stop()
