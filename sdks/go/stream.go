@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -437,23 +438,40 @@ func (s *streamSession) run(ctx, hctx context.Context, a *streamAttempt) {
 	notify(s.wake)
 
 	log := w.log.With("workflow_id", task.WorkflowID, "task_id", task.TaskID, "attempt", task.Attempt)
-	select {
-	case ack := <-a.ack:
-		switch {
-		case !ack.GetAccepted():
-			// A per-task outcome (TASK_NOT_HELD, TASK_ALREADY_COMPLETED,
-			// ...): the sidecar kept another result or took the attempt
-			// back; the stream goes on.
-			log.Warn("result refused", "reason", ack.GetReason(), "message", ack.GetMessage())
-		case completion != nil:
-			w.completed.Add(1)
-		default:
-			w.failed.Add(1)
+	for {
+		select {
+		case ack := <-a.ack:
+			switch {
+			case !ack.GetAccepted():
+				// A per-task outcome (TASK_NOT_HELD, TASK_ALREADY_COMPLETED,
+				// an invalid item, ...); the stream goes on.
+				log.Warn("result refused", "reason", ack.GetReason(), "message", ack.GetMessage())
+				if completion == nil || reasonGone(strings.TrimPrefix(ack.GetReason().String(), "ERROR_REASON_")) {
+					// The sidecar kept another result or took the attempt back.
+					return
+				}
+				// An invalid completion changed nothing: the attempt is
+				// still held, so report it failed instead, once (a refused
+				// failure is only logged).
+				report = completionRefusedReport(completion, ack.GetReason().String(), ack.GetMessage())
+				completion = nil
+				s.mu.Lock()
+				s.waiting[a.key] = a
+				s.failures = append(s.failures, report)
+				s.mu.Unlock()
+				notify(s.wake)
+				continue
+			case completion != nil:
+				w.completed.Add(1)
+			default:
+				w.failed.Add(1)
+			}
+		case <-rctx.Done():
+			log.Warn("no acknowledgement of the result within ReportTimeout")
+		case <-s.done:
+			log.Warn("the worker stream ended before the result was acknowledged; the sidecar retries the attempt if it was not recorded")
 		}
-	case <-rctx.Done():
-		log.Warn("no acknowledgement of the result within ReportTimeout")
-	case <-s.done:
-		log.Warn("the worker stream ended before the result was acknowledged; the sidecar retries the attempt if it was not recorded")
+		return
 	}
 }
 

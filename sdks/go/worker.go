@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -823,8 +824,68 @@ func (w *Worker) heartbeat(ctx context.Context, task *Task, end func(attemptEnd,
 // leaseGone reports whether a heartbeat's error means the attempt is no
 // longer this worker's.
 func leaseGone(err error) bool {
-	switch ReasonOf(err) {
+	return reasonGone(ReasonOf(err))
+}
+
+// reasonGone reports whether a refusal's reason (an arev1.ErrorReason name
+// without its prefix) means the attempt is no longer this worker's.
+func reasonGone(reason string) bool {
+	switch reason {
 	case "TASK_NOT_HELD", "TASK_ALREADY_COMPLETED", "TASK_NOT_FOUND", "WORKFLOW_NOT_FOUND":
+		return true
+	}
+	return false
+}
+
+// CompletionRefusedType is the failure type an attempt is reported failed
+// with when the sidecar refuses its completion as invalid (for example an
+// output content type over 128 characters, or a negative usage counter):
+// such a refusal changes nothing and the attempt stays held, so the worker
+// reports a failure instead, quoting the refusal (which names the field),
+// retried by the task's retry policy.
+const CompletionRefusedType = "CompletionRefused"
+
+// completionRefusedReport is the failure reported in place of a refused
+// completion. It carries the completion's usage, so budgets still count it,
+// with any negative counter (itself a reason for the refusal) as 0, so that
+// it is not refused too.
+func completionRefusedReport(completion *arev1.TaskCompletion, reason, message string) *arev1.TaskFailure {
+	if message == "" {
+		message = "no message"
+	}
+	var usage *arev1.Usage
+	if u := completion.GetUsage(); u != nil {
+		usage = &arev1.Usage{
+			InputTokens:  max(0, u.GetInputTokens()),
+			OutputTokens: max(0, u.GetOutputTokens()),
+			CostMicroUsd: max(0, u.GetCostMicroUsd()),
+			LlmCalls:     max(0, u.GetLlmCalls()),
+			ToolCalls:    max(0, u.GetToolCalls()),
+		}
+	}
+	return &arev1.TaskFailure{
+		WorkflowId: completion.GetWorkflowId(),
+		TaskId:     completion.GetTaskId(),
+		Attempt:    completion.GetAttempt(),
+		Usage:      usage,
+		Failure: &arev1.Failure{
+			Message: truncate(fmt.Sprintf("the sidecar refused the completion (%s): %s", strings.TrimPrefix(reason, "ERROR_REASON_"), message), maxFailureMessage),
+			Type:    CompletionRefusedType,
+			Kind:    arev1.FailureKind_FAILURE_KIND_APPLICATION,
+		},
+	}
+}
+
+// refusedAsInvalid reports whether a CompleteTask error refused the
+// completion itself (a bad field, a patch that does not apply, a missing
+// blob), which leaves the attempt held; not a lost lease or a failed call.
+func refusedAsInvalid(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) || e.Reason == "" || reasonGone(e.Reason) {
+		return false
+	}
+	switch e.Code {
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.NotFound:
 		return true
 	}
 	return false
@@ -883,13 +944,24 @@ func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {
 	})
 	if err != nil {
 		w.log.Warn("completion refused", "workflow_id", task.WorkflowID, "task_id", task.TaskID, "attempt", task.Attempt, "error", err)
+		if refusedAsInvalid(err) {
+			// The attempt is still held: report it failed instead, once.
+			var e *Error
+			errors.As(err, &e)
+			w.report(ctx, task, completionRefusedReport(completion, e.Reason, e.Message))
+		}
 		return
 	}
 	w.completed.Add(1)
 }
 
 func (w *Worker) fail(ctx context.Context, task *Task, failure *arev1.Failure, retryAfter time.Duration) {
-	report := failureReportOf(task, failure, retryAfter)
+	w.report(ctx, task, failureReportOf(task, failure, retryAfter))
+}
+
+// report sends an attempt's failure report with FailTask.
+func (w *Worker) report(ctx context.Context, task *Task, report *arev1.TaskFailure) {
+	failure := report.GetFailure()
 	err := retryUnavailable(ctx, func(ctx context.Context) error {
 		_, err := w.client.Raw.Worker.FailTask(ctx, &arev1.FailTaskRequest{Failure: report})
 		return err

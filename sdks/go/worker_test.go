@@ -282,6 +282,63 @@ func TestLargeOutputTravelsAsABlob(t *testing.T) {
 	})
 }
 
+func TestARefusedCompletionIsReportedAsAFailure(t *testing.T) {
+	// A completion the sidecar refuses as invalid (an output content type
+	// over 128 characters) leaves the attempt held: the worker reports a
+	// CompletionRefused failure naming the field, with the completion's
+	// usage, instead of leaving the task RUNNING.
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 15*time.Second)
+		capability := name("go-refused")
+
+		worker := client.NewWorker(name("go-refuser"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			task.AddUsage(&arev1.Usage{InputTokens: 7, OutputTokens: 3, CostMicroUsd: 11, LlmCalls: 1})
+			task.SetOutputContentType(strings.Repeat("x", 129))
+			return []byte("out"), nil
+		})
+		stop := run(t, worker)
+
+		spec, err := are.NewWorkflow("go-refused").Task("x", capability, are.MaxAttempts(1, 0)).Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		final, err := handle.Wait(ctx)
+		if err != nil {
+			t.Fatalf("Wait: %v (the task stayed RUNNING?)", err)
+		}
+		if final.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
+			t.Fatalf("workflow %v; want FAILED", final.GetState())
+		}
+		task, err := handle.Task(ctx, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		failure := task.GetFailure()
+		field := "complete.completions[0].output.content_type"
+		if opts.Transport == are.TransportUnary {
+			field = "completion.output.content_type"
+		}
+		if task.GetState() != arev1.TaskState_TASK_STATE_FAILED || failure.GetType() != are.CompletionRefusedType ||
+			failure.GetNonRetryable() || !strings.Contains(failure.GetMessage(), "LIMIT_EXCEEDED") ||
+			!strings.Contains(failure.GetMessage(), field) {
+			t.Fatalf("task %v, failure %v; want FAILED, a retryable %s naming %s", task.GetState(), failure, are.CompletionRefusedType, field)
+		}
+		if u := task.GetUsage().GetUsage(); u.GetInputTokens() != 7 || u.GetOutputTokens() != 3 || u.GetCostMicroUsd() != 11 || u.GetLlmCalls() != 1 {
+			t.Errorf("task usage %v; want the completion's", u)
+		}
+		stop()
+		if stats := worker.Stats(); stats.Completed != 0 || stats.Failed != 1 {
+			t.Errorf("worker stats = %+v; want 1 failed", stats)
+		}
+	})
+}
+
 func TestWaitIsBoundedByItsContext(t *testing.T) {
 	client := connect(t)
 	ctx := within(t, 30*time.Second)

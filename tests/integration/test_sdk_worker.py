@@ -291,6 +291,37 @@ async def test_a_negative_llm_call_report_fails_the_attempt_with_the_reported_us
     assert (usage.input_tokens, usage.output_tokens, usage.cost_micro_usd, usage.llm_calls) == (10, 2, 3, 1)
 
 
+async def test_a_refused_completion_is_reported_as_a_failure(client: Client) -> None:
+    """A completion the sidecar refuses as invalid (here an output content type over 128
+    characters) leaves the attempt held: the worker reports a CompletionRefused failure
+    naming the field, with the completion's usage, instead of leaving it RUNNING."""
+    from are_sdk import RetryPolicy
+
+    cap = f"refused-{suffix()}"
+    worker = Worker(client, name=f"refused-{suffix()}", shutdown_grace=5)
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> TaskResult:
+        ctx.report_llm_call("model-x", input_tokens=7, output_tokens=3, cost_micro_usd=11)
+        return TaskResult(b"out", content_type="x" * 129)
+
+    async with worker:
+        handle_ = await client.submit_workflow(
+            WorkflowSpec().task("x", capability=cap, retry_policy=RetryPolicy(maximum_attempts=1))
+        )
+        final = await handle_.wait(timeout=15)
+    assert final.state is WorkflowState.FAILED
+    task = await handle_.task("x")
+    assert task.state is TaskState.FAILED
+    assert task.failure is not None
+    assert (task.failure.type, task.failure.non_retryable) == ("CompletionRefused", False)
+    assert "LIMIT_EXCEEDED" in task.failure.message
+    assert "complete.completions[0].output.content_type" in task.failure.message
+    usage = task.usage
+    assert (usage.input_tokens, usage.output_tokens, usage.cost_micro_usd, usage.llm_calls) == (7, 3, 11, 1)
+    assert (worker.stats["completed"], worker.stats["failed"]) == (0, 1)
+
+
 async def test_worker_without_handlers_refuses_to_run(client: Client) -> None:
     worker = Worker(client, name="empty")
     with pytest.raises(ValueError, match="no capability"):

@@ -735,14 +735,30 @@ impl Attempt {
             async move { stub.complete_task(req).await.map(|_| ()) }
         })
         .await;
-        if sent.is_ok() {
-            self.stats.completed.fetch_add(1, Ordering::Relaxed);
+        match sent {
+            Ok(()) => {
+                self.stats.completed.fetch_add(1, Ordering::Relaxed);
+            }
+            // The completion itself was refused, which changed nothing: the
+            // attempt is still held, so report it failed instead, once.
+            Err(e) if refused_as_invalid(&e) => {
+                let report = completion_refused(task, completion.usage, &e.reason, &e.message);
+                if self.send_failure(report).await {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {}
         }
     }
 
     /// Reports a failure; true when the sidecar accepted it.
     async fn fail(&self, task: &Task, failure: pb::Failure, retry_after: Option<Duration>) -> bool {
-        let report = failure_report(task, failure, retry_after);
+        self.send_failure(failure_report(task, failure, retry_after))
+            .await
+    }
+
+    /// Sends a failure report with FailTask; true when the sidecar accepted it.
+    async fn send_failure(&self, report: pb::TaskFailure) -> bool {
         let client = self.client.clone();
         retry_unavailable(|| {
             let mut stub = client.raw().worker;
@@ -801,13 +817,7 @@ impl Attempt {
                     }
                     Ok(Err(status)) => {
                         let e = Error::from(status);
-                        if matches!(
-                            e.reason.as_str(),
-                            "TASK_NOT_HELD"
-                                | "TASK_ALREADY_COMPLETED"
-                                | "TASK_NOT_FOUND"
-                                | "WORKFLOW_NOT_FOUND"
-                        ) {
+                        if reason_gone(&e.reason) {
                             task.cancel_with(CancelReason::LeaseLost);
                             return End::Lost;
                         }
@@ -854,6 +864,73 @@ fn failure_report(
             seconds: d.as_secs() as i64,
             nanos: d.subsec_nanos() as i32,
         }),
+    }
+}
+
+/// The failure type an attempt is reported failed with when the sidecar
+/// refuses its completion as invalid (for example a negative usage counter):
+/// such a refusal changes nothing and the attempt stays held, so the worker
+/// reports this failure instead, quoting the refusal (which names the
+/// field), retried by the task's retry policy.
+pub const COMPLETION_REFUSED: &str = "CompletionRefused";
+
+/// Whether a refusal's reason (an `ErrorReason` name without its prefix)
+/// means the attempt is no longer this worker's.
+fn reason_gone(reason: &str) -> bool {
+    matches!(
+        reason,
+        "TASK_NOT_HELD" | "TASK_ALREADY_COMPLETED" | "TASK_NOT_FOUND" | "WORKFLOW_NOT_FOUND"
+    )
+}
+
+/// Whether a CompleteTask error refused the completion itself (a bad field,
+/// a patch that does not apply, a missing blob), which leaves the attempt
+/// held; not a lost lease or a failed call.
+fn refused_as_invalid(e: &Error) -> bool {
+    !e.reason.is_empty()
+        && !reason_gone(&e.reason)
+        && matches!(
+            e.code,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound
+        )
+}
+
+/// The failure reported in place of a refused completion. It carries the
+/// completion's usage, so budgets still count it, with any negative counter
+/// (itself a reason for the refusal) as 0, so that it is not refused too.
+fn completion_refused(
+    task: &Task,
+    usage: Option<pb::Usage>,
+    reason: &str,
+    message: &str,
+) -> pb::TaskFailure {
+    let reason = reason.strip_prefix("ERROR_REASON_").unwrap_or(reason);
+    let message = if message.is_empty() {
+        "no message"
+    } else {
+        message
+    };
+    pb::TaskFailure {
+        workflow_id: task.workflow_id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        failure: Some(pb::Failure {
+            message: format!("the sidecar refused the completion ({reason}): {message}")
+                .chars()
+                .take(32 * 1024)
+                .collect(),
+            r#type: COMPLETION_REFUSED.into(),
+            kind: pb::FailureKind::Application as i32,
+            ..Default::default()
+        }),
+        usage: usage.map(|u| pb::Usage {
+            input_tokens: u.input_tokens.max(0),
+            output_tokens: u.output_tokens.max(0),
+            cost_micro_usd: u.cost_micro_usd.max(0),
+            llm_calls: u.llm_calls.max(0),
+            tool_calls: u.tool_calls.max(0),
+        }),
+        retry_after: None,
     }
 }
 

@@ -58,6 +58,7 @@ on_both_transports!(
     large_output_as_a_blob_and_the_event_stream,
     graceful_shutdown_lets_a_running_handler_finish,
     handlers_report_llm_and_tool_calls,
+    a_refused_completion_is_reported_as_a_failure,
 );
 
 async fn start() -> (Sidecar, Client) {
@@ -295,6 +296,66 @@ async fn failing_handler_fails_by_the_retry_policy(transport: WorkerTransport) {
     let e = handle.task_output::<Value>("broken").await.unwrap_err();
     assert_eq!(e.reason, "TASK_NOT_COMPLETED");
     running.stop().await;
+}
+
+/// A completion the sidecar refuses as invalid (here a negative usage
+/// counter) leaves the attempt held: the worker reports a CompletionRefused
+/// failure naming the field, with the completion's valid usage, instead of
+/// leaving the task RUNNING.
+async fn a_refused_completion_is_reported_as_a_failure(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    let worker = Worker::new(&client, "rust-refused", fast(transport)).handle(
+        "rust-refused",
+        |task| async move {
+            task.add_usage(pb::Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+                cost_micro_usd: -5,
+                llm_calls: 1,
+                tool_calls: 0,
+            });
+            Ok(json!("out"))
+        },
+    );
+    let (running, stats) = Running::spawn(worker);
+    let spec = WorkflowBuilder::new("rust-refused")
+        .task(TaskBuilder::new("x", "rust-refused").max_attempts(1, Duration::from_millis(10)));
+    let handle = client.submit(spec).await.unwrap();
+    let e = handle
+        .result::<Value>(Duration::from_secs(15))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.reason, "WORKFLOW_FAILED",
+        "{e} (the task stayed RUNNING?)"
+    );
+    let task = handle.task("x").await.unwrap();
+    assert_eq!(task.state, pb::TaskState::Failed as i32);
+    let failure = task.failure.unwrap();
+    let field = match transport {
+        WorkerTransport::Stream => "complete.completions[0].usage.cost_micro_usd",
+        WorkerTransport::Unary => "completion.usage.cost_micro_usd",
+    };
+    assert_eq!(failure.r#type, are_sdk::COMPLETION_REFUSED);
+    assert!(!failure.non_retryable);
+    assert!(
+        failure.message.contains("INVALID_ARGUMENT") && failure.message.contains(field),
+        "{}",
+        failure.message
+    );
+    let usage = task.usage.unwrap().usage.unwrap();
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_micro_usd,
+            usage.llm_calls
+        ),
+        (7, 3, 0, 1)
+    );
+    running.stop().await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
 }
 
 async fn cancellation_reaches_a_running_handler(transport: WorkerTransport) {
@@ -1013,9 +1074,10 @@ async fn handlers_report_llm_and_tool_calls(transport: WorkerTransport) {
     assert_eq!(tools[0].name, "search");
     assert_eq!(tools[0].usage.map(|u| u.tool_calls), Some(1));
 
-    // Once the attempt is over, its events are refused.
+    // Once the attempt is over, its events are still taken for five minutes
+    // (event.proto): a report sent just after the result is not lost.
     let task = held.lock().unwrap().take().expect("the handler ran");
-    let e = task.report_tool_call("late", None).await.unwrap_err();
-    assert_eq!(e.code, Code::FailedPrecondition, "{e}");
-    assert_eq!(e.reason, "TASK_NOT_HELD");
+    task.report_tool_call("late", None)
+        .await
+        .expect("an event just after the attempt ended is recorded");
 }

@@ -46,7 +46,7 @@ import { hostname } from "node:os";
 
 import type { Client } from "./client.js";
 import { AreError, Code } from "./errors.js";
-import { FailureKind, type Failure, type Payload, type Usage } from "./gen/are/v1/common.js";
+import { Failure, FailureKind, type Payload, type Usage } from "./gen/are/v1/common.js";
 import { ErrorReason } from "./gen/are/v1/errors.js";
 import { EventType, type ReportedEvent } from "./gen/are/v1/event.js";
 import {
@@ -467,8 +467,46 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
 function ackOutcome(ack: TaskAck | undefined): void {
   if (ack === undefined) throw new AreError(Code.UNAVAILABLE, "the worker stream ended before the result was acknowledged");
   if (ack.accepted) return;
-  const reason = ErrorReason[ack.reason]?.replace(/^ERROR_REASON_/, "") ?? "";
+  const reason = ErrorReason[ack.reason]?.replace(/^ERROR_REASON_/, "") ?? `${ack.reason}`;
   throw new AreError(Code.FAILED_PRECONDITION, ack.message || "refused", { reason });
+}
+
+/** The failure type an attempt is reported failed with when the sidecar refuses its completion as invalid. */
+const COMPLETION_REFUSED = "CompletionRefused";
+/** Refusals meaning the attempt is no longer this worker's; any other refusal of a result left it held. */
+const GONE_REASONS = new Set(["TASK_NOT_HELD", "TASK_ALREADY_COMPLETED", "TASK_NOT_FOUND", "WORKFLOW_NOT_FOUND"]);
+
+/**
+ * Whether a completion's refusal was of the item itself (a bad field, a patch that does not
+ * apply, a missing blob: a stream ack, or a unary call's INVALID_ARGUMENT, FAILED_PRECONDITION
+ * or NOT_FOUND with a reason), which changes nothing and leaves the attempt held.
+ */
+function refusedAsInvalid(error: unknown): boolean {
+  if (!(error instanceof AreError) || error.reason === "" || GONE_REASONS.has(error.reason)) return false;
+  return error.code === Code.INVALID_ARGUMENT || error.code === Code.FAILED_PRECONDITION || error.code === Code.NOT_FOUND;
+}
+
+/** A usage with any negative counter (itself a reason to refuse a result) as 0, so that it is not refused again. */
+function nonNegative(usage: Usage | undefined): Usage | undefined {
+  if (usage === undefined) return undefined;
+  const { inputTokens, outputTokens, costMicroUsd, llmCalls, toolCalls } = usage;
+  return {
+    inputTokens: Math.max(0, inputTokens),
+    outputTokens: Math.max(0, outputTokens),
+    costMicroUsd: Math.max(0, costMicroUsd),
+    llmCalls: Math.max(0, llmCalls),
+    toolCalls: Math.max(0, toolCalls),
+  };
+}
+
+/** The failure reported in place of a refused completion: retryable by policy, quoting the refusal (which names the field). */
+function completionRefusedFailure(error: AreError): Failure {
+  return Failure.fromPartial({
+    message: `the sidecar refused the completion (${error.reason}): ${error.details}`.slice(0, MAX_MESSAGE),
+    type: COMPLETION_REFUSED,
+    nonRetryable: false,
+    kind: FailureKind.FAILURE_KIND_APPLICATION,
+  });
 }
 
 function failureFromError(error: unknown): Failure {
@@ -863,7 +901,21 @@ export class Worker {
       }
       if (completion !== undefined) {
         const request = completion;
-        if (await this.report("complete", attempt, () => this.completeTask(attempt, request))) this.stats.completed += 1;
+        let refusal: unknown;
+        const recorded = await this.report("complete", attempt, () => this.completeTask(attempt, request), false, (error) => {
+          refusal = error;
+        });
+        if (recorded) {
+          this.stats.completed += 1;
+        } else if (refusedAsInvalid(refusal)) {
+          // An invalid completion changed nothing and the attempt is still held: report it failed
+          // instead, once (a refused failure is only logged), with the usage the completion carried.
+          const failure = completionRefusedFailure(refusal as AreError);
+          const usage = nonNegative(request.completion?.usage);
+          if (await this.report("fail", attempt, () => this.failTask(attempt, { ...base, failure, usage, retryAfter: undefined }))) {
+            this.stats.failed += 1;
+          }
+        }
         return;
       }
     }
@@ -923,9 +975,16 @@ export class Worker {
   /**
    * Sends a result, retrying a few times while the sidecar is unreachable
    * (it may be restarting). A refusal (TASK_NOT_HELD, ...) is logged, not
-   * thrown: the first recorded result stands. Returns whether it was recorded.
+   * thrown: the first recorded result stands; `refused` receives the error
+   * given up on. Returns whether it was recorded.
    */
-  private async report(what: string, attempt: Attempt, send: () => Promise<void>, quiet = false): Promise<boolean> {
+  private async report(
+    what: string,
+    attempt: Attempt,
+    send: () => Promise<void>,
+    quiet = false,
+    refused?: (error: unknown) => void,
+  ): Promise<boolean> {
     let delay = 100;
     for (let tries = 1; ; tries += 1) {
       try {
@@ -940,6 +999,7 @@ export class Worker {
         if (tries > 1 && error instanceof AreError && error.reason === "TASK_ALREADY_COMPLETED") return true; // an earlier try landed
         if (!retryable || tries >= REPORT_ATTEMPTS) {
           if (!quiet) this.logger.warn(`worker ${this.name}: the sidecar refused to ${what} ${attempt.label}: ${(error as Error).message}`);
+          refused?.(error);
           return false;
         }
       }

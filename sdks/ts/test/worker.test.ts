@@ -186,6 +186,33 @@ for (const transport of ["stream", "unary"] as const) {
       assert.deepEqual(seen.sort(), ["a#1", "b#1", "c#1", "end#1"]);
     });
 
+    test("a completion the sidecar refuses as invalid is reported as a CompletionRefused failure", async () => {
+      // The refusal changes nothing and the attempt stays held: without the failure it would stay RUNNING.
+      const capability = unique("refused");
+      const worker = new Worker(client, { ...OPTS, name: "ts-refused" }).handle(capability, (ctx) => {
+        ctx.reportLlmCall("model-x", { inputTokens: 7, outputTokens: 3, costMicroUsd: 11 });
+        return new TaskResult(new Uint8Array([1, 2, 3]), { contentType: "x".repeat(129) });
+      });
+      await serving(worker, async () => {
+        const spec = new WorkflowSpec("ts-refused").task("x", { capability, retryPolicy: { maximumAttempts: 1 } });
+        const handle = await client.workflows.submit(spec);
+        const workflow = await handle.wait({ timeoutMs: 15_000 });
+        assert.equal(workflow.state, "FAILED");
+        const task = await handle.task("x");
+        assert.equal(task.state, "FAILED");
+        assert.equal(task.failure?.type, "CompletionRefused");
+        assert.equal(task.failure?.nonRetryable, false);
+        const field = transport === "stream" ? "complete.completions[0].output.content_type" : "completion.output.content_type";
+        assert.ok(task.failure?.message.includes(field), task.failure?.message);
+        assert.match(task.failure?.message ?? "", /LIMIT_EXCEEDED/);
+        assert.deepEqual(
+          [task.usage.inputTokens, task.usage.outputTokens, task.usage.costMicroUsd, task.usage.llmCalls],
+          [7, 3, 11, 1],
+        );
+      });
+      assert.deepEqual([worker.stats.completed, worker.stats.failed], [0, 1]);
+    });
+
     test("cancelling the workflow aborts the running handler's signal", async () => {
       const capability = unique("slow");
       const started = deferred<TaskContext>();

@@ -18,7 +18,10 @@ JSON value; ``bytes`` or :class:`~are_sdk.RawPayload` for other content; a
 loop; plain functions run in a thread pool. An exception fails the attempt
 with a ``Failure`` whose type is the exception's class name; raise
 :class:`NonRetryableError` (or :class:`TaskError` with ``non_retryable``) to
-forbid retries.
+forbid retries. A completion the sidecar refuses as invalid (an output
+content type over 128 characters, say) is reported instead as a retryable
+failure of type ``CompletionRefused`` quoting the sidecar's reason, so the
+attempt does not wait out its timeout.
 
 The worker registers on ``WorkerService.Connect``, receives batches of
 assignments (never more than ``max_concurrency`` held), sends completions
@@ -58,7 +61,7 @@ from google.protobuf import timestamp_pb2
 
 from are_sdk._errors import AreError, RpcError, error_from_rpc
 from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
-from are_sdk._proto.are.v1 import common_pb2, event_pb2, state_pb2
+from are_sdk._proto.are.v1 import common_pb2, errors_pb2, event_pb2, state_pb2
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
 from are_sdk._router import AgentCard
 from are_sdk._workflow import spawn_tasks
@@ -84,6 +87,7 @@ _log = logging.getLogger("are_sdk.worker")
 Handler = Callable[["TaskContext"], Any]
 
 _Key = tuple[str, str, int]
+_NOT_SENT: Any = object()
 
 try:
     _SDK = f"are-sdk-python/{importlib.metadata.version('are-sdk')}"
@@ -105,6 +109,18 @@ _MAX_MESSAGE = 32 * 1024
 #: Outputs over this many bytes are uploaded as a blob and completed by reference.
 MAX_INLINE_BYTES = 4 * 1024 * 1024
 _DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# The failure type reported in place of a completion the sidecar refused as invalid.
+_COMPLETION_REFUSED = "CompletionRefused"
+# Refusals meaning the attempt is no longer this worker's: nothing more to report.
+# Any other refusal of a completion left the attempt held (worker_service.proto).
+_GONE = frozenset(
+    {
+        errors_pb2.ERROR_REASON_TASK_NOT_HELD,
+        errors_pb2.ERROR_REASON_TASK_ALREADY_COMPLETED,
+        errors_pb2.ERROR_REASON_TASK_NOT_FOUND,
+        errors_pb2.ERROR_REASON_WORKFLOW_NOT_FOUND,
+    }
+)
 
 
 class TaskError(AreError):
@@ -512,6 +528,19 @@ def _output_completion(ctx: TaskContext, result: Any) -> Any:
     return completion
 
 
+def _non_negative(usage: Any) -> Any:
+    """A copy of an ``are.v1.Usage`` with any negative counter as 0 (None stays None)."""
+    if usage is None:
+        return None
+    return common_pb2.Usage(
+        input_tokens=max(0, usage.input_tokens),
+        output_tokens=max(0, usage.output_tokens),
+        cost_micro_usd=max(0, usage.cost_micro_usd),
+        llm_calls=max(0, usage.llm_calls),
+        tool_calls=max(0, usage.tool_calls),
+    )
+
+
 async def _no_handler(worker: str, ctx: TaskContext) -> Any:
     raise NonRetryableError(f"worker {worker} has no handler for {ctx.capability!r}")
 
@@ -529,6 +558,9 @@ class _Session:
         self.heartbeat_interval = _DEFAULT_HEARTBEAT_INTERVAL
         self.attempts: dict[_Key, tuple[TaskContext, asyncio.Task[None]]] = {}
         self.unacked: set[_Key] = set()
+        # The usage of each completion sent and not yet acknowledged (None
+        # when it carried none): a refused one is reported as a failure with it.
+        self._completing: dict[_Key, Any] = {}
         self._completions: list[Any] = []
         self._failures: list[Any] = []
         self._heartbeats: dict[_Key, Any] = {}
@@ -649,6 +681,7 @@ class _Session:
             task.cancel()
         self.attempts.clear()
         self.unacked.clear()
+        self._completing.clear()
 
     async def _read(self) -> None:
         call = self.call
@@ -678,6 +711,11 @@ class _Session:
             key = (ack.workflow_id, ack.task_id, ack.attempt)
             if ack.subject in (wpb.ACK_SUBJECT_COMPLETION, wpb.ACK_SUBJECT_FAILURE):
                 self.unacked.discard(key)
+            completing = (
+                self._completing.pop(key, _NOT_SENT)
+                if ack.subject == wpb.ACK_SUBJECT_COMPLETION
+                else _NOT_SENT
+            )
             if not ack.accepted:
                 _log.warning(
                     "worker %s: the sidecar refused %s of %s/%s attempt %d: %s",
@@ -690,7 +728,38 @@ class _Session:
                 )
                 if ack.subject == wpb.ACK_SUBJECT_HEARTBEAT:
                     self._cancel(key)  # the lease is gone: stop working on it
+                elif completing is not _NOT_SENT and ack.reason not in _GONE:
+                    self._fail_refused(ack, completing)
         self._settled.set()
+
+    def _fail_refused(self, ack: Any, usage: Any) -> None:
+        """Reports a completion refused as invalid as a failure, once: the attempt is still held.
+
+        The failure carries the completion's usage, so budgets count it, with
+        any negative counter (itself a reason for the refusal) as 0, so that it
+        is not refused too; if it is refused all the same, that refusal is only
+        logged.
+        """
+        try:
+            reason = errors_pb2.ErrorReason.Name(ack.reason).removeprefix("ERROR_REASON_")
+        except ValueError:  # a reason newer than this SDK
+            reason = str(ack.reason)
+        failure = wpb.TaskFailure(
+            workflow_id=ack.workflow_id,
+            task_id=ack.task_id,
+            attempt=ack.attempt,
+            failure=common_pb2.Failure(
+                message=f"the sidecar refused the completion ({reason}): {ack.message or 'no message'}",
+                type=_COMPLETION_REFUSED,
+                kind=common_pb2.FAILURE_KIND_APPLICATION,
+            ),
+            usage=_non_negative(usage),  # None leaves it unset
+        )
+        self._failures.append(failure)
+        self.unacked.add((ack.workflow_id, ack.task_id, ack.attempt))
+        self.worker.stats["completed"] -= 1
+        self.worker.stats["failed"] += 1
+        self._kick()
 
     def _cancel(self, key: _Key) -> None:
         held = self.attempts.pop(key, None)
@@ -739,6 +808,7 @@ class _Session:
             if self.attempts.get(ctx.key) is None:
                 return
             self._completions.append(message)
+            self._completing[ctx.key] = message.usage if message.HasField("usage") else None
             self.worker.stats["completed"] += 1
         self.attempts.pop(ctx.key, None)
         self._heartbeats.pop(ctx.key, None)

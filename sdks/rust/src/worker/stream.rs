@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::{
-    failure_of, failure_report, fatal, jitter, AbortOnDrop, Attempt, CancelReason, Task, Worker,
+    completion_refused, failure_of, failure_report, fatal, jitter, reason_gone, AbortOnDrop,
+    Attempt, CancelReason, Task, Worker,
 };
 use crate::error::{Error, Result};
 use crate::pb;
@@ -567,8 +568,9 @@ async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: 
             Some(failure_report(&task, failure_of(&task, &e), e.retry_after)),
         ),
     };
-    let is_completion = completion.is_some();
-    let (ack_tx, ack_rx) = oneshot::channel();
+    // The usage of a completion, for the failure that replaces it if refused.
+    let mut completing = completion.as_ref().map(|c| c.usage);
+    let (ack_tx, mut ack_rx) = oneshot::channel();
     {
         let mut p = session.pending.lock().unwrap();
         if p.held.remove(&key).is_none() {
@@ -582,22 +584,48 @@ async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: 
         p.failures.extend(failure);
     }
     session.wake.notify_one();
-    match tokio::time::timeout(attempt.options.report_timeout, ack_rx).await {
-        Ok(Ok(ack)) if ack.accepted && is_completion => {
-            stats.completed.fetch_add(1, Ordering::Relaxed);
+    let deadline = Instant::now() + attempt.options.report_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ack_rx).await {
+            Ok(Ok(ack)) if ack.accepted && completing.is_some() => {
+                stats.completed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(ack)) if ack.accepted => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(ack)) => {
+                let reason = pb::ErrorReason::try_from(ack.reason)
+                    .map(|r| {
+                        r.as_str_name()
+                            .trim_start_matches("ERROR_REASON_")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|_| ack.reason.to_string());
+                if let Some(usage) = completing.take().filter(|_| !reason_gone(&reason)) {
+                    // An invalid completion changed nothing: the attempt is
+                    // still held, so report it failed instead, once (a
+                    // refused failure is not replaced).
+                    let report = completion_refused(&task, usage, &reason, &ack.message);
+                    let (tx, rx) = oneshot::channel();
+                    {
+                        let mut p = session.pending.lock().unwrap();
+                        p.waiting.insert(key.clone(), tx);
+                        p.failures.push(report);
+                    }
+                    session.wake.notify_one();
+                    ack_rx = rx;
+                    continue;
+                }
+                // A per-task refusal (TASK_NOT_HELD, TASK_ALREADY_COMPLETED):
+                // the sidecar kept another result or took the attempt back.
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            // The stream ended or no ack came in time: the sidecar retries
+            // the attempt if the result was not recorded.
+            _ => {
+                session.pending.lock().unwrap().waiting.remove(&key);
+            }
         }
-        Ok(Ok(ack)) if ack.accepted => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        // A per-task refusal (TASK_NOT_HELD, TASK_ALREADY_COMPLETED): the
-        // sidecar kept another result or took the attempt back.
-        Ok(Ok(_)) => {
-            stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        }
-        // The stream ended or no ack came in time: the sidecar retries the
-        // attempt if the result was not recorded.
-        _ => {
-            session.pending.lock().unwrap().waiting.remove(&key);
-        }
+        return;
     }
 }

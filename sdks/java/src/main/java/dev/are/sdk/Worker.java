@@ -15,6 +15,7 @@ import dev.are.sdk.v1.TaskAssignment;
 import dev.are.sdk.v1.TaskCompletion;
 import dev.are.sdk.v1.TaskFailure;
 import dev.are.sdk.v1.TaskHeartbeat;
+import dev.are.sdk.v1.Usage;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.PrintWriter;
@@ -390,10 +391,48 @@ public final class Worker implements AutoCloseable {
   /** What a handler returned or threw. */
   record Outcome(Object value, Throwable error) {}
 
+  /**
+   * The failure type an attempt is reported failed with when the sidecar refuses its completion as
+   * invalid (for example a negative usage counter): such a refusal changes nothing and the attempt
+   * stays held, so the worker reports this failure instead, quoting the refusal (which names the
+   * field), retried by the task's retry policy.
+   */
+  public static final String COMPLETION_REFUSED = "CompletionRefused";
+
+  /**
+   * How the sidecar answered a completion: recorded; refused as invalid, which left the attempt
+   * held ({@code refusedReason} and {@code refusedMessage} say why); or otherwise not recorded
+   * (both null: the attempt is gone, or no answer came).
+   */
+  record Answer(boolean recorded, String refusedReason, String refusedMessage) {
+    static final Answer RECORDED = new Answer(true, null, null);
+    static final Answer NOT_RECORDED = new Answer(false, null, null);
+
+    /**
+     * The answer to a refusal with {@code reason} (an ErrorReason name without its prefix) and,
+     * for a unary call, its status {@code code} (null on the stream, where any refusal is of the
+     * item).
+     */
+    static Answer refused(Status.Code code, String reason, String message) {
+      boolean invalid =
+          !reason.isEmpty()
+              && !LOST_REASONS.contains(reason)
+              && (code == null
+                  || code == Status.Code.INVALID_ARGUMENT
+                  || code == Status.Code.FAILED_PRECONDITION
+                  || code == Status.Code.NOT_FOUND);
+      return invalid ? new Answer(false, reason, message) : NOT_RECORDED;
+    }
+
+    boolean refusedAsInvalid() {
+      return refusedReason != null;
+    }
+  }
+
   /** Sends one attempt's result over a transport. */
   interface Reporter {
-    /** Sends a completion; true when the sidecar recorded it. */
-    boolean complete(TaskCompletion completion, long reportBy);
+    /** Sends a completion; says whether the sidecar recorded it, or why not. */
+    Answer complete(TaskCompletion completion, long reportBy);
 
     /** Sends a failure; true when the sidecar recorded it. */
     boolean fail(TaskFailure failure, long reportBy);
@@ -402,9 +441,9 @@ public final class Worker implements AutoCloseable {
   /** CompleteTask / FailTask, retried on UNAVAILABLE until {@code reportBy}. */
   private final class UnaryReporter implements Reporter {
     @Override
-    public boolean complete(TaskCompletion completion, long reportBy) {
+    public Answer complete(TaskCompletion completion, long reportBy) {
       CompleteTaskRequest req = CompleteTaskRequest.newBuilder().setCompletion(completion).build();
-      return retryUnavailable(
+      return sendUntil(
           reportBy,
           left ->
               client
@@ -548,9 +587,49 @@ public final class Worker implements AutoCloseable {
       }
       completion.setOutput(output);
     }
-    if (reporter.complete(completion.build(), reportBy)) {
+    TaskCompletion sent = completion.build();
+    Answer answer = reporter.complete(sent, reportBy);
+    if (answer.recorded()) {
       stats.completed.incrementAndGet();
+    } else if (answer.refusedAsInvalid()) {
+      // The refusal changed nothing: the attempt is still held, so report it failed instead, once
+      // (a refused failure is not replaced).
+      if (reporter.fail(completionRefused(sent, answer), reportBy)) {
+        stats.failed.incrementAndGet();
+      }
     }
+  }
+
+  /**
+   * The failure reported in place of a refused completion. It carries the completion's usage, so
+   * budgets still count it, with any negative counter (itself a reason for the refusal) as 0, so
+   * that it is not refused too.
+   */
+  static TaskFailure completionRefused(TaskCompletion completion, Answer answer) {
+    String message = answer.refusedMessage().isEmpty() ? "no message" : answer.refusedMessage();
+    Usage u = completion.getUsage();
+    return TaskFailure.newBuilder()
+        .setWorkflowId(completion.getWorkflowId())
+        .setTaskId(completion.getTaskId())
+        .setAttempt(completion.getAttempt())
+        .setFailure(
+            Failure.newBuilder()
+                .setMessage(
+                    truncate(
+                        "the sidecar refused the completion ("
+                            + answer.refusedReason()
+                            + "): "
+                            + message))
+                .setType(COMPLETION_REFUSED)
+                .setKind(FailureKind.FAILURE_KIND_APPLICATION))
+        .setUsage(
+            Usage.newBuilder()
+                .setInputTokens(Math.max(0, u.getInputTokens()))
+                .setOutputTokens(Math.max(0, u.getOutputTokens()))
+                .setCostMicroUsd(Math.max(0, u.getCostMicroUsd()))
+                .setLlmCalls(Math.max(0, u.getLlmCalls()))
+                .setToolCalls(Math.max(0, u.getToolCalls())))
+        .build();
   }
 
   /** Reports a failure; true when the sidecar accepted it. */
@@ -576,18 +655,25 @@ public final class Worker implements AutoCloseable {
 
   /** Sends until accepted, refused otherwise than UNAVAILABLE, or past {@code by}. */
   private static boolean retryUnavailable(long by, Report report) {
+    return sendUntil(by, report).recorded();
+  }
+
+  /** {@link #retryUnavailable}, saying why a result was not recorded. */
+  private static Answer sendUntil(long by, Report report) {
     long delayMs = 50;
     while (true) {
       long left = by - System.nanoTime();
       if (left <= 0) {
-        return false;
+        return Answer.NOT_RECORDED;
       }
       try {
         report.send(left);
-        return true;
+        return Answer.RECORDED;
       } catch (StatusRuntimeException e) {
-        if (e.getStatus().getCode() != Status.Code.UNAVAILABLE) {
-          return false;
+        Status status = e.getStatus();
+        if (status.getCode() != Status.Code.UNAVAILABLE) {
+          String description = status.getDescription() == null ? "" : status.getDescription();
+          return Answer.refused(status.getCode(), AreException.from(e).reason(), description);
         }
       }
       try {
@@ -595,7 +681,7 @@ public final class Worker implements AutoCloseable {
         Thread.sleep(Math.min(Backoff.jitter(delayMs), leftMs));
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
-        return false;
+        return Answer.NOT_RECORDED;
       }
       delayMs = Math.min(delayMs * 2, 2000);
     }

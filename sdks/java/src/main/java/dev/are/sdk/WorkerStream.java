@@ -4,6 +4,7 @@ import dev.are.sdk.v1.AckSubject;
 import dev.are.sdk.v1.CompletionBatch;
 import dev.are.sdk.v1.ConnectRequest;
 import dev.are.sdk.v1.ConnectResponse;
+import dev.are.sdk.v1.ErrorReason;
 import dev.are.sdk.v1.FailureBatch;
 import dev.are.sdk.v1.HeartbeatBatch;
 import dev.are.sdk.v1.TaskAck;
@@ -61,9 +62,15 @@ final class WorkerStream {
     final Key key;
     final TaskContext task;
     final long every;
-    final CompletableFuture<TaskAck> ack = new CompletableFuture<>();
+    /** The ack of the result sent last (replaced, under the session's lock, by each send). */
+    CompletableFuture<TaskAck> ack = new CompletableFuture<>();
     /** When the next heartbeat is due (System.nanoTime, under the session's lock). */
     long next;
+    /**
+     * Set (under the session's lock) when its completion was refused as invalid: the attempt is
+     * still held, and one failure may be sent in its place.
+     */
+    boolean completionRefused;
     /** Set when the sidecar took the attempt back: its result is not reported. */
     volatile boolean lost;
 
@@ -427,13 +434,13 @@ final class WorkerStream {
             reportBy,
             new Worker.Reporter() {
               @Override
-              public boolean complete(TaskCompletion completion, long by) {
+              public Worker.Answer complete(TaskCompletion completion, long by) {
                 return send(h, completion, null, by);
               }
 
               @Override
               public boolean fail(TaskFailure failure, long by) {
-                return send(h, null, failure, by);
+                return send(h, null, failure, by).recorded();
               }
             });
       } catch (InterruptedException e) {
@@ -458,17 +465,23 @@ final class WorkerStream {
 
     /**
      * Queues a result and waits for its ack, at most until {@code by} (or the end of the sidecar's
-     * drain grace); true when the sidecar recorded it. A refusal (TASK_NOT_HELD,
-     * TASK_ALREADY_COMPLETED, ...) is this attempt's outcome; the stream goes on.
+     * drain grace); says whether the sidecar recorded it, or why not. A refusal (TASK_NOT_HELD,
+     * TASK_ALREADY_COMPLETED, ...) is this attempt's outcome; the stream goes on. After a
+     * completion refused as invalid, the attempt is still held: one failure may follow it.
      */
-    private boolean send(Held h, TaskCompletion completion, TaskFailure failure, long by) {
+    private Worker.Answer send(Held h, TaskCompletion completion, TaskFailure failure, long by) {
+      CompletableFuture<TaskAck> acked;
       synchronized (lock) {
-        if (h.lost || held.get(h.key) != h) {
+        boolean replacing = h.completionRefused && failure != null;
+        h.completionRefused = false;
+        if (h.lost || done.isDone() || (!replacing && held.get(h.key) != h)) {
           worker.stats().cancelled.incrementAndGet();
-          return false;
+          return Worker.Answer.NOT_RECORDED;
         }
         held.remove(h.key);
         beats.remove(h.key);
+        acked = new CompletableFuture<>();
+        h.ack = acked;
         waiting.put(h.key, h);
         if (completion != null) {
           completions.add(completion);
@@ -481,15 +494,15 @@ final class WorkerStream {
       long until = drainEnd == null ? by : Math.min(by, drainEnd);
       TaskAck ack;
       try {
-        ack = h.ack.get(Math.max(0, until - System.nanoTime()), TimeUnit.NANOSECONDS);
+        ack = acked.get(Math.max(0, until - System.nanoTime()), TimeUnit.NANOSECONDS);
       } catch (TimeoutException e) {
         LOG.log(System.Logger.Level.WARNING, describe(h) + ": no ack of the result in time");
-        return false;
+        return Worker.Answer.NOT_RECORDED;
       } catch (ExecutionException e) {
-        return false;
+        return Worker.Answer.NOT_RECORDED;
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
-        return false;
+        return Worker.Answer.NOT_RECORDED;
       }
       if (ack == null) {
         LOG.log(
@@ -497,15 +510,28 @@ final class WorkerStream {
             describe(h)
                 + ": the stream ended before the result was acknowledged; the sidecar retries"
                 + " the attempt if it was not recorded");
-        return false;
+        return Worker.Answer.NOT_RECORDED;
       }
       if (!ack.getAccepted()) {
         LOG.log(
             System.Logger.Level.WARNING,
             describe(h) + ": result refused: " + ack.getReason() + " " + ack.getMessage());
-        return false;
+        if (completion == null) {
+          return Worker.Answer.NOT_RECORDED;
+        }
+        String reason =
+            ack.getReason() == ErrorReason.UNRECOGNIZED
+                ? String.valueOf(ack.getReasonValue())
+                : ack.getReason().name().replaceFirst("^ERROR_REASON_", "");
+        Worker.Answer answer = Worker.Answer.refused(null, reason, ack.getMessage());
+        if (answer.refusedAsInvalid()) {
+          synchronized (lock) {
+            h.completionRefused = !done.isDone();
+          }
+        }
+        return answer;
       }
-      return true;
+      return Worker.Answer.RECORDED;
     }
 
     private String describe(Held h) {
@@ -517,12 +543,15 @@ final class WorkerStream {
       Key key = new Key(ack.getWorkflowId(), ack.getTaskId(), ack.getAttempt());
       if (ack.getSubject() == AckSubject.ACK_SUBJECT_COMPLETION
           || ack.getSubject() == AckSubject.ACK_SUBJECT_FAILURE) {
-        Held h;
+        CompletableFuture<TaskAck> acked = null;
         synchronized (lock) {
-          h = waiting.remove(key);
+          Held h = waiting.remove(key);
+          if (h != null) {
+            acked = h.ack;
+          }
         }
-        if (h != null) {
-          h.ack.complete(ack);
+        if (acked != null) {
+          acked.complete(ack);
         }
       } else if (ack.getSubject() == AckSubject.ACK_SUBJECT_HEARTBEAT) {
         // Only refusals are acknowledged: the lease is gone.
