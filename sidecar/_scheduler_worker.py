@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
+import msgspec
 from google.protobuf import duration_pb2
 
 from are_core.scheduler import Assignment, Cancellation, Scheduler, SchedulerError, SpecError
@@ -863,8 +864,10 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             drafts = []
             for i, event in enumerate(request.events):
                 _check_attempt_ids(event, f"events[{i}]")
-                drafts.append(reported_event_draft(event, "", f"events[{i}]"))
-                self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
+                draft = reported_event_draft(event, "", f"events[{i}]")
+                # The call names no worker: the event names the attempt's holder, as a stream's does.
+                holder = self._engine.check_held(event.workflow_id, event.task_id, event.attempt)
+                drafts.append(msgspec.structs.replace(draft, worker_id=holder) if holder else draft)
             sequences, durable = self._engine.record_events(drafts)
             await asyncio.shield(durable)  # shared by the commit's other callers
         except (SchedulerError, StorageError) as error:

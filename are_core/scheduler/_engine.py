@@ -2421,14 +2421,16 @@ class Scheduler:
             self._dirty(task)
         return task.wf.rec.state != "RUNNING"
 
-    def check_held(self, wf_id: str, task_id: str, attempt: int, worker_id: str = "") -> None:
-        """Raises unless a worker may report events of the attempt (ReportEvents).
+    def check_held(self, wf_id: str, task_id: str, attempt: int, worker_id: str = "") -> str:
+        """Raises unless a worker may report events of the attempt (ReportEvents); returns its holder.
 
         It may while the attempt runs, and for :data:`REPORT_GRACE_S` after
         it ended (completed, failed, timed out, lost or cancelled, its
         workflow closed or not), so that the events a worker sends just
         after its result are not lost. ``worker_id``, when given (a stream's
-        worker), must be the attempt's holder; unary reports name no worker.
+        worker), must be the attempt's holder; unary reports name no worker,
+        and their events take the holder returned (event.proto: LLM and tool
+        events name their worker).
 
         Raises TaskNotHeldError, TaskNotFoundError or WorkflowNotFoundError.
         """
@@ -2447,7 +2449,7 @@ class Scheduler:
                 )
             rec = self._load_task(wf_id, task_id)  # a scan of the workflow's tasks: only within the grace
             if self._reportable(_last_end(rec), attempt, worker_id):
-                return
+                return rec.worker_id
             if rec.outcome_attempt == attempt and attempt:
                 raise TaskNotHeldError(
                     f"attempt {attempt} of task {task_id!r} is no longer held: it reported its outcome", **ids
@@ -2459,11 +2461,13 @@ class Scheduler:
             task = self._held_strict(wf_id, task_id, attempt)
         except TaskNotHeldError:
             found = w.tasks[task_id]  # _held found it
-            if self._reportable(found.ended or _last_end(found.rec), attempt, worker_id):
-                return
+            ended = found.ended or _last_end(found.rec)
+            if ended is not None and self._reportable(ended, attempt, worker_id):
+                return ended[2]
             raise
         if worker_id and task.rec.worker_id != worker_id:
             raise TaskNotHeldError(f"attempt {attempt} of task {task_id!r} is held by another worker", **ids)
+        return task.rec.worker_id
 
     def _reportable(self, ended: tuple[int, int, str] | None, attempt: int, worker_id: str) -> bool:
         """Whether ``ended`` (attempt, end ns, holder) is ``attempt`` (of ``worker_id``) within the grace."""

@@ -43,6 +43,7 @@ from tests.integration.test_scheduler import (
     StreamWorker,
     completion,
     expect_error,
+    get_task,
     submit,
     task,
     unique_capability,
@@ -325,8 +326,8 @@ async def test_events_sent_just_after_the_completion_that_closed_the_workflow_ar
         for refusal in await other.wait_acks(2):
             assert (refusal.subject, refusal.accepted) == (w.ACK_SUBJECT_EVENT, False), refusal
             assert refusal.reason == errors_pb2.ERROR_REASON_TASK_NOT_HELD, refusal
-    # A unary report names no worker: accepted too. Its answer comes once it is durable, and
-    # so is the stream's, recorded before it.
+    # A unary report names no worker: accepted too, and recorded as the holder's. Its answer
+    # comes once it is durable, and so is the stream's, recorded before it.
     unary = _event(a)
     unary.name = "late-unary"
     await client.raw.worker.ReportEvents(w.ReportEventsRequest(events=[unary]))
@@ -339,4 +340,17 @@ async def test_events_sent_just_after_the_completion_that_closed_the_workflow_ar
         "TASK_NOT_HELD",
     )
     recorded = {event.name: event.worker_id for event in await llm_calls(client, workflow_id)}
-    assert recorded == {"late-stream": worker.worker_id, "late-unary": ""}
+    assert recorded == {"late-stream": worker.worker_id, "late-unary": worker.worker_id}
+
+
+async def test_a_unary_report_names_the_worker_holding_the_attempt(client: Client) -> None:
+    """event.proto: LLM and tool events name their worker; a unary report names none, so the
+    sidecar takes the attempt's holder (it recorded an empty worker_id)."""
+    cap = unique_capability("events-holder")
+    workflow_id = await submit(client, task("a", cap))
+    a = await poll_one(client, cap)
+    await client.raw.worker.ReportEvents(w.ReportEventsRequest(events=[_event(a)]))
+    holder = (await get_task(client, workflow_id, "a")).worker_id
+    assert holder
+    (recorded,) = await llm_calls(client, workflow_id)
+    assert recorded.worker_id == holder
