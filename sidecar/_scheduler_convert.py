@@ -492,6 +492,7 @@ def failure_to_proto(failure: Failure) -> common_pb2.Failure:
 _FAILURE_CAUSES = 8
 """Causes a reported Failure nests at most (common.proto)."""
 _STACK_TRACE_BYTES = 64 * 1024
+_MESSAGE_BYTES = 32 * 1024
 
 
 def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
@@ -516,8 +517,13 @@ def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
 
 
 def _one_failure(failure: common_pb2.Failure, field: str, cause: Failure | None) -> Failure:
-    if len(failure.message.encode()) > 32 * 1024:
-        _bad("LIMIT_EXCEEDED", f"{field}.message", "at most 32 KiB", limit=32 * 1024)
+    message = failure.message
+    if len(message) > _MESSAGE_BYTES // 4:  # it may be over 32 KiB of UTF-8
+        encoded = message.encode()
+        if len(encoded) > _MESSAGE_BYTES:
+            # Its first 32 KiB are kept: a failure is never refused for the length of its
+            # message (an SDK cutting it by characters can pass the bound in bytes).
+            message = encoded[:_MESSAGE_BYTES].decode(errors="ignore")
     if len(failure.type) > 256:
         _bad("LIMIT_EXCEEDED", f"{field}.type", "at most 256 characters", limit=256)
     kind = enum_name(common_pb2.FailureKind, failure.kind, f"{field}.kind", "FAILURE_KIND_")
@@ -540,7 +546,7 @@ def _one_failure(failure: common_pb2.Failure, field: str, cause: Failure | None)
             # its trace (a worker whose failure is refused has no other way to end its attempt).
             stack_trace = encoded[-_STACK_TRACE_BYTES:].decode(errors="ignore")
     return Failure(
-        message=failure.message,
+        message=message,
         type=failure.type,
         non_retryable=failure.non_retryable,
         kind="APPLICATION" if kind == "UNSPECIFIED" else kind,

@@ -675,3 +675,25 @@ async def test_a_failures_causes_are_kept_up_to_eight_deep_and_a_ninth_is_refuse
         messages.append((level.message, level.type))
         level = level.cause if level.HasField("cause") else None
     assert messages == [("outer", "Type0")] + [(f"cause{n}", f"Type{n}") for n in range(1, 9)]
+
+
+async def test_a_failure_message_over_32_kib_is_cut_not_refused(client: Client) -> None:
+    """A failure must always end its attempt: a message over 32 KiB of UTF-8 is kept cut.
+
+    It was refused: an SDK cutting messages to 32 Ki characters sent up to
+    128 KiB of non-ASCII text, the failure was refused, and the attempt
+    stayed held until it timed out.
+    """
+    cap = unique_capability("long-message")
+    once = c.RetryPolicy(maximum_attempts=1)
+    workflow_id = await submit(client, task("a", cap, retry_policy=once))
+    a = await poll_one(client, cap)
+    failure = c.Failure(message="é" * 20_000, type="Boom")  # 40,000 bytes in 20,000 characters
+    await client.raw.worker.FailTask(
+        w.FailTaskRequest(
+            failure=w.TaskFailure(workflow_id=workflow_id, task_id="a", attempt=a.attempt, failure=failure)
+        )
+    )
+    assert (await wait_closed(client, workflow_id)).state == wf.WORKFLOW_STATE_FAILED
+    recorded = (await get_task(client, workflow_id, "a")).failure
+    assert recorded.message == "é" * 16_384  # its first 32 KiB, whole characters

@@ -506,7 +506,8 @@ func (x *RetryPolicy) GetNonRetryableFailureTypes() []string {
 // with its causes is at most 1 MiB.
 type Failure struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A human-readable explanation, at most 32 KiB of UTF-8.
+	// A human-readable explanation: its first 32 KiB of UTF-8 are kept; a
+	// longer one is cut, never refused.
 	Message string `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
 	// A machine-readable type chosen by the reporter, at most 256 characters,
 	// for example "RateLimitError" or "ValueError"; matched against

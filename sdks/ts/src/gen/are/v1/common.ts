@@ -179,7 +179,10 @@ export interface RetryPolicy {
  * with its causes is at most 1 MiB.
  */
 export interface Failure {
-  /** A human-readable explanation, at most 32 KiB of UTF-8. */
+  /**
+   * A human-readable explanation: its first 32 KiB of UTF-8 are kept; a
+   * longer one is cut, never refused.
+   */
   message: string;
   /**
    * A machine-readable type chosen by the reporter, at most 256 characters,
