@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -775,9 +776,16 @@ func failureOf(err error) (*arev1.Failure, time.Duration) {
 	return failure, retryAfter
 }
 
+// truncate returns s as valid UTF-8 (an error's text may hold any bytes, and
+// a proto string field refuses invalid UTF-8, so the report could not be
+// sent), cut to at most n bytes on a character boundary.
 func truncate(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n]
 }
