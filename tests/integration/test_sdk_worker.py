@@ -454,3 +454,44 @@ async def test_a_stream_worker_connecting_and_leaving_is_in_the_trace(client: Cl
     assert connected["are.worker.max_concurrency"].int_value == 3
     assert "are.worker.capabilities" in connected
     assert seen["EVENT_TYPE_WORKER_DISCONNECTED"]["are.worker.held_tasks"].int_value == 0
+
+
+async def test_a_handlers_chained_exceptions_are_its_failures_causes(client: Client) -> None:
+    """``raise ... from ...`` (and an exception raised while handling another) reach the
+    task's failure as its causes, outermost first (they were dropped)."""
+    from are_sdk import RetryPolicy
+
+    cap = f"causes-{suffix()}"
+    worker = Worker(client, name=f"causes-{suffix()}")
+
+    def find() -> None:
+        models: dict[str, str] = {}
+        try:
+            models["model-x"]
+        except KeyError as missing:
+            raise LookupError("no such model") from missing
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> None:
+        try:
+            find()
+        except LookupError:
+            raise RuntimeError("the call failed")  # noqa: B904 - the implicit context is the point
+
+    async with worker:
+        handle_ = await client.submit_workflow(
+            WorkflowSpec().task("x", capability=cap, retry_policy=RetryPolicy(maximum_attempts=1))
+        )
+        final = await handle_.wait(timeout=RESULT_TIMEOUT)
+    assert final.state is WorkflowState.FAILED
+    task = await handle_.task("x")
+    chain = []
+    failure = task.failure
+    while failure is not None:
+        chain.append((failure.type, failure.message))
+        failure = failure.cause
+    assert chain == [
+        ("RuntimeError", "the call failed"),
+        ("LookupError", "no such model"),
+        ("KeyError", "'model-x'"),
+    ]

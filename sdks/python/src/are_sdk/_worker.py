@@ -16,7 +16,8 @@ A handler takes a :class:`TaskContext` and returns the task's output (any
 JSON value; ``bytes`` or :class:`~are_sdk.RawPayload` for other content; a
 :class:`TaskResult` to add a state patch). Async handlers run on the event
 loop; plain functions run in a thread pool. An exception fails the attempt
-with a ``Failure`` whose type is the exception's class name; raise
+with a ``Failure`` whose type is the exception's class name (the exceptions
+it was raised from, or while handling, become its causes); raise
 :class:`NonRetryableError` (or :class:`TaskError` with ``non_retryable``) to
 forbid retries. A completion the sidecar refuses as invalid (an output
 content type over 128 characters, say) is reported instead as a retryable
@@ -106,6 +107,7 @@ _FATAL_CODES = frozenset(
 _MAX_BATCH = 1000
 _MAX_STACK_TRACE = 64 * 1024
 _MAX_MESSAGE = 32 * 1024
+_MAX_CAUSES = 8  # a Failure's causes nest at most 8 deep (common.proto)
 #: Outputs over this many bytes are uploaded as a blob and completed by reference.
 MAX_INLINE_BYTES = 4 * 1024 * 1024
 _DEFAULT_HEARTBEAT_INTERVAL = 10.0
@@ -469,6 +471,22 @@ def _failure_from_exception(error: BaseException) -> Any:
                 failure.details.CopyFrom(encode_payload(error.details))
     else:
         failure.non_retryable = bool(getattr(error, "non_retryable", False))
+    # The exceptions it was raised from ("raise ... from ..."), or while handling, as its causes
+    # (common.proto keeps 8 levels); their tracebacks are in the stack trace already.
+    below, seen = failure, {id(error)}
+    for _ in range(_MAX_CAUSES):
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)  # type: ignore[assignment]
+        if error is None or id(error) in seen:
+            break
+        seen.add(id(error))
+        below.cause.CopyFrom(
+            common_pb2.Failure(
+                message=str(error)[:_MAX_MESSAGE] or error.__class__.__name__,
+                type=error.__class__.__name__[:256],
+                kind=common_pb2.FAILURE_KIND_APPLICATION,
+            )
+        )
+        below = below.cause
     return failure
 
 
