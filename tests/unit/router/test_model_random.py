@@ -19,8 +19,10 @@ the index's size.
 The index holds fewer than ``EXACT_SEARCH_BELOW`` vectors, so it scans them
 exactly, and the engine deepens its search past every candidate within the
 index's error of the threshold and confirms "no route" by brute force: the
-answers must be exact, not approximate. Only two distinct similarities
-closer than float32 rounding may come in either order. (The best below the
+answers must be exact, not approximate. Only the similarities of two
+different vectors closer than float32 rounding (equal ones too, as the
+model computes them in float64) may come in either order; cards of one
+vector tie exactly, then load and agent_id decide. (The best below the
 threshold, when asked for, rank free agents first: the search deepens until
 top_k free ones are kept, see ``Router._eligible``, so they are compared
 with the model's pick among all cards.)
@@ -339,10 +341,21 @@ def _by_id(entries: list[_Entry]) -> dict[str, _Entry]:
 
 
 def _near_tie(a: _Entry, b: _Entry, floats: frozenset[int]) -> bool:
-    """Whether the keys first differ on a similarity or score, by no more than float32 rounding."""
+    """Whether the router may rank ``a`` and ``b`` either way: their similarities are within float32 rounding.
+
+    So when the keys first differ on a similarity or score, by no more than
+    that; or later (load, agent_id) with the similarities and scores equal
+    here, in float64, but of two different vectors: the router's float32
+    dot products of those may differ in the last bit (the lexical
+    embedder's "travel" and "flight" against "travel flight"), and then
+    they decide before load and agent_id. Cards of one vector tie exactly
+    in the router too.
+    """
     for position, (x, y) in enumerate(zip(a.key, b.key, strict=True)):
         if x != y:
-            return position in floats and abs(float(x) - float(y)) <= TOLERANCE
+            if position in floats:
+                return abs(float(x) - float(y)) <= TOLERANCE
+            return min(floats) < position and not np.array_equal(a.card.vector, b.card.vector)
     return True
 
 
@@ -392,13 +405,23 @@ def check_answer(
 
 
 def _check_order(ids: list[str], want: _Expected, stats: _Stats, where: str) -> None:
+    """The answer's ids are the model's, in its order, but for near ties (``_near_tie``) either way.
+
+    Each pair the answer holds in the other order than the model, and each
+    card the model ranks in while the answer leaves it out for one it ranks
+    after, must be a near tie.
+    """
     wanted = [e.card.agent_id for e in want.ranked]
     assert len(ids) == len(set(ids)) == len(wanted), f"{where}: {ids} != {wanted}"
-    for got_id, entry in zip(ids, want.ranked, strict=True):
-        if got_id != entry.card.agent_id:
-            assert got_id in want.entries, f"{where}: {got_id} is not eligible ({ids} != {wanted})"
-            assert _near_tie(want.entries[got_id], entry, want.floats), f"{where}: {ids} != {wanted}"
-            stats.near_ties += 1
+    for got_id in ids:
+        assert got_id in want.entries, f"{where}: {got_id} is not eligible ({ids} != {wanted})"
+    got = [want.entries[i] for i in ids]
+    left_out = [e for e in want.ranked if e.card.agent_id not in ids]
+    for position, entry in enumerate(got):
+        for later in [*got[position + 1 :], *left_out]:
+            if later.key < entry.key:
+                assert _near_tie(entry, later, want.floats), f"{where}: {ids} != {wanted}"
+                stats.near_ties += 1
 
 
 def _check_candidate(candidate: RouteCandidate, want: _Expected, ask: _Ask, where: str) -> None:
