@@ -259,7 +259,7 @@ def _condition(condition: task_pb2.Condition, field: str) -> Condition:
     return Condition(task_id=condition.task_id, pointer=condition.pointer, operator=operator, value=value)
 
 
-def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
+def task_spec_from_proto(  # noqa: C901, PLR0912, PLR0915 - one check per field
     spec: task_pb2.TaskSpec, field: str, features: frozenset[str] = FEATURES_NONE
 ) -> TaskSpec:
     """Validates one TaskSpec (everything but the graph) and translates it.
@@ -288,6 +288,13 @@ def task_spec_from_proto(  # noqa: C901, PLR0912 - one check per field
     if payload.WhichOneof("content") == "blob" or len(payload.data) > 4 * _MiB:
         blob = _input_blob(payload, f"{field}.input", features)  # raises with the exact field
     data, content_type = payload.data, blob.content_type if blob is not None else payload.content_type
+    if len(payload.content_type) > conventions.CONTENT_TYPE_CHARS:  # a blob's was checked above
+        _bad(
+            "LIMIT_EXCEEDED",
+            f"{field}.input.content_type",
+            conventions.content_type_problem(payload.content_type) or "",
+            limit=conventions.CONTENT_TYPE_CHARS,
+        )
     if len(spec.depends_on) > 10_000:
         _bad("LIMIT_EXCEEDED", f"{field}.depends_on", "at most 10,000 dependencies per task", limit=10_000)
     rule = _TRIGGER_RULES.get(spec.trigger_rule) or enum_name(

@@ -697,3 +697,18 @@ async def test_a_failure_message_over_32_kib_is_cut_not_refused(client: Client) 
     assert (await wait_closed(client, workflow_id)).state == wf.WORKFLOW_STATE_FAILED
     recorded = (await get_task(client, workflow_id, "a")).failure
     assert recorded.message == "é" * 16_384  # its first 32 KiB, whole characters
+
+
+async def test_a_task_input_content_type_over_128_characters_is_refused_naming_it(client: Client) -> None:
+    """common.proto bounds every Payload's content_type; a task's inline input was not checked."""
+    long_type = "application/" + "x" * 117  # 129 characters
+    bad = task("a", "cap-x", input=c.Payload(data=b"{}", content_type=long_type))
+    await expect_error(
+        client.raw.scheduler.SubmitWorkflow(s.SubmitWorkflowRequest(spec=wf.WorkflowSpec(tasks=[bad]))),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "spec.tasks[0].input.content_type",
+    )
+    fits = task("a", "cap-x", input=c.Payload(data=b"{}", content_type=long_type[:128]))
+    workflow_id = await submit(client, fits)
+    await client.raw.scheduler.CancelWorkflow(s.CancelWorkflowRequest(workflow_id=workflow_id))
