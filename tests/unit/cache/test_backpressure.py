@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from are_core.cache import CacheEngine, NamespaceSettings, StoreResult
 from are_core.cache._engine import HEADS, META, STATS
 from are_core.cache._model import StatsRecord
 from are_core.storage import Batch, BatchTooLargeError, Codec, GroupCommitter, StorageBusyError, prefix_key
+from tests.unit.storage._held import writer_held
 
 from ._failing import unit
 from .conftest import Harness
@@ -38,18 +38,6 @@ from .conftest import Harness
 pytestmark = pytest.mark.timeout(60)
 
 _PROMPTS = ("alpha", "beta", "gamma")
-
-
-@contextlib.asynccontextmanager
-async def _writer_held(committer: GroupCommitter) -> AsyncIterator[None]:
-    """Keeps the committer's one writer thread busy until the block ends (a slow disk)."""
-    gate = threading.Event()
-    held = asyncio.get_running_loop().run_in_executor(committer._executor, gate.wait)
-    try:
-        yield
-    finally:
-        gate.set()
-        await held
 
 
 async def _pending(committer: GroupCommitter, batch: Batch) -> asyncio.Task[None]:
@@ -75,7 +63,7 @@ async def _backlog(
     committer.max_pending_mutations = mutations
     others: list[asyncio.Task[None]] = []
     try:
-        async with _writer_held(committer):
+        async with writer_held(committer):
             others = [
                 asyncio.ensure_future(committer.submit(storage.batch().put(META, b"other:%d" % i, b"x")))
                 for i in range(mutations if filled is None else filled)
@@ -171,7 +159,7 @@ async def test_a_store_refused_for_the_byte_bound_or_as_too_large_changes_nothin
         committer.max_pending_bytes = 64 * 1024
         with pytest.raises(BatchTooLargeError, match="max_pending_bytes"):
             await e.store("a", prompt="delta question", response=b"d" * 64 * 1024, vector=unit(4))
-        async with _writer_held(committer):
+        async with writer_held(committer):
             other = await _pending(committer, storage.batch().put(META, b"other", b"x" * 60 * 1024))
             with pytest.raises(StorageBusyError, match="max_pending_bytes"):
                 await e.store("a", prompt="delta question", response=b"d" * 4096, vector=unit(4))

@@ -15,8 +15,6 @@ which SubmitWorkflow and SpawnTasks call first, refuses with nothing changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,23 +22,12 @@ import pytest
 
 from are_core.scheduler import TABLES, Scheduler, TaskSpec, WorkflowSpec
 from are_core.storage import Durability, GroupCommitter, Storage, StorageBusyError, u64_key
+from tests.unit.storage._held import writer_held
 
 pytestmark = pytest.mark.timeout(30)
 
 BOUND = 64 * 1024  # the committer's max_pending_bytes in these tests
 Small = tuple[Storage, GroupCommitter, Scheduler, list[BaseException]]
-
-
-@contextlib.asynccontextmanager
-async def _writer_held(committer: GroupCommitter) -> AsyncIterator[None]:
-    """Keeps the committer's one writer thread busy until the block ends (a slow disk)."""
-    gate = threading.Event()
-    held = asyncio.get_running_loop().run_in_executor(committer._executor, gate.wait)
-    try:
-        yield
-    finally:
-        gate.set()
-        await held
 
 
 @pytest.fixture
@@ -82,7 +69,7 @@ async def test_a_transaction_commits_while_other_writes_fill_the_bound_and_new_w
     small: Small,
 ) -> None:
     storage, committer, engine, failures = small
-    async with _writer_held(committer):
+    async with writer_held(committer):
         filler = committer.enqueue(storage.batch().put("kv", u64_key(1), b"y" * (BOUND - 1024)))
         with pytest.raises(StorageBusyError):
             engine.check_room(1, 4096)  # what SubmitWorkflow asks first: refused, nothing changed

@@ -10,9 +10,6 @@ work stays pending and the bounds are reached without any timing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,24 +22,9 @@ from are_core.storage import (
     StorageClosedError,
     u64_key,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from tests.unit.storage._held import writer_held
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@contextlib.asynccontextmanager
-async def _writer_held(committer: GroupCommitter) -> AsyncIterator[None]:
-    """Keeps the committer's one writer thread busy until the block ends (a slow disk)."""
-    gate = threading.Event()
-    loop = asyncio.get_running_loop()
-    held = loop.run_in_executor(committer._executor, gate.wait)
-    try:
-        yield
-    finally:
-        gate.set()
-        await held
 
 
 def _one(storage: Storage, i: int, nbytes: int = 1) -> Batch:
@@ -66,7 +48,7 @@ async def test_enqueue_refuses_over_a_bound_at_once_and_settles_the_refused_batc
     settled: list[tuple[Batch, bool]] = []
     async with GroupCommitter(storage, max_pending_mutations=2) as committer:
         committer.add_settle_listener(lambda batch, committed: settled.append((batch, committed)))
-        async with _writer_held(committer):
+        async with writer_held(committer):
             accepted = [committer.enqueue(_one(storage, i)) for i in range(2)]
             refused = _one(storage, 2)
             with pytest.raises(StorageBusyError, match="max_pending_mutations=2; retry later") as busy:
@@ -111,7 +93,7 @@ async def test_enqueue_of_an_empty_batch_is_a_done_future(storage: Storage) -> N
 
 async def test_check_room_refuses_what_enqueue_would_and_admits_nothing(storage: Storage) -> None:
     async with GroupCommitter(storage, max_pending_mutations=5, max_pending_bytes=100) as committer:
-        async with _writer_held(committer):
+        async with writer_held(committer):
             accepted = committer.enqueue(_one(storage, 1, nbytes=12))  # 1 mutation, 20 bytes
             committer.check_room(4, 80)  # exactly up to both bounds: room
             with pytest.raises(StorageBusyError, match="max_pending_mutations=5"):
@@ -145,7 +127,7 @@ async def test_check_room_refuses_once_closing(storage: Storage) -> None:
 async def test_submit_handed_to_ensure_future_is_admitted_only_when_it_runs(storage: Storage) -> None:
     """Why callers changing memory first use enqueue: a submit task's refusal comes a step later."""
     async with GroupCommitter(storage, max_pending_mutations=1) as committer:
-        async with _writer_held(committer):
+        async with writer_held(committer):
             first = committer.enqueue(_one(storage, 1))
             late = asyncio.ensure_future(committer.submit(_one(storage, 2)))  # no refusal here
             assert committer.stats().rejected_busy == 0
