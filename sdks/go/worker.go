@@ -742,10 +742,102 @@ type panicError struct {
 
 func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.value) }
 
+// The sidecar refuses a Failure beyond these bounds (common.proto); a
+// refused failure report would leave its attempt RUNNING, so every report
+// the worker builds is fitted to them first (fitReport).
 const (
-	maxFailureMessage = 32 * 1024
-	maxStackTrace     = 64 * 1024
+	maxFailureMessage     = 32 * 1024
+	maxStackTrace         = 64 * 1024
+	maxFailureType        = 256         // characters
+	maxFailureDetails     = 1024 * 1024 // bytes, inline only; also a failure with its causes
+	maxDetailsContentType = 128         // characters
+	maxFailureCauses      = 8
 )
+
+// fitReport fits a failure report to the bounds the sidecar refuses beyond,
+// so that it is never refused for its shape: see fitFailure; a negative
+// usage counter becomes 0, and a negative or malformed retry_after is
+// dropped (no least delay).
+func fitReport(report *arev1.TaskFailure) *arev1.TaskFailure {
+	fitFailure(report.GetFailure())
+	if u := report.GetUsage(); u != nil {
+		report.Usage = &arev1.Usage{
+			InputTokens:  max(0, u.GetInputTokens()),
+			OutputTokens: max(0, u.GetOutputTokens()),
+			CostMicroUsd: max(0, u.GetCostMicroUsd()),
+			LlmCalls:     max(0, u.GetLlmCalls()),
+			ToolCalls:    max(0, u.GetToolCalls()),
+		}
+	}
+	if d := report.GetRetryAfter(); d != nil && (d.CheckValid() != nil || d.GetSeconds() < 0 || d.GetNanos() < 0) {
+		report.RetryAfter = nil
+	}
+	return report
+}
+
+// fitFailure fits a Failure and its causes to the sidecar's bounds, in
+// place: strings valid UTF-8, the message and stack trace cut to 32 and 64
+// KiB, the type to 256 characters; details by reference, over 1 MiB or with
+// a content type over 128 characters dropped, saying so in the message; at
+// most 8 causes, dropped from the deepest while the whole is over 1 MiB.
+func fitFailure(failure *arev1.Failure) {
+	if failure == nil {
+		return
+	}
+	chain := []*arev1.Failure{failure}
+	for f := failure; f.GetCause() != nil; f = f.GetCause() {
+		if len(chain) > maxFailureCauses {
+			f.Cause = nil // a ninth cause and below
+			break
+		}
+		chain = append(chain, f.GetCause())
+	}
+	for _, f := range chain {
+		fitOne(f)
+	}
+	for len(chain) > 1 && proto.Size(failure) > maxFailureDetails {
+		chain = chain[:len(chain)-1]
+		chain[len(chain)-1].Cause = nil
+	}
+}
+
+// fitOne fits one Failure, not its causes (see fitFailure).
+func fitOne(f *arev1.Failure) {
+	f.Message = truncate(f.GetMessage(), maxFailureMessage)
+	f.StackTrace = truncate(f.GetStackTrace(), maxStackTrace)
+	f.Type = truncateRunes(f.GetType(), maxFailureType)
+	d := f.GetDetails()
+	if d == nil {
+		return
+	}
+	why := ""
+	switch contentType := strings.ToValidUTF8(d.GetContentType(), "\uFFFD"); {
+	case d.GetBlob() != nil:
+		why = fmt.Sprintf("details by reference (%d bytes) dropped: inline only", d.GetBlob().GetSizeBytes())
+	case len(d.GetData()) > maxFailureDetails:
+		why = fmt.Sprintf("details of %d bytes dropped: over 1 MiB", len(d.GetData()))
+	case utf8.RuneCountInString(contentType) > maxDetailsContentType:
+		why = fmt.Sprintf("details dropped: content type of %d characters, over 128", utf8.RuneCountInString(contentType))
+	default:
+		d.ContentType = contentType
+	}
+	if why != "" {
+		f.Details = nil
+		f.Message = truncate(f.Message+" ("+why+")", maxFailureMessage)
+	}
+}
+
+// truncateRunes returns s as valid UTF-8 cut to at most n characters.
+func truncateRunes(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	for i := range s {
+		if n == 0 {
+			return s[:i]
+		}
+		n--
+	}
+	return s
+}
 
 // failureOf makes the Failure a handler's error is reported as.
 func failureOf(err error) (*arev1.Failure, time.Duration) {
@@ -871,7 +963,7 @@ func completionRefusedReport(completion *arev1.TaskCompletion, reason, message s
 			ToolCalls:    max(0, u.GetToolCalls()),
 		}
 	}
-	return &arev1.TaskFailure{
+	return fitReport(&arev1.TaskFailure{
 		WorkflowId: completion.GetWorkflowId(),
 		TaskId:     completion.GetTaskId(),
 		Attempt:    completion.GetAttempt(),
@@ -881,7 +973,7 @@ func completionRefusedReport(completion *arev1.TaskCompletion, reason, message s
 			Type:    CompletionRefusedType,
 			Kind:    arev1.FailureKind_FAILURE_KIND_APPLICATION,
 		},
-	}
+	})
 }
 
 // refusedAsInvalid reports whether a CompleteTask error refused the
@@ -926,7 +1018,8 @@ func (w *Worker) completionOf(ctx context.Context, task *Task, output []byte) (*
 	return completion, nil
 }
 
-// failureReportOf makes the failure report of an attempt.
+// failureReportOf makes the failure report of an attempt, fitted to the
+// sidecar's bounds (fitReport).
 func failureReportOf(task *Task, failure *arev1.Failure, retryAfter time.Duration) *arev1.TaskFailure {
 	task.mu.Lock()
 	usage := task.usage
@@ -937,7 +1030,7 @@ func failureReportOf(task *Task, failure *arev1.Failure, retryAfter time.Duratio
 	if retryAfter > 0 {
 		report.RetryAfter = durationpb.New(retryAfter)
 	}
-	return report
+	return fitReport(report)
 }
 
 func (w *Worker) complete(ctx context.Context, task *Task, output []byte) {

@@ -339,6 +339,59 @@ func TestARefusedCompletionIsReportedAsAFailure(t *testing.T) {
 	})
 }
 
+func TestAFailurePastTheSidecarsBoundsIsFittedToThem(t *testing.T) {
+	// A TaskError whose type is over 256 characters and details over 1 MiB,
+	// with negative usage and retry delay, was refused by the sidecar,
+	// leaving the task RUNNING: the worker cuts the type, drops the details
+	// saying so and clamps the rest, so the task ends FAILED.
+	eachTransport(t, func(t *testing.T, opts are.WorkerOptions) {
+		client := connect(t)
+		ctx := within(t, 15*time.Second)
+		capability := name("go-oversized")
+
+		worker := client.NewWorker(name("go-oversized"), opts)
+		worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+			task.AddUsage(&arev1.Usage{InputTokens: 5, OutputTokens: -1})
+			return nil, &are.TaskError{
+				Message:    "too big",
+				Type:       strings.Repeat("T", 299) + "é",
+				Details:    []byte(`"` + strings.Repeat("x", 1024*1024) + `"`),
+				RetryAfter: -time.Second,
+			}
+		})
+		run(t, worker)
+
+		spec, err := are.NewWorkflow("go-oversized").Task("x", capability, are.MaxAttempts(1, 0)).Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		handle, err := client.Workflows.Submit(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		final, err := handle.Wait(ctx)
+		if err != nil {
+			t.Fatalf("Wait: %v (the task stayed RUNNING?)", err)
+		}
+		if final.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
+			t.Fatalf("workflow %v; want FAILED", final.GetState())
+		}
+		task, err := handle.Task(ctx, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		failure := task.GetFailure()
+		if want := "too big (details of 1048578 bytes dropped: over 1 MiB)"; task.GetState() != arev1.TaskState_TASK_STATE_FAILED ||
+			failure.GetType() != strings.Repeat("T", 256) || failure.GetMessage() != want || failure.GetDetails() != nil {
+			t.Fatalf("task %v, failure type %q, message %q, details %v; want FAILED, the type cut to 256, %q",
+				task.GetState(), failure.GetType(), failure.GetMessage(), failure.GetDetails() != nil, want)
+		}
+		if u := task.GetUsage().GetUsage(); u.GetInputTokens() != 5 || u.GetOutputTokens() != 0 {
+			t.Errorf("task usage %v; want the reported one, negative as 0", u)
+		}
+	})
+}
+
 func TestWaitIsBoundedByItsContext(t *testing.T) {
 	client := connect(t)
 	ctx := within(t, 30*time.Second)

@@ -495,3 +495,35 @@ async def test_a_handlers_chained_exceptions_are_its_failures_causes(client: Cli
         ("LookupError", "no such model"),
         ("KeyError", "'model-x'"),
     ]
+
+
+async def test_a_failure_past_the_sidecars_bounds_is_fitted_to_them(client: Client) -> None:
+    """A TaskError whose type is over 256 characters and details over 1 MiB was refused by the
+    sidecar, leaving the attempt RUNNING: the worker cuts the type, drops the details saying
+    so, and clamps a negative retry_after, so the attempt ends FAILED."""
+    from are_sdk import RawPayload, RetryPolicy, TaskError
+
+    cap = f"oversized-{suffix()}"
+    worker = Worker(client, name=f"oversized-{suffix()}", shutdown_grace=5)
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> None:
+        raise TaskError(
+            "too big",
+            type="T" * 299 + "é",
+            details=RawPayload(b"x" * (1024 * 1024 + 1), "application/octet-stream"),
+            retry_after=-5,
+        )
+
+    async with worker:
+        handle_ = await client.submit_workflow(
+            WorkflowSpec().task("x", capability=cap, retry_policy=RetryPolicy(maximum_attempts=1))
+        )
+        final = await handle_.wait(timeout=15)
+    assert final.state is WorkflowState.FAILED
+    task = await handle_.task("x")
+    assert task.state is TaskState.FAILED
+    assert task.failure is not None
+    assert task.failure.type == "T" * 256
+    assert task.failure.message == "too big (details of 1048577 bytes dropped: over 1 MiB)"
+    assert task.failure.details is None

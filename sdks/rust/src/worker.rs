@@ -847,24 +847,126 @@ fn failure_of(task: &Task, e: &TaskError) -> pb::Failure {
     failure
 }
 
-/// The report of an attempt's failure, with the usage it spent.
+/// The sidecar's bounds on a Failure (common.proto), beyond which it refuses
+/// the report and the attempt stays RUNNING: the type's characters, the
+/// inline details' bytes (also those of a failure with all its causes), the
+/// details' content type's characters, and the causes' depth.
+const MAX_FAILURE_TYPE: usize = 256;
+const MAX_FAILURE_DETAILS: usize = 1024 * 1024;
+const MAX_DETAILS_CONTENT_TYPE: usize = 128;
+const MAX_FAILURE_CAUSES: usize = 8;
+/// The largest `google.protobuf.Duration`, in seconds.
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
+/// Fits one Failure, not its causes, to the sidecar's bounds: the type cut
+/// to 256 characters; details by reference, over 1 MiB or with a content
+/// type over 128 characters dropped, saying so in the message (the sidecar
+/// cuts a long message or stack trace, never refusing it).
+fn fit_one(failure: &mut pb::Failure) {
+    if failure.r#type.chars().count() > MAX_FAILURE_TYPE {
+        failure.r#type = failure.r#type.chars().take(MAX_FAILURE_TYPE).collect();
+    }
+    let Some(details) = &failure.details else {
+        return;
+    };
+    let why = match &details.content {
+        Some(pb::payload::Content::Blob(blob)) => Some(format!(
+            "details by reference ({} bytes) dropped: inline only",
+            blob.size_bytes
+        )),
+        Some(pb::payload::Content::Data(data)) if data.len() > MAX_FAILURE_DETAILS => Some(
+            format!("details of {} bytes dropped: over 1 MiB", data.len()),
+        ),
+        _ => {
+            let chars = details.content_type.chars().count();
+            (chars > MAX_DETAILS_CONTENT_TYPE)
+                .then(|| format!("details dropped: content type of {chars} characters, over 128"))
+        }
+    };
+    if let Some(why) = why {
+        failure.details = None;
+        failure.message = format!("{} ({why})", failure.message);
+    }
+}
+
+/// Fits a Failure and its causes to the sidecar's bounds (see [`fit_one`]):
+/// at most 8 causes, dropped from the deepest while the whole is over 1 MiB.
+fn fit_failure(failure: &mut pb::Failure) {
+    use prost::Message as _;
+    let mut depth = 0;
+    let mut f = &mut *failure;
+    loop {
+        fit_one(f);
+        if depth == MAX_FAILURE_CAUSES {
+            f.cause = None; // a ninth cause and below
+        }
+        match f.cause.as_deref_mut() {
+            Some(cause) => {
+                f = cause;
+                depth += 1;
+            }
+            None => break,
+        }
+    }
+    while depth > 0 && failure.encoded_len() > MAX_FAILURE_DETAILS {
+        depth -= 1;
+        let mut f = &mut *failure;
+        for _ in 0..depth {
+            f = f
+                .cause
+                .as_deref_mut()
+                .expect("a cause at each depth above the deepest");
+        }
+        f.cause = None;
+    }
+}
+
+/// A failure report fitted to the sidecar's bounds, so that it is never
+/// refused for its shape: its failure as [`fit_failure`], any negative usage
+/// counter as 0, a retry delay past the largest Duration as the largest.
+fn fit_report(mut report: pb::TaskFailure) -> pb::TaskFailure {
+    if let Some(failure) = report.failure.as_mut() {
+        fit_failure(failure);
+    }
+    if let Some(u) = report.usage.as_mut() {
+        u.input_tokens = u.input_tokens.max(0);
+        u.output_tokens = u.output_tokens.max(0);
+        u.cost_micro_usd = u.cost_micro_usd.max(0);
+        u.llm_calls = u.llm_calls.max(0);
+        u.tool_calls = u.tool_calls.max(0);
+    }
+    if let Some(d) = report.retry_after.as_mut() {
+        if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+            *d = prost_types::Duration::default();
+        } else if d.seconds > MAX_DURATION_SECONDS {
+            *d = prost_types::Duration {
+                seconds: MAX_DURATION_SECONDS,
+                nanos: 0,
+            };
+        }
+    }
+    report
+}
+
+/// The report of an attempt's failure, with the usage it spent, fitted to
+/// the sidecar's bounds ([`fit_report`]).
 fn failure_report(
     task: &Task,
     failure: pb::Failure,
     retry_after: Option<Duration>,
 ) -> pb::TaskFailure {
     let usage = *task.usage.lock().unwrap();
-    pb::TaskFailure {
+    fit_report(pb::TaskFailure {
         workflow_id: task.workflow_id.clone(),
         task_id: task.task_id.clone(),
         attempt: task.attempt,
         failure: Some(failure),
         usage: Some(usage),
         retry_after: retry_after.map(|d| prost_types::Duration {
-            seconds: d.as_secs() as i64,
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: d.subsec_nanos() as i32,
         }),
-    }
+    })
 }
 
 /// The failure type an attempt is reported failed with when the sidecar
@@ -910,7 +1012,7 @@ fn completion_refused(
     } else {
         message
     };
-    pb::TaskFailure {
+    fit_report(pb::TaskFailure {
         workflow_id: task.workflow_id.clone(),
         task_id: task.task_id.clone(),
         attempt: task.attempt,
@@ -931,7 +1033,7 @@ fn completion_refused(
             tool_calls: u.tool_calls.max(0),
         }),
         retry_after: None,
-    }
+    })
 }
 
 /// Whether a refusal is final: retrying cannot fix it.

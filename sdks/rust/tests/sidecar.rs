@@ -59,6 +59,7 @@ on_both_transports!(
     graceful_shutdown_lets_a_running_handler_finish,
     handlers_report_llm_and_tool_calls,
     a_refused_completion_is_reported_as_a_failure,
+    a_failure_past_the_sidecars_bounds_is_fitted_to_them,
 );
 
 async fn start() -> (Sidecar, Client) {
@@ -1080,4 +1081,50 @@ async fn handlers_report_llm_and_tool_calls(transport: WorkerTransport) {
     task.report_tool_call("late", None)
         .await
         .expect("an event just after the attempt ended is recorded");
+}
+
+/// A failure whose type is over 256 characters and details over 1 MiB, with
+/// a negative usage counter, was refused by the sidecar, leaving the task
+/// RUNNING: the worker cuts the type, drops the details saying so and
+/// clamps the counter, so the task ends FAILED.
+async fn a_failure_past_the_sidecars_bounds_is_fitted_to_them(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    let worker = Worker::new(&client, "rust-oversized", fast(transport)).handle(
+        "rust-oversized",
+        |task| async move {
+            task.add_usage(pb::Usage {
+                input_tokens: 5,
+                output_tokens: -1,
+                ..Default::default()
+            });
+            Err::<Value, _>(are_sdk::TaskError {
+                details: Some(json!("x".repeat(1024 * 1024))),
+                ..are_sdk::TaskError::new(&format!("{}é", "T".repeat(299)), "too big")
+            })
+        },
+    );
+    let (running, _stats) = Running::spawn(worker);
+    let spec = WorkflowBuilder::new("rust-oversized")
+        .task(TaskBuilder::new("x", "rust-oversized").max_attempts(1, Duration::from_millis(10)));
+    let handle = client.submit(spec).await.unwrap();
+    let e = handle
+        .result::<Value>(Duration::from_secs(15))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.reason, "WORKFLOW_FAILED",
+        "{e} (the task stayed RUNNING?)"
+    );
+    let task = handle.task("x").await.unwrap();
+    assert_eq!(task.state, pb::TaskState::Failed as i32);
+    let failure = task.failure.unwrap();
+    assert_eq!(failure.r#type, "T".repeat(256));
+    assert_eq!(
+        failure.message,
+        "too big (details of 1048578 bytes dropped: over 1 MiB)"
+    );
+    assert!(failure.details.is_none());
+    let usage = task.usage.unwrap().usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (5, 0));
+    running.stop().await;
 }

@@ -74,6 +74,13 @@ export type Handler<I = any> = (ctx: TaskContext<I>) => unknown;
 export const MAX_INLINE_BYTES = 4 * 1024 * 1024;
 const MAX_MESSAGE = 32 * 1024;
 const MAX_STACK_TRACE = 64 * 1024;
+// The sidecar refuses a Failure beyond these bounds (common.proto); a refused failure report would
+// leave its attempt RUNNING, so every report the worker builds is fitted to them first (fitReport).
+const MAX_FAILURE_TYPE = 256; // characters (code points)
+const MAX_FAILURE_DETAILS = 1024 * 1024; // bytes, inline only; also a failure with its causes
+const MAX_DETAILS_CONTENT_TYPE = 128; // characters (code points)
+const MAX_FAILURE_CAUSES = 8;
+const MAX_DURATION_SECONDS = 315_576_000_000; // the largest google.protobuf.Duration
 const MAX_EVENTS_PER_CALL = 1000;
 const MAX_QUEUED_EVENTS = 10_000;
 const REPORT_ATTEMPTS = 5;
@@ -509,6 +516,107 @@ function completionRefusedFailure(error: AreError): Failure {
   });
 }
 
+/** `text` with any lone surrogate (which cannot be UTF-8) as U+FFFD, as the encoder would send it. */
+function wellFormed(text: string): string {
+  return text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+}
+
+/** The number of characters (code points) of `text`. */
+function codePoints(text: string): number {
+  let count = 0;
+  for (const _ of text) count += 1;
+  return count;
+}
+
+/** `text` cut to at most `n` characters (code points), never inside a surrogate pair. */
+function cutCodePoints(text: string, n: number): string {
+  if (text.length <= n) return text;
+  let end = 0;
+  for (const char of text) {
+    if (n === 0) break;
+    end += char.length;
+    n -= 1;
+  }
+  return text.slice(0, end);
+}
+
+/**
+ * One Failure, not its causes, fitted to the sidecar's bounds: strings well formed, the type cut to
+ * 256 characters; details by reference, over 1 MiB or with a content type over 128 characters
+ * dropped, saying so in the message (the sidecar cuts a long message or stack trace, never refusing it).
+ */
+function fitOne(failure: Failure, cause: Failure | undefined): Failure {
+  let message = wellFormed(failure.message);
+  let details = failure.details;
+  let why: string | undefined;
+  if (details?.blob !== undefined) {
+    why = `details by reference (${details.blob.sizeBytes} bytes) dropped: inline only`;
+  } else if (details?.data !== undefined && details.data.length > MAX_FAILURE_DETAILS) {
+    why = `details of ${details.data.length} bytes dropped: over 1 MiB`;
+  } else if (details !== undefined && codePoints(wellFormed(details.contentType)) > MAX_DETAILS_CONTENT_TYPE) {
+    why = `details dropped: content type of ${codePoints(wellFormed(details.contentType))} characters, over 128`;
+  } else if (details !== undefined) {
+    details = { ...details, contentType: wellFormed(details.contentType) };
+  }
+  if (why !== undefined) {
+    details = undefined;
+    message = `${message} (${why})`;
+  }
+  return {
+    ...failure,
+    message,
+    type: cutCodePoints(wellFormed(failure.type), MAX_FAILURE_TYPE),
+    details,
+    stackTrace: wellFormed(failure.stackTrace),
+    cause,
+  };
+}
+
+/**
+ * A Failure fitted to the bounds the sidecar refuses beyond (see fitOne), with at most 8 causes,
+ * dropped from the deepest while the whole is over 1 MiB.
+ */
+function fitFailure(failure: Failure): Failure {
+  const chain: Failure[] = [failure];
+  for (let f = failure.cause; f !== undefined && chain.length <= MAX_FAILURE_CAUSES; f = f.cause) chain.push(f);
+  for (;;) {
+    let fitted: Failure | undefined;
+    for (let i = chain.length - 1; i >= 0; i -= 1) fitted = fitOne(chain[i]!, fitted);
+    if (chain.length === 1 || Failure.encode(fitted!).finish().length <= MAX_FAILURE_DETAILS) return fitted!;
+    chain.pop();
+  }
+}
+
+/**
+ * A failure report fitted to the sidecar's bounds, so that it is never refused for its shape: its
+ * failure as fitFailure, any negative usage counter as 0, a negative retry delay as none.
+ */
+function fitReport(report: NonNullable<FailTaskRequest["failure"]>): NonNullable<FailTaskRequest["failure"]> {
+  const delay = report.retryAfter;
+  const validDelay =
+    delay === undefined ||
+    (Number.isInteger(delay.seconds) &&
+      Number.isInteger(delay.nanos) &&
+      delay.seconds >= 0 &&
+      delay.seconds <= MAX_DURATION_SECONDS &&
+      delay.nanos >= 0 &&
+      delay.nanos < 1e9);
+  return {
+    ...report,
+    failure: report.failure === undefined ? undefined : fitFailure(report.failure),
+    usage: nonNegative(report.usage),
+    retryAfter: validDelay ? delay : undefined,
+  };
+}
+
+/** A handler's retry hint as a Duration: a negative or non-finite one as none, a huge one as the largest. */
+function retryDelay(ms: number | undefined): ReturnType<typeof toDuration> {
+  if (ms === undefined || !(ms > 0)) return undefined;
+  if (ms >= MAX_DURATION_SECONDS * 1000) return { seconds: MAX_DURATION_SECONDS, nanos: 0 };
+  const duration = toDuration(ms)!;
+  return duration.nanos >= 1e9 ? { seconds: duration.seconds + 1, nanos: duration.nanos - 1e9 } : duration;
+}
+
 function failureFromError(error: unknown): Failure {
   const asError = error instanceof Error ? error : undefined;
   const type = error instanceof TaskError ? error.type : (asError?.constructor?.name ?? "Error");
@@ -921,7 +1029,7 @@ export class Worker {
     }
     if (!outcome.ok) {
       const error = outcome.error;
-      const retryAfter = error instanceof TaskError ? toDuration(error.retryAfterMs) : undefined;
+      const retryAfter = error instanceof TaskError ? retryDelay(error.retryAfterMs) : undefined;
       const failure = failureFromError(error);
       if (await this.report("fail", attempt, () => this.failTask(attempt, { ...base, failure, usage: attempt.usage, retryAfter }))) {
         this.stats.failed += 1;
@@ -964,7 +1072,8 @@ export class Worker {
     await this.client.rpc.unary(worker.completeTask.bind(worker), request);
   }
 
-  private async failTask(attempt: Attempt, failure: FailTaskRequest["failure"]): Promise<void> {
+  private async failTask(attempt: Attempt, report: FailTaskRequest["failure"]): Promise<void> {
+    const failure = report === undefined ? undefined : fitReport(report);
     if (attempt.session !== undefined && failure !== undefined) {
       return ackOutcome(await attempt.session.fail(FailTaskRequest.fromPartial({ failure }).failure!));
     }

@@ -213,6 +213,32 @@ for (const transport of ["stream", "unary"] as const) {
       assert.deepEqual([worker.stats.completed, worker.stats.failed], [0, 1]);
     });
 
+    test("a failure past the sidecar's bounds is fitted to them instead of being refused", async () => {
+      // A type over 256 characters and details over 1 MiB were refused, leaving the task RUNNING;
+      // a negative retry delay threw before the failure was sent.
+      const capability = unique("oversized");
+      const worker = new Worker(client, { ...OPTS, name: "ts-oversized" }).handle(capability, (ctx) => {
+        ctx.addUsage({ inputTokens: 5, outputTokens: -1 });
+        throw new TaskError("too big", {
+          type: "T".repeat(299) + "😀",
+          details: new RawPayload(new Uint8Array(1024 * 1024 + 1), "application/octet-stream"),
+          retryAfterMs: -5,
+        });
+      });
+      await serving(worker, async () => {
+        const spec = new WorkflowSpec("ts-oversized").task("x", { capability, retryPolicy: { maximumAttempts: 1 } });
+        const handle = await client.workflows.submit(spec);
+        const workflow = await handle.wait({ timeoutMs: 15_000 });
+        assert.equal(workflow.state, "FAILED");
+        const task = await handle.task("x");
+        assert.equal(task.state, "FAILED");
+        assert.equal(task.failure?.type, "T".repeat(256));
+        assert.equal(task.failure?.message, "too big (details of 1048577 bytes dropped: over 1 MiB)");
+        assert.equal(task.failure?.details, undefined);
+        assert.deepEqual([task.usage.inputTokens, task.usage.outputTokens], [5, 0]);
+      });
+    });
+
     test("cancelling the workflow aborts the running handler's signal", async () => {
       const capability = unique("slow");
       const started = deferred<TaskContext>();

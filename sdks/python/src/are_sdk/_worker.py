@@ -53,12 +53,12 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from are_sdk._errors import AreError, RpcError, error_from_rpc
 from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
@@ -108,6 +108,12 @@ _MAX_BATCH = 1000
 _MAX_STACK_TRACE = 64 * 1024
 _MAX_MESSAGE = 32 * 1024
 _MAX_CAUSES = 8  # a Failure's causes nest at most 8 deep (common.proto)
+# The sidecar refuses a Failure beyond these (common.proto); a refused failure would leave
+# its attempt RUNNING, so the worker fits every failure it builds to them before sending it.
+_MAX_TYPE = 256  # characters
+_MAX_DETAILS = 1024 * 1024  # bytes, inline only; also the bound of a failure with its causes
+_MAX_CONTENT_TYPE = 128  # characters
+_MAX_RETRY_AFTER_S = 315_576_000_000  # the largest google.protobuf.Duration
 #: Outputs over this many bytes are uploaded as a blob and completed by reference.
 MAX_INLINE_BYTES = 4 * 1024 * 1024
 _DEFAULT_HEARTBEAT_INTERVAL = 10.0
@@ -455,19 +461,99 @@ class TaskContext:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
 
+def _valid_text(text: str) -> str:
+    """``text`` as valid UTF-8: lone surrogates, which protobuf cannot encode, become "?"."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
+
+
+def _fit_one(failure: Any) -> None:
+    """Fits one Failure (not its causes) to the sidecar's bounds, in place.
+
+    The type is cut to 256 characters; details by reference, over 1 MiB or
+    with a content type over 128 characters are dropped, saying so in the
+    message. Its strings are valid UTF-8 already (protobuf refuses others:
+    the failure's builder makes them so); the sidecar cuts a long message
+    or stack trace, never refusing it.
+    """
+    failure.type = failure.type[:_MAX_TYPE]
+    if not failure.HasField("details"):
+        return
+    details = failure.details
+    why = None
+    if details.WhichOneof("content") == "blob":
+        why = f"details by reference ({details.blob.size_bytes} bytes) dropped: inline only"
+    elif len(details.data) > _MAX_DETAILS:
+        why = f"details of {len(details.data)} bytes dropped: over 1 MiB"
+    elif len(details.content_type) > _MAX_CONTENT_TYPE:
+        why = f"details dropped: content type of {len(details.content_type)} characters, over 128"
+    if why is not None:
+        failure.ClearField("details")
+        failure.message = f"{failure.message} ({why})"
+
+
+def _fit_failure(failure: Any) -> Any:
+    """Fits a Failure and its causes to the bounds the sidecar refuses beyond, in place.
+
+    At most 8 causes are kept, and causes are dropped from the deepest while
+    the whole is over 1 MiB (the sidecar's bound on a failure with causes).
+    """
+    chain = [failure]
+    while chain[-1].HasField("cause") and len(chain) <= _MAX_CAUSES:
+        chain.append(chain[-1].cause)
+    chain[-1].ClearField("cause")  # a ninth cause and below
+    for one in chain:
+        _fit_one(one)
+    while len(chain) > 1 and failure.ByteSize() > _MAX_DETAILS:
+        chain.pop()
+        chain[-1].ClearField("cause")
+    return failure
+
+
+def _fit_task_failure(failure: Any) -> Any:
+    """Fits a TaskFailure to the sidecar's bounds, so that it is never refused for its shape.
+
+    Its Failure as :func:`_fit_failure`; a negative usage counter becomes 0 and a
+    negative retry_after 0 s (one past the largest Duration the largest).
+    """
+    _fit_failure(failure.failure)
+    if failure.HasField("usage"):
+        failure.usage.CopyFrom(_non_negative(failure.usage))
+    if failure.HasField("retry_after"):
+        delay = failure.retry_after
+        if delay.seconds < 0 or delay.nanos < 0:
+            failure.retry_after.Clear()
+        elif delay.seconds > _MAX_RETRY_AFTER_S:
+            failure.retry_after.CopyFrom(duration_pb2.Duration(seconds=_MAX_RETRY_AFTER_S))
+    return failure
+
+
+def _retry_after(value: Duration) -> Any:
+    """A handler's retry hint as a Duration, negative as 0 and huge as the largest Duration."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0:  # negative, zero or NaN
+        return duration_pb2.Duration()
+    if seconds >= _MAX_RETRY_AFTER_S:
+        return duration_pb2.Duration(seconds=_MAX_RETRY_AFTER_S)
+    return to_duration(value)
+
+
 def _failure_from_exception(error: BaseException) -> Any:
     failure = common_pb2.Failure(
-        message=str(error)[:_MAX_MESSAGE] or error.__class__.__name__,
-        type=error.__class__.__name__,
+        message=_valid_text(str(error)[:_MAX_MESSAGE]) or error.__class__.__name__,
+        type=error.__class__.__name__[:_MAX_TYPE],
         kind=common_pb2.FAILURE_KIND_APPLICATION,
-        stack_trace="".join(traceback.format_exception(error))[-_MAX_STACK_TRACE:],
+        stack_trace=_valid_text("".join(traceback.format_exception(error))[-_MAX_STACK_TRACE:]),
     )
     if isinstance(error, TaskError):
-        failure.message = error.message[:_MAX_MESSAGE]
-        failure.type = error.type
+        failure.message = _valid_text(error.message[:_MAX_MESSAGE])
+        failure.type = _valid_text(error.type[:_MAX_TYPE])
         failure.non_retryable = error.non_retryable
         if error.details is not None:
-            with contextlib.suppress(TypeError):
+            with contextlib.suppress(TypeError, ValueError):  # not JSON, or a content type not UTF-8
                 failure.details.CopyFrom(encode_payload(error.details))
     else:
         failure.non_retryable = bool(getattr(error, "non_retryable", False))
@@ -481,8 +567,8 @@ def _failure_from_exception(error: BaseException) -> Any:
         seen.add(id(error))
         below.cause.CopyFrom(
             common_pb2.Failure(
-                message=str(error)[:_MAX_MESSAGE] or error.__class__.__name__,
-                type=error.__class__.__name__[:256],
+                message=_valid_text(str(error)[:_MAX_MESSAGE]) or error.__class__.__name__,
+                type=error.__class__.__name__[:_MAX_TYPE],
                 kind=common_pb2.FAILURE_KIND_APPLICATION,
             )
         )
@@ -773,7 +859,7 @@ class _Session:
             ),
             usage=_non_negative(usage),  # None leaves it unset
         )
-        self._failures.append(failure)
+        self._failures.append(_fit_task_failure(failure))
         self.unacked.add((ack.workflow_id, ack.task_id, ack.attempt))
         self.worker.stats["completed"] -= 1
         self.worker.stats["failed"] += 1
@@ -819,8 +905,8 @@ class _Session:
                 usage=ctx.usage_message(),  # None leaves it unset
             )
             if isinstance(error, TaskError) and error.retry_after is not None:
-                failure.retry_after.CopyFrom(to_duration(error.retry_after))
-            self._failures.append(failure)
+                failure.retry_after.CopyFrom(_retry_after(error.retry_after))
+            self._failures.append(_fit_task_failure(failure))
             self.worker.stats["failed"] += 1
         else:
             if self.attempts.get(ctx.key) is None:

@@ -63,6 +63,13 @@ import java.util.concurrent.atomic.AtomicReference;
 public final class Worker implements AutoCloseable {
   private static final int MAX_POLL_TASKS = 100;
   private static final int MAX_FAILURE_MESSAGE = 32 * 1024;
+  // The sidecar refuses a Failure beyond these bounds (common.proto); a refused failure report
+  // would leave its attempt RUNNING, so every report the worker builds is fitted to them first.
+  private static final int MAX_FAILURE_TYPE = 256; // characters (code points)
+  private static final int MAX_FAILURE_DETAILS = 1024 * 1024; // also a failure with its causes
+  private static final int MAX_DETAILS_CONTENT_TYPE = 128; // characters (code points)
+  private static final int MAX_FAILURE_CAUSES = 8;
+  private static final long MAX_DURATION_SECONDS = 315_576_000_000L; // the largest Duration
   private static final Set<String> LOST_REASONS =
       Set.of("TASK_NOT_HELD", "TASK_ALREADY_COMPLETED", "TASK_NOT_FOUND", "WORKFLOW_NOT_FOUND");
   private static final AtomicInteger THREADS = new AtomicInteger();
@@ -608,28 +615,30 @@ public final class Worker implements AutoCloseable {
   static TaskFailure completionRefused(TaskCompletion completion, Answer answer) {
     String message = answer.refusedMessage().isEmpty() ? "no message" : answer.refusedMessage();
     Usage u = completion.getUsage();
-    return TaskFailure.newBuilder()
-        .setWorkflowId(completion.getWorkflowId())
-        .setTaskId(completion.getTaskId())
-        .setAttempt(completion.getAttempt())
-        .setFailure(
-            Failure.newBuilder()
-                .setMessage(
-                    truncate(
-                        "the sidecar refused the completion ("
-                            + answer.refusedReason()
-                            + "): "
-                            + message))
-                .setType(COMPLETION_REFUSED)
-                .setKind(FailureKind.FAILURE_KIND_APPLICATION))
-        .setUsage(
-            Usage.newBuilder()
-                .setInputTokens(Math.max(0, u.getInputTokens()))
-                .setOutputTokens(Math.max(0, u.getOutputTokens()))
-                .setCostMicroUsd(Math.max(0, u.getCostMicroUsd()))
-                .setLlmCalls(Math.max(0, u.getLlmCalls()))
-                .setToolCalls(Math.max(0, u.getToolCalls())))
-        .build();
+    TaskFailure report =
+        TaskFailure.newBuilder()
+            .setWorkflowId(completion.getWorkflowId())
+            .setTaskId(completion.getTaskId())
+            .setAttempt(completion.getAttempt())
+            .setFailure(
+                Failure.newBuilder()
+                    .setMessage(
+                        truncate(
+                            "the sidecar refused the completion ("
+                                + answer.refusedReason()
+                                + "): "
+                                + message))
+                    .setType(COMPLETION_REFUSED)
+                    .setKind(FailureKind.FAILURE_KIND_APPLICATION))
+            .setUsage(
+                Usage.newBuilder()
+                    .setInputTokens(Math.max(0, u.getInputTokens()))
+                    .setOutputTokens(Math.max(0, u.getOutputTokens()))
+                    .setCostMicroUsd(Math.max(0, u.getCostMicroUsd()))
+                    .setLlmCalls(Math.max(0, u.getLlmCalls()))
+                    .setToolCalls(Math.max(0, u.getToolCalls())))
+            .build();
+    return fitReport(report);
   }
 
   /** Reports a failure; true when the sidecar accepted it. */
@@ -642,10 +651,113 @@ public final class Worker implements AutoCloseable {
             .setAttempt(task.attempt())
             .setFailure(failure)
             .setUsage(task.usage());
-    if (retryAfter != null) {
-      report.setRetryAfter(Durations.toProto(retryAfter));
+    if (retryAfter != null && !retryAfter.isNegative() && !retryAfter.isZero()) {
+      report.setRetryAfter(
+          Durations.toProto(
+              retryAfter.getSeconds() >= MAX_DURATION_SECONDS
+                  ? Duration.ofSeconds(MAX_DURATION_SECONDS)
+                  : retryAfter));
     }
-    return reporter.fail(report.build(), reportBy);
+    return reporter.fail(fitReport(report.build()), reportBy);
+  }
+
+  /**
+   * A failure report fitted to the bounds the sidecar refuses beyond, so that it is never refused
+   * for its shape (it would leave the attempt RUNNING): its failure as {@link #fitFailure}, any
+   * negative usage counter as 0, a negative or malformed retry delay as none.
+   */
+  static TaskFailure fitReport(TaskFailure report) {
+    TaskFailure.Builder fitted = report.toBuilder();
+    if (report.hasFailure()) {
+      fitted.setFailure(fitFailure(report.getFailure()));
+    }
+    if (report.hasUsage()) {
+      Usage u = report.getUsage();
+      fitted.setUsage(
+          Usage.newBuilder()
+              .setInputTokens(Math.max(0, u.getInputTokens()))
+              .setOutputTokens(Math.max(0, u.getOutputTokens()))
+              .setCostMicroUsd(Math.max(0, u.getCostMicroUsd()))
+              .setLlmCalls(Math.max(0, u.getLlmCalls()))
+              .setToolCalls(Math.max(0, u.getToolCalls())));
+    }
+    if (report.hasRetryAfter()) {
+      com.google.protobuf.Duration d = report.getRetryAfter();
+      if (d.getSeconds() < 0
+          || d.getSeconds() > MAX_DURATION_SECONDS
+          || d.getNanos() < 0
+          || d.getNanos() >= 1_000_000_000) {
+        fitted.clearRetryAfter();
+      }
+    }
+    return fitted.build();
+  }
+
+  /**
+   * A Failure fitted to the sidecar's bounds (see {@link #fitOne}), with at most 8 causes, dropped
+   * from the deepest while the whole is over 1 MiB.
+   */
+  static Failure fitFailure(Failure failure) {
+    List<Failure> chain = new ArrayList<>();
+    for (Failure f = failure; ; f = f.getCause()) {
+      chain.add(f);
+      if (!f.hasCause() || chain.size() > MAX_FAILURE_CAUSES) {
+        break;
+      }
+    }
+    while (true) {
+      Failure fitted = null;
+      for (int i = chain.size() - 1; i >= 0; i--) {
+        Failure.Builder one = fitOne(chain.get(i)).clearCause();
+        if (fitted != null) {
+          one.setCause(fitted);
+        }
+        fitted = one.build();
+      }
+      if (chain.size() == 1 || fitted.getSerializedSize() <= MAX_FAILURE_DETAILS) {
+        return fitted;
+      }
+      chain.remove(chain.size() - 1);
+    }
+  }
+
+  /**
+   * One Failure fitted to the sidecar's bounds: the type cut to 256 characters; details by
+   * reference, over 1 MiB or with a content type over 128 characters dropped, saying so in the
+   * message (the sidecar cuts a long message or stack trace, never refusing it).
+   */
+  private static Failure.Builder fitOne(Failure failure) {
+    Failure.Builder f = failure.toBuilder().setType(cutCodePoints(failure.getType(), MAX_FAILURE_TYPE));
+    if (!failure.hasDetails()) {
+      return f;
+    }
+    Payload details = failure.getDetails();
+    String why = null;
+    int contentTypeChars =
+        details.getContentType().codePointCount(0, details.getContentType().length());
+    if (details.hasBlob()) {
+      why =
+          "details by reference ("
+              + details.getBlob().getSizeBytes()
+              + " bytes) dropped: inline only";
+    } else if (details.getData().size() > MAX_FAILURE_DETAILS) {
+      why = "details of " + details.getData().size() + " bytes dropped: over 1 MiB";
+    } else if (contentTypeChars > MAX_DETAILS_CONTENT_TYPE) {
+      why = "details dropped: content type of " + contentTypeChars + " characters, over 128";
+    }
+    if (why != null) {
+      f.clearDetails().setMessage(failure.getMessage() + " (" + why + ")");
+    }
+    return f;
+  }
+
+  /** {@code s} cut to at most {@code n} characters (code points), never inside a surrogate pair. */
+  private static String cutCodePoints(String s, int n) {
+    if (s.length() <= n) {
+      return s;
+    }
+    int chars = s.codePointCount(0, s.length());
+    return chars <= n ? s : s.substring(0, s.offsetByCodePoints(0, n));
   }
 
   @FunctionalInterface

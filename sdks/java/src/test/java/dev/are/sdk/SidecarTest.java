@@ -386,6 +386,44 @@ class SidecarTest {
     assertEquals(1, worker.stats().failed());
   }
 
+  /**
+   * A failure whose type is over 256 characters and details over 1 MiB, with a negative retry
+   * delay and usage counter, was refused by the sidecar, leaving the task RUNNING: the worker cuts
+   * the type, drops the details saying so and clamps the rest, so the task ends FAILED.
+   */
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void aFailurePastTheSidecarsBoundsIsFittedToThem(WorkerOptions.Transport transport)
+      throws Exception {
+    Worker worker =
+        new Worker(client, "java-oversized", fast(transport))
+            .handle(
+                "java-oversized",
+                task -> {
+                  task.addUsage(Usage.newBuilder().setInputTokens(5).setOutputTokens(-1).build());
+                  throw new TaskError("T".repeat(299) + "\u00e9", "too big")
+                      .details("x".repeat(1024 * 1024))
+                      .retryAfter(Duration.ofSeconds(-5));
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-oversized")
+                .task(new TaskBuilder("x", "java-oversized").maxAttempts(1, Duration.ofMillis(10))));
+    AreException e =
+        assertThrows(AreException.class, () -> handle.result(Duration.ofSeconds(15)));
+    assertEquals("WORKFLOW_FAILED", e.reason(), e.getMessage() + " (the task stayed RUNNING?)");
+    Task task = handle.task("x");
+    assertEquals(TaskState.TASK_STATE_FAILED, task.getState());
+    assertEquals("T".repeat(256), task.getFailure().getType());
+    assertEquals(
+        "too big (details of 1048578 bytes dropped: over 1 MiB)", task.getFailure().getMessage());
+    assertFalse(task.getFailure().hasDetails());
+    Usage usage = task.getUsage().getUsage();
+    assertEquals(List.of(5L, 0L), List.of(usage.getInputTokens(), usage.getOutputTokens()));
+    stopWorker(worker);
+  }
+
   @ParameterizedTest
   @EnumSource(WorkerOptions.Transport.class)
   void cancellationReachesARunningHandler(WorkerOptions.Transport transport) throws Exception {
