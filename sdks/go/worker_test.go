@@ -300,25 +300,7 @@ func TestARefusedCompletionIsReportedAsAFailure(t *testing.T) {
 		})
 		stop := run(t, worker)
 
-		spec, err := are.NewWorkflow("go-refused").Task("x", capability, are.MaxAttempts(1, 0)).Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handle, err := client.Workflows.Submit(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		final, err := handle.Wait(ctx)
-		if err != nil {
-			t.Fatalf("Wait: %v (the task stayed RUNNING?)", err)
-		}
-		if final.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
-			t.Fatalf("workflow %v; want FAILED", final.GetState())
-		}
-		task, err := handle.Task(ctx, "x")
-		if err != nil {
-			t.Fatal(err)
-		}
+		task := failedTask(ctx, t, client, "go-refused", capability)
 		failure := task.GetFailure()
 		field := "complete.completions[0].output.content_type"
 		if opts.Transport == are.TransportUnary {
@@ -361,25 +343,7 @@ func TestAFailurePastTheSidecarsBoundsIsFittedToThem(t *testing.T) {
 		})
 		run(t, worker)
 
-		spec, err := are.NewWorkflow("go-oversized").Task("x", capability, are.MaxAttempts(1, 0)).Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handle, err := client.Workflows.Submit(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		final, err := handle.Wait(ctx)
-		if err != nil {
-			t.Fatalf("Wait: %v (the task stayed RUNNING?)", err)
-		}
-		if final.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
-			t.Fatalf("workflow %v; want FAILED", final.GetState())
-		}
-		task, err := handle.Task(ctx, "x")
-		if err != nil {
-			t.Fatal(err)
-		}
+		task := failedTask(ctx, t, client, "go-oversized", capability)
 		failure := task.GetFailure()
 		if want := "too big (details of 1048578 bytes dropped: over 1 MiB)"; task.GetState() != arev1.TaskState_TASK_STATE_FAILED ||
 			failure.GetType() != strings.Repeat("T", 256) || failure.GetMessage() != want || failure.GetDetails() != nil {
@@ -754,4 +718,31 @@ func TestADeclaredCardIsCheckedAndNamesTheField(t *testing.T) {
 	if cards := cardsServing(t, ctx, client, capability); len(cards) != 0 {
 		t.Fatalf("cards serving %s = %+v; want none: nothing was declared", capability, cards)
 	}
+}
+
+// failedTask submits a workflow of one task "x" for capability, with a
+// single attempt, and returns the task once the workflow has FAILED (within
+// ctx: a task left RUNNING fails the test).
+func failedTask(ctx context.Context, t *testing.T, client *are.Client, workflow, capability string) *arev1.Task {
+	t.Helper()
+	spec, err := are.NewWorkflow(workflow).Task("x", capability, are.MaxAttempts(1, 0)).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final, err := handle.Wait(ctx)
+	if err != nil {
+		t.Fatalf("Wait: %v (the task stayed RUNNING?)", err)
+	}
+	if final.GetState() != arev1.WorkflowState_WORKFLOW_STATE_FAILED {
+		t.Fatalf("workflow %v; want FAILED", final.GetState())
+	}
+	task, err := handle.Task(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task
 }

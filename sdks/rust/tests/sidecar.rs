@@ -319,19 +319,7 @@ async fn a_refused_completion_is_reported_as_a_failure(transport: WorkerTranspor
         },
     );
     let (running, stats) = Running::spawn(worker);
-    let spec = WorkflowBuilder::new("rust-refused")
-        .task(TaskBuilder::new("x", "rust-refused").max_attempts(1, Duration::from_millis(10)));
-    let handle = client.submit(spec).await.unwrap();
-    let e = handle
-        .result::<Value>(Duration::from_secs(15))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.reason, "WORKFLOW_FAILED",
-        "{e} (the task stayed RUNNING?)"
-    );
-    let task = handle.task("x").await.unwrap();
-    assert_eq!(task.state, pb::TaskState::Failed as i32);
+    let task = failed_task(&client, "rust-refused").await;
     let failure = task.failure.unwrap();
     let field = match transport {
         WorkerTransport::Stream => "complete.completions[0].usage.cost_micro_usd",
@@ -1104,8 +1092,25 @@ async fn a_failure_past_the_sidecars_bounds_is_fitted_to_them(transport: WorkerT
         },
     );
     let (running, _stats) = Running::spawn(worker);
-    let spec = WorkflowBuilder::new("rust-oversized")
-        .task(TaskBuilder::new("x", "rust-oversized").max_attempts(1, Duration::from_millis(10)));
+    let task = failed_task(&client, "rust-oversized").await;
+    let failure = task.failure.unwrap();
+    assert_eq!(failure.r#type, "T".repeat(256));
+    assert_eq!(
+        failure.message,
+        "too big (details of 1048578 bytes dropped: over 1 MiB)"
+    );
+    assert!(failure.details.is_none());
+    let usage = task.usage.unwrap().usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (5, 0));
+    running.stop().await;
+}
+
+/// Submits a workflow named `name` of one task "x" for the capability of the
+/// same name, with a single attempt, and returns the task once the workflow
+/// has failed (within 15 s: a task left RUNNING fails the test).
+async fn failed_task(client: &Client, name: &str) -> pb::Task {
+    let spec = WorkflowBuilder::new(name)
+        .task(TaskBuilder::new("x", name).max_attempts(1, Duration::from_millis(10)));
     let handle = client.submit(spec).await.unwrap();
     let e = handle
         .result::<Value>(Duration::from_secs(15))
@@ -1117,14 +1122,5 @@ async fn a_failure_past_the_sidecars_bounds_is_fitted_to_them(transport: WorkerT
     );
     let task = handle.task("x").await.unwrap();
     assert_eq!(task.state, pb::TaskState::Failed as i32);
-    let failure = task.failure.unwrap();
-    assert_eq!(failure.r#type, "T".repeat(256));
-    assert_eq!(
-        failure.message,
-        "too big (details of 1048578 bytes dropped: over 1 MiB)"
-    );
-    assert!(failure.details.is_none());
-    let usage = task.usage.unwrap().usage.unwrap();
-    assert_eq!((usage.input_tokens, usage.output_tokens), (5, 0));
-    running.stop().await;
+    task
 }

@@ -337,6 +337,24 @@ class SidecarTest {
    * held: the worker reports a CompletionRefused failure naming the field, with the completion's
    * valid usage, instead of leaving the task RUNNING.
    */
+  /**
+   * Submits a workflow named {@code name} of one task "x" for the capability of the same name,
+   * with a single attempt, and returns the task once the workflow has failed (within 15 s: a task
+   * left RUNNING fails the test).
+   */
+  private Task failedTask(String name) throws Exception {
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder(name)
+                .task(new TaskBuilder("x", name).maxAttempts(1, Duration.ofMillis(10))));
+    AreException e =
+        assertThrows(AreException.class, () -> handle.result(Duration.ofSeconds(15)));
+    assertEquals("WORKFLOW_FAILED", e.reason(), e.getMessage() + " (the task stayed RUNNING?)");
+    Task task = handle.task("x");
+    assertEquals(TaskState.TASK_STATE_FAILED, task.getState());
+    return task;
+  }
+
   @ParameterizedTest
   @EnumSource(WorkerOptions.Transport.class)
   void aRefusedCompletionIsReportedAsAFailure(WorkerOptions.Transport transport)
@@ -356,15 +374,7 @@ class SidecarTest {
                   return "out";
                 })
             .start();
-    WorkflowHandle handle =
-        client.submit(
-            new WorkflowBuilder("java-refused")
-                .task(new TaskBuilder("x", "java-refused").maxAttempts(1, Duration.ofMillis(10))));
-    AreException e =
-        assertThrows(AreException.class, () -> handle.result(Duration.ofSeconds(15)));
-    assertEquals("WORKFLOW_FAILED", e.reason(), e.getMessage() + " (the task stayed RUNNING?)");
-    Task task = handle.task("x");
-    assertEquals(TaskState.TASK_STATE_FAILED, task.getState());
+    Task task = failedTask("java-refused");
     assertEquals(Worker.COMPLETION_REFUSED, task.getFailure().getType());
     assertFalse(task.getFailure().getNonRetryable());
     String field =
@@ -406,15 +416,7 @@ class SidecarTest {
                       .retryAfter(Duration.ofSeconds(-5));
                 })
             .start();
-    WorkflowHandle handle =
-        client.submit(
-            new WorkflowBuilder("java-oversized")
-                .task(new TaskBuilder("x", "java-oversized").maxAttempts(1, Duration.ofMillis(10))));
-    AreException e =
-        assertThrows(AreException.class, () -> handle.result(Duration.ofSeconds(15)));
-    assertEquals("WORKFLOW_FAILED", e.reason(), e.getMessage() + " (the task stayed RUNNING?)");
-    Task task = handle.task("x");
-    assertEquals(TaskState.TASK_STATE_FAILED, task.getState());
+    Task task = failedTask("java-oversized");
     assertEquals("T".repeat(256), task.getFailure().getType());
     assertEquals(
         "too big (details of 1048578 bytes dropped: over 1 MiB)", task.getFailure().getMessage());
