@@ -215,7 +215,12 @@ def _attributes(attributes: Any, field: str) -> dict[str, str | int | float | bo
                 "set exactly one of string_value, int_value, double_value or bool_value",
             )
         item = getattr(value, kind)
-        if kind == "string_value" and len(item.encode()) > _ATTRIBUTE_STRING_BYTES:
+        # (a string of at most a quarter as many characters fits whatever they are: no encoding)
+        if (
+            kind == "string_value"
+            and len(item) > _ATTRIBUTE_STRING_BYTES // 4
+            and len(item.encode()) > _ATTRIBUTE_STRING_BYTES
+        ):
             raise SpecError(
                 "LIMIT_EXCEEDED",
                 f"{_attribute_path(field, key)}.string_value",
