@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -76,6 +77,17 @@ def test_second_sidecar_on_the_same_folder_is_refused(sidecar: SidecarProcess) -
     assert "status 1" in message
     assert str(sidecar.pid) in message
     assert str(sidecar.data_dir.absolute()) in message
+
+
+def test_a_sidecar_that_fails_to_start_leaves_no_temporary_folder(
+    sidecar: SidecarProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with pytest.raises(SidecarStartError):
+        SidecarProcess.start(data_dir=sidecar.data_dir, timeout=20)
+    assert list(scratch.iterdir()) == []
 
 
 def _boot_count(data_dir: Path) -> int:

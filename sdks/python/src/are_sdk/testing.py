@@ -129,6 +129,8 @@ class SidecarProcess:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            # The error quotes the log's tail, so nothing is lost with the folder.
+            shutil.rmtree(workdir, ignore_errors=True)
             raise
         return cls(
             process,
