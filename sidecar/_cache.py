@@ -36,6 +36,7 @@ from are_core.cache import (
     EmbedderMismatchError,
     EmbedderUnavailableError,
     ImmutableFieldError,
+    InvalidationBusyError,
     InvalidCacheArgumentError,
     Namespace,
     NamespaceLimitError,
@@ -48,7 +49,7 @@ from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, com
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._state import StateCapability
-from sidecar._status import abort, abort_storage
+from sidecar._status import abort, abort_storage, storage_status
 
 __all__ = ["CacheCapability", "CacheServicer", "parse_models"]
 
@@ -219,7 +220,12 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
     async def InvalidateCache(  # noqa: N802 - the RPC's name
         self, request: cache_service_pb2.InvalidateCacheRequest, context: _Context
     ) -> cache_service_pb2.InvalidateCacheResponse:
-        """Removes entries by id, by metadata match, or all."""
+        """Removes entries by id, by metadata match, or all.
+
+        Refused for backpressure (RESOURCE_EXHAUSTED) after some of its chunks
+        committed, the status's ErrorInfo metadata ``removed_count`` says how
+        many entries those removed (they stay removed; a retry removes the rest).
+        """
         await _check_id(context, request.namespace, "namespace")
         selectors = [
             name
@@ -538,6 +544,18 @@ async def _check_metadata(context: _Context, metadata: Any, field: str, bound: i
 
 async def _fail(context: _Context, error: CacheError | StorageError) -> NoReturn:
     """Ends the call with the status an engine or storage error maps to."""
+    if isinstance(error, InvalidationBusyError):
+        # A StorageBusyError's status (RESOURCE_EXHAUSTED, RESOURCE_LIMIT, a retry hint) that also
+        # says how many entries the chunks committed before the refusal removed: they stay removed.
+        status = storage_status(error)
+        await abort(
+            context,
+            status.code,
+            status.message,
+            reason=status.reason,
+            metadata={**status.metadata, "removed_count": str(error.removed_count)},
+            retry_after=status.retry_after,
+        )
     if isinstance(error, StorageError):
         await abort_storage(context, error)
     await _fail_cache(context, error)

@@ -23,6 +23,9 @@ Exceptions::
     ├── CacheLimitError             an entry over its namespace's bounds
     ├── InvalidCacheArgumentError   a setting out of range (names the field)
     └── NamespaceLimitError         past 1,000 namespaces
+
+    are_core.storage.StorageBusyError   the storage is busy: retry later (nothing changed)
+    └── InvalidationBusyError       an invalidation refused after removing ``removed_count``
 """
 
 from ._engine import CACHE_TABLES, DEFAULT_INDEX_AT_START, BlobReferences, CacheEngine
@@ -34,6 +37,7 @@ from ._errors import (
     EmbedderMismatchError,
     EmbedderUnavailableError,
     ImmutableFieldError,
+    InvalidationBusyError,
     InvalidCacheArgumentError,
     NamespaceLimitError,
     NamespaceNotFoundError,
@@ -78,6 +82,7 @@ __all__ = [
     "EmbedderUnavailableError",
     "ImmutableFieldError",
     "InvalidCacheArgumentError",
+    "InvalidationBusyError",
     "LookupResult",
     "Namespace",
     "NamespaceLimitError",

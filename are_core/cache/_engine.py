@@ -50,6 +50,7 @@ from ._errors import (
     EmbedderMismatchError,
     EmbedderUnavailableError,
     ImmutableFieldError,
+    InvalidationBusyError,
     InvalidCacheArgumentError,
     NamespaceLimitError,
     NamespaceNotFoundError,
@@ -124,6 +125,9 @@ _INT64_MAX = 2**63 - 1
 _SCAN_PAGE = 10_000
 _MAX_PENDING_EVENTS = 10_000
 _INVALIDATE_CHUNK = 5_000
+# Evictions past the bounds per commit (a shrink, a flush), and at most this many a store makes
+# past its own share: the rest waits for the next chunk (see CacheEngine._shrink).
+_EVICT_CHUNK = 5_000
 
 _namespace_codec = Codec(Namespace)
 _head_codec = Codec(EntryHead)
@@ -1082,13 +1086,24 @@ class CacheEngine:
     async def put_namespace(self, settings: NamespaceSettings) -> tuple[Namespace, bool]:
         """Creates a namespace or updates its mutable settings; returns it and whether it is new.
 
+        Bounds lowered below what the namespace holds evict its least recently
+        used entries past them before the call returns, a chunk of at most
+        5,000 per commit (fewer on a committer of small bounds): the settings
+        commit with the first chunk. If the storage refuses a later chunk
+        (backpressure), or its commit fails, the call still returns: the
+        settings are in force, and the flushes that follow (every
+        ``flush_interval``) evict the rest, a chunk at a time, least recently
+        used first. Until then those entries still answer lookups (the bounds
+        are about size, not freshness), and stores evict no more than their
+        own share and a chunk (see :meth:`store`).
+
         Raises:
             InvalidCacheArgumentError: A setting is out of range.
             ImmutableFieldError: The embedder, dimension or dtype of an existing namespace changed.
             EmbedderUnavailableError: The embedder is unknown or cannot be loaded.
             NamespaceLimitError: There are already 1,000 namespaces.
             StorageBusyError: Too many writes are waiting for the storage; retry later. Nothing
-                changed.
+                changed (checked before the settings commit, with the first chunk of evictions).
         """
         async with self._write_lock:
             return await self._put_namespace(settings)
@@ -1131,8 +1146,15 @@ class CacheEngine:
                 update_time_ns=now,
             )
             namespace = _in_force(namespace, state.stats.calibration)
-            # Refused for backpressure before the settings change and evictions (see _room).
-            evicting = self._evictions(state, namespace, 0, 0)
+            # The settings commit with the first chunk of the evictions past the new bounds, the
+            # rest a chunk per commit (_shrink): one batch of them all could be over the
+            # committer's bound, refused every time. Refused for backpressure before the
+            # settings change (see _room).
+            evicting = min(
+                self._evictions(state, namespace, 0, 0),
+                self._removal_room(state, namespace_row=True),
+                _EVICT_CHUNK,
+            )
             self._room(
                 state, mutations=0, nbytes=0, changes=0, removals=evicting, events=1, namespace_row=True
             )
@@ -1140,9 +1162,16 @@ class CacheEngine:
             batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
             state.namespace = namespace
             state.index.expansion_search = namespace.search_expansion
-            evicted = self._evict(state, batch, keep=None)
+            evicted = self._evict(state, batch, keep=None, limit=evicting)
             self._put_stats(batch, state)
             await self._submit(batch, state, self._removal_drafts(state, evicted, "EVICTED"))
+            try:
+                await self._shrink(state)
+            except StorageError as error:  # the settings are in force: the flushes evict the rest
+                _log.warning(
+                    f"cache: evicting past the new bounds of {settings.name!r} failed ({error}); "
+                    "the flushes that follow evict the rest"
+                )
             return namespace, False
         if len(self._states) + len(self._reloading) >= MAX_NAMESPACES:
             raise NamespaceLimitError(f"at most {MAX_NAMESPACES} cache namespaces")
@@ -1475,7 +1504,9 @@ class CacheEngine:
         """Stores a response under a prompt (replacing an entry of the same normalised prompt).
 
         Acknowledged (returns) only once durable. Evicts least recently used
-        entries past the namespace's bounds in the same commit. Everything is
+        entries past the namespace's bounds in the same commit (at most 5,001,
+        and no more than the commit can carry within the committer's bounds:
+        the flushes evict what is left, see :meth:`_room_to_store`). Everything is
         checked (and the prompt embedded) before anything changes, so a
         refused store leaves an entry it would have replaced in place. A
         prompt its embedder gives no direction (no words, for the lexical
@@ -1542,7 +1573,7 @@ class CacheEngine:
         replaced_id = state.exact.get(head.prompt_hash)
         # Refused for backpressure here, before memory changes, rather than by the commit
         # after it changed (which reloads the namespace; see _room).
-        self._room(
+        evicting = self._room_to_store(
             state,
             mutations=2 + (query is not None) + (_REFERENCE_MUTATIONS if digest else 0),
             nbytes=len(head_key)
@@ -1551,9 +1582,9 @@ class CacheEngine:
             + len(body_row)
             + (8 + len(vector_row) if query is not None else 0)
             + (_REFERENCE_BYTES if digest else 0),
-            changes=1,
-            removals=(replaced_id is not None) + self._evictions(state, state.namespace, 1, size),
-            events=2,
+            added=1,
+            added_bytes=size,
+            replacing=int(replaced_id is not None),
             namespace_row=bool(digest) and not state.namespace.blob_entries,
         )
         self._next_id += 1
@@ -1576,7 +1607,7 @@ class CacheEngine:
             if query is not None:
                 batch.put(VECTORS, u64_key(entry_id), vector_row)
             state.admit(head)
-            evicted = self._evict(state, batch, keep=entry_id)
+            evicted = self._evict(state, batch, keep=entry_id, limit=evicting)
             self._put_stats(batch, state)
         except BaseException:
             self._resync(state)  # memory ran ahead of a write that never happened: reload
@@ -1734,19 +1765,17 @@ class CacheEngine:
             )
             bodies[head.entry_id] = body
         nbytes = sum(len(key) + len(head_row) + 8 + len(body_row) for key, head_row, body_row in encoded)
-        added_bytes = sum(head.size_bytes for head in heads)
         vectors = sum(with_vector)
         if matrix is not None:
             nbytes += vectors * (8 + matrix.shape[1] * matrix.itemsize)
         digests = {head.prompt_hash for head in heads}  # a prompt twice in the chunk: its second replaces it
-        replacing = len(heads) - len(digests) + sum(1 for digest in digests if digest in state.exact)
-        self._room(
+        evicting = self._room_to_store(
             state,
             mutations=2 * len(heads) + vectors,
             nbytes=nbytes,
-            changes=len(heads),
-            removals=replacing + self._evictions(state, state.namespace, len(heads), added_bytes),
-            events=2,
+            added=len(heads),
+            added_bytes=sum(head.size_bytes for head in heads),
+            replacing=len(heads) - len(digests) + sum(1 for digest in digests if digest in state.exact),
         )
         self._next_id += len(prompts)
         batch = self._storage.batch()
@@ -1775,7 +1804,7 @@ class CacheEngine:
                         expire_time_ns=expire,
                     )
                 )
-            evicted = self._evict(state, batch, keep=keys[-1] if keys else None)
+            evicted = self._evict(state, batch, keep=keys[-1] if keys else None, limit=evicting)
             self._put_stats(batch, state)
         except BaseException:
             self._resync(state)  # memory ran ahead of a write that never happened: reload
@@ -1807,14 +1836,18 @@ class CacheEngine:
     ) -> int:
         """Removes entries by id, by metadata match, or all of them; returns how many.
 
-        Entries are removed a chunk of 5,000 per commit, each checked against
-        the committer's bounds before it changes anything: under backpressure
-        the call is refused (StorageBusyError), and the chunks committed
-        before stay removed.
+        Entries are removed a chunk of at most 5,000 per commit (fewer on a
+        committer of small bounds, see :meth:`_removal_room`), each checked
+        against the committer's bounds before it changes anything: under
+        backpressure the call is refused (InvalidationBusyError, a
+        StorageBusyError) with the count of entries the chunks committed
+        before removed, and those stay removed. A retry of the same call is
+        safe: it finds only the entries still there, and removes them.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
-            StorageBusyError: Too many writes are waiting for the storage; retry later.
+            InvalidationBusyError: Too many writes are waiting for the storage; retry later.
+                Its ``removed_count`` entries were removed (0: nothing changed).
         """
         state = self._state(namespace)
         if everything:
@@ -1827,14 +1860,17 @@ class CacheEngine:
             chosen = list(dict.fromkeys(n for n in numbers if n is not None and n in state.heads))
         if not chosen:
             return 0
-        count = 0
-        for start in range(0, len(chosen), _INVALIDATE_CHUNK):
+        count = start = 0
+        while start < len(chosen):
             state = self._state(namespace)  # the one in force after the last chunk's commit (see _resync)
-            part = chosen[start : start + _INVALIDATE_CHUNK]
-            self._room(state, mutations=0, nbytes=0, changes=0, removals=len(part), events=1)
+            part = chosen[start : start + max(min(self._removal_room(state), _INVALIDATE_CHUNK), 1)]
+            start += len(part)
+            try:
+                self._room(state, mutations=0, nbytes=0, changes=0, removals=len(part), events=1)
+            except StorageBusyError as busy:
+                raise InvalidationBusyError(busy, namespace=namespace, removed_count=count) from busy
             batch = self._storage.batch()
             removed = [head for n in part if (head := self._remove(state, batch, n))]
-            count += len(removed)
             self._put_stats(batch, state)
             drafts = [
                 EventDraft(
@@ -1848,7 +1884,11 @@ class CacheEngine:
                     },
                 )
             ]
-            await self._submit(batch, state, drafts)
+            try:
+                await self._submit(batch, state, drafts)
+            except StorageBusyError as busy:  # refused after all (see _submit): this chunk was not removed
+                raise InvalidationBusyError(busy, namespace=namespace, removed_count=count) from busy
+            count += len(removed)
         return count
 
     def _match_metadata(self, state: _State, wanted: dict[str, str]) -> list[int]:
@@ -1951,13 +1991,17 @@ class CacheEngine:
                 return
 
     async def _flush_namespace(self, state: _State, now: int) -> None:
-        """Removes a namespace's expired entries, a chunk per commit, and writes its counters if they changed.
+        """Removes a namespace's expired entries, then evicts past its bounds, a chunk per commit.
 
-        Each commit is checked against the committer's bounds before it changes
-        memory; under backpressure the rest waits for the next flush. Meanwhile
-        an expired entry never answers (a lookup checks expiry) and nothing
-        else changed, so there is nothing to reload. The chunks also keep a
-        mass expiry's commits within the bound on one batch.
+        Also writes its counters if they changed. Each commit is checked
+        against the committer's bounds before it changes memory; under
+        backpressure the rest waits for the next flush. Meanwhile an expired
+        entry never answers (a lookup checks expiry) and nothing else changed,
+        so there is nothing to reload. The chunks also keep a mass expiry's
+        commits within the bound on one batch. Then the entries past the
+        bounds go (:meth:`_shrink`): those a shrink left (backpressure, a
+        failed commit or a SIGKILL cut it short, see :meth:`put_namespace`),
+        or a store (see :meth:`_room_to_store`).
         """
         name = state.namespace.name
         if self._states.get(name) is not state:  # reloaded meanwhile
@@ -1967,7 +2011,7 @@ class CacheEngine:
         while self._states.get(name) is state:
             due = state.overdue[:chunk]
             if not due and not state.stats_dirty:
-                return
+                break
             try:
                 self._room(state, mutations=0, nbytes=0, changes=0, removals=len(due), events=1)
             except BatchTooLargeError:  # a committer of small bounds: smaller commits
@@ -1987,7 +2031,40 @@ class CacheEngine:
             if len(batch) or drafts:
                 await self._submit(batch, state, drafts)
             if not state.overdue:
-                return
+                break
+        await self._shrink(state)
+
+    async def _shrink(self, state: _State) -> int:
+        """Evicts a namespace's entries past its bounds, least recently used first, a chunk per commit.
+
+        Each chunk (at most 5,000; fewer on a committer of small bounds, see
+        :meth:`_removal_room`) is checked against the committer's bounds
+        before it changes memory. When the committer refuses one (busy, or
+        closing), the rest waits for the next flush, which calls this again,
+        and nothing changed. Returns how many entries were evicted.
+
+        Raises:
+            StorageError: A chunk's commit failed (its namespace is reloaded, see :meth:`_resync`).
+        """
+        name = state.namespace.name
+        total = 0
+        while self._states.get(name) is state and _over_bounds(state):
+            evicting = self._evictions(state, state.namespace, 0, 0)
+            limit = min(evicting, self._removal_room(state), _EVICT_CHUNK)
+            if limit < 1:  # a committer too small for one removal a commit
+                _log.debug(f"cache: the storage's bounds take no eviction from {name!r}")
+                break
+            try:
+                self._room(state, mutations=0, nbytes=0, changes=0, removals=limit, events=1)
+            except StorageError as error:
+                _log.debug(f"cache: evicting past the bounds of {name!r} waits for the next flush: {error}")
+                break
+            batch = self._storage.batch()
+            evicted = self._evict(state, batch, keep=None, limit=limit)
+            self._put_stats(batch, state)
+            await self._submit(batch, state, self._removal_drafts(state, evicted, "EVICTED"))
+            total += len(evicted)
+        return total
 
     def _requeue_events(self, drafts: list[EventDraft]) -> None:
         """Puts lookup events a flush could not commit back before those queued since (within the bound)."""
@@ -2164,10 +2241,14 @@ class CacheEngine:
         sha256 = _body_codec.decode(raw).blob_sha256
         return bytes.fromhex(sha256) if sha256 else b""
 
-    def _evict(self, state: _State, batch: Any, keep: int | None) -> list[EntryHead]:
-        namespace = state.namespace
+    def _evict(self, state: _State, batch: Any, keep: int | None, limit: int) -> list[EntryHead]:
+        """Evicts least recently used entries (never ``keep``) while over the bounds: at most ``limit``.
+
+        What ``limit`` leaves over the bounds is evicted by the next writes
+        and flushes (see :meth:`_shrink`).
+        """
         evicted: list[EntryHead] = []
-        while len(state.heads) > namespace.max_entries or state.size_bytes > namespace.max_bytes:
+        while len(evicted) < limit and _over_bounds(state):
             victim = state.lru.first()
             if victim is None or victim == keep:
                 if victim is None or len(state.lru) == 1:
@@ -2255,6 +2336,30 @@ class CacheEngine:
             BatchTooLargeError: The write alone is over a bound. Nothing changed.
             StorageClosedError: The committer is closing. Nothing changed.
         """
+        self._committer.check_room(
+            *self._estimate(
+                state,
+                mutations=mutations,
+                nbytes=nbytes,
+                changes=changes,
+                removals=removals,
+                events=events,
+                namespace_row=namespace_row,
+            )
+        )
+
+    def _estimate(
+        self,
+        state: _State,
+        *,
+        mutations: int,
+        nbytes: int,
+        changes: int,
+        removals: int,
+        events: int,
+        namespace_row: bool,
+    ) -> tuple[int, int]:
+        """The mutations and bytes at most of a write of ``state`` (the arguments are :meth:`_room`'s)."""
         name = state.name_bytes
         removal_mutations, removal_bytes = _REMOVAL_MUTATIONS, name + _REMOVAL_BYTES
         if state.namespace.blob_entries:
@@ -2268,7 +2373,93 @@ class CacheEngine:
         if self._events is not None:
             mutations += events
             nbytes += events * (2 * name + _EVENT_BYTES)
-        self._committer.check_room(mutations, nbytes)
+        return mutations, nbytes
+
+    def _removal_room(
+        self,
+        state: _State,
+        *,
+        mutations: int = 0,
+        nbytes: int = 0,
+        changes: int = 0,
+        events: int = 1,
+        namespace_row: bool = False,
+    ) -> int:
+        """How many removals a write of ``state`` of this size can carry within the committer's bounds.
+
+        As a batch alone (what :meth:`_room` refuses as BatchTooLargeError past
+        it), whatever is pending: 0 when the write alone is at a bound, or past
+        it. Mass removals (invalidations, evictions past new bounds) take
+        chunks of at most this many, so that a committer of small bounds
+        takes them in smaller commits rather than refusing them every time.
+        """
+        base = self._estimate(
+            state,
+            mutations=mutations,
+            nbytes=nbytes,
+            changes=changes,
+            removals=0,
+            events=events,
+            namespace_row=namespace_row,
+        )
+        one = self._estimate(
+            state,
+            mutations=mutations,
+            nbytes=nbytes,
+            changes=changes,
+            removals=1,
+            events=events,
+            namespace_row=namespace_row,
+        )
+        committer = self._committer
+        fits = min(
+            (committer.max_pending_mutations - base[0]) // (one[0] - base[0]),
+            (committer.max_pending_bytes - base[1]) // (one[1] - base[1]),
+        )
+        return max(fits, 0)
+
+    def _room_to_store(
+        self,
+        state: _State,
+        *,
+        mutations: int,
+        nbytes: int,
+        added: int,
+        added_bytes: int,
+        replacing: int,
+        namespace_row: bool = False,
+    ) -> int:
+        """Checks a store of ``added`` entries (see :meth:`_room`); returns at most how many it evicts.
+
+        ``mutations`` and ``nbytes`` are its entry rows; ``replacing`` the
+        entries it replaces. It evicts as many as it adds and a chunk more
+        (:data:`_EVICT_CHUNK`), and no more than its batch can carry within
+        the committer's bounds (see :meth:`_removal_room`). A namespace within
+        its bounds before needs no more, unless its least recently used
+        entries are far smaller than those added; one past them (a shrink that
+        backpressure cut short) is brought within them by the flushes, a chunk
+        at a time, not by one store evicting the lot in a batch the committer
+        refuses every time.
+
+        Raises:
+            StorageBusyError: The writes pending would pass a bound; retry later. Nothing changed.
+            BatchTooLargeError: The store alone is over a bound. Nothing changed.
+            StorageClosedError: The committer is closing. Nothing changed.
+        """
+        room = self._removal_room(
+            state, mutations=mutations, nbytes=nbytes, changes=added, events=2, namespace_row=namespace_row
+        )
+        limit = max(min(room - replacing, added + _EVICT_CHUNK), 0)
+        self._room(
+            state,
+            mutations=mutations,
+            nbytes=nbytes,
+            changes=added,
+            removals=replacing + min(self._evictions(state, state.namespace, added, added_bytes), limit),
+            events=2,
+            namespace_row=namespace_row,
+        )
+        return limit
 
     @staticmethod
     def _evictions(state: _State, namespace: Namespace, added: int, added_bytes: int) -> int:
@@ -3154,6 +3345,12 @@ def _reload_delay(failures: int) -> int:
 def _reload_due(old: _State, now: int) -> bool:
     """Whether a namespace's next reload after a failed one is due (also when the clock stepped back)."""
     return now >= old.reload_retry_ns or old.reload_retry_ns - now > _RELOAD_MAX_DELAY_NS
+
+
+def _over_bounds(state: _State) -> bool:
+    """Whether a namespace holds more entries, or bytes, than its bounds allow."""
+    namespace = state.namespace
+    return len(state.heads) > namespace.max_entries or state.size_bytes > namespace.max_bytes
 
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:

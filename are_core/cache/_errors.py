@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from are_core.storage import StorageBusyError
+
 __all__ = [
     "BlobNotFoundError",
     "CacheError",
@@ -11,6 +13,7 @@ __all__ = [
     "EmbedderUnavailableError",
     "ImmutableFieldError",
     "InvalidCacheArgumentError",
+    "InvalidationBusyError",
     "NamespaceLimitError",
     "NamespaceNotFoundError",
     "NamespaceUnavailableError",
@@ -118,3 +121,27 @@ class EmbedderMismatchError(CacheError):
     def __init__(self, namespace: str, reason: str) -> None:
         self.namespace = namespace
         super().__init__(f"cache namespace {namespace!r} cannot embed text: {reason}")
+
+
+class InvalidationBusyError(StorageBusyError):
+    """An invalidation refused for backpressure after ``removed_count`` entries were removed (0: none).
+
+    An invalidation removes its entries a chunk per commit (see
+    :meth:`~are_core.cache.CacheEngine.invalidate`); the storage refused the
+    next chunk before it changed anything, so the chunks before it stay
+    removed, and no others are. A ``StorageBusyError`` (retry later) that
+    also says how far the call got: a retry of the same call removes the
+    rest, since removed entries are no longer found.
+    """
+
+    def __init__(self, busy: StorageBusyError, *, namespace: str, removed_count: int) -> None:
+        super().__init__(
+            limit_name=busy.limit_name, limit=busy.limit, pending=busy.pending, incoming=busy.incoming
+        )
+        self.namespace = namespace
+        self.removed_count = removed_count
+        message = (
+            f"{busy}; {removed_count} entries of cache namespace {namespace!r} were removed before "
+            "(they stay removed; a retry removes the rest)"
+        )
+        self.args = (message,)

@@ -61,9 +61,14 @@ type CacheServiceClient interface {
 	// reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
 	StoreCache(ctx context.Context, in *StoreCacheRequest, opts ...grpc.CallOption) (*StoreCacheResponse, error)
 	// InvalidateCache removes entries of a namespace: by entry id, by
-	// metadata match, or all of them.
+	// metadata match, or all of them, in chunks of up to 5,000 a commit.
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT when no
-	// selector is given (to clear a namespace, set `all`).
+	// selector is given (to clear a namespace, set `all`); RESOURCE_EXHAUSTED,
+	// reason RESOURCE_LIMIT, with a RetryInfo, when the storage is busy: the
+	// chunks committed before stay removed, and the ErrorInfo metadata
+	// `removed_count` says how many entries they removed ("0" when nothing
+	// changed). Retrying the same request is safe: entries already removed are
+	// not found again, and the retry's response counts only those it removed.
 	InvalidateCache(ctx context.Context, in *InvalidateCacheRequest, opts ...grpc.CallOption) (*InvalidateCacheResponse, error)
 	// GetCacheStats returns hit statistics and savings per namespace, since
 	// the namespace was created. Counters survive restarts: lookups are
@@ -74,12 +79,18 @@ type CacheServiceClient interface {
 	// does not exist.
 	GetCacheStats(ctx context.Context, in *GetCacheStatsRequest, opts ...grpc.CallOption) (*GetCacheStatsResponse, error)
 	// PutNamespace creates a namespace or updates its mutable settings
-	// (threshold, TTL, size bounds, description). Shrinking size bounds
-	// evicts at once. At most 1,000 namespaces.
+	// (threshold, TTL, size bounds, description). Lowering size bounds below
+	// what the namespace holds evicts its least recently used entries past
+	// them before the call returns, a chunk per commit (the settings commit
+	// with the first chunk). If the storage becomes busy meanwhile, the call
+	// still succeeds with the settings in force, and the rest are evicted by
+	// the sidecar's periodic flush (about every second); until then those
+	// entries may still answer lookups. At most 1,000 namespaces.
 	// Errors: INVALID_ARGUMENT for a bad name or setting;
 	// FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
 	// vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
-	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces.
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or
+	// with a RetryInfo when the storage is busy (nothing changed).
 	PutNamespace(ctx context.Context, in *PutNamespaceRequest, opts ...grpc.CallOption) (*PutNamespaceResponse, error)
 	// ListNamespaces lists namespaces by name.
 	// Errors: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
@@ -188,9 +199,14 @@ type CacheServiceServer interface {
 	// reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
 	StoreCache(context.Context, *StoreCacheRequest) (*StoreCacheResponse, error)
 	// InvalidateCache removes entries of a namespace: by entry id, by
-	// metadata match, or all of them.
+	// metadata match, or all of them, in chunks of up to 5,000 a commit.
 	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT when no
-	// selector is given (to clear a namespace, set `all`).
+	// selector is given (to clear a namespace, set `all`); RESOURCE_EXHAUSTED,
+	// reason RESOURCE_LIMIT, with a RetryInfo, when the storage is busy: the
+	// chunks committed before stay removed, and the ErrorInfo metadata
+	// `removed_count` says how many entries they removed ("0" when nothing
+	// changed). Retrying the same request is safe: entries already removed are
+	// not found again, and the retry's response counts only those it removed.
 	InvalidateCache(context.Context, *InvalidateCacheRequest) (*InvalidateCacheResponse, error)
 	// GetCacheStats returns hit statistics and savings per namespace, since
 	// the namespace was created. Counters survive restarts: lookups are
@@ -201,12 +217,18 @@ type CacheServiceServer interface {
 	// does not exist.
 	GetCacheStats(context.Context, *GetCacheStatsRequest) (*GetCacheStatsResponse, error)
 	// PutNamespace creates a namespace or updates its mutable settings
-	// (threshold, TTL, size bounds, description). Shrinking size bounds
-	// evicts at once. At most 1,000 namespaces.
+	// (threshold, TTL, size bounds, description). Lowering size bounds below
+	// what the namespace holds evicts its least recently used entries past
+	// them before the call returns, a chunk per commit (the settings commit
+	// with the first chunk). If the storage becomes busy meanwhile, the call
+	// still succeeds with the settings in force, and the rest are evicted by
+	// the sidecar's periodic flush (about every second); until then those
+	// entries may still answer lookups. At most 1,000 namespaces.
 	// Errors: INVALID_ARGUMENT for a bad name or setting;
 	// FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
 	// vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
-	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces.
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or
+	// with a RetryInfo when the storage is busy (nothing changed).
 	PutNamespace(context.Context, *PutNamespaceRequest) (*PutNamespaceResponse, error)
 	// ListNamespaces lists namespaces by name.
 	// Errors: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.

@@ -120,9 +120,14 @@ class CacheServiceServicer:
 
     def InvalidateCache(self, request, context):
         """InvalidateCache removes entries of a namespace: by entry id, by
-        metadata match, or all of them.
+        metadata match, or all of them, in chunks of up to 5,000 a commit.
         Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT when no
-        selector is given (to clear a namespace, set `all`).
+        selector is given (to clear a namespace, set `all`); RESOURCE_EXHAUSTED,
+        reason RESOURCE_LIMIT, with a RetryInfo, when the storage is busy: the
+        chunks committed before stay removed, and the ErrorInfo metadata
+        `removed_count` says how many entries they removed ("0" when nothing
+        changed). Retrying the same request is safe: entries already removed are
+        not found again, and the retry's response counts only those it removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,12 +148,18 @@ class CacheServiceServicer:
 
     def PutNamespace(self, request, context):
         """PutNamespace creates a namespace or updates its mutable settings
-        (threshold, TTL, size bounds, description). Shrinking size bounds
-        evicts at once. At most 1,000 namespaces.
+        (threshold, TTL, size bounds, description). Lowering size bounds below
+        what the namespace holds evicts its least recently used entries past
+        them before the call returns, a chunk per commit (the settings commit
+        with the first chunk). If the storage becomes busy meanwhile, the call
+        still succeeds with the settings in force, and the rest are evicted by
+        the sidecar's periodic flush (about every second); until then those
+        entries may still answer lookups. At most 1,000 namespaces.
         Errors: INVALID_ARGUMENT for a bad name or setting;
         FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
         vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
-        RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces.
+        RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or
+        with a RetryInfo when the storage is busy (nothing changed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
