@@ -74,6 +74,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     router_model_exploration: float = 0.05
     router_reroute_grace_s: float = 10.0
     max_open_tasks: int = 1_000_000
+    max_open_bytes: int = 1 << 30
     cache_models: str = ""
     cache_search: str = "inline"
     cache_hot_bytes: int = 64 * 1024 * 1024
@@ -436,12 +437,28 @@ OPTIONS: tuple[Option, ...] = (
         1_000_000,
         "Most tasks of open (running or cancelling) workflows held in memory, 1 to 10^9: each takes "
         "about 1.3 KB (2 KB resident) plus its inline input and output, so the default is about 2 GB "
-        "at most. SubmitWorkflow and SpawnTasks that would go over are refused with "
-        "RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (metadata limit=max_open_tasks) and a retry hint "
-        "until workflows close; a data folder holding more (the bound was lowered) still starts and "
-        "serves them all.",
+        "at most besides those payloads (bounded by --max-open-bytes). SpawnTasks that would go over, and "
+        "SubmitWorkflow and ForkWorkflow that would go over 90% of it (the rest is kept so that "
+        "running workflows can still spawn; a larger workflow is admitted when nothing else is open), "
+        "are refused with RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (metadata limit=max_open_tasks, "
+        "share=new_work or all) and a retry hint until workflows close; a data folder holding more "
+        "(the bound was lowered) still starts and serves them all.",
         _bounded_int(1, 10**9),
         "N",
+    ),
+    Option(
+        "max_open_bytes",
+        1 << 30,
+        "Most bytes of inline payloads (task inputs, and outputs once reported; a blob reference "
+        "counts none) that open workflows hold in memory, 1 to 2^40. The default, 1 GiB, keeps their "
+        "payloads to about a gigabyte of memory beside the tasks themselves, yet holds 128 tasks at "
+        "the largest inline input and output (4 MiB each), or a million tasks at 1 KiB. Work that "
+        "would go over is refused as for --max-open-tasks (metadata limit=max_open_bytes); a "
+        "workflow larger than it alone is INVALID_ARGUMENT, LIMIT_EXCEEDED (send large payloads as "
+        "blobs). A task's output is never refused for it: it is counted even past the bound, and "
+        "new work is refused until workflows close.",
+        _bounded_int(1, 1 << 40),
+        "BYTES",
     ),
     Option(
         "cache_models",
@@ -521,7 +538,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=option.name,
             metavar=option.metavar,
             default=argparse.SUPPRESS,
-            help=f"{option.help} [env {option.env_var}; default: {default}]",
+            # argparse expands %-formats in help texts: a literal "90%" must reach it as "90%%".
+            help=f"{option.help} [env {option.env_var}; default: {default}]".replace("%", "%%"),
         )
 
 
@@ -595,6 +613,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         router_model_exploration=values["router_model_exploration"],
         router_reroute_grace_s=values["router_reroute_grace_s"],
         max_open_tasks=values["max_open_tasks"],
+        max_open_bytes=values["max_open_bytes"],
         cache_models=values["cache_models"],
         cache_search=values["cache_search"],
         cache_hot_bytes=values["cache_hot_bytes"],

@@ -625,7 +625,11 @@ class SchedulerCapability(Capability):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
         self.engine = Scheduler(
-            runtime.storage, runtime.committer, runtime.events, max_open_tasks=runtime.config.max_open_tasks
+            runtime.storage,
+            runtime.committer,
+            runtime.events,
+            max_open_tasks=runtime.config.max_open_tasks,
+            max_open_bytes=runtime.config.max_open_bytes,
         )
         self.engine.commit_failed = _stop_at_once
         self.wiring = Wiring(runtime, self.engine)

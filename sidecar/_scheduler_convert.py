@@ -28,6 +28,7 @@ from are_core.scheduler import (
     Failure,
     NotAwaitingApprovalError,
     NotImplementedFieldError,
+    OpenWorkLimitError,
     PoolLimits,
     PoolNotFoundError,
     PoolQueueFullError,
@@ -42,7 +43,6 @@ from are_core.scheduler import (
     TaskNotHeldError,
     TaskSpec,
     TaskView,
-    TooManyOpenTasksError,
     Usage,
     UsageTotal,
     WorkflowClosedError,
@@ -860,7 +860,7 @@ _CODES: tuple[tuple[type[SchedulerError], grpc.StatusCode], ...] = (
     (WorkflowClosedError, grpc.StatusCode.FAILED_PRECONDITION),
     (WorkflowNotClosedError, grpc.StatusCode.FAILED_PRECONDITION),
     (PoolQueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (TooManyOpenTasksError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OpenWorkLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (BudgetExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
@@ -885,7 +885,7 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: Exceptio
         violations = [(error.field, message)]
     retry_after = (
         timedelta(seconds=error.retry_after_s)
-        if isinstance(error, PoolQueueFullError | TooManyOpenTasksError)
+        if isinstance(error, PoolQueueFullError | OpenWorkLimitError)
         else None
     )
     await abort(

@@ -79,12 +79,12 @@ from are_core.scheduler import (
     CACHE_SAVED_TOKENS,
     CacheKey,
     NotImplementedFieldError,
+    OpenWorkLimitError,
     RoutingError,
     Scheduler,
     SpecError,
     TaskRecord,
     TaskSpec,
-    TooManyOpenTasksError,
     Usage,
     WorkerHandle,
     WorkflowExistsError,
@@ -596,14 +596,14 @@ class Wiring:
 def _fork_errors() -> Iterator[None]:
     """A scheduler refusal of a fork as the StateError ForkWorkflow answers with.
 
-    A fork past the bound on open tasks (``--max-open-tasks``) is refused as
-    a scheduler submit is: RESOURCE_EXHAUSTED, RESOURCE_LIMIT, with a retry hint.
+    A fork past a bound on open work (``--max-open-tasks``, ``--max-open-bytes``)
+    is refused as a scheduler submit is: RESOURCE_EXHAUSTED, RESOURCE_LIMIT, with a retry hint.
     """
     try:
         yield
     except WorkflowExistsError as error:
         raise st.WorkflowExistsError(str(error), field="new_workflow_id") from None
-    except TooManyOpenTasksError as error:
+    except OpenWorkLimitError as error:
         raise st.ResourceLimitError(str(error), retry_after_s=error.retry_after_s, **error.metadata) from None
     except SpecError as error:
         if error.reason == "UNKNOWN_DEPENDENCY":

@@ -55,6 +55,7 @@ from ._errors import (
     TaskExistsError,
     TaskNotFoundError,
     TaskNotHeldError,
+    TooManyOpenBytesError,
     TooManyOpenTasksError,
     WorkflowClosedError,
     WorkflowExistsError,
@@ -118,6 +119,19 @@ _RECENT_CLOSED_TASKS = 100_000
 # in 5 s and a spawn in 1 s: a running workflow that grows gets the room that
 # closing ones free a little before new workflows do.
 DEFAULT_MAX_OPEN_TASKS = 1_000_000
+# The most bytes of inline payloads (task inputs, and outputs once recorded) that open
+# workflows hold in memory, unless configured (see Scheduler.open_bytes): 1 GiB, room for
+# 128 tasks at the largest inline input and output (4 MiB each), or a million at 1 KiB.
+DEFAULT_MAX_OPEN_BYTES = 1 << 30
+# New work (a submit or a fork) is admitted only while it keeps each count within this share
+# of its bound, in percent, rounded down; a spawn into an open workflow may use the whole
+# bound. The rest is headroom for work under way: a flood of submits cannot fill the bound
+# and leave every running workflow's spawns refused while new workflows take each room
+# that frees. At a bound of 10, new work gets 9 and spawns the last one; at a bound of 1,
+# new work gets none. So that a new workflow between the share and the whole bound is not
+# refused for good, one is also admitted when nothing open holds any of the bound (the
+# count is 0): it could not fit at any other time (see Scheduler._check_open_work).
+_NEW_WORK_SHARE_PERCENT = 90
 _OPEN_TASKS_RETRY_S = 5.0
 _SPAWN_RETRY_S = 1.0
 _REFUSALS_LOG_NS = 60 * 1_000_000_000  # at most one warning a minute while refusing for it
@@ -346,7 +360,7 @@ class _Task:
 
 
 class _Workflow:
-    __slots__ = ("commit", "last_seq", "open", "order", "prefix", "rec", "tasks", "watchers")
+    __slots__ = ("commit", "last_seq", "open", "order", "payload_bytes", "prefix", "rec", "tasks", "watchers")
 
     def __init__(self, rec: WorkflowRecord) -> None:
         self.rec = rec
@@ -357,6 +371,9 @@ class _Workflow:
         self.open = 0
         self.last_seq = 0
         self.watchers: set[asyncio.Event] = set()
+        # The inline payload bytes its tasks hold (every input, and each output once recorded;
+        # a blob reference's bytes are not here): see _payload_bytes and Scheduler.open_bytes.
+        self.payload_bytes = 0
 
 
 class _Queue:
@@ -576,6 +593,46 @@ def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(13)
 
 
+def _payload_bytes(spec: TaskSpec, rec: TaskRecord) -> int:
+    """The inline payload bytes a task holds in memory: its input and its recorded output.
+
+    A blob payload is a reference (the input or output is then empty): only
+    its record is held, which the bound on tasks accounts for.
+    """
+    return len(spec.input) + len(rec.output or b"")
+
+
+def _runs_again(
+    specs: Sequence[TaskSpec], records: Sequence[TaskRecord], rerun_task_ids: Sequence[str]
+) -> set[str]:
+    """The tasks of a fork that run again: the rerun tasks and everything downstream of them."""
+    downstream: dict[str, list[str]] = {}
+    for spec, old_rec in zip(specs, records, strict=True):
+        for dep in spec.depends_on + old_rec.extra_depends_on:
+            downstream.setdefault(dep, []).append(spec.task_id)
+    again = set(rerun_task_ids)
+    stack = list(rerun_task_ids)
+    while stack:
+        for child in downstream.get(stack.pop(), ()):
+            if child not in again:
+                again.add(child)
+                stack.append(child)
+    return again
+
+
+def _admitted_within(count: int, incoming: int, bound: int, *, new_work: bool) -> int | None:
+    """None when ``incoming`` more may join ``count`` under ``bound``; else the limit they would pass.
+
+    New work may take the new-work share of the bound (rounded down), or the
+    whole bound when the count is 0 (nothing open holds any of it); a spawn
+    may take the whole bound.
+    """
+    limit = bound * _NEW_WORK_SHARE_PERCENT // 100 if new_work else bound
+    if count + incoming <= limit or (count == 0 and incoming <= bound):
+        return None
+    return limit
+
+
 class Scheduler:
     """Runs workflows on one event loop, durable through ``storage`` and ``committer``.
 
@@ -586,9 +643,15 @@ class Scheduler:
         clock: Wall-clock nanoseconds (tests may pass a fake).
         rng: ``random.random``-like source for backoff jitter.
         max_open_tasks: The most tasks of open workflows held in memory: a
-            submit, spawn or fork that would take :attr:`open_tasks` over it is
-            refused with :class:`TooManyOpenTasksError` (recovery at start
-            never is).
+            spawn that would take :attr:`open_tasks` over it, or a submit or
+            fork over 90% of it (the rest is kept for spawns into running
+            workflows), is refused with :class:`TooManyOpenTasksError`
+            (recovery at start never is).
+        max_open_bytes: The most bytes of inline payloads (task inputs and
+            outputs) that open workflows hold in memory (:attr:`open_bytes`):
+            work over it is refused as for ``max_open_tasks``, with
+            :class:`TooManyOpenBytesError`; a recorded output is never
+            refused, and counts.
     """
 
     def __init__(  # noqa: PLR0915 - one statement per field of state
@@ -600,9 +663,12 @@ class Scheduler:
         clock: Callable[[], int] = time.time_ns,
         rng: Callable[[], float] = random.random,
         max_open_tasks: int = DEFAULT_MAX_OPEN_TASKS,
+        max_open_bytes: int = DEFAULT_MAX_OPEN_BYTES,
     ) -> None:
         if max_open_tasks < 1:
             raise ValueError(f"max_open_tasks must be at least 1, got {max_open_tasks}")
+        if max_open_bytes < 1:
+            raise ValueError(f"max_open_bytes must be at least 1, got {max_open_bytes}")
         self._storage = storage
         self._committer = committer
         self._events = events
@@ -612,10 +678,15 @@ class Scheduler:
         self._recent: OrderedDict[str, _Workflow] = OrderedDict()
         self._recent_tasks = 0  # the tasks of the workflows in _recent
         # The tasks of the workflows in _open (every entry of their ``order``), kept as they open,
-        # spawn and close: the bound on them is checked without a scan (see _check_open_tasks).
+        # spawn and close: the bound on them is checked without a scan (see _check_open_work).
         self._open_tasks = 0
         self._max_open_tasks = max_open_tasks
         self._open_tasks_refused = 0  # refusals for the bound since the start
+        # The inline payload bytes of the workflows in _open (the sum of their payload_bytes),
+        # kept as they open, spawn, record outputs and close.
+        self._open_bytes = 0
+        self._max_open_bytes = max_open_bytes
+        self._open_bytes_refused = 0
         self._refusals_logged = (0, 0)  # (when the last warning about them was written, their count then)
         self._pools: dict[str, _Pool] = {}
         # Capability -> pool -> queue, while a task waits in one of the capability's queues
@@ -702,9 +773,10 @@ class Scheduler:
         lost attempt is not charged to the retry policy, and their wait for a
         worker, bounded by schedule-to-start, counts from the restart.
 
-        Every open workflow is loaded, even past ``max_open_tasks`` (the bound
-        may have been lowered since they were admitted): the engine then
-        serves them and refuses new work until enough of them close.
+        Every open workflow is loaded, even past ``max_open_tasks`` or
+        ``max_open_bytes`` (a bound may have been lowered since they were
+        admitted): the engine then serves them and refuses new work until
+        enough of them close.
         """
         now = self._clock()
         self._started_ns = now
@@ -752,15 +824,25 @@ class Scheduler:
         return open_ids
 
     def _log_started(self) -> None:
-        """Logs what the start loaded, with a warning when it is over ``max_open_tasks``."""
+        """Logs what the start loaded, with a warning when it is over a bound (tasks or payload bytes)."""
         fields = {
             "open_workflows": len(self._open),
             "open_tasks": self._open_tasks,
             "max_open_tasks": self._max_open_tasks,
+            "open_bytes": self._open_bytes,
+            "max_open_bytes": self._max_open_bytes,
         }
-        if self._open_tasks > self._max_open_tasks:
+        over = [
+            what
+            for what, count, bound in (
+                ("more tasks than max_open_tasks", self._open_tasks, self._max_open_tasks),
+                ("more inline payload bytes than max_open_bytes", self._open_bytes, self._max_open_bytes),
+            )
+            if count > bound
+        ]
+        if over:
             _log.warning(
-                "the open workflows hold more tasks than max_open_tasks: all are served, and new "
+                f"the open workflows hold {' and '.join(over)}: all are served, and new "
                 "workflows and spawned tasks are refused (RESOURCE_EXHAUSTED) until enough of them close",
                 extra={"fields": fields},
             )
@@ -780,7 +862,9 @@ class Scheduler:
             task = _Task(w, _task_codec.decode(task_raw), _spec_codec.decode(spec_raw))
             w.tasks[task.rec.task_id] = task
             w.order.append(task)
+            w.payload_bytes += _payload_bytes(task.spec, task.rec)
         self._open_tasks += len(w.order)
+        self._open_bytes += w.payload_bytes
         rec.counts = {}
         for task in w.order:
             rec.counts[task.rec.state] = rec.counts.get(task.rec.state, 0) + 1
@@ -984,7 +1068,7 @@ class Scheduler:
             min(nbytes + 256 * tasks + 4096, committer.max_pending_bytes),
         )
 
-    async def submit(  # noqa: C901, PLR0912 - the checks read best in order
+    async def submit(  # noqa: C901, PLR0912, PLR0915 - the checks read best in order
         self,
         spec: WorkflowSpec,
         *,
@@ -1001,7 +1085,8 @@ class Scheduler:
         Raises:
             SpecError: a bad spec (nothing stored).
             RequestIdConflictError, WorkflowExistsError, PoolQueueFullError.
-            TooManyOpenTasksError: the open workflows hold too many tasks now (nothing stored).
+            TooManyOpenTasksError: the open workflows hold too many tasks now, or (its subclass
+                TooManyOpenBytesError) too many inline payload bytes (nothing stored).
         """
         earlier = self.check_request(request_id, request_hash)
         if earlier is not None:
@@ -1011,12 +1096,14 @@ class Scheduler:
         default_pool = spec.default_pool or "default"
         if default_pool not in self._pools:
             raise SpecError("POOL_NOT_FOUND", "spec.default_pool", f"pool {default_pool!r} does not exist")
+        nbytes = 0  # the inline inputs, for max_open_bytes
         for i, task_spec in enumerate(spec.tasks):
             pool = task_spec.pool or default_pool
             if pool not in self._pools:
                 raise SpecError("POOL_NOT_FOUND", f"spec.tasks[{i}].pool", f"pool {pool!r} does not exist")
             if not task_spec.depends_on and not task_spec.requires_approval:
                 pools[pool] = pools.get(pool, 0) + 1
+            nbytes += len(task_spec.input)
         result_task_id = spec.result_task_id
         if result_task_id:
             if not any(t.task_id == result_task_id for t in spec.tasks):
@@ -1029,7 +1116,7 @@ class Scheduler:
             upstream = {d for t in spec.tasks for d in t.depends_on}
             sinks = [t.task_id for t in spec.tasks if t.task_id not in upstream]
             result_task_id = sinks[0] if len(sinks) == 1 else ""
-        self._check_open_tasks(len(spec.tasks), "spec.tasks", _OPEN_TASKS_RETRY_S)
+        self._check_open_work(len(spec.tasks), nbytes, "spec.tasks")
         self._check_queues(pools, spec.workflow_id)
         wf_id = spec.workflow_id or _new_id("wf_")
         if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
@@ -1064,6 +1151,7 @@ class Scheduler:
         self._add_tasks(w, spec.tasks, now, parent="", depth=0)
         self._open[wf_id] = w
         self._open_tasks += len(w.order)
+        self._open_bytes += w.payload_bytes
         self._dirty_wf(w)
         self._event(
             "WORKFLOW_SUBMITTED",
@@ -1126,44 +1214,91 @@ class Scheduler:
                     )
                 raise PoolQueueFullError(name, pool.queued, n, pool.limits.queue_limit, retry_after_s=1.0)
 
-    def _check_open_tasks(self, incoming: int, field: str, retry_after_s: float, *, held: int = 0) -> None:
-        """Refuses ``incoming`` more tasks that would take the open tasks over the bound; changes nothing.
+    def _check_open_work(self, tasks: int, nbytes: int, field: str, *, into: _Workflow | None = None) -> None:
+        """Refuses work that would take the open tasks or inline payload bytes over their bounds.
 
-        ``held`` is what the workflow they join holds already (a spawn's): a
-        workflow that could not fit even alone is refused as invalid input
+        ``tasks`` tasks holding ``nbytes`` inline payload bytes: a new workflow
+        (``into`` None: a submit or a fork) is admitted while each count stays
+        within the new-work share of its bound (:data:`_NEW_WORK_SHARE_PERCENT`),
+        or when nothing open holds any of it, so that a workflow up to a whole
+        bound is admitted once nothing else is open rather than refused for
+        good; a spawn into the open workflow ``into`` may take the whole bound.
+        Work that could not fit even alone (a spawn: with what ``into`` holds
+        already, which stays held while it is open) is refused as invalid input
         (LIMIT_EXCEEDED naming ``field``), since no retry would ever succeed.
+        A count already past its bound (the bound was lowered, or outputs were
+        recorded past it) refuses all such work until it falls back, even work
+        that adds none of it. Changes nothing but the refusal counters.
 
         Raises:
-            TooManyOpenTasksError: Not now; retry after ``retry_after_s``.
             SpecError: LIMIT_EXCEEDED: not ever, however many workflows close.
+            TooManyOpenTasksError, TooManyOpenBytesError: Not now; retry after
+                the hint (5 s for new work, 1 s for a spawn).
         """
-        limit = self._max_open_tasks
-        if self._open_tasks + incoming <= limit:
-            return
-        if held + incoming > limit:
+        held_tasks = len(into.order) if into is not None else 0
+        held_bytes = into.payload_bytes if into is not None else 0
+        if held_tasks + tasks > self._max_open_tasks:
             raise SpecError(
                 "LIMIT_EXCEEDED",
                 field,
-                f"{held + incoming:,} tasks in one workflow exceed the sidecar's max_open_tasks {limit:,}",
-                limit=limit,
+                f"{held_tasks + tasks:,} tasks in one workflow exceed the sidecar's max_open_tasks "
+                f"{self._max_open_tasks:,}",
+                limit=self._max_open_tasks,
             )
-        self._open_tasks_refused += 1
+        if held_bytes + nbytes > self._max_open_bytes:
+            raise SpecError(
+                "LIMIT_EXCEEDED",
+                field,
+                f"{held_bytes + nbytes:,} bytes of inline payloads in one workflow exceed the sidecar's "
+                f"max_open_bytes {self._max_open_bytes:,} (send large payloads as blobs)",
+                limit=self._max_open_bytes,
+            )
+        new_work = into is None
+        retry_after_s = _OPEN_TASKS_RETRY_S if new_work else _SPAWN_RETRY_S
+        share = _admitted_within(self._open_tasks, tasks, self._max_open_tasks, new_work=new_work)
+        if share is not None:
+            self._open_tasks_refused += 1
+            self._warn_refusing("max_open_tasks")
+            raise TooManyOpenTasksError(
+                self._open_tasks,
+                tasks,
+                self._max_open_tasks,
+                retry_after_s,
+                share_limit=share if new_work else None,
+            )
+        share = _admitted_within(self._open_bytes, nbytes, self._max_open_bytes, new_work=new_work)
+        if share is not None:
+            self._open_bytes_refused += 1
+            self._warn_refusing("max_open_bytes")
+            raise TooManyOpenBytesError(
+                self._open_bytes,
+                nbytes,
+                self._max_open_bytes,
+                retry_after_s,
+                share_limit=share if new_work else None,
+            )
+
+    def _warn_refusing(self, limit: str) -> None:
+        """Logs a refusal for ``limit``, at most one warning a minute whichever bound refused."""
         now = self._clock()
         last_ns, last_count = self._refusals_logged
-        if not last_ns or now - last_ns >= _REFUSALS_LOG_NS:
-            self._refusals_logged = (now, self._open_tasks_refused)
-            _log.warning(
-                "refusing new work: the open workflows hold max_open_tasks tasks (retry hint given)",
-                extra={
-                    "fields": {
-                        "open_workflows": len(self._open),
-                        "open_tasks": self._open_tasks,
-                        "max_open_tasks": limit,
-                        "refused_since_last_warning": self._open_tasks_refused - last_count,
-                    }
-                },
-            )
-        raise TooManyOpenTasksError(self._open_tasks, incoming, limit, retry_after_s)
+        refused = self._open_tasks_refused + self._open_bytes_refused
+        if last_ns and now - last_ns < _REFUSALS_LOG_NS:
+            return
+        self._refusals_logged = (now, refused)
+        _log.warning(
+            f"refusing work: the open workflows are at {limit} (retry hint given)",
+            extra={
+                "fields": {
+                    "open_workflows": len(self._open),
+                    "open_tasks": self._open_tasks,
+                    "max_open_tasks": self._max_open_tasks,
+                    "open_bytes": self._open_bytes,
+                    "max_open_bytes": self._max_open_bytes,
+                    "refused_since_last_warning": refused - last_count,
+                }
+            },
+        )
 
     @property
     def open_tasks(self) -> int:
@@ -1174,6 +1309,33 @@ class Scheduler:
     def max_open_tasks(self) -> int:
         """The bound on :attr:`open_tasks` that new work is admitted under."""
         return self._max_open_tasks
+
+    @property
+    def open_bytes(self) -> int:
+        """The inline payload bytes the open workflows hold in memory (exact).
+
+        Every task's inline input, and its inline output once recorded (a
+        retried attempt's output replaces the earlier one); a blob reference
+        adds none. Kept as workflows open, spawn, record outputs and close.
+        An output is never refused for the bound: it is counted even past it,
+        and new work is refused until room comes back.
+        """
+        return self._open_bytes
+
+    @property
+    def max_open_bytes(self) -> int:
+        """The bound on :attr:`open_bytes` that new work is admitted under."""
+        return self._max_open_bytes
+
+    def _set_output(self, task: _Task, output: bytes | None) -> None:
+        """Records ``output`` as the task's (replacing any earlier), keeping the byte counts exact."""
+        rec = task.rec
+        delta = len(output or b"") - len(rec.output or b"")
+        rec.output = output
+        w = task.wf
+        w.payload_bytes += delta
+        if self._open.get(w.rec.workflow_id) is w:
+            self._open_bytes += delta
 
     def _add_tasks(
         self, w: _Workflow, specs: Iterable[TaskSpec], now: int, *, parent: str, depth: int
@@ -1189,6 +1351,7 @@ class Scheduler:
             task = _Task(w, rec, pooled)
             w.tasks[spec.task_id] = task
             w.order.append(task)
+            w.payload_bytes += len(pooled.input)
             w.rec.counts["PENDING"] = w.rec.counts.get("PENDING", 0) + 1
             w.open += 1
             batch.put(T_SPECS, task.key, _spec_codec.encode(pooled))
@@ -1741,7 +1904,7 @@ class Scheduler:
             self._route_and_enqueue(task, now)
         else:
             output, content_type, attributes = hit
-            rec.output = output
+            self._set_output(task, output)
             rec.output_content_type = content_type
             rec.output_blob_sha256 = str(attributes.get(CACHE_BLOB_SHA256, ""))
             rec.output_blob_size = int(attributes.get(CACHE_BLOB_SIZE, 0))
@@ -1951,6 +2114,7 @@ class Scheduler:
         self._event(f"WORKFLOW_{state}", w=w, usage=usage, failure=failure_info)
         if self._open.pop(rec.workflow_id, None) is not None:
             self._open_tasks -= len(w.order)
+            self._open_bytes -= w.payload_bytes
         self._keep_recent(w)
 
     def _keep_recent(self, w: _Workflow) -> None:
@@ -2301,7 +2465,7 @@ class Scheduler:
             store = self.cache_store
             self._t().after.append(lambda: store(key, output, content_type, usage, blob_sha256, blob_size))
         self._release(task)
-        rec.output = output
+        self._set_output(task, output)  # counted even past max_open_bytes: the work is done
         rec.output_content_type = content_type
         rec.output_blob_sha256 = blob_sha256
         rec.output_blob_size = blob_size
@@ -2956,8 +3120,10 @@ class Scheduler:
         Raises:
             RequestIdConflictError: ``request_id`` was used in this workflow
                 with a different request.
-            TooManyOpenTasksError: the open workflows hold too many tasks now
-                (nothing changed; checked after the workflow's budget).
+            TooManyOpenTasksError: the open workflows hold too many tasks now,
+                or (its subclass TooManyOpenBytesError) too many inline payload
+                bytes (nothing changed; checked after the workflow's budget).
+                A spawn may take the whole bound, new workflows only a share.
         """
         if request_id:
             key = join_key(wf_id, request_id)
@@ -3001,10 +3167,12 @@ class Scheduler:
                 )
         validate_graph(specs, field="tasks", existing=w.tasks)
         incoming: dict[str, int] = {}
+        incoming_bytes = 0  # the inline inputs, for max_open_bytes
         for i, spec in enumerate(specs):
             pool = spec.pool or w.rec.default_pool
             if pool not in self._pools:
                 raise SpecError("POOL_NOT_FOUND", f"tasks[{i}].pool", f"pool {pool!r} does not exist")
+            incoming_bytes += len(spec.input)
             if not spec.requires_approval and all(
                 d in w.tasks and w.tasks[d].rec.state in TERMINAL_TASK_STATES for d in spec.depends_on
             ):
@@ -3029,11 +3197,12 @@ class Scheduler:
                 budget="max_spawn_depth",
                 limit=budget.max_spawn_depth,
             )
-        self._check_open_tasks(len(specs), "tasks", _SPAWN_RETRY_S, held=len(w.order))
+        self._check_open_work(len(specs), incoming_bytes, "tasks", into=w)
         self._check_queues(incoming, wf_id)  # raises POOL_QUEUE_FULL; only its event is recorded
         now = self._clock()
         added = self._add_tasks(w, specs, now, parent=parent_task_id, depth=depth)
         self._open_tasks += len(added)
+        self._open_bytes += incoming_bytes
         w.rec.task_count = len(w.order)
         self._dirty_wf(w)
         if parent is not None and dependents_wait:
@@ -3414,14 +3583,21 @@ class Scheduler:
 
         Raises:
             WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
-            PoolNotFoundError, TooManyOpenTasksError.
+            PoolNotFoundError, TooManyOpenTasksError (or TooManyOpenBytesError).
         """
         self._fork_source(source_id, new_id, rerun_task_ids)
 
     def _fork_source(
         self, source_id: str, new_id: str, rerun_task_ids: Sequence[str]
-    ) -> tuple[WorkflowRecord, list[TaskSpec], list[TaskRecord]]:
-        """The source of a fork and its tasks, after every check a fork makes."""
+    ) -> tuple[WorkflowRecord, list[TaskSpec], list[TaskRecord], set[str]]:
+        """The source of a fork, its tasks and those that run again, after every check a fork makes.
+
+        The fork is checked against the bounds as new work, with every input
+        and the output of every COMPLETED task that does not run again: at
+        least what it will hold (a task completed after the fork's cutoff
+        starts again, without its output), since :meth:`check_fork` does not
+        know the cutoff and must not admit what :meth:`fork` would refuse.
+        """
         source = self._load_workflow(source_id).record
         if new_id in self._open or new_id in self._recent or self._storage.get(T_WORKFLOWS, new_id.encode()):
             raise WorkflowExistsError(f"workflow {new_id!r} already exists")
@@ -3450,10 +3626,18 @@ class Scheduler:
         for spec in specs:
             if spec.pool not in self._pools:
                 raise PoolNotFoundError(f"pool {spec.pool!r} does not exist", pool=spec.pool)
-        self._check_open_tasks(len(specs), "workflow_id", _OPEN_TASKS_RETRY_S)
-        return source, specs, records
+        again = _runs_again(specs, records, rerun_task_ids)
+        kept_outputs = sum(
+            len(old.output or b"")
+            for spec, old in zip(specs, records, strict=True)
+            if old.state == "COMPLETED" and spec.task_id not in again
+        )
+        self._check_open_work(
+            len(specs), sum(len(spec.input) for spec in specs) + kept_outputs, "workflow_id"
+        )
+        return source, specs, records, again
 
-    async def fork(  # noqa: C901, PLR0912, PLR0915 - copy, decide what reruns, wire, start
+    async def fork(  # noqa: C901 - copy, decide what reruns, wire, start
         self,
         source_id: str,
         new_id: str,
@@ -3472,22 +3656,11 @@ class Scheduler:
 
         Raises:
             WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
-            PoolNotFoundError, TooManyOpenTasksError (checked again here: the
-            caller's own steps since :meth:`check_fork` may have let others in).
+            PoolNotFoundError, TooManyOpenTasksError or TooManyOpenBytesError
+            (checked again here: the caller's own steps since
+            :meth:`check_fork` may have let others in).
         """
-        source, specs, records = self._fork_source(source_id, new_id, rerun_task_ids)
-        # What runs again: the rerun tasks and everything downstream of them.
-        downstream: dict[str, list[str]] = {}
-        for spec, old_rec in zip(specs, records, strict=True):
-            for dep in spec.depends_on + old_rec.extra_depends_on:
-                downstream.setdefault(dep, []).append(spec.task_id)
-        again = set(rerun_task_ids)
-        stack = list(rerun_task_ids)
-        while stack:
-            for child in downstream.get(stack.pop(), ()):
-                if child not in again:
-                    again.add(child)
-                    stack.append(child)
+        source, specs, records, again = self._fork_source(source_id, new_id, rerun_task_ids)
         now = self._clock()
         rec = WorkflowRecord(
             workflow_id=new_id,
@@ -3529,6 +3702,7 @@ class Scheduler:
             task = _Task(w, task_rec, spec)
             w.tasks[spec.task_id] = task
             w.order.append(task)
+            w.payload_bytes += _payload_bytes(spec, task_rec)
             rec.counts[task_rec.state] = rec.counts.get(task_rec.state, 0) + 1
             if not kept:
                 w.open += 1
@@ -3544,6 +3718,7 @@ class Scheduler:
             self._wire(task)
         self._open[new_id] = w
         self._open_tasks += len(w.order)
+        self._open_bytes += w.payload_bytes
         self._dirty_wf(w)
         self._event(
             "WORKFLOW_SUBMITTED",
@@ -3582,6 +3757,9 @@ class Scheduler:
             "open_tasks": self._open_tasks,
             "max_open_tasks": self._max_open_tasks,
             "open_tasks_refused": self._open_tasks_refused,
+            "open_bytes": self._open_bytes,
+            "max_open_bytes": self._max_open_bytes,
+            "open_bytes_refused": self._open_bytes_refused,
             "recent_closed_workflows": len(self._recent),
             "recent_closed_tasks": self._recent_tasks,
             "workers": len(self._workers),

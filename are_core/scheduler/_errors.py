@@ -19,7 +19,9 @@ Exceptions::
     ├── WorkflowNotClosedError    DeleteWorkflow of an open workflow
     ├── RoutingError              a route hook found no worker class for an intent
     ├── PoolQueueFullError        backpressure, with a retry hint
-    ├── TooManyOpenTasksError     the sidecar's bound on open tasks in memory, with a retry hint
+    ├── OpenWorkLimitError        a bound on what open workflows hold in memory, with a retry hint
+    │   ├── TooManyOpenTasksError   their tasks (``max_open_tasks``)
+    │   └── TooManyOpenBytesError   their inline payload bytes (``max_open_bytes``)
     └── BudgetExceededError       a spawn past max_tasks or max_spawn_depth
 """
 
@@ -30,6 +32,7 @@ __all__ = [
     "BudgetExceededError",
     "NotAwaitingApprovalError",
     "NotImplementedFieldError",
+    "OpenWorkLimitError",
     "PoolNotFoundError",
     "PoolQueueFullError",
     "RequestIdConflictError",
@@ -40,6 +43,7 @@ __all__ = [
     "TaskExistsError",
     "TaskNotFoundError",
     "TaskNotHeldError",
+    "TooManyOpenBytesError",
     "TooManyOpenTasksError",
     "WorkflowClosedError",
     "WorkflowExistsError",
@@ -180,29 +184,59 @@ class PoolQueueFullError(SchedulerError):
         )
 
 
-class TooManyOpenTasksError(SchedulerError):
-    """Admitting the tasks would take the open workflows' tasks in memory over the sidecar's bound.
+class OpenWorkLimitError(SchedulerError):
+    """Admitting the work would take what open workflows hold in memory over one of the sidecar's bounds.
 
-    Open workflows hold their tasks in memory until they close, so room comes
-    back as they finish: retry after ``retry_after_s``. ``metadata`` names the
-    limit (``max_open_tasks``) with the bound, the open tasks and the incoming.
+    Open workflows hold their tasks, and their inline inputs and outputs, in
+    memory until they close, so room comes back as they finish: retry after
+    ``retry_after_s``. ``metadata`` names the limit with the bound, the count
+    held and the incoming, and the share of the bound the work was refused
+    at: ``share`` is ``new_work`` for a new workflow (a submit or fork,
+    admitted within ``share_limit``, a part of the bound: the rest is kept for
+    spawns into running workflows) or ``all`` for a spawn (``share_limit`` is
+    then the whole bound). The subclasses say which bound.
     """
 
     reason = "RESOURCE_LIMIT"
+    _what = ("", "", "")  # the limit's name, the unit counted, what the count holds
 
-    def __init__(self, open_tasks: int, incoming: int, limit: int, retry_after_s: float) -> None:
-        self.open_tasks = open_tasks
+    def __init__(
+        self, count: int, incoming: int, limit: int, retry_after_s: float, *, share_limit: int | None = None
+    ) -> None:
+        name, unit, held = self._what
+        self.count = count
         self.incoming = incoming
         self.limit = limit
         self.retry_after_s = retry_after_s
+        self.new_work = share_limit is not None
+        self.share_limit = limit if share_limit is None else share_limit
+        if self.new_work:
+            over = (
+                f"{self.share_limit:,}, the share of {name} {limit:,} that new workflows may take "
+                "(the rest is kept for spawns into running workflows)"
+            )
+        else:
+            over = f"{name} {limit:,}"
         super().__init__(
-            f"the sidecar holds {open_tasks:,} tasks of open workflows; {incoming:,} more would exceed "
-            f"max_open_tasks {limit:,}: retry once workflows finish",
-            limit="max_open_tasks",
-            max_open_tasks=limit,
-            open_tasks=open_tasks,
-            incoming_tasks=incoming,
+            f"the sidecar holds {count:,} {held}; {incoming:,} more would exceed {over}: "
+            "retry once workflows finish",
+            limit=name,
+            **{name: limit, f"open_{unit}": count, f"incoming_{unit}": incoming},
+            share="new_work" if self.new_work else "all",
+            share_limit=self.share_limit,
         )
+
+
+class TooManyOpenTasksError(OpenWorkLimitError):
+    """The tasks of open workflows (``max_open_tasks``); ``count`` and ``incoming`` are tasks."""
+
+    _what = ("max_open_tasks", "tasks", "tasks of open workflows")
+
+
+class TooManyOpenBytesError(OpenWorkLimitError):
+    """Their inline payload bytes (``max_open_bytes``); ``count`` and ``incoming`` are bytes."""
+
+    _what = ("max_open_bytes", "bytes", "bytes of inline payloads in open workflows")
 
 
 class BudgetExceededError(SchedulerError):

@@ -1,11 +1,12 @@
 """The sidecar's bound on the tasks of open workflows (``--max-open-tasks``), over real gRPC.
 
 Open workflows keep all their tasks in memory, so the sidecar admits new
-tasks (SubmitWorkflow, SpawnTasks) only while the open ones leave room:
-beyond that, RESOURCE_EXHAUSTED with reason RESOURCE_LIMIT, ErrorInfo
-metadata naming the limit, and a RetryInfo; room comes back as workflows
-close. A data folder holding more than the bound (it was lowered) still
-starts and serves what it holds.
+tasks only while the open ones leave room: a new workflow (SubmitWorkflow,
+ForkWorkflow) within 90% of the bound, a spawn into a running one
+(SpawnTasks) within all of it. Beyond that, RESOURCE_EXHAUSTED with reason
+RESOURCE_LIMIT, ErrorInfo metadata naming the limit and the share, and a
+RetryInfo; room comes back as workflows close. A data folder holding more
+than the bound (it was lowered) still starts and serves what it holds.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ async def bounded(bounded_sidecar: SidecarProcess) -> AsyncIterator[Client]:
         yield connected
 
 
-def _check_limit(error: ResourceExhaustedError, *, open_tasks: int, incoming: int) -> None:
+def _check_limit(error: ResourceExhaustedError, *, open_tasks: int, incoming: int, new_work: bool) -> None:
     assert error.metadata == {
         "limit": "max_open_tasks",
         "max_open_tasks": str(BOUND),
         "open_tasks": str(open_tasks),
         "incoming_tasks": str(incoming),
+        "share": "new_work" if new_work else "all",
+        "share_limit": str(BOUND * 9 // 10 if new_work else BOUND),
     }, error
     assert error.retry_after is not None and error.retry_after.total_seconds() > 0, error
 
@@ -64,7 +67,7 @@ async def test_work_over_the_bound_is_resource_exhausted_until_a_workflow_comple
     state = c.Payload(data=b'{"stage": 0}', content_type="application/json")
     chain = (task("a", cap), task("b", cap, "a"), task("c", cap, "b"))
     first = await submit(bounded, *chain, workflow_id="first", initial_state=state)
-    filler = await submit(bounded, task("a", cap), task("b", cap), workflow_id="filler")
+    filler = await submit(bounded, task("a", cap), workflow_id="filler")  # 4: new work's share of 5
 
     refused = await expect_error(
         submit(bounded, task("x", cap), task("y", cap), workflow_id="second"),
@@ -72,21 +75,23 @@ async def test_work_over_the_bound_is_resource_exhausted_until_a_workflow_comple
         "RESOURCE_LIMIT",
     )
     assert isinstance(refused, ResourceExhaustedError)
-    _check_limit(refused, open_tasks=5, incoming=2)
+    _check_limit(refused, open_tasks=4, incoming=2, new_work=True)
     await expect_error(  # nothing was stored
         bounded.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id="second")),
         NotFoundError,
         "WORKFLOW_NOT_FOUND",
     )
+    # The running workflow spawns into the last task of room, which new work may not take.
+    await bounded.raw.scheduler.SpawnTasks(s.SpawnTasksRequest(workflow_id=first, tasks=[task("s0", cap)]))
     spawned = await expect_error(
-        bounded.raw.scheduler.SpawnTasks(s.SpawnTasksRequest(workflow_id=first, tasks=[task("s0", cap)])),
+        bounded.raw.scheduler.SpawnTasks(s.SpawnTasksRequest(workflow_id=first, tasks=[task("s1", cap)])),
         ResourceExhaustedError,
         "RESOURCE_LIMIT",
     )
     assert isinstance(spawned, ResourceExhaustedError)
-    _check_limit(spawned, open_tasks=5, incoming=1)
+    _check_limit(spawned, open_tasks=5, incoming=1, new_work=False)
     listed = await bounded.raw.scheduler.ListTasks(s.ListTasksRequest(workflow_id=first))
-    assert [t.task_id for t in listed.tasks] == ["a", "b", "c"]
+    assert [t.task_id for t in listed.tasks] == ["a", "b", "c", "s0"]
     # A fork is refused too, as state_service.proto says, copying nothing.
     forked = await expect_error(
         bounded.raw.state.ForkWorkflow(ss.ForkWorkflowRequest(workflow_id=first, new_workflow_id="forked")),
@@ -94,7 +99,7 @@ async def test_work_over_the_bound_is_resource_exhausted_until_a_workflow_comple
         "RESOURCE_LIMIT",
     )
     assert isinstance(forked, ResourceExhaustedError)
-    _check_limit(forked, open_tasks=5, incoming=3)
+    _check_limit(forked, open_tasks=5, incoming=4, new_work=True)
     await expect_error(
         bounded.raw.state.GetState(ss.GetStateRequest(workflow_id="forked")),
         NotFoundError,
@@ -109,10 +114,10 @@ async def test_work_over_the_bound_is_resource_exhausted_until_a_workflow_comple
     )
 
     async with StreamWorker(bounded, echo, capabilities=[cap]):
-        assert (await wait_closed(bounded, filler)).state == wf.WORKFLOW_STATE_COMPLETED
-        second = await submit(bounded, task("x", cap), task("y", cap), workflow_id="second")
-        for workflow_id in (first, second):
+        for workflow_id in (first, filler):
             assert (await wait_closed(bounded, workflow_id)).state == wf.WORKFLOW_STATE_COMPLETED
+        second = await submit(bounded, task("x", cap), task("y", cap), workflow_id="second")
+        assert (await wait_closed(bounded, second)).state == wf.WORKFLOW_STATE_COMPLETED
 
 
 async def test_a_data_folder_over_a_lowered_bound_starts_serves_and_refuses_new_work(tmp_path: Path) -> None:

@@ -76,7 +76,9 @@ type StateServiceClient interface {
 	// STATE_VERSION_NOT_FOUND; ALREADY_EXISTS, reason WORKFLOW_ALREADY_EXISTS
 	// or REQUEST_ID_CONFLICT; INVALID_ARGUMENT, reason UNKNOWN_DEPENDENCY for
 	// an unknown rerun task; RESOURCE_EXHAUSTED, reason POOL_QUEUE_FULL or
-	// RESOURCE_LIMIT.
+	// RESOURCE_LIMIT (the fork is new work under --max-open-tasks and
+	// --max-open-bytes, counting its inputs and the outputs it keeps:
+	// metadata and RetryInfo as for SchedulerService.SubmitWorkflow).
 	ForkWorkflow(ctx context.Context, in *ForkWorkflowRequest, opts ...grpc.CallOption) (*ForkWorkflowResponse, error)
 	// AddMemory stores notes (text and/or vector, with metadata) in a
 	// workflow's memory, at most 1,000 per call and 1,000,000 per workflow.
@@ -271,7 +273,9 @@ type StateServiceServer interface {
 	// STATE_VERSION_NOT_FOUND; ALREADY_EXISTS, reason WORKFLOW_ALREADY_EXISTS
 	// or REQUEST_ID_CONFLICT; INVALID_ARGUMENT, reason UNKNOWN_DEPENDENCY for
 	// an unknown rerun task; RESOURCE_EXHAUSTED, reason POOL_QUEUE_FULL or
-	// RESOURCE_LIMIT.
+	// RESOURCE_LIMIT (the fork is new work under --max-open-tasks and
+	// --max-open-bytes, counting its inputs and the outputs it keeps:
+	// metadata and RetryInfo as for SchedulerService.SubmitWorkflow).
 	ForkWorkflow(context.Context, *ForkWorkflowRequest) (*ForkWorkflowResponse, error)
 	// AddMemory stores notes (text and/or vector, with metadata) in a
 	// workflow's memory, at most 1,000 per call and 1,000,000 per workflow.

@@ -5,8 +5,10 @@ a global bound a client submitting without end grows the sidecar until the
 OOM killer takes it (and the restart loads them all again). The engine keeps
 an exact count, updated as workflows open (submit, fork, recovery), grow
 (spawn) and close (completed, failed, cancelled, over budget), and refuses a
-submit, spawn or fork that would take it over ``max_open_tasks`` with
-:class:`TooManyOpenTasksError`, changing nothing. Recovery never refuses.
+spawn that would take it over ``max_open_tasks``, or a submit or fork over
+90% of it, with :class:`TooManyOpenTasksError`, changing nothing: the rest
+is kept so that running workflows can still spawn while new ones flood in.
+Recovery never refuses.
 """
 
 from __future__ import annotations
@@ -151,7 +153,10 @@ async def test_a_refusal_at_the_bound_changes_nothing_and_room_comes_back(bounde
         "max_open_tasks": "10",
         "open_tasks": "9",
         "incoming_tasks": "2",
+        "share": "new_work",
+        "share_limit": "9",
     }
+    assert "share of max_open_tasks 10 that new workflows may take" in str(error)
     with pytest.raises(WorkflowNotFoundError):
         engine.get_workflow("third")
     assert engine._storage.get(_T_WORKFLOWS, b"third") is None
@@ -160,7 +165,8 @@ async def test_a_refusal_at_the_bound_changes_nothing_and_room_comes_back(bounde
 
     with pytest.raises(TooManyOpenTasksError) as spawned:
         await engine.spawn("second", (spec("s0"), spec("s1")))
-    assert spawned.value.metadata["incoming_tasks"] == "2"
+    assert (spawned.value.metadata["incoming_tasks"], spawned.value.metadata["share"]) == ("2", "all")
+    assert spawned.value.retry_after_s < error.retry_after_s  # a growing workflow is told to come back sooner
     assert [t.record.task_id for t in engine.list_tasks("second", frozenset(), 0, 100)[0]] == [
         "t0",
         "t1",
@@ -200,6 +206,77 @@ async def test_a_workflow_larger_than_the_bound_is_invalid_not_retried(bounded: 
     assert (spawned.value.reason, spawned.value.field) == ("LIMIT_EXCEEDED", "tasks")
     assert engine.get_workflow("grows").record.state == "RUNNING"
     assert _exact(engine) == 8
+
+
+async def test_a_flood_of_submits_leaves_room_for_running_workflows_to_spawn(bounded: Scheduler) -> None:
+    """New work takes at most 9 of 10 open tasks; the last one stays for spawns into running workflows.
+
+    Without the reserve the submits filled all 10, and every running
+    workflow's SpawnTasks was refused while new work took each freed room.
+    """
+    engine = bounded
+    await engine.submit(_workflow("running", 3))
+    for i in range(6):
+        await engine.submit(_workflow(f"flood{i}", 1))
+    assert _exact(engine) == 9
+    with pytest.raises(TooManyOpenTasksError) as caught:
+        await engine.submit(_workflow("flood6", 1))
+    assert caught.value.metadata == {
+        "limit": "max_open_tasks",
+        "max_open_tasks": "10",
+        "open_tasks": "9",
+        "incoming_tasks": "1",
+        "share": "new_work",
+        "share_limit": "9",
+    }
+    with pytest.raises(TooManyOpenTasksError) as forked:
+        engine.check_fork("running", "fork", ())
+    assert forked.value.metadata["share"] == "new_work"
+    await engine.spawn("running", (spec("s0"),))  # the reserve: a spawn may take the whole bound
+    assert _exact(engine) == 10
+    with pytest.raises(TooManyOpenTasksError) as spawned:
+        await engine.spawn("running", (spec("s1"),))
+    assert (spawned.value.metadata["share"], spawned.value.metadata["share_limit"]) == ("all", "10")
+    assert "exceed max_open_tasks 10:" in str(spawned.value)
+    await engine.cancel("flood0", "make room", "test")
+    await settle()
+    with pytest.raises(TooManyOpenTasksError):  # 9 open: the room freed is the reserve, not new work's
+        await engine.submit(_workflow("late", 1))
+    await engine.spawn("running", (spec("s1"),))
+    assert _exact(engine) == 10
+
+
+@pytest.mark.parametrize(("bound", "share"), [(1, 0), (2, 1), (10, 9), (19, 17)])
+async def test_the_new_work_share_of_tiny_bounds_rounds_down_and_a_lone_workflow_fits(
+    opened: tuple[Storage, GroupCommitter], bound: int, share: int
+) -> None:
+    """The share is 90% rounded down; a workflow up to the whole bound is admitted when nothing is open.
+
+    Such a workflow (more than the share, not more than the bound) is neither
+    invalid (it fits alone) nor refused for good (it fits once nothing else is open).
+    """
+    engine = await _started(*opened, bound=bound)
+    try:
+        await engine.submit(_workflow("alone", bound))  # nothing open: the whole bound
+        assert _exact(engine) == bound
+        with pytest.raises(TooManyOpenTasksError) as caught:
+            await engine.submit(_workflow("over", 1))
+        assert (caught.value.metadata["share"], caught.value.metadata["share_limit"]) == (
+            "new_work",
+            str(share),
+        )
+        await engine.cancel("alone", "", "test")
+        await settle()
+        if share:
+            await engine.submit(_workflow("within", share))
+            with pytest.raises(TooManyOpenTasksError):
+                await engine.submit(_workflow("over", 1))
+        assert _exact(engine) == share
+        with pytest.raises(SpecError) as invalid:  # only more than the whole bound is invalid
+            await engine.submit(_workflow("huge", bound + 1))
+        assert (invalid.value.reason, invalid.value.limit) == ("LIMIT_EXCEEDED", bound)
+    finally:
+        await engine.stop()
 
 
 async def test_a_fork_counts_and_is_refused_at_the_bound(bounded: Scheduler) -> None:
@@ -268,8 +345,14 @@ async def test_a_restart_counts_what_it_loads_and_never_refuses_it(
         await lowered.cancel("wf1", "", "test")
         await settle()
         assert _exact(lowered) == 4
+        with pytest.raises(TooManyOpenTasksError):  # new work gets 4 of the 5 (5 * 90% rounded down)
+            await lowered.submit(_workflow("new", 1))
+        await lowered.spawn("wf2", (spec("s0"),))  # a running workflow gets the last one
+        await lowered.cancel("wf2", "", "test")
+        await settle()
+        assert _exact(lowered) == 0
         await lowered.submit(_workflow("new", 1))  # under the bound again
-        assert _exact(lowered) == 5
+        assert _exact(lowered) == 1
     finally:
         await lowered.stop()
 

@@ -3436,11 +3436,18 @@ export const SchedulerServiceService = {
    * violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
    * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
    * RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
-   * (which the sidecar holds in memory) over the sidecar's --max-open-tasks
-   * (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+   * (which the sidecar holds in memory) over 90% of the sidecar's
+   * --max-open-tasks (default 1,000,000; the rest is kept for SpawnTasks of
+   * running workflows; a workflow larger than that share is admitted when
+   * nothing else is open): ErrorInfo metadata "limit" is "max_open_tasks",
    * with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
-   * and RetryInfo (room comes back as workflows close). A workflow with more
-   * tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
+   * "share" "new_work" and "share_limit" the number it was refused at, and
+   * RetryInfo (room comes back as workflows close). Likewise when their
+   * inline inputs would take the inline payload bytes of open workflows
+   * over 90% of --max-open-bytes (default 1 GiB): "limit" is
+   * "max_open_bytes", with "max_open_bytes", "open_bytes" and
+   * "incoming_bytes". A workflow with more tasks, or inline input bytes,
+   * than a whole bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
    * Nothing is stored on error.
    */
   submitWorkflow: {
@@ -3583,8 +3590,10 @@ export const SchedulerServiceService = {
    * RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
    * max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
    * RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
-   * all open workflows over the sidecar's --max-open-tasks (metadata as for
-   * SubmitWorkflow; checked after the budget; nothing changes).
+   * all open workflows over the sidecar's --max-open-tasks, or their inline
+   * inputs the payload bytes over --max-open-bytes: a spawn may use the
+   * whole bounds, new workflows only 90% (metadata as for SubmitWorkflow,
+   * with "share" "all"; checked after the budget; nothing changes).
    */
   spawnTasks: {
     path: "/are.v1.SchedulerService/SpawnTasks" as const,
@@ -3700,11 +3709,18 @@ export interface SchedulerServiceServer extends UntypedServiceImplementation {
    * violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
    * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
    * RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
-   * (which the sidecar holds in memory) over the sidecar's --max-open-tasks
-   * (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+   * (which the sidecar holds in memory) over 90% of the sidecar's
+   * --max-open-tasks (default 1,000,000; the rest is kept for SpawnTasks of
+   * running workflows; a workflow larger than that share is admitted when
+   * nothing else is open): ErrorInfo metadata "limit" is "max_open_tasks",
    * with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
-   * and RetryInfo (room comes back as workflows close). A workflow with more
-   * tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
+   * "share" "new_work" and "share_limit" the number it was refused at, and
+   * RetryInfo (room comes back as workflows close). Likewise when their
+   * inline inputs would take the inline payload bytes of open workflows
+   * over 90% of --max-open-bytes (default 1 GiB): "limit" is
+   * "max_open_bytes", with "max_open_bytes", "open_bytes" and
+   * "incoming_bytes". A workflow with more tasks, or inline input bytes,
+   * than a whole bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
    * Nothing is stored on error.
    */
   submitWorkflow: handleUnaryCall<SubmitWorkflowRequest, SubmitWorkflowResponse>;
@@ -3775,8 +3791,10 @@ export interface SchedulerServiceServer extends UntypedServiceImplementation {
    * RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
    * max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
    * RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
-   * all open workflows over the sidecar's --max-open-tasks (metadata as for
-   * SubmitWorkflow; checked after the budget; nothing changes).
+   * all open workflows over the sidecar's --max-open-tasks, or their inline
+   * inputs the payload bytes over --max-open-bytes: a spawn may use the
+   * whole bounds, new workflows only 90% (metadata as for SubmitWorkflow,
+   * with "share" "all"; checked after the budget; nothing changes).
    */
   spawnTasks: handleUnaryCall<SpawnTasksRequest, SpawnTasksResponse>;
   /**
@@ -3833,11 +3851,18 @@ export interface SchedulerServiceClient extends Client {
    * violation; ALREADY_EXISTS with WORKFLOW_ALREADY_EXISTS or
    * REQUEST_ID_CONFLICT; RESOURCE_EXHAUSTED with POOL_QUEUE_FULL, or with
    * RESOURCE_LIMIT when its tasks would take the tasks of all open workflows
-   * (which the sidecar holds in memory) over the sidecar's --max-open-tasks
-   * (default 1,000,000): ErrorInfo metadata "limit" is "max_open_tasks",
+   * (which the sidecar holds in memory) over 90% of the sidecar's
+   * --max-open-tasks (default 1,000,000; the rest is kept for SpawnTasks of
+   * running workflows; a workflow larger than that share is admitted when
+   * nothing else is open): ErrorInfo metadata "limit" is "max_open_tasks",
    * with "max_open_tasks", "open_tasks" and "incoming_tasks" as numbers,
-   * and RetryInfo (room comes back as workflows close). A workflow with more
-   * tasks than that bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
+   * "share" "new_work" and "share_limit" the number it was refused at, and
+   * RetryInfo (room comes back as workflows close). Likewise when their
+   * inline inputs would take the inline payload bytes of open workflows
+   * over 90% of --max-open-bytes (default 1 GiB): "limit" is
+   * "max_open_bytes", with "max_open_bytes", "open_bytes" and
+   * "incoming_bytes". A workflow with more tasks, or inline input bytes,
+   * than a whole bound is INVALID_ARGUMENT, LIMIT_EXCEEDED on spec.tasks.
    * Nothing is stored on error.
    */
   submitWorkflow(
@@ -4014,8 +4039,10 @@ export interface SchedulerServiceClient extends Client {
    * RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED (max_tasks or
    * max_spawn_depth; the workflow then fails), POOL_QUEUE_FULL, or
    * RESOURCE_LIMIT with RetryInfo when the new tasks would take the tasks of
-   * all open workflows over the sidecar's --max-open-tasks (metadata as for
-   * SubmitWorkflow; checked after the budget; nothing changes).
+   * all open workflows over the sidecar's --max-open-tasks, or their inline
+   * inputs the payload bytes over --max-open-bytes: a spawn may use the
+   * whole bounds, new workflows only 90% (metadata as for SubmitWorkflow,
+   * with "share" "all"; checked after the budget; nothing changes).
    */
   spawnTasks(
     request: SpawnTasksRequest,

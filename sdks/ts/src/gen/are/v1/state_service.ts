@@ -2626,7 +2626,9 @@ export const StateServiceService = {
    * STATE_VERSION_NOT_FOUND; ALREADY_EXISTS, reason WORKFLOW_ALREADY_EXISTS
    * or REQUEST_ID_CONFLICT; INVALID_ARGUMENT, reason UNKNOWN_DEPENDENCY for
    * an unknown rerun task; RESOURCE_EXHAUSTED, reason POOL_QUEUE_FULL or
-   * RESOURCE_LIMIT.
+   * RESOURCE_LIMIT (the fork is new work under --max-open-tasks and
+   * --max-open-bytes, counting its inputs and the outputs it keeps:
+   * metadata and RetryInfo as for SchedulerService.SubmitWorkflow).
    */
   forkWorkflow: {
     path: "/are.v1.StateService/ForkWorkflow" as const,
@@ -2770,7 +2772,9 @@ export interface StateServiceServer extends UntypedServiceImplementation {
    * STATE_VERSION_NOT_FOUND; ALREADY_EXISTS, reason WORKFLOW_ALREADY_EXISTS
    * or REQUEST_ID_CONFLICT; INVALID_ARGUMENT, reason UNKNOWN_DEPENDENCY for
    * an unknown rerun task; RESOURCE_EXHAUSTED, reason POOL_QUEUE_FULL or
-   * RESOURCE_LIMIT.
+   * RESOURCE_LIMIT (the fork is new work under --max-open-tasks and
+   * --max-open-bytes, counting its inputs and the outputs it keeps:
+   * metadata and RetryInfo as for SchedulerService.SubmitWorkflow).
    */
   forkWorkflow: handleUnaryCall<ForkWorkflowRequest, ForkWorkflowResponse>;
   /**
@@ -2906,7 +2910,9 @@ export interface StateServiceClient extends Client {
    * STATE_VERSION_NOT_FOUND; ALREADY_EXISTS, reason WORKFLOW_ALREADY_EXISTS
    * or REQUEST_ID_CONFLICT; INVALID_ARGUMENT, reason UNKNOWN_DEPENDENCY for
    * an unknown rerun task; RESOURCE_EXHAUSTED, reason POOL_QUEUE_FULL or
-   * RESOURCE_LIMIT.
+   * RESOURCE_LIMIT (the fork is new work under --max-open-tasks and
+   * --max-open-bytes, counting its inputs and the outputs it keeps:
+   * metadata and RetryInfo as for SchedulerService.SubmitWorkflow).
    */
   forkWorkflow(
     request: ForkWorkflowRequest,

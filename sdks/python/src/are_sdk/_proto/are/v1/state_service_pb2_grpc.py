@@ -146,7 +146,9 @@ class StateServiceServicer:
         STATE_VERSION_NOT_FOUND; ALREADY_EXISTS, reason WORKFLOW_ALREADY_EXISTS
         or REQUEST_ID_CONFLICT; INVALID_ARGUMENT, reason UNKNOWN_DEPENDENCY for
         an unknown rerun task; RESOURCE_EXHAUSTED, reason POOL_QUEUE_FULL or
-        RESOURCE_LIMIT.
+        RESOURCE_LIMIT (the fork is new work under --max-open-tasks and
+        --max-open-bytes, counting its inputs and the outputs it keeps:
+        metadata and RetryInfo as for SchedulerService.SubmitWorkflow).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
