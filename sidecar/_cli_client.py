@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ import click
 import yaml
 from google.protobuf import json_format
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -49,6 +51,7 @@ __all__ = ["register_client_commands"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _MAX_ROWS = 1000  # cards `are agents` prints at most
+_PIPED_MAX_WIDTH = 1000  # columns a table printed to a pipe or file may take
 _TERMINAL_WORKFLOW_EVENTS = frozenset(
     {
         event_pb2.EVENT_TYPE_WORKFLOW_COMPLETED,
@@ -80,6 +83,25 @@ _STATE_STYLES = {
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+def _print_table(table: Table, *, empty: str) -> bool:
+    """Prints ``table``, or ``empty`` on stderr when it has no rows; returns whether it had any.
+
+    Printed to a pipe or a file (no terminal, no ``COLUMNS``), the table takes
+    the width it needs: rich would otherwise squeeze it into 80 columns and
+    cut every header and cell short.
+    """
+    if not table.row_count:
+        err.print(empty)
+        return False
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        wanted = Measurement.get(out, out.options.update(max_width=_PIPED_MAX_WIDTH), table).maximum
+        if wanted > out.width:
+            Console(highlight=False, width=wanted).print(table)
+            return True
+    out.print(table)
+    return True
 
 
 class _Settings:
@@ -586,7 +608,7 @@ async def pools(client: Client) -> int:
         if not page.next_page_token:
             break
         request.page_token = page.next_page_token
-    out.print(table)
+    _print_table(table, empty="no pools")
     return 0
 
 
@@ -630,7 +652,7 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
             f"{stats.saved_cost_micro_usd / 1e6:.4f}",
             _expansion_cell(stats.search_expansion, stats.measured_recall, stats.recall_samples),
         )
-    out.print(table)
+    _print_table(table, empty="no cache namespaces yet (a namespace is created with PutNamespace)")
     return 0
 
 
@@ -667,7 +689,11 @@ async def agents(client: Client, *, capability: str, available: bool) -> int:
             "yes" if card.available else "[red]no[/]",
             str(len(card.worker_ids)),
         )
-    out.print(table)
+    which = "".join((f" serving {capability!r}" if capability else "", " available now" if available else ""))
+    _print_table(
+        table,
+        empty=f"no agent cards{which} (register one with RegisterAgent, or connect a worker)",
+    )
     if more:
         err.print(f"(the first {_MAX_ROWS:,} cards; filter with --capability)")
     return 0
@@ -706,7 +732,12 @@ async def route(client: Client, *, task: str, mode: str | None, threshold: float
             c.reason,
         )
     out.print(f"mode {result.mode}, threshold {result.threshold:.2f}")
-    out.print(table)
+    if not _print_table(
+        table,
+        empty="[red]no agent to route to[/]: none is registered or connected, or none can take "
+        "work now (see `are agents`)",
+    ):
+        return 1
     if not any(c.above_threshold for c in result.candidates):
         err.print("[red]no agent reaches the threshold[/] (the best below it are shown)")
         return 1

@@ -210,9 +210,40 @@ def test_pools_and_cache_stats_print_tables(traced: SidecarProcess, are: Callabl
     result = are(traced.target, "pools")
     assert result.returncode == 0, result.stderr
     assert "pool" in result.stdout
+    asyncio.run(_put_namespace(traced.target, f"cli-stats-{os.getpid()}"))
     result = are(traced.target, "cache", "stats")
     assert result.returncode == 0, result.stderr
-    assert "hit rate" in result.stdout
+    assert "hit rate" in result.stdout and f"cli-stats-{os.getpid()}" in result.stdout
+
+
+def test_empty_listings_say_so_and_piped_tables_keep_their_width(
+    are: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SidecarProcess.start() as fresh:
+        result = are(fresh.target, "cache", "stats")
+        assert (result.returncode, result.stdout) == (0, "")
+        assert "no cache namespaces yet" in result.stderr
+        result = are(fresh.target, "agents", "--capability", "nothing-here", "--available")
+        assert (result.returncode, result.stdout.strip()) == (0, "")
+        assert "no agent cards serving 'nothing-here' available now" in " ".join(result.stderr.split())
+        result = are(fresh.target, "route", "translate a manifest")
+        assert result.returncode == 1
+        assert "no agent to route to" in result.stderr
+        assert "┃" not in result.stdout  # no empty table
+
+        name = "a-namespace-with-a-rather-long-descriptive-name"
+        asyncio.run(_put_namespace(fresh.target, name))
+        monkeypatch.delenv("COLUMNS")  # as in a pipe: rich would squeeze the table into 80 columns
+        result = are(fresh.target, "cache", "stats")
+        assert result.returncode == 0, result.stderr
+        header = next(line for line in result.stdout.splitlines() if "namespace" in line)
+        assert "saved tokens" in header and "ef (recall@1)" in header, result.stdout
+        assert any(name in line for line in result.stdout.splitlines()), result.stdout
+
+
+async def _put_namespace(target: str, name: str) -> None:
+    async with await Client.connect(target) as client:
+        await client.cache.put_namespace(name)
 
 
 def test_agents_and_route_show_the_cards_and_the_ranking(
