@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ PLANS = {
 }
 
 
-def _ns(stamp: Any) -> int:
+def _ns(stamp: datetime) -> int:
     """A datetime from the SDK as nanoseconds since the epoch (to the microsecond)."""
     return round(stamp.timestamp() * 1e6) * 1000
 

@@ -37,12 +37,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -68,6 +68,15 @@ from are_sdk._proto.are.v1 import (
     workflow_pb2,
 )
 from are_sdk.testing import SidecarProcess
+
+if TYPE_CHECKING:
+    from google._upb import _message as _upb
+
+# The protobuf stubs type a message's DESCRIPTOR (and what it leads to) as either the pure-Python
+# class or the upb one; both have the attributes used here.
+AnyDescriptor: TypeAlias = "Descriptor | _upb.Descriptor"
+AnyFieldDescriptor: TypeAlias = "FieldDescriptor | _upb.FieldDescriptor"
+AnyEnumDescriptor: TypeAlias = "EnumDescriptor | _upb.EnumDescriptor"
 
 SEED = int(os.environ.get("ARE_FUZZ_SEED", "20250611"))
 COUNT = int(os.environ.get("ARE_FUZZ_COUNT", "1000"))
@@ -1198,13 +1207,25 @@ class Site:
     """A place in a request that a mutation can change."""
 
     parent: Message
-    fd: FieldDescriptor
+    fd: AnyFieldDescriptor
     index: int | None  # an element of a repeated field, or None for the field itself
     path: str
 
 
-def _is_map(fd: FieldDescriptor) -> bool:
-    return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry
+def _message_type(fd: AnyFieldDescriptor) -> AnyDescriptor:
+    """The type of a message (or map) field; the stubs allow None, which only scalar fields have."""
+    assert fd.message_type is not None, fd.full_name
+    return fd.message_type
+
+
+def _enum_type(fd: AnyFieldDescriptor) -> AnyEnumDescriptor:
+    """The type of an enum field; the stubs allow None, which only non-enum fields have."""
+    assert fd.enum_type is not None, fd.full_name
+    return fd.enum_type
+
+
+def _is_map(fd: AnyFieldDescriptor) -> bool:
+    return fd.type == FieldDescriptor.TYPE_MESSAGE and _message_type(fd).GetOptions().map_entry
 
 
 def _sites(message: Message, prefix: str = "", depth: int = 0) -> Iterator[Site]:
@@ -1229,7 +1250,7 @@ def _sites(message: Message, prefix: str = "", depth: int = 0) -> Iterator[Site]
             yield Site(message, fd, None, path)
 
 
-def _string_value(fd: FieldDescriptor, rng: random.Random, world: World) -> str:
+def _string_value(fd: AnyFieldDescriptor, rng: random.Random, world: World) -> str:
     roll = rng.random()
     if fd.name in _ID_FIELDS and roll < 0.4:
         # Well-formed ids are new ones: a success must not create one that a later refusal names.
@@ -1248,7 +1269,7 @@ def _string_value(fd: FieldDescriptor, rng: random.Random, world: World) -> str:
     return rng.choice(_STRINGS)
 
 
-def _scalar_value(fd: FieldDescriptor, rng: random.Random, world: World, current: Any) -> Any:  # noqa: PLR0911
+def _scalar_value(fd: AnyFieldDescriptor, rng: random.Random, world: World, current: Any) -> Any:  # noqa: PLR0911
     kind = fd.type
     if kind == FieldDescriptor.TYPE_STRING:
         return _string_value(fd, rng, world)
@@ -1267,7 +1288,7 @@ def _scalar_value(fd: FieldDescriptor, rng: random.Random, world: World, current
     if kind == FieldDescriptor.TYPE_FLOAT:
         return rng.choice(_FLOATS)
     if kind == FieldDescriptor.TYPE_ENUM:
-        valid = [v.number for v in fd.enum_type.values]
+        valid = [v.number for v in _enum_type(fd).values]
         return rng.choice((999, -1, 2**31 - 1, 0, rng.choice(valid)))
     if kind == FieldDescriptor.TYPE_BOOL:
         return not current
@@ -1312,7 +1333,7 @@ def _mutate_repeated(site: Site, rng: random.Random, world: World) -> str:
 
 def _mutate_map(site: Site, rng: random.Random) -> str:
     entries = getattr(site.parent, site.fd.name)
-    value_fd = site.fd.message_type.fields_by_name["value"]
+    value_fd = _message_type(site.fd).fields_by_name["value"]
     is_message = value_fd.type == FieldDescriptor.TYPE_MESSAGE
 
     def put(key: str, text: str) -> None:
@@ -1368,7 +1389,7 @@ def _mutate_vector(vector: common_pb2.Vector, rng: random.Random, path: str) -> 
 def _mutate_message_field(site: Site, rng: random.Random) -> str:
     parent, fd = site.parent, site.fd
     child = getattr(parent, fd.name)
-    full_name = fd.message_type.full_name
+    full_name = _message_type(fd).full_name
     choice = rng.randrange(4)
     if full_name == "are.v1.Vector" and choice < 3:
         child.SetInParent()
@@ -1437,11 +1458,11 @@ _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[(?:\d+|'(?:[^'\\]|\\.)*'|\
 _INDEX = re.compile(r"\[(?:\d+|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
 
 
-def field_exists(descriptor: Descriptor, path: str) -> bool:  # noqa: PLR0911 - one answer per way to fail
+def field_exists(descriptor: AnyDescriptor, path: str) -> bool:  # noqa: PLR0911 - one answer per way to fail
     """Whether ``path`` (``tasks[2].retry_policy.maximum_attempts``, ``labels['k']``) names a field."""
     if not path:
         return False
-    current: Descriptor | None = descriptor
+    current: AnyDescriptor | None = descriptor
     position = 0
     while position < len(path):
         if current is None:
@@ -1459,8 +1480,8 @@ def field_exists(descriptor: Descriptor, path: str) -> bool:  # noqa: PLR0911 - 
         if count > 1 or (count and not fd.is_repeated):
             return False
         if _is_map(fd):
-            value = fd.message_type.fields_by_name["value"]
-            current = value.message_type if count else fd.message_type
+            entry = _message_type(fd)
+            current = entry.fields_by_name["value"].message_type if count else entry
         else:
             current = fd.message_type if fd.type == FieldDescriptor.TYPE_MESSAGE else None
             if fd.is_repeated and not count and position < len(path):

@@ -539,12 +539,13 @@ class Sequence:
             batch.SetInParent()
             name = ITEMS[target][0]
             item = self.not_held(link)
-            one = {
+            makers: dict[str, Callable[[], Message]] = {
                 "complete": lambda: _completion(item),
                 "fail": lambda: _failure(item),
                 "heartbeat": lambda: _heartbeat(item),
                 "report_events": lambda: _event(item, event_pb2.EVENT_TYPE_TOOL_CALL),
-            }[target]()
+            }
+            one = makers[target]()
             getattr(batch, name).extend([one] * count)
             return message, f"{target} batch of {count}"
         if roll < 0.93:

@@ -29,7 +29,8 @@ def _name(tag: str) -> str:
 
 def _unit(d: int, seed: int) -> list[float]:
     v = np.random.default_rng(seed).standard_normal(d)
-    return (v / np.linalg.norm(v)).tolist()
+    unit: list[float] = (v / np.linalg.norm(v)).tolist()
+    return unit
 
 
 def _check(error: RpcError, code: grpc.StatusCode, reason: str, field: str | None) -> None:

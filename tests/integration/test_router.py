@@ -94,6 +94,7 @@ async def test_register_list_and_deregister(client: Client, run: str) -> None:
     page, token = await client.router.list_agents(labels={"run": run}, page_size=4)
     assert len(page) == 4
     assert token
+    caught: pytest.ExceptionInfo[RpcError]  # the blocks below expect different errors
     with pytest.raises(InvalidArgumentError) as caught:
         await client.router.list_agents(labels={"run": "another"}, page_token=token)
     assert_error(caught.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", "page_token")
@@ -254,7 +255,7 @@ async def test_register_agent_refuses_bad_cards(
         ),
         (router_service_pb2.RouteTaskRequest(text="x", top_k=101), "LIMIT_EXCEEDED", "top_k"),
         (router_service_pb2.RouteTaskRequest(text="x", top_k=-1), "INVALID_ARGUMENT", "top_k"),
-        (router_service_pb2.RouteTaskRequest(text="x", mode=9), "INVALID_ARGUMENT", "mode"),
+        (router_service_pb2.RouteTaskRequest(text="x", mode=9), "INVALID_ARGUMENT", "mode"),  # type: ignore[arg-type]  # an unknown mode on purpose
         (router_service_pb2.RouteTaskRequest(text="x", threshold=1.5), "INVALID_ARGUMENT", "threshold"),
         (router_service_pb2.RouteTaskRequest(text="x", cost_weight=-0.1), "INVALID_ARGUMENT", "cost_weight"),
         (
@@ -375,6 +376,7 @@ async def test_model_routing_learns_from_outcomes(client: Client) -> None:
 async def test_report_outcome_errors(client: Client) -> None:
     await client.router.put_model_catalog([CHEAP])
     route = await client.router.route_model("a short question")
+    caught: pytest.ExceptionInfo[RpcError]  # the blocks below expect different errors
     with pytest.raises(InvalidArgumentError) as caught:
         await client.raw.router.ReportOutcome(
             router_service_pb2.ReportOutcomeRequest(route_id=route.route_id)

@@ -58,7 +58,7 @@ async def submit(client: Client, *tasks: t.TaskSpec, request_id: str = "", **spe
 
 async def wait_closed(client: Client, workflow_id: str, timeout: float = 20.0) -> wf.Workflow:
     """Waits (with WatchWorkflow) until the workflow is closed and returns its status."""
-    last = None
+    last: wf.Workflow | None = None
     async with asyncio.timeout(timeout):
         async for update in client.raw.scheduler.WatchWorkflow(
             s.WatchWorkflowRequest(workflow_id=workflow_id)
@@ -70,7 +70,9 @@ async def wait_closed(client: Client, workflow_id: str, timeout: float = 20.0) -
 
 async def get_task(client: Client, workflow_id: str, task_id: str) -> t.Task:
     """GetTask."""
-    response = await client.raw.scheduler.GetTask(s.GetTaskRequest(workflow_id=workflow_id, task_id=task_id))
+    response: s.GetTaskResponse = await client.raw.scheduler.GetTask(
+        s.GetTaskRequest(workflow_id=workflow_id, task_id=task_id)
+    )
     return response.task
 
 
@@ -603,7 +605,7 @@ async def test_conditions_on_upstream_outputs_decide_whether_a_task_runs(client:
     def handler(a: w.TaskAssignment) -> Any:
         return {"score": 0.9, "tags": ["x"], "verdict": "ok"} if a.task_id == "judge" else echo(a)
 
-    def gate(name: str, pointer: str, op: int, value: str = "") -> t.TaskSpec:
+    def gate(name: str, pointer: str, op: t.ComparisonOperator, value: str = "") -> t.TaskSpec:
         return task(
             name,
             cap,

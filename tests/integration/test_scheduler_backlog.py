@@ -19,7 +19,8 @@ CONCURRENCY = 4
 
 
 async def _status(client: Client, pool: str) -> s.PoolStatus:
-    return (await client.raw.scheduler.GetPool(s.GetPoolRequest(name=pool))).status
+    response: s.GetPoolResponse = await client.raw.scheduler.GetPool(s.GetPoolRequest(name=pool))
+    return response.status
 
 
 async def test_a_released_fan_out_drains_through_the_backlog_within_the_queue_bound(client: Client) -> None:

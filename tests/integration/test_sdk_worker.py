@@ -90,9 +90,9 @@ async def test_context_carries_the_assignment(client: Client) -> None:
         .task("down", capability=cap, depends_on=["up"], labels={"l": "v"}, start_to_close_timeout=20)
     )
     async with worker:
-        handle = await client.submit_workflow(spec)
-        await handle.wait(timeout=RESULT_TIMEOUT)
-    assert seen["workflow_id"] == handle.workflow_id
+        handle_ = await client.submit_workflow(spec)
+        await handle_.wait(timeout=RESULT_TIMEOUT)
+    assert seen["workflow_id"] == handle_.workflow_id
     assert seen["attempt"] == 1
     assert seen["key"]
     assert seen["deps"] == {"up": {"v": 1}}
@@ -100,11 +100,11 @@ async def test_context_carries_the_assignment(client: Client) -> None:
     assert seen["deadline"] is not None
     assert seen["labels"] == {"l": "v"}
     assert seen["traceparent"].startswith("00-")
-    down = await handle.task("down")
+    down = await handle_.task("down")
     assert down.output.data == b"\x00raw"
     assert (down.usage.input_tokens, down.usage.output_tokens, down.usage.cost_micro_usd) == (110, 22, 165)
     assert (down.usage.llm_calls, down.usage.tool_calls) == (2, 1)
-    described = await handle.describe()
+    described = await handle_.describe()
     assert described.usage.cost_micro_usd == 165
 
 
@@ -126,9 +126,9 @@ async def test_spawned_tasks_feed_the_waiting_dependents(client: Client) -> None
         WorkflowSpec("spawn").task("plan", capability=cap).task("merge", capability=cap, depends_on=["plan"])
     )
     async with worker:
-        handle = await client.submit_workflow(spec)
-        assert await handle.result(timeout=RESULT_TIMEOUT) == [0, 10, 20]
-    assert len(await handle.tasks()) == 5
+        handle_ = await client.submit_workflow(spec)
+        assert await handle_.result(timeout=RESULT_TIMEOUT) == [0, 10, 20]
+    assert len(await handle_.tasks()) == 5
 
 
 async def test_concurrency_is_bounded_and_fan_out_is_parallel(client: Client) -> None:
@@ -153,8 +153,8 @@ async def test_concurrency_is_bounded_and_fan_out_is_parallel(client: Client) ->
         spec.task(f"t{i}", capability=cap)
     spec.task("join", capability=cap, depends_on=[f"t{i}" for i in range(20)])
     async with worker:
-        handle = await client.submit_workflow(spec)
-        final = await handle.wait(timeout=RESULT_TIMEOUT)
+        handle_ = await client.submit_workflow(spec)
+        final = await handle_.wait(timeout=RESULT_TIMEOUT)
     assert final.state is WorkflowState.COMPLETED
     assert peak == 4
 
@@ -174,8 +174,8 @@ async def test_automatic_heartbeats_keep_a_long_task_leased(client: Client) -> N
 
     spec = WorkflowSpec("hb").task("x", capability=cap, heartbeat_timeout=2, start_to_close_timeout=30)
     async with worker:
-        handle = await client.submit_workflow(spec)
-        assert await handle.result(timeout=RESULT_TIMEOUT) == "done"
+        handle_ = await client.submit_workflow(spec)
+        assert await handle_.result(timeout=RESULT_TIMEOUT) == "done"
     assert attempts == [1]
 
 

@@ -238,6 +238,7 @@ async def test_pointer_operation_on_a_missing_parent_is_not_applicable(client: C
 
 
 async def test_read_errors(client: Client) -> None:
+    caught: pytest.ExceptionInfo[RpcError]  # the blocks below expect different errors
     with pytest.raises(NotFoundError) as caught:
         await client.state.get(_unknown("none"), ["/a"])
     _assert_error(caught.value, grpc.StatusCode.NOT_FOUND, "WORKFLOW_NOT_FOUND")
@@ -297,6 +298,7 @@ async def test_fork_from_a_version_copies_state_and_memory(client: Client) -> No
     ]
     again = await client.state.fork(wid, new_workflow_id=named.workflow_id, request_id="req-1-" + wid[-6:])
     assert again == named
+    caught: pytest.ExceptionInfo[RpcError]  # the blocks below expect different errors
     with pytest.raises(AlreadyExistsError) as caught:
         await client.state.fork(wid, new_workflow_id=named.workflow_id)
     _assert_error(caught.value, grpc.StatusCode.ALREADY_EXISTS, "WORKFLOW_ALREADY_EXISTS")
@@ -341,6 +343,7 @@ async def test_memory_text_uses_the_embedder_and_refuses_mismatches(client: Clie
     )
     found = await memory.hydrate("vegetarian user", top_k=1)
     assert found.texts == ["the user is vegetarian"]
+    caught: pytest.ExceptionInfo[RpcError]  # the blocks below expect different errors
     with pytest.raises(InvalidArgumentError) as caught:
         await memory.add([MemoryNote(vector=[1.0, 2.0])])
     _assert_error(
@@ -440,6 +443,7 @@ async def test_blob_errors_name_the_field(client: Client) -> None:
             "header",
         ),
     ]
+    caught: pytest.ExceptionInfo[RpcError]  # the blocks below expect different errors
     for messages, reason, field in cases:
         with pytest.raises(InvalidArgumentError) as caught:
             await _put_raw(client, messages)

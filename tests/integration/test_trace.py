@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import grpc
@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2
 from are_core.trace import EventDraft
 from are_sdk import Client, InvalidArgumentError, UnavailableError
 from are_sdk._proto.are.v1 import event_pb2, trace_service_pb2
+from are_sdk._trace import TraceStreamItem
 from are_sdk.testing import SidecarProcess
 from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
 
@@ -49,6 +50,12 @@ async def record(client: Client, *drafts: EventDraft) -> list[int]:
 
 def new_workflow() -> str:
     return f"wf-{uuid.uuid4().hex[:12]}"
+
+
+def _sequence(item: TraceStreamItem) -> int:
+    """The sequence of a streamed event or caught-up marker; a missed-events notice has none."""
+    assert not isinstance(item, trace_service_pb2.EventsMissed), item
+    return item.sequence
 
 
 async def test_list_events_filters_and_pages(trace_client: Client) -> None:
@@ -110,7 +117,11 @@ async def test_list_events_filters_and_pages(trace_client: Client) -> None:
 @pytest.mark.parametrize(
     ("request_fields", "field", "reason"),
     [
-        ({"filter": event_pb2.EventFilter(event_types=[0])}, "filter.event_types[0]", "INVALID_ARGUMENT"),
+        (
+            {"filter": event_pb2.EventFilter(event_types=[event_pb2.EVENT_TYPE_UNSPECIFIED])},
+            "filter.event_types[0]",
+            "INVALID_ARGUMENT",
+        ),
         (
             {"filter": event_pb2.EventFilter(workflow_ids=[f"w{i}" for i in range(101)])},
             "filter.workflow_ids",
@@ -204,8 +215,9 @@ async def test_stream_replays_then_follows_live_without_gap_or_duplicate(trace_c
         trace_client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf) for _ in range(5))
     )
     stream = trace_client.trace.stream(workflow_ids=[wf], after_sequence=0)
+    assert isinstance(stream, AsyncGenerator)  # as the SDK makes it; the test closes it
     items = [await asyncio.wait_for(anext(stream), 10) for _ in range(6)]
-    assert [i.sequence for i in items[:5]] == before
+    assert [_sequence(i) for i in items[:5]] == before
     assert isinstance(items[5], trace_service_pb2.CaughtUp)
     assert items[5].sequence >= before[-1]
 
@@ -222,7 +234,7 @@ async def test_stream_replays_then_follows_live_without_gap_or_duplicate(trace_c
 
     producer = asyncio.create_task(produce())
     live = [await asyncio.wait_for(anext(stream), 10) for _ in range(10)]
-    assert [e.sequence for e in live] == await producer
+    assert [_sequence(e) for e in live] == await producer
     await stream.aclose()
 
 
@@ -230,6 +242,7 @@ async def test_live_only_stream_starts_at_the_caught_up_marker(trace_client: Cli
     wf = new_workflow()
     await record(trace_client, EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf))
     stream = trace_client.trace.stream(workflow_ids=[wf])
+    assert isinstance(stream, AsyncGenerator)  # as the SDK makes it; the test closes it
     marker = await asyncio.wait_for(anext(stream), 10)
     assert isinstance(marker, trace_service_pb2.CaughtUp)
     (sequence,) = await record(trace_client, EventDraft(event_type="TASK_COMPLETED", workflow_id=wf))
@@ -285,9 +298,10 @@ async def test_a_slow_subscriber_is_told_what_it_missed_and_can_fetch_it(trace_c
 async def test_the_sdk_stream_fills_what_it_missed(trace_client: Client) -> None:
     wf = new_workflow()
     stream = trace_client.trace.stream(workflow_ids=[wf])
+    assert isinstance(stream, AsyncGenerator)  # as the SDK makes it; the test closes it
     assert isinstance(await asyncio.wait_for(anext(stream), 10), trace_service_pb2.CaughtUp)
     sequences = await _overflow(trace_client, wf, 3000)
-    received = [(await asyncio.wait_for(anext(stream), 10)).sequence for _ in sequences]
+    received = [_sequence(await asyncio.wait_for(anext(stream), 10)) for _ in sequences]
     await stream.aclose()
     assert sorted(received) == sequences
     assert len(set(received)) == len(received)

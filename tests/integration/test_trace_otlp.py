@@ -37,7 +37,7 @@ from are_sdk.testing import SidecarProcess
 from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     """Collects every span exported to it."""
 
     def __init__(self) -> None:
@@ -66,7 +66,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mis
 def receiver() -> Iterator[tuple[Receiver, int]]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    # grpcio's generated helper has no annotations.
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

@@ -28,6 +28,7 @@ from are_sdk import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    TaskContext,
     Worker,
     WorkflowSpec,
 )
@@ -70,14 +71,14 @@ async def _state(client: Client, workflow_id: str, *paths: str) -> tuple[int, di
 async def _poll_one(client: Client, capability: str) -> w.TaskAssignment:
     async with asyncio.timeout(20):
         while True:
-            response = await client.raw.worker.PollTask(
+            response: w.PollTaskResponse = await client.raw.worker.PollTask(
                 w.PollTaskRequest(worker_name="wiring", capabilities=[capability], max_tasks=1), timeout=5
             )
             if response.assignments:
                 return response.assignments[0]
 
 
-async def _events(client: Client, workflow_id: str, event_type: int) -> list[event_pb2.Event]:
+async def _events(client: Client, workflow_id: str, event_type: event_pb2.EventType) -> list[event_pb2.Event]:
     response = await client.raw.trace.ListEvents(
         trace_service_pb2.ListEventsRequest(
             filter=event_pb2.EventFilter(workflow_ids=[workflow_id], event_types=[event_type])
@@ -444,7 +445,11 @@ async def test_workers_declare_their_cards_and_intents_go_to_the_cheapest_class(
             f"class-{name}-{n}", description=words, capabilities=(caps[name],), cost_per_call_micro_usd=cost
         )
         worker = Worker(client, name=f"{name}-{n}", card=card)
-        worker.register(caps[name], lambda ctx, answer=name: answer)
+
+        def reply(ctx: TaskContext, answer: str = name) -> str:
+            return answer
+
+        worker.register(caps[name], reply)
         workers.append(worker)
     async with workers[0], workers[1]:
         cards, _ = await client.router.list_agents(capability=caps["cheap"])
@@ -789,6 +794,7 @@ async def test_a_resumed_watch_of_a_live_workflow_replays_then_follows(client: C
 
 
 async def _collect_first(client: Client, workflow_id: str) -> s.WatchWorkflowResponse:
+    message: s.WatchWorkflowResponse
     async with asyncio.timeout(10):
         async for message in client.raw.scheduler.WatchWorkflow(
             s.WatchWorkflowRequest(workflow_id=workflow_id)
@@ -801,7 +807,7 @@ async def _collect_first(client: Client, workflow_id: str) -> s.WatchWorkflowRes
 
 
 async def test_the_sdk_worker_writes_state_through_completions(client: Client) -> None:
-    from are_sdk import TaskContext, TaskResult, Worker, WorkflowSpec
+    from are_sdk import TaskResult, Worker, WorkflowSpec
 
     cap = unique_capability("sdkstate")
     versions: list[int] = []

@@ -62,7 +62,7 @@ def counters(usage: c.Usage) -> tuple[int, ...]:
 
 
 async def poll_one(client: Client, cap: str) -> w.TaskAssignment:
-    polled = await client.raw.worker.PollTask(
+    polled: w.PollTaskResponse = await client.raw.worker.PollTask(
         w.PollTaskRequest(worker_name="usage-poller", capabilities=[cap]), timeout=10
     )
     (assignment,) = polled.assignments

@@ -299,7 +299,7 @@ _EMBEDDERS: dict[int, LexicalEmbedder] = {}
 def embed(dimension: int, prompt: str) -> np.ndarray[Any, Any] | None:
     """The lexical embedder's vector for a prompt (as the engine computes it), None without direction."""
     embedder = _EMBEDDERS.setdefault(dimension, LexicalEmbedder(dimension))
-    vector = embedder.embed([prompt])[0].astype(np.float64)
+    vector: np.ndarray[Any, np.dtype[np.float64]] = embedder.embed([prompt])[0].astype(np.float64)
     if not float(np.dot(vector, vector)) > 0.0:
         return None
     return vector

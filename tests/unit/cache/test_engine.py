@@ -31,7 +31,7 @@ from are_core.cache._normalise import (
 )
 from are_core.vector import LADDER, wilson_lower_bound
 
-from .conftest import Harness
+from .conftest import Harness, is_view
 
 SECOND = 10**9
 
@@ -451,7 +451,8 @@ def _clustered(n: int, d: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = rng.standard_normal((n, 8)).astype(np.float32) @ rng.standard_normal((8, d)).astype(np.float32)
     rows += 0.05 * rng.standard_normal((n, d)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
 
 
 async def test_the_search_expansion_is_calibrated_on_the_namespaces_own_lookups(
@@ -653,7 +654,7 @@ async def test_coalesced_searches_answer_as_inline_ones_do(harness: Harness) -> 
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((3000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = []
+    ids: list[str] = []
     for chunk in range(0, len(vectors), 500):
         stored = await asyncio.gather(
             *(
@@ -695,7 +696,7 @@ async def test_a_restored_index_takes_writes_in_its_overlay_and_folds_them_when_
         ids[i] = (await e.store("o", prompt=f"p{i}", vector=vectors[i], response=str(i).encode())).entry_id
     e._fold_due()
     await asyncio.gather(*e._warmers)
-    assert not index.is_view
+    assert not is_view(index)
     assert len(index) == 29
     for i, v in vectors.items():
         hit = (await e.lookup("o", vector=v, threshold=0.999)).hit

@@ -9,7 +9,7 @@ from are_core.cache import NamespaceSettings
 from are_core.cache._normalise import entry_id_text
 from are_core.vector import _index as index_module
 
-from .conftest import Harness, low_dimension_rows, own_vector_misses
+from .conftest import Harness, is_view, low_dimension_rows, own_vector_misses
 from .test_repair import _DIMENSION, _churned, due_for_a_sweep
 
 
@@ -43,7 +43,7 @@ async def test_a_restored_view_is_swept_once_folded_with_the_removals_counted_be
     assert state.index_removals == before + 200
     assert e.repair_due() is None  # a view: not now
     await e._warm(state)  # the overlay folded into a private copy
-    assert not state.index.is_view
+    assert not is_view(state.index)
     task = e.repair_due()
     assert task is not None
     await task

@@ -45,7 +45,8 @@ SMALL_BOUND = 100  # mutations: a chunk of some thirty removals per commit
 
 def _vectors(n: int, seed: int = 7) -> np.ndarray:
     rows = np.random.default_rng(seed).standard_normal((n, DIMENSION)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
 
 
 async def _fill(harness: Harness, n: int, **settings: Any) -> list[str]:
@@ -305,7 +306,7 @@ async def test_an_invalidation_cut_short_by_backpressure_reports_what_it_removed
     gone = sorted(before - set(e._states["a"].heads))
     # The servicer's status: RESOURCE_EXHAUSTED with a retry hint, and the count removed.
     with pytest.raises(_AbortedError) as aborted:
-        await _fail(_Context(), error)  # type: ignore[arg-type]
+        await _fail(_Context(), error)
     assert aborted.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = status_pb2.Status.FromString(dict(aborted.value.trailers)["grpc-status-details-bin"])
     info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()

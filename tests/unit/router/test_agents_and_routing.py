@@ -420,7 +420,8 @@ async def test_no_route_is_confirmed_exactly_after_cards_were_replaced(tmp_path:
 
     def draw(n: int) -> np.ndarray:
         rows = centres[rng.integers(0, 30, n)] + rng.normal(0, 0.35, (n, dimension))
-        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows.astype(np.float32)
 
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     try:

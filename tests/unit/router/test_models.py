@@ -101,7 +101,7 @@ async def test_feedback_moves_hard_prompts_to_the_strong_model(router: Router) -
         success = not (hard and choice.model_id == "cheap")
         await router.report_outcome(choice.route_id, success=success, cost_micro_usd=10)
     # Evaluation on fresh prompts of the same distribution.
-    picks = {True: [], False: []}
+    picks: dict[bool, list[str]] = {True: [], False: []}
     for vector, hard in synthetic_prompts(seed=2, n=40):
         choice = await router.route_model(vector=vector, quality_target=0.8)
         picks[hard].append(choice.model_id)

@@ -59,8 +59,8 @@ def _exact(engine: Scheduler) -> int:
     return total
 
 
-def _sized(task_id: str, nbytes: int, *deps: str, **fields: object) -> TaskSpec:
-    return spec(task_id, *deps, input=b"i" * nbytes, **fields)
+def _sized(task_id: str, nbytes: int, *deps: str, capability: str = "cap", **fields: object) -> TaskSpec:
+    return spec(task_id, *deps, capability=capability, input=b"i" * nbytes, **fields)
 
 
 def _workflow(wf_id: str, *sizes: int, chain: bool = True) -> WorkflowSpec:

@@ -19,7 +19,7 @@ from are_sdk._errors import error_from_rpc
 from sidecar._status import status_trailers
 
 
-class _Failed(grpc.RpcError):
+class _Failed(grpc.RpcError):  # type: ignore[misc]  # grpc is untyped here (see the mypy overrides)
     """The three accessors every grpc error (sync or aio) offers."""
 
     def __init__(
@@ -81,7 +81,7 @@ def test_reason_refines_the_class() -> None:
     [(grpc.StatusCode.UNAVAILABLE, UnavailableError), (grpc.StatusCode.DATA_LOSS, InternalError)],
 )
 def test_plain_statuses_without_details_map_by_code(code: grpc.StatusCode, cls: type[AreError]) -> None:
-    error = error_from_rpc(_Failed(code, "connection refused", ()))  # type: ignore[arg-type]
+    error = error_from_rpc(_Failed(code, "connection refused", ()))
     assert isinstance(error, cls)
     assert error.reason == ""
     assert error.message == "connection refused"

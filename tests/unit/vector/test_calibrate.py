@@ -13,7 +13,8 @@ def _clustered(n: int, d: int, seed: int) -> np.ndarray:
     basis = rng.standard_normal((12, d)).astype(np.float32)
     rows = rng.standard_normal((n, 12)).astype(np.float32) @ basis
     rows += 0.05 * rng.standard_normal((n, d)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
 
 
 def test_wilson_lower_bound() -> None:
@@ -64,12 +65,11 @@ def test_choose_the_smallest_expansion_that_clears_the_target() -> None:
     assert (chosen.expansion, chosen.recall, chosen.met, chosen.samples) == (16, 0.998, True, 1000)
     # A duplicate vector (another key, the same similarity) is a right answer.
     found[8] = (wrong, ref_sims.copy())
-    assert (
-        choose_expansion(
-            found, (ref_keys, ref_sims), thresholds, target=0.99, similarity_error=0.0, entries=5, time_ns=1
-        ).expansion
-        == 8
-    )  # type: ignore[union-attr]
+    chosen = choose_expansion(
+        found, (ref_keys, ref_sims), thresholds, target=0.99, similarity_error=0.0, entries=5, time_ns=1
+    )
+    assert chosen is not None
+    assert chosen.expansion == 8
     # Queries whose exact neighbour could not answer do not count: too few left decides nothing.
     far = np.full(n, 0.5, dtype=np.float32)
     assert (
