@@ -449,14 +449,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_open_bytes",
         1 << 30,
-        "Most bytes of inline payloads (task inputs, and outputs once reported; a blob reference "
-        "counts none) that open workflows hold in memory, 1 to 2^40. The default, 1 GiB, keeps their "
-        "payloads to about a gigabyte of memory beside the tasks themselves, yet holds 128 tasks at "
-        "the largest inline input and output (4 MiB each), or a million tasks at 1 KiB. Work that "
-        "would go over is refused as for --max-open-tasks (metadata limit=max_open_bytes); a "
-        "workflow larger than it alone is INVALID_ARGUMENT, LIMIT_EXCEEDED (send large payloads as "
-        "blobs). A task's output is never refused for it: it is counted even past the bound, and "
-        "new work is refused until workflows close.",
+        "Most bytes of inline payloads (task inputs, cache-key prompts and condition values; once "
+        "reported, outputs, the last heartbeat details and the last failure with its causes; a blob "
+        "reference counts none) that open workflows hold in memory, 1 to 2^40. The default, 1 GiB, "
+        "keeps their payloads to about a gigabyte of memory beside the tasks themselves, yet holds "
+        "128 tasks at the largest inline input and output (4 MiB each), or a million tasks at 1 KiB. "
+        "Work that would go over is refused as for --max-open-tasks (metadata limit=max_open_bytes); "
+        "a workflow larger than it alone is INVALID_ARGUMENT, LIMIT_EXCEEDED (send large payloads as "
+        "blobs). A task's output, heartbeat or failure is never refused for it: it is counted even "
+        "past the bound, and new work is refused until workflows close.",
         _bounded_int(1, 1 << 40),
         "BYTES",
     ),

@@ -119,8 +119,9 @@ _RECENT_CLOSED_TASKS = 100_000
 # in 5 s and a spawn in 1 s: a running workflow that grows gets the room that
 # closing ones free a little before new workflows do.
 DEFAULT_MAX_OPEN_TASKS = 1_000_000
-# The most bytes of inline payloads (task inputs, and outputs once recorded) that open
-# workflows hold in memory, unless configured (see Scheduler.open_bytes): 1 GiB, room for
+# The most payload bytes that open workflows hold in memory, unless configured (see
+# Scheduler.open_bytes and _payload_bytes): inline inputs, cache-key prompts and condition
+# values, and once recorded inline outputs, heartbeat details and failures. 1 GiB, room for
 # 128 tasks at the largest inline input and output (4 MiB each), or a million at 1 KiB.
 DEFAULT_MAX_OPEN_BYTES = 1 << 30
 # New work (a submit or a fork) is admitted only while it keeps each count within this share
@@ -371,7 +372,7 @@ class _Workflow:
         self.open = 0
         self.last_seq = 0
         self.watchers: set[asyncio.Event] = set()
-        # The inline payload bytes its tasks hold (every input, and each output once recorded;
+        # The payload bytes its tasks hold (inputs, outputs, heartbeat details, failures...;
         # a blob reference's bytes are not here): see _payload_bytes and Scheduler.open_bytes.
         self.payload_bytes = 0
 
@@ -593,13 +594,61 @@ def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(13)
 
 
-def _payload_bytes(spec: TaskSpec, rec: TaskRecord) -> int:
-    """The inline payload bytes a task holds in memory: its input and its recorded output.
+def _utf8_len(text: str) -> int:
+    """The UTF-8 length of ``text``, without encoding it when it is ASCII (checked in O(1))."""
+    return len(text) if text.isascii() else len(text.encode())
 
+
+def _failure_bytes(failure: Failure | None) -> int:
+    """The payload bytes of a failure: the details, message and stack trace of it and each cause.
+
+    A worker sets them (up to 1 MiB of details, 32 KiB of message and 64 KiB
+    of trace a level, at most 1 MiB in all with causes); the rest (type,
+    content type, kind) is at most a few hundred characters a level.
+    """
+    total = 0
+    while failure is not None:
+        total += len(failure.details) + _utf8_len(failure.message) + _utf8_len(failure.stack_trace)
+        failure = failure.cause
+    return total
+
+
+def _spec_bytes(spec: TaskSpec) -> int:
+    """The payload bytes of a task's spec: its inline input, cache-key prompt and condition values.
+
+    Each can be large (4 MiB, 1 MiB, 16 x 64 KiB); a condition value counts
+    as compact JSON. The rest of a spec is bounded small by the sidecar
+    (labels, intent: a few KiB) or is the graph (``depends_on``); ``raw``,
+    the submitted spec kept for readers, is not counted, though the sidecar
+    leaves the prompt and conditions in it (only the input is taken out).
+    """
+    total = len(spec.input)
+    if spec.cache_key is not None:
+        total += _utf8_len(spec.cache_key.prompt)
+    for condition in spec.conditions:
+        if condition.value is not None:
+            total += len(msgspec.json.encode(condition.value))
+    return total
+
+
+def _payload_bytes(spec: TaskSpec, rec: TaskRecord) -> int:
+    """The payload bytes a task holds in memory, which :attr:`Scheduler.open_bytes` sums.
+
+    Its spec's (:func:`_spec_bytes`), and what its record holds: the recorded
+    output, the last heartbeat details (kept for the next attempt, until the
+    workflow closes) and the last failure with its causes (kept even once a
+    retry completes). Every count is kept by this definition: built with it
+    at submit, spawn, fork and start, and changed by its parts as a record
+    changes (``_set_output``, ``_set_failure``, ``_set_heartbeat_details``).
     A blob payload is a reference (the input or output is then empty): only
     its record is held, which the bound on tasks accounts for.
     """
-    return len(spec.input) + len(rec.output or b"")
+    return (
+        _spec_bytes(spec)
+        + len(rec.output or b"")
+        + len(rec.heartbeat_details or b"")
+        + _failure_bytes(rec.failure)
+    )
 
 
 def _runs_again(
@@ -647,11 +696,12 @@ class Scheduler:
             fork over 90% of it (the rest is kept for spawns into running
             workflows), is refused with :class:`TooManyOpenTasksError`
             (recovery at start never is).
-        max_open_bytes: The most bytes of inline payloads (task inputs and
-            outputs) that open workflows hold in memory (:attr:`open_bytes`):
-            work over it is refused as for ``max_open_tasks``, with
-            :class:`TooManyOpenBytesError`; a recorded output is never
-            refused, and counts.
+        max_open_bytes: The most payload bytes that open workflows hold in
+            memory (:attr:`open_bytes`: inline inputs and outputs, cache-key
+            prompts, condition values, heartbeat details and failures): work
+            over it is refused as for ``max_open_tasks``, with
+            :class:`TooManyOpenBytesError`; a recorded output, heartbeat or
+            failure is never refused, and counts.
     """
 
     def __init__(  # noqa: PLR0915 - one statement per field of state
@@ -682,8 +732,8 @@ class Scheduler:
         self._open_tasks = 0
         self._max_open_tasks = max_open_tasks
         self._open_tasks_refused = 0  # refusals for the bound since the start
-        # The inline payload bytes of the workflows in _open (the sum of their payload_bytes),
-        # kept as they open, spawn, record outputs and close.
+        # The payload bytes of the workflows in _open (the sum of their payload_bytes), kept as
+        # they open, spawn, record outputs, heartbeat details and failures, and close.
         self._open_bytes = 0
         self._max_open_bytes = max_open_bytes
         self._open_bytes_refused = 0
@@ -1096,14 +1146,14 @@ class Scheduler:
         default_pool = spec.default_pool or "default"
         if default_pool not in self._pools:
             raise SpecError("POOL_NOT_FOUND", "spec.default_pool", f"pool {default_pool!r} does not exist")
-        nbytes = 0  # the inline inputs, for max_open_bytes
+        nbytes = 0  # the payload bytes of the specs, for max_open_bytes
         for i, task_spec in enumerate(spec.tasks):
             pool = task_spec.pool or default_pool
             if pool not in self._pools:
                 raise SpecError("POOL_NOT_FOUND", f"spec.tasks[{i}].pool", f"pool {pool!r} does not exist")
             if not task_spec.depends_on and not task_spec.requires_approval:
                 pools[pool] = pools.get(pool, 0) + 1
-            nbytes += len(task_spec.input)
+            nbytes += _spec_bytes(task_spec)
         result_task_id = spec.result_task_id
         if result_task_id:
             if not any(t.task_id == result_task_id for t in spec.tasks):
@@ -1215,9 +1265,9 @@ class Scheduler:
                 raise PoolQueueFullError(name, pool.queued, n, pool.limits.queue_limit, retry_after_s=1.0)
 
     def _check_open_work(self, tasks: int, nbytes: int, field: str, *, into: _Workflow | None = None) -> None:
-        """Refuses work that would take the open tasks or inline payload bytes over their bounds.
+        """Refuses work that would take the open tasks or payload bytes over their bounds.
 
-        ``tasks`` tasks holding ``nbytes`` inline payload bytes: a new workflow
+        ``tasks`` tasks holding ``nbytes`` payload bytes: a new workflow
         (``into`` None: a submit or a fork) is admitted while each count stays
         within the new-work share of its bound (:data:`_NEW_WORK_SHARE_PERCENT`),
         or when nothing open holds any of it, so that a workflow up to a whole
@@ -1226,9 +1276,10 @@ class Scheduler:
         Work that could not fit even alone (a spawn: with what ``into`` holds
         already, which stays held while it is open) is refused as invalid input
         (LIMIT_EXCEEDED naming ``field``), since no retry would ever succeed.
-        A count already past its bound (the bound was lowered, or outputs were
-        recorded past it) refuses all such work until it falls back, even work
-        that adds none of it. Changes nothing but the refusal counters.
+        A count already past its bound (the bound was lowered, or outputs,
+        heartbeat details or failures were recorded past it) refuses all such
+        work until it falls back, even work that adds none of it. Changes
+        nothing but the refusal counters.
 
         Raises:
             SpecError: LIMIT_EXCEEDED: not ever, however many workflows close.
@@ -1312,13 +1363,17 @@ class Scheduler:
 
     @property
     def open_bytes(self) -> int:
-        """The inline payload bytes the open workflows hold in memory (exact).
+        """The payload bytes the open workflows hold in memory (exact; see ``_payload_bytes``).
 
-        Every task's inline input, and its inline output once recorded (a
-        retried attempt's output replaces the earlier one); a blob reference
-        adds none. Kept as workflows open, spawn, record outputs and close.
-        An output is never refused for the bound: it is counted even past it,
-        and new work is refused until room comes back.
+        Every task's inline input, cache-key prompt and condition values; once
+        recorded, its inline output, its last heartbeat details and its last
+        failure with its causes (each replacing the earlier one: a retried
+        attempt's output, a new heartbeat's details, a later attempt's
+        failure); a blob reference adds none. Kept as workflows open, spawn,
+        record outputs, heartbeats and failures, and close. An output,
+        heartbeat or failure is never refused for the bound (the work is under
+        way or done): it is counted even past it, and new work is refused
+        until room comes back.
         """
         return self._open_bytes
 
@@ -1327,15 +1382,39 @@ class Scheduler:
         """The bound on :attr:`open_bytes` that new work is admitted under."""
         return self._max_open_bytes
 
+    def _payload_changed(self, w: _Workflow, delta: int) -> None:
+        """Adds ``delta`` payload bytes to ``w``, and to :attr:`open_bytes` while it is open."""
+        w.payload_bytes += delta
+        if self._open.get(w.rec.workflow_id) is w:
+            self._open_bytes += delta
+
     def _set_output(self, task: _Task, output: bytes | None) -> None:
         """Records ``output`` as the task's (replacing any earlier), keeping the byte counts exact."""
         rec = task.rec
         delta = len(output or b"") - len(rec.output or b"")
         rec.output = output
-        w = task.wf
-        w.payload_bytes += delta
-        if self._open.get(w.rec.workflow_id) is w:
-            self._open_bytes += delta
+        self._payload_changed(task.wf, delta)
+
+    def _set_failure(self, task: _Task, failure: Failure) -> None:
+        """Records ``failure`` as the task's last (replacing any earlier), keeping the byte counts exact.
+
+        Never refused for :attr:`max_open_bytes`: the attempt has ended.
+        """
+        rec = task.rec
+        delta = _failure_bytes(failure) - _failure_bytes(rec.failure)
+        rec.failure = failure
+        self._payload_changed(task.wf, delta)
+
+    def _set_heartbeat_details(self, task: _Task, details: bytes, content_type: str) -> None:
+        """Records a heartbeat's details (replacing the last; empty ones free them), keeping the counts exact.
+
+        Never refused for :attr:`max_open_bytes`: the attempt is under way.
+        """
+        rec = task.rec
+        delta = len(details) - len(rec.heartbeat_details or b"")
+        rec.heartbeat_details = details
+        rec.heartbeat_content_type = content_type
+        self._payload_changed(task.wf, delta)
 
     def _add_tasks(
         self, w: _Workflow, specs: Iterable[TaskSpec], now: int, *, parent: str, depth: int
@@ -1351,7 +1430,7 @@ class Scheduler:
             task = _Task(w, rec, pooled)
             w.tasks[spec.task_id] = task
             w.order.append(task)
-            w.payload_bytes += len(pooled.input)
+            w.payload_bytes += _payload_bytes(pooled, rec)
             w.rec.counts["PENDING"] = w.rec.counts.get("PENDING", 0) + 1
             w.open += 1
             batch.put(T_SPECS, task.key, _spec_codec.encode(pooled))
@@ -2517,7 +2596,7 @@ class Scheduler:
         now = self._clock()
         if rec.state == "RUNNING":
             self._release(task)
-        rec.failure = failure
+        self._set_failure(task, failure)  # counted even past max_open_bytes: the attempt has ended
         policy = task.spec.retry_policy or w.rec.default_retry_policy or _DEFAULT_POLICY
         charged = rec.attempt - rec.free_attempts
         retry = (
@@ -2579,9 +2658,8 @@ class Scheduler:
         holder = task.holder
         if holder is not None and holder.one_answer:
             self._poll_contacted(holder)
-        if details is not None:
-            task.rec.heartbeat_details = details
-            task.rec.heartbeat_content_type = content_type
+        if details is not None:  # counted even past max_open_bytes: the attempt is under way
+            self._set_heartbeat_details(task, details, content_type)
             self._dirty(task)
         return task.wf.rec.state != "RUNNING"
 
@@ -2909,7 +2987,7 @@ class Scheduler:
                 non_retryable=True,
             )
             self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
-            rec.failure = failure
+            self._set_failure(task, failure)
             rec.close_ns = now
             task.wf.rec.tasks_failed += 1
             self._set_state(task, "FAILED", failure.message)
@@ -3061,7 +3139,7 @@ class Scheduler:
             kind="TIMEOUT" if timeout else "APPROVAL_REJECTED",
             timeout_type="APPROVAL" if timeout else "",
         )
-        task.rec.failure = failure
+        self._set_failure(task, failure)
         task.rec.close_ns = now
         self._set_state(task, "REJECTED", failure.message[:1024])
         self._event(
@@ -3167,12 +3245,12 @@ class Scheduler:
                 )
         validate_graph(specs, field="tasks", existing=w.tasks)
         incoming: dict[str, int] = {}
-        incoming_bytes = 0  # the inline inputs, for max_open_bytes
+        incoming_bytes = 0  # the payload bytes of the specs, for max_open_bytes
         for i, spec in enumerate(specs):
             pool = spec.pool or w.rec.default_pool
             if pool not in self._pools:
                 raise SpecError("POOL_NOT_FOUND", f"tasks[{i}].pool", f"pool {pool!r} does not exist")
-            incoming_bytes += len(spec.input)
+            incoming_bytes += _spec_bytes(spec)
             if not spec.requires_approval and all(
                 d in w.tasks and w.tasks[d].rec.state in TERMINAL_TASK_STATES for d in spec.depends_on
             ):
@@ -3592,9 +3670,10 @@ class Scheduler:
     ) -> tuple[WorkflowRecord, list[TaskSpec], list[TaskRecord], set[str]]:
         """The source of a fork, its tasks and those that run again, after every check a fork makes.
 
-        The fork is checked against the bounds as new work, with every input
-        and the output of every COMPLETED task that does not run again: at
-        least what it will hold (a task completed after the fork's cutoff
+        The fork is checked against the bounds as new work, with every spec's
+        payload bytes (:func:`_spec_bytes`) and the output of every COMPLETED
+        task that does not run again (a fork copies no heartbeat details or
+        failures): at least what it will hold (a task completed after the fork's cutoff
         starts again, without its output), since :meth:`check_fork` does not
         know the cutoff and must not admit what :meth:`fork` would refuse.
         """
@@ -3633,7 +3712,7 @@ class Scheduler:
             if old.state == "COMPLETED" and spec.task_id not in again
         )
         self._check_open_work(
-            len(specs), sum(len(spec.input) for spec in specs) + kept_outputs, "workflow_id"
+            len(specs), sum(_spec_bytes(spec) for spec in specs) + kept_outputs, "workflow_id"
         )
         return source, specs, records, again
 

@@ -21,6 +21,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from are_core.scheduler import (
@@ -47,11 +48,29 @@ _T_WORKFLOWS = TABLES[0]
 _BLOB = "ab" * 32  # a SHA-256 in hex: the payload is a blob reference
 
 
+def _failure_size(failure: Failure | None) -> int:
+    size = 0
+    while failure is not None:
+        size += len(failure.details) + len(failure.message.encode()) + len(failure.stack_trace.encode())
+        failure = failure.cause
+    return size
+
+
 def _exact(engine: Scheduler) -> int:
-    """The engine's byte count, checked against a fresh recount of every open task's inline payloads."""
+    """The engine's byte count, checked against a fresh recount of every open task's payloads.
+
+    Inputs and outputs, and (see test_open_bytes_details.py) cache-key prompts,
+    condition values, heartbeat details and the last failure with its causes.
+    """
     total = 0
     for w in engine._open.values():
-        held = sum(len(t.spec.input) + len(t.rec.output or b"") for t in w.order)
+        held = 0
+        for task in w.order:
+            s, rec = task.spec, task.rec
+            held += len(s.input) + len(rec.output or b"")
+            held += len(s.cache_key.prompt.encode()) if s.cache_key is not None else 0
+            held += sum(len(msgspec.json.encode(c.value)) for c in s.conditions if c.value is not None)
+            held += len(rec.heartbeat_details or b"") + _failure_size(rec.failure)
         assert w.payload_bytes == held, w.rec.workflow_id
         total += held
     assert engine.open_bytes == total
@@ -162,15 +181,15 @@ async def test_a_retried_task_counts_only_the_output_it_completed_with(bounded: 
     with pytest.raises(TaskNotHeldError):  # the first attempt, late: nothing is recorded
         engine.complete("wf", "t0", 1, output=b"o" * 400, content_type="", usage=None)
     await settle()
-    assert _exact(engine) == 50
+    assert _exact(engine) == 55  # 10 input + 40 output + the first attempt's failure, kept ("again")
 
     # No public path records a second output while a workflow is open; the one place outputs
     # are recorded replaces, so a later one could never be counted on top of the first.
     task = engine._open["wf"].tasks["t0"]
     engine._set_output(task, b"o" * 15)
-    assert _exact(engine) == 25
+    assert _exact(engine) == 30
     engine._set_output(task, None)
-    assert _exact(engine) == 10
+    assert _exact(engine) == 15
 
 
 async def test_a_cache_hit_output_counts(bounded: Scheduler) -> None:
@@ -187,7 +206,7 @@ async def test_a_cache_hit_output_counts(bounded: Scheduler) -> None:
         await settle()
         if engine.get_task("wf", "hit").record.state == "COMPLETED":
             break
-    assert _exact(engine) == 125
+    assert _exact(engine) == 130  # 5 input + 120 output + the 5-byte prompt "known"
 
 
 async def test_new_work_over_the_byte_share_is_refused_changing_nothing(bounded: Scheduler) -> None:
