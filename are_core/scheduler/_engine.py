@@ -114,6 +114,9 @@ _RECENT_CLOSED = 1024
 # results, events and reads), so they are bounded by tasks too (1,024 closed workflows of 10,000
 # tasks each would be some 13 GB); the latest one is kept whatever its size.
 _RECENT_CLOSED_TASKS = 100_000
+# ... and their payload bytes (see _payload_bytes: outputs up to 4 MiB a task, failures, inputs)
+# at most, which the task bound alone leaves at up to hundreds of GB; the latest one is kept.
+_RECENT_CLOSED_BYTES = 64 << 20
 # The most tasks of open workflows held in memory, unless configured (see
 # Scheduler.open_tasks). Over it, a new workflow (submit, fork) is told to retry
 # in 5 s and a spawn in 1 s: a running workflow that grows gets the room that
@@ -361,7 +364,18 @@ class _Task:
 
 
 class _Workflow:
-    __slots__ = ("commit", "last_seq", "open", "order", "payload_bytes", "prefix", "rec", "tasks", "watchers")
+    __slots__ = (
+        "commit",
+        "last_seq",
+        "open",
+        "order",
+        "payload_bytes",
+        "prefix",
+        "rec",
+        "recent_bytes",
+        "tasks",
+        "watchers",
+    )
 
     def __init__(self, rec: WorkflowRecord) -> None:
         self.rec = rec
@@ -375,6 +389,7 @@ class _Workflow:
         # The payload bytes its tasks hold (inputs, outputs, heartbeat details, failures...;
         # a blob reference's bytes are not here): see _payload_bytes and Scheduler.open_bytes.
         self.payload_bytes = 0
+        self.recent_bytes = 0  # payload_bytes when it joined the recently closed (see _keep_recent)
 
 
 class _Queue:
@@ -727,6 +742,7 @@ class Scheduler:
         self._open: dict[str, _Workflow] = {}
         self._recent: OrderedDict[str, _Workflow] = OrderedDict()
         self._recent_tasks = 0  # the tasks of the workflows in _recent
+        self._recent_bytes = 0  # and their payload bytes, as each was when it joined
         # The tasks of the workflows in _open (every entry of their ``order``), kept as they open,
         # spawn and close: the bound on them is checked without a scan (see _check_open_work).
         self._open_tasks = 0
@@ -2204,12 +2220,23 @@ class Scheduler:
             return
         previous = recent.pop(wf_id, None)
         if previous is not None:
-            self._recent_tasks -= len(previous.order)
+            self._forget_recent(previous)
         recent[wf_id] = w
         self._recent_tasks += len(w.order)
-        while len(recent) > _RECENT_CLOSED or (self._recent_tasks > _RECENT_CLOSED_TASKS and len(recent) > 1):
+        w.recent_bytes = w.payload_bytes
+        self._recent_bytes += w.recent_bytes
+        while len(recent) > 1 and (
+            len(recent) > _RECENT_CLOSED
+            or self._recent_tasks > _RECENT_CLOSED_TASKS
+            or self._recent_bytes > _RECENT_CLOSED_BYTES
+        ):
             _, oldest = recent.popitem(last=False)
-            self._recent_tasks -= len(oldest.order)
+            self._forget_recent(oldest)
+
+    def _forget_recent(self, w: _Workflow) -> None:
+        """Takes a workflow just dropped from the recently closed out of their counts."""
+        self._recent_tasks -= len(w.order)
+        self._recent_bytes -= w.recent_bytes
 
     # ------------------------------------------------------------------ dispatch
 
@@ -3630,7 +3657,7 @@ class Scheduler:
         rec = _wf_codec.decode(raw)
         dropped = self._recent.pop(wf_id, None)
         if dropped is not None:
-            self._recent_tasks -= len(dropped.order)
+            self._forget_recent(dropped)
         freed = len(raw)
         batch = self._storage.batch()
         batch.delete(T_WORKFLOWS, wf_id.encode())
@@ -3841,6 +3868,7 @@ class Scheduler:
             "open_bytes_refused": self._open_bytes_refused,
             "recent_closed_workflows": len(self._recent),
             "recent_closed_tasks": self._recent_tasks,
+            "recent_closed_bytes": self._recent_bytes,
             "workers": len(self._workers),
             "timers": len(self._heap),
             "queued": sum(p.queued for p in self._pools.values()),

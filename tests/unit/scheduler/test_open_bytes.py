@@ -39,6 +39,7 @@ from are_core.scheduler import (
     WorkflowNotFoundError,
     WorkflowSpec,
 )
+from are_core.scheduler import _engine as engine_module
 from are_core.storage import GroupCommitter, Storage
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 
@@ -463,5 +464,37 @@ async def test_the_byte_count_stays_exact_through_random_operations(
         assert states >= {"RUNNING", "COMPLETED", "FAILED", "CANCELLED"}  # every way out was taken
         assert any(engine.get_workflow(wf_id).record.forked_from for wf_id in created if wf_id)
         assert refused and engine.counters()["open_bytes_refused"] > 0  # and the bound was reached
+    finally:
+        await engine.stop()
+
+
+async def test_recently_closed_workflows_are_bounded_by_their_payload_bytes_too(
+    opened: tuple[Storage, GroupCommitter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed workflows kept in memory are bounded by the payload bytes they hold as well.
+
+    Bounded by 1,024 workflows and 100,000 tasks alone, they could hold every
+    task's 4 MiB output: the oldest now go once their payload bytes pass the
+    bound too, and still read back from storage.
+    """
+    monkeypatch.setattr(engine_module, "_RECENT_CLOSED_BYTES", 250)
+    engine = await _started(*opened, max_bytes=10_000)
+    try:
+        for i in range(6):
+            await engine.submit(_workflow(f"c{i}", 50, 50))
+            await engine.cancel(f"c{i}", "enough", "test")
+            await settle()
+            held = sum(w.payload_bytes for w in engine._recent.values())
+            assert engine.counters()["recent_closed_bytes"] == held
+            assert held <= 250
+        assert list(engine._recent) == ["c4", "c5"]  # 200 bytes: a third would pass 250
+        assert engine.get_workflow("c0").record.state == "CANCELLED"  # read back from storage
+        await engine.delete("c5")
+        assert engine.counters()["recent_closed_bytes"] == 100
+        await engine.submit(_workflow("big", 300))  # larger than the bound alone: kept, as the latest
+        await engine.cancel("big", "enough", "test")
+        await settle()
+        assert list(engine._recent) == ["big"]
+        assert engine.counters()["recent_closed_bytes"] == 300
     finally:
         await engine.stop()
