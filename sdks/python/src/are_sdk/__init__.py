@@ -65,7 +65,7 @@ from are_sdk._state import (
     StateSnapshot,
 )
 from are_sdk._sync import SyncClient
-from are_sdk._trace import Trace
+from are_sdk._trace import Trace, TraceStreamItem
 from are_sdk._worker import (
     DependencyResult,
     NonRetryableError,
@@ -174,6 +174,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "Trace",
+    "TraceStreamItem",
     "TriggerRule",
     "UnauthenticatedError",
     "UnavailableError",

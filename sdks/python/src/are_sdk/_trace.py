@@ -7,7 +7,7 @@ typed, and the same objects the raw layer returns.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Trace", "TraceStreamItem"]
 
+# What Trace.stream yields: a matching Event, one CaughtUp when the replay ends, EventsMissed notices.
 TraceStreamItem = event_pb2.Event | trace_service_pb2.CaughtUp | trace_service_pb2.EventsMissed
 """What :meth:`Trace.stream` yields: an event, the end-of-replay marker, or a missed-events notice."""
 
@@ -86,7 +87,7 @@ class Trace:
         worker_id: str = "",
         after_sequence: int = 0,
         page_size: int = 0,
-    ) -> AsyncIterator[event_pb2.Event]:
+    ) -> AsyncGenerator[event_pb2.Event, None]:
         """Yields every retained matching event after ``after_sequence``, page by page."""
         request = trace_service_pb2.ListEventsRequest(
             filter=event_filter(
@@ -117,7 +118,7 @@ class Trace:
         worker_id: str = "",
         after_sequence: int | None = None,
         fill_missed: bool = True,
-    ) -> AsyncIterator[TraceStreamItem]:
+    ) -> AsyncGenerator[TraceStreamItem, None]:
         """Follows events live: replay after ``after_sequence`` (None: live only), then new ones.
 
         Yields each matching ``Event``, one ``CaughtUp`` when the replay ends,
@@ -157,7 +158,7 @@ class Trace:
 
     async def _missed_events(
         self, filters: event_pb2.EventFilter, missed: trace_service_pb2.EventsMissed
-    ) -> AsyncIterator[event_pb2.Event]:
+    ) -> AsyncGenerator[event_pb2.Event, None]:
         request = trace_service_pb2.ListEventsRequest(
             filter=filters, after_sequence=missed.resume_after_sequence, page_size=1000
         )
