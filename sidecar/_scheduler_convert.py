@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import timedelta
 from typing import Any, NoReturn
@@ -53,6 +54,7 @@ from are_core.scheduler import (
     WorkflowView,
     check_pointer,
 )
+from are_core.state import MAX_JSON_DEPTH, json_depth
 from are_core.storage import StorageError
 from are_sdk._proto.are.v1 import (
     common_pb2,
@@ -92,6 +94,8 @@ _MiB = 1 << 20
 _DAY = 86_400.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPERATORS_WITHOUT_VALUE = frozenset({"EXISTS", "NOT_EXISTS", "TRUTHY"})
+# The integers msgpack encodes (int64 and uint64): a condition value is stored in its task's spec.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 # TriggerRule number -> the engine's rule name (UNSPECIFIED means the default, ALL_SUCCESS).
 _TRIGGER_RULES = {
     value.number: value.name.removeprefix("TRIGGER_RULE_") if value.number else "ALL_SUCCESS"
@@ -242,6 +246,61 @@ def payload_to_proto(
     out.content_type = content_type
 
 
+class _IntOutOfRangeError(ValueError):
+    """A condition value's integer that the task's stored spec (msgpack) cannot hold."""
+
+
+def _json_int(text: str) -> int:
+    """A JSON integer of a condition value, refused beyond what msgpack stores: -2**63 to 2**64-1."""
+    # 20 characters (sign included) hold the range: a longer text is out of it, never converted.
+    number = int(text) if len(text) <= 20 else None
+    if number is None or not _INT_MIN <= number <= _INT_MAX:
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+        raise _IntOutOfRangeError(
+            f"integers must fit in 64 bits (from -2**63 to 2**64-1, as the task is stored), got {shown}"
+        )
+    return number
+
+
+def _json_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; refused when beyond a double (1e400)."""
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"the number {text[:40]} is beyond the range of a 64-bit float")
+    return number
+
+
+def _json_constant(text: str) -> object:
+    raise ValueError(f"{text} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _condition_value(text: str, field: str) -> object:
+    """A condition's value, decoded from JSON text: only what the task's stored spec can hold."""
+    if len(text) > 64 * 1024:
+        _bad("LIMIT_EXCEEDED", field, "at most 64 KiB", limit=64 * 1024)
+    try:
+        value = json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except _IntOutOfRangeError as error:
+        _bad("INVALID_ARGUMENT", field, str(error))
+    except ValueError as error:
+        _bad("INVALID_JSON", field, f"not JSON text: {error}")
+    except RecursionError:  # nested deeper than the decoder goes, far past the bound
+        _bad("INVALID_JSON", field, f"nests arrays and objects more than {MAX_JSON_DEPTH} deep")
+    # Counting brackets (in C) spares the walk to nearly every value.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:
+        _bad("INVALID_JSON", field, f"nests arrays and objects more than {MAX_JSON_DEPTH} deep")
+    if "\\u" in text:  # protobuf strings are UTF-8: only an escape makes a lone surrogate
+        try:
+            msgspec.msgpack.encode(value)  # as the task's spec is stored
+        except UnicodeEncodeError:
+            _bad(
+                "INVALID_JSON",
+                field,
+                "a \\ud800 to \\udfff escape without its pair is a lone surrogate, not Unicode",
+            )
+    return value
+
+
 def _condition(condition: task_pb2.Condition, field: str) -> Condition:
     operator = enum_name(
         task_pb2.ComparisonOperator, condition.operator, f"{field}.operator", "COMPARISON_OPERATOR_"
@@ -250,12 +309,7 @@ def _condition(condition: task_pb2.Condition, field: str) -> Condition:
         _bad("INVALID_ARGUMENT", f"{field}.operator", "a condition must name an operator")
     value: object = None
     if operator not in _OPERATORS_WITHOUT_VALUE:
-        if len(condition.value_json) > 64 * 1024:
-            _bad("LIMIT_EXCEEDED", f"{field}.value_json", "at most 64 KiB", limit=64 * 1024)
-        try:
-            value = json.loads(condition.value_json)
-        except (ValueError, RecursionError) as error:
-            _bad("INVALID_JSON", f"{field}.value_json", f"not JSON text: {error}")
+        value = _condition_value(condition.value_json, f"{field}.value_json")
     return Condition(task_id=condition.task_id, pointer=condition.pointer, operator=operator, value=value)
 
 

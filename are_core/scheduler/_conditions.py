@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import msgspec
 
 from ._model import Condition
@@ -46,7 +48,7 @@ def resolve_pointer(document: object, pointer: str) -> object:
     return current
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -60,8 +62,9 @@ def _equal(a: object, b: object) -> bool:
 
 def _order(a: object, b: object) -> int | None:
     if _number(a) and _number(b):
-        x, y = float(a), float(b)  # type: ignore[arg-type]
-        return (x > y) - (x < y)
+        # Compared as they are: Python orders an int and a float exactly, where float() of an
+        # integer past a double's range (an output may hold any) raises OverflowError.
+        return (a > b) - (a < b)
     if isinstance(a, str) and isinstance(b, str):
         return (a > b) - (a < b)
     return None

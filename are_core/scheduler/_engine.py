@@ -666,6 +666,28 @@ def _payload_bytes(spec: TaskSpec, rec: TaskRecord) -> int:
     )
 
 
+# What encoding a spec can raise: an int past 64 bits (OverflowError), a lone surrogate
+# (UnicodeEncodeError, a ValueError), a type msgpack has not, nesting past the interpreter.
+_UNSTORABLE = (msgspec.EncodeError, OverflowError, ValueError, TypeError, RecursionError)
+
+
+def _encode_specs(specs: Iterable[TaskSpec], default_pool: str, field: str) -> list[tuple[TaskSpec, bytes]]:
+    """Each spec, its pool set (``default_pool`` when it names none), with its stored row.
+
+    Encoded before a submit or spawn stages anything, so a spec that cannot
+    be stored (the sidecar refuses such values first) leaves the batch and
+    memory untouched: SpecError names ``field[i]``.
+    """
+    rows: list[tuple[TaskSpec, bytes]] = []
+    try:
+        for spec in specs:
+            pooled = spec if spec.pool else msgspec.structs.replace(spec, pool=default_pool)
+            rows.append((pooled, _spec_codec.encode(pooled)))
+    except _UNSTORABLE as error:
+        raise SpecError("INVALID_ARGUMENT", f"{field}[{len(rows)}]", f"cannot be stored: {error}") from None
+    return rows
+
+
 def _runs_again(
     specs: Sequence[TaskSpec], records: Sequence[TaskRecord], rerun_task_ids: Sequence[str]
 ) -> set[str]:
@@ -1187,6 +1209,7 @@ class Scheduler:
         wf_id = spec.workflow_id or _new_id("wf_")
         if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
             raise WorkflowExistsError(f"workflow {wf_id!r} already exists")
+        rows = _encode_specs(spec.tasks, default_pool, "spec.tasks")  # before anything is staged
         if stage is not None:
             stage(self._t().batch, wf_id)
         now = self._clock()
@@ -1214,7 +1237,7 @@ class Scheduler:
             batch.put(T_REQUESTS, request_id.encode(), f"{wf_id}\x00{request_hash}".encode())
             self._requests[request_id] = (wf_id, request_hash)
             self._t().after.append(lambda: self._forget_request(request_id))
-        self._add_tasks(w, spec.tasks, now, parent="", depth=0)
+        self._add_tasks(w, rows, now, parent="", depth=0)
         self._open[wf_id] = w
         self._open_tasks += len(w.order)
         self._open_bytes += w.payload_bytes
@@ -1433,23 +1456,27 @@ class Scheduler:
         self._payload_changed(task.wf, delta)
 
     def _add_tasks(
-        self, w: _Workflow, specs: Iterable[TaskSpec], now: int, *, parent: str, depth: int
+        self, w: _Workflow, rows: list[tuple[TaskSpec, bytes]], now: int, *, parent: str, depth: int
     ) -> list[_Task]:
+        """Adds the tasks of ``rows`` (from :func:`_encode_specs`) to ``w`` and their rows to the batch.
+
+        The specs were encoded first, so nothing here raises half-way: a spec
+        that cannot be stored was refused before the batch or ``w`` changed.
+        """
         batch = self._t().batch
         added: list[_Task] = []
-        for spec in specs:
+        for spec, row in rows:
             index = len(w.order)
             rec = TaskRecord(
                 task_id=spec.task_id, index=index, create_ns=now, parent_task_id=parent, spawn_depth=depth
             )
-            pooled = spec if spec.pool else msgspec.structs.replace(spec, pool=w.rec.default_pool)
-            task = _Task(w, rec, pooled)
+            task = _Task(w, rec, spec)
             w.tasks[spec.task_id] = task
             w.order.append(task)
-            w.payload_bytes += _payload_bytes(pooled, rec)
+            w.payload_bytes += _payload_bytes(spec, rec)
             w.rec.counts["PENDING"] = w.rec.counts.get("PENDING", 0) + 1
             w.open += 1
-            batch.put(T_SPECS, task.key, _spec_codec.encode(pooled))
+            batch.put(T_SPECS, task.key, row)
             if spec.input_blob_sha256 and self.stage_blob_reference is not None:
                 self.stage_blob_reference(batch, w.rec.workflow_id, spec.input_blob_sha256)
             self._dirty(task)
@@ -3304,8 +3331,9 @@ class Scheduler:
             )
         self._check_open_work(len(specs), incoming_bytes, "tasks", into=w)
         self._check_queues(incoming, wf_id)  # raises POOL_QUEUE_FULL; only its event is recorded
+        rows = _encode_specs(specs, w.rec.default_pool, "tasks")  # before anything is staged
         now = self._clock()
-        added = self._add_tasks(w, specs, now, parent=parent_task_id, depth=depth)
+        added = self._add_tasks(w, rows, now, parent=parent_task_id, depth=depth)
         self._open_tasks += len(added)
         self._open_bytes += incoming_bytes
         w.rec.task_count = len(w.order)
@@ -3784,6 +3812,7 @@ class Scheduler:
             forked_version=source_version,
         )
         w = _Workflow(rec)
+        rows = [_spec_codec.encode(spec) for spec in specs]  # all before anything is staged
         batch = self._t().batch
         batch.put(T_BY_TIME, join_key(_U64 - now, new_id), b"")
         for index, (spec, old) in enumerate(zip(specs, records, strict=True)):
@@ -3814,7 +3843,7 @@ class Scheduler:
                 w.open += 1
             else:
                 rec.tasks_completed += 1
-            batch.put(T_SPECS, task.key, _spec_codec.encode(spec))
+            batch.put(T_SPECS, task.key, rows[index])
             if self.stage_blob_reference is not None:
                 for digest in (spec.input_blob_sha256, task_rec.output_blob_sha256):
                     if digest:

@@ -46,11 +46,13 @@ from ._blobs import (
 )
 from ._documents import (
     MAX_DOCUMENT_BYTES,
+    MAX_JSON_DEPTH,
     MAX_OPERATIONS,
     MAX_PATCH_BYTES,
     MAX_READ_PATHS,
     STATE_TABLES,
     StateEngine,
+    json_depth,
 )
 from ._errors import (
     BlobDigestMismatchError,
@@ -90,6 +92,7 @@ __all__ = [
     "MAX_BLOB_BYTES",
     "MAX_CHUNK_BYTES",
     "MAX_DOCUMENT_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_NOTES_PER_CALL",
     "MAX_OPERATIONS",
     "MAX_PATCH_BYTES",
@@ -136,6 +139,7 @@ __all__ = [
     "check_digest",
     "escape_token",
     "format_pointer",
+    "json_depth",
     "parse_pointer",
     "resolve_raw",
     "workflow_referrer",

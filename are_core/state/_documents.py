@@ -33,7 +33,8 @@ members.
 
 Numbers: JSON numbers are kept as Python ``int`` (any size) or IEEE-754
 doubles, as msgspec decodes them; an untouched member is returned byte for
-byte as it was stored.
+byte as it was stored. Nesting: a value taken in, and a document patched
+with it, nests at most :data:`MAX_JSON_DEPTH` (512) arrays and objects deep.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ from ._pointer import parse_pointer, remove_at, resolve_raw, set_at
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_OPERATIONS",
     "MAX_PATCH_BYTES",
     "MAX_READ_PATHS",
     "STATE_TABLES",
     "StateEngine",
+    "json_depth",
 ]
 
 MiB = 1024 * 1024
@@ -86,6 +89,12 @@ MAX_PATCH_BYTES = 4 * MiB
 MAX_OPERATIONS = 1000
 MAX_READ_PATHS = 100
 MAX_WRITER_CHARS = 256
+# How deep a JSON value taken in may nest arrays and objects ([] is 1 deep, a scalar 0), and a
+# patched document with it. Decoding, merging and encoding recurse a level at a time within
+# the interpreter's limit (1,000 frames, the caller's stack included), which would otherwise
+# decide at a depth that depends on the code path: a document one path stores could fail to
+# encode or decode on another. Half of the limit leaves room for any path.
+MAX_JSON_DEPTH = 512
 _PRUNE_PER_PATCH = 16
 _SCAN_PAGE = 1000
 
@@ -118,14 +127,48 @@ def _pair_bytes(name: str, value: bytes) -> int:
     return len(_json_enc.encode(name)) + 1 + len(value)
 
 
+def json_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep ``value`` nests arrays and objects (``[]`` is 1, a scalar 0), counted to ``limit + 1``.
+
+    It walks one level at a time, never recursing, and stops once past ``limit``.
+    """
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level and depth <= limit:
+        depth += 1
+        children: list[Any] = []
+        for node in level:
+            children.extend(node.values() if isinstance(node, dict) else node)
+        level = [child for child in children if isinstance(child, dict | list)]
+    return depth
+
+
+def _may_nest(text: bytes, depth: int) -> bool:
+    """Whether JSON ``text`` can nest more than ``depth`` deep: it opens more arrays and objects.
+
+    A count in C that spares the walk of :func:`json_depth` to nearly every value.
+    """
+    return text.count(b"[") + text.count(b"{") > depth
+
+
 def decode_json(data: bytes, *, field: str) -> Any:
-    """Decode JSON text, naming ``field`` on failure (numbers: int, or IEEE double)."""
+    """Decode JSON text, naming ``field`` on failure (numbers: int, or IEEE double).
+
+    Also refused: NaN and Infinity (not JSON), a number beyond a double, a lone
+    surrogate escape (not Unicode; the decoder refuses them) and nesting past
+    :data:`MAX_JSON_DEPTH`.
+    """
     try:
-        return _json_dec.decode(data)
+        value = _json_dec.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise InvalidJsonError(f"{field or 'value'} is not valid JSON: {error}", field=field) from None
     except RecursionError:  # nested deeper than the decoder goes
         raise InvalidJsonError(f"{field or 'value'} is nested too deep to decode", field=field) from None
+    if _may_nest(data, MAX_JSON_DEPTH) and json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidJsonError(
+            f"{field or 'value'} nests arrays and objects more than {MAX_JSON_DEPTH} deep", field=field
+        )
+    return value
 
 
 class _Work:
@@ -818,6 +861,13 @@ def _check_operations(operations: Sequence[PatchOp]) -> list[Any]:
             if not tokens and not isinstance(value, dict):
                 raise InvalidJsonError(
                     "the document root must stay a JSON object", field=f"{field}.value_json"
+                )
+            room = MAX_JSON_DEPTH - len(tokens)  # the value sits len(tokens) levels down
+            if _may_nest(op.value_json, room) and json_depth(value, limit=room) > room:
+                raise InvalidJsonError(
+                    f"set at {op.path[:80]!r} (depth {len(tokens)}), the value would nest the "
+                    f"document's arrays and objects more than {MAX_JSON_DEPTH} deep",
+                    field=f"{field}.value_json",
                 )
             values.append((tokens, value))
         else:

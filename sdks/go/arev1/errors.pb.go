@@ -64,7 +64,9 @@ const (
 	ErrorReason_ERROR_REASON_INVALID_PAGE_TOKEN ErrorReason = 3
 	// INVALID_ARGUMENT: content that must be JSON (state patches, condition
 	// values, state writes) does not parse as JSON, or a merge patch is not a
-	// JSON object.
+	// JSON object, or it holds what the sidecar cannot keep: NaN or Infinity,
+	// a number beyond a double's range, an escaped lone surrogate, or nesting
+	// deeper than 512 levels (a state write: with the path it is written at).
 	ErrorReason_ERROR_REASON_INVALID_JSON ErrorReason = 4
 	// INVALID_ARGUMENT: a string that must be a JSON Pointer (RFC 6901) is not
 	// one.

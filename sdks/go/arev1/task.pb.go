@@ -370,7 +370,9 @@ type Condition struct {
 	Operator ComparisonOperator `protobuf:"varint,3,opt,name=operator,proto3,enum=are.v1.ComparisonOperator" json:"operator,omitempty"`
 	// The JSON value to compare with, as JSON text (`"approved"`, `3`,
 	// `true`, `["a","b"]`), at most 64 KiB (INVALID_ARGUMENT, reason
-	// INVALID_JSON).
+	// INVALID_JSON; an integer outside -2^63 to 2^64-1, which the sidecar
+	// cannot store, reason INVALID_ARGUMENT). Numbers compare exactly, an
+	// integer with a float too.
 	ValueJson     string `protobuf:"bytes,4,opt,name=value_json,json=valueJson,proto3" json:"value_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -55,7 +55,9 @@ export enum ErrorReason {
   /**
    * ERROR_REASON_INVALID_JSON - INVALID_ARGUMENT: content that must be JSON (state patches, condition
    * values, state writes) does not parse as JSON, or a merge patch is not a
-   * JSON object.
+   * JSON object, or it holds what the sidecar cannot keep: NaN or Infinity,
+   * a number beyond a double's range, an escaped lone surrogate, or nesting
+   * deeper than 512 levels (a state write: with the path it is written at).
    */
   ERROR_REASON_INVALID_JSON = 4,
   /**

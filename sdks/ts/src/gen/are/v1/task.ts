@@ -199,7 +199,9 @@ export interface Condition {
   /**
    * The JSON value to compare with, as JSON text (`"approved"`, `3`,
    * `true`, `["a","b"]`), at most 64 KiB (INVALID_ARGUMENT, reason
-   * INVALID_JSON).
+   * INVALID_JSON; an integer outside -2^63 to 2^64-1, which the sidecar
+   * cannot store, reason INVALID_ARGUMENT). Numbers compare exactly, an
+   * integer with a float too.
    */
   valueJson: string;
 }
