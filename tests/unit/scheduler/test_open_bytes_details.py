@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import msgspec
 import pytest
 
 from are_core.scheduler import (
@@ -36,37 +35,11 @@ from are_core.scheduler import (
 )
 from are_core.storage import GroupCommitter, Storage
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
-from tests.unit.scheduler.test_open_bytes import _connect, _held, _started
+from tests.unit.scheduler.test_open_bytes import _connect, _exact, _held, _started
 
 pytestmark = pytest.mark.timeout(60)
 
 _RETRIED = RetryPolicy(maximum_attempts=3, initial_interval_s=0.001)
-
-
-def _failure_size(failure: Failure | None) -> int:
-    size = 0
-    while failure is not None:
-        size += len(failure.details) + len(failure.message.encode()) + len(failure.stack_trace.encode())
-        failure = failure.cause
-    return size
-
-
-def _exact(engine: Scheduler) -> int:
-    """The engine's byte count, checked against a fresh recount of everything each open task holds."""
-    total = 0
-    for w in engine._open.values():
-        held = 0
-        for task in w.order:
-            s, rec = task.spec, task.rec
-            held += len(s.input) + len(rec.output or b"")
-            held += len(s.cache_key.prompt.encode()) if s.cache_key is not None else 0
-            held += sum(len(msgspec.json.encode(c.value)) for c in s.conditions if c.value is not None)
-            held += len(rec.heartbeat_details or b"") + _failure_size(rec.failure)
-        assert w.payload_bytes == held, w.rec.workflow_id
-        total += held
-    assert engine.open_bytes == total
-    assert engine.counters()["open_bytes"] == total
-    return total
 
 
 def _task(task_id: str, nbytes: int, *deps: str, **fields: Any) -> TaskSpec:
