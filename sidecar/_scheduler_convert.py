@@ -551,69 +551,199 @@ def failure_to_proto(failure: Failure) -> common_pb2.Failure:
 
 
 _FAILURE_CAUSES = 8
-"""Causes a reported Failure nests at most (common.proto)."""
+"""Causes a reported Failure keeps at most (common.proto): deeper ones are dropped."""
+_FAILURE_BYTES = _MiB
+"""What a reported Failure with causes keeps at most, encoded: its deepest causes are dropped to fit."""
+_TYPE_CHARS = 256
 _STACK_TRACE_BYTES = 64 * 1024
 _MESSAGE_BYTES = 32 * 1024
 
 
 def failure_from_proto(failure: common_pb2.Failure, field: str) -> Failure:
-    """Validates a worker-reported Failure and its causes (at most 8 deep, 1 MiB with them all)."""
+    """A worker-reported Failure and its causes as a core Failure, fitted to common.proto's bounds.
+
+    A failure report is never refused for its size or shape: its attempt would
+    stay held, the worker's report lost. What is over a bound is cut or dropped
+    as the SDKs do before sending (:func:`_fit_chain`), and each level's message
+    says what was dropped. A malformed field (an unknown ``kind`` or
+    ``timeout_type``, at any depth) is still refused, naming it.
+    """
     chain = [failure]
     while chain[-1].HasField("cause"):
-        if len(chain) > _FAILURE_CAUSES:
-            _bad(
-                "LIMIT_EXCEEDED",
-                field + ".cause" * len(chain),
-                f"causes nest at most {_FAILURE_CAUSES} deep",
-                limit=_FAILURE_CAUSES,
-            )
         chain.append(chain[-1].cause)
-    if len(chain) > 1 and failure.ByteSize() > _MiB:
-        _bad("LIMIT_EXCEEDED", field, "at most 1 MiB with its causes", limit=_MiB)
+    names = [_failure_enums(one, field + ".cause" * depth) for depth, one in enumerate(chain)]
     out: Failure | None = None
-    for depth in range(len(chain) - 1, -1, -1):  # the deepest cause first: each wraps the one below
-        out = _one_failure(chain[depth], field + ".cause" * depth, out)
+    levels = _fit_chain(chain)
+    for depth in range(len(levels) - 1, -1, -1):  # the deepest cause first: each wraps the one below
+        out = _one_failure(levels[depth], *names[depth], out)
     assert out is not None
     return out
 
 
-def _one_failure(failure: common_pb2.Failure, field: str, cause: Failure | None) -> Failure:
-    message = failure.message
-    if len(message) > _MESSAGE_BYTES // 4:  # it may be over 32 KiB of UTF-8
-        encoded = message.encode()
-        if len(encoded) > _MESSAGE_BYTES:
-            # Its first 32 KiB are kept: a failure is never refused for the length of its
-            # message (an SDK cutting it by characters can pass the bound in bytes).
-            message = encoded[:_MESSAGE_BYTES].decode(errors="ignore")
-    if len(failure.type) > 256:
-        _bad("LIMIT_EXCEEDED", f"{field}.type", "at most 256 characters", limit=256)
+def _failure_enums(failure: common_pb2.Failure, field: str) -> tuple[str, str]:
+    """The core kind and timeout type of one Failure; an unknown number is refused naming it."""
     kind = enum_name(common_pb2.FailureKind, failure.kind, f"{field}.kind", "FAILURE_KIND_")
     timeout_type = enum_name(
         common_pb2.TimeoutType, failure.timeout_type, f"{field}.timeout_type", "TIMEOUT_TYPE_"
     )
-    if failure.details.WhichOneof("content") == "blob":
-        _bad("INVALID_ARGUMENT", f"{field}.details.blob", "failure details are inline only (at most 1 MiB)")
-    details = failure.details.data if failure.HasField("details") else b""
-    if len(details) > _MiB:
-        _bad("LIMIT_EXCEEDED", f"{field}.details", "at most 1 MiB", limit=1024 * 1024)
-    problem = conventions.content_type_problem(failure.details.content_type)
-    if problem is not None:
-        _bad("LIMIT_EXCEEDED", f"{field}.details.content_type", problem, limit=conventions.CONTENT_TYPE_CHARS)
-    stack_trace = failure.stack_trace
-    if len(stack_trace) > _STACK_TRACE_BYTES // 4:  # it may be over 64 KiB of UTF-8
-        encoded = stack_trace.encode()
-        if len(encoded) > _STACK_TRACE_BYTES:
-            # Its last 64 KiB are kept, the frames nearest the error: a failure is never refused for
-            # its trace (a worker whose failure is refused has no other way to end its attempt).
-            stack_trace = encoded[-_STACK_TRACE_BYTES:].decode(errors="ignore")
+    return ("APPLICATION" if kind == "UNSPECIFIED" else kind), timeout_type.replace("UNSPECIFIED", "")
+
+
+def _fit_chain(chain: list[common_pb2.Failure]) -> list[common_pb2.Failure]:
+    """The levels of a Failure (outermost first) to keep, fitted to the bounds; causes are not linked.
+
+    Within bounds, the levels themselves (nothing copied). Otherwise copies: a
+    type over 256 characters is cut to 256; details by blob reference, over 1
+    MiB or with a content type over 128 characters are dropped; causes below
+    the eighth are dropped, then the deepest causes while the whole is over 1
+    MiB (a failure without causes has no bound as a whole). Each drop is noted
+    at the end of its level's message (dropped causes: the deepest kept one's),
+    the message cut to leave room, so that nothing is lost without a word.
+    """
+    kept = chain[: _FAILURE_CAUSES + 1]
+    too_deep = len(chain) - len(kept)
+    if (
+        not too_deep
+        and not any(_level_needs_fit(one) for one in kept)
+        and (len(kept) == 1 or chain[0].ByteSize() <= _FAILURE_BYTES)
+    ):
+        return kept
+    levels: list[common_pb2.Failure] = []
+    messages: list[str] = []
+    notes: list[list[str]] = []
+    for one in kept:
+        level, level_notes = _fit_level(one)
+        levels.append(level)
+        messages.append(_head(one.message, _MESSAGE_BYTES))
+        notes.append(level_notes)
+    too_big = 0
+    while True:
+        deepest = len(levels) - 1
+        for depth, level in enumerate(levels):
+            causes = [_causes_note(too_deep, too_big)] if depth == deepest and too_deep + too_big else []
+            level.message = _noted(messages[depth], notes[depth] + causes)
+        if deepest == 0 or _chain_bytes(levels) <= _FAILURE_BYTES:
+            return levels
+        levels.pop()
+        too_big += 1
+
+
+def _level_needs_fit(failure: common_pb2.Failure) -> bool:
+    """Whether one Failure (not its causes) is over a bound that :func:`_fit_level` fits."""
+    if len(failure.type) > _TYPE_CHARS:
+        return True
+    if not failure.HasField("details"):
+        return False
+    details = failure.details
+    return (
+        details.WhichOneof("content") == "blob"
+        or len(details.data) > _MiB
+        or conventions.content_type_problem(details.content_type) is not None
+    )
+
+
+def _fit_level(failure: common_pb2.Failure) -> tuple[common_pb2.Failure, list[str]]:
+    """A copy of one Failure without its cause, fitted, and notes saying what was cut or dropped.
+
+    Its message is left empty (the caller sets it with the notes) and its stack
+    trace cut to its last 64 KiB, so that the copy's size is what is kept.
+    """
+    notes: list[str] = []
+    fitted = common_pb2.Failure(
+        type=failure.type[:_TYPE_CHARS],
+        non_retryable=failure.non_retryable,
+        kind=failure.kind,
+        timeout_type=failure.timeout_type,
+        stack_trace=_tail(failure.stack_trace, _STACK_TRACE_BYTES),
+    )
+    if len(failure.type) > _TYPE_CHARS:
+        notes.append(f"[type cut to its first {_TYPE_CHARS} of {len(failure.type):,} characters]")
+    details = failure.details
+    if details.WhichOneof("content") == "blob":
+        size = details.blob.size_bytes
+        notes.append(f"[details dropped: a blob reference ({size:,} bytes); failure details are inline only]")
+    elif len(details.data) > _MiB:
+        notes.append(f"[details dropped: {len(details.data):,} bytes, over the 1 MiB bound]")
+    elif conventions.content_type_problem(details.content_type) is not None:
+        chars = len(details.content_type)
+        notes.append(
+            f"[details dropped: a content type of {chars:,} characters,"
+            f" over the {conventions.CONTENT_TYPE_CHARS} bound]"
+        )
+    elif failure.HasField("details"):
+        fitted.details.CopyFrom(details)
+    return fitted, notes
+
+
+def _causes_note(too_deep: int, too_big: int) -> str:
+    """Says how many causes below the deepest kept one were dropped, and why."""
+    why = []
+    if too_deep:
+        why.append(f"causes nest at most {_FAILURE_CAUSES} deep")
+    if too_big:
+        why.append("a failure with its causes is at most 1 MiB")
+    count = too_deep + too_big
+    return f"[{count} deeper cause{'s' if count > 1 else ''} dropped: {'; '.join(why)}]"
+
+
+def _noted(message: str, notes: list[str]) -> str:
+    """``message`` with ``notes`` appended, cut (whole characters) so that both fit in 32 KiB of UTF-8."""
+    if not notes:
+        return message
+    suffix = " ".join(notes)
+    if not message:
+        return suffix
+    return _head(message, _MESSAGE_BYTES - len(suffix.encode()) - 1) + " " + suffix
+
+
+def _chain_bytes(levels: list[common_pb2.Failure]) -> int:
+    """The encoded size of ``levels`` (none with a cause set) nested each in the one above as its cause."""
+    size = levels[-1].ByteSize()
+    for level in reversed(levels[:-1]):
+        size += level.ByteSize() + 1 + _varint_bytes(size)  # field 5's tag, the length, the cause
+    return size
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _head(text: str, limit: int) -> str:
+    """``text``'s first ``limit`` bytes of UTF-8, whole characters (``text`` itself when it fits)."""
+    if len(text) <= limit // 4:  # at most 4 bytes a character: it fits
+        return text
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode(errors="ignore")
+
+
+def _tail(text: str, limit: int) -> str:
+    """``text``'s last ``limit`` bytes of UTF-8, whole characters (``text`` itself when it fits)."""
+    if len(text) <= limit // 4:
+        return text
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[-limit:].decode(errors="ignore")
+
+
+def _one_failure(failure: common_pb2.Failure, kind: str, timeout_type: str, cause: Failure | None) -> Failure:
+    """One fitted level (its cause ignored) as a core Failure wrapping ``cause``.
+
+    Its message keeps its first 32 KiB and its stack trace its last 64 KiB (the
+    frames nearest the error): an SDK cutting them by characters can pass the
+    bounds in bytes, and a failure is never refused for them.
+    """
+    has_details = failure.HasField("details")
     return Failure(
-        message=message,
+        message=_head(failure.message, _MESSAGE_BYTES),
         type=failure.type,
         non_retryable=failure.non_retryable,
-        kind="APPLICATION" if kind == "UNSPECIFIED" else kind,
-        timeout_type=timeout_type.replace("UNSPECIFIED", ""),
-        stack_trace=stack_trace,
-        details=details,
+        kind=kind,
+        timeout_type=timeout_type,
+        stack_trace=_tail(failure.stack_trace, _STACK_TRACE_BYTES),
+        details=failure.details.data if has_details else b"",
         details_content_type=failure.details.content_type,
         cause=cause,
     )

@@ -241,7 +241,8 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
     """Validates a worker-reported event against event.proto's bounds and makes it an EventDraft.
 
     Raises SpecError naming the first field out of bounds (``<field>.name``,
-    ``<field>.span_id``, ``<field>.attributes['k']``); nothing is cut to fit.
+    ``<field>.span_id``, ``<field>.attributes['k']``); nothing is cut to fit, but
+    its failure, whose bounds are fitted to as a task's failure is (see ``failure_from_proto``).
     """
     event_type = enum_name(event_pb2.EventType, event.event_type, f"{field}.event_type", "EVENT_TYPE_")
     if event_type not in _REPORTABLE:

@@ -657,8 +657,9 @@ func (x *Event) GetSpanId() string {
 // (after a restart, or for a workflow closed before those) only a closed
 // task's last attempt is known to have ended, when the task closed.
 //
-// Every bound below is checked and nothing is cut to fit: an event out of
-// bounds is refused with INVALID_ARGUMENT, reason INVALID_ARGUMENT or
+// Every bound below is checked and nothing is cut to fit (but the failure,
+// fitted as Failure says): an event out of bounds is refused with
+// INVALID_ARGUMENT, reason INVALID_ARGUMENT or
 // LIMIT_EXCEEDED, naming the field, for example
 // `events[3].attributes['k'].double_value` (ReportEvents, which then
 // records none of its events) or
@@ -685,7 +686,8 @@ type ReportedEvent struct {
 	// Tokens and cost of the call. Usage reported here is informational; the
 	// usage on the task's completion or failure is what budgets count.
 	Usage *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
-	// The failure, if the call failed.
+	// The failure, if the call failed. Unlike the event's own bounds, those
+	// of a Failure are fitted to rather than refused (see Failure).
 	Failure *Failure `protobuf:"bytes,9,opt,name=failure,proto3" json:"failure,omitempty"`
 	// Further details (see EventType for keys): at most 64 entries, keys 1
 	// to 128 characters, values as AttributeValue says.

@@ -177,15 +177,25 @@ export interface RetryPolicy {
  * Failure describes why a task attempt or a workflow failed. Failures are
  * data carried in results, events and statuses, never gRPC errors. A Failure
  * with its causes is at most 1 MiB.
+ *
+ * A worker's Failure is never refused for its size or shape (a refused
+ * failure would leave its attempt held, the report lost): what is over a
+ * bound below is cut or dropped, and the message of the Failure (or cause)
+ * it was dropped from says so in a bracketed note at its end, for example
+ * "[details dropped: 3,355,443 bytes, over the 1 MiB bound]". A malformed
+ * field is still refused with INVALID_ARGUMENT naming it: an unknown kind
+ * or timeout_type, at any depth (`failure.cause.kind`).
  */
 export interface Failure {
   /**
    * A human-readable explanation: its first 32 KiB of UTF-8 are kept; a
-   * longer one is cut, never refused.
+   * longer one is cut, never refused. Notes of what was dropped are
+   * appended within that bound, the explanation cut to leave them room.
    */
   message: string;
   /**
-   * A machine-readable type chosen by the reporter, at most 256 characters,
+   * A machine-readable type chosen by the reporter, at most 256 characters
+   * (a longer one is cut to its first 256, noted in the message),
    * for example "RateLimitError" or "ValueError"; matched against
    * RetryPolicy.non_retryable_failure_types. Runtime failures use the
    * ErrorReason name without its prefix, for example "BUDGET_EXCEEDED".
@@ -199,15 +209,20 @@ export interface Failure {
   nonRetryable: boolean;
   /**
    * Structured details for programs, for example a JSON object; inline, at
-   * most 1 MiB (a blob reference is refused, naming `details.blob`).
+   * most 1 MiB, with a content_type of at most 128 characters. Details
+   * given as a blob reference, over 1 MiB or with a longer content_type are
+   * dropped, never refused, and the message says so.
    */
   details:
     | Payload
     | undefined;
   /**
    * The failure that caused this one, if any; kept with the failure and
-   * returned wherever it is. Causes nest at most 8 deep: a ninth is refused
-   * with LIMIT_EXCEEDED naming it (for example `failure.cause.cause...`).
+   * returned wherever it is. Causes nest at most 8 deep: a ninth and any
+   * below it are dropped, never refused. When the failure with its causes
+   * is over 1 MiB, its deepest causes are dropped until it fits (a failure
+   * without causes has no bound as a whole, only those of its fields). The
+   * message of the deepest cause kept says how many were dropped and why.
    */
   cause:
     | Failure

@@ -388,8 +388,9 @@ export interface Event_AttributesEntry {
  * (after a restart, or for a workflow closed before those) only a closed
  * task's last attempt is known to have ended, when the task closed.
  *
- * Every bound below is checked and nothing is cut to fit: an event out of
- * bounds is refused with INVALID_ARGUMENT, reason INVALID_ARGUMENT or
+ * Every bound below is checked and nothing is cut to fit (but the failure,
+ * fitted as Failure says): an event out of bounds is refused with
+ * INVALID_ARGUMENT, reason INVALID_ARGUMENT or
  * LIMIT_EXCEEDED, naming the field, for example
  * `events[3].attributes['k'].double_value` (ReportEvents, which then
  * records none of its events) or
@@ -428,7 +429,10 @@ export interface ReportedEvent {
   usage:
     | Usage
     | undefined;
-  /** The failure, if the call failed. */
+  /**
+   * The failure, if the call failed. Unlike the event's own bounds, those
+   * of a Failure are fitted to rather than refused (see Failure).
+   */
   failure:
     | Failure
     | undefined;
