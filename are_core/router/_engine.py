@@ -106,10 +106,15 @@ _BEST_BELOW_LISTED = 3
 # Candidates an intent looks through for one a connected worker serves.
 _INTENT_CANDIDATES = 8
 _QUALITY_TOLERANCE = 1e-9
-# Queued ROUTE_DECIDED events commit at once when this many wait. A commit
-# costs the writer about 80 µs plus 1 µs an event: at 1,500 routes a second,
-# groups of 256 (or whatever 100 ms brings) cost a sixth of groups of 64.
-_ROUTE_EVENT_GROUP = 256
+# Queued ROUTE_DECIDED events commit at once when this many wait (one
+# record_in_slices slice). A commit costs the writer thread about 80 µs plus
+# 2-3 µs an event, on the CPU the loop serves from: a group of 256 took it
+# for some 0.7 ms at a time, and the routes arriving meanwhile waited. Groups
+# of 32 cost about 0.7% of a CPU at 1,500 routes a second (256: 0.4%), and
+# RouteTask's p99 from the Go client fell from 1.50-2.08 ms to 1.15-1.54 ms
+# (five alternated pairs, a noisy hour; benchmarks/README.md); groups of
+# 4,096 did not help.
+_ROUTE_EVENT_GROUP = 32
 _DEFAULT_OUTPUT_TOKENS = 500
 _CHARS_PER_TOKEN = 4
 # The availability tier of an unavailable agent (see _Agent.tier).
@@ -287,7 +292,7 @@ class Router:
             missing or unreadable (``VectorIndex.restore``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one statement per field of state
         self,
         storage: Storage,
         committer: GroupCommitter,
@@ -321,6 +326,7 @@ class Router:
         self._background: set[asyncio.Future[Any]] = set()
         self._route_events: list[EventDraft] = []
         self._route_flush: asyncio.TimerHandle | None = None
+        self._route_committing = False  # a commit of route events is under way (one at a time)
         self.dropped_route_events = 0
         """ROUTE_DECIDED events dropped because ``max_pending_route_events`` were queued."""
         # Agents.
@@ -1245,25 +1251,42 @@ class Router:
         own before (or just after) the answer: events queue for at most
         ``route_event_flush_interval_ns`` (or until ``_ROUTE_EVENT_GROUP``
         of them wait) and commit together, each with the time of its
-        decision. A SIGKILL loses at most the queued ones; over
+        decision. One commit runs at a time: events queued meanwhile go with
+        the next, which it starts as it ends, so that a burst of routes is
+        recorded a slice per loop turn rather than a group per waiting task
+        in the same turn. A SIGKILL loses at most the queued ones; over
         ``max_pending_route_events`` queued, new ones are dropped and
         counted in ``dropped_route_events``.
         """
         if self._route_flush is not None:
             self._route_flush.cancel()
             self._route_flush = None
+        if self._route_committing:
+            return  # the commit under way takes the queued events when it ends
         drafts, self._route_events = self._route_events, []
         if drafts:
+            self._route_committing = True
             self._spawn(self._commit_route_events(drafts))
 
-    async def _commit_route_events(self, drafts: Sequence[EventDraft]) -> None:
-        """Records queued events a slice per loop turn (``record_in_slices``), then commits them."""
-        if self._events is None:
-            return
-        batch = self._storage.batch()
-        events = await record_in_slices(self._events, batch, drafts)
-        await self._committer.submit(batch)
-        self._events.publish(events)
+    async def _commit_route_events(self, drafts: list[EventDraft]) -> None:
+        """Records queued events a slice per loop turn (``record_in_slices``), commits them, and goes on.
+
+        After each commit, the events queued meanwhile are taken in turn,
+        until none wait; a failed commit leaves those not yet taken queued,
+        with their flush timer set.
+        """
+        try:
+            while drafts and self._events is not None:
+                batch = self._storage.batch()
+                events = await record_in_slices(self._events, batch, drafts)
+                await self._committer.submit(batch)
+                self._events.publish(events)
+                drafts, self._route_events = self._route_events, []
+        finally:
+            self._route_committing = False
+            if self._route_events and self._route_flush is None:
+                delay = self.settings.route_event_flush_interval_ns / 1e9
+                self._route_flush = asyncio.get_running_loop().call_later(delay, self.flush_route_events)
 
     # ---------------------------------------------------------- model routing
 
