@@ -653,7 +653,8 @@ def _payload_bytes(spec: TaskSpec, rec: TaskRecord) -> int:
     output, the last heartbeat details (kept for the next attempt, until the
     workflow closes) and the last failure with its causes (kept even once a
     retry completes). Every count is kept by this definition: built with it
-    at submit, spawn, fork and start, and changed by its parts as a record
+    at fork and start, with its spec part alone at submit and spawn (a new
+    record holds nothing), and changed by its parts as a record
     changes (``_set_output``, ``_set_failure``, ``_set_heartbeat_details``).
     A blob payload is a reference (the input or output is then empty): only
     its record is held, which the bound on tasks accounts for.
@@ -1238,6 +1239,7 @@ class Scheduler:
             self._requests[request_id] = (wf_id, request_hash)
             self._t().after.append(lambda: self._forget_request(request_id))
         self._add_tasks(w, rows, now, parent="", depth=0)
+        w.payload_bytes += nbytes  # new records hold nothing yet: the specs' bytes, counted above
         self._open[wf_id] = w
         self._open_tasks += len(w.order)
         self._open_bytes += w.payload_bytes
@@ -1462,6 +1464,8 @@ class Scheduler:
 
         The specs were encoded first, so nothing here raises half-way: a spec
         that cannot be stored was refused before the batch or ``w`` changed.
+        The caller adds their payload bytes to ``w`` (it summed them for the
+        bound check; a new task's record holds none).
         """
         batch = self._t().batch
         added: list[_Task] = []
@@ -1473,7 +1477,6 @@ class Scheduler:
             task = _Task(w, rec, spec)
             w.tasks[spec.task_id] = task
             w.order.append(task)
-            w.payload_bytes += _payload_bytes(spec, rec)
             w.rec.counts["PENDING"] = w.rec.counts.get("PENDING", 0) + 1
             w.open += 1
             batch.put(T_SPECS, task.key, row)
@@ -3334,6 +3337,7 @@ class Scheduler:
         rows = _encode_specs(specs, w.rec.default_pool, "tasks")  # before anything is staged
         now = self._clock()
         added = self._add_tasks(w, rows, now, parent=parent_task_id, depth=depth)
+        w.payload_bytes += incoming_bytes  # new records hold nothing yet: the specs' bytes
         self._open_tasks += len(added)
         self._open_bytes += incoming_bytes
         w.rec.task_count = len(w.order)
