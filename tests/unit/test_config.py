@@ -54,6 +54,9 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({"max_open_tasks": "0"}, {}, "--max-open-tasks"),
         ({"max_open_tasks": "1000000001"}, {}, "--max-open-tasks"),
         ({}, {"ARE_MAX_OPEN_TASKS": "lots"}, "ARE_MAX_OPEN_TASKS"),
+        ({"max_open_bytes": "0"}, {}, "--max-open-bytes"),
+        ({"max_open_bytes": str((1 << 40) + 1)}, {}, "--max-open-bytes"),
+        ({}, {"ARE_MAX_OPEN_BYTES": "1GiB"}, "ARE_MAX_OPEN_BYTES"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:
@@ -69,6 +72,14 @@ def test_cpu_affinity_takes_lists_and_ranges_of_available_cpus() -> None:
     assert load_config({"cpu_affinity": spelled}, environ={}).cpu_affinity == tuple(
         range(allowed[0], allowed[-1] + 1)
     )
+
+
+def test_max_open_bytes_defaults_to_a_gibibyte_and_is_read_from_flag_or_environment() -> None:
+    assert load_config({}, environ={}).max_open_bytes == 1 << 30
+    assert load_config({}, environ={"ARE_MAX_OPEN_BYTES": "4096"}).max_open_bytes == 4096
+    config = load_config({"max_open_bytes": "1"}, environ={"ARE_MAX_OPEN_BYTES": "4096"})
+    assert config.max_open_bytes == 1
+    assert config.loggable()["max_open_bytes"] == 1
 
 
 def test_max_open_tasks_bounds_the_scheduler_from_flag_environment_or_file(tmp_path: Path) -> None:
