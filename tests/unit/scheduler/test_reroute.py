@@ -743,6 +743,9 @@ async def test_a_class_served_only_by_a_waiting_poll_keeps_its_intent_tasks_unti
     await _restart_stream_class(engine, router, "cap-b")
     moved = engine.get_task(wid, "q").record
     assert (moved.state, moved.capability) == ("SCHEDULED", "cap-b")
+    async with asyncio.timeout(10):
+        while len(sink.routed("q")) < 2:  # its TASK_ROUTED is published after its commit, the move before
+            await asyncio.sleep(0.01)
     assert sink.routed("q")[-1]["are.route.previous_capability"] == "cap-a"
     await engine.stop()
 
@@ -834,8 +837,9 @@ async def test_a_class_whose_polls_stop_loses_its_intent_tasks_a_window_later_wi
     engine.reroute_grace_s = 0.2
     await _stop_poll(poll)
     async with asyncio.timeout(10):
-        while engine.get_task(wid, "q").record.capability != "cap-b":
+        while len(sink.routed("q")) < 2:  # its TASK_ROUTED is published after its commit, the move before
             await asyncio.sleep(0.01)
+    assert engine.get_task(wid, "q").record.capability == "cap-b"
     assert sink.routed("q")[-1]["are.route.previous_capability"] == "cap-a"
     await engine.stop()
 
