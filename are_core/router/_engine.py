@@ -106,15 +106,18 @@ _BEST_BELOW_LISTED = 3
 # Candidates an intent looks through for one a connected worker serves.
 _INTENT_CANDIDATES = 8
 _QUALITY_TOLERANCE = 1e-9
-# Queued ROUTE_DECIDED events commit at once when this many wait (one
-# record_in_slices slice). A commit costs the writer thread about 80 µs plus
-# 2-3 µs an event, on the CPU the loop serves from: a group of 256 took it
-# for some 0.7 ms at a time, and the routes arriving meanwhile waited. Groups
-# of 32 cost about 0.7% of a CPU at 1,500 routes a second (256: 0.4%), and
-# RouteTask's p99 from the Go client fell from 1.50-2.08 ms to 1.15-1.54 ms
-# (five alternated pairs, a noisy hour; benchmarks/README.md); groups of
-# 4,096 did not help.
-_ROUTE_EVENT_GROUP = 32
+# Queued ROUTE_DECIDED events commit at once when this many wait (else when
+# RouterSettings.route_event_flush_interval_ns has passed). What a commit
+# costs RouteTask's tail is mostly per commit, not per event: in the sidecar
+# a commit of 32 events took the writer thread 115 µs of CPU (27 µs alone in
+# a process), on the CPU the loop serves from, and about one route in 32 was
+# then 0.4-0.9 ms slower than its neighbours. Timed from the Go client
+# (10,000 routes, five alternated pairs, benchmarks/README.md), routes over
+# median + 0.4 ms fell from 206-608 to 58-337 a run and p99 from 1.12-2.28 ms
+# to 0.97-1.88 ms with groups of 1,024 and a 1 s interval, against groups of
+# 32 every 100 ms (a build recording no route event: 40 such routes, p99
+# 0.95 ms). A group of 1,024 holds the writer about 0.6 ms.
+_ROUTE_EVENT_GROUP = 1024
 _DEFAULT_OUTPUT_TOKENS = 500
 _CHARS_PER_TOKEN = 4
 # The availability tier of an unavailable agent (see _Agent.tier).
@@ -1238,7 +1241,7 @@ class Router:
         pending.append(
             EventDraft(event_type="ROUTE_DECIDED", attributes=attributes, event_time_unix_ns=self._clock())
         )
-        if len(pending) >= _ROUTE_EVENT_GROUP:
+        if len(pending) >= min(_ROUTE_EVENT_GROUP, self.settings.max_pending_route_events):
             self.flush_route_events()
         elif self._route_flush is None:
             delay = self.settings.route_event_flush_interval_ns / 1e9

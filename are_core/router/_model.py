@@ -124,7 +124,9 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
         max_text_chars_embedded: Long prompts are embedded from their start.
         route_event_flush_interval_ns: How long a ROUTE_DECIDED event may
             wait to commit with the next ones (a route changes no state; a
-            SIGKILL loses at most this much of them).
+            SIGKILL loses at most this much of them, and a live trace stream
+            sees them up to this late). Each commit costs RouteTask's tail
+            more than each event does, so they go in few large groups.
         max_pending_route_events: ROUTE_DECIDED events queued at most; more
             are dropped (and counted) until the queue commits.
     """
@@ -142,7 +144,7 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     model_exploration: float = 0.05
     index_rebuild_changes: int = 1_024
     max_text_chars_embedded: int = 32 * 1024
-    route_event_flush_interval_ns: int = 100_000_000
+    route_event_flush_interval_ns: int = 1_000_000_000
     max_pending_route_events: int = 10_000
 
 

@@ -362,11 +362,13 @@ async def test_route_events_are_bounded_and_flushed_at_close(traced: tuple[Route
 
 async def test_route_events_over_the_bound_are_dropped_and_counted(tmp_path: Path) -> None:
     async with _traced_router(tmp_path, RouterSettings(max_pending_route_events=10)) as (router, recorder):
-        for _ in range(15):
+        # No await yields to the loop between these routes: the first 10 go to a commit that has not
+        # run yet, the next 10 queue behind it, and the last 5 find the queue full.
+        for _ in range(25):
             await router.route_task(RouteQuery(vector=unit(1.0)))
         assert router.dropped_route_events == 5
         await router.aclose()
-        assert len(route_events(recorder)) == 10
+        assert len(route_events(recorder)) == 20
 
 
 def test_the_records_made_per_route_and_per_card_are_not_tracked_by_the_cyclic_gc() -> None:
@@ -394,3 +396,20 @@ async def test_a_group_of_route_events_is_recorded_a_slice_per_loop_turn(
     assert max(b - a for a, b in itertools.pairwise(seen)) <= 32
     assert len(set(seen)) >= 200 // 32
     assert route_events(recorder) == ["only"] * 200
+
+
+async def test_a_queue_bound_below_the_group_size_commits_at_the_bound(tmp_path: Path) -> None:
+    """Groups commit at 1,024 events or after the interval; a smaller ``max_pending_route_events``
+    commits when it is reached instead of dropping routes until the interval passes."""
+    settings = RouterSettings(route_event_flush_interval_ns=3_600 * 10**9, max_pending_route_events=50)
+    async with _traced_router(tmp_path, settings) as (router, recorder):
+        for _ in range(120):
+            await router.route_task(RouteQuery(vector=unit(1.0)))
+            for _ in range(5000):  # bounded: at most about 5 s for the commit under way
+                if len(router._route_events) < 50:
+                    break
+                await asyncio.sleep(0.001)
+        assert router.dropped_route_events == 0
+        async with asyncio.timeout(5):
+            while len(route_events(recorder)) < 100:  # two groups of 50, long before the hour
+                await asyncio.sleep(0.005)
