@@ -22,6 +22,11 @@ Contenders (ratios against the echo timed alternately with each):
 * ``cache-exact-hit``, ``cache-semantic-hit``: the ``cache`` suite's lookups
   (``ARE_BENCH_CACHE_ENTRIES``, ``ARE_BENCH_CACHE_DTYPE`` as there).
 
+Under each table, a line per contender counts its slow calls (over its
+median + 0.4 ms) and the median number of calls between two of them: a
+background job that stalls the sidecar every N calls shows as a gap of N (the
+route events' commits did, one slow call per commit of 32).
+
 Needs Go (``go`` on PATH or /usr/local/go/bin/go); the binary is built into
 ``benchmarks/goclient/.bin`` (git-ignored). Without Go the run is reported
 skipped, exit status 0.
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -191,9 +198,37 @@ def _folder() -> Iterator[Path]:
         yield Path(name)
 
 
-def _run_suite(name: str, binary: Path, settings: argparse.Namespace) -> SuiteReport:
+SLOW_MARGIN_NS = 400_000
+"""A call is slow when it took longer than its contender's median by this much."""
+
+
+def slow_calls(latencies_ns: Sequence[int], margin_ns: int = SLOW_MARGIN_NS) -> tuple[int, float | None]:
+    """How many calls took over the median + ``margin_ns``, and the median gap (in calls) between two.
+
+    The gap is None with fewer than two slow calls.
+    """
+    if not latencies_ns:
+        return 0, None
+    median = statistics.median(latencies_ns)
+    slow = [i for i, ns in enumerate(latencies_ns) if ns > median + margin_ns]
+    if len(slow) < 2:
+        return len(slow), None
+    return len(slow), float(statistics.median(b - a for a, b in itertools.pairwise(slow)))
+
+
+def _slow_note(contender: str, latencies_ns: Sequence[int]) -> str:
+    count, gap = slow_calls(latencies_ns)
+    spacing = f", {gap:g} calls apart at the median" if gap is not None else ""
+    return (
+        f"{contender}: {count:,} of {len(latencies_ns):,} calls over the median + "
+        f"{SLOW_MARGIN_NS // 1000} µs{spacing}"
+    )
+
+
+def _run_suite(name: str, binary: Path, settings: argparse.Namespace) -> tuple[SuiteReport, list[str]]:
     server, contenders = _SUITES[name]
     results = []
+    notes = []
     with echo_server() as echo, server() as target, _folder() as folder:
         for contender, method, requests in contenders:
             print(f"go-client {name}: {contender} ...", file=sys.stderr, flush=True)
@@ -207,6 +242,7 @@ def _run_suite(name: str, binary: Path, settings: argparse.Namespace) -> SuiteRe
                     requests=requests(),
                     settings=settings,
                 )
+                notes.append(_slow_note(contender, own))
                 results.append(
                     ContenderResult(
                         name=contender,
@@ -218,7 +254,8 @@ def _run_suite(name: str, binary: Path, settings: argparse.Namespace) -> SuiteRe
                 )
             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                 results.append(ContenderResult(name=contender, status="failed", reason=str(error)))
-    return SuiteReport(suite=f"go-client {name}", baseline="echo", results=apply_ratios(results, "echo"))
+    report = SuiteReport(suite=f"go-client {name}", baseline="echo", results=apply_ratios(results, "echo"))
+    return report, notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,11 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown suites: {', '.join(unknown)}")
     binary = _build(go)
     for name in args.suites or list(_SUITES):
-        report = _run_suite(name, binary, args)
+        report, notes = _run_suite(name, binary, args)
         failed = failed or any(r.status == "failed" for r in report.results)
         how = "after an echo timed alone" if args.unpaired else "each paired with an echo"
         print(f"\n{report.suite}: the suite's requests from a Go client, {how}")
         print(format_table(report))
+        for note in notes:
+            print(note)
     how = "timed alone before it" if args.unpaired else "timed alternately with it"
     print(f"\nratios = contender / the echo {how} (machine: {os.cpu_count()} CPUs)")
     return 1 if failed else 0

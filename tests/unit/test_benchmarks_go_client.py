@@ -49,3 +49,13 @@ def test_go_client_replays_recorded_requests_with_the_echo(tmp_path: Path, unpai
                 requests=[b"x"],
                 settings=settings,
             )
+
+
+def test_slow_calls_counts_those_over_the_median_and_their_spacing() -> None:
+    fast, slow = 500_000, 1_500_000
+    every_fourth = [slow if i % 4 == 3 else fast for i in range(40)]
+    assert go_client.slow_calls(every_fourth) == (10, 4.0)
+    assert go_client.slow_calls([fast] * 9 + [slow]) == (1, None)
+    assert go_client.slow_calls([]) == (0, None)
+    # Within the margin of the median: not slow.
+    assert go_client.slow_calls([fast, fast + 399_999, fast]) == (0, None)
