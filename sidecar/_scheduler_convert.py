@@ -392,7 +392,11 @@ def task_spec_from_proto(  # noqa: C901, PLR0912, PLR0915 - one check per field
         _bad("INVALID_ARGUMENT", f"{field}.estimated_tokens", "must be between 0 and 10,000,000")
     if len(spec.display_name) > 256:
         _bad("LIMIT_EXCEEDED", f"{field}.display_name", "at most 256 characters", limit=256)
-    spec.ClearField("input")  # the input is kept once, in TaskSpec.input (the request is ours to change)
+    # The input and the cache key's prompt (4 MiB and 1 MiB at most) are kept once, in
+    # TaskSpec.input and TaskSpec.cache_key; task_to_proto puts them back (the request is ours to change).
+    spec.ClearField("input")
+    if cache_key is not None:
+        spec.cache_key.ClearField("prompt")
     return TaskSpec(
         task_id=spec.task_id,
         capability=spec.capability,
@@ -869,6 +873,8 @@ def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.
     rec = view.record
     spec = task_pb2.TaskSpec.FromString(view.spec.raw)
     task_spec = view.spec
+    if task_spec.cache_key is not None and spec.HasField("cache_key"):
+        spec.cache_key.prompt = task_spec.cache_key.prompt  # kept once, out of raw
     if include_payloads and (task_spec.input or task_spec.content_type or task_spec.input_blob_sha256):
         payload_to_proto(
             spec.input,

@@ -634,8 +634,9 @@ def _spec_bytes(spec: TaskSpec) -> int:
     Each can be large (4 MiB, 1 MiB, 16 x 64 KiB); a condition value counts
     as compact JSON. The rest of a spec is bounded small by the sidecar
     (labels, intent: a few KiB) or is the graph (``depends_on``); ``raw``,
-    the submitted spec kept for readers, is not counted, though the sidecar
-    leaves the prompt and conditions in it (only the input is taken out).
+    the submitted spec kept for readers, is not counted: the sidecar takes
+    the input and the prompt out of it, and leaves the conditions' JSON text
+    (their values are counted once, as decoded).
     """
     total = len(spec.input)
     if spec.cache_key is not None:
