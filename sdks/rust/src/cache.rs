@@ -135,7 +135,7 @@ impl Cache {
             entry_id: resp.entry_id,
             tier: resp.tier,
             similarity: resp.similarity,
-            value: serde_json::from_slice(&bytes)?,
+            value: crate::json::from_slice(&bytes)?,
             matched_prompt: resp.matched_prompt,
             metadata: resp.metadata,
             usage: resp.usage,
@@ -157,7 +157,7 @@ impl Cache {
             vector: options.vector.clone().map(|values| pb::Vector { values }),
             response: Some(
                 self.client
-                    .inline_or_blob(value.to_string().into_bytes(), JSON_CONTENT_TYPE, "")
+                    .inline_or_blob(crate::json::to_vec(value), JSON_CONTENT_TYPE, "")
                     .await?,
             ),
             ttl: options.ttl.map(duration),

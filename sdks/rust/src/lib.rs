@@ -26,6 +26,7 @@ pub mod pb {
 mod cache;
 mod client;
 mod error;
+mod json;
 mod router;
 mod state;
 pub mod testing;

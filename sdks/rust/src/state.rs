@@ -60,7 +60,7 @@ impl StateSnapshot {
     pub fn decode<T: DeserializeOwned>(&self, path: &str) -> serde_json::Result<Option<T>> {
         match self.get(path) {
             None => Ok(None),
-            Some(v) => Ok(Some(T::deserialize(v)?)),
+            Some(v) => Ok(Some(crate::json::from_value(v)?)),
         }
     }
 }
@@ -121,31 +121,29 @@ impl Patch {
         Patch::Operations(ops.into_iter().collect())
     }
 
-    fn into_pb(self) -> serde_json::Result<pb::StatePatch> {
+    fn into_pb(self) -> pb::StatePatch {
         use pb::state_patch::Patch as P;
         let patch = match self {
-            Patch::Merge(v) => P::MergePatchJson(serde_json::to_vec(&v)?),
+            Patch::Merge(v) => P::MergePatchJson(crate::json::to_vec(&v)),
             Patch::Operations(ops) => P::Operations(pb::PatchOperationList {
                 operations: ops
                     .into_iter()
-                    .map(|op| {
-                        Ok(match op {
-                            PatchOp::Set { path, value } => pb::PatchOperation {
-                                op: pb::PatchOperationType::Set as i32,
-                                path,
-                                value_json: serde_json::to_vec(&value)?,
-                            },
-                            PatchOp::Remove { path } => pb::PatchOperation {
-                                op: pb::PatchOperationType::Remove as i32,
-                                path,
-                                value_json: Vec::new(),
-                            },
-                        })
+                    .map(|op| match op {
+                        PatchOp::Set { path, value } => pb::PatchOperation {
+                            op: pb::PatchOperationType::Set as i32,
+                            path,
+                            value_json: crate::json::to_vec(&value),
+                        },
+                        PatchOp::Remove { path } => pb::PatchOperation {
+                            op: pb::PatchOperationType::Remove as i32,
+                            path,
+                            value_json: Vec::new(),
+                        },
                     })
-                    .collect::<serde_json::Result<_>>()?,
+                    .collect(),
             }),
         };
-        Ok(pb::StatePatch { patch: Some(patch) })
+        pb::StatePatch { patch: Some(patch) }
     }
 }
 
@@ -398,7 +396,7 @@ impl State {
         let values = resp
             .values
             .into_iter()
-            .map(|v| Ok((v.path, serde_json::from_slice(&v.value_json)?)))
+            .map(|v| Ok((v.path, crate::json::from_slice(&v.value_json)?)))
             .collect::<serde_json::Result<_>>()?;
         Ok(StateSnapshot {
             version: resp.version,
@@ -420,7 +418,7 @@ impl State {
         let mut stub = self.client.raw().state;
         let req = pb::PatchStateRequest {
             workflow_id: workflow_id.to_string(),
-            patch: Some(patch.into().into_pb()?),
+            patch: Some(patch.into().into_pb()),
             expected_version: options.expected_version,
             task_id: options.task_id.clone(),
             attempt: options.attempt,

@@ -137,7 +137,7 @@ pub struct Task {
 impl Task {
     /// The input decoded from JSON.
     pub fn input_json<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
-        serde_json::from_slice(&self.input).map_err(|e| TaskError::from(e).non_retryable())
+        crate::json::from_slice(&self.input).map_err(|e| TaskError::from(e).non_retryable())
     }
 
     /// The output of a dependency that COMPLETED, decoded from JSON.
@@ -145,7 +145,7 @@ impl Task {
         self.dependencies
             .iter()
             .find(|d| d.task_id == task_id && d.state == pb::TaskState::Completed as i32)
-            .and_then(|d| serde_json::from_slice(&d.output).ok())
+            .and_then(|d| crate::json::from_slice(&d.output).ok())
     }
 
     /// Fires when the attempt must stop: see [`Task::cancel_reason`].
@@ -688,7 +688,7 @@ impl Attempt {
         let output = if value.is_null() {
             None
         } else {
-            let bytes = value.to_string().into_bytes();
+            let bytes = crate::json::to_vec(&value);
             match self
                 .client
                 .inline_or_blob(bytes, JSON_CONTENT_TYPE, &task.workflow_id)

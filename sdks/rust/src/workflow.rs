@@ -15,7 +15,7 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// A JSON payload.
 pub fn json_payload(value: &serde_json::Value) -> pb::Payload {
     pb::Payload {
-        content: Some(pb::payload::Content::Data(value.to_string().into_bytes())),
+        content: Some(pb::payload::Content::Data(crate::json::to_vec(value))),
         content_type: JSON_CONTENT_TYPE.to_string(),
     }
 }
@@ -356,7 +356,7 @@ impl WorkflowHandle {
     /// (`null` when there is none).
     pub async fn result<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T> {
         let bytes = self.result_bytes(timeout).await?;
-        Ok(serde_json::from_slice(if bytes.is_empty() {
+        Ok(crate::json::from_slice(if bytes.is_empty() {
             b"null"
         } else {
             &bytes
@@ -376,7 +376,7 @@ impl WorkflowHandle {
             ));
         }
         let bytes = self.client.payload_bytes(task.output.as_ref()).await?;
-        Ok(serde_json::from_slice(if bytes.is_empty() {
+        Ok(crate::json::from_slice(if bytes.is_empty() {
             b"null"
         } else {
             &bytes

@@ -489,6 +489,69 @@ async fn cache_exact_tier_and_get_or_call() {
         .is_none());
 }
 
+/// A value nesting arrays and objects in turn `depth` deep (`[]` is 1 deep),
+/// built a level at a time (`json!` would copy it recursively).
+fn nested(depth: usize) -> Value {
+    let mut value = json!("leaf");
+    for level in 0..depth {
+        value = if level % 2 == 0 {
+            Value::Array(vec![value])
+        } else {
+            Value::Object(serde_json::Map::from_iter([("a".to_string(), value)]))
+        };
+    }
+    value
+}
+
+#[tokio::test]
+async fn json_nested_512_deep_goes_through_tasks_and_the_cache() {
+    let (_sidecar, client) = start().await;
+    let deep = nested(512); // the sidecar's bound
+    let worker = Worker::new(&client, "rust-deep", fast(WorkerTransport::Stream)).handle(
+        "rust-deep",
+        |task| async move {
+            match task.task_id.as_str() {
+                "echo" => task.input_json::<Value>(),
+                _ => task
+                    .dependency_json::<Value>("echo")
+                    .ok_or_else(|| TaskError::new("MissingInput", "no echo output")),
+            }
+        },
+    );
+    let (running, _) = Running::spawn(worker);
+    let spec = WorkflowBuilder::new("rust-deep")
+        .task(TaskBuilder::new("echo", "rust-deep").input(deep.clone()))
+        .task(TaskBuilder::new("again", "rust-deep").depends_on(["echo"]))
+        .result_task("again");
+    let handle = client.submit(spec).await.unwrap();
+    let result: Value = handle.result(WAIT).await.unwrap();
+    assert!(result == deep, "the result is not the input");
+    let echoed: Value = handle.task_output("echo").await.unwrap();
+    assert!(echoed == deep, "the echo's output is not the input");
+    running.stop().await;
+
+    let cache = client.cache();
+    let ns = "rust-deep";
+    cache
+        .put_namespace(pb::CacheNamespace {
+            name: ns.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let exact = CacheOptions {
+        exact_only: true,
+        ..Default::default()
+    };
+    cache.store(ns, "deep", &deep, &exact).await.unwrap();
+    let hit = cache
+        .lookup(ns, "deep", &exact)
+        .await
+        .unwrap()
+        .expect("a hit");
+    assert!(hit.value == deep, "the cached value is not the stored one");
+}
+
 #[tokio::test]
 async fn unix_socket_and_token() {
     let sidecar = Sidecar::start_with(SidecarOptions {

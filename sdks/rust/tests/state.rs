@@ -162,6 +162,69 @@ async fn get_and_patch_round_trip_with_paths_versions_and_conflicts() {
     assert_eq!(e.reason, "TASK_NOT_HELD");
 }
 
+/// A value nesting arrays and objects in turn `depth` deep (`[]` is 1 deep),
+/// built a level at a time (`json!` would copy it recursively).
+fn nested(depth: usize) -> Value {
+    let mut value = json!("leaf");
+    for level in 0..depth {
+        value = if level % 2 == 0 {
+            Value::Array(vec![value])
+        } else {
+            Value::Object(serde_json::Map::from_iter([("a".to_string(), value)]))
+        };
+    }
+    value
+}
+
+fn member(name: &str, value: Value) -> Value {
+    Value::Object(serde_json::Map::from_iter([(name.to_string(), value)]))
+}
+
+#[tokio::test]
+async fn values_nested_as_deep_as_the_sidecar_stores_round_trip() {
+    let (_sidecar, client) = start().await;
+    let wid = running_workflow(&client, "st-deep").await;
+    let state = client.state().for_workflow(&wid);
+
+    // 512 deep in all, the sidecar's bound: the member adds a level.
+    state
+        .patch(member("merged", nested(511)), &writer("rust-deep"))
+        .await
+        .unwrap();
+    state
+        .patch(
+            Patch::ops([PatchOp::set("/set", nested(511))]),
+            &writer("rust-deep"),
+        )
+        .await
+        .unwrap();
+    let snap = state.get(&["", "/merged", "/set"], None).await.unwrap();
+    assert_eq!(snap.get("/merged"), Some(&nested(511)));
+    assert_eq!(snap.get("/set"), Some(&nested(511)));
+    let whole: Value = snap.decode("").unwrap().expect("the document");
+    assert_eq!(whole["merged"], nested(511));
+    assert_eq!(
+        state.value::<Value>("/set").await.unwrap(),
+        Some(nested(511))
+    );
+
+    // One level more is the sidecar's to refuse.
+    let e = state
+        .patch(member("deeper", nested(512)), &writer("rust-deep"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (Code::InvalidArgument, "INVALID_JSON"),
+        "{e}"
+    );
+    assert!(
+        e.field("patch.merge_patch_json").is_some(),
+        "violations {:?}",
+        e.field_violations
+    );
+}
+
 #[tokio::test]
 async fn checkpoints_are_listed_and_a_version_is_forked() {
     let (_sidecar, client) = start().await;
