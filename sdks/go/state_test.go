@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,6 +175,71 @@ func TestStatePointerOperations(t *testing.T) {
 	}
 	if _, err := doc.Patch(ctx, are.StatePatch{}); !errors.Is(err, are.ErrInvalidArgument) {
 		t.Fatalf("Patch of an empty StatePatch = %v; want ErrInvalidArgument", err)
+	}
+}
+
+// nested is JSON text that nests arrays and objects in turn depth deep ("[]"
+// is 1 deep) around a string.
+func nested(depth int) string {
+	var open, close strings.Builder
+	for level := 0; level < depth; level++ {
+		if level%2 == 0 {
+			open.WriteString("[")
+		} else {
+			open.WriteString(`{"a":`)
+		}
+	}
+	for level := depth - 1; level >= 0; level-- {
+		if level%2 == 0 {
+			close.WriteString("]")
+		} else {
+			close.WriteString("}")
+		}
+	}
+	return open.String() + `"leaf"` + close.String()
+}
+
+// The sidecar stores values nested up to 512 deep; the SDK reads and writes
+// them all (encoding/json goes to 10,000).
+func TestStateValuesNested512DeepRoundTrip(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	doc := client.State.ForWorkflow(openWorkflow(t, ctx, client, nil).ID)
+
+	// 512 deep in all, the sidecar's bound: the member adds a level.
+	deep := nested(511)
+	var value any
+	if err := json.Unmarshal([]byte(deep), &value); err != nil {
+		t.Fatalf("Unmarshal: %v", err)
+	}
+	if payload, err := are.JSON(value); err != nil || string(payload.GetData()) != deep {
+		t.Fatalf("JSON payload: %v; the text is not the value's", err)
+	}
+	if _, err := doc.Patch(ctx, are.MergePatch(map[string]any{"merged": value})); err != nil {
+		t.Fatalf("merge Patch: %v", err)
+	}
+	if _, err := doc.Patch(ctx, are.PointerPatch(are.SetOp("/set", value))); err != nil {
+		t.Fatalf("pointer Patch: %v", err)
+	}
+	snap, err := doc.Get(ctx, []string{"", "/merged", "/set"})
+	if err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if string(snap.Values["/merged"]) != deep || string(snap.Values["/set"]) != deep {
+		t.Fatalf("the values read are not the values written")
+	}
+	var whole map[string]any
+	if ok, err := snap.Decode("", &whole); !ok || err != nil {
+		t.Fatalf("Decode of the whole document: %v, %v", ok, err)
+	}
+	if data, err := json.Marshal(whole["set"]); err != nil || string(data) != deep {
+		t.Fatalf("Marshal of the decoded value: %v; the text is not the value's", err)
+	}
+
+	// One level more is the sidecar's to refuse.
+	_, err = doc.Patch(ctx, are.MergePatchJSON([]byte(`{"deeper":`+nested(512)+`}`)))
+	if !errors.Is(err, are.ErrInvalidArgument) || are.ReasonOf(err) != "INVALID_JSON" {
+		t.Fatalf("Patch 513 deep = %v; want INVALID_ARGUMENT INVALID_JSON", err)
 	}
 }
 

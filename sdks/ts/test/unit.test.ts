@@ -47,6 +47,15 @@ describe("payloads", () => {
     assert.throws(() => encodePayload(undefined), TypeError);
     assert.throws(() => encodePayload(() => 1), TypeError);
   });
+
+  test("JSON nested 512 deep, as deep as the sidecar stores it, both ways", () => {
+    // Arrays and objects in turn around a string; "[]" is 1 deep.
+    const levels = Array.from({ length: 512 }, (_, level) => (level % 2 === 0 ? ["[", "]"] : ['{"a":', "}"]));
+    const text = levels.map(([open]) => open).join("") + '"leaf"' + levels.map(([, close]) => close).reverse().join("");
+    const value = decodePayload({ data: Buffer.from(text), contentType: "application/json" });
+    assert.ok(!(value instanceof RawPayload));
+    assert.equal(encodePayload(value).data?.toString(), text);
+  });
 });
 
 describe("spec checks", () => {
