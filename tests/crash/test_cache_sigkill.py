@@ -145,8 +145,8 @@ async def _indexed(client: Client) -> None:
 
 
 async def _indexing_progress(client: Client) -> list[Any]:
-    """The CACHE_INDEXING events' attributes, once the last (done) one is recorded (bounded: 5 s)."""
-    for _ in range(100):  # the last event is recorded at the next flush (about a second)
+    """The CACHE_INDEXING events' attributes, once the last (done) one is recorded (bounded: 30 s)."""
+    for _ in range(600):  # the last event is recorded at the next flush (about a second)
         page = await client.trace.list_events(event_types=["CACHE_INDEXING"], page_size=100)
         if any(e.attributes["are.cache.done"].bool_value for e in page.events):
             break

@@ -316,7 +316,7 @@ class Run:
         response = await self.c.raw.scheduler.CancelWorkflow(
             scheduler_service_pb2.CancelWorkflowRequest(workflow_id=wid)
         )
-        for _ in range(200):  # bounded: a workflow with one queued task closes at once
+        for _ in range(2000):  # bounded (20 s): a workflow with one queued task closes at once
             if response.workflow.state == workflow_pb2.WORKFLOW_STATE_CANCELLED:
                 break
             await asyncio.sleep(0.01)

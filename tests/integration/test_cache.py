@@ -316,7 +316,7 @@ async def test_cache_decisions_are_events_in_the_flight_recorder(client: Client)
     await client.cache.invalidate(ns, all=True)
     wanted = {"CACHE_STORED", "CACHE_HIT", "CACHE_MISS", "CACHE_INVALIDATED"}
     seen: dict[str, dict[str, object]] = {}
-    for _ in range(50):  # lookups' events are flushed about every second; bounded wait
+    for _ in range(300):  # lookups' events are flushed about every second (bounded: 30 s)
         for event in await retained_events(client, event_types=sorted(wanted)):
             if event.name == ns:
                 kind = pb_event_type_name(event.event_type)
@@ -374,7 +374,7 @@ async def test_the_sidecar_calibrates_a_namespaces_search_expansion_on_its_looku
     assert stats.calibrate_time is not None
     [listed] = [n for n in await client.cache.list_namespaces() if n.name == ns]
     assert listed.search_expansion == stats.search_expansion  # in force
-    for _ in range(50):
+    for _ in range(300):  # the event commits just after the calibration (bounded: 30 s)
         events = [e for e in await retained_events(client, event_types=["CACHE_CALIBRATED"]) if e.name == ns]
         if events:
             break

@@ -157,14 +157,14 @@ async def test_route_decisions_are_recorded_as_events(client: Client, run: str) 
     await register_trio(client, run)
     await client.router.route_task(unit(1.0), threshold=0.6, labels={"run": run})
     found = False
-    for _ in range(50):  # the event commits just after the answer; bounded wait
-        found = any(
-            e.attributes["are.route.agent_id"].string_value == f"{run}-bronze"
-            for e in await retained_events(client, event_types=["ROUTE_DECIDED"])
-        )
-        if found:
-            break
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):  # the event commits with its group, within a second of the answer
+        while not found:
+            found = any(
+                e.attributes["are.route.agent_id"].string_value == f"{run}-bronze"
+                for e in await retained_events(client, event_types=["ROUTE_DECIDED"])
+            )
+            if not found:
+                await asyncio.sleep(0.05)
     assert found
 
 

@@ -441,7 +441,7 @@ async def test_a_stream_worker_connecting_and_leaving_is_in_the_trace(client: Cl
     async with worker:
         worker_id = worker.worker_id
     seen: dict[str, dict[str, Any]] = {}
-    for _ in range(100):  # the disconnect commits just after the stream ends; bounded wait
+    for _ in range(600):  # the disconnect commits just after the stream ends (bounded: 30 s)
         events = await retained_events(
             client, worker_id=worker_id, event_types=["WORKER_CONNECTED", "WORKER_DISCONNECTED"]
         )

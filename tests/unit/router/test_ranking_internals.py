@@ -334,10 +334,9 @@ async def test_route_events_commit_in_groups_after_the_answer(traced: tuple[Rout
     with pytest.raises(NoRouteError):
         await router.route_task(RouteQuery(vector=unit(0.0, 1.0)))
     assert route_events(recorder) == []  # queued: the answer waited for no commit
-    for _ in range(100):  # bounded wait for the flush interval (20 ms)
-        if len(route_events(recorder)) == 2:
-            break
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):  # the flush interval (20 ms), then the commit
+        while len(route_events(recorder)) < 2:
+            await asyncio.sleep(0.02)
     assert route_events(recorder) == ["only", "only"]
     page = recorder.list_events(EventFilter(event_types=frozenset({"ROUTE_DECIDED"})))
     assert [e.attributes["are.route.routed"] for e in page.events] == [True, False]
@@ -387,14 +386,17 @@ async def test_a_group_of_route_events_is_recorded_a_slice_per_loop_turn(
     before = recorder.recorded
     router.flush_route_events()
     seen = [recorder.recorded - before]
-    for _ in range(1000):  # bounded: the commit follows the last slice
+    for _ in range(1000):  # bounded: a slice per loop turn
         await asyncio.sleep(0)
         seen.append(recorder.recorded - before)
-        if len(route_events(recorder)) == 200:
+        if seen[-1] == 200:
             break
     assert seen[-1] == 200
     assert max(b - a for a, b in itertools.pairwise(seen)) <= 32
     assert len(set(seen)) >= 200 // 32
+    async with asyncio.timeout(10):  # the commit follows the last slice, in the writer thread
+        while len(route_events(recorder)) < 200:
+            await asyncio.sleep(0.005)
     assert route_events(recorder) == ["only"] * 200
 
 

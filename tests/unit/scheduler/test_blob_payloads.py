@@ -63,13 +63,13 @@ async def test_blob_inputs_and_outputs_reach_assignments_results_and_conditions(
         )
     )
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     (a,) = worker.assignments
     assert (a.input, a.input_blob_sha256, a.input_blob_size, a.content_type) == (b"", _SHA, 9, "text/plain")
     await engine.complete(
         wid, "a", a.attempt, output=b"", content_type="x/y", usage=None, blob_sha256=_SHA, blob_size=9
     )
-    await settle()
+    await settle(engine)
     # A blob output has no inline JSON: a condition on it sees no value.
     assert [x.task_id for x in worker.assignments[1:]] == ["unseen"]
     (dep,) = worker.assignments[1].dependencies
@@ -107,12 +107,12 @@ async def test_a_cached_blob_answer_completes_with_the_reference_and_blob_output
         )
     )
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     hit = engine.get_task(wid, "hit").record
     assert (hit.state, hit.output_blob_sha256, hit.output_blob_size) == ("COMPLETED", _SHA, 9)
     (a,) = worker.assignments
     await engine.complete(
         wid, "miss", a.attempt, output=b"", content_type="", usage=None, blob_sha256=_SHA, blob_size=9
     )
-    await settle()
+    await settle(engine)
     assert stored == [("new", b"", _SHA, 9)]

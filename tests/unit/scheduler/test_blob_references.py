@@ -80,7 +80,7 @@ async def test_inputs_outputs_cache_hits_and_forks_reference_their_blobs_in_the_
     assert _rows(submit, "sched_task_specs", wid) == 2  # the spec naming the blob is in that batch
     assert workflow_referrer(wid) + b"\x00" + bytes.fromhex(_IN) in {m.key for m in submit.mutations}
 
-    await settle()
+    await settle(engine)
     (a,) = worker.assignments
     await engine.complete(wid, "a", a.attempt, output=b"", content_type="", usage=None, blob_sha256=_OUT)
     completion = staged.batch_of(wid, _OUT)
@@ -105,7 +105,7 @@ async def test_a_spawned_task_references_its_input_blob(wired: tuple[Scheduler, 
     engine.connect_worker("w", ["cap"], 8, worker.assign, worker.cancel)
     record, _ = await engine.submit(WorkflowSpec(tasks=(spec("parent"),)))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     (parent,) = worker.assignments
     await engine.spawn(
         wid, [spec("child", input_blob_sha256=_IN)], parent_task_id="parent", parent_attempt=parent.attempt

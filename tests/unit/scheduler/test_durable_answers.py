@@ -106,7 +106,7 @@ async def test_a_deduplicated_spawn_is_answered_once_the_first_is_durable(
     got: list[Assignment] = []
     engine.connect_worker("w", ["cap"], 4, got.extend, lambda _: None)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_spec("parent"),)))
-    for _ in range(100):
+    for _ in range(1000):  # bounded (10 s): assignments reach the worker after their commit
         if got:
             break
         await asyncio.sleep(0.01)
@@ -137,7 +137,7 @@ async def test_a_caller_gone_mid_commit_does_not_cancel_the_commit_others_wait_f
     got: list[Assignment] = []
     engine.connect_worker("w", ["cap"], 4, got.extend, lambda _: None)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_spec("a"),)))
-    for _ in range(100):
+    for _ in range(1000):  # bounded (10 s): assignments reach the worker after their commit
         if got:
             break
         await asyncio.sleep(0.01)

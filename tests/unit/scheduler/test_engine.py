@@ -135,10 +135,32 @@ async def opened(tmp_path: Path) -> AsyncIterator[tuple[Path, Storage, GroupComm
     storage.close()
 
 
-async def settle() -> None:
+def _busy(engine: Scheduler) -> bool:
+    """Whether ``engine`` has a change not yet committed and delivered, or a re-route pass under way."""
+    return bool(
+        engine._txn is not None
+        or engine._pending_commits
+        or engine._reroute_job is not None
+        or engine._reroute_pending
+    )
+
+
+async def settle(engine: Scheduler) -> None:
+    """Lets the loop run a few turns, then waits until ``engine`` has committed and delivered its changes.
+
+    Assignments, cancellations and events go out after their commit, which the writer
+    thread makes: on a loaded machine it can outlast any fixed pause. Idle twice, a loop
+    turn apart, so that what a delivery scheduled has run too. Bounded: an engine that
+    never comes to rest fails the test instead of hanging it.
+    """
     for _ in range(5):
         await asyncio.sleep(0)
     await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        for _ in range(2):
+            while _busy(engine):
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0)
 
 
 async def test_readiness_is_incremental_and_outputs_flow_downstream(
@@ -152,12 +174,12 @@ async def test_readiness_is_incremental_and_outputs_flow_downstream(
     )
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     assert [a.task_id for a in worker.assignments] == ["a"]
     await engine.complete(
         record.workflow_id, "a", 1, output=b'"A"', content_type="application/json", usage=None
     )
-    await settle()
+    await settle(engine)
     assert sorted(a.task_id for a in worker.assignments[1:]) == ["b", "c"]
     b = next(a for a in worker.assignments if a.task_id == "b")
     assert b.dependencies[0].output == b'"A"'
@@ -167,7 +189,7 @@ async def test_readiness_is_incremental_and_outputs_flow_downstream(
         engine.complete(record.workflow_id, "d", 1, output=b"", content_type="", usage=None)
     for task_id in ("b", "c"):
         await engine.complete(record.workflow_id, task_id, 1, output=b"1", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     await engine.complete(record.workflow_id, "d", 1, output=b'"D"', content_type="", usage=None)
     view = engine.get_workflow(record.workflow_id)
     assert view.record.state == "COMPLETED"
@@ -185,7 +207,7 @@ async def test_a_failed_attempt_backs_off_with_full_jitter_and_retries(
     record, _ = await engine.submit(WorkflowSpec(tasks=(spec("a", retry_policy=policy),)))
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     failed_at = time.time_ns()  # the engine's clock; read before the failure
     will_retry, next_ns, state, durable = engine.fail(
         record.workflow_id, "a", 1, failure=Failure(message="x"), usage=None
@@ -220,7 +242,7 @@ async def test_a_restart_redispatches_running_tasks_with_the_next_attempt(
     )
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     assert worker.assignments[0].attempt == 1
     await engine.stop()
 
@@ -228,7 +250,7 @@ async def test_a_restart_redispatches_running_tasks_with_the_next_attempt(
     await restarted.start()
     again = FakeWorker()
     restarted.connect_worker("w", ["cap"], 10, again.assign, again.cancel)
-    await settle()
+    await settle(restarted)
     (redispatched,) = again.assignments
     assert redispatched.attempt == 2
     assert redispatched.idempotency_key == worker.assignments[0].idempotency_key
@@ -236,7 +258,7 @@ async def test_a_restart_redispatches_running_tasks_with_the_next_attempt(
     with pytest.raises(TaskNotHeldError):
         restarted.complete(record.workflow_id, "a", 1, output=b"", content_type="", usage=None)
     await restarted.complete(record.workflow_id, "a", 2, output=b"1", content_type="", usage=None)
-    await settle()
+    await settle(restarted)
     assert [a.task_id for a in again.assignments] == ["a", "b"]
     await restarted.stop()
 
@@ -271,9 +293,17 @@ async def test_a_rate_limited_pool_never_dispatches_past_its_bucket(
     await engine.put_pool(PoolLimits(name="slow", requests_per_second=50.0, burst=3))
     await engine.submit(WorkflowSpec(tasks=tuple(spec(f"t{i}", pool="slow") for i in range(10))))
     worker = FakeWorker()
-    engine.connect_worker("w", ["cap"], 100, worker.assign, worker.cancel)
-    await settle()
-    assert len(worker.assignments) == 3  # the burst, at once
+    batches: list[int] = []
+
+    def assign(batch: list[Assignment]) -> None:
+        batches.append(len(batch))
+        worker.assign(batch)
+
+    engine.connect_worker("w", ["cap"], 100, assign, worker.cancel)
+    async with asyncio.timeout(10):  # a fixed pause could end before the commit, or after the next token
+        while not batches:
+            await asyncio.sleep(0.005)
+    assert batches[0] == 3  # the burst, at once: one commit holds it, and no more
     async with asyncio.timeout(5):
         while len(worker.assignments) < 10:
             await asyncio.sleep(0.005)
@@ -291,7 +321,7 @@ async def test_a_budget_on_attempts_fails_the_workflow(opened: tuple[Path, Stora
     )
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     view = engine.get_workflow(record.workflow_id)
     assert view.record.state == "FAILED"
     assert view.record.failure is not None and view.record.failure.kind == "BUDGET_EXCEEDED"

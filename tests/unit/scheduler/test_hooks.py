@@ -38,7 +38,7 @@ async def test_stage_hooks_join_the_submit_and_completion_commits(engine: Schedu
     assert storage.get(_EXTRA, b"submit:" + wid.encode()) == b"1"
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
 
     def refuse(batch: Batch, task: TaskSpec) -> None:
         raise SpecError("PATCH_NOT_APPLICABLE", "completion.state_patch", "no")
@@ -92,7 +92,7 @@ async def test_an_intent_is_routed_when_scheduled_and_a_failed_route_uses_an_att
     wid = record.workflow_id
     worker = FakeWorker()
     engine.connect_worker("w", ["writer"], 4, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     (assigned,) = worker.assignments
     assert (assigned.task_id, assigned.capability) == ("a", "writer")
     assert engine.get_task(wid, "a").record.capability == "writer"
@@ -144,7 +144,7 @@ async def test_the_cache_answers_an_intent_task_before_any_route(engine: Schedul
     wid = record.workflow_id
     worker = FakeWorker()
     engine.connect_worker("w", ["writer"], 4, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     hit = engine.get_task(wid, "hit").record
     assert (hit.state, hit.output, hit.attempt) == ("COMPLETED", b'"cached"', 0)
     assert routes == ["write a poem"]  # routed after its miss only
@@ -174,7 +174,7 @@ async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engi
     wid = record.workflow_id
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 8, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     hit = engine.get_task(wid, "hit").record
     assert (hit.state, hit.output, hit.attempt) == ("COMPLETED", b'"cached"', 0)
     assert sorted(a.task_id for a in worker.assignments) == ["after", "miss", "ro"]
@@ -182,7 +182,7 @@ async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engi
     assert after.dependencies[0].output == b'"cached"'
     for task_id in ("miss", "ro"):
         await engine.complete(wid, task_id, 1, output=b"fresh", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert stored == [("new", b"fresh")]  # read_only keys are not stored
 
 
@@ -216,7 +216,7 @@ async def test_a_task_stopped_in_its_cache_lookup_is_looked_up_after_a_restart(
     await restarted.start()
     worker = FakeWorker()
     restarted.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
-    await settle()
+    await settle(restarted)
     task = restarted.get_task(record.workflow_id, "a").record
     assert (task.state, task.output, task.attempt) == ("COMPLETED", b'"cached"', 0)
     assert worker.assignments == []
@@ -246,7 +246,7 @@ async def test_a_cache_answer_after_the_engine_stopped_changes_nothing(
     await engine.stop()
     stored = storage.scan("sched_tasks", limit=10)
     answer.set()
-    await settle()
+    await settle(engine)
     assert engine.get_task(record.workflow_id, "a").record.state == "SCHEDULED"
     assert engine._txn is None
     assert storage.scan("sched_tasks", limit=10) == stored
@@ -262,10 +262,10 @@ async def test_worker_changes_reach_the_hook(engine: Scheduler) -> None:
     await engine.submit(WorkflowSpec(tasks=(spec("a"),)))
     fake = FakeWorker()
     handle = engine.connect_worker("w", ["cap"], 2, fake.assign, fake.cancel)
-    await settle()
+    await settle(engine)
     engine.drain_worker(handle)
     engine.disconnect_worker(handle)
-    await settle()
+    await settle(engine)
     assert seen[0] == (0, True, False)  # connected
     assert (1, True, False) in seen  # the dispatch raised its load
     assert seen[-1][1] is False  # gone
@@ -277,7 +277,7 @@ async def test_delete_takes_closed_workflows_only(engine: Scheduler) -> None:
     with pytest.raises(WorkflowNotClosedError):
         await engine.delete(wid)
     await engine.cancel(wid, "done", "test")
-    await settle()
+    await settle(engine)
     assert await engine.delete(wid) > 0
     with pytest.raises(WorkflowNotFoundError):
         engine.get_workflow(wid)
@@ -290,12 +290,12 @@ async def test_fork_keeps_completed_tasks_up_to_the_cutoff(engine: Scheduler) ->
     wid = record.workflow_id
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 4, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     await engine.complete(wid, "a", 1, output=b"A", content_type="", usage=None)
     cutoff = engine.get_task(wid, "a").record.close_ns
-    await settle()
+    await settle(engine)
     await engine.complete(wid, "b", 1, output=b"B", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     await engine.cancel(wid, "fork it", "test")
     with pytest.raises(SpecError) as unknown:
         await engine.fork(wid, "copy", cutoff_ns=cutoff, rerun_task_ids=("zz",))
@@ -319,7 +319,7 @@ async def test_a_poll_cancelled_before_it_returns_releases_what_was_dispatched_t
     for round_ in range(20):  # until the cancel lands before the poll returns (almost always the first)
         wid = f"wf-poll-{round_}"
         poll = asyncio.create_task(engine.poll("poller", ["cap"], 1, wait_s=30.0))
-        await settle()  # the poller is idle, waiting
+        await settle(engine)  # the poller is idle, waiting
         submitting = asyncio.create_task(
             engine.submit(WorkflowSpec(workflow_id=wid, tasks=(spec("a", retry_policy=retry),)))
         )
@@ -334,12 +334,12 @@ async def test_a_poll_cancelled_before_it_returns_releases_what_was_dispatched_t
         await submitting
         if handed:
             continue
-        await settle()
+        await settle(engine)
         record = engine.get_task(wid, "a").record
         assert (record.state, record.attempt, record.free_attempts) == ("SCHEDULED", 1, 1), record
         worker = FakeWorker()
         engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
-        await settle()
+        await settle(engine)
         assert [(a.task_id, a.attempt) for a in worker.assignments] == [("a", 2)]
         return
     pytest.fail("every poll returned before it could be cancelled")
@@ -357,7 +357,7 @@ async def test_a_poll_answer_that_never_reached_its_caller_is_handed_back(engine
     assert engine.hand_back_undelivered(other_id, [(done.workflow_id, "a", done.attempt)]) == 0
     assert engine.hand_back_undelivered("someone-else", [(lost.workflow_id, "a", lost.attempt)]) == 0
     assert engine.hand_back_undelivered(worker_id, [(lost.workflow_id, "a", lost.attempt)]) == 1
-    await settle()
+    await settle(engine)
     record = engine.get_task("wf-lost", "a").record
     assert (record.state, record.attempt, record.free_attempts) == ("SCHEDULED", 1, 1), record
     assert engine.hand_back_undelivered(worker_id, [(lost.workflow_id, "a", lost.attempt)]) == 0  # once
@@ -380,7 +380,7 @@ async def test_a_poll_takes_no_attempt_after_the_commit_it_answers_with(engine: 
                     return
 
     poll = asyncio.create_task(engine.poll("poller", ["cap"], 2, wait_s=30.0))
-    await settle()  # the poller is idle, waiting
+    await settle(engine)  # the poller is idle, waiting
     first = asyncio.create_task(engine.submit(WorkflowSpec(workflow_id="wf-first", tasks=(spec("a"),))))
     await running("wf-first")
     second = asyncio.create_task(engine.submit(WorkflowSpec(workflow_id="wf-second", tasks=(spec("a"),))))
@@ -398,7 +398,7 @@ async def test_a_poll_emptied_by_a_drain_takes_nothing_more(engine: Scheduler) -
     """A drain answers idle polls at once (empty); a task submitted before such a poll's caller
     has that answer is not dispatched to it."""
     poll = asyncio.create_task(engine.poll("poller", ["cap"], 1, wait_s=30.0))
-    await settle()  # the poller is idle, waiting
+    await settle(engine)  # the poller is idle, waiting
     engine.drain()
     await engine.submit(WorkflowSpec(workflow_id="wf-drained", tasks=(spec("a"),)))  # before the poll resumes
     _, answer = await poll
@@ -414,7 +414,7 @@ async def test_a_poll_for_several_tasks_gets_all_those_of_one_commit_across_its_
     (here three tasks of two capabilities, made ready by one submission) all reach
     it; what is left goes to the next poll. The poller leaves no slot behind."""
     poll = asyncio.create_task(engine.poll("poller", ["cap", "cap-2"], 3, wait_s=30.0))
-    await settle()  # the poller is idle, waiting
+    await settle(engine)  # the poller is idle, waiting
     tasks = (spec("a"), spec("b", capability="cap-2"), spec("c"), spec("d", capability="cap-2"))
     await engine.submit(WorkflowSpec(workflow_id="wf-1", tasks=tasks))
     worker_id, answer = await poll

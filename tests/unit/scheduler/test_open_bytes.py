@@ -122,16 +122,16 @@ async def test_the_count_follows_inputs_outputs_spawns_and_closes(bounded: Sched
     await engine.spawn("a", (_sized("s0", 20, "t1"),))
     assert _exact(engine) == 170
     worker = _connect(engine)
-    await settle()
+    await settle(engine)
     await engine.complete("a", "t0", _held(worker, "a", "t0"), output=b"o" * 30, content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 200  # the output arrived while the workflow is open
     await engine.complete("a", "t1", _held(worker, "a", "t1"), output=b"", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 200
     # The last task's output arrives and the workflow closes in the same step: all of it is freed.
     await engine.complete("a", "s0", _held(worker, "a", "s0"), output=b"o" * 500, content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert engine.get_workflow("a").record.state == "COMPLETED"
     assert _exact(engine) == 0
 
@@ -144,7 +144,7 @@ async def test_the_count_follows_inputs_outputs_spawns_and_closes(bounded: Sched
     )
     await durable
     await engine.cancel("cancelled", "enough", "test")
-    await settle()
+    await settle(engine)
     assert {engine.get_workflow(w).record.state for w in ("failed", "cancelled")} == {"FAILED", "CANCELLED"}
     assert _exact(engine) == 0
 
@@ -155,12 +155,12 @@ async def test_blob_references_hold_no_inline_bytes(bounded: Scheduler) -> None:
     await engine.submit(WorkflowSpec(workflow_id="blobs", tasks=(blob_input, spec("t1", "t0"))))
     assert _exact(engine) == 0
     worker = _connect(engine)
-    await settle()
+    await settle(engine)
     attempt = _held(worker, "blobs", "t0")
     await engine.complete(
         "blobs", "t0", attempt, output=b"", content_type="", usage=None, blob_sha256=_BLOB, blob_size=10**9
     )
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 0
 
 
@@ -171,17 +171,17 @@ async def test_a_retried_task_counts_only_the_output_it_completed_with(bounded: 
         WorkflowSpec(workflow_id="wf", tasks=(_sized("t0", 10, retry_policy=twice), spec("t1", "t0")))
     )
     worker = _connect(engine)
-    await settle()
+    await settle(engine)
     *_, durable = engine.fail("wf", "t0", 1, failure=Failure(message="again"), usage=None)
     await durable
     for _ in range(50):
-        await settle()
+        await settle(engine)
         if _held(worker, "wf", "t0") == 2:
             break
     await engine.complete("wf", "t0", 2, output=b"o" * 40, content_type="", usage=None)
     with pytest.raises(TaskNotHeldError):  # the first attempt, late: nothing is recorded
         engine.complete("wf", "t0", 1, output=b"o" * 400, content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 55  # 10 input + 40 output + the first attempt's failure, kept ("again")
 
     # No public path records a second output while a workflow is open; the one place outputs
@@ -204,7 +204,7 @@ async def test_a_cache_hit_output_counts(bounded: Scheduler) -> None:
     cached = _sized("hit", 5, cache_key=CacheKey(namespace="n", prompt="known"))
     await engine.submit(WorkflowSpec(workflow_id="wf", tasks=(cached, spec("after", "hit"))))
     for _ in range(50):
-        await settle()
+        await settle(engine)
         if engine.get_task("wf", "hit").record.state == "COMPLETED":
             break
     assert _exact(engine) == 130  # 5 input + 120 output + the 5-byte prompt "known"
@@ -253,7 +253,7 @@ async def test_new_work_over_the_byte_share_is_refused_changing_nothing(bounded:
     assert _exact(engine) == 1000
 
     await engine.cancel("filler", "make room", "test")
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 700
     await engine.submit(_workflow("second", 50, 50, 50), request_id="req", request_hash="h")
     assert _exact(engine) == 850
@@ -290,11 +290,11 @@ async def test_outputs_are_never_refused_and_count_past_the_bound(bounded: Sched
     await engine.submit(_workflow("big", 300, 100))
     await engine.submit(_workflow("other", 0, 0))
     worker = _connect(engine)
-    await settle()
+    await settle(engine)
     await engine.complete(
         "big", "t0", _held(worker, "big", "t0"), output=b"o" * 900, content_type="", usage=None
     )
-    await settle()
+    await settle(engine)
     assert engine.get_task("big", "t0").record.state == "COMPLETED"  # the work is done and paid for
     assert _exact(engine) == 1300  # past the bound of 1,000
     with pytest.raises(TooManyOpenBytesError) as submitted:  # even new work holding no bytes waits
@@ -308,7 +308,7 @@ async def test_outputs_are_never_refused_and_count_past_the_bound(bounded: Sched
     await engine.complete(
         "big", "t1", _held(worker, "big", "t1"), output=b"o" * 10, content_type="", usage=None
     )
-    await settle()
+    await settle(engine)
     assert engine.get_workflow("big").record.state == "COMPLETED"
     assert _exact(engine) == 0
     await engine.submit(_workflow("new", 0))
@@ -321,13 +321,13 @@ async def test_a_fork_counts_inputs_and_kept_outputs_and_is_refused_over_the_sha
     engine = bounded
     await engine.submit(_workflow("source", 100, 200))
     worker = _connect(engine)
-    await settle()
+    await settle(engine)
     await engine.complete("source", "t0", 1, output=b"o" * 50, content_type="", usage=None)
-    await settle()
+    await settle(engine)
     await engine.complete(
         "source", "t1", _held(worker, "source", "t1"), output=b"o" * 80, content_type="", usage=None
     )
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 0
     # Every task kept: the fork opens with 430 bytes and closes in the same step.
     await engine.fork("source", "kept", cutoff_ns=2**62)
@@ -347,7 +347,7 @@ async def test_a_fork_counts_inputs_and_kept_outputs_and_is_refused_over_the_sha
         engine.get_workflow("refused")
     assert _exact(engine) == 750
     await engine.cancel("filler", "make room", "test")
-    await settle()
+    await settle(engine)
     await engine.fork("source", "refused", cutoff_ns=2**62, rerun_task_ids=("t0",))  # both run again
     assert _exact(engine) == 650
 
@@ -361,13 +361,13 @@ async def test_a_restart_recounts_what_it_loads_and_never_refuses_it(
         await engine.submit(_workflow(f"wf{i}", 200, 100))
     await engine.spawn("wf0", (_sized("s0", 40),))
     worker = _connect(engine)
-    await settle()
+    await settle(engine)
     await engine.complete(
         "wf1", "t0", _held(worker, "wf1", "t0"), output=b"o" * 70, content_type="", usage=None
     )
     await engine.submit(_workflow("closed", 500))
     await engine.cancel("closed", "", "test")
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 1010
     await engine.stop()
 
@@ -384,7 +384,7 @@ async def test_a_restart_recounts_what_it_loads_and_never_refuses_it(
             await lowered.submit(_workflow("new", 1))
         for wf_id in ("wf0", "wf1", "wf2"):
             await lowered.cancel(wf_id, "", "test")
-        await settle()
+        await settle(lowered)
         assert _exact(lowered) == 0
         await lowered.submit(_workflow("new", 450))  # the new-work share of 500
         assert _exact(lowered) == 450
@@ -458,7 +458,7 @@ async def test_the_byte_count_stays_exact_through_random_operations(
                 refused += 1
             except (WorkflowClosedError, TaskNotHeldError, SpecError):
                 pass
-            await settle()
+            await settle(engine)
             _exact(engine)
         states = {engine.get_workflow(wf_id).record.state for wf_id in created if wf_id}
         assert states >= {"RUNNING", "COMPLETED", "FAILED", "CANCELLED"}  # every way out was taken
@@ -483,7 +483,7 @@ async def test_recently_closed_workflows_are_bounded_by_their_payload_bytes_too(
         for i in range(6):
             await engine.submit(_workflow(f"c{i}", 50, 50))
             await engine.cancel(f"c{i}", "enough", "test")
-            await settle()
+            await settle(engine)
             held = sum(w.payload_bytes for w in engine._recent.values())
             assert engine.counters()["recent_closed_bytes"] == held
             assert held <= 250
@@ -493,7 +493,7 @@ async def test_recently_closed_workflows_are_bounded_by_their_payload_bytes_too(
         assert engine.counters()["recent_closed_bytes"] == 100
         await engine.submit(_workflow("big", 300))  # larger than the bound alone: kept, as the latest
         await engine.cancel("big", "enough", "test")
-        await settle()
+        await settle(engine)
         assert list(engine._recent) == ["big"]
         assert engine.counters()["recent_closed_bytes"] == 300
     finally:

@@ -49,7 +49,7 @@ def _task(task_id: str, nbytes: int, *deps: str, **fields: Any) -> TaskSpec:
 async def _attempt(engine: Scheduler, worker: FakeWorker, wf_id: str, task_id: str, attempt: int) -> None:
     """Waits (a bounded number of event-loop turns, no clock) until ``attempt`` is handed to the worker."""
     for _ in range(100):
-        await settle()
+        await settle(engine)
         if any(
             (a.workflow_id, a.task_id, a.attempt) == (wf_id, task_id, attempt) for a in worker.assignments
         ):
@@ -60,7 +60,7 @@ async def _attempt(engine: Scheduler, worker: FakeWorker, wf_id: str, task_id: s
 async def _fail(engine: Scheduler, wf_id: str, task_id: str, attempt: int, failure: Failure) -> None:
     *_, durable = engine.fail(wf_id, task_id, attempt, failure=failure, usage=None)
     await durable
-    await settle()
+    await settle(engine)
 
 
 async def test_heartbeat_details_are_counted_replaced_and_freed_and_never_refused(
@@ -72,7 +72,7 @@ async def test_heartbeat_details_are_counted_replaced_and_freed_and_never_refuse
             WorkflowSpec(workflow_id="a", tasks=(_task("t0", 10, retry_policy=_RETRIED), spec("t1", "t0")))
         )
         worker = _connect(engine)
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 10
         assert engine.heartbeat("a", "t0", 1, b"h" * 300, "text/plain") is False
         assert _exact(engine) == 310
@@ -99,10 +99,10 @@ async def test_heartbeat_details_are_counted_replaced_and_freed_and_never_refuse
         engine.heartbeat("a", "t0", 2, b"h" * 5, "")
         assert _exact(engine) == 15
         await engine.complete("a", "t0", 2, output=b"o" * 20, content_type="", usage=None)
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 35  # kept on the completed task until the workflow closes
         await engine.cancel("a", "", "test")
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 0
         await engine.submit(WorkflowSpec(workflow_id="new", tasks=(spec("x"),)))
     finally:
@@ -118,7 +118,7 @@ async def test_failures_and_their_causes_count_and_a_later_attempts_failure_repl
             WorkflowSpec(workflow_id="wf", tasks=(_task("t0", 10, retry_policy=_RETRIED), spec("t1", "t0")))
         )
         worker = _connect(engine)
-        await settle()
+        await settle(engine)
         root = Failure(message="root", stack_trace="t" * 7)
         cause = Failure(message="c" * 5, details=b"x" * 100, cause=root)
         first = Failure(message="é" * 50, stack_trace="s" * 30, details=b"d" * 200, cause=cause)
@@ -130,11 +130,11 @@ async def test_failures_and_their_causes_count_and_a_later_attempts_failure_repl
         assert _exact(engine) == 53  # the record keeps the last failure: replaced, not added
         await _attempt(engine, worker, "wf", "t0", 3)
         await engine.complete("wf", "t0", 3, output=b"o" * 60, content_type="", usage=None)
-        await settle()
+        await settle(engine)
         assert engine.get_task("wf", "t0").record.failure is not None
         assert _exact(engine) == 113  # kept once a retry completes, beside the output
         await engine.cancel("wf", "", "test")
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 0
     finally:
         await engine.stop()
@@ -150,7 +150,7 @@ async def test_a_failure_is_never_refused_and_counts_past_the_bound(
             WorkflowSpec(workflow_id="big", tasks=(_task("t0", 100, retry_policy=once), _task("t1", 0)))
         )
         worker = _connect(engine)
-        await settle()
+        await settle(engine)
         *_, durable = engine.fail(
             "big",
             "t0",
@@ -159,7 +159,7 @@ async def test_a_failure_is_never_refused_and_counts_past_the_bound(
             usage=None,
         )
         await durable
-        await settle()
+        await settle(engine)
         assert engine.get_task("big", "t0").record.state == "FAILED"
         assert _exact(engine) == 1604
         with pytest.raises(TooManyOpenBytesError):
@@ -167,7 +167,7 @@ async def test_a_failure_is_never_refused_and_counts_past_the_bound(
         with pytest.raises(SpecError):  # the workflow alone is past the bound: it can never grow
             await engine.spawn("big", (spec("s0"),))
         await engine.cancel("big", "", "test")
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 0
         await engine.submit(WorkflowSpec(workflow_id="new", tasks=(spec("x"),)))
     finally:
@@ -186,10 +186,10 @@ async def test_failures_the_engine_records_count_too(opened: tuple[Storage, Grou
         )
         worker = FakeWorker()
         handle = engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 15
         engine.disconnect_worker(handle)
-        await settle()
+        await settle(engine)
         lost = engine.get_task("wf", "t0").record.failure
         assert lost is not None and lost.kind == "WORKER_LOST"
         assert _exact(engine) == 15 + len(lost.message)
@@ -198,7 +198,7 @@ async def test_failures_the_engine_records_count_too(opened: tuple[Storage, Grou
         assert rejected is not None and "c" * 500 in rejected.message
         assert _exact(engine) == 15 + len(lost.message) + len(rejected.message)
         await engine.cancel("wf", "", "test")
-        await settle()
+        await settle(engine)
         assert _exact(engine) == 0
     finally:
         await engine.stop()
@@ -230,12 +230,12 @@ async def test_cache_key_prompts_and_condition_values_count_at_submit_spawn_and_
         await engine.spawn("wf", (spec("s0", cache_key=CacheKey(namespace="n", prompt="é" * 250)),))
         assert _exact(engine) == 912
         worker = _connect(engine)
-        await settle()
+        await settle(engine)
         await engine.complete(
             "wf", "t0", _held(worker, "wf", "t0"), output=b"o" * 8, content_type="", usage=None
         )
         await engine.complete("wf", "s0", _held(worker, "wf", "s0"), output=b"", content_type="", usage=None)
-        await settle()
+        await settle(engine)
         assert engine.get_workflow("wf").record.state != "RUNNING"
         assert _exact(engine) == 0
         # A fork holds its own copies of the specs (412 + 500) and the outputs it keeps: rerunning
@@ -269,7 +269,7 @@ async def test_a_restart_recounts_heartbeat_details_and_failures(
             )
         )
     _connect(engine)
-    await settle()
+    await settle(engine)
     engine.heartbeat("wf0", "t0", 1, b"h" * 300, "")
     engine.heartbeat("wf0", "t1", 1, b"h" * 40, "")
     await _fail(
@@ -277,7 +277,7 @@ async def test_a_restart_recounts_heartbeat_details_and_failures(
     )
     engine.heartbeat("wf1", "t1", 1, b"h" * 70, "")
     await engine.complete("wf1", "t1", 1, output=b"o" * 30, content_type="", usage=None)
-    await settle()
+    await settle(engine)
     total = _exact(engine)
     assert total == 2 * (10 + 20 + 5) + 300 + 40 + (1 + 200 + 9) + 70 + 30
     await engine.stop()
@@ -400,7 +400,7 @@ async def test_the_byte_count_stays_exact_through_random_heartbeats_failures_and
                 refused += 1
             except (WorkflowClosedError, TaskNotHeldError, SpecError):
                 pass
-            await settle()
+            await settle(engine)
             _exact(engine)
             for w in engine._open.values():
                 for task in w.order:

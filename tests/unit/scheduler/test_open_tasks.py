@@ -83,7 +83,7 @@ async def _run_all(engine: Scheduler, worker: FakeWorker, wf_id: str) -> None:
             if a.workflow_id == wf_id and (a.task_id, a.attempt) not in done:
                 done.add((a.task_id, a.attempt))
                 await engine.complete(wf_id, a.task_id, a.attempt, output=b"1", content_type="", usage=None)
-        await settle()
+        await settle(engine)
     raise AssertionError(f"{wf_id} did not close")
 
 
@@ -100,14 +100,14 @@ async def test_the_count_follows_submit_spawn_complete_and_fail(bounded: Schedul
     assert _exact(engine) == 7
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     await _run_all(engine, worker, "ok")
     assert engine.get_workflow("ok").record.state == "COMPLETED"
     assert _exact(engine) == 2
     (x,) = [a for a in worker.assignments if a.workflow_id == "bad"]
     *_, durable = engine.fail("bad", "x", x.attempt, failure=Failure(message="no"), usage=None)
     await durable
-    await settle()
+    await settle(engine)
     assert engine.get_workflow("bad").record.state == "FAILED"
     assert _exact(engine) == 0
     assert engine.counters()["max_open_tasks"] == 10
@@ -119,14 +119,14 @@ async def test_cancel_budget_and_delete_free_the_room_once(bounded: Scheduler) -
     await engine.submit(_workflow("over", 3, budget=Budget(max_tasks=4)))
     assert _exact(engine) == 7
     await engine.cancel("cancelled", "enough", "test")
-    await settle()
+    await settle(engine)
     assert engine.get_workflow("cancelled").record.state == "CANCELLED"
     assert _exact(engine) == 3
     await engine.cancel("cancelled", "again", "test")  # idempotent: nothing freed twice
     assert _exact(engine) == 3
     with pytest.raises(BudgetExceededError):  # the workflow fails, and frees its room
         await engine.spawn("over", (spec("s0"), spec("s1")))
-    await settle()
+    await settle(engine)
     assert engine.get_workflow("over").record.state == "FAILED"
     assert _exact(engine) == 0
     await engine.delete("cancelled")  # closed already: nothing more to free
@@ -184,7 +184,7 @@ async def test_a_refusal_at_the_bound_changes_nothing_and_room_comes_back(bounde
     assert _exact(engine) == 10
 
     await engine.cancel("first", "make room", "test")
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 4
     await engine.submit(_workflow("third", 2), request_id="req-third", request_hash="h3")
     await engine.spawn("second", (spec("s1"),))
@@ -239,7 +239,7 @@ async def test_a_flood_of_submits_leaves_room_for_running_workflows_to_spawn(bou
     assert (spawned.value.metadata["share"], spawned.value.metadata["share_limit"]) == ("all", "10")
     assert "exceed max_open_tasks 10:" in str(spawned.value)
     await engine.cancel("flood0", "make room", "test")
-    await settle()
+    await settle(engine)
     with pytest.raises(TooManyOpenTasksError):  # 9 open: the room freed is the reserve, not new work's
         await engine.submit(_workflow("late", 1))
     await engine.spawn("running", (spec("s1"),))
@@ -266,7 +266,7 @@ async def test_the_new_work_share_of_tiny_bounds_rounds_down_and_a_lone_workflow
             str(share),
         )
         await engine.cancel("alone", "", "test")
-        await settle()
+        await settle(engine)
         if share:
             await engine.submit(_workflow("within", share))
             with pytest.raises(TooManyOpenTasksError):
@@ -284,7 +284,7 @@ async def test_a_fork_counts_and_is_refused_at_the_bound(bounded: Scheduler) -> 
     await engine.submit(_workflow("source", 3))
     worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-    await settle()
+    await settle(engine)
     await _run_all(engine, worker, "source")
     assert _exact(engine) == 0
     # Every task kept: the fork opens with 3 tasks and closes in the same step.
@@ -304,7 +304,7 @@ async def test_a_fork_counts_and_is_refused_at_the_bound(bounded: Scheduler) -> 
         engine.get_workflow("refused")
     assert _exact(engine) == 8
     await engine.cancel("filler", "make room", "test")
-    await settle()
+    await settle(engine)
     engine.check_fork("source", "refused", ())
     await engine.fork("source", "refused", cutoff_ns=2**62, rerun_task_ids=("t0",))
     assert _exact(engine) == 6
@@ -320,7 +320,7 @@ async def test_a_restart_counts_what_it_loads_and_never_refuses_it(
     await engine.spawn("wf0", (spec("s0"),))
     await engine.submit(_workflow("closed", 2))
     await engine.cancel("closed", "", "test")
-    await settle()
+    await settle(engine)
     assert _exact(engine) == 13
     await engine.stop()
 
@@ -340,16 +340,16 @@ async def test_a_restart_counts_what_it_loads_and_never_refuses_it(
             await lowered.spawn("wf1", (spec("s0"),))
         worker = FakeWorker()
         lowered.connect_worker("w", ["cap"], 10, worker.assign, worker.cancel)
-        await settle()
+        await settle(lowered)
         await _run_all(lowered, worker, "wf0")  # the loaded work still runs
         await lowered.cancel("wf1", "", "test")
-        await settle()
+        await settle(lowered)
         assert _exact(lowered) == 4
         with pytest.raises(TooManyOpenTasksError):  # new work gets 4 of the 5 (5 * 90% rounded down)
             await lowered.submit(_workflow("new", 1))
         await lowered.spawn("wf2", (spec("s0"),))  # a running workflow gets the last one
         await lowered.cancel("wf2", "", "test")
-        await settle()
+        await settle(lowered)
         assert _exact(lowered) == 0
         await lowered.submit(_workflow("new", 1))  # under the bound again
         assert _exact(lowered) == 1
@@ -409,7 +409,7 @@ async def test_the_count_stays_exact_through_random_operations(
                     created.append(f"wf{made}")
             except (TooManyOpenTasksError, WorkflowClosedError, TaskNotHeldError, SpecError):
                 pass
-            await settle()
+            await settle(engine)
             assert _exact(engine) <= 40
         states = {engine.get_workflow(wf_id).record.state for wf_id in created}
         assert states >= {"RUNNING", "COMPLETED", "FAILED", "CANCELLED"}  # every way out was taken
@@ -434,7 +434,7 @@ async def test_recently_closed_workflows_are_bounded_by_their_tasks_too(
         for i in range(8):
             await engine.submit(_workflow(f"c{i}", 10))
             await engine.cancel(f"c{i}", "enough", "test")
-            await settle()
+            await settle(engine)
             held = sum(len(w.order) for w in engine._recent.values())
             assert engine.counters()["recent_closed_tasks"] == held
             assert held <= 25 or len(engine._recent) == 1
@@ -444,7 +444,7 @@ async def test_recently_closed_workflows_are_bounded_by_their_tasks_too(
         assert engine.counters()["recent_closed_tasks"] == 10
         await engine.submit(_workflow("big", 30))  # larger than the bound alone: kept, as the latest
         await engine.cancel("big", "enough", "test")
-        await settle()
+        await settle(engine)
         assert list(engine._recent) == ["big"]
         assert engine.counters()["recent_closed_tasks"] == 30
     finally:

@@ -53,7 +53,7 @@ async def _held_by(engine: Scheduler, worker_id: str, *tasks: TaskSpec) -> tuple
     await engine.submit(WorkflowSpec(workflow_id="w", tasks=tasks))
     worker = FakeWorker()
     handle = engine.connect_worker(worker_id, ["cap"], 10, worker.assign, worker.cancel, worker_id=worker_id)
-    await settle()
+    await settle(engine)
     assert {(a.task_id, a.attempt) for a in worker.assignments} == {(t.task_id, 1) for t in tasks}
     return worker, handle
 
@@ -87,7 +87,7 @@ async def test_events_of_a_failed_attempt_are_accepted_while_the_next_one_runs(
     policy = RetryPolicy(initial_interval_s=1.0, maximum_attempts=3)
     worker, _ = await _held_by(engine, "w1", TaskSpec(task_id="t", capability="cap", retry_policy=policy))
     await engine.fail("w", "t", 1, failure=Failure(message="boom"), usage=None)[3]
-    await settle()  # no jitter: attempt 2 is dispatched at once
+    await settle(engine)  # no jitter: attempt 2 is dispatched at once
     assert [(a.task_id, a.attempt) for a in worker.assignments] == [("t", 1), ("t", 2)]
     clock.advance(REPORT_GRACE_S)
     engine.check_held("w", "t", 1, "w1")  # ended, within the window
@@ -119,7 +119,7 @@ async def test_events_of_an_attempt_lost_with_its_worker_are_accepted_for_five_m
     policy = RetryPolicy(maximum_attempts=3)
     _, handle = await _held_by(engine, "w1", TaskSpec(task_id="t", capability="cap", retry_policy=policy))
     engine.disconnect_worker(handle)  # the lease ends; attempt 2 waits for a worker
-    await settle()
+    await settle(engine)
     assert engine.get_task("w", "t").record.state == "SCHEDULED"
     clock.advance(REPORT_GRACE_S)
     engine.check_held("w", "t", 1, "w1")

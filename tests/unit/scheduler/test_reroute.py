@@ -118,7 +118,7 @@ async def test_a_waiting_intent_task_moves_to_the_class_that_connects_after_its_
     tasks = (_intent("r"), _intent("q1"), _intent("q2"), spec("n", capability="cap-a"))
     record, _ = await engine.submit(WorkflowSpec(tasks=tasks))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     assert [x.task_id for x in a.assignments] == ["r"]  # A is full: q1, q2 (and n) wait on cap-a
     assert engine.get_task(wid, "q1").record.capability == "cap-a"
 
@@ -126,7 +126,7 @@ async def test_a_waiting_intent_task_moves_to_the_class_that_connects_after_its_
     engine.drain_worker(worker_a)
     router.down = True
     router.unserve(engine, "cap-a")
-    await settle()
+    await settle(engine)
     assert router.calls.count("write") == 4  # three when scheduled, one for the pass (memoised)
     for task_id in ("q1", "q2"):
         view = engine.get_task(wid, task_id).record
@@ -166,7 +166,7 @@ async def test_a_task_routed_while_nothing_was_served_follows_the_first_class_to
     engine = await _started(opened, sink, router)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t", priority=1), _intent("u", priority=5))))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     assert engine.get_task(wid, "t").record.capability == "cap-a"  # nobody serves anything yet
     b = FakeWorker()
     engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
@@ -174,13 +174,13 @@ async def test_a_task_routed_while_nothing_was_served_follows_the_first_class_to
     async with asyncio.timeout(5):
         while not b.assignments:
             await asyncio.sleep(0.005)
-    await settle()
+    await settle(engine)
     assert [x.task_id for x in b.assignments] == ["t"]  # the priority order holds in the new queue
     # An A worker coming back does not take u back: it waits on cap-b, which is served.
     a = FakeWorker()
     engine.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
     router.serve(engine, "cap-a")
-    await settle()
+    await settle(engine)
     assert a.assignments == []
     assert engine.get_task(wid, "u").record.capability == "cap-b"
     await engine.stop()
@@ -193,7 +193,7 @@ async def test_a_move_is_durable_and_a_restart_queues_the_task_for_its_new_capab
     engine = await _started(opened, sink, router)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t"),)))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     router.serve(engine, "cap-b")  # served elsewhere (no B worker in this engine): the task moves, and waits
     async with asyncio.timeout(5):
         while len(sink.routed("t")) < 2:
@@ -206,7 +206,7 @@ async def test_a_move_is_durable_and_a_restart_queues_the_task_for_its_new_capab
     restarted.connect_worker("a", ["cap-a"], 1, a.assign, a.cancel)
     b = FakeWorker()
     restarted.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
-    await settle()
+    await settle(restarted)
     assert a.assignments == []
     assert [(x.task_id, x.capability, x.attempt) for x in b.assignments] == [("t", "cap-b", 1)]
     await restarted.stop()
@@ -227,9 +227,9 @@ async def test_a_backlogged_intent_task_is_rerouted_and_promoted_into_its_new_qu
     wid = record.workflow_id
     d = FakeWorker()
     engine.connect_worker("d", ["cap-d"], 1, d.assign, d.cancel)
-    await settle()
+    await settle(engine)
     await engine.complete(wid, "d", 1, output=b"1", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     # z holds the pool's one queue place; i waits in the pool's backlog.
     _, status = engine.get_pool("p")
     assert (status.queued, status.backlog) == (1, 1)
@@ -237,7 +237,7 @@ async def test_a_backlogged_intent_task_is_rerouted_and_promoted_into_its_new_qu
     b = FakeWorker()
     engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
     router.serve(engine, "cap-b")
-    await settle()
+    await settle(engine)
     assert engine.get_task(wid, "i").record.capability == "cap-b"  # re-routed where it waits
     assert engine.get_pool("p")[1].backlog == 1
     z = FakeWorker()
@@ -259,7 +259,7 @@ async def test_a_large_pass_routes_each_intent_once_and_yields_the_loop(
     tasks = [spec(f"t{i}", capability="", intent=f"write {i % 2}") for i in range(n)]
     record, _ = await engine.submit(WorkflowSpec(tasks=tuple(tasks)))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     router.calls.clear()
     router.serve(engine, "cap-b")
     await asyncio.sleep(0)  # one loop turn: the pass has done a slice, not everything
@@ -289,7 +289,7 @@ async def test_tasks_moved_out_of_a_class_that_never_comes_back_leave_nothing_be
     n = 40
     for _ in range(5):
         await engine.submit(WorkflowSpec(tasks=tuple(_intent(f"t{i}", priority=1 + i % 3) for i in range(n))))
-    await settle()
+    await settle(engine)
     assert _queue_entries(engine, "cap-a") == 5 * n  # routed while nothing was served
     b = FakeWorker()
     engine.connect_worker("b", ["cap-b"], 10 * n, b.assign, b.cancel)
@@ -299,7 +299,7 @@ async def test_tasks_moved_out_of_a_class_that_never_comes_back_leave_nothing_be
             await asyncio.sleep(0.005)
     for x in b.assignments:
         await engine.complete(x.workflow_id, x.task_id, x.attempt, output=b"", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert engine.get_pool("default")[1].queued == 0
     assert _queue_entries(engine, "cap-a") == 0
     await engine.stop()
@@ -326,29 +326,29 @@ async def test_a_task_moved_there_and_back_is_dispatched_once_and_counted_once(
     router.serve(engine, "cap-b")
     retry = RetryPolicy(initial_interval_s=0.01)
     await engine.submit(WorkflowSpec(workflow_id="w", tasks=(_intent("t", retry_policy=retry),)))
-    await settle()
+    await settle(engine)
     assert engine.get_task("w", "t").record.capability == "cap-a"
     engine.drain_worker(worker_a1)
     router.unserve(engine, "cap-a")
-    await settle()
+    await settle(engine)
     assert engine.get_task("w", "t").record.capability == "cap-b"
     a2 = FakeWorker()
     worker_a2 = engine.connect_worker("a2", ["cap-a"], 1, a2.assign, a2.cancel)  # takes ha2, stays busy
     router.serve(engine, "cap-a")
     engine.drain_worker(worker_b)
     router.unserve(engine, "cap-b")
-    await settle()
+    await settle(engine)
     assert engine.get_task("w", "t").record.capability == "cap-a"
     assert engine.get_pool("default")[1].queued == 1
     await engine.complete("blk", "ha2", 1, output=b"", content_type="", usage=None)
-    await settle()
+    await settle(engine)
     assert [(x.task_id, x.attempt) for x in a2.assignments] == [("ha2", 1), ("t", 1)]
     assert engine.get_pool("default")[1].queued == 0
     engine.fail("w", "t", 1, failure=Failure(message="again", type="E"), usage=None)
     async with asyncio.timeout(5):
         while len(a2.assignments) < 3:
             await asyncio.sleep(0.005)
-    await settle()
+    await settle(engine)
     assert [(x.task_id, x.attempt) for x in a2.assignments] == [("ha2", 1), ("t", 1), ("t", 2)]
     assert engine.get_pool("default")[1].queued == 0
     assert worker_a2.free == 0
@@ -364,7 +364,7 @@ async def test_a_moved_task_is_cancelled_or_times_out_like_any_other(
     engine = await _started(opened, sink, router)
     await engine.submit(WorkflowSpec(workflow_id="c", tasks=(_intent("t"),)))
     await engine.submit(WorkflowSpec(workflow_id="s", tasks=(_intent("t", schedule_to_start_s=0.2),)))
-    await settle()
+    await settle(engine)
     router.serve(engine, "cap-b")  # served elsewhere: both move to cap-b and wait
     async with asyncio.timeout(5):
         while engine.get_task("s", "t").record.capability != "cap-b":
@@ -382,7 +382,7 @@ async def test_a_moved_task_is_cancelled_or_times_out_like_any_other(
     a, b = FakeWorker(), FakeWorker()
     engine.connect_worker("a", ["cap-a"], 5, a.assign, a.cancel)
     engine.connect_worker("b", ["cap-b"], 5, b.assign, b.cancel)
-    await settle()
+    await settle(engine)
     assert (a.assignments, b.assignments) == ([], [])
     await engine.stop()
 
@@ -396,7 +396,7 @@ async def test_a_task_moved_there_and_back_has_one_entry_in_each_queue_it_passed
     sink, router = Sink(), FakeRouter()
     engine = await _started(opened, sink, router)
     await engine.submit(WorkflowSpec(workflow_id="w", tasks=(_intent("t"), _intent("u"))))
-    await settle()
+    await settle(engine)
     router.serve(engine, "cap-b")  # no worker anywhere: the router's view alone moves them
     async with asyncio.timeout(5):
         while len(sink.routed("u")) < 2:
@@ -406,13 +406,13 @@ async def test_a_task_moved_there_and_back_has_one_entry_in_each_queue_it_passed
     async with asyncio.timeout(5):
         while len(sink.routed("u")) < 3:
             await asyncio.sleep(0.005)
-    await settle()
+    await settle(engine)
     assert engine.get_task("w", "t").record.capability == "cap-a"
     assert (_queue_entries(engine, "cap-a"), _queue_entries(engine, "cap-b")) == (2, 0)
     assert engine.get_pool("default")[1].queued == 2
     a = FakeWorker()
     engine.connect_worker("a", ["cap-a"], 5, a.assign, a.cancel)
-    await settle()
+    await settle(engine)
     assert sorted((x.task_id, x.attempt) for x in a.assignments) == [("t", 1), ("u", 1)]
     assert engine.get_pool("default")[1].queued == 0
     await engine.stop()
@@ -428,7 +428,7 @@ async def test_a_stop_in_the_middle_of_a_pass_keeps_what_moved_and_a_restart_ser
     n = 3000
     record, _ = await engine.submit(WorkflowSpec(tasks=tuple(_intent(f"t{i}") for i in range(n))))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     router.serve(engine, "cap-b")
     await asyncio.sleep(0)  # one slice
     await engine.stop()
@@ -476,7 +476,7 @@ async def test_a_class_back_within_the_grace_keeps_its_tasks_and_one_gone_past_i
     # A goes and comes back within the grace: q stays on cap-a and A serves it.
     engine.drain_worker(worker_a)
     router.unserve(engine, "cap-a")
-    await settle()
+    await settle(engine)
     again = FakeWorker()
     worker_a2 = engine.connect_worker("a2", ["cap-a"], 2, again.assign, again.cancel)
     router.serve(engine, "cap-a")
@@ -518,7 +518,7 @@ async def test_after_a_restart_the_first_class_back_does_not_take_the_tasks_of_t
     b = FakeWorker()
     restarted.connect_worker("b", ["cap-b"], 10, b.assign, b.cancel)
     router.serve(restarted, "cap-b")
-    await settle()
+    await settle(restarted)
     assert b.assignments == []
     assert restarted.get_task(wid, "q").record.capability == "cap-a"
     back = FakeWorker()
@@ -618,7 +618,7 @@ async def test_a_pass_that_fails_is_tried_again(
     monkeypatch.setattr(engine_module, "_REROUTE_RETRY_S", 0.05)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t"),)))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     real = engine._reroute_pass
     failures = [RuntimeError("a bug in a pass")]
 
@@ -678,7 +678,7 @@ async def _passes_done(engine: Scheduler) -> None:
     async with asyncio.timeout(5):
         while engine._reroute_job is not None or engine._reroute_pending:
             await asyncio.sleep(0.005)
-    await settle()
+    await settle(engine)
 
 
 async def _restart_stream_class(engine: Scheduler, router: FakeRouter, capability: str) -> None:
@@ -759,7 +759,7 @@ async def _poller_took_r(
     engine = await _started(opened, sink, router, grace_s=10.0, clock=clock)
     clock.advance(11)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("r"), _intent("q"))))
-    await settle()
+    await settle(engine)
     _, (taken,) = await engine.poll("poller", ["cap-a"], 1, 5.0)
     assert (taken.task_id, taken.capability) == ("r", "cap-a")
     return engine, router, clock, record.workflow_id, taken
@@ -854,7 +854,7 @@ async def test_the_first_poll_for_a_class_brings_it_the_intent_tasks_waiting_on_
     engine = await _started(opened, sink, router)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("q"),)))
     wid = record.workflow_id
-    await settle()
+    await settle(engine)
     assert engine.get_task(wid, "q").record.capability == "cap-a"
     _, assignments = await engine.poll("poller", ["cap-b"], 1, 5.0)
     assert [(a.task_id, a.capability) for a in assignments] == [("q", "cap-b")]
@@ -871,7 +871,7 @@ async def test_an_intent_routed_while_a_poll_serves_a_class_goes_to_it(
     sink, router = Sink(), ServesRouter()
     engine = await _started(opened, sink, router)
     poll = asyncio.ensure_future(engine.poll("poller", ["cap-b"], 1, 5.0))
-    await settle()
+    await settle(engine)
     record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("q"),)))
     _, assignments = await poll
     assert [(a.task_id, a.capability) for a in assignments] == [("q", "cap-b")]

@@ -49,12 +49,12 @@ async def _advance(engine: Scheduler, clock: Clock, seconds: float) -> None:
     """Moves the fake clock and lets the engine fire what fell due (as its loop timer would)."""
     clock.advance(seconds)
     engine._arm()
-    await settle()
+    await settle(engine)
 
 
 async def _until(predicate: Callable[[], bool]) -> None:
-    """Lets the loop turn until ``predicate`` holds (bounded)."""
-    for _ in range(200):
+    """Lets the loop turn until ``predicate`` holds (bounded: ten seconds or so)."""
+    for _ in range(2000):
         if predicate():
             return
         await asyncio.sleep(0.005)
@@ -87,7 +87,7 @@ async def _stream_worker(engine: Scheduler, clock: Clock) -> Any:
     await _advance(engine, clock, 20)  # most of its first wait used up
     worker = FakeWorker()
     handle = engine.connect_worker("w1", ["cap"], 1, worker.assign, worker.cancel, worker_id="w1")
-    await settle()
+    await settle(engine)
     assert [(a.task_id, a.attempt) for a in worker.assignments] == [("t", 1)]
     return handle
 
@@ -206,7 +206,7 @@ async def test_a_task_handed_back_keeps_its_new_wait_across_a_restart(
     await engine.start()
     await _poll_answer_not_delivered(engine, clock)
     handed_back = clock.now
-    await settle()
+    await settle(engine)
     await engine.stop()
     clock.advance(S2S - 5)
     restarted = Scheduler(*opened, rng=lambda: 0.0, clock=clock)
@@ -253,7 +253,7 @@ async def test_an_intent_task_whose_class_lost_its_worker_times_out(
     handle = engine.connect_worker("a", ["cap-a"], 1, worker.assign, worker.cancel)
     served.add("cap-a")
     engine.served_changed(["cap-a"])
-    await settle()
+    await settle(engine)
     assert [(a.task_id, a.attempt) for a in worker.assignments] == [("t", 1)]
     routable["on"] = False  # its card went with its worker
     served.discard("cap-a")

@@ -58,7 +58,7 @@ async def test_a_submit_whose_spec_cannot_be_stored_stores_and_remembers_nothing
     engine = Scheduler(storage, committer, rng=lambda: 0.0)
     await engine.start()
     try:
-        await settle()
+        await settle(engine)
         before = _rows(storage)
         staged: list[str] = []
 
@@ -71,9 +71,9 @@ async def test_a_submit_whose_spec_cannot_be_stored_stores_and_remembers_nothing
             await engine.submit(bad, request_id="req-1", request_hash="h1", stage=stage)
         assert (caught.value.reason, caught.value.field) == ("INVALID_ARGUMENT", "spec.tasks[2]")
         assert "cannot be stored" in caught.value.message
-        await settle()
+        await settle(engine)
         await engine.submit(WorkflowSpec(workflow_id="wf-other", tasks=(spec("z"),)))  # a later commit
-        await settle()
+        await settle(engine)
         assert staged == []
         with pytest.raises(WorkflowNotFoundError):
             engine.get_workflow("wf-big")
@@ -98,13 +98,13 @@ async def test_a_spawn_whose_spec_cannot_be_stored_changes_nothing(
     await engine.start()
     try:
         record, _ = await engine.submit(WorkflowSpec(workflow_id="wf-s", tasks=(spec("a"),)))
-        await settle()
+        await settle(engine)
         before = _rows(storage)
         open_tasks, open_bytes = engine.open_tasks, engine.open_bytes
         with pytest.raises(SpecError) as caught:
             await engine.spawn("wf-s", [spec("b"), _unstorable("c", "a")], request_id="s-1", request_hash="h")
         assert (caught.value.reason, caught.value.field) == ("INVALID_ARGUMENT", "tasks[1]")
-        await settle()
+        await settle(engine)
         assert _rows(storage) == before
         assert (engine.open_tasks, engine.open_bytes) == (open_tasks, open_bytes)
         view = engine.get_workflow(record.workflow_id)

@@ -88,7 +88,9 @@ async def test_notes_committed_by_a_call_cancelled_while_indexing_are_still_foun
     memory = MemoryStore(*store, embedder=None, index_dir=tmp_path)
     notes = [NoteInput(text=f"n{i}", vector=_unit(i, 16)) for i in range(300)]
     adding = asyncio.ensure_future(memory.add("wf", notes))
-    for _ in range(10_000):  # until committed, and some slices (not all) indexed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30  # the writer thread commits: no count of loop turns bounds that
+    while loop.time() < deadline:  # until committed, and some slices (not all) indexed
         loaded = memory._indexes.get("wf")
         if loaded is not None and 0 < len(loaded[0]) < len(notes):
             break
