@@ -15,6 +15,9 @@ use are_sdk::{
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
+mod common;
+use common::nested;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Worker options that keep tests short: a stop is noticed within about 2 s,
@@ -487,20 +490,6 @@ async fn cache_exact_tier_and_get_or_call() {
         .await
         .unwrap()
         .is_none());
-}
-
-/// A value nesting arrays and objects in turn `depth` deep (`[]` is 1 deep),
-/// built a level at a time (`json!` would copy it recursively).
-fn nested(depth: usize) -> Value {
-    let mut value = json!("leaf");
-    for level in 0..depth {
-        value = if level % 2 == 0 {
-            Value::Array(vec![value])
-        } else {
-            Value::Object(serde_json::Map::from_iter([("a".to_string(), value)]))
-        };
-    }
-    value
 }
 
 #[tokio::test]

@@ -12,6 +12,9 @@ use are_sdk::{
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
+mod common;
+use common::nested;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn start() -> (Sidecar, Client) {
@@ -160,20 +163,6 @@ async fn get_and_patch_round_trip_with_paths_versions_and_conflicts() {
         .unwrap_err();
     assert_eq!(e.code, Code::FailedPrecondition, "{e}");
     assert_eq!(e.reason, "TASK_NOT_HELD");
-}
-
-/// A value nesting arrays and objects in turn `depth` deep (`[]` is 1 deep),
-/// built a level at a time (`json!` would copy it recursively).
-fn nested(depth: usize) -> Value {
-    let mut value = json!("leaf");
-    for level in 0..depth {
-        value = if level % 2 == 0 {
-            Value::Array(vec![value])
-        } else {
-            Value::Object(serde_json::Map::from_iter([("a".to_string(), value)]))
-        };
-    }
-    value
 }
 
 fn member(name: &str, value: Value) -> Value {
