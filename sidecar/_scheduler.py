@@ -186,8 +186,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             earlier = self._engine.check_request(request.request_id, digest)
             if earlier is None:
                 wiring = self._wiring
+                size = request.ByteSize()  # before the conversion takes the inputs out
                 spec = spec_from_proto(request.spec, wiring.features)
-                self._engine.check_room(len(spec.tasks), request.ByteSize())
+                self._engine.check_room(len(spec.tasks), size)
                 wiring.check_namespaces(spec.tasks, "spec.tasks")
                 if any(t.input_blob_sha256 for t in spec.tasks):
                     spec = msgspec.structs.replace(spec, tasks=wiring.check_blobs(spec.tasks, "spec.tasks"))
@@ -459,12 +460,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 raise SpecError(
                     "INVALID_ARGUMENT", "dependents_wait", "dependents_wait requires parent_task_id"
                 )
-            specs = task_specs_from_proto(
-                request.tasks, "tasks", max_tasks=10_000, features=self._wiring.features
-            )
-            self._wiring.check_namespaces(specs, "tasks")
-            specs = self._wiring.check_blobs(specs, "tasks")
-            self._engine.check_room(len(specs), request.ByteSize())
+            # Hashed and sized before the conversion, which takes the inputs and
+            # prompts out of the request's task specs (to keep each once).
             digest = ""
             if request.request_id:
                 check_id(request.request_id, "request_id", "a request_id")
@@ -474,6 +471,13 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 same.CopyFrom(request)
                 same.parent_attempt = 0
                 digest = request_hash(same)
+            size = request.ByteSize()
+            specs = task_specs_from_proto(
+                request.tasks, "tasks", max_tasks=10_000, features=self._wiring.features
+            )
+            self._wiring.check_namespaces(specs, "tasks")
+            specs = self._wiring.check_blobs(specs, "tasks")
+            self._engine.check_room(len(specs), size)
             ids, deduplicated = await self._engine.spawn(
                 request.workflow_id,
                 specs,

@@ -189,6 +189,19 @@ async def test_a_spawn_with_a_request_id_adds_its_tasks_once_even_from_a_retried
         AlreadyExistsError,
         "REQUEST_ID_CONFLICT",
     )
+    # So is the same task with another input (the hash is of the request as sent).
+    await expect_error(
+        client.raw.scheduler.SpawnTasks(
+            s.SpawnTasksRequest(
+                workflow_id=workflow_id,
+                parent_task_id="planner",
+                tasks=[task("child", cap, input=c.Payload(data=b'"other"', content_type="application/json"))],
+                request_id=f"{workflow_id}-plan",
+            )
+        ),
+        AlreadyExistsError,
+        "REQUEST_ID_CONFLICT",
+    )
     # A request_id of the wrong shape is refused naming it; nothing is added.
     await expect_error(
         client.raw.scheduler.SpawnTasks(
