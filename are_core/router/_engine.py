@@ -112,7 +112,7 @@ _QUALITY_TOLERANCE = 1e-9
 # a commit of 32 events took the writer thread 115 µs of CPU (27 µs alone in
 # a process), on the CPU the loop serves from, and about one route in 32 was
 # then 0.4-0.9 ms slower than its neighbours. Timed from the Go client
-# (10,000 routes, five alternated pairs, benchmarks/README.md), routes over
+# (10,000 routes, eight alternated pairs, benchmarks/README.md), routes over
 # median + 0.4 ms fell from 206-608 to 58-337 a run and p99 from 1.12-2.28 ms
 # to 0.97-1.88 ms with groups of 1,024 and a 1 s interval, against groups of
 # 32 every 100 ms (a build recording no route event: 40 such routes, p99
