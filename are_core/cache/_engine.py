@@ -40,6 +40,7 @@ from are_core.vector import (
     ChildSweep,
     VectorError,
     VectorIndex,
+    child_exit_code,
     choose_expansion,
 )
 
@@ -660,7 +661,7 @@ class CacheEngine:
             return
         self._writers.add(pid)
         try:
-            code = await asyncio.to_thread(_wait_child, pid)
+            code = await child_exit_code(pid)
         finally:
             self._writers.discard(pid)
         if code != 0:
@@ -764,7 +765,7 @@ class CacheEngine:
     ) -> None:
         name = state.namespace.name
         try:
-            found = await asyncio.to_thread(child.collect)
+            found = await child.result()
         except (VectorError, OSError, ValueError) as error:
             if not self._stopping:
                 _log.warning(f"cache: calibrating {name!r} failed: {error}")
@@ -878,7 +879,7 @@ class CacheEngine:
             while True:
                 passes += 1
                 try:
-                    found = await asyncio.to_thread(child.collect)
+                    found = await child.result()
                 except (VectorError, OSError, ValueError) as error:
                     if not self._stopping:
                         _log.warning(f"cache: sweeping the index of {name!r} failed: {error}")
@@ -3267,12 +3268,6 @@ def _in_force(namespace: Namespace, calibration: Calibration | None) -> Namespac
     if namespace.expansion_fixed or calibration is None:
         return namespace
     return msgspec.structs.replace(namespace, search_expansion=calibration.expansion)
-
-
-def _wait_child(pid: int) -> int:
-    """The exit code of a child process, once it ended (blocks: call it from a worker thread)."""
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def _indexing_draft(namespace: str, indexed: int, total: int, *, done: bool) -> EventDraft:

@@ -17,6 +17,7 @@ Exceptions::
 """
 
 from ._calibrate import LADDER, Calibration, choose_expansion, wilson_lower_bound
+from ._child import child_exit_code, child_output
 from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
 from ._index import (
@@ -48,6 +49,8 @@ __all__ = [
     "VectorError",
     "VectorIndex",
     "VectorShapeError",
+    "child_exit_code",
+    "child_output",
     "choose_expansion",
     "wilson_lower_bound",
 ]

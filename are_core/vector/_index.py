@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 from usearch.index import Index, MetricKind, ScalarKind
 
+from ._child import child_output
 from ._coalesce import SearchCoalescer
 from ._errors import VectorError, VectorShapeError
 
@@ -457,7 +458,7 @@ class VectorIndex:
         The child writes the index as it was at the fork (the kernel keeps
         that copy for it, page by page, as this process goes on changing
         it), atomically as :meth:`save` does, and exits 0 once the file is
-        durable, 1 otherwise: wait for it with ``os.waitpid``. This process
+        durable, 1 otherwise: await :func:`child_exit_code`. This process
         pauses only for the fork itself (about a millisecond per GB
         mapped), where :meth:`save` would hold the index for as long as
         writing it takes. The child dies with this process (it never
@@ -480,8 +481,8 @@ class VectorIndex:
         view's file, without its overlay), at idle priority (Linux
         ``SCHED_IDLE``: only when the CPU has nothing else to do), and
         writes the top key and similarity of every query per expansion to a
-        pipe: read it with :meth:`ChildSearch.collect` (blocking; from a
-        worker thread). Returns None where ``fork`` is not available.
+        pipe: await :meth:`ChildSearch.result` (no thread waits for it).
+        Returns None where ``fork`` is not available.
         """
         if not hasattr(os, "fork"):
             return None
@@ -524,7 +525,7 @@ class VectorIndex:
         child makes the search that a lookup by the entry's own vector
         makes. One search per key, at idle priority (Linux ``SCHED_IDLE``);
         it stops once it found ``max_unreachable`` keys. Read the report
-        with :meth:`ChildSweep.collect` (blocking; from a worker thread),
+        with :meth:`ChildSweep.result` (no thread waits for it),
         and insert what is still live again with :meth:`add`
         (``threads=1``; a view puts it in its overlay). Returns None where
         ``fork`` is not available.
@@ -829,15 +830,15 @@ class ChildSearch:
         self.pid = pid
         self._fd = fd
 
-    def collect(self) -> dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
-        """Waits for the child; per expansion (0: the exact search), each query's top key and similarity.
+    async def result(self) -> dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+        """Awaits the child; per expansion (0: the exact search), each query's top key and similarity.
 
-        Blocks until the child ends: call it from a worker thread.
+        No thread waits meanwhile (:func:`child_output`); cancelling kills the child.
 
         Raises:
             VectorError: The child failed (its output is incomplete).
         """
-        data = _child_output(self.pid, self._fd, "search")
+        data = await child_output(self.pid, self._fd, "search")
         n, settings = (int(x) for x in np.frombuffer(data[:16], dtype=np.uint64))
         out: dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
         offset = 16
@@ -868,35 +869,21 @@ class ChildSweep:
         self.pid = pid
         self._fd = fd
 
-    def collect(self) -> Sweep:
-        """Waits for the child; the keys it checked and those it found unreachable.
+    async def result(self) -> Sweep:
+        """Awaits the child; the keys it checked and those it found unreachable.
 
-        Blocks until the child ends: call it from a worker thread.
+        No thread waits meanwhile (:func:`child_output`); cancelling kills the child.
 
         Raises:
             VectorError: The child failed (its output is incomplete).
         """
-        data = _child_output(self.pid, self._fd, "sweep")
+        data = await child_output(self.pid, self._fd, "sweep")
         if len(data) < 16:
             raise VectorError("the sweep child's output has the wrong length")
         checked, n = (int(x) for x in np.frombuffer(data[:16], dtype=np.uint64))
         if len(data) != 16 + 8 * n:
             raise VectorError("the sweep child's output has the wrong length")
         return Sweep(checked=checked, unreachable=np.frombuffer(data[16:], dtype=np.uint64).copy())
-
-
-def _child_output(pid: int, fd: int, what: str) -> bytes:
-    """Everything a child wrote to its pipe, once it ended (reaped); raises VectorError if it failed."""
-    chunks = []
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-        _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise VectorError(f"the {what} child failed (exit status {os.waitstatus_to_exitcode(status)})")
-    return b"".join(chunks)
 
 
 _SWEEP_CHUNK = 1024  # keys whose stored vectors a sweep reads and searches for at a time

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,7 @@ def test_the_child_searches_the_index_as_it_was_at_the_fork() -> None:
     child = index.search_in_child(queries, [8, 64])
     assert child is not None
     index.add(np.arange(5000, 6000), vectors[5000:])  # after the fork: the child never sees these
-    found = child.collect()
+    found = asyncio.run(child.result())
     assert sorted(found) == [0, 8, 64]
     exact_keys, exact_sims = found[0]
     assert int(exact_keys.max()) < 5000

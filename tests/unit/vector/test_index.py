@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import mmap
-import os
 import threading
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from are_core.vector import (
     VectorIndex,
     VectorShapeError,
     _index,  # the helpers behind a fold's huge pages
+    child_exit_code,
 )
 
 
@@ -502,8 +503,7 @@ def test_save_in_child_writes_the_index_as_it_was_at_the_fork(tmp_path: Path) ->
     assert pid is not None
     index.add(np.arange(200, 300), vectors[200:])  # after the fork: not in the child's copy
     index.remove([0, 1])
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert asyncio.run(child_exit_code(pid)) == 0
     saved = VectorIndex.restore(path, dimension=16, dtype="i8", view=True)
     assert saved is not None
     assert sorted(saved.keys().tolist()) == list(range(200))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_a_sweep_finds_the_keys_no_search_reaches_and_inserting_them_again_repai
     assert lost  # the precondition: removals left live keys that their own vector does not find
     child = index.sweep_in_child()
     assert child is not None
-    sweep = child.collect()
+    sweep = asyncio.run(child.result())
     assert sweep.checked == _LIVE
     # The stored vectors (in the index's dtype) search as their float32 originals do.
     assert sorted(sweep.unreachable.tolist()) == lost
@@ -73,7 +74,7 @@ def test_a_sweep_reports_at_most_its_bound() -> None:
     index, live, vectors = _churned("i8")
     child = index.sweep_in_child(max_unreachable=3)
     assert child is not None
-    sweep = child.collect()
+    sweep = asyncio.run(child.result())
     assert sweep.unreachable.size == 3
     assert set(sweep.unreachable.tolist()) <= set(_unreachable(index, live, vectors))
     assert sweep.checked < _LIVE  # it stopped there
@@ -95,7 +96,7 @@ def test_a_view_is_swept_in_its_file_and_repaired_in_its_overlay(tmp_path: Path)
     child = view.sweep_in_child()
     assert child is not None
     view.remove([lost_now[0]])  # removed after the fork: the child reports it; its owner skips it
-    sweep = child.collect()
+    sweep = asyncio.run(child.result())
     assert sweep.checked == kept.size
     assert sorted(sweep.unreachable.tolist()) == lost_now
     again = np.array([key for key in sweep.unreachable.tolist() if key in view])
