@@ -188,12 +188,16 @@ export enum EventType {
   /**
    * EVENT_TYPE_CACHE_HIT - LookupCache answered from a tier. Attributes: "are.cache.namespace",
    * "are.cache.tier", "are.cache.entry_id", "are.cache.similarity",
-   * "are.cache.saved_tokens", "are.cache.saved_cost_micro_usd".
+   * "are.cache.saved_tokens", "are.cache.saved_cost_micro_usd". A lookup
+   * changes nothing, so its event is not committed before the answer: lookup
+   * events commit with the cache's counters, once a second, each with the
+   * time of its lookup. Streams and ListEvents see one up to a second after
+   * the answer, and a crash loses those not yet committed.
    */
   EVENT_TYPE_CACHE_HIT = 60,
   /**
    * EVENT_TYPE_CACHE_MISS - LookupCache found nothing. Attributes: "are.cache.namespace",
-   * "are.cache.best_similarity".
+   * "are.cache.best_similarity". Committed as CACHE_HIT is.
    */
   EVENT_TYPE_CACHE_MISS = 61,
   /**
@@ -234,7 +238,11 @@ export enum EventType {
    * EVENT_TYPE_ROUTE_DECIDED - RouteTask ranked agents. Attributes: "are.route.mode",
    * "are.route.agent_id" (the top one), "are.route.similarity",
    * "are.route.candidate_count", "are.route.threshold", "are.route.routed"
-   * (false when nothing cleared the threshold).
+   * (false when nothing cleared the threshold). A route changes nothing, so
+   * its event is not committed before the answer: route events commit in
+   * groups, once a second or 1,024 at a time, each with the time of its
+   * decision. Streams and ListEvents see one up to a second after the
+   * answer, and a crash loses those not yet committed.
    */
   EVENT_TYPE_ROUTE_DECIDED = 70,
   /**
