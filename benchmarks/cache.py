@@ -352,6 +352,7 @@ def _gptcache_open(
     from gptcache.processor.pre import get_prompt  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
     from gptcache.similarity_evaluation import SearchDistanceEvaluation  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
 
+    # GPTCache is an optional peer, untyped when installed: its class is Any to mypy.
     class IntLabels(Hnswlib):  # type: ignore[misc,unused-ignore]
         """GPTCache's hnswlib store, searching with ef 64 and returning ``int`` labels.
 

@@ -38,7 +38,7 @@ import functools
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 import msgspec
@@ -77,6 +77,7 @@ def _otlp_receiver() -> Iterator[int]:
             return trace_service_pb2.ExportTraceServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    # opentelemetry-proto's generated grpc helper has no annotations.
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -101,15 +102,23 @@ def traced_sidecar(*, otlp: bool = False, relaxed: bool = True) -> Iterator[str]
         yield sidecar.target
 
 
+class _TaskIds(TypedDict):
+    """The ids one attempt's events share, typed so that ``**`` passes them to EventDraft."""
+
+    workflow_id: str
+    task_id: str
+    attempt: int
+
+
 def _drafts(spans: bool) -> bytes:
     from are_core.trace import EventDraft  # noqa: PLC0415 - the sidecar's own package
 
     if spans:
         drafts = []
         for index in range(BATCH // 2):
-            task = {"workflow_id": "bench", "task_id": f"t{index}", "attempt": 1}
-            drafts.append(EventDraft(event_type="TASK_DISPATCHED", worker_id="w", **task))  # type: ignore[arg-type]
-            drafts.append(EventDraft(event_type="TASK_COMPLETED", task_state="COMPLETED", **task))  # type: ignore[arg-type]
+            task: _TaskIds = {"workflow_id": "bench", "task_id": f"t{index}", "attempt": 1}
+            drafts.append(EventDraft(event_type="TASK_DISPATCHED", worker_id="w", **task))
+            drafts.append(EventDraft(event_type="TASK_COMPLETED", task_state="COMPLETED", **task))
     else:
         drafts = [
             EventDraft(event_type="WORKER_CUSTOM", workflow_id="bench", task_id=f"t{i}", name="bench")

@@ -142,7 +142,7 @@ class CacheCapability(Capability):
         await self.engine.stop()
 
 
-class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignore[misc]
+class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignore[misc]  # the generated base class is Any to mypy (are_sdk._proto is not checked)
     """Translates CacheService calls to the cache engine."""
 
     def __init__(self, engine: CacheEngine) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal
 
 import click
 import yaml
@@ -49,7 +49,6 @@ from are_sdk._proto.are.v1 import (
 
 __all__ = ["register_client_commands"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 _MAX_ROWS = 1000  # cards `are agents` prints at most
 _PIPED_MAX_WIDTH = 1000  # columns a table printed to a pipe or file may take
 _TERMINAL_WORKFLOW_EVENTS = frozenset(
@@ -113,7 +112,7 @@ class _Settings:
         self.connect_timeout = connect_timeout
 
 
-def _client_command(function: _F) -> _F:
+def _client_command(function: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
     """Adds the connection options and runs the async body with a connected client."""
 
     @click.option(
@@ -136,7 +135,7 @@ def _client_command(function: _F) -> _F:
             code = 130
         raise SystemExit(code)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 async def _run(settings: _Settings, body: Callable[[Client], Awaitable[int | None]]) -> int:
@@ -710,11 +709,18 @@ async def agents(client: Client, *, capability: str, available: bool) -> int:
 @click.option("--threshold", type=float, default=None, help="Similarity an agent must reach.")
 @click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Agents shown.")
 @_client_command
-async def route(client: Client, *, task: str, mode: str | None, threshold: float | None, top_k: int) -> int:
+async def route(
+    client: Client,
+    *,
+    task: str,
+    mode: Literal["cost_biased", "best_match"] | None,
+    threshold: float | None,
+    top_k: int,
+) -> int:
     """Show which agents a task described by TASK would go to, and why (nothing is dispatched)."""
     result = await client.router.route_task(
         task,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         threshold=threshold,
         top_k=top_k,
         include_below_threshold=True,

@@ -23,7 +23,7 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 _log = logging.getLogger("are.auth")
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (see the mypy overrides)
     """Refuses every call (but health checks) that lacks the configured token."""
 
     def __init__(self, token: str) -> None:

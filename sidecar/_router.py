@@ -246,7 +246,7 @@ class InvalidFieldError(Exception):
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
+class RouterServicer(router_service_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]  # the generated base class is Any to mypy (are_sdk._proto is not checked)
     """Translates RouterService calls to the engine; validation and error mapping only."""
 
     def __init__(self, engine: Router) -> None:

@@ -163,7 +163,7 @@ def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest
     return labels
 
 
-class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  # type: ignore[misc]
+class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  # type: ignore[misc]  # the generated base class is Any to mypy (are_sdk._proto is not checked)
     """Translates SchedulerService calls to the scheduler engine."""
 
     def __init__(self, engine: Scheduler, wiring: Wiring) -> None:

@@ -912,6 +912,7 @@ def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.
         out.failure.CopyFrom(failure_to_proto(rec.failure))
     approval = rec.approval
     if approval is not None:
+        # protoc's stubs type EnumTypeWrapper.Value() as int, not as the enum.
         out.approval.decision = task_pb2.ApprovalDecision.Value(  # type: ignore[assignment]
             "APPROVAL_DECISION_" + (approval.decision or "UNSPECIFIED")
         )

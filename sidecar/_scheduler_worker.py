@@ -307,22 +307,29 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
 
 
 def _ack(
-    item: Any, subject: int, *, accepted: bool, reason: str = "", message: str = "", will_retry: bool = False
+    item: Any,
+    subject: pb.AckSubject,
+    *,
+    accepted: bool,
+    reason: str = "",
+    message: str = "",
+    will_retry: bool = False,
 ) -> pb.TaskAck:
     """One item's ack; it echoes at most 128 characters of each id, so acks stay small whatever was sent."""
     return pb.TaskAck(
         workflow_id=item.workflow_id[:_ACK_ID_CHARS],
         task_id=item.task_id[:_ACK_ID_CHARS],
         attempt=item.attempt,
-        subject=subject,  # type: ignore[arg-type]
+        subject=subject,
         accepted=accepted,
+        # Both are ErrorReason numbers, typed int: protoc's stubs have EnumTypeWrapper.Value() return int.
         reason=error_reason_value(reason) if reason else 0,  # type: ignore[arg-type]
         message=message[:_ACK_MESSAGE_CHARS],
         will_retry=will_retry,
     )
 
 
-def _refusal(item: Any, subject: int, error: SchedulerError) -> pb.TaskAck:
+def _refusal(item: Any, subject: pb.AckSubject, error: SchedulerError) -> pb.TaskAck:
     return _ack(item, subject, accepted=False, reason=error.reason, message=str(error))
 
 
@@ -427,6 +434,7 @@ class _Stream:
         durable.add_done_callback(done)
 
 
+# The generated base class is Any to mypy: are_sdk._proto is skipped (see the mypy overrides).
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ignore[misc]
     """Translates WorkerService calls to the scheduler engine."""
 

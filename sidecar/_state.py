@@ -445,7 +445,7 @@ def _memory_embedder(spec: str) -> Embedder | None:
         return None
 
 
-class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignore[misc]
+class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignore[misc]  # the generated base class is Any to mypy (are_sdk._proto is not checked)
     """Translates StateService calls to the state engine."""
 
     def __init__(self, capability: StateCapability) -> None:

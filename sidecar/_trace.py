@@ -207,6 +207,7 @@ def _already_serialized(data: bytes) -> bytes:
     return data
 
 
+# The generated base class is Any to mypy: are_sdk._proto is skipped (see the mypy overrides).
 class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
     """Translates TraceService calls to the :class:`EventRecorder`."""
 
@@ -480,7 +481,7 @@ def _test_hook(runtime: Runtime, recorder: EventRecorder) -> grpc.GenericRpcHand
     return _HookHandler({TEST_HOOK_METHOD: handler})
 
 
-class _HookHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+class _HookHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped (see the mypy overrides)
     def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self._handlers = handlers
 

@@ -35,7 +35,7 @@ def unimplemented_handler(services: Iterable[ServiceDescriptor], version: str) -
     return _Generic(handlers)
 
 
-class _Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
+class _Generic(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped (see the mypy overrides)
     def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self._handlers = handlers
 

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 import pytest
@@ -77,6 +77,8 @@ if TYPE_CHECKING:
 AnyDescriptor: TypeAlias = "Descriptor | _upb.Descriptor"
 AnyFieldDescriptor: TypeAlias = "FieldDescriptor | _upb.FieldDescriptor"
 AnyEnumDescriptor: TypeAlias = "EnumDescriptor | _upb.EnumDescriptor"
+
+_Resource = TypeVar("_Resource")  # what a World resource's make() returns
 
 SEED = int(os.environ.get("ARE_FUZZ_SEED", "20250611"))
 COUNT = int(os.environ.get("ARE_FUZZ_COUNT", "1000"))
@@ -332,11 +334,11 @@ class World:
 
     # -- resources, made again after a call used them up
 
-    def resource(self, name: str, make: Callable[[], Any]) -> Any:
+    def resource(self, name: str, make: Callable[[], _Resource]) -> _Resource:
         """The current resource ``name``, made by ``make`` when there is none."""
         if name not in self._resources:
             self._resources[name] = make()
-        return self._resources[name]
+        return self._resources[name]  # type: ignore[no-any-return]  # a name always comes from one make()
 
     def drop(self, name: str) -> None:
         """Forgets a resource that a successful call used up."""
@@ -358,7 +360,7 @@ class World:
             )
             return workflow_id, "hold", self.poll_one(capability)
 
-        return self.resource(name, make)  # type: ignore[no-any-return]
+        return self.resource(name, make)
 
     def running(self, name: str) -> str:
         """A running workflow whose one task waits for nobody."""
@@ -368,7 +370,7 @@ class World:
             self.submit(workflow_id, [task_pb2.TaskSpec(task_id="wait", capability=NOBODY)])
             return workflow_id
 
-        return self.resource(name, make)  # type: ignore[no-any-return]
+        return self.resource(name, make)
 
     def approval(self) -> str:
         """A workflow whose task ``gate`` awaits approval."""
@@ -386,7 +388,7 @@ class World:
                 time.sleep(0.01)
             raise AssertionError("the gate never opened")
 
-        return self.resource("approval", make)  # type: ignore[no-any-return]
+        return self.resource("approval", make)
 
     def closed(self) -> str:
         """A cancelled workflow."""
@@ -399,7 +401,7 @@ class World:
             )
             return workflow_id
 
-        return self.resource("closed", make)  # type: ignore[no-any-return]
+        return self.resource("closed", make)
 
     def poll_capability(self) -> str:
         """A capability with ready tasks for PollTask."""
@@ -429,7 +431,7 @@ class World:
             request = router_service_pb2.RouteModelRequest(prompt="summarise this contract")
             return str(self.router.RouteModel(request, timeout=CALL_TIMEOUT_S).route_id)
 
-        return self.resource("route", make)  # type: ignore[no-any-return]
+        return self.resource("route", make)
 
     def cache_entry(self) -> str:
         """An entry of the namespace InvalidateCache removes from."""
@@ -440,7 +442,7 @@ class World:
             )
             return str(self.cache.StoreCache(request, timeout=CALL_TIMEOUT_S).entry_id)
 
-        return self.resource("entry", make)  # type: ignore[no-any-return]
+        return self.resource("entry", make)
 
     def agent(self) -> str:
         """A registered agent for DeregisterAgent."""
@@ -455,7 +457,7 @@ class World:
             )
             return agent_id
 
-        return self.resource("agent", make)  # type: ignore[no-any-return]
+        return self.resource("agent", make)
 
     # -- observation
 

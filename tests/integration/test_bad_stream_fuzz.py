@@ -326,13 +326,13 @@ def _heartbeat(held: tuple[str, str, int]) -> W.TaskHeartbeat:
     )
 
 
-def _event(held: tuple[str, str, int], kind: int) -> event_pb2.ReportedEvent:
+def _event(held: tuple[str, str, int], kind: event_pb2.EventType) -> event_pb2.ReportedEvent:
     workflow_id, task_id, attempt = held
     return event_pb2.ReportedEvent(
         workflow_id=workflow_id,
         task_id=task_id,
         attempt=attempt,
-        event_type=kind,  # type: ignore[arg-type]
+        event_type=kind,
         name="fz-call",
         usage=_usage(),
         duration=_duration(1.5),
@@ -755,9 +755,10 @@ SERVER_STREAMS = (
 )
 
 
-def _open_server_stream(world: World, rpc: Rpc, request: Message) -> Iterator[Any]:
+def _open_server_stream(world: World, rpc: Rpc, request: Message) -> Any:
+    """The open call: grpc's (untyped) stream that yields the responses and can be cancelled."""
     stub = world.scheduler if rpc.service == "scheduler" else world.trace
-    return getattr(stub, rpc.method)(request, timeout=rpc.timeout)  # type: ignore[no-any-return]
+    return getattr(stub, rpc.method)(request, timeout=rpc.timeout)
 
 
 def run_server_stream_fuzz(world: World, seed: int, count: int, seconds: float) -> StreamReport:
@@ -789,7 +790,7 @@ def run_server_stream_fuzz(world: World, seed: int, count: int, seconds: float) 
             if i < len(SERVER_STREAMS):
                 report.problems.append(f"{where}: the valid request failed: {error.code().name}")
         finally:
-            call.cancel()  # type: ignore[attr-defined]
+            call.cancel()
     return report
 
 

@@ -148,6 +148,7 @@ async def test_namespaces_put_list_and_errors(client: Client) -> None:
         ({"recall_target": float("nan")}, "namespace.recall_target"),
     ]:
         with pytest.raises(InvalidArgumentError) as invalid:
+            # Each row's keywords have put_namespace's types; mypy joins the rows' dicts to object.
             await client.cache.put_namespace(f"{base}.c", **kwargs)  # type: ignore[arg-type]
         _check(invalid.value, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", field)
     with pytest.raises(InvalidArgumentError) as invalid:

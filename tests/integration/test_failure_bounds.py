@@ -300,7 +300,7 @@ async def test_an_unknown_kind_is_still_refused_at_any_depth(client: Client) -> 
     workflow_id = await submit(client, task("a", cap, retry_policy=ONCE))
     a = await poll_one(client, cap)
     failure = _chain(10)
-    _levels(failure)[10].kind = 99  # type: ignore[assignment]
+    _levels(failure)[10].kind = 99  # type: ignore[assignment]  # no such FailureKind, on purpose
     await expect_error(
         client.raw.worker.FailTask(
             w.FailTaskRequest(

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,9 @@ RESULT_TIMEOUT = 30.0
 NOTICE_WITHIN = 20.0
 
 
-async def _until(condition: object, timeout: float) -> None:
+async def _until(condition: Callable[[], bool], timeout: float) -> None:
     async with asyncio.timeout(timeout):
-        while not condition():  # type: ignore[operator]
+        while not condition():
             await asyncio.sleep(0.1)
 
 

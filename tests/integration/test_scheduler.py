@@ -525,7 +525,7 @@ async def test_a_fan_out_is_assigned_in_batches(client: Client) -> None:
             held.extend(assignments)
             await original(assignments)
 
-        worker._handle = record  # type: ignore[method-assign]
+        worker._handle = record  # type: ignore[method-assign]  # this worker's only: counts each batch
         workflow_id = await submit(
             client, task("root", cap), *[task(f"leaf{i}", cap, "root") for i in range(50)]
         )
@@ -998,10 +998,13 @@ async def test_unknown_enum_numbers_are_invalid_argument_naming_the_field(client
     cap = unique_capability("enums")
     workflow_id = await submit(client, task("a", cap), task("gate", cap, requires_approval=True))
     calls = [
+        # 999 is no WorkflowState, on purpose.
         (sched.ListWorkflows(s.ListWorkflowsRequest(states=[wf.WORKFLOW_STATE_RUNNING, 999])), "states[1]"),  # type: ignore[list-item]
+        # -1 is no TaskState, on purpose.
         (sched.ListTasks(s.ListTasksRequest(workflow_id=workflow_id, states=[-1])), "states[0]"),  # type: ignore[list-item]
         (
             sched.ResolveApproval(
+                # 999 is no ApprovalDecision, on purpose.
                 s.ResolveApprovalRequest(workflow_id=workflow_id, task_id="gate", decision=999)  # type: ignore[arg-type]
             ),
             "decision",
@@ -1011,6 +1014,7 @@ async def test_unknown_enum_numbers_are_invalid_argument_naming_the_field(client
             submit(
                 client,
                 task("a"),
+                # 999 is no ComparisonOperator, on purpose.
                 task("b", "echo", "a", conditions=[t.Condition(task_id="a", pointer="/x", operator=999)]),  # type: ignore[arg-type]
             ),
             "spec.tasks[1].conditions[0].operator",
@@ -1022,7 +1026,7 @@ async def test_unknown_enum_numbers_are_invalid_argument_naming_the_field(client
                         workflow_id=workflow_id,
                         task_id="a",
                         attempt=1,
-                        failure=c.Failure(kind=999),  # type: ignore[arg-type]
+                        failure=c.Failure(kind=999),  # type: ignore[arg-type]  # an unknown kind, on purpose
                     )
                 )
             ),
@@ -1035,16 +1039,17 @@ async def test_unknown_enum_numbers_are_invalid_argument_naming_the_field(client
                         workflow_id=workflow_id,
                         task_id="a",
                         attempt=1,
-                        failure=c.Failure(timeout_type=-1),  # type: ignore[arg-type]
+                        failure=c.Failure(timeout_type=-1),  # type: ignore[arg-type]  # unknown, on purpose
                     )
                 )
             ),
             "failure.failure.timeout_type",
         ),
+        # -1 is no FailureKind, on purpose.
         (worker.ReportEvents(_reported(workflow_id, failure=c.Failure(kind=-1))), "events[0].failure.kind"),  # type: ignore[arg-type]
     ]
     bad_type = _reported(workflow_id)
-    bad_type.events[0].event_type = 999  # type: ignore[assignment]
+    bad_type.events[0].event_type = 999  # type: ignore[assignment]  # no such EventType, on purpose
     calls.append((worker.ReportEvents(bad_type), "events[0].event_type"))
     for call, field in calls:
         await expect_error(call, InvalidArgumentError, "INVALID_ARGUMENT", field)

@@ -274,7 +274,7 @@ async def test_a_cost_budget_fails_the_workflow_and_cancels_running_tasks(client
                 else:
                     await original([a])
 
-        worker._handle = costly  # type: ignore[method-assign]
+        worker._handle = costly  # type: ignore[method-assign]  # this worker's only: one task reports a cost
         workflow_id = await submit(
             client,
             task("slow", cap),

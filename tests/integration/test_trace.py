@@ -147,6 +147,7 @@ async def test_invalid_list_requests_name_the_field(
     trace_client: Client, request_fields: dict[str, object], field: str, reason: str
 ) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
+        # The rows hold fields of the right types (bad values only); a dict[str, object] hides that.
         await trace_client.raw.trace.ListEvents(trace_service_pb2.ListEventsRequest(**request_fields))  # type: ignore[arg-type]
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.reason == reason

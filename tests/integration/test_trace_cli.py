@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from are_core.trace import EventDraft, EventUsage
-from are_sdk import AgentCard, Client, TaskContext, Worker
+from are_sdk import AgentCard, Client, TaskContext, TaskInfo, Worker
 from are_sdk.testing import SidecarProcess
 from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
 from sidecar.cli import main
@@ -170,7 +170,7 @@ async def test_submit_wait_approve_status_and_trace_with_a_real_worker(
 
         async with worker:
             submitting = asyncio.create_task(_are_async(traced.target, "submit", str(spec), "--wait"))
-            gates: list[object] = []
+            gates: list[TaskInfo] = []
             for _ in range(600):  # bounded: until the approval gate opens
                 gates = list(await client.workflows.list_approvals())
                 if gates or submitting.done():
@@ -178,7 +178,7 @@ async def test_submit_wait_approve_status_and_trace_with_a_real_worker(
                 await asyncio.sleep(0.05)
             assert gates, "the approval gate never opened"
             gate = gates[0]
-            workflow_id = gate.workflow_id  # type: ignore[attr-defined]
+            workflow_id = gate.workflow_id
             code, stdout, stderr = await _are_async(traced.target, "status", workflow_id)
             assert code == 0, stderr
             assert "draft COMPLETED" in stdout

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 import msgspec
@@ -90,22 +90,29 @@ def attributes(span: trace_pb2.Span) -> dict[str, object]:
     return out
 
 
+class _TaskIds(TypedDict):
+    """The ids every event of the one task carries, typed so that ``**`` passes them to EventDraft."""
+
+    workflow_id: str
+    task_id: str
+
+
 def workflow_events(wf: str) -> list[list[EventDraft]]:
     """A workflow whose task fails once, retries, calls an LLM and a tool, and completes."""
-    task = {"workflow_id": wf, "task_id": "answer"}
+    task: _TaskIds = {"workflow_id": wf, "task_id": "answer"}
     return [
         [EventDraft(event_type="WORKFLOW_SUBMITTED", workflow_id=wf, attributes={"are.workflow.name": "qa"})],
-        [EventDraft(event_type="TASK_DISPATCHED", attempt=1, worker_id="w1", **task)],  # type: ignore[arg-type]
+        [EventDraft(event_type="TASK_DISPATCHED", attempt=1, worker_id="w1", **task)],
         [
             EventDraft(
                 event_type="TASK_ATTEMPT_FAILED",
                 attempt=1,
                 task_state="BACKING_OFF",
                 failure=FailureInfo(message="rate limited", type="RateLimitError"),
-                **task,  # type: ignore[arg-type]
+                **task,
             )
         ],
-        [EventDraft(event_type="TASK_DISPATCHED", attempt=2, worker_id="w1", **task)],  # type: ignore[arg-type]
+        [EventDraft(event_type="TASK_DISPATCHED", attempt=2, worker_id="w1", **task)],
         [
             EventDraft(
                 event_type="LLM_CALL",
@@ -114,11 +121,11 @@ def workflow_events(wf: str) -> list[list[EventDraft]]:
                 duration_ns=2_000_000,
                 usage=EventUsage(input_tokens=100, output_tokens=25, cost_micro_usd=40),
                 attributes={"gen_ai.system": "openai"},
-                **task,  # type: ignore[arg-type]
+                **task,
             ),
-            EventDraft(event_type="TOOL_CALL", attempt=2, name="calculator", duration_ns=1_000_000, **task),  # type: ignore[arg-type]
+            EventDraft(event_type="TOOL_CALL", attempt=2, name="calculator", duration_ns=1_000_000, **task),
         ],
-        [EventDraft(event_type="TASK_COMPLETED", attempt=2, task_state="COMPLETED", **task)],  # type: ignore[arg-type]
+        [EventDraft(event_type="TASK_COMPLETED", attempt=2, task_state="COMPLETED", **task)],
         [EventDraft(event_type="WORKFLOW_COMPLETED", workflow_id=wf, workflow_state="COMPLETED")],
     ]
 
@@ -147,6 +154,7 @@ async def test_spans_reach_a_real_otlp_receiver(receiver: tuple[Receiver, int]) 
     assert root.parent_span_id == b""
     assert root.status.code == trace_pb2.Status.STATUS_CODE_OK
 
+    # attributes() types values as object; are.attempt is an int_value, so the attempts sort as ints.
     attempts = sorted(by_name["task answer"], key=lambda s: attributes(s)["are.attempt"])  # type: ignore[arg-type,return-value]
     assert [int.from_bytes(s.span_id, "big") for s in attempts] == [
         attempt_span_id(wf, "answer", 1),

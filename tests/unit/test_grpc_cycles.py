@@ -21,7 +21,7 @@ _SERVICE = "probe.Echo"
 _CALLS = 200
 
 
-class _Refuse(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _Refuse(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (see the mypy overrides)
     """Refuses the "Refused" method before its handler runs; passes the others on."""
 
     def __init__(self) -> None:

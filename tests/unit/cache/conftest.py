@@ -64,7 +64,7 @@ class Harness:
             events=self.sink,
             clock=self.clock,
             flush_interval=3600,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,  # type: ignore[arg-type]  # CacheEngine's own keywords, passed through untyped
         )
         await self.engine.start()
         return self.engine

@@ -49,6 +49,7 @@ async def test_a_kept_body_never_answers_for_a_removed_or_replaced_entry(harness
         return None if hit is None else hit.response
 
     async def warm(prompt: str, response: bytes, **kwargs: object) -> str:
+        # kwargs are store()'s own keywords, passed through untyped.
         stored = await e.store("h", prompt=prompt, response=response, **kwargs)  # type: ignore[arg-type]
         assert await answer(prompt) == response  # read once from LMDB, now kept in memory
         assert await answer(prompt) == response  # answered from memory

@@ -202,7 +202,7 @@ async def test_stopping_during_a_sweep_kills_and_reaps_its_child(
 
     def slow(*args: object) -> object:  # in the child: a sweep still running when the stop comes
         time.sleep(30)
-        return sweep(*args)  # type: ignore[arg-type]
+        return sweep(*args)  # type: ignore[arg-type]  # _sweep's own arguments, passed on as they came
 
     monkeypatch.setattr(index_module, "_sweep", slow)
     task = e.repair_due()

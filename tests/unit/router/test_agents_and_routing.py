@@ -163,8 +163,9 @@ async def test_worker_cards_follow_their_workers(router: Router) -> None:
     assert router.route_for_intent("write").agent_id == "writer"
     # Disconnected: unavailable at once, then gone.
     router.update_worker("w1", name="writer", capabilities=("write",), available=False)
-    assert router.get_agent("writer") is not None
-    assert not router.get_agent("writer").available  # type: ignore[union-attr]
+    view = router.get_agent("writer")
+    assert view is not None
+    assert not view.available
     with pytest.raises(NoRouteError):
         router.route_for_intent("write")
     result = router.rank(RouteQuery(text="write", include_unavailable=True))

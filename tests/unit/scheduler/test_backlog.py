@@ -19,6 +19,7 @@ from are_core.storage import GroupCommitter, Storage
 
 
 def spec(task_id: str, *deps: str, **fields: object) -> TaskSpec:
+    # fields are TaskSpec's own keywords, passed through from each test untyped.
     return TaskSpec(task_id=task_id, capability="cap", depends_on=deps, pool="p", **fields)  # type: ignore[arg-type]
 
 

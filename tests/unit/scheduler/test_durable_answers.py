@@ -119,8 +119,10 @@ async def test_a_deduplicated_spawn_is_answered_once_the_first_is_durable(
         "request_id": "s1",
         "request_hash": "h",
     }
+    # spawn holds spawn()'s keywords, each of the right type; mypy widens the dict's values to object.
     first = asyncio.create_task(engine.spawn(record.workflow_id, kids, **spawn))  # type: ignore[arg-type]
     await _turns()
+    # The same keywords as above, widened to object by mypy the same way.
     second = asyncio.create_task(engine.spawn(record.workflow_id, kids, **spawn))  # type: ignore[arg-type]
     await _turns()
     assert not first.done()

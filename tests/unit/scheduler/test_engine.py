@@ -33,6 +33,7 @@ from are_core.storage import Durability, GroupCommitter, Storage
 
 
 def spec(task_id: str, *deps: str, capability: str = "cap", **fields: object) -> TaskSpec:
+    # fields are TaskSpec's own keywords, passed through from each test untyped.
     return TaskSpec(task_id=task_id, capability=capability, depends_on=deps, **fields)  # type: ignore[arg-type]
 
 

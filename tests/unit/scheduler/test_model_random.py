@@ -126,6 +126,7 @@ def holds(condition: Condition, output: bytes | None) -> bool:
     if op == "NOT_EQUAL":
         return not (found == value and type(found) is type(value))
     if op == "GREATER_THAN":
+        # The model draws GREATER_THAN only with an int value (see random_conditions).
         return isinstance(found, int) and not isinstance(found, bool) and found > value  # type: ignore[operator]
     if op == "TRUTHY":
         return found not in (None, False, 0, "", [], {})

@@ -56,6 +56,7 @@ def _chain(prefix: str, n: int) -> tuple[TaskSpec, ...]:
 
 
 def _workflow(wf_id: str, n: int, **fields: object) -> WorkflowSpec:
+    # fields are WorkflowSpec's own keywords, passed through from each test untyped.
     return WorkflowSpec(workflow_id=wf_id, tasks=_chain("t", n), **fields)  # type: ignore[arg-type]
 
 

@@ -75,6 +75,7 @@ def test_failed_workflow_raises_with_its_failure() -> None:
 
 
 def test_unknown_enum_values_do_not_break_decoding() -> None:
+    # 99 is no WorkflowState, on purpose: a number only a newer sidecar would send.
     description = WorkflowDescription.from_proto(workflow_pb2.Workflow(workflow_id="w", state=99))  # type: ignore[arg-type]
     assert description.state is WorkflowState.UNSPECIFIED
     assert not description.closed

@@ -38,6 +38,7 @@ class _Failed(grpc.RpcError):  # type: ignore[misc]  # grpc is untyped here (see
 
 
 def _round_trip(code: grpc.StatusCode, message: str, **details: object) -> AreError:
+    # details are status_trailers' own keywords, passed through from each test untyped.
     return error_from_rpc(_Failed(code, message, status_trailers(code, message, **details)))  # type: ignore[arg-type]
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,8 @@ def value_for(n: int) -> bytes:
     return f"value-{n}-".encode() * 8
 
 
-def _pump(stream: object, lines: queue.Queue[str | None]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
+def _pump(stream: Iterable[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
         lines.put(line.strip())
     lines.put(None)
 

@@ -41,6 +41,7 @@ _HOLD_LOCK = textwrap.dedent(
 
 def _python(code: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # Popen's overloads cannot be matched with **kwargs of unknown keys; text=True makes it Popen[str].
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,

@@ -114,9 +114,9 @@ def test_bad_keys_and_values_are_rejected_when_building(storage: Storage) -> Non
     with pytest.raises(ValueError, match="key length 512"):
         batch.put("kv", b"k" * (storage.max_key_size + 1), b"v")
     with pytest.raises(TypeError, match="key must be bytes"):
-        batch.put("kv", "k", b"v")  # type: ignore[arg-type]
+        batch.put("kv", "k", b"v")  # type: ignore[arg-type]  # a str key on purpose: the check under test
     with pytest.raises(TypeError, match="value must be bytes"):
-        batch.put("kv", b"k", "v")  # type: ignore[arg-type]
+        batch.put("kv", b"k", "v")  # type: ignore[arg-type]  # a str value on purpose: the check under test
     buf = bytearray(b"abc")
     batch.put("kv", b"k", buf)
     buf[0] = ord("X")

@@ -25,6 +25,7 @@ class Harness:
         self.storage = storage
         self.committer = committer
         self.clock = clock
+        # options are EventRecorder's own keywords, passed through from each test untyped.
         self.recorder = EventRecorder(storage, committer, clock_ns=clock, **options)  # type: ignore[arg-type]
         self.recorder.recover()
 
@@ -54,6 +55,7 @@ def draft(
     kind: str = "TASK_SCHEDULED", workflow_id: str = "wf-1", task_id: str = "t1", **fields: object
 ) -> EventDraft:
     """A draft with sensible defaults."""
+    # fields are EventDraft's own keywords, passed through from each test untyped.
     return EventDraft(event_type=kind, workflow_id=workflow_id, task_id=task_id, **fields)  # type: ignore[arg-type]
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from are_core.storage import BatchTooLargeError, KeyExistsError
 from are_core.trace import (
+    Event,
     EventFilter,
     EventUsage,
     FailureInfo,
@@ -135,8 +137,8 @@ async def test_filters_by_workflow_task_type_worker_and_time(make_harness: MakeH
     def listed(event_filter: EventFilter) -> list[int]:
         return sequences(recorder.list_events(event_filter, limit=100).events)
 
-    def expected(predicate: object) -> list[int]:
-        return [e.sequence for e in events if predicate(e)]  # type: ignore[operator]
+    def expected(predicate: Callable[[Event], bool]) -> list[int]:
+        return [e.sequence for e in events if predicate(e)]
 
     assert listed(EventFilter(workflow_ids=frozenset({"wf-1"}))) == expected(
         lambda e: e.workflow_id == "wf-1"

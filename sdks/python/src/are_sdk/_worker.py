@@ -560,20 +560,26 @@ def _failure_from_exception(error: BaseException) -> Any:
     # The exceptions it was raised from ("raise ... from ..."), or while handling, as its causes
     # (common.proto keeps 8 levels); their tracebacks are in the stack trace already.
     below, seen = failure, {id(error)}
+    link = _raised_from(error)
     for _ in range(_MAX_CAUSES):
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)  # type: ignore[assignment]
-        if error is None or id(error) in seen:
+        if link is None or id(link) in seen:
             break
-        seen.add(id(error))
+        seen.add(id(link))
         below.cause.CopyFrom(
             common_pb2.Failure(
-                message=_valid_text(str(error)[:_MAX_MESSAGE]) or error.__class__.__name__,
-                type=error.__class__.__name__[:_MAX_TYPE],
+                message=_valid_text(str(link)[:_MAX_MESSAGE]) or link.__class__.__name__,
+                type=link.__class__.__name__[:_MAX_TYPE],
                 kind=common_pb2.FAILURE_KIND_APPLICATION,
             )
         )
         below = below.cause
+        link = _raised_from(link)
     return failure
+
+
+def _raised_from(error: BaseException) -> BaseException | None:
+    """The exception ``error`` was raised from, or while handling (unless suppressed), if any."""
+    return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 async def _load_blobs(ctx: TaskContext, client: Client) -> None:
