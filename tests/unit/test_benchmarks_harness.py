@@ -209,6 +209,7 @@ def test_every_discovered_module_is_a_suite() -> None:
     names = discover_suites()
     assert "go_client" not in names  # tools run on their own
     assert "cache_churn" not in names
+    assert "idle_gap" not in names
     assert [load_suite(name).name for name in names] == names
 
 
