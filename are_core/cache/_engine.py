@@ -185,6 +185,12 @@ _CHECKPOINT_RETRY_NS = 60 * 1_000_000_000
 # time); with 2,048, when it missed at most four (95%).
 _CALIBRATION_QUERIES = 2048
 _RECALIBRATE_NS = 3600 * 1_000_000_000
+# How long a calibration or sweep child may run. Both run at idle priority: on a
+# CPU kept busy they barely advance, while the pages that the engine changes
+# after the fork are copied for them (up to the whole index). Past this, the
+# child is killed; a calibration is made again after as many new lookups, a
+# sweep after _REPAIR_RETRY_NS. At 1M entries both take a few minutes of CPU.
+_CHILD_DEADLINE_S = 1800.0
 # A namespace's index is swept for entries no search reaches by their own
 # vector (in a forked child, see CacheEngine.repair_due) once this many of its
 # entries with vectors were removed or replaced since its last sweep (or a
@@ -231,6 +237,7 @@ class _State:
         "backlog_vectors",
         "calibrated_at",
         "calibrating",
+        "calibration_unfinished",
         "checkpoint_ns",
         "checkpoint_retry_ns",
         "committed_removals",
@@ -310,6 +317,10 @@ class _State:
         self.thresholds: np.ndarray[Any, np.dtype[np.float32]] | None = None
         self.queries_seen = 0
         self.calibrated_at = 0  # queries_seen when the last calibration began
+        # The last calibration ended without a result (it failed, ran past its
+        # deadline, or too few of its lookups could hit): not again before
+        # _CALIBRATION_QUERIES more lookups, else it would fork every flush.
+        self.calibration_unfinished = False
         self.calibrating: ChildSearch | None = None
         self.checkpoint_ns = now  # when it was last written, or loaded (engine clock)
         self.checkpoint_retry_ns = 0  # after a failed checkpoint: not before then
@@ -733,6 +744,11 @@ class CacheEngine:
             ):
                 continue
             entries = len(state.index)
+            if (
+                state.calibration_unfinished
+                and state.queries_seen - state.calibrated_at < _CALIBRATION_QUERIES
+            ):
+                continue
             last = state.stats.calibration
             if (
                 last is not None
@@ -764,8 +780,17 @@ class CacheEngine:
         self, state: _State, child: ChildSearch, thresholds: np.ndarray[Any, Any], entries: int
     ) -> None:
         name = state.namespace.name
+        state.calibration_unfinished = True  # until a result is in force
         try:
-            found = await child.result()
+            async with asyncio.timeout(_CHILD_DEADLINE_S):  # cancelled, the wait kills the child
+                found = await child.result()
+        except TimeoutError:
+            _log.warning(
+                f"cache: calibrating {name!r} did not end within {_CHILD_DEADLINE_S:g} s (its child runs "
+                f"at idle priority, and the CPU was kept busy); killed, made again after "
+                f"{_CALIBRATION_QUERIES:,} more lookups"
+            )
+            return
         except (VectorError, OSError, ValueError) as error:
             if not self._stopping:
                 _log.warning(f"cache: calibrating {name!r} failed: {error}")
@@ -785,9 +810,13 @@ class CacheEngine:
             time_ns=self._clock(),
         )
         if result is None:
-            _log.info(f"cache: too few of {name!r}'s last lookups could hit to calibrate; later")
+            _log.info(
+                f"cache: too few of {name!r}'s last lookups could hit to calibrate; "
+                f"again after {_CALIBRATION_QUERIES:,} more"
+            )
             return
         previous = state.index.expansion_search
+        state.calibration_unfinished = False
         state.stats.calibration = result
         state.stats_dirty = True
         state.namespace = _in_force(state.namespace, result)
@@ -879,10 +908,17 @@ class CacheEngine:
             while True:
                 passes += 1
                 try:
-                    found = await child.result()
-                except (VectorError, OSError, ValueError) as error:
+                    async with asyncio.timeout(_CHILD_DEADLINE_S):  # cancelled, the wait kills the child
+                        found = await child.result()
+                except (VectorError, OSError, ValueError, TimeoutError) as error:
                     if not self._stopping:
-                        _log.warning(f"cache: sweeping the index of {name!r} failed: {error}")
+                        failure = (
+                            f"did not end within {_CHILD_DEADLINE_S:g} s (its child runs at idle priority, "
+                            "and the CPU was kept busy)"
+                            if isinstance(error, TimeoutError)
+                            else f"failed: {error}"
+                        )
+                        _log.warning(f"cache: sweeping the index of {name!r} {failure}")
                         state.index_removals += removals if passes == 1 else 0  # due again, later
                         state.repair_retry_ns = self._clock() + _REPAIR_RETRY_NS
                     return

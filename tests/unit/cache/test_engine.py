@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import os
 import random
 import re
 import sys
+import time
 import unicodedata
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +33,7 @@ from are_core.cache._normalise import (
     is_blank,
 )
 from are_core.vector import LADDER, wilson_lower_bound
+from are_core.vector import _index as vector_index
 
 from .conftest import Harness, is_view
 
@@ -518,6 +522,89 @@ async def test_the_search_expansion_is_calibrated_on_the_namespaces_own_lookups(
     assert e.stats("cal")[0].search_expansion == 100
     await e.put_namespace(NamespaceSettings(name="cal"))
     assert e.stats("cal")[0].search_expansion == kept
+
+
+async def _due_for_calibration(e: CacheEngine, name: str, *, hitting: bool) -> np.ndarray:
+    """A namespace of 5,000 vectors after 2,100 semantic lookups: near its vectors, or far from all."""
+    vectors = _clustered(5000, 32, seed=3)
+    await e.put_namespace(NamespaceSettings(name=name, embedder="caller", dimension=32, vector_dtype="f16"))
+    await e.store_many(name, [f"p{i}" for i in range(5000)], [b"r"] * 5000, vectors=vectors)
+    await _look_up(e, name, vectors, 2100, hitting=hitting, seed=4)
+    return vectors
+
+
+async def _look_up(
+    e: CacheEngine, name: str, vectors: np.ndarray, count: int, *, hitting: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        if hitting:
+            query = vectors[i * 7 % len(vectors)] + 0.01 * rng.standard_normal(32).astype(np.float32)
+        else:  # no stored vector is near: such lookups cannot hit, whatever the expansion
+            query = rng.standard_normal(32).astype(np.float32)
+        await e.lookup(name, vector=query)
+
+
+async def _until_reaped(pid: int) -> None:
+    for _ in range(1000):  # 10 s at most
+        try:  # WNOWAIT: a zombie stays for the engine to reap
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"child {pid} was never reaped")
+
+
+async def test_a_calibration_that_ends_without_a_result_waits_for_as_many_new_lookups(
+    harness: Harness,
+) -> None:
+    e = harness.e
+    vectors = await _due_for_calibration(e, "far", hitting=False)
+    task = e.calibrate_due()
+    assert task is not None
+    await task
+    [stats] = e.stats("far")
+    assert stats.recall_samples == 0  # too few of its lookups could hit: nothing measured
+    # Not at the next flush again (a fork of the whole index every second): after as many new lookups.
+    assert e.calibrate_due() is None
+    await _look_up(e, "far", vectors, 2000, hitting=False, seed=5)
+    assert e.calibrate_due() is None
+    await _look_up(e, "far", vectors, 48, hitting=False, seed=6)
+    again = e.calibrate_due()
+    assert again is not None
+    await again
+
+
+async def test_a_calibration_child_past_its_deadline_is_killed_reaped_and_made_again_later(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = harness.e
+    vectors = await _due_for_calibration(e, "slow", hitting=True)
+    search = vector_index._compiled_search
+
+    def slow(*args: Any, **kwargs: Any) -> Any:  # in the child: starved, as on a CPU kept busy
+        time.sleep(30)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(vector_index, "_compiled_search", slow)  # no lookup runs while it is set
+    monkeypatch.setattr(cache_engine, "_CHILD_DEADLINE_S", 0.5)
+    task = e.calibrate_due()
+    assert task is not None
+    child = e._states["slow"].calibrating
+    assert child is not None
+    await asyncio.wait_for(task, timeout=15)  # at the deadline, not after the child's 30 s
+    await _until_reaped(child.pid)  # killed, and reaped in the background: no zombie left
+    assert "calibrating 'slow' did not end within 0.5 s" in caplog.text
+    [stats] = e.stats("slow")
+    assert not stats.calibrating
+    assert stats.recall_samples == 0
+    monkeypatch.undo()
+    assert e.calibrate_due() is None  # made again after as many new lookups
+    await _look_up(e, "slow", vectors, 2048, hitting=True, seed=7)
+    again = e.calibrate_due()
+    assert again is not None
+    await again
+    assert e.stats("slow")[0].recall_samples == 2048
 
 
 async def test_a_stop_cuts_a_checkpoint_short_and_no_half_written_file_stays(harness: Harness) -> None:

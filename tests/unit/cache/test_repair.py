@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 import numpy as np
 import pytest
 
+import are_core.cache._engine as cache_engine
 from are_core.cache import CacheEngine, NamespaceSettings
 from are_core.cache._engine import BODIES, VECTORS, _body_codec, _State
 from are_core.cache._normalise import entry_id_text
@@ -192,6 +193,45 @@ async def due_for_a_sweep(harness: Harness, name: str) -> CacheEngine:
     await e.store_many(name, [f"p{i}" for i in range(2200)], [b"r"] * 2200, vectors=rows)
     await e.invalidate(name, entry_ids=[entry_id_text(int(e._states[name].entries.ids()[0]))])
     return e
+
+
+async def test_a_sweep_child_past_its_deadline_is_killed_reaped_and_swept_again_later(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = await due_for_a_sweep(harness, "late")
+    sweep = index_module._sweep
+
+    def slow(*args: object) -> object:  # in the child: starved, as on a CPU kept busy
+        time.sleep(30)
+        return sweep(*args)  # type: ignore[arg-type]  # _sweep's own arguments, passed on as they came
+
+    monkeypatch.setattr(index_module, "_sweep", slow)
+    monkeypatch.setattr(cache_engine, "_CHILD_DEADLINE_S", 0.5)
+    task = e.repair_due()
+    assert task is not None
+    assert e._sweep is not None
+    pid = e._sweep.pid
+    await asyncio.wait_for(task, timeout=15)  # at the deadline, not after the child's 30 s
+    for _ in range(1000):  # reaped in the background (WNOWAIT: a zombie stays for the engine)
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the sweep child was never reaped")
+    assert "sweeping the index of 'late' did not end within 0.5 s" in caplog.text
+    state = e._states["late"]
+    assert not _sweeping(state)
+    assert state.index_removals >= 1  # still due
+    assert state.repair_retry_ns > harness.clock.now  # but not at once
+    assert e.repair_due() is None
+    monkeypatch.undo()
+    harness.clock.advance(61)
+    again = e.repair_due()
+    assert again is not None
+    await asyncio.wait_for(again, timeout=60)
+    assert state.index_removals == 0  # swept this time
 
 
 async def test_stopping_during_a_sweep_kills_and_reaps_its_child(

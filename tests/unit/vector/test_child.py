@@ -32,8 +32,9 @@ def _spawn(code: str) -> tuple[int, int]:
 
 
 def _reaped(pid: int) -> bool:
+    """Whether ``pid`` was reaped (WNOWAIT: a zombie stays for the code under test to reap)."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return True
     return False
