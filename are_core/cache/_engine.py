@@ -142,6 +142,10 @@ _SNAPSHOT_ROWS = 20_000
 # Recency (the LRU order) changes with every hit and is saved only with the
 # entry table: at most this often while lookups touch entries, and at stop.
 _RECENCY_SAVE_NS = 300 * 1_000_000_000
+# After a table save that failed (a full disk, say): not again before this long. Each
+# try exports every entry of the namespace on the event loop, so a flush a second
+# retrying would stall the loop once a second for as long as the disk stays full.
+_SNAPSHOT_RETRY_NS = 60 * 1_000_000_000
 _MAX_EXPANSION = 1024
 _BLOB_REFERRER = b"cache:"  # + an entry id: what a blob-backed entry's reference is filed under
 _FOLD_AT = 50_000  # overlay changes of a memory-mapped index before a private copy is loaded
@@ -270,6 +274,7 @@ class _State:
         "seq",
         "since",
         "snapshot_due",
+        "snapshot_retry_ns",
         "stats",
         "stats_dirty",
         "sweeping",
@@ -343,6 +348,7 @@ class _State:
         self.mark: SnapshotMark | None = None
         self.since: list[int] | None = None  # ids changed while a snapshot is being written
         self.snapshot_due = False
+        self.snapshot_retry_ns = 0  # after a table save that failed: not before then (engine clock)
         self.unsaved_changes = 0
         self.unsaved_rows = 0
         # Out of service (see CacheEngine._resync): why its last reload failed ("" before one
@@ -2752,10 +2758,13 @@ class CacheEngine:
         """Saves the entry tables that are due.
 
         Due: a namespace without one, whose journal grew past a bound, or
-        whose recency changed and was last saved over ``_RECENCY_SAVE_NS`` ago.
+        whose recency changed and was last saved over ``_RECENCY_SAVE_NS`` ago;
+        after a save that failed, not before ``_SNAPSHOT_RETRY_NS``.
         """
         now = self._clock()
         for state in list(self._states.values()):
+            if now < state.snapshot_retry_ns:
+                continue
             if (
                 state.snapshot_due
                 or state.unsaved_changes >= _SNAPSHOT_CHANGES
@@ -2812,6 +2821,7 @@ class CacheEngine:
             state.snapshot_due = False
             state.unsaved_changes -= changes
             state.unsaved_rows -= rows
+            state.snapshot_retry_ns = 0
             saved = True
         finally:
             state.since = None
@@ -2819,6 +2829,7 @@ class CacheEngine:
             if not saved:  # the recency exported is still unsaved
                 state.touched |= exported_touched
                 state.saved_ns = saved_ns
+                state.snapshot_retry_ns = self._clock() + _SNAPSHOT_RETRY_NS
         self._remove_tables(state.namespace, keep=path)
         await self._trim_journal(name, seq)
 

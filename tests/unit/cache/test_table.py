@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from are_core.cache import NamespaceSettings
+from are_core.cache import CacheEngine, NamespaceSettings
 from are_core.cache._model import EntryHead
 from are_core.cache._table import Entries, EntryTable
 
@@ -280,3 +281,37 @@ async def test_recency_is_saved_with_the_table_not_per_lookup(harness: Harness) 
 
 async def test_recency_saved_when_due_survives_a_crash(harness: Harness) -> None:
     assert await _touch_p0_then_store(harness, saved=True) == {"p0", "p2", "p3", "p4", "p5"}
+
+
+async def test_a_table_that_cannot_be_written_is_tried_again_a_minute_later_not_at_every_flush(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _fill(harness, 20)
+    e = harness.e
+    state = e._states[NS]
+    tries = 0
+
+    def full_disk(*args: object) -> EntryTable:
+        nonlocal tries
+        tries += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(CacheEngine, "_write_table", staticmethod(full_disk))
+    state.snapshot_due = True
+    with pytest.raises(OSError, match="No space left"):
+        await e.snapshot_due()  # the flush loop logs it
+    assert tries == 1
+    # Each try exports every entry on the event loop: not again at the next flushes.
+    for _ in range(3):
+        await e.snapshot_due()
+    harness.clock.advance(59)
+    await e.snapshot_due()
+    assert tries == 1
+    assert e._states[NS].snapshot_due  # still due (read so, mypy keeps no narrowing of state's flag)
+    monkeypatch.undo()
+    harness.clock.advance(2)
+    await e.snapshot_due()  # a minute later: tried again, and saved
+    assert not state.snapshot_due
+    assert state.mark is not None
+    assert state.snapshot_retry_ns == 0
+    await _check(harness, set(range(20)), set())
