@@ -71,6 +71,10 @@ _PRUNED_THROUGH = b"pruned_through"
 # producer that keeps an unsubmitted batch): after this long the watermark
 # passes it, with a warning.
 _PENDING_EXPIRY_NS = 120 * 1_000_000_000
+# After a retention pass failed, the next waits twice as long as the last, up
+# to this: a failure that persists (a full disk) costs a scan and a failed
+# commit a minute, not a second, and the log says so once per run of failures.
+_PRUNE_MAX_BACKOFF_S = 60.0
 _MAX_VISIBLE_WAITERS = 1024
 _PREFIX_CACHE = 4096  # encoded workflow-id key prefixes kept for record()
 _log = logging.getLogger("are.trace")
@@ -609,20 +613,26 @@ class EventRecorder:
                 # The usual case, checked once a second on the event loop:
                 # only the oldest event's age can make pruning due.
                 oldest = view.scan(EVENTS_TABLE, limit=1)
-                if not oldest or self._codec.decode(oldest[0][1]).event_time_unix_ns >= horizon_ns:
+                if not oldest or _time_of(self._codec, oldest[0][1]) >= horizon_ns:
                     return 0
             rows = view.scan(EVENTS_TABLE, limit=self.prune_batch)
             batch = self._storage.batch()
             dropped = 0
             last = 0
             for key, value in rows:
-                event = self._codec.decode(value)
-                if excess <= 0 and event.event_time_unix_ns >= horizon_ns:
+                try:
+                    event: Event | None = self._codec.decode(value)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    # A row no reader can decode either: it goes, as an expired
+                    # one would, or it would stop retention here for good (its
+                    # workflow's index row, if any, stays; readers skip it).
+                    event = None
+                if event is not None and excess <= 0 and event.event_time_unix_ns >= horizon_ns:
                     break
                 excess -= 1
-                last = event.sequence
+                last = parse_u64_key(key)
                 batch.delete(EVENTS_TABLE, key)
-                if _indexable(event.workflow_id):
+                if event is not None and _indexable(event.workflow_id):
                     batch.delete(BY_WORKFLOW_TABLE, join_key(event.workflow_id, event.sequence))
                 dropped += 1
         if not dropped:
@@ -635,16 +645,44 @@ class EventRecorder:
         return dropped
 
     async def _prune_loop(self) -> None:
+        """Expires pending events and prunes retention every ``prune_interval_s``, for the recorder's life.
+
+        No failure ends it (retention stopping would let events fill the disk):
+        a failed pass is logged, once per run of failures, and the passes
+        back off, doubling up to ``_PRUNE_MAX_BACKOFF_S``, until one succeeds.
+        """
+        failures = 0
         while True:
-            self.expire_pending()
+            delay = self.prune_interval_s
             try:
+                self.expire_pending()
                 # Several bounded batches in a row while far behind, yielding between them.
                 for _ in range(100):
                     if await self.prune_once() < self.prune_batch:
                         break
-            except StorageError as error:
-                _log.warning(f"event retention pruning failed, will retry: {error}")
-            await asyncio.sleep(self.prune_interval_s)
+            except Exception as error:  # noqa: BLE001 - retention must outlive any one failure
+                failures += 1
+                backoff = self.prune_interval_s * 2 ** min(failures, 16)
+                delay = min(backoff, max(_PRUNE_MAX_BACKOFF_S, self.prune_interval_s))
+                if failures == 1:
+                    _log.warning(
+                        f"event retention pruning failed ({type(error).__name__}: {error}); "
+                        "retrying with backoff, up to a minute apart",
+                        exc_info=not isinstance(error, StorageError),
+                    )
+            else:
+                if failures:
+                    _log.info(f"event retention pruning works again, after {failures} failed passes")
+                failures = 0
+            await asyncio.sleep(delay)
+
+
+def _time_of(codec: Codec[Event], value: bytes) -> int:
+    """An encoded event's time; 0 (long past) for a row that cannot be decoded, so pruning takes it."""
+    try:
+        return codec.decode(value).event_time_unix_ns
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return 0
 
 
 def _indexable(workflow_id: str) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
+import lmdb
 import pytest
 
-from are_core.storage import BatchTooLargeError, KeyExistsError
+from are_core.storage import BatchTooLargeError, KeyExistsError, u64_key
 from are_core.trace import (
     Event,
     EventFilter,
@@ -211,6 +213,59 @@ async def test_sequence_is_recovered_after_restart_and_never_reused(make_harness
     harness = make_harness()
     (event,) = await harness.emit(draft())
     assert event.sequence == 7
+
+
+async def test_an_undecodable_oldest_event_is_pruned_not_a_wall(make_harness: MakeHarness) -> None:
+    harness = make_harness(retention_count=3)
+    await harness.emit_many(5, lambda _: draft())
+    batch = harness.storage.batch()
+    batch.put("trace_events", u64_key(1), b"\xc1 not msgpack")  # 0xc1: never valid MessagePack
+    await harness.committer.submit(batch)
+    assert await harness.recorder.prune_once() == 2  # the bad row and the next, as by count
+    assert harness.recorder.pruned_through == 2
+    assert sequences(harness.recorder.list_events(EventFilter()).events) == [3, 4, 5]
+
+
+async def test_the_pruning_loop_outlives_any_failure_and_backs_off(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="are.trace")
+    harness = make_harness(retention_count=3, prune_interval_s=0.01)
+    recorder = harness.recorder
+    await harness.emit_many(5, lambda _: draft())
+    real_prune, real_sleep = recorder.prune_once, asyncio.sleep
+    delays: list[float] = []
+
+    async def failing() -> int:
+        raise lmdb.ReadersFullError("MDB_READERS_FULL")  # raw, as Storage.read() passes it
+
+    async def sleep(delay: float) -> None:  # the loop's waits are noted, and shortened to 1 ms
+        if asyncio.current_task() is recorder._pruner:
+            delays.append(delay)
+            delay = 0.001
+        await real_sleep(delay)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):  # 10 s at most
+            if condition():
+                return
+            await real_sleep(0.01)
+        raise AssertionError("never happened")
+
+    monkeypatch.setattr(recorder, "prune_once", failing)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    recorder.start_pruning()
+    await until(lambda: len(delays) >= 14)
+    # Doubling from the interval, up to a minute apart: not a pass per 10 ms.
+    assert delays[:14] == pytest.approx([0.01 * 2**n for n in range(1, 13)] + [60.0, 60.0])
+    assert caplog.text.count("event retention pruning failed") == 1  # once per run of failures
+    monkeypatch.setattr(recorder, "prune_once", real_prune)
+    failed = len(delays)
+    await until(lambda: recorder.pruned_through == 2)  # the loop lived on, and pruned once it could
+    await until(lambda: len(delays) > failed + 1)
+    assert delays[failed + 1] == 0.01  # back to the interval
+    assert "works again, after" in caplog.text
+    await close(harness)  # stops the loop; none of its failures is raised
 
 
 async def test_retention_prunes_by_count_and_age_in_bounded_batches(make_harness: MakeHarness) -> None:
