@@ -187,8 +187,8 @@ class RouterCapability(Capability):
                 for _ in range(1000):  # at most a million routes per sweep
                     if not await self.engine.sweep_routes():
                         break
-            except StorageError:
-                _log.exception("could not delete expired model routes")
+            except Exception:  # noqa: BLE001 - the next sweep retries; one failure must not end them all
+                _log.exception("could not delete expired model routes; the next sweep, in an hour, retries")
 
 
 def _load_embedder(spec: str) -> EmbedderLike | None:

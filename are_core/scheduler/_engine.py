@@ -150,7 +150,8 @@ _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
 # a turn of it costs a few milliseconds, however many tasks wait.
 _REROUTE_ENTRIES_PER_TURN = 1024
 _REROUTE_ROUTES_PER_TURN = 16
-_REROUTE_RETRY_S = 1.0  # after a pass that failed
+_REROUTE_RETRY_S = 1.0  # after a pass that failed; doubling while they keep failing, up to:
+_REROUTE_RETRY_MAX_S = 60.0
 # A capability counts as served by unary polls for at least this long after its
 # last poll ended (see Scheduler.serves): a poller's next poll follows its
 # answer within a round trip, so its class does not flicker between polls (and
@@ -824,6 +825,7 @@ class Scheduler:
         restart recover from LMDB. Without it the engine carries on, logging."""
         self._lookups: set[asyncio.Task[None]] = set()
         self._reroute_pending: set[str] = set()  # capabilities whose served state changed, not yet looked at
+        self._reroute_failures = 0  # passes failed in a row (see _reroute)
         self._reroute_job: asyncio.Task[None] | None = None
         self.reroute_grace_s = 10.0
         """How long a capability stays unserved before the intent tasks waiting on it are routed
@@ -1894,7 +1896,9 @@ class Scheduler:
         """Runs re-route passes until no served-state change is left to look at.
 
         A pass that fails leaves tasks where they are and is tried again a
-        second later (not at once: a failure that repeats must not spin).
+        second later (not at once: a failure that repeats must not spin),
+        then 2, 4... up to a minute later while it keeps failing; the log
+        has its traceback once per run of failures.
         """
         changed: set[str] = set()
         try:
@@ -1902,9 +1906,19 @@ class Scheduler:
                 changed, self._reroute_pending = self._reroute_pending, set()
                 await self._reroute_pass(changed)
         except Exception:  # noqa: BLE001 - a failing pass leaves tasks where they are, nothing worse
-            _log.exception("re-routing queued intent tasks failed; trying again in a second")
+            self._reroute_failures += 1
+            failures = self._reroute_failures
+            delay = min(_REROUTE_RETRY_S * 2 ** min(failures - 1, 16), _REROUTE_RETRY_MAX_S)
+            if failures == 1:
+                _log.exception("re-routing queued intent tasks failed; trying again with backoff")
+            else:
+                _log.warning(f"re-routing queued intent tasks failed again ({failures} in a row)")
             if not self._stopped:
-                asyncio.get_running_loop().call_later(_REROUTE_RETRY_S, self._reroute_soon, changed)
+                asyncio.get_running_loop().call_later(delay, self._reroute_soon, changed)
+        else:
+            if self._reroute_failures:
+                _log.info(f"re-routing queued intent tasks works again ({self._reroute_failures} failures)")
+            self._reroute_failures = 0
         finally:
             self._reroute_job = None
 
@@ -2998,14 +3012,26 @@ class Scheduler:
         self._timer = loop.call_at(loop.time() + delay, self._fire)
 
     def _fire(self) -> None:
+        """Runs every timer that is due, then arms the next.
+
+        A timer whose handler raises (a bug) is logged and skipped: the other
+        due timers still run and the next is armed, or one bad timer would
+        hold every timeout, retry and deadline after it until some other
+        call armed the timer again.
+        """
         self._timer = None
         now = self._clock()
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, kind, subject, token = heapq.heappop(heap)
-            self._on_timer(kind, subject, token, now)
-        self._after_op()
-        self._arm()
+        try:
+            while heap and heap[0][0] <= now:
+                _, _, kind, subject, token = heapq.heappop(heap)
+                try:
+                    self._on_timer(kind, subject, token, now)
+                except Exception:  # noqa: BLE001 - see above
+                    _log.exception(f"a {kind} timer failed; the other timers go on")
+            self._after_op()
+        finally:
+            self._arm()
 
     def _on_timer(self, kind: str, subject: Any, token: int, now: int) -> None:  # noqa: C901, PLR0912 - one branch per timer kind
         if kind == "pump":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -634,6 +635,41 @@ async def test_a_pass_that_fails_is_tried_again(
     await _served_by(b, 1)
     assert failures == []
     assert [(x.task_id, x.capability) for x in b.assignments] == [("t", "cap-b")]
+    assert engine.get_task(wid, "t").record.capability == "cap-b"
+    await engine.stop()
+
+
+async def test_passes_that_keep_failing_back_off_and_log_their_traceback_once(
+    opened: tuple[Storage, GroupCommitter], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="are.scheduler")
+    sink, router = Sink(), FakeRouter()
+    engine = await _started(opened, sink, router)
+    monkeypatch.setattr(engine_module, "_REROUTE_RETRY_S", 0.01)
+    monkeypatch.setattr(engine_module, "_REROUTE_RETRY_MAX_S", 0.04)
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_intent("t"),)))
+    wid = record.workflow_id
+    await settle(engine)
+    real = engine._reroute_pass
+    failures = [RuntimeError(f"a bug in a pass ({n})") for n in range(4)]
+    in_a_row: list[int] = []
+
+    async def flaky(changed: set[str]) -> None:
+        in_a_row.append(engine._reroute_failures)
+        if failures:
+            raise failures.pop()
+        await real(changed)
+
+    monkeypatch.setattr(engine, "_reroute_pass", flaky)
+    b = FakeWorker()
+    engine.connect_worker("b", ["cap-b"], 1, b.assign, b.cancel)
+    router.serve(engine, "cap-b")
+    await _served_by(b, 1)
+    assert in_a_row == [0, 1, 2, 3, 4]  # each retry knew how many failed before it (its backoff)
+    assert engine._reroute_failures == 0  # reset by the pass that worked
+    assert caplog.text.count("Traceback") == 1  # the first failure's, then one line each
+    assert "failed again (4 in a row)" in caplog.text
+    assert "works again (4 failures)" in caplog.text
     assert engine.get_task(wid, "t").record.capability == "cap-b"
     await engine.stop()
 
