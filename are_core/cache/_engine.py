@@ -211,6 +211,20 @@ _REPAIR_MAX_CHUNK = 256
 # every second must not repeat for as long as the storage fails (a full disk, say).
 _RELOAD_FIRST_DELAY_NS = 1_000_000_000
 _RELOAD_MAX_DELAY_NS = 60 * 1_000_000_000
+# After a flush's write of a namespace failed (a full disk, say; its memory was reloaded from
+# LMDB, see CacheEngine._resync): no flush writes it again before this long, doubling with each
+# failure in a row up to _FLUSH_MAX_DELAY_NS. The reload succeeds (reads still work) and leaves
+# the same expired entries and counters to write, so a flush every second wrote them, failed and
+# reloaded the namespace on the event loop again, for as long as the disk stayed full. Lookup
+# events wait likewise after a write of theirs failed (they stay queued, within the bound).
+_FLUSH_FIRST_DELAY_NS = 1_000_000_000
+_FLUSH_MAX_DELAY_NS = 60 * 1_000_000_000
+# After a fold of a view's overlay that failed (memory refused under RLIMIT_AS or strict
+# overcommit, say; see CacheEngine._warm): not again before this long, doubling with each
+# failure in a row up to _FOLD_MAX_DELAY_NS. Each try holds the GIL for its copy (about 0.7 s
+# at 1M entries); meanwhile the view serves on, its overlay growing.
+_FOLD_FIRST_DELAY_NS = 60 * 1_000_000_000
+_FOLD_MAX_DELAY_NS = 600 * 1_000_000_000
 # Counters of what lookups and repairs did in memory (written with any later commit): a
 # reload after a failed commit keeps those memory counted since the last commit that ended.
 _MEMORY_COUNTERS = (
@@ -222,6 +236,34 @@ _MEMORY_COUNTERS = (
     "saved_cost_micro_usd",
     "repaired",
 )
+
+
+class _FlushRetry:
+    """A run of failed flush writes in a row (of one namespace, or of lookup events), and the next try.
+
+    Kept apart from the namespace's :class:`_State`: the failure reloads the
+    namespace (see CacheEngine._resync), and the delay must outlive that.
+    """
+
+    __slots__ = ("failures", "retry_ns", "since_ns")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.since_ns = 0  # when the first of the run failed (engine clock)
+        self.retry_ns = 0  # when the next try is due (engine clock)
+
+    def due(self, now: int) -> bool:
+        """Whether the next try is due (also when the clock stepped back past the longest delay)."""
+        return now >= self.retry_ns or self.retry_ns - now > _FLUSH_MAX_DELAY_NS
+
+    def failed(self, now: int) -> bool:
+        """Counts a failure and sets when the next try is due; returns whether it began the run."""
+        first = not self.failures
+        if first:
+            self.since_ns = now
+        self.failures += 1
+        self.retry_ns = now + _retry_delay(self.failures, _FLUSH_FIRST_DELAY_NS, _FLUSH_MAX_DELAY_NS)
+        return first
 
 
 class _State:
@@ -252,6 +294,8 @@ class _State:
         "embedder_error",
         "entries",
         "exact",
+        "fold_failures",
+        "fold_retry_ns",
         "heads",
         "index",
         "index_changes",
@@ -322,13 +366,16 @@ class _State:
         self.thresholds: np.ndarray[Any, np.dtype[np.float32]] | None = None
         self.queries_seen = 0
         self.calibrated_at = 0  # queries_seen when the last calibration began
-        # The last calibration ended without a result (it failed, ran past its
-        # deadline, or too few of its lookups could hit): not again before
+        # The last calibration ended without a result (it could not start, failed, ran
+        # past its deadline, or too few of its lookups could hit): not again before
         # _CALIBRATION_QUERIES more lookups, else it would fork every flush.
         self.calibration_unfinished = False
         self.calibrating: ChildSearch | None = None
         self.checkpoint_ns = now  # when it was last written, or loaded (engine clock)
         self.checkpoint_retry_ns = 0  # after a failed checkpoint: not before then
+        # Folds of the overlay that failed in a row (see CacheEngine._warm), and not before when again.
+        self.fold_failures = 0
+        self.fold_retry_ns = 0
         self.stats = StatsRecord()
         self.stats_dirty = False
         # Evictions and expirations as of the last write submitted, and of the writes
@@ -554,6 +601,10 @@ class CacheEngine:
         self._next_id = 1
         self._pending_events: list[EventDraft] = []
         self._dropped_events = 0
+        # Runs of failed flush writes (see flush): each namespace's by name (its _State is replaced
+        # by the reload the failure causes), and the lookup events'.
+        self._flush_retries: dict[str, _FlushRetry] = {}
+        self._events_retry = _FlushRetry()
         self._flusher: asyncio.Task[None] | None = None
         self._tick: asyncio.Future[None] | None = None
         self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
@@ -620,11 +671,15 @@ class CacheEngine:
         in an overlay (see :class:`~are_core.vector.VectorIndex`). Loading the
         copy holds the GIL (about 0.7 s at 1M i8 entries), stalling every
         call meanwhile, so it happens only once the overlay holds
-        ``_FOLD_AT`` changes or a twentieth of the index (or at stop, to save).
+        ``_FOLD_AT`` changes or a twentieth of the index (or at stop, to save);
+        after a fold that failed, not before its delay (see :meth:`_warm`).
         """
+        now = self._clock()
         for state in self._states.values():
             index = state.index
             if not index.is_view or index.pending_changes < max(_FOLD_AT, len(index) // 20):
+                continue
+            if now < state.fold_retry_ns:  # the last fold failed (see _warm)
                 continue
             if any(not task.done() for task in self._warmers):
                 return
@@ -770,7 +825,15 @@ class CacheEngine:
             try:
                 child = state.index.search_in_child(state.queries.astype(np.float32), LADDER)
             except OSError as error:
-                _log.warning(f"cache: could not start calibrating {namespace.name!r}: {error}")
+                # No pipe or fork now (EMFILE, ENOMEM, EAGAIN at a pids limit): a calibration
+                # that ended without a result, made again after as many new lookups, not at the
+                # next flush (a try a second, each taking the index's locks, and a warning).
+                state.calibration_unfinished = True
+                state.calibrated_at = state.queries_seen
+                _log.warning(
+                    f"cache: could not start calibrating {namespace.name!r}: {error}; "
+                    f"again after {_CALIBRATION_QUERIES:,} more lookups"
+                )
                 continue
             if child is None:
                 continue
@@ -1030,12 +1093,38 @@ class CacheEngine:
         return done
 
     async def _warm(self, state: _State) -> None:
-        """Loads a private copy of a memory-mapped index off the loop (its overlay folded in)."""
-        self._folding.add(state.namespace.name)
+        """Loads a private copy of a memory-mapped index off the loop (its overlay folded in).
+
+        When that fails (memory refused under RLIMIT_AS or strict overcommit,
+        say), the view serves on with its overlay, and the fold is due again
+        after a minute, doubling with each failure in a row up to ten (see
+        :data:`_FOLD_FIRST_DELAY_NS`); logged once per run of failures.
+        """
+        name = state.namespace.name
+        self._folding.add(name)
         try:
             await asyncio.to_thread(state.index.materialize)
+        except Exception as error:  # noqa: BLE001 - derived data: the view serves on; tried again later
+            state.fold_failures += 1
+            delay = _retry_delay(state.fold_failures, _FOLD_FIRST_DELAY_NS, _FOLD_MAX_DELAY_NS)
+            state.fold_retry_ns = self._clock() + delay
+            if state.fold_failures == 1:
+                _log.warning(
+                    f"cache: folding the overlay of {name!r}'s index into a private copy failed ({error}); "
+                    f"its saved index serves on, and the fold is tried again after "
+                    f"{_FOLD_FIRST_DELAY_NS // 1_000_000_000} s, then less often "
+                    f"(at most every {_FOLD_MAX_DELAY_NS // 1_000_000_000} s) while it fails"
+                )
+            else:
+                _log.debug(f"cache: folding the overlay of {name!r}'s index failed again ({error})")
+            return
         finally:
-            self._folding.discard(state.namespace.name)
+            self._folding.discard(name)
+        if state.fold_failures:
+            _log.warning(
+                f"cache: folded the overlay of {name!r}'s index after {state.fold_failures} failed attempt(s)"
+            )
+            state.fold_failures = state.fold_retry_ns = 0
 
     async def _stop_background(self) -> None:
         """Cuts calibrations, sweeps and checkpoints short; lets background indexing end its chunk.
@@ -1051,6 +1140,10 @@ class CacheEngine:
         for pid in children:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        # Also the calibrations of namespaces reloaded since they forked (their states
+        # are gone from the maps above): cancelled, a wait kills and reaps its child.
+        for task in self._calibrations:
+            task.cancel()
         for task in [*self._calibrations, *self._repairs, *self._indexers]:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
@@ -2006,6 +2099,14 @@ class CacheEngine:
         1% of all lookups. Recency is not written here (see the class comment).
         First, namespaces out of service whose reload failed are reloaded
         again, those whose delay passed (see :meth:`_resync`).
+
+        A write that fails (a full disk, say) is not raised: it is logged once
+        per run of failures, and what it carried is written by a later flush,
+        1 s after the first failure, then less and less often (at most every
+        60 s) while they fail; a stop tries once more. Each namespace is flushed
+        on its own (one that fails holds up no other), and the events this
+        flush took that it did not commit go back in the queue (within its
+        bound, counting those past it as dropped).
         """
         self._reload_ready(retry=True)
         # Only the events queued before this flush: lookups answered while its
@@ -2014,26 +2115,82 @@ class CacheEngine:
         # durability) per lookup, for as long as lookups kept coming.
         queued, self._pending_events = self._pending_events, []
         now = self._clock()
-        for state in list(self._states.values()):
-            await self._flush_namespace(state, now)
-        if self._events is None:
-            return
-        for start in range(0, len(queued), _FLUSH_CHUNK):
-            chunk = queued[start : start + _FLUSH_CHUNK]
-            try:
-                # Checked before recording (sequences taken, slices of loop turns spent); the
-                # submit may still be refused, the pending writes having grown meanwhile.
-                self._committer.check_room(len(chunk), len(chunk) * (_EVENT_BYTES + 256))
-                batch = self._storage.batch()
-                recorded = await record_in_slices(self._events, batch, chunk)
-                await self._submit(batch, None, [], recorded)
-            except StorageBusyError:
-                # Backpressure: these and the rest go first at the next flush (recorded again
-                # then; the sequences of a refused batch are gaps). Nothing else changed.
-                self._requeue_events(queued[start:])
+        written = 0  # of queued: those after it go back in the queue, however this flush ends
+        try:
+            for state in list(self._states.values()):
+                await self._flush_one(state, now)
+            if self._events is None or not (self._stopping or self._events_retry.due(now)):
                 return
+            for start in range(0, len(queued), _FLUSH_CHUNK):
+                if not await self._flush_events(queued[start : start + _FLUSH_CHUNK]):
+                    return
+                written = min(start + _FLUSH_CHUNK, len(queued))
+        finally:
+            if written < len(queued):
+                self._requeue_events(queued[written:])
 
-    async def _flush_namespace(self, state: _State, now: int) -> None:
+    async def _flush_one(self, state: _State, now: int) -> None:
+        """Flushes a namespace unless a flush write of it failed lately (see :meth:`flush`); never raises.
+
+        Meanwhile it serves as LMDB holds it (the failure reloaded it): an
+        expired entry never answers (a lookup checks expiry), the counters
+        stay in memory (see :meth:`_carry_stats`), and stores still evict
+        their own share.
+        """
+        name = state.namespace.name
+        retry = self._flush_retries.get(name)
+        if retry is not None and not (self._stopping or retry.due(now)):
+            return
+        try:
+            wrote = await self._flush_namespace(state, now)
+        except Exception as error:  # noqa: BLE001 - one namespace's failure never holds up the others'
+            retry = self._flush_retries.setdefault(name, _FlushRetry())
+            self._flush_failed(retry, f"the expired entries, evictions and counters of {name!r}", error)
+            return
+        if wrote and retry is not None:  # a commit of it ended well: the run is over
+            del self._flush_retries[name]
+            self._flush_recovered(retry, f"the expired entries, evictions and counters of {name!r}")
+
+    async def _flush_events(self, chunk: list[EventDraft]) -> bool:
+        """Commits one chunk of lookup events; False when it could not (they go back in the queue)."""
+        assert self._events is not None
+        try:
+            # Checked before recording (sequences taken, slices of loop turns spent); the
+            # submit may still be refused, the pending writes having grown meanwhile.
+            self._committer.check_room(len(chunk), len(chunk) * (_EVENT_BYTES + 256))
+            batch = self._storage.batch()
+            recorded = await record_in_slices(self._events, batch, chunk)
+            await self._submit(batch, None, [], recorded)
+        except StorageBusyError:
+            # Backpressure: these and the rest go first at the next flush (recorded again
+            # then; the sequences of a refused batch are gaps). Nothing else changed.
+            return False
+        except Exception as error:  # noqa: BLE001 - not in LMDB: recorded again by a later flush
+            self._flush_failed(self._events_retry, "lookup events", error)
+            return False
+        if self._events_retry.failures:
+            self._flush_recovered(self._events_retry, "lookup events")
+            self._events_retry = _FlushRetry()
+        return True
+
+    def _flush_failed(self, retry: _FlushRetry, what: str, error: Exception) -> None:
+        """Counts a failed flush write and logs it, once per run of failures."""
+        cause = str(error) or type(error).__name__
+        if retry.failed(self._clock()):
+            _log.warning(
+                f"cache: writing {what} failed ({cause}); tried again after "
+                f"{_FLUSH_FIRST_DELAY_NS // 1_000_000_000} s, then less often "
+                f"(at most every {_FLUSH_MAX_DELAY_NS // 1_000_000_000} s) while it fails"
+            )
+        else:
+            _log.debug(f"cache: writing {what} failed again ({cause})")
+
+    def _flush_recovered(self, retry: _FlushRetry, what: str) -> None:
+        """Logs the end of a run of failed flush writes (a write of the same kind committed)."""
+        seconds = max(self._clock() - retry.since_ns, 0) / 1e9
+        _log.warning(f"cache: wrote {what} after {retry.failures} failed attempt(s) over {seconds:.0f} s")
+
+    async def _flush_namespace(self, state: _State, now: int) -> bool:
         """Removes a namespace's expired entries, then evicts past its bounds, a chunk per commit.
 
         Also writes its counters if they changed. Each commit is checked
@@ -2044,13 +2201,15 @@ class CacheEngine:
         commits within the bound on one batch. Then the entries past the
         bounds go (:meth:`_shrink`): those a shrink left (backpressure, a
         failed commit or a SIGKILL cut it short, see :meth:`put_namespace`),
-        or a store (see :meth:`_room_to_store`).
+        or a store (see :meth:`_room_to_store`). Returns whether anything was
+        committed.
         """
         name = state.namespace.name
         if self._states.get(name) is not state:  # reloaded meanwhile
-            return
+            return False
         state.overdue.extend(state.entries.due(now))
         chunk = _INVALIDATE_CHUNK
+        wrote = False
         while self._states.get(name) is state:
             due = state.overdue[:chunk]
             if not due and not state.stats_dirty:
@@ -2064,7 +2223,7 @@ class CacheEngine:
                 continue
             except StorageError as error:  # busy, or closing: the next flush tries again
                 _log.debug(f"cache: flushing {name!r} waits for the next flush: {error}")
-                return
+                return wrote
             del state.overdue[: len(due)]
             batch = self._storage.batch()
             expired = self._expire(state, batch, due)
@@ -2073,9 +2232,10 @@ class CacheEngine:
                 self._put_stats(batch, state)
             if len(batch) or drafts:
                 await self._submit(batch, state, drafts)
+                wrote = True
             if not state.overdue:
                 break
-        await self._shrink(state)
+        return await self._shrink(state) > 0 or wrote
 
     async def _shrink(self, state: _State) -> int:
         """Evicts a namespace's entries past its bounds, least recently used first, a chunk per commit.
@@ -2615,7 +2775,10 @@ class CacheEngine:
         reload fails (LMDB closed or failing, say), the namespace stays out
         of service and a flush tries again, after a delay doubling with each
         failure (see :meth:`_reload_ready`); the reload keeps the counters
-        LMDB lacks or holds wrongly (see :meth:`_carry_stats`).
+        LMDB lacks or holds wrongly (see :meth:`_carry_stats`), and the delays
+        of work that failed (see :meth:`_carry_gates`). A reload after a failed
+        flush write does not make the next flush write it again at once: the
+        flushes wait, longer with each failure in a row (see :meth:`flush`).
         """
         self._hot.clear()
         for target in targets:
@@ -2673,8 +2836,11 @@ class CacheEngine:
             old.reload_error = cause
             return
         del self._reloading[name]
-        if state is not None:
+        if state is None:
+            self._flush_retries.pop(name, None)
+        else:
             self._carry_stats(old, state)
+            self._carry_gates(old, state)
             self._states[name] = state
         if old.reload_failures:
             seconds = max(self._clock() - old.reload_since_ns, 0) / 1e9
@@ -2704,6 +2870,23 @@ class CacheEngine:
         state.counted_removals = state.committed_removals = old.committed_removals
         if msgspec.structs.astuple(stats) != loaded:
             state.stats_dirty = True
+
+    @staticmethod
+    def _carry_gates(old: _State, state: _State) -> None:
+        """Gives a namespace reloaded after a failed commit the retry delays and lookups memory had.
+
+        A reload builds a fresh state from LMDB. Without these, a table save,
+        checkpoint, sweep or fold that failed (a full disk, say) would be tried
+        again at the next flush, not after its delay, at every reload; and the
+        calibration would forget the lookups it samples and when it last
+        began (one that ended without a result waits for as many new lookups).
+        """
+        state.snapshot_retry_ns = old.snapshot_retry_ns
+        state.checkpoint_retry_ns = old.checkpoint_retry_ns
+        state.repair_retry_ns = old.repair_retry_ns
+        state.fold_failures, state.fold_retry_ns = old.fold_failures, old.fold_retry_ns
+        state.queries, state.thresholds, state.queries_seen = old.queries, old.thresholds, old.queries_seen
+        state.calibrated_at, state.calibration_unfinished = old.calibrated_at, old.calibration_unfinished
 
     def _index_new(self, state: _State, keys: list[int], matrix: np.ndarray[Any, Any]) -> None:
         """Adds new entries' vectors to the index; if it refuses, takes them out again and re-raises."""
@@ -3381,7 +3564,12 @@ def _may_confirm(state: _State) -> bool:
 
 def _reload_delay(failures: int) -> int:
     """How long after this many failed reloads in a row of a namespace the next is due (ns)."""
-    return min(_RELOAD_FIRST_DELAY_NS << min(failures - 1, 16), _RELOAD_MAX_DELAY_NS)
+    return _retry_delay(failures, _RELOAD_FIRST_DELAY_NS, _RELOAD_MAX_DELAY_NS)
+
+
+def _retry_delay(failures: int, first_ns: int, max_ns: int) -> int:
+    """The delay after this many failures in a row: ``first_ns``, doubling with each, up to ``max_ns``."""
+    return min(first_ns << min(failures - 1, 16), max_ns)
 
 
 def _reload_due(old: _State, now: int) -> bool:

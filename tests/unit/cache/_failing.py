@@ -7,8 +7,10 @@ import errno
 from typing import Any
 
 import numpy as np
+import pytest
 
 from are_core.cache import CacheEngine, NamespaceSettings
+from are_core.cache._table import EntryTable
 from are_core.storage import Batch, GroupCommitter
 
 from .conftest import Harness
@@ -52,6 +54,28 @@ class GatedCommits:
         await self._enqueue(batch)
 
 
+class FullDisk:
+    """Every commit enqueued fails while ``full`` (a full disk: reads still work); counts those that failed.
+
+    It stands in for the committer's ``enqueue`` (which ``submit`` calls too).
+    """
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._enqueue = committer.enqueue
+        self.full = True
+        self.failed = 0
+
+    def enqueue(self, batch: Batch) -> asyncio.Future[None]:
+        if not self.full:
+            return self._enqueue(batch)
+        self.failed += 1
+        return asyncio.ensure_future(self._fail())
+
+    @staticmethod
+    async def _fail() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 class FailingLoads:
     """Makes the engine's reload of a namespace fail while ``broken`` (LMDB's readers full, say)."""
 
@@ -79,3 +103,24 @@ async def fill(harness: Harness) -> CacheEngine:
                 name, prompt=f"{prompt} question", response=prompt.encode(), vector=vector(name, prompt)
             )
     return await harness.reopen()
+
+
+def full_disk(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> FullDisk:
+    """Makes every commit of the harness's engine fail until ``full`` is set False (see FullDisk)."""
+    committer = harness.committer
+    assert committer is not None
+    disk = FullDisk(committer)
+    monkeypatch.setattr(committer, "enqueue", disk.enqueue)
+    return disk
+
+
+class TableWritesFail:
+    """Makes the engine's entry-table writes fail as on a full disk, counting the tries (until undone)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tries = 0
+        monkeypatch.setattr(CacheEngine, "_write_table", staticmethod(self._write))
+
+    def _write(self, *args: object) -> EntryTable:
+        self.tries += 1
+        raise OSError(errno.ENOSPC, "No space left on device")

@@ -35,6 +35,7 @@ from are_core.cache._normalise import (
 from are_core.vector import LADDER, wilson_lower_bound
 from are_core.vector import _index as vector_index
 
+from ._failing import full_disk
 from .conftest import Harness, is_view
 
 SECOND = 10**9
@@ -605,6 +606,38 @@ async def test_a_calibration_child_past_its_deadline_is_killed_reaped_and_made_a
     assert again is not None
     await again
     assert e.stats("slow")[0].recall_samples == 2048
+
+
+async def test_a_stop_cuts_short_the_calibration_of_a_namespace_reloaded_since_it_began(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = harness.e
+    await _due_for_calibration(e, "gone", hitting=True)
+    search = vector_index._compiled_search
+
+    def slow(*args: Any, **kwargs: Any) -> Any:  # in the child: a calibration still running at the stop
+        time.sleep(30)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(vector_index, "_compiled_search", slow)  # no lookup runs while it is set
+    task = e.calibrate_due()
+    assert task is not None
+    child = e._states["gone"].calibrating
+    assert child is not None
+    # A store whose commit fails reloads the namespace: the state that forked the child is gone.
+    disk = full_disk(harness, monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        await e.store("gone", prompt="one more", response=b"r", vector=_clustered(1, 32, seed=9)[0])
+    disk.full = False
+    assert e._states["gone"].calibrating is None  # a fresh state
+    closing = asyncio.ensure_future(harness.close())
+    done, _ = await asyncio.wait({closing}, timeout=15)  # not cancelled at the bound, as wait_for would
+    if closing not in done:
+        closing.cancel()
+        raise AssertionError("the stop waited for the calibration child (it sleeps 30 s)")
+    closing.result()
+    assert task.done()
+    await _until_reaped(child.pid)  # killed, and reaped
 
 
 async def test_a_stop_cuts_a_checkpoint_short_and_no_half_written_file_stays(harness: Harness) -> None:

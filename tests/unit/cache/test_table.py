@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import errno
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from are_core.cache import CacheEngine, NamespaceSettings
+from are_core.cache import NamespaceSettings
 from are_core.cache._model import EntryHead
 from are_core.cache._table import Entries, EntryTable
 
+from ._failing import TableWritesFail
 from .conftest import Harness
 
 SECOND = 10**9
@@ -289,24 +289,17 @@ async def test_a_table_that_cannot_be_written_is_tried_again_a_minute_later_not_
     await _fill(harness, 20)
     e = harness.e
     state = e._states[NS]
-    tries = 0
-
-    def full_disk(*args: object) -> EntryTable:
-        nonlocal tries
-        tries += 1
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(CacheEngine, "_write_table", staticmethod(full_disk))
+    writes = TableWritesFail(monkeypatch)
     state.snapshot_due = True
     with pytest.raises(OSError, match="No space left"):
         await e.snapshot_due()  # the flush loop logs it
-    assert tries == 1
+    assert writes.tries == 1
     # Each try exports every entry on the event loop: not again at the next flushes.
     for _ in range(3):
         await e.snapshot_due()
     harness.clock.advance(59)
     await e.snapshot_due()
-    assert tries == 1
+    assert writes.tries == 1
     assert e._states[NS].snapshot_due  # still due (read so, mypy keeps no narrowing of state's flag)
     monkeypatch.undo()
     harness.clock.advance(2)
