@@ -528,7 +528,7 @@ def missing_requirements(modules: Iterable[str]) -> list[str]:
 
 
 # Modules of the package that are tools run on their own, not suites.
-_NOT_SUITES = frozenset({"cache_churn", "go_client", "idle_gap"})
+_NOT_SUITES = frozenset({"cache_churn", "go_client", "idle_gap", "text_routing"})
 
 
 def discover_suites() -> list[str]:

@@ -97,6 +97,15 @@ _PAGE = 1000
 # (a dot product each) instead of searching the whole index.
 _EXACT_FILTER_LIMIT = 1024
 _FIRST_SEARCH = 64
+# Said with a no-route answer to a text the built-in lexical embedder embedded.
+# It matches by shared words: on 14 task texts against 16 one-line cards, the
+# right card scored -0.03 to 0.37 and the others up to 0.24, so a paraphrase
+# rarely reaches the default threshold of 0.5 (all-MiniLM-L6-v2 on the same
+# texts: 0.33 to 0.83 against at most 0.40; python -m benchmarks.text_routing).
+_LEXICAL_HINT = (
+    "the router's embedder is lexical: texts match by shared words, not by meaning; for paraphrases "
+    "configure a model (--router-embedder model:DIR), or send vectors, or lower the threshold"
+)
 _NONE: frozenset[str] = frozenset()
 # Similarities come from float32 dot products of unit vectors: one this close
 # below the threshold reaches it (an identical vector gives 0.99999994).
@@ -1051,6 +1060,12 @@ class Router:
             kept.append(position)
         return above[kept], scores[kept].tolist(), float(costs.min())
 
+    def _text_hint(self, query: RouteQuery) -> str:
+        """For a text embedded lexically that reached no agent: why, and what would (else "")."""
+        if query.text is None or self.embedder is None or not self.embedder.name.startswith("lexical"):
+            return ""
+        return _LEXICAL_HINT
+
     def _best_below(
         self, eligible: _Scored, query: RouteQuery, threshold: float, top_k: int
     ) -> list[RouteCandidate]:
@@ -1060,7 +1075,8 @@ class Router:
         pairs = [(row_agents[r], s) for r, s in zip(rows, similarities, strict=True)]
         if not query.include_below_threshold:
             best_below = sorted(pairs, key=lambda pair: (-pair[1], pair[0].agent_id))
-            raise NoRouteError(threshold, [(a.agent_id, s) for a, s in best_below[:_BEST_BELOW_LISTED]])
+            listed = [(a.agent_id, s) for a, s in best_below[:_BEST_BELOW_LISTED]]
+            raise NoRouteError(threshold, listed, hint=self._text_hint(query))
         # As above the threshold: availability tier first, then similarity, then load.
         pairs.sort(key=lambda pair: (pair[0].tier, -pair[1], pair[0].load, pair[0].agent_id))
         why = f"below threshold {_threshold_text(threshold)}"

@@ -62,7 +62,7 @@ class NoRouteError(RouterError):
             similarity)``, best first (possibly empty).
     """
 
-    def __init__(self, threshold: float, best_below: Sequence[tuple[str, float]]) -> None:
+    def __init__(self, threshold: float, best_below: Sequence[tuple[str, float]], *, hint: str = "") -> None:
         self.threshold = threshold
         self.best_below = tuple(best_below)
         if self.best_below:
@@ -70,6 +70,8 @@ class NoRouteError(RouterError):
             detail = f"; best below it: {listed}"
         else:
             detail = "; no eligible agent at all (check the filters and exclusions)"
+        if hint:
+            detail += f" ({hint})"
         super().__init__(f"no eligible agent reaches the similarity threshold {threshold:.3f}{detail}")
 
 

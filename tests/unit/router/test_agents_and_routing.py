@@ -124,6 +124,19 @@ async def test_nothing_above_threshold_is_an_error_listing_the_best_below(router
     assert not any(c.above_threshold for c in result.candidates)
 
 
+async def test_a_text_embedded_lexically_that_routes_nowhere_says_why_and_what_would(router: Router) -> None:
+    description = "reviews and summarises legal contracts"
+    await router.register_agent(AgentSpec(agent_id="legal", capabilities=("legal",), description=description))
+    with pytest.raises(NoRouteError) as caught:  # a paraphrase: words shared, not enough of them
+        router.rank(RouteQuery(text="summarise a legal contract", threshold=0.5))
+    assert caught.value.best_below[0][0] == "legal"
+    assert "lexical: texts match by shared words" in str(caught.value)
+    assert "--router-embedder model:DIR" in str(caught.value)
+    with pytest.raises(NoRouteError) as caught:  # a vector: the embedder had no part in it
+        router.rank(RouteQuery(vector=unit(0.0, 1.0), threshold=0.99))
+    assert "lexical" not in str(caught.value)
+
+
 async def test_filters_and_exclusions(router: Router) -> None:
     await _register_trio(router)
     query = RouteQuery(vector=unit(1.0), threshold=0.6, exclude_agent_ids=frozenset({"bronze"}))
