@@ -746,6 +746,10 @@ async def route(
         return 1
     if not any(c.above_threshold for c in result.candidates):
         err.print("[red]no agent reaches the threshold[/] (the best below it are shown)")
+        err.print(
+            "texts are embedded by the sidecar's --router-embedder; the default, lexical, matches shared "
+            "words, not meaning (see README, Routing text)"
+        )
         return 1
     return 0
 

@@ -277,6 +277,7 @@ def test_agents_and_route_show_the_cards_and_the_ranking(
     result = are(traced.target, "route", f"welsh manifests zq{n}x", "--threshold", "0.999")
     assert result.returncode == 1
     assert "no agent reaches the threshold" in result.stderr
+    assert "the default, lexical, matches shared words" in result.stderr  # what a text matches by
     assert "cli-" in result.stdout  # the best below it are shown
 
 
