@@ -97,6 +97,7 @@ _PAGE = 1000
 # (a dot product each) instead of searching the whole index.
 _EXACT_FILTER_LIMIT = 1024
 _FIRST_SEARCH = 64
+_ROUTE_COMMIT_MAX_BACKOFF_S = 60.0  # the longest wait between commits of route events that keep failing
 # Said with a no-route answer to a text the built-in lexical embedder embedded.
 # It matches by shared words: on 14 task texts against 16 one-line cards, the
 # right card scored -0.03 to 0.37 and the others up to 0.24, so a paraphrase
@@ -340,6 +341,7 @@ class Router:
         self._route_flush: asyncio.TimerHandle | None = None
         self._route_committing = False  # a commit of route events is under way (one at a time)
         self.dropped_route_events = 0
+        self._route_commit_failures = 0  # commits of route events failed in a row
         """ROUTE_DECIDED events dropped because ``max_pending_route_events`` were queued."""
         # Agents.
         self._agents: dict[str, _Agent] = {}
@@ -1260,7 +1262,7 @@ class Router:
         if len(pending) >= min(_ROUTE_EVENT_GROUP, self.settings.max_pending_route_events):
             self.flush_route_events()
         elif self._route_flush is None:
-            delay = self.settings.route_event_flush_interval_ns / 1e9
+            delay = self._route_flush_delay()
             self._route_flush = asyncio.get_running_loop().call_later(delay, self.flush_route_events)
 
     def flush_route_events(self) -> None:
@@ -1291,8 +1293,10 @@ class Router:
         """Records queued events a slice per loop turn (``record_in_slices``), commits them, and goes on.
 
         After each commit, the events queued meanwhile are taken in turn,
-        until none wait; a failed commit leaves those not yet taken queued,
-        with their flush timer set.
+        until none wait. A failed commit drops its events (counted in
+        ``dropped_route_events``; logged once per run of failures) and leaves
+        those not yet taken queued, with their flush timer set, later while
+        commits keep failing (:meth:`_route_flush_delay`).
         """
         try:
             while drafts and self._events is not None:
@@ -1300,12 +1304,39 @@ class Router:
                 events = await record_in_slices(self._events, batch, drafts)
                 await self._committer.submit(batch)
                 self._events.publish(events)
+                if self._route_commit_failures:
+                    _log.info(
+                        f"route events commit again, after {self._route_commit_failures} failed commits "
+                        f"({self.dropped_route_events} route events dropped in all)"
+                    )
+                    self._route_commit_failures = 0
                 drafts, self._route_events = self._route_events, []
+        except Exception:  # noqa: BLE001 - a route changes nothing: its lost event is counted, not raised
+            self._route_commit_failures += 1
+            self.dropped_route_events += len(drafts)
+            if self._route_commit_failures == 1:
+                _log.exception(
+                    f"could not commit {len(drafts)} route events (dropped, and counted); "
+                    "the next commits are tried less often while they fail"
+                )
         finally:
             self._route_committing = False
             if self._route_events and self._route_flush is None:
-                delay = self.settings.route_event_flush_interval_ns / 1e9
+                delay = self._route_flush_delay()
                 self._route_flush = asyncio.get_running_loop().call_later(delay, self.flush_route_events)
+
+    def _route_flush_delay(self) -> float:
+        """Seconds a queued route event waits for its commit: the interval; longer while commits fail.
+
+        After k failed commits in a row, 2**k intervals, up to a minute: a
+        failure that persists (a full disk) costs a recording and a failed
+        commit a minute, not a second (a full group still commits at once).
+        """
+        interval = self.settings.route_event_flush_interval_ns / 1e9
+        if not self._route_commit_failures:
+            return interval
+        backoff = interval * (1 << min(self._route_commit_failures, 16))
+        return min(backoff, max(_ROUTE_COMMIT_MAX_BACKOFF_S, interval))
 
     # ---------------------------------------------------------- model routing
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import itertools
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +28,7 @@ from are_core.router import (
     Router,
     RouterSettings,
 )
-from are_core.storage import GroupCommitter, Storage
+from are_core.storage import Batch, GroupCommitter, Storage
 from are_core.trace import EVENT_TABLES, EventFilter, EventRecorder
 from are_core.vector import VectorIndex
 
@@ -368,6 +371,46 @@ async def test_route_events_over_the_bound_are_dropped_and_counted(tmp_path: Pat
         assert router.dropped_route_events == 5
         await router.aclose()
         assert len(route_events(recorder)) == 20
+
+
+async def test_route_events_whose_commits_fail_are_counted_logged_once_and_tried_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="are.router")
+    async with _traced_router(tmp_path, RouterSettings()) as (router, recorder):  # a 1 s interval
+        storage = router._storage
+        real = storage.apply_batches
+        full = True
+
+        def apply_batches(batches: Sequence[Batch]) -> Any:  # the writer thread's write, on a full disk
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(batches)
+
+        async def commit_now() -> None:  # as the timer would, without waiting for it
+            router.flush_route_events()
+            async with asyncio.timeout(10):
+                while router._route_committing:
+                    await asyncio.sleep(0.001)
+
+        monkeypatch.setattr(storage, "apply_batches", apply_batches)
+        for failures in (1, 2, 3):
+            for _ in range(3):
+                await router.route_task(RouteQuery(vector=unit(1.0)))
+            await commit_now()
+            assert router._route_commit_failures == failures
+            assert router.dropped_route_events == 3 * failures
+            assert router._route_flush_delay() == 2.0**failures  # 2, 4, 8 intervals, up to a minute
+        await router.route_task(RouteQuery(vector=unit(1.0)))  # queued: its commit waits 8 s, not 1
+        assert router._route_flush is not None
+        assert router._route_flush.when() - asyncio.get_running_loop().time() > 7
+        assert caplog.text.count("could not commit") == 1  # once per run of failures
+        full = False
+        await commit_now()
+        assert router._route_commit_failures == 0
+        assert "route events commit again, after 3 failed commits (9 route events dropped" in caplog.text
+        assert len(route_events(recorder)) == 1  # the dropped ones are gone; this one is in
+        assert router._route_flush_delay() == 1.0
 
 
 def test_the_records_made_per_route_and_per_card_are_not_tracked_by_the_cyclic_gc() -> None:
