@@ -431,6 +431,11 @@ class StateCapability(Capability):
                         }
                     },
                 )
+            if result.unreadable:
+                _log.warning(
+                    "blob sweep skipped meta rows it could not decode (left in place)",
+                    extra={"fields": {"rows": result.unreadable}},
+                )
 
 
 def _memory_embedder(spec: str) -> Embedder | None:

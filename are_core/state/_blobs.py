@@ -137,6 +137,8 @@ class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
     """Blobs deleted."""
     deleted_bytes: int
     """Their total size."""
+    unreadable: int = 0
+    """Meta rows that could not be decoded: skipped, and left in place."""
 
 
 def workflow_referrer(workflow_id: str) -> bytes:
@@ -621,12 +623,22 @@ class BlobStore:
         ``stop`` is set. A blob referenced meanwhile is kept (module rule).
         """
         cutoff = self._clock() - ttl_ns
-        scanned = deleted = deleted_bytes = 0
+        scanned = deleted = deleted_bytes = unreadable = 0
         start: bytes | None = None
         while stop is None or not stop.is_set():
             rows = self.storage.scan(META, start=start, limit=_PAGE)
             scanned += len(rows)
-            candidates = [key for key, raw in rows if _expired(_meta_dec.decode(raw), cutoff)]
+            candidates = []
+            for key, raw in rows:
+                try:
+                    meta = _meta_dec.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    # Skipped, not fatal: a pass that stopped here would never
+                    # reach the blobs after it, at every pass.
+                    unreadable += 1
+                    continue
+                if _expired(meta, cutoff):
+                    candidates.append(key)
             if candidates:
                 count, size = await self._delete_unreferenced(candidates, cutoff_ns=cutoff)
                 deleted += count
@@ -635,7 +647,9 @@ class BlobStore:
                 break
             start = rows[-1][0] + _NUL
             await asyncio.sleep(0)
-        return SweepResult(scanned=scanned, deleted=deleted, deleted_bytes=deleted_bytes)
+        return SweepResult(
+            scanned=scanned, deleted=deleted, deleted_bytes=deleted_bytes, unreadable=unreadable
+        )
 
     async def _delete_unreferenced(
         self, digests: Iterable[bytes], *, owned_only: bool = False, cutoff_ns: int | None = None

@@ -192,6 +192,25 @@ async def test_a_sweep_works_in_bounded_commits_and_stops_when_told(tmp_path: Pa
         storage.close()
 
 
+async def test_a_meta_row_that_cannot_be_decoded_stops_no_sweep(tmp_path: Path, clock: Clock) -> None:
+    storage = Storage.open(tmp_path / "relaxed", tables=TABLES, durability=Durability.RELAXED)
+    committer = GroupCommitter(storage)
+    try:
+        blobs = BlobStore(storage, committer, clock=clock)
+        for i in range(300):  # two pages
+            await blobs.put(b"blob %d" % i)
+        batch = storage.batch()
+        batch.put("blob_meta", b"\x00" * 32, b"\xc1 not msgpack")  # sorts first: every pass met it first
+        await committer.submit(batch)
+        clock.now += 2 * TTL
+        result = await blobs.sweep(TTL)
+        assert (result.scanned, result.deleted, result.unreadable) == (301, 300, 1)
+        assert storage.count("blob_meta") == 1  # left in place
+    finally:
+        await committer.aclose()
+        storage.close()
+
+
 class _OldBlobMeta(msgspec.Struct, frozen=True, kw_only=True):
     """``BlobMeta`` as data folders wrote it before references were recorded."""
 
