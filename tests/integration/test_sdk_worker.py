@@ -527,3 +527,61 @@ async def test_a_failure_past_the_sidecars_bounds_is_fitted_to_them(client: Clie
     assert task.failure.type == "T" * 256
     assert task.failure.message == "too big (details of 1048577 bytes dropped: over 1 MiB)"
     assert task.failure.details is None
+
+
+class _Unprintable(Exception):  # noqa: N818 - named for what the test is about
+    def __str__(self) -> str:
+        raise RuntimeError("a __str__ that fails")
+
+
+async def test_a_handler_error_whose_message_cannot_be_read_still_fails_the_attempt(client: Client) -> None:
+    """Building the failure raised again inside the worker: the attempt stayed held and heartbeated,
+    RUNNING for good, and a worker of concurrency 1 took nothing more; nothing was logged."""
+    from are_sdk import RetryPolicy
+
+    cap = f"unprintable-{suffix()}"
+    worker = Worker(client, name=f"unprintable-{suffix()}", max_concurrency=1)
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        if ctx.task_id == "bad":
+            raise _Unprintable from ValueError("the cause")
+        return "next ran"
+
+    once = RetryPolicy(maximum_attempts=1)
+    async with worker:
+        bad = await client.submit_workflow(WorkflowSpec().task("bad", capability=cap, retry_policy=once))
+        assert (await bad.wait(timeout=RESULT_TIMEOUT)).state is WorkflowState.FAILED
+        good = await client.submit_workflow(WorkflowSpec().task("good", capability=cap))
+        assert await good.result(timeout=RESULT_TIMEOUT) == "next ran"  # the worker was not wedged
+    task = await bad.task("bad")
+    assert task.failure is not None
+    assert task.failure.type == "_Unprintable"
+    assert task.failure.message == "_Unprintable()"  # its repr, as str() raised
+    assert task.failure.cause is not None
+    assert (task.failure.cause.type, task.failure.cause.message) == ("ValueError", "the cause")
+
+
+async def test_a_cancelled_error_the_handler_raises_itself_fails_the_attempt(client: Client) -> None:
+    """A CancelledError from inside the handler (a cancelled future it awaited), the attempt not
+    being cancelled, was taken for a cancel: nothing reported, the attempt held for good."""
+    from are_sdk import RetryPolicy
+
+    cap = f"selfcancel-{suffix()}"
+    worker = Worker(client, name=f"selfcancel-{suffix()}")
+    attempts: list[int] = []
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future  # raises CancelledError into the handler
+        return "second attempt"
+
+    policy = RetryPolicy(maximum_attempts=2, initial_interval=0.01)
+    async with worker:
+        handle_ = await client.submit_workflow(WorkflowSpec().task("x", capability=cap, retry_policy=policy))
+        assert await handle_.result(timeout=RESULT_TIMEOUT) == "second attempt"
+    assert attempts == [1, 2]  # the first failed (retryable), the second completed

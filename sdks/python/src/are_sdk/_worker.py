@@ -542,8 +542,30 @@ def _retry_after(value: Duration) -> Any:
 
 
 def _failure_from_exception(error: BaseException) -> Any:
+    """The Failure of what a handler raised; never raises itself (an attempt must always be reported)."""
+    try:
+        return _failure_of(error)
+    except Exception:  # noqa: BLE001 - its str(), a property or its details raised: the essentials alone
+        name = _text_of(error.__class__.__name__)[:_MAX_TYPE] or "Exception"
+        return common_pb2.Failure(
+            message=f"{name} (its message could not be read)",
+            type=name,
+            kind=common_pb2.FAILURE_KIND_APPLICATION,
+            stack_trace=_valid_text("".join(traceback.format_exception(error))[-_MAX_STACK_TRACE:]),
+        )
+
+
+def _text_of(value: object) -> str:
+    """``str(value)``; its ``repr`` when that raises, or its class name (a ``__str__`` may fail)."""
+    for describe in (str, repr):
+        with contextlib.suppress(Exception):
+            return _valid_text(describe(value))
+    return type(value).__name__
+
+
+def _failure_of(error: BaseException) -> Any:
     failure = common_pb2.Failure(
-        message=_valid_text(str(error)[:_MAX_MESSAGE]) or error.__class__.__name__,
+        message=_text_of(error)[:_MAX_MESSAGE] or error.__class__.__name__,
         type=error.__class__.__name__[:_MAX_TYPE],
         kind=common_pb2.FAILURE_KIND_APPLICATION,
         stack_trace=_valid_text("".join(traceback.format_exception(error))[-_MAX_STACK_TRACE:]),
@@ -567,7 +589,7 @@ def _failure_from_exception(error: BaseException) -> Any:
         seen.add(id(link))
         below.cause.CopyFrom(
             common_pb2.Failure(
-                message=_valid_text(str(link)[:_MAX_MESSAGE]) or link.__class__.__name__,
+                message=_text_of(link)[:_MAX_MESSAGE] or link.__class__.__name__,
                 type=link.__class__.__name__[:_MAX_TYPE],
                 kind=common_pb2.FAILURE_KIND_APPLICATION,
             )
@@ -898,22 +920,16 @@ class _Session:
                 if inspect.isawaitable(result):
                     result = await result
             message = await _by_reference(_output_completion(ctx, result), self.client)
-        except asyncio.CancelledError:
-            return  # stopped by the sidecar or handed back on shutdown: nothing to report
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                return  # stopped by the sidecar or handed back on shutdown: nothing to report
+            # Raised by the handler itself (a cancelled future it awaited, a library's
+            # timeout), not a cancellation of this attempt: a failure like any other, or the
+            # attempt would stay held (and heartbeated) with nothing ever reported.
+            self._fail(ctx, error)
         except Exception as error:  # noqa: BLE001 - every handler error becomes a Failure
-            if self.attempts.get(ctx.key) is None:
-                return
-            failure = wpb.TaskFailure(
-                workflow_id=ctx.workflow_id,
-                task_id=ctx.task_id,
-                attempt=ctx.attempt,
-                failure=_failure_from_exception(error),
-                usage=ctx.usage_message(),  # None leaves it unset
-            )
-            if isinstance(error, TaskError) and error.retry_after is not None:
-                failure.retry_after.CopyFrom(_retry_after(error.retry_after))
-            self._failures.append(_fit_task_failure(failure))
-            self.worker.stats["failed"] += 1
+            self._fail(ctx, error)
         else:
             if self.attempts.get(ctx.key) is None:
                 return
@@ -924,6 +940,25 @@ class _Session:
         self._heartbeats.pop(ctx.key, None)
         self.unacked.add(ctx.key)
         self._kick()
+
+    def _fail(self, ctx: TaskContext, error: BaseException) -> None:
+        """Queues the attempt's failure from what the handler raised (if the attempt is still held)."""
+        if self.attempts.get(ctx.key) is None:
+            return
+        failure = wpb.TaskFailure(
+            workflow_id=ctx.workflow_id,
+            task_id=ctx.task_id,
+            attempt=ctx.attempt,
+            failure=_failure_from_exception(error),
+            usage=ctx.usage_message(),  # None leaves it unset
+        )
+        # A hint to wait: the handler's own (TaskError), or the sidecar's on a call the
+        # handler made (an RpcError such as a spawn refused by a full pool queue).
+        hint = error.retry_after if isinstance(error, TaskError | RpcError) else None
+        if hint is not None:
+            failure.retry_after.CopyFrom(_retry_after(hint))
+        self._failures.append(_fit_task_failure(failure))
+        self.worker.stats["failed"] += 1
 
     async def _write(self) -> None:
         call = self.call
