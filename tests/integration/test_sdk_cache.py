@@ -7,11 +7,13 @@ import asyncio
 import logging
 import math
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from are_sdk import Client, RawPayload
+from are_sdk import Client, RawPayload, UnavailableError
+from are_sdk.testing import SidecarProcess
 
 
 def _name(tag: str) -> str:
@@ -217,3 +219,33 @@ async def test_a_result_that_cannot_be_encoded_is_returned_as_it_is_and_not_stor
     assert result.stored is None
     assert any("was not stored" in r.getMessage() for r in caplog.records)
     assert await client.cache.lookup(ns, "an opaque answer") is None
+
+
+async def test_a_cache_that_cannot_be_reached_lets_the_call_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lookup that failed (the sidecar gone) used to raise out of get_or_call before the call:
+    a cache outage became an outage of the LLM calls it stands in front of."""
+    sidecar = SidecarProcess.start(data_dir=tmp_path / "data")
+    try:
+        async with await Client.connect(sidecar.target) as client:
+            ns = _name("down")
+            await client.cache.put_namespace(ns)
+            sidecar.stop()
+            calls: list[str] = []
+
+            async def llm() -> dict[str, str]:
+                calls.append("called")
+                return {"answer": "fresh"}
+
+            with caplog.at_level(logging.WARNING, logger="are_sdk.cache"):
+                result = await client.cache.get_or_call(ns, "a prompt while the cache is down", llm)
+            assert calls == ["called"]
+            assert (result.value, result.hit, result.stored) == ({"answer": "fresh"}, None, None)
+            assert any(
+                "could not be looked up, so the call is made" in r.getMessage() for r in caplog.records
+            )
+            with pytest.raises(UnavailableError):  # lookup() itself still says what happened
+                await client.cache.lookup(ns, "a prompt while the cache is down")
+    finally:
+        sidecar.cleanup()

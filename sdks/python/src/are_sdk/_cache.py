@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from google.protobuf import duration_pb2
 
-from are_sdk._errors import NotFoundError
+from are_sdk._errors import (
+    AbortedError,
+    DeadlineExceededError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from are_sdk._payload import decode_payload, encode_payload
 from are_sdk._proto.are.v1 import cache_service_pb2, common_pb2
 
@@ -63,6 +69,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 _log = logging.getLogger("are_sdk.cache")
+# Lookup errors that get_or_call lets the call through on: the cache is down or busy.
+_CACHE_DOWN = (UnavailableError, ResourceExhaustedError, DeadlineExceededError, AbortedError)
 
 _TIERS = {cache_service_pb2.CACHE_TIER_EXACT: "exact", cache_service_pb2.CACHE_TIER_SEMANTIC: "semantic"}
 _DTYPES = {
@@ -501,7 +509,11 @@ class Cache:
         A store that fails after the call (the response is over the
         namespace's ``max_bytes``, the sidecar is busy or gone) is logged as
         a warning and not raised: the answer paid for is returned, with
-        ``stored`` None.
+        ``stored`` None. A lookup that fails because the cache is down or
+        busy (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED)
+        is logged too, and the call is made (its answer not stored): a cache
+        outage does not stop the calls it stands in front of. Other lookup
+        errors (an unknown namespace, a bad vector) are raised.
 
         Args:
             namespace: The namespace.
@@ -582,7 +594,17 @@ class Cache:
         metadata: Mapping[str, str] | None,
         usage: CacheUsage | Callable[[T], CacheUsage] | None,
     ) -> CachedResult[Any]:
-        hit = await self.lookup(namespace, prompt, vector=vector, threshold=threshold)
+        try:
+            hit = await self.lookup(namespace, prompt, vector=vector, threshold=threshold)
+        except _CACHE_DOWN as error:
+            # A cache down or busy must not become an LLM outage: the call answers, and its
+            # answer is not stored (the sidecar is gone or shedding load).
+            _log.warning(f"cache: {namespace!r} could not be looked up, so the call is made: {error}")
+            value = await call()
+            try:
+                return CachedResult(value=decode_payload(encode_payload(value)))
+            except TypeError:
+                return CachedResult(value=value)
         if hit is not None:
             return CachedResult(value=hit.value, hit=hit)
         value = await call()
