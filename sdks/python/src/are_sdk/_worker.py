@@ -104,6 +104,10 @@ _FATAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+# Reconnecting: the first wait (jittered), doubling up to Worker.reconnect_max_delay; only a
+# session that lived this long sets it back to the first.
+_FIRST_RECONNECT_DELAY_S = 0.05
+_STABLE_SESSION_S = 10.0
 _MAX_BATCH = 1000
 _MAX_STACK_TRACE = 64 * 1024
 _MAX_MESSAGE = 32 * 1024
@@ -539,6 +543,19 @@ def _retry_after(value: Duration) -> Any:
     if seconds >= _MAX_RETRY_AFTER_S:
         return duration_pb2.Duration(seconds=_MAX_RETRY_AFTER_S)
     return to_duration(value)
+
+
+def _reconnect_wait(delay: float, hint: timedelta | None) -> float:
+    """Seconds before the next connection attempt: full jitter over ``delay``, or the sidecar's hint.
+
+    When the sidecar sent a retry hint (RetryInfo: the worker bound reached,
+    a store closing), at least that, with up to a fifth more so that the
+    workers it refused do not all come back at once.
+    """
+    wait = random.uniform(0, delay)  # noqa: S311 - jitter, not secrecy
+    if hint is not None and hint.total_seconds() > 0:
+        wait = max(wait, hint.total_seconds() * random.uniform(1.0, 1.2))  # noqa: S311
+    return wait
 
 
 def _failure_from_exception(error: BaseException) -> Any:
@@ -1072,6 +1089,7 @@ class Worker:
         self._max_threads = max_threads or min(max_concurrency, 32)
         self._executor: ThreadPoolExecutor | None = None
         self._stop: asyncio.Event | None = None
+        self._shutdown_asked = False  # shutdown() was called (before run(), it ends that run at once)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: _Session | None = None
         self._registered = asyncio.Event()
@@ -1135,7 +1153,11 @@ class Worker:
             await self._registered.wait()
 
     def shutdown(self) -> None:
-        """Starts a graceful drain; :meth:`run` returns once it is done. Thread-safe."""
+        """Starts a graceful drain; :meth:`run` returns once it is done. Thread-safe.
+
+        Called before :meth:`run` has started, it makes that run return at once.
+        """
+        self._shutdown_asked = True
         stop, loop = self._stop, self._loop
         if stop is None or loop is None:
             return
@@ -1161,6 +1183,8 @@ class Worker:
             raise ValueError("the worker declares no capability; add a handler first")
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self._shutdown_asked:  # shutdown() came before this run had a stop event to set
+            self._stop.set()
         installed: list[signal.Signals] = []
         if handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1170,6 +1194,7 @@ class Worker:
         try:
             await self._serve_forever(self._stop)
         finally:
+            self._shutdown_asked = False
             for signum in installed:
                 self._loop.remove_signal_handler(signum)
             if self._executor is not None:
@@ -1178,33 +1203,41 @@ class Worker:
             self._registered.clear()
 
     async def _serve_forever(self, stop: asyncio.Event) -> None:
-        delay = 0.05
+        delay = _FIRST_RECONNECT_DELAY_S
         while not stop.is_set():
             session = _Session(self, self.client)
             self._session = session
+            hint: timedelta | None = None
             try:
                 await session.open()
             except RpcError as error:
                 if error.code in _FATAL_CODES:
                     raise
+                hint = error.retry_after
                 _log.warning("worker %s: cannot connect (%s); retrying", self.name, error)
             else:
                 self.stats["connects"] += 1
                 self._registered.set()
-                delay = 0.05
+                opened = time.monotonic()
                 try:
                     if await session.serve(stop):
                         return
-                    self.stats["disconnects"] += 1  # the sidecar ended it (a drain)
+                    self.stats["disconnects"] += 1
+                    _log.warning("worker %s: the sidecar ended the stream; reconnecting", self.name)
                 except RpcError as error:
                     self.stats["disconnects"] += 1
                     if error.code in _FATAL_CODES:
                         raise
+                    hint = error.retry_after
                     _log.warning("worker %s: stream ended (%s); reconnecting", self.name, error)
                 finally:
                     self._registered.clear()
+                # Only a session that lived resets the backoff: one the sidecar ends just after
+                # registering (refusing it, failing) would otherwise reconnect 20 times a second.
+                if time.monotonic() - opened >= _STABLE_SESSION_S:
+                    delay = _FIRST_RECONNECT_DELAY_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), random.uniform(0, delay))  # noqa: S311 - jitter
+                await asyncio.wait_for(stop.wait(), _reconnect_wait(delay, hint))
             delay = min(delay * 2, self.reconnect_max_delay)
 
     async def __aenter__(self) -> Self:
