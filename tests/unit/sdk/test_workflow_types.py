@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
 
 from are_sdk import (
     AreError,
@@ -133,3 +138,48 @@ def test_failure_str_and_timeouts() -> None:
 def test_wait_timeout_is_both_an_are_error_and_a_timeout() -> None:
     assert issubclass(WaitTimeoutError, AreError)
     assert issubclass(WaitTimeoutError, TimeoutError)
+
+
+async def test_a_watch_refused_for_want_of_subscribers_resumes_after_the_sidecars_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumed WatchWorkflow refused with RESOURCE_EXHAUSTED (the recorder's subscribers all
+    taken; RetryInfo 1 s) ended wait() and result() with that error."""
+    from are_sdk import ResourceExhaustedError
+    from are_sdk._workflow import WorkflowHandle
+
+    closed = scheduler_service_pb2.WatchWorkflowResponse(
+        workflow=workflow_pb2.Workflow(workflow_id="wf", state=workflow_pb2.WORKFLOW_STATE_COMPLETED),
+        sequence=7,
+    )
+    calls: list[str] = []
+    slept: list[float] = []
+
+    class Scheduler:
+        def WatchWorkflow(self, request: object, timeout: float | None = None) -> Any:  # noqa: N802
+            calls.append("watch")
+            return self._stream(len(calls))
+
+        async def _stream(self, call: int) -> Any:
+            if call == 1:
+                raise ResourceExhaustedError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many subscribers",
+                    retry_after=timedelta(seconds=1),
+                )
+            yield closed
+
+    class Raw:
+        scheduler = Scheduler()
+
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    final = await WorkflowHandle(Raw(), "wf").wait(timeout=10)
+    assert final.state.name == "COMPLETED"
+    assert calls == ["watch", "watch"]
+    assert len(slept) == 1 and 1.0 <= slept[0] <= 1.2  # the hint, and up to a fifth more
