@@ -585,3 +585,34 @@ async def test_a_cancelled_error_the_handler_raises_itself_fails_the_attempt(cli
         handle_ = await client.submit_workflow(WorkflowSpec().task("x", capability=cap, retry_policy=policy))
         assert await handle_.result(timeout=RESULT_TIMEOUT) == "second attempt"
     assert attempts == [1, 2]  # the first failed (retryable), the second completed
+
+
+async def test_a_thousand_pending_waits_hold_up_no_other_call_of_the_client(client: Client) -> None:
+    """Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams at once on a
+    connection: on the client's one connection, 1,030 pending waits starved its health check
+    and a worker's registration. Waits now have a connection of their own."""
+    nobody = f"nobody-{suffix()}"
+    handle = await client.submit_workflow(WorkflowSpec().task("x", capability=nobody))
+    waits = [asyncio.create_task(handle.wait()) for _ in range(1030)]
+    try:
+        await asyncio.sleep(1.0)  # the waits open their streams
+        assert not any(w.done() for w in waits)
+        assert await client.health(timeout=10) == "SERVING"
+        cap = f"beside-waits-{suffix()}"
+        worker = Worker(client, name=f"beside-waits-{suffix()}")
+
+        @worker.handler(cap)
+        async def handle_(ctx: TaskContext) -> str:
+            return "served"
+
+        async with asyncio.timeout(30):
+            async with worker:  # registered on its stream, beside the 1,030 waits
+                other = await client.submit_workflow(WorkflowSpec().task("y", capability=cap))
+                # Polled: a wait would queue behind the others on their connection, by design.
+                while (await other.describe()).state is not WorkflowState.COMPLETED:
+                    await asyncio.sleep(0.05)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await handle.cancel()

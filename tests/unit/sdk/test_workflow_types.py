@@ -170,7 +170,7 @@ async def test_a_watch_refused_for_want_of_subscribers_resumes_after_the_sidecar
             yield closed
 
     class Raw:
-        scheduler = Scheduler()
+        watches = Scheduler()
 
     real_sleep = asyncio.sleep
 

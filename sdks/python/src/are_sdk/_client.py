@@ -96,8 +96,19 @@ class RawServices:
     SDK's exceptions. Prefer the typed facades on :class:`Client`.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        metadata: Sequence[tuple[str, str]],
+        *,
+        watch_channel: grpc.aio.Channel | None = None,
+    ) -> None:
         self.scheduler = ServiceClient(scheduler_service_pb2_grpc.SchedulerServiceStub(channel), metadata)
+        self.watches = ServiceClient(
+            scheduler_service_pb2_grpc.SchedulerServiceStub(watch_channel or channel), metadata
+        )
+        """The scheduler again, for the WatchWorkflow streams behind workflow handles' waits: on a
+        connection of its own when the client opened one (see :class:`Client`)."""
         self.worker = ServiceClient(worker_service_pb2_grpc.WorkerServiceStub(channel), metadata)
         self.state = ServiceClient(state_service_pb2_grpc.StateServiceStub(channel), metadata)
         self.cache = ServiceClient(cache_service_pb2_grpc.CacheServiceStub(channel), metadata)
@@ -111,17 +122,32 @@ class Client:
     Create it with :meth:`connect`; use it as an async context manager or call
     :meth:`close`. ``client.raw`` holds the raw service layer
     (:class:`RawServices`) for every RPC of the contract.
+
+    Waits on workflows (a handle's ``wait``, ``result`` and ``watch``) go over
+    a second connection that :meth:`connect` opens. Each holds a stream open
+    for as long as its workflow runs, and the sidecar serves 1,024 streams at
+    once on a connection: on one connection, a thousand pending waits held up
+    every other call of the client, a worker's stream included. Past 1,024
+    waits, the next ones queue until streams free.
     """
 
-    def __init__(self, target: str, channel: grpc.aio.Channel, token: str | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        channel: grpc.aio.Channel,
+        token: str | None,
+        *,
+        watch_channel: grpc.aio.Channel | None = None,
+    ) -> None:
         self._target = target
         self._channel = channel
+        self._watch_channel = watch_channel
         metadata: list[tuple[str, str]] = []
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
         self._health = health_pb2_grpc.HealthStub(channel)
-        self.raw = RawServices(channel, self._metadata)
+        self.raw = RawServices(channel, self._metadata, watch_channel=watch_channel)
         # The scheduler: workflows and approvals, pools, and two shortcuts.
         self.workflows = Workflows(self.raw)
         self.pools = Pools(self.raw)
@@ -192,11 +218,14 @@ class Client:
                 # otherwise; a worker's stream can be quiet for hours.
                 ("grpc.http2.max_pings_without_data", 0),
             ]
-        if tls or root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            channel = grpc.aio.secure_channel(target, credentials, options=options)
-        else:
-            channel = grpc.aio.insecure_channel(target, options=options)
+
+        def open_channel(*extra: tuple[str, int]) -> grpc.aio.Channel:
+            if tls or root_certificates is not None:
+                credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                return grpc.aio.secure_channel(target, credentials, options=[*options, *extra])
+            return grpc.aio.insecure_channel(target, options=[*options, *extra])
+
+        channel = open_channel()
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         except TimeoutError:
@@ -205,7 +234,10 @@ class Client:
                 grpc.StatusCode.UNAVAILABLE,
                 f"no ARE sidecar answered at {target!r} within {timeout:g}s",
             ) from None
-        return cls(target, channel, token)
+        # Connected at the first wait (see the class docstring); a subchannel pool of its own
+        # keeps grpc from putting both channels on one connection, as it does for equal ones.
+        watch_channel = open_channel(("grpc.use_local_subchannel_pool", 1))
+        return cls(target, channel, token, watch_channel=watch_channel)
 
     @property
     def target(self) -> str:
@@ -239,7 +271,9 @@ class Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channels; calls in flight are cancelled."""
+        if self._watch_channel is not None:
+            await self._watch_channel.close()
         await self._channel.close()
 
     async def __aenter__(self) -> Self:

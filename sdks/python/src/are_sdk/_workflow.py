@@ -126,7 +126,7 @@ class WorkflowHandle:
             if cursor is not None:
                 request.after_sequence = cursor
             try:
-                async for response in self._raw.scheduler.WatchWorkflow(request, timeout=None):
+                async for response in self._raw.watches.WatchWorkflow(request, timeout=None):
                     if response.sequence:
                         cursor = response.sequence
                     delay = _RESUME_INITIAL_DELAY
