@@ -1044,11 +1044,17 @@ class Worker:
         client: A connected async :class:`~are_sdk.Client`.
         name: The worker's name, shared by its replicas (id alphabet).
         capabilities: Capabilities to declare besides those with handlers.
-        max_concurrency: The most tasks run at once (1 to 10,000).
+        max_concurrency: The most tasks held at once (1 to 10,000); sync
+            handlers among them run at most ``max_threads`` at a time.
         identity: Who this process is, for humans; default ``host:pid N``.
         labels: Free labels sent with the registration.
         shutdown_grace: Seconds tasks in flight get to finish on shutdown.
         max_threads: Threads for sync handlers; default ``min(max_concurrency, 32)``.
+            A thread cannot be stopped: a sync handler cancelled (by the
+            sidecar, or past the shutdown grace) keeps its thread until it
+            returns, and tasks assigned meanwhile wait for a free one while
+            their start-to-close clock runs. Prefer async handlers for long
+            work, or check ``ctx.cancelled`` in loops.
         reconnect_max_delay: The longest wait between reconnection attempts.
         card: How the router shows this worker (its class): agent_id,
             description or vector, cost per call, labels. Replicas sending
