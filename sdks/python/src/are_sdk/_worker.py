@@ -926,17 +926,7 @@ class _Session:
 
     async def _run(self, ctx: TaskContext, handler: Handler | None) -> None:
         try:
-            await _load_blobs(ctx, self.client)
-            if handler is None:
-                result = await _no_handler(self.worker.name, ctx)
-            elif self.worker.is_async(handler):
-                result = await handler(ctx)
-            else:
-                run = contextvars.copy_context().run
-                result = await self.loop.run_in_executor(self.worker.executor(), run, handler, ctx)
-                if inspect.isawaitable(result):
-                    result = await result
-            message = await _by_reference(_output_completion(ctx, result), self.client)
+            message = await self._completion(ctx, handler)
         except asyncio.CancelledError as error:
             task = asyncio.current_task()
             if task is None or task.cancelling():
@@ -944,24 +934,45 @@ class _Session:
             # Raised by the handler itself (a cancelled future it awaited, a library's
             # timeout), not a cancellation of this attempt: a failure like any other, or the
             # attempt would stay held (and heartbeated) with nothing ever reported.
-            self._fail(ctx, error)
+            reported = self._fail(ctx, error)
         except Exception as error:  # noqa: BLE001 - every handler error becomes a Failure
-            self._fail(ctx, error)
+            reported = self._fail(ctx, error)
         else:
-            if self.attempts.get(ctx.key) is None:
-                return
-            self._completions.append(message)
-            self._completing[ctx.key] = message.usage if message.HasField("usage") else None
-            self.worker.stats["completed"] += 1
+            reported = self._complete(ctx, message)
+        if not reported:
+            return  # the attempt is no longer held: no acknowledgement to wait for
         self.attempts.pop(ctx.key, None)
         self._heartbeats.pop(ctx.key, None)
         self.unacked.add(ctx.key)
         self._kick()
 
-    def _fail(self, ctx: TaskContext, error: BaseException) -> None:
-        """Queues the attempt's failure from what the handler raised (if the attempt is still held)."""
+    async def _completion(self, ctx: TaskContext, handler: Handler | None) -> Any:
+        """Runs the handler; its completion message (an output too large inline goes as a blob)."""
+        await _load_blobs(ctx, self.client)
+        if handler is None:
+            result = await _no_handler(self.worker.name, ctx)
+        elif self.worker.is_async(handler):
+            result = await handler(ctx)
+        else:
+            run = contextvars.copy_context().run
+            result = await self.loop.run_in_executor(self.worker.executor(), run, handler, ctx)
+            if inspect.isawaitable(result):
+                result = await result
+        return await _by_reference(_output_completion(ctx, result), self.client)
+
+    def _complete(self, ctx: TaskContext, message: Any) -> bool:
+        """Queues the attempt's completion; False if the attempt is no longer held."""
         if self.attempts.get(ctx.key) is None:
-            return
+            return False
+        self._completions.append(message)
+        self._completing[ctx.key] = message.usage if message.HasField("usage") else None
+        self.worker.stats["completed"] += 1
+        return True
+
+    def _fail(self, ctx: TaskContext, error: BaseException) -> bool:
+        """Queues the attempt's failure from what the handler raised; False if the attempt is not held."""
+        if self.attempts.get(ctx.key) is None:
+            return False
         failure = wpb.TaskFailure(
             workflow_id=ctx.workflow_id,
             task_id=ctx.task_id,
@@ -976,6 +987,7 @@ class _Session:
             failure.retry_after.CopyFrom(_retry_after(hint))
         self._failures.append(_fit_task_failure(failure))
         self.worker.stats["failed"] += 1
+        return True
 
     async def _write(self) -> None:
         call = self.call
