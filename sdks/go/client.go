@@ -3,6 +3,7 @@ package are
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -52,9 +53,20 @@ type Raw struct {
 
 // Client is a connection to one ARE sidecar. It is safe for concurrent use;
 // create it with Connect and release it with Close.
+//
+// Waits on workflows (WorkflowHandle.Wait and Result) go over a second
+// connection that Connect opens. Each holds a stream open for as long as its
+// workflow runs, and the sidecar serves 1,024 streams at once on a
+// connection: on one connection, a thousand pending waits would hold up every
+// other call of the client, a worker's stream included. Past 1,024 waits, the
+// next ones queue until streams free.
 type Client struct {
 	target string
 	conn   *grpc.ClientConn
+	// watchConn carries the WatchWorkflow streams behind waits (see above);
+	// watches is the scheduler's stub on it.
+	watchConn *grpc.ClientConn
+	watches   arev1.SchedulerServiceClient
 
 	// Raw is the raw service layer: every RPC of the contract.
 	Raw Raw
@@ -162,7 +174,14 @@ func Connect(ctx context.Context, target string, opts ...Option) (*Client, error
 			cause:   err,
 		}
 	}
-	return newClient(target, conn), nil
+	// Connected at the first wait (see Client); grpc-go gives each ClientConn
+	// connections of its own.
+	watchConn, err := grpc.NewClient(dialTarget(target), dial...)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("are: bad target %q: %w", target, err)
+	}
+	return newClient(target, conn, watchConn), nil
 }
 
 func defaultOptions() options {
@@ -212,10 +231,12 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn) error {
 	}
 }
 
-func newClient(target string, conn *grpc.ClientConn) *Client {
+func newClient(target string, conn, watchConn *grpc.ClientConn) *Client {
 	c := &Client{
-		target: target,
-		conn:   conn,
+		target:    target,
+		conn:      conn,
+		watchConn: watchConn,
+		watches:   arev1.NewSchedulerServiceClient(watchConn),
 		Raw: Raw{
 			Scheduler: arev1.NewSchedulerServiceClient(conn),
 			Worker:    arev1.NewWorkerServiceClient(conn),
@@ -241,7 +262,7 @@ func (c *Client) Target() string { return c.target }
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
 // Close closes the connection; calls in flight are cancelled.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error { return errors.Join(c.watchConn.Close(), c.conn.Close()) }
 
 // Health returns the sidecar's health status (SERVING when ready to serve).
 func (c *Client) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,5 +145,33 @@ func TestConnectWithCustomKeepalive(t *testing.T) {
 		if _, err := client.Workflows.Get(ctx, "wf-none"); !errors.Is(err, are.ErrNotFound) {
 			t.Fatalf("Get of an unknown workflow = %v; want NOT_FOUND", err)
 		}
+	}
+}
+
+// Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams
+// at once on a connection: on the client's one connection, 1,030 pending
+// waits starved its other calls. Waits have a connection of their own.
+func TestAThousandPendingWaitsHoldUpNoOtherCallOfTheClient(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	handle := openWorkflow(t, ctx, client, nil)
+	waitCtx, stopWaits := context.WithCancel(ctx)
+	var waits sync.WaitGroup
+	defer func() {
+		stopWaits()
+		waits.Wait()
+	}()
+	for i := 0; i < 1030; i++ {
+		waits.Add(1)
+		go func() {
+			defer waits.Done()
+			_, _ = handle.Wait(waitCtx)
+		}()
+	}
+	time.Sleep(time.Second) // the waits open their streams
+	healthCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if got, err := client.Health(healthCtx); err != nil || got != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Health beside 1,030 waits = %v, %v; want SERVING", got, err)
 	}
 }

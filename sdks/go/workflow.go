@@ -126,7 +126,7 @@ func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
 func (h *WorkflowHandle) watchOnce(ctx context.Context, after *uint64) (*arev1.Workflow, *uint64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := h.client.Raw.Scheduler.WatchWorkflow(ctx, &arev1.WatchWorkflowRequest{WorkflowId: h.ID, AfterSequence: after})
+	stream, err := h.client.watches.WatchWorkflow(ctx, &arev1.WatchWorkflowRequest{WorkflowId: h.ID, AfterSequence: after})
 	if err != nil {
 		return nil, nil, err
 	}
