@@ -109,11 +109,29 @@ export class Client {
   /** @internal */
   readonly rpc: Rpc;
   private readonly channel: grpc.Channel;
+  /**
+   * Waits on workflows (a handle's `wait`, `result` and `watch`) go over a
+   * second channel: each holds a stream open for as long as its workflow
+   * runs, and the sidecar serves 1,024 streams at once on a connection, so on
+   * one connection a thousand pending waits would hold up every other call of
+   * the client, a worker's stream included. Past 1,024 waits, the next ones
+   * queue until streams free.
+   */
+  private readonly watchChannel: grpc.Channel;
+  private readonly watches: SchedulerServiceClient;
   private closed = false;
 
-  private constructor(target: string, channel: grpc.Channel, credentials: grpc.ChannelCredentials, token: string | undefined) {
+  private constructor(
+    target: string,
+    channel: grpc.Channel,
+    watchChannel: grpc.Channel,
+    credentials: grpc.ChannelCredentials,
+    token: string | undefined,
+  ) {
     this.target = target;
     this.channel = channel;
+    this.watchChannel = watchChannel;
+    this.watches = new SchedulerServiceClient(target, credentials, { channelOverride: watchChannel });
     const options = { channelOverride: channel };
     this.raw = {
       scheduler: new SchedulerServiceClient(target, credentials, options),
@@ -133,7 +151,7 @@ export class Client {
       () => this.closed,
     );
     this.blobs = new Blobs(this.raw.state, this.rpc);
-    this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs);
+    this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs, this.watches);
     this.state = new State(this.raw.state, this.rpc);
     this.cache = new Cache(this.raw.cache, this.rpc, this.blobs);
     this.trace = new Trace(this.raw.trace, this.rpc);
@@ -152,13 +170,17 @@ export class Client {
       options.tls || options.rootCertificates !== undefined
         ? grpc.credentials.createSsl(options.rootCertificates ?? null)
         : grpc.credentials.createInsecure();
-    const channel = new grpc.Channel(target, credentials, {
+    const channelOptions = {
       "grpc.max_send_message_length": maxMessageBytes,
       "grpc.max_receive_message_length": maxMessageBytes,
       ...keepaliveChannelOptions(options),
       ...options.channelOptions,
-    });
-    const client = new Client(target, channel, credentials, options.token);
+    };
+    const channel = new grpc.Channel(target, credentials, channelOptions);
+    // Connected at the first wait; a subchannel pool of its own keeps grpc-js from putting
+    // both channels on one connection, as it does for channels alike.
+    const watchChannel = new grpc.Channel(target, credentials, { ...channelOptions, "grpc.use_local_subchannel_pool": 1 });
+    const client = new Client(target, channel, watchChannel, credentials, options.token);
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     try {
       await waitForReady(client.raw.health, timeoutMs, options.signal);
@@ -197,7 +219,9 @@ export class Client {
     this.closed = true;
     this.rpc.cancelStreams();
     for (const service of Object.values(this.raw)) (service as grpc.Client).close();
+    this.watches.close();
     this.channel.close();
+    this.watchChannel.close();
   }
 }
 

@@ -130,6 +130,8 @@ export class WorkflowHandle {
     readonly workflowId: string,
     /** True when the submit matched an earlier requestId and created nothing. */
     readonly deduplicated = false,
+    /** The scheduler on the client's channel for waits (see `Client`); `raw` when none. */
+    private readonly watches: SchedulerServiceClient = raw,
   ) {}
 
   /** The workflow's current status; `AreError` NOT_FOUND (WORKFLOW_NOT_FOUND) if there is none. */
@@ -171,7 +173,7 @@ export class WorkflowHandle {
         afterSequence: cursor,
       });
       try {
-        for await (const response of this.rpc.stream(this.raw.watchWorkflow.bind(this.raw), request, { signal })) {
+        for await (const response of this.rpc.stream(this.watches.watchWorkflow.bind(this.watches), request, { signal })) {
           if (response.sequence) cursor = response.sequence;
           delay = RESUME_INITIAL_DELAY_MS;
           if (!response.workflow) continue;
@@ -325,6 +327,8 @@ export class Workflows {
     private readonly raw: SchedulerServiceClient,
     private readonly rpc: Rpc,
     private readonly blobs: Blobs,
+    /** The scheduler on the client's channel for waits (see `Client`). */
+    private readonly watches: SchedulerServiceClient = raw,
   ) {}
 
   /**
@@ -339,12 +343,12 @@ export class Workflows {
       SubmitWorkflowRequest.fromPartial({ spec: message, requestId: options.requestId ?? "" }),
       options,
     );
-    return new WorkflowHandle(this.raw, this.rpc, this.blobs, response.workflowId, response.deduplicated);
+    return new WorkflowHandle(this.raw, this.rpc, this.blobs, response.workflowId, response.deduplicated, this.watches);
   }
 
   /** A handle on an existing workflow (no call is made). */
   getHandle(workflowId: string): WorkflowHandle {
-    return new WorkflowHandle(this.raw, this.rpc, this.blobs, workflowId);
+    return new WorkflowHandle(this.raw, this.rpc, this.blobs, workflowId, false, this.watches);
   }
 
   /** A workflow's status. */

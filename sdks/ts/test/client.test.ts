@@ -160,6 +160,24 @@ describe("workflows", () => {
   });
 });
 
+describe("many waits", () => {
+  // Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams at once on a
+  // connection: on the client's one connection, 1,030 pending waits starved its other calls.
+  test("a thousand pending waits hold up no other call of the client", async () => {
+    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const controller = new AbortController();
+    const waits = Array.from({ length: 1030 }, () => handle.wait({ signal: controller.signal }).catch(() => undefined));
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_000)); // the waits open their streams
+      assert.equal(await client.health("", { timeoutMs: 10_000 }), "SERVING");
+    } finally {
+      controller.abort();
+      await Promise.all(waits);
+      await handle.cancel();
+    }
+  });
+});
+
 describe("bounded waits", () => {
   test("a wait with timeoutMs gives up with WaitTimeoutError", async () => {
     const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
