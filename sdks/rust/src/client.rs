@@ -139,11 +139,76 @@ pub struct Raw {
 }
 
 /// A connection to one ARE sidecar, cheap to clone and safe to share.
+///
+/// Waits on workflows ([`crate::WorkflowHandle::wait`] and `result`) go over a
+/// second connection that [`Client::connect`] opens: each holds a stream open
+/// for as long as its workflow runs, and the sidecar serves 1,024 streams at
+/// once on a connection, so on one connection a thousand pending waits would
+/// hold up every other call of the client, a worker's stream included. Past
+/// 1,024 waits, the next ones queue until streams free.
 #[derive(Clone, Debug)]
 pub struct Client {
     target: String,
     raw: Raw,
+    /// The scheduler on the connection for waits (see above).
+    watches: SchedulerServiceClient<Transport>,
     pub(crate) call_timeout: Duration,
+}
+
+/// A channel to `target` (`host:port` or `unix:PATH`); `lazy` connects at the
+/// first call instead of now (within `options.connect_timeout`).
+async fn open_channel(target: &str, options: &Options, lazy: bool) -> Result<Channel> {
+    let unavailable = |e: tonic::transport::Error| {
+        Error::local(
+            Code::Unavailable,
+            "UNAVAILABLE",
+            format!("no ARE sidecar answered at {target:?}: {e}"),
+        )
+        .with_source(e)
+    };
+    if let Some(path) = target.strip_prefix("unix:") {
+        let path = path.trim_start_matches("//").to_string();
+        let endpoint = options.configure(Endpoint::from_static("http://localhost"));
+        let connector = tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        });
+        if lazy {
+            return Ok(endpoint.connect_with_connector_lazy(connector));
+        }
+        let connect = endpoint.connect_with_connector(connector);
+        return bounded("connect", options.connect_timeout, async {
+            connect.await.map_err(unavailable)
+        })
+        .await;
+    }
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{target}")).map_err(|e| {
+        Error::local(
+            Code::InvalidArgument,
+            "BAD_TARGET",
+            format!("bad target {target:?}: {e}"),
+        )
+    })?;
+    let mut endpoint = options.configure(endpoint).tcp_nodelay(true);
+    if let Some(tls) = options.tls.clone() {
+        endpoint = endpoint.tls_config(tls).map_err(unavailable)?;
+    }
+    if lazy {
+        return Ok(endpoint.connect_lazy());
+    }
+    bounded("connect", options.connect_timeout, async {
+        endpoint.connect().await.map_err(unavailable)
+    })
+    .await
 }
 
 macro_rules! stub {
@@ -168,51 +233,15 @@ impl Client {
             })?),
             None => None,
         };
-        let unavailable = |e: tonic::transport::Error| {
-            Error::local(
-                Code::Unavailable,
-                "UNAVAILABLE",
-                format!("no ARE sidecar answered at {target:?}: {e}"),
-            )
-            .with_source(e)
-        };
-        let scheme = if options.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let channel = if let Some(path) = target.strip_prefix("unix:") {
-            let path = path.trim_start_matches("//").to_string();
-            let endpoint = options.configure(Endpoint::from_static("http://localhost"));
-            let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }));
-            bounded("connect", options.connect_timeout, async {
-                connect.await.map_err(unavailable)
-            })
-            .await?
-        } else {
-            let endpoint = Endpoint::from_shared(format!("{scheme}://{target}")).map_err(|e| {
-                Error::local(
-                    Code::InvalidArgument,
-                    "BAD_TARGET",
-                    format!("bad target {target:?}: {e}"),
-                )
-            })?;
-            let mut endpoint = options.configure(endpoint).tcp_nodelay(true);
-            if let Some(tls) = options.tls.clone() {
-                endpoint = endpoint.tls_config(tls).map_err(unavailable)?;
-            }
-            bounded("connect", options.connect_timeout, async {
-                endpoint.connect().await.map_err(unavailable)
-            })
-            .await?
-        };
+        let channel = open_channel(target, &options, false).await?;
+        // Connected at the first wait (see Client).
+        let watch_channel = open_channel(target, &options, true).await?;
+        let watches = InterceptedService::new(
+            watch_channel,
+            Auth {
+                header: header.clone(),
+            },
+        );
         let svc = InterceptedService::new(channel, Auth { header });
         let n = options.max_message_bytes;
         let raw = Raw {
@@ -227,8 +256,14 @@ impl Client {
         Ok(Client {
             target: target.to_string(),
             raw,
+            watches: stub!(SchedulerServiceClient, watches, n),
             call_timeout: options.call_timeout,
         })
+    }
+
+    /// The scheduler's stub on the connection for waits (see [`Client`]).
+    pub(crate) fn watches(&self) -> SchedulerServiceClient<Transport> {
+        self.watches.clone()
     }
 
     /// The target this client connected to.

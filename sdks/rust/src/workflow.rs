@@ -295,7 +295,7 @@ impl WorkflowHandle {
         let mut after = None;
         let mut delay = Duration::from_millis(50);
         loop {
-            let mut s = self.client.raw().scheduler;
+            let mut s = self.client.watches();
             let req = pb::WatchWorkflowRequest {
                 workflow_id: self.id.clone(),
                 after_sequence: after,

@@ -112,6 +112,38 @@ async fn connect_and_health() {
     assert_eq!(bad.code, Code::Unavailable);
 }
 
+/// Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams
+/// at once on a connection: on the client's one connection, 1,030 pending
+/// waits starved its other calls. Waits have a connection of their own.
+#[tokio::test]
+async fn a_thousand_pending_waits_hold_up_no_other_call_of_the_client() {
+    let (_sidecar, client) = start().await;
+    let handle = client
+        .submit(
+            WorkflowBuilder::new("rust-nobody").task(TaskBuilder::new("a", "rust-nobody-serves")),
+        )
+        .await
+        .unwrap();
+    let waits: Vec<_> = (0..1030)
+        .map(|_| {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.wait(Duration::from_secs(60)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await; // the waits open their streams
+    let health = timeout(Duration::from_secs(10), client.health()).await;
+    for wait in &waits {
+        wait.abort();
+    }
+    assert_eq!(
+        health
+            .expect("the health check answered beside 1,030 waits")
+            .unwrap(),
+        ServingStatus::Serving
+    );
+    handle.cancel("done").await.unwrap();
+}
+
 #[tokio::test]
 async fn custom_keepalive_or_none_still_works() {
     let (sidecar, _client) = start().await;
