@@ -81,13 +81,33 @@ public final class Client implements AutoCloseable {
 
   private final String target;
   private final ManagedChannel managed;
+  /**
+   * Carries the WatchWorkflow streams behind waits on workflows ({@link WorkflowHandle#await}):
+   * each holds a stream open for as long as its workflow runs, and the sidecar serves 1,024
+   * streams at once on a connection, so on one connection a thousand pending waits would hold up
+   * every other call of the client, a worker's stream included. Past 1,024 waits, the next ones
+   * queue until streams free. Connected at the first wait.
+   */
+  private final ManagedChannel watchManaged;
+
+  private final SchedulerServiceGrpc.SchedulerServiceBlockingStub watches;
   private final Raw raw;
   private final Duration callTimeout;
   private final int maxMessageBytes;
 
-  private Client(String target, ManagedChannel managed, Channel channel, Options options) {
+  private Client(
+      String target,
+      ManagedChannel managed,
+      Channel channel,
+      ManagedChannel watchManaged,
+      Channel watchChannel,
+      Options options) {
     this.target = target;
     this.managed = managed;
+    this.watchManaged = watchManaged;
+    this.watches =
+        SchedulerServiceGrpc.newBlockingStub(watchChannel)
+            .withMaxInboundMessageSize(options.maxMessageBytes());
     this.callTimeout = options.callTimeout();
     this.maxMessageBytes = options.maxMessageBytes();
     int n = maxMessageBytes;
@@ -121,7 +141,24 @@ public final class Client implements AutoCloseable {
       }
       headers.put(AUTHORIZATION, "Bearer " + options.token());
     }
-    ManagedChannel managed;
+    ManagedChannel managed = build(target, options);
+    try {
+      awaitReady(managed, target, options.connectTimeout());
+    } catch (RuntimeException e) {
+      managed.shutdownNow();
+      throw e;
+    }
+    ManagedChannel watchManaged = build(target, options);
+    Channel channel =
+        ClientInterceptors.intercept(managed, MetadataUtils.newAttachHeadersInterceptor(headers));
+    Channel watchChannel =
+        ClientInterceptors.intercept(
+            watchManaged, MetadataUtils.newAttachHeadersInterceptor(headers));
+    return new Client(target, managed, channel, watchManaged, watchChannel, options);
+  }
+
+  /** A channel to {@code target} with the options' settings (it connects at its first call). */
+  private static ManagedChannel build(String target, Options options) {
     try {
       ManagedChannelBuilder<?> builder =
           Grpc.newChannelBuilder(target, credentials(options))
@@ -131,20 +168,16 @@ public final class Client implements AutoCloseable {
         netty.withOption(ChannelOption.SO_KEEPALIVE, null);
       }
       keepalive(builder, options);
-      managed = builder.build();
+      return builder.build();
     } catch (IllegalArgumentException | IOException e) {
       throw AreException.local(
           Status.Code.INVALID_ARGUMENT, "BAD_TARGET", "bad target \"" + target + "\": " + e, e);
     }
-    try {
-      awaitReady(managed, target, options.connectTimeout());
-    } catch (RuntimeException e) {
-      managed.shutdownNow();
-      throw e;
-    }
-    Channel channel =
-        ClientInterceptors.intercept(managed, MetadataUtils.newAttachHeadersInterceptor(headers));
-    return new Client(target, managed, channel, options);
+  }
+
+  /** The scheduler's stub on the connection for waits (see {@link #watchManaged}). */
+  SchedulerServiceGrpc.SchedulerServiceBlockingStub watches() {
+    return watches;
   }
 
   /**
@@ -382,6 +415,7 @@ public final class Client implements AutoCloseable {
   /** Closes the connection; calls in flight are cancelled after up to 5 seconds. */
   @Override
   public void close() {
+    watchManaged.shutdownNow(); // waits only: nothing there to let finish
     managed.shutdown();
     try {
       if (!managed.awaitTermination(5, TimeUnit.SECONDS)) {

@@ -99,8 +99,7 @@ public final class WorkflowHandle {
         try {
           Iterator<WatchWorkflowResponse> it =
               client
-                  .raw()
-                  .scheduler()
+                  .watches()
                   .withDeadlineAfter(left, TimeUnit.NANOSECONDS)
                   .watchWorkflow(req.build());
           while (it.hasNext()) {

@@ -116,6 +116,44 @@ class SidecarTest {
     assertEquals(AreException.SDK_DOMAIN, bad.domain());
   }
 
+  /**
+   * Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams at once on a
+   * connection: on the client's one connection, 1,030 pending waits starved its other calls. Waits
+   * have a connection of their own.
+   */
+  @Test
+  void aThousandPendingWaitsHoldUpNoOtherCallOfTheClient() throws Exception {
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-nobody").task(new TaskBuilder("a", "java-nobody-serves")));
+    java.util.concurrent.ExecutorService pool =
+        java.util.concurrent.Executors.newFixedThreadPool(1030);
+    try {
+      for (int i = 0; i < 1030; i++) {
+        pool.submit(
+            () -> {
+              try {
+                handle.await(Duration.ofSeconds(60));
+              } catch (RuntimeException ignored) {
+                // ended by the client's close at the end of the test
+              }
+            });
+      }
+      Thread.sleep(1000); // the waits open their streams
+      java.util.concurrent.ExecutorService asker =
+          java.util.concurrent.Executors.newSingleThreadExecutor();
+      try {
+        java.util.concurrent.Future<ServingStatus> health = asker.submit(() -> client.health());
+        assertEquals(ServingStatus.SERVING, health.get(10, TimeUnit.SECONDS));
+      } finally {
+        asker.shutdownNow();
+      }
+      handle.cancel("done");
+    } finally {
+      pool.shutdownNow();
+    }
+  }
+
   @Test
   void errorsCarryReasonAndField() {
     AreException e =
