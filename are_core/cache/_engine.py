@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
+from are_core._backoff import backoff
 from are_core.embed import Embedder, EmbedderError, LexicalEmbedder, OnnxEmbedder
 from are_core.storage import (
     BatchTooLargeError,
@@ -262,7 +263,7 @@ class _FlushRetry:
         if first:
             self.since_ns = now
         self.failures += 1
-        self.retry_ns = now + _retry_delay(self.failures, _FLUSH_FIRST_DELAY_NS, _FLUSH_MAX_DELAY_NS)
+        self.retry_ns = now + backoff(self.failures, _FLUSH_FIRST_DELAY_NS, _FLUSH_MAX_DELAY_NS)
         return first
 
 
@@ -1106,7 +1107,7 @@ class CacheEngine:
             await asyncio.to_thread(state.index.materialize)
         except Exception as error:  # noqa: BLE001 - derived data: the view serves on; tried again later
             state.fold_failures += 1
-            delay = _retry_delay(state.fold_failures, _FOLD_FIRST_DELAY_NS, _FOLD_MAX_DELAY_NS)
+            delay = backoff(state.fold_failures, _FOLD_FIRST_DELAY_NS, _FOLD_MAX_DELAY_NS)
             state.fold_retry_ns = self._clock() + delay
             if state.fold_failures == 1:
                 _log.warning(
@@ -3564,12 +3565,7 @@ def _may_confirm(state: _State) -> bool:
 
 def _reload_delay(failures: int) -> int:
     """How long after this many failed reloads in a row of a namespace the next is due (ns)."""
-    return _retry_delay(failures, _RELOAD_FIRST_DELAY_NS, _RELOAD_MAX_DELAY_NS)
-
-
-def _retry_delay(failures: int, first_ns: int, max_ns: int) -> int:
-    """The delay after this many failures in a row: ``first_ns``, doubling with each, up to ``max_ns``."""
-    return min(first_ns << min(failures - 1, 16), max_ns)
+    return backoff(failures, _RELOAD_FIRST_DELAY_NS, _RELOAD_MAX_DELAY_NS)
 
 
 def _reload_due(old: _State, now: int) -> bool:

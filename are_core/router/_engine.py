@@ -39,6 +39,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from are_core._backoff import backoff
 from are_core.storage import Batch, Codec, GroupCommitter, KeyedLocks, Storage, u64_key
 from are_core.storage import parse_u64_key as _parse_u64
 from are_core.trace import AttributeValue, Event, EventDraft, EventSink, record_in_slices
@@ -1335,8 +1336,7 @@ class Router:
         interval = self.settings.route_event_flush_interval_ns / 1e9
         if not self._route_commit_failures:
             return interval
-        backoff = interval * (1 << min(self._route_commit_failures, 16))
-        return min(backoff, max(_ROUTE_COMMIT_MAX_BACKOFF_S, interval))
+        return backoff(self._route_commit_failures, 2 * interval, max(_ROUTE_COMMIT_MAX_BACKOFF_S, interval))
 
     # ---------------------------------------------------------- model routing
 

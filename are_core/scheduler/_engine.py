@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from are_core._backoff import backoff
 from are_core.storage import Batch, Codec, GroupCommitter, Storage, join_key, prefix_key
 from are_core.trace import Event, EventDraft, EventSink, EventUsage, FailureInfo
 
@@ -1908,7 +1909,7 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - a failing pass leaves tasks where they are, nothing worse
             self._reroute_failures += 1
             failures = self._reroute_failures
-            delay = min(_REROUTE_RETRY_S * 2 ** min(failures - 1, 16), _REROUTE_RETRY_MAX_S)
+            delay = backoff(failures, _REROUTE_RETRY_S, _REROUTE_RETRY_MAX_S)
             if failures == 1:
                 _log.exception("re-routing queued intent tasks failed; trying again with backoff")
             else:

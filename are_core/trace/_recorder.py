@@ -42,6 +42,7 @@ from typing import Protocol
 
 import msgspec
 
+from are_core._backoff import backoff
 from are_core.storage import (
     Batch,
     Codec,
@@ -662,8 +663,8 @@ class EventRecorder:
                         break
             except Exception as error:  # noqa: BLE001 - retention must outlive any one failure
                 failures += 1
-                backoff = self.prune_interval_s * 2 ** min(failures, 16)
-                delay = min(backoff, max(_PRUNE_MAX_BACKOFF_S, self.prune_interval_s))
+                interval = self.prune_interval_s
+                delay = backoff(failures, 2 * interval, max(_PRUNE_MAX_BACKOFF_S, interval))
                 if failures == 1:
                     _log.warning(
                         f"event retention pruning failed ({type(error).__name__}: {error}); "
