@@ -26,10 +26,6 @@ _POLL_FIRST_S = 0.001  # without a pidfd: the first wait between two reaping att
 _POLL_MAX_S = 0.05  # and the longest (the backoff doubles up to it)
 _READ_CHUNK = 1 << 20
 
-# Reaping children whose waiter was cancelled (each was killed first); kept
-# so that the tasks are not collected before they end.
-_reapers: set[asyncio.Task[int]] = set()
-
 
 async def child_exit_code(pid: int) -> int:
     """The exit code of the child ``pid`` once it ended and was reaped (negative: killed by that signal).
@@ -139,16 +135,26 @@ def _abandon(pid: int) -> None:
     """Nobody waits for the child any more: kill it, and reap it once it is gone (no zombie stays)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(RuntimeError):  # no loop running: the process's exit reaps it
+        _reap_later(asyncio.get_running_loop(), pid, _POLL_FIRST_S)
+
+
+def _reap_later(loop: asyncio.AbstractEventLoop, pid: int, delay: float) -> None:
+    """Reaps ``pid`` once it has ended, from callbacks that the loop holds (no task to keep alive)."""
     try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+        if _reaped(pid) is not None:
+            return
+    except ChildProcessError:
         return
-    task = loop.create_task(_reap_quietly(pid))
-    _reapers.add(task)
-    task.add_done_callback(_reapers.discard)
+    pidfd = _pidfd(pid)
+    if pidfd is None:
+        loop.call_later(delay, _reap_later, loop, pid, min(delay * 2, _POLL_MAX_S))
+        return
 
+    def ended() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            _reaped(pid)
 
-async def _reap_quietly(pid: int) -> int:
-    with contextlib.suppress(ChildProcessError):
-        return await _exit_code(pid)
-    return 0
+    loop.add_reader(pidfd, ended)

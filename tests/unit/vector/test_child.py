@@ -87,8 +87,13 @@ async def test_a_failed_child_raises_with_its_exit_status_and_is_reaped() -> Non
     assert _reaped(pid)
 
 
+@pytest.mark.parametrize("pidfd", [True, False])
 @pytest.mark.parametrize("waiting_for", ["output", "exit"])
-async def test_cancelling_a_wait_kills_the_child_and_reaps_it(waiting_for: str) -> None:
+async def test_cancelling_a_wait_kills_the_child_and_reaps_it(
+    waiting_for: str, pidfd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pidfd:  # as on kernels before 5.3: the reaping polls
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
     pid, fd = _spawn(_SLEEPER)
     task: asyncio.Task[bytes | int]
     if waiting_for == "output":
