@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import cast
 
 from are_sdk import AreError, Client, NonRetryableError, RawPayload, TaskError, TaskResult, _worker
+from are_sdk._errors import retry_wait
 from are_sdk._proto.are.v1 import common_pb2
 from are_sdk._worker import _failure_from_exception
 
@@ -60,13 +61,13 @@ def test_task_result_defaults() -> None:
     assert TaskResult(RawPayload(b"x", "text/plain")).output == RawPayload(b"x", "text/plain")
 
 
-def test_a_reconnect_waits_at_least_the_sidecars_retry_hint_and_jitters_without_one() -> None:
-    waits = [_worker._reconnect_wait(0.4, None) for _ in range(200)]
+def test_a_retry_waits_at_least_the_sidecars_retry_hint_and_jitters_without_one() -> None:
+    waits = [retry_wait(0.4, None) for _ in range(200)]
     assert all(0 <= w <= 0.4 for w in waits)
     assert max(waits) - min(waits) > 0.1  # full jitter, not a fixed wait
-    hinted = [_worker._reconnect_wait(0.4, timedelta(seconds=5)) for _ in range(200)]
+    hinted = [retry_wait(0.4, timedelta(seconds=5)) for _ in range(200)]
     assert all(5.0 <= w <= 6.0 for w in hinted)  # the sidecar's 5 s, and up to a fifth more
-    assert _worker._reconnect_wait(0.0, timedelta(0)) == 0.0
+    assert retry_wait(0.0, timedelta(0)) == 0.0
 
 
 async def test_shutdown_before_run_makes_that_run_return_at_once() -> None:

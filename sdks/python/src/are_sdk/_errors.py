@@ -26,6 +26,7 @@ A task's own failure is data (a ``Failure`` message), never one of these.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -233,3 +234,16 @@ def error_from_rpc(error: grpc.RpcError) -> RpcError:
         field_violations=violations,
         retry_after=retry_after,
     )
+
+
+def retry_wait(delay: float, hint: timedelta | None) -> float:
+    """Seconds before a call is tried again: full jitter over ``delay``, or the sidecar's hint.
+
+    When the sidecar sent a retry hint (RetryInfo: the worker bound reached,
+    a store closing, its subscribers all taken), at least that, with up to
+    a fifth more so that the callers it refused do not all come back at once.
+    """
+    wait = random.uniform(0, delay)  # noqa: S311 - jitter, not secrecy
+    if hint is not None and hint.total_seconds() > 0:
+        wait = max(wait, hint.total_seconds() * random.uniform(1.0, 1.2))  # noqa: S311
+    return wait

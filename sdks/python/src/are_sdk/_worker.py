@@ -44,7 +44,6 @@ import importlib.metadata
 import inspect
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -60,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from are_sdk._errors import AreError, RpcError, error_from_rpc
+from are_sdk._errors import AreError, RpcError, error_from_rpc, retry_wait
 from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
 from are_sdk._proto.are.v1 import common_pb2, errors_pb2, event_pb2, state_pb2
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
@@ -543,19 +542,6 @@ def _retry_after(value: Duration) -> Any:
     if seconds >= _MAX_RETRY_AFTER_S:
         return duration_pb2.Duration(seconds=_MAX_RETRY_AFTER_S)
     return to_duration(value)
-
-
-def _reconnect_wait(delay: float, hint: timedelta | None) -> float:
-    """Seconds before the next connection attempt: full jitter over ``delay``, or the sidecar's hint.
-
-    When the sidecar sent a retry hint (RetryInfo: the worker bound reached,
-    a store closing), at least that, with up to a fifth more so that the
-    workers it refused do not all come back at once.
-    """
-    wait = random.uniform(0, delay)  # noqa: S311 - jitter, not secrecy
-    if hint is not None and hint.total_seconds() > 0:
-        wait = max(wait, hint.total_seconds() * random.uniform(1.0, 1.2))  # noqa: S311
-    return wait
 
 
 def _failure_from_exception(error: BaseException) -> Any:
@@ -1255,7 +1241,7 @@ class Worker:
                 if time.monotonic() - opened >= _STABLE_SESSION_S:
                     delay = _FIRST_RECONNECT_DELAY_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _reconnect_wait(delay, hint))
+                await asyncio.wait_for(stop.wait(), retry_wait(delay, hint))
             delay = min(delay * 2, self.reconnect_max_delay)
 
     async def __aenter__(self) -> Self:

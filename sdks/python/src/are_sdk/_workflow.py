@@ -23,7 +23,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from are_sdk._errors import FieldViolation, ResourceExhaustedError, RpcCancelledError, UnavailableError
+from are_sdk._errors import (
+    FieldViolation,
+    ResourceExhaustedError,
+    RpcCancelledError,
+    UnavailableError,
+    retry_wait,
+)
 from are_sdk._payload import BlobReference, decode_payload
 from are_sdk._proto.are.v1 import common_pb2, task_pb2, workflow_pb2
 from are_sdk._proto.are.v1 import scheduler_service_pb2 as pb
@@ -138,9 +144,8 @@ class WorkflowHandle:
                 pass
             except ResourceExhaustedError as error:
                 # The sidecar's subscribers are all taken (a resumed watch is one): resume no
-                # sooner than it says, with up to a fifth more so that the refused ones spread.
-                hint = error.retry_after.total_seconds() if error.retry_after is not None else 0.0
-                await asyncio.sleep(max(hint, delay) * random.uniform(1.0, 1.2))  # noqa: S311
+                # sooner than it says.
+                await asyncio.sleep(retry_wait(delay, error.retry_after))
                 delay = min(delay * 2, _RESUME_MAX_DELAY)
                 continue
             await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
