@@ -16,6 +16,7 @@ Exceptions::
     CacheError
     ├── NamespaceNotFoundError      no namespace of this name
     ├── NamespaceUnavailableError   being reloaded from storage after a failed commit: retry later
+    │   └── NamespaceWritesUnavailableError  no writes for a while after one failed: retry later
     ├── DimensionMismatchError      a vector of another dimension (names the field)
     ├── EmbedderUnavailableError    text to embed, but no embedder can
     ├── EmbedderMismatchError       text to embed, but the configured model no longer fits
@@ -42,6 +43,7 @@ from ._errors import (
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceUnavailableError,
+    NamespaceWritesUnavailableError,
 )
 from ._hot import DEFAULT_HOT_BYTES
 from ._model import (
@@ -89,6 +91,7 @@ __all__ = [
     "NamespaceNotFoundError",
     "NamespaceSettings",
     "NamespaceUnavailableError",
+    "NamespaceWritesUnavailableError",
     "StoreResult",
     "normalise_prompt",
     "prompt_hash",

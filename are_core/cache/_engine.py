@@ -57,6 +57,7 @@ from ._errors import (
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceUnavailableError,
+    NamespaceWritesUnavailableError,
 )
 from ._hot import DEFAULT_HOT_BYTES, HotBodies
 from ._model import (
@@ -212,12 +213,15 @@ _REPAIR_MAX_CHUNK = 256
 # every second must not repeat for as long as the storage fails (a full disk, say).
 _RELOAD_FIRST_DELAY_NS = 1_000_000_000
 _RELOAD_MAX_DELAY_NS = 60 * 1_000_000_000
-# After a flush's write of a namespace failed (a full disk, say; its memory was reloaded from
-# LMDB, see CacheEngine._resync): no flush writes it again before this long, doubling with each
-# failure in a row up to _FLUSH_MAX_DELAY_NS. The reload succeeds (reads still work) and leaves
-# the same expired entries and counters to write, so a flush every second wrote them, failed and
-# reloaded the namespace on the event loop again, for as long as the disk stayed full. Lookup
-# events wait likewise after a write of theirs failed (they stay queued, within the bound).
+# After a write of a namespace failed to commit (a full disk, say; its memory was reloaded from
+# LMDB, see CacheEngine._resync), by a call or by a flush: no write of it is made again before
+# this long, doubling with each failed try in a row up to _FLUSH_MAX_DELAY_NS; calls that write
+# are refused meanwhile, before they change anything. The reload succeeds (reads still work) and
+# leaves the same expired entries and counters to write, so a flush every second wrote them,
+# failed and reloaded the namespace on the event loop again, for as long as the disk stayed full;
+# and every StoreCache a client retried did the same (at a million entries a read of every head
+# and an index rebuilt, each time). Lookup events wait likewise after a write of theirs failed
+# (they stay queued, within the bound).
 _FLUSH_FIRST_DELAY_NS = 1_000_000_000
 _FLUSH_MAX_DELAY_NS = 60 * 1_000_000_000
 # After a fold of a view's overlay that failed (memory refused under RLIMIT_AS or strict
@@ -239,26 +243,28 @@ _MEMORY_COUNTERS = (
 )
 
 
-class _FlushRetry:
-    """A run of failed flush writes in a row (of one namespace, or of lookup events), and the next try.
+class _WriteRetry:
+    """A run of failed writes in a row (of one namespace, or of lookup events), and the next try.
 
     Kept apart from the namespace's :class:`_State`: the failure reloads the
     namespace (see CacheEngine._resync), and the delay must outlive that.
     """
 
-    __slots__ = ("failures", "retry_ns", "since_ns")
+    __slots__ = ("cause", "failures", "retry_ns", "since_ns")
 
     def __init__(self) -> None:
         self.failures = 0
         self.since_ns = 0  # when the first of the run failed (engine clock)
         self.retry_ns = 0  # when the next try is due (engine clock)
+        self.cause = ""  # why the last one failed
 
     def due(self, now: int) -> bool:
         """Whether the next try is due (also when the clock stepped back past the longest delay)."""
         return now >= self.retry_ns or self.retry_ns - now > _FLUSH_MAX_DELAY_NS
 
-    def failed(self, now: int) -> bool:
+    def failed(self, now: int, error: BaseException) -> bool:
         """Counts a failure and sets when the next try is due; returns whether it began the run."""
+        self.cause = str(error) or type(error).__name__
         first = not self.failures
         if first:
             self.since_ns = now
@@ -602,10 +608,10 @@ class CacheEngine:
         self._next_id = 1
         self._pending_events: list[EventDraft] = []
         self._dropped_events = 0
-        # Runs of failed flush writes (see flush): each namespace's by name (its _State is replaced
-        # by the reload the failure causes), and the lookup events'.
-        self._flush_retries: dict[str, _FlushRetry] = {}
-        self._events_retry = _FlushRetry()
+        # Runs of failed writes: each namespace's by name (see _write_failed; its _State is replaced
+        # by the reload the failure causes), and the lookup events' (see flush).
+        self._write_retries: dict[str, _WriteRetry] = {}
+        self._events_retry = _WriteRetry()
         self._flusher: asyncio.Task[None] | None = None
         self._tick: asyncio.Future[None] | None = None
         self._warmers: set[asyncio.Task[Any]] = set()  # index prefaults and folds in worker threads
@@ -2131,26 +2137,21 @@ class CacheEngine:
                 self._requeue_events(queued[written:])
 
     async def _flush_one(self, state: _State, now: int) -> None:
-        """Flushes a namespace unless a flush write of it failed lately (see :meth:`flush`); never raises.
+        """Flushes a namespace unless a write of it failed lately (see :meth:`_write_failed`); never raises.
 
         Meanwhile it serves as LMDB holds it (the failure reloaded it): an
         expired entry never answers (a lookup checks expiry), the counters
-        stay in memory (see :meth:`_carry_stats`), and stores still evict
-        their own share.
+        stay in memory (see :meth:`_carry_stats`), and writes are refused.
         """
         name = state.namespace.name
-        retry = self._flush_retries.get(name)
+        retry = self._write_retries.get(name)
         if retry is not None and not (self._stopping or retry.due(now)):
             return
         try:
-            wrote = await self._flush_namespace(state, now)
+            await self._flush_namespace(state, now)
         except Exception as error:  # noqa: BLE001 - one namespace's failure never holds up the others'
-            retry = self._flush_retries.setdefault(name, _FlushRetry())
-            self._flush_failed(retry, f"the expired entries, evictions and counters of {name!r}", error)
-            return
-        if wrote and retry is not None:  # a commit of it ended well: the run is over
-            del self._flush_retries[name]
-            self._flush_recovered(retry, f"the expired entries, evictions and counters of {name!r}")
+            # Counted once: a commit that failed was counted as it ended (this is not due then).
+            self._write_failed(name, error)
 
     async def _flush_events(self, chunk: list[EventDraft]) -> bool:
         """Commits one chunk of lookup events; False when it could not (they go back in the queue)."""
@@ -2171,25 +2172,57 @@ class CacheEngine:
             return False
         if self._events_retry.failures:
             self._flush_recovered(self._events_retry, "lookup events")
-            self._events_retry = _FlushRetry()
+            self._events_retry = _WriteRetry()
         return True
 
-    def _flush_failed(self, retry: _FlushRetry, what: str, error: Exception) -> None:
-        """Counts a failed flush write and logs it, once per run of failures."""
-        cause = str(error) or type(error).__name__
-        if retry.failed(self._clock()):
+    def _flush_failed(self, retry: _WriteRetry, what: str, error: Exception) -> None:
+        """Counts a failed flush write of lookup events and logs it, once per run of failures."""
+        if retry.failed(self._clock(), error):
             _log.warning(
-                f"cache: writing {what} failed ({cause}); tried again after "
+                f"cache: writing {what} failed ({retry.cause}); tried again after "
                 f"{_FLUSH_FIRST_DELAY_NS // 1_000_000_000} s, then less often "
                 f"(at most every {_FLUSH_MAX_DELAY_NS // 1_000_000_000} s) while it fails"
             )
         else:
-            _log.debug(f"cache: writing {what} failed again ({cause})")
+            _log.debug(f"cache: writing {what} failed again ({retry.cause})")
 
-    def _flush_recovered(self, retry: _FlushRetry, what: str) -> None:
+    def _flush_recovered(self, retry: _WriteRetry, what: str) -> None:
         """Logs the end of a run of failed flush writes (a write of the same kind committed)."""
         seconds = max(self._clock() - retry.since_ns, 0) / 1e9
         _log.warning(f"cache: wrote {what} after {retry.failures} failed attempt(s) over {seconds:.0f} s")
+
+    def _write_failed(self, name: str, error: BaseException) -> None:
+        """Closes the writes of namespace ``name`` for a while after one of them failed; logs a run once.
+
+        Its memory was reloaded from LMDB (see :meth:`_resync`): at a
+        million entries a read of every head and an index rebuilt. So the
+        next write of it, by a call (see :meth:`_room`) or by a flush, waits
+        1 s, then 2, 4, ... up to 60 s while the tries fail; lookups answer
+        meanwhile. Counted only when a try was due: the writes that were
+        under way together fail together, and count as one.
+        """
+        retry = self._write_retries.setdefault(name, _WriteRetry())
+        now = self._clock()
+        if retry.failures and not retry.due(now):
+            return
+        if retry.failed(now, error):
+            _log.warning(
+                f"cache: a write of namespace {name!r} failed ({retry.cause}); its writes are refused "
+                f"for {_FLUSH_FIRST_DELAY_NS // 1_000_000_000} s, then longer (at most "
+                f"{_FLUSH_MAX_DELAY_NS // 1_000_000_000} s) while they fail; lookups still answer"
+            )
+        else:
+            _log.debug(f"cache: a write of namespace {name!r} failed again ({retry.cause})")
+
+    def _write_committed(self, name: str) -> None:
+        """Reopens the writes of namespace ``name``: one of them committed (logs the end of a run)."""
+        retry = self._write_retries.pop(name, None)
+        if retry is not None:
+            seconds = max(self._clock() - retry.since_ns, 0) / 1e9
+            _log.warning(
+                f"cache: writes of namespace {name!r} commit again, after {retry.failures} failed "
+                f"attempt(s) over {seconds:.0f} s"
+            )
 
     async def _flush_namespace(self, state: _State, now: int) -> bool:
         """Removes a namespace's expired entries, then evicts past its bounds, a chunk per commit.
@@ -2535,11 +2568,22 @@ class CacheEngine:
         rows every write carries besides (the entry-id mark, the counters, the
         journal row, the namespace's row when it changes) count at their largest.
 
+        A write of a namespace whose last write failed is refused until the
+        next try is due (see :meth:`_write_failed`).
+
         Raises:
+            NamespaceWritesUnavailableError: A write of it failed lately; retry after the delay it
+                gives. Nothing changed.
             StorageBusyError: The writes pending would pass a bound; retry later. Nothing changed.
             BatchTooLargeError: The write alone is over a bound. Nothing changed.
             StorageClosedError: The committer is closing. Nothing changed.
         """
+        name = state.namespace.name
+        retry = self._write_retries.get(name)
+        if retry is not None and not self._stopping:
+            now = self._clock()
+            if not retry.due(now):
+                raise NamespaceWritesUnavailableError(name, retry.cause, retry_after_ns=retry.retry_ns - now)
         self._committer.check_room(
             *self._estimate(
                 state,
@@ -2755,10 +2799,15 @@ class CacheEngine:
         if not commit.cancelled() and commit.exception() is None:
             if removals != (0, 0):
                 targets[0].settle_removals(removals)
+            for target in targets:
+                self._write_committed(target.namespace.name)
             self._reload_ready()  # a namespace out of service may have waited for this commit
             return
         if targets:  # memory ran ahead of a commit that failed: reload from the truth
             self._failures += 1
+            error = None if commit.cancelled() else commit.exception()
+            for target in targets:
+                self._write_failed(target.namespace.name, error or asyncio.CancelledError("commit cancelled"))
             self._resync(*targets)
 
     def _resync(self, *targets: _State) -> None:
@@ -2778,8 +2827,9 @@ class CacheEngine:
         failure (see :meth:`_reload_ready`); the reload keeps the counters
         LMDB lacks or holds wrongly (see :meth:`_carry_stats`), and the delays
         of work that failed (see :meth:`_carry_gates`). A reload after a failed
-        flush write does not make the next flush write it again at once: the
-        flushes wait, longer with each failure in a row (see :meth:`flush`).
+        write does not let the next write of the namespace, by a call or a
+        flush, fail and reload it again at once: its writes wait, longer with
+        each failure in a row (see :meth:`_write_failed`).
         """
         self._hot.clear()
         for target in targets:
@@ -2838,7 +2888,7 @@ class CacheEngine:
             return
         del self._reloading[name]
         if state is None:
-            self._flush_retries.pop(name, None)
+            self._write_retries.pop(name, None)
         else:
             self._carry_stats(old, state)
             self._carry_gates(old, state)

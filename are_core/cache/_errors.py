@@ -17,6 +17,7 @@ __all__ = [
     "NamespaceLimitError",
     "NamespaceNotFoundError",
     "NamespaceUnavailableError",
+    "NamespaceWritesUnavailableError",
 ]
 
 
@@ -58,6 +59,32 @@ class NamespaceUnavailableError(CacheError):
         else:
             message = f"cache namespace {name!r} is being reloaded from storage after a failed commit: retry"
         super().__init__(message)
+
+
+class NamespaceWritesUnavailableError(NamespaceUnavailableError):
+    """A namespace takes no writes for a while: a write of it failed to commit lately.
+
+    Each failed commit reloads the namespace from storage (see
+    :class:`NamespaceUnavailableError`), which a client retrying its writes
+    against a full disk must not cause at every call. So after a failed
+    write the next is tried only after a delay (1 s, doubling with each
+    failed try in a row, up to a minute); writes until then are refused
+    with this, before they change anything, while lookups still answer.
+    ``cause`` is why the last write failed; ``retry_after_ns`` how long
+    until the next is tried.
+    """
+
+    def __init__(self, name: str, cause: str, retry_after_ns: int) -> None:
+        # Not NamespaceUnavailableError.__init__: the same fields, its own message.
+        self.name = name
+        self.cause = cause
+        self.retry_after_ns = retry_after_ns
+        seconds = max(1, -(-retry_after_ns // 1_000_000_000))
+        CacheError.__init__(
+            self,
+            f"cache namespace {name!r} takes no writes for about {seconds} s: its last write failed "
+            f"({cause}), and the next is tried then (lookups still answer): retry later",
+        )
 
 
 class DimensionMismatchError(CacheError):

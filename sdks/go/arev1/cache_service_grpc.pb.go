@@ -41,7 +41,10 @@ const (
 // invalidated entries never answer a lookup. Any call naming a namespace
 // may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
 // namespace is reloaded from storage after one of its commits failed
-// (nothing changed; retry).
+// (nothing changed; retry). After such a failure a call that writes the
+// namespace is refused the same way until its next write is tried: 1 s
+// after the failure, doubling with each failed try in a row up to a
+// minute (the RetryInfo delay says how long); lookups still answer.
 type CacheServiceClient interface {
 	// LookupCache looks a prompt up, exact tier first, then semantic tier. A
 	// miss is an answer (hit = false), not an error.
@@ -179,7 +182,10 @@ func (c *cacheServiceClient) ListNamespaces(ctx context.Context, in *ListNamespa
 // invalidated entries never answer a lookup. Any call naming a namespace
 // may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
 // namespace is reloaded from storage after one of its commits failed
-// (nothing changed; retry).
+// (nothing changed; retry). After such a failure a call that writes the
+// namespace is refused the same way until its next write is tried: 1 s
+// after the failure, doubling with each failed try in a row up to a
+// minute (the RetryInfo delay says how long); lookups still answer.
 type CacheServiceServer interface {
 	// LookupCache looks a prompt up, exact tier first, then semantic tier. A
 	// miss is an answer (hit = false), not an error.

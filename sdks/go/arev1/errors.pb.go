@@ -199,8 +199,9 @@ const (
 	// INTERNAL: the storage layer failed to commit; nothing was acknowledged.
 	ErrorReason_ERROR_REASON_STORAGE_FAILURE ErrorReason = 103
 	// UNAVAILABLE: a cache namespace is out of service until it is reloaded
-	// from storage, after one of its commits failed (metadata "namespace");
-	// nothing changed; retry after the RetryInfo delay.
+	// from storage, after one of its commits failed, or takes no writes until
+	// its next write is tried (metadata "namespace"); nothing changed; retry
+	// after the RetryInfo delay.
 	ErrorReason_ERROR_REASON_NAMESPACE_UNAVAILABLE ErrorReason = 104
 )
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from are_core.cache import CacheEngine, NamespaceSettings
+from are_core.cache._engine import HEADS
 from are_core.cache._table import EntryTable
-from are_core.storage import Batch, GroupCommitter
+from are_core.storage import Batch, GroupCommitter, prefix_key
 
 from .conftest import Harness
 
@@ -89,6 +90,25 @@ class FailingLoads:
             self.failed += 1
             raise OSError(errno.EAGAIN, "mdb_txn_begin: MDB_READERS_FULL")
         return self._load(*args, **kwargs)
+
+
+class CountingLoads:
+    """Counts the engine's loads of a namespace from LMDB (a reload after a failed commit is one)."""
+
+    def __init__(self, engine: CacheEngine) -> None:
+        self._load = engine._load
+        self.count = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.count += 1
+        return self._load(*args, **kwargs)
+
+
+def stored(harness: Harness, name: str) -> int:
+    """The entries LMDB holds for a namespace."""
+    storage = harness.storage
+    assert storage is not None
+    return len(storage.scan(HEADS, prefix=prefix_key(name)))
 
 
 async def fill(harness: Harness) -> CacheEngine:

@@ -21,6 +21,7 @@ from are_core.state import BLOB_TABLES, BlobStore
 from are_core.storage import Durability, GroupCommitter, Storage
 
 from ._failing import GatedCommits
+from .conftest import Clock
 
 
 async def test_failed_blob_stores_leave_no_reference_and_drop_none(
@@ -32,8 +33,14 @@ async def test_failed_blob_stores_leave_no_reference_and_drop_none(
     try:
         async with GroupCommitter(storage) as committer:
             blobs = BlobStore(storage, committer)
+            clock = Clock()
             engine = CacheEngine(
-                storage, committer, index_dir=tmp_path / "indexes", blobs=blobs, flush_interval=3600
+                storage,
+                committer,
+                index_dir=tmp_path / "indexes",
+                blobs=blobs,
+                flush_interval=3600,
+                clock=clock,
             )
             await engine.start()
             await engine.put_namespace(NamespaceSettings(name="n", max_entries=2))
@@ -48,6 +55,7 @@ async def test_failed_blob_stores_leave_no_reference_and_drop_none(
                 commits.next.append((None, True))
                 with pytest.raises(OSError, match="No space left"):
                     await engine.store("n", prompt=prompt, blob_sha256=two.sha256)
+                clock.advance(60)  # the namespace's writes wait after a failed one
             assert not blobs.referenced(bytes.fromhex(two.sha256))
             assert not any(blobs.references(f"cache:{entry_id_text(n)}".encode()) for n in failed)
             hit = (await engine.lookup("n", prompt="p")).hit

@@ -228,6 +228,7 @@ async def test_a_store_embedding_while_its_namespace_is_reloaded_stores_in_the_r
     monkeypatch.setattr(e, "_load", loads)
     with pytest.raises(OSError, match="No space left"):
         await e.store("a", prompt="alpha question", response=b"new", vector=_FAILED)
+    harness.clock.advance(1)  # past the wait of the namespace's writes after the failed one
     gate.set()
     if reload_fails:
         with pytest.raises(NamespaceUnavailableError, match="'a'"):

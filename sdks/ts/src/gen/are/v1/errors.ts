@@ -256,8 +256,9 @@ export enum ErrorReason {
   ERROR_REASON_STORAGE_FAILURE = 103,
   /**
    * ERROR_REASON_NAMESPACE_UNAVAILABLE - UNAVAILABLE: a cache namespace is out of service until it is reloaded
-   * from storage, after one of its commits failed (metadata "namespace");
-   * nothing changed; retry after the RetryInfo delay.
+   * from storage, after one of its commits failed, or takes no writes until
+   * its next write is tried (metadata "namespace"); nothing changed; retry
+   * after the RetryInfo delay.
    */
   ERROR_REASON_NAMESPACE_UNAVAILABLE = 104,
   UNRECOGNIZED = -1,

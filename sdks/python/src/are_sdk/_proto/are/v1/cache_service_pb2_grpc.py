@@ -36,7 +36,10 @@ class CacheServiceStub:
     invalidated entries never answer a lookup. Any call naming a namespace
     may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
     namespace is reloaded from storage after one of its commits failed
-    (nothing changed; retry).
+    (nothing changed; retry). After such a failure a call that writes the
+    namespace is refused the same way until its next write is tried: 1 s
+    after the failure, doubling with each failed try in a row up to a
+    minute (the RetryInfo delay says how long); lookups still answer.
     """
 
     def __init__(self, channel):
@@ -88,7 +91,10 @@ class CacheServiceServicer:
     invalidated entries never answer a lookup. Any call naming a namespace
     may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
     namespace is reloaded from storage after one of its commits failed
-    (nothing changed; retry).
+    (nothing changed; retry). After such a failure a call that writes the
+    namespace is refused the same way until its next write is tried: 1 s
+    after the failure, doubling with each failed try in a row up to a
+    minute (the RetryInfo delay says how long); lookups still answer.
     """
 
     def LookupCache(self, request, context):
@@ -225,7 +231,10 @@ class CacheService:
     invalidated entries never answer a lookup. Any call naming a namespace
     may also fail with UNAVAILABLE, reason NAMESPACE_UNAVAILABLE, while that
     namespace is reloaded from storage after one of its commits failed
-    (nothing changed; retry).
+    (nothing changed; retry). After such a failure a call that writes the
+    namespace is refused the same way until its next write is tried: 1 s
+    after the failure, doubling with each failed try in a row up to a
+    minute (the RetryInfo delay says how long); lookups still answer.
     """
 
     @staticmethod
