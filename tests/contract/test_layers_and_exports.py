@@ -44,6 +44,7 @@ def test_sdk_public_names_are_pinned() -> None:
         "CacheUsage",
         "CachedResult",
         "Client",
+        "ClientClosedError",
         "ComparisonOperator",
         "Condition",
         "DeadlineExceededError",

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from are_sdk._cache import Cache
-from are_sdk._errors import UnavailableError, error_from_rpc
+from are_sdk._errors import UnavailableError, call_errors
 from are_sdk._proto.are.v1 import (
     cache_service_pb2_grpc,
     router_service_pb2_grpc,
@@ -51,24 +51,27 @@ class ServiceClient:
     Unary calls are coroutines; server-streaming calls are async iterators.
     """
 
-    def __init__(self, stub: object, metadata: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, stub: object, metadata: Sequence[tuple[str, str]], closed: Callable[[], bool] = lambda: False
+    ) -> None:
         self._stub = stub
         self._metadata = tuple(metadata)
+        self._closed = closed
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._stub, name)
         metadata = self._metadata
+        closed = self._closed
         if isinstance(method, grpc.aio.UnaryStreamMultiCallable):
 
             async def stream(request: Any, *, timeout: float | None = None) -> AsyncIterator[Any]:
-                call = method(request, metadata=metadata, timeout=timeout)
-                try:
-                    async for response in call:
-                        yield response
-                except grpc.aio.AioRpcError as error:
-                    raise error_from_rpc(error) from None
-                finally:
-                    call.cancel()
+                with call_errors(name, closed):
+                    call = method(request, metadata=metadata, timeout=timeout)
+                    try:
+                        async for response in call:
+                            yield response
+                    finally:
+                        call.cancel()
 
             return stream
         if isinstance(method, grpc.aio.StreamStreamMultiCallable | grpc.aio.StreamUnaryMultiCallable):
@@ -81,10 +84,8 @@ class ServiceClient:
             return open_stream
 
         async def unary(request: Any, *, timeout: float | None = 30.0) -> Any:
-            try:
+            with call_errors(name, closed):
                 return await method(request, metadata=metadata, timeout=timeout)
-            except grpc.aio.AioRpcError as error:
-                raise error_from_rpc(error) from None
 
         return unary
 
@@ -102,18 +103,21 @@ class RawServices:
         metadata: Sequence[tuple[str, str]],
         *,
         watch_channel: grpc.aio.Channel | None = None,
+        closed: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.scheduler = ServiceClient(scheduler_service_pb2_grpc.SchedulerServiceStub(channel), metadata)
-        self.watches = ServiceClient(
-            scheduler_service_pb2_grpc.SchedulerServiceStub(watch_channel or channel), metadata
-        )
+        # ``closed``: whether the client was closed (its calls then raise ClientClosedError).
+        def service(stub: object) -> ServiceClient:
+            return ServiceClient(stub, metadata, closed)
+
+        self.scheduler = service(scheduler_service_pb2_grpc.SchedulerServiceStub(channel))
+        self.watches = service(scheduler_service_pb2_grpc.SchedulerServiceStub(watch_channel or channel))
         """The scheduler again, for the WatchWorkflow streams behind workflow handles' waits: on a
         connection of its own when the client opened one (see :class:`Client`)."""
-        self.worker = ServiceClient(worker_service_pb2_grpc.WorkerServiceStub(channel), metadata)
-        self.state = ServiceClient(state_service_pb2_grpc.StateServiceStub(channel), metadata)
-        self.cache = ServiceClient(cache_service_pb2_grpc.CacheServiceStub(channel), metadata)
-        self.router = ServiceClient(router_service_pb2_grpc.RouterServiceStub(channel), metadata)
-        self.trace = ServiceClient(trace_service_pb2_grpc.TraceServiceStub(channel), metadata)
+        self.worker = service(worker_service_pb2_grpc.WorkerServiceStub(channel))
+        self.state = service(state_service_pb2_grpc.StateServiceStub(channel))
+        self.cache = service(cache_service_pb2_grpc.CacheServiceStub(channel))
+        self.router = service(router_service_pb2_grpc.RouterServiceStub(channel))
+        self.trace = service(trace_service_pb2_grpc.TraceServiceStub(channel))
 
 
 class Client:
@@ -147,7 +151,8 @@ class Client:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
         self._health = health_pb2_grpc.HealthStub(channel)
-        self.raw = RawServices(channel, self._metadata, watch_channel=watch_channel)
+        self._closed = False
+        self.raw = RawServices(channel, self._metadata, watch_channel=watch_channel, closed=self._is_closed)
         # The scheduler: workflows and approvals, pools, and two shortcuts.
         self.workflows = Workflows(self.raw)
         self.pools = Pools(self.raw)
@@ -262,16 +267,26 @@ class Client:
                 "" for the sidecar as a whole.
             timeout: Seconds to wait for the answer.
         """
-        try:
+        with call_errors("Health.Check", self._is_closed):
             response = await self._health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from None
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
-        """Closes the channels; calls in flight are cancelled."""
+        """Closes the channels. Calls in flight, waits included, raise :class:`ClientClosedError`.
+
+        So do calls made after it. Closing twice does nothing more.
+        """
+        self._closed = True
         if self._watch_channel is not None:
             await self._watch_channel.close()
         await self._channel.close()

@@ -5,6 +5,7 @@ from the gRPC status code and, when the sidecar sent one, the machine-readable
 reason of its ``google.rpc.ErrorInfo`` detail::
 
     AreError
+    ├── ClientClosedError             a call on (or in flight at) a closed client
     └── RpcError                      (any non-OK gRPC status)
         ├── InvalidArgumentError      INVALID_ARGUMENT (.field_violations)
         ├── NotFoundError             NOT_FOUND
@@ -26,8 +27,10 @@ A task's own failure is data (a ``Failure`` message), never one of these.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,6 +41,7 @@ __all__ = [
     "AbortedError",
     "AlreadyExistsError",
     "AreError",
+    "ClientClosedError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
@@ -60,6 +64,19 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 class AreError(Exception):
     """Base of every exception the SDK raises."""
+
+
+class ClientClosedError(AreError):
+    """A call made on a closed client, or in flight when it was closed (see ``Client.close``).
+
+    Not an :class:`RpcError`: the sidecar never answered. Closing cancels the
+    calls in flight; without this, the tasks awaiting them saw a bare
+    ``CancelledError`` although nobody cancelled them.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        super().__init__(f"{method}: the client is closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,3 +264,26 @@ def retry_wait(delay: float, hint: timedelta | None) -> float:
     if hint is not None and hint.total_seconds() > 0:
         wait = max(wait, hint.total_seconds() * random.uniform(1.0, 1.2))  # noqa: S311
     return wait
+
+
+@contextlib.contextmanager
+def call_errors(method: str, closed: Callable[[], bool]) -> Iterator[None]:
+    """Raises the SDK's errors for what a grpc call of ``method`` raises inside the block.
+
+    A call on a closed client, or one that closing it cancelled, raises
+    :class:`ClientClosedError`. Closing the channel cancels the calls in
+    flight, and grpc raises ``CancelledError`` in the tasks awaiting them,
+    which nobody cancelled: a task group or an ``except Exception`` must see
+    an error there, not a cancellation. A real cancellation stays one.
+    """
+    if closed():
+        raise ClientClosedError(method)
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error) from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if closed() and task is not None and not task.cancelling():
+            raise ClientClosedError(method) from None
+        raise

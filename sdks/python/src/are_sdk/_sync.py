@@ -31,7 +31,15 @@ class _LoopThread:
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt), or another exception a signal handler raised, while
+            # this thread waited: the call must not run on unseen in the loop thread (a wait
+            # would hold its stream for good). Cancelling an ended call does nothing.
+            future.cancel()
+            raise
 
     def iterate(self, iterator: AsyncIterator[_T]) -> Iterator[_T]:
         try:

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from are_sdk._errors import AreError, RpcError, error_from_rpc, retry_wait
+from are_sdk._errors import AreError, ClientClosedError, RpcError, call_errors, error_from_rpc, retry_wait
 from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
 from are_sdk._proto.are.v1 import common_pb2, errors_pb2, event_pb2, state_pb2
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
@@ -1182,6 +1182,10 @@ class Worker:
             RpcError: The sidecar refused the worker for a reason that
                 reconnecting cannot fix (bad registration, authentication,
                 a sidecar without the scheduler).
+            ClientClosedError: The client was closed under the worker. Its
+                stream ends with it: the attempts it held fail with
+                WORKER_LOST and are retried by their policy, as after any
+                lost connection.
         """
         if not self.capabilities:
             raise ValueError("the worker declares no capability; add a handler first")
@@ -1207,8 +1211,16 @@ class Worker:
             self._registered.clear()
 
     async def _serve_forever(self, stop: asyncio.Event) -> None:
+        # Closing the client cancels the stream's calls, and grpc raises CancelledError in
+        # the tasks awaiting them, this one included, which nobody cancelled.
+        with call_errors("WorkerService.Connect", lambda: self.client.closed):
+            await self._reconnecting(stop)
+
+    async def _reconnecting(self, stop: asyncio.Event) -> None:
         delay = _FIRST_RECONNECT_DELAY_S
         while not stop.is_set():
+            if self.client.closed:
+                raise ClientClosedError("WorkerService.Connect")
             session = _Session(self, self.client)
             self._session = session
             hint: timedelta | None = None
