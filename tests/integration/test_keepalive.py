@@ -61,6 +61,27 @@ async def test_a_worker_notices_a_hung_sidecar_and_serves_again_once_it_wakes() 
                 assert (await handle_.result(timeout=RESULT_TIMEOUT)).startswith("served at attempt ")
 
 
+async def test_a_worker_shut_down_while_a_hung_sidecar_registers_it_returns_at_once() -> None:
+    # Before, its run() waited for the registration until the keepalive gave up (40 s here).
+    with SidecarProcess.start() as sidecar:
+        async with await Client.connect(sidecar.target) as client:
+            worker = Worker(client, name="hung-registration")
+
+            @worker.handler(f"hr-{uuid.uuid4().hex[:8]}")
+            async def handle(ctx: TaskContext) -> str:
+                return "never"
+
+            os.kill(sidecar.pid, signal.SIGSTOP)
+            try:
+                running = asyncio.ensure_future(worker.run(handle_signals=False))
+                await asyncio.sleep(0.5)  # registering: the sidecar answers nothing
+                assert not running.done()
+                worker.shutdown()
+                await asyncio.wait_for(running, NOTICE_WITHIN / 4)
+            finally:
+                os.kill(sidecar.pid, signal.SIGCONT)
+
+
 def test_keepalive_settings_are_checked() -> None:
     for keepalive, timeout in ((-1.0, 10.0), (0.5, 10.0), (30.0, 0.0)):
         with pytest.raises(ValueError, match="keepalive"):

@@ -724,7 +724,34 @@ class _Session:
 
     # -- the stream ----------------------------------------------------------
 
+    async def open_unless(self, stop: asyncio.Event) -> bool:
+        """Opens the stream and registers (see :meth:`open`); False if ``stop`` was set first.
+
+        A sidecar that hangs answers no registration until the keepalive
+        gives up on it (40 s by default): a shutdown meanwhile returns at
+        once. A registration that fails or is given up cancels its call.
+        """
+        opening = asyncio.ensure_future(self.open())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not opening.done():
+                opening.cancel()
+                with contextlib.suppress(BaseException):
+                    await opening
+            if (opening.cancelled() or opening.exception() is not None) and self.call is not None:
+                self.call.cancel()
+        if opening.cancelled():
+            return False
+        opening.result()  # raises the registration's error
+        return True
+
     async def open(self) -> None:
+        """Opens the stream and registers."""
+        if self.client.closed:
+            raise ClientClosedError("WorkerService.Connect")
         worker = self.worker
         self.call = self.client.raw.worker.Connect()
         registration = wpb.WorkerRegistration(
@@ -1219,13 +1246,12 @@ class Worker:
     async def _reconnecting(self, stop: asyncio.Event) -> None:
         delay = _FIRST_RECONNECT_DELAY_S
         while not stop.is_set():
-            if self.client.closed:
-                raise ClientClosedError("WorkerService.Connect")
             session = _Session(self, self.client)
             self._session = session
             hint: timedelta | None = None
             try:
-                await session.open()
+                if not await session.open_unless(stop):
+                    return  # shut down while registering
             except RpcError as error:
                 if error.code in _FATAL_CODES:
                     raise
