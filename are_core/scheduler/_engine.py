@@ -146,6 +146,9 @@ _REFUSALS_LOG_NS = 60 * 1_000_000_000  # at most one warning a minute while refu
 REPORT_GRACE_S = 300
 _REPORT_GRACE_NS = REPORT_GRACE_S * 1_000_000_000
 _COMPACT_MIN = 16_384  # timer heap entries before stale ones are swept
+# A queue (or a pool's backlog) is compacted once its stale entries outnumber its live ones
+# and this many (see _compact_if_stale).
+_STALE_SLACK = 1024
 # A re-route pass (see Scheduler.served_changed) yields the loop after this
 # many queue entries looked at, or this many route calls (about 0.2 ms each):
 # a turn of it costs a few milliseconds, however many tasks wait.
@@ -515,6 +518,7 @@ class _Pool:
         "limits",
         "llm_level",
         "llm_used",
+        "llm_used_sum",
         "queued",
         "refill_ns",
         "rejected_total",
@@ -530,7 +534,8 @@ class _Pool:
         self.backlogged = 0
         self.tokens = limits.bucket_size
         self.llm_level = float(limits.llm_tokens_per_minute)
-        self.llm_used: deque[tuple[int, int]] = deque()
+        self.llm_used: deque[tuple[int, int]] = deque()  # (when, tokens) of the last minute
+        self.llm_used_sum = 0  # of llm_used's tokens
         self.refill_ns = now
         self.dispatched_total = 0
         self.rejected_total = 0
@@ -566,18 +571,32 @@ class _Pool:
             self.tokens -= 1.0
         if estimate:
             self.llm_level -= estimate
-            self.llm_used.append((now, estimate))
+            self._used(now, estimate)
 
     def correct(self, now: int, delta: int) -> None:
         if delta:
             self.llm_level -= delta
-            self.llm_used.append((now, delta))
+            self._used(now, delta)
+
+    def _used(self, now: int, tokens: int) -> None:
+        """Notes tokens used (or given back) now; forgets those older than a minute.
+
+        Pruned here, not only when the pool is read (GetPool): a sidecar
+        nobody asked kept an entry or two per task for good.
+        """
+        self._prune(now)
+        self.llm_used.append((now, tokens))
+        self.llm_used_sum += tokens
+
+    def _prune(self, now: int) -> None:
+        horizon = now - 60 * 10**9
+        used = self.llm_used
+        while used and used[0][0] < horizon:
+            self.llm_used_sum -= used.popleft()[1]
 
     def tokens_last_minute(self, now: int) -> int:
-        horizon = now - 60 * 10**9
-        while self.llm_used and self.llm_used[0][0] < horizon:
-            self.llm_used.popleft()
-        return max(0, sum(n for _, n in self.llm_used))
+        self._prune(now)
+        return max(0, self.llm_used_sum)
 
 
 class _Txn:
@@ -791,6 +810,9 @@ class Scheduler:
         self._heap: list[tuple[int, int, str, Any, int]] = []
         self._heap_seq = 0
         self._compact_at = _COMPACT_MIN
+        # Closed workflows dropped from the recent ones since the heap's last sweep: how many,
+        # their tasks, their payload bytes (see _forget_recent).
+        self._dropped_recent = [0, 0, 0]
         self._next_pump_ns = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
@@ -2130,6 +2152,7 @@ class Scheduler:
         queue = self._queues[cap][task.spec.pool]
         queue.waiting -= 1
         if queue.waiting:
+            _compact_if_stale(queue, queue.waiting)
             return
         if not self._drop_queues(cap) and queue.size:
             queue.clear()
@@ -2174,6 +2197,8 @@ class Scheduler:
             pool.backlogged -= 1
             if not pool.backlogged:
                 pool.backlog.clear()  # only stale entries are left, holding their tasks
+            else:
+                _compact_if_stale(pool.backlog, pool.backlogged)
 
     def _skip(self, task: _Task, why: str, reason: str) -> None:
         self._set_state(task, "SKIPPED", reason)
@@ -2280,9 +2305,29 @@ class Scheduler:
             self._forget_recent(oldest)
 
     def _forget_recent(self, w: _Workflow) -> None:
-        """Takes a workflow just dropped from the recently closed out of their counts."""
+        """Takes a workflow just dropped from the recently closed out of their counts.
+
+        Its timers (its deadline, its tasks' timeouts) stay in the heap until
+        they fire or a sweep drops them (lazy deletion), and they hold the
+        workflow: the sweep came only once the heap doubled, so up to 16,384
+        such timers kept thousands of closed workflows, outputs and all, past
+        the recent bounds. Now the heap is swept too once as many workflows
+        (or tasks, or payload bytes) as those bounds hold were dropped since
+        the last sweep: what closed workflows hold is at most twice the
+        bounds, at a sweep of the heap per 1,024 closed workflows at most.
+        """
         self._recent_tasks -= len(w.order)
         self._recent_bytes -= w.recent_bytes
+        dropped = self._dropped_recent
+        dropped[0] += 1
+        dropped[1] += len(w.order)
+        dropped[2] += w.recent_bytes
+        if (
+            dropped[0] >= _RECENT_CLOSED
+            or dropped[1] >= _RECENT_CLOSED_TASKS
+            or dropped[2] >= _RECENT_CLOSED_BYTES
+        ):
+            self._compact()
 
     # ------------------------------------------------------------------ dispatch
 
@@ -2999,6 +3044,7 @@ class Scheduler:
         heapq.heapify(live)
         self._heap = live
         self._compact_at = max(_COMPACT_MIN, 2 * len(live))
+        self._dropped_recent = [0, 0, 0]
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -3022,10 +3068,11 @@ class Scheduler:
         """
         self._timer = None
         now = self._clock()
-        heap = self._heap
         try:
-            while heap and heap[0][0] <= now:
-                _, _, kind, subject, token = heapq.heappop(heap)
+            # self._heap read again each time: a handler may sweep it (see _compact), which
+            # makes a new list; popping on from the old one would run its due timers twice.
+            while self._heap and self._heap[0][0] <= now:
+                _, _, kind, subject, token = heapq.heappop(self._heap)
                 try:
                     self._on_timer(kind, subject, token, now)
                 except Exception:  # noqa: BLE001 - see above
@@ -3972,6 +4019,21 @@ def _deliver(
         worker.on_cancel(run)
     if sent < len(assignments):
         worker.on_assign(assignments[sent:] if sent else assignments)
+
+
+def _compact_if_stale(queue: _Queue, live: int) -> None:
+    """Drops a queue's (or backlog's) stale entries once they outnumber its ``live`` ones and a slack.
+
+    Only a pop drops stale entries, and it stops at the first live task of
+    the first bucket that has one: while a task waits that no worker takes
+    (its capability's workers gone), or a steady stream of higher priority
+    keeps the lower buckets unread, every task cancelled or timed out while
+    queued behind it left its entry, holding the task and its whole closed
+    workflow in memory for good. Amortised constant time: a compaction of
+    ``size`` entries follows at least ``size / 2`` removals since the last.
+    """
+    if queue.size > 2 * live + _STALE_SLACK:
+        queue.compact()
 
 
 def _entries(queue: _Queue) -> Iterator[_Task]:
