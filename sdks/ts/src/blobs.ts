@@ -52,6 +52,7 @@ export class Blobs {
   async put(data: Uint8Array, options: PutBlobOptions = {}): Promise<BlobReference> {
     const { signal } = options;
     if (signal?.aborted) throw signal.reason;
+    if (this.rpc.closed) throw this.rpc.closedError(); // as every other call: not grpc-js's plain Error
     if (data.byteLength > MAX_BLOB_BYTES) throw new RangeError(`a blob is at most ${MAX_BLOB_BYTES} bytes, got ${data.byteLength}`);
     const bytes = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const sha256 = createHash("sha256").update(bytes).digest("hex");
@@ -59,6 +60,7 @@ export class Blobs {
     const timeoutMs = options.timeoutMs ?? 120_000;
     const response = await new Promise<PutBlobResponse>((resolve, reject) => {
       let settled = false;
+      let untrack = (): void => undefined;
       const onAbort = (): void => {
         if (settled) return;
         settled = true;
@@ -67,11 +69,13 @@ export class Blobs {
       };
       const call = this.raw.putBlob(this.rpc.metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (error, result) => {
         signal?.removeEventListener("abort", onAbort);
+        untrack();
         if (settled) return;
         settled = true;
         if (error) reject(toAreError(error));
         else resolve(result);
       });
+      untrack = this.rpc.track(call); // closing the client cancels it
       signal?.addEventListener("abort", onAbort, { once: true });
       call.write(
         PutBlobRequest.fromPartial({

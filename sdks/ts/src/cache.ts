@@ -16,7 +16,7 @@
  * @module
  */
 import type { Blobs } from "./blobs.js";
-import { AreError } from "./errors.js";
+import { AreError, Code } from "./errors.js";
 import {
   CacheTier,
   GetCacheStatsRequest,
@@ -78,7 +78,9 @@ export interface CachedResult<T> {
   value: T;
   /** True when the cache answered and the call was not made. */
   fromCache: boolean;
+  /** The entry that answered, on a hit. */
   hit: CacheHit | undefined;
+  /** The entry stored on a miss; undefined on a hit, or when the lookup or the store failed (logged). */
   stored: CacheStored | undefined;
 }
 
@@ -152,7 +154,15 @@ export interface GetOrCallOptions<T> extends CallOptions {
   metadata?: Record<string, string>;
   /** The result's tokens and cost, or a function computing them from it. */
   usage?: CacheUsage | ((value: T) => CacheUsage);
+  /** Where the warnings go (a lookup or a store that failed, the call answering anyway); default `console`. */
+  logger?: { warn: (message: string) => void };
 }
+
+/**
+ * Lookup errors meaning the cache is down or busy, not that the question is wrong: getOrCall
+ * makes the call anyway (as the Python SDK's get_or_call does).
+ */
+const CACHE_DOWN = new Set<number>([Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED, Code.DEADLINE_EXCEEDED, Code.ABORTED]);
 
 const DTYPES: Record<string, VectorDtype> = {
   "": VectorDtype.VECTOR_DTYPE_UNSPECIFIED,
@@ -180,6 +190,15 @@ function namespaceView(ns: CacheNamespaceMessage, created = false): CacheNamespa
     updateTime: ns.updateTime,
     created,
   };
+}
+
+/** An error's message for a log line; never throws (a thrown value may be anything). */
+function errorText(error: unknown): string {
+  try {
+    return error instanceof Error ? error.message : String(error);
+  } catch {
+    return "(the error could not be read)";
+  }
 }
 
 function usageMessage(usage: CacheUsage | undefined) {
@@ -277,21 +296,46 @@ export class Cache {
   /**
    * Looks the prompt up; on a miss awaits `call()` once and stores its result.
    * The call's own errors propagate and nothing is stored.
+   *
+   * A cache outage does not stop the calls it stands in front of: a lookup
+   * that fails because the cache is down or busy (UNAVAILABLE,
+   * RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED) is logged and the call
+   * is made, its answer not stored; other lookup errors (an unknown
+   * namespace, a bad vector) reject. A store that fails after the call (an
+   * answer over the namespace's `maxBytes` or not JSON-serialisable, a
+   * sidecar busy or gone, a `usage` function that throws) is logged, not
+   * thrown: the answer paid for is returned, with `stored` undefined. An
+   * abort of `signal` rejects with its reason, as everywhere.
    */
   async getOrCall<T>(namespace: string, prompt: string, call: () => T | Promise<T>, options: GetOrCallOptions<T> = {}): Promise<CachedResult<T>> {
     const { signal, timeoutMs } = options;
-    const hit = await this.lookup(namespace, prompt, { vector: options.vector, threshold: options.threshold, signal, timeoutMs });
+    const logger = options.logger ?? console;
+    let hit: CacheHit | undefined;
+    try {
+      hit = await this.lookup(namespace, prompt, { vector: options.vector, threshold: options.threshold, signal, timeoutMs });
+    } catch (error) {
+      if (signal?.aborted || !(error instanceof AreError) || !CACHE_DOWN.has(error.code)) throw error;
+      logger.warn(`cache: ${JSON.stringify(namespace)} could not be looked up, so the call is made: ${error.message}`);
+      return { value: await call(), fromCache: false, hit: undefined, stored: undefined };
+    }
     if (hit !== undefined) return { value: hit.value as T, fromCache: true, hit, stored: undefined };
     const value = await call();
-    const usage = typeof options.usage === "function" ? options.usage(value) : options.usage;
-    const stored = await this.store(namespace, prompt, value, {
-      vector: options.vector,
-      ttlMs: options.ttlMs,
-      metadata: options.metadata,
-      usage,
-      signal,
-      timeoutMs,
-    });
+    let stored: CacheStored;
+    try {
+      const usage = typeof options.usage === "function" ? options.usage(value) : options.usage;
+      stored = await this.store(namespace, prompt, value, {
+        vector: options.vector,
+        ttlMs: options.ttlMs,
+        metadata: options.metadata,
+        usage,
+        signal,
+        timeoutMs,
+      });
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      logger.warn(`cache: the answer to a prompt in ${JSON.stringify(namespace)} was not stored: ${errorText(error)}`);
+      return { value, fromCache: false, hit: undefined, stored: undefined };
+    }
     return { value, fromCache: false, hit: undefined, stored };
   }
 

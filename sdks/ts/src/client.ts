@@ -217,7 +217,7 @@ export class Client {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.rpc.cancelStreams();
+    this.rpc.cancelCalls(); // Channel.close() alone lets calls in flight run on
     for (const service of Object.values(this.raw)) (service as grpc.Client).close();
     this.watches.close();
     this.channel.close();

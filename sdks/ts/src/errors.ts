@@ -158,6 +158,24 @@ export function toAreError(error: unknown): AreError {
   return new AreError(error.code, details, init);
 }
 
+/**
+ * How long to wait, in milliseconds, before trying a refused call again:
+ * full jitter over `delayMs` (uniform in [0, delayMs]); or, when the sidecar
+ * sent a retry hint (`error.retryAfterMs`: its worker bound reached, its
+ * watch subscribers all taken, a store closing), at least that hint, with
+ * up to a fifth more so that the callers it refused together do not all
+ * come back at once.
+ *
+ * ```ts
+ * await sleep(retryWait(delay, error instanceof AreError ? error.retryAfterMs : undefined));
+ * ```
+ */
+export function retryWait(delayMs: number, hintMs: number | undefined): number {
+  let wait = Math.random() * delayMs;
+  if (hintMs !== undefined && hintMs > 0) wait = Math.max(wait, hintMs * (1 + Math.random() * 0.2));
+  return wait;
+}
+
 /** A workflow spec failed the client-side checks; nothing was sent. */
 export class WorkflowSpecError extends AreError {
   constructor(violations: readonly FieldViolation[]) {

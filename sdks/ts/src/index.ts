@@ -43,6 +43,7 @@ export {
   WaitTimeoutError,
   WorkflowSpecError,
   codeName,
+  retryWait,
   toAreError,
   type AreErrorInit,
   type FieldViolation,

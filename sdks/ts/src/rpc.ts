@@ -44,17 +44,27 @@ export type DuplexMethod<Req, Res> = (metadata: Metadata, options?: Partial<Grpc
 export const DEFAULT_UNARY_TIMEOUT_MS = 30_000;
 
 export class Rpc {
-  /** Open bidirectional calls, cancelled by {@link cancelStreams} when the client closes. */
-  private readonly duplexCalls = new Set<ClientDuplexStream<unknown, unknown>>();
+  /**
+   * Every call in flight, cancelled by {@link cancelCalls} when the client closes: grpc-js's
+   * `Channel.close()` lets calls already started run on, so a wait on a workflow (a stream that
+   * lasts as long as the workflow runs) would otherwise outlive `client.close()`, and keep the
+   * process alive.
+   */
+  private readonly calls = new Set<{ cancel(): void }>();
 
   constructor(
     private readonly makeMetadata: () => Metadata,
     private readonly isClosed: () => boolean = () => false,
   ) {}
 
-  /** The error of a call made after `client.close()`. */
-  private closedError(): AreError {
+  /** The error of a call made after `client.close()`: CANCELLED, "the client is closed". */
+  closedError(): AreError {
     return new AreError(Code.CANCELLED, "the client is closed");
+  }
+
+  /** True once `client.close()` was called: every call then rejects with {@link closedError}. */
+  get closed(): boolean {
+    return this.isClosed();
   }
 
   /** A fresh copy of the metadata every call sends (the bearer token, if any). */
@@ -71,16 +81,27 @@ export class Rpc {
   duplex<Req, Res>(method: DuplexMethod<Req, Res>): ClientDuplexStream<Req, Res> {
     if (this.isClosed()) throw this.closedError();
     const call = method(this.metadata(), {});
-    const untyped = call as ClientDuplexStream<unknown, unknown>;
-    this.duplexCalls.add(untyped);
-    call.on("status", () => this.duplexCalls.delete(untyped));
+    const untrack = this.track(call);
+    call.on("status", untrack);
     return call;
   }
 
-  /** Cancels every open bidirectional stream (the client is closing). */
-  cancelStreams(): void {
-    for (const call of this.duplexCalls) call.cancel();
-    this.duplexCalls.clear();
+  /**
+   * Counts a call as in flight until the returned function is called, so that closing the
+   * client cancels it (with CANCELLED); for calls made on `raw` clients directly.
+   */
+  track(call: { cancel(): void }): () => void {
+    this.calls.add(call);
+    return () => {
+      this.calls.delete(call);
+    };
+  }
+
+  /** Cancels every call in flight, unary or streaming (the client is closing). */
+  cancelCalls(): void {
+    const calls = [...this.calls];
+    this.calls.clear();
+    for (const call of calls) call.cancel();
   }
 
   /** Calls a unary method; rejects with an AreError, or the signal's reason once aborted. */
@@ -93,6 +114,7 @@ export class Rpc {
     if (Number.isFinite(timeoutMs)) callOptions.deadline = new Date(Date.now() + timeoutMs);
     return new Promise<Res>((resolve, reject) => {
       let settled = false;
+      let untrack = (): void => undefined;
       const onAbort = (): void => {
         if (settled) return;
         settled = true;
@@ -101,11 +123,13 @@ export class Rpc {
       };
       const call = method(request, this.metadata(), callOptions, (error, response) => {
         signal?.removeEventListener("abort", onAbort);
+        untrack();
         if (settled) return;
         settled = true;
         if (error) reject(toAreError(error));
         else resolve(response);
       });
+      untrack = this.track(call);
       signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
@@ -125,6 +149,7 @@ export class Rpc {
       callOptions.deadline = new Date(Date.now() + options.timeoutMs);
     }
     const call = method(request, this.metadata(), callOptions);
+    const untrack = this.track(call);
     const onAbort = (): void => call.cancel();
     signal?.addEventListener("abort", onAbort, { once: true });
     try {
@@ -134,6 +159,7 @@ export class Rpc {
       throw toAreError(error);
     } finally {
       signal?.removeEventListener("abort", onAbort);
+      untrack();
       call.cancel();
     }
   }

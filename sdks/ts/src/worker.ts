@@ -15,7 +15,11 @@
  * task's output; a {@link TaskResult} adds a content type or a state patch.
  * Throwing fails the attempt with a Failure whose type is the error's class
  * name (throw {@link TaskError} to choose type, details and a retry hint,
- * {@link NonRetryableError} to forbid retries).
+ * {@link NonRetryableError} to forbid retries). Any thrown value fails it, an
+ * Error or not (a string, undefined, an object whose `toString` throws), and
+ * an {@link AreError} carrying the sidecar's retry hint (a call the handler
+ * made, refused RESOURCE_EXHAUSTED) passes that hint on as the failure's
+ * least delay before a retry.
  *
  * Two transports carry the same handlers (`transport` in {@link WorkerOptions}):
  *
@@ -27,8 +31,10 @@
  *   each result waits for its TaskAck (a refusal such as TASK_NOT_HELD is
  *   that task's outcome, not the stream's); a cancellation from the sidecar
  *   aborts the handler at once. A broken stream is reopened with full-jitter
- *   backoff (50 ms doubling to `reconnectMaxDelayMs`); its attempts are lost
- *   (their leases end with it and the sidecar retries them).
+ *   backoff (50 ms doubling to `reconnectMaxDelayMs`, back to 50 ms only
+ *   after a stream that lived 10 s), and no sooner than the sidecar's retry
+ *   hint when its refusal carries one; its attempts are lost (their leases
+ *   end with it and the sidecar retries them).
  * - `"unary"`: the worker long-polls `PollTask` for as many tasks as it has
  *   free slots (never more than `maxConcurrency` running), reports with
  *   `CompleteTask` / `FailTask`, and heartbeats every running attempt with
@@ -45,7 +51,7 @@
 import { hostname } from "node:os";
 
 import type { Client } from "./client.js";
-import { AreError, Code } from "./errors.js";
+import { AreError, Code, retryWait } from "./errors.js";
 import { Failure, FailureKind, type Payload, type Usage } from "./gen/are/v1/common.js";
 import { ErrorReason } from "./gen/are/v1/errors.js";
 import { EventType, type ReportedEvent } from "./gen/are/v1/event.js";
@@ -84,6 +90,14 @@ const MAX_DURATION_SECONDS = 315_576_000_000; // the largest google.protobuf.Dur
 const MAX_EVENTS_PER_CALL = 1000;
 const MAX_QUEUED_EVENTS = 10_000;
 const REPORT_ATTEMPTS = 5;
+/** The first wait before reopening the worker stream (full jitter), doubling up to `reconnectMaxDelayMs`. */
+const FIRST_RECONNECT_DELAY_MS = 50;
+/**
+ * Only a stream that lived this long sets the reconnection backoff back to its first wait: one the
+ * sidecar ends just after registering it (refusing it, failing) would otherwise be reopened about
+ * twenty times a second (the Python SDK's rule).
+ */
+const STABLE_SESSION_MS = 10_000;
 const FATAL_CODES = new Set<number>([Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.UNIMPLEMENTED]);
 
 /** Throw from a handler to fail the attempt with a chosen type, details and retry hint. */
@@ -218,7 +232,10 @@ export interface WorkerOptions {
   heartbeatIntervalMs?: number;
   /** How long running tasks get to finish on stop(); default 10 s. */
   shutdownGraceMs?: number;
-  /** The longest wait between two reconnections of the stream transport (full jitter from 50 ms); default 5 s. */
+  /**
+   * The longest wait between two reconnections of the stream transport (full jitter from 50 ms);
+   * default 5 s. A retry hint of the sidecar's (RetryInfo on its refusal) is waited out even when longer.
+   */
   reconnectMaxDelayMs?: number;
   /** Where warnings go (refused results, dropped connections); default `console`. */
   logger?: { warn: (message: string) => void };
@@ -331,15 +348,20 @@ export class TaskContext<I = unknown> {
     return this.attemptState.beat();
   }
 
-  /** Records one LLM call: an event in the flight recorder, and usage on the result (which budgets count). */
+  /**
+   * Records one LLM call: an event in the flight recorder, and usage on the result (which budgets count).
+   *
+   * @throws RangeError A count or cost that is not an integer (round a cost to the nearest
+   *   micro-USD): thrown in the handler, it fails the attempt, as in the Python SDK.
+   */
   reportLlmCall(
     model: string,
     usage: { inputTokens?: number; outputTokens?: number; costMicroUsd?: number; durationMs?: number } = {},
   ): void {
     const call: Usage = {
-      inputTokens: usage.inputTokens ?? 0,
-      outputTokens: usage.outputTokens ?? 0,
-      costMicroUsd: usage.costMicroUsd ?? 0,
+      inputTokens: counter("inputTokens", usage.inputTokens),
+      outputTokens: counter("outputTokens", usage.outputTokens),
+      costMicroUsd: counter("costMicroUsd", usage.costMicroUsd),
       llmCalls: 1,
       toolCalls: 0,
     };
@@ -353,14 +375,16 @@ export class TaskContext<I = unknown> {
     this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_TOOL_CALL, name, options.durationMs, undefined));
   }
 
-  /** Adds tokens, cost or calls to the usage reported with the attempt's result. */
+  /**
+   * Adds tokens, cost or calls to the usage reported with the attempt's result.
+   *
+   * @throws RangeError A value that is not an integer (as {@link reportLlmCall}); nothing is added.
+   */
   addUsage(usage: Partial<Usage>): void {
     const total = this.attemptState.usage;
-    total.inputTokens += usage.inputTokens ?? 0;
-    total.outputTokens += usage.outputTokens ?? 0;
-    total.costMicroUsd += usage.costMicroUsd ?? 0;
-    total.llmCalls += usage.llmCalls ?? 0;
-    total.toolCalls += usage.toolCalls ?? 0;
+    const next = { ...total };
+    for (const name of USAGE_COUNTERS) next[name] = counter(name, total[name] + counter(name, usage[name]));
+    Object.assign(total, next);
   }
 
   /**
@@ -398,6 +422,24 @@ export class TaskContext<I = unknown> {
       spanId: "",
     };
   }
+}
+
+/** The counters of a Usage. */
+const USAGE_COUNTERS = ["inputTokens", "outputTokens", "costMicroUsd", "llmCalls", "toolCalls"] as const;
+
+/**
+ * A usage counter as the contract's int64 fields take it (undefined as 0). A fraction (a cost
+ * computed as tokens times a price), NaN or an integer beyond 2^53 is refused here, in the
+ * handler: sent, it would fail the encoding of the whole message, which on the stream transport
+ * ends the stream and loses every attempt the worker holds, and on the unary one leaves the
+ * attempt RUNNING with its result never recorded.
+ */
+function counter(name: string, value: number | undefined): number {
+  if (value === undefined) return 0;
+  if (!Number.isSafeInteger(value)) {
+    throw new RangeError(`${name} must be an integer (round a cost to the nearest micro-USD), got ${textOf(value)}`);
+  }
+  return value;
 }
 
 /** One running attempt: its controllers, queued reports and usage. @internal */
@@ -609,28 +651,96 @@ function fitReport(report: NonNullable<FailTaskRequest["failure"]>): NonNullable
   };
 }
 
-/** A handler's retry hint as a Duration: a negative or non-finite one as none, a huge one as the largest. */
-function retryDelay(ms: number | undefined): ReturnType<typeof toDuration> {
-  if (ms === undefined || !(ms > 0)) return undefined;
+/** A retry hint in milliseconds as a Duration: none for a negative, non-finite or non-number one, a huge one as the largest. */
+function retryDelay(ms: unknown): ReturnType<typeof toDuration> {
+  if (typeof ms !== "number" || !(ms > 0)) return undefined;
   if (ms >= MAX_DURATION_SECONDS * 1000) return { seconds: MAX_DURATION_SECONDS, nanos: 0 };
   const duration = toDuration(ms)!;
   return duration.nanos >= 1e9 ? { seconds: duration.seconds + 1, nanos: duration.nanos - 1e9 } : duration;
 }
 
+/**
+ * The least delay before a retry that a handler's error asks for, as the failure's `retry_after`:
+ * a {@link TaskError}'s `retryAfterMs`, or the sidecar's hint on a call the handler made (an
+ * {@link AreError} such as a spawn refused RESOURCE_EXHAUSTED while the open tasks are at their
+ * bound), as the Python SDK passes an RpcError's on. Never throws.
+ */
+function retryHint(error: unknown): ReturnType<typeof toDuration> {
+  try {
+    return error instanceof TaskError || error instanceof AreError ? retryDelay(error.retryAfterMs) : undefined;
+  } catch {
+    return undefined; // a revoked Proxy, a getter that throws: no hint
+  }
+}
+
+/** `String(value)`, or a description that never throws (a thrown value's toString may throw, or be missing). */
+function textOf(value: unknown): string {
+  try {
+    return String(value);
+  } catch {
+    // Object.create(null), a toString that throws: fall through
+  }
+  try {
+    return Object.prototype.toString.call(value);
+  } catch {
+    return typeof value; // a revoked Proxy
+  }
+}
+
+/** An error's message (any thrown value's text) for a log line; never throws. */
+function messageOf(error: unknown): string {
+  try {
+    return textOf(error instanceof Error ? error.message : error);
+  } catch {
+    return `${typeName(error)} (its message could not be read)`;
+  }
+}
+
+/** The class name of what a handler threw ("Error" for anything but an Error); never throws. */
+function typeName(error: unknown): string {
+  try {
+    const name: unknown = error instanceof Error ? error.constructor?.name : undefined;
+    return typeof name === "string" && name !== "" ? name : "Error";
+  } catch {
+    return "Error";
+  }
+}
+
+/**
+ * The Failure of what a handler threw (any value, not only an Error). It never throws: an attempt
+ * must always be reported, or it would stay RUNNING, held by this worker, until its lease ended.
+ * When the value cannot be read (a message, stack or type getter that throws, a revoked Proxy),
+ * the failure says so with its class name alone, as the Python SDK's does.
+ */
 function failureFromError(error: unknown): Failure {
+  try {
+    return failureOf(error);
+  } catch {
+    const type = typeName(error);
+    return Failure.fromPartial({
+      message: `${type} (its message could not be read)`,
+      type,
+      kind: FailureKind.FAILURE_KIND_APPLICATION,
+    });
+  }
+}
+
+function failureOf(error: unknown): Failure {
   const asError = error instanceof Error ? error : undefined;
-  const type = error instanceof TaskError ? error.type : (asError?.constructor?.name ?? "Error");
-  const message = (asError ? asError.message : String(error)).slice(0, MAX_MESSAGE) || type;
+  const type = error instanceof TaskError ? textOf(error.type) : typeName(error);
+  const message = (asError ? textOf(asError.message) : textOf(error)).slice(0, MAX_MESSAGE) || type;
   let details: Payload | undefined;
   if (error instanceof TaskError && error.details !== undefined) {
     try {
       details = encodePayload(error.details);
+      if (typeof details.contentType !== "string") details = undefined;
     } catch {
       details = undefined; // details that cannot be encoded are dropped, the failure still goes
     }
   }
   const nonRetryable =
-    error instanceof TaskError ? error.nonRetryable : (error as { nonRetryable?: unknown } | null)?.nonRetryable === true;
+    error instanceof TaskError ? error.nonRetryable === true : (error as { nonRetryable?: unknown } | null | undefined)?.nonRetryable === true;
+  const stack: unknown = asError?.stack;
   return {
     message,
     type,
@@ -639,7 +749,7 @@ function failureFromError(error: unknown): Failure {
     cause: undefined,
     kind: FailureKind.FAILURE_KIND_APPLICATION,
     timeoutType: 0,
-    stackTrace: (asError?.stack ?? "").slice(-MAX_STACK_TRACE),
+    stackTrace: typeof stack === "string" ? stack.slice(-MAX_STACK_TRACE) : "",
   };
 }
 
@@ -678,6 +788,8 @@ export class Worker {
   private readonly active = new Map<string, Attempt>();
   private running = false;
   private stopping = false;
+  /** stop() was called; while not running, it makes the next run() return at once. */
+  private stopAsked = false;
   private graceDeadline = 0;
   private stopController = new AbortController();
   private wakeSlot: (() => void) | undefined;
@@ -746,7 +858,9 @@ export class Worker {
    * (see {@link stop}) and resolves. Rejects with an {@link AreError} when
    * the sidecar refuses the worker for a reason that retrying cannot fix
    * (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED);
-   * other errors (a restarting sidecar) are retried with backoff.
+   * other errors (a restarting sidecar) are retried with backoff. After a
+   * {@link stop} called while the worker was not running (a SIGTERM handler
+   * that ran first), it returns at once without connecting.
    */
   async run(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.running) throw new Error(`worker ${this.name} is already running`);
@@ -762,7 +876,7 @@ export class Worker {
     const { signal } = options;
     const onAbort = (): void => void this.stop();
     signal?.addEventListener("abort", onAbort, { once: true });
-    if (signal?.aborted) onAbort();
+    if (signal?.aborted || this.stopAsked) onAbort();
     let fatal: unknown;
     try {
       if (this.transport === "stream") await this.streamLoop(capabilities);
@@ -776,6 +890,7 @@ export class Worker {
     }
     await this.drain(Math.max(0, this.graceDeadline - Date.now()));
     this.running = false;
+    this.stopAsked = false;
     resolveStopped();
     if (fatal !== undefined) throw fatal;
   }
@@ -788,9 +903,11 @@ export class Worker {
    * (default `shutdownGraceMs`, counted from this call) to finish and
    * report; the rest are aborted (`ctx.signal`, kind WORKER_STOPPED) and
    * failed as retryable, so the sidecar retries them at once. Resolves when
-   * run() has returned. Idempotent.
+   * run() has returned. Idempotent. Called while the worker is not running,
+   * it is not lost: the next run() returns at once.
    */
   stop(options: { graceMs?: number } = {}): Promise<void> {
+    this.stopAsked = true;
     if (!this.running) return this.stopped;
     if (!this.stopping) {
       this.stopping = true;
@@ -862,7 +979,7 @@ export class Worker {
    * acknowledged, then the stream is half-closed.
    */
   private async streamLoop(capabilities: string[]): Promise<void> {
-    let delay = 50;
+    let delay = FIRST_RECONNECT_DELAY_MS;
     const stopSignal = this.stopController.signal;
     while (!this.stopping) {
       let session: StreamSession;
@@ -884,14 +1001,14 @@ export class Worker {
       } catch (error) {
         if (this.stopping) return;
         if (error instanceof AreError && (FATAL_CODES.has(error.code) || error.code === Code.CANCELLED)) throw error;
-        this.logger.warn(`worker ${this.name}: could not open the worker stream (${(error as Error).message}); retrying`);
-        if (!(await this.backoff(delay))) return;
+        this.logger.warn(`worker ${this.name}: could not open the worker stream (${messageOf(error)}); retrying`);
+        if (!(await this.backoff(delay, error instanceof AreError ? error.retryAfterMs : undefined))) return;
         delay = Math.min(delay * 2, this.reconnectMaxDelayMs);
         continue;
       }
       this.stats.connects += 1;
       this.currentWorkerId = session.workerId;
-      delay = 50;
+      const opened = Date.now();
       let onAbort: (() => void) | undefined;
       const onStop = new Promise<undefined>((resolve) => {
         onAbort = () => resolve(undefined);
@@ -913,16 +1030,22 @@ export class Worker {
       if (this.stopping) return;
       // CANCELLED comes from this side only: the client was closed under the worker.
       if (FATAL_CODES.has(ended.code) || ended.code === Code.CANCELLED) throw ended;
+      // An OK status (the sidecar ended the stream: a drain, a failed commit) arrives as UNAVAILABLE.
       this.logger.warn(`worker ${this.name}: the worker stream ended (${ended.message}); reconnecting`);
-      if (!(await this.backoff(delay))) return;
+      if (Date.now() - opened >= STABLE_SESSION_MS) delay = FIRST_RECONNECT_DELAY_MS;
+      if (!(await this.backoff(delay, ended.retryAfterMs))) return;
       delay = Math.min(delay * 2, this.reconnectMaxDelayMs);
     }
   }
 
-  /** Sleeps a full-jitter `delayMs`; false when the worker stops meanwhile. */
-  private async backoff(delayMs: number): Promise<boolean> {
+  /**
+   * Sleeps before reopening the stream: a full-jitter `delayMs`, or at least the sidecar's retry
+   * hint when its refusal carried one (its worker bound reached: 5 s); false when the worker
+   * stops meanwhile.
+   */
+  private async backoff(delayMs: number, hintMs: number | undefined): Promise<boolean> {
     try {
-      await sleep(jitter(delayMs), this.stopController.signal);
+      await sleep(retryWait(delayMs, hintMs), this.stopController.signal);
       return true;
     } catch {
       return false;
@@ -937,7 +1060,7 @@ export class Worker {
     this.active.set(key, attempt);
     session?.hold(attempt);
     attempt.done = this.execute(attempt)
-      .catch((error: unknown) => this.logger.warn(`worker ${this.name}: ${attempt.label}: ${(error as Error).message}`))
+      .catch((error: unknown) => this.logger.warn(`worker ${this.name}: ${attempt.label}: ${messageOf(error)}`))
       .finally(() => {
         session?.release(attempt);
         if (this.active.get(key) === attempt) this.active.delete(key);
@@ -1029,7 +1152,7 @@ export class Worker {
     }
     if (!outcome.ok) {
       const error = outcome.error;
-      const retryAfter = error instanceof TaskError ? retryDelay(error.retryAfterMs) : undefined;
+      const retryAfter = retryHint(error);
       const failure = failureFromError(error);
       if (await this.report("fail", attempt, () => this.failTask(attempt, { ...base, failure, usage: attempt.usage, retryAfter }))) {
         this.stats.failed += 1;

@@ -10,7 +10,7 @@
  * @module
  */
 import type { Blobs } from "./blobs.js";
-import { AreError, Code, WaitTimeoutError, WorkflowSpecError } from "./errors.js";
+import { AreError, Code, WaitTimeoutError, WorkflowSpecError, retryWait } from "./errors.js";
 import type { Event } from "./gen/are/v1/event.js";
 import {
   CancelWorkflowRequest,
@@ -32,12 +32,18 @@ import { WorkflowState as WorkflowStateEnum, type WorkflowSpec as WorkflowSpecMe
 import { BlobReference, decodePayload } from "./payload.js";
 import type { CallOptions, Rpc } from "./rpc.js";
 import { WorkflowSpec, taskSpecMessage, taskViolations, type TaskSpec } from "./spec.js";
-import { jitter, sleep, withTimeout } from "./time.js";
+import { sleep, withTimeout } from "./time.js";
 import { taskInfo, workflowInfo, type TaskInfo, type TaskState, type WorkflowInfo, type WorkflowState } from "./types.js";
 
 const PAGE_SIZE = 1000;
 const RESUME_INITIAL_DELAY_MS = 50;
 const RESUME_MAX_DELAY_MS = 2000;
+/**
+ * The errors after which a watch resumes from its cursor, as the Python SDK's: UNAVAILABLE (a
+ * sidecar restart, a dropped connection), CANCELLED (the call cut under it; not once the client
+ * is closed) and RESOURCE_EXHAUSTED (the sidecar's live subscribers all taken: after its hint).
+ */
+const RESUMED_CODES = new Set<number>([Code.UNAVAILABLE, Code.CANCELLED, Code.RESOURCE_EXHAUSTED]);
 const CLOSED = new Set([
   WorkflowStateEnum.WORKFLOW_STATE_COMPLETED,
   WorkflowStateEnum.WORKFLOW_STATE_FAILED,
@@ -148,8 +154,10 @@ export class WorkflowHandle {
   /**
    * Yields the workflow's status after each change and ends once it is
    * closed. A dropped stream (UNAVAILABLE, e.g. a sidecar restart) is resumed
-   * from the last sequence received, so no change is missed. An abort
-   * rejects with the signal's reason.
+   * from the last sequence received, so no change is missed; a watch the
+   * sidecar refuses for want of subscribers (RESOURCE_EXHAUSTED, with a retry
+   * hint) is tried again no sooner than the hint. An abort rejects with the
+   * signal's reason; closing the client rejects with CANCELLED.
    */
   async *watch(options: WatchOptions = {}): AsyncGenerator<WorkflowUpdate> {
     for await (const response of this.watchRaw(options)) {
@@ -167,6 +175,7 @@ export class WorkflowHandle {
     let cursor = options.afterSequence;
     let delay = RESUME_INITIAL_DELAY_MS;
     for (;;) {
+      let hint: number | undefined;
       const request = WatchWorkflowRequest.fromPartial({
         workflowId: this.workflowId,
         includeTasks: options.includeTasks ?? false,
@@ -182,10 +191,14 @@ export class WorkflowHandle {
         }
       } catch (error) {
         if (signal?.aborted) throw signal.reason;
-        if (!(error instanceof AreError) || (error.code !== Code.UNAVAILABLE && error.code !== Code.CANCELLED)) throw error;
-        // The sidecar restarted or the connection dropped: resume from the cursor.
+        // CANCELLED once the client is closed comes from this side: resuming would loop for ever.
+        if (!(error instanceof AreError) || !RESUMED_CODES.has(error.code) || this.rpc.closed) throw error;
+        // The sidecar restarted or the connection dropped: resume from the cursor, at once
+        // (jittered). Its watch subscribers all taken (RESOURCE_EXHAUSTED, a 1 s hint): resume
+        // no sooner than it says.
+        hint = error.code === Code.RESOURCE_EXHAUSTED ? error.retryAfterMs : undefined;
       }
-      await sleep(jitter(delay), signal);
+      await sleep(retryWait(delay, hint), signal);
       delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
     }
   }

@@ -102,6 +102,75 @@ describe("cache", () => {
     assert.equal(calls, 1);
   });
 
+  test("getOrCall returns the answer paid for when storing it fails", async () => {
+    // The store's refusal (an answer over the namespace's maxBytes, one not JSON-serialisable, a
+    // usage function that throws) rejected getOrCall after the call was made: the answer was lost.
+    const ns = unique("small");
+    await client.cache.putNamespace(ns, { maxBytes: 1024 });
+    const warnings: string[] = [];
+    const logger = { warn: (message: string) => void warnings.push(message) };
+    let calls = 0;
+    const big = await client.cache.getOrCall(ns, "a long answer?", async () => {
+      calls += 1;
+      return "x".repeat(5_000);
+    }, { logger });
+    assert.deepEqual([big.value.length, big.fromCache, big.stored], [5_000, false, undefined]);
+    const odd = await client.cache.getOrCall(ns, "a big number?", () => {
+      calls += 1;
+      return { n: 10n };
+    }, { logger });
+    assert.deepEqual([odd.value, odd.stored], [{ n: 10n }, undefined]);
+    const costly = await client.cache.getOrCall(ns, "a costly answer?", () => {
+      calls += 1;
+      return "short";
+    }, {
+      logger,
+      usage: () => {
+        throw new Error("no price list");
+      },
+    });
+    assert.deepEqual([costly.value, costly.stored], ["short", undefined]);
+    assert.equal(calls, 3);
+    assert.equal(warnings.length, 3);
+    assert.match(warnings[0]!, /was not stored: .*max_bytes/);
+    assert.match(warnings[1]!, /was not stored: .*not JSON-serialisable/);
+    assert.match(warnings[2]!, /was not stored: no price list/);
+    assert.equal(await client.cache.lookup(ns, "a long answer?"), undefined);
+  });
+
+  test("getOrCall makes the call when the cache is down, and rejects on other lookup errors", async () => {
+    // A lookup that failed with UNAVAILABLE rejected getOrCall: a cache outage became an outage of
+    // the calls it stands in front of.
+    const own = await startSidecar();
+    const other = await Client.connect(own.target);
+    try {
+      const ns = unique("down");
+      await other.cache.putNamespace(ns);
+      await own.stop();
+      const warnings: string[] = [];
+      const result = await other.cache.getOrCall(ns, "still there?", () => "yes", {
+        logger: { warn: (message: string) => void warnings.push(message) },
+      });
+      assert.deepEqual([result.value, result.fromCache, result.hit, result.stored], ["yes", false, undefined, undefined]);
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0]!, /could not be looked up, so the call is made: UNAVAILABLE/);
+    } finally {
+      other.close();
+      await own.stop();
+    }
+    // Not an outage: the question is wrong, and the call is not made.
+    let called = false;
+    const error = await client.cache
+      .getOrCall(unique("missing"), "hello", () => {
+        called = true;
+        return 1;
+      })
+      .catch((e: unknown) => e);
+    assert.ok(error instanceof AreError);
+    assert.equal(error.code, Code.NOT_FOUND);
+    assert.equal(called, false);
+  });
+
   test("bytes are stored raw and come back as a RawPayload", async () => {
     const ns = unique("bytes");
     await client.cache.putNamespace(ns);

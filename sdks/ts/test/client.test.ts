@@ -57,6 +57,29 @@ describe("close", () => {
     const error = await other.health().catch((e: unknown) => e);
     assert.ok(error instanceof AreError);
     assert.equal(error.code, Code.CANCELLED);
+    // A blob upload too (it threw grpc-js's plain "Channel has been shut down").
+    const put = await other.blobs.put(Buffer.from("late")).catch((e: unknown) => e);
+    assert.ok(put instanceof AreError, String(put));
+    assert.equal(put.code, Code.CANCELLED);
+  });
+
+  test("close() cancels the waits in flight: they reject with CANCELLED", async () => {
+    // grpc-js's Channel.close() let a wait's stream run on for as long as its workflow did
+    // (keeping the process alive), and a wait cut under a closed client resumed for ever.
+    const other = await Client.connect(sidecar.target);
+    const handle = await other.workflows.submit(new WorkflowSpec("ts-close-wait").task("a", { capability: unique("nobody") }));
+    const waiting = handle.wait().catch((e: unknown) => e);
+    const watching = handle.watch({ includeTasks: true });
+    assert.equal((await watching.next()).value?.workflow.state, "RUNNING");
+    const next = watching.next().catch((e: unknown) => e);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // both streams open
+    other.close();
+    for (const [what, settled] of [["wait()", waiting], ["watch()", next]] as const) {
+      const error = await within(settled, 10_000, `${what} to reject`);
+      assert.ok(error instanceof AreError, `${what}: ${String(error)}`);
+      assert.equal(error.code, Code.CANCELLED, what);
+    }
+    await client.workflows.getHandle(handle.workflowId).cancel();
   });
 });
 

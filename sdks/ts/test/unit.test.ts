@@ -14,6 +14,7 @@ import {
   decodePayload,
   encodePayload,
   keepaliveChannelOptions,
+  retryWait,
   toAreError,
 } from "@are-runtime/sdk";
 import { Status } from "@are-runtime/sdk/gen/google/rpc/status";
@@ -131,6 +132,19 @@ describe("error decoding", () => {
     assert.deepEqual(error.metadata, { pool: "p" });
     assert.equal(error.retryAfterMs, 1250);
     assert.equal(error.field, "pool");
+  });
+
+  test("retryWait jitters over the backoff, and waits at least the sidecar's hint with up to a fifth more", () => {
+    const plain = Array.from({ length: 200 }, () => retryWait(400, undefined));
+    assert.ok(plain.every((w) => w >= 0 && w <= 400), `${Math.min(...plain)}..${Math.max(...plain)}`);
+    assert.ok(Math.max(...plain) - Math.min(...plain) > 100, "full jitter, not a fixed wait");
+    const hinted = Array.from({ length: 200 }, () => retryWait(400, 5_000)); // the worker bound's 5 s
+    assert.ok(hinted.every((w) => w >= 5_000 && w <= 6_000), `${Math.min(...hinted)}..${Math.max(...hinted)}`);
+    assert.ok(Math.max(...hinted) - Math.min(...hinted) > 100, "spread, so that refused callers do not return together");
+    const longer = Array.from({ length: 200 }, () => retryWait(8_000, 1_000)); // a backoff beyond the hint still counts
+    assert.ok(longer.every((w) => w >= 1_000 && w <= 8_000) && Math.max(...longer) > 2_000);
+    assert.equal(retryWait(0, 0), 0);
+    assert.equal(retryWait(0, undefined), 0);
   });
 
   test("a plain status keeps its code and message", () => {

@@ -344,6 +344,107 @@ for (const transport of ["stream", "unary"] as const) {
       assert.equal(worker.isRunning, false);
     });
 
+    test("whatever a handler throws fails its attempt, and the worker's slots are freed", async () => {
+      // A thrown value whose text or class could not be read made the failure's builder throw: no
+      // failure was sent and the task stayed RUNNING, held by the worker (on the stream, one of
+      // its maxConcurrency slots at the sidecar) until its lease ended, here never.
+      const capability = unique("throws");
+      const evil = {
+        toString(): string {
+          throw new Error("no text for you");
+        },
+      };
+      const unreadable = new Error("hidden");
+      Object.defineProperty(unreadable, "message", {
+        get(): string {
+          throw new Error("no message for you");
+        },
+      });
+      const revoked = Proxy.revocable({}, {});
+      revoked.revoke();
+      const cases: Record<string, [() => unknown, string, string]> = {
+        string: [() => { throw "a plain string"; }, "Error", "a plain string"],
+        undefined: [() => { throw undefined; }, "Error", "undefined"],
+        toStringThrows: [() => { throw evil; }, "Error", "[object Object]"],
+        nullPrototype: [() => { throw Object.create(null); }, "Error", "[object Object]"],
+        messageThrows: [() => { throw unreadable; }, "Error", "Error (its message could not be read)"],
+        revokedProxy: [() => { throw revoked.proxy; }, "Error", "Error (its message could not be read)"],
+        typeNotAString: [() => { throw new TaskError("typed by a number", { type: 42 as unknown as string }); }, "42", "typed by a number"],
+        rejected: [() => Promise.reject(new RefusalError("rejected later")), "RefusalError", "rejected later"],
+        ownAbort: [
+          () => {
+            const own = new AbortController(); // the handler's own signal, not the attempt's
+            own.abort();
+            own.signal.throwIfAborted();
+          },
+          "DOMException",
+          "This operation was aborted",
+        ],
+      };
+      const worker = new Worker(client, { ...OPTS, name: "ts-throws", maxConcurrency: 2, logger: { warn: () => undefined } }).handle(
+        capability,
+        (ctx) => cases[ctx.taskId]![0](),
+      );
+      await serving(worker, async () => {
+        let spec = new WorkflowSpec("ts-throws");
+        for (const id of Object.keys(cases)) spec = spec.task(id, { capability, retryPolicy: { maximumAttempts: 1 } });
+        const handle = await client.workflows.submit(spec);
+        const workflow = await handle.wait({ timeoutMs: 20_000 });
+        assert.equal(workflow.state, "FAILED");
+        for (const [id, [, type, message]] of Object.entries(cases)) {
+          const task = await handle.task(id);
+          assert.deepEqual([id, task.state, task.failure?.type, task.failure?.message], [id, "FAILED", type, message]);
+        }
+        assert.equal(worker.inFlight, 0);
+      });
+      assert.equal(worker.stats.failed, Object.keys(cases).length);
+    });
+
+    test("a usage count that is not an integer fails its own attempt, and no other", async () => {
+      // A fraction (a cost computed as tokens times a price) failed the encoding of the message
+      // carrying it: on the stream that ended the stream, losing every attempt the worker held;
+      // on the unary path the completion was never sent and the task stayed RUNNING.
+      const priced = unique("priced");
+      const slow = unique("slow-sibling");
+      const slowStarted = deferred();
+      const worker = new Worker(client, { ...OPTS, name: "ts-priced", maxConcurrency: 2, logger: { warn: () => undefined } })
+        .handle(priced, async (ctx) => {
+          await slowStarted.promise;
+          ctx.reportLlmCall("model-x", { inputTokens: 10, costMicroUsd: 10 * 0.15 });
+          return "priced";
+        })
+        .handle(slow, async () => {
+          slowStarted.resolve();
+          await new Promise((resolve) => setTimeout(resolve, 1_000));
+          return "slow";
+        });
+      await serving(worker, async () => {
+        const spec = new WorkflowSpec("ts-priced", { defaultRetryPolicy: { maximumAttempts: 1 } })
+          .task("priced", { capability: priced })
+          .task("slow", { capability: slow });
+        const handle = await client.workflows.submit(spec);
+        await handle.wait({ timeoutMs: 20_000 });
+        const [task, sibling] = [await handle.task("priced"), await handle.task("slow")];
+        assert.deepEqual([task.state, task.attempt, task.failure?.type], ["FAILED", 1, "RangeError"]);
+        assert.match(task.failure?.message ?? "", /costMicroUsd must be an integer/);
+        assert.deepEqual([sibling.state, sibling.attempt, sibling.output], ["COMPLETED", 1, "slow"]);
+      });
+      if (transport === "stream") assert.equal(worker.stats.connects, 1);
+    });
+
+    test("stop() before run() is not lost: run() returns at once", async () => {
+      const worker = new Worker(client, { ...OPTS, name: "ts-early-stop" }).handle(unique("idle"), () => 1);
+      await worker.stop(); // a SIGTERM handler that ran before run(): it was dropped, and run() served for ever
+      await within(worker.run(), 10_000, "run() to return");
+      assert.equal(worker.isRunning, false);
+      assert.deepEqual([worker.stats.connects, worker.stats.polls], [0, 0]);
+      // The request was for that run only: the next run serves until stopped.
+      const running = worker.run();
+      assert.equal(worker.isRunning, true);
+      await within(worker.stop({ graceMs: 100 }), 20_000, "the worker to stop");
+      await running;
+    });
+
     test("closing the client under a running worker makes run() reject with CANCELLED", async () => {
       const own = await Client.connect(sidecar.target);
       const worker = new Worker(own, { ...OPTS, name: "ts-orphan", logger: { warn: () => undefined } }).handle(unique("idle"), () => 1);
