@@ -2,6 +2,8 @@ package are
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -226,11 +228,28 @@ type CacheCall func(ctx context.Context) (value []byte, usage *arev1.Usage, err 
 // (with its usage) and returns it with a nil hit. An error of call is
 // returned as it is and nothing is stored. It is not a lock: concurrent
 // misses of one prompt each call.
+//
+// A cache outage does not become an outage of the calls it stands in front
+// of: a lookup that fails because the cache is down or busy (UNAVAILABLE,
+// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or ABORTED, ctx still live) is
+// logged as a warning (slog.Default) and call is made, its value returned
+// and not stored; other lookup errors (an unknown namespace, a bad vector)
+// are returned, and so is ctx's own end. A store that fails after the call
+// (the value over the namespace's bound, the sidecar busy or gone) is
+// logged too, and the value paid for is returned without an error.
 func (c *Cache) GetOrCall(ctx context.Context, namespace, prompt string, call CacheCall, opts ...CacheOption) ([]byte, *CacheHit, error) {
 	o := collect(opts)
 	hit, err := c.lookup(ctx, namespace, prompt, o)
 	if err != nil {
-		return nil, nil, err
+		if ctx.Err() != nil || !cacheDown(err) {
+			return nil, nil, err
+		}
+		slog.Default().Warn("are: the cache could not be looked up, so the call is made", "namespace", namespace, "error", err)
+		value, _, err := call(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return value, nil, nil
 	}
 	if hit != nil {
 		return hit.Value, hit, nil
@@ -243,7 +262,14 @@ func (c *Cache) GetOrCall(ctx context.Context, namespace, prompt string, call Ca
 		o.usage = usage
 	}
 	if _, err := c.store(ctx, namespace, prompt, value, o); err != nil {
-		return value, nil, err
+		slog.Default().Warn("are: the call's answer was not stored in the cache", "namespace", namespace, "error", err)
 	}
 	return value, nil, nil
+}
+
+// cacheDown reports whether a lookup's error means that the cache is down or
+// busy, rather than that the request was wrong.
+func cacheDown(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrResourceExhausted) ||
+		errors.Is(err, ErrDeadlineExceeded) || errors.Is(err, ErrAborted)
 }

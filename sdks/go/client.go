@@ -261,8 +261,30 @@ func (c *Client) Target() string { return c.target }
 // Conn is the underlying connection, for stubs of your own.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
-// Close closes the connection; calls in flight are cancelled.
+// ErrClientClosed is the cause of the error of a call that failed because
+// its client was closed (in flight, or made after Close): the call's
+// *Error (CANCELLED) unwraps to it, and so do the errors that end a
+// WorkflowHandle.Wait or a Worker.Run when the client is closed under it.
+var ErrClientClosed = errors.New("are: the client is closed")
+
+// Close closes the connection; calls in flight are cancelled, and those
+// calls, later ones, and the waits and workers running on the client end
+// with an error that wraps ErrClientClosed.
 func (c *Client) Close() error { return errors.Join(c.watchConn.Close(), c.conn.Close()) }
+
+// closedError is the error that ends a wait or a worker, as it retries a
+// failed call (err), when conn was closed (nil while it is open): a closed
+// connection fails every call at once, and retrying would spin until the
+// caller's context ends.
+func closedError(conn *grpc.ClientConn, err error) error {
+	if conn.GetState() != connectivity.Shutdown {
+		return nil
+	}
+	if err == nil {
+		return ErrClientClosed
+	}
+	return fmt.Errorf("%w: %w", ErrClientClosed, err)
+}
 
 // Health returns the sidecar's health status (SERVING when ready to serve).
 func (c *Client) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
@@ -280,8 +302,9 @@ func (c *Client) ServiceHealth(ctx context.Context, service string) (healthpb.He
 }
 
 // convert turns a failed call's error into an *Error, remembering the
-// context's error when the caller's context ended the call.
-func convert(ctx context.Context, err error) error {
+// context's error when the caller's context ended the call, or
+// ErrClientClosed when the call failed because the client (cc) was closed.
+func convert(ctx context.Context, cc *grpc.ClientConn, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -292,6 +315,8 @@ func convert(ctx context.Context, err error) error {
 	e := FromStatus(s)
 	if cerr := ctx.Err(); cerr != nil && (e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded) {
 		e.cause = cerr
+	} else if e.Code == codes.Canceled && cc != nil && cc.GetState() == connectivity.Shutdown {
+		e.cause = ErrClientClosed
 	}
 	return e
 }
@@ -310,7 +335,7 @@ func outgoing(ctx context.Context) metadata.MD {
 
 func unaryInterceptor(md metadata.MD) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		return convert(ctx, invoker(withToken(ctx, md), method, req, reply, cc, opts...))
+		return convert(ctx, cc, invoker(withToken(ctx, md), method, req, reply, cc, opts...))
 	}
 }
 
@@ -318,9 +343,9 @@ func streamInterceptor(md metadata.MD) grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		stream, err := streamer(withToken(ctx, md), desc, cc, method, opts...)
 		if err != nil {
-			return nil, convert(ctx, err)
+			return nil, convert(ctx, cc, err)
 		}
-		return &convertingStream{ClientStream: stream, ctx: ctx}, nil
+		return &convertingStream{ClientStream: stream, ctx: ctx, cc: cc}, nil
 	}
 }
 
@@ -328,16 +353,17 @@ func streamInterceptor(md metadata.MD) grpc.StreamClientInterceptor {
 type convertingStream struct {
 	grpc.ClientStream
 	ctx context.Context
+	cc  *grpc.ClientConn
 }
 
 func (s *convertingStream) RecvMsg(m any) error {
-	return convert(s.ctx, s.ClientStream.RecvMsg(m))
+	return convert(s.ctx, s.cc, s.ClientStream.RecvMsg(m))
 }
 
 func (s *convertingStream) SendMsg(m any) error {
-	return convert(s.ctx, s.ClientStream.SendMsg(m))
+	return convert(s.ctx, s.cc, s.ClientStream.SendMsg(m))
 }
 
 func (s *convertingStream) CloseSend() error {
-	return convert(s.ctx, s.ClientStream.CloseSend())
+	return convert(s.ctx, s.cc, s.ClientStream.CloseSend())
 }

@@ -128,7 +128,8 @@ func (e *Error) Is(target error) bool {
 
 // Unwrap returns the context's error (context.Canceled or
 // context.DeadlineExceeded) when the caller's context ended the call, so
-// errors.Is(err, context.DeadlineExceeded) holds; nil otherwise.
+// errors.Is(err, context.DeadlineExceeded) holds; ErrClientClosed when the
+// call failed because its client was closed; nil otherwise.
 func (e *Error) Unwrap() error { return e.cause }
 
 // GRPCStatus returns the status the error was decoded from.

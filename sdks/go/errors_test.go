@@ -71,7 +71,7 @@ func TestErrorKinds(t *testing.T) {
 	if e, ok := AsError(status.Error(codes.NotFound, "gone")).(*Error); !ok || e.Code != codes.NotFound {
 		t.Errorf("AsError of a status error = %#v", e)
 	}
-	if err := convert(context.Background(), context.Canceled); err != context.Canceled {
+	if err := convert(context.Background(), nil, context.Canceled); err != context.Canceled {
 		t.Errorf("convert of a non-status error changed it: %v", err)
 	}
 }

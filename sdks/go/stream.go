@@ -49,10 +49,13 @@ type streamAttempt struct {
 	every time.Duration
 	next  time.Time
 	// lost is set when the sidecar took the attempt back (a cancellation,
-	// a refused heartbeat, the stream's end): its result is not reported.
+	// a refused heartbeat, the stream's end) or a stop handed it back: its
+	// result is not reported.
 	lost atomic.Bool
 	// ack receives the acknowledgement of the attempt's result.
 	ack chan *arev1.TaskAck
+	// finish releases the attempt from the stop's wait (see runAttempts).
+	finish func()
 }
 
 // streamSession is one registered stream.
@@ -67,12 +70,11 @@ type streamSession struct {
 	err     error // why it ended, set before done is closed
 
 	wake    chan struct{} // wakes the writer (capacity 1)
-	changed chan struct{} // signals that an attempt ended (capacity 1)
+	changed chan struct{} // signals that held or waiting shrank (capacity 1)
 
 	mu          sync.Mutex
-	held        map[attemptKey]*streamAttempt // running handlers
+	held        map[attemptKey]*streamAttempt // assigned, handler not returned
 	waiting     map[attemptKey]*streamAttempt // results sent, not yet acknowledged
-	live        int                           // attempt goroutines not yet returned
 	beats       map[attemptKey]*arev1.TaskHeartbeat
 	completions []*arev1.TaskCompletion
 	failures    []*arev1.TaskFailure
@@ -81,28 +83,44 @@ type streamSession struct {
 	lastWrite   time.Time
 }
 
+// stableSession is how long a stream must have lived for its end to reset
+// the reconnect backoff: a stream that the sidecar (or the network) ends
+// just after registering it would otherwise be reconnected about twenty
+// times a second.
+const stableSession = 10 * time.Second
+
 // serveStream serves over the stream until ctx ends (then drains and
-// returns nil) or the sidecar refuses the worker for good.
-func (w *Worker) serveStream(ctx, base context.Context, stopHandlers context.CancelCauseFunc, slots chan struct{}, running *sync.WaitGroup) error {
-	delay := 50 * time.Millisecond
+// returns nil), the sidecar refuses the worker for good, or the client is
+// closed. A broken stream is reconnected after a jittered wait that doubles
+// from 50 ms to ReconnectMaxDelay, and is at least the sidecar's retry hint
+// when its refusal carries one; the wait starts over from 50 ms only after a
+// stream that lived stableSession.
+func (w *Worker) serveStream(ctx, base context.Context, stopHandlers context.CancelCauseFunc, slots chan struct{}, attempts *runAttempts) error {
+	delay := firstRetryDelay
 	for ctx.Err() == nil {
 		s, err := w.openStream(ctx)
 		if err == nil {
 			w.connects.Add(1)
-			delay = 50 * time.Millisecond
+			opened := time.Now()
 			var drained bool
-			drained, err = s.serve(ctx, base, stopHandlers, slots, running)
+			drained, err = s.serve(ctx, base, stopHandlers, slots, attempts)
 			if drained {
 				return nil
+			}
+			if time.Since(opened) >= stableSession {
+				delay = firstRetryDelay
 			}
 		}
 		if fatalPollError(err) {
 			return fmt.Errorf("are: worker %s refused: %w", w.name, err)
 		}
+		if closed := closedError(w.client.conn, err); closed != nil {
+			return fmt.Errorf("are: worker %s: %w", w.name, closed)
+		}
 		if ctx.Err() == nil {
 			w.log.Warn("worker stream ended; reconnecting", "error", err)
 		}
-		if sleep(ctx, jitter(delay)) != nil {
+		if sleep(ctx, retryWait(delay, retryDelayOf(err))) != nil {
 			return nil
 		}
 		delay = min(2*delay, w.opts.ReconnectMaxDelay)
@@ -195,10 +213,10 @@ func notify(ch chan struct{}) {
 
 // serve runs the registered stream until it breaks (drained false, with
 // why) or ctx ends and the worker drained (drained true).
-func (s *streamSession) serve(ctx, base context.Context, stopHandlers context.CancelCauseFunc, slots chan struct{}, running *sync.WaitGroup) (drained bool, err error) {
+func (s *streamSession) serve(ctx, base context.Context, stopHandlers context.CancelCauseFunc, slots chan struct{}, attempts *runAttempts) (drained bool, err error) {
 	var loops sync.WaitGroup
 	loops.Add(3)
-	go func() { defer loops.Done(); s.read(ctx, base, slots, running) }()
+	go func() { defer loops.Done(); s.read(ctx, base, slots, attempts) }()
 	go func() { defer loops.Done(); s.write() }()
 	go func() { defer loops.Done(); s.beat() }()
 	defer func() {
@@ -216,8 +234,10 @@ func (s *streamSession) serve(ctx, base context.Context, stopHandlers context.Ca
 }
 
 // drainAndClose tells the sidecar to assign no more, lets running handlers
-// finish within ShutdownGrace (then cancels them with ErrWorkerStopped),
+// finish within ShutdownGrace (then cancels them with ErrWorkerStopped, and
+// hands back, handBackWait later, the attempts of those that ignore it),
 // waits for their results' acknowledgements, and half-closes the stream.
+// Attempts the sidecar took back meanwhile are not waited for.
 func (s *streamSession) drainAndClose(stopHandlers context.CancelCauseFunc) {
 	s.mu.Lock()
 	s.drain = "the worker is stopping"
@@ -225,17 +245,16 @@ func (s *streamSession) drainAndClose(stopHandlers context.CancelCauseFunc) {
 	notify(s.wake)
 	grace := time.NewTimer(s.w.opts.ShutdownGrace)
 	defer grace.Stop()
-	for {
-		s.mu.Lock()
-		live := s.live
-		s.mu.Unlock()
-		if live == 0 {
-			break
-		}
+	var late <-chan time.Time
+	for s.busy() {
 		select {
 		case <-s.changed:
 		case <-grace.C:
 			stopHandlers(ErrWorkerStopped)
+			late = time.After(handBackWait)
+		case <-late:
+			late = nil
+			s.handBack()
 		case <-s.done:
 			return
 		}
@@ -252,18 +271,47 @@ func (s *streamSession) drainAndClose(stopHandlers context.CancelCauseFunc) {
 	}
 }
 
+// busy reports whether an attempt is held or a result unacknowledged.
+func (s *streamSession) busy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held) > 0 || len(s.waiting) > 0
+}
+
+// handBack hands back the attempts whose handler has not returned though
+// their context was cancelled: they are marked lost (what their handler
+// returns is not reported) and the sidecar retries them once the stream
+// ends.
+func (s *streamSession) handBack() {
+	s.mu.Lock()
+	keys := make([]attemptKey, 0, len(s.held))
+	for key := range s.held {
+		keys = append(keys, key)
+	}
+	s.mu.Unlock()
+	if len(keys) == 0 {
+		return
+	}
+	s.w.log.Warn("handlers did not return within the shutdown grace, though their context was cancelled: their attempts are handed back", "attempts", len(keys))
+	for _, key := range keys {
+		s.lose(key, fmt.Errorf("%w: the handler outlived the shutdown grace", ErrWorkerStopped))
+	}
+}
+
 // abandon cancels every attempt still held: its lease ended with the stream.
 func (s *streamSession) abandon() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, a := range s.held {
-		a.lost.Store(true)
-		a.cancel(fmt.Errorf("%w: the worker's stream ended", ErrTaskCancelled))
+		if a.lost.CompareAndSwap(false, true) {
+			a.cancel(fmt.Errorf("%w: the worker's stream ended", ErrTaskCancelled))
+			a.finish()
+		}
 	}
 }
 
 // read takes the sidecar's messages until the stream ends.
-func (s *streamSession) read(ctx, base context.Context, slots chan struct{}, running *sync.WaitGroup) {
+func (s *streamSession) read(ctx, base context.Context, slots chan struct{}, attempts *runAttempts) {
 	for {
 		msg, err := s.stream.Recv()
 		if err != nil {
@@ -276,7 +324,7 @@ func (s *streamSession) read(ctx, base context.Context, slots chan struct{}, run
 		switch m := msg.GetMessage().(type) {
 		case *arev1.ConnectResponse_Assignments:
 			for _, a := range m.Assignments.GetAssignments() {
-				s.start(ctx, base, a, slots, running)
+				s.start(ctx, base, a, slots, attempts)
 			}
 		case *arev1.ConnectResponse_Acks:
 			for _, ack := range m.Acks.GetAcks() {
@@ -297,8 +345,8 @@ func (s *streamSession) read(ctx, base context.Context, slots chan struct{}, run
 	}
 }
 
-// lose takes an attempt back: its handler's context is cancelled and its
-// result not reported.
+// lose takes an attempt back: its handler's context is cancelled, its
+// result not reported, and a stop does not wait for it.
 func (s *streamSession) lose(key attemptKey, why error) {
 	s.mu.Lock()
 	a := s.held[key]
@@ -309,6 +357,8 @@ func (s *streamSession) lose(key attemptKey, why error) {
 	s.mu.Unlock()
 	if a != nil && a.lost.CompareAndSwap(false, true) {
 		a.cancel(why)
+		a.finish()
+		notify(s.changed)
 	}
 }
 
@@ -322,6 +372,7 @@ func (s *streamSession) acknowledged(ack *arev1.TaskAck) {
 		s.mu.Unlock()
 		if a != nil {
 			a.ack <- ack // capacity 1, one result per attempt
+			notify(s.changed)
 		}
 	case arev1.AckSubject_ACK_SUBJECT_HEARTBEAT:
 		// Only refusals are acknowledged: the lease is gone.
@@ -332,7 +383,7 @@ func (s *streamSession) acknowledged(ack *arev1.TaskAck) {
 }
 
 // start runs an assignment on its own goroutine, once a handler slot is free.
-func (s *streamSession) start(ctx, base context.Context, assignment *arev1.TaskAssignment, slots chan struct{}, running *sync.WaitGroup) {
+func (s *streamSession) start(ctx, base context.Context, assignment *arev1.TaskAssignment, slots chan struct{}, attempts *runAttempts) {
 	w := s.w
 	task := w.newTask(assignment)
 	hctx, cancel := context.WithCancelCause(base)
@@ -346,21 +397,24 @@ func (s *streamSession) start(ctx, base context.Context, assignment *arev1.TaskA
 		cancel: cancel,
 		every:  max(every, 50*time.Millisecond),
 		ack:    make(chan *arev1.TaskAck, 1),
+		finish: attempts.start(),
 	}
 	a.next = time.Now().Add(a.every)
 	s.mu.Lock()
 	s.held[a.key] = a
-	s.live++
 	s.mu.Unlock()
-	running.Add(1)
 	go func() {
-		defer running.Done()
+		defer attempts.goroutines.Done()
+		defer a.finish()
 		defer func() {
 			s.mu.Lock()
-			s.live--
-			delete(s.held, a.key)
-			delete(s.waiting, a.key)
-			delete(s.beats, a.key)
+			if s.held[a.key] == a {
+				delete(s.held, a.key)
+				delete(s.beats, a.key)
+			}
+			if s.waiting[a.key] == a {
+				delete(s.waiting, a.key)
+			}
 			s.mu.Unlock()
 			notify(s.changed)
 		}()

@@ -29,7 +29,12 @@ import (
 // says otherwise with SetOutputContentType; nil means no output). A returned
 // error fails the attempt, which is retried by the task's retry policy; wrap
 // it in a *TaskError (or use NonRetryable) to choose its type or forbid
-// retries. ctx ends when the sidecar cancels the attempt (context.Cause is
+// retries. An error carrying the sidecar's retry hint (an *Error with a
+// RetryDelay, such as a Spawn refused with POOL_QUEUE_FULL) passes it on as
+// the failure's least retry delay. A panic fails the attempt with type
+// "panic" and its stack, a runtime.Goexit with type "goexit"; an error whose
+// Error method panics is reported all the same, saying that its message could
+// not be read. ctx ends when the sidecar cancels the attempt (context.Cause is
 // then ErrTaskCancelled), at the attempt's deadline, or when the worker's
 // shutdown grace runs out (ErrWorkerStopped).
 type Handler func(ctx context.Context, task *Task) ([]byte, error)
@@ -57,7 +62,8 @@ type TaskError struct {
 	// Details are structured details (JSON), at most 1 MiB.
 	Details []byte
 	// RetryAfter is the least delay before a retry (a provider's
-	// Retry-After); zero leaves the policy's backoff.
+	// Retry-After); zero takes the sidecar's retry hint of an *Error in
+	// Err's chain (see Handler), if any, else leaves the policy's backoff.
 	RetryAfter time.Duration
 	// Err is the underlying error, if any.
 	Err error
@@ -356,7 +362,9 @@ type WorkerOptions struct {
 	// after Run's context ended (default 10 s); their
 	// context is then cancelled with ErrWorkerStopped and a failure is
 	// reported as FAILURE_KIND_WORKER_LOST (retried by policy, as for a
-	// worker whose stream drops).
+	// worker whose stream drops). A handler still running a second later
+	// (it ignores its context) has its attempt handed back, and Run returns
+	// without waiting for it (see Run).
 	ShutdownGrace time.Duration
 	// ReportTimeout bounds each CompleteTask, FailTask and RecordHeartbeat
 	// call, retries on UNAVAILABLE included, and on the stream how long a
@@ -394,6 +402,11 @@ type Worker struct {
 	handlers map[string]Handler
 	running  atomic.Bool
 	workerID atomic.Value // string
+
+	// handling holds the unary attempts of the current Run whose handler
+	// has not returned, for a stop to hand back (handBack).
+	handlingMu sync.Mutex
+	handling   map[*unaryAttempt]struct{}
 
 	completed, failed, cancelled, connects atomic.Int64
 }
@@ -446,6 +459,7 @@ func (c *Client) NewWorker(name string, opts WorkerOptions) *Worker {
 		opts:     opts,
 		log:      logger.With("worker", name),
 		handlers: map[string]Handler{},
+		handling: map[*unaryAttempt]struct{}{},
 	}
 }
 
@@ -474,10 +488,16 @@ func (w *Worker) Stats() WorkerStats {
 // work (on the stream it sends a drain; on the unary path the poll in flight
 // finishes, within PollTimeout), lets running handlers finish within
 // ShutdownGrace (then cancels their context), reports their results, and
-// returns nil. It returns an error at once when the sidecar refuses the
-// worker for a reason that retrying cannot fix (a bad name or capability,
-// authentication, UNIMPLEMENTED); other failures (a broken stream, a failed
-// poll) are retried with jittered backoff.
+// returns nil. A handler that ignores its context is waited for one second
+// more, then handed back: its attempt fails as
+// FAILURE_KIND_WORKER_LOST (retried by policy), what it returns later is not
+// reported, and Run returns without it, leaving its goroutine running.
+// Attempts the sidecar already took back (cancelled, or lost with a broken
+// stream) are not waited for. It returns an error at once when the sidecar
+// refuses the worker for a reason that retrying cannot fix (a bad name or
+// capability, authentication, UNIMPLEMENTED), and one wrapping
+// ErrClientClosed when the client is closed under it; other failures (a
+// broken stream, a failed poll) are retried with jittered backoff.
 func (w *Worker) Run(ctx context.Context) error {
 	if len(w.handlers) == 0 {
 		return errors.New("are: the worker has no handler; call Handle first")
@@ -496,27 +516,81 @@ func (w *Worker) Run(ctx context.Context) error {
 	base, stopHandlers := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopHandlers(nil)
 	slots := make(chan struct{}, w.opts.Concurrency)
-	var running sync.WaitGroup
+	var attempts runAttempts
 	var err error
 	if w.opts.Transport == TransportUnary {
-		err = w.poll(ctx, base, slots, &running)
+		err = w.poll(ctx, base, slots, &attempts)
 	} else {
-		err = w.serveStream(ctx, base, stopHandlers, slots, &running)
+		err = w.serveStream(ctx, base, stopHandlers, slots, &attempts)
 	}
-	finished := make(chan struct{})
-	go func() {
-		running.Wait()
-		close(finished)
-	}()
-	grace := time.NewTimer(w.opts.ShutdownGrace)
-	defer grace.Stop()
-	select {
-	case <-finished:
-	case <-grace.C:
-		stopHandlers(ErrWorkerStopped)
-		<-finished
-	}
+	w.settle(&attempts, base, stopHandlers)
 	return err
+}
+
+// handBackWait is how long a stopping worker waits for handlers to return
+// once their context is cancelled, before handing their attempts back.
+const handBackWait = time.Second
+
+// runAttempts counts the attempts of one Run.
+type runAttempts struct {
+	// pending counts the attempts for which something is still to be
+	// reported: done once the result is reported (and, on the stream,
+	// acknowledged), or once the attempt was released: taken back by the
+	// sidecar, lost with its stream, or handed back by a stop.
+	pending sync.WaitGroup
+	// goroutines counts the attempts' goroutines, done when they return.
+	goroutines sync.WaitGroup
+}
+
+// start counts a new attempt; finish (idempotent) says that nothing more is
+// to be reported for it.
+func (r *runAttempts) start() (finish func()) {
+	r.pending.Add(1)
+	r.goroutines.Add(1)
+	return sync.OnceFunc(r.pending.Done)
+}
+
+// settle ends a Run once its transport has stopped: it waits for the
+// attempts still pending within ShutdownGrace (unless the handlers were
+// stopped already), cancels their handlers with ErrWorkerStopped, hands
+// back, after handBackWait, those whose handler has not returned, and waits
+// for the rest to be reported. It then gives the handlers of released
+// attempts handBackWait to return, and logs those still running.
+func (w *Worker) settle(attempts *runAttempts, base context.Context, stopHandlers context.CancelCauseFunc) {
+	settled := make(chan struct{})
+	go func() {
+		attempts.pending.Wait()
+		close(settled)
+	}()
+	timer := time.NewTimer(w.opts.ShutdownGrace)
+	defer timer.Stop()
+	if context.Cause(base) == nil {
+		select {
+		case <-settled:
+		case <-timer.C:
+			stopHandlers(ErrWorkerStopped)
+			timer.Reset(handBackWait)
+		}
+	} else {
+		timer.Reset(handBackWait)
+	}
+	select {
+	case <-settled:
+	case <-timer.C:
+		w.handBack()
+		<-settled // what remains is being reported, within ReportTimeout
+	}
+	returned := make(chan struct{})
+	go func() {
+		attempts.goroutines.Wait()
+		close(returned)
+	}()
+	timer.Reset(handBackWait)
+	select {
+	case <-returned:
+	case <-timer.C:
+		w.log.Warn("handlers still running after the worker stopped: they ignore their context; their results are not reported")
+	}
 }
 
 func (w *Worker) capabilities() []string {
@@ -530,9 +604,9 @@ func (w *Worker) capabilities() []string {
 
 // poll long-polls for as many tasks as there are free slots and starts a
 // goroutine per assignment (never more than Concurrency).
-func (w *Worker) poll(ctx, base context.Context, slots chan struct{}, running *sync.WaitGroup) error {
+func (w *Worker) poll(ctx, base context.Context, slots chan struct{}, attempts *runAttempts) error {
 	capabilities := w.capabilities()
-	delay := 50 * time.Millisecond
+	delay := firstRetryDelay
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -570,25 +644,29 @@ func (w *Worker) poll(ctx, base context.Context, slots chan struct{}, running *s
 			if fatalPollError(err) {
 				return fmt.Errorf("are: worker %s refused: %w", w.name, err)
 			}
+			if closed := closedError(w.client.conn, err); closed != nil {
+				return fmt.Errorf("are: worker %s: %w", w.name, closed)
+			}
 			if ctx.Err() == nil {
 				w.log.Warn("poll failed; retrying", "error", err)
 			}
-			if sleep(ctx, jitter(delay)) != nil {
+			if sleep(ctx, retryWait(delay, retryDelayOf(err))) != nil {
 				return nil
 			}
 			delay = min(2*delay, 5*time.Second)
 			continue
 		}
-		delay = 50 * time.Millisecond
+		delay = firstRetryDelay
 		if id := resp.GetWorkerId(); id != "" {
 			w.workerID.Store(id)
 		}
 		for _, a := range resp.GetAssignments() {
-			running.Add(1)
+			finish := attempts.start()
 			go func(a *arev1.TaskAssignment) {
-				defer running.Done()
+				defer attempts.goroutines.Done()
+				defer finish()
 				defer func() { <-slots }()
-				w.runAttempt(ctx, base, a)
+				w.runAttempt(ctx, base, a, finish)
 			}(a)
 		}
 	}
@@ -608,55 +686,122 @@ const (
 	attemptLost                     // the lease is gone (TASK_NOT_HELD, ...): report nothing
 )
 
-func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment) {
+// unaryAttempt is an attempt run on the unary path.
+type unaryAttempt struct {
+	task   *Task
+	end    atomic.Int32 // an attemptEnd
+	finish func()       // releases it from the stop's wait (see runAttempts)
+}
+
+// runAttempt runs an attempt on the unary path and reports its result;
+// finish releases it from the stop's wait (see runAttempts).
+func (w *Worker) runAttempt(ctx, base context.Context, a *arev1.TaskAssignment, finish func()) {
 	var hctx context.Context
 	var cancel context.CancelCauseFunc
 	hctx, cancel = context.WithCancelCause(base)
 	defer cancel(nil)
-	task := w.newTask(a)
+	ua := &unaryAttempt{task: w.newTask(a), finish: finish}
+	task := ua.task
 	if !task.Deadline.IsZero() {
 		var cancelDeadline context.CancelFunc
 		hctx, cancelDeadline = context.WithDeadline(hctx, task.Deadline)
 		defer cancelDeadline()
 	}
 
-	var end atomic.Int32
 	beatCtx, stopBeats := context.WithCancel(hctx)
 	beating := make(chan struct{})
 	go func() {
 		defer close(beating)
 		w.heartbeat(beatCtx, task, func(e attemptEnd, why error) {
-			if end.CompareAndSwap(int32(attemptHeld), int32(e)) {
-				cancel(fmt.Errorf("%w: %v", ErrTaskCancelled, why))
+			if !ua.end.CompareAndSwap(int32(attemptHeld), int32(e)) {
+				return
 			}
+			// The sidecar took the attempt back: the handler is cancelled, what
+			// it returns is not reported, and a stop does not wait for it.
+			cancel(fmt.Errorf("%w: %v", ErrTaskCancelled, why))
+			w.cancelled.Add(1)
+			if e == attemptCancelRequest {
+				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.ReportTimeout)
+				w.fail(rctx, task, cancelledFailure(), 0)
+				rcancel()
+			}
+			finish()
 		})
 	}()
 
+	w.handlingMu.Lock()
+	w.handling[ua] = struct{}{}
+	w.handlingMu.Unlock()
 	output, err := w.call(hctx, task)
+	w.handlingMu.Lock()
+	_, mine := w.handling[ua]
+	delete(w.handling, ua)
+	w.handlingMu.Unlock()
 	stopBeats()
 	<-beating
+	if !mine {
+		return // handed back by a stop while the handler ran (handBack)
+	}
 
+	if attemptEnd(ua.end.Load()) != attemptHeld {
+		return // taken back by the sidecar, and reported if need be, meanwhile
+	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.ReportTimeout)
 	defer rcancel()
-	switch attemptEnd(end.Load()) {
-	case attemptLost:
-		w.cancelled.Add(1)
-		return
-	case attemptCancelRequest:
-		w.cancelled.Add(1)
-		w.fail(rctx, task, &arev1.Failure{
-			Message: "cancelled: the sidecar asked the worker to stop",
-			Type:    "Cancelled",
-			Kind:    arev1.FailureKind_FAILURE_KIND_CANCELLED,
-		}, 0)
-		return
-	}
 	if err != nil {
 		failure, retryAfter := handlerFailure(hctx, err)
 		w.fail(rctx, task, failure, retryAfter)
 		return
 	}
 	w.complete(rctx, task, output)
+}
+
+// cancelledFailure is the failure a unary attempt whose cancellation the
+// sidecar asked for is reported with, at once (its handler is not awaited).
+func cancelledFailure() *arev1.Failure {
+	return &arev1.Failure{
+		Message: "cancelled: the sidecar asked the worker to stop",
+		Type:    "Cancelled",
+		Kind:    arev1.FailureKind_FAILURE_KIND_CANCELLED,
+	}
+}
+
+// handBack hands back the unary attempts whose handler has not returned,
+// when a stop gave up waiting for them: each one still held is reported
+// failed as WORKER_LOST (retried by policy), and what its handler returns
+// later is not reported. The stream hands its attempts back itself (see
+// streamSession.handBack).
+func (w *Worker) handBack() {
+	w.handlingMu.Lock()
+	stuck := make([]*unaryAttempt, 0, len(w.handling))
+	for ua := range w.handling {
+		stuck = append(stuck, ua)
+	}
+	clear(w.handling)
+	w.handlingMu.Unlock()
+	if len(stuck) == 0 {
+		return
+	}
+	w.log.Warn("handlers did not return within the shutdown grace, though their context was cancelled: their attempts are handed back", "attempts", len(stuck))
+	var reports sync.WaitGroup
+	for _, ua := range stuck {
+		reports.Add(1)
+		go func() {
+			defer reports.Done()
+			if !ua.end.CompareAndSwap(int32(attemptHeld), int32(attemptLost)) {
+				return // taken back by the sidecar already (and released then)
+			}
+			defer ua.finish()
+			rctx, cancel := context.WithTimeout(context.Background(), w.opts.ReportTimeout)
+			defer cancel()
+			w.fail(rctx, ua.task, &arev1.Failure{
+				Message: "the worker stopped and the handler did not return within the shutdown grace, though its context was cancelled",
+				Type:    "WorkerStopped",
+				Kind:    arev1.FailureKind_FAILURE_KIND_WORKER_LOST,
+			}, 0)
+		}()
+	}
+	reports.Wait()
 }
 
 // newTask makes the Task a handler receives for an assignment.
@@ -681,24 +826,43 @@ func (w *Worker) newTask(a *arev1.TaskAssignment) *Task {
 // handlerFailure is the Failure a handler's error is reported as; a handler
 // that outlived the shutdown grace is reported as WORKER_LOST.
 func handlerFailure(hctx context.Context, err error) (*arev1.Failure, time.Duration) {
+	failure, retryAfter := failureOf(err)
 	if errors.Is(context.Cause(hctx), ErrWorkerStopped) {
 		return &arev1.Failure{
-			Message: "the worker stopped before the task finished: " + err.Error(),
+			Message: truncate("the worker stopped before the task finished: "+failure.GetMessage(), maxFailureMessage),
 			Type:    "WorkerStopped",
 			Kind:    arev1.FailureKind_FAILURE_KIND_WORKER_LOST,
 		}, 0
 	}
-	return failureOf(err)
+	return failure, retryAfter
 }
 
-// call runs the handler, fetching blob inputs first and turning a panic
-// into a failure.
+// call runs the handler, fetching blob inputs first. The handler runs on a
+// goroutine of its own, so that every way it can end becomes a result to
+// report: a panic (whatever its value) becomes a *panicError, and a
+// runtime.Goexit (t.FailNow in a test, say), which ends its goroutine
+// without returning, a *goexitError; the attempt is never left unreported.
 func (w *Worker) call(ctx context.Context, task *Task) (output []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = &panicError{value: r, stack: string(debug.Stack())}
-		}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		returned := false
+		defer func() {
+			if r := recover(); r != nil {
+				output, err = nil, &panicError{value: r, stack: string(debug.Stack())}
+			} else if !returned {
+				output, err = nil, &goexitError{stack: string(debug.Stack())}
+			}
+		}()
+		output, err = w.callHandler(ctx, task)
+		returned = true
 	}()
+	<-done
+	return output, err
+}
+
+// callHandler resolves the task's blobs and calls its capability's handler.
+func (w *Worker) callHandler(ctx context.Context, task *Task) ([]byte, error) {
 	if err := w.resolve(ctx, task); err != nil {
 		return nil, &TaskError{Message: "cannot read the task's blobs: " + err.Error(), Type: "BlobReadError", Err: err}
 	}
@@ -741,6 +905,15 @@ type panicError struct {
 }
 
 func (e *panicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.value) }
+
+// goexitError is a handler that called runtime.Goexit instead of returning.
+type goexitError struct {
+	stack string
+}
+
+func (e *goexitError) Error() string {
+	return "the handler called runtime.Goexit (t.FailNow or t.Fatal, say) instead of returning"
+}
 
 // The sidecar refuses a Failure beyond these bounds (common.proto); a
 // refused failure report would leave its attempt RUNNING, so every report
@@ -839,22 +1012,40 @@ func truncateRunes(s string, n int) string {
 	return s
 }
 
-// failureOf makes the Failure a handler's error is reported as.
-func failureOf(err error) (*arev1.Failure, time.Duration) {
-	failure := &arev1.Failure{
+// failureOf makes the Failure a handler's error is reported as, with the
+// least retry delay: a *TaskError's RetryAfter, else the sidecar's retry
+// hint (RetryInfo) of an *Error in its chain, such as a spawn refused with
+// POOL_QUEUE_FULL. It never panics, since an attempt must always be
+// reported: when the error's methods panic (an Error method that fails, a
+// nil pointer returned as an error), the failure says that its message
+// could not be read, with the stack of that panic.
+func failureOf(err error) (failure *arev1.Failure, retryAfter time.Duration) {
+	defer func() {
+		if r := recover(); r != nil {
+			typ := goType(err)
+			failure = &arev1.Failure{
+				Message:    truncate(fmt.Sprintf("%s (its message could not be read: %v)", typ, r), maxFailureMessage),
+				Type:       typ,
+				Kind:       arev1.FailureKind_FAILURE_KIND_APPLICATION,
+				StackTrace: truncate(string(debug.Stack()), maxStackTrace),
+			}
+			retryAfter = 0
+		}
+	}()
+	failure = &arev1.Failure{
 		Message: truncate(err.Error(), maxFailureMessage),
-		Type:    strings.TrimPrefix(fmt.Sprintf("%T", err), "*"),
+		Type:    goType(err),
 		Kind:    arev1.FailureKind_FAILURE_KIND_APPLICATION,
 	}
-	var retryAfter time.Duration
 	var te *TaskError
 	var pe *panicError
+	var ge *goexitError
 	switch {
 	case errors.As(err, &te):
 		if te.Type != "" {
 			failure.Type = te.Type
 		} else if te.Err != nil {
-			failure.Type = strings.TrimPrefix(fmt.Sprintf("%T", te.Err), "*")
+			failure.Type = goType(te.Err)
 		}
 		failure.NonRetryable = te.NonRetryable
 		if len(te.Details) > 0 {
@@ -864,8 +1055,20 @@ func failureOf(err error) (*arev1.Failure, time.Duration) {
 	case errors.As(err, &pe):
 		failure.Type = "panic"
 		failure.StackTrace = truncate(pe.stack, maxStackTrace)
+	case errors.As(err, &ge):
+		failure.Type = "goexit"
+		failure.StackTrace = truncate(ge.stack, maxStackTrace)
+	}
+	var ae *Error
+	if retryAfter == 0 && errors.As(err, &ae) && ae.RetryDelay > 0 {
+		retryAfter = ae.RetryDelay
 	}
 	return failure, retryAfter
+}
+
+// goType is the Go type of v without a pointer's star ("errors.errorString").
+func goType(v any) string {
+	return strings.TrimPrefix(fmt.Sprintf("%T", v), "*")
 }
 
 // truncate returns s as valid UTF-8 (an error's text may hold any bytes, and
@@ -942,7 +1145,9 @@ func reasonGone(reason string) bool {
 // output content type over 128 characters, or a negative usage counter):
 // such a refusal changes nothing and the attempt stays held, so the worker
 // reports a failure instead, quoting the refusal (which names the field),
-// retried by the task's retry policy.
+// retried by the task's retry policy. A completion that cannot be sent at
+// all (an output content type that is not valid UTF-8) is reported the same
+// way.
 const CompletionRefusedType = "CompletionRefused"
 
 // completionRefusedReport is the failure reported in place of a refused
@@ -1004,6 +1209,16 @@ func (w *Worker) completionOf(ctx context.Context, task *Task, output []byte) (*
 	if output != nil {
 		if contentType == "" {
 			contentType = JSONContentType
+		}
+		if !utf8.ValidString(contentType) {
+			// Protobuf cannot encode it: sent, it would break the worker's
+			// stream (every attempt held on it lost) or fail CompleteTask
+			// without a word to the sidecar, leaving the attempt RUNNING.
+			return nil, &arev1.Failure{
+				Message: truncate(fmt.Sprintf("the completion could not be sent: output.content_type %q is not valid UTF-8", contentType), maxFailureMessage),
+				Type:    CompletionRefusedType,
+				Kind:    arev1.FailureKind_FAILURE_KIND_APPLICATION,
+			}
 		}
 		payload, err := w.client.inlineOrBlob(ctx, output, contentType, task.WorkflowID)
 		if err != nil {

@@ -88,11 +88,16 @@ func (h *WorkflowHandle) Get(ctx context.Context) (*arev1.Workflow, error) {
 
 // Wait follows the workflow (WatchWorkflow) until it is closed, whatever the
 // outcome, and returns its closing status. A dropped watch (the sidecar
-// restarting) is resumed from the last sequence received. The wait is bounded
-// by ctx: when ctx ends first, the error wraps ctx.Err().
+// restarting, UNAVAILABLE or CANCELLED) is resumed from the last sequence
+// received, after a jittered backoff; a watch refused with
+// RESOURCE_EXHAUSTED (the sidecar's event subscribers all taken: a resumed
+// watch is one) is resumed no sooner than the sidecar's retry hint. Other
+// errors (NOT_FOUND, ...) are returned. The wait is bounded by ctx: when ctx
+// ends first, the error wraps ctx.Err(); when the client is closed, it wraps
+// ErrClientClosed.
 func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
 	var cursor *uint64
-	delay := 50 * time.Millisecond
+	delay := firstRetryDelay
 	for {
 		workflow, last, err := h.watchOnce(ctx, cursor)
 		if workflow != nil {
@@ -100,6 +105,7 @@ func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
 		}
 		if last != nil {
 			cursor = last
+			delay = firstRetryDelay // the watch had resumed
 		}
 		if errors.Is(err, ErrDeadlineExceeded) {
 			// The deadline gRPC sent with the stream can end it a moment before
@@ -111,10 +117,13 @@ func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("are: workflow %s did not close: %w", h.ID, ctx.Err())
 		}
-		if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrCancelled) {
+		if closed := closedError(h.client.watchConn, err); closed != nil {
+			return nil, fmt.Errorf("are: workflow %s: %w", h.ID, closed)
+		}
+		if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrCancelled) && !errors.Is(err, ErrResourceExhausted) {
 			return nil, err
 		}
-		if err := sleep(ctx, jitter(delay)); err != nil {
+		if err := sleep(ctx, retryWait(delay, retryDelayOf(err))); err != nil {
 			return nil, fmt.Errorf("are: workflow %s did not close: %w", h.ID, err)
 		}
 		delay = min(2*delay, 2*time.Second)
@@ -470,4 +479,31 @@ func jitter(d time.Duration) time.Duration {
 		return 0
 	}
 	return time.Duration(rand.Int64N(int64(d) + 1))
+}
+
+// firstRetryDelay is the first backoff of the SDK's retries (reconnects,
+// resumed watches, polls), doubled after each failure up to a bound.
+const firstRetryDelay = 50 * time.Millisecond
+
+// retryWait is how long to wait before trying a failed call again: full
+// jitter over the backoff delay or, when the sidecar sent a retry hint
+// (RetryInfo: its worker bound reached, its event subscribers all taken, a
+// store closing), at least the hint, with up to a fifth more so that the
+// callers it refused together do not all come back at once (as the Python
+// SDK's retry_wait).
+func retryWait(delay, hint time.Duration) time.Duration {
+	wait := jitter(delay)
+	if hint > 0 {
+		wait = max(wait, hint+jitter(hint/5))
+	}
+	return wait
+}
+
+// retryDelayOf is the sidecar's retry hint carried by err (zero if none).
+func retryDelayOf(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryDelay
+	}
+	return 0
 }
