@@ -82,6 +82,7 @@ from are_sdk import (
     AgentCard,
     AlreadyExistsError,
     Client,
+    ClientClosedError,
     FailedPreconditionError,
     NotFoundError,
     RpcError,
@@ -257,8 +258,11 @@ def _catalog_fields(models: Sequence[ModelSpec | SdkModelSpec]) -> list[tuple[An
 
 
 def _lost(error: BaseException) -> bool:
-    """Whether a call's failure leaves its effect unknown (the connection died, or it was cancelled)."""
-    if isinstance(error, asyncio.CancelledError):
+    """Whether a call's failure leaves its effect unknown (the connection died, or it was cancelled).
+
+    A call in flight when its client closed (after a kill) raises ClientClosedError.
+    """
+    if isinstance(error, asyncio.CancelledError | ClientClosedError):
         return True
     return isinstance(error, RpcError) and error.code.name in LOST_CODES
 
@@ -649,7 +653,7 @@ class Run:
         failure: RpcError | None = None
         try:
             await self.call(write)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientClosedError):
             return write
         except RpcError as error:
             if _lost(error):
@@ -1198,7 +1202,7 @@ class Run:
         await asyncio.gather(*reads, return_exceptions=True)
         lost: list[Write] = []
         for write, outcome in zip(writes, outcomes, strict=True):
-            if isinstance(outcome, asyncio.CancelledError):
+            if isinstance(outcome, asyncio.CancelledError | ClientClosedError):
                 lost.append(write)
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -1237,7 +1241,7 @@ class Run:
                 outcomes = await asyncio.gather(*tasks, return_exceptions=True)
                 lost = [w for w, o in zip(writes, outcomes, strict=True) if o is not None]
                 for outcome in outcomes:
-                    if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                    if isinstance(outcome, BaseException) and not _lost(outcome):
                         raise outcome
                 await self.start()
                 await self.resolve(lost)
