@@ -7,12 +7,17 @@ Tables:
 * ``memory_notes``  ``wid NUL u64(note id)`` -> :class:`Note` (the vector
   is stored here too: LMDB is the source of truth).
 
-The usearch index of each workflow is derived data, kept in memory, saved
-under ``<index_dir>/<wid>.usearch`` on stop with the note id it covers up
-to, and on load topped up from LMDB with the notes added since (or rebuilt
-from LMDB when the file is missing, corrupt or of another shape). Notes are
-append-only until the workflow is deleted, so "the ids after the saved
-high-water mark" is exactly what a saved index lacks.
+The usearch index of each workflow is derived data, loaded when its memory
+is used, saved under ``<index_dir>/<wid>.usearch`` on stop with the note id
+it covers up to, and on load topped up from LMDB with the notes added since
+(or rebuilt from LMDB when the file is missing, corrupt or of another
+shape). Notes are append-only until the workflow is deleted, so "the ids
+after the saved high-water mark" is exactly what a saved index lacks.
+
+Loaded indexes are bounded (least recently used first out, see
+:data:`MAX_LOADED_INDEXES`): an index evicted with many notes its file
+lacks is saved first, one with few is dropped (LMDB has them; its next use
+tops them up), so an eviction loses nothing, before a stop or a crash.
 
 A note whose content is a blob references it from its workflow
 (``wf:<id>``), staged in the batch that stores the note, so the blob is kept
@@ -24,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -36,7 +43,7 @@ import numpy as np
 from are_core.embed import Embedder, LexicalEmbedder
 from are_core.storage import Batch, GroupCommitter, KeyedLocks, Storage, u64_key
 from are_core.trace import Event, EventDraft, EventSink
-from are_core.vector import VectorIndex
+from are_core.vector import VectorError, VectorIndex
 
 from ._blobs import BlobStore, workflow_referrer
 from ._errors import (
@@ -48,6 +55,8 @@ from ._errors import (
 )
 
 __all__ = [
+    "MAX_LOADED_INDEXES",
+    "MAX_LOADED_INDEX_BYTES",
     "MAX_NOTES_PER_CALL",
     "MAX_NOTES_PER_WORKFLOW",
     "MEMORY_TABLES",
@@ -70,6 +79,44 @@ MAX_BUDGET_BYTES = 4 * 1024 * 1024
 DEFAULT_BUDGET_BYTES = 64 * 1024
 _SCAN_PAGE = 2000
 _INDEX_SLICE = 64
+
+MAX_LOADED_INDEXES = 256
+"""Workflows whose memory index stays loaded at most (the least recently used goes first).
+
+A loaded index costs some 52 KiB resident for a few notes, and 16 MiB of
+address space whatever its size: usearch's allocator maps its arenas 4 MiB
+at a time (a compiled-in minimum that its Python API does not let us
+lower). Every workflow that ever used its memory kept one for the life of
+the process (100k conversations: 5 GB resident, 1.6 TB of address space).
+256 keeps the memories of a few hundred workflows in use at once loaded,
+for about 13 MB resident and 4 GiB of address space; a memory used again
+after its eviction reloads in about a millisecond from its file, or from
+LMDB for a few notes (see :data:`_EVICT_SAVE_FROM`)."""
+
+MAX_LOADED_INDEX_BYTES = MAX_LOADED_INDEXES * (17 << 20)
+"""Memory the loaded indexes may hold together, as usearch reports it (``memory_usage``).
+
+It counts what usearch's allocator reserved: 16 MiB and a few hundred
+bytes for a small index (of which it touches a few pages), about the
+vectors and graph for a large one (1M 256-d f32 notes: some 1.2 GiB).
+17 MiB a slot (4.25 GiB) lets the count decide while memories are small,
+and this bound once some grow large. The index just used stays loaded
+even when it alone is larger."""
+
+_EVICT_SAVE_FROM = 64
+"""Notes an evicted index holds beyond its saved file from which it is saved before it goes.
+
+Below, it is dropped: its notes are in LMDB and its next use tops them up.
+Measured (256-d f32, 2-CPU VM): saving a small index (a file, fsync, rename,
+fsync of the folder) takes 3 to 15 ms; inserting 10 notes again 4 ms, 100
+notes 8 ms, 1,000 notes 400 ms. Below some 64 notes inserting them again
+costs no more than the save would, and is paid only if the memory is used
+again, which a finished conversation's rarely is; above, the save is much
+the cheaper (its next use restores the file in a millisecond or two)."""
+
+_RESIZE_GROWTH = 8
+"""An index's size is measured again once it grew by an eighth (``memory_usage``
+walks every node: 3 ms at 100k entries), so a few percent stale at most."""
 
 
 class NoteContent(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +171,22 @@ _note_dec = msgspec.msgpack.Decoder(Note)
 _space_dec = msgspec.msgpack.Decoder(MemorySpace)
 
 
+class _Loaded(NamedTuple):
+    """A loaded index and what it covers."""
+
+    vector_index: VectorIndex
+    covered: int
+    """Note ids it holds up to (exclusive)."""
+    saved: int
+    """Note ids its saved file covers up to (exclusive); 1 when there is no usable file."""
+    size_bytes: int
+    """Its memory (usearch's ``memory_usage``) when it held ``sized_at`` vectors."""
+    sized_at: int
+
+
+_log = logging.getLogger("are.state")
+
+
 def _wid(workflow_id: str) -> bytes:
     return workflow_id.encode() + b"\x00"
 
@@ -147,6 +210,10 @@ class MemoryStore:
         save_every: Save a workflow's index once this many notes were added
             since its last save, so a restart after a crash tops up at most
             that many from LMDB instead of rebuilding everything.
+        max_loaded: Indexes kept loaded at most (:data:`MAX_LOADED_INDEXES`).
+        max_loaded_bytes: Their memory at most (:data:`MAX_LOADED_INDEX_BYTES`).
+            Indexes in use by an add under way are not evicted: a moment's
+            excess over either bound is what concurrent adds hold.
     """
 
     def __init__(
@@ -159,18 +226,26 @@ class MemoryStore:
         events: EventSink | None = None,
         blobs: BlobStore | None = None,
         save_every: int = 20_000,
+        max_loaded: int = MAX_LOADED_INDEXES,
+        max_loaded_bytes: int = MAX_LOADED_INDEX_BYTES,
     ) -> None:
+        if max_loaded < 1 or max_loaded_bytes < 1:
+            raise ValueError("max_loaded and max_loaded_bytes must be at least 1")
         self._storage = storage
         self._blobs = blobs
         self._committer = committer
         self.embedder = embedder
         self._index_dir = index_dir
         self._events = events
-        self._indexes: dict[str, tuple[VectorIndex, int]] = {}
-        self._saved: dict[str, int] = {}
-        """The note id each index's saved file covers up to (exclusive)."""
         self.save_every = save_every
-        """Loaded indexes and the note id they cover up to (exclusive)."""
+        self.max_loaded = max_loaded
+        self.max_loaded_bytes = max_loaded_bytes
+        self._indexes: OrderedDict[str, _Loaded] = OrderedDict()
+        """Loaded indexes, least recently used first."""
+        self._loaded_bytes = 0
+        """The sum of their ``size_bytes``."""
+        self._in_use: dict[str, int] = {}
+        """Workflows whose index an add is using across awaits (not evicted meanwhile), and how many."""
         self._locks = KeyedLocks()
 
     def space(self, workflow_id: str) -> MemorySpace | None:
@@ -211,50 +286,63 @@ class MemoryStore:
                     field="entries",
                     limit=MAX_NOTES_PER_WORKFLOW,
                 )
-            index = self._index(workflow_id, space)
-            # From here to the submit there is no await: the blobs checked
-            # are referenced in the same step (the blob store's rule).
-            digests = self._note_blobs(notes)
-            now = time.time_ns()
-            prefix = _wid(workflow_id)
-            batch = self._storage.batch()
-            ids = list(range(space.next_id, space.next_id + len(notes)))
-            for note_id, note, vector in zip(ids, notes, vectors, strict=True):
-                record = Note(
-                    note_id=note_id,
-                    text=note.text,
-                    vector=vector.astype(np.float32).tobytes(),
-                    metadata=dict(note.metadata),
-                    content=note.content,
-                    create_time_ns=now,
-                )
-                batch.put(NOTES, prefix + u64_key(note_id), _enc.encode(record))
-            new_space = msgspec.structs.replace(space, next_id=ids[-1] + 1, count=space.count + len(notes))
-            batch.put(SPACES, workflow_id.encode(), _enc.encode(new_space))
-            self._stage_blobs(batch, workflow_id, digests)
-            events: list[Event] = []
-            if self._events is not None:
-                events.append(
-                    self._events.record(
-                        batch,
-                        EventDraft(
-                            event_type="MEMORY_ADDED",
-                            workflow_id=workflow_id,
-                            attributes={"are.memory.count": len(notes), "are.memory.first_id": ids[0]},
-                        ),
-                    )
-                )
-            await self._committer.submit(batch)
-            # Claim the coverage first: a search between the slices below uses
-            # this index as it is (these notes are not acknowledged yet) rather
-            # than topping it up from LMDB itself.
-            self._indexes[workflow_id] = (index, new_space.next_id)
-            await _index_in_slices(index, np.asarray(ids, dtype=np.uint64), vectors)
-            if new_space.next_id - self._saved.get(workflow_id, 1) >= self.save_every:
-                self._save(workflow_id, index, new_space.next_id)
+            with self._using(workflow_id):
+                ids, events = await self._add_to(workflow_id, space, notes, vectors)
         if self._events is not None and events:
             self._events.publish(events)
         return ids
+
+    async def _add_to(
+        self,
+        workflow_id: str,
+        space: MemorySpace,
+        notes: Sequence[NoteInput],
+        vectors: np.ndarray[Any, np.dtype[np.float32]],
+    ) -> tuple[list[int], list[Event]]:
+        """Commits the notes, then indexes them (lock held, index in use); returns their ids and events."""
+        index = self._index(workflow_id, space)
+        # From here to the submit there is no await: the blobs checked
+        # are referenced in the same step (the blob store's rule).
+        digests = self._note_blobs(notes)
+        now = time.time_ns()
+        prefix = _wid(workflow_id)
+        batch = self._storage.batch()
+        ids = list(range(space.next_id, space.next_id + len(notes)))
+        for note_id, note, vector in zip(ids, notes, vectors, strict=True):
+            record = Note(
+                note_id=note_id,
+                text=note.text,
+                vector=vector.astype(np.float32).tobytes(),
+                metadata=dict(note.metadata),
+                content=note.content,
+                create_time_ns=now,
+            )
+            batch.put(NOTES, prefix + u64_key(note_id), _enc.encode(record))
+        new_space = msgspec.structs.replace(space, next_id=ids[-1] + 1, count=space.count + len(notes))
+        batch.put(SPACES, workflow_id.encode(), _enc.encode(new_space))
+        self._stage_blobs(batch, workflow_id, digests)
+        events: list[Event] = []
+        if self._events is not None:
+            events.append(
+                self._events.record(
+                    batch,
+                    EventDraft(
+                        event_type="MEMORY_ADDED",
+                        workflow_id=workflow_id,
+                        attributes={"are.memory.count": len(notes), "are.memory.first_id": ids[0]},
+                    ),
+                )
+            )
+        await self._committer.submit(batch)
+        # Claim the coverage first: a search between the slices below uses
+        # this index as it is (these notes are not acknowledged yet) rather
+        # than topping it up from LMDB itself.
+        self._keep(workflow_id, index, new_space.next_id)
+        await _index_in_slices(index, np.asarray(ids, dtype=np.uint64), vectors)
+        loaded = self._indexes.get(workflow_id)  # None if deleted meanwhile: nothing to save
+        if loaded is not None and new_space.next_id - loaded.saved >= self.save_every:
+            self._save(workflow_id, index, new_space.next_id)
+        return ids, events
 
     def _note_blobs(self, notes: Sequence[NoteInput]) -> list[bytes]:
         """The distinct blobs the notes' contents name, each checked to exist (none without a blob store)."""
@@ -491,8 +579,7 @@ class MemoryStore:
 
     async def delete(self, workflow_id: str) -> int:
         """Remove the workflow's notes, space and saved index; returns the bytes of notes removed."""
-        self._indexes.pop(workflow_id, None)
-        self._saved.pop(workflow_id, None)
+        self._forget(workflow_id)
         prefix = _wid(workflow_id)
         await self._committer.submit(self._storage.batch().delete(SPACES, workflow_id.encode()))
         removed = 0
@@ -517,20 +604,99 @@ class MemoryStore:
         return self._index_dir / f"{workflow_id}.usearch", self._index_dir / f"{workflow_id}.json"
 
     def _index(self, workflow_id: str, space: MemorySpace) -> VectorIndex:
+        """The workflow's index, covering every note of ``space``: loaded, or restored and topped up.
+
+        It becomes the most recently used; loading it may evict others.
+        """
         loaded = self._indexes.get(workflow_id)
-        if loaded is not None and loaded[0].dimension == space.dimension:
-            index, covered = loaded
-            if covered < space.next_id:
-                self._top_up(workflow_id, index, covered)
-                self._indexes[workflow_id] = (index, space.next_id)
+        if loaded is not None and loaded.vector_index.dimension == space.dimension:
+            index = loaded.vector_index
+            if loaded.covered >= space.next_id:
+                self._indexes.move_to_end(workflow_id)
+                return index
+            self._top_up(workflow_id, index, loaded.covered)
+            self._keep(workflow_id, index, space.next_id)
             return index
-        index, covered = self._restore(workflow_id, space)
+        self._forget(workflow_id)
+        index, covered, saved = self._restore(workflow_id, space)
         if covered < space.next_id:
             self._top_up(workflow_id, index, covered)
-        self._indexes[workflow_id] = (index, space.next_id)
+        self._keep(workflow_id, index, space.next_id, saved=saved)
         return index
 
-    def _restore(self, workflow_id: str, space: MemorySpace) -> tuple[VectorIndex, int]:
+    def _keep(self, workflow_id: str, index: VectorIndex, covered: int, *, saved: int | None = None) -> None:
+        """Records ``index`` as the workflow's, covering ids below ``covered``, most recently used.
+
+        ``saved`` (what its file covers) carries over from the entry it
+        replaces when not given. Then evicts others over the bounds.
+        """
+        old = self._indexes.pop(workflow_id, None)
+        if old is not None:
+            self._loaded_bytes -= old.size_bytes
+        if saved is None:
+            saved = old.saved if old is not None else 1
+        if old is not None and old.vector_index is index:
+            loaded = _sized(old._replace(covered=covered, saved=saved))
+        else:
+            loaded = _sized(_Loaded(index, covered, saved, 0, -1))
+        self._indexes[workflow_id] = loaded
+        self._loaded_bytes += loaded.size_bytes
+        self._shrink(keep=workflow_id)
+
+    def _forget(self, workflow_id: str) -> _Loaded | None:
+        """Unloads the workflow's index (nothing saved); returns its entry."""
+        old = self._indexes.pop(workflow_id, None)
+        if old is not None:
+            self._loaded_bytes -= old.size_bytes
+        return old
+
+    @contextlib.contextmanager
+    def _using(self, workflow_id: str) -> Iterator[None]:
+        """Keeps the workflow's index from eviction for the block (an add, across its awaits)."""
+        self._in_use[workflow_id] = self._in_use.get(workflow_id, 0) + 1
+        try:
+            yield
+        finally:
+            users = self._in_use.pop(workflow_id)
+            if users > 1:
+                self._in_use[workflow_id] = users - 1
+            loaded = self._indexes.get(workflow_id)
+            if loaded is not None:  # it grew: measure it again if by much, then evict over the bounds
+                resized = _sized(loaded)
+                if resized is not loaded:
+                    self._indexes[workflow_id] = resized
+                    self._loaded_bytes += resized.size_bytes - loaded.size_bytes
+            self._shrink(keep=None)
+
+    def _shrink(self, *, keep: str | None) -> None:
+        """Evicts the least recently used indexes until within the bounds (never ``keep``, nor one in use)."""
+        indexes = self._indexes
+        while len(indexes) > self.max_loaded or self._loaded_bytes > self.max_loaded_bytes:
+            victim = next((w for w in indexes if w != keep and w not in self._in_use), None)
+            if victim is None:  # all in use: the adds under way give theirs back soon
+                return
+            self._evict(victim)
+
+    def _evict(self, workflow_id: str) -> None:
+        """Unloads an index, saving it first when its file lacks many notes (:data:`_EVICT_SAVE_FROM`).
+
+        What it does not save is in LMDB, and its next load tops it up from
+        there, as after a crash. A failed save is no error of the call that
+        evicted it: the file stays as it was, still consistent.
+        """
+        loaded = self._forget(workflow_id)
+        if loaded is None or loaded.covered - loaded.saved < _EVICT_SAVE_FROM:
+            return
+        space = self.space(workflow_id)
+        if space is None or space.next_id < loaded.covered:
+            return  # deleted meanwhile: a file would outlive its notes
+        try:
+            self._save(workflow_id, loaded.vector_index, loaded.covered)
+        except (OSError, RuntimeError, VectorError) as error:
+            _log.warning(f"memory: could not save the index of {workflow_id!r} on eviction: {error}")
+
+    def _restore(self, workflow_id: str, space: MemorySpace) -> tuple[VectorIndex, int, int]:
+        """A saved index that fits, with the ids it covers (twice: held, saved), or a new empty one."""
         index_path, meta_path = self._paths(workflow_id)
         try:
             meta = json.loads(meta_path.read_text())
@@ -541,9 +707,8 @@ class MemoryStore:
         if fits:
             restored = VectorIndex.restore(index_path, dimension=space.dimension, dtype="f32")
             if restored is not None:
-                self._saved[workflow_id] = covered
-                return restored, covered
-        return VectorIndex(dimension=space.dimension), 1
+                return restored, covered, covered
+        return VectorIndex(dimension=space.dimension), 1, 1
 
     def _top_up(self, workflow_id: str, index: VectorIndex, from_id: int) -> None:
         """Add to ``index`` every note with id >= ``from_id``, from LMDB."""
@@ -567,7 +732,10 @@ class MemoryStore:
             start = rows[-1][0] + b"\x00"
 
     def load_all(self) -> int:
-        """Load (restore or rebuild) the index of every workflow with notes; returns how many."""
+        """Load (restore or rebuild) the index of every workflow with notes; returns how many.
+
+        The most recently loaded stay, within the bounds (``max_loaded``).
+        """
         loaded = 0
         start = b""
         while True:
@@ -580,11 +748,15 @@ class MemoryStore:
             start = rows[-1][0] + b"\x00"
 
     def save_all(self) -> int:
-        """Save every loaded index with the note id it covers; returns how many."""
+        """Save every loaded index with the note id it covers; returns how many are loaded.
+
+        An index an add is still filling is skipped: its claimed coverage
+        runs ahead of what it holds, and LMDB tops it up at its next load.
+        """
         self._index_dir.mkdir(parents=True, exist_ok=True)
-        for workflow_id, (index, covered) in list(self._indexes.items()):
-            if self._saved.get(workflow_id) != covered:
-                self._save(workflow_id, index, covered)
+        for workflow_id, loaded in list(self._indexes.items()):
+            if loaded.saved != loaded.covered and workflow_id not in self._in_use:
+                self._save(workflow_id, loaded.vector_index, loaded.covered)
         return len(self._indexes)
 
     def _save(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
@@ -595,7 +767,17 @@ class MemoryStore:
         temporary = meta_path.with_name(f".{meta_path.name}.tmp")
         temporary.write_text(json.dumps({"covered": covered, "dimension": index.dimension}))
         temporary.replace(meta_path)
-        self._saved[workflow_id] = covered
+        loaded = self._indexes.get(workflow_id)
+        if loaded is not None:  # the file covers what it does, whichever object wrote it
+            self._indexes[workflow_id] = loaded._replace(saved=covered)
+
+
+def _sized(loaded: _Loaded) -> _Loaded:
+    """``loaded`` with its size measured again if it grew by an eighth since (itself otherwise)."""
+    held = len(loaded.vector_index)
+    if loaded.sized_at >= 0 and held <= loaded.sized_at + loaded.sized_at // _RESIZE_GROWTH:
+        return loaded
+    return loaded._replace(size_bytes=loaded.vector_index.memory_bytes, sized_at=held)
 
 
 def _check_notes(notes: Sequence[NoteInput]) -> None:
