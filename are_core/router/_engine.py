@@ -229,6 +229,27 @@ class _Upkeep:
 
 
 @dataclass(slots=True)
+class _OutcomeReports:
+    """A model's outcome reports whose commits are under way (see ``Router._claim_room``).
+
+    The outcomes those commits delete are always the model's oldest: the
+    first ``front`` of ``Router._outcome_keys[model]``. A report claims the
+    next ones after them; a report whose commit fails hands its own back
+    (``released``) to be claimed again, so that no outcome is claimed by two
+    reports at once and none is left out.
+    """
+
+    adding: int = 0
+    """Reports under way that add an outcome to the estimator once committed."""
+    front: int = 0
+    """The model's first outcomes claimed or released (deleted, or to be, by a report under way)."""
+    released: list[int] = field(default_factory=list)
+    """Of those, the ones a failed report handed back, oldest first: still stored, free to claim."""
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """Reports waiting for room (as many as the cap are under way): one is woken as each report settles."""
+
+
+@dataclass(slots=True)
 class _Scored:
     """Eligible agents as matrix rows with their exact similarities, in the index's order."""
 
@@ -375,6 +396,7 @@ class Router:
         self._outcome_keys: dict[str, deque[int]] = {}
         self._outcome_scores: dict[int, float] = {}
         self._next_outcome = 1
+        self._outcome_reports: dict[str, _OutcomeReports] = {}  # models with reports under way
         self._reporting: set[str] = set()
         # Model routes stored (approximate between starts: a route the TTL
         # sweep and the bound both delete counts twice), and the newest key
@@ -442,10 +464,17 @@ class Router:
         raw_catalog = self._storage.get(META_TABLE, _CATALOG_KEY)
         if raw_catalog is not None:
             self._catalog = _catalog_codec.decode(raw_catalog)
-        self._load_outcomes(rewrite, manifest)
+        stale_outcomes = self._load_outcomes(manifest)
         self._route_count = self._storage.count(ROUTES_TABLE) - self._sweep_routes(rewrite, now)
         if len(rewrite):
             await self._committer.submit(rewrite)
+        # Apart, a page a commit: a store far over the cap (as concurrent reports
+        # left it before they kept the cap) must not make one batch too large to admit.
+        for start in range(0, len(stale_outcomes), _PAGE):
+            chunk = self._storage.batch()
+            for key in stale_outcomes[start : start + _PAGE]:
+                chunk.delete(OUTCOMES_TABLE, key)
+            await self._committer.submit(chunk)
 
     def _load_records(self, rewrite: Batch) -> list[StoredAgent]:
         """Every registered card, each with a unique index key (old records get one)."""
@@ -528,16 +557,18 @@ class Router:
         temporary.replace(manifest_path)
         return len(manifest)
 
-    def _load_outcomes(self, rewrite: Batch, manifest: Mapping[str, Any]) -> None:
-        """Rebuilds the per-model outcome indexes.
+    def _load_outcomes(self, manifest: Mapping[str, Any]) -> list[bytes]:
+        """Rebuilds the per-model outcome indexes; returns the keys of the outcomes to delete.
 
         Outcomes of models no longer in the catalog are deleted (what
         :meth:`put_catalog` does, here also after a crash part-way through
-        it). Outcomes whose prompt vector has another dimension than the
-        router (recorded under another ``--router-dimension`` or embedder)
-        stay in LMDB, left out of the estimator, and count again if the
-        router returns to their dimension.
+        it), and so are a model's oldest beyond ``max_outcomes_per_model``
+        (a store written with a higher cap). Outcomes whose prompt vector
+        has another dimension than the router (recorded under another
+        ``--router-dimension`` or embedder) stay in LMDB, left out of the
+        estimator, and count again if the router returns to their dimension.
         """
+        stale: list[bytes] = []
         stored_next = self._storage.get(META_TABLE, _NEXT_OUTCOME_KEY)
         if stored_next is not None:
             self._next_outcome = max(self._next_outcome, _parse_u64(stored_next))
@@ -549,7 +580,7 @@ class Router:
             self._next_outcome = max(self._next_outcome, sequence + 1)
             record = _outcome_codec.decode(value)
             if models is not None and record.model_id not in models:
-                rewrite.delete(OUTCOMES_TABLE, key)
+                stale.append(key)
                 continue
             vector = np.frombuffer(record.vector, dtype=np.float32)
             if vector.shape[0] != self.dimension:
@@ -562,10 +593,10 @@ class Router:
                 "model outcomes of another dimension kept in storage but left out of the estimator",
                 extra={"fields": {"outcomes": other_dimension, "dimension": self.dimension}},
             )
-        bound = self.settings.max_outcomes_per_model
+        bound = self._outcome_cap
         for model_id, rows in per_model.items():
             for sequence, _ in rows[:-bound]:
-                rewrite.delete(OUTCOMES_TABLE, u64_key(sequence))
+                stale.append(u64_key(sequence))
                 del self._outcome_scores[sequence]
             kept = rows[-bound:]
             sequences = deque(s for s, _ in kept)
@@ -577,6 +608,7 @@ class Router:
                 index.add([s for s, _ in kept], np.stack([v for _, v in kept]))
             self._outcome_index[model_id] = index
             self._outcome_keys[model_id] = sequences
+        return stale
 
     def _sweep_routes(self, batch: Batch, now_ns: int) -> int:
         """Deletes routes past the outcome window (route ids start with their time)."""
@@ -1358,6 +1390,10 @@ class Router:
             self._outcome_index.pop(model_id, None)
             for sequence in sequences:
                 self._outcome_scores.pop(sequence, None)
+            reports = self._outcome_reports.get(model_id)
+            if reports is not None:  # the outcomes its reports under way claimed are gone with the rest
+                reports.front = 0
+                reports.released.clear()
             ordered = list(sequences)
             for start in range(0, len(ordered), _PAGE):
                 chunk = self._storage.batch()
@@ -1598,8 +1634,6 @@ class Router:
             raise ModelNotInCatalogError(model)
         vector = np.frombuffer(route.vector, dtype=np.float32)
         fits = vector.shape[0] == self.dimension
-        sequence = self._next_outcome
-        self._next_outcome += 1
         outcome = OutcomeRecord(
             route_id=route_id,
             model_id=model,
@@ -1619,10 +1653,6 @@ class Router:
             quality_target=route.quality_target,
             reported=True,
         )
-        batch = self._storage.batch()
-        batch.put(ROUTES_TABLE, route_id.encode(), _route_codec.encode(done))
-        batch.put(OUTCOMES_TABLE, u64_key(sequence), _outcome_codec.encode(outcome))
-        batch.put(META_TABLE, _NEXT_OUTCOME_KEY, u64_key(sequence + 1))
         attributes: dict[str, AttributeValue] = {
             "are.route.route_id": route_id,
             "are.route.score": value,
@@ -1630,21 +1660,12 @@ class Router:
         }
         if success is not None:
             attributes["are.route.success"] = success
-        evicted = self._evict_outcome(model, batch) if fits else None
         draft = EventDraft(event_type="ROUTE_OUTCOME_REPORTED", attributes=attributes)
         self._reporting.add(route_id)
         try:
-            await self._commit(batch, [draft])
+            sequence = await self._commit_outcome(done, outcome, draft, counted=fits)
         finally:
             self._reporting.discard(route_id)
-        if evicted is not None:
-            self._outcome_scores.pop(evicted, None)
-            keys = self._outcome_keys.get(model)
-            if keys and keys[0] == evicted:
-                keys.popleft()
-            index = self._outcome_index.get(model)
-            if index is not None:
-                index.remove([evicted])
         if not self._in_catalog(model):
             # The model left the catalog while this report committed: its
             # outcomes go with it (put_catalog deleted those it knew of).
@@ -1652,6 +1673,36 @@ class Router:
         elif fits:
             self._add_outcome(model, sequence, vector, value)
         return outcome
+
+    async def _commit_outcome(
+        self, done: RouteRecord, outcome: OutcomeRecord, draft: EventDraft, *, counted: bool
+    ) -> int:
+        """Commits a report (its route marked reported, its outcome stored); returns the outcome's sequence.
+
+        A ``counted`` outcome (of the router's dimension) counts against its
+        model's cap: the same commit deletes the oldest outcomes that make
+        room for it (:meth:`_claim_room`), and memory drops them once it
+        has landed (:meth:`_settle_report`).
+        """
+        model = outcome.model_id
+        evicted = await self._claim_room(model) if counted else []
+        try:
+            sequence = self._next_outcome
+            self._next_outcome += 1
+            batch = self._storage.batch()
+            batch.put(ROUTES_TABLE, outcome.route_id.encode(), _route_codec.encode(done))
+            batch.put(OUTCOMES_TABLE, u64_key(sequence), _outcome_codec.encode(outcome))
+            batch.put(META_TABLE, _NEXT_OUTCOME_KEY, u64_key(sequence + 1))
+            for oldest in evicted:
+                batch.delete(OUTCOMES_TABLE, u64_key(oldest))
+            await self._commit(batch, [draft])
+        except BaseException:
+            if counted:
+                self._settle_report(model, evicted, committed=False)
+            raise
+        if counted:
+            self._settle_report(model, evicted, committed=True)
+        return sequence
 
     def _in_catalog(self, model_id: str) -> bool:
         return self._catalog is not None and any(m.model_id == model_id for m in self._catalog.models)
@@ -1668,13 +1719,89 @@ class Router:
             raise OutcomeAlreadyReportedError(route_id)
         return route
 
-    def _evict_outcome(self, model_id: str, batch: Batch) -> int | None:
-        keys = self._outcome_keys.get(model_id)
-        if keys is None or len(keys) < self.settings.max_outcomes_per_model:
-            return None
-        oldest = keys[0]
-        batch.delete(OUTCOMES_TABLE, u64_key(oldest))
-        return oldest
+    @property
+    def _outcome_cap(self) -> int:
+        """``max_outcomes_per_model``, at least 1 (a report's own outcome always fits)."""
+        return max(1, self.settings.max_outcomes_per_model)
+
+    async def _claim_room(self, model_id: str) -> list[int]:
+        """Claims the outcomes a new report of ``model_id`` deletes in its commit, to keep the cap.
+
+        The count that must fit is what the model will hold once every
+        commit under way has landed, in whatever order: its outcomes in
+        memory, less those the reports under way delete, plus those they add.
+        The oldest unclaimed outcomes go. Claiming is synchronous, so it
+        happens in the same loop step as the report's commit is submitted;
+        reports of the model share their group commits as before. Only when
+        as many reports as the cap are under way (nothing left to claim)
+        does one wait for another to settle (never with the default cap of
+        10,000 unless that many reports of one model are committing at once).
+        """
+        while True:
+            reports = self._outcome_reports.get(model_id)
+            if reports is None:
+                reports = self._outcome_reports[model_id] = _OutcomeReports()
+            keys: Sequence[int] = self._outcome_keys.get(model_id, ())
+            free = len(keys) - reports.front + len(reports.released)  # stored and unclaimed
+            over = free + reports.adding + 1 - self._outcome_cap
+            if over <= free:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            reports.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # woken, then cancelled: pass the room on
+                    self._wake_one(model_id)
+                raise
+        reports.adding += 1
+        if over <= 0:
+            return []
+        handed_back = min(over, len(reports.released))
+        claimed = reports.released[:handed_back]
+        del reports.released[:handed_back]
+        for _ in range(over - handed_back):
+            claimed.append(keys[reports.front])
+            reports.front += 1
+        return claimed
+
+    def _settle_report(self, model_id: str, evicted: list[int], *, committed: bool) -> None:
+        """Ends a report's claim (from :meth:`_claim_room`) once its commit did or did not land.
+
+        Committed, the outcomes it deleted leave memory; otherwise they are
+        handed back to the next report. Either way only those still held:
+        :meth:`put_catalog` may have dropped the model's outcomes meanwhile.
+        """
+        reports = self._outcome_reports[model_id]
+        reports.adding -= 1
+        held = [sequence for sequence in evicted if sequence in self._outcome_scores]
+        if held and committed:
+            keys = self._outcome_keys[model_id]
+            for sequence in held:
+                del self._outcome_scores[sequence]
+                if keys[0] == sequence:
+                    keys.popleft()
+                else:
+                    keys.remove(sequence)
+            reports.front -= len(held)
+            self._outcome_index[model_id].remove(held)
+        elif held:
+            reports.released = sorted(reports.released + held)
+        self._wake_one(model_id)  # this report's room goes to the first waiting
+
+    def _wake_one(self, model_id: str) -> None:
+        """Wakes the first report waiting for room (not cancelled); forgets a model with none under way."""
+        reports = self._outcome_reports.get(model_id)
+        if reports is None:
+            return
+        while reports.waiters:
+            waiter = reports.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if not reports.adding and not reports.waiters:
+            # No claim left (what was handed back is plainly stored again), no one waiting.
+            del self._outcome_reports[model_id]
 
     def _add_outcome(self, model_id: str, sequence: int, vector: Vector, score: float) -> None:
         index = self._outcome_index.get(model_id)
