@@ -5,6 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use tonic::Code;
+
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::workflow::JSON_CONTENT_TYPE;
@@ -48,12 +50,13 @@ pub struct CacheHit {
     pub usage: Option<pb::Usage>,
 }
 
-/// The error of [`Cache::get_or_call`]: the call's own, or the cache's.
+/// The error of [`Cache::get_or_call`]: the call's own, or the cache's
+/// (a lookup refused for what it asked, not an outage).
 #[derive(Debug)]
 pub enum GetOrCallError<E> {
     /// The call failed; nothing was stored.
     Call(E),
-    /// The cache failed.
+    /// The lookup was refused (an unknown namespace, a bad vector).
     Cache(Error),
 }
 
@@ -174,6 +177,15 @@ impl Cache {
     /// Returns the cached response for `prompt`, or calls `call` on a miss and
     /// stores what it returns (with its usage). Returns the value and the hit
     /// (`None` when `call` ran). A failed call stores nothing.
+    ///
+    /// A cache outage does not stop the call it stands in front of: when the
+    /// lookup fails because the cache is down or busy (UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED), `call` is made and
+    /// its answer returned, not stored. And the answer paid for is returned
+    /// even when storing it fails (over the namespace's bounds, the sidecar
+    /// busy or gone): it is then not cached. Other lookup errors (an unknown
+    /// namespace, a bad vector) are returned as [`GetOrCallError::Cache`],
+    /// without a call.
     pub async fn get_or_call<F, Fut, E>(
         &self,
         namespace: &str,
@@ -185,21 +197,31 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<(serde_json::Value, Option<pb::Usage>), E>>,
     {
-        if let Some(hit) = self
-            .lookup(namespace, prompt, options)
-            .await
-            .map_err(GetOrCallError::Cache)?
-        {
-            return Ok((hit.value.clone(), Some(hit)));
+        match self.lookup(namespace, prompt, options).await {
+            Ok(Some(hit)) => return Ok((hit.value.clone(), Some(hit))),
+            Ok(None) => {}
+            Err(e) if cache_down(&e) => {
+                let (value, _) = call().await.map_err(GetOrCallError::Call)?;
+                return Ok((value, None));
+            }
+            Err(e) => return Err(GetOrCallError::Cache(e)),
         }
         let (value, usage) = call().await.map_err(GetOrCallError::Call)?;
         let mut options = options.clone();
         if usage.is_some() {
             options.usage = usage;
         }
-        self.store(namespace, prompt, &value, &options)
-            .await
-            .map_err(GetOrCallError::Cache)?;
+        // Not cached is the worst a failed store does.
+        let _ = self.store(namespace, prompt, &value, &options).await;
         Ok((value, None))
     }
+}
+
+/// Whether a lookup failed because the cache is down or busy, rather than
+/// for what was asked.
+fn cache_down(e: &Error) -> bool {
+    matches!(
+        e.code,
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
+    )
 }

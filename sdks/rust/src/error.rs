@@ -28,7 +28,8 @@ pub struct FieldViolation {
 /// the SDK raised itself (then `domain` is [`SDK_DOMAIN`]).
 #[derive(Debug)]
 pub struct Error {
-    /// The gRPC status code.
+    /// The gRPC status code (UNAVAILABLE also for a connection that broke
+    /// during the call, see [`Error::from_status`]).
     pub code: Code,
     /// The human-readable message.
     pub message: String,
@@ -77,8 +78,22 @@ impl Error {
     }
 
     /// Decodes a status with its details.
+    ///
+    /// A connection that breaks during a call is UNAVAILABLE, as gRPC
+    /// defines it and as the sidecar's other SDKs report it: tonic reports
+    /// it as UNKNOWN ("h2 protocol error: error reading a body from
+    /// connection"), a status the sidecar never sent, recognised by the
+    /// local cause it carries (a status from the sidecar has none); so a
+    /// wait resumes and a worker's report is retried after it, as after any
+    /// other UNAVAILABLE.
     pub fn from_status(status: tonic::Status) -> Self {
-        let mut e = Error::local(status.code(), "", status.message());
+        let broken = status.code() == Code::Unknown && std::error::Error::source(&status).is_some();
+        let code = if broken {
+            Code::Unavailable
+        } else {
+            status.code()
+        };
+        let mut e = Error::local(code, "", status.message());
         e.domain.clear();
         {
             let details = status.get_error_details();
@@ -208,5 +223,18 @@ mod tests {
             e.to_string(),
             "ResourceExhausted: pool default is full [POOL_QUEUE_FULL]; spec.tasks[0]: queue full"
         );
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let status = tonic::Status::from_error(Box::new(broken));
+        assert_eq!(status.code(), Code::Unknown);
+        let e = Error::from(status);
+        assert_eq!(e.code, Code::Unavailable);
+        assert!(e.is_retryable());
+        // An UNKNOWN the peer sent stays UNKNOWN.
+        let sent = Error::from(tonic::Status::unknown("the handler raised"));
+        assert_eq!(sent.code, Code::Unknown);
     }
 }

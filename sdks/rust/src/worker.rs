@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -35,9 +35,26 @@ pub(crate) fn jitter(d: Duration) -> Duration {
     Duration::from_nanos((nanos.wrapping_mul(2654435761) % (max + 1)) as u64)
 }
 
+/// How long to wait before trying again: a full-jitter draw below `delay`,
+/// or, when the sidecar sent a retry hint (RetryInfo: its worker bound
+/// reached, its subscribers all taken, a store busy), at least that hint,
+/// with up to a fifth more so that the callers it refused together do not
+/// all come back at once.
+pub(crate) fn retry_wait(delay: Duration, hint: Option<Duration>) -> Duration {
+    let wait = jitter(delay);
+    match hint.filter(|h| !h.is_zero()) {
+        Some(hint) => wait.max(hint + jitter(hint / 5)),
+        None => wait,
+    }
+}
+
 /// A handler's failure: a message, a type (matched against the retry policy's
 /// `non_retryable_failure_types`), whether it may be retried, JSON details
-/// and a least retry delay. Any `std::error::Error` converts into one with `?`.
+/// and a least retry delay. Any `std::error::Error` converts into one with
+/// `?`; an [`Error`] of this SDK (itself, or as the source of another error)
+/// passes the sidecar's retry hint on as `retry_after`, so that a handler
+/// whose call was refused for backpressure (RESOURCE_EXHAUSTED with a
+/// RetryInfo) is not retried sooner than the sidecar asked.
 #[derive(Clone, Debug, Default)]
 pub struct TaskError {
     /// What went wrong.
@@ -77,7 +94,16 @@ impl fmt::Display for TaskError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
     fn from(e: E) -> Self {
-        TaskError::new(std::any::type_name::<E>(), e.to_string())
+        let mut error = TaskError::new(std::any::type_name::<E>(), e.to_string());
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if let Some(sdk) = c.downcast_ref::<Error>() {
+                error.retry_after = sdk.retry_delay;
+                break;
+            }
+            cause = c.source();
+        }
+        error
     }
 }
 
@@ -158,14 +184,16 @@ impl Task {
         self.reason.get().copied()
     }
 
-    /// Adds tokens, cost and calls to what the attempt reports.
+    /// Adds tokens, cost and calls to what the attempt reports; a sum past
+    /// the largest counter stays at the largest (the attempt is reported all
+    /// the same).
     pub fn add_usage(&self, u: pb::Usage) {
         let mut usage = self.usage.lock().unwrap();
-        usage.input_tokens += u.input_tokens;
-        usage.output_tokens += u.output_tokens;
-        usage.cost_micro_usd += u.cost_micro_usd;
-        usage.llm_calls += u.llm_calls;
-        usage.tool_calls += u.tool_calls;
+        usage.input_tokens = usage.input_tokens.saturating_add(u.input_tokens);
+        usage.output_tokens = usage.output_tokens.saturating_add(u.output_tokens);
+        usage.cost_micro_usd = usage.cost_micro_usd.saturating_add(u.cost_micro_usd);
+        usage.llm_calls = usage.llm_calls.saturating_add(u.llm_calls);
+        usage.tool_calls = usage.tool_calls.saturating_add(u.tool_calls);
     }
 
     /// Records one LLM call of this attempt: an `EVENT_TYPE_LLM_CALL` event
@@ -327,15 +355,24 @@ pub struct WorkerOptions {
     /// cancellation is heard. The stream heartbeats at the interval the
     /// sidecar gives at registration and hears cancellations at once.
     pub heartbeat_interval: Duration,
-    /// How long running handlers may go on after shutdown (default 10 s);
-    /// then their tokens fire with [`CancelReason::WorkerStopped`].
+    /// How long the handlers of held attempts may go on after shutdown
+    /// (default 10 s); then their tokens fire with
+    /// [`CancelReason::WorkerStopped`]. Handlers of attempts the sidecar
+    /// already took back (cancelled, lost) are not waited for.
     pub shutdown_grace: Duration,
     /// Bound of each CompleteTask / FailTask / RecordHeartbeat, retries on
     /// UNAVAILABLE included, and on the stream of a registration and of the
-    /// wait for a result's acknowledgement (default 30 s).
+    /// wait for a result's acknowledgement (default 30 s). Also how long
+    /// handlers have to report once their tokens fired at the end of
+    /// `shutdown_grace`: one still running after half of it is abandoned and
+    /// its attempt reported failed as WORKER_LOST.
     pub report_timeout: Duration,
     /// Longest pause between reconnections of a broken stream (default 5 s);
-    /// each pause is a full-jitter draw below a doubling bound.
+    /// each pause is a full-jitter draw below a bound that doubles from
+    /// 50 ms, and starts again from 50 ms only after a stream that lived
+    /// 10 s. A refusal that carries the sidecar's retry hint (RetryInfo,
+    /// such as RESOURCE_EXHAUSTED when it serves as many workers as it can)
+    /// is waited out, whatever this bound.
     pub reconnect_max_delay: Duration,
 }
 
@@ -433,12 +470,16 @@ impl Worker {
 
     /// Serves tasks until `shutdown` fires, then stops gracefully: no new work
     /// (on the stream a drain is sent; on the unary path the poll in flight
-    /// finishes, within `poll_timeout`), running handlers get
+    /// finishes, within `poll_timeout`), the handlers of held attempts get
     /// `shutdown_grace`, then their tokens fire and their failures are
-    /// reported as WORKER_LOST; on the stream the results' acknowledgements
-    /// are awaited before it is closed. Returns an error at once when the sidecar
-    /// refuses the worker for a reason retrying cannot fix (a bad name or
-    /// capability, authentication, UNIMPLEMENTED).
+    /// reported as WORKER_LOST (a handler still running half the
+    /// `report_timeout` later is abandoned, its attempt reported so all the
+    /// same); on the stream the results' acknowledgements are awaited
+    /// before it is closed. Handlers of attempts the sidecar took back
+    /// already (cancelled, lost) are not waited for: their tokens have
+    /// fired, and they are dropped when `run` returns. Returns an error at
+    /// once when the sidecar refuses the worker for a reason retrying cannot
+    /// fix (a bad name or capability, authentication, UNIMPLEMENTED).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         if self.handlers.is_empty() {
             return Err(Error::local(
@@ -448,25 +489,25 @@ impl Worker {
             ));
         }
         let stopped = CancellationToken::new();
+        let holds = Holds::new();
         let mut running = JoinSet::new();
         let result = match self.options.transport {
-            WorkerTransport::Unary => self.poll(&shutdown, &stopped, &mut running).await,
-            WorkerTransport::Stream => self.serve_stream(&shutdown, &stopped, &mut running).await,
-        };
-        let drain = async { while running.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.options.shutdown_grace, drain)
-            .await
-            .is_err()
-        {
-            stopped.cancel();
-            let drain = async { while running.join_next().await.is_some() {} };
-            if tokio::time::timeout(self.options.report_timeout, drain)
-                .await
-                .is_err()
-            {
-                running.abort_all();
+            WorkerTransport::Unary => self.poll(&shutdown, &stopped, &mut running, &holds).await,
+            WorkerTransport::Stream => {
+                self.serve_stream(&shutdown, &stopped, &mut running, &holds)
+                    .await
             }
+        };
+        // The stream drained its attempts before it closed (and a closed
+        // stream holds none); on the unary path they drain here.
+        let drained = tokio::time::timeout(self.options.shutdown_grace, holds.released()).await;
+        if drained.is_err() {
+            stopped.cancel();
+            let _ = tokio::time::timeout(self.options.report_timeout, holds.released()).await;
         }
+        stopped.cancel();
+        // What still runs belongs to attempts already given up.
+        running.shutdown().await;
         result
     }
 
@@ -475,6 +516,7 @@ impl Worker {
         shutdown: &CancellationToken,
         stopped: &CancellationToken,
         running: &mut JoinSet<()>,
+        holds: &Holds,
     ) -> Result<()> {
         let slots = Arc::new(Semaphore::new(self.options.concurrency));
         let mut capabilities: Vec<String> = self.handlers.keys().cloned().collect();
@@ -544,8 +586,9 @@ impl Worker {
                     stats: self.stats.clone(),
                     stopped: stopped.clone(),
                 };
+                let hold = holds.hold();
                 running.spawn(async move {
-                    attempt.run(assignment).await;
+                    attempt.run(assignment, hold).await;
                     drop(permit);
                 });
             }
@@ -553,13 +596,50 @@ impl Worker {
     }
 }
 
-/// Aborts a handler's task when the attempt is dropped (a worker whose
-/// handlers outlive even the report timeout after shutdown).
+/// Aborts a task when dropped: a handler's when its attempt is, the helper
+/// tasks of an attempt or a stream when they end.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Counts the attempts a worker holds: assigned to it, and neither reported
+/// nor taken back by the sidecar. A graceful stop waits for these alone, not
+/// for a handler that goes on after its attempt was cancelled or lost.
+struct Holds(Arc<watch::Sender<usize>>);
+
+/// One held attempt; dropping it releases the attempt.
+struct Hold(Arc<watch::Sender<usize>>);
+
+impl Holds {
+    fn new() -> Self {
+        Holds(Arc::new(watch::Sender::new(0)))
+    }
+
+    /// Counts one more held attempt, until the returned guard is dropped.
+    fn hold(&self) -> Hold {
+        self.0.send_modify(|n| *n += 1);
+        Hold(self.0.clone())
+    }
+
+    /// How many attempts are held.
+    fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Returns once no attempt is held.
+    async fn released(&self) {
+        let mut held = self.0.subscribe();
+        let _ = held.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -572,19 +652,35 @@ struct Attempt {
 }
 
 impl Attempt {
-    async fn run(self, a: pb::TaskAssignment) {
+    /// Runs one attempt on the unary path and reports how it ended, within
+    /// `report_timeout`: its result, or a CANCELLED failure when the
+    /// sidecar asks, or nothing when the sidecar took it back. `hold` is
+    /// released once that is done, even if the handler goes on (its slot
+    /// stays taken until it returns).
+    async fn run(self, a: pb::TaskAssignment, hold: Hold) {
         let task = Task::of(a, self.client.clone());
         let done = CancellationToken::new();
-        let beats = tokio::spawn(self.heartbeat(task.clone(), done.clone()));
-        let outcome = self.call(task.clone()).await;
-        done.cancel();
-        let end = beats.await.unwrap_or(End::Held);
+        // The heartbeats end with the attempt, however it ends.
+        let mut beats = AbortOnDrop(tokio::spawn(self.heartbeat(task.clone(), done.clone())));
+        let call = self.call(task.clone());
+        tokio::pin!(call);
+        let (outcome, end) = tokio::select! {
+            outcome = &mut call => {
+                done.cancel();
+                (Some(outcome), (&mut beats.0).await.unwrap_or(End::Held))
+            }
+            // The sidecar ended the attempt while its handler runs.
+            end = &mut beats.0 => (None, end.unwrap_or(End::Lost)),
+        };
+        let released = outcome.is_none();
         let reporting = async {
-            match end {
-                End::Lost => {
+            match (end, outcome) {
+                // (Held without an outcome cannot be: the heartbeats end
+                // held only once the call has.)
+                (End::Lost, _) | (End::Held, None) => {
                     self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                 }
-                End::CancelRequested => {
+                (End::CancelRequested, _) => {
                     self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                     let failure = pb::Failure {
                         message: "cancelled: the sidecar asked the worker to stop".into(),
@@ -594,21 +690,29 @@ impl Attempt {
                     };
                     let _ = self.fail(&task, failure, None).await;
                 }
-                End::Held => match outcome {
-                    Ok(value) => self.complete(&task, value).await,
-                    Err(e) => {
-                        if self.fail(&task, failure_of(&task, &e), e.retry_after).await {
-                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        }
+                (End::Held, Some(Ok(value))) => self.complete(&task, value).await,
+                (End::Held, Some(Err(e))) => {
+                    if self.fail(&task, failure_of(&task, &e), e.retry_after).await {
+                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     }
-                },
+                }
             }
         };
         let _ = tokio::time::timeout(self.options.report_timeout, reporting).await;
+        drop(hold);
+        if released {
+            // Taken back while the handler runs: its token has fired; it
+            // keeps its slot until it returns (or `run` drops it).
+            let _ = call.await;
+        }
     }
 
-    /// Fetches blob inputs, runs the handler in its own task (a panic is a
-    /// failure of type "panic"), and fires the token at the deadline.
+    /// Fetches blob inputs, runs the handler in its own task (a panic, even
+    /// one before the handler returns its future, is a failure of type
+    /// "panic"), and fires the token at the deadline and when the worker
+    /// stops; a handler still running half the `report_timeout` after the
+    /// worker's stop is abandoned (aborted) and its attempt failed as
+    /// WORKER_LOST.
     async fn call(&self, mut task: Task) -> Result<serde_json::Value, TaskError> {
         let Some(handler) = self.handler.clone() else {
             return Err(TaskError::new(
@@ -649,7 +753,9 @@ impl Attempt {
             at.duration_since(SystemTime::now()).unwrap_or_default()
         });
         let watcher = task.clone();
-        let mut join = AbortOnDrop(tokio::spawn(handler(task)));
+        // The handler is called in its task, so that a panic before it
+        // returns its future is caught like one after.
+        let mut join = AbortOnDrop(tokio::spawn(async move { handler(task).await }));
         let at_deadline = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(86_400 * 365)));
         let result = tokio::select! {
             r = &mut join.0 => r,
@@ -659,19 +765,34 @@ impl Attempt {
             }
             _ = self.stopped.cancelled() => {
                 watcher.cancel_with(CancelReason::WorkerStopped);
-                (&mut join.0).await
+                let patience = self.options.report_timeout / 2;
+                match tokio::time::timeout(patience, &mut join.0).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(TaskError::new(
+                            "WorkerStopped",
+                            format!(
+                                "the handler was abandoned: it did not return within {patience:?} \
+                                 of the worker's stop"
+                            ),
+                        ))
+                    }
+                }
             }
         };
         match result {
             Ok(r) => r,
             Err(e) if e.is_panic() => {
                 let p = e.into_panic();
-                let msg = p
+                let message = match p
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "handler panicked".into());
-                Err(TaskError::new("panic", format!("handler panicked: {msg}")))
+                {
+                    Some(msg) => format!("handler panicked: {msg}"),
+                    None => "handler panicked (with a payload that is not a string)".into(),
+                };
+                Err(TaskError::new("panic", message))
             }
             Err(e) => Err(TaskError::new("Aborted", e.to_string())),
         }
@@ -1047,8 +1168,9 @@ fn fatal(code: Code) -> bool {
     )
 }
 
-/// Calls `f` until it succeeds or fails otherwise than UNAVAILABLE (the
-/// caller bounds the whole).
+/// Calls `f` until it succeeds or fails otherwise than UNAVAILABLE (a
+/// connection that broke during the call included, see
+/// [`Error::from_status`]); the caller bounds the whole.
 async fn retry_unavailable<F, Fut>(mut f: F) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -1056,13 +1178,13 @@ where
 {
     let mut delay = Duration::from_millis(50);
     loop {
-        match f().await {
+        match f().await.map_err(Error::from) {
             Ok(()) => return Ok(()),
-            Err(s) if s.code() == Code::Unavailable => {
+            Err(e) if e.code == Code::Unavailable => {
                 tokio::time::sleep(jitter(delay)).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(s) => return Err(s.into()),
+            Err(e) => return Err(e),
         }
     }
 }

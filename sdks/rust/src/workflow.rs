@@ -20,6 +20,11 @@ pub fn json_payload(value: &serde_json::Value) -> pb::Payload {
     }
 }
 
+/// The first pause before a broken watch is resumed; it doubles up to
+/// [`RESUME_MAX_DELAY`], and starts again once a message arrives.
+const RESUME_FIRST_DELAY: Duration = Duration::from_millis(50);
+const RESUME_MAX_DELAY: Duration = Duration::from_secs(2);
+
 fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
@@ -283,9 +288,13 @@ impl WorkflowHandle {
         })
     }
 
-    /// Follows the workflow (WatchWorkflow, resumed from the last sequence
-    /// when the stream drops) until it closes, whatever the outcome, for at
-    /// most `timeout`.
+    /// Follows the workflow (WatchWorkflow) until it closes, whatever the
+    /// outcome, for at most `timeout`. A watch that breaks (UNAVAILABLE: the
+    /// sidecar restarted, the connection dropped; CANCELLED) is resumed from
+    /// the last sequence received, after a jittered backoff; one refused
+    /// with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a
+    /// resumed watch needs one) is resumed no sooner than the sidecar's
+    /// retry hint. Other errors (NOT_FOUND, ...) are returned.
     pub async fn wait(&self, timeout: Duration) -> Result<pb::Workflow> {
         let what = format!("waiting for workflow {}", self.id);
         crate::error::bounded(&what, timeout, self.watch()).await
@@ -293,7 +302,7 @@ impl WorkflowHandle {
 
     async fn watch(&self) -> Result<pb::Workflow> {
         let mut after = None;
-        let mut delay = Duration::from_millis(50);
+        let mut delay = RESUME_FIRST_DELAY;
         loop {
             let mut s = self.client.watches();
             let req = pb::WatchWorkflowRequest {
@@ -304,6 +313,7 @@ impl WorkflowHandle {
             let ended: Result<Option<pb::Workflow>> = async {
                 let mut stream = s.watch_workflow(req).await?.into_inner();
                 while let Some(msg) = stream.message().await? {
+                    delay = RESUME_FIRST_DELAY;
                     if msg.sequence != 0 {
                         after = Some(msg.sequence);
                     }
@@ -314,13 +324,15 @@ impl WorkflowHandle {
                 Ok(None) // ended without a closed status: resume
             }
             .await;
-            match ended {
+            let hint = match ended {
                 Ok(Some(w)) => return Ok(w),
-                Err(e) if !matches!(e.code, Code::Unavailable | Code::Cancelled) => return Err(e),
-                _ => {}
-            }
-            tokio::time::sleep(crate::worker::jitter(delay)).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+                Ok(None) => None,
+                Err(e) if matches!(e.code, Code::Unavailable | Code::Cancelled) => None,
+                Err(e) if e.code == Code::ResourceExhausted => e.retry_delay,
+                Err(e) => return Err(e),
+            };
+            tokio::time::sleep(crate::worker::retry_wait(delay, hint)).await;
+            delay = (delay * 2).min(RESUME_MAX_DELAY);
         }
     }
 

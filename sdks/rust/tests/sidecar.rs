@@ -15,44 +15,9 @@ use are_sdk::{
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
+#[macro_use]
 mod common;
-use common::nested;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Worker options that keep tests short: a stop is noticed within about 2 s,
-/// a cancellation within about 100 ms.
-fn fast(transport: WorkerTransport) -> WorkerOptions {
-    WorkerOptions {
-        transport,
-        concurrency: 4,
-        poll_timeout: Duration::from_secs(2),
-        heartbeat_interval: Duration::from_millis(100),
-        shutdown_grace: Duration::from_secs(5),
-        ..Default::default()
-    }
-}
-
-/// Runs each worker test once per transport: `NAME::unary` and `NAME::stream`.
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use super::*;
-
-                #[tokio::test]
-                async fn unary() {
-                    super::$name(WorkerTransport::Unary).await
-                }
-
-                #[tokio::test]
-                async fn stream() {
-                    super::$name(WorkerTransport::Stream).await
-                }
-            }
-        )*
-    };
-}
+use common::{failed_task, fast, nested, start, Running, WAIT};
 
 on_both_transports!(
     two_task_workflow_run_by_a_rust_worker,
@@ -64,37 +29,6 @@ on_both_transports!(
     a_refused_completion_is_reported_as_a_failure,
     a_failure_past_the_sidecars_bounds_is_fitted_to_them,
 );
-
-async fn start() -> (Sidecar, Client) {
-    let sidecar = Sidecar::start(&[]).await.expect("sidecar");
-    let client = sidecar.client().await.expect("connect");
-    (sidecar, client)
-}
-
-/// Runs a worker in the background; the returned guard stops it.
-struct Running {
-    stop: CancellationToken,
-    join: tokio::task::JoinHandle<are_sdk::Result<()>>,
-}
-
-impl Running {
-    fn spawn(worker: Worker) -> (Running, Arc<are_sdk::WorkerStats>) {
-        let stop = CancellationToken::new();
-        let stats = worker.stats();
-        let token = stop.clone();
-        let join = tokio::spawn(async move { worker.run(token).await });
-        (Running { stop, join }, stats)
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        timeout(WAIT, self.join)
-            .await
-            .expect("the worker stopped in time")
-            .expect("no panic")
-            .expect("run ended without error");
-    }
-}
 
 #[tokio::test]
 async fn connect_and_health() {
@@ -1187,24 +1121,4 @@ async fn a_failure_past_the_sidecars_bounds_is_fitted_to_them(transport: WorkerT
     let usage = task.usage.unwrap().usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (5, 0));
     running.stop().await;
-}
-
-/// Submits a workflow named `name` of one task "x" for the capability of the
-/// same name, with a single attempt, and returns the task once the workflow
-/// has failed (within 15 s: a task left RUNNING fails the test).
-async fn failed_task(client: &Client, name: &str) -> pb::Task {
-    let spec = WorkflowBuilder::new(name)
-        .task(TaskBuilder::new("x", name).max_attempts(1, Duration::from_millis(10)));
-    let handle = client.submit(spec).await.unwrap();
-    let e = handle
-        .result::<Value>(Duration::from_secs(15))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.reason, "WORKFLOW_FAILED",
-        "{e} (the task stayed RUNNING?)"
-    );
-    let task = handle.task("x").await.unwrap();
-    assert_eq!(task.state, pb::TaskState::Failed as i32);
-    task
 }

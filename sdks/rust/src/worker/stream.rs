@@ -1,5 +1,7 @@
 //! The worker's stream transport: one WorkerService.Connect stream per
-//! worker, reconnected with full-jitter backoff when it breaks.
+//! worker, reconnected with full-jitter backoff when it breaks (the backoff
+//! starts again only after a stream that lived, and a refusal's retry hint
+//! is waited out).
 //!
 //! The worker's `run` loop reads the stream (assignments, acknowledgements,
 //! cancellations, drain notices) and owns the running attempts; one writer
@@ -22,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::{
-    completion_refused, failure_of, failure_report, fatal, jitter, reason_gone, AbortOnDrop,
-    Attempt, CancelReason, Task, Worker,
+    completion_refused, failure_of, failure_report, fatal, reason_gone, retry_wait, AbortOnDrop,
+    Attempt, CancelReason, Hold, Holds, Task, Worker, WorkerStats,
 };
 use crate::error::{Error, Result};
 use crate::pb;
@@ -42,6 +44,14 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Outgoing messages queued for the transport.
 const OUTBOX: usize = 16;
+/// The first pause before a reconnection; it doubles up to
+/// `reconnect_max_delay`.
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// How long a stream must have lived for the backoff to start again from
+/// [`FIRST_RECONNECT_DELAY`]: a sidecar (or a network) that ends streams
+/// just after registering them would otherwise see several reconnections a
+/// second.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 type Key = (String, String, i32);
 
@@ -54,11 +64,15 @@ fn duration(d: Option<&prost_types::Duration>) -> Duration {
         .unwrap_or_default()
 }
 
-/// An attempt whose handler runs on this stream.
+/// An attempt held on this stream, from its assignment until its result is
+/// sent or the sidecar takes it back.
 struct Held {
     task: Task,
     every: Duration,
     next: Instant,
+    /// Counts it among the worker's held attempts; the result's sender
+    /// takes it over until the result is acknowledged.
+    hold: Hold,
 }
 
 /// What the session's tasks share, under one lock.
@@ -82,10 +96,13 @@ struct Session {
     wake: Notify,
     /// Fires when the session ends; the writer and beat tasks stop.
     done: CancellationToken,
+    /// The worker's counters: attempts taken back count as cancelled.
+    stats: Arc<WorkerStats>,
 }
 
 impl Session {
-    /// Takes an attempt back: its token fires and its result is not reported.
+    /// Takes an attempt back: its token fires, its result is not reported,
+    /// and it is no longer held (a drain does not wait for its handler).
     fn lose(&self, key: &Key, reason: CancelReason) {
         let held = {
             let mut p = self.pending.lock().unwrap();
@@ -93,6 +110,7 @@ impl Session {
             p.held.remove(key)
         };
         if let Some(h) = held {
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             h.task.cancel_with(reason);
         }
     }
@@ -129,6 +147,7 @@ impl Session {
             p.held.drain().map(|(_, h)| h).collect()
         };
         for h in held {
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             h.task.cancel_with(CancelReason::LeaseLost);
         }
     }
@@ -244,9 +263,10 @@ impl Worker {
         shutdown: &CancellationToken,
         stopped: &CancellationToken,
         running: &mut JoinSet<()>,
+        holds: &Holds,
     ) -> Result<()> {
         let slots = Arc::new(Semaphore::new(self.options.concurrency));
-        let mut delay = Duration::from_millis(50);
+        let mut delay = FIRST_RECONNECT_DELAY;
         while !shutdown.is_cancelled() {
             let opened = tokio::select! {
                 o = self.open() => o,
@@ -255,11 +275,16 @@ impl Worker {
             let err = match opened {
                 Ok((session, tx, inbound)) => {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    delay = Duration::from_millis(50);
+                    let began = Instant::now();
                     let ended = self
-                        .session(&session, tx, inbound, shutdown, stopped, running, &slots)
+                        .session(
+                            &session, tx, inbound, shutdown, stopped, running, &slots, holds,
+                        )
                         .await;
                     session.abandon();
+                    if began.elapsed() >= STABLE_SESSION {
+                        delay = FIRST_RECONNECT_DELAY;
+                    }
                     match ended {
                         Ended::Drained => return Ok(()),
                         Ended::Broken(e) => e,
@@ -271,7 +296,7 @@ impl Worker {
                 return Err(err);
             }
             tokio::select! {
-                _ = tokio::time::sleep(jitter(delay)) => {}
+                _ = tokio::time::sleep(retry_wait(delay, err.retry_delay)) => {}
                 _ = shutdown.cancelled() => return Ok(()),
             }
             delay = (delay * 2).min(self.options.reconnect_max_delay);
@@ -349,6 +374,7 @@ impl Worker {
             }),
             wake: Notify::new(),
             done: CancellationToken::new(),
+            stats: self.stats.clone(),
         });
         Ok((session, tx, inbound))
     }
@@ -364,12 +390,14 @@ impl Worker {
         stopped: &CancellationToken,
         running: &mut JoinSet<()>,
         slots: &Arc<Semaphore>,
+        holds: &Holds,
     ) -> Ended {
         let _writer = AbortOnDrop(tokio::spawn(session.clone().write(tx)));
         let _beats = AbortOnDrop(tokio::spawn(session.clone().beat()));
-        // The worker's own drain: running handlers get the grace, then their
-        // tokens fire and their reports get `report_timeout`; then the stream
-        // is half-closed and the sidecar ends it.
+        // The worker's own drain: the handlers of held attempts get the grace,
+        // then their tokens fire and their reports get `report_timeout`; then
+        // the stream is half-closed and the sidecar ends it, taking back what
+        // is still held. Attempts already taken back are not waited for.
         #[derive(PartialEq)]
         enum Phase {
             Serving,
@@ -390,7 +418,7 @@ impl Worker {
                 phase = Phase::Draining;
                 phase_end = Some(Instant::now() + self.options.shutdown_grace);
             }
-            if matches!(phase, Phase::Draining | Phase::Stopping) && running.is_empty() {
+            if matches!(phase, Phase::Draining | Phase::Stopping) && holds.count() == 0 {
                 session.pending.lock().unwrap().closing = true;
                 session.wake.notify_one();
                 phase = Phase::Closing;
@@ -401,7 +429,7 @@ impl Worker {
                     Ok(Some(pb::ConnectResponse { message: Some(m) })) => match m {
                         In::Assignments(batch) => {
                             for a in batch.assignments {
-                                self.start(session, a, running, slots, stopped);
+                                self.start(session, a, running, slots, stopped, holds);
                             }
                         }
                         In::Acks(batch) => {
@@ -433,6 +461,7 @@ impl Worker {
                     Err(status) => return Ended::Broken(status.into()),
                 },
                 _ = shutdown.cancelled(), if phase == Phase::Serving => {}
+                _ = holds.released(), if matches!(phase, Phase::Draining | Phase::Stopping) => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = tokio::time::sleep_until(phase_end.unwrap_or(far)), if phase_end.is_some() => {
                     match phase {
@@ -442,8 +471,13 @@ impl Worker {
                             phase_end = Some(Instant::now() + self.options.report_timeout);
                         }
                         Phase::Stopping => {
+                            // Handlers that outlived even this are dropped;
+                            // closing the stream hands their attempts back.
                             running.abort_all();
-                            phase_end = None;
+                            session.pending.lock().unwrap().closing = true;
+                            session.wake.notify_one();
+                            phase = Phase::Closing;
+                            phase_end = Some(Instant::now() + CLOSE_WAIT);
                         }
                         Phase::Closing => return Ended::Drained,
                         Phase::Serving => phase_end = None,
@@ -461,6 +495,7 @@ impl Worker {
     }
 
     /// Runs an assignment in its own task once a handler slot is free.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         session: &Arc<Session>,
@@ -468,6 +503,7 @@ impl Worker {
         running: &mut JoinSet<()>,
         slots: &Arc<Semaphore>,
         stopped: &CancellationToken,
+        holds: &Holds,
     ) {
         let key = key_of(&a.workflow_id, &a.task_id, a.attempt);
         let mut every = session.interval;
@@ -483,6 +519,7 @@ impl Worker {
                 task: task.clone(),
                 every,
                 next: Instant::now() + every,
+                hold: holds.hold(),
             },
         );
         let attempt = Attempt {
@@ -497,11 +534,8 @@ impl Worker {
         running.spawn(async move {
             let permit = tokio::select! {
                 p = slots.acquire_owned() => p.expect("semaphore never closed"),
-                _ = task.cancel.cancelled() => {
-                    // Taken back before a slot was free: the sidecar retries it.
-                    attempt.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+                // Taken back before a slot was free: the sidecar retries it.
+                _ = task.cancel.cancelled() => return,
             };
             run_attempt(session, &attempt, task, key).await;
             drop(permit);
@@ -548,14 +582,8 @@ async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: 
     };
     let outcome = attempt.call(task.clone()).await;
     drop(kicker);
-    let lost = |t: &Task| {
-        matches!(
-            t.cancel_reason(),
-            Some(CancelReason::CancelRequested | CancelReason::LeaseLost)
-        )
-    };
-    if lost(&task) || session.done.is_cancelled() {
-        stats.cancelled.fetch_add(1, Ordering::Relaxed);
+    // Taken back meanwhile (counted then): nothing to report.
+    if !session.pending.lock().unwrap().held.contains_key(&key) {
         return;
     }
     let (completion, failure) = match outcome {
@@ -571,18 +599,18 @@ async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: 
     // The usage of a completion, for the failure that replaces it if refused.
     let mut completing = completion.as_ref().map(|c| c.usage);
     let (ack_tx, mut ack_rx) = oneshot::channel();
-    {
+    // Held until its result is acknowledged (or the stream ends).
+    let _hold = {
         let mut p = session.pending.lock().unwrap();
-        if p.held.remove(&key).is_none() {
-            drop(p);
-            stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        let Some(held) = p.held.remove(&key) else {
+            return; // taken back while the result was prepared
+        };
         p.beats.remove(&key);
         p.waiting.insert(key.clone(), ack_tx);
         p.completions.extend(completion);
         p.failures.extend(failure);
-    }
+        held.hold
+    };
     session.wake.notify_one();
     let deadline = Instant::now() + attempt.options.report_timeout;
     loop {
