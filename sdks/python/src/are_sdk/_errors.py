@@ -283,7 +283,12 @@ def call_errors(method: str, closed: Callable[[], bool]) -> Iterator[None]:
     except grpc.aio.AioRpcError as error:
         raise error_from_rpc(error) from None
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if closed() and task is not None and not task.cancelling():
+        if closed_under_caller(closed):
             raise ClientClosedError(method) from None
         raise
+
+
+def closed_under_caller(closed: Callable[[], bool]) -> bool:
+    """Whether a ``CancelledError`` just caught came from closing the client, not from a cancellation."""
+    task = asyncio.current_task()
+    return closed() and task is not None and not task.cancelling()

@@ -59,7 +59,14 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from are_sdk._errors import AreError, ClientClosedError, RpcError, call_errors, error_from_rpc, retry_wait
+from are_sdk._errors import (
+    AreError,
+    ClientClosedError,
+    RpcError,
+    closed_under_caller,
+    error_from_rpc,
+    retry_wait,
+)
 from are_sdk._payload import OCTET_STREAM, decode_payload, encode_payload
 from are_sdk._proto.are.v1 import common_pb2, errors_pb2, event_pb2, state_pb2
 from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
@@ -1238,10 +1245,14 @@ class Worker:
             self._registered.clear()
 
     async def _serve_forever(self, stop: asyncio.Event) -> None:
-        # Closing the client cancels the stream's calls, and grpc raises CancelledError in
-        # the tasks awaiting them, this one included, which nobody cancelled.
-        with call_errors("WorkerService.Connect", lambda: self.client.closed):
+        try:
             await self._reconnecting(stop)
+        except asyncio.CancelledError:
+            # Closing the client cancels the stream's calls, and grpc raises CancelledError
+            # in the tasks awaiting them, this one included, which nobody cancelled.
+            if closed_under_caller(lambda: self.client.closed):
+                raise ClientClosedError("WorkerService.Connect") from None
+            raise
 
     async def _reconnecting(self, stop: asyncio.Event) -> None:
         delay = _FIRST_RECONNECT_DELAY_S
