@@ -119,3 +119,38 @@ def test_an_interrupted_blocking_call_is_cancelled_in_the_loop_thread(sidecar: S
 async def _pending() -> int:
     """The tasks pending on the running loop besides this one."""
     return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+
+
+def test_closing_a_sync_client_ends_the_calls_other_threads_wait_for(sidecar: SidecarProcess) -> None:
+    # They stayed blocked for good: the loop stopped with their calls pending.
+    client = SyncClient.connect(sidecar.target)
+    handle = client.workflows.submit(WorkflowSpec("threads").task("a", capability=f"nobody-{suffix()}"))
+    raised: dict[str, BaseException] = {}
+
+    def follow() -> None:
+        try:
+            for _ in client.trace.stream(workflow_ids=[f"never-{suffix()}"]):
+                pass
+        except BaseException as error:  # noqa: BLE001 - what it raised is the assertion
+            raised["stream"] = error
+
+    def wait() -> None:
+        try:
+            handle.wait()
+        except BaseException as error:  # noqa: BLE001 - what it raised is the assertion
+            raised["wait"] = error
+
+    threads = [threading.Thread(target=target, daemon=True) for target in (follow, wait)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # both are waiting on the loop
+    client.close()
+    for thread in threads:
+        thread.join(_BOUND_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert {name: type(error) for name, error in raised.items()} == {
+        "stream": ClientClosedError,
+        "wait": ClientClosedError,
+    }
+    with pytest.raises(ClientClosedError):
+        handle.describe()

@@ -9,6 +9,8 @@ plain iterator, so both clients share one code path and one behaviour.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -16,10 +18,12 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from are_sdk._client import Client, ServiceClient
+from are_sdk._errors import ClientClosedError
 
 __all__ = ["SyncClient"]
 
 _T = TypeVar("_T")
+_STOP_WAIT_S = 5.0  # the longest close() waits for the calls it ends, and for the loop's thread
 
 
 class _LoopThread:
@@ -29,17 +33,32 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="are-sdk-loop", daemon=True)
         self._thread.start()
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._waits: set[concurrent.futures.Future[Any]] = set()  # calls other threads wait for
 
     def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        with self._lock:
+            if self._stopping:
+                coroutine.close()
+                raise ClientClosedError("SyncClient")
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+            self._waits.add(future)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._stopping:  # closed under this call (see stop)
+                raise ClientClosedError("SyncClient") from None
+            raise
         except BaseException:
             # Ctrl-C (KeyboardInterrupt), or another exception a signal handler raised, while
             # this thread waited: the call must not run on unseen in the loop thread (a wait
             # would hold its stream for good). Cancelling an ended call does nothing.
             future.cancel()
             raise
+        finally:
+            with self._lock:
+                self._waits.discard(future)
 
     def iterate(self, iterator: AsyncIterator[_T]) -> Iterator[_T]:
         try:
@@ -50,13 +69,39 @@ class _LoopThread:
                     return
         finally:
             closer = getattr(iterator, "aclose", None)
-            if closer is not None:
-                self.run(closer())
+            if closer is not None and not self._stopping:  # a closed client ended it already
+                with contextlib.suppress(ClientClosedError):
+                    self.run(closer())
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        self.loop.close()
+        """Ends the calls still running on the loop, then the loop and its thread.
+
+        Calls other threads were waiting for (a followed trace stream, a
+        ``wait()``) raise :class:`ClientClosedError` there: stopping the loop
+        with them pending left those threads blocked for good.
+        """
+        with self._lock:
+            self._stopping = True
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(timeout=_STOP_WAIT_S)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=_STOP_WAIT_S)
+        with self._lock:
+            waits, self._waits = self._waits, set()
+        for future in waits:  # scheduled too late to run: never started
+            future.cancel()
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+async def _cancel_all() -> None:
+    """Cancels every other task of the running loop and waits (bounded) for them to end."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=_STOP_WAIT_S)
 
 
 async def _anext(iterator: AsyncIterator[_T]) -> _T:

@@ -710,6 +710,7 @@ class _Session:
         self._drain_reason: str | None = None
         self._ping = False
         self._closing = False
+        self._ended = False  # the stream ended: nothing queued here is ever sent
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._last_write = time.monotonic()
@@ -726,6 +727,11 @@ class _Session:
             self._kick()
 
     def queue_event(self, event: Any) -> None:
+        # A handler that outlived its stream (a cancelled sync handler, an async one that
+        # ignores its cancellation) still reports calls: no writer drains this session any
+        # more, and its events piled up here for as long as the handler ran.
+        if self._ended:
+            return
         self._events.append(event)
         self._kick()
 
@@ -808,6 +814,8 @@ class _Session:
                 with contextlib.suppress(BaseException):
                     await task
             self._abandon()
+            self._ended = True
+            self._events.clear()
             self.call.cancel()
 
     async def _drain(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
@@ -955,7 +963,12 @@ class _Session:
             # timeout), not a cancellation of this attempt: a failure like any other, or the
             # attempt would stay held (and heartbeated) with nothing ever reported.
             reported = self._fail(ctx, error)
-        except Exception as error:  # noqa: BLE001 - every handler error becomes a Failure
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the process is ending: its stream ends with it, and the sidecar retries the attempt
+        except BaseException as error:  # noqa: BLE001 - every handler error becomes a Failure
+            # Exception or not (gevent's Timeout, a test framework's outcome, a BaseException of
+            # the handler's own): unreported, the attempt stayed held and heartbeated until its
+            # start-to-close timeout, 10 minutes by default.
             reported = self._fail(ctx, error)
         else:
             reported = self._complete(ctx, message)
@@ -974,8 +987,7 @@ class _Session:
         elif self.worker.is_async(handler):
             result = await handler(ctx)
         else:
-            run = contextvars.copy_context().run
-            result = await self.loop.run_in_executor(self.worker.executor(), run, handler, ctx)
+            result = await self.worker.in_thread(handler, ctx)
             if inspect.isawaitable(result):
                 result = await result
         return await _by_reference(_output_completion(ctx, result), self.client)
@@ -1069,6 +1081,12 @@ class _Session:
                 self._kick()
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Marks a future's exception as retrieved (asyncio logs one that never is)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Worker:
     """Runs task handlers for one or more capabilities; see the module documentation.
 
@@ -1126,6 +1144,7 @@ class Worker:
         self._declared = set(capabilities)
         self._max_threads = max_threads or min(max_concurrency, 32)
         self._executor: ThreadPoolExecutor | None = None
+        self._threads: asyncio.Semaphore | None = None  # slots of the pool's threads (see in_thread)
         self._stop: asyncio.Event | None = None
         self._shutdown_asked = False  # shutdown() was called (before run(), it ends that run at once)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1183,7 +1202,53 @@ class Worker:
             self._executor = ThreadPoolExecutor(
                 max_workers=self._max_threads, thread_name_prefix="are-worker"
             )
+            self._threads = asyncio.Semaphore(self._max_threads)
         return self._executor
+
+    async def in_thread(self, handler: Handler, ctx: TaskContext) -> Any:
+        """Runs a sync handler in the pool, never queueing there more than it has threads.
+
+        A pool's queue keeps a work item, its task's context and input with
+        it, until a thread takes it, even once the attempt was cancelled:
+        while every thread was busy (a blocking call without a timeout), each
+        sync attempt that came, timed out and came again piled up there, for
+        as long as the threads stayed busy. So an attempt takes one of
+        ``max_threads`` slots before it goes to the pool, and gives it back
+        when its thread is done with it; one cancelled meanwhile waits here
+        (nothing held once it is gone), or, already submitted, is skipped by
+        the thread that takes it.
+        """
+        executor = self.executor()
+        threads = self._threads
+        assert threads is not None
+        await threads.acquire()
+        run = contextvars.copy_context().run
+        abandoned = False
+
+        def call() -> Any:
+            return None if abandoned else run(handler, ctx)
+
+        try:
+            done = executor.submit(call)
+        except BaseException:
+            threads.release()
+            raise
+        loop = asyncio.get_running_loop()
+
+        def release(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the pool goes with the run
+                loop.call_soon_threadsafe(threads.release)
+
+        done.add_done_callback(release)
+        result = asyncio.wrap_future(done)
+        try:
+            # Shielded: cancelling the wait must not cancel the work item, which would leave
+            # it queued (holding its context) with its slot given back.
+            return await asyncio.shield(result)
+        except asyncio.CancelledError:
+            abandoned = True
+            result.add_done_callback(_retrieved)  # what it raises later is nobody's
+            raise
 
     async def wait_registered(self, timeout: float | None = None) -> None:
         """Waits until the worker's stream is registered with the sidecar."""
@@ -1242,6 +1307,7 @@ class Worker:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
+                self._threads = None
             self._registered.clear()
 
     async def _serve_forever(self, stop: asyncio.Event) -> None:
