@@ -10,6 +10,7 @@ import dev.are.sdk.v1.PutNamespaceResponse;
 import dev.are.sdk.v1.StoreCacheRequest;
 import dev.are.sdk.v1.Usage;
 import dev.are.sdk.v1.Vector;
+import io.grpc.Status;
 import java.time.Duration;
 import java.util.List;
 import java.util.Map;
@@ -17,6 +18,8 @@ import java.util.Optional;
 
 /** The semantic cache of LLM results: {@code client.cache()}. */
 public final class Cache {
+  private static final System.Logger LOG = System.getLogger(Cache.class.getName());
+
   private final Client client;
 
   Cache(Client client) {
@@ -180,11 +183,29 @@ public final class Cache {
   /**
    * Returns the cached response for {@code prompt}, or runs {@code call} on a miss and stores what
    * it returns (with its usage). A failed call stores nothing and its exception propagates as it
-   * is; a failed cache call is an {@link AreException}.
+   * is. The cache failing does not stop the call it stands in front of: a lookup that fails because
+   * the cache is down or busy (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED) is
+   * logged and the call is made, its answer not stored; a store that fails after the call (the
+   * answer over the namespace's {@code max_bytes}, the sidecar busy or gone) is logged and the
+   * answer returned. Other lookup errors (an unknown namespace, a bad vector) are thrown as {@link
+   * AreException}s.
    */
   public <E extends Exception> Result getOrCall(
       String namespace, String prompt, CacheOptions options, Call<E> call) throws E {
-    Optional<CacheHit> hit = lookup(namespace, prompt, options);
+    Optional<CacheHit> hit;
+    try {
+      hit = lookup(namespace, prompt, options);
+    } catch (AreException e) {
+      if (!isDown(e.code())) {
+        throw e;
+      }
+      // A cache down or busy must not become an LLM outage: the call answers, and its answer is
+      // not stored (the sidecar is gone or shedding load).
+      LOG.log(
+          System.Logger.Level.WARNING,
+          "cache: \"" + namespace + "\" could not be looked up, so the call is made: " + e);
+      return new Result(Json.mapper().valueToTree(call.call().value()), Optional.empty());
+    }
     if (hit.isPresent()) {
       return new Result(hit.get().value(), hit);
     }
@@ -192,7 +213,22 @@ public final class Cache {
     CacheOptions storeOptions =
         computed.usage() != null ? options.withUsage(computed.usage()) : options;
     JsonNode value = Json.mapper().valueToTree(computed.value());
-    store(namespace, prompt, value, storeOptions);
+    try {
+      store(namespace, prompt, value, storeOptions);
+    } catch (RuntimeException e) {
+      // The answer was paid for: return it anyway.
+      LOG.log(
+          System.Logger.Level.WARNING,
+          "cache: the answer to a prompt in \"" + namespace + "\" was not stored: " + e);
+    }
     return new Result(value, Optional.empty());
+  }
+
+  /** Whether a lookup failed because the cache is down or busy, not because it was wrong. */
+  private static boolean isDown(Status.Code code) {
+    return switch (code) {
+      case UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED -> true;
+      default -> false;
+    };
   }
 }

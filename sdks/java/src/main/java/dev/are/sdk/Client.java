@@ -94,6 +94,7 @@ public final class Client implements AutoCloseable {
   private final Raw raw;
   private final Duration callTimeout;
   private final int maxMessageBytes;
+  private volatile boolean closed;
 
   private Client(
       String target,
@@ -412,9 +413,14 @@ public final class Client implements AutoCloseable {
     return p.build();
   }
 
-  /** Closes the connection; calls in flight are cancelled after up to 5 seconds. */
+  /**
+   * Closes the connection; calls in flight are cancelled after up to 5 seconds. Waits on workflows
+   * ({@link WorkflowHandle#await}) and workers using the client then end at once with CANCELLED,
+   * reason {@code CLIENT_CLOSED}, instead of retrying a connection that never comes back.
+   */
   @Override
   public void close() {
+    closed = true;
     watchManaged.shutdownNow(); // waits only: nothing there to let finish
     managed.shutdown();
     try {
@@ -425,6 +431,20 @@ public final class Client implements AutoCloseable {
       managed.shutdownNow();
       Thread.currentThread().interrupt();
     }
+  }
+
+  /** Whether {@link #close()} was called: its calls then fail with UNAVAILABLE, for good. */
+  boolean isClosed() {
+    return closed;
+  }
+
+  /**
+   * The error ending {@code what} (a wait, a worker) that retries UNAVAILABLE, once the client is
+   * closed: CANCELLED, reason {@code CLIENT_CLOSED}.
+   */
+  static AreException closedError(String what, Throwable cause) {
+    return AreException.local(
+        Status.Code.CANCELLED, "CLIENT_CLOSED", what + ": the client was closed", cause);
   }
 
   /** A stub bounded by the call timeout. */

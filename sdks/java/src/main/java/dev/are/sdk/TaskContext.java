@@ -17,6 +17,7 @@ import java.util.Optional;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
 
 /**
@@ -49,6 +50,8 @@ public final class TaskContext {
   /** Set by the stream transport: queues a heartbeat at once (the unary one waits on kick). */
   volatile Runnable onHeartbeat;
   volatile boolean done;
+  /** Set once the attempt needs nothing more of the unary worker: reported, or taken back. */
+  final AtomicBoolean settled = new AtomicBoolean();
   private final Object threadLock = new Object();
   private Thread handlerThread;
 

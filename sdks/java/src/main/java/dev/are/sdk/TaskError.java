@@ -16,7 +16,10 @@ public class TaskError extends RuntimeException {
   private transient Object details;
   private Duration retryAfter;
 
-  /** A failure with a type and a message. */
+  /**
+   * A failure with a type and a message; a null or empty type is reported as the class's simple
+   * name ({@code TaskError}).
+   */
   public TaskError(String type, String message) {
     super(message);
     this.type = type;

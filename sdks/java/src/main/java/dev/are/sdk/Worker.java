@@ -89,9 +89,12 @@ public final class Worker implements AutoCloseable {
   private final CountDownLatch stopping = new CountDownLatch(1);
   private final CountDownLatch stopped = new CountDownLatch(1);
   private final Set<TaskContext> active = ConcurrentHashMap.newKeySet();
+  private final Object heldLock = new Object();
+  private int unsettled; // unary attempts received and not yet settled (under heldLock)
   private final AtomicReference<RuntimeException> failure = new AtomicReference<>();
   private final Reporter unary = new UnaryReporter();
   private volatile boolean started;
+  private volatile boolean background; // started with start(): run()'s error is kept
 
   /** A worker named {@code name} (shared by its replicas). */
   public Worker(Client client, String name, WorkerOptions options) {
@@ -125,13 +128,14 @@ public final class Worker implements AutoCloseable {
   /** Runs the worker on a background thread; returns it at once. */
   public Worker start() {
     started = true;
+    background = true;
     Thread t =
         new Thread(
             () -> {
               try {
                 run();
               } catch (RuntimeException e) {
-                failure.set(e);
+                // Kept by run() for awaitTermination, before it said the worker had stopped.
               }
             },
             "are-worker-" + name);
@@ -190,13 +194,17 @@ public final class Worker implements AutoCloseable {
   /**
    * Serves tasks on this thread until {@link #shutdown()}, then stops gracefully (see there).
    * Throws at once when the sidecar refuses the worker for a reason retrying cannot fix (a bad name
-   * or capability, authentication, UNIMPLEMENTED).
+   * or capability, authentication, UNIMPLEMENTED), or when its client is closed (CANCELLED, reason
+   * {@code CLIENT_CLOSED}).
    */
   public void run() {
     if (handlers.isEmpty()) {
+      AreException e =
+          AreException.local(
+              Status.Code.INVALID_ARGUMENT, "NO_HANDLER", "the worker has no handler");
+      keep(e);
       stopped.countDown();
-      throw AreException.local(
-          Status.Code.INVALID_ARGUMENT, "NO_HANDLER", "the worker has no handler");
+      throw e;
     }
     started = true;
     int n = THREADS.incrementAndGet();
@@ -206,18 +214,34 @@ public final class Worker implements AutoCloseable {
     Semaphore slots = new Semaphore(options.concurrency());
     try {
       if (options.transport() == WorkerOptions.Transport.STREAM) {
+        // Drains what its session holds; handlers still running after it are those of attempts
+        // the sidecar took back (cancelled, or released with a broken stream): not awaited.
         new WorkerStream(this, pool, timers, slots, stopping).serve();
       } else {
-        poll(pool, timers, slots);
+        try {
+          poll(pool, timers, slots);
+        } finally {
+          drain();
+        }
       }
+    } catch (RuntimeException e) {
+      keep(e);
+      throw e;
     } finally {
-      try {
-        drain(slots);
-      } finally {
-        pool.shutdownNow();
-        timers.shutdownNow();
-        stopped.countDown();
-      }
+      pool.shutdownNow();
+      timers.shutdownNow();
+      stopped.countDown();
+    }
+  }
+
+  /**
+   * Keeps the error that ends the run of a worker started with {@link #start()}, for {@link
+   * #awaitTermination}; before the worker is said to have stopped, or a waiter woken by that could
+   * miss it.
+   */
+  private void keep(RuntimeException e) {
+    if (background) {
+      failure.compareAndSet(null, e);
     }
   }
 
@@ -230,20 +254,58 @@ public final class Worker implements AutoCloseable {
     };
   }
 
-  private void drain(Semaphore slots) {
-    int all = options.concurrency();
+  /**
+   * The unary transport's graceful stop: waits (the shutdown grace) for the attempts still held to
+   * be reported, then cancels their handlers with {@link CancelReason#WORKER_STOPPED} and waits
+   * (the report timeout) for those to report. Attempts the sidecar took back (TASK_NOT_HELD) are
+   * not awaited: their handlers, told to stop, may take as long as they like.
+   */
+  private void drain() {
     try {
-      if (!slots.tryAcquire(all, options.shutdownGrace().toNanos(), TimeUnit.NANOSECONDS)) {
+      if (!awaitSettled(System.nanoTime() + options.shutdownGrace().toNanos())) {
         for (TaskContext task : active) {
-          task.cancel(CancelReason.WORKER_STOPPED);
+          if (!task.settled.get()) {
+            task.cancel(CancelReason.WORKER_STOPPED);
+          }
         }
-        if (!slots.tryAcquire(all, options.reportTimeout().toNanos(), TimeUnit.NANOSECONDS)) {
-          return;
-        }
+        awaitSettled(System.nanoTime() + options.reportTimeout().toNanos());
       }
-      slots.release(all);
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
+    }
+  }
+
+  /** Counts an attempt received on the unary path, until {@link #settle}d. */
+  private void hold() {
+    synchronized (heldLock) {
+      unsettled++;
+    }
+  }
+
+  /**
+   * Marks an attempt as needing nothing more of this worker (reported, or taken back by the
+   * sidecar); once per attempt.
+   */
+  private void settle(TaskContext task) {
+    if (task.settled.compareAndSet(false, true)) {
+      synchronized (heldLock) {
+        unsettled--;
+        heldLock.notifyAll();
+      }
+    }
+  }
+
+  /** Waits until every attempt received is settled; false at {@code by}. */
+  private boolean awaitSettled(long by) throws InterruptedException {
+    synchronized (heldLock) {
+      while (unsettled > 0) {
+        long left = by - System.nanoTime();
+        if (left <= 0) {
+          return false;
+        }
+        TimeUnit.NANOSECONDS.timedWait(heldLock, left);
+      }
+      return true;
     }
   }
 
@@ -318,6 +380,9 @@ public final class Worker implements AutoCloseable {
         if (fatal(e.code())) {
           throw e;
         }
+        if (client.isClosed()) {
+          throw Client.closedError("worker " + name, e);
+        }
         if (e.code() == Status.Code.DEADLINE_EXCEEDED) {
           continue;
         }
@@ -342,6 +407,7 @@ public final class Worker implements AutoCloseable {
           break;
         }
         used++;
+        hold();
         pool.execute(
             () -> {
               try {
@@ -392,6 +458,7 @@ public final class Worker implements AutoCloseable {
       }
     } finally {
       active.remove(task);
+      settle(task);
     }
   }
 
@@ -516,11 +583,11 @@ public final class Worker implements AutoCloseable {
               Math.max(0, left.toNanos()),
               TimeUnit.NANOSECONDS);
     }
-    Future<Object> running = pool.submit(() -> task.run(handler));
+    Future<Outcome> running = pool.submit(() -> runHandler(task, handler));
     try {
-      return new Outcome(running.get(), null);
+      return running.get();
     } catch (ExecutionException e) {
-      return new Outcome(null, e.getCause());
+      return new Outcome(null, e.getCause()); // not expected: runHandler keeps what it throws
     } catch (InterruptedException e) {
       // The worker's pool is being torn down after the report timeout.
       task.cancel(CancelReason.WORKER_STOPPED);
@@ -533,32 +600,115 @@ public final class Worker implements AutoCloseable {
     }
   }
 
-  private void reportError(TaskContext task, Throwable error, long reportBy, Reporter reporter) {
-    Failure.Builder f = Failure.newBuilder().setKind(FailureKind.FAILURE_KIND_APPLICATION);
-    Duration retryAfter = null;
-    String message = error.getMessage() == null ? error.toString() : error.getMessage();
-    if (error instanceof TaskError te) {
-      f.setType(te.type()).setNonRetryable(te.isNonRetryable());
-      if (te.detailsValue() != null) {
-        try {
-          f.setDetails(Json.payload(te.detailsValue()));
-        } catch (AreException ignored) {
-          // Details that cannot be written as JSON are dropped; the failure still goes.
-        }
-      }
-      retryAfter = te.retryAfterValue();
-    } else {
-      f.setType(error.getClass().getSimpleName());
-      StringWriter trace = new StringWriter();
-      error.printStackTrace(new PrintWriter(trace));
-      f.setStackTrace(truncate(trace.toString()));
+  /**
+   * Runs the handler on this thread and keeps whatever it throws, whatever that is. (Through a
+   * Future it would come as an ExecutionException, whose constructor calls the error's {@code
+   * toString()}: an error whose text cannot be read would escape, and its attempt go unreported.)
+   */
+  private static Outcome runHandler(TaskContext task, TaskHandler handler) {
+    try {
+      return new Outcome(task.run(handler), null);
+    } catch (Throwable t) {
+      return new Outcome(null, t);
     }
-    f.setMessage(truncate(message));
+  }
+
+  private void reportError(TaskContext task, Throwable error, long reportBy, Reporter reporter) {
+    Failure.Builder f = failureOf(error);
     if (task.cancelReason().orElse(null) == CancelReason.WORKER_STOPPED) {
       f.setKind(FailureKind.FAILURE_KIND_WORKER_LOST).setType("WorkerStopped");
     }
-    if (fail(task, f.build(), retryAfter, reportBy, reporter)) {
+    if (fail(task, f.build(), retryAfterOf(error), reportBy, reporter)) {
       stats.failed.incrementAndGet();
+    }
+  }
+
+  /**
+   * The least delay before a retry that a handler's error asks for: a {@link TaskError}'s own, or
+   * the sidecar's retry hint ({@code RetryInfo}) on a refused call the handler let through, as an
+   * {@link AreException} (a submit or spawn refused by a full pool queue, say); else null.
+   */
+  private static Duration retryAfterOf(Throwable error) {
+    if (error instanceof TaskError te) {
+      return te.retryAfterValue();
+    }
+    if (error instanceof AreException ae) {
+      return ae.retryDelay().orElse(null);
+    }
+    return null;
+  }
+
+  /**
+   * The Failure of what a handler threw; never throws itself, since the attempt must always be
+   * reported: an exception whose {@code getMessage()} or {@code toString()} throws, or a {@link
+   * TaskError} without a type, still gives a failure named after its class.
+   */
+  private static Failure.Builder failureOf(Throwable error) {
+    Failure.Builder f = Failure.newBuilder().setKind(FailureKind.FAILURE_KIND_APPLICATION);
+    String name = error.getClass().getSimpleName();
+    f.setType(name).setMessage(truncate(textOf(error)));
+    try {
+      if (error instanceof TaskError te) {
+        String type = te.type();
+        f.setType(type == null || type.isEmpty() ? name : type);
+        f.setNonRetryable(te.isNonRetryable());
+        if (te.detailsValue() != null) {
+          try {
+            f.setDetails(Json.payload(te.detailsValue()));
+          } catch (AreException ignored) {
+            // Details that cannot be written as JSON are dropped; the failure still goes.
+          }
+        }
+      } else {
+        f.setStackTrace(truncate(stackTraceOf(error)));
+      }
+    } catch (RuntimeException | Error e) {
+      // A TaskError subclass or its details that threw: the failure goes as it is so far.
+    }
+    return f;
+  }
+
+  /**
+   * An error's message, else its {@code toString()}, else (when those throw, or give null) its
+   * class name, saying that its message could not be read.
+   */
+  private static String textOf(Throwable error) {
+    try {
+      String message = error.getMessage();
+      if (message != null) {
+        return message;
+      }
+    } catch (RuntimeException | Error e) {
+      // Its toString() usually calls getMessage() too; try it all the same.
+    }
+    try {
+      String text = error.toString();
+      if (text != null) {
+        return text;
+      }
+    } catch (RuntimeException | Error e) {
+      // Its class name says what is left to say.
+    }
+    return error.getClass().getSimpleName() + " (its message could not be read)";
+  }
+
+  /**
+   * The error's stack trace as {@code printStackTrace} writes it (with its causes); when that
+   * throws (it calls {@code toString()} on the error and each cause), the error's own frames
+   * under its class name.
+   */
+  private static String stackTraceOf(Throwable error) {
+    try {
+      StringWriter trace = new StringWriter();
+      error.printStackTrace(new PrintWriter(trace));
+      return trace.toString();
+    } catch (RuntimeException | Error e) {
+      StringBuilder trace =
+          new StringBuilder(error.getClass().getName()).append(" (its message could not be read)");
+      for (StackTraceElement frame : error.getStackTrace()) {
+        trace.append(System.lineSeparator()).append("\tat ").append(frame);
+      }
+      return trace.toString();
     }
   }
 
@@ -575,21 +725,23 @@ public final class Worker implements AutoCloseable {
             .setUsage(task.usage());
     boolean none = value == null || (value instanceof JsonNode n && n.isNull());
     if (!none) {
+      byte[] data;
+      try {
+        data = Json.encode(value);
+      } catch (AreException e) {
+        failOutput(task, e, reportBy, reporter);
+        return;
+      } catch (RuntimeException | Error e) {
+        // Writing the output ran the handler's own code (a getter, a serialiser), which threw
+        // what Jackson lets through (an Error): a failure of the handler like any other.
+        reportError(task, e, reportBy, reporter);
+        return;
+      }
       Payload output;
       try {
-        output = client.inlineOrBlob(Json.encode(value), Json.CONTENT_TYPE, task.workflowId());
+        output = client.inlineOrBlob(data, Json.CONTENT_TYPE, task.workflowId());
       } catch (AreException e) {
-        String type = "INVALID_JSON".equals(e.reason()) ? "InvalidOutput" : "BlobWriteError";
-        Failure failure =
-            Failure.newBuilder()
-                .setMessage(truncate("cannot store the output: " + e.getMessage()))
-                .setType(type)
-                .setNonRetryable(type.equals("InvalidOutput"))
-                .setKind(FailureKind.FAILURE_KIND_APPLICATION)
-                .build();
-        if (fail(task, failure, null, reportBy, reporter)) {
-          stats.failed.incrementAndGet();
-        }
+        failOutput(task, e, reportBy, reporter);
         return;
       }
       completion.setOutput(output);
@@ -604,6 +756,21 @@ public final class Worker implements AutoCloseable {
       if (reporter.fail(completionRefused(sent, answer), reportBy)) {
         stats.failed.incrementAndGet();
       }
+    }
+  }
+
+  /** Reports an output that could not be written (InvalidOutput) or stored (BlobWriteError). */
+  private void failOutput(TaskContext task, AreException e, long reportBy, Reporter reporter) {
+    String type = "INVALID_JSON".equals(e.reason()) ? "InvalidOutput" : "BlobWriteError";
+    Failure failure =
+        Failure.newBuilder()
+            .setMessage(truncate("cannot store the output: " + e.getMessage()))
+            .setType(type)
+            .setNonRetryable(type.equals("InvalidOutput"))
+            .setKind(FailureKind.FAILURE_KIND_APPLICATION)
+            .build();
+    if (fail(task, failure, null, reportBy, reporter)) {
+      stats.failed.incrementAndGet();
     }
   }
 
@@ -856,6 +1023,7 @@ public final class Worker implements AutoCloseable {
       } catch (RuntimeException t) {
         AreException e = AreException.from(t);
         if (LOST_REASONS.contains(e.reason())) {
+          settle(task); // taken back: a shutdown has nothing of it to wait for
           task.cancel(CancelReason.LEASE_LOST);
           return End.LOST;
         }

@@ -52,7 +52,10 @@ final class WorkerStream {
   private static final long DEFAULT_HEARTBEAT_NANOS = Duration.ofSeconds(10).toNanos();
   private static final long MIN_BEAT_NANOS = Duration.ofMillis(50).toNanos();
   private static final long CLOSE_WAIT_MS = 5000;
+  private static final long FIRST_DELAY_MS = 50;
   private static final long MAX_DELAY_MS = 5000;
+  /** How long a session must have lived for the reconnection backoff to start over. */
+  static final Duration STABLE_SESSION = Duration.ofSeconds(10);
   private static final System.Logger LOG = System.getLogger(WorkerStream.class.getName());
 
   private record Key(String workflowId, String taskId, int attempt) {}
@@ -102,10 +105,15 @@ final class WorkerStream {
 
   /**
    * Serves over the stream until the worker stops (then drains and returns), reconnecting when it
-   * breaks; throws when the sidecar refuses the worker for a reason retrying cannot fix.
+   * breaks; throws when the sidecar refuses the worker for a reason retrying cannot fix, or once
+   * the client is closed (CANCELLED, reason {@code CLIENT_CLOSED}). Between connections it waits a
+   * full-jitter backoff (50 ms doubling to 5 s), and at least the sidecar's retry hint when its
+   * refusal carries one (RESOURCE_EXHAUSTED at its worker bound). Only a session that lived {@link
+   * #STABLE_SESSION} sets the backoff back: one the sidecar (or the network) ends just after
+   * registering would otherwise be reopened twenty times a second.
    */
   void serve() {
-    long delayMs = 50;
+    long delayMs = FIRST_DELAY_MS;
     while (stopping.getCount() > 0) {
       Throwable why;
       Session session = null;
@@ -116,23 +124,31 @@ final class WorkerStream {
         why = e;
       }
       if (session != null) {
-        delayMs = 50;
+        long opened = System.nanoTime();
         why = session.serve();
         if (why == null) {
           return; // drained
+        }
+        if (System.nanoTime() - opened >= STABLE_SESSION.toNanos()) {
+          delayMs = FIRST_DELAY_MS;
         }
       }
       AreException e = AreException.from(why);
       if (Worker.fatal(e.code())) {
         throw e;
       }
+      if (worker.client().isClosed()) {
+        throw Client.closedError("worker " + worker.name(), e);
+      }
+      long waitMs = Backoff.retryWait(delayMs, e.retryDelay().orElse(null));
       if (stopping.getCount() > 0) {
         LOG.log(
             System.Logger.Level.WARNING,
-            "worker " + worker.name() + ": the worker stream ended; reconnecting: " + e);
+            "worker " + worker.name() + ": the worker stream ended; reconnecting in " + waitMs
+                + " ms: " + e);
       }
       try {
-        if (stopping.await(Backoff.jitter(delayMs), TimeUnit.MILLISECONDS)) {
+        if (stopping.await(waitMs, TimeUnit.MILLISECONDS)) {
           return;
         }
       } catch (InterruptedException ie) {
@@ -210,6 +226,7 @@ final class WorkerStream {
     private List<TaskCompletion> completions = new ArrayList<>();
     private List<TaskFailure> failures = new ArrayList<>();
     private int live; // attempts not yet finished (their result acknowledged or dropped)
+    private int takenBack; // of those, attempts the sidecar took back whose handlers still run
     private String drain;
     private boolean closing;
     private long lastWrite = System.nanoTime();
@@ -278,6 +295,7 @@ final class WorkerStream {
         abandoned = new ArrayList<>(held.values());
         for (Held h : abandoned) {
           h.lost = true;
+          takenBack++;
         }
         for (Held h : waiting.values()) {
           h.ack.complete(null);
@@ -364,10 +382,14 @@ final class WorkerStream {
       }
     }
 
-    /** Waits until no attempt is live or the stream ended; false at {@code by}. */
+    /**
+     * Waits until no attempt is live or the stream ended; false at {@code by}. Attempts the
+     * sidecar took back (cancelled, their lease lost) do not count: nothing of theirs is awaited,
+     * and their handlers, told to stop, may take as long as they like.
+     */
     private boolean awaitIdle(long by) throws InterruptedException {
       synchronized (lock) {
-        while (live > 0 && !done.isDone()) {
+        while (live - takenBack > 0 && !done.isDone()) {
           long left = by - System.nanoTime();
           if (left <= 0) {
             return false;
@@ -456,6 +478,9 @@ final class WorkerStream {
     private void finished(Held h) {
       synchronized (lock) {
         live--;
+        if (h.lost) {
+          takenBack--;
+        }
         held.remove(h.key, h);
         waiting.remove(h.key, h);
         beats.remove(h.key);
@@ -572,6 +597,8 @@ final class WorkerStream {
         beats.remove(key);
         if (h != null) {
           h.lost = true;
+          takenBack++;
+          lock.notifyAll();
         }
       }
       if (h != null) {

@@ -77,7 +77,10 @@ public final class WorkflowHandle {
   /**
    * Follows the workflow (WatchWorkflow, resumed from the last sequence when the stream drops)
    * until it closes, whatever the outcome, for at most {@code timeout}; then DEADLINE_EXCEEDED
-   * with reason TIMEOUT.
+   * with reason TIMEOUT. A watch that drops (UNAVAILABLE, CANCELLED) is resumed after a jittered
+   * backoff; one refused with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a resumed
+   * watch is one) no sooner than the sidecar's retry hint. Other errors are thrown, and so is
+   * CANCELLED with reason {@code CLIENT_CLOSED} once the client is closed.
    */
   public Workflow await(Duration timeout) {
     long deadline = System.nanoTime() + timeout.toNanos();
@@ -93,6 +96,7 @@ public final class WorkflowHandle {
       if (after != null) {
         req.setAfterSequence(after);
       }
+      Duration hint = null;
       Context.CancellableContext watch = Context.current().withCancellation();
       try {
         Context previous = watch.attach();
@@ -104,6 +108,7 @@ public final class WorkflowHandle {
                   .watchWorkflow(req.build());
           while (it.hasNext()) {
             WatchWorkflowResponse msg = it.next();
+            delayMs = 50;
             if (msg.getSequence() != 0) {
               after = msg.getSequence();
             }
@@ -120,13 +125,19 @@ public final class WorkflowHandle {
         if (e.code() == Status.Code.DEADLINE_EXCEEDED && e.reason().isEmpty()) {
           throw AreException.timeout(what, timeout);
         }
-        if (e.code() != Status.Code.UNAVAILABLE && e.code() != Status.Code.CANCELLED) {
+        if (e.code() == Status.Code.RESOURCE_EXHAUSTED) {
+          hint = e.retryDelay().orElse(null);
+        } else if (e.code() != Status.Code.UNAVAILABLE && e.code() != Status.Code.CANCELLED) {
           throw e;
+        }
+        if (client.isClosed()) {
+          throw Client.closedError(what, e);
         }
       } finally {
         watch.cancel(null);
       }
-      Backoff.sleep(Math.min(Backoff.jitter(delayMs), (deadline - System.nanoTime()) / 1_000_000));
+      Backoff.sleep(
+          Math.min(Backoff.retryWait(delayMs, hint), (deadline - System.nanoTime()) / 1_000_000));
       delayMs = Math.min(delayMs * 2, 2000);
     }
   }

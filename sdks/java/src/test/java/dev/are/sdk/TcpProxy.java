@@ -1,0 +1,147 @@
+package dev.are.sdk;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.net.InetAddress;
+import java.net.InetSocketAddress;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.time.Duration;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * A TCP proxy in front of a real sidecar, for network faults: it forwards every connection to the
+ * sidecar byte for byte, counts them, and breaks them on demand ({@link #cutAll()}) or each one a
+ * while after it opened ({@link #cutEachAfter}). Nothing of the sidecar is imitated.
+ */
+final class TcpProxy implements AutoCloseable {
+  private final ServerSocket server;
+  private final InetSocketAddress upstream;
+  private final Set<Socket> open = ConcurrentHashMap.newKeySet();
+  private final AtomicInteger accepted = new AtomicInteger();
+  private final ScheduledExecutorService timers =
+      Executors.newSingleThreadScheduledExecutor(
+          r -> {
+            Thread t = new Thread(r, "tcp-proxy-timer");
+            t.setDaemon(true);
+            return t;
+          });
+  private volatile Duration cutAfter;
+
+  /** A proxy of {@code target} ({@code host:port}) on 127.0.0.1, on a free port. */
+  TcpProxy(String target) throws IOException {
+    int colon = target.lastIndexOf(':');
+    upstream =
+        new InetSocketAddress(
+            target.substring(0, colon), Integer.parseInt(target.substring(colon + 1)));
+    server = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+    Thread acceptor = new Thread(this::accept, "tcp-proxy-accept");
+    acceptor.setDaemon(true);
+    acceptor.start();
+  }
+
+  /** The {@code host:port} to connect to instead of the sidecar. */
+  String target() {
+    return "127.0.0.1:" + server.getLocalPort();
+  }
+
+  /** How many connections it accepted so far. */
+  int accepted() {
+    return accepted.get();
+  }
+
+  /** Breaks every connection open now (later ones are forwarded as usual). */
+  void cutAll() {
+    for (Socket s : open) {
+      close(s);
+    }
+  }
+
+  /** Breaks each connection accepted from now on {@code d} after it opened (null: never). */
+  void cutEachAfter(Duration d) {
+    cutAfter = d;
+  }
+
+  private void accept() {
+    while (!server.isClosed()) {
+      Socket client;
+      try {
+        client = server.accept();
+      } catch (IOException e) {
+        return; // closed
+      }
+      accepted.incrementAndGet();
+      Socket sidecar = new Socket();
+      try {
+        sidecar.connect(upstream, 5000);
+      } catch (IOException e) {
+        close(client);
+        continue;
+      }
+      open.add(client);
+      open.add(sidecar);
+      pipe(client, sidecar);
+      pipe(sidecar, client);
+      Duration d = cutAfter;
+      if (d != null) {
+        timers.schedule(
+            () -> {
+              close(client);
+              close(sidecar);
+            },
+            d.toNanos(),
+            TimeUnit.NANOSECONDS);
+      }
+    }
+  }
+
+  private void pipe(Socket from, Socket to) {
+    Thread t =
+        new Thread(
+            () -> {
+              byte[] buffer = new byte[64 * 1024];
+              try (InputStream in = from.getInputStream();
+                  OutputStream out = to.getOutputStream()) {
+                int n;
+                while ((n = in.read(buffer)) >= 0) {
+                  out.write(buffer, 0, n);
+                  out.flush();
+                }
+              } catch (IOException e) {
+                // Cut, or closed by either end.
+              } finally {
+                close(from);
+                close(to);
+              }
+            },
+            "tcp-proxy-pipe");
+    t.setDaemon(true);
+    t.start();
+  }
+
+  private void close(Socket s) {
+    open.remove(s);
+    try {
+      s.close();
+    } catch (IOException e) {
+      // Already closed.
+    }
+  }
+
+  @Override
+  public void close() {
+    try {
+      server.close();
+    } catch (IOException e) {
+      // Already closed.
+    }
+    cutAll();
+    timers.shutdownNow();
+  }
+}
