@@ -207,13 +207,7 @@ class Sidecar:
             )
         targets: list[str] = []
         if config.listen is not None:
-            port = (
-                server.add_secure_port(config.listen, credentials)
-                if credentials
-                else server.add_insecure_port(config.listen)
-            )
-            if port == 0:
-                raise OSError(f"could not listen on {config.listen}")
+            port = _add_port(server, config.listen, credentials)
             host = config.listen.rpartition(":")[0]
             targets.append(f"{host}:{port}")
         if config.uds is not None:
@@ -224,15 +218,9 @@ class Sidecar:
             old_umask = os.umask(0o177)  # the socket is born owner-only (0600)
             try:
                 address = f"unix:{path}"
-                bound = (
-                    server.add_secure_port(address, credentials)
-                    if credentials
-                    else server.add_insecure_port(address)
-                )
+                _add_port(server, address, credentials)
             finally:
                 os.umask(old_umask)
-            if bound == 0:
-                raise OSError(f"could not listen on {address}")
             path.chmod(0o600)
             targets.append(address)
         return targets
@@ -325,3 +313,21 @@ def _is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds ``address``; returns the port. A taken or bad address raises OSError (the CLI's exit 1).
+
+    grpcio returns 0 for an address it cannot bind, or (recent releases) raises
+    RuntimeError: that ended the sidecar with a traceback instead of a message.
+    """
+    try:
+        if credentials is not None:
+            port = int(server.add_secure_port(address, credentials))
+        else:
+            port = int(server.add_insecure_port(address))
+    except RuntimeError as error:
+        raise OSError(f"could not listen on {address} ({error}): is the address taken?") from None
+    if port == 0:
+        raise OSError(f"could not listen on {address}: is the address taken?")
+    return port

@@ -79,6 +79,13 @@ def test_second_sidecar_on_the_same_folder_is_refused(sidecar: SidecarProcess) -
     assert str(sidecar.data_dir.absolute()) in message
 
 
+def test_a_taken_port_exits_1_with_a_message_not_a_traceback(sidecar: SidecarProcess, tmp_path: Path) -> None:
+    result = _serve("--listen", sidecar.target, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert f"could not listen on {sidecar.target}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_sidecar_that_fails_to_start_leaves_no_temporary_folder(
     sidecar: SidecarProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
