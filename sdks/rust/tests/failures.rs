@@ -437,25 +437,7 @@ async fn a_stream_broken_after_each_registration_is_reopened_with_a_growing_back
 #[tokio::test]
 async fn a_wait_resumes_after_its_connection_breaks() {
     let (sidecar, direct) = start().await;
-    let proxy = Proxy::start(&sidecar.target, None).await;
-    let client = Client::connect(&proxy.target, Options::default())
-        .await
-        .unwrap();
-    let handle = client
-        .submit(
-            WorkflowBuilder::new("rust-cut").task(TaskBuilder::new("x", "rust-nobody-serves-this")),
-        )
-        .await
-        .unwrap();
-    let waiting = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.wait(WAIT).await }
-    });
-    let deadline = Instant::now() + WAIT;
-    while proxy.accepted.load(Ordering::SeqCst) < 2 {
-        assert!(Instant::now() < deadline, "the wait never connected");
-        sleep(Duration::from_millis(20)).await;
-    }
+    let (proxy, _client, handle, waiting) = waiting_through_a_proxy(&sidecar, "rust-cut").await;
     sleep(Duration::from_millis(500)).await;
     proxy.cut();
     sleep(Duration::from_millis(200)).await;
@@ -478,28 +460,8 @@ async fn a_wait_resumes_after_its_connection_breaks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_refused_for_want_of_subscribers_resumes_after_the_hint() {
     let (sidecar, direct) = start().await;
-    let proxy = Proxy::start(&sidecar.target, None).await;
-    let client = Client::connect(&proxy.target, Options::default())
-        .await
-        .unwrap();
-    let handle = client
-        .submit(
-            WorkflowBuilder::new("rust-watched")
-                .task(TaskBuilder::new("x", "rust-nobody-serves-this")),
-        )
-        .await
-        .unwrap();
-    let waiting = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.wait(WAIT).await }
-    });
-    // Waits have a connection of their own: once it is open, give the watch
-    // time to receive its first status (the sequence it resumes from).
-    let deadline = Instant::now() + WAIT;
-    while proxy.accepted.load(Ordering::SeqCst) < 2 {
-        assert!(Instant::now() < deadline, "the wait never connected");
-        sleep(Duration::from_millis(20)).await;
-    }
+    let (proxy, _client, handle, waiting) = waiting_through_a_proxy(&sidecar, "rust-watched").await;
+    // Give the watch time to receive its first status (the sequence it resumes from).
     sleep(Duration::from_secs(1)).await;
     // Take every subscriber (a resumed watch needs one), 500 streams per
     // connection (the sidecar serves 1,024 at once on one).
@@ -730,4 +692,37 @@ async fn register_raw(
         .into_inner();
     inbound.message().await?;
     Ok((tx, inbound))
+}
+
+/// A workflow nobody serves, submitted through a proxy to `sidecar`, and a
+/// wait on it in flight once the wait's own connection (the proxy's second:
+/// waits have a connection of their own) is open. The client must outlive
+/// the wait.
+async fn waiting_through_a_proxy(
+    sidecar: &Sidecar,
+    name: &str,
+) -> (
+    Proxy,
+    Client,
+    are_sdk::WorkflowHandle,
+    tokio::task::JoinHandle<are_sdk::Result<pb::Workflow>>,
+) {
+    let proxy = Proxy::start(&sidecar.target, None).await;
+    let client = Client::connect(&proxy.target, Options::default())
+        .await
+        .unwrap();
+    let handle = client
+        .submit(WorkflowBuilder::new(name).task(TaskBuilder::new("x", "rust-nobody-serves-this")))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.wait(WAIT).await }
+    });
+    let deadline = Instant::now() + WAIT;
+    while proxy.accepted.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the wait never connected");
+        sleep(Duration::from_millis(20)).await;
+    }
+    (proxy, client, handle, waiting)
 }

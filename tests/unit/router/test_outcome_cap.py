@@ -28,22 +28,9 @@ from are_core.storage import Codec, GroupCommitter, Storage, StorageBusyError, p
 from are_core.vector import VectorIndex
 
 from .conftest import DIMENSION, open_router
+from .test_models import CHEAP, STRONG
 
 MODEL = ModelSpec(model_id="m", tier=1, prior_success_rate=0.9)
-CHEAP = ModelSpec(
-    model_id="cheap",
-    tier=1,
-    input_cost_per_million_tokens_micro_usd=150_000,
-    output_cost_per_million_tokens_micro_usd=600_000,
-    prior_success_rate=0.9,
-)
-STRONG = ModelSpec(
-    model_id="strong",
-    tier=8,
-    input_cost_per_million_tokens_micro_usd=5_000_000,
-    output_cost_per_million_tokens_micro_usd=15_000_000,
-    prior_success_rate=0.9,
-)
 _codec = Codec(OutcomeRecord)
 
 

@@ -48,8 +48,6 @@ import java.util.concurrent.atomic.AtomicReference;
 import java.util.logging.Handler;
 import java.util.logging.LogRecord;
 import java.util.logging.Logger;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.condition.EnabledIfEnvironmentVariable;
@@ -62,42 +60,7 @@ import org.junit.jupiter.params.provider.EnumSource;
  * of the sidecar is imitated), a cache that is down, and shutdowns. Every wait is bounded.
  */
 @Timeout(value = 180, unit = TimeUnit.SECONDS)
-class FailuresTest {
-  private static final Duration WAIT = Duration.ofSeconds(60);
-
-  private Sidecar sidecar;
-  private Client client;
-
-  private static WorkerOptions fast(WorkerOptions.Transport transport) {
-    return WorkerOptions.builder()
-        .transport(transport)
-        .concurrency(4)
-        .pollTimeout(Duration.ofSeconds(2))
-        .heartbeatInterval(Duration.ofMillis(100))
-        .shutdownGrace(Duration.ofSeconds(5))
-        .build();
-  }
-
-  @BeforeEach
-  void start() {
-    sidecar = Sidecar.start();
-    client = sidecar.client();
-  }
-
-  @AfterEach
-  void stop() {
-    if (client != null) {
-      client.close();
-    }
-    if (sidecar != null) {
-      sidecar.close();
-    }
-  }
-
-  private static void stopWorker(Worker worker) throws InterruptedException {
-    worker.shutdown();
-    assertTrue(worker.awaitTermination(WAIT), "the worker stopped in time");
-  }
+class FailuresTest extends WithSidecar {
 
   /** An exception whose message cannot be read. */
   static final class UnreadableException extends RuntimeException {

@@ -50,9 +50,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.BooleanSupplier;
-import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Assumptions;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -64,43 +62,7 @@ import org.junit.jupiter.params.provider.EnumSource;
  * bounded; nothing asserts on timing.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
-class SidecarTest {
-  private static final Duration WAIT = Duration.ofSeconds(60);
-
-  private Sidecar sidecar;
-  private Client client;
-
-  /** Worker options that keep tests short: a stop is noticed within about 2 s. */
-  private static WorkerOptions fast(WorkerOptions.Transport transport) {
-    return WorkerOptions.builder()
-        .transport(transport)
-        .concurrency(4)
-        .pollTimeout(Duration.ofSeconds(2))
-        .heartbeatInterval(Duration.ofMillis(100))
-        .shutdownGrace(Duration.ofSeconds(5))
-        .build();
-  }
-
-  @BeforeEach
-  void start() {
-    sidecar = Sidecar.start();
-    client = sidecar.client();
-  }
-
-  @AfterEach
-  void stop() {
-    if (client != null) {
-      client.close();
-    }
-    if (sidecar != null) {
-      sidecar.close();
-    }
-  }
-
-  private static void stopWorker(Worker worker) throws InterruptedException {
-    worker.shutdown();
-    assertTrue(worker.awaitTermination(WAIT), "the worker stopped in time");
-  }
+class SidecarTest extends WithSidecar {
 
   @Test
   void connectAndHealth() {

@@ -16,7 +16,6 @@ import dev.are.sdk.State.Note;
 import dev.are.sdk.State.Patch;
 import dev.are.sdk.State.PatchOptions;
 import dev.are.sdk.State.Snapshot;
-import dev.are.sdk.testing.Sidecar;
 import dev.are.sdk.v1.Workflow;
 import dev.are.sdk.v1.WorkflowState;
 import io.grpc.Status;
@@ -25,8 +24,6 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -37,27 +34,7 @@ import org.junit.jupiter.params.provider.EnumSource;
  * Every wait is bounded; nothing asserts on timing.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
-class StateTest {
-  private static final Duration WAIT = Duration.ofSeconds(60);
-
-  private Sidecar sidecar;
-  private Client client;
-
-  @BeforeEach
-  void start() {
-    sidecar = Sidecar.start();
-    client = sidecar.client();
-  }
-
-  @AfterEach
-  void stop() {
-    if (client != null) {
-      client.close();
-    }
-    if (sidecar != null) {
-      sidecar.close();
-    }
-  }
+class StateTest extends WithSidecar {
 
   private static JsonNode json(Object value) {
     return Json.mapper().valueToTree(value);
