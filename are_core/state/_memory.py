@@ -578,7 +578,16 @@ class MemoryStore:
         return len(notes)
 
     async def delete(self, workflow_id: str) -> int:
-        """Remove the workflow's notes, space and saved index; returns the bytes of notes removed."""
+        """Remove the workflow's notes, space and saved index; returns the bytes of notes removed.
+
+        It waits for an add of the workflow under way: deleting meanwhile let
+        that add index its notes again afterwards (kept loaded, saved at the
+        next stop), for a workflow that no longer exists.
+        """
+        async with self._locks.hold(workflow_id):
+            return await self._delete(workflow_id)
+
+    async def _delete(self, workflow_id: str) -> int:
         self._forget(workflow_id)
         prefix = _wid(workflow_id)
         await self._committer.submit(self._storage.batch().delete(SPACES, workflow_id.encode()))

@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -246,3 +247,36 @@ async def _mid_indexing(memory: MemoryStore, workflow_id: str, total: int) -> No
             return
         await asyncio.sleep(0)
     pytest.fail("the notes were never being indexed")
+
+
+async def test_a_delete_while_an_add_is_under_way_leaves_nothing_of_the_workflow(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeleteWorkflow took no lock: run while an add awaited its commit, it deleted what LMDB held
+    then, and the add's commit then wrote the notes and the memory space of a workflow that no
+    longer exists, and loaded its index (saved at the next stop)."""
+    memory = sidecar.memory()
+    committer = sidecar.committer
+    submit = committer.submit
+    gate = asyncio.Event()
+
+    async def held(batch: Any) -> None:
+        await gate.wait()
+        await submit(batch)
+
+    monkeypatch.setattr(committer, "submit", held)
+    adding = asyncio.ensure_future(memory.add("w0", _notes(0, 5)))
+    for _ in range(20):  # the add reaches its commit within a few loop turns (no thread involved)
+        await asyncio.sleep(0)
+    monkeypatch.setattr(committer, "submit", submit)  # the delete's own commits go through
+    deleting = asyncio.ensure_future(memory.delete("w0"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    gate.set()
+    await adding
+    await deleting
+    assert "w0" not in memory._indexes
+    assert memory.space("w0") is None
+    assert sidecar.storage.scan("memory_notes", prefix=b"w0\x00") == []
+    memory.save_all()
+    assert not (sidecar.folder / "idx" / "w0.usearch").exists()
