@@ -84,7 +84,9 @@ type TraceItem struct {
 }
 
 // EventStream follows the flight recorder live; read it with Next until it
-// returns an error, and Close it when done.
+// returns an error, and Close it when done. Every error Next returns ends the
+// stream and releases it at once (Close is then not needed): resume with a
+// new Stream after the last sequence received.
 type EventStream struct {
 	trace  *Trace
 	ctx    context.Context
@@ -93,6 +95,8 @@ type EventStream struct {
 	filter *arev1.EventFilter
 	opts   streamOptions
 	seen   recent
+	// err is the error that ended the stream, returned by every later Next.
+	err error
 
 	// Events fetched with ListEvents in place of a slow-subscriber notice.
 	pending []*arev1.Event
@@ -123,8 +127,13 @@ func (t *Trace) Stream(ctx context.Context, filter TraceFilter, opts ...StreamOp
 // Next blocks until the next item. It returns the context's error once ctx
 // ends or the stream is closed, io.EOF if the sidecar ended the stream, and
 // an *Error if it failed (UNAVAILABLE while it shuts down: resume with
-// AfterSequence set to the last sequence received).
+// AfterSequence set to the last sequence received). An error ends the
+// stream: its context is released at once, and later calls return the same
+// error.
 func (s *EventStream) Next() (TraceItem, error) {
+	if s.err != nil {
+		return TraceItem{}, s.err
+	}
 	for {
 		if len(s.pending) > 0 {
 			event := s.pending[0]
@@ -136,19 +145,13 @@ func (s *EventStream) Next() (TraceItem, error) {
 		}
 		if s.fill != nil {
 			if err := s.fetchMissed(); err != nil {
-				return TraceItem{}, err
+				return TraceItem{}, s.end(err)
 			}
 			continue
 		}
 		msg, err := s.stream.Recv()
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return TraceItem{}, s.ctx.Err()
-			}
-			if errors.Is(err, io.EOF) {
-				return TraceItem{}, io.EOF
-			}
-			return TraceItem{}, err
+			return TraceItem{}, s.end(err)
 		}
 		switch m := msg.GetMessage().(type) {
 		case *arev1.StreamEventsResponse_Event:
@@ -166,6 +169,25 @@ func (s *EventStream) Next() (TraceItem, error) {
 			s.fillTo = missed.GetLastMissedSequence()
 		}
 	}
+}
+
+// end ends the stream for err and returns the error Next reports: the
+// context's own once ctx ended or Close was called, io.EOF when the sidecar
+// ended the stream, else err. It cancels the stream's context: that context
+// is registered with the caller's ctx, which would otherwise hold it (and,
+// for a ctx that is not one of the context package's own, a goroutine) until
+// Close or the end of ctx, so a caller resuming ended streams from one
+// long-lived ctx, with a defer Close() in its loop say, piled them up.
+func (s *EventStream) end(err error) error {
+	switch {
+	case s.ctx.Err() != nil:
+		err = s.ctx.Err()
+	case errors.Is(err, io.EOF):
+		err = io.EOF
+	}
+	s.err = err
+	s.cancel()
+	return err
 }
 
 // fetchMissed reads the next page of missed events into pending.
@@ -189,7 +211,9 @@ func (s *EventStream) fetchMissed() error {
 	return nil
 }
 
-// Close ends the stream; Next then returns context.Canceled.
+// Close ends the stream; Next then returns context.Canceled (or the error
+// that had ended it already). It may be called from another goroutine, to
+// end a Next that is waiting.
 func (s *EventStream) Close() { s.cancel() }
 
 const recentSize = 16384
