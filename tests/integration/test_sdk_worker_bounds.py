@@ -23,7 +23,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from are_sdk import Client, RetryPolicy, TaskContext, TaskState, Worker, WorkflowSpec
+from are_sdk._payload import encode_payload
+from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
 from are_sdk.testing import SidecarProcess
 
 _BOUND_S = 30.0
@@ -132,3 +136,27 @@ async def test_events_a_handler_reports_after_its_stream_ended_do_not_pile_up(tm
     finally:
         release.set()
         sidecar.cleanup()
+
+
+async def test_a_heartbeat_refused_for_its_details_keeps_the_attempt(client: Client) -> None:
+    """Any refused heartbeat was taken for a lost lease: the attempt was dropped with nothing
+    reported, and the task stayed RUNNING until a timeout. Only a lease that is gone does that
+    now; details too large are refused in the handler already (ValueError)."""
+    cap = f"beat-{suffix()}"
+    worker = Worker(client, name=f"beat-{suffix()}")
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        with pytest.raises(ValueError, match="1048576"):
+            ctx.heartbeat("x" * (1 << 20))
+        # The same heartbeat sent as it is (as an SDK without the check would): refused.
+        beat = wpb.TaskHeartbeat(workflow_id=ctx.workflow_id, task_id=ctx.task_id, attempt=ctx.attempt)
+        beat.details.CopyFrom(encode_payload("x" * (1 << 20)))
+        ctx._session.queue_heartbeat(beat)
+        await asyncio.sleep(0.5)  # the refusal comes back meanwhile
+        return "done"
+
+    async with worker:
+        spec = WorkflowSpec().task("t", capability=cap, retry_policy=RetryPolicy(maximum_attempts=1))
+        handle_ = await client.submit_workflow(spec)
+        assert await handle_.result(timeout=_BOUND_S) == "done"

@@ -131,6 +131,7 @@ _DEFAULT_HEARTBEAT_INTERVAL = 10.0
 _COMPLETION_REFUSED = "CompletionRefused"
 # Refusals meaning the attempt is no longer this worker's: nothing more to report.
 # Any other refusal of a completion left the attempt held (worker_service.proto).
+_HEARTBEAT_DETAILS_BYTES = 1 << 20  # worker_service.proto: TaskHeartbeat.details at most 1 MiB
 _GONE = frozenset(
     {
         errors_pb2.ERROR_REASON_TASK_NOT_HELD,
@@ -362,10 +363,20 @@ class TaskContext:
         Args:
             details: Progress to hand to the next attempt if this one is lost
                 (any JSON value), or None.
+
+        Raises:
+            ValueError: The details are over 1 MiB encoded (the sidecar would
+                refuse them); raised in the handler, it fails the attempt.
         """
         beat = wpb.TaskHeartbeat(workflow_id=self.workflow_id, task_id=self.task_id, attempt=self.attempt)
         if details is not None:
-            beat.details.CopyFrom(encode_payload(details))
+            payload = encode_payload(details)
+            if len(payload.data) > _HEARTBEAT_DETAILS_BYTES:
+                raise ValueError(
+                    f"heartbeat details are at most {_HEARTBEAT_DETAILS_BYTES} bytes encoded, "
+                    f"got {len(payload.data)}: keep progress small (a cursor, not the data)"
+                )
+            beat.details.CopyFrom(payload)
         self._call_soon(functools.partial(self._session.queue_heartbeat, beat))
 
     def report_llm_call(
@@ -904,7 +915,11 @@ class _Session:
                     ack.message or ack.reason,
                 )
                 if ack.subject == wpb.ACK_SUBJECT_HEARTBEAT:
-                    self._cancel(key)  # the lease is gone: stop working on it
+                    if ack.reason in _GONE:
+                        self._cancel(key)  # the lease is gone: stop working on it
+                    # Otherwise the heartbeat alone was refused (its details invalid): the lease
+                    # holds. Cancelling here dropped the attempt with nothing reported, and the
+                    # task stayed RUNNING until a timeout.
                 elif completing is not _NOT_SENT and ack.reason not in _GONE:
                     self._fail_refused(ack, completing)
         self._settled.set()
