@@ -375,8 +375,16 @@ func (s *streamSession) acknowledged(ack *arev1.TaskAck) {
 			notify(s.changed)
 		}
 	case arev1.AckSubject_ACK_SUBJECT_HEARTBEAT:
-		// Only refusals are acknowledged: the lease is gone.
-		s.lose(key, fmt.Errorf("%w: heartbeat refused: %s", ErrTaskCancelled, ack.GetMessage()))
+		// Only refusals are acknowledged. One saying the lease is gone ends the
+		// attempt; any other (its details invalid: over 1 MiB) refused the
+		// heartbeat alone, and the lease holds. Losing the attempt then reported
+		// nothing, and the task stayed RUNNING until a timeout.
+		if reasonGone(strings.TrimPrefix(ack.GetReason().String(), "ERROR_REASON_")) {
+			s.lose(key, fmt.Errorf("%w: heartbeat refused: %s", ErrTaskCancelled, ack.GetMessage()))
+		} else {
+			s.w.log.Warn("heartbeat refused", "workflow_id", key.workflowID, "task_id", key.taskID,
+				"attempt", key.attempt, "reason", ack.GetReason(), "message", ack.GetMessage())
+		}
 	default:
 		s.w.log.Warn("the sidecar refused an item", "subject", ack.GetSubject(), "reason", ack.GetReason(), "message", ack.GetMessage())
 	}

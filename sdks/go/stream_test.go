@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -211,4 +212,43 @@ func freePort(t *testing.T) string {
 	defer l.Close()
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	return port
+}
+
+// TestAHeartbeatOverItsBoundDoesNotLoseTheAttempt records heartbeat details
+// over 1 MiB: the sidecar refuses such a heartbeat, and the stream worker took
+// any refusal for a lost lease, cancelling the handler and reporting nothing
+// (the task stayed RUNNING until a timeout). The details are now dropped
+// before they are sent, and only a refusal saying the lease is gone ends an
+// attempt.
+func TestAHeartbeatOverItsBoundDoesNotLoseTheAttempt(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	capability := name("go-big-beat")
+
+	opts := fastWorker
+	opts.Transport = are.TransportStream
+	worker := client.NewWorker(name("go-big-beater"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		task.RecordHeartbeat([]byte(`"` + strings.Repeat("x", 1<<20) + `"`))
+		select {
+		case <-time.After(time.Second): // heartbeats go out meanwhile
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+		return []byte(`"done"`), nil
+	})
+	run(t, worker)
+
+	spec, err := are.NewWorkflow("go-big-beat").Task("t", capability, are.MaxAttempts(1, 0)).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != `"done"` {
+		t.Fatalf("Result = %s, %v; want the attempt to complete", result, err)
+	}
 }

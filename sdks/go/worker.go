@@ -180,12 +180,23 @@ func (t *Task) AddUsage(u *arev1.Usage) {
 	t.usage.ToolCalls += u.GetToolCalls()
 }
 
+// maxHeartbeatDetails is the most bytes of heartbeat details the sidecar
+// takes (worker_service.proto, TaskHeartbeat.details).
+const maxHeartbeatDetails = 1 << 20
+
 // RecordHeartbeat records progress details (JSON) to send with the next
 // heartbeat, at once; the next attempt receives the latest ones if this one
-// is lost. The worker heartbeats on its own while the handler runs.
+// is lost. The worker heartbeats on its own while the handler runs. Details
+// over 1 MiB, which the sidecar refuses, are dropped (logged), keeping those
+// recorded before: every heartbeat after them would be refused otherwise.
 func (t *Task) RecordHeartbeat(details []byte) {
 	t.mu.Lock()
-	t.heartbeatDetails = Bytes(details, JSONContentType)
+	if len(details) > maxHeartbeatDetails {
+		slog.Default().Warn("heartbeat details over 1 MiB dropped; keep progress small (a cursor, not the data)",
+			"workflow_id", t.WorkflowID, "task_id", t.TaskID, "attempt", t.Attempt, "bytes", len(details))
+	} else {
+		t.heartbeatDetails = Bytes(details, JSONContentType)
+	}
 	t.mu.Unlock()
 	select {
 	case t.kick <- struct{}{}:
