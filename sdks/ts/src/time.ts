@@ -39,18 +39,52 @@ export function jitter(ms: number): number {
   return Math.random() * ms;
 }
 
+/** The longest delay a Node timer takes (about 24.8 days); a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
  * One signal that aborts when `signal` does or `timeoutMs` passes; `timedOut()`
- * tells which. Without either, the signal is undefined.
+ * tells which, and `dispose()` (call it once the work is done) clears the timer
+ * and leaves nothing on `signal`. Without a timeout, the signal is `signal` itself.
+ *
+ * Not `AbortSignal.any([signal, AbortSignal.timeout(ms)])`: Node 20 keeps every
+ * signal made by `AbortSignal.any` in its sources' sets of dependants for as long
+ * as they live, so each wait given one long-lived signal (a process-wide shutdown
+ * signal) left an entry behind for good; and an `AbortSignal.timeout` holds its
+ * signal and timer until the delay passes, long after a wait that ended sooner.
  */
 export function withTimeout(
   signal: AbortSignal | undefined,
   timeoutMs: number | undefined,
-): { signal: AbortSignal | undefined; timedOut: () => boolean } {
-  if (timeoutMs === undefined) return { signal, timedOut: () => false };
-  const timeout = AbortSignal.timeout(timeoutMs);
-  return {
-    signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-    timedOut: () => timeout.aborted && !signal?.aborted,
+): { signal: AbortSignal | undefined; timedOut: () => boolean; dispose: () => void } {
+  if (timeoutMs === undefined) return { signal, timedOut: () => false, dispose: () => undefined };
+  const controller = new AbortController();
+  let timedOut = false;
+  let timer: NodeJS.Timeout | undefined;
+  const onAbort = (): void => {
+    clearTimeout(timer);
+    controller.abort(signal?.reason);
   };
+  const dispose = (): void => {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
+  };
+  if (signal?.aborted) {
+    controller.abort(signal.reason);
+    return { signal: controller.signal, timedOut: () => false, dispose };
+  }
+  signal?.addEventListener("abort", onAbort, { once: true });
+  const deadline = Date.now() + Math.max(0, timeoutMs);
+  const arm = (): void => {
+    // Unref'd, as AbortSignal.timeout's is: a timeout alone keeps no process alive.
+    timer = setTimeout(() => {
+      if (Date.now() < deadline) return arm(); // over a timer's longest delay: wait again
+      timedOut = true;
+      signal?.removeEventListener("abort", onAbort);
+      controller.abort(new DOMException("The operation was aborted due to timeout", "TimeoutError"));
+    }, Math.min(Math.max(0, deadline - Date.now()), MAX_TIMER_MS));
+    timer.unref();
+  };
+  arm();
+  return { signal: controller.signal, timedOut: () => timedOut, dispose };
 }

@@ -341,15 +341,18 @@ export class TaskContext<I = unknown> {
    * lost. The worker also heartbeats on its own; await the promise to know
    * the details were recorded (on the stream transport: sent, the sidecar
    * acknowledging only refusals, which abort `signal`). It never rejects: a failure is logged and the
-   * details go with the next heartbeat; if the attempt is over, `signal` aborts.
+   * details go with the next heartbeat; if the attempt is over, `signal` aborts. Once the worker is
+   * done with the attempt (its result reported, or the attempt lost), the details are dropped.
    */
   heartbeat(details?: unknown): Promise<void> {
-    if (details !== undefined) this.attemptState.details = encodePayload(details);
+    if (details !== undefined) this.attemptState.setDetails(encodePayload(details));
     return this.attemptState.beat();
   }
 
   /**
    * Records one LLM call: an event in the flight recorder, and usage on the result (which budgets count).
+   * Events reported once the worker is done with the attempt (a handler running on after its
+   * cancellation) can no longer be sent: they are dropped, with one warning.
    *
    * @throws RangeError A count or cost that is not an integer (round a cost to the nearest
    *   micro-USD): thrown in the handler, it fails the attempt, as in the Python SDK.
@@ -369,7 +372,10 @@ export class TaskContext<I = unknown> {
     this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_LLM_CALL, model, usage.durationMs, call));
   }
 
-  /** Records one tool call in the flight recorder and in the attempt's usage. */
+  /**
+   * Records one tool call in the flight recorder and in the attempt's usage (its event dropped,
+   * as {@link reportLlmCall}'s, once the worker is done with the attempt).
+   */
   reportToolCall(name: string, options: { durationMs?: number } = {}): void {
     this.addUsage({ toolCalls: 1 });
     this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_TOOL_CALL, name, options.durationMs, undefined));
@@ -458,6 +464,14 @@ class Attempt implements StreamAttempt {
   done: Promise<void> = Promise.resolve();
   /** Sends one heartbeat now (set by the worker). */
   beat: () => Promise<void> = () => Promise.resolve();
+  /**
+   * The worker is done with the attempt (its result reported, or the attempt lost): nothing it
+   * queues can be sent any more. A handler that runs on (one that ignored its signal, or left
+   * work behind that reports) has its events and heartbeat details dropped, not kept.
+   */
+  private over = false;
+  /** Drops were logged once already (a handler reporting fast would log a line per event). */
+  private dropsLogged = false;
 
   constructor(
     readonly client: Client,
@@ -471,11 +485,33 @@ class Attempt implements StreamAttempt {
   }
 
   queueEvent(event: ReportedEvent): void {
+    if (this.over) {
+      this.dropped(`events reported after ${this.label} was over are dropped`);
+      return;
+    }
     if (this.events.length >= MAX_QUEUED_EVENTS) {
       this.events.shift();
-      this.warn(`worker: more than ${MAX_QUEUED_EVENTS} unsent events for ${this.label}; dropping the oldest`);
+      this.dropped(`more than ${MAX_QUEUED_EVENTS} unsent events for ${this.label}; dropping the oldest`);
     }
     this.events.push(event);
+  }
+
+  /** Keeps progress details for the next heartbeat; dropped once the attempt is over. */
+  setDetails(details: Payload): void {
+    if (!this.over) this.details = details;
+  }
+
+  /** The worker is done with the attempt: what is still queued is dropped, and so is what comes later. */
+  close(): void {
+    this.over = true;
+    this.events = [];
+    this.details = undefined;
+  }
+
+  private dropped(message: string): void {
+    if (this.dropsLogged) return;
+    this.dropsLogged = true;
+    this.warn(`worker: ${message}`);
   }
 
   lose(kind: "CANCEL_REQUESTED" | "NOT_HELD" | "TIMED_OUT", message: string): void {
@@ -1062,6 +1098,7 @@ export class Worker {
     attempt.done = this.execute(attempt)
       .catch((error: unknown) => this.logger.warn(`worker ${this.name}: ${attempt.label}: ${messageOf(error)}`))
       .finally(() => {
+        attempt.close();
         session?.release(attempt);
         if (this.active.get(key) === attempt) this.active.delete(key);
         this.wake();
@@ -1295,11 +1332,18 @@ export class Worker {
       }
     } catch (error) {
       if (stop.aborted) return;
+      if (this.client.rpc.closed) {
+        // The client was closed under the worker: nothing more can be sent for the attempt, and
+        // the sidecar takes it back when its lease ends. Without this, a handler waiting on its
+        // signal held its slot for good (run() never returned) and this warned every interval.
+        attempt.lose("NOT_HELD", "the client was closed: the attempt can no longer be reported");
+        return;
+      }
       if (error instanceof AreError && (error.code === Code.FAILED_PRECONDITION || error.code === Code.NOT_FOUND)) {
         attempt.cancel("NOT_HELD", `the attempt is no longer held: ${error.details}${error.reason ? ` [${error.reason}]` : ""}`);
         return;
       }
-      if (details !== undefined && attempt.details === undefined) attempt.details = details; // send it next time
+      if (details !== undefined && attempt.details === undefined) attempt.setDetails(details); // send it next time
       this.logger.warn(`worker ${this.name}: heartbeat of ${attempt.label} failed: ${(error as Error).message}`);
     }
   }

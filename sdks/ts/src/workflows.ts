@@ -205,7 +205,7 @@ export class WorkflowHandle {
 
   /** Waits until the workflow closes, whatever the outcome, and returns its status. */
   async wait(options: WaitOptions = {}): Promise<WorkflowInfo> {
-    const { signal, timedOut } = withTimeout(options.signal, options.timeoutMs);
+    const { signal, timedOut, dispose } = withTimeout(options.signal, options.timeoutMs);
     try {
       for await (const response of this.watchRaw({ signal })) {
         if (CLOSED.has(response.workflow!.state)) return workflowInfo(response.workflow!);
@@ -213,6 +213,8 @@ export class WorkflowHandle {
     } catch (error) {
       if (timedOut()) throw new WaitTimeoutError(`workflow ${this.workflowId} did not close within ${options.timeoutMs} ms`);
       throw error;
+    } finally {
+      dispose(); // the timer and the listener on options.signal go with the wait
     }
     return this.get(); // not reached: a watch ends only once the workflow is closed
   }

@@ -1,5 +1,6 @@
 // Client basics against a real sidecar: connect, health, errors with reason and field, abort, token.
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { after, before, describe, test } from "node:test";
 
 import { AreError, Client, Code, WaitTimeoutError, WorkflowSpec, WorkflowSpecError } from "@are-runtime/sdk";
@@ -222,6 +223,36 @@ describe("bounded waits", () => {
     assert.equal(closed.state, "CANCELLED");
   });
 
+  test("waits given one long-lived signal and a timeout leave nothing on that signal", async () => {
+    // With AbortSignal.any([signal, AbortSignal.timeout(ms)]), Node 20 kept an entry per wait in
+    // the long-lived signal's dependants for as long as it lived, and each wait's timer until
+    // its timeout passed.
+    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    try {
+      const shutdown = new AbortController();
+      await handle.cancel();
+      for (let i = 0; i < 100; i += 1) await handle.wait({ signal: shutdown.signal, timeoutMs: 600_000 });
+      assert.equal(getEventListeners(shutdown.signal, "abort").length, 0);
+      assert.equal(dependants(shutdown.signal), 0);
+
+      // Both bounds still hold: the timeout first, then the signal first.
+      const open = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+      try {
+        const late = await open.wait({ signal: shutdown.signal, timeoutMs: 200 }).catch((e: unknown) => e);
+        assert.ok(late instanceof WaitTimeoutError, String(late));
+        const waiting = open.wait({ signal: shutdown.signal, timeoutMs: 600_000 });
+        shutdown.abort(new Error("shutting down"));
+        const aborted = await waiting.catch((e: unknown) => e);
+        assert.equal((aborted as Error).message, "shutting down");
+        assert.equal(getEventListeners(shutdown.signal, "abort").length, 0);
+      } finally {
+        await open.cancel();
+      }
+    } finally {
+      await handle.cancel();
+    }
+  });
+
   test("an aborted unary call rejects with the signal's reason", async () => {
     const error = await client.health("", { signal: AbortSignal.abort(new Error("stop")) }).catch((e: unknown) => e);
     assert.ok(error instanceof Error);
@@ -248,3 +279,13 @@ describe("bearer token", () => {
     }
   });
 });
+
+/**
+ * How many signals made by `AbortSignal.any` Node keeps in `signal`'s set of dependants (an
+ * internal of Node 20's; 0 where a Node keeps no such set).
+ */
+function dependants(signal: AbortSignal): number {
+  const key = Object.getOwnPropertySymbols(signal).find((symbol) => symbol.description === "kDependantSignals");
+  const set = key === undefined ? undefined : ((signal as unknown as Record<symbol, unknown>)[key] as { size?: unknown } | undefined);
+  return typeof set?.size === "number" ? set.size : 0; // Node's own Set, not this realm's: no instanceof
+}

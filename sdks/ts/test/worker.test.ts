@@ -454,6 +454,66 @@ for (const transport of ["stream", "unary"] as const) {
       assert.ok(error instanceof AreError, String(error));
       assert.equal(error.code, Code.CANCELLED);
     });
+
+    test("closing the client under a busy worker aborts its handlers, and run() rejects with CANCELLED", async () => {
+      // On the unary transport the attempt's heartbeats failed CANCELLED ("the client is closed")
+      // and were retried every interval, warning each time: a handler waiting on its signal was
+      // never aborted, held its slot, and run() never returned.
+      const own = await Client.connect(sidecar.target);
+      const capability = unique("busy");
+      const started = deferred<TaskContext>();
+      const warnings: string[] = [];
+      const logger = { warn: (message: string) => void warnings.push(message) };
+      const worker = new Worker(own, { ...OPTS, name: "ts-busy-orphan", maxConcurrency: 1, logger }).handle(capability, (ctx) => {
+        started.resolve(ctx);
+        return new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+      });
+      const running = worker.run();
+      const handle = await client.workflows.submit(new WorkflowSpec("ts-busy-orphan").task("wait", { capability }));
+      try {
+        const ctx = await within(started.promise, 20_000, "the handler to start");
+        own.close();
+        const error = await within(running, 10_000, "run() to reject").catch((e: unknown) => e);
+        assert.ok(error instanceof AreError, String(error));
+        assert.equal(error.code, Code.CANCELLED);
+        assert.equal(ctx.signal.aborted, true);
+        assert.equal(worker.inFlight, 0);
+        assert.ok(warnings.length <= 3, `${warnings.length} warnings:\n${warnings.join("\n")}`);
+      } finally {
+        await handle.cancel();
+      }
+    });
+
+    test("a handler that runs on after its attempt is over has what it reports dropped, not kept", async () => {
+      // Events reported (and heartbeat details given) by a handler that ignored its cancellation
+      // could never be sent, yet each attempt kept the last 10,000 and logged a line per event.
+      const capability = unique("runs-on");
+      const started = deferred<TaskContext>();
+      const release = deferred();
+      const drops: string[] = [];
+      const logger = { warn: (message: string) => void (message.includes("dropp") && drops.push(message)) };
+      const worker = new Worker(client, { ...OPTS, name: "ts-runs-on", logger }).handle(capability, async (ctx) => {
+        started.resolve(ctx);
+        await release.promise; // ignores its signal
+      });
+      await serving(worker, async () => {
+        try {
+          const handle = await client.workflows.submit(new WorkflowSpec("ts-runs-on").task("t", { capability }));
+          const ctx = await within(started.promise, 20_000, "the handler to start");
+          await handle.cancel();
+          await eventually(async () => ctx.signal.aborted && worker.inFlight === 0, 10_000, "the attempt to be over");
+          for (let i = 0; i < 12_000; i += 1) ctx.reportToolCall("after the end");
+          ctx.reportLlmCall("model", { inputTokens: 1 });
+          await ctx.heartbeat({ progress: "x".repeat(100_000) });
+          const kept = (ctx as unknown as { attemptState: { events: unknown[]; details: unknown } }).attemptState;
+          assert.equal(kept.events.length, 0);
+          assert.equal(kept.details, undefined);
+          assert.equal(drops.length, 1, drops.join("\n"));
+        } finally {
+          release.resolve();
+        }
+      });
+    });
   });
 }
 
