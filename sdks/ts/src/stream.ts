@@ -32,10 +32,18 @@ import {
   type TaskFailure,
   type TaskHeartbeat,
 } from "./gen/are/v1/worker_service.js";
+import { ErrorReason } from "./gen/are/v1/errors.js";
 import { fromDuration, sleep } from "./time.js";
 
 /** The SDK named in the registration. */
 export const SDK_NAME = "are-sdk-ts/0.1";
+/** Refusals of a heartbeat that say the attempt's lease is gone (any other refuses the heartbeat alone). */
+const LEASE_GONE = new Set<number>([
+  ErrorReason.ERROR_REASON_TASK_NOT_HELD,
+  ErrorReason.ERROR_REASON_TASK_ALREADY_COMPLETED,
+  ErrorReason.ERROR_REASON_TASK_NOT_FOUND,
+  ErrorReason.ERROR_REASON_WORKFLOW_NOT_FOUND,
+]);
 /** The heartbeat interval when the sidecar gives none. */
 const DEFAULT_INTERVAL_MS = 10_000;
 /** The most items of one kind in one message (the contract's bound for results and events). */
@@ -309,7 +317,13 @@ export class StreamSession {
       this.waiting.delete(key);
       pending?.resolve(ack);
     } else if (ack.subject === AckSubject.ACK_SUBJECT_HEARTBEAT) {
-      // Only refusals are acknowledged: the lease is gone.
+      // Only refusals are acknowledged. One saying the lease is gone ends the attempt; any other
+      // (its details invalid) refused the heartbeat alone, and the lease holds: losing the attempt
+      // then reported nothing, and the task stayed RUNNING until a timeout.
+      if (!LEASE_GONE.has(ack.reason)) {
+        this.warn(`worker stream: the sidecar refused a heartbeat of ${ack.workflowId}/${ack.taskId}: ${ack.message}`);
+        return;
+      }
       const held = this.held.get(key);
       if (held === undefined) return;
       this.held.delete(key);

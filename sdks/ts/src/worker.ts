@@ -88,6 +88,8 @@ const MAX_DETAILS_CONTENT_TYPE = 128; // characters (code points)
 const MAX_FAILURE_CAUSES = 8;
 const MAX_DURATION_SECONDS = 315_576_000_000; // the largest google.protobuf.Duration
 const MAX_EVENTS_PER_CALL = 1000;
+/** The most bytes of heartbeat details the sidecar takes (worker_service.proto, TaskHeartbeat.details). */
+const MAX_HEARTBEAT_DETAILS = 1 << 20;
 const MAX_QUEUED_EVENTS = 10_000;
 const REPORT_ATTEMPTS = 5;
 /** The first wait before reopening the worker stream (full jitter), doubling up to `reconnectMaxDelayMs`. */
@@ -336,7 +338,8 @@ export class TaskContext<I = unknown> {
   }
 
   /**
-   * Heartbeats now, with progress details (any JSON value, at most 1 MiB)
+   * Heartbeats now, with progress details (any JSON value, at most 1 MiB
+   * encoded: larger ones are dropped, logged, keeping those recorded before)
    * that the next attempt receives as `lastHeartbeatDetails` if this one is
    * lost. The worker also heartbeats on its own; await the promise to know
    * the details were recorded (on the stream transport: sent, the sidecar
@@ -498,7 +501,15 @@ class Attempt implements StreamAttempt {
 
   /** Keeps progress details for the next heartbeat; dropped once the attempt is over. */
   setDetails(details: Payload): void {
-    if (!this.over) this.details = details;
+    if (this.over) return;
+    const size = details.data?.length ?? 0;
+    if (size > MAX_HEARTBEAT_DETAILS) {
+      // The sidecar refuses such a heartbeat, and would every one after it: keep the details
+      // recorded before.
+      this.warn(`heartbeat details of ${size} bytes dropped (at most ${MAX_HEARTBEAT_DETAILS}): keep progress small`);
+      return;
+    }
+    this.details = details;
   }
 
   /** The worker is done with the attempt: what is still queued is dropped, and so is what comes later. */

@@ -98,6 +98,29 @@ for (const transport of ["stream", "unary"] as const) {
       assert.equal(worker.inFlight, 0);
     });
 
+    test("heartbeat details over 1 MiB are dropped, and the attempt goes on", async () => {
+      // The sidecar refuses such a heartbeat; the stream worker took any refusal for a lost
+      // lease and dropped the attempt with nothing reported (RUNNING until a timeout).
+      const capability = unique("big-beat");
+      const warnings: string[] = [];
+      const worker = new Worker(client, {
+        ...OPTS,
+        name: "ts-big-beat",
+        logger: { warn: (message: string) => warnings.push(message) },
+      }).handle(capability, async (ctx) => {
+        await ctx.heartbeat("x".repeat(1 << 20));
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return "done";
+      });
+      await serving(worker, async () => {
+        const handle = await client.workflows.submit(
+          new WorkflowSpec("ts-big-beat").task("t", { capability, retryPolicy: { maximumAttempts: 1 } }),
+        );
+        assert.equal(await handle.result(WAIT), "done");
+      });
+      assert.ok(warnings.some((w) => w.includes("heartbeat details")), warnings.join("\n"));
+    });
+
     test("raw bytes travel as they are, both ways", async () => {
       const capability = unique("bytes");
       const worker = new Worker(client, { ...OPTS, name: "ts-bytes" }).handle(capability, (ctx) => {
