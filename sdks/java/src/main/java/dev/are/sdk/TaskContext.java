@@ -46,6 +46,12 @@ public final class TaskContext {
   private final Object usageLock = new Object();
   private Usage usage = Usage.getDefaultInstance();
   private final AtomicReference<Object> heartbeat = new AtomicReference<>();
+  /**
+   * Wakes the unary transport's heartbeat loop (a heartbeat to send at once, or the attempt done).
+   * At most one permit is left waiting: the loop drains them all, and the stream transport never
+   * takes any, so a handler recording heartbeats for days must not add one each time (past 2^31
+   * the semaphore throws an Error).
+   */
   final Semaphore kick = new Semaphore(0);
   /** Set by the stream transport: queues a heartbeat at once (the unary one waits on kick). */
   volatile Runnable onHeartbeat;
@@ -231,7 +237,9 @@ public final class TaskContext {
   /** Records progress details (written as JSON), sent with a heartbeat at once. */
   public void recordHeartbeat(Object details) {
     heartbeat.set(details);
-    kick.release();
+    if (kick.availablePermits() == 0) {
+      kick.release();
+    }
     Runnable queue = onHeartbeat;
     if (queue != null) {
       queue.run();

@@ -36,6 +36,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
@@ -209,8 +210,7 @@ public final class Worker implements AutoCloseable {
     started = true;
     int n = THREADS.incrementAndGet();
     ExecutorService pool = Executors.newCachedThreadPool(daemons(name, n, "attempt"));
-    ScheduledExecutorService timers =
-        Executors.newSingleThreadScheduledExecutor(daemons(name, n, "timer"));
+    ScheduledExecutorService timers = timers(daemons(name, n, "timer"));
     Semaphore slots = new Semaphore(options.concurrency());
     try {
       if (options.transport() == WorkerOptions.Transport.STREAM) {
@@ -243,6 +243,18 @@ public final class Worker implements AutoCloseable {
     if (background) {
       failure.compareAndSet(null, e);
     }
+  }
+
+  /**
+   * The worker's one timer thread (attempts' deadlines). A cancelled timer leaves its queue at
+   * once: each attempt schedules one at its deadline (start_to_close_timeout, 10 minutes by default
+   * and up to 7 days) and cancels it when its handler returns, so a worker that kept them until
+   * they were due would hold one per attempt run in that time.
+   */
+  private static ScheduledExecutorService timers(ThreadFactory threads) {
+    ScheduledThreadPoolExecutor timers = new ScheduledThreadPoolExecutor(1, threads);
+    timers.setRemoveOnCancelPolicy(true);
+    return timers;
   }
 
   /** Daemon threads named after the worker, so that a thread dump says whose they are. */
@@ -426,8 +438,12 @@ public final class Worker implements AutoCloseable {
     active.add(task);
     try {
       Future<End> beats = pool.submit(() -> heartbeat(task));
-      Outcome outcome = call(task, pool, timers);
-      task.finish();
+      Outcome outcome;
+      try {
+        outcome = call(task, pool, timers);
+      } finally {
+        task.finish(); // whatever call() throws, the heartbeats of this attempt stop
+      }
       End end;
       try {
         end = beats.get(heartbeatBound(task).toMillis() + 1000, TimeUnit.MILLISECONDS);
@@ -626,14 +642,20 @@ public final class Worker implements AutoCloseable {
   /**
    * The least delay before a retry that a handler's error asks for: a {@link TaskError}'s own, or
    * the sidecar's retry hint ({@code RetryInfo}) on a refused call the handler let through, as an
-   * {@link AreException} (a submit or spawn refused by a full pool queue, say); else null.
+   * {@link AreException} (a submit or spawn refused by a full pool queue, say); else null. Never
+   * throws: a TaskError subclass whose {@code retryAfterValue()} throws asks for no delay (its
+   * failure would otherwise go unreported, the attempt left RUNNING until its timeout).
    */
   private static Duration retryAfterOf(Throwable error) {
-    if (error instanceof TaskError te) {
-      return te.retryAfterValue();
-    }
-    if (error instanceof AreException ae) {
-      return ae.retryDelay().orElse(null);
+    try {
+      if (error instanceof TaskError te) {
+        return te.retryAfterValue();
+      }
+      if (error instanceof AreException ae) {
+        return ae.retryDelay().orElse(null);
+      }
+    } catch (RuntimeException | Error e) {
+      // The failure goes without a delay.
     }
     return null;
   }

@@ -80,7 +80,10 @@ public final class WorkflowHandle {
    * with reason TIMEOUT. A watch that drops (UNAVAILABLE, CANCELLED) is resumed after a jittered
    * backoff; one refused with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a resumed
    * watch is one) no sooner than the sidecar's retry hint. Other errors are thrown, and so is
-   * CANCELLED with reason {@code CLIENT_CLOSED} once the client is closed.
+   * CANCELLED with reason {@code CLIENT_CLOSED} once the client is closed, or with reason {@code
+   * CONTEXT_CANCELLED} once the caller's gRPC {@link Context} is cancelled (a wait inside a server
+   * call that ended, say; past the context's deadline it is DEADLINE_EXCEEDED, reason TIMEOUT). A
+   * wait leaves nothing registered on the caller's context.
    */
   public Workflow await(Duration timeout) {
     long deadline = System.nanoTime() + timeout.toNanos();
@@ -97,7 +100,16 @@ public final class WorkflowHandle {
         req.setAfterSequence(after);
       }
       Duration hint = null;
-      Context.CancellableContext watch = Context.current().withCancellation();
+      // The watch is cancelled when this returns with its stream still open. It is not made a
+      // child of the caller's context: grpc-java leaves a listener on a cancellable ancestor each
+      // time a child that had listeners is cancelled (it removes it under the ancestor's identity,
+      // not the child's), so every wait in a long-lived cancellable context (a server call, an
+      // application's) would add one there for good. The caller's cancellation is relayed instead,
+      // by a listener removed below.
+      Context caller = Context.current();
+      Context.CancellableContext watch = caller.fork().withCancellation();
+      Context.CancellationListener relay = c -> watch.cancel(c.cancellationCause());
+      caller.addListener(relay, Runnable::run);
       try {
         Context previous = watch.attach();
         try {
@@ -133,7 +145,15 @@ public final class WorkflowHandle {
         if (client.isClosed()) {
           throw Client.closedError(what, e);
         }
+        if (caller.isCancelled()) {
+          throw AreException.local(
+              Status.Code.CANCELLED,
+              "CONTEXT_CANCELLED",
+              what + ": the caller's gRPC context was cancelled",
+              e);
+        }
       } finally {
+        caller.removeListener(relay);
         watch.cancel(null);
       }
       Backoff.sleep(

@@ -95,17 +95,35 @@ class FailuresTest extends WithSidecar {
     }
   }
 
+  /**
+   * A TaskError whose retry delay cannot be read: its failure goes without one. It used to escape
+   * the report: the attempt stayed RUNNING until its start_to_close_timeout.
+   */
+  static final class UndelayableError extends TaskError {
+    private static final long serialVersionUID = 1L;
+
+    UndelayableError() {
+      super("Undelayable", "no delay to read");
+    }
+
+    @Override
+    public Duration retryAfterValue() {
+      throw new IllegalStateException("no delay for you");
+    }
+  }
+
   private static int deep(int n) {
     return deep(n + 1) + 1;
   }
 
   /**
    * Whatever a handler throws (checked, unchecked, an Error, an exception whose message or text
-   * cannot be read, a TaskError without a type, InterruptedException after interrupting itself)
-   * or returns that cannot be written, its attempt is reported failed: the workflow closes, no
-   * task stays RUNNING, and the slots are free for the next work. An unreadable exception, a
-   * TaskError of type null and an output whose writing threw an Error used to escape the report:
-   * the attempt stayed RUNNING.
+   * cannot be read, a TaskError without a type or whose retry delay cannot be read,
+   * InterruptedException after interrupting itself) or returns that cannot be written, its
+   * attempt is reported failed: the workflow closes, no task stays RUNNING, and the slots are free
+   * for the next work. An unreadable exception, a TaskError of type null or of an unreadable
+   * delay, and an output whose writing threw an Error used to escape the report: the attempt
+   * stayed RUNNING.
    */
   @ParameterizedTest
   @EnumSource(WorkerOptions.Transport.class)
@@ -121,7 +139,8 @@ class FailuresTest extends WithSidecar {
             "unprintable", "UnprintableException",
             "untyped", "TaskError",
             "interrupted", "InterruptedException",
-            "unwritable", "AssertionError");
+            "unwritable", "AssertionError",
+            "undelayable", "Undelayable");
     Worker worker =
         new Worker(client, "java-failing-" + transport, fast(transport))
             .handle(
@@ -137,6 +156,7 @@ class FailuresTest extends WithSidecar {
                     case "unreadable" -> throw new UnreadableException();
                     case "unprintable" -> throw new UnprintableException();
                     case "untyped" -> throw new TaskError(null, "no type");
+                    case "undelayable" -> throw new UndelayableError();
                     case "interrupted" -> {
                       Thread.currentThread().interrupt(); // not a cancellation: its own doing
                       Thread.sleep(WAIT.toMillis());
