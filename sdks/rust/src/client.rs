@@ -33,6 +33,22 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default wait for a keepalive ping's ack ([`Options::keepalive_timeout`]).
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The receive window of each HTTP/2 stream (hyper's default, set here
+/// because [`CONNECTION_WINDOW_BYTES`] is reckoned from it): at most this
+/// much of a stream's messages waits unread in the client.
+const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+
+/// The receive window of each connection: the largest HTTP/2 allows, so
+/// that only the streams' own windows pace what the sidecar sends, as in
+/// gRPC's own transports. A connection window of a few streams' windows
+/// (hyper's default, 5 MiB) let three [`crate::EventStream`]s read slowly,
+/// or held unread, take all of it: every other call on the connection (a
+/// worker's stream and heartbeats, unary calls) then waited until they were
+/// read. What a connection keeps unread is still bounded, by
+/// [`STREAM_WINDOW_BYTES`] per open stream (the sidecar serves 1,024 at once
+/// on a connection).
+const CONNECTION_WINDOW_BYTES: u32 = (1 << 31) - 1;
+
 /// How to reach the sidecar.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -86,10 +102,13 @@ impl Options {
         Some((interval, timeout))
     }
 
-    /// The endpoint's connect timeout and keepalive (pings only while a
-    /// call is open).
+    /// The endpoint's connect timeout, flow-control windows and keepalive
+    /// (pings only while a call is open).
     fn configure(&self, endpoint: Endpoint) -> Endpoint {
-        let endpoint = endpoint.connect_timeout(self.connect_timeout);
+        let endpoint = endpoint
+            .connect_timeout(self.connect_timeout)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         match self.keepalive() {
             Some((interval, timeout)) => endpoint
                 .http2_keep_alive_interval(interval)

@@ -10,7 +10,9 @@ use crate::pb::stream_events_response::Message;
 use crate::Client;
 
 /// A live event stream: replayed events (when opened with a cursor), one
-/// `CaughtUp`, then live events; `Missed` says what a slow reader lost.
+/// `CaughtUp`, then live events; `Missed` says what a slow reader lost. One
+/// read slowly, or held unread, keeps at most 2 MiB of events waiting in the
+/// client (its HTTP/2 window), and holds up no other call of the client.
 #[derive(Debug)]
 pub struct EventStream {
     inner: Streaming<pb::StreamEventsResponse>,

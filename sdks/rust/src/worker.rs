@@ -267,7 +267,9 @@ impl Task {
             .map(|_| ())
     }
 
-    /// Records progress details, sent with a heartbeat at once.
+    /// Records progress details, sent with a heartbeat at once. Details
+    /// over 1 MiB as JSON (the sidecar's bound, past which it refuses the
+    /// heartbeat whole) are not sent: the heartbeat goes without them.
     pub fn record_heartbeat(&self, details: serde_json::Value) {
         *self.heartbeat.lock().unwrap() = Some(details);
         self.kick.notify_one();
@@ -922,7 +924,7 @@ impl Attempt {
                         workflow_id: task.workflow_id.clone(),
                         task_id: task.task_id.clone(),
                         attempt: task.attempt,
-                        details: details.as_ref().map(crate::workflow::json_payload),
+                        details: details.as_ref().and_then(heartbeat_details),
                     }),
                 });
                 let bound = interval.max(Duration::from_secs(5));
@@ -948,6 +950,22 @@ impl Attempt {
             }
         }
     }
+}
+
+/// The sidecar's bound on a heartbeat's details (worker_service.proto).
+const MAX_HEARTBEAT_DETAILS: usize = 1024 * 1024;
+
+/// The details a heartbeat carries: `details` as JSON, or none when that is
+/// over the sidecar's 1 MiB bound. The sidecar refuses such a heartbeat
+/// whole, so it would not extend the lease; on the stream the refusal was
+/// also taken for a lost lease, and the attempt given up (its token fired,
+/// its result never reported) while the sidecar still held it.
+fn heartbeat_details(details: &serde_json::Value) -> Option<pb::Payload> {
+    let data = crate::json::to_vec(details);
+    (data.len() <= MAX_HEARTBEAT_DETAILS).then(|| pb::Payload {
+        content: Some(pb::payload::Content::Data(data)),
+        content_type: JSON_CONTENT_TYPE.to_string(),
+    })
 }
 
 /// The failure a handler's error reports: WORKER_LOST when the worker's stop

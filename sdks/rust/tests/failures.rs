@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use are_sdk::testing::Sidecar;
 use are_sdk::{
-    pb, CacheOptions, Client, Code, GetOrCallError, Options, TaskBuilder, Worker, WorkerOptions,
-    WorkerTransport, WorkflowBuilder,
+    pb, CacheOptions, Client, Code, GetOrCallError, Options, ServingStatus, TaskBuilder, TaskError,
+    Worker, WorkerOptions, WorkerTransport, WorkflowBuilder,
 };
 use serde_json::{json, Value};
 use tokio::time::{sleep, timeout};
@@ -27,6 +27,7 @@ on_both_transports!(
     usage_past_the_largest_counter_is_not_a_panic,
     a_handler_that_ignores_the_stop_is_not_left_running,
     an_attempt_already_released_does_not_hold_up_the_drain,
+    heartbeat_details_over_the_bound_do_not_give_the_attempt_up,
 );
 
 /// A TCP proxy in front of a sidecar, to break connections as a network
@@ -341,6 +342,45 @@ async fn an_attempt_already_released_does_not_hold_up_the_drain(transport: Worke
     assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
 }
 
+/// Heartbeat details over the sidecar's 1 MiB bound are not sent (the
+/// heartbeat goes without them) and the attempt stays the handler's. On the
+/// stream the sidecar's refusal of such a heartbeat used to be taken for a
+/// lost lease: the handler's token fired and its result was never reported,
+/// while the sidecar held the attempt RUNNING until its start-to-close
+/// timeout (10 minutes by default, 5 s here).
+async fn heartbeat_details_over_the_bound_do_not_give_the_attempt_up(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    let worker = Worker::new(&client, "rust-chatty", fast(transport)).handle(
+        "rust-chatty",
+        |task| async move {
+            task.record_heartbeat(json!({ "notes": "x".repeat(2 * 1024 * 1024) }));
+            sleep(Duration::from_millis(500)).await; // the heartbeat and any refusal went by
+            task.record_heartbeat(json!({ "step": 2 }));
+            sleep(Duration::from_millis(300)).await;
+            Ok(json!({ "cancelled": format!("{:?}", task.cancel_reason()) }))
+        },
+    );
+    let (running, stats) = Running::spawn(worker);
+    let handle = client
+        .submit(
+            WorkflowBuilder::new("rust-chatty").task(
+                TaskBuilder::new("x", "rust-chatty")
+                    .max_attempts(1, Duration::from_millis(10))
+                    .start_to_close_timeout(Duration::from_secs(5)),
+            ),
+        )
+        .await
+        .unwrap();
+    let result: Value = handle
+        .result(Duration::from_secs(15))
+        .await
+        .expect("the attempt's result was reported");
+    assert_eq!(result, json!({ "cancelled": "None" }));
+    running.stop().await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 0);
+}
+
 /// Waits until the workflow's task "x" runs.
 async fn sleep_until_running(handle: &are_sdk::WorkflowHandle) {
     let deadline = Instant::now() + WAIT;
@@ -499,6 +539,55 @@ async fn a_wait_refused_for_want_of_subscribers_resumes_after_the_hint() {
         .unwrap()
         .expect("the wait resumed after the hint");
     assert_eq!(workflow.state, pb::WorkflowState::Cancelled as i32);
+}
+
+/// Trace streams left unread (or read slowly) hold up no other call of the
+/// client: their events wait in the client, each stream's bounded by its
+/// HTTP/2 window (2 MiB). The connection's own window was 5 MiB, so three
+/// such streams took all of it and every other call on the connection (a
+/// worker's stream and heartbeats, unary calls) waited until they were read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_streams_left_unread_hold_up_no_other_call_of_the_client() {
+    let (sidecar, busy) = start().await;
+    let client = sidecar.client().await.unwrap();
+    let mut unread = Vec::new();
+    for _ in 0..4 {
+        let stream = client.stream_events(pb::EventFilter::default(), None);
+        unread.push(stream.await.unwrap());
+    }
+    // Each workflow's events quote its task's failure, 30,000 bytes, at
+    // least once: 80 of them send every stream more than 2 MiB.
+    let options = WorkerOptions {
+        concurrency: 16,
+        ..fast(WorkerTransport::Stream)
+    };
+    let worker =
+        Worker::new(&busy, "rust-verbose", options).handle("rust-verbose", |_task| async move {
+            Err::<Value, _>(TaskError::new("Verbose", "m".repeat(30_000)).non_retryable())
+        });
+    let (running, _stats) = Running::spawn(worker);
+    let mut handles = Vec::new();
+    for _ in 0..80 {
+        let spec = WorkflowBuilder::new("rust-verbose")
+            .task(TaskBuilder::new("x", "rust-verbose").max_attempts(1, Duration::from_millis(10)));
+        handles.push(busy.submit(spec).await.unwrap());
+    }
+    for handle in &handles {
+        let workflow = handle.wait(WAIT).await.unwrap();
+        assert_eq!(workflow.state, pb::WorkflowState::Failed as i32);
+    }
+    let health = timeout(Duration::from_secs(5), client.health()).await;
+    assert_eq!(
+        health
+            .expect("the health check answered beside the unread streams")
+            .unwrap(),
+        ServingStatus::Serving
+    );
+    for stream in &mut unread {
+        let message = stream.next(Duration::from_secs(5)).await.unwrap();
+        assert!(message.is_some(), "the stream goes on where it was");
+    }
+    running.stop().await;
 }
 
 /// A cache that cannot be reached does not stop the call it stands in front

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::{
-    completion_refused, failure_of, failure_report, fatal, reason_gone, retry_wait, AbortOnDrop,
-    Attempt, CancelReason, Hold, Holds, Task, Worker, WorkerStats,
+    completion_refused, failure_of, failure_report, fatal, heartbeat_details, reason_gone,
+    retry_wait, AbortOnDrop, Attempt, CancelReason, Hold, Holds, Task, Worker, WorkerStats,
 };
 use crate::error::{Error, Result};
 use crate::pb;
@@ -131,8 +131,8 @@ impl Session {
                 attempt: key.2,
                 details: None,
             });
-        if let Some(d) = details {
-            beat.details = Some(crate::workflow::json_payload(&d));
+        if let Some(d) = details.as_ref().and_then(heartbeat_details) {
+            beat.details = Some(d);
         }
         true
     }
@@ -543,8 +543,23 @@ impl Worker {
     }
 }
 
-/// Hands an acknowledgement to the attempt awaiting it; a refused heartbeat
-/// means the lease is gone.
+/// A refusal's reason, an `ErrorReason` name without its prefix (its number
+/// when this SDK does not know it).
+fn refusal_reason(ack: &pb::TaskAck) -> String {
+    pb::ErrorReason::try_from(ack.reason)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("ERROR_REASON_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| ack.reason.to_string())
+}
+
+/// Hands an acknowledgement to the attempt awaiting it. A heartbeat refused
+/// because the attempt is no longer this worker's (TASK_NOT_HELD and the
+/// like) means its lease is gone; one refused for what it carried changed
+/// nothing, and the attempt is still held: giving it up then left it held
+/// by the sidecar, unreported, until its lease ran out.
 fn acknowledged(session: &Session, ack: pb::TaskAck) {
     let key = key_of(&ack.workflow_id, &ack.task_id, ack.attempt);
     match pb::AckSubject::try_from(ack.subject) {
@@ -554,7 +569,7 @@ fn acknowledged(session: &Session, ack: pb::TaskAck) {
                 let _ = w.send(ack);
             }
         }
-        Ok(pb::AckSubject::Heartbeat) if !ack.accepted => {
+        Ok(pb::AckSubject::Heartbeat) if !ack.accepted && reason_gone(&refusal_reason(&ack)) => {
             session.lose(&key, CancelReason::LeaseLost);
         }
         _ => {}
@@ -622,13 +637,7 @@ async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: 
                 stats.failed.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Ok(ack)) => {
-                let reason = pb::ErrorReason::try_from(ack.reason)
-                    .map(|r| {
-                        r.as_str_name()
-                            .trim_start_matches("ERROR_REASON_")
-                            .to_string()
-                    })
-                    .unwrap_or_else(|_| ack.reason.to_string());
+                let reason = refusal_reason(&ack);
                 if let Some(usage) = completing.take().filter(|_| !reason_gone(&reason)) {
                     // An invalid completion changed nothing: the attempt is
                     // still held, so report it failed instead, once (a
