@@ -71,7 +71,12 @@ public final class Worker implements AutoCloseable {
   private static final int MAX_DETAILS_CONTENT_TYPE = 128; // characters (code points)
   private static final int MAX_FAILURE_CAUSES = 8;
   private static final long MAX_DURATION_SECONDS = 315_576_000_000L; // the largest Duration
-  private static final Set<String> LOST_REASONS =
+  /** The most bytes of heartbeat details the sidecar takes (worker_service.proto). */
+  static final int MAX_HEARTBEAT_DETAILS = 1024 * 1024;
+
+  private static final System.Logger LOG = System.getLogger(Worker.class.getName());
+
+  static final Set<String> LOST_REASONS =
       Set.of("TASK_NOT_HELD", "TASK_ALREADY_COMPLETED", "TASK_NOT_FOUND", "WORKFLOW_NOT_FOUND");
   private static final AtomicInteger THREADS = new AtomicInteger();
 
@@ -1022,13 +1027,9 @@ public final class Worker implements AutoCloseable {
               .setWorkflowId(task.workflowId())
               .setTaskId(task.taskId())
               .setAttempt(task.attempt());
-      Object details = task.takeHeartbeat();
+      Payload details = heartbeatDetails(task.takeHeartbeat());
       if (details != null) {
-        try {
-          beat.setDetails(Json.payload(details));
-        } catch (AreException ignored) {
-          // Details that cannot be written as JSON are not sent; the heartbeat still is.
-        }
+        beat.setDetails(details);
       }
       RecordHeartbeatRequest req = RecordHeartbeatRequest.newBuilder().setHeartbeat(beat).build();
       try {
@@ -1051,5 +1052,30 @@ public final class Worker implements AutoCloseable {
         }
       }
     }
+  }
+
+  /**
+   * A heartbeat's details as sent, or null when there are none to send: details that cannot be
+   * written as JSON, or are over 1 MiB (the sidecar refuses such a heartbeat, and so every one
+   * after it), are dropped and logged; the heartbeat still goes, so the lease is extended.
+   */
+  static Payload heartbeatDetails(Object details) {
+    if (details == null) {
+      return null;
+    }
+    Payload payload;
+    try {
+      payload = Json.payload(details);
+    } catch (AreException e) {
+      return null;
+    }
+    if (payload.getData().size() > MAX_HEARTBEAT_DETAILS) {
+      LOG.log(
+          System.Logger.Level.WARNING,
+          "heartbeat details of " + payload.getData().size() + " bytes dropped (at most "
+              + MAX_HEARTBEAT_DETAILS + "): keep progress small");
+      return null;
+    }
+    return payload;
   }
 }

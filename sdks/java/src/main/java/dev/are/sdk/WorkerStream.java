@@ -7,6 +7,7 @@ import dev.are.sdk.v1.ConnectResponse;
 import dev.are.sdk.v1.ErrorReason;
 import dev.are.sdk.v1.FailureBatch;
 import dev.are.sdk.v1.HeartbeatBatch;
+import dev.are.sdk.v1.Payload;
 import dev.are.sdk.v1.TaskAck;
 import dev.are.sdk.v1.TaskAssignment;
 import dev.are.sdk.v1.TaskCancellation;
@@ -579,8 +580,18 @@ final class WorkerStream {
           acked.complete(ack);
         }
       } else if (ack.getSubject() == AckSubject.ACK_SUBJECT_HEARTBEAT) {
-        // Only refusals are acknowledged: the lease is gone.
-        lose(key, CancelReason.LEASE_LOST);
+        // Only refusals are acknowledged. One saying the lease is gone ends the attempt; any other
+        // (its details invalid) refused the heartbeat alone, and the lease holds: losing the
+        // attempt then reported nothing, and the task stayed RUNNING until a timeout.
+        String reason = ack.getReason().name().replaceFirst("^ERROR_REASON_", "");
+        if (Worker.LOST_REASONS.contains(reason)) {
+          lose(key, CancelReason.LEASE_LOST);
+        } else {
+          LOG.log(
+              System.Logger.Level.WARNING,
+              "worker " + worker.name() + ": the sidecar refused a heartbeat: " + ack.getReason() + " "
+                  + ack.getMessage());
+        }
       } else {
         LOG.log(
             System.Logger.Level.WARNING,
@@ -629,13 +640,9 @@ final class WorkerStream {
                   .setWorkflowId(h.key.workflowId())
                   .setTaskId(h.key.taskId())
                   .setAttempt(h.key.attempt());
-      Object details = h.task.takeHeartbeat();
+      Payload details = Worker.heartbeatDetails(h.task.takeHeartbeat());
       if (details != null) {
-        try {
-          beat.setDetails(Json.payload(details));
-        } catch (AreException ignored) {
-          // Details that cannot be written as JSON are not sent; the heartbeat still is.
-        }
+        beat.setDetails(details);
       }
       beats.put(h.key, beat.build());
       h.next = now + h.every;

@@ -170,6 +170,35 @@ class LeaksTest extends WithSidecar {
    * heartbeat loop pending. The stream transport never takes them, so each call used to add one
    * for good, until the semaphore's 2^31 permits overflowed and recordHeartbeat threw an Error.
    */
+  /**
+   * Heartbeat details over 1 MiB: the sidecar refuses such a heartbeat, and the stream worker took
+   * any refusal for a lost lease, dropping the attempt with nothing reported (the task stayed
+   * RUNNING until a timeout). The details are now dropped before they are sent, and only a refusal
+   * saying the lease is gone ends an attempt.
+   */
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void heartbeatDetailsOverTheirBoundDoNotLoseTheAttempt(WorkerOptions.Transport transport)
+      throws Exception {
+    Worker worker =
+        new Worker(client, "java-big-beat", fast(transport))
+            .handle(
+                "java-big-beat",
+                task -> {
+                  task.recordHeartbeat("x".repeat(1 << 20));
+                  Thread.sleep(500); // heartbeats go out meanwhile
+                  return "done";
+                })
+            .start();
+    try {
+      String result =
+          client.submit(fanOut("java-big-beat", "java-big-beat", 1)).result(WAIT, String.class);
+      assertEquals("done", result);
+    } finally {
+      stopWorker(worker);
+    }
+  }
+
   @ParameterizedTest
   @EnumSource(WorkerOptions.Transport.class)
   void heartbeatsRecordedLeaveAtMostOneWakeUp(WorkerOptions.Transport transport)
