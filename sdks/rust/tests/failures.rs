@@ -481,17 +481,13 @@ async fn a_wait_resumes_after_its_connection_breaks() {
     sleep(Duration::from_millis(500)).await;
     proxy.cut();
     sleep(Duration::from_millis(200)).await;
-    direct
-        .workflow(&handle.id)
-        .cancel("done waiting")
-        .await
-        .unwrap();
-    let workflow = timeout(WAIT, waiting)
-        .await
-        .expect("the wait ended")
-        .unwrap()
-        .expect("the wait resumed after its connection broke");
-    assert_eq!(workflow.state, pb::WorkflowState::Cancelled as i32);
+    assert_the_wait_sees_a_cancel(
+        &direct,
+        &handle,
+        waiting,
+        "the wait resumed after its connection broke",
+    )
+    .await;
 }
 
 /// A watch resumed while every subscriber of the sidecar's flight recorder
@@ -528,17 +524,8 @@ async fn a_wait_refused_for_want_of_subscribers_resumes_after_the_hint() {
     proxy.cut();
     sleep(Duration::from_millis(500)).await;
     drop(subscribers);
-    direct
-        .workflow(&handle.id)
-        .cancel("done waiting")
-        .await
-        .unwrap();
-    let workflow = timeout(WAIT, waiting)
-        .await
-        .expect("the wait ended")
-        .unwrap()
-        .expect("the wait resumed after the hint");
-    assert_eq!(workflow.state, pb::WorkflowState::Cancelled as i32);
+    assert_the_wait_sees_a_cancel(&direct, &handle, waiting, "the wait resumed after the hint")
+        .await;
 }
 
 /// Trace streams left unread (or read slowly) hold up no other call of the
@@ -814,4 +801,25 @@ async fn waiting_through_a_proxy(
         sleep(Duration::from_millis(20)).await;
     }
     (proxy, client, handle, waiting)
+}
+
+/// Cancels the workflow through `direct` and checks that the wait in flight,
+/// having resumed (`resumed` says after what), ends with it.
+async fn assert_the_wait_sees_a_cancel(
+    direct: &Client,
+    handle: &are_sdk::WorkflowHandle,
+    waiting: tokio::task::JoinHandle<are_sdk::Result<pb::Workflow>>,
+    resumed: &str,
+) {
+    direct
+        .workflow(&handle.id)
+        .cancel("done waiting")
+        .await
+        .unwrap();
+    let workflow = timeout(WAIT, waiting)
+        .await
+        .expect("the wait ended")
+        .unwrap()
+        .expect(resumed);
+    assert_eq!(workflow.state, pb::WorkflowState::Cancelled as i32);
 }

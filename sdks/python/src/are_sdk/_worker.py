@@ -1002,7 +1002,7 @@ class _Session:
         elif self.worker.is_async(handler):
             result = await handler(ctx)
         else:
-            result = await self.worker.in_thread(handler, ctx)
+            result = await self.worker._in_thread(handler, ctx)  # noqa: SLF001 - the session runs its handlers
             if inspect.isawaitable(result):
                 result = await result
         return await _by_reference(_output_completion(ctx, result), self.client)
@@ -1159,7 +1159,7 @@ class Worker:
         self._declared = set(capabilities)
         self._max_threads = max_threads or min(max_concurrency, 32)
         self._executor: ThreadPoolExecutor | None = None
-        self._threads: asyncio.Semaphore | None = None  # slots of the pool's threads (see in_thread)
+        self._threads: asyncio.Semaphore | None = None  # slots of the pool's threads (see _in_thread)
         self._stop: asyncio.Event | None = None
         self._shutdown_asked = False  # shutdown() was called (before run(), it ends that run at once)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1220,7 +1220,7 @@ class Worker:
             self._threads = asyncio.Semaphore(self._max_threads)
         return self._executor
 
-    async def in_thread(self, handler: Handler, ctx: TaskContext) -> Any:
+    async def _in_thread(self, handler: Handler, ctx: TaskContext) -> Any:
         """Runs a sync handler in the pool, never queueing there more than it has threads.
 
         A pool's queue keeps a work item, its task's context and input with
