@@ -41,6 +41,7 @@ from are_core.vector import (
     ChildSweep,
     VectorError,
     VectorIndex,
+    background_threads,
     child_exit_code,
     choose_expansion,
 )
@@ -3453,7 +3454,7 @@ class CacheEngine:
                         state, np.asarray(self._with_vectors(state, part), dtype=np.uint64)
                     )
                 if keys:
-                    add = functools.partial(state.index.add, keys, matrix, threads=_background_threads())
+                    add = functools.partial(state.index.add, keys, matrix, threads=background_threads())
                     await asyncio.to_thread(add)
                     state.index_changes += len(keys)
                     alive = set(self._with_vectors(state, keys))
@@ -3511,15 +3512,6 @@ def _index_remove(state: _State, keys: list[int]) -> None:
     for key in keys:
         if state.backlog_vectors.pop(key, None) is None:  # queued, never added: nothing to take out
             state.backlog_removed.append(key)
-
-
-def _background_threads() -> int:
-    """Native threads for background work: every core this process may use but one (the loop's)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
 
 
 def _fork_sweep(state: _State) -> ChildSweep | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ import numpy as np
 from are_core.embed import Embedder, LexicalEmbedder
 from are_core.storage import Batch, GroupCommitter, KeyedLocks, Storage, u64_key
 from are_core.trace import Event, EventDraft, EventSink
-from are_core.vector import VectorError, VectorIndex
+from are_core.vector import VectorError, VectorIndex, background_threads
 
 from ._blobs import BlobStore, workflow_referrer
 from ._errors import (
@@ -79,6 +80,8 @@ MAX_BUDGET_BYTES = 4 * 1024 * 1024
 DEFAULT_BUDGET_BYTES = 64 * 1024
 _SCAN_PAGE = 2000
 _INDEX_SLICE = 64
+_LOAD_ON_LOOP_BYTES = 1 << 20
+"""A saved index up to this size is restored on the loop (about a millisecond); a larger one in a thread."""
 
 MAX_LOADED_INDEXES = 256
 """Workflows whose memory index stays loaded at most (the least recently used goes first).
@@ -247,6 +250,8 @@ class MemoryStore:
         self._in_use: dict[str, int] = {}
         """Workflows whose index an add is using across awaits (not evicted meanwhile), and how many."""
         self._locks = KeyedLocks()
+        self._loading: set[str] = set()
+        """Workflows whose index is being restored or topped up (under their lock)."""
 
     def space(self, workflow_id: str) -> MemorySpace | None:
         """The workflow's memory settings, or None if it has no notes."""
@@ -300,7 +305,8 @@ class MemoryStore:
         vectors: np.ndarray[Any, np.dtype[np.float32]],
     ) -> tuple[list[int], list[Event]]:
         """Commits the notes, then indexes them (lock held, index in use); returns their ids and events."""
-        index = self._index(workflow_id, space)
+        index = await self._index(workflow_id, space, locked=True)
+        assert index is not None  # the lock is held: the memory cannot have been deleted meanwhile
         # From here to the submit there is no await: the blobs checked
         # are referenced in the same step (the blob store's rule).
         digests = self._note_blobs(notes)
@@ -455,7 +461,9 @@ class MemoryStore:
         query = await self._query_vector(workflow_id, space, text, vector)
         if not query.any():
             return [], 0, False
-        index = self._index(workflow_id, space)
+        index = await self._index(workflow_id, space, locked=False)
+        if index is None:  # deleted meanwhile
+            return [], 0, False
         return self._select(
             workflow_id,
             index,
@@ -612,25 +620,84 @@ class MemoryStore:
         # Ids may contain dots: append suffixes rather than replace one.
         return self._index_dir / f"{workflow_id}.usearch", self._index_dir / f"{workflow_id}.json"
 
-    def _index(self, workflow_id: str, space: MemorySpace) -> VectorIndex:
+    async def _index(self, workflow_id: str, space: MemorySpace, *, locked: bool) -> VectorIndex | None:
         """The workflow's index, covering every note of ``space``: loaded, or restored and topped up.
 
-        It becomes the most recently used; loading it may evict others.
+        A loaded index missing a few notes gets them at once. A load, or a
+        longer top-up (after a crash: up to ``save_every`` notes, seconds of
+        HNSW insertion), runs under the workflow's lock (``locked``: the
+        caller holds it already) with its file read and its insertions made
+        in a thread, so that the loop serves other calls meanwhile and
+        concurrent callers wait for one load. None: the workflow's memory was
+        deleted meanwhile (only when not ``locked``). The index becomes the
+        most recently used; loading it may evict others.
         """
-        loaded = self._indexes.get(workflow_id)
-        if loaded is not None and loaded.vector_index.dimension == space.dimension:
-            index = loaded.vector_index
-            if loaded.covered >= space.next_id:
-                self._indexes.move_to_end(workflow_id)
-                return index
-            self._top_up(workflow_id, index, loaded.covered)
-            self._keep(workflow_id, index, space.next_id)
+        index = self._ready(workflow_id, space)
+        if index is not None:
             return index
+        saved = self._saved_covered(workflow_id, space)
+        if workflow_id not in self._loading and self._quick_to_load(workflow_id, space, saved):
+            return self._load_now(workflow_id, space)
+        if locked:
+            return await self._load(workflow_id, space)
+        async with self._locks.hold(workflow_id):
+            current = self.space(workflow_id)  # only grown, if not deleted, while this waited
+            if current is None or current.dimension != space.dimension:
+                return None
+            return self._ready(workflow_id, current) or await self._load(workflow_id, current)
+
+    def _ready(self, workflow_id: str, space: MemorySpace) -> VectorIndex | None:
+        """The loaded index if it covers ``space`` or lacks a slice of notes at most (added); else None."""
+        loaded = self._indexes.get(workflow_id)
+        if loaded is None or loaded.vector_index.dimension != space.dimension or workflow_id in self._loading:
+            return None
+        index = loaded.vector_index
+        missing = space.next_id - loaded.covered
+        if missing <= 0:
+            self._indexes.move_to_end(workflow_id)
+            return index
+        if missing > _INDEX_SLICE:
+            return None
+        self._top_up_now(workflow_id, index, loaded.covered)
+        self._keep(workflow_id, index, space.next_id)
+        return index
+
+    def _quick_to_load(self, workflow_id: str, space: MemorySpace, saved: int) -> bool:
+        """Whether the workflow's index loads in about a millisecond: a small file, a slice to top up."""
+        if space.next_id - saved > _INDEX_SLICE:
+            return False
+        if saved <= 1:
+            return True
+        try:
+            return self._paths(workflow_id)[0].stat().st_size <= _LOAD_ON_LOOP_BYTES
+        except OSError:
+            return True  # no file: nothing to read
+
+    def _load_now(self, workflow_id: str, space: MemorySpace) -> VectorIndex:
+        """Restores the workflow's index and tops it up, on the loop (:meth:`_quick_to_load` said so)."""
         self._forget(workflow_id)
         index, covered, saved = self._restore(workflow_id, space)
         if covered < space.next_id:
-            self._top_up(workflow_id, index, covered)
+            self._top_up_now(workflow_id, index, covered)
         self._keep(workflow_id, index, space.next_id, saved=saved)
+        return index
+
+    async def _load(self, workflow_id: str, space: MemorySpace) -> VectorIndex:
+        """Restores (or tops up the loaded) index of the workflow to cover ``space``; its lock is held."""
+        self._loading.add(workflow_id)
+        try:
+            with self._using(workflow_id, keep=workflow_id):
+                loaded = self._indexes.get(workflow_id)
+                saved: int | None = None
+                if loaded is not None and loaded.vector_index.dimension == space.dimension:
+                    index, covered = loaded.vector_index, loaded.covered
+                else:
+                    self._forget(workflow_id)
+                    index, covered, saved = await asyncio.to_thread(self._restore, workflow_id, space)
+                await self._top_up(workflow_id, index, covered)
+                self._keep(workflow_id, index, space.next_id, saved=saved)
+        finally:
+            self._loading.discard(workflow_id)
         return index
 
     def _keep(self, workflow_id: str, index: VectorIndex, covered: int, *, saved: int | None = None) -> None:
@@ -660,8 +727,11 @@ class MemoryStore:
         return old
 
     @contextlib.contextmanager
-    def _using(self, workflow_id: str) -> Iterator[None]:
-        """Keeps the workflow's index from eviction for the block (an add, across its awaits)."""
+    def _using(self, workflow_id: str, *, keep: str | None = None) -> Iterator[None]:
+        """Keeps the workflow's index from eviction for the block (an add or a load, across its awaits).
+
+        Evicts over the bounds after it, never ``keep`` (a load keeps what it loaded).
+        """
         self._in_use[workflow_id] = self._in_use.get(workflow_id, 0) + 1
         try:
             yield
@@ -675,7 +745,7 @@ class MemoryStore:
                 if resized is not loaded:
                     self._indexes[workflow_id] = resized
                     self._loaded_bytes += resized.size_bytes - loaded.size_bytes
-            self._shrink(keep=None)
+            self._shrink(keep=keep)
 
     def _shrink(self, *, keep: str | None) -> None:
         """Evicts the least recently used indexes until within the bounds (never ``keep``, nor one in use)."""
@@ -704,27 +774,47 @@ class MemoryStore:
         except (OSError, RuntimeError, VectorError) as error:
             _log.warning(f"memory: could not save the index of {workflow_id!r} on eviction: {error}")
 
+    def _saved_covered(self, workflow_id: str, space: MemorySpace) -> int:
+        """The ids below which the workflow's saved index claims its notes, if it fits ``space``; else 1."""
+        try:
+            meta = json.loads(self._paths(workflow_id)[1].read_text())
+            covered = int(meta["covered"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1
+        return covered if meta.get("dimension") == space.dimension and covered <= space.next_id else 1
+
     def _restore(self, workflow_id: str, space: MemorySpace) -> tuple[VectorIndex, int, int]:
         """A saved index that fits, with the ids it covers (twice: held, saved), or a new empty one."""
-        index_path, meta_path = self._paths(workflow_id)
-        try:
-            meta = json.loads(meta_path.read_text())
-            covered = int(meta["covered"])
-            fits = meta.get("dimension") == space.dimension and covered <= space.next_id
-        except (OSError, ValueError, KeyError, TypeError):
-            fits, covered = False, 1
-        if fits:
-            restored = VectorIndex.restore(index_path, dimension=space.dimension, dtype="f32")
+        covered = self._saved_covered(workflow_id, space)
+        if covered > 1:
+            path = self._paths(workflow_id)[0]
+            restored = VectorIndex.restore(path, dimension=space.dimension, dtype="f32")
             if restored is not None:
                 return restored, covered, covered
         return VectorIndex(dimension=space.dimension), 1, 1
 
-    def _top_up(self, workflow_id: str, index: VectorIndex, from_id: int) -> None:
-        """Add to ``index`` every note with id >= ``from_id``, from LMDB."""
+    def _top_up_now(self, workflow_id: str, index: VectorIndex, from_id: int) -> None:
+        """Adds to ``index`` every note with id >= ``from_id``, from LMDB, on this thread (a few notes)."""
+        for keys, matrix in self._pages_from(workflow_id, index.dimension, from_id):
+            index.add(keys, matrix)
+
+    async def _top_up(self, workflow_id: str, index: VectorIndex, from_id: int) -> None:
+        """Adds to ``index`` every note with id >= ``from_id``, from LMDB, a page at a time in a thread.
+
+        Each page is read here (a few milliseconds) and inserted in a thread
+        with every core but one, while the loop serves. A cancelled caller
+        leaves the page under way to finish in its thread.
+        """
+        for keys, matrix in self._pages_from(workflow_id, index.dimension, from_id):
+            await asyncio.to_thread(functools.partial(index.add, keys, matrix, threads=background_threads()))
+
+    def _pages_from(
+        self, workflow_id: str, dimension: int, from_id: int
+    ) -> Iterator[tuple[np.ndarray[Any, np.dtype[np.uint64]], np.ndarray[Any, np.dtype[np.float32]]]]:
+        """The notes with id >= ``from_id``, as (ids, vectors) pages of at most :data:`_SCAN_PAGE`."""
         prefix = _wid(workflow_id)
         start = prefix + u64_key(from_id)
         end = prefix[:-1] + b"\x01"
-        dimension = index.dimension
         while True:
             rows = self._storage.scan(NOTES, start=start, end=end, limit=_SCAN_PAGE)
             if not rows:
@@ -735,12 +825,12 @@ class MemoryStore:
             matrix = np.empty((len(rows), dimension), dtype=np.float32)
             for row, (_, raw) in enumerate(rows):
                 matrix[row] = np.frombuffer(_note_dec.decode(raw).vector, dtype=np.float32)
-            index.add(keys, matrix)
+            yield keys, matrix
             if len(rows) < _SCAN_PAGE:
                 return
             start = rows[-1][0] + b"\x00"
 
-    def load_all(self) -> int:
+    async def load_all(self) -> int:
         """Load (restore or rebuild) the index of every workflow with notes; returns how many.
 
         The most recently loaded stay, within the bounds (``max_loaded``).
@@ -750,8 +840,7 @@ class MemoryStore:
         while True:
             rows = self._storage.scan(SPACES, start=start or None, limit=_SCAN_PAGE)
             for key, raw in rows:
-                self._index(key.decode(), _space_dec.decode(raw))
-                loaded += 1
+                loaded += await self._index(key.decode(), _space_dec.decode(raw), locked=False) is not None
             if len(rows) < _SCAN_PAGE:
                 return loaded
             start = rows[-1][0] + b"\x00"

@@ -31,6 +31,7 @@ from ._index import (
     ChildSweep,
     Sweep,
     VectorIndex,
+    background_threads,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "VectorError",
     "VectorIndex",
     "VectorShapeError",
+    "background_threads",
     "child_exit_code",
     "child_output",
     "choose_expansion",

@@ -32,6 +32,7 @@ __all__ = [
     "ChildSweep",
     "Sweep",
     "VectorIndex",
+    "background_threads",
 ]
 
 DTYPES: tuple[str, ...] = ("f32", "f16", "i8")
@@ -1177,6 +1178,15 @@ def _keys(keys: _Keys) -> np.ndarray[Any, np.dtype[np.uint64]]:
     if array.size and array.dtype.kind == "i" and int(array.min()) < 0:
         raise VectorError("keys must be non-negative")
     return np.ascontiguousarray(array.astype(np.uint64, copy=False).reshape(-1))
+
+
+def background_threads() -> int:
+    """Native threads for background work: every core this process may use but one (the loop's)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def _write(index: Index, path: Path) -> None:

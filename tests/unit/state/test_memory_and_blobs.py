@@ -50,13 +50,13 @@ async def test_saved_index_is_topped_up_and_a_broken_one_rebuilt(store: Store, t
     await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(20, 30)])
 
     restarted = MemoryStore(storage, committer, embedder=None, index_dir=folder)
-    assert restarted.load_all() == 1
+    assert await restarted.load_all() == 1
     hits, _, _ = await restarted.hydrate("wf", vector=_unit(25), top_k=1)
     assert [h.note.text for h in hits] == ["n25"]
 
     (folder / "wf.usearch").write_bytes(b"garbage")
     rebuilt = MemoryStore(storage, committer, embedder=None, index_dir=folder)
-    rebuilt.load_all()
+    await rebuilt.load_all()
     hits, _, _ = await rebuilt.hydrate("wf", vector=_unit(3), top_k=1)
     assert [h.note.text for h in hits] == ["n3"]
 
@@ -211,6 +211,6 @@ async def test_indexes_are_saved_as_they_grow(store: Store, tmp_path: Path) -> N
     assert saved == {"covered": 21, "dimension": 8}  # saved after notes 1-10 and 11-20
     # A crash now: a new store restores the file and tops up notes 21-25 only.
     restarted = MemoryStore(storage, committer, embedder=None, index_dir=tmp_path)
-    restarted.load_all()
+    await restarted.load_all()
     hits, _, _ = await restarted.hydrate("wf", vector=_unit(23), top_k=1)
     assert [h.note.text for h in hits] == ["n23"]

@@ -602,7 +602,7 @@ async def test_memory_hydration_matches_brute_force(tmp_path: Path, seed: int) -
                     memory.save_all()  # a clean stop; otherwise the saved index is stale ("crash")
                 storage.close()
                 storage, committer, memory = open_store()
-                memory.load_all()
+                await memory.load_all()
             elif roll < 0.48:
                 await memory.delete(wid)
                 model[wid] = {}
