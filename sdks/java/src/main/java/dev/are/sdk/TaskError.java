@@ -6,7 +6,9 @@ import java.time.Duration;
  * A handler's failure with what the retry policy needs: a type (matched against the policy's
  * {@code non_retryable_failure_types}), whether it may be retried at all, JSON details and a least
  * delay before a retry. Any other exception fails the attempt too, with its class's simple name as
- * the type.
+ * the type. The error's causes ({@link Throwable#getCause()}, up to 8) go with the failure as its
+ * nested causes, each with its message and type (a TaskError's own type, else its class's simple
+ * name).
  */
 public class TaskError extends RuntimeException {
   private static final long serialVersionUID = 1L;

@@ -20,11 +20,15 @@ import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.PrintWriter;
 import java.io.StringWriter;
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.HashMap;
+import java.util.IdentityHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeSet;
@@ -70,6 +74,11 @@ public final class Worker implements AutoCloseable {
   private static final int MAX_FAILURE_DETAILS = 1024 * 1024; // also a failure with its causes
   private static final int MAX_DETAILS_CONTENT_TYPE = 128; // characters (code points)
   private static final int MAX_FAILURE_CAUSES = 8;
+  // The sidecar keeps a message's first 32 KiB of UTF-8: a note of dropped causes goes within them.
+  private static final int MAX_MESSAGE_BYTES = 32 * 1024;
+  // Causes of a handler's error counted beyond the 8 kept, at most (a getCause() may make a new
+  // exception on each call: the walk must end even then).
+  private static final int MAX_COUNTED_CAUSES = 10_000;
   private static final long MAX_DURATION_SECONDS = 315_576_000_000L; // the largest Duration
   /** The most bytes of heartbeat details the sidecar takes (worker_service.proto). */
   static final int MAX_HEARTBEAT_DETAILS = 1024 * 1024;
@@ -639,7 +648,7 @@ public final class Worker implements AutoCloseable {
     if (task.cancelReason().orElse(null) == CancelReason.WORKER_STOPPED) {
       f.setKind(FailureKind.FAILURE_KIND_WORKER_LOST).setType("WorkerStopped");
     }
-    if (fail(task, f.build(), retryAfterOf(error), reportBy, reporter)) {
+    if (fail(task, withCauses(f.build(), error), retryAfterOf(error), reportBy, reporter)) {
       stats.failed.incrementAndGet();
     }
   }
@@ -693,6 +702,60 @@ public final class Worker implements AutoCloseable {
       // A TaskError subclass or its details that threw: the failure goes as it is so far.
     }
     return f;
+  }
+
+  /**
+   * {@code failure} (what a handler threw) with the error's causes ({@link Throwable#getCause()},
+   * outermost first) as its nested causes, fitted as {@link #fitFailure} does: at most 8 causes,
+   * the deepest kept one saying how many more there were (counted up to 10,000). A cause that was
+   * met before ends the chain (a cycle), and so does a {@code getCause()} that throws. Each cause
+   * has a message and a type as the failure has (a {@link TaskError}'s type, else its class's
+   * simple name); not a stack trace, since the failure's own shows its causes' frames. Never
+   * throws.
+   */
+  private static Failure withCauses(Failure failure, Throwable error) {
+    List<Failure> levels = new ArrayList<>();
+    levels.add(failure);
+    Set<Throwable> seen = Collections.newSetFromMap(new IdentityHashMap<>());
+    seen.add(error);
+    int tooDeep = 0;
+    for (Throwable c = causeOf(error); c != null && seen.add(c); c = causeOf(c)) {
+      if (levels.size() <= MAX_FAILURE_CAUSES) {
+        levels.add(causeFailure(c));
+      } else if (++tooDeep == MAX_COUNTED_CAUSES) {
+        break;
+      }
+    }
+    return fitChain(levels, tooDeep, tooDeep == MAX_COUNTED_CAUSES);
+  }
+
+  /** An error's cause, or null when it has none or {@code getCause()} throws. */
+  private static Throwable causeOf(Throwable error) {
+    try {
+      return error.getCause();
+    } catch (RuntimeException | Error e) {
+      return null;
+    }
+  }
+
+  /** One cause of a handler's error as a Failure: its message and type, never throwing. */
+  private static Failure causeFailure(Throwable cause) {
+    String type = cause.getClass().getSimpleName();
+    if (cause instanceof TaskError te) {
+      try {
+        String own = te.type();
+        if (own != null && !own.isEmpty()) {
+          type = own;
+        }
+      } catch (RuntimeException | Error e) {
+        // A TaskError subclass whose type() throws: named after its class.
+      }
+    }
+    return Failure.newBuilder()
+        .setKind(FailureKind.FAILURE_KIND_APPLICATION)
+        .setType(type)
+        .setMessage(truncate(textOf(cause)))
+        .build();
   }
 
   /**
@@ -889,30 +952,93 @@ public final class Worker implements AutoCloseable {
 
   /**
    * A Failure fitted to the sidecar's bounds (see {@link #fitOne}), with at most 8 causes, dropped
-   * from the deepest while the whole is over 1 MiB.
+   * from the deepest while the whole is over 1 MiB; the deepest cause kept says how many were
+   * dropped and why, as the sidecar would.
    */
   static Failure fitFailure(Failure failure) {
-    List<Failure> chain = new ArrayList<>();
-    for (Failure f = failure; ; f = f.getCause()) {
-      chain.add(f);
-      if (!f.hasCause() || chain.size() > MAX_FAILURE_CAUSES) {
+    List<Failure> levels = new ArrayList<>();
+    int tooDeep = 0;
+    for (Failure f = failure; f != null; f = f.hasCause() ? f.getCause() : null) {
+      if (levels.size() <= MAX_FAILURE_CAUSES) {
+        levels.add(f);
+      } else {
+        tooDeep++;
+      }
+    }
+    return fitChain(levels, tooDeep, false);
+  }
+
+  /**
+   * The levels of a failure (outermost first, their own causes ignored) linked into one, each
+   * fitted (see {@link #fitOne}), its deepest causes dropped while the whole is over 1 MiB. When
+   * causes were dropped ({@code tooDeep} of them below the levels given, more if {@code atLeast},
+   * and any dropped here for size), the deepest level kept says so at the end of its message.
+   */
+  private static Failure fitChain(List<Failure> levels, int tooDeep, boolean atLeast) {
+    List<Failure> fitted = new ArrayList<>();
+    for (Failure one : levels) {
+      fitted.add(fitOne(one).clearCause().build());
+    }
+    int tooBig = 0;
+    while (true) {
+      Failure whole = null;
+      for (int i = fitted.size() - 1; i >= 0; i--) {
+        Failure.Builder one = fitted.get(i).toBuilder();
+        if (whole != null) {
+          one.setCause(whole);
+        } else if (tooDeep + tooBig > 0) {
+          one.setMessage(noted(one.getMessage(), causesNote(tooDeep, tooBig, atLeast)));
+        }
+        whole = one.build();
+      }
+      if (fitted.size() == 1 || whole.getSerializedSize() <= MAX_FAILURE_DETAILS) {
+        return whole;
+      }
+      fitted.remove(fitted.size() - 1);
+      tooBig++;
+    }
+  }
+
+  /** How many causes below the deepest kept one were dropped, and why, as the sidecar says it. */
+  private static String causesNote(int tooDeep, int tooBig, boolean atLeast) {
+    List<String> why = new ArrayList<>();
+    if (tooDeep > 0) {
+      why.add("causes nest at most " + MAX_FAILURE_CAUSES + " deep");
+    }
+    if (tooBig > 0) {
+      why.add("a failure with its causes is at most 1 MiB");
+    }
+    int count = tooDeep + tooBig;
+    return String.format(
+        Locale.ROOT,
+        "[%d%s deeper cause%s dropped: %s]",
+        count,
+        atLeast ? " or more" : "",
+        count > 1 || atLeast ? "s" : "",
+        String.join("; ", why));
+  }
+
+  /**
+   * {@code message} with {@code note} appended, the message cut (whole characters) so that both
+   * fit in the 32 KiB of UTF-8 the sidecar keeps: the note is never the part cut off.
+   */
+  private static String noted(String message, String note) {
+    if (message.isEmpty()) {
+      return note;
+    }
+    int room = MAX_MESSAGE_BYTES - note.getBytes(StandardCharsets.UTF_8).length - 1;
+    int bytes = 0;
+    int end = 0;
+    while (end < message.length()) {
+      int cp = message.codePointAt(end);
+      int size = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+      if (bytes + size > room) {
         break;
       }
+      bytes += size;
+      end += Character.charCount(cp);
     }
-    while (true) {
-      Failure fitted = null;
-      for (int i = chain.size() - 1; i >= 0; i--) {
-        Failure.Builder one = fitOne(chain.get(i)).clearCause();
-        if (fitted != null) {
-          one.setCause(fitted);
-        }
-        fitted = one.build();
-      }
-      if (chain.size() == 1 || fitted.getSerializedSize() <= MAX_FAILURE_DETAILS) {
-        return fitted;
-      }
-      chain.remove(chain.size() - 1);
-    }
+    return message.substring(0, end) + " " + note;
   }
 
   /**
