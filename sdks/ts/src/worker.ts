@@ -44,7 +44,14 @@
  * `ctx.signal` aborts, with a {@link TaskCancelledError} as its reason, when
  * the sidecar says the attempt is over (workflow cancelled or closed, lease
  * lost), when the attempt's deadline passes, or when the worker stops and the
- * grace period has run out.
+ * grace period has run out. The attempt is reported (or dropped) at once, but
+ * its slot is given back only when the handler returns, as in the Go and Java
+ * SDKs: a handler that ignores its signal keeps its slot, so the process never
+ * runs more than `maxConcurrency` handlers at once. The unary transport polls
+ * for fewer tasks meanwhile; on the stream, which has no way to say so, an
+ * attempt the sidecar assigns meanwhile waits (heartbeated, its deadline
+ * running) for a slot, and is dropped if cancelled before one is free. A
+ * handler still running a second after its attempt ended is warned about.
  *
  * @module
  */
@@ -100,6 +107,11 @@ const FIRST_RECONNECT_DELAY_MS = 50;
  * twenty times a second (the Python SDK's rule).
  */
 const STABLE_SESSION_MS = 10_000;
+/**
+ * How long a handler may run on after its attempt ended before it is warned about, and how long a
+ * stopping worker waits for such handlers before returning without them (Go's handBackWait).
+ */
+const RUN_ON_WAIT_MS = 1_000;
 const FATAL_CODES = new Set<number>([Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.UNIMPLEMENTED]);
 
 /** Throw from a handler to fail the attempt with a chosen type, details and retry hint. */
@@ -188,7 +200,10 @@ export interface WorkerOptions {
   handlers?: Record<string, Handler>;
   /** Capabilities to declare besides those with handlers. */
   capabilities?: string[];
-  /** The most tasks run at once (1 to 10,000); default 8. */
+  /**
+   * The most handlers run at once (1 to 10,000); default 8. A handler counts until it returns,
+   * even after its attempt ended (see the module documentation).
+   */
   maxConcurrency?: number;
   /** Who this process is, for humans; default `host:pid N`. */
   identity?: string;
@@ -232,7 +247,11 @@ export interface WorkerOptions {
    * at once.
    */
   heartbeatIntervalMs?: number;
-  /** How long running tasks get to finish on stop(); default 10 s. */
+  /**
+   * How long running tasks get to finish on stop(); default 10 s. Those still running are then
+   * aborted and handed back, and handlers that ignore their signal get one more second to return
+   * before run() resolves without them (they keep their slots until they return).
+   */
   shutdownGraceMs?: number;
   /**
    * The longest wait between two reconnections of the stream transport (full jitter from 50 ms);
@@ -464,7 +483,12 @@ class Attempt implements StreamAttempt {
   lost = false;
   /** The stream holding the attempt; undefined on the unary transport. */
   session: StreamSession | undefined;
+  /** The worker is done with the attempt: its result reported, or the attempt dropped. */
   done: Promise<void> = Promise.resolve();
+  /** The handler has returned (or was never called); it may be long after `done`. */
+  returned: Promise<void> = Promise.resolve();
+  /** The attempt took one of the worker's slots (given back once `done` and `returned`). */
+  holdsSlot = false;
   /** Sends one heartbeat now (set by the worker). */
   beat: () => Promise<void> = () => Promise.resolve();
   /**
@@ -833,6 +857,15 @@ export class Worker {
   private readonly reconnectMaxDelayMs: number;
   private readonly logger: { warn: (message: string) => void };
   private readonly active = new Map<string, Attempt>();
+  /**
+   * Slots taken: attempts whose handler runs, or whose result is being reported. A slot is given
+   * back once both are over; it outlives the run() that took it when its handler ignores its signal.
+   */
+  private slotsTaken = 0;
+  /** Attempts waiting for a slot (stream transport), first come first served. */
+  private readonly slotWaiters: (() => void)[] = [];
+  /** Attempts whose handler has not returned yet, their attempt over or not. */
+  private readonly handling = new Set<Attempt>();
   private running = false;
   private stopping = false;
   /** stop() was called; while not running, it makes the next run() return at once. */
@@ -890,7 +923,10 @@ export class Worker {
     return this.currentWorkerId;
   }
 
-  /** How many attempts are running now. */
+  /**
+   * How many attempts the worker holds now: running, waiting for a slot or being reported.
+   * Handlers running on after their attempt ended are not among them, but keep their slots.
+   */
   get inFlight(): number {
     return this.active.size;
   }
@@ -936,6 +972,7 @@ export class Worker {
       signal?.removeEventListener("abort", onAbort);
     }
     await this.drain(Math.max(0, this.graceDeadline - Date.now()));
+    await this.awaitHandlers();
     this.running = false;
     this.stopAsked = false;
     resolveStopped();
@@ -949,9 +986,11 @@ export class Worker {
    * and what it brings runs like the rest. Running tasks get `graceMs`
    * (default `shutdownGraceMs`, counted from this call) to finish and
    * report; the rest are aborted (`ctx.signal`, kind WORKER_STOPPED) and
-   * failed as retryable, so the sidecar retries them at once. Resolves when
-   * run() has returned. Idempotent. Called while the worker is not running,
-   * it is not lost: the next run() returns at once.
+   * failed as retryable, so the sidecar retries them at once. Handlers that
+   * ignore their signal get one second more to return, then run() resolves
+   * without them, with a warning; they keep their slots until they return.
+   * Resolves when run() has returned. Idempotent. Called while the worker is
+   * not running, it is not lost: the next run() returns at once.
    */
   stop(options: { graceMs?: number } = {}): Promise<void> {
     this.stopAsked = true;
@@ -975,7 +1014,8 @@ export class Worker {
     let delay = 50;
     const stopSignal = this.stopController.signal;
     while (!this.stopping) {
-      const free = this.maxConcurrency - this.active.size;
+      // Slots held by handlers running on after their attempt ended count: the poll asks for fewer.
+      const free = this.maxConcurrency - this.slotsTaken - this.slotWaiters.length;
       if (free <= 0) {
         await new Promise<void>((resolve) => {
           this.wakeSlot = resolve;
@@ -1105,8 +1145,9 @@ export class Worker {
     attempt.beat = () => this.sendHeartbeat(attempt, 10_000);
     const key = attemptKey(assignment);
     this.active.set(key, attempt);
-    session?.hold(attempt);
-    attempt.done = this.execute(attempt)
+    session?.hold(attempt); // heartbeated from now on, while it waits for a slot too
+    const slot = this.takeSlot(attempt);
+    attempt.done = this.execute(attempt, slot)
       .catch((error: unknown) => this.logger.warn(`worker ${this.name}: ${attempt.label}: ${messageOf(error)}`))
       .finally(() => {
         attempt.close();
@@ -1114,6 +1155,84 @@ export class Worker {
         if (this.active.get(key) === attempt) this.active.delete(key);
         this.wake();
       });
+    void attempt.done.then(() => this.settle(attempt));
+  }
+
+  /**
+   * Resolves once `attempt` holds a slot: at once when one is free, else when one is given back
+   * (first come, first served). Rejects with its signal's reason when the attempt ends first.
+   */
+  private takeSlot(attempt: Attempt): Promise<void> {
+    const signal = attempt.controller.signal;
+    if (signal.aborted) return Promise.reject(signal.reason);
+    if (this.slotsTaken < this.maxConcurrency && this.slotWaiters.length === 0) {
+      this.slotsTaken += 1;
+      attempt.holdsSlot = true;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const take = (): void => {
+        signal.removeEventListener("abort", onAbort);
+        attempt.holdsSlot = true;
+        resolve();
+      };
+      const onAbort = (): void => {
+        const at = this.slotWaiters.indexOf(take);
+        if (at >= 0) this.slotWaiters.splice(at, 1);
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.slotWaiters.push(take);
+    });
+  }
+
+  /** Gives a slot back: to the attempt that has waited longest, else to the pool (waking the poll loop). */
+  private giveSlot(): void {
+    const take = this.slotWaiters.shift();
+    if (take !== undefined) {
+      take();
+      return;
+    }
+    this.slotsTaken -= 1;
+    this.wake();
+  }
+
+  /**
+   * Once the worker is done with an attempt, gives its slot back when its handler has returned: a
+   * handler that ignores its signal keeps it. One still running a moment later is warned about.
+   */
+  private async settle(attempt: Attempt): Promise<void> {
+    if (this.handling.has(attempt)) {
+      const timer = setTimeout(() => {
+        this.logger.warn(
+          `worker ${this.name}: the handler of ${attempt.label} is still running ${RUN_ON_WAIT_MS} ms after the attempt ended ` +
+            `(${attempt.cancelKind ?? "reported"}): it ignores ctx.signal, and keeps its slot until it returns`,
+        );
+      }, RUN_ON_WAIT_MS);
+      timer.unref();
+      await attempt.returned;
+      clearTimeout(timer);
+    }
+    if (attempt.holdsSlot) this.giveSlot();
+  }
+
+  /**
+   * Gives the handlers still running once the worker has stopped (their attempts are over: they
+   * ignore their signal) a moment to return, then warns of those that did not; run() returns
+   * without them, as the Go SDK's does. They keep their slots until they return.
+   */
+  private async awaitHandlers(): Promise<void> {
+    if (this.handling.size === 0) return;
+    const returned = Promise.all([...this.handling].map((attempt) => attempt.returned));
+    const timer = new AbortController();
+    await Promise.race([returned, sleep(RUN_ON_WAIT_MS, timer.signal).catch(() => undefined)]);
+    timer.abort();
+    if (this.handling.size > 0) {
+      this.logger.warn(
+        `worker ${this.name}: ${this.handling.size} handler(s) still running after the worker stopped: ` +
+          "they ignore ctx.signal, and what they return is not reported",
+      );
+    }
   }
 
   private async drain(graceMs: number): Promise<void> {
@@ -1128,7 +1247,7 @@ export class Worker {
     await all;
   }
 
-  private async execute(attempt: Attempt): Promise<void> {
+  private async execute(attempt: Attempt, slot: Promise<void>): Promise<void> {
     const { assignment } = attempt;
     const beats = this.heartbeatLoop(attempt);
     let deadlineTimer: NodeJS.Timeout | undefined;
@@ -1139,11 +1258,17 @@ export class Worker {
     }
     let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
     try {
+      await slot; // rejects when the attempt ends first: its handler is never called
       const ctx = new TaskContext(attempt, await this.inlineBlobs(assignment, attempt.controller.signal));
       const handler = this.handlers.get(assignment.capability);
       const run = handler
         ? Promise.resolve().then(() => handler(ctx))
         : Promise.reject(new NonRetryableError(`worker ${this.name} has no handler for ${JSON.stringify(assignment.capability)}`));
+      this.handling.add(attempt);
+      attempt.returned = run.then(
+        () => void this.handling.delete(attempt),
+        () => void this.handling.delete(attempt),
+      );
       outcome = { ok: true, value: await raceAbort(run, attempt.controller.signal) };
     } catch (error) {
       outcome = { ok: false, error };
