@@ -50,6 +50,37 @@ pub struct CacheHit {
     pub usage: Option<pb::Usage>,
 }
 
+/// What [`Cache::get_or_call`] returns: the value, the hit when the cache
+/// answered, and when the call answered instead, whether its answer was
+/// stored (or why not). A store that fails does not fail `get_or_call`:
+/// the answer paid for is returned all the same, and `stored` says it is
+/// not cached (the other SDKs log that failure as a warning).
+#[derive(Debug)]
+pub struct CachedResult {
+    /// The cached response on a hit, else the call's answer.
+    pub value: serde_json::Value,
+    /// The entry that answered; `None` when the call was made.
+    pub hit: Option<CacheHit>,
+    /// `None` on a hit; when the call was made, `Ok` with the id of the
+    /// entry its answer was stored as, or `Err` with why it was not: the
+    /// store's error (over the namespace's bounds, refused metadata, the
+    /// sidecar busy or gone), or, when the lookup failed because the cache
+    /// was down (no store is tried then), the lookup's.
+    pub stored: Option<Result<String>>,
+}
+
+impl CachedResult {
+    /// Whether the cache answered (and the call was not made).
+    pub fn from_cache(&self) -> bool {
+        self.hit.is_some()
+    }
+
+    /// Why the call's answer is not cached, if it was made and not stored.
+    pub fn store_error(&self) -> Option<&Error> {
+        self.stored.as_ref().and_then(|s| s.as_ref().err())
+    }
+}
+
 /// The error of [`Cache::get_or_call`]: the call's own, or the cache's
 /// (a lookup refused for what it asked, not an outage).
 #[derive(Debug)]
@@ -175,34 +206,47 @@ impl Cache {
     }
 
     /// Returns the cached response for `prompt`, or calls `call` on a miss and
-    /// stores what it returns (with its usage). Returns the value and the hit
-    /// (`None` when `call` ran). A failed call stores nothing.
+    /// stores what it returns (with its usage). Returns the value with the
+    /// hit (`None` when `call` ran) and, when `call` ran, the stored entry's
+    /// id or why its answer was not stored ([`CachedResult::stored`]). A
+    /// failed call stores nothing.
     ///
     /// A cache outage does not stop the call it stands in front of: when the
     /// lookup fails because the cache is down or busy (UNAVAILABLE,
     /// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED), `call` is made and
-    /// its answer returned, not stored. And the answer paid for is returned
-    /// even when storing it fails (over the namespace's bounds, the sidecar
-    /// busy or gone): it is then not cached. Other lookup errors (an unknown
-    /// namespace, a bad vector) are returned as [`GetOrCallError::Cache`],
-    /// without a call.
+    /// its answer returned, not stored (`stored` holds the lookup's error).
+    /// And the answer paid for is returned even when storing it fails (over
+    /// the namespace's bounds, the sidecar busy or gone): it is then not
+    /// cached, and `stored` holds the store's error. Other lookup errors (an
+    /// unknown namespace, a bad vector) are returned as
+    /// [`GetOrCallError::Cache`], without a call.
     pub async fn get_or_call<F, Fut, E>(
         &self,
         namespace: &str,
         prompt: &str,
         options: &CacheOptions,
         call: F,
-    ) -> std::result::Result<(serde_json::Value, Option<CacheHit>), GetOrCallError<E>>
+    ) -> std::result::Result<CachedResult, GetOrCallError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<(serde_json::Value, Option<pb::Usage>), E>>,
     {
         match self.lookup(namespace, prompt, options).await {
-            Ok(Some(hit)) => return Ok((hit.value.clone(), Some(hit))),
+            Ok(Some(hit)) => {
+                return Ok(CachedResult {
+                    value: hit.value.clone(),
+                    hit: Some(hit),
+                    stored: None,
+                })
+            }
             Ok(None) => {}
             Err(e) if cache_down(&e) => {
                 let (value, _) = call().await.map_err(GetOrCallError::Call)?;
-                return Ok((value, None));
+                return Ok(CachedResult {
+                    value,
+                    hit: None,
+                    stored: Some(Err(e)),
+                });
             }
             Err(e) => return Err(GetOrCallError::Cache(e)),
         }
@@ -211,9 +255,14 @@ impl Cache {
         if usage.is_some() {
             options.usage = usage;
         }
-        // Not cached is the worst a failed store does.
-        let _ = self.store(namespace, prompt, &value, &options).await;
-        Ok((value, None))
+        // Not cached is the worst a failed store does: the caller learns of
+        // it from `stored`, and has the answer all the same.
+        let stored = self.store(namespace, prompt, &value, &options).await;
+        Ok(CachedResult {
+            value,
+            hit: None,
+            stored: Some(stored),
+        })
     }
 }
 

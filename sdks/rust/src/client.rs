@@ -60,7 +60,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Bound of each unary call of the facade (default 30 s).
     pub call_timeout: Duration,
-    /// Largest message sent or received (default 64 MiB).
+    /// Largest message sent or received (default 64 MiB, the sidecar's);
+    /// a worker's stream keeps its batches of results and heartbeats under
+    /// it (at most 16 MiB each).
     pub max_message_bytes: usize,
     /// Keepalive: while a call is open (a worker's stream, a wait) and the
     /// connection is quiet, the client sends an HTTP/2 ping every interval
@@ -172,6 +174,9 @@ pub struct Client {
     /// The scheduler on the connection for waits (see above).
     watches: SchedulerServiceClient<Transport>,
     pub(crate) call_timeout: Duration,
+    /// [`Options::max_message_bytes`]: a worker's stream cuts its batches
+    /// below it.
+    pub(crate) max_message_bytes: usize,
 }
 
 /// A channel to `target` (`host:port` or `unix:PATH`); `lazy` connects at the
@@ -277,6 +282,7 @@ impl Client {
             raw,
             watches: stub!(SchedulerServiceClient, watches, n),
             call_timeout: options.call_timeout,
+            max_message_bytes: n,
         })
     }
 

@@ -34,7 +34,7 @@ mod trace;
 mod worker;
 mod workflow;
 
-pub use cache::{Cache, CacheHit, CacheOptions, GetOrCallError};
+pub use cache::{Cache, CacheHit, CacheOptions, CachedResult, GetOrCallError};
 pub use client::{
     Auth, Client, Options, Raw, Transport, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,

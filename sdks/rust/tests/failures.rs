@@ -5,6 +5,7 @@
 //! a test counts reconnections or measures a delay, it checks a bound the SDK
 //! guarantees (a least delay, a most rate), with a wide margin.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -602,16 +603,19 @@ async fn get_or_call_makes_the_call_when_the_cache_is_down() {
     tokio::task::spawn_blocking(move || drop(sidecar))
         .await
         .unwrap();
-    let (value, hit) = cache
+    let got = cache
         .get_or_call("rust-down", "6 x 7?", &options, call)
         .await
         .expect("the call answers while the cache is down");
-    assert_eq!((value, hit.is_none()), (json!(42), true));
+    assert_eq!((got.value, got.hit.is_none()), (json!(42), true));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Not stored, and the lookup's error says why.
+    let e = got.stored.expect("the call was made").unwrap_err();
+    assert_eq!(e.code, Code::Unavailable, "{e}");
 }
 
 /// An answer paid for is returned even when it cannot be stored (here the
-/// sidecar goes away while the call runs).
+/// sidecar goes away while the call runs), with the store's error.
 #[tokio::test]
 async fn get_or_call_returns_the_answer_when_the_store_fails() {
     let (sidecar, client) = start().await;
@@ -624,7 +628,7 @@ async fn get_or_call_returns_the_answer_when_the_store_fails() {
         })
         .await
         .unwrap();
-    let (value, hit) = cache
+    let got = cache
         .get_or_call(ns, "6 x 7?", &CacheOptions::default(), move || async move {
             tokio::task::spawn_blocking(move || drop(sidecar))
                 .await
@@ -633,7 +637,53 @@ async fn get_or_call_returns_the_answer_when_the_store_fails() {
         })
         .await
         .expect("the answer is returned although it was not stored");
-    assert_eq!((value, hit.is_none()), (json!(42), true));
+    assert_eq!((&got.value, got.hit.is_none()), (&json!(42), true));
+    let e = got.store_error().expect("the store's failure is reported");
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+}
+
+/// A store the sidecar refuses (here for a metadata key outside the id
+/// alphabet, which the lookup does not send) was dropped without a word: the
+/// caller could not tell the answer was never cached. The answer is returned
+/// with the sidecar's refusal, naming the field; the next call is a miss.
+#[tokio::test]
+async fn get_or_call_reports_a_refused_store() {
+    let (_sidecar, client) = start().await;
+    let cache = client.cache();
+    let ns = "rust-store-refused";
+    cache
+        .put_namespace(pb::CacheNamespace {
+            name: ns.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let options = CacheOptions {
+        metadata: HashMap::from([("not a key".to_string(), "v".to_string())]),
+        ..Default::default()
+    };
+    let calls = AtomicUsize::new(0);
+    let call = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Infallible>((json!(42), None))
+    };
+    for i in 1..=2 {
+        let got = cache
+            .get_or_call(ns, "6 x 7?", &options, call)
+            .await
+            .expect("the answer is returned although it was not stored");
+        assert_eq!((&got.value, got.from_cache()), (&json!(42), false));
+        let e = got
+            .store_error()
+            .unwrap_or_else(|| panic!("call #{i}: the refusal is reported: {:?}", got.stored));
+        assert_eq!(
+            (e.code, e.reason.as_str()),
+            (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            "{e}"
+        );
+        assert!(e.field(r#"metadata["not a key"]"#).is_some(), "{e:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), i, "nothing was cached");
+    }
 }
 
 /// A worker refused because the sidecar serves as many workers as it can

@@ -425,8 +425,9 @@ async fn cache_exact_tier_and_get_or_call() {
     );
 
     let calls = AtomicUsize::new(0);
+    let mut entry = None;
     for i in 0..3 {
-        let (value, hit) = cache
+        let got = cache
             .get_or_call(ns, "the answer to everything", &none, || async {
                 calls.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, std::io::Error>((
@@ -440,8 +441,13 @@ async fn cache_exact_tier_and_get_or_call() {
             })
             .await
             .unwrap();
-        assert_eq!(value, json!("42"));
-        assert_eq!(hit.is_none(), i == 0, "call #{i}");
+        assert_eq!(got.value, json!("42"));
+        assert_eq!(got.from_cache(), i > 0, "call #{i}");
+        match (i, got.hit, got.stored) {
+            (0, None, Some(Ok(id))) => entry = Some(id),
+            (_, Some(hit), None) => assert_eq!(Some(&hit.entry_id), entry.as_ref()),
+            (_, hit, stored) => panic!("call #{i}: hit {hit:?}, stored {stored:?}"),
+        }
     }
     assert_eq!(calls.load(Ordering::Relaxed), 1);
     let failed = cache
@@ -664,6 +670,65 @@ async fn several_tasks_over_one_stream() {
     assert!(
         most.load(Ordering::SeqCst) <= 4,
         "more handlers than the concurrency"
+    );
+}
+
+/// Results that pile up while the stream writes go out in the next write,
+/// up to 1,000 a message: 20 outputs of nearly 4 MiB (each within the inline
+/// bound) finishing at once made one message of 80 MiB, over the 64 MiB that
+/// the client and the sidecar accept. The stream broke, and every attempt in
+/// it was lost (here, with one attempt each, the workflow failed). A message
+/// is now also cut by its size. The handlers return together (a barrier), on
+/// one thread, so all 20 completions are queued before the writer runs.
+#[tokio::test]
+async fn many_large_completions_at_once_stay_under_the_message_bound() {
+    const TASKS: usize = 20;
+    let (_sidecar, client) = start().await;
+    // A JSON string of MAX_INLINE_BYTES - 62 bytes: inline, not a blob.
+    let big = Arc::new("x".repeat(are_sdk::MAX_INLINE_BYTES - 64));
+    let together = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let out = big.clone();
+    let options = WorkerOptions {
+        concurrency: TASKS,
+        ..fast(WorkerTransport::Stream)
+    };
+    let worker = Worker::new(&client, "rust-bulky", options).handle("rust-bulky", move |_task| {
+        let (out, together) = (out.clone(), together.clone());
+        async move {
+            timeout(WAIT, together.wait())
+                .await
+                .map_err(|_| TaskError::new("Stuck", "not every handler started"))?;
+            Ok(json!(*out))
+        }
+    });
+    let (running, stats) = Running::spawn(worker);
+    let mut spec = WorkflowBuilder::new("rust-bulky");
+    for i in 0..TASKS {
+        spec = spec.task(
+            TaskBuilder::new(&format!("t-{i}"), "rust-bulky")
+                .max_attempts(1, Duration::from_millis(10)),
+        );
+    }
+    let handle = client.submit(spec).await.unwrap();
+    let workflow = handle.wait(WAIT).await.unwrap();
+    let task = handle.task("t-7").await.unwrap();
+    assert_eq!(
+        workflow.state,
+        pb::WorkflowState::Completed as i32,
+        "the workflow ended {:?}; a task's failure: {:?}",
+        pb::WorkflowState::try_from(workflow.state),
+        task.failure.map(|f| f.message)
+    );
+    let Some(pb::payload::Content::Data(data)) = task.output.and_then(|p| p.content) else {
+        panic!("the output is not inline");
+    };
+    assert_eq!(data.len(), big.len() + 2);
+    running.stop().await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), TASKS as i64);
+    assert_eq!(
+        stats.connects.load(Ordering::Relaxed),
+        1,
+        "the stream broke"
     );
 }
 

@@ -7,7 +7,8 @@
 //! cancellations, drain notices) and owns the running attempts; one writer
 //! task sends what is pending (heartbeats, completions, failures, a drain, a
 //! ping) in batches, everything that piled up while the previous write was in
-//! flight going in the next; one beat task queues the heartbeats that are due.
+//! flight going in the next, cut by count and by size (see [`batches`]); one
+//! beat task queues the heartbeats that are due.
 //! Outgoing messages wait in a bounded channel; pending items are bounded by
 //! the attempts held, which the sidecar bounds by the registered concurrency.
 
@@ -37,6 +38,19 @@ use crate::router::AgentCard;
 const SDK: &str = concat!("are-sdk-rust/", env!("CARGO_PKG_VERSION"));
 /// The most items of one kind in one message.
 const MAX_BATCH: usize = 1000;
+/// The most bytes of items in one message. The sidecar accepts messages of
+/// up to 64 MiB (common.proto), and one item can be 4 MiB (an inline output)
+/// or 1 MiB (a failure's details, a heartbeat's): cut by count alone, twenty
+/// large completions queued together made one message over the bound (the
+/// client's too, `Options::max_message_bytes`), which ended the stream and
+/// lost every attempt in it. 16 MiB is a quarter of the bound, as the
+/// sidecar's own assignment batches (worker_service.proto), and still holds
+/// three of the largest items; a client whose `max_message_bytes` is lower
+/// cuts below that (see [`batch_bytes`]).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// What a message holds beside its items: the batch's tag and length in the
+/// `ConnectRequest` (6 bytes at most), with room to spare.
+const ENVELOPE_BYTES: usize = 1024;
 /// The heartbeat interval when the sidecar gives none.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a draining worker waits for the sidecar to end the stream after
@@ -57,6 +71,41 @@ type Key = (String, String, i32);
 
 fn key_of(workflow_id: &str, task_id: &str, attempt: i32) -> Key {
     (workflow_id.to_string(), task_id.to_string(), attempt)
+}
+
+/// The byte budget of a batch's items for a client whose messages are
+/// bounded by `max_message_bytes`.
+fn batch_bytes(max_message_bytes: usize) -> usize {
+    MAX_BATCH_BYTES.min(max_message_bytes.saturating_sub(ENVELOPE_BYTES))
+}
+
+/// Cuts `items` into the batches of consecutive messages, in order: each of
+/// at most [`MAX_BATCH`] items and `budget` bytes of them encoded, a batch
+/// being cut when the next item would take it over. An item over the budget
+/// by itself goes alone: each is fitted to the sidecar's bounds when it is
+/// made (an output over 4 MiB goes as a blob, a failure is cut to 1 MiB of
+/// details, heartbeat details over 1 MiB are left out), so it still fits a
+/// message.
+fn batches<T: prost::Message>(items: Vec<T>, budget: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        // As an element of the batch's repeated field 1: a one-byte tag,
+        // the length, the message.
+        let len = item.encoded_len();
+        let size = 1 + prost::length_delimiter_len(len) + len;
+        if !batch.is_empty() && (batch.len() == MAX_BATCH || bytes + size > budget) {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(item);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
 }
 
 fn duration(d: Option<&prost_types::Duration>) -> Duration {
@@ -91,6 +140,8 @@ struct Pending {
 /// One registered stream.
 struct Session {
     interval: Duration,
+    /// The byte budget of a batch's items ([`batch_bytes`]).
+    batch_bytes: usize,
     pending: Mutex<Pending>,
     /// Wakes the writer.
     wake: Notify,
@@ -174,20 +225,14 @@ impl Session {
             let mut msgs = Vec::new();
             // Heartbeats first: they concern attempts whose results may
             // follow, and are refused once a result is recorded.
-            for c in beats.chunks(MAX_BATCH) {
-                msgs.push(Out::Heartbeat(pb::HeartbeatBatch {
-                    heartbeats: c.to_vec(),
-                }));
+            for heartbeats in batches(beats, self.batch_bytes) {
+                msgs.push(Out::Heartbeat(pb::HeartbeatBatch { heartbeats }));
             }
-            for c in completions.chunks(MAX_BATCH) {
-                msgs.push(Out::Complete(pb::CompletionBatch {
-                    completions: c.to_vec(),
-                }));
+            for completions in batches(completions, self.batch_bytes) {
+                msgs.push(Out::Complete(pb::CompletionBatch { completions }));
             }
-            for c in failures.chunks(MAX_BATCH) {
-                msgs.push(Out::Fail(pb::FailureBatch {
-                    failures: c.to_vec(),
-                }));
+            for failures in batches(failures, self.batch_bytes) {
+                msgs.push(Out::Fail(pb::FailureBatch { failures }));
             }
             if let Some(reason) = drain {
                 msgs.push(Out::Drain(pb::WorkerDrain { reason }));
@@ -362,6 +407,7 @@ impl Worker {
         }
         let session = Arc::new(Session {
             interval,
+            batch_bytes: batch_bytes(self.client.max_message_bytes),
             pending: Mutex::new(Pending {
                 held: HashMap::new(),
                 waiting: HashMap::new(),
@@ -664,5 +710,136 @@ async fn run_attempt(session: Arc<Session>, attempt: &Attempt, task: Task, key: 
             }
         }
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES};
+    use prost::Message;
+
+    fn completion(i: usize, output_bytes: usize) -> pb::TaskCompletion {
+        pb::TaskCompletion {
+            workflow_id: "wf".into(),
+            task_id: format!("t-{i}"),
+            attempt: 1,
+            output: Some(pb::Payload {
+                content: Some(pb::payload::Content::Data(vec![b'x'; output_bytes])),
+                content_type: "application/json".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ids(batch: &[pb::TaskCompletion]) -> Vec<String> {
+        batch.iter().map(|c| c.task_id.clone()).collect()
+    }
+
+    /// Each batch's message as sent, within the client's bound.
+    fn message_len(batch: Vec<pb::TaskCompletion>) -> usize {
+        pb::ConnectRequest {
+            message: Some(Out::Complete(pb::CompletionBatch { completions: batch })),
+        }
+        .encoded_len()
+    }
+
+    #[test]
+    fn the_budget_is_16_mib_or_under_the_clients_bound() {
+        assert_eq!(batch_bytes(DEFAULT_MAX_MESSAGE_BYTES), 16 * 1024 * 1024);
+        assert_eq!(
+            batch_bytes(8 * 1024 * 1024),
+            8 * 1024 * 1024 - ENVELOPE_BYTES
+        );
+        assert_eq!(batch_bytes(100), 0);
+    }
+
+    #[test]
+    fn small_items_are_cut_by_count() {
+        let items: Vec<_> = (0..2500).map(|i| completion(i, 10)).collect();
+        let sizes: Vec<usize> = batches(items, batch_bytes(DEFAULT_MAX_MESSAGE_BYTES))
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+    }
+
+    /// Twenty completions of the largest inline output: by count alone one
+    /// message of about 80 MiB, over the 64 MiB bound.
+    #[test]
+    fn large_items_are_cut_by_size_in_order() {
+        let items: Vec<_> = (0..20).map(|i| completion(i, MAX_INLINE_BYTES)).collect();
+        let all = items.clone();
+        let budget = batch_bytes(DEFAULT_MAX_MESSAGE_BYTES);
+        let cut = batches(items, budget);
+        assert_eq!(
+            cut.iter().map(Vec::len).collect::<Vec<_>>(),
+            [3, 3, 3, 3, 3, 3, 2]
+        );
+        let flat: Vec<String> = cut.iter().flat_map(|b| ids(b)).collect();
+        assert_eq!(flat, ids(&all));
+        for batch in cut {
+            assert!(message_len(batch) <= budget + 6);
+        }
+    }
+
+    /// An item over the budget by itself still goes (alone), and does not
+    /// hold up the items after it.
+    #[test]
+    fn an_item_over_the_budget_goes_alone() {
+        let items = vec![
+            completion(0, 10),
+            completion(1, 2000),
+            completion(2, 10),
+            completion(3, 10),
+        ];
+        let cut = batches(items, 1000);
+        let got: Vec<Vec<String>> = cut.iter().map(|b| ids(b)).collect();
+        assert_eq!(got, [vec!["t-0"], vec!["t-1"], vec!["t-2", "t-3"]]);
+        assert!(batches(Vec::<pb::TaskCompletion>::new(), 1000).is_empty());
+        // A client bound of under a kilobyte: one item a message.
+        let items: Vec<_> = (0..3).map(|i| completion(i, 10)).collect();
+        assert_eq!(batches(items, batch_bytes(512)).len(), 3);
+    }
+
+    /// Failures and heartbeats (1 MiB of details each at most) are cut the
+    /// same way.
+    #[test]
+    fn failures_and_heartbeats_are_cut_by_size() {
+        let details = || {
+            Some(pb::Payload {
+                content: Some(pb::payload::Content::Data(vec![b'x'; 1024 * 1024])),
+                content_type: "application/json".into(),
+            })
+        };
+        let failures: Vec<_> = (0..40)
+            .map(|i| pb::TaskFailure {
+                task_id: format!("t-{i}"),
+                failure: Some(pb::Failure {
+                    details: details(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let budget = batch_bytes(DEFAULT_MAX_MESSAGE_BYTES);
+        let cut = batches(failures, budget);
+        assert_eq!(cut.iter().map(Vec::len).sum::<usize>(), 40);
+        for batch in cut {
+            let len = pb::ConnectRequest {
+                message: Some(Out::Fail(pb::FailureBatch { failures: batch })),
+            }
+            .encoded_len();
+            assert!(len <= budget + 6, "{len}");
+        }
+        let beats: Vec<_> = (0..40)
+            .map(|i| pb::TaskHeartbeat {
+                task_id: format!("t-{i}"),
+                details: details(),
+                ..Default::default()
+            })
+            .collect();
+        let cut = batches(beats, budget);
+        assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [15, 15, 10]);
     }
 }
