@@ -44,17 +44,18 @@ import importlib.metadata
 import inspect
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -95,6 +96,8 @@ Handler = Callable[["TaskContext"], Any]
 
 _Key = tuple[str, str, int]
 _NOT_SENT: Any = object()
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 try:
     _SDK = f"are-sdk-python/{importlib.metadata.version('are-sdk')}"
@@ -354,8 +357,14 @@ class TaskContext:
         # Sync handlers run in threads; the session belongs to the loop.
         if self._session.loop_thread == threading.get_ident():
             function()
-        else:
+            return
+        try:
             self._loop.call_soon_threadsafe(function)
+        except RuntimeError:
+            # A sync handler handed back when its worker stopped may run on after the loop
+            # closed: what it reports is nobody's, as once its stream ended (queue_event).
+            if not self._loop.is_closed():
+                raise
 
     def heartbeat(self, details: Any = None) -> None:
         """Records progress now (the worker also heartbeats on its own).
@@ -479,7 +488,12 @@ class TaskContext:
         if self._session.loop_thread == threading.get_ident():
             raise RuntimeError("spawn_blocking is for sync handlers; await ctx.spawn(...) instead")
         coroutine = self.spawn(*tasks, dependents_wait=dependents_wait, request_id=request_id)
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop closed (a handler handed back when its worker stopped)
+            coroutine.close()  # never run: not a coroutine "never awaited"
+            raise
+        return future.result()
 
 
 def _valid_text(text: str) -> str:
@@ -1102,6 +1116,81 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class _HandlerThreads(Executor):
+    """The threads sync handlers run in: at most ``size``, started as needed and reused.
+
+    Not a ``ThreadPoolExecutor``: Python joins its threads when the
+    interpreter exits, so a handler that never returned, handed back when its
+    worker stopped (its result nobody's), kept the process from exiting once
+    :meth:`Worker.run` had returned. These threads are daemons: such a
+    handler ends with the process. Once shut down, each thread ends as soon
+    as its handler returns, and an idle one at once.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        # The name ThreadPoolExecutor gives its queue; None tells a thread to end.
+        self._work_queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Semaphore(0)  # threads waiting for work
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Runs ``fn(*args, **kwargs)`` in one of the threads; its future."""
+        future: Future[_T] = Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot run a handler once the worker's run has ended")
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
+                )
+                thread.start()  # first: a thread that cannot start leaves nothing queued
+                self._threads.append(thread)
+            self._work_queue.put((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Ends each thread once it is idle (``wait``: and waits for that)."""
+        with self._lock:
+            self._shutdown = True
+            while cancel_futures:
+                try:
+                    item = self._work_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+            self._work_queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _serve(self) -> None:
+        work = self._work_queue
+        while True:
+            item = work.get()
+            if item is None:
+                work.put(None)  # for the next thread
+                return
+            future, call = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as error:  # noqa: BLE001 - the future carries what it raised
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+                    del result
+            del future, call  # an idle thread keeps nothing of the task it ran
+            self._idle.release()
+
+
 class Worker:
     """Runs task handlers for one or more capabilities; see the module documentation.
 
@@ -1119,7 +1208,13 @@ class Worker:
             sidecar, or past the shutdown grace) keeps its thread until it
             returns, and tasks assigned meanwhile wait for a free one while
             their start-to-close clock runs. Prefer async handlers for long
-            work, or check ``ctx.cancelled`` in loops.
+            work, or check ``ctx.cancelled`` in loops. Each :meth:`run` has
+            threads of its own: handlers still running when it returns keep
+            theirs until they return (their reports are dropped), and count
+            nothing against a later run's ``max_threads``. Those threads
+            are daemons, so they do not keep the process from exiting: a
+            handler that never returns holds one thread for the life of
+            the process, and nothing else.
         reconnect_max_delay: The longest wait between reconnection attempts.
         card: How the router shows this worker (its class): agent_id,
             description or vector, cost per call, labels. Replicas sending
@@ -1158,13 +1253,16 @@ class Worker:
         self._async: dict[Handler, bool] = {}
         self._declared = set(capabilities)
         self._max_threads = max_threads or min(max_concurrency, 32)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _HandlerThreads | None = None  # this run's threads
         self._threads: asyncio.Semaphore | None = None  # slots of the pool's threads (see _in_thread)
         self._stop: asyncio.Event | None = None
         self._shutdown_asked = False  # shutdown() was called (before run(), it ends that run at once)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: _Session | None = None
+        # Set while registered. An asyncio.Event belongs to the first loop that waits on it:
+        # a run on another loop gets a new one (see _registration).
         self._registered = asyncio.Event()
+        self._registered_loop: asyncio.AbstractEventLoop | None = None
         self._background: asyncio.Task[None] | None = None
         #: Counters since construction: completed, failed, cancelled, connects,
         #: and disconnects (streams that ended other than by a shutdown).
@@ -1211,12 +1309,10 @@ class Worker:
             known = self._async[handler] = inspect.iscoroutinefunction(handler)
         return known
 
-    def executor(self) -> ThreadPoolExecutor:
-        """The thread pool sync handlers run in (created on first use)."""
+    def executor(self) -> Executor:
+        """The threads sync handlers run in (created on first use; a run's own, shut down with it)."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self._max_threads, thread_name_prefix="are-worker"
-            )
+            self._executor = _HandlerThreads(self._max_threads, "are-worker")
             self._threads = asyncio.Semaphore(self._max_threads)
         return self._executor
 
@@ -1265,10 +1361,28 @@ class Worker:
             result.add_done_callback(_retrieved)  # what it raises later is nobody's
             raise
 
+    def _registration(self) -> asyncio.Event:
+        """The event set while registered, for the running loop.
+
+        One Worker may run under one event loop, stop, and run again under
+        another (a second ``asyncio.run``). The event of the first loop
+        refused every wait from the next with ``RuntimeError``: ``async with``
+        entered before the worker had registered, and ``wait_registered``
+        raised. A waiter can only be on a loop the worker runs on, so a new
+        loop gets a new event.
+        """
+        loop = asyncio.get_running_loop()
+        if self._registered_loop is not loop:
+            if self._registered_loop is not None:
+                self._registered = asyncio.Event()
+            self._registered_loop = loop
+        return self._registered
+
     async def wait_registered(self, timeout: float | None = None) -> None:
         """Waits until the worker's stream is registered with the sidecar."""
+        registered = self._registration()
         async with asyncio.timeout(timeout):
-            await self._registered.wait()
+            await registered.wait()
 
     def shutdown(self) -> None:
         """Starts a graceful drain; :meth:`run` returns once it is done. Thread-safe.
@@ -1304,6 +1418,7 @@ class Worker:
         if not self.capabilities:
             raise ValueError("the worker declares no capability; add a handler first")
         self._loop = asyncio.get_running_loop()
+        self._registration()
         self._stop = asyncio.Event()
         if self._shutdown_asked:  # shutdown() came before this run had a stop event to set
             self._stop.set()
@@ -1320,6 +1435,7 @@ class Worker:
             for signum in installed:
                 self._loop.remove_signal_handler(signum)
             if self._executor is not None:
+                # Its threads end as their handlers return; the next run has threads of its own.
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
                 self._threads = None
@@ -1375,13 +1491,26 @@ class Worker:
             delay = min(delay * 2, self.reconnect_max_delay)
 
     async def __aenter__(self) -> Self:
-        """Runs the worker in the background until the block ends (no signal handling)."""
-        self._background = asyncio.create_task(self.run(handle_signals=False), name=f"are-worker-{self.name}")
-        registered = asyncio.create_task(self._registered.wait())
-        done, _ = await asyncio.wait({self._background, registered}, return_when=asyncio.FIRST_COMPLETED)
-        if self._background in done:
+        """Runs the worker in the background until the block ends (no signal handling).
+
+        Returns once the worker has registered. Cancelled before that (a
+        timeout around the block), it stops the worker: no ``__aexit__``
+        would ever stop it.
+        """
+        background = asyncio.create_task(self.run(handle_signals=False), name=f"are-worker-{self.name}")
+        self._background = background
+        registered = asyncio.create_task(self._registration().wait())
+        try:
+            done, _ = await asyncio.wait({background, registered}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self.shutdown()
+            with contextlib.suppress(Exception):  # the cancellation is what the caller sees
+                await background
+            raise
+        finally:
             registered.cancel()
-            self._background.result()
+        if background in done:
+            background.result()
         return self
 
     async def __aexit__(
