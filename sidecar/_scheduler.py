@@ -67,6 +67,7 @@ from sidecar._scheduler_convert import (
     spec_from_proto,
     task_specs_from_proto,
     task_to_proto,
+    task_wire_bytes,
     timestamp,
     usage_summary_to_proto,
     workflow_to_proto,
@@ -86,6 +87,7 @@ __all__ = ["SchedulerCapability", "SchedulerServicer"]
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _log = logging.getLogger("are.scheduler")
 _DRAIN_MARGIN_S = 0.5  # a draining stream ends this long before the server's grace does
+_LIST_SLACK_BYTES = 1 << 20  # a page of tasks stays this far under the message limit (estimates, framing)
 
 
 async def _page_size(context: _Context, value: int, *, default: int = 100, maximum: int = 1000) -> int:
@@ -443,6 +445,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             views, next_index = self._engine.list_tasks(request.workflow_id, states, after, limit)
         except SchedulerError as error:
             await abort_for(context, error)
+        # A page is cut at the message limit too: 100 tasks with 4 MiB inputs and outputs
+        # (or 1000 failed ones with 1 MiB details) could not be sent.
+        room = self._wiring.max_message_bytes - _LIST_SLACK_BYTES
+        size = 0
+        for kept, view in enumerate(views):
+            size += task_wire_bytes(view, include_payloads=request.include_payloads)
+            if kept and size > room:
+                views, next_index = views[:kept], view.record.index
+                break
         return pb.ListTasksResponse(
             tasks=[task_to_proto(v, include_payloads=request.include_payloads) for v in views],
             next_page_token=_token(u64_key(next_index)) if next_index is not None else "",

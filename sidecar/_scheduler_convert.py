@@ -75,6 +75,7 @@ __all__ = [
     "enum_name",
     "failure_from_proto",
     "failure_to_proto",
+    "failure_wire_bytes",
     "payload_to_proto",
     "pool_from_proto",
     "pool_to_proto",
@@ -82,6 +83,7 @@ __all__ = [
     "spec_from_proto",
     "task_specs_from_proto",
     "task_to_proto",
+    "task_wire_bytes",
     "timestamp",
     "usage_from_proto",
     "usage_summary_to_proto",
@@ -866,6 +868,24 @@ def workflow_to_proto(view: WorkflowView, state_version: int = 0) -> workflow_pb
     _set_ts(out, "close_time", rec.close_ns)
     _set_ts(out, "deadline_time", rec.deadline_ns)
     return out
+
+
+def failure_wire_bytes(failure: Failure | None) -> int:
+    """A failure's size on the wire with its causes, estimated (characters taken for bytes)."""
+    size = 0
+    while failure is not None:
+        size += 32 + len(failure.message) + len(failure.type) + len(failure.stack_trace)
+        size += len(failure.details) + len(failure.details_content_type) + len(failure.timeout_type)
+        failure = failure.cause
+    return size
+
+
+def task_wire_bytes(view: TaskView, *, include_payloads: bool) -> int:
+    """A Task's size on the wire as :func:`task_to_proto` makes it, estimated (1 KiB for ids and such)."""
+    size = 1024 + failure_wire_bytes(view.record.failure)
+    if include_payloads:
+        size += len(view.spec.input) + len(view.record.output or b"")
+    return size
 
 
 def task_to_proto(view: TaskView, *, include_payloads: bool = True) -> task_pb2.Task:

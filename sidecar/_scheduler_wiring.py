@@ -197,6 +197,7 @@ class Wiring:
 
     def __init__(self, runtime: Runtime, engine: Scheduler) -> None:
         self.engine = engine
+        self.max_message_bytes = runtime.config.max_message_bytes
         self.state = runtime.find(StateCapability)
         self.router = runtime.find(RouterCapability)
         self.cache = runtime.find(CacheCapability)
@@ -391,6 +392,11 @@ class Wiring:
                 f"the blob is {info.size_bytes} bytes, not {blob.size_bytes}",
             )
         return info.size_bytes, blob.content_type or info.content_type
+
+    @property
+    def blobs(self) -> st.BlobStore | None:
+        """The blob store, when the state capability runs."""
+        return self.state.blobs if self.state is not None else None
 
     def check_blobs(self, specs: Sequence[TaskSpec], field: str) -> tuple[TaskSpec, ...]:
         """The specs with their blob inputs checked and completed (size, media type from the store).

@@ -4,13 +4,22 @@ On the stream, one reader task takes the worker's messages and applies each
 batch to the engine synchronously; acknowledgements are queued when the
 engine's transaction is durable, and one writer (the handler itself) sends
 assignment, ack and cancellation batches in order. Assignments arrive in
-batches: every task dispatched to the worker in one engine transaction goes
-in one message.
+batches: the tasks dispatched to the worker in one engine transaction go
+in as few messages as fit 256 assignments and 16 MiB each.
+
+A fan-in can make one assignment larger than a message may be: a task with
+twenty dependencies of 4 MiB outputs is 80 MiB inline, over the 64 MiB
+limit, and gRPC ended the whole stream at every try until the task's
+retries were spent. Such an assignment has its largest dependency outputs
+moved to blobs owned by the workflow, until it fits (the workers' SDKs
+fetch blob references already: common.proto says large outputs may come
+that way). The stream's messages keep their order meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 import time
@@ -22,6 +31,7 @@ import msgspec
 from google.protobuf import duration_pb2
 
 from are_core.scheduler import Assignment, Cancellation, Scheduler, SchedulerError, SpecError
+from are_core.state import BlobStore, StateError
 from are_core.storage import StorageError
 from are_core.trace import EventDraft, EventUsage, FailureInfo
 from are_sdk._proto.are.v1 import event_pb2, worker_service_pb2, worker_service_pb2_grpc
@@ -36,6 +46,7 @@ from sidecar._scheduler_convert import (
     enum_name,
     error_reason_value,
     failure_from_proto,
+    failure_wire_bytes,
     timestamp,
     usage_from_proto,
 )
@@ -46,8 +57,16 @@ __all__ = ["WorkerServicer"]
 
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
+_log = logging.getLogger(__name__)
+
 HEARTBEAT_INTERVAL_S = 10.0
 MAX_ASSIGNMENTS_PER_BATCH = 256
+MAX_ASSIGNMENT_BATCH_BYTES = 16 << 20
+"""An assignment batch's size at most, as estimated by :func:`_wire_bytes` (worker_service.proto).
+
+A quarter of the default message limit: the estimate counts characters,
+not UTF-8 bytes, of the few strings that may be long (failure messages and
+stack traces). A poll's answer may be as large as the message limit allows."""
 REGISTER_TIMEOUT_S = 10.0
 _POLL_MARGIN_MAX_S = 5.0  # the most a long poll answers before its caller's deadline
 _DRAIN_CHECK_S = 0.02  # how often a draining sidecar looks for streams it may end
@@ -354,6 +373,67 @@ def _message_problem(message: pb.ConnectRequest, kind: str | None) -> SpecError 
     return None
 
 
+def _wire_bytes(a: Assignment) -> int:
+    """An assignment's size on the wire, estimated from what it carries (ids and such: 1 KiB).
+
+    Cheap (a proto's ByteSize() costs 16 us for a small assignment and
+    serialises a large one): it runs for every assignment dispatched.
+    """
+    size = 1024 + len(a.input) + failure_wire_bytes(a.last_failure)
+    if a.last_heartbeat_details:
+        size += len(a.last_heartbeat_details)
+    for dep in a.dependencies:
+        size += 64 + len(dep.task_id) + (len(dep.output) if dep.output else 0)
+        if dep.failure is not None:
+            size += failure_wire_bytes(dep.failure)
+    if a.labels:
+        size += sum(len(k) + len(v) + 8 for k, v in a.labels.items())
+    return size
+
+
+def _in_batches(assignments: list[Assignment], limit: int) -> list[list[Assignment]]:
+    """The assignments in order, cut at 256 or at ``limit`` estimated bytes (one alone may pass it)."""
+    batches: list[list[Assignment]] = []
+    batch: list[Assignment] = []
+    size = 0
+    for a in assignments:
+        wire = _wire_bytes(a)
+        if batch and (len(batch) == MAX_ASSIGNMENTS_PER_BATCH or size + wire > limit):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(a)
+        size += wire
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+async def _fitted(a: Assignment, limit: int, blobs: BlobStore) -> Assignment:
+    """``a`` with its largest inline dependency outputs moved to blobs until it fits ``limit``.
+
+    Each blob is owned by the task's workflow (kept while it is, released
+    with it), and stored once however often it is sent (content-addressed).
+    An output that cannot be stored (the disk full) stays inline: the
+    message may then be refused, and the stream's next try sends it again.
+    """
+    size = _wire_bytes(a)
+    if size <= limit:
+        return a
+    deps = list(a.dependencies)
+    for i in sorted(range(len(deps)), key=lambda i: -len(deps[i].output or b"")):
+        dep = deps[i]
+        if size <= limit or not dep.output:
+            break
+        try:
+            info, _ = await blobs.put(dep.output, content_type=dep.content_type, workflow_id=a.workflow_id)
+        except (StateError, StorageError) as error:
+            _log.warning(f"could not store the output of {a.workflow_id}/{dep.task_id} as a blob: {error}")
+            break
+        deps[i] = msgspec.structs.replace(dep, output=b"", blob_sha256=info.sha256, blob_size=info.size_bytes)
+        size -= len(dep.output)
+    return msgspec.structs.replace(a, dependencies=tuple(deps))
+
+
 def _assignments(assignments: list[Assignment], wiring: Wiring) -> list[pb.TaskAssignment]:
     """Assignments as sent, with the state version at dispatch (one read per workflow per batch)."""
     out = [assignment_to_proto(a) for a in assignments]
@@ -380,7 +460,11 @@ class _Stream:
     def __init__(self, engine: Scheduler, wiring: Wiring) -> None:
         self.engine = engine
         self.wiring = wiring
-        self.outbox: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+        # What the writer sends, in order; a task stands for assignment batches
+        # whose dependency outputs are being stored as blobs (see _fitted).
+        self.outbox: asyncio.Queue[pb.ConnectResponse | asyncio.Task[list[pb.ConnectResponse]] | None] = (
+            asyncio.Queue()
+        )
         self.handle: Any = None  # the engine's WorkerHandle, once registered
         self.pending_acks = 0  # batches of acks waiting for their commit
 
@@ -392,11 +476,29 @@ class _Stream:
         """Ends the stream (the writer stops at the first None)."""
         self.outbox.put_nowait(None)
 
+    async def send(self, context: _Context) -> None:
+        """Writes what the outbox holds, in order, until its end."""
+        while (message := await self.outbox.get()) is not None:
+            for batch in await message if isinstance(message, asyncio.Task) else (message,):
+                await context.write(batch)
+
     def assign(self, assignments: list[Assignment]) -> None:
-        for start in range(0, len(assignments), MAX_ASSIGNMENTS_PER_BATCH):
-            chunk = assignments[start : start + MAX_ASSIGNMENTS_PER_BATCH]
+        blobs = self.wiring.blobs
+        if blobs is not None and any(_wire_bytes(a) > MAX_ASSIGNMENT_BATCH_BYTES for a in assignments):
+            self.outbox.put_nowait(asyncio.ensure_future(self._fitted_batches(assignments, blobs)))
+            return
+        for chunk in _in_batches(assignments, MAX_ASSIGNMENT_BATCH_BYTES):
             batch = pb.AssignmentBatch(assignments=_assignments(chunk, self.wiring))
             self.outbox.put_nowait(pb.ConnectResponse(assignments=batch))
+
+    async def _fitted_batches(
+        self, assignments: list[Assignment], blobs: BlobStore
+    ) -> list[pb.ConnectResponse]:
+        fitted = [await _fitted(a, MAX_ASSIGNMENT_BATCH_BYTES, blobs) for a in assignments]
+        return [
+            pb.ConnectResponse(assignments=pb.AssignmentBatch(assignments=_assignments(chunk, self.wiring)))
+            for chunk in _in_batches(fitted, MAX_ASSIGNMENT_BATCH_BYTES)
+        ]
 
     def cancel(self, cancellations: list[Cancellation]) -> None:
         batch = pb.TaskCancellationBatch(
@@ -510,7 +612,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             self._wiring.forget_card(worker_id)  # it never connected
             raise
 
-    async def Connect(  # noqa: C901, N802 - the RPC's name; the stream's lifecycle in one place
+    async def Connect(  # noqa: N802 - the RPC's name
         self,
         request_iterator: Any,  # noqa: ARG002 - the stream is read with context.read()
         context: _Context,
@@ -566,11 +668,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         reader = asyncio.ensure_future(self._read(context, stream, handle))
         violation: str | SpecError | None = None
         try:
-            while True:
-                message = await stream.outbox.get()
-                if message is None:
-                    break
-                await context.write(message)
+            await stream.send(context)
             if reader.done() and not reader.cancelled():
                 violation = reader.result()
         finally:
@@ -786,7 +884,14 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         worker_id, assignments = await self._engine.poll(
             request.worker_name, list(request.capabilities), request.max_tasks or 1, wait
         )
-        if assignments:  # an answer its caller does not get (cancelled on the way) is handed back
+        if assignments:
+            try:
+                assignments = await self._fit_answer(worker_id, assignments)
+            except BaseException:  # cancelled while storing blobs: the worker never sees them
+                self._engine.hand_back_undelivered(
+                    worker_id, [(a.workflow_id, a.task_id, a.attempt) for a in assignments]
+                )
+                raise  # an answer its caller does not get (cancelled on the way) is handed back
             held = [(a.workflow_id, a.task_id, a.attempt) for a in assignments]
 
             def undelivered(call: Any) -> None:
@@ -795,6 +900,22 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
 
             context.add_done_callback(undelivered)
         return pb.PollTaskResponse(assignments=_assignments(assignments, self._wiring), worker_id=worker_id)
+
+    async def _fit_answer(self, worker_id: str, assignments: list[Assignment]) -> list[Assignment]:
+        """A poll's assignments brought within one message: large ones fitted, the excess handed back.
+
+        Handed back goes to its queue again at once, uncharged, for the next poll.
+        """
+        limit = max(MAX_ASSIGNMENT_BATCH_BYTES, self._wiring.max_message_bytes - (1 << 20))
+        blobs = self._wiring.blobs
+        if blobs is not None:
+            assignments = [await _fitted(a, MAX_ASSIGNMENT_BATCH_BYTES, blobs) for a in assignments]
+        answer = _in_batches(assignments, limit)[0]
+        if len(answer) < len(assignments):
+            rest = [(a.workflow_id, a.task_id, a.attempt) for a in assignments[len(answer) :]]
+            why = "the poll's answer was full (the message limit)"
+            self._engine.hand_back_undelivered(worker_id, rest, why=why)
+        return answer
 
     async def CompleteTask(  # noqa: N802 - the RPC's name
         self, request: pb.CompleteTaskRequest, context: _Context

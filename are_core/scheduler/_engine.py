@@ -2974,14 +2974,21 @@ class Scheduler:
             self._enqueue(task, now)
         self._after_op()
 
-    def hand_back_undelivered(self, worker_id: str, attempts: Sequence[tuple[str, str, int]]) -> int:
+    def hand_back_undelivered(
+        self,
+        worker_id: str,
+        attempts: Sequence[tuple[str, str, int]],
+        *,
+        why: str = "the poll's answer did not reach its caller",
+    ) -> int:
         """Queues again attempts a poll returned whose call then ended cancelled; returns how many.
 
         The answer left the sidecar but its caller had gone (a deadline
-        passed on the way): the worker never saw the attempts. As for a poll
-        cancelled before it returned (:meth:`_hand_back`), each still held by
-        that poll goes back to its queue at once, uncharged. An attempt
-        already reported, cancelled or re-dispatched is left alone.
+        passed on the way), or the attempts did not fit in it (``why`` says
+        which): the worker never saw them. As for a poll cancelled before it
+        returned (:meth:`_hand_back`), each still held by that poll goes back
+        to its queue at once, uncharged. An attempt already reported,
+        cancelled or re-dispatched is left alone.
         """
         now = self._clock()
         handed = 0
@@ -2997,7 +3004,7 @@ class Scheduler:
                 task,
                 worker_id,
                 "poll answer not delivered",
-                "re-dispatched: the poll's answer did not reach its caller",
+                f"re-dispatched: {why}",
                 now,
             )
             self._enqueue(task, now)

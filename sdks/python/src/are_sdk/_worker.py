@@ -50,7 +50,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from are_sdk._errors import (
     AreError,
@@ -98,6 +99,7 @@ _Key = tuple[str, str, int]
 _NOT_SENT: Any = object()
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=Message)
 
 try:
     _SDK = f"are-sdk-python/{importlib.metadata.version('are-sdk')}"
@@ -118,6 +120,10 @@ _FATAL_CODES = frozenset(
 _FIRST_RECONNECT_DELAY_S = 0.05
 _STABLE_SESSION_S = 10.0
 _MAX_BATCH = 1000
+_MAX_BATCH_BYTES = 16 << 20
+"""A batch the worker sends is cut at this many bytes too: twenty 4 MiB outputs
+finishing at once made one 80 MiB message, over the sidecar's 64 MiB limit,
+which ended the stream (and took every attempt on it back) at each try."""
 _MAX_STACK_TRACE = 64 * 1024
 _MAX_MESSAGE = 32 * 1024
 _MAX_CAUSES = 8  # a Failure's causes nest at most 8 deep (common.proto)
@@ -1070,17 +1076,17 @@ class _Session:
     async def _flush(self, call: Any) -> None:
         # Heartbeats and events first: they concern attempts whose results may
         # be in the same flush, and are refused once a result is recorded.
-        if self._heartbeats:
-            beats, self._heartbeats = list(self._heartbeats.values()), {}
-            await call.write(wpb.ConnectRequest(heartbeat=wpb.HeartbeatBatch(heartbeats=beats)))
-        while self._events:
-            batch, self._events = self._events[:_MAX_BATCH], self._events[_MAX_BATCH:]
+        beats, self._heartbeats = list(self._heartbeats.values()), {}
+        events, self._events = self._events, []
+        completions, self._completions = self._completions, []
+        failures, self._failures = self._failures, []
+        for batch in _batches(beats):
+            await call.write(wpb.ConnectRequest(heartbeat=wpb.HeartbeatBatch(heartbeats=batch)))
+        for batch in _batches(events):
             await call.write(wpb.ConnectRequest(report_events=wpb.EventBatch(events=batch)))
-        while self._completions:
-            batch, self._completions = self._completions[:_MAX_BATCH], self._completions[_MAX_BATCH:]
+        for batch in _batches(completions):
             await call.write(wpb.ConnectRequest(complete=wpb.CompletionBatch(completions=batch)))
-        while self._failures:
-            batch, self._failures = self._failures[:_MAX_BATCH], self._failures[_MAX_BATCH:]
+        for batch in _batches(failures):
             await call.write(wpb.ConnectRequest(fail=wpb.FailureBatch(failures=batch)))
         if self._drain_reason is not None:
             reason, self._drain_reason = self._drain_reason, None
@@ -1114,6 +1120,24 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
     """Marks a future's exception as retrieved (asyncio logs one that never is)."""
     if not future.cancelled():
         future.exception()
+
+
+def _batches(items: list[_M]) -> Iterator[list[_M]]:
+    """``items`` in order, cut at :data:`_MAX_BATCH` items or :data:`_MAX_BATCH_BYTES` (one may pass it)."""
+    if len(items) <= 1:
+        yield items
+        return
+    batch: list[_M] = []
+    size = 0
+    for item in items:
+        item_size = item.ByteSize() + 8  # its tag and length in the batch
+        if batch and (len(batch) == _MAX_BATCH or size + item_size > _MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        yield batch
 
 
 class _HandlerThreads(Executor):
