@@ -105,7 +105,8 @@ type SchedulerServiceClient interface {
 	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND.
 	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error)
 	// ListTasks lists a workflow's tasks in submission order, optionally
-	// filtered by state, without payloads unless asked.
+	// filtered by state, without payloads unless asked. A page is cut short
+	// of page_size when its tasks would pass the message limit.
 	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; INVALID_ARGUMENT, reason
 	// INVALID_PAGE_TOKEN.
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
@@ -392,7 +393,8 @@ type SchedulerServiceServer interface {
 	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND.
 	GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error)
 	// ListTasks lists a workflow's tasks in submission order, optionally
-	// filtered by state, without payloads unless asked.
+	// filtered by state, without payloads unless asked. A page is cut short
+	// of page_size when its tasks would pass the message limit.
 	// Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; INVALID_ARGUMENT, reason
 	// INVALID_PAGE_TOKEN.
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)

@@ -355,7 +355,9 @@ type TaskAssignment struct {
 	// The task's input.
 	Input *Payload `protobuf:"bytes,6,opt,name=input,proto3" json:"input,omitempty"`
 	// The results of the task's dependencies, in depends_on order. Large
-	// outputs may arrive as blob references (see Payload.blob).
+	// outputs may arrive as blob references (see Payload.blob), owned by the
+	// workflow: an assignment whose inline outputs would pass 16 MiB gets its
+	// largest ones that way.
 	Dependencies []*DependencyResult `protobuf:"bytes,7,rep,name=dependencies,proto3" json:"dependencies,omitempty"`
 	// When the attempt's start_to_close_timeout ends; results after it are
 	// refused with TASK_NOT_HELD.

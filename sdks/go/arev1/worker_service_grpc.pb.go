@@ -78,7 +78,9 @@ type WorkerServiceClient interface {
 	// capabilities (long poll). It returns as soon as at least one task is
 	// assigned, or with none shortly before the call's deadline (a quarter of
 	// the time the call was given, 1 to 5 seconds), and at the latest after
-	// 60 seconds. Tasks received this way
+	// 60 seconds. An answer is kept within the message limit: it may hold
+	// fewer than max_tasks assignments when they are large (the rest are
+	// queued again at once, for the next poll). Tasks received this way
 	// are leased until their heartbeat_timeout (or start_to_close_timeout)
 	// passes without news.
 	// Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
@@ -238,7 +240,9 @@ type WorkerServiceServer interface {
 	// capabilities (long poll). It returns as soon as at least one task is
 	// assigned, or with none shortly before the call's deadline (a quarter of
 	// the time the call was given, 1 to 5 seconds), and at the latest after
-	// 60 seconds. Tasks received this way
+	// 60 seconds. An answer is kept within the message limit: it may hold
+	// fewer than max_tasks assignments when they are large (the rest are
+	// queued again at once, for the next poll). Tasks received this way
 	// are leased until their heartbeat_timeout (or start_to_close_timeout)
 	// passes without news.
 	// Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.

@@ -3565,7 +3565,8 @@ export const SchedulerServiceService = {
   },
   /**
    * ListTasks lists a workflow's tasks in submission order, optionally
-   * filtered by state, without payloads unless asked.
+   * filtered by state, without payloads unless asked. A page is cut short
+   * of page_size when its tasks would pass the message limit.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; INVALID_ARGUMENT, reason
    * INVALID_PAGE_TOKEN.
    */
@@ -3774,7 +3775,8 @@ export interface SchedulerServiceServer extends UntypedServiceImplementation {
   getTask: handleUnaryCall<GetTaskRequest, GetTaskResponse>;
   /**
    * ListTasks lists a workflow's tasks in submission order, optionally
-   * filtered by state, without payloads unless asked.
+   * filtered by state, without payloads unless asked. A page is cut short
+   * of page_size when its tasks would pass the message limit.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; INVALID_ARGUMENT, reason
    * INVALID_PAGE_TOKEN.
    */
@@ -4008,7 +4010,8 @@ export interface SchedulerServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ListTasks lists a workflow's tasks in submission order, optionally
-   * filtered by state, without payloads unless asked.
+   * filtered by state, without payloads unless asked. A page is cut short
+   * of page_size when its tasks would pass the message limit.
    * Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; INVALID_ARGUMENT, reason
    * INVALID_PAGE_TOKEN.
    */

@@ -157,7 +157,9 @@ export interface TaskAssignment {
     | undefined;
   /**
    * The results of the task's dependencies, in depends_on order. Large
-   * outputs may arrive as blob references (see Payload.blob).
+   * outputs may arrive as blob references (see Payload.blob), owned by the
+   * workflow: an assignment whose inline outputs would pass 16 MiB gets its
+   * largest ones that way.
    */
   dependencies: DependencyResult[];
   /**
@@ -3219,7 +3221,9 @@ export const WorkerServiceService = {
    * capabilities (long poll). It returns as soon as at least one task is
    * assigned, or with none shortly before the call's deadline (a quarter of
    * the time the call was given, 1 to 5 seconds), and at the latest after
-   * 60 seconds. Tasks received this way
+   * 60 seconds. An answer is kept within the message limit: it may hold
+   * fewer than max_tasks assignments when they are large (the rest are
+   * queued again at once, for the next poll). Tasks received this way
    * are leased until their heartbeat_timeout (or start_to_close_timeout)
    * passes without news.
    * Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
@@ -3347,7 +3351,9 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
    * capabilities (long poll). It returns as soon as at least one task is
    * assigned, or with none shortly before the call's deadline (a quarter of
    * the time the call was given, 1 to 5 seconds), and at the latest after
-   * 60 seconds. Tasks received this way
+   * 60 seconds. An answer is kept within the message limit: it may hold
+   * fewer than max_tasks assignments when they are large (the rest are
+   * queued again at once, for the next poll). Tasks received this way
    * are leased until their heartbeat_timeout (or start_to_close_timeout)
    * passes without news.
    * Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.
@@ -3433,7 +3439,9 @@ export interface WorkerServiceClient extends Client {
    * capabilities (long poll). It returns as soon as at least one task is
    * assigned, or with none shortly before the call's deadline (a quarter of
    * the time the call was given, 1 to 5 seconds), and at the latest after
-   * 60 seconds. Tasks received this way
+   * 60 seconds. An answer is kept within the message limit: it may hold
+   * fewer than max_tasks assignments when they are large (the rest are
+   * queued again at once, for the next poll). Tasks received this way
    * are leased until their heartbeat_timeout (or start_to_close_timeout)
    * passes without news.
    * Errors: INVALID_ARGUMENT for a bad name, capability or max_tasks.

@@ -218,7 +218,8 @@ class SchedulerServiceServicer:
 
     def ListTasks(self, request, context):
         """ListTasks lists a workflow's tasks in submission order, optionally
-        filtered by state, without payloads unless asked.
+        filtered by state, without payloads unless asked. A page is cut short
+        of page_size when its tasks would pass the message limit.
         Errors: NOT_FOUND, reason WORKFLOW_NOT_FOUND; INVALID_ARGUMENT, reason
         INVALID_PAGE_TOKEN.
         """
