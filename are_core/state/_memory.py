@@ -44,7 +44,7 @@ import numpy as np
 from are_core.embed import Embedder, LexicalEmbedder
 from are_core.storage import Batch, GroupCommitter, KeyedLocks, Storage, u64_key
 from are_core.trace import Event, EventDraft, EventSink
-from are_core.vector import VectorError, VectorIndex, background_threads
+from are_core.vector import VectorError, VectorIndex, background_threads, child_exit_code
 
 from ._blobs import BlobStore, workflow_referrer
 from ._errors import (
@@ -347,7 +347,7 @@ class MemoryStore:
         await _index_in_slices(index, np.asarray(ids, dtype=np.uint64), vectors)
         loaded = self._indexes.get(workflow_id)  # None if deleted meanwhile: nothing to save
         if loaded is not None and new_space.next_id - loaded.saved >= self.save_every:
-            self._save(workflow_id, index, new_space.next_id)
+            await self._save_aside(workflow_id, index, new_space.next_id)
         return ids, events
 
     def _note_blobs(self, notes: Sequence[NoteInput]) -> list[bytes]:
@@ -857,11 +857,40 @@ class MemoryStore:
                 self._save(workflow_id, loaded.vector_index, loaded.covered)
         return len(self._indexes)
 
+    async def _save_aside(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
+        """Saves one index in a forked child while the loop serves, then the id it covers.
+
+        Writing the file takes a while for a large memory (measured: 72 ms
+        for 20,000 384-d notes, 333 ms for 100,000, so seconds at the
+        million a workflow may hold), every ``save_every`` notes, and the
+        add's workflow lock is held throughout. The child writes the index
+        as it was at the fork. Where there is no fork, it is written here.
+        A failed save is no error of the add: the old file stays, consistent.
+        """
+        self._index_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            pid = index.save_in_child(self._paths(workflow_id)[0])
+        except OSError as error:
+            _log.warning(f"memory: could not start saving the index of {workflow_id!r}: {error}")
+            return
+        if pid is None:
+            self._save(workflow_id, index, covered)
+            return
+        code = await child_exit_code(pid)
+        if code != 0:
+            _log.warning(f"memory: saving the index of {workflow_id!r} failed (child exit status {code})")
+            return
+        self._record_saved(workflow_id, index, covered)
+
     def _save(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
         """Save one index, then the id it covers (so the record never claims more than the file)."""
         self._index_dir.mkdir(parents=True, exist_ok=True)
-        index_path, meta_path = self._paths(workflow_id)
-        index.save(index_path)
+        index.save(self._paths(workflow_id)[0])
+        self._record_saved(workflow_id, index, covered)
+
+    def _record_saved(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
+        """Records that the index file holds the notes below ``covered`` (once that file is durable)."""
+        meta_path = self._paths(workflow_id)[1]
         temporary = meta_path.with_name(f".{meta_path.name}.tmp")
         temporary.write_text(json.dumps({"covered": covered, "dimension": index.dimension}))
         temporary.replace(meta_path)

@@ -214,3 +214,22 @@ async def test_indexes_are_saved_as_they_grow(store: Store, tmp_path: Path) -> N
     await restarted.load_all()
     hits, _, _ = await restarted.hydrate("wf", vector=_unit(23), top_k=1)
     assert [h.note.text for h in hits] == ["n23"]
+
+
+async def test_a_save_that_fails_fails_no_add(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The save runs in a forked child (a large index takes seconds to write);
+    # its failure leaves the old file, and the add that made it due succeeds.
+    storage, committer = store
+    memory = MemoryStore(storage, committer, embedder=None, index_dir=tmp_path, save_every=10)
+    (tmp_path / "wf.usearch").mkdir()  # the file cannot replace a folder
+    ids = await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(12)])
+    assert ids == list(range(1, 13))
+    assert not (tmp_path / "wf.json").exists()
+    assert "saving the index of 'wf' failed" in caplog.text
+    hits, _, _ = await memory.hydrate("wf", vector=_unit(7), top_k=1)
+    assert [h.note.text for h in hits] == ["n7"]
+    (tmp_path / "wf.usearch").rmdir()
+    await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(12, 22)])
+    assert json.loads((tmp_path / "wf.json").read_text()) == {"covered": 23, "dimension": 8}
