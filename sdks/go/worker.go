@@ -31,12 +31,14 @@ import (
 // it in a *TaskError (or use NonRetryable) to choose its type or forbid
 // retries. An error carrying the sidecar's retry hint (an *Error with a
 // RetryDelay, such as a Spawn refused with POOL_QUEUE_FULL) passes it on as
-// the failure's least retry delay. A panic fails the attempt with type
-// "panic" and its stack, a runtime.Goexit with type "goexit"; an error whose
-// Error method panics is reported all the same, saying that its message could
-// not be read. ctx ends when the sidecar cancels the attempt (context.Cause is
-// then ErrTaskCancelled), at the attempt's deadline, or when the worker's
-// shutdown grace runs out (ErrWorkerStopped).
+// the failure's least retry delay. The errors it wraps (errors.Unwrap) are
+// the failure's causes, at most 8 (see the README). A panic fails the
+// attempt with type "panic" and its stack, a runtime.Goexit with type
+// "goexit"; an error whose Error method panics is reported all the same,
+// saying that its message could not be read. ctx ends when the sidecar
+// cancels the attempt (context.Cause is then ErrTaskCancelled), at the
+// attempt's deadline, or when the worker's shutdown grace runs out
+// (ErrWorkerStopped).
 type Handler func(ctx context.Context, task *Task) ([]byte, error)
 
 var (
@@ -65,7 +67,8 @@ type TaskError struct {
 	// Retry-After); zero takes the sidecar's retry hint of an *Error in
 	// Err's chain (see Handler), if any, else leaves the policy's backoff.
 	RetryAfter time.Duration
-	// Err is the underlying error, if any.
+	// Err is the underlying error, if any: the failure's cause, unless the
+	// TaskError has neither a Message nor a Type (it then stands for Err).
 	Err error
 }
 
@@ -98,7 +101,8 @@ type Dependency struct {
 	Output []byte
 	// ContentType is the output's content type ("" means JSON).
 	ContentType string
-	// Failure is its failure when FAILED, REJECTED or CANCELLED.
+	// Failure is its failure when FAILED, REJECTED or CANCELLED (its
+	// Cause nesting what caused it).
 	Failure *arev1.Failure
 }
 
@@ -843,6 +847,7 @@ func handlerFailure(hctx context.Context, err error) (*arev1.Failure, time.Durat
 			Message: truncate("the worker stopped before the task finished: "+failure.GetMessage(), maxFailureMessage),
 			Type:    "WorkerStopped",
 			Kind:    arev1.FailureKind_FAILURE_KIND_WORKER_LOST,
+			Cause:   failure.GetCause(), // the causes of the handler's error
 		}, 0
 	}
 	return failure, retryAfter
@@ -936,6 +941,10 @@ const (
 	maxFailureDetails     = 1024 * 1024 // bytes, inline only; also a failure with its causes
 	maxDetailsContentType = 128         // characters
 	maxFailureCauses      = 8
+	// maxCountedCauses bounds the walk of an error's chain below the causes
+	// kept: an endless chain (an Unwrap that makes a new error on every
+	// call) is counted no further, its note saying "or more".
+	maxCountedCauses = 10_000
 )
 
 // fitReport fits a failure report to the bounds the sidecar refuses beyond,
@@ -963,26 +972,78 @@ func fitReport(report *arev1.TaskFailure) *arev1.TaskFailure {
 // place: strings valid UTF-8, the message and stack trace cut to 32 and 64
 // KiB, the type to 256 characters; details by reference, over 1 MiB or with
 // a content type over 128 characters dropped, saying so in the message; at
-// most 8 causes, dropped from the deepest while the whole is over 1 MiB.
+// most 8 causes, dropped from the deepest while the whole is over 1 MiB. The
+// deepest cause kept says how many were dropped and why, in the sidecar's
+// words (causesNote).
 func fitFailure(failure *arev1.Failure) {
+	fitChain(failure, 0, false)
+}
+
+// fitChain is fitFailure for a failure whose chain went tooDeep causes
+// deeper than the causes it holds (counted, not built, by withCauses), or
+// at least that many when atLeast: the note of dropped causes counts them.
+func fitChain(failure *arev1.Failure, tooDeep int, atLeast bool) {
 	if failure == nil {
 		return
 	}
 	chain := []*arev1.Failure{failure}
-	for f := failure; f.GetCause() != nil; f = f.GetCause() {
-		if len(chain) > maxFailureCauses {
-			f.Cause = nil // a ninth cause and below
+	for f := failure.GetCause(); f != nil; f = f.GetCause() {
+		if len(chain) <= maxFailureCauses {
+			chain = append(chain, f)
+		} else if tooDeep++; tooDeep >= maxCountedCauses {
+			atLeast = true
 			break
 		}
-		chain = append(chain, f.GetCause())
 	}
-	for _, f := range chain {
+	chain[len(chain)-1].Cause = nil // a ninth cause and below
+	messages := make([]string, len(chain))
+	for i, f := range chain {
 		fitOne(f)
+		messages[i] = f.GetMessage()
 	}
-	for len(chain) > 1 && proto.Size(failure) > maxFailureDetails {
-		chain = chain[:len(chain)-1]
-		chain[len(chain)-1].Cause = nil
+	for tooBig := 0; ; tooBig++ {
+		deepest := len(chain) - 1
+		if tooDeep+tooBig > 0 {
+			chain[deepest].Message = noted(messages[deepest], causesNote(tooDeep, tooBig, atLeast))
+		}
+		if deepest == 0 || proto.Size(failure) <= maxFailureDetails {
+			return
+		}
+		chain = chain[:deepest]
+		chain[deepest-1].Cause = nil
 	}
+}
+
+// causesNote says how many causes below the deepest kept one were dropped,
+// and why, as the sidecar says it ("[12 deeper causes dropped: causes nest
+// at most 8 deep]"); "or more" when the walk of an endless chain gave up
+// counting (see withCauses).
+func causesNote(tooDeep, tooBig int, atLeast bool) string {
+	var why []string
+	if tooDeep > 0 {
+		why = append(why, fmt.Sprintf("causes nest at most %d deep", maxFailureCauses))
+	}
+	if tooBig > 0 {
+		why = append(why, "a failure with its causes is at most 1 MiB")
+	}
+	count, more, plural := tooDeep+tooBig, "", ""
+	if atLeast {
+		more = " or more"
+	}
+	if count > 1 || atLeast {
+		plural = "s"
+	}
+	return fmt.Sprintf("[%d%s deeper cause%s dropped: %s]", count, more, plural, strings.Join(why, "; "))
+}
+
+// noted is message with note appended, the message cut (whole characters)
+// so that both fit in the 32 KiB of UTF-8 the sidecar keeps: the note is
+// never the part it cuts off.
+func noted(message, note string) string {
+	if message == "" {
+		return note
+	}
+	return truncate(message, maxFailureMessage-len(note)-1) + " " + note
 }
 
 // fitOne fits one Failure, not its causes (see fitFailure).
@@ -1026,11 +1087,20 @@ func truncateRunes(s string, n int) string {
 // failureOf makes the Failure a handler's error is reported as, with the
 // least retry delay: a *TaskError's RetryAfter, else the sidecar's retry
 // hint (RetryInfo) of an *Error in its chain, such as a spawn refused with
-// POOL_QUEUE_FULL. It never panics, since an attempt must always be
-// reported: when the error's methods panic (an Error method that fails, a
-// nil pointer returned as an error), the failure says that its message
-// could not be read, with the stack of that panic.
-func failureOf(err error) (failure *arev1.Failure, retryAfter time.Duration) {
+// POOL_QUEUE_FULL. The errors it wraps are the failure's causes
+// (withCauses). It never panics, since an attempt must always be reported:
+// when the error's methods panic (an Error method that fails, a nil pointer
+// returned as an error), the failure says that its message could not be
+// read, with the stack of that panic.
+func failureOf(err error) (*arev1.Failure, time.Duration) {
+	failure, retryAfter := ownFailureOf(err)
+	withCauses(failure, err)
+	return failure, retryAfter
+}
+
+// ownFailureOf is failureOf without the causes. It looks into err's chain
+// with findIn, since errors.As never ends on a cyclic chain.
+func ownFailureOf(err error) (failure *arev1.Failure, retryAfter time.Duration) {
 	defer func() {
 		if r := recover(); r != nil {
 			typ := goType(err)
@@ -1052,7 +1122,7 @@ func failureOf(err error) (failure *arev1.Failure, retryAfter time.Duration) {
 	var pe *panicError
 	var ge *goexitError
 	switch {
-	case errors.As(err, &te):
+	case findIn(err, &te):
 		if te.Type != "" {
 			failure.Type = te.Type
 		} else if te.Err != nil {
@@ -1063,18 +1133,201 @@ func failureOf(err error) (failure *arev1.Failure, retryAfter time.Duration) {
 			failure.Details = Bytes(te.Details, JSONContentType)
 		}
 		retryAfter = te.RetryAfter
-	case errors.As(err, &pe):
+	case findIn(err, &pe):
 		failure.Type = "panic"
 		failure.StackTrace = truncate(pe.stack, maxStackTrace)
-	case errors.As(err, &ge):
+	case findIn(err, &ge):
 		failure.Type = "goexit"
 		failure.StackTrace = truncate(ge.stack, maxStackTrace)
 	}
 	var ae *Error
-	if retryAfter == 0 && errors.As(err, &ae) && ae.RetryDelay > 0 {
+	if retryAfter == 0 && findIn(err, &ae) && ae.RetryDelay > 0 {
 		retryAfter = ae.RetryDelay
 	}
 	return failure, retryAfter
+}
+
+// withCauses sets the causes of failure, the Failure of a handler's error
+// err (ownFailureOf), from the errors err wraps, outermost first (see
+// unwrapOne): with fmt.Errorf("loading: %w", err) the failure says
+// "loading: <err's text>" and its cause is err, with err's text and type,
+// then err's own cause, and so on. Each cause has its Error() text and a
+// type as the failure has: a *TaskError's Type (else its Err's Go type),
+// else its Go type; an Error method that panics is named so, as for the
+// failure. A *TaskError with neither a Message nor a Type (NonRetryable(err),
+// say) is not a cause of its own, since it would repeat its Err, which
+// stands for it. The chain is fitted as fitFailure does, the causes dropped
+// counted up to 10,000 past the 8 kept; an error met before (a cycle) or an
+// Unwrap that panics ends it. Never panics.
+func withCauses(failure *arev1.Failure, err error) {
+	seen := make(map[error]struct{})
+	var causes []*arev1.Failure
+	levels, tooDeep, atLeast := 0, 0, false // levels: the failure's, then its causes'
+	const most = 1 + maxFailureCauses + maxCountedCauses
+	for e, steps := err, 0; e != nil; e, steps = unwrapOne(e), steps+1 {
+		if steps == most {
+			atLeast = tooDeep > 0
+			break
+		}
+		if !firstMeeting(seen, e) {
+			break // a cycle
+		}
+		if standsForItsErr(e) {
+			continue
+		}
+		switch {
+		case levels == 0: // err itself: the failure
+		case levels <= maxFailureCauses:
+			causes = append(causes, causeFailure(e))
+		default:
+			tooDeep++
+		}
+		levels++
+	}
+	below := failure
+	for _, c := range causes {
+		below.Cause = c
+		below = c
+	}
+	fitChain(failure, tooDeep, atLeast)
+}
+
+// findIn is errors.As for a handler's error, bounded: it looks for a T in
+// err's tree as errors.As does (depth first, asking As methods too), but
+// never into an error met before, and into at most as many errors as
+// withCauses walks, so that it ends on a cycle or an endless chain, where
+// errors.As would go round for ever (and the attempt never be reported).
+// An Unwrap or As method that panics ends its branch.
+func findIn[T error](err error, target *T) bool {
+	seen := make(map[error]struct{})
+	budget := 1 + maxFailureCauses + maxCountedCauses
+	pending := []error{err}
+	for len(pending) > 0 && budget > 0 {
+		e := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		if e == nil || !firstMeeting(seen, e) {
+			continue
+		}
+		budget--
+		if t, ok := e.(T); ok {
+			*target = t
+			return true
+		}
+		if asks(e, target) {
+			return true
+		}
+		wrapped := unwrapAll(e)
+		for i := len(wrapped) - 1; i >= 0; i-- {
+			pending = append(pending, wrapped[i])
+		}
+	}
+	return false
+}
+
+// asks reports whether e's As method (if any) sets target, as errors.As
+// asks it; false when it panics.
+func asks(e error, target any) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	x, has := e.(interface{ As(any) bool })
+	return has && x.As(target)
+}
+
+// unwrapAll is what e wraps, as errors.As sees it: Unwrap() error's or
+// Unwrap() []error's; nil when its Unwrap panics.
+func unwrapAll(e error) (wrapped []error) {
+	defer func() {
+		if recover() != nil {
+			wrapped = nil
+		}
+	}()
+	switch u := e.(type) {
+	case interface{ Unwrap() error }:
+		return []error{u.Unwrap()}
+	case interface{ Unwrap() []error }:
+		return u.Unwrap()
+	}
+	return nil
+}
+
+// unwrapOne is the error e wraps: Unwrap() error's; the first non-nil of
+// Unwrap() []error's (errors.Join, fmt.Errorf with several %w), whose text
+// e's own already holds; for a handler's panic, the error it panicked with.
+// It is nil when there is none, or when the Unwrap method panics.
+func unwrapOne(e error) (wrapped error) {
+	defer func() {
+		if recover() != nil {
+			wrapped = nil
+		}
+	}()
+	switch u := e.(type) {
+	case *panicError:
+		wrapped, _ = u.value.(error)
+		return wrapped
+	case interface{ Unwrap() error }:
+		return u.Unwrap()
+	case interface{ Unwrap() []error }:
+		for _, w := range u.Unwrap() {
+			if w != nil {
+				return w
+			}
+		}
+	}
+	return nil
+}
+
+// firstMeeting adds e to seen and reports whether it was not there yet. An
+// error whose dynamic type cannot be a map key (a struct holding a slice)
+// panics when hashed: it counts as first met, and withCauses's bound ends a
+// cycle through it.
+func firstMeeting(seen map[error]struct{}, e error) (first bool) {
+	defer func() {
+		if recover() != nil {
+			first = true
+		}
+	}()
+	if _, met := seen[e]; met {
+		return false
+	}
+	seen[e] = struct{}{}
+	return true
+}
+
+// standsForItsErr reports whether e is a *TaskError with neither a Message
+// nor a Type, whose text and type are therefore its Err's.
+func standsForItsErr(e error) bool {
+	te, ok := e.(*TaskError)
+	return ok && te != nil && te.Message == "" && te.Type == "" && te.Err != nil
+}
+
+// causeFailure is one cause of a handler's error as a Failure: its text and
+// type (see withCauses), never panicking. No stack trace: a Go error has
+// none of its own.
+func causeFailure(e error) *arev1.Failure {
+	typ := goType(e)
+	if te, ok := e.(*TaskError); ok && te != nil {
+		switch {
+		case te.Type != "":
+			typ = te.Type
+		case te.Err != nil:
+			typ = goType(te.Err)
+		}
+	}
+	return &arev1.Failure{Message: textOf(e, typ), Type: typ, Kind: arev1.FailureKind_FAILURE_KIND_APPLICATION}
+}
+
+// textOf is e.Error(), cut to the 32 KiB kept; when it panics, a text saying
+// that the message of an error of type typ could not be read.
+func textOf(e error, typ string) (text string) {
+	defer func() {
+		if r := recover(); r != nil {
+			text = truncate(fmt.Sprintf("%s (its message could not be read: %v)", typ, r), maxFailureMessage)
+		}
+	}()
+	return truncate(e.Error(), maxFailureMessage)
 }
 
 // goType is the Go type of v without a pointer's star ("errors.errorString").

@@ -210,7 +210,8 @@ func (h *WorkflowHandle) Task(ctx context.Context, taskID string) (*arev1.Task, 
 // TaskNotCompletedError is returned by TaskResult for a task that is not
 // COMPLETED (still running, or failed, skipped, rejected, cancelled).
 type TaskNotCompletedError struct {
-	// Task is the task's status; Task.Failure says why it failed, if it did.
+	// Task is the task's status; Task.Failure says why it failed, if it
+	// did, its Cause (nested) what caused that.
 	Task *arev1.Task
 }
 
