@@ -45,7 +45,11 @@ export interface ConnectOptions {
   tls?: boolean;
   /** PEM roots to trust for TLS (implies `tls`). */
   rootCertificates?: Buffer;
-  /** The largest message sent or received, in bytes; default 64 MiB like the sidecar. */
+  /**
+   * The largest message sent or received, in bytes; default 64 MiB like the sidecar. A worker's
+   * stream cuts its batches under it (and under 16 MiB); set it to the sidecar's
+   * `--max-message-bytes` when that is lower.
+   */
   maxMessageBytes?: number;
   /** How long to wait for the sidecar to answer, in milliseconds; default 10 s. */
   connectTimeoutMs?: number;
@@ -108,6 +112,14 @@ export class Client {
   readonly blobs: Blobs;
   /** @internal */
   readonly rpc: Rpc;
+  /**
+   * The largest message this client sends, in bytes (`maxMessageBytes`, or a
+   * `grpc.max_send_message_length` channel option; Infinity when unbounded):
+   * the worker stream cuts its batches below it.
+   *
+   * @internal
+   */
+  readonly maxSendBytes: number;
   private readonly channel: grpc.Channel;
   /**
    * Waits on workflows (a handle's `wait`, `result` and `watch`) go over a
@@ -127,8 +139,10 @@ export class Client {
     watchChannel: grpc.Channel,
     credentials: grpc.ChannelCredentials,
     token: string | undefined,
+    maxSendBytes: number,
   ) {
     this.target = target;
+    this.maxSendBytes = maxSendBytes;
     this.channel = channel;
     this.watchChannel = watchChannel;
     this.watches = new SchedulerServiceClient(target, credentials, { channelOverride: watchChannel });
@@ -180,7 +194,10 @@ export class Client {
     // Connected at the first wait; a subchannel pool of its own keeps grpc-js from putting
     // both channels on one connection, as it does for channels alike.
     const watchChannel = new grpc.Channel(target, credentials, { ...channelOptions, "grpc.use_local_subchannel_pool": 1 });
-    const client = new Client(target, channel, watchChannel, credentials, options.token);
+    const sendBound: unknown = channelOptions["grpc.max_send_message_length"];
+    // grpc-js reads -1 as unbounded; a bound given as a channel option wins, as it does there.
+    const maxSendBytes = typeof sendBound === "number" && sendBound >= 0 ? sendBound : sendBound === -1 ? Infinity : maxMessageBytes;
+    const client = new Client(target, channel, watchChannel, credentials, options.token, maxSendBytes);
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     try {
       await waitForReady(client.raw.health, timeoutMs, options.signal);

@@ -4,9 +4,12 @@
  * and drain notices; one writer sends what is pending (events, heartbeats,
  * completions, failures, a drain, a ping) in batches, everything that
  * accumulated while the previous write was in flight going in the next one;
- * a ticker queues the heartbeats of held attempts. Pending items are bounded
- * by the attempts held, which the sidecar bounds by the registered
- * concurrency; one message is in flight at a time.
+ * a ticker queues the heartbeats of held attempts. A message is cut at 1,000
+ * items or when the next item would take it past 16 MiB (or the client's own
+ * bound less 1 KiB, when lower), each item counted at its exact encoded length
+ * (see {@link batchBytes}, {@link itemBytes}); what does not fit goes in the
+ * next. Pending items are bounded by the attempts held, which the sidecar
+ * bounds by the registered concurrency; one message is in flight at a time.
  *
  * The worker ({@link Worker}) owns the attempts and reconnects; this module
  * only speaks the protocol of one stream.
@@ -20,17 +23,17 @@ import type { Client } from "./client.js";
 import { AreError, Code, toAreError } from "./errors.js";
 import type { AgentCard as AgentCardMessage } from "./gen/are/v1/agent.js";
 import type { Payload } from "./gen/are/v1/common.js";
-import type { ReportedEvent } from "./gen/are/v1/event.js";
+import { ReportedEvent } from "./gen/are/v1/event.js";
 import {
   AckSubject,
   ConnectRequest,
   TaskCancelReason,
+  TaskCompletion,
+  TaskFailure,
+  TaskHeartbeat,
   type ConnectResponse,
   type TaskAck,
   type TaskAssignment,
-  type TaskCompletion,
-  type TaskFailure,
-  type TaskHeartbeat,
 } from "./gen/are/v1/worker_service.js";
 import { ErrorReason } from "./gen/are/v1/errors.js";
 import { fromDuration, sleep } from "./time.js";
@@ -48,8 +51,19 @@ const LEASE_GONE = new Set<number>([
 const DEFAULT_INTERVAL_MS = 10_000;
 /** The most items of one kind in one message (the contract's bound for results and events). */
 const MAX_BATCH = 1000;
-/** A batch of results is cut once its payloads pass this many bytes (the sidecar accepts 64 MiB messages). */
+/**
+ * The most bytes of items in one message. The sidecar accepts messages of up to 64 MiB, and the
+ * client sends none larger than its `maxMessageBytes`; one item can be 4 MiB (an inline output)
+ * or 1 MiB (heartbeat details, a failure with its causes). Heartbeats were cut by count alone, and
+ * results by their payloads' size against this bound whatever the client's: seventy attempts
+ * heartbeating 1 MiB of details at once, or three 3 MiB outputs on a client bounded at 8 MiB, made
+ * one message over the bound, which ended the stream and lost every attempt on it. 16 MiB is a
+ * quarter of the sidecar's bound, as its own assignment batches (worker_service.proto), and holds
+ * three of the largest items; a client with a lower bound cuts below it (see batchBytes).
+ */
 const MAX_BATCH_BYTES = 16 * 1024 * 1024;
+/** What a message holds beside its items: the batch's tag and length in the ConnectRequest (6 bytes at most), with room to spare. */
+const ENVELOPE_BYTES = 1024;
 /** How long the sidecar gets to answer the registration. */
 const REGISTER_TIMEOUT_MS = 10_000;
 
@@ -79,6 +93,21 @@ interface PendingResult<T> {
   resolve: (ack: TaskAck | undefined) => void;
 }
 
+/** The byte budget of one message's items for a client that sends messages of at most `maxSendBytes`. */
+function batchBytes(maxSendBytes: number): number {
+  return Math.max(0, Math.min(MAX_BATCH_BYTES, maxSendBytes - ENVELOPE_BYTES));
+}
+
+/**
+ * The bytes an item of `length` encoded bytes adds to a message as an element of its batch's
+ * repeated field: a one-byte tag, the length as a varint, the item.
+ */
+function itemBytes(length: number): number {
+  let varint = 1;
+  for (let rest = length; rest >= 0x80; rest = Math.floor(rest / 0x80)) varint += 1;
+  return 1 + varint + length;
+}
+
 /** The key of one attempt. */
 export function attemptKey(a: { workflowId: string; taskId: string; attempt: number }): string {
   return `${a.workflowId}\u0000${a.taskId}\u0000${a.attempt}`;
@@ -106,6 +135,8 @@ export class StreamSession {
     private readonly call: ClientDuplexStream<ConnectRequest, ConnectResponse>,
     readonly workerId: string,
     readonly intervalMs: number,
+    /** The byte budget of one message's items (see batchBytes). */
+    private readonly budget: number,
     private readonly onAssignment: (assignment: TaskAssignment, session: StreamSession) => void,
     private readonly warn: (message: string) => void,
   ) {
@@ -176,7 +207,7 @@ export class StreamSession {
       throw new AreError(Code.INTERNAL, "the sidecar's first message on the worker stream was not `registered`");
     }
     const intervalMs = fromDuration(registered.heartbeatInterval) || DEFAULT_INTERVAL_MS;
-    const session = new StreamSession(call, registered.workerId, intervalMs, onAssignment, warn);
+    const session = new StreamSession(call, registered.workerId, intervalMs, batchBytes(client.maxSendBytes), onAssignment, warn);
     call.on("status", (status: StatusObject) => session.end(statusError(status, "the sidecar ended the worker stream")));
     call.resume();
     return session;
@@ -224,13 +255,12 @@ export class StreamSession {
 
   /** Sends a completion; resolves with its ack, or undefined when the stream ended first. */
   complete(completion: TaskCompletion): Promise<TaskAck | undefined> {
-    const bytes = (completion.output?.data?.length ?? 0) + (completion.statePatch?.mergePatchJson?.length ?? 0);
-    return this.result(completion, bytes, this.completions);
+    return this.result(completion, itemBytes(TaskCompletion.encode(completion).finish().length), this.completions);
   }
 
   /** Sends a failure; resolves with its ack, or undefined when the stream ended first. */
   fail(failure: TaskFailure): Promise<TaskAck | undefined> {
-    return this.result(failure, (failure.failure?.details?.data?.length ?? 0) + (failure.failure?.stackTrace.length ?? 0), this.failures);
+    return this.result(failure, itemBytes(TaskFailure.encode(failure).finish().length), this.failures);
   }
 
   /** Tells the sidecar to assign no more; results of held attempts are still accepted. */
@@ -392,24 +422,40 @@ export class StreamSession {
     });
   }
 
-  /** The next message to write, in the order events, heartbeats, completions, failures, drain, ping. */
+  /**
+   * The next message to write, in the order events, heartbeats, completions, failures, drain,
+   * ping; each batch cut by count and size (the items left over go in the next message).
+   */
   private nextMessage(): [ConnectRequest, (() => void) | undefined] | undefined {
     const events: ReportedEvent[] = [];
+    let bytes = 0;
     for (const held of this.held.values()) {
       const a = held.attempt;
-      if (a.events.length === 0) continue;
-      events.push(...a.events.splice(0, MAX_BATCH - events.length));
-      if (events.length >= MAX_BATCH) break;
+      let n = 0;
+      while (n < a.events.length && events.length + n < MAX_BATCH) {
+        const size = itemBytes(ReportedEvent.encode(a.events[n]!).finish().length);
+        if (events.length + n > 0 && bytes + size > this.budget) break;
+        bytes += size;
+        n += 1;
+      }
+      const left = n < a.events.length; // the message is full: the rest go in the next
+      events.push(...a.events.splice(0, n));
+      if (left) break;
     }
     if (events.length > 0) return [ConnectRequest.fromPartial({ reportEvents: { events } }), undefined];
 
     const now = Date.now();
     const heartbeats: TaskHeartbeat[] = [];
     const beaten: (() => void)[] = [];
+    bytes = 0;
     for (const held of this.held.values()) {
       if (held.nextMs > now || this.waiting.has(attemptKey(held.attempt.assignment))) continue;
       const { workflowId, taskId, attempt } = held.attempt.assignment;
-      heartbeats.push({ workflowId, taskId, attempt, details: held.attempt.details });
+      const heartbeat = { workflowId, taskId, attempt, details: held.attempt.details };
+      const size = itemBytes(TaskHeartbeat.encode(heartbeat).finish().length);
+      if (heartbeats.length > 0 && bytes + size > this.budget) break; // due still: it goes in the next message
+      bytes += size;
+      heartbeats.push(heartbeat);
       held.attempt.details = undefined;
       held.nextMs = now + held.everyMs;
       beaten.push(...held.beaten.splice(0));
@@ -419,9 +465,9 @@ export class StreamSession {
       return [ConnectRequest.fromPartial({ heartbeat: { heartbeats } }), () => beaten.forEach((resolve) => resolve())];
     }
 
-    const completions = takeBatch(this.completions);
+    const completions = takeBatch(this.completions, this.budget);
     if (completions.length > 0) return [ConnectRequest.fromPartial({ complete: { completions } }), undefined];
-    const failures = takeBatch(this.failures);
+    const failures = takeBatch(this.failures, this.budget);
     if (failures.length > 0) return [ConnectRequest.fromPartial({ fail: { failures } }), undefined];
 
     if (this.drainReason !== undefined) {
@@ -436,11 +482,16 @@ export class StreamSession {
   }
 }
 
-/** Takes up to MAX_BATCH items (and about MAX_BATCH_BYTES) off the front of `queue`. */
-function takeBatch<T>(queue: PendingResult<T>[]): T[] {
+/**
+ * Takes the items of one message off the front of `queue`, in order: at most MAX_BATCH, and at most
+ * `budget` bytes of them (see itemBytes), but always the first. An item over the budget by itself
+ * goes alone: each is fitted to the sidecar's bounds when it is made (an output over 4 MiB goes as
+ * a blob, a failure with its causes to 1 MiB), so it still fits a message.
+ */
+function takeBatch<T>(queue: { item: T; bytes: number }[], budget: number): T[] {
   let bytes = 0;
   let n = 0;
-  while (n < queue.length && n < MAX_BATCH && (n === 0 || bytes + queue[n]!.bytes <= MAX_BATCH_BYTES)) {
+  while (n < queue.length && n < MAX_BATCH && (n === 0 || bytes + queue[n]!.bytes <= budget)) {
     bytes += queue[n]!.bytes;
     n += 1;
   }

@@ -19,22 +19,29 @@
  * Error or not (a string, undefined, an object whose `toString` throws), and
  * an {@link AreError} carrying the sidecar's retry hint (a call the handler
  * made, refused RESOURCE_EXHAUSTED) passes that hint on as the failure's
- * least delay before a retry.
+ * least delay before a retry. The thrown value's `cause` chain (ES2022
+ * `new Error(message, { cause })`, and the `cause` option of TaskError and
+ * NonRetryableError) goes as the failure's nested causes, each with its
+ * message, type and stack trace: at most 8, fewer when the whole would pass
+ * 1 MiB, the deepest kept one saying how many were dropped and why; a cycle
+ * ends the chain. An AggregateError's `errors` are not sent, only its `cause`.
  *
  * Two transports carry the same handlers (`transport` in {@link WorkerOptions}):
  *
  * - `"stream"` (the default): one `Connect` stream per worker. It registers
  *   (name, capabilities, `maxConcurrency`, identity, labels, card); the sidecar
- *   assigns at most `maxConcurrency` attempts at once; heartbeats of running attempts go
- *   in batches at the interval the registration answer gives (and at least
- *   three times per heartbeat timeout); results and events go in batches and
- *   each result waits for its TaskAck (a refusal such as TASK_NOT_HELD is
- *   that task's outcome, not the stream's); a cancellation from the sidecar
- *   aborts the handler at once. A broken stream is reopened with full-jitter
- *   backoff (50 ms doubling to `reconnectMaxDelayMs`, back to 50 ms only
- *   after a stream that lived 10 s), and no sooner than the sidecar's retry
- *   hint when its refusal carries one; its attempts are lost (their leases
- *   end with it and the sidecar retries them).
+ *   assigns at most `maxConcurrency` attempts at once; heartbeats of running
+ *   attempts go in batches at the interval the registration answer gives (and
+ *   at least three times per heartbeat timeout); results and events go in
+ *   batches too, every message cut by count and size under the sidecar's and
+ *   the client's bounds (see `maxMessageBytes`); each result waits for its
+ *   TaskAck (a refusal such as TASK_NOT_HELD is that task's outcome, not the
+ *   stream's); a cancellation from the sidecar aborts the handler at once. A
+ *   broken stream is reopened with full-jitter backoff (50 ms doubling to
+ *   `reconnectMaxDelayMs`, back to 50 ms only after a stream that lived
+ *   10 s), and no sooner than the sidecar's retry hint when its refusal
+ *   carries one; its attempts are lost (their leases end with it and the
+ *   sidecar retries them).
  * - `"unary"`: the worker long-polls `PollTask` for as many tasks as it has
  *   free slots (never more than `maxConcurrency` running), reports with
  *   `CompleteTask` / `FailTask`, and heartbeats every running attempt with
@@ -93,6 +100,13 @@ const MAX_FAILURE_TYPE = 256; // characters (code points)
 const MAX_FAILURE_DETAILS = 1024 * 1024; // bytes, inline only; also a failure with its causes
 const MAX_DETAILS_CONTENT_TYPE = 128; // characters (code points)
 const MAX_FAILURE_CAUSES = 8;
+/** The sidecar keeps a message's first 32 KiB of UTF-8: a note of dropped causes goes within them. */
+const MAX_MESSAGE_BYTES = 32 * 1024;
+/**
+ * Causes of a handler's error counted beyond the 8 kept, at most: a `cause` getter may make a new
+ * error on each read, and the walk must end even then (as the Java SDK's).
+ */
+const MAX_COUNTED_CAUSES = 10_000;
 const MAX_DURATION_SECONDS = 315_576_000_000; // the largest google.protobuf.Duration
 const MAX_EVENTS_PER_CALL = 1000;
 /** The most bytes of heartbeat details the sidecar takes (worker_service.proto, TaskHeartbeat.details). */
@@ -658,7 +672,7 @@ function cutCodePoints(text: string, n: number): string {
  * 256 characters; details by reference, over 1 MiB or with a content type over 128 characters
  * dropped, saying so in the message (the sidecar cuts a long message or stack trace, never refusing it).
  */
-function fitOne(failure: Failure, cause: Failure | undefined): Failure {
+function fitOne(failure: Failure): Failure {
   let message = wellFormed(failure.message);
   let details = failure.details;
   let why: string | undefined;
@@ -681,23 +695,72 @@ function fitOne(failure: Failure, cause: Failure | undefined): Failure {
     type: cutCodePoints(wellFormed(failure.type), MAX_FAILURE_TYPE),
     details,
     stackTrace: wellFormed(failure.stackTrace),
-    cause,
+    cause: undefined,
   };
 }
 
 /**
  * A Failure fitted to the bounds the sidecar refuses beyond (see fitOne), with at most 8 causes,
- * dropped from the deepest while the whole is over 1 MiB.
+ * dropped from the deepest while the whole is over 1 MiB; the deepest cause kept says how many
+ * were dropped and why, as the sidecar would (see fitChain).
  */
 function fitFailure(failure: Failure): Failure {
-  const chain: Failure[] = [failure];
-  for (let f = failure.cause; f !== undefined && chain.length <= MAX_FAILURE_CAUSES; f = f.cause) chain.push(f);
-  for (;;) {
-    let fitted: Failure | undefined;
-    for (let i = chain.length - 1; i >= 0; i -= 1) fitted = fitOne(chain[i]!, fitted);
-    if (chain.length === 1 || Failure.encode(fitted!).finish().length <= MAX_FAILURE_DETAILS) return fitted!;
-    chain.pop();
+  const levels: Failure[] = [];
+  let tooDeep = 0;
+  for (let f: Failure | undefined = failure; f !== undefined && tooDeep < MAX_COUNTED_CAUSES; f = f.cause) {
+    if (levels.length <= MAX_FAILURE_CAUSES) levels.push(f);
+    else tooDeep += 1;
   }
+  return fitChain(levels, tooDeep, tooDeep === MAX_COUNTED_CAUSES);
+}
+
+/**
+ * The levels of a failure (outermost first, their own causes ignored) linked into one, each fitted
+ * (see fitOne), its deepest causes dropped while the whole is over 1 MiB. When causes were dropped
+ * (`tooDeep` of them below the levels given, more if `atLeast`, and any dropped here for size),
+ * the deepest level kept says so at the end of its message, in the sidecar's words.
+ */
+function fitChain(levels: readonly Failure[], tooDeep: number, atLeast: boolean): Failure {
+  const fitted = levels.map((level) => fitOne(level));
+  let tooBig = 0;
+  for (;;) {
+    let whole: Failure | undefined;
+    for (let i = fitted.length - 1; i >= 0; i -= 1) {
+      const one = fitted[i]!;
+      if (whole !== undefined) whole = { ...one, cause: whole };
+      else if (tooDeep + tooBig > 0) whole = { ...one, message: noted(one.message, causesNote(tooDeep, tooBig, atLeast)) };
+      else whole = one;
+    }
+    if (fitted.length === 1 || Failure.encode(whole!).finish().length <= MAX_FAILURE_DETAILS) return whole!;
+    fitted.pop();
+    tooBig += 1;
+  }
+}
+
+/** How many causes below the deepest kept one were dropped, and why, as the sidecar says it (`_causes_note`). */
+function causesNote(tooDeep: number, tooBig: number, atLeast: boolean): string {
+  const why: string[] = [];
+  if (tooDeep > 0) why.push(`causes nest at most ${MAX_FAILURE_CAUSES} deep`);
+  if (tooBig > 0) why.push("a failure with its causes is at most 1 MiB");
+  const count = tooDeep + tooBig;
+  return `[${count}${atLeast ? " or more" : ""} deeper cause${count > 1 || atLeast ? "s" : ""} dropped: ${why.join("; ")}]`;
+}
+
+/**
+ * `message` with `note` appended, the message cut (whole characters) so that both fit in the
+ * 32 KiB of UTF-8 the sidecar keeps: the note is never the part cut off.
+ */
+function noted(message: string, note: string): string {
+  if (message === "") return note;
+  let room = MAX_MESSAGE_BYTES - Buffer.byteLength(note, "utf8") - 1;
+  let end = 0;
+  for (const char of message) {
+    const cp = char.codePointAt(0)!;
+    room -= cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (room < 0) break;
+    end += char.length;
+  }
+  return `${message.slice(0, end)} ${note}`;
 }
 
 /**
@@ -784,15 +847,101 @@ function typeName(error: unknown): string {
  * the failure says so with its class name alone, as the Python SDK's does.
  */
 function failureFromError(error: unknown): Failure {
+  let failure: Failure;
   try {
-    return failureOf(error);
+    failure = failureOf(error);
   } catch {
     const type = typeName(error);
-    return Failure.fromPartial({
+    failure = Failure.fromPartial({
       message: `${type} (its message could not be read)`,
       type,
       kind: FailureKind.FAILURE_KIND_APPLICATION,
     });
+  }
+  try {
+    return withCauses(failure, error);
+  } catch {
+    return failure; // never expected (each read is guarded): the failure goes without its causes
+  }
+}
+
+/**
+ * `failure` (what a handler threw) with the thrown value's causes (its `cause`, that one's
+ * `cause`, ..., outermost first) as its nested causes, fitted as fitFailure does: at most 8 causes,
+ * the deepest kept one saying how many more there were (counted up to 10,000). A `cause` is
+ * followed on any object (an Error chiefly, one from another realm too) and only when present: a
+ * cause of `undefined` or `null` is none, and a primitive cause ends the chain. A cause met before
+ * ends it (a cycle), and so does a `cause` getter that throws. An AggregateError's `errors` are
+ * not followed, only its `cause`: a Failure has one cause, not a list. Each cause has a message,
+ * a type and a stack trace as the failure has (see causeFailure). Never throws.
+ */
+function withCauses(failure: Failure, error: unknown): Failure {
+  const levels: Failure[] = [failure];
+  const seen = new Set<unknown>([error]);
+  let tooDeep = 0;
+  for (let link = causeOf(error); link !== undefined && !seen.has(link.value); link = causeOf(link.value)) {
+    seen.add(link.value);
+    if (levels.length <= MAX_FAILURE_CAUSES) levels.push(causeFailure(link.value));
+    else if (++tooDeep === MAX_COUNTED_CAUSES) break;
+  }
+  return fitChain(levels, tooDeep, tooDeep === MAX_COUNTED_CAUSES);
+}
+
+/**
+ * The `cause` of a thrown value (boxed: a cause may be any value, `0` or `""` included), or
+ * undefined when it has none: not an object, no cause, a cause of `undefined` or `null`, or one
+ * that cannot be read (a getter that throws, a revoked Proxy).
+ */
+function causeOf(value: unknown): { value: unknown } | undefined {
+  if (value === null || (typeof value !== "object" && typeof value !== "function")) return undefined;
+  try {
+    const cause: unknown = (value as { cause?: unknown }).cause;
+    return cause === undefined || cause === null ? undefined : { value: cause };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One cause of a handler's error as a Failure: its type (see causeType), its message (an Error's
+ * `message`, else `String(value)`; read guarded as the failure's own is), and an Error's stack
+ * trace, since a JavaScript stack does not show its causes' frames. Never throws.
+ */
+function causeFailure(cause: unknown): Failure {
+  const type = causeType(cause);
+  let message: string;
+  try {
+    message = (cause instanceof Error ? textOf(cause.message) : textOf(cause)).slice(0, MAX_MESSAGE) || type;
+  } catch {
+    message = `${type} (its message could not be read)`;
+  }
+  let stackTrace = "";
+  try {
+    const stack: unknown = cause instanceof Error ? cause.stack : undefined;
+    if (typeof stack === "string") stackTrace = stack.slice(-MAX_STACK_TRACE);
+  } catch {
+    // a stack getter that throws: none
+  }
+  return Failure.fromPartial({ message, type, kind: FailureKind.FAILURE_KIND_APPLICATION, stackTrace });
+}
+
+/**
+ * The type of one cause: a {@link TaskError}'s `type`; else, for an object, its constructor's
+ * name (as the failure's own type, an Error's class name; "Object" when it has none); else the
+ * primitive's `typeof` ("string", "number", ...). Never throws.
+ */
+function causeType(cause: unknown): string {
+  if (typeof cause !== "object" && typeof cause !== "function") return typeof cause;
+  try {
+    if (cause instanceof TaskError) {
+      const own: unknown = cause.type;
+      if (typeof own === "string" && own !== "") return own;
+    }
+    const name: unknown = (cause as { constructor?: { name?: unknown } }).constructor?.name;
+    if (typeof name === "string" && name !== "") return name;
+    return cause instanceof Error ? "Error" : typeof cause === "function" ? "Function" : "Object";
+  } catch {
+    return typeof cause === "function" ? "Function" : "Object"; // a revoked Proxy, a getter that throws
   }
 }
 

@@ -18,6 +18,7 @@ import {
   WorkflowFailedError,
   WorkflowSpec,
   type AgentCardInput,
+  type FailureInfo,
   type TaskContext,
 } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
@@ -50,6 +51,35 @@ async function serving(worker: Worker, body: () => Promise<void>): Promise<void>
 }
 
 class RefusalError extends Error {}
+class DbError extends Error {}
+
+/** A failure's levels, outermost first, as [type, message] pairs. */
+function levels(failure: FailureInfo | undefined): [string, string][] {
+  const out: [string, string][] = [];
+  for (let f = failure; f !== undefined; f = f.cause) out.push([f.type, f.message]);
+  return out;
+}
+
+/** An error whose `cause` getter makes a new one on each read: a chain without end. */
+function endless(depth: number): Error {
+  const error = new Error(`level ${depth}`);
+  Object.defineProperty(error, "cause", { get: () => endless(depth + 1) });
+  return error;
+}
+
+/**
+ * An error with 8 causes, each of them (and the error) with 64 KiB of message and 128 KiB of stack
+ * trace in UTF-8 ("é" is two bytes): about 1.7 MiB in all, over the 1 MiB a failure with its
+ * causes may take.
+ */
+function heavyError(): Error {
+  let error: Error | undefined;
+  for (let i = 8; i >= 0; i -= 1) {
+    error = new Error(`${i}`.padEnd(32 * 1024, "é"), error === undefined ? undefined : { cause: error });
+    error.stack = "é".repeat(64 * 1024);
+  }
+  return error!;
+}
 
 for (const transport of ["stream", "unary"] as const) {
   const OPTS = { ...FAST, transport };
@@ -259,6 +289,137 @@ for (const transport of ["stream", "unary"] as const) {
         assert.equal(task.failure?.message, "too big (details of 1048577 bytes dropped: over 1 MiB)");
         assert.equal(task.failure?.details, undefined);
         assert.deepEqual([task.usage.inputTokens, task.usage.outputTokens], [5, 0]);
+      });
+    });
+
+    test("a thrown error's causes go as the failure's causes, and the next attempt sees them", async () => {
+      // failureOf sent no cause: `new Error(message, { cause })` and TaskError's cause option were lost.
+      const capability = unique("causes");
+      let lastFailure: FailureInfo | undefined;
+      const cases: Record<string, () => unknown> = {
+        chain: () => {
+          throw new TaskError("could not save the draft", {
+            type: "SaveError",
+            cause: new DbError("connection reset", {
+              cause: new NonRetryableError("quota gone", { type: "QuotaError", cause: "socket closed" }),
+            }),
+          });
+        },
+        object: () => {
+          throw new Error("bad reply", { cause: { status: 503 } });
+        },
+        number: () => Promise.reject(new RefusalError("refused", { cause: 42 })),
+        aggregate: () => {
+          throw new AggregateError([new Error("first"), new Error("second")], "all failed", { cause: new RangeError("root") });
+        },
+        undefinedCause: () => {
+          throw new Error("plain", { cause: undefined });
+        },
+        nullCause: () => {
+          throw new Error("plain", { cause: null });
+        },
+      };
+      const worker = new Worker(client, { ...OPTS, name: "ts-causes" }).handle(capability, (ctx) => {
+        if (ctx.taskId !== "chain" || ctx.attempt === 1) return cases[ctx.taskId]!();
+        lastFailure = ctx.lastFailure;
+        return "saved";
+      });
+      await serving(worker, async () => {
+        let spec = new WorkflowSpec("ts-causes");
+        for (const id of Object.keys(cases)) {
+          spec = spec.task(id, { capability, retryPolicy: { maximumAttempts: id === "chain" ? 2 : 1, initialIntervalMs: 10 } });
+        }
+        const handle = await client.workflows.submit(spec);
+        await handle.wait(WAIT);
+        const chain = await handle.task("chain");
+        assert.deepEqual([chain.state, chain.attempt], ["COMPLETED", 2]);
+        const expected = [
+          ["SaveError", "could not save the draft"],
+          ["DbError", "connection reset"],
+          ["QuotaError", "quota gone"],
+          ["string", "socket closed"],
+        ];
+        assert.deepEqual(levels(lastFailure), expected);
+        // A cause's own stack trace (a JavaScript stack shows no cause's frames); a string has none.
+        assert.match(lastFailure?.cause?.stackTrace ?? "", /^Error: connection reset\n\s+at /);
+        assert.equal(lastFailure?.cause?.cause?.cause?.stackTrace, "");
+        // Only the failure's own nonRetryable counts: a NonRetryableError cause did not stop the retry.
+        assert.deepEqual([lastFailure?.nonRetryable, lastFailure?.cause?.kind], [false, "APPLICATION"]);
+        const got: Record<string, [string, string][]> = {};
+        for (const id of Object.keys(cases).filter((id) => id !== "chain")) got[id] = levels((await handle.task(id)).failure);
+        assert.deepEqual(got, {
+          object: [["Error", "bad reply"], ["Object", "[object Object]"]],
+          number: [["RefusalError", "refused"], ["number", "42"]],
+          // An AggregateError's errors are not followed: its cause alone.
+          aggregate: [["AggregateError", "all failed"], ["RangeError", "root"]],
+          undefinedCause: [["Error", "plain"]],
+          nullCause: [["Error", "plain"]],
+        });
+      });
+    });
+
+    test("cycles, endless and deep cause chains are cut, the deepest cause kept saying how many were dropped", async () => {
+      const capability = unique("chains");
+      const a = new Error("a");
+      const b = new Error("b", { cause: a });
+      a.cause = b;
+      const self = new Error("self");
+      self.cause = self;
+      let deep = new Error("e11");
+      for (let i = 10; i >= 0; i -= 1) deep = new Error(`e${i}`, { cause: deep });
+      const hidden = new DbError("hidden");
+      Object.defineProperty(hidden, "message", {
+        get(): string {
+          throw new Error("no message for you");
+        },
+      });
+      const revoked = Proxy.revocable(new Error("gone"), {});
+      revoked.revoke();
+      const causeThrows = new Error("its cause cannot be read");
+      Object.defineProperty(causeThrows, "cause", {
+        get(): unknown {
+          throw new Error("no cause for you");
+        },
+      });
+      const thrown: Record<string, unknown> = {
+        cycle: a,
+        self,
+        deep,
+        endless: endless(0),
+        unreadable: new Error("outer", { cause: hidden }),
+        revoked: new Error("outer", { cause: revoked.proxy }),
+        causeThrows,
+        heavy: heavyError(),
+      };
+      const worker = new Worker(client, { ...OPTS, name: "ts-chains" }).handle(capability, (ctx) => {
+        throw thrown[ctx.taskId];
+      });
+      await serving(worker, async () => {
+        let spec = new WorkflowSpec("ts-chains");
+        for (const id of Object.keys(thrown)) spec = spec.task(id, { capability, retryPolicy: { maximumAttempts: 1 } });
+        const handle = await client.workflows.submit(spec);
+        assert.equal((await handle.wait({ timeoutMs: 20_000 })).state, "FAILED");
+        const got: Record<string, [string, string][]> = {};
+        for (const id of Object.keys(thrown)) got[id] = levels((await handle.task(id)).failure);
+        const heavy = got["heavy"]!;
+        delete got["heavy"];
+        const tooDeep = (n: string) => `[${n} deeper causes dropped: causes nest at most 8 deep]`;
+        assert.deepEqual(got, {
+          cycle: [["Error", "a"], ["Error", "b"]],
+          self: [["Error", "self"]],
+          deep: [...Array(9).keys()].map((i) => ["Error", i < 8 ? `e${i}` : `e8 ${tooDeep("3")}`]),
+          endless: [...Array(9).keys()].map((i) => ["Error", i < 8 ? `level ${i}` : `level 8 ${tooDeep("10000 or more")}`]),
+          unreadable: [["Error", "outer"], ["DbError", "DbError (its message could not be read)"]],
+          revoked: [["Error", "outer"], ["Object", "Object (its message could not be read)"]],
+          causeThrows: [["Error", "its cause cannot be read"]],
+        });
+        // Over 1 MiB with its causes: the deepest dropped until it fits, the note kept within the
+        // 32 KiB of message the sidecar keeps.
+        assert.deepEqual(heavy.map(([type, message]) => [type, message[0]]), [...Array(5).keys()].map((i) => ["Error", `${i}`]));
+        const note = " [4 deeper causes dropped: a failure with its causes is at most 1 MiB]";
+        const deepest = heavy[4]![1];
+        assert.ok(deepest.endsWith(note), deepest.slice(-200));
+        assert.ok(Buffer.byteLength(deepest) <= 32 * 1024, `${Buffer.byteLength(deepest)}`);
       });
     });
 
