@@ -56,8 +56,8 @@ pub use tonic::Code;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use trace::EventStream;
 pub use worker::{
-    CancelReason, Dependency, Task, TaskError, Worker, WorkerOptions, WorkerStats, WorkerTransport,
-    COMPLETION_REFUSED,
+    CancelReason, Dependency, Task, TaskCause, TaskError, Worker, WorkerOptions, WorkerStats,
+    WorkerTransport, COMPLETION_REFUSED,
 };
 pub use workflow::{
     is_closed, json_payload, TaskBuilder, WorkflowBuilder, WorkflowHandle, JSON_CONTENT_TYPE,

@@ -3,6 +3,7 @@
 //! FailTask, and RecordHeartbeat while a handler runs) or the Connect stream
 //! (in `worker/stream.rs`). Handlers are the same on both.
 
+mod causes;
 mod stream;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::pb;
 use crate::router::AgentCard;
 use crate::workflow::JSON_CONTENT_TYPE;
 use crate::Client;
+use causes::MAX_MESSAGE_BYTES;
 
 /// A full-jitter delay in `[0, d]`.
 pub(crate) fn jitter(d: Duration) -> Duration {
@@ -49,17 +51,33 @@ pub(crate) fn retry_wait(delay: Duration, hint: Option<Duration>) -> Duration {
 }
 
 /// A handler's failure: a message, a type (matched against the retry policy's
-/// `non_retryable_failure_types`), whether it may be retried, JSON details
-/// and a least retry delay. Any `std::error::Error` converts into one with
-/// `?`; an [`Error`] of this SDK (itself, or as the source of another error)
-/// passes the sidecar's retry hint on as `retry_after`, so that a handler
-/// whose call was refused for backpressure (RESOURCE_EXHAUSTED with a
-/// RetryInfo) is not retried sooner than the sidecar asked.
+/// `non_retryable_failure_types`), whether it may be retried, JSON details,
+/// a least retry delay, and the errors that caused it, sent as the failure's
+/// nested `Failure.cause`s.
+///
+/// Any `std::error::Error` converts into one with `?`: its type name is the
+/// type, its `Display` the message (its first 32 KiB, what the sidecar
+/// keeps; a `Display` that panics gives a message saying so, and the
+/// failure is reported all the same), and its `source()` chain the causes
+/// (see [`TaskError::causes`]). A `Box<dyn Error>` or an `anyhow::Error`,
+/// which are not `std::error::Error`s themselves, converts with
+/// [`TaskError::from_dyn`]; [`TaskError::caused_by`] gives a failure of your
+/// own type the causes of an error. An [`Error`] of this SDK (itself, or as a
+/// cause of another error) passes the sidecar's retry hint on as
+/// `retry_after`, so that a handler whose call was refused for backpressure
+/// (RESOURCE_EXHAUSTED with a RetryInfo) is not retried sooner than the
+/// sidecar asked.
+///
+/// The sidecar keeps a message's first 32 KiB of UTF-8 and 8 causes, and a
+/// failure with its causes is at most 1 MiB: the worker cuts the report to
+/// those bounds before sending it, the deepest cause kept saying at the end
+/// of its message how many causes were dropped and why, as the sidecar would
+/// (`[42 deeper causes dropped: causes nest at most 8 deep]`).
 #[derive(Clone, Debug, Default)]
 pub struct TaskError {
     /// What went wrong.
     pub message: String,
-    /// The failure's type (default the Rust type name of the error).
+    /// The failure's type (from `?`, the Rust type name of the error).
     pub error_type: String,
     /// Forbids retries, whatever the retry policy says.
     pub non_retryable: bool,
@@ -67,6 +85,42 @@ pub struct TaskError {
     pub details: Option<serde_json::Value>,
     /// Least delay before a retry (a provider's Retry-After).
     pub retry_after: Option<Duration>,
+    /// The errors that caused this one, outermost first: each is sent as the
+    /// `cause` of the one above it. From an error, its `source()` chain: each
+    /// cause's message is its `Display` (its first 32 KiB; one whose
+    /// `Display` panics says so instead), and its type is, for an error of
+    /// this SDK or a common one of std, serde_json, tonic or tokio, its Rust
+    /// type name (`std::io::error::Error`), else the leading identifier of
+    /// its `Debug` output (for a derived `Debug`, the type's name, or an
+    /// enum's variant's), since a `dyn Error` has no type name; "" when that
+    /// output starts otherwise. At most 8 are kept from a chain, the rest
+    /// counted in `causes_dropped`; a `source()` that panics ends the chain.
+    /// (A boxed slice, `vec![..].into()`, so that a `Result<_, TaskError>`
+    /// stays small.)
+    pub causes: Box<[TaskCause]>,
+    /// How many causes were below those in `causes` and not kept (counted up
+    /// to 10,000, where the walk of a chain stops: a `source()` chain may
+    /// not end); the report says so on its deepest cause.
+    pub causes_dropped: u32,
+}
+
+/// One cause of a [`TaskError`]: a type and a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskCause {
+    /// The cause's type (see [`TaskError::causes`]).
+    pub error_type: String,
+    /// What it says.
+    pub message: String,
+}
+
+impl TaskCause {
+    /// A cause with a type and a message.
+    pub fn new(error_type: &str, message: impl Into<String>) -> Self {
+        TaskCause {
+            error_type: error_type.to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 impl TaskError {
@@ -84,6 +138,48 @@ impl TaskError {
         self.non_retryable = true;
         self
     }
+
+    /// A failure of an error known only as a `dyn Error`, as `?` converts
+    /// any other: for a `Box<dyn Error + Send + Sync>` `b`,
+    /// `TaskError::from_dyn(&*b)`; for an `anyhow::Error` `e`,
+    /// `TaskError::from_dyn(e.as_ref())`. Its type is named as its causes'
+    /// are (see [`TaskError::causes`]): a `dyn Error` has no type name.
+    pub fn from_dyn(e: &(dyn std::error::Error + 'static)) -> Self {
+        TaskError::of(causes::type_of(e), e)
+    }
+
+    /// This failure with `source` and its own `source()` chain as its causes
+    /// (in place of any it had), read as [`TaskError::causes`] says; a
+    /// retry hint in them is taken when this failure has no `retry_after`.
+    /// For a failure of your own type that keeps what caused it:
+    /// `TaskError::new("RateLimited", "slow down").caused_by(&e)`.
+    pub fn caused_by(mut self, source: &(dyn std::error::Error + 'static)) -> Self {
+        let chain = causes::walk(Some(source), MAX_FAILURE_CAUSES);
+        self.causes = chain.causes.into();
+        self.causes_dropped = chain.dropped;
+        if self.retry_after.is_none() {
+            self.retry_after = chain.retry_after;
+        }
+        self
+    }
+
+    /// The failure of `e`, whose type is `error_type`.
+    fn of(error_type: String, e: &(dyn std::error::Error + 'static)) -> Self {
+        let message = causes::text_of(e, &error_type);
+        let chain = causes::walk(causes::source_of(e), MAX_FAILURE_CAUSES);
+        let retry_after = match e.downcast_ref::<Error>() {
+            Some(sdk) => sdk.retry_delay,
+            None => chain.retry_after,
+        };
+        TaskError {
+            message,
+            error_type,
+            retry_after,
+            causes: chain.causes.into(),
+            causes_dropped: chain.dropped,
+            ..Default::default()
+        }
+    }
 }
 
 impl fmt::Display for TaskError {
@@ -94,16 +190,7 @@ impl fmt::Display for TaskError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
     fn from(e: E) -> Self {
-        let mut error = TaskError::new(std::any::type_name::<E>(), e.to_string());
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(c) = cause {
-            if let Some(sdk) = c.downcast_ref::<Error>() {
-                error.retry_after = sdk.retry_delay;
-                break;
-            }
-            cause = c.source();
-        }
-        error
+        TaskError::of(std::any::type_name::<E>().to_string(), &e)
     }
 }
 
@@ -968,11 +1055,12 @@ fn heartbeat_details(details: &serde_json::Value) -> Option<pb::Payload> {
     })
 }
 
-/// The failure a handler's error reports: WORKER_LOST when the worker's stop
-/// cut the handler short, else an application failure.
+/// The failure a handler's error reports, its causes nested below it
+/// ([`with_causes`]): WORKER_LOST when the worker's stop cut the handler
+/// short, else an application failure.
 fn failure_of(task: &Task, e: &TaskError) -> pb::Failure {
     let mut failure = pb::Failure {
-        message: e.message.chars().take(32 * 1024).collect(),
+        message: head(&e.message, MAX_MESSAGE_BYTES).to_string(),
         r#type: e.error_type.clone(),
         non_retryable: e.non_retryable,
         details: e.details.as_ref().map(crate::workflow::json_payload),
@@ -983,7 +1071,31 @@ fn failure_of(task: &Task, e: &TaskError) -> pb::Failure {
         failure.kind = pb::FailureKind::WorkerLost as i32;
         failure.r#type = "WorkerStopped".into();
     }
-    failure
+    with_causes(failure, e)
+}
+
+/// `failure` (of `e`) with `e`'s causes nested below it, fitted to the
+/// sidecar's bounds ([`fit_chain`]): the causes past the eighth are counted
+/// as dropped, with the error's own `causes_dropped`.
+fn with_causes(failure: pb::Failure, e: &TaskError) -> pb::Failure {
+    let mut levels = vec![failure];
+    levels.extend(
+        e.causes
+            .iter()
+            .take(MAX_FAILURE_CAUSES)
+            .map(|c| pb::Failure {
+                message: head(&c.message, MAX_MESSAGE_BYTES).to_string(),
+                r#type: c.error_type.clone(),
+                kind: pb::FailureKind::Application as i32,
+                ..Default::default()
+            }),
+    );
+    let too_deep = e
+        .causes
+        .len()
+        .saturating_sub(MAX_FAILURE_CAUSES)
+        .saturating_add(e.causes_dropped as usize);
+    fit_chain(levels, too_deep)
 }
 
 /// The sidecar's bounds on a Failure (common.proto), beyond which it refuses
@@ -999,15 +1111,14 @@ const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
 
 /// Fits one Failure, not its causes, to the sidecar's bounds: the type cut
 /// to 256 characters; details by reference, over 1 MiB or with a content
-/// type over 128 characters dropped, saying so in the message (the sidecar
-/// cuts a long message or stack trace, never refusing it).
-fn fit_one(failure: &mut pb::Failure) {
+/// type over 128 characters dropped. Returns the note of what was dropped,
+/// for the message (the sidecar cuts a long message or stack trace, never
+/// refusing it).
+fn fit_one(failure: &mut pb::Failure) -> Option<String> {
     if failure.r#type.chars().count() > MAX_FAILURE_TYPE {
         failure.r#type = failure.r#type.chars().take(MAX_FAILURE_TYPE).collect();
     }
-    let Some(details) = &failure.details else {
-        return;
-    };
+    let details = failure.details.as_ref()?;
     let why = match &details.content {
         Some(pb::payload::Content::Blob(blob)) => Some(format!(
             "details by reference ({} bytes) dropped: inline only",
@@ -1022,51 +1133,136 @@ fn fit_one(failure: &mut pb::Failure) {
                 .then(|| format!("details dropped: content type of {chars} characters, over 128"))
         }
     };
-    if let Some(why) = why {
+    if why.is_some() {
         failure.details = None;
-        failure.message = format!("{} ({why})", failure.message);
     }
+    why.map(|why| format!("({why})"))
 }
 
-/// Fits a Failure and its causes to the sidecar's bounds (see [`fit_one`]):
-/// at most 8 causes, dropped from the deepest while the whole is over 1 MiB.
-fn fit_failure(failure: &mut pb::Failure) {
-    use prost::Message as _;
-    let mut depth = 0;
-    let mut f = &mut *failure;
+/// Fits a Failure and its causes to the sidecar's bounds (see [`fit_chain`]).
+fn fit_failure(failure: pb::Failure) -> pb::Failure {
+    let mut levels = Vec::new();
+    let mut too_deep = 0;
+    let mut next = Some(failure);
+    while let Some(mut f) = next {
+        next = f.cause.take().map(|c| *c);
+        if levels.len() <= MAX_FAILURE_CAUSES {
+            levels.push(f);
+        } else {
+            too_deep += 1; // a ninth cause and below
+        }
+    }
+    fit_chain(levels, too_deep)
+}
+
+/// The levels of a failure (outermost first, their own causes ignored),
+/// `too_deep` causes below them already dropped, linked into one Failure
+/// fitted to the sidecar's bounds: each level as [`fit_one`], its message
+/// cut to the 32 KiB the sidecar keeps, and the deepest causes dropped while
+/// the whole is over 1 MiB. What was dropped is noted at the end of the
+/// level's message (dropped causes: the deepest kept one's), in the
+/// sidecar's words, the message cut so that the notes are kept.
+fn fit_chain(mut levels: Vec<pb::Failure>, too_deep: usize) -> pb::Failure {
+    let mut messages = Vec::with_capacity(levels.len());
+    let mut notes = Vec::with_capacity(levels.len());
+    for level in &mut levels {
+        level.cause = None;
+        notes.push(fit_one(level).into_iter().collect::<Vec<_>>());
+        messages.push(std::mem::take(&mut level.message));
+    }
+    let mut too_big = 0;
     loop {
-        fit_one(f);
-        if depth == MAX_FAILURE_CAUSES {
-            f.cause = None; // a ninth cause and below
-        }
-        match f.cause.as_deref_mut() {
-            Some(cause) => {
-                f = cause;
-                depth += 1;
+        let deepest = levels.len() - 1;
+        for (depth, level) in levels.iter_mut().enumerate() {
+            let mut note = notes[depth].clone();
+            if depth == deepest && too_deep + too_big > 0 {
+                note.push(causes_note(too_deep, too_big));
             }
-            None => break,
+            level.message = noted(&messages[depth], &note);
         }
-    }
-    while depth > 0 && failure.encoded_len() > MAX_FAILURE_DETAILS {
-        depth -= 1;
-        let mut f = &mut *failure;
-        for _ in 0..depth {
-            f = f
-                .cause
-                .as_deref_mut()
-                .expect("a cause at each depth above the deepest");
+        if levels.len() == 1 || chain_len(&levels) <= MAX_FAILURE_DETAILS {
+            break;
         }
-        f.cause = None;
+        levels.pop();
+        too_big += 1;
     }
+    let mut levels = levels.into_iter().rev();
+    let mut whole = levels.next().expect("a failure has one level at least");
+    for mut above in levels {
+        above.cause = Some(Box::new(whole));
+        whole = above;
+    }
+    whole
+}
+
+/// How many causes below the deepest kept one were dropped, and why, as the
+/// sidecar says it (`_causes_note`); "or more" when the walk of the chain
+/// stopped counting.
+fn causes_note(too_deep: usize, too_big: usize) -> String {
+    let mut why = Vec::new();
+    if too_deep > 0 {
+        why.push(format!("causes nest at most {MAX_FAILURE_CAUSES} deep"));
+    }
+    if too_big > 0 {
+        why.push("a failure with its causes is at most 1 MiB".to_string());
+    }
+    let count = too_deep + too_big;
+    let more = too_deep >= causes::MAX_COUNTED_CAUSES as usize;
+    format!(
+        "[{count}{} deeper cause{} dropped: {}]",
+        if more { " or more" } else { "" },
+        if count > 1 || more { "s" } else { "" },
+        why.join("; ")
+    )
+}
+
+/// `message` with `notes` appended, the message cut (whole characters) so
+/// that both fit in the 32 KiB of UTF-8 the sidecar keeps: the notes are
+/// never the part cut off.
+fn noted(message: &str, notes: &[String]) -> String {
+    let suffix = notes.join(" ");
+    if suffix.is_empty() {
+        return head(message, MAX_MESSAGE_BYTES).to_string();
+    }
+    if message.is_empty() {
+        return suffix;
+    }
+    let room = MAX_MESSAGE_BYTES.saturating_sub(suffix.len() + 1);
+    format!("{} {suffix}", head(message, room))
+}
+
+/// The first `bytes` of `s` at most, in whole characters.
+fn head(s: &str, bytes: usize) -> &str {
+    if s.len() <= bytes {
+        return s;
+    }
+    let mut end = bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The encoded size of `levels` (none with a cause) nested each in the one
+/// above as its cause.
+fn chain_len(levels: &[pb::Failure]) -> usize {
+    use prost::Message as _;
+    levels
+        .iter()
+        .rev()
+        .fold(None, |below: Option<usize>, level| {
+            // field 5's tag, the length, the cause
+            let cause = below.map_or(0, |b| 1 + prost::encoding::encoded_len_varint(b as u64) + b);
+            Some(level.encoded_len() + cause)
+        })
+        .unwrap_or(0)
 }
 
 /// A failure report fitted to the sidecar's bounds, so that it is never
 /// refused for its shape: its failure as [`fit_failure`], any negative usage
 /// counter as 0, a retry delay past the largest Duration as the largest.
 fn fit_report(mut report: pb::TaskFailure) -> pb::TaskFailure {
-    if let Some(failure) = report.failure.as_mut() {
-        fit_failure(failure);
-    }
+    report.failure = report.failure.take().map(fit_failure);
     if let Some(u) = report.usage.as_mut() {
         u.input_tokens = u.input_tokens.max(0);
         u.output_tokens = u.output_tokens.max(0);
@@ -1204,5 +1400,294 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use std::error::Error as StdError;
+
+    /// An error with a message and, maybe, a source.
+    #[derive(Debug)]
+    struct Layer {
+        message: String,
+        source: Option<Box<dyn StdError + Send + Sync>>,
+    }
+
+    impl Layer {
+        fn new(message: &str, source: impl Into<Option<Box<dyn StdError + Send + Sync>>>) -> Self {
+            Layer {
+                message: message.into(),
+                source: source.into(),
+            }
+        }
+    }
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.message)
+        }
+    }
+
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.source.as_deref().map(|e| e as _)
+        }
+    }
+
+    /// A chain of `depth` errors, "level {depth}" outermost.
+    fn deep(depth: usize) -> Layer {
+        let mut e = Layer::new("level 1", None);
+        for level in 2..=depth {
+            e = Layer::new(&format!("level {level}"), Some(Box::new(e) as _));
+        }
+        e
+    }
+
+    /// An error whose Display, Debug or source() panics, or that is its own
+    /// source (safe Rust allows it: a chain that never ends).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Odd {
+        Unreadable,
+        Sourceless,
+        SelfCaused,
+    }
+
+    impl fmt::Debug for Odd {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Odd::Unreadable => panic!("no Debug for you"),
+                _ => f.write_str("Odd"),
+            }
+        }
+    }
+
+    impl fmt::Display for Odd {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Odd::Unreadable => panic!("no Display for you"),
+                Odd::Sourceless => f.write_str("sourceless"),
+                Odd::SelfCaused => f.write_str("me again"),
+            }
+        }
+    }
+
+    impl StdError for Odd {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            match self {
+                Odd::Unreadable => Some(&std::fmt::Error),
+                Odd::Sourceless => panic!("no source for you"),
+                Odd::SelfCaused => Some(&Odd::SelfCaused),
+            }
+        }
+    }
+
+    fn chain(f: &pb::Failure) -> Vec<String> {
+        std::iter::once(f)
+            .chain(f.causes())
+            .map(|f| format!("{}: {}", f.r#type, f.message))
+            .collect()
+    }
+
+    fn reported(e: &TaskError) -> pb::Failure {
+        let top = pb::Failure {
+            message: e.message.clone(),
+            r#type: e.error_type.clone(),
+            details: e.details.as_ref().map(crate::workflow::json_payload),
+            ..Default::default()
+        };
+        fit_failure(with_causes(top, e))
+    }
+
+    #[test]
+    fn an_errors_sources_are_its_causes() {
+        let mut sdk = Error::local(Code::ResourceExhausted, "POOL_QUEUE_FULL", "pool full")
+            .with_source(std::io::Error::other("disk full"));
+        sdk.retry_delay = Some(Duration::from_secs(3));
+        let e = TaskError::from(Layer::new("the call failed", Some(Box::new(sdk) as _)));
+        assert_eq!(e.error_type, std::any::type_name::<Layer>());
+        assert_eq!(e.message, "the call failed");
+        assert_eq!(
+            &*e.causes,
+            [
+                TaskCause::new(
+                    "are_sdk::error::Error",
+                    "ResourceExhausted: pool full [POOL_QUEUE_FULL]"
+                ),
+                TaskCause::new("std::io::error::Error", "disk full"),
+            ]
+        );
+        assert_eq!(e.causes_dropped, 0);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+        let f = reported(&e);
+        assert_eq!(f.causes().count(), 2);
+        assert!(f
+            .causes()
+            .all(|c| c.kind == pb::FailureKind::Application as i32));
+    }
+
+    #[test]
+    fn an_unreadable_or_endless_chain_still_ends() {
+        let e = TaskError::from(Layer::new("outer", Some(Box::new(Odd::Unreadable) as _)));
+        assert_eq!(
+            &*e.causes,
+            [
+                TaskCause::new("", "(its message could not be read: its Display panicked)"),
+                TaskCause::new(
+                    "core::fmt::Error",
+                    "an error occurred when formatting an argument"
+                ),
+            ]
+        );
+        let e = TaskError::from(Odd::Unreadable);
+        assert!(
+            e.message
+                .ends_with("Odd (its message could not be read: its Display panicked)"),
+            "{}",
+            e.message
+        );
+        let e = TaskError::from(Layer::new("outer", Some(Box::new(Odd::Sourceless) as _)));
+        assert_eq!(&*e.causes, [TaskCause::new("Odd", "sourceless")]);
+        let e = TaskError::from(Odd::SelfCaused);
+        assert_eq!(e.causes.len(), 8);
+        assert_eq!(e.causes_dropped, 10_000);
+        let f = reported(&e);
+        let levels = chain(&f);
+        assert_eq!(levels.len(), 9, "{levels:?}");
+        assert_eq!(
+            levels[8],
+            "Odd: me again [10000 or more deeper causes dropped: causes nest at most 8 deep]"
+        );
+    }
+
+    #[test]
+    fn a_long_display_is_read_no_further_than_the_sidecar_keeps() {
+        let long = format!("{}é", "x".repeat(MAX_MESSAGE_BYTES - 1));
+        let e = TaskError::from(Layer::new(
+            "outer",
+            Some(Box::new(Layer::new(&long, None)) as _),
+        ));
+        assert_eq!(e.causes[0].message, "x".repeat(MAX_MESSAGE_BYTES - 1));
+    }
+
+    #[test]
+    fn from_dyn_and_caused_by_read_the_chain_too() {
+        let boxed: Box<dyn StdError + Send + Sync> =
+            Box::new(Layer::new("boxed", Some(Box::new(std::fmt::Error) as _)));
+        let e = TaskError::from_dyn(&*boxed);
+        assert_eq!(
+            (e.error_type.as_str(), e.message.as_str()),
+            ("Layer", "boxed")
+        );
+        assert_eq!(e.causes.len(), 1);
+        let e = TaskError::new("RateLimited", "slow down")
+            .non_retryable()
+            .caused_by(&deep(2));
+        assert_eq!(
+            chain(&reported(&e)),
+            ["RateLimited: slow down", "Layer: level 2", "Layer: level 1"]
+        );
+        assert!(e.non_retryable);
+    }
+
+    #[test]
+    fn a_deep_chain_is_cut_to_8_causes_saying_so() {
+        let e = TaskError::from(deep(50));
+        assert_eq!((e.causes.len(), e.causes_dropped), (8, 41));
+        let levels = chain(&reported(&e));
+        assert_eq!(levels.len(), 9);
+        assert_eq!(levels[1], "Layer: level 49");
+        assert_eq!(
+            levels[8],
+            "Layer: level 42 [41 deeper causes dropped: causes nest at most 8 deep]"
+        );
+        // Causes set by hand past the eighth count as dropped too.
+        let e = TaskError {
+            causes: (0..10)
+                .map(|i| TaskCause::new("C", format!("{i}")))
+                .collect(),
+            causes_dropped: 1,
+            ..TaskError::new("T", "top")
+        };
+        let levels = chain(&reported(&e));
+        assert_eq!(
+            levels[8],
+            "C: 7 [3 deeper causes dropped: causes nest at most 8 deep]"
+        );
+    }
+
+    #[test]
+    fn a_chain_over_1_mib_loses_its_deepest_causes_saying_so() {
+        let causes = (0..10).map(|i| TaskCause::new("C", format!("{i}{}", "a".repeat(30_000))));
+        let e = TaskError {
+            details: Some(serde_json::json!("x".repeat(1_000_000))),
+            causes: causes.collect(),
+            ..TaskError::new("Big", "big")
+        };
+        let f = reported(&e);
+        assert!(f.encoded_len() <= MAX_FAILURE_DETAILS);
+        let levels = chain(&f);
+        assert_eq!(
+            levels.len(),
+            2,
+            "one 30 KB cause fits beside 1 MB of details"
+        );
+        assert!(levels[1].ends_with(
+            " [9 deeper causes dropped: causes nest at most 8 deep; \
+             a failure with its causes is at most 1 MiB]"
+        ));
+        assert!(levels[1].starts_with("C: 0aaa"));
+        // A failure alone over 1 MiB has no bound as a whole: its causes go.
+        let e = TaskError {
+            details: Some(serde_json::json!("x".repeat(1_040_000))),
+            causes: vec![TaskCause::new("C", "c".repeat(10_000))].into(),
+            ..TaskError::new("Big", "big")
+        };
+        assert_eq!(
+            chain(&reported(&e)),
+            ["Big: big [1 deeper cause dropped: a failure with its causes is at most 1 MiB]"]
+        );
+    }
+
+    #[test]
+    fn notes_are_kept_within_the_32_kib_the_sidecar_keeps() {
+        let e = TaskError {
+            causes: vec![TaskCause::new("C", "é".repeat(MAX_MESSAGE_BYTES))].into(),
+            causes_dropped: 3,
+            details: Some(serde_json::json!("x".repeat(MAX_FAILURE_DETAILS))),
+            ..TaskError::new("T", "ü".repeat(MAX_MESSAGE_BYTES))
+        };
+        let f = reported(&e);
+        assert!(f.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(f
+            .message
+            .ends_with("ü (details of 1048578 bytes dropped: over 1 MiB)"));
+        let cause = f.cause.as_deref().unwrap();
+        assert!(cause.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(cause
+            .message
+            .ends_with("é [3 deeper causes dropped: causes nest at most 8 deep]"));
+    }
+
+    #[test]
+    fn fitting_twice_changes_nothing_and_sizes_are_reckoned_exactly() {
+        let e = TaskError {
+            details: Some(serde_json::json!("x".repeat(1_000_000))),
+            ..TaskError::from(deep(20))
+        };
+        let once = reported(&e);
+        assert_eq!(fit_failure(once.clone()), once);
+        let mut levels = Vec::new();
+        let mut next = Some(once.clone());
+        while let Some(mut f) = next {
+            next = f.cause.take().map(|c| *c);
+            levels.push(f);
+        }
+        assert_eq!(chain_len(&levels), once.encoded_len());
+        assert_eq!(chain_len(&[pb::Failure::default()]), 0);
+        let two = [pb::Failure::default(), pb::Failure::default()];
+        assert_eq!(chain_len(&two), 2);
     }
 }

@@ -402,3 +402,33 @@ impl Error {
         self
     }
 }
+
+impl pb::Failure {
+    /// The failures that caused this one, outermost first: its `cause`, that
+    /// one's `cause`, and so on (a worker's report keeps at most 8, the
+    /// deepest saying how many were dropped). For a task's failure,
+    /// `handle.task(id).await?.failure`; a workflow's own failure
+    /// (`TASK_FAILED`, in [`Error::workflow`]) names the task and quotes its
+    /// message, without its causes.
+    pub fn causes(&self) -> impl Iterator<Item = &pb::Failure> + '_ {
+        std::iter::successors(self.cause.as_deref(), |f| f.cause.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failures_causes_are_read_outermost_first() {
+        let level = |message: &str, cause: Option<pb::Failure>| pb::Failure {
+            message: message.into(),
+            cause: cause.map(Box::new),
+            ..Default::default()
+        };
+        let failure = level("top", Some(level("middle", Some(level("root", None)))));
+        let messages: Vec<&str> = failure.causes().map(|f| f.message.as_str()).collect();
+        assert_eq!(messages, ["middle", "root"]);
+        assert_eq!(level("alone", None).causes().count(), 0);
+    }
+}

@@ -28,6 +28,8 @@ on_both_transports!(
     handlers_report_llm_and_tool_calls,
     a_refused_completion_is_reported_as_a_failure,
     a_failure_past_the_sidecars_bounds_is_fitted_to_them,
+    a_handlers_error_sources_are_its_failures_causes,
+    a_source_chain_deeper_than_8_is_cut_saying_so,
 );
 
 #[tokio::test]
@@ -1185,5 +1187,170 @@ async fn a_failure_past_the_sidecars_bounds_is_fitted_to_them(transport: WorkerT
     assert!(failure.details.is_none());
     let usage = task.usage.unwrap().usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (5, 0));
+    running.stop().await;
+}
+
+/// An error with a message and, maybe, the error it came from.
+#[derive(Debug)]
+struct Layer {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Layer {
+    fn new(message: &str, source: Option<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Layer {
+            message: message.to_string(),
+            source,
+        }
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Layer {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+/// An error whose Display panics.
+#[derive(Debug)]
+struct Unreadable(std::io::Error);
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("no message for you")
+    }
+}
+
+impl std::error::Error for Unreadable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A chain of `depth` errors, "level {depth}" outermost.
+fn layers(depth: usize, message: impl Fn(usize) -> String) -> Layer {
+    let mut e = Layer::new(&message(1), None);
+    for level in 2..=depth {
+        e = Layer::new(&message(level), Some(Box::new(e)));
+    }
+    e
+}
+
+/// A failure and its causes, outermost first, as "type: message".
+fn chain_of(failure: &pb::Failure) -> Vec<String> {
+    std::iter::successors(Some(failure), |f| f.cause.as_deref())
+        .map(|f| format!("{}: {}", f.r#type, f.message))
+        .collect()
+}
+
+/// A handler's error with sources (`?` on a 3-level chain; one whose cause
+/// cannot be displayed) fails its task with those sources as the failure's
+/// nested causes, outermost first: each with its message and a type (a
+/// common type's name, else its Debug's leading identifier), readable from
+/// the task's failure. They used to be dropped: the failure had no cause.
+async fn a_handlers_error_sources_are_its_failures_causes(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    fn fetch() -> Result<Value, Layer> {
+        let disk = std::io::Error::other("disk full");
+        let cache = Layer::new("the cache could not be written", Some(Box::new(disk)));
+        Err(Layer::new(
+            "could not fetch the page",
+            Some(Box::new(cache)),
+        ))
+    }
+    fn lookup() -> Result<Value, Layer> {
+        let gone = std::io::Error::new(std::io::ErrorKind::NotFound, "no such model");
+        Err(Layer::new(
+            "lookup failed",
+            Some(Box::new(Unreadable(gone))),
+        ))
+    }
+    let worker = Worker::new(&client, "rust-causes", fast(transport))
+        .handle("rust-causes", |_| async move { Ok(fetch()?) })
+        .handle("rust-causes-unreadable", |_| async move { Ok(lookup()?) });
+    let (running, _stats) = Running::spawn(worker);
+
+    let failure = failed_task(&client, "rust-causes").await.failure.unwrap();
+    assert_eq!(
+        chain_of(&failure),
+        [
+            "sidecar::Layer: could not fetch the page",
+            "Layer: the cache could not be written",
+            "std::io::error::Error: disk full",
+        ]
+    );
+    let mut causes = std::iter::successors(failure.cause.as_deref(), |f| f.cause.as_deref());
+    assert!(causes.all(|c| c.kind == pb::FailureKind::Application as i32));
+
+    let failure = failed_task(&client, "rust-causes-unreadable").await.failure;
+    assert_eq!(
+        chain_of(&failure.unwrap()),
+        [
+            "sidecar::Layer: lookup failed",
+            "Unreadable: Unreadable (its message could not be read: its Display panicked)",
+            "std::io::error::Error: no such model",
+        ]
+    );
+    running.stop().await;
+}
+
+/// A source chain deeper than the sidecar keeps (50 errors) is cut to its 8
+/// outermost causes, the deepest saying how many were dropped and why; one
+/// that with the failure's details is over 1 MiB loses its deepest causes
+/// until it fits, the deepest kept one saying so.
+async fn a_source_chain_deeper_than_8_is_cut_saying_so(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    let worker = Worker::new(&client, "rust-deep-causes", fast(transport))
+        .handle("rust-causes-deep", |_| async move {
+            Err::<Value, _>(layers(50, |level| format!("level {level}")).into())
+        })
+        .handle("rust-causes-large", |_| async move {
+            let long = layers(3, |level| format!("{level}{}", "a".repeat(30_000)));
+            Err::<Value, _>(TaskError {
+                details: Some(json!("x".repeat(1_000_000))),
+                ..Layer::new("too much", Some(Box::new(long))).into()
+            })
+        });
+    let (running, _stats) = Running::spawn(worker);
+
+    let levels = chain_of(
+        &failed_task(&client, "rust-causes-deep")
+            .await
+            .failure
+            .unwrap(),
+    );
+    assert_eq!(levels.len(), 9, "{levels:?}");
+    assert_eq!(levels[0], "sidecar::Layer: level 50");
+    assert_eq!(levels[1], "Layer: level 49");
+    assert_eq!(
+        levels[8],
+        "Layer: level 42 [41 deeper causes dropped: causes nest at most 8 deep]"
+    );
+
+    let failure = failed_task(&client, "rust-causes-large")
+        .await
+        .failure
+        .unwrap();
+    assert!(failure.details.is_some(), "1 MB of details fit alone");
+    let levels = chain_of(&failure);
+    assert_eq!(
+        levels.len(),
+        2,
+        "one 30 KB cause fits beside 1 MB of details"
+    );
+    assert!(levels[1].starts_with("Layer: 3aaa"), "{}", &levels[1][..20]);
+    assert!(
+        levels[1]
+            .ends_with(" [2 deeper causes dropped: a failure with its causes is at most 1 MiB]"),
+        "{}",
+        &levels[1][levels[1].len() - 100..]
+    );
     running.stop().await;
 }
