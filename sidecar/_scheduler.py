@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -33,6 +33,7 @@ from are_core.scheduler import (
     SpecError,
     WorkflowNotClosedError,
     WorkflowNotFoundError,
+    WorkflowView,
 )
 from are_core.state import StateError
 from are_core.storage import StorageError, u64_key
@@ -165,6 +166,43 @@ def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest
     return labels
 
 
+async def coalesced_views(
+    engine: Scheduler, workflow_id: str, signal: asyncio.Event, after: int | None
+) -> AsyncGenerator[WorkflowView]:
+    """The workflow's status after its changes, as committed, coalesced; the last is the closing one.
+
+    ``signal`` is the engine's watch of the workflow. ``after``: a resumed
+    watch's cursor (nothing until a change when none was missed). Ends
+    after the closing status, or without one when the engine drains.
+
+    The signal is cleared before each read, never after a status is
+    handed out: the caller sends it meanwhile (a gRPC write, slow on a
+    loaded host or to a slow reader), and a change landing then set the
+    signal that a clear after the yield erased. A workflow closing at that
+    moment was never reported: its watch, and every ``wait()`` and
+    ``result()`` on it, waited forever.
+    """
+    while True:
+        signal.clear()
+        for _ in range(100):  # report only what is in LMDB (bounded under constant change)
+            pending = engine.durable(workflow_id)
+            if pending is None:
+                break
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        view = engine.get_workflow(workflow_id)
+        closed = view.record.state not in ("RUNNING", "CANCELLING")
+        caught_up = after is not None and 0 < view.last_sequence <= after
+        if closed or not caught_up:
+            yield view
+        after = None
+        if closed:
+            return
+        await signal.wait()
+        if engine.draining:
+            return
+
+
 class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  # type: ignore[misc]  # the generated base class is Any to mypy (are_sdk._proto is not checked)
     """Translates SchedulerService calls to the scheduler engine."""
 
@@ -259,7 +297,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             workflows=[workflow_to_proto(v) for v in views], next_page_token=_token(cursor) if cursor else ""
         )
 
-    async def WatchWorkflow(  # noqa: C901, N802 - the RPC's name; checks, then two ways to watch
+    async def WatchWorkflow(  # noqa: N802 - the RPC's name
         self, request: pb.WatchWorkflowRequest, context: _Context
     ) -> AsyncIterator[pb.WatchWorkflowResponse]:
         """Streams a workflow's status after each durable change until it closes.
@@ -291,27 +329,10 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         # changes, and nothing until the next change when it missed none.
         after = request.after_sequence if request.HasField("after_sequence") else None
         try:
-            while True:
-                for _ in range(100):  # report only what is in LMDB (bounded under constant change)
-                    pending = engine.durable(request.workflow_id)
-                    if pending is None:
-                        break
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(pending)
-                view = engine.get_workflow(request.workflow_id)
-                closed = view.record.state not in ("RUNNING", "CANCELLING")
-                caught_up = after is not None and 0 < view.last_sequence <= after
-                if closed or not caught_up:
-                    yield pb.WatchWorkflowResponse(
-                        workflow=workflow_to_proto(view), sequence=view.last_sequence
-                    )
-                after = None
-                if closed:
-                    return
-                signal.clear()
-                await signal.wait()
-                if engine.draining:
-                    await shutting_down(context, "watch again after its restart")
+            async for view in coalesced_views(engine, request.workflow_id, signal, after):
+                yield pb.WatchWorkflowResponse(workflow=workflow_to_proto(view), sequence=view.last_sequence)
+            if engine.draining:
+                await shutting_down(context, "watch again after its restart")
         finally:
             engine.unwatch(request.workflow_id, signal)
 
