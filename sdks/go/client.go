@@ -67,6 +67,9 @@ type Client struct {
 	// watches is the scheduler's stub on it.
 	watchConn *grpc.ClientConn
 	watches   arev1.SchedulerServiceClient
+	// maxMessageBytes is the largest message the client sends (see
+	// WithMaxMessageBytes); a worker's stream cuts its batches below it.
+	maxMessageBytes int
 
 	// Raw is the raw service layer: every RPC of the contract.
 	Raw Raw
@@ -107,7 +110,9 @@ func WithTLS(config *tls.Config) Option {
 }
 
 // WithMaxMessageBytes sets the largest message sent or received (default
-// DefaultMaxMessageBytes).
+// DefaultMaxMessageBytes). A worker's stream cuts the batches it sends to
+// fit under it; set it no higher than the sidecar's own bound
+// (--max-message-bytes), and above 4 MiB, the largest inline payload.
 func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
 
 // WithKeepalive sets the client's keepalive pings (default
@@ -181,7 +186,7 @@ func Connect(ctx context.Context, target string, opts ...Option) (*Client, error
 		conn.Close()
 		return nil, fmt.Errorf("are: bad target %q: %w", target, err)
 	}
-	return newClient(target, conn, watchConn), nil
+	return newClient(target, conn, watchConn, o.maxMessageBytes), nil
 }
 
 func defaultOptions() options {
@@ -231,12 +236,13 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn) error {
 	}
 }
 
-func newClient(target string, conn, watchConn *grpc.ClientConn) *Client {
+func newClient(target string, conn, watchConn *grpc.ClientConn, maxMessageBytes int) *Client {
 	c := &Client{
-		target:    target,
-		conn:      conn,
-		watchConn: watchConn,
-		watches:   arev1.NewSchedulerServiceClient(watchConn),
+		target:          target,
+		conn:            conn,
+		watchConn:       watchConn,
+		watches:         arev1.NewSchedulerServiceClient(watchConn),
+		maxMessageBytes: maxMessageBytes,
 		Raw: Raw{
 			Scheduler: arev1.NewSchedulerServiceClient(conn),
 			Worker:    arev1.NewWorkerServiceClient(conn),

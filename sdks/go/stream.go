@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/are-runtime/are/sdks/go/arev1"
 )
 
@@ -18,14 +21,30 @@ import (
 // assignments, acknowledgements, cancellations and drain notices; a single
 // writer sends what is pending (heartbeats, completions, failures, a drain,
 // a ping) in batches, everything that accumulated while the previous write
-// was in flight going in the next one. Pending items are bounded by the
-// attempts held, which the sidecar bounds by the registered concurrency.
+// was in flight going in the next one, cut by count and by size (see
+// batches). Pending items are bounded by the attempts held, which the
+// sidecar bounds by the registered concurrency.
 
 const (
 	// sdkName identifies this SDK in the registration.
 	sdkName = "are-sdk-go"
 	// maxStreamBatch is the most items of one kind in one message.
 	maxStreamBatch = 1000
+	// maxStreamBatchBytes is the most bytes of items in one message. The
+	// sidecar accepts messages of up to 64 MiB by default, and one item can
+	// be 4 MiB (an inline output) or 1 MiB (a failure's details, a
+	// heartbeat's): cut by count alone, twenty large completions queued
+	// together made one message of about 80 MiB, over the bound (the
+	// client's too, WithMaxMessageBytes), which broke the stream and lost
+	// every attempt on it. 16 MiB is a quarter of the bound, as the
+	// sidecar's own assignment batches (worker_service.proto), and still
+	// holds three of the largest items; a client whose bound is lower cuts
+	// below that (see batchBytes).
+	maxStreamBatchBytes = 16 * 1024 * 1024
+	// envelopeBytes is what a message holds beside its items: the batch's
+	// tag and length in the ConnectRequest (6 bytes at most), with room to
+	// spare.
+	envelopeBytes = 1024
 	// defaultStreamHeartbeat is the heartbeat interval when the sidecar
 	// gives none.
 	defaultStreamHeartbeat = 10 * time.Second
@@ -33,6 +52,38 @@ const (
 	// end the stream after the worker half-closed it.
 	closeWait = 5 * time.Second
 )
+
+// batchBytes is the byte budget of a batch's items for a client whose
+// messages are bounded by maxMessageBytes.
+func batchBytes(maxMessageBytes int) int {
+	return max(0, min(maxStreamBatchBytes, maxMessageBytes-envelopeBytes))
+}
+
+// batches cuts items into the batches of consecutive messages, in order:
+// each of at most maxStreamBatch items and budget bytes of them encoded, a
+// batch being cut when the next item would take it over. An item over the
+// budget by itself goes alone: each is fitted to the sidecar's bounds when
+// it is made (an output over MaxInlineBytes goes as a blob, a failure is
+// cut to 1 MiB of details, heartbeat details over 1 MiB are dropped), so it
+// still fits a message.
+func batches[T proto.Message](items []T, budget int) [][]T {
+	var out [][]T
+	start, bytes := 0, 0
+	for i, item := range items {
+		// As an element of the batch's repeated field 1: its tag, its
+		// length, the message.
+		size := protowire.SizeTag(1) + protowire.SizeBytes(proto.Size(item))
+		if i > start && (i-start == maxStreamBatch || bytes+size > budget) {
+			out = append(out, items[start:i:i])
+			start, bytes = i, 0
+		}
+		bytes += size
+	}
+	if start < len(items) {
+		out = append(out, items[start:])
+	}
+	return out
+}
 
 type attemptKey struct {
 	workflowID, taskID string
@@ -64,6 +115,8 @@ type streamSession struct {
 	stream   arev1.WorkerService_ConnectClient
 	cancel   context.CancelFunc
 	interval time.Duration
+	// batchBytes is the byte budget of a batch's items (batchBytes).
+	batchBytes int
 
 	done    chan struct{} // closed when the session ends
 	endOnce sync.Once
@@ -181,17 +234,18 @@ func (w *Worker) openStream(ctx context.Context) (*streamSession, error) {
 		interval = d.AsDuration()
 	}
 	return &streamSession{
-		w:         w,
-		stream:    stream,
-		cancel:    cancel,
-		interval:  interval,
-		done:      make(chan struct{}),
-		wake:      make(chan struct{}, 1),
-		changed:   make(chan struct{}, 1),
-		held:      map[attemptKey]*streamAttempt{},
-		waiting:   map[attemptKey]*streamAttempt{},
-		beats:     map[attemptKey]*arev1.TaskHeartbeat{},
-		lastWrite: time.Now(),
+		w:          w,
+		stream:     stream,
+		cancel:     cancel,
+		interval:   interval,
+		batchBytes: batchBytes(w.client.maxMessageBytes),
+		done:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		changed:    make(chan struct{}, 1),
+		held:       map[attemptKey]*streamAttempt{},
+		waiting:    map[attemptKey]*streamAttempt{},
+		beats:      map[attemptKey]*arev1.TaskHeartbeat{},
+		lastWrite:  time.Now(),
 	}, nil
 }
 
@@ -620,20 +674,14 @@ func (s *streamSession) write() {
 		var msgs []*arev1.ConnectRequest
 		// Heartbeats first: they concern attempts whose results may follow,
 		// and are refused once a result is recorded.
-		for len(beats) > 0 {
-			n := min(len(beats), maxStreamBatch)
-			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Heartbeat{Heartbeat: &arev1.HeartbeatBatch{Heartbeats: beats[:n]}}})
-			beats = beats[n:]
+		for _, batch := range batches(beats, s.batchBytes) {
+			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Heartbeat{Heartbeat: &arev1.HeartbeatBatch{Heartbeats: batch}}})
 		}
-		for len(completions) > 0 {
-			n := min(len(completions), maxStreamBatch)
-			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Complete{Complete: &arev1.CompletionBatch{Completions: completions[:n]}}})
-			completions = completions[n:]
+		for _, batch := range batches(completions, s.batchBytes) {
+			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Complete{Complete: &arev1.CompletionBatch{Completions: batch}}})
 		}
-		for len(failures) > 0 {
-			n := min(len(failures), maxStreamBatch)
-			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Fail{Fail: &arev1.FailureBatch{Failures: failures[:n]}}})
-			failures = failures[n:]
+		for _, batch := range batches(failures, s.batchBytes) {
+			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Fail{Fail: &arev1.FailureBatch{Failures: batch}}})
 		}
 		if drain != "" {
 			msgs = append(msgs, &arev1.ConnectRequest{Message: &arev1.ConnectRequest_Drain{Drain: &arev1.WorkerDrain{Reason: drain}}})

@@ -12,6 +12,7 @@ import (
 
 	are "github.com/are-runtime/are/sdks/go"
 	"github.com/are-runtime/are/sdks/go/aretest"
+	"github.com/are-runtime/are/sdks/go/arev1"
 )
 
 // The worker tests of worker_test.go run over both transports; these are
@@ -251,4 +252,137 @@ func TestAHeartbeatOverItsBoundDoesNotLoseTheAttempt(t *testing.T) {
 	if err != nil || string(result) != `"done"` {
 		t.Fatalf("Result = %s, %v; want the attempt to complete", result, err)
 	}
+}
+
+// TestManyLargeCompletionsAtOnceStayUnderTheMessageBound has handlers
+// return outputs of nearly 4 MiB (each within MaxInlineBytes, so inline)
+// together. The stream writer batched the results that piled up while it
+// wrote by count alone (up to 1,000 a message): twenty went in one message of
+// about 80 MiB, over the 64 MiB that the client and the sidecar accept, and
+// six in one of 20 MiB or more, over a client's bound of 10 MiB
+// (WithMaxMessageBytes). The send failed, the stream broke, every attempt on
+// it was taken back, and with one attempt each the workflow failed. A batch
+// is now also cut at 16 MiB, or under the client's bound if lower.
+func TestManyLargeCompletionsAtOnceStayUnderTheMessageBound(t *testing.T) {
+	big := []byte(`"` + strings.Repeat("x", are.MaxInlineBytes-64) + `"`) // inline, not a blob
+	returnBig := func(context.Context, *are.Task) ([]byte, error) { return big, nil }
+	check := func(t *testing.T, task *arev1.Task) {
+		if task.GetState() != arev1.TaskState_TASK_STATE_COMPLETED || len(task.GetOutput().GetData()) != len(big) {
+			t.Errorf("%s is %v with %d bytes of inline output (failure %v); want COMPLETED with %d",
+				task.GetTaskId(), task.GetState(), len(task.GetOutput().GetData()), task.GetFailure(), len(big))
+		}
+	}
+	t.Run("default bound", func(t *testing.T) {
+		worker := allAtOnce(t, connect(t), 20, returnBig, check)
+		if stats := worker.Stats(); stats.Completed != 20 || stats.Connects != 1 {
+			t.Fatalf("worker stats = %+v; want 20 completed over one stream", stats)
+		}
+	})
+	t.Run("client bound 10 MiB", func(t *testing.T) {
+		worker := allAtOnce(t, connect(t, are.WithMaxMessageBytes(10<<20)), 6, returnBig, check)
+		if stats := worker.Stats(); stats.Completed != 6 || stats.Connects != 1 {
+			t.Fatalf("worker stats = %+v; want 6 completed over one stream", stats)
+		}
+	})
+}
+
+// TestManyLargeHeartbeatsAndFailuresAtOnceStayUnderTheClientsBound is the
+// same for heartbeats and failures with details of nearly 1 MiB (their
+// bound): twenty at once, batched by count alone, made a message of about
+// 20 MiB, over a client's bound of 10 MiB.
+func TestManyLargeHeartbeatsAndFailuresAtOnceStayUnderTheClientsBound(t *testing.T) {
+	const n = 20
+	details := []byte(`"` + strings.Repeat("x", 1<<20-4096) + `"`)
+	t.Run("heartbeats", func(t *testing.T) {
+		worker := allAtOnce(t, connect(t, are.WithMaxMessageBytes(10<<20)), n,
+			func(ctx context.Context, task *are.Task) ([]byte, error) {
+				task.RecordHeartbeat(details) // sent at once
+				select {
+				case <-time.After(500 * time.Millisecond):
+				case <-ctx.Done():
+					return nil, context.Cause(ctx)
+				}
+				return []byte(`"ok"`), nil
+			},
+			func(t *testing.T, task *arev1.Task) {
+				if task.GetState() != arev1.TaskState_TASK_STATE_COMPLETED {
+					t.Errorf("%s is %v (failure %v); want COMPLETED", task.GetTaskId(), task.GetState(), task.GetFailure())
+				}
+			})
+		if stats := worker.Stats(); stats.Completed != n || stats.Connects != 1 {
+			t.Fatalf("worker stats = %+v; want %d completed over one stream", stats, n)
+		}
+	})
+	t.Run("failures", func(t *testing.T) {
+		worker := allAtOnce(t, connect(t, are.WithMaxMessageBytes(10<<20)), n,
+			func(context.Context, *are.Task) ([]byte, error) {
+				return nil, &are.TaskError{Type: "Bulky", Message: "bulky", Details: details, NonRetryable: true}
+			},
+			func(t *testing.T, task *arev1.Task) {
+				f := task.GetFailure()
+				if task.GetState() != arev1.TaskState_TASK_STATE_FAILED || f.GetType() != "Bulky" || len(f.GetDetails().GetData()) != len(details) {
+					t.Errorf("%s is %v with failure %q of type %q and %d bytes of details; want FAILED of type Bulky with %d",
+						task.GetTaskId(), task.GetState(), f.GetMessage(), f.GetType(), len(f.GetDetails().GetData()), len(details))
+				}
+			})
+		if stats := worker.Stats(); stats.Failed != n || stats.Connects != 1 {
+			t.Fatalf("worker stats = %+v; want %d failed over one stream", stats, n)
+		}
+	})
+}
+
+// allAtOnce runs a workflow of n independent tasks, one attempt each, on a
+// stream worker of concurrency n whose handlers all wait until every one has
+// started (a barrier) and then call finish at the same moment. It checks
+// each task with check once the workflow has closed, and returns the
+// worker, stopped.
+func allAtOnce(t *testing.T, client *are.Client, n int, finish are.Handler, check func(*testing.T, *arev1.Task)) *are.Worker {
+	t.Helper()
+	ctx := within(t, 90*time.Second)
+	capability := name("go-all-at-once")
+	var arrived atomic.Int32
+	together := make(chan struct{}) // closed when every handler has started
+	opts := fastWorker
+	opts.Transport = are.TransportStream
+	opts.Concurrency = n
+	worker := client.NewWorker(name("go-all-at-once"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		if arrived.Add(1) == int32(n) {
+			close(together)
+		}
+		select {
+		case <-together:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-time.After(30 * time.Second):
+			return nil, are.NonRetryable(fmt.Errorf("only %d of %d handlers started", arrived.Load(), n))
+		}
+		return finish(ctx, task)
+	})
+	stop := run(t, worker)
+
+	builder := are.NewWorkflow("go-all-at-once")
+	for i := 0; i < n; i++ {
+		builder.Task(fmt.Sprintf("t-%d", i), capability, are.MaxAttempts(1, 10*time.Millisecond))
+	}
+	spec, err := builder.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handle.Wait(ctx); err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	for i := 0; i < n; i++ { // one at a time: all of them may pass the client's bound
+		task, err := handle.Task(ctx, fmt.Sprintf("t-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, task)
+	}
+	stop()
+	return worker
 }
