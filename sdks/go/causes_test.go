@@ -92,14 +92,7 @@ func failures(t *testing.T, opts are.WorkerOptions, handlers map[string]are.Hand
 	for id := range handlers {
 		builder.Task(id, capability, are.MaxAttempts(1, 0))
 	}
-	spec, err := builder.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	handle := submitWorkflow(t, ctx, client, builder)
 	if _, err := handle.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v (a failure not reported leaves its task RUNNING)", err)
 	}

@@ -83,14 +83,7 @@ func TestEveryWayAHandlerFailsIsReportedAndFreesItsSlot(t *testing.T) {
 		}
 		builder.Task("after", capability, are.DependsOn(cases[len(cases)-1].id),
 			are.WithTriggerRule(arev1.TriggerRule_TRIGGER_RULE_ALL_DONE))
-		spec, err := builder.Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handle, err := client.Workflows.Submit(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
+		handle := submitWorkflow(t, ctx, client, builder)
 		if _, err := handle.Wait(ctx); err != nil {
 			tasks, _ := handle.Tasks(context.Background(), false)
 			var states []string
@@ -153,14 +146,7 @@ func TestAHandlersErrorPassesTheSidecarsRetryHintOn(t *testing.T) {
 		})
 		run(t, worker)
 
-		spec, err := are.NewWorkflow("go-hint").Task("plan", capability, are.MaxAttempts(2, 10*time.Millisecond)).Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handle, err := client.Workflows.Submit(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
+		handle := submitWorkflow(t, ctx, client, are.NewWorkflow("go-hint").Task("plan", capability, are.MaxAttempts(2, 10*time.Millisecond)))
 		if result, err := handle.Result(ctx); err != nil || string(result) != `"ok"` {
 			t.Fatalf("Result = %s, %v; want attempt 2's \"ok\"", result, err)
 		}
@@ -554,14 +540,7 @@ func TestAStopDoesNotWaitForAttemptsAlreadyTakenBack(t *testing.T) {
 			return nil, ctx.Err()
 		})
 		stop := runUntil(t, worker, 20*time.Second)
-		spec, err := are.NewWorkflow("go-taken-back").Task("a", capability).Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handle, err := client.Workflows.Submit(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
+		handle := submitWorkflow(t, ctx, client, are.NewWorkflow("go-taken-back").Task("a", capability))
 		<-started
 		if _, err := handle.Cancel(ctx, "taken back"); err != nil {
 			t.Fatal(err)

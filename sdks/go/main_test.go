@@ -97,6 +97,21 @@ func run(t *testing.T, w *are.Worker) (stop func()) {
 	return stop
 }
 
+// submitWorkflow builds workflow and submits it with client, failing the test
+// on either error.
+func submitWorkflow(t *testing.T, ctx context.Context, client *are.Client, workflow *are.WorkflowBuilder) *are.WorkflowHandle {
+	t.Helper()
+	spec, err := workflow.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return handle
+}
+
 // eachTransport runs f as one subtest per worker transport, with the
 // fastWorker options and that transport.
 func eachTransport(t *testing.T, f func(t *testing.T, opts are.WorkerOptions)) {

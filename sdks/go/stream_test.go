@@ -67,14 +67,7 @@ func TestStreamRunsAWorkflowOfManyTasksWithinItsConcurrency(t *testing.T) {
 		want += i * i
 	}
 	builder.Task("sum", capability, are.DependsOn(parts...))
-	spec, err := builder.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	handle := submitWorkflow(t, ctx, client, builder)
 	result, err := handle.Result(ctx)
 	if err != nil || string(result) != fmt.Sprint(want) {
 		t.Fatalf("Result = %s, %v; want %d", result, err, want)
@@ -165,14 +158,7 @@ func TestStreamReconnectsAfterTheSidecarRestarts(t *testing.T) {
 
 	submit := func() {
 		t.Helper()
-		spec, err := are.NewWorkflow("go-stream-restart").Task("a", capability).Build()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handle, err := client.Workflows.Submit(ctx, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
+		handle := submitWorkflow(t, ctx, client, are.NewWorkflow("go-stream-restart").Task("a", capability))
 		if result, err := handle.Result(ctx); err != nil || string(result) != `"ok"` {
 			t.Fatalf("Result = %s, %v", result, err)
 		}
@@ -240,14 +226,7 @@ func TestAHeartbeatOverItsBoundDoesNotLoseTheAttempt(t *testing.T) {
 	})
 	run(t, worker)
 
-	spec, err := are.NewWorkflow("go-big-beat").Task("t", capability, are.MaxAttempts(1, 0)).Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	handle := submitWorkflow(t, ctx, client, are.NewWorkflow("go-big-beat").Task("t", capability, are.MaxAttempts(1, 0)))
 	result, err := handle.Result(ctx)
 	if err != nil || string(result) != `"done"` {
 		t.Fatalf("Result = %s, %v; want the attempt to complete", result, err)
@@ -365,14 +344,7 @@ func allAtOnce(t *testing.T, client *are.Client, n int, finish are.Handler, chec
 	for i := 0; i < n; i++ {
 		builder.Task(fmt.Sprintf("t-%d", i), capability, are.MaxAttempts(1, 10*time.Millisecond))
 	}
-	spec, err := builder.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := client.Workflows.Submit(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	handle := submitWorkflow(t, ctx, client, builder)
 	if _, err := handle.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v", err)
 	}

@@ -21,7 +21,7 @@ use tokio::time::{sleep, timeout};
 
 #[macro_use]
 mod common;
-use common::{failed_task, fast, start, Running, WAIT};
+use common::{cache_with_namespace, failed_task, fast, start, Running, WAIT};
 
 on_both_transports!(
     a_panicking_handler_is_reported_and_the_worker_goes_on,
@@ -619,15 +619,8 @@ async fn get_or_call_makes_the_call_when_the_cache_is_down() {
 #[tokio::test]
 async fn get_or_call_returns_the_answer_when_the_store_fails() {
     let (sidecar, client) = start().await;
-    let cache = client.cache();
     let ns = "rust-store-fails";
-    cache
-        .put_namespace(pb::CacheNamespace {
-            name: ns.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let cache = cache_with_namespace(&client, ns).await;
     let got = cache
         .get_or_call(ns, "6 x 7?", &CacheOptions::default(), move || async move {
             tokio::task::spawn_blocking(move || drop(sidecar))
@@ -649,15 +642,8 @@ async fn get_or_call_returns_the_answer_when_the_store_fails() {
 #[tokio::test]
 async fn get_or_call_reports_a_refused_store() {
     let (_sidecar, client) = start().await;
-    let cache = client.cache();
     let ns = "rust-store-refused";
-    cache
-        .put_namespace(pb::CacheNamespace {
-            name: ns.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let cache = cache_with_namespace(&client, ns).await;
     let options = CacheOptions {
         metadata: HashMap::from([("not a key".to_string(), "v".to_string())]),
         ..Default::default()

@@ -17,7 +17,7 @@ use tokio::time::timeout;
 
 #[macro_use]
 mod common;
-use common::{failed_task, fast, nested, start, Running, WAIT};
+use common::{cache_with_namespace, failed_task, fast, nested, start, Running, WAIT};
 
 on_both_transports!(
     two_task_workflow_run_by_a_rust_worker,
@@ -493,15 +493,8 @@ async fn json_nested_512_deep_goes_through_tasks_and_the_cache() {
     assert!(echoed == deep, "the echo's output is not the input");
     running.stop().await;
 
-    let cache = client.cache();
     let ns = "rust-deep";
-    cache
-        .put_namespace(pb::CacheNamespace {
-            name: ns.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let cache = cache_with_namespace(&client, ns).await;
     let exact = CacheOptions {
         exact_only: true,
         ..Default::default()

@@ -2,25 +2,13 @@
 // details, outputs, failures with their causes) go in several messages, each under the sidecar's
 // bound and the client's own, so the stream holds and no attempt is lost.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import { Client, RawPayload, TaskError, Worker, WorkflowSpec, type TaskContext, type TaskInfo } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { FAST, startSidecar, unique, within } from "./helpers.js";
+import { FAST, sharedSidecar, unique, within } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
-
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
-});
+const shared = sharedSidecar();
 
 /** Resolves for every caller once `n` have called: the handlers then report at the same moment. */
 function barrier(n: number): () => Promise<void> {
@@ -46,7 +34,7 @@ async function runAll(worker: Worker, ids: string[], capabilityOf: (id: string) 
     const handles = await Promise.all(
       ids.map((id) => {
         const spec = new WorkflowSpec("ts-batch").task(id, { capability: capabilityOf(id), retryPolicy: { maximumAttempts: 1 } });
-        return client.workflows.submit(spec);
+        return shared.client.workflows.submit(spec);
       }),
     );
     await within(Promise.all(handles.map((handle) => handle.wait({ timeoutMs: 60_000 }))), 70_000, "the workflows to close");
@@ -73,7 +61,7 @@ describe("worker stream batches", () => {
     const capability = unique("beat");
     const warnings: string[] = [];
     const ready = barrier(n);
-    const worker = new Worker(client, {
+    const worker = new Worker(shared.client, {
       ...FAST,
       name: "ts-batch-beat",
       maxConcurrency: n,
@@ -93,7 +81,7 @@ describe("worker stream batches", () => {
   test("a client bounded below the sidecar cuts completions, failures and heartbeats under its own bound", async () => {
     // Results were cut at 16 MiB whatever the client's bound: three 3 MiB outputs made one 9 MiB
     // message, over this client's 8 MiB, and the stream ended with every attempt on it.
-    const bounded = await Client.connect(sidecar.target, { maxMessageBytes: 8 * 1024 * 1024 });
+    const bounded = await Client.connect(shared.sidecar.target, { maxMessageBytes: 8 * 1024 * 1024 });
     try {
       const kinds = { complete: 3, fail: 9, beat: 9 };
       const capabilities = { complete: unique("complete"), fail: unique("fail"), beat: unique("beat") };
@@ -140,7 +128,7 @@ describe("worker stream batches", () => {
     const ready = barrier(n);
     const message = "é".repeat(32 * 1024);
     const stack = "é".repeat(64 * 1024);
-    const worker = new Worker(client, {
+    const worker = new Worker(shared.client, {
       ...FAST,
       name: "ts-batch-heavy",
       maxConcurrency: n,

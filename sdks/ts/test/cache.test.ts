@@ -1,45 +1,33 @@
 // The semantic cache against a real sidecar: exact and caller-vector lookups, getOrCall.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import { AreError, Client, Code, RawPayload } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { startSidecar, unique } from "./helpers.js";
+import { sharedSidecar, startSidecar, unique } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
-
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
-});
+const shared = sharedSidecar();
 
 describe("cache", () => {
   test("store then an exact lookup of the normalised prompt", async () => {
     const ns = unique("exact");
-    const created = await client.cache.putNamespace(ns, { description: "ts exact" });
+    const created = await shared.client.cache.putNamespace(ns, { description: "ts exact" });
     assert.equal(created.created, true);
     assert.equal(created.embedder, "lexical");
     assert.equal(created.searchExpansionFixed, false); // calibrated on its own lookups
     assert.equal(created.recallTarget, 0.995);
-    const fixed = await client.cache.putNamespace(ns, { description: "ts exact", searchExpansion: 48, recallTarget: 0.99 });
+    const fixed = await shared.client.cache.putNamespace(ns, { description: "ts exact", searchExpansion: 48, recallTarget: 0.99 });
     assert.equal(fixed.searchExpansion, 48);
     assert.equal(fixed.searchExpansionFixed, true);
     assert.equal(fixed.recallTarget, 0.99);
-    const stored = await client.cache.store(ns, "What is the capital of France?", { answer: "Paris" }, {
+    const stored = await shared.client.cache.store(ns, "What is the capital of France?", { answer: "Paris" }, {
       usage: { inputTokens: 12, outputTokens: 3, costMicroUsd: 40 },
       metadata: { model: "m1" },
     });
     assert.ok(stored.entryId);
     assert.equal(stored.replaced, false);
 
-    const hit = await client.cache.lookup(ns, "  What is the capital   of France? ");
+    const hit = await shared.client.cache.lookup(ns, "  What is the capital   of France? ");
     assert.ok(hit);
     assert.equal(hit.tier, "exact");
     assert.equal(hit.entryId, stored.entryId);
@@ -48,8 +36,8 @@ describe("cache", () => {
     assert.deepEqual(hit.usage, { inputTokens: 12, outputTokens: 3, costMicroUsd: 40 });
     assert.deepEqual(hit.metadata, { model: "m1" });
 
-    assert.equal(await client.cache.lookup(ns, "Something else entirely", { exactOnly: true }), undefined);
-    const [stats] = await client.cache.stats(ns);
+    assert.equal(await shared.client.cache.lookup(ns, "Something else entirely", { exactOnly: true }), undefined);
+    const [stats] = await shared.client.cache.stats(ns);
     assert.equal(stats?.exactHits, 1);
     assert.equal(stats?.misses, 1);
     assert.equal(stats?.searchExpansion, 48);
@@ -59,23 +47,23 @@ describe("cache", () => {
 
   test("a semantic hit from the caller's own vectors", async () => {
     const ns = unique("vectors");
-    await client.cache.putNamespace(ns, { embedder: "caller", dimension: 4, similarityThreshold: 0.9 });
-    await client.cache.store(ns, "first prompt", "first answer", { vector: [1, 0, 0, 0] });
-    await client.cache.store(ns, "second prompt", "second answer", { vector: [0, 1, 0, 0] });
+    await shared.client.cache.putNamespace(ns, { embedder: "caller", dimension: 4, similarityThreshold: 0.9 });
+    await shared.client.cache.store(ns, "first prompt", "first answer", { vector: [1, 0, 0, 0] });
+    await shared.client.cache.store(ns, "second prompt", "second answer", { vector: [0, 1, 0, 0] });
 
-    const hit = await client.cache.lookup(ns, "a differently worded prompt", { vector: [0.99, 0.05, 0, 0] });
+    const hit = await shared.client.cache.lookup(ns, "a differently worded prompt", { vector: [0.99, 0.05, 0, 0] });
     assert.ok(hit);
     assert.equal(hit.tier, "semantic");
     assert.equal(hit.value, "first answer");
     assert.equal(hit.matchedPrompt, "first prompt");
     assert.ok(hit.similarity > 0.99 && hit.similarity <= 1, String(hit.similarity));
 
-    assert.equal(await client.cache.lookup(ns, "unrelated", { vector: [0, 0, 1, 0] }), undefined);
-    const raw = await client.cache.lookupRaw(ns, "unrelated", { vector: [0.1, 0, 1, 0] });
+    assert.equal(await shared.client.cache.lookup(ns, "unrelated", { vector: [0, 0, 1, 0] }), undefined);
+    const raw = await shared.client.cache.lookupRaw(ns, "unrelated", { vector: [0.1, 0, 1, 0] });
     assert.equal(raw.hit, false);
     assert.ok(raw.bestSimilarity > 0 && raw.bestSimilarity < 0.9, String(raw.bestSimilarity));
 
-    const wrong = await client.cache.lookup(ns, "x", { vector: [1, 0, 0] }).catch((e: unknown) => e);
+    const wrong = await shared.client.cache.lookup(ns, "x", { vector: [1, 0, 0] }).catch((e: unknown) => e);
     assert.ok(wrong instanceof AreError);
     assert.equal(wrong.code, Code.INVALID_ARGUMENT);
     assert.equal(wrong.reason, "DIMENSION_MISMATCH");
@@ -84,17 +72,17 @@ describe("cache", () => {
 
   test("getOrCall calls once, then answers from the cache", async () => {
     const ns = unique("calls");
-    await client.cache.putNamespace(ns);
+    await shared.client.cache.putNamespace(ns);
     let calls = 0;
     const llm = async (): Promise<{ text: string }> => {
       calls += 1;
       return { text: "forty-two" };
     };
-    const first = await client.cache.getOrCall(ns, "the answer?", llm, { usage: () => ({ outputTokens: 2 }) });
+    const first = await shared.client.cache.getOrCall(ns, "the answer?", llm, { usage: () => ({ outputTokens: 2 }) });
     assert.equal(first.fromCache, false);
     assert.deepEqual(first.value, { text: "forty-two" });
     assert.ok(first.stored?.entryId);
-    const second = await client.cache.getOrCall(ns, "the answer?", llm);
+    const second = await shared.client.cache.getOrCall(ns, "the answer?", llm);
     assert.equal(second.fromCache, true);
     assert.deepEqual(second.value, { text: "forty-two" });
     assert.equal(second.hit?.entryId, first.stored?.entryId);
@@ -106,21 +94,21 @@ describe("cache", () => {
     // The store's refusal (an answer over the namespace's maxBytes, one not JSON-serialisable, a
     // usage function that throws) rejected getOrCall after the call was made: the answer was lost.
     const ns = unique("small");
-    await client.cache.putNamespace(ns, { maxBytes: 1024 });
+    await shared.client.cache.putNamespace(ns, { maxBytes: 1024 });
     const warnings: string[] = [];
     const logger = { warn: (message: string) => void warnings.push(message) };
     let calls = 0;
-    const big = await client.cache.getOrCall(ns, "a long answer?", async () => {
+    const big = await shared.client.cache.getOrCall(ns, "a long answer?", async () => {
       calls += 1;
       return "x".repeat(5_000);
     }, { logger });
     assert.deepEqual([big.value.length, big.fromCache, big.stored], [5_000, false, undefined]);
-    const odd = await client.cache.getOrCall(ns, "a big number?", () => {
+    const odd = await shared.client.cache.getOrCall(ns, "a big number?", () => {
       calls += 1;
       return { n: 10n };
     }, { logger });
     assert.deepEqual([odd.value, odd.stored], [{ n: 10n }, undefined]);
-    const costly = await client.cache.getOrCall(ns, "a costly answer?", () => {
+    const costly = await shared.client.cache.getOrCall(ns, "a costly answer?", () => {
       calls += 1;
       return "short";
     }, {
@@ -135,7 +123,7 @@ describe("cache", () => {
     assert.match(warnings[0]!, /was not stored: .*max_bytes/);
     assert.match(warnings[1]!, /was not stored: .*not JSON-serialisable/);
     assert.match(warnings[2]!, /was not stored: no price list/);
-    assert.equal(await client.cache.lookup(ns, "a long answer?"), undefined);
+    assert.equal(await shared.client.cache.lookup(ns, "a long answer?"), undefined);
   });
 
   test("getOrCall makes the call when the cache is down, and rejects on other lookup errors", async () => {
@@ -160,7 +148,7 @@ describe("cache", () => {
     }
     // Not an outage: the question is wrong, and the call is not made.
     let called = false;
-    const error = await client.cache
+    const error = await shared.client.cache
       .getOrCall(unique("missing"), "hello", () => {
         called = true;
         return 1;
@@ -173,16 +161,16 @@ describe("cache", () => {
 
   test("bytes are stored raw and come back as a RawPayload", async () => {
     const ns = unique("bytes");
-    await client.cache.putNamespace(ns);
-    await client.cache.store(ns, "png?", Buffer.from([0x89, 0x50, 0x4e, 0x47]));
-    const hit = await client.cache.lookup(ns, "png?");
+    await shared.client.cache.putNamespace(ns);
+    await shared.client.cache.store(ns, "png?", Buffer.from([0x89, 0x50, 0x4e, 0x47]));
+    const hit = await shared.client.cache.lookup(ns, "png?");
     assert.ok(hit?.value instanceof RawPayload);
     assert.equal(hit.contentType, "application/octet-stream");
     assert.deepEqual([...hit.data], [0x89, 0x50, 0x4e, 0x47]);
   });
 
   test("an unknown namespace is NOT_FOUND with its reason", async () => {
-    const error = await client.cache.lookup(unique("missing"), "hello").catch((e: unknown) => e);
+    const error = await shared.client.cache.lookup(unique("missing"), "hello").catch((e: unknown) => e);
     assert.ok(error instanceof AreError);
     assert.equal(error.code, Code.NOT_FOUND);
     assert.equal(error.reason, "NAMESPACE_NOT_FOUND");

@@ -1,30 +1,18 @@
 // Client basics against a real sidecar: connect, health, errors with reason and field, abort, token.
 import assert from "node:assert/strict";
 import { getEventListeners } from "node:events";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import { AreError, Client, Code, WaitTimeoutError, WorkflowSpec, WorkflowSpecError } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { startSidecar, unique, within } from "./helpers.js";
+import { sharedSidecar, startSidecar, unique, within } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
-
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) assert.equal(await sidecar.stop(), 0, "the sidecar exits 0 after SIGTERM");
-});
+const shared = sharedSidecar({}, (exitCode) => assert.equal(exitCode, 0, "the sidecar exits 0 after SIGTERM"));
 
 describe("connect and health", () => {
   test("health says SERVING", async () => {
-    assert.equal(await client.health(), "SERVING");
-    assert.equal(await client.health("are.v1.SchedulerService"), "SERVING");
+    assert.equal(await shared.client.health(), "SERVING");
+    assert.equal(await shared.client.health("are.v1.SchedulerService"), "SERVING");
   });
 
   test("connecting where nothing listens fails with UNAVAILABLE", async () => {
@@ -37,7 +25,7 @@ describe("connect and health", () => {
 describe("keepalive", () => {
   test("a client with a custom keepalive, or none, still works", async () => {
     for (const options of [{ keepaliveTimeMs: 10_000, keepaliveTimeoutMs: 5_000 }, { keepaliveTimeMs: null }]) {
-      const other = await Client.connect(sidecar.target, options);
+      const other = await Client.connect(shared.sidecar.target, options);
       try {
         assert.equal(await other.health(), "SERVING");
         const error = await other.workflows.get("wf-does-not-exist").catch((e: unknown) => e);
@@ -52,7 +40,7 @@ describe("keepalive", () => {
 
 describe("close", () => {
   test("a call after close() is an AreError CANCELLED", async () => {
-    const other = await Client.connect(sidecar.target);
+    const other = await Client.connect(shared.sidecar.target);
     other.close();
     other.close(); // idempotent
     const error = await other.health().catch((e: unknown) => e);
@@ -67,7 +55,7 @@ describe("close", () => {
   test("close() cancels the waits in flight: they reject with CANCELLED", async () => {
     // grpc-js's Channel.close() let a wait's stream run on for as long as its workflow did
     // (keeping the process alive), and a wait cut under a closed client resumed for ever.
-    const other = await Client.connect(sidecar.target);
+    const other = await Client.connect(shared.sidecar.target);
     const handle = await other.workflows.submit(new WorkflowSpec("ts-close-wait").task("a", { capability: unique("nobody") }));
     const waiting = handle.wait().catch((e: unknown) => e);
     const watching = handle.watch({ includeTasks: true });
@@ -80,7 +68,7 @@ describe("close", () => {
       assert.ok(error instanceof AreError, `${what}: ${String(error)}`);
       assert.equal(error.code, Code.CANCELLED, what);
     }
-    await client.workflows.getHandle(handle.workflowId).cancel();
+    await shared.client.workflows.getHandle(handle.workflowId).cancel();
   });
 });
 
@@ -100,7 +88,7 @@ describe("unix socket", () => {
 
 describe("errors", () => {
   test("PutNamespace with a bad name: INVALID_ARGUMENT, its reason and the field", async () => {
-    const error = await client.cache.putNamespace("not a valid name!").catch((e: unknown) => e);
+    const error = await shared.client.cache.putNamespace("not a valid name!").catch((e: unknown) => e);
     assert.ok(error instanceof AreError, String(error));
     assert.equal(error.code, Code.INVALID_ARGUMENT);
     assert.equal(error.codeName, "INVALID_ARGUMENT");
@@ -114,7 +102,7 @@ describe("errors", () => {
   });
 
   test("an unknown workflow: NOT_FOUND, reason WORKFLOW_NOT_FOUND", async () => {
-    const error = await client.workflows.get("wf-does-not-exist").catch((e: unknown) => e);
+    const error = await shared.client.workflows.get("wf-does-not-exist").catch((e: unknown) => e);
     assert.ok(error instanceof AreError);
     assert.equal(error.code, Code.NOT_FOUND);
     assert.equal(error.reason, "WORKFLOW_NOT_FOUND");
@@ -122,7 +110,7 @@ describe("errors", () => {
 
   test("a spec the sidecar refuses names the field (unknown pool)", async () => {
     const spec = new WorkflowSpec("bad-pool").task("a", { capability: "x", pool: unique("no-such-pool") });
-    const error = await client.workflows.submit(spec).catch((e: unknown) => e);
+    const error = await shared.client.workflows.submit(spec).catch((e: unknown) => e);
     assert.ok(error instanceof AreError);
     assert.equal(error.code, Code.INVALID_ARGUMENT);
     assert.equal(error.reason, "POOL_NOT_FOUND");
@@ -133,7 +121,7 @@ describe("errors", () => {
     const spec = new WorkflowSpec("cycle")
       .task("a", { capability: "x", dependsOn: ["b"] })
       .task("b", { capability: "x", dependsOn: ["a"] });
-    const error = await client.workflows.submit(spec).catch((e: unknown) => e);
+    const error = await shared.client.workflows.submit(spec).catch((e: unknown) => e);
     assert.ok(error instanceof WorkflowSpecError);
     assert.ok(error instanceof AreError);
     assert.equal(error.code, Code.INVALID_ARGUMENT);
@@ -145,7 +133,7 @@ describe("errors", () => {
     const spec = new WorkflowSpec("cycle")
       .task("a", { capability: "x", dependsOn: ["b"] })
       .task("b", { capability: "x", dependsOn: ["a"] });
-    const error = await client.workflows.submit(spec.toMessage({ validate: false })).catch((e: unknown) => e);
+    const error = await shared.client.workflows.submit(spec.toMessage({ validate: false })).catch((e: unknown) => e);
     assert.ok(error instanceof AreError);
     assert.equal(error.reason, "DAG_CYCLE");
     assert.ok(error.field.startsWith("spec.tasks["), error.field);
@@ -156,8 +144,8 @@ describe("workflows", () => {
   test("a retried submit with the same requestId returns the same workflow", async () => {
     const requestId = unique("req");
     const spec = new WorkflowSpec("dedup").task("a", { capability: unique("none") });
-    const first = await client.workflows.submit(spec, { requestId });
-    const again = await client.workflows.submit(spec, { requestId });
+    const first = await shared.client.workflows.submit(spec, { requestId });
+    const again = await shared.client.workflows.submit(spec, { requestId });
     assert.equal(again.workflowId, first.workflowId);
     assert.equal(first.deduplicated, false);
     assert.equal(again.deduplicated, true);
@@ -165,7 +153,7 @@ describe("workflows", () => {
   });
 
   test("watch() yields the status after each change and ends once closed", async () => {
-    const handle = await client.workflows.submit(
+    const handle = await shared.client.workflows.submit(
       new WorkflowSpec("watched", { labels: { suite: "ts" } }).task("a", { capability: unique("none") }),
     );
     const states: string[] = [];
@@ -179,7 +167,7 @@ describe("workflows", () => {
     assert.equal(states[0], "RUNNING");
     assert.equal(states.at(-1), "CANCELLED");
     const listed = [];
-    for await (const workflow of client.workflows.list({ labels: { suite: "ts" }, states: ["CANCELLED"], limit: 5 })) listed.push(workflow.workflowId);
+    for await (const workflow of shared.client.workflows.list({ labels: { suite: "ts" }, states: ["CANCELLED"], limit: 5 })) listed.push(workflow.workflowId);
     assert.ok(listed.includes(handle.workflowId));
   });
 });
@@ -188,12 +176,12 @@ describe("many waits", () => {
   // Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams at once on a
   // connection: on the client's one connection, 1,030 pending waits starved its other calls.
   test("a thousand pending waits hold up no other call of the client", async () => {
-    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
     const controller = new AbortController();
     const waits = Array.from({ length: 1030 }, () => handle.wait({ signal: controller.signal }).catch(() => undefined));
     try {
       await new Promise((resolve) => setTimeout(resolve, 1_000)); // the waits open their streams
-      assert.equal(await client.health("", { timeoutMs: 10_000 }), "SERVING");
+      assert.equal(await shared.client.health("", { timeoutMs: 10_000 }), "SERVING");
     } finally {
       controller.abort();
       await Promise.all(waits);
@@ -204,7 +192,7 @@ describe("many waits", () => {
 
 describe("bounded waits", () => {
   test("a wait with timeoutMs gives up with WaitTimeoutError", async () => {
-    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
     const error = await handle.wait({ timeoutMs: 300 }).catch((e: unknown) => e);
     assert.ok(error instanceof WaitTimeoutError, String(error));
     assert.equal(error.code, Code.DEADLINE_EXCEEDED);
@@ -212,7 +200,7 @@ describe("bounded waits", () => {
   });
 
   test("an aborted wait rejects with the signal's reason", async () => {
-    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
     const controller = new AbortController();
     const waiting = handle.result({ signal: controller.signal });
     controller.abort();
@@ -227,7 +215,7 @@ describe("bounded waits", () => {
     // With AbortSignal.any([signal, AbortSignal.timeout(ms)]), Node 20 kept an entry per wait in
     // the long-lived signal's dependants for as long as it lived, and each wait's timer until
     // its timeout passed.
-    const handle = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
     try {
       const shutdown = new AbortController();
       await handle.cancel();
@@ -236,7 +224,7 @@ describe("bounded waits", () => {
       assert.equal(dependants(shutdown.signal), 0);
 
       // Both bounds still hold: the timeout first, then the signal first.
-      const open = await client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
+      const open = await shared.client.workflows.submit(new WorkflowSpec("nobody-serves").task("a", { capability: unique("none") }));
       try {
         const late = await open.wait({ signal: shutdown.signal, timeoutMs: 200 }).catch((e: unknown) => e);
         assert.ok(late instanceof WaitTimeoutError, String(late));
@@ -254,7 +242,7 @@ describe("bounded waits", () => {
   });
 
   test("an aborted unary call rejects with the signal's reason", async () => {
-    const error = await client.health("", { signal: AbortSignal.abort(new Error("stop")) }).catch((e: unknown) => e);
+    const error = await shared.client.health("", { signal: AbortSignal.abort(new Error("stop")) }).catch((e: unknown) => e);
     assert.ok(error instanceof Error);
     assert.equal(error.message, "stop");
   });

@@ -3,32 +3,20 @@
 // resumes after the hint; a worker whose streams die just after registering backs off.
 import assert from "node:assert/strict";
 import { createServer, connect, type Server, type Socket } from "node:net";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import { AreError, Client, Code, Worker, WorkflowSpec, type TaskContext, type WorkflowUpdate } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { FAST, startSidecar, unique, within } from "./helpers.js";
+import { FAST, sharedSidecar, unique, within } from "./helpers.js";
 
 /** The sidecar's bound on the tasks of open workflows, kept small so that a spawn can pass it. */
 const MAX_OPEN_TASKS = 20;
 /** The flight recorder's live subscribers at once (EventRecorder.max_subscribers). */
 const MAX_SUBSCRIBERS = 1024;
 
-let sidecar: SidecarProcess;
-let client: Client;
-
-before(async () => {
-  // More streams per connection than subscribers, so that the subscribers can all be taken from one client.
-  sidecar = await startSidecar({
-    args: ["--durability", "relaxed", "--log-level", "warning", "--max-open-tasks", `${MAX_OPEN_TASKS}`, "--max-concurrent-streams", "4096"],
-  });
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
+// More streams per connection than subscribers, so that the subscribers can all be taken from one client.
+const shared = sharedSidecar({
+  args: ["--durability", "relaxed", "--log-level", "warning", "--max-open-tasks", `${MAX_OPEN_TASKS}`, "--max-concurrent-streams", "4096"],
 });
 
 describe("retry hints", () => {
@@ -39,7 +27,7 @@ describe("retry hints", () => {
       const capability = unique("spawner");
       const starts: number[] = [];
       let refusal: unknown;
-      const worker = new Worker(client, { ...FAST, transport, name: "ts-spawner", logger: { warn: () => undefined } }).handle(
+      const worker = new Worker(shared.client, { ...FAST, transport, name: "ts-spawner", logger: { warn: () => undefined } }).handle(
         capability,
         async (ctx: TaskContext) => {
           starts.push(Date.now());
@@ -57,10 +45,10 @@ describe("retry hints", () => {
       // Submissions may fill 90% of the bound (18 tasks): the filler's 17 and the parent.
       let filler = new WorkflowSpec("ts-filler");
       for (let i = 0; i < 17; i += 1) filler = filler.task(`t${i}`, { capability: unique("nobody") });
-      const held = await client.workflows.submit(filler);
+      const held = await shared.client.workflows.submit(filler);
       const running = worker.run();
       try {
-        const handle = await client.workflows.submit(
+        const handle = await shared.client.workflows.submit(
           new WorkflowSpec("ts-spawner").task("parent", {
             capability,
             retryPolicy: { maximumAttempts: 2, initialIntervalMs: 10, maximumIntervalMs: 10 },
@@ -87,7 +75,7 @@ describe("watch subscribers", () => {
   test("a watch refused for want of subscribers resumes after the hint instead of rejecting", async () => {
     // The sidecar serves 1,024 live event streams; a watch with includeTasks is one. Refused
     // RESOURCE_EXHAUSTED with a 1 s hint, the watch rejected at once.
-    const filler = await Client.connect(sidecar.target);
+    const filler = await Client.connect(shared.sidecar.target);
     try {
       const streams: AsyncGenerator<unknown>[] = [];
       for (let i = 0; i < MAX_SUBSCRIBERS; i += 1) {
@@ -102,7 +90,7 @@ describe("watch subscribers", () => {
       assert.ok(refused instanceof AreError, String(refused));
       assert.deepEqual([refused.code, refused.retryAfterMs], [Code.RESOURCE_EXHAUSTED, 1_000]);
 
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-watch-full").task("a", { capability: unique("nobody") }));
+      const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-watch-full").task("a", { capability: unique("nobody") }));
       const watching = handle.watch({ includeTasks: true });
       const first = watching.next().catch((e: unknown) => e);
       await new Promise((resolve) => setTimeout(resolve, 1_500));
@@ -122,7 +110,7 @@ describe("reconnection", () => {
   test("a worker whose streams die just after registering backs off instead of reconnecting at once", async () => {
     // Every registration set the backoff back to 50 ms, so streams dying as soon as they
     // registered were reopened about twenty times a second; only a stream that lived 10 s does now.
-    const [host, port] = splitTarget(sidecar.target);
+    const [host, port] = splitTarget(shared.sidecar.target);
     const sockets = new Set<Socket>();
     const proxy: Server = createServer((downstream) => {
       const upstream = connect(port, host);

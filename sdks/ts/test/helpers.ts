@@ -1,7 +1,9 @@
-// Shared test helpers: a real sidecar from the repository's .venv, and bounded waits.
+// Shared test helpers: a real sidecar from the repository's .venv (one per file, with a client), and bounded waits.
 import { dirname, resolve } from "node:path";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 
+import { Client, type Worker } from "@are-runtime/sdk";
 import { SidecarProcess, type SidecarOptions } from "@are-runtime/sdk/testing";
 
 /** The repository root (this file runs from sdks/ts/build/test). */
@@ -18,6 +20,43 @@ export function startSidecar(options: SidecarOptions = {}): Promise<SidecarProce
   });
 }
 
+/** A test file's sidecar and a client connected to it, both there once the file's before hook has run. */
+export interface SharedSidecar {
+  readonly sidecar: SidecarProcess;
+  readonly client: Client;
+}
+
+/**
+ * For the test file that calls it (at its top level): a before hook that starts a sidecar
+ * (startSidecar(options)) and connects a client to it, and an after hook that closes the client
+ * and stops the sidecar, handing its exit status to `stopped` when given.
+ */
+export function sharedSidecar(options: SidecarOptions = {}, stopped?: (exitCode: number | null) => void): SharedSidecar {
+  let sidecar: SidecarProcess | undefined;
+  let client: Client | undefined;
+  before(async () => {
+    sidecar = await startSidecar(options);
+    client = await Client.connect(sidecar.target);
+  });
+  after(async () => {
+    client?.close();
+    if (sidecar) {
+      const exitCode = await sidecar.stop();
+      stopped?.(exitCode);
+    }
+  });
+  return {
+    get sidecar(): SidecarProcess {
+      if (sidecar === undefined) throw new Error("the shared sidecar is not started: the before hook has not run");
+      return sidecar;
+    },
+    get client(): Client {
+      if (client === undefined) throw new Error("the shared client is not connected: the before hook has not run");
+      return client;
+    },
+  };
+}
+
 /** Resolves with `promise`, or rejects once `ms` pass: no test waits without a bound. */
 export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -25,6 +64,17 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Runs `body` with the worker serving, and always stops it (bounded). */
+export async function serving(worker: Worker, body: () => Promise<void>): Promise<void> {
+  const running = worker.run();
+  try {
+    await body();
+  } finally {
+    await within(worker.stop({ graceMs: 2_000 }), 20_000, "the worker to stop");
+    await running;
+  }
 }
 
 /** Polls `condition` every 20 ms until it holds; rejects after `ms`. */

@@ -4,37 +4,15 @@
 // does not wait for such a handler for good.
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
-import { Client, Worker, WorkflowSpec, type TaskContext, type WorkflowHandle } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
+import { Worker, WorkflowSpec, type TaskContext, type WorkflowHandle } from "@are-runtime/sdk";
 
-import { FAST, deferred, eventually, startSidecar, unique, within } from "./helpers.js";
+import { FAST, deferred, eventually, serving, sharedSidecar, unique, within } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
 const WAIT = { timeoutMs: 30_000 };
 
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
-});
-
-/** Runs `body` with the worker serving, and always stops it (bounded). */
-async function serving(worker: Worker, body: () => Promise<void>): Promise<void> {
-  const running = worker.run();
-  try {
-    await body();
-  } finally {
-    await within(worker.stop({ graceMs: 2_000 }), 20_000, "the worker to stop");
-    await running;
-  }
-}
+const shared = sharedSidecar();
 
 /** Handlers that count how many of them run at once, each deaf to its signal until `release`. */
 class DeafHandlers {
@@ -73,11 +51,11 @@ for (const transport of ["stream", "unary"] as const) {
       const deaf = new DeafHandlers();
       const warnings: string[] = [];
       const logger = { warn: (message: string) => void warnings.push(message) };
-      const worker = new Worker(client, { ...OPTS, name: "ts-deaf", maxConcurrency: n, logger }).handle(capability, deaf.handler);
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-deaf", maxConcurrency: n, logger }).handle(capability, deaf.handler);
       await serving(worker, async () => {
         const handles: WorkflowHandle[] = [];
         for (let i = 0; i < 3 * n; i += 1) {
-          handles.push(await client.workflows.submit(new WorkflowSpec("ts-deaf").task("t", { capability, input: { deaf: true } })));
+          handles.push(await shared.client.workflows.submit(new WorkflowSpec("ts-deaf").task("t", { capability, input: { deaf: true } })));
         }
         try {
           // Cancel each workflow as soon as its handler starts, for 2.5 s (bounded): a heartbeat
@@ -118,17 +96,17 @@ for (const transport of ["stream", "unary"] as const) {
     test("a deaf handler's slot is used again once it returns", async () => {
       const capability = unique("deaf-one");
       const deaf = new DeafHandlers();
-      const worker = new Worker(client, { ...OPTS, name: "ts-deaf-one", maxConcurrency: 1, logger: { warn: () => undefined } }).handle(
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-deaf-one", maxConcurrency: 1, logger: { warn: () => undefined } }).handle(
         capability,
         deaf.handler,
       );
       await serving(worker, async () => {
-        const first = await client.workflows.submit(new WorkflowSpec("ts-deaf-one").task("t", { capability, input: { deaf: true } }));
+        const first = await shared.client.workflows.submit(new WorkflowSpec("ts-deaf-one").task("t", { capability, input: { deaf: true } }));
         let second: WorkflowHandle | undefined;
         try {
           await eventually(async () => deaf.started.length === 1, 20_000, "the deaf handler to start");
           assert.equal((await first.cancel()).state, "CANCELLED");
-          second = await client.workflows.submit(new WorkflowSpec("ts-deaf-one").task("t", { capability, input: { deaf: false } }));
+          second = await shared.client.workflows.submit(new WorkflowSpec("ts-deaf-one").task("t", { capability, input: { deaf: false } }));
           // The only slot stays taken while the deaf handler runs: the second task waits (1 s, bounded).
           await sleep(1_000);
           assert.deepEqual(deaf.started, [first.workflowId], "a handler started while the deaf one held the only slot");
@@ -149,19 +127,19 @@ for (const transport of ["stream", "unary"] as const) {
       // transport it is not polled for.
       const capability = unique("deaf-wait");
       const deaf = new DeafHandlers();
-      const worker = new Worker(client, { ...OPTS, name: "ts-deaf-wait", maxConcurrency: 1, logger: { warn: () => undefined } }).handle(
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-deaf-wait", maxConcurrency: 1, logger: { warn: () => undefined } }).handle(
         capability,
         deaf.handler,
       );
       await serving(worker, async () => {
         const spec = (deafInput: boolean): WorkflowSpec =>
           new WorkflowSpec("ts-deaf-wait").task("t", { capability, input: { deaf: deafInput } });
-        const first = await client.workflows.submit(spec(true));
+        const first = await shared.client.workflows.submit(spec(true));
         const handles = [first];
         try {
           await eventually(async () => deaf.started.length === 1, 20_000, "the deaf handler to start");
           await first.cancel();
-          const waiting = await client.workflows.submit(spec(false));
+          const waiting = await shared.client.workflows.submit(spec(false));
           handles.push(waiting);
           await sleep(500);
           // Pins the case: assigned and waiting on the stream, not polled for on the unary path.
@@ -170,7 +148,7 @@ for (const transport of ["stream", "unary"] as const) {
           assert.equal((await waiting.cancel()).state, "CANCELLED");
           await sleep(300);
           deaf.release();
-          const last = await client.workflows.submit(spec(false));
+          const last = await shared.client.workflows.submit(spec(false));
           handles.push(last);
           assert.equal(await last.result(WAIT), "done");
           assert.deepEqual(deaf.started, [first.workflowId, last.workflowId], "the cancelled task's handler ran");
@@ -187,9 +165,9 @@ for (const transport of ["stream", "unary"] as const) {
       const deaf = new DeafHandlers();
       const warnings: string[] = [];
       const logger = { warn: (message: string) => void warnings.push(message) };
-      const worker = new Worker(client, { ...OPTS, name: "ts-deaf-stop", maxConcurrency: 1, logger }).handle(capability, deaf.handler);
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-deaf-stop", maxConcurrency: 1, logger }).handle(capability, deaf.handler);
       const running = worker.run();
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-deaf-stop").task("t", { capability, input: { deaf: true } }));
+      const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-deaf-stop").task("t", { capability, input: { deaf: true } }));
       try {
         await eventually(async () => deaf.started.length === 1, 20_000, "the deaf handler to start");
         await handle.cancel();

@@ -6,38 +6,17 @@
 import assert from "node:assert/strict";
 import { rm } from "node:fs/promises";
 import { dirname } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import { BlobReference, Client, TaskCancelledError, Worker, WorkflowFailedError, WorkflowSpec, type TaskContext } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { FAST, deferred, startSidecar, unique, within } from "./helpers.js";
+import { FAST, deferred, serving, sharedSidecar, startSidecar, unique, within } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
 const WAIT = { timeoutMs: 30_000 };
 const STREAM = { ...FAST, transport: "stream" } as const;
 
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
-});
-
-/** Runs `body` with the worker serving, and always stops it (bounded). */
-async function serving(worker: Worker, body: () => Promise<void>): Promise<void> {
-  const running = worker.run();
-  try {
-    await body();
-  } finally {
-    await within(worker.stop({ graceMs: 2_000 }), 20_000, "the worker to stop");
-    await running;
-  }
-}
+const shared = sharedSidecar();
 
 describe("worker stream transport", () => {
   test("a fan-out/fan-in workflow of several tasks completes over one stream", async () => {
@@ -45,7 +24,7 @@ describe("worker stream transport", () => {
     const sum = unique("sum");
     let running = 0;
     let most = 0;
-    const worker = new Worker(client, { ...STREAM, name: "ts-stream-fan", maxConcurrency: 3 })
+    const worker = new Worker(shared.client, { ...STREAM, name: "ts-stream-fan", maxConcurrency: 3 })
       .handle<{ n: number }>(part, async (ctx) => {
         running += 1;
         most = Math.max(most, running);
@@ -63,7 +42,7 @@ describe("worker stream transport", () => {
         parts.push(`p${n}`);
       }
       spec = spec.task("sum", { capability: sum, dependsOn: parts });
-      const handle = await client.workflows.submit(spec);
+      const handle = await shared.client.workflows.submit(spec);
       assert.equal(await handle.result(WAIT), 204);
       const info = await handle.get();
       assert.equal(info.taskCounts?.completed, 9);
@@ -80,7 +59,7 @@ describe("worker stream transport", () => {
     const capability = unique("stream-slow");
     const started = deferred<TaskContext>();
     const aborted = deferred<unknown>();
-    const worker = new Worker(client, { ...STREAM, name: "ts-stream-slow" }).handle(capability, (ctx) => {
+    const worker = new Worker(shared.client, { ...STREAM, name: "ts-stream-slow" }).handle(capability, (ctx) => {
       started.resolve(ctx);
       return new Promise((_, reject) => {
         ctx.signal.addEventListener("abort", () => {
@@ -90,7 +69,7 @@ describe("worker stream transport", () => {
       });
     });
     await serving(worker, async () => {
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-stream-cancel").task("think", { capability }));
+      const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-stream-cancel").task("think", { capability }));
       await within(started.promise, 20_000, "the handler to start");
       await handle.cancel({ reason: "changed my mind" });
       const reason = await within(aborted.promise, 20_000, "the handler's signal to abort");
@@ -106,9 +85,9 @@ describe("worker stream transport", () => {
   test("an output over 4 MiB is completed as a blob over the stream", async () => {
     const capability = unique("stream-big");
     const big = "y".repeat(5 * 1024 * 1024);
-    const worker = new Worker(client, { ...STREAM, name: "ts-stream-big" }).handle(capability, () => ({ text: big }));
+    const worker = new Worker(shared.client, { ...STREAM, name: "ts-stream-big" }).handle(capability, () => ({ text: big }));
     await serving(worker, async () => {
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-stream-big").task("make", { capability }));
+      const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-stream-big").task("make", { capability }));
       const result = await handle.result<{ text: string }>(WAIT);
       assert.equal(result.text.length, big.length);
       const [task] = await handle.tasks({ includePayloads: true });
@@ -123,13 +102,13 @@ describe("worker stream transport", () => {
     const capability = unique("stream-finish");
     const started = deferred<TaskContext>();
     const release = deferred();
-    const worker = new Worker(client, { ...STREAM, name: "ts-stream-finish" }).handle(capability, async (ctx) => {
+    const worker = new Worker(shared.client, { ...STREAM, name: "ts-stream-finish" }).handle(capability, async (ctx) => {
       started.resolve(ctx);
       await release.promise;
       return { finished: !ctx.cancelled };
     });
     const running = worker.run();
-    const handle = await client.workflows.submit(new WorkflowSpec("ts-stream-stop").task("work", { capability }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-stream-stop").task("work", { capability }));
     await within(started.promise, 20_000, "the handler to start");
     const stopped = worker.stop({ graceMs: 15_000 });
     setTimeout(() => release.resolve(), 100);

@@ -1,29 +1,17 @@
 // The trace stream against a real sidecar: a workflow's events, and an end on abort.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
-import { Client, Worker, WorkflowSpec, eventTypeName, type TraceItem } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
+import { Worker, WorkflowSpec, eventTypeName, type TraceItem } from "@are-runtime/sdk";
 
-import { FAST, startSidecar, unique, within } from "./helpers.js";
+import { FAST, sharedSidecar, unique, within } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
-
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
-});
+const shared = sharedSidecar();
 
 describe("trace", () => {
   test("the stream sees the workflow's events, live, and ends on abort", async () => {
     const capability = unique("traced");
-    const worker = new Worker(client, { ...FAST, name: "ts-traced" }).handle(capability, (ctx) => {
+    const worker = new Worker(shared.client, { ...FAST, name: "ts-traced" }).handle(capability, (ctx) => {
       ctx.reportToolCall("search", { durationMs: 5 });
       ctx.reportLlmCall("model-y", { inputTokens: 3, outputTokens: 4 });
       return "done";
@@ -31,11 +19,11 @@ describe("trace", () => {
     const running = worker.run();
     const controller = new AbortController();
     // Live only (no afterSequence): the stream is open before the workflow exists.
-    const stream = client.trace.stream({}, { signal: controller.signal });
+    const stream = shared.client.trace.stream({}, { signal: controller.signal });
     const first = await within(stream.next(), 10_000, "the caught-up marker");
     assert.equal((first.value as TraceItem).type, "caught_up");
 
-    const handle = await client.workflows.submit(new WorkflowSpec("ts-traced").task("only", { capability }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-traced").task("only", { capability }));
     const seen: string[] = [];
     const names: string[] = [];
     const collect = (async () => {
@@ -58,12 +46,12 @@ describe("trace", () => {
   });
 
   test("a replay from a cursor, filtered by workflow and type, then caught up", async () => {
-    const handle = await client.workflows.submit(new WorkflowSpec("ts-replay").task("a", { capability: unique("none") }));
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-replay").task("a", { capability: unique("none") }));
     await handle.cancel({ reason: "replay test" });
     const controller = new AbortController();
     const items: TraceItem[] = [];
     const reading = (async () => {
-      for await (const item of client.trace.stream(
+      for await (const item of shared.client.trace.stream(
         { workflowIds: [handle.workflowId], eventTypes: ["WORKFLOW_SUBMITTED", "WORKFLOW_CANCELLED"] },
         { afterSequence: 0, signal: controller.signal },
       )) {
@@ -76,13 +64,13 @@ describe("trace", () => {
       items.map((item) => (item.type === "event" ? eventTypeName(item.event.eventType) : item.type)),
       ["WORKFLOW_SUBMITTED", "WORKFLOW_CANCELLED", "caught_up"],
     );
-    const page = await client.trace.listEvents({ workflowIds: [handle.workflowId] });
+    const page = await shared.client.trace.listEvents({ workflowIds: [handle.workflowId] });
     assert.ok(page.events.length >= 2);
   });
 
   test("an abort while waiting for live events ends the iterator without an error", async () => {
     const controller = new AbortController();
-    const stream = client.trace.stream({ workflowIds: [unique("wf-none")] }, { signal: controller.signal });
+    const stream = shared.client.trace.stream({ workflowIds: [unique("wf-none")] }, { signal: controller.signal });
     const marker = await within(stream.next(), 10_000, "the caught-up marker");
     assert.equal((marker.value as TraceItem).type, "caught_up");
     const next = stream.next();

@@ -2,7 +2,7 @@
 // failures per the retry policy, and cancellation reaching a running handler,
 // over both transports (the Connect stream and the unary path).
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 
 import {
   AreError,
@@ -21,34 +21,12 @@ import {
   type FailureInfo,
   type TaskContext,
 } from "@are-runtime/sdk";
-import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { FAST, deferred, eventually, startSidecar, unique, within } from "./helpers.js";
+import { FAST, deferred, eventually, serving, sharedSidecar, unique, within } from "./helpers.js";
 
-let sidecar: SidecarProcess;
-let client: Client;
 const WAIT = { timeoutMs: 30_000 };
 
-before(async () => {
-  sidecar = await startSidecar();
-  client = await Client.connect(sidecar.target);
-});
-
-after(async () => {
-  client?.close();
-  if (sidecar) await sidecar.stop();
-});
-
-/** Runs `body` with the worker serving, and always stops it (bounded). */
-async function serving(worker: Worker, body: () => Promise<void>): Promise<void> {
-  const running = worker.run();
-  try {
-    await body();
-  } finally {
-    await within(worker.stop({ graceMs: 2_000 }), 20_000, "the worker to stop");
-    await running;
-  }
-}
+const shared = sharedSidecar();
 
 class RefusalError extends Error {}
 class DbError extends Error {}
@@ -88,7 +66,7 @@ for (const transport of ["stream", "unary"] as const) {
     test("a 2-task workflow run by a TS worker COMPLETES with outputs", async () => {
       const research = unique("research");
       const write = unique("write");
-      const worker = new Worker(client, { ...OPTS, name: "ts-writer", maxConcurrency: 2 })
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-writer", maxConcurrency: 2 })
         .handle(research, (ctx: TaskContext) => {
           const { topic } = ctx.input as { topic: string };
           ctx.reportLlmCall("model-x", { inputTokens: 10, outputTokens: 5, costMicroUsd: 7 });
@@ -103,7 +81,7 @@ for (const transport of ["stream", "unary"] as const) {
         const spec = new WorkflowSpec("ts-two-step")
           .task("research", { capability: research, input: { topic: "tides" } })
           .task("write", { capability: write, dependsOn: ["research"] });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         assert.match(handle.workflowId, /^wf_/);
         assert.deepEqual(await handle.result(WAIT), { draft: "about tides!", attempt: 1 });
 
@@ -133,7 +111,7 @@ for (const transport of ["stream", "unary"] as const) {
       // lease and dropped the attempt with nothing reported (RUNNING until a timeout).
       const capability = unique("big-beat");
       const warnings: string[] = [];
-      const worker = new Worker(client, {
+      const worker = new Worker(shared.client, {
         ...OPTS,
         name: "ts-big-beat",
         logger: { warn: (message: string) => warnings.push(message) },
@@ -143,7 +121,7 @@ for (const transport of ["stream", "unary"] as const) {
         return "done";
       });
       await serving(worker, async () => {
-        const handle = await client.workflows.submit(
+        const handle = await shared.client.workflows.submit(
           new WorkflowSpec("ts-big-beat").task("t", { capability, retryPolicy: { maximumAttempts: 1 } }),
         );
         assert.equal(await handle.result(WAIT), "done");
@@ -153,13 +131,13 @@ for (const transport of ["stream", "unary"] as const) {
 
     test("raw bytes travel as they are, both ways", async () => {
       const capability = unique("bytes");
-      const worker = new Worker(client, { ...OPTS, name: "ts-bytes" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-bytes" }).handle(capability, (ctx) => {
         const input = ctx.input as RawPayload;
         assert.ok(input instanceof RawPayload);
         return new RawPayload(Buffer.from(input.text().toUpperCase()), "text/plain");
       });
       await serving(worker, async () => {
-        const handle = await client.workflows.submit(
+        const handle = await shared.client.workflows.submit(
           new WorkflowSpec("ts-bytes").task("shout", { capability, input: new RawPayload("hello", "text/plain") }),
         );
         const result = await handle.result<RawPayload>(WAIT);
@@ -172,7 +150,7 @@ for (const transport of ["stream", "unary"] as const) {
     test("a failing handler fails the workflow after the policy's attempts", async () => {
       const capability = unique("flaky");
       const attempts: number[] = [];
-      const worker = new Worker(client, { ...OPTS, name: "ts-flaky" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-flaky" }).handle(capability, (ctx) => {
         attempts.push(ctx.attempt);
         if (ctx.attempt > 1) assert.equal(ctx.lastFailure?.type, "RefusalError");
         throw new RefusalError(`refused on attempt ${ctx.attempt}`);
@@ -182,7 +160,7 @@ for (const transport of ["stream", "unary"] as const) {
           capability,
           retryPolicy: { maximumAttempts: 3, initialIntervalMs: 10, maximumIntervalMs: 20 },
         });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         const error = await handle.result(WAIT).catch((e: unknown) => e);
         assert.ok(error instanceof WorkflowFailedError, String(error));
         assert.equal(error.workflow.state, "FAILED");
@@ -203,7 +181,7 @@ for (const transport of ["stream", "unary"] as const) {
       const typed = unique("typed");
       const unserialisable = unique("unserialisable");
       const seen: string[] = [];
-      const worker = new Worker(client, { ...OPTS, name: "ts-fatal" })
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-fatal" })
         .handle(fatal, (ctx) => {
           seen.push(`${ctx.taskId}#${ctx.attempt}`);
           throw new NonRetryableError("no point trying again", { details: { code: 42 } });
@@ -222,7 +200,7 @@ for (const transport of ["stream", "unary"] as const) {
           .task("b", { capability: typed, retryPolicy: { maximumAttempts: 5, initialIntervalMs: 10, nonRetryableFailureTypes: ["QuotaError"] } })
           .task("c", { capability: unserialisable, retryPolicy: { maximumAttempts: 1 } })
           .task("end", { capability: fatal, dependsOn: ["a", "b"], triggerRule: "all_done" });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         const workflow = await handle.wait(WAIT);
         assert.equal(workflow.state, "FAILED");
         const a = await handle.task("a");
@@ -242,13 +220,13 @@ for (const transport of ["stream", "unary"] as const) {
     test("a completion the sidecar refuses as invalid is reported as a CompletionRefused failure", async () => {
       // The refusal changes nothing and the attempt stays held: without the failure it would stay RUNNING.
       const capability = unique("refused");
-      const worker = new Worker(client, { ...OPTS, name: "ts-refused" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-refused" }).handle(capability, (ctx) => {
         ctx.reportLlmCall("model-x", { inputTokens: 7, outputTokens: 3, costMicroUsd: 11 });
         return new TaskResult(new Uint8Array([1, 2, 3]), { contentType: "x".repeat(129) });
       });
       await serving(worker, async () => {
         const spec = new WorkflowSpec("ts-refused").task("x", { capability, retryPolicy: { maximumAttempts: 1 } });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         const workflow = await handle.wait({ timeoutMs: 15_000 });
         assert.equal(workflow.state, "FAILED");
         const task = await handle.task("x");
@@ -270,7 +248,7 @@ for (const transport of ["stream", "unary"] as const) {
       // A type over 256 characters and details over 1 MiB were refused, leaving the task RUNNING;
       // a negative retry delay threw before the failure was sent.
       const capability = unique("oversized");
-      const worker = new Worker(client, { ...OPTS, name: "ts-oversized" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-oversized" }).handle(capability, (ctx) => {
         ctx.addUsage({ inputTokens: 5, outputTokens: -1 });
         throw new TaskError("too big", {
           type: "T".repeat(299) + "😀",
@@ -280,7 +258,7 @@ for (const transport of ["stream", "unary"] as const) {
       });
       await serving(worker, async () => {
         const spec = new WorkflowSpec("ts-oversized").task("x", { capability, retryPolicy: { maximumAttempts: 1 } });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         const workflow = await handle.wait({ timeoutMs: 15_000 });
         assert.equal(workflow.state, "FAILED");
         const task = await handle.task("x");
@@ -319,7 +297,7 @@ for (const transport of ["stream", "unary"] as const) {
           throw new Error("plain", { cause: null });
         },
       };
-      const worker = new Worker(client, { ...OPTS, name: "ts-causes" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-causes" }).handle(capability, (ctx) => {
         if (ctx.taskId !== "chain" || ctx.attempt === 1) return cases[ctx.taskId]!();
         lastFailure = ctx.lastFailure;
         return "saved";
@@ -329,7 +307,7 @@ for (const transport of ["stream", "unary"] as const) {
         for (const id of Object.keys(cases)) {
           spec = spec.task(id, { capability, retryPolicy: { maximumAttempts: id === "chain" ? 2 : 1, initialIntervalMs: 10 } });
         }
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         await handle.wait(WAIT);
         const chain = await handle.task("chain");
         assert.deepEqual([chain.state, chain.attempt], ["COMPLETED", 2]);
@@ -391,13 +369,13 @@ for (const transport of ["stream", "unary"] as const) {
         causeThrows,
         heavy: heavyError(),
       };
-      const worker = new Worker(client, { ...OPTS, name: "ts-chains" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-chains" }).handle(capability, (ctx) => {
         throw thrown[ctx.taskId];
       });
       await serving(worker, async () => {
         let spec = new WorkflowSpec("ts-chains");
         for (const id of Object.keys(thrown)) spec = spec.task(id, { capability, retryPolicy: { maximumAttempts: 1 } });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         assert.equal((await handle.wait({ timeoutMs: 20_000 })).state, "FAILED");
         const got: Record<string, [string, string][]> = {};
         for (const id of Object.keys(thrown)) got[id] = levels((await handle.task(id)).failure);
@@ -427,7 +405,7 @@ for (const transport of ["stream", "unary"] as const) {
       const capability = unique("slow");
       const started = deferred<TaskContext>();
       const aborted = deferred<unknown>();
-      const worker = new Worker(client, { ...OPTS, name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-slow", heartbeatIntervalMs: 100 }).handle(capability, (ctx) => {
         started.resolve(ctx);
         return new Promise((_, reject) => {
           ctx.signal.addEventListener("abort", () => {
@@ -437,7 +415,7 @@ for (const transport of ["stream", "unary"] as const) {
         });
       });
       await serving(worker, async () => {
-        const handle = await client.workflows.submit(new WorkflowSpec("ts-cancel").task("think", { capability }));
+        const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-cancel").task("think", { capability }));
         const ctx = await within(started.promise, 20_000, "the handler to start");
         assert.equal(ctx.cancelled, false);
         const closed = await handle.cancel({ reason: "changed my mind", requestedBy: "test" });
@@ -457,12 +435,12 @@ for (const transport of ["stream", "unary"] as const) {
     test("stop() hands a task still running after the grace period back for a retry", async () => {
       const capability = unique("stubborn");
       const started = deferred<TaskContext>();
-      const worker = new Worker(client, { ...OPTS, name: "ts-stubborn" }).handle(capability, (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-stubborn" }).handle(capability, (ctx) => {
         started.resolve(ctx);
         return new Promise(() => undefined); // never settles and ignores its signal
       });
       const running = worker.run();
-      const handle = await client.workflows.submit(
+      const handle = await shared.client.workflows.submit(
         new WorkflowSpec("ts-stop").task("forever", { capability, retryPolicy: { maximumAttempts: 2, initialIntervalMs: 10 } }),
       );
       const ctx = await within(started.promise, 20_000, "the handler to start");
@@ -478,7 +456,7 @@ for (const transport of ["stream", "unary"] as const) {
 
     test("heartbeat details reach the next attempt; typed input", async () => {
       const capability = unique("resume");
-      const worker = new Worker(client, { ...OPTS, name: "ts-resume" }).handle<{ steps: number }>(capability, async (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-resume" }).handle<{ steps: number }>(capability, async (ctx) => {
         if (ctx.attempt === 1) {
           await ctx.heartbeat({ done: 2 });
           throw new Error("crashed after step 2");
@@ -486,7 +464,7 @@ for (const transport of ["stream", "unary"] as const) {
         return { resumedFrom: ctx.lastHeartbeatDetails, steps: ctx.input.steps };
       });
       await serving(worker, async () => {
-        const handle = await client.workflows.submit(
+        const handle = await shared.client.workflows.submit(
           new WorkflowSpec("ts-resume").task("long", { capability, input: { steps: 5 }, retryPolicy: { initialIntervalMs: 10 } }),
         );
         assert.deepEqual(await handle.result(WAIT), { resumedFrom: { done: 2 }, steps: 5 });
@@ -496,14 +474,14 @@ for (const transport of ["stream", "unary"] as const) {
     test("payloads over 4 MiB travel through the blob store, both ways", async () => {
       const capability = unique("big");
       const big = "x".repeat(5 * 1024 * 1024);
-      const input = await client.blobs.put(Buffer.from(JSON.stringify({ text: big })), { contentType: "application/json" });
+      const input = await shared.client.blobs.put(Buffer.from(JSON.stringify({ text: big })), { contentType: "application/json" });
       assert.ok(input instanceof BlobReference);
-      const worker = new Worker(client, { ...OPTS, name: "ts-big" }).handle<{ text: string }>(capability, (ctx) => ({
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-big" }).handle<{ text: string }>(capability, (ctx) => ({
         length: ctx.input.text.length,
         echo: ctx.input.text,
       }));
       await serving(worker, async () => {
-        const handle = await client.workflows.submit(new WorkflowSpec("ts-big").task("echo", { capability, input }));
+        const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-big").task("echo", { capability, input }));
         const result = await handle.result<{ length: number; echo: string }>(WAIT);
         assert.equal(result.length, big.length);
         assert.equal(result.echo, big);
@@ -511,7 +489,7 @@ for (const transport of ["stream", "unary"] as const) {
     });
 
     test("a worker the sidecar refuses (bad name) makes run() reject", async () => {
-      const worker = new Worker(client, { ...OPTS, name: "not a name!" }).handle(unique("any"), () => 1);
+      const worker = new Worker(shared.client, { ...OPTS, name: "not a name!" }).handle(unique("any"), () => 1);
       const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
       assert.ok(error instanceof AreError, String(error));
       assert.equal(error.code, Code.INVALID_ARGUMENT);
@@ -519,7 +497,7 @@ for (const transport of ["stream", "unary"] as const) {
     });
 
     test("run({ signal }) stops when the signal aborts; a second run() while running is refused", async () => {
-      const worker = new Worker(client, { ...OPTS, name: "ts-signal" }).handle(unique("idle"), () => 1);
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-signal" }).handle(unique("idle"), () => 1);
       const controller = new AbortController();
       const running = worker.run({ signal: controller.signal });
       await assert.rejects(worker.run(), /already running/);
@@ -565,14 +543,14 @@ for (const transport of ["stream", "unary"] as const) {
           "This operation was aborted",
         ],
       };
-      const worker = new Worker(client, { ...OPTS, name: "ts-throws", maxConcurrency: 2, logger: { warn: () => undefined } }).handle(
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-throws", maxConcurrency: 2, logger: { warn: () => undefined } }).handle(
         capability,
         (ctx) => cases[ctx.taskId]![0](),
       );
       await serving(worker, async () => {
         let spec = new WorkflowSpec("ts-throws");
         for (const id of Object.keys(cases)) spec = spec.task(id, { capability, retryPolicy: { maximumAttempts: 1 } });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         const workflow = await handle.wait({ timeoutMs: 20_000 });
         assert.equal(workflow.state, "FAILED");
         for (const [id, [, type, message]] of Object.entries(cases)) {
@@ -591,7 +569,7 @@ for (const transport of ["stream", "unary"] as const) {
       const priced = unique("priced");
       const slow = unique("slow-sibling");
       const slowStarted = deferred();
-      const worker = new Worker(client, { ...OPTS, name: "ts-priced", maxConcurrency: 2, logger: { warn: () => undefined } })
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-priced", maxConcurrency: 2, logger: { warn: () => undefined } })
         .handle(priced, async (ctx) => {
           await slowStarted.promise;
           ctx.reportLlmCall("model-x", { inputTokens: 10, costMicroUsd: 10 * 0.15 });
@@ -606,7 +584,7 @@ for (const transport of ["stream", "unary"] as const) {
         const spec = new WorkflowSpec("ts-priced", { defaultRetryPolicy: { maximumAttempts: 1 } })
           .task("priced", { capability: priced })
           .task("slow", { capability: slow });
-        const handle = await client.workflows.submit(spec);
+        const handle = await shared.client.workflows.submit(spec);
         await handle.wait({ timeoutMs: 20_000 });
         const [task, sibling] = [await handle.task("priced"), await handle.task("slow")];
         assert.deepEqual([task.state, task.attempt, task.failure?.type], ["FAILED", 1, "RangeError"]);
@@ -617,7 +595,7 @@ for (const transport of ["stream", "unary"] as const) {
     });
 
     test("stop() before run() is not lost: run() returns at once", async () => {
-      const worker = new Worker(client, { ...OPTS, name: "ts-early-stop" }).handle(unique("idle"), () => 1);
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-early-stop" }).handle(unique("idle"), () => 1);
       await worker.stop(); // a SIGTERM handler that ran before run(): it was dropped, and run() served for ever
       await within(worker.run(), 10_000, "run() to return");
       assert.equal(worker.isRunning, false);
@@ -630,7 +608,7 @@ for (const transport of ["stream", "unary"] as const) {
     });
 
     test("closing the client under a running worker makes run() reject with CANCELLED", async () => {
-      const own = await Client.connect(sidecar.target);
+      const own = await Client.connect(shared.sidecar.target);
       const worker = new Worker(own, { ...OPTS, name: "ts-orphan", logger: { warn: () => undefined } }).handle(unique("idle"), () => 1);
       const running = worker.run();
       own.close();
@@ -643,7 +621,7 @@ for (const transport of ["stream", "unary"] as const) {
       // On the unary transport the attempt's heartbeats failed CANCELLED ("the client is closed")
       // and were retried every interval, warning each time: a handler waiting on its signal was
       // never aborted, held its slot, and run() never returned.
-      const own = await Client.connect(sidecar.target);
+      const own = await Client.connect(shared.sidecar.target);
       const capability = unique("busy");
       const started = deferred<TaskContext>();
       const warnings: string[] = [];
@@ -653,7 +631,7 @@ for (const transport of ["stream", "unary"] as const) {
         return new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
       });
       const running = worker.run();
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-busy-orphan").task("wait", { capability }));
+      const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-busy-orphan").task("wait", { capability }));
       try {
         const ctx = await within(started.promise, 20_000, "the handler to start");
         own.close();
@@ -676,13 +654,13 @@ for (const transport of ["stream", "unary"] as const) {
       const release = deferred();
       const drops: string[] = [];
       const logger = { warn: (message: string) => void (message.includes("dropp") && drops.push(message)) };
-      const worker = new Worker(client, { ...OPTS, name: "ts-runs-on", logger }).handle(capability, async (ctx) => {
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-runs-on", logger }).handle(capability, async (ctx) => {
         started.resolve(ctx);
         await release.promise; // ignores its signal
       });
       await serving(worker, async () => {
         try {
-          const handle = await client.workflows.submit(new WorkflowSpec("ts-runs-on").task("t", { capability }));
+          const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-runs-on").task("t", { capability }));
           const ctx = await within(started.promise, 20_000, "the handler to start");
           await handle.cancel();
           await eventually(async () => ctx.signal.aborted && worker.inFlight === 0, 10_000, "the attempt to be over");
@@ -708,18 +686,18 @@ describe("worker labels", () => {
   test("a labelled worker registers over the stream and runs a task; a bad label key is refused", async () => {
     const capability = unique("ts-labelled");
     const labels = { team: "ts", run: capability };
-    const worker = new Worker(client, { ...FAST, name: unique("ts-labelled-worker"), labels }).handle(capability, () => "ok");
+    const worker = new Worker(shared.client, { ...FAST, name: unique("ts-labelled-worker"), labels }).handle(capability, () => "ok");
     labels.team = "changed after the worker was made"; // the worker keeps its own copy
     assert.equal(worker.transport, "stream");
     assert.deepEqual(worker.labels, { team: "ts", run: capability });
     await serving(worker, async () => {
-      const handle = await client.workflows.submit(new WorkflowSpec("ts-labels").task("a", { capability }));
+      const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-labels").task("a", { capability }));
       assert.equal(await handle.result(WAIT), "ok");
     });
     assert.equal(worker.stats.completed, 1);
     assert.ok(worker.stats.connects >= 1);
 
-    const bad = new Worker(client, { ...FAST, name: unique("ts-badly-labelled"), labels: { "bad key!": "x" } }).handle(
+    const bad = new Worker(shared.client, { ...FAST, name: unique("ts-badly-labelled"), labels: { "bad key!": "x" } }).handle(
       unique("ts-x"),
       () => null,
     );
@@ -743,13 +721,13 @@ describe("worker cards", () => {
     const workers = Object.entries(classes).map(([name, cost]) => {
       const capability = caps[name as keyof typeof caps];
       const card: AgentCardInput = { agentId: `class-${name}-${n}`, description: words, capabilities: [capability], costPerCallMicroUsd: cost };
-      const worker = new Worker(client, { ...FAST, name: `ts-${name}-${n}`, card }).handle(capability, () => name);
+      const worker = new Worker(shared.client, { ...FAST, name: `ts-${name}-${n}`, card }).handle(capability, () => name);
       card.costPerCallMicroUsd = 0; // the worker keeps its own copy
       return worker;
     });
     const [cheap, dear] = workers as [Worker, Worker];
     assert.equal(cheap.card?.costPerCallMicroUsd, 3);
-    const cardsServing = async (capability: string) => (await client.router.listAgents({ capability })).agents;
+    const cardsServing = async (capability: string) => (await shared.client.router.listAgents({ capability })).agents;
     await serving(cheap, () =>
       serving(dear, async () => {
         for (const capability of Object.values(caps)) {
@@ -765,9 +743,9 @@ describe("worker cards", () => {
         assert.deepEqual(cards[0]!.capabilities, [caps.cheap]);
         assert.ok(cards[0]!.workerIds.includes(cheap.workerId), `workers ${JSON.stringify(cards[0]!.workerIds)}`);
 
-        const handle = await client.workflows.submit(new WorkflowSpec("ts-intent").task("a", { intent: words }));
+        const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-intent").task("a", { intent: words }));
         assert.equal(await handle.result(WAIT), "cheap"); // cost-biased: both clear the threshold
-        const routed = (await client.trace.listEvents({ workflowIds: [handle.workflowId], eventTypes: ["TASK_ROUTED"] })).events;
+        const routed = (await shared.client.trace.listEvents({ workflowIds: [handle.workflowId], eventTypes: ["TASK_ROUTED"] })).events;
         assert.equal(routed.length, 1);
         assert.equal(routed[0]!.attributes["are.route.agent_id"]?.stringValue, `class-cheap-${n}`);
       }),
@@ -791,7 +769,7 @@ describe("worker cards", () => {
       "register.agent_card.agent_id": { agentId: "bad id!", capabilities: [capability] },
     };
     for (const [field, card] of Object.entries(badCards)) {
-      const worker = new Worker(client, { ...FAST, name: unique("ts-bad-card"), card }).handle(capability, () => null);
+      const worker = new Worker(shared.client, { ...FAST, name: unique("ts-bad-card"), card }).handle(capability, () => null);
       const error = await within(worker.run(), 20_000, "run() to reject").catch((e: unknown) => e);
       assert.ok(error instanceof AreError, String(error));
       assert.equal(error.code, Code.INVALID_ARGUMENT);
@@ -799,6 +777,6 @@ describe("worker cards", () => {
       assert.equal(worker.stats.connects, 0);
       assert.equal(worker.isRunning, false);
     }
-    assert.deepEqual((await client.router.listAgents({ capability })).agents, []); // nothing was declared
+    assert.deepEqual((await shared.client.router.listAgents({ capability })).agents, []); // nothing was declared
   });
 });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use are_sdk::testing::Sidecar;
 use are_sdk::{
-    pb, CancellationToken, Client, TaskBuilder, Worker, WorkerOptions, WorkerStats,
+    pb, Cache, CancellationToken, Client, TaskBuilder, Worker, WorkerOptions, WorkerStats,
     WorkerTransport, WorkflowBuilder,
 };
 use serde_json::{json, Value};
@@ -69,6 +69,20 @@ pub async fn start() -> (Sidecar, Client) {
     let sidecar = Sidecar::start(&[]).await.expect("sidecar");
     let client = sidecar.client().await.expect("connect");
     (sidecar, client)
+}
+
+/// The cache of `client`, with the namespace `ns` put (the sidecar's defaults
+/// for the rest).
+pub async fn cache_with_namespace(client: &Client, ns: &str) -> Cache {
+    let cache = client.cache();
+    cache
+        .put_namespace(pb::CacheNamespace {
+            name: ns.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    cache
 }
 
 /// Runs a worker in the background; the returned guard stops it.
