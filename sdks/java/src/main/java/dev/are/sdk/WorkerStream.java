@@ -1,5 +1,7 @@
 package dev.are.sdk;
 
+import com.google.protobuf.CodedOutputStream;
+import com.google.protobuf.MessageLite;
 import dev.are.sdk.v1.AckSubject;
 import dev.are.sdk.v1.CompletionBatch;
 import dev.are.sdk.v1.ConnectRequest;
@@ -43,13 +45,30 @@ import java.util.concurrent.TimeoutException;
  * (assignments start attempts on the worker's pool; acks, cancellations and drain notices are
  * handled at once); a single writer thread sends what is pending (heartbeats, completions,
  * failures, a drain, a ping) in batches, everything that accumulated while it was busy going in
- * the next write, and only while the transport is ready, so nothing piles up in gRPC's buffers.
+ * the next write, cut by count and by size (see {@link #batches}), and only while the transport
+ * is ready, so nothing piles up in gRPC's buffers.
  * Pending items are bounded by the attempts held, which the sidecar bounds by the registered
  * concurrency.
  */
 final class WorkerStream {
   private static final String SDK = "are-sdk-java/0.1";
-  private static final int MAX_BATCH = 1000;
+  /** The most items of one kind in one message. */
+  static final int MAX_BATCH = 1000;
+  /**
+   * The most bytes of items in one message. The sidecar accepts messages of up to 64 MiB
+   * (common.proto), and one item can be 4 MiB (an inline output) or 1 MiB (a failure's details, a
+   * heartbeat's): cut by count alone, twenty large completions queued together made one message
+   * over the bound, which ended the stream and lost every attempt on it. 16 MiB is a quarter of the
+   * bound, as the sidecar's own assignment batches (worker_service.proto), and still holds three of
+   * the largest items; a client whose {@link Options#maxMessageBytes} is lower cuts below that
+   * (see {@link #batchBytes}).
+   */
+  static final int MAX_BATCH_BYTES = 16 * 1024 * 1024;
+  /**
+   * What a message holds beside its items: the batch's tag and length in the ConnectRequest (6
+   * bytes at most), with room to spare.
+   */
+  static final int ENVELOPE_BYTES = 1024;
   private static final long DEFAULT_HEARTBEAT_NANOS = Duration.ofSeconds(10).toNanos();
   private static final long MIN_BEAT_NANOS = Duration.ofMillis(50).toNanos();
   private static final long CLOSE_WAIT_MS = 5000;
@@ -60,6 +79,45 @@ final class WorkerStream {
   private static final System.Logger LOG = System.getLogger(WorkerStream.class.getName());
 
   private record Key(String workflowId, String taskId, int attempt) {}
+
+  /**
+   * The byte budget of a batch's items for a client whose messages are bounded by {@code
+   * maxMessageBytes}. That bound is of what the client receives; one set below the default most
+   * likely faces a sidecar set so too, which refuses larger messages from the worker.
+   */
+  static int batchBytes(int maxMessageBytes) {
+    return Math.max(0, Math.min(MAX_BATCH_BYTES, maxMessageBytes - ENVELOPE_BYTES));
+  }
+
+  /**
+   * Cuts {@code items}, the elements of the repeated field {@code fieldNumber} of a batch, into
+   * the batches of consecutive messages, in order: each of at most {@link #MAX_BATCH} items and
+   * {@code budget} bytes of them encoded, a batch being cut when the next item would take it over.
+   * An item over the budget by itself goes alone: each is fitted to the sidecar's bounds when it is
+   * made (an output over 4 MiB goes as a blob, a failure is cut to 1 MiB of details, heartbeat
+   * details over 1 MiB are left out), so it still fits a message.
+   */
+  static <T extends MessageLite> List<List<T>> batches(List<T> items, int fieldNumber, int budget) {
+    List<List<T>> out = new ArrayList<>();
+    List<T> batch = new ArrayList<>();
+    long bytes = 0;
+    for (T item : items) {
+      // As an element of the repeated field: its tag, its length, the message (whose size
+      // protobuf keeps, so it is not computed again when the batch is written).
+      long size = CodedOutputStream.computeMessageSize(fieldNumber, item);
+      if (!batch.isEmpty() && (batch.size() == MAX_BATCH || bytes + size > budget)) {
+        out.add(batch);
+        batch = new ArrayList<>();
+        bytes = 0;
+      }
+      bytes += size;
+      batch.add(item);
+    }
+    if (!batch.isEmpty()) {
+      out.add(batch);
+    }
+    return out;
+  }
 
   /** One attempt received on a stream, from assignment to the ack of its result. */
   private static final class Held {
@@ -655,6 +713,7 @@ final class WorkerStream {
      */
     private void write() {
       long tick = Math.max(MIN_BEAT_NANOS, Math.min(1_000_000_000L, interval / 4));
+      int budget = batchBytes(worker.client().maxMessageBytes());
       try {
         while (!done.isDone()) {
           wake.tryAcquire(tick, TimeUnit.NANOSECONDS);
@@ -689,24 +748,22 @@ final class WorkerStream {
           List<ConnectRequest> msgs = new ArrayList<>();
           // Heartbeats first: they concern attempts whose results may follow, and are refused
           // once a result is recorded.
-          for (int i = 0; i < dueBeats.size(); i += MAX_BATCH) {
-            List<TaskHeartbeat> part =
-                dueBeats.subList(i, Math.min(dueBeats.size(), i + MAX_BATCH));
+          for (List<TaskHeartbeat> part :
+              batches(dueBeats, HeartbeatBatch.HEARTBEATS_FIELD_NUMBER, budget)) {
             msgs.add(
                 ConnectRequest.newBuilder()
                     .setHeartbeat(HeartbeatBatch.newBuilder().addAllHeartbeats(part))
                     .build());
           }
-          for (int i = 0; i < toComplete.size(); i += MAX_BATCH) {
-            List<TaskCompletion> part =
-                toComplete.subList(i, Math.min(toComplete.size(), i + MAX_BATCH));
+          for (List<TaskCompletion> part :
+              batches(toComplete, CompletionBatch.COMPLETIONS_FIELD_NUMBER, budget)) {
             msgs.add(
                 ConnectRequest.newBuilder()
                     .setComplete(CompletionBatch.newBuilder().addAllCompletions(part))
                     .build());
           }
-          for (int i = 0; i < toFail.size(); i += MAX_BATCH) {
-            List<TaskFailure> part = toFail.subList(i, Math.min(toFail.size(), i + MAX_BATCH));
+          for (List<TaskFailure> part :
+              batches(toFail, FailureBatch.FAILURES_FIELD_NUMBER, budget)) {
             msgs.add(
                 ConnectRequest.newBuilder()
                     .setFail(FailureBatch.newBuilder().addAllFailures(part))

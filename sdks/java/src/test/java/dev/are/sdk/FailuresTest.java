@@ -5,6 +5,10 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.fasterxml.jackson.core.JsonGenerator;
+import com.fasterxml.jackson.databind.JsonSerializable;
+import com.fasterxml.jackson.databind.SerializerProvider;
+import com.fasterxml.jackson.databind.jsontype.TypeSerializer;
 import dev.are.sdk.Cache.CacheOptions;
 import dev.are.sdk.testing.Sidecar;
 import dev.are.sdk.v1.CacheNamespace;
@@ -14,6 +18,7 @@ import dev.are.sdk.v1.Event;
 import dev.are.sdk.v1.EventFilter;
 import dev.are.sdk.v1.EventType;
 import dev.are.sdk.v1.HeartbeatBatch;
+import dev.are.sdk.v1.Payload;
 import dev.are.sdk.v1.ListEventsRequest;
 import dev.are.sdk.v1.Pool;
 import dev.are.sdk.v1.PutPoolRequest;
@@ -371,11 +376,13 @@ class FailuresTest extends WithSidecar {
   /** Collects the WorkerStream's warnings ("... reconnecting ...") with when they came. */
   private static final class Warnings extends Handler {
     final List<Long> reconnects = new ArrayList<>();
+    final List<String> messages = new ArrayList<>();
 
     @Override
     public synchronized void publish(LogRecord record) {
       if (record.getMessage() != null && record.getMessage().contains("reconnecting")) {
         reconnects.add(System.nanoTime());
+        messages.add(record.getMessage());
       }
     }
 
@@ -383,11 +390,115 @@ class FailuresTest extends WithSidecar {
       return List.copyOf(reconnects);
     }
 
+    synchronized List<String> messages() {
+      return List.copyOf(messages);
+    }
+
     @Override
     public void flush() {}
 
     @Override
     public void close() {}
+  }
+
+  /**
+   * Results that pile up while the stream is busy go out in the next write: 20 outputs of nearly 4
+   * MiB (each within the inline bound) queued together went as one message of about 80 MiB, over
+   * the 64 MiB that the sidecar accepts. The stream broke and every attempt on it was lost (here,
+   * with one attempt each, the workflow failed). A message is now cut by its size as well as its
+   * count. The pile-up is made certain: a proxy holds what the worker sends, the first 4 outputs
+   * (16 MiB, more than the sockets take) stop the writer until it lets go, and the other 20 are
+   * queued meanwhile. Without the proxy it came about by itself, in 2 runs of 3.
+   */
+  @Test
+  void manyLargeCompletionsQueuedTogetherStayUnderTheMessageBound() throws Exception {
+    int first = 4;
+    int tasks = first + 20;
+    // A JSON string of MAX_INLINE_BYTES - 62 bytes: inline, not a blob.
+    String big = "x".repeat(Client.MAX_INLINE_BYTES - 64);
+    CountDownLatch started = new CountDownLatch(tasks);
+    CountDownLatch goFirst = new CountDownLatch(1);
+    CountDownLatch goRest = new CountDownLatch(1);
+    CountDownLatch firstWritten = new CountDownLatch(first);
+    CountDownLatch restWritten = new CountDownLatch(tasks - first);
+    // An output that counts itself written as JSON.
+    final class Bulky extends JsonSerializable.Base {
+      final CountDownLatch written;
+
+      Bulky(CountDownLatch written) {
+        this.written = written;
+      }
+
+      @Override
+      public void serialize(JsonGenerator gen, SerializerProvider provider) throws IOException {
+        gen.writeString(big);
+        written.countDown();
+      }
+
+      @Override
+      public void serializeWithType(
+          JsonGenerator gen, SerializerProvider provider, TypeSerializer type) throws IOException {
+        serialize(gen, provider);
+      }
+    }
+    Logger log = Logger.getLogger(WorkerStream.class.getName());
+    Warnings warnings = new Warnings();
+    log.addHandler(warnings);
+    try (TcpProxy proxy = new TcpProxy(sidecar.target());
+        Client proxied = Client.connect(proxy.target())) {
+      WorkerOptions options =
+          WorkerOptions.builder()
+              .transport(WorkerOptions.Transport.STREAM)
+              .concurrency(tasks)
+              .heartbeatInterval(Duration.ofMillis(100))
+              .shutdownGrace(Duration.ofSeconds(5))
+              .build();
+      Worker worker =
+          new Worker(proxied, "java-bulky", options)
+              .handle(
+                  "java-bulky",
+                  task -> {
+                    started.countDown();
+                    boolean isFirst = Integer.parseInt(task.taskId().substring(2)) < first;
+                    CountDownLatch go = isFirst ? goFirst : goRest;
+                    if (!go.await(WAIT.toSeconds(), TimeUnit.SECONDS)) {
+                      throw new TaskError("Stuck", "never told to return");
+                    }
+                    return new Bulky(isFirst ? firstWritten : restWritten);
+                  })
+              .start();
+      try {
+        WorkflowBuilder spec = new WorkflowBuilder("java-bulky");
+        for (int i = 0; i < tasks; i++) {
+          spec.task(new TaskBuilder("t-" + i, "java-bulky").maxAttempts(1, Duration.ofMillis(10)));
+        }
+        WorkflowHandle handle = client.submit(spec);
+        assertTrue(started.await(WAIT.toSeconds(), TimeUnit.SECONDS), "every handler started");
+        proxy.holdUpstream();
+        goFirst.countDown();
+        assertTrue(firstWritten.await(WAIT.toSeconds(), TimeUnit.SECONDS), "outputs written");
+        Thread.sleep(500); // their completions are handed to gRPC; it cannot send them all
+        goRest.countDown();
+        assertTrue(restWritten.await(WAIT.toSeconds(), TimeUnit.SECONDS), "outputs written");
+        Thread.sleep(500); // each is copied into its completion, which is queued
+        proxy.releaseUpstream();
+        Workflow workflow = handle.await(WAIT);
+        Task task = handle.task("t-" + (tasks - 1));
+        assertEquals(
+            WorkflowState.WORKFLOW_STATE_COMPLETED,
+            workflow.getState(),
+            "a task's failure: " + task.getFailure().getMessage() + "; " + warnings.messages());
+        assertEquals(Payload.ContentCase.DATA, task.getOutput().getContentCase());
+        assertEquals(big.length() + 2, task.getOutput().getData().size());
+      } finally {
+        proxy.releaseUpstream();
+        stopWorker(worker);
+      }
+      assertEquals(tasks, worker.stats().completed());
+      assertEquals(List.of(), warnings.messages(), "the stream broke");
+    } finally {
+      log.removeHandler(warnings);
+    }
   }
 
   /**

@@ -18,7 +18,8 @@ import java.util.concurrent.atomic.AtomicInteger;
 /**
  * A TCP proxy in front of a real sidecar, for network faults: it forwards every connection to the
  * sidecar byte for byte, counts them, and breaks them on demand ({@link #cutAll()}) or each one a
- * while after it opened ({@link #cutEachAfter}). Nothing of the sidecar is imitated.
+ * while after it opened ({@link #cutEachAfter}), or holds what the clients send (a link that
+ * stalls: {@link #holdUpstream}). Nothing of the sidecar is imitated.
  */
 final class TcpProxy implements AutoCloseable {
   private final ServerSocket server;
@@ -33,6 +34,8 @@ final class TcpProxy implements AutoCloseable {
             return t;
           });
   private volatile Duration cutAfter;
+  /** While set, bytes from the clients wait in the proxy (guarded by {@code this}). */
+  private boolean held;
 
   /** A proxy of {@code target} ({@code host:port}) on 127.0.0.1, on a free port. */
   TcpProxy(String target) throws IOException {
@@ -40,7 +43,11 @@ final class TcpProxy implements AutoCloseable {
     upstream =
         new InetSocketAddress(
             target.substring(0, colon), Integer.parseInt(target.substring(colon + 1)));
-    server = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+    server = new ServerSocket();
+    // A fixed receive buffer (Linux autotunes it up to tcp_rmem's maximum, tens of MiB), so that
+    // what the proxy holds backs up into the client at once.
+    server.setReceiveBufferSize(64 * 1024);
+    server.bind(new InetSocketAddress(InetAddress.getByName("127.0.0.1"), 0), 50);
     Thread acceptor = new Thread(this::accept, "tcp-proxy-accept");
     acceptor.setDaemon(true);
     acceptor.start();
@@ -68,6 +75,27 @@ final class TcpProxy implements AutoCloseable {
     cutAfter = d;
   }
 
+  /**
+   * Stops forwarding what the clients send (what the sidecar sends still goes) until {@link
+   * #releaseUpstream()}: their sends back up into their own buffers and gRPC's flow control, as
+   * behind a slow link.
+   */
+  synchronized void holdUpstream() {
+    held = true;
+  }
+
+  /** Forwards what the clients send again, what was held first. */
+  synchronized void releaseUpstream() {
+    held = false;
+    notifyAll();
+  }
+
+  private synchronized void awaitRelease() throws InterruptedException {
+    while (held) {
+      wait();
+    }
+  }
+
   private void accept() {
     while (!server.isClosed()) {
       Socket client;
@@ -86,8 +114,8 @@ final class TcpProxy implements AutoCloseable {
       }
       open.add(client);
       open.add(sidecar);
-      pipe(client, sidecar);
-      pipe(sidecar, client);
+      pipe(client, sidecar, true);
+      pipe(sidecar, client, false);
       Duration d = cutAfter;
       if (d != null) {
         timers.schedule(
@@ -101,7 +129,7 @@ final class TcpProxy implements AutoCloseable {
     }
   }
 
-  private void pipe(Socket from, Socket to) {
+  private void pipe(Socket from, Socket to, boolean upstream) {
     Thread t =
         new Thread(
             () -> {
@@ -110,11 +138,16 @@ final class TcpProxy implements AutoCloseable {
                   OutputStream out = to.getOutputStream()) {
                 int n;
                 while ((n = in.read(buffer)) >= 0) {
+                  if (upstream) {
+                    awaitRelease();
+                  }
                   out.write(buffer, 0, n);
                   out.flush();
                 }
               } catch (IOException e) {
                 // Cut, or closed by either end.
+              } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
               } finally {
                 close(from);
                 close(to);
@@ -141,6 +174,7 @@ final class TcpProxy implements AutoCloseable {
     } catch (IOException e) {
       // Already closed.
     }
+    releaseUpstream();
     cutAll();
     timers.shutdownNow();
   }
