@@ -1,22 +1,31 @@
 """The composition root: builds the sidecar from its configuration and runs it.
 
-Order matters and is the contract with supervisors: take the data-folder lock,
-open storage (recording this boot durably), bind the endpoints, start serving,
-report SERVING on ``grpc.health.v1``, then write the ready file. On SIGTERM or
-SIGINT the reverse: report NOT_SERVING, stop accepting, give in-flight calls
-the grace period, flush the group committer, close storage, release the lock.
+Order matters and is the contract with supervisors: take the data-folder lock
+and open storage, remove a ready file left by a sidecar that crashed, record
+this boot durably, bind the endpoints, start serving, report SERVING on
+``grpc.health.v1``, then write the ready file. On SIGTERM or SIGINT the
+reverse: report NOT_SERVING, stop accepting, give in-flight calls the grace
+period, flush the group committer, close storage, release the lock.
+
+A sidecar removes only the files it created: its Unix socket and its ready
+file, and those only while they are still the ones it created. A start that
+fails (the data folder is locked, the port or the socket is taken) leaves
+another sidecar's files alone. A socket path that a live process listens on
+is refused, as a taken TCP port is; a socket file nobody listens on (left by
+a crash) is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,9 +49,10 @@ from are_sdk._proto.are.v1 import (
 )
 from sidecar._capabilities import CAPABILITIES
 from sidecar._capability import Capability, Runtime
-from sidecar._config import Config
+from sidecar._config import Config, ConfigError
 from sidecar._grpc_cycles import break_handler_lookup_cycle
 from sidecar._interceptors import BearerTokenInterceptor
+from sidecar._trace import otlp_endpoint
 from sidecar._unimplemented import unimplemented_handler
 
 __all__ = ["TABLES", "BootRecord", "Sidecar", "service_descriptors"]
@@ -55,6 +65,8 @@ _BOOT_KEY = b"boot"
 # The shortest interval between client keepalive pings the sidecar accepts;
 # a client pinging faster is sent GOAWAY (too_many_pings) by gRPC.
 _MIN_CLIENT_PING_INTERVAL_MS = 1000
+# How long the probe of an existing socket file waits for its listener to accept.
+_SOCKET_PROBE_TIMEOUT_S = 1.0
 
 _log = logging.getLogger("are.sidecar")
 
@@ -84,6 +96,29 @@ def service_descriptors() -> Iterator[ServiceDescriptor]:
         yield from module.DESCRIPTOR.services_by_name.values()
 
 
+class _OwnedFile(msgspec.Struct, frozen=True):
+    """A file this sidecar created, known by its inode so that another's file at the path is left alone."""
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> _OwnedFile:
+        """The file now at ``path`` (not following a symbolic link)."""
+        status = path.lstat()
+        return cls(path=path, device=status.st_dev, inode=status.st_ino)
+
+    def remove(self) -> None:
+        """Unlinks the path if it is still this file (another process may have replaced it since)."""
+        try:
+            status = self.path.lstat()
+        except FileNotFoundError:
+            return
+        if (status.st_dev, status.st_ino) == (self.device, self.inode):
+            self.path.unlink(missing_ok=True)
+
+
 class Sidecar:
     """One running sidecar: storage, the gRPC server and its lifecycle."""
 
@@ -95,13 +130,28 @@ class Sidecar:
         self._capabilities: list[Capability] = []
         self._health = HealthServicer()
         self._stopping = asyncio.Event()
+        # The Unix socket and the ready file, once this sidecar has created them.
+        self._socket_file: _OwnedFile | None = None
+        self._ready_file: _OwnedFile | None = None
 
     async def run(self) -> int:
-        """Serves until SIGTERM or SIGINT, then shuts down gracefully; returns 0.
+        """Serves until SIGTERM or SIGINT, then shuts down gracefully.
+
+        Returns:
+            0 after a clean shutdown; 2, with nothing opened, when the OTLP
+            endpoint (resolved here, from the option or the ``OTEL_*``
+            variables) is invalid: the log line names where it came from.
 
         Raises:
             DataDirLockedError: Another sidecar owns the data folder.
+            OSError: An endpoint cannot be bound (a taken port, a socket path
+                a live process listens on).
         """
+        try:
+            otlp_endpoint(self._config.otlp_endpoint)
+        except ConfigError as error:
+            _log.error(f"invalid configuration: {error}")
+            return 2
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -122,6 +172,10 @@ class Sidecar:
         durability = Durability.SYNC if config.durability == "sync" else Durability.RELAXED
         # Storage.open takes the data-folder lock before anything else.
         self._storage = Storage.open(config.data_dir, tables=TABLES, durability=durability)
+        # The lock is ours, so a ready file already there is a crashed sidecar's: remove it now,
+        # or a supervisor watching for the file would take this sidecar for ready while it starts.
+        if config.ready_file is not None:
+            config.ready_file.unlink(missing_ok=True)
         self._committer = GroupCommitter(self._storage)
         boot = await self._record_boot()
         runtime = Runtime(config=config, storage=self._storage, committer=self._committer)
@@ -212,15 +266,15 @@ class Sidecar:
             targets.append(f"{host}:{port}")
         if config.uds is not None:
             path = config.uds.absolute()
+            address = f"unix:{path}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _remove_stale_socket(path, address)
             old_umask = os.umask(0o177)  # the socket is born owner-only (0600)
             try:
-                address = f"unix:{path}"
                 _add_port(server, address, credentials)
             finally:
                 os.umask(old_umask)
+            self._socket_file = _OwnedFile.of(path)
             path.chmod(0o600)
             targets.append(address)
         return targets
@@ -231,7 +285,9 @@ class Sidecar:
         path = self._config.ready_file
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(json.dumps({"targets": targets, "pid": os.getpid(), "version": VERSION}))
+        written = _OwnedFile.of(temporary)
         temporary.replace(path)  # atomic: readers never see half a file
+        self._ready_file = _OwnedFile(path=path, device=written.device, inode=written.inode)
 
     async def _shutdown(self) -> None:
         config = self._config
@@ -240,9 +296,8 @@ class Sidecar:
             for capability in self._capabilities:
                 await capability.drain()
             await self._server.stop(config.shutdown_grace_s)
-            if config.uds is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    config.uds.absolute().unlink()
+            if self._socket_file is not None:
+                self._socket_file.remove()
         for capability in reversed(self._capabilities):
             try:
                 await capability.stop()
@@ -254,9 +309,8 @@ class Sidecar:
             await self._committer.aclose()
         if self._storage is not None:
             self._storage.close()  # also releases the data-folder lock
-        if config.ready_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                Path(config.ready_file).unlink()
+        if self._ready_file is not None:
+            self._ready_file.remove()
         _log.info("stopped")
 
 
@@ -313,6 +367,48 @@ def _is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _remove_stale_socket(path: Path, address: str) -> None:
+    """Clears the way to bind a Unix socket at ``path``: removes a stale socket file, refuses a live one.
+
+    A socket file whose listener is gone (a crashed sidecar's) refuses
+    connections and is removed. One that accepts a connection belongs to a
+    live process (grpc would replace it silently, and its clients would then
+    reach this sidecar); anything else at the path is not ours to delete.
+
+    Raises:
+        OSError: The path is a live socket, or not a socket, or cannot be probed
+            (the CLI's exit 1, as for a taken TCP port).
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(
+            f"could not listen on {address}: the path exists and is not a socket; "
+            "remove it or choose another --uds path"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_SOCKET_PROBE_TIMEOUT_S)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        # Stale: nobody listens. (Gone in between: nothing to remove.)
+        path.unlink(missing_ok=True)
+        _log.info("removed a stale socket file", extra={"fields": {"path": str(path)}})
+        return
+    except OSError as error:
+        raise OSError(
+            f"could not listen on {address}: cannot tell whether a process listens on it ({error})"
+        ) from None
+    finally:
+        probe.close()
+    raise OSError(
+        f"could not listen on {address}: a process is listening on it (another sidecar?); "
+        "stop it or choose another --uds path"
+    )
 
 
 def _add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -6,8 +6,15 @@ every later capability records its events there. The servicer only
 translates between ``are.v1`` messages and the engine's types.
 
 OpenTelemetry export is on when ``--otlp-endpoint`` (or
-``OTEL_EXPORTER_OTLP_ENDPOINT``) is set: spans built from events go through a
-bounded ``BatchSpanProcessor`` to the OTLP/gRPC exporter, on its own thread.
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or ``OTEL_EXPORTER_OTLP_ENDPOINT``) is
+set, to ``http://HOST[:PORT]``, ``https://HOST[:PORT]`` or ``HOST:PORT``;
+``--otlp-endpoint off`` (or ``none``) turns it off whatever the ``OTEL_*``
+variables say, as they are often injected into every container of a pod.
+Spans built from events go through a bounded ``BatchSpanProcessor`` to the
+OTLP/gRPC exporter, on its own thread; each export (retries included) has a
+deadline of a few seconds. At shutdown the export of what is queued gets a
+bounded share of the shutdown grace; spans the collector has not taken by
+then are dropped, and one log line says how many spans were not exported.
 
 A test and benchmark hook, off unless the environment variable
 ``ARE_TRACE_TEST_HOOK=1`` is set, serves ``/are.testing.TraceHook/Record``:
@@ -20,12 +27,17 @@ capabilities produce events.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import re
+import threading
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from urllib.parse import urlsplit
 
 import grpc
 import msgspec
@@ -58,9 +70,13 @@ from are_sdk._proto.are.v1 import (
 )
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
+from sidecar._config import ConfigError
 from sidecar._status import abort, shutting_down
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
     from are_core.trace import SpanBuilder
 
 __all__ = [
@@ -70,6 +86,7 @@ __all__ = [
     "TraceServicer",
     "check_cursor",
     "event_to_proto",
+    "otlp_endpoint",
 ]
 
 TEST_HOOK_ENV = "ARE_TRACE_TEST_HOOK"
@@ -81,6 +98,19 @@ _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
 _SETTLE_WAIT_S = 0.5  # the longest a ListEvents call waits for commits under way
 _CONVERTED_CACHE = 4096
+# Endpoint values (any case) that mean no export, whatever the OTEL_* variables say.
+_EXPORT_OFF = frozenset({"off", "none"})
+_BAD_PORT = "the port must be a number from 1 to 65535"
+# A host name (letters, digits, '-', '_', dots); IP addresses are checked with ipaddress.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+# The deadline of one export call, its retries included (the SDK's default is 10 s).
+_EXPORT_TIMEOUT_S = 5.0
+# The share of the shutdown grace that exporting what is queued may take: what
+# is left of the grace, at most the first, at least the second.
+_SHUTDOWN_EXPORT_MAX_S = 3.0
+_SHUTDOWN_EXPORT_MIN_S = 0.5
+# How long the processor gets to wind down once the export has been cut off.
+_EXPORT_CUTOFF_WAIT_S = 1.0
 _log = logging.getLogger("are.trace")
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -104,11 +134,14 @@ class TraceCapability(Capability):
         self.recorder.recover()
         runtime.events = self.recorder
         self.spans: SpanBuilder | None = None
-        endpoint = otlp_endpoint(config.otlp_endpoint)
-        if endpoint is not None:
-            self.spans = _otlp_span_builder(endpoint, _trace_context_resolver(runtime, self.recorder))
+        self._export_gate = _ExportGate()
+        self._shutdown_deadline: float | None = None
+        self._endpoint = otlp_endpoint(config.otlp_endpoint)
+        if self._endpoint is not None:
+            resolver = _trace_context_resolver(runtime, self.recorder)
+            self.spans = _otlp_span_builder(self._endpoint, resolver, self._export_gate)
             self.recorder.add_listener(self.spans)
-            _log.info("exporting traces with OTLP", extra={"fields": {"endpoint": endpoint}})
+            _log.info("exporting traces with OTLP", extra={"fields": {"endpoint": self._endpoint}})
 
     async def start(self) -> None:
         self.recorder.start_pruning()
@@ -119,25 +152,98 @@ class TraceCapability(Capability):
             server.add_generic_rpc_handlers((_test_hook(self.runtime, self.recorder),))
 
     async def drain(self) -> None:
+        # Shutdown has begun: the grace, of which the span export gets a share, counts from here.
+        self._shutdown_deadline = time.monotonic() + self.runtime.config.shutdown_grace_s
         self.recorder.close_subscriptions()
 
     async def stop(self) -> None:
         await self.recorder.stop()
         if self.spans is not None:
-            # Flushes what is queued (bounded by the exporter's timeout) off the event loop.
-            await asyncio.to_thread(self.spans.shutdown)
+            assert self._endpoint is not None
+            remaining = self.runtime.config.shutdown_grace_s
+            if self._shutdown_deadline is not None:
+                remaining = self._shutdown_deadline - time.monotonic()
+            budget = max(_SHUTDOWN_EXPORT_MIN_S, min(remaining, _SHUTDOWN_EXPORT_MAX_S))
+            # Blocks for at most budget + _EXPORT_CUTOFF_WAIT_S, off the event loop.
+            await asyncio.to_thread(_stop_export, self.spans, self._export_gate, budget, self._endpoint)
 
 
-def otlp_endpoint(configured: str | None) -> str | None:
-    """The OTLP endpoint to export to: the option, else the standard variables, else None."""
-    for value in (
-        configured,
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+def otlp_endpoint(configured: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The OTLP endpoint to export to, or None for no export.
+
+    The first of the option, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` and
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` that is set decides: ``off`` or ``none``
+    (any case) means no export, so the option turns off an export the
+    variables would turn on.
+
+    Args:
+        configured: ``--otlp-endpoint`` (or ``ARE_OTLP_ENDPOINT``, or the TOML
+            file's ``otlp_endpoint``), None when unset.
+        environ: The environment; ``os.environ`` when None.
+
+    Raises:
+        ConfigError: The deciding value is neither ``off``/``none``, nor an
+            ``http://`` or ``https://`` URL with a host, nor ``HOST:PORT``;
+            the message names the option or variable it came from.
+    """
+    env = os.environ if environ is None else environ
+    for source, value in (
+        ("--otlp-endpoint", configured),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", env.get("OTEL_EXPORTER_OTLP_ENDPOINT")),
     ):
-        if value:
-            return value
+        endpoint = (value or "").strip()
+        if not endpoint:
+            continue
+        if endpoint.lower() in _EXPORT_OFF:
+            return None
+        problem = _endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigError(
+                f"invalid value for {source}: expected http://HOST[:PORT], https://HOST[:PORT], "
+                f"HOST:PORT, or 'off' for no export; got {endpoint!r} ({problem})"
+            )
+        return endpoint
     return None
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with an OTLP/gRPC endpoint, or None when it is a URL or HOST:PORT."""
+    if "://" in endpoint:
+        return _url_problem(endpoint)
+    host, colon, port_text = endpoint.rpartition(":")
+    if not colon:
+        return "no port"
+    if not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        return _BAD_PORT
+    bracketed = host.startswith("[") and host.endswith("]")
+    return None if _valid_host(host[1:-1] if bracketed else host, bracketed=bracketed) else "no valid host"
+
+
+def _url_problem(endpoint: str) -> str | None:
+    try:
+        url = urlsplit(endpoint)
+    except ValueError as error:  # unbalanced brackets, an IPv4 address in brackets
+        return f"not a URL: {error}"
+    if url.scheme.lower() not in {"http", "https"}:
+        return f"the scheme must be http or https, not {url.scheme!r}"
+    try:
+        port = url.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return _BAD_PORT
+    bracketed = url.netloc.rpartition("@")[2].startswith("[")
+    return None if _valid_host(url.hostname or "", bracketed=bracketed) else "no valid host"
+
+
+def _valid_host(host: str, *, bracketed: bool) -> bool:
+    """A host name or IPv4 address; an IPv6 address only where it was written in brackets."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return not bracketed and _HOST_NAME.fullmatch(host) is not None
+    return bracketed == (address.version == 6)
 
 
 def _trace_context_resolver(runtime: Runtime, recorder: EventRecorder) -> TraceContextResolver:
@@ -168,17 +274,134 @@ def _trace_context_resolver(runtime: Runtime, recorder: EventRecorder) -> TraceC
     return resolve
 
 
-def _otlp_span_builder(endpoint: str, resolver: TraceContextResolver) -> SpanBuilder:
+def _otlp_span_builder(endpoint: str, resolver: TraceContextResolver, gate: _ExportGate) -> SpanBuilder:
     # Imported here: the exporter (and its grpc channel) exists only when export is on.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     from are_core.trace import SpanBuilder  # noqa: PLC0415 - loads the OpenTelemetry SDK
 
-    insecure = endpoint.startswith("http://") or "://" not in endpoint
-    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure)
-    processor = BatchSpanProcessor(exporter, max_queue_size=65_536, max_export_batch_size=512)
+    insecure = "://" not in endpoint or urlsplit(endpoint).scheme.lower() == "http"
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=_EXPORT_TIMEOUT_S)
+    processor = BatchSpanProcessor(
+        _gated_exporter(exporter, gate),
+        max_queue_size=65_536,
+        max_export_batch_size=512,
+        # opentelemetry-sdk 1.45 does not apply it yet; the exporter's own timeout bounds each export.
+        export_timeout_millis=_EXPORT_TIMEOUT_S * 1000,
+    )
     return SpanBuilder(processor, trace_context=resolver)
+
+
+class _ExportGate:
+    """Counts the spans the collector did not take, and cuts the export off at the shutdown deadline.
+
+    Shared by the span processor's thread (each export), the thread shutting
+    the provider down, and the one that waits on it; a lock guards it.
+    opentelemetry-sdk 1.45 gives no bounded shutdown: ``BatchSpanProcessor``
+    waits up to 30 s for its queue to drain, whatever the deadline, and
+    ``force_flush`` ignores its timeout. Cutting the export off here (the
+    exporter is shut down, which ends the call under way, and every batch
+    still queued is refused at once) lets the processor drain in no time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cut_off = False
+        self._not_exported = 0
+        self._shutdown_exporter: Callable[[], None] | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the export was cut off: batches are refused without being sent."""
+        with self._lock:
+            return self._cut_off
+
+    @property
+    def not_exported(self) -> int:
+        """Spans the collector did not take (a failed or refused export) since the start."""
+        with self._lock:
+            return self._not_exported
+
+    def count_not_exported(self, spans: int) -> None:
+        """Counts the spans of a batch that was not exported."""
+        with self._lock:
+            self._not_exported += spans
+
+    def attach(self, shutdown_exporter: Callable[[], None]) -> None:
+        """Sets how to shut the real exporter down (it is done once, by whichever comes first)."""
+        self._shutdown_exporter = shutdown_exporter
+
+    def shutdown_exporter(self) -> None:
+        """Shuts the real exporter down, once: its channel closes, which ends an export under way."""
+        with self._lock:
+            shutdown, self._shutdown_exporter = self._shutdown_exporter, None
+        if shutdown is not None:
+            shutdown()
+
+    def cut_off_export(self) -> None:
+        """Refuses every batch from now on and ends the export under way."""
+        with self._lock:
+            self._cut_off = True
+        self.shutdown_exporter()
+
+
+def _gated_exporter(exporter: SpanExporter, gate: _ExportGate) -> SpanExporter:
+    """``exporter`` behind ``gate``: it counts what is not exported and refuses all once cut off."""
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415 - loaded only when export is on
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class GatedSpanExporter(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            result = SpanExportResult.FAILURE
+            if not gate.cut_off:
+                try:
+                    result = exporter.export(spans)
+                except Exception:  # noqa: BLE001 - a cut-off export may raise (closed channel); counted below
+                    result = SpanExportResult.FAILURE
+            if result is not SpanExportResult.SUCCESS:
+                gate.count_not_exported(len(spans))
+            return result
+
+        def shutdown(self) -> None:
+            gate.shutdown_exporter()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    gate.attach(exporter.shutdown)
+    return GatedSpanExporter()
+
+
+def _stop_export(spans: SpanBuilder, gate: _ExportGate, budget_s: float, endpoint: str) -> None:
+    """Ends the open spans and exports what is queued for at most ``budget_s``, then drops the rest.
+
+    Blocks for at most ``budget_s + _EXPORT_CUTOFF_WAIT_S``: the provider is
+    shut down on a daemon thread, which cannot keep the process alive.
+    """
+    before = gate.not_exported
+    shutting_down = threading.Thread(target=spans.shutdown, name="are-otlp-shutdown", daemon=True)
+    shutting_down.start()
+    shutting_down.join(budget_s)
+    if shutting_down.is_alive():
+        gate.cut_off_export()
+        shutting_down.join(_EXPORT_CUTOFF_WAIT_S)
+    not_exported = gate.not_exported
+    if not_exported:
+        _log.warning(
+            f"{not_exported} spans were not exported (the collector failed or was too slow); "
+            "they are dropped",
+            extra={
+                "fields": {
+                    "endpoint": endpoint,
+                    "spans_not_exported": not_exported,
+                    "at_shutdown": not_exported - before,
+                    "export_budget_s": round(budget_s, 2),
+                }
+            },
+        )
 
 
 def add_trace_servicer(servicer: TraceServicer, server: grpc.aio.Server) -> None:
