@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -48,12 +47,12 @@ from are_core.storage import StorageError
 from are_sdk._proto.are.v1 import cache_service_pb2, cache_service_pb2_grpc, common_pb2
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
+from sidecar._config import ConfigError, parse_cache_models
 from sidecar._state import StateCapability
 from sidecar._status import abort, abort_storage, storage_status
 
 __all__ = ["CacheCapability", "CacheServicer", "parse_models"]
 
-_log = logging.getLogger("are.cache")
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _ID = conventions.ID
 _METADATA_KEY = conventions.KEY
@@ -87,17 +86,11 @@ def parse_models(text: str) -> dict[str, Path]:
     """``NAME=DIR[,NAME=DIR...]`` (the ``cache_models`` option) as a mapping.
 
     Raises:
-        ValueError: An item is not ``NAME=DIR`` or a name is not an id.
+        ValueError: An item is not ``NAME=DIR``, a name is not an id or is
+            repeated, or a directory cannot hold a model (see
+            :func:`sidecar._config.parse_cache_models`).
     """
-    models: dict[str, Path] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        name, sep, directory = item.partition("=")
-        if not sep or not _ID.fullmatch(name) or not directory or name in {"lexical", "caller"}:
-            raise ValueError(f"cache_models: expected NAME=DIR, got {item!r}")
-        models[name] = Path(directory).expanduser()
-    return models
+    return parse_cache_models(text)
 
 
 class CacheCapability(Capability):
@@ -108,11 +101,10 @@ class CacheCapability(Capability):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
-        try:
+        try:  # checked by the option's parser already; again here for a Config built otherwise
             models = parse_models(runtime.config.cache_models)
         except ValueError as error:
-            _log.warning(f"cache: ignoring the cache_models option: {error}")
-            models = {}
+            raise ConfigError(f"invalid value for --cache-models: {error}") from error
         state = runtime.find(StateCapability)  # its blob store holds blob-backed responses
         self.engine = CacheEngine(
             runtime.storage,

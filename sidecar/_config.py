@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import enum
+import importlib.util
+import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +24,20 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["OPTIONS", "Config", "ConfigError", "LogFormat", "Option", "load_config", "options_table_markdown"]
+from are_core.embed import EmbedderError, load_embedder
+from sidecar._conventions import ID
+
+__all__ = [
+    "OPTIONS",
+    "Config",
+    "ConfigError",
+    "LogFormat",
+    "Option",
+    "check_model_directory",
+    "load_config",
+    "options_table_markdown",
+    "parse_cache_models",
+]
 
 
 class ConfigError(ValueError):
@@ -125,7 +141,7 @@ def _listen(text: str) -> str | None:
     if text.lower() in {"off", "none", ""}:
         return None
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not _DIGITS.fullmatch(port) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT (or 'off'), got {text!r}")
     return text
 
@@ -143,18 +159,62 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"expected a positive number, got {text!r}")
-    return value
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and other scripts' digits
+_CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+
+# Upper bounds of the duration options. Each is far beyond any useful setting,
+# and keeps the value's nanoseconds (what consumers compute: int(seconds * 1e9),
+# then now - that) within a signed 64-bit integer: 100 years is 3.2e18 ns,
+# 2^63 is 9.2e18. Non-finite values (inf, nan) are refused by every parser.
+_HOUR_S = 3600.0
+_CENTURY_S = 100 * 365.25 * 86_400.0  # 3,155,760,000 s
+
+# The smallest --max-message-bytes. Worker streams carry batches of up to
+# 16 MiB each way: the sidecar cuts its assignment batches there
+# (sidecar/_scheduler_worker.py, MAX_ASSIGNMENT_BATCH_BYTES) and the SDKs cut
+# their completion batches there, and an item alone may be 4 MiB of inline
+# payload and 1 MiB of failure. A message over the limit ends the whole stream
+# (RESOURCE_EXHAUSTED), taking every attempt on it back. Twice 16 MiB leaves
+# room for the envelopes and for the sidecar's estimate, which takes the
+# characters of failure texts for bytes (so non-ASCII texts weigh up to 4x;
+# the 64 MiB default has room for that too).
+_MIN_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def _number(text: str, expected: str) -> float:
+    """``text`` as a finite float (``-0.0`` made ``0.0``); ``expected`` words the error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected {expected}, got {text!r}")
+    return value + 0.0  # -0.0 + 0.0 == +0.0: no negative zero reaches a consumer
+
+
+def _seconds(high: float, *, describe: str) -> Callable[[str], float]:
+    """A duration in seconds, above 0 and at most ``high`` (``describe`` names that bound in words)."""
+    expected = f"a number of seconds above 0 and at most {high:.0f} ({describe})"
+
+    def parse(text: str) -> float:
+        value = _number(text, expected)
+        if not 0 < value <= high:
+            raise ValueError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    expected = f"an integer from {low} to {high}"
+
     def parse(text: str) -> int:
-        value = int(text)
+        try:
+            value = int(text)
+        except ValueError:  # also a float ("5000.0"), or more than Python's 4,300 digits
+            raise ValueError(f"expected {expected}, got {text!r}") from None
         if not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}, got {text!r}")
+            raise ValueError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
@@ -167,27 +227,128 @@ def _cpu_list(text: str) -> tuple[int, ...]:
         return ()
     if not hasattr(os, "sched_setaffinity"):
         raise ValueError("pinning to CPUs is supported on Linux only")
-    cpus: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        first, last = int(low), int(high or low)
-        if first < 0 or last < first:
-            raise ValueError(f"expected CPU numbers or ranges like 2-3, got {part.strip()!r}")
-        cpus.update(range(first, last + 1))
     allowed = os.sched_getaffinity(0)
+    cpus: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        match = _CPU_RANGE.fullmatch(part)
+        first = int(match.group(1)) if match else -1
+        last = int(match.group(2) or first) if match else -1
+        if match is None or last < first:
+            raise ValueError(f"expected CPU numbers or ranges like 2-3, got {part!r}")
+        if last > max(allowed):  # checked before the range is built: "0-999999999" must not take memory
+            raise ValueError(f"CPU {last} is not available (allowed: {sorted(allowed)})")
+        cpus.update(range(first, last + 1))
     if not cpus <= allowed:
         raise ValueError(f"CPUs {sorted(cpus - allowed)} are not available (allowed: {sorted(allowed)})")
     return tuple(sorted(cpus))
 
 
 def _bounded_float(low: float, high: float) -> Callable[[str], float]:
+    expected = f"a number from {low:g} to {high:g}"
+
     def parse(text: str) -> float:
-        value = float(text)
+        value = _number(text, expected)
         if not low <= value <= high:
-            raise ValueError(f"expected a number from {low:g} to {high:g}, got {text!r}")
+            raise ValueError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
+
+
+# The files a model directory must hold, as are_core.embed.OnnxEmbedder looks
+# for them (tests/unit/test_config.py pins the two lists together): one of the
+# model files, and the tokenizer.
+_MODEL_FILES = ("model.onnx", "onnx/model.onnx", "model_quantized.onnx", "onnx/model_quantized.onnx")
+_TOKENIZER_FILE = "tokenizer.json"
+_MODEL_MODULES = ("onnxruntime", "tokenizers")  # the embed-model extra
+
+
+def check_model_directory(text: str) -> Path:
+    """The model directory ``text`` names, checked as far as it can be without loading it.
+
+    It must exist and hold a model file and ``tokenizer.json``, and the
+    runtime (the ``embed-model`` extra) must be installed. A typo in a path
+    is thus refused at start; a model that looks right but cannot be run is
+    found when it is loaded.
+
+    Raises:
+        ValueError: It cannot be a model directory; the message says why.
+    """
+    root = Path(text).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"model directory {text!r} does not exist or is not a directory")
+    if not any((root / name).is_file() for name in _MODEL_FILES):
+        raise ValueError(f"model directory {text!r} has no model file ({', '.join(_MODEL_FILES)})")
+    if not (root / _TOKENIZER_FILE).is_file():
+        raise ValueError(f"model directory {text!r} has no {_TOKENIZER_FILE}")
+    missing = [name for name in _MODEL_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"a model directory needs {' and '.join(missing)}: install the `embed-model` extra")
+    return root
+
+
+def _embedder(*, off: frozenset[str]) -> Callable[[str], str]:
+    """An embedder spec: ``lexical``, ``lexical:DIM``, ``model:DIR``, or one of ``off`` (made ``off``).
+
+    A lexical spec is built once here (cheap) so that its dimension is
+    checked exactly as the embedder checks it; a model directory is checked
+    by :func:`check_model_directory`, and loaded by the capability at start.
+    """
+    usage = "'lexical', 'lexical:DIM', 'model:DIR' or 'off'"
+
+    def parse(text: str) -> str:
+        spec = text.strip()
+        if spec.lower() in off:
+            return "off"
+        kind, sep, argument = spec.partition(":")
+        if kind == "lexical":
+            try:
+                load_embedder(spec)
+            except EmbedderError as error:
+                raise ValueError(f"{error} (expected {usage})") from None
+            return spec
+        if kind == "model" and sep:
+            if not argument.strip():
+                raise ValueError(f"give the model directory, model:/path/to/dir, got {text!r}")
+            check_model_directory(argument)
+            return spec
+        raise ValueError(f"expected {usage}, got {text!r}")
+
+    return parse
+
+
+def parse_cache_models(text: str) -> dict[str, Path]:
+    """``NAME=DIR[,NAME=DIR...]`` (the ``cache_models`` option) as a mapping; empty items are skipped.
+
+    Each name is an id (not ``lexical`` or ``caller``, the built-in
+    embedders) given once, and each directory is checked by
+    :func:`check_model_directory`; the models themselves are loaded when a
+    namespace first needs them.
+
+    Raises:
+        ValueError: An item is not ``NAME=DIR``, a name is repeated, or a
+            directory cannot be a model directory.
+    """
+    models: dict[str, Path] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, directory = item.partition("=")
+        name, directory = name.strip(), directory.strip()
+        if not sep or not ID.fullmatch(name) or not directory or name in {"lexical", "caller"}:
+            raise ValueError(f"expected NAME=DIR[,NAME=DIR...] (NAME not lexical or caller), got {item!r}")
+        if name in models:
+            raise ValueError(f"model {name!r} is named twice")
+        try:
+            models[name] = check_model_directory(directory)
+        except ValueError as error:
+            raise ValueError(f"model {name!r}: {error}") from None
+    return models
+
+
+def _cache_models(text: str) -> str:
+    parse_cache_models(text)
+    return text.strip()
 
 
 def _token_file(text: str) -> Path | None:
@@ -263,16 +424,17 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_grace_s",
         10.0,
-        "Seconds in-flight calls get to finish after SIGTERM/SIGINT before they are cancelled.",
-        _positive_float,
+        "Seconds (above 0, at most 3600) in-flight calls get to finish after SIGTERM/SIGINT before "
+        "they are cancelled.",
+        _seconds(_HOUR_S, describe="an hour"),
         "SECONDS",
     ),
     Option(
         "max_message_bytes",
         64 * 1024 * 1024,
-        "Largest request or response message, in bytes (1 KiB to 256 MiB); "
-        "payloads over 4 MiB travel as blobs.",
-        _bounded_int(1024, 256 * 1024 * 1024),
+        "Largest request or response message, in bytes (32 MiB to 256 MiB): worker streams carry "
+        "batches of up to 16 MiB each way; payloads over 4 MiB travel as blobs.",
+        _bounded_int(_MIN_MESSAGE_BYTES, 256 * 1024 * 1024),
         "BYTES",
     ),
     Option(
@@ -332,8 +494,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "event_retention_age_s",
         7 * 86_400.0,
-        "Seconds the flight recorder keeps an event.",
-        _positive_float,
+        "Seconds (above 0, at most 100 years) the flight recorder keeps an event.",
+        _seconds(_CENTURY_S, describe="100 years"),
         "SECONDS",
     ),
     Option(
@@ -354,32 +516,35 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "state_keep_age_s",
         7 * 86_400.0,
-        "Seconds a state version is kept even beyond --state-keep-versions.",
-        _positive_float,
+        "Seconds (above 0, at most 100 years) a state version is kept even beyond --state-keep-versions.",
+        _seconds(_CENTURY_S, describe="100 years"),
         "SECONDS",
     ),
     Option(
         "blob_unreferenced_ttl_s",
         86_400.0,
-        "Seconds after its upload that a blob nothing references (no owning workflow, task payload, "
-        "memory note or cache entry) is kept; a background sweep then deletes it.",
-        _positive_float,
+        "Seconds (above 0, at most 100 years) after its upload that a blob nothing references (no "
+        "owning workflow, task payload, memory note or cache entry) is kept; a background sweep then "
+        "deletes it.",
+        _seconds(_CENTURY_S, describe="100 years"),
         "SECONDS",
     ),
     Option(
         "memory_embedder",
         "lexical",
-        "Embedder of workflow memory texts: 'lexical', 'lexical:DIM', 'model:DIR', or 'off' "
-        "(callers send vectors).",
-        str,
+        "Embedder of workflow memory texts: 'lexical', 'lexical:DIM' (DIM 16 to 4096), 'model:DIR' "
+        "(a directory holding model.onnx and tokenizer.json, loaded at start; needs the embed-model "
+        "extra), or 'off' (callers send vectors).",
+        _embedder(off=frozenset({"off", "none", ""})),
         "SPEC",
     ),
     Option(
         "router_embedder",
         "lexical",
         "Embedder of agent descriptions, RouteTask texts and RouteModel prompts: 'lexical', "
-        "'lexical:DIM', 'model:DIR', or 'off' (callers send vectors of --router-dimension).",
-        str,
+        "'lexical:DIM' (DIM 16 to 4096), 'model:DIR' (as for --memory-embedder), or 'off' (callers "
+        "send vectors of --router-dimension).",
+        _embedder(off=frozenset({"off"})),
         "SPEC",
     ),
     Option(
@@ -465,8 +630,9 @@ OPTIONS: tuple[Option, ...] = (
         "cache_models",
         "",
         "Local embedding models that cache namespaces may name as their embedder, as "
-        "NAME=DIR[,NAME=DIR...] (ONNX model directories with tokenizer.json; needs the embed-model extra).",
-        str,
+        "NAME=DIR[,NAME=DIR...] (ONNX model directories with tokenizer.json, checked at start and "
+        "loaded when a namespace first needs them; needs the embed-model extra).",
+        _cache_models,
         "MODELS",
     ),
     Option(

@@ -60,6 +60,7 @@ from are_core.vector import VectorError, VectorIndex
 from are_sdk._proto.are.v1 import agent_pb2, common_pb2, router_service_pb2, router_service_pb2_grpc
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
+from sidecar._config import ConfigError
 from sidecar._status import abort, storage_status
 
 __all__ = [
@@ -192,16 +193,20 @@ class RouterCapability(Capability):
 
 
 def _load_embedder(spec: str) -> EmbedderLike | None:
+    """The router's embedder (None for ``off``), loaded at start.
+
+    Raises:
+        ConfigError: It cannot be loaded. The start fails rather than serve a
+            router whose every text query would be FAILED_PRECONDITION: the
+            option's parser has checked the spec and the model directory's
+            files, so this is a model that looks right but cannot be run.
+    """
     if spec == "off":
         return None
     try:
         return load_embedder(spec)
-    except EmbedderError:
-        _log.exception(
-            "the router's embedder could not be loaded; text queries will fail with EMBEDDER_UNAVAILABLE",
-            extra={"fields": {"router_embedder": spec}},
-        )
-        return None
+    except EmbedderError as error:
+        raise ConfigError(f"invalid value for --router-embedder: {error}") from error
 
 
 # The router's indexes hold 8-bit vectors compared by cosine: a quarter of

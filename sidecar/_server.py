@@ -140,7 +140,9 @@ class Sidecar:
         Returns:
             0 after a clean shutdown; 2, with nothing opened, when the OTLP
             endpoint (resolved here, from the option or the ``OTEL_*``
-            variables) is invalid: the log line names where it came from.
+            variables) is invalid: the log line names where it came from;
+            2, after closing what it opened, when a capability refuses its
+            settings as it starts (a model directory that cannot be loaded).
 
         Raises:
             DataDirLockedError: Another sidecar owns the data folder.
@@ -158,6 +160,9 @@ class Sidecar:
         try:
             await self._start()
             await self._stopping.wait()
+        except ConfigError as error:  # a capability refused its settings (a model that cannot load)
+            _log.error(f"invalid configuration: {error}")
+            return 2
         finally:
             await self._shutdown()
         return 0

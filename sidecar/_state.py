@@ -102,6 +102,7 @@ from are_core.storage import Batch, StorageError
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, state_service_pb2_grpc
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
+from sidecar._config import ConfigError
 from sidecar._status import abort, abort_storage
 
 __all__ = [
@@ -407,7 +408,6 @@ class StateCapability(Capability):
 
     async def _sweep_blobs(self) -> None:
         """Deletes unreferenced blobs past their TTL: shortly after start, then periodically, until stop."""
-        ttl_ns = int(self.blob_ttl_s * 1e9)
         wait = min(self.blob_sweep_interval_s, _FIRST_SWEEP_MAX_S)
         while True:
             with contextlib.suppress(TimeoutError):
@@ -416,6 +416,9 @@ class StateCapability(Capability):
                 return
             wait = self.blob_sweep_interval_s
             try:
+                # In the try: a TTL whose nanoseconds overflow (the option bounds it; a Config
+                # built by hand does not) fails each pass with a warning, not the task for good.
+                ttl_ns = int(self.blob_ttl_s * 1e9)
                 result = await self.blobs.sweep(ttl_ns, stop=self._stopping)
             except Exception:  # noqa: BLE001 - the next pass tries again; the sweep must outlive a failure
                 _log.warning("blob sweep failed", exc_info=True)
@@ -439,15 +442,18 @@ class StateCapability(Capability):
 
 
 def _memory_embedder(spec: str) -> Embedder | None:
+    """Workflow memory's embedder (None when off), loaded at start.
+
+    Raises:
+        ConfigError: It cannot be loaded: the start fails rather than serve
+            a memory whose every text would need a vector.
+    """
     if spec.strip().lower() in {"", "off", "none"}:
         return None
     try:
         return load_embedder(spec)
     except EmbedderError as error:
-        _log.warning(
-            "memory embedder unavailable; texts need vectors", extra={"fields": {"error": str(error)}}
-        )
-        return None
+        raise ConfigError(f"invalid value for --memory-embedder: {error}") from error
 
 
 class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignore[misc]  # the generated base class is Any to mypy (are_sdk._proto is not checked)

@@ -12,7 +12,7 @@ from are_sdk.testing import SidecarProcess
 
 async def test_keep_versions_option_prunes_old_versions() -> None:
     with SidecarProcess.start(
-        args=["--state-keep-versions", "3", "--state-keep-age-s", "0.001", "--max-message-bytes", "262144"]
+        args=["--state-keep-versions", "3", "--state-keep-age-s", "0.001", "--max-message-bytes", "33554432"]
     ) as sidecar:
         async with await Client.connect(sidecar.target) as client:
             # State belongs to a workflow the scheduler knows; its version 1 is the initial state.
@@ -34,10 +34,11 @@ async def test_keep_versions_option_prunes_old_versions() -> None:
             snapshot = await state.read("/first", "/n", version=8)
             assert snapshot.values == {"/first": True, "/n": 7}
             # A read whose values would not fit in one response message is refused.
-            await state.patch({"blob": "x" * 150_000})
-            assert len(await state.get("/blob")) == 150_000
-            with pytest.raises(InvalidArgumentError) as refused:
-                await state.read("/blob", "/blob")
+            for i in range(4):  # 14 MB: under the 16 MiB document bound, each patch under 4 MiB
+                await state.patch({f"blob{i}": "x" * 3_500_000})
+            assert len(await state.get("/blob0")) == 3_500_000
+            with pytest.raises(InvalidArgumentError) as refused:  # 42 MB of values: over 32 MiB
+                await state.read(*[f"/blob{i}" for i in range(4)] * 3)
             assert refused.value.reason == "LIMIT_EXCEEDED"
             assert refused.value.metadata.get("limit", "").isdigit()
             assert [v.field for v in refused.value.field_violations] == ["paths"]

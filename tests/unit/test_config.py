@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
+import subprocess
+import sys
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
 
-from sidecar._config import OPTIONS, ConfigError, LogFormat, load_config, options_table_markdown
+from sidecar._config import (
+    OPTIONS,
+    ConfigError,
+    LogFormat,
+    load_config,
+    options_table_markdown,
+    parse_cache_models,
+)
 
 
 def test_defaults_are_the_embedded_ones() -> None:
@@ -128,3 +140,232 @@ def test_readme_table_lists_every_option() -> None:
 def test_readme_carries_the_generated_table() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert options_table_markdown() in readme
+
+
+# Durations and numbers: every value a consumer can use, nothing that overflows it.
+
+_DURATIONS = {
+    "shutdown_grace_s": 3600.0,
+    "event_retention_age_s": 100 * 365.25 * 86_400,
+    "state_keep_age_s": 100 * 365.25 * 86_400,
+    "blob_unreferenced_ttl_s": 100 * 365.25 * 86_400,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DURATIONS))
+@pytest.mark.parametrize(
+    "text", ["inf", "-inf", "Infinity", "nan", "1.8e299", "1e400", "0", "-0", "-1", "soon"]
+)
+def test_durations_refuse_non_finite_zero_and_huge_values_naming_the_option(name: str, text: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ConfigError, match=flag):
+        load_config({name: text}, environ={})
+    with pytest.raises(ConfigError, match="ARE_" + name.upper()):
+        load_config({}, environ={"ARE_" + name.upper(): text})
+
+
+@pytest.mark.parametrize("name", sorted(_DURATIONS))
+def test_durations_are_bounded_where_their_nanoseconds_fit_an_int64(name: str, tmp_path: Path) -> None:
+    high = _DURATIONS[name]
+    assert getattr(load_config({name: repr(high)}, environ={}), name) == high
+    assert getattr(load_config({name: "0.001"}, environ={}), name) == 0.001
+    with pytest.raises(ConfigError, match="--" + name.replace("_", "-")):
+        load_config({name: repr(high * 1.01)}, environ={})
+    # What the consumers compute (now - int(seconds * 1e9)) stays a signed 64-bit integer.
+    ns = int(high * 1e9)
+    assert ns < 2**63
+    assert 2_000_000_000 * 10**9 - ns > -(2**63)
+    # TOML spells infinity and nan as bare words, and big numbers as floats.
+    toml = tmp_path / "are.toml"
+    for literal in ("inf", "nan", "-inf", "1.8e299"):
+        toml.write_text(f"{name} = {literal}\n")
+        with pytest.raises(ConfigError, match=repr(name)):
+            load_config({"config": str(toml)}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("keepalive_time_s", "inf"),
+        ("keepalive_time_s", "nan"),
+        ("keepalive_timeout_s", "1e400"),
+        ("router_threshold", "nan"),
+        ("router_threshold", "-inf"),
+        ("router_cost_weight", "nan"),
+        ("router_model_exploration", "inf"),
+        ("router_reroute_grace_s", "nan"),
+        ("router_reroute_grace_s", "1.8e299"),
+        ("max_message_bytes", "1e9"),
+        ("max_open_tasks", "5000.0"),
+        ("event_retention_count", "9" * 5000),  # past Python's int-from-text digit limit
+        ("router_dimension", "inf"),
+        ("cache_hot_bytes", "nan"),
+    ],
+)
+def test_other_numbers_refuse_non_finite_and_malformed_values_naming_the_option(name: str, text: str) -> None:
+    with pytest.raises(ConfigError, match="--" + name.replace("_", "-")):
+        load_config({name: text}, environ={})
+
+
+@pytest.mark.parametrize("name", ["router_cost_weight", "router_model_exploration", "router_reroute_grace_s"])
+def test_negative_zero_is_read_as_zero(name: str) -> None:
+    value = getattr(load_config({name: "-0.0"}, environ={}), name)
+    assert value == 0.0
+    assert math.copysign(1.0, value) == 1.0
+
+
+def test_a_huge_cpu_range_is_refused_without_building_it() -> None:
+    # In a child held to 2 GiB of address space: building the range first (as before) would take
+    # the machine's memory (a set of 10^12 CPU numbers) instead of failing.
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from sidecar._config import ConfigError, load_config\n"
+        "try:\n"
+        "    load_config({'cpu_affinity': '0-999999999999'}, environ={})\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    argv = [sys.executable, "-c", script]
+    child = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "--cpu-affinity" in child.stdout
+    assert "CPU 999999999999 is not available" in child.stdout
+    with pytest.raises(ConfigError, match="--cpu-affinity"):
+        load_config({"cpu_affinity": "0-"}, environ={})
+
+
+def test_a_port_of_non_ascii_digits_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--listen"):
+        load_config({"listen": "127.0.0.1:\u0665\u0660"}, environ={})  # Arabic-Indic "50"
+
+
+# --max-message-bytes: large enough for what the worker streams carry.
+
+
+def test_max_message_bytes_holds_the_worker_streams_batches() -> None:
+    from are_sdk._worker import _MAX_BATCH_BYTES, MAX_INLINE_BYTES
+    from sidecar._scheduler_worker import MAX_ASSIGNMENT_BATCH_BYTES
+
+    low = 32 * 1024 * 1024
+    assert low >= 2 * max(MAX_ASSIGNMENT_BATCH_BYTES, _MAX_BATCH_BYTES) > MAX_INLINE_BYTES
+    assert load_config({"max_message_bytes": str(low)}, environ={}).max_message_bytes == low
+    for text in (str(low - 1), str(4 << 20), "1048576", "1024"):
+        with pytest.raises(ConfigError, match="--max-message-bytes"):
+            load_config({"max_message_bytes": text}, environ={})
+    assert "32 MiB to 256 MiB" in next(o.help for o in OPTIONS if o.name == "max_message_bytes")
+
+
+# Embedders and model directories: a typo fails the start, not every later call.
+
+
+def _model_dir(root: Path, *files: str) -> Path:
+    root.mkdir(parents=True)
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not checked until loaded")
+    return root
+
+
+def test_model_files_are_those_the_onnx_embedder_looks_for() -> None:
+    from are_core.embed import _onnx
+    from sidecar import _config
+
+    assert _config._MODEL_FILES == _onnx._MODEL_FILES
+
+
+@pytest.mark.parametrize("name", ["router_embedder", "memory_embedder"])
+def test_embedder_specs_that_are_accepted(name: str, tmp_path: Path) -> None:
+    model = _model_dir(tmp_path / "m", "onnx/model.onnx", "tokenizer.json")
+    assert getattr(load_config({}, environ={}), name) == "lexical"
+    for text, resolved in [
+        ("lexical", "lexical"),
+        (" lexical:64 ", "lexical:64"),
+        ("lexical:4096", "lexical:4096"),
+        ("off", "off"),
+        ("OFF", "off"),
+        (f"model:{model}", f"model:{model}"),
+    ]:
+        assert getattr(load_config({name: text}, environ={}), name) == resolved
+    env = "ARE_" + name.upper()
+    assert getattr(load_config({}, environ={env: f"model:{model}"}), name) == f"model:{model}"
+
+
+@pytest.mark.parametrize("name", ["router_embedder", "memory_embedder"])
+def test_embedder_specs_that_are_refused_name_the_option(name: str, tmp_path: Path) -> None:
+    flag, env = "--" + name.replace("_", "-"), "ARE_" + name.upper()
+    no_tokenizer = _model_dir(tmp_path / "no-tokenizer", "model.onnx")
+    no_model = _model_dir(tmp_path / "no-model", "tokenizer.json")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for text, words in [
+        ("model:/nonexistent", "does not exist"),
+        ("model:", "model directory"),
+        (f"model:{a_file}", "not a directory"),
+        (f"model:{no_tokenizer}", "tokenizer.json"),
+        (f"model:{no_model}", "model.onnx"),
+        ("lexcial", "expected 'lexical'"),
+        ("lexical:8", "16 to 4096"),
+        ("lexical:x", "integer"),
+        ("bert", "expected 'lexical'"),
+        ("/models/minilm", "expected 'lexical'"),
+    ]:
+        with pytest.raises(ConfigError, match=flag) as caught:
+            load_config({name: text}, environ={})
+        assert words in str(caught.value), (text, str(caught.value))
+        with pytest.raises(ConfigError, match=env):
+            load_config({}, environ={env: text})
+    toml = tmp_path / "are.toml"
+    toml.write_text(f'{name} = "model:/nonexistent"\n')
+    with pytest.raises(ConfigError, match=name):
+        load_config({"config": str(toml)}, environ={})
+
+
+def test_off_words_of_the_memory_embedder_and_the_router_embedder() -> None:
+    # The memory embedder has always taken '', 'none' and 'off' (any case); the router 'off' only.
+    for text in ("", "none", "None", "off"):
+        assert load_config({"memory_embedder": text}, environ={}).memory_embedder == "off"
+    for text in ("", "none"):
+        with pytest.raises(ConfigError, match="--router-embedder"):
+            load_config({"router_embedder": text}, environ={})
+
+
+def test_a_model_directory_needs_the_embed_model_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model_dir(tmp_path / "m", "model.onnx", "tokenizer.json")
+    real = importlib.util.find_spec
+
+    def without_onnxruntime(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == "onnxruntime" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_onnxruntime)
+    with pytest.raises(ConfigError, match=r"--router-embedder.*embed-model"):
+        load_config({"router_embedder": f"model:{model}"}, environ={})
+    with pytest.raises(ConfigError, match=r"--cache-models.*embed-model"):
+        load_config({"cache_models": f"minilm={model}"}, environ={})
+
+
+def test_cache_models_accepted_and_refused(tmp_path: Path) -> None:
+    one = _model_dir(tmp_path / "one", "model.onnx", "tokenizer.json")
+    two = _model_dir(tmp_path / "two", "onnx/model_quantized.onnx", "tokenizer.json")
+    assert load_config({}, environ={}).cache_models == ""
+    text = f" one={one} , two={two} ,"
+    assert load_config({"cache_models": text}, environ={}).cache_models == text.strip()
+    assert parse_cache_models(text) == {"one": one, "two": two}
+    for bad, words in [
+        ("minilm", "NAME=DIR"),
+        ("=/models/x", "NAME=DIR"),
+        ("minilm=", "NAME=DIR"),
+        (f"lexical={one}", "NAME=DIR"),
+        (f"caller={one}", "NAME=DIR"),
+        (f"bad name={one}", "NAME=DIR"),
+        (f"one={one},one={two}", "named twice"),
+        ("minilm=/nonexistent", "does not exist"),
+        (f"minilm={tmp_path}", "no model file"),
+    ]:
+        with pytest.raises(ConfigError, match="--cache-models") as caught:
+            load_config({"cache_models": bad}, environ={})
+        assert words in str(caught.value), (bad, str(caught.value))
+    with pytest.raises(ConfigError, match="ARE_CACHE_MODELS"):
+        load_config({}, environ={"ARE_CACHE_MODELS": "minilm=/nonexistent"})
