@@ -373,7 +373,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "uds",
         None,
-        "Also listen on this Unix socket path (created with owner-only permissions).",
+        "Also listen on this Unix socket path (created with owner-only permissions); a path a "
+        "process listens on is refused, a stale socket replaced.",
         _optional_path,
         "PATH",
     ),
@@ -480,7 +481,8 @@ OPTIONS: tuple[Option, ...] = (
         "otlp_endpoint",
         None,
         "Export traces (a span per task attempt) with OTLP/gRPC to this collector, e.g. "
-        "http://127.0.0.1:4317; when unset, OTEL_EXPORTER_OTLP_ENDPOINT is used; neither: no export.",
+        "http://127.0.0.1:4317; when unset, OTEL_EXPORTER_OTLP_ENDPOINT is used; neither: no export; "
+        "'off': no export, whatever the OTEL_* variables say.",
         str,
         "URL",
     ),
