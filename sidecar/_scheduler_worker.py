@@ -391,13 +391,17 @@ def _wire_bytes(a: Assignment) -> int:
     return size
 
 
-def _in_batches(assignments: list[Assignment], limit: int) -> list[list[Assignment]]:
-    """The assignments in order, cut at 256 or at ``limit`` estimated bytes (one alone may pass it)."""
+def _in_batches(
+    assignments: list[Assignment], limit: int, sizes: list[int] | None = None
+) -> list[list[Assignment]]:
+    """The assignments in order, cut at 256 or at ``limit`` estimated bytes (one alone may pass it).
+
+    ``sizes``: their :func:`_wire_bytes`, when the caller has them already.
+    """
     batches: list[list[Assignment]] = []
     batch: list[Assignment] = []
     size = 0
-    for a in assignments:
-        wire = _wire_bytes(a)
+    for a, wire in zip(assignments, sizes or map(_wire_bytes, assignments), strict=True):
         if batch and (len(batch) == MAX_ASSIGNMENTS_PER_BATCH or size + wire > limit):
             batches.append(batch)
             batch, size = [], 0
@@ -483,11 +487,12 @@ class _Stream:
                 await context.write(batch)
 
     def assign(self, assignments: list[Assignment]) -> None:
+        sizes = [_wire_bytes(a) for a in assignments]
         blobs = self.wiring.blobs
-        if blobs is not None and any(_wire_bytes(a) > MAX_ASSIGNMENT_BATCH_BYTES for a in assignments):
+        if blobs is not None and max(sizes, default=0) > MAX_ASSIGNMENT_BATCH_BYTES:
             self.outbox.put_nowait(asyncio.ensure_future(self._fitted_batches(assignments, blobs)))
             return
-        for chunk in _in_batches(assignments, MAX_ASSIGNMENT_BATCH_BYTES):
+        for chunk in _in_batches(assignments, MAX_ASSIGNMENT_BATCH_BYTES, sizes):
             batch = pb.AssignmentBatch(assignments=_assignments(chunk, self.wiring))
             self.outbox.put_nowait(pb.ConnectResponse(assignments=batch))
 

@@ -786,6 +786,7 @@ class Scheduler:
         self._rng = rng
         self._open: dict[str, _Workflow] = {}
         self._recent: OrderedDict[str, _Workflow] = OrderedDict()
+        self._deleting: set[str] = set()  # workflow ids a delete is removing (their ids stay taken)
         self._recent_tasks = 0  # the tasks of the workflows in _recent
         self._recent_bytes = 0  # and their payload bytes, as each was when it joined
         # The tasks of the workflows in _open (every entry of their ``order``), kept as they open,
@@ -1183,7 +1184,7 @@ class Scheduler:
             min(nbytes + 256 * tasks + 4096, committer.max_pending_bytes),
         )
 
-    async def submit(  # noqa: C901, PLR0912, PLR0915 - the checks read best in order
+    async def submit(  # noqa: C901, PLR0915 - the checks read best in order
         self,
         spec: WorkflowSpec,
         *,
@@ -1234,8 +1235,7 @@ class Scheduler:
         self._check_open_work(len(spec.tasks), nbytes, "spec.tasks")
         self._check_queues(pools, spec.workflow_id)
         wf_id = spec.workflow_id or _new_id("wf_")
-        if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
-            raise WorkflowExistsError(f"workflow {wf_id!r} already exists")
+        self._check_new_id(wf_id)
         rows = _encode_specs(spec.tasks, default_pool, "spec.tasks")  # before anything is staged
         if stage is not None:
             stage(self._t().batch, wf_id)
@@ -2211,6 +2211,8 @@ class Scheduler:
         counts = task.wf.rec.counts
         counts[rec.state] -= 1
         counts[state] = counts.get(state, 0) + 1
+        if state in _FAIL_STATES and rec.state not in _FAIL_STATES:
+            task.wf.rec.tasks_failed += 1  # failed, rejected or cancelled (common.proto)
         rec.state = state
         if reason is not None:
             rec.state_reason = reason
@@ -2383,6 +2385,15 @@ class Scheduler:
         if pool.backlogged:
             self._promote(pool)
         self._left_queue(task)  # after the promotion: a queue it refills stays, and is popped on
+        budget = w.rec.budget
+        max_attempts = budget.max_attempts or 10 * budget.max_tasks
+        charged = w.rec.task_attempts - w.rec.uncharged_attempts
+        if charged >= max_attempts and w.rec.state == "RUNNING":
+            # The attempt would pass the budget: it never reaches a worker (an agent would have
+            # started its LLM calls). Attempts lost through no fault of their worker (a sidecar
+            # restart, a poll answer that did not arrive) are not counted against it.
+            self._exceed(w, "max_attempts", max_attempts, charged + 1)
+            return
         pool.running += 1
         pool.dispatched_total += 1
         pool.charge(now, task.spec.estimated_tokens)
@@ -2419,10 +2430,6 @@ class Scheduler:
             },
         )
         self._t().assign.setdefault(worker, []).append(self._assignment(task, deadline))
-        budget = w.rec.budget
-        max_attempts = budget.max_attempts or 10 * budget.max_tasks
-        if w.rec.task_attempts > max_attempts:
-            self._exceed(w, "max_attempts", max_attempts, w.rec.task_attempts)
 
     def _assignment(self, task: _Task, deadline: int) -> Assignment:
         w = task.wf
@@ -2759,7 +2766,6 @@ class Scheduler:
             self._at(rec.next_attempt_ns, "backoff", task, task.token)
         else:
             rec.close_ns = now
-            w.rec.tasks_failed += 1
             self._set_state(task, "FAILED", failure.message[:1024])
             self._terminal(task)
         return retry
@@ -3022,6 +3028,7 @@ class Scheduler:
         its last wait went stale when it was dispatched).
         """
         task.rec.free_attempts += 1
+        task.wf.rec.uncharged_attempts += 1  # nor to the workflow's max_attempts budget
         self._event("TASK_LEASE_EXPIRED", task, worker_id=worker_id, name=event_name)
         self._set_state(task, "SCHEDULED", reason)
         task.rec.schedule_ns = now
@@ -3128,7 +3135,6 @@ class Scheduler:
             self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
             self._set_failure(task, failure)
             rec.close_ns = now
-            task.wf.rec.tasks_failed += 1
             self._set_state(task, "FAILED", failure.message)
             self._terminal(task)
         elif kind == "s2c" and rec.state == "RUNNING":
@@ -3755,12 +3761,36 @@ class Scheduler:
 
     # ------------------------------------------------------------ delete, fork
 
+    def _check_new_id(self, wf_id: str) -> None:
+        """Raises WorkflowExistsError unless ``wf_id`` is free for a new workflow (submit, fork)."""
+        if wf_id in self._deleting:
+            raise WorkflowExistsError(f"workflow {wf_id!r} is being deleted; submit it again once deleted")
+        if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
+            raise WorkflowExistsError(f"workflow {wf_id!r} already exists")
+
     async def delete(self, wf_id: str) -> int:
         """Removes a closed workflow's records (tasks, specs, indexes); returns the bytes freed.
+
+        Its tasks go first, in bounded batches, and the workflow row last: a
+        submit of the same id meanwhile is refused (the id is still taken),
+        and a crash half-way leaves a closed workflow missing some tasks (a
+        delete again finishes it), never rows that a new workflow of the
+        same id would take for its own. Before, the workflow row went first:
+        a submit racing the rest of the delete had its new rows deleted
+        (after a restart it closed COMPLETED having run nothing).
 
         Raises:
             WorkflowNotFoundError, WorkflowNotClosedError.
         """
+        if wf_id in self._deleting:
+            raise WorkflowNotFoundError(f"workflow {wf_id!r} is being deleted", workflow_id=wf_id)
+        self._deleting.add(wf_id)
+        try:
+            return await self._delete(wf_id)
+        finally:
+            self._deleting.discard(wf_id)
+
+    async def _delete(self, wf_id: str) -> int:
         if wf_id in self._open:
             raise WorkflowNotClosedError(
                 f"workflow {wf_id!r} is {self._open[wf_id].rec.state}", workflow_id=wf_id
@@ -3773,16 +3803,8 @@ class Scheduler:
         if dropped is not None:
             self._forget_recent(dropped)
         freed = len(raw)
-        batch = self._storage.batch()
-        batch.delete(T_WORKFLOWS, wf_id.encode())
-        batch.delete(T_BY_TIME, join_key(_U64 - rec.create_ns, wf_id))
-        if rec.request_id:
-            batch.delete(T_REQUESTS, rec.request_id.encode())
-        await self._committer.submit(batch)
-        # The rest in bounded batches: with the workflow row gone nothing reads them,
-        # and a crash half-way leaves only unreachable rows.
         prefix = prefix_key(wf_id)
-        for table in (T_SPECS, T_TASKS, T_SPAWNS):
+        for table in (T_SPAWNS, T_TASKS, T_SPECS):
             while True:
                 rows = self._storage.scan(table, prefix=prefix, limit=5000)
                 if not rows:
@@ -3792,6 +3814,12 @@ class Scheduler:
                     batch.delete(table, key)
                     freed += len(key) + len(value)
                 await self._committer.submit(batch)
+        batch = self._storage.batch()
+        batch.delete(T_WORKFLOWS, wf_id.encode())
+        batch.delete(T_BY_TIME, join_key(_U64 - rec.create_ns, wf_id))
+        if rec.request_id:
+            batch.delete(T_REQUESTS, rec.request_id.encode())
+        await self._committer.submit(batch)
         return freed
 
     def check_fork(self, source_id: str, new_id: str, rerun_task_ids: Sequence[str] = ()) -> None:
@@ -3819,8 +3847,7 @@ class Scheduler:
         know the cutoff and must not admit what :meth:`fork` would refuse.
         """
         source = self._load_workflow(source_id).record
-        if new_id in self._open or new_id in self._recent or self._storage.get(T_WORKFLOWS, new_id.encode()):
-            raise WorkflowExistsError(f"workflow {new_id!r} already exists")
+        self._check_new_id(new_id)
         specs: list[TaskSpec] = []
         records: list[TaskRecord] = []
         w_src = self._find(source_id)

@@ -242,6 +242,7 @@ class WorkflowRecord(msgspec.Struct, kw_only=True):
     failure: Failure | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
     task_attempts: int = 0
+    uncharged_attempts: int = 0  # of task_attempts, those lost through no fault of their worker
     retries: int = 0
     tasks_completed: int = 0
     tasks_failed: int = 0

@@ -1,0 +1,153 @@
+"""Defects a review of the engine found (engine in process over real LMDB, no server).
+
+- Attempts lost through no fault of their worker (a restart, a poll answer
+  that did not arrive) are not charged to the retry policy, but counted
+  against the workflow's ``max_attempts`` budget: one restart failed a
+  workflow whose budget was 1.
+- The attempt that passed ``max_attempts`` was still handed to a worker
+  (then cancelled in the same delivery): an agent had started on it.
+- ``tasks_failed`` left out REJECTED and CANCELLED tasks (common.proto
+  counts them).
+- A delete racing a submit of the same workflow id deleted the new
+  workflow's rows (its workflow row went first, its tasks in later
+  batches); after a restart it closed COMPLETED having run nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from are_core.scheduler import (
+    Assignment,
+    Budget,
+    Cancellation,
+    Scheduler,
+    TaskSpec,
+    WorkflowExistsError,
+    WorkflowSpec,
+)
+from are_core.storage import GroupCommitter, Storage
+
+_HANG_GUARD_S = 10.0
+
+
+def _spec(task_id: str, capability: str = "cap", **fields: object) -> TaskSpec:
+    return TaskSpec(task_id=task_id, capability=capability, **fields)  # type: ignore[arg-type]
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.assignments: list[Assignment] = []
+        self.cancellations: list[Cancellation] = []
+
+    def assign(self, batch: list[Assignment]) -> None:
+        self.assignments.extend(batch)
+
+    def cancel(self, batch: list[Cancellation]) -> None:
+        self.cancellations.extend(batch)
+
+
+async def _until(condition: object) -> None:
+    async with asyncio.timeout(_HANG_GUARD_S):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+async def test_an_attempt_lost_to_a_restart_is_not_counted_against_max_attempts(
+    opened: tuple[Storage, GroupCommitter],
+) -> None:
+    storage, committer = opened
+    engine = Scheduler(storage, committer, rng=lambda: 0.0)
+    await engine.start()
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_spec("a"),), budget=Budget(max_attempts=1)))
+    first = _Worker()
+    engine.connect_worker("w", ["cap"], 1, first.assign, first.cancel)
+    await _until(lambda: first.assignments)
+    await engine.stop()  # a restart while attempt 1 runs: it is lost, not charged
+
+    restarted = Scheduler(storage, committer, rng=lambda: 0.0)
+    await restarted.start()
+    second = _Worker()
+    restarted.connect_worker("w", ["cap"], 1, second.assign, second.cancel)
+    await _until(lambda: second.assignments)
+    assert [(a.task_id, a.attempt) for a in second.assignments] == [("a", 2)]
+    assert second.cancellations == []
+    await restarted.complete(record.workflow_id, "a", 2, output=b"1", content_type="", usage=None)
+    assert restarted.get_workflow(record.workflow_id).record.state == "COMPLETED"
+    await restarted.stop()
+
+
+async def test_a_poll_answer_handed_back_is_not_counted_against_max_attempts(engine: Scheduler) -> None:
+    record, _ = await engine.submit(WorkflowSpec(tasks=(_spec("c"),), budget=Budget(max_attempts=1)))
+    worker_id, got = await engine.poll("poller", ["cap"], 1, 2.0)
+    engine.hand_back_undelivered(worker_id, [(a.workflow_id, a.task_id, a.attempt) for a in got])
+    _, again = await engine.poll("poller", ["cap"], 1, 2.0)
+    assert [(a.task_id, a.attempt) for a in again] == [("c", 2)]
+    assert engine.get_workflow(record.workflow_id).record.state == "RUNNING"
+
+
+async def test_the_attempt_over_max_attempts_never_reaches_a_worker(engine: Scheduler) -> None:
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(_spec("p"), _spec("q")), budget=Budget(max_attempts=1))
+    )
+    worker = _Worker()
+    engine.connect_worker("w", ["cap"], 2, worker.assign, worker.cancel)
+    await _until(lambda: worker.cancellations)  # delivered once committed, after the assignments
+    assert [a.task_id for a in worker.assignments] == ["p"]  # q would have been attempt 2 of 1
+    assert [(c.task_id, c.reason) for c in worker.cancellations] == [("p", "BUDGET_EXCEEDED")]
+    view = engine.get_workflow(record.workflow_id).record
+    assert view.failure is not None
+    assert view.failure.message == "budget max_attempts exceeded: 2 > 1"
+    assert view.task_attempts == 1
+
+
+async def test_rejected_and_cancelled_tasks_count_as_failed(engine: Scheduler) -> None:
+    gated, _ = await engine.submit(WorkflowSpec(tasks=(_spec("gate", requires_approval=True),)))
+    await _until(lambda: engine.get_workflow(gated.workflow_id).record.counts.get("AWAITING_APPROVAL"))
+    await engine.resolve_approval(gated.workflow_id, "gate", approve=False, approver="bob", comment="no")
+    assert engine.get_workflow(gated.workflow_id).record.tasks_failed == 1
+
+    worker = _Worker()
+    engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+    cancelled, _ = await engine.submit(WorkflowSpec(tasks=(_spec("a"), _spec("b", depends_on=("a",)))))
+    await _until(lambda: worker.assignments)
+    await engine.cancel(cancelled.workflow_id, "stop", "me")
+    view = engine.get_workflow(cancelled.workflow_id).record
+    assert view.counts.get("CANCELLED") == 2
+    assert view.tasks_failed == 2
+
+
+async def test_a_submit_racing_a_delete_of_its_id_is_refused_and_the_delete_leaves_nothing(
+    opened: tuple[Storage, GroupCommitter], tmp_path: Path
+) -> None:
+    storage, committer = opened
+    engine = Scheduler(storage, committer, rng=lambda: 0.0)
+    await engine.start()
+    tasks = tuple(_spec(f"t{i}", capability="none") for i in range(12_000))  # several delete batches
+    await engine.submit(WorkflowSpec(workflow_id="dup", tasks=tasks, budget=Budget(max_tasks=20_000)))
+    await engine.cancel("dup", "close it", "test")
+    deleting = asyncio.ensure_future(engine.delete("dup"))
+    await asyncio.sleep(0)
+    refusals = 0
+    while not deleting.done():  # bounded by the delete itself (a few batches)
+        try:
+            await engine.submit(WorkflowSpec(workflow_id="dup", tasks=(_spec("n1", capability="none"),)))
+        except WorkflowExistsError:
+            refusals += 1
+            await asyncio.sleep(0.001)
+        else:
+            break
+    assert await deleting > 0
+    assert refusals > 0  # the id stayed taken while the delete ran
+    new, _ = await engine.submit(WorkflowSpec(workflow_id="dup", tasks=(_spec("n1", capability="none"),)))
+    assert new.workflow_id == "dup"
+    await engine.stop()
+    restarted = Scheduler(storage, committer, rng=lambda: 0.0)
+    await restarted.start()
+    view = restarted.get_workflow("dup")
+    assert view.record.state == "RUNNING"
+    assert view.record.task_count == 1
+    tasks_after, _ = restarted.list_tasks("dup", frozenset(), 0, 100)
+    assert [t.record.task_id for t in tasks_after] == ["n1"]
+    await restarted.stop()
