@@ -989,6 +989,13 @@ class Scheduler:
             self._wire(task)
         for task in w.order:
             state = task.rec.state
+            if (
+                task.spec.schedule_to_close_s
+                and task.rec.first_schedule_ns
+                and state not in TERMINAL_TASK_STATES
+            ):
+                deadline = task.rec.first_schedule_ns + int(task.spec.schedule_to_close_s * 1e9)
+                self._at(deadline, "s2close", task, 0)  # counted from before the restart
             if state == "RUNNING":
                 self._requeue_uncharged(
                     task,
@@ -1584,6 +1591,10 @@ class Scheduler:
     def _schedule(self, task: _Task, now: int) -> None:
         self._set_state(task, "SCHEDULED", "")
         task.rec.schedule_ns = now
+        if not task.rec.first_schedule_ns:
+            task.rec.first_schedule_ns = now
+            if task.spec.schedule_to_close_s:
+                self._at(now + int(task.spec.schedule_to_close_s * 1e9), "s2close", task, 0)
         self._event(
             "TASK_SCHEDULED",
             task,
@@ -2731,8 +2742,9 @@ class Scheduler:
             and failure.type not in policy.non_retryable_types
             and charged < policy.maximum_attempts
         )
-        if retry and task.spec.schedule_to_close_s and rec.schedule_ns:
-            retry = now < rec.create_ns + int(task.spec.schedule_to_close_s * 1e9)
+        if retry and task.spec.schedule_to_close_s:
+            first = rec.first_schedule_ns or rec.schedule_ns or rec.create_ns  # records of older sidecars
+            retry = now < first + int(task.spec.schedule_to_close_s * 1e9)
         final_state = "BACKING_OFF" if retry else "FAILED"
         self._event(
             "TASK_ATTEMPT_FAILED",
@@ -3095,7 +3107,7 @@ class Scheduler:
         finally:
             self._arm()
 
-    def _on_timer(self, kind: str, subject: Any, token: int, now: int) -> None:  # noqa: C901, PLR0912 - one branch per timer kind
+    def _on_timer(self, kind: str, subject: Any, token: int, now: int) -> None:  # noqa: C901, PLR0911, PLR0912 - one branch per timer kind
         if kind == "pump":
             self._pump_wanted = True
             return
@@ -3118,6 +3130,10 @@ class Scheduler:
                 )
             return
         task: _Task = subject
+        if kind == "s2close":  # not made stale by the task's changes of state: it bounds them all
+            if task.wf.rec.state == "RUNNING" and task.rec.state not in TERMINAL_TASK_STATES:
+                self._schedule_to_close(task, now)
+            return
         if task.token != token or task.wf.rec.state != "RUNNING":
             return
         rec = task.rec
@@ -3147,6 +3163,38 @@ class Scheduler:
                 self._timeout(task, "HEARTBEAT", f"attempt {rec.attempt} missed its heartbeat_timeout")
         elif kind == "approval" and rec.state == "AWAITING_APPROVAL":
             self._reject(task, "are:timeout", "approval timed out", timeout=True)
+
+    def _schedule_to_close(self, task: _Task, now: int) -> None:
+        """Fails an open task whose schedule_to_close_timeout passed: its attempt (if any) is stopped.
+
+        The timeout bounds the task from its first scheduling to its result,
+        every wait, attempt and backoff included (task.proto): no retry.
+        """
+        rec = task.rec
+        limit = task.spec.schedule_to_close_s
+        message = f"the task did not finish within its schedule_to_close_timeout of {limit}s"
+        if rec.state == "RUNNING":
+            holder = task.holder
+            if holder is not None and holder.connected:
+                self._stop_attempt(
+                    holder,
+                    Cancellation(task.wf.rec.workflow_id, rec.task_id, rec.attempt, "TIMED_OUT", message),
+                )
+            self._event("TASK_LEASE_EXPIRED", task, worker_id=rec.worker_id)
+            self._release(task)
+        self._dequeue(task)
+        failure = Failure(
+            message=message,
+            type="TIMEOUT",
+            kind="TIMEOUT",
+            timeout_type="SCHEDULE_TO_CLOSE",
+            non_retryable=True,
+        )
+        self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
+        self._set_failure(task, failure)
+        rec.close_ns = now
+        self._set_state(task, "FAILED", message)
+        self._terminal(task)
 
     def _timeout(self, task: _Task, timeout_type: str, message: str) -> None:
         failure = Failure(message=message, type="TIMEOUT", kind="TIMEOUT", timeout_type=timeout_type)

@@ -207,6 +207,7 @@ class TaskRecord(msgspec.Struct, kw_only=True, gc=False):
     approval: Approval | None = None
     create_ns: int = 0
     schedule_ns: int = 0
+    first_schedule_ns: int = 0  # its first scheduling: schedule_to_close_timeout counts from it
     start_ns: int = 0
     close_ns: int = 0
     heartbeat_ns: int = 0

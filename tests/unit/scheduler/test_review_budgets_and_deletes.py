@@ -22,6 +22,8 @@ from are_core.scheduler import (
     Assignment,
     Budget,
     Cancellation,
+    Failure,
+    RetryPolicy,
     Scheduler,
     TaskSpec,
     WorkflowExistsError,
@@ -150,4 +152,84 @@ async def test_a_submit_racing_a_delete_of_its_id_is_refused_and_the_delete_leav
     assert view.record.task_count == 1
     tasks_after, _ = restarted.list_tasks("dup", frozenset(), 0, 100)
     assert [t.record.task_id for t in tasks_after] == ["n1"]
+    await restarted.stop()
+
+
+# -- schedule_to_close_timeout: from the first scheduling to the result, every attempt included.
+# It was never enforced on its own (no timer), and the retry check counted it from the task's creation.
+
+
+async def test_a_task_no_worker_takes_fails_at_its_schedule_to_close_timeout(engine: Scheduler) -> None:
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(_spec("a", capability="nobody", schedule_to_close_s=0.2),))
+    )
+    await _until(lambda: engine.get_workflow(record.workflow_id).record.state == "FAILED")
+    failure = engine.get_task(record.workflow_id, "a").record.failure
+    assert failure is not None
+    assert (failure.kind, failure.timeout_type, failure.non_retryable) == (
+        "TIMEOUT",
+        "SCHEDULE_TO_CLOSE",
+        True,
+    )
+
+
+async def test_an_attempt_running_past_schedule_to_close_is_stopped_and_not_retried(
+    engine: Scheduler,
+) -> None:
+    policy = RetryPolicy(maximum_attempts=3)
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(_spec("b", schedule_to_close_s=0.2, start_to_close_s=60, retry_policy=policy),))
+    )
+    worker = _Worker()
+    engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+    await _until(lambda: worker.cancellations)
+    assert [(c.task_id, c.attempt, c.reason) for c in worker.cancellations] == [("b", 1, "TIMED_OUT")]
+    task = engine.get_task(record.workflow_id, "b").record
+    assert task.state == "FAILED"
+    assert task.attempt == 1
+    assert engine.get_workflow(record.workflow_id).record.state == "FAILED"
+
+
+async def test_schedule_to_close_counts_from_the_first_scheduling_not_the_creation(engine: Scheduler) -> None:
+    policy = RetryPolicy(maximum_attempts=3, initial_interval_s=0.01)
+    record, _ = await engine.submit(
+        WorkflowSpec(
+            tasks=(
+                _spec("u", capability="up"),
+                _spec("d", depends_on=("u",), schedule_to_close_s=30, retry_policy=policy),
+            )
+        )
+    )
+    up = _Worker()
+    engine.connect_worker("up", ["up"], 1, up.assign, up.cancel)
+    await _until(lambda: up.assignments)
+    # d was created now and waits for u: no time of its own is spent meanwhile. Created long
+    # ago as far as its timeout goes: d's first scheduling is what counts.
+    task = engine.get_task(record.workflow_id, "d")
+    task.record.create_ns -= 60 * 10**9
+    await engine.complete(record.workflow_id, "u", 1, output=b"1", content_type="", usage=None)
+    worker = _Worker()
+    engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+    await _until(lambda: worker.assignments)
+    will_retry, _, state, durable = engine.fail(
+        record.workflow_id, "d", 1, failure=Failure(message="transient"), usage=None
+    )
+    await durable
+    assert (will_retry, state) == (True, "BACKING_OFF")
+
+
+async def test_schedule_to_close_still_fires_after_a_restart(opened: tuple[Storage, GroupCommitter]) -> None:
+    storage, committer = opened
+    engine = Scheduler(storage, committer, rng=lambda: 0.0)
+    await engine.start()
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(_spec("a", capability="nobody", schedule_to_close_s=0.5),))
+    )
+    await engine.stop()
+    restarted = Scheduler(storage, committer, rng=lambda: 0.0)
+    await restarted.start()
+    await _until(lambda: restarted.get_workflow(record.workflow_id).record.state == "FAILED")
+    failure = restarted.get_task(record.workflow_id, "a").record.failure
+    assert failure is not None
+    assert failure.timeout_type == "SCHEDULE_TO_CLOSE"
     await restarted.stop()
