@@ -2720,6 +2720,9 @@ class Scheduler:
         retry = self._attempt_failed(task, failure, usage, retry_after_s)
         if usage is not None:
             self._charge(task, usage, self._clock())
+            # The charge may pass a budget, which cancels the workflow, the retry just scheduled too:
+            # the answer must not promise it.
+            retry = retry and task.rec.state == "BACKING_OFF"
         self._after_op()
         return retry, task.rec.next_attempt_ns if retry else 0, task.rec.state, self._t().future
 

@@ -26,6 +26,7 @@ from are_core.scheduler import (
     RetryPolicy,
     Scheduler,
     TaskSpec,
+    Usage,
     WorkflowExistsError,
     WorkflowSpec,
 )
@@ -233,3 +234,21 @@ async def test_schedule_to_close_still_fires_after_a_restart(opened: tuple[Stora
     assert failure is not None
     assert failure.timeout_type == "SCHEDULE_TO_CLOSE"
     await restarted.stop()
+
+
+async def test_a_failure_whose_cost_passes_the_budget_does_not_promise_a_retry(engine: Scheduler) -> None:
+    # The retry was decided before the failure's usage was charged: the answer said will_retry
+    # (with a next attempt time) for a task the charge had just cancelled with its workflow.
+    policy = RetryPolicy(maximum_attempts=3, initial_interval_s=0.01)
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(_spec("a", retry_policy=policy),), budget=Budget(max_cost_micro_usd=100))
+    )
+    worker = _Worker()
+    engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
+    await _until(lambda: worker.assignments)
+    will_retry, next_ns, state, durable = engine.fail(
+        record.workflow_id, "a", 1, failure=Failure(message="transient"), usage=Usage(cost_micro_usd=500)
+    )
+    await durable
+    assert (will_retry, next_ns, state) == (False, 0, "CANCELLED")
+    assert engine.get_workflow(record.workflow_id).record.state == "FAILED"
