@@ -1566,8 +1566,14 @@ class Scheduler:
         if not verdict:
             self._skip(task, "trigger_rule", f"skipped: trigger rule {rule} can no longer be met")
             return
+        tasks = task.wf.tasks
+        if any(tasks[c.task_id].rec.state not in TERMINAL_TASK_STATES for c in task.spec.conditions):
+            # A rule met early (ONE_SUCCESS, ONE_FAILED) must not judge a dependency still running by
+            # the output it does not have yet: skipped for good, though it might have held. The task
+            # waits; that dependency's end decides it again.
+            return
         for condition in task.spec.conditions:
-            dep = task.wf.tasks[condition.task_id]
+            dep = tasks[condition.task_id]
             # A blob output has no inline JSON: the condition sees no value.
             done = dep.rec.state == "COMPLETED" and not dep.rec.output_blob_sha256
             output = dep.rec.output if done else None

@@ -22,6 +22,7 @@ from are_core.scheduler import (
     Assignment,
     Budget,
     Cancellation,
+    Condition,
     Failure,
     RetryPolicy,
     Scheduler,
@@ -252,3 +253,26 @@ async def test_a_failure_whose_cost_passes_the_budget_does_not_promise_a_retry(e
     await durable
     assert (will_retry, next_ns, state) == (False, 0, "CANCELLED")
     assert engine.get_workflow(record.workflow_id).record.state == "FAILED"
+
+
+async def test_a_rule_met_early_waits_for_the_dependencies_its_conditions_name(engine: Scheduler) -> None:
+    # ONE_SUCCESS on (fast, slow) with a condition on slow's output: when fast completed, the
+    # condition was evaluated on slow, still running and without output, and the task was
+    # SKIPPED for good; slow then returned {"ok": true}.
+    condition = Condition(task_id="slow", pointer="/ok", operator="EQUAL", value=True)
+    record, _ = await engine.submit(
+        WorkflowSpec(
+            tasks=(
+                _spec("fast"),
+                _spec("slow"),
+                _spec("j", depends_on=("fast", "slow"), trigger_rule="ONE_SUCCESS", conditions=(condition,)),
+            )
+        )
+    )
+    worker = _Worker()
+    engine.connect_worker("w", ["cap"], 3, worker.assign, worker.cancel)
+    await _until(lambda: len(worker.assignments) == 2)
+    await engine.complete(record.workflow_id, "fast", 1, output=b"{}", content_type="", usage=None)
+    assert engine.get_task(record.workflow_id, "j").record.state == "PENDING"  # slow is running
+    await engine.complete(record.workflow_id, "slow", 1, output=b'{"ok": true}', content_type="", usage=None)
+    assert engine.get_task(record.workflow_id, "j").record.state in ("SCHEDULED", "RUNNING")

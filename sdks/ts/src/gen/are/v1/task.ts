@@ -176,9 +176,10 @@ export enum ApprovalDecision {
 
 /**
  * Condition gates a task on the output of one of its dependencies: once the
- * trigger rule is met, every condition is evaluated and the task runs only
- * if all hold; otherwise it becomes SKIPPED with the failing condition in
- * state_reason. A pointer that does not resolve, or an output that is not
+ * trigger rule is met and every dependency a condition names has finished
+ * (a rule met early, ONE_SUCCESS or ONE_FAILED, waits for them), every
+ * condition is evaluated and the task runs only if all hold; otherwise it
+ * becomes SKIPPED with the failing condition in state_reason. A pointer that does not resolve, or an output that is not
  * JSON, makes every operator false except NOT_EXISTS and NOT_EQUAL. An
  * output passed as a blob reference is not fetched: a condition sees no
  * value in it, exactly as for an output that is not JSON.
