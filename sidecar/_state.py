@@ -476,13 +476,11 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         version = request.version if request.HasField("version") else None
         if version is not None and version < 1:
             await _invalid(context, "version", "a state version is 1 or more")
+        room = self._cap.runtime.config.max_message_bytes - _RESPONSE_SLACK
         try:
-            result = self._engine.get(request.workflow_id, list(request.paths), version)
+            result = self._engine.get(request.workflow_id, list(request.paths), version, max_bytes=room)
         except (StateError, StorageError) as error:
             await _fail(context, error)
-        room = self._cap.runtime.config.max_message_bytes - _RESPONSE_SLACK
-        if sum(len(value) for _, value in result.values) > room:
-            await _limit(context, "paths", room)
         return state_service_pb2.GetStateResponse(
             version=result.version,
             values=[state_service_pb2.StateValue(path=p, value_json=v) for p, v in result.values],

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from are_core.state import (
+    LimitExceededError,
     PatchNotApplicableError,
     PatchOp,
     Retention,
@@ -180,3 +181,21 @@ async def test_concurrent_patches_get_distinct_versions_and_share_commits(store:
         assert versions == list(range(1, 11))
         assert engine.get(f"wf{w}").values[0][1].count(b'"i') == 10
     assert committer.stats().max_group_batches > 1  # different workflows share one transaction
+
+
+async def test_a_read_of_many_paths_is_bounded_while_it_reads(store: Store) -> None:
+    # GetState built every value asked before the answer's size was checked: the whole document
+    # 100 times over (a 16 MiB document: 1.6 GiB held, then refused). A path asked again now
+    # shares its value, and the read stops once the values pass max_bytes.
+    storage, committer = store
+    engine = StateEngine(storage, committer)
+    await engine.patch("wf", merge_patch=msgspec.json.encode({"a": "x" * 100_000, "b": "y" * 100_000}))
+    result = engine.get("wf", [""] * 100)
+    assert len(result.values) == 100
+    assert len({id(value) for _, value in result.values}) == 1  # one copy of the document
+    again = engine.get("wf", ["/a", "/a", "/b"])
+    assert again.values[0][1] is again.values[1][1]
+    with pytest.raises(LimitExceededError) as refused:
+        engine.get("wf", [""] * 100, max_bytes=1_000_000)
+    assert refused.value.field == "paths"
+    assert len(engine.get("wf", ["/a", "/b"], max_bytes=1_000_000).values) == 2
