@@ -853,13 +853,20 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             await _invalid(context, "sha256s", "give 1 to 1,000 digests")
         if len(request.sha256s) > _MAX_DIGESTS:
             await _limit(context, "sha256s", _MAX_DIGESTS)
-        found, missing = [], []
+        found, missing, stored = [], [], []
         for i, text in enumerate(request.sha256s):
-            info = self._blobs.stat(await _digest(context, text, f"sha256s[{i}]"))
+            digest = await _digest(context, text, f"sha256s[{i}]")
+            info = self._blobs.stat(digest)
             if info is None:
                 missing.append(text)
             else:
                 found.append(_blob_ref(info))
+                stored.append(digest)
+        if stored and request.refresh_found:
+            try:  # a full TTL again: the caller skips the upload and references them later
+                await self._blobs.refresh(stored)
+            except StorageError as error:
+                await _fail(context, error)
         return state_service_pb2.CheckBlobsResponse(found=found, missing=missing)
 
 

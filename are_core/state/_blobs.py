@@ -67,7 +67,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 
@@ -415,6 +415,29 @@ class BlobStore:
         if deduplicated and upload.staged:
             await self.drop_data(upload.data_id, upload=True)
         return BlobInfo(digest.hex(), meta.size_bytes, meta.content_type), deduplicated
+
+    async def refresh(self, digests: Sequence[bytes]) -> int:
+        """Gives the stored blobs among ``digests`` a full TTL again, as their upload would; returns how many.
+
+        For CheckBlobs: a client told a blob is stored skips its upload and
+        references it later. Without this, a blob uploaded long ago was
+        swept seconds after the client was told so (the SDK's put() with
+        check_first, its default).
+        """
+        async with self._lock:
+            now = self._clock()
+            batch = self.storage.batch()
+            refreshed = 0
+            for digest in dict.fromkeys(digests):
+                raw = self.storage.get(META, digest)
+                if raw is None or digest in self._deleting:
+                    continue
+                meta = _meta_dec.decode(raw)
+                batch.put(META, digest, _enc.encode(msgspec.structs.replace(meta, upload_time_ns=now)))
+                refreshed += 1
+            if refreshed:
+                await self.committer.submit(batch)
+        return refreshed
 
     async def drop_data(self, data_id: bytes, *, upload: bool) -> None:
         """Delete the chunks stored under ``data_id`` (and its ``blob_uploads`` row when ``upload``)."""

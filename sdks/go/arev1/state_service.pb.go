@@ -1561,7 +1561,12 @@ func (x *GetBlobResponse) GetChunk() []byte {
 type CheckBlobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// SHA-256 digests, 1 to 1,000.
-	Sha256S       []string `protobuf:"bytes,1,rep,name=sha256s,proto3" json:"sha256s,omitempty"`
+	Sha256S []string `protobuf:"bytes,1,rep,name=sha256s,proto3" json:"sha256s,omitempty"`
+	// Give each stored blob found a full unreferenced TTL again, as an upload
+	// of it would: for a client that skips the upload of what is found and
+	// references it later (without it, a blob uploaded long ago could be swept
+	// right after). A probe that only looks leaves it false.
+	RefreshFound  bool `protobuf:"varint,2,opt,name=refresh_found,json=refreshFound,proto3" json:"refresh_found,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1601,6 +1606,13 @@ func (x *CheckBlobsRequest) GetSha256S() []string {
 		return x.Sha256S
 	}
 	return nil
+}
+
+func (x *CheckBlobsRequest) GetRefreshFound() bool {
+	if x != nil {
+		return x.RefreshFound
+	}
+	return false
 }
 
 // CheckBlobsResponse splits the digests into stored and missing.
@@ -1797,9 +1809,10 @@ const file_are_v1_state_service_proto_rawDesc = "" +
 	"\x0fGetBlobResponse\x12#\n" +
 	"\x04blob\x18\x01 \x01(\v2\x0f.are.v1.BlobRefR\x04blob\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x14\n" +
-	"\x05chunk\x18\x03 \x01(\fR\x05chunk\"-\n" +
+	"\x05chunk\x18\x03 \x01(\fR\x05chunk\"R\n" +
 	"\x11CheckBlobsRequest\x12\x18\n" +
-	"\asha256s\x18\x01 \x03(\tR\asha256s\"U\n" +
+	"\asha256s\x18\x01 \x03(\tR\asha256s\x12#\n" +
+	"\rrefresh_found\x18\x02 \x01(\bR\frefreshFound\"U\n" +
 	"\x12CheckBlobsResponse\x12%\n" +
 	"\x05found\x18\x01 \x03(\v2\x0f.are.v1.BlobRefR\x05found\x12\x18\n" +
 	"\amissing\x18\x02 \x03(\tR\amissing2\x82\x05\n" +

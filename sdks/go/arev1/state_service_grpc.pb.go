@@ -111,7 +111,8 @@ type StateServiceClient interface {
 	// outside the blob.
 	GetBlob(ctx context.Context, in *GetBlobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetBlobResponse], error)
 	// CheckBlobs says which of the given digests are stored, so a client can
-	// skip uploading what the sidecar already has.
+	// skip uploading what the sidecar already has (with refresh_found, as an
+	// upload of them would have kept them).
 	// Errors: INVALID_ARGUMENT for a malformed digest, LIMIT_EXCEEDED past
 	// 1,000 digests.
 	CheckBlobs(ctx context.Context, in *CheckBlobsRequest, opts ...grpc.CallOption) (*CheckBlobsResponse, error)
@@ -308,7 +309,8 @@ type StateServiceServer interface {
 	// outside the blob.
 	GetBlob(*GetBlobRequest, grpc.ServerStreamingServer[GetBlobResponse]) error
 	// CheckBlobs says which of the given digests are stored, so a client can
-	// skip uploading what the sidecar already has.
+	// skip uploading what the sidecar already has (with refresh_found, as an
+	// upload of them would have kept them).
 	// Errors: INVALID_ARGUMENT for a malformed digest, LIMIT_EXCEEDED past
 	// 1,000 digests.
 	CheckBlobs(context.Context, *CheckBlobsRequest) (*CheckBlobsResponse, error)

@@ -350,3 +350,17 @@ async def test_an_owned_blob_goes_in_the_commit_that_drops_its_last_reference(
     assert blobs.storage.count("blob_uploads") == 0
     assert restarted.stat(shared) is not None
     assert restarted.read(shared) is not None
+
+
+async def test_a_blob_a_check_finds_gets_a_full_ttl_again(blobs: BlobStore, clock: Clock) -> None:
+    # The SDK's put() asks CheckBlobs first and skips the upload of a blob found: that blob,
+    # uploaded long ago, was swept seconds after the client was told it was stored.
+    checked = await _stored(blobs, b"checked")
+    unchecked = await _stored(blobs, b"unchecked")
+    clock.now += TTL - HOUR
+    assert await blobs.refresh([checked, checked, _digest(b"never stored")]) == 1
+    clock.now += 2 * HOUR  # past the TTL of the first upload, within the refreshed one
+    result = await blobs.sweep(TTL)
+    assert result.deleted == 1
+    assert blobs.stat(unchecked) is None
+    assert blobs.stat(checked) is not None

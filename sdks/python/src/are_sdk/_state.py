@@ -287,7 +287,7 @@ class StateBlobs:
         """
         digest = hashlib.sha256(data).hexdigest()
         if check_first and not workflow_id:
-            found = await self.check([digest])
+            found = await self.check([digest], refresh=True)  # the upload it stands for would have
             if digest in found:
                 return found[digest]
 
@@ -317,7 +317,7 @@ class StateBlobs:
         """
         digest, size = await asyncio.to_thread(_hash_file, Path(path))
         if not workflow_id:
-            found = await self.check([digest])
+            found = await self.check([digest], refresh=True)  # the upload it stands for would have
             if digest in found:
                 return found[digest]
 
@@ -352,9 +352,15 @@ class StateBlobs:
         parts = [chunk async for chunk in self.stream(blob, offset=offset, length=length)]
         return b"".join(parts)
 
-    async def check(self, digests: Sequence[str]) -> dict[str, BlobReference]:
-        """The stored blobs among ``digests``, by digest."""
-        response = await self._raw.CheckBlobs(state_service_pb2.CheckBlobsRequest(sha256s=list(digests)))
+    async def check(self, digests: Sequence[str], *, refresh: bool = False) -> dict[str, BlobReference]:
+        """The stored blobs among ``digests``, by digest.
+
+        ``refresh``: give those found a full unreferenced TTL again, as
+        uploading them would (for a caller that skips their upload and
+        references them later); a probe that only looks leaves it off.
+        """
+        request = state_service_pb2.CheckBlobsRequest(sha256s=list(digests), refresh_found=refresh)
+        response = await self._raw.CheckBlobs(request)
         return {ref.sha256: _ref(ref) for ref in response.found}
 
 

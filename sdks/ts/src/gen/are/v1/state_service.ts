@@ -352,6 +352,13 @@ export interface GetBlobResponse {
 export interface CheckBlobsRequest {
   /** SHA-256 digests, 1 to 1,000. */
   sha256s: string[];
+  /**
+   * Give each stored blob found a full unreferenced TTL again, as an upload
+   * of it would: for a client that skips the upload of what is found and
+   * references it later (without it, a blob uploaded long ago could be swept
+   * right after). A probe that only looks leaves it false.
+   */
+  refreshFound: boolean;
 }
 
 /** CheckBlobsResponse splits the digests into stored and missing. */
@@ -2427,13 +2434,16 @@ export const GetBlobResponse: MessageFns<GetBlobResponse> = {
 };
 
 function createBaseCheckBlobsRequest(): CheckBlobsRequest {
-  return { sha256s: [] };
+  return { sha256s: [], refreshFound: false };
 }
 
 export const CheckBlobsRequest: MessageFns<CheckBlobsRequest> = {
   encode(message: CheckBlobsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.sha256s) {
       writer.uint32(10).string(v!);
+    }
+    if (message.refreshFound !== false) {
+      writer.uint32(16).bool(message.refreshFound);
     }
     return writer;
   },
@@ -2459,6 +2469,14 @@ export const CheckBlobsRequest: MessageFns<CheckBlobsRequest> = {
             message.sha256s.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.refreshFound = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2477,6 +2495,7 @@ export const CheckBlobsRequest: MessageFns<CheckBlobsRequest> = {
   fromPartial<I extends Exact<DeepPartial<CheckBlobsRequest>, I>>(object: I): CheckBlobsRequest {
     const message = createBaseCheckBlobsRequest();
     message.sha256s = object.sha256s?.map((e) => e) || [];
+    message.refreshFound = object.refreshFound ?? false;
     return message;
   },
 };
@@ -2713,7 +2732,8 @@ export const StateServiceService = {
   },
   /**
    * CheckBlobs says which of the given digests are stored, so a client can
-   * skip uploading what the sidecar already has.
+   * skip uploading what the sidecar already has (with refresh_found, as an
+   * upload of them would have kept them).
    * Errors: INVALID_ARGUMENT for a malformed digest, LIMIT_EXCEEDED past
    * 1,000 digests.
    */
@@ -2817,7 +2837,8 @@ export interface StateServiceServer extends UntypedServiceImplementation {
   getBlob: handleServerStreamingCall<GetBlobRequest, GetBlobResponse>;
   /**
    * CheckBlobs says which of the given digests are stored, so a client can
-   * skip uploading what the sidecar already has.
+   * skip uploading what the sidecar already has (with refresh_found, as an
+   * upload of them would have kept them).
    * Errors: INVALID_ARGUMENT for a malformed digest, LIMIT_EXCEEDED past
    * 1,000 digests.
    */
@@ -3017,7 +3038,8 @@ export interface StateServiceClient extends Client {
   ): ClientReadableStream<GetBlobResponse>;
   /**
    * CheckBlobs says which of the given digests are stored, so a client can
-   * skip uploading what the sidecar already has.
+   * skip uploading what the sidecar already has (with refresh_found, as an
+   * upload of them would have kept them).
    * Errors: INVALID_ARGUMENT for a malformed digest, LIMIT_EXCEEDED past
    * 1,000 digests.
    */

@@ -267,10 +267,12 @@ class GetBlobResponse(_message.Message):
     def __init__(self, blob: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., offset: _Optional[int] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class CheckBlobsRequest(_message.Message):
-    __slots__ = ("sha256s",)
+    __slots__ = ("sha256s", "refresh_found")
     SHA256S_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FOUND_FIELD_NUMBER: _ClassVar[int]
     sha256s: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sha256s: _Optional[_Iterable[str]] = ...) -> None: ...
+    refresh_found: bool
+    def __init__(self, sha256s: _Optional[_Iterable[str]] = ..., refresh_found: _Optional[bool] = ...) -> None: ...
 
 class CheckBlobsResponse(_message.Message):
     __slots__ = ("found", "missing")

@@ -206,7 +206,8 @@ class StateServiceServicer:
 
     def CheckBlobs(self, request, context):
         """CheckBlobs says which of the given digests are stored, so a client can
-        skip uploading what the sidecar already has.
+        skip uploading what the sidecar already has (with refresh_found, as an
+        upload of them would have kept them).
         Errors: INVALID_ARGUMENT for a malformed digest, LIMIT_EXCEEDED past
         1,000 digests.
         """
