@@ -408,6 +408,7 @@ class Router:
         # One registration or removal of a card id at a time (each awaits a
         # commit); entries go when their last holder leaves.
         self._card_locks = KeyedLocks()
+        self._registering_new = 0  # registrations of ids without a card, their commit under way
         self._upkeep = _Upkeep()
         self._exploration_credit = 0.0
 
@@ -695,8 +696,21 @@ class Router:
 
     async def _register(self, spec: AgentSpec, vector: Vector) -> tuple[AgentView, bool]:
         existing = self._agents.get(spec.agent_id)
-        if existing is None and len(self._agents) >= self.settings.max_agents:
+        if existing is not None:
+            return await self._register_card(spec, vector, existing)
+        # New ids registering meanwhile count: the card joins _agents only after its commit, and
+        # the locks are per id, so 10 concurrent new ids under a bound of 3 were all accepted.
+        if len(self._agents) + self._registering_new >= self.settings.max_agents:
             raise RouterLimitError("agent cards", self.settings.max_agents)
+        self._registering_new += 1
+        try:
+            return await self._register_card(spec, vector, None)
+        finally:
+            self._registering_new -= 1
+
+    async def _register_card(
+        self, spec: AgentSpec, vector: Vector, existing: _Agent | None
+    ) -> tuple[AgentView, bool]:
         now = self._clock()
         previous = existing.stored if existing is not None else None
         stored = StoredAgent(
@@ -716,7 +730,7 @@ class Router:
         agent.stored = stored
         self._refresh(agent)
         self._set_vector(agent, vector)
-        return self._view(agent), previous is None
+        return self._view(agent), existing is None  # no card had the id: not even a worker's
 
     @_runs_to_the_end
     async def deregister_agent(self, agent_id: str) -> None:

@@ -66,13 +66,25 @@ class NoRouteError(RouterError):
         self.threshold = threshold
         self.best_below = tuple(best_below)
         if self.best_below:
-            listed = ", ".join(f"{agent_id} ({similarity:.3f})" for agent_id, similarity in self.best_below)
+            listed = ", ".join(
+                f"{agent_id} ({_below(similarity, threshold)})" for agent_id, similarity in self.best_below
+            )
             detail = f"; best below it: {listed}"
         else:
             detail = "; no eligible agent at all (check the filters and exclusions)"
         if hint:
             detail += f" ({hint})"
-        super().__init__(f"no eligible agent reaches the similarity threshold {threshold:.3f}{detail}")
+        shown = f"{threshold:.3f}" if float(f"{threshold:.3f}") == threshold else f"{threshold:g}"
+        super().__init__(f"no eligible agent reaches the similarity threshold {shown}{detail}")
+
+
+def _below(similarity: float, threshold: float) -> str:
+    """A similarity below the threshold, in 3 decimals unless rounding would hide the gap (then 6).
+
+    "threshold 1.000; best below it: Y (1.000)" said nothing for 0.99952 under 0.99955.
+    """
+    text = f"{similarity:.3f}"
+    return text if float(text) < threshold else f"{similarity:.6f}"
 
 
 class ModelCatalogEmptyError(RouterError):
