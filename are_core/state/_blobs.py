@@ -377,9 +377,10 @@ class BlobStore:
     async def publish(self, upload: BlobUpload, digest: bytes, tail: bytes) -> tuple[BlobInfo, bool]:
         """Make a checked upload visible (or count it as a duplicate); used by ``BlobUpload.finish``.
 
-        An upload naming a workflow stages that workflow's reference and makes
-        the blob owned. A duplicate refreshes the blob's upload time, so the
-        caller told "stored" has a full TTL to reference it.
+        An upload naming a workflow stages that workflow's reference, and a
+        new blob uploaded so is owned. A duplicate refreshes the blob's upload
+        time, so the caller told "stored" has a full TTL to reference it; one
+        without a workflow makes the blob unowned, for the same reason.
         """
         referrer = workflow_referrer(upload.workflow_id) if upload.workflow_id else b""
         async with self._lock:
@@ -388,7 +389,10 @@ class BlobStore:
             batch = self.storage.batch()
             if raw is not None:
                 meta = _meta_dec.decode(raw)
-                meta = msgspec.structs.replace(meta, upload_time_ns=now, owned=meta.owned or bool(referrer))
+                # Owned only while every upload named a workflow: a caller that uploaded the same
+                # bytes without one was told "stored" with a full TTL, which an owner's release
+                # must not cut short (it deleted the blob at once).
+                meta = msgspec.structs.replace(meta, upload_time_ns=now, owned=meta.owned and bool(referrer))
                 batch.put(META, digest, _enc.encode(meta))
                 if referrer:
                     self.stage_reference(batch, referrer, digest)

@@ -364,3 +364,20 @@ async def test_a_blob_a_check_finds_gets_a_full_ttl_again(blobs: BlobStore, cloc
     assert result.deleted == 1
     assert blobs.stat(unchecked) is None
     assert blobs.stat(checked) is not None
+
+
+async def test_an_upload_without_a_workflow_keeps_its_ttl_past_an_owner_s_release(
+    blobs: BlobStore, clock: Clock
+) -> None:
+    # An anonymous upload deduplicated onto a workflow's blob was told "stored" (a full TTL),
+    # yet the blob went at once when that workflow was released; so it did when the anonymous
+    # upload came first and an owner's after.
+    for first, then in (("owner", ""), ("", "owner")):
+        data = os.urandom(3000)
+        digest = await _stored(blobs, data, workflow_id=first)
+        await _stored(blobs, data, workflow_id=then)
+        await blobs.release_workflow("owner")
+        assert blobs.stat(digest) is not None, (first, then)
+        clock.now += TTL + HOUR
+        await blobs.sweep(TTL)  # the TTL, not the release, ends it
+        assert blobs.stat(digest) is None, (first, then)

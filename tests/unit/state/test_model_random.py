@@ -664,7 +664,8 @@ async def test_blobs_follow_the_model(tmp_path: Path, seed: int) -> None:  # noq
                 info, deduplicated = await blobs.put(data, workflow_id=wid)
                 digest = bytes.fromhex(info.sha256)
                 assert deduplicated == (digest in alive)
-                owned = (alive[digest][1] if digest in alive else False) or bool(wid)
+                # Owned while every upload named a workflow (one without was promised the TTL).
+                owned = (alive[digest][1] if digest in alive else True) and bool(wid)
                 alive[digest] = (data, owned, clock[0])
                 if wid:
                     refs.setdefault(workflow_referrer(wid), set()).add(digest)
