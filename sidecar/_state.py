@@ -625,6 +625,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         try:
             created_ns, sequence = self._checkpoint(request.workflow_id, source_version)
             await self._memory.copy_notes(request.workflow_id, new_id, created_ns)
+            await self._copy_blob_references(request.workflow_id, new_id)
             if self._cap.fork_hook is not None:
                 await self._cap.fork_hook(
                     ForkPlan(
@@ -644,6 +645,24 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         pending = _PendingFork(request.request_id, _ForkRecord(fingerprint, new_id, source_version))
         await self._cap.runtime.committer.submit(_finish_fork(storage.batch(), new_id.encode(), pending))
         self._cap.fork_settled(new_id)
+
+    async def _copy_blob_references(self, source_id: str, new_id: str) -> None:
+        """The fork references every blob its source does, in commits of 1,000.
+
+        Its state starts as the source's, which may name blobs the source
+        uploaded as their owner: deleting the source deleted them while the
+        fork's state still named them. What its notes and task payloads
+        reference is staged again here, harmlessly (a reference is a key).
+        """
+        blobs = self._blobs
+        source, target = workflow_referrer(source_id), workflow_referrer(new_id)
+        after: bytes | None = None
+        while digests := blobs.references(source, limit=1000, after=after):
+            batch = self._cap.runtime.storage.batch()
+            for digest in digests:
+                blobs.stage_reference(batch, target, digest)
+            await self._cap.runtime.committer.submit(batch)
+            after = digests[-1]
 
     async def _previous_fork(
         self, context: _Context, request_id: str, fingerprint: bytes

@@ -581,11 +581,15 @@ class BlobStore:
         prefix = digest + _NUL
         return [key[len(prefix) :] for key, _ in self.storage.scan(REFS_BY_BLOB, prefix=prefix, limit=limit)]
 
-    def references(self, referrer: bytes, *, limit: int = 1000) -> list[bytes]:
-        """The digests ``referrer`` references, in key order, at most ``limit``."""
+    def references(self, referrer: bytes, *, limit: int = 1000, after: bytes | None = None) -> list[bytes]:
+        """The digests ``referrer`` references, in key order, at most ``limit`` (past ``after``: pages)."""
         _check_referrer(referrer)
         prefix = referrer + _NUL
-        return [key[len(prefix) :] for key, _ in self.storage.scan(REFS, prefix=prefix, limit=limit)]
+        if after is None:
+            rows = self.storage.scan(REFS, prefix=prefix, limit=limit)
+        else:
+            rows = self.storage.scan(REFS, start=prefix + after + _NUL, end=referrer + b"\x01", limit=limit)
+        return [key[len(prefix) :] for key, _ in rows]
 
     async def release_referrer(self, referrer: bytes) -> int:
         """Drop every reference of ``referrer``; owned blobs left without one go; returns their bytes.

@@ -601,3 +601,20 @@ async def test_json_nested_too_deep_to_decode_is_invalid_json_and_changes_nothin
         scheduler_service_pb2.GetTaskRequest(workflow_id=wid, task_id="hold")
     )
     assert held.task.state == task_pb2.TASK_STATE_RUNNING
+
+
+async def test_a_fork_keeps_the_blobs_its_source_kept(client: Client) -> None:
+    # A fork's state starts as its source's and may name blobs the source uploaded as their
+    # owner; deleting the source deleted them at once, while the fork's state still named them.
+    wid = _wid("blobsrc")
+    owned = await client.state.blobs.put(os.urandom(4000), workflow_id=wid)
+    await client.state.for_workflow(wid).patch({"context": {"sha256": owned.sha256}})
+    fork = await client.state.fork(wid, new_workflow_id=_unknown("blobfork"))
+    source = client.get_workflow_handle(wid)
+    await source.cancel(reason="done with it")
+    await source.wait(timeout=30)
+    await source.delete()
+    assert owned.sha256 in await client.state.blobs.check([owned.sha256])
+    named = await client.state.for_workflow(fork.workflow_id).get("/context/sha256")
+    assert named == owned.sha256
+    assert await client.state.blobs.get(owned.sha256) is not None
