@@ -1222,8 +1222,10 @@ type BlobHeader struct {
 	// is checked at the end (BLOB_DIGEST_MISMATCH).
 	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// An optional workflow that owns the blob: the blob is kept at least as
-	// long as the workflow. Blobs without an owner and not referenced from
-	// any payload or state are removed after 24 hours.
+	// long as the workflow (and its forks). Blobs without an owner and not
+	// referenced from any task payload, memory note or cache entry are
+	// removed after 24 hours (--blob-unreferenced-ttl-s). A digest written in
+	// a state document references nothing: give such a blob an owner.
 	WorkflowId    string `protobuf:"bytes,4,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

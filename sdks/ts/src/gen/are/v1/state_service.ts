@@ -300,8 +300,10 @@ export interface BlobHeader {
   sha256: string;
   /**
    * An optional workflow that owns the blob: the blob is kept at least as
-   * long as the workflow. Blobs without an owner and not referenced from
-   * any payload or state are removed after 24 hours.
+   * long as the workflow (and its forks). Blobs without an owner and not
+   * referenced from any task payload, memory note or cache entry are
+   * removed after 24 hours (--blob-unreferenced-ttl-s). A digest written in
+   * a state document references nothing: give such a blob an owner.
    */
   workflowId: string;
 }
