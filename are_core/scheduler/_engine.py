@@ -3150,18 +3150,8 @@ class Scheduler:
             self._schedule(task, now)
         elif kind == "s2s" and rec.state == "SCHEDULED":
             self._dequeue(task)
-            failure = Failure(
-                message=f"no worker started the task within {task.spec.schedule_to_start_s}s",
-                type="TIMEOUT",
-                kind="TIMEOUT",
-                timeout_type="SCHEDULE_TO_START",
-                non_retryable=True,
-            )
-            self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
-            self._set_failure(task, failure)
-            rec.close_ns = now
-            self._set_state(task, "FAILED", failure.message)
-            self._terminal(task)
+            message = f"no worker started the task within {task.spec.schedule_to_start_s}s"
+            self._fail_timed_out(task, "SCHEDULE_TO_START", message, now)
         elif kind == "s2c" and rec.state == "RUNNING":
             self._timeout(task, "START_TO_CLOSE", f"attempt {rec.attempt} exceeded start_to_close_timeout")
         elif kind == "hb" and rec.state == "RUNNING":
@@ -3192,16 +3182,16 @@ class Scheduler:
             self._event("TASK_LEASE_EXPIRED", task, worker_id=rec.worker_id)
             self._release(task)
         self._dequeue(task)
+        self._fail_timed_out(task, "SCHEDULE_TO_CLOSE", message, now)
+
+    def _fail_timed_out(self, task: _Task, timeout_type: str, message: str, now: int) -> None:
+        """Fails a task (out of any queue, holding no attempt) for a timeout no retry may undo."""
         failure = Failure(
-            message=message,
-            type="TIMEOUT",
-            kind="TIMEOUT",
-            timeout_type="SCHEDULE_TO_CLOSE",
-            non_retryable=True,
+            message=message, type="TIMEOUT", kind="TIMEOUT", timeout_type=timeout_type, non_retryable=True
         )
         self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
         self._set_failure(task, failure)
-        rec.close_ns = now
+        task.rec.close_ns = now
         self._set_state(task, "FAILED", message)
         self._terminal(task)
 
