@@ -437,7 +437,10 @@ class BlobStore:
                 if raw is None or digest in self._deleting:
                     continue
                 meta = _meta_dec.decode(raw)
-                batch.put(META, digest, _enc.encode(msgspec.structs.replace(meta, upload_time_ns=now)))
+                # As an upload without a workflow would: unowned (see publish), so no owner's
+                # release cuts the TTL the caller was promised short.
+                meta = msgspec.structs.replace(meta, upload_time_ns=now, owned=False)
+                batch.put(META, digest, _enc.encode(meta))
                 refreshed += 1
             if refreshed:
                 await self.committer.submit(batch)

@@ -627,7 +627,8 @@ class Run:
         )
         assert all(found[notes[i].text] == i for i in got)
         self.notes[target] = {i: notes[i] for i in got}
-        held = {notes[i].blob for i in got if notes[i].blob}
+        # The fork references every blob its source does (its notes' among them).
+        held = {notes[i].blob for i in got if notes[i].blob} | self.refs.get(source, set())
         if held:
             self.refs[target] = held
 
@@ -805,9 +806,12 @@ class Run:
         self.put_done(digest, data, owner)
 
     def put_done(self, digest: str, data: bytes, owner: str) -> None:
+        # Owned while every upload named a workflow; one without (or a check that found it and
+        # skipped the upload) was promised the TTL.
+        existed = digest in self.blobs and digest not in self.gone
+        self.owned[digest] = bool(owner) and (self.owned.get(digest, False) if existed else True)
         self.blobs[digest] = data
         self.gone.discard(digest)
-        self.owned[digest] = self.owned.get(digest, False) or bool(owner)
         if owner:
             self.refs.setdefault(owner, set()).add(digest)
 
@@ -871,6 +875,7 @@ class Run:
                 if any(n.blob for _, n in notes) and not self.ttl_long:
                     continue  # keep the in-flight add all-or-nothing on its own, not on the sweep
                 adding = asyncio.ensure_future(self.add_call(wid, notes))
+                busy.add(wid)  # not forked meanwhile: the fork would copy its references or not
                 pending.adds.append((wid, [n for _, n in notes], adding))
                 jobs.append(adding)
         for _ in range(rng.randrange(0, 3)):
@@ -878,6 +883,8 @@ class Run:
             if hashlib.sha256(data).hexdigest() in self.blobs:
                 continue
             owner = rng.choice(["", *sorted(set(self.status) - deleting)])
+            if owner:
+                busy.add(owner)  # not forked meanwhile (as for adds)
             upload = self.c.state.blobs.put(data, workflow_id=owner, check_first=False)
             putting = asyncio.ensure_future(upload)
             pending.puts.append((data, owner, putting))

@@ -381,3 +381,15 @@ async def test_an_upload_without_a_workflow_keeps_its_ttl_past_an_owner_s_releas
         clock.now += TTL + HOUR
         await blobs.sweep(TTL)  # the TTL, not the release, ends it
         assert blobs.stat(digest) is None, (first, then)
+
+
+async def test_a_blob_a_check_refreshes_outlives_its_owner_s_release(blobs: BlobStore, clock: Clock) -> None:
+    # A refresh stands for an upload without a workflow (the SDK skipped it): the caller was
+    # promised the TTL, which the owner's release must not cut short.
+    digest = await _stored(blobs, os.urandom(2000), workflow_id="owner")
+    await blobs.refresh([digest])
+    await blobs.release_workflow("owner")
+    assert blobs.stat(digest) is not None
+    clock.now += TTL + HOUR
+    await blobs.sweep(TTL)
+    assert blobs.stat(digest) is None
