@@ -719,14 +719,20 @@ class Router:
             update_time_ns=now,
             embedded_vector=vector.tobytes() if spec.vector is None else None,
             embedder=self.embedder.name if spec.vector is None and self.embedder is not None else "",
-            key=existing.key if existing is not None else self._allocate_key(),
+            # A registered card always has a card key of its own: it never takes a worker card's,
+            # which that card's worker may free (or a new worker card take) during the commit.
+            key=existing.key
+            if existing is not None and existing.key < _WORKER_KEYS
+            else self._allocate_key(),
         )
         batch = self._storage.batch().put(AGENTS_TABLE, spec.agent_id.encode(), _agent_codec.encode(stored))
         draft = EventDraft(event_type="AGENT_REGISTERED", attributes={"are.agent.id": spec.agent_id})
         await self._commit(batch, [draft])
-        agent = self._agents.get(spec.agent_id)
+        agent = self._agents.get(spec.agent_id)  # a worker may have come or gone during the commit
         if agent is None:
             agent = self._new_agent(spec.agent_id, now, stored.key)
+        elif agent.key != stored.key:
+            self._rekey(agent, stored.key)
         agent.stored = stored
         self._refresh(agent)
         self._set_vector(agent, vector)
@@ -1903,6 +1909,16 @@ class Router:
         self._by_key[agent.key] = agent
         bisect.insort(self._sorted_ids, agent_id)
         return agent
+
+    def _rekey(self, agent: _Agent, key: int) -> None:
+        """Moves a card to ``key`` (its vector and capabilities out until set again), freeing its old key."""
+        self._unindex_capabilities(agent)
+        if agent.row >= 0:
+            self._remove_vector(agent)
+        del self._by_key[agent.key]
+        (self._free_worker_keys if agent.key >= _WORKER_KEYS else self._free_keys).append(agent.key)
+        agent.key = key
+        self._by_key[key] = agent
 
     def _drop_agent(self, agent: _Agent) -> None:
         self._unindex_capabilities(agent)

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
-from are_core.router import TABLES, AgentSpec, NoRouteError, RouterLimitError, RouterSettings
+from are_core.router import (
+    TABLES,
+    AgentSpec,
+    NoRouteError,
+    RouteQuery,
+    Router,
+    RouterLimitError,
+    RouterSettings,
+)
 from are_core.storage import GroupCommitter, Storage
 
 from .conftest import open_router, unit
@@ -65,3 +74,83 @@ def test_a_refusal_never_rounds_the_gap_away() -> None:
     plain = str(NoRouteError(0.6, [("Z", 0.4123)]))
     assert "threshold 0.600" in plain
     assert "Z (0.412)" in plain
+
+
+class _Held:
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+
+def _hold_next_commit(router: Router) -> _Held:
+    """Holds the router's next commit (the real one, made once released) to act in its window.
+
+    Fault injection at the commit's seam: the race needs a worker to come or go exactly
+    while a registration's commit is in flight, which no loop turn count reaches reliably.
+    """
+    held = _Held()
+    committer = router._committer
+    submit = committer.submit
+
+    async def submit_when_released(*args: Any, **kwargs: Any) -> Any:
+        committer.submit = submit  # type: ignore[method-assign]
+        held.entered.set()
+        await held.go.wait()
+        return await submit(*args, **kwargs)
+
+    committer.submit = submit_when_released  # type: ignore[method-assign]
+    return held
+
+
+async def test_a_worker_leaving_while_its_id_registers_leaves_the_card_its_own_key(tmp_path: Path) -> None:
+    # The registration took the worker card's key; the worker left during the commit and freed
+    # it, the next worker card took it too: the registered card was unroutable, and once that
+    # worker left, a deregister half-failed and ListAgents raised KeyError until a restart.
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    committer = GroupCommitter(storage)
+    router = await open_router(storage, committer)
+    try:
+        card = AgentSpec(agent_id="X", capabilities=("cx",), vector=unit(1.0))
+        router.update_worker("wx", name="X", capabilities=("cx",), card=card)
+        release = _hold_next_commit(router)
+        registering = asyncio.ensure_future(router.register_agent(card))
+        await release.entered.wait()  # the registration awaits its commit now
+        router.update_worker("wx", name="X", capabilities=("cx",), available=False)
+        router.remove_worker("wx")
+        release.go.set()
+        await registering
+        other = AgentSpec(agent_id="Y", capabilities=("cy",), vector=unit(0.0, 1.0))
+        router.update_worker("wy", name="Y", capabilities=("cy",), card=other)
+        result = await router.route_task(RouteQuery(vector=unit(1.0), threshold=0.9))
+        assert [c.agent_id for c in result.candidates] == ["X"]
+        router.update_worker("wy", name="Y", capabilities=("cy",), available=False)
+        router.remove_worker("wy")
+        await router.deregister_agent("X")
+        assert [view.spec.agent_id for view in router.list_agents()[0]] == []
+    finally:
+        await router.aclose()
+        await committer.aclose()
+        storage.close()
+
+
+async def test_a_worker_arriving_while_its_id_registers_is_rekeyed_to_the_card(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "data", tables=TABLES)
+    committer = GroupCommitter(storage)
+    router = await open_router(storage, committer)
+    try:
+        card = AgentSpec(agent_id="X", capabilities=("cx",), vector=unit(1.0))
+        release = _hold_next_commit(router)
+        registering = asyncio.ensure_future(router.register_agent(card))
+        await release.entered.wait()
+        router.update_worker("wx", name="X", capabilities=("cx",), card=card)  # a worker card, a worker key
+        release.go.set()
+        await registering
+        agent = router._agents["X"]
+        assert agent.stored is not None
+        assert agent.key == agent.stored.key  # memory and LMDB agree (a saved index is trusted by them)
+        result = await router.route_task(RouteQuery(vector=unit(1.0), threshold=0.9))
+        assert [c.agent_id for c in result.candidates] == ["X"]
+    finally:
+        await router.aclose()
+        await committer.aclose()
+        storage.close()
