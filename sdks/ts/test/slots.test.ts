@@ -172,12 +172,9 @@ for (const transport of ["stream", "unary"] as const) {
         await eventually(async () => deaf.started.length === 1, 20_000, "the deaf handler to start");
         await handle.cancel();
         await eventually(async () => worker.inFlight === 0, 10_000, "the attempt to be over");
-        const asked = Date.now();
-        await within(worker.stop({ graceMs: 100 }), 10_000, "the worker to stop");
+        await within(worker.stop({ graceMs: 100 }), 10_000, "the worker to stop"); // a hang guard
         await running;
-        const took = Date.now() - asked;
-        assert.ok(took < 5_000, `stop() took ${took} ms`);
-        assert.equal(deaf.running, 1, "the deaf handler returned");
+        assert.equal(deaf.running, 1, "the deaf handler returned"); // stop() did not wait for it
         assert.ok(
           warnings.some((w) => w.includes("1 handler(s) still running after the worker stopped")),
           `no warning of the handler left running:\n${warnings.join("\n")}`,
