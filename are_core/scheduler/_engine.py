@@ -1648,6 +1648,10 @@ class Scheduler:
                 }
                 self._event("TASK_ROUTED", task, attributes=kept)
                 return True
+            if rec.next_attempt_ns:  # the retry its last failure scheduled: counted as if dispatched
+                rec.next_attempt_ns = 0
+                rec.retries += 1
+                task.wf.rec.retries += 1
             rec.attempt += 1  # a routing failure uses up an attempt, so the policy bounds it
             task.wf.rec.task_attempts += 1
             failure = Failure(message=str(error)[:1024], type="NO_ROUTE_ABOVE_THRESHOLD", kind="ROUTING")
@@ -2414,6 +2418,13 @@ class Scheduler:
         pool.running += 1
         pool.dispatched_total += 1
         pool.charge(now, task.spec.estimated_tokens)
+        if rec.next_attempt_ns:
+            # The retry its last failure scheduled. Counted when it starts, as task_attempts are:
+            # one cancelled in its backoff never was; an attempt lost through no fault of its
+            # worker (a restart) is run again, and that is no further retry.
+            rec.next_attempt_ns = 0
+            rec.retries += 1
+            w.rec.retries += 1
         rec.attempt += 1
         rec.worker_id = worker.worker_id
         rec.capability = task.cap
@@ -2770,8 +2781,6 @@ class Scheduler:
             delay = self._rng() * bound  # full jitter
             delay = max(delay, retry_after_s)
             rec.next_attempt_ns = now + int(delay * 1e9)
-            rec.retries += 1
-            w.rec.retries += 1
             self._set_state(task, "BACKING_OFF", f"retrying after: {failure.message}"[:1024])
             self._event(
                 "TASK_RETRY_SCHEDULED",

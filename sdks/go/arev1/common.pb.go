@@ -732,7 +732,10 @@ type UsageSummary struct {
 	Usage *Usage `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
 	// Task attempts started (dispatched to a worker).
 	TaskAttempts int64 `protobuf:"varint,2,opt,name=task_attempts,json=taskAttempts,proto3" json:"task_attempts,omitempty"`
-	// Attempts that were retries (attempt number above 1).
+	// Attempts that were retries: started after an attempt of the same task
+	// failed. A retry cancelled during its backoff never started and is not
+	// counted; an attempt run again because its predecessor was lost through
+	// no fault of its worker (a sidecar restart) is not a retry.
 	Retries int64 `protobuf:"varint,3,opt,name=retries,proto3" json:"retries,omitempty"`
 	// Tasks answered from the semantic cache without being dispatched.
 	CacheHits int64 `protobuf:"varint,4,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`

@@ -351,3 +351,43 @@ async def test_stale_timers_are_swept_so_the_heap_stays_bounded(
             await asyncio.sleep(0.01)
     assert engine.counters()["timers"] < n
     await engine.stop()
+
+
+async def test_retries_count_attempts_started_after_a_failure(
+    opened: tuple[Path, Storage, GroupCommitter],
+) -> None:
+    """A retry cancelled in its backoff never ran, and a restart's redelivery is no retry."""
+    _, storage, committer = opened
+    engine = Scheduler(storage, committer, rng=lambda: 1.0)
+    await engine.start()
+    slow = RetryPolicy(initial_interval_s=3600, maximum_interval_s=3600, maximum_attempts=3)
+    fast = RetryPolicy(initial_interval_s=0.001, maximum_attempts=3)
+    record, _ = await engine.submit(
+        WorkflowSpec(tasks=(spec("a", retry_policy=slow), spec("b", capability="other", retry_policy=fast)))
+    )
+    worker = FakeWorker()
+    engine.connect_worker("w", ["cap", "other"], 10, worker.assign, worker.cancel)
+    await settle(engine)
+    *_, durable = engine.fail(record.workflow_id, "a", 1, failure=Failure(message="x"), usage=None)
+    await durable
+    assert engine.get_task(record.workflow_id, "a").record.state == "BACKING_OFF"
+    assert engine.get_workflow(record.workflow_id).record.retries == 0  # scheduled, not started
+    *_, durable = engine.fail(record.workflow_id, "b", 1, failure=Failure(message="y"), usage=None)
+    await durable
+    async with asyncio.timeout(5):
+        while len([a for a in worker.assignments if a.task_id == "b"]) < 2:
+            await asyncio.sleep(0.005)
+    assert engine.get_workflow(record.workflow_id).record.retries == 1  # b's second attempt started
+    await engine.stop()
+
+    restarted = Scheduler(storage, committer)  # b's running attempt is lost: run again, not retried
+    await restarted.start()
+    again = FakeWorker()
+    restarted.connect_worker("w", ["cap", "other"], 10, again.assign, again.cancel)
+    await settle(restarted)
+    assert [a.attempt for a in again.assignments if a.task_id == "b"] == [3]
+    assert restarted.get_workflow(record.workflow_id).record.retries == 1
+    await restarted.cancel(record.workflow_id, "done", "test")
+    view = restarted.get_workflow(record.workflow_id)
+    assert (view.record.state, view.record.retries, view.record.task_attempts) == ("CANCELLED", 1, 4)
+    await restarted.stop()

@@ -272,7 +272,12 @@ export interface UsageSummary {
     | undefined;
   /** Task attempts started (dispatched to a worker). */
   taskAttempts: number;
-  /** Attempts that were retries (attempt number above 1). */
+  /**
+   * Attempts that were retries: started after an attempt of the same task
+   * failed. A retry cancelled during its backoff never started and is not
+   * counted; an attempt run again because its predecessor was lost through
+   * no fault of its worker (a sidecar restart) is not a retry.
+   */
   retries: number;
   /** Tasks answered from the semantic cache without being dispatched. */
   cacheHits: number;
