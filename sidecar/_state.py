@@ -390,6 +390,7 @@ class StateCapability(Capability):
             if not done:  # a commit stuck that long: cancelling leaves nothing half-done on disk
                 sweeper.cancel()
                 await asyncio.gather(sweeper, return_exceptions=True)
+        await self.memory.settle()  # evicted indexes being saved: seconds at most
         try:
             self.memory.save_all()
         except OSError as error:  # derived data: the next start rebuilds it

@@ -16,8 +16,9 @@ after the saved high-water mark" is exactly what a saved index lacks.
 
 Loaded indexes are bounded (least recently used first out, see
 :data:`MAX_LOADED_INDEXES`): an index evicted with many notes its file
-lacks is saved first, one with few is dropped (LMDB has them; its next use
-tops them up), so an eviction loses nothing, before a stop or a crash.
+lacks is saved (by a forked child, while the loop serves), one with few is
+dropped (LMDB has them; its next use tops them up), so an eviction loses
+nothing, before a stop or a crash.
 
 A note whose content is a blob references it from its workflow
 (``wf:<id>``), staged in the batch that stores the note, so the blob is kept
@@ -116,6 +117,14 @@ notes 8 ms, 1,000 notes 400 ms. Below some 64 notes inserting them again
 costs no more than the save would, and is paid only if the memory is used
 again, which a finished conversation's rarely is; above, the save is much
 the cheaper (its next use restores the file in a millisecond or two)."""
+
+_EVICT_SAVES_AT_ONCE = 2
+"""Evicted indexes being saved at once (a forked child each, holding the index meanwhile).
+
+An eviction past them drops its index instead: its notes are in LMDB and
+its next use tops them up, in a thread, so a burst of evictions (a load of
+every memory after a crash, say) neither forks a child per workflow nor
+holds every evicted index in memory until it is written."""
 
 _RESIZE_GROWTH = 8
 """An index's size is measured again once it grew by an eighth (``memory_usage``
@@ -252,6 +261,10 @@ class MemoryStore:
         self._locks = KeyedLocks()
         self._loading: set[str] = set()
         """Workflows whose index is being restored or topped up (under their lock)."""
+        self._evicted: dict[str, _Loaded] = {}
+        """Evicted indexes a forked child is saving: taken back, not restored, if used meanwhile."""
+        self._saving: dict[str, asyncio.Task[None]] = {}
+        """Each workflow's latest save of an evicted index, until it ends (one writer of a file at a time)."""
 
     def space(self, workflow_id: str) -> MemorySpace | None:
         """The workflow's memory settings, or None if it has no notes."""
@@ -597,6 +610,11 @@ class MemoryStore:
 
     async def _delete(self, workflow_id: str) -> int:
         self._forget(workflow_id)
+        self._evicted.pop(workflow_id, None)
+        saving = self._saving.get(workflow_id)
+        if saving is not None:  # stopped (its child killed) before the files go: none renamed after
+            saving.cancel()
+            await asyncio.gather(saving, return_exceptions=True)
         prefix = _wid(workflow_id)
         await self._committer.submit(self._storage.batch().delete(SPACES, workflow_id.encode()))
         removed = 0
@@ -632,6 +650,14 @@ class MemoryStore:
         deleted meanwhile (only when not ``locked``). The index becomes the
         most recently used; loading it may evict others.
         """
+        evicted = self._evicted.pop(workflow_id, None)
+        if (
+            evicted is not None
+            and workflow_id not in self._indexes
+            and evicted.vector_index.dimension == space.dimension
+        ):
+            # Evicted and still being saved: taken back as it is (its save goes on, from the fork).
+            self._keep(workflow_id, evicted.vector_index, evicted.covered, saved=evicted.saved)
         index = self._ready(workflow_id, space)
         if index is not None:
             return index
@@ -757,11 +783,16 @@ class MemoryStore:
             self._evict(victim)
 
     def _evict(self, workflow_id: str) -> None:
-        """Unloads an index, saving it first when its file lacks many notes (:data:`_EVICT_SAVE_FROM`).
+        """Unloads an index, saving it when its file lacks many notes (:data:`_EVICT_SAVE_FROM`).
 
         What it does not save is in LMDB, and its next load tops it up from
-        there, as after a crash. A failed save is no error of the call that
-        evicted it: the file stays as it was, still consistent.
+        there, as after a crash. The save is written by a forked child while
+        the loop serves (a large index takes seconds to write); the index
+        waits in ``_evicted`` until it is written, and is taken back from
+        there if the workflow is used meanwhile. Saves of one workflow's
+        file run one after another, in order; past :data:`_EVICT_SAVES_AT_ONCE`
+        workflows' saves under way, the index is dropped. A failed save is no error of
+        the call that evicted it: the file stays as it was, still consistent.
         """
         loaded = self._forget(workflow_id)
         if loaded is None or loaded.covered - loaded.saved < _EVICT_SAVE_FROM:
@@ -770,7 +801,45 @@ class MemoryStore:
         if space is None or space.next_id < loaded.covered:
             return  # deleted meanwhile: a file would outlive its notes
         try:
-            self._save(workflow_id, loaded.vector_index, loaded.covered)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to save it aside from
+            self._save_logged(workflow_id, loaded.vector_index, loaded.covered)
+            return
+        if len(self._saving) >= _EVICT_SAVES_AT_ONCE and workflow_id not in self._saving:
+            return
+        self._evicted[workflow_id] = loaded
+        saving = loop.create_task(self._save_evicted(workflow_id, loaded, self._saving.get(workflow_id)))
+        self._saving[workflow_id] = saving
+        saving.add_done_callback(functools.partial(self._saved_evicted, workflow_id))
+
+    async def _save_evicted(
+        self, workflow_id: str, loaded: _Loaded, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Saves an evicted index in a forked child, after the workflow's previous save ended."""
+        try:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self._write_aside(workflow_id, loaded.vector_index, loaded.covered)
+        finally:
+            if self._evicted.get(workflow_id) is loaded:
+                del self._evicted[workflow_id]
+
+    def _saved_evicted(self, workflow_id: str, saving: asyncio.Task[None]) -> None:
+        if self._saving.get(workflow_id) is saving:
+            del self._saving[workflow_id]
+        if not saving.cancelled() and saving.exception() is not None:
+            _log.warning(
+                f"memory: could not save the index of {workflow_id!r} on eviction: {saving.exception()}"
+            )
+
+    async def settle(self) -> None:
+        """Waits for the saves of evicted indexes under way (a stop awaits them before :meth:`save_all`)."""
+        while self._saving:
+            await asyncio.gather(*self._saving.values(), return_exceptions=True)
+
+    def _save_logged(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
+        try:
+            self._save(workflow_id, index, covered)
         except (OSError, RuntimeError, VectorError) as error:
             _log.warning(f"memory: could not save the index of {workflow_id!r} on eviction: {error}")
 
@@ -850,10 +919,16 @@ class MemoryStore:
 
         An index an add is still filling is skipped: its claimed coverage
         runs ahead of what it holds, and LMDB tops it up at its next load.
+        So is one whose earlier save is still being written by a child
+        (:meth:`settle` first): that child's rename could land after this.
         """
         self._index_dir.mkdir(parents=True, exist_ok=True)
         for workflow_id, loaded in list(self._indexes.items()):
-            if loaded.saved != loaded.covered and workflow_id not in self._in_use:
+            if (
+                loaded.saved != loaded.covered
+                and workflow_id not in self._in_use
+                and workflow_id not in self._saving
+            ):
                 self._save(workflow_id, loaded.vector_index, loaded.covered)
         return len(self._indexes)
 
@@ -867,6 +942,13 @@ class MemoryStore:
         as it was at the fork. Where there is no fork, it is written here.
         A failed save is no error of the add: the old file stays, consistent.
         """
+        saving = self._saving.get(workflow_id)
+        if saving is not None:  # an eviction's save of the file first: the later save lands last
+            await asyncio.gather(saving, return_exceptions=True)
+        await self._write_aside(workflow_id, index, covered)
+
+    async def _write_aside(self, workflow_id: str, index: VectorIndex, covered: int) -> None:
+        """Writes the index in a forked child, or here where there is no fork; then the id it covers."""
         self._index_dir.mkdir(parents=True, exist_ok=True)
         try:
             pid = index.save_in_child(self._paths(workflow_id)[0])

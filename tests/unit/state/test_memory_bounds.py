@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 from are_core.state import MemoryStore, NoteInput
+from are_core.state import _memory as memory_module
 from are_core.state._memory import MAX_LOADED_INDEX_BYTES, MAX_LOADED_INDEXES
 from are_core.storage import GroupCommitter, Storage
+from are_core.vector import VectorIndex, child_exit_code
 from tests.unit.state.conftest import TABLES
 
 DIMENSION = 16
@@ -146,9 +148,10 @@ async def test_an_evicted_index_with_many_unsaved_notes_is_saved_and_a_small_one
 ) -> None:
     memory = sidecar.memory(max_loaded=1)
     await memory.add("w0", _notes(0, 100))  # far from save_every: nothing saved yet
-    await memory.add("w1", _notes(1, 5))  # evicts w0
+    await memory.add("w1", _notes(1, 5))  # evicts w0: saved by a forked child
     folder = sidecar.folder / "idx"
     assert list(memory._indexes) == ["w1"]
+    await memory.settle()
     assert json.loads((folder / "w0.json").read_text()) == {"covered": 101, "dimension": DIMENSION}
     await memory.add("w2", _notes(2, 5))  # evicts w1: 5 notes, dropped (LMDB has them)
     assert not (folder / "w1.usearch").exists()
@@ -172,7 +175,8 @@ async def test_evictions_lose_nothing_across_a_reopen(tmp_path: Path, clean: boo
         for w in (1, 2, 3):  # evicting w0 again (and others)
             assert await _top(memory, w, 0) == [f"w{w}-n0"]
         assert len(memory._indexes) == 2
-        if clean:
+        if clean:  # as the sidecar's stop does
+            await memory.settle()
             assert memory.save_all() == 2
         await sidecar.reopen()
         again = sidecar.memory(max_loaded=2)
@@ -280,3 +284,75 @@ async def test_a_delete_while_an_add_is_under_way_leaves_nothing_of_the_workflow
     assert sidecar.storage.scan("memory_notes", prefix=b"w0\x00") == []
     memory.save_all()
     assert not (sidecar.folder / "idx" / "w0.usearch").exists()
+
+
+async def test_an_eviction_saves_in_a_child_and_a_use_meanwhile_takes_the_index_back(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An evicted index with many unsaved notes was written on the event loop: seconds for a
+    large memory, with the sidecar answering nothing. Now a forked child writes it."""
+    saved_here: list[str] = []
+    real_save = VectorIndex.save
+
+    def save(index: VectorIndex, path: Path) -> None:
+        saved_here.append(Path(path).name)
+        real_save(index, path)
+
+    monkeypatch.setattr(VectorIndex, "save", save)
+    memory = sidecar.memory(max_loaded=1)
+    await memory.add("w0", _notes(0, 100))
+    index = memory._indexes["w0"].vector_index
+    await memory.add("w1", _notes(1, 5))  # evicts w0, its save starting in a child
+    assert list(memory._indexes) == ["w1"] and "w0" in memory._saving
+    assert await _top(memory, 0, 99) == ["w0-n99"]  # taken back while it is written: not restored
+    assert memory._indexes["w0"].vector_index is index
+    await memory.settle()
+    assert saved_here == []
+    folder = sidecar.folder / "idx"
+    assert json.loads((folder / "w0.json").read_text()) == {"covered": 101, "dimension": DIMENSION}
+    assert memory._indexes["w0"].saved == 101
+    await memory.add("w0", _notes(0, 80, start=100))  # 80 more: its eviction saves it again
+    await memory.add("w2", _notes(2, 5))
+    await memory.settle()
+    assert json.loads((folder / "w0.json").read_text())["covered"] == 181
+    await sidecar.reopen()
+    again = sidecar.memory(max_loaded=1)
+    for note in (0, 100, 179):
+        assert await _top(again, 0, note) == [f"w0-n{note}"]
+
+
+async def test_a_delete_during_an_evictions_save_leaves_no_file(sidecar: Sidecar) -> None:
+    memory = sidecar.memory(max_loaded=1)
+    await memory.add("w0", _notes(0, 100))
+    await memory.add("w1", _notes(1, 5))  # evicts w0, its save starting in a child
+    assert "w0" in memory._saving
+    await memory.delete("w0")
+    await memory.settle()
+    assert not memory._evicted
+    assert sorted(path.name for path in (sidecar.folder / "idx").iterdir()) == []
+    assert memory.space("w0") is None
+
+
+async def test_a_burst_of_evictions_saves_two_at_once_and_drops_the_rest(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each eviction's save forks a child and holds its index until written: a burst is bounded."""
+    release = asyncio.Event()
+    real_exit_code = child_exit_code
+
+    async def slow_exit_code(pid: int) -> int:
+        await release.wait()
+        return await real_exit_code(pid)
+
+    monkeypatch.setattr(memory_module, "child_exit_code", slow_exit_code)
+    memory = sidecar.memory(max_loaded=1)
+    for w in range(5):
+        await memory.add(f"w{w}", _notes(w, 100))  # each evicts the one before
+    assert sorted(memory._saving) == ["w0", "w1"] and sorted(memory._evicted) == ["w0", "w1"]
+    release.set()
+    await memory.settle()
+    assert sorted(path.name for path in (sidecar.folder / "idx").glob("*.json")) == ["w0.json", "w1.json"]
+    await sidecar.reopen()
+    again = sidecar.memory(max_loaded=1)
+    for w in range(5):  # the dropped ones from LMDB
+        assert await _top(again, w, 99) == [f"w{w}-n99"]
