@@ -156,7 +156,8 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
                 await _invalid(context, "`threshold` must be in (0, 1]", "threshold")
         max_age_ns: int | None = None
         if request.HasField("max_age"):
-            max_age_ns = await _duration_ns(context, request.max_age, "max_age")
+            # Unbounded: an age past every TTL admits any unexpired entry.
+            max_age_ns = await _duration_ns(context, request.max_age, "max_age", bounded=False)
         try:
             result = await self._engine.lookup(
                 request.namespace,
@@ -496,7 +497,8 @@ async def _response(context: _Context, response: common_pb2.Payload) -> tuple[st
             await _invalid(
                 context, "`response.blob.size_bytes` must be at least 0", "response.blob.size_bytes"
             )
-        return content_type, b"", response.blob.sha256, response.blob.size_bytes
+        # The payload's media type, else the reference's; else the blob's recorded one (the engine's).
+        return content_type or response.blob.content_type, b"", response.blob.sha256, response.blob.size_bytes
     data = response.data if which == "data" else b""
     if len(data) > _MAX_RESPONSE:
         await _limit(
@@ -508,11 +510,16 @@ async def _response(context: _Context, response: common_pb2.Payload) -> tuple[st
     return content_type, data, "", 0
 
 
-async def _duration_ns(context: _Context, duration: duration_pb2.Duration, field: str) -> int:
+async def _duration_ns(
+    context: _Context, duration: duration_pb2.Duration, field: str, *, bounded: bool = True
+) -> int:
+    problem = conventions.duration_problem(duration)
+    if problem is not None:
+        await _invalid(context, f"`{field}` is not a valid Duration: {problem}", field)
     ns = duration.ToNanoseconds()
     if ns < 0:
         await _invalid(context, f"`{field}` must not be negative", field)
-    if ns > _MAX_TTL // timedelta(microseconds=1) * 1000:
+    if bounded and ns > _MAX_TTL // timedelta(microseconds=1) * 1000:
         await _invalid(context, f"`{field}` must be at most 366 days", field)
     return int(ns)
 
@@ -625,7 +632,6 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:  # noqa
             message,
             reason="RESOURCE_LIMIT",
             metadata={"limit": "cache_namespaces"},
-            retry_after=timedelta(seconds=60),
-        )
+        )  # no RetryInfo: namespaces are never deleted, so a retry cannot succeed
     # Unreachable while every CacheError subclass is mapped above.
     await abort(context, grpc.StatusCode.INTERNAL, message, reason="STORAGE_FAILURE")

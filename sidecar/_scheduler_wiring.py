@@ -94,6 +94,7 @@ from are_core.scheduler import SchedulerError as _SchedulerError
 from are_core.storage import Batch
 from are_core.trace import EventRecorder
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, workflow_pb2
+from sidecar import _conventions as conventions
 from sidecar._cache import CacheCapability
 from sidecar._capability import Runtime
 from sidecar._router import InvalidFieldError, RouterCapability, agent_spec_from_card
@@ -151,6 +152,9 @@ def retention_from_proto(spec: workflow_pb2.WorkflowSpec) -> st.Retention | None
         raise SpecError("INVALID_ARGUMENT", "spec.state_retention.keep_versions", "must not be negative")
     keep_s = -1.0
     if retention.HasField("keep_duration"):
+        problem = conventions.duration_problem(retention.keep_duration)
+        if problem is not None:
+            raise SpecError("INVALID_ARGUMENT", "spec.state_retention.keep_duration", problem)
         keep_s = retention.keep_duration.ToNanoseconds() / 1e9
         if keep_s < 0:
             raise SpecError("INVALID_ARGUMENT", "spec.state_retention.keep_duration", "must not be negative")

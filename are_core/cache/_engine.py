@@ -1416,6 +1416,8 @@ class CacheEngine:
         state = self._state(namespace)
         if vector is None and is_blank(prompt):
             raise InvalidCacheArgumentError("give a prompt, a vector or both", field="prompt")
+        # A bad vector is refused whichever tier would answer (and with exact_only).
+        checked = self._check_vector(state, vector, "vector") if vector is not None else None
         now = self._clock()
         oldest = now - max_age_ns if max_age_ns else None
         if prompt:
@@ -1427,7 +1429,9 @@ class CacheEngine:
         # model that did not load): the exact tier is all there is to consult.
         text_only_exact = vector is None and state.embedder is None and not state.embedder_error
         if not (exact_only or text_only_exact):
-            query = await self._query_vector(state, prompt, vector, "vector")
+            query = (
+                checked if checked is not None else await self._query_vector(state, prompt, None, "vector")
+            )
             if query is not None and len(state.index):
                 needed = state.namespace.similarity_threshold if threshold is None else threshold
                 hit, best = await self._semantic(state, query, needed, now, oldest)
@@ -1671,21 +1675,16 @@ class CacheEngine:
                 was stored (checked before anything changes, see :meth:`_room`).
         """
         state = self._state(namespace)
-        prompt_bytes = len(prompt.encode("utf-8"))
-        size = prompt_bytes + len(response)
-        if size > state.namespace.max_bytes:
-            raise CacheLimitError(
-                f"the entry's {size} bytes of prompt and response exceed the namespace's "
-                f"max_bytes of {state.namespace.max_bytes}",
-                field="prompt" if prompt_bytes > state.namespace.max_bytes else "response",
-                limit=state.namespace.max_bytes,
-            )
+        if blob_sha256:  # its stored size counts, and its media type when the call gave none
+            _, blob_size_bytes, blob_content_type = self._check_blob(blob_sha256, blob_size_bytes)
+            content_type = content_type or blob_content_type
+        size = _entry_size(state, prompt, blob_size_bytes if blob_sha256 else len(response))
         query = await self._store_vector(state, prompt, vector)
         # Reloaded, or out of service, while the prompt was embedded: the state taken
         # before is memory no call reads any more (see _resync).
         state = self._state(namespace)
         # From the blob check to the submit: one loop step (the blob store's rule).
-        digest = self._check_blob(blob_sha256, blob_size_bytes) if blob_sha256 else b""
+        digest = self._check_blob(blob_sha256, blob_size_bytes)[0] if blob_sha256 else b""
         now = self._clock()
         ttl = ttl_ns or state.namespace.default_ttl_ns
         entry_id = self._next_id
@@ -1737,9 +1736,10 @@ class CacheEngine:
         if query is not None:
             # The native step first: if the index refuses the vector, no entry has been touched.
             self._index_new(state, [entry_id], query.reshape(1, -1))
+        expired: list[EntryHead] = []
         try:
-            if replaced_id is not None:
-                self._remove(state, batch, replaced_id)
+            if replaced_id is not None and not self._replace(state, batch, replaced_id, now, expired):
+                replaced_id = None  # an expired entry, not yet swept: no longer there to replace
             batch.put(HEADS, head_key, head_row)
             batch.put(BODIES, u64_key(entry_id), body_row)
             if digest and self._blobs is not None:
@@ -1756,7 +1756,9 @@ class CacheEngine:
         except BaseException:
             self._resync(state)  # memory ran ahead of a write that never happened: reload
             raise
-        drafts = self._removal_drafts(state, evicted, "EVICTED")
+        drafts = self._removal_drafts(state, expired, "EXPIRED") + self._removal_drafts(
+            state, evicted, "EVICTED"
+        )
         drafts.append(
             EventDraft(
                 event_type="CACHE_STORED",
@@ -1929,12 +1931,13 @@ class CacheEngine:
             if rows:  # the native step first: if the index refuses, no entry has been touched
                 self._index_new(state, [keys[row] for row in rows], np.ascontiguousarray(matrix[rows]))
         results: list[StoreResult] = []
+        expired: list[EntryHead] = []
         try:
             for row, head in enumerate(heads):
                 entry_id = keys[row]
                 replaced_id = state.exact.get(head.prompt_hash)
-                if replaced_id is not None:
-                    self._remove(state, batch, replaced_id)
+                if replaced_id is not None and not self._replace(state, batch, replaced_id, now, expired):
+                    replaced_id = None
                 head_key, head_row, body_row = encoded[row]
                 batch.put(HEADS, head_key, head_row)
                 batch.put(BODIES, u64_key(entry_id), body_row)
@@ -1953,7 +1956,9 @@ class CacheEngine:
         except BaseException:
             self._resync(state)  # memory ran ahead of a write that never happened: reload
             raise
-        drafts = self._removal_drafts(state, evicted, "EVICTED")
+        drafts = self._removal_drafts(state, expired, "EXPIRED") + self._removal_drafts(
+            state, evicted, "EVICTED"
+        )
         drafts.append(
             EventDraft(
                 event_type="CACHE_STORED",
@@ -2456,8 +2461,8 @@ class CacheEngine:
             state.index_removals += 1
         return head
 
-    def _check_blob(self, sha256: str, size_bytes: int) -> bytes:
-        """The digest of a blob a response names, after checking the store holds it at that size."""
+    def _check_blob(self, sha256: str, size_bytes: int) -> tuple[bytes, int, str]:
+        """(digest, size, media type) of a response's blob, once the store holds it (at that size, if any)."""
         if self._blobs is None:
             raise BlobNotFoundError("this sidecar has no blob store", field="response.blob")
         digest = bytes.fromhex(sha256)
@@ -2469,7 +2474,7 @@ class CacheEngine:
                 f"`response.blob.size_bytes` is {size_bytes}; the blob is {info.size_bytes} bytes",
                 field="response.blob.size_bytes",
             )
-        return digest
+        return digest, int(info.size_bytes), str(info.content_type)
 
     def _stored_blob(self, entry_id: int) -> bytes:
         """The blob a committed entry's response names (b"" for an inline one)."""
@@ -2499,6 +2504,16 @@ class CacheEngine:
                 state.stats.evictions += 1
                 state.stats_dirty = True
         return evicted
+
+    def _replace(self, state: _State, batch: Any, entry_id: int, now: int, expired: list[EntryHead]) -> bool:
+        """Removes the entry a store replaces; False (and counted, in ``expired``) if it had expired."""
+        head = self._remove(state, batch, entry_id)
+        if head is None or head.expire_ns > now:
+            return head is not None
+        expired.append(head)
+        state.stats.expirations += 1
+        state.stats_dirty = True
+        return False
 
     def _expire(self, state: _State, batch: Any, due: list[tuple[int, int]]) -> list[EntryHead]:
         expired: list[EntryHead] = []
@@ -3619,6 +3634,24 @@ def _over_bounds(state: _State) -> bool:
     """Whether a namespace holds more entries, or bytes, than its bounds allow."""
     namespace = state.namespace
     return len(state.heads) > namespace.max_entries or state.size_bytes > namespace.max_bytes
+
+
+def _entry_size(state: _State, prompt: str, response_bytes: int) -> int:
+    """An entry's bytes of prompt and response (inline or a blob's), within the namespace's max_bytes.
+
+    Raises:
+        CacheLimitError: The entry alone is over the namespace's max_bytes.
+    """
+    prompt_bytes = len(prompt.encode("utf-8"))
+    size = prompt_bytes + response_bytes
+    if size > state.namespace.max_bytes:
+        raise CacheLimitError(
+            f"the entry's {size} bytes of prompt and response exceed the namespace's "
+            f"max_bytes of {state.namespace.max_bytes}",
+            field="prompt" if prompt_bytes > state.namespace.max_bytes else "response",
+            limit=state.namespace.max_bytes,
+        )
+    return size
 
 
 def _alive(head: EntryHead, now: int, oldest: int | None) -> bool:

@@ -242,3 +242,101 @@ async def test_a_store_with_any_negative_usage_counter_is_refused_naming_it(clie
     assert await client.cache.lookup(ns, "what is two plus two") is None
     [stats] = await client.cache.stats(ns)
     assert stats.entries == 0
+
+
+# ------------------------------------------- a review of the contract (2026-11-27)
+
+
+async def test_a_blob_response_counts_its_size_and_keeps_its_size_and_media_type(client: Client) -> None:
+    """A response stored as a blob counted 0 bytes (max_bytes never applied to it), and a reference
+    sent without size or media type came back without them: the SDK decoded the text as JSON."""
+    ns = _name("blobsize")
+    await client.cache.put_namespace(ns, max_bytes=1000)
+    blob = await client.state.blobs.put(b"x" * 5000, content_type="text/plain")
+    too_big = cs.StoreCacheRequest(
+        namespace=ns, prompt="big", response=c.Payload(blob=c.BlobRef(sha256=blob.sha256))
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.cache.StoreCache(too_big)
+    _check(caught.value, "LIMIT_EXCEEDED", "response")
+    small = await client.state.blobs.put(b"hello blob text", content_type="text/plain")
+    await client.raw.cache.StoreCache(
+        cs.StoreCacheRequest(
+            namespace=ns, prompt="small", response=c.Payload(blob=c.BlobRef(sha256=small.sha256))
+        )
+    )
+    [stats] = await client.cache.stats(ns)
+    assert (stats.entries, stats.size_bytes) == (1, len("small") + len(b"hello blob text"))
+    answer = await client.cache.lookup_raw(ns, "small")
+    assert answer.response.blob.size_bytes == len(b"hello blob text")
+    assert answer.response.blob.content_type == answer.response.content_type == "text/plain"
+    hit = await client.cache.lookup(ns, "small")
+    assert hit is not None and (hit.data, hit.content_type) == (b"hello blob text", "text/plain")
+
+
+async def test_a_lookups_vector_is_checked_whichever_tier_answers(client: Client) -> None:
+    """A vector of the wrong dimension, or with no direction, was accepted when the exact tier
+    answered (or with exact_only), and refused only when the lookup reached the semantic tier."""
+    ns = _name("lookvec")
+    await client.cache.put_namespace(ns, embedder="caller", dimension=8)
+    await client.cache.store(ns, "p", "answer", vector=_unit(8, 3))
+    for exact_only in (False, True):
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.cache.lookup(ns, "p", vector=[1.0] * 7, exact_only=exact_only)
+        _check(caught.value, "DIMENSION_MISMATCH", "vector")
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.cache.lookup(ns, "p", vector=[0.0] * 8, exact_only=exact_only)
+        _check(caught.value, "INVALID_ARGUMENT", "vector")
+    [stats] = await client.cache.stats(ns)
+    assert stats.lookups == 0  # refused calls count nothing
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(1, -999_999_999), (0, 2_000_000_000), (-1, 5)], ids=["sign", "nanos", "mixed"]
+)
+async def test_a_malformed_duration_is_refused_naming_its_field(
+    client: Client, seconds: int, nanos: int
+) -> None:
+    ns = _name("duration")
+    await client.cache.put_namespace(ns)
+    bad = {"seconds": seconds, "nanos": nanos}
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.cache.StoreCache(
+            cs.StoreCacheRequest(namespace=ns, prompt="p", response=c.Payload(data=b"r"), ttl=bad)
+        )
+    _check(caught.value, "INVALID_ARGUMENT", "ttl")
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.raw.cache.LookupCache(cs.LookupCacheRequest(namespace=ns, prompt="p", max_age=bad))
+    _check(caught.value, "INVALID_ARGUMENT", "max_age")
+    [stats] = await client.cache.stats(ns)
+    assert (stats.entries, stats.lookups) == (0, 0)
+
+
+async def test_a_max_age_past_every_ttl_admits_any_unexpired_entry(client: Client) -> None:
+    ns = _name("maxage")
+    await client.cache.put_namespace(ns)
+    await client.cache.store(ns, "p", "answer")
+    hit = await client.cache.lookup(ns, "p", max_age=400 * 86_400.0)  # over the 366 days a TTL may be
+    assert hit is not None and hit.value == "answer"
+
+
+async def test_a_store_over_an_expired_entry_replaces_nothing_and_counts_the_expiry(client: Client) -> None:
+    """StoreCache said `replaced` for an entry expired but not yet swept (it answered no lookup
+    any more), and its expiry was never counted."""
+    ns = _name("expired")
+    await client.cache.put_namespace(ns)
+    await client.raw.cache.StoreCache(
+        cs.StoreCacheRequest(
+            namespace=ns, prompt="p", response=c.Payload(data=b"old"), ttl={"nanos": 1_000_000}
+        )
+    )
+    await asyncio.sleep(0.01)  # past its 1 ms TTL (the sweep runs once a second)
+    assert await client.cache.lookup(ns, "p") is None
+    stored = await client.raw.cache.StoreCache(
+        cs.StoreCacheRequest(namespace=ns, prompt="p", response=c.Payload(data=b"new"))
+    )
+    [stats] = await client.cache.stats(ns)
+    assert stored.replaced is False  # whether the store or the sweep removed the expired entry
+    assert (stats.expirations, stats.entries) == (1, 1)
+    hit = await client.cache.lookup(ns, "p")
+    assert hit is not None and hit.data == b"new"

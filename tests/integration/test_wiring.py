@@ -147,6 +147,23 @@ async def test_a_bad_initial_state_names_the_field_and_stores_nothing(
     )
 
 
+async def test_a_malformed_retention_duration_names_the_field_and_stores_nothing(client: Client) -> None:
+    """nanos of the wrong sign (1 s - 0.999999999 s) was taken as 1 ns of retention."""
+    wid = _wid("badkeep")
+    retention = wf.StateRetention(keep_duration=duration_pb2.Duration(seconds=1, nanos=-999_999_999))
+    await expect_error(
+        submit(client, task("a"), workflow_id=wid, state_retention=retention),
+        InvalidArgumentError,
+        "INVALID_ARGUMENT",
+        "spec.state_retention.keep_duration",
+    )
+    await expect_error(
+        client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=wid)),
+        NotFoundError,
+        "WORKFLOW_NOT_FOUND",
+    )
+
+
 async def test_a_completion_patch_and_output_pointer_are_the_attempts_state_write(client: Client) -> None:
     cap = unique_capability("writer")
     wid = await submit(

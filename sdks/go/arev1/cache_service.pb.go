@@ -160,8 +160,8 @@ type CacheNamespace struct {
 	// The most entries kept (least recently used evicted first); 0 means
 	// 1,000,000; at most 100,000,000.
 	MaxEntries int64 `protobuf:"varint,6,opt,name=max_entries,json=maxEntries,proto3" json:"max_entries,omitempty"`
-	// The most bytes of prompts and responses kept; 0 means 1 GiB; at most
-	// 1 TiB.
+	// The most bytes of prompts and responses kept (a response stored as a
+	// blob counts its size); 0 means 1 GiB; at most 1 TiB.
 	MaxBytes int64 `protobuf:"varint,7,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	// How the semantic index stores vectors. Fixed at creation.
 	VectorDtype VectorDtype `protobuf:"varint,8,opt,name=vector_dtype,json=vectorDtype,proto3,enum=are.v1.VectorDtype" json:"vector_dtype,omitempty"`
@@ -566,7 +566,8 @@ type StoreCacheRequest struct {
 	Vector *Vector `protobuf:"bytes,3,opt,name=vector,proto3" json:"vector,omitempty"`
 	// The response to return on hits, at most 4 MiB inline.
 	Response *Payload `protobuf:"bytes,4,opt,name=response,proto3" json:"response,omitempty"`
-	// The entry's time to live; unset means the namespace's default_ttl.
+	// The entry's time to live; unset means the namespace's default_ttl; at
+	// most 366 days.
 	Ttl *durationpb.Duration `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Metadata (model, parameters, who stored it); see the package
 	// conventions for bounds. Matched by InvalidateCache.

@@ -58,10 +58,11 @@ type CacheServiceClient interface {
 	LookupCache(ctx context.Context, in *LookupCacheRequest, opts ...grpc.CallOption) (*LookupCacheResponse, error)
 	// StoreCache stores a response under a prompt (and its vector). An entry
 	// with the same normalised prompt in the namespace is replaced.
-	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
-	// DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
-	// 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-	// reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
+	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND, or BLOB_NOT_FOUND
+	// (`response.blob`); INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
+	// LIMIT_EXCEEDED (prompt over 1 MiB, response over 4 MiB inline, entry
+	// over the namespace's max_bytes, a blob response counting its size);
+	// FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
 	StoreCache(ctx context.Context, in *StoreCacheRequest, opts ...grpc.CallOption) (*StoreCacheResponse, error)
 	// InvalidateCache removes entries of a namespace: by entry id, by
 	// metadata match, or all of them, in chunks of up to 5,000 a commit.
@@ -199,10 +200,11 @@ type CacheServiceServer interface {
 	LookupCache(context.Context, *LookupCacheRequest) (*LookupCacheResponse, error)
 	// StoreCache stores a response under a prompt (and its vector). An entry
 	// with the same normalised prompt in the namespace is replaced.
-	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
-	// DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
-	// 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-	// reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
+	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND, or BLOB_NOT_FOUND
+	// (`response.blob`); INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
+	// LIMIT_EXCEEDED (prompt over 1 MiB, response over 4 MiB inline, entry
+	// over the namespace's max_bytes, a blob response counting its size);
+	// FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
 	StoreCache(context.Context, *StoreCacheRequest) (*StoreCacheResponse, error)
 	// InvalidateCache removes entries of a namespace: by entry id, by
 	// metadata match, or all of them, in chunks of up to 5,000 a commit.

@@ -404,7 +404,7 @@ class Model:
             return embed(space.dimension, prompt)
         return None
 
-    def _admit(self, space: Space, stored: Stored, entry: Entry, t1: int) -> None:
+    def _admit(self, space: Space, stored: Stored, entry: Entry, call: Call) -> None:
         if not stored.entry_id > self.last_id:
             raise MismatchError(
                 f"entry id {stored.entry_id} is not above the last one handed out, {self.last_id}"
@@ -412,7 +412,14 @@ class Model:
         self.last_id = stored.entry_id
         old = space.by_key.get(entry.key)
         if old is not None:
-            if stored.replaced is False and self.surely_held(space.entries[old], t1):
+            if space.entries[old].expire_ns <= call.t0:  # expired: nothing live to replace
+                if stored.replaced:
+                    raise MismatchError(
+                        f"{space.name}: storing {entry.prompt!r} says it replaced expired entry {old}"
+                    )
+                if self.exact:  # the store removed it (no flush did yet): an expiry
+                    space.expirations += 1
+            elif stored.replaced is False and self.surely_held(space.entries[old], call.t1):
                 raise MismatchError(
                     f"{space.name}: storing {entry.prompt!r} did not replace live entry {old}"
                 )
@@ -458,7 +465,7 @@ class Model:
             tokens=op.input_tokens + op.output_tokens,
             cost=op.cost,
         )
-        self._admit(space, outcome, entry, call.t1)
+        self._admit(space, outcome, entry, call)
         self._evict(space, keep=entry.entry_id, t1=call.t1)
         space.durable = [space.counters]
 
@@ -492,7 +499,7 @@ class Model:
                 tokens=0,
                 cost=0,
             )
-            self._admit(space, stored, entry, call.t1)
+            self._admit(space, stored, entry, call)
             last = entry.entry_id
         self._evict(space, keep=last or None, t1=call.t1)
         space.durable = [space.counters]

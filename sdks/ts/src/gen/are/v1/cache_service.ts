@@ -95,8 +95,8 @@ export interface CacheNamespace {
    */
   maxEntries: number;
   /**
-   * The most bytes of prompts and responses kept; 0 means 1 GiB; at most
-   * 1 TiB.
+   * The most bytes of prompts and responses kept (a response stored as a
+   * blob counts its size); 0 means 1 GiB; at most 1 TiB.
    */
   maxBytes: number;
   /** How the semantic index stores vectors. Fixed at creation. */
@@ -238,7 +238,10 @@ export interface StoreCacheRequest {
   response:
     | Payload
     | undefined;
-  /** The entry's time to live; unset means the namespace's default_ttl. */
+  /**
+   * The entry's time to live; unset means the namespace's default_ttl; at
+   * most 366 days.
+   */
   ttl:
     | Duration
     | undefined;
@@ -2234,10 +2237,11 @@ export const CacheServiceService = {
   /**
    * StoreCache stores a response under a prompt (and its vector). An entry
    * with the same normalised prompt in the namespace is replaced.
-   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
-   * DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
-   * 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-   * reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
+   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND, or BLOB_NOT_FOUND
+   * (`response.blob`); INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
+   * LIMIT_EXCEEDED (prompt over 1 MiB, response over 4 MiB inline, entry
+   * over the namespace's max_bytes, a blob response counting its size);
+   * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
    */
   storeCache: {
     path: "/are.v1.CacheService/StoreCache" as const,
@@ -2347,10 +2351,11 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
   /**
    * StoreCache stores a response under a prompt (and its vector). An entry
    * with the same normalised prompt in the namespace is replaced.
-   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
-   * DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
-   * 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-   * reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
+   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND, or BLOB_NOT_FOUND
+   * (`response.blob`); INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
+   * LIMIT_EXCEEDED (prompt over 1 MiB, response over 4 MiB inline, entry
+   * over the namespace's max_bytes, a blob response counting its size);
+   * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
    */
   storeCache: handleUnaryCall<StoreCacheRequest, StoreCacheResponse>;
   /**
@@ -2428,10 +2433,11 @@ export interface CacheServiceClient extends Client {
   /**
    * StoreCache stores a response under a prompt (and its vector). An entry
    * with the same normalised prompt in the namespace is replaced.
-   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
-   * DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
-   * 4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-   * reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
+   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND, or BLOB_NOT_FOUND
+   * (`response.blob`); INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
+   * LIMIT_EXCEEDED (prompt over 1 MiB, response over 4 MiB inline, entry
+   * over the namespace's max_bytes, a blob response counting its size);
+   * FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
    */
   storeCache(
     request: StoreCacheRequest,
@@ -2583,14 +2589,8 @@ function fromTimestamp(t: Timestamp): Date {
 }
 
 function longToNumber(int64: { toString(): string }): number {
-  const num = globalThis.Number(int64.toString());
-  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
-  }
-  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
-  }
-  return num;
+  // The nearest double beyond 2^53, not a throw (written by sdks/ts/scripts/patch-gen.mjs).
+  return globalThis.Number(int64.toString());
 }
 
 interface MessageFns<T> {

@@ -115,10 +115,11 @@ class CacheServiceServicer:
     def StoreCache(self, request, context):
         """StoreCache stores a response under a prompt (and its vector). An entry
         with the same normalised prompt in the namespace is replaced.
-        Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; INVALID_ARGUMENT, reason
-        DIMENSION_MISMATCH or LIMIT_EXCEEDED (prompt over 1 MiB, response over
-        4 MiB, entry over the namespace's max_bytes); FAILED_PRECONDITION,
-        reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
+        Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND, or BLOB_NOT_FOUND
+        (`response.blob`); INVALID_ARGUMENT, reason DIMENSION_MISMATCH or
+        LIMIT_EXCEEDED (prompt over 1 MiB, response over 4 MiB inline, entry
+        over the namespace's max_bytes, a blob response counting its size);
+        FAILED_PRECONDITION, reason EMBEDDER_UNAVAILABLE or EMBEDDER_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
