@@ -207,3 +207,15 @@ def test_durations_are_seconds_or_timedeltas() -> None:
     assert isinstance(message, common_pb2.RetryPolicy)
     assert message.initial_interval.ToTimedelta() == timedelta(milliseconds=250)
     assert message.maximum_interval.ToTimedelta() == timedelta(seconds=2)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_duration_no_protobuf_duration_holds_is_named_by_its_field(value: float) -> None:
+    """It raised OverflowError or ValueError at submit ("cannot convert float infinity to integer")."""
+    spec = WorkflowSpec().task(
+        "a", capability="c", start_to_close_timeout=value, retry_policy=RetryPolicy(initial_interval=value)
+    )
+    assert [v.field for v in violations(spec)] == [
+        "spec.tasks[0].start_to_close_timeout",
+        "spec.tasks[0].retry_policy.initial_interval",
+    ]

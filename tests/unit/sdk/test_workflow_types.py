@@ -165,6 +165,7 @@ async def test_a_watch_refused_for_want_of_subscribers_resumes_after_the_sidecar
                 raise ResourceExhaustedError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     "too many subscribers",
+                    reason="RESOURCE_LIMIT",
                     retry_after=timedelta(seconds=1),
                 )
             yield closed
@@ -183,3 +184,55 @@ async def test_a_watch_refused_for_want_of_subscribers_resumes_after_the_sidecar
     assert final.state.name == "COMPLETED"
     assert calls == ["watch", "watch"]
     assert len(slept) == 1 and 1.0 <= slept[0] <= 1.2  # the hint, and up to a fifth more
+
+
+def test_enum_values_newer_than_the_sdk_decode() -> None:
+    """A failure kind, timeout type or event type this SDK does not know raised ValueError, so
+    describe(), wait() and result() of a failed workflow, and every watch(), failed."""
+    failure = FailureInfo.from_proto(common_pb2.Failure(message="m", kind=99, timeout_type=98))  # type: ignore[arg-type]
+    assert (failure.kind, failure.timeout_type) == ("UNKNOWN_99", "UNKNOWN_98")
+    update = WorkflowUpdate.from_proto(
+        scheduler_service_pb2.WatchWorkflowResponse(
+            workflow=workflow_pb2.Workflow(workflow_id="w", state=workflow_pb2.WORKFLOW_STATE_RUNNING),
+            event=event_pb2.Event(event_type=999),  # type: ignore[arg-type]
+        )
+    )
+    assert update.event_type == "UNKNOWN_999"
+
+
+async def test_a_resumed_watch_on_another_event_log_starts_again_without_its_cursor() -> None:
+    """The proto: OUT_OF_RANGE SEQUENCE_BEYOND_LOG means another log; watch again without the cursor."""
+    from are_sdk import InvalidArgumentError, UnavailableError
+    from are_sdk._workflow import WorkflowHandle
+
+    running = scheduler_service_pb2.WatchWorkflowResponse(
+        workflow=workflow_pb2.Workflow(workflow_id="wf", state=workflow_pb2.WORKFLOW_STATE_RUNNING),
+        sequence=9,
+    )
+    closed = scheduler_service_pb2.WatchWorkflowResponse(
+        workflow=workflow_pb2.Workflow(workflow_id="wf", state=workflow_pb2.WORKFLOW_STATE_COMPLETED),
+        sequence=2,
+    )
+    cursors: list[int | None] = []
+
+    class Scheduler:
+        def WatchWorkflow(self, request: Any, timeout: float | None = None) -> Any:  # noqa: N802
+            cursors.append(request.after_sequence if request.HasField("after_sequence") else None)
+            return self._stream(len(cursors))
+
+        async def _stream(self, call: int) -> Any:
+            if call == 1:
+                yield running
+                raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "restarting")
+            if call == 2:
+                raise InvalidArgumentError(
+                    grpc.StatusCode.OUT_OF_RANGE, "beyond the log", reason="SEQUENCE_BEYOND_LOG"
+                )
+            yield closed
+
+    class Raw:
+        watches = Scheduler()
+
+    final = await asyncio.wait_for(WorkflowHandle(Raw(), "wf").wait(), 10)
+    assert final.state.name == "COMPLETED"
+    assert cursors == [None, 9, None]

@@ -58,6 +58,10 @@ class ServiceClient:
         self._metadata = tuple(metadata)
         self._closed = closed
 
+    def client_closed(self) -> bool:
+        """Whether the client was closed (for the facades that map the errors of streams they write)."""
+        return self._closed()
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._stub, name)
         metadata = self._metadata

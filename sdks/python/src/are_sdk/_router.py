@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from are_sdk._proto.are.v1 import agent_pb2, common_pb2, router_service_pb2
@@ -135,8 +135,8 @@ class AgentCard:
             available=card.available,
             running=card.running,
             worker_ids=tuple(card.worker_ids),
-            create_time=card.create_time.ToDatetime() if card.HasField("create_time") else None,
-            update_time=card.update_time.ToDatetime() if card.HasField("update_time") else None,
+            create_time=card.create_time.ToDatetime(tzinfo=UTC) if card.HasField("create_time") else None,
+            update_time=card.update_time.ToDatetime(tzinfo=UTC) if card.HasField("update_time") else None,
         )
 
 
@@ -528,5 +528,5 @@ def _vector(values: Sequence[float]) -> common_pb2.Vector:
 def _catalog(catalog: router_service_pb2.ModelCatalog) -> ModelCatalog:
     return ModelCatalog(
         models=tuple(ModelSpec.from_proto(m) for m in catalog.models),
-        update_time=catalog.update_time.ToDatetime() if catalog.HasField("update_time") else None,
+        update_time=catalog.update_time.ToDatetime(tzinfo=UTC) if catalog.HasField("update_time") else None,
     )

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from are_sdk._errors import InvalidArgumentError, error_from_rpc
+from are_sdk._errors import InvalidArgumentError, call_errors
 from are_sdk._payload import BlobReference
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2
 
@@ -301,11 +301,7 @@ class StateBlobs:
             for start in range(0, len(data), _CHUNK):
                 yield state_service_pb2.PutBlobRequest(chunk=bytes(view[start : start + _CHUNK]))
 
-        try:
-            response = await self._raw.PutBlob(messages())
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from None
-        return _ref(response.blob)
+        return await self._upload(messages())
 
     async def put_file(
         self, path: str | os.PathLike[str], *, content_type: str = "", workflow_id: str = ""
@@ -331,10 +327,34 @@ class StateBlobs:
                 while chunk := await asyncio.to_thread(file.read, _CHUNK):
                     yield state_service_pb2.PutBlobRequest(chunk=chunk)
 
-        try:
-            response = await self._raw.PutBlob(messages())
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from None
+        return await self._upload(messages())
+
+    async def _upload(self, messages: AsyncIterator[state_service_pb2.PutBlobRequest]) -> BlobReference:
+        """Sends one PutBlob stream; raises the SDK's errors, or what reading the bytes raised.
+
+        An error of the request stream (a file gone while it is read) makes
+        grpc cancel the call, and the awaiting task saw a bare CancelledError
+        that nobody asked for: it gets the error itself. A client closed
+        before or under the upload raises ClientClosedError, as every call does.
+        """
+        failed: list[Exception] = []
+
+        async def guarded() -> AsyncIterator[state_service_pb2.PutBlobRequest]:
+            try:
+                async for message in messages:
+                    yield message
+            except Exception as error:
+                failed.append(error)
+                raise
+
+        with call_errors("PutBlob", self._raw.client_closed):
+            try:
+                response = await self._raw.PutBlob(guarded())
+            except (grpc.aio.AioRpcError, asyncio.CancelledError):
+                task = asyncio.current_task()
+                if failed and not (task is not None and task.cancelling()):
+                    raise failed[0] from None
+                raise
         return _ref(response.blob)
 
     async def stream(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from are_sdk._client import Client, ServiceClient
+from are_sdk._client import Client, RawServices, ServiceClient
 from are_sdk._errors import ClientClosedError
 
 __all__ = ["SyncClient"]
@@ -156,8 +156,8 @@ def _has_async_api(cls: type) -> bool:
     if known is None:
         if not cls.__module__.startswith("are_sdk.") or issubclass(cls, BaseException):
             known = False
-        elif cls is ServiceClient:
-            known = True  # its methods are made on attribute access
+        elif cls is ServiceClient or cls is RawServices:
+            known = True  # methods made on attribute access (RawServices: ServiceClients)
         else:
             known = any(
                 inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)

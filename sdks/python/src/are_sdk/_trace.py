@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from are_sdk._proto.are.v1 import event_pb2, trace_service_pb2
+from are_sdk._workflow_types import aware
 
 if TYPE_CHECKING:
     from are_sdk._client import ServiceClient
@@ -207,9 +208,9 @@ def event_filter(
         worker_id=worker_id,
     )
     if start_time is not None:
-        message.start_time.FromDatetime(start_time)
+        message.start_time.FromDatetime(aware(start_time))
     if end_time is not None:
-        message.end_time.FromDatetime(end_time)
+        message.end_time.FromDatetime(aware(end_time))
     return message
 
 

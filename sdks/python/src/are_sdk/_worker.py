@@ -928,7 +928,7 @@ class _Session:
                 _log.warning(
                     "worker %s: the sidecar refused %s of %s/%s attempt %d: %s",
                     self.worker.name,
-                    wpb.AckSubject.Name(ack.subject).removeprefix("ACK_SUBJECT_").lower(),
+                    _ack_subject(ack.subject),
                     ack.workflow_id,
                     ack.task_id,
                     ack.attempt,
@@ -1546,3 +1546,10 @@ class Worker:
         self.shutdown()
         if self._background is not None:
             await self._background
+
+
+def _ack_subject(subject: int) -> str:
+    """An ack's subject for a log line ("completion"); a number for one newer than this SDK."""
+    if subject not in wpb.AckSubject.values():
+        return f"subject {subject}"
+    return str(wpb.AckSubject.Name(subject)).removeprefix("ACK_SUBJECT_").lower()

@@ -25,8 +25,10 @@ from typing import Any
 
 from are_sdk._errors import (
     FieldViolation,
+    InvalidArgumentError,
     ResourceExhaustedError,
     RpcCancelledError,
+    RpcError,
     UnavailableError,
     retry_wait,
 )
@@ -44,6 +46,7 @@ from are_sdk._workflow_types import (
     WorkflowFailedError,
     WorkflowState,
     WorkflowUpdate,
+    aware,
 )
 
 __all__ = ["Pools", "WorkflowHandle", "Workflows"]
@@ -69,8 +72,26 @@ def _timestamp(value: datetime | None) -> Any:
     from google.protobuf import timestamp_pb2  # noqa: PLC0415 - rarely used
 
     message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value)
+    message.FromDatetime(aware(value))
     return message
+
+
+def _resume_wait(error: RpcError, delay: float, *, resumed: bool) -> float | None:
+    """Seconds before a dropped watch resumes; None: at once, without its cursor. Raises the rest.
+
+    ``resumed``: the watch's cursor is one it received (not the caller's).
+    """
+    if isinstance(error, UnavailableError | RpcCancelledError):
+        return random.uniform(0, delay)  # noqa: S311 - jitter; the sidecar restarted or the connection dropped
+    if isinstance(error, ResourceExhaustedError) and error.reason == "RESOURCE_LIMIT":
+        # Its subscribers are all taken (a resumed watch is one): no sooner than it says. Any
+        # other (a status over this client's message limit, say) would only fail again.
+        return retry_wait(delay, error.retry_after)
+    if isinstance(error, InvalidArgumentError) and resumed and error.reason == "SEQUENCE_BEYOND_LOG":
+        # Back on another event log (its data folder replaced): the proto says to watch again
+        # without the cursor, from the current status.
+        return None
+    raise error
 
 
 class WorkflowHandle:
@@ -126,6 +147,7 @@ class WorkflowHandle:
     ) -> AsyncIterator[Any]:
         """The WatchWorkflow responses, resumed after drops, ending with the closed status."""
         cursor = after_sequence
+        resumed = False  # whether the cursor is one this watch received (not the caller's)
         delay = _RESUME_INITIAL_DELAY
         while True:
             request = pb.WatchWorkflowRequest(workflow_id=self.workflow_id, include_tasks=include_tasks)
@@ -134,22 +156,18 @@ class WorkflowHandle:
             try:
                 async for response in self._raw.watches.WatchWorkflow(request, timeout=None):
                     if response.sequence:
-                        cursor = response.sequence
+                        cursor, resumed = response.sequence, True
                     delay = _RESUME_INITIAL_DELAY
                     yield response
                     if response.workflow.state in _CLOSED_STATES:
                         return
-            except (UnavailableError, RpcCancelledError):
-                # The sidecar restarted or the connection dropped: resume.
-                pass
-            except ResourceExhaustedError as error:
-                # The sidecar's subscribers are all taken (a resumed watch is one): resume no
-                # sooner than it says.
-                await asyncio.sleep(retry_wait(delay, error.retry_after))
+            except (UnavailableError, RpcCancelledError, ResourceExhaustedError, InvalidArgumentError) as e:
+                wait = _resume_wait(e, delay, resumed=resumed)
+                if wait is None:
+                    cursor, resumed = None, False
+                    continue
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, _RESUME_MAX_DELAY)
-                continue
-            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
-            delay = min(delay * 2, _RESUME_MAX_DELAY)
 
     async def wait(self, *, timeout: float | None = None) -> WorkflowDescription:
         """Waits until the workflow closes, whatever the outcome, and returns its status.
@@ -325,7 +343,8 @@ async def spawn_tasks(
     request_id: str | None,
 ) -> list[str]:
     """Calls SpawnTasks after the client-side checks; see :meth:`WorkflowHandle.spawn`."""
-    violations = task_violations(tasks, prefix="tasks")
+    # The workflow's own tasks are not known here: a spawned task may depend on any of them.
+    violations = task_violations(tasks, None, prefix="tasks")
     if not tasks:
         violations.insert(0, FieldViolation("tasks", "spawn at least one task"))
     if violations:
@@ -404,6 +423,8 @@ class Workflows:
         """
         token = ""
         count = 0
+        if limit is not None and limit <= 0:
+            return
         while True:
             page_size = _PAGE_SIZE if limit is None else max(1, min(_PAGE_SIZE, limit - count))
             response = await self._raw.scheduler.ListWorkflows(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -332,17 +333,19 @@ class TaskSpec:
 
 
 def task_violations(
-    tasks: Sequence[TaskSpec], known: Iterable[str] = (), *, prefix: str
+    tasks: Sequence[TaskSpec], known: Iterable[str] | None = (), *, prefix: str
 ) -> list[FieldViolation]:
     """The client-side checks of a list of tasks: ids, targets, dependencies, cycles.
 
     Args:
         tasks: The tasks, in submission order.
-        known: Ids that exist already (the workflow's tasks, for a spawn).
+        known: Ids that exist already; None when they are not known here (a
+            spawn: its tasks may depend on any of the workflow's, which the
+            sidecar checks), so that no dependency outside ``tasks`` is refused.
         prefix: The field path of the list (``spec.tasks`` or ``tasks``).
     """
     violations: list[FieldViolation] = []
-    existing = set(known)
+    existing = set(known or ())
     seen: dict[str, int] = {}
     for index, task in enumerate(tasks):
         violations += _task_fields(task, f"{prefix}[{index}]")
@@ -354,7 +357,7 @@ def task_violations(
             )
         else:
             seen[task.task_id] = index
-    ids = set(seen) | existing
+    ids = None if known is None else set(seen) | existing
     for index, task in enumerate(tasks):
         violations += _task_edges(task, ids, f"{prefix}[{index}]")
     if not violations:
@@ -380,6 +383,7 @@ def _task_fields(task: TaskSpec, path: str) -> list[FieldViolation]:
         _trigger_rule(task.trigger_rule)
     except ValueError as error:
         violations.append(FieldViolation(f"{path}.trigger_rule", str(error)))
+    violations += _duration_violations(task, path)
     if task.cache_key is not None:
         if not task.cache_key.namespace:
             violations.append(FieldViolation(f"{path}.cache_key.namespace", "a cache key needs a namespace"))
@@ -388,14 +392,46 @@ def _task_fields(task: TaskSpec, path: str) -> list[FieldViolation]:
     return violations
 
 
-def _task_edges(task: TaskSpec, ids: set[str], path: str) -> list[FieldViolation]:
+_TASK_DURATIONS = (
+    "schedule_to_start_timeout",
+    "start_to_close_timeout",
+    "heartbeat_timeout",
+    "schedule_to_close_timeout",
+    "approval_timeout",
+)
+
+
+def _duration_violations(task: TaskSpec, path: str) -> list[FieldViolation]:
+    """The task's durations that cannot be sent (infinite or NaN seconds), named by field."""
+    fields = [(f"{path}.{name}", getattr(task, name)) for name in _TASK_DURATIONS]
+    if task.retry_policy is not None:
+        policy = task.retry_policy
+        fields += [
+            (f"{path}.retry_policy.initial_interval", policy.initial_interval),
+            (f"{path}.retry_policy.maximum_interval", policy.maximum_interval),
+        ]
+    return [
+        FieldViolation(field, problem)
+        for field, value in fields
+        if (problem := _duration_problem(value)) is not None
+    ]
+
+
+def _duration_problem(value: Duration | None) -> str | None:
+    """Why a duration in seconds cannot be sent (infinite or NaN: no Duration holds it), or None."""
+    if isinstance(value, int | float) and not math.isfinite(value):
+        return f"must be a finite number of seconds, got {value}"
+    return None
+
+
+def _task_edges(task: TaskSpec, ids: set[str] | None, path: str) -> list[FieldViolation]:
     violations: list[FieldViolation] = []
     for position, dependency in enumerate(task.depends_on):
         if dependency == task.task_id:
             violations.append(
                 FieldViolation(f"{path}.depends_on[{position}]", "a task cannot depend on itself")
             )
-        elif dependency not in ids:
+        elif ids is not None and dependency not in ids:
             violations.append(
                 FieldViolation(f"{path}.depends_on[{position}]", f"unknown dependency {dependency!r}")
             )

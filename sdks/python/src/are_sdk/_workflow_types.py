@@ -86,6 +86,16 @@ def _enum(kind: type[_E], value: int) -> _E:
         return kind(0)
 
 
+def aware(value: datetime) -> datetime:
+    """``value`` with its time zone; a naive one is local time, as ``datetime.timestamp()`` reads it.
+
+    protobuf's ``FromDatetime`` reads a naive datetime as UTC: a filter of
+    ``datetime.now() - timedelta(minutes=1)`` then missed the last minute
+    everywhere but in UTC.
+    """
+    return value if value.tzinfo is not None else value.astimezone()
+
+
 def timestamp(message: Any, name: str) -> datetime | None:
     """The Timestamp field ``name`` of ``message`` as an aware datetime, or None if unset."""
     if not message.HasField(name):
@@ -94,7 +104,16 @@ def timestamp(message: Any, name: str) -> datetime | None:
     return value
 
 
-def _strip(name: str, prefix: str) -> str:
+def _name(enum: Any, value: int, prefix: str) -> str:
+    """The name of a proto enum value without its prefix; ``UNKNOWN_<n>`` for one this SDK does not know.
+
+    A newer sidecar may send a value added after this SDK was built: decoding
+    must not fail on it (a failed workflow's status, a watch's every update).
+    """
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return f"UNKNOWN_{value}"
     return name.removeprefix(prefix)
 
 
@@ -127,8 +146,8 @@ class FailureInfo:
     @classmethod
     def from_proto(cls, message: Any) -> FailureInfo:
         """Builds it from an ``are.v1.Failure``."""
-        kind = _strip(common_pb2.FailureKind.Name(message.kind), "FAILURE_KIND_")
-        timeout = _strip(common_pb2.TimeoutType.Name(message.timeout_type), "TIMEOUT_TYPE_")
+        kind = _name(common_pb2.FailureKind, message.kind, "FAILURE_KIND_")
+        timeout = _name(common_pb2.TimeoutType, message.timeout_type, "TIMEOUT_TYPE_")
         return cls(
             message=message.message,
             type=message.type,
@@ -301,7 +320,7 @@ class ApprovalInfo:
     @classmethod
     def from_proto(cls, approval: Any) -> ApprovalInfo:
         """Builds it from an ``are.v1.Approval``."""
-        decision = _strip(task_pb2.ApprovalDecision.Name(approval.decision), "APPROVAL_DECISION_")
+        decision = _name(task_pb2.ApprovalDecision, approval.decision, "APPROVAL_DECISION_")
         return cls(
             request_time=timestamp(approval, "request_time"),
             expire_time=timestamp(approval, "expire_time"),
@@ -413,7 +432,7 @@ class WorkflowUpdate:
         """Builds it from an ``are.v1.WatchWorkflowResponse``."""
         event_type = ""
         if response.HasField("event"):
-            event_type = _strip(event_pb2.EventType.Name(response.event.event_type), "EVENT_TYPE_")
+            event_type = _name(event_pb2.EventType, response.event.event_type, "EVENT_TYPE_")
         return cls(
             workflow=WorkflowDescription.from_proto(response.workflow),
             task=TaskInfo.from_proto(response.task) if response.HasField("task") else None,
