@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates src/gen from proto/are/v1 (the contract, at the repository root)
 # and sdks/ts/proto (google.rpc status details, grpc.health.v1) with buf and
-# the ts-proto plugin pinned in package.json.
+# the ts-proto plugin pinned in package.json, then rewrites ts-proto's
+# longToNumber so that an int64 beyond 2^53 decodes to the nearest double
+# rather than failing the call (scripts/patch-gen.mjs).
 #   scripts/gen.sh          write src/gen
 #   scripts/gen.sh --check  regenerate into a temporary folder, fail on a diff
 set -euo pipefail
@@ -19,6 +21,7 @@ template="$(sed "s#out: src/gen#out: $out#; s#local: node_modules#local: $here/n
 if [[ "${1:-}" != "--check" ]]; then rm -rf "$out"; fi
 (cd "$repo" && "$buf" generate proto --template "$template")
 (cd "$here" && "$buf" generate proto --template "$template")
+node "$here/scripts/patch-gen.mjs" "$out"
 if [[ "${1:-}" == "--check" ]]; then
   if diff -r "$out" "$here/src/gen" >/dev/null; then
     echo "generated TypeScript code is up to date"

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { toAreError } from "./errors.js";
 import { GetBlobRequest, PutBlobRequest, type PutBlobResponse, type StateServiceClient } from "./gen/are/v1/state_service.js";
 import { BlobReference, OCTET_STREAM } from "./payload.js";
-import type { CallOptions, Rpc } from "./rpc.js";
+import { deadlineAfter, type CallOptions, type Rpc } from "./rpc.js";
 
 /** The largest chunk one PutBlob message carries (the contract's bound). */
 const CHUNK_BYTES = 1024 * 1024;
@@ -37,8 +37,8 @@ export class Blobs {
     const chunks: Buffer[] = [];
     let size = 0;
     const stream = this.rpc.stream(this.raw.getBlob.bind(this.raw), GetBlobRequest.fromPartial({ sha256 }), {
-      timeoutMs: 120_000,
       ...options,
+      timeoutMs: options.timeoutMs ?? 120_000,
     });
     for await (const message of stream) {
       size += message.chunk.length;
@@ -57,7 +57,7 @@ export class Blobs {
     const bytes = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const sha256 = createHash("sha256").update(bytes).digest("hex");
     const contentType = options.contentType ?? OCTET_STREAM;
-    const timeoutMs = options.timeoutMs ?? 120_000;
+    const deadline = deadlineAfter(options.timeoutMs ?? 120_000); // none for Infinity, as every call's
     const response = await new Promise<PutBlobResponse>((resolve, reject) => {
       let settled = false;
       let untrack = (): void => undefined;
@@ -67,7 +67,7 @@ export class Blobs {
         call.cancel();
         reject(signal?.reason);
       };
-      const call = this.raw.putBlob(this.rpc.metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (error, result) => {
+      const call = this.raw.putBlob(this.rpc.metadata(), deadline === undefined ? {} : { deadline }, (error, result) => {
         signal?.removeEventListener("abort", onAbort);
         untrack();
         if (settled) return;

@@ -31,6 +31,7 @@ import {
   type CacheStats,
   type LookupCacheResponse,
 } from "./gen/are/v1/cache_service.js";
+import type { Payload } from "./gen/are/v1/common.js";
 import { decodePayload, encodePayload } from "./payload.js";
 import type { CallOptions, Rpc } from "./rpc.js";
 import { fromDuration, toDuration } from "./time.js";
@@ -75,6 +76,11 @@ export interface CacheStored {
 
 /** What {@link Cache.getOrCall} returns. */
 export interface CachedResult<T> {
+  /**
+   * The answer, the same on a miss as on a later hit: the stored value decoded (a Uint8Array
+   * comes back as a RawPayload, a Date as a string), or the call's result as it is when it
+   * could not be encoded (and so was not stored).
+   */
   value: T;
   /** True when the cache answered and the call was not made. */
   fromCache: boolean;
@@ -264,7 +270,12 @@ export class Cache {
 
   /** Stores a response under a prompt; an entry of the same normalised prompt is replaced. */
   async store(namespace: string, prompt: string, value: unknown, options: StoreOptions = {}): Promise<CacheStored> {
-    let payload = encodePayload(value, options.contentType);
+    return this.storePayload(namespace, prompt, encodePayload(value, options.contentType), options);
+  }
+
+  /** {@link store} of a response already encoded (getOrCall encodes it once, for the store and for its answer). */
+  private async storePayload(namespace: string, prompt: string, encoded: Payload, options: StoreOptions): Promise<CacheStored> {
+    let payload = encoded;
     const inline = payload.data;
     const large = inline !== undefined && inline.length > MAX_INLINE_BYTES;
     if (large) {
@@ -297,6 +308,14 @@ export class Cache {
    * Looks the prompt up; on a miss awaits `call()` once and stores its result.
    * The call's own errors propagate and nothing is stored.
    *
+   * On a miss the value returned is the call's result as a later hit will
+   * return it: encoded as it is stored (JSON by default, a Uint8Array raw)
+   * and decoded back, so a Buffer comes back as a {@link RawPayload}, a Date
+   * as its ISO string, `undefined` in an array as null, on the miss and on
+   * the hit alike (as in the Python SDK). A result that cannot be encoded
+   * (a BigInt, a cycle, NaN or Infinity, which JSON cannot hold) is returned
+   * as it is, and not stored (logged).
+   *
    * A cache outage does not stop the calls it stands in front of: a lookup
    * that fails because the cache is down or busy (UNAVAILABLE,
    * RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED) is logged and the call
@@ -316,14 +335,29 @@ export class Cache {
     } catch (error) {
       if (signal?.aborted || !(error instanceof AreError) || !CACHE_DOWN.has(error.code)) throw error;
       logger.warn(`cache: ${JSON.stringify(namespace)} could not be looked up, so the call is made: ${error.message}`);
-      return { value: await call(), fromCache: false, hit: undefined, stored: undefined };
+      const value = await call();
+      let returned: unknown = value;
+      try {
+        returned = decodePayload(encodePayload(value));
+      } catch {
+        // Not encodable: returned as it is (it would not have been stored either).
+      }
+      return { value: returned as T, fromCache: false, hit: undefined, stored: undefined };
     }
     if (hit !== undefined) return { value: hit.value as T, fromCache: true, hit, stored: undefined };
     const value = await call();
+    let payload: Payload;
+    try {
+      payload = encodePayload(value); // once, for the store and for the value returned: what a hit will return
+    } catch (error) {
+      logger.warn(`cache: the answer to a prompt in ${JSON.stringify(namespace)} was not stored: ${errorText(error)}`);
+      return { value, fromCache: false, hit: undefined, stored: undefined };
+    }
+    const returned = decodePayload(payload) as T;
     let stored: CacheStored;
     try {
       const usage = typeof options.usage === "function" ? options.usage(value) : options.usage;
-      stored = await this.store(namespace, prompt, value, {
+      stored = await this.storePayload(namespace, prompt, payload, {
         vector: options.vector,
         ttlMs: options.ttlMs,
         metadata: options.metadata,
@@ -334,9 +368,9 @@ export class Cache {
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
       logger.warn(`cache: the answer to a prompt in ${JSON.stringify(namespace)} was not stored: ${errorText(error)}`);
-      return { value, fromCache: false, hit: undefined, stored: undefined };
+      return { value: returned, fromCache: false, hit: undefined, stored: undefined };
     }
-    return { value, fromCache: false, hit: undefined, stored };
+    return { value: returned, fromCache: false, hit: undefined, stored };
   }
 
   /** Removes entries by id, by metadata match, or all; returns how many were removed. */

@@ -26,6 +26,7 @@ import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthClient } f
 import { Router } from "./router.js";
 import { Rpc, type CallOptions } from "./rpc.js";
 import { State } from "./state.js";
+import { MAX_TIMER_MS } from "./time.js";
 import { Trace } from "./trace.js";
 import { Workflows } from "./workflows.js";
 
@@ -51,7 +52,7 @@ export interface ConnectOptions {
    * `--max-message-bytes` when that is lower.
    */
   maxMessageBytes?: number;
-  /** How long to wait for the sidecar to answer, in milliseconds; default 10 s. */
+  /** How long to wait for the sidecar to answer, in milliseconds; default 10 s. `Infinity` means no bound. */
   connectTimeoutMs?: number;
   /** Aborts the connection attempt. */
   signal?: AbortSignal;
@@ -259,18 +260,36 @@ export function keepaliveChannelOptions(options: Pick<ConnectOptions, "keepalive
   };
 }
 
+/**
+ * Waits until the channel is ready, for at most `timeoutMs` (`Infinity`: no bound). grpc-js gets
+ * no deadline of its own: it took `Infinity` ms from now (an invalid Date) as a deadline already
+ * passed, and its one timer fires at once past about 24.8 days. The timer here is re-armed
+ * past that, and is not unref'd: while connect() waits, it is what keeps the process alive
+ * (grpc-js's connection attempts do not), bound or no bound.
+ */
 function waitForReady(client: grpc.Client, timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
       reject(signal.reason);
       return;
     }
-    const onAbort = (): void => reject(signal?.reason);
-    signal?.addEventListener("abort", onAbort, { once: true });
-    client.waitForReady(new Date(Date.now() + timeoutMs), (error) => {
+    let timer: NodeJS.Timeout | undefined;
+    const settle = (error: unknown): void => {
+      clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
-      if (error) reject(error);
-      else resolve();
-    });
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onAbort = (): void => settle(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const deadline = Date.now() + (Number.isNaN(timeoutMs) ? Infinity : Math.max(0, timeoutMs));
+    const arm = (): void => {
+      timer = setTimeout(() => {
+        if (Date.now() < deadline) arm();
+        else settle(new Error(`the channel was not ready within ${timeoutMs} ms`));
+      }, Math.min(Math.max(0, deadline - Date.now()), MAX_TIMER_MS));
+    };
+    arm();
+    client.waitForReady(Infinity, (error) => settle(error ?? undefined));
   });
 }

@@ -108,10 +108,21 @@ function isServiceError(error: unknown): error is { code: number; details?: stri
 }
 
 /**
+ * The INTERNAL statuses grpc-js makes up itself, without a trailer, when this side cannot decode a
+ * response or encode a request: the client's failure, which as they stand read as the sidecar's.
+ */
+const CLIENT_CODEC_FAILURES: ReadonlyArray<readonly [prefix: string, meaning: string]> = [
+  ["Response message parsing error: ", "the client could not decode the sidecar's response (a client-side error): "],
+  ["Request message serialization failure: ", "the client could not encode the request (a client-side error): "],
+];
+
+/**
  * Translates an error thrown by a grpc-js call into an {@link AreError},
  * decoding reason, field violations and the retry hint from the rich status
  * trailer. An {@link AreError} is returned as it is; anything else becomes
- * an `UNKNOWN` AreError with it as the cause.
+ * an `UNKNOWN` AreError with it as the cause. A response the client could
+ * not decode (or a request it could not encode) stays INTERNAL, as grpc-js
+ * reports it, with a message saying the client failed, not the sidecar.
  */
 export function toAreError(error: unknown): AreError {
   if (error instanceof AreError) return error;
@@ -124,6 +135,11 @@ export function toAreError(error: unknown): AreError {
   const metadata: Record<string, string> = {};
   const violations: FieldViolation[] = [];
   const raw = error.metadata instanceof Metadata ? error.metadata.get(STATUS_DETAILS_KEY) : [];
+  if (error.code === Code.INTERNAL && raw.length === 0) {
+    for (const [prefix, meaning] of CLIENT_CODEC_FAILURES) {
+      if (details.startsWith(prefix)) return new AreError(Code.INTERNAL, meaning + details.slice(prefix.length), init);
+    }
+  }
   for (const value of raw) {
     if (!Buffer.isBuffer(value)) continue;
     let decoded: Status;

@@ -58,7 +58,8 @@ function asBuffer(data: Uint8Array): Buffer {
  *   a {@link RawPayload}; or a {@link BlobReference} (sent by reference).
  * @param contentType Overrides the content type; with a non-JSON type a
  *   string is sent as UTF-8 text rather than as a JSON string.
- * @throws TypeError The value cannot be serialised as JSON.
+ * @throws TypeError The value cannot be serialised as JSON, or holds a
+ *   number JSON has no form for (NaN, Infinity), which would be sent as null.
  */
 export function encodePayload(value: unknown, contentType?: string): Payload {
   if (value instanceof BlobReference) {
@@ -78,6 +79,9 @@ export function encodePayload(value: unknown, contentType?: string): Payload {
   let text: string | undefined;
   try {
     text = JSON.stringify(value);
+    // NaN and ±Infinity are written as null: what a reader gets back would not be what was sent.
+    // Only a text with a null can hold one, so only such a text is looked at again.
+    if (text?.includes("null")) refuseNonFinite(value);
   } catch (error) {
     throw new TypeError(
       `payload is not JSON-serialisable (${(error as Error).message}); pass a Uint8Array or RawPayload for other content`,
@@ -87,6 +91,44 @@ export function encodePayload(value: unknown, contentType?: string): Payload {
     throw new TypeError(`payload is not JSON-serialisable (${typeof value}); pass a Uint8Array or RawPayload for other content`);
   }
   return { data: Buffer.from(text, "utf8"), contentType: contentType ?? JSON_CONTENT_TYPE };
+}
+
+/**
+ * Throws on a number JSON has no form for (NaN, Infinity, -Infinity), naming where it is
+ * (`a[1].n`), as the Python SDK refuses them (`allow_nan=False`). It walks the value as
+ * JSON.stringify does (toJSON, Number objects, own enumerable keys), after JSON.stringify took
+ * it, so there is no cycle to meet: a walk, as a second JSON.stringify with a replacer took
+ * several times as long.
+ */
+function refuseNonFinite(value: unknown): void {
+  const trail: Array<string | number> = [];
+  const visit = (key: string, item: unknown): void => {
+    if ((typeof item === "object" && item !== null) || typeof item === "bigint") {
+      const toJSON: unknown = (item as { toJSON?: unknown }).toJSON;
+      if (typeof toJSON === "function") item = (toJSON as (key: string) => unknown).call(item, key);
+    }
+    if (item instanceof Number) item = item.valueOf();
+    if (typeof item === "number") {
+      if (Number.isFinite(item)) return;
+      const where = trail.map((step, at) => (typeof step === "number" ? `[${step}]` : at === 0 ? step : `.${step}`)).join("");
+      throw new TypeError(`${item}${where === "" ? "" : ` at \`${where}\``} is not a finite number, which JSON cannot hold`);
+    }
+    if (typeof item !== "object" || item === null) return;
+    if (Array.isArray(item)) {
+      for (let index = 0; index < item.length; index++) {
+        trail.push(index);
+        visit(String(index), item[index]);
+        trail.pop();
+      }
+      return;
+    }
+    for (const name of Object.keys(item)) {
+      trail.push(name);
+      visit(name, (item as Record<string, unknown>)[name]);
+      trail.pop();
+    }
+  };
+  visit("", value);
 }
 
 /**

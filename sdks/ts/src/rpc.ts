@@ -43,6 +43,22 @@ export type DuplexMethod<Req, Res> = (metadata: Metadata, options?: Partial<Grpc
 
 export const DEFAULT_UNARY_TIMEOUT_MS = 30_000;
 
+/**
+ * The longest timeout a deadline can carry: grpc-js sends it as the grpc-timeout header, at most
+ * 8 digits of hours (about 11,400 years), and throws on a longer one outside any promise, which
+ * ends the process.
+ */
+const MAX_DEADLINE_MS = 99_999_999 * 3_600_000;
+
+/**
+ * A call's deadline `timeoutMs` from now; none (undefined) for `Infinity`, NaN, or a timeout
+ * longer than gRPC can carry. Every deadline of the SDK's calls is made here.
+ */
+export function deadlineAfter(timeoutMs: number): Date | undefined {
+  if (!Number.isFinite(timeoutMs) || timeoutMs > MAX_DEADLINE_MS) return undefined;
+  return new Date(Date.now() + Math.max(0, timeoutMs));
+}
+
 export class Rpc {
   /**
    * Every call in flight, cancelled by {@link cancelCalls} when the client closes: grpc-js's
@@ -109,9 +125,8 @@ export class Rpc {
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.isClosed()) return Promise.reject(this.closedError());
-    const timeoutMs = options.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS;
-    const callOptions: Partial<GrpcCallOptions> = {};
-    if (Number.isFinite(timeoutMs)) callOptions.deadline = new Date(Date.now() + timeoutMs);
+    const deadline = deadlineAfter(options.timeoutMs ?? DEFAULT_UNARY_TIMEOUT_MS);
+    const callOptions: Partial<GrpcCallOptions> = deadline === undefined ? {} : { deadline };
     return new Promise<Res>((resolve, reject) => {
       let settled = false;
       let untrack = (): void => undefined;
@@ -144,10 +159,8 @@ export class Rpc {
     const { signal } = options;
     if (signal?.aborted) throw signal.reason;
     if (this.isClosed()) throw this.closedError();
-    const callOptions: Partial<GrpcCallOptions> = {};
-    if (options.timeoutMs !== undefined && Number.isFinite(options.timeoutMs)) {
-      callOptions.deadline = new Date(Date.now() + options.timeoutMs);
-    }
+    const deadline = options.timeoutMs === undefined ? undefined : deadlineAfter(options.timeoutMs);
+    const callOptions: Partial<GrpcCallOptions> = deadline === undefined ? {} : { deadline };
     const call = method(request, this.metadata(), callOptions);
     const untrack = this.track(call);
     const onAbort = (): void => call.cancel();

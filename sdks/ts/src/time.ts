@@ -6,7 +6,10 @@ export function toDuration(ms: number | undefined): Duration | undefined {
   if (ms === undefined) return undefined;
   if (!Number.isFinite(ms) || ms < 0) throw new RangeError(`a duration must be a finite number of milliseconds >= 0, got ${ms}`);
   const seconds = Math.floor(ms / 1000);
-  return { seconds, nanos: Math.round((ms - seconds * 1000) * 1e6) };
+  // Rounded to the nanosecond, a fraction just under a second (999.9999999999 ms) is a whole one:
+  // carried, as a Duration's nanos stay below 1e9 (and never below 0, where ms/1000 rounded up).
+  const nanos = Math.max(0, Math.round((ms - seconds * 1000) * 1e6));
+  return nanos >= 1e9 ? { seconds: seconds + 1, nanos: nanos - 1e9 } : { seconds, nanos };
 }
 
 /** A `google.protobuf.Duration` as milliseconds (undefined stays undefined). */
@@ -40,7 +43,7 @@ export function jitter(ms: number): number {
 }
 
 /** The longest delay a Node timer takes (about 24.8 days); a longer one would fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * One signal that aborts when `signal` does or `timeoutMs` passes; `timedOut()`

@@ -1,6 +1,7 @@
 // The semantic cache against a real sidecar: exact and caller-vector lookups, getOrCall.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { inspect } from "node:util";
 
 import { AreError, Client, Code, RawPayload } from "@are-runtime/sdk";
 
@@ -157,6 +158,42 @@ describe("cache", () => {
     assert.ok(error instanceof AreError);
     assert.equal(error.code, Code.NOT_FOUND);
     assert.equal(called, false);
+  });
+
+  test("getOrCall returns on a miss what the next hit returns; NaN is refused, not stored as null", async () => {
+    // The miss returned the call's value as it was (a Buffer, a Date), the hit its stored encoding
+    // decoded (a RawPayload, a string); and NaN was stored as null.
+    const ns = unique("same");
+    await shared.client.cache.putNamespace(ns);
+    const answers: Array<[string, () => unknown, (value: unknown) => void]> = [
+      ["bytes?", () => Buffer.from("hi"), (value) => assert.ok(value instanceof RawPayload && value.text() === "hi", inspect(value))],
+      ["a date?", () => ({ at: new Date(0), list: [1, undefined] }), (value) => assert.deepEqual(value, { at: "1970-01-01T00:00:00.000Z", list: [1, null] })],
+      ["raw text?", () => new RawPayload("plain", "text/plain"), (value) => assert.ok(value instanceof RawPayload && value.contentType === "text/plain", inspect(value))],
+    ];
+    for (const [prompt, call, check] of answers) {
+      const miss = await shared.client.cache.getOrCall(ns, prompt, call);
+      const hit = await shared.client.cache.getOrCall(ns, prompt, call);
+      assert.deepEqual([miss.fromCache, hit.fromCache], [false, true], prompt);
+      check(miss.value);
+      check(hit.value);
+      assert.deepEqual(miss.value, hit.value, prompt);
+    }
+    const warnings: string[] = [];
+    const logger = { warn: (message: string) => void warnings.push(message) };
+    let calls = 0;
+    const nan = { n: NaN };
+    for (let round = 0; round < 2; round++) {
+      const result = await shared.client.cache.getOrCall(ns, "not a number?", () => {
+        calls += 1;
+        return nan;
+      }, { logger });
+      assert.equal(result.value, nan, "returned as it is");
+      assert.deepEqual([result.fromCache, result.stored], [false, undefined]);
+    }
+    assert.equal(calls, 2, "nothing was stored, so the second call is made too");
+    assert.equal(warnings.length, 2);
+    assert.match(warnings[0]!, /was not stored: payload is not JSON-serialisable \(NaN at `n` is not a finite number/);
+    await assert.rejects(shared.client.cache.store(ns, "infinite?", [Infinity]), { name: "TypeError", message: /Infinity at `\[0\]`/ });
   });
 
   test("bytes are stored raw and come back as a RawPayload", async () => {

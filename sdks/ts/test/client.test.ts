@@ -38,6 +38,20 @@ describe("keepalive", () => {
   });
 });
 
+describe("deadlines", () => {
+  test("timeoutMs Infinity, or beyond what gRPC can carry, means no deadline: calls, streams, blob uploads", async () => {
+    // blobs.put built its deadline without the check the other calls had: grpc-js threw "Deadline
+    // is too far in the future" outside any promise, and the process died. A finite timeout past
+    // gRPC's bound (about 11,400 years) did the same on every call. (connectTimeoutMs: unit.test.ts.)
+    const client = shared.client;
+    for (const timeoutMs of [Infinity, 1e15]) {
+      const ref = await client.blobs.put(Buffer.from(`no deadline ${timeoutMs}`), { timeoutMs }); // a client stream
+      assert.equal((await client.blobs.get(ref, { timeoutMs })).toString(), `no deadline ${timeoutMs}`); // a server stream
+      assert.equal(await client.health("", { timeoutMs }), "SERVING"); // a unary call
+    }
+  });
+});
+
 describe("close", () => {
   test("a call after close() is an AreError CANCELLED", async () => {
     const other = await Client.connect(shared.sidecar.target);

@@ -1,12 +1,18 @@
-// Client-side pieces without a sidecar: payload encoding, spec checks, error decoding.
+// Client-side pieces without a sidecar: payload encoding, spec checks, error decoding, int64 decoding, connect.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 
-import { Metadata } from "@grpc/grpc-js";
+import { BinaryWriter } from "@bufbuild/protobuf/wire";
+import { Metadata, Server, ServerCredentials } from "@grpc/grpc-js";
 
 import {
   AreError,
   BlobReference,
+  Client,
   Code,
   RawPayload,
   WorkflowSpec,
@@ -17,8 +23,13 @@ import {
   retryWait,
   toAreError,
 } from "@are-runtime/sdk";
+import { Usage } from "@are-runtime/sdk/gen/are/v1/common";
+import { AttributeValue, Event } from "@are-runtime/sdk/gen/are/v1/event";
 import { Status } from "@are-runtime/sdk/gen/google/rpc/status";
 import { BadRequest, ErrorInfo, RetryInfo } from "@are-runtime/sdk/gen/google/rpc/error_details";
+import { HealthService, type HealthServer } from "@are-runtime/sdk/gen/grpc/health/v1/health";
+
+import { within } from "./helpers.js";
 
 describe("payloads", () => {
   test("JSON by default, both ways", () => {
@@ -47,6 +58,20 @@ describe("payloads", () => {
     assert.equal(encodePayload(blob).blob?.sha256, "ab");
     assert.throws(() => encodePayload(undefined), TypeError);
     assert.throws(() => encodePayload(() => 1), TypeError);
+  });
+
+  test("NaN and Infinity are refused, naming where, not sent as null", () => {
+    // JSON.stringify writes them as null: the value stored was not the value given (and the Python
+    // SDK refuses them).
+    assert.throws(() => encodePayload({ a: [1, { n: NaN }] }), {
+      name: "TypeError",
+      message: /payload is not JSON-serialisable \(NaN at `a\[1\]\.n` is not a finite number/,
+    });
+    assert.throws(() => encodePayload(Infinity), { name: "TypeError", message: /\(Infinity is not a finite number/ });
+    assert.throws(() => encodePayload([-Infinity]), { name: "TypeError", message: /-Infinity at `\[0\]`/ });
+    assert.throws(() => encodePayload({ at: { toJSON: () => NaN } }), /NaN at `at`/);
+    // A null given, or "null" in a string, is no such number.
+    assert.equal(encodePayload({ s: "null", n: null }).data?.toString(), '{"s":"null","n":null}');
   });
 
   test("JSON nested 512 deep, as deep as the sidecar stores it, both ways", () => {
@@ -107,6 +132,23 @@ describe("spec checks", () => {
     assert.deepEqual(message.budget?.maxDuration, { seconds: 1, nanos: 500_000_000 });
     assert.deepEqual(message.labels, { team: "a" });
   });
+
+  test("a duration whose nanos round to a whole second carries it into the seconds", () => {
+    // Math.round made { seconds: 0, nanos: 1e9 } of 999.9999999999 ms: nanos must stay below 1e9.
+    const message = new WorkflowSpec("carry")
+      .task("a", { capability: "x", startToCloseTimeoutMs: 999.9999999999 })
+      .task("b", { capability: "x", startToCloseTimeoutMs: 2_999.9999999999 })
+      .task("c", { capability: "x", startToCloseTimeoutMs: 1_000.0001 })
+      .toMessage();
+    assert.deepEqual(
+      message.tasks.map((task) => task.startToCloseTimeout),
+      [
+        { seconds: 1, nanos: 0 },
+        { seconds: 3, nanos: 0 },
+        { seconds: 1, nanos: 100 },
+      ],
+    );
+  });
 });
 
 describe("error decoding", () => {
@@ -147,11 +189,114 @@ describe("error decoding", () => {
     assert.equal(retryWait(0, undefined), 0);
   });
 
+  test("a response the client cannot decode is a client-side error saying so, not the sidecar's INTERNAL", async () => {
+    // grpc-js reports a response that does not decode as INTERNAL "Response message parsing error",
+    // which read as the sidecar failing. A server answering bytes that are no HealthCheckResponse:
+    const server = new Server();
+    const check: HealthServer["check"] = (_call, callback) => callback(null, { status: 1 });
+    server.addService({ check: { ...HealthService.check, responseSerialize: () => Buffer.from([0x08]) } }, { check });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    );
+    const client = await Client.connect(`127.0.0.1:${port}`);
+    try {
+      const error = await client.health().catch((e: unknown) => e);
+      assert.ok(error instanceof AreError, String(error));
+      assert.equal(error.code, Code.INTERNAL);
+      assert.match(error.message, /^INTERNAL: the client could not decode the sidecar's response \(a client-side error\): premature EOF/);
+      // A request the client cannot encode (a uint64 beyond 2^64 - 1) is one too, before anything is sent.
+      const encoding = await client.trace.listEvents({}, { afterSequence: 2 ** 64 }).catch((e: unknown) => e);
+      assert.ok(encoding instanceof AreError, String(encoding));
+      assert.equal(encoding.code, Code.INTERNAL);
+      assert.match(encoding.message, /^INTERNAL: the client could not encode the request \(a client-side error\): invalid uint64/);
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
+  });
+
   test("a plain status keeps its code and message", () => {
     const error = toAreError({ code: Code.UNAVAILABLE, details: "down", metadata: new Metadata(), message: "" });
     assert.equal(error.code, Code.UNAVAILABLE);
     assert.equal(error.reason, "");
     assert.equal(error.message, "UNAVAILABLE: down");
+  });
+});
+
+describe("int64", () => {
+  test("values beyond 2^53 decode to the nearest double, never an error", () => {
+    // ts-proto's forceLong=number threw above Number.MAX_SAFE_INTEGER, failing the whole call.
+    const int64 = (tag: number, value: string): Uint8Array => new BinaryWriter().uint32(tag).int64(value).finish();
+    assert.equal(AttributeValue.decode(int64(16, "9223372036854775807")).intValue, 2 ** 63); // int_value, a saturated sum
+    assert.equal(AttributeValue.decode(int64(16, "-9223372036854775808")).intValue, -(2 ** 63));
+    const clock = AttributeValue.decode(int64(16, "1761000000123456789")).intValue; // a nanosecond clock
+    assert.equal(BigInt(clock ?? 0), 1761000000123456768n); // the nearest double (doubles are 256 apart there)
+    assert.equal(AttributeValue.decode(int64(16, "9007199254740993")).intValue, 2 ** 53); // ties to even
+    assert.equal(Usage.decode(int64(24, "9223372036854775807")).costMicroUsd, 2 ** 63); // cost_micro_usd
+    assert.equal(Event.decode(new BinaryWriter().uint32(8).uint64("18446744073709551615").finish()).sequence, 2 ** 64);
+    // Safe values stay exact.
+    assert.equal(Usage.decode(int64(24, "9007199254740991")).costMicroUsd, Number.MAX_SAFE_INTEGER);
+  });
+});
+
+describe("connect", () => {
+  test("connectTimeoutMs Infinity, or past a timer's longest delay, waits for a sidecar that comes up later", async () => {
+    // grpc-js took Infinity ms from now (an invalid Date) as a deadline already passed, and its
+    // timer fires at once past about 24.8 days: connect() gave up within a millisecond.
+    const folder = await mkdtemp(join(tmpdir(), "are-ts-connect-"));
+    try {
+      for (const [n, connectTimeoutMs] of [Infinity, 2 ** 32].entries()) {
+        const path = join(folder, `late-${n}.sock`);
+        const server = new Server();
+        const connecting = Client.connect(`unix:${path}`, { connectTimeoutMs });
+        await new Promise((resolve) => setTimeout(resolve, 300)); // nothing listens yet
+        await new Promise<number>((resolve, reject) =>
+          server.bindAsync(`unix:${path}`, ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port))),
+        );
+        try {
+          const client = await within(connecting, 20_000, "the connection to a sidecar that came up late");
+          client.close();
+        } finally {
+          server.forceShutdown();
+        }
+      }
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  test("a script awaiting connect() stays alive until the sidecar answers", async () => {
+    // Nothing of grpc-js's keeps the event loop alive between connection attempts: with only an
+    // unref'd timer waiting, Node ended a script's top-level `await Client.connect(...)` (exit 13).
+    const folder = await mkdtemp(join(tmpdir(), "are-ts-connect-"));
+    const sdk = new URL("../../dist/index.js", import.meta.url).href; // from build/test
+    try {
+      for (const [n, timeout] of ["undefined", "Infinity"].entries()) {
+        const path = join(folder, `script-${n}.sock`);
+        const script = `import { Client } from ${JSON.stringify(sdk)};
+          const client = await Client.connect(${JSON.stringify(`unix:${path}`)}, { connectTimeoutMs: ${timeout} });
+          console.log("connected");
+          client.close();`;
+        const child = execFile(process.execPath, ["--input-type=module", "-e", script], { timeout: 20_000 });
+        const exited = new Promise<[number | null, string]>((resolve) => {
+          let out = "";
+          child.stdout?.on("data", (chunk: Buffer) => (out += chunk.toString()));
+          child.on("exit", (code) => resolve([code, out]));
+        });
+        await new Promise((resolve) => setTimeout(resolve, 500)); // nothing listens yet
+        const server = new Server();
+        await new Promise<number>((resolve, reject) =>
+          server.bindAsync(`unix:${path}`, ServerCredentials.createInsecure(), (error, port) => (error ? reject(error) : resolve(port))),
+        );
+        try {
+          assert.deepEqual(await within(exited, 30_000, "the script to end"), [0, "connected\n"], `connectTimeoutMs: ${timeout}`);
+        } finally {
+          server.forceShutdown();
+        }
+      }
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
   });
 });
 
