@@ -18,7 +18,7 @@ if [[ ! -x "$repo/.venv/bin/python" ]]; then
   exit 2
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "sdks/ts/test.sh: node and npm are needed (Node.js 20 or later)" >&2
+  echo "sdks/ts/test.sh: node and npm are needed (Node.js 20.3 or later)" >&2
   exit 2
 fi
 

@@ -243,11 +243,13 @@ export function taskSpecMessage(task: TaskSpec): TaskSpecMessage {
  * The client-side checks of a list of tasks: ids, targets, dependencies, cycles.
  *
  * @param prefix The field path of the list (`spec.tasks` or `tasks`).
- * @param known Ids that exist already (a workflow's tasks, for a spawn).
+ * @param known Ids that exist already; null when they are not known here (a spawn: its tasks may
+ *   depend on any of the workflow's, which the sidecar checks), so that no dependency outside
+ *   `tasks` is refused.
  */
-export function taskViolations(tasks: readonly TaskSpec[], prefix: string, known: Iterable<string> = []): FieldViolation[] {
+export function taskViolations(tasks: readonly TaskSpec[], prefix: string, known: Iterable<string> | null = []): FieldViolation[] {
   const violations: FieldViolation[] = [];
-  const existing = new Set(known);
+  const existing = new Set(known ?? []);
   const seen = new Map<string, number>();
   tasks.forEach((task, index) => {
     const path = `${prefix}[${index}]`;
@@ -271,14 +273,14 @@ export function taskViolations(tasks: readonly TaskSpec[], prefix: string, known
       violations.push({ field: `${path}.trigger_rule`, description: (error as Error).message });
     }
   });
-  const ids = new Set([...seen.keys(), ...existing]);
+  const ids = known === null ? null : new Set([...seen.keys(), ...existing]);
   tasks.forEach((task, index) => {
     const path = `${prefix}[${index}]`;
     const dependsOn = task.dependsOn ?? [];
     dependsOn.forEach((dependency, position) => {
       if (dependency === task.taskId) {
         violations.push({ field: `${path}.depends_on[${position}]`, description: "a task cannot depend on itself" });
-      } else if (!ids.has(dependency)) {
+      } else if (ids !== null && !ids.has(dependency)) {
         violations.push({ field: `${path}.depends_on[${position}]`, description: `unknown dependency ${JSON.stringify(dependency)}` });
       }
     });

@@ -104,7 +104,8 @@ export async function spawnTasks(
   tasks: readonly TaskSpec[],
   options: SpawnOptions,
 ): Promise<string[]> {
-  const violations = taskViolations(tasks, "tasks");
+  // The workflow's own tasks are not known here: a spawned task may depend on any of them.
+  const violations = taskViolations(tasks, "tasks", null);
   if (tasks.length === 0) violations.unshift({ field: "tasks", description: "spawn at least one task" });
   if (violations.length > 0) throw new WorkflowSpecError(violations);
   const response = await rpc.unary(

@@ -52,6 +52,20 @@ describe("deadlines", () => {
   });
 });
 
+describe("spawn", () => {
+  test("a spawned task may depend on a task the workflow already has", async () => {
+    // scheduler_service.proto: "New tasks may depend on existing tasks". The SDK refused it
+    // client-side ("unknown dependency 'a'"), from a handle and from a worker's ctx.spawn.
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-spawn").task("a", { capability: unique("nobody") }));
+    try {
+      const spawned = await handle.spawn([{ taskId: "b", capability: unique("nobody"), dependsOn: ["a"] }]);
+      assert.deepEqual(spawned, ["b"]);
+    } finally {
+      await handle.cancel();
+    }
+  });
+});
+
 describe("close", () => {
   test("a call after close() is an AreError CANCELLED", async () => {
     const other = await Client.connect(shared.sidecar.target);
