@@ -15,3 +15,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # poll held an attempt dispatched to it after it had answered; fixed in the
 # sidecar's engine, see Scheduler.poll.)
 cargo test --locked -- --test-threads="${ARE_TEST_THREADS:-2}"
+# The SDK never looks into a JSON number, so a user's crate may turn on
+# serde_json's arbitrary_precision (README, "JSON numbers"; cargo unifies it
+# into the SDK's build): the values tests run under it too.
+cargo test --locked --features serde_json/arbitrary_precision --test values -- --test-threads="${ARE_TEST_THREADS:-2}"

@@ -1,4 +1,9 @@
 //! The semantic cache of LLM results: lookup, store and get-or-call.
+//!
+//! Responses are stored as JSON. An entry another SDK stored in another
+//! content type (bytes, text) is read as its bytes: a lookup returns it with
+//! `value: None`, and [`Cache::get_or_call`], whose call answers JSON, takes
+//! it for a miss.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,6 +14,7 @@ use tonic::Code;
 
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::time::to_proto;
 use crate::workflow::JSON_CONTENT_TYPE;
 use crate::Client;
 
@@ -40,8 +46,16 @@ pub struct CacheHit {
     pub tier: i32,
     /// Cosine similarity (1 for an exact hit).
     pub similarity: f64,
-    /// The cached response, decoded from JSON.
-    pub value: serde_json::Value,
+    /// The cached response decoded from JSON (`null` when it is empty);
+    /// `None` when it is not JSON: its content type is not a JSON one
+    /// (another SDK stored bytes or text), or its text does not parse (or
+    /// nests past 512 levels). Its bytes are in `data` either way.
+    pub value: Option<serde_json::Value>,
+    /// The cached response's bytes (fetched when stored as a blob).
+    pub data: Vec<u8>,
+    /// The cached response's content type: JSON when it is "",
+    /// `application/json` or a `*+json` type (as the Python SDK reads it).
+    pub content_type: String,
     /// The prompt that was stored.
     pub matched_prompt: String,
     /// The entry's metadata.
@@ -57,9 +71,11 @@ pub struct CacheHit {
 /// not cached (the other SDKs log that failure as a warning).
 #[derive(Debug)]
 pub struct CachedResult {
-    /// The cached response on a hit, else the call's answer.
+    /// The cached response on a hit, else the call's answer as a later hit
+    /// will return it (encoded as JSON and decoded back).
     pub value: serde_json::Value,
-    /// The entry that answered; `None` when the call was made.
+    /// The entry that answered (its `value` is always `Some`); `None` when
+    /// the call was made.
     pub hit: Option<CacheHit>,
     /// `None` on a hit; when the call was made, `Ok` with the id of the
     /// entry its answer was stored as, or `Err` with why it was not: the
@@ -108,13 +124,6 @@ pub struct Cache {
     client: Client,
 }
 
-fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 impl Client {
     /// The cache service.
     pub fn cache(&self) -> Cache {
@@ -154,7 +163,7 @@ impl Cache {
             prompt: prompt.to_string(),
             vector: options.vector.clone().map(|values| pb::Vector { values }),
             threshold: options.threshold,
-            max_age: options.max_age.map(duration),
+            max_age: options.max_age.map(to_proto),
             exact_only: options.exact_only,
         };
         let resp = self
@@ -164,12 +173,22 @@ impl Cache {
         if !resp.hit {
             return Ok(None);
         }
-        let bytes = self.client.payload_bytes(resp.response.as_ref()).await?;
+        let data = self.client.payload_bytes(resp.response.as_ref()).await?;
+        let content_type = match &resp.response {
+            Some(pb::Payload {
+                content: Some(pb::payload::Content::Blob(blob)),
+                content_type,
+            }) if content_type.is_empty() => blob.content_type.clone(),
+            Some(payload) => payload.content_type.clone(),
+            None => String::new(),
+        };
         Ok(Some(CacheHit {
             entry_id: resp.entry_id,
             tier: resp.tier,
             similarity: resp.similarity,
-            value: crate::json::from_slice(&bytes)?,
+            value: decode(&data, &content_type),
+            data,
+            content_type,
             matched_prompt: resp.matched_prompt,
             metadata: resp.metadata,
             usage: resp.usage,
@@ -184,6 +203,18 @@ impl Cache {
         value: &serde_json::Value,
         options: &CacheOptions,
     ) -> Result<String> {
+        self.store_json(namespace, prompt, crate::json::to_vec(value), options)
+            .await
+    }
+
+    /// Stores JSON `text` for `prompt`; returns the entry's id.
+    async fn store_json(
+        &self,
+        namespace: &str,
+        prompt: &str,
+        text: Vec<u8>,
+        options: &CacheOptions,
+    ) -> Result<String> {
         let mut stub = self.client.raw().cache;
         let req = pb::StoreCacheRequest {
             namespace: namespace.to_string(),
@@ -191,10 +222,10 @@ impl Cache {
             vector: options.vector.clone().map(|values| pb::Vector { values }),
             response: Some(
                 self.client
-                    .inline_or_blob(crate::json::to_vec(value), JSON_CONTENT_TYPE, "")
+                    .inline_or_blob(text, JSON_CONTENT_TYPE, "")
                     .await?,
             ),
-            ttl: options.ttl.map(duration),
+            ttl: options.ttl.map(to_proto),
             metadata: options.metadata.clone(),
             usage: options.usage,
         };
@@ -209,7 +240,15 @@ impl Cache {
     /// stores what it returns (with its usage). Returns the value with the
     /// hit (`None` when `call` ran) and, when `call` ran, the stored entry's
     /// id or why its answer was not stored ([`CachedResult::stored`]). A
-    /// failed call stores nothing.
+    /// failed call stores nothing. On a miss the value returned is the
+    /// call's answer as a later hit will return it: encoded as JSON, as it
+    /// is stored, and decoded back (as the Python SDK's `get_or_call`).
+    ///
+    /// A hit that is not JSON (an entry another SDK stored as bytes or text,
+    /// or JSON that does not parse: [`CacheHit::value`] is `None`) cannot be
+    /// this call's answer, so it counts as a miss: `call` is made and its
+    /// answer stored, replacing the entry when it was stored under the same
+    /// prompt. [`Cache::lookup`] returns such an entry's bytes.
     ///
     /// A cache outage does not stop the call it stands in front of: when the
     /// lookup fails because the cache is down or busy (UNAVAILABLE,
@@ -233,15 +272,19 @@ impl Cache {
     {
         match self.lookup(namespace, prompt, options).await {
             Ok(Some(hit)) => {
-                return Ok(CachedResult {
-                    value: hit.value.clone(),
-                    hit: Some(hit),
-                    stored: None,
-                })
+                if let Some(value) = hit.value.clone() {
+                    return Ok(CachedResult {
+                        value,
+                        hit: Some(hit),
+                        stored: None,
+                    });
+                }
+                // Not JSON: not an answer this call could give (see above).
             }
             Ok(None) => {}
             Err(e) if cache_down(&e) => {
                 let (value, _) = call().await.map_err(GetOrCallError::Call)?;
+                let (value, _) = as_stored(value);
                 return Ok(CachedResult {
                     value,
                     hit: None,
@@ -255,15 +298,39 @@ impl Cache {
         if usage.is_some() {
             options.usage = usage;
         }
+        // Encoded once, for the store and for the value returned.
+        let (value, text) = as_stored(value);
         // Not cached is the worst a failed store does: the caller learns of
         // it from `stored`, and has the answer all the same.
-        let stored = self.store(namespace, prompt, &value, &options).await;
+        let stored = self.store_json(namespace, prompt, text, &options).await;
         Ok(CachedResult {
             value,
             hit: None,
             stored: Some(stored),
         })
     }
+}
+
+/// A cached response's value: its bytes decoded when its content type is
+/// JSON and they parse (empty is `null`, as the Python SDK's `None`), else
+/// `None`.
+fn decode(data: &[u8], content_type: &str) -> Option<serde_json::Value> {
+    if !crate::json::is_json_content_type(content_type) {
+        return None;
+    }
+    if data.is_empty() {
+        return Some(serde_json::Value::Null);
+    }
+    crate::json::from_slice(data).ok()
+}
+
+/// `value` as a hit will return it, with its JSON text: encoded and decoded
+/// back. Text that does not decode (nested past 512 levels, which the
+/// sidecar refuses to store anyway) leaves the value as it is.
+fn as_stored(value: serde_json::Value) -> (serde_json::Value, Vec<u8>) {
+    let text = crate::json::to_vec(&value);
+    let value = crate::json::from_slice(&text).unwrap_or(value);
+    (value, text)
 }
 
 /// Whether a lookup failed because the cache is down or busy, rather than

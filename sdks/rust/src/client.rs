@@ -18,6 +18,7 @@ use crate::pb::scheduler_service_client::SchedulerServiceClient;
 use crate::pb::state_service_client::StateServiceClient;
 use crate::pb::trace_service_client::TraceServiceClient;
 use crate::pb::worker_service_client::WorkerServiceClient;
+use crate::time::capped;
 
 /// Largest payload sent inline; larger ones travel as blobs.
 pub const MAX_INLINE_BYTES: usize = 4 * 1024 * 1024;
@@ -94,6 +95,8 @@ impl Default for Options {
 
 impl Options {
     /// The keepalive interval and timeout in effect, `None` when off.
+    /// Each at most 30 years: hyper adds them to an `Instant`, which
+    /// overflowed (a panic in the connection's task) at `Duration::MAX`.
     fn keepalive(&self) -> Option<(Duration, Duration)> {
         let interval = self.keepalive_interval.filter(|d| !d.is_zero())?;
         let timeout = if self.keepalive_timeout.is_zero() {
@@ -101,14 +104,14 @@ impl Options {
         } else {
             self.keepalive_timeout
         };
-        Some((interval, timeout))
+        Some((capped(interval), capped(timeout)))
     }
 
     /// The endpoint's connect timeout, flow-control windows and keepalive
     /// (pings only while a call is open).
     fn configure(&self, endpoint: Endpoint) -> Endpoint {
         let endpoint = endpoint
-            .connect_timeout(self.connect_timeout)
+            .connect_timeout(capped(self.connect_timeout))
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         match self.keepalive() {
@@ -430,5 +433,13 @@ mod tests {
             };
             assert_eq!(options.keepalive(), None);
         }
+        // hyper adds them to an Instant: at most 30 years.
+        let forever = Options {
+            keepalive_interval: Some(Duration::MAX),
+            keepalive_timeout: Duration::MAX,
+            ..Default::default()
+        };
+        let longest = crate::time::LONGEST_WAIT;
+        assert_eq!(forever.keepalive(), Some((longest, longest)));
     }
 }

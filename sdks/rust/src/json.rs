@@ -13,7 +13,14 @@
 //!   serde_stacker, which moves to a new stack segment on the heap when the
 //!   thread's runs low, so how deep a value can be read or written does not
 //!   depend on the stack of the thread that does it (512 levels take about
-//!   0.8 MiB in a debug build, a tokio worker thread has 2 MiB).
+//!   0.8 MiB in a debug build, a tokio worker thread has 2 MiB);
+//! - a double reads back as the double written, to the bit (serde_json's
+//!   `float_roundtrip` feature; without it about one in ten came back a unit
+//!   in the last place off). Integers are exact within i64 and u64; past
+//!   them they read as the nearest double (see the README, "JSON numbers").
+//!
+//! [`is_json_content_type`] tells JSON payloads by their content type, as
+//! the Python SDK does: a cache hit of another type is read as its bytes.
 
 use serde::de::{DeserializeOwned, Error as _};
 use serde::Serialize;
@@ -54,6 +61,16 @@ pub(crate) fn to_vec(value: &Value) -> Vec<u8> {
         ))
         .expect("a Value always encodes: its keys are strings and a Vec takes every write");
     text
+}
+
+/// Whether a payload of `content_type` is JSON, as the Python SDK decides
+/// (`is_json_content_type`): "" (the contract's default),
+/// `application/json` and any `*+json`, in any case, parameters aside.
+pub(crate) fn is_json_content_type(content_type: &str) -> bool {
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    base.is_empty()
+        || base.eq_ignore_ascii_case(crate::workflow::JSON_CONTENT_TYPE)
+        || base.to_ascii_lowercase().ends_with("+json")
 }
 
 /// Whether JSON `text` nests arrays and objects more than `limit` deep. One
@@ -132,6 +149,56 @@ mod tests {
         assert!(from_slice::<Value>(brackets.as_bytes()).is_ok());
         assert!(from_slice::<Value>(b"[1] x").is_err());
         assert!(from_slice::<Value>(b"[1").is_err());
+    }
+
+    #[test]
+    fn doubles_decode_to_the_double_encoded() {
+        // Bit patterns from xorshift64: every exponent, every mantissa.
+        let (mut x, mut checked) = (0x9E37_79B9_7F4A_7C15_u64, 0);
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let double = f64::from_bits(x);
+            if !double.is_finite() {
+                continue;
+            }
+            let text = to_vec(&serde_json::json!(double));
+            let back: f64 = from_slice(&text).unwrap();
+            assert_eq!(
+                back.to_bits(),
+                double.to_bits(),
+                "{} read back as {back:e}",
+                String::from_utf8_lossy(&text)
+            );
+            checked += 1;
+        }
+        assert!(checked > 199_000);
+        let back: Value = from_slice(b"0.9856906946328695").unwrap();
+        assert_eq!(back.to_string(), "0.9856906946328695");
+    }
+
+    #[test]
+    fn json_content_types_are_the_python_sdks() {
+        for json in [
+            "",
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/problem+json ",
+            "application/vnd.are.v1+JSON;v=2",
+        ] {
+            assert!(is_json_content_type(json), "{json:?}");
+        }
+        for other in [
+            "application/octet-stream",
+            "text/plain",
+            "text/json",
+            "application/jsonl",
+            "application/json-seq",
+        ] {
+            assert!(!is_json_content_type(other), "{other:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod json;
 mod router;
 mod state;
 pub mod testing;
+mod time;
 mod trace;
 mod worker;
 mod workflow;

@@ -32,17 +32,11 @@ use std::time::{Duration, SystemTime};
 use crate::error::Result;
 use crate::pb;
 use crate::pb::{AgentSource, RouteMode};
+use crate::time::to_proto;
 use crate::Client;
 
 fn time(stamp: Option<prost_types::Timestamp>) -> Option<SystemTime> {
     stamp.and_then(|t| SystemTime::try_from(t).ok())
-}
-
-fn to_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
 }
 
 fn from_duration(d: Option<prost_types::Duration>) -> Option<Duration> {
@@ -120,7 +114,7 @@ impl AgentCard {
             capabilities: self.capabilities.clone(),
             vector: self.vector.clone().map(|values| pb::Vector { values }),
             cost_per_call_micro_usd: self.cost_per_call_micro_usd,
-            typical_latency: self.typical_latency.map(to_duration),
+            typical_latency: self.typical_latency.map(to_proto),
             capacity: self.capacity,
             labels: self.labels.clone(),
             ..Default::default()
@@ -678,7 +672,7 @@ impl Router {
                 Outcome::Score(s) => O::Score(s),
             }),
             usage: options.usage,
-            latency: options.latency.map(to_duration),
+            latency: options.latency.map(to_proto),
         };
         self.client
             .unary("ReportOutcome", stub.report_outcome(req))

@@ -23,6 +23,7 @@ use tonic::Code;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::router::AgentCard;
+use crate::time::{capped, MAX_PROTO_SECONDS};
 use crate::workflow::JSON_CONTENT_TYPE;
 use crate::Client;
 use causes::MAX_MESSAGE_BYTES;
@@ -37,15 +38,22 @@ pub(crate) fn jitter(d: Duration) -> Duration {
     Duration::from_nanos((nanos.wrapping_mul(2654435761) % (max + 1)) as u64)
 }
 
+/// The longest retry hint taken from the sidecar (as the Java SDK's): a
+/// longer one (a RetryInfo of years) is waited a day, then tried again.
+pub(crate) const MAX_RETRY_HINT: Duration = Duration::from_secs(86_400);
+
 /// How long to wait before trying again: a full-jitter draw below `delay`,
 /// or, when the sidecar sent a retry hint (RetryInfo: its worker bound
-/// reached, its subscribers all taken, a store busy), at least that hint,
-/// with up to a fifth more so that the callers it refused together do not
-/// all come back at once.
+/// reached, its subscribers all taken, a store busy), at least that hint
+/// (at most [`MAX_RETRY_HINT`]), with up to a fifth more so that the
+/// callers it refused together do not all come back at once.
 pub(crate) fn retry_wait(delay: Duration, hint: Option<Duration>) -> Duration {
     let wait = jitter(delay);
     match hint.filter(|h| !h.is_zero()) {
-        Some(hint) => wait.max(hint + jitter(hint / 5)),
+        Some(hint) => {
+            let hint = hint.min(MAX_RETRY_HINT);
+            wait.max(hint + jitter(hint / 5))
+        }
         None => wait,
     }
 }
@@ -335,12 +343,7 @@ impl Task {
             event_type: event_type as i32,
             event_time: Some(prost_types::Timestamp::from(SystemTime::now())),
             name: name.to_string(),
-            duration: took
-                .filter(|d| !d.is_zero())
-                .map(|d| prost_types::Duration {
-                    seconds: d.as_secs() as i64,
-                    nanos: d.subsec_nanos() as i32,
-                }),
+            duration: took.filter(|d| !d.is_zero()).map(crate::time::to_proto),
             usage: Some(usage),
             ..Default::default()
         };
@@ -465,6 +468,21 @@ pub struct WorkerOptions {
     pub reconnect_max_delay: Duration,
 }
 
+impl WorkerOptions {
+    /// The options within their bounds. Each duration bounds a wait (a
+    /// deadline, a gRPC timeout), so it is at most 30 years, which an
+    /// `Instant` and a grpc-timeout hold (`Duration::MAX` overflowed them).
+    fn bounded(mut self) -> Self {
+        self.concurrency = self.concurrency.clamp(1, 10_000);
+        self.poll_timeout = capped(self.poll_timeout).max(Duration::from_secs(2));
+        self.heartbeat_interval = capped(self.heartbeat_interval).max(Duration::from_millis(50));
+        self.shutdown_grace = capped(self.shutdown_grace);
+        self.report_timeout = capped(self.report_timeout);
+        self.reconnect_max_delay = capped(self.reconnect_max_delay).max(Duration::from_millis(50));
+        self
+    }
+}
+
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
@@ -519,15 +537,11 @@ enum End {
 
 impl Worker {
     /// A worker named `name` (shared by its replicas).
-    pub fn new(client: &Client, name: &str, mut options: WorkerOptions) -> Self {
-        options.concurrency = options.concurrency.clamp(1, 10_000);
-        options.poll_timeout = options.poll_timeout.max(Duration::from_secs(2));
-        options.heartbeat_interval = options.heartbeat_interval.max(Duration::from_millis(50));
-        options.reconnect_max_delay = options.reconnect_max_delay.max(Duration::from_millis(50));
+    pub fn new(client: &Client, name: &str, options: WorkerOptions) -> Self {
         Worker {
             client: client.clone(),
             name: name.to_string(),
-            options,
+            options: options.bounded(),
             handlers: HashMap::new(),
             stats: Arc::default(),
             worker_id: Arc::default(),
@@ -1106,8 +1120,6 @@ const MAX_FAILURE_TYPE: usize = 256;
 const MAX_FAILURE_DETAILS: usize = 1024 * 1024;
 const MAX_DETAILS_CONTENT_TYPE: usize = 128;
 const MAX_FAILURE_CAUSES: usize = 8;
-/// The largest `google.protobuf.Duration`, in seconds.
-const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
 
 /// Fits one Failure, not its causes, to the sidecar's bounds: the type cut
 /// to 256 characters; details by reference, over 1 MiB or with a content
@@ -1273,9 +1285,9 @@ fn fit_report(mut report: pb::TaskFailure) -> pb::TaskFailure {
     if let Some(d) = report.retry_after.as_mut() {
         if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
             *d = prost_types::Duration::default();
-        } else if d.seconds > MAX_DURATION_SECONDS {
+        } else if d.seconds > MAX_PROTO_SECONDS {
             *d = prost_types::Duration {
-                seconds: MAX_DURATION_SECONDS,
+                seconds: MAX_PROTO_SECONDS,
                 nanos: 0,
             };
         }
@@ -1297,10 +1309,7 @@ fn failure_report(
         attempt: task.attempt,
         failure: Some(failure),
         usage: Some(usage),
-        retry_after: retry_after.map(|d| prost_types::Duration {
-            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            nanos: d.subsec_nanos() as i32,
-        }),
+        retry_after: retry_after.map(crate::time::to_proto),
     })
 }
 
@@ -1689,5 +1698,61 @@ mod tests {
         assert_eq!(chain_len(&[pb::Failure::default()]), 0);
         let two = [pb::Failure::default(), pb::Failure::default()];
         assert_eq!(chain_len(&two), 2);
+    }
+
+    #[test]
+    fn a_retry_hint_is_waited_at_most_a_day_and_a_fifth() {
+        // hint + a fifth of it overflowed (a panic) for a hint near Duration::MAX.
+        for hint in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(86_401),
+        ] {
+            let wait = retry_wait(Duration::from_millis(50), Some(hint));
+            assert!(wait >= MAX_RETRY_HINT, "{hint:?}: {wait:?}");
+            assert!(
+                wait <= MAX_RETRY_HINT + MAX_RETRY_HINT / 5,
+                "{hint:?}: {wait:?}"
+            );
+        }
+        let wait = retry_wait(Duration::from_millis(50), Some(Duration::from_secs(2)));
+        assert!(wait >= Duration::from_secs(2) && wait <= Duration::from_millis(2400));
+        assert!(retry_wait(Duration::from_millis(50), None) <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_workers_durations_are_capped_where_they_bound_a_wait() {
+        let o = WorkerOptions {
+            poll_timeout: Duration::MAX,
+            heartbeat_interval: Duration::MAX,
+            shutdown_grace: Duration::MAX,
+            report_timeout: Duration::MAX,
+            reconnect_max_delay: Duration::MAX,
+            ..Default::default()
+        }
+        .bounded();
+        for d in [
+            o.poll_timeout,
+            o.heartbeat_interval,
+            o.shutdown_grace,
+            o.report_timeout,
+            o.reconnect_max_delay,
+        ] {
+            assert_eq!(d, crate::time::LONGEST_WAIT);
+        }
+        // What the unary poll adds to one, and a gRPC timeout of one, hold
+        // (tonic panics past 99,999,999 hours).
+        let _ = std::time::Instant::now() + o.poll_timeout + POLL_ANSWER_MARGIN;
+        tonic::Request::new(()).set_timeout(o.heartbeat_interval);
+        let defaults = WorkerOptions::default();
+        let kept = defaults.clone().bounded();
+        assert_eq!(
+            (kept.poll_timeout, kept.shutdown_grace, kept.report_timeout),
+            (
+                defaults.poll_timeout,
+                defaults.shutdown_grace,
+                defaults.report_timeout
+            )
+        );
     }
 }

@@ -7,6 +7,7 @@ use tonic::Code;
 
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::time::to_proto;
 use crate::Client;
 
 /// Content type of JSON payloads.
@@ -24,13 +25,6 @@ pub fn json_payload(value: &serde_json::Value) -> pb::Payload {
 /// [`RESUME_MAX_DELAY`], and starts again once a message arrives.
 const RESUME_FIRST_DELAY: Duration = Duration::from_millis(50);
 const RESUME_MAX_DELAY: Duration = Duration::from_secs(2);
-
-fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
 
 /// Builds one task of a workflow (or of a spawn).
 #[derive(Clone, Debug)]
@@ -66,7 +60,7 @@ impl TaskBuilder {
     pub fn max_attempts(mut self, n: i32, initial: Duration) -> Self {
         let policy = self.spec.retry_policy.get_or_insert_with(Default::default);
         policy.maximum_attempts = n;
-        policy.initial_interval = Some(duration(initial));
+        policy.initial_interval = Some(to_proto(initial));
         self
     }
 
@@ -78,13 +72,13 @@ impl TaskBuilder {
 
     /// Bounds one attempt once assigned.
     pub fn start_to_close_timeout(mut self, d: Duration) -> Self {
-        self.spec.start_to_close_timeout = Some(duration(d));
+        self.spec.start_to_close_timeout = Some(to_proto(d));
         self
     }
 
     /// Ends an attempt's lease when its worker does not heartbeat for `d`.
     pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
-        self.spec.heartbeat_timeout = Some(duration(d));
+        self.spec.heartbeat_timeout = Some(to_proto(d));
         self
     }
 

@@ -413,7 +413,11 @@ async fn cache_exact_tier_and_get_or_call() {
         .unwrap()
         .expect("a hit");
     assert_eq!(hit.tier, pb::CacheTier::Exact as i32);
-    assert_eq!(hit.value, json!("Paris"));
+    assert_eq!(hit.value, Some(json!("Paris")));
+    assert_eq!(
+        (hit.data.as_slice(), hit.content_type.as_str()),
+        (&br#""Paris""#[..], "application/json")
+    );
     assert_eq!(hit.entry_id, stored);
     assert_eq!(hit.usage.unwrap().output_tokens, 3);
     assert_eq!(hit.metadata["model"], "gpt-x");
@@ -505,7 +509,10 @@ async fn json_nested_512_deep_goes_through_tasks_and_the_cache() {
         .await
         .unwrap()
         .expect("a hit");
-    assert!(hit.value == deep, "the cached value is not the stored one");
+    assert!(
+        hit.value.as_ref() == Some(&deep),
+        "the cached value is not the stored one"
+    );
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ use crate::pb;
 use crate::pb::connect_request::Message as Out;
 use crate::pb::connect_response::Message as In;
 use crate::router::AgentCard;
+use crate::time::capped;
 
 /// This SDK in the registration.
 const SDK: &str = concat!("are-sdk-rust/", env!("CARGO_PKG_VERSION"));
@@ -108,9 +109,11 @@ fn batches<T: prost::Message>(items: Vec<T>, budget: usize) -> Vec<Vec<T>> {
     out
 }
 
+/// A duration the sidecar sent (an interval, a grace), as a wait: at most
+/// 30 years, so that an `Instant` takes it (see `crate::time`).
 fn duration(d: Option<&prost_types::Duration>) -> Duration {
-    d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-        .unwrap_or_default()
+    let d = d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32));
+    capped(d.unwrap_or_default())
 }
 
 /// An attempt held on this stream, from its assignment until its result is
