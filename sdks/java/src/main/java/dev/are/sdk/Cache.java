@@ -1,24 +1,43 @@
 package dev.are.sdk;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.JsonNodeFactory;
+import com.fasterxml.jackson.databind.node.POJONode;
 import dev.are.sdk.v1.CacheNamespace;
 import dev.are.sdk.v1.CacheTier;
 import dev.are.sdk.v1.LookupCacheRequest;
 import dev.are.sdk.v1.LookupCacheResponse;
+import dev.are.sdk.v1.Payload;
 import dev.are.sdk.v1.PutNamespaceRequest;
 import dev.are.sdk.v1.PutNamespaceResponse;
 import dev.are.sdk.v1.StoreCacheRequest;
 import dev.are.sdk.v1.Usage;
 import dev.are.sdk.v1.Vector;
 import io.grpc.Status;
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.Arrays;
+import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
+import java.util.Objects;
 import java.util.Optional;
 
-/** The semantic cache of LLM results: {@code client.cache()}. */
+/**
+ * The semantic cache of LLM results: {@code client.cache()}.
+ *
+ * <p>Responses are stored as JSON ({@link Json}), or as they are when given as a {@link
+ * RawPayload} (bytes with a content type of the caller's choice). A stored response is read back
+ * as a {@link JsonNode}: decoded from JSON when its content type is JSON ({@link
+ * Json#isJsonContentType}), otherwise (content stored as {@code application/octet-stream} or
+ * {@code text/plain} by another SDK, say) a {@link POJONode} holding its {@link RawPayload}, as the
+ * Python SDK returns a {@code RawPayload} for it.
+ */
 public final class Cache {
   private static final System.Logger LOG = System.getLogger(Cache.class.getName());
+
+  /** Content type of bytes of no stated type. */
+  static final String OCTET_STREAM = "application/octet-stream";
 
   private final Client client;
 
@@ -77,27 +96,121 @@ public final class Cache {
   }
 
   /**
+   * A response stored as it is: bytes and their content type ({@code application/octet-stream}
+   * when it is null). {@link #store} stores one as it is, not as JSON; a stored response whose
+   * content type is not JSON is read back as one (held by a {@link POJONode}). Immutable: the bytes
+   * are copied in and out.
+   */
+  public record RawPayload(byte[] data, String contentType) {
+    /** Copies {@code data}; a null content type is {@code application/octet-stream}. */
+    public RawPayload {
+      data = Objects.requireNonNull(data, "data").clone();
+      contentType = contentType == null ? OCTET_STREAM : contentType;
+    }
+
+    /** Bytes of no stated type ({@code application/octet-stream}). */
+    public static RawPayload of(byte[] data) {
+      return new RawPayload(data, OCTET_STREAM);
+    }
+
+    /** Text, sent as UTF-8 ({@code text/plain; charset=utf-8} for instance). */
+    public static RawPayload of(String text, String contentType) {
+      return new RawPayload(text.getBytes(StandardCharsets.UTF_8), contentType);
+    }
+
+    /** A copy of the bytes. */
+    @Override
+    public byte[] data() {
+      return data.clone();
+    }
+
+    /** The bytes decoded as UTF-8 text. */
+    public String text() {
+      return new String(data, StandardCharsets.UTF_8);
+    }
+
+    /** Equal bytes and content type. */
+    @Override
+    public boolean equals(Object o) {
+      return o instanceof RawPayload r
+          && contentType.equals(r.contentType)
+          && Arrays.equals(data, r.data);
+    }
+
+    @Override
+    public int hashCode() {
+      return 31 * contentType.hashCode() + Arrays.hashCode(data);
+    }
+
+    /** The content type, the size and the first bytes (in hex). */
+    @Override
+    public String toString() {
+      int shown = Math.min(data.length, 16);
+      return "RawPayload["
+          + contentType
+          + ", "
+          + data.length
+          + " bytes: "
+          + HexFormat.of().formatHex(data, 0, shown)
+          + (shown < data.length ? "..." : "")
+          + "]";
+    }
+  }
+
+  /**
    * A cache hit: the entry's id, the tier that answered, the similarity (1 for an exact hit), the
-   * response decoded from JSON, the stored prompt, metadata and usage.
+   * response as {@link Cache} reads it back (decoded from JSON for a JSON content type, else a
+   * {@link POJONode} holding a {@link RawPayload}; JSON that does not parse is one too), the
+   * response's bytes and content type as stored (a blob fetched first), the stored prompt,
+   * metadata and usage.
    */
   public record CacheHit(
       String entryId,
       CacheTier tier,
       double similarity,
       JsonNode value,
+      byte[] data,
+      String contentType,
       String matchedPrompt,
       Map<String, String> metadata,
-      Usage usage) {}
+      Usage usage) {
+    /** The response's bytes and content type, as stored. */
+    public RawPayload raw() {
+      return new RawPayload(data, contentType);
+    }
 
-  /** What {@link #getOrCall} returns: the value, and the hit when the cache answered. */
+    /** Whether {@link #value()} is JSON: the content type is JSON and the bytes parse. */
+    public boolean isJson() {
+      return !(value instanceof POJONode);
+    }
+  }
+
+  /**
+   * What {@link #getOrCall} returns: the value, and the hit when the cache answered. The value is
+   * the same on a miss as on a later hit: the call's answer as it is stored, read back ({@link
+   * Cache}); a response that is not JSON is a {@link POJONode} holding its {@link RawPayload}; an
+   * answer that cannot be written as JSON (and so was not stored) is a {@link POJONode} holding the
+   * answer as the call returned it. {@code Json.convert(value, Type.class)} reads every case: JSON
+   * decoded to {@code Type}, or the object the node holds when it is a {@code Type}.
+   */
   public record Result(JsonNode value, Optional<CacheHit> hit) {
     /** Whether the cache answered (the call did not run). */
     public boolean isHit() {
       return hit.isPresent();
     }
+
+    /** The response when it is not JSON: its bytes and content type; empty for JSON. */
+    public Optional<RawPayload> raw() {
+      return value instanceof POJONode p && p.getPojo() instanceof RawPayload r
+          ? Optional.of(r)
+          : Optional.empty();
+    }
   }
 
-  /** What a call computed on a miss: a value written as JSON, and what it cost (or null). */
+  /**
+   * What a call computed on a miss: a value written as JSON (a {@link RawPayload} as it is), and
+   * what it cost (or null).
+   */
   public record Computed(Object value, Usage usage) {
     /** A value with no usage. */
     public static Computed of(Object value) {
@@ -146,25 +259,40 @@ public final class Cache {
     if (!resp.getHit()) {
       return Optional.empty();
     }
-    JsonNode value = Json.decode(client.payloadBytes(resp.getResponse()));
+    Payload payload = resp.getResponse();
+    byte[] data = client.payloadBytes(payload);
+    String contentType = payload.getContentType();
+    if (contentType.isEmpty() && payload.hasBlob()) {
+      contentType = payload.getBlob().getContentType();
+    }
     return Optional.of(
         new CacheHit(
             resp.getEntryId(),
             resp.getTier(),
             resp.getSimilarity(),
-            value,
+            decode(data, contentType),
+            data,
+            contentType,
             resp.getMatchedPrompt(),
             Map.copyOf(resp.getMetadataMap()),
             resp.hasUsage() ? resp.getUsage() : null));
   }
 
-  /** Stores a response (written as JSON) for {@code prompt}; returns the entry's id. */
+  /**
+   * Stores a response for {@code prompt}: written as JSON, or as it is when it is a {@link
+   * RawPayload} (or a {@link POJONode} holding one, as read back); returns the entry's id. A value
+   * that cannot be written as JSON is INVALID_ARGUMENT, reason {@code INVALID_JSON}.
+   */
   public String store(String namespace, String prompt, Object value, CacheOptions options) {
+    return store(namespace, prompt, encode(value), options);
+  }
+
+  private String store(String namespace, String prompt, RawPayload response, CacheOptions options) {
     StoreCacheRequest.Builder req =
         StoreCacheRequest.newBuilder()
             .setNamespace(namespace)
             .setPrompt(prompt)
-            .setResponse(client.inlineOrBlob(Json.encode(value), Json.CONTENT_TYPE, ""))
+            .setResponse(client.inlineOrBlob(response.data, response.contentType(), ""))
             .putAllMetadata(options.metadata() == null ? Map.of() : options.metadata());
     if (options.vector() != null) {
       req.setVector(Vector.newBuilder().addAllValues(options.vector()));
@@ -183,7 +311,18 @@ public final class Cache {
   /**
    * Returns the cached response for {@code prompt}, or runs {@code call} on a miss and stores what
    * it returns (with its usage). A failed call stores nothing and its exception propagates as it
-   * is. The cache failing does not stop the call it stands in front of: a lookup that fails because
+   * is.
+   *
+   * <p>The value is the same on a miss as on a later hit: the answer is encoded once, as it is
+   * stored, and the value returned is that encoding read back (a {@code float} 0.1 comes back as
+   * the double 0.1, a {@code long} 5 as an int node, a {@code BigDecimal} as a double, a {@code
+   * byte[]} as its base64 text), as the Python SDK does. A hit whose content type is not JSON
+   * (bytes or text another SDK stored) is returned as a {@link POJONode} holding its {@link
+   * RawPayload}, and so is an answer given as a {@link RawPayload}. An answer that cannot be
+   * written as JSON (a {@code java.time} value, which the SDK's mapper does not know) is logged,
+   * not stored, and returned as it is, held by a {@link POJONode}.
+   *
+   * <p>The cache failing does not stop the call it stands in front of: a lookup that fails because
    * the cache is down or busy (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED) is
    * logged and the call is made, its answer not stored; a store that fails after the call (the
    * answer over the namespace's {@code max_bytes}, the sidecar busy or gone) is logged and the
@@ -204,17 +343,35 @@ public final class Cache {
       LOG.log(
           System.Logger.Level.WARNING,
           "cache: \"" + namespace + "\" could not be looked up, so the call is made: " + e);
-      return new Result(Json.mapper().valueToTree(call.call().value()), Optional.empty());
+      Object answer = call.call().value();
+      RawPayload encoded;
+      try {
+        encoded = encode(answer);
+      } catch (RuntimeException notJson) {
+        return new Result(JsonNodeFactory.instance.pojoNode(answer), Optional.empty());
+      }
+      return new Result(decode(encoded.data, encoded.contentType()), Optional.empty());
     }
     if (hit.isPresent()) {
       return new Result(hit.get().value(), hit);
     }
     Computed computed = call.call();
+    RawPayload encoded;
+    try {
+      // Encoded once, for the store and for the value returned: what a hit will return.
+      encoded = encode(computed.value());
+    } catch (RuntimeException e) {
+      // The answer was paid for: return it as it is (a hit could not return it).
+      LOG.log(
+          System.Logger.Level.WARNING,
+          "cache: the answer to a prompt in \"" + namespace + "\" was not stored: " + e);
+      return new Result(JsonNodeFactory.instance.pojoNode(computed.value()), Optional.empty());
+    }
+    JsonNode value = decode(encoded.data, encoded.contentType());
     CacheOptions storeOptions =
         computed.usage() != null ? options.withUsage(computed.usage()) : options;
-    JsonNode value = Json.mapper().valueToTree(computed.value());
     try {
-      store(namespace, prompt, value, storeOptions);
+      store(namespace, prompt, encoded, storeOptions);
     } catch (RuntimeException e) {
       // The answer was paid for: return it anyway.
       LOG.log(
@@ -222,6 +379,38 @@ public final class Cache {
           "cache: the answer to a prompt in \"" + namespace + "\" was not stored: " + e);
     }
     return new Result(value, Optional.empty());
+  }
+
+  /**
+   * A response as it is stored: a {@link RawPayload} as it is (also when a {@link POJONode} holds
+   * it, as read back), anything else written as JSON (INVALID_ARGUMENT, reason {@code
+   * INVALID_JSON}, when it cannot be).
+   */
+  static RawPayload encode(Object value) {
+    if (value instanceof POJONode node && node.getPojo() instanceof RawPayload raw) {
+      return raw;
+    }
+    if (value instanceof RawPayload raw) {
+      return raw;
+    }
+    return new RawPayload(Json.encode(value), Json.CONTENT_TYPE);
+  }
+
+  /**
+   * A stored response as it is read back: decoded from JSON when its content type is JSON (empty
+   * bytes are JSON null), else, or when it does not parse, a {@link POJONode} holding its {@link
+   * RawPayload} (the payload is the sender's: it is returned, not refused).
+   */
+  static JsonNode decode(byte[] data, String contentType) {
+    if (Json.isJsonContentType(contentType)) {
+      try {
+        return Json.decode(data);
+      } catch (AreException notJson) {
+        return JsonNodeFactory.instance.pojoNode(
+            new RawPayload(data, contentType.isEmpty() ? Json.CONTENT_TYPE : contentType));
+      }
+    }
+    return JsonNodeFactory.instance.pojoNode(new RawPayload(data, contentType));
   }
 
   /** Whether a lookup failed because the cache is down or busy, not because it was wrong. */

@@ -190,8 +190,8 @@ public final class Client implements AutoCloseable {
     if (time == null) {
       return;
     }
-    builder.keepAliveTime(time.toNanos(), TimeUnit.NANOSECONDS);
-    builder.keepAliveTimeout(options.keepaliveTimeout().toNanos(), TimeUnit.NANOSECONDS);
+    builder.keepAliveTime(Durations.nanos(time), TimeUnit.NANOSECONDS);
+    builder.keepAliveTimeout(Durations.nanos(options.keepaliveTimeout()), TimeUnit.NANOSECONDS);
     builder.keepAliveWithoutCalls(false);
   }
 
@@ -209,7 +209,7 @@ public final class Client implements AutoCloseable {
 
   /** Waits until the channel is READY; a failed attempt or the timeout is UNAVAILABLE. */
   private static void awaitReady(ManagedChannel channel, String target, Duration timeout) {
-    long deadline = System.nanoTime() + timeout.toNanos();
+    long deadline = Durations.deadline(timeout);
     ConnectivityState state = channel.getState(true);
     while (state != ConnectivityState.READY) {
       if (state == ConnectivityState.TRANSIENT_FAILURE || state == ConnectivityState.SHUTDOWN) {
@@ -368,9 +368,7 @@ public final class Client implements AutoCloseable {
           }
         };
     StreamObserver<PutBlobRequest> requests =
-        StateServiceGrpc.newStub(raw.channel())
-            .withDeadlineAfter(callTimeout.toNanos(), TimeUnit.NANOSECONDS)
-            .putBlob(answer);
+        Durations.withTimeout(StateServiceGrpc.newStub(raw.channel()), callTimeout).putBlob(answer);
     try {
       requests.onNext(
           PutBlobRequest.newBuilder()
@@ -391,7 +389,8 @@ public final class Client implements AutoCloseable {
       throw AreException.from(e);
     }
     try {
-      return done.get(callTimeout.toNanos() + 1_000_000_000L, TimeUnit.NANOSECONDS).getBlob();
+      return done.get(Durations.nanos(callTimeout) + 1_000_000_000L, TimeUnit.NANOSECONDS)
+          .getBlob();
     } catch (ExecutionException e) {
       throw translate("PutBlob", e.getCause());
     } catch (TimeoutException e) {
@@ -447,9 +446,9 @@ public final class Client implements AutoCloseable {
         Status.Code.CANCELLED, "CLIENT_CLOSED", what + ": the client was closed", cause);
   }
 
-  /** A stub bounded by the call timeout. */
+  /** A stub bounded by the call timeout (none when it is over 100 years). */
   <S extends io.grpc.stub.AbstractStub<S>> S deadline(S stub) {
-    return stub.withDeadlineAfter(callTimeout.toNanos(), TimeUnit.NANOSECONDS);
+    return Durations.withTimeout(stub, callTimeout);
   }
 
   /** Runs a call, turning any failure into an {@link AreException}. */

@@ -1,10 +1,23 @@
 package dev.are.sdk;
 
+import io.grpc.stub.AbstractStub;
 import java.time.Duration;
 import java.time.Instant;
+import java.util.concurrent.TimeUnit;
 
-/** Conversions between java.time and the protobuf well-known types. */
+/**
+ * Conversions between java.time and the protobuf well-known types, and of the caller's bounds to
+ * nanoseconds and deadlines. A {@link Duration} goes far beyond what a {@code long} of nanoseconds
+ * holds (292 years; {@code ChronoUnit.FOREVER.getDuration()} is 2<sup>63</sup> seconds), so every
+ * bound is saturated at {@link #UNBOUNDED} (100 years, as grpc-java's {@code Deadline} is): a
+ * longer one waits for ever, and a call bounded by it has no deadline.
+ */
 final class Durations {
+  /** Bounds longer than this (100 years) are no bound at all. */
+  static final Duration UNBOUNDED = Duration.ofDays(36_500);
+
+  private static final long UNBOUNDED_NANOS = UNBOUNDED.toNanos();
+
   private Durations() {}
 
   static com.google.protobuf.Duration toProto(Duration d) {
@@ -20,5 +33,43 @@ final class Durations {
 
   static Instant fromProto(com.google.protobuf.Timestamp t) {
     return Instant.ofEpochSecond(t.getSeconds(), t.getNanos());
+  }
+
+  /** Whether {@code d} is longer than {@link #UNBOUNDED}: no bound at all. */
+  static boolean isUnbounded(Duration d) {
+    return d.compareTo(UNBOUNDED) > 0;
+  }
+
+  /**
+   * {@code d} in nanoseconds, saturated at plus or minus {@link #UNBOUNDED} ({@link
+   * Duration#toNanos()} throws past 292 years). A wait of the result is one for ever.
+   */
+  static long nanos(Duration d) {
+    if (d.compareTo(UNBOUNDED) > 0) {
+      return UNBOUNDED_NANOS;
+    }
+    if (d.compareTo(UNBOUNDED.negated()) < 0) {
+      return -UNBOUNDED_NANOS;
+    }
+    return d.toNanos();
+  }
+
+  /**
+   * The {@link System#nanoTime()} at which {@code d} from now has passed, {@code d} saturated as
+   * {@link #nanos}. Compare it as {@code deadline - System.nanoTime()}: that never overflows, even
+   * where the sum itself wraps around.
+   */
+  static long deadline(Duration d) {
+    return System.nanoTime() + nanos(d);
+  }
+
+  /** {@code d} clamped to plus or minus {@link #UNBOUNDED}, so that sums of bounds never throw. */
+  static Duration saturated(Duration d) {
+    return Duration.ofNanos(nanos(d));
+  }
+
+  /** {@code stub} with a deadline {@code d} from now, or none when {@code d} is unbounded. */
+  static <S extends AbstractStub<S>> S withTimeout(S stub, Duration d) {
+    return isUnbounded(d) ? stub : stub.withDeadlineAfter(nanos(d), TimeUnit.NANOSECONDS);
   }
 }

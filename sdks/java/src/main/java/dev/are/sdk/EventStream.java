@@ -69,7 +69,7 @@ public final class EventStream implements AutoCloseable {
     }
     Object item;
     try {
-      item = queue.poll(timeout.toNanos(), TimeUnit.NANOSECONDS);
+      item = queue.poll(Durations.nanos(timeout), TimeUnit.NANOSECONDS);
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
       throw AreException.local(Status.Code.CANCELLED, "INTERRUPTED", "interrupted", e);

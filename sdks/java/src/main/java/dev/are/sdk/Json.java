@@ -9,6 +9,7 @@ import com.google.protobuf.ByteString;
 import dev.are.sdk.v1.Payload;
 import io.grpc.Status;
 import java.io.IOException;
+import java.util.Locale;
 
 /**
  * JSON for task inputs, outputs, cache responses and heartbeat details (Jackson). Any value
@@ -26,6 +27,20 @@ public final class Json {
   /** The mapper the SDK uses (share it; do not reconfigure it). */
   public static ObjectMapper mapper() {
     return MAPPER;
+  }
+
+  /**
+   * Whether a payload of this content type is JSON: {@code ""} (the contract's default), {@code
+   * application/json} and {@code *+json} types, parameters ({@code ; charset=utf-8}) and case
+   * aside.
+   */
+  public static boolean isJsonContentType(String contentType) {
+    int semicolon = contentType.indexOf(';');
+    String base =
+        (semicolon < 0 ? contentType : contentType.substring(0, semicolon))
+            .strip()
+            .toLowerCase(Locale.ROOT);
+    return base.isEmpty() || base.equals(CONTENT_TYPE) || base.endsWith("+json");
   }
 
   /** Serialises a value to JSON bytes; an unserialisable value is INVALID_ARGUMENT. */

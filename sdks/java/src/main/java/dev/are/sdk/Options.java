@@ -152,13 +152,13 @@ public final class Options {
       return this;
     }
 
-    /** Bounds {@link Client#connect} (default 10 s). */
+    /** Bounds {@link Client#connect} (default 10 s; over 100 years: no bound). */
     public Builder connectTimeout(Duration d) {
       this.connectTimeout = Objects.requireNonNull(d);
       return this;
     }
 
-    /** Bounds each unary call of the facade (default 30 s). */
+    /** Bounds each unary call of the facade (default 30 s; over 100 years: no deadline). */
     public Builder callTimeout(Duration d) {
       this.callTimeout = Objects.requireNonNull(d);
       return this;

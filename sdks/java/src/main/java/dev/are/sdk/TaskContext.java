@@ -158,7 +158,7 @@ public final class TaskContext {
 
   /** Waits at most {@code timeout} for a cancellation; true when it came. */
   public boolean awaitCancellation(Duration timeout) throws InterruptedException {
-    return cancelled.await(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    return cancelled.await(Durations.nanos(timeout), TimeUnit.NANOSECONDS);
   }
 
   /** Adds tokens, cost and calls to what the attempt reports. */

@@ -175,7 +175,7 @@ public final class Worker implements AutoCloseable {
    * that ended a worker started with {@link #start()}.
    */
   public boolean awaitTermination(Duration timeout) throws InterruptedException {
-    boolean done = stopped.await(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    boolean done = stopped.await(Durations.nanos(timeout), TimeUnit.NANOSECONDS);
     RuntimeException e = failure.get();
     if (e != null) {
       throw e;
@@ -194,10 +194,9 @@ public final class Worker implements AutoCloseable {
       return;
     }
     Duration bound =
-        options
-            .pollTimeout()
-            .plus(options.shutdownGrace())
-            .plus(options.reportTimeout())
+        Durations.saturated(options.pollTimeout())
+            .plus(Durations.saturated(options.shutdownGrace()))
+            .plus(Durations.saturated(options.reportTimeout()))
             .plusSeconds(2);
     try {
       awaitTermination(bound);
@@ -288,13 +287,13 @@ public final class Worker implements AutoCloseable {
    */
   private void drain() {
     try {
-      if (!awaitSettled(System.nanoTime() + options.shutdownGrace().toNanos())) {
+      if (!awaitSettled(Durations.deadline(options.shutdownGrace()))) {
         for (TaskContext task : active) {
           if (!task.settled.get()) {
             task.cancel(CancelReason.WORKER_STOPPED);
           }
         }
-        awaitSettled(System.nanoTime() + options.reportTimeout().toNanos());
+        awaitSettled(Durations.deadline(options.reportTimeout()));
       }
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
@@ -394,12 +393,7 @@ public final class Worker implements AutoCloseable {
       PollTaskResponse resp;
       try {
         // Not cancelled by shutdown (see WorkerOptions.pollTimeout), but bounded.
-        resp =
-            client
-                .raw()
-                .worker()
-                .withDeadlineAfter(options.pollTimeout().toNanos(), TimeUnit.NANOSECONDS)
-                .pollTask(req);
+        resp = Durations.withTimeout(client.raw().worker(), options.pollTimeout()).pollTask(req);
       } catch (RuntimeException t) {
         slots.release(permits);
         AreException e = AreException.from(t);
@@ -460,7 +454,8 @@ public final class Worker implements AutoCloseable {
       }
       End end;
       try {
-        end = beats.get(heartbeatBound(task).toMillis() + 1000, TimeUnit.MILLISECONDS);
+        end =
+            beats.get(Durations.nanos(heartbeatBound(task)) + 1_000_000_000L, TimeUnit.NANOSECONDS);
       } catch (ExecutionException | TimeoutException e) {
         beats.cancel(true);
         end = End.HELD;
@@ -468,7 +463,7 @@ public final class Worker implements AutoCloseable {
         Thread.currentThread().interrupt();
         return;
       }
-      long reportBy = System.nanoTime() + options.reportTimeout().toNanos();
+      long reportBy = Durations.deadline(options.reportTimeout());
       switch (end) {
         case LOST -> stats.cancelled.incrementAndGet();
         case CANCEL_REQUESTED -> {
@@ -607,11 +602,13 @@ public final class Worker implements AutoCloseable {
     ScheduledFuture<?> atDeadline = null;
     if (a.hasDeadlineTime()) {
       Duration left = Duration.between(Instant.now(), Durations.fromProto(a.getDeadlineTime()));
-      atDeadline =
-          timers.schedule(
-              () -> task.cancel(CancelReason.DEADLINE_EXCEEDED),
-              Math.max(0, left.toNanos()),
-              TimeUnit.NANOSECONDS);
+      if (!Durations.isUnbounded(left)) {
+        atDeadline =
+            timers.schedule(
+                () -> task.cancel(CancelReason.DEADLINE_EXCEEDED),
+                Math.max(0, Durations.nanos(left)),
+                TimeUnit.NANOSECONDS);
+      }
     }
     Future<Outcome> running = pool.submit(() -> runHandler(task, handler));
     try {
@@ -1140,8 +1137,8 @@ public final class Worker implements AutoCloseable {
    * attempt when it does.
    */
   private End heartbeat(TaskContext task) throws InterruptedException {
-    long interval = interval(task).toNanos();
-    long bound = heartbeatBound(task).toNanos();
+    long interval = Durations.nanos(interval(task));
+    long bound = Durations.nanos(heartbeatBound(task));
     while (true) {
       task.kick.tryAcquire(interval, TimeUnit.NANOSECONDS);
       task.kick.drainPermits();

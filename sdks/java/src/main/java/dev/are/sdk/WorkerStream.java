@@ -240,8 +240,7 @@ final class WorkerStream {
     s.call.onNext(ConnectRequest.newBuilder().setRegister(registration).build());
     WorkerRegistered registered;
     try {
-      registered =
-          s.registered.get(options.reportTimeout().toNanos(), TimeUnit.NANOSECONDS);
+      registered = s.registered.get(Durations.nanos(options.reportTimeout()), TimeUnit.NANOSECONDS);
     } catch (ExecutionException e) {
       s.call.cancel("registration failed", null);
       throw AreException.from(e.getCause());
@@ -255,7 +254,7 @@ final class WorkerStream {
     }
     worker.setWorkerId(registered.getWorkerId());
     if (registered.hasHeartbeatInterval()) {
-      long n = Durations.fromProto(registered.getHeartbeatInterval()).toNanos();
+      long n = Durations.nanos(Durations.fromProto(registered.getHeartbeatInterval()));
       if (n > 0) {
         s.interval = n;
       }
@@ -321,7 +320,7 @@ final class WorkerStream {
           // No more assignments come; results are recorded within the grace, then the sidecar
           // ends the stream and the worker reconnects.
           Duration grace = Durations.fromProto(msg.getDrain().getGracePeriod());
-          drainBy = System.nanoTime() + grace.toNanos();
+          drainBy = Durations.deadline(grace);
           LOG.log(
               System.Logger.Level.INFO,
               "worker " + worker.name() + ": the sidecar is draining (" + msg.getDrain().getReason()
@@ -420,7 +419,7 @@ final class WorkerStream {
         drain = "the worker is stopping";
       }
       wake.release();
-      if (!awaitIdle(System.nanoTime() + options.shutdownGrace().toNanos())) {
+      if (!awaitIdle(Durations.deadline(options.shutdownGrace()))) {
         List<Held> late;
         synchronized (lock) {
           late = new ArrayList<>(held.values());
@@ -428,7 +427,7 @@ final class WorkerStream {
         for (Held h : late) {
           h.task.cancel(CancelReason.WORKER_STOPPED);
         }
-        awaitIdle(System.nanoTime() + options.reportTimeout().toNanos());
+        awaitIdle(Durations.deadline(options.reportTimeout()));
       }
       synchronized (lock) {
         closing = true;
@@ -464,7 +463,7 @@ final class WorkerStream {
       TaskContext task = new TaskContext(worker.client(), a, worker.options().interruptOnCancel());
       long every = interval;
       if (a.hasHeartbeatTimeout()) {
-        long ht = Durations.fromProto(a.getHeartbeatTimeout()).toNanos();
+        long ht = Durations.nanos(Durations.fromProto(a.getHeartbeatTimeout()));
         if (ht > 0) {
           every = Math.min(every, ht / 4);
         }
@@ -508,7 +507,7 @@ final class WorkerStream {
           worker.stats().cancelled.incrementAndGet();
           return;
         }
-        long reportBy = System.nanoTime() + worker.options().reportTimeout().toNanos();
+        long reportBy = Durations.deadline(worker.options().reportTimeout());
         worker.report(
             h.task,
             outcome,

@@ -76,17 +76,19 @@ public final class WorkflowHandle {
 
   /**
    * Follows the workflow (WatchWorkflow, resumed from the last sequence when the stream drops)
-   * until it closes, whatever the outcome, for at most {@code timeout}; then DEADLINE_EXCEEDED
-   * with reason TIMEOUT. A watch that drops (UNAVAILABLE, CANCELLED) is resumed after a jittered
-   * backoff; one refused with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a resumed
-   * watch is one) no sooner than the sidecar's retry hint. Other errors are thrown, and so is
-   * CANCELLED with reason {@code CLIENT_CLOSED} once the client is closed, or with reason {@code
-   * CONTEXT_CANCELLED} once the caller's gRPC {@link Context} is cancelled (a wait inside a server
-   * call that ended, say; past the context's deadline it is DEADLINE_EXCEEDED, reason TIMEOUT). A
-   * wait leaves nothing registered on the caller's context.
+   * until it closes, whatever the outcome, for at most {@code timeout} (over 100 years, {@code
+   * ChronoUnit.FOREVER.getDuration()} say: no bound); then DEADLINE_EXCEEDED with reason TIMEOUT.
+   * A watch that drops (UNAVAILABLE, CANCELLED) is resumed after a jittered backoff; one refused
+   * with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a resumed watch is one) no
+   * sooner than the sidecar's retry hint. Other errors are thrown, and so is CANCELLED with reason
+   * {@code CLIENT_CLOSED} once the client is closed, or with reason {@code CONTEXT_CANCELLED} once
+   * the caller's gRPC {@link Context} is cancelled (a wait inside a server call that ended, say;
+   * past the context's deadline it is DEADLINE_EXCEEDED, reason TIMEOUT). A wait leaves nothing
+   * registered on the caller's context.
    */
   public Workflow await(Duration timeout) {
-    long deadline = System.nanoTime() + timeout.toNanos();
+    long deadline = Durations.deadline(timeout);
+    boolean bounded = !Durations.isUnbounded(timeout);
     Long after = null;
     long delayMs = 50;
     String what = "waiting for workflow " + id;
@@ -114,9 +116,9 @@ public final class WorkflowHandle {
         Context previous = watch.attach();
         try {
           Iterator<WatchWorkflowResponse> it =
-              client
-                  .watches()
-                  .withDeadlineAfter(left, TimeUnit.NANOSECONDS)
+              (bounded
+                      ? client.watches().withDeadlineAfter(left, TimeUnit.NANOSECONDS)
+                      : client.watches())
                   .watchWorkflow(req.build());
           while (it.hasNext()) {
             WatchWorkflowResponse msg = it.next();
