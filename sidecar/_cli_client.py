@@ -1,18 +1,32 @@
 """The client commands of ``are``: talk to a running sidecar and show the answers with rich.
 
 Every command connects with ``--target`` (``ARE_TARGET``, default
-``127.0.0.1:50051``; ``unix:PATH`` for a socket) and ``--token``
-(``ARE_TOKEN``). An error answer is printed with its code, reason and field
-violations and exits 1; a service this sidecar does not implement yet prints
-the server's UNIMPLEMENTED message and exits 1 too.
+``127.0.0.1:50051``; ``unix:PATH`` for a socket; checked before connecting),
+``--token`` (``ARE_TOKEN``) and, for a TLS sidecar, ``--tls`` (``ARE_TLS``,
+the system's roots) or ``--ca-file`` (``ARE_CA_FILE``, PEM roots; implies
+``--tls``). An empty ``ARE_*`` variable counts as unset. An error answer is
+printed with its code, reason and field violations and exits 1; a service
+this sidecar does not implement yet prints the server's UNIMPLEMENTED message
+and exits 1 too. SIGTERM or SIGHUP ends a command cleanly (a live display
+restores the terminal) with status 128 + the signal's number; Ctrl-C exits 130.
+
+Text from the sidecar or the command line (ids, messages, descriptions) is
+printed as it is, never read as rich markup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
 import functools
+import ipaddress
 import json
+import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -20,9 +34,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
+import msgspec
 import yaml
 from google.protobuf import json_format
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
@@ -32,11 +48,13 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from are_sdk import Client, RpcError, UnavailableError
+from are_sdk import Client, NotFoundError, RpcError, UnavailableError
+from are_sdk._payload import is_json_content_type
 from are_sdk._proto.are.v1 import (
     cache_service_pb2,
     common_pb2,
@@ -50,7 +68,12 @@ from are_sdk._proto.are.v1 import (
 __all__ = ["register_client_commands"]
 
 _MAX_ROWS = 1000  # cards `are agents` prints at most
-_PIPED_MAX_WIDTH = 1000  # columns a table printed to a pipe or file may take
+_PIPED_MAX_WIDTH = 1000  # columns a table or tree printed to a pipe or file may take
+_TREE_DEPTH = 64  # levels `are status` nests at most; deeper tasks are listed flat
+_TREE_LABEL_MIN = 30  # columns a task's label keeps at the deepest level shown
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # end a command as Ctrl-C does
+_WORKFLOW_CHECK_S = 5.0  # how often `trace --follow` asks whether a quiet workflow has ended
+_EXIT_GRACE_S = 10.0  # how long a command that has printed its error may take to end (see _ExitGuard)
 _TERMINAL_WORKFLOW_EVENTS = frozenset(
     {
         event_pb2.EVENT_TYPE_WORKFLOW_COMPLETED,
@@ -80,36 +103,136 @@ _STATE_STYLES = {
     "SKIPPED": "dim",
 }
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Neither console reads ":name:" as an emoji code: ids and messages are printed as they are.
+# Error lines soft-wrap: a pipe or a log file gets each one whole, not cut at 80 columns.
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
+
+
+def _print_wide(renderable: RenderableType) -> None:
+    """Prints ``renderable`` on stdout; to a pipe or a file, at the width it needs.
+
+    Printed to a pipe or a file (no terminal, no ``COLUMNS``), rich would
+    squeeze a table or a tree into 80 columns, cutting every header and cell
+    short and wrapping labels mid-word; it takes up to ``_PIPED_MAX_WIDTH``.
+    """
+    if _piped():
+        wanted = Measurement.get(out, out.options.update(max_width=_PIPED_MAX_WIDTH), renderable).maximum
+        if wanted > out.width:
+            Console(highlight=False, emoji=False, width=wanted).print(renderable)
+            return
+    out.print(renderable)
+
+
+def _piped() -> bool:
+    return not out.is_terminal and "COLUMNS" not in os.environ
 
 
 def _print_table(table: Table, *, empty: str) -> bool:
-    """Prints ``table``, or ``empty`` on stderr when it has no rows; returns whether it had any.
+    """Prints ``table`` (see :func:`_print_wide`), or ``empty`` on stderr when it has no rows.
 
-    Printed to a pipe or a file (no terminal, no ``COLUMNS``), the table takes
-    the width it needs: rich would otherwise squeeze it into 80 columns and
-    cut every header and cell short.
+    Returns:
+        Whether the table had any rows.
     """
     if not table.row_count:
         err.print(empty)
         return False
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        wanted = Measurement.get(out, out.options.update(max_width=_PIPED_MAX_WIDTH), table).maximum
-        if wanted > out.width:
-            Console(highlight=False, width=wanted).print(table)
-            return True
-    out.print(table)
+    _print_wide(table)
     return True
 
 
 class _Settings:
     """The connection settings shared by every client command."""
 
-    def __init__(self, target: str, token: str | None, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        connect_timeout: float,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ) -> None:
         self.target = target
         self.token = token
         self.connect_timeout = connect_timeout
+        self.tls = tls
+        self.root_certificates = root_certificates
+
+
+def _target_problem(target: str) -> str | None:
+    """What is wrong with a gRPC target the CLI accepts, or None.
+
+    grpc takes a target its resolver refuses (an empty host: ``""``,
+    ``dns:``, ``dns:///``; an ``ipv4:`` or ``ipv6:`` address that is not one
+    or has no port) only to fail to connect, and the channel it leaves
+    behind then blocks the process's exit: such a target is refused before
+    any channel is made (and :class:`_ExitGuard` ends a process that hangs
+    so anyway).
+    """
+    expected = "expected HOST:PORT, unix:PATH or dns:[//AUTHORITY/]HOST:PORT"
+    if not target:
+        return f"{expected}, got an empty target"
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in {"unix", "unix-abstract"}:
+        path = rest.removeprefix("//") if scheme == "unix" else rest
+        return None if path else f"{expected}: {target!r} names no socket path"
+    if sep and scheme in {"dns", "ipv4", "ipv6"} and rest.startswith("//"):
+        rest = rest[2:].partition("/")[2]  # dns://AUTHORITY/HOST:PORT, ipv4:///ADDRESS:PORT
+    if sep and scheme in {"ipv4", "ipv6"}:
+        return _addresses_problem(scheme, rest, f"{expected}, or {scheme}:ADDRESS:PORT[,...]")
+    host, port = _split_host_port(rest if sep and scheme == "dns" else target)
+    if port is None or not host.strip("[]"):
+        return f"{expected}, got {target!r}"
+    return None
+
+
+def _addresses_problem(scheme: str, addresses: str, expected: str) -> str | None:
+    """What is wrong with the comma-separated ``ADDRESS:PORT`` list of an ipv4: or ipv6: target, or None."""
+    for address in addresses.split(","):
+        host, port = _split_host_port(address)
+        if scheme == "ipv6":
+            if not (host.startswith("[") and host.endswith("]")) or port is None:
+                return f"{expected}: write an IPv6 address with its port as [ADDRESS]:PORT, got {address!r}"
+            host = host[1:-1]
+        try:
+            ipaddress.IPv4Address(host) if scheme == "ipv4" else ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{expected}: {host!r} is no {scheme} address"
+        if port is None:
+            return f"{expected}: {address!r} has no port"
+    return None
+
+
+def _split_host_port(address: str) -> tuple[str, int | None]:
+    """``HOST:PORT`` as the host and the port (None when it is not a port number)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return address, None
+    return host, int(port)
+
+
+def _check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    del ctx, param
+    target = value.strip()
+    problem = _target_problem(target)
+    if problem:
+        raise click.BadParameter(f"{problem} [--target or ARE_TARGET]")
+    return target
+
+
+def _read_ca_file(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise click.BadParameter(
+            f"cannot read {str(path)!r}: {error.strerror}", param_hint="--ca-file"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise click.BadParameter(f"{str(path)!r} holds no PEM certificate", param_hint="--ca-file")
+    return data
 
 
 def _client_command(function: Callable[..., Awaitable[int | None]]) -> Callable[..., None]:
@@ -120,43 +243,144 @@ def _client_command(function: Callable[..., Awaitable[int | None]]) -> Callable[
         envvar="ARE_TARGET",
         default="127.0.0.1:50051",
         show_default=True,
+        callback=_check_target,
         help="The sidecar: HOST:PORT or unix:PATH [env ARE_TARGET].",
     )
     @click.option("--token", envvar="ARE_TOKEN", default=None, help="Bearer token [env ARE_TOKEN].")
     @click.option(
-        "--connect-timeout", default=5.0, show_default=True, help="Seconds to wait for the sidecar."
+        "--tls",
+        is_flag=True,
+        envvar="ARE_TLS",
+        help="Connect with TLS, trusting the system's roots [env ARE_TLS].",
+    )
+    @click.option(
+        "--ca-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="ARE_CA_FILE",
+        default=None,
+        help="Connect with TLS, trusting the PEM certificates in FILE (implies --tls) [env ARE_CA_FILE].",
+        metavar="FILE",
+    )
+    @click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=5.0,
+        show_default=True,
+        help="Seconds to wait for the sidecar.",
     )
     @functools.wraps(function)
-    def wrapper(target: str, token: str | None, connect_timeout: float, **kwargs: Any) -> None:
-        settings = _Settings(target, token, connect_timeout)
+    def wrapper(
+        target: str,
+        token: str | None,
+        tls: bool,
+        ca_file: Path | None,
+        connect_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        settings = _Settings(
+            target, token, connect_timeout, tls=tls, root_certificates=_read_ca_file(ca_file)
+        )
+        guard = _ExitGuard()
         try:
-            code = asyncio.run(_run(settings, functools.partial(function, **kwargs)))
+            code = asyncio.run(_run(settings, functools.partial(function, **kwargs), guard))
         except KeyboardInterrupt:
             code = 130
+        finally:
+            guard.disarm()
         raise SystemExit(code)
 
     return wrapper
 
 
-async def _run(settings: _Settings, body: Callable[[Client], Awaitable[int | None]]) -> int:
+class _ExitGuard:
+    """Ends the process with its status if, once an error is printed, it does not end on its own.
+
+    A channel grpc could not set up (a target its resolver refuses that
+    :func:`_target_problem` let through) is freed with the error that
+    reports it, and its finalizer then waits forever on grpc's poller
+    thread. Armed when the error has been printed and disarmed when the
+    command returns, the guard flushes the output and exits after
+    ``_EXIT_GRACE_S`` only if the command never returned.
+    """
+
+    def __init__(self) -> None:
+        self._timer: threading.Timer | None = None
+
+    def arm(self, code: int) -> None:
+        self._timer = threading.Timer(_EXIT_GRACE_S, self.exit, (code,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    @staticmethod
+    def exit(code: int) -> None:
+        """Flushes the output and ends the process at once with status ``code``."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+async def _run(
+    settings: _Settings, body: Callable[[Client], Awaitable[int | None]], guard: _ExitGuard
+) -> int:
+    """Runs ``body`` with a connected client; returns the exit status.
+
+    SIGTERM and SIGHUP cancel the body, as Ctrl-C does, so that a live
+    display (``--follow``, ``submit --wait``) closes and shows the cursor
+    again; the status is then 128 + the signal's number, as a shell reports
+    it. A second signal ends the process at once.
+    """
+    main = asyncio.current_task()
+    assert main is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:  # a second signal: the first has not ended the command
+            _ExitGuard.exit(128 + received[0])
+        received.append(signum)
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with await Client.connect(
-            settings.target, token=settings.token, timeout=settings.connect_timeout
+            settings.target,
+            token=settings.token,
+            tls=settings.tls,
+            root_certificates=settings.root_certificates,
+            timeout=settings.connect_timeout,
         ) as client:
             return (await body(client)) or 0
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        main.uncancel()
+        return 128 + received[0]
     except UnavailableError as error:
-        err.print(f"[red]error:[/] {error.message or error}")
+        err.print(Text.assemble(("error:", "red"), f" {error.message or error}"))
+        guard.arm(1)  # before the error, and any channel its traceback holds, is freed
         return 1
     except RpcError as error:
         _print_rpc_error(error)
+        guard.arm(1)
         return 1
+    finally:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            if handler is not None:  # None: set outside Python, and cannot be put back
+                signal.signal(signum, handler)
 
 
 def _print_rpc_error(error: RpcError) -> None:
     reason = f" ({error.reason})" if error.reason else ""
-    err.print(f"[red]error:[/] {error.code.name}{reason}: {error.message}")
+    err.print(Text.assemble(("error:", "red"), f" {error.code.name}{reason}: {error.message}"))
     for violation in error.field_violations:
-        err.print(f"  [bold]{violation.field}[/]: {violation.description}")
+        err.print(Text.assemble("  ", (violation.field, "bold"), f": {violation.description}"))
 
 
 def register_client_commands(group: click.Group) -> None:
@@ -251,55 +475,148 @@ def _types(values: Iterable[str]) -> list[str]:
     return names
 
 
-async def _print_events(
-    client: Client,
-    *,
-    workflow_ids: list[str],
-    task_ids: list[str],
-    event_types: list[str],
-    after: int,
-    limit: int | None,
-    follow: bool,
-    stop_when_workflow_ends: bool,
-) -> int:
-    last = after
-    shown = 0
-    ended = False
-    async for event in client.trace.iter_events(
-        workflow_ids=workflow_ids,
-        task_ids=task_ids,
-        event_types=event_types,
-        after_sequence=after,
-        page_size=500,
-    ):
+class _EventPrinter:
+    """Prints the events that pass the user's ``--type`` filter, up to ``--limit``, and keeps the cursor.
+
+    ``trace`` asks the sidecar for the terminal workflow events besides the
+    user's types, to know when the workflow ends; those are shown only if the
+    user asked for them.
+    """
+
+    def __init__(self, types: list[str], limit: int | None, after: int) -> None:
+        self._shown_types = {event_pb2.EventType.Value("EVENT_TYPE_" + name) for name in types}
+        self._limit = limit
+        self.shown = 0
+        self.cursor = after  # the sequence up to which the log has been read
+        self.ended = False  # a terminal workflow event was read
+
+    def full(self) -> bool:
+        """Whether ``--limit`` events have been shown."""
+        return self._limit is not None and self.shown >= self._limit
+
+    def take(self, event: event_pb2.Event) -> None:
+        """Reads one event: prints it if it is wanted and the limit allows, and moves the cursor."""
+        self.cursor = max(self.cursor, event.sequence)
+        self.ended = self.ended or event.event_type in _TERMINAL_WORKFLOW_EVENTS
+        if self.full() or (self._shown_types and event.event_type not in self._shown_types):
+            return
         out.print(event_line(event), soft_wrap=True)
-        last = event.sequence
-        shown += 1
-        ended = ended or event.event_type in _TERMINAL_WORKFLOW_EVENTS
-        if limit is not None and shown >= limit and not follow:
-            return 0
-    if not follow or (stop_when_workflow_ends and ended):
-        if not shown:
-            err.print("[dim]no events[/]")
-        return 0
-    stream = client.trace.stream(
-        workflow_ids=workflow_ids, task_ids=task_ids, event_types=event_types, after_sequence=last
+        self.shown += 1
+
+
+class _Filter(msgspec.Struct, frozen=True):
+    """The events a listing and a stream ask the sidecar for."""
+
+    workflow_ids: tuple[str, ...] = ()
+    task_ids: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+
+
+async def _print_retained(client: Client, printer: _EventPrinter, which: _Filter) -> None:
+    """Prints the retained events after the printer's cursor, up to its limit."""
+    after, token = printer.cursor, ""
+    while not printer.full():
+        page = await client.trace.list_events(
+            workflow_ids=which.workflow_ids,
+            task_ids=which.task_ids,
+            event_types=which.event_types,
+            after_sequence=after,
+            page_size=500,
+            page_token=token,
+        )
+        for event in page.events:
+            printer.take(event)
+            if printer.full():
+                return
+        printer.cursor = max(printer.cursor, page.last_sequence)
+        if not page.next_page_token:
+            return
+        token = page.next_page_token
+
+
+async def _workflow_closed(client: Client, workflow_id: str) -> bool:
+    """Whether the workflow has ended.
+
+    Raises:
+        NotFoundError: There is no such workflow (never was, or was deleted).
+    """
+    response = await client.raw.scheduler.GetWorkflow(
+        scheduler_service_pb2.GetWorkflowRequest(workflow_id=workflow_id)
     )
-    with out.status("[dim]following live events (Ctrl-C to stop)…[/]", spinner="dots") as spinner:
+    return response.workflow.state in _TERMINAL_WORKFLOW_STATES
+
+
+async def _follow(client: Client, printer: _EventPrinter, which: _Filter, workflow_id: str | None) -> None:
+    """Prints live events after the printer's cursor until the limit, or until ``workflow_id`` ends.
+
+    The workflow's end is its terminal event; should that never come (dropped
+    by retention before this stream read it), a workflow that has been quiet
+    for ``_WORKFLOW_CHECK_S`` is asked for its state, and once it has ended
+    (twice in a row, so that its last events are recorded), the retained
+    events after the cursor are printed and following stops.
+    """
+    items: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
+    pumping = asyncio.create_task(_pump(client, which, printer.cursor, items))
+    try:
+        with out.status("[dim]following live events (Ctrl-C to stop)…[/]", spinner="dots") as spinner:
+            await _print_live(client, printer, items, spinner, workflow_id)
+    finally:
+        pumping.cancel()
+        await asyncio.gather(pumping, return_exceptions=True)
+    if workflow_id is not None and not printer.ended:
+        await _print_retained(client, printer, which)  # the workflow ended unseen: its last events
+
+
+async def _pump(client: Client, which: _Filter, after: int, items: asyncio.Queue[object]) -> None:
+    """Puts the stream's items on ``items``, then the error that ends it, if any."""
+    try:
+        stream = client.trace.stream(
+            workflow_ids=which.workflow_ids,
+            task_ids=which.task_ids,
+            event_types=which.event_types,
+            after_sequence=after,
+        )
         async for item in stream:
-            if isinstance(item, event_pb2.Event):
-                out.print(event_line(item), soft_wrap=True)
-                shown += 1
-                spinner.update(f"[dim]following live events: {shown} so far (Ctrl-C to stop)…[/]")
-                if stop_when_workflow_ends and item.event_type in _TERMINAL_WORKFLOW_EVENTS:
-                    break
-            elif isinstance(item, trace_service_pb2.EventsMissed):
-                err.print(
-                    f"[yellow]missed {item.missed_count} events "
-                    f"(#{item.first_missed_sequence}..#{item.last_missed_sequence}): "
-                    "dropped by retention[/]"
-                )
-    return 0
+            await items.put(item)
+    except Exception as error:  # noqa: BLE001 - handed to the printing loop, which raises it
+        await items.put(error)
+
+
+async def _print_live(
+    client: Client,
+    printer: _EventPrinter,
+    items: asyncio.Queue[object],
+    spinner: Status,
+    workflow_id: str | None,
+) -> None:
+    ended_checks = 0  # quiet periods in a row at whose end the workflow had ended
+    while not printer.full() and not printer.ended and ended_checks < 2:
+        try:
+            item = await asyncio.wait_for(items.get(), None if workflow_id is None else _WORKFLOW_CHECK_S)
+        except TimeoutError:
+            ended_checks = ended_checks + 1 if await _has_ended(client, workflow_id) else 0
+            continue
+        if isinstance(item, Exception):
+            raise item
+        if isinstance(item, event_pb2.Event):
+            printer.take(item)
+            spinner.update(f"[dim]following live events: {printer.shown} so far (Ctrl-C to stop)…[/]")
+        elif isinstance(item, trace_service_pb2.EventsMissed):
+            err.print(
+                f"[yellow]missed {item.missed_count} events "
+                f"(#{item.first_missed_sequence}..#{item.last_missed_sequence}): "
+                "dropped by retention[/]"
+            )
+
+
+async def _has_ended(client: Client, workflow_id: str | None) -> bool:
+    """Whether the workflow has ended or is gone (False for no workflow)."""
+    if workflow_id is None:
+        return False
+    try:
+        return await _workflow_closed(client, workflow_id)
+    except NotFoundError:
+        return True  # deleted
 
 
 @click.command("trace")
@@ -308,26 +625,59 @@ async def _print_events(
 @click.option("--type", "types", multiple=True, help="Only events of this type (repeatable), e.g. LLM_CALL.")
 @_client_command
 async def trace(client: Client, workflow_id: str, *, follow: bool, types: tuple[str, ...]) -> int:
-    """Show the events of a workflow; with --follow, stream them live."""
-    return await _print_events(
-        client,
-        workflow_ids=[workflow_id],
-        task_ids=[],
-        event_types=_types(types),
-        after=0,
-        limit=None,
-        follow=follow,
-        stop_when_workflow_ends=True,
+    """Show the events of a workflow; with --follow, stream them live until it ends.
+
+    A workflow that does not exist is NOT_FOUND (exit 1), unless events of it
+    are still retained (it was deleted): those are shown. A workflow that has
+    already ended shows its retained events even with --follow.
+    """
+    wanted = _types(types)
+    # With a --type filter the terminal workflow events are asked for too (and shown only if
+    # wanted): following must see the workflow end whatever the user filters.
+    ends = sorted(_enum_name(event_pb2.EventType, t, "EVENT_TYPE_") for t in _TERMINAL_WORKFLOW_EVENTS)
+    which = _Filter(
+        workflow_ids=(workflow_id,), event_types=tuple(dict.fromkeys([*wanted, *ends])) if wanted else ()
     )
+    printer = _EventPrinter(wanted, None, 0)
+    try:
+        closed = await _workflow_closed(client, workflow_id)
+    except NotFoundError:
+        if not await _any_event(client, workflow_id):
+            raise
+        err.print(Text(f"(no workflow {workflow_id} now; its retained events are shown)", "dim"))
+        closed = True
+    await _print_retained(client, printer, which)
+    if follow and not closed and not printer.ended:
+        await _follow(client, printer, which, workflow_id)
+    if not printer.shown:
+        err.print("[dim]no events[/]")
+    return 0
+
+
+async def _any_event(client: Client, workflow_id: str) -> bool:
+    page = await client.trace.list_events(workflow_ids=[workflow_id], page_size=1)
+    return bool(page.events)
 
 
 @click.command("events")
 @click.option("--workflow", "workflows", multiple=True, help="Only this workflow (repeatable).")
 @click.option("--task", "tasks", multiple=True, help="Only this task id (repeatable).")
 @click.option("--type", "types", multiple=True, help="Only this event type (repeatable), e.g. TASK_FAILED.")
-@click.option("--after", default=0, show_default=True, help="Start after this sequence (a cursor).")
-@click.option("--limit", default=100, show_default=True, help="Show at most this many retained events.")
-@click.option("--follow", "-f", is_flag=True, help="Then follow new events live.")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Start after this sequence (a cursor).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop after showing this many events, retained and (with --follow) live together; "
+    "0 means no limit. Default: 100, or no limit with --follow.",
+)
+@click.option("--follow", "-f", is_flag=True, help="Then follow new events live (until --limit, or Ctrl-C).")
 @_client_command
 async def events(
     client: Client,
@@ -336,46 +686,54 @@ async def events(
     tasks: tuple[str, ...],
     types: tuple[str, ...],
     after: int,
-    limit: int,
+    limit: int | None,
     follow: bool,
 ) -> int:
     """List the flight recorder's events (all workflows unless filtered)."""
-    return await _print_events(
-        client,
-        workflow_ids=list(workflows),
-        task_ids=list(tasks),
-        event_types=_types(types),
-        after=after,
-        limit=limit,
-        follow=follow,
-        stop_when_workflow_ends=False,
-    )
+    if limit is None:
+        limit = 0 if follow else 100
+    which = _Filter(workflow_ids=workflows, task_ids=tasks, event_types=tuple(_types(types)))
+    printer = _EventPrinter([], limit or None, after)
+    await _print_retained(client, printer, which)
+    if follow and not printer.full():
+        await _follow(client, printer, which, None)
+    if not printer.shown and not follow:
+        err.print("[dim]no events[/]")
+    return 0
 
 
 # submit / status
 
 
+_PAYLOAD_TYPE_KEYS = ("contentType", "content_type")
+_STATE_KEYS = ("initial_state", "initialState")
+
+
 def load_workflow_spec(path: Path) -> workflow_pb2.WorkflowSpec:
     """Reads a workflow spec from YAML or JSON (the proto JSON mapping of ``are.v1.WorkflowSpec``).
 
-    ``input`` of a task and ``initial_state`` may be any JSON value; they are
-    sent as JSON payloads. Durations are strings such as ``"30s"``.
+    Field names may be snake_case or lowerCamelCase (``initial_state`` or
+    ``initialState``); durations are strings such as ``"30s"``. Every value
+    must be a JSON value: NaN, Infinity, a YAML date, ``!!binary`` or set, or
+    a mapping key that is not a string is refused, naming its path.
+
+    A task's ``input`` and ``initial_state`` are sent as JSON payloads of the
+    value exactly as written, with one exception: a mapping of exactly two
+    keys, ``data`` (base64) and a non-empty ``contentType`` (or
+    ``content_type``), is a Payload in the proto JSON mapping, as
+    ``json_format.MessageToJson`` writes it, and is sent as it is (for a JSON
+    content type, only if ``data`` decodes to JSON); so is one of ``blob``
+    (a BlobRef) and a content type. Any other value, ``{data: ...}`` alone
+    included, is JSON.
 
     Raises:
         click.BadParameter: the file cannot be read or is not a valid spec.
     """
-    try:
-        text = path.read_text()
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="FILE") from None
-    if not isinstance(document, dict):
-        raise click.BadParameter(f"{path} must hold a mapping (a WorkflowSpec)", param_hint="FILE")
-    if "initial_state" in document:
-        document["initial_state"] = _payload(document["initial_state"])
-    for task in document.get("tasks") or []:
-        if isinstance(task, dict) and "input" in task:
-            task["input"] = _payload(task["input"])
+    document = _read_document(path)
+    problem = _json_problem(document)
+    if problem is not None:
+        raise click.BadParameter(f"{path}: {problem}", param_hint="FILE")
+    _encode_payloads(document, path)
     spec = workflow_pb2.WorkflowSpec()
     try:
         json_format.ParseDict(document, spec)
@@ -384,11 +742,109 @@ def load_workflow_spec(path: Path) -> workflow_pb2.WorkflowSpec:
     return spec
 
 
-def _payload(value: Any) -> dict[str, str]:
-    if isinstance(value, dict) and set(value) <= {"data", "blob", "content_type"} and value:
-        return value  # already a Payload in the proto JSON mapping
-    payload = common_pb2.Payload(data=json.dumps(value).encode(), content_type="application/json")
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: also text that is not UTF-8
+        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="FILE") from None
+    if not isinstance(document, dict):
+        raise click.BadParameter(f"{path} must hold a mapping (a WorkflowSpec)", param_hint="FILE")
+    return document
+
+
+def _encode_payloads(document: dict[str, Any], path: Path) -> None:
+    """Replaces the initial state and every task input with a Payload in the proto JSON mapping."""
+    state_keys = [key for key in _STATE_KEYS if key in document]
+    if len(state_keys) > 1:
+        raise click.BadParameter(f"{path} gives both initial_state and initialState", param_hint="FILE")
+    for key in state_keys:
+        document[key] = _payload(document[key])
+    tasks = document.get("tasks")
+    if tasks is not None and not isinstance(tasks, list):
+        raise click.BadParameter(
+            f"{path}: `tasks` must be a list of task specs, not {_json_kind(tasks)}", param_hint="FILE"
+        )
+    for index, task in enumerate(tasks or []):
+        if not isinstance(task, dict):
+            raise click.BadParameter(
+                f"{path}: `tasks[{index}]` must be a mapping (a TaskSpec), not {_json_kind(task)}",
+                param_hint="FILE",
+            )
+        if "input" in task:
+            task["input"] = _payload(task["input"])
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    kinds = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
+def _json_problem(document: dict[str, Any]) -> str | None:
+    """What keeps ``document`` from being JSON, naming the first such path (``tasks[2].input.x``), or None."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        value, where = stack.pop()
+        if value is None or isinstance(value, bool | int | str):
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return f"`{where}` is {value!r}, which JSON cannot carry"
+            continue
+        if isinstance(value, list):
+            stack.extend((item, f"{where}[{index}]") for index, item in reversed(list(enumerate(value))))
+            continue
+        if isinstance(value, dict):
+            keyed: list[tuple[Any, str]] = []
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"`{where or '(top)'}` has the key {key!r}, which is not a string (quote it)"
+                keyed.append((item, f"{where}.{key}" if where else key))
+            stack.extend(reversed(keyed))
+            continue
+        kind = "binary data (!!binary)" if isinstance(value, bytes) else f"a {type(value).__name__}"
+        return f"`{where}` is {kind}, not a JSON value (quote it to send it as a string)"
+    return None
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    """``value`` in the proto JSON mapping of a Payload (see :func:`load_workflow_spec` for the rule)."""
+    given = _given_payload(value)
+    if given is not None:
+        return given
+    payload = common_pb2.Payload(
+        data=json.dumps(value, allow_nan=False).encode(), content_type="application/json"
+    )
     return json_format.MessageToDict(payload)
+
+
+def _given_payload(value: Any) -> dict[str, Any] | None:
+    """``value`` if it is a complete Payload in the proto JSON mapping, else None."""
+    content_type = _payload_content_type(value)
+    if content_type is None:
+        return None
+    if isinstance(value.get("blob"), dict):
+        return {"blob": value["blob"], "contentType": content_type}
+    data = value.get("data")
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+        if raw is not None and is_json_content_type(content_type):
+            json.loads(raw)
+    except ValueError:  # binascii.Error too; bytes that are not JSON, or not text
+        return None
+    return None if raw is None else {"data": data, "contentType": content_type}
+
+
+def _payload_content_type(value: Any) -> str | None:
+    """The content type of a mapping of exactly one content key and one non-empty content type."""
+    if not isinstance(value, dict) or len(value) != 2:
+        return None
+    given = [value[key] for key in _PAYLOAD_TYPE_KEYS if key in value]
+    if len(given) != 1 or not isinstance(given[0], str) or not given[0].strip():
+        return None
+    return given[0]
 
 
 @click.command("submit")
@@ -397,13 +853,21 @@ def _payload(value: Any) -> dict[str, str]:
 @click.option("--request-id", default="", help="Idempotency key: resubmitting it returns the same workflow.")
 @_client_command
 async def submit(client: Client, file: Path, *, wait: bool, request_id: str) -> int:
-    """Submit a workflow spec from a YAML or JSON FILE."""
+    """Submit a workflow spec from a YAML or JSON FILE (are.v1.WorkflowSpec in its JSON mapping).
+
+    A task's input and initial_state (or initialState) are sent as JSON of the
+    value exactly as written. Only a mapping of exactly `data` (base64) and a
+    `contentType` (or `content_type`), as MessageToJson writes a Payload, is
+    sent as that Payload (with a JSON content type, only if the data decodes
+    to JSON). NaN, Infinity and YAML values JSON lacks (dates, !!binary) are
+    refused.
+    """
     spec = load_workflow_spec(file)
     response = await client.raw.scheduler.SubmitWorkflow(
         scheduler_service_pb2.SubmitWorkflowRequest(spec=spec, request_id=request_id)
     )
     note = " (deduplicated)" if response.deduplicated else ""
-    out.print(f"submitted [bold]{response.workflow_id}[/]{note}")
+    out.print(Text.assemble("submitted ", (response.workflow_id, "bold"), note))
     if not wait:
         return 0
     return await _wait(client, response.workflow_id)
@@ -412,7 +876,7 @@ async def submit(client: Client, file: Path, *, wait: bool, request_id: str) -> 
 async def _wait(client: Client, workflow_id: str) -> int:
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -456,9 +920,16 @@ def _task_label(task: task_pb2.Task, now: float) -> Text:
         label.append(f" {task.spec.display_name}", style="dim")
     if task.attempt > 1:
         label.append(f" attempt {task.attempt}", style="yellow")
-    if task.HasField("start_time"):
+    # The duration of the current attempt counts on only while it runs; a closed task's is final.
+    # Otherwise (backing off, waiting) the last attempt's end is not known: no duration is shown.
+    if task.HasField("start_time") and (
+        task.HasField("close_time") or task.state == task_pb2.TASK_STATE_RUNNING
+    ):
         end = _seconds(task.close_time) if task.HasField("close_time") else now
         label.append(f" {_format_duration(max(0.0, end - _seconds(task.start_time)))}", style="dim")
+    if task.state == task_pb2.TASK_STATE_BACKING_OFF and task.HasField("next_attempt_time"):
+        wait = max(0.0, _seconds(task.next_attempt_time) - now)
+        label.append(f" next attempt in {_format_duration(wait)}", style="yellow")
     if task.worker_id and task.state == task_pb2.TASK_STATE_RUNNING:
         label.append(f" on {task.worker_id}", style="dim")
     usage = task.usage.usage
@@ -469,8 +940,15 @@ def _task_label(task: task_pb2.Task, now: float) -> Text:
     return label
 
 
-def workflow_tree(workflow: workflow_pb2.Workflow, tasks: list[task_pb2.Task], now: float) -> Tree:
-    """The DAG as a tree: each task under its first dependency, with state and duration."""
+def workflow_tree(
+    workflow: workflow_pb2.Workflow, tasks: list[task_pb2.Task], now: float, *, max_depth: int = _TREE_DEPTH
+) -> Tree:
+    """The DAG as a tree: each task under its first dependency, with state and duration.
+
+    Every task is shown. The tree nests ``max_depth`` levels at most; the
+    tasks below that (a long chain) are listed flat after it, under a note,
+    each with the tasks it runs after.
+    """
     root = Tree(_workflow_label(workflow, now))
     by_id = {task.task_id: task for task in tasks}
     children: dict[str, list[task_pb2.Task]] = {}
@@ -481,20 +959,52 @@ def workflow_tree(workflow: workflow_pb2.Workflow, tasks: list[task_pb2.Task], n
             children.setdefault(parents[0], []).append(task)
         else:
             tops.append(task)
+    placed: set[str] = set()
 
     def add(node: Tree, task: task_pb2.Task, depth: int) -> None:
+        placed.add(task.task_id)
         label = _task_label(task, now)
         others = [d for d in task.spec.depends_on if d in by_id][1:]
         if others:
             label.append(f" (also after {', '.join(others)})", style="dim")
         branch = node.add(label)
-        if depth < 64:
+        if depth + 1 < max_depth:
             for child in children.get(task.task_id, []):
                 add(branch, child, depth + 1)
 
     for task in tops:
         add(root, task, 0)
+    rest = [task for task in tasks if task.task_id not in placed]
+    if rest:
+        _add_flat(root, rest, by_id, now, max_depth)
     return root
+
+
+def _add_flat(
+    root: Tree, rest: list[task_pb2.Task], by_id: dict[str, task_pb2.Task], now: float, max_depth: int
+) -> None:
+    """Lists the tasks the tree could not nest, each with the tasks it runs after."""
+    flat = root.add(
+        Text(f"{len(rest)} more tasks, nested deeper than {max_depth} levels, listed flat:", "dim")
+    )
+    for task in rest:
+        label = _task_label(task, now)
+        after = [d for d in task.spec.depends_on if d in by_id]
+        if after:
+            label.append(f" (after {', '.join(after)})", style="dim")
+        flat.add(label)
+
+
+def _state_counts(tasks: list[task_pb2.Task]) -> Text:
+    """One line: how many tasks there are, and how many in each state."""
+    counts = collections.Counter(task.state for task in tasks)
+    line = Text(f"{len(tasks)} task{'' if len(tasks) == 1 else 's'}")
+    for index, state in enumerate(sorted(counts)):
+        name = _enum_name(task_pb2.TaskState, state, "TASK_STATE_")
+        line.append(": " if index == 0 else ", ")
+        line.append(f"{counts[state]} ")
+        line.append(_styled_state(name))
+    return line
 
 
 def _workflow_label(workflow: workflow_pb2.Workflow, now: float) -> Text:
@@ -518,12 +1028,21 @@ def _workflow_label(workflow: workflow_pb2.Workflow, now: float) -> Text:
 @click.argument("workflow_id")
 @_client_command
 async def status(client: Client, workflow_id: str) -> int:
-    """Show a workflow's DAG as a tree with task states and durations."""
+    """Show a workflow's DAG as a tree with task states and durations, and a count per state.
+
+    Every task is shown: past the depth the tree can nest (64 levels, fewer
+    in a narrow terminal) the deeper tasks are listed flat.
+    """
     response = await client.raw.scheduler.GetWorkflow(
         scheduler_service_pb2.GetWorkflowRequest(workflow_id=workflow_id)
     )
     tasks = await _all_tasks(client, workflow_id)
-    out.print(workflow_tree(response.workflow, tasks, time.time()))
+    # Nest only as deep as the width leaves a label room (rich drops what does not fit), and to a
+    # pipe or a file at the width the tree needs: labels are then never wrapped mid-word.
+    width = _PIPED_MAX_WIDTH if _piped() else out.width
+    depth = max(1, min(_TREE_DEPTH, (width - _TREE_LABEL_MIN) // 4 - 1))
+    _print_wide(workflow_tree(response.workflow, tasks, time.time(), max_depth=depth))
+    out.print(_state_counts(tasks))
     return 0
 
 
@@ -595,14 +1114,14 @@ async def pools(client: Client) -> int:
         for entry in page.pools:
             pool, state = entry.pool, entry.status
             table.add_row(
-                pool.name,
+                Text(pool.name),
                 str(state.running),
                 str(state.queued),
                 str(state.backlog),
                 str(state.dispatched_total),
                 str(state.rejected_total),
                 _format_duration(state.oldest_queued_age_ms / 1000) if state.oldest_queued_age_ms else "-",
-                pool.description,
+                Text(pool.description),
             )
         if not page.next_page_token:
             break
@@ -639,7 +1158,7 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
     )
     for stats in response.stats:
         table.add_row(
-            stats.namespace,
+            Text(stats.namespace),
             str(stats.lookups),
             str(stats.exact_hits),
             str(stats.semantic_hits),
@@ -680,18 +1199,18 @@ async def agents(client: Client, *, capability: str, available: bool) -> int:
             break
         shown += 1
         table.add_row(
-            card.agent_id,
-            card.source,
-            ", ".join(card.capabilities),
+            Text(card.agent_id),
+            Text(card.source),
+            Text(", ".join(card.capabilities)),
             f"{card.cost_per_call_micro_usd / 1e6:.6f}",
             f"{card.running}/{card.capacity}",
-            "yes" if card.available else "[red]no[/]",
+            Text("yes") if card.available else Text("no", style="red"),
             str(len(card.worker_ids)),
         )
     which = "".join((f" serving {capability!r}" if capability else "", " available now" if available else ""))
     _print_table(
         table,
-        empty=f"no agent cards{which} (register one with RegisterAgent, or connect a worker)",
+        empty=escape(f"no agent cards{which} (register one with RegisterAgent, or connect a worker)"),
     )
     if more:
         err.print(f"(the first {_MAX_ROWS:,} cards; filter with --capability)")
@@ -727,17 +1246,16 @@ async def route(
     )
     table = Table("#", "agent", "capability", "similarity", "cost $/call", "load", "why")
     for rank, c in enumerate(result.candidates, 1):
-        style = "" if c.above_threshold else "[dim]"
         table.add_row(
             str(rank),
-            f"{style}{c.agent_id}",
-            c.capability,
+            Text(c.agent_id, style="" if c.above_threshold else "dim"),
+            Text(c.capability),
             f"{c.similarity:.3f}",
             f"{c.cost_per_call_micro_usd / 1e6:.6f}",
             f"{c.load:.2f}",
-            c.reason,
+            Text(c.reason),
         )
-    out.print(f"mode {result.mode}, threshold {result.threshold:.2f}")
+    out.print(Text(f"mode {result.mode}, threshold {result.threshold:.2f}"))
     if not _print_table(
         table,
         empty="[red]no agent to route to[/]: none is registered or connected, or none can take "

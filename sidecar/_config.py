@@ -1,11 +1,15 @@
 """The sidecar's configuration: flags, ``ARE_*`` environment variables, a TOML file.
 
 Precedence, highest first: command-line flag, environment variable, TOML file
-(``--config`` or ``ARE_CONFIG``), built-in default. Every option is declared
-once in :data:`OPTIONS`; the flag parser, the environment reader, the TOML
-reader, ``--help`` and the README's table are all derived from that list, so
-they cannot drift apart. Any unknown or invalid setting is a :class:`ConfigError`
-naming it, which the CLI turns into exit status 2.
+(``--config`` or ``ARE_CONFIG``), built-in default. An environment variable
+set to the empty string counts as unset (``ARE_DATA_DIR=`` does not put the
+data in the working folder, ``ARE_LISTEN=`` does not turn TCP off: say
+``off``). Files the options name (the TOML file, the token file) must be
+UTF-8 text. Every option is declared once in :data:`OPTIONS`; the flag
+parser, the environment reader, the TOML reader, ``--help`` and the README's
+table are all derived from that list, so they cannot drift apart. Any
+unknown or invalid setting is a :class:`ConfigError` naming it, which the CLI
+turns into exit status 2.
 """
 
 from __future__ import annotations
@@ -730,15 +734,16 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
     }
 
     config_path: Path | None = None
+    config_source = "--config" if "config" in flags else "ARE_CONFIG"
     if "config" in flags:
         config_path = _parse(_BY_NAME["config"], flags["config"], "--config")
     elif env.get("ARE_CONFIG"):
         config_path = _parse(_BY_NAME["config"], env["ARE_CONFIG"], "ARE_CONFIG")
     if config_path is not None:
-        values.update(_read_toml(config_path))
+        values.update(_read_toml(config_path, config_source))
 
     for option in OPTIONS:
-        if option.env_var in env and option.name != "config":
+        if env.get(option.env_var) and option.name != "config":  # empty counts as unset
             values[option.name] = _parse(option, env[option.env_var], option.env_var)
     for name, text in flags.items():
         values[name] = _parse(_BY_NAME[name], text, _BY_NAME[name].flag)
@@ -800,11 +805,16 @@ def _parse(option: Option, text: str, source: str) -> Any:
         raise ConfigError(f"invalid value for {source}: {error}") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, source: str) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+        raise ConfigError(f"cannot read config file {str(path)!r} ({source}): {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {str(path)!r} ({source}) is not UTF-8 text: byte {error.object[error.start]:#04x} "
+            f"at offset {error.start}"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     values: dict[str, Any] = {}
@@ -821,9 +831,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _resolve_token(token_file: Path | None, env: Mapping[str, str]) -> str | None:
     if token_file is not None:
         try:
-            token = token_file.read_text().splitlines()[0].strip() if token_file.stat().st_size else ""
+            text = token_file.read_text(encoding="utf-8") if token_file.stat().st_size else ""
         except OSError as error:
             raise ConfigError(f"cannot read --token-file {str(token_file)!r}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"--token-file {str(token_file)!r} is not UTF-8 text: byte {error.object[error.start]:#04x} "
+                f"at offset {error.start}"
+            ) from None
+        token = text.splitlines()[0].strip() if text.splitlines() else ""
         if not token:
             raise ConfigError(f"--token-file {str(token_file)!r} is empty")
         return token

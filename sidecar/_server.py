@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import time
 from collections.abc import Iterator, Sequence
@@ -130,6 +131,7 @@ class Sidecar:
         self._capabilities: list[Capability] = []
         self._health = HealthServicer()
         self._stopping = asyncio.Event()
+        self._credentials: grpc.ServerCredentials | None = None
         # The Unix socket and the ready file, once this sidecar has created them.
         self._socket_file: _OwnedFile | None = None
         self._ready_file: _OwnedFile | None = None
@@ -141,6 +143,8 @@ class Sidecar:
             0 after a clean shutdown; 2, with nothing opened, when the OTLP
             endpoint (resolved here, from the option or the ``OTEL_*``
             variables) is invalid: the log line names where it came from;
+            2, with nothing opened, when ``--tls-cert`` and ``--tls-key``
+            cannot be read or are not a certificate and its private key;
             2, after closing what it opened, when a capability refuses its
             settings as it starts (a model directory that cannot be loaded).
 
@@ -151,6 +155,7 @@ class Sidecar:
         """
         try:
             otlp_endpoint(self._config.otlp_endpoint)
+            self._credentials = _server_credentials(self._config)
         except ConfigError as error:
             _log.error(f"invalid configuration: {error}")
             return 2
@@ -259,11 +264,7 @@ class Sidecar:
 
     def _bind(self, server: grpc.aio.Server) -> list[str]:
         config = self._config
-        credentials = None
-        if config.tls_cert is not None and config.tls_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
-            )
+        credentials = self._credentials
         targets: list[str] = []
         if config.listen is not None:
             port = _add_port(server, config.listen, credentials)
@@ -362,6 +363,40 @@ def _tune_garbage_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key fails to load (grpc cannot use one) instead of prompting
+
+
+def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """The TLS credentials of ``--tls-cert`` and ``--tls-key``, checked to be a certificate and its key.
+
+    grpc reads them only when the port is bound, and then says no more than
+    that the port could not be bound: a wrong or mismatched file is found
+    here, before anything is opened, by loading the pair as a TLS server would.
+
+    Raises:
+        ConfigError: A file cannot be read, or the pair is not a PEM
+            certificate chain and its unencrypted private key; the message
+            names both files.
+    """
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    cert_path, key_path = config.tls_cert, config.tls_key
+    named = f"--tls-cert {str(cert_path)!r} and --tls-key {str(key_path)!r}"
+    try:
+        cert, key = cert_path.read_bytes(), key_path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {str(error.filename)!r} ({named}): {error.strerror}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path, password=_no_password)
+    except ssl.SSLError as error:
+        raise ConfigError(
+            f"{named} are not a PEM certificate chain and its unencrypted private key "
+            f"({error.reason or error})"
+        ) from None
+    return grpc.ssl_server_credentials([(key, cert)])
 
 
 def _is_loopback(listen: str) -> bool:

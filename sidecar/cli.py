@@ -3,13 +3,17 @@
 ``are serve`` keeps its own option parser (derived from :data:`OPTIONS`, so
 ``--help``, the environment and the TOML file cannot drift apart). Exit
 statuses of ``are serve``: 0 after a clean shutdown, 2 for an unknown or
-invalid option (the message names it), 1 when the sidecar cannot start (for
-example another sidecar holds the data folder).
+invalid option (the message names it; this includes a config or token file
+that is not UTF-8 text and TLS files that are not a certificate and its key),
+1 when the sidecar cannot start (for example another sidecar holds the data
+folder, or the address is taken). An empty ``ARE_*`` variable counts as unset.
 
 The client commands (``are submit``, ``status``, ``trace``, ``events``,
-``approve``, ``reject``, ``pools``, ``cache stats``) live in
-:mod:`sidecar._cli_client`; they exit 0 on success, 1 when the sidecar
-answers with an error (printed with its reason) and 2 for a usage error.
+``approve``, ``reject``, ``pools``, ``cache stats``, ``agents``, ``route``)
+live in :mod:`sidecar._cli_client`; they exit 0 on success, 1 when the
+sidecar answers with an error (printed with its reason) or cannot be reached,
+2 for a usage error (a bad option, target or spec file), 130 on Ctrl-C and
+128 + the signal's number on SIGTERM or SIGHUP.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ __all__ = ["main"]
 
 _DESCRIPTION = "ARE, the Agent Runtime Environment: a gRPC sidecar that orchestrates AI agents."
 _SERVE_EPILOG = (
-    "Precedence: command-line flag > ARE_* environment variable > TOML file (--config) > default. "
-    "Stop with SIGTERM or SIGINT for a graceful shutdown."
+    "Precedence: command-line flag > ARE_* environment variable > TOML file (--config) > default; "
+    "an empty ARE_* variable counts as unset. Stop with SIGTERM or SIGINT for a graceful shutdown."
 )
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from are_sdk import Client, UnauthenticatedError
 from are_sdk.testing import SidecarProcess
+from tests.integration._tls import self_signed
 
 from .test_serving import _all_methods, _call_raw
 
@@ -95,14 +94,8 @@ def test_json_logs_are_one_object_per_line() -> None:
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 async def test_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     with SidecarProcess.start(
         args=["--tls-cert", str(cert), "--tls-key", str(key)], root_certificates=cert.read_bytes()
     ) as process:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from are_core.trace import EventDraft, EventUsage
 from are_sdk import AgentCard, Client, TaskContext, TaskInfo, Worker
+from are_sdk._proto.are.v1 import task_pb2, workflow_pb2
 from are_sdk.testing import SidecarProcess
 from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
 from sidecar.cli import main
@@ -91,37 +90,48 @@ def test_events_and_trace_print_the_recorded_events(traced: SidecarProcess, are:
 
 
 async def test_trace_follow_streams_until_the_workflow_ends(traced: SidecarProcess) -> None:
-    wf = f"wf-{uuid.uuid4().hex[:8]}"
-    await record(traced.target, EventDraft(event_type="WORKFLOW_SUBMITTED", workflow_id=wf))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
-    env.update({"ARE_TARGET": traced.target, "COLUMNS": "200", "NO_COLOR": "1"})
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "trace", wf, "--follow"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        # Keep recording until the follower has seen the end (it may join before or after).
-        sequence = 0
-        while follower.poll() is None and time.monotonic() < deadline:
-            sequence += 1
-            await record(
-                traced.target,
-                EventDraft(event_type="TASK_COMPLETED", workflow_id=wf, task_id=f"t{sequence}"),
-                EventDraft(event_type="WORKFLOW_COMPLETED", workflow_id=wf) if sequence >= 3 else
-                EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf),
+    capability = f"cli-follow-{uuid.uuid4().hex[:8]}"
+    spec = workflow_pb2.WorkflowSpec(
+        name="cli-follow",
+        tasks=[
+            task_pb2.TaskSpec(task_id="draft", capability=capability),
+            task_pb2.TaskSpec(
+                task_id="publish", capability=capability, depends_on=["draft"], requires_approval=True
+            ),
+        ],
+    )
+    async with await Client.connect(traced.target) as client:
+        worker = Worker(client, name="cli-follow", max_concurrency=2)
+
+        @worker.handler(capability)
+        async def echo(ctx: TaskContext) -> dict[str, object]:
+            return {"echo": ctx.task_id}
+
+        async with worker:
+            handle = await client.workflows.submit(spec)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
+            env.update({"ARE_TARGET": traced.target, "COLUMNS": "200", "NO_COLOR": "1"})
+            follower = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sidecar.cli", "trace", handle.workflow_id, "--follow",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
-            await asyncio.sleep(0.2)
-        stdout, stderr = follower.communicate(timeout=30)
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
-    assert follower.returncode == 0, stderr
-    kinds = [line.split()[2] for line in stdout.splitlines() if line.strip()]
-    assert kinds[0] == "WORKFLOW_SUBMITTED"
+            assert follower.stdout is not None
+            try:
+                first = await asyncio.wait_for(follower.stdout.readline(), 60)  # it has joined
+                for _ in range(600):  # bounded: until the approval gate opens
+                    if await client.workflows.list_approvals():
+                        break
+                    await asyncio.sleep(0.05)
+                await handle.approve("publish")
+                stdout, stderr = await asyncio.wait_for(follower.communicate(), 60)
+            finally:
+                if follower.returncode is None:
+                    follower.kill()
+                    await follower.wait()
+    assert follower.returncode == 0, stderr.decode()
+    kinds = [line.split()[2] for line in (first + stdout).decode().splitlines() if line.strip()]
     assert kinds[-1] == "WORKFLOW_COMPLETED"
-    assert "TASK_COMPLETED" in kinds
+    assert "WORKFLOW_SUBMITTED" in kinds and "TASK_APPROVED" in kinds and "TASK_COMPLETED" in kinds
 
 
 async def _are_async(target: str, *args: str) -> tuple[int, str, str]:
