@@ -17,6 +17,26 @@ __all__ = ["DataDirLock"]
 
 LOCK_FILE_NAME = "LOCK"
 
+_HELD: set[int] = set()
+"""Descriptors of the locks this process holds, closed in every child it forks.
+
+A ``flock`` belongs to the open file: a forked child's copy of the
+descriptor keeps the lock held after the holder releases it, or dies. The
+sidecar forks children that write index files (seconds for a large one); a
+restart right after a crash, or a reopen in the same process, then found
+the folder locked by a child writing an index.
+"""
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
 
 class DataDirLock:
     """An exclusive ``flock`` on ``<data_dir>/LOCK`` holding the owner's pid.
@@ -25,7 +45,8 @@ class DataDirLock:
     acquire in the same process (``flock`` locks belong to each open file),
     gets ``DataDirLockedError`` naming the folder and the holder's pid. The
     kernel drops the lock when the holder closes it or dies, even by SIGKILL,
-    so a stale ``LOCK`` file never blocks a restart.
+    so a stale ``LOCK`` file never blocks a restart. A child the holder
+    forks does not inherit it (its copy of the descriptor is closed).
     """
 
     __slots__ = ("_fd", "data_dir", "path")
@@ -61,6 +82,7 @@ class DataDirLock:
         except BaseException:
             os.close(fd)
             raise
+        _HELD.add(fd)
         return cls(folder, fd)
 
     @property
@@ -73,6 +95,7 @@ class DataDirLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        _HELD.discard(fd)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # no stale pid for the next reader
         os.close(fd)  # closing the only descriptor releases the flock

@@ -175,8 +175,8 @@ async def test_evictions_lose_nothing_across_a_reopen(tmp_path: Path, clean: boo
         for w in (1, 2, 3):  # evicting w0 again (and others)
             assert await _top(memory, w, 0) == [f"w{w}-n0"]
         assert len(memory._indexes) == 2
-        if clean:  # as the sidecar's stop does
-            await memory.settle()
+        await memory.settle()  # the evictions' saves (forked children) have ended, as a stop awaits them
+        if clean:
             assert memory.save_all() == 2
         await sidecar.reopen()
         again = sidecar.memory(max_loaded=2)
@@ -205,7 +205,8 @@ async def test_an_index_an_add_is_filling_is_not_evicted_and_the_bound_returns_a
     for note in (0, 150, 299):
         assert await _top(memory, 0, note) == [f"w0-n{note}"]
     assert list(memory._indexes) == ["w0"]
-    assert await _top(memory, 2, 0) == ["w2-n0"]  # w0's evicted now, saved whole
+    assert await _top(memory, 2, 0) == ["w2-n0"]  # w0's evicted now, saved whole (by a child)
+    await memory.settle()
     await sidecar.reopen()
     again = sidecar.memory(max_loaded=1)
     for note in (0, 150, 299):

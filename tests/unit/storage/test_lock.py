@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -93,3 +94,29 @@ def test_lock_is_released_when_holder_is_sigkilled(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     with DataDirLock.acquire(tmp_path) as lock:
         assert lock.held
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path: Path) -> None:
+    """The sidecar forks children that write index files for seconds: their copy of the lock's
+    descriptor kept the folder locked after the holder released it (or died), so a reopen, or a
+    restart right after a crash, found it 'locked by another process'."""
+    lock = DataDirLock.acquire(tmp_path)
+    read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: says it runs, waits until the parent is done (bounded), exits
+        os.close(write_end)
+        os.write(ready_write, b"x")
+        select.select([read_end], [], [], 30)
+        os._exit(0)
+    os.close(read_end)
+    os.close(ready_write)
+    try:
+        assert os.read(ready_read, 1) == b"x"  # the child is past its fork
+        os.close(ready_read)
+        lock.release()
+        again = DataDirLock.acquire(tmp_path)  # the child is still alive
+        again.release()
+    finally:
+        os.close(write_end)  # ends the child
+        os.waitpid(pid, 0)
