@@ -100,7 +100,7 @@ export function encodePayload(value: unknown, contentType?: string): Payload {
  * it, so there is no cycle to meet: a walk, as a second JSON.stringify with a replacer took
  * several times as long.
  */
-function refuseNonFinite(value: unknown): void {
+export function refuseNonFinite(value: unknown): void {
   const trail: Array<string | number> = [];
   const visit = (key: string, item: unknown): void => {
     if ((typeof item === "object" && item !== null) || typeof item === "bigint") {

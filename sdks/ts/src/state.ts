@@ -34,7 +34,7 @@ import {
   type MemoryEntry,
   type StateServiceClient,
 } from "./gen/are/v1/state_service.js";
-import { decodePayload, encodePayload } from "./payload.js";
+import { decodePayload, encodePayload, refuseNonFinite } from "./payload.js";
 import type { CallOptions, Rpc } from "./rpc.js";
 
 /** The page size {@link State.checkpoints} asks for. */
@@ -197,6 +197,7 @@ function toJson(value: unknown, where: string): Buffer {
   let text: string | undefined;
   try {
     text = JSON.stringify(value);
+    if (text?.includes("null")) refuseNonFinite(value); // NaN and Infinity: written as null otherwise
   } catch (error) {
     throw new TypeError(`${where} is not JSON-serialisable (${(error as Error).message})`);
   }

@@ -42,6 +42,10 @@ describe("state", () => {
     const patched = await shared.client.state.patch(workflowId, { merge: { plan: { steps: ["search", "book"] }, budget: null, note: "é" } });
     assert.equal(patched.version, 2);
 
+    // NaN was written as null, which a merge patch reads as "remove": refused, as the Python SDK does.
+    const nan = await shared.client.state.patch(workflowId, { merge: { plan: { score: NaN } } }).catch((e: unknown) => e);
+    assert.ok(nan instanceof TypeError && /NaN at `plan.score`/.test(nan.message), String(nan));
+
     const latest = await shared.client.state.get(workflowId, ["/plan/steps/1", "/note", "/budget", "/plan/absent"]);
     assert.equal(latest.version, 2);
     assert.deepEqual(latest.values, { "/plan/steps/1": "book", "/note": "é" });
