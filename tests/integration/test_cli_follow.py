@@ -51,7 +51,7 @@ async def _start(target: str, *args: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def _finish(process: asyncio.subprocess.Process) -> tuple[int, str, str]:
+async def finish(process: asyncio.subprocess.Process) -> tuple[int, str, str]:
     """Waits (a minute at most) for ``process`` to end on its own; kills it if it does not."""
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -99,7 +99,7 @@ async def test_follow_with_a_type_filter_still_ends_with_the_workflow(sidecar: S
             first = await asyncio.wait_for(follower.stdout.readline(), 60)  # following has started
         finally:
             await handle.cancel()
-        code, rest, stderr = await _finish(follower)
+        code, rest, stderr = await finish(follower)
     assert code == 0, stderr
     assert _kinds(first.decode() + rest) == ["WORKFLOW_SUBMITTED"]  # the end was read, not shown
 
@@ -195,7 +195,7 @@ async def test_events_limit_counts_every_event_shown_and_ends_a_follow(sidecar: 
                 await asyncio.wait_for(follower.stdout.readline(), 60)
         finally:
             await client.workflows.get_handle(workflow_id).cancel()
-        code, _, stderr = await _finish(follower)
+        code, _, stderr = await finish(follower)
     assert code == 0, stderr
 
 

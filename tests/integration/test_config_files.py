@@ -24,7 +24,7 @@ from tests.integration._tls import self_signed
 _NOT_UTF8 = b'listen = "127.0.0.1:0"\n# caf\xe9\n'
 
 
-class _Run:
+class ServeRun:
     """How an ``are serve`` run ended: its status, its log, and the ready file it wrote, if any."""
 
     def __init__(self, returncode: int, log: str, ready: dict[str, object] | None) -> None:
@@ -33,7 +33,7 @@ class _Run:
         self.ready = ready
 
 
-def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> _Run:
+def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> ServeRun:
     """Runs ``are serve ARGS``; one that gets as far as serving is stopped at once with SIGTERM."""
     ready = tmp_path / "ready.json"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
@@ -55,10 +55,10 @@ def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: P
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    return _Run(child.returncode, log_path.read_text(errors="replace"), written)
+    return ServeRun(child.returncode, log_path.read_text(errors="replace"), written)
 
 
-def _refused(run: _Run, *named: str) -> None:
+def _refused(run: ServeRun, *named: str) -> None:
     assert run.returncode == 2, run.log[-2000:]
     assert run.ready is None, "the sidecar started serving"
     assert "Traceback" not in run.log, run.log[-2000:]
@@ -70,14 +70,14 @@ def test_a_config_file_that_is_not_utf8_exits_2_naming_it(tmp_path: Path) -> Non
     config = tmp_path / "are.toml"
     config.write_bytes(_NOT_UTF8)
     data = ["--data-dir", str(tmp_path / "data")]
-    _refused(_serve(tmp_path, "--config", str(config), *data), "--config", str(config), "UTF-8")
-    _refused(_serve(tmp_path, *data, env={"ARE_CONFIG": str(config)}), "ARE_CONFIG", str(config), "UTF-8")
+    _refused(serve(tmp_path, "--config", str(config), *data), "--config", str(config), "UTF-8")
+    _refused(serve(tmp_path, *data, env={"ARE_CONFIG": str(config)}), "ARE_CONFIG", str(config), "UTF-8")
 
 
 def test_a_token_file_that_is_not_utf8_exits_2_naming_it(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_bytes(b"s3cret\xff\n")
-    run = _serve(
+    run = serve(
         tmp_path, "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"), "--token-file", str(token)
     )
     _refused(run, "--token-file", str(token), "UTF-8")
@@ -99,12 +99,12 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_exit_2_naming_them(
     garbage.write_text("not a key\n")
     listen = ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")]
     for wrong in (other, garbage, cert):
-        run = _serve(tmp_path, *listen, "--tls-cert", str(cert), "--tls-key", str(wrong))
+        run = serve(tmp_path, *listen, "--tls-cert", str(cert), "--tls-key", str(wrong))
         _refused(run, "--tls-cert", "--tls-key", str(wrong))
         assert "is the address taken" not in run.log
-    run = _serve(tmp_path, *listen, "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key))
+    run = serve(tmp_path, *listen, "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key))
     _refused(run, "--tls-cert", "missing.pem", "No such file")
-    run = _serve(tmp_path, *listen, "--tls-cert", str(cert), "--tls-key", str(key))  # the right pair serves
+    run = serve(tmp_path, *listen, "--tls-cert", str(cert), "--tls-key", str(key))  # the right pair serves
     assert run.returncode == 0, run.log[-2000:]
     assert run.ready is not None
 
@@ -114,7 +114,7 @@ def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
     config.write_text('listen = "127.0.0.1:0"\n')
     work = tmp_path / "work"
     work.mkdir()
-    run = _serve(
+    run = serve(
         tmp_path,
         "--config",
         str(config),

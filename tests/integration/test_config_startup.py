@@ -13,9 +13,7 @@ every attempt on it) at the first large batch.
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,38 +22,21 @@ import pytest
 from are_sdk import Client
 from are_sdk._router import AgentCard
 from are_sdk.testing import SidecarProcess, SidecarStartError
+from tests.integration.test_config_files import serve
 
 _CENTURY_S = str(100 * 365.25 * 86_400)
 
 
 def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Runs ``are serve`` to its exit.
+    """Runs ``are serve`` to its exit (from the repository root, on 127.0.0.1:0 and ``tmp_path/data``).
 
     A sidecar that gets as far as serving (writes its ready file) is stopped
     at once with SIGTERM: these starts are all meant to fail.
     """
-    ready = tmp_path / "ready.json"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
-    child_env.update(env or {})
-    argv = [sys.executable, "-m", "sidecar", "serve", "--listen", "127.0.0.1:0"]
-    argv += ["--data-dir", str(tmp_path / "data"), "--ready-file", str(ready), *args]
-    log_path = tmp_path / "sidecar.log"  # a file, not a pipe: a full pipe would stall the child
-    with log_path.open("w") as log, subprocess.Popen(argv, stdout=log, stderr=log, env=child_env) as child:
-        deadline = time.monotonic() + 60.0
-        while child.poll() is None and not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        served = ready.exists()
-        if child.poll() is None:
-            child.terminate()
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    output = log_path.read_text(errors="replace")
-    if served:
-        output += "\n(the sidecar started serving)"
-    return subprocess.CompletedProcess(argv, child.returncode, "", output)
+    head = ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")]
+    run = serve(tmp_path, *head, *args, env=env, cwd=Path.cwd())
+    output = run.log + ("\n(the sidecar started serving)" if run.ready is not None else "")
+    return subprocess.CompletedProcess(["are", "serve", *head, *args], run.returncode, "", output)
 
 
 def _refused(result: subprocess.CompletedProcess[str], *named: str) -> None:

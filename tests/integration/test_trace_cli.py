@@ -18,6 +18,7 @@ from are_sdk._proto.are.v1 import task_pb2, workflow_pb2
 from are_sdk.testing import SidecarProcess
 from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
 from sidecar.cli import main
+from tests.integration.test_cli_follow import finish
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +142,7 @@ async def _are_async(target: str, *args: str) -> tuple[int, str, str]:
         sys.executable, "-m", "sidecar.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return await finish(process)
 
 
 SPEC = """
