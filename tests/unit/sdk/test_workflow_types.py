@@ -236,3 +236,22 @@ async def test_a_resumed_watch_on_another_event_log_starts_again_without_its_cur
     final = await asyncio.wait_for(WorkflowHandle(Raw(), "wf").wait(), 10)
     assert final.state.name == "COMPLETED"
     assert cursors == [None, 9, None]
+
+
+async def test_a_cancelled_connect_closes_its_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while it waited (an outer timeout), connect() left its channel open: nobody had it."""
+    from are_sdk import Client
+
+    opened: list[Any] = []
+    real = grpc.aio.insecure_channel
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        channel = real(*args, **kwargs)
+        opened.append(channel)
+        return channel
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", recorded)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(Client.connect("127.0.0.1:1", timeout=30), 0.2)  # nothing listens there
+    assert len(opened) == 1
+    assert opened[0]._channel.closed()  # grpc's own record of a closed channel

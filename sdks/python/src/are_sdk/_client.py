@@ -243,6 +243,9 @@ class Client:
                 grpc.StatusCode.UNAVAILABLE,
                 f"no ARE sidecar answered at {target!r} within {timeout:g}s",
             ) from None
+        except BaseException:  # cancelled (an outer timeout, say): the channel is nobody's to close
+            await asyncio.shield(channel.close())
+            raise
         # Connected at the first wait (see the class docstring); a subchannel pool of its own
         # keeps grpc from putting both channels on one connection, as it does for equal ones.
         watch_channel = open_channel(("grpc.use_local_subchannel_pool", 1))
