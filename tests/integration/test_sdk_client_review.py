@@ -19,11 +19,13 @@ from are_sdk import (
     Client,
     ClientClosedError,
     ResourceExhaustedError,
+    StateRetention,
     SyncClient,
     TaskContext,
     TaskSpec,
     Worker,
     WorkflowSpec,
+    WorkflowSpecError,
 )
 from are_sdk import _state as sdk_state
 from are_sdk._proto.are.v1 import scheduler_service_pb2
@@ -156,3 +158,25 @@ async def test_a_naive_datetime_filter_is_local_time(client: Client) -> None:
         assert events
     finally:
         await handle.cancel()
+
+
+async def test_a_workflow_spec_carries_its_state_retention(client: Client) -> None:
+    """workflow.proto's state_retention had no way in from the builder (nor tracestate, still)."""
+    spec = WorkflowSpec(
+        "retained",
+        initial_state={"n": 0},
+        state_retention=StateRetention(keep_versions=2, keep_duration=1e-6),
+    ).task("a", capability=f"nobody-{_suffix()}")
+    handle = await client.submit_workflow(spec)
+    try:
+        for n in range(1, 5):
+            await client.state.patch(handle.workflow_id, merge={"n": n})
+        versions = [cp.version async for cp in client.state.checkpoints(handle.workflow_id)]
+        assert versions == [5, 4]  # keep_versions=2, not the default 1,000
+    finally:
+        await handle.cancel()
+    with pytest.raises(WorkflowSpecError) as caught:
+        WorkflowSpec("bad", state_retention=StateRetention(keep_duration=float("inf"))).task(
+            "a", capability="c"
+        ).to_proto()
+    assert [v.field for v in caught.value.field_violations] == ["spec.state_retention.keep_duration"]

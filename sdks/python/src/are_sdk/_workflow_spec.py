@@ -198,6 +198,26 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class StateRetention:
+    """How many versions of the workflow's state are kept; zero or None means the sidecar default.
+
+    Attributes:
+        keep_versions: Keep at least this many most recent versions (default 1,000).
+        keep_duration: Keep every version younger than this, seconds or a
+            timedelta (default 7 days).
+    """
+
+    keep_versions: int = 0
+    keep_duration: Duration | None = None
+
+    def to_proto(self) -> Any:
+        """The ``are.v1.StateRetention`` message."""
+        return workflow_pb2.StateRetention(
+            keep_versions=self.keep_versions, keep_duration=to_duration(self.keep_duration)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Condition:
     """Runs a task only if a dependency's JSON output satisfies a comparison.
 
@@ -497,6 +517,8 @@ class WorkflowSpec:
             default the only task nothing depends on, if there is one.
         initial_state: The state document's first version, a JSON object.
         traceparent: A W3C ``traceparent`` the workflow's trace continues.
+        state_retention: How many versions of its state are kept
+            (:class:`StateRetention`); None means the sidecar's defaults.
     """
 
     def __init__(
@@ -511,6 +533,7 @@ class WorkflowSpec:
         result_task_id: str = "",
         initial_state: Mapping[str, Any] | None = None,
         traceparent: str = "",
+        state_retention: StateRetention | None = None,
     ) -> None:
         self.name = name
         self.workflow_id = workflow_id
@@ -521,6 +544,7 @@ class WorkflowSpec:
         self.result_task_id = result_task_id
         self.initial_state = dict(initial_state) if initial_state is not None else None
         self.traceparent = traceparent
+        self.state_retention = state_retention
         self._tasks: list[TaskSpec] = []
 
     @property
@@ -603,6 +627,10 @@ class WorkflowSpec:
         if not self._tasks:
             violations.append(FieldViolation("spec.tasks", "a workflow needs at least one task"))
         violations += task_violations(self._tasks, prefix="spec.tasks")
+        if self.state_retention is not None:
+            problem = _duration_problem(self.state_retention.keep_duration)
+            if problem:
+                violations.append(FieldViolation("spec.state_retention.keep_duration", problem))
         if self.result_task_id and self.result_task_id not in {t.task_id for t in self._tasks}:
             violations.append(FieldViolation("spec.result_task_id", f"unknown task {self.result_task_id!r}"))
         if violations:
@@ -632,6 +660,8 @@ class WorkflowSpec:
             message.initial_state.CopyFrom(encode_payload(self.initial_state))
         if self.traceparent:
             message.trace_context.traceparent = self.traceparent
+        if self.state_retention is not None:
+            message.state_retention.CopyFrom(self.state_retention.to_proto())
         return message
 
     def __repr__(self) -> str:
