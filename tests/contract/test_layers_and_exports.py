@@ -82,6 +82,7 @@ def test_sdk_public_names_are_pinned() -> None:
         "StateClient",
         "StateFork",
         "StateMemory",
+        "StateRetention",
         "StateSnapshot",
         "SyncClient",
         "TaskContext",
