@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,22 @@ from are_core.storage import GroupCommitter, Storage
 from .conftest import open_router, unit
 
 
-async def test_concurrent_new_registrations_stay_within_max_agents(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _router(tmp_path: Path, *, settings: RouterSettings | None = None) -> AsyncIterator[Router]:
+    """A router on a fresh store in ``tmp_path``, closed (with its store) after the block."""
     storage = Storage.open(tmp_path / "data", tables=TABLES)
     committer = GroupCommitter(storage)
-    router = await open_router(storage, committer, settings=RouterSettings(max_agents=3))
+    router = await open_router(storage, committer, **({} if settings is None else {"settings": settings}))
     try:
+        yield router
+    finally:
+        await router.aclose()
+        await committer.aclose()
+        storage.close()
+
+
+async def test_concurrent_new_registrations_stay_within_max_agents(tmp_path: Path) -> None:
+    async with _router(tmp_path, settings=RouterSettings(max_agents=3)) as router:
         results = await asyncio.gather(
             *(router.register_agent(AgentSpec(agent_id=f"a{i}", vector=unit(1.0, i))) for i in range(10)),
             return_exceptions=True,
@@ -44,26 +57,15 @@ async def test_concurrent_new_registrations_stay_within_max_agents(tmp_path: Pat
         # An id already carded may still be updated at the bound.
         _, created = await router.register_agent(AgentSpec(agent_id="a0", vector=unit(0.5, 1.0)))
         assert not created
-    finally:
-        await router.aclose()
-        await committer.aclose()
-        storage.close()
 
 
 async def test_registering_an_id_a_worker_card_has_is_not_a_creation(tmp_path: Path) -> None:
-    storage = Storage.open(tmp_path / "data", tables=TABLES)
-    committer = GroupCommitter(storage)
-    router = await open_router(storage, committer)
-    try:
+    async with _router(tmp_path) as router:
         router.update_worker("w1", name="x", capabilities=("cap",), running=0, capacity=1)
         _, created = await router.register_agent(AgentSpec(agent_id="x", vector=unit(1.0)))
         assert not created
         _, created = await router.register_agent(AgentSpec(agent_id="fresh", vector=unit(0.0, 1.0)))
         assert created
-    finally:
-        await router.aclose()
-        await committer.aclose()
-        storage.close()
 
 
 def test_a_refusal_never_rounds_the_gap_away() -> None:
@@ -106,10 +108,7 @@ async def test_a_worker_leaving_while_its_id_registers_leaves_the_card_its_own_k
     # The registration took the worker card's key; the worker left during the commit and freed
     # it, the next worker card took it too: the registered card was unroutable, and once that
     # worker left, a deregister half-failed and ListAgents raised KeyError until a restart.
-    storage = Storage.open(tmp_path / "data", tables=TABLES)
-    committer = GroupCommitter(storage)
-    router = await open_router(storage, committer)
-    try:
+    async with _router(tmp_path) as router:
         card = AgentSpec(agent_id="X", capabilities=("cx",), vector=unit(1.0))
         router.update_worker("wx", name="X", capabilities=("cx",), card=card)
         release = _hold_next_commit(router)
@@ -127,17 +126,10 @@ async def test_a_worker_leaving_while_its_id_registers_leaves_the_card_its_own_k
         router.remove_worker("wy")
         await router.deregister_agent("X")
         assert [view.spec.agent_id for view in router.list_agents()[0]] == []
-    finally:
-        await router.aclose()
-        await committer.aclose()
-        storage.close()
 
 
 async def test_a_worker_arriving_while_its_id_registers_is_rekeyed_to_the_card(tmp_path: Path) -> None:
-    storage = Storage.open(tmp_path / "data", tables=TABLES)
-    committer = GroupCommitter(storage)
-    router = await open_router(storage, committer)
-    try:
+    async with _router(tmp_path) as router:
         card = AgentSpec(agent_id="X", capabilities=("cx",), vector=unit(1.0))
         release = _hold_next_commit(router)
         registering = asyncio.ensure_future(router.register_agent(card))
@@ -150,7 +142,3 @@ async def test_a_worker_arriving_while_its_id_registers_is_rekeyed_to_the_card(t
         assert agent.key == agent.stored.key  # memory and LMDB agree (a saved index is trusted by them)
         result = await router.route_task(RouteQuery(vector=unit(1.0), threshold=0.9))
         assert [c.agent_id for c in result.candidates] == ["X"]
-    finally:
-        await router.aclose()
-        await committer.aclose()
-        storage.close()

@@ -19,9 +19,7 @@ import asyncio
 from pathlib import Path
 
 from are_core.scheduler import (
-    Assignment,
     Budget,
-    Cancellation,
     Condition,
     Failure,
     RetryPolicy,
@@ -32,24 +30,13 @@ from are_core.scheduler import (
     WorkflowSpec,
 )
 from are_core.storage import GroupCommitter, Storage
+from tests.unit.scheduler.test_engine import FakeWorker
 
 _HANG_GUARD_S = 10.0
 
 
 def _spec(task_id: str, capability: str = "cap", **fields: object) -> TaskSpec:
     return TaskSpec(task_id=task_id, capability=capability, **fields)  # type: ignore[arg-type]
-
-
-class _Worker:
-    def __init__(self) -> None:
-        self.assignments: list[Assignment] = []
-        self.cancellations: list[Cancellation] = []
-
-    def assign(self, batch: list[Assignment]) -> None:
-        self.assignments.extend(batch)
-
-    def cancel(self, batch: list[Cancellation]) -> None:
-        self.cancellations.extend(batch)
 
 
 async def _until(condition: object) -> None:
@@ -65,14 +52,14 @@ async def test_an_attempt_lost_to_a_restart_is_not_counted_against_max_attempts(
     engine = Scheduler(storage, committer, rng=lambda: 0.0)
     await engine.start()
     record, _ = await engine.submit(WorkflowSpec(tasks=(_spec("a"),), budget=Budget(max_attempts=1)))
-    first = _Worker()
+    first = FakeWorker()
     engine.connect_worker("w", ["cap"], 1, first.assign, first.cancel)
     await _until(lambda: first.assignments)
     await engine.stop()  # a restart while attempt 1 runs: it is lost, not charged
 
     restarted = Scheduler(storage, committer, rng=lambda: 0.0)
     await restarted.start()
-    second = _Worker()
+    second = FakeWorker()
     restarted.connect_worker("w", ["cap"], 1, second.assign, second.cancel)
     await _until(lambda: second.assignments)
     assert [(a.task_id, a.attempt) for a in second.assignments] == [("a", 2)]
@@ -95,7 +82,7 @@ async def test_the_attempt_over_max_attempts_never_reaches_a_worker(engine: Sche
     record, _ = await engine.submit(
         WorkflowSpec(tasks=(_spec("p"), _spec("q")), budget=Budget(max_attempts=1))
     )
-    worker = _Worker()
+    worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 2, worker.assign, worker.cancel)
     await _until(lambda: worker.cancellations)  # delivered once committed, after the assignments
     assert [a.task_id for a in worker.assignments] == ["p"]  # q would have been attempt 2 of 1
@@ -112,7 +99,7 @@ async def test_rejected_and_cancelled_tasks_count_as_failed(engine: Scheduler) -
     await engine.resolve_approval(gated.workflow_id, "gate", approve=False, approver="bob", comment="no")
     assert engine.get_workflow(gated.workflow_id).record.tasks_failed == 1
 
-    worker = _Worker()
+    worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
     cancelled, _ = await engine.submit(WorkflowSpec(tasks=(_spec("a"), _spec("b", depends_on=("a",)))))
     await _until(lambda: worker.assignments)
@@ -182,7 +169,7 @@ async def test_an_attempt_running_past_schedule_to_close_is_stopped_and_not_retr
     record, _ = await engine.submit(
         WorkflowSpec(tasks=(_spec("b", schedule_to_close_s=0.2, start_to_close_s=60, retry_policy=policy),))
     )
-    worker = _Worker()
+    worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
     await _until(lambda: worker.cancellations)
     assert [(c.task_id, c.attempt, c.reason) for c in worker.cancellations] == [("b", 1, "TIMED_OUT")]
@@ -202,7 +189,7 @@ async def test_schedule_to_close_counts_from_the_first_scheduling_not_the_creati
             )
         )
     )
-    up = _Worker()
+    up = FakeWorker()
     engine.connect_worker("up", ["up"], 1, up.assign, up.cancel)
     await _until(lambda: up.assignments)
     # d was created now and waits for u: no time of its own is spent meanwhile. Created long
@@ -210,7 +197,7 @@ async def test_schedule_to_close_counts_from_the_first_scheduling_not_the_creati
     task = engine.get_task(record.workflow_id, "d")
     task.record.create_ns -= 60 * 10**9
     await engine.complete(record.workflow_id, "u", 1, output=b"1", content_type="", usage=None)
-    worker = _Worker()
+    worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
     await _until(lambda: worker.assignments)
     will_retry, _, state, durable = engine.fail(
@@ -244,7 +231,7 @@ async def test_a_failure_whose_cost_passes_the_budget_does_not_promise_a_retry(e
     record, _ = await engine.submit(
         WorkflowSpec(tasks=(_spec("a", retry_policy=policy),), budget=Budget(max_cost_micro_usd=100))
     )
-    worker = _Worker()
+    worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 1, worker.assign, worker.cancel)
     await _until(lambda: worker.assignments)
     will_retry, next_ns, state, durable = engine.fail(
@@ -269,7 +256,7 @@ async def test_a_rule_met_early_waits_for_the_dependencies_its_conditions_name(e
             )
         )
     )
-    worker = _Worker()
+    worker = FakeWorker()
     engine.connect_worker("w", ["cap"], 3, worker.assign, worker.cancel)
     await _until(lambda: len(worker.assignments) == 2)
     await engine.complete(record.workflow_id, "fast", 1, output=b"{}", content_type="", usage=None)
