@@ -287,13 +287,49 @@ def _sidecar(entries: int, dtype: str) -> Iterator[str]:
     with SidecarProcess.start(data_dir=data, env=sidecar_env()) as sidecar:
         ready = time.perf_counter() - started
         expansion = asyncio.run(_put_settings(sidecar.target, entries, dtype))
+        settled = _huge_pages_settled(sidecar.pid)
         print(
             f"cache: {entries:,} {dtype} entries (bulk store {figures['store_per_s']:,.0f}/s); "
-            f"sidecar serving {ready:.2f}s after start; search expansion {expansion}",
+            f"sidecar serving {ready:.2f}s after start; search expansion {expansion}; "
+            + (f"index moved into huge pages {settled:.1f}s later" if settled else "no huge pages"),
             file=sys.stderr,
             flush=True,
         )
         yield sidecar.target
+
+
+def _anon_huge_bytes(pid: int) -> int:
+    """The process's memory in transparent huge pages (``AnonHugePages``), 0 if unknown."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in rollup.splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _huge_pages_settled(pid: int, *, quiet_s: float = 1.0, limit_s: float = 60.0) -> float:
+    """Waits (at most ``limit_s``) until a start has moved its restored index into huge pages.
+
+    A sidecar serves a restored index from its file's mapping at once, and
+    moves it into huge pages in a worker thread (about a second at 1M i8
+    entries), which competes with the timed loop for the sidecar's CPU: a
+    loop started meanwhile measures the move. Settled: the process's huge
+    pages stopped growing for ``quiet_s``. Returns the seconds waited, 0
+    when the process has no huge pages after ``quiet_s`` (none available).
+    """
+    began = time.monotonic()
+    last, since = _anon_huge_bytes(pid), began
+    while time.monotonic() - began < limit_s:
+        time.sleep(0.1)
+        now = _anon_huge_bytes(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return time.monotonic() - began if last else 0.0
 
 
 async def _put_settings(target: str, entries: int, dtype: str) -> int:
