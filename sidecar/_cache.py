@@ -38,6 +38,7 @@ from are_core.cache import (
     InvalidationBusyError,
     InvalidCacheArgumentError,
     Namespace,
+    NamespaceDeletingError,
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceSettings,
@@ -329,6 +330,22 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
             namespaces=[_namespace(n) for n in page], next_page_token=_encode_token(last) if last else ""
         )
 
+    async def DeleteNamespace(  # noqa: N802 - the RPC's name
+        self, request: cache_service_pb2.DeleteNamespaceRequest, context: _Context
+    ) -> cache_service_pb2.DeleteNamespaceResponse:
+        """Deletes a namespace with its entries, counters and index.
+
+        Refused for backpressure (RESOURCE_EXHAUSTED) part way, the status's
+        ErrorInfo metadata ``removed_count`` says how many entries were removed
+        (they stay removed, the namespace stays; a retry finishes the deletion).
+        """
+        await _check_id(context, request.namespace, "namespace")
+        try:
+            removed = await self._engine.delete_namespace(request.namespace)
+        except (CacheError, StorageError) as error:
+            await _fail(context, error)
+        return cache_service_pb2.DeleteNamespaceResponse(removed_count=removed)
+
 
 # -- translation ---------------------------------------------------------
 
@@ -568,6 +585,14 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:  # noqa
             grpc.StatusCode.NOT_FOUND,
             message,
             reason="NAMESPACE_NOT_FOUND",
+            metadata={"namespace": error.name},
+        )
+    if isinstance(error, NamespaceDeletingError):
+        await abort(
+            context,
+            grpc.StatusCode.ABORTED,
+            message,
+            reason="NAMESPACE_DELETING",
             metadata={"namespace": error.name},
         )
     if isinstance(error, NamespaceUnavailableError):

@@ -540,7 +540,13 @@ class Wiring:
     async def cache_lookup(self, key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
         """The scheduler's short-circuit lookup."""
         assert self.cache is not None
-        hit = await self.cache.engine.lookup_for_task(key.namespace, key.prompt, exact_only=key.exact_only)
+        from are_core.cache import NamespaceNotFoundError  # noqa: PLC0415 - only cache keys get here
+
+        try:
+            engine = self.cache.engine
+            hit = await engine.lookup_for_task(key.namespace, key.prompt, exact_only=key.exact_only)
+        except NamespaceNotFoundError:  # deleted since the workflow was submitted: a miss
+            return None
         if hit is None:
             return None
         attributes: dict[str, Any] = {
@@ -572,6 +578,8 @@ class Wiring:
     ) -> None:
         """Stores a cache-keyed task's output in the background (after its durable completion)."""
         assert self.cache is not None
+        from are_core.cache import NamespaceDeletingError, NamespaceNotFoundError  # noqa: PLC0415
+
         engine = self.cache.engine
 
         async def store() -> None:
@@ -589,6 +597,8 @@ class Wiring:
                         output_tokens=usage.output_tokens if usage else 0,
                         cost_micro_usd=usage.cost_micro_usd if usage else 0,
                     )
+            except (NamespaceNotFoundError, NamespaceDeletingError) as gone:  # deleted since the submit
+                _log.info(f"a task's output was not stored in the cache: {gone}")
             except Exception:  # noqa: BLE001 - a failed store costs a future hit, nothing else
                 _log.warning("storing a task's output in the cache failed", exc_info=True)
 

@@ -15,6 +15,7 @@ Exceptions::
 
     CacheError
     ├── NamespaceNotFoundError      no namespace of this name
+    ├── NamespaceDeletingError      being deleted: no stores or settings changes meanwhile
     ├── NamespaceUnavailableError   being reloaded from storage after a failed commit: retry later
     │   └── NamespaceWritesUnavailableError  no writes for a while after one failed: retry later
     ├── DimensionMismatchError      a vector of another dimension (names the field)
@@ -40,6 +41,7 @@ from ._errors import (
     ImmutableFieldError,
     InvalidationBusyError,
     InvalidCacheArgumentError,
+    NamespaceDeletingError,
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceUnavailableError,
@@ -87,6 +89,7 @@ __all__ = [
     "InvalidationBusyError",
     "LookupResult",
     "Namespace",
+    "NamespaceDeletingError",
     "NamespaceLimitError",
     "NamespaceNotFoundError",
     "NamespaceSettings",

@@ -55,6 +55,7 @@ from ._errors import (
     ImmutableFieldError,
     InvalidationBusyError,
     InvalidCacheArgumentError,
+    NamespaceDeletingError,
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceUnavailableError,
@@ -129,6 +130,8 @@ _INT64_MAX = 2**63 - 1
 _SCAN_PAGE = 10_000
 _MAX_PENDING_EVENTS = 10_000
 _INVALIDATE_CHUNK = 5_000
+# A deletion removes the namespace once no store under way adds to it; rounds of removals before.
+_DELETE_ROUNDS = 4
 # Evictions past the bounds per commit (a shrink, a flush), and at most this many a store makes
 # past its own share: the rest waits for the next chunk (see CacheEngine._shrink).
 _EVICT_CHUNK = 5_000
@@ -620,7 +623,8 @@ class CacheEngine:
         self._calibrations: set[asyncio.Task[None]] = set()
         self._repairs: set[asyncio.Task[None]] = set()  # a sweep and its re-insertions (one at a time)
         self._sweep: ChildSweep | None = None  # the sweep child running, if any
-        self._writers: set[int] = set()  # pids of children writing an index (checkpoints)
+        self._writers: dict[int, str] = {}  # children writing an index (checkpoints): pid -> namespace
+        self._deleting: set[str] = set()  # namespaces being deleted (see delete_namespace)
         self._write_lock = asyncio.Lock()
         self._tickets = 0  # _submit calls begun
         self._inflight: dict[int, asyncio.Future[None]] = {}  # commits under way, by ticket
@@ -739,13 +743,13 @@ class CacheEngine:
             return
         if pid is None:
             return
-        self._writers.add(pid)
+        self._writers[pid] = name
         try:
             code = await child_exit_code(pid)
         finally:
-            self._writers.discard(pid)
+            self._writers.pop(pid, None)
         if code != 0:
-            if not self._stopping:
+            if not self._stopping and self._states.get(name) is state:  # else stopped or deleted
                 _log.warning(f"cache: writing the index of {name!r} failed (child exit status {code})")
             return
         if self._states.get(name) is state:
@@ -869,7 +873,7 @@ class CacheEngine:
             )
             return
         except (VectorError, OSError, ValueError) as error:
-            if not self._stopping:
+            if not self._stopping and self._states.get(name) is state:  # else stopped or deleted
                 _log.warning(f"cache: calibrating {name!r} failed: {error}")
             return
         finally:
@@ -988,7 +992,7 @@ class CacheEngine:
                     async with asyncio.timeout(_CHILD_DEADLINE_S):  # cancelled, the wait kills the child
                         found = await child.result()
                 except (VectorError, OSError, ValueError, TimeoutError) as error:
-                    if not self._stopping:
+                    if not self._stopping and self._states.get(name) is state:  # else stopped or deleted
                         failure = (
                             f"did not end within {_CHILD_DEADLINE_S:g} s (its child runs at idle priority, "
                             "and the CPU was kept busy)"
@@ -1256,6 +1260,8 @@ class CacheEngine:
         _check_settings(settings)
         if settings.name in self._reloading:
             raise self._unavailable(settings.name)
+        if settings.name in self._deleting:
+            raise NamespaceDeletingError(settings.name)
         now = self._clock()
         state = self._states.get(settings.name)
         threshold = settings.similarity_threshold or DEFAULT_THRESHOLD
@@ -1342,6 +1348,7 @@ class CacheEngine:
         batch = self._storage.batch()
         batch.put(NAMESPACES, settings.name.encode(), _namespace_codec.encode(namespace))
         batch.put(STATS, settings.name.encode(), _stats_codec.encode(state.stats))
+        self._forget_older(batch, settings.name)
         # Served once created: a call naming it meanwhile finds no namespace. One that
         # stored in it could commit after its creation failed: an acknowledged entry of a
         # namespace that does not exist, whose rows a namespace created again under this
@@ -1350,7 +1357,18 @@ class CacheEngine:
         self._states[settings.name] = state
         with contextlib.suppress(OSError):
             self._index_path(namespace).unlink()  # a stale file of an older namespace of this name
+        self._remove_tables(namespace, keep=None)
         return namespace, True
+
+    def _forget_older(self, batch: Any, name: str) -> None:
+        """Deletes (in ``batch``) the rows an older namespace of this name may have left.
+
+        A deletion removes them in its own commit, and a start checks a mark
+        against the namespace's creation time; this is the last safeguard.
+        """
+        batch.delete(MARKS, name.encode())
+        for key, _ in self._scan(JOURNAL, prefix_key(name)):
+            batch.delete(JOURNAL, key)
 
     def get_namespace(self, name: str) -> Namespace:
         """The namespace of this name (also while it is out of service, see :meth:`_resync`).
@@ -1674,15 +1692,15 @@ class CacheEngine:
             StorageBusyError: Too many writes are waiting for the storage; retry later. Nothing
                 was stored (checked before anything changes, see :meth:`_room`).
         """
-        state = self._state(namespace)
+        state = self._writable(namespace)
         if blob_sha256:  # its stored size counts, and its media type when the call gave none
             _, blob_size_bytes, blob_content_type = self._check_blob(blob_sha256, blob_size_bytes)
             content_type = content_type or blob_content_type
         size = _entry_size(state, prompt, blob_size_bytes if blob_sha256 else len(response))
         query = await self._store_vector(state, prompt, vector)
-        # Reloaded, or out of service, while the prompt was embedded: the state taken
-        # before is memory no call reads any more (see _resync).
-        state = self._state(namespace)
+        # Reloaded, out of service or being deleted while the prompt was embedded: the
+        # state taken before is memory no call reads any more (see _resync).
+        state = self._writable(namespace)
         # From the blob check to the submit: one loop step (the blob store's rule).
         digest = self._check_blob(blob_sha256, blob_size_bytes)[0] if blob_sha256 else b""
         now = self._clock()
@@ -1815,7 +1833,7 @@ class CacheEngine:
             StorageBusyError: Too many writes are waiting for the storage; retry later. The
                 chunks of 5,000 committed before stay stored; the refused one stored nothing.
         """
-        state = self._state(namespace)
+        state = self._writable(namespace)
         if len(prompts) != len(responses):
             raise InvalidCacheArgumentError("as many responses as prompts are needed", field="responses")
         limit = state.namespace.max_bytes
@@ -1856,7 +1874,7 @@ class CacheEngine:
             part = None if matrix is None else np.ascontiguousarray(matrix[start:stop])
             results.extend(
                 await self._store_chunk(
-                    self._state(namespace),  # the one in force after the last await (see _resync)
+                    self._writable(namespace),  # the one in force after the last await (see _resync)
                     prompts[start:stop],
                     responses[start:stop],
                     part,
@@ -2007,9 +2025,12 @@ class CacheEngine:
             numbers = (parse_entry_id(text) for text in entry_ids)
             # An id named twice is one entry: removed, and counted, once.
             chosen = list(dict.fromkeys(n for n in numbers if n is not None and n in state.heads))
-        if not chosen:
-            return 0
+        return await self._remove_entries(namespace, chosen, reason="INVALIDATED")
+
+    async def _remove_entries(self, namespace: str, chosen: list[int], *, reason: str) -> int:
+        """Removes these entries a chunk per commit (see :meth:`invalidate`); returns how many were there."""
         count = start = 0
+        deleting = reason == "NAMESPACE_DELETED"
         while start < len(chosen):
             state = self._state(namespace)  # the one in force after the last chunk's commit (see _resync)
             part = chosen[start : start + max(min(self._removal_room(state), _INVALIDATE_CHUNK), 1)]
@@ -2019,7 +2040,13 @@ class CacheEngine:
             except StorageBusyError as busy:
                 raise InvalidationBusyError(busy, namespace=namespace, removed_count=count) from busy
             batch = self._storage.batch()
-            removed = [head for n in part if (head := self._remove(state, batch, n))]
+            removed = [head for n in part if (head := self._remove(state, batch, n, index=False))]
+            keys = [head.entry_id for head in removed if head.has_vector]
+            if keys:  # one call for the chunk: far cheaper than one per entry
+                _index_remove(state, keys)
+                state.index_dirty = True
+                if not deleting:  # a namespace being deleted drops its index whole: no sweep for it
+                    state.index_removals += len(keys)
             self._put_stats(batch, state)
             drafts = [
                 EventDraft(
@@ -2028,7 +2055,7 @@ class CacheEngine:
                     attributes={
                         "are.cache.namespace": namespace,
                         "are.cache.removed_count": len(removed),
-                        "are.cache.reason": "INVALIDATED",
+                        "are.cache.reason": reason,
                         "are.cache.entry_id": entry_id_text(removed[0].entry_id) if len(removed) == 1 else "",
                     },
                 )
@@ -2039,6 +2066,102 @@ class CacheEngine:
                 raise InvalidationBusyError(busy, namespace=namespace, removed_count=count) from busy
             count += len(removed)
         return count
+
+    async def delete_namespace(self, name: str) -> int:
+        """Deletes a namespace and everything of it; returns how many entries it held.
+
+        Its entries go first, a chunk of at most 5,000 per commit as
+        :meth:`invalidate` removes them (CACHE_INVALIDATED events, reason
+        NAMESPACE_DELETED, show the progress). Meanwhile lookups still answer
+        the entries not yet removed, while stores, settings changes and a
+        second deletion are refused (NamespaceDeletingError). Then one commit
+        removes the namespace itself: its settings, counters, journal and
+        snapshot mark, with a CACHE_NAMESPACE_DELETED event; its index and
+        entry table files are deleted after it, and a child still writing or
+        searching its index is killed. From then on the name is free (a
+        PutNamespace creates it afresh) and it no longer counts toward the
+        1,000 namespaces.
+
+        A deletion refused part way (InvalidationBusyError, with how many
+        entries it removed), or cut short by a crash, leaves the namespace in
+        place with the entries not yet removed; retrying finishes it.
+
+        Raises:
+            NamespaceNotFoundError: The namespace does not exist.
+            NamespaceUnavailableError: It is out of service until reloaded (see :meth:`_resync`).
+            NamespaceDeletingError: Another deletion of it is under way.
+            InvalidationBusyError: The storage refused a chunk of its entries; retry later.
+            StorageBusyError: The storage refused the last commit (its entries are gone, the
+                namespace is still there, empty); retry later.
+        """
+        self._state(name)
+        if name in self._deleting:
+            raise NamespaceDeletingError(name)
+        self._deleting.add(name)
+        try:
+            removed = 0
+            for _ in range(_DELETE_ROUNDS):
+                state = self._state(name)
+                if state.heads:
+                    removed += await self._remove_entries(name, list(state.heads), reason="NAMESPACE_DELETED")
+                # Every commit begun before ends: a store that was under way when the deletion
+                # began has its entry in memory by then (refused if it was not yet).
+                await self._settled(self._tickets)
+                state = self._state(name)
+                if not state.heads:
+                    await self._drop_namespace(state, removed)
+                    return removed
+            raise NamespaceDeletingError(name)  # stores under way kept adding: not seen in practice
+        finally:
+            self._deleting.discard(name)
+
+    async def _drop_namespace(self, state: _State, removed: int) -> None:
+        """Commits the removal of an empty namespace's rows; then deletes its files and stops its children.
+
+        From the removal of its state to the commit's enqueue is one loop turn:
+        no write of the namespace (a flush of its counters, say) can be
+        admitted after the deletion's and bring a row of it back.
+        """
+        name = state.namespace.name
+        key = name.encode()
+        batch = self._storage.batch()
+        batch.delete(NAMESPACES, key)
+        batch.delete(STATS, key)
+        batch.delete(MARKS, key)
+        for row, _ in self._scan(JOURNAL, prefix_key(name)):
+            batch.delete(JOURNAL, row)
+        draft = EventDraft(
+            event_type="CACHE_NAMESPACE_DELETED",
+            name=name,
+            attributes={"are.cache.namespace": name, "are.cache.removed_count": removed},
+        )
+        events = [self._events.record(batch, draft)] if self._events is not None else []
+        commit = self._committer.enqueue(batch)  # refused (StorageBusyError): nothing changed
+        del self._states[name]
+        self._write_retries.pop(name, None)
+        commit.add_done_callback(lambda done: self._namespace_dropped(state, done))
+        await asyncio.shield(commit)
+        if self._events is not None and events:
+            self._events.publish(events)
+
+    def _namespace_dropped(self, state: _State, commit: asyncio.Future[None]) -> None:
+        """After the deletion's commit: its files and children go; failed, LMDB's namespace serves again."""
+        name = state.namespace.name
+        if commit.cancelled() or commit.exception() is not None:
+            self._reloading[name] = state  # reloaded from LMDB, which still holds it (empty)
+            self._reload_ready()
+            return
+        children = [pid for pid, owner in self._writers.items() if owner == name]
+        if state.calibrating is not None:
+            children.append(state.calibrating.pid)
+        if state.sweeping and self._sweep is not None:
+            children.append(self._sweep.pid)
+        for pid in children:  # their waits reap them, and find the namespace gone
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self._index_path(state.namespace).unlink()
+        self._remove_tables(state.namespace, keep=None)
 
     def _match_metadata(self, state: _State, wanted: dict[str, str]) -> list[int]:
         ids = list(state.heads)
@@ -2348,6 +2471,13 @@ class CacheEngine:
             raise NamespaceNotFoundError(name)
         return state
 
+    def _writable(self, name: str) -> _State:
+        """The namespace's state, for a call that adds to it: not while it is being deleted."""
+        state = self._state(name)
+        if name in self._deleting:
+            raise NamespaceDeletingError(name)
+        return state
+
     def _unavailable(self, name: str) -> NamespaceUnavailableError:
         old = self._reloading.get(name)
         if old is None or not old.reload_error:  # reloaded as soon as its commits under way end
@@ -2443,7 +2573,12 @@ class CacheEngine:
         matrix: np.ndarray[Any, Any] = await asyncio.to_thread(embedder.embed, [prompt])
         return np.ascontiguousarray(matrix[0])
 
-    def _remove(self, state: _State, batch: Any, entry_id: int) -> EntryHead | None:
+    def _remove(self, state: _State, batch: Any, entry_id: int, *, index: bool = True) -> EntryHead | None:
+        """Removes an entry's rows (in ``batch``) and memory; ``index=False``: not its vector from the index.
+
+        An entry's key left in the index never answers (its head is gone); a
+        namespace being deleted drops its index whole (see :meth:`delete_namespace`).
+        """
         head = state.forget(entry_id)
         if head is None:
             return None
@@ -2456,9 +2591,10 @@ class CacheEngine:
         batch.delete(BODIES, u64_key(entry_id))
         if head.has_vector:
             batch.delete(VECTORS, u64_key(entry_id))
-            _index_remove(state, [entry_id])
-            state.index_dirty = True
-            state.index_removals += 1
+            if index:
+                _index_remove(state, [entry_id])
+                state.index_dirty = True
+                state.index_removals += 1
         return head
 
     def _check_blob(self, sha256: str, size_bytes: int) -> tuple[bytes, int, str]:

@@ -14,6 +14,7 @@ __all__ = [
     "ImmutableFieldError",
     "InvalidCacheArgumentError",
     "InvalidationBusyError",
+    "NamespaceDeletingError",
     "NamespaceLimitError",
     "NamespaceNotFoundError",
     "NamespaceUnavailableError",
@@ -31,6 +32,20 @@ class NamespaceNotFoundError(CacheError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"cache namespace {name!r} does not exist")
+
+
+class NamespaceDeletingError(CacheError):
+    """The namespace is being deleted: no store, settings change or second deletion meanwhile.
+
+    Its entries go a chunk per commit before the namespace itself (see
+    :meth:`~are_core.cache.CacheEngine.delete_namespace`); once it is gone,
+    the name is free and the call finds no namespace. A deletion refused part
+    way leaves the namespace in place, and the call would then succeed.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"cache namespace {name!r} is being deleted")
 
 
 class NamespaceUnavailableError(CacheError):

@@ -444,6 +444,23 @@ class World:
 
         return self.resource("entry", make)
 
+    def doomed_namespace(self) -> str:
+        """A namespace of one entry for DeleteNamespace."""
+
+        def make() -> str:
+            name = self.uid("del-ns")
+            namespace = cache_service_pb2.CacheNamespace(name=name, embedder="lexical")
+            self.cache.PutNamespace(
+                cache_service_pb2.PutNamespaceRequest(namespace=namespace), timeout=CALL_TIMEOUT_S
+            )
+            request = cache_service_pb2.StoreCacheRequest(
+                namespace=name, prompt="doomed", response=_json(b"1")
+            )
+            self.cache.StoreCache(request, timeout=CALL_TIMEOUT_S)
+            return name
+
+        return self.resource("doomed", make)
+
     def agent(self) -> str:
         """A registered agent for DeregisterAgent."""
 
@@ -1032,6 +1049,12 @@ RPCS: tuple[Rpc, ...] = (
         ),
     ),
     Rpc("cache", "ListNamespaces", lambda _w, _r: C.ListNamespacesRequest(page_size=5)),
+    Rpc(
+        "cache",
+        "DeleteNamespace",
+        lambda w, _r: C.DeleteNamespaceRequest(namespace=w.doomed_namespace()),
+        consumes=("doomed",),
+    ),
     Rpc(
         "router",
         "RegisterAgent",

@@ -1363,6 +1363,98 @@ func (x *ListNamespacesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// DeleteNamespaceRequest names the namespace to delete.
+type DeleteNamespaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The namespace.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNamespaceRequest) Reset() {
+	*x = DeleteNamespaceRequest{}
+	mi := &file_are_v1_cache_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNamespaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNamespaceRequest) ProtoMessage() {}
+
+func (x *DeleteNamespaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_are_v1_cache_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNamespaceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteNamespaceRequest) Descriptor() ([]byte, []int) {
+	return file_are_v1_cache_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteNamespaceRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+// DeleteNamespaceResponse reports what the deletion removed.
+type DeleteNamespaceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many entries this call removed with the namespace.
+	RemovedCount  int64 `protobuf:"varint,1,opt,name=removed_count,json=removedCount,proto3" json:"removed_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNamespaceResponse) Reset() {
+	*x = DeleteNamespaceResponse{}
+	mi := &file_are_v1_cache_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNamespaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNamespaceResponse) ProtoMessage() {}
+
+func (x *DeleteNamespaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_are_v1_cache_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNamespaceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteNamespaceResponse) Descriptor() ([]byte, []int) {
+	return file_are_v1_cache_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteNamespaceResponse) GetRemovedCount() int64 {
+	if x != nil {
+		return x.RemovedCount
+	}
+	return 0
+}
+
 var File_are_v1_cache_service_proto protoreflect.FileDescriptor
 
 const file_are_v1_cache_service_proto_rawDesc = "" +
@@ -1483,7 +1575,11 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\n" +
 	"namespaces\x18\x01 \x03(\v2\x16.are.v1.CacheNamespaceR\n" +
 	"namespaces\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*V\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"6\n" +
+	"\x16DeleteNamespaceRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\">\n" +
+	"\x17DeleteNamespaceResponse\x12#\n" +
+	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount*V\n" +
 	"\tCacheTier\x12\x1a\n" +
 	"\x16CACHE_TIER_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10CACHE_TIER_EXACT\x10\x01\x12\x17\n" +
@@ -1492,7 +1588,7 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x18VECTOR_DTYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10VECTOR_DTYPE_F32\x10\x01\x12\x14\n" +
 	"\x10VECTOR_DTYPE_F16\x10\x02\x12\x13\n" +
-	"\x0fVECTOR_DTYPE_I8\x10\x032\xd9\x03\n" +
+	"\x0fVECTOR_DTYPE_I8\x10\x032\xad\x04\n" +
 	"\fCacheService\x12F\n" +
 	"\vLookupCache\x12\x1a.are.v1.LookupCacheRequest\x1a\x1b.are.v1.LookupCacheResponse\x12C\n" +
 	"\n" +
@@ -1500,7 +1596,8 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x0fInvalidateCache\x12\x1e.are.v1.InvalidateCacheRequest\x1a\x1f.are.v1.InvalidateCacheResponse\x12L\n" +
 	"\rGetCacheStats\x12\x1c.are.v1.GetCacheStatsRequest\x1a\x1d.are.v1.GetCacheStatsResponse\x12I\n" +
 	"\fPutNamespace\x12\x1b.are.v1.PutNamespaceRequest\x1a\x1c.are.v1.PutNamespaceResponse\x12O\n" +
-	"\x0eListNamespaces\x12\x1d.are.v1.ListNamespacesRequest\x1a\x1e.are.v1.ListNamespacesResponseB\x88\x01\n" +
+	"\x0eListNamespaces\x12\x1d.are.v1.ListNamespacesRequest\x1a\x1e.are.v1.ListNamespacesResponse\x12R\n" +
+	"\x0fDeleteNamespace\x12\x1e.are.v1.DeleteNamespaceRequest\x1a\x1f.are.v1.DeleteNamespaceResponseB\x88\x01\n" +
 	"\n" +
 	"com.are.v1B\x11CacheServiceProtoP\x01Z.github.com/are-runtime/are/sdks/go/arev1;arev1\xa2\x02\x03AXX\xaa\x02\x06Are.V1\xca\x02\x06Are\\V1\xe2\x02\x12Are\\V1\\GPBMetadata\xea\x02\aAre::V1b\x06proto3"
 
@@ -1517,7 +1614,7 @@ func file_are_v1_cache_service_proto_rawDescGZIP() []byte {
 }
 
 var file_are_v1_cache_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_are_v1_cache_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_are_v1_cache_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_are_v1_cache_service_proto_goTypes = []any{
 	(CacheTier)(0),                  // 0: are.v1.CacheTier
 	(VectorDtype)(0),                // 1: are.v1.VectorDtype
@@ -1535,35 +1632,37 @@ var file_are_v1_cache_service_proto_goTypes = []any{
 	(*PutNamespaceResponse)(nil),    // 13: are.v1.PutNamespaceResponse
 	(*ListNamespacesRequest)(nil),   // 14: are.v1.ListNamespacesRequest
 	(*ListNamespacesResponse)(nil),  // 15: are.v1.ListNamespacesResponse
-	nil,                             // 16: are.v1.LookupCacheResponse.MetadataEntry
-	nil,                             // 17: are.v1.StoreCacheRequest.MetadataEntry
-	nil,                             // 18: are.v1.InvalidateCacheRequest.MetadataMatchEntry
-	(*durationpb.Duration)(nil),     // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
-	(*Vector)(nil),                  // 21: are.v1.Vector
-	(*Payload)(nil),                 // 22: are.v1.Payload
-	(*Usage)(nil),                   // 23: are.v1.Usage
+	(*DeleteNamespaceRequest)(nil),  // 16: are.v1.DeleteNamespaceRequest
+	(*DeleteNamespaceResponse)(nil), // 17: are.v1.DeleteNamespaceResponse
+	nil,                             // 18: are.v1.LookupCacheResponse.MetadataEntry
+	nil,                             // 19: are.v1.StoreCacheRequest.MetadataEntry
+	nil,                             // 20: are.v1.InvalidateCacheRequest.MetadataMatchEntry
+	(*durationpb.Duration)(nil),     // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*Vector)(nil),                  // 23: are.v1.Vector
+	(*Payload)(nil),                 // 24: are.v1.Payload
+	(*Usage)(nil),                   // 25: are.v1.Usage
 }
 var file_are_v1_cache_service_proto_depIdxs = []int32{
-	19, // 0: are.v1.CacheNamespace.default_ttl:type_name -> google.protobuf.Duration
+	21, // 0: are.v1.CacheNamespace.default_ttl:type_name -> google.protobuf.Duration
 	1,  // 1: are.v1.CacheNamespace.vector_dtype:type_name -> are.v1.VectorDtype
-	20, // 2: are.v1.CacheNamespace.create_time:type_name -> google.protobuf.Timestamp
-	20, // 3: are.v1.CacheNamespace.update_time:type_name -> google.protobuf.Timestamp
-	21, // 4: are.v1.LookupCacheRequest.vector:type_name -> are.v1.Vector
-	19, // 5: are.v1.LookupCacheRequest.max_age:type_name -> google.protobuf.Duration
+	22, // 2: are.v1.CacheNamespace.create_time:type_name -> google.protobuf.Timestamp
+	22, // 3: are.v1.CacheNamespace.update_time:type_name -> google.protobuf.Timestamp
+	23, // 4: are.v1.LookupCacheRequest.vector:type_name -> are.v1.Vector
+	21, // 5: are.v1.LookupCacheRequest.max_age:type_name -> google.protobuf.Duration
 	0,  // 6: are.v1.LookupCacheResponse.tier:type_name -> are.v1.CacheTier
-	22, // 7: are.v1.LookupCacheResponse.response:type_name -> are.v1.Payload
-	23, // 8: are.v1.LookupCacheResponse.usage:type_name -> are.v1.Usage
-	16, // 9: are.v1.LookupCacheResponse.metadata:type_name -> are.v1.LookupCacheResponse.MetadataEntry
-	20, // 10: are.v1.LookupCacheResponse.create_time:type_name -> google.protobuf.Timestamp
-	21, // 11: are.v1.StoreCacheRequest.vector:type_name -> are.v1.Vector
-	22, // 12: are.v1.StoreCacheRequest.response:type_name -> are.v1.Payload
-	19, // 13: are.v1.StoreCacheRequest.ttl:type_name -> google.protobuf.Duration
-	17, // 14: are.v1.StoreCacheRequest.metadata:type_name -> are.v1.StoreCacheRequest.MetadataEntry
-	23, // 15: are.v1.StoreCacheRequest.usage:type_name -> are.v1.Usage
-	20, // 16: are.v1.StoreCacheResponse.expire_time:type_name -> google.protobuf.Timestamp
-	18, // 17: are.v1.InvalidateCacheRequest.metadata_match:type_name -> are.v1.InvalidateCacheRequest.MetadataMatchEntry
-	20, // 18: are.v1.CacheStats.calibrate_time:type_name -> google.protobuf.Timestamp
+	24, // 7: are.v1.LookupCacheResponse.response:type_name -> are.v1.Payload
+	25, // 8: are.v1.LookupCacheResponse.usage:type_name -> are.v1.Usage
+	18, // 9: are.v1.LookupCacheResponse.metadata:type_name -> are.v1.LookupCacheResponse.MetadataEntry
+	22, // 10: are.v1.LookupCacheResponse.create_time:type_name -> google.protobuf.Timestamp
+	23, // 11: are.v1.StoreCacheRequest.vector:type_name -> are.v1.Vector
+	24, // 12: are.v1.StoreCacheRequest.response:type_name -> are.v1.Payload
+	21, // 13: are.v1.StoreCacheRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 14: are.v1.StoreCacheRequest.metadata:type_name -> are.v1.StoreCacheRequest.MetadataEntry
+	25, // 15: are.v1.StoreCacheRequest.usage:type_name -> are.v1.Usage
+	22, // 16: are.v1.StoreCacheResponse.expire_time:type_name -> google.protobuf.Timestamp
+	20, // 17: are.v1.InvalidateCacheRequest.metadata_match:type_name -> are.v1.InvalidateCacheRequest.MetadataMatchEntry
+	22, // 18: are.v1.CacheStats.calibrate_time:type_name -> google.protobuf.Timestamp
 	9,  // 19: are.v1.GetCacheStatsResponse.stats:type_name -> are.v1.CacheStats
 	2,  // 20: are.v1.PutNamespaceRequest.namespace:type_name -> are.v1.CacheNamespace
 	2,  // 21: are.v1.PutNamespaceResponse.namespace:type_name -> are.v1.CacheNamespace
@@ -1574,14 +1673,16 @@ var file_are_v1_cache_service_proto_depIdxs = []int32{
 	10, // 26: are.v1.CacheService.GetCacheStats:input_type -> are.v1.GetCacheStatsRequest
 	12, // 27: are.v1.CacheService.PutNamespace:input_type -> are.v1.PutNamespaceRequest
 	14, // 28: are.v1.CacheService.ListNamespaces:input_type -> are.v1.ListNamespacesRequest
-	4,  // 29: are.v1.CacheService.LookupCache:output_type -> are.v1.LookupCacheResponse
-	6,  // 30: are.v1.CacheService.StoreCache:output_type -> are.v1.StoreCacheResponse
-	8,  // 31: are.v1.CacheService.InvalidateCache:output_type -> are.v1.InvalidateCacheResponse
-	11, // 32: are.v1.CacheService.GetCacheStats:output_type -> are.v1.GetCacheStatsResponse
-	13, // 33: are.v1.CacheService.PutNamespace:output_type -> are.v1.PutNamespaceResponse
-	15, // 34: are.v1.CacheService.ListNamespaces:output_type -> are.v1.ListNamespacesResponse
-	29, // [29:35] is the sub-list for method output_type
-	23, // [23:29] is the sub-list for method input_type
+	16, // 29: are.v1.CacheService.DeleteNamespace:input_type -> are.v1.DeleteNamespaceRequest
+	4,  // 30: are.v1.CacheService.LookupCache:output_type -> are.v1.LookupCacheResponse
+	6,  // 31: are.v1.CacheService.StoreCache:output_type -> are.v1.StoreCacheResponse
+	8,  // 32: are.v1.CacheService.InvalidateCache:output_type -> are.v1.InvalidateCacheResponse
+	11, // 33: are.v1.CacheService.GetCacheStats:output_type -> are.v1.GetCacheStatsResponse
+	13, // 34: are.v1.CacheService.PutNamespace:output_type -> are.v1.PutNamespaceResponse
+	15, // 35: are.v1.CacheService.ListNamespaces:output_type -> are.v1.ListNamespacesResponse
+	17, // 36: are.v1.CacheService.DeleteNamespace:output_type -> are.v1.DeleteNamespaceResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
 	23, // [23:23] is the sub-list for extension extendee
 	0,  // [0:23] is the sub-list for field type_name
@@ -1600,7 +1701,7 @@ func file_are_v1_cache_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_are_v1_cache_service_proto_rawDesc), len(file_are_v1_cache_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

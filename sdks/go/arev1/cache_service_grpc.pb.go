@@ -25,6 +25,7 @@ const (
 	CacheService_GetCacheStats_FullMethodName   = "/are.v1.CacheService/GetCacheStats"
 	CacheService_PutNamespace_FullMethodName    = "/are.v1.CacheService/PutNamespace"
 	CacheService_ListNamespaces_FullMethodName  = "/are.v1.CacheService/ListNamespaces"
+	CacheService_DeleteNamespace_FullMethodName = "/are.v1.CacheService/DeleteNamespace"
 )
 
 // CacheServiceClient is the client API for CacheService service.
@@ -89,7 +90,8 @@ type CacheServiceClient interface {
 	// with the first chunk). If the storage becomes busy meanwhile, the call
 	// still succeeds with the settings in force, and the rest are evicted by
 	// the sidecar's periodic flush (about every second); until then those
-	// entries may still answer lookups. At most 1,000 namespaces.
+	// entries may still answer lookups. At most 1,000 namespaces (a deleted
+	// one no longer counts).
 	// Errors: INVALID_ARGUMENT for a bad name or setting;
 	// FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
 	// vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
@@ -99,6 +101,22 @@ type CacheServiceClient interface {
 	// ListNamespaces lists namespaces by name.
 	// Errors: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
 	ListNamespaces(ctx context.Context, in *ListNamespacesRequest, opts ...grpc.CallOption) (*ListNamespacesResponse, error)
+	// DeleteNamespace deletes a namespace with all its entries, counters and
+	// index. Its entries are removed first, in chunks of up to 5,000 a commit
+	// (CACHE_INVALIDATED events, reason NAMESPACE_DELETED, show the
+	// progress); meanwhile lookups still answer the entries not yet removed,
+	// and StoreCache, PutNamespace and another DeleteNamespace of it fail with
+	// ABORTED, reason NAMESPACE_DELETING. Then the namespace itself is removed
+	// in one commit (a CACHE_NAMESPACE_DELETED event): from then on the name
+	// is free, PutNamespace creates it afresh, and it no longer counts toward
+	// the 1,000 namespaces. Tasks whose cache key names it miss the cache.
+	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; ABORTED, reason
+	// NAMESPACE_DELETING, while another deletion of it is under way;
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, with a RetryInfo, when the
+	// storage is busy: the entries removed before stay removed (the ErrorInfo
+	// metadata `removed_count` says how many), the namespace stays, and
+	// retrying finishes the deletion. A crash part way leaves it the same.
+	DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error)
 }
 
 type cacheServiceClient struct {
@@ -169,6 +187,16 @@ func (c *cacheServiceClient) ListNamespaces(ctx context.Context, in *ListNamespa
 	return out, nil
 }
 
+func (c *cacheServiceClient) DeleteNamespace(ctx context.Context, in *DeleteNamespaceRequest, opts ...grpc.CallOption) (*DeleteNamespaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteNamespaceResponse)
+	err := c.cc.Invoke(ctx, CacheService_DeleteNamespace_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CacheServiceServer is the server API for CacheService service.
 // All implementations must embed UnimplementedCacheServiceServer
 // for forward compatibility.
@@ -231,7 +259,8 @@ type CacheServiceServer interface {
 	// with the first chunk). If the storage becomes busy meanwhile, the call
 	// still succeeds with the settings in force, and the rest are evicted by
 	// the sidecar's periodic flush (about every second); until then those
-	// entries may still answer lookups. At most 1,000 namespaces.
+	// entries may still answer lookups. At most 1,000 namespaces (a deleted
+	// one no longer counts).
 	// Errors: INVALID_ARGUMENT for a bad name or setting;
 	// FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
 	// vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
@@ -241,6 +270,22 @@ type CacheServiceServer interface {
 	// ListNamespaces lists namespaces by name.
 	// Errors: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
 	ListNamespaces(context.Context, *ListNamespacesRequest) (*ListNamespacesResponse, error)
+	// DeleteNamespace deletes a namespace with all its entries, counters and
+	// index. Its entries are removed first, in chunks of up to 5,000 a commit
+	// (CACHE_INVALIDATED events, reason NAMESPACE_DELETED, show the
+	// progress); meanwhile lookups still answer the entries not yet removed,
+	// and StoreCache, PutNamespace and another DeleteNamespace of it fail with
+	// ABORTED, reason NAMESPACE_DELETING. Then the namespace itself is removed
+	// in one commit (a CACHE_NAMESPACE_DELETED event): from then on the name
+	// is free, PutNamespace creates it afresh, and it no longer counts toward
+	// the 1,000 namespaces. Tasks whose cache key names it miss the cache.
+	// Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; ABORTED, reason
+	// NAMESPACE_DELETING, while another deletion of it is under way;
+	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, with a RetryInfo, when the
+	// storage is busy: the entries removed before stay removed (the ErrorInfo
+	// metadata `removed_count` says how many), the namespace stays, and
+	// retrying finishes the deletion. A crash part way leaves it the same.
+	DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error)
 	mustEmbedUnimplementedCacheServiceServer()
 }
 
@@ -268,6 +313,9 @@ func (UnimplementedCacheServiceServer) PutNamespace(context.Context, *PutNamespa
 }
 func (UnimplementedCacheServiceServer) ListNamespaces(context.Context, *ListNamespacesRequest) (*ListNamespacesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListNamespaces not implemented")
+}
+func (UnimplementedCacheServiceServer) DeleteNamespace(context.Context, *DeleteNamespaceRequest) (*DeleteNamespaceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteNamespace not implemented")
 }
 func (UnimplementedCacheServiceServer) mustEmbedUnimplementedCacheServiceServer() {}
 func (UnimplementedCacheServiceServer) testEmbeddedByValue()                      {}
@@ -398,6 +446,24 @@ func _CacheService_ListNamespaces_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CacheService_DeleteNamespace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteNamespaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).DeleteNamespace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_DeleteNamespace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).DeleteNamespace(ctx, req.(*DeleteNamespaceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CacheService_ServiceDesc is the grpc.ServiceDesc for CacheService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -428,6 +494,10 @@ var CacheService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNamespaces",
 			Handler:    _CacheService_ListNamespaces_Handler,
+		},
+		{
+			MethodName: "DeleteNamespace",
+			Handler:    _CacheService_DeleteNamespace_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

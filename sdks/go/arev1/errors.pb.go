@@ -175,6 +175,11 @@ const (
 	// than the namespace; metadata "namespace". Caller vectors and the exact
 	// tier still work.
 	ErrorReason_ERROR_REASON_EMBEDDER_MISMATCH ErrorReason = 73
+	// ABORTED: the cache namespace is being deleted (metadata "namespace"):
+	// StoreCache, PutNamespace and a second DeleteNamespace of it are
+	// refused until the deletion ends; then it does not exist, and a
+	// PutNamespace creates it afresh.
+	ErrorReason_ERROR_REASON_NAMESPACE_DELETING ErrorReason = 74
 	// RESOURCE_EXHAUSTED: admitting the request's ready tasks would exceed a
 	// pool's max_queue_length; metadata "pool" names it, RetryInfo says when
 	// to retry.
@@ -247,6 +252,7 @@ var (
 		71:  "ERROR_REASON_NO_ELIGIBLE_MODEL",
 		72:  "ERROR_REASON_MODEL_NOT_IN_CATALOG",
 		73:  "ERROR_REASON_EMBEDDER_MISMATCH",
+		74:  "ERROR_REASON_NAMESPACE_DELETING",
 		80:  "ERROR_REASON_POOL_QUEUE_FULL",
 		81:  "ERROR_REASON_BUDGET_EXCEEDED",
 		82:  "ERROR_REASON_RESOURCE_LIMIT",
@@ -296,6 +302,7 @@ var (
 		"ERROR_REASON_NO_ELIGIBLE_MODEL":          71,
 		"ERROR_REASON_MODEL_NOT_IN_CATALOG":       72,
 		"ERROR_REASON_EMBEDDER_MISMATCH":          73,
+		"ERROR_REASON_NAMESPACE_DELETING":         74,
 		"ERROR_REASON_POOL_QUEUE_FULL":            80,
 		"ERROR_REASON_BUDGET_EXCEEDED":            81,
 		"ERROR_REASON_RESOURCE_LIMIT":             82,
@@ -338,7 +345,7 @@ var File_are_v1_errors_proto protoreflect.FileDescriptor
 
 const file_are_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x13are/v1/errors.proto\x12\x06are.v1*\xc3\r\n" +
+	"\x13are/v1/errors.proto\x12\x06are.v1*\xe8\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dERROR_REASON_INVALID_ARGUMENT\x10\x01\x12\x1f\n" +
@@ -379,7 +386,8 @@ const file_are_v1_errors_proto_rawDesc = "" +
 	"&ERROR_REASON_STREAM_PROTOCOL_VIOLATION\x10F\x12\"\n" +
 	"\x1eERROR_REASON_NO_ELIGIBLE_MODEL\x10G\x12%\n" +
 	"!ERROR_REASON_MODEL_NOT_IN_CATALOG\x10H\x12\"\n" +
-	"\x1eERROR_REASON_EMBEDDER_MISMATCH\x10I\x12 \n" +
+	"\x1eERROR_REASON_EMBEDDER_MISMATCH\x10I\x12#\n" +
+	"\x1fERROR_REASON_NAMESPACE_DELETING\x10J\x12 \n" +
 	"\x1cERROR_REASON_POOL_QUEUE_FULL\x10P\x12 \n" +
 	"\x1cERROR_REASON_BUDGET_EXCEEDED\x10Q\x12\x1f\n" +
 	"\x1bERROR_REASON_RESOURCE_LIMIT\x10R\x12 \n" +

@@ -164,7 +164,8 @@ const (
 	EventType_EVENT_TYPE_CACHE_STORED EventType = 62
 	// Entries left the cache. Attributes: "are.cache.namespace",
 	// "are.cache.removed_count", "are.cache.reason" (INVALIDATED by
-	// InvalidateCache, EVICTED by a size bound, EXPIRED by their TTL),
+	// InvalidateCache, EVICTED by a size bound, EXPIRED by their TTL,
+	// NAMESPACE_DELETED by DeleteNamespace),
 	// "are.cache.entry_id" (when one entry was removed, else "").
 	EventType_EVENT_TYPE_CACHE_INVALIDATED EventType = 63
 	// A namespace's semantic index is being completed in the background after
@@ -183,6 +184,11 @@ const (
 	// (measured at it), "are.cache.recall_lower_bound", "are.cache.samples",
 	// "are.cache.recall_target", "are.cache.met".
 	EventType_EVENT_TYPE_CACHE_CALIBRATED EventType = 65
+	// DeleteNamespace removed a namespace (after its entries, see
+	// CACHE_INVALIDATED with reason NAMESPACE_DELETED). Attributes:
+	// "are.cache.namespace", "are.cache.removed_count" (the entries the call
+	// removed before).
+	EventType_EVENT_TYPE_CACHE_NAMESPACE_DELETED EventType = 66
 	// RouteTask ranked agents. Attributes: "are.route.mode",
 	// "are.route.agent_id" (the top one), "are.route.similarity",
 	// "are.route.candidate_count", "are.route.threshold", "are.route.routed"
@@ -262,6 +268,7 @@ var (
 		63: "EVENT_TYPE_CACHE_INVALIDATED",
 		64: "EVENT_TYPE_CACHE_INDEXING",
 		65: "EVENT_TYPE_CACHE_CALIBRATED",
+		66: "EVENT_TYPE_CACHE_NAMESPACE_DELETED",
 		70: "EVENT_TYPE_ROUTE_DECIDED",
 		71: "EVENT_TYPE_MODEL_ROUTED",
 		72: "EVENT_TYPE_ROUTE_OUTCOME_REPORTED",
@@ -308,6 +315,7 @@ var (
 		"EVENT_TYPE_CACHE_INVALIDATED":         63,
 		"EVENT_TYPE_CACHE_INDEXING":            64,
 		"EVENT_TYPE_CACHE_CALIBRATED":          65,
+		"EVENT_TYPE_CACHE_NAMESPACE_DELETED":   66,
 		"EVENT_TYPE_ROUTE_DECIDED":             70,
 		"EVENT_TYPE_MODEL_ROUTED":              71,
 		"EVENT_TYPE_ROUTE_OUTCOME_REPORTED":    72,
@@ -974,7 +982,7 @@ const file_are_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1b\n" +
-	"\tworker_id\x18\x06 \x01(\tR\bworkerId*\x90\v\n" +
+	"\tworker_id\x18\x06 \x01(\tR\bworkerId*\xb8\v\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dEVENT_TYPE_WORKFLOW_SUBMITTED\x10\x01\x12!\n" +
@@ -1009,7 +1017,8 @@ const file_are_v1_event_proto_rawDesc = "" +
 	"\x17EVENT_TYPE_CACHE_STORED\x10>\x12 \n" +
 	"\x1cEVENT_TYPE_CACHE_INVALIDATED\x10?\x12\x1d\n" +
 	"\x19EVENT_TYPE_CACHE_INDEXING\x10@\x12\x1f\n" +
-	"\x1bEVENT_TYPE_CACHE_CALIBRATED\x10A\x12\x1c\n" +
+	"\x1bEVENT_TYPE_CACHE_CALIBRATED\x10A\x12&\n" +
+	"\"EVENT_TYPE_CACHE_NAMESPACE_DELETED\x10B\x12\x1c\n" +
 	"\x18EVENT_TYPE_ROUTE_DECIDED\x10F\x12\x1b\n" +
 	"\x17EVENT_TYPE_MODEL_ROUTED\x10G\x12%\n" +
 	"!EVENT_TYPE_ROUTE_OUTCOME_REPORTED\x10H\x12\x1f\n" +

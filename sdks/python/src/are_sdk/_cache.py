@@ -475,6 +475,25 @@ class Cache:
             if not token:
                 return out
 
+    async def delete_namespace(self, name: str) -> int:
+        """Deletes a namespace with its entries, counters and index; returns how many entries it held.
+
+        The entries go first, a chunk per commit; meanwhile lookups still
+        answer those not yet removed, while stores and settings changes fail
+        with :class:`AbortedError` (reason ``NAMESPACE_DELETING``). Once the
+        call returns, the name is free: :meth:`put_namespace` creates it
+        afresh, and it no longer counts toward the sidecar's 1,000 namespaces.
+
+        Raises:
+            NotFoundError: No namespace has this name (reason ``NAMESPACE_NOT_FOUND``).
+            AbortedError: Another deletion of it is under way (``NAMESPACE_DELETING``).
+            ResourceExhaustedError: The storage is busy (``RESOURCE_LIMIT``): the entries
+                removed so far stay removed (metadata ``removed_count``) and the namespace
+                stays; calling again finishes the deletion.
+        """
+        response = await self._raw.DeleteNamespace(cache_service_pb2.DeleteNamespaceRequest(namespace=name))
+        return int(response.removed_count)
+
     async def get_or_call(
         self,
         namespace: str,

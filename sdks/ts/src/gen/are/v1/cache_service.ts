@@ -404,6 +404,18 @@ export interface ListNamespacesResponse {
   nextPageToken: string;
 }
 
+/** DeleteNamespaceRequest names the namespace to delete. */
+export interface DeleteNamespaceRequest {
+  /** The namespace. */
+  namespace: string;
+}
+
+/** DeleteNamespaceResponse reports what the deletion removed. */
+export interface DeleteNamespaceResponse {
+  /** How many entries this call removed with the namespace. */
+  removedCount: number;
+}
+
 function createBaseCacheNamespace(): CacheNamespace {
   return {
     name: "",
@@ -2196,6 +2208,116 @@ export const ListNamespacesResponse: MessageFns<ListNamespacesResponse> = {
   },
 };
 
+function createBaseDeleteNamespaceRequest(): DeleteNamespaceRequest {
+  return { namespace: "" };
+}
+
+export const DeleteNamespaceRequest: MessageFns<DeleteNamespaceRequest> = {
+  encode(message: DeleteNamespaceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.namespace !== "") {
+      writer.uint32(10).string(message.namespace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteNamespaceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteNamespaceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<DeleteNamespaceRequest>, I>>(base?: I): DeleteNamespaceRequest {
+    return DeleteNamespaceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteNamespaceRequest>, I>>(object: I): DeleteNamespaceRequest {
+    const message = createBaseDeleteNamespaceRequest();
+    message.namespace = object.namespace ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteNamespaceResponse(): DeleteNamespaceResponse {
+  return { removedCount: 0 };
+}
+
+export const DeleteNamespaceResponse: MessageFns<DeleteNamespaceResponse> = {
+  encode(message: DeleteNamespaceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.removedCount !== 0) {
+      writer.uint32(8).int64(message.removedCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteNamespaceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteNamespaceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.removedCount = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<DeleteNamespaceResponse>, I>>(base?: I): DeleteNamespaceResponse {
+    return DeleteNamespaceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteNamespaceResponse>, I>>(object: I): DeleteNamespaceResponse {
+    const message = createBaseDeleteNamespaceResponse();
+    message.removedCount = object.removedCount ?? 0;
+    return message;
+  },
+};
+
 /**
  * CacheService is a semantic cache of LLM results, so that the same thought
  * is not paid for twice. A lookup tries the exact tier (a hash of the
@@ -2301,7 +2423,8 @@ export const CacheServiceService = {
    * with the first chunk). If the storage becomes busy meanwhile, the call
    * still succeeds with the settings in force, and the rest are evicted by
    * the sidecar's periodic flush (about every second); until then those
-   * entries may still answer lookups. At most 1,000 namespaces.
+   * entries may still answer lookups. At most 1,000 namespaces (a deleted
+   * one no longer counts).
    * Errors: INVALID_ARGUMENT for a bad name or setting;
    * FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
    * vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
@@ -2332,6 +2455,34 @@ export const CacheServiceService = {
     responseSerialize: (value: ListNamespacesResponse): Buffer =>
       Buffer.from(ListNamespacesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListNamespacesResponse => ListNamespacesResponse.decode(value),
+  },
+  /**
+   * DeleteNamespace deletes a namespace with all its entries, counters and
+   * index. Its entries are removed first, in chunks of up to 5,000 a commit
+   * (CACHE_INVALIDATED events, reason NAMESPACE_DELETED, show the
+   * progress); meanwhile lookups still answer the entries not yet removed,
+   * and StoreCache, PutNamespace and another DeleteNamespace of it fail with
+   * ABORTED, reason NAMESPACE_DELETING. Then the namespace itself is removed
+   * in one commit (a CACHE_NAMESPACE_DELETED event): from then on the name
+   * is free, PutNamespace creates it afresh, and it no longer counts toward
+   * the 1,000 namespaces. Tasks whose cache key names it miss the cache.
+   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; ABORTED, reason
+   * NAMESPACE_DELETING, while another deletion of it is under way;
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, with a RetryInfo, when the
+   * storage is busy: the entries removed before stay removed (the ErrorInfo
+   * metadata `removed_count` says how many), the namespace stays, and
+   * retrying finishes the deletion. A crash part way leaves it the same.
+   */
+  deleteNamespace: {
+    path: "/are.v1.CacheService/DeleteNamespace" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteNamespaceRequest): Buffer =>
+      Buffer.from(DeleteNamespaceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteNamespaceRequest => DeleteNamespaceRequest.decode(value),
+    responseSerialize: (value: DeleteNamespaceResponse): Buffer =>
+      Buffer.from(DeleteNamespaceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteNamespaceResponse => DeleteNamespaceResponse.decode(value),
   },
 } as const;
 
@@ -2388,7 +2539,8 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * with the first chunk). If the storage becomes busy meanwhile, the call
    * still succeeds with the settings in force, and the rest are evicted by
    * the sidecar's periodic flush (about every second); until then those
-   * entries may still answer lookups. At most 1,000 namespaces.
+   * entries may still answer lookups. At most 1,000 namespaces (a deleted
+   * one no longer counts).
    * Errors: INVALID_ARGUMENT for a bad name or setting;
    * FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
    * vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
@@ -2401,6 +2553,24 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
    * Errors: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
    */
   listNamespaces: handleUnaryCall<ListNamespacesRequest, ListNamespacesResponse>;
+  /**
+   * DeleteNamespace deletes a namespace with all its entries, counters and
+   * index. Its entries are removed first, in chunks of up to 5,000 a commit
+   * (CACHE_INVALIDATED events, reason NAMESPACE_DELETED, show the
+   * progress); meanwhile lookups still answer the entries not yet removed,
+   * and StoreCache, PutNamespace and another DeleteNamespace of it fail with
+   * ABORTED, reason NAMESPACE_DELETING. Then the namespace itself is removed
+   * in one commit (a CACHE_NAMESPACE_DELETED event): from then on the name
+   * is free, PutNamespace creates it afresh, and it no longer counts toward
+   * the 1,000 namespaces. Tasks whose cache key names it miss the cache.
+   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; ABORTED, reason
+   * NAMESPACE_DELETING, while another deletion of it is under way;
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, with a RetryInfo, when the
+   * storage is busy: the entries removed before stay removed (the ErrorInfo
+   * metadata `removed_count` says how many), the namespace stays, and
+   * retrying finishes the deletion. A crash part way leaves it the same.
+   */
+  deleteNamespace: handleUnaryCall<DeleteNamespaceRequest, DeleteNamespaceResponse>;
 }
 
 export interface CacheServiceClient extends Client {
@@ -2512,7 +2682,8 @@ export interface CacheServiceClient extends Client {
    * with the first chunk). If the storage becomes busy meanwhile, the call
    * still succeeds with the settings in force, and the rest are evicted by
    * the sidecar's periodic flush (about every second); until then those
-   * entries may still answer lookups. At most 1,000 namespaces.
+   * entries may still answer lookups. At most 1,000 namespaces (a deleted
+   * one no longer counts).
    * Errors: INVALID_ARGUMENT for a bad name or setting;
    * FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
    * vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
@@ -2552,6 +2723,38 @@ export interface CacheServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListNamespacesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * DeleteNamespace deletes a namespace with all its entries, counters and
+   * index. Its entries are removed first, in chunks of up to 5,000 a commit
+   * (CACHE_INVALIDATED events, reason NAMESPACE_DELETED, show the
+   * progress); meanwhile lookups still answer the entries not yet removed,
+   * and StoreCache, PutNamespace and another DeleteNamespace of it fail with
+   * ABORTED, reason NAMESPACE_DELETING. Then the namespace itself is removed
+   * in one commit (a CACHE_NAMESPACE_DELETED event): from then on the name
+   * is free, PutNamespace creates it afresh, and it no longer counts toward
+   * the 1,000 namespaces. Tasks whose cache key names it miss the cache.
+   * Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; ABORTED, reason
+   * NAMESPACE_DELETING, while another deletion of it is under way;
+   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, with a RetryInfo, when the
+   * storage is busy: the entries removed before stay removed (the ErrorInfo
+   * metadata `removed_count` says how many), the namespace stays, and
+   * retrying finishes the deletion. A crash part way leaves it the same.
+   */
+  deleteNamespace(
+    request: DeleteNamespaceRequest,
+    callback: (error: ServiceError | null, response: DeleteNamespaceResponse) => void,
+  ): ClientUnaryCall;
+  deleteNamespace(
+    request: DeleteNamespaceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteNamespaceResponse) => void,
+  ): ClientUnaryCall;
+  deleteNamespace(
+    request: DeleteNamespaceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteNamespaceResponse) => void,
   ): ClientUnaryCall;
 }
 

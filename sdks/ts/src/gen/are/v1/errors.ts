@@ -220,6 +220,13 @@ export enum ErrorReason {
    */
   ERROR_REASON_EMBEDDER_MISMATCH = 73,
   /**
+   * ERROR_REASON_NAMESPACE_DELETING - ABORTED: the cache namespace is being deleted (metadata "namespace"):
+   * StoreCache, PutNamespace and a second DeleteNamespace of it are
+   * refused until the deletion ends; then it does not exist, and a
+   * PutNamespace creates it afresh.
+   */
+  ERROR_REASON_NAMESPACE_DELETING = 74,
+  /**
    * ERROR_REASON_POOL_QUEUE_FULL - RESOURCE_EXHAUSTED: admitting the request's ready tasks would exceed a
    * pool's max_queue_length; metadata "pool" names it, RetryInfo says when
    * to retry.

@@ -210,7 +210,8 @@ export enum EventType {
   /**
    * EVENT_TYPE_CACHE_INVALIDATED - Entries left the cache. Attributes: "are.cache.namespace",
    * "are.cache.removed_count", "are.cache.reason" (INVALIDATED by
-   * InvalidateCache, EVICTED by a size bound, EXPIRED by their TTL),
+   * InvalidateCache, EVICTED by a size bound, EXPIRED by their TTL,
+   * NAMESPACE_DELETED by DeleteNamespace),
    * "are.cache.entry_id" (when one entry was removed, else "").
    */
   EVENT_TYPE_CACHE_INVALIDATED = 63,
@@ -234,6 +235,13 @@ export enum EventType {
    * "are.cache.recall_target", "are.cache.met".
    */
   EVENT_TYPE_CACHE_CALIBRATED = 65,
+  /**
+   * EVENT_TYPE_CACHE_NAMESPACE_DELETED - DeleteNamespace removed a namespace (after its entries, see
+   * CACHE_INVALIDATED with reason NAMESPACE_DELETED). Attributes:
+   * "are.cache.namespace", "are.cache.removed_count" (the entries the call
+   * removed before).
+   */
+  EVENT_TYPE_CACHE_NAMESPACE_DELETED = 66,
   /**
    * EVENT_TYPE_ROUTE_DECIDED - RouteTask ranked agents. Attributes: "are.route.mode",
    * "are.route.agent_id" (the top one), "are.route.similarity",

@@ -254,3 +254,15 @@ class ListNamespacesResponse(_message.Message):
     namespaces: _containers.RepeatedCompositeFieldContainer[CacheNamespace]
     next_page_token: str
     def __init__(self, namespaces: _Optional[_Iterable[_Union[CacheNamespace, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteNamespaceRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class DeleteNamespaceResponse(_message.Message):
+    __slots__ = ("removed_count",)
+    REMOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    removed_count: int
+    def __init__(self, removed_count: _Optional[int] = ...) -> None: ...

@@ -78,6 +78,11 @@ class CacheServiceStub:
                 request_serializer=are_dot_v1_dot_cache__service__pb2.ListNamespacesRequest.SerializeToString,
                 response_deserializer=are_dot_v1_dot_cache__service__pb2.ListNamespacesResponse.FromString,
                 _registered_method=True)
+        self.DeleteNamespace = channel.unary_unary(
+                '/are.v1.CacheService/DeleteNamespace',
+                request_serializer=are_dot_v1_dot_cache__service__pb2.DeleteNamespaceRequest.SerializeToString,
+                response_deserializer=are_dot_v1_dot_cache__service__pb2.DeleteNamespaceResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -161,7 +166,8 @@ class CacheServiceServicer:
         with the first chunk). If the storage becomes busy meanwhile, the call
         still succeeds with the settings in force, and the rest are evicted by
         the sidecar's periodic flush (about every second); until then those
-        entries may still answer lookups. At most 1,000 namespaces.
+        entries may still answer lookups. At most 1,000 namespaces (a deleted
+        one no longer counts).
         Errors: INVALID_ARGUMENT for a bad name or setting;
         FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
         vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
@@ -175,6 +181,27 @@ class CacheServiceServicer:
     def ListNamespaces(self, request, context):
         """ListNamespaces lists namespaces by name.
         Errors: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteNamespace(self, request, context):
+        """DeleteNamespace deletes a namespace with all its entries, counters and
+        index. Its entries are removed first, in chunks of up to 5,000 a commit
+        (CACHE_INVALIDATED events, reason NAMESPACE_DELETED, show the
+        progress); meanwhile lookups still answer the entries not yet removed,
+        and StoreCache, PutNamespace and another DeleteNamespace of it fail with
+        ABORTED, reason NAMESPACE_DELETING. Then the namespace itself is removed
+        in one commit (a CACHE_NAMESPACE_DELETED event): from then on the name
+        is free, PutNamespace creates it afresh, and it no longer counts toward
+        the 1,000 namespaces. Tasks whose cache key names it miss the cache.
+        Errors: NOT_FOUND, reason NAMESPACE_NOT_FOUND; ABORTED, reason
+        NAMESPACE_DELETING, while another deletion of it is under way;
+        RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, with a RetryInfo, when the
+        storage is busy: the entries removed before stay removed (the ErrorInfo
+        metadata `removed_count` says how many), the namespace stays, and
+        retrying finishes the deletion. A crash part way leaves it the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +239,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.ListNamespaces,
                     request_deserializer=are_dot_v1_dot_cache__service__pb2.ListNamespacesRequest.FromString,
                     response_serializer=are_dot_v1_dot_cache__service__pb2.ListNamespacesResponse.SerializeToString,
+            ),
+            'DeleteNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNamespace,
+                    request_deserializer=are_dot_v1_dot_cache__service__pb2.DeleteNamespaceRequest.FromString,
+                    response_serializer=are_dot_v1_dot_cache__service__pb2.DeleteNamespaceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +422,33 @@ class CacheService:
             '/are.v1.CacheService/ListNamespaces',
             are_dot_v1_dot_cache__service__pb2.ListNamespacesRequest.SerializeToString,
             are_dot_v1_dot_cache__service__pb2.ListNamespacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/are.v1.CacheService/DeleteNamespace',
+            are_dot_v1_dot_cache__service__pb2.DeleteNamespaceRequest.SerializeToString,
+            are_dot_v1_dot_cache__service__pb2.DeleteNamespaceResponse.FromString,
             options,
             channel_credentials,
             insecure,
