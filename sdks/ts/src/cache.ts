@@ -19,6 +19,7 @@ import type { Blobs } from "./blobs.js";
 import { AreError, Code } from "./errors.js";
 import {
   CacheTier,
+  DeleteNamespaceRequest,
   GetCacheStatsRequest,
   InvalidateCacheRequest,
   ListNamespacesRequest,
@@ -426,6 +427,27 @@ export class Cache {
       options,
     );
     return namespaceView(response.namespace!, response.created);
+  }
+
+  /**
+   * Deletes a namespace with its entries, counters and index; resolves to how
+   * many entries it held. The entries go first, a chunk per commit: meanwhile
+   * lookups still answer those not yet removed, while stores and settings
+   * changes reject with `Code.ABORTED`, reason `NAMESPACE_DELETING`. Once it
+   * resolves, the name is free (`putNamespace` creates it afresh) and no
+   * longer counts toward the sidecar's 1,000 namespaces. Rejects with
+   * `NOT_FOUND` (`NAMESPACE_NOT_FOUND`) for an unknown name, and with
+   * `RESOURCE_EXHAUSTED` (`RESOURCE_LIMIT`) when the storage is busy: the
+   * entries removed so far stay removed (metadata `removed_count`) and
+   * calling again finishes the deletion.
+   */
+  async deleteNamespace(name: string, options: CallOptions = {}): Promise<number> {
+    const response = await this.rpc.unary(
+      this.raw.deleteNamespace.bind(this.raw),
+      DeleteNamespaceRequest.fromPartial({ namespace: name }),
+      options,
+    );
+    return response.removedCount;
   }
 
   /** Every namespace, by name (all pages). */

@@ -46,6 +46,25 @@ describe("cache", () => {
     assert.equal(stats?.unindexedEntries, 0);
   });
 
+  test("a deleted namespace is gone, and its name is free", async () => {
+    const ns = unique("deleted");
+    await shared.client.cache.putNamespace(ns, { description: "old" });
+    await shared.client.cache.store(ns, "What is the capital of Spain?", "Madrid");
+    await shared.client.cache.store(ns, "What is the capital of Italy?", "Rome");
+    assert.equal(await shared.client.cache.deleteNamespace(ns), 2);
+    await assert.rejects(shared.client.cache.lookup(ns, "What is the capital of Spain?"), (error: unknown) => {
+      assert.ok(error instanceof AreError);
+      assert.equal(error.code, Code.NOT_FOUND);
+      assert.equal(error.reason, "NAMESPACE_NOT_FOUND");
+      return true;
+    });
+    assert.ok(!(await shared.client.cache.listNamespaces()).some((n) => n.name === ns));
+    const again = await shared.client.cache.putNamespace(ns);
+    assert.equal(again.created, true);
+    assert.equal(again.description, "");
+    assert.equal(await shared.client.cache.lookup(ns, "What is the capital of Spain?", { exactOnly: true }), undefined);
+  });
+
   test("a semantic hit from the caller's own vectors", async () => {
     const ns = unique("vectors");
     await shared.client.cache.putNamespace(ns, { embedder: "caller", dimension: 4, similarityThreshold: 0.9 });
