@@ -736,6 +736,22 @@ class Model:
                 space.expirations += 1
             space.durable = [space.counters]
 
+    def recreate(self, name: str) -> None:
+        """DeleteNamespace, then PutNamespace of its settings: empty, counters from zero (ids still grow)."""
+        old = self.spaces[name]
+        self.add_space(
+            Space(
+                name=old.name,
+                embedder=old.embedder,
+                dimension=old.dimension,
+                dtype=old.dtype,
+                threshold=old.threshold,
+                default_ttl_ns=old.default_ttl_ns,
+                max_entries=old.max_entries,
+                max_bytes=old.max_bytes,
+            )
+        )
+
     def restart(self, *, clean: bool, now: int = 0) -> None:
         """A stop and start (``clean``), or a start after SIGKILL."""
         for space in self.spaces.values():

@@ -2,7 +2,8 @@
 
 Each seed makes a few hundred calls on three small namespaces (one bounded
 by entries, one by bytes with i8 vectors, one embedding text lexically),
-with short TTLs on a settable clock, flushes, bound changes, clean restarts
+with short TTLs on a settable clock, flushes, bound changes, namespaces
+deleted and created again, clean restarts
 and restarts without a stop (as after SIGKILL: nothing saved). Every call's
 outcome is checked against the model (see ``_model.py``), and after every
 step the engine's own state too: the entries it holds, their recency, the
@@ -276,6 +277,16 @@ class Run:
                 state = self.h.e._states.get(name)
                 space.partial_index = state is not None and state.backlog is not None
 
+    async def recreate(self, ns: str) -> None:
+        """Deletes a namespace and creates it again with the settings in force (those of the model)."""
+        space = self.checker.model.spaces[ns]
+        held = {i for model in self.checker.candidates for i in model.spaces[ns].entries}
+        removed = await self.h.e.delete_namespace(ns)
+        certain = set.intersection(*(set(m.spaces[ns].entries) for m in self.checker.candidates))
+        assert len(certain) <= removed <= len(held), f"{ns}: deleted {removed}, the model held {len(held)}"
+        await self.h.e.put_namespace(_settings(space))  # the bounds in force, not the first ones
+        self.checker.each(lambda m: m.recreate(ns))
+
     async def check(self) -> None:
         """The engine's counters and its own state against the candidates (pruning them)."""
         for name in self.spaces:
@@ -332,7 +343,11 @@ class Run:
         elif roll < 0.13:
             self.log.append(f"{i}: probe")
             await self.probe()
-        elif roll < 0.23:
+        elif roll < 0.15:
+            ns = str(rng.choice(list(self.spaces)))
+            self.log.append(f"{i}: delete and create again {ns}")
+            await self.recreate(ns)
+        elif roll < 0.25:
             ops = [self.one() for _ in range(int(rng.integers(2, 5)))]
             upkeep = rng.random()
             ns = str(rng.choice(list(self.spaces)))
@@ -389,3 +404,4 @@ async def test_the_engine_keeps_the_models_promises(
     """
     run = await _scenario(harness, seed, 300, **options)
     assert len(run.gen.ever) > 100  # the run did store and remove entries
+    assert any("delete and create again" in line for line in run.log)
