@@ -25,6 +25,9 @@ pub const MAX_INLINE_BYTES: usize = 4 * 1024 * 1024;
 
 const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// The largest blob the contract allows.
+const MAX_BLOB_BYTES: i64 = 256 * 1024 * 1024;
+
 /// Default bound of request and response messages, as the sidecar's.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -59,7 +62,10 @@ pub struct Options {
     pub tls: Option<ClientTlsConfig>,
     /// Bound of [`Client::connect`] (default 10 s).
     pub connect_timeout: Duration,
-    /// Bound of each unary call of the facade (default 30 s).
+    /// Bound of each unary call of the facade (default 30 s). A blob
+    /// download ([`Client::get_blob`], and the payloads read through it) is
+    /// bounded by progress instead: this bounds each wait for its next
+    /// chunk, not the whole download.
     pub call_timeout: Duration,
     /// Largest message sent or received (default 64 MiB, the sidecar's);
     /// a worker's stream keeps its batches of results and heartbeats under
@@ -339,24 +345,44 @@ impl Client {
         }
     }
 
-    /// Reads a whole blob (GetBlob stream), bounded by the call timeout.
+    /// Reads a whole blob (GetBlob stream, chunks of at most 1 MiB),
+    /// bounded by progress rather than in total: the call timeout bounds
+    /// opening the stream and then each wait for the next chunk, so a large
+    /// blob over a slow link is read to its end as long as chunks keep
+    /// coming, and a download that stalls fails (DEADLINE_EXCEEDED, reason
+    /// `TIMEOUT`) one call timeout after its last chunk.
     pub async fn get_blob(&self, sha256: &str) -> Result<Vec<u8>> {
         let mut state = self.raw.state.clone();
-        bounded("GetBlob", self.call_timeout, async {
-            let mut stream = state
-                .get_blob(pb::GetBlobRequest {
-                    sha256: sha256.to_string(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            let mut out = Vec::new();
-            while let Some(msg) = stream.message().await? {
-                out.extend_from_slice(&msg.chunk);
-            }
-            Ok(out)
+        let req = pb::GetBlobRequest {
+            sha256: sha256.to_string(),
+            ..Default::default()
+        };
+        let mut stream = bounded("GetBlob", self.call_timeout, async {
+            Ok(state.get_blob(req).await?.into_inner())
         })
-        .await
+        .await?;
+        let mut out = Vec::new();
+        loop {
+            let next = bounded(
+                "GetBlob (waiting for its next chunk)",
+                self.call_timeout,
+                async { Ok(stream.message().await?) },
+            )
+            .await?;
+            let Some(msg) = next else {
+                return Ok(out);
+            };
+            if out.is_empty() {
+                // The first message carries the blob's size: one allocation
+                // (up to 256 MiB, the contract's largest blob).
+                if let Some(size) = msg.blob.as_ref().map(|b| b.size_bytes) {
+                    if size > 0 && size <= MAX_BLOB_BYTES {
+                        out.reserve_exact(size as usize);
+                    }
+                }
+            }
+            out.extend_from_slice(&msg.chunk);
+        }
     }
 
     /// Stores a blob (PutBlob stream, 1 MiB chunks), owned by `workflow_id`

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Layers: the generated messages in [`pb`] and stubs in [`Raw`]; the facade
-//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`], [`State`], [`Router`]); one [`Error`].
+//! ([`Client`], [`WorkflowHandle`], [`Worker`], [`Cache`], [`State`], [`Router`],
+//! [`Approval`], [`EventStream`]); one [`Error`].
 #![warn(missing_docs)]
 
 /// The `are.v1` messages and gRPC clients, generated from `proto/` at build time.
@@ -23,6 +24,7 @@ pub mod pb {
     tonic::include_proto!("are.v1");
 }
 
+mod approval;
 mod cache;
 mod client;
 mod error;
@@ -35,13 +37,14 @@ mod trace;
 mod worker;
 mod workflow;
 
+pub use approval::{Approval, ApprovalFilter, ApprovalPage};
 pub use cache::{Cache, CacheHit, CacheOptions, CachedResult, GetOrCallError};
 pub use client::{
     Auth, Client, Options, Raw, Transport, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
 };
 pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
-pub use pb::{AgentSource, RouteMode};
+pub use pb::{AgentSource, ApprovalDecision, RouteMode};
 pub use router::{
     AgentCard, AgentFilter, AgentPage, ModelCatalog, ModelEstimate, ModelRoute, ModelRouteOptions,
     ModelSpec, Outcome, OutcomeOptions, RouteCandidate, RouteOptions, RouteQuery, RouteResult,
@@ -55,7 +58,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use tonic::transport::ClientTlsConfig;
 pub use tonic::Code;
 pub use tonic_health::pb::health_check_response::ServingStatus;
-pub use trace::EventStream;
+pub use trace::{EventPage, EventStream};
 pub use worker::{
     CancelReason, Dependency, Task, TaskCause, TaskError, Worker, WorkerOptions, WorkerStats,
     WorkerTransport, COMPLETION_REFUSED,

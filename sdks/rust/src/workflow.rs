@@ -220,7 +220,7 @@ impl Client {
 /// A submitted workflow.
 #[derive(Clone, Debug)]
 pub struct WorkflowHandle {
-    client: Client,
+    pub(crate) client: Client,
     /// The workflow's id.
     pub id: String,
     /// True when the submit matched an earlier request id and created nothing.
