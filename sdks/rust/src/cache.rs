@@ -150,6 +150,29 @@ impl Cache {
         Ok((resp.namespace.unwrap_or_default(), resp.created))
     }
 
+    /// Deletes a namespace with its entries, counters and index; returns how
+    /// many entries it held. The entries go first, a chunk per commit:
+    /// meanwhile lookups still answer those not yet removed, while stores and
+    /// settings changes fail with ABORTED, reason `NAMESPACE_DELETING`. Once
+    /// it returns, the name is free ([`Cache::put_namespace`] creates it
+    /// afresh) and no longer counts toward the sidecar's 1,000 namespaces.
+    ///
+    /// Errors: NOT_FOUND, reason `NAMESPACE_NOT_FOUND`; RESOURCE_EXHAUSTED,
+    /// reason `RESOURCE_LIMIT`, when the storage is busy: the entries removed
+    /// so far stay removed (metadata `removed_count`), the namespace stays,
+    /// and calling again finishes the deletion.
+    pub async fn delete_namespace(&self, namespace: &str) -> Result<i64> {
+        let mut stub = self.client.raw().cache;
+        let req = pb::DeleteNamespaceRequest {
+            namespace: namespace.to_string(),
+        };
+        let resp = self
+            .client
+            .unary("DeleteNamespace", stub.delete_namespace(req))
+            .await?;
+        Ok(resp.removed_count)
+    }
+
     /// Looks `prompt` up: the exact tier, then the semantic one; `None` on a miss.
     pub async fn lookup(
         &self,

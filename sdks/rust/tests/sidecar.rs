@@ -367,6 +367,58 @@ async fn cancellation_reaches_a_running_handler(transport: WorkerTransport) {
 }
 
 #[tokio::test]
+async fn a_deleted_cache_namespace_is_gone_and_its_name_is_free() {
+    let (_sidecar, client) = start().await;
+    let cache = client.cache();
+    let ns = "rust-deleted";
+    let settings = pb::CacheNamespace {
+        name: ns.into(),
+        description: "old".into(),
+        ..Default::default()
+    };
+    cache.put_namespace(settings).await.unwrap();
+    let none = CacheOptions::default();
+    for prompt in [
+        "What is the capital of Spain?",
+        "What is the capital of Italy?",
+    ] {
+        cache
+            .store(ns, prompt, &json!("a city"), &none)
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.delete_namespace(ns).await.unwrap(), 2);
+    let e = cache
+        .lookup(ns, "What is the capital of Spain?", &none)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (Code::NotFound, "NAMESPACE_NOT_FOUND")
+    );
+    let e = cache.delete_namespace(ns).await.unwrap_err();
+    assert_eq!(e.code, Code::NotFound, "{e}");
+    let (again, created) = cache
+        .put_namespace(pb::CacheNamespace {
+            name: ns.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(again.description, "");
+    let exact = CacheOptions {
+        exact_only: true,
+        ..Default::default()
+    };
+    assert!(cache
+        .lookup(ns, "What is the capital of Spain?", &exact)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
 async fn cache_exact_tier_and_get_or_call() {
     let (_sidecar, client) = start().await;
     let cache = client.cache();
