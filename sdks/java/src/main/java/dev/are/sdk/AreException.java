@@ -72,6 +72,23 @@ public final class AreException extends RuntimeException {
         code, message, reason, SDK_DOMAIN, Map.of(), List.of(), null, null, cause);
   }
 
+  /**
+   * A request the SDK refuses before sending it, as the sidecar refuses one: INVALID_ARGUMENT,
+   * reason {@code INVALID_ARGUMENT}, with a field violation naming {@code field}.
+   */
+  static AreException invalidField(String field, String description) {
+    return new AreException(
+        Status.Code.INVALID_ARGUMENT,
+        "`" + field + "` " + description,
+        "INVALID_ARGUMENT",
+        SDK_DOMAIN,
+        Map.of(),
+        List.of(new FieldViolation(field, description)),
+        null,
+        null,
+        null);
+  }
+
   static AreException workflowClosed(String reason, String message, Workflow workflow) {
     return new AreException(
         Status.Code.FAILED_PRECONDITION,

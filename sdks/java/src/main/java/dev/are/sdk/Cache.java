@@ -36,6 +36,12 @@ import java.util.Optional;
 public final class Cache {
   private static final System.Logger LOG = System.getLogger(Cache.class.getName());
 
+  /**
+   * The longest time to live the sidecar gives an entry (366 days): what a TTL of {@code
+   * ChronoUnit.FOREVER.getDuration()} stores.
+   */
+  public static final Duration MAX_TTL = Duration.ofDays(366);
+
   /** Content type of bytes of no stated type. */
   static final String OCTET_STREAM = "application/octet-stream";
 
@@ -69,7 +75,10 @@ public final class Cache {
       return new CacheOptions(vector, t, maxAge, exactOnly, ttl, metadata, usage);
     }
 
-    /** Oldest entry a lookup accepts. */
+    /**
+     * Oldest entry a lookup accepts. One over 100 years ({@code ChronoUnit.FOREVER.getDuration()})
+     * is no bound: the field is left unset, and entries of any age (not expired) are hits.
+     */
     public CacheOptions withMaxAge(Duration d) {
       return new CacheOptions(vector, threshold, d, exactOnly, ttl, metadata, usage);
     }
@@ -79,7 +88,13 @@ public final class Cache {
       return new CacheOptions(vector, threshold, maxAge, e, ttl, metadata, usage);
     }
 
-    /** Time to live of a stored entry. */
+    /**
+     * Time to live of a stored entry: at most {@link #MAX_TTL} (366 days, the sidecar's bound;
+     * unset: the namespace's default). One over 100 years ({@code
+     * ChronoUnit.FOREVER.getDuration()}) means "as long as the cache keeps anything": it is sent
+     * as {@link #MAX_TTL}. A finite TTL over 366 days is sent as it is and refused by the sidecar
+     * (INVALID_ARGUMENT naming {@code ttl}): the SDK does not shorten a TTL you chose.
+     */
     public CacheOptions withTtl(Duration d) {
       return new CacheOptions(vector, threshold, maxAge, exactOnly, d, metadata, usage);
     }
@@ -250,8 +265,8 @@ public final class Cache {
     if (options.threshold() != null) {
       req.setThreshold(options.threshold());
     }
-    if (options.maxAge() != null) {
-      req.setMaxAge(Durations.toProto(options.maxAge()));
+    if (options.maxAge() != null && !Durations.isUnbounded(options.maxAge())) {
+      req.setMaxAge(Durations.unchecked(options.maxAge()));
     }
     LookupCacheResponse resp =
         client.call(
@@ -298,7 +313,8 @@ public final class Cache {
       req.setVector(Vector.newBuilder().addAllValues(options.vector()));
     }
     if (options.ttl() != null) {
-      req.setTtl(Durations.toProto(options.ttl()));
+      req.setTtl(
+          Durations.unchecked(Durations.isUnbounded(options.ttl()) ? MAX_TTL : options.ttl()));
     }
     if (options.usage() != null) {
       req.setUsage(options.usage());

@@ -4,9 +4,14 @@ import com.google.protobuf.ByteString;
 import dev.are.sdk.v1.BlobHeader;
 import dev.are.sdk.v1.BlobRef;
 import dev.are.sdk.v1.CacheServiceGrpc;
+import dev.are.sdk.v1.Event;
 import dev.are.sdk.v1.EventFilter;
 import dev.are.sdk.v1.GetBlobRequest;
 import dev.are.sdk.v1.GetBlobResponse;
+import dev.are.sdk.v1.ListApprovalsRequest;
+import dev.are.sdk.v1.ListApprovalsResponse;
+import dev.are.sdk.v1.ListEventsRequest;
+import dev.are.sdk.v1.ListEventsResponse;
 import dev.are.sdk.v1.Payload;
 import dev.are.sdk.v1.PutBlobRequest;
 import dev.are.sdk.v1.PutBlobResponse;
@@ -15,6 +20,7 @@ import dev.are.sdk.v1.SchedulerServiceGrpc;
 import dev.are.sdk.v1.StateServiceGrpc;
 import dev.are.sdk.v1.SubmitWorkflowRequest;
 import dev.are.sdk.v1.SubmitWorkflowResponse;
+import dev.are.sdk.v1.Task;
 import dev.are.sdk.v1.TraceServiceGrpc;
 import dev.are.sdk.v1.WorkerServiceGrpc;
 import dev.are.sdk.v1.WorkflowSpec;
@@ -35,16 +41,19 @@ import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import io.grpc.health.v1.HealthGrpc;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
 import io.grpc.netty.shaded.io.netty.channel.ChannelOption;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
 import io.grpc.stub.MetadataUtils;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.Iterator;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 import java.util.function.Supplier;
@@ -308,11 +317,119 @@ public final class Client implements AutoCloseable {
   }
 
   /**
+   * One page of the tasks waiting at approval gates, oldest request first, with their inputs:
+   * those of {@code workflowId} (null or empty: every workflow) having every one of {@code labels}
+   * (null or empty: any; at most 8). {@code pageSize}: 0 means 100, at most 100; {@code
+   * pageToken}: null or empty for the first page, else the previous page's {@code nextPageToken}
+   * (a bad one is INVALID_ARGUMENT, reason {@code INVALID_PAGE_TOKEN}). Approve or reject one with
+   * {@code workflow(task.getWorkflowId()).approve(task.getTaskId())}.
+   */
+  public ApprovalPage listApprovals(
+      String workflowId, Map<String, String> labels, int pageSize, String pageToken) {
+    ListApprovalsRequest req =
+        ListApprovalsRequest.newBuilder()
+            .setWorkflowId(workflowId == null ? "" : workflowId)
+            .putAllLabels(labels == null ? Map.of() : labels)
+            .setPageSize(pageSize)
+            .setPageToken(pageToken == null ? "" : pageToken)
+            .build();
+    ListApprovalsResponse resp =
+        call("ListApprovals", () -> deadline(raw.scheduler()).listApprovals(req));
+    return new ApprovalPage(List.copyOf(resp.getTasksList()), resp.getNextPageToken());
+  }
+
+  /**
+   * The tasks waiting at approval gates as {@link #listApprovals} selects them, at most {@code
+   * limit} of them, oldest request first; pages are fetched as needed.
+   */
+  public List<Task> approvals(String workflowId, Map<String, String> labels, int limit) {
+    checkLimit(limit);
+    List<Task> out = new ArrayList<>();
+    String token = "";
+    do {
+      ApprovalPage page =
+          listApprovals(workflowId, labels, Math.min(limit - out.size(), 100), token);
+      out.addAll(page.tasks().subList(0, Math.min(page.tasks().size(), limit - out.size())));
+      token = page.nextPageToken();
+    } while (!token.isEmpty() && out.size() < limit);
+    return List.copyOf(out);
+  }
+
+  /**
+   * One page of the retained events matching {@code filter} (null: every event) after the cursor
+   * {@code afterSequence} (0: from the oldest retained; ignored when {@code pageToken} is given),
+   * ascending by sequence. {@code pageSize}: 0 means 100, at most 1,000; {@code pageToken}: null
+   * or empty for the first page, else the previous page's {@code nextPageToken}. Follow on live
+   * with {@link #streamEvents} from the page's {@code lastSequence}. A bad filter or page token is
+   * INVALID_ARGUMENT naming the field; a cursor beyond the end of the log (from another data
+   * folder) OUT_OF_RANGE, reason {@code SEQUENCE_BEYOND_LOG}.
+   */
+  public EventPage listEvents(
+      EventFilter filter, long afterSequence, int pageSize, String pageToken) {
+    ListEventsRequest req =
+        ListEventsRequest.newBuilder()
+            .setFilter(filter == null ? EventFilter.getDefaultInstance() : filter)
+            .setAfterSequence(afterSequence)
+            .setPageSize(pageSize)
+            .setPageToken(pageToken == null ? "" : pageToken)
+            .build();
+    return eventPage(call("ListEvents", () -> deadline(raw.trace()).listEvents(req)));
+  }
+
+  /** The page of a ListEvents answer. */
+  static EventPage eventPage(ListEventsResponse resp) {
+    return new EventPage(
+        List.copyOf(resp.getEventsList()),
+        resp.getNextPageToken(),
+        resp.getLastSequence(),
+        resp.getOldestRetainedSequence());
+  }
+
+  /**
+   * The retained events matching {@code filter} after {@code afterSequence}, at most {@code limit}
+   * of them, ascending by sequence; pages (of up to 1,000) are fetched as needed.
+   */
+  public List<Event> events(EventFilter filter, long afterSequence, int limit) {
+    checkLimit(limit);
+    List<Event> out = new ArrayList<>();
+    String token = "";
+    do {
+      EventPage page =
+          listEvents(filter, afterSequence, Math.min(limit - out.size(), 1000), token);
+      out.addAll(page.events().subList(0, Math.min(page.events().size(), limit - out.size())));
+      token = page.nextPageToken();
+    } while (!token.isEmpty() && out.size() < limit);
+    return List.copyOf(out);
+  }
+
+  private static void checkLimit(int limit) {
+    if (limit < 1) {
+      throw AreException.local(
+          Status.Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", "limit must be at least 1");
+    }
+  }
+
+  /**
    * Opens an event stream: events matching {@code filter}, replayed from {@code afterSequence} (0:
-   * the oldest retained) then live; null: live only. Close it when done.
+   * the oldest retained) then live; null: live only. Events a slow reader missed are fetched and
+   * delivered in place of the sidecar's notice ({@link #streamEvents(EventFilter, Long,
+   * boolean)}). Close it when done.
    */
   public EventStream streamEvents(EventFilter filter, Long afterSequence) {
-    return new EventStream(this, filter, afterSequence);
+    return streamEvents(filter, afterSequence, true);
+  }
+
+  /**
+   * Opens an event stream as {@link #streamEvents(EventFilter, Long)} does. With {@code
+   * fillMissed}, a slow-subscriber notice (MISSED_REASON_SLOW_SUBSCRIBER: the sidecar dropped
+   * events from this stream's buffer, but still holds them) is not delivered: the stream fetches
+   * the missed events with ListEvents and delivers them in its place, in order, each event once.
+   * Without it, the notice is delivered as it comes. Retention notices (the events are gone) are
+   * always delivered.
+   */
+  public EventStream streamEvents(EventFilter filter, Long afterSequence, boolean fillMissed) {
+    EventFilter f = filter == null ? EventFilter.getDefaultInstance() : filter;
+    return new EventStream(this, f, afterSequence, fillMissed);
   }
 
   /** Reads a payload's bytes, fetching a blob reference from the blob store. */
@@ -327,19 +444,86 @@ public final class Client implements AutoCloseable {
     };
   }
 
-  /** Reads a whole blob (GetBlob stream), bounded by the call timeout. */
+  /**
+   * Reads a whole blob (GetBlob stream, chunks of at most 1 MiB), bounded by progress rather than
+   * by its length: the call timeout bounds the wait for each chunk (the first included), not the
+   * whole download, so a large blob over a slow link comes down as long as it keeps coming, and a
+   * download that stalls fails within the call timeout (DEADLINE_EXCEEDED, reason {@code TIMEOUT})
+   * however large the blob. The stream asks for one chunk at a time, so at most about one chunk
+   * waits in the client beyond what it has read.
+   */
   public byte[] getBlob(String sha256) {
-    return call(
-        "GetBlob",
-        () -> {
-          List<ByteString> chunks = new ArrayList<>();
-          Iterator<GetBlobResponse> it =
-              deadline(raw.state()).getBlob(GetBlobRequest.newBuilder().setSha256(sha256).build());
-          while (it.hasNext()) {
-            chunks.add(it.next().getChunk());
-          }
+    GetBlobRequest req = GetBlobRequest.newBuilder().setSha256(sha256).build();
+    LinkedBlockingQueue<Object> queue = new LinkedBlockingQueue<>();
+    Object end = new Object();
+    CompletableFuture<ClientCallStreamObserver<GetBlobRequest>> started =
+        new CompletableFuture<>();
+    StateServiceGrpc.newStub(raw.channel())
+        .withMaxInboundMessageSize(maxMessageBytes)
+        .getBlob(
+            req,
+            new ClientResponseObserver<GetBlobRequest, GetBlobResponse>() {
+              @Override
+              public void beforeStart(ClientCallStreamObserver<GetBlobRequest> stream) {
+                stream.disableAutoRequestWithInitial(1);
+                started.complete(stream);
+              }
+
+              @Override
+              public void onNext(GetBlobResponse value) {
+                queue.add(value);
+              }
+
+              @Override
+              public void onError(Throwable t) {
+                queue.add(t);
+              }
+
+              @Override
+              public void onCompleted() {
+                queue.add(end);
+              }
+            });
+    ClientCallStreamObserver<GetBlobRequest> stream = started.join();
+    List<ByteString> chunks = new ArrayList<>();
+    long received = 0;
+    try {
+      while (true) {
+        Object item;
+        try {
+          item = queue.poll(Durations.nanos(callTimeout), TimeUnit.NANOSECONDS);
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+          throw AreException.local(Status.Code.CANCELLED, "INTERRUPTED", "GetBlob interrupted", e);
+        }
+        if (item == null) {
+          throw AreException.local(
+              Status.Code.DEADLINE_EXCEEDED,
+              "TIMEOUT",
+              "GetBlob of "
+                  + sha256
+                  + ": no chunk came within "
+                  + callTimeout
+                  + " (after "
+                  + received
+                  + " bytes)");
+        }
+        if (item == end) {
           return ByteString.copyFrom(chunks).toByteArray();
-        });
+        }
+        if (item instanceof Throwable t) {
+          throw translate("GetBlob", t);
+        }
+        ByteString chunk = ((GetBlobResponse) item).getChunk();
+        chunks.add(chunk);
+        received += chunk.size();
+        stream.request(1);
+      }
+    } finally {
+      // Ended early (a timeout, an interrupt, an error): nothing more is wanted. A no-op once the
+      // stream completed.
+      stream.cancel("GetBlob ended by the client", null);
+    }
   }
 
   /**

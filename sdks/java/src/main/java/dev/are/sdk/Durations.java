@@ -20,7 +20,29 @@ final class Durations {
 
   private Durations() {}
 
-  static com.google.protobuf.Duration toProto(Duration d) {
+  /**
+   * {@code d} as a protobuf Duration for the request field {@code field}, exactly. One longer than
+   * {@link #UNBOUNDED} ({@code ChronoUnit.FOREVER.getDuration()}, say) means "no bound", which
+   * this field has not: it is INVALID_ARGUMENT, reason {@code INVALID_ARGUMENT}, domain {@code
+   * are-sdk}, naming the field and its {@code bound}, as the sidecar refuses a duration past its
+   * bound, and nothing is sent. (Sent as it is, it would be past the range of a protobuf Duration,
+   * 10,000 years.) Fields where "no bound" has a meaning map it before calling this: left unset,
+   * or the longest the sidecar accepts. A finite duration past the sidecar's bound is sent as it
+   * is, and the sidecar's refusal names the field.
+   */
+  static com.google.protobuf.Duration toProto(Duration d, String field, String bound) {
+    if (isUnbounded(d)) {
+      throw AreException.invalidField(
+          field, "must be at most " + bound + ", got " + d + " (over 100 years: no bound)");
+    }
+    return unchecked(d);
+  }
+
+  /**
+   * {@code d} as a protobuf Duration with no check, for a caller that fits it to its field's bound
+   * itself.
+   */
+  static com.google.protobuf.Duration unchecked(Duration d) {
     return com.google.protobuf.Duration.newBuilder()
         .setSeconds(d.getSeconds())
         .setNanos(d.getNano())

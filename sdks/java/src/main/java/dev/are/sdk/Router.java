@@ -218,7 +218,11 @@ public final class Router {
           updateTime);
     }
 
-    /** The typical latency of one call (null: unknown). */
+    /**
+     * The typical latency of one call (null: unknown). A latency is a measure, not a bound: one
+     * over 100 years ({@code ChronoUnit.FOREVER.getDuration()}) is INVALID_ARGUMENT naming {@code
+     * typical_latency} when the card is sent.
+     */
     public AgentCard withTypicalLatency(Duration latency) {
       return new AgentCard(
           agentId,
@@ -298,7 +302,8 @@ public final class Router {
         b.setVector(Vector.newBuilder().addAllValues(vector));
       }
       if (typicalLatency != null) {
-        b.setTypicalLatency(Durations.toProto(typicalLatency));
+        b.setTypicalLatency(
+            Durations.toProto(typicalLatency, "typical_latency", "about 292 years"));
       }
       return b.build();
     }
@@ -723,7 +728,11 @@ public final class Router {
       return new Outcome(success, score, modelId, u, latency);
     }
 
-    /** How long the call took. */
+    /**
+     * How long the call took. A measure, not a bound: one over 100 years ({@code
+     * ChronoUnit.FOREVER.getDuration()}) is INVALID_ARGUMENT naming {@code latency} when reported
+     * (a call that never answered is a failed outcome with no latency).
+     */
     public Outcome withLatency(Duration d) {
       return new Outcome(success, score, modelId, usage, d);
     }
@@ -957,7 +966,7 @@ public final class Router {
       req.setUsage(outcome.usage());
     }
     if (outcome.latency() != null) {
-      req.setLatency(Durations.toProto(outcome.latency()));
+      req.setLatency(Durations.toProto(outcome.latency(), "latency", "about 292 years"));
     }
     client.call(
         "ReportOutcome",

@@ -186,9 +186,11 @@ public final class TaskContext {
    * in the flight recorder (sent at once with the unary ReportEvents, on either transport), and
    * its usage added to what the attempt reports with its result ({@link #addUsage}), which the
    * workflow's budgets count. {@code usage} may be null; its {@code llm_calls} counts 1 when left
-   * 0. {@code took} (null: unknown) is the call's duration. The usage is counted even when the
-   * event cannot be sent. Bounded by the client's call timeout; a refusal is an {@link
-   * AreException} (FAILED_PRECONDITION, reason TASK_NOT_HELD, once the attempt is no longer held).
+   * 0. {@code took} (null: unknown) is the call's duration, a measure: one over 100 years
+   * ({@code ChronoUnit.FOREVER.getDuration()}) is INVALID_ARGUMENT naming {@code duration}. The
+   * usage is counted even when the event cannot be sent. Bounded by the client's call timeout; a
+   * refusal is an {@link AreException} (FAILED_PRECONDITION, reason TASK_NOT_HELD, once the attempt
+   * is no longer held).
    */
   public void reportLlmCall(String model, Usage usage, Duration took) {
     Objects.requireNonNull(model, "model");
@@ -228,7 +230,7 @@ public final class TaskContext {
             .setName(name)
             .setUsage(usage);
     if (took != null && !took.isNegative() && !took.isZero()) {
-      event.setDuration(Durations.toProto(took));
+      event.setDuration(Durations.toProto(took, "duration", "about 292 years"));
     }
     ReportEventsRequest req = ReportEventsRequest.newBuilder().addEvents(event).build();
     client.call("ReportEvents", () -> client.deadline(client.raw().worker()).reportEvents(req));

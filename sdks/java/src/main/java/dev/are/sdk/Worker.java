@@ -907,7 +907,7 @@ public final class Worker implements AutoCloseable {
             .setUsage(task.usage());
     if (retryAfter != null && !retryAfter.isNegative() && !retryAfter.isZero()) {
       report.setRetryAfter(
-          Durations.toProto(
+          Durations.unchecked(
               retryAfter.getSeconds() >= MAX_DURATION_SECONDS
                   ? Duration.ofSeconds(MAX_DURATION_SECONDS)
                   : retryAfter));

@@ -1,9 +1,11 @@
 package dev.are.sdk;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import dev.are.sdk.v1.ApprovalDecision;
 import dev.are.sdk.v1.CancelWorkflowRequest;
 import dev.are.sdk.v1.GetTaskRequest;
 import dev.are.sdk.v1.GetWorkflowRequest;
+import dev.are.sdk.v1.ResolveApprovalRequest;
 import dev.are.sdk.v1.Task;
 import dev.are.sdk.v1.TaskState;
 import dev.are.sdk.v1.WatchWorkflowRequest;
@@ -14,6 +16,7 @@ import io.grpc.Context;
 import io.grpc.Status;
 import java.time.Duration;
 import java.util.Iterator;
+import java.util.List;
 import java.util.concurrent.TimeUnit;
 
 /** A submitted workflow: wait on it, read it, cancel it. Cheap; makes no call until used. */
@@ -72,6 +75,66 @@ public final class WorkflowHandle {
     return client
         .call("GetTask", () -> client.deadline(client.raw().scheduler()).getTask(req))
         .getTask();
+  }
+
+  /**
+   * Approves task {@code taskId}, waiting at its approval gate ({@link
+   * TaskBuilder#requiresApproval()}): it is scheduled and runs as any other task. Returns the task
+   * after the decision (SCHEDULED, or RUNNING when an idle worker took it at once; its {@code
+   * approval} records the decision). A task not waiting at its gate
+   * (already resolved, not yet there, or without one) is FAILED_PRECONDITION, reason {@code
+   * TASK_NOT_AWAITING_APPROVAL}; an unknown workflow or task NOT_FOUND, reason {@code
+   * WORKFLOW_NOT_FOUND} / {@code TASK_NOT_FOUND}.
+   */
+  public Task approve(String taskId) {
+    return approve(taskId, "", "");
+  }
+
+  /**
+   * Approves as {@link #approve(String)}, recording who decided ({@code approver}, at most 256
+   * characters; null: none) and why ({@code comment}, at most 8 KiB; null: none) in the task's
+   * {@code approval} and the TASK_APPROVED event.
+   */
+  public Task approve(String taskId, String approver, String comment) {
+    return resolve(taskId, ApprovalDecision.APPROVAL_DECISION_APPROVE, approver, comment);
+  }
+
+  /**
+   * Rejects task {@code taskId} at its approval gate: it closes REJECTED and its dependents follow
+   * their trigger rules (by default they are skipped, and the workflow fails). Returns the task
+   * after the decision; errors as {@link #approve(String)}.
+   */
+  public Task reject(String taskId) {
+    return reject(taskId, "", "");
+  }
+
+  /** Rejects as {@link #reject(String)}, recording who decided and why. */
+  public Task reject(String taskId, String approver, String comment) {
+    return resolve(taskId, ApprovalDecision.APPROVAL_DECISION_REJECT, approver, comment);
+  }
+
+  private Task resolve(String taskId, ApprovalDecision decision, String approver, String comment) {
+    ResolveApprovalRequest req =
+        ResolveApprovalRequest.newBuilder()
+            .setWorkflowId(id)
+            .setTaskId(taskId)
+            .setDecision(decision)
+            .setApprover(approver == null ? "" : approver)
+            .setComment(comment == null ? "" : comment)
+            .build();
+    return client
+        .call(
+            "ResolveApproval",
+            () -> client.deadline(client.raw().scheduler()).resolveApproval(req))
+        .getTask();
+  }
+
+  /**
+   * This workflow's tasks waiting at approval gates now, oldest request first, with their inputs
+   * (every page of {@link Client#listApprovals}).
+   */
+  public List<Task> approvals() {
+    return client.approvals(id, null, Integer.MAX_VALUE);
   }
 
   /**

@@ -40,7 +40,7 @@ class AreExceptionTest {
             .addDetails(
                 Any.pack(
                     RetryInfo.newBuilder()
-                        .setRetryDelay(Durations.toProto(Duration.ofMillis(1500)))
+                        .setRetryDelay(Durations.unchecked(Duration.ofMillis(1500)))
                         .build()))
             .build();
     AreException e = AreException.from(StatusProto.toStatusRuntimeException(rich));

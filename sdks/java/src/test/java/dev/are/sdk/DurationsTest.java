@@ -2,10 +2,12 @@ package dev.are.sdk;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.time.Duration;
 import java.time.temporal.ChronoUnit;
+import io.grpc.Status;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 
@@ -33,5 +35,44 @@ class DurationsTest {
     // Sums of saturated bounds (a worker's close waits for three) never throw.
     assertTrue(
         Durations.isUnbounded(Durations.saturated(FOREVER).plus(Durations.saturated(FOREVER))));
+  }
+
+  @Test
+  void aDurationOverACenturyIsNotSentAsItIs() {
+    for (Duration d : List.of(FOREVER, Duration.ofDays(365L * 101))) {
+      AreException e =
+          assertThrows(AreException.class, () -> Durations.toProto(d, "ttl", "366 days"));
+      assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+      assertEquals("INVALID_ARGUMENT", e.reason());
+      assertEquals(AreException.SDK_DOMAIN, e.domain());
+      assertTrue(e.field("ttl").orElseThrow().contains("366 days"), e.getMessage());
+    }
+    com.google.protobuf.Duration p =
+        Durations.toProto(Duration.ofSeconds(90, 5), "ttl", "366 days");
+    assertEquals(90, p.getSeconds());
+    assertEquals(5, p.getNanos());
+    Duration century = Duration.ofDays(36_500);
+    assertEquals(century.getSeconds(), Durations.toProto(century, "x", "y").getSeconds());
+  }
+
+  @Test
+  void taskFieldsMapForeverAsTheyMeanIt() {
+    // No heartbeat required, no approval timeout of its own: the fields are left unset.
+    var spec =
+        new TaskBuilder("t", "c")
+            .heartbeatTimeout(Duration.ofSeconds(5))
+            .heartbeatTimeout(FOREVER)
+            .requiresApproval(FOREVER)
+            .build();
+    assertFalse(spec.hasHeartbeatTimeout());
+    assertFalse(spec.hasApprovalTimeout());
+    assertTrue(spec.getRequiresApproval());
+    // A bound the sidecar has no "for ever" of: refused here, naming the field.
+    AreException e =
+        assertThrows(
+            AreException.class, () -> new TaskBuilder("t", "c").startToCloseTimeout(FOREVER));
+    assertTrue(e.field("start_to_close_timeout").isPresent(), e.getMessage());
+    e = assertThrows(AreException.class, () -> new TaskBuilder("t", "c").maxAttempts(3, FOREVER));
+    assertTrue(e.field("retry_policy.initial_interval").isPresent(), e.getMessage());
   }
 }

@@ -2,17 +2,27 @@ package dev.are.sdk;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.are.sdk.Cache.CacheOptions;
+import dev.are.sdk.Router.AgentCard;
+import dev.are.sdk.Router.Outcome;
 import dev.are.sdk.v1.CacheNamespace;
+import dev.are.sdk.v1.Payload;
+import dev.are.sdk.v1.StoreCacheRequest;
+import dev.are.sdk.v1.StoreCacheResponse;
 import dev.are.sdk.v1.EventFilter;
 import dev.are.sdk.v1.StreamEventsResponse;
 import dev.are.sdk.v1.Workflow;
 import dev.are.sdk.v1.WorkflowState;
+import com.google.protobuf.ByteString;
+import io.grpc.Status;
 import io.grpc.health.v1.HealthCheckResponse.ServingStatus;
 import java.time.Duration;
+import java.time.Instant;
 import java.time.temporal.ChronoUnit;
 import java.util.List;
 import java.util.Map;
@@ -160,5 +170,130 @@ class LongBoundsTest extends WithSidecar {
       worker.close(); // its bound sums the options' bounds
     }
     assertTrue(worker.awaitTermination(FOREVER));
+  }
+
+  /**
+   * A FOREVER in a request field means what that field can hold: a cache TTL the longest the
+   * sidecar keeps an entry, a lookup's max age and a task's heartbeat timeout no bound (unset);
+   * fields with no "for ever" (a latency, an attempt's timeout) refuse it before sending, naming
+   * the field. Finite values past the sidecar's bounds are sent as they are and refused there.
+   */
+  @Test
+  void foreverInRequestFieldsMeansWhatEachFieldCan() throws Exception {
+    Cache cache = client.cache();
+    cache.putNamespace(CacheNamespace.newBuilder().setName("java-forever-ttl").build());
+    cache.store(
+        "java-forever-ttl", "kept", Map.of("v", 1), CacheOptions.defaults().withTtl(FOREVER));
+    Cache.CacheHit hit =
+        cache
+            .lookup("java-forever-ttl", "kept", CacheOptions.defaults().withMaxAge(FOREVER))
+            .orElseThrow();
+    assertEquals(1, hit.value().path("v").asInt());
+    // MAX_TTL, what FOREVER stores, is the sidecar's bound: accepted, and a second more is not.
+    StoreCacheRequest.Builder raw =
+        StoreCacheRequest.newBuilder()
+            .setNamespace("java-forever-ttl")
+            .setPrompt("raw")
+            .setResponse(Payload.newBuilder().setData(ByteString.copyFromUtf8("1")));
+    StoreCacheResponse stored =
+        client
+            .raw()
+            .cache()
+            .withDeadlineAfter(WAIT.toSeconds(), TimeUnit.SECONDS)
+            .storeCache(raw.setTtl(Durations.unchecked(Cache.MAX_TTL)).build());
+    long expires = Durations.fromProto(stored.getExpireTime()).getEpochSecond();
+    long expected = Instant.now().plus(Cache.MAX_TTL).getEpochSecond();
+    assertTrue(Math.abs(expires - expected) < 86_400, "expires in 366 days: " + stored);
+    AreException over =
+        assertThrows(
+            AreException.class,
+            () ->
+                client.call(
+                    "StoreCache",
+                    () ->
+                        client
+                            .raw()
+                            .cache()
+                            .withDeadlineAfter(WAIT.toSeconds(), TimeUnit.SECONDS)
+                            .storeCache(
+                                raw.setTtl(
+                                        Durations.unchecked(Cache.MAX_TTL.plusSeconds(1)))
+                                    .build())));
+    assertEquals(Status.Code.INVALID_ARGUMENT, over.code());
+    assertTrue(over.field("ttl").isPresent(), over.getMessage());
+    // A finite TTL past the bound is not shortened: the sidecar refuses it, naming the field.
+    AreException finite =
+        assertThrows(
+            AreException.class,
+            () ->
+                cache.store(
+                    "java-forever-ttl",
+                    "two years",
+                    1,
+                    CacheOptions.defaults().withTtl(Duration.ofDays(730))));
+    assertEquals(Status.Code.INVALID_ARGUMENT, finite.code());
+    assertTrue(finite.field("ttl").isPresent(), finite.getMessage());
+    assertNotEquals(AreException.SDK_DOMAIN, finite.domain());
+
+    // A task: no heartbeat required (FOREVER), and it runs; an attempt has no "for ever".
+    Worker worker =
+        new Worker(client, "java-forever", fast(WorkerOptions.Transport.STREAM))
+            .handle("java-echo", task -> Map.of("echo", "hi"))
+            .start();
+    try {
+      WorkflowHandle handle =
+          client.submit(
+              new WorkflowBuilder("java-forever")
+                  .task(new TaskBuilder("t", "java-echo").heartbeatTimeout(FOREVER)));
+      assertEquals("hi", handle.result(WAIT).path("echo").asText());
+      assertFalse(handle.task("t").getSpec().hasHeartbeatTimeout());
+    } finally {
+      stopWorker(worker);
+    }
+    AreException attempt =
+        assertThrows(
+            AreException.class,
+            () -> new TaskBuilder("t", "java-echo").startToCloseTimeout(FOREVER));
+    assertTrue(attempt.field("start_to_close_timeout").isPresent(), attempt.getMessage());
+    AreException week =
+        assertThrows(
+            AreException.class,
+            () ->
+                client.submit(
+                    new WorkflowBuilder("java-forever")
+                        .task(
+                            new TaskBuilder("t", "java-echo")
+                                .startToCloseTimeout(Duration.ofDays(8)))));
+    assertEquals(Status.Code.INVALID_ARGUMENT, week.code());
+    assertTrue(
+        week.fieldViolations().stream()
+            .anyMatch(v -> v.field().endsWith("start_to_close_timeout")),
+        week.getMessage());
+
+    // A latency is a measure: FOREVER is refused before anything is sent; 99 years is sent.
+    Router router = client.router();
+    AreException latency =
+        assertThrows(
+            AreException.class,
+            () ->
+                router.registerAgent(
+                    AgentCard.of("java-forever-slow")
+                        .withDescription("answers very slowly")
+                        .withTypicalLatency(FOREVER)));
+    assertEquals(Status.Code.INVALID_ARGUMENT, latency.code());
+    assertTrue(latency.field("typical_latency").isPresent(), latency.getMessage());
+    assertTrue(
+        router.agents(Router.AgentFilter.defaults(), 1000).stream()
+            .noneMatch(a -> a.agentId().equals("java-forever-slow")));
+    router.registerAgent(
+        AgentCard.of("java-forever-slow")
+            .withDescription("answers very slowly")
+            .withTypicalLatency(Duration.ofDays(365L * 99)));
+    // Refused before the call: an unknown route would otherwise be NOT_FOUND.
+    AreException outcome =
+        assertThrows(
+            AreException.class,
+            () -> router.reportOutcome("r-none", Outcome.success(false).withLatency(FOREVER)));
+    assertTrue(outcome.field("latency").isPresent(), outcome.getMessage());
   }
 }

@@ -19,9 +19,13 @@ import java.util.concurrent.atomic.AtomicInteger;
  * A TCP proxy in front of a real sidecar, for network faults: it forwards every connection to the
  * sidecar byte for byte, counts them, and breaks them on demand ({@link #cutAll()}) or each one a
  * while after it opened ({@link #cutEachAfter}), or holds what the clients send (a link that
- * stalls: {@link #holdUpstream}). Nothing of the sidecar is imitated.
+ * stalls: {@link #holdUpstream}), or what the sidecar sends ({@link #holdDownstream}), or passes
+ * what the sidecar sends at a set rate (a slow link: {@link #paceDownstream}). Nothing of the
+ * sidecar is imitated.
  */
 final class TcpProxy implements AutoCloseable {
+  private static final int PACE_PIECE = 16 * 1024;
+
   private final ServerSocket server;
   private final InetSocketAddress upstream;
   private final Set<Socket> open = ConcurrentHashMap.newKeySet();
@@ -36,6 +40,12 @@ final class TcpProxy implements AutoCloseable {
   private volatile Duration cutAfter;
   /** While set, bytes from the clients wait in the proxy (guarded by {@code this}). */
   private boolean held;
+
+  /** While set, bytes from the sidecar wait in the proxy (guarded by {@code this}). */
+  private boolean heldDown;
+
+  /** Bytes per second passed from the sidecar to the clients; 0: as fast as they come. */
+  private volatile long downstreamRate;
 
   /** A proxy of {@code target} ({@code host:port}) on 127.0.0.1, on a free port. */
   TcpProxy(String target) throws IOException {
@@ -90,10 +100,32 @@ final class TcpProxy implements AutoCloseable {
     notifyAll();
   }
 
-  private synchronized void awaitRelease() throws InterruptedException {
-    while (held) {
+  private synchronized void awaitRelease(boolean upstream) throws InterruptedException {
+    while (upstream ? held : heldDown) {
       wait();
     }
+  }
+
+  /**
+   * Stops forwarding what the sidecar sends (what the clients send still goes) until {@link
+   * #releaseDownstream()}: a download stalls, as on a link that stopped.
+   */
+  synchronized void holdDownstream() {
+    heldDown = true;
+  }
+
+  /** Forwards what the sidecar sends again, what was held first. */
+  synchronized void releaseDownstream() {
+    heldDown = false;
+    notifyAll();
+  }
+
+  /**
+   * Passes what the sidecar sends at no more than {@code bytesPerSecond} (0: no limit), in pieces
+   * of at most 16 KiB: a slow link, on which data keeps coming but takes its time.
+   */
+  void paceDownstream(long bytesPerSecond) {
+    downstreamRate = bytesPerSecond;
   }
 
   private void accept() {
@@ -138,11 +170,20 @@ final class TcpProxy implements AutoCloseable {
                   OutputStream out = to.getOutputStream()) {
                 int n;
                 while ((n = in.read(buffer)) >= 0) {
-                  if (upstream) {
-                    awaitRelease();
+                  awaitRelease(upstream);
+                  long rate = upstream ? 0 : downstreamRate;
+                  if (rate <= 0) {
+                    out.write(buffer, 0, n);
+                    out.flush();
+                    continue;
                   }
-                  out.write(buffer, 0, n);
-                  out.flush();
+                  for (int at = 0; at < n; at += PACE_PIECE) {
+                    int piece = Math.min(PACE_PIECE, n - at);
+                    out.write(buffer, at, piece);
+                    out.flush();
+                    long nanos = piece * 1_000_000_000L / rate;
+                    Thread.sleep(nanos / 1_000_000, (int) (nanos % 1_000_000));
+                  }
                 }
               } catch (IOException e) {
                 // Cut, or closed by either end.
@@ -174,6 +215,8 @@ final class TcpProxy implements AutoCloseable {
     } catch (IOException e) {
       // Already closed.
     }
+    paceDownstream(0);
+    releaseDownstream();
     releaseUpstream();
     cutAll();
     timers.shutdownNow();

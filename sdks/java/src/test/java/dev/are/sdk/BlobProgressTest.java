@@ -1,0 +1,74 @@
+package dev.are.sdk;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.are.sdk.v1.BlobRef;
+import io.grpc.Status;
+import java.time.Duration;
+import java.util.Random;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+
+/**
+ * A blob download is bounded by its progress, not its length: over a slow link (a {@link TcpProxy}
+ * passing the sidecar's bytes at a set rate) it outlasts the client's call timeout and still
+ * succeeds, while one that stalls fails within about the call timeout.
+ */
+@Timeout(value = 120, unit = TimeUnit.SECONDS)
+class BlobProgressTest extends WithSidecar {
+  private static final Duration SHORT_CALLS = Duration.ofSeconds(2);
+
+  private BlobRef stored(int size) {
+    byte[] data = new byte[size];
+    new Random(7).nextBytes(data);
+    return client.putBlob(data, "application/octet-stream", "");
+  }
+
+  @Test
+  void aSlowDownloadThatKeepsComingSucceedsPastTheCallTimeout() throws Exception {
+    byte[] data = new byte[16 * 1024 * 1024];
+    new Random(7).nextBytes(data);
+    BlobRef ref = client.putBlob(data, "application/octet-stream", "");
+    try (TcpProxy proxy = new TcpProxy(sidecar.target());
+        Client slow =
+            Client.connect(proxy.target(), Options.builder().callTimeout(SHORT_CALLS).build())) {
+      // 4 MiB/s: a 1 MiB chunk every quarter second, 16 MiB in no less than 4 s.
+      proxy.paceDownstream(4L * 1024 * 1024);
+      long start = System.nanoTime();
+      byte[] read = slow.getBlob(ref.getSha256());
+      long took = System.nanoTime() - start;
+      assertArrayEquals(data, read);
+      // Not a timing assertion: the pace makes it so; it shows the test tested what it says.
+      assertTrue(took > SHORT_CALLS.toNanos(), "the download outlasted the call timeout");
+    }
+  }
+
+  @Test
+  void aStalledDownloadFailsWithinTheCallTimeout() throws Exception {
+    BlobRef ref = stored(3 * 1024 * 1024);
+    try (TcpProxy proxy = new TcpProxy(sidecar.target());
+        Client slow =
+            Client.connect(proxy.target(), Options.builder().callTimeout(SHORT_CALLS).build())) {
+      assertEquals(3 * 1024 * 1024, slow.getBlob(ref.getSha256()).length);
+      proxy.holdDownstream(); // nothing more comes from the sidecar
+      AreException e = assertThrows(AreException.class, () -> slow.getBlob(ref.getSha256()));
+      assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code());
+      assertEquals("TIMEOUT", e.reason());
+      assertEquals(AreException.SDK_DOMAIN, e.domain());
+      proxy.releaseDownstream();
+      // The connection is still good: the next download goes through.
+      assertEquals(3 * 1024 * 1024, slow.getBlob(ref.getSha256()).length);
+    }
+  }
+
+  @Test
+  void anUnknownBlobIsNotFound() {
+    AreException e = assertThrows(AreException.class, () -> client.getBlob("0".repeat(64)));
+    assertEquals(Status.Code.NOT_FOUND, e.code());
+    assertEquals("BLOB_NOT_FOUND", e.reason());
+  }
+}
