@@ -25,6 +25,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from are_core.cache import (
     CACHE_TABLES,
+    MUTABLE_SETTINGS,
     BlobNotFoundError,
     CacheEngine,
     CacheError,
@@ -302,8 +303,22 @@ class CacheServicer(cache_service_pb2_grpc.CacheServiceServicer):  # type: ignor
             search_expansion=ns.search_expansion,
             recall_target=ns.recall_target,
         )
+        only = None
+        if request.HasField("update_mask"):
+            only = set()
+            for i, path in enumerate(request.update_mask.paths):
+                if path not in _MUTABLE_PATHS:
+                    await _invalid(
+                        context,
+                        f"`update_mask.paths[{i}]` {path!r} is not a mutable setting: one of "
+                        + ", ".join(sorted(_MUTABLE_PATHS)),
+                        "update_mask",
+                    )
+                only.add(_MUTABLE_PATHS[path])
         try:
-            namespace, created = await self._engine.put_namespace(settings)
+            namespace, created = await self._engine.put_namespace(
+                settings, only=None if only is None else frozenset(only)
+            )
         except (CacheError, StorageError) as error:
             await _fail(context, error)
         return cache_service_pb2.PutNamespaceResponse(namespace=_namespace(namespace), created=created)
@@ -446,6 +461,19 @@ def _decode_token(token: str) -> str:
 
 
 # -- validation ----------------------------------------------------------
+
+
+# PutNamespace's update_mask paths (CacheNamespace field names) -> the engine's setting names.
+_MUTABLE_PATHS = {
+    "similarity_threshold": "similarity_threshold",
+    "default_ttl": "default_ttl_ns",
+    "max_entries": "max_entries",
+    "max_bytes": "max_bytes",
+    "description": "description",
+    "search_expansion": "search_expansion",
+    "recall_target": "recall_target",
+}
+assert set(_MUTABLE_PATHS.values()) == MUTABLE_SETTINGS
 
 
 async def _invalid(

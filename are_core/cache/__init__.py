@@ -30,7 +30,7 @@ Exceptions::
     └── InvalidationBusyError       an invalidation refused after removing ``removed_count``
 """
 
-from ._engine import CACHE_TABLES, DEFAULT_INDEX_AT_START, BlobReferences, CacheEngine
+from ._engine import CACHE_TABLES, DEFAULT_INDEX_AT_START, MUTABLE_SETTINGS, BlobReferences, CacheEngine
 from ._errors import (
     BlobNotFoundError,
     CacheError,
@@ -74,6 +74,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TTL_NS",
     "MAX_NAMESPACES",
+    "MUTABLE_SETTINGS",
     "BlobNotFoundError",
     "BlobReferences",
     "CacheEngine",

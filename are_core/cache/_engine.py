@@ -83,7 +83,7 @@ from ._model import (
 from ._normalise import entry_id_text, is_blank, parse_entry_id, prompt_hash
 from ._table import Entries, EntryTable, ExactView, RecencyView
 
-__all__ = ["CACHE_TABLES", "DEFAULT_INDEX_AT_START", "CacheEngine"]
+__all__ = ["CACHE_TABLES", "DEFAULT_INDEX_AT_START", "MUTABLE_SETTINGS", "CacheEngine"]
 
 _log = logging.getLogger("are.cache")
 
@@ -1231,8 +1231,15 @@ class CacheEngine:
 
     # -- namespaces ------------------------------------------------------
 
-    async def put_namespace(self, settings: NamespaceSettings) -> tuple[Namespace, bool]:
+    async def put_namespace(
+        self, settings: NamespaceSettings, *, only: frozenset[str] | None = None
+    ) -> tuple[Namespace, bool]:
         """Creates a namespace or updates its mutable settings; returns it and whether it is new.
+
+        ``only``: the mutable settings to change (names of
+        :data:`MUTABLE_SETTINGS`); the others keep their values, and the
+        namespace must exist. None: every mutable setting is set from
+        ``settings`` (zero values meaning the defaults).
 
         Bounds lowered below what the namespace holds evict its least recently
         used entries past them before the call returns, a chunk of at most
@@ -1247,6 +1254,8 @@ class CacheEngine:
 
         Raises:
             InvalidCacheArgumentError: A setting is out of range.
+            NamespaceNotFoundError: ``only`` was given and there is no such namespace.
+            NamespaceDeletingError: The namespace is being deleted.
             ImmutableFieldError: The embedder, dimension or dtype of an existing namespace changed.
             EmbedderUnavailableError: The embedder is unknown or cannot be loaded.
             NamespaceLimitError: There are already 1,000 namespaces.
@@ -1254,6 +1263,12 @@ class CacheEngine:
                 changed (checked before the settings commit, with the first chunk of evictions).
         """
         async with self._write_lock:
+            if only is not None:
+                unknown = sorted(only - MUTABLE_SETTINGS)
+                if unknown:
+                    raise InvalidCacheArgumentError(f"not a mutable setting: {unknown[0]}", field="only")
+                state = self._state(settings.name)  # not found, or out of service
+                settings = _kept(settings, state.namespace, MUTABLE_SETTINGS - only)
             return await self._put_namespace(settings)
 
     async def _put_namespace(self, settings: NamespaceSettings) -> tuple[Namespace, bool]:
@@ -3627,6 +3642,35 @@ class CacheEngine:
 
     def _index_path(self, namespace: Namespace) -> Path:
         return self._index_dir / f"{namespace.name}.{namespace.vector_dtype}.usearch"
+
+
+MUTABLE_SETTINGS = frozenset(
+    {
+        "similarity_threshold",
+        "default_ttl_ns",
+        "max_entries",
+        "max_bytes",
+        "description",
+        "search_expansion",
+        "recall_target",
+    }
+)
+"""The settings of a namespace that PutNamespace may change (see :meth:`CacheEngine.put_namespace`)."""
+
+
+def _kept(settings: NamespaceSettings, namespace: Namespace, keep: frozenset[str]) -> NamespaceSettings:
+    """``settings`` with these mutable settings as ``namespace`` has them (an update of the others)."""
+    current = {
+        "similarity_threshold": namespace.similarity_threshold,
+        "default_ttl_ns": namespace.default_ttl_ns,
+        "max_entries": namespace.max_entries,
+        "max_bytes": namespace.max_bytes,
+        "description": namespace.description,
+        # A fixed expansion stays fixed; a calibrated one stays calibrated (0), not fixed at its value.
+        "search_expansion": namespace.search_expansion if namespace.expansion_fixed else 0,
+        "recall_target": namespace.recall_target,
+    }
+    return msgspec.structs.replace(settings, **{name: current[name] for name in keep})
 
 
 def _decode_namespace(raw: bytes) -> Namespace:

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1156,7 +1157,16 @@ func (x *GetCacheStatsResponse) GetStats() []*CacheStats {
 type PutNamespaceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The namespace's settings; output-only fields are ignored.
-	Namespace     *CacheNamespace `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace *CacheNamespace `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Which mutable settings to change, by field name within `namespace`:
+	// similarity_threshold, default_ttl, max_entries, max_bytes,
+	// description, search_expansion, recall_target. The others keep their
+	// values (a named field sent as zero still means its default). With a
+	// mask the namespace must exist (NOT_FOUND, reason NAMESPACE_NOT_FOUND,
+	// otherwise), and embedder, dimension and vector_dtype may be left unset.
+	// Without one, every mutable setting is set from `namespace`, and fields
+	// left zero take their defaults.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1194,6 +1204,13 @@ func (*PutNamespaceRequest) Descriptor() ([]byte, []int) {
 func (x *PutNamespaceRequest) GetNamespace() *CacheNamespace {
 	if x != nil {
 		return x.Namespace
+	}
+	return nil
+}
+
+func (x *PutNamespaceRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
 	}
 	return nil
 }
@@ -1459,7 +1476,7 @@ var File_are_v1_cache_service_proto protoreflect.FileDescriptor
 
 const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1aare/v1/cache_service.proto\x12\x06are.v1\x1a\x13are/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x04\n" +
+	"\x1aare/v1/cache_service.proto\x12\x06are.v1\x1a\x13are/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x04\n" +
 	"\x0eCacheNamespace\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bembedder\x18\x02 \x01(\tR\bembedder\x12\x1c\n" +
@@ -1561,9 +1578,11 @@ const file_are_v1_cache_service_proto_rawDesc = "" +
 	"\x14GetCacheStatsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"A\n" +
 	"\x15GetCacheStatsResponse\x12(\n" +
-	"\x05stats\x18\x01 \x03(\v2\x12.are.v1.CacheStatsR\x05stats\"K\n" +
+	"\x05stats\x18\x01 \x03(\v2\x12.are.v1.CacheStatsR\x05stats\"\x88\x01\n" +
 	"\x13PutNamespaceRequest\x124\n" +
-	"\tnamespace\x18\x01 \x01(\v2\x16.are.v1.CacheNamespaceR\tnamespace\"f\n" +
+	"\tnamespace\x18\x01 \x01(\v2\x16.are.v1.CacheNamespaceR\tnamespace\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"f\n" +
 	"\x14PutNamespaceResponse\x124\n" +
 	"\tnamespace\x18\x01 \x01(\v2\x16.are.v1.CacheNamespaceR\tnamespace\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"S\n" +
@@ -1642,6 +1661,7 @@ var file_are_v1_cache_service_proto_goTypes = []any{
 	(*Vector)(nil),                  // 23: are.v1.Vector
 	(*Payload)(nil),                 // 24: are.v1.Payload
 	(*Usage)(nil),                   // 25: are.v1.Usage
+	(*fieldmaskpb.FieldMask)(nil),   // 26: google.protobuf.FieldMask
 }
 var file_are_v1_cache_service_proto_depIdxs = []int32{
 	21, // 0: are.v1.CacheNamespace.default_ttl:type_name -> google.protobuf.Duration
@@ -1665,27 +1685,28 @@ var file_are_v1_cache_service_proto_depIdxs = []int32{
 	22, // 18: are.v1.CacheStats.calibrate_time:type_name -> google.protobuf.Timestamp
 	9,  // 19: are.v1.GetCacheStatsResponse.stats:type_name -> are.v1.CacheStats
 	2,  // 20: are.v1.PutNamespaceRequest.namespace:type_name -> are.v1.CacheNamespace
-	2,  // 21: are.v1.PutNamespaceResponse.namespace:type_name -> are.v1.CacheNamespace
-	2,  // 22: are.v1.ListNamespacesResponse.namespaces:type_name -> are.v1.CacheNamespace
-	3,  // 23: are.v1.CacheService.LookupCache:input_type -> are.v1.LookupCacheRequest
-	5,  // 24: are.v1.CacheService.StoreCache:input_type -> are.v1.StoreCacheRequest
-	7,  // 25: are.v1.CacheService.InvalidateCache:input_type -> are.v1.InvalidateCacheRequest
-	10, // 26: are.v1.CacheService.GetCacheStats:input_type -> are.v1.GetCacheStatsRequest
-	12, // 27: are.v1.CacheService.PutNamespace:input_type -> are.v1.PutNamespaceRequest
-	14, // 28: are.v1.CacheService.ListNamespaces:input_type -> are.v1.ListNamespacesRequest
-	16, // 29: are.v1.CacheService.DeleteNamespace:input_type -> are.v1.DeleteNamespaceRequest
-	4,  // 30: are.v1.CacheService.LookupCache:output_type -> are.v1.LookupCacheResponse
-	6,  // 31: are.v1.CacheService.StoreCache:output_type -> are.v1.StoreCacheResponse
-	8,  // 32: are.v1.CacheService.InvalidateCache:output_type -> are.v1.InvalidateCacheResponse
-	11, // 33: are.v1.CacheService.GetCacheStats:output_type -> are.v1.GetCacheStatsResponse
-	13, // 34: are.v1.CacheService.PutNamespace:output_type -> are.v1.PutNamespaceResponse
-	15, // 35: are.v1.CacheService.ListNamespaces:output_type -> are.v1.ListNamespacesResponse
-	17, // 36: are.v1.CacheService.DeleteNamespace:output_type -> are.v1.DeleteNamespaceResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	26, // 21: are.v1.PutNamespaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 22: are.v1.PutNamespaceResponse.namespace:type_name -> are.v1.CacheNamespace
+	2,  // 23: are.v1.ListNamespacesResponse.namespaces:type_name -> are.v1.CacheNamespace
+	3,  // 24: are.v1.CacheService.LookupCache:input_type -> are.v1.LookupCacheRequest
+	5,  // 25: are.v1.CacheService.StoreCache:input_type -> are.v1.StoreCacheRequest
+	7,  // 26: are.v1.CacheService.InvalidateCache:input_type -> are.v1.InvalidateCacheRequest
+	10, // 27: are.v1.CacheService.GetCacheStats:input_type -> are.v1.GetCacheStatsRequest
+	12, // 28: are.v1.CacheService.PutNamespace:input_type -> are.v1.PutNamespaceRequest
+	14, // 29: are.v1.CacheService.ListNamespaces:input_type -> are.v1.ListNamespacesRequest
+	16, // 30: are.v1.CacheService.DeleteNamespace:input_type -> are.v1.DeleteNamespaceRequest
+	4,  // 31: are.v1.CacheService.LookupCache:output_type -> are.v1.LookupCacheResponse
+	6,  // 32: are.v1.CacheService.StoreCache:output_type -> are.v1.StoreCacheResponse
+	8,  // 33: are.v1.CacheService.InvalidateCache:output_type -> are.v1.InvalidateCacheResponse
+	11, // 34: are.v1.CacheService.GetCacheStats:output_type -> are.v1.GetCacheStatsResponse
+	13, // 35: are.v1.CacheService.PutNamespace:output_type -> are.v1.PutNamespaceResponse
+	15, // 36: are.v1.CacheService.ListNamespaces:output_type -> are.v1.ListNamespacesResponse
+	17, // 37: are.v1.CacheService.DeleteNamespace:output_type -> are.v1.DeleteNamespaceResponse
+	31, // [31:38] is the sub-list for method output_type
+	24, // [24:31] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_are_v1_cache_service_proto_init() }

@@ -84,15 +84,19 @@ type CacheServiceClient interface {
 	// does not exist.
 	GetCacheStats(ctx context.Context, in *GetCacheStatsRequest, opts ...grpc.CallOption) (*GetCacheStatsResponse, error)
 	// PutNamespace creates a namespace or updates its mutable settings
-	// (threshold, TTL, size bounds, description). Lowering size bounds below
-	// what the namespace holds evicts its least recently used entries past
-	// them before the call returns, a chunk per commit (the settings commit
-	// with the first chunk). If the storage becomes busy meanwhile, the call
+	// (threshold, TTL, size bounds, description, search expansion, recall
+	// target): all of them, or those its update_mask names. Lowering size
+	// bounds below what the namespace holds evicts its least recently used
+	// entries past them before the call returns, a chunk per commit (the
+	// settings commit with the first chunk). If the storage becomes busy meanwhile, the call
 	// still succeeds with the settings in force, and the rest are evicted by
 	// the sidecar's periodic flush (about every second); until then those
 	// entries may still answer lookups. At most 1,000 namespaces (a deleted
 	// one no longer counts).
-	// Errors: INVALID_ARGUMENT for a bad name or setting;
+	// Errors: INVALID_ARGUMENT for a bad name or setting, or an update_mask
+	// path that is not a mutable setting (field `update_mask`); NOT_FOUND,
+	// reason NAMESPACE_NOT_FOUND, for an update_mask and no such namespace;
+	// ABORTED, reason NAMESPACE_DELETING, while it is being deleted;
 	// FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
 	// vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
 	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or
@@ -253,15 +257,19 @@ type CacheServiceServer interface {
 	// does not exist.
 	GetCacheStats(context.Context, *GetCacheStatsRequest) (*GetCacheStatsResponse, error)
 	// PutNamespace creates a namespace or updates its mutable settings
-	// (threshold, TTL, size bounds, description). Lowering size bounds below
-	// what the namespace holds evicts its least recently used entries past
-	// them before the call returns, a chunk per commit (the settings commit
-	// with the first chunk). If the storage becomes busy meanwhile, the call
+	// (threshold, TTL, size bounds, description, search expansion, recall
+	// target): all of them, or those its update_mask names. Lowering size
+	// bounds below what the namespace holds evicts its least recently used
+	// entries past them before the call returns, a chunk per commit (the
+	// settings commit with the first chunk). If the storage becomes busy meanwhile, the call
 	// still succeeds with the settings in force, and the rest are evicted by
 	// the sidecar's periodic flush (about every second); until then those
 	// entries may still answer lookups. At most 1,000 namespaces (a deleted
 	// one no longer counts).
-	// Errors: INVALID_ARGUMENT for a bad name or setting;
+	// Errors: INVALID_ARGUMENT for a bad name or setting, or an update_mask
+	// path that is not a mutable setting (field `update_mask`); NOT_FOUND,
+	// reason NAMESPACE_NOT_FOUND, for an update_mask and no such namespace;
+	// ABORTED, reason NAMESPACE_DELETING, while it is being deleted;
 	// FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
 	// vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
 	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or

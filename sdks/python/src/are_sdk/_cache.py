@@ -426,6 +426,10 @@ class Cache:
     ) -> CacheNamespace:
         """Creates a namespace or updates its mutable settings; zero values mean the defaults.
 
+        Every mutable setting is set: one left out returns to its default. To
+        change some settings of an existing namespace and keep the others, use
+        :meth:`update_namespace`.
+
         Args:
             name: The namespace's name (for example ``"gpt-4o:sys-3f2a:t0"``).
             embedder: ``"lexical"`` (default), ``"caller"`` or a model configured on the sidecar.
@@ -460,6 +464,52 @@ class Cache:
         if default_ttl is not None:
             ns.default_ttl.CopyFrom(_duration(default_ttl))
         response = await self._raw.PutNamespace(cache_service_pb2.PutNamespaceRequest(namespace=ns))
+        return _namespace(response.namespace, response.created)
+
+    async def update_namespace(
+        self,
+        name: str,
+        *,
+        similarity_threshold: float | None = None,
+        default_ttl: timedelta | float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
+        description: str | None = None,
+        search_expansion: int | None = None,
+        recall_target: float | None = None,
+    ) -> CacheNamespace:
+        """Changes only the settings given of an existing namespace; the others keep their values.
+
+        Where :meth:`put_namespace` sets every mutable setting (those left out
+        to their defaults), this sends an update mask of the arguments that are
+        not None. A value of 0 (or ``""``) still means the setting's default,
+        as in :meth:`put_namespace`, whose docstring describes each setting.
+
+        Raises:
+            NotFoundError: No namespace has this name (reason ``NAMESPACE_NOT_FOUND``).
+            AbortedError: It is being deleted (``NAMESPACE_DELETING``).
+            InvalidArgumentError: A setting is out of range (the field is named).
+        """
+        ns = cache_service_pb2.CacheNamespace(name=name)
+        paths: list[str] = []
+        for path, value in (
+            ("similarity_threshold", similarity_threshold),
+            ("max_entries", max_entries),
+            ("max_bytes", max_bytes),
+            ("description", description),
+            ("search_expansion", search_expansion),
+            ("recall_target", recall_target),
+        ):
+            if value is not None:
+                setattr(ns, path, value)
+                paths.append(path)
+        if default_ttl is not None:
+            ns.default_ttl.CopyFrom(_duration(default_ttl))
+            paths.append("default_ttl")
+        request = cache_service_pb2.PutNamespaceRequest(namespace=ns)
+        request.update_mask.paths.extend(paths)
+        request.update_mask.SetInParent()  # an empty mask still says "update" (and changes nothing)
+        response = await self._raw.PutNamespace(request)
         return _namespace(response.namespace, response.created)
 
     async def list_namespaces(self) -> list[CacheNamespace]:

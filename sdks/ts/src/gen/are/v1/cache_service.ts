@@ -19,6 +19,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration.js";
+import { FieldMask } from "../../google/protobuf/field_mask.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Payload, Usage, Vector } from "./common.js";
 
@@ -375,7 +376,20 @@ export interface GetCacheStatsResponse {
 /** PutNamespaceRequest creates or updates a namespace. */
 export interface PutNamespaceRequest {
   /** The namespace's settings; output-only fields are ignored. */
-  namespace: CacheNamespace | undefined;
+  namespace:
+    | CacheNamespace
+    | undefined;
+  /**
+   * Which mutable settings to change, by field name within `namespace`:
+   * similarity_threshold, default_ttl, max_entries, max_bytes,
+   * description, search_expansion, recall_target. The others keep their
+   * values (a named field sent as zero still means its default). With a
+   * mask the namespace must exist (NOT_FOUND, reason NAMESPACE_NOT_FOUND,
+   * otherwise), and embedder, dimension and vector_dtype may be left unset.
+   * Without one, every mutable setting is set from `namespace`, and fields
+   * left zero take their defaults.
+   */
+  updateMask: string[] | undefined;
 }
 
 /** PutNamespaceResponse carries the namespace as stored. */
@@ -1949,13 +1963,16 @@ export const GetCacheStatsResponse: MessageFns<GetCacheStatsResponse> = {
 };
 
 function createBasePutNamespaceRequest(): PutNamespaceRequest {
-  return { namespace: undefined };
+  return { namespace: undefined, updateMask: undefined };
 }
 
 export const PutNamespaceRequest: MessageFns<PutNamespaceRequest> = {
   encode(message: PutNamespaceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.namespace !== undefined) {
       CacheNamespace.encode(message.namespace, writer.uint32(10).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1981,6 +1998,14 @@ export const PutNamespaceRequest: MessageFns<PutNamespaceRequest> = {
             message.namespace = CacheNamespace.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2001,6 +2026,7 @@ export const PutNamespaceRequest: MessageFns<PutNamespaceRequest> = {
     message.namespace = (object.namespace !== undefined && object.namespace !== null)
       ? CacheNamespace.fromPartial(object.namespace)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
     return message;
   },
 };
@@ -2417,15 +2443,19 @@ export const CacheServiceService = {
   },
   /**
    * PutNamespace creates a namespace or updates its mutable settings
-   * (threshold, TTL, size bounds, description). Lowering size bounds below
-   * what the namespace holds evicts its least recently used entries past
-   * them before the call returns, a chunk per commit (the settings commit
-   * with the first chunk). If the storage becomes busy meanwhile, the call
+   * (threshold, TTL, size bounds, description, search expansion, recall
+   * target): all of them, or those its update_mask names. Lowering size
+   * bounds below what the namespace holds evicts its least recently used
+   * entries past them before the call returns, a chunk per commit (the
+   * settings commit with the first chunk). If the storage becomes busy meanwhile, the call
    * still succeeds with the settings in force, and the rest are evicted by
    * the sidecar's periodic flush (about every second); until then those
    * entries may still answer lookups. At most 1,000 namespaces (a deleted
    * one no longer counts).
-   * Errors: INVALID_ARGUMENT for a bad name or setting;
+   * Errors: INVALID_ARGUMENT for a bad name or setting, or an update_mask
+   * path that is not a mutable setting (field `update_mask`); NOT_FOUND,
+   * reason NAMESPACE_NOT_FOUND, for an update_mask and no such namespace;
+   * ABORTED, reason NAMESPACE_DELETING, while it is being deleted;
    * FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
    * vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
    * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or
@@ -2533,15 +2563,19 @@ export interface CacheServiceServer extends UntypedServiceImplementation {
   getCacheStats: handleUnaryCall<GetCacheStatsRequest, GetCacheStatsResponse>;
   /**
    * PutNamespace creates a namespace or updates its mutable settings
-   * (threshold, TTL, size bounds, description). Lowering size bounds below
-   * what the namespace holds evicts its least recently used entries past
-   * them before the call returns, a chunk per commit (the settings commit
-   * with the first chunk). If the storage becomes busy meanwhile, the call
+   * (threshold, TTL, size bounds, description, search expansion, recall
+   * target): all of them, or those its update_mask names. Lowering size
+   * bounds below what the namespace holds evicts its least recently used
+   * entries past them before the call returns, a chunk per commit (the
+   * settings commit with the first chunk). If the storage becomes busy meanwhile, the call
    * still succeeds with the settings in force, and the rest are evicted by
    * the sidecar's periodic flush (about every second); until then those
    * entries may still answer lookups. At most 1,000 namespaces (a deleted
    * one no longer counts).
-   * Errors: INVALID_ARGUMENT for a bad name or setting;
+   * Errors: INVALID_ARGUMENT for a bad name or setting, or an update_mask
+   * path that is not a mutable setting (field `update_mask`); NOT_FOUND,
+   * reason NAMESPACE_NOT_FOUND, for an update_mask and no such namespace;
+   * ABORTED, reason NAMESPACE_DELETING, while it is being deleted;
    * FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
    * vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
    * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or
@@ -2676,15 +2710,19 @@ export interface CacheServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * PutNamespace creates a namespace or updates its mutable settings
-   * (threshold, TTL, size bounds, description). Lowering size bounds below
-   * what the namespace holds evicts its least recently used entries past
-   * them before the call returns, a chunk per commit (the settings commit
-   * with the first chunk). If the storage becomes busy meanwhile, the call
+   * (threshold, TTL, size bounds, description, search expansion, recall
+   * target): all of them, or those its update_mask names. Lowering size
+   * bounds below what the namespace holds evicts its least recently used
+   * entries past them before the call returns, a chunk per commit (the
+   * settings commit with the first chunk). If the storage becomes busy meanwhile, the call
    * still succeeds with the settings in force, and the rest are evicted by
    * the sidecar's periodic flush (about every second); until then those
    * entries may still answer lookups. At most 1,000 namespaces (a deleted
    * one no longer counts).
-   * Errors: INVALID_ARGUMENT for a bad name or setting;
+   * Errors: INVALID_ARGUMENT for a bad name or setting, or an update_mask
+   * path that is not a mutable setting (field `update_mask`); NOT_FOUND,
+   * reason NAMESPACE_NOT_FOUND, for an update_mask and no such namespace;
+   * ABORTED, reason NAMESPACE_DELETING, while it is being deleted;
    * FAILED_PRECONDITION, reason IMMUTABLE_FIELD (embedder, dimension or
    * vector_dtype changed) or EMBEDDER_UNAVAILABLE (unknown embedder);
    * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT, past 1,000 namespaces, or

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from are_sdk._proto.are.v1 import common_pb2 as are_dot_v1_dot_common__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61re/v1/cache_service.proto\x12\x06\x61re.v1\x1a\x13\x61re/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n\x0e\x43\x61\x63heNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x1c\n\x14similarity_threshold\x18\x04 \x01(\x01\x12.\n\x0b\x64\x65\x66\x61ult_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x06 \x01(\x03\x12\x11\n\tmax_bytes\x18\x07 \x01(\x03\x12)\n\x0cvector_dtype\x18\x08 \x01(\x0e\x32\x13.are.v1.VectorDtype\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10search_expansion\x18\x0c \x01(\x05\x12\x15\n\rrecall_target\x18\r \x01(\x01\x12\x1e\n\x16search_expansion_fixed\x18\x0e \x01(\x08\"\xbd\x01\n\x12LookupCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1e\n\x06vector\x18\x03 \x01(\x0b\x32\x0e.are.v1.Vector\x12\x16\n\tthreshold\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12*\n\x07max_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nexact_only\x18\x06 \x01(\x08\x42\x0c\n\n_threshold\"\xfa\x02\n\x13LookupCacheResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x1f\n\x04tier\x18\x02 \x01(\x0e\x32\x11.are.v1.CacheTier\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12!\n\x08response\x18\x04 \x01(\x0b\x32\x0f.are.v1.Payload\x12\x12\n\nsimilarity\x18\x05 \x01(\x01\x12\x1c\n\x05usage\x18\x06 \x01(\x0b\x32\r.are.v1.Usage\x12;\n\x08metadata\x18\x07 \x03(\x0b\x32).are.v1.LookupCacheResponse.MetadataEntry\x12\x16\n\x0ematched_prompt\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x62\x65st_similarity\x18\n \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x02\n\x11StoreCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1e\n\x06vector\x18\x03 \x01(\x0b\x32\x0e.are.v1.Vector\x12!\n\x08response\x18\x04 \x01(\x0b\x32\x0f.are.v1.Payload\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x08metadata\x18\x06 \x03(\x0b\x32\'.are.v1.StoreCacheRequest.MetadataEntry\x12\x1c\n\x05usage\x18\x07 \x01(\x0b\x32\r.are.v1.Usage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x12StoreCacheResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x16InvalidateCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tentry_ids\x18\x02 \x03(\t\x12I\n\x0emetadata_match\x18\x03 \x03(\x0b\x32\x31.are.v1.InvalidateCacheRequest.MetadataMatchEntry\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x1a\x34\n\x12MetadataMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x17InvalidateCacheResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03\"\xc7\x03\n\nCacheStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07lookups\x18\x02 \x01(\x03\x12\x12\n\nexact_hits\x18\x03 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x04 \x01(\x03\x12\x0e\n\x06misses\x18\x05 \x01(\x03\x12\x10\n\x08hit_rate\x18\x06 \x01(\x01\x12\x0f\n\x07\x65ntries\x18\x07 \x01(\x03\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12\x13\n\x0b\x65xpirations\x18\t \x01(\x03\x12\x11\n\tevictions\x18\n \x01(\x03\x12\x14\n\x0csaved_tokens\x18\x0b \x01(\x03\x12\x1c\n\x14saved_cost_micro_usd\x18\x0c \x01(\x03\x12\x19\n\x11unindexed_entries\x18\r \x01(\x03\x12\x18\n\x10search_expansion\x18\x0e \x01(\x05\x12\x17\n\x0fmeasured_recall\x18\x0f \x01(\x01\x12\x16\n\x0erecall_samples\x18\x10 \x01(\x03\x12\x32\n\x0e\x63\x61librate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61librating\x18\x12 \x01(\x08\x12\x18\n\x10repaired_entries\x18\x13 \x01(\x03\")\n\x14GetCacheStatsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\":\n\x15GetCacheStatsResponse\x12!\n\x05stats\x18\x01 \x03(\x0b\x32\x12.are.v1.CacheStats\"@\n\x13PutNamespaceRequest\x12)\n\tnamespace\x18\x01 \x01(\x0b\x32\x16.are.v1.CacheNamespace\"R\n\x14PutNamespaceResponse\x12)\n\tnamespace\x18\x01 \x01(\x0b\x32\x16.are.v1.CacheNamespace\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\">\n\x15ListNamespacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x16ListNamespacesResponse\x12*\n\nnamespaces\x18\x01 \x03(\x0b\x32\x16.are.v1.CacheNamespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16\x44\x65leteNamespaceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"0\n\x17\x44\x65leteNamespaceResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03*V\n\tCacheTier\x12\x1a\n\x16\x43\x41\x43HE_TIER_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_TIER_EXACT\x10\x01\x12\x17\n\x13\x43\x41\x43HE_TIER_SEMANTIC\x10\x02*l\n\x0bVectorDtype\x12\x1c\n\x18VECTOR_DTYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10VECTOR_DTYPE_F32\x10\x01\x12\x14\n\x10VECTOR_DTYPE_F16\x10\x02\x12\x13\n\x0fVECTOR_DTYPE_I8\x10\x03\x32\xad\x04\n\x0c\x43\x61\x63heService\x12\x46\n\x0bLookupCache\x12\x1a.are.v1.LookupCacheRequest\x1a\x1b.are.v1.LookupCacheResponse\x12\x43\n\nStoreCache\x12\x19.are.v1.StoreCacheRequest\x1a\x1a.are.v1.StoreCacheResponse\x12R\n\x0fInvalidateCache\x12\x1e.are.v1.InvalidateCacheRequest\x1a\x1f.are.v1.InvalidateCacheResponse\x12L\n\rGetCacheStats\x12\x1c.are.v1.GetCacheStatsRequest\x1a\x1d.are.v1.GetCacheStatsResponse\x12I\n\x0cPutNamespace\x12\x1b.are.v1.PutNamespaceRequest\x1a\x1c.are.v1.PutNamespaceResponse\x12O\n\x0eListNamespaces\x12\x1d.are.v1.ListNamespacesRequest\x1a\x1e.are.v1.ListNamespacesResponse\x12R\n\x0f\x44\x65leteNamespace\x12\x1e.are.v1.DeleteNamespaceRequest\x1a\x1f.are.v1.DeleteNamespaceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61re/v1/cache_service.proto\x12\x06\x61re.v1\x1a\x13\x61re/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n\x0e\x43\x61\x63heNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x1c\n\x14similarity_threshold\x18\x04 \x01(\x01\x12.\n\x0b\x64\x65\x66\x61ult_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_entries\x18\x06 \x01(\x03\x12\x11\n\tmax_bytes\x18\x07 \x01(\x03\x12)\n\x0cvector_dtype\x18\x08 \x01(\x0e\x32\x13.are.v1.VectorDtype\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10search_expansion\x18\x0c \x01(\x05\x12\x15\n\rrecall_target\x18\r \x01(\x01\x12\x1e\n\x16search_expansion_fixed\x18\x0e \x01(\x08\"\xbd\x01\n\x12LookupCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1e\n\x06vector\x18\x03 \x01(\x0b\x32\x0e.are.v1.Vector\x12\x16\n\tthreshold\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12*\n\x07max_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nexact_only\x18\x06 \x01(\x08\x42\x0c\n\n_threshold\"\xfa\x02\n\x13LookupCacheResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x1f\n\x04tier\x18\x02 \x01(\x0e\x32\x11.are.v1.CacheTier\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12!\n\x08response\x18\x04 \x01(\x0b\x32\x0f.are.v1.Payload\x12\x12\n\nsimilarity\x18\x05 \x01(\x01\x12\x1c\n\x05usage\x18\x06 \x01(\x0b\x32\r.are.v1.Usage\x12;\n\x08metadata\x18\x07 \x03(\x0b\x32).are.v1.LookupCacheResponse.MetadataEntry\x12\x16\n\x0ematched_prompt\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x62\x65st_similarity\x18\n \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x02\n\x11StoreCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x1e\n\x06vector\x18\x03 \x01(\x0b\x32\x0e.are.v1.Vector\x12!\n\x08response\x18\x04 \x01(\x0b\x32\x0f.are.v1.Payload\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x08metadata\x18\x06 \x03(\x0b\x32\'.are.v1.StoreCacheRequest.MetadataEntry\x12\x1c\n\x05usage\x18\x07 \x01(\x0b\x32\r.are.v1.Usage\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x12StoreCacheResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x01\n\x16InvalidateCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tentry_ids\x18\x02 \x03(\t\x12I\n\x0emetadata_match\x18\x03 \x03(\x0b\x32\x31.are.v1.InvalidateCacheRequest.MetadataMatchEntry\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x1a\x34\n\x12MetadataMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x17InvalidateCacheResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03\"\xc7\x03\n\nCacheStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07lookups\x18\x02 \x01(\x03\x12\x12\n\nexact_hits\x18\x03 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x04 \x01(\x03\x12\x0e\n\x06misses\x18\x05 \x01(\x03\x12\x10\n\x08hit_rate\x18\x06 \x01(\x01\x12\x0f\n\x07\x65ntries\x18\x07 \x01(\x03\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12\x13\n\x0b\x65xpirations\x18\t \x01(\x03\x12\x11\n\tevictions\x18\n \x01(\x03\x12\x14\n\x0csaved_tokens\x18\x0b \x01(\x03\x12\x1c\n\x14saved_cost_micro_usd\x18\x0c \x01(\x03\x12\x19\n\x11unindexed_entries\x18\r \x01(\x03\x12\x18\n\x10search_expansion\x18\x0e \x01(\x05\x12\x17\n\x0fmeasured_recall\x18\x0f \x01(\x01\x12\x16\n\x0erecall_samples\x18\x10 \x01(\x03\x12\x32\n\x0e\x63\x61librate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61librating\x18\x12 \x01(\x08\x12\x18\n\x10repaired_entries\x18\x13 \x01(\x03\")\n\x14GetCacheStatsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\":\n\x15GetCacheStatsResponse\x12!\n\x05stats\x18\x01 \x03(\x0b\x32\x12.are.v1.CacheStats\"q\n\x13PutNamespaceRequest\x12)\n\tnamespace\x18\x01 \x01(\x0b\x32\x16.are.v1.CacheNamespace\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"R\n\x14PutNamespaceResponse\x12)\n\tnamespace\x18\x01 \x01(\x0b\x32\x16.are.v1.CacheNamespace\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\">\n\x15ListNamespacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x16ListNamespacesResponse\x12*\n\nnamespaces\x18\x01 \x03(\x0b\x32\x16.are.v1.CacheNamespace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16\x44\x65leteNamespaceRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"0\n\x17\x44\x65leteNamespaceResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03*V\n\tCacheTier\x12\x1a\n\x16\x43\x41\x43HE_TIER_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_TIER_EXACT\x10\x01\x12\x17\n\x13\x43\x41\x43HE_TIER_SEMANTIC\x10\x02*l\n\x0bVectorDtype\x12\x1c\n\x18VECTOR_DTYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10VECTOR_DTYPE_F32\x10\x01\x12\x14\n\x10VECTOR_DTYPE_F16\x10\x02\x12\x13\n\x0fVECTOR_DTYPE_I8\x10\x03\x32\xad\x04\n\x0c\x43\x61\x63heService\x12\x46\n\x0bLookupCache\x12\x1a.are.v1.LookupCacheRequest\x1a\x1b.are.v1.LookupCacheResponse\x12\x43\n\nStoreCache\x12\x19.are.v1.StoreCacheRequest\x1a\x1a.are.v1.StoreCacheResponse\x12R\n\x0fInvalidateCache\x12\x1e.are.v1.InvalidateCacheRequest\x1a\x1f.are.v1.InvalidateCacheResponse\x12L\n\rGetCacheStats\x12\x1c.are.v1.GetCacheStatsRequest\x1a\x1d.are.v1.GetCacheStatsResponse\x12I\n\x0cPutNamespace\x12\x1b.are.v1.PutNamespaceRequest\x1a\x1c.are.v1.PutNamespaceResponse\x12O\n\x0eListNamespaces\x12\x1d.are.v1.ListNamespacesRequest\x1a\x1e.are.v1.ListNamespacesResponse\x12R\n\x0f\x44\x65leteNamespace\x12\x1e.are.v1.DeleteNamespaceRequest\x1a\x1f.are.v1.DeleteNamespaceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,48 +41,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STORECACHEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_INVALIDATECACHEREQUEST_METADATAMATCHENTRY']._loaded_options = None
   _globals['_INVALIDATECACHEREQUEST_METADATAMATCHENTRY']._serialized_options = b'8\001'
-  _globals['_CACHETIER']._serialized_start=2759
-  _globals['_CACHETIER']._serialized_end=2845
-  _globals['_VECTORDTYPE']._serialized_start=2847
-  _globals['_VECTORDTYPE']._serialized_end=2955
-  _globals['_CACHENAMESPACE']._serialized_start=125
-  _globals['_CACHENAMESPACE']._serialized_end=553
-  _globals['_LOOKUPCACHEREQUEST']._serialized_start=556
-  _globals['_LOOKUPCACHEREQUEST']._serialized_end=745
-  _globals['_LOOKUPCACHERESPONSE']._serialized_start=748
-  _globals['_LOOKUPCACHERESPONSE']._serialized_end=1126
-  _globals['_LOOKUPCACHERESPONSE_METADATAENTRY']._serialized_start=1079
-  _globals['_LOOKUPCACHERESPONSE_METADATAENTRY']._serialized_end=1126
-  _globals['_STORECACHEREQUEST']._serialized_start=1129
-  _globals['_STORECACHEREQUEST']._serialized_end=1428
-  _globals['_STORECACHEREQUEST_METADATAENTRY']._serialized_start=1079
-  _globals['_STORECACHEREQUEST_METADATAENTRY']._serialized_end=1126
-  _globals['_STORECACHERESPONSE']._serialized_start=1430
-  _globals['_STORECACHERESPONSE']._serialized_end=1535
-  _globals['_INVALIDATECACHEREQUEST']._serialized_start=1538
-  _globals['_INVALIDATECACHEREQUEST']._serialized_end=1742
-  _globals['_INVALIDATECACHEREQUEST_METADATAMATCHENTRY']._serialized_start=1690
-  _globals['_INVALIDATECACHEREQUEST_METADATAMATCHENTRY']._serialized_end=1742
-  _globals['_INVALIDATECACHERESPONSE']._serialized_start=1744
-  _globals['_INVALIDATECACHERESPONSE']._serialized_end=1792
-  _globals['_CACHESTATS']._serialized_start=1795
-  _globals['_CACHESTATS']._serialized_end=2250
-  _globals['_GETCACHESTATSREQUEST']._serialized_start=2252
-  _globals['_GETCACHESTATSREQUEST']._serialized_end=2293
-  _globals['_GETCACHESTATSRESPONSE']._serialized_start=2295
-  _globals['_GETCACHESTATSRESPONSE']._serialized_end=2353
-  _globals['_PUTNAMESPACEREQUEST']._serialized_start=2355
-  _globals['_PUTNAMESPACEREQUEST']._serialized_end=2419
-  _globals['_PUTNAMESPACERESPONSE']._serialized_start=2421
-  _globals['_PUTNAMESPACERESPONSE']._serialized_end=2503
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=2505
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=2567
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=2569
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=2662
-  _globals['_DELETENAMESPACEREQUEST']._serialized_start=2664
-  _globals['_DELETENAMESPACEREQUEST']._serialized_end=2707
-  _globals['_DELETENAMESPACERESPONSE']._serialized_start=2709
-  _globals['_DELETENAMESPACERESPONSE']._serialized_end=2757
-  _globals['_CACHESERVICE']._serialized_start=2958
-  _globals['_CACHESERVICE']._serialized_end=3515
+  _globals['_CACHETIER']._serialized_start=2842
+  _globals['_CACHETIER']._serialized_end=2928
+  _globals['_VECTORDTYPE']._serialized_start=2930
+  _globals['_VECTORDTYPE']._serialized_end=3038
+  _globals['_CACHENAMESPACE']._serialized_start=159
+  _globals['_CACHENAMESPACE']._serialized_end=587
+  _globals['_LOOKUPCACHEREQUEST']._serialized_start=590
+  _globals['_LOOKUPCACHEREQUEST']._serialized_end=779
+  _globals['_LOOKUPCACHERESPONSE']._serialized_start=782
+  _globals['_LOOKUPCACHERESPONSE']._serialized_end=1160
+  _globals['_LOOKUPCACHERESPONSE_METADATAENTRY']._serialized_start=1113
+  _globals['_LOOKUPCACHERESPONSE_METADATAENTRY']._serialized_end=1160
+  _globals['_STORECACHEREQUEST']._serialized_start=1163
+  _globals['_STORECACHEREQUEST']._serialized_end=1462
+  _globals['_STORECACHEREQUEST_METADATAENTRY']._serialized_start=1113
+  _globals['_STORECACHEREQUEST_METADATAENTRY']._serialized_end=1160
+  _globals['_STORECACHERESPONSE']._serialized_start=1464
+  _globals['_STORECACHERESPONSE']._serialized_end=1569
+  _globals['_INVALIDATECACHEREQUEST']._serialized_start=1572
+  _globals['_INVALIDATECACHEREQUEST']._serialized_end=1776
+  _globals['_INVALIDATECACHEREQUEST_METADATAMATCHENTRY']._serialized_start=1724
+  _globals['_INVALIDATECACHEREQUEST_METADATAMATCHENTRY']._serialized_end=1776
+  _globals['_INVALIDATECACHERESPONSE']._serialized_start=1778
+  _globals['_INVALIDATECACHERESPONSE']._serialized_end=1826
+  _globals['_CACHESTATS']._serialized_start=1829
+  _globals['_CACHESTATS']._serialized_end=2284
+  _globals['_GETCACHESTATSREQUEST']._serialized_start=2286
+  _globals['_GETCACHESTATSREQUEST']._serialized_end=2327
+  _globals['_GETCACHESTATSRESPONSE']._serialized_start=2329
+  _globals['_GETCACHESTATSRESPONSE']._serialized_end=2387
+  _globals['_PUTNAMESPACEREQUEST']._serialized_start=2389
+  _globals['_PUTNAMESPACEREQUEST']._serialized_end=2502
+  _globals['_PUTNAMESPACERESPONSE']._serialized_start=2504
+  _globals['_PUTNAMESPACERESPONSE']._serialized_end=2586
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=2588
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=2650
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=2652
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=2745
+  _globals['_DELETENAMESPACEREQUEST']._serialized_start=2747
+  _globals['_DELETENAMESPACEREQUEST']._serialized_end=2790
+  _globals['_DELETENAMESPACERESPONSE']._serialized_start=2792
+  _globals['_DELETENAMESPACERESPONSE']._serialized_end=2840
+  _globals['_CACHESERVICE']._serialized_start=3041
+  _globals['_CACHESERVICE']._serialized_end=3598
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from are_sdk._proto.are.v1 import common_pb2 as _common_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -226,10 +227,12 @@ class GetCacheStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Iterable[_Union[CacheStats, _Mapping]]] = ...) -> None: ...
 
 class PutNamespaceRequest(_message.Message):
-    __slots__ = ("namespace",)
+    __slots__ = ("namespace", "update_mask")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     namespace: CacheNamespace
-    def __init__(self, namespace: _Optional[_Union[CacheNamespace, _Mapping]] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, namespace: _Optional[_Union[CacheNamespace, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class PutNamespaceResponse(_message.Message):
     __slots__ = ("namespace", "created")
