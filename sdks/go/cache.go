@@ -172,7 +172,11 @@ func (c *Cache) lookup(ctx context.Context, namespace, prompt string, o cacheOpt
 }
 
 // Store stores value under prompt; an entry with the same normalised prompt
-// is replaced. A value over MaxInlineBytes goes through the blob store.
+// is replaced. A value over MaxInlineBytes goes through the blob store: it is
+// uploaded unowned, so the sidecar's sweep of unreferenced blobs may delete
+// it before the store lands (an old upload of the same bytes near its TTL);
+// the store is then refused with BLOB_NOT_FOUND, and the upload and the
+// store are made again, up to storeAttempts times in all.
 // Options: WithVector, WithTTL, WithMetadata, WithUsage, WithContentType.
 func (c *Cache) Store(ctx context.Context, namespace, prompt string, value []byte, opts ...CacheOption) (*arev1.StoreCacheResponse, error) {
 	return c.store(ctx, namespace, prompt, value, collect(opts))
@@ -183,22 +187,38 @@ func (c *Cache) store(ctx context.Context, namespace, prompt string, value []byt
 	if contentType == "" {
 		contentType = JSONContentType
 	}
-	response, err := c.client.inlineOrBlob(ctx, value, contentType, "")
-	if err != nil {
-		return nil, err
-	}
 	req := &arev1.StoreCacheRequest{
 		Namespace: namespace,
 		Prompt:    prompt,
 		Vector:    vectorOf(o.vector),
-		Response:  response,
 		Metadata:  o.metadata,
 		Usage:     o.usage,
 	}
 	if o.ttl > 0 {
 		req.Ttl = durationpb.New(o.ttl)
 	}
-	return c.client.Raw.Cache.StoreCache(ctx, req)
+	for attempt := 1; ; attempt++ {
+		response, err := c.client.inlineOrBlob(ctx, value, contentType, "")
+		if err != nil {
+			return nil, err
+		}
+		req.Response = response
+		resp, err := c.client.Raw.Cache.StoreCache(ctx, req)
+		if err == nil || !blobSwept(err, response) || attempt == storeAttempts || ctx.Err() != nil {
+			return resp, err
+		}
+	}
+}
+
+// storeAttempts bounds the uploads and stores of one Store whose blob the
+// sweep keeps deleting in between (each upload gives the blob a full TTL
+// again, so a second attempt almost always lands).
+const storeAttempts = 3
+
+// blobSwept reports whether a store of payload was refused because its blob
+// is gone: the sweep deleted it between the upload and the store.
+func blobSwept(err error, payload *arev1.Payload) bool {
+	return payload.GetBlob() != nil && errors.Is(err, ErrNotFound) && ReasonOf(err) == "BLOB_NOT_FOUND"
 }
 
 // Invalidate removes entries by id; it returns how many were removed.
