@@ -94,6 +94,7 @@ _ID = conventions.ID
 _LABEL_KEY = conventions.KEY
 _MiB = 1 << 20
 _DAY = 86_400.0
+_MAX_TRACESTATE = 512  # characters of a W3C tracestate (common.proto TraceContext)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPERATORS_WITHOUT_VALUE = frozenset({"EXISTS", "NOT_EXISTS", "TRUTHY"})
 # The integers msgpack encodes (int64 and uint64): a condition value is stored in its task's spec.
@@ -466,6 +467,13 @@ def spec_from_proto(
         check_id(spec.workflow_id, "spec.workflow_id", "a workflow id")
     if len(spec.name) > 256:
         _bad("LIMIT_EXCEEDED", "spec.name", "at most 256 characters", limit=256)
+    if len(spec.trace_context.tracestate) > _MAX_TRACESTATE:
+        _bad(
+            "LIMIT_EXCEEDED",
+            "spec.trace_context.tracestate",
+            f"at most {_MAX_TRACESTATE} characters",
+            limit=_MAX_TRACESTATE,
+        )
     budget = budget_from_proto(spec.budget)
     labels = check_labels(spec.labels, "spec.labels")
     if spec.default_pool:
@@ -489,6 +497,7 @@ def spec_from_proto(
         default_pool=spec.default_pool,
         result_task_id=spec.result_task_id,
         traceparent=spec.trace_context.traceparent,
+        tracestate=spec.trace_context.tracestate,
     )
 
 
@@ -969,7 +978,7 @@ def assignment_to_proto(a: Assignment) -> worker_service_pb2.TaskAssignment:
         )
         if a.input_blob_sha256
         else common_pb2.Payload(data=a.input, content_type=a.content_type),
-        trace_context=common_pb2.TraceContext(traceparent=a.traceparent),
+        trace_context=common_pb2.TraceContext(traceparent=a.traceparent, tracestate=a.tracestate),
         labels=a.labels,
         maximum_attempts=a.maximum_attempts,
         # = Timestamp.FromNanoseconds(deadline), without its per-call overhead

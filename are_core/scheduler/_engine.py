@@ -1257,6 +1257,8 @@ class Scheduler:
             deadline_ns=now + int(spec.budget.max_duration_s * 1e9),
             trace_id=trace_id or secrets.token_hex(16),
             parent_span_id=parent_span,
+            # W3C: a tracestate belongs to its traceparent's trace; without one it is dropped.
+            tracestate=spec.tracestate if trace_id else "",
             result_task_id=result_task_id,
             request_id=request_id,
             request_hash=request_hash,
@@ -2492,6 +2494,7 @@ class Scheduler:
             deadline_ns=deadline,
             heartbeat_timeout_s=spec.heartbeat_s,
             traceparent=f"00-{w.rec.trace_id}-{rec.span_id}-01",
+            tracestate=w.rec.tracestate,
             last_failure=rec.failure if rec.attempt > 1 else None,
             last_heartbeat_details=rec.heartbeat_details,
             last_heartbeat_content_type=rec.heartbeat_content_type,

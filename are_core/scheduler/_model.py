@@ -136,6 +136,7 @@ class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
     default_pool: str = ""
     result_task_id: str = ""
     traceparent: str = ""
+    tracestate: str = ""  # W3C tracestate: kept with a valid traceparent only, handed to workers
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -239,6 +240,7 @@ class WorkflowRecord(msgspec.Struct, kw_only=True):
     deadline_ns: int = 0
     trace_id: str = ""
     parent_span_id: str = ""
+    tracestate: str = ""  # the submitter's W3C tracestate (its traceparent was valid), for workers
     result_task_id: str = ""
     failure: Failure | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
@@ -312,6 +314,7 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     deadline_ns: int
     heartbeat_timeout_s: float
     traceparent: str
+    tracestate: str = ""  # the workflow submitter's, passed on with the attempt's traceparent
     last_failure: Failure | None
     last_heartbeat_details: bytes | None
     last_heartbeat_content_type: str

@@ -77,6 +77,7 @@ def test_sdk_public_names_are_pinned() -> None:
         "RpcCancelledError",
         "RpcError",
         "ServiceClient",
+        "SpawnedTasks",
         "StateBlobs",
         "StateCheckpoint",
         "StateClient",

@@ -75,7 +75,7 @@ from are_sdk._proto.are.v1 import worker_service_pb2 as wpb
 from are_sdk._router import AgentCard
 from are_sdk._workflow import spawn_tasks
 from are_sdk._workflow_spec import Duration, TaskSpec, _any, to_duration
-from are_sdk._workflow_types import FailureInfo, TaskState, timestamp
+from are_sdk._workflow_types import FailureInfo, SpawnedTasks, TaskState, timestamp
 
 if TYPE_CHECKING:
     from are_sdk._client import Client
@@ -464,7 +464,7 @@ class TaskContext:
 
     async def spawn(
         self, *tasks: TaskSpec, dependents_wait: bool = False, request_id: str | None = None
-    ) -> list[str]:
+    ) -> SpawnedTasks:
         """Adds tasks to this workflow as children of this attempt and returns their ids.
 
         Args:
@@ -476,6 +476,11 @@ class TaskContext:
                 (``f"{ctx.task_id}.plan"``) is enough. A retry with the same
                 key and tasks returns the ids of the first spawn; the same key
                 with other tasks is refused (REQUEST_ID_CONFLICT).
+
+        Returns:
+            The new tasks' ids in request order, a list of ``str``; its
+            ``deduplicated`` is True when ``request_id`` matched an earlier
+            spawn (a retried attempt: nothing new was added).
         """
         return await spawn_tasks(
             self._session.client.raw,
@@ -489,7 +494,7 @@ class TaskContext:
 
     def spawn_blocking(
         self, *tasks: TaskSpec, dependents_wait: bool = False, request_id: str | None = None
-    ) -> list[str]:
+    ) -> SpawnedTasks:
         """:meth:`spawn` for sync handlers (which run in a thread); blocks until done."""
         if self._session.loop_thread == threading.get_ident():
             raise RuntimeError("spawn_blocking is for sync handlers; await ctx.spawn(...) instead")

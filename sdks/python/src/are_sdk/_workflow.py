@@ -39,6 +39,7 @@ from are_sdk._state import StateBlobs
 from are_sdk._workflow_spec import TaskSpec, WorkflowSpec, WorkflowSpecError, _any, task_violations
 from are_sdk._workflow_types import (
     PoolInfo,
+    SpawnedTasks,
     TaskInfo,
     TaskState,
     WaitTimeoutError,
@@ -310,11 +311,25 @@ class WorkflowHandle:
         parent_attempt: int = 0,
         dependents_wait: bool = False,
         request_id: str | None = None,
-    ) -> list[str]:
+    ) -> SpawnedTasks:
         """Adds tasks to the running workflow and returns their ids.
 
         Workers spawn from a running task with :meth:`TaskContext.spawn`,
         which fills in the parent; this is the same call from outside.
+
+        Args:
+            tasks: The new tasks; they may depend on existing tasks and each other.
+            parent_task_id: The task that spawns them ("" for none).
+            parent_attempt: The parent's attempt (with ``parent_task_id``).
+            dependents_wait: Make the parent's pending dependents also wait
+                for (and receive the outputs of) the new tasks.
+            request_id: An idempotency key: a retry with the same key and
+                tasks adds nothing and returns the first spawn's ids.
+
+        Returns:
+            The new tasks' ids in request order, a list of ``str``;
+            its ``deduplicated`` is True when ``request_id`` matched an
+            earlier spawn (nothing new was added).
 
         Raises:
             WorkflowSpecError: A task is malformed (checked client-side).
@@ -341,7 +356,7 @@ async def spawn_tasks(
     parent_attempt: int,
     dependents_wait: bool,
     request_id: str | None,
-) -> list[str]:
+) -> SpawnedTasks:
     """Calls SpawnTasks after the client-side checks; see :meth:`WorkflowHandle.spawn`."""
     # The workflow's own tasks are not known here: a spawned task may depend on any of them.
     violations = task_violations(tasks, None, prefix="tasks")
@@ -359,7 +374,7 @@ async def spawn_tasks(
             request_id=request_id or "",
         )
     )
-    return list(response.task_ids)
+    return SpawnedTasks(response.task_ids, deduplicated=response.deduplicated)
 
 
 class Workflows:
@@ -488,6 +503,8 @@ class Pools:
     ) -> PoolInfo:
         """Creates or replaces a pool's limits (0 means no limit) and returns the pool as stored.
 
+        The returned pool's ``created`` is True when the pool did not exist before.
+
         Raises:
             InvalidArgumentError: A bad name or limit, naming the field.
             ResourceExhaustedError: Past 1,000 pools.
@@ -505,7 +522,7 @@ class Pools:
                 )
             )
         )
-        return PoolInfo.from_proto(response.pool)
+        return PoolInfo.from_proto(response.pool, created=response.created)
 
     async def get(self, name: str) -> PoolInfo:
         """Returns a pool's limits and live counts.

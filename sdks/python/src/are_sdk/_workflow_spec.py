@@ -58,6 +58,17 @@ Duration = float | int | timedelta
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
+# W3C Trace Context, `tracestate` (https://www.w3.org/TR/trace-context/#tracestate-header):
+# list-members `key=value`, a simple key or `tenant@system`, a value of printable ASCII
+# without "," or "=" (spaces inside, not at its end); at most 32 members, 512 characters
+# in all (the contract's bound, are.v1.TraceContext).
+_TRACESTATE_KEY = re.compile(
+    r"[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
+)
+_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_TRACESTATE_MAX_CHARS = 512
+_TRACESTATE_MAX_MEMBERS = 32
+
 
 class WorkflowSpecError(AreError, ValueError):
     """A workflow spec is invalid before it is even sent.
@@ -517,6 +528,10 @@ class WorkflowSpec:
             default the only task nothing depends on, if there is one.
         initial_state: The state document's first version, a JSON object.
         traceparent: A W3C ``traceparent`` the workflow's trace continues.
+        tracestate: The W3C ``tracestate`` that goes with ``traceparent``
+            (vendor entries such as ``"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"``):
+            at most 32 ``key=value`` members and 512 characters, and only
+            beside a ``traceparent``; :meth:`validate` checks it.
         state_retention: How many versions of its state are kept
             (:class:`StateRetention`); None means the sidecar's defaults.
     """
@@ -533,6 +548,7 @@ class WorkflowSpec:
         result_task_id: str = "",
         initial_state: Mapping[str, Any] | None = None,
         traceparent: str = "",
+        tracestate: str = "",
         state_retention: StateRetention | None = None,
     ) -> None:
         self.name = name
@@ -544,6 +560,7 @@ class WorkflowSpec:
         self.result_task_id = result_task_id
         self.initial_state = dict(initial_state) if initial_state is not None else None
         self.traceparent = traceparent
+        self.tracestate = tracestate
         self.state_retention = state_retention
         self._tasks: list[TaskSpec] = []
 
@@ -627,6 +644,12 @@ class WorkflowSpec:
         if not self._tasks:
             violations.append(FieldViolation("spec.tasks", "a workflow needs at least one task"))
         violations += task_violations(self._tasks, prefix="spec.tasks")
+        if self.tracestate:
+            malformed = _tracestate_problem(self.tracestate) or (
+                "" if self.traceparent else "needs a traceparent: a tracestate alone continues no trace"
+            )
+            if malformed:
+                violations.append(FieldViolation("spec.trace_context.tracestate", malformed))
         if self.state_retention is not None:
             problem = _duration_problem(self.state_retention.keep_duration)
             if problem:
@@ -660,9 +683,44 @@ class WorkflowSpec:
             message.initial_state.CopyFrom(encode_payload(self.initial_state))
         if self.traceparent:
             message.trace_context.traceparent = self.traceparent
+        if self.tracestate:
+            message.trace_context.tracestate = self.tracestate
         if self.state_retention is not None:
             message.state_retention.CopyFrom(self.state_retention.to_proto())
         return message
 
     def __repr__(self) -> str:
         return f"WorkflowSpec(name={self.name!r}, tasks={len(self._tasks)})"
+
+
+def _tracestate_problem(tracestate: str) -> str:
+    """Why a W3C ``tracestate`` is malformed ("" if it is well formed).
+
+    A consumer that follows the W3C rules discards a malformed tracestate
+    whole, so the builder refuses it rather than let the vendors' entries
+    vanish downstream.
+    """
+    if len(tracestate) > _TRACESTATE_MAX_CHARS:
+        return f"must be at most {_TRACESTATE_MAX_CHARS} characters, not {len(tracestate)}"
+    keys: set[str] = set()
+    for index, raw in enumerate(tracestate.split(",")):
+        member = raw.strip(" \t")
+        if not member:
+            continue  # empty list-members are allowed (and skipped)
+        key, equals, value = member.partition("=")
+        if not equals or not _TRACESTATE_KEY.fullmatch(key):
+            return (
+                f"member {index} ({member!r}) must be key=value with a lowercase key of "
+                "[a-z0-9_-*/] (or tenant@system)"
+            )
+        if not _TRACESTATE_VALUE.fullmatch(value):
+            return (
+                f"member {index} ({member!r}) must have a value of 1 to 256 printable ASCII "
+                "characters without ',' or '=', not ending in a space"
+            )
+        if key in keys:
+            return f"member {index} repeats the key {key!r}"
+        keys.add(key)
+    if len(keys) > _TRACESTATE_MAX_MEMBERS:
+        return f"must have at most {_TRACESTATE_MAX_MEMBERS} members, not {len(keys)}"
+    return ""

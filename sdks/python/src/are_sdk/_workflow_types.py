@@ -9,7 +9,7 @@ it came from in ``raw`` for fields the SDK does not surface.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ __all__ = [
     "FailureInfo",
     "PoolInfo",
     "PoolStatus",
+    "SpawnedTasks",
     "TaskCounts",
     "TaskInfo",
     "TaskState",
@@ -474,6 +475,8 @@ class PoolInfo:
     """A resource pool's limits (``are.v1.Pool``) and, when read, its live counts.
 
     Zero limits mean "no limit" (``max_queue_length`` 0 means 100,000).
+    ``created`` is set by :meth:`Pools.put <are_sdk.Pools.put>`: True when the
+    pool did not exist before (False for a pool read with get or list).
     """
 
     name: str
@@ -486,10 +489,11 @@ class PoolInfo:
     create_time: datetime | None
     update_time: datetime | None
     status: PoolStatus | None = None
+    created: bool = False
 
     @classmethod
-    def from_proto(cls, pool: Any, status: Any = None) -> PoolInfo:
-        """Builds it from an ``are.v1.Pool`` and optionally an ``are.v1.PoolStatus``."""
+    def from_proto(cls, pool: Any, status: Any = None, *, created: bool = False) -> PoolInfo:
+        """Builds it from an ``are.v1.Pool``, an optional ``are.v1.PoolStatus`` and PutPool's ``created``."""
         return cls(
             name=pool.name,
             max_concurrency=pool.max_concurrency,
@@ -501,7 +505,30 @@ class PoolInfo:
             create_time=timestamp(pool, "create_time"),
             update_time=timestamp(pool, "update_time"),
             status=PoolStatus.from_proto(status) if status is not None else None,
+            created=created,
         )
+
+
+class SpawnedTasks(list[str]):
+    """The ids of the tasks a spawn added, in request order: a ``list`` of ``str``.
+
+    It is the list the spawn calls always returned, with the response's flag
+    beside it (as :attr:`WorkflowHandle.deduplicated <are_sdk.WorkflowHandle>`
+    is beside a submit's id).
+
+    Attributes:
+        deduplicated: True when the spawn's ``request_id`` matched an earlier
+            spawn: nothing new was added and the ids are that spawn's.
+    """
+
+    __slots__ = ("deduplicated",)
+
+    def __init__(self, task_ids: Iterable[str] = (), *, deduplicated: bool = False) -> None:
+        super().__init__(task_ids)
+        self.deduplicated = deduplicated
+
+    def __repr__(self) -> str:
+        return f"SpawnedTasks({list(self)!r}, deduplicated={self.deduplicated!r})"
 
 
 class WorkflowFailedError(AreError):
