@@ -73,6 +73,8 @@ _TREE_DEPTH = 64  # levels `are status` nests at most; deeper tasks are listed f
 _TREE_LABEL_MIN = 30  # columns a task's label keeps at the deepest level shown
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # end a command as Ctrl-C does
 _WORKFLOW_CHECK_S = 5.0  # how often `trace --follow` asks whether a quiet workflow has ended
+_TAIL_WINDOW = 1000  # sequences `events --limit N` reads back from the log's end first (at least N)
+_EVENTS_LIMIT = 100  # events `are events` shows by default: the most recent
 _EXIT_GRACE_S = 10.0  # how long a command that has printed its error may take to end (see _ExitGuard)
 _TERMINAL_WORKFLOW_EVENTS = frozenset(
     {
@@ -534,6 +536,73 @@ async def _print_retained(client: Client, printer: _EventPrinter, which: _Filter
         token = page.next_page_token
 
 
+async def _print_recent(client: Client, printer: _EventPrinter, which: _Filter, limit: int) -> bool:
+    """Prints the last ``limit`` retained events after the printer's cursor, oldest first, like ``tail``.
+
+    The log is read back from its end in windows of sequences that double
+    (the first at least ``limit`` wide) until ``limit`` events match or the
+    cursor is reached, so an unfiltered listing reads about ``limit`` events
+    whatever the retention holds; at most ``limit`` events are held at once.
+    The printer's cursor ends at the log's end as read, where a follow
+    resumes. Returns whether earlier matching events may have been left out.
+    """
+    floor = printer.cursor
+    end = await _log_end(client, floor)
+    recent: collections.deque[event_pb2.Event] = collections.deque()
+    width = max(limit, _TAIL_WINDOW)
+    top: int | None = None  # the first window is open above: it takes what is recorded meanwhile
+    while True:
+        low = max(floor, (end if top is None else top) - width)
+        window, scanned, dropped = await _list_window(client, which, low, top, limit - len(recent))
+        recent.extendleft(reversed(window))
+        if top is None:
+            printer.cursor = max(printer.cursor, scanned)
+        if dropped or len(recent) >= limit or low <= floor:
+            break
+        top, width = low, width * 2
+    for event in recent:
+        printer.take(event)
+    return dropped or (len(recent) >= limit and low > floor)
+
+
+async def _list_window(
+    client: Client, which: _Filter, low: int, top: int | None, keep: int
+) -> tuple[list[event_pb2.Event], int, bool]:
+    """The last ``keep`` matching events of sequences in (low, top] (top None: to the log's end).
+
+    Returns them (ascending), the sequence up to which the log was read, and
+    whether matching events before them were left out.
+    """
+    kept: collections.deque[event_pb2.Event] = collections.deque(maxlen=keep)
+    seen, scanned, token = 0, low, ""
+    while True:
+        page = await client.trace.list_events(
+            workflow_ids=which.workflow_ids,
+            task_ids=which.task_ids,
+            event_types=which.event_types,
+            after_sequence=low,
+            page_size=1000,
+            page_token=token,
+        )
+        inside = [e for e in page.events if top is None or e.sequence <= top]
+        kept.extend(inside)
+        seen += len(inside)
+        scanned = max(scanned, page.last_sequence)
+        if not page.next_page_token or len(inside) < len(page.events) or (top is not None and scanned >= top):
+            return list(kept), scanned, seen > len(kept)
+        token = page.next_page_token
+
+
+async def _log_end(client: Client, floor: int) -> int:
+    """The last settled sequence of the event log (ListEvents' ``end_sequence``).
+
+    Raises:
+        InvalidArgumentError: ``floor`` (the user's cursor) is beyond the log (SEQUENCE_BEYOND_LOG).
+    """
+    page = await client.trace.list_events(after_sequence=floor, page_size=1)
+    return max(int(page.end_sequence), floor)
+
+
 async def _workflow_closed(client: Client, workflow_id: str) -> bool:
     """Whether the workflow has ended.
 
@@ -668,16 +737,19 @@ async def _any_event(client: Client, workflow_id: str) -> bool:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Start after this sequence (a cursor).",
+    help="Only events after this sequence (a cursor).",
 )
 @click.option(
     "--limit",
     type=click.IntRange(min=0),
-    default=None,
-    help="Stop after showing this many events, retained and (with --follow) live together; "
-    "0 means no limit. Default: 100, or no limit with --follow.",
+    default=_EVENTS_LIMIT,
+    show_default=True,
+    help="Show the most recent N retained events that match (after --after), oldest first, "
+    "like tail; 0 shows every one. With --follow, live events then follow without a limit.",
 )
-@click.option("--follow", "-f", is_flag=True, help="Then follow new events live (until --limit, or Ctrl-C).")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then follow new events live, as tail -f does (until Ctrl-C)."
+)
 @_client_command
 async def events(
     client: Client,
@@ -686,16 +758,24 @@ async def events(
     tasks: tuple[str, ...],
     types: tuple[str, ...],
     after: int,
-    limit: int | None,
+    limit: int,
     follow: bool,
 ) -> int:
-    """List the flight recorder's events (all workflows unless filtered)."""
-    if limit is None:
-        limit = 0 if follow else 100
+    """List the flight recorder's most recent events (all workflows unless filtered).
+
+    Like ``tail``: the last --limit matching events (100 by default; 0 for
+    every retained one), oldest first; with --follow, new events are then
+    printed as they happen, until Ctrl-C. A note on stderr says when earlier
+    events were left out.
+    """
     which = _Filter(workflow_ids=workflows, task_ids=tasks, event_types=tuple(_types(types)))
-    printer = _EventPrinter([], limit or None, after)
-    await _print_retained(client, printer, which)
-    if follow and not printer.full():
+    printer = _EventPrinter([], None, after)
+    if limit:
+        if await _print_recent(client, printer, which, limit):
+            err.print(f"[dim](the last {limit} events shown; --limit 0 shows every retained one)[/]")
+    else:
+        await _print_retained(client, printer, which)
+    if follow:
         await _follow(client, printer, which, None)
     if not printer.shown and not follow:
         err.print("[dim]no events[/]")

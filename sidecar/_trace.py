@@ -475,6 +475,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
             next_page_token=encode_page_token(page.last_sequence, event_filter) if page.more else "",
             last_sequence=page.last_sequence,
             oldest_retained_sequence=page.oldest_retained_sequence,
+            end_sequence=recorder.visible_through,
         )
 
     async def StreamEvents(  # noqa: N802 - the RPC's name

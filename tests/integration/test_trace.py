@@ -185,6 +185,23 @@ async def test_a_cursor_beyond_the_log_is_refused_by_both_rpcs(trace_client: Cli
     assert [v.field for v in streamed.value.field_violations] == ["after_sequence"]
 
 
+async def test_a_page_says_where_the_log_ends(trace_client: Client) -> None:
+    """end_sequence: the most recent events are read back from it, and nothing follows it yet."""
+    workflow = new_workflow()
+    sequences = await record(
+        trace_client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=workflow) for _ in range(3))
+    )
+    page = await trace_client.trace.list_events(workflow_ids=[workflow], after_sequence=0, page_size=1)
+    assert [e.sequence for e in page.events] == sequences[:1]
+    assert page.end_sequence >= sequences[-1]
+    recent = await trace_client.trace.list_events(
+        workflow_ids=[workflow], after_sequence=page.end_sequence - 2
+    )
+    assert [e.sequence for e in recent.events] == [s for s in sequences if s > page.end_sequence - 2]
+    after_end = await trace_client.trace.list_events(after_sequence=page.end_sequence)
+    assert all(e.sequence > page.end_sequence for e in after_end.events)
+
+
 async def test_end_time_before_start_time_is_invalid_for_both_rpcs(trace_client: Client) -> None:
     bad = event_pb2.EventFilter()
     bad.start_time.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))

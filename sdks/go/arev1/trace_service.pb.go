@@ -168,8 +168,12 @@ type ListEventsResponse struct {
 	// The oldest sequence still retained; if it is above after_sequence + 1,
 	// older events were dropped by retention.
 	OldestRetainedSequence uint64 `protobuf:"varint,4,opt,name=oldest_retained_sequence,json=oldestRetainedSequence,proto3" json:"oldest_retained_sequence,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// The end of the log when this page was read: every event through this
+	// sequence had settled. Reading back from it finds the most recent
+	// events; as after_sequence of StreamEvents, it follows only later ones.
+	EndSequence   uint64 `protobuf:"varint,5,opt,name=end_sequence,json=endSequence,proto3" json:"end_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListEventsResponse) Reset() {
@@ -226,6 +230,13 @@ func (x *ListEventsResponse) GetLastSequence() uint64 {
 func (x *ListEventsResponse) GetOldestRetainedSequence() uint64 {
 	if x != nil {
 		return x.OldestRetainedSequence
+	}
+	return 0
+}
+
+func (x *ListEventsResponse) GetEndSequence() uint64 {
+	if x != nil {
+		return x.EndSequence
 	}
 	return 0
 }
@@ -535,12 +546,13 @@ const file_are_v1_trace_service_proto_rawDesc = "" +
 	"\x0eafter_sequence\x18\x02 \x01(\x04R\rafterSequence\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"\xc2\x01\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xe5\x01\n" +
 	"\x12ListEventsResponse\x12%\n" +
 	"\x06events\x18\x01 \x03(\v2\r.are.v1.EventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12#\n" +
 	"\rlast_sequence\x18\x03 \x01(\x04R\flastSequence\x128\n" +
-	"\x18oldest_retained_sequence\x18\x04 \x01(\x04R\x16oldestRetainedSequence\"\x81\x01\n" +
+	"\x18oldest_retained_sequence\x18\x04 \x01(\x04R\x16oldestRetainedSequence\x12!\n" +
+	"\fend_sequence\x18\x05 \x01(\x04R\vendSequence\"\x81\x01\n" +
 	"\x13StreamEventsRequest\x12+\n" +
 	"\x06filter\x18\x01 \x01(\v2\x13.are.v1.EventFilterR\x06filter\x12*\n" +
 	"\x0eafter_sequence\x18\x02 \x01(\x04H\x00R\rafterSequence\x88\x01\x01B\x11\n" +

@@ -79,6 +79,12 @@ export interface ListEventsResponse {
    * older events were dropped by retention.
    */
   oldestRetainedSequence: number;
+  /**
+   * The end of the log when this page was read: every event through this
+   * sequence had settled. Reading back from it finds the most recent
+   * events; as after_sequence of StreamEvents, it follows only later ones.
+   */
+  endSequence: number;
 }
 
 /** StreamEventsRequest opens a live event stream. */
@@ -237,7 +243,7 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
 };
 
 function createBaseListEventsResponse(): ListEventsResponse {
-  return { events: [], nextPageToken: "", lastSequence: 0, oldestRetainedSequence: 0 };
+  return { events: [], nextPageToken: "", lastSequence: 0, oldestRetainedSequence: 0, endSequence: 0 };
 }
 
 export const ListEventsResponse: MessageFns<ListEventsResponse> = {
@@ -253,6 +259,9 @@ export const ListEventsResponse: MessageFns<ListEventsResponse> = {
     }
     if (message.oldestRetainedSequence !== 0) {
       writer.uint32(32).uint64(message.oldestRetainedSequence);
+    }
+    if (message.endSequence !== 0) {
+      writer.uint32(40).uint64(message.endSequence);
     }
     return writer;
   },
@@ -302,6 +311,14 @@ export const ListEventsResponse: MessageFns<ListEventsResponse> = {
             message.oldestRetainedSequence = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.endSequence = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -323,6 +340,7 @@ export const ListEventsResponse: MessageFns<ListEventsResponse> = {
     message.nextPageToken = object.nextPageToken ?? "";
     message.lastSequence = object.lastSequence ?? 0;
     message.oldestRetainedSequence = object.oldestRetainedSequence ?? 0;
+    message.endSequence = object.endSequence ?? 0;
     return message;
   },
 };

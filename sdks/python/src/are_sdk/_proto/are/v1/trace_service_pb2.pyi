@@ -30,16 +30,18 @@ class ListEventsRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[_event_pb2.EventFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
-    __slots__ = ("events", "next_page_token", "last_sequence", "oldest_retained_sequence")
+    __slots__ = ("events", "next_page_token", "last_sequence", "oldest_retained_sequence", "end_sequence")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     OLDEST_RETAINED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    END_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]
     next_page_token: str
     last_sequence: int
     oldest_retained_sequence: int
-    def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.Event, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_sequence: _Optional[int] = ..., oldest_retained_sequence: _Optional[int] = ...) -> None: ...
+    end_sequence: int
+    def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.Event, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_sequence: _Optional[int] = ..., oldest_retained_sequence: _Optional[int] = ..., end_sequence: _Optional[int] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
     __slots__ = ("filter", "after_sequence")
