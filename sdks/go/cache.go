@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/are-runtime/are/sdks/go/arev1"
 )
@@ -124,6 +125,42 @@ func (c *Cache) PutNamespace(ctx context.Context, namespace *arev1.CacheNamespac
 		return nil, false, err
 	}
 	return resp.GetNamespace(), resp.GetCreated(), nil
+}
+
+// UpdateNamespace changes only the settings of an existing namespace that
+// fields names (CacheNamespace field names: "similarity_threshold",
+// "default_ttl", "max_entries", "max_bytes", "description",
+// "search_expansion", "recall_target"), taking their values from namespace;
+// the others keep theirs. PutNamespace, by contrast, sets every mutable
+// setting, and those left zero return to their defaults. A named field sent
+// as zero means its default. Errors: NOT_FOUND (NAMESPACE_NOT_FOUND) when
+// there is no such namespace; INVALID_ARGUMENT naming "update_mask" for a
+// field that is not a mutable setting.
+func (c *Cache) UpdateNamespace(ctx context.Context, namespace *arev1.CacheNamespace, fields ...string) (*arev1.CacheNamespace, error) {
+	resp, err := c.client.Raw.Cache.PutNamespace(ctx, &arev1.PutNamespaceRequest{
+		Namespace:  namespace,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: fields},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetNamespace(), nil
+}
+
+// DeleteNamespace deletes a namespace with its entries, counters and index;
+// it returns how many entries the namespace held. Meanwhile lookups still
+// answer the entries not yet removed, while stores and settings changes fail
+// with ABORTED (NAMESPACE_DELETING). Once it returns the name is free and no
+// longer counts toward the sidecar's 1,000 namespaces. Errors: NOT_FOUND
+// (NAMESPACE_NOT_FOUND); RESOURCE_EXHAUSTED (RESOURCE_LIMIT) when the
+// storage is busy: the entries removed so far stay removed and calling
+// again finishes the deletion.
+func (c *Cache) DeleteNamespace(ctx context.Context, name string) (int64, error) {
+	resp, err := c.client.Raw.Cache.DeleteNamespace(ctx, &arev1.DeleteNamespaceRequest{Namespace: name})
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetRemovedCount(), nil
 }
 
 // Lookup returns the entry answering prompt (exact tier, then semantic), or

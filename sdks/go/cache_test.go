@@ -42,6 +42,40 @@ func TestCacheExactTier(t *testing.T) {
 	}
 }
 
+func TestCacheUpdateAndDeleteNamespace(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 30*time.Second)
+	namespace := name("go-namespace")
+	if _, _, err := client.Cache.PutNamespace(ctx, &arev1.CacheNamespace{Name: namespace, MaxEntries: 50, Description: "kept"}); err != nil {
+		t.Fatalf("PutNamespace: %v", err)
+	}
+	updated, err := client.Cache.UpdateNamespace(ctx, &arev1.CacheNamespace{Name: namespace, SimilarityThreshold: 0.8}, "similarity_threshold")
+	if err != nil || updated.GetSimilarityThreshold() < 0.79 || updated.GetMaxEntries() != 50 || updated.GetDescription() != "kept" {
+		t.Fatalf("UpdateNamespace = %v, %v; want threshold 0.8 with max_entries 50 and the description kept", updated, err)
+	}
+	if _, err := client.Cache.UpdateNamespace(ctx, &arev1.CacheNamespace{Name: namespace}, "dimension"); !errors.Is(err, are.ErrInvalidArgument) {
+		t.Fatalf("UpdateNamespace of an immutable field = %v; want INVALID_ARGUMENT", err)
+	}
+	for _, prompt := range []string{"What is the capital of Spain?", "What is the capital of Italy?"} {
+		if _, err := client.Cache.Store(ctx, namespace, prompt, []byte(`"a city"`)); err != nil {
+			t.Fatalf("Store: %v", err)
+		}
+	}
+	if removed, err := client.Cache.DeleteNamespace(ctx, namespace); err != nil || removed != 2 {
+		t.Fatalf("DeleteNamespace = %d, %v; want 2", removed, err)
+	}
+	if _, err := client.Cache.Lookup(ctx, namespace, "What is the capital of Spain?"); !errors.Is(err, are.ErrNotFound) || are.ReasonOf(err) != "NAMESPACE_NOT_FOUND" {
+		t.Fatalf("Lookup after DeleteNamespace = %v; want NOT_FOUND NAMESPACE_NOT_FOUND", err)
+	}
+	if _, err := client.Cache.UpdateNamespace(ctx, &arev1.CacheNamespace{Name: namespace, MaxEntries: 3}, "max_entries"); !errors.Is(err, are.ErrNotFound) {
+		t.Fatalf("UpdateNamespace of a deleted namespace = %v; want NOT_FOUND", err)
+	}
+	again, created, err := client.Cache.PutNamespace(ctx, &arev1.CacheNamespace{Name: namespace})
+	if err != nil || !created || again.GetDescription() != "" {
+		t.Fatalf("PutNamespace after DeleteNamespace = %v, created %v, %v; want created afresh", again, created, err)
+	}
+}
+
 func TestCacheSemanticTierWithCallerVectors(t *testing.T) {
 	client := connect(t)
 	ctx := within(t, 30*time.Second)
