@@ -3,8 +3,10 @@ package dev.are.sdk;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.JsonNodeFactory;
 import com.fasterxml.jackson.databind.node.POJONode;
+import com.google.protobuf.FieldMask;
 import dev.are.sdk.v1.CacheNamespace;
 import dev.are.sdk.v1.CacheTier;
+import dev.are.sdk.v1.DeleteNamespaceRequest;
 import dev.are.sdk.v1.LookupCacheRequest;
 import dev.are.sdk.v1.LookupCacheResponse;
 import dev.are.sdk.v1.Payload;
@@ -250,6 +252,42 @@ public final class Cache {
     PutNamespaceRequest req = PutNamespaceRequest.newBuilder().setNamespace(namespace).build();
     return client.call(
         "PutNamespace", () -> client.deadline(client.raw().cache()).putNamespace(req));
+  }
+
+  /**
+   * Changes only the settings of an existing namespace that {@code fields} names (CacheNamespace
+   * field names: {@code similarity_threshold}, {@code default_ttl}, {@code max_entries}, {@code
+   * max_bytes}, {@code description}, {@code search_expansion}, {@code recall_target}), taking their
+   * values from {@code namespace}; the others keep theirs. {@link #putNamespace} instead sets every
+   * mutable setting, and those left zero return to their defaults. A named field sent as zero
+   * means its default. Errors: NOT_FOUND ({@code NAMESPACE_NOT_FOUND}) when there is no such
+   * namespace; INVALID_ARGUMENT naming {@code update_mask} for a field that is not a mutable
+   * setting.
+   */
+  public CacheNamespace updateNamespace(CacheNamespace namespace, String... fields) {
+    PutNamespaceRequest req =
+        PutNamespaceRequest.newBuilder()
+            .setNamespace(namespace)
+            .setUpdateMask(FieldMask.newBuilder().addAllPaths(Arrays.asList(fields)))
+            .build();
+    return client
+        .call("PutNamespace", () -> client.deadline(client.raw().cache()).putNamespace(req))
+        .getNamespace();
+  }
+
+  /**
+   * Deletes a namespace with its entries, counters and index; returns how many entries it held.
+   * Meanwhile lookups still answer the entries not yet removed, while stores and settings changes
+   * fail with ABORTED ({@code NAMESPACE_DELETING}). Once it returns the name is free and no longer
+   * counts toward the sidecar's 1,000 namespaces. Errors: NOT_FOUND ({@code NAMESPACE_NOT_FOUND});
+   * RESOURCE_EXHAUSTED ({@code RESOURCE_LIMIT}) when the storage is busy: the entries removed so far
+   * stay removed and calling again finishes the deletion.
+   */
+  public long deleteNamespace(String name) {
+    DeleteNamespaceRequest req = DeleteNamespaceRequest.newBuilder().setNamespace(name).build();
+    return client
+        .call("DeleteNamespace", () -> client.deadline(client.raw().cache()).deleteNamespace(req))
+        .getRemovedCount();
   }
 
   /** Looks {@code prompt} up: the exact tier, then the semantic one; empty on a miss. */

@@ -71,6 +71,37 @@ class CacheTest extends WithSidecar {
    * 0.10000000149011612 on the miss and the double 0.1 on the hit).
    */
   @Test
+  void updateNamespaceKeepsWhatItDoesNotNameAndDeleteNamespaceFreesTheName() {
+    Cache cache = client.cache();
+    String ns = "java-namespace";
+    cache.putNamespace(
+        CacheNamespace.newBuilder().setName(ns).setMaxEntries(50).setDescription("kept").build());
+    CacheNamespace updated =
+        cache.updateNamespace(
+            CacheNamespace.newBuilder().setName(ns).setSimilarityThreshold(0.8).build(),
+            "similarity_threshold");
+    assertEquals(0.8, updated.getSimilarityThreshold(), 1e-6);
+    assertEquals(50, updated.getMaxEntries());
+    assertEquals("kept", updated.getDescription());
+    AreException immutable =
+        assertThrows(
+            AreException.class,
+            () -> cache.updateNamespace(CacheNamespace.newBuilder().setName(ns).build(), "dimension"));
+    assertEquals(io.grpc.Status.Code.INVALID_ARGUMENT, immutable.code());
+
+    cache.store(ns, "What is the capital of Spain?", "Madrid", NONE);
+    cache.store(ns, "What is the capital of Italy?", "Rome", NONE);
+    assertEquals(2, cache.deleteNamespace(ns));
+    AreException gone =
+        assertThrows(
+            AreException.class, () -> cache.lookup(ns, "What is the capital of Spain?", NONE));
+    assertEquals(io.grpc.Status.Code.NOT_FOUND, gone.code());
+    assertEquals("NAMESPACE_NOT_FOUND", gone.reason());
+    assertTrue(cache.putNamespace(CacheNamespace.newBuilder().setName(ns).build()).getCreated());
+    assertTrue(cache.lookup(ns, "What is the capital of Spain?", NONE).isEmpty());
+  }
+
+  @Test
   void getOrCallReturnsOnAMissWhatALaterHitReturns() {
     Cache cache = client.cache();
     cache.putNamespace(CacheNamespace.newBuilder().setName("java-types").build());
