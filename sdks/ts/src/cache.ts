@@ -132,6 +132,22 @@ export interface NamespaceOptions extends CallOptions {
   recallTarget?: number;
 }
 
+/** The mutable settings {@link Cache.updateNamespace} may change: those given change. */
+export type NamespaceUpdate = Pick<
+  NamespaceOptions,
+  "similarityThreshold" | "defaultTtlMs" | "maxEntries" | "maxBytes" | "description" | "searchExpansion" | "recallTarget"
+>;
+
+const UPDATABLE: ReadonlyArray<readonly [keyof NamespaceUpdate, string]> = [
+  ["similarityThreshold", "similarity_threshold"],
+  ["defaultTtlMs", "default_ttl"],
+  ["maxEntries", "max_entries"],
+  ["maxBytes", "max_bytes"],
+  ["description", "description"],
+  ["searchExpansion", "search_expansion"],
+  ["recallTarget", "recall_target"],
+];
+
 /** Options of {@link Cache.lookup}. */
 export interface LookupOptions extends CallOptions {
   /** The prompt's embedding, when you compute your own. */
@@ -448,6 +464,36 @@ export class Cache {
       options,
     );
     return response.removedCount;
+  }
+
+  /**
+   * Changes only the settings given of an existing namespace; the others keep
+   * their values. (`putNamespace` sets every mutable setting: those left out
+   * return to their defaults.) A setting given as 0 (or "") still means its
+   * default. Rejects with `NOT_FOUND` (`NAMESPACE_NOT_FOUND`) when there is no
+   * such namespace.
+   */
+  async updateNamespace(name: string, settings: NamespaceUpdate, options: CallOptions = {}): Promise<CacheNamespace> {
+    const paths: string[] = [];
+    for (const [key, path] of UPDATABLE) if (settings[key] !== undefined) paths.push(path);
+    const response = await this.rpc.unary(
+      this.raw.putNamespace.bind(this.raw),
+      PutNamespaceRequest.fromPartial({
+        namespace: {
+          name,
+          similarityThreshold: settings.similarityThreshold ?? 0,
+          defaultTtl: toDuration(settings.defaultTtlMs),
+          maxEntries: settings.maxEntries ?? 0,
+          maxBytes: settings.maxBytes ?? 0,
+          description: settings.description ?? "",
+          searchExpansion: settings.searchExpansion ?? 0,
+          recallTarget: settings.recallTarget ?? 0,
+        },
+        updateMask: paths, // ts-proto unwraps a FieldMask into its paths
+      }),
+      options,
+    );
+    return namespaceView(response.namespace!, response.created);
   }
 
   /** Every namespace, by name (all pages). */

@@ -25,6 +25,7 @@ export {
   type GetOrCallOptions,
   type LookupOptions,
   type NamespaceOptions,
+  type NamespaceUpdate,
   type StoreOptions,
 } from "./cache.js";
 export {

@@ -65,6 +65,21 @@ describe("cache", () => {
     assert.equal(await shared.client.cache.lookup(ns, "What is the capital of Spain?", { exactOnly: true }), undefined);
   });
 
+  test("updateNamespace changes only the settings given", async () => {
+    const ns = unique("updated");
+    await shared.client.cache.putNamespace(ns, { maxEntries: 50, description: "kept", defaultTtlMs: 3_600_000 });
+    const updated = await shared.client.cache.updateNamespace(ns, { similarityThreshold: 0.8 });
+    assert.ok(Math.abs(updated.similarityThreshold - 0.8) < 1e-6);
+    assert.equal(updated.maxEntries, 50);
+    assert.equal(updated.description, "kept");
+    assert.equal(updated.defaultTtlMs, 3_600_000);
+    await assert.rejects(shared.client.cache.updateNamespace(unique("none"), { maxEntries: 3 }), (error: unknown) => {
+      assert.ok(error instanceof AreError);
+      assert.equal(error.code, Code.NOT_FOUND);
+      return true;
+    });
+  });
+
   test("a semantic hit from the caller's own vectors", async () => {
     const ns = unique("vectors");
     await shared.client.cache.putNamespace(ns, { embedder: "caller", dimension: 4, similarityThreshold: 0.9 });
