@@ -142,12 +142,43 @@ impl Cache {
         let mut stub = self.client.raw().cache;
         let req = pb::PutNamespaceRequest {
             namespace: Some(namespace),
+            update_mask: None,
         };
         let resp = self
             .client
             .unary("PutNamespace", stub.put_namespace(req))
             .await?;
         Ok((resp.namespace.unwrap_or_default(), resp.created))
+    }
+
+    /// Changes only the settings of an existing namespace that `fields` names
+    /// (CacheNamespace field names: `similarity_threshold`, `default_ttl`,
+    /// `max_entries`, `max_bytes`, `description`, `search_expansion`,
+    /// `recall_target`), taking their values from `namespace`; the others keep
+    /// theirs. [`Cache::put_namespace`] instead sets every mutable setting, and
+    /// those left zero return to their defaults. A named field sent as zero
+    /// means its default.
+    ///
+    /// Errors: NOT_FOUND, reason `NAMESPACE_NOT_FOUND`, when there is no such
+    /// namespace; INVALID_ARGUMENT naming `update_mask` for a field that is not
+    /// a mutable setting.
+    pub async fn update_namespace(
+        &self,
+        namespace: pb::CacheNamespace,
+        fields: &[&str],
+    ) -> Result<pb::CacheNamespace> {
+        let mut stub = self.client.raw().cache;
+        let req = pb::PutNamespaceRequest {
+            namespace: Some(namespace),
+            update_mask: Some(prost_types::FieldMask {
+                paths: fields.iter().map(|f| f.to_string()).collect(),
+            }),
+        };
+        let resp = self
+            .client
+            .unary("PutNamespace", stub.put_namespace(req))
+            .await?;
+        Ok(resp.namespace.unwrap_or_default())
     }
 
     /// Deletes a namespace with its entries, counters and index; returns how

@@ -326,6 +326,7 @@ mod tests {
             next_page_token: token.to_string(),
             last_sequence,
             oldest_retained_sequence: 1,
+            end_sequence: last_sequence,
         }
     }
 

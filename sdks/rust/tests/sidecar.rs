@@ -367,7 +367,7 @@ async fn cancellation_reaches_a_running_handler(transport: WorkerTransport) {
 }
 
 #[tokio::test]
-async fn a_deleted_cache_namespace_is_gone_and_its_name_is_free() {
+async fn a_cache_namespace_updated_then_deleted_frees_its_name() {
     let (_sidecar, client) = start().await;
     let cache = client.cache();
     let ns = "rust-deleted";
@@ -387,6 +387,19 @@ async fn a_deleted_cache_namespace_is_gone_and_its_name_is_free() {
             .await
             .unwrap();
     }
+    let updated = cache
+        .update_namespace(
+            pb::CacheNamespace {
+                name: ns.into(),
+                similarity_threshold: 0.8,
+                ..Default::default()
+            },
+            &["similarity_threshold"],
+        )
+        .await
+        .unwrap();
+    assert!((updated.similarity_threshold - 0.8).abs() < 1e-6);
+    assert_eq!(updated.description, "old"); // kept: not named
     assert_eq!(cache.delete_namespace(ns).await.unwrap(), 2);
     let e = cache
         .lookup(ns, "What is the capital of Spain?", &none)
