@@ -1254,6 +1254,35 @@ async def cache_stats(client: Client, *, namespace: str) -> int:
     return 0
 
 
+@cache.command("delete")
+@click.argument("namespace")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_client_command
+async def cache_delete(client: Client, namespace: str, *, yes: bool) -> int:
+    """Delete a cache namespace with its entries, counters and index.
+
+    Asks first (showing how many entries it holds) unless --yes is given;
+    without a terminal to ask on, --yes is required. The name is free
+    afterwards, and the namespace no longer counts toward the 1,000.
+    """
+    [stats] = (
+        await client.raw.cache.GetCacheStats(cache_service_pb2.GetCacheStatsRequest(namespace=namespace))
+    ).stats
+    if not yes:
+        if not sys.stdin.isatty():
+            err.print("[red]error:[/] not deleting without confirmation: pass --yes (no terminal to ask on)")
+            return 2
+        held = f"{stats.entries:,} entries, {_format_bytes(stats.size_bytes)}"
+        if not await asyncio.to_thread(click.confirm, f"Delete cache namespace {namespace!r} ({held})?"):
+            err.print("not deleted")
+            return 1
+    response = await client.raw.cache.DeleteNamespace(
+        cache_service_pb2.DeleteNamespaceRequest(namespace=namespace)
+    )
+    out.print(Text.assemble("deleted ", (namespace, "bold"), f" ({response.removed_count:,} entries)"))
+    return 0
+
+
 def _expansion_cell(expansion: int, recall: float, samples: int) -> str:
     return f"{expansion} ({recall:.3f} of {samples})" if samples else f"{expansion} (not measured)"
 

@@ -245,9 +245,29 @@ def test_empty_listings_say_so_and_piped_tables_keep_their_width(
         assert any(name in line for line in result.stdout.splitlines()), result.stdout
 
 
-async def _put_namespace(target: str, name: str) -> None:
+def test_cache_delete_asks_for_yes_then_deletes_the_namespace(
+    traced: SidecarProcess, are: Callable[..., Ran]
+) -> None:
+    name = f"cli-delete-{os.getpid()}"
+    asyncio.run(_put_namespace(traced.target, name, entries=3))
+    result = are(traced.target, "cache", "delete", name)  # stdin is no terminal: no one to ask
+    assert result.returncode == 2
+    assert "pass --yes" in result.stderr
+    assert name in are(traced.target, "cache", "stats").stdout  # nothing deleted
+    result = are(traced.target, "cache", "delete", name, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["deleted", name, "(3", "entries)"]
+    assert name not in are(traced.target, "cache", "stats").stdout
+    result = are(traced.target, "cache", "delete", name, "--yes")
+    assert result.returncode == 1
+    assert "NAMESPACE_NOT_FOUND" in result.stderr or "does not exist" in result.stderr
+
+
+async def _put_namespace(target: str, name: str, *, entries: int = 0) -> None:
     async with await Client.connect(target) as client:
         await client.cache.put_namespace(name)
+        for i in range(entries):
+            await client.cache.store(name, f"question {i}", f"answer {i}")
 
 
 def test_agents_and_route_show_the_cards_and_the_ranking(
