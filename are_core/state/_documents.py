@@ -40,6 +40,7 @@ with it, nests at most :data:`MAX_JSON_DEPTH` (512) arrays and objects deep.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -161,7 +162,8 @@ def decode_json(data: bytes, *, field: str) -> Any:
     try:
         value = _json_dec.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
-        raise InvalidJsonError(f"{field or 'value'} is not valid JSON: {error}", field=field) from None
+        reason = _lone_surrogate(data, error) or str(error)
+        raise InvalidJsonError(f"{field or 'value'} is not valid JSON: {reason}", field=field) from None
     except RecursionError:  # nested deeper than the decoder goes
         raise InvalidJsonError(f"{field or 'value'} is nested too deep to decode", field=field) from None
     if _may_nest(data, MAX_JSON_DEPTH) and json_depth(value) > MAX_JSON_DEPTH:
@@ -169,6 +171,43 @@ def decode_json(data: bytes, *, field: str) -> Any:
             f"{field or 'value'} nests arrays and objects more than {MAX_JSON_DEPTH} deep", field=field
         )
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\+u[dD][89a-fA-F][0-9a-fA-F]{2}")
+"""A run of backslashes then ``u`` and a UTF-16 surrogate (D800-DFFF): an escape if the run is odd."""
+
+
+def _lone_surrogate(data: bytes, error: Exception) -> str | None:
+    r"""Why ``data`` failed to decode, if a surrogate escape without its pair is the cause; else None.
+
+    msgspec refuses ``"\ud800"`` followed by anything but a low surrogate
+    escape, saying "Input data was truncated": the message names the escape
+    and its byte offset instead.
+    """
+    if not isinstance(error, msgspec.DecodeError) or (
+        "truncated" not in str(error) and "surrogate" not in str(error)
+    ):
+        return None
+    escapes: list[tuple[int, bytes]] = []  # (offset, escape) of each surrogate escape, in order
+    for match in _SURROGATE_ESCAPE.finditer(data):
+        slashes = len(match.group()) - 5
+        if slashes % 2:  # an even run is escaped backslashes followed by the letters "ud800": text
+            escapes.append((match.end() - 6, match.group()[-6:]))
+    i = 0
+    while i < len(escapes):
+        offset, escape = escapes[i]
+        high = escape[3:4] in b"89abAB"
+        if high and i + 1 < len(escapes):
+            after, second = escapes[i + 1]
+            if after == offset + 6 and second[3:4] not in b"89abAB":
+                i += 2  # a pair: one character
+                continue
+        kind, partner = ("high", "a low (\\udc00-\\udfff)") if high else ("low", "a high (\\ud800-\\udbff)")
+        return (
+            f"the escape '{escape.decode()}' at byte {offset} is a lone UTF-16 {kind} surrogate, "
+            f"not Unicode (it must be paired with {partner} surrogate escape)"
+        )
+    return None
 
 
 class _Work:

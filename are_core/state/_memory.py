@@ -80,6 +80,10 @@ MAX_TOP_K = 100
 MAX_BUDGET_BYTES = 4 * 1024 * 1024
 DEFAULT_BUDGET_BYTES = 64 * 1024
 _SCAN_PAGE = 2000
+_COPY_PAGE_BYTES = 4 << 20
+"""Notes a fork copies per page and commit, in bytes (some; at most :data:`_SCAN_PAGE` notes)."""
+_COPY_SCAN = 128
+"""Notes a fork reads at once while it fills a page (up to 128 x 150 KiB: a page ends past its bytes)."""
 _INDEX_SLICE = 64
 _LOAD_ON_LOOP_BYTES = 1 << 20
 """A saved index up to this size is restored on the loop (about a millisecond); a larger one in a thread."""
@@ -178,8 +182,19 @@ class MemoryHit(msgspec.Struct, frozen=True):
     similarity: float
 
 
+class _NoteHead(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of a stored :class:`Note` that a search filters on or a fork copies by (no vector)."""
+
+    note_id: int
+    text: str
+    metadata: dict[str, str]
+    content: NoteContent | None
+    create_time_ns: int
+
+
 _enc = msgspec.msgpack.Encoder()
 _note_dec = msgspec.msgpack.Decoder(Note)
+_head_dec = msgspec.msgpack.Decoder(_NoteHead)
 _space_dec = msgspec.msgpack.Decoder(MemorySpace)
 
 
@@ -203,9 +218,31 @@ def _wid(workflow_id: str) -> bytes:
     return workflow_id.encode() + b"\x00"
 
 
-def _note_bytes(note: Note) -> int:
+def _note_bytes(note: Note | _NoteHead) -> int:
     content = note.content
     return len(note.text.encode()) + (len(content.data) if content is not None else 0)
+
+
+def _fill(
+    candidates: Sequence[tuple[float, int, int]], top_k: int, max_bytes: int
+) -> tuple[list[tuple[float, int]], int, bool]:
+    """The first ``top_k`` candidates (best first) that fit ``max_bytes`` together.
+
+    Returns (similarity, note id) of each, their bytes, and whether one was
+    skipped for the budget on the way.
+    """
+    chosen: list[tuple[float, int]] = []
+    used = 0
+    truncated = False
+    for similarity, key, size in candidates:
+        if len(chosen) >= top_k:
+            break
+        if used + size > max_bytes:
+            truncated = True
+            continue
+        used += size
+        chosen.append((similarity, key))
+    return chosen, used, truncated
 
 
 class MemoryStore:
@@ -525,78 +562,132 @@ class MemoryStore:
         max_bytes: int,
         min_similarity: float | None,
     ) -> tuple[list[MemoryHit], int, bool]:
-        """Walk the nearest notes best first, widening the search while filters reject too many."""
+        """The best notes that pass the filters, searching wider while filters or the budget reject many.
+
+        A wider search is walked whole, skipping the notes already looked
+        at: HNSW's approximate top 4k need not begin with its top k, so it
+        may hold notes a narrower search missed, better than some it found.
+        The notes that pass the filters are kept as (similarity, id, bytes)
+        across searches, and the hits are chosen again from all of them
+        after each: best first, each note once, its bytes counted once.
+        Only the notes chosen are decoded whole, at the end.
+        """
         prefix = _wid(workflow_id)
         total = len(index)
         want = top_k if not matches else max(top_k * 8, 64)
-        hits: list[MemoryHit] = []
-        used = 0
-        truncated = False
-        seen = 0
-        while True:
-            found = index.search(query, min(want, total))
-            fresh = found[seen:]
-            with self._storage.read() as view:
-                raws = view.get_many(NOTES, [prefix + u64_key(key) for key, _ in fresh])
-            for (_, similarity), raw in zip(fresh, raws, strict=True):
-                if min_similarity is not None and similarity < min_similarity:
-                    return hits, used, truncated
-                note = None if raw is None else _note_dec.decode(raw)
-                if note is None or any(note.metadata.get(k) != v for k, v in matches.items()):
-                    continue
-                size = _note_bytes(note)
-                if used + size > max_bytes:
-                    truncated = True
-                    continue
-                used += size
-                hits.append(MemoryHit(note, similarity))
-                if len(hits) >= top_k:
-                    return hits, used, truncated
-            seen = len(found)
-            if want >= total or len(found) < want:
-                return hits, used, truncated
-            want = min(want * 4, total)
-
-    def notes_until(self, workflow_id: str, time_ns: int) -> list[Note]:
-        """Notes created at or before ``time_ns`` (for a fork), in id order, bounded by the page."""
-        out: list[Note] = []
-        prefix = _wid(workflow_id)
-        start = prefix
-        end = prefix[:-1] + b"\x01"
-        while True:
-            rows = self._storage.scan(NOTES, start=start, end=end, limit=_SCAN_PAGE)
-            for _, raw in rows:
-                note = _note_dec.decode(raw)
-                if note.create_time_ns <= time_ns:
-                    out.append(note)
-            if len(rows) < _SCAN_PAGE:
-                return out
-            start = rows[-1][0] + b"\x00"
+        looked: set[int] = set()
+        candidates: list[tuple[float, int, int]] = []
+        """(similarity, note id, bytes) of the notes that passed the filters, best first."""
+        with self._storage.read() as view:  # no await below: one snapshot throughout
+            while True:
+                found = index.search(query, min(want, total))
+                fresh = [
+                    (key, similarity)
+                    for key, similarity in found
+                    if key not in looked and (min_similarity is None or similarity >= min_similarity)
+                ]
+                looked.update(key for key, _ in found)
+                for key, similarity in fresh:
+                    raw = view.get(NOTES, prefix + u64_key(key))
+                    if raw is None:
+                        continue
+                    head = _head_dec.decode(raw)
+                    if all(head.metadata.get(k) == v for k, v in matches.items()):
+                        candidates.append((similarity, key, _note_bytes(head)))
+                candidates.sort(key=lambda candidate: -candidate[0])  # stable: ties keep the search's order
+                chosen, used, truncated = _fill(candidates, top_k, max_bytes)
+                if (
+                    len(chosen) >= top_k
+                    or want >= total
+                    or len(found) < want
+                    or (min_similarity is not None and found and found[-1][1] < min_similarity)
+                ):  # enough, or nothing left to find (a wider search adds only notes below the floor)
+                    break
+                want = min(want * 4, total)
+            hits = []
+            for similarity, key in chosen:
+                raw = view.get(NOTES, prefix + u64_key(key))
+                assert raw is not None  # read above, in this same snapshot
+                hits.append(MemoryHit(_note_dec.decode(raw), similarity))
+        return hits, used, truncated
 
     async def copy_notes(self, source: str, target: str, until_ns: int) -> int:
-        """Copy the source's notes up to ``until_ns`` into an empty memory (fork); returns the count."""
-        space = self.space(source)
-        if space is None:
-            return 0
-        notes = self.notes_until(source, until_ns)
-        if not notes:
-            return 0
-        prefix = _wid(target)
-        referrer = workflow_referrer(target)
-        for start in range(0, len(notes), 5000):
-            batch = self._storage.batch()
-            for note in notes[start : start + 5000]:
-                batch.put(NOTES, prefix + u64_key(note.note_id), _enc.encode(note))
-                content = note.content
-                if content is not None and content.blob_sha256 and self._blobs is not None:
-                    # The source's notes reference the blob meanwhile: no check needed.
-                    self._blobs.stage_reference(batch, referrer, bytes.fromhex(content.blob_sha256))
-            await self._committer.submit(batch)
-        new_space = msgspec.structs.replace(space, next_id=notes[-1].note_id + 1, count=len(notes))
-        await self._committer.submit(
-            self._storage.batch().put(SPACES, target.encode(), _enc.encode(new_space))
-        )
-        return len(notes)
+        """Copy the source's notes up to ``until_ns`` into an empty memory (fork); returns the count.
+
+        A page at a time: read (some :data:`_COPY_PAGE_BYTES`), filtered,
+        staged and committed, the loop serving other calls between pages,
+        so neither the source's notes nor a batch of them are ever held
+        whole (a million notes are gigabytes). The target's space, which
+        makes its notes count, goes in the last commit. The fork is all or
+        nothing across these commits through its record of being pending
+        (committed with its document, before this): a crash between two
+        pages leaves notes under the target's prefix, which the restart's
+        undo of the fork deletes by prefix, and a failure here is undone
+        by the fork at once.
+
+        The source's lock is held throughout: its notes, append-only until
+        deleted, cannot be deleted meanwhile (a delete waits for the copy;
+        their blobs stay referenced by the source until the target's
+        references are committed), and adds to it wait (they are newer
+        than ``until_ns`` anyway).
+        """
+        async with self._locks.hold(source):
+            space = self.space(source)
+            if space is None:
+                return 0
+            source_prefix, prefix = _wid(source), _wid(target)
+            end = source_prefix[:-1] + b"\x01"
+            referrer = workflow_referrer(target)
+            start = source_prefix
+            copied = 0
+            next_id = 0
+            more = True
+            while more:
+                rows, more = self._copy_page(start, end)
+                batch = self._storage.batch()
+                for key, raw in rows:
+                    head = _head_dec.decode(raw)
+                    if head.create_time_ns > until_ns:
+                        continue
+                    # The record as it is: the target's note is the source's, id included.
+                    batch.put(NOTES, prefix + key[len(source_prefix) :], raw)
+                    content = head.content
+                    if content is not None and content.blob_sha256 and self._blobs is not None:
+                        # The source's notes reference the blob meanwhile: no check needed.
+                        self._blobs.stage_reference(batch, referrer, bytes.fromhex(content.blob_sha256))
+                    copied += 1
+                    next_id = head.note_id + 1
+                if rows:
+                    start = rows[-1][0] + b"\x00"
+                if not more and copied:
+                    new_space = msgspec.structs.replace(space, next_id=next_id, count=copied)
+                    batch.put(SPACES, target.encode(), _enc.encode(new_space))
+                del rows
+                if len(batch):
+                    await self._committer.submit(batch)
+                else:
+                    await asyncio.sleep(0)  # a page of newer notes only: still let other calls run
+                del batch  # one page held at a time: this one goes before the next is read
+            return copied
+
+    def _copy_page(self, start: bytes, end: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """A fork's next page of notes from ``start``, and whether more may follow.
+
+        Up to :data:`_SCAN_PAGE` notes, read :data:`_COPY_SCAN` at a time
+        until past :data:`_COPY_PAGE_BYTES`: a page of small notes is
+        thousands, of large ones (up to some 150 KiB each) tens.
+        """
+        rows: list[tuple[bytes, bytes]] = []
+        size = 0
+        while len(rows) < _SCAN_PAGE and size < _COPY_PAGE_BYTES:
+            limit = min(_COPY_SCAN, _SCAN_PAGE - len(rows))
+            part = self._storage.scan(NOTES, start=start, end=end, limit=limit)
+            rows += part
+            size += sum(len(raw) for _, raw in part)
+            if len(part) < limit:
+                return rows, False
+            start = part[-1][0] + b"\x00"
+        return rows, True
 
     async def delete(self, workflow_id: str) -> int:
         """Remove the workflow's notes, space and saved index; returns the bytes of notes removed.

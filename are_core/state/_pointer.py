@@ -106,13 +106,28 @@ def resolve_raw(data: bytes, tokens: tuple[str, ...]) -> bytes | None:
     return bytes(current)
 
 
+def _at(pointer: str, tokens: tuple[str, ...], depth: int) -> str:
+    """The pointer, in the whole document, of ``tokens[:depth]``.
+
+    ``tokens`` may be the tail of ``pointer`` (a member's value is edited
+    apart from its name): what precedes it is taken from ``pointer``, so a
+    message names the place the caller wrote, not one relative to the member.
+    """
+    try:
+        full = parse_pointer(pointer)
+    except InvalidPointerError:  # not the pointer of these tokens: name them alone
+        full = tokens
+    base = full[: len(full) - len(tokens)] if full[len(full) - len(tokens) :] == tokens else ()
+    return format_pointer((*base, *tokens[:depth]))
+
+
 def _parent(doc: Any, tokens: tuple[str, ...], pointer: str) -> Any:
     node = doc
     for depth, token in enumerate(tokens[:-1]):
         if isinstance(node, dict):
             if token not in node:
                 raise PatchNotApplicableError(
-                    f"cannot set {pointer!r}: {format_pointer(tokens[: depth + 1])!r} does not exist"
+                    f"cannot set {pointer!r}: {_at(pointer, tokens, depth + 1)!r} does not exist"
                 )
             node = node[token]
         elif isinstance(node, list):
@@ -120,12 +135,12 @@ def _parent(doc: Any, tokens: tuple[str, ...], pointer: str) -> Any:
             if index is None:
                 raise PatchNotApplicableError(
                     f"cannot set {pointer!r}: index {token!r} is out of range at "
-                    f"{format_pointer(tokens[:depth])!r} (length {len(node)})"
+                    f"{_at(pointer, tokens, depth)!r} (length {len(node)})"
                 )
             node = node[index]
         else:
             raise PatchNotApplicableError(
-                f"cannot set {pointer!r}: {format_pointer(tokens[:depth])!r} is not an object or array"
+                f"cannot set {pointer!r}: {_at(pointer, tokens, depth)!r} is not an object or array"
             )
     return node
 
@@ -134,6 +149,8 @@ def set_at(doc: Any, tokens: tuple[str, ...], value: Any, pointer: str) -> Any:
     """Set ``value`` at ``tokens`` in ``doc`` (mutated in place); returns the new root.
 
     On an array, ``-`` appends and an index replaces. The parent must exist.
+    ``pointer`` is the caller's whole pointer, of which ``tokens`` may be the
+    tail (``doc`` is then the value at the rest): errors name places in it.
 
     Raises:
         PatchNotApplicableError: the parent is missing or not a container, or
@@ -152,12 +169,13 @@ def set_at(doc: Any, tokens: tuple[str, ...], value: Any, pointer: str) -> Any:
             index = _array_index(last, len(parent))
             if index is None:
                 raise PatchNotApplicableError(
-                    f"cannot set {pointer!r}: index {last!r} is out of range (length {len(parent)})"
+                    f"cannot set {pointer!r}: index {last!r} is out of range at "
+                    f"{_at(pointer, tokens, len(tokens) - 1)!r} (length {len(parent)})"
                 )
             parent[index] = value
     else:
         raise PatchNotApplicableError(
-            f"cannot set {pointer!r}: {format_pointer(tokens[:-1])!r} is not an object or array"
+            f"cannot set {pointer!r}: {_at(pointer, tokens, len(tokens) - 1)!r} is not an object or array"
         )
     return doc
 
