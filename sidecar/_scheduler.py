@@ -425,9 +425,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             if state in ("RUNNING", "CANCELLING"):
                 raise WorkflowNotClosedError(f"workflow {wf_id!r} is {state}; cancel it first")
             # State first: if the sidecar stops half-way the workflow is still listed and
-            # a repeated DeleteWorkflow finishes the job.
-            freed = await self._wiring.delete_state(wf_id)
-            freed += await self._engine.delete(wf_id)
+            # a repeated DeleteWorkflow finishes the job. State writes are refused from here to
+            # the end (the workflow still exists meanwhile): a note or owned blob acknowledged
+            # after the state's removal would outlive the workflow.
+            with self._wiring.deleting(wf_id):
+                freed = await self._wiring.delete_state(wf_id)
+                freed += await self._engine.delete(wf_id)
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         except StateError as error:

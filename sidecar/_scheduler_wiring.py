@@ -375,6 +375,12 @@ class Wiring:
                 source_version=plan.source_version,
             )
 
+    def deleting(self, workflow_id: str) -> contextlib.AbstractContextManager[None]:
+        """DeleteWorkflow's guard: state writes to the workflow are refused while it is held."""
+        if self.state is None:
+            return contextlib.nullcontext()
+        return self.state.deleting(workflow_id)
+
     async def delete_state(self, workflow_id: str) -> int:
         """Removes the workflow's document, memory and unshared blobs; returns the bytes freed."""
         if self.state is None:

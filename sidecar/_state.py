@@ -16,6 +16,12 @@ Seams for the scheduler, which is written separately:
   raise :class:`~are_core.state.WorkflowNotFoundError`,
   :class:`~are_core.state.WorkflowClosedError` or
   :class:`~are_core.state.TaskNotHeldError`.
+* DeleteWorkflow holds :meth:`StateCapability.deleting` from before the
+  state's removal to after the scheduler's record is gone: writes to the
+  workflow (patches, notes, owned blobs) are refused meanwhile
+  (WORKFLOW_NOT_FOUND), and :meth:`StateCapability.delete_workflow_state`
+  first waits for those already past the gate, so nothing acknowledged
+  outlives the delete (nor shows up in a later workflow reusing the id).
 * ForkWorkflow copies the state document and the memory notes up to the
   checkpoint; :attr:`StateCapability.fork_hook` (when installed) then
   creates the new workflow's tasks with their statuses at the checkpoint's
@@ -53,7 +59,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, NoReturn, TypeAlias
@@ -63,6 +69,7 @@ import msgspec
 from google.protobuf import timestamp_pb2
 
 from are_core.embed import Embedder, EmbedderError, load_embedder
+from are_core.scheduler import SpecError
 from are_core.state import (
     BLOB_TABLES,
     MEMORY_TABLES,
@@ -103,6 +110,7 @@ from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2, stat
 from sidecar import _conventions as conventions
 from sidecar._capability import Capability, Runtime
 from sidecar._config import ConfigError
+from sidecar._scheduler_convert import abort_for, check_labels
 from sidecar._status import abort, abort_storage
 
 __all__ = [
@@ -130,7 +138,8 @@ _MAX_RERUN = 10_000
 _MAX_DIGESTS = 1000
 _GET_CHUNK = 1024 * 1024
 _MAX_WRITER = 256
-_RESPONSE_SLACK = 64 * 1024  # room for paths and framing in GetStateResponse
+_RESPONSE_SLACK = 1024  # room for GetStateResponse's version and update time
+_PATH_FRAMING = 24  # a StateValue's tags and lengths (at most 18 bytes) beside its path and value
 FORK_REQUESTS_TABLE = "state_fork_requests"
 FORKS_PENDING_TABLE = "state_forks_pending"
 _SWEEP_MIN_S = 0.25
@@ -281,6 +290,16 @@ class StateCapability(Capability):
         """Installed by the scheduler to refuse a fork it would refuse, before any copy."""
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()
+        # Workflows being deleted (how many deletes of each are under way): their writes are
+        # refused from the delete's start to its end. Bounded by the deletes in flight.
+        self._deleting: dict[str, int] = {}
+        # Writes past the gate and not yet finished, by workflow (a delete waits for them), and
+        # the events the deletes waiting for them wait on. Bounded by the calls in flight.
+        self._writes: dict[str, int] = {}
+        self._drained: dict[str, asyncio.Event] = {}
+        # ForkWorkflow calls in flight by request_id: (fingerprint, the fork), so a retry
+        # arriving meanwhile waits for it rather than forking again. Bounded by the calls in flight.
+        self._forks_in_flight: dict[str, tuple[bytes, asyncio.Task[tuple[str, int]]]] = {}
 
     async def start(self) -> None:
         """Drops unfinished uploads, migrates old blob owners, notes forks cut short, starts the sweep.
@@ -317,9 +336,88 @@ class StateCapability(Capability):
         """A fork's first commit (its document and pending record) is staged: its id is taken."""
         self._unsettled.add(workflow_id)
 
+    def fork_in_flight(self, request_id: str) -> tuple[bytes, asyncio.Task[tuple[str, int]]] | None:
+        """(request fingerprint, the fork) of the ForkWorkflow with ``request_id`` under way, if any."""
+        return self._forks_in_flight.get(request_id)
+
+    def fork_started(self, request_id: str, fingerprint: bytes, fork: asyncio.Task[tuple[str, int]]) -> None:
+        """Reserves ``request_id`` for ``fork`` until it ends (retries meanwhile wait for it)."""
+        self._forks_in_flight[request_id] = (fingerprint, fork)
+
+        def finished(done: asyncio.Future[tuple[str, int]]) -> None:
+            # Then retries find its record, or fork anew after an error (nothing was recorded).
+            if self._forks_in_flight.get(request_id, (b"", None))[1] is done:
+                del self._forks_in_flight[request_id]
+
+        fork.add_done_callback(finished)
+
     def fork_settled(self, workflow_id: str) -> None:
         """A fork's last commit (its finish, or the end of its undo) is durable, or its first failed."""
         self._unsettled.discard(workflow_id)
+
+    def check_gate(self, operation: str, workflow_id: str, task_id: str = "", attempt: int = 0) -> None:
+        """Raises the StateError a write to ``workflow_id`` is refused with (the gate's, or a delete's).
+
+        A workflow being deleted takes no write from the moment its delete
+        starts (WORKFLOW_NOT_FOUND, as once it is gone): a note or an owned
+        blob acknowledged then would outlive the delete, and show up in a
+        later workflow that reuses the id.
+        """
+        if workflow_id in self._deleting:
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} is being deleted", field="workflow_id", workflow_id=workflow_id
+            )
+        if self.gate is not None:
+            self.gate(operation, workflow_id, task_id, attempt)
+
+    @contextlib.contextmanager
+    def writing(
+        self, operation: str, workflow_id: str, task_id: str = "", attempt: int = 0
+    ) -> Iterator[None]:
+        """Checks a write (:meth:`check_gate`), then counts it as in flight until the block ends.
+
+        The check and the count happen in one loop step: a delete starting
+        later waits for the write (:meth:`delete_workflow_state`), which its
+        removal then covers.
+        """
+        self.check_gate(operation, workflow_id, task_id, attempt)
+        self._writes[workflow_id] = self._writes.get(workflow_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._writes[workflow_id] - 1
+            if left:
+                self._writes[workflow_id] = left
+            else:
+                del self._writes[workflow_id]
+                drained = self._drained.pop(workflow_id, None)
+                if drained is not None:
+                    drained.set()
+
+    @contextlib.contextmanager
+    def deleting(self, workflow_id: str) -> Iterator[None]:
+        """Refuses writes to ``workflow_id`` (WORKFLOW_NOT_FOUND) until the block ends.
+
+        DeleteWorkflow holds it from before the state's removal to after the
+        scheduler's record is gone, so no write slips in between.
+        """
+        self._deleting[workflow_id] = self._deleting.get(workflow_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._deleting[workflow_id] - 1
+            if left:
+                self._deleting[workflow_id] = left
+            else:
+                del self._deleting[workflow_id]
+
+    async def _writes_finished(self, workflow_id: str) -> None:
+        """Returns once no write to ``workflow_id`` is in flight (new ones are refused meanwhile)."""
+        while workflow_id in self._writes:
+            drained = self._drained.get(workflow_id)
+            if drained is None:
+                drained = self._drained[workflow_id] = asyncio.Event()
+            await drained.wait()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the StateService servicer and settles forks a crash cut short.
@@ -401,10 +499,15 @@ class StateCapability(Capability):
 
         Blobs that no other workflow owns are deleted. Returns the bytes of
         state rows, notes and blobs removed (DeleteWorkflowResponse's count).
+        Writes to the workflow are refused from the start (:meth:`deleting`),
+        and those already past their check are waited for first, so that
+        what they wrote is removed too.
         """
-        removed = await self.engine.delete(workflow_id)
-        removed += await self.memory.delete(workflow_id)
-        removed += await self.blobs.release_referrer(workflow_referrer(workflow_id))
+        with self.deleting(workflow_id):
+            await self._writes_finished(workflow_id)
+            removed = await self.engine.delete(workflow_id)
+            removed += await self.memory.delete(workflow_id)
+            removed += await self.blobs.release_referrer(workflow_referrer(workflow_id))
         return removed
 
     async def _sweep_blobs(self) -> None:
@@ -477,7 +580,13 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         version = request.version if request.HasField("version") else None
         if version is not None and version < 1:
             await _invalid(context, "version", "a state version is 1 or more")
-        room = self._cap.runtime.config.max_message_bytes - _RESPONSE_SLACK
+        # The values must fit in one answer with their paths and framing: each path comes back
+        # once (with its value or in missing_paths), in a field of a few bytes of framing.
+        paths = list(request.paths) or [""]
+        framing = _RESPONSE_SLACK + sum(
+            len(p.encode("utf-8", "surrogatepass")) + _PATH_FRAMING for p in paths
+        )
+        room = max(0, self._cap.runtime.config.max_message_bytes - framing)
         try:
             result = self._engine.get(request.workflow_id, list(request.paths), version, max_bytes=room)
         except (StateError, StorageError) as error:
@@ -506,17 +615,16 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             await _invalid(context, "expected_version", "expected_version must not be negative")
         merge, operations = await _patch_from_proto(context, request.patch)
         try:
-            if self._cap.gate is not None:
-                self._cap.gate("patch", request.workflow_id, request.task_id, request.attempt)
-            result = await self._engine.patch(
-                request.workflow_id,
-                merge_patch=merge,
-                operations=operations,
-                expected_version=expected,
-                writer=request.writer,
-                task_id=request.task_id,
-                attempt=request.attempt,
-            )
+            with self._cap.writing("patch", request.workflow_id, request.task_id, request.attempt):
+                result = await self._engine.patch(
+                    request.workflow_id,
+                    merge_patch=merge,
+                    operations=operations,
+                    expected_version=expected,
+                    writer=request.writer,
+                    task_id=request.task_id,
+                    attempt=request.attempt,
+                )
         except (StateError, StorageError) as error:
             await _fail(context, error, prefix="patch.")
         return state_service_pb2.PatchStateResponse(
@@ -566,23 +674,40 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         await _check_fork(context, request)
         await self._cap.recovered()
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
-        if request.request_id:
-            previous = await self._previous_fork(context, request.request_id, fingerprint)
-            if previous is not None:
-                return previous
-        new_id = request.new_workflow_id or _new_workflow_id()
-        try:
+        request_id = request.request_id
+        # The record, the fork in flight and the reservation are looked at and made in one
+        # loop step: a retry arriving while the first is under way waits for it (its result or
+        # its error) instead of forking again; one arriving after finds the record.
+        previous = self._previous_fork(request_id) if request_id else None
+        if previous is not None:
+            if previous.fingerprint != fingerprint:
+                await _request_id_conflict(context, request_id)
+            return state_service_pb2.ForkWorkflowResponse(
+                workflow_id=previous.workflow_id, source_version=previous.source_version
+            )
+        in_flight = self._cap.fork_in_flight(request_id) if request_id else None
+        if in_flight is not None:
+            if in_flight[0] != fingerprint:
+                await _request_id_conflict(context, request_id)
+            fork = in_flight[1]
+        else:
             # From the document's commit on, a fork runs to its end even if its caller goes away
             # (a cancel at that commit used to leave it half done until the next start).
-            source_version = await asyncio.shield(self._fork(request, new_id, fingerprint))
+            new_id = request.new_workflow_id or _new_workflow_id()
+            fork = asyncio.ensure_future(self._fork(request, new_id, fingerprint))
+            fork.add_done_callback(_retrieved)
+            if request_id:
+                self._cap.fork_started(request_id, fingerprint, fork)
+        try:
+            new_id, source_version = await asyncio.shield(fork)
         except (StateError, StorageError) as error:
             await _fail(context, error)
         return state_service_pb2.ForkWorkflowResponse(workflow_id=new_id, source_version=source_version)
 
     async def _fork(
         self, request: state_service_pb2.ForkWorkflowRequest, new_id: str, fingerprint: bytes
-    ) -> int:
-        """The checks, the document's commit, then the rest (:meth:`_finish_fork`); the source version.
+    ) -> tuple[str, int]:
+        """The checks, the document's commit, then the rest (:meth:`_finish_fork`); (new id, source version).
 
         The checks and the staging of the document are one step: no submit
         or other fork to ``new_id`` slips in between.
@@ -610,7 +735,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             self._cap.fork_settled(new_id)
             raise
         await self._finish_fork(request, new_id, source_version, fingerprint)
-        return source_version
+        return new_id, source_version
 
     async def _finish_fork(
         self,
@@ -665,24 +790,10 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             await self._cap.runtime.committer.submit(batch)
             after = digests[-1]
 
-    async def _previous_fork(
-        self, context: _Context, request_id: str, fingerprint: bytes
-    ) -> state_service_pb2.ForkWorkflowResponse | None:
+    def _previous_fork(self, request_id: str) -> _ForkRecord | None:
+        """The record of the finished fork that used ``request_id``, if any."""
         raw = self._cap.runtime.storage.get(FORK_REQUESTS_TABLE, request_id.encode())
-        if raw is None:
-            return None
-        previous = _fork_dec.decode(raw)
-        if previous.fingerprint != fingerprint:
-            await abort(
-                context,
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"request_id {request_id!r} was used for a different ForkWorkflow",
-                reason="REQUEST_ID_CONFLICT",
-                metadata={"request_id": request_id},
-            )
-        return state_service_pb2.ForkWorkflowResponse(
-            workflow_id=previous.workflow_id, source_version=previous.source_version
-        )
+        return None if raw is None else _fork_dec.decode(raw)
 
     def _checkpoint(self, workflow_id: str, version: int) -> tuple[int, int]:
         """(create time, event sequence) of a version of the source."""
@@ -712,9 +823,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
                 NoteInput(text=entry.text, vector=vector, metadata=dict(entry.metadata), content=content)
             )
         try:
-            if self._cap.gate is not None:
-                self._cap.gate("memory", request.workflow_id, "", 0)
-            ids = await self._memory.add(request.workflow_id, notes)
+            with self._cap.writing("memory", request.workflow_id):
+                ids = await self._memory.add(request.workflow_id, notes)
         except (StateError, StorageError) as error:
             await _fail(context, error)
         return state_service_pb2.AddMemoryResponse(memory_ids=[_memory_id(i) for i in ids])
@@ -754,8 +864,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         vector = list(request.vector.values) if which == "vector" else None
         floor = request.min_similarity if request.HasField("min_similarity") else None
         try:
-            if self._cap.gate is not None:  # an unknown workflow is NOT_FOUND, not an empty memory
-                self._cap.gate("memory", request.workflow_id, "", 0)
+            # An unknown workflow (or one being deleted) is NOT_FOUND, not an empty memory.
+            self._cap.check_gate("memory", request.workflow_id)
             hits, used, truncated = await self._memory.hydrate(
                 request.workflow_id,
                 text=text,
@@ -792,7 +902,11 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
         uploads: list[BlobUpload] = []
         try:
             upload = await self._receive(request_iterator, context, uploads)
-            info, deduplicated = await upload.finish()
+            # An owned blob's reference is staged at the finish: checked again there (its owner may
+            # have gone while the chunks came), and waited for by a delete of the owner.
+            owner = upload.workflow_id
+            with self._cap.writing("blob", owner) if owner else contextlib.nullcontext():
+                info, deduplicated = await upload.finish()
         except (StateError, StorageError) as error:
             for started in uploads:
                 await started.abort()
@@ -820,8 +934,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
                 header = message.header
                 if header.workflow_id:
                     await _check_id(context, header.workflow_id, "header.workflow_id")
-                    if self._cap.gate is not None:
-                        self._cap.gate("blob", header.workflow_id, "", 0)
+                    self._cap.check_gate("blob", header.workflow_id)
                 upload = self._blobs.begin(
                     content_type=header.content_type,
                     size_bytes=header.size_bytes,
@@ -831,6 +944,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
                 uploads.append(upload)
             elif which == "header":
                 await _invalid(context, "header", "the header comes first and only once")
+            elif which is None:  # not an empty chunk: a message that carries nothing is malformed
+                await _invalid(context, "chunk", "every message after the header carries a chunk")
             else:
                 await upload.write(message.chunk)
         if upload is None:
@@ -924,6 +1039,10 @@ async def _check_fork(context: _Context, request: state_service_pb2.ForkWorkflow
         await _limit(context, "rerun_task_ids", _MAX_RERUN)
     for i, task_id in enumerate(request.rerun_task_ids):
         await _check_id(context, task_id, f"rerun_task_ids[{i}]")
+    try:  # the new workflow's labels: the bounds SubmitWorkflow checks
+        check_labels(request.labels, "labels")
+    except SpecError as error:
+        await abort_for(context, error)
 
 
 async def _check_hydrate(context: _Context, request: state_service_pb2.HydrateMemoryRequest) -> None:
@@ -945,6 +1064,22 @@ async def _check_hydrate(context: _Context, request: state_service_pb2.HydrateMe
     await _check_metadata(context, request.metadata_match, "metadata_match", _MAX_MATCH)
     if request.HasField("min_similarity") and not -1.0 <= request.min_similarity <= 1.0:
         await _invalid(context, "min_similarity", "min_similarity is in [-1, 1]")
+
+
+async def _request_id_conflict(context: _Context, request_id: str) -> NoReturn:
+    await abort(
+        context,
+        grpc.StatusCode.ALREADY_EXISTS,
+        f"request_id {request_id!r} was used for a different ForkWorkflow",
+        reason="REQUEST_ID_CONFLICT",
+        metadata={"request_id": request_id},
+    )
+
+
+def _retrieved(fork: asyncio.Future[Any]) -> None:
+    """Marks a fork's error as seen (every caller may have gone before it ended)."""
+    if not fork.cancelled():
+        fork.exception()
 
 
 def _finish_fork(batch: Batch, key: bytes, pending: _PendingFork) -> Batch:

@@ -729,6 +729,23 @@ def _runs_again(
     return again
 
 
+def _keep_outcome(rec: TaskRecord, old: TaskRecord, source_id: str, now: int) -> None:
+    """A fork's task keeps the terminal outcome ``old`` had in ``source_id``: its state, output, failure."""
+    rec.state = old.state
+    reason = f"kept from {source_id}"
+    if old.state != "COMPLETED" and old.state_reason:
+        reason = f"{reason}: {old.state_reason}"[:1024]
+    rec.state_reason = reason
+    rec.output = old.output
+    rec.output_content_type = old.output_content_type
+    rec.output_blob_sha256 = old.output_blob_sha256
+    rec.output_blob_size = old.output_blob_size
+    rec.failure = old.failure
+    rec.approval = msgspec.structs.replace(old.approval) if old.approval is not None else None
+    rec.capability = old.capability
+    rec.close_ns = now
+
+
 def _admitted_within(count: int, incoming: int, bound: int, *, new_work: bool) -> int | None:
     """None when ``incoming`` more may join ``count`` under ``bound``; else the limit they would pass.
 
@@ -3899,11 +3916,12 @@ class Scheduler:
         """The source of a fork, its tasks and those that run again, after every check a fork makes.
 
         The fork is checked against the bounds as new work, with every spec's
-        payload bytes (:func:`_spec_bytes`) and the output of every COMPLETED
-        task that does not run again (a fork copies no heartbeat details or
-        failures): at least what it will hold (a task completed after the fork's cutoff
-        starts again, without its output), since :meth:`check_fork` does not
-        know the cutoff and must not admit what :meth:`fork` would refuse.
+        payload bytes (:func:`_spec_bytes`) and the output and failure of
+        every terminal task that does not run again (a fork copies no
+        heartbeat details): at least what it will hold (a task ended after
+        the fork's cutoff starts again, without them), since
+        :meth:`check_fork` does not know the cutoff and must not admit what
+        :meth:`fork` would refuse.
         """
         source = self._load_workflow(source_id).record
         self._check_new_id(new_id)
@@ -3934,9 +3952,9 @@ class Scheduler:
                 raise PoolNotFoundError(f"pool {spec.pool!r} does not exist", pool=spec.pool)
         again = _runs_again(specs, records, rerun_task_ids)
         kept_outputs = sum(
-            len(old.output or b"")
+            len(old.output or b"") + _failure_bytes(old.failure)
             for spec, old in zip(specs, records, strict=True)
-            if old.state == "COMPLETED" and spec.task_id not in again
+            if old.state in TERMINAL_TASK_STATES and spec.task_id not in again
         )
         self._check_open_work(
             len(specs), sum(_spec_bytes(spec) for spec in specs) + kept_outputs, "workflow_id"
@@ -3955,10 +3973,16 @@ class Scheduler:
     ) -> WorkflowRecord:
         """Starts ``new_id`` from ``source_id`` as it was at ``cutoff_ns`` (time travel).
 
-        Tasks the source had COMPLETED by then keep their output and stay
-        COMPLETED, unless listed in ``rerun_task_ids`` or downstream of one;
-        every other task starts again from PENDING. Spawned tasks are kept
-        with their edges. The new workflow's state is the caller's business.
+        Each task keeps the terminal status it had by then (COMPLETED with
+        its output; FAILED, REJECTED or CANCELLED with its failure; SKIPPED),
+        unless listed in ``rerun_task_ids`` or downstream of one; every other
+        task starts again from PENDING. The tasks waiting on a kept one are
+        decided by their trigger rules as they would have been (the
+        dependents of a kept failure are skipped under ALL_SUCCESS, run
+        under ONE_FAILED), and the new workflow closes as any does once its
+        last task ends: FAILED while a kept failure is not handled. Spawned
+        tasks are kept with their edges. ``labels`` replace the source's
+        (empty: the source's). The new workflow's state is the caller's business.
 
         Raises:
             WorkflowNotFoundError, WorkflowExistsError, SpecError (unknown rerun id),
@@ -3971,7 +3995,7 @@ class Scheduler:
         rec = WorkflowRecord(
             workflow_id=new_id,
             name=source.name,
-            labels={**source.labels, **(labels or {})},
+            labels=dict(labels) if labels else dict(source.labels),
             budget=source.budget,
             create_ns=now,
             deadline_ns=now + int(source.budget.max_duration_s * 1e9),
@@ -3988,7 +4012,10 @@ class Scheduler:
         batch = self._t().batch
         batch.put(T_BY_TIME, join_key(_U64 - now, new_id), b"")
         for index, (spec, old) in enumerate(zip(specs, records, strict=True)):
-            kept = old.state == "COMPLETED" and old.close_ns <= cutoff_ns and spec.task_id not in again
+            # Terminal states are final: one ended by the cutoff had that state then.
+            kept = (
+                old.state in TERMINAL_TASK_STATES and old.close_ns <= cutoff_ns and spec.task_id not in again
+            )
             task_rec = TaskRecord(
                 task_id=spec.task_id,
                 index=index,
@@ -3998,14 +4025,7 @@ class Scheduler:
                 extra_depends_on=old.extra_depends_on,
             )
             if kept:
-                task_rec.state = "COMPLETED"
-                task_rec.state_reason = f"kept from {source_id}"
-                task_rec.output = old.output
-                task_rec.output_content_type = old.output_content_type
-                task_rec.output_blob_sha256 = old.output_blob_sha256
-                task_rec.output_blob_size = old.output_blob_size
-                task_rec.capability = old.capability
-                task_rec.close_ns = now
+                _keep_outcome(task_rec, old, source_id, now)
             task = _Task(w, task_rec, spec)
             w.tasks[spec.task_id] = task
             w.order.append(task)
@@ -4013,8 +4033,10 @@ class Scheduler:
             rec.counts[task_rec.state] = rec.counts.get(task_rec.state, 0) + 1
             if not kept:
                 w.open += 1
-            else:
+            elif task_rec.state == "COMPLETED":
                 rec.tasks_completed += 1
+            elif task_rec.state in _FAIL_STATES:
+                rec.tasks_failed += 1  # failed, rejected or cancelled (as _set_state counts them)
             batch.put(T_SPECS, task.key, rows[index])
             if self.stage_blob_reference is not None:
                 for digest in (spec.input_blob_sha256, task_rec.output_blob_sha256):

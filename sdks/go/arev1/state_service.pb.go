@@ -1379,7 +1379,8 @@ func (*PutBlobRequest_Chunk) isPutBlobRequest_Message() {}
 // PutBlobResponse carries the stored blob's reference.
 type PutBlobResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The blob's reference.
+	// The blob's reference. Its content_type is the one recorded when the
+	// bytes were first stored: a deduplicated upload does not change it.
 	Blob *BlobRef `protobuf:"bytes,1,opt,name=blob,proto3" json:"blob,omitempty"`
 	// True when identical bytes were already stored.
 	Deduplicated  bool `protobuf:"varint,2,opt,name=deduplicated,proto3" json:"deduplicated,omitempty"`

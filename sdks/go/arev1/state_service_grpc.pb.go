@@ -102,8 +102,10 @@ type StateServiceClient interface {
 	// 256 MiB.
 	// Errors: INVALID_ARGUMENT, reason BLOB_DIGEST_MISMATCH,
 	// BLOB_SIZE_MISMATCH, LIMIT_EXCEEDED, or INVALID_ARGUMENT (no header
-	// first); NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner;
-	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is full.
+	// first, a second header, or a later message carrying no chunk);
+	// NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner (or one being
+	// deleted); RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is
+	// full.
 	PutBlob(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutBlobRequest, PutBlobResponse], error)
 	// GetBlob streams a blob, or a byte range of it, in chunks of at most
 	// 1 MiB; the first message also carries the blob's reference.
@@ -300,8 +302,10 @@ type StateServiceServer interface {
 	// 256 MiB.
 	// Errors: INVALID_ARGUMENT, reason BLOB_DIGEST_MISMATCH,
 	// BLOB_SIZE_MISMATCH, LIMIT_EXCEEDED, or INVALID_ARGUMENT (no header
-	// first); NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner;
-	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is full.
+	// first, a second header, or a later message carrying no chunk);
+	// NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner (or one being
+	// deleted); RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is
+	// full.
 	PutBlob(grpc.ClientStreamingServer[PutBlobRequest, PutBlobResponse]) error
 	// GetBlob streams a blob, or a byte range of it, in chunks of at most
 	// 1 MiB; the first message also carries the blob's reference.

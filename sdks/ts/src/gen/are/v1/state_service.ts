@@ -320,7 +320,10 @@ export interface PutBlobRequest {
 
 /** PutBlobResponse carries the stored blob's reference. */
 export interface PutBlobResponse {
-  /** The blob's reference. */
+  /**
+   * The blob's reference. Its content_type is the one recorded when the
+   * bytes were first stored: a deduplicated upload does not change it.
+   */
   blob:
     | BlobRef
     | undefined;
@@ -2705,8 +2708,10 @@ export const StateServiceService = {
    * 256 MiB.
    * Errors: INVALID_ARGUMENT, reason BLOB_DIGEST_MISMATCH,
    * BLOB_SIZE_MISMATCH, LIMIT_EXCEEDED, or INVALID_ARGUMENT (no header
-   * first); NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner;
-   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is full.
+   * first, a second header, or a later message carrying no chunk);
+   * NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner (or one being
+   * deleted); RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is
+   * full.
    */
   putBlob: {
     path: "/are.v1.StateService/PutBlob" as const,
@@ -2826,8 +2831,10 @@ export interface StateServiceServer extends UntypedServiceImplementation {
    * 256 MiB.
    * Errors: INVALID_ARGUMENT, reason BLOB_DIGEST_MISMATCH,
    * BLOB_SIZE_MISMATCH, LIMIT_EXCEEDED, or INVALID_ARGUMENT (no header
-   * first); NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner;
-   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is full.
+   * first, a second header, or a later message carrying no chunk);
+   * NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner (or one being
+   * deleted); RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is
+   * full.
    */
   putBlob: handleClientStreamingCall<PutBlobRequest, PutBlobResponse>;
   /**
@@ -3007,8 +3014,10 @@ export interface StateServiceClient extends Client {
    * 256 MiB.
    * Errors: INVALID_ARGUMENT, reason BLOB_DIGEST_MISMATCH,
    * BLOB_SIZE_MISMATCH, LIMIT_EXCEEDED, or INVALID_ARGUMENT (no header
-   * first); NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner;
-   * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is full.
+   * first, a second header, or a later message carrying no chunk);
+   * NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner (or one being
+   * deleted); RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is
+   * full.
    */
   putBlob(
     callback: (error: ServiceError | null, response: PutBlobResponse) => void,

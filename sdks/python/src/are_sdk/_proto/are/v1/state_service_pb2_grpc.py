@@ -187,8 +187,10 @@ class StateServiceServicer:
         256 MiB.
         Errors: INVALID_ARGUMENT, reason BLOB_DIGEST_MISMATCH,
         BLOB_SIZE_MISMATCH, LIMIT_EXCEEDED, or INVALID_ARGUMENT (no header
-        first); NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner;
-        RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is full.
+        first, a second header, or a later message carrying no chunk);
+        NOT_FOUND, reason WORKFLOW_NOT_FOUND for an unknown owner (or one being
+        deleted); RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT when storage is
+        full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
