@@ -79,6 +79,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ready_file: Path | None
     config_file: Path | None
     otlp_endpoint: str | None = None
+    otlp_max_export_bytes: int = 3 * 1024 * 1024
     event_retention_count: int = 10_000_000
     event_retention_age_s: float = 7 * 86_400.0
     event_stream_buffer: int = 10_000
@@ -491,6 +492,16 @@ OPTIONS: tuple[Option, ...] = (
         "URL",
     ),
     Option(
+        "otlp_max_export_bytes",
+        3 * 1024 * 1024,
+        "Largest OTLP export request, encoded, in bytes (64 KiB to 64 MiB): batches of spans are split "
+        "to stay under it, and a span larger on its own keeps the events that fit and is marked "
+        "are.span.truncated. Keep it under the collector's receive limit (4 MiB by default: "
+        "max_recv_msg_size_mib), which refuses a larger request and every span in it.",
+        _bounded_int(64 * 1024, 64 * 1024 * 1024),
+        "BYTES",
+    ),
+    Option(
         "event_retention_count",
         10_000_000,
         "Most events the flight recorder keeps; the oldest are dropped first.",
@@ -500,14 +511,16 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "event_retention_age_s",
         7 * 86_400.0,
-        "Seconds (above 0, at most 100 years) the flight recorder keeps an event.",
+        "Seconds (above 0, at most 100 years) the flight recorder keeps an event, from when the sidecar "
+        "recorded it (not the event time a worker reported, whose clock may be off).",
         _seconds(_CENTURY_S, describe="100 years"),
         "SECONDS",
     ),
     Option(
         "event_stream_buffer",
         10_000,
-        "Unread events one StreamEvents subscriber may buffer before it is told it missed some.",
+        "Unread events one StreamEvents subscriber may buffer (and at most 64 MiB of them) before it is "
+        "told it missed some.",
         _bounded_int(16, 1_000_000),
         "N",
     ),
@@ -772,6 +785,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         ready_file=values["ready_file"],
         config_file=config_path,
         otlp_endpoint=values["otlp_endpoint"] or None,
+        otlp_max_export_bytes=values["otlp_max_export_bytes"],
         event_retention_count=values["event_retention_count"],
         event_retention_age_s=values["event_retention_age_s"],
         event_stream_buffer=values["event_stream_buffer"],

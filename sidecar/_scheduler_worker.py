@@ -256,6 +256,44 @@ def _attributes(attributes: Any, field: str) -> dict[str, str | int | float | bo
     return out
 
 
+def _reported_times(event: event_pb2.ReportedEvent, field: str) -> tuple[int | None, int | None]:
+    """A reported event's duration and event time in nanoseconds (None when unset), checked, never clamped.
+
+    The event time is kept as Unix nanoseconds in 64 bits (1970 to 2262); the
+    call it reports ended then, so it cannot have lasted longer than since 1970.
+    """
+    duration_ns: int | None = None
+    if event.HasField("duration"):
+        duration_ns = event.duration.ToNanoseconds()
+        if conventions.duration_problem(event.duration) or not 0 <= duration_ns <= conventions.INT64_MAX:
+            raise SpecError("INVALID_ARGUMENT", f"{field}.duration", "must be 0 to about 292 years")
+    event_time_ns: int | None = None
+    if event.HasField("event_time"):
+        problem = conventions.timestamp_problem(event.event_time)
+        if problem is not None:
+            raise SpecError("INVALID_ARGUMENT", f"{field}.event_time", problem)
+        # Not clamped (nothing is cut to fit): times are kept as Unix nanoseconds in 64 bits.
+        event_time_ns = event.event_time.seconds * 1_000_000_000 + event.event_time.nanos
+        if not 0 <= event_time_ns <= conventions.INT64_MAX:
+            raise SpecError(
+                "INVALID_ARGUMENT",
+                f"{field}.event_time",
+                "must be from 1970-01-01T00:00:00Z to 2262-04-11T23:47:16.854775807Z (Unix nanoseconds "
+                f"in 64 bits), got {event.event_time.ToJsonString()}",
+            )
+    if duration_ns is not None and duration_ns > (
+        event_time_ns if event_time_ns is not None else time.time_ns()
+    ):
+        # The call would have started before 1970: its event_time is when it ended.
+        raise SpecError(
+            "INVALID_ARGUMENT",
+            f"{field}.duration",
+            "must not be longer than the time from 1970-01-01T00:00:00Z to the event's event_time "
+            "(or to now, when event_time is unset): the call ends at its event_time",
+        )
+    return duration_ns, event_time_ns
+
+
 def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: str) -> EventDraft:
     """Validates a worker-reported event against event.proto's bounds and makes it an EventDraft.
 
@@ -281,17 +319,7 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
             raise SpecError("INVALID_ARGUMENT", f"{field}.span_id", problem)
     usage = usage_from_proto(event.usage, f"{field}.usage") if event.HasField("usage") else None
     failure = failure_from_proto(event.failure, f"{field}.failure") if event.HasField("failure") else None
-    duration_ns: int | None = None
-    if event.HasField("duration"):
-        duration_ns = event.duration.ToNanoseconds()
-        if conventions.duration_problem(event.duration) or not 0 <= duration_ns <= conventions.INT64_MAX:
-            raise SpecError("INVALID_ARGUMENT", f"{field}.duration", "must be 0 to about 292 years")
-    event_time_ns: int | None = None
-    if event.HasField("event_time"):
-        problem = conventions.timestamp_problem(event.event_time)
-        if problem is not None:
-            raise SpecError("INVALID_ARGUMENT", f"{field}.event_time", problem)
-        event_time_ns = conventions.unix_ns(event.event_time)
+    duration_ns, event_time_ns = _reported_times(event, field)
     attributes = _attributes(event.attributes, f"{field}.attributes") if event.attributes else {}
     return EventDraft(
         event_type=event_type,

@@ -97,7 +97,13 @@ _MAX_TYPES = 64
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
 _SETTLE_WAIT_S = 0.5  # the longest a ListEvents call waits for commits under way
+# Streamed events kept serialized for the other streams: at most this many, and this many bytes
+# (an event may be about a megabyte); dropped when no stream is open.
 _CONVERTED_CACHE = 4096
+_CONVERTED_CACHE_BYTES = 16 << 20
+# A ListEvents page stays this far under the message limit (the response's other fields, framing).
+_LIST_SLACK_BYTES = 1 << 20
+_REPEATED_FRAMING = 6  # an element of a repeated message field: its tag and length, at most
 # Endpoint values (any case) that mean no export, whatever the OTEL_* variables say.
 _EXPORT_OFF = frozenset({"off", "none"})
 _BAD_PORT = "the port must be a number from 1 to 65535"
@@ -138,8 +144,7 @@ class TraceCapability(Capability):
         self._shutdown_deadline: float | None = None
         self._endpoint = otlp_endpoint(config.otlp_endpoint)
         if self._endpoint is not None:
-            resolver = _trace_context_resolver(runtime, self.recorder)
-            self.spans = _otlp_span_builder(self._endpoint, resolver, self._export_gate)
+            self.spans = _otlp_span_builder(self._endpoint, runtime, self.recorder, self._export_gate)
             self.recorder.add_listener(self.spans)
             _log.info("exporting traces with OTLP", extra={"fields": {"endpoint": self._endpoint}})
 
@@ -147,7 +152,8 @@ class TraceCapability(Capability):
         self.recorder.start_pruning()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        add_trace_servicer(TraceServicer(self.recorder), server)
+        servicer = TraceServicer(self.recorder, max_message_bytes=self.runtime.config.max_message_bytes)
+        add_trace_servicer(servicer, server)
         if os.environ.get(TEST_HOOK_ENV) == "1":
             server.add_generic_rpc_handlers((_test_hook(self.runtime, self.recorder),))
 
@@ -274,7 +280,73 @@ def _trace_context_resolver(runtime: Runtime, recorder: EventRecorder) -> TraceC
     return resolve
 
 
-def _otlp_span_builder(endpoint: str, resolver: TraceContextResolver, gate: _ExportGate) -> SpanBuilder:
+def _attempt_span_resolver(runtime: Runtime) -> Callable[[str, str, int], int | None]:
+    """Finds the span id the scheduler gave an attempt, for a call reported after it ended.
+
+    Asked only for an attempt the span builder no longer knows (it ended
+    before a restart, or long ago); the scheduler keeps the span id of each
+    task's latest attempt only.
+    """
+
+    def resolve(workflow_id: str, task_id: str, attempt: int) -> int | None:
+        from sidecar._scheduler import SchedulerCapability  # noqa: PLC0415 - listed after this one
+
+        scheduler = runtime.find(SchedulerCapability)
+        if scheduler is None:
+            return None
+        try:
+            record = scheduler.engine.get_task(workflow_id, task_id).record
+        except Exception:  # noqa: BLE001 - unknown or deleted: the call nests under the workflow span
+            return None
+        if record.attempt != attempt or len(record.span_id) != 16:
+            return None  # an earlier attempt: the scheduler kept no span id for it
+        try:
+            return int(record.span_id, 16) or None
+        except ValueError:
+            return None
+
+    return resolve
+
+
+def _workflow_start_resolver(runtime: Runtime) -> Callable[[str], Event | None]:
+    """Finds how a workflow started (its span's start, name and trace context) in the scheduler's record.
+
+    Asked when a workflow ends whose start the span builder did not see (the
+    sidecar restarted meanwhile), so that its span is exported then.
+    """
+
+    def resolve(workflow_id: str) -> Event | None:
+        from sidecar._scheduler import SchedulerCapability  # noqa: PLC0415 - listed after this one
+
+        scheduler = runtime.find(SchedulerCapability)
+        if scheduler is None:
+            return None
+        try:
+            record = scheduler.engine.get_workflow(workflow_id).record
+        except Exception:  # noqa: BLE001 - unknown or deleted workflow: no span
+            return None
+        if not record.create_ns:
+            return None
+        attributes: dict[str, str | int | float | bool] = {"are.workflow.name": record.name}
+        if record.trace_id:
+            attributes["are.trace_id"] = record.trace_id
+        if record.parent_span_id:
+            attributes["are.parent_span_id"] = record.parent_span_id
+        return Event(
+            sequence=0,
+            event_time_unix_ns=record.create_ns,
+            event_type="WORKFLOW_SUBMITTED",
+            workflow_id=workflow_id,
+            name=record.name,
+            attributes=attributes,
+        )
+
+    return resolve
+
+
+def _otlp_span_builder(
+    endpoint: str, runtime: Runtime, recorder: EventRecorder, gate: _ExportGate
+) -> SpanBuilder:
     # Imported here: the exporter (and its grpc channel) exists only when export is on.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
@@ -284,13 +356,18 @@ def _otlp_span_builder(endpoint: str, resolver: TraceContextResolver, gate: _Exp
     insecure = "://" not in endpoint or urlsplit(endpoint).scheme.lower() == "http"
     exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=_EXPORT_TIMEOUT_S)
     processor = BatchSpanProcessor(
-        _gated_exporter(exporter, gate),
+        _gated_exporter(exporter, gate, runtime.config.otlp_max_export_bytes, endpoint),
         max_queue_size=65_536,
         max_export_batch_size=512,
         # opentelemetry-sdk 1.45 does not apply it yet; the exporter's own timeout bounds each export.
         export_timeout_millis=_EXPORT_TIMEOUT_S * 1000,
     )
-    return SpanBuilder(processor, trace_context=resolver)
+    return SpanBuilder(
+        processor,
+        trace_context=_trace_context_resolver(runtime, recorder),
+        attempt_span=_attempt_span_resolver(runtime),
+        workflow_start=_workflow_start_resolver(runtime),
+    )
 
 
 class _ExportGate:
@@ -346,24 +423,52 @@ class _ExportGate:
         self.shutdown_exporter()
 
 
-def _gated_exporter(exporter: SpanExporter, gate: _ExportGate) -> SpanExporter:
-    """``exporter`` behind ``gate``: it counts what is not exported and refuses all once cut off."""
+def _gated_exporter(
+    exporter: SpanExporter, gate: _ExportGate, max_bytes: int = 3 * 1024 * 1024, endpoint: str = ""
+) -> SpanExporter:
+    """``exporter`` behind ``gate``: it counts what is not exported and refuses all once cut off.
+
+    Each batch is first fitted (see ``sidecar._otlp_batches``): sent as
+    requests of at most ``max_bytes`` encoded, so that the collector takes
+    them, and without the spans that cannot be encoded, so that one such
+    span never takes its batch down with it.
+    """
     from opentelemetry.sdk.trace.export import (  # noqa: PLC0415 - loaded only when export is on
         SpanExporter,
         SpanExportResult,
     )
 
+    from sidecar._otlp_batches import fit_spans  # noqa: PLC0415 - loads the OTLP encoder
+
     class GatedSpanExporter(SpanExporter):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            result = SpanExportResult.FAILURE
-            if not gate.cut_off:
-                try:
-                    result = exporter.export(spans)
-                except Exception:  # noqa: BLE001 - a cut-off export may raise (closed channel); counted below
-                    result = SpanExportResult.FAILURE
-            if result is not SpanExportResult.SUCCESS:
-                gate.count_not_exported(len(spans))
-            return result
+            fitted = fit_spans(spans, max_bytes)
+            if fitted.dropped or fitted.truncated:
+                _log.warning(
+                    f"{fitted.dropped} spans could not be encoded (or not in {max_bytes:,} bytes) and "
+                    f"are dropped; {fitted.truncated} were cut to fit",
+                    extra={
+                        "fields": {
+                            "endpoint": endpoint,
+                            "spans_dropped": fitted.dropped,
+                            "spans_truncated": fitted.truncated,
+                            "max_export_bytes": max_bytes,
+                        }
+                    },
+                )
+            failed = fitted.dropped
+            for batch in fitted.batches:
+                result = SpanExportResult.FAILURE
+                if not gate.cut_off:
+                    try:
+                        result = exporter.export(batch)
+                    except Exception:  # noqa: BLE001 - a cut-off export may raise (closed channel); counted below
+                        result = SpanExportResult.FAILURE
+                if result is not SpanExportResult.SUCCESS:
+                    failed += len(batch)
+            if failed:
+                gate.count_not_exported(failed)
+            return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
 
         def shutdown(self) -> None:
             gate.shutdown_exporter()
@@ -434,10 +539,15 @@ def _already_serialized(data: bytes) -> bytes:
 class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
     """Translates TraceService calls to the :class:`EventRecorder`."""
 
-    def __init__(self, recorder: EventRecorder) -> None:
+    def __init__(self, recorder: EventRecorder, *, max_message_bytes: int = 64 << 20) -> None:
         self._recorder = recorder
-        # Recently streamed events, serialized once for every subscriber (10 streams, one encoding).
+        # The largest response the server sends: a ListEvents page is cut short of it.
+        self._page_room = max(1, max_message_bytes - _LIST_SLACK_BYTES)
+        # Recently streamed events, serialized once for every subscriber (10 streams, one
+        # encoding); bounded in events and bytes, and emptied when the last stream ends.
         self._serialized: OrderedDict[int, bytes] = OrderedDict()
+        self._serialized_bytes = 0
+        self._streams = 0
 
     async def ListEvents(  # noqa: N802 - the RPC's name
         self, request: trace_service_pb2.ListEventsRequest, context: _Context
@@ -469,14 +579,22 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         await check_cursor(context, after, recorder, cursor_field)
         # Read your writes: events recorded before this call still committing settle first.
         await recorder.wait_visible(recorder.last_sequence, _SETTLE_WAIT_S)
-        page = recorder.list_events(event_filter, after_sequence=after, limit=limit)
-        return trace_service_pb2.ListEventsResponse(
-            events=[event_to_proto(event) for event in page.events],
-            next_page_token=encode_page_token(page.last_sequence, event_filter) if page.more else "",
-            last_sequence=page.last_sequence,
-            oldest_retained_sequence=page.oldest_retained_sequence,
-            end_sequence=recorder.visible_through,
-        )
+        room = self._page_room
+        # Bounded by stored bytes first (never decoding a thousand big events), then exactly.
+        page = recorder.list_events(event_filter, after_sequence=after, limit=limit, max_bytes=room)
+        events = [event_to_proto(event) for event in page.events]
+        last, more = page.last_sequence, page.more
+        response = trace_service_pb2.ListEventsResponse(events=events)
+        if response.ByteSize() > room:
+            kept = _fitting(events, room)
+            if kept < len(events):
+                del response.events[kept:]
+                last, more = page.events[kept - 1].sequence, True
+        response.next_page_token = encode_page_token(last, event_filter) if more else ""
+        response.last_sequence = last
+        response.oldest_retained_sequence = page.oldest_retained_sequence
+        response.end_sequence = recorder.visible_through
+        return response
 
     async def StreamEvents(  # noqa: N802 - the RPC's name
         self, request: trace_service_pb2.StreamEventsRequest, context: _Context
@@ -496,6 +614,7 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                 metadata={"limit": "stream_subscribers"},
                 retry_after=timedelta(seconds=1),
             )
+        self._streams += 1
         try:
             while True:
                 try:
@@ -505,6 +624,10 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                 yield self._stream_message(item)
         finally:
             subscription.close()
+            self._streams -= 1
+            if not self._streams:  # nobody to share encodings with: free them
+                self._serialized.clear()
+                self._serialized_bytes = 0
 
     def _stream_message(self, item: StreamItem) -> bytes:
         """The serialized ``StreamEventsResponse``: an event's is built once for every stream."""
@@ -514,8 +637,9 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
             if data is None:
                 data = trace_service_pb2.StreamEventsResponse(event=event_to_proto(item)).SerializeToString()
                 cache[item.sequence] = data
-                if len(cache) > _CONVERTED_CACHE:
-                    cache.popitem(last=False)
+                self._serialized_bytes += len(data)
+                while len(cache) > _CONVERTED_CACHE or self._serialized_bytes > _CONVERTED_CACHE_BYTES:
+                    self._serialized_bytes -= len(cache.popitem(last=False)[1])
             return data
         if isinstance(item, CaughtUp):
             message = trace_service_pb2.StreamEventsResponse(
@@ -524,6 +648,16 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         else:
             message = trace_service_pb2.StreamEventsResponse(missed=missed_to_proto(item))
         return message.SerializeToString()
+
+
+def _fitting(events: Sequence[event_pb2.Event], room: int) -> int:
+    """How many of ``events`` fit in ``room`` bytes of a response; at least one."""
+    size = 0
+    for index, event in enumerate(events):
+        size += event.ByteSize() + _REPEATED_FRAMING
+        if index and size > room:
+            return index
+    return len(events)
 
 
 async def check_cursor(context: _Context, after: int, recorder: EventRecorder, field: str) -> None:

@@ -82,7 +82,14 @@ class EventDraft(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A recorded event: a draft with its place in the log (``sequence``) and time."""
+    """A recorded event: a draft with its place in the log (``sequence``) and time.
+
+    ``recorded_unix_ns`` is the sidecar's clock when it recorded an event
+    whose ``event_time_unix_ns`` came from elsewhere (a worker's clock, which
+    may be far off); 0 when the sidecar stamped the time itself, which is
+    then the record time. Retention by age goes by the record time. Stored
+    under the short key ``rec`` (rows written before it existed decode to 0).
+    """
 
     sequence: int
     event_time_unix_ns: int
@@ -99,6 +106,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     name: str = ""
     attributes: dict[str, AttributeValue] = msgspec.field(default_factory=dict)
     span_id: str = ""
+    recorded_unix_ns: int = msgspec.field(default=0, name="rec")
 
 
 class EventSink(Protocol):

@@ -17,7 +17,28 @@ the scheduler emits:
 * LLM and tool calls reported by workers become child spans of the attempt
   named and attributed after the OpenTelemetry GenAI semantic conventions
   (``chat gpt-4o``, ``execute_tool search``; ``gen_ai.*`` attributes), unless
-  the worker traced the call itself (the event carries its span id).
+  the worker traced the call itself (the event carries its span id). The
+  call's own attributes are on its span only: the attempt's span event for
+  it says that it happened, not what it carried. A call reported after its
+  attempt ended (workers may, for a few minutes) still nests under that
+  attempt's span: the span ids of recently ended attempts are kept, and the
+  optional ``attempt_span`` resolver is asked for older ones; a call whose
+  attempt span is known nowhere nests under the workflow span rather than
+  under a span that does not exist. A call longer than its end time since
+  the epoch starts at the epoch.
+
+The workflow span is exported once, complete, when the workflow ends. When
+its start was not seen by this builder (the sidecar restarted while the
+workflow ran), its end still exports it, with the workflow's span id and
+the start, name and trace context of its submission, found with the
+optional ``workflow_start`` resolver. For that reason :meth:`SpanBuilder.shutdown`
+ends the attempts' spans still open (those attempts are run again, with new
+spans, after a restart) but not the workflows': exporting one marked
+unfinished and again when the workflow ends after the restart would make
+two spans of one span id.
+
+Every span is built under :data:`SPAN_LIMITS`, so no one attribute value,
+and no span's count of attributes, events or links, is unbounded.
 
 Ids follow what the producer recorded, so that the W3C trace context handed
 to a worker names the very span exported here and the worker's own spans
@@ -38,12 +59,12 @@ attempt ids (:func:`workflow_trace_id`, :func:`attempt_span_id`,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -59,8 +80,11 @@ from are_core.trace._ids import (
 from are_core.trace._model import AttributeValue, Event
 
 __all__ = [
+    "SPAN_LIMITS",
+    "AttemptSpanResolver",
     "SpanBuilder",
     "TraceContextResolver",
+    "WorkflowStartResolver",
     "attempt_span_id",
     "task_traceparent",
     "trace_context_of",
@@ -70,6 +94,9 @@ __all__ = [
 
 _WORKFLOW_START = frozenset({"WORKFLOW_SUBMITTED", "WORKFLOW_FORKED"})
 _WORKFLOW_END = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CANCELLED", "WORKFLOW_DELETED"})
+# The events that close a workflow, once each: its span is exported at one of them even if its start was
+# not seen here (a restart). Not WORKFLOW_DELETED, which may come long after a closing event seen elsewhere.
+_WORKFLOW_CLOSE = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CANCELLED"})
 _ATTEMPT_END = frozenset(
     {"TASK_COMPLETED", "TASK_ATTEMPT_FAILED", "TASK_TIMED_OUT", "TASK_CANCELLED", "TASK_LEASE_EXPIRED"}
 )
@@ -79,6 +106,28 @@ _SPAN_BOUNDARIES = frozenset(
     {"TASK_DISPATCHED", "TASK_COMPLETED", "WORKFLOW_SUBMITTED", "WORKFLOW_COMPLETED"}
 )
 _SPAN_START_KEY = "are.span"
+
+SPAN_LIMITS = SpanLimits(
+    max_span_attributes=128,
+    max_event_attributes=128,
+    max_link_attributes=128,
+    max_events=128,
+    max_links=128,
+    max_attribute_length=4096,
+)
+"""The limits every span is built under, whatever the ``OTEL_*_LIMIT`` variables say.
+
+OpenTelemetry's default counts (128 attributes a span, event or link; 128
+events and links a span), and string values cut to 4,096 characters (the
+SDK's default is no cut): a reported attribute may be 16 KiB, and an OTLP
+export must stay far below a collector's 4 MiB receive limit.
+"""
+
+AttemptSpanResolver = Callable[[str, str, int], "int | None"]
+"""Given a workflow, task and attempt, the span id of that attempt's span, or None if unknown."""
+
+WorkflowStartResolver = Callable[[str], "Event | None"]
+"""Given a workflow id, the event that started it (``WORKFLOW_SUBMITTED``/``FORKED``), or None."""
 
 
 class _ChosenIds(IdGenerator):
@@ -115,6 +164,13 @@ class SpanBuilder:
             fan-out schedules 10,000 tasks); OpenTelemetry's default limit.
         trace_context: Finds a workflow's trace context when its submission
             event was not seen by this builder (see the module docstring).
+        attempt_span: Finds the span id of an attempt that ended before this
+            builder started, or so long ago that it is no longer kept, for a
+            call reported late.
+        workflow_start: Finds the event that started a workflow whose start
+            this builder did not see, so that its end exports its span.
+        max_ended_attempts: Span ids of ended attempts kept for the calls
+            their workers report late.
     """
 
     def __init__(
@@ -125,10 +181,13 @@ class SpanBuilder:
         max_open_spans: int = 100_000,
         max_events_per_span: int = 128,
         trace_context: TraceContextResolver | None = None,
+        attempt_span: AttemptSpanResolver | None = None,
+        workflow_start: WorkflowStartResolver | None = None,
+        max_ended_attempts: int = 65_536,
     ) -> None:
         self._ids = _ChosenIds()
         resource = Resource.create({"service.name": service_name})
-        self._provider = TracerProvider(resource=resource, id_generator=self._ids)
+        self._provider = TracerProvider(resource=resource, id_generator=self._ids, span_limits=SPAN_LIMITS)
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("are.trace")
         self._workflows: OrderedDict[str, otel_trace.Span] = OrderedDict()
@@ -141,6 +200,13 @@ class SpanBuilder:
         # workflow -> (trace id, parent span id): bounded, refilled by the resolver.
         self._contexts: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
         self._resolve = trace_context
+        self._resolve_attempt = attempt_span
+        self._resolve_start = workflow_start
+        # (workflow, task, attempt) -> span id of attempts ended here: a late call's parent.
+        self._ended: OrderedDict[_AttemptKey, int] = OrderedDict()
+        self.max_ended_attempts = max_ended_attempts
+        # Workflows whose span was exported here (ended or evicted): never exported twice.
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self.max_open_spans = max_open_spans
         self.dropped_events = 0
         """Events that belonged to no open span (their span ended or never started here)."""
@@ -160,8 +226,12 @@ class SpanBuilder:
         return self._provider.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        """Ends every open span (marked unfinished), flushes and stops the processor."""
-        for span in [*self._attempts.values(), *self._workflows.values()]:
+        """Ends the open attempt spans (marked unfinished), flushes and stops the processor.
+
+        Open workflow spans are not exported: each is, once and complete, when
+        its workflow ends after a restart (see the module docstring).
+        """
+        for span in self._attempts.values():
             span.set_attribute("are.span.unfinished", value=True)
             span.end()
         self._attempts.clear()
@@ -182,13 +252,13 @@ class SpanBuilder:
         elif kind in _CALLS and not event.span_id:
             self._call_span(event)
         if kind not in _SPAN_BOUNDARIES:
-            self._add_span_event(event)
+            self._add_span_event(event, with_attributes=not (kind in _CALLS and not event.span_id))
         if kind in _ATTEMPT_END:
             self._end_attempt(event)
         elif kind in _WORKFLOW_END:
             self._end_workflow(event)
 
-    def _add_span_event(self, event: Event) -> None:
+    def _add_span_event(self, event: Event, *, with_attributes: bool = True) -> None:
         span = self._attempt_span(event)
         if span is None:
             span = self._workflows.get(event.workflow_id)
@@ -198,7 +268,12 @@ class SpanBuilder:
                 return
             self._workflow_events[event.workflow_id] = count + 1
         name = f"are.{event.event_type.lower()}"
-        span.add_event(name, _event_attributes(event), timestamp=event.event_time_unix_ns)
+        # A call's own attributes are on its call span: not copied here as well.
+        span.add_event(
+            name,
+            _event_attributes(event, with_attributes=with_attributes),
+            timestamp=event.event_time_unix_ns,
+        )
 
     def _trace_id(self, workflow_id: str) -> int:
         context = self._contexts.get(workflow_id)
@@ -305,18 +380,40 @@ class SpanBuilder:
         attempt = event.attempt or (latest[0] if latest is not None else 0)
         return self._attempts.get((event.workflow_id, event.task_id, attempt))
 
+    def _ended_attempt_span(self, key: _AttemptKey) -> int | None:
+        """The span id of an attempt that is not open here, or None when it is known nowhere."""
+        span_id = self._ended.get(key)
+        if span_id is not None:
+            return span_id
+        latest = self._latest_attempt(key[0], key[1])
+        if latest is not None and latest[0] == key[2]:
+            return latest[1]
+        if self._resolve_attempt is None:
+            return None
+        span_id = self._resolve_attempt(*key)
+        if span_id is not None:
+            self._remember_ended(key, span_id)  # its worker may report more calls: one lookup
+        return span_id
+
+    def _remember_ended(self, key: _AttemptKey, span_id: int) -> None:
+        self._ended[key] = span_id
+        self._ended.move_to_end(key)
+        while len(self._ended) > self.max_ended_attempts:
+            self._ended.popitem(last=False)
+
     def _call_span(self, event: Event) -> None:
-        parent = self._attempts.get((event.workflow_id, event.task_id, event.attempt))
+        key = (event.workflow_id, event.task_id, event.attempt)
+        parent = self._attempts.get(key)
         if parent is not None:
             context = otel_trace.set_span_in_context(parent)
         else:
-            latest = self._latest_attempt(event.workflow_id, event.task_id)
-            span_id = (
-                latest[1]
-                if latest is not None and latest[0] == event.attempt
-                else attempt_span_id(event.workflow_id, event.task_id, event.attempt)
+            span_id = self._ended_attempt_span(key)
+            # Known nowhere: under the workflow's span, which exists, not under an id that does not.
+            context = (
+                self._remote(self._trace_id(event.workflow_id), span_id)
+                if span_id is not None
+                else self._parent_context(event.workflow_id)
             )
-            context = self._remote(self._trace_id(event.workflow_id), span_id)
         attributes: dict[str, AttributeValue] = {
             "are.workflow.id": event.workflow_id,
             "are.task.id": event.task_id,
@@ -340,8 +437,9 @@ class SpanBuilder:
             if tool:
                 attributes["gen_ai.tool.name"] = tool
         attributes.update(_scalar(event.attributes))
-        end = event.event_time_unix_ns
-        start = end - (event.duration_ns or 0)
+        end = max(event.event_time_unix_ns, 0)
+        # A call longer than its end since the epoch starts at the epoch: OTLP times are unsigned.
+        start = max(end - (event.duration_ns or 0), 0)
         span = self._tracer.start_span(
             name, context=context, kind=SpanKind.CLIENT, attributes=attributes, start_time=start
         )
@@ -351,9 +449,11 @@ class SpanBuilder:
         span.end(end_time=max(start, end))
 
     def _end_attempt(self, event: Event) -> None:
-        span = self._attempts.pop((event.workflow_id, event.task_id, event.attempt), None)
+        key = (event.workflow_id, event.task_id, event.attempt)
+        span = self._attempts.pop(key, None)
         if span is None:
             return
+        self._remember_ended(key, span.get_span_context().span_id)
         if event.usage is not None:
             span.set_attribute("gen_ai.usage.input_tokens", event.usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", event.usage.output_tokens)
@@ -370,10 +470,14 @@ class SpanBuilder:
         span.end(end_time=event.event_time_unix_ns)
 
     def _end_workflow(self, event: Event) -> None:
-        span = self._workflows.pop(event.workflow_id, None)
-        self._workflow_events.pop(event.workflow_id, None)
+        workflow_id = event.workflow_id
+        if workflow_id not in self._workflows and event.event_type in _WORKFLOW_CLOSE:
+            self._start_unseen_workflow(workflow_id)
+        span = self._workflows.pop(workflow_id, None)
+        self._workflow_events.pop(workflow_id, None)
         if span is None:
             return
+        self._remember_closed(workflow_id)
         if event.workflow_state:
             span.set_attribute("are.workflow.state", event.workflow_state)
         if event.usage is not None:
@@ -389,6 +493,20 @@ class SpanBuilder:
         span.end(end_time=event.event_time_unix_ns)
         self._latest.pop(event.workflow_id, None)
 
+    def _start_unseen_workflow(self, workflow_id: str) -> None:
+        """Opens the span of a workflow whose start this builder did not see, so that its end exports it."""
+        if workflow_id in self._closed or self._resolve_start is None:
+            return  # exported here already (ended, or evicted), or no way to know its start
+        start = self._resolve_start(workflow_id)
+        if start is not None and start.workflow_id == workflow_id and start.event_type in _WORKFLOW_START:
+            self._start_workflow(start)
+
+    def _remember_closed(self, workflow_id: str) -> None:
+        self._closed[workflow_id] = None
+        self._closed.move_to_end(workflow_id)
+        while len(self._closed) > self.max_open_spans:
+            self._closed.popitem(last=False)
+
     def _bound(self) -> None:
         while self.open_spans > self.max_open_spans:
             spans: OrderedDict[_AttemptKey, otel_trace.Span] | OrderedDict[str, otel_trace.Span]
@@ -396,6 +514,7 @@ class SpanBuilder:
             key, span = spans.popitem(last=False)
             if isinstance(key, str):
                 self._workflow_events.pop(key, None)
+                self._remember_closed(key)
             span.set_attribute("are.span.evicted", value=True)
             span.end()
         while len(self._latest) > self.max_open_spans:
@@ -406,7 +525,7 @@ def _scalar(attributes: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
     return {k: v for k, v in attributes.items() if not k.startswith(_SPAN_START_KEY)}
 
 
-def _event_attributes(event: Event) -> dict[str, AttributeValue]:
+def _event_attributes(event: Event, *, with_attributes: bool = True) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue] = {"are.sequence": event.sequence}
     optional: dict[str, AttributeValue] = {
         "are.task.id": event.task_id,
@@ -428,5 +547,6 @@ def _event_attributes(event: Event) -> dict[str, AttributeValue]:
         attributes["gen_ai.usage.input_tokens"] = event.usage.input_tokens
         attributes["gen_ai.usage.output_tokens"] = event.usage.output_tokens
         attributes["are.cost_micro_usd"] = event.usage.cost_micro_usd
-    attributes.update(event.attributes)
+    if with_attributes:
+        attributes.update(event.attributes)
     return attributes

@@ -10,6 +10,15 @@ Layout (two tables, both declared by the trace capability):
   dropped, so that sequences are never reused after a restart, even when
   retention emptied the log.
 
+Retention by age goes by the time the sidecar recorded an event, never by
+the event's own time (a worker's clock: one event a year ahead, walked in
+sequence order, would otherwise keep every later one).
+
+Rows are read in chunks bounded by bytes as well as rows, and pages (of
+:meth:`EventRecorder.list_events`, of stream replays) can be bounded by the
+stored bytes of their events: an event may be about a megabyte (64 worker
+attributes of 16 KiB), so a bound in events alone is no bound on memory.
+
 Sequences are assigned in :meth:`EventRecorder.record` (on the event loop, so
 strictly increasing) and recovered on start as one past the highest sequence
 ever stored. A batch that fails to commit leaves a gap; gaps are allowed.
@@ -59,7 +68,7 @@ from are_core.trace._errors import TooManySubscribersError
 from are_core.trace._filter import EventFilter
 from are_core.trace._ids import trace_context_of
 from are_core.trace._model import Event, EventDraft
-from are_core.trace._stream import Subscription
+from are_core.trace._stream import SMALL_EVENT_BYTES, Subscription
 
 __all__ = ["EVENT_TABLES", "EventListener", "EventPage", "EventRecorder"]
 
@@ -78,6 +87,13 @@ _PENDING_EXPIRY_NS = 120 * 1_000_000_000
 _PRUNE_MAX_BACKOFF_S = 60.0
 _MAX_VISIBLE_WAITERS = 1024
 _PREFIX_CACHE = 4096  # encoded workflow-id key prefixes kept for record()
+# Rows read from LMDB at once are bounded so that one chunk holds about this
+# many bytes (its first chunk is sized by the page), and one page reads at
+# most _SCAN_MAX_BYTES of rows (then it ends with ``more`` and a cursor).
+_SCAN_FIRST_CHUNK = 64
+_SCAN_CHUNK_BYTES = 4 << 20
+_SCAN_CHUNK_ROWS = 1024
+_SCAN_MAX_BYTES = 64 << 20
 _log = logging.getLogger("are.trace")
 
 
@@ -130,9 +146,14 @@ class EventRecorder:
         committer: Its group committer: it reports each batch's outcome to
             the recorder, and retention pruning commits through it.
         retention_count: Keep at most this many events (the oldest go first).
-        retention_age_s: Drop events older than this many seconds.
+        retention_age_s: Drop events recorded more than this many seconds
+            ago (by the sidecar's clock when it recorded them, whatever time
+            a worker gave the event).
         subscriber_buffer: Events a live subscriber may have unread before it
             is told it missed some.
+        subscriber_buffer_bytes: The same bound in stored bytes (an event of
+            at most :data:`SMALL_EVENT_BYTES` counts as that many); at least
+            one event is always buffered.
         max_subscribers: Live streams served at once.
         prune_batch: Events deleted per pruning transaction (bounded work).
         prune_interval_s: Seconds between retention checks.
@@ -147,6 +168,7 @@ class EventRecorder:
         retention_count: int = 10_000_000,
         retention_age_s: float = 7 * 86_400.0,
         subscriber_buffer: int = 10_000,
+        subscriber_buffer_bytes: int = 64 << 20,
         max_subscribers: int = 1024,
         prune_batch: int = 1_000,
         prune_interval_s: float = 1.0,
@@ -159,10 +181,14 @@ class EventRecorder:
         self.retention_count = retention_count
         self.retention_age_s = retention_age_s
         self.subscriber_buffer = subscriber_buffer
+        self.subscriber_buffer_bytes = subscriber_buffer_bytes
         self.max_subscribers = max_subscribers
         self.prune_batch = prune_batch
         self.prune_interval_s = prune_interval_s
         self._clock_ns = clock_ns
+        # Rows stored before record times were kept, with an event time ahead of
+        # the clock (a worker's), count as recorded when this recorder started.
+        self._started_ns = clock_ns()
         self._codec = Codec(Event)
         self._encode = msgspec.msgpack.Encoder().encode  # the same encoding as ``self._codec``
         self._prefixes: dict[str, bytes] = {}  # workflow id -> its by-workflow key prefix
@@ -174,6 +200,8 @@ class EventRecorder:
         self._unsettled: dict[int, _BatchEvents] = {}
         # Committed events above the watermark, waiting for those below to settle.
         self._committed: dict[int, Event] = {}
+        # sequence -> stored bytes, for events larger than SMALL_EVENT_BYTES not yet delivered.
+        self._sizes: dict[int, int] = {}
         self._visible = 0  # every sequence through this one has settled and was delivered
         self._visible_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,10 +289,15 @@ class EventRecorder:
         sequence = self._next_sequence
         self._next_sequence = sequence + 1
         when = draft.event_time_unix_ns
+        recorded = 0  # the event time is the record time
+        if when is None:
+            when = self._clock_ns()
+        else:  # a worker's time: the record time is kept beside it
+            recorded = self._clock_ns()
         workflow_id = draft.workflow_id
         event = Event(
             sequence=sequence,
-            event_time_unix_ns=when if when is not None else self._clock_ns(),
+            event_time_unix_ns=when,
             event_type=draft.event_type,
             workflow_id=workflow_id,
             task_id=draft.task_id,
@@ -279,8 +312,14 @@ class EventRecorder:
             attributes=dict(draft.attributes),
             span_id=draft.span_id,
         )
+        if recorded:
+            # Not passed above: a keyword for a renamed field costs every event about 0.5 µs.
+            event = msgspec.structs.replace(event, recorded_unix_ns=recorded)
         key = sequence.to_bytes(8, "big")  # = u64_key(sequence); sequences stay far below 2**64
-        batch.put(EVENTS_TABLE, key, self._encode(event))
+        value = self._encode(event)
+        batch.put(EVENTS_TABLE, key, value)
+        if len(value) > SMALL_EVENT_BYTES:
+            self._sizes[sequence] = len(value)
         if workflow_id:
             prefix = self._prefixes.get(workflow_id)
             if prefix is None:
@@ -372,16 +411,22 @@ class EventRecorder:
         self._visible = visible
         if ready:
             self._deliver(ready)
+        sizes = self._sizes
+        if sizes:  # events of failed or dropped batches, never delivered
+            for sequence in [s for s in sizes if s <= visible]:
+                del sizes[sequence]
         if self._visible_waiters:
             self._wake_visible_waiters()
 
     def _deliver(self, events: list[Event]) -> None:
         """Fans committed events, in sequence order, out to live streams and listeners."""
         subscribers = self._subscribers
+        sizes = self._sizes
         for event in events:
+            size = sizes.pop(event.sequence, SMALL_EVENT_BYTES) if sizes else SMALL_EVENT_BYTES
             for subscription in subscribers:
                 if subscription.event_filter.matches(event):
-                    subscription.offer(event)
+                    subscription.offer(event, size)
         for listener in self._listeners:
             try:
                 listener.on_events(events)
@@ -463,6 +508,7 @@ class EventRecorder:
         after_sequence: int = 0,
         limit: int = 100,
         scan_budget: int = 10_000,
+        max_bytes: int | None = None,
     ) -> EventPage:
         """Reads up to ``limit`` matching events after ``after_sequence``.
 
@@ -470,9 +516,13 @@ class EventRecorder:
         over a long log answers in bounded time with ``more`` set and a cursor
         to continue from. The page ends at the watermark (:attr:`visible_through`):
         an event still committing is listed by a later page, never skipped.
+        With ``max_bytes``, the page also ends before the stored bytes of its
+        events would pass it (it always holds at least one event), with
+        ``more`` set and the cursor at its last event.
         """
         limit = max(1, limit)
         scan_budget = max(limit, scan_budget)
+        room = max_bytes if max_bytes is not None else 1 << 62
         self._advance()
         through = self._visible  # never past an event that has not settled
         with self._storage.read() as view:
@@ -481,63 +531,101 @@ class EventRecorder:
                 page: tuple[list[Event], int, bool] = [], after_sequence, False
             elif event_filter.workflow_ids:
                 page = self._list_indexed(
-                    view, event_filter, after_sequence, through=through, limit=limit, budget=scan_budget
+                    view,
+                    event_filter,
+                    after_sequence,
+                    through=through,
+                    limit=limit,
+                    budget=scan_budget,
+                    room=room,
                 )
             else:
                 page = self._list_scan(
-                    view, event_filter, after_sequence, through=through, limit=limit, budget=scan_budget
+                    view,
+                    event_filter,
+                    after_sequence,
+                    through=through,
+                    limit=limit,
+                    budget=scan_budget,
+                    room=room,
                 )
         events, last, more = page
         return EventPage(events=events, last_sequence=last, more=more, oldest_retained_sequence=oldest)
 
     def _list_scan(
-        self, view: ReadView, event_filter: EventFilter, after: int, *, through: int, limit: int, budget: int
+        self,
+        view: ReadView,
+        event_filter: EventFilter,
+        after: int,
+        *,
+        through: int,
+        limit: int,
+        budget: int,
+        room: int,
     ) -> tuple[list[Event], int, bool]:
         end = u64_key(through + 1)
-        rows = view.scan(EVENTS_TABLE, start=u64_key(after + 1), end=end, limit=budget)
         decode = self._codec.decode
+        matches = event_filter.matches
         events: list[Event] = []
+        size = 0  # stored bytes of the page's events
+        read = 0  # stored bytes of every row examined
         last = after
-        for key, value in rows:
-            last = parse_u64_key(key)
-            event = decode(value)
-            if event_filter.matches(event):
-                events.append(event)
-                if len(events) == limit:
-                    more = bool(view.scan(EVENTS_TABLE, start=u64_key(last + 1), end=end, limit=1))
-                    return events, last, more
-        if len(rows) == budget:
-            return events, last, True
-        return events, self._log_end(view, after, through), False
+        scanned = 0
+        chunk = min(limit, _SCAN_FIRST_CHUNK)
+        while scanned < budget:
+            want = min(chunk, budget - scanned)
+            rows = view.scan(EVENTS_TABLE, start=u64_key(last + 1), end=end, limit=want)
+            for key, value in rows:
+                if (events and size + len(value) > room) or read >= _SCAN_MAX_BYTES:
+                    return events, last, True  # this row is the next page's
+                scanned += 1
+                read += len(value)
+                last = parse_u64_key(key)
+                event = decode(value)
+                if matches(event):
+                    events.append(event)
+                    size += len(value)
+                    if len(events) == limit:
+                        return events, last, self._row_after(view, last, end)
+            if len(rows) < want:
+                return events, self._log_end(view, after, through), False
+            chunk = _next_chunk(rows)
+        return events, last, True  # the scan budget ran out
+
+    def _row_after(self, view: ReadView, last: int, end: bytes) -> bool:
+        return bool(view.scan(EVENTS_TABLE, start=u64_key(last + 1), end=end, limit=1))
 
     def _list_indexed(
-        self, view: ReadView, event_filter: EventFilter, after: int, *, through: int, limit: int, budget: int
+        self,
+        view: ReadView,
+        event_filter: EventFilter,
+        after: int,
+        *,
+        through: int,
+        limit: int,
+        budget: int,
+        room: int,
     ) -> tuple[list[Event], int, bool]:
         per_workflow = max(limit, budget // len(event_filter.workflow_ids))
-        sequences: list[int] = []
-        horizon: int | None = None  # every listed workflow is scanned through here
-        for workflow_id in sorted(event_filter.workflow_ids):
-            if not _indexable(workflow_id):
-                continue
-            end = join_key(workflow_id, through + 1)
-            start = join_key(workflow_id, after + 1)
-            rows = view.scan(BY_WORKFLOW_TABLE, start=start, end=end, limit=per_workflow)
-            found = [parse_u64_key(key[-8:]) for key, _ in rows]
-            sequences.extend(found)
-            if len(rows) == per_workflow:
-                horizon = found[-1] if horizon is None else min(horizon, found[-1])
-        sequences.sort()
-        if horizon is not None:
-            sequences = [s for s in sequences if s <= horizon]
+        sequences, horizon = _indexed_sequences(view, event_filter, after, through, per_workflow)
         decode = self._codec.decode
         events: list[Event] = []
-        values = view.get_many(EVENTS_TABLE, [u64_key(s) for s in sequences])
-        for index, (sequence, value) in enumerate(zip(sequences, values, strict=True)):
+        size = 0
+        read = 0
+        last = after
+        # One row at a time: the values of thousands of big events are never all in memory.
+        for index, sequence in enumerate(sequences):
+            value = view.get(EVENTS_TABLE, u64_key(sequence))
             if value is None:
                 continue
+            if (events and size + len(value) > room) or read >= _SCAN_MAX_BYTES:
+                return events, last, True  # this row is the next page's
+            read += len(value)
+            last = sequence
             event = decode(value)
             if event_filter.matches(event):
                 events.append(event)
+                size += len(value)
                 if len(events) == limit:
                     return events, sequence, index + 1 < len(sequences) or horizon is not None
         if horizon is not None:
@@ -586,7 +674,9 @@ class EventRecorder:
             raise TooManySubscribersError(
                 f"at most {self.max_subscribers} live event streams are served at once"
             )
-        subscription = Subscription(self, event_filter, after_sequence, self.subscriber_buffer)
+        subscription = Subscription(
+            self, event_filter, after_sequence, self.subscriber_buffer, self.subscriber_buffer_bytes
+        )
         if self._closed:
             subscription.close()
         else:
@@ -606,36 +696,57 @@ class EventRecorder:
     # Retention
 
     async def prune_once(self) -> int:
-        """Drops at most ``prune_batch`` of the oldest events beyond retention; returns how many."""
-        horizon_ns = self._clock_ns() - int(self.retention_age_s * 1e9)
+        """Drops at most ``prune_batch`` of the oldest events beyond retention; returns how many.
+
+        Age goes by the time each event was recorded (:func:`_recorded_at`),
+        so events leave in sequence order and no worker's clock holds them.
+        """
+        now_ns = self._clock_ns()
+        horizon_ns = now_ns - int(self.retention_age_s * 1e9)
+        started_ns = self._started_ns
         with self._storage.read() as view:
             excess = view.count(EVENTS_TABLE) - self.retention_count
             if excess <= 0:
                 # The usual case, checked once a second on the event loop:
                 # only the oldest event's age can make pruning due.
                 oldest = view.scan(EVENTS_TABLE, limit=1)
-                if not oldest or _time_of(self._codec, oldest[0][1]) >= horizon_ns:
+                if (
+                    not oldest
+                    or _recorded_time_of(self._codec, oldest[0][1], now_ns, started_ns) >= horizon_ns
+                ):
                     return 0
-            rows = view.scan(EVENTS_TABLE, limit=self.prune_batch)
             batch = self._storage.batch()
             dropped = 0
             last = 0
-            for key, value in rows:
-                try:
-                    event: Event | None = self._codec.decode(value)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    # A row no reader can decode either: it goes, as an expired
-                    # one would, or it would stop retention here for good (its
-                    # workflow's index row, if any, stays; readers skip it).
-                    event = None
-                if event is not None and excess <= 0 and event.event_time_unix_ns >= horizon_ns:
+            chunk = min(self.prune_batch, _SCAN_FIRST_CHUNK)
+            due = True
+            while due and dropped < self.prune_batch:
+                want = min(chunk, self.prune_batch - dropped)
+                rows = view.scan(EVENTS_TABLE, start=u64_key(last + 1), limit=want)
+                for key, value in rows:
+                    try:
+                        event: Event | None = self._codec.decode(value)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        # A row no reader can decode either: it goes, as an expired
+                        # one would, or it would stop retention here for good (its
+                        # workflow's index row, if any, stays; readers skip it).
+                        event = None
+                    if (
+                        event is not None
+                        and excess <= 0
+                        and _recorded_at(event, now_ns, started_ns) >= horizon_ns
+                    ):
+                        due = False
+                        break
+                    excess -= 1
+                    last = parse_u64_key(key)
+                    batch.delete(EVENTS_TABLE, key)
+                    if event is not None and _indexable(event.workflow_id):
+                        batch.delete(BY_WORKFLOW_TABLE, join_key(event.workflow_id, event.sequence))
+                    dropped += 1
+                if len(rows) < want:
                     break
-                excess -= 1
-                last = parse_u64_key(key)
-                batch.delete(EVENTS_TABLE, key)
-                if event is not None and _indexable(event.workflow_id):
-                    batch.delete(BY_WORKFLOW_TABLE, join_key(event.workflow_id, event.sequence))
-                dropped += 1
+                chunk = _next_chunk(rows)
         if not dropped:
             return 0
         through = max(last, self._pruned_through)
@@ -678,12 +789,58 @@ class EventRecorder:
             await asyncio.sleep(delay)
 
 
-def _time_of(codec: Codec[Event], value: bytes) -> int:
-    """An encoded event's time; 0 (long past) for a row that cannot be decoded, so pruning takes it."""
+def _recorded_at(event: Event, now_ns: int, started_ns: int) -> int:
+    """When the sidecar recorded ``event``, by its own clock: the age retention goes by.
+
+    An event whose time the sidecar stamped was recorded then. A row stored
+    before record times were kept (``recorded_unix_ns`` 0) with a time ahead
+    of the clock holds a worker's time: it was recorded before this process
+    started, which is the time it is given (so it cannot hold retention).
+    """
+    recorded = event.recorded_unix_ns
+    if recorded:
+        return recorded
+    when = event.event_time_unix_ns
+    return when if when <= now_ns else started_ns
+
+
+def _recorded_time_of(codec: Codec[Event], value: bytes, now_ns: int, started_ns: int) -> int:
+    """An encoded event's record time; 0 (long past) for a row that cannot be decoded, so pruning takes it."""
     try:
-        return codec.decode(value).event_time_unix_ns
+        return _recorded_at(codec.decode(value), now_ns, started_ns)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return 0
+
+
+def _indexed_sequences(
+    view: ReadView, event_filter: EventFilter, after: int, through: int, per_workflow: int
+) -> tuple[list[int], int | None]:
+    """The listed workflows' sequences after ``after``, ascending, and the horizon they were all scanned to.
+
+    The horizon is None when every workflow's index was read to ``through``.
+    """
+    sequences: list[int] = []
+    horizon: int | None = None  # every listed workflow is scanned through here
+    for workflow_id in sorted(event_filter.workflow_ids):
+        if not _indexable(workflow_id):
+            continue
+        end = join_key(workflow_id, through + 1)
+        start = join_key(workflow_id, after + 1)
+        rows = view.scan(BY_WORKFLOW_TABLE, start=start, end=end, limit=per_workflow)
+        found = [parse_u64_key(key[-8:]) for key, _ in rows]
+        sequences.extend(found)
+        if len(rows) == per_workflow:
+            horizon = found[-1] if horizon is None else min(horizon, found[-1])
+    sequences.sort()
+    if horizon is not None:
+        sequences = [s for s in sequences if s <= horizon]
+    return sequences, horizon
+
+
+def _next_chunk(rows: list[tuple[bytes, bytes]]) -> int:
+    """Rows to read next so that a chunk holds about ``_SCAN_CHUNK_BYTES``, judged by the last one."""
+    average = sum(len(value) for _, value in rows) // len(rows) + 1
+    return max(1, min(_SCAN_CHUNK_ROWS, _SCAN_CHUNK_BYTES // average))
 
 
 def _indexable(workflow_id: str) -> bool:

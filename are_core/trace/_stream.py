@@ -7,10 +7,18 @@ loop, and both go by the recorder's watermark: a replay page ends at it
 page's snapshot), and the recorder delivers live exactly the events above
 it, in sequence order, as it moves.
 
-The live buffer holds at most ``capacity`` items. When it is full, matching
-events are counted as missed instead of queued (the producer never waits and
-memory never grows); once the reader drains, it first receives one
-:class:`EventsMissed` naming the range, then live events again.
+A cursor may be above the watermark (a producer's own event, returned to
+it while lower sequences still commit): the stream then goes live at once
+and the events at or below the cursor that settle later are not delivered,
+as the cursor asked for those after it.
+
+The live buffer holds at most ``capacity`` items and ``capacity_bytes``
+stored bytes (an event of up to ``SMALL_EVENT_BYTES`` counts as that many;
+one event is always let in). When it is full, matching events are counted
+as missed instead of queued (the producer never waits and memory never
+grows); once the reader drains, it first receives one :class:`EventsMissed`
+naming the range, then live events again. A replay page is bounded the same
+way, by ``_REPLAY_PAGE`` events and ``_REPLAY_PAGE_BYTES``.
 """
 
 from __future__ import annotations
@@ -28,9 +36,17 @@ from are_core.trace._model import Event
 if TYPE_CHECKING:
     from are_core.trace._recorder import EventRecorder
 
-__all__ = ["CaughtUp", "EventsMissed", "StreamItem", "Subscription"]
+__all__ = ["SMALL_EVENT_BYTES", "CaughtUp", "EventsMissed", "StreamItem", "Subscription"]
 
 _REPLAY_PAGE = 256
+_REPLAY_PAGE_BYTES = 1 << 20  # each stream's own: 1,024 replaying streams hold at most a GiB
+SMALL_EVENT_BYTES = 1024
+"""What an event of at most this many stored bytes counts for in the byte bounds of live buffers.
+
+Small events are not measured one by one (the fast path stays as it was);
+larger ones count as their stored size, which the recorder notes as it
+encodes them.
+"""
 
 
 class EventsMissed(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,12 +87,20 @@ class Subscription:
         event_filter: EventFilter,
         after_sequence: int | None,
         capacity: int,
+        capacity_bytes: int = 64 << 20,
     ) -> None:
         self._recorder = recorder
         self.event_filter = event_filter
         self.capacity = capacity
-        self._ready: deque[StreamItem] = deque()  # replay items, unbounded only by page size
+        self.capacity_bytes = capacity_bytes
+        self._ready: deque[StreamItem] = deque()  # replay items, one page (bounded in events and bytes)
         self._queue: deque[Event | EventsMissed] = deque()  # live items, at most `capacity`
+        # Small events are bounded by count: at most this many fit in capacity_bytes too.
+        self._limit = min(capacity, max(2, capacity_bytes // SMALL_EVENT_BYTES))
+        self._big: dict[int, int] = {}  # sequence -> size, for queued events over SMALL_EVENT_BYTES
+        self._big_bytes = 0  # their sum
+        # Live events at or below this were asked not to be sent (see the module's docstring).
+        self._floor = 0
         self._wake = asyncio.Event()
         self._closed = False
         self._live = False
@@ -104,7 +128,11 @@ class Subscription:
         recorder = self._recorder
         recorder._register(self)  # noqa: SLF001 - the recorder and its streams are one unit
         self._live = True
-        self._ready.append(CaughtUp(sequence=recorder.stored_through() if through is None else through))
+        if through is None:
+            through = recorder.stored_through()
+        # Above the watermark when the cursor was: live events up to it are not sent.
+        self._floor = through
+        self._ready.append(CaughtUp(sequence=through))
 
     def _replay_page(self) -> None:
         recorder = self._recorder
@@ -121,7 +149,11 @@ class Subscription:
             )
             self._cursor = floor
         page = recorder.list_events(
-            self.event_filter, after_sequence=self._cursor, limit=_REPLAY_PAGE, scan_budget=_REPLAY_PAGE * 16
+            self.event_filter,
+            after_sequence=self._cursor,
+            limit=_REPLAY_PAGE,
+            scan_budget=_REPLAY_PAGE * 16,
+            max_bytes=_REPLAY_PAGE_BYTES,
         )
         self._cursor = page.last_sequence
         self._ready.extend(page.events)
@@ -129,28 +161,50 @@ class Subscription:
             # Same synchronous step as the read above: nothing can be delivered in between.
             self._go_live(page.last_sequence)
 
-    def offer(self, event: Event) -> None:
-        """Queues a published event, or counts it missed when the buffer is full (never blocks)."""
-        if self._closed:
+    def offer(self, event: Event, size: int = SMALL_EVENT_BYTES) -> None:
+        """Queues a published event, or counts it missed when the buffer is full (never blocks).
+
+        ``size``: the event's stored bytes, or ``SMALL_EVENT_BYTES`` for a small event.
+        """
+        if self._closed or event.sequence <= self._floor:
             return
         queue = self._queue
         missed = self._missed
         if missed is None:
-            if len(queue) < self.capacity:
+            if len(queue) < self._limit and (
+                (size == SMALL_EVENT_BYTES and not self._big) or self._fits(size)
+            ):
                 queue.append(event)
+                if size != SMALL_EVENT_BYTES:
+                    self._count(event, size)
                 self._wake.set()
                 return
             self._missed = [1, event.sequence, event.sequence]
-        elif len(queue) <= self.capacity - 2:
+        elif len(queue) <= self._limit - 2 and self._fits(size):
             # Room for the notice and the event: the overflow is over.
             queue.append(self._take_missed())
             queue.append(event)
+            if size != SMALL_EVENT_BYTES:
+                self._count(event, size)
         else:
             missed[0] += 1
             missed[1] = min(missed[1], event.sequence)
             missed[2] = max(missed[2], event.sequence)
         self.missed_total += 1 if self._missed is not None else 0
         self._wake.set()
+
+    def _fits(self, size: int) -> bool:
+        """Whether an event of ``size`` bytes fits in ``capacity_bytes`` (always, in an empty buffer)."""
+        queue = self._queue
+        if not queue:
+            return True
+        big = self._big
+        used = (len(queue) - len(big)) * SMALL_EVENT_BYTES + self._big_bytes
+        return used + size <= self.capacity_bytes
+
+    def _count(self, event: Event, size: int) -> None:
+        self._big[event.sequence] = size
+        self._big_bytes += size
 
     def _take_missed(self) -> EventsMissed:
         assert self._missed is not None
@@ -182,7 +236,11 @@ class Subscription:
                 continue
             queue = self._queue
             if queue:
-                return queue.popleft()
+                item = queue.popleft()
+                big = self._big
+                if big and isinstance(item, Event):
+                    self._big_bytes -= big.pop(item.sequence, 0)
+                return item
             if self._missed is not None:
                 return self._take_missed()
             if self._closed:
@@ -204,4 +262,6 @@ class Subscription:
         self._closed = True
         self._recorder._unregister(self)  # noqa: SLF001
         self._queue.clear()
+        self._big.clear()
+        self._big_bytes = 0
         self._wake.set()

@@ -483,7 +483,9 @@ func (*AttributeValue_BoolValue) isAttributeValue_Value() {}
 // Event is one entry of the flight recorder. Events are immutable and
 // totally ordered by sequence; the recorder keeps them within a bounded
 // retention (by count and by age, configured on the sidecar; defaults
-// 10,000,000 events and 7 days), and drops the oldest first.
+// 10,000,000 events and 7 days), and drops the oldest first. The age counts
+// from when the sidecar recorded the event, not from event_time (which may
+// be a worker's clock).
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event's position in the sidecar's log: strictly increasing, never
@@ -693,11 +695,14 @@ type ReportedEvent struct {
 	// EVENT_TYPE_WORKER_CUSTOM; any other is INVALID_ARGUMENT.
 	EventType EventType `protobuf:"varint,4,opt,name=event_type,json=eventType,proto3,enum=are.v1.EventType" json:"event_type,omitempty"`
 	// When the event happened; unset means when the sidecar received it.
+	// From 1970-01-01T00:00:00Z to 2262-04-11T23:47:16.854775807Z (outside
+	// it, INVALID_ARGUMENT naming the field; never moved to fit).
 	EventTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
 	// The model, tool or custom event name, at most 256 characters (a longer
 	// one is LIMIT_EXCEEDED, never cut).
 	Name string `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
-	// How long the call took.
+	// How long the call took: at most the time from 1970 to event_time (it
+	// cannot have begun before), else INVALID_ARGUMENT naming the field.
 	Duration *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
 	// Tokens and cost of the call. Usage reported here is informational; the
 	// usage on the task's completion or failure is what budgets count.

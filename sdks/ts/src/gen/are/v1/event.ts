@@ -329,7 +329,9 @@ export interface AttributeValue {
  * Event is one entry of the flight recorder. Events are immutable and
  * totally ordered by sequence; the recorder keeps them within a bounded
  * retention (by count and by age, configured on the sidecar; defaults
- * 10,000,000 events and 7 days), and drops the oldest first.
+ * 10,000,000 events and 7 days), and drops the oldest first. The age counts
+ * from when the sidecar recorded the event, not from event_time (which may
+ * be a worker's clock).
  */
 export interface Event {
   /**
@@ -425,7 +427,11 @@ export interface ReportedEvent {
    * EVENT_TYPE_WORKER_CUSTOM; any other is INVALID_ARGUMENT.
    */
   eventType: EventType;
-  /** When the event happened; unset means when the sidecar received it. */
+  /**
+   * When the event happened; unset means when the sidecar received it.
+   * From 1970-01-01T00:00:00Z to 2262-04-11T23:47:16.854775807Z (outside
+   * it, INVALID_ARGUMENT naming the field; never moved to fit).
+   */
   eventTime:
     | Date
     | undefined;
@@ -434,7 +440,10 @@ export interface ReportedEvent {
    * one is LIMIT_EXCEEDED, never cut).
    */
   name: string;
-  /** How long the call took. */
+  /**
+   * How long the call took: at most the time from 1970 to event_time (it
+   * cannot have begun before), else INVALID_ARGUMENT naming the field.
+   */
   duration:
     | Duration
     | undefined;

@@ -71,7 +71,10 @@ class TraceServiceServicer:
         INVALID_PAGE_TOKEN; OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG (a cursor
         beyond the end of the log). A call sees every event recorded before it
         (it waits, at most half a second, for their commits to end); events
-        still committing are listed by a later page, never skipped.
+        still committing are listed by a later page, never skipped. A page is
+        cut short of page_size when its events would pass the message limit
+        (an event may be about a megabyte); it always holds at least one event,
+        and its last_sequence and next_page_token are at its last event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,7 +84,7 @@ class TraceServiceServicer:
         """StreamEvents sends the retained events matching a filter after a
         cursor, then a caught-up marker, then new events as they are recorded,
         until the client cancels. Each subscriber has a bounded buffer (10,000
-        events by default): a subscriber too slow to drain it is sent an
+        events and 64 MiB by default): a subscriber too slow to drain it is sent an
         EventsMissed message saying how many matching events it lost and from
         which cursor to fetch them again (with ListEvents), then carries on
         live; it never slows the scheduler or grows the sidecar's memory.
