@@ -685,6 +685,6 @@ async def _fail_cache(context: _Context, error: CacheError) -> NoReturn:  # noqa
             message,
             reason="RESOURCE_LIMIT",
             metadata={"limit": "cache_namespaces"},
-        )  # no RetryInfo: namespaces are never deleted, so a retry cannot succeed
+        )  # no RetryInfo: only deleting a namespace (DeleteNamespace) makes room, not waiting
     # Unreachable while every CacheError subclass is mapped above.
     await abort(context, grpc.StatusCode.INTERNAL, message, reason="STORAGE_FAILURE")

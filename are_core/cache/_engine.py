@@ -662,6 +662,7 @@ class CacheEngine:
         for _, raw in self._scan(NAMESPACES, b""):
             namespace = _decode_namespace(raw)
             self._states[namespace.name] = self._load(namespace)
+        self._remove_orphan_files()
         self._start_indexing()
         for state in self._states.values():
             if state.index.is_view:  # outside the GIL: searches meanwhile fault pages in themselves
@@ -669,6 +670,25 @@ class CacheEngine:
                 self._warmers.add(task)
                 task.add_done_callback(self._warmers.discard)
         self._flusher = asyncio.create_task(self._flush_loop())
+
+    def _remove_orphan_files(self) -> None:
+        """Deletes index and entry-table files of namespaces that no longer exist.
+
+        A deletion removes its namespace's files after the commit that removes
+        the namespace; a SIGKILL between the two leaves them, and nothing
+        else would ever read or remove them (a namespace created again under
+        the name removes its own stale files, but only for its dtype).
+        """
+        try:
+            names = [entry.name for entry in self._index_dir.iterdir()]
+        except OSError:
+            return
+        for file_name in names:
+            owner, middle, kind = [*file_name.rsplit(".", 2), "", ""][:3]
+            derived = (kind == "usearch" and middle in _DTYPES) or (kind == "entries" and middle.isdigit())
+            if derived and owner not in self._states:  # (temporary files end in .tmp: not these)
+                with contextlib.suppress(OSError):
+                    (self._index_dir / file_name).unlink()
 
     def _settle_view(self, index: VectorIndex) -> None:
         """Maps a restored view's pages, then moves it into huge pages (a worker thread)."""
@@ -690,6 +710,8 @@ class CacheEngine:
         for state in self._states.values():
             index = state.index
             if not index.is_view or index.pending_changes < max(_FOLD_AT, len(index) // 20):
+                continue
+            if state.namespace.name in self._deleting:  # its index is about to go whole
                 continue
             if now < state.fold_retry_ns:  # the last fold failed (see _warm)
                 continue
@@ -714,6 +736,8 @@ class CacheEngine:
         now = self._clock()
         for state in self._states.values():
             if not state.index_changes or state.index.is_view or not len(state.index):
+                continue
+            if state.namespace.name in self._deleting:  # its index is about to go whole
                 continue
             if now < state.checkpoint_retry_ns:
                 continue
@@ -807,6 +831,7 @@ class CacheEngine:
             namespace = state.namespace
             if (
                 namespace.expansion_fixed
+                or namespace.name in self._deleting
                 or state.calibrating is not None
                 or state.sweeping
                 or state.queries is None
@@ -1066,6 +1091,7 @@ class CacheEngine:
         return (
             not self._stopping
             and self._states.get(state.namespace.name) is state
+            and state.namespace.name not in self._deleting
             and state.calibrating is None
             and state.backlog is None
             and state.namespace.name not in self._folding
@@ -2042,8 +2068,13 @@ class CacheEngine:
             chosen = list(dict.fromkeys(n for n in numbers if n is not None and n in state.heads))
         return await self._remove_entries(namespace, chosen, reason="INVALIDATED")
 
-    async def _remove_entries(self, namespace: str, chosen: list[int], *, reason: str) -> int:
-        """Removes these entries a chunk per commit (see :meth:`invalidate`); returns how many were there."""
+    async def _remove_entries(
+        self, namespace: str, chosen: list[int], *, reason: str, before: int = 0
+    ) -> int:
+        """Removes these entries a chunk per commit (see :meth:`invalidate`); returns how many were there.
+
+        ``before``: entries the same call removed already (a refusal's ``removed_count`` counts them).
+        """
         count = start = 0
         deleting = reason == "NAMESPACE_DELETED"
         while start < len(chosen):
@@ -2053,7 +2084,7 @@ class CacheEngine:
             try:
                 self._room(state, mutations=0, nbytes=0, changes=0, removals=len(part), events=1)
             except StorageBusyError as busy:
-                raise InvalidationBusyError(busy, namespace=namespace, removed_count=count) from busy
+                raise InvalidationBusyError(busy, namespace=namespace, removed_count=before + count) from busy
             batch = self._storage.batch()
             removed = [head for n in part if (head := self._remove(state, batch, n, index=False))]
             keys = [head.entry_id for head in removed if head.has_vector]
@@ -2078,7 +2109,7 @@ class CacheEngine:
             try:
                 await self._submit(batch, state, drafts)
             except StorageBusyError as busy:  # refused after all (see _submit): this chunk was not removed
-                raise InvalidationBusyError(busy, namespace=namespace, removed_count=count) from busy
+                raise InvalidationBusyError(busy, namespace=namespace, removed_count=before + count) from busy
             count += len(removed)
         return count
 
@@ -2118,13 +2149,18 @@ class CacheEngine:
             for _ in range(_DELETE_ROUNDS):
                 state = self._state(name)
                 if state.heads:
-                    removed += await self._remove_entries(name, list(state.heads), reason="NAMESPACE_DELETED")
+                    removed += await self._remove_entries(
+                        name, list(state.heads), reason="NAMESPACE_DELETED", before=removed
+                    )
                 # Every commit begun before ends: a store that was under way when the deletion
                 # began has its entry in memory by then (refused if it was not yet).
                 await self._settled(self._tickets)
                 state = self._state(name)
                 if not state.heads:
-                    await self._drop_namespace(state, removed)
+                    try:
+                        await self._drop_namespace(state, removed)
+                    except StorageBusyError as busy:  # the last commit refused: the entries stay removed
+                        raise InvalidationBusyError(busy, namespace=name, removed_count=removed) from busy
                     return removed
             raise NamespaceDeletingError(name)  # stores under way kept adding: not seen in practice
         finally:
@@ -2174,8 +2210,12 @@ class CacheEngine:
         for pid in children:  # their waits reap them, and find the namespace gone
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        index_path = self._index_path(state.namespace)
         with contextlib.suppress(OSError):
-            self._index_path(state.namespace).unlink()
+            index_path.unlink()
+        for pid in children:  # a checkpoint killed mid-write leaves its temporary file
+            with contextlib.suppress(OSError):
+                (index_path.parent / f".{index_path.name}.{pid}.tmp").unlink()
         self._remove_tables(state.namespace, keep=None)
 
     def _match_metadata(self, state: _State, wanted: dict[str, str]) -> list[int]:
@@ -3164,7 +3204,7 @@ class CacheEngine:
         """
         now = self._clock()
         for state in list(self._states.values()):
-            if now < state.snapshot_retry_ns:
+            if now < state.snapshot_retry_ns or state.namespace.name in self._deleting:
                 continue
             if (
                 state.snapshot_due

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+from typing import Any
 
 import numpy as np
 import pytest
 
 import are_core.cache._engine as cache_engine
 from are_core.cache import (
+    InvalidationBusyError,
     NamespaceDeletingError,
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceSettings,
 )
 from are_core.cache._engine import HEADS, JOURNAL, MARKS, NAMESPACES, STATS, VECTORS
-from are_core.storage import prefix_key
+from are_core.storage import StorageBusyError, prefix_key
 
 from ._failing import full_disk, stored
 from .conftest import Harness, low_dimension_rows
@@ -231,3 +233,81 @@ async def test_a_deletion_cut_short_leaves_what_it_did_not_remove_and_a_retry_fi
     assert await e.delete_namespace("gone") == left
     e = await harness.reopen(save=False)
     assert e.list_namespaces()[0] == []
+
+
+async def test_a_last_commit_refused_for_backpressure_says_what_was_removed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = harness.e
+    await e.put_namespace(_settings("busy"))
+    await _fill(harness, "busy", 30)
+    monkeypatch.setattr(cache_engine, "_INVALIDATE_CHUNK", 10)
+    committer = harness.committer
+    assert committer is not None
+    enqueue, real_drop = committer.enqueue, e._drop_namespace
+    refusing = False
+
+    def busy_enqueue(batch: Any) -> Any:
+        if refusing:
+            raise StorageBusyError(limit_name="max_pending_mutations", limit=1, pending=1, incoming=1)
+        return enqueue(batch)
+
+    async def refused_drop(state: Any, removed: int) -> None:
+        nonlocal refusing
+        refusing = True  # the entries went; the namespace's own commit is refused
+        try:
+            await real_drop(state, removed)
+        finally:
+            refusing = False
+
+    monkeypatch.setattr(committer, "enqueue", busy_enqueue)
+    monkeypatch.setattr(e, "_drop_namespace", refused_drop)
+    with pytest.raises(InvalidationBusyError) as refused:
+        await e.delete_namespace("busy")
+    assert refused.value.removed_count == 30  # the whole call's, not the last commit's 0
+    assert e.stats("busy")[0].entries == 0  # still there, empty: a retry finishes it
+    monkeypatch.setattr(e, "_drop_namespace", real_drop)
+    assert await e.delete_namespace("busy") == 0
+    with pytest.raises(NamespaceNotFoundError):
+        e.get_namespace("busy")
+
+
+async def test_no_background_work_starts_on_a_namespace_being_deleted(harness: Harness) -> None:
+    await harness.close()
+    e = await harness.open(checkpoint_changes=1)
+    await e.put_namespace(_settings("gone"))
+    await _fill(harness, "gone", 50)
+    state = e._states["gone"]
+    state.snapshot_due = True
+    e._deleting.add("gone")  # as while its entries are removed, a chunk per commit
+    try:
+        assert e.checkpoint_due() is None  # no child writing an index about to be deleted
+        await e.snapshot_due()
+        assert state.mark is None  # nor an entry table saved
+    finally:
+        e._deleting.discard("gone")
+    task = e.checkpoint_due()  # the controls: due once not being deleted
+    assert task is not None
+    await task
+    await e.snapshot_due()
+    assert state.mark is not None
+
+
+async def test_a_start_removes_the_files_of_namespaces_that_no_longer_exist(harness: Harness) -> None:
+    e = harness.e
+    await e.put_namespace(_settings("gone"))
+    await e.put_namespace(_settings("kept"))
+    await _fill(harness, "gone", 40)
+    await _fill(harness, "kept", 40, seed=2)
+    e = await harness.reopen()  # a clean stop saves each one's index and entry table
+    folder = e._index_path(e.get_namespace("gone")).parent
+    saved = {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("gone.")}
+    assert any(n.endswith(".usearch") for n in saved) and any(n.endswith(".entries") for n in saved)
+    await e.delete_namespace("gone")
+    for name, data in saved.items():  # as after a SIGKILL between the deletion's commit and its files
+        (folder / name).write_bytes(data)
+    kept = sorted(p.name for p in folder.iterdir() if p.name.startswith("kept."))
+    e = await harness.reopen(save=False)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith("gone.")]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("kept.")) == kept
+    assert e.stats("kept")[0].entries == 40
