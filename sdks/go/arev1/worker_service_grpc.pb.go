@@ -112,8 +112,11 @@ type WorkerServiceClient interface {
 	// Errors: INVALID_ARGUMENT for a bad event or event type, reason
 	// INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
 	// `events[i].attributes['k'].double_value`, a malformed
-	// `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
-	// `events[i].attributes`, a `events[i].name` over 256 characters);
+	// `events[i].span_id`, an `events[i].event_time` outside 1970-2262, an
+	// `events[i].duration` longer than its time since 1970) or LIMIT_EXCEEDED
+	// (more than 64 `events[i].attributes`, a `events[i].name` over 256
+	// characters); NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND,
+	// for an event of a workflow or task that does not exist;
 	// FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
 	ReportEvents(ctx context.Context, in *ReportEventsRequest, opts ...grpc.CallOption) (*ReportEventsResponse, error)
 }
@@ -274,8 +277,11 @@ type WorkerServiceServer interface {
 	// Errors: INVALID_ARGUMENT for a bad event or event type, reason
 	// INVALID_ARGUMENT (a negative `events[i].usage` counter, a non-finite
 	// `events[i].attributes['k'].double_value`, a malformed
-	// `events[i].span_id`) or LIMIT_EXCEEDED (more than 64
-	// `events[i].attributes`, a `events[i].name` over 256 characters);
+	// `events[i].span_id`, an `events[i].event_time` outside 1970-2262, an
+	// `events[i].duration` longer than its time since 1970) or LIMIT_EXCEEDED
+	// (more than 64 `events[i].attributes`, a `events[i].name` over 256
+	// characters); NOT_FOUND, reason WORKFLOW_NOT_FOUND or TASK_NOT_FOUND,
+	// for an event of a workflow or task that does not exist;
 	// FAILED_PRECONDITION, reason TASK_NOT_HELD. All or nothing.
 	ReportEvents(context.Context, *ReportEventsRequest) (*ReportEventsResponse, error)
 	mustEmbedUnimplementedWorkerServiceServer()
