@@ -10,44 +10,15 @@ with the ids, and none created after its version).
 
 from __future__ import annotations
 
-import itertools
-import os
-
 import grpc
 import numpy as np
 import pytest
 
 from are_sdk import Client, FailedPreconditionError, InvalidArgumentError, MemoryNote, RpcError
-from are_sdk._proto.are.v1 import (
-    scheduler_service_pb2,
-    scheduler_service_pb2_grpc,
-    state_service_pb2,
-    task_pb2,
-    workflow_pb2,
-)
-from are_sdk.testing import SidecarProcess
+from are_sdk._proto.are.v1 import state_service_pb2
 
-_ids = itertools.count()
-_target: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _scheduler_target(sidecar: SidecarProcess) -> None:
-    _target[:] = [sidecar.target]
-
-
-def _wid(name: str) -> str:
-    """A running workflow's id (a task nobody serves keeps it open)."""
-    workflow_id = f"sr-{name}-{os.getpid()}-{next(_ids)}"
-    spec = workflow_pb2.WorkflowSpec(
-        workflow_id=workflow_id,
-        tasks=[task_pb2.TaskSpec(task_id="hold", capability=f"nobody-{workflow_id}")],
-    )
-    with grpc.insecure_channel(_target[0]) as channel:
-        scheduler_service_pb2_grpc.SchedulerServiceStub(channel).SubmitWorkflow(
-            scheduler_service_pb2.SubmitWorkflowRequest(spec=spec), timeout=10
-        )
-    return workflow_id
+# A running workflow per test (the write gate wants one the scheduler knows), as test_state makes it.
+from tests.integration.test_state import _scheduler_target, _wid  # noqa: F401 - an autouse fixture
 
 
 def _assert_error(error: RpcError, code: grpc.StatusCode, reason: str, field: str | None = None) -> None:
