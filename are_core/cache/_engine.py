@@ -2199,7 +2199,12 @@ class CacheEngine:
         """After the deletion's commit: its files and children go; failed, LMDB's namespace serves again."""
         name = state.namespace.name
         if commit.cancelled() or commit.exception() is not None:
-            self._reloading[name] = state  # reloaded from LMDB, which still holds it (empty)
+            # As after any failed write of it (see _committed): its writes wait a while, and it is
+            # reloaded from LMDB, which still holds it (empty).
+            self._failures += 1
+            error = None if commit.cancelled() else commit.exception()
+            self._write_failed(name, error or asyncio.CancelledError("commit cancelled"))
+            self._reloading[name] = state
             self._reload_ready()
             return
         children = [pid for pid, owner in self._writers.items() if owner == name]

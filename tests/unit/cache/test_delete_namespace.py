@@ -17,6 +17,7 @@ from are_core.cache import (
     NamespaceLimitError,
     NamespaceNotFoundError,
     NamespaceSettings,
+    NamespaceWritesUnavailableError,
 )
 from are_core.cache._engine import HEADS, JOURNAL, MARKS, NAMESPACES, STATS, VECTORS
 from are_core.storage import StorageBusyError, prefix_key
@@ -193,6 +194,10 @@ async def test_a_failed_last_commit_leaves_the_namespace_serving_empty(
     await asyncio.sleep(0)  # the reload after the failed commit
     assert e.get_namespace("kept").name == "kept"
     assert e.stats("kept")[0].entries == 0
+    with pytest.raises(NamespaceWritesUnavailableError):  # as after any failed write: stores wait a while
+        await e.store(
+            "kept", prompt="question 1", response=b"x", vector=low_dimension_rows(1, DIMENSION, 9)[0]
+        )
     monkeypatch.setattr(e, "_drop_namespace", real_drop)
     assert await e.delete_namespace("kept") == 0  # retried: finished
     e = await harness.reopen(save=False)
