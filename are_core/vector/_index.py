@@ -1119,17 +1119,30 @@ def _put(
 _SAME_VECTOR_DISTANCE = 1e-5
 
 
+# Rounds of re-insertion after a batch added on several threads: inserting a node again
+# rewrites its neighbours' links, which can strand another node of the batch (rarely).
+_RELINK_ROUNDS = 4
+
+
 def _relink_unreachable(
     index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]], matrix: np.ndarray[Any, Any], threads: int
 ) -> int:
-    """Re-inserts, on one thread, the keys of a batch their own vectors do not find; returns how many."""
-    lost = _unreachable(index, keys, matrix, 1, np.zeros(0, dtype=np.uint64), threads=threads)
-    if not lost.any():
-        return 0
-    again = keys[lost]
-    _drop(index, again)
-    index.add(again, matrix[lost], threads=1)
-    return int(again.size)
+    """Re-inserts, on one thread, the keys of a batch their own vectors do not find; returns how many.
+
+    A round that re-inserted any is followed by another check of the whole
+    batch, at most :data:`_RELINK_ROUNDS` in all: a batch whose first check
+    finds none (the usual case) costs one search of it, as before.
+    """
+    total = 0
+    for _ in range(_RELINK_ROUNDS):
+        lost = _unreachable(index, keys, matrix, 1, np.zeros(0, dtype=np.uint64), threads=threads)
+        if not lost.any():
+            break
+        again = keys[lost]
+        _drop(index, again)
+        index.add(again, matrix[lost], threads=1)
+        total += int(again.size)
+    return total
 
 
 def _drop(index: Index, keys: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:
