@@ -69,6 +69,8 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({"max_open_bytes": "0"}, {}, "--max-open-bytes"),
         ({"max_open_bytes": str((1 << 40) + 1)}, {}, "--max-open-bytes"),
         ({}, {"ARE_MAX_OPEN_BYTES": "1GiB"}, "ARE_MAX_OPEN_BYTES"),
+        ({"otlp_max_export_bytes": "65535"}, {}, "--otlp-max-export-bytes"),
+        ({}, {"ARE_OTLP_MAX_EXPORT_BYTES": str((64 << 20) + 1)}, "ARE_OTLP_MAX_EXPORT_BYTES"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:

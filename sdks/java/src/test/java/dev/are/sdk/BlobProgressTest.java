@@ -3,7 +3,6 @@ package dev.are.sdk;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.are.sdk.v1.BlobRef;
 import io.grpc.Status;
@@ -36,14 +35,10 @@ class BlobProgressTest extends WithSidecar {
     try (TcpProxy proxy = new TcpProxy(sidecar.target());
         Client slow =
             Client.connect(proxy.target(), Options.builder().callTimeout(SHORT_CALLS).build())) {
-      // 4 MiB/s: a 1 MiB chunk every quarter second, 16 MiB in no less than 4 s.
+      // 4 MiB/s: a 1 MiB chunk every quarter second, 16 MiB in no less than 4 s, twice the call
+      // timeout (the proxy's pace guarantees it: no clock is read here).
       proxy.paceDownstream(4L * 1024 * 1024);
-      long start = System.nanoTime();
-      byte[] read = slow.getBlob(ref.getSha256());
-      long took = System.nanoTime() - start;
-      assertArrayEquals(data, read);
-      // Not a timing assertion: the pace makes it so; it shows the test tested what it says.
-      assertTrue(took > SHORT_CALLS.toNanos(), "the download outlasted the call timeout");
+      assertArrayEquals(data, slow.getBlob(ref.getSha256()));
     }
   }
 
