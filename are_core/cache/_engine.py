@@ -312,6 +312,7 @@ class _State:
         "index_changes",
         "index_dirty",
         "index_incomplete",
+        "journal_cuts",
         "lru",
         "mark",
         "name_bytes",
@@ -367,6 +368,9 @@ class _State:
         self.backlog_vectors: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
         self.backlog_removed: list[int] = []
         self.index_changes = 0  # entries changed since the index file was last written
+        # Times a deletion dropped the journal ahead of its table (see CacheEngine._forget_journal):
+        # a table saved from before then must not be made current.
+        self.journal_cuts = 0
         # sweeping: a repair sweep is under way (see index_removals); after one
         # that failed, none before repair_retry_ns.
         self.sweeping = False
@@ -2175,6 +2179,11 @@ class CacheEngine:
         """
         name = state.namespace.name
         key = name.encode()
+        if (
+            len(self._storage.scan(JOURNAL, prefix=prefix_key(name), limit=_INVALIDATE_CHUNK + 1))
+            > _INVALIDATE_CHUNK
+        ):
+            await self._forget_journal(state)
         batch = self._storage.batch()
         batch.delete(NAMESPACES, key)
         batch.delete(STATS, key)
@@ -2194,6 +2203,27 @@ class CacheEngine:
         await asyncio.shield(commit)
         if self._events is not None and events:
             self._events.publish(events)
+
+    async def _forget_journal(self, state: _State) -> None:
+        """Before a deletion's last commit: the journal of an emptied namespace goes, a page per commit.
+
+        Its rows are many only when its entry table could not be saved for
+        long (a full disk, say); in the last commit they could be over the
+        committer's bounds, and no retry would ever delete the namespace. The
+        mark goes first, in a commit of its own: a start that finds no mark
+        reads every head from LMDB (none), where a mark with part of its
+        journal gone would bring back, from the saved table, entries that
+        the missing rows removed.
+
+        Raises:
+            StorageBusyError: The storage refused a commit; what was deleted stays deleted.
+        """
+        state.journal_cuts += 1  # a table being saved meanwhile (from before the removals) is dropped
+        batch = self._storage.batch()
+        batch.delete(MARKS, state.namespace.name.encode())
+        await self._committer.submit(batch)
+        state.mark = None
+        await self._trim_journal(state.namespace.name, state.seq)
 
     def _namespace_dropped(self, state: _State, commit: asyncio.Future[None]) -> None:
         """After the deletion's commit: its files and children go; failed, LMDB's namespace serves again."""
@@ -3235,7 +3265,7 @@ class CacheEngine:
             return
         self._snapshotting = True
         name = state.namespace.name
-        ticket, failures = self._tickets, self._failures
+        ticket, failures, cuts = self._tickets, self._failures, state.journal_cuts
         seq = state.seq
         columns = state.entries.export()
         changes, rows = state.unsaved_changes, state.unsaved_rows
@@ -3248,7 +3278,11 @@ class CacheEngine:
         try:
             table = await asyncio.to_thread(self._write_table, columns, path, seq, token, state.namespace)
             await self._settled(ticket)
-            if self._failures != failures or self._states.get(name) is not state:
+            if (
+                self._failures != failures
+                or self._states.get(name) is not state
+                or state.journal_cuts != cuts
+            ):
                 with contextlib.suppress(OSError):
                     path.unlink()
                 return

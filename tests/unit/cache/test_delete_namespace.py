@@ -316,3 +316,67 @@ async def test_a_start_removes_the_files_of_namespaces_that_no_longer_exist(harn
     assert not [p.name for p in folder.iterdir() if p.name.startswith("gone.")]
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("kept.")) == kept
     assert e.stats("kept")[0].entries == 40
+
+
+async def _long_journal(harness: Harness, monkeypatch: pytest.MonkeyPatch, name: str, rows: int) -> None:
+    """A namespace with a saved table, then ``rows`` single stores since (a journal row each, unsaved).
+
+    As when its table could not be saved for long (a full disk, say): the
+    journal grows with every write. The committer's bound is made small, so
+    that deleting every row in one commit would be over it.
+    """
+    e = harness.e
+    await e.put_namespace(_settings(name))
+    await _fill(harness, name, 20, seed=3)
+    e = await harness.reopen()  # a clean stop: a table and its mark
+    assert _rows(harness, MARKS, name) == 1
+    vectors = low_dimension_rows(rows, DIMENSION, 4)
+    for i in range(rows):
+        await e.store(name, prompt=f"later {i}", response=f"later answer {i}".encode(), vector=vectors[i])
+    assert _rows(harness, JOURNAL, name) >= rows
+    committer = harness.committer
+    assert committer is not None
+    monkeypatch.setattr(committer, "max_pending_mutations", rows // 2)
+    monkeypatch.setattr(cache_engine, "_INVALIDATE_CHUNK", rows // 8)
+
+
+async def test_a_namespace_whose_journal_is_over_a_commit_s_bound_is_still_deleted(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _long_journal(harness, monkeypatch, "long", 240)
+    e = harness.e
+    assert await e.delete_namespace("long") == 260
+    with pytest.raises(NamespaceNotFoundError):
+        e.get_namespace("long")
+    for table in (NAMESPACES, STATS, MARKS, JOURNAL, HEADS):
+        assert _rows(harness, table, "long") == 0, table
+    e = await harness.reopen(save=False)
+    assert e.list_namespaces()[0] == []
+
+
+async def test_a_deletion_stopped_after_its_journal_went_brings_no_entry_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal goes after the mark: a start then reads the heads (none), not the saved table."""
+    await _long_journal(harness, monkeypatch, "long", 240)
+    e = harness.e
+
+    real_forget = e._forget_journal
+
+    class Died(Exception):
+        pass
+
+    async def forget_then_die(state: Any) -> None:
+        await real_forget(state)
+        raise Died  # the process dies here: the journal went, the last commit never began
+
+    monkeypatch.setattr(e, "_forget_journal", forget_then_die)
+    with pytest.raises(Died):
+        await e.delete_namespace("long")
+    monkeypatch.undo()
+    assert _rows(harness, JOURNAL, "long") == 0 and _rows(harness, MARKS, "long") == 0
+    e = await harness.reopen(save=False)
+    assert e.stats("long")[0].entries == 0
+    assert (await e.lookup("long", prompt="question 1")).hit is None  # one of the table's entries
+    assert (await e.lookup("long", prompt="later 1")).hit is None
+    assert await e.delete_namespace("long") == 0
