@@ -1623,6 +1623,7 @@ class Scheduler:
         self._event(
             "TASK_SCHEDULED",
             task,
+            attempt=task.rec.attempt + 1,  # the attempt it is queued for, as TASK_RETRY_SCHEDULED says
             attributes={"are.pool": task.spec.pool, "are.priority": task.spec.priority},
         )
         spec = task.spec
@@ -3202,14 +3203,24 @@ class Scheduler:
         limit = task.spec.schedule_to_close_s
         message = f"the task did not finish within its schedule_to_close_timeout of {limit}s"
         if rec.state == "RUNNING":
+            # As any timeout of a running attempt (event.proto): TASK_TIMED_OUT, then
+            # TASK_ATTEMPT_FAILED with the same failure; no retry, as the failure says.
             holder = task.holder
             if holder is not None and holder.connected:
                 self._stop_attempt(
                     holder,
                     Cancellation(task.wf.rec.workflow_id, rec.task_id, rec.attempt, "TIMED_OUT", message),
                 )
-            self._event("TASK_LEASE_EXPIRED", task, worker_id=rec.worker_id)
-            self._release(task)
+            failure = Failure(
+                message=message,
+                type="TIMEOUT",
+                kind="TIMEOUT",
+                timeout_type="SCHEDULE_TO_CLOSE",
+                non_retryable=True,
+            )
+            self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
+            self._attempt_failed(task, failure, None, 0.0)
+            return
         self._dequeue(task)
         self._fail_timed_out(task, "SCHEDULE_TO_CLOSE", message, now)
 
@@ -3227,7 +3238,8 @@ class Scheduler:
     def _timeout(self, task: _Task, timeout_type: str, message: str) -> None:
         failure = Failure(message=message, type="TIMEOUT", kind="TIMEOUT", timeout_type=timeout_type)
         self._event("TASK_TIMED_OUT", task, failure=_failure_info(failure))
-        self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id)
+        if timeout_type == "HEARTBEAT":  # the lease ran out (event.proto); a start-to-close ends no lease
+            self._event("TASK_LEASE_EXPIRED", task, worker_id=task.rec.worker_id)
         holder = task.holder
         if holder is not None and holder.connected:
             self._stop_attempt(

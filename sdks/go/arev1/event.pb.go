@@ -69,7 +69,8 @@ const (
 	// to 4 KiB), "are.spawn.count".
 	EventType_EVENT_TYPE_TASKS_SPAWNED EventType = 20
 	// A task's trigger rule and conditions were met and it was queued in its
-	// pool (SCHEDULED). Sets workflow_id, task_id, attempt, task_state.
+	// pool (SCHEDULED). Sets workflow_id, task_id, attempt (the one it is
+	// queued for: 1 at first, 2 for the first retry), task_state.
 	// Attributes: "are.pool", "are.priority".
 	EventType_EVENT_TYPE_TASK_SCHEDULED EventType = 21
 	// A task was SKIPPED. Sets workflow_id, task_id, task_state. Attributes:
@@ -107,8 +108,10 @@ const (
 	// followed by TASK_ATTEMPT_FAILED carrying the same failure.
 	EventType_EVENT_TYPE_TASK_TIMED_OUT EventType = 30
 	// A worker's lease on an attempt ended without a result (it disconnected
-	// or missed its heartbeat timeout). Sets workflow_id, task_id, attempt,
-	// worker_id.
+	// or missed its heartbeat timeout; the latter between TASK_TIMED_OUT and
+	// TASK_ATTEMPT_FAILED). Other timeouts end no lease: they are
+	// TASK_TIMED_OUT then TASK_ATTEMPT_FAILED. Sets workflow_id, task_id,
+	// attempt, worker_id.
 	EventType_EVENT_TYPE_TASK_LEASE_EXPIRED EventType = 31
 	// A task was CANCELLED. Sets workflow_id, task_id, attempt, task_state.
 	EventType_EVENT_TYPE_TASK_CANCELLED EventType = 32

@@ -75,7 +75,8 @@ export enum EventType {
   EVENT_TYPE_TASKS_SPAWNED = 20,
   /**
    * EVENT_TYPE_TASK_SCHEDULED - A task's trigger rule and conditions were met and it was queued in its
-   * pool (SCHEDULED). Sets workflow_id, task_id, attempt, task_state.
+   * pool (SCHEDULED). Sets workflow_id, task_id, attempt (the one it is
+   * queued for: 1 at first, 2 for the first retry), task_state.
    * Attributes: "are.pool", "are.priority".
    */
   EVENT_TYPE_TASK_SCHEDULED = 21,
@@ -133,8 +134,10 @@ export enum EventType {
   EVENT_TYPE_TASK_TIMED_OUT = 30,
   /**
    * EVENT_TYPE_TASK_LEASE_EXPIRED - A worker's lease on an attempt ended without a result (it disconnected
-   * or missed its heartbeat timeout). Sets workflow_id, task_id, attempt,
-   * worker_id.
+   * or missed its heartbeat timeout; the latter between TASK_TIMED_OUT and
+   * TASK_ATTEMPT_FAILED). Other timeouts end no lease: they are
+   * TASK_TIMED_OUT then TASK_ATTEMPT_FAILED. Sets workflow_id, task_id,
+   * attempt, worker_id.
    */
   EVENT_TYPE_TASK_LEASE_EXPIRED = 31,
   /** EVENT_TYPE_TASK_CANCELLED - A task was CANCELLED. Sets workflow_id, task_id, attempt, task_state. */
