@@ -14,6 +14,7 @@ import pytest
 
 from are_sdk import (
     Client,
+    RetryPolicy,
     TaskContext,
     TaskResult,
     TaskSpec,
@@ -177,6 +178,72 @@ async def test_automatic_heartbeats_keep_a_long_task_leased(client: Client) -> N
         handle_ = await client.submit_workflow(spec)
         assert await handle_.result(timeout=RESULT_TIMEOUT) == "done"
     assert attempts == [1]
+
+
+async def test_a_heartbeat_timeout_under_the_idle_tick_is_met_from_the_first_beat(client: Client) -> None:
+    """The first heartbeat of a task taken while the worker idles comes within its timeout.
+
+    The heartbeat loop computed its tick only before sleeping: idle, 1 s, so
+    a task with a 0.5 s heartbeat timeout taken during that sleep waited for
+    its end, and lost its lease in about half the cases. Each round waits
+    past an idle tick first, so that the task comes during one.
+    """
+    cap = f"hb-first-{suffix()}"
+    worker = Worker(client, name=f"hb-first-{suffix()}")
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        await asyncio.sleep(1.0)  # twice the heartbeat timeout, beating only automatically
+        return "done"
+
+    async with worker:
+        for round_ in range(4):  # the old loop met the timeout in all four about 1 time in 16
+            await asyncio.sleep(1.2)
+            spec = WorkflowSpec(f"hb-{round_}").task(
+                "x",
+                capability=cap,
+                heartbeat_timeout=0.5,
+                start_to_close_timeout=30,
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+            handle_ = await client.submit_workflow(spec)
+            assert await handle_.result(timeout=RESULT_TIMEOUT) == "done", round_
+
+
+async def test_a_task_assigned_while_the_worker_drains_is_run_not_abandoned(client: Client) -> None:
+    """A completion frees a slot just before the drain reaches the sidecar, which fills it.
+
+    The drain waited only for the handlers running when it began, then for
+    the acks; the task started meanwhile was cancelled at the half-close
+    within milliseconds (a lost worker: with one attempt allowed, the task
+    failed for good). It now runs within the grace and reports.
+    """
+    cap = f"drain-late-{suffix()}"
+    worker = Worker(client, name=f"drain-late-{suffix()}", max_concurrency=1, shutdown_grace=20)
+    finished: list[str] = []
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> str:
+        if ctx.task_id == "first":
+            worker.shutdown()  # a SIGTERM arriving as the first task ends
+            return "first"
+        await asyncio.sleep(0.2)
+        finished.append(ctx.task_id)
+        return "second"
+
+    spec = (
+        WorkflowSpec("drain-late")
+        .task("first", capability=cap)
+        .task("second", capability=cap, retry_policy=RetryPolicy(maximum_attempts=1))
+    )
+    handle_ = await client.submit_workflow(spec)
+    await asyncio.wait_for(worker.run(handle_signals=False), RESULT_TIMEOUT)
+    task = await handle_.task("second")
+    if task.attempt:  # the sidecar gave it to this worker before the drain: it ran
+        assert finished == ["second"]
+        assert task.state is TaskState.COMPLETED
+    else:  # the drain came first: never assigned, still waiting for a worker
+        assert task.state is TaskState.SCHEDULED
 
 
 async def test_shutdown_drains_in_flight_tasks(client: Client) -> None:

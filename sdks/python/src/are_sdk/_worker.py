@@ -748,6 +748,7 @@ class _Session:
         self._closing = False
         self._ended = False  # the stream ended: nothing queued here is ever sent
         self._wake = asyncio.Event()
+        self._held = asyncio.Event()  # an attempt was taken: the heartbeat loop computes its tick again
         self._settled = asyncio.Event()
         self._last_write = time.monotonic()
 
@@ -859,26 +860,38 @@ class _Session:
         deadline = self.loop.time() + grace
         self._drain_reason = "worker shutting down"
         self._kick()
-        running = [task for _, task in self.attempts.values()]
-        if running:
-            _, late = await asyncio.wait(running, timeout=grace)
-            for task in late:
-                task.cancel()  # handed back: the sidecar retries it once the stream closes
-            if late:
-                _log.warning(
-                    "worker %s: %d task(s) still running after %.1fs, handed back",
-                    self.worker.name,
-                    len(late),
-                    grace,
-                )
-        # Wait for the acks of what was sent, within the grace period.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.5, deadline - self.loop.time())):
-                while self.unacked or self._completions or self._failures:
-                    if reader.done() or writer.done():
-                        break
-                    self._settled.clear()
-                    await self._settled.wait()
+        # Until every handler ended and its result was acknowledged, those of tasks
+        # started meanwhile included: the sidecar may assign a task (to the slot a
+        # completion freed) before it reads the drain, and the assignment may come
+        # with the acks. Taking the running handlers once, the drain abandoned such
+        # a task within milliseconds of starting it (a lost worker, charged to its
+        # retry policy).
+        while True:
+            running = {task for _, task in self.attempts.values() if not task.done()}
+            if running:
+                _, late = await asyncio.wait(running, timeout=max(0.0, deadline - self.loop.time()))
+                if late:
+                    for task in late:
+                        task.cancel()  # handed back: the sidecar retries it once the stream closes
+                    _log.warning(
+                        "worker %s: %d task(s) still running after %.1fs, handed back",
+                        self.worker.name,
+                        len(late),
+                        grace,
+                    )
+                    break
+            # Wait for the acks of what was sent, within the grace period.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.5, deadline - self.loop.time())):
+                    while self.unacked or self._completions or self._failures:
+                        if reader.done() or writer.done():
+                            break
+                        self._settled.clear()
+                        await self._settled.wait()
+            if reader.done() or writer.done() or self.loop.time() >= deadline:
+                break
+            if not any(not task.done() for _, task in self.attempts.values()):
+                break
         # Half-close after the last write; the sidecar then ends the stream.
         self._closing = True
         self._kick()
@@ -991,6 +1004,8 @@ class _Session:
         handler = self.worker.handlers.get(ctx.capability)
         task = asyncio.create_task(self._run(ctx, handler))
         self.attempts[ctx.key] = (ctx, task)
+        if ctx.heartbeat_timeout:
+            self._held.set()
 
     async def _run(self, ctx: TaskContext, handler: Handler | None) -> None:
         try:
@@ -1103,11 +1118,27 @@ class _Session:
         self._last_write = time.monotonic()
 
     async def _beat(self) -> None:
-        """Heartbeats held attempts that need it, and pings when the stream is idle."""
+        """Heartbeats held attempts that need it, and pings when the stream is idle.
+
+        A tick is a quarter of the shortest heartbeat timeout held (at most
+        1 s). An attempt taken during a tick shortens it: computed only
+        before the sleep, the tick of an idle worker (1 s) delayed the first
+        heartbeat of a task with a heartbeat timeout under 1 s past it. The
+        tick only shortens, from when it began, so attempts taken often
+        never postpone a beat.
+        """
+        began = time.monotonic()
         while True:
             timeouts = [c.heartbeat_timeout for c, _ in self.attempts.values() if c.heartbeat_timeout]
-            tick = min([self.heartbeat_interval / 2, 1.0, *(t / 4 for t in timeouts)])
-            await asyncio.sleep(max(0.05, tick))
+            tick = max(0.05, min([self.heartbeat_interval / 2, 1.0, *(t / 4 for t in timeouts)]))
+            delay = began + tick - time.monotonic()
+            if delay > 0:
+                self._held.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._held.wait()
+                continue
+            began = time.monotonic()
             beats = 0
             for ctx, _ in self.attempts.values():
                 if ctx.heartbeat_timeout and ctx.key not in self._heartbeats:
