@@ -145,6 +145,10 @@ FORKS_PENDING_TABLE = "state_forks_pending"
 _SWEEP_MIN_S = 0.25
 _SWEEP_MAX_S = 600.0
 _FIRST_SWEEP_MAX_S = 5.0
+# A ForkWorkflow request_id is remembered this long (common.proto: a retry within 24 hours
+# returns the first result); the blob sweep's passes delete older records, a page per commit.
+_FORK_REQUEST_TTL_NS = 24 * 3600 * 1_000_000_000
+_FORK_REQUEST_PAGE = 1000
 _SWEEP_STOP_S = 10.0
 
 Gate = Callable[[str, str, str, int], None]
@@ -187,6 +191,9 @@ class _ForkRecord(msgspec.Struct, frozen=True):
     fingerprint: bytes
     workflow_id: str
     source_version: int
+    # When the fork began (Unix ns): its request id's record expires a day later (see
+    # _FORK_REQUEST_TTL_NS). 0: a record of an older sidecar, which never expires.
+    create_ns: int = 0
 
 
 class _PendingFork(msgspec.Struct, frozen=True):
@@ -510,6 +517,34 @@ class StateCapability(Capability):
             removed += await self.blobs.release_referrer(workflow_referrer(workflow_id))
         return removed
 
+    async def _expire_fork_requests(self, before_ns: int) -> int:
+        """Deletes the ForkWorkflow request id records of forks begun before ``before_ns``; returns how many.
+
+        Without it they were kept for good, one per fork that named a
+        request_id. Records of older sidecars (no time) and rows that do not
+        decode are left in place.
+        """
+        storage = self.runtime.storage
+        expired = 0
+        start: bytes | None = None
+        while not self._stopping.is_set():
+            rows = storage.scan(FORK_REQUESTS_TABLE, start=start, limit=_FORK_REQUEST_PAGE)
+            batch = storage.batch()
+            for key, raw in rows:
+                try:
+                    record = _fork_dec.decode(raw)
+                except msgspec.DecodeError:
+                    continue
+                if 0 < record.create_ns < before_ns:
+                    batch.delete(FORK_REQUESTS_TABLE, key)
+            if len(batch):
+                await self.runtime.committer.submit(batch)
+                expired += len(batch)
+            if len(rows) < _FORK_REQUEST_PAGE:
+                break
+            start = rows[-1][0] + b"\x00"
+        return expired
+
     async def _sweep_blobs(self) -> None:
         """Deletes unreferenced blobs past their TTL: shortly after start, then periodically, until stop."""
         wait = min(self.blob_sweep_interval_s, _FIRST_SWEEP_MAX_S)
@@ -519,6 +554,13 @@ class StateCapability(Capability):
             if self._stopping.is_set():
                 return
             wait = self.blob_sweep_interval_s
+            try:
+                expired = await self._expire_fork_requests(time.time_ns() - _FORK_REQUEST_TTL_NS)
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                _log.warning("expiring fork request ids failed", exc_info=True)
+            else:
+                if expired:
+                    _log.info("expired fork request ids", extra={"fields": {"records": expired}})
             try:
                 # In the try: a TTL whose nanoseconds overflow (the option bounds it; a Config
                 # built by hand does not) fails each pass with a warning, not the task for good.
@@ -720,7 +762,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             self._cap.fork_check(request.workflow_id, new_id, tuple(request.rerun_task_ids))
 
         def unfinished(batch: Batch, source_version: int) -> None:
-            record = _ForkRecord(fingerprint, new_id, source_version)
+            record = _ForkRecord(fingerprint, new_id, source_version, time.time_ns())
             pending = _PendingFork(request.request_id, record)
             batch.put(FORKS_PENDING_TABLE, new_id.encode(), _fork_enc.encode(pending))
             self._cap.fork_staged(new_id)  # in the step that stages it: no submit slips in after
@@ -768,7 +810,9 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             await self._cap.undo_fork(new_id)
             raise
         storage = self._cap.runtime.storage
-        pending = _PendingFork(request.request_id, _ForkRecord(fingerprint, new_id, source_version))
+        pending = _PendingFork(
+            request.request_id, _ForkRecord(fingerprint, new_id, source_version, time.time_ns())
+        )
         await self._cap.runtime.committer.submit(_finish_fork(storage.batch(), new_id.encode(), pending))
         self._cap.fork_settled(new_id)
 
