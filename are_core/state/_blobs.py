@@ -298,11 +298,34 @@ class BlobStore:
         """Digests whose deletion is submitted and not yet committed."""
 
     async def recover(self) -> int:
-        """Drop the chunks no blob points to (uploads or deletions a crash cut short); returns how many."""
-        rows = self.storage.scan(UPLOADS, limit=10_000)
-        for data_id, _ in rows:
-            await self.drop_data(data_id, upload=True)
-        return len(rows)
+        """Drop the chunks no blob points to (uploads or deletions a crash cut short); returns how many.
+
+        All of them: a sweep cut short can leave a ``blob_uploads`` row per
+        blob it was deleting, and taking at most 10,000 per start left the
+        chunks of the others stored until later starts. Small ones share a
+        commit (at most ``_DROP_PAGE`` chunk rows); a larger one is dropped
+        on its own, a page per commit.
+        """
+        dropped = 0
+        while rows := self.storage.scan(UPLOADS, limit=_PAGE):
+            batch = self.storage.batch()
+            chunk_rows = 0
+            for data_id, _ in rows:
+                chunks = self.storage.scan(CHUNKS, prefix=data_id, limit=_DROP_PAGE + 1)
+                if len(chunks) > _DROP_PAGE:
+                    await self.drop_data(data_id, upload=True)
+                    continue
+                if chunk_rows + len(chunks) > _DROP_PAGE:
+                    await self.committer.submit(batch)
+                    batch, chunk_rows = self.storage.batch(), 0
+                for key, _ in chunks:
+                    batch.delete(CHUNKS, key)
+                batch.delete(UPLOADS, data_id)
+                chunk_rows += len(chunks)
+            if len(batch):
+                await self.committer.submit(batch)
+            dropped += len(rows)
+        return dropped
 
     async def migrate(self) -> int:
         """Move the owners of an older data folder into ``blob_refs``; returns the rows moved.

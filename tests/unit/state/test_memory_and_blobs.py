@@ -20,7 +20,7 @@ from are_core.state import (
     MemoryStore,
     NoteInput,
 )
-from are_core.storage import GroupCommitter, Storage
+from are_core.storage import GroupCommitter, Storage, u64_key
 
 Store = tuple[Storage, GroupCommitter]
 
@@ -233,3 +233,30 @@ async def test_a_save_that_fails_fails_no_add(
     (tmp_path / "wf.usearch").rmdir()
     await memory.add("wf", [NoteInput(text=f"n{i}", vector=_unit(i)) for i in range(12, 22)])
     assert json.loads((tmp_path / "wf.json").read_text()) == {"covered": 23, "dimension": 8}
+
+
+async def test_a_start_drops_every_unfinished_upload_not_only_the_first_ten_thousand(store: Store) -> None:
+    """What a sweep cut short leaves: a blob_uploads row per blob it was deleting, and their chunks.
+
+    recover() took at most 10,000 rows per start; the chunks of the others
+    stayed stored until later starts.
+    """
+    storage, committer = store
+    orphans = 10_050
+    for first in range(0, orphans, 5_000):
+        batch = storage.batch()
+        for i in range(first, min(first + 5_000, orphans)):
+            data_id = i.to_bytes(16, "big")
+            batch.put("blob_uploads", data_id, u64_key(1))
+            for part in range(1 + i % 3):  # one to three small chunks each
+                batch.put("blob_chunks", data_id + u64_key(part * 8), b"x" * 8)
+        await committer.submit(batch)
+    large = (orphans + 1).to_bytes(16, "big")  # more chunk rows than one commit drops
+    batch = storage.batch().put("blob_uploads", large, u64_key(1))
+    for part in range(200):
+        batch.put("blob_chunks", large + u64_key(part), b"y")
+    await committer.submit(batch)
+
+    assert await BlobStore(storage, committer).recover() == orphans + 1
+    assert storage.count("blob_uploads") == 0
+    assert storage.count("blob_chunks") == 0
