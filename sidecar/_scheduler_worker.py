@@ -7,6 +7,14 @@ assignment, ack and cancellation batches in order. Assignments arrive in
 batches: the tasks dispatched to the worker in one engine transaction go
 in as few messages as fit 256 assignments and 16 MiB each.
 
+The acks a stream owes are bounded (count and bytes): over the bound, the
+reader takes no further message until the writer has sent enough of them,
+so a worker that does not read its stream is not read either, and the
+sidecar's memory stays bounded. When the stream ends, the results it
+received that are still being recorded (completions waiting for their
+workflow's patch lock) are waited for, a few seconds at most, before the
+worker's leases are released: a half-close loses none of them.
+
 A fan-in can make one assignment larger than a message may be: a task with
 twenty dependencies of 4 MiB outputs is 80 MiB inline, over the 64 MiB
 limit, and gRPC ended the whole stream at every try until the task's
@@ -23,6 +31,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any, NoReturn, TypeAlias
 
@@ -68,6 +77,14 @@ A quarter of the default message limit: the estimate counts characters,
 not UTF-8 bytes, of the few strings that may be long (failure messages and
 stack traces). A poll's answer may be as large as the message limit allows."""
 REGISTER_TIMEOUT_S = 10.0
+OUTBOX_ACKS = 20_000
+"""Acks a stream may owe and not have written, at most, before its reader waits (two heartbeat batches).
+
+One message read may add a batch's worth over it (10,000 heartbeat refusals)."""
+OUTBOX_ACK_BYTES = 8 << 20
+"""The same in bytes: the acks' strings, and the completions whose state writes are pending."""
+SETTLE_TIMEOUT_S = 10.0
+"""How long a stream that ends waits, at most, for its results still being recorded (state writes)."""
 _POLL_MARGIN_MAX_S = 5.0  # the most a long poll answers before its caller's deadline
 _DRAIN_CHECK_S = 0.02  # how often a draining sidecar looks for streams it may end
 _REPORTABLE = frozenset({"LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"})
@@ -486,19 +503,52 @@ async def _end_for(context: _Context, violation: str | SpecError) -> NoReturn:
     await abort(context, grpc.StatusCode.FAILED_PRECONDITION, violation, reason="STREAM_PROTOCOL_VIOLATION")
 
 
+class _Acks:
+    """An ack batch in the outbox, with what it owes of the stream's ack bounds (paid once written)."""
+
+    __slots__ = ("items", "message", "size")
+
+    def __init__(self, message: pb.ConnectResponse, items: int, size: int) -> None:
+        self.message = message
+        self.items = items
+        self.size = size
+
+
+def _acks_bytes(acks: list[pb.TaskAck]) -> int:
+    """The acks' size on the wire, estimated from their strings (the rest is a few bytes each)."""
+    return sum(len(a.workflow_id) + len(a.task_id) + len(a.message) + 16 for a in acks)
+
+
+_OutboxEntry: TypeAlias = "pb.ConnectResponse | _Acks | asyncio.Task[list[pb.ConnectResponse]] | None"
+
+
 class _Stream:
-    """One connected worker stream: its outbox and its engine handle."""
+    """One connected worker stream: its outbox and its engine handle.
+
+    The acks the stream owes and has not written yet (queued, waiting for
+    their commit, or for a completion's state write) are bounded in count
+    and bytes: the reader takes no further message from the worker until
+    they are back under :data:`OUTBOX_ACKS` and :data:`OUTBOX_ACK_BYTES`
+    (a worker that does not read its stream is not read either: gRPC's flow
+    control then holds its writes). Assignments, cancellations and the drain
+    notice are never held back nor dropped: the engine delivers them
+    synchronously, and they are bounded by the worker's max_concurrency.
+    """
 
     def __init__(self, engine: Scheduler, wiring: Wiring) -> None:
         self.engine = engine
         self.wiring = wiring
         # What the writer sends, in order; a task stands for assignment batches
         # whose dependency outputs are being stored as blobs (see _fitted).
-        self.outbox: asyncio.Queue[pb.ConnectResponse | asyncio.Task[list[pb.ConnectResponse]] | None] = (
-            asyncio.Queue()
-        )
+        self.outbox: asyncio.Queue[_OutboxEntry] = asyncio.Queue()
         self.handle: Any = None  # the engine's WorkerHandle, once registered
         self.pending_acks = 0  # batches of acks waiting for their commit
+        self.owed_acks = 0  # acks owed and not written (see the class docstring)
+        self.owed_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        # Commits and completion jobs whose acks are owed: awaited before the worker is disconnected.
+        self.owing: set[asyncio.Future[Any]] = set()
 
     def idle(self) -> bool:
         """Holds no attempt and owes no acknowledgement: a draining sidecar may end it."""
@@ -508,10 +558,47 @@ class _Stream:
         """Ends the stream (the writer stops at the first None)."""
         self.outbox.put_nowait(None)
 
+    def owe(self, items: int, size: int) -> None:
+        """Counts acks (and what they wait on) against the bounds until :meth:`paid`."""
+        self.owed_acks += items
+        self.owed_bytes += size
+        if self.owed_acks >= OUTBOX_ACKS or self.owed_bytes >= OUTBOX_ACK_BYTES:
+            self._room.clear()
+
+    def paid(self, items: int, size: int) -> None:
+        """Acks written (or never to be): the reader may go on once under the bounds."""
+        self.owed_acks -= items
+        self.owed_bytes -= size
+        if self.owed_acks < OUTBOX_ACKS and self.owed_bytes < OUTBOX_ACK_BYTES:
+            self._room.set()
+
+    async def room(self) -> None:
+        """Returns once the acks owed are under their bounds (at once, mostly)."""
+        await self._room.wait()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Waits, ``timeout_s`` at most, for the results received to be recorded and their acks queued.
+
+        The worker gets no new assignment meanwhile (it is drained): it is leaving.
+        """
+        if not self.owing:
+            return
+        if self.handle is not None and self.handle.connected:
+            self.engine.drain_worker(self.handle)
+        await asyncio.wait(list(self.owing), timeout=timeout_s)
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self.owing.add(future)
+        future.add_done_callback(self.owing.discard)
+
     async def send(self, context: _Context) -> None:
         """Writes what the outbox holds, in order, until its end."""
-        while (message := await self.outbox.get()) is not None:
-            for batch in await message if isinstance(message, asyncio.Task) else (message,):
+        while (entry := await self.outbox.get()) is not None:
+            if isinstance(entry, _Acks):
+                await context.write(entry.message)
+                self.paid(entry.items, entry.size)
+                continue
+            for batch in await entry if isinstance(entry, asyncio.Task) else (entry,):
                 await context.write(batch)
 
     def assign(self, assignments: list[Assignment]) -> None:
@@ -548,9 +635,16 @@ class _Stream:
         )
         self.outbox.put_nowait(pb.ConnectResponse(cancellations=batch))
 
-    def send_acks(self, acks: list[pb.TaskAck]) -> None:
-        if acks:
-            self.outbox.put_nowait(pb.ConnectResponse(acks=pb.TaskAckBatch(acks=acks)))
+    def send_acks(self, acks: list[pb.TaskAck], owed: tuple[int, int] | None = None) -> None:
+        """Queues ``acks``; ``owed``: what they were counted as already (see :meth:`owe`), if they were."""
+        if not acks:
+            if owed is not None:
+                self.paid(*owed)
+            return
+        if owed is None:
+            owed = (len(acks), _acks_bytes(acks))
+            self.owe(*owed)
+        self.outbox.put_nowait(_Acks(pb.ConnectResponse(acks=pb.TaskAckBatch(acks=acks)), *owed))
 
     def acks_when_durable(self, durable: asyncio.Future[None] | None, acks: list[pb.TaskAck]) -> None:
         """Queues ``acks`` once ``durable`` resolves (at once if None)."""
@@ -558,15 +652,45 @@ class _Stream:
             self.send_acks(acks)
             return
         self.pending_acks += 1
+        owed = (len(acks), _acks_bytes(acks))
+        self.owe(*owed)
 
         def done(future: asyncio.Future[None]) -> None:
             self.pending_acks -= 1
             if future.cancelled() or future.exception() is not None:
+                self.paid(*owed)
                 self.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
             else:
-                self.send_acks(acks)
+                self.send_acks(acks, owed)
 
         durable.add_done_callback(done)
+        self._track(durable)
+
+    def job(self, work: Coroutine[Any, Any, pb.TaskAck | None], size: int) -> asyncio.Task[None]:
+        """Runs ``work`` off the reader and queues the ack it returns; None (a failed commit) ends the stream.
+
+        The ack is owed from now, counted as ``size`` bytes (what the work holds meanwhile).
+        """
+        owed = (1, size)
+        self.pending_acks += 1
+        self.owe(*owed)
+
+        async def run() -> None:
+            ack: pb.TaskAck | None = None
+            try:
+                ack = await work
+            finally:
+                self.pending_acks -= 1
+                if ack is None:
+                    self.paid(*owed)
+            if ack is None:
+                self.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
+            else:
+                self.send_acks([ack], owed)
+
+        task = asyncio.ensure_future(run())
+        self._track(task)
+        return task
 
 
 # The generated base class is Any to mypy: are_sdk._proto is skipped (see the mypy overrides).
@@ -707,8 +831,13 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         finally:
             reader.cancel()
             self._streams.discard(stream)
-            # On a sidecar drain the leases are kept: the restart re-dispatches them.
-            self._engine.disconnect_worker(handle, release_leases=not self._draining)
+            try:
+                # Results received but still being recorded (state writes waiting for the
+                # patch lock) are recorded first: else their attempts would be lost with the worker.
+                await stream.settle(SETTLE_TIMEOUT_S)
+            finally:
+                # On a sidecar drain the leases are kept: the restart re-dispatches them.
+                self._engine.disconnect_worker(handle, release_leases=not self._draining)
         if violation is not None:
             await _end_for(context, violation)
         if self._is_draining():
@@ -720,11 +849,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         """Applies the worker's messages; returns why the stream must end, or None at its end."""
         try:
             while True:
+                await stream.room()  # backpressure: no more work read while the acks owed are over bounds
                 try:
                     message = await asyncio.wait_for(context.read(), 3 * HEARTBEAT_INTERVAL_S)
                 except TimeoutError:
                     return f"the worker was silent for {3 * HEARTBEAT_INTERVAL_S:g} seconds"
                 if message is grpc.aio.EOF:
+                    # A half-close (worker_service.proto, WorkerDrain): the results sent
+                    # before it are recorded, and their acks written before the stream ends.
+                    await stream.settle(SETTLE_TIMEOUT_S)
                     return None
                 kind = message.WhichOneof("message")
                 problem = _message_problem(message, kind)
@@ -828,23 +961,22 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
         )
 
     def _complete_with_state(self, stream: _Stream, c: pb.TaskCompletion, field: str) -> None:
-        """A stream completion with a state write: applied off the reader, acked when durable."""
+        """A stream completion with a state write: applied off the reader, acked when durable.
 
-        async def run() -> None:
+        It waits for the workflow's patch lock: the stream, if it ends meanwhile,
+        waits for it before its worker is disconnected (see :meth:`_Stream.settle`).
+        """
+
+        async def run() -> pb.TaskAck | None:
             try:
                 await self._completed_with_state(c, field)
-                ack = _ack(c, _COMPLETION, accepted=True)
+                return _ack(c, _COMPLETION, accepted=True)
             except SchedulerError as error:
-                ack = _refusal(c, _COMPLETION, error)
+                return _refusal(c, _COMPLETION, error)
             except StorageError:
-                stream.outbox.put_nowait(None)  # the commit failed: end the stream, the worker retries
-                return
-            finally:
-                stream.pending_acks -= 1
-            stream.send_acks([ack])
+                return None
 
-        stream.pending_acks += 1
-        job = asyncio.ensure_future(run())
+        job = stream.job(run(), c.ByteSize() + _ACK_MESSAGE_CHARS)
         self._writes.add(job)
         job.add_done_callback(self._writes.discard)
 

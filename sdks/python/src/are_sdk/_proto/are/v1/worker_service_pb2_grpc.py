@@ -110,7 +110,11 @@ class WorkerServiceServicer:
         other attempts carry on. When the stream ends, the worker's leases
         are released at once and their tasks retried; except when a sidecar
         drain ends it (see DrainNotice): the attempts still held then keep
-        their leases and are dispatched again after the restart.
+        their leases and are dispatched again after the restart. Results
+        received before the stream ends are recorded before the leases go.
+        Read the stream: while the acks owed and not yet written exceed 20,000
+        (or 8 MiB), the sidecar reads no further message from the worker, so
+        a worker that does not read is held by flow control.
         An item's ids are checked as the unary calls check them: an id outside
         the id alphabet or an attempt below 1 is refused with reason
         INVALID_ARGUMENT naming it (`heartbeat.heartbeats[0].attempt`). An
