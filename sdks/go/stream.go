@@ -123,6 +123,7 @@ type streamSession struct {
 	err     error // why it ended, set before done is closed
 
 	wake    chan struct{} // wakes the writer (capacity 1)
+	rearm   chan struct{} // wakes the heartbeat loop to look again at what is held (capacity 1)
 	changed chan struct{} // signals that held or waiting shrank (capacity 1)
 
 	mu          sync.Mutex
@@ -241,6 +242,7 @@ func (w *Worker) openStream(ctx context.Context) (*streamSession, error) {
 		batchBytes: batchBytes(w.client.maxMessageBytes),
 		done:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
+		rearm:      make(chan struct{}, 1),
 		changed:    make(chan struct{}, 1),
 		held:       map[attemptKey]*streamAttempt{},
 		waiting:    map[attemptKey]*streamAttempt{},
@@ -465,6 +467,7 @@ func (s *streamSession) start(ctx, base context.Context, assignment *arev1.TaskA
 	s.mu.Lock()
 	s.held[a.key] = a
 	s.mu.Unlock()
+	notify(s.rearm) // its first heartbeat may be due before the loop would next look
 	go func() {
 		defer attempts.goroutines.Done()
 		defer a.finish()
@@ -623,30 +626,52 @@ func (s *streamSession) queueBeatLocked(a *streamAttempt, now time.Time) bool {
 }
 
 // beat heartbeats held attempts when due, in one batch, and pings when the
-// stream has been idle for half the sidecar's interval.
+// stream has been idle for half the sidecar's interval. It sleeps until the
+// earliest held attempt's next heartbeat, and at most idleTick (for the
+// ping); start wakes it to look again. It looked once per idleTick whatever
+// each attempt's own interval (a quarter of its heartbeat timeout), so an
+// attempt whose timeout was under about a second was always taken back.
 func (s *streamSession) beat() {
-	tick := time.NewTicker(max(50*time.Millisecond, min(time.Second, s.interval/4)))
-	defer tick.Stop()
+	idleTick := max(50*time.Millisecond, min(time.Second, s.interval/4))
+	timer := time.NewTimer(idleTick)
+	defer timer.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
-		case <-tick.C:
+		case <-timer.C:
+		case <-s.rearm:
 		}
 		now := time.Now()
+		wait := idleTick
 		s.mu.Lock()
 		due := false
 		for _, a := range s.held {
 			if !now.Before(a.next) {
 				due = s.queueBeatLocked(a, now) || due
 			}
+			wait = min(wait, a.next.Sub(now))
 		}
 		idle := now.Sub(s.lastWrite) >= s.interval/2
 		s.mu.Unlock()
 		if due || idle {
 			notify(s.wake)
 		}
+		resetTimer(timer, max(wait, time.Millisecond))
 	}
+}
+
+// resetTimer arms t for d, first draining a value it delivered and nobody
+// received (the module's go directive, 1.22, keeps the timer channel
+// buffered).
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(d)
 }
 
 // write sends what is pending whenever woken, until the session ends or the

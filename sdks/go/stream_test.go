@@ -124,6 +124,44 @@ func TestStreamHeartbeatsKeepAnAttemptPastItsHeartbeatTimeout(t *testing.T) {
 	}
 }
 
+// TestStreamHeartbeatsByItselfWithinAHeartbeatTimeoutUnderASecond runs a
+// handler that never heartbeats by hand for several times its task's 800 ms
+// heartbeat timeout: the stream heartbeats the attempt every 200 ms (a quarter
+// of the timeout), however seldom it pings when idle (once a second at most).
+func TestStreamHeartbeatsByItselfWithinAHeartbeatTimeoutUnderASecond(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-stream-self-beat")
+
+	opts := fastWorker
+	opts.Transport = are.TransportStream
+	worker := client.NewWorker(name("go-self-beater"), opts)
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		select {
+		case <-time.After(3 * time.Second):
+			return []byte(`"done"`), nil
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	})
+	run(t, worker)
+
+	spec, err := are.NewWorkflow("go-stream-self-beat").
+		Task("long", capability, are.HeartbeatTimeout(800*time.Millisecond), are.MaxAttempts(1, 0)).
+		Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result, err := handle.Result(ctx)
+	if err != nil || string(result) != `"done"` {
+		t.Fatalf("Result = %s, %v; want the stream's own heartbeats to keep the attempt", result, err)
+	}
+}
+
 // TestStreamReconnectsAfterTheSidecarRestarts restarts a sidecar of its own
 // on the same port and data: the worker's stream gets the drain notice, ends,
 // and the worker reconnects and serves the next workflow.

@@ -36,7 +36,7 @@ import {
   type TaskAssignment,
 } from "./gen/are/v1/worker_service.js";
 import { ErrorReason } from "./gen/are/v1/errors.js";
-import { fromDuration, sleep } from "./time.js";
+import { MAX_TIMER_MS, fromDuration, sleep } from "./time.js";
 
 /** The SDK named in the registration. */
 export const SDK_NAME = "are-sdk-ts/0.1";
@@ -128,6 +128,8 @@ export class StreamSession {
   private endReason: AreError | undefined;
   private resolveEnded!: (reason: AreError) => void;
   private wakeWriter: (() => void) | undefined;
+  /** Ends the ticker's current sleep (see tickLoop). */
+  private wakeTicker: (() => void) | undefined;
   private lastWriteMs = Date.now();
   private readonly stop = new AbortController();
 
@@ -227,6 +229,7 @@ export class StreamSession {
     const timeoutMs = fromDuration(attempt.assignment.heartbeatTimeout);
     const everyMs = Math.max(50, Math.min(this.intervalMs, timeoutMs ? timeoutMs / 3 : Infinity));
     this.held.set(attemptKey(attempt.assignment), { attempt, everyMs, nextMs: Date.now() + everyMs, beaten: [] });
+    this.wakeTick(); // its first heartbeat may be due before the ticker would next look
   }
 
   /** Stops heartbeating an attempt (its handler returned and its result, if any, was acknowledged). */
@@ -307,6 +310,7 @@ export class StreamSession {
     this.endReason = reason;
     this.stop.abort();
     this.wake();
+    this.wakeTick();
     for (const pending of this.waiting.values()) pending.resolve(undefined);
     this.waiting.clear();
     for (const held of this.held.values()) {
@@ -370,18 +374,48 @@ export class StreamSession {
     wake?.();
   }
 
-  /** Queues due heartbeats, and a ping when the stream has been quiet for an interval. */
+  /** Ends the ticker's sleep, so it looks again at the attempts held. */
+  private wakeTick(): void {
+    const wake = this.wakeTicker;
+    this.wakeTicker = undefined;
+    wake?.();
+  }
+
+  /**
+   * Wakes the writer when a heartbeat is due, or a ping (the stream quiet for half the interval),
+   * then sleeps until the next one can be, or until hold() wakes it. The sleep was computed from the
+   * attempts held before it and lasted half the shortest interval among them: half the sidecar's
+   * interval (5 s) when idle, so an attempt held during that sleep sent its first heartbeat only
+   * when the sleep ended, after a heartbeat timeout under about 5 s, and the sidecar took it back.
+   */
   private async tickLoop(): Promise<void> {
     while (!this.isEnded) {
-      let tick = this.intervalMs;
-      for (const held of this.held.values()) tick = Math.min(tick, held.everyMs);
-      try {
-        await sleep(Math.max(50, tick / 2), this.stop.signal);
-      } catch {
-        return;
-      }
       const now = Date.now();
-      if ([...this.held.values()].some((h) => h.nextMs <= now) || now - this.lastWriteMs >= this.intervalMs / 2) this.wake();
+      let due = now - this.lastWriteMs >= this.intervalMs / 2;
+      // A ping is next due half an interval after the last write; while one is due and the writer
+      // busy, the ticker looks again half an interval on.
+      let nextMs = due ? now + this.intervalMs / 2 : this.lastWriteMs + this.intervalMs / 2;
+      for (const held of this.held.values()) {
+        if (held.nextMs <= now) {
+          // Due: the writer sends it and sets its next beat at least everyMs from now (an attempt
+          // whose result awaits its ack sends none, and the ticker looks again everyMs on).
+          due = true;
+          nextMs = Math.min(nextMs, now + held.everyMs);
+        } else {
+          nextMs = Math.min(nextMs, held.nextMs);
+        }
+      }
+      if (due) this.wake();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.wakeTicker = undefined;
+          resolve();
+        }, Math.min(MAX_TIMER_MS, Math.max(1, nextMs - now)));
+        this.wakeTicker = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
     }
   }
 

@@ -1,5 +1,6 @@
 // The worker's stream transport (WorkerService.Connect) on a real sidecar: a
-// workflow of several tasks, a cancellation reaching a running handler, a
+// workflow of several tasks, a cancellation reaching a running handler, an
+// attempt kept by the stream's own heartbeats past a short heartbeat timeout, a
 // large output completed as a blob, a graceful stop with a running handler, and
 // a sidecar restart: the drain notice, a result reported within its grace, and
 // the reconnection.
@@ -11,7 +12,7 @@ import { describe, test } from "node:test";
 import { BlobReference, Client, TaskCancelledError, Worker, WorkflowFailedError, WorkflowSpec, type TaskContext } from "@are-runtime/sdk";
 import type { SidecarProcess } from "@are-runtime/sdk/testing";
 
-import { FAST, deferred, serving, sharedSidecar, startSidecar, unique, within } from "./helpers.js";
+import { FAST, deferred, eventually, serving, sharedSidecar, startSidecar, unique, within } from "./helpers.js";
 
 const WAIT = { timeoutMs: 30_000 };
 const STREAM = { ...FAST, transport: "stream" } as const;
@@ -80,6 +81,37 @@ describe("worker stream transport", () => {
       assert.equal(error.workflow.state, "CANCELLED");
     });
     assert.equal(worker.stats.cancelled, 1);
+  });
+
+  test("an attempt assigned to an idle worker heartbeats by itself well past its short heartbeat timeout", async () => {
+    // The sidecar's heartbeat interval is 10 s: an idle stream looks at its attempts again only
+    // when its next ping is due, 5 s after it opened. An attempt assigned just after the worker
+    // connected heartbeats every second (a third of its 3 s timeout) only if holding it wakes the
+    // stream's ticker; the handler heartbeats by hand never, and runs for two timeouts and more.
+    const capability = unique("stream-idle-beat");
+    const worker = new Worker(shared.client, { ...STREAM, name: "ts-stream-idle-beat" }).handle(
+      capability,
+      (ctx) =>
+        new Promise((resolve, reject) => {
+          const timer = setTimeout(() => resolve("done"), 6_500);
+          ctx.signal.addEventListener("abort", () => {
+            clearTimeout(timer);
+            reject(ctx.signal.reason as Error);
+          });
+        }),
+    );
+    await serving(worker, async () => {
+      await eventually(() => Promise.resolve(worker.stats.connects >= 1), 20_000, "the worker stream to open");
+      const handle = await shared.client.workflows.submit(
+        new WorkflowSpec("ts-stream-idle-beat").task("long", {
+          capability,
+          heartbeatTimeoutMs: 3_000,
+          retryPolicy: { maximumAttempts: 1 },
+        }),
+      );
+      assert.equal(await handle.result(WAIT), "done");
+    });
+    assert.equal(worker.stats.completed, 1);
   });
 
   test("an output over 4 MiB is completed as a blob over the stream", async () => {
