@@ -159,6 +159,11 @@ class Sidecar:
         except ConfigError as error:
             _log.error(f"invalid configuration: {error}")
             return 2
+        if self._config.listen is not None:
+            _probe_listen(self._config.listen)  # before a start's recovery: a taken port fails at once
+        # What the sidecar writes (index files, memory notes' files, the ready file) is
+        # its owner's alone, as LMDB's folder is: the files hold embeddings of prompts.
+        os.umask(0o077)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -172,8 +177,26 @@ class Sidecar:
             await self._shutdown()
         return 0
 
+    async def _signalled(self) -> bool:
+        """Whether a stop was asked for, the signals that arrived meanwhile included.
+
+        A start's recovery can hold the event loop for seconds; a signal that
+        arrived meanwhile is handled once the loop gets a turn (its wake-up
+        read, then the handler's callback), which these yields give it.
+        """
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return self._stopping.is_set()
+
     def _on_signal(self, signum: int) -> None:
-        _log.info("shutdown requested", extra={"fields": {"signal": signal.Signals(signum).name}})
+        name = signal.Signals(signum).name
+        if self._stopping.is_set():
+            # A second signal: the operator will not wait for the grace period. What was
+            # acknowledged is committed (as after SIGKILL, which a start recovers from).
+            _log.warning("second signal: exiting now", extra={"fields": {"signal": name}})
+            logging.shutdown()
+            os._exit(128 + signum)
+        _log.info("shutdown requested", extra={"fields": {"signal": name}})
         self._stopping.set()
 
     async def _start(self) -> None:
@@ -194,6 +217,8 @@ class Sidecar:
             runtime.capabilities.append(capability)
             self._capabilities.append(capability)
             await capability.start()
+            if await self._signalled():  # a signal during the start: stop, never serve
+                return
 
         options = [
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -228,6 +253,8 @@ class Sidecar:
             + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             registrar,
         )
+        if await self._signalled():
+            return
         targets = self._bind(server)
         _tune_garbage_collector()
         await server.start()
@@ -449,6 +476,40 @@ def _remove_stale_socket(path: Path, address: str) -> None:
         f"could not listen on {address}: a process is listening on it (another sidecar?); "
         "stop it or choose another --uds path"
     )
+
+
+def _probe_listen(listen: str) -> None:
+    """Binds ``listen`` with a plain socket for a moment; raises OSError saying why it cannot be.
+
+    gRPC reports a failed bind as "could not listen" with its reason only in
+    a log line of its own (not JSON under ``--log-format json``), and only
+    once the start's recovery is done. Port 0 (any free port) is not probed.
+    """
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        return  # the configuration checked it; gRPC's own error then says more
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise OSError(f"could not listen on {listen}: cannot resolve {host!r} ({error.strerror})") from None
+    errors: list[str] = []
+    for family, kind, proto, _, address in infos:  # gRPC listens if any of them binds
+        probe = socket.socket(family, kind, proto)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(address)
+        except OSError as error:
+            errors.append(error.strerror or str(error))
+        else:
+            return
+        finally:
+            probe.close()
+    raise OSError(f"could not listen on {listen}: {errors[0] if errors else 'no address to bind'}")
 
 
 def _add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -65,8 +65,8 @@ class DataDirLock:
             DataDirLockedError: another holder owns the folder.
         """
         folder = Path(data_dir).absolute()
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new one is its owner's alone
+        fd = os.open(folder / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
