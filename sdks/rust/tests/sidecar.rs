@@ -23,6 +23,7 @@ on_both_transports!(
     two_task_workflow_run_by_a_rust_worker,
     failing_handler_fails_by_the_retry_policy,
     cancellation_reaches_a_running_handler,
+    a_handler_outlasting_its_heartbeat_timeout_is_heartbeated_for,
     large_output_as_a_blob_and_the_event_stream,
     graceful_shutdown_lets_a_running_handler_finish,
     handlers_report_llm_and_tool_calls,
@@ -364,6 +365,44 @@ async fn cancellation_reaches_a_running_handler(transport: WorkerTransport) {
     assert_eq!(e.reason, "WORKFLOW_CANCELLED");
     running.stop().await;
     assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+}
+
+/// A handler that runs several times its task's heartbeat timeout without
+/// heartbeating keeps its attempt: the worker heartbeats it every quarter
+/// of the timeout. On the stream, due heartbeats were looked for once a
+/// second whatever the attempts' timeouts, so an attempt whose timeout was
+/// under about 1 s always "missed its heartbeat_timeout" (and with a single
+/// attempt its workflow failed). At 800 ms, a heartbeat every 200 ms leaves
+/// room for a stall of several hundred milliseconds.
+async fn a_handler_outlasting_its_heartbeat_timeout_is_heartbeated_for(transport: WorkerTransport) {
+    let (_sidecar, client) = start().await;
+    let worker = Worker::new(&client, "rust-quiet", fast(transport)).handle(
+        "rust-quiet",
+        |task| async move {
+            // A long call that records no heartbeat of its own.
+            let _ = timeout(Duration::from_secs(3), task.cancellation().cancelled()).await;
+            Ok(json!({ "cancelled": format!("{:?}", task.cancel_reason()) }))
+        },
+    );
+    let (running, stats) = Running::spawn(worker);
+    let handle = client
+        .submit(
+            WorkflowBuilder::new("rust-quiet").task(
+                TaskBuilder::new("x", "rust-quiet")
+                    .heartbeat_timeout(Duration::from_millis(800))
+                    .max_attempts(1, Duration::from_millis(10)),
+            ),
+        )
+        .await
+        .unwrap();
+    let result: Value = handle
+        .result(WAIT)
+        .await
+        .expect("the task completed within its heartbeat timeout");
+    assert_eq!(result, json!({ "cancelled": "None" }));
+    running.stop().await;
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //! task sends what is pending (heartbeats, completions, failures, a drain, a
 //! ping) in batches, everything that piled up while the previous write was in
 //! flight going in the next, cut by count and by size (see [`batches`]); one
-//! beat task queues the heartbeats that are due.
+//! beat task queues the heartbeats that are due, sleeping until the earliest
+//! held attempt's next one (see [`Session::beat`]).
 //! Outgoing messages wait in a bounded channel; pending items are bounded by
 //! the attempts held, which the sidecar bounds by the registered concurrency.
 
@@ -148,6 +149,9 @@ struct Session {
     pending: Mutex<Pending>,
     /// Wakes the writer.
     wake: Notify,
+    /// Wakes the beat task: an attempt is newly held, and its first beat may
+    /// be due before the task's current sleep ends.
+    rearm: Notify,
     /// Fires when the session ends; the writer and beat tasks stop.
     done: CancellationToken,
     /// The worker's counters: attempts taken back count as cancelled.
@@ -264,32 +268,46 @@ impl Session {
 
     /// Queues the heartbeats that are due, in one batch, and pings when the
     /// stream has been idle for half the sidecar's interval.
+    ///
+    /// It sleeps until the earliest held attempt's next beat, and at most a
+    /// tick (a quarter of the sidecar's interval, within 50 ms and 1 s), and
+    /// is woken when an attempt is held. It used to wake once a tick whatever
+    /// the attempts' own intervals (a quarter of their heartbeat timeouts):
+    /// an attempt whose timeout was under about 1 s missed it between two
+    /// ticks while its handler ran. A beat due within a quarter of its own
+    /// interval goes with those due now, so that attempts whose beats fall
+    /// close together share a wake-up and a batch (at most four wake-ups per
+    /// shortest interval however many are held) and none goes late.
     async fn beat(self: Arc<Self>) {
         let tick = (self.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = self.done.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
             let now = Instant::now();
-            let wake = {
+            let (wake, until) = {
                 let mut p = self.pending.lock().unwrap();
                 let due: Vec<Key> = p
                     .held
                     .iter()
-                    .filter(|(_, h)| h.next <= now)
+                    .filter(|(_, h)| h.next <= now + h.every / 4)
                     .map(|(k, _)| k.clone())
                     .collect();
                 let mut wake = now.duration_since(p.last_write) >= self.interval / 2;
                 for k in due {
                     wake |= Session::queue_beat(&mut p, &k, now);
                 }
-                wake
+                let until = p
+                    .held
+                    .values()
+                    .map(|h| h.next)
+                    .fold(now + tick, Instant::min);
+                (wake, until)
             };
             if wake {
                 self.wake.notify_one();
+            }
+            tokio::select! {
+                _ = self.done.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => {}
+                _ = self.rearm.notified() => {}
             }
         }
     }
@@ -422,6 +440,7 @@ impl Worker {
                 last_write: Instant::now(),
             }),
             wake: Notify::new(),
+            rearm: Notify::new(),
             done: CancellationToken::new(),
             stats: self.stats.clone(),
         });
@@ -571,6 +590,7 @@ impl Worker {
                 hold: holds.hold(),
             },
         );
+        session.rearm.notify_one();
         let attempt = Attempt {
             client: self.client.clone(),
             options: self.options.clone(),

@@ -481,6 +481,7 @@ final class WorkerStream {
         held.put(h.key, h);
         live++;
       }
+      wake.release(); // the writer's sleep may end after this attempt's first beat is due
       task.onHeartbeat = () -> queueBeat(h);
       try {
         pool.execute(() -> run(h));
@@ -707,15 +708,39 @@ final class WorkerStream {
     }
 
     /**
+     * How long the writer may sleep from {@code now}: until the earliest held attempt's next beat,
+     * and at most {@code tick}.
+     */
+    private long sleepLocked(long tick, long now) {
+      long sleep = tick;
+      for (Held h : held.values()) {
+        sleep = Math.min(sleep, Math.max(0, h.next - now));
+      }
+      return sleep;
+    }
+
+    /**
      * Sends what is pending whenever woken, heartbeats when due and a ping when idle for half the
      * sidecar's interval, until the session ends or the worker half-closes the stream.
+     *
+     * <p>It sleeps until the earliest held attempt's next beat, and at most a tick (a quarter of the
+     * sidecar's interval, within 50 ms and 1 s), and is woken when an attempt is held. It used to
+     * sleep a tick whatever the attempts' own intervals (a quarter of their heartbeat timeouts): an
+     * attempt whose timeout was under about 1 s missed it between two ticks while its handler ran.
+     * A beat due within a quarter of its own interval goes with those due now, so that attempts
+     * whose beats fall close together share a wake-up and a batch (at most four wake-ups per
+     * shortest interval however many are held) and none goes late.
      */
     private void write() {
       long tick = Math.max(MIN_BEAT_NANOS, Math.min(1_000_000_000L, interval / 4));
       int budget = batchBytes(worker.client().maxMessageBytes());
       try {
         while (!done.isDone()) {
-          wake.tryAcquire(tick, TimeUnit.NANOSECONDS);
+          long sleep;
+          synchronized (lock) {
+            sleep = sleepLocked(tick, System.nanoTime());
+          }
+          wake.tryAcquire(sleep, TimeUnit.NANOSECONDS);
           wake.drainPermits();
           if (done.isDone()) {
             return;
@@ -729,7 +754,7 @@ final class WorkerStream {
           synchronized (lock) {
             long now = System.nanoTime();
             for (Held h : held.values()) {
-              if (now - h.next >= 0) {
+              if (now + h.every / 4 - h.next >= 0) {
                 queueBeatLocked(h, now);
               }
             }

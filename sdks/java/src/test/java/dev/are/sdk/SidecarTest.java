@@ -272,6 +272,43 @@ class SidecarTest extends WithSidecar {
     stopWorker(worker);
   }
 
+  /**
+   * A handler that runs several times its task's heartbeat timeout without heartbeating keeps its
+   * attempt: the worker heartbeats it every quarter of the timeout. On the stream, due heartbeats
+   * were looked for once a second whatever the attempts' timeouts, so an attempt whose timeout was
+   * under about 1 s always "missed its heartbeat_timeout" (and with a single attempt its workflow
+   * failed). At 800 ms, a heartbeat every 200 ms leaves room for a stall of several hundred
+   * milliseconds.
+   */
+  @ParameterizedTest
+  @EnumSource(WorkerOptions.Transport.class)
+  void aHandlerOutlastingItsHeartbeatTimeoutIsHeartbeatedFor(WorkerOptions.Transport transport)
+      throws Exception {
+    Worker worker =
+        new Worker(client, "java-quiet", fast(transport))
+            .handle(
+                "java-quiet",
+                task -> {
+                  // A long call that records no heartbeat of its own.
+                  if (task.awaitCancellation(Duration.ofSeconds(3))) {
+                    throw new TaskError("Cancelled", "lost: " + task.cancelReason());
+                  }
+                  return "done";
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-quiet")
+                .task(
+                    new TaskBuilder("x", "java-quiet")
+                        .heartbeatTimeout(Duration.ofMillis(800))
+                        .maxAttempts(1, Duration.ofMillis(10))));
+    assertEquals("done", handle.result(WAIT, String.class));
+    stopWorker(worker);
+    assertEquals(1, worker.stats().completed());
+    assertEquals(0, worker.stats().cancelled());
+  }
+
   @ParameterizedTest
   @EnumSource(WorkerOptions.Transport.class)
   void failingHandlerFailsByTheRetryPolicy(WorkerOptions.Transport transport) throws Exception {
