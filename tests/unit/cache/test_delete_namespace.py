@@ -363,15 +363,15 @@ async def test_a_deletion_stopped_after_its_journal_went_brings_no_entry_back(
 
     real_forget = e._forget_journal
 
-    class Died(Exception):
+    class ProcessDiedError(Exception):
         pass
 
     async def forget_then_die(state: Any) -> None:
         await real_forget(state)
-        raise Died  # the process dies here: the journal went, the last commit never began
+        raise ProcessDiedError  # the process dies here: the journal went, the last commit never began
 
     monkeypatch.setattr(e, "_forget_journal", forget_then_die)
-    with pytest.raises(Died):
+    with pytest.raises(ProcessDiedError):
         await e.delete_namespace("long")
     monkeypatch.undo()
     assert _rows(harness, JOURNAL, "long") == 0 and _rows(harness, MARKS, "long") == 0
