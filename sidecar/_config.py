@@ -4,12 +4,14 @@ Precedence, highest first: command-line flag, environment variable, TOML file
 (``--config`` or ``ARE_CONFIG``), built-in default. An environment variable
 set to the empty string counts as unset (``ARE_DATA_DIR=`` does not put the
 data in the working folder, ``ARE_LISTEN=`` does not turn TCP off: say
-``off``). Files the options name (the TOML file, the token file) must be
-UTF-8 text. Every option is declared once in :data:`OPTIONS`; the flag
-parser, the environment reader, the TOML reader, ``--help`` and the README's
-table are all derived from that list, so they cannot drift apart. Any
-unknown or invalid setting is a :class:`ConfigError` naming it, which the CLI
-turns into exit status 2.
+``off``). The bearer token follows the same order: ``--token-file``, then
+``ARE_TOKEN_FILE`` or ``ARE_TOKEN`` (the file first when both are set), then
+the TOML file's ``token_file``. Files the options name (the TOML file, the
+token file) must be UTF-8 text. Every option is declared once in
+:data:`OPTIONS`; the flag parser, the environment reader, the TOML reader,
+``--help`` and the README's table are all derived from that list, so they
+cannot drift apart. Any unknown or invalid setting is a :class:`ConfigError`
+naming it, which the CLI turns into exit status 2.
 """
 
 from __future__ import annotations
@@ -401,7 +403,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "token_file",
         None,
-        "File whose first line is the bearer token every call must carry (ARE_TOKEN sets the token itself).",
+        "File whose first line is the bearer token every call must carry (UTF-8, a byte order mark "
+        "ignored): printable ASCII without spaces. The token's sources, highest first: --token-file, "
+        "ARE_TOKEN_FILE, ARE_TOKEN (the token itself), the TOML file's token_file.",
         _token_file,
         "PATH",
     ),
@@ -478,7 +482,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "ready_file",
         None,
-        "Once serving, write the bound endpoints as JSON to this file (for supervisors and tests).",
+        "Once serving, write the bound endpoints as JSON to this file (for supervisors and tests); "
+        "its folder must exist.",
         _optional_path,
         "PATH",
     ),
@@ -746,22 +751,31 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         for option in OPTIONS
     }
 
+    sources: dict[str, str] = {}  # where each setting given came from, to name it in an error
     config_path: Path | None = None
     config_source = "--config" if "config" in flags else "ARE_CONFIG"
     if "config" in flags:
         config_path = _parse(_BY_NAME["config"], flags["config"], "--config")
     elif env.get("ARE_CONFIG"):
         config_path = _parse(_BY_NAME["config"], env["ARE_CONFIG"], "ARE_CONFIG")
+    file_values: dict[str, Any] = {}
     if config_path is not None:
-        values.update(_read_toml(config_path, config_source))
+        file_values = _read_toml(config_path, config_source)
+        values.update(file_values)
+        sources.update({key: f"{key!r} in {str(config_path)!r}" for key in file_values})
 
     for option in OPTIONS:
         if env.get(option.env_var) and option.name != "config":  # empty counts as unset
             values[option.name] = _parse(option, env[option.env_var], option.env_var)
+            sources[option.name] = option.env_var
     for name, text in flags.items():
         values[name] = _parse(_BY_NAME[name], text, _BY_NAME[name].flag)
+        sources[name] = _BY_NAME[name].flag
 
-    token = _resolve_token(values.pop("token_file"), env)
+    values.pop("token_file")
+    token = _resolve_token(flags, env, file_values.get("token_file"), f"'token_file' in {str(config_path)!r}")
+    if values["ready_file"] is not None:
+        _check_ready_file(values["ready_file"], sources["ready_file"])
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     if values["listen"] is None and values["uds"] is None:
@@ -842,23 +856,88 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
     return values
 
 
-def _resolve_token(token_file: Path | None, env: Mapping[str, str]) -> str | None:
-    if token_file is not None:
-        try:
-            text = token_file.read_text(encoding="utf-8") if token_file.stat().st_size else ""
-        except OSError as error:
-            raise ConfigError(f"cannot read --token-file {str(token_file)!r}: {error.strerror}") from None
-        except UnicodeDecodeError as error:
-            raise ConfigError(
-                f"--token-file {str(token_file)!r} is not UTF-8 text: byte {error.object[error.start]:#04x} "
-                f"at offset {error.start}"
-            ) from None
-        token = text.splitlines()[0].strip() if text.splitlines() else ""
+# What a bearer token may hold: RFC 6750's b64token is a subset, and anything
+# else (a space, a control character, a non-ASCII letter) is a value gRPC
+# clients refuse to send in metadata, or send as something else, so that every
+# call would fail.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _resolve_token(
+    flags: Mapping[str, str], env: Mapping[str, str], file_token_file: Path | None, file_source: str
+) -> str | None:
+    """The bearer token, from the first of its sources that is set, highest first.
+
+    The sources follow the documented precedence (flag, environment, TOML
+    file): ``--token-file``, then ``ARE_TOKEN_FILE``, then ``ARE_TOKEN`` (the
+    token itself), then the TOML file's ``token_file`` (``file_token_file``,
+    named ``file_source`` in errors). An empty value counts as unset.
+    """
+    option = _BY_NAME["token_file"]
+    for path_text, source in (
+        (flags.get("token_file"), option.flag),
+        (env.get(option.env_var), option.env_var),
+    ):
+        path = _parse(option, path_text, source) if path_text else None
+        if path is not None:
+            return _read_token_file(path, source)
+    if env.get("ARE_TOKEN"):
+        token = env["ARE_TOKEN"].strip()
         if not token:
-            raise ConfigError(f"--token-file {str(token_file)!r} is empty")
+            raise ConfigError("ARE_TOKEN holds only whitespace: give the token, or leave it empty for none")
+        _check_token(token, "ARE_TOKEN")
         return token
-    token = env.get("ARE_TOKEN", "").strip()
-    return token or None
+    if file_token_file is not None:
+        return _read_token_file(file_token_file, file_source)
+    return None
+
+
+def _read_token_file(path: Path, source: str) -> str:
+    """The token on the first line of ``path`` (a byte order mark and surrounding whitespace dropped)."""
+    named = f"token file {str(path)!r} ({source})"
+    try:
+        # utf-8-sig: a byte order mark (as Windows editors write) is not part of the token.
+        text = path.read_text(encoding="utf-8-sig") if path.stat().st_size else ""
+    except OSError as error:
+        raise ConfigError(f"cannot read {named}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{named} is not UTF-8 text: byte {error.object[error.start]:#04x} at offset {error.start}"
+        ) from None
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"{named} is empty" if not text.strip() else f"{named} has an empty first line")
+    _check_token(token, named)
+    return token
+
+
+def _check_token(token: str, source: str) -> None:
+    """Refuses a token no gRPC client can send, naming its source but not showing the secret."""
+    if _TOKEN.fullmatch(token):
+        return
+    position, char = next((i, c) for i, c in enumerate(token) if not "\x21" <= c <= "\x7e")
+    if char == " ":
+        what = "a space"
+    elif char < " " or char == "\x7f":
+        what = "a control character"
+    else:
+        what = "a character that is not ASCII"
+    raise ConfigError(
+        f"the token from {source} holds {what} (character {position + 1} of {len(token)}): a bearer "
+        "token must be printable ASCII without spaces (RFC 6750), or no gRPC client can send it"
+    )
+
+
+def _check_ready_file(path: Path, source: str) -> None:
+    """Refuses a ready file that could not be written once serving: no folder to hold it, or a folder."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"invalid value for {source}: its folder {str(folder)!r} does not exist or is not a folder"
+        )
+    if path.is_dir():
+        raise ConfigError(f"invalid value for {source}: {str(path)!r} is a folder, not a file")
 
 
 def options_table_markdown() -> str:

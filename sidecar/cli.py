@@ -6,7 +6,10 @@ statuses of ``are serve``: 0 after a clean shutdown, 2 for an unknown or
 invalid option (the message names it; this includes a config or token file
 that is not UTF-8 text and TLS files that are not a certificate and its key),
 1 when the sidecar cannot start (for example another sidecar holds the data
-folder, or the address is taken). An empty ``ARE_*`` variable counts as unset.
+folder, the address is taken, or the data folder's LMDB environment cannot be
+opened). An empty ``ARE_*`` variable counts as unset. Flags are taken only as
+spelled: an abbreviation (``--data`` for ``--data-dir``) is an unknown flag,
+and the values of unknown arguments are not echoed (one may be a secret).
 
 The client commands (``are submit``, ``status``, ``trace``, ``events``,
 ``approve``, ``reject``, ``pools``, ``cache stats``, ``agents``, ``route``)
@@ -28,7 +31,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from are_core.storage import DataDirLockedError
+from are_core.storage import DataDirLockedError, StorageOpenError
 from sidecar._cli_client import register_client_commands
 from sidecar._config import ConfigError, add_arguments, load_config
 from sidecar._logging import configure_logging
@@ -48,9 +51,28 @@ def _serve_parser() -> argparse.ArgumentParser:
         prog="are serve",
         description="Run the ARE sidecar until SIGTERM or SIGINT.",
         epilog=_SERVE_EPILOG,
+        # No prefix matching: `--token SECRET` (the client commands' flag) would be taken as
+        # --token-file and its value echoed in the error, `--data` as --data-dir.
+        allow_abbrev=False,
     )
     add_arguments(parser)
     return parser
+
+
+def _parse_serve_args(argv: list[str]) -> dict[str, str]:
+    """The flags of ``are serve``; exits 2, naming the flag, on a bad one, without echoing values."""
+    parser = _serve_parser()
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would list the unknown arguments whole, values included, and one may be a
+        # secret (`--token SECRET`): name the flags only.
+        flags = [arg.partition("=")[0] for arg in unknown if arg.startswith("-")]
+        hidden = sum(not arg.startswith("-") or "=" in arg for arg in unknown)
+        named = " ".join(flags) or "none"
+        parser.error(
+            f"unrecognized arguments: {named}" + (f" ({hidden} value(s) not shown)" if hidden else "")
+        )
+    return vars(namespace)
 
 
 @click.group(help=_DESCRIPTION, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,8 +93,7 @@ def _are() -> None:
 )
 @click.pass_context
 def _serve_command(ctx: click.Context) -> None:
-    args = vars(_serve_parser().parse_args(ctx.args))  # exits 2, naming the option, on a bad flag
-    ctx.exit(_serve(args))
+    ctx.exit(_serve(_parse_serve_args(ctx.args)))
 
 
 register_client_commands(_are)
@@ -112,6 +133,9 @@ def _serve(flags: dict[str, str]) -> int:
         return uvloop.run(Sidecar(config).run())
     except DataDirLockedError as error:
         logging.getLogger("are.sidecar").error(str(error))
+        return 1
+    except StorageOpenError as error:  # a damaged LMDB environment: one line naming the folder
+        logging.getLogger("are.sidecar").error(f"cannot start: {error}")
         return 1
     except OSError as error:
         logging.getLogger("are.sidecar").error(f"cannot start: {error}")

@@ -20,7 +20,8 @@ Exceptions::
     ├── KeyExistsError         put_if_absent found its key
     ├── UnknownTableError      a table not declared at open
     ├── ScanTooLargeError      an unlimited scan over max_scan_rows
-    └── DataDirLockedError     the data folder belongs to another holder
+    ├── DataDirLockedError     the data folder belongs to another holder
+    └── StorageOpenError       the LMDB environment cannot be opened (damaged, not LMDB's)
 """
 
 from ._batch import Batch, Mutation, MutationKind
@@ -35,6 +36,7 @@ from ._errors import (
     StorageClosedError,
     StorageError,
     StorageFullError,
+    StorageOpenError,
     UnknownTableError,
 )
 from ._keyed_locks import KeyedLocks
@@ -71,6 +73,7 @@ __all__ = [
     "StorageClosedError",
     "StorageError",
     "StorageFullError",
+    "StorageOpenError",
     "UnknownTableError",
     "join_key",
     "parse_u64_key",

@@ -10,7 +10,8 @@
     ├── KeyExistsError
     ├── UnknownTableError
     ├── ScanTooLargeError
-    └── DataDirLockedError
+    ├── DataDirLockedError
+    └── StorageOpenError
 """
 
 from __future__ import annotations
@@ -113,4 +114,21 @@ class DataDirLockedError(StorageError):
         holder = f"process pid {pid}" if pid is not None else "another process (pid unknown)"
         super().__init__(
             f"data folder {str(data_dir)!r} is locked by {holder}; stop it or choose another data folder"
+        )
+
+
+class StorageOpenError(StorageError):
+    """The LMDB environment of a data folder cannot be opened: damaged, not LMDB's, or unreadable.
+
+    Raised by ``Storage.open`` in place of the driver's own error, so that a
+    caller can report it in one line naming the folder.
+    """
+
+    def __init__(self, data_dir: Path, reason: str) -> None:
+        self.data_dir = data_dir
+        self.reason = reason
+        where = f"{str(data_dir / 'lmdb')!r} (data folder {str(data_dir)!r})"
+        super().__init__(
+            f"cannot open the LMDB environment in {where}: {reason}; "
+            "repair or restore it, or choose another data folder"
         )

@@ -19,6 +19,7 @@ from ._errors import (
     StorageClosedError,
     StorageError,
     StorageFullError,
+    StorageOpenError,
     UnknownTableError,
 )
 from ._keys import prefix_end
@@ -139,6 +140,8 @@ class Storage:
 
         Raises:
             DataDirLockedError: another holder owns ``data_dir``.
+            StorageOpenError: the LMDB environment cannot be opened (a damaged
+                file, one that is not LMDB's, or one this process cannot read).
             ValueError: a bad table name or size.
         """
         names = _check_tables(tables)
@@ -162,21 +165,25 @@ class Storage:
         try:
             env_dir = folder / "lmdb"
             env_dir.mkdir(mode=0o700, exist_ok=True)
-            env = lmdb.open(
-                str(env_dir),
-                map_size=_round_up(initial_map_size_bytes, page),
-                max_dbs=len(names),
-                sync=durability is Durability.SYNC,
-                metasync=True,
-                writemap=False,  # stray writes cannot corrupt the map
-                map_async=False,
-                mode=0o600,
-            )
             try:
-                dbs = {name: env.open_db(name.encode()) for name in names}
-            except BaseException:
-                env.close()
-                raise
+                env = lmdb.open(
+                    str(env_dir),
+                    map_size=_round_up(initial_map_size_bytes, page),
+                    max_dbs=len(names),
+                    sync=durability is Durability.SYNC,
+                    metasync=True,
+                    writemap=False,  # stray writes cannot corrupt the map
+                    map_async=False,
+                    mode=0o600,
+                )
+                try:
+                    dbs = {name: env.open_db(name.encode()) for name in names}
+                except BaseException:
+                    env.close()
+                    raise
+            except lmdb.Error as error:  # a damaged file, not LMDB's, or unreadable
+                reason = str(error).removeprefix(f"{env_dir}: ")
+                raise StorageOpenError(folder, reason) from error
         except BaseException:
             if owns_lock:
                 lock.release()

@@ -49,6 +49,21 @@ def test_unknown_flag_exits_2_naming_it() -> None:
     assert "--bogus-flag" in result.stderr
 
 
+def test_an_abbreviated_flag_is_unknown_and_its_value_not_echoed(tmp_path: Path) -> None:
+    # `--token` (the client commands' flag) was taken as --token-file, and its value, a secret,
+    # printed in the error; `--data` was taken as --data-dir.
+    secret = "hunter2-secret-token"
+    result = _serve("--token", secret, "--listen", "off", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    assert "unrecognized arguments: --token" in result.stderr
+    assert secret not in result.stderr
+    result = _serve("--data", str(tmp_path / "data"), "--listen", "off", f"--token={secret}")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --data --token" in result.stderr
+    assert secret not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_invalid_flag_value_exits_2_naming_it() -> None:
     result = _serve("--durability", "sometimes")
     assert result.returncode == 2

@@ -132,6 +132,99 @@ def test_token_comes_from_file_or_environment_and_is_never_in_repr(tmp_path: Pat
         load_config({"token_file": str(token_file)}, environ={})
 
 
+def test_token_sources_follow_the_documented_precedence(tmp_path: Path) -> None:
+    # Highest first: --token-file, ARE_TOKEN_FILE, ARE_TOKEN, the TOML file's token_file.
+    files = {}
+    for name in ("flag", "env", "toml"):
+        files[name] = tmp_path / f"{name}-token"
+        files[name].write_text(f"from-{name}-file\n")
+    toml = tmp_path / "are.toml"
+    toml.write_text(f"token_file = {str(files['toml'])!r}\n")
+    flag = {"config": str(toml), "token_file": str(files["flag"])}
+    env = {"ARE_TOKEN_FILE": str(files["env"]), "ARE_TOKEN": "from-env"}
+    assert load_config({"config": str(toml)}, environ={}).token == "from-toml-file"
+    assert load_config({"config": str(toml)}, environ={"ARE_TOKEN": "from-env"}).token == "from-env"
+    assert load_config({"config": str(toml)}, environ=env).token == "from-env-file"
+    assert load_config(flag, environ=env).token == "from-flag-file"
+    assert load_config({"config": str(toml), "token_file": ""}, environ={}).token == "from-toml-file"
+    # An error names the source the token came from.
+    files["toml"].unlink()
+    for flags in ({"config": str(toml)}, {"config": str(toml), "token_file": ""}):
+        with pytest.raises(ConfigError, match=f"'token_file' in {str(toml)!r}"):
+            load_config(flags, environ={})
+    assert load_config({"config": str(toml)}, environ={"ARE_TOKEN": "from-env"}).token == "from-env"
+    with pytest.raises(ConfigError, match="ARE_TOKEN_FILE"):
+        load_config({}, environ={"ARE_TOKEN_FILE": str(files["toml"]), "ARE_TOKEN": "from-env"})
+
+
+@pytest.mark.parametrize(
+    ("token", "line", "kind"),
+    [  # ARE_TOKEN's value, a token file's first line (a newline would end it; a leading BOM is dropped)
+        ("pässwörd", "pässwörd", "not ASCII"),
+        ("a\nb", "a\x01b", "control character"),
+        ("two words", "two words", "space"),
+        ("tab\there", "tab\there", "control character"),
+        ("\ufefftoken", "to\ufeffken", "not ASCII"),
+        ("del\x7f", "del\x7f", "control character"),
+    ],
+)
+def test_a_token_no_grpc_client_can_send_is_refused_naming_its_source(
+    token: str, line: str, kind: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"ARE_TOKEN holds .*{kind}") as caught:
+        load_config({}, environ={"ARE_TOKEN": token})
+    assert token not in str(caught.value)  # the secret is not shown
+    token_file = tmp_path / "token"
+    token_file.write_bytes(f"{line}\n".encode())
+    toml = tmp_path / "are.toml"
+    toml.write_text(f"token_file = {str(token_file)!r}\n")
+    for flags, env, named in [
+        ({"token_file": str(token_file)}, {}, "(--token-file)"),
+        ({}, {"ARE_TOKEN_FILE": str(token_file)}, "(ARE_TOKEN_FILE)"),
+        ({"config": str(toml)}, {}, f"('token_file' in {str(toml)!r})"),
+    ]:
+        with pytest.raises(ConfigError, match=kind) as caught:
+            load_config(flags, environ=env)
+        assert named in str(caught.value)
+        assert "printable ASCII" in str(caught.value)
+        assert line not in str(caught.value)
+
+
+def test_a_blank_token_is_refused_not_taken_for_no_token() -> None:
+    with pytest.raises(ConfigError, match="ARE_TOKEN"):
+        load_config({}, environ={"ARE_TOKEN": "  "})
+    assert load_config({}, environ={"ARE_TOKEN": ""}).token is None  # empty counts as unset
+    assert load_config({}, environ={"ARE_TOKEN": " s3cret\n"}).token == "s3cret"
+
+
+def test_a_token_file_with_a_byte_order_mark_gives_the_token_without_it(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\r\n", encoding="utf-8-sig")  # as a Windows editor writes it
+    assert token_file.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_config({"token_file": str(token_file)}, environ={}).token == "s3cret"
+
+
+def test_a_ready_file_needs_an_existing_folder_named_by_its_source(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "ready.json"
+    with pytest.raises(ConfigError, match=f"--ready-file.*{str(missing.parent)!r}"):
+        load_config({"ready_file": str(missing)}, environ={})
+    with pytest.raises(ConfigError, match="ARE_READY_FILE"):
+        load_config({}, environ={"ARE_READY_FILE": str(missing)})
+    toml = tmp_path / "are.toml"
+    toml.write_text(f"ready_file = {str(missing)!r}\n")
+    with pytest.raises(ConfigError, match="'ready_file' in"):
+        load_config({"config": str(toml)}, environ={})
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match="--ready-file"):
+        load_config({"ready_file": str(a_file / "ready.json")}, environ={})
+    with pytest.raises(ConfigError, match="--ready-file"):
+        load_config({"ready_file": str(tmp_path)}, environ={})  # a folder, not a file
+    ready = tmp_path / "ready.json"
+    assert load_config({"ready_file": str(ready)}, environ={}).ready_file == ready
+    assert load_config({"ready_file": "ready.json"}, environ={}).ready_file == Path("ready.json")
+
+
 def test_readme_table_lists_every_option() -> None:
     table = options_table_markdown()
     for option in OPTIONS:

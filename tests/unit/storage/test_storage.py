@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import shutil
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -19,7 +21,9 @@ from are_core.storage import (
     ScanTooLargeError,
     Storage,
     StorageClosedError,
+    StorageError,
     StorageFullError,
+    StorageOpenError,
     UnknownTableError,
     u64_key,
 )
@@ -144,6 +148,25 @@ def test_table_declarations_are_validated(tmp_path: Path, tables: list[str], mes
 def test_second_open_of_same_folder_is_refused(storage: Storage) -> None:
     with pytest.raises(DataDirLockedError, match=str(storage.data_dir)):
         Storage.open(storage.data_dir, tables=["kv"])
+
+
+@pytest.mark.parametrize("damage", ["not an LMDB file", "a folder"])
+def test_a_damaged_environment_is_a_storage_error_naming_the_folder(tmp_path: Path, damage: str) -> None:
+    data = tmp_path / "data"
+    Storage.open(data, tables=["kv"]).close()
+    mdb = data / "lmdb" / "data.mdb"
+    mdb.unlink()
+    if damage == "a folder":
+        mdb.mkdir()
+    else:
+        mdb.write_bytes(b"not an LMDB file\n" * 256)
+    with pytest.raises(StorageOpenError, match=re.escape(repr(str(data.absolute())))) as caught:
+        Storage.open(data, tables=["kv"])
+    assert isinstance(caught.value, StorageError)
+    assert caught.value.data_dir == data.absolute()
+    # A failed open leaves the folder unlocked.
+    shutil.rmtree(data / "lmdb")
+    Storage.open(data, tables=["kv"]).close()
 
 
 def test_scan_prefix_range_reverse_limit(storage: Storage) -> None:
