@@ -404,16 +404,21 @@ class _Queue:
     task dequeued or re-routed while it waits leaves a stale entry behind
     (lazy deletion). ``size`` counts the entries, stale ones too;
     ``waiting`` the tasks waiting here, each once (the engine keeps it:
-    at zero every entry left is stale).
+    at zero every entry left is stale). ``served`` orders the queues a
+    worker could take from (see ``Scheduler._pump_pass``): stamped when
+    the queue is made and at each dispatch from it, so among heads of one
+    priority the queue served least recently goes first.
     """
 
-    __slots__ = ("buckets", "cap", "size", "waiting")
+    __slots__ = ("buckets", "cap", "pool", "served", "size", "waiting")
 
-    def __init__(self, cap: str = "") -> None:
+    def __init__(self, cap: str = "", pool: str = "", served: int = 0) -> None:
         self.buckets: list[OrderedDict[str, deque[_Task]]] = [OrderedDict() for _ in range(6)]
         self.size = 0
         self.waiting = 0
         self.cap = cap
+        self.pool = pool
+        self.served = served
 
     def clear(self) -> None:
         """Drops every entry, when all are stale (a reader holding the old buckets keeps them)."""
@@ -441,6 +446,22 @@ class _Queue:
                     del bucket[wf_id]
                 if task.in_queue and task.cap == self.cap:
                     return task
+        return None
+
+    def head(self) -> _Task | None:
+        """The task :meth:`pop` would return next, left in place (stale entries before it go as there)."""
+        for bucket in self.buckets:
+            while bucket:
+                wf_id, line = next(iter(bucket.items()))
+                task = line[0]
+                if task.in_queue and task.cap == self.cap:
+                    return task
+                line.popleft()
+                self.size -= 1
+                if line:
+                    bucket.move_to_end(wf_id)
+                else:
+                    del bucket[wf_id]
         return None
 
     def push_front(self, task: _Task) -> None:
@@ -823,6 +844,11 @@ class Scheduler:
         # the idle workers, dropped when the last leaves: both bounded by what is live.
         self._queues: dict[str, dict[str, _Queue]] = {}
         self._idle: dict[str, dict[str, WorkerHandle]] = {}
+        # The queues a pump may dispatch from: a task waits in them and a worker waits idle for
+        # their capability. Kept as either side changes (see _queue_push, _left_queue, _reidle,
+        # _unidle), so a pump visits no capability that has nothing queued or no idle worker.
+        self._ready: dict[_Queue, None] = {}
+        self._served_seq = 0  # the last stamp given to a queue's ``served``
         self._workers: dict[str, WorkerHandle] = {}
         self._txn: _Txn | None = None
         self._heap: list[tuple[int, int, str, Any, int]] = []
@@ -2160,7 +2186,8 @@ class Scheduler:
             by_pool = self._queues[cap] = {}
         queue = by_pool.get(pool_name)
         if queue is None:
-            queue = by_pool[pool_name] = _Queue(cap)
+            self._served_seq += 1  # it joins the rotation behind the queues already in it
+            queue = by_pool[pool_name] = _Queue(cap, pool_name, self._served_seq)
         return queue
 
     def _push_queue(self, task: _Task, pool: _Pool) -> None:
@@ -2174,6 +2201,8 @@ class Scheduler:
         queue = self._queue_of(task.cap, task.spec.pool)
         queue.push(task)
         queue.waiting += 1
+        if queue.waiting == 1 and task.cap in self._idle:
+            self._ready[queue] = None
         if task.spec.intent:
             self._intent_caps.add(task.cap)
 
@@ -2195,6 +2224,7 @@ class Scheduler:
         if queue.waiting:
             _compact_if_stale(queue, queue.waiting)
             return
+        self._ready.pop(queue, None)
         if not self._drop_queues(cap) and queue.size:
             queue.clear()
 
@@ -2389,34 +2419,100 @@ class Scheduler:
             if not self._pump_wanted:
                 return
 
-    def _pump_pass(self) -> None:  # noqa: C901 - the dispatch loop is kept in one frame for speed
-        now = 0
-        for cap, idle in list(self._idle.items()):
-            if not idle:
+    def _pump_pass(self) -> None:
+        """Dispatches from the ready queues (:attr:`_ready`) until each is empty, blocked or unserved.
+
+        A worker's free slot goes to the most urgent head among the queues of
+        its capabilities, and among heads of one priority to the queue served
+        least recently (``_Queue.served``): one capability's backlog does not
+        starve another that the same workers serve, as one workflow's does not
+        starve another's inside a queue. A queue whose head must wait for its
+        pool (concurrency, requests or LLM tokens) is done for this pass, as
+        before. Capabilities with nothing queued or no idle worker are never
+        visited.
+        """
+        ready = self._ready
+        if not ready:
+            return
+        now = self._clock()
+        if len(ready) == 1:
+            self._pump_queue(next(iter(ready)), now)
+        if len(ready) > 1:  # (also when a dispatch above made another queue ready: it goes in order)
+            self._pump_ordered(now)
+
+    def _pump_ordered(self, now: int) -> None:
+        """The pass over several ready queues: heads by (priority, ``served``), a dispatch at a time."""
+        ready = self._ready
+        heap: list[tuple[int, int, int, _Queue]] = []
+        for queue in ready:
+            task = queue.head()
+            if task is not None:
+                heap.append((task.spec.priority, queue.served, len(heap), queue))
+        heapq.heapify(heap)
+        n = len(heap)  # ties after a re-push keep the order of the pushes
+        while heap:
+            priority, _, _, queue = heap[0]
+            task = queue.head() if queue in ready else None
+            if task is None:
+                heapq.heappop(heap)
                 continue
-            by_pool = self._queues.get(cap)
-            if not by_pool:
+            if task.spec.priority != priority:  # what a dispatch released or cancelled changed its head
+                heapq.heapreplace(heap, (task.spec.priority, queue.served, n, queue))
+                n += 1
                 continue
-            for pool_name, queue in list(by_pool.items()):
-                if not queue.size:
-                    continue
-                pool = self._pools[pool_name]
-                while queue.size and idle:
-                    if not now:
-                        now = self._clock()
-                    task = queue.pop()
-                    if task is None:
-                        break
-                    wait = pool.wait_ns(now, task.spec.estimated_tokens)
-                    if wait:
-                        queue.push_front(task)  # not yet: it keeps its place
-                        if wait > 0:
-                            self._pump_at(now + wait)
-                        break
-                    worker = next(iter(idle.values()))
-                    self._dispatch(task, worker, pool, now)
-                if not idle:
-                    break
+            pool = self._pools[queue.pool]
+            wait = pool.wait_ns(now, task.spec.estimated_tokens)
+            if wait:  # the head waits (keeping its place), and what is behind it
+                heapq.heappop(heap)
+                if wait > 0:
+                    self._pump_at(now + wait)
+                continue
+            queue.pop()  # the head, above
+            self._served_seq += 1
+            queue.served = self._served_seq
+            self._dispatch(task, self._idle_worker(queue.cap), pool, now)
+            task = queue.head() if queue in ready else None
+            if task is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (task.spec.priority, queue.served, n, queue))
+                n += 1
+
+    def _pump_queue(self, queue: _Queue, now: int) -> None:
+        """The pass while one queue is ready (the common case): no order across queues to keep."""
+        ready = self._ready
+        pool = self._pools[queue.pool]
+        cap = queue.cap
+        served = False
+        while len(ready) == 1 and queue in ready:
+            task = queue.pop()
+            if task is None:  # cannot happen: a ready queue has a task waiting
+                break
+            wait = pool.wait_ns(now, task.spec.estimated_tokens)
+            if wait:
+                queue.push_front(task)  # not yet: it keeps its place
+                if wait > 0:
+                    self._pump_at(now + wait)
+                break
+            served = True
+            self._dispatch(task, self._idle_worker(cap), pool, now)
+        if served:
+            self._served_seq += 1
+            queue.served = self._served_seq
+
+    def _idle_worker(self, cap: str) -> WorkerHandle:
+        """The idle worker of ``cap`` that waited longest, moved last: tasks are spread across replicas.
+
+        Workers join the end when they connect or free a slot after being
+        full, and move there when they take a task, so a replica is not
+        filled before the next gets any (a rotation: constant time).
+        """
+        idle = self._idle[cap]
+        worker = next(iter(idle.values()))
+        if len(idle) > 1:
+            del idle[worker.worker_id]
+            idle[worker.worker_id] = worker
+        return worker
 
     def _dispatch(self, task: _Task, worker: WorkerHandle, pool: _Pool, now: int) -> None:
         w = task.wf
@@ -2549,13 +2645,23 @@ class Scheduler:
             if idle is None or idle.pop(worker.worker_id, None) is None or idle:
                 continue
             del self._idle[cap]
-            self._drop_queues(cap)  # kept for the idle worker only (see _left_queue)
+            by_pool = self._queues.get(cap)
+            if by_pool is not None:
+                for queue in by_pool.values():
+                    self._ready.pop(queue, None)  # no worker to take from it now
+                self._drop_queues(cap)  # kept for the idle worker only (see _left_queue)
 
     def _reidle(self, worker: WorkerHandle) -> None:
+        """The worker takes work again: last in each of its capabilities' idle workers (see _idle_worker)."""
         for cap in worker.capabilities:
             idle = self._idle.get(cap)
             if idle is None:
                 idle = self._idle[cap] = {}
+                by_pool = self._queues.get(cap)
+                if by_pool is not None:
+                    for queue in by_pool.values():
+                        if queue.waiting:
+                            self._ready[queue] = None
             idle[worker.worker_id] = worker
 
     def _after_op(self) -> None:
