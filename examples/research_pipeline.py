@@ -91,8 +91,11 @@ async def run(target: str, topic: str) -> dict[str, Any]:
             handle = await client.submit_workflow(build_spec(topic))
             print(f"submitted {handle.workflow_id}")
             approved: set[str] = set()
+            shown: dict[str, str] = {}  # the state last printed for each task
             async for update in handle.watch(include_tasks=True):
-                if update.task is not None:
+                # A task's change need not be one of state (its usage, a heartbeat): print transitions.
+                if update.task is not None and shown.get(update.task.task_id) != update.task.state.name:
+                    shown[update.task.task_id] = update.task.state.name
                     print(f"  {update.task.task_id:<9} {update.task.state.name}")
                 if update.workflow.task_counts.awaiting_approval > len(approved):
                     for gate in await client.workflows.list_approvals(workflow_id=handle.workflow_id):
