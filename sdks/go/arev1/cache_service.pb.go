@@ -335,7 +335,9 @@ type LookupCacheRequest struct {
 	// A prompt of whitespace alone counts as no prompt.
 	Vector *Vector `protobuf:"bytes,3,opt,name=vector,proto3" json:"vector,omitempty"`
 	// The similarity a semantic hit needs, in (0, 1]; unset means the
-	// namespace's threshold.
+	// namespace's threshold. Compared within 1e-6 (float32 rounding: a
+	// stored vector looked up again must hit at threshold 1), so a hit may
+	// report a similarity up to 1e-6 below it.
 	Threshold *float64 `protobuf:"fixed64,4,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
 	// Only entries younger than this may answer; unset means any unexpired
 	// entry. When the nearest entries are too old (or expired), the semantic

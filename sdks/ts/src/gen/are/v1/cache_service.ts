@@ -155,7 +155,9 @@ export interface LookupCacheRequest {
     | undefined;
   /**
    * The similarity a semantic hit needs, in (0, 1]; unset means the
-   * namespace's threshold.
+   * namespace's threshold. Compared within 1e-6 (float32 rounding: a
+   * stored vector looked up again must hit at threshold 1), so a hit may
+   * report a similarity up to 1e-6 below it.
    */
   threshold?:
     | number
