@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -32,7 +33,6 @@ from are_core.scheduler import (
     SchedulerError,
     SpecError,
     WorkflowNotClosedError,
-    WorkflowNotFoundError,
     WorkflowView,
 )
 from are_core.state import StateError
@@ -420,17 +420,15 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         await _check_ids(context, ("workflow_id", wf_id))
         try:
             state = self._engine.workflow_state(wf_id)
-            if state is None:
-                raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
             if state in ("RUNNING", "CANCELLING"):
                 raise WorkflowNotClosedError(f"workflow {wf_id!r} is {state}; cancel it first")
-            # State first: if the sidecar stops half-way the workflow is still listed and
-            # a repeated DeleteWorkflow finishes the job. State writes are refused from here to
-            # the end (the workflow still exists meanwhile): a note or owned blob acknowledged
-            # after the state's removal would outlive the workflow.
+            # The engine's first commit marks the workflow as being deleted (reads answer
+            # NOT_FOUND from then on); its state goes next, then its tasks and record. If the
+            # sidecar stops half-way, a repeated DeleteWorkflow finishes the job. State writes
+            # are refused from here to the end: a note or owned blob acknowledged after the
+            # state's removal would outlive the workflow.
             with self._wiring.deleting(wf_id):
-                freed = await self._wiring.delete_state(wf_id)
-                freed += await self._engine.delete(wf_id)
+                freed = await self._engine.delete(wf_id, before_rows=lambda: self._wiring.delete_state(wf_id))
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
         except StateError as error:
@@ -675,8 +673,22 @@ class SchedulerCapability(Capability):
         self._workers = WorkerServicer(self.engine, self.wiring)
 
     async def start(self) -> None:
-        """Loads every open workflow and carries on."""
+        """Loads every open workflow and carries on; first finishes the deletes a stop cut short.
+
+        A DeleteWorkflow cut short (SIGKILL between its commits) left a
+        workflow that reads as NOT_FOUND, with its state, memory or tasks
+        partly there: they go now, before anything is served.
+        """
         await self.engine.start()
+        for wf_id in self.engine.unfinished_deletes():
+            with self.wiring.deleting(wf_id):
+                freed = await self.engine.delete(
+                    wf_id, before_rows=functools.partial(self.wiring.delete_state, wf_id)
+                )
+            _log.info(
+                "finished a delete a stop cut short",
+                extra={"fields": {"workflow_id": wf_id, "freed_bytes": freed}},
+            )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers both servicers."""

@@ -103,7 +103,8 @@ T_SPECS = "sched_task_specs"  # workflow id NUL u64(index) -> TaskSpec (written 
 T_REQUESTS = "sched_requests"  # request id -> workflow id NUL request hash
 T_SPAWNS = "sched_spawn_requests"  # workflow id NUL request id -> _SpawnReceipt
 T_POOLS = "sched_pools"  # pool name -> PoolLimits
-TABLES = (T_WORKFLOWS, T_BY_TIME, T_OPEN, T_TASKS, T_SPECS, T_REQUESTS, T_SPAWNS, T_POOLS)
+T_DELETING = "sched_deleting"  # workflow id -> b"" from a delete's first commit to its last
+TABLES = (T_WORKFLOWS, T_BY_TIME, T_OPEN, T_TASKS, T_SPECS, T_REQUESTS, T_SPAWNS, T_POOLS, T_DELETING)
 
 _U64 = (1 << 64) - 1
 _FAIL_STATES = frozenset({"FAILED", "REJECTED", "CANCELLED"})
@@ -2960,10 +2961,10 @@ class Scheduler:
         ids = {"workflow_id": wf_id, "task_id": task_id, "attempt": attempt}
         w = self._open.get(wf_id) or self._recent.get(wf_id)
         if w is None:  # closed and read back from storage: only each task's last attempt is known
-            raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
-            if raw is None:
+            stored = self._stored(wf_id)
+            if stored is None:
                 raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
-            closed_ns = _wf_codec.decode(raw).close_ns
+            closed_ns = stored.close_ns
             if closed_ns and self._clock() - closed_ns > _REPORT_GRACE_NS:  # every attempt ended by then
                 raise TaskNotHeldError(
                     f"task {task_id!r} of workflow {wf_id!r} is not running: the workflow closed "
@@ -3722,15 +3723,22 @@ class Scheduler:
         w = self._find(wf_id)
         if w is not None:
             return self._view(w)
-        raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
-        if not raw:
+        rec = self._stored(wf_id)
+        if rec is None:
             raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
-        rec = _wf_codec.decode(raw)
         result: TaskRecord | None = None
         if rec.state == "COMPLETED" and rec.result_task_id:
             with contextlib.suppress(TaskNotFoundError):
                 result = self._load_task(wf_id, rec.result_task_id)
         return _workflow_view(rec, result, 0)
+
+    def _stored(self, wf_id: str, view: Any = None) -> WorkflowRecord | None:
+        """A closed workflow's record as stored; None if there is none, or its delete has begun."""
+        raw = (view or self._storage).get(T_WORKFLOWS, wf_id.encode())
+        if not raw:
+            return None
+        rec = _wf_codec.decode(raw)
+        return None if rec.deleting else rec
 
     def _view(self, w: _Workflow) -> WorkflowView:
         result: TaskRecord | None = None
@@ -3757,7 +3765,7 @@ class Scheduler:
                     f"workflow {wf_id!r} has no task {task_id!r}", workflow_id=wf_id, task_id=task_id
                 )
             return TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec)
-        if self._storage.get(T_WORKFLOWS, wf_id.encode()) is None:
+        if self._stored(wf_id) is None:
             raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         with self._storage.read() as view:
             for key, raw in view.scan(T_SPECS, prefix=prefix_key(wf_id), limit=10_000_000):
@@ -3785,7 +3793,7 @@ class Scheduler:
                 if not states or task.rec.state in states:
                     out.append(TaskView(workflow_id=wf_id, record=task.rec, spec=task.spec))
             return out, (i if i < len(order) else None)
-        if self._storage.get(T_WORKFLOWS, wf_id.encode()) is None:
+        if self._stored(wf_id) is None:
             raise WorkflowNotFoundError(f"workflow {wf_id!r} does not exist", workflow_id=wf_id)
         start = join_key(wf_id, after_index)
         end = join_key(wf_id, _U64)
@@ -3844,10 +3852,10 @@ class Scheduler:
                     if w is not None:
                         rec = w.rec
                     else:
-                        raw = view.get(T_WORKFLOWS, wf_id.encode())
-                        if not raw:
+                        stored = self._stored(wf_id, view)
+                        if stored is None:
                             continue
-                        rec = _wf_codec.decode(raw)
+                        rec = stored
                     if states and rec.state not in states:
                         continue
                     if any(rec.labels.get(k) != v for k, v in labels.items()):
@@ -3888,10 +3896,10 @@ class Scheduler:
                     if w is not None:
                         rec = w.rec
                     else:
-                        raw = view.get(T_WORKFLOWS, wf_id.encode())
-                        if not raw:
+                        stored = self._stored(wf_id, view)
+                        if stored is None:
                             continue
-                        rec = _wf_codec.decode(raw)
+                        rec = stored
                     if any(rec.labels.get(k) != v for k, v in labels.items()):
                         continue
                     total.add(rec)
@@ -3942,8 +3950,8 @@ class Scheduler:
         w = self._open.get(wf_id) or self._recent.get(wf_id)
         if w is not None:
             return w.rec.state
-        raw = self._storage.get(T_WORKFLOWS, wf_id.encode())
-        return None if raw is None else _wf_codec.decode(raw).state
+        rec = self._stored(wf_id)
+        return None if rec is None else rec.state
 
     def output_pointer(self, wf_id: str, task_id: str) -> str:
         """The task's ``output_state_pointer`` if the task is in an open workflow, else ""."""
@@ -3962,16 +3970,21 @@ class Scheduler:
         if wf_id in self._open or wf_id in self._recent or self._storage.get(T_WORKFLOWS, wf_id.encode()):
             raise WorkflowExistsError(f"workflow {wf_id!r} already exists")
 
-    async def delete(self, wf_id: str) -> int:
+    async def delete(self, wf_id: str, *, before_rows: Callable[[], Awaitable[int]] | None = None) -> int:
         """Removes a closed workflow's records (tasks, specs, indexes); returns the bytes freed.
 
-        Its tasks go first, in bounded batches, and the workflow row last: a
-        submit of the same id meanwhile is refused (the id is still taken),
-        and a crash half-way leaves a closed workflow missing some tasks (a
-        delete again finishes it), never rows that a new workflow of the
-        same id would take for its own. Before, the workflow row went first:
-        a submit racing the rest of the delete had its new rows deleted
-        (after a restart it closed COMPLETED having run nothing).
+        Its first commit marks the workflow as being deleted: from then on
+        reads answer NOT_FOUND, as they will once it is gone, and its id stays
+        taken (a submit of it is refused). Then ``before_rows`` runs (what
+        else of the workflow goes: its state, memory and blobs; it returns the
+        bytes it freed), then its tasks go in bounded batches, and the
+        workflow row last. A crash between those commits leaves a workflow
+        that reads as NOT_FOUND (:meth:`unfinished_deletes` names it, and the
+        sidecar's start finishes it; a delete again does too); before the mark,
+        a crash half-way left specs whose task rows were gone, and reading
+        the workflow or its tasks failed with an internal error. The rows of
+        a new workflow of the same id are never touched: the id is taken
+        until the last commit.
 
         Raises:
             WorkflowNotFoundError, WorkflowNotClosedError.
@@ -3980,11 +3993,15 @@ class Scheduler:
             raise WorkflowNotFoundError(f"workflow {wf_id!r} is being deleted", workflow_id=wf_id)
         self._deleting.add(wf_id)
         try:
-            return await self._delete(wf_id)
+            rec, freed = await self._mark_deleting(wf_id)
+            if before_rows is not None:
+                freed += await before_rows()
+            return freed + await self._delete_rows(rec)
         finally:
             self._deleting.discard(wf_id)
 
-    async def _delete(self, wf_id: str) -> int:
+    async def _mark_deleting(self, wf_id: str) -> tuple[WorkflowRecord, int]:
+        """Commits the mark of a delete that begins; returns the record and its row's size."""
         if wf_id in self._open:
             raise WorkflowNotClosedError(
                 f"workflow {wf_id!r} is {self._open[wf_id].rec.state}", workflow_id=wf_id
@@ -3996,7 +4013,19 @@ class Scheduler:
         dropped = self._recent.pop(wf_id, None)
         if dropped is not None:
             self._forget_recent(dropped)
-        freed = len(raw)
+        if not rec.deleting:  # else a delete a crash cut short: marked already
+            rec.deleting = True
+            batch = self._storage.batch().put(T_WORKFLOWS, wf_id.encode(), _wf_codec.encode(rec))
+            await self._committer.submit(batch.put(T_DELETING, wf_id.encode(), b""))
+        return rec, len(raw)
+
+    def unfinished_deletes(self) -> list[str]:
+        """The workflows whose delete a stop cut short (marked, not yet gone), for a start to finish."""
+        return [key.decode() for key, _ in self._storage.scan(T_DELETING, limit=100_000)]
+
+    async def _delete_rows(self, rec: WorkflowRecord) -> int:
+        wf_id = rec.workflow_id
+        freed = 0
         prefix = prefix_key(wf_id)
         for table in (T_SPAWNS, T_TASKS, T_SPECS):
             while True:
@@ -4013,6 +4042,7 @@ class Scheduler:
         batch.delete(T_BY_TIME, join_key(_U64 - rec.create_ns, wf_id))
         if rec.request_id:
             batch.delete(T_REQUESTS, rec.request_id.encode())
+        batch.delete(T_DELETING, wf_id.encode())
         await self._committer.submit(batch)
         return freed
 

@@ -260,6 +260,9 @@ class WorkflowRecord(msgspec.Struct, kw_only=True):
     counts: dict[str, int] = msgspec.field(default_factory=dict)
     forked_from: str = ""  # the source workflow of a ForkWorkflow
     forked_version: int = 0  # the source's state version the fork started from
+    # A DeleteWorkflow began (its first commit): reads answer NOT_FOUND, and a delete again
+    # finishes it (a crash may have cut it short between its commits).
+    deleting: bool = False
 
 
 class PoolLimits(msgspec.Struct, frozen=True, kw_only=True):
