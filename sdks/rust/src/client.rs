@@ -58,14 +58,20 @@ const CONNECTION_WINDOW_BYTES: u32 = (1 << 31) - 1;
 pub struct Options {
     /// Bearer token sent as `authorization: Bearer <token>` on every call.
     pub token: Option<String>,
-    /// TLS configuration; `None` is plaintext (loopback or a Unix socket).
+    /// TLS configuration; `None` is plaintext. It applies to a `unix:`
+    /// target too (the sidecar serves TLS there as on TCP): the certificate
+    /// is then checked for the name `localhost`, unless the configuration
+    /// names another with `ClientTlsConfig::domain_name` (which also
+    /// replaces the host of a TCP target in the check).
     pub tls: Option<ClientTlsConfig>,
     /// Bound of [`Client::connect`] (default 10 s).
     pub connect_timeout: Duration,
-    /// Bound of each unary call of the facade (default 30 s). A blob
-    /// download ([`Client::get_blob`], and the payloads read through it) is
-    /// bounded by progress instead: this bounds each wait for its next
-    /// chunk, not the whole download.
+    /// Bound of each unary call of the facade (default 30 s). Blob
+    /// transfers are bounded by progress instead: a download
+    /// ([`Client::get_blob`], and the payloads read through it) by each wait
+    /// for its next chunk, an upload ([`Client::put_blob`], and the payloads
+    /// written through it) by each wait to send its next chunk and then the
+    /// wait for the sidecar's answer, not the whole transfer.
     pub call_timeout: Duration,
     /// Largest message sent or received (default 64 MiB, the sidecar's);
     /// a worker's stream keeps its batches of results and heartbeats under
@@ -201,7 +207,17 @@ async fn open_channel(target: &str, options: &Options, lazy: bool) -> Result<Cha
     };
     if let Some(path) = target.strip_prefix("unix:") {
         let path = path.trim_start_matches("//").to_string();
-        let endpoint = options.configure(Endpoint::from_static("http://localhost"));
+        // The sidecar serves TLS on its Unix socket as on TCP. A socket has
+        // no host name: the certificate is checked for "localhost" (as gRPC's
+        // own clients do for unix: targets) unless the TLS configuration
+        // names another (`ClientTlsConfig::domain_name`).
+        let endpoint = match options.tls.clone() {
+            Some(tls) => options
+                .configure(Endpoint::from_static("https://localhost"))
+                .tls_config(tls)
+                .map_err(unavailable)?,
+            None => options.configure(Endpoint::from_static("http://localhost")),
+        };
         let connector = tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
@@ -386,7 +402,15 @@ impl Client {
     }
 
     /// Stores a blob (PutBlob stream, 1 MiB chunks), owned by `workflow_id`
-    /// when not empty, bounded by the call timeout.
+    /// when not empty. Bounded by progress rather than in total, as
+    /// [`Client::get_blob`] is: the call timeout bounds each wait to hand the
+    /// stream its next chunk (the HTTP/2 flow control lets one in only as
+    /// the sidecar takes what came before; the first wait includes opening
+    /// the stream), and then the wait for the sidecar's answer once the last
+    /// chunk is sent. So a large blob over a slow link is stored as long as
+    /// the sidecar keeps taking it, and an upload that stalls fails
+    /// (DEADLINE_EXCEEDED, reason `TIMEOUT`) one call timeout after its last
+    /// progress. At most a chunk or two of it is copied at a time.
     pub async fn put_blob(
         &self,
         data: Vec<u8>,
@@ -394,22 +418,59 @@ impl Client {
         workflow_id: &str,
     ) -> Result<pb::BlobRef> {
         use pb::put_blob_request::Message;
-        let mut messages = vec![pb::PutBlobRequest {
+        let size = data.len();
+        let header = pb::PutBlobRequest {
             message: Some(Message::Header(pb::BlobHeader {
                 content_type: content_type.to_string(),
-                size_bytes: data.len() as i64,
+                size_bytes: size as i64,
                 sha256: String::new(),
                 workflow_id: workflow_id.to_string(),
             })),
-        }];
-        messages.extend(data.chunks(BLOB_CHUNK_BYTES).map(|c| pb::PutBlobRequest {
-            message: Some(Message::Chunk(c.to_vec())),
-        }));
+        };
+        // A channel of one: a send waits until the stream took the message
+        // before, which it does as the flow control lets it send.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         let mut state = self.raw.state.clone();
-        let resp = self
-            .unary("PutBlob", state.put_blob(tokio_stream::iter(messages)))
-            .await?;
-        resp.blob.ok_or_else(|| {
+        let call = state.put_blob(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::pin!(call);
+        let chunks = data.chunks(BLOB_CHUNK_BYTES).map(|c| pb::PutBlobRequest {
+            message: Some(Message::Chunk(c.to_vec())),
+        });
+        let answer: Result<pb::PutBlobResponse> = async {
+            let mut sent = 0;
+            for message in std::iter::once(header).chain(chunks) {
+                let n = match &message.message {
+                    Some(Message::Chunk(c)) => c.len(),
+                    _ => 0,
+                };
+                let send = tokio::time::timeout(capped(self.call_timeout), tx.send(message));
+                tokio::select! {
+                    // The call ended before taking every chunk: its answer
+                    // (an error: the sidecar answers once the stream ends).
+                    ended = &mut call => return Ok(ended?.into_inner()),
+                    accepted = send => match accepted {
+                        Ok(Ok(())) => sent += n,
+                        // The stream is gone: the call's own error says why.
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            let what = format!(
+                                "PutBlob of {size} bytes (waiting to send more after {sent} bytes)"
+                            );
+                            return Err(Error::timeout(what, self.call_timeout));
+                        }
+                    },
+                }
+            }
+            drop(tx); // the end of the stream
+            bounded(
+                "PutBlob (waiting for the answer after its last chunk)",
+                self.call_timeout,
+                async { Ok((&mut call).await?.into_inner()) },
+            )
+            .await
+        }
+        .await;
+        answer?.blob.ok_or_else(|| {
             Error::local(Code::Internal, "EMPTY_RESPONSE", "PutBlob returned no blob")
         })
     }

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::{Client, Code, Options, ServingStatus};
+use tonic::transport::Certificate;
+
+use crate::{Client, ClientTlsConfig, Code, Options, ServingStatus};
 
 /// A sidecar process for the length of a test.
 #[derive(Debug)]
@@ -16,6 +18,7 @@ pub struct Sidecar {
     /// The `host:port` (or `unix:PATH`) it listens on.
     pub target: String,
     token: Option<String>,
+    tls_cert: Option<PathBuf>,
     child: Child,
     dir: PathBuf,
 }
@@ -27,6 +30,10 @@ pub struct SidecarOptions {
     pub token: Option<String>,
     /// Listen on a Unix socket in the temporary folder instead of TCP.
     pub uds: bool,
+    /// Serve TLS with this PEM certificate (chain) and key; the sidecar's
+    /// [`Sidecar::client`] trusts the certificate. On a Unix socket too,
+    /// where the client checks it for the name `localhost`.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// More options for `serve`.
     pub args: Vec<String>,
 }
@@ -86,6 +93,13 @@ impl Sidecar {
             std::fs::write(&file, token).map_err(|e| fail(e.to_string()))?;
             command.arg("--token-file").arg(file);
         }
+        if let Some((cert, key)) = &options.tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
         let child = command
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -101,6 +115,7 @@ impl Sidecar {
         let mut sidecar = Sidecar {
             target: String::new(),
             token: options.token,
+            tls_cert: options.tls.map(|(cert, _)| cert),
             child,
             dir,
         };
@@ -129,10 +144,19 @@ impl Sidecar {
         )))
     }
 
-    /// A client of this sidecar.
+    /// A client of this sidecar (with its token, trusting its certificate).
     pub async fn client(&self) -> Result<Client> {
+        let tls = match &self.tls_cert {
+            Some(cert) => {
+                let pem =
+                    std::fs::read(cert).map_err(|e| fail(format!("cannot read {cert:?}: {e}")))?;
+                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            }
+            None => None,
+        };
         let options = Options {
             token: self.token.clone(),
+            tls,
             ..Default::default()
         };
         Client::connect(&self.target, options).await

@@ -7,7 +7,7 @@ use tonic::Code;
 
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::time::to_proto;
+use crate::time::{capped, to_proto};
 use crate::Client;
 
 /// Content type of JSON payloads.
@@ -25,6 +25,10 @@ pub fn json_payload(value: &serde_json::Value) -> pb::Payload {
 /// [`RESUME_MAX_DELAY`], and starts again once a message arrives.
 const RESUME_FIRST_DELAY: Duration = Duration::from_millis(50);
 const RESUME_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The longest the first status of a wait may outlast its timeout: a wait
+/// of `Duration::ZERO` answers a workflow already closed.
+const FIRST_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds one task of a workflow (or of a spawn).
 #[derive(Clone, Debug)]
@@ -289,12 +293,37 @@ impl WorkflowHandle {
     /// with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a
     /// resumed watch needs one) is resumed no sooner than the sidecar's
     /// retry hint. Other errors (NOT_FOUND, ...) are returned.
+    ///
+    /// The first status may outlast a short `timeout` (by up to 5 s), so
+    /// that a workflow already closed is answered even with
+    /// `Duration::ZERO`, as in the Python SDK; once a status came, the wait
+    /// ends at `timeout`.
     pub async fn wait(&self, timeout: Duration) -> Result<pb::Workflow> {
-        let what = format!("waiting for workflow {}", self.id);
-        crate::error::bounded(&what, timeout, self.watch()).await
+        let ran_out = || Error::timeout(format!("waiting for workflow {}", self.id), timeout);
+        let start = tokio::time::Instant::now();
+        let deadline = start + capped(timeout);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let watch = self.watch(first_tx);
+        tokio::pin!(watch);
+        tokio::select! {
+            biased;
+            ended = &mut watch => return ended,
+            _ = first_rx => {}
+            _ = tokio::time::sleep_until(deadline.max(start + FIRST_STATUS_TIMEOUT)) => {
+                return Err(ran_out());
+            }
+        }
+        tokio::select! {
+            biased;
+            ended = &mut watch => ended,
+            _ = tokio::time::sleep_until(deadline) => Err(ran_out()),
+        }
     }
 
-    async fn watch(&self) -> Result<pb::Workflow> {
+    /// Follows the workflow until it closes; `first` is told when the first
+    /// status comes.
+    async fn watch(&self, first: tokio::sync::oneshot::Sender<()>) -> Result<pb::Workflow> {
+        let mut first = Some(first);
         let mut after = None;
         let mut delay = RESUME_FIRST_DELAY;
         loop {
@@ -307,6 +336,9 @@ impl WorkflowHandle {
             let ended: Result<Option<pb::Workflow>> = async {
                 let mut stream = s.watch_workflow(req).await?.into_inner();
                 while let Some(msg) = stream.message().await? {
+                    if let Some(first) = first.take() {
+                        let _ = first.send(());
+                    }
                     delay = RESUME_FIRST_DELAY;
                     if msg.sequence != 0 {
                         after = Some(msg.sequence);

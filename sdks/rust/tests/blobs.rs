@@ -1,7 +1,7 @@
-//! Blob downloads over a slow link, against a real sidecar (one per test): a
-//! download is bounded by its progress, not in total. The link is a TCP
-//! proxy between the client and the sidecar that paces, or stops, what the
-//! sidecar sends. Every wait is bounded; nothing asserts on timing: the
+//! Blob transfers over a slow link, against a real sidecar (one per test): a
+//! download or an upload is bounded by its progress, not in total. The link
+//! is a TCP proxy between the client and the sidecar that paces, or stops,
+//! what the sidecar sends (or what the client sends). Every wait is bounded; nothing asserts on timing: the
 //! pacing's sleeps alone make a download outlast the call timeout.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +16,18 @@ use tokio::time::{sleep, timeout};
 mod common;
 use common::{start, WAIT};
 
-/// A TCP proxy in front of a sidecar whose sidecar-to-client direction
-/// passes at most `piece` bytes every `every`, and at most `budget` bytes in
-/// all (then stalls, holding the connection open).
+/// Which direction of a [`SlowLink`] is paced.
+#[derive(Clone, Copy, PartialEq)]
+enum Paced {
+    /// Sidecar to client: downloads.
+    Downloads,
+    /// Client to sidecar: uploads.
+    Uploads,
+}
+
+/// A TCP proxy in front of a sidecar whose paced direction passes at most
+/// `piece` bytes every `every`, and at most `budget` bytes in all (then
+/// stalls, holding the connection open).
 struct SlowLink {
     target: String,
     budget: Arc<AtomicU64>,
@@ -27,7 +36,7 @@ struct SlowLink {
 }
 
 impl SlowLink {
-    async fn start(upstream: &str, piece: usize, every: Duration) -> SlowLink {
+    async fn start(upstream: &str, paced: Paced, piece: usize, every: Duration) -> SlowLink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
         let budget = Arc::new(AtomicU64::new(u64::MAX));
@@ -44,9 +53,16 @@ impl SlowLink {
                         };
                         let (mut from_client, mut to_client) = inbound.into_split();
                         let (mut from_server, mut to_server) = outbound.into_split();
-                        tokio::select! {
-                            _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
-                            _ = pace(&mut from_server, &mut to_client, piece, every, &budget) => {}
+                        if paced == Paced::Downloads {
+                            tokio::select! {
+                                _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                                _ = pace(&mut from_server, &mut to_client, piece, every, &budget) => {}
+                            }
+                        } else {
+                            tokio::select! {
+                                _ = pace(&mut from_client, &mut to_server, piece, every, &budget) => {}
+                                _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                            }
                         }
                     });
                     relays.lock().unwrap().push(relay.abort_handle());
@@ -124,7 +140,13 @@ async fn a_blob_download_longer_than_the_call_timeout_completes_while_it_progres
         .put_blob(data.clone(), "application/octet-stream", "")
         .await
         .unwrap();
-    let link = SlowLink::start(&sidecar.target, 32 * 1024, Duration::from_millis(25)).await;
+    let link = SlowLink::start(
+        &sidecar.target,
+        Paced::Downloads,
+        32 * 1024,
+        Duration::from_millis(25),
+    )
+    .await;
     let options = Options {
         call_timeout: Duration::from_secs(3),
         ..Default::default()
@@ -147,7 +169,7 @@ async fn a_blob_download_that_stalls_fails_after_the_call_timeout() {
         .put_blob(data, "application/octet-stream", "")
         .await
         .unwrap();
-    let link = SlowLink::start(&sidecar.target, 64 * 1024, Duration::ZERO).await;
+    let link = SlowLink::start(&sidecar.target, Paced::Downloads, 64 * 1024, Duration::ZERO).await;
     let options = Options {
         call_timeout: Duration::from_secs(1),
         ..Default::default()
@@ -167,5 +189,72 @@ async fn a_blob_download_that_stalls_fails_after_the_call_timeout() {
     assert!(
         e.message.contains("next chunk"),
         "stalled mid-download: {e}"
+    );
+}
+
+/// An upload bounded by its progress too: 64 MiB over a link passing
+/// 256 KiB every 16 ms takes at least 4 s (the sleeps alone), twice the
+/// client's 2 s call timeout, and is stored whole. (Bounded in total by the
+/// call timeout, as it was, it failed at 2 s.) The link is fast enough that
+/// what is in flight when the last chunk is handed over (the sidecar's
+/// flow-control window and the sockets' buffers, about 13 MiB here) passes
+/// well within the call timeout that bounds the wait for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_upload_longer_than_the_call_timeout_completes_while_it_progresses() {
+    let (sidecar, direct) = start().await;
+    let link = SlowLink::start(
+        &sidecar.target,
+        Paced::Uploads,
+        256 * 1024,
+        Duration::from_millis(16),
+    )
+    .await;
+    let options = Options {
+        call_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let slow = Client::connect(&link.target, options).await.unwrap();
+    let data = bytes(64 * 1024 * 1024);
+    let blob = timeout(
+        WAIT,
+        slow.put_blob(data.clone(), "application/octet-stream", ""),
+    )
+    .await
+    .expect("the upload ended")
+    .expect("the upload completed");
+    assert_eq!(blob.size_bytes, data.len() as i64);
+    let read = direct.get_blob(&blob.sha256).await.unwrap();
+    assert!(
+        read == data,
+        "stored {} bytes of {}",
+        read.len(),
+        data.len()
+    );
+}
+
+/// An upload that stops making progress fails, with the SDK's
+/// DEADLINE_EXCEEDED: the bound is still a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_upload_that_stalls_fails_after_the_call_timeout() {
+    let (sidecar, _direct) = start().await;
+    let link = SlowLink::start(&sidecar.target, Paced::Uploads, 64 * 1024, Duration::ZERO).await;
+    let options = Options {
+        call_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let slow = Client::connect(&link.target, options).await.unwrap();
+    // The connection's preface and the first chunk or so pass; then nothing.
+    link.stall_after(3 * 512 * 1024);
+    let e = timeout(
+        WAIT,
+        slow.put_blob(bytes(16 * 1024 * 1024), "application/octet-stream", ""),
+    )
+    .await
+    .expect("the upload ended")
+    .expect_err("a stalled upload fails");
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (Code::DeadlineExceeded, "TIMEOUT"),
+        "{e}"
     );
 }

@@ -2,6 +2,7 @@
 //! `.venv`. Every wait is bounded; nothing asserts on timing.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,11 +10,12 @@ use std::time::Duration;
 use are_sdk::testing::{Sidecar, SidecarOptions};
 use are_sdk::{
     pb, AgentCard, AgentFilter, AgentSource, CacheOptions, CancelReason, CancellationToken, Client,
-    Code, GetOrCallError, ServingStatus, TaskBuilder, TaskError, Worker, WorkerOptions,
-    WorkerTransport, WorkflowBuilder,
+    ClientTlsConfig, Code, GetOrCallError, ServingStatus, TaskBuilder, TaskError, Worker,
+    WorkerOptions, WorkerTransport, WorkflowBuilder,
 };
 use serde_json::{json, Value};
 use tokio::time::timeout;
+use tonic::transport::Certificate;
 
 #[macro_use]
 mod common;
@@ -639,6 +641,159 @@ async fn unix_socket_and_token() {
         .unwrap();
     let e = anonymous.workflow("wf-missing").get().await.unwrap_err();
     assert_eq!(e.code, Code::Unauthenticated, "{e}");
+}
+
+/// A test CA and a certificate it signed for `names` (DNS subjectAltNames),
+/// made with openssl in `dir`: the chain (certificate, then the CA's) and
+/// the key, as PEM files; `None` without openssl. rustls refuses a
+/// self-signed CA certificate as a server's, hence the two.
+fn certificate_chain(dir: &std::path::Path, names: &[&str]) -> Option<(PathBuf, PathBuf)> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "1", "-subj", "/CN=are-test-ca"],
+    ]
+    .concat();
+    let ca = [&ca[..], &["-keyout", "ca.key", "-out", "ca.pem"]].concat();
+    match run(&ca) {
+        Err(e) => {
+            eprintln!("skipped: no openssl to make a test certificate: {e}");
+            return None;
+        }
+        Ok(out) => assert!(out.status.success(), "{out:?}"),
+    }
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            sans.join(",")
+        ),
+    )
+    .unwrap();
+    let csr = [&["req"][..], &ec, &["-subj", "/CN=localhost"]].concat();
+    let csr = [&csr[..], &["-keyout", "key.pem", "-out", "leaf.csr"]].concat();
+    let out = run(&csr).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sign = [
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.pem",
+    ];
+    let out = run(&sign).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut chain = std::fs::read(dir.join("leaf.pem")).unwrap();
+    chain.extend(std::fs::read(dir.join("ca.pem")).unwrap());
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    Some((dir.join("chain.pem"), dir.join("key.pem")))
+}
+
+/// The sidecar serves TLS on its Unix socket as on TCP. A `unix:` target
+/// has no host name, so the client checks the certificate for `localhost`
+/// (as gRPC's own clients do), or for the name the TLS configuration gives
+/// (`ClientTlsConfig::domain_name`). (The client spoke plaintext to every
+/// `unix:` target, whatever its TLS options: it could not connect.)
+#[tokio::test]
+async fn tls_on_a_unix_socket_checks_localhost_or_the_name_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((chain, key)) = certificate_chain(dir.path(), &["localhost", "sidecar.test"]) else {
+        return;
+    };
+    // Its readiness check is a health call through sidecar.client(): TLS,
+    // trusting the chain, checked for localhost.
+    let sidecar = Sidecar::start_with(SidecarOptions {
+        uds: true,
+        tls: Some((chain.clone(), key)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(sidecar.target.starts_with("unix:"), "{}", sidecar.target);
+    let client = sidecar.client().await.unwrap();
+    let e = client.workflow("wf-missing").get().await.unwrap_err();
+    assert_eq!(e.code, Code::NotFound, "{e}");
+
+    let pem = std::fs::read(&chain).unwrap();
+    let named = |name: &str| are_sdk::Options {
+        tls: Some(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pem.clone()))
+                .domain_name(name),
+        ),
+        connect_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let client = Client::connect(&sidecar.target, named("sidecar.test"))
+        .await
+        .unwrap();
+    assert_eq!(client.health().await.unwrap(), ServingStatus::Serving);
+    let e = Client::connect(&sidecar.target, named("elsewhere.test"))
+        .await
+        .expect_err("a certificate not for that name is refused");
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+}
+
+/// A wait answers a workflow already closed even with a zero timeout (the
+/// first status may outlast a short timeout, as in the Python SDK); one
+/// still running is TIMEOUT. (A zero timeout was TIMEOUT before any
+/// status came.)
+#[tokio::test]
+async fn a_zero_timeout_wait_answers_a_closed_workflow() {
+    let (_sidecar, client) = start().await;
+    let handle = client
+        .submit(
+            WorkflowBuilder::new("rust-zero-wait")
+                .task(TaskBuilder::new("a", "rust-nobody-serves")),
+        )
+        .await
+        .unwrap();
+    let e = timeout(WAIT, handle.wait(Duration::ZERO))
+        .await
+        .expect("the wait ended")
+        .expect_err("a running workflow did not close within 0 s");
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (Code::DeadlineExceeded, "TIMEOUT"),
+        "{e}"
+    );
+    handle.cancel("done").await.unwrap();
+    for wait in [Duration::ZERO, Duration::from_nanos(1)] {
+        let w = timeout(WAIT, handle.wait(wait))
+            .await
+            .expect("the wait ended")
+            .unwrap_or_else(|e| panic!("wait({wait:?}) of a closed workflow: {e}"));
+        assert_eq!(w.state(), pb::WorkflowState::Cancelled);
+    }
+    let e = timeout(WAIT, handle.result_bytes(Duration::ZERO))
+        .await
+        .expect("the wait ended")
+        .unwrap_err();
+    assert_eq!(e.reason, "WORKFLOW_CANCELLED", "{e}");
 }
 
 async fn large_output_as_a_blob_and_the_event_stream(transport: WorkerTransport) {

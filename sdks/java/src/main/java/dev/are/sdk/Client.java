@@ -50,7 +50,9 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.LinkedBlockingQueue;
@@ -104,6 +106,9 @@ public final class Client implements AutoCloseable {
   private final Duration callTimeout;
   private final int maxMessageBytes;
   private volatile boolean closed;
+
+  /** The event streams open on this client: {@link #close()} cancels them. */
+  private final Set<EventStream> eventStreams = ConcurrentHashMap.newKeySet();
 
   private Client(
       String target,
@@ -173,9 +178,17 @@ public final class Client implements AutoCloseable {
       ManagedChannelBuilder<?> builder =
           Grpc.newChannelBuilder(target, credentials(options))
               .maxInboundMessageSize(options.maxMessageBytes());
-      if (target.startsWith("unix:") && builder instanceof NettyChannelBuilder netty) {
+      boolean unix = target.startsWith("unix:");
+      if (unix && builder instanceof NettyChannelBuilder netty) {
         // TCP keepalive means nothing on a Unix socket; netty would warn of it on each connect.
         netty.withOption(ChannelOption.SO_KEEPALIVE, null);
+      }
+      if (options.serverName() != null) {
+        builder.overrideAuthority(options.serverName());
+      } else if (unix) {
+        // The authority would be the socket's path, which no certificate names: TLS to the
+        // sidecar's Unix socket failed its host name check. gRPC's C-based clients use localhost.
+        builder.overrideAuthority("localhost");
       }
       keepalive(builder, options);
       return builder.build();
@@ -429,7 +442,21 @@ public final class Client implements AutoCloseable {
    */
   public EventStream streamEvents(EventFilter filter, Long afterSequence, boolean fillMissed) {
     EventFilter f = filter == null ? EventFilter.getDefaultInstance() : filter;
-    return new EventStream(this, f, afterSequence, fillMissed);
+    EventStream stream = new EventStream(this, f, afterSequence, fillMissed);
+    if (closed) {
+      stream.cancelForClose(); // close() may have missed it
+    }
+    return stream;
+  }
+
+  /** Notes an event stream about to open, for {@link #close()}. */
+  void opened(EventStream stream) {
+    eventStreams.add(stream);
+  }
+
+  /** Forgets an event stream that ended. */
+  void ended(EventStream stream) {
+    eventStreams.remove(stream);
   }
 
   /** Reads a payload's bytes, fetching a blob reference from the blob store. */
@@ -527,13 +554,25 @@ public final class Client implements AutoCloseable {
   }
 
   /**
-   * Stores a blob (PutBlob stream, 1 MiB chunks), owned by {@code workflowId} when not empty,
-   * bounded by the call timeout.
+   * Stores a blob (PutBlob stream, 1 MiB chunks), owned by {@code workflowId} when not empty.
+   * Bounded by progress rather than by its length, as {@link #getBlob} is: the call timeout bounds
+   * each wait until the stream can take the next chunk (gRPC's flow control lets one in only as the
+   * sidecar takes what came before; the first wait includes opening the stream), and then the wait
+   * for the sidecar's answer after the last chunk, not the whole upload. So a large blob over a
+   * slow link is stored as long as the sidecar keeps taking it, and an upload that stalls fails
+   * (DEADLINE_EXCEEDED, reason {@code TIMEOUT}) one call timeout after its last progress. At most
+   * about one chunk waits in the client beyond what the transport sent.
    */
   public BlobRef putBlob(byte[] data, String contentType, String workflowId) {
     CompletableFuture<PutBlobResponse> done = new CompletableFuture<>();
-    StreamObserver<PutBlobResponse> answer =
-        new StreamObserver<>() {
+    Object ready = new Object();
+    ClientResponseObserver<PutBlobRequest, PutBlobResponse> answer =
+        new ClientResponseObserver<>() {
+          @Override
+          public void beforeStart(ClientCallStreamObserver<PutBlobRequest> stream) {
+            stream.setOnReadyHandler(() -> wake(ready));
+          }
+
           @Override
           public void onNext(PutBlobResponse value) {
             done.complete(value);
@@ -542,6 +581,7 @@ public final class Client implements AutoCloseable {
           @Override
           public void onError(Throwable t) {
             done.completeExceptionally(t);
+            wake(ready);
           }
 
           @Override
@@ -549,39 +589,90 @@ public final class Client implements AutoCloseable {
             done.completeExceptionally(
                 AreException.local(
                     Status.Code.INTERNAL, "EMPTY_RESPONSE", "PutBlob returned no blob"));
+            wake(ready);
           }
         };
-    StreamObserver<PutBlobRequest> requests =
-        Durations.withTimeout(StateServiceGrpc.newStub(raw.channel()), callTimeout).putBlob(answer);
+    // No deadline on the call: each wait below has its own.
+    ClientCallStreamObserver<PutBlobRequest> requests =
+        (ClientCallStreamObserver<PutBlobRequest>)
+            StateServiceGrpc.newStub(raw.channel()).putBlob(answer);
+    boolean finished = false;
     try {
-      requests.onNext(
-          PutBlobRequest.newBuilder()
-              .setHeader(
-                  BlobHeader.newBuilder()
-                      .setContentType(contentType)
-                      .setSizeBytes(data.length)
-                      .setWorkflowId(workflowId == null ? "" : workflowId))
-              .build());
-      for (int at = 0; at < data.length; at += BLOB_CHUNK_BYTES) {
-        int n = Math.min(BLOB_CHUNK_BYTES, data.length - at);
-        ByteString chunk = ByteString.copyFrom(data, at, n);
-        requests.onNext(PutBlobRequest.newBuilder().setChunk(chunk).build());
+      boolean open = awaitReady(requests, ready, done, data.length, 0);
+      if (open) {
+        requests.onNext(
+            PutBlobRequest.newBuilder()
+                .setHeader(
+                    BlobHeader.newBuilder()
+                        .setContentType(contentType)
+                        .setSizeBytes(data.length)
+                        .setWorkflowId(workflowId == null ? "" : workflowId))
+                .build());
       }
-      requests.onCompleted();
-    } catch (RuntimeException e) {
-      requests.onError(e);
-      throw AreException.from(e);
-    }
-    try {
-      return done.get(Durations.nanos(callTimeout) + 1_000_000_000L, TimeUnit.NANOSECONDS)
-          .getBlob();
-    } catch (ExecutionException e) {
-      throw translate("PutBlob", e.getCause());
-    } catch (TimeoutException e) {
-      throw AreException.timeout("PutBlob", callTimeout);
+      for (int at = 0; open && at < data.length; at += BLOB_CHUNK_BYTES) {
+        open = awaitReady(requests, ready, done, data.length, at);
+        if (open) {
+          int n = Math.min(BLOB_CHUNK_BYTES, data.length - at);
+          requests.onNext(
+              PutBlobRequest.newBuilder().setChunk(ByteString.copyFrom(data, at, n)).build());
+        }
+      }
+      if (!done.isDone()) {
+        requests.onCompleted();
+      }
+      BlobRef blob;
+      try {
+        blob = done.get(Durations.nanos(callTimeout), TimeUnit.NANOSECONDS).getBlob();
+      } catch (ExecutionException e) {
+        throw translate("PutBlob", e.getCause());
+      } catch (TimeoutException e) {
+        throw AreException.timeout(
+            "PutBlob (waiting for the answer after its last chunk)", callTimeout);
+      }
+      finished = true;
+      return blob;
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
       throw AreException.local(Status.Code.CANCELLED, "INTERRUPTED", "PutBlob interrupted", e);
+    } catch (RuntimeException e) {
+      throw AreException.from(e);
+    } finally {
+      if (!finished) {
+        // Ended early (a timeout, an interrupt, an error): a no-op once the call ended.
+        requests.cancel("PutBlob ended by the client", null);
+      }
+    }
+  }
+
+  /**
+   * Waits, at most the call timeout, until {@code requests} (a PutBlob of {@code size} bytes that
+   * sent {@code sent} so far) can take a message; false when the call ended meanwhile.
+   */
+  private boolean awaitReady(
+      ClientCallStreamObserver<?> requests,
+      Object ready,
+      CompletableFuture<?> done,
+      long size,
+      long sent)
+      throws InterruptedException {
+    long deadline = Durations.deadline(callTimeout);
+    synchronized (ready) {
+      while (!requests.isReady() && !done.isDone()) {
+        long left = deadline - System.nanoTime();
+        if (left <= 0) {
+          throw AreException.timeout(
+              "PutBlob of " + size + " bytes (waiting to send more after " + sent + " bytes)",
+              callTimeout);
+        }
+        TimeUnit.NANOSECONDS.timedWait(ready, left);
+      }
+    }
+    return !done.isDone();
+  }
+
+  private static void wake(Object ready) {
+    synchronized (ready) {
+      ready.notifyAll();
     }
   }
 
@@ -598,13 +689,18 @@ public final class Client implements AutoCloseable {
 
   /**
    * Closes the connection; calls in flight are cancelled after up to 5 seconds. Waits on workflows
-   * ({@link WorkflowHandle#await}) and workers using the client then end at once with CANCELLED,
-   * reason {@code CLIENT_CLOSED}, instead of retrying a connection that never comes back.
+   * ({@link WorkflowHandle#await}) and event streams ({@link #streamEvents}) are cancelled at once,
+   * since they would hold the close for the whole 5 seconds: waits, and workers using the client,
+   * then end with CANCELLED, reason {@code CLIENT_CLOSED}, instead of retrying a connection that
+   * never comes back, and an event stream's {@code next} throws the same.
    */
   @Override
   public void close() {
     closed = true;
     watchManaged.shutdownNow(); // waits only: nothing there to let finish
+    for (EventStream stream : eventStreams) {
+      stream.cancelForClose();
+    }
     managed.shutdown();
     try {
       if (!managed.awaitTermination(5, TimeUnit.SECONDS)) {

@@ -75,6 +75,7 @@ public final class EventStream implements AutoCloseable {
     if (afterSequence != null) {
       req.setAfterSequence(afterSequence);
     }
+    client.opened(this); // before it can end
     TraceServiceGrpc.newStub(client.raw().channel())
         .withMaxInboundMessageSize(client.maxMessageBytes())
         .streamEvents(
@@ -93,11 +94,16 @@ public final class EventStream implements AutoCloseable {
 
               @Override
               public void onError(Throwable t) {
-                queue.add(AreException.from(t));
+                client.ended(EventStream.this);
+                queue.add(
+                    client.isClosed()
+                        ? Client.closedError("the event stream", t)
+                        : AreException.from(t));
               }
 
               @Override
               public void onCompleted() {
+                client.ended(EventStream.this);
                 queue.add(END);
               }
             });
@@ -241,9 +247,22 @@ public final class EventStream implements AutoCloseable {
   @Override
   public void close() {
     ended = true;
+    cancel("closed by the client");
+  }
+
+  /**
+   * Cancels the stream as its client closes: a reader's {@code next} then throws CANCELLED, reason
+   * {@code CLIENT_CLOSED}, once it has read what came before.
+   */
+  void cancelForClose() {
+    cancel("the client was closed");
+  }
+
+  private void cancel(String why) {
+    client.ended(this);
     ClientCallStreamObserver<StreamEventsRequest> c = call;
     if (c != null) {
-      c.cancel("closed by the client", null);
+      c.cancel(why, null);
     }
   }
 }

@@ -1,6 +1,9 @@
 package dev.are.sdk;
 
+import com.fasterxml.jackson.core.JsonFactory;
 import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.core.StreamReadConstraints;
+import com.fasterxml.jackson.core.StreamReadFeature;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -19,8 +22,40 @@ public final class Json {
   /** Content type of JSON payloads. */
   public static final String CONTENT_TYPE = "application/json";
 
+  /**
+   * The longest string (and member name) read, in characters: 256 MiB, the largest blob the
+   * sidecar stores, so that no value it hands back is too long to read. (Jackson's default is 20
+   * million characters: a cache hit, result or state value holding a longer string was refused.)
+   */
+  static final int MAX_STRING_CHARS = 256 * 1024 * 1024;
+
+  /**
+   * The deepest nesting of arrays and objects read: Jackson's default of 1,000, set here so that it
+   * stays at least the sidecar's 512 (how deep it stores state and reads inputs).
+   */
+  static final int MAX_NESTING_DEPTH = 1000;
+
+  /**
+   * What the mapper reads. Numbers are as long as a string may be: the sidecar takes a double of
+   * any length (and integers to 4,300 digits, Python's bound), where Jackson stopped at 1,000
+   * characters; long integers are parsed by Jackson's fast parser, which is not quadratic in their
+   * length as {@code new BigInteger(String)} is.
+   */
+  private static final StreamReadConstraints READ_CONSTRAINTS =
+      StreamReadConstraints.builder()
+          .maxStringLength(MAX_STRING_CHARS)
+          .maxNameLength(MAX_STRING_CHARS)
+          .maxNumberLength(MAX_STRING_CHARS)
+          .maxNestingDepth(MAX_NESTING_DEPTH)
+          .build();
+
   private static final ObjectMapper MAPPER =
-      new ObjectMapper().configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
+      new ObjectMapper(
+              JsonFactory.builder()
+                  .streamReadConstraints(READ_CONSTRAINTS)
+                  .enable(StreamReadFeature.USE_FAST_BIG_NUMBER_PARSER)
+                  .build())
+          .configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
 
   private Json() {}
 

@@ -23,6 +23,7 @@ public final class Options {
   private final boolean tls;
   private final Path tlsTrustedCertificates;
   private final ChannelCredentials credentials;
+  private final String serverName;
   private final Duration connectTimeout;
   private final Duration callTimeout;
   private final int maxMessageBytes;
@@ -34,6 +35,7 @@ public final class Options {
     this.tls = b.tls;
     this.tlsTrustedCertificates = b.tlsTrustedCertificates;
     this.credentials = b.credentials;
+    this.serverName = b.serverName;
     this.connectTimeout = b.connectTimeout;
     this.callTimeout = b.callTimeout;
     this.maxMessageBytes = b.maxMessageBytes;
@@ -61,6 +63,7 @@ public final class Options {
     b.tls = tls;
     b.tlsTrustedCertificates = tlsTrustedCertificates;
     b.credentials = credentials;
+    b.serverName = serverName;
     b.connectTimeout = connectTimeout;
     b.callTimeout = callTimeout;
     b.maxMessageBytes = maxMessageBytes;
@@ -87,6 +90,14 @@ public final class Options {
   /** Channel credentials that replace the TLS settings, or null. */
   public ChannelCredentials credentials() {
     return credentials;
+  }
+
+  /**
+   * The name the sidecar's TLS certificate is checked for (and the {@code :authority} of calls), or
+   * null: the target's host, and {@code "localhost"} for a {@code unix:} target.
+   */
+  public String serverName() {
+    return serverName;
   }
 
   /** Bound of {@link Client#connect}. */
@@ -120,6 +131,7 @@ public final class Options {
     private boolean tls;
     private Path tlsTrustedCertificates;
     private ChannelCredentials credentials;
+    private String serverName;
     private Duration connectTimeout = Duration.ofSeconds(10);
     private Duration callTimeout = Duration.ofSeconds(30);
     private int maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
@@ -149,6 +161,18 @@ public final class Options {
     /** Uses these channel credentials (mutual TLS, say) instead of the TLS settings. */
     public Builder credentials(ChannelCredentials credentials) {
       this.credentials = credentials;
+      return this;
+    }
+
+    /**
+     * Checks the sidecar's TLS certificate for this name rather than the target's host, and sends
+     * it as the calls' {@code :authority} (grpc-java's {@code overrideAuthority}); null: the
+     * target's host, or {@code "localhost"} for a {@code unix:} target, which has no host name
+     * (as gRPC's C-based clients and the Python SDK do). The sidecar serves TLS on its Unix
+     * socket as on TCP.
+     */
+    public Builder serverName(String serverName) {
+      this.serverName = serverName;
       return this;
     }
 

@@ -21,6 +21,9 @@ import java.util.concurrent.TimeUnit;
 
 /** A submitted workflow: wait on it, read it, cancel it. Cheap; makes no call until used. */
 public final class WorkflowHandle {
+  /** The longest the first status of a wait may outlast its timeout (5 s, as in the Python SDK). */
+  private static final long FIRST_STATUS_TIMEOUT_NANOS = TimeUnit.SECONDS.toNanos(5);
+
   private final Client client;
   private final String id;
   private final boolean deduplicated;
@@ -147,19 +150,27 @@ public final class WorkflowHandle {
    * {@code CLIENT_CLOSED} once the client is closed, or with reason {@code CONTEXT_CANCELLED} once
    * the caller's gRPC {@link Context} is cancelled (a wait inside a server call that ended, say;
    * past the context's deadline it is DEADLINE_EXCEEDED, reason TIMEOUT). A wait leaves nothing
-   * registered on the caller's context.
+   * registered on the caller's context. The first status may outlast a short {@code timeout} (by up
+   * to 5 s), so that a workflow already closed is answered even with {@link Duration#ZERO}; once a
+   * status came, the wait ends at {@code timeout}.
    */
   public Workflow await(Duration timeout) {
     long deadline = Durations.deadline(timeout);
+    // The first status may outlast a short timeout: a workflow already closed is answered even
+    // with Duration.ZERO (whose watch was cut off before any status came), as in the Python SDK.
+    long firstDeadline = Math.max(deadline, System.nanoTime() + FIRST_STATUS_TIMEOUT_NANOS);
+    boolean firstSeen = false;
     boolean bounded = !Durations.isUnbounded(timeout);
     Long after = null;
     long delayMs = 50;
     String what = "waiting for workflow " + id;
     while (true) {
-      long left = deadline - System.nanoTime();
+      long end = firstSeen ? deadline : firstDeadline;
+      long left = end - System.nanoTime();
       if (left <= 0) {
         throw AreException.timeout(what, timeout);
       }
+      boolean resumeNow = false;
       WatchWorkflowRequest.Builder req = WatchWorkflowRequest.newBuilder().setWorkflowId(id);
       if (after != null) {
         req.setAfterSequence(after);
@@ -192,6 +203,15 @@ public final class WorkflowHandle {
             if (msg.hasWorkflow() && isClosed(msg.getWorkflow().getState())) {
               return msg.getWorkflow();
             }
+            if (!firstSeen) {
+              firstSeen = true;
+              if (end != deadline) {
+                // This watch's deadline let the first status outlast the caller's: go on, from
+                // here, within the caller's.
+                resumeNow = true;
+                break;
+              }
+            }
           }
           // Ended without a closed status: resume.
         } finally {
@@ -221,8 +241,11 @@ public final class WorkflowHandle {
         caller.removeListener(relay);
         watch.cancel(null);
       }
+      if (resumeNow) {
+        continue;
+      }
       Backoff.sleep(
-          Math.min(Backoff.retryWait(delayMs, hint), (deadline - System.nanoTime()) / 1_000_000));
+          Math.min(Backoff.retryWait(delayMs, hint), (end - System.nanoTime()) / 1_000_000));
       delayMs = Math.min(delayMs * 2, 2000);
     }
   }

@@ -13,9 +13,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 
 /**
- * A blob download is bounded by its progress, not its length: over a slow link (a {@link TcpProxy}
- * passing the sidecar's bytes at a set rate) it outlasts the client's call timeout and still
- * succeeds, while one that stalls fails within about the call timeout.
+ * A blob download or upload is bounded by its progress, not its length: over a slow link (a {@link
+ * TcpProxy} passing the sidecar's bytes, or the client's, at a set rate) it outlasts the client's
+ * call timeout and still succeeds, while one that stalls fails within about the call timeout.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
 class BlobProgressTest extends WithSidecar {
@@ -57,6 +57,47 @@ class BlobProgressTest extends WithSidecar {
       proxy.releaseDownstream();
       // The connection is still good: the next download goes through.
       assertEquals(3 * 1024 * 1024, slow.getBlob(ref.getSha256()).length);
+    }
+  }
+
+  /**
+   * 64 MiB at 16 MiB/s: no less than 4 s, twice the call timeout, and stored whole. (Bounded by
+   * the call timeout as a whole, as it was, the upload failed at 2 s.) The link is fast enough that
+   * what is in flight after the last chunk (the sidecar's flow-control window, some MiB) passes
+   * well within the call timeout that bounds the wait for the answer.
+   */
+  @Test
+  void aSlowUploadThatKeepsGoingSucceedsPastTheCallTimeout() throws Exception {
+    byte[] data = new byte[64 * 1024 * 1024];
+    new Random(11).nextBytes(data);
+    try (TcpProxy proxy = new TcpProxy(sidecar.target());
+        Client slow =
+            Client.connect(proxy.target(), Options.builder().callTimeout(SHORT_CALLS).build())) {
+      proxy.paceUpstream(16L * 1024 * 1024);
+      BlobRef ref = slow.putBlob(data, "application/octet-stream", "");
+      assertEquals(data.length, ref.getSizeBytes());
+      assertArrayEquals(data, client.getBlob(ref.getSha256()));
+    }
+  }
+
+  @Test
+  void aStalledUploadFailsWithinTheCallTimeout() throws Exception {
+    byte[] data = new byte[16 * 1024 * 1024];
+    new Random(13).nextBytes(data);
+    try (TcpProxy proxy = new TcpProxy(sidecar.target());
+        Client slow =
+            Client.connect(proxy.target(), Options.builder().callTimeout(SHORT_CALLS).build())) {
+      proxy.holdUpstream(); // nothing more reaches the sidecar
+      AreException e =
+          assertThrows(
+              AreException.class, () -> slow.putBlob(data, "application/octet-stream", ""));
+      assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code(), e.getMessage());
+      assertEquals("TIMEOUT", e.reason());
+      assertEquals(AreException.SDK_DOMAIN, e.domain());
+      proxy.releaseUpstream();
+      // The connection is still good: the next upload goes through.
+      byte[] small = new byte[2 * 1024 * 1024];
+      assertEquals(small.length, slow.putBlob(small, "", "").getSizeBytes());
     }
   }
 

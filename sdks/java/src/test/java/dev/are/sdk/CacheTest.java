@@ -66,6 +66,26 @@ class CacheTest extends WithSidecar {
   }
 
   /**
+   * An answer holding a string over 20,000,000 characters (Jackson's default bound) is cached and
+   * read back as JSON, on the miss and on the hit. (It was refused on reading: the miss returned
+   * the answer in a POJONode, and the hit was not JSON.)
+   */
+  @Test
+  void anAnswerWithAStringOver20MillionCharactersReadsBackAsJson() {
+    Cache cache = client.cache();
+    cache.putNamespace(CacheNamespace.newBuilder().setName("java-big-strings").build());
+    String big = "x".repeat(20_000_001);
+    Cache.Result miss =
+        cache.getOrCall(
+            "java-big-strings", "long", NONE, () -> Cache.Computed.of(Map.of("text", big)));
+    assertTrue(miss.value().isObject(), miss.value().getNodeType().toString());
+    assertEquals(big, miss.value().path("text").asText());
+    CacheHit hit = cache.lookup("java-big-strings", "long", NONE).orElseThrow();
+    assertTrue(hit.isJson(), hit.contentType());
+    assertEquals(big, hit.value().path("text").asText());
+  }
+
+  /**
    * getOrCall returns on a miss what a later hit returns: the answer encoded as it is stored and
    * read back, not Jackson's tree of the Java value (a float 0.1 would be a FloatNode worth
    * 0.10000000149011612 on the miss and the double 0.1 on the hit).

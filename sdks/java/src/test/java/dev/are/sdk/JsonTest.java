@@ -47,4 +47,22 @@ class JsonTest {
         assertThrows(AreException.class, () -> Json.decode(nested(100_000).getBytes(UTF_8)));
     assertEquals("INVALID_JSON", e.reason());
   }
+
+  /**
+   * Strings, member names and numbers as long as the sidecar hands back decode: Jackson's default
+   * constraints refused a string over 20,000,000 characters, a name over 50,000 and a number over
+   * 1,000 digits (the sidecar takes doubles of any length and integers of 4,300 digits).
+   */
+  @Test
+  void stringsNamesAndNumbersAsLongAsTheSidecarTakesDecode() {
+    String big = "x".repeat(20_000_001);
+    JsonNode tree = Json.decode(("{\"text\":\"" + big + "\"}").getBytes(UTF_8));
+    assertEquals(big.length(), tree.path("text").asText().length());
+    String name = "n".repeat(60_000);
+    assertEquals(1, Json.decode(("{\"" + name + "\":1}").getBytes(UTF_8)).path(name).asInt());
+    String integer = "7".repeat(4_300);
+    assertEquals(integer, Json.decode(integer.getBytes(UTF_8)).bigIntegerValue().toString());
+    String dbl = "0." + "3".repeat(10_000);
+    assertEquals(1.0 / 3, Json.decode(dbl.getBytes(UTF_8)).doubleValue(), 1e-15);
+  }
 }

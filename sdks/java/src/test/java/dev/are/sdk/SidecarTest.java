@@ -627,28 +627,42 @@ class SidecarTest extends WithSidecar {
     }
   }
 
-  @Test
-  void tlsWithATrustedCertificate(@TempDir Path dir) throws Exception {
+  /**
+   * A self-signed certificate for 127.0.0.1 and the DNS {@code names}, and its key, made by openssl
+   * in {@code dir}: {cert, key}; the test is skipped without openssl.
+   */
+  private static Path[] certificate(Path dir, String... names) throws Exception {
     Path cert = dir.resolve("cert.pem");
     Path key = dir.resolve("key.pem");
+    StringBuilder san = new StringBuilder("subjectAltName=IP:127.0.0.1");
+    for (String name : names) {
+      san.append(",DNS:").append(name);
+    }
     Process openssl;
     try {
       openssl =
           new ProcessBuilder(
                   "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                   "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                  "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                  "-addext", san.toString(),
                   "-keyout", key.toString(), "-out", cert.toString())
               .redirectErrorStream(true)
               .redirectOutput(dir.resolve("openssl.log").toFile())
               .start();
     } catch (IOException e) {
       Assumptions.abort("no openssl to make a test certificate: " + e);
-      return;
+      return null;
     }
     assertTrue(openssl.waitFor(30, TimeUnit.SECONDS), "openssl finished");
     assertEquals(0, openssl.exitValue(), Files.readString(dir.resolve("openssl.log")));
-    try (Sidecar tls = Sidecar.start(SidecarOptions.defaults().withTls(cert, key));
+    return new Path[] {cert, key};
+  }
+
+  @Test
+  void tlsWithATrustedCertificate(@TempDir Path dir) throws Exception {
+    Path[] certificate = certificate(dir, "localhost");
+    try (Sidecar tls =
+            Sidecar.start(SidecarOptions.defaults().withTls(certificate[0], certificate[1]));
         Client trusted = tls.client()) {
       assertEquals(ServingStatus.SERVING, trusted.health());
       AreException e =
@@ -660,6 +674,84 @@ class SidecarTest extends WithSidecar {
                       Options.builder().connectTimeout(Duration.ofSeconds(5)).build()));
       assertEquals(Status.Code.UNAVAILABLE, e.code(), e.getMessage());
     }
+  }
+
+  /**
+   * The sidecar serves TLS on its Unix socket as on TCP. A {@code unix:} target has no host name,
+   * so the client checks the certificate for {@code localhost} (as gRPC's C-based clients do), or
+   * for {@code Options.serverName}. (The socket's path was the authority checked: no certificate
+   * names it, and TLS on a Unix socket could not connect.)
+   */
+  @Test
+  void tlsOnAUnixSocketChecksLocalhostOrTheServerName(@TempDir Path dir) throws Exception {
+    Path[] certificate = certificate(dir, "localhost", "sidecar.test");
+    // Its readiness check is a health call through tls.client(), checked for localhost.
+    try (Sidecar tls =
+            Sidecar.start(
+                SidecarOptions.defaults().withUds(true).withTls(certificate[0], certificate[1]));
+        Client trusted = tls.client()) {
+      assertTrue(tls.target().startsWith("unix:"), tls.target());
+      AreException e =
+          assertThrows(AreException.class, () -> trusted.workflow("wf-missing").get());
+      assertEquals(Status.Code.NOT_FOUND, e.code(), e.getMessage());
+      Options.Builder options =
+          Options.builder()
+              .tlsTrustedCertificates(certificate[0])
+              .connectTimeout(Duration.ofSeconds(10));
+      try (Client named =
+          Client.connect(tls.target(), options.serverName("sidecar.test").build())) {
+        assertEquals(ServingStatus.SERVING, named.health());
+      }
+      e =
+          assertThrows(
+              AreException.class,
+              () -> Client.connect(tls.target(), options.serverName("elsewhere.test").build()));
+      assertEquals(Status.Code.UNAVAILABLE, e.code(), e.getMessage());
+    }
+  }
+
+  /**
+   * A wait answers a workflow already closed even with a zero timeout (the first status may
+   * outlast a short timeout, as in the Python SDK); one still running is TIMEOUT. (A zero timeout
+   * was TIMEOUT before any status came.)
+   */
+  @Test
+  void aZeroTimeoutWaitAnswersAClosedWorkflow() {
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-zero-wait").task(new TaskBuilder("a", "java-nobody-serves")));
+    AreException e = assertThrows(AreException.class, () -> handle.await(Duration.ZERO));
+    assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code(), e.getMessage());
+    assertEquals("TIMEOUT", e.reason());
+    handle.cancel("done");
+    for (Duration wait : List.of(Duration.ZERO, Duration.ofNanos(1))) {
+      assertEquals(WorkflowState.WORKFLOW_STATE_CANCELLED, handle.await(wait).getState());
+    }
+    e = assertThrows(AreException.class, () -> handle.result(Duration.ZERO));
+    assertEquals("WORKFLOW_CANCELLED", e.reason(), e.getMessage());
+  }
+
+  /**
+   * Closing the client cancels its open event streams at once, as it does waits: a reader then
+   * gets CANCELLED, reason {@code CLIENT_CLOSED}. (Left open, a stream held close() for its 5 s
+   * grace, and the reader got the channel's shutdown as UNAVAILABLE.)
+   */
+  @Test
+  void closeCancelsTheClientsEventStreams() {
+    Client other = sidecar.client();
+    EventStream stream = other.streamEvents(null, 0L);
+    assertTrue(stream.next(WAIT).isPresent(), "the stream is open");
+    other.close();
+    AreException e =
+        assertThrows(
+            AreException.class,
+            () -> {
+              while (stream.next(WAIT).isPresent()) {
+                // what came before the close
+              }
+            });
+    assertEquals(Status.Code.CANCELLED, e.code(), e.getMessage());
+    assertEquals("CLIENT_CLOSED", e.reason(), e.getMessage());
   }
 
   @ParameterizedTest

@@ -20,7 +20,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  * sidecar byte for byte, counts them, and breaks them on demand ({@link #cutAll()}) or each one a
  * while after it opened ({@link #cutEachAfter}), or holds what the clients send (a link that
  * stalls: {@link #holdUpstream}), or what the sidecar sends ({@link #holdDownstream}), or passes
- * what the sidecar sends at a set rate (a slow link: {@link #paceDownstream}). Nothing of the
+ * what the sidecar or the clients send at a set rate (a slow link: {@link #paceDownstream},
+ * {@link #paceUpstream}). Nothing of the
  * sidecar is imitated.
  */
 final class TcpProxy implements AutoCloseable {
@@ -46,6 +47,9 @@ final class TcpProxy implements AutoCloseable {
 
   /** Bytes per second passed from the sidecar to the clients; 0: as fast as they come. */
   private volatile long downstreamRate;
+
+  /** Bytes per second passed from the clients to the sidecar; 0: as fast as they come. */
+  private volatile long upstreamRate;
 
   /** A proxy of {@code target} ({@code host:port}) on 127.0.0.1, on a free port. */
   TcpProxy(String target) throws IOException {
@@ -128,6 +132,14 @@ final class TcpProxy implements AutoCloseable {
     downstreamRate = bytesPerSecond;
   }
 
+  /**
+   * Passes what the clients send at no more than {@code bytesPerSecond} (0: no limit), in pieces of
+   * at most 16 KiB: a slow link for uploads.
+   */
+  void paceUpstream(long bytesPerSecond) {
+    upstreamRate = bytesPerSecond;
+  }
+
   private void accept() {
     while (!server.isClosed()) {
       Socket client;
@@ -171,7 +183,7 @@ final class TcpProxy implements AutoCloseable {
                 int n;
                 while ((n = in.read(buffer)) >= 0) {
                   awaitRelease(upstream);
-                  long rate = upstream ? 0 : downstreamRate;
+                  long rate = upstream ? upstreamRate : downstreamRate;
                   if (rate <= 0) {
                     out.write(buffer, 0, n);
                     out.flush();
