@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from google.protobuf import duration_pb2
 
@@ -544,6 +545,7 @@ class Cache:
         response = await self._raw.DeleteNamespace(cache_service_pb2.DeleteNamespaceRequest(namespace=name))
         return int(response.removed_count)
 
+    @overload
     async def get_or_call(
         self,
         namespace: str,
@@ -555,8 +557,35 @@ class Cache:
         ttl: timedelta | float | None = None,
         metadata: Mapping[str, str] | None = None,
         usage: CacheUsage | Callable[[T], CacheUsage] | None = None,
+    ) -> CachedResult[Any]: ...
+
+    @overload
+    async def get_or_call(
+        self,
+        namespace: str,
+        prompt: str,
+        call: Callable[[], T],
+        *,
+        vector: Sequence[float] | None = None,
+        threshold: float | None = None,
+        ttl: timedelta | float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        usage: CacheUsage | Callable[[T], CacheUsage] | None = None,
+    ) -> CachedResult[Any]: ...
+
+    async def get_or_call(
+        self,
+        namespace: str,
+        prompt: str,
+        call: Callable[[], Any],
+        *,
+        vector: Sequence[float] | None = None,
+        threshold: float | None = None,
+        ttl: timedelta | float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        usage: CacheUsage | Callable[[Any], CacheUsage] | None = None,
     ) -> CachedResult[Any]:
-        """Looks the prompt up; on a miss awaits ``call()`` and stores its result.
+        """Looks the prompt up; on a miss makes ``call()`` and stores its result.
 
         Concurrent calls of one client that ask the same question share one
         look-up and one ``call()``: the same namespace, the same prompt
@@ -588,13 +617,18 @@ class Cache:
             namespace: The namespace.
             prompt: The prompt (the cache key); it must not be blank, since
                 the answer is stored under it.
-            call: Any async LLM call; awaited only on a miss.
+            call: The LLM call, made only on a miss: an async function is
+                awaited; any other callable (a blocking client's call) runs
+                in a worker thread, so that it does not stall the event loop,
+                and an awaitable it returns (``lambda: llm(prompt)`` around
+                an async ``llm``) is then awaited.
             vector: The prompt's embedding, when you compute your own.
             threshold: The similarity a semantic hit needs.
             ttl: Time to live of a stored result.
             metadata: Metadata of a stored result.
             usage: Its tokens and cost, or a function computing them from the
-                call's result (as the call returned it).
+                call's result (as the call returned it), run in a worker
+                thread like a plain ``call``.
 
         Returns:
             The cached value (decoded) and the hit, or the call's result
@@ -655,13 +689,13 @@ class Cache:
         self,
         namespace: str,
         prompt: str,
-        call: Callable[[], Awaitable[T]],
+        call: Callable[[], Any],
         *,
         vector: Sequence[float] | None,
         threshold: float | None,
         ttl: timedelta | float | None,
         metadata: Mapping[str, str] | None,
-        usage: CacheUsage | Callable[[T], CacheUsage] | None,
+        usage: CacheUsage | Callable[[Any], CacheUsage] | None,
     ) -> CachedResult[Any]:
         try:
             hit = await self.lookup(namespace, prompt, vector=vector, threshold=threshold)
@@ -669,14 +703,14 @@ class Cache:
             # A cache down or busy must not become an LLM outage: the call answers, and its
             # answer is not stored (the sidecar is gone or shedding load).
             _log.warning(f"cache: {namespace!r} could not be looked up, so the call is made: {error}")
-            value = await call()
+            value = await _answer(call)
             try:
                 return CachedResult(value=decode_payload(encode_payload(value)))
             except TypeError:
                 return CachedResult(value=value)
         if hit is not None:
             return CachedResult(value=hit.value, hit=hit)
-        value = await call()
+        value = await _answer(call)
         try:
             # Encoded once, for the store and for the value returned: what a hit will return.
             payload = encode_payload(value)
@@ -685,7 +719,8 @@ class Cache:
             return CachedResult(value=value)
         returned = decode_payload(payload)
         try:
-            spent = usage(value) if callable(usage) else usage
+            # A function of the caller's, maybe blocking (a SyncClient's call): off the loop, like `call`.
+            spent = await asyncio.to_thread(usage, value) if callable(usage) else usage
             stored = await self.store(
                 namespace, prompt, payload, vector=vector, ttl=ttl, metadata=metadata, usage=spent
             )
@@ -701,8 +736,13 @@ class Cache:
         prompt: Callable[P, str],
         ttl: timedelta | float | None = None,
         usage: Callable[[Any], CacheUsage] | None = None,
-    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[Any]]]:
-        """A decorator caching an async function by the prompt its arguments make.
+    ) -> Callable[[Callable[P, Any]], Callable[P, Awaitable[Any]]]:
+        """A decorator caching a function by the prompt its arguments make.
+
+        The decorated function is async. An async function is awaited on a
+        miss; a plain (blocking) one runs in a worker thread, as in
+        :meth:`get_or_call`. On a ``SyncClient`` a decorated plain function
+        stays a plain one: calling it blocks until the answer is back.
 
         The decorated function returns what :meth:`get_or_call` returns as
         ``value``: the same on a miss as on a hit, i.e. the function's
@@ -716,21 +756,40 @@ class Cache:
         async def ask(question: str) -> str: ...
         """
 
-        def decorate(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[Any]]:
+        def decorate(function: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
             @functools.wraps(function)
             async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                result = await self.get_or_call(
-                    namespace,
-                    prompt(*args, **kwargs),
-                    lambda: function(*args, **kwargs),
-                    ttl=ttl,
-                    usage=usage,
-                )
+                # A partial of the function itself: _answer tells an async one from a plain one.
+                call = functools.partial(function, *args, **kwargs)
+                key = prompt(*args, **kwargs)
+                result = await self.get_or_call(namespace, key, call, ttl=ttl, usage=usage)
                 return result.value
 
             return wrapper
 
         return decorate
+
+
+def _is_async(call: Callable[..., Any]) -> bool:
+    """Whether calling ``call`` makes a coroutine: an async function, a partial of one, or such an object."""
+    method = getattr(type(call), "__call__", None)  # noqa: B004 - an object whose __call__ is async
+    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(method)
+
+
+async def _answer(call: Callable[[], Any]) -> Any:
+    """What ``call()`` answers: an async function awaited here, any other callable run in a worker thread.
+
+    A blocking LLM call made on the event loop stalled every other call of
+    the client (and, in a SyncClient, its other threads) for as long as it
+    took. An awaitable returned from the thread (a lambda around an async
+    call) is awaited here, on the loop it belongs to.
+    """
+    if _is_async(call):
+        return await call()
+    value = await asyncio.to_thread(call)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 # What decides a get_or_call's answer: namespace, normalised prompt, vector, threshold.

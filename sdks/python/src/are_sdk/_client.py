@@ -10,6 +10,7 @@ handles) on top.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -40,6 +41,35 @@ DEFAULT_KEEPALIVE = 30.0
 """Seconds of quiet on an open call before the client pings the sidecar."""
 DEFAULT_KEEPALIVE_TIMEOUT = 10.0
 """Seconds a keepalive ping waits for its answer before the connection is dropped."""
+DEFAULT_RECONNECT_WINDOW = 60.0
+"""Seconds a workflow wait keeps resuming while the sidecar does not answer, before it raises."""
+DEFAULT_TLS_SERVER_NAME = "localhost"
+"""The name a TLS certificate is checked against for a ``unix:`` target, which names no host."""
+
+# What the sidecar accepts as a bearer token (and a header value can carry): printable ASCII, no spaces.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _checked_token(token: str | None) -> str | None:
+    """The bearer token with surrounding whitespace (a token file's newline) stripped; None for none.
+
+    Raises:
+        ValueError: What remains is blank, or not printable ASCII without
+            spaces: grpc cannot send it in a header (every call failed with
+            a grpc internal error), and the sidecar refuses such tokens.
+    """
+    if token is None or token == "":
+        return None
+    stripped = token.strip()
+    if not stripped:
+        raise ValueError("`token` is blank; pass None to connect without one")
+    if not _TOKEN.fullmatch(stripped):
+        index, char = next((i, c) for i, c in enumerate(stripped) if not "\x21" <= c <= "\x7e")
+        raise ValueError(
+            f"`token` must be printable ASCII without spaces (the sidecar accepts [\\x21-\\x7e]+); "
+            f"it has {char!r} at index {index} (after stripping surrounding whitespace)"
+        )
+    return stripped
 
 
 class ServiceClient:
@@ -146,11 +176,13 @@ class Client:
         token: str | None,
         *,
         watch_channel: grpc.aio.Channel | None = None,
+        reconnect_window: float | None = DEFAULT_RECONNECT_WINDOW,
     ) -> None:
         self._target = target
         self._channel = channel
         self._watch_channel = watch_channel
         metadata: list[tuple[str, str]] = []
+        token = _checked_token(token)
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
@@ -158,7 +190,7 @@ class Client:
         self._closed = False
         self.raw = RawServices(channel, self._metadata, watch_channel=watch_channel, closed=self._is_closed)
         # The scheduler: workflows and approvals, pools, and two shortcuts.
-        self.workflows = Workflows(self.raw)
+        self.workflows = Workflows(self.raw, reconnect_window=reconnect_window)
         self.pools = Pools(self.raw)
         self.submit_workflow = self.workflows.submit
         self.get_workflow_handle = self.workflows.get_handle
@@ -185,12 +217,15 @@ class Client:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         keepalive: float = DEFAULT_KEEPALIVE,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        server_name: str | None = None,
+        reconnect_window: float | None = DEFAULT_RECONNECT_WINDOW,
     ) -> Self:
         """Opens a channel to a sidecar and waits until it is reachable.
 
         Args:
             target: ``host:port`` (TCP) or ``unix:PATH`` (a Unix socket).
-            token: The bearer token, when the sidecar was started with one.
+            token: The bearer token, when the sidecar was started with one;
+                surrounding whitespace (a token file's newline) is stripped.
             root_certificates: PEM roots to trust for TLS (implies ``tls``).
             tls: Use TLS with the system's roots when no roots are given.
             timeout: Seconds to wait for the channel to become ready.
@@ -201,21 +236,39 @@ class Client:
             keepalive_timeout: Seconds a ping waits for its answer; without
                 one the connection is closed and open calls fail with
                 UNAVAILABLE, so a worker notices a hung sidecar and reconnects.
+            server_name: With TLS, the name the sidecar's certificate is
+                checked against instead of the target's host (sent as the
+                call's authority too); ``"localhost"`` for a ``unix:`` target,
+                which names no host.
+            reconnect_window: Seconds a workflow handle's ``wait``,
+                ``result`` or ``watch`` keeps resuming its dropped stream
+                while the sidecar does not answer (a restart shorter than
+                this goes unnoticed); after it the call raises the
+                :class:`UnavailableError`. None resumes for as long as it takes.
 
         Raises:
             UnavailableError: The sidecar did not answer within ``timeout``.
             ValueError: ``keepalive`` is negative or between 0 and 1 second,
-                or ``keepalive_timeout`` is not positive.
+                ``keepalive_timeout`` or ``reconnect_window`` is not positive,
+                or ``token`` is not printable ASCII without spaces.
         """
         if keepalive < 0 or 0 < keepalive < 1 or not keepalive_timeout > 0:
             raise ValueError(
                 f"keepalive must be 0 (off) or at least 1 s and keepalive_timeout positive, "
                 f"got {keepalive!r} and {keepalive_timeout!r}"
             )
-        options = [
+        if reconnect_window is not None and not reconnect_window > 0:
+            raise ValueError(f"reconnect_window must be positive or None, got {reconnect_window!r}")
+        token = _checked_token(token)  # before any channel is opened: every call would fail
+        secure = tls or root_certificates is not None
+        if server_name is None and secure and target.startswith(("unix:", "unix-abstract:")):
+            server_name = DEFAULT_TLS_SERVER_NAME
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        if secure and server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         if keepalive:
             options += [
                 ("grpc.keepalive_time_ms", int(keepalive * 1000)),
@@ -229,7 +282,7 @@ class Client:
             ]
 
         def open_channel(*extra: tuple[str, int]) -> grpc.aio.Channel:
-            if tls or root_certificates is not None:
+            if secure:
                 credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
                 return grpc.aio.secure_channel(target, credentials, options=[*options, *extra])
             return grpc.aio.insecure_channel(target, options=[*options, *extra])
@@ -249,7 +302,7 @@ class Client:
         # Connected at the first wait (see the class docstring); a subchannel pool of its own
         # keeps grpc from putting both channels on one connection, as it does for equal ones.
         watch_channel = open_channel(("grpc.use_local_subchannel_pool", 1))
-        return cls(target, channel, token, watch_channel=watch_channel)
+        return cls(target, channel, token, watch_channel=watch_channel, reconnect_window=reconnect_window)
 
     @property
     def target(self) -> str:

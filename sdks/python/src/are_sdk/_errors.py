@@ -274,7 +274,9 @@ def call_errors(method: str, closed: Callable[[], bool]) -> Iterator[None]:
     :class:`ClientClosedError`. Closing the channel cancels the calls in
     flight, and grpc raises ``CancelledError`` in the tasks awaiting them,
     which nobody cancelled: a task group or an ``except Exception`` must see
-    an error there, not a cancellation. A real cancellation stays one.
+    an error there, not a cancellation. A real cancellation stays one. A grpc
+    error without a status (the call could not be sent at all) raises
+    :class:`InternalError` with code INTERNAL.
     """
     if closed():
         raise ClientClosedError(method)
@@ -282,6 +284,17 @@ def call_errors(method: str, closed: Callable[[], bool]) -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as error:
         raise error_from_rpc(error) from None
+    except grpc.aio.UsageError as error:
+        # grpc refuses a call on a channel closed under it: the client's own close, or a misuse.
+        if closed():
+            raise ClientClosedError(method) from None
+        raise InternalError(grpc.StatusCode.INTERNAL, f"{method}: grpc refused the call: {error}") from None
+    except grpc.aio.BaseError as error:
+        # The call failed before any status (grpc could not send it: an ExecuteBatchError,
+        # say); the sidecar never saw it, and no retry will change that.
+        raise InternalError(
+            grpc.StatusCode.INTERNAL, f"{method}: grpc could not make the call: {type(error).__name__}"
+        ) from error
     except asyncio.CancelledError:
         if closed_under_caller(closed):
             raise ClientClosedError(method) from None

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from are_sdk._errors import InvalidArgumentError, call_errors
+from are_sdk._errors import FieldViolation, InvalidArgumentError, call_errors
 from are_sdk._payload import BlobReference
 from are_sdk._proto.are.v1 import common_pb2, state_pb2, state_service_pb2
 
@@ -54,8 +54,52 @@ _CHUNK = 1024 * 1024
 _MISSING: Any = object()
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+def _dumps(value: Any, name: str = "", pointer: str = "") -> bytes:
+    """``value`` as compact UTF-8 JSON, for the patch argument ``name`` (at ``pointer`` in the document).
+
+    Raises:
+        InvalidArgumentError: A string (or key) holds a lone UTF-16 surrogate,
+            which UTF-8 cannot carry; the violation names where (a bare
+            UnicodeEncodeError said neither which value nor where).
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:
+        where, char = _surrogate_at(value, pointer) or (pointer, error.object[error.start])
+        raise InvalidArgumentError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the state value at {where or '/'!r} is not valid JSON text",
+            reason="INVALID_JSON",
+            field_violations=[
+                FieldViolation(
+                    name,
+                    f"the string at {where or '/'!r} has a lone UTF-16 surrogate {char!r}, "
+                    "which UTF-8 JSON cannot carry",
+                )
+            ],
+        ) from None
+
+
+def _surrogate_at(value: Any, pointer: str) -> tuple[str, str] | None:
+    """The JSON pointer of the first string or key in ``value`` with a lone surrogate, and that surrogate."""
+    if isinstance(value, str):
+        char = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+        return None if char is None else (pointer, char)
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        inner = f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
+        found = _surrogate_at(key, inner) if isinstance(key, str) else None
+        if found is None:
+            found = _surrogate_at(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
@@ -174,7 +218,9 @@ def _operations(
     set_values: Mapping[str, Any] | None, remove: Iterable[str]
 ) -> list[state_pb2.PatchOperation]:
     ops = [
-        state_pb2.PatchOperation(op=state_pb2.PATCH_OPERATION_TYPE_SET, path=path, value_json=_dumps(value))
+        state_pb2.PatchOperation(
+            op=state_pb2.PATCH_OPERATION_TYPE_SET, path=path, value_json=_dumps(value, f"set[{path!r}]", path)
+        )
         for path, value in (set_values or {}).items()
     ]
     ops += [state_pb2.PatchOperation(op=state_pb2.PATCH_OPERATION_TYPE_REMOVE, path=path) for path in remove]
@@ -437,7 +483,9 @@ class StateClient:
 
         Raises:
             VersionMismatchError: ``expected_version`` is not the latest.
-            InvalidArgumentError: neither or both forms given, or bad JSON/pointers.
+            InvalidArgumentError: neither or both forms given, or bad JSON/pointers
+                (a string with a lone UTF-16 surrogate is refused before the
+                call, the violation naming its path).
         """
         removes = list(remove)
         if (merge is None) == (set is None and not removes):
@@ -450,7 +498,7 @@ class StateClient:
             workflow_id=workflow_id, writer=writer, task_id=task_id, attempt=attempt
         )
         if merge is not None:
-            request.patch.merge_patch_json = _dumps(merge)
+            request.patch.merge_patch_json = _dumps(merge, "merge")
         else:
             request.patch.operations.operations.extend(_operations(set, removes))
         if expected_version is not None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from are_sdk._cache import Cache, CacheUsage
 from are_sdk._client import Client, RawServices, ServiceClient
 from are_sdk._errors import ClientClosedError
 
@@ -37,7 +40,27 @@ class _LoopThread:
         self._lock = threading.Lock()
         self._waits: set[concurrent.futures.Future[Any]] = set()  # calls other threads wait for
 
+    def refuse_own_thread(self, what: str) -> None:
+        """Raises RuntimeError when called on the loop's own thread, where a blocking call waits for itself.
+
+        Code the SDK runs for the caller (a ``get_or_call`` coroutine function)
+        runs there: a blocking call from it waited for the loop it was
+        holding, a deadlock of the whole client.
+        """
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError(
+                f"{what} was called on the SyncClient's own event loop thread (from code the SDK runs "
+                "there, such as a get_or_call coroutine function): it would wait "
+                "for itself forever. Use the async client there (await it), or make the function a "
+                "plain one: get_or_call runs those in a worker thread, where the SyncClient works."
+            )
+
     def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            self.refuse_own_thread("a SyncClient method")
+        except RuntimeError:
+            coroutine.close()
+            raise
         with self._lock:
             if self._stopping:
                 coroutine.close()
@@ -61,6 +84,7 @@ class _LoopThread:
                 self._waits.discard(future)
 
     def iterate(self, iterator: AsyncIterator[_T]) -> Iterator[_T]:
+        self.refuse_own_thread("a SyncClient iterator")
         try:
             while True:
                 try:
@@ -134,9 +158,50 @@ class _Blocking:
         return call
 
 
+class _BlockingCache(_Blocking):
+    """``SyncClient.cache``: the async cache's methods, blocking, and a decorator for plain functions."""
+
+    _target: Cache
+
+    def cached(
+        self,
+        namespace: str,
+        *,
+        prompt: Callable[..., str],
+        ttl: timedelta | float | None = None,
+        usage: Callable[[Any], CacheUsage] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """:meth:`Cache.cached`, where a decorated plain function stays a plain (blocking) one.
+
+        It runs in a worker thread of the client's loop on a miss (so it may
+        use this SyncClient); an async function is decorated as the async
+        client does it.
+        """
+        decorate = self._target.cached(namespace, prompt=prompt, ttl=ttl, usage=usage)  # makes no call
+        runner = self._runner
+
+        def blocking(function: Callable[..., Any]) -> Callable[..., Any]:
+            wrapper = decorate(function)
+            if inspect.iscoroutinefunction(function):
+                return wrapper
+
+            @functools.wraps(function)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                async def answer() -> Any:
+                    return await wrapper(*args, **kwargs)
+
+                return runner.run(answer())
+
+            return call
+
+        return blocking
+
+
 def _wrap(value: Any, runner: _LoopThread) -> Any:
     if isinstance(value, AsyncIterator):
         return runner.iterate(value)
+    if isinstance(value, Cache):
+        return _BlockingCache(value, runner)
     if _has_async_api(type(value)):
         return _Blocking(value, runner)
     return value  # plain values (records, enums, exceptions) pass through untouched
@@ -197,6 +262,7 @@ class SyncClient:
 
     def close(self) -> None:
         """Closes the channel and stops the private event loop."""
+        self._runner.refuse_own_thread("SyncClient.close")
         try:
             self._runner.run(self._client.close())
         finally:

@@ -23,7 +23,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import grpc
+
 from are_sdk._errors import (
+    DeadlineExceededError,
     FieldViolation,
     InvalidArgumentError,
     ResourceExhaustedError,
@@ -55,6 +58,10 @@ __all__ = ["Pools", "WorkflowHandle", "Workflows"]
 # How long a dropped watch waits before resuming, growing to the maximum.
 _RESUME_INITIAL_DELAY = 0.05
 _RESUME_MAX_DELAY = 2.0
+# The longest one probe of a silent sidecar waits (see WorkflowHandle._until_answering).
+_PROBE_TIMEOUT = 5.0
+# The longest the first status of a wait may outlast its timeout: wait(timeout=0) answers a closed workflow.
+_FIRST_STATUS_TIMEOUT = 5.0
 _PAGE_SIZE = 1000
 _CLOSED_STATES = frozenset(int(s) for s in WorkflowState if s.closed)
 
@@ -106,10 +113,18 @@ class WorkflowHandle:
         deduplicated: True when the submit matched an earlier ``request_id``.
     """
 
-    def __init__(self, raw: Any, workflow_id: str, *, deduplicated: bool = False) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        workflow_id: str,
+        *,
+        deduplicated: bool = False,
+        reconnect_window: float | None = None,
+    ) -> None:
         self._raw = raw
         self.workflow_id = workflow_id
         self.deduplicated = deduplicated
+        self._reconnect_window = reconnect_window
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
@@ -130,7 +145,9 @@ class WorkflowHandle:
 
         The first update is the current status (unless ``after_sequence`` asks
         for a replay); the last one has a closed state. A dropped stream is
-        resumed from the last sequence received, so no change is missed.
+        resumed from the last sequence received, so no change is missed, as
+        long as the sidecar answers again within the client's
+        ``reconnect_window`` (see :meth:`Client.connect <are_sdk.Client.connect>`).
 
         Args:
             include_tasks: Also carry the task that changed in each update;
@@ -139,6 +156,8 @@ class WorkflowHandle:
 
         Raises:
             NotFoundError: No such workflow.
+            UnavailableError: The stream dropped and the sidecar did not
+                answer again within the reconnect window.
         """
         async for response in self._watch_raw(include_tasks=include_tasks, after_sequence=after_sequence):
             yield WorkflowUpdate.from_proto(response)
@@ -163,25 +182,82 @@ class WorkflowHandle:
                     if response.workflow.state in _CLOSED_STATES:
                         return
             except (UnavailableError, RpcCancelledError, ResourceExhaustedError, InvalidArgumentError) as e:
+                dropped = asyncio.get_running_loop().time()
                 wait = _resume_wait(e, delay, resumed=resumed)
                 if wait is None:
                     cursor, resumed = None, False
                     continue
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, _RESUME_MAX_DELAY)
+                if isinstance(e, UnavailableError | RpcCancelledError):
+                    await self._until_answering(e, since=dropped)
+
+    async def _until_answering(self, error: RpcError, *, since: float) -> None:
+        """Returns once the sidecar answers a call again; raises when it stays silent for the window.
+
+        A resumed watch can be silent for hours (a cursor with nothing after
+        it), so its opening proves nothing: a unary GetWorkflow on the same
+        connection does. Against a hung sidecar (a stopped process, a frozen
+        VM) every attempt failed and the watch resumed forever; now, once
+        ``reconnect_window`` seconds have passed since the drop, the last
+        UNAVAILABLE is raised. A restart within the window goes unnoticed.
+
+        Args:
+            error: What dropped the watch (UNAVAILABLE or CANCELLED).
+            since: When (the loop's clock) it dropped.
+        """
+        window = self._reconnect_window
+        if window is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = since + window
+        last = error
+        delay = _RESUME_INITIAL_DELAY
+        request = pb.GetWorkflowRequest(workflow_id=self.workflow_id)
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                await self._raw.watches.GetWorkflow(request, timeout=min(remaining, _PROBE_TIMEOUT))
+            except (UnavailableError, RpcCancelledError, DeadlineExceededError) as probe:
+                last = probe if isinstance(probe, UnavailableError) else last
+            except RpcError:
+                return  # it answered; the watch meets the error itself
+            else:
+                return
+            await asyncio.sleep(min(random.uniform(0, delay), max(0.0, deadline - loop.time())))  # noqa: S311
+            delay = min(delay * 2, _RESUME_MAX_DELAY)
+        if isinstance(last, UnavailableError):
+            raise last
+        raise UnavailableError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"WatchWorkflow: the sidecar has not answered for {window:g}s (the reconnect window) "
+            f"since the stream dropped ({last.code.name}: {last.message})",
+        )
 
     async def wait(self, *, timeout: float | None = None) -> WorkflowDescription:
         """Waits until the workflow closes, whatever the outcome, and returns its status.
 
+        Args:
+            timeout: Seconds to wait; None waits as long as it takes. The
+                first status is read whatever the timeout (for up to 5 s),
+                so ``timeout=0`` returns a workflow already closed.
+
         Raises:
             WaitTimeoutError: It did not close within ``timeout`` seconds.
+            UnavailableError: The sidecar stopped answering for longer than
+                the client's ``reconnect_window``.
         """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # asyncio.timeout(0) cancelled the watch before its first status: even a closed
+        # workflow "did not close within 0s". The first status may outlast a short timeout.
+        first_deadline = None if deadline is None else max(deadline, loop.time() + _FIRST_STATUS_TIMEOUT)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(first_deadline) as scope:
                 # Only the closing status is decoded: a long workflow sends many.
                 async for response in self._watch_raw():
                     if response.workflow.state in _CLOSED_STATES:
                         return WorkflowDescription.from_proto(response.workflow)
+                    scope.reschedule(deadline)
         except TimeoutError:
             raise WaitTimeoutError(
                 f"workflow {self.workflow_id} did not close within {timeout:g}s"
@@ -198,12 +274,15 @@ class WorkflowHandle:
         fetched from the blob store and decoded the same way.
 
         Args:
-            timeout: Seconds to wait; None waits as long as it takes.
+            timeout: Seconds to wait; None waits as long as it takes. A
+                workflow already closed is answered even with ``timeout=0``.
 
         Raises:
             WorkflowFailedError: The workflow closed FAILED or CANCELLED.
             WaitTimeoutError: It did not close within ``timeout``.
             NotFoundError: No such workflow.
+            UnavailableError: The sidecar stopped answering for longer than
+                the client's ``reconnect_window``.
         """
         workflow = await self.wait(timeout=timeout)
         if workflow.state is not WorkflowState.COMPLETED:
@@ -380,8 +459,9 @@ async def spawn_tasks(
 class Workflows:
     """``client.workflows``: submit, list and open workflows; list approval gates."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, *, reconnect_window: float | None = None) -> None:
         self._raw = raw
+        self._reconnect_window = reconnect_window
 
     async def submit(self, spec: WorkflowSpec | Any, *, request_id: str | None = None) -> WorkflowHandle:
         """Submits a workflow and returns its handle at once, without waiting for any task.
@@ -404,11 +484,16 @@ class Workflows:
         response = await self._raw.scheduler.SubmitWorkflow(
             pb.SubmitWorkflowRequest(spec=_spec_message(spec), request_id=request_id or "")
         )
-        return WorkflowHandle(self._raw, response.workflow_id, deduplicated=response.deduplicated)
+        return WorkflowHandle(
+            self._raw,
+            response.workflow_id,
+            deduplicated=response.deduplicated,
+            reconnect_window=self._reconnect_window,
+        )
 
     def get_handle(self, workflow_id: str) -> WorkflowHandle:
         """Returns a handle on an existing workflow (no call is made)."""
-        return WorkflowHandle(self._raw, workflow_id)
+        return WorkflowHandle(self._raw, workflow_id, reconnect_window=self._reconnect_window)
 
     async def get(self, workflow_id: str) -> WorkflowDescription:
         """Returns a workflow's status.

@@ -34,6 +34,8 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from are_sdk._client import DEFAULT_TLS_SERVER_NAME
+
 __all__ = ["SidecarProcess", "SidecarStartError"]
 
 
@@ -81,6 +83,7 @@ class SidecarProcess:
         token: str | None = None,
         command: Sequence[str] | None = None,
         root_certificates: bytes | None = None,
+        server_name: str | None = None,
         timeout: float = 30.0,
     ) -> Self:
         """Starts a sidecar and blocks until its health check says SERVING.
@@ -94,6 +97,9 @@ class SidecarProcess:
             token: Require this bearer token (passed through ``ARE_TOKEN``).
             command: The command that runs the sidecar, before ``serve``.
             root_certificates: PEM roots to check a TLS sidecar's health with.
+            server_name: The name its TLS certificate is checked against
+                instead of the target's host; ``"localhost"`` for a Unix
+                socket (as in ``Client.connect``).
             timeout: Seconds to wait for SERVING.
 
         Raises:
@@ -124,7 +130,7 @@ class SidecarProcess:
         deadline = time.monotonic() + timeout
         try:
             target = _wait_ready_file(ready_file, deadline, process, log_path)
-            _wait_serving(target, deadline, process, log_path, root_certificates)
+            _wait_serving(target, deadline, process, log_path, (root_certificates, server_name))
         except BaseException:
             if process.poll() is None:
                 process.kill()
@@ -215,12 +221,17 @@ def _wait_serving(
     deadline: float,
     process: subprocess.Popen[bytes],
     log_path: Path,
-    root_certificates: bytes | None,
+    tls: tuple[bytes | None, str | None],
 ) -> None:
+    root_certificates, server_name = tls  # PEM roots (None: plaintext) and the name to check
     if root_certificates is None:
         channel = grpc.insecure_channel(target)
     else:
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        if server_name is None and target.startswith("unix:"):
+            server_name = DEFAULT_TLS_SERVER_NAME
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        credentials = grpc.ssl_channel_credentials(root_certificates)
+        channel = grpc.secure_channel(target, credentials, options=options)
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
