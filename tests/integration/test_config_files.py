@@ -36,9 +36,11 @@ class ServeRun:
 def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> ServeRun:
     """Runs ``are serve ARGS``; one that gets as far as serving is stopped at once with SIGTERM."""
     ready = tmp_path / "ready.json"
+    ready.unlink(missing_ok=True)
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
     child_env.update(env or {})
-    argv = [sys.executable, "-m", "sidecar", "serve", "--ready-file", str(ready), *args]
+    given = "--ready-file" in args or "ARE_READY_FILE" in child_env  # a test of the option itself
+    argv = [sys.executable, "-m", "sidecar", "serve", *([] if given else ["--ready-file", str(ready)]), *args]
     log_path = tmp_path / "sidecar.log"  # a file, not a pipe: a full pipe would stall the child
     with (
         log_path.open("w") as log,

@@ -10,10 +10,6 @@ traceback.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,45 +17,9 @@ import pytest
 from are_sdk import Client, UnauthenticatedError
 from are_sdk._proto.are.v1 import cache_service_pb2
 from are_sdk.testing import SidecarProcess
+from tests.integration.test_config_files import serve
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class Ended:
-    """How an ``are serve`` run ended: its status, its log, and whether it got as far as serving."""
-
-    def __init__(self, returncode: int, log: str, served: bool) -> None:
-        self.returncode = returncode
-        self.log = log
-        self.served = served
-
-
-def _serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Ended:
-    """Runs ``are serve ARGS`` on 127.0.0.1; one that gets as far as serving is stopped with SIGTERM."""
-    ready = tmp_path / "ready.json"
-    ready.unlink(missing_ok=True)
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("ARE_")}
-    child_env.update(env or {})
-    argv = [sys.executable, "-m", "sidecar", "serve", "--listen", "127.0.0.1:0", *args]
-    if "--ready-file" not in args and "ARE_READY_FILE" not in child_env:
-        argv += ["--ready-file", str(ready)]
-    log_path = tmp_path / "sidecar.log"  # a file, not a pipe: a full pipe would stall the child
-    with (
-        log_path.open("w") as log,
-        subprocess.Popen(argv, stdout=log, stderr=log, env=child_env, cwd=tmp_path) as child,
-    ):
-        deadline = time.monotonic() + 60.0
-        while child.poll() is None and not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        served = ready.exists()
-        if child.poll() is None:
-            child.terminate()
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    return Ended(child.returncode, log_path.read_text(errors="replace"), served)
 
 
 async def _token_works(sidecar: SidecarProcess, token: str) -> bool:
@@ -107,13 +67,13 @@ def test_a_token_no_client_can_send_exits_2_naming_its_source(tmp_path: Path, ho
     config.write_text(f"token_file = {str(token_file)!r}\n")
     data = ["--data-dir", str(tmp_path / "data")]
     if how == "env":
-        ended = _serve(tmp_path, *data, env={"ARE_TOKEN": secret})
+        ended = serve(tmp_path, "--listen", "127.0.0.1:0", *data, env={"ARE_TOKEN": secret})
     elif how == "flag":
-        ended = _serve(tmp_path, *data, "--token-file", str(token_file))
+        ended = serve(tmp_path, "--listen", "127.0.0.1:0", *data, "--token-file", str(token_file))
     else:
-        ended = _serve(tmp_path, *data, "--config", str(config))
+        ended = serve(tmp_path, "--listen", "127.0.0.1:0", *data, "--config", str(config))
     assert ended.returncode == 2, ended.log[-2000:]
-    assert not ended.served
+    assert ended.ready is None
     assert named in ended.log
     assert "printable ASCII" in ended.log
     assert secret not in ended.log
@@ -124,13 +84,13 @@ def test_a_token_no_client_can_send_exits_2_naming_its_source(tmp_path: Path, ho
 def test_a_ready_file_in_a_missing_folder_exits_2_before_anything_is_opened(tmp_path: Path) -> None:
     missing = tmp_path / "missing" / "ready.json"
     data = ["--data-dir", str(tmp_path / "data")]
-    ended = _serve(tmp_path, *data, "--ready-file", str(missing))
+    ended = serve(tmp_path, "--listen", "127.0.0.1:0", *data, "--ready-file", str(missing))
     assert ended.returncode == 2, ended.log[-2000:]
     assert "--ready-file" in ended.log
     assert str(missing.parent) in ended.log
     assert "Traceback" not in ended.log
     assert not (tmp_path / "data").exists()  # refused before the data folder was opened
-    ended = _serve(tmp_path, *data, env={"ARE_READY_FILE": str(missing)})
+    ended = serve(tmp_path, "--listen", "127.0.0.1:0", *data, env={"ARE_READY_FILE": str(missing)})
     assert ended.returncode == 2, ended.log[-2000:]
     assert "ARE_READY_FILE" in ended.log
     assert not (tmp_path / "data").exists()
@@ -147,9 +107,9 @@ def test_a_damaged_lmdb_environment_exits_1_in_one_line_naming_the_folder(
         mdb.mkdir()
     else:
         mdb.write_bytes(b"not an LMDB file\n" * 256)
-    ended = _serve(tmp_path, "--data-dir", str(data))
+    ended = serve(tmp_path, "--listen", "127.0.0.1:0", "--data-dir", str(data))
     assert ended.returncode == 1, ended.log[-2000:]
-    assert not ended.served
+    assert ended.ready is None
     assert "Traceback" not in ended.log, ended.log[-2000:]
     errors = [line for line in ended.log.splitlines() if "ERROR" in line]
     assert len(errors) == 1, ended.log[-2000:]
