@@ -681,10 +681,18 @@ class SchedulerCapability(Capability):
         """
         await self.engine.start()
         for wf_id in self.engine.unfinished_deletes():
-            with self.wiring.deleting(wf_id):
-                freed = await self.engine.delete(
-                    wf_id, before_rows=functools.partial(self.wiring.delete_state, wf_id)
+            try:
+                with self.wiring.deleting(wf_id):
+                    freed = await self.engine.delete(
+                        wf_id, before_rows=functools.partial(self.wiring.delete_state, wf_id)
+                    )
+            except Exception:  # noqa: BLE001 - never a reason not to start: it reads as gone meanwhile
+                _log.warning(
+                    "could not finish a delete a stop cut short; a DeleteWorkflow of it will",
+                    extra={"fields": {"workflow_id": wf_id}},
+                    exc_info=True,
                 )
+                continue
             _log.info(
                 "finished a delete a stop cut short",
                 extra={"fields": {"workflow_id": wf_id, "freed_bytes": freed}},
