@@ -284,3 +284,9 @@ async def test_a_lone_surrogate_in_a_state_value_is_refused_naming_its_path(clie
     [violation] = caught.value.field_violations
     assert violation.field == "set['/notes']"
     assert "'/notes/a~1b'" in violation.description
+
+
+@pytest.mark.parametrize("window", [0.0, -1.0, float("nan")])
+async def test_a_reconnect_window_not_positive_is_refused_before_anything_opens(window: float) -> None:
+    with pytest.raises(ValueError, match="reconnect_window"):
+        await Client.connect("127.0.0.1:1", reconnect_window=window)  # no sidecar needed: refused first
