@@ -62,7 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -240,13 +240,18 @@ class Wiring:
         if state is None:
             return None
 
-        def stage(batch: Batch, workflow_id: str) -> None:
+        def stage(batch: Batch, workflow_id: str) -> Callable[[], None]:
+            deferred: list[Callable[[], None]] = []
             try:
-                state.engine.stage_initial(batch, workflow_id, document, retention=retention)
+                state.engine.stage_initial(
+                    batch, workflow_id, document, retention=retention, deferred=deferred
+                )
             except st.VersionMismatchError:
                 raise WorkflowExistsError(f"workflow {workflow_id!r} already has a state document") from None
             except st.StateError as error:
                 raise state_spec_error(error, "spec.initial_state.data") from None
+            (record,) = deferred
+            return record  # its STATE_PATCHED, recorded after the submit's WORKFLOW_SUBMITTED
 
         return stage
 

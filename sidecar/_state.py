@@ -233,6 +233,7 @@ class _StateEngine(StateEngine):
         *,
         writer: str = "submit",
         retention: Retention | None = None,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> PatchResult:
         """Stages version 1 (:meth:`StateEngine.stage_initial`); refused while the id's fork is unsettled.
 
@@ -243,7 +244,9 @@ class _StateEngine(StateEngine):
             raise VersionMismatchError(
                 f"workflow {workflow_id!r} is the target of a fork not yet settled", expected=0, current=1
             )
-        return super().stage_initial(batch, workflow_id, document_json, writer=writer, retention=retention)
+        return super().stage_initial(
+            batch, workflow_id, document_json, writer=writer, retention=retention, deferred=deferred
+        )
 
 
 class StateCapability(Capability):

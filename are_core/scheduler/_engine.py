@@ -1241,13 +1241,15 @@ class Scheduler:
         *,
         request_id: str = "",
         request_hash: str = "",
-        stage: Callable[[Batch, str], None] | None = None,
+        stage: Callable[[Batch, str], Callable[[], None] | None] | None = None,
     ) -> tuple[WorkflowRecord, bool]:
         """Validates, stores and starts a workflow; returns it and whether it was deduplicated.
 
         ``stage(batch, workflow_id)``, when given, adds the caller's rows (the
         initial state document) to the submit's batch once the spec is valid;
-        if it raises, nothing is stored and the error propagates.
+        if it raises, nothing is stored and the error propagates. What it
+        returns, if anything, runs once WORKFLOW_SUBMITTED is recorded, to
+        record the rows' own events after it (it must not raise).
 
         Raises:
             SpecError: a bad spec (nothing stored).
@@ -1288,8 +1290,7 @@ class Scheduler:
         wf_id = spec.workflow_id or _new_id("wf_")
         self._check_new_id(wf_id)
         rows = _encode_specs(spec.tasks, default_pool, "spec.tasks")  # before anything is staged
-        if stage is not None:
-            stage(self._t().batch, wf_id)
+        after_submitted = stage(self._t().batch, wf_id) if stage is not None else None
         now = self._clock()
         trace_id, parent_span = _parse_traceparent(spec.traceparent)
         rec = WorkflowRecord(
@@ -1335,6 +1336,8 @@ class Scheduler:
                 **({"are.parent_span_id": rec.parent_span_id} if rec.parent_span_id else {}),
             },
         )
+        if after_submitted is not None:
+            after_submitted()
         self._at(rec.deadline_ns, "deadline", w, 0)
         for task in w.order:
             if not task.deps:

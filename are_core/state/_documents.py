@@ -533,13 +533,18 @@ class StateEngine:
         events_out: list[Event] | None = None,
         then_operations: Sequence[PatchOp] = (),
         retention: Retention | None = None,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> PatchResult:
         """Add a patch's mutations to ``batch``; call under :meth:`locked` and then commit it.
 
         ``then_operations`` are applied after the patch in the same version
         (the scheduler's ``output_state_pointer`` write after a completion's
         patch); ``retention`` is the document's own retention when this
-        patch creates it.
+        patch creates it. With ``deferred``, the STATE_PATCHED event and the
+        version row that names its sequence are left to a callable appended
+        there, which the caller must run before the batch commits: a submit
+        records its WORKFLOW_SUBMITTED first, so the trace shows the workflow
+        before its first state.
         """
         if (merge_patch is None) == (operations is None):
             raise InvalidStateArgumentError(
@@ -596,28 +601,36 @@ class StateEngine:
                 if merge_patch is not None
                 else sum(len(op.path) + len(op.value_json) for op in operations or ())
             ) + sum(len(op.path) + len(op.value_json) for op in then_operations)
-            sequence = self._record_event(
-                batch,
-                workflow_id=workflow_id,
-                task_id=task_id,
-                attempt=attempt,
-                version=version,
-                writer=writer,
-                patch_bytes=patch_bytes,
-                events_out=events_out,
-            )
             changed = [mhash for mhash, _ in rows]
-            version_record = VersionRecord(
-                version=version,
-                create_time_ns=now,
-                writer=writer,
-                task_id=task_id,
-                attempt=attempt,
-                size_bytes=new_head.size_bytes,
-                event_sequence=sequence,
-                changed=changed,
-            )
-            batch.put(VERSIONS, prefix + u64_key(version), _encode(version_record))
+            size_bytes = new_head.size_bytes
+
+            def record_version() -> None:
+                sequence = self._record_event(
+                    batch,
+                    workflow_id=workflow_id,
+                    task_id=task_id,
+                    attempt=attempt,
+                    version=version,
+                    writer=writer,
+                    patch_bytes=patch_bytes,
+                    events_out=events_out,
+                )
+                version_record = VersionRecord(
+                    version=version,
+                    create_time_ns=now,
+                    writer=writer,
+                    task_id=task_id,
+                    attempt=attempt,
+                    size_bytes=size_bytes,
+                    event_sequence=sequence,
+                    changed=changed,
+                )
+                batch.put(VERSIONS, prefix + u64_key(version), _encode(version_record))
+
+            if deferred is None:
+                record_version()
+            else:
+                deferred.append(record_version)
             new_head = self._stage_prune(view, batch, prefix, new_head, written=set(changed), now=now)
             batch.put(HEADS, workflow_id.encode(), _encode(new_head))
         return PatchResult(version=version, update_time_ns=now)
@@ -701,11 +714,13 @@ class StateEngine:
         *,
         writer: str = "submit",
         retention: Retention | None = None,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> PatchResult:
         """Stage version 1 of a new workflow's document (for SubmitWorkflow's batch).
 
         ``retention`` (keep_versions 0 / keep_seconds negative: the default)
-        is the workflow's own, recorded in the same head row.
+        is the workflow's own, recorded in the same head row; ``deferred`` is
+        :meth:`stage_patch`'s.
 
         Raises:
             InvalidJsonError: not JSON, or not an object.
@@ -721,6 +736,7 @@ class StateEngine:
             expected_version=0,
             writer=writer,
             retention=retention,
+            deferred=deferred,
         )
 
     def stage_retention(self, batch: Batch, workflow_id: str, retention: Retention) -> None:

@@ -246,6 +246,10 @@ async def test_a_workers_traceparent_names_the_exported_attempt_span(receiver: t
     spans = collector.of_trace(trace_id)
     names = sorted(span.name for span in spans)
     assert names == ["chat test-model", "chat test-model", "task a", "task b", "workflow otlp-e2e"]
+    # The submit's state version 1 is an event of the workflow span, not dropped for coming first.
+    (root,) = [s for s in spans if s.name == "workflow otlp-e2e"]
+    patched = [e for e in root.events if e.name == "are.state_patched"]
+    assert [{a.key: a.value.int_value for a in e.attributes}["are.state.version"] for e in patched] == [1]
     for task_id in ("a", "b"):
         version, trace_hex, span_hex, _ = seen[task_id].split("-")
         assert version == "00"

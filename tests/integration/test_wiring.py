@@ -108,6 +108,18 @@ async def test_initial_state_is_version_1_with_the_workflows_own_retention(clien
     assert values == {"/plan/steps": [1, 2], "/n": 0}
     got = await client.raw.scheduler.GetWorkflow(s.GetWorkflowRequest(workflow_id=wid))
     assert got.workflow.state_version == 1
+    # The trace shows the workflow before its first state, and version 1 names that event.
+    events = await client.raw.trace.ListEvents(
+        trace_service_pb2.ListEventsRequest(filter=event_pb2.EventFilter(workflow_ids=[wid]))
+    )
+    first, second = events.events[:2]
+    assert (first.event_type, second.event_type) == (
+        event_pb2.EVENT_TYPE_WORKFLOW_SUBMITTED,
+        event_pb2.EVENT_TYPE_STATE_PATCHED,
+    )
+    checkpoints = await client.raw.state.ListCheckpoints(ss.ListCheckpointsRequest(workflow_id=wid))
+    (initial,) = checkpoints.checkpoints
+    assert initial.event_sequence == second.sequence
     for n in range(1, 5):
         await client.raw.state.PatchState(
             ss.PatchStateRequest(
