@@ -24,12 +24,13 @@ import ipaddress
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ import msgspec
 import yaml
 from google.protobuf import json_format
 from rich.console import Console, RenderableType
+from rich.json import JSON
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
@@ -60,6 +62,7 @@ from are_sdk._proto.are.v1 import (
     common_pb2,
     event_pb2,
     scheduler_service_pb2,
+    state_service_pb2,
     task_pb2,
     trace_service_pb2,
     workflow_pb2,
@@ -387,7 +390,22 @@ def _print_rpc_error(error: RpcError) -> None:
 
 def register_client_commands(group: click.Group) -> None:
     """Adds the client commands to the ``are`` group."""
-    for command in (submit, status, trace, events, approve, reject, pools, cache, agents, route):
+    for command in (
+        submit,
+        status,
+        trace,
+        events,
+        workflows,
+        cancel,
+        approve,
+        reject,
+        approvals,
+        state,
+        pools,
+        cache,
+        agents,
+        route,
+    ):
         group.add_command(command)
 
 
@@ -1077,9 +1095,13 @@ def _add_flat(
 
 def _state_counts(tasks: list[task_pb2.Task]) -> Text:
     """One line: how many tasks there are, and how many in each state."""
-    counts = collections.Counter(task.state for task in tasks)
-    line = Text(f"{len(tasks)} task{'' if len(tasks) == 1 else 's'}")
-    for index, state in enumerate(sorted(counts)):
+    return _counts_line(collections.Counter(task.state for task in tasks), len(tasks))
+
+
+def _counts_line(counts: Mapping[int, int], total: int) -> Text:
+    """One line: ``total`` tasks, and how many in each state (``TaskState`` values) that has any."""
+    line = Text(f"{total} task{'' if total == 1 else 's'}")
+    for index, state in enumerate(sorted(s for s in counts if counts[s])):
         name = _enum_name(task_pb2.TaskState, state, "TASK_STATE_")
         line.append(": " if index == 0 else ", ")
         line.append(f"{counts[state]} ")
@@ -1176,6 +1198,483 @@ async def reject(client: Client, workflow_id: str, task_id: str, *, approver: st
         approver=approver,
         comment=comment,
     )
+
+
+# workflows / cancel / approvals
+
+
+_LIST_LIMIT = 100  # rows `workflows`, `approvals` and `state --history` show by default
+_LIST_LIMIT_MAX = 10_000  # rows they show at most
+_MAX_PAGES = 10_000  # pages a listing reads at most, should a server return empty pages with a token
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_WORKFLOW_STATE_NAMES = tuple(
+    name.removeprefix("WORKFLOW_STATE_").lower()
+    for name in workflow_pb2.WorkflowState.keys()  # noqa: SIM118 - protobuf enum wrapper
+    if name != "WORKFLOW_STATE_UNSPECIFIED"
+)
+
+
+def _limit_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, _LIST_LIMIT_MAX),
+        default=None,
+        help=f"Show at most N {what} (default {_LIST_LIMIT}, at most {_LIST_LIMIT_MAX:,}); "
+        "a note on stderr says when more remain.",
+        metavar="N",
+    )
+
+
+def _json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def _check_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    del ctx, param
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, label = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint="--label")
+        if key in labels and labels[key] != label:
+            raise click.BadParameter(f"{key!r} is given twice, with different values", param_hint="--label")
+        labels[key] = label
+    return labels
+
+
+def _check_moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """A ``--created-*`` value: an ISO 8601 date or time (local unless it says), or an age such as ``2h``."""
+    del ctx
+    if value is None:
+        return None
+    ago = _AGO.fullmatch(value.strip())
+    if ago:
+        return datetime.now(UTC) - timedelta(seconds=float(ago[1]) * _AGO_UNITS[ago[2]])
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO 8601 date or time (2025-06-01, 2025-06-01T12:00:00Z) or an age "
+            f"such as 90s, 30m, 2h or 7d, got {value!r}",
+            param=param,
+        ) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _format_moment(timestamp: Any) -> str:
+    """A Timestamp as local date and time to the second, or ``-`` when unset."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return "-"
+    moment = datetime.fromtimestamp(timestamp.seconds + timestamp.nanos / 1e9, tz=UTC).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _format_age(seconds: float) -> str:
+    """A duration as :func:`_format_duration` writes it, in days and hours from two days on."""
+    if seconds < 2 * 86400:
+        return _format_duration(seconds)
+    days, rest = divmod(int(seconds), 86400)
+    return f"{days}d{rest // 3600:02d}h"
+
+
+def _print_json_line(message: Any) -> None:
+    """Prints a protobuf message on stdout as one line of JSON (its proto JSON mapping)."""
+    _write_line(json.dumps(json_format.MessageToDict(message), ensure_ascii=False))
+
+
+def _write_line(text: str) -> None:
+    """Writes ``text`` and a newline on stdout as it is: no markup, no wrapping, no colour."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def _first_items(
+    call: Callable[[Any], Awaitable[Any]], request: Any, field: str, limit: int, page_max: int
+) -> tuple[list[Any], bool]:
+    """The first ``limit`` items of a paged listing, following page tokens, and whether more remain.
+
+    Each page asks for one item more than is still wanted (at most
+    ``page_max``), so that a listing of exactly ``limit`` items is not
+    reported as cut short.
+    """
+    items: list[Any] = []
+    for _ in range(_MAX_PAGES):
+        request.page_size = min(page_max, limit + 1 - len(items))
+        page = await call(request)
+        items.extend(getattr(page, field))
+        if len(items) > limit:
+            return items[:limit], True
+        if not page.next_page_token:
+            return items, False
+        request.page_token = page.next_page_token
+    return items, True
+
+
+def _tasks_cell(counts: workflow_pb2.TaskCounts) -> Text:
+    """A workflow's tasks in a cell: how many of how many are done, and those running, waiting or failed."""
+    done = counts.completed + counts.failed + counts.skipped + counts.rejected + counts.cancelled
+    cell = Text(f"{done}/{counts.total}")
+    for number, what, style in (
+        (counts.running, "running", "cyan"),
+        (counts.awaiting_approval, "awaiting approval", "magenta"),
+        (counts.failed + counts.rejected, "failed", "red"),
+    ):
+        if number:
+            cell.append(", ")
+            cell.append(f"{number} {what}", style=style)
+    return cell
+
+
+def _task_counts(counts: workflow_pb2.TaskCounts) -> Mapping[int, int]:
+    """A workflow's TaskCounts as a count per ``TaskState`` value."""
+    return {
+        task_pb2.TaskState.Value("TASK_STATE_" + field.name.upper()): getattr(counts, field.name)
+        for field in counts.DESCRIPTOR.fields
+        if field.name != "total"
+    }
+
+
+@click.command("workflows")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(_WORKFLOW_STATE_NAMES, case_sensitive=False),
+    help="Only workflows in this state (repeatable).",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_check_labels,
+    metavar="KEY=VALUE",
+    help="Only workflows with this label (repeatable: every one must match).",
+)
+@click.option(
+    "--created-after",
+    callback=_check_moment,
+    metavar="WHEN",
+    help="Only workflows created at or after WHEN: an ISO 8601 date or time (local unless it "
+    "gives a zone) or an age such as 30m, 2h or 7d (that long ago).",
+)
+@click.option(
+    "--created-before", callback=_check_moment, metavar="WHEN", help="Only workflows created before WHEN."
+)
+@_limit_option("workflows, the newest")
+@_json_option("Print each workflow as a line of JSON (the proto JSON mapping), not a table.")
+@_client_command
+async def workflows(
+    client: Client,
+    *,
+    states: tuple[str, ...],
+    labels: dict[str, str],
+    created_after: datetime | None,
+    created_before: datetime | None,
+    limit: int | None,
+    as_json: bool,
+) -> int:
+    """List workflows, newest first: state, name, tasks done, when created and how long ago.
+
+    The tasks column counts the tasks done (completed, failed, skipped,
+    rejected or cancelled) of all, then those running, awaiting approval or
+    failed. Filters combine: every one given must match.
+    """
+    request = scheduler_service_pb2.ListWorkflowsRequest(
+        states=["WORKFLOW_STATE_" + s.upper() for s in states],
+        labels=labels,
+    )
+    if created_after is not None:
+        request.start_time.FromDatetime(created_after)
+    if created_before is not None:
+        request.end_time.FromDatetime(created_before)
+    limit = limit or _LIST_LIMIT
+    found, more = await _first_items(client.raw.scheduler.ListWorkflows, request, "workflows", limit, 1000)
+    if as_json:
+        for workflow in found:
+            _print_json_line(workflow)
+    else:
+        now = time.time()
+        table = Table("workflow", "state", "name", "tasks", "created", "age")
+        for workflow in found:
+            state = _enum_name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
+            age = max(0.0, now - _seconds(workflow.create_time)) if workflow.HasField("create_time") else None
+            table.add_row(
+                Text(workflow.workflow_id),
+                _styled_state(state),
+                Text(workflow.name),
+                _tasks_cell(workflow.task_counts),
+                _format_moment(workflow.create_time),
+                "-" if age is None else _format_age(age),
+            )
+        filtered = bool(states or labels or created_after or created_before)
+        _print_table(table, empty="no workflows" + (" match" if filtered else ""))
+    if more:
+        err.print(f"(the newest {limit:,} workflows shown; --limit N shows more)", style="dim")
+    return 0
+
+
+@click.command("cancel")
+@click.argument("workflow_id")
+@click.option("--reason", default="", help="Why (recorded with the cancellation; at most 1 KiB).")
+@click.option("--requested-by", default="", help="Who asks (recorded on the event).")
+@_client_command
+async def cancel(client: Client, workflow_id: str, *, reason: str, requested_by: str) -> int:
+    """Cancel a workflow: its pending and running tasks become CANCELLED and it closes CANCELLED.
+
+    Workers holding its running tasks are told to stop. A workflow that has
+    already closed is left as it is; its state is printed (exit 0 either way).
+    """
+    response = await client.raw.scheduler.CancelWorkflow(
+        scheduler_service_pb2.CancelWorkflowRequest(
+            workflow_id=workflow_id, reason=reason, requested_by=requested_by
+        )
+    )
+    workflow = response.workflow
+    state = _enum_name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
+    line = Text.assemble("workflow ", (workflow_id, "bold"))
+    if (
+        workflow.state == workflow_pb2.WORKFLOW_STATE_CANCELLED
+        or workflow.state not in _TERMINAL_WORKFLOW_STATES
+    ):
+        line.append_text(Text.assemble(" is now ", _styled_state(state)))
+    else:
+        line.append_text(Text.assemble(" had already closed ", _styled_state(state), " (not cancelled)"))
+    if workflow.failure.message:
+        line.append(f" — {workflow.failure.message[:200]}", style="dim")
+    out.print(line, soft_wrap=True)
+    out.print(_counts_line(_task_counts(workflow.task_counts), workflow.task_counts.total), soft_wrap=True)
+    return 0
+
+
+def _payload_preview(payload: common_pb2.Payload, width: int = 60) -> Text:
+    """A payload in a few words: its JSON cut to ``width`` characters, or its size and type."""
+    if payload.HasField("blob"):
+        blob = payload.blob
+        return Text(f"blob {blob.sha256[:12]}… {_format_bytes(blob.size_bytes)}", style="dim")
+    if not payload.data:
+        return Text("-", style="dim")
+    if is_json_content_type(payload.content_type or "application/json"):
+        try:
+            text = json.dumps(json.loads(payload.data), ensure_ascii=False, separators=(",", ":"))
+        except ValueError:
+            text = None
+        if text is not None:
+            return Text(text if len(text) <= width else text[: width - 1] + "…")
+    return Text(f"{_format_bytes(len(payload.data))} {payload.content_type}", style="dim")
+
+
+@click.command("approvals")
+@click.option("--workflow", "workflow_id", default="", help="Only the gates of this workflow.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_check_labels,
+    metavar="KEY=VALUE",
+    help="Only tasks with this label (repeatable: every one must match).",
+)
+@_limit_option("gates, the oldest")
+@_json_option(
+    "Print each waiting task, with its input, as a line of JSON (the proto JSON mapping), not a table."
+)
+@_client_command
+async def approvals(
+    client: Client, *, workflow_id: str, labels: dict[str, str], limit: int | None, as_json: bool
+) -> int:
+    """List the tasks waiting at an approval gate, oldest first, to decide with `are approve` or `are reject`.
+
+    Shows how long each has waited, when its gate times out (then the task
+    is REJECTED; "-": not before its workflow's deadline) and its input.
+    """
+    request = scheduler_service_pb2.ListApprovalsRequest(workflow_id=workflow_id, labels=labels)
+    limit = limit or _LIST_LIMIT
+    found, more = await _first_items(client.raw.scheduler.ListApprovals, request, "tasks", limit, 100)
+    if as_json:
+        for task in found:
+            _print_json_line(task)
+    else:
+        now = time.time()
+        table = Table("workflow", "task", "name", "waiting", "times out in", "input")
+        for task in found:
+            gate = task.approval
+            waited = now - _seconds(gate.request_time) if gate.HasField("request_time") else None
+            left = _seconds(gate.expire_time) - now if gate.HasField("expire_time") else None
+            table.add_row(
+                Text(task.workflow_id),
+                Text(task.task_id, style="bold"),
+                Text(task.spec.display_name),
+                "-" if waited is None else _format_age(max(0.0, waited)),
+                "-" if left is None else _format_age(max(0.0, left)),
+                _payload_preview(task.spec.input),
+            )
+        which = " of this workflow" if workflow_id else ""
+        which += " with these labels" if labels else ""
+        if _print_table(table, empty=f"no task is waiting for approval{which}"):
+            err.print("(decide with: are approve WORKFLOW TASK, or are reject WORKFLOW TASK)", style="dim")
+    if more:
+        err.print(f"(the oldest {limit:,} gates shown; --limit N shows more)", style="dim")
+    return 0
+
+
+# state
+
+
+# Characters of JSON a terminal gets coloured; a longer document is printed plain.
+_JSON_HIGHLIGHT_MAX = 1 << 20
+
+
+def _check_pointers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuses a ``--path`` that is not a JSON Pointer (RFC 6901), naming it, before connecting."""
+    del ctx, param
+    for pointer in values:
+        problem = None
+        if pointer and not pointer.startswith("/"):
+            problem = "must be empty (the whole document) or start with '/'"
+        elif re.search(r"~(?![01])", pointer):
+            problem = "'~' must be followed by '0' or '1' (write ~0 for '~' and ~1 for '/')"
+        if problem:
+            raise click.BadParameter(f"{pointer!r} is not a JSON pointer: {problem}", param_hint="--path")
+    return tuple(dict.fromkeys(values))
+
+
+def _checked_first(check: Callable[..., None]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Runs ``check`` on a client command's arguments before it connects: a usage error needs no sidecar."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def checked(**kwargs: Any) -> None:
+            check(**kwargs)
+            command(**kwargs)
+
+        return checked
+
+    return decorate
+
+
+def _state_usage(
+    *, version: int | None, paths: tuple[str, ...], history: bool, limit: int | None, **_: Any
+) -> None:
+    if history and (version is not None or paths):
+        raise click.UsageError("--history lists the versions: it takes no --version or --path")
+    if limit is not None and not history:
+        raise click.UsageError("--limit applies to --history only")
+
+
+def _print_json_document(value: Any) -> None:
+    """Prints a JSON value indented; coloured in a terminal, plain to a pipe or a file."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if out.is_terminal and len(text) <= _JSON_HIGHLIGHT_MAX:
+        out.print(JSON(text), soft_wrap=True)
+    else:
+        _write_line(text)
+
+
+@click.command("state")
+@click.argument("workflow_id")
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Read this version of the document (time travel; see --history); default the latest.",
+)
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    callback=_check_pointers,
+    metavar="POINTER",
+    help="Print only the value at this JSON pointer, e.g. /plan/steps/0 (repeatable: then an object "
+    "keyed by pointer).",
+)
+@click.option(
+    "--history", is_flag=True, help="List the retained versions (checkpoints) instead, newest first."
+)
+@_limit_option("versions with --history, the newest")
+@_json_option(
+    "Print one line of JSON: the version read, when it was written, the values keyed by pointer and "
+    "the missing paths; with --history, each version as a line (the proto JSON mapping)."
+)
+@_checked_first(_state_usage)
+@_client_command
+async def state(
+    client: Client,
+    workflow_id: str,
+    *,
+    version: int | None,
+    paths: tuple[str, ...],
+    history: bool,
+    limit: int | None,
+    as_json: bool,
+) -> int:
+    """Print a workflow's state document as indented JSON, or with --history its versions.
+
+    With one --path only the value there is printed; with several, an object
+    keyed by pointer. A path with no value is named on stderr and exits 1
+    (the values found are still printed). With --json, one line holds the
+    version read, when it was written, the values keyed by pointer and the
+    missing paths.
+    """
+    if history:
+        return await _print_history(client, workflow_id, limit or _LIST_LIMIT, as_json=as_json)
+    response = await client.raw.state.GetState(
+        state_service_pb2.GetStateRequest(workflow_id=workflow_id, paths=paths, version=version)
+    )
+    values = {value.path: json.loads(value.value_json) for value in response.values}
+    if as_json:
+        answer = json_format.MessageToDict(response)
+        answer["values"] = values
+        _write_line(json.dumps(answer, ensure_ascii=False))
+    else:
+        if out.is_terminal:
+            written = _format_moment(response.update_time)
+            err.print(f"(state version {response.version} of {workflow_id}, written {written})", style="dim")
+        if len(paths) > 1:
+            _print_json_document(values)
+        elif values:
+            _print_json_document(next(iter(values.values())))
+    for missing in response.missing_paths:
+        err.print(
+            Text.assemble(("error:", "red"), f" no value at {missing!r} in state version {response.version}")
+        )
+    return 1 if response.missing_paths else 0
+
+
+async def _print_history(client: Client, workflow_id: str, limit: int, *, as_json: bool) -> int:
+    request = state_service_pb2.ListCheckpointsRequest(workflow_id=workflow_id)
+    pages: list[state_service_pb2.ListCheckpointsResponse] = []
+
+    async def listing(request: state_service_pb2.ListCheckpointsRequest) -> Any:
+        pages.append(await client.raw.state.ListCheckpoints(request))
+        return pages[-1]
+
+    found, more = await _first_items(listing, request, "checkpoints", limit, 1000)
+    if as_json:
+        for checkpoint in found:
+            _print_json_line(checkpoint)
+    else:
+        now = time.time()
+        table = Table("version", "written", "age", "by", "size", "event")
+        for checkpoint in found:
+            by = checkpoint.task_id + (f"#{checkpoint.attempt}" if checkpoint.attempt else "")
+            table.add_row(
+                str(checkpoint.version),
+                _format_moment(checkpoint.create_time),
+                _format_age(max(0.0, now - _seconds(checkpoint.create_time))),
+                Text(f"task {by}") if checkpoint.task_id else Text(checkpoint.writer),
+                _format_bytes(checkpoint.size_bytes),
+                f"#{checkpoint.event_sequence}",
+            )
+        _print_table(table, empty="no versions")
+        first = pages[0]
+        err.print(
+            f"(versions {first.oldest_version} to {first.latest_version} retained; "
+            f"read one with --version N)",
+            style="dim",
+        )
+    if more:
+        err.print(f"(the newest {limit:,} versions shown; --limit N shows more)", style="dim")
+    return 0
 
 
 # pools / cache

@@ -12,7 +12,8 @@ spelled: an abbreviation (``--data`` for ``--data-dir``) is an unknown flag,
 and the values of unknown arguments are not echoed (one may be a secret).
 
 The client commands (``are submit``, ``status``, ``trace``, ``events``,
-``approve``, ``reject``, ``pools``, ``cache stats``, ``agents``, ``route``)
+``workflows``, ``cancel``, ``approve``, ``reject``, ``approvals``,
+``state``, ``pools``, ``cache stats``, ``agents``, ``route``)
 live in :mod:`sidecar._cli_client`; they exit 0 on success, 1 when the
 sidecar answers with an error (printed with its reason) or cannot be reached,
 2 for a usage error (a bad option, target or spec file), 130 on Ctrl-C and
