@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -160,10 +160,15 @@ def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest
         raise SpecError("INVALID_ARGUMENT", "end_time", "end_time is before start_time")
     if end_ns - start_ns > 366 * _DAY_NS:
         raise SpecError("INVALID_ARGUMENT", "start_time", "the range exceeds 366 days")
-    labels = check_labels(request.labels, "labels")
-    if len(labels) > 8:
-        raise SpecError("LIMIT_EXCEEDED", "labels", "at most 8 labels", limit=8)
-    return labels
+    return _filter_labels(request.labels)
+
+
+def _filter_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A listing's label filter, checked as labels are: at most 8 (``labels``)."""
+    checked = check_labels(labels, "labels")
+    if len(checked) > 8:
+        raise SpecError("LIMIT_EXCEEDED", "labels", f"at most 8 labels, not {len(checked)}", limit=8)
+    return checked
 
 
 async def coalesced_views(
@@ -277,7 +282,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         if len(request.states) > 8:
             await abort_for(context, SpecError("LIMIT_EXCEEDED", "states", "at most 8 states", limit=8))
         try:
-            labels = check_labels(request.labels, "labels")
+            labels = _filter_labels(request.labels)
             states = _states(request.states, workflow_pb2.WorkflowState, "WORKFLOW_STATE_")
             start_ns = _time_ns(request, "start_time") or 0
             end = _time_ns(request, "end_time")
@@ -560,7 +565,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 await _untoken(context, "!")
             after = (int.from_bytes(parts[0], "big"), parts[1].decode(), parts[2].decode())
         try:
-            labels = check_labels(request.labels, "labels")
+            labels = _filter_labels(request.labels)
         except SpecError as error:
             await abort_for(context, error)
         views, cursor = self._engine.list_approvals(

@@ -460,6 +460,24 @@ async def test_list_workflows_pages_newest_first_and_filters_by_state_and_label(
     )
 
 
+async def test_a_label_filter_of_more_than_8_labels_is_refused_naming_it(client: Client) -> None:
+    nine = {f"k{i}": "v" for i in range(9)}  # scheduler_service.proto: at most 8
+    await expect_error(
+        client.raw.scheduler.ListWorkflows(s.ListWorkflowsRequest(labels=nine)),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "labels",
+    )
+    await expect_error(
+        client.raw.scheduler.ListApprovals(s.ListApprovalsRequest(labels=nine)),
+        InvalidArgumentError,
+        "LIMIT_EXCEEDED",
+        "labels",
+    )
+    eight = dict(list(nine.items())[:8])
+    assert not (await client.raw.scheduler.ListWorkflows(s.ListWorkflowsRequest(labels=eight))).workflows
+
+
 async def test_cancel_stops_pending_tasks_and_is_idempotent(client: Client) -> None:
     cap = unique_capability("nobody")
     workflow_id = await submit(client, task("a", cap), task("b", cap, "a"))
