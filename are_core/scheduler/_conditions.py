@@ -8,7 +8,7 @@ import msgspec
 
 from ._model import Condition
 
-__all__ = ["check_pointer", "evaluate", "resolve_pointer"]
+__all__ = ["check_pointer", "evaluate", "is_json_content_type", "resolve_pointer"]
 
 _MISSING = object()
 
@@ -53,11 +53,42 @@ def _number(value: object) -> TypeGuard[int | float]:
 
 
 def _equal(a: object, b: object) -> bool:
-    if _number(a) and _number(b):
-        return a == b
-    if type(a) is not type(b):
-        return False
-    return a == b
+    """JSON equality: numbers by value (1 equals 1.0), never a boolean and a number, at any depth.
+
+    Python's own ``==`` holds ``True == 1``, inside lists and objects too, so
+    arrays compare element by element and objects key by key with this rule.
+    Iterative: a deeply nested output does not hit the recursion limit.
+    """
+    pending = [(a, b)]
+    while pending:
+        x, y = pending.pop()
+        if _number(x) and _number(y):
+            if x != y:
+                return False
+        elif type(x) is not type(y):
+            return False
+        elif isinstance(x, list) and isinstance(y, list):
+            if len(x) != len(y):
+                return False
+            pending.extend(zip(x, y, strict=True))
+        elif isinstance(x, dict) and isinstance(y, dict):
+            if x.keys() != y.keys():
+                return False
+            pending.extend((value, y[key]) for key, value in x.items())
+        elif x != y:
+            return False
+    return True
+
+
+def is_json_content_type(content_type: str) -> bool:
+    """Whether a payload's media type is JSON: "" (the contract's default), application/json or ``*+json``.
+
+    Parameters (``; charset=utf-8``) and case are ignored, as the SDKs'
+    rule of the same name does (common.proto Payload: the sidecar parses a
+    payload only when its content type is JSON).
+    """
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in ("", "application/json") or base.endswith("+json")
 
 
 def _order(a: object, b: object) -> int | None:

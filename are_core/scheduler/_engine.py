@@ -43,7 +43,7 @@ from are_core._backoff import backoff
 from are_core.storage import Batch, Codec, GroupCommitter, Storage, join_key, prefix_key
 from are_core.trace import Event, EventDraft, EventSink, EventUsage, FailureInfo
 
-from ._conditions import evaluate
+from ._conditions import evaluate, is_json_content_type
 from ._errors import (
     BudgetExceededError,
     NotAwaitingApprovalError,
@@ -648,6 +648,83 @@ def _last_end(rec: TaskRecord) -> tuple[int, int, str] | None:
     return rec.attempt, rec.close_ns, rec.worker_id
 
 
+def _ran(rec: TaskRecord) -> bool:
+    """Whether a closed task ran, as a handler of a failure must have (workflow.proto COMPLETED).
+
+    COMPLETED ran, from a worker or the cache; FAILED ran only if an attempt
+    started (a dispatch sets ``start_ns``): a task failed by its
+    schedule-to-start or schedule-to-close timeout while queued, or by its
+    routing, never did. A fork's kept outcome keeps its source's ``start_ns``.
+    """
+    return rec.state == "COMPLETED" or (rec.state == "FAILED" and rec.start_ns > 0)
+
+
+def _check_waiting_acyclic(specs: Sequence[TaskSpec], waiting: Sequence[_Task]) -> None:
+    """Raises SpecError DAG_CYCLE if a new task reaches upstream a task that ``waiting`` makes wait for it.
+
+    With dependents_wait every task of ``waiting`` comes to depend on every
+    spawned task, so a spawned task that depends, directly or through other
+    tasks (new or existing), on one of them or on a task downstream of them
+    would wait for itself: the workflow would hang. ``specs`` passed
+    :func:`validate_graph` (acyclic among themselves, dependencies known).
+    """
+    if not waiting:
+        return
+    # Each existing task downstream of a waiting dependent (itself included), with that dependent.
+    below: dict[str, str] = {}
+    for dependent in waiting:
+        stack = [dependent]
+        while stack:
+            task = stack.pop()
+            if task.rec.task_id not in below:
+                below[task.rec.task_id] = dependent.rec.task_id
+                stack.extend(task.dependents)
+    reaches = _reaching(specs, below)
+    for i, spec in enumerate(specs):
+        for j, dep in enumerate(spec.depends_on):
+            origin = reaches.get(dep) or below.get(dep, "")
+            if origin:
+                via = "" if dep == origin else f", which follows {origin!r}"
+                raise SpecError(
+                    "DAG_CYCLE",
+                    f"tasks[{i}].depends_on[{j}]",
+                    f"the dependencies would form a cycle: {origin!r} would wait for {spec.task_id!r} "
+                    f"(dependents_wait), which depends on {dep!r}{via}",
+                )
+
+
+def _reaching(specs: Sequence[TaskSpec], below: dict[str, str]) -> dict[str, str]:
+    """For each of the acyclic ``specs``, the task of ``below`` it reaches upstream (its value), or "".
+
+    A post-order walk over the new tasks' own edges; an edge to an existing
+    task ends there (``below`` holds every existing task that leads on).
+    Iterative, as :func:`find_cycle` is, so deep chains do not recurse.
+    """
+    index = {spec.task_id: i for i, spec in enumerate(specs)}
+    reaches: dict[str, str] = {}
+    for root in specs:
+        walk = [(root.task_id, 0)]
+        while walk and root.task_id not in reaches:
+            node, position = walk[-1]
+            deps = specs[index[node]].depends_on
+            if position < len(deps):
+                walk[-1] = (node, position + 1)
+                if deps[position] in index and deps[position] not in reaches:
+                    walk.append((deps[position], 0))
+                continue
+            walk.pop()
+            origins = (reaches[d] if d in index else below.get(d, "") for d in deps)
+            reaches[node] = next((origin for origin in origins if origin), "")
+    return reaches
+
+
+def _budget_amount(amount: float) -> str:
+    """A budget's limit or value for a message: a count as it is, seconds to the millisecond ("1.502s")."""
+    if isinstance(amount, int):
+        return str(amount)
+    return f"{amount:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(13)
 
@@ -765,6 +842,7 @@ def _keep_outcome(rec: TaskRecord, old: TaskRecord, source_id: str, now: int) ->
     rec.failure = old.failure
     rec.approval = msgspec.structs.replace(old.approval) if old.approval is not None else None
     rec.capability = old.capability
+    rec.start_ns = old.start_ns  # whether (and when) it ran: a handler that ran still handles (_ran)
     rec.close_ns = now
 
 
@@ -1622,10 +1700,15 @@ class Scheduler:
             # waits; that dependency's end decides it again.
             return
         for condition in task.spec.conditions:
-            dep = tasks[condition.task_id]
-            # A blob output has no inline JSON: the condition sees no value.
-            done = dep.rec.state == "COMPLETED" and not dep.rec.output_blob_sha256
-            output = dep.rec.output if done else None
+            dep = tasks[condition.task_id].rec
+            # A blob output has no inline JSON, and an output whose content type is not JSON is
+            # not parsed (common.proto Payload): either way the condition sees no value.
+            done = (
+                dep.state == "COMPLETED"
+                and not dep.output_blob_sha256
+                and is_json_content_type(dep.output_content_type)
+            )
+            output = dep.output if done else None
             if not evaluate(condition, output):
                 detail = (
                     f"condition on {condition.task_id}:{condition.pointer} {condition.operator} was false"
@@ -2329,10 +2412,7 @@ class Scheduler:
         unhandled = [
             t
             for t in failed
-            if not any(
-                d.spec.trigger_rule in _HANDLING_RULES and d.rec.state in ("COMPLETED", "FAILED")
-                for d in t.dependents
-            )
+            if not any(d.spec.trigger_rule in _HANDLING_RULES and _ran(d.rec) for d in t.dependents)
         ]
         if unhandled:
             first = unhandled[0]
@@ -2893,9 +2973,13 @@ class Scheduler:
             and failure.type not in policy.non_retryable_types
             and charged < policy.maximum_attempts
         )
-        if retry and task.spec.schedule_to_close_s:
-            first = rec.first_schedule_ns or rec.schedule_ns or rec.create_ns  # records of older sidecars
-            retry = now < first + int(task.spec.schedule_to_close_s * 1e9)
+        bound = delay = 0.0
+        blocked = ""
+        if retry:
+            bound = policy.delay_bound_s(charged)
+            delay = max(self._rng() * bound, retry_after_s)  # full jitter, or the worker's ask if later
+            blocked = self._retry_blocked(task, now + int(delay * 1e9))
+            retry = not blocked
         final_state = "BACKING_OFF" if retry else "FAILED"
         self._event(
             "TASK_ATTEMPT_FAILED",
@@ -2908,9 +2992,6 @@ class Scheduler:
             span_id=rec.span_id,
         )
         if retry:
-            bound = policy.delay_bound_s(charged)
-            delay = self._rng() * bound  # full jitter
-            delay = max(delay, retry_after_s)
             rec.next_attempt_ns = now + int(delay * 1e9)
             self._set_state(task, "BACKING_OFF", f"retrying after: {failure.message}"[:1024])
             self._event(
@@ -2927,9 +3008,35 @@ class Scheduler:
             self._at(rec.next_attempt_ns, "backoff", task, task.token)
         else:
             rec.close_ns = now
-            self._set_state(task, "FAILED", failure.message[:1024])
+            reason = f"not retried, {blocked}: {failure.message}" if blocked else failure.message
+            self._set_state(task, "FAILED", reason[:1024])
             self._terminal(task)
         return retry
+
+    def _retry_blocked(self, task: _Task, start_ns: int) -> str:
+        """Why a retry due at ``start_ns`` could not start (common.proto RetryPolicy), or "" if it could.
+
+        It could not when the task's schedule_to_close_timeout or the
+        workflow's max_duration ends by then, or when the workflow's
+        max_attempts budget is spent already: the retry would be promised
+        (FailTask's will_retry) and never run, and the task's own failure
+        replaced by a timeout or a budget failure. The task fails with its
+        own failure instead. Attempts lost through no fault of their worker
+        are not charged to the budget, as at dispatch.
+        """
+        rec = task.rec
+        w = task.wf
+        if task.spec.schedule_to_close_s:
+            first = rec.first_schedule_ns or rec.schedule_ns or rec.create_ns  # records of older sidecars
+            if start_ns >= first + int(task.spec.schedule_to_close_s * 1e9):
+                return "its schedule_to_close_timeout ends before the retry could start"
+        if w.rec.deadline_ns and start_ns >= w.rec.deadline_ns:
+            return "the workflow's max_duration ends before the retry could start"
+        budget = w.rec.budget
+        max_attempts = budget.max_attempts or 10 * budget.max_tasks
+        if w.rec.task_attempts - w.rec.uncharged_attempts >= max_attempts:
+            return f"the workflow's max_attempts budget of {max_attempts} is spent"
+        return ""
 
     def heartbeat(
         self, wf_id: str, task_id: str, attempt: int, details: bytes | None, content_type: str
@@ -3274,9 +3381,10 @@ class Scheduler:
         if kind == "deadline":
             w: _Workflow = subject
             if w.rec.state == "RUNNING":
-                self._exceed(
-                    w, "max_duration", int(w.rec.budget.max_duration_s), (now - w.rec.create_ns) // 10**9
-                )
+                # In seconds to the millisecond, the time run rounded up: whole seconds read
+                # "1 > 1" for a 1.5 s budget.
+                ran_ms = -(-(now - w.rec.create_ns) // 1_000_000)
+                self._exceed(w, "max_duration", round(w.rec.budget.max_duration_s, 3), ran_ms / 1000)
             return
         task: _Task = subject
         if kind == "s2close":  # not made stale by the task's changes of state: it bounds them all
@@ -3407,11 +3515,12 @@ class Scheduler:
             self._event("TASK_CANCELLED", task)
             self._terminal(task)
 
-    def _exceed(self, w: _Workflow, budget: str, limit: int, value: int) -> None:
+    def _exceed(self, w: _Workflow, budget: str, limit: float, value: float) -> None:
+        """Fails ``w`` for passing ``budget``: counts are ints, max_duration is seconds (a float)."""
         if w.rec.state != "RUNNING":
             return
         failure = Failure(
-            message=f"budget {budget} exceeded: {value} > {limit}",
+            message=f"budget {budget} exceeded: {_budget_amount(value)} > {_budget_amount(limit)}",
             type="BUDGET_EXCEEDED",
             kind="BUDGET_EXCEEDED",
             details=msgspec.json.encode({"budget": budget, "limit": limit, "value": value}),
@@ -3587,6 +3696,11 @@ class Scheduler:
                     f"tasks[{i}].task_id", f"task {spec.task_id!r} already exists in {wf_id!r}"
                 )
         validate_graph(specs, field="tasks", existing=w.tasks)
+        # The parent's dependents that will also wait for the new tasks (dependents_wait).
+        waiting: list[_Task] = []
+        if parent is not None and dependents_wait:
+            waiting = [d for d in parent.dependents if d.rec.state == "PENDING"]
+        _check_waiting_acyclic(specs, waiting)
         incoming: dict[str, int] = {}
         incoming_bytes = 0  # the payload bytes of the specs, for max_open_bytes
         for i, spec in enumerate(specs):
@@ -3628,11 +3742,9 @@ class Scheduler:
         self._open_bytes += incoming_bytes
         w.rec.task_count = len(w.order)
         self._dirty_wf(w)
-        if parent is not None and dependents_wait:
+        if waiting:
             new_ids = tuple(t.rec.task_id for t in added)
-            for dependent in list(parent.dependents):
-                if dependent.rec.state != "PENDING":
-                    continue
+            for dependent in waiting:
                 dependent.rec.extra_depends_on += new_ids
                 dependent.deps += new_ids
                 for t in added:

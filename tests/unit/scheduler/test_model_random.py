@@ -807,7 +807,12 @@ class Run:
         non_retryable = self.rnd.random() < 0.2
         before = self.engine.get_task(wf_id, task_id).record
         charged = before.attempt - before.free_attempts
-        wf_running = self.engine.get_workflow(wf_id).record.state == "RUNNING"
+        wf_before = self.engine.get_workflow(wf_id).record
+        wf_running = wf_before.state == "RUNNING"
+        # common.proto RetryPolicy: no retry is promised that could not start before the workflow's
+        # budget runs out: its max_attempts spent already (attempts lost uncharged not counted)...
+        max_attempts = wf_before.budget.max_attempts or 10 * wf_before.budget.max_tasks
+        budget_spent = wf_before.task_attempts - wf_before.uncharged_attempts >= max_attempts
         self.log.append(f"fail {wf_id}/{task_id}#{attempt} by {worker.name} non_retryable={non_retryable}")
         now = self.clock.now
         mt.reported[attempt] = None
@@ -819,7 +824,15 @@ class Run:
             usage=self.random_usage((wf_id, task_id)),
         )
         del worker.held[(wf_id, task_id)]
-        expected = wf_running and not non_retryable and charged < mt.policy.maximum_attempts
+        expected = (
+            wf_running and not non_retryable and charged < mt.policy.maximum_attempts and not budget_spent
+        )
+        if expected and not will_retry:
+            # ... or its max_duration ended by the time the (jittered) delay chose: only a delay
+            # bound that reaches the deadline may refuse it.
+            reach = now + int(mt.policy.delay_bound_s(charged) * 1e9)
+            assert reach >= wf_before.deadline_ns, (wf_id, task_id, attempt, reach, wf_before.deadline_ns)
+            expected = False
         assert will_retry is expected, (wf_id, task_id, attempt, charged, mt.policy)
         if will_retry:
             bound = mt.policy.delay_bound_s(charged)
