@@ -2,7 +2,7 @@
 
 Tokens that grpc cannot send, a SyncClient called on its own loop thread, blocking
 functions in the cache, a hung sidecar under a wait, TLS over a Unix socket, a
-zero timeout on a closed workflow, and a lone surrogate in a state value. Each
+zero timeout on a closed workflow, and a lone surrogate or a NaN in a state value. Each
 test failed on the SDK before its fix.
 """
 
@@ -284,6 +284,26 @@ async def test_a_lone_surrogate_in_a_state_value_is_refused_naming_its_path(clie
     [violation] = caught.value.field_violations
     assert violation.field == "set['/notes']"
     assert "'/notes/a~1b'" in violation.description
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+async def test_a_number_json_cannot_write_in_a_state_value_is_refused_naming_its_path(
+    client: Client, number: float
+) -> None:
+    """A bare ValueError ("Out of range float values are not JSON compliant"), not an AreError."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.state.patch("wf-none", {"scores": [1.0, {"x": number}]})
+    assert caught.value.reason == "INVALID_JSON"
+    [violation] = caught.value.field_violations
+    assert violation.field == "merge"
+    assert f"the number at '/scores/1/x' is {number!r}" in violation.description
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.state.patch("wf-none", set={"/s": number})
+    [violation] = caught.value.field_violations
+    assert (violation.field, violation.description.split(",")[0]) == (
+        "set['/s']",
+        f"the number at '/s' is {number!r}",
+    )
 
 
 @pytest.mark.parametrize("window", [0.0, -1.0, float("nan")])

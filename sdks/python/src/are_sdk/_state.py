@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,33 +60,49 @@ def _dumps(value: Any, name: str = "", pointer: str = "") -> bytes:
 
     Raises:
         InvalidArgumentError: A string (or key) holds a lone UTF-16 surrogate,
-            which UTF-8 cannot carry; the violation names where (a bare
-            UnicodeEncodeError said neither which value nor where).
+            which UTF-8 cannot carry, or a number is NaN or infinite, which
+            JSON has no way to write; the violation names where (a bare
+            UnicodeEncodeError or ValueError said neither which value nor where).
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
-        return text.encode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except UnicodeEncodeError as error:
-        where, char = _surrogate_at(value, pointer) or (pointer, error.object[error.start])
-        raise InvalidArgumentError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the state value at {where or '/'!r} is not valid JSON text",
-            reason="INVALID_JSON",
-            field_violations=[
-                FieldViolation(
-                    name,
-                    f"the string at {where or '/'!r} has a lone UTF-16 surrogate {char!r}, "
-                    "which UTF-8 JSON cannot carry",
-                )
-            ],
-        ) from None
+        where, bad = _first_at(value, pointer, _surrogate) or (pointer, repr(error.object[error.start]))
+        problem = (
+            f"the string at {where or '/'!r} has a lone UTF-16 surrogate {bad}, which UTF-8 JSON cannot carry"
+        )
+    except ValueError as error:
+        found = _first_at(value, pointer, _non_finite)
+        if found is None:
+            raise  # a circular reference: the caller's bug, not a value the sidecar refuses
+        where, bad = found
+        problem = f"the number at {where or '/'!r} is {bad}, which JSON cannot write ({error})"
+    raise InvalidArgumentError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the state value at {where or '/'!r} is not valid JSON text",
+        reason="INVALID_JSON",
+        field_violations=[FieldViolation(name, problem)],
+    )
 
 
-def _surrogate_at(value: Any, pointer: str) -> tuple[str, str] | None:
-    """The JSON pointer of the first string or key in ``value`` with a lone surrogate, and that surrogate."""
-    if isinstance(value, str):
-        char = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
-        return None if char is None else (pointer, char)
+def _surrogate(value: Any) -> str | None:
+    """The first lone surrogate of a string, shown as Python would (None: none, or not a string)."""
+    if not isinstance(value, str):
+        return None
+    char = next((c for c in value if "\ud800" <= c <= "\udfff"), None)
+    return None if char is None else repr(char)
+
+
+def _non_finite(value: Any) -> str | None:
+    """``value`` written out if it is a float JSON cannot hold (NaN, infinity), else None."""
+    return repr(value) if isinstance(value, float) and not math.isfinite(value) else None
+
+
+def _first_at(value: Any, pointer: str, test: Callable[[Any], str | None]) -> tuple[str, str] | None:
+    """The JSON pointer of the first value or key in ``value`` ``test`` describes, and the description."""
+    found = test(value)
+    if found is not None:
+        return pointer, found
     if isinstance(value, Mapping):
         items: Iterable[tuple[Any, Any]] = value.items()
     elif isinstance(value, list | tuple):
@@ -94,11 +111,12 @@ def _surrogate_at(value: Any, pointer: str) -> tuple[str, str] | None:
         return None
     for key, item in items:
         inner = f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
-        found = _surrogate_at(key, inner) if isinstance(key, str) else None
-        if found is None:
-            found = _surrogate_at(item, inner)
-        if found is not None:
-            return found
+        key_found = test(key) if isinstance(key, str) else None
+        if key_found is not None:
+            return inner, key_found
+        nested = _first_at(item, inner, test)
+        if nested is not None:
+            return nested
     return None
 
 
