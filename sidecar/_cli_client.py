@@ -449,8 +449,12 @@ def _attribute(value: event_pb2.AttributeValue) -> str:
     return "" if kind is None else str(getattr(value, kind))
 
 
-def event_line(event: event_pb2.Event) -> Text:
-    """One event as a coloured line: time, sequence, type, task/attempt and details."""
+def event_line(event: event_pb2.Event, *, with_workflow: bool = False) -> Text:
+    """One event as a coloured line: time, sequence, type, [workflow,] task/attempt and details.
+
+    ``with_workflow`` shows the workflow id ("-" for an event of none), for
+    listings that mix workflows: a task id alone does not say whose it is.
+    """
     kind = _enum_name(event_pb2.EventType, event.event_type, "EVENT_TYPE_")
     style = "red" if ("FAILED" in kind or "REJECTED" in kind or "TIMED_OUT" in kind) else ""
     if kind.endswith(("COMPLETED", "APPROVED", "CACHE_HIT")):
@@ -461,9 +465,14 @@ def event_line(event: event_pb2.Event) -> Text:
     line.append(f"{_format_time(event.event_time)} ", style="dim")
     line.append(f"#{event.sequence:<6} ", style="dim")
     line.append(f"{kind:<24}", style=style or "bold")
+    if with_workflow:
+        line.append(f" {event.workflow_id or '-'}")
     where = event.task_id + (f"#{event.attempt}" if event.attempt else "")
     line.append(f" {where:<20}" if where else f" {'':<20}")
     details: list[str] = []
+    if event.event_type == event_pb2.EVENT_TYPE_TASK_ATTEMPT_FAILED and event.task_state:
+        # What the failure led to: a retry (BACKING_OFF) or the task's end (FAILED).
+        details.append("then " + _enum_name(task_pb2.TaskState, event.task_state, "TASK_STATE_"))
     if event.name:
         details.append(event.name)
     if event.worker_id:
@@ -503,9 +512,12 @@ class _EventPrinter:
     user asked for them.
     """
 
-    def __init__(self, types: list[str], limit: int | None, after: int) -> None:
+    def __init__(
+        self, types: list[str], limit: int | None, after: int, *, with_workflow: bool = False
+    ) -> None:
         self._shown_types = {event_pb2.EventType.Value("EVENT_TYPE_" + name) for name in types}
         self._limit = limit
+        self._with_workflow = with_workflow
         self.shown = 0
         self.cursor = after  # the sequence up to which the log has been read
         self.ended = False  # a terminal workflow event was read
@@ -520,7 +532,7 @@ class _EventPrinter:
         self.ended = self.ended or event.event_type in _TERMINAL_WORKFLOW_EVENTS
         if self.full() or (self._shown_types and event.event_type not in self._shown_types):
             return
-        out.print(event_line(event), soft_wrap=True)
+        out.print(event_line(event, with_workflow=self._with_workflow), soft_wrap=True)
         self.shown += 1
 
 
@@ -749,7 +761,9 @@ async def _any_event(client: Client, workflow_id: str) -> bool:
 @click.command("events")
 @click.option("--workflow", "workflows", multiple=True, help="Only this workflow (repeatable).")
 @click.option("--task", "tasks", multiple=True, help="Only this task id (repeatable).")
-@click.option("--type", "types", multiple=True, help="Only this event type (repeatable), e.g. TASK_FAILED.")
+@click.option(
+    "--type", "types", multiple=True, help="Only this event type (repeatable), e.g. TASK_ATTEMPT_FAILED."
+)
 @click.option(
     "--after",
     type=click.IntRange(min=0),
@@ -784,10 +798,12 @@ async def events(
     Like ``tail``: the last --limit matching events (100 by default; 0 for
     every retained one), oldest first; with --follow, new events are then
     printed as they happen, until Ctrl-C. A note on stderr says when earlier
-    events were left out.
+    events were left out. Each line names its workflow, unless one
+    --workflow is given.
     """
     which = _Filter(workflow_ids=workflows, task_ids=tasks, event_types=tuple(_types(types)))
-    printer = _EventPrinter([], None, after)
+    # The workflow of each event is shown unless one --workflow says it.
+    printer = _EventPrinter([], None, after, with_workflow=len(set(workflows)) != 1)
     if limit:
         if await _print_recent(client, printer, which, limit):
             err.print(f"[dim](the last {limit} events shown; --limit 0 shows every retained one)[/]")

@@ -94,6 +94,22 @@ async def test_limit_shows_the_most_recent_events_oldest_first(sidecar: SidecarP
     assert shown == every[3:]
 
 
+async def test_each_line_names_its_workflow_unless_one_workflow_is_asked_for(sidecar: SidecarProcess) -> None:
+    """Events of several workflows were printed by task id only, which does not say whose they are."""
+    first, second = await _submit(sidecar.target, 1), await _submit(sidecar.target, 1)
+    after = (await _settled(sidecar.target, first))[0] - 1
+    result = await asyncio.to_thread(
+        _are, sidecar.target, "events", "--type", "WORKFLOW_SUBMITTED", "--after", str(after), "--limit", "0"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[3] for line in lines] == [first, second]
+    result = await asyncio.to_thread(_are, sidecar.target, "events", "--workflow", first, "--limit", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert first not in result.stdout  # said once, by --workflow: not repeated on every line
+
+
 async def test_the_default_is_the_last_100_of_every_workflow(sidecar: SidecarProcess) -> None:
     await _submit(sidecar.target, 150)  # more events than the default shows
     every = await _settled(sidecar.target)
