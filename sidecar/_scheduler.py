@@ -17,12 +17,13 @@ import asyncio
 import base64
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import msgspec
@@ -106,28 +107,54 @@ async def _page_size(context: _Context, value: int, *, default: int = 100, maxim
 
 _OPEN_STATES = frozenset({"RUNNING", "CANCELLING"})
 _CLOSING_EVENTS = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CANCELLED"})
-_TOKEN_TAG = b"are1:"
+_TOKEN_VERSION = 2
+_token_decoder = msgspec.msgpack.Decoder(tuple[int, bytes, bytes])
+_approval_cursor_decoder = msgspec.msgpack.Decoder(tuple[int, str, str])
 _DAY_NS = 86_400 * 10**9
 
 
-def _token(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(_TOKEN_TAG + raw).decode()
+def _filter_digest(call: str, *parts: object) -> bytes:
+    """The fingerprint of a listing call and its filter, that its page tokens carry (common.proto).
+
+    ``parts`` must print the same for the same filter in every process: sets
+    go in sorted (a set's order changes with the interpreter's hash seed).
+    """
+    return hashlib.blake2b(repr((call, *parts)).encode(), digest_size=8).digest()
 
 
-async def _untoken(context: _Context, token: str, field: str = "page_token") -> bytes:
+def _token(digest: bytes, cursor: bytes) -> str:
+    """An opaque page token: the cursor, and the fingerprint of the call and filter it belongs to."""
+    return base64.urlsafe_b64encode(msgspec.msgpack.encode((_TOKEN_VERSION, digest, cursor))).decode()
+
+
+async def _bad_token(context: _Context, field: str = "page_token") -> NoReturn:
+    await abort(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{field} is not a token this server issued",
+        reason="INVALID_PAGE_TOKEN",
+        field_violations=[(field, "not a token from a previous response")],
+    )
+
+
+async def _untoken(context: _Context, token: str, digest: bytes, field: str = "page_token") -> bytes:
+    """The cursor of a page token issued for this call and filter (``digest``); any other is refused."""
     try:
         raw = base64.b64decode(token.encode(), altchars=b"-_", validate=True)
-        if not raw.startswith(_TOKEN_TAG):
-            raise ValueError(field)  # noqa: TRY301 - one refusal path for every bad token
-        return raw[len(_TOKEN_TAG) :]
-    except ValueError:
+        version, issued_for, cursor = _token_decoder.decode(raw)
+    except (ValueError, msgspec.DecodeError):  # binascii.Error and msgspec.ValidationError are among them
+        await _bad_token(context, field)
+    if version != _TOKEN_VERSION:
+        await _bad_token(context, field)
+    if issued_for != digest:
         await abort(
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{field} is not a token this server issued",
+            f"{field} was issued for a different call or filter",
             reason="INVALID_PAGE_TOKEN",
-            field_violations=[(field, "not a token from a previous response")],
+            field_violations=[(field, "a token is valid only with the call and filter that returned it")],
         )
+    return cursor
 
 
 async def _check_ids(context: _Context, *fields: tuple[str, str]) -> None:
@@ -160,6 +187,14 @@ def _check_usage_request(start_ns: int, end_ns: int, request: pb.GetUsageRequest
         raise SpecError("INVALID_ARGUMENT", "end_time", "end_time is before start_time")
     if end_ns - start_ns > 366 * _DAY_NS:
         raise SpecError("INVALID_ARGUMENT", "start_time", "the range exceeds 366 days")
+    group_by = request.group_by_label
+    if group_by and not conventions.KEY.fullmatch(group_by):
+        raise SpecError(
+            "INVALID_ARGUMENT",
+            "group_by_label",
+            f"a label key is 1 to 128 characters of [A-Za-z0-9._:/-], got {group_by[:40]!r}"
+            + (f" ({len(group_by):,} characters)" if len(group_by) > 40 else ""),
+        )
     return _filter_labels(request.labels)
 
 
@@ -263,8 +298,11 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             view = self._engine.get_workflow(request.workflow_id)
         except SchedulerError as error:
             await abort_for(context, error)
-        version = self._wiring.state_version(request.workflow_id)
-        return pb.GetWorkflowResponse(workflow=workflow_to_proto(view, version))
+        return pb.GetWorkflowResponse(workflow=self._workflow(view))
+
+    def _workflow(self, view: WorkflowView) -> workflow_pb2.Workflow:
+        """The are.v1.Workflow of a view, with its state document's latest version (a head lookup)."""
+        return workflow_to_proto(view, self._wiring.state_version(view.record.workflow_id))
 
     async def _durable(self, workflow_id: str) -> None:
         """Waits until the workflow's in-memory status (one transaction ahead) is in LMDB."""
@@ -288,8 +326,9 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             end = _time_ns(request, "end_time")
         except SpecError as error:
             await abort_for(context, error)
-        after = await _untoken(context, request.page_token) if request.page_token else None
         end_ns = 0 if end is None else max(end, 1)  # 0 means unset; before the epoch, nothing matches
+        digest = _filter_digest("ListWorkflows", sorted(states), sorted(labels.items()), start_ns, end_ns)
+        after = await _untoken(context, request.page_token, digest) if request.page_token else None
         views, cursor = self._engine.list_workflows(
             states,
             labels=labels,
@@ -299,7 +338,8 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             limit=await _page_size(context, request.page_size),
         )
         return pb.ListWorkflowsResponse(
-            workflows=[workflow_to_proto(v) for v in views], next_page_token=_token(cursor) if cursor else ""
+            workflows=[self._workflow(v) for v in views],
+            next_page_token=_token(digest, cursor) if cursor else "",
         )
 
     async def WatchWorkflow(  # noqa: N802 - the RPC's name
@@ -335,7 +375,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         after = request.after_sequence if request.HasField("after_sequence") else None
         try:
             async for view in coalesced_views(engine, request.workflow_id, signal, after):
-                yield pb.WatchWorkflowResponse(workflow=workflow_to_proto(view), sequence=view.last_sequence)
+                yield pb.WatchWorkflowResponse(workflow=self._workflow(view), sequence=view.last_sequence)
             if engine.draining:
                 await shutting_down(context, "watch again after its restart")
         finally:
@@ -363,7 +403,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             seen = request.after_sequence if resume else 0
             if not resume:
                 view = engine.get_workflow(wf_id)
-                yield pb.WatchWorkflowResponse(workflow=workflow_to_proto(view), sequence=view.last_sequence)
+                yield pb.WatchWorkflowResponse(workflow=self._workflow(view), sequence=view.last_sequence)
                 seen = view.last_sequence
                 if view.record.state not in _OPEN_STATES:
                     return
@@ -376,7 +416,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                         # A gap (slow reader, retention) or a close whose event is gone: the status.
                         cursor = item.sequence if isinstance(item, CaughtUp) else item.last_missed_sequence
                         seen = max(seen, cursor)
-                        yield pb.WatchWorkflowResponse(workflow=workflow_to_proto(view), sequence=seen)
+                        yield pb.WatchWorkflowResponse(workflow=self._workflow(view), sequence=seen)
                     if closed and isinstance(item, CaughtUp):
                         return
                     continue
@@ -384,7 +424,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                     continue
                 seen = item.sequence
                 message = pb.WatchWorkflowResponse(
-                    workflow=workflow_to_proto(engine.get_workflow(wf_id)),
+                    workflow=self._workflow(engine.get_workflow(wf_id)),
                     event=event_to_proto(item),
                     sequence=item.sequence,
                 )
@@ -415,7 +455,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             view = self._engine.get_workflow(request.workflow_id)
         except (SchedulerError, StorageError) as error:
             await abort_for(context, error)
-        return pb.CancelWorkflowResponse(workflow=workflow_to_proto(view))
+        return pb.CancelWorkflowResponse(workflow=self._workflow(view))
 
     async def DeleteWorkflow(  # noqa: N802 - the RPC's name
         self, request: pb.DeleteWorkflowRequest, context: _Context
@@ -461,14 +501,18 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         limit = await _page_size(
             context, request.page_size, maximum=100 if request.include_payloads else 1000
         )
-        after = 0
-        if request.page_token:
-            raw = await _untoken(context, request.page_token)
-            if len(raw) != 8:
-                await _untoken(context, "!")
-            after = int.from_bytes(raw, "big")
         try:
             states = _states(request.states, task_pb2.TaskState, "TASK_STATE_")
+        except SchedulerError as error:
+            await abort_for(context, error)
+        digest = _filter_digest("ListTasks", request.workflow_id, sorted(states))
+        after = 0
+        if request.page_token:
+            raw = await _untoken(context, request.page_token, digest)
+            if len(raw) != 8:
+                await _bad_token(context)
+            after = int.from_bytes(raw, "big")
+        try:
             views, next_index = self._engine.list_tasks(request.workflow_id, states, after, limit)
         except SchedulerError as error:
             await abort_for(context, error)
@@ -483,7 +527,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
                 break
         return pb.ListTasksResponse(
             tasks=[task_to_proto(v, include_payloads=request.include_payloads) for v in views],
-            next_page_token=_token(u64_key(next_index)) if next_index is not None else "",
+            next_page_token=_token(digest, u64_key(next_index)) if next_index is not None else "",
         )
 
     async def SpawnTasks(  # noqa: N802 - the RPC's name
@@ -494,6 +538,12 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             check_id(request.workflow_id, "workflow_id", "a workflow id")
             if request.parent_task_id:
                 check_id(request.parent_task_id, "parent_task_id", "a task id")
+                if request.parent_attempt < 1:  # required with parent_task_id (scheduler_service.proto)
+                    raise SpecError(
+                        "INVALID_ARGUMENT",
+                        "parent_attempt",
+                        f"attempts count from 1, got {request.parent_attempt}",
+                    )
             elif request.dependents_wait:
                 raise SpecError(
                     "INVALID_ARGUMENT", "dependents_wait", "dependents_wait requires parent_task_id"
@@ -557,23 +607,22 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         """Lists tasks waiting at approval gates, oldest request first."""
         if request.workflow_id:
             await _check_ids(context, ("workflow_id", request.workflow_id))
-        after: tuple[int, str, str] | None = None
-        if request.page_token:
-            raw = await _untoken(context, request.page_token)
-            parts = raw.split(b"\x00")
-            if len(parts) != 3 or len(parts[0]) != 8:
-                await _untoken(context, "!")
-            after = (int.from_bytes(parts[0], "big"), parts[1].decode(), parts[2].decode())
         try:
             labels = _filter_labels(request.labels)
         except SpecError as error:
             await abort_for(context, error)
+        digest = _filter_digest("ListApprovals", request.workflow_id, sorted(labels.items()))
+        after: tuple[int, str, str] | None = None
+        if request.page_token:
+            raw = await _untoken(context, request.page_token, digest)
+            try:
+                after = _approval_cursor_decoder.decode(raw)
+            except msgspec.DecodeError:
+                await _bad_token(context)
         views, cursor = self._engine.list_approvals(
             request.workflow_id, labels, after, await _page_size(context, request.page_size, maximum=100)
         )
-        token = ""
-        if cursor is not None:
-            token = _token(b"\x00".join((u64_key(cursor[0]), cursor[1].encode(), cursor[2].encode())))
+        token = _token(digest, msgspec.msgpack.encode(cursor)) if cursor is not None else ""
         return pb.ListApprovalsResponse(tasks=[task_to_proto(v) for v in views], next_page_token=token)
 
     async def PutPool(  # noqa: N802 - the RPC's name
@@ -601,7 +650,14 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
         self, request: pb.ListPoolsRequest, context: _Context
     ) -> pb.ListPoolsResponse:
         """Lists pools by name with live counts."""
-        after = (await _untoken(context, request.page_token)).decode() if request.page_token else ""
+        digest = _filter_digest("ListPools")
+        after = ""
+        if request.page_token:
+            raw = await _untoken(context, request.page_token, digest)
+            try:
+                after = raw.decode()
+            except UnicodeDecodeError:
+                await _bad_token(context)
         names = [n for n in self._engine.pool_names() if n > after]
         limit = await _page_size(context, request.page_size)
         page = names[:limit]
@@ -610,7 +666,7 @@ class SchedulerServicer(scheduler_service_pb2_grpc.SchedulerServiceServicer):  #
             limits, status = self._engine.get_pool(name)
             out.pools.add(pool=pool_to_proto(limits), status=pool_status_to_proto(status))
         if len(names) > limit:
-            out.next_page_token = _token(page[-1].encode())
+            out.next_page_token = _token(digest, page[-1].encode())
         return out
 
     async def GetUsage(  # noqa: N802 - the RPC's name

@@ -53,6 +53,7 @@ from are_core.scheduler import (
     WorkflowSpec,
     WorkflowView,
     check_pointer,
+    is_json_content_type,
 )
 from are_core.state import MAX_JSON_DEPTH, json_depth
 from are_core.storage import StorageError
@@ -76,6 +77,7 @@ __all__ = [
     "failure_from_proto",
     "failure_to_proto",
     "failure_wire_bytes",
+    "is_json_content_type",
     "payload_to_proto",
     "pool_from_proto",
     "pool_to_proto",
@@ -157,6 +159,16 @@ def seconds(message: Message, name: str) -> float | None:
 
 
 def _duration(message: Message, name: str, field: str, *, low: float, high: float) -> float | None:
+    """The Duration ``name`` in seconds (None when unset); refused naming ``field`` if bad or out of range.
+
+    A malformed Duration (nanos out of range, or of the other sign than seconds) is refused as the
+    router and worker paths refuse it (``conventions.duration_problem``), never read as a number.
+    """
+    if not message.HasField(name):
+        return None
+    problem = conventions.duration_problem(getattr(message, name))
+    if problem is not None:
+        _bad("INVALID_ARGUMENT", field, problem)
     value = seconds(message, name)
     if value is not None and not low <= value <= high:
         _bad("INVALID_ARGUMENT", field, f"must be between {low:g}s and {high:g}s, got {value:g}s")
@@ -186,6 +198,14 @@ def retry_from_proto(policy: common_pb2.RetryPolicy, field: str) -> RetryPolicy:
         _bad("INVALID_ARGUMENT", f"{field}.maximum_attempts", f"must be between 0 and 100, got {attempts}")
     if len(policy.non_retryable_failure_types) > 64:
         _bad("LIMIT_EXCEEDED", f"{field}.non_retryable_failure_types", "at most 64 entries", limit=64)
+    for i, failure_type in enumerate(policy.non_retryable_failure_types):
+        if len(failure_type) > _TYPE_CHARS:  # common.proto: as long as a Failure.type may be
+            _bad(
+                "LIMIT_EXCEEDED",
+                f"{field}.non_retryable_failure_types[{i}]",
+                f"at most {_TYPE_CHARS} characters, got {len(failure_type):,}",
+                limit=_TYPE_CHARS,
+            )
     return RetryPolicy(
         initial_interval_s=initial,
         backoff_coefficient=coefficient,

@@ -98,7 +98,7 @@ from sidecar import _conventions as conventions
 from sidecar._cache import CacheCapability
 from sidecar._capability import Runtime
 from sidecar._router import InvalidFieldError, RouterCapability, agent_spec_from_card
-from sidecar._scheduler_convert import BlobPayload, blob_from_proto
+from sidecar._scheduler_convert import BlobPayload, blob_from_proto, is_json_content_type
 from sidecar._state import ForkPlan, StateCapability
 
 __all__ = [
@@ -161,23 +161,51 @@ def retention_from_proto(spec: workflow_pb2.WorkflowSpec) -> st.Retention | None
     return st.Retention(keep_versions=retention.keep_versions, keep_seconds=keep_s)
 
 
-def initial_state_from_proto(spec: workflow_pb2.WorkflowSpec) -> bytes:
-    """The initial state document's JSON text ("" for ``{}``); raises SpecError naming the field."""
+_INITIAL_STATE = "spec.initial_state"
+
+
+def initial_state_from_proto(spec: workflow_pb2.WorkflowSpec) -> bytes | BlobPayload:
+    """The initial state document's JSON text (b"" for ``{}``), or its blob reference, shape-checked.
+
+    workflow.proto: a JSON object of at most 16 MiB (a document's bound, this
+    field's own: inline, or by blob reference as any Payload). Its content type
+    must be JSON (common.proto Payload: the sidecar parses only JSON). Raises
+    SpecError naming the field; a blob is read by :meth:`Wiring.stage_initial`.
+    """
     if not spec.HasField("initial_state"):
         return b""
     payload: common_pb2.Payload = spec.initial_state
     if payload.WhichOneof("content") == "blob":
+        blob = blob_from_proto(payload, _INITIAL_STATE)
+        _check_json_type(payload.content_type or payload.blob.content_type, f"{_INITIAL_STATE}.content_type")
+        return blob
+    problem = conventions.content_type_problem(payload.content_type)
+    if problem is not None:
         raise SpecError(
-            "INVALID_ARGUMENT", "spec.initial_state.blob", "the initial state must be inline JSON"
+            "LIMIT_EXCEEDED",
+            f"{_INITIAL_STATE}.content_type",
+            problem,
+            limit=conventions.CONTENT_TYPE_CHARS,
         )
+    _check_json_type(payload.content_type, f"{_INITIAL_STATE}.content_type")
     if len(payload.data) > st.MAX_DOCUMENT_BYTES:
         raise SpecError(
             "LIMIT_EXCEEDED",
-            "spec.initial_state.data",
-            f"at most {st.MAX_DOCUMENT_BYTES} bytes",
+            f"{_INITIAL_STATE}.data",
+            f"the initial state is {len(payload.data):,} bytes; at most {st.MAX_DOCUMENT_BYTES:,} (16 MiB)",
             limit=st.MAX_DOCUMENT_BYTES,
         )
     return payload.data
+
+
+def _check_json_type(content_type: str, field: str) -> None:
+    """Refuses a content type that is not JSON (empty, application/json or ``*+json``), naming ``field``."""
+    if not is_json_content_type(content_type):
+        raise SpecError(
+            "INVALID_ARGUMENT",
+            field,
+            f"the initial state is a JSON object: its content type must be JSON, got {content_type[:130]!r}",
+        )
 
 
 def state_spec_error(error: st.StateError, field: str) -> SpecError:
@@ -194,6 +222,24 @@ def state_spec_error(error: st.StateError, field: str) -> SpecError:
         reason = "INVALID_ARGUMENT"
     limit = error.limit if isinstance(error, st.LimitExceededError) and error.limit else None
     return SpecError(reason, field, error.message, limit=limit)
+
+
+def _output_error(error: SpecError, inner: str, *, alone: bool) -> SpecError:
+    """A refused output pointer write, its message speaking of the output, not of the patch it became.
+
+    The state engine writes the output as one more patch operation, and names
+    that operation (``operations.operations[0].value_json is not valid JSON``);
+    the worker sent an output, and is told about it.
+    """
+    message = error.message
+    if inner and message.startswith(inner):
+        message = "the output" + message[len(inner) :]
+    elif message.startswith("the operations are"):  # the bound on one patch's JSON text
+        what = "the output and its pointer are" if alone else "the state patch and the output are"
+        message = what + message[len("the operations are") :]
+    if message == error.message:
+        return error
+    return SpecError(error.reason, error.field, message, limit=error.limit)
 
 
 class Wiring:
@@ -234,11 +280,21 @@ class Wiring:
 
     # ------------------------------------------------------------------ state
 
-    def stage_initial(self, document: bytes, retention: st.Retention | None) -> Any:
-        """The submit's stage hook writing state version 1 (None without a state service)."""
+    def stage_initial(self, initial: bytes | BlobPayload, retention: st.Retention | None) -> Any:
+        """The submit's stage hook writing state version 1 (None without a state service).
+
+        An initial state given by blob reference is read now (the blob must
+        exist: BLOB_NOT_FOUND naming ``spec.initial_state.blob``); its content
+        is copied into the document, which keeps no reference to it.
+        """
         state = self.state
         if state is None:
+            if isinstance(initial, BlobPayload):
+                raise NotImplementedFieldError(
+                    f"{_INITIAL_STATE}.blob", f"{_INITIAL_STATE}.blob: this sidecar has no blob store"
+                )
             return None
+        document = initial if isinstance(initial, bytes) else self._initial_blob(initial)
 
         def stage(batch: Batch, workflow_id: str) -> Callable[[], None]:
             deferred: list[Callable[[], None]] = []
@@ -249,11 +305,29 @@ class Wiring:
             except st.VersionMismatchError:
                 raise WorkflowExistsError(f"workflow {workflow_id!r} already has a state document") from None
             except st.StateError as error:
-                raise state_spec_error(error, "spec.initial_state.data") from None
+                field = f"{_INITIAL_STATE}.{'data' if isinstance(initial, bytes) else 'blob'}"
+                raise state_spec_error(error, field) from None
             (record,) = deferred
             return record  # its STATE_PATCHED, recorded after the submit's WORKFLOW_SUBMITTED
 
         return stage
+
+    def _initial_blob(self, blob: BlobPayload) -> bytes:
+        """The content of an initial state's blob, at most a document's bound; raises naming the field."""
+        assert self.state is not None
+        size, _ = self._stat(blob, _INITIAL_STATE)
+        if size > st.MAX_DOCUMENT_BYTES:
+            raise SpecError(
+                "LIMIT_EXCEEDED",
+                f"{_INITIAL_STATE}.blob",
+                f"the blob is {size:,} bytes; an initial state is at most {st.MAX_DOCUMENT_BYTES:,} (16 MiB)",
+                limit=st.MAX_DOCUMENT_BYTES,
+            )
+        try:
+            _, chunks = self.state.blobs.read(bytes.fromhex(blob.sha256))
+            return b"".join(chunk for _, chunk in chunks)
+        except st.BlobNotFoundError:  # deleted since the stat (or a chunk is gone)
+            raise BlobMissingError(f"{_INITIAL_STATE}.blob", f"no blob has digest {blob.sha256}") from None
 
     def state_version(self, workflow_id: str) -> int:
         """The latest version of the workflow's state document (0: none or no state service)."""
@@ -339,7 +413,8 @@ class Wiring:
             else:
                 pointer_write = inner.startswith("operations")
             if pointer_write or not inner:
-                return state_spec_error(error, f"{field}.output.data")
+                alone = write.merge_patch is None and write.operations is None
+                return _output_error(state_spec_error(error, f"{field}.output.data"), inner, alone=alone)
         return state_spec_error(error, f"{field}.state_patch.{inner}".rstrip("."))
 
     def gate(self, operation: str, workflow_id: str, task_id: str, attempt: int) -> None:

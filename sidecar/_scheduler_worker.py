@@ -56,6 +56,7 @@ from sidecar._scheduler_convert import (
     error_reason_value,
     failure_from_proto,
     failure_wire_bytes,
+    is_json_content_type,
     timestamp,
     usage_from_proto,
 )
@@ -180,9 +181,20 @@ def _heartbeat_details(h: pb.TaskHeartbeat, field: str) -> bytes | None:
 
     Details over 1 MiB are refused naming ``<field>.details.data``, a
     content type over 128 characters naming ``<field>.details.content_type``.
+    Details are inline only (worker_service.proto): a blob reference is
+    refused naming ``<field>.details.blob``, never dropped in silence (the
+    next attempt would resume from nothing while the worker believed its
+    progress kept).
     """
     if not h.HasField("details"):
         return None
+    if h.details.WhichOneof("content") == "blob":
+        raise SpecError(
+            "INVALID_ARGUMENT",
+            f"{field}.details.blob",
+            "heartbeat details are inline only (at most 1 MiB); keep larger progress in the "
+            "workflow's state document",
+        )
     if len(h.details.data) > _HEARTBEAT_DETAILS_BYTES:
         raise SpecError(
             "LIMIT_EXCEEDED", f"{field}.details.data", "at most 1 MiB", limit=_HEARTBEAT_DETAILS_BYTES
@@ -946,6 +958,16 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
                 f"{field}.output.blob",
                 "the task writes its output into the state document (output_state_pointer): "
                 "its output must be inline JSON",
+            )
+        if write.pointer and not is_json_content_type(content_type):
+            # common.proto Payload: the sidecar parses a payload only when its content type is JSON;
+            # task.proto output_state_pointer: the output must then be JSON. Refused, never stored as
+            # something the worker did not send (a JSON string of the bytes).
+            raise SpecError(
+                "INVALID_ARGUMENT",
+                f"{field}.output.content_type",
+                "the task writes its output into the state document (output_state_pointer): its "
+                f"content type must be JSON (empty, application/json or *+json), got {content_type!r}",
             )
         return await self._wiring.complete_with_state(
             c.workflow_id,

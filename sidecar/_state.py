@@ -653,6 +653,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             await _check_id(context, request.task_id, "task_id")
         if request.attempt < 0:
             await _invalid(context, "attempt", "attempt must not be negative")
+        if request.task_id and request.attempt < 1:  # a task's writes name the attempt held
+            await _invalid(context, "attempt", f"attempts count from 1, got {request.attempt}")
         if len(request.writer) > _MAX_WRITER:
             await _limit(context, "writer", _MAX_WRITER)
         expected = request.expected_version if request.HasField("expected_version") else None
@@ -1305,7 +1307,9 @@ async def _fail(context: _Context, error: StateError | StorageError, *, prefix: 
         metadata.update(oldest_version=str(error.oldest), latest_version=str(error.latest))
     elif isinstance(error, DimensionMismatchError):
         metadata.update(expected_dimension=str(error.expected), actual_dimension=str(error.actual))
-    violations = [(field, error.message)] if field and code == grpc.StatusCode.INVALID_ARGUMENT else []
+    # A missing blob is named too (`entries[0].content.blob`), as the scheduler and cache name theirs.
+    named = code == grpc.StatusCode.INVALID_ARGUMENT or isinstance(error, BlobNotFoundError)
+    violations = [(field, error.message)] if field and named else []
     retry_after = timedelta(seconds=error.retry_after_s) if isinstance(error, ResourceLimitError) else None
     await abort(
         context,

@@ -93,6 +93,9 @@ TEST_HOOK_ENV = "ARE_TRACE_TEST_HOOK"
 TEST_HOOK_METHOD = "/are.testing.TraceHook/Record"
 _SERVICE = "are.v1.TraceService"
 _MAX_IDS = 100
+# A worker id as the sidecar gives them: a worker name (an id) and "-" and 12 hex characters (a
+# stream), or "@poll-" and 8 (a unary poll): at most 142 characters; 160 leaves room.
+_WORKER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,160}")
 _MAX_TYPES = 64
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
@@ -771,10 +774,24 @@ async def _filter_from_proto(message: event_pb2.EventFilter, context: _Context) 
     for field, values in (("workflow_ids", message.workflow_ids), ("task_ids", message.task_ids)):
         if len(values) > _MAX_IDS:
             violations.append((f"filter.{field}", f"at most {_MAX_IDS} ids, got {len(values)}"))
+        # Ids as every RPC takes them (common.proto): an id no event can carry is a mistake, named.
         violations.extend(
-            (f"filter.{field}[{index}]", "must not be empty")
+            (
+                f"filter.{field}[{index}]",
+                f"an id is 1 to 128 characters of [A-Za-z0-9._:-], got {value[:40]!r}",
+            )
             for index, value in enumerate(values)
-            if not value
+            if not conventions.ID.fullmatch(value)
+        )
+    if message.worker_id and not _WORKER_ID.fullmatch(message.worker_id):
+        violations.append(
+            (
+                "filter.worker_id",
+                (
+                    "a worker id is 1 to 160 characters of [A-Za-z0-9._:@-] (a worker name and the "
+                    f"suffix the sidecar adds), got {message.worker_id[:40]!r}"
+                ),
+            )
         )
     if len(message.event_types) > _MAX_TYPES:
         violations.append(

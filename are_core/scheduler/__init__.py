@@ -6,7 +6,7 @@ records and specs it takes and returns are msgspec structs in ``_model``;
 evaluated by ``evaluate``. Its exceptions are drawn in ``_errors``.
 """
 
-from ._conditions import check_pointer, evaluate, resolve_pointer
+from ._conditions import check_pointer, evaluate, is_json_content_type, resolve_pointer
 from ._engine import (
     CACHE_BLOB_SHA256,
     CACHE_BLOB_SIZE,
@@ -123,6 +123,7 @@ __all__ = [
     "check_pointer",
     "evaluate",
     "find_cycle",
+    "is_json_content_type",
     "resolve_pointer",
     "validate_graph",
 ]

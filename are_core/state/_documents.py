@@ -534,6 +534,7 @@ class StateEngine:
         then_operations: Sequence[PatchOp] = (),
         retention: Retention | None = None,
         deferred: list[Callable[[], None]] | None = None,
+        max_patch_bytes: int = MAX_PATCH_BYTES,
     ) -> PatchResult:
         """Add a patch's mutations to ``batch``; call under :meth:`locked` and then commit it.
 
@@ -554,7 +555,7 @@ class StateEngine:
             raise LimitExceededError(
                 f"writer is {len(writer)} characters; at most {MAX_WRITER_CHARS}", field="writer", limit=256
             )
-        decoded_ops = _check_patch(merge_patch, operations)
+        decoded_ops = _check_patch(merge_patch, operations, max_patch_bytes)
         now = self._clock_ns()
         prefix = _wid(workflow_id)
         with self._storage.read() as view:
@@ -726,18 +727,34 @@ class StateEngine:
             InvalidJsonError: not JSON, or not an object.
             LimitExceededError: over 16 MiB.
         """
+        if len(document_json) > MAX_DOCUMENT_BYTES:
+            raise LimitExceededError(
+                f"the initial state is {len(document_json):,} bytes; at most {MAX_DOCUMENT_BYTES:,}",
+                field="initial_state",
+                limit=MAX_DOCUMENT_BYTES,
+            )
         doc = decode_json(document_json, field="initial_state") if document_json else {}
         if not isinstance(doc, dict):
             raise InvalidJsonError("the initial state must be a JSON object", field="initial_state")
-        return self.stage_patch(
-            batch,
-            workflow_id,
-            operations=[PatchOp("set", "", _json_enc.encode(doc))],
-            expected_version=0,
-            writer=writer,
-            retention=retention,
-            deferred=deferred,
-        )
+        try:
+            # A document, not a patch: bounded as a document is (16 MiB), not as a patch (4 MiB).
+            return self.stage_patch(
+                batch,
+                workflow_id,
+                operations=[PatchOp("set", "", _json_enc.encode(doc))],
+                expected_version=0,
+                writer=writer,
+                retention=retention,
+                deferred=deferred,
+                max_patch_bytes=MAX_DOCUMENT_BYTES,
+            )
+        except LimitExceededError as error:  # named for what the caller sent, not the patch it became
+            message = error.message.replace("the patched document", "the initial state")
+            raise LimitExceededError(
+                message.replace("the operations are", "the initial state is (re-encoded)"),
+                field="initial_state",
+                limit=error.limit,
+            ) from None
 
     def stage_retention(self, batch: Batch, workflow_id: str, retention: Retention) -> None:
         """Record a workflow's own retention (``WorkflowSpec.state_retention``); needs a head."""
@@ -893,20 +910,22 @@ def _member_rows(work: _Work, head: StateHead | None) -> tuple[list[tuple[bytes,
     return rows, count, pairs
 
 
-def _check_patch(merge_patch: bytes | None, operations: Sequence[PatchOp] | None) -> list[Any]:
+def _check_patch(
+    merge_patch: bytes | None, operations: Sequence[PatchOp] | None, max_bytes: int = MAX_PATCH_BYTES
+) -> list[Any]:
     """Check bounds and decode the JSON of a patch (before any read)."""
     if merge_patch is not None:
-        return [_check_merge(merge_patch)]
+        return [_check_merge(merge_patch, max_bytes)]
     assert operations is not None
-    return _check_operations(operations)
+    return _check_operations(operations, max_bytes)
 
 
-def _check_merge(merge_patch: bytes) -> dict[str, Any]:
-    if len(merge_patch) > MAX_PATCH_BYTES:
+def _check_merge(merge_patch: bytes, max_bytes: int = MAX_PATCH_BYTES) -> dict[str, Any]:
+    if len(merge_patch) > max_bytes:
         raise LimitExceededError(
-            f"the merge patch is {len(merge_patch)} bytes; at most {MAX_PATCH_BYTES}",
+            f"the merge patch is {len(merge_patch)} bytes; at most {max_bytes}",
             field="merge_patch_json",
-            limit=MAX_PATCH_BYTES,
+            limit=max_bytes,
         )
     doc = decode_json(merge_patch, field="merge_patch_json")
     if not isinstance(doc, dict):
@@ -914,7 +933,7 @@ def _check_merge(merge_patch: bytes) -> dict[str, Any]:
     return doc
 
 
-def _check_operations(operations: Sequence[PatchOp]) -> list[Any]:
+def _check_operations(operations: Sequence[PatchOp], max_bytes: int = MAX_PATCH_BYTES) -> list[Any]:
     if not operations:
         raise InvalidStateArgumentError("give 1 to 1,000 operations", field="operations.operations")
     if len(operations) > MAX_OPERATIONS:
@@ -924,11 +943,11 @@ def _check_operations(operations: Sequence[PatchOp]) -> list[Any]:
             limit=MAX_OPERATIONS,
         )
     total = sum(len(op.path) + len(op.value_json) for op in operations)
-    if total > MAX_PATCH_BYTES:
+    if total > max_bytes:
         raise LimitExceededError(
-            f"the operations are {total} bytes; at most {MAX_PATCH_BYTES}",
+            f"the operations are {total} bytes; at most {max_bytes}",
             field="operations.operations",
-            limit=MAX_PATCH_BYTES,
+            limit=max_bytes,
         )
     values = []
     for i, op in enumerate(operations):

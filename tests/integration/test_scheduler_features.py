@@ -195,6 +195,7 @@ async def test_a_spawn_with_a_request_id_adds_its_tasks_once_even_from_a_retried
             s.SpawnTasksRequest(
                 workflow_id=workflow_id,
                 parent_task_id="planner",
+                parent_attempt=2,
                 tasks=[task("child", cap, input=c.Payload(data=b'"other"', content_type="application/json"))],
                 request_id=f"{workflow_id}-plan",
             )

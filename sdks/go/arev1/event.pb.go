@@ -845,7 +845,10 @@ type EventFilter struct {
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// Only events before this time.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	// Only events of this worker.
+	// Only events of this worker: a worker id as the sidecar gives them
+	// (WorkerRegistered.worker_id, PollTaskResponse.worker_id), at most 160
+	// characters of [A-Za-z0-9._:@-]; another is INVALID_ARGUMENT naming
+	// `filter.worker_id`.
 	WorkerId      string `protobuf:"bytes,6,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -714,8 +714,10 @@ type TaskHeartbeat struct {
 	TaskId string `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// The attempt that is alive.
 	Attempt int32 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	// Progress details, at most 1 MiB; the latest are handed to the next
-	// attempt as last_heartbeat_details.
+	// Progress details, inline, at most 1 MiB; the latest are handed to the
+	// next attempt as last_heartbeat_details. Details given as a blob
+	// reference are INVALID_ARGUMENT naming `heartbeat.details.blob` (keep
+	// larger progress in the workflow's state document).
 	Details       *Payload `protobuf:"bytes,4,opt,name=details,proto3" json:"details,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -276,7 +276,10 @@ type WorkflowSpec struct {
 	// `spec.tasks[3].depends_on[0]`, and nothing is stored.
 	Tasks []*TaskSpec `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// The initial state document, a JSON object, at most 16 MiB; unset means
-	// `{}`. It becomes state version 1.
+	// `{}`. It becomes state version 1. This field's bound is a document's:
+	// up to 16 MiB inline, or by blob reference (whose content is copied into
+	// the document). Its content_type must be JSON; refusals name
+	// `spec.initial_state.data` (or `.blob`, `.content_type`).
 	InitialState *Payload `protobuf:"bytes,4,opt,name=initial_state,json=initialState,proto3" json:"initial_state,omitempty"`
 	// The workflow's budgets.
 	Budget *WorkflowBudget `protobuf:"bytes,5,opt,name=budget,proto3" json:"budget,omitempty"`

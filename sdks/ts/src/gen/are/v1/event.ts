@@ -501,7 +501,12 @@ export interface EventFilter {
   endTime:
     | Date
     | undefined;
-  /** Only events of this worker. */
+  /**
+   * Only events of this worker: a worker id as the sidecar gives them
+   * (WorkerRegistered.worker_id, PollTaskResponse.worker_id), at most 160
+   * characters of [A-Za-z0-9._:@-]; another is INVALID_ARGUMENT naming
+   * `filter.worker_id`.
+   */
   workerId: string;
 }
 

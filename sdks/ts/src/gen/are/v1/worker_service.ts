@@ -269,8 +269,10 @@ export interface TaskHeartbeat {
   /** The attempt that is alive. */
   attempt: number;
   /**
-   * Progress details, at most 1 MiB; the latest are handed to the next
-   * attempt as last_heartbeat_details.
+   * Progress details, inline, at most 1 MiB; the latest are handed to the
+   * next attempt as last_heartbeat_details. Details given as a blob
+   * reference are INVALID_ARGUMENT naming `heartbeat.details.blob` (keep
+   * larger progress in the workflow's state document).
    */
   details: Payload | undefined;
 }

@@ -130,7 +130,10 @@ export interface WorkflowSpec {
   tasks: TaskSpec[];
   /**
    * The initial state document, a JSON object, at most 16 MiB; unset means
-   * `{}`. It becomes state version 1.
+   * `{}`. It becomes state version 1. This field's bound is a document's:
+   * up to 16 MiB inline, or by blob reference (whose content is copied into
+   * the document). Its content_type must be JSON; refusals name
+   * `spec.initial_state.data` (or `.blob`, `.content_type`).
    */
   initialState:
     | Payload
