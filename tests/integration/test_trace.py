@@ -254,6 +254,28 @@ async def test_stream_replays_then_follows_live_without_gap_or_duplicate(trace_c
     await stream.aclose()
 
 
+async def test_the_sdk_stream_filters_by_time_as_list_events_does(trace_client: Client) -> None:
+    """Trace.stream took no start_time / end_time, though StreamEventsRequest's filter has them."""
+    wf = new_workflow()
+    earlier = await record(
+        trace_client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf) for _ in range(3))
+    )
+    await asyncio.sleep(0.01)  # the events' clock moves on: the cut falls between the two groups
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    later = await record(
+        trace_client, *(EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf) for _ in range(2))
+    )
+    for start, end, expected in ((None, cut, earlier), (cut, None, later)):
+        stream = trace_client.trace.stream(
+            workflow_ids=[wf], start_time=start, end_time=end, after_sequence=0
+        )
+        items = [await asyncio.wait_for(anext(stream), 10) for _ in range(len(expected) + 1)]
+        assert [_sequence(i) for i in items[:-1]] == expected
+        assert isinstance(items[-1], trace_service_pb2.CaughtUp)
+        await stream.aclose()
+
+
 async def test_live_only_stream_starts_at_the_caught_up_marker(trace_client: Client) -> None:
     wf = new_workflow()
     await record(trace_client, EventDraft(event_type="TASK_SCHEDULED", workflow_id=wf))

@@ -116,11 +116,17 @@ class Trace:
         workflow_ids: Iterable[str] = (),
         task_ids: Iterable[str] = (),
         event_types: Iterable[str | int] = (),
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
         worker_id: str = "",
         after_sequence: int | None = None,
         fill_missed: bool = True,
     ) -> AsyncGenerator[TraceStreamItem, None]:
         """Follows events live: replay after ``after_sequence`` (None: live only), then new ones.
+
+        The filter is ListEvents' (``start_time`` / ``end_time`` bound the
+        events' own times, so a stream with an ``end_time`` in the past
+        replays and then stays quiet).
 
         Yields each matching ``Event``, one ``CaughtUp`` when the replay ends,
         and ``EventsMissed`` notices. With ``fill_missed`` (the default), a
@@ -137,7 +143,12 @@ class Trace:
                 ``after_sequence`` set to the last sequence received.
         """
         filters = event_filter(
-            workflow_ids=workflow_ids, task_ids=task_ids, event_types=event_types, worker_id=worker_id
+            workflow_ids=workflow_ids,
+            task_ids=task_ids,
+            event_types=event_types,
+            start_time=start_time,
+            end_time=end_time,
+            worker_id=worker_id,
         )
         request = trace_service_pb2.StreamEventsRequest(filter=filters)
         if after_sequence is not None:
