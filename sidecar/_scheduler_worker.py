@@ -39,7 +39,7 @@ import grpc
 import msgspec
 from google.protobuf import duration_pb2
 
-from are_core.scheduler import Assignment, Cancellation, Scheduler, SchedulerError, SpecError
+from are_core.scheduler import Assignment, Cancellation, Scheduler, SchedulerError, SpecError, Usage
 from are_core.state import BlobStore, StateError
 from are_core.storage import StorageError
 from are_core.trace import EventDraft, EventUsage, FailureInfo
@@ -350,6 +350,7 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
     failure = failure_from_proto(event.failure, f"{field}.failure") if event.HasField("failure") else None
     duration_ns, event_time_ns = _reported_times(event, field)
     attributes = _attributes(event.attributes, f"{field}.attributes") if event.attributes else {}
+    _gen_ai_defaults(event_type, event.name, usage, attributes)
     return EventDraft(
         event_type=event_type,
         workflow_id=event.workflow_id,
@@ -380,6 +381,34 @@ def reported_event_draft(event: event_pb2.ReportedEvent, worker_id: str, field: 
         span_id=event.span_id,
         event_time_unix_ns=event_time_ns,
     )
+
+
+def _gen_ai_defaults(
+    event_type: str, name: str, usage: Usage | None, attributes: dict[str, str | int | float | bool]
+) -> None:
+    """Fills the GenAI attributes event.proto lists for a call that the event's own fields give.
+
+    An LLM_CALL carries "gen_ai.operation.name" ("chat" unless the worker
+    said otherwise), "gen_ai.request.model" (its name) and the usage's
+    tokens; a TOOL_CALL "gen_ai.tool.name". What the worker set is kept, so
+    a reader of the event (or of its span) finds the conventions' keys
+    whichever SDK reported it; none is added past the 64 attributes an event holds.
+    """
+    defaults: list[tuple[str, str | int]] = []
+    if event_type == "LLM_CALL":
+        defaults.append(("gen_ai.operation.name", "chat"))
+        if name:
+            defaults.append(("gen_ai.request.model", name))
+        if usage is not None:
+            defaults += [
+                ("gen_ai.usage.input_tokens", usage.input_tokens),
+                ("gen_ai.usage.output_tokens", usage.output_tokens),
+            ]
+    elif event_type == "TOOL_CALL" and name:
+        defaults.append(("gen_ai.tool.name", name))
+    for key, value in defaults:
+        if key not in attributes and len(attributes) < _EVENT_ATTRIBUTES:
+            attributes[key] = value
 
 
 def _ack(

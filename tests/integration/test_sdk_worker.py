@@ -109,6 +109,71 @@ async def test_context_carries_the_assignment(client: Client) -> None:
     assert described.usage.cost_micro_usd == 165
 
 
+async def test_reported_calls_carry_the_gen_ai_attributes_and_custom_events_reach_the_trace(
+    client: Client,
+) -> None:
+    """report_llm_call could not name the provider, nor a handler record a custom event; and an
+    LLM_CALL carried none of the GenAI attributes event.proto lists (the sidecar now fills those
+    the call itself gives)."""
+    cap = f"genai-{suffix()}"
+    worker = Worker(client, name=f"genai-{suffix()}")
+
+    @worker.handler(cap)
+    async def handle(ctx: TaskContext) -> Any:
+        ctx.report_llm_call(
+            "gpt-x", 12, 3, 40, provider="openai", response_model="gpt-x-2025", attributes={"temp": 0.5}
+        )
+        ctx.report_llm_call("bare-model")
+        ctx.report_tool_call("search", call_id="call_7", attributes={"hits": 3, "cached": True})
+        ctx.report_event("chose plan B", {"reason": "budget"})
+        with pytest.raises(ValueError, match="finite"):
+            ctx.report_event("bad", {"x": float("nan")})
+        with pytest.raises(TypeError, match="'x' is a list"):
+            ctx.report_event("bad", {"x": [1]})  # type: ignore[dict-item]  # not an attribute value, on purpose
+        return None
+
+    async with worker:
+        handle_ = await client.submit_workflow(WorkflowSpec("genai").task("t", capability=cap))
+        assert await handle_.result(timeout=RESULT_TIMEOUT) is None  # raises if the handler's checks failed
+        kinds = ["LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"]
+        events: list[event_pb2.Event] = []
+        async with asyncio.timeout(RESULT_TIMEOUT):  # reported events may land after the completion
+            while len(events) < 4:
+                events = [
+                    e
+                    async for e in client.trace.iter_events(
+                        workflow_ids=[handle_.workflow_id], event_types=kinds
+                    )
+                ]
+                await asyncio.sleep(0.05)
+
+    def values(event: event_pb2.Event) -> dict[str, object]:
+        return {k: getattr(v, v.WhichOneof("value") or "string_value") for k, v in event.attributes.items()}
+
+    llm, bare, tool, custom = events
+    assert (llm.name, values(llm)) == (
+        "gpt-x",
+        {
+            "gen_ai.system": "openai",
+            "gen_ai.response.model": "gpt-x-2025",
+            "gen_ai.request.model": "gpt-x",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.usage.input_tokens": 12,
+            "gen_ai.usage.output_tokens": 3,
+            "temp": 0.5,
+        },
+    )
+    assert values(bare)["gen_ai.request.model"] == "bare-model"
+    assert values(tool) == {
+        "gen_ai.tool.name": "search",
+        "gen_ai.tool.call.id": "call_7",
+        "hits": 3,
+        "cached": True,
+    }
+    assert custom.event_type == event_pb2.EVENT_TYPE_WORKER_CUSTOM
+    assert (custom.name, values(custom)) == ("chose plan B", {"reason": "budget"})
+
+
 async def test_spawned_tasks_feed_the_waiting_dependents(client: Client) -> None:
     cap = f"spawn-{suffix()}"
     worker = Worker(client, name=f"spawn-{suffix()}")

@@ -43,6 +43,7 @@ import functools
 import importlib.metadata
 import inspect
 import logging
+import math
 import os
 import queue
 import signal
@@ -235,6 +236,26 @@ def _now_timestamp() -> Any:
     return message
 
 
+AttributeScalar = str | int | float | bool
+"""An event attribute's value (event.proto AttributeValue)."""
+
+
+def _set_attribute(target: Any, key: str, value: AttributeScalar) -> None:
+    """Sets an ``are.v1.AttributeValue`` from a Python value; a bool is a bool, not an int."""
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"attribute {key!r} is {value!r}: event attributes must be finite numbers")
+        target.double_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    else:
+        raise TypeError(f"attribute {key!r} is a {type(value).__name__}: give a str, int, float or bool")
+
+
 class TaskContext:
     """Everything a handler knows about its task attempt, and what it can report.
 
@@ -402,16 +423,26 @@ class TaskContext:
         cost_micro_usd: int = 0,
         *,
         duration: Duration | None = None,
+        provider: str = "",
+        response_model: str = "",
+        attributes: Mapping[str, AttributeScalar] | None = None,
     ) -> None:
         """Records one LLM call: an event in the flight recorder, and usage on the result.
 
         The tokens and cost are summed into the usage sent with the attempt's
         completion or failure, which the workflow's budgets and the pool's
-        token rate count.
+        token rate count. ``provider`` ("openai", "anthropic", ...) and
+        ``response_model`` become the GenAI attributes "gen_ai.system" and
+        "gen_ai.response.model"; ``attributes`` adds others (at most 64 in
+        all; keys 1 to 128 characters; strings at most 16 KiB). The sidecar
+        fills "gen_ai.request.model", "gen_ai.operation.name" and the token
+        counts from the call itself.
 
         Raises:
             ValueError: A count or cost is negative (the sidecar would refuse
-                the attempt's result); raised in the handler, it fails the attempt.
+                the attempt's result), or an attribute value is NaN or an
+                infinity; raised in the handler, it fails the attempt.
+            TypeError: An attribute value is not a str, int, float or bool.
         """
         counts = {
             "input_tokens": input_tokens,
@@ -421,21 +452,52 @@ class TaskContext:
         for name, value in counts.items():
             if value < 0:
                 raise ValueError(f"{name} must be at least 0, got {value}")
+        gen_ai = {"gen_ai.system": provider, "gen_ai.response.model": response_model}
+        extra: dict[str, AttributeScalar] = {key: value for key, value in gen_ai.items() if value}
+        extra.update(attributes or {})
+        event = self._event(int(event_pb2.EVENT_TYPE_LLM_CALL), model, duration, extra)
         usage = common_pb2.Usage(
             input_tokens=input_tokens, output_tokens=output_tokens, cost_micro_usd=cost_micro_usd, llm_calls=1
         )
         self._add_usage(usage)
-        event = self._event(int(event_pb2.EVENT_TYPE_LLM_CALL), model, duration)
         event.usage.CopyFrom(usage)
         self._call_soon(functools.partial(self._session.queue_event, event))
 
-    def report_tool_call(self, name: str, *, duration: Duration | None = None) -> None:
-        """Records one tool call in the flight recorder and in the attempt's usage."""
+    def report_tool_call(
+        self,
+        name: str,
+        *,
+        duration: Duration | None = None,
+        call_id: str = "",
+        attributes: Mapping[str, AttributeScalar] | None = None,
+    ) -> None:
+        """Records one tool call in the flight recorder and in the attempt's usage.
+
+        ``call_id`` (the model's id for the call) becomes "gen_ai.tool.call.id";
+        ``attributes`` as for :meth:`report_llm_call`.
+        """
+        extra: dict[str, AttributeScalar] = {"gen_ai.tool.call.id": call_id} if call_id else {}
+        extra.update(attributes or {})
+        event = self._event(int(event_pb2.EVENT_TYPE_TOOL_CALL), name, duration, extra)
         self._add_usage(common_pb2.Usage(tool_calls=1))
-        event = self._event(int(event_pb2.EVENT_TYPE_TOOL_CALL), name, duration)
         self._call_soon(functools.partial(self._session.queue_event, event))
 
-    def _event(self, event_type: int, name: str, duration: Duration | None) -> Any:
+    def report_event(self, name: str, attributes: Mapping[str, AttributeScalar] | None = None) -> None:
+        """Records anything else worth seeing in the trace (a decision, a milestone) as WORKER_CUSTOM.
+
+        It shows among the attempt's events (``are trace``) and on its span in
+        OpenTelemetry; ``attributes`` as for :meth:`report_llm_call`.
+        """
+        event = self._event(int(event_pb2.EVENT_TYPE_WORKER_CUSTOM), name, None, attributes or {})
+        self._call_soon(functools.partial(self._session.queue_event, event))
+
+    def _event(
+        self,
+        event_type: int,
+        name: str,
+        duration: Duration | None,
+        attributes: Mapping[str, AttributeScalar],
+    ) -> Any:
         event = event_pb2.ReportedEvent(
             workflow_id=self.workflow_id,
             task_id=self.task_id,
@@ -446,6 +508,8 @@ class TaskContext:
         )
         if duration is not None:
             event.duration.CopyFrom(to_duration(duration))
+        for key, value in attributes.items():
+            _set_attribute(event.attributes[key], key, value)
         return event
 
     def _add_usage(self, usage: Any) -> None:
