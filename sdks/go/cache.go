@@ -3,9 +3,16 @@ package are
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
+	"unicode"
 
+	"golang.org/x/text/unicode/norm"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -20,6 +27,12 @@ import (
 //		func(ctx context.Context) ([]byte, *arev1.Usage, error) { return callLLM(ctx, prompt) })
 type Cache struct {
 	client *Client
+
+	mu sync.Mutex
+	// flights are the GetOrCall calls under way, by what decides their answer
+	// (flightKeyOf): one per distinct question being answered now, removed
+	// when it lands or the moment its last caller gives up on it.
+	flights map[string]*cacheFlight
 }
 
 // CacheHit is the entry that answered a lookup.
@@ -283,19 +296,142 @@ type CacheCall func(ctx context.Context) (value []byte, usage *arev1.Usage, err 
 // GetOrCall looks prompt up; on a hit it returns the cached value and the
 // hit, without calling call. On a miss it calls call once, stores its value
 // (with its usage) and returns it with a nil hit. An error of call is
-// returned as it is and nothing is stored. It is not a lock: concurrent
-// misses of one prompt each call.
+// returned as it is and nothing is stored.
+//
+// Concurrent GetOrCall of one client that ask the same question share one
+// lookup and one call (as the Python SDK's get_or_call): the same namespace,
+// the same prompt (equal once normalised as the sidecar does: Unicode NFC,
+// whitespace runs collapsed, trimmed) and the same lookup options
+// (WithVector, WithThreshold, WithMaxAge, ExactOnly). The first caller's
+// call and other options (WithTTL, WithMetadata, WithUsage,
+// WithContentType) are used, and every caller gets its value and hit (the
+// same ones: treat them as read-only), or its error (then nothing is
+// stored).
+// The shared lookup, call and store run on a context that carries the first
+// caller's values but not its deadline or cancellation: a caller whose ctx
+// ends stops waiting and gets ctx.Err(), while the others still wait; the
+// shared call's context is cancelled only when no caller waits for it any
+// more, and a GetOrCall arriving after that starts a call of its own. A
+// panic of call is raised again in every caller waiting for it.
 //
 // A cache outage does not become an outage of the calls it stands in front
 // of: a lookup that fails because the cache is down or busy (UNAVAILABLE,
-// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or ABORTED, ctx still live) is
-// logged as a warning (slog.Default) and call is made, its value returned
-// and not stored; other lookup errors (an unknown namespace, a bad vector)
-// are returned, and so is ctx's own end. A store that fails after the call
-// (the value over the namespace's bound, the sidecar busy or gone) is
-// logged too, and the value paid for is returned without an error.
+// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or ABORTED) is logged as a warning
+// (slog.Default) and call is made, its value returned and not stored; other
+// lookup errors (an unknown namespace, a bad vector) are returned, and so is
+// ctx's own end. A store that fails after the call (the value over the
+// namespace's bound, the sidecar busy or gone) is logged too, and the value
+// paid for is returned without an error.
 func (c *Cache) GetOrCall(ctx context.Context, namespace, prompt string, call CacheCall, opts ...CacheOption) ([]byte, *CacheHit, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	o := collect(opts)
+	key := flightKeyOf(namespace, prompt, o)
+	c.mu.Lock()
+	f := c.flights[key]
+	if f == nil {
+		// Never one that has ended: a flight leaves the map before it lands.
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &cacheFlight{done: make(chan struct{}), cancel: cancel}
+		if c.flights == nil {
+			c.flights = map[string]*cacheFlight{}
+		}
+		c.flights[key] = f
+		go c.fly(fctx, key, f, namespace, prompt, call, o)
+	}
+	f.waiters++
+	c.mu.Unlock()
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	f.waiters--
+	landed := f.landed
+	abandoned := !landed && f.waiters == 0
+	if abandoned && c.flights[key] == f {
+		// Every caller gave up on it: forget it now, so that a caller arriving
+		// meanwhile starts its own call instead of joining a cancelled one.
+		delete(c.flights, key)
+	}
+	c.mu.Unlock()
+	if abandoned {
+		f.cancel()
+	}
+	if !landed {
+		return nil, nil, ctx.Err()
+	}
+	if f.panicked != nil {
+		panic(f.panicked)
+	}
+	return f.value, f.hit, f.err
+}
+
+// cacheFlight is a GetOrCall under way, shared by the callers waiting for it.
+type cacheFlight struct {
+	done   chan struct{} // closed once it has landed
+	cancel context.CancelFunc
+	// Guarded by Cache.mu:
+	waiters int
+	landed  bool
+	// Set before done is closed:
+	value    []byte
+	hit      *CacheHit
+	err      error
+	panicked any
+}
+
+// fly runs a shared GetOrCall and lands it: its result recorded, the flight
+// forgotten (before any caller can see it landed), done closed.
+func (c *Cache) fly(ctx context.Context, key string, f *cacheFlight, namespace, prompt string, call CacheCall, o cacheOptions) {
+	defer func() {
+		if p := recover(); p != nil {
+			f.panicked = p
+		}
+		c.mu.Lock()
+		f.landed = true
+		if c.flights[key] == f {
+			delete(c.flights, key)
+		}
+		c.mu.Unlock()
+		f.cancel()
+		close(f.done)
+	}()
+	f.value, f.hit, f.err = c.lookUpOrCall(ctx, namespace, prompt, call, o)
+}
+
+// flightKeyOf is what decides a GetOrCall's answer: the namespace, the
+// normalised prompt and the lookup options.
+func flightKeyOf(namespace, prompt string, o cacheOptions) string {
+	var b strings.Builder
+	b.WriteString(strconv.Quote(namespace))
+	b.WriteString(strconv.Quote(normalisePrompt(prompt)))
+	if o.vector != nil {
+		b.WriteString("v")
+		for _, x := range o.vector {
+			fmt.Fprintf(&b, "%08x", math.Float32bits(x))
+		}
+	}
+	if o.threshold != nil {
+		fmt.Fprintf(&b, "t%016x", math.Float64bits(*o.threshold))
+	}
+	fmt.Fprintf(&b, "a%d e%t", o.maxAge, o.exactOnly)
+	return b.String()
+}
+
+// normalisePrompt is the prompt as the sidecar's exact tier keys it: Unicode
+// NFC, runs of whitespace (Python's str.isspace: unicode.IsSpace and U+001C
+// to U+001F) collapsed to one space, trimmed.
+func normalisePrompt(prompt string) string {
+	return strings.Join(strings.FieldsFunc(norm.NFC.String(prompt), func(r rune) bool {
+		return unicode.IsSpace(r) || (r >= 0x1c && r <= 0x1f)
+	}), " ")
+}
+
+// lookUpOrCall is GetOrCall's lookup, call and store, shared by its
+// concurrent callers.
+func (c *Cache) lookUpOrCall(ctx context.Context, namespace, prompt string, call CacheCall, o cacheOptions) ([]byte, *CacheHit, error) {
 	hit, err := c.lookup(ctx, namespace, prompt, o)
 	if err != nil {
 		if ctx.Err() != nil || !cacheDown(err) {

@@ -35,6 +35,11 @@ const (
 	DefaultKeepaliveTimeout = 10 * time.Second
 )
 
+// DefaultReconnectWindow is how long a wait keeps resuming its dropped
+// stream while the sidecar does not answer, by default (as the Python SDK's
+// reconnect_window). See WithReconnectWindow.
+const DefaultReconnectWindow = 60 * time.Second
+
 // SDKName identifies this SDK to the sidecar (worker identity, diagnostics).
 const SDKName = "are-sdk-go/0.1"
 
@@ -70,6 +75,9 @@ type Client struct {
 	// maxMessageBytes is the largest message the client sends (see
 	// WithMaxMessageBytes); a worker's stream cuts its batches below it.
 	maxMessageBytes int
+	// reconnectWindow bounds how long a wait resumes a dropped stream while
+	// the sidecar does not answer (see WithReconnectWindow).
+	reconnectWindow time.Duration
 
 	// Raw is the raw service layer: every RPC of the contract.
 	Raw Raw
@@ -94,6 +102,7 @@ type options struct {
 	maxMessageBytes  int
 	keepaliveTime    time.Duration
 	keepaliveTimeout time.Duration
+	reconnectWindow  time.Duration
 	dial             []grpc.DialOption
 }
 
@@ -111,9 +120,29 @@ func WithTLS(config *tls.Config) Option {
 
 // WithMaxMessageBytes sets the largest message sent or received (default
 // DefaultMaxMessageBytes). A worker's stream cuts the batches it sends to
-// fit under it; set it no higher than the sidecar's own bound
-// (--max-message-bytes), and above 4 MiB, the largest inline payload.
+// fit under it. Set it to the sidecar's own bound (--max-message-bytes: 64
+// MiB by default, 32 MiB at the least): the sidecar sizes some answers to
+// its own bound (a page of ListTasks with payloads, a PollTask answer: up to
+// that bound less 1 MiB), and an answer over the client's bound fails on
+// this side with RESOURCE_EXHAUSTED, which no retry fixes. A bound just
+// over 4 MiB, the largest inline payload, is not enough: a workflow's
+// closing status with a 4 MiB inline result is 4 MiB and a few hundred
+// bytes, a task with its payloads 8 MiB and more, a state document up to
+// 16 MiB.
 func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
+
+// WithReconnectWindow sets how long a WorkflowHandle's Wait (and Result)
+// keeps resuming its dropped stream while the sidecar does not answer
+// (default DefaultReconnectWindow, 60 s): a restart shorter than d goes
+// unnoticed; after d without an answer since the stream dropped, the wait
+// returns the last UNAVAILABLE error (errors.Is(err, ErrUnavailable)). It
+// bounds the silence, not the wait: a workflow that runs for hours is
+// waited for as long as ctx allows, so long as the sidecar answers. d must
+// be positive (Connect refuses it otherwise); a very long d keeps resuming
+// for as long as ctx allows, as before.
+func WithReconnectWindow(d time.Duration) Option {
+	return func(o *options) { o.reconnectWindow = d }
+}
 
 // WithKeepalive sets the client's keepalive pings (default
 // DefaultKeepaliveTime, DefaultKeepaliveTimeout). While a call is open and the
@@ -141,6 +170,10 @@ func Connect(ctx context.Context, target string, opts ...Option) (*Client, error
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.reconnectWindow <= 0 {
+		// Before any connection is opened, as the Python SDK's connect.
+		return nil, fmt.Errorf("are: WithReconnectWindow needs a positive duration, got %v", o.reconnectWindow)
 	}
 	creds := insecure.NewCredentials()
 	if o.useTLS {
@@ -186,7 +219,9 @@ func Connect(ctx context.Context, target string, opts ...Option) (*Client, error
 		conn.Close()
 		return nil, fmt.Errorf("are: bad target %q: %w", target, err)
 	}
-	return newClient(target, conn, watchConn, o.maxMessageBytes), nil
+	client := newClient(target, conn, watchConn, o.maxMessageBytes)
+	client.reconnectWindow = o.reconnectWindow
+	return client, nil
 }
 
 func defaultOptions() options {
@@ -194,6 +229,7 @@ func defaultOptions() options {
 		maxMessageBytes:  DefaultMaxMessageBytes,
 		keepaliveTime:    DefaultKeepaliveTime,
 		keepaliveTimeout: DefaultKeepaliveTimeout,
+		reconnectWindow:  DefaultReconnectWindow,
 	}
 }
 
@@ -243,6 +279,7 @@ func newClient(target string, conn, watchConn *grpc.ClientConn, maxMessageBytes 
 		watchConn:       watchConn,
 		watches:         arev1.NewSchedulerServiceClient(watchConn),
 		maxMessageBytes: maxMessageBytes,
+		reconnectWindow: DefaultReconnectWindow,
 		Raw: Raw{
 			Scheduler: arev1.NewSchedulerServiceClient(conn),
 			Worker:    arev1.NewWorkerServiceClient(conn),

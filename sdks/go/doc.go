@@ -32,5 +32,8 @@
 // errors.As to read it, or errors.Is with the Err* kinds (ErrNotFound, ...).
 // A task's own failure is data (arev1.Failure), never an *Error.
 //
-// Every wait takes a context: deadlines and cancellation bound it.
+// Every wait takes a context: deadlines and cancellation bound it. A wait on
+// a workflow (WorkflowHandle.Wait, Result) also ends, with UNAVAILABLE, once
+// the sidecar has not answered for the client's reconnect window
+// (WithReconnectWindow, 60 s by default) since its stream dropped.
 package are

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/are-runtime/are/sdks/go/arev1"
@@ -89,20 +90,30 @@ func (h *WorkflowHandle) Get(ctx context.Context) (*arev1.Workflow, error) {
 // Wait follows the workflow (WatchWorkflow) until it is closed, whatever the
 // outcome, and returns its closing status. A dropped watch (the sidecar
 // restarting, UNAVAILABLE or CANCELLED) is resumed from the last sequence
-// received, after a jittered backoff; a watch refused with
-// RESOURCE_EXHAUSTED (the sidecar's event subscribers all taken: a resumed
-// watch is one) is resumed no sooner than the sidecar's retry hint. Other
-// errors (NOT_FOUND, ...) are returned. The wait is bounded by ctx: when ctx
-// ends first, the error wraps ctx.Err(); when the client is closed, it wraps
+// received, after a jittered backoff, for as long as the sidecar answers
+// again within the client's reconnect window (WithReconnectWindow, 60 s by
+// default): once that long has passed since the drop without an answer, the
+// last UNAVAILABLE error is returned. A watch refused with
+// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (the sidecar's event subscribers
+// all taken: a resumed watch is one) is resumed no sooner than the sidecar's
+// retry hint; any other RESOURCE_EXHAUSTED (a status over the client's
+// WithMaxMessageBytes, made on this side) is returned, since no retry would
+// fix it. A resumed watch refused with OUT_OF_RANGE, reason
+// SEQUENCE_BEYOND_LOG (the sidecar came back on an older event log: a
+// relaxed-durability power loss, a restored backup) is watched again without
+// its cursor, from the current status, as the contract says. Other errors
+// (NOT_FOUND, ...) are returned. The wait is bounded by ctx: when ctx ends
+// first, the error wraps ctx.Err(); when the client is closed, it wraps
 // ErrClientClosed.
 func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
-	var cursor *uint64
+	var cursor *uint64 // always one the watch received: Wait takes no cursor of the caller's
 	delay := firstRetryDelay
 	for {
 		workflow, last, err := h.watchOnce(ctx, cursor)
 		if workflow != nil {
 			return workflow, nil
 		}
+		dropped := time.Now()
 		if last != nil {
 			cursor = last
 			delay = firstRetryDelay // the watch had resumed
@@ -120,14 +131,88 @@ func (h *WorkflowHandle) Wait(ctx context.Context) (*arev1.Workflow, error) {
 		if closed := closedError(h.client.watchConn, err); closed != nil {
 			return nil, fmt.Errorf("are: workflow %s: %w", h.ID, closed)
 		}
-		if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrCancelled) && !errors.Is(err, ErrResourceExhausted) {
+		if cursor != nil && sequenceBeyondLog(err) {
+			cursor = nil // at once, without the cursor: the status read first is the current one
+			continue
+		}
+		dropping := errors.Is(err, ErrUnavailable) || errors.Is(err, ErrCancelled)
+		if err != nil && !dropping && !subscribersTaken(err) {
 			return nil, err
 		}
 		if err := sleep(ctx, retryWait(delay, retryDelayOf(err))); err != nil {
 			return nil, fmt.Errorf("are: workflow %s did not close: %w", h.ID, err)
 		}
 		delay = min(2*delay, 2*time.Second)
+		if dropping {
+			if err := h.untilAnswering(ctx, err, dropped); err != nil {
+				return nil, err
+			}
+		}
 	}
+}
+
+// sequenceBeyondLog reports whether a watch was refused because its cursor
+// is beyond the end of the sidecar's event log (OUT_OF_RANGE,
+// SEQUENCE_BEYOND_LOG): the cursor comes from another log.
+func sequenceBeyondLog(err error) bool {
+	return errors.Is(err, ErrInvalidArgument) && ReasonOf(err) == "SEQUENCE_BEYOND_LOG"
+}
+
+// subscribersTaken reports whether a watch was refused for want of event
+// subscribers (RESOURCE_EXHAUSTED, RESOURCE_LIMIT), which a later attempt
+// may find free; a RESOURCE_EXHAUSTED without that reason (a message over
+// the client's own bound) would only fail again.
+func subscribersTaken(err error) bool {
+	return errors.Is(err, ErrResourceExhausted) && ReasonOf(err) == "RESOURCE_LIMIT"
+}
+
+// probeTimeout bounds one probe of a silent sidecar (see untilAnswering).
+const probeTimeout = 5 * time.Second
+
+// untilAnswering returns nil once the sidecar answers a call again, after a
+// watch dropped (with dropErr, UNAVAILABLE or CANCELLED) at since; once the
+// client's reconnect window has passed since then without an answer, it
+// returns the last UNAVAILABLE error (as the Python SDK's wait). A resumed
+// watch can be silent for hours (a cursor with nothing after it), so its
+// opening proves nothing: a unary GetWorkflow on the watches' connection
+// does. Against a sidecar gone for good, a wait resumed for as long as ctx
+// allowed, forever with context.Background().
+func (h *WorkflowHandle) untilAnswering(ctx context.Context, dropErr error, since time.Time) error {
+	window := h.client.reconnectWindow
+	deadline := since.Add(window)
+	last := dropErr
+	delay := firstRetryDelay
+	req := &arev1.GetWorkflowRequest{WorkflowId: h.ID}
+	for {
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			break
+		}
+		pctx, cancel := context.WithTimeout(ctx, min(remaining, probeTimeout))
+		_, err := h.client.watches.GetWorkflow(pctx, req)
+		cancel()
+		if ctx.Err() != nil {
+			return fmt.Errorf("are: workflow %s did not close: %w", h.ID, ctx.Err())
+		}
+		if closed := closedError(h.client.watchConn, err); closed != nil {
+			return fmt.Errorf("are: workflow %s: %w", h.ID, closed)
+		}
+		if err == nil || !(errors.Is(err, ErrUnavailable) || errors.Is(err, ErrCancelled) || errors.Is(err, ErrDeadlineExceeded)) {
+			return nil // it answered; the watch meets any error itself
+		}
+		if errors.Is(err, ErrUnavailable) {
+			last = err
+		}
+		if err := sleep(ctx, min(jitter(delay), max(0, time.Until(deadline)))); err != nil {
+			return fmt.Errorf("are: workflow %s did not close: %w", h.ID, err)
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+	why := fmt.Sprintf("the sidecar has not answered for %v (the reconnect window) since the watch dropped", window)
+	if errors.Is(last, ErrUnavailable) {
+		return fmt.Errorf("are: workflow %s: %s: %w", h.ID, why, last)
+	}
+	return &Error{Code: codes.Unavailable, Message: fmt.Sprintf("workflow %s: %s (%v)", h.ID, why, last)}
 }
 
 // watchOnce runs one WatchWorkflow stream; it returns the closed workflow,

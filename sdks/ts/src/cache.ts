@@ -235,8 +235,66 @@ function usageMessage(usage: CacheUsage | undefined) {
   };
 }
 
+/** A getOrCall under way, shared by the callers waiting for it. */
+interface Flight {
+  result: Promise<CachedResult<unknown>>;
+  /** Aborts the shared lookup and store once no caller waits any more. */
+  controller: AbortController;
+  waiters: number;
+  done: boolean;
+}
+
+/**
+ * The characters Python's `str.split()` splits on (`str.isspace`), which the sidecar's exact tier
+ * collapses: not JavaScript's `\s`, which also takes U+FEFF and leaves out U+001C to U+001F.
+ */
+const PROMPT_WHITESPACE = /[\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/;
+
+/** The prompt as the sidecar's exact tier keys it: NFC, whitespace runs collapsed to one space, trimmed. */
+function normalisePrompt(prompt: string): string {
+  return prompt
+    .normalize("NFC")
+    .split(PROMPT_WHITESPACE)
+    .filter((word) => word !== "")
+    .join(" ");
+}
+
+/** What decides a getOrCall's answer: namespace, normalised prompt, vector, threshold. */
+function flightKey(namespace: string, prompt: string, options: { vector?: readonly number[]; threshold?: number }): string {
+  const vector = options.vector === undefined ? null : Array.from(options.vector, (x) => String(Number(x)));
+  const threshold = options.threshold === undefined ? null : String(options.threshold);
+  return JSON.stringify([namespace, normalisePrompt(prompt), vector, threshold]);
+}
+
+/** `promise`, or a rejection with the signal's reason once it aborts (the promise goes on). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
 /** `client.cache`: look up, store, get-or-call, invalidate, statistics, namespaces. */
 export class Cache {
+  /**
+   * getOrCall calls under way, by what decides their answer (see {@link flightKey}): one entry per
+   * distinct question being answered now, removed when its call ends or the moment its last
+   * caller gives up on it.
+   */
+  private readonly flights = new Map<string, Flight>();
+
   /** @internal */
   constructor(
     private readonly raw: CacheServiceClient,
@@ -325,6 +383,19 @@ export class Cache {
    * Looks the prompt up; on a miss awaits `call()` once and stores its result.
    * The call's own errors propagate and nothing is stored.
    *
+   * Concurrent calls of one client that ask the same question share one
+   * lookup and one `call()` (as in the Python SDK): the same namespace, the
+   * same prompt (equal once normalised as the sidecar does: Unicode NFC,
+   * whitespace runs collapsed, trimmed), the same `vector` and the same
+   * `threshold`. The first caller's other arguments (`call`, `ttlMs`,
+   * `metadata`, `usage`, `logger`, `timeoutMs`) are used, and every caller
+   * gets its result (the same value: treat it as read-only), or its error
+   * (then nothing is stored). A caller whose `signal` aborts rejects with its
+   * reason and stops waiting; the shared lookup and store go on for the
+   * others, and are aborted only when no other caller still waits (the
+   * answer is then not stored; `call()` itself takes no signal and runs to
+   * its end). A call arriving after that starts a call of its own.
+   *
    * On a miss the value returned is the call's result as a later hit will
    * return it: encoded as it is stored (JSON by default, a Uint8Array raw)
    * and decoded back, so a Buffer comes back as a {@link RawPayload}, a Date
@@ -344,13 +415,56 @@ export class Cache {
    * abort of `signal` rejects with its reason, as everywhere.
    */
   async getOrCall<T>(namespace: string, prompt: string, call: () => T | Promise<T>, options: GetOrCallOptions<T> = {}): Promise<CachedResult<T>> {
-    const { signal, timeoutMs } = options;
+    const { signal } = options;
+    if (signal?.aborted) throw signal.reason;
+    const key = flightKey(namespace, prompt, options);
+    let flight = this.flights.get(key);
+    if (flight === undefined || flight.done) {
+      // Never join a call that has ended (or been given up on).
+      const controller = new AbortController();
+      const started: Flight = { result: Promise.resolve(undefined as never), controller, waiters: 0, done: false };
+      started.result = (async () => {
+        try {
+          return await this.lookUpOrCall(namespace, prompt, call as () => unknown, options as GetOrCallOptions<unknown>, controller.signal);
+        } finally {
+          started.done = true;
+          if (this.flights.get(key) === started) this.flights.delete(key);
+        }
+      })();
+      started.result.catch(() => undefined); // a flight every caller gave up on rejects unawaited
+      this.flights.set(key, started);
+      flight = started;
+    }
+    flight.waiters += 1;
+    try {
+      const result = await untilAborted(flight.result, signal);
+      return { ...result } as CachedResult<T>;
+    } finally {
+      flight.waiters -= 1;
+      if (flight.waiters === 0 && !flight.done) {
+        // Every caller gave up on it: forget it now, so that a caller arriving meanwhile starts
+        // its own call instead of joining one that will only reject with the abort.
+        if (this.flights.get(key) === flight) this.flights.delete(key);
+        flight.controller.abort(signal?.reason);
+      }
+    }
+  }
+
+  /** getOrCall's lookup, call and store, shared by its concurrent callers; `signal` is the flight's. */
+  private async lookUpOrCall(
+    namespace: string,
+    prompt: string,
+    call: () => unknown,
+    options: GetOrCallOptions<unknown>,
+    signal: AbortSignal,
+  ): Promise<CachedResult<unknown>> {
+    const { timeoutMs } = options;
     const logger = options.logger ?? console;
     let hit: CacheHit | undefined;
     try {
       hit = await this.lookup(namespace, prompt, { vector: options.vector, threshold: options.threshold, signal, timeoutMs });
     } catch (error) {
-      if (signal?.aborted || !(error instanceof AreError) || !CACHE_DOWN.has(error.code)) throw error;
+      if (signal.aborted || !(error instanceof AreError) || !CACHE_DOWN.has(error.code)) throw error;
       logger.warn(`cache: ${JSON.stringify(namespace)} could not be looked up, so the call is made: ${error.message}`);
       const value = await call();
       let returned: unknown = value;
@@ -359,9 +473,9 @@ export class Cache {
       } catch {
         // Not encodable: returned as it is (it would not have been stored either).
       }
-      return { value: returned as T, fromCache: false, hit: undefined, stored: undefined };
+      return { value: returned, fromCache: false, hit: undefined, stored: undefined };
     }
-    if (hit !== undefined) return { value: hit.value as T, fromCache: true, hit, stored: undefined };
+    if (hit !== undefined) return { value: hit.value, fromCache: true, hit, stored: undefined };
     const value = await call();
     let payload: Payload;
     try {
@@ -370,7 +484,7 @@ export class Cache {
       logger.warn(`cache: the answer to a prompt in ${JSON.stringify(namespace)} was not stored: ${errorText(error)}`);
       return { value, fromCache: false, hit: undefined, stored: undefined };
     }
-    const returned = decodePayload(payload) as T;
+    const returned = decodePayload(payload);
     let stored: CacheStored;
     try {
       const usage = typeof options.usage === "function" ? options.usage(value) : options.usage;
@@ -383,7 +497,7 @@ export class Cache {
         timeoutMs,
       });
     } catch (error) {
-      if (signal?.aborted) throw signal.reason;
+      if (signal.aborted) throw signal.reason;
       logger.warn(`cache: the answer to a prompt in ${JSON.stringify(namespace)} was not stored: ${errorText(error)}`);
       return { value: returned, fromCache: false, hit: undefined, stored: undefined };
     }

@@ -28,7 +28,7 @@ import { Rpc, type CallOptions } from "./rpc.js";
 import { State } from "./state.js";
 import { MAX_TIMER_MS } from "./time.js";
 import { Trace } from "./trace.js";
-import { Workflows } from "./workflows.js";
+import { DEFAULT_RECONNECT_WINDOW_MS, Workflows } from "./workflows.js";
 
 /** The sidecar's default bound on one message; the client accepts the same. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
@@ -48,8 +48,13 @@ export interface ConnectOptions {
   rootCertificates?: Buffer;
   /**
    * The largest message sent or received, in bytes; default 64 MiB like the sidecar. A worker's
-   * stream cuts its batches under it (and under 16 MiB); set it to the sidecar's
-   * `--max-message-bytes` when that is lower.
+   * stream cuts its batches under it (and under 16 MiB). Set it to the sidecar's own bound
+   * (`--max-message-bytes`: 64 MiB by default, 32 MiB at the least): the sidecar sizes some
+   * answers to its own bound (a page of tasks with payloads, a poll's assignments: up to that bound
+   * less 1 MiB), and an answer over the client's bound fails on this side with RESOURCE_EXHAUSTED,
+   * which no retry fixes. A bound just over 4 MiB, the largest inline payload, is not enough: a
+   * workflow's closing status with a 4 MiB inline result is 4 MiB and a few hundred bytes, a task
+   * with payloads 8 MiB and more, a state document up to 16 MiB.
    */
   maxMessageBytes?: number;
   /** How long to wait for the sidecar to answer, in milliseconds; default 10 s. `Infinity` means no bound. */
@@ -68,6 +73,15 @@ export interface ConnectOptions {
   keepaliveTimeMs?: number | null;
   /** How long to wait for a keepalive ping's ack, in milliseconds; default 10 s. */
   keepaliveTimeoutMs?: number;
+  /**
+   * How long a workflow handle's `wait`, `result` or `watch` keeps resuming its dropped stream
+   * while the sidecar does not answer, in milliseconds; default 60 s (as the Python SDK's
+   * `reconnect_window`). A restart shorter than this goes unnoticed; after it, the call rejects
+   * with the last `AreError` UNAVAILABLE. It bounds the silence, not the wait: a workflow that
+   * runs for hours is waited for as long as the sidecar answers. `Infinity` resumes for as long as
+   * it takes; 0, a negative number or NaN is refused (`RangeError`) before anything is opened.
+   */
+  reconnectWindowMs?: number;
   /** More grpc-js channel options; they win over the SDK's own. */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -141,6 +155,7 @@ export class Client {
     credentials: grpc.ChannelCredentials,
     token: string | undefined,
     maxSendBytes: number,
+    reconnectWindowMs: number,
   ) {
     this.target = target;
     this.maxSendBytes = maxSendBytes;
@@ -166,7 +181,7 @@ export class Client {
       () => this.closed,
     );
     this.blobs = new Blobs(this.raw.state, this.rpc);
-    this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs, this.watches);
+    this.workflows = new Workflows(this.raw.scheduler, this.rpc, this.blobs, this.watches, reconnectWindowMs);
     this.state = new State(this.raw.state, this.rpc);
     this.cache = new Cache(this.raw.cache, this.rpc, this.blobs);
     this.trace = new Trace(this.raw.trace, this.rpc);
@@ -178,8 +193,14 @@ export class Client {
    *
    * @param target `host:port` (TCP) or `unix:PATH` (a Unix socket).
    * @throws AreError `UNAVAILABLE` when nothing answered within `connectTimeoutMs`.
+   * @throws RangeError `reconnectWindowMs` is not positive.
    */
   static async connect(target: string, options: ConnectOptions = {}): Promise<Client> {
+    const reconnectWindowMs = options.reconnectWindowMs ?? DEFAULT_RECONNECT_WINDOW_MS;
+    if (!(reconnectWindowMs > 0)) {
+      // Before any channel is opened, as the Python SDK's connect.
+      throw new RangeError(`reconnectWindowMs must be positive (Infinity: no bound), got ${reconnectWindowMs}`);
+    }
     const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const credentials =
       options.tls || options.rootCertificates !== undefined
@@ -198,7 +219,7 @@ export class Client {
     const sendBound: unknown = channelOptions["grpc.max_send_message_length"];
     // grpc-js reads -1 as unbounded; a bound given as a channel option wins, as it does there.
     const maxSendBytes = typeof sendBound === "number" && sendBound >= 0 ? sendBound : sendBound === -1 ? Infinity : maxMessageBytes;
-    const client = new Client(target, channel, watchChannel, credentials, options.token, maxSendBytes);
+    const client = new Client(target, channel, watchChannel, credentials, options.token, maxSendBytes, reconnectWindowMs);
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     try {
       await waitForReady(client.raw.health, timeoutMs, options.signal);

@@ -137,6 +137,7 @@ export {
   type WorkerStats,
 } from "./worker.js";
 export {
+  DEFAULT_RECONNECT_WINDOW_MS,
   WorkflowFailedError,
   WorkflowHandle,
   Workflows,

@@ -32,18 +32,18 @@ import { WorkflowState as WorkflowStateEnum, type WorkflowSpec as WorkflowSpecMe
 import { BlobReference, decodePayload } from "./payload.js";
 import type { CallOptions, Rpc } from "./rpc.js";
 import { WorkflowSpec, taskSpecMessage, taskViolations, type TaskSpec } from "./spec.js";
-import { sleep, withTimeout } from "./time.js";
+import { jitter, sleep, withTimeout } from "./time.js";
 import { taskInfo, workflowInfo, type TaskInfo, type TaskState, type WorkflowInfo, type WorkflowState } from "./types.js";
 
 const PAGE_SIZE = 1000;
 const RESUME_INITIAL_DELAY_MS = 50;
 const RESUME_MAX_DELAY_MS = 2000;
-/**
- * The errors after which a watch resumes from its cursor, as the Python SDK's: UNAVAILABLE (a
- * sidecar restart, a dropped connection), CANCELLED (the call cut under it; not once the client
- * is closed) and RESOURCE_EXHAUSTED (the sidecar's live subscribers all taken: after its hint).
- */
-const RESUMED_CODES = new Set<number>([Code.UNAVAILABLE, Code.CANCELLED, Code.RESOURCE_EXHAUSTED]);
+/** The longest one probe of a silent sidecar waits (see `WorkflowHandle.untilAnswering`). */
+const PROBE_TIMEOUT_MS = 5_000;
+/** The default of `reconnectWindowMs` (see `ConnectOptions`), as the Python SDK's `reconnect_window`. */
+export const DEFAULT_RECONNECT_WINDOW_MS = 60_000;
+/** A probe's errors that mean the sidecar has not answered (yet); any other is an answer. */
+const SILENT_CODES = new Set<number>([Code.UNAVAILABLE, Code.CANCELLED, Code.DEADLINE_EXCEEDED]);
 const CLOSED = new Set([
   WorkflowStateEnum.WORKFLOW_STATE_COMPLETED,
   WorkflowStateEnum.WORKFLOW_STATE_FAILED,
@@ -139,6 +139,8 @@ export class WorkflowHandle {
     readonly deduplicated = false,
     /** The scheduler on the client's channel for waits (see `Client`); `raw` when none. */
     private readonly watches: SchedulerServiceClient = raw,
+    /** How long a dropped watch keeps resuming while the sidecar does not answer (`ConnectOptions.reconnectWindowMs`). */
+    private readonly reconnectWindowMs: number = DEFAULT_RECONNECT_WINDOW_MS,
   ) {}
 
   /** The workflow's current status; `AreError` NOT_FOUND (WORKFLOW_NOT_FOUND) if there is none. */
@@ -154,11 +156,22 @@ export class WorkflowHandle {
 
   /**
    * Yields the workflow's status after each change and ends once it is
-   * closed. A dropped stream (UNAVAILABLE, e.g. a sidecar restart) is resumed
-   * from the last sequence received, so no change is missed; a watch the
-   * sidecar refuses for want of subscribers (RESOURCE_EXHAUSTED, with a retry
-   * hint) is tried again no sooner than the hint. An abort rejects with the
-   * signal's reason; closing the client rejects with CANCELLED.
+   * closed. A dropped stream (UNAVAILABLE or CANCELLED, e.g. a sidecar
+   * restart) is resumed from the last sequence received, so no change is
+   * missed, as long as the sidecar answers again within the client's
+   * `reconnectWindowMs` (60 s by default) since the drop; after that the
+   * watch rejects with the last `AreError` UNAVAILABLE. A watch the sidecar
+   * refuses for want of subscribers (RESOURCE_EXHAUSTED, reason
+   * RESOURCE_LIMIT, with a retry hint) is tried again no sooner than the
+   * hint; any other RESOURCE_EXHAUSTED (a status over the client's
+   * `maxMessageBytes`, refused on this side) rejects, as no retry fixes it.
+   * A resumed watch whose cursor is beyond the sidecar's event log
+   * (OUT_OF_RANGE, reason SEQUENCE_BEYOND_LOG: it came back on an older
+   * log, after a relaxed-durability power loss or a restored backup) is
+   * watched again without it, from the current status, as the contract
+   * says; the caller's own `afterSequence` beyond the log rejects. An abort
+   * rejects with the signal's reason; closing the client rejects with
+   * CANCELLED.
    */
   async *watch(options: WatchOptions = {}): AsyncGenerator<WorkflowUpdate> {
     for await (const response of this.watchRaw(options)) {
@@ -174,9 +187,11 @@ export class WorkflowHandle {
   private async *watchRaw(options: WatchOptions): AsyncGenerator<WatchWorkflowResponse> {
     const { signal } = options;
     let cursor = options.afterSequence;
+    let resumed = false; // whether the cursor is one this watch received (not the caller's afterSequence)
     let delay = RESUME_INITIAL_DELAY_MS;
     for (;;) {
       let hint: number | undefined;
+      let dropped: { error: AreError; at: number } | undefined;
       const request = WatchWorkflowRequest.fromPartial({
         workflowId: this.workflowId,
         includeTasks: options.includeTasks ?? false,
@@ -184,7 +199,10 @@ export class WorkflowHandle {
       });
       try {
         for await (const response of this.rpc.stream(this.watches.watchWorkflow.bind(this.watches), request, { signal })) {
-          if (response.sequence) cursor = response.sequence;
+          if (response.sequence) {
+            cursor = response.sequence;
+            resumed = true;
+          }
           delay = RESUME_INITIAL_DELAY_MS;
           if (!response.workflow) continue;
           yield response;
@@ -193,18 +211,80 @@ export class WorkflowHandle {
       } catch (error) {
         if (signal?.aborted) throw signal.reason;
         // CANCELLED once the client is closed comes from this side: resuming would loop for ever.
-        if (!(error instanceof AreError) || !RESUMED_CODES.has(error.code) || this.rpc.closed) throw error;
-        // The sidecar restarted or the connection dropped: resume from the cursor, at once
-        // (jittered). Its watch subscribers all taken (RESOURCE_EXHAUSTED, a 1 s hint): resume
-        // no sooner than it says.
-        hint = error.code === Code.RESOURCE_EXHAUSTED ? error.retryAfterMs : undefined;
+        if (!(error instanceof AreError) || this.rpc.closed) throw error;
+        if (resumed && error.code === Code.OUT_OF_RANGE && error.reason === "SEQUENCE_BEYOND_LOG") {
+          // Back on another event log (a relaxed-durability power loss, a restored backup): the
+          // contract says to watch again without the cursor, from the current status.
+          cursor = undefined;
+          resumed = false;
+          continue;
+        }
+        if (error.code === Code.RESOURCE_EXHAUSTED && error.reason === "RESOURCE_LIMIT") {
+          // Its watch subscribers all taken (a resumed watch is one): no sooner than it says.
+          // Any other (a status over this client's maxMessageBytes) would only fail again.
+          hint = error.retryAfterMs;
+        } else if (error.code === Code.UNAVAILABLE || error.code === Code.CANCELLED) {
+          // The sidecar restarted or the connection dropped: resume from the cursor, at once
+          // (jittered), once the sidecar answers again within the reconnect window.
+          dropped = { error, at: performance.now() };
+        } else {
+          throw error;
+        }
       }
       await sleep(retryWait(delay, hint), signal);
       delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
+      if (dropped !== undefined) await this.untilAnswering(dropped.error, dropped.at, signal);
     }
   }
 
-  /** Waits until the workflow closes, whatever the outcome, and returns its status. */
+  /**
+   * Resolves once the sidecar answers a call again; rejects with the last UNAVAILABLE once it
+   * stays silent for the client's `reconnectWindowMs` since the stream dropped (at `since`, on
+   * `performance.now()`'s clock).
+   * A resumed watch can be silent for hours (a cursor with nothing after it), so its opening
+   * proves nothing: a unary GetWorkflow on the same channel does. Against a sidecar gone for
+   * good, a wait resumed for as long as its timeout allowed, forever without one.
+   */
+  private async untilAnswering(error: AreError, since: number, signal: AbortSignal | undefined): Promise<void> {
+    const window = this.reconnectWindowMs;
+    if (!Number.isFinite(window)) return;
+    const deadline = since + window;
+    let last = error;
+    let delay = RESUME_INITIAL_DELAY_MS;
+    const request = GetWorkflowRequest.fromPartial({ workflowId: this.workflowId });
+    let remaining: number;
+    while ((remaining = deadline - performance.now()) > 0) {
+      try {
+        await this.rpc.unary(this.watches.getWorkflow.bind(this.watches), request, {
+          signal,
+          timeoutMs: Math.min(remaining, PROBE_TIMEOUT_MS),
+        });
+        return;
+      } catch (probe) {
+        if (signal?.aborted) throw signal.reason;
+        if (this.rpc.closed) throw probe;
+        if (!(probe instanceof AreError) || !SILENT_CODES.has(probe.code)) return; // it answered; the watch meets the error itself
+        if (probe.code === Code.UNAVAILABLE) last = probe;
+      }
+      await sleep(Math.min(jitter(delay), Math.max(0, deadline - performance.now())), signal);
+      delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
+    }
+    const why = `WatchWorkflow: the sidecar has not answered for ${window} ms (the reconnect window) since the stream dropped`;
+    if (last.code === Code.UNAVAILABLE) {
+      throw new AreError(Code.UNAVAILABLE, `${why}: ${last.details}`, {
+        reason: last.reason,
+        metadata: last.metadata,
+        cause: last,
+      });
+    }
+    throw new AreError(Code.UNAVAILABLE, `${why} (${last.codeName}: ${last.details})`, { cause: last });
+  }
+
+  /**
+   * Waits until the workflow closes, whatever the outcome, and returns its status. Resumes as
+   * {@link watch} does; rejects with {@link WaitTimeoutError} after `timeoutMs`, and with
+   * `AreError` UNAVAILABLE once the sidecar has not answered for the client's `reconnectWindowMs`.
+   */
   async wait(options: WaitOptions = {}): Promise<WorkflowInfo> {
     const { signal, timedOut, dispose } = withTimeout(options.signal, options.timeoutMs);
     try {
@@ -345,6 +425,8 @@ export class Workflows {
     private readonly blobs: Blobs,
     /** The scheduler on the client's channel for waits (see `Client`). */
     private readonly watches: SchedulerServiceClient = raw,
+    /** How long a dropped watch keeps resuming while the sidecar does not answer (`ConnectOptions.reconnectWindowMs`). */
+    private readonly reconnectWindowMs: number = DEFAULT_RECONNECT_WINDOW_MS,
   ) {}
 
   /**
@@ -359,12 +441,20 @@ export class Workflows {
       SubmitWorkflowRequest.fromPartial({ spec: message, requestId: options.requestId ?? "" }),
       options,
     );
-    return new WorkflowHandle(this.raw, this.rpc, this.blobs, response.workflowId, response.deduplicated, this.watches);
+    return new WorkflowHandle(
+      this.raw,
+      this.rpc,
+      this.blobs,
+      response.workflowId,
+      response.deduplicated,
+      this.watches,
+      this.reconnectWindowMs,
+    );
   }
 
   /** A handle on an existing workflow (no call is made). */
   getHandle(workflowId: string): WorkflowHandle {
-    return new WorkflowHandle(this.raw, this.rpc, this.blobs, workflowId, false, this.watches);
+    return new WorkflowHandle(this.raw, this.rpc, this.blobs, workflowId, false, this.watches, this.reconnectWindowMs);
   }
 
   /** A workflow's status. */
@@ -382,6 +472,7 @@ export class Workflows {
     let pageToken = "";
     let count = 0;
     const limit = options.limit;
+    if (limit !== undefined && limit <= 0) return;
     for (;;) {
       const pageSize = limit === undefined ? PAGE_SIZE : Math.max(1, Math.min(PAGE_SIZE, limit - count));
       const response = await this.rpc.unary(

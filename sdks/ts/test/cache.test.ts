@@ -5,7 +5,7 @@ import { inspect } from "node:util";
 
 import { AreError, Client, Code, RawPayload } from "@are-runtime/sdk";
 
-import { sharedSidecar, startSidecar, unique } from "./helpers.js";
+import { deferred, sharedSidecar, startSidecar, unique, within } from "./helpers.js";
 
 const shared = sharedSidecar();
 
@@ -123,6 +123,131 @@ describe("cache", () => {
     assert.equal(second.hit?.entryId, first.stored?.entryId);
     assert.equal(second.hit?.usage.outputTokens, 2);
     assert.equal(calls, 1);
+  });
+
+  test("concurrent getOrCall of one question share one lookup and one call", async () => {
+    // Each concurrent caller made its own lookup and, on the miss, its own (paid) call; as in the
+    // Python SDK, callers of one client asking the same question (the prompt equal once
+    // normalised as the sidecar does) now share them.
+    const ns = unique("flight");
+    await shared.client.cache.putNamespace(ns);
+    let calls = 0;
+    const release = deferred();
+    const started = deferred();
+    const llm = async (): Promise<{ answer: string }> => {
+      calls += 1;
+      started.resolve();
+      await release.promise;
+      return { answer: "near the station" };
+    };
+    const prompts = ["Où est le café ?", "  Où est  le café ? ", "Où est le cafe\u0301 ?", "Où\u3000est le café\u00a0?\n", "Où est le café\x1f?"];
+    const pending = prompts.map((prompt) => shared.client.cache.getOrCall(ns, prompt, llm));
+    await within(started.promise, 10_000, "the call");
+    release.resolve();
+    const results = await within(Promise.all(pending), 20_000, "the callers' answers");
+    assert.equal(calls, 1);
+    for (const result of results) {
+      assert.deepEqual(result.value, { answer: "near the station" });
+      assert.equal(result.fromCache, false);
+      assert.ok(result.stored?.entryId);
+    }
+    const later = await shared.client.cache.getOrCall(ns, prompts[1] as string, llm);
+    assert.equal(later.fromCache, true);
+    assert.equal(calls, 1);
+
+    // Another threshold is another question: a call of its own (each waits for the other's).
+    let other = 0;
+    const both = deferred();
+    const slow = async (): Promise<string> => {
+      other += 1;
+      if (other === 2) both.resolve();
+      await both.promise;
+      return "x";
+    };
+    const thresholds = [0.9, 0.8].map((threshold) => shared.client.cache.getOrCall(ns, "a question of threshold", slow, { threshold }));
+    await within(Promise.all(thresholds), 20_000, "a call for each threshold");
+    assert.equal(other, 2);
+  });
+
+  test("a getOrCall caller that aborts stops waiting; the others still get the shared call's answer", async () => {
+    const ns = unique("flight-abort");
+    await shared.client.cache.putNamespace(ns);
+    let calls = 0;
+    const release = deferred();
+    const started = deferred();
+    const llm = async (): Promise<string> => {
+      calls += 1;
+      started.resolve();
+      await release.promise;
+      return "kept";
+    };
+    const controller = new AbortController();
+    const first = shared.client.cache.getOrCall(ns, "who gives up", llm, { signal: controller.signal });
+    const second = shared.client.cache.getOrCall(ns, "who gives up", llm);
+    await within(started.promise, 10_000, "the call");
+    controller.abort(new Error("gave up"));
+    await assert.rejects(within(first, 10_000, "the aborted caller"), /gave up/);
+    release.resolve();
+    const answer = await within(second, 20_000, "the caller still waiting");
+    assert.equal(answer.value, "kept");
+    assert.ok(answer.stored?.entryId, "the answer is stored: a caller still waited for it");
+    assert.equal(calls, 1);
+  });
+
+  test("a getOrCall every caller aborted is not stored, and the next caller makes its own call", async () => {
+    const ns = unique("flight-abandoned");
+    await shared.client.cache.putNamespace(ns);
+    let calls = 0;
+    const release = deferred();
+    const started = deferred();
+    const controller = new AbortController();
+    const only = shared.client.cache.getOrCall(
+      ns,
+      "nobody waits",
+      async () => {
+        calls += 1;
+        started.resolve();
+        await release.promise;
+        return "late";
+      },
+      { signal: controller.signal },
+    );
+    await within(started.promise, 10_000, "the call");
+    controller.abort(new Error("gave up"));
+    await assert.rejects(within(only, 10_000, "the aborted caller"), /gave up/);
+    release.resolve();
+    const next = await within(
+      shared.client.cache.getOrCall(ns, "nobody waits", async () => {
+        calls += 1;
+        return "fresh";
+      }),
+      20_000,
+      "the next caller",
+    );
+    assert.equal(next.value, "fresh");
+    assert.equal(next.fromCache, false);
+    assert.equal(calls, 2);
+  });
+
+  test("a shared getOrCall's error goes to every caller, and nothing is stored", async () => {
+    const ns = unique("flight-error");
+    await shared.client.cache.putNamespace(ns);
+    let calls = 0;
+    const release = deferred();
+    const llm = async (): Promise<string> => {
+      calls += 1;
+      await release.promise;
+      throw new Error("the model is down");
+    };
+    const pending = Promise.allSettled([1, 2, 3].map(() => shared.client.cache.getOrCall(ns, "a failing call", llm)));
+    release.resolve();
+    const settled = await within(pending, 20_000, "the callers");
+    for (const outcome of settled) {
+      assert.equal(outcome.status, "rejected");
+      assert.match(String((outcome as PromiseRejectedResult).reason), /the model is down/);
+    }
+    assert.equal(calls, 1);
+    assert.equal(await shared.client.cache.lookup(ns, "a failing call"), undefined);
   });
 
   test("getOrCall returns the answer paid for when storing it fails", async () => {

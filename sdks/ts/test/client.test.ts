@@ -200,6 +200,56 @@ describe("workflows", () => {
   });
 });
 
+describe("list limits", () => {
+  test("workflows.list({ limit }) yields nothing for a limit of 0 or less", async () => {
+    // It asked for a page of one (Math.max(1, ...)) and yielded it; router.iterAgents and
+    // state.checkpoints already yielded nothing.
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("listed").task("a", { capability: unique("none") }));
+    try {
+      for (const limit of [0, -1]) {
+        const listed = [];
+        for await (const workflow of shared.client.workflows.list({ limit })) listed.push(workflow.workflowId);
+        assert.deepEqual(listed, [], `limit ${limit}`);
+      }
+      const one = [];
+      for await (const workflow of shared.client.workflows.list({ limit: 1 })) one.push(workflow.workflowId);
+      assert.equal(one.length, 1);
+    } finally {
+      await handle.cancel();
+    }
+  });
+});
+
+describe("waits that cannot succeed", () => {
+  test("a wait rejects a RESOURCE_EXHAUSTED no retry can fix (a status over the client's maxMessageBytes)", async () => {
+    // grpc-js refuses the status on this side with RESOURCE_EXHAUSTED and no reason; the wait
+    // resumed it until its timeout (forever without one). Only RESOURCE_LIMIT is resumed now.
+    const handle = await shared.client.workflows.submit(new WorkflowSpec("n".repeat(256)).task("a", { capability: unique("none") }));
+    const small = await Client.connect(shared.sidecar.target, { maxMessageBytes: 200 });
+    try {
+      const error = await within(
+        small.workflows.getHandle(handle.workflowId).wait({ timeoutMs: 30_000 }).catch((e: unknown) => e),
+        60_000,
+        "the wait",
+      );
+      assert.ok(error instanceof AreError && !(error instanceof WaitTimeoutError), String(error));
+      assert.equal(error.code, Code.RESOURCE_EXHAUSTED);
+    } finally {
+      small.close();
+      await handle.cancel();
+    }
+  });
+
+  test("connect refuses a reconnectWindowMs that is not positive", async () => {
+    for (const reconnectWindowMs of [0, -1, Number.NaN]) {
+      const error = await Client.connect(shared.sidecar.target, { reconnectWindowMs }).catch((e: unknown) => e);
+      assert.ok(error instanceof RangeError, `${reconnectWindowMs}: ${String(error)}`);
+      assert.match(error.message, /reconnectWindowMs/);
+    }
+    for (const reconnectWindowMs of [1, Infinity]) (await Client.connect(shared.sidecar.target, { reconnectWindowMs })).close();
+  });
+});
+
 describe("many waits", () => {
   // Each wait holds a WatchWorkflow stream, and the sidecar serves 1,024 streams at once on a
   // connection: on the client's one connection, 1,030 pending waits starved its other calls.
