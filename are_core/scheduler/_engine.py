@@ -1252,6 +1252,10 @@ class Scheduler:
                 fields["attempt"] = rec.attempt
             if "task_state" not in fields:
                 fields["task_state"] = rec.state
+            if "span_id" not in fields and rec.state == "RUNNING" and fields["attempt"] == rec.attempt:
+                # An event of the running attempt belongs to its span (event.proto Event.span_id);
+                # rec.span_id is that attempt's only while it runs (the events ending it pass theirs).
+                fields["span_id"] = rec.span_id
         assert w is not None
         wf_rec = w.rec
         if "workflow_state" not in fields:
@@ -2961,7 +2965,8 @@ class Scheduler:
         rec = task.rec
         w = task.wf
         now = self._clock()
-        if rec.state == "RUNNING":
+        ran = rec.state == "RUNNING"  # else it failed before dispatch (routing): no span
+        if ran:
             self._release(task)
         self._set_failure(task, failure)  # counted even past max_open_bytes: the attempt has ended
         policy = task.spec.retry_policy or w.rec.default_retry_policy or _DEFAULT_POLICY
@@ -2989,7 +2994,7 @@ class Scheduler:
             usage=_event_usage(usage) if usage else None,
             duration_ns=now - rec.start_ns if rec.start_ns else None,
             task_state=final_state,
-            span_id=rec.span_id,
+            span_id=rec.span_id if ran else "",
         )
         if retry:
             rec.next_attempt_ns = now + int(delay * 1e9)
@@ -3131,11 +3136,42 @@ class Scheduler:
             return [0] * len(drafts), _done()
         txn = self._t()
         sequences = []
-        for draft in drafts:
+        for reported in drafts:
+            draft = reported
+            if not draft.span_id and draft.task_id:
+                # No span of the worker's own: the event belongs to its attempt's (event.proto).
+                span_id = self._latest_span_id(draft.workflow_id, draft.task_id, draft.attempt)
+                if span_id:
+                    draft = msgspec.structs.replace(draft, span_id=span_id)
             event = self._events.record(txn.batch, draft)
             txn.events.append(event)
             sequences.append(event.sequence)
         return sequences, txn.future
+
+    def _latest_span_id(self, wf_id: str, task_id: str, attempt: int) -> str:
+        """The span id of ``attempt`` if it is its task's latest dispatched one and in memory, else ""."""
+        w = self._open.get(wf_id) or self._recent.get(wf_id)
+        task = w.tasks.get(task_id) if w is not None else None
+        if task is None or not attempt or task.rec.attempt != attempt:
+            return ""  # an earlier attempt: its span id is not kept
+        return task.rec.span_id  # "" when that attempt never ran (a routing failure)
+
+    def attempt_span_id(self, wf_id: str, task_id: str, attempt: int) -> str:
+        """The span id (16 hex digits) of an attempt, or "" when unknown.
+
+        Known for each task's latest attempt that was dispatched (its record
+        keeps that one's only): for the events recorded outside the
+        scheduler about a running or just-ended attempt (a state patch it
+        wrote, a call its worker reported), which belong to its span.
+        """
+        span_id = self._latest_span_id(wf_id, task_id, attempt)
+        if span_id or self._find(wf_id) is not None:
+            return span_id
+        try:
+            rec = self.get_task(wf_id, task_id).record
+        except (TaskNotFoundError, WorkflowNotFoundError):
+            return ""
+        return rec.span_id if attempt and rec.attempt == attempt else ""
 
     def _charge(self, task: _Task, usage: Usage, now: int) -> None:
         task.rec.usage.add(usage)
@@ -3294,12 +3330,24 @@ class Scheduler:
         Its wait for a worker starts again, bounded by its schedule-to-start
         timeout as every wait is (the timeout is per attempt; the timer of
         its last wait went stale when it was dispatched).
+
+        Recorded as TASK_LEASE_EXPIRED (the lost attempt, its span's end;
+        task_state the new state, SCHEDULED, as the transition it is) then
+        TASK_SCHEDULED (the attempt it is queued for), as a scheduling is.
         """
-        task.rec.free_attempts += 1
+        rec = task.rec
+        rec.free_attempts += 1
         task.wf.rec.uncharged_attempts += 1  # nor to the workflow's max_attempts budget
-        self._event("TASK_LEASE_EXPIRED", task, worker_id=worker_id, name=event_name)
+        span_id = rec.span_id  # the lost attempt's: it is no longer RUNNING when its events are recorded
         self._set_state(task, "SCHEDULED", reason)
-        task.rec.schedule_ns = now
+        self._event("TASK_LEASE_EXPIRED", task, worker_id=worker_id, name=event_name, span_id=span_id)
+        rec.schedule_ns = now
+        self._event(
+            "TASK_SCHEDULED",
+            task,
+            attempt=rec.attempt + 1,
+            attributes={"are.pool": task.spec.pool, "are.priority": task.spec.priority},
+        )
         if task.spec.schedule_to_start_s:
             self._at(now + int(task.spec.schedule_to_start_s * 1e9), "s2s", task, task.token)
 
@@ -3501,6 +3549,7 @@ class Scheduler:
             rec = task.rec
             if rec.state in TERMINAL_TASK_STATES:
                 continue
+            span_id = rec.span_id if rec.state == "RUNNING" else ""  # the attempt it ends, if one runs
             if rec.state == "RUNNING":
                 holder = task.holder
                 if holder is not None and holder.connected:
@@ -3512,7 +3561,7 @@ class Scheduler:
             self._dequeue(task)
             rec.close_ns = now
             self._set_state(task, "CANCELLED", message)
-            self._event("TASK_CANCELLED", task)
+            self._event("TASK_CANCELLED", task, span_id=span_id)
             self._terminal(task)
 
     def _exceed(self, w: _Workflow, budget: str, limit: float, value: float) -> None:

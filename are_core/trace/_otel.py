@@ -7,9 +7,17 @@ the scheduler emits:
   ``WORKFLOW_SUBMITTED`` .. ``WORKFLOW_COMPLETED|FAILED|CANCELLED`` is the
   root span ``workflow <name>``;
 * one span per task attempt, child of the workflow span: ``TASK_DISPATCHED``
-  starts it, ``TASK_COMPLETED``, ``TASK_ATTEMPT_FAILED``, ``TASK_TIMED_OUT``,
-  ``TASK_CANCELLED`` or ``TASK_LEASE_EXPIRED`` ends it; a retry links to the
-  previous attempt's span;
+  starts it, ``TASK_COMPLETED``, ``TASK_ATTEMPT_FAILED`` or ``TASK_CANCELLED``
+  ends it with the task's state and failure. A timeout or a lost lease of a
+  running attempt (``TASK_TIMED_OUT``, ``TASK_LEASE_EXPIRED``) is an event of
+  its span, which ends at the ``TASK_ATTEMPT_FAILED`` that follows; a lease
+  that expired with the task SCHEDULED again (the attempt was lost through
+  no fault of its worker: a restart, an undelivered poll answer) ends it
+  there. Should an attempt's end never come, the next attempt of its task,
+  or its workflow's end, ends its span (marked ``are.span.unfinished``). A
+  retry links to the previous attempt's span, whose id, when that span was
+  not open here (a restart), is taken from the events of that attempt (they
+  carry it) or asked of the ``attempt_span`` resolver;
 * every other event becomes a span event of its attempt's span (or of the
   workflow's span, up to ``max_events_per_span``); the events a span's start
   and end stand for (dispatch, completion, submission, workflow completion)
@@ -25,7 +33,9 @@ the scheduler emits:
   optional ``attempt_span`` resolver is asked for older ones; a call whose
   attempt span is known nowhere nests under the workflow span rather than
   under a span that does not exist. A call longer than its end time since
-  the epoch starts at the epoch.
+  the epoch starts at the epoch. A call's ``span_id`` is the worker's own
+  span only when it differs from its attempt's (the recorder fills in the
+  attempt's span id when the worker gave none).
 
 The workflow span is exported once, complete, when the workflow ends. When
 its start was not seen by this builder (the sidecar restarted while the
@@ -97,10 +107,14 @@ _WORKFLOW_END = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CA
 # The events that close a workflow, once each: its span is exported at one of them even if its start was
 # not seen here (a restart). Not WORKFLOW_DELETED, which may come long after a closing event seen elsewhere.
 _WORKFLOW_CLOSE = frozenset({"WORKFLOW_COMPLETED", "WORKFLOW_FAILED", "WORKFLOW_CANCELLED"})
-_ATTEMPT_END = frozenset(
-    {"TASK_COMPLETED", "TASK_ATTEMPT_FAILED", "TASK_TIMED_OUT", "TASK_CANCELLED", "TASK_LEASE_EXPIRED"}
-)
+_ATTEMPT_END = frozenset({"TASK_COMPLETED", "TASK_ATTEMPT_FAILED", "TASK_CANCELLED"})
+# Ends the attempt only when the task is no longer RUNNING (re-queued); else TASK_ATTEMPT_FAILED follows.
+_LEASE_EXPIRED = "TASK_LEASE_EXPIRED"
+# A later attempt of the task is queued or started: an attempt of it still open here has ended.
+_LATER_ATTEMPT = frozenset({"TASK_SCHEDULED", "TASK_DISPATCHED"})
 _CALLS = frozenset({"LLM_CALL", "TOOL_CALL"})
+# Events workers report: their span_id is the worker's own span when it differs from the attempt's.
+_REPORTED = frozenset({"LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"})
 # Events a span's own start and end stand for (their data is on the span): not repeated as span events.
 _SPAN_BOUNDARIES = frozenset(
     {"TASK_DISPATCHED", "TASK_COMPLETED", "WORKFLOW_SUBMITTED", "WORKFLOW_COMPLETED"}
@@ -245,20 +259,62 @@ class SpanBuilder:
         kind = event.event_type
         if not event.workflow_id:
             return  # worker connections, cache and router calls outside a workflow: no trace
+        worker_span = kind in _REPORTED and self._worker_span(event)
+        if kind in _LATER_ATTEMPT:
+            self._end_earlier_attempt(event)
+        elif event.span_id and event.task_id and event.attempt and kind not in _REPORTED:
+            self._learn_attempt_span(event)
         if kind in _WORKFLOW_START:
             self._start_workflow(event)
         elif kind == "TASK_DISPATCHED":
             self._start_attempt(event)
-        elif kind in _CALLS and not event.span_id:
+        elif kind in _CALLS and not worker_span:
             self._call_span(event)
         if kind not in _SPAN_BOUNDARIES:
-            self._add_span_event(event, with_attributes=not (kind in _CALLS and not event.span_id))
-        if kind in _ATTEMPT_END:
+            # A call's own attributes are on its call span: not copied on the attempt's span as well.
+            with_attributes = not (kind in _CALLS and not worker_span)
+            self._add_span_event(event, with_attributes=with_attributes, worker_span=worker_span)
+        if kind in _ATTEMPT_END or (kind == _LEASE_EXPIRED and event.task_state not in {"", "RUNNING"}):
             self._end_attempt(event)
         elif kind in _WORKFLOW_END:
             self._end_workflow(event)
 
-    def _add_span_event(self, event: Event, *, with_attributes: bool = True) -> None:
+    def _worker_span(self, event: Event) -> bool:
+        """Whether a reported event's span id is the worker's own span, not its attempt's."""
+        if not event.span_id:
+            return False
+        key = (event.workflow_id, event.task_id, event.attempt)
+        span = self._attempts.get(key)
+        attempt_span = span.get_span_context().span_id if span is not None else self._ended_attempt_span(key)
+        return parse_hex_id(event.span_id, 16) != attempt_span
+
+    def _learn_attempt_span(self, event: Event) -> None:
+        """Keeps the span id an event names for an attempt whose span is not open here (links, late calls)."""
+        key = (event.workflow_id, event.task_id, event.attempt)
+        if key in self._attempts or key in self._ended:
+            return
+        span_id = parse_hex_id(event.span_id, 16)
+        if span_id:
+            self._remember_ended(key, span_id)
+
+    def _end_earlier_attempt(self, event: Event) -> None:
+        """Ends the span of an earlier attempt of the task still open here: its end was not seen."""
+        latest = self._latest_attempt(event.workflow_id, event.task_id)
+        if latest is None or latest[0] >= event.attempt:
+            return
+        key = (event.workflow_id, event.task_id, latest[0])
+        span = self._attempts.pop(key, None)
+        if span is not None:
+            self._end_unfinished(key, span, event.event_time_unix_ns)
+
+    def _end_unfinished(self, key: _AttemptKey, span: otel_trace.Span, end_ns: int) -> None:
+        self._remember_ended(key, span.get_span_context().span_id)
+        span.set_attribute("are.span.unfinished", value=True)
+        span.end(end_time=end_ns)
+
+    def _add_span_event(
+        self, event: Event, *, with_attributes: bool = True, worker_span: bool = False
+    ) -> None:
         span = self._attempt_span(event)
         if span is None:
             span = self._workflows.get(event.workflow_id)
@@ -271,7 +327,7 @@ class SpanBuilder:
         # A call's own attributes are on its call span: not copied here as well.
         span.add_event(
             name,
-            _event_attributes(event, with_attributes=with_attributes),
+            _event_attributes(event, with_attributes=with_attributes, worker_span=worker_span),
             timestamp=event.event_time_unix_ns,
         )
 
@@ -336,6 +392,11 @@ class SpanBuilder:
             return
         links = []
         previous = self._latest_attempt(event.workflow_id, event.task_id)
+        if previous is None and event.attempt > 1:
+            # Its previous attempt's span was not open here (a restart): its events named it, or ask.
+            before = (event.workflow_id, event.task_id, event.attempt - 1)
+            span_id = self._ended_attempt_span(before)
+            previous = (before[2], span_id) if span_id is not None else None
         if previous is not None and previous[0] < event.attempt:
             context = SpanContext(
                 trace_id=self._trace_id(event.workflow_id),
@@ -462,6 +523,9 @@ class SpanBuilder:
             span.set_attribute("are.task.state", event.task_state)
         if event.event_type == "TASK_COMPLETED":
             span.set_status(Status(StatusCode.OK))
+        elif event.event_type == _LEASE_EXPIRED:
+            reason = f": {event.name}" if event.name else ""
+            span.set_status(Status(StatusCode.ERROR, f"the attempt's lease expired{reason}"))
         else:
             failure = event.failure
             if failure is not None and failure.type:
@@ -471,6 +535,8 @@ class SpanBuilder:
 
     def _end_workflow(self, event: Event) -> None:
         workflow_id = event.workflow_id
+        if event.event_type in _WORKFLOW_CLOSE:
+            self._end_open_attempts(event)
         if workflow_id not in self._workflows and event.event_type in _WORKFLOW_CLOSE:
             self._start_unseen_workflow(workflow_id)
         span = self._workflows.pop(workflow_id, None)
@@ -492,6 +558,14 @@ class SpanBuilder:
             span.set_status(Status(StatusCode.OK))
         span.end(end_time=event.event_time_unix_ns)
         self._latest.pop(event.workflow_id, None)
+
+    def _end_open_attempts(self, event: Event) -> None:
+        """Ends the attempt spans of a closing workflow still open here: no end of theirs will come."""
+        for task_id, (attempt, _) in (self._latest.get(event.workflow_id) or {}).items():
+            key = (event.workflow_id, task_id, attempt)
+            span = self._attempts.pop(key, None)
+            if span is not None:
+                self._end_unfinished(key, span, event.event_time_unix_ns)
 
     def _start_unseen_workflow(self, workflow_id: str) -> None:
         """Opens the span of a workflow whose start this builder did not see, so that its end exports it."""
@@ -525,7 +599,9 @@ def _scalar(attributes: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
     return {k: v for k, v in attributes.items() if not k.startswith(_SPAN_START_KEY)}
 
 
-def _event_attributes(event: Event, *, with_attributes: bool = True) -> dict[str, AttributeValue]:
+def _event_attributes(
+    event: Event, *, with_attributes: bool = True, worker_span: bool = False
+) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue] = {"are.sequence": event.sequence}
     optional: dict[str, AttributeValue] = {
         "are.task.id": event.task_id,
@@ -534,7 +610,8 @@ def _event_attributes(event: Event, *, with_attributes: bool = True) -> dict[str
         "are.name": event.name,
         "are.task.state": event.task_state,
         "are.workflow.state": event.workflow_state,
-        "are.worker_span_id": event.span_id,
+        # Only a worker's own span: an attempt's span id is the span the event is on, or its parent's.
+        "are.worker_span_id": event.span_id if worker_span else "",
     }
     attributes.update({k: v for k, v in optional.items() if v})
     if event.duration_ns is not None:
