@@ -111,6 +111,82 @@ class _BatchEvents(weakref.ref[Batch]):
         self.events: list[Event] = []
 
 
+class _Subscribers:
+    """The live subscriptions, indexed so that an event is matched only against those that may want it.
+
+    A stream usually follows some workflows (or some event types): with
+    hundreds of streams open, trying every filter on every event cost the
+    scheduler's loop a filter call per stream per event. Each subscription
+    sits in one place: under each of its workflow ids, else under each of
+    its event types, else among those that see everything; an event is then
+    tried against its workflow's, its type's and the rest, disjoint sets.
+    """
+
+    def __init__(self) -> None:
+        self._by_workflow: dict[str, set[Subscription]] = {}
+        self._by_type: dict[str, set[Subscription]] = {}
+        self._rest: set[Subscription] = set()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _keys(self, subscription: Subscription) -> tuple[dict[str, set[Subscription]] | None, frozenset[str]]:
+        event_filter = subscription.event_filter
+        if event_filter.workflow_ids:
+            return self._by_workflow, event_filter.workflow_ids
+        if event_filter.event_types:
+            return self._by_type, event_filter.event_types
+        return None, frozenset()
+
+    def add(self, subscription: Subscription) -> None:
+        index, keys = self._keys(subscription)
+        if index is None:
+            if subscription in self._rest:
+                return
+            self._rest.add(subscription)
+        else:
+            first = next(iter(keys))
+            if subscription in index.get(first, ()):
+                return
+            for key in keys:
+                index.setdefault(key, set()).add(subscription)
+        self._count += 1
+
+    def discard(self, subscription: Subscription) -> None:
+        index, keys = self._keys(subscription)
+        if index is None:
+            if subscription not in self._rest:
+                return
+            self._rest.discard(subscription)
+        else:
+            if subscription not in index.get(next(iter(keys)), ()):
+                return
+            for key in keys:
+                members = index[key]
+                members.discard(subscription)
+                if not members:
+                    del index[key]
+        self._count -= 1
+
+    def clear(self) -> None:
+        self._by_workflow.clear()
+        self._by_type.clear()
+        self._rest.clear()
+        self._count = 0
+
+    def offer(self, event: Event, size: int) -> None:
+        """Hands ``event`` to every subscription whose filter it passes."""
+        for candidates in (
+            self._by_workflow.get(event.workflow_id, ()) if event.workflow_id else (),
+            self._by_type.get(event.event_type, ()),
+            self._rest,
+        ):
+            for subscription in candidates:
+                if subscription.event_filter.matches(event):
+                    subscription.offer(event, size)
+
+
 class EventListener(Protocol):
     """Receives every committed event, in sequence order (the OpenTelemetry exporter)."""
 
@@ -207,7 +283,7 @@ class EventRecorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_dropped = self._batch_dropped  # one bound method for every weak reference
         committer.add_settle_listener(self._batch_settled)
-        self._subscribers: set[Subscription] = set()  # live: receive published events
+        self._subscribers = _Subscribers()  # live: receive published events
         self._open: set[Subscription] = set()  # every open stream, replaying or live
         self._listeners: list[EventListener] = []
         self._pruner: asyncio.Task[None] | None = None
@@ -424,9 +500,8 @@ class EventRecorder:
         sizes = self._sizes
         for event in events:
             size = sizes.pop(event.sequence, SMALL_EVENT_BYTES) if sizes else SMALL_EVENT_BYTES
-            for subscription in subscribers:
-                if subscription.event_filter.matches(event):
-                    subscription.offer(event, size)
+            if subscribers:
+                subscribers.offer(event, size)
         for listener in self._listeners:
             try:
                 listener.on_events(events)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import pytest
 
@@ -229,3 +230,56 @@ async def test_events_pruned_while_a_stream_replays_are_reported_not_skipped_sil
     )
     assert shape(items[256:]) == [*range(501, 601), CaughtUp(sequence=600)]
     subscription.close()
+
+
+async def test_indexed_fan_out_gives_each_stream_exactly_what_its_filter_matches(
+    make_harness: MakeHarness,
+) -> None:
+    """Streams are indexed by workflow, else by type: each still gets every match, once, in order.
+
+    Seeded: 40 streams with filters mixing workflows, types, tasks and none,
+    some closed midway, against 300 events; each stream's events equal a
+    brute-force filter of everything recorded while it was live.
+    """
+    rng = random.Random(7)
+    harness = make_harness(subscriber_buffer=10_000)
+    recorder = harness.recorder
+    workflows = [f"wf-{i}" for i in range(6)]
+    kinds = ["TASK_SCHEDULED", "TASK_DISPATCHED", "TASK_COMPLETED", "WORKFLOW_SUBMITTED"]
+    filters = [EventFilter()] + [
+        EventFilter(
+            workflow_ids=frozenset(rng.sample(workflows, rng.randint(0, 2))),
+            event_types=frozenset(rng.sample(kinds, rng.randint(0, 2))),
+            task_ids=frozenset(rng.sample(["t1", "t2"], rng.randint(0, 1))),
+        )
+        for _ in range(39)
+    ]
+    streams = [recorder.subscribe(f, after_sequence=None) for f in filters]
+    for stream in streams:
+        assert isinstance(await asyncio.wait_for(stream.next(), 5), CaughtUp)
+    recorded: list[Event] = []
+    closed_at: dict[int, int] = {}
+    for round_ in range(30):
+        recorded += await harness.emit_many(
+            10,
+            lambda _: draft(
+                rng.choice(kinds), workflow_id=rng.choice([*workflows, ""]), task_id=rng.choice(["t1", "t2"])
+            ),
+        )
+        if round_ == 15:  # a few streams leave midway: the index forgets them
+            for index in (3, 17, 29):
+                streams[index].close()
+                closed_at[index] = len(recorded)
+    for index, (event_filter, stream) in enumerate(zip(filters, streams, strict=True)):
+        live = recorded[: closed_at.get(index, len(recorded))]
+        expected = [e.sequence for e in live if event_filter.matches(e)]
+        got: list[int] = []
+        while stream.buffered:
+            item = await asyncio.wait_for(stream.next(), 5)
+            assert isinstance(item, Event), item
+            got.append(item.sequence)
+        if index in closed_at:
+            assert got == expected[: len(got)]  # a closed stream may drop what it had not read
+        else:
+            assert got == expected, (index, event_filter)
+        stream.close()
