@@ -72,6 +72,7 @@ from are_core.embed import Embedder, EmbedderError, load_embedder
 from are_core.scheduler import SpecError
 from are_core.state import (
     BLOB_TABLES,
+    MAX_MEMBERS,
     MEMORY_TABLES,
     STATE_TABLES,
     BlobDigestMismatchError,
@@ -275,6 +276,7 @@ class StateCapability(Capability):
                 keep_versions=config.state_keep_versions, keep_seconds=config.state_keep_age_s
             ),
             events=runtime.events,
+            max_members=MAX_MEMBERS,
             unsettled=self._unsettled,
         )
         self.blobs = BlobStore(runtime.storage, runtime.committer)
@@ -1037,20 +1039,23 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
             await _invalid(context, "sha256s", "give 1 to 1,000 digests")
         if len(request.sha256s) > _MAX_DIGESTS:
             await _limit(context, "sha256s", _MAX_DIGESTS)
-        found, missing, stored = [], [], []
-        for i, text in enumerate(request.sha256s):
-            digest = await _digest(context, text, f"sha256s[{i}]")
-            info = self._blobs.stat(digest)
+        digests = [await _digest(context, text, f"sha256s[{i}]") for i, text in enumerate(request.sha256s)]
+        if request.refresh_found:
+            try:  # a full TTL again: the caller skips the upload and references them later
+                # Found is what the refresh found, under the blob store's lock: a stat before
+                # it could see a blob that a sweep queued on that lock then deleted.
+                stored = await self._blobs.refresh_stored(digests)
+            except StorageError as error:
+                await _fail(context, error)
+        else:
+            stored = {digest: info for digest in digests if (info := self._blobs.stat(digest)) is not None}
+        found, missing = [], []
+        for text, digest in zip(request.sha256s, digests, strict=True):
+            info = stored.get(digest)
             if info is None:
                 missing.append(text)
             else:
                 found.append(_blob_ref(info))
-                stored.append(digest)
-        if stored and request.refresh_found:
-            try:  # a full TTL again: the caller skips the upload and references them later
-                await self._blobs.refresh(stored)
-            except StorageError as error:
-                await _fail(context, error)
         return state_service_pb2.CheckBlobsResponse(found=found, missing=missing)
 
 

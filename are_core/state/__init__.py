@@ -47,6 +47,7 @@ from ._blobs import (
 from ._documents import (
     MAX_DOCUMENT_BYTES,
     MAX_JSON_DEPTH,
+    MAX_MEMBERS,
     MAX_OPERATIONS,
     MAX_PATCH_BYTES,
     MAX_READ_PATHS,
@@ -93,6 +94,7 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_DOCUMENT_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_MEMBERS",
     "MAX_NOTES_PER_CALL",
     "MAX_OPERATIONS",
     "MAX_PATCH_BYTES",

@@ -446,25 +446,40 @@ class BlobStore:
     async def refresh(self, digests: Sequence[bytes]) -> int:
         """Gives the stored blobs among ``digests`` a full TTL again, as their upload would; returns how many.
 
+        :meth:`refresh_stored` without the references.
+        """
+        return len(await self.refresh_stored(digests))
+
+    async def refresh_stored(self, digests: Sequence[bytes]) -> dict[bytes, BlobInfo]:
+        """Gives the stored blobs among ``digests`` a full TTL again, as their upload would; returns them.
+
         For CheckBlobs: a client told a blob is stored skips its upload and
         references it later. Without this, a blob uploaded long ago was
         swept seconds after the client was told so (the SDK's put() with
         check_first, its default).
+
+        What is stored is decided here, under the lock, and the refresh is
+        committed before the lock goes: the blobs returned are stored with a
+        full TTL, and the others are not stored. A :meth:`stat` before the
+        call does not say so: a sweep waiting on the lock ahead of this call
+        may delete the blob in between (CheckBlobs answered "found" for a
+        blob just deleted, and the SDK's put() skipped its upload).
         """
+        refreshed: dict[bytes, BlobInfo] = {}
         async with self._lock:
             now = self._clock()
             batch = self.storage.batch()
-            refreshed = 0
-            for digest in dict.fromkeys(digests):
-                raw = self.storage.get(META, digest)
-                if raw is None or digest in self._deleting:
-                    continue
-                meta = _meta_dec.decode(raw)
-                # As an upload without a workflow would: unowned (see publish), so no owner's
-                # release cuts the TTL the caller was promised short.
-                meta = msgspec.structs.replace(meta, upload_time_ns=now, owned=False)
-                batch.put(META, digest, _enc.encode(meta))
-                refreshed += 1
+            with self.storage.read() as view:
+                for digest in dict.fromkeys(digests):
+                    raw = None if digest in self._deleting else view.get(META, digest)
+                    if raw is None:
+                        continue
+                    meta = _meta_dec.decode(raw)
+                    # As an upload without a workflow would: unowned (see publish), so no owner's
+                    # release cuts the TTL the caller was promised short.
+                    meta = msgspec.structs.replace(meta, upload_time_ns=now, owned=False)
+                    batch.put(META, digest, _enc.encode(meta))
+                    refreshed[digest] = BlobInfo(digest.hex(), meta.size_bytes, meta.content_type)
             if refreshed:
                 await self.committer.submit(batch)
         return refreshed

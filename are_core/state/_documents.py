@@ -76,6 +76,7 @@ from ._pointer import parse_pointer, remove_at, resolve_raw, set_at
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_MEMBERS",
     "MAX_OPERATIONS",
     "MAX_PATCH_BYTES",
     "MAX_READ_PATHS",
@@ -89,6 +90,23 @@ MAX_DOCUMENT_BYTES = 16 * MiB
 MAX_PATCH_BYTES = 4 * MiB
 MAX_OPERATIONS = 1000
 MAX_READ_PATHS = 100
+MAX_MEMBERS = 20_000
+"""Top-level members a document holds at most (nest a larger collection under one member).
+
+Each member is a row, and a version is one commit, which the group
+committer bounds (100,000 mutations): a patch writes a row per member it
+changes, a root replace one per member of the old and of the new document
+(up to twice this), a fork one per member, and the prune of a version up
+to two rows per member it changed (its own and the one it superseded, or
+a tombstone and its successor): up to four times this for a root replace,
+which must fit :data:`_BATCH_ROWS` beside a small patch. Unbounded, a
+document that two patches grew to 120,000 members could never be forked
+nor replaced (its rows did not fit one commit). The sidecar's engine refuses a
+patch that would leave more (``StateEngine(max_members=...)``); one that
+shrinks a larger document (stored before this bound) is not refused.
+"""
+_BATCH_ROWS = 90_000
+"""Mutations a patch's batch may reach with the prune of old versions (under the committer's 100,000)."""
 MAX_WRITER_CHARS = 256
 # How deep a JSON value taken in may nest arrays and objects ([] is 1 deep, a scalar 0), and a
 # patched document with it. Decoding, merging and encoding recurse a level at a time within
@@ -337,9 +355,17 @@ class StateEngine:
         retention: Retention | None = None,
         events: EventSink | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        max_members: int | None = None,
     ) -> None:
-        """Bind the engine to storage; ``retention`` is the sidecar-wide default."""
+        """Bind the engine to storage; ``retention`` is the sidecar-wide default.
+
+        ``max_members``: the top-level members a patch may leave in a
+        document (the sidecar passes :data:`MAX_MEMBERS`, with which every
+        document's fork, root replace and prune fit in one commit); None
+        leaves only the commit's bound, for tools that build data folders.
+        """
         self._storage = storage
+        self.max_members = max_members
         self._committer = committer
         self.retention = retention or Retention()
         self._events = events
@@ -587,13 +613,12 @@ class StateEngine:
                 keep_versions=head.keep_versions if head else (retention.keep_versions if retention else 0),
                 keep_seconds=head.keep_seconds if head else (retention.keep_seconds if retention else -1.0),
             )
-            if new_head.size_bytes > MAX_DOCUMENT_BYTES:
-                raise LimitExceededError(
-                    f"the patched document would be {new_head.size_bytes} bytes; "
-                    f"at most {MAX_DOCUMENT_BYTES}",
-                    field="merge_patch_json" if merge_patch is not None else "operations",
-                    limit=MAX_DOCUMENT_BYTES,
-                )
+            _check_document(
+                new_head,
+                head,
+                max_members=self.max_members,
+                field="merge_patch_json" if merge_patch is not None else "operations",
+            )
             # Nothing raises past this point: the batch only grows once the patch is valid.
             for mhash, record in rows:
                 batch.put(MEMBERS, prefix + mhash + u64_key(version), _encode(record))
@@ -672,7 +697,13 @@ class StateEngine:
     def _stage_prune(
         self, view: ReadView, batch: Batch, prefix: bytes, head: StateHead, *, written: set[bytes], now: int
     ) -> StateHead:
-        """Drop up to 16 of the oldest versions that are outside both retention bounds."""
+        """Drop up to 16 of the oldest versions that are outside both retention bounds.
+
+        As many as fit the batch: the prune of a version deletes a row or two
+        per member it changed (its own, and the one it superseded), and the
+        batch stays within :data:`_BATCH_ROWS`; versions that do not fit are
+        dropped by the next patches (a smaller one has room for any version).
+        """
         keep_versions = head.keep_versions or self.retention.keep_versions
         keep_seconds = head.keep_seconds if head.keep_seconds >= 0 else self.retention.keep_seconds
         latest = head.latest_version
@@ -687,9 +718,13 @@ class StateEngine:
             limit=_PRUNE_PER_PATCH,
         )
         doomed: list[VersionRecord] = []
+        deletions = 0  # at most: the version row, and two rows per member it changed
         for _, raw in rows:
             rec = _version_dec.decode(raw)
             if rec.create_time_ns > age_floor:
+                break
+            deletions += 1 + 2 * len(rec.changed)
+            if len(batch) + deletions > _BATCH_ROWS:
                 break
             doomed.append(rec)
         if not doomed:
@@ -908,6 +943,26 @@ def _member_rows(work: _Work, head: StateHead | None) -> tuple[list[tuple[bytes,
             pairs += _pair_bytes(name, encoded)
         rows.append((member_hash(name), MemberRecord(name, encoded)))
     return rows, count, pairs
+
+
+def _check_document(
+    new_head: StateHead, head: StateHead | None, *, max_members: int | None, field: str
+) -> None:
+    """Refuses a patched document over 16 MiB, or over ``max_members`` members unless it shrank."""
+    count = new_head.member_count
+    if max_members is not None and count > max_members and count > (head.member_count if head else 0):
+        raise LimitExceededError(
+            f"the patched document would have {count:,} top-level members; at most "
+            f"{max_members:,} (nest a large collection under one member)",
+            field=field,
+            limit=max_members,
+        )
+    if new_head.size_bytes > MAX_DOCUMENT_BYTES:
+        raise LimitExceededError(
+            f"the patched document would be {new_head.size_bytes} bytes; at most {MAX_DOCUMENT_BYTES}",
+            field=field,
+            limit=MAX_DOCUMENT_BYTES,
+        )
 
 
 def _check_patch(

@@ -57,6 +57,7 @@ from ._errors import (
 )
 
 __all__ = [
+    "MAX_HYDRATE_EXAMINED",
     "MAX_LOADED_INDEXES",
     "MAX_LOADED_INDEX_BYTES",
     "MAX_NOTES_PER_CALL",
@@ -79,6 +80,17 @@ MAX_DIMENSION = 4096
 MAX_TOP_K = 100
 MAX_BUDGET_BYTES = 4 * 1024 * 1024
 DEFAULT_BUDGET_BYTES = 64 * 1024
+MAX_HYDRATE_EXAMINED = 4096
+"""The most similar notes a hydration examines at most: filters, the floor and the byte budget apply to those.
+
+A search whose filters or budget reject notes widens (4 times the notes
+each round) up to this bound and no further, so its cost is bounded
+whatever the memory holds: widening to the whole memory decoded every
+note on the event loop (20,000 notes of 2 KB: about a second during which
+no other call was served; a million notes: tens of seconds). Fewer than
+``top_k`` hits when it stopped there is reported as truncated."""
+_SEARCH_ON_LOOP = 512
+"""Neighbours a hydration's search finds on the loop at most (a millisecond or two); wider: in a thread."""
 _SCAN_PAGE = 2000
 _COPY_PAGE_BYTES = 4 << 20
 """Notes a fork copies per page and commit, in bytes (some; at most :data:`_SCAN_PAGE` notes)."""
@@ -192,9 +204,29 @@ class _NoteHead(msgspec.Struct, frozen=True, kw_only=True):
     create_time_ns: int
 
 
+class _ContentSize(msgspec.Struct, frozen=True, kw_only=True):
+    """The inline bytes of a stored :class:`NoteContent`, left encoded (only their length counts)."""
+
+    data: msgspec.Raw = msgspec.Raw(b"\xc4\x00")  # msgpack's empty bin
+
+
+class _NoteFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What a search filters a stored :class:`Note` on: its text, metadata left encoded, content size.
+
+    Decoding a :class:`_NoteHead` (a dictionary per note, inline content
+    copied) cost three times as much, for every note a search looked at.
+    """
+
+    text: str
+    metadata: msgspec.Raw
+    content: _ContentSize | None
+
+
 _enc = msgspec.msgpack.Encoder()
 _note_dec = msgspec.msgpack.Decoder(Note)
 _head_dec = msgspec.msgpack.Decoder(_NoteHead)
+_filter_dec = msgspec.msgpack.Decoder(_NoteFilter)
+_metadata_dec = msgspec.msgpack.Decoder(dict[str, str])
 _space_dec = msgspec.msgpack.Decoder(MemorySpace)
 
 
@@ -221,6 +253,25 @@ def _wid(workflow_id: str) -> bytes:
 def _note_bytes(note: Note | _NoteHead) -> int:
     content = note.content
     return len(note.text.encode()) + (len(content.data) if content is not None else 0)
+
+
+def _msgpack_payload_bytes(raw: msgspec.Raw) -> int:
+    """The length of the payload of one encoded msgpack bin (bytes) value, its header left out."""
+    encoded = memoryview(raw)
+    header = encoded[0] if encoded else 0
+    return len(encoded) - {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(header, 0)
+
+
+def _filter_bytes(fields: _NoteFilter) -> int:
+    """The bytes a hit costs the budget, as :func:`_note_bytes` counts them."""
+    content = fields.content
+    return len(fields.text.encode()) + (_msgpack_payload_bytes(content.data) if content is not None else 0)
+
+
+def _metadata_matches(metadata: msgspec.Raw, matches: dict[str, str]) -> bool:
+    """Whether the encoded metadata holds every entry of ``matches``."""
+    decoded = _metadata_dec.decode(metadata)
+    return all(decoded.get(k) == v for k, v in matches.items())
 
 
 def _fill(
@@ -514,7 +565,7 @@ class MemoryStore:
         index = await self._index(workflow_id, space, locked=False)
         if index is None:  # deleted meanwhile
             return [], 0, False
-        return self._select(
+        return await self._select(
             workflow_id,
             index,
             query,
@@ -551,7 +602,7 @@ class MemoryStore:
         matrix = await self._embed(embedder, [text])
         return np.asarray(matrix[0], dtype=np.float32)
 
-    def _select(
+    async def _select(
         self,
         workflow_id: str,
         index: VectorIndex,
@@ -570,44 +621,65 @@ class MemoryStore:
         The notes that pass the filters are kept as (similarity, id, bytes)
         across searches, and the hits are chosen again from all of them
         after each: best first, each note once, its bytes counted once.
-        Only the notes chosen are decoded whole, at the end.
+
+        The work is bounded: the search widens up to
+        :data:`MAX_HYDRATE_EXAMINED` notes and no further (stopping there
+        with fewer than ``top_k`` hits while notes were left reports
+        truncated); a note looked at is read for its filter fields only
+        (:class:`_NoteFilter`); a search wider than :data:`_SEARCH_ON_LOOP`
+        runs in a thread (HNSW takes tens of milliseconds for thousands of
+        neighbours) while the loop serves. Widening to the whole memory, all
+        on the loop, stalled every other call for a second at 20,000 notes.
+        Notes are append-only until their workflow is deleted, so the notes
+        looked at in earlier rounds are still there when the chosen ones are
+        decoded whole, at the end; if not, the memory was deleted meanwhile.
         """
         prefix = _wid(workflow_id)
         total = len(index)
-        want = top_k if not matches else max(top_k * 8, 64)
+        bound = min(total, MAX_HYDRATE_EXAMINED)
+        want = min(top_k if not matches else max(top_k * 8, 64), bound)
         looked: set[int] = set()
         candidates: list[tuple[float, int, int]] = []
         """(similarity, note id, bytes) of the notes that passed the filters, best first."""
-        with self._storage.read() as view:  # no await below: one snapshot throughout
-            while True:
-                found = index.search(query, min(want, total))
-                fresh = [
-                    (key, similarity)
-                    for key, similarity in found
-                    if key not in looked and (min_similarity is None or similarity >= min_similarity)
-                ]
-                looked.update(key for key, _ in found)
+        while True:
+            if want <= _SEARCH_ON_LOOP:
+                found = index.search(query, want)
+            else:
+                found = await asyncio.to_thread(index.search, query, want)
+            fresh = [
+                (key, similarity)
+                for key, similarity in found
+                if key not in looked and (min_similarity is None or similarity >= min_similarity)
+            ]
+            looked.update(key for key, _ in found)
+            with self._storage.read() as view:  # no await inside
                 for key, similarity in fresh:
                     raw = view.get(NOTES, prefix + u64_key(key))
                     if raw is None:
                         continue
-                    head = _head_dec.decode(raw)
-                    if all(head.metadata.get(k) == v for k, v in matches.items()):
-                        candidates.append((similarity, key, _note_bytes(head)))
-                candidates.sort(key=lambda candidate: -candidate[0])  # stable: ties keep the search's order
-                chosen, used, truncated = _fill(candidates, top_k, max_bytes)
-                if (
-                    len(chosen) >= top_k
-                    or want >= total
-                    or len(found) < want
-                    or (min_similarity is not None and found and found[-1][1] < min_similarity)
-                ):  # enough, or nothing left to find (a wider search adds only notes below the floor)
-                    break
-                want = min(want * 4, total)
-            hits = []
+                    fields = _filter_dec.decode(raw)
+                    if matches and not _metadata_matches(fields.metadata, matches):
+                        continue
+                    candidates.append((similarity, key, _filter_bytes(fields)))
+            candidates.sort(key=lambda candidate: -candidate[0])  # stable: ties keep the search's order
+            chosen, used, truncated = _fill(candidates, top_k, max_bytes)
+            exhausted = (
+                want >= total
+                or len(found) < want
+                or (min_similarity is not None and found and found[-1][1] < min_similarity)
+            )  # nothing left to find (a wider search adds only notes below the floor)
+            if len(chosen) >= top_k or exhausted:
+                break
+            if want >= bound:  # the bound: notes not looked at might have passed
+                truncated = True
+                break
+            want = min(want * 4, bound)
+        hits = []
+        with self._storage.read() as view:
             for similarity, key in chosen:
                 raw = view.get(NOTES, prefix + u64_key(key))
-                assert raw is not None  # read above, in this same snapshot
+                if raw is None:  # the memory was deleted meanwhile
+                    return [], 0, False
                 hits.append(MemoryHit(_note_dec.decode(raw), similarity))
         return hits, used, truncated
 

@@ -191,7 +191,10 @@ func (x *PatchOperationList) GetOperations() []*PatchOperation {
 
 // StatePatch is one change to a workflow's state document, applied
 // atomically and making exactly one new version. The patch is at most 4 MiB
-// and the resulting document at most 16 MiB (LIMIT_EXCEEDED).
+// and the resulting document at most 16 MiB and 20,000 top-level members
+// (LIMIT_EXCEEDED naming merge_patch_json or operations; nest a larger
+// collection under one member). A document stored with more members before
+// that bound may still be patched to fewer.
 type StatePatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The form of the patch; exactly one must be set.

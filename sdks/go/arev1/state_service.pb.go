@@ -946,7 +946,11 @@ func (x *AddMemoryResponse) GetMemoryIds() []string {
 	return nil
 }
 
-// HydrateMemoryRequest asks for the most relevant notes.
+// HydrateMemoryRequest asks for the most relevant notes. The metadata
+// filter, the similarity floor and the byte budget are applied to the 4,096
+// notes most similar to the query at most, so that a call costs about the
+// same whatever the memory holds: a note further down is not returned (see
+// HydrateMemoryResponse.truncated).
 type HydrateMemoryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The workflow whose memory is searched.
@@ -1153,7 +1157,10 @@ type HydrateMemoryResponse struct {
 	Hits []*MemoryHit `protobuf:"bytes,1,rep,name=hits,proto3" json:"hits,omitempty"`
 	// The bytes of text and content returned.
 	TotalBytes int64 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
-	// True when some relevant notes were skipped for the byte budget.
+	// True when some relevant notes were skipped for the byte budget, or
+	// when fewer than top_k notes are returned because the search stopped at
+	// the 4,096 notes most similar to the query (others might have passed
+	// the filters).
 	Truncated     bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -220,7 +220,11 @@ class MemoryHit:
 
 @dataclass(frozen=True, slots=True)
 class MemoryHydration:
-    """The notes chosen, best first, the bytes they carry, and whether the budget cut some."""
+    """The notes chosen, best first, the bytes they carry, and whether some were left out.
+
+    ``truncated``: a note was skipped for the byte budget, or the search stopped at its bound
+    (the 4,096 notes most similar to the query) with fewer than ``top_k`` hits.
+    """
 
     hits: list[MemoryHit]
     total_bytes: int

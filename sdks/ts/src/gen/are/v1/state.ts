@@ -50,7 +50,10 @@ export interface PatchOperationList {
 /**
  * StatePatch is one change to a workflow's state document, applied
  * atomically and making exactly one new version. The patch is at most 4 MiB
- * and the resulting document at most 16 MiB (LIMIT_EXCEEDED).
+ * and the resulting document at most 16 MiB and 20,000 top-level members
+ * (LIMIT_EXCEEDED naming merge_patch_json or operations; nest a larger
+ * collection under one member). A document stored with more members before
+ * that bound may still be patched to fewer.
  */
 export interface StatePatch {
   /**

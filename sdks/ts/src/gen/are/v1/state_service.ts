@@ -223,7 +223,13 @@ export interface AddMemoryResponse {
   memoryIds: string[];
 }
 
-/** HydrateMemoryRequest asks for the most relevant notes. */
+/**
+ * HydrateMemoryRequest asks for the most relevant notes. The metadata
+ * filter, the similarity floor and the byte budget are applied to the 4,096
+ * notes most similar to the query at most, so that a call costs about the
+ * same whatever the memory holds: a note further down is not returned (see
+ * HydrateMemoryResponse.truncated).
+ */
 export interface HydrateMemoryRequest {
   /** The workflow whose memory is searched. */
   workflowId: string;
@@ -280,7 +286,12 @@ export interface HydrateMemoryResponse {
   hits: MemoryHit[];
   /** The bytes of text and content returned. */
   totalBytes: number;
-  /** True when some relevant notes were skipped for the byte budget. */
+  /**
+   * True when some relevant notes were skipped for the byte budget, or
+   * when fewer than top_k notes are returned because the search stopped at
+   * the 4,096 notes most similar to the query (others might have passed
+   * the filters).
+   */
   truncated: boolean;
 }
 
