@@ -82,6 +82,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     config_file: Path | None
     otlp_endpoint: str | None = None
     otlp_max_export_bytes: int = 3 * 1024 * 1024
+    otlp_max_queue_bytes: int = 64 * 1024 * 1024
     event_retention_count: int = 10_000_000
     event_retention_age_s: float = 7 * 86_400.0
     event_stream_buffer: int = 10_000
@@ -507,6 +508,16 @@ OPTIONS: tuple[Option, ...] = (
         "BYTES",
     ),
     Option(
+        "otlp_max_queue_bytes",
+        64 * 1024 * 1024,
+        "Memory the spans waiting for OTLP export may hold, estimated from their attributes and events, "
+        "in bytes (1 MiB to 16 GiB); the queue also holds at most 65,536 spans. A span that finds it "
+        "full (the collector is down or slower than the spans come) is dropped and counted: a warning "
+        "says how many, at most every 30 s while it lasts, and the shutdown line gives the total.",
+        _bounded_int(1024 * 1024, 16 * 1024 * 1024 * 1024),
+        "BYTES",
+    ),
+    Option(
         "event_retention_count",
         10_000_000,
         "Most events the flight recorder keeps; the oldest are dropped first.",
@@ -800,6 +811,7 @@ def load_config(flags: Mapping[str, str], environ: Mapping[str, str] | None = No
         config_file=config_path,
         otlp_endpoint=values["otlp_endpoint"] or None,
         otlp_max_export_bytes=values["otlp_max_export_bytes"],
+        otlp_max_queue_bytes=values["otlp_max_queue_bytes"],
         event_retention_count=values["event_retention_count"],
         event_retention_age_s=values["event_retention_age_s"],
         event_stream_buffer=values["event_stream_buffer"],

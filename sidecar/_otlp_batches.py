@@ -19,17 +19,21 @@ thread, never the event loop):
 Each span's size is that of a request holding it alone, so the sum over a
 request's spans is an upper bound of the request's size (the resource and
 scope they share are counted once per span).
+
+:func:`span_memory` estimates, without encoding, the memory an ended span
+holds while it waits for export, so that the export queue can be bounded in
+bytes as well as in spans.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["CUT_ATTRIBUTE_CHARS", "FittedSpans", "fit_spans"]
+__all__ = ["CUT_ATTRIBUTE_CHARS", "FittedSpans", "fit_spans", "span_memory"]
 
 CUT_ATTRIBUTE_CHARS = 256
 """What a span too large even without its events keeps of its name and each string attribute."""
@@ -150,6 +154,46 @@ def _attributes_bytes(attributes: object) -> int:
                 size += _ITEM_BYTES + len(item)
             else:
                 return -1
+    return size
+
+
+# The memory an ended span of opentelemetry-sdk 1.45 holds besides its strings, measured with
+# tracemalloc over spans as the span builder makes them (a least-squares fit, within 10% from
+# call spans of a few attributes to attempt spans of 128 events of 64 attributes of 4 KiB): the
+# span itself (its context, resource reference, lock, bounded lists and dicts), each event or
+# link, each attribute (its dict slot, its key, and its value's object); and a byte a character
+# of a string value (ASCII, as nearly all are; up to 4 otherwise, not counted: an estimate).
+_SPAN_MEMORY = 2_100
+_EVENT_MEMORY = 200
+_ATTRIBUTE_MEMORY = 130
+_ITEM_MEMORY = 40  # one element of a sequence value
+
+
+def span_memory(span: ReadableSpan) -> int:
+    """An estimate of the bytes ``span`` holds in memory, from its attributes, events and links.
+
+    Cheap (no encoding; one pass over the attribute values), as it runs for
+    each span that ends, on the event loop. String values are counted
+    whole: the span keeps them alive while it waits for export.
+    """
+    size = _SPAN_MEMORY + len(span.name) + _attributes_memory(span.attributes)
+    for event in span.events:
+        size += _EVENT_MEMORY + _attributes_memory(event.attributes)
+    for link in span.links:
+        size += _EVENT_MEMORY + _attributes_memory(link.attributes)
+    return size
+
+
+def _attributes_memory(attributes: Mapping[str, object] | None) -> int:
+    """The part of :func:`span_memory` that one span's, event's or link's attributes take."""
+    if not attributes:
+        return 0
+    size = _ATTRIBUTE_MEMORY * len(attributes)
+    for value in attributes.values():
+        if isinstance(value, str | bytes):
+            size += len(value)
+        elif isinstance(value, tuple | list):
+            size += _ITEM_MEMORY * len(value) + sum(len(item) for item in value if isinstance(item, str))
     return size
 
 

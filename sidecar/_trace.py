@@ -10,11 +10,23 @@ OpenTelemetry export is on when ``--otlp-endpoint`` (or
 set, to ``http://HOST[:PORT]``, ``https://HOST[:PORT]`` or ``HOST:PORT``;
 ``--otlp-endpoint off`` (or ``none``) turns it off whatever the ``OTEL_*``
 variables say, as they are often injected into every container of a pod.
-Spans built from events go through a bounded ``BatchSpanProcessor`` to the
+Spans built from events go through a bounded export queue (a
+``BatchSpanProcessor``, admitted into by :class:`_ExportGate`) to the
 OTLP/gRPC exporter, on its own thread; each export (retries included) has a
-deadline of a few seconds. At shutdown the export of what is queued gets a
-bounded share of the shutdown grace; spans the collector has not taken by
-then are dropped, and one log line says how many spans were not exported.
+deadline of a few seconds. The queue holds at most 65,536 spans and
+``--otlp-max-queue-bytes`` (64 MiB by default) of them, estimated from
+their attributes and events (a span in an export under way counts until
+the export ends). A span that ends while it is full (the collector is down,
+or slower than spans come) is dropped. Every span is accounted for: it is
+exported, still queued, or counted as not exported (the queue was full, or
+its export failed). While spans are dropped, a warning says how many, at
+most every 30 s, with the totals since the start. At shutdown the export of
+what is queued gets a bounded share of the shutdown grace; spans the
+collector has not taken by then are dropped, and one log line says how many
+spans in all were not exported, and why. Both lines also count the span
+events left out of spans: events no open span could take (a workflow's
+span keeps 128; see ``SpanBuilder.dropped_events``) and those over a span's
+limit of 128.
 
 A test and benchmark hook, off unless the environment variable
 ``ARE_TRACE_TEST_HOOK=1`` is set, serves ``/are.testing.TraceHook/Record``:
@@ -27,6 +39,7 @@ capabilities produce events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -74,7 +87,8 @@ from sidecar._config import ConfigError
 from sidecar._status import abort, shutting_down
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
     from are_core.trace import SpanBuilder
@@ -82,6 +96,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_HOOK_ENV",
     "TEST_HOOK_METHOD",
+    "ExportCounts",
     "TraceCapability",
     "TraceServicer",
     "check_cursor",
@@ -120,6 +135,14 @@ _SHUTDOWN_EXPORT_MAX_S = 3.0
 _SHUTDOWN_EXPORT_MIN_S = 0.5
 # How long the processor gets to wind down once the export has been cut off.
 _EXPORT_CUTOFF_WAIT_S = 1.0
+# The export queue (spans ended and not yet exported, an export under way included): at most this
+# many spans, and --otlp-max-queue-bytes of them.
+_QUEUE_SPANS = 65_536
+_QUEUE_BYTES = 64 << 20
+# Dropped spans and span events are logged at most this often while they last; the counters are
+# looked at this often, so the first drop is told within a poll.
+_DROP_REPORT_INTERVAL_S = 30.0
+_DROP_REPORT_POLL_S = 1.0
 _log = logging.getLogger("are.trace")
 _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -143,16 +166,37 @@ class TraceCapability(Capability):
         self.recorder.recover()
         runtime.events = self.recorder
         self.spans: SpanBuilder | None = None
-        self._export_gate = _ExportGate()
+        self._export_gate = _ExportGate(max_bytes=config.otlp_max_queue_bytes)
+        self._drop_report: _DropReport | None = None
+        self._reporting: asyncio.Task[None] | None = None
         self._shutdown_deadline: float | None = None
         self._endpoint = otlp_endpoint(config.otlp_endpoint)
         if self._endpoint is not None:
             self.spans = _otlp_span_builder(self._endpoint, runtime, self.recorder, self._export_gate)
+            self._drop_report = _DropReport(self._export_gate, self.spans, self._endpoint)
             self.recorder.add_listener(self.spans)
-            _log.info("exporting traces with OTLP", extra={"fields": {"endpoint": self._endpoint}})
+            _log.info(
+                "exporting traces with OTLP",
+                extra={
+                    "fields": {
+                        "endpoint": self._endpoint,
+                        "max_queue_spans": self._export_gate.max_spans,
+                        "max_queue_bytes": self._export_gate.max_bytes,
+                    }
+                },
+            )
+
+    @property
+    def export_counts(self) -> ExportCounts | None:
+        """What became of the spans handed to the OTLP export so far; None when export is off."""
+        return self._export_gate.counts() if self.spans is not None else None
 
     async def start(self) -> None:
         self.recorder.start_pruning()
+        if self._drop_report is not None:
+            self._reporting = asyncio.get_running_loop().create_task(
+                _report_drops(self._drop_report), name="are-otlp-drops"
+            )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         servicer = TraceServicer(self.recorder, max_message_bytes=self.runtime.config.max_message_bytes)
@@ -166,6 +210,10 @@ class TraceCapability(Capability):
         self.recorder.close_subscriptions()
 
     async def stop(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()  # the shutdown line tells the rest
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
         await self.recorder.stop()
         if self.spans is not None:
             assert self._endpoint is not None
@@ -360,35 +408,79 @@ def _otlp_span_builder(
     exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=_EXPORT_TIMEOUT_S)
     processor = BatchSpanProcessor(
         _gated_exporter(exporter, gate, runtime.config.otlp_max_export_bytes, endpoint),
-        max_queue_size=65_536,
+        # As long as the gate's queue, which holds every span the processor does (and those in an
+        # export): the processor never drops one itself, uncounted.
+        max_queue_size=gate.max_spans,
         max_export_batch_size=512,
         # opentelemetry-sdk 1.45 does not apply it yet; the exporter's own timeout bounds each export.
         export_timeout_millis=_EXPORT_TIMEOUT_S * 1000,
     )
     return SpanBuilder(
-        processor,
+        _gated_processor(processor, gate),
         trace_context=_trace_context_resolver(runtime, recorder),
         attempt_span=_attempt_span_resolver(runtime),
         workflow_start=_workflow_start_resolver(runtime),
     )
 
 
-class _ExportGate:
-    """Counts the spans the collector did not take, and cuts the export off at the shutdown deadline.
+class ExportCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of the spans handed to the OTLP export, since the start.
 
-    Shared by the span processor's thread (each export), the thread shutting
-    the provider down, and the one that waits on it; a lock guards it.
-    opentelemetry-sdk 1.45 gives no bounded shutdown: ``BatchSpanProcessor``
-    waits up to 30 s for its queue to drain, whatever the deadline, and
-    ``force_flush`` ignores its timeout. Cutting the export off here (the
-    exporter is shut down, which ends the call under way, and every batch
-    still queued is refused at once) lets the processor drain in no time.
+    Every span ended (and sampled) is in exactly one of ``exported``,
+    ``queued``, ``queue_full``, ``export_failed`` and ``after_shutdown``.
     """
 
-    def __init__(self) -> None:
+    exported: int = 0
+    """Spans the collector took."""
+    queued: int = 0
+    """Spans waiting for export, or in an export under way."""
+    queued_bytes: int = 0
+    """The memory the queued spans hold, estimated (``sidecar._otlp_batches.span_memory``)."""
+    queue_full: int = 0
+    """Spans dropped as they ended: the queue had no room for them."""
+    export_failed: int = 0
+    """Spans of a failed or refused export, or that could not be encoded."""
+    after_shutdown: int = 0
+    """Spans that ended once the export was shutting down."""
+    span_events_over_limit: int = 0
+    """Span events beyond a span's limit (128), left out of it by the SDK."""
+
+    @property
+    def not_exported(self) -> int:
+        """Spans that will never be exported (the queued ones excepted)."""
+        return self.queue_full + self.export_failed + self.after_shutdown
+
+
+class _ExportGate:
+    """Bounds the export queue, accounts for every span handed to the export, and cuts it off at shutdown.
+
+    The queue is every span admitted and not yet done with: waiting in the
+    ``BatchSpanProcessor``, or in an export under way. It holds at most
+    ``max_spans`` spans and ``max_bytes`` of memory, estimated; a span is
+    admitted into an empty queue whatever its size, so that a span larger
+    than the bound is still exported. A span that finds it full is dropped
+    here and counted (the processor's own queue, as long as this one, never
+    drops a span itself: its drops are logged without a count).
+
+    Shared by the event loop (spans end there), the span processor's thread
+    (each export), the thread shutting the provider down, and the one that
+    waits on it; a lock guards it. opentelemetry-sdk 1.45 gives no bounded
+    shutdown: ``BatchSpanProcessor`` waits up to 30 s for its queue to drain,
+    whatever the deadline, and ``force_flush`` ignores its timeout. Cutting
+    the export off here (the exporter is shut down, which ends the call under
+    way, and every batch still queued is refused at once) lets the processor
+    drain in no time.
+    """
+
+    def __init__(self, *, max_spans: int = _QUEUE_SPANS, max_bytes: int = _QUEUE_BYTES) -> None:
+        self.max_spans = max_spans
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._cut_off = False
-        self._not_exported = 0
+        self._closed = False
+        self._queued = self._queued_bytes = 0
+        self._exported = self._queue_full = self._failed = self._after_shutdown = 0
+        self._events_over_limit = 0
         self._shutdown_exporter: Callable[[], None] | None = None
 
     @property
@@ -399,14 +491,57 @@ class _ExportGate:
 
     @property
     def not_exported(self) -> int:
-        """Spans the collector did not take (a failed or refused export) since the start."""
+        """Spans that will never be exported (dropped, or a failed or refused export) since the start."""
         with self._lock:
-            return self._not_exported
+            return self._queue_full + self._failed + self._after_shutdown
 
-    def count_not_exported(self, spans: int) -> None:
-        """Counts the spans of a batch that was not exported."""
+    def counts(self) -> ExportCounts:
+        """The counters, taken together."""
         with self._lock:
-            self._not_exported += spans
+            return ExportCounts(
+                exported=self._exported,
+                queued=self._queued,
+                queued_bytes=self._queued_bytes,
+                queue_full=self._queue_full,
+                export_failed=self._failed,
+                after_shutdown=self._after_shutdown,
+                span_events_over_limit=self._events_over_limit,
+            )
+
+    def admit(self, size: int, events_over_limit: int = 0) -> bool:
+        """Whether a span that ended, of ``size`` bytes, goes into the queue; counted as dropped if not.
+
+        Args:
+            size: The span's memory, estimated.
+            events_over_limit: The span's events the SDK left out (over its limit), counted.
+        """
+        with self._lock:
+            self._events_over_limit += events_over_limit
+            if self._closed:
+                self._after_shutdown += 1
+                return False
+            if self._queued and (
+                self._queued >= self.max_spans or self._queued_bytes + size > self.max_bytes
+            ):
+                self._queue_full += 1
+                return False
+            self._queued += 1
+            self._queued_bytes += size
+            return True
+
+    def exported(self, spans: int, size: int, failed: int) -> None:
+        """An export of ``spans`` spans (``size`` bytes) ended: ``failed`` of them were not exported."""
+        with self._lock:
+            # A direct export (a test) sends spans that were never admitted: the queue stays at 0.
+            self._queued = max(0, self._queued - spans)
+            self._queued_bytes = max(0, self._queued_bytes - size)
+            self._exported += spans - failed
+            self._failed += failed
+
+    def close(self) -> None:
+        """Admits no more spans: the export is shutting down (those that end later are counted)."""
+        with self._lock:
+            self._closed = True
 
     def attach(self, shutdown_exporter: Callable[[], None]) -> None:
         """Sets how to shut the real exporter down (it is done once, by whichever comes first)."""
@@ -426,51 +561,88 @@ class _ExportGate:
         self.shutdown_exporter()
 
 
+def _gated_processor(processor: SpanProcessor, gate: _ExportGate) -> SpanProcessor:
+    """``processor`` behind ``gate``: a span that ends is handed over only if the export queue has room."""
+    from opentelemetry.sdk.trace import SpanProcessor  # noqa: PLC0415 - loaded only when export is on
+
+    from sidecar._otlp_batches import span_memory  # noqa: PLC0415 - loads the OTLP encoder
+
+    class GatedSpanProcessor(SpanProcessor):
+        def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+            processor.on_start(span, parent_context)
+
+        def on_end(self, span: ReadableSpan) -> None:
+            context = span.context
+            if context is None or not context.trace_flags.sampled:
+                return  # never exported, as the processor does: not a drop
+            if gate.admit(span_memory(span), span.dropped_events):
+                processor.on_end(span)
+
+        def shutdown(self) -> None:
+            gate.close()
+            processor.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return processor.force_flush(timeout_millis)
+
+    return GatedSpanProcessor()
+
+
 def _gated_exporter(
     exporter: SpanExporter, gate: _ExportGate, max_bytes: int = 3 * 1024 * 1024, endpoint: str = ""
 ) -> SpanExporter:
-    """``exporter`` behind ``gate``: it counts what is not exported and refuses all once cut off.
+    """``exporter`` behind ``gate``: it counts what is (not) exported and refuses all once cut off.
 
     Each batch is first fitted (see ``sidecar._otlp_batches``): sent as
     requests of at most ``max_bytes`` encoded, so that the collector takes
     them, and without the spans that cannot be encoded, so that one such
-    span never takes its batch down with it.
+    span never takes its batch down with it. Its spans leave the gate's
+    queue when the export ends (they are held until then).
     """
     from opentelemetry.sdk.trace.export import (  # noqa: PLC0415 - loaded only when export is on
         SpanExporter,
         SpanExportResult,
     )
 
-    from sidecar._otlp_batches import fit_spans  # noqa: PLC0415 - loads the OTLP encoder
+    from sidecar._otlp_batches import fit_spans, span_memory  # noqa: PLC0415 - loads the OTLP encoder
+
+    def send(spans: Sequence[ReadableSpan]) -> int:
+        """Exports ``spans``; how many were not exported."""
+        fitted = fit_spans(spans, max_bytes)
+        if fitted.dropped or fitted.truncated:
+            _log.warning(
+                f"{fitted.dropped} spans could not be encoded (or not in {max_bytes:,} bytes) and "
+                f"are dropped; {fitted.truncated} were cut to fit",
+                extra={
+                    "fields": {
+                        "endpoint": endpoint,
+                        "spans_dropped": fitted.dropped,
+                        "spans_truncated": fitted.truncated,
+                        "max_export_bytes": max_bytes,
+                    }
+                },
+            )
+        failed = fitted.dropped
+        for batch in fitted.batches:
+            result = SpanExportResult.FAILURE
+            if not gate.cut_off:
+                try:
+                    result = exporter.export(batch)
+                except Exception:  # noqa: BLE001 - a cut-off export may raise (closed channel); counted below
+                    result = SpanExportResult.FAILURE
+            if result is not SpanExportResult.SUCCESS:
+                failed += len(batch)
+        return failed
 
     class GatedSpanExporter(SpanExporter):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            fitted = fit_spans(spans, max_bytes)
-            if fitted.dropped or fitted.truncated:
-                _log.warning(
-                    f"{fitted.dropped} spans could not be encoded (or not in {max_bytes:,} bytes) and "
-                    f"are dropped; {fitted.truncated} were cut to fit",
-                    extra={
-                        "fields": {
-                            "endpoint": endpoint,
-                            "spans_dropped": fitted.dropped,
-                            "spans_truncated": fitted.truncated,
-                            "max_export_bytes": max_bytes,
-                        }
-                    },
-                )
-            failed = fitted.dropped
-            for batch in fitted.batches:
-                result = SpanExportResult.FAILURE
-                if not gate.cut_off:
-                    try:
-                        result = exporter.export(batch)
-                    except Exception:  # noqa: BLE001 - a cut-off export may raise (closed channel); counted below
-                        result = SpanExportResult.FAILURE
-                if result is not SpanExportResult.SUCCESS:
-                    failed += len(batch)
-            if failed:
-                gate.count_not_exported(failed)
+            # The same estimate as when each span was admitted: an ended span does not change.
+            size = sum(span_memory(span) for span in spans)
+            failed = len(spans)
+            try:
+                failed = send(spans)
+            finally:
+                gate.exported(len(spans), size, failed)
             return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
 
         def shutdown(self) -> None:
@@ -483,33 +655,129 @@ def _gated_exporter(
     return GatedSpanExporter()
 
 
+class _DropReport:
+    """Tells in the log what the export dropped: while it goes on at most every 30 s, and all at shutdown.
+
+    Spans not exported (their count since the last line and since the
+    start, and why), and span events left out of spans: those no open span
+    could take (``SpanBuilder.dropped_events``) and those over a span's limit.
+    """
+
+    def __init__(self, gate: _ExportGate, spans: SpanBuilder, endpoint: str) -> None:
+        self._gate = gate
+        self._spans = spans
+        self._endpoint = endpoint
+        self._told = ExportCounts()
+        self._told_events = 0  # SpanBuilder.dropped_events as of the last line
+        self._told_at: float | None = None  # the last line
+        self._warned_at: float | None = None  # the last line telling of spans dropped
+
+    def tick(self, now: float) -> None:
+        """Logs what was dropped since the last line, unless a line of the kind is less than 30 s old.
+
+        Spans dropped make a warning; span events alone left out of spans an
+        info line, which never holds a warning back.
+        """
+        counts = self._gate.counts()
+        builder_events = self._spans.dropped_events
+        told = self._told
+        spans = counts.not_exported - told.not_exported
+        events = (
+            builder_events - self._told_events + counts.span_events_over_limit - told.span_events_over_limit
+        )
+        last = self._warned_at if spans else self._told_at
+        if not (spans or events) or (last is not None and now - last < _DROP_REPORT_INTERVAL_S):
+            return
+        since = "since the start" if self._told_at is None else f"in the last {now - self._told_at:.0f} s"
+        full, failed = counts.queue_full - told.queue_full, counts.export_failed - told.export_failed
+        total_events = builder_events + counts.span_events_over_limit
+        fields = {
+            "endpoint": self._endpoint,
+            "spans_dropped": spans,
+            "spans_queue_full": full,
+            "spans_export_failed": failed,
+            "spans_not_exported_total": counts.not_exported,
+            "spans_exported_total": counts.exported,
+            "spans_queued": counts.queued,
+            "queued_bytes": counts.queued_bytes,
+            "span_events_dropped": events,
+            "span_events_dropped_total": total_events,
+        }
+        if spans:
+            _log.warning(
+                f"OTLP export: {spans} spans dropped {since} ({full} found the export queue full, "
+                f"{failed} were in failed exports), {counts.not_exported} in all; {counts.exported} "
+                f"exported, {counts.queued} queued; {events} span events left out of spans",
+                extra={"fields": fields},
+            )
+            self._warned_at = now
+        else:
+            _log.info(
+                f"OTLP export: {events} span events left out of spans {since} ({total_events} in all): "
+                "a workflow's span keeps 128, and so does a task attempt's; no span dropped",
+                extra={"fields": fields},
+            )
+        self._told, self._told_events, self._told_at = counts, builder_events, now
+
+    def final(self, at_start: ExportCounts, budget_s: float) -> None:
+        """The shutdown line: every span not exported (the ones still queued included), and why.
+
+        Args:
+            at_start: The counters when shutdown began.
+            budget_s: The time the export of what was queued got.
+        """
+        counts = self._gate.counts()
+        left = counts.queued + counts.after_shutdown  # never exported now
+        not_exported = counts.not_exported + counts.queued
+        events = self._spans.dropped_events + counts.span_events_over_limit
+        fields = {
+            "endpoint": self._endpoint,
+            "spans_not_exported": not_exported,
+            "at_shutdown": not_exported - at_start.not_exported,
+            "spans_queue_full": counts.queue_full,
+            "spans_export_failed": counts.export_failed,
+            "spans_left_at_shutdown": left,
+            "spans_exported": counts.exported,
+            "span_events_dropped": events,
+            "export_budget_s": round(budget_s, 2),
+        }
+        if not_exported:
+            _log.warning(
+                f"{not_exported} spans were not exported (the collector failed or was too slow); they "
+                f"are dropped: {counts.queue_full} found the export queue full, {counts.export_failed} "
+                f"were in failed exports, {left} were left at shutdown; {counts.exported} were "
+                f"exported; {events} span events were left out of spans",
+                extra={"fields": fields},
+            )
+        elif events:
+            _log.info(
+                f"every span was exported ({counts.exported}); {events} span events were left out of "
+                "spans (a workflow's span keeps 128, and so does a task attempt's)",
+                extra={"fields": fields},
+            )
+
+
+async def _report_drops(report: _DropReport) -> None:
+    """Runs until cancelled (at shutdown): logs drops as they happen, at most every 30 s."""
+    while True:
+        await asyncio.sleep(_DROP_REPORT_POLL_S)
+        report.tick(time.monotonic())
+
+
 def _stop_export(spans: SpanBuilder, gate: _ExportGate, budget_s: float, endpoint: str) -> None:
     """Ends the open spans and exports what is queued for at most ``budget_s``, then drops the rest.
 
     Blocks for at most ``budget_s + _EXPORT_CUTOFF_WAIT_S``: the provider is
     shut down on a daemon thread, which cannot keep the process alive.
     """
-    before = gate.not_exported
+    at_start = gate.counts()
     shutting_down = threading.Thread(target=spans.shutdown, name="are-otlp-shutdown", daemon=True)
     shutting_down.start()
     shutting_down.join(budget_s)
     if shutting_down.is_alive():
         gate.cut_off_export()
         shutting_down.join(_EXPORT_CUTOFF_WAIT_S)
-    not_exported = gate.not_exported
-    if not_exported:
-        _log.warning(
-            f"{not_exported} spans were not exported (the collector failed or was too slow); "
-            "they are dropped",
-            extra={
-                "fields": {
-                    "endpoint": endpoint,
-                    "spans_not_exported": not_exported,
-                    "at_shutdown": not_exported - before,
-                    "export_budget_s": round(budget_s, 2),
-                }
-            },
-        )
+    _DropReport(gate, spans, endpoint).final(at_start, budget_s)
 
 
 def add_trace_servicer(servicer: TraceServicer, server: grpc.aio.Server) -> None:
