@@ -20,6 +20,16 @@ builds the operation, warms up, and times each operation with
 whichever comes first. Contenders therefore never share an interpreter, a GIL,
 an event loop or warm caches with each other or with the runner.
 
+The baseline is timed twice. Alone first, in a process of its own (the
+suite's baseline row, the *clean* baseline); and, by default, again inside
+every contender's client process, in blocks alternating with the
+contender's (``--pairing blocks``; ``calls`` alternates single operations,
+``none`` leaves it out). A contender's ratios divide by the baseline timed
+alternately with it, so drift of a shared machine between one loop and the
+next cancels out; a row whose alternated baseline's p99 stands clearly above
+the clean one is flagged, since the contender's background work then lands
+on the baseline's calls and flatters the p99 ratio.
+
 Adding a contender is one entry in a suite's ``contenders`` tuple; a peer that
 is an optional dependency lists its import names in ``requires`` and is
 reported as ``skipped: not installed (...)`` when any is missing.
@@ -35,7 +45,6 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import math
 import os
 import pkgutil
 import platform
@@ -49,6 +58,15 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from benchmarks._stats import (
+    MIN_P99_SAMPLES,
+    Histogram,
+    histogram,
+    percentile,
+    quantile_interval,
+    ratio_range,
+)
 
 __all__ = [
     "ClientFactory",
@@ -66,6 +84,7 @@ __all__ = [
     "format_table",
     "main",
     "percentile",
+    "record_fact",
     "summarize",
 ]
 
@@ -81,10 +100,17 @@ ClientFactory = Callable[[str | None], AbstractAsyncContextManager[Operation]]
 #: Starts a contender's server processes in the runner and yields a gRPC target.
 ServerFactory = Callable[[], AbstractContextManager[str]]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Seconds allowed, beyond warmup and measurement, for a client process to start,
 # connect and write its report before the runner kills it.
 _CLIENT_SLACK_SECONDS = 60.0
+#: A contender's alternated baseline is flagged when its p99 exceeds the clean
+#: baseline's by this factor and their 95% intervals do not overlap.
+CONTAMINATION_MARGIN = 1.25
+#: Latencies kept verbatim in the JSON per contender (beyond it: the histogram only).
+MAX_SAMPLES_IN_JSON = 20_000
+
+Pairing = Literal["blocks", "calls", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +128,13 @@ class Contender:
         requires: Importable module names this contender needs (for optional
             peers); when one is missing the contender is skipped, not failed.
         units: Work items one operation does (the tasks of one workflow);
-            latencies are then reported per unit and throughput in units/s.
+            latencies are then reported per unit and throughput in units/s,
+            and the row is a throughput figure (no p99).
         max_requests: Caps ``--requests`` and ``--warmup`` for operations
             too heavy to repeat thousands of times (a 10,000-task workflow).
+        setup_seconds: Time the client may spend before its loops (a cache
+            waiting for its search expansion's calibration), added to the
+            bound after which the runner kills the client process.
     """
 
     name: str
@@ -114,6 +144,7 @@ class Contender:
     requires: tuple[str, ...] = ()
     units: int = 1
     max_requests: int | None = None
+    setup_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,17 +189,24 @@ class Suite:
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Loop bounds shared by every contender of a run.
+    """Loop bounds and method shared by every contender of a run.
 
     Attributes:
         requests: Timed operations per contender (the count bound).
         warmup: Untimed operations before timing starts.
-        concurrency: Operations in flight at once in the client process.
+        concurrency: Operations in flight at once in the client process
+            (closed loop: each caller starts its next operation when the
+            last one returns).
         max_seconds: Time bound applied separately to the warmup loop and to
             the timed loop; a loop stops at whichever bound it reaches first.
-        paired: Time each contender alternately with the baseline, one
-            operation each, in the contender's client process, and take its
-            ratios against that paired baseline (concurrency 1 only).
+        pairing: How each contender's baseline is timed in its client
+            process: ``blocks`` (alternating blocks of ``block`` operations),
+            ``calls`` (alternating single operations, concurrency 1 only) or
+            ``none`` (ratios against the baseline timed alone, first).
+        block: Timed operations per block with ``pairing="blocks"``.
+        rate: Open loop: operations started at this fixed rate per second,
+            each timed from its intended start (so a stall delays and
+            counts against every operation due meanwhile); None: closed loop.
         server_cpus: With ``--pin``, the CPUs every server process runs on
             (empty: wherever the OS puts them).
         client_cpus: With ``--pin``, the CPUs every client process runs on.
@@ -178,9 +216,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     warmup: int = 1_000
     concurrency: int = 1
     max_seconds: float = 30.0
-    paired: bool = False
+    pairing: Pairing = "blocks"
+    block: int = 200
+    rate: float | None = None
     server_cpus: tuple[int, ...] = ()
     client_cpus: tuple[int, ...] = ()
+
+    def loop_description(self) -> str:
+        """How operations are issued, in words (printed above the tables)."""
+        if self.rate is not None:
+            return f"open loop at {self.rate:,.0f} operations/s, latency from each one's intended start"
+        callers = "one caller" if self.concurrency == 1 else f"{self.concurrency} concurrent callers"
+        return f"closed loop, {callers}"
+
+    def pairing_description(self) -> str:
+        """Which baseline the ratios use, in words."""
+        if self.pairing == "blocks":
+            return (
+                f"ratios against the baseline timed in blocks of {self.block} alternating with each "
+                "contender's, in its client process (base 'blocks')"
+            )
+        if self.pairing == "calls":
+            return (
+                "ratios against the baseline timed call by call alternately with each contender "
+                "(base 'calls')"
+            )
+        return "ratios against the baseline timed alone, before the contenders (base 'run')"
 
 
 class ClientReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,28 +249,55 @@ class ClientReport(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         latencies_ns: One latency per completed timed operation, in order.
-        elapsed_ns: Wall time of the timed loop.
+        elapsed_ns: Wall time of the timed loop (with pairing: of the
+            contender's own blocks, or the sum of its latencies per call).
         stopped_by: ``"count"`` if all requests ran, ``"time"`` if the time
-            bound stopped the loop first.
+            bound stopped the loop first, ``"overload"`` if an open loop
+            had too many operations in flight.
         warmup_done: Warmup operations actually run.
         error: Set, with no latencies, when the client failed.
-        baseline_latencies_ns: In a paired run, the baseline's latencies,
-            each timed just before the contender's operation of the same index.
+        baseline_latencies_ns: With pairing, the baseline's latencies, timed
+            alternately with the contender's.
+        baseline_elapsed_ns: The wall time of those baseline operations.
+        facts: What the client learnt about the thing it timed (a cache's
+            search expansion in force, its answers that were not as meant),
+            recorded with :func:`record_fact`.
     """
 
     latencies_ns: list[int] = msgspec.field(default_factory=list)
     baseline_latencies_ns: list[int] = msgspec.field(default_factory=list)
     elapsed_ns: int = 0
-    stopped_by: Literal["count", "time"] = "count"
+    baseline_elapsed_ns: int = 0
+    stopped_by: Literal["count", "time", "overload"] = "count"
     warmup_done: int = 0
     error: str | None = None
+    facts: dict[str, int | float | str] = msgspec.field(default_factory=dict)
+
+
+_FACTS: dict[str, int | float | str] = {}
+
+
+def record_fact(name: str, value: float | str) -> None:
+    """Record a fact about the contender timed in this client process (shown under the table, in JSON).
+
+    Called by a contender's client (for example ``search_expansion`` once a
+    cache's calibration settled, ``wrong_answers`` counted in the timed loop).
+    """
+    _FACTS[name] = value
+
+
+def recorded_facts() -> dict[str, int | float | str]:
+    """The facts recorded in this process so far."""
+    return dict(_FACTS)
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):
     """Latency summary of one contender, in microseconds.
 
     Percentiles interpolate linearly between the closest ranks (the common
-    "type 7" definition, as numpy's default).
+    "type 7" definition, as numpy's default). ``median_ci_us`` and
+    ``p99_ci_us`` are distribution-free 95% intervals (order statistics;
+    ``None`` when the samples are too few to bound the value).
     """
 
     requests: int
@@ -220,15 +308,22 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     max_us: float
     mean_us: float
     throughput_rps: float
+    median_ci_us: tuple[float, float] | None = None
+    p99_ci_us: tuple[float, float] | None = None
 
 
 class ContenderResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of one contender: measured, skipped or failed.
 
     Ratios are the contender's value divided by the baseline's value from the
-    same run, so 1.0 is "as fast as the baseline" and 2.0 "twice as slow". In
-    a paired run (``--paired``) the divisor is ``paired_baseline``: the
-    baseline timed alternately with this contender.
+    same run, so 1.0 is "as fast as the baseline" and 2.0 "twice as slow".
+    ``base`` names the divisor: ``blocks`` or ``calls``, the baseline timed
+    alternately with this contender (``paired_baseline``); ``run``, the
+    baseline timed alone at the start of the run. ``run_median_ratio`` and
+    ``run_p99_ratio`` always divide by the latter. The ``*_ratio_range``
+    fields are conservative 95% ranges. The p99 ratio is None where the p99
+    means little: fewer than 1,000 samples, or a row whose operation does
+    several units of work (a throughput row).
     """
 
     name: str
@@ -236,11 +331,27 @@ class ContenderResult(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["ok", "skipped", "failed"]
     reason: str | None = None
     stats: Stats | None = None
-    stopped_by: Literal["count", "time"] | None = None
+    stopped_by: Literal["count", "time", "overload"] | None = None
     median_ratio: float | None = None
     p99_ratio: float | None = None
+    median_ratio_range: tuple[float, float] | None = None
+    p99_ratio_range: tuple[float, float] | None = None
+    run_median_ratio: float | None = None
+    run_p99_ratio: float | None = None
+    base: Literal["blocks", "calls", "run"] | None = None
+    contaminated: bool = False
     units: int = 1
     paired_baseline: Stats | None = None
+    throughput_basis: Literal["wall", "mean"] = "wall"
+    warmup_requested: int = 0
+    warmup_done: int = 0
+    facts: dict[str, int | float | str] = msgspec.field(default_factory=dict)
+    histogram: Histogram | None = None
+    samples_ns: list[int] = msgspec.field(default_factory=list)
+
+    def p99_meaningful(self) -> bool:
+        """Whether the row's p99 is worth printing: one operation per unit, and 1,000 samples."""
+        return self.stats is not None and self.units == 1 and self.stats.requests >= MIN_P99_SAMPLES
 
 
 class SuiteReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,6 +360,8 @@ class SuiteReport(msgspec.Struct, frozen=True, kw_only=True):
     suite: str
     baseline: str
     results: list[ContenderResult]
+    loop: str = ""
+    pairing: str = ""
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -262,29 +375,6 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
 
 # --------------------------------------------------------------------------
 # Statistics
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Return the ``q``-th percentile of already sorted values.
-
-    Args:
-        sorted_values: Non-empty values in ascending order.
-        q: Percentile in ``[0, 100]``.
-
-    Raises:
-        ValueError: If ``sorted_values`` is empty or ``q`` is out of range.
-    """
-    if not sorted_values:
-        msg = "percentile of no values"
-        raise ValueError(msg)
-    if not 0.0 <= q <= 100.0:
-        msg = f"percentile must be within [0, 100], got {q}"
-        raise ValueError(msg)
-    position = (len(sorted_values) - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    fraction = position - low
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
 
 
 def summarize(latencies_ns: Sequence[int], elapsed_ns: int, *, units: int = 1) -> Stats:
@@ -304,6 +394,11 @@ def summarize(latencies_ns: Sequence[int], elapsed_ns: int, *, units: int = 1) -
         raise ValueError(msg)
     values = sorted(latencies_ns)
     us = 1_000.0 * units
+
+    def interval(q: float) -> tuple[float, float] | None:
+        bounds = quantile_interval(values, q)
+        return None if bounds is None else (bounds[0] / us, bounds[1] / us)
+
     return Stats(
         requests=len(values),
         min_us=values[0] / us,
@@ -313,15 +408,26 @@ def summarize(latencies_ns: Sequence[int], elapsed_ns: int, *, units: int = 1) -
         max_us=values[-1] / us,
         mean_us=sum(values) / len(values) / us,
         throughput_rps=len(values) * units * 1e9 / elapsed_ns,
+        median_ci_us=interval(0.5),
+        p99_ci_us=interval(0.99),
     )
+
+
+def _contaminated(paired: Stats, clean: Stats) -> bool:
+    """Whether an alternated baseline's p99 stands clearly above the clean baseline's."""
+    if paired.p99_ci_us is None or clean.p99_ci_us is None:
+        return False
+    return paired.p99_us > CONTAMINATION_MARGIN * clean.p99_us and paired.p99_ci_us[0] > clean.p99_ci_us[1]
 
 
 def apply_ratios(results: Sequence[ContenderResult], baseline: str) -> list[ContenderResult]:
     """Return ``results`` with median and p99 ratios against ``baseline``.
 
-    A result with a ``paired_baseline`` is divided by that instead. Results
-    that were not measured, or that have neither a paired baseline nor a
-    measured ``baseline`` to divide by, keep ``None`` ratios.
+    A result with a ``paired_baseline`` is divided by that (its ``base``
+    stays as set, ``blocks`` or ``calls``; ``calls`` when unset), and also,
+    as ``run_*_ratio``, by the run's baseline row. Results that were not
+    measured, or that have neither a paired baseline nor a measured
+    ``baseline`` to divide by, keep ``None`` ratios.
     """
     base = next((r.stats for r in results if r.name == baseline and r.stats), None)
     out = []
@@ -330,11 +436,24 @@ def apply_ratios(results: Sequence[ContenderResult], baseline: str) -> list[Cont
         if result.stats is None or divisor is None:
             out.append(result)
             continue
+        stats = result.stats
+        meaningful = result.p99_meaningful()
+        kind = (result.base or "calls") if result.paired_baseline is not None else "run"
         out.append(
             msgspec.structs.replace(
                 result,
-                median_ratio=result.stats.median_us / divisor.median_us,
-                p99_ratio=result.stats.p99_us / divisor.p99_us,
+                base=kind,
+                median_ratio=stats.median_us / divisor.median_us,
+                p99_ratio=stats.p99_us / divisor.p99_us if meaningful else None,
+                median_ratio_range=ratio_range(stats.median_ci_us, divisor.median_ci_us),
+                p99_ratio_range=ratio_range(stats.p99_ci_us, divisor.p99_ci_us) if meaningful else None,
+                run_median_ratio=stats.median_us / base.median_us if base else None,
+                run_p99_ratio=stats.p99_us / base.p99_us if base and meaningful else None,
+                contaminated=(
+                    result.paired_baseline is not None
+                    and base is not None
+                    and _contaminated(result.paired_baseline, base)
+                ),
             )
         )
     return out
@@ -344,63 +463,120 @@ def apply_ratios(results: Sequence[ContenderResult], baseline: str) -> list[Cont
 # Output
 
 
-def _format_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+def _format_ratio(value: float | None, bounds: tuple[float, float] | None = None) -> str:
+    if value is None:
+        return "-"
+    if bounds is None:
+        return f"{value:.2f}x"
+    return f"{value:.2f}x ({bounds[0]:.2f}-{bounds[1]:.2f})"
+
+
+def _format_us(value: float, bounds: tuple[float, float] | None) -> str:
+    if bounds is None:
+        return f"{value:,.1f}"
+    return f"{value:,.1f} ({bounds[0]:,.0f}-{bounds[1]:,.0f})"
+
+
+def _format_fact(value: float | str) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.4f}"
+    return str(value)
 
 
 def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _row(r: ContenderResult, baseline: str, notes: list[str], row_notes: list[str]) -> tuple[str, ...]:
+    """One row of :func:`format_table`; appends its table-wide and its own notes."""
+    name = f"{r.name} (baseline, alone)" if r.name == baseline else r.name
+    if r.stats is None:
+        reason = " ".join((r.reason or "unknown").split())  # one line per row
+        return (name, f"{r.status}: {_shorten(reason)}")
+    requests = f"{r.stats.requests}"
+    if r.units > 1:
+        name += " (throughput)"
+        requests += f" x{r.units:,}"
+        notes.append(
+            "x N: a throughput row: each request did N units (tasks); µs are per unit, req/s counts "
+            "units, and no p99 is given"
+        )
+    elif r.stats.requests < MIN_P99_SAMPLES:
+        notes.append(f"p99 - : fewer than {MIN_P99_SAMPLES:,} samples, too few to bound a p99")
+    marks = {
+        "*": r.stopped_by == "time",
+        "^": r.stopped_by == "overload",
+        "~": r.warmup_done < r.warmup_requested,
+        "!": r.contaminated,
+    }
+    requests += "".join(mark for mark, on in marks.items() if on)
+    if marks["*"]:
+        notes.append("* stopped by --max-seconds before --requests")
+    if marks["^"]:
+        notes.append("^ open loop stopped: too many operations in flight (the rate is above capacity)")
+    if marks["~"]:
+        row_notes.append(
+            f"~ {r.name}: warmup cut short by --max-seconds after {r.warmup_done:,} of "
+            f"{r.warmup_requested:,} operations"
+        )
+    if r.throughput_basis == "mean":
+        notes.append(
+            "req/s of operations timed one by one between others' (base 'calls', the Go client) is "
+            "1 / mean latency, not operations per wall second"
+        )
+    row_notes.extend(_paired_notes(r))
+    if r.facts:
+        row_notes.append(f"  {r.name}: " + ", ".join(f"{k} {_format_fact(v)}" for k, v in r.facts.items()))
+    meaningful = r.p99_meaningful()
+    is_base = r.name == baseline
+    return (
+        name,
+        requests,
+        _format_us(r.stats.median_us, r.stats.median_ci_us),
+        _format_us(r.stats.p99_us, r.stats.p99_ci_us) if meaningful else "-",
+        f"{r.stats.throughput_rps:,.0f}",
+        _format_ratio(r.median_ratio, None if is_base else r.median_ratio_range),
+        _format_ratio(r.p99_ratio, None if is_base else r.p99_ratio_range),
+        "-" if is_base else (r.base or "run"),
+    )
+
+
+def _paired_notes(r: ContenderResult) -> list[str]:
+    """The notes of a row with an alternated baseline: its figures, and the flag when it looks inflated."""
+    p = r.paired_baseline
+    if p is None:
+        return []
+    p99 = f"{p.p99_us:,.1f} µs" if r.p99_meaningful() else "-"
+    line = f"  {r.name}: its baseline timed alternately: median {p.median_us:,.1f} µs, p99 {p99}"
+    if r.run_median_ratio is not None:
+        line += f"; against the baseline alone: median {r.run_median_ratio:.2f}x"
+        if r.run_p99_ratio is not None:
+            line += f", p99 {r.run_p99_ratio:.2f}x"
+    out = [line]
+    if r.contaminated:
+        out.append(
+            f"! {r.name}: the p99 of its alternated baseline is over {CONTAMINATION_MARGIN:g}x the clean "
+            "baseline's (95% intervals apart): the contender's background work (or drift) lands on the "
+            "baseline's calls and flatters its p99 ratio; read its p99 against the baseline alone"
+        )
+    return out
+
+
 def format_table(report: SuiteReport) -> str:
-    """Render one suite's results as an aligned plain-text table."""
+    """Render one suite's results as an aligned plain-text table with its notes."""
     columns = (
         "contender",
         "requests",
-        "median µs",
-        "p99 µs",
+        "median µs (95% CI)",
+        "p99 µs (95% CI)",
         "req/s",
         "median vs base",
         "p99 vs base",
+        "base",
     )
-    rows: list[tuple[str, ...]] = []
     notes: list[str] = []
-    for r in report.results:
-        name = f"{r.name} (baseline)" if r.name == report.baseline else r.name
-        if r.stats is None:
-            reason = " ".join((r.reason or "unknown").split())  # one line per row
-            rows.append((name, f"{r.status}: {_shorten(reason)}"))
-            continue
-        requests = f"{r.stats.requests}"
-        if r.units > 1:
-            requests += f" x{r.units:,}"
-            notes.append("x N: each request did N units (tasks); µs are per unit and req/s counts units")
-        if r.stopped_by == "time":
-            requests += "*"
-            notes.append("* stopped by --max-seconds before --requests")
-        if r.paired_baseline is not None:
-            requests += "+"
-            notes.append(
-                "+ paired: ratios against the baseline timed alternately with this contender "
-                "(its median / p99 in µs: "
-                + ", ".join(
-                    f"{p.name} {p.paired_baseline.median_us:.1f} / {p.paired_baseline.p99_us:.1f}"
-                    for p in report.results
-                    if p.paired_baseline is not None
-                )
-                + ")"
-            )
-        rows.append(
-            (
-                name,
-                requests,
-                f"{r.stats.median_us:.1f}",
-                f"{r.stats.p99_us:.1f}",
-                f"{r.stats.throughput_rps:,.0f}",
-                _format_ratio(r.median_ratio),
-                _format_ratio(r.p99_ratio),
-            )
-        )
+    row_notes: list[str] = []
+    rows = [_row(r, report.baseline, notes, row_notes) for r in report.results]
     full_rows = [r for r in rows if len(r) == len(columns)]
     widths = [max([len(columns[i])] + [len(r[i]) for r in full_rows]) for i in range(len(columns))]
     widths[0] = max([widths[0]] + [len(r[0]) for r in rows])
@@ -412,8 +588,12 @@ def format_table(report: SuiteReport) -> str:
         rest = (f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:], strict=True))
         return "  ".join((first, *rest))
 
-    out = [line(columns), "  ".join("-" * w for w in widths)]
+    out = []
+    if report.loop or report.pairing:
+        out.append("; ".join(x for x in (report.loop, report.pairing) if x))
+    out += [line(columns), "  ".join("-" * w for w in widths)]
     out.extend(line(r) for r in rows)
+    out.extend(row_notes)
     out.extend(sorted(set(notes)))
     return "\n".join(out)
 
@@ -528,7 +708,7 @@ def missing_requirements(modules: Iterable[str]) -> list[str]:
 
 
 # Modules of the package that are tools run on their own, not suites.
-_NOT_SUITES = frozenset({"cache_churn", "go_client", "idle_gap", "text_routing"})
+_NOT_SUITES = frozenset({"cache_churn", "go_client", "idle_gap", "targets", "text_routing"})
 
 
 def discover_suites() -> list[str]:
@@ -559,6 +739,31 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def _text(output: str | bytes | None) -> str:
+    if output is None:
+        return ""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output
+
+
+def _relay(contender: str, stderr: str) -> None:
+    """Shows what a client printed (its calibration, its search expansion), indented under its name."""
+    for row in stderr.rstrip().splitlines():
+        print(f"  [{contender}] {row}", file=sys.stderr, flush=True)
+
+
+#: Untimed operations of each side at the start of each block (``--pairing blocks``), so that a
+#: timed operation follows one of its own kind, as in a plain loop.
+BLOCK_REWARM = 5
+#: Idle time before each block, so that short background work of the other side settles.
+BLOCK_GAP_SECONDS = 0.02
+
+
+def client_timeout(settings: Settings, contender: Contender | None = None) -> float:
+    """Seconds after which the runner kills a client process: both loops' bounds, slack, and setup."""
+    setup = contender.setup_seconds if contender is not None else 0.0
+    return 2 * settings.max_seconds + _CLIENT_SLACK_SECONDS + setup
+
+
 def run_client(
     suite: str,
     contender: str,
@@ -566,13 +771,17 @@ def run_client(
     settings: Settings,
     *,
     paired: tuple[str, str | None] | None = None,
+    timeout: float | None = None,
+    heavy: bool = False,
 ) -> ClientReport:
     """Run one contender's client loop in a fresh ``python`` process.
 
     ``paired`` names the baseline contender and its target to time
-    alternately with this one. The process is killed if it outlives both
-    loop time bounds plus a slack for start-up, so a hung server cannot hang
-    the run.
+    alternately with this one (in blocks or call by call, as
+    ``settings.pairing`` says; ``heavy`` operations alternate one by one,
+    without re-warming). The process is killed after ``timeout`` seconds
+    (default :func:`client_timeout`), so a hung server cannot hang the run;
+    what it printed is shown either way.
     """
     with tempfile.TemporaryDirectory(prefix="are-bench-") as tmp:
         out = Path(tmp) / "report.json"
@@ -595,15 +804,20 @@ def run_client(
             "--out",
             str(out),
         ]
+        if settings.rate is not None:
+            command += ["--rate", str(settings.rate)]
         if target is not None:
             command += ["--target", target]
         if paired is not None:
-            command += ["--paired-baseline", paired[0]]
+            command += ["--paired-baseline", paired[0], "--pairing", settings.pairing]
+            command += ["--block", "1" if heavy else str(settings.block)]
+            command += ["--rewarm", "0" if heavy else str(min(BLOCK_REWARM, settings.warmup))]
+            command += ["--gap", str(BLOCK_GAP_SECONDS)]
             if paired[1] is not None:
                 command += ["--paired-target", paired[1]]
         if settings.client_cpus:
             command += ["--cpus", ",".join(map(str, settings.client_cpus))]
-        timeout = 2 * settings.max_seconds + _CLIENT_SLACK_SECONDS
+        timeout = client_timeout(settings) if timeout is None else timeout
         try:
             proc = subprocess.run(
                 command,
@@ -614,13 +828,20 @@ def run_client(
                 timeout=timeout,
                 check=False,
             )
-        except subprocess.TimeoutExpired:
-            return ClientReport(error=f"client process killed after {timeout:.0f} s")
-        if proc.returncode != 0 and proc.stderr.strip():
-            print(proc.stderr.rstrip(), file=sys.stderr, flush=True)  # the traceback
+        except subprocess.TimeoutExpired as expired:
+            stderr = _text(expired.stderr)
+            _relay(contender, stderr)
+            tail = f": {_last_line(stderr)}" if stderr.strip() else ""
+            return ClientReport(error=f"client process killed after {timeout:.0f} s{tail}")
+        _relay(contender, proc.stderr)
         if out.exists():
             return msgspec.json.decode(out.read_bytes(), type=ClientReport)
         return ClientReport(error=f"client exited {proc.returncode}: {_last_line(proc.stderr)}")
+
+
+def _samples(latencies_ns: Sequence[int]) -> list[int]:
+    """The latencies kept verbatim in the JSON: all of them, up to :data:`MAX_SAMPLES_IN_JSON`."""
+    return list(latencies_ns) if len(latencies_ns) <= MAX_SAMPLES_IN_JSON else []
 
 
 def run_contender(suite: Suite, contender: Contender, settings: Settings) -> ContenderResult:
@@ -642,34 +863,57 @@ def run_contender(suite: Suite, contender: Contender, settings: Settings) -> Con
         return result(status="failed", reason=f"{type(exc).__name__}: {exc}")
     if missing:
         return result(status="skipped", reason=f"not installed ({', '.join(missing)})")
+    pairing = settings.pairing if contender is not suite.baseline else "none"
     try:
         with contextlib.ExitStack() as stack:
             target = stack.enter_context(contender.server()) if contender.server else None
             paired = None
-            if settings.paired and contender is not suite.baseline:
+            if pairing != "none":
                 base = suite.baseline
                 paired = (base.name, stack.enter_context(base.server()) if base.server else None)
-            report = run_client(suite.name, contender.name, target, settings, paired=paired)
+            report = run_client(
+                suite.name,
+                contender.name,
+                target,
+                settings,
+                paired=paired,
+                timeout=client_timeout(settings, contender),
+                heavy=contender.max_requests is not None,
+            )
     except Exception as exc:  # noqa: BLE001 - one contender must not stop the run
         return result(status="failed", reason=f"{type(exc).__name__}: {exc}")
     if report.error is not None:
-        return result(status="failed", reason=report.error)
+        return result(status="failed", reason=report.error, facts=report.facts)
     try:
         stats = summarize(report.latencies_ns, report.elapsed_ns, units=contender.units)
         paired_stats = (
             summarize(
-                report.baseline_latencies_ns, sum(report.baseline_latencies_ns), units=suite.baseline.units
+                report.baseline_latencies_ns,
+                report.baseline_elapsed_ns or sum(report.baseline_latencies_ns),
+                units=suite.baseline.units,
             )
             if report.baseline_latencies_ns
             else None
         )
     except ValueError as exc:
-        return result(status="failed", reason=str(exc))
-    return result(status="ok", stats=stats, stopped_by=report.stopped_by, paired_baseline=paired_stats)
+        return result(status="failed", reason=str(exc), facts=report.facts)
+    return result(
+        status="ok",
+        stats=stats,
+        stopped_by=report.stopped_by,
+        paired_baseline=paired_stats,
+        base="run" if paired_stats is None else ("calls" if pairing == "calls" else "blocks"),
+        throughput_basis="mean" if pairing == "calls" else "wall",
+        warmup_requested=settings.warmup,
+        warmup_done=report.warmup_done,
+        facts=report.facts,
+        histogram=histogram(report.latencies_ns),
+        samples_ns=_samples(report.latencies_ns),
+    )
 
 
 def run_suite(suite: Suite, settings: Settings, *, log: Callable[[str], None]) -> SuiteReport:
-    """Run the baseline and then each contender of ``suite``, one at a time."""
+    """Run the baseline alone and then each contender of ``suite`` (with its baseline), one at a time."""
     results = []
     for contender in suite.in_run_order():
         log(f"{suite.name}: {contender.name} ...")
@@ -680,6 +924,8 @@ def run_suite(suite: Suite, settings: Settings, *, log: Callable[[str], None]) -
         suite=suite.name,
         baseline=suite.baseline.name,
         results=apply_ratios(results, suite.baseline.name),
+        loop=settings.loop_description(),
+        pairing=settings.pairing_description(),
     )
 
 
@@ -748,12 +994,37 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"time bound of each warmup and timed loop (default {defaults.max_seconds:g})",
     )
     parser.add_argument(
-        "--paired",
-        action="store_true",
+        "--pairing",
+        choices=("blocks", "calls", "none"),
+        default=defaults.pairing,
         help=(
-            "time each contender alternately with the baseline in one client process and take "
-            "its ratios against that paired baseline (drift of a shared machine cancels out; "
-            "concurrency 1 only)"
+            "how each contender's baseline is timed: in blocks alternating with the contender's, in its "
+            "client process (default; drift of a shared machine cancels out), call by call alternately "
+            "(concurrency 1 only), or none (ratios against the baseline timed alone, first)"
+        ),
+    )
+    parser.add_argument(
+        "--paired",
+        dest="pairing",
+        action="store_const",
+        const="calls",
+        help="the same as --pairing calls",
+    )
+    parser.add_argument(
+        "--block",
+        type=_positive_int,
+        default=defaults.block,
+        metavar="N",
+        help=f"timed operations per block with --pairing blocks (default {defaults.block})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help=(
+            "open loop: start operations at R per second whatever the previous ones did, and time each "
+            "from its intended start (default: closed loop, the next starts when the last returns)"
         ),
     )
     parser.add_argument(
@@ -763,6 +1034,11 @@ def build_parser() -> argparse.ArgumentParser:
             "run every server (the echo, the sidecar) on the last CPU and every client on the "
             "others, for baseline and contenders alike (needs 2 CPUs)"
         ),
+    )
+    parser.add_argument(
+        "--require-peers",
+        action="store_true",
+        help="a contender skipped for want of its optional peer fails the run (exit 1)",
     )
     parser.add_argument("--list", action="store_true", help="list suites and contenders")
     return parser
@@ -789,6 +1065,26 @@ def _pin(parser: argparse.ArgumentParser) -> tuple[tuple[int, ...], tuple[int, .
         parser.error(str(error))
     os.sched_setaffinity(0, server_cpus)
     return server_cpus, client_cpus
+
+
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
+    """The run's settings from the command line (pins this process with ``--pin``)."""
+    if args.pairing == "calls" and (args.concurrency != 1 or args.rate is not None):
+        parser.error("--pairing calls times one operation at a time: it needs --concurrency 1, no --rate")
+    if args.rate is not None and args.concurrency != 1:
+        parser.error("--rate runs an open loop, which sets its own concurrency: leave out --concurrency")
+    server_cpus, client_cpus = _pin(parser) if args.pin else ((), ())
+    return Settings(
+        requests=args.requests,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        max_seconds=args.max_seconds,
+        pairing=args.pairing,
+        block=args.block,
+        rate=args.rate,
+        server_cpus=server_cpus,
+        client_cpus=client_cpus,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -819,25 +1115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {c.name}{mark}: {c.description}")
         return 0
 
-    if args.paired and args.concurrency != 1:
-        parser.error("--paired times one operation at a time: it needs --concurrency 1")
-    server_cpus, client_cpus = _pin(parser) if args.pin else ((), ())
-    settings = Settings(
-        requests=args.requests,
-        warmup=args.warmup,
-        concurrency=args.concurrency,
-        max_seconds=args.max_seconds,
-        paired=args.paired,
-        server_cpus=server_cpus,
-        client_cpus=client_cpus,
-    )
+    settings = _settings(parser, args)
     compile_bytecode()
     machine = machine_info()
     print(_machine_line(machine))
     print(
         f"requests {settings.requests}, warmup {settings.warmup}, "
-        f"concurrency {settings.concurrency}, max {settings.max_seconds:g} s per loop"
-        + (", paired with the baseline" if settings.paired else "")
+        f"concurrency {settings.concurrency}, max {settings.max_seconds:g} s per loop; "
+        f"{settings.loop_description()}"
         + (
             f", servers pinned to CPU {settings.server_cpus} and clients to {settings.client_cpus}"
             if settings.server_cpus
@@ -850,13 +1135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports.append(report)
         print(f"\n{suite.name}: {suite.description}" if suite.description else f"\n{suite.name}")
         print(format_table(report))
-    print("\nratios = contender / baseline from this run (lower is faster; 1.00x = as fast as the baseline)")
+    print(
+        "\nratios = contender / baseline from this run (lower is faster; 1.00x = as fast as the baseline); "
+        "(a-b): conservative 95% range from the two 95% intervals"
+    )
     if args.json is not None:
         full = Report(machine=machine, settings=settings, suites=reports)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(full), indent=2) + b"\n")
         log(f"wrote {args.json}")
-    failed = [f"{rep.suite}:{r.name}" for rep in reports for r in rep.results if r.status == "failed"]
+    counted = ("failed", "skipped") if args.require_peers else ("failed",)
+    failed = [f"{rep.suite}:{r.name}" for rep in reports for r in rep.results if r.status in counted]
     if failed:
         log(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -1,18 +1,30 @@
 """The same requests from a compiled client: how much of a round trip is Python's.
 
-``python -m benchmarks.go_client [router] [cache] [--requests N] [--warmup N] [--pin] [--unpaired]``
+``python -m benchmarks.go_client [router] [cache] [--requests N] [--warmup N] [--pin]
+[--pairing blocks|calls|none] [--block N]``
 
 Every other suite times its operations from a Python grpc.aio client, whose
 own cost is part of each figure (the baseline's too). This one sends the very
 requests of the ``router`` and ``cache`` suites from a Go program
-(``benchmarks/goclient``, grpc-go), each alternately with an echo to the bare
+(``benchmarks/goclient``, grpc-go), alternately with an echo to the bare
 grpc.aio echo server, so that both sides of every ratio are timed by a client
-that adds little. With ``--unpaired`` the echo's calls are all timed first
-and the contender's after, as the Python suites do by default: pinned, the
-echo server and the sidecar share one CPU, and alternating calls evict each
-other's data from its caches. The Go program knows no message type: this module writes
-the serialised requests to a file and the program replays them, checking
-only that each call returns OK.
+that adds little: in blocks of ``--block`` calls each (the default, as the
+Python suites), call by call (``--pairing calls``: pinned, the echo server
+and the sidecar share one CPU, and alternating calls evict each other's data
+from its caches), or not at all (``--pairing none``, ``--unpaired``: the
+echo's calls all timed first, the contender's after). Before the contenders,
+the echo is also timed alone (the clean baseline: a row whose alternated
+echo's p99 stands clearly above it is flagged ``!``). The Go program knows no
+message type: this module writes the serialised requests to a file and the
+program replays them, checking that each call returns OK and, for the cache's
+lookups, that each answered a hit (``LookupCacheResponse.hit``; a row with
+more misses than the Python client allows fails).
+
+The cache's sidecar is started as the ``cache`` suite starts it; its timed
+semantic lookups are then asked once and the calibration they start is
+waited out before any timing (with ``ARE_BENCH_CACHE_EF`` set, the ef is
+fixed and nothing waits); each row reports the search expansion in force
+and whether it changed while timed.
 
 Contenders (ratios against the echo timed alternately with each):
 
@@ -35,9 +47,9 @@ skipped, exit status 0.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import statistics
@@ -48,8 +60,12 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import msgspec
+
 from benchmarks._echo import ECHO_METHOD, echo_server
 from benchmarks._harness import (
+    BLOCK_GAP_SECONDS,
+    BLOCK_REWARM,
     ContenderResult,
     SuiteReport,
     apply_ratios,
@@ -58,6 +74,7 @@ from benchmarks._harness import (
     format_table,
     summarize,
 )
+from benchmarks._stats import histogram
 
 __all__ = ["main"]
 
@@ -77,10 +94,13 @@ def _go() -> str | None:
     return str(fallback) if fallback.is_file() else None
 
 
+_BUILD_TIMEOUT_S = 600.0  # a first build may download grpc-go's modules
+
+
 def _build(go: str) -> Path:
-    """Builds the replay client (go build caches, so a rebuild is quick)."""
+    """Builds the replay client (go build caches, so a rebuild is quick); bounded in time."""
     _BINARY.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([go, "build", "-o", str(_BINARY), "."], cwd=_SOURCE, check=True)
+    subprocess.run([go, "build", "-o", str(_BINARY), "."], cwd=_SOURCE, check=True, timeout=_BUILD_TIMEOUT_S)
     return _BINARY
 
 
@@ -92,6 +112,16 @@ def _write_requests(path: Path, requests: Sequence[bytes]) -> Path:
     return path
 
 
+class Replay(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of the Go client: both sides' latencies (ns), why it stopped, and the checked answers."""
+
+    baseline_ns: list[int]
+    contender_ns: list[int]
+    stopped_by: str
+    checked: int = 0
+    mismatches: int = 0
+
+
 def _replay(
     binary: Path,
     folder: Path,
@@ -101,8 +131,14 @@ def _replay(
     method: str,
     requests: Sequence[bytes],
     settings: argparse.Namespace,
-) -> tuple[list[int], list[int], str]:
-    """Runs the Go client once; the baseline's and the contender's latencies (ns)."""
+    expect_field: int = 0,
+) -> Replay:
+    """Runs the Go client once: the baseline's and the contender's latencies.
+
+    ``expect_field``: a top-level varint field of the contender's responses
+    that must be 1 (``LookupCacheResponse.hit``); those that are not are
+    counted in ``mismatches``.
+    """
     base_file = _write_requests(folder / "echo.bin", [_ECHO_PAYLOAD])
     own_file = _write_requests(folder / "requests.bin", requests)
     command = [
@@ -119,7 +155,11 @@ def _replay(
         # in memory, not a first read from disk), whatever --requests is.
         f"-warmup={max(settings.warmup, len(requests))}",
         f"-max-seconds={settings.max_seconds}",
-        f"-unpaired={'true' if settings.unpaired else 'false'}",
+        f"-unpaired={'true' if settings.pairing == 'none' else 'false'}",
+        f"-block={settings.block if settings.pairing == 'blocks' else 1}",
+        f"-rewarm={min(BLOCK_REWARM, settings.warmup)}",
+        f"-gap={int(BLOCK_GAP_SECONDS * 1000)}ms",
+        f"-expect-field={expect_field}",
     ]
     client_cpus: tuple[int, ...] = settings.client_cpus
     # Bounded: two loops of at most max_seconds each, plus a minute of slack.
@@ -133,8 +173,7 @@ def _replay(
     )
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or f"goclient exited {done.returncode}")
-    report = json.loads(done.stdout)
-    return report["baseline_ns"], report["contender_ns"], report["stopped_by"]
+    return msgspec.json.decode(done.stdout, type=Replay)
 
 
 def _router_sidecar() -> contextlib.AbstractContextManager[str]:
@@ -155,10 +194,36 @@ def _health_requests() -> list[bytes]:
     return [health_pb2.HealthCheckRequest().SerializeToString()]
 
 
-def _cache_sidecar() -> contextlib.AbstractContextManager[str]:
+@contextlib.contextmanager
+def _cache_sidecar() -> Iterator[str]:
+    """The cache suite's sidecar, its calibration settled before any timing."""
     from benchmarks import cache  # noqa: PLC0415
 
-    return cache._sidecar(cache._entries(), cache._dtype())  # noqa: SLF001 - the suite's own sidecar
+    entries = cache._entries()  # noqa: SLF001 - the suite's own settings
+    with cache._sidecar(entries, cache._dtype()) as target:  # noqa: SLF001 - the suite's own sidecar
+        state = asyncio.run(cache.settle(target, entries))
+        print(f"go-client cache: {state.describe()}", file=sys.stderr, flush=True)
+        yield target
+
+
+def _cache_facts(target: str, before: dict[str, int | float | str] | None) -> dict[str, int | float | str]:
+    """The namespace's ef in force as row facts; with ``before``, whether it changed since."""
+    from benchmarks import cache  # noqa: PLC0415
+
+    state = asyncio.run(cache.state_of(target))
+    facts: dict[str, int | float | str] = {"search_expansion": state.search_expansion}
+    if state.fixed:
+        facts["ef_source"] = "fixed (ARE_BENCH_CACHE_EF)"
+    elif state.recall_samples:
+        facts["ef_source"] = "calibrated"
+        facts["calibration_recall"] = state.measured_recall
+    else:
+        facts["ef_source"] = "default (not calibrated)"
+    if before is not None and (before["search_expansion"] != state.search_expansion or state.calibrating):
+        facts["calibrated_during_timing"] = (
+            f"ef {before['search_expansion']} -> {state.search_expansion}, calibrating {state.calibrating}"
+        )
+    return facts
 
 
 def _cache_requests(kind: str) -> Callable[[], list[bytes]]:
@@ -172,22 +237,59 @@ def _cache_requests(kind: str) -> Callable[[], list[bytes]]:
 
 _Server = Callable[[], contextlib.AbstractContextManager[str]]
 _Requests = Callable[[], list[bytes]]
+_Facts = Callable[[str, dict[str, int | float | str] | None], dict[str, int | float | str]]
 
-# suite -> (its sidecar, [(contender, method, its requests)])
-_SUITES: dict[str, tuple[_Server, list[tuple[str, str, _Requests]]]] = {
+
+class _GoContender(msgspec.Struct, frozen=True):
+    """One contender of the Go client: its method, its requests, and what its answers must say.
+
+    Attributes:
+        name: Shown in the table.
+        method: The full gRPC method.
+        requests: Builds the serialised requests.
+        expect_hit_field: The response's ``hit`` field number (1 in
+            LookupCacheResponse), checked on every answer; 0: not checked.
+        allowed_misses: The share of answers that may miss (a semantic
+            lookup where recall@1 falls short), as the Python client allows.
+    """
+
+    name: str
+    method: str
+    requests: _Requests
+    expect_hit_field: int = 0
+    allowed_misses: float = 0.0
+
+
+_LOOKUP_HIT_FIELD = 1  # LookupCacheResponse.hit
+
+# suite -> (its sidecar, its contenders, the facts of a row (the cache's ef) or None)
+_SUITES: dict[str, tuple[_Server, list[_GoContender], _Facts | None]] = {
     "router": (
         _router_sidecar,
         [
-            ("sidecar-health", _HEALTH_METHOD, _health_requests),
-            ("route-10k", _ROUTE_METHOD, _router_requests),
+            _GoContender("sidecar-health", _HEALTH_METHOD, _health_requests),
+            _GoContender("route-10k", _ROUTE_METHOD, _router_requests),
         ],
+        None,
     ),
     "cache": (
         _cache_sidecar,
         [
-            ("cache-exact-hit", _LOOKUP_METHOD, _cache_requests("exact")),
-            ("cache-semantic-hit", _LOOKUP_METHOD, _cache_requests("semantic")),
+            _GoContender(
+                "cache-exact-hit",
+                _LOOKUP_METHOD,
+                _cache_requests("exact"),
+                expect_hit_field=_LOOKUP_HIT_FIELD,
+            ),
+            _GoContender(
+                "cache-semantic-hit",
+                _LOOKUP_METHOD,
+                _cache_requests("semantic"),
+                expect_hit_field=_LOOKUP_HIT_FIELD,
+                allowed_misses=0.01,
+            ),
         ],
+        _cache_facts,
     ),
 }
 
@@ -225,37 +327,107 @@ def _slow_note(contender: str, latencies_ns: Sequence[int]) -> str:
     )
 
 
+def _run_one(
+    contender: _GoContender,
+    binary: Path,
+    folder: Path,
+    *,
+    echo: str,
+    target: str,
+    settings: argparse.Namespace,
+    facts: _Facts | None,
+) -> tuple[ContenderResult, str | None]:
+    """Times one contender from the Go client: its row and its slow-call note."""
+    print(f"go-client: {contender.name} ...", file=sys.stderr, flush=True)
+    try:
+        before = facts(target, None) if facts else {}
+        replay = _replay(
+            binary,
+            folder,
+            echo=echo,
+            target=target,
+            method=contender.method,
+            requests=contender.requests(),
+            settings=settings,
+            expect_field=contender.expect_hit_field,
+        )
+        after = facts(target, before) if facts else {}
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
+        return ContenderResult(name=contender.name, status="failed", reason=str(error)), None
+    if contender.expect_hit_field:
+        after["not_as_meant"] = f"{replay.mismatches} of {replay.checked}"
+        if replay.mismatches > contender.allowed_misses * replay.checked:
+            reason = f"{replay.mismatches} of {replay.checked} answers were not hits"
+            return ContenderResult(name=contender.name, status="failed", reason=reason, facts=after), None
+    own, base = replay.contender_ns, replay.baseline_ns
+    pairing = settings.pairing
+    return (
+        ContenderResult(
+            name=contender.name,
+            status="ok",
+            stats=summarize(own, sum(own)),
+            stopped_by="time" if replay.stopped_by == "time" else "count",
+            paired_baseline=summarize(base, sum(base)) if pairing != "none" else None,
+            base="calls" if pairing == "calls" else "blocks",
+            throughput_basis="mean",
+            facts=after,
+            histogram=histogram(own),
+        ),
+        _slow_note(contender.name, own),
+    )
+
+
 def _run_suite(name: str, binary: Path, settings: argparse.Namespace) -> tuple[SuiteReport, list[str]]:
-    server, contenders = _SUITES[name]
+    server, contenders, facts = _SUITES[name]
     results = []
     notes = []
     with echo_server() as echo, server() as target, _folder() as folder:
-        for contender, method, requests in contenders:
-            print(f"go-client {name}: {contender} ...", file=sys.stderr, flush=True)
-            try:
-                base, own, stopped = _replay(
-                    binary,
-                    folder,
-                    echo=echo,
-                    target=target,
-                    method=method,
-                    requests=requests(),
-                    settings=settings,
-                )
-                notes.append(_slow_note(contender, own))
-                results.append(
-                    ContenderResult(
-                        name=contender,
-                        status="ok",
-                        stats=summarize(own, sum(own)),
-                        stopped_by="time" if stopped == "time" else "count",
-                        paired_baseline=summarize(base, sum(base)),
-                    )
-                )
-            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
-                results.append(ContenderResult(name=contender, status="failed", reason=str(error)))
-    report = SuiteReport(suite=f"go-client {name}", baseline="echo", results=apply_ratios(results, "echo"))
+        # The clean baseline: the echo timed alone (the first of two echo phases, unpaired).
+        print(f"go-client {name}: echo alone ...", file=sys.stderr, flush=True)
+        alone = _replay(
+            binary,
+            folder,
+            echo=echo,
+            target=echo,
+            method=ECHO_METHOD,
+            requests=[_ECHO_PAYLOAD],
+            settings=argparse.Namespace(**{**vars(settings), "pairing": "none"}),
+        )
+        base = alone.baseline_ns
+        results.append(
+            ContenderResult(
+                name="echo",
+                status="ok",
+                stats=summarize(base, sum(base)),
+                throughput_basis="mean",
+                histogram=histogram(base),
+            )
+        )
+        for contender in contenders:
+            result, note = _run_one(
+                contender, binary, folder, echo=echo, target=target, settings=settings, facts=facts
+            )
+            results.append(result)
+            if note:
+                notes.append(note)
+    report = SuiteReport(
+        suite=f"go-client {name}",
+        baseline="echo",
+        results=apply_ratios(results, "echo"),
+        loop="closed loop, one caller (Go)",
+        pairing=_pairing_words(settings),
+    )
     return report, notes
+
+
+def _pairing_words(settings: argparse.Namespace) -> str:
+    if settings.pairing == "blocks":
+        return (
+            f"ratios against the echo timed in blocks of {settings.block} alternating with each contender's"
+        )
+    if settings.pairing == "calls":
+        return "ratios against the echo timed call by call alternately with each contender"
+    return "ratios against the echo timed alone before them (base 'run')"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,8 +445,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pin", action="store_true", help="servers on the last CPU, the Go client on the others"
     )
     parser.add_argument(
-        "--unpaired", action="store_true", help="time the echo alone first, then each contender alone"
+        "--pairing",
+        choices=("blocks", "calls", "none"),
+        default="blocks",
+        help="how the echo is timed with each contender: in alternating blocks (default), call by call, "
+        "or not (alone, before it)",
     )
+    parser.add_argument(
+        "--unpaired", dest="pairing", action="store_const", const="none", help="the same as --pairing none"
+    )
+    parser.add_argument("--block", type=int, default=200, help="calls per block with --pairing blocks (200)")
+    parser.add_argument("--require-go", action="store_true", help="fail (exit 1), not skip, without Go")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the tables' results here")
     args = parser.parse_args(argv)
     compile_bytecode()
     args.client_cpus = ()
@@ -287,22 +469,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     go = _go()
     if go is None:
         print("go-client: skipped (no go toolchain found)", file=sys.stderr)
-        return 0
+        return 1 if args.require_go else 0
     failed = False
     unknown = sorted(set(args.suites) - set(_SUITES))
     if unknown:
         parser.error(f"unknown suites: {', '.join(unknown)}")
     binary = _build(go)
+    reports = []
     for name in args.suites or list(_SUITES):
         report, notes = _run_suite(name, binary, args)
+        reports.append(report)
         failed = failed or any(r.status == "failed" for r in report.results)
-        how = "after an echo timed alone" if args.unpaired else "each paired with an echo"
-        print(f"\n{report.suite}: the suite's requests from a Go client, {how}")
+        print(f"\n{report.suite}: the suite's requests from a Go client")
         print(format_table(report))
         for note in notes:
             print(note)
-    how = "timed alone before it" if args.unpaired else "timed alternately with it"
-    print(f"\nratios = contender / the echo {how} (machine: {os.cpu_count()} CPUs)")
+    print(
+        f"\nratios = contender / the echo (machine: {os.cpu_count()} CPUs); req/s = 1 / mean latency; "
+        "(a-b): conservative 95% range from the two 95% intervals"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(reports), indent=2) + b"\n")
     return 1 if failed else 0
 
 
