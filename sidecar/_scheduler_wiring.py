@@ -256,6 +256,7 @@ class Wiring:
             features.add("state")
             features.add("blobs")
             self.state.gate = self.gate
+            self.state.attempt_span = self.engine.attempt_span_id
             self.state.fork_hook = self.fork
             self.state.fork_check = self.check_fork
             engine.stage_blob_reference = self.stage_blob_reference
@@ -380,6 +381,7 @@ class Wiring:
                     writer=f"task:{task_id}",
                     task_id=task_id,
                     attempt=attempt,
+                    span_id=self.engine.attempt_span_id(workflow_id, task_id, attempt),
                     then_operations=extra,
                 )
             except st.StateError as error:

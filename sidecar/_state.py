@@ -295,6 +295,9 @@ class StateCapability(Capability):
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.gate: Gate | None = None
+        # Installed by the scheduler: the span id of a task attempt ("" unknown), for the
+        # STATE_PATCHED events of the writes a task makes (event.proto Event.span_id).
+        self.attempt_span: Callable[[str, str, int], str] | None = None
         """Installed by the scheduler to check workflow existence, closure and task leases."""
         self.fork_hook: ForkHook | None = None
         """Installed by the scheduler to create a fork's workflow and task statuses."""
@@ -366,6 +369,12 @@ class StateCapability(Capability):
     def fork_settled(self, workflow_id: str) -> None:
         """A fork's last commit (its finish, or the end of its undo) is durable, or its first failed."""
         self._unsettled.discard(workflow_id)
+
+    def span_of(self, workflow_id: str, task_id: str, attempt: int) -> str:
+        """The span id of a task's attempt ("" for a write of no task, or when unknown)."""
+        if not task_id or self.attempt_span is None:
+            return ""
+        return self.attempt_span(workflow_id, task_id, attempt)
 
     def check_gate(self, operation: str, workflow_id: str, task_id: str = "", attempt: int = 0) -> None:
         """Raises the StateError a write to ``workflow_id`` is refused with (the gate's, or a delete's).
@@ -673,6 +682,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):  # type: ignor
                     writer=request.writer,
                     task_id=request.task_id,
                     attempt=request.attempt,
+                    span_id=self._cap.span_of(request.workflow_id, request.task_id, request.attempt),
                 )
         except (StateError, StorageError) as error:
             await _fail(context, error, prefix="patch.")

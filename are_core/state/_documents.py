@@ -511,6 +511,7 @@ class StateEngine:
         writer: str = "",
         task_id: str = "",
         attempt: int = 0,
+        span_id: str = "",
         extra: Callable[[Batch], None] | None = None,
     ) -> PatchResult:
         """Apply one merge patch or operation list as one new version, durably.
@@ -518,6 +519,7 @@ class StateEngine:
         ``extra`` may add the caller's own mutations to the same atomic batch
         (the scheduler writing a task completion with its output). Field names
         in errors are relative to ``StatePatch`` (``operations.operations[2].path``).
+        ``span_id`` is the writing attempt's span, for its STATE_PATCHED event.
 
         Raises:
             VersionMismatchError, InvalidJsonError, InvalidPointerError,
@@ -536,6 +538,7 @@ class StateEngine:
                 writer=writer,
                 task_id=task_id,
                 attempt=attempt,
+                span_id=span_id,
                 events_out=events,
             )
             if extra is not None:
@@ -556,6 +559,7 @@ class StateEngine:
         writer: str = "",
         task_id: str = "",
         attempt: int = 0,
+        span_id: str = "",
         events_out: list[Event] | None = None,
         then_operations: Sequence[PatchOp] = (),
         retention: Retention | None = None,
@@ -636,6 +640,7 @@ class StateEngine:
                     workflow_id=workflow_id,
                     task_id=task_id,
                     attempt=attempt,
+                    span_id=span_id,
                     version=version,
                     writer=writer,
                     patch_bytes=patch_bytes,
@@ -668,6 +673,7 @@ class StateEngine:
         workflow_id: str,
         task_id: str,
         attempt: int,
+        span_id: str,
         version: int,
         writer: str,
         patch_bytes: int,
@@ -683,6 +689,7 @@ class StateEngine:
                 workflow_id=workflow_id,
                 task_id=task_id,
                 attempt=attempt,
+                span_id=span_id,
                 attributes={
                     "are.state.version": version,
                     "are.state.writer": writer or "client",

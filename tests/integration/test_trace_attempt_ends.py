@@ -132,3 +132,27 @@ async def test_an_attempt_lost_to_a_restart_is_scheduled_again_and_its_rerun_lin
         s for s in collector.of_trace(trace_id) if s.name == "task t" and attributes(s)["are.attempt"] == 2
     )
     assert [link.span_id.hex() for link in second.links] == [first.span_id]  # linked to nothing
+
+
+async def test_a_tasks_state_writes_are_events_of_its_attempts_span() -> None:
+    """STATE_PATCHED of a write a task made (PatchState as its attempt, or its output written into
+    the state) named no span: it now names the attempt's, as its dispatch does."""
+    with SidecarProcess.start() as process:
+        async with await Client.connect(process.target) as client:
+            worker = Worker(client, name="writes", max_concurrency=1)
+
+            @worker.handler("writes")
+            async def writes(ctx: TaskContext) -> dict[str, int]:
+                await client.state.for_task(ctx).patch({"progress": 1})
+                return {"done": 1}
+
+            async with worker:
+                spec = WorkflowSpec("writes").task("t", capability="writes", output_state_pointer="/result")
+                handle = await client.submit_workflow(spec)
+                await handle.result(timeout=30)
+            events = await _task_events(client, handle.workflow_id)
+    (dispatched,) = [e for e in events if e.event_type == event_pb2.EVENT_TYPE_TASK_DISPATCHED]
+    patched = [e for e in events if e.event_type == event_pb2.EVENT_TYPE_STATE_PATCHED]
+    assert len(patched) == 2  # the handler's patch, then the output written at /result
+    assert dispatched.span_id
+    assert [e.span_id for e in patched] == [dispatched.span_id] * 2
