@@ -10,7 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::error::{bounded, Error, Result};
+use crate::error::{bounded, Error, FieldViolation, Result};
 use crate::pb;
 use crate::pb::cache_service_client::CacheServiceClient;
 use crate::pb::router_service_client::RouterServiceClient;
@@ -36,6 +36,11 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default wait for a keepalive ping's ack ([`Options::keepalive_timeout`]).
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default [`Options::reconnect_window`]: how long a wait keeps resuming its
+/// dropped stream while the sidecar does not answer (as the Python SDK's
+/// `reconnect_window`).
+pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 
 /// The receive window of each HTTP/2 stream (hyper's default, set here
 /// because [`CONNECTION_WINDOW_BYTES`] is reckoned from it): at most this
@@ -75,7 +80,17 @@ pub struct Options {
     pub call_timeout: Duration,
     /// Largest message sent or received (default 64 MiB, the sidecar's);
     /// a worker's stream keeps its batches of results and heartbeats under
-    /// it (at most 16 MiB each).
+    /// it (at most 16 MiB each). Set it to the sidecar's own bound
+    /// (`--max-message-bytes`: 64 MiB by default, 32 MiB at the least): the
+    /// sidecar sizes some answers to its own bound (a page of tasks with
+    /// payloads, a poll's assignments: up to that bound less 1 MiB), and an
+    /// answer over this bound fails on this side (tonic says OUT_OF_RANGE,
+    /// "decoded message length too large"), which no retry fixes; a request
+    /// over the sidecar's bound is refused there with RESOURCE_EXHAUSTED,
+    /// which no retry fixes either. A bound just over 4 MiB, the largest
+    /// inline payload, is not enough: a workflow's closing status with a
+    /// 4 MiB inline result is 4 MiB and a few hundred bytes, a task with its
+    /// payloads 8 MiB and more, a state document up to 16 MiB.
     pub max_message_bytes: usize,
     /// Keepalive: while a call is open (a worker's stream, a wait) and the
     /// connection is quiet, the client sends an HTTP/2 ping every interval
@@ -89,6 +104,19 @@ pub struct Options {
     /// How long to wait for a keepalive ping's ack (default 10 s; zero is
     /// the default).
     pub keepalive_timeout: Duration,
+    /// How long a wait ([`crate::WorkflowHandle::wait`], `result`,
+    /// `result_bytes`) keeps resuming its dropped stream while the sidecar
+    /// does not answer (default [`DEFAULT_RECONNECT_WINDOW`], 60 s, as the
+    /// Python SDK's `reconnect_window`): a restart shorter than this goes
+    /// unnoticed; once this long has passed since the stream dropped without
+    /// an answer, the wait returns the last UNAVAILABLE error. It bounds the
+    /// silence, not the wait: a workflow that runs for hours is waited for
+    /// as long as the wait's timeout allows, so long as the sidecar answers.
+    /// It must not be zero ([`Client::connect`] refuses it with
+    /// INVALID_ARGUMENT, naming the field `reconnect_window`); a very long
+    /// one (`Duration::MAX`) resumes for as long as the wait's timeout
+    /// allows.
+    pub reconnect_window: Duration,
 }
 
 impl Default for Options {
@@ -101,6 +129,7 @@ impl Default for Options {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            reconnect_window: DEFAULT_RECONNECT_WINDOW,
         }
     }
 }
@@ -192,6 +221,9 @@ pub struct Client {
     /// [`Options::max_message_bytes`]: a worker's stream cuts its batches
     /// below it.
     pub(crate) max_message_bytes: usize,
+    /// [`Options::reconnect_window`]: how long a wait resumes a dropped
+    /// stream while the sidecar does not answer.
+    pub(crate) reconnect_window: Duration,
 }
 
 /// A channel to `target` (`host:port` or `unix:PATH`); `lazy` connects at the
@@ -270,8 +302,23 @@ macro_rules! stub {
 
 impl Client {
     /// Connects to `target`, `host:port` or `unix:PATH`, within
-    /// `options.connect_timeout`; an unreachable sidecar is UNAVAILABLE.
+    /// `options.connect_timeout`; an unreachable sidecar is UNAVAILABLE. A
+    /// zero `options.reconnect_window` is INVALID_ARGUMENT (field
+    /// `reconnect_window`), before anything is opened.
     pub async fn connect(target: &str, options: Options) -> Result<Client> {
+        if options.reconnect_window.is_zero() {
+            // Before any connection is opened, as the Python SDK's connect.
+            let mut e = Error::local(
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+                "Options::reconnect_window must be positive, got 0s",
+            );
+            e.field_violations.push(FieldViolation {
+                field: "reconnect_window".to_string(),
+                description: "must be positive, got 0s".to_string(),
+            });
+            return Err(e);
+        }
         let header = match &options.token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
                 Error::local(
@@ -308,6 +355,7 @@ impl Client {
             watches: stub!(SchedulerServiceClient, watches, n),
             call_timeout: options.call_timeout,
             max_message_bytes: n,
+            reconnect_window: options.reconnect_window,
         })
     }
 
@@ -528,5 +576,25 @@ mod tests {
         };
         let longest = crate::time::LONGEST_WAIT;
         assert_eq!(forever.keepalive(), Some((longest, longest)));
+    }
+
+    /// A zero reconnect window is refused before anything is opened, as the
+    /// Python SDK's connect does (nothing listens at the target).
+    #[tokio::test]
+    async fn a_zero_reconnect_window_is_refused_at_connect() {
+        let options = Options {
+            reconnect_window: Duration::ZERO,
+            ..Default::default()
+        };
+        let e = Client::connect("127.0.0.1:1", options).await.unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument, "{e}");
+        assert_eq!(
+            e.field("reconnect_window"),
+            Some("must be positive, got 0s")
+        );
+        assert_eq!(
+            Options::default().reconnect_window,
+            DEFAULT_RECONNECT_WINDOW
+        );
     }
 }

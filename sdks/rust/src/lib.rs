@@ -41,7 +41,7 @@ pub use approval::{Approval, ApprovalFilter, ApprovalPage};
 pub use cache::{Cache, CacheHit, CacheOptions, CachedResult, GetOrCallError};
 pub use client::{
     Auth, Client, Options, Raw, Transport, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_BYTES, MAX_INLINE_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RECONNECT_WINDOW, MAX_INLINE_BYTES,
 };
 pub use error::{Error, FieldViolation, Result, SDK_DOMAIN};
 pub use pb::{AgentSource, ApprovalDecision, RouteMode};

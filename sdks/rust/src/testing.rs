@@ -161,11 +161,24 @@ impl Sidecar {
         };
         Client::connect(&self.target, options).await
     }
+
+    /// Kills the sidecar at once (SIGKILL), as a crash or a power loss
+    /// would, and reaps it: its open calls fail with UNAVAILABLE and nothing
+    /// answers at its target any more. Its temporary folder goes on drop.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Sidecar {
     /// SIGTERM, up to 15 s for a graceful exit, then SIGKILL.
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Gone already (killed): its pid may be another process's now.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);

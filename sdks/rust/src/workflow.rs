@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tonic::Code;
 
-use crate::error::{Error, Result};
+use crate::error::{bounded, Error, Result};
 use crate::pb;
 use crate::time::{capped, to_proto};
 use crate::Client;
@@ -29,6 +29,25 @@ const RESUME_MAX_DELAY: Duration = Duration::from_secs(2);
 /// The longest the first status of a wait may outlast its timeout: a wait
 /// of `Duration::ZERO` answers a workflow already closed.
 const FIRST_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest one probe of a silent sidecar waits (see
+/// `WorkflowHandle::until_answering`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a watch was refused because its cursor is beyond the end of the
+/// sidecar's event log (OUT_OF_RANGE, `SEQUENCE_BEYOND_LOG`): the cursor
+/// comes from another log.
+fn sequence_beyond_log(e: &Error) -> bool {
+    e.code == Code::OutOfRange && e.reason == "SEQUENCE_BEYOND_LOG"
+}
+
+/// Whether a watch was refused for want of event subscribers
+/// (RESOURCE_EXHAUSTED, `RESOURCE_LIMIT`), which a later attempt may find
+/// free; a RESOURCE_EXHAUSTED without that reason (a request over the
+/// sidecar's message bound) would only fail again.
+fn subscribers_taken(e: &Error) -> bool {
+    e.code == Code::ResourceExhausted && e.reason == "RESOURCE_LIMIT"
+}
 
 /// Builds one task of a workflow (or of a spawn).
 #[derive(Clone, Debug)]
@@ -289,10 +308,23 @@ impl WorkflowHandle {
     /// Follows the workflow (WatchWorkflow) until it closes, whatever the
     /// outcome, for at most `timeout`. A watch that breaks (UNAVAILABLE: the
     /// sidecar restarted, the connection dropped; CANCELLED) is resumed from
-    /// the last sequence received, after a jittered backoff; one refused
-    /// with RESOURCE_EXHAUSTED (the sidecar's subscribers all taken: a
-    /// resumed watch needs one) is resumed no sooner than the sidecar's
-    /// retry hint. Other errors (NOT_FOUND, ...) are returned.
+    /// the last sequence received, after a jittered backoff, as long as the
+    /// sidecar answers again within the client's
+    /// [`Options::reconnect_window`](crate::Options::reconnect_window) (60 s
+    /// by default): once that long has passed since the drop without an
+    /// answer, the last UNAVAILABLE error is returned, whatever `timeout`
+    /// is left. A watch refused with RESOURCE_EXHAUSTED, reason
+    /// `RESOURCE_LIMIT` (the sidecar's subscribers all taken: a resumed
+    /// watch needs one) is resumed no sooner than the sidecar's retry hint;
+    /// any other RESOURCE_EXHAUSTED (a request over the sidecar's
+    /// `--max-message-bytes`, see
+    /// [`Options::max_message_bytes`](crate::Options::max_message_bytes)) is
+    /// returned, since no retry would fix it. A resumed watch refused with
+    /// OUT_OF_RANGE, reason `SEQUENCE_BEYOND_LOG` (the sidecar came back on
+    /// an older event log: a power loss under `--durability relaxed`, a
+    /// restored backup) is watched again at once without its cursor, from
+    /// the current status, as the contract says. Other errors (NOT_FOUND,
+    /// ...) are returned.
     ///
     /// The first status may outlast a short `timeout` (by up to 5 s), so
     /// that a workflow already closed is answered even with
@@ -324,6 +356,8 @@ impl WorkflowHandle {
     /// status comes.
     async fn watch(&self, first: tokio::sync::oneshot::Sender<()>) -> Result<pb::Workflow> {
         let mut first = Some(first);
+        // Always a sequence this watch received: a wait takes no cursor of
+        // the caller's.
         let mut after = None;
         let mut delay = RESUME_FIRST_DELAY;
         loop {
@@ -350,16 +384,80 @@ impl WorkflowHandle {
                 Ok(None) // ended without a closed status: resume
             }
             .await;
+            let dropped_at = tokio::time::Instant::now();
+            let mut dropped = None;
             let hint = match ended {
                 Ok(Some(w)) => return Ok(w),
                 Ok(None) => None,
-                Err(e) if matches!(e.code, Code::Unavailable | Code::Cancelled) => None,
-                Err(e) if e.code == Code::ResourceExhausted => e.retry_delay,
+                Err(e) if after.is_some() && sequence_beyond_log(&e) => {
+                    // Back on an older event log: at once, without the
+                    // cursor; the status read first is the current one.
+                    after = None;
+                    continue;
+                }
+                Err(e) if matches!(e.code, Code::Unavailable | Code::Cancelled) => {
+                    dropped = Some(e);
+                    None
+                }
+                Err(e) if subscribers_taken(&e) => e.retry_delay,
                 Err(e) => return Err(e),
             };
             tokio::time::sleep(crate::worker::retry_wait(delay, hint)).await;
             delay = (delay * 2).min(RESUME_MAX_DELAY);
+            if let Some(e) = dropped {
+                self.until_answering(e, dropped_at).await?;
+            }
         }
+    }
+
+    /// Returns once the sidecar answers a call again, after a watch dropped
+    /// (with `error`, UNAVAILABLE or CANCELLED) at `since`; once the client's
+    /// reconnect window has passed since then without an answer, the last
+    /// UNAVAILABLE error, as the Python SDK's wait. A resumed watch can be
+    /// silent for hours (a cursor with nothing after it), so its opening
+    /// proves nothing: a unary GetWorkflow on the watches' connection does,
+    /// each bounded by [`PROBE_TIMEOUT`]. Without this bound, a wait on a
+    /// sidecar gone for good resumed for as long as its timeout allowed (up
+    /// to 30 years).
+    async fn until_answering(&self, error: Error, since: tokio::time::Instant) -> Result<()> {
+        let window = self.client.reconnect_window;
+        let deadline = since + capped(window);
+        let mut last = error;
+        let mut delay = RESUME_FIRST_DELAY;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let mut s = self.client.watches();
+            let req = pb::GetWorkflowRequest {
+                workflow_id: self.id.clone(),
+            };
+            let probe = bounded("GetWorkflow", remaining.min(PROBE_TIMEOUT), async {
+                Ok(s.get_workflow(req).await?.into_inner())
+            })
+            .await;
+            match probe {
+                Err(e) if e.code == Code::Unavailable => last = e,
+                Err(e) if matches!(e.code, Code::Cancelled | Code::DeadlineExceeded) => {}
+                // It answered; the watch meets any error itself.
+                _ => return Ok(()),
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(crate::worker::jitter(delay).min(left)).await;
+            delay = (delay * 2).min(RESUME_MAX_DELAY);
+        }
+        let why = format!(
+            "workflow {}: the sidecar has not answered for {window:?} \
+             (the reconnect window) since the watch dropped",
+            self.id
+        );
+        if last.code == Code::Unavailable {
+            last.message = format!("{why}: {}", last.message);
+            return Err(last);
+        }
+        let message = format!("{why} ({:?}: {})", last.code, last.message);
+        Err(Error::local(Code::Unavailable, "UNAVAILABLE", message).with_source(last))
     }
 
     /// Waits (at most `timeout`) for the workflow to close and returns its
@@ -440,6 +538,9 @@ impl pb::Failure {
         std::iter::successors(self.cause.as_deref(), |f| f.cause.as_deref())
     }
 }
+
+#[cfg(test)]
+mod waits;
 
 #[cfg(test)]
 mod tests {

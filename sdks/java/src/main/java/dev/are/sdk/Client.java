@@ -105,6 +105,7 @@ public final class Client implements AutoCloseable {
   private final Raw raw;
   private final Duration callTimeout;
   private final int maxMessageBytes;
+  private final Duration reconnectWindow;
   private volatile boolean closed;
 
   /** The event streams open on this client: {@link #close()} cancels them. */
@@ -125,6 +126,7 @@ public final class Client implements AutoCloseable {
             .withMaxInboundMessageSize(options.maxMessageBytes());
     this.callTimeout = options.callTimeout();
     this.maxMessageBytes = options.maxMessageBytes();
+    this.reconnectWindow = options.reconnectWindow();
     int n = maxMessageBytes;
     this.raw =
         new Raw(
@@ -145,9 +147,15 @@ public final class Client implements AutoCloseable {
 
   /**
    * Connects to {@code target}, {@code host:port} or {@code unix:/path}, within the options'
-   * connect timeout; an unreachable sidecar is UNAVAILABLE.
+   * connect timeout; an unreachable sidecar is UNAVAILABLE. A reconnect window that is not positive
+   * is INVALID_ARGUMENT ({@code field("reconnectWindow")}), before anything is opened.
    */
   public static Client connect(String target, Options options) {
+    Duration window = options.reconnectWindow();
+    if (window.isZero() || window.isNegative()) {
+      // Before any channel is opened, as the Python SDK's connect.
+      throw AreException.invalidField("reconnectWindow", "must be positive, got " + window);
+    }
     Metadata headers = new Metadata();
     if (options.token() != null) {
       if (!options.token().chars().allMatch(c -> c >= 0x20 && c < 0x7f)) {
@@ -201,6 +209,11 @@ public final class Client implements AutoCloseable {
   /** The scheduler's stub on the connection for waits (see {@link #watchManaged}). */
   SchedulerServiceGrpc.SchedulerServiceBlockingStub watches() {
     return watches;
+  }
+
+  /** {@link Options#reconnectWindow()}: how long a wait resumes while the sidecar is silent. */
+  Duration reconnectWindow() {
+    return reconnectWindow;
   }
 
   /**

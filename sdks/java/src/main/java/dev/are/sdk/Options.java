@@ -19,6 +19,12 @@ public final class Options {
   /** Default wait for a keepalive ping's ack (10 s); see {@link Builder#keepalive}. */
   public static final Duration DEFAULT_KEEPALIVE_TIMEOUT = Duration.ofSeconds(10);
 
+  /**
+   * Default of {@link Builder#reconnectWindow} (60 s, as the Python SDK's {@code
+   * reconnect_window}).
+   */
+  public static final Duration DEFAULT_RECONNECT_WINDOW = Duration.ofSeconds(60);
+
   private final String token;
   private final boolean tls;
   private final Path tlsTrustedCertificates;
@@ -29,6 +35,7 @@ public final class Options {
   private final int maxMessageBytes;
   private final Duration keepaliveTime;
   private final Duration keepaliveTimeout;
+  private final Duration reconnectWindow;
 
   private Options(Builder b) {
     this.token = b.token;
@@ -41,11 +48,12 @@ public final class Options {
     this.maxMessageBytes = b.maxMessageBytes;
     this.keepaliveTime = b.keepaliveTime;
     this.keepaliveTimeout = b.keepaliveTimeout;
+    this.reconnectWindow = b.reconnectWindow;
   }
 
   /**
    * Plaintext, no token, 10 s to connect, 30 s per call, 64 MiB messages, keepalive pings every
-   * 30 s (10 s for the ack) while a call is open.
+   * 30 s (10 s for the ack) while a call is open, a 60 s reconnect window for waits.
    */
   public static Options defaults() {
     return builder().build();
@@ -69,6 +77,7 @@ public final class Options {
     b.maxMessageBytes = maxMessageBytes;
     b.keepaliveTime = keepaliveTime;
     b.keepaliveTimeout = keepaliveTimeout;
+    b.reconnectWindow = reconnectWindow;
     return b;
   }
 
@@ -110,7 +119,7 @@ public final class Options {
     return callTimeout;
   }
 
-  /** Largest message received. */
+  /** Largest message received; see {@link Builder#maxMessageBytes}. */
   public int maxMessageBytes() {
     return maxMessageBytes;
   }
@@ -125,6 +134,14 @@ public final class Options {
     return keepaliveTimeout;
   }
 
+  /**
+   * How long a wait keeps resuming its dropped stream while the sidecar does not answer; see
+   * {@link Builder#reconnectWindow}.
+   */
+  public Duration reconnectWindow() {
+    return reconnectWindow;
+  }
+
   /** Builds {@link Options}. */
   public static final class Builder {
     private String token;
@@ -137,6 +154,7 @@ public final class Options {
     private int maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
     private Duration keepaliveTime = DEFAULT_KEEPALIVE_TIME;
     private Duration keepaliveTimeout = DEFAULT_KEEPALIVE_TIMEOUT;
+    private Duration reconnectWindow = DEFAULT_RECONNECT_WINDOW;
 
     private Builder() {}
 
@@ -188,7 +206,16 @@ public final class Options {
       return this;
     }
 
-    /** Largest message received (default 64 MiB). */
+    /**
+     * Largest message received (default 64 MiB). Set it to the sidecar's own bound ({@code
+     * --max-message-bytes}: 64 MiB by default, 32 MiB at the least): the sidecar sizes some answers
+     * to its own bound (a page of tasks with payloads, a poll's assignments: up to that bound less
+     * 1 MiB), and an answer over the client's bound fails on this side with RESOURCE_EXHAUSTED
+     * (without a reason), which no retry fixes: a wait throws it. A bound just over 4 MiB, the
+     * largest inline payload, is not enough: a workflow's closing status with a 4 MiB inline result
+     * is 4 MiB and a few hundred bytes, a task with its payloads 8 MiB and more, a state document
+     * up to 16 MiB.
+     */
     public Builder maxMessageBytes(int n) {
       this.maxMessageBytes = n;
       return this;
@@ -210,6 +237,22 @@ public final class Options {
           timeout == null || timeout.isZero() || timeout.isNegative()
               ? DEFAULT_KEEPALIVE_TIMEOUT
               : timeout;
+      return this;
+    }
+
+    /**
+     * How long a wait ({@link WorkflowHandle#await}, {@code result}) keeps resuming its dropped
+     * stream while the sidecar does not answer (default {@link Options#DEFAULT_RECONNECT_WINDOW},
+     * 60 s, as the Python SDK's {@code reconnect_window}): a restart shorter than this goes
+     * unnoticed; once this long has passed since the stream dropped without an answer, the wait
+     * throws UNAVAILABLE, whatever its timeout. It bounds the silence, not the wait: a workflow
+     * that runs for hours is waited for as long as the wait's timeout allows, so long as the
+     * sidecar answers. It must be positive ({@link Client#connect(String, Options)} refuses it
+     * otherwise with INVALID_ARGUMENT, {@code field("reconnectWindow")}); one over 100 years
+     * ({@code ChronoUnit.FOREVER.getDuration()}) resumes for as long as the wait's timeout allows.
+     */
+    public Builder reconnectWindow(Duration d) {
+      this.reconnectWindow = Objects.requireNonNull(d);
       return this;
     }
 

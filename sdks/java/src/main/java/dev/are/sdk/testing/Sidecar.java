@@ -199,6 +199,20 @@ public final class Sidecar implements AutoCloseable {
         target, Options.builder().token(token).tlsTrustedCertificates(tlsCert).build());
   }
 
+  /**
+   * Kills the sidecar at once (SIGKILL), as a crash or a power loss would, and waits for it to
+   * exit: its open calls fail with UNAVAILABLE and nothing answers at its target any more. {@link
+   * #close()} still removes its temporary folder.
+   */
+  public void kill() {
+    process.destroyForcibly();
+    try {
+      process.waitFor(15, TimeUnit.SECONDS);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+  }
+
   /** SIGTERM, up to 15 s for a graceful exit, then SIGKILL; removes the temporary folder. */
   @Override
   public void close() {
