@@ -879,6 +879,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):  # type: ig
             finally:
                 # On a sidecar drain the leases are kept: the restart re-dispatches them.
                 self._engine.disconnect_worker(handle, release_leases=not self._draining)
+                # The handle's callbacks hold the stream: without this edge, no cycle is left
+                # for the (rarely running) collector when the stream ends.
+                stream.handle = None
         if violation is not None:
             await _end_for(context, violation)
         if self._is_draining():
