@@ -66,6 +66,7 @@ from are_core.trace import (
     EventsMissed,
     InvalidPageTokenError,
     StreamItem,
+    Subscription,
     SubscriptionClosedError,
     TooManySubscribersError,
     TraceContextResolver,
@@ -122,6 +123,13 @@ _CONVERTED_CACHE_BYTES = 16 << 20
 # A ListEvents page stays this far under the message limit (the response's other fields, framing).
 _LIST_SLACK_BYTES = 1 << 20
 _REPEATED_FRAMING = 6  # an element of a repeated message field: its tag and length, at most
+# StreamEventsRequest.max_batch: at most this many events in one StreamedEventBatch, and at most
+# this many bytes (or the message limit, if lower), so that a client with gRPC's default 4 MiB
+# receive limit can opt in.
+_MAX_BATCH = 1000
+_BATCH_BYTES = 4 << 20
+_BATCH_FRAMING = 16  # StreamEventsResponse.batch's tag and length, at most
+_BATCH_TAG = b"\x22"  # StreamEventsResponse field 4 (batch), wire type 2 (length-delimited)
 # Endpoint values (any case) that mean no export, whatever the OTEL_* variables say.
 _EXPORT_OFF = frozenset({"off", "none"})
 _BAD_PORT = "the port must be a number from 1 to 65535"
@@ -814,6 +822,8 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         self._recorder = recorder
         # The largest response the server sends: a ListEvents page is cut short of it.
         self._page_room = max(1, max_message_bytes - _LIST_SLACK_BYTES)
+        # The most bytes of events in one StreamedEventBatch.
+        self._batch_room = max(1, min(_BATCH_BYTES, max_message_bytes) - _BATCH_FRAMING)
         # Recently streamed events, serialized once for every subscriber (10 streams, one
         # encoding); bounded in events and bytes, and emptied when the last stream ends.
         self._serialized: OrderedDict[int, bytes] = OrderedDict()
@@ -871,6 +881,15 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         self, request: trace_service_pb2.StreamEventsRequest, context: _Context
     ) -> AsyncIterator[bytes]:
         event_filter = await _filter_from_proto(request.filter, context)
+        max_batch = request.max_batch
+        if max_batch > _MAX_BATCH:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_batch must be at most {_MAX_BATCH}, got {max_batch}",
+                reason="INVALID_ARGUMENT",
+                field_violations=[("max_batch", f"must be 0 (one event per message) to {_MAX_BATCH}")],
+            )
         after = request.after_sequence if request.HasField("after_sequence") else None
         if after is not None:
             await check_cursor(context, after, self._recorder, "after_sequence")
@@ -892,7 +911,10 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                     item = await subscription.next()
                 except SubscriptionClosedError:
                     await shutting_down(context, "resume from the last sequence received")
-                yield self._stream_message(item)
+                if max_batch > 1 and isinstance(item, Event) and subscription.ready_event() is not None:
+                    yield self._batch_message(item, subscription, max_batch)
+                else:
+                    yield self._stream_message(item)
         finally:
             subscription.close()
             self._streams -= 1
@@ -900,18 +922,52 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
                 self._serialized.clear()
                 self._serialized_bytes = 0
 
+    def _batch_message(self, first: Event, subscription: Subscription, max_batch: int) -> bytes:
+        """``first`` and the events ready after it, serialized as one ``StreamEventsResponse``.
+
+        Never waits for more: it takes what the subscription already holds,
+        up to ``max_batch`` events and the batch's byte room, and stops at a
+        notice. A lone event (the next one would not fit) is sent as ``event``.
+
+        A ``StreamedEventBatch`` is its events each encoded as field 1, and an
+        event's ``StreamEventsResponse`` is the event as field 1 too: the same
+        bytes. So the batch's body is the cached single-event messages joined,
+        with the ``batch`` field's tag and length before it, and an event
+        streamed to many subscribers is still encoded once.
+        """
+        parts = [self._event_message(first)]
+        size = len(parts[0])
+        room = self._batch_room
+        while len(parts) < max_batch:
+            event = subscription.ready_event()
+            if event is None:
+                break
+            data = self._event_message(event)
+            if size + len(data) > room:
+                break
+            subscription.take_ready_event()
+            parts.append(data)
+            size += len(data)
+        if len(parts) == 1:
+            return parts[0]
+        return _BATCH_TAG + _varint(size) + b"".join(parts)
+
+    def _event_message(self, event: Event) -> bytes:
+        """An event's serialized ``StreamEventsResponse``, built once for every stream."""
+        cache = self._serialized
+        data = cache.get(event.sequence)
+        if data is None:
+            data = trace_service_pb2.StreamEventsResponse(event=event_to_proto(event)).SerializeToString()
+            cache[event.sequence] = data
+            self._serialized_bytes += len(data)
+            while len(cache) > _CONVERTED_CACHE or self._serialized_bytes > _CONVERTED_CACHE_BYTES:
+                self._serialized_bytes -= len(cache.popitem(last=False)[1])
+        return data
+
     def _stream_message(self, item: StreamItem) -> bytes:
         """The serialized ``StreamEventsResponse``: an event's is built once for every stream."""
         if isinstance(item, Event):
-            cache = self._serialized
-            data = cache.get(item.sequence)
-            if data is None:
-                data = trace_service_pb2.StreamEventsResponse(event=event_to_proto(item)).SerializeToString()
-                cache[item.sequence] = data
-                self._serialized_bytes += len(data)
-                while len(cache) > _CONVERTED_CACHE or self._serialized_bytes > _CONVERTED_CACHE_BYTES:
-                    self._serialized_bytes -= len(cache.popitem(last=False)[1])
-            return data
+            return self._event_message(item)
         if isinstance(item, CaughtUp):
             message = trace_service_pb2.StreamEventsResponse(
                 caught_up=trace_service_pb2.CaughtUp(sequence=item.sequence)
@@ -919,6 +975,16 @@ class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
         else:
             message = trace_service_pb2.StreamEventsResponse(missed=missed_to_proto(item))
         return message.SerializeToString()
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _fitting(events: Sequence[event_pb2.Event], room: int) -> int:

@@ -78,7 +78,9 @@ class Subscription:
 
     Iterate it (``async for item in subscription``) and :meth:`close` it when
     done; iteration ends with :class:`SubscriptionClosedError` if the recorder
-    shuts down first.
+    shuts down first. A reader that sends several events at once takes the
+    ones already buffered after an item with :meth:`ready_event` and
+    :meth:`take_ready_event`, without waiting.
     """
 
     def __init__(
@@ -236,17 +238,44 @@ class Subscription:
                 continue
             queue = self._queue
             if queue:
-                item = queue.popleft()
-                big = self._big
-                if big and isinstance(item, Event):
-                    self._big_bytes -= big.pop(item.sequence, 0)
-                return item
+                return self._pop_live()
             if self._missed is not None:
                 return self._take_missed()
             if self._closed:
                 raise SubscriptionClosedError("the event stream was closed")
             self._wake.clear()
             await self._wake.wait()
+
+    def ready_event(self) -> Event | None:
+        """The next item if it is an event that can be read at once, else None; it is not taken.
+
+        None also when the next item is a notice (:class:`EventsMissed`,
+        :class:`CaughtUp`), when nothing is buffered, and when the next replay
+        page is still to be read: a batch of events is never mixed with a
+        notice, and checking never reads the log or waits.
+        """
+        if self._closed:
+            return None
+        if self._ready:
+            item = self._ready[0]
+        elif self._live and self._queue:
+            item = self._queue[0]
+        else:
+            return None
+        return item if isinstance(item, Event) else None
+
+    def take_ready_event(self) -> Event:
+        """Takes the event :meth:`ready_event` just returned (call it only then)."""
+        item = self._ready.popleft() if self._ready else self._pop_live()
+        assert isinstance(item, Event)
+        return item
+
+    def _pop_live(self) -> Event | EventsMissed:
+        item = self._queue.popleft()
+        big = self._big
+        if big and isinstance(item, Event):
+            self._big_bytes -= big.pop(item.sequence, 0)
+        return item
 
     def __aiter__(self) -> Subscription:
         return self

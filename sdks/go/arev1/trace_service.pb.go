@@ -251,6 +251,16 @@ type StreamEventsRequest struct {
 	// only, from now. Beyond the end of the log: OUT_OF_RANGE, reason
 	// SEQUENCE_BEYOND_LOG.
 	AfterSequence *uint64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3,oneof" json:"after_sequence,omitempty"`
+	// The most events the sidecar may send in one message, to cut the cost
+	// of a busy stream. 0 or 1 (the default): every event comes alone, as
+	// StreamEventsResponse.event. 2 to 1,000: when several matching events
+	// are ready to send, the sidecar may send up to this many consecutive
+	// ones in one StreamEventsResponse.batch; a lone event may still come as
+	// event, so a client that sets this field handles both. The sidecar
+	// never waits to fill a batch: an event is sent as soon as it would be
+	// without one. Over 1,000: INVALID_ARGUMENT, reason INVALID_ARGUMENT,
+	// naming max_batch.
+	MaxBatch      uint32 `protobuf:"varint,3,opt,name=max_batch,json=maxBatch,proto3" json:"max_batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -295,6 +305,13 @@ func (x *StreamEventsRequest) GetFilter() *EventFilter {
 func (x *StreamEventsRequest) GetAfterSequence() uint64 {
 	if x != nil && x.AfterSequence != nil {
 		return *x.AfterSequence
+	}
+	return 0
+}
+
+func (x *StreamEventsRequest) GetMaxBatch() uint32 {
+	if x != nil {
+		return x.MaxBatch
 	}
 	return 0
 }
@@ -432,6 +449,58 @@ func (x *CaughtUp) GetSequence() uint64 {
 	return 0
 }
 
+// StreamedEventBatch is several consecutive events of a stream, in one
+// message.
+type StreamedEventBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Two or more events matching the filter, ascending by sequence: the
+	// events the stream would otherwise have sent one by one, in the same
+	// order, with nothing between them (a batch never spans an EventsMissed
+	// or CaughtUp message). At most the request's max_batch events, and at
+	// most 4 MiB, or the sidecar's message limit if lower, in all; an event
+	// too large to share a message comes alone, as event.
+	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamedEventBatch) Reset() {
+	*x = StreamedEventBatch{}
+	mi := &file_are_v1_trace_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamedEventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamedEventBatch) ProtoMessage() {}
+
+func (x *StreamedEventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_are_v1_trace_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamedEventBatch.ProtoReflect.Descriptor instead.
+func (*StreamedEventBatch) Descriptor() ([]byte, []int) {
+	return file_are_v1_trace_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamedEventBatch) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // StreamEventsResponse is one message of a live event stream.
 type StreamEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -442,6 +511,7 @@ type StreamEventsResponse struct {
 	//	*StreamEventsResponse_Event
 	//	*StreamEventsResponse_Missed
 	//	*StreamEventsResponse_CaughtUp
+	//	*StreamEventsResponse_Batch
 	Message       isStreamEventsResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -449,7 +519,7 @@ type StreamEventsResponse struct {
 
 func (x *StreamEventsResponse) Reset() {
 	*x = StreamEventsResponse{}
-	mi := &file_are_v1_trace_service_proto_msgTypes[5]
+	mi := &file_are_v1_trace_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +531,7 @@ func (x *StreamEventsResponse) String() string {
 func (*StreamEventsResponse) ProtoMessage() {}
 
 func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_are_v1_trace_service_proto_msgTypes[5]
+	mi := &file_are_v1_trace_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +544,7 @@ func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsResponse.ProtoReflect.Descriptor instead.
 func (*StreamEventsResponse) Descriptor() ([]byte, []int) {
-	return file_are_v1_trace_service_proto_rawDescGZIP(), []int{5}
+	return file_are_v1_trace_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StreamEventsResponse) GetMessage() isStreamEventsResponse_Message {
@@ -511,6 +581,15 @@ func (x *StreamEventsResponse) GetCaughtUp() *CaughtUp {
 	return nil
 }
 
+func (x *StreamEventsResponse) GetBatch() *StreamedEventBatch {
+	if x != nil {
+		if x, ok := x.Message.(*StreamEventsResponse_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isStreamEventsResponse_Message interface {
 	isStreamEventsResponse_Message()
 }
@@ -530,11 +609,19 @@ type StreamEventsResponse_CaughtUp struct {
 	CaughtUp *CaughtUp `protobuf:"bytes,3,opt,name=caught_up,json=caughtUp,proto3,oneof"`
 }
 
+type StreamEventsResponse_Batch struct {
+	// Several consecutive matching events; only sent when the request set
+	// max_batch above 1.
+	Batch *StreamedEventBatch `protobuf:"bytes,4,opt,name=batch,proto3,oneof"`
+}
+
 func (*StreamEventsResponse_Event) isStreamEventsResponse_Message() {}
 
 func (*StreamEventsResponse_Missed) isStreamEventsResponse_Message() {}
 
 func (*StreamEventsResponse_CaughtUp) isStreamEventsResponse_Message() {}
+
+func (*StreamEventsResponse_Batch) isStreamEventsResponse_Message() {}
 
 var File_are_v1_trace_service_proto protoreflect.FileDescriptor
 
@@ -552,10 +639,11 @@ const file_are_v1_trace_service_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12#\n" +
 	"\rlast_sequence\x18\x03 \x01(\x04R\flastSequence\x128\n" +
 	"\x18oldest_retained_sequence\x18\x04 \x01(\x04R\x16oldestRetainedSequence\x12!\n" +
-	"\fend_sequence\x18\x05 \x01(\x04R\vendSequence\"\x81\x01\n" +
+	"\fend_sequence\x18\x05 \x01(\x04R\vendSequence\"\x9e\x01\n" +
 	"\x13StreamEventsRequest\x12+\n" +
 	"\x06filter\x18\x01 \x01(\v2\x13.are.v1.EventFilterR\x06filter\x12*\n" +
-	"\x0eafter_sequence\x18\x02 \x01(\x04H\x00R\rafterSequence\x88\x01\x01B\x11\n" +
+	"\x0eafter_sequence\x18\x02 \x01(\x04H\x00R\rafterSequence\x88\x01\x01\x12\x1b\n" +
+	"\tmax_batch\x18\x03 \x01(\rR\bmaxBatchB\x11\n" +
 	"\x0f_after_sequence\"\xf9\x01\n" +
 	"\fEventsMissed\x12,\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x14.are.v1.MissedReasonR\x06reason\x12!\n" +
@@ -564,11 +652,14 @@ const file_are_v1_trace_service_proto_rawDesc = "" +
 	"\x14last_missed_sequence\x18\x04 \x01(\x04R\x12lastMissedSequence\x122\n" +
 	"\x15resume_after_sequence\x18\x05 \x01(\x04R\x13resumeAfterSequence\"&\n" +
 	"\bCaughtUp\x12\x1a\n" +
-	"\bsequence\x18\x01 \x01(\x04R\bsequence\"\xa9\x01\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\";\n" +
+	"\x12StreamedEventBatch\x12%\n" +
+	"\x06events\x18\x01 \x03(\v2\r.are.v1.EventR\x06events\"\xdd\x01\n" +
 	"\x14StreamEventsResponse\x12%\n" +
 	"\x05event\x18\x01 \x01(\v2\r.are.v1.EventH\x00R\x05event\x12.\n" +
 	"\x06missed\x18\x02 \x01(\v2\x14.are.v1.EventsMissedH\x00R\x06missed\x12/\n" +
-	"\tcaught_up\x18\x03 \x01(\v2\x10.are.v1.CaughtUpH\x00R\bcaughtUpB\t\n" +
+	"\tcaught_up\x18\x03 \x01(\v2\x10.are.v1.CaughtUpH\x00R\bcaughtUp\x122\n" +
+	"\x05batch\x18\x04 \x01(\v2\x1a.are.v1.StreamedEventBatchH\x00R\x05batchB\t\n" +
 	"\amessage*m\n" +
 	"\fMissedReason\x12\x1d\n" +
 	"\x19MISSED_REASON_UNSPECIFIED\x10\x00\x12!\n" +
@@ -594,7 +685,7 @@ func file_are_v1_trace_service_proto_rawDescGZIP() []byte {
 }
 
 var file_are_v1_trace_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_are_v1_trace_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_are_v1_trace_service_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_are_v1_trace_service_proto_goTypes = []any{
 	(MissedReason)(0),            // 0: are.v1.MissedReason
 	(*ListEventsRequest)(nil),    // 1: are.v1.ListEventsRequest
@@ -602,27 +693,30 @@ var file_are_v1_trace_service_proto_goTypes = []any{
 	(*StreamEventsRequest)(nil),  // 3: are.v1.StreamEventsRequest
 	(*EventsMissed)(nil),         // 4: are.v1.EventsMissed
 	(*CaughtUp)(nil),             // 5: are.v1.CaughtUp
-	(*StreamEventsResponse)(nil), // 6: are.v1.StreamEventsResponse
-	(*EventFilter)(nil),          // 7: are.v1.EventFilter
-	(*Event)(nil),                // 8: are.v1.Event
+	(*StreamedEventBatch)(nil),   // 6: are.v1.StreamedEventBatch
+	(*StreamEventsResponse)(nil), // 7: are.v1.StreamEventsResponse
+	(*EventFilter)(nil),          // 8: are.v1.EventFilter
+	(*Event)(nil),                // 9: are.v1.Event
 }
 var file_are_v1_trace_service_proto_depIdxs = []int32{
-	7, // 0: are.v1.ListEventsRequest.filter:type_name -> are.v1.EventFilter
-	8, // 1: are.v1.ListEventsResponse.events:type_name -> are.v1.Event
-	7, // 2: are.v1.StreamEventsRequest.filter:type_name -> are.v1.EventFilter
-	0, // 3: are.v1.EventsMissed.reason:type_name -> are.v1.MissedReason
-	8, // 4: are.v1.StreamEventsResponse.event:type_name -> are.v1.Event
-	4, // 5: are.v1.StreamEventsResponse.missed:type_name -> are.v1.EventsMissed
-	5, // 6: are.v1.StreamEventsResponse.caught_up:type_name -> are.v1.CaughtUp
-	1, // 7: are.v1.TraceService.ListEvents:input_type -> are.v1.ListEventsRequest
-	3, // 8: are.v1.TraceService.StreamEvents:input_type -> are.v1.StreamEventsRequest
-	2, // 9: are.v1.TraceService.ListEvents:output_type -> are.v1.ListEventsResponse
-	6, // 10: are.v1.TraceService.StreamEvents:output_type -> are.v1.StreamEventsResponse
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	8,  // 0: are.v1.ListEventsRequest.filter:type_name -> are.v1.EventFilter
+	9,  // 1: are.v1.ListEventsResponse.events:type_name -> are.v1.Event
+	8,  // 2: are.v1.StreamEventsRequest.filter:type_name -> are.v1.EventFilter
+	0,  // 3: are.v1.EventsMissed.reason:type_name -> are.v1.MissedReason
+	9,  // 4: are.v1.StreamedEventBatch.events:type_name -> are.v1.Event
+	9,  // 5: are.v1.StreamEventsResponse.event:type_name -> are.v1.Event
+	4,  // 6: are.v1.StreamEventsResponse.missed:type_name -> are.v1.EventsMissed
+	5,  // 7: are.v1.StreamEventsResponse.caught_up:type_name -> are.v1.CaughtUp
+	6,  // 8: are.v1.StreamEventsResponse.batch:type_name -> are.v1.StreamedEventBatch
+	1,  // 9: are.v1.TraceService.ListEvents:input_type -> are.v1.ListEventsRequest
+	3,  // 10: are.v1.TraceService.StreamEvents:input_type -> are.v1.StreamEventsRequest
+	2,  // 11: are.v1.TraceService.ListEvents:output_type -> are.v1.ListEventsResponse
+	7,  // 12: are.v1.TraceService.StreamEvents:output_type -> are.v1.StreamEventsResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_are_v1_trace_service_proto_init() }
@@ -632,10 +726,11 @@ func file_are_v1_trace_service_proto_init() {
 	}
 	file_are_v1_event_proto_init()
 	file_are_v1_trace_service_proto_msgTypes[2].OneofWrappers = []any{}
-	file_are_v1_trace_service_proto_msgTypes[5].OneofWrappers = []any{
+	file_are_v1_trace_service_proto_msgTypes[6].OneofWrappers = []any{
 		(*StreamEventsResponse_Event)(nil),
 		(*StreamEventsResponse_Missed)(nil),
 		(*StreamEventsResponse_CaughtUp)(nil),
+		(*StreamEventsResponse_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -643,7 +738,7 @@ func file_are_v1_trace_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_are_v1_trace_service_proto_rawDesc), len(file_are_v1_trace_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

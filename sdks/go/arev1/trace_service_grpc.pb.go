@@ -53,8 +53,14 @@ type TraceServiceClient interface {
 	// events and 64 MiB by default): a subscriber too slow to drain it is sent an
 	// EventsMissed message saying how many matching events it lost and from
 	// which cursor to fetch them again (with ListEvents), then carries on
-	// live; it never slows the scheduler or grows the sidecar's memory.
-	// Live events arrive in sequence order.
+	// live; a slow subscriber never makes the scheduler wait and never grows
+	// the sidecar's memory past its buffer. A subscriber is not free, though:
+	// every message sent on a stream costs the sidecar tens of microseconds
+	// on the event loop that also runs the scheduler, so hundreds of busy
+	// streams lower workflow throughput. A subscriber that sets max_batch
+	// receives its ready events in fewer messages (StreamedEventBatch), and
+	// one whose filter selects few events costs little. Live events arrive
+	// in sequence order.
 	// Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
 	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
 	// watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
@@ -129,8 +135,14 @@ type TraceServiceServer interface {
 	// events and 64 MiB by default): a subscriber too slow to drain it is sent an
 	// EventsMissed message saying how many matching events it lost and from
 	// which cursor to fetch them again (with ListEvents), then carries on
-	// live; it never slows the scheduler or grows the sidecar's memory.
-	// Live events arrive in sequence order.
+	// live; a slow subscriber never makes the scheduler wait and never grows
+	// the sidecar's memory past its buffer. A subscriber is not free, though:
+	// every message sent on a stream costs the sidecar tens of microseconds
+	// on the event loop that also runs the scheduler, so hundreds of busy
+	// streams lower workflow throughput. A subscriber that sets max_batch
+	// receives its ready events in fewer messages (StreamedEventBatch), and
+	// one whose filter selects few events costs little. Live events arrive
+	// in sequence order.
 	// Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
 	// RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
 	// watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from

@@ -99,7 +99,21 @@ export interface StreamEventsRequest {
    * only, from now. Beyond the end of the log: OUT_OF_RANGE, reason
    * SEQUENCE_BEYOND_LOG.
    */
-  afterSequence?: number | undefined;
+  afterSequence?:
+    | number
+    | undefined;
+  /**
+   * The most events the sidecar may send in one message, to cut the cost
+   * of a busy stream. 0 or 1 (the default): every event comes alone, as
+   * StreamEventsResponse.event. 2 to 1,000: when several matching events
+   * are ready to send, the sidecar may send up to this many consecutive
+   * ones in one StreamEventsResponse.batch; a lone event may still come as
+   * event, so a client that sets this field handles both. The sidecar
+   * never waits to fill a batch: an event is sent as soon as it would be
+   * without one. Over 1,000: INVALID_ARGUMENT, reason INVALID_ARGUMENT,
+   * naming max_batch.
+   */
+  maxBatch: number;
 }
 
 /**
@@ -135,6 +149,22 @@ export interface CaughtUp {
   sequence: number;
 }
 
+/**
+ * StreamedEventBatch is several consecutive events of a stream, in one
+ * message.
+ */
+export interface StreamedEventBatch {
+  /**
+   * Two or more events matching the filter, ascending by sequence: the
+   * events the stream would otherwise have sent one by one, in the same
+   * order, with nothing between them (a batch never spans an EventsMissed
+   * or CaughtUp message). At most the request's max_batch events, and at
+   * most 4 MiB, or the sidecar's message limit if lower, in all; an event
+   * too large to share a message comes alone, as event.
+   */
+  events: Event[];
+}
+
 /** StreamEventsResponse is one message of a live event stream. */
 export interface StreamEventsResponse {
   /** A recorded event matching the filter. */
@@ -146,7 +176,14 @@ export interface StreamEventsResponse {
     | EventsMissed
     | undefined;
   /** The end of the replay; sent once, also when nothing was replayed. */
-  caughtUp?: CaughtUp | undefined;
+  caughtUp?:
+    | CaughtUp
+    | undefined;
+  /**
+   * Several consecutive matching events; only sent when the request set
+   * max_batch above 1.
+   */
+  batch?: StreamedEventBatch | undefined;
 }
 
 function createBaseListEventsRequest(): ListEventsRequest {
@@ -346,7 +383,7 @@ export const ListEventsResponse: MessageFns<ListEventsResponse> = {
 };
 
 function createBaseStreamEventsRequest(): StreamEventsRequest {
-  return { filter: undefined, afterSequence: undefined };
+  return { filter: undefined, afterSequence: undefined, maxBatch: 0 };
 }
 
 export const StreamEventsRequest: MessageFns<StreamEventsRequest> = {
@@ -356,6 +393,9 @@ export const StreamEventsRequest: MessageFns<StreamEventsRequest> = {
     }
     if (message.afterSequence !== undefined) {
       writer.uint32(16).uint64(message.afterSequence);
+    }
+    if (message.maxBatch !== 0) {
+      writer.uint32(24).uint32(message.maxBatch);
     }
     return writer;
   },
@@ -389,6 +429,14 @@ export const StreamEventsRequest: MessageFns<StreamEventsRequest> = {
             message.afterSequence = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maxBatch = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -410,6 +458,7 @@ export const StreamEventsRequest: MessageFns<StreamEventsRequest> = {
       ? EventFilter.fromPartial(object.filter)
       : undefined;
     message.afterSequence = object.afterSequence ?? undefined;
+    message.maxBatch = object.maxBatch ?? 0;
     return message;
   },
 };
@@ -572,8 +621,63 @@ export const CaughtUp: MessageFns<CaughtUp> = {
   },
 };
 
+function createBaseStreamedEventBatch(): StreamedEventBatch {
+  return { events: [] };
+}
+
+export const StreamedEventBatch: MessageFns<StreamedEventBatch> = {
+  encode(message: StreamedEventBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.events) {
+      Event.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StreamedEventBatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStreamedEventBatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.events.push(Event.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<StreamedEventBatch>, I>>(base?: I): StreamedEventBatch {
+    return StreamedEventBatch.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StreamedEventBatch>, I>>(object: I): StreamedEventBatch {
+    const message = createBaseStreamedEventBatch();
+    message.events = object.events?.map((e) => Event.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseStreamEventsResponse(): StreamEventsResponse {
-  return { event: undefined, missed: undefined, caughtUp: undefined };
+  return { event: undefined, missed: undefined, caughtUp: undefined, batch: undefined };
 }
 
 export const StreamEventsResponse: MessageFns<StreamEventsResponse> = {
@@ -586,6 +690,9 @@ export const StreamEventsResponse: MessageFns<StreamEventsResponse> = {
     }
     if (message.caughtUp !== undefined) {
       CaughtUp.encode(message.caughtUp, writer.uint32(26).fork()).join();
+    }
+    if (message.batch !== undefined) {
+      StreamedEventBatch.encode(message.batch, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -627,6 +734,14 @@ export const StreamEventsResponse: MessageFns<StreamEventsResponse> = {
             message.caughtUp = CaughtUp.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.batch = StreamedEventBatch.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -650,6 +765,9 @@ export const StreamEventsResponse: MessageFns<StreamEventsResponse> = {
       : undefined;
     message.caughtUp = (object.caughtUp !== undefined && object.caughtUp !== null)
       ? CaughtUp.fromPartial(object.caughtUp)
+      : undefined;
+    message.batch = (object.batch !== undefined && object.batch !== null)
+      ? StreamedEventBatch.fromPartial(object.batch)
       : undefined;
     return message;
   },
@@ -695,8 +813,14 @@ export const TraceServiceService = {
    * events and 64 MiB by default): a subscriber too slow to drain it is sent an
    * EventsMissed message saying how many matching events it lost and from
    * which cursor to fetch them again (with ListEvents), then carries on
-   * live; it never slows the scheduler or grows the sidecar's memory.
-   * Live events arrive in sequence order.
+   * live; a slow subscriber never makes the scheduler wait and never grows
+   * the sidecar's memory past its buffer. A subscriber is not free, though:
+   * every message sent on a stream costs the sidecar tens of microseconds
+   * on the event loop that also runs the scheduler, so hundreds of busy
+   * streams lower workflow throughput. A subscriber that sets max_batch
+   * receives its ready events in fewer messages (StreamedEventBatch), and
+   * one whose filter selects few events costs little. Live events arrive
+   * in sequence order.
    * Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
    * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
    * watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
@@ -736,8 +860,14 @@ export interface TraceServiceServer extends UntypedServiceImplementation {
    * events and 64 MiB by default): a subscriber too slow to drain it is sent an
    * EventsMissed message saying how many matching events it lost and from
    * which cursor to fetch them again (with ListEvents), then carries on
-   * live; it never slows the scheduler or grows the sidecar's memory.
-   * Live events arrive in sequence order.
+   * live; a slow subscriber never makes the scheduler wait and never grows
+   * the sidecar's memory past its buffer. A subscriber is not free, though:
+   * every message sent on a stream costs the sidecar tens of microseconds
+   * on the event loop that also runs the scheduler, so hundreds of busy
+   * streams lower workflow throughput. A subscriber that sets max_batch
+   * receives its ready events in fewer messages (StreamedEventBatch), and
+   * one whose filter selects few events costs little. Live events arrive
+   * in sequence order.
    * Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
    * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
    * watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from
@@ -782,8 +912,14 @@ export interface TraceServiceClient extends Client {
    * events and 64 MiB by default): a subscriber too slow to drain it is sent an
    * EventsMissed message saying how many matching events it lost and from
    * which cursor to fetch them again (with ListEvents), then carries on
-   * live; it never slows the scheduler or grows the sidecar's memory.
-   * Live events arrive in sequence order.
+   * live; a slow subscriber never makes the scheduler wait and never grows
+   * the sidecar's memory past its buffer. A subscriber is not free, though:
+   * every message sent on a stream costs the sidecar tens of microseconds
+   * on the event loop that also runs the scheduler, so hundreds of busy
+   * streams lower workflow throughput. A subscriber that sets max_batch
+   * receives its ready events in fewer messages (StreamedEventBatch), and
+   * one whose filter selects few events costs little. Live events arrive
+   * in sequence order.
    * Errors: INVALID_ARGUMENT and OUT_OF_RANGE as for ListEvents;
    * RESOURCE_EXHAUSTED, reason RESOURCE_LIMIT (at most 1,024 concurrent
    * watch and event streams); UNAVAILABLE, reason SHUTTING_DOWN, when the sidecar stops (resume from

@@ -25,27 +25,29 @@ _sym_db = _symbol_database.Default()
 from are_sdk._proto.are.v1 import event_pb2 as are_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61re/v1/trace_service.proto\x12\x06\x61re.v1\x1a\x12\x61re/v1/event.proto\"w\n\x11ListEventsRequest\x12#\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x13.are.v1.EventFilter\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x9b\x01\n\x12ListEventsResponse\x12\x1d\n\x06\x65vents\x18\x01 \x03(\x0b\x32\r.are.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12 \n\x18oldest_retained_sequence\x18\x04 \x01(\x04\x12\x14\n\x0c\x65nd_sequence\x18\x05 \x01(\x04\"j\n\x13StreamEventsRequest\x12#\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x13.are.v1.EventFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\xa6\x01\n\x0c\x45ventsMissed\x12$\n\x06reason\x18\x01 \x01(\x0e\x32\x14.are.v1.MissedReason\x12\x14\n\x0cmissed_count\x18\x02 \x01(\x04\x12\x1d\n\x15\x66irst_missed_sequence\x18\x03 \x01(\x04\x12\x1c\n\x14last_missed_sequence\x18\x04 \x01(\x04\x12\x1d\n\x15resume_after_sequence\x18\x05 \x01(\x04\"\x1c\n\x08\x43\x61ughtUp\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x90\x01\n\x14StreamEventsResponse\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\r.are.v1.EventH\x00\x12&\n\x06missed\x18\x02 \x01(\x0b\x32\x14.are.v1.EventsMissedH\x00\x12%\n\tcaught_up\x18\x03 \x01(\x0b\x32\x10.are.v1.CaughtUpH\x00\x42\t\n\x07message*m\n\x0cMissedReason\x12\x1d\n\x19MISSED_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dMISSED_REASON_SLOW_SUBSCRIBER\x10\x01\x12\x1b\n\x17MISSED_REASON_RETENTION\x10\x02\x32\xa0\x01\n\x0cTraceService\x12\x43\n\nListEvents\x12\x19.are.v1.ListEventsRequest\x1a\x1a.are.v1.ListEventsResponse\x12K\n\x0cStreamEvents\x12\x1b.are.v1.StreamEventsRequest\x1a\x1c.are.v1.StreamEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61re/v1/trace_service.proto\x12\x06\x61re.v1\x1a\x12\x61re/v1/event.proto\"w\n\x11ListEventsRequest\x12#\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x13.are.v1.EventFilter\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x9b\x01\n\x12ListEventsResponse\x12\x1d\n\x06\x65vents\x18\x01 \x03(\x0b\x32\r.are.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12 \n\x18oldest_retained_sequence\x18\x04 \x01(\x04\x12\x14\n\x0c\x65nd_sequence\x18\x05 \x01(\x04\"}\n\x13StreamEventsRequest\x12#\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x13.are.v1.EventFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\tmax_batch\x18\x03 \x01(\rB\x11\n\x0f_after_sequence\"\xa6\x01\n\x0c\x45ventsMissed\x12$\n\x06reason\x18\x01 \x01(\x0e\x32\x14.are.v1.MissedReason\x12\x14\n\x0cmissed_count\x18\x02 \x01(\x04\x12\x1d\n\x15\x66irst_missed_sequence\x18\x03 \x01(\x04\x12\x1c\n\x14last_missed_sequence\x18\x04 \x01(\x04\x12\x1d\n\x15resume_after_sequence\x18\x05 \x01(\x04\"\x1c\n\x08\x43\x61ughtUp\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"3\n\x12StreamedEventBatch\x12\x1d\n\x06\x65vents\x18\x01 \x03(\x0b\x32\r.are.v1.Event\"\xbd\x01\n\x14StreamEventsResponse\x12\x1e\n\x05\x65vent\x18\x01 \x01(\x0b\x32\r.are.v1.EventH\x00\x12&\n\x06missed\x18\x02 \x01(\x0b\x32\x14.are.v1.EventsMissedH\x00\x12%\n\tcaught_up\x18\x03 \x01(\x0b\x32\x10.are.v1.CaughtUpH\x00\x12+\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1a.are.v1.StreamedEventBatchH\x00\x42\t\n\x07message*m\n\x0cMissedReason\x12\x1d\n\x19MISSED_REASON_UNSPECIFIED\x10\x00\x12!\n\x1dMISSED_REASON_SLOW_SUBSCRIBER\x10\x01\x12\x1b\n\x17MISSED_REASON_RETENTION\x10\x02\x32\xa0\x01\n\x0cTraceService\x12\x43\n\nListEvents\x12\x19.are.v1.ListEventsRequest\x1a\x1a.are.v1.ListEventsResponse\x12K\n\x0cStreamEvents\x12\x1b.are.v1.StreamEventsRequest\x1a\x1c.are.v1.StreamEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'are.v1.trace_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MISSEDREASON']._serialized_start=791
-  _globals['_MISSEDREASON']._serialized_end=900
+  _globals['_MISSEDREASON']._serialized_start=908
+  _globals['_MISSEDREASON']._serialized_end=1017
   _globals['_LISTEVENTSREQUEST']._serialized_start=58
   _globals['_LISTEVENTSREQUEST']._serialized_end=177
   _globals['_LISTEVENTSRESPONSE']._serialized_start=180
   _globals['_LISTEVENTSRESPONSE']._serialized_end=335
   _globals['_STREAMEVENTSREQUEST']._serialized_start=337
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=443
-  _globals['_EVENTSMISSED']._serialized_start=446
-  _globals['_EVENTSMISSED']._serialized_end=612
-  _globals['_CAUGHTUP']._serialized_start=614
-  _globals['_CAUGHTUP']._serialized_end=642
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=645
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=789
-  _globals['_TRACESERVICE']._serialized_start=903
-  _globals['_TRACESERVICE']._serialized_end=1063
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=462
+  _globals['_EVENTSMISSED']._serialized_start=465
+  _globals['_EVENTSMISSED']._serialized_end=631
+  _globals['_CAUGHTUP']._serialized_start=633
+  _globals['_CAUGHTUP']._serialized_end=661
+  _globals['_STREAMEDEVENTBATCH']._serialized_start=663
+  _globals['_STREAMEDEVENTBATCH']._serialized_end=714
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=717
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=906
+  _globals['_TRACESERVICE']._serialized_start=1020
+  _globals['_TRACESERVICE']._serialized_end=1180
 # @@protoc_insertion_point(module_scope)

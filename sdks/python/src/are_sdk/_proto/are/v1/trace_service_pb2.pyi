@@ -44,12 +44,14 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.Event, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_sequence: _Optional[int] = ..., oldest_retained_sequence: _Optional[int] = ..., end_sequence: _Optional[int] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
-    __slots__ = ("filter", "after_sequence")
+    __slots__ = ("filter", "after_sequence", "max_batch")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     filter: _event_pb2.EventFilter
     after_sequence: int
-    def __init__(self, filter: _Optional[_Union[_event_pb2.EventFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, filter: _Optional[_Union[_event_pb2.EventFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class EventsMissed(_message.Message):
     __slots__ = ("reason", "missed_count", "first_missed_sequence", "last_missed_sequence", "resume_after_sequence")
@@ -71,12 +73,20 @@ class CaughtUp(_message.Message):
     sequence: int
     def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
+class StreamedEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.Event, _Mapping]]] = ...) -> None: ...
+
 class StreamEventsResponse(_message.Message):
-    __slots__ = ("event", "missed", "caught_up")
+    __slots__ = ("event", "missed", "caught_up", "batch")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     MISSED_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     event: _event_pb2.Event
     missed: EventsMissed
     caught_up: CaughtUp
-    def __init__(self, event: _Optional[_Union[_event_pb2.Event, _Mapping]] = ..., missed: _Optional[_Union[EventsMissed, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ...) -> None: ...
+    batch: StreamedEventBatch
+    def __init__(self, event: _Optional[_Union[_event_pb2.Event, _Mapping]] = ..., missed: _Optional[_Union[EventsMissed, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ..., batch: _Optional[_Union[StreamedEventBatch, _Mapping]] = ...) -> None: ...
