@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -262,8 +263,27 @@ func (t *Task) Spawn(ctx context.Context, tasks []*arev1.TaskSpec, dependentsWai
 
 // ReportLLMCall records one LLM call of this attempt in the flight recorder
 // (an EVENT_TYPE_LLM_CALL event named after the model) and adds its usage to
-// what the attempt reports with its result.
-func (t *Task) ReportLLMCall(ctx context.Context, model string, usage *arev1.Usage, took time.Duration) error {
+// what the attempt reports with its result. WithProvider ("openai",
+// "anthropic", ...) and WithResponseModel set the GenAI attributes
+// "gen_ai.system" and "gen_ai.response.model"; WithAttributes adds others.
+// The sidecar fills "gen_ai.request.model", "gen_ai.operation.name" and the
+// token counts from the call itself. An attribute value the contract cannot
+// carry (see WithAttributes) is an error before anything is counted or sent.
+func (t *Task) ReportLLMCall(ctx context.Context, model string, usage *arev1.Usage, took time.Duration, opts ...CallOption) error {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.callID != "" {
+		return errors.New("are: WithCallID is for ReportToolCall, not ReportLLMCall")
+	}
+	attributes, err := eventAttributes(map[string]string{
+		"gen_ai.system":         o.provider,
+		"gen_ai.response.model": o.responseModel,
+	}, o.attributes)
+	if err != nil {
+		return err
+	}
 	counted := &arev1.Usage{LlmCalls: 1}
 	if usage != nil {
 		counted = proto.Clone(usage).(*arev1.Usage)
@@ -272,18 +292,177 @@ func (t *Task) ReportLLMCall(ctx context.Context, model string, usage *arev1.Usa
 		}
 	}
 	t.AddUsage(counted)
-	return t.report(ctx, arev1.EventType_EVENT_TYPE_LLM_CALL, model, counted, took)
+	return t.report(ctx, arev1.EventType_EVENT_TYPE_LLM_CALL, model, counted, took, attributes)
 }
 
 // ReportToolCall records one tool call of this attempt in the flight
-// recorder and counts it in the attempt's usage.
-func (t *Task) ReportToolCall(ctx context.Context, tool string, took time.Duration) error {
+// recorder and counts it in the attempt's usage. WithCallID (the model's id
+// for the call) sets "gen_ai.tool.call.id"; WithAttributes adds others. The
+// sidecar fills "gen_ai.tool.name" from tool.
+func (t *Task) ReportToolCall(ctx context.Context, tool string, took time.Duration, opts ...CallOption) error {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.provider != "" || o.responseModel != "" {
+		return errors.New("are: WithProvider and WithResponseModel are for ReportLLMCall, not ReportToolCall")
+	}
+	attributes, err := eventAttributes(map[string]string{"gen_ai.tool.call.id": o.callID}, o.attributes)
+	if err != nil {
+		return err
+	}
 	usage := &arev1.Usage{ToolCalls: 1}
 	t.AddUsage(usage)
-	return t.report(ctx, arev1.EventType_EVENT_TYPE_TOOL_CALL, tool, usage, took)
+	return t.report(ctx, arev1.EventType_EVENT_TYPE_TOOL_CALL, tool, usage, took, attributes)
 }
 
-func (t *Task) report(ctx context.Context, eventType arev1.EventType, name string, usage *arev1.Usage, took time.Duration) error {
+// ReportEvent records anything else worth seeing in the trace (a decision, a
+// milestone) as an EVENT_TYPE_WORKER_CUSTOM event of this attempt: it shows
+// among the attempt's events and on its span in OpenTelemetry. attrs take
+// the values WithAttributes does.
+func (t *Task) ReportEvent(ctx context.Context, name string, attrs map[string]any) error {
+	attributes, err := eventAttributes(nil, attrs)
+	if err != nil {
+		return err
+	}
+	return t.report(ctx, arev1.EventType_EVENT_TYPE_WORKER_CUSTOM, name, nil, 0, attributes)
+}
+
+// CallOption adds to a call reported with Task.ReportLLMCall or
+// Task.ReportToolCall.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	provider      string
+	responseModel string
+	callID        string
+	attributes    map[string]any
+}
+
+// WithProvider names the LLM call's provider ("openai", "anthropic", ...):
+// the GenAI attribute "gen_ai.system". ReportLLMCall only (ReportToolCall
+// refuses it).
+func WithProvider(provider string) CallOption {
+	return func(o *callOptions) { o.provider = provider }
+}
+
+// WithResponseModel names the model that answered, when the provider reports
+// one more precise than the one asked for: the GenAI attribute
+// "gen_ai.response.model". ReportLLMCall only (ReportToolCall refuses it).
+func WithResponseModel(model string) CallOption {
+	return func(o *callOptions) { o.responseModel = model }
+}
+
+// WithCallID gives the model's id for a tool call: the GenAI attribute
+// "gen_ai.tool.call.id". ReportToolCall only (ReportLLMCall refuses it).
+func WithCallID(id string) CallOption {
+	return func(o *callOptions) { o.callID = id }
+}
+
+// WithAttributes adds attributes to the reported call's event (given more
+// than once, they merge; a key given here wins over the one an option above
+// sets). A value is a string (at most 16 KiB), a bool, an int, int8 to int64,
+// uint, uint8 to uint64 (at most math.MaxInt64), a finite float32 or
+// float64, or an *arev1.AttributeValue; anything else, NaN or an infinity is
+// an error from the Report method, before anything is sent. The sidecar takes
+// at most 64 attributes per event, keys 1 to 128 characters.
+func WithAttributes(attrs map[string]any) CallOption {
+	return func(o *callOptions) {
+		if o.attributes == nil {
+			o.attributes = make(map[string]any, len(attrs))
+		}
+		maps.Copy(o.attributes, attrs)
+	}
+}
+
+// eventAttributes makes the attributes of a reported event: the non-empty
+// GenAI ones, then attrs over them.
+func eventAttributes(genAI map[string]string, attrs map[string]any) (map[string]*arev1.AttributeValue, error) {
+	out := make(map[string]*arev1.AttributeValue, len(genAI)+len(attrs))
+	for key, value := range genAI {
+		if value != "" {
+			out[key] = &arev1.AttributeValue{Value: &arev1.AttributeValue_StringValue{StringValue: value}}
+		}
+	}
+	keys := make([]string, 0, len(attrs))
+	for key := range attrs {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys) // the same key named each time when several are bad
+	for _, key := range keys {
+		value, err := attributeValue(key, attrs[key])
+		if err != nil {
+			return nil, err
+		}
+		out[key] = value
+	}
+	return out, nil
+}
+
+// attributeValue converts one attribute value to the contract's
+// AttributeValue, refusing what it cannot carry.
+func attributeValue(key string, value any) (*arev1.AttributeValue, error) {
+	var (
+		i     int64
+		f     float64
+		isInt bool
+	)
+	switch v := value.(type) {
+	case string:
+		return &arev1.AttributeValue{Value: &arev1.AttributeValue_StringValue{StringValue: v}}, nil
+	case bool:
+		return &arev1.AttributeValue{Value: &arev1.AttributeValue_BoolValue{BoolValue: v}}, nil
+	case int:
+		i, isInt = int64(v), true
+	case int8:
+		i, isInt = int64(v), true
+	case int16:
+		i, isInt = int64(v), true
+	case int32:
+		i, isInt = int64(v), true
+	case int64:
+		i, isInt = v, true
+	case uint:
+		if uint64(v) > math.MaxInt64 {
+			return nil, fmt.Errorf("are: attribute %q is %d: event attributes are signed 64-bit integers", key, v)
+		}
+		i, isInt = int64(v), true
+	case uint8:
+		i, isInt = int64(v), true
+	case uint16:
+		i, isInt = int64(v), true
+	case uint32:
+		i, isInt = int64(v), true
+	case uint64:
+		if v > math.MaxInt64 {
+			return nil, fmt.Errorf("are: attribute %q is %d: event attributes are signed 64-bit integers", key, v)
+		}
+		i, isInt = int64(v), true
+	case float32:
+		f = float64(v)
+	case float64:
+		f = v
+	case *arev1.AttributeValue:
+		if v.GetValue() == nil {
+			return nil, fmt.Errorf("are: attribute %q is an AttributeValue with no value set", key)
+		}
+		if d, ok := v.GetValue().(*arev1.AttributeValue_DoubleValue); ok && (math.IsNaN(d.DoubleValue) || math.IsInf(d.DoubleValue, 0)) {
+			return nil, fmt.Errorf("are: attribute %q is %v: event attributes must be finite numbers", key, d.DoubleValue)
+		}
+		return v, nil
+	default:
+		return nil, fmt.Errorf("are: attribute %q is a %T: give a string, bool, integer or float", key, value)
+	}
+	if isInt {
+		return &arev1.AttributeValue{Value: &arev1.AttributeValue_IntValue{IntValue: i}}, nil
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, fmt.Errorf("are: attribute %q is %v: event attributes must be finite numbers", key, f)
+	}
+	return &arev1.AttributeValue{Value: &arev1.AttributeValue_DoubleValue{DoubleValue: f}}, nil
+}
+
+func (t *Task) report(ctx context.Context, eventType arev1.EventType, name string, usage *arev1.Usage, took time.Duration, attributes map[string]*arev1.AttributeValue) error {
 	event := &arev1.ReportedEvent{
 		WorkflowId: t.WorkflowID,
 		TaskId:     t.TaskID,
@@ -292,6 +471,7 @@ func (t *Task) report(ctx context.Context, eventType arev1.EventType, name strin
 		EventTime:  timestamppb.Now(),
 		Name:       name,
 		Usage:      usage,
+		Attributes: attributes,
 	}
 	if took > 0 {
 		event.Duration = durationpb.New(took)

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -449,6 +451,115 @@ func TestSpawnAndReportedCalls(t *testing.T) {
 			t.Fatalf("reported events = %v, %v; want the LLM call then the tool call", page.GetEvents(), err)
 		}
 	})
+}
+
+// The GenAI attributes of reported calls (those given and those the sidecar
+// fills from the call), and a custom event, reach the trace; attribute values
+// the contract cannot carry are refused in the handler.
+func TestReportedCallsCarryGenAIAttributesAndCustomEventsReachTheTrace(t *testing.T) {
+	client := connect(t)
+	ctx := within(t, 60*time.Second)
+	capability := name("go-genai")
+
+	worker := client.NewWorker(name("go-genai"), are.WorkerOptions{})
+	worker.Handle(capability, func(ctx context.Context, task *are.Task) ([]byte, error) {
+		checks := []error{
+			task.ReportLLMCall(ctx, "gpt-x", &arev1.Usage{InputTokens: 12, OutputTokens: 3, CostMicroUsd: 40}, 0,
+				are.WithProvider("openai"), are.WithResponseModel("gpt-x-2025"), are.WithAttributes(map[string]any{"temp": 0.5})),
+			task.ReportLLMCall(ctx, "bare-model", nil, 0),
+			task.ReportToolCall(ctx, "search", time.Millisecond,
+				are.WithCallID("call_7"), are.WithAttributes(map[string]any{"hits": 3, "cached": true})),
+			task.ReportEvent(ctx, "chose plan B", map[string]any{"reason": "budget"}),
+		}
+		if err := errors.Join(checks...); err != nil {
+			return nil, are.NonRetryable(err)
+		}
+		refused := []struct {
+			err  error
+			want string
+		}{
+			{task.ReportEvent(ctx, "bad", map[string]any{"x": math.NaN()}), `attribute "x" is NaN: event attributes must be finite numbers`},
+			{task.ReportEvent(ctx, "bad", map[string]any{"x": []int{1}}), `attribute "x" is a []int: give a string, bool, integer or float`},
+			{task.ReportLLMCall(ctx, "bad", nil, 0, are.WithAttributes(map[string]any{"x": math.Inf(1)})), "finite"},
+			{task.ReportToolCall(ctx, "bad", 0, are.WithProvider("openai")), "for ReportLLMCall"},
+		}
+		for _, r := range refused {
+			if r.err == nil || !strings.Contains(r.err.Error(), r.want) {
+				return nil, are.NonRetryable(fmt.Errorf("error = %v; want one saying %q", r.err, r.want))
+			}
+		}
+		return nil, nil
+	})
+	run(t, worker)
+
+	spec, err := are.NewWorkflow("go-genai").Task("t", capability).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := client.Workflows.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handle.Result(ctx); err != nil {
+		t.Fatalf("Result: %v (the handler's checks failed?)", err)
+	}
+	step, err := handle.Task(ctx, "t")
+	if u := step.GetUsage().GetUsage(); err != nil || u.GetInputTokens() != 12 || u.GetLlmCalls() != 2 || u.GetToolCalls() != 1 {
+		t.Fatalf("usage = %v, %v; want the refused calls not counted", u, err)
+	}
+	page, err := client.Trace.List(ctx, are.TraceFilter{
+		WorkflowIDs: []string{handle.ID},
+		EventTypes: []arev1.EventType{
+			arev1.EventType_EVENT_TYPE_LLM_CALL, arev1.EventType_EVENT_TYPE_TOOL_CALL, arev1.EventType_EVENT_TYPE_WORKER_CUSTOM,
+		},
+	}, 0, 100)
+	if err != nil || len(page.GetEvents()) != 4 {
+		t.Fatalf("reported events = %v, %v; want 4", page.GetEvents(), err)
+	}
+	values := func(e *arev1.Event) map[string]any {
+		out := map[string]any{}
+		for k, v := range e.GetAttributes() {
+			switch v := v.GetValue().(type) {
+			case *arev1.AttributeValue_StringValue:
+				out[k] = v.StringValue
+			case *arev1.AttributeValue_IntValue:
+				out[k] = v.IntValue
+			case *arev1.AttributeValue_DoubleValue:
+				out[k] = v.DoubleValue
+			case *arev1.AttributeValue_BoolValue:
+				out[k] = v.BoolValue
+			}
+		}
+		return out
+	}
+	events := page.GetEvents()
+	llm, bare, tool, custom := events[0], events[1], events[2], events[3]
+	if want := map[string]any{
+		"gen_ai.system":              "openai",
+		"gen_ai.response.model":      "gpt-x-2025",
+		"gen_ai.request.model":       "gpt-x",
+		"gen_ai.operation.name":      "chat",
+		"gen_ai.usage.input_tokens":  int64(12),
+		"gen_ai.usage.output_tokens": int64(3),
+		"temp":                       0.5,
+	}; llm.GetName() != "gpt-x" || !reflect.DeepEqual(values(llm), want) {
+		t.Errorf("LLM call %q attributes = %v; want %v", llm.GetName(), values(llm), want)
+	}
+	if got := values(bare)["gen_ai.request.model"]; got != "bare-model" {
+		t.Errorf("bare LLM call gen_ai.request.model = %v; want bare-model", got)
+	}
+	if want := map[string]any{
+		"gen_ai.tool.name":    "search",
+		"gen_ai.tool.call.id": "call_7",
+		"hits":                int64(3),
+		"cached":              true,
+	}; !reflect.DeepEqual(values(tool), want) {
+		t.Errorf("tool call attributes = %v; want %v", values(tool), want)
+	}
+	if want := map[string]any{"reason": "budget"}; custom.GetEventType() != arev1.EventType_EVENT_TYPE_WORKER_CUSTOM ||
+		custom.GetName() != "chose plan B" || !reflect.DeepEqual(values(custom), want) {
+		t.Errorf("custom event = %s %q %v; want WORKER_CUSTOM \"chose plan B\" %v", custom.GetEventType(), custom.GetName(), values(custom), want)
+	}
 }
 
 func TestGracefulStop(t *testing.T) {

@@ -68,7 +68,7 @@ import type { Client } from "./client.js";
 import { AreError, Code, retryWait } from "./errors.js";
 import { Failure, FailureKind, type Payload, type Usage } from "./gen/are/v1/common.js";
 import { ErrorReason } from "./gen/are/v1/errors.js";
-import { EventType, type ReportedEvent } from "./gen/are/v1/event.js";
+import { type AttributeValue, EventType, type ReportedEvent } from "./gen/are/v1/event.js";
 import {
   CompleteTaskRequest,
   FailTaskRequest,
@@ -387,16 +387,19 @@ export class TaskContext<I = unknown> {
 
   /**
    * Records one LLM call: an event in the flight recorder, and usage on the result (which budgets count).
+   * `provider` ("openai", "anthropic", ...) and `responseModel` become the GenAI attributes
+   * "gen_ai.system" and "gen_ai.response.model"; `attributes` adds others (see
+   * {@link AttributeScalar}; at most 64 in all, keys 1 to 128 characters). The sidecar fills
+   * "gen_ai.request.model", "gen_ai.operation.name" and the token counts from the call itself.
    * Events reported once the worker is done with the attempt (a handler running on after its
    * cancellation) can no longer be sent: they are dropped, with one warning.
    *
    * @throws RangeError A count or cost that is not an integer (round a cost to the nearest
-   *   micro-USD): thrown in the handler, it fails the attempt, as in the Python SDK.
+   *   micro-USD), or an attribute value that is NaN or an infinity: thrown in the handler, it
+   *   fails the attempt, as in the Python SDK. Nothing is counted or sent.
+   * @throws TypeError An attribute value that is not a string, number, boolean or bigint.
    */
-  reportLlmCall(
-    model: string,
-    usage: { inputTokens?: number; outputTokens?: number; costMicroUsd?: number; durationMs?: number } = {},
-  ): void {
+  reportLlmCall(model: string, usage: LlmCallOptions = {}): void {
     const call: Usage = {
       inputTokens: counter("inputTokens", usage.inputTokens),
       outputTokens: counter("outputTokens", usage.outputTokens),
@@ -404,17 +407,37 @@ export class TaskContext<I = unknown> {
       llmCalls: 1,
       toolCalls: 0,
     };
+    const attributes = eventAttributes(
+      { "gen_ai.system": usage.provider, "gen_ai.response.model": usage.responseModel },
+      usage.attributes,
+    );
     this.addUsage(call);
-    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_LLM_CALL, model, usage.durationMs, call));
+    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_LLM_CALL, model, usage.durationMs, call, attributes));
   }
 
   /**
    * Records one tool call in the flight recorder and in the attempt's usage (its event dropped,
-   * as {@link reportLlmCall}'s, once the worker is done with the attempt).
+   * as {@link reportLlmCall}'s, once the worker is done with the attempt). `callId` (the model's
+   * id for the call) becomes "gen_ai.tool.call.id"; the sidecar fills "gen_ai.tool.name".
+   *
+   * @throws RangeError, TypeError An attribute value as {@link reportLlmCall} refuses it; nothing is counted or sent.
    */
-  reportToolCall(name: string, options: { durationMs?: number } = {}): void {
+  reportToolCall(name: string, options: ToolCallOptions = {}): void {
+    const attributes = eventAttributes({ "gen_ai.tool.call.id": options.callId }, options.attributes);
     this.addUsage({ toolCalls: 1 });
-    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_TOOL_CALL, name, options.durationMs, undefined));
+    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_TOOL_CALL, name, options.durationMs, undefined, attributes));
+  }
+
+  /**
+   * Records anything else worth seeing in the trace (a decision, a milestone) as a WORKER_CUSTOM
+   * event of this attempt: it shows among the attempt's events and on its span in OpenTelemetry
+   * (dropped, as {@link reportLlmCall}'s, once the worker is done with the attempt).
+   *
+   * @throws RangeError, TypeError An attribute value as {@link reportLlmCall} refuses it; nothing is sent.
+   */
+  reportEvent(name: string, attributes: Readonly<Record<string, AttributeScalar>> = {}): void {
+    const values = eventAttributes({}, attributes);
+    this.attemptState.queueEvent(this.event(EventType.EVENT_TYPE_WORKER_CUSTOM, name, undefined, undefined, values));
   }
 
   /**
@@ -449,7 +472,13 @@ export class TaskContext<I = unknown> {
     });
   }
 
-  private event(type: EventType, name: string, durationMs: number | undefined, usage: Usage | undefined): ReportedEvent {
+  private event(
+    type: EventType,
+    name: string,
+    durationMs: number | undefined,
+    usage: Usage | undefined,
+    attributes: { [key: string]: AttributeValue },
+  ): ReportedEvent {
     return {
       workflowId: this.workflowId,
       taskId: this.taskId,
@@ -460,9 +489,87 @@ export class TaskContext<I = unknown> {
       duration: toDuration(durationMs),
       usage,
       failure: undefined,
-      attributes: {},
+      attributes,
       spanId: "",
     };
+  }
+}
+
+/**
+ * An event attribute's value (event.proto AttributeValue): a string (at most 16 KiB), a boolean,
+ * or a finite number. A safe integer (`3`, and so `3.0`, which JavaScript cannot tell apart) is
+ * sent as an int64, any other number as a double; a bigint must be a safe integer.
+ */
+export type AttributeScalar = string | number | boolean | bigint;
+
+/** What {@link TaskContext.reportLlmCall} takes besides the model. */
+export interface LlmCallOptions {
+  /** Input (prompt) tokens; an integer. */
+  inputTokens?: number;
+  /** Output (completion) tokens; an integer. */
+  outputTokens?: number;
+  /** The call's cost in micro-USD; an integer. */
+  costMicroUsd?: number;
+  /** How long the call took, in milliseconds. */
+  durationMs?: number;
+  /** The provider ("openai", "anthropic", ...): the attribute "gen_ai.system". */
+  provider?: string;
+  /** The model that answered, if more precise than the one asked for: "gen_ai.response.model". */
+  responseModel?: string;
+  /** Further attributes; a key given here wins over the GenAI one above. */
+  attributes?: Readonly<Record<string, AttributeScalar>>;
+}
+
+/** What {@link TaskContext.reportToolCall} takes besides the tool's name. */
+export interface ToolCallOptions {
+  /** How long the call took, in milliseconds. */
+  durationMs?: number;
+  /** The model's id for the call: the attribute "gen_ai.tool.call.id". */
+  callId?: string;
+  /** Further attributes, as {@link LlmCallOptions.attributes}. */
+  attributes?: Readonly<Record<string, AttributeScalar>>;
+}
+
+/**
+ * The attributes of a reported event: the non-empty GenAI ones, then `attributes` over them. A
+ * value the contract cannot carry is refused here, in the handler: sent, a fraction or an unsafe
+ * integer in an int64 would fail the encoding of the whole batch, and a non-finite double is
+ * refused by the sidecar.
+ */
+function eventAttributes(
+  genAi: Record<string, string | undefined>,
+  attributes: Readonly<Record<string, AttributeScalar>> | undefined,
+): { [key: string]: AttributeValue } {
+  const out: { [key: string]: AttributeValue } = {};
+  for (const [key, value] of Object.entries(genAi)) {
+    if (value) out[key] = { stringValue: value };
+  }
+  for (const [key, value] of Object.entries(attributes ?? {})) out[key] = attributeValue(key, value);
+  return out;
+}
+
+function attributeValue(key: string, value: unknown): AttributeValue {
+  switch (typeof value) {
+    case "string":
+      return { stringValue: value };
+    case "boolean":
+      return { boolValue: value };
+    case "bigint":
+      if (value < BigInt(Number.MIN_SAFE_INTEGER) || value > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new RangeError(`attribute ${JSON.stringify(key)} is ${value}: a bigint attribute must be a safe integer`);
+      }
+      return { intValue: Number(value) };
+    case "number":
+      if (!Number.isFinite(value)) {
+        throw new RangeError(`attribute ${JSON.stringify(key)} is ${value}: event attributes must be finite numbers`);
+      }
+      return Number.isSafeInteger(value) ? { intValue: value } : { doubleValue: value };
+    default: {
+      const kind = value === null ? "null" : Array.isArray(value) ? "array" : typeof value;
+      throw new TypeError(
+        `attribute ${JSON.stringify(key)} is ${kind === "array" ? "an" : "a"} ${kind}: give a string, number, boolean or bigint`,
+      );
+    }
   }
 }
 

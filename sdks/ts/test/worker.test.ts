@@ -17,7 +17,9 @@ import {
   Worker,
   WorkflowFailedError,
   WorkflowSpec,
+  eventTypeName,
   type AgentCardInput,
+  type Event,
   type FailureInfo,
   type TaskContext,
 } from "@are-runtime/sdk";
@@ -63,6 +65,85 @@ for (const transport of ["stream", "unary"] as const) {
   const OPTS = { ...FAST, transport };
 
   describe(`worker (${transport})`, () => {
+    test("reported calls carry the GenAI attributes and custom events reach the trace", async () => {
+      const capability = unique("genai");
+      const refusals: string[] = [];
+      const worker = new Worker(shared.client, { ...OPTS, name: "ts-genai" }).handle(capability, (ctx: TaskContext) => {
+        ctx.reportLlmCall("gpt-x", {
+          inputTokens: 12,
+          outputTokens: 3,
+          costMicroUsd: 40,
+          provider: "openai",
+          responseModel: "gpt-x-2025",
+          attributes: { temp: 0.5 },
+        });
+        ctx.reportLlmCall("bare-model");
+        ctx.reportToolCall("search", { callId: "call_7", attributes: { hits: 3, cached: true } });
+        ctx.reportEvent("chose plan B", { reason: "budget" });
+        for (const bad of [
+          () => ctx.reportEvent("bad", { x: Number.NaN }),
+          () => ctx.reportEvent("bad", { x: [1] as unknown as string }), // not an attribute value, on purpose
+          () => ctx.reportLlmCall("bad", { attributes: { x: Number.POSITIVE_INFINITY } }),
+        ]) {
+          try {
+            bad();
+            refusals.push("not refused");
+          } catch (error) {
+            refusals.push(`${(error as Error).name}: ${(error as Error).message}`);
+          }
+        }
+        return null;
+      });
+      await serving(worker, async () => {
+        const handle = await shared.client.workflows.submit(new WorkflowSpec("ts-genai").task("t", { capability }));
+        assert.equal(await handle.result(WAIT), null);
+        assert.deepEqual(refusals, [
+          'RangeError: attribute "x" is NaN: event attributes must be finite numbers',
+          'TypeError: attribute "x" is an array: give a string, number, boolean or bigint',
+          'RangeError: attribute "x" is Infinity: event attributes must be finite numbers',
+        ]);
+        assert.equal((await handle.get()).usage.llmCalls, 2); // the refused call is not counted
+
+        let events: Event[] = [];
+        await eventually(
+          async () => {
+            // Reported events may land after the completion (the worker sends them in batches).
+            events = [];
+            const filter = { workflowIds: [handle.workflowId], eventTypes: ["LLM_CALL", "TOOL_CALL", "WORKER_CUSTOM"] };
+            for await (const event of shared.client.trace.iterEvents(filter)) events.push(event);
+            return events.length >= 4;
+          },
+          30_000,
+          "the reported events",
+        );
+        const values = (event: Event | undefined): Record<string, unknown> =>
+          Object.fromEntries(
+            Object.entries(event?.attributes ?? {}).map(([key, v]) => [
+              key,
+              v.stringValue ?? v.intValue ?? v.doubleValue ?? v.boolValue,
+            ]),
+          );
+        const [llm, bare, tool, custom] = events;
+        assert.equal(llm?.name, "gpt-x");
+        assert.deepEqual(values(llm), {
+          "gen_ai.system": "openai",
+          "gen_ai.response.model": "gpt-x-2025",
+          "gen_ai.request.model": "gpt-x",
+          "gen_ai.operation.name": "chat",
+          "gen_ai.usage.input_tokens": 12,
+          "gen_ai.usage.output_tokens": 3,
+          temp: 0.5,
+        });
+        assert.equal(values(bare)["gen_ai.request.model"], "bare-model");
+        assert.deepEqual(values(tool), { "gen_ai.tool.name": "search", "gen_ai.tool.call.id": "call_7", hits: 3, cached: true });
+        assert.equal(eventTypeName(custom?.eventType ?? 0), "WORKER_CUSTOM");
+        assert.equal(custom?.name, "chose plan B");
+        assert.deepEqual(values(custom), { reason: "budget" });
+        assert.equal(tool?.attributes["hits"]?.intValue, 3); // an integer goes as an int64, 0.5 as a double
+        assert.equal(llm?.attributes["temp"]?.doubleValue, 0.5);
+      });
+    });
+
     test("a 2-task workflow run by a TS worker COMPLETES with outputs", async () => {
       const research = unique("research");
       const write = unique("write");
