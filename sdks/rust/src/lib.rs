@@ -60,8 +60,9 @@ pub use tonic::Code;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use trace::{EventPage, EventStream};
 pub use worker::{
-    CancelReason, Dependency, Task, TaskCause, TaskError, Worker, WorkerOptions, WorkerStats,
-    WorkerTransport, COMPLETION_REFUSED,
+    AttributeValue, Attributes, CancelReason, Dependency, LlmCallOptions, Task, TaskCause,
+    TaskError, ToolCallOptions, Worker, WorkerOptions, WorkerStats, WorkerTransport,
+    COMPLETION_REFUSED,
 };
 pub use workflow::{
     is_closed, json_payload, TaskBuilder, WorkflowBuilder, WorkflowHandle, JSON_CONTENT_TYPE,

@@ -152,6 +152,8 @@ impl Client {
         let req = pb::StreamEventsRequest {
             filter: Some(filter.clone()),
             after_sequence,
+            // One event per message (max_batch 0): the stream never yields a batch.
+            max_batch: 0,
         };
         let inner = bounded("StreamEvents", self.call_timeout, async {
             Ok(trace.stream_events(req).await?.into_inner())

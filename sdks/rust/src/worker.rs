@@ -3,8 +3,11 @@
 //! FailTask, and RecordHeartbeat while a handler runs) or the Connect stream
 //! (in `worker/stream.rs`). Handlers are the same on both.
 
+mod attributes;
 mod causes;
 mod stream;
+
+pub use attributes::{AttributeValue, Attributes, LlmCallOptions, ToolCallOptions};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -295,7 +298,10 @@ impl Task {
     /// named after `model` in the flight recorder, and `usage` added to what
     /// the attempt reports with its result ([`Task::add_usage`]), which the
     /// workflow's budgets count. `usage.llm_calls` counts 1 when left 0;
-    /// `took` (`None`: unknown) is the call's duration.
+    /// `took` (`None`: unknown) is the call's duration. The sidecar sets the
+    /// event's attributes `gen_ai.request.model`, `gen_ai.operation.name`
+    /// and the token counts; [`Task::report_llm_call_with`] adds the
+    /// provider, the response model and attributes of your own.
     ///
     /// The event is sent at once with the unary ReportEvents, on either
     /// transport, bounded by the client's call timeout; the usage is counted
@@ -304,37 +310,125 @@ impl Task {
     pub async fn report_llm_call(
         &self,
         model: &str,
-        mut usage: pb::Usage,
+        usage: pb::Usage,
         took: Option<Duration>,
     ) -> Result<()> {
+        self.report_llm_call_with(model, usage, took, LlmCallOptions::default())
+            .await
+    }
+
+    /// As [`Task::report_llm_call`], with `options.provider` as attribute
+    /// `gen_ai.system`, `options.response_model` as `gen_ai.response.model`
+    /// and `options.attributes` (see [`Attributes`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(task: are_sdk::Task, usage: are_sdk::pb::Usage) -> are_sdk::Result<()> {
+    /// use are_sdk::{Attributes, LlmCallOptions};
+    /// let options = LlmCallOptions {
+    ///     provider: "openai".into(),
+    ///     response_model: "gpt-x-2025".into(),
+    ///     attributes: Attributes::from([("temperature".into(), 0.5.into())]),
+    /// };
+    /// task.report_llm_call_with("gpt-x", usage, None, options).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A NaN or infinite attribute is INVALID_ARGUMENT (reason
+    /// `INVALID_ARGUMENT`, field `attributes['key']`), raised before anything
+    /// is sent or counted.
+    pub async fn report_llm_call_with(
+        &self,
+        model: &str,
+        mut usage: pb::Usage,
+        took: Option<Duration>,
+        options: LlmCallOptions,
+    ) -> Result<()> {
+        let attributes = attributes::to_proto(
+            &[
+                ("gen_ai.system", &options.provider),
+                ("gen_ai.response.model", &options.response_model),
+            ],
+            options.attributes,
+        )
+        .map_err(|e| *e)?;
         if usage.llm_calls == 0 {
             usage.llm_calls = 1;
         }
         self.add_usage(usage);
-        self.report_event(pb::EventType::LlmCall, model, usage, took)
+        self.send_event(pb::EventType::LlmCall, model, Some(usage), took, attributes)
             .await
     }
 
     /// Records one tool call of this attempt: an `EVENT_TYPE_TOOL_CALL` event
-    /// named `tool` in the flight recorder, and `tool_calls` 1 added to the
-    /// attempt's usage. Otherwise as [`Task::report_llm_call`].
+    /// named `tool` in the flight recorder (the sidecar sets its attribute
+    /// `gen_ai.tool.name`), and `tool_calls` 1 added to the attempt's usage.
+    /// Otherwise as [`Task::report_llm_call`].
     pub async fn report_tool_call(&self, tool: &str, took: Option<Duration>) -> Result<()> {
+        self.report_tool_call_with(tool, took, ToolCallOptions::default())
+            .await
+    }
+
+    /// As [`Task::report_tool_call`], with `options.call_id` as attribute
+    /// `gen_ai.tool.call.id` and `options.attributes`; a NaN or infinite
+    /// attribute as for [`Task::report_llm_call_with`].
+    pub async fn report_tool_call_with(
+        &self,
+        tool: &str,
+        took: Option<Duration>,
+        options: ToolCallOptions,
+    ) -> Result<()> {
+        let attributes = attributes::to_proto(
+            &[("gen_ai.tool.call.id", &options.call_id)],
+            options.attributes,
+        )
+        .map_err(|e| *e)?;
         let usage = pb::Usage {
             tool_calls: 1,
             ..Default::default()
         };
         self.add_usage(usage);
-        self.report_event(pb::EventType::ToolCall, tool, usage, took)
+        self.send_event(pb::EventType::ToolCall, tool, Some(usage), took, attributes)
+            .await
+    }
+
+    /// Records anything else worth seeing in the trace (a decision, a
+    /// milestone): an `EVENT_TYPE_WORKER_CUSTOM` event named `name` with
+    /// `attributes`, among the attempt's events and on its span in
+    /// OpenTelemetry. Sent as [`Task::report_llm_call`]'s; a NaN or infinite
+    /// attribute as for [`Task::report_llm_call_with`].
+    ///
+    /// ```no_run
+    /// # async fn demo(task: are_sdk::Task) -> are_sdk::Result<()> {
+    /// task.report_event("chose plan B", [("reason", "budget")]).await?;
+    /// task.report_event("checkpoint", are_sdk::Attributes::new()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn report_event<K, V>(
+        &self,
+        name: &str,
+        attributes: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<()>
+    where
+        K: Into<String>,
+        V: Into<AttributeValue>,
+    {
+        let attributes = attributes::to_proto(
+            &[],
+            attributes.into_iter().map(|(k, v)| (k.into(), v.into())),
+        )
+        .map_err(|e| *e)?;
+        self.send_event(pb::EventType::WorkerCustom, name, None, None, attributes)
             .await
     }
 
     /// Sends one event of this attempt (ReportEvents).
-    async fn report_event(
+    async fn send_event(
         &self,
         event_type: pb::EventType,
         name: &str,
-        usage: pb::Usage,
+        usage: Option<pb::Usage>,
         took: Option<Duration>,
+        attributes: HashMap<String, pb::AttributeValue>,
     ) -> Result<()> {
         let event = pb::ReportedEvent {
             workflow_id: self.workflow_id.clone(),
@@ -344,7 +438,8 @@ impl Task {
             event_time: Some(prost_types::Timestamp::from(SystemTime::now())),
             name: name.to_string(),
             duration: took.filter(|d| !d.is_zero()).map(crate::time::to_proto),
-            usage: Some(usage),
+            usage,
+            attributes,
             ..Default::default()
         };
         let mut stub = self.client.raw().worker;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use are_sdk::testing::{Sidecar, SidecarOptions};
 use are_sdk::{
-    pb, AgentCard, AgentFilter, AgentSource, CacheOptions, CancelReason, CancellationToken, Client,
-    ClientTlsConfig, Code, GetOrCallError, ServingStatus, TaskBuilder, TaskError, Worker,
-    WorkerOptions, WorkerTransport, WorkflowBuilder,
+    pb, AgentCard, AgentFilter, AgentSource, Attributes, CacheOptions, CancelReason,
+    CancellationToken, Client, ClientTlsConfig, Code, GetOrCallError, LlmCallOptions,
+    ServingStatus, TaskBuilder, TaskError, ToolCallOptions, Worker, WorkerOptions, WorkerTransport,
+    WorkflowBuilder,
 };
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -840,6 +841,9 @@ async fn large_output_as_a_blob_and_the_event_stream(transport: WorkerTransport)
             pb::stream_events_response::Message::Event(e) => types.push(e.event_type),
             pb::stream_events_response::Message::CaughtUp(_) => break,
             pb::stream_events_response::Message::Missed(m) => panic!("missed {m:?}"),
+            pb::stream_events_response::Message::Batch(_) => {
+                panic!("a batch, though max_batch is unset")
+            }
         }
     }
     assert!(
@@ -1413,6 +1417,142 @@ async fn handlers_report_llm_and_tool_calls(transport: WorkerTransport) {
     task.report_tool_call("late", None)
         .await
         .expect("an event just after the attempt ended is recorded");
+}
+
+/// report_llm_call could not name the provider, nor a handler record a
+/// custom event; the sidecar fills the GenAI attributes the call itself gives.
+#[tokio::test]
+async fn reported_calls_carry_the_gen_ai_attributes_and_custom_events_reach_the_trace() {
+    let (_sidecar, client) = start().await;
+    let capability = unique("rust-genai");
+    let worker = Worker::new(&client, "rust-genai", fast(WorkerTransport::Stream)).handle(
+        &capability,
+        |task| async move {
+            let usage = pb::Usage {
+                input_tokens: 12,
+                output_tokens: 3,
+                ..Default::default()
+            };
+            let options = LlmCallOptions {
+                provider: "openai".into(),
+                response_model: "gpt-x-2025".into(),
+                attributes: Attributes::from([("temp".into(), 0.5.into())]),
+            };
+            task.report_llm_call_with("gpt-x", usage, None, options)
+                .await?;
+            task.report_llm_call("bare-model", pb::Usage::default(), None)
+                .await?;
+            let options = ToolCallOptions {
+                call_id: "call_7".into(),
+                attributes: Attributes::from([
+                    ("hits".into(), 3.into()),
+                    ("cached".into(), true.into()),
+                ]),
+            };
+            task.report_tool_call_with("search", None, options).await?;
+            task.report_event("chose plan B", [("reason", "budget")])
+                .await?;
+            // Refused before sending: the handler hands the error back.
+            let e = task
+                .report_event("bad", [("x", f64::NAN)])
+                .await
+                .unwrap_err();
+            Ok(json!([
+                e.code as i32,
+                e.reason,
+                e.field_violations[0].field,
+                e.field_violations[0].description
+            ]))
+        },
+    );
+    let (running, _) = Running::spawn(worker);
+    let handle =
+        client
+            .submit(WorkflowBuilder::new("rust-genai").task(
+                TaskBuilder::new("t", &capability).max_attempts(1, Duration::from_millis(10)),
+            ))
+            .await
+            .unwrap();
+    let refused: Value = handle.result(WAIT).await.unwrap();
+    running.stop().await;
+    assert_eq!(
+        refused,
+        json!([
+            Code::InvalidArgument as i32,
+            "INVALID_ARGUMENT",
+            "attributes['x']",
+            "is NaN: event attributes must be finite numbers"
+        ])
+    );
+
+    let page = client
+        .raw()
+        .trace
+        .list_events(pb::ListEventsRequest {
+            filter: Some(pb::EventFilter {
+                workflow_ids: vec![handle.id.clone()],
+                event_types: vec![
+                    pb::EventType::LlmCall as i32,
+                    pb::EventType::ToolCall as i32,
+                    pb::EventType::WorkerCustom as i32,
+                ],
+                ..Default::default()
+            }),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    fn values(event: &pb::Event) -> HashMap<String, Value> {
+        use pb::attribute_value::Value as V;
+        event
+            .attributes
+            .iter()
+            .map(|(k, v)| {
+                let v = match &v.value {
+                    Some(V::StringValue(s)) => json!(s),
+                    Some(V::IntValue(i)) => json!(i),
+                    Some(V::DoubleValue(d)) => json!(d),
+                    Some(V::BoolValue(b)) => json!(b),
+                    None => Value::Null,
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+    let expect =
+        |pairs: Value| -> HashMap<String, Value> { serde_json::from_value(pairs).unwrap() };
+    let [llm, bare, tool, custom] = &page.events[..] else {
+        panic!("four events, got {:?}", page.events);
+    };
+    assert_eq!(llm.name, "gpt-x");
+    assert_eq!(
+        values(llm),
+        expect(json!({
+            "gen_ai.system": "openai",
+            "gen_ai.response.model": "gpt-x-2025",
+            "gen_ai.request.model": "gpt-x",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.usage.input_tokens": 12,
+            "gen_ai.usage.output_tokens": 3,
+            "temp": 0.5,
+        }))
+    );
+    assert_eq!(values(bare)["gen_ai.request.model"], json!("bare-model"));
+    assert_eq!(tool.event_type, pb::EventType::ToolCall as i32);
+    assert_eq!(
+        values(tool),
+        expect(json!({
+            "gen_ai.tool.name": "search",
+            "gen_ai.tool.call.id": "call_7",
+            "hits": 3,
+            "cached": true,
+        }))
+    );
+    assert_eq!(custom.event_type, pb::EventType::WorkerCustom as i32);
+    assert_eq!(custom.name, "chose plan B");
+    assert_eq!(values(custom), expect(json!({"reason": "budget"})));
 }
 
 /// A failure whose type is over 256 characters and details over 1 MiB, with

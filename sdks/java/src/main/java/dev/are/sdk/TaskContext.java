@@ -2,6 +2,7 @@ package dev.are.sdk;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.google.protobuf.Timestamp;
+import dev.are.sdk.v1.AttributeValue;
 import dev.are.sdk.v1.EventType;
 import dev.are.sdk.v1.Failure;
 import dev.are.sdk.v1.ReportEventsRequest;
@@ -11,7 +12,9 @@ import dev.are.sdk.v1.TaskState;
 import dev.are.sdk.v1.Usage;
 import java.time.Duration;
 import java.time.Instant;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 import java.util.Optional;
 import java.util.concurrent.CountDownLatch;
@@ -182,6 +185,58 @@ public final class TaskContext {
   }
 
   /**
+   * What {@link TaskContext#reportLlmCall(String, Usage, Duration, LlmCallOptions)} records
+   * beyond the model, usage and duration: {@code provider} ("openai", "anthropic", ...) as
+   * attribute {@code gen_ai.system}, {@code responseModel} (the model that answered) as {@code
+   * gen_ai.response.model} (empty or null: none), and further {@code attributes} (null: none; as
+   * for {@link TaskContext#reportEvent}), whose keys win over those two.
+   */
+  public record LlmCallOptions(String provider, String responseModel, Map<String, ?> attributes) {
+    /** Nothing beyond the call. */
+    public static LlmCallOptions none() {
+      return new LlmCallOptions("", "", Map.of());
+    }
+
+    /** With {@code gen_ai.system}. */
+    public LlmCallOptions withProvider(String p) {
+      return new LlmCallOptions(p, responseModel, attributes);
+    }
+
+    /** With {@code gen_ai.response.model}. */
+    public LlmCallOptions withResponseModel(String m) {
+      return new LlmCallOptions(provider, m, attributes);
+    }
+
+    /** With these attributes (replacing any given before). */
+    public LlmCallOptions withAttributes(Map<String, ?> a) {
+      return new LlmCallOptions(provider, responseModel, a);
+    }
+  }
+
+  /**
+   * What {@link TaskContext#reportToolCall(String, Duration, ToolCallOptions)} records beyond the
+   * tool and duration: {@code callId} (the model's id for the call) as attribute {@code
+   * gen_ai.tool.call.id} (empty or null: none), and further {@code attributes} (null: none; as for
+   * {@link TaskContext#reportEvent}), whose keys win over it.
+   */
+  public record ToolCallOptions(String callId, Map<String, ?> attributes) {
+    /** Nothing beyond the call. */
+    public static ToolCallOptions none() {
+      return new ToolCallOptions("", Map.of());
+    }
+
+    /** With {@code gen_ai.tool.call.id}. */
+    public ToolCallOptions withCallId(String id) {
+      return new ToolCallOptions(id, attributes);
+    }
+
+    /** With these attributes (replacing any given before). */
+    public ToolCallOptions withAttributes(Map<String, ?> a) {
+      return new ToolCallOptions(callId, a);
+    }
+  }
+
+  /**
    * Records one LLM call of this attempt: an EVENT_TYPE_LLM_CALL event named after {@code model}
    * in the flight recorder (sent at once with the unary ReportEvents, on either transport), and
    * its usage added to what the attempt reports with its result ({@link #addUsage}), which the
@@ -190,31 +245,91 @@ public final class TaskContext {
    * ({@code ChronoUnit.FOREVER.getDuration()}) is INVALID_ARGUMENT naming {@code duration}. The
    * usage is counted even when the event cannot be sent. Bounded by the client's call timeout; a
    * refusal is an {@link AreException} (FAILED_PRECONDITION, reason TASK_NOT_HELD, once the attempt
-   * is no longer held).
+   * is no longer held). The sidecar sets the event's attributes {@code gen_ai.request.model},
+   * {@code gen_ai.operation.name} and the token counts.
    */
   public void reportLlmCall(String model, Usage usage, Duration took) {
+    reportLlmCall(model, usage, took, LlmCallOptions.none());
+  }
+
+  /**
+   * As {@link #reportLlmCall(String, Usage, Duration)}, with the provider, response model and
+   * attributes of {@code options} (null: none):
+   *
+   * <pre>{@code
+   * task.reportLlmCall("gpt-x", usage, took, LlmCallOptions.none()
+   *     .withProvider("openai").withResponseModel("gpt-x-2025")
+   *     .withAttributes(Map.of("temperature", 0.5)));
+   * }</pre>
+   *
+   * @throws AreException INVALID_ARGUMENT naming {@code attributes['key']} for an attribute value
+   *     of an unsupported type or a non-finite number, before anything is sent or counted
+   */
+  public void reportLlmCall(String model, Usage usage, Duration took, LlmCallOptions options) {
     Objects.requireNonNull(model, "model");
+    LlmCallOptions o = options == null ? LlmCallOptions.none() : options;
+    Map<String, String> named = new LinkedHashMap<>();
+    named.put("gen_ai.system", o.provider());
+    named.put("gen_ai.response.model", o.responseModel());
+    var attributes = EventAttributes.toProto(named, o.attributes());
     Usage counted = usage == null ? Usage.getDefaultInstance() : usage;
     if (counted.getLlmCalls() == 0) {
       counted = counted.toBuilder().setLlmCalls(1).build();
     }
     addUsage(counted);
-    reportEvent(EventType.EVENT_TYPE_LLM_CALL, model, counted, took);
+    sendEvent(EventType.EVENT_TYPE_LLM_CALL, model, counted, took, attributes);
   }
 
   /**
    * Records one tool call of this attempt: an EVENT_TYPE_TOOL_CALL event named {@code tool} in
-   * the flight recorder, and {@code tool_calls} 1 added to the attempt's usage. Otherwise as
-   * {@link #reportLlmCall}.
+   * the flight recorder (the sidecar sets its attribute {@code gen_ai.tool.name}), and {@code
+   * tool_calls} 1 added to the attempt's usage. Otherwise as {@link #reportLlmCall(String, Usage,
+   * Duration)}.
    */
   public void reportToolCall(String tool, Duration took) {
-    Objects.requireNonNull(tool, "tool");
-    Usage counted = Usage.newBuilder().setToolCalls(1).build();
-    addUsage(counted);
-    reportEvent(EventType.EVENT_TYPE_TOOL_CALL, tool, counted, took);
+    reportToolCall(tool, took, ToolCallOptions.none());
   }
 
-  private void reportEvent(EventType type, String name, Usage usage, Duration took) {
+  /**
+   * As {@link #reportToolCall(String, Duration)}, with the call id and attributes of {@code
+   * options} (null: none); an attribute value of an unsupported type or a non-finite number as for
+   * {@link #reportLlmCall(String, Usage, Duration, LlmCallOptions)}.
+   */
+  public void reportToolCall(String tool, Duration took, ToolCallOptions options) {
+    Objects.requireNonNull(tool, "tool");
+    ToolCallOptions o = options == null ? ToolCallOptions.none() : options;
+    Map<String, String> named = new LinkedHashMap<>();
+    named.put("gen_ai.tool.call.id", o.callId());
+    var attributes = EventAttributes.toProto(named, o.attributes());
+    Usage counted = Usage.newBuilder().setToolCalls(1).build();
+    addUsage(counted);
+    sendEvent(EventType.EVENT_TYPE_TOOL_CALL, tool, counted, took, attributes);
+  }
+
+  /**
+   * Records anything else worth seeing in the trace (a decision, a milestone): an
+   * EVENT_TYPE_WORKER_CUSTOM event named {@code name}, among the attempt's events and on its span
+   * in OpenTelemetry; sent as {@link #reportLlmCall(String, Usage, Duration)}'s.
+   *
+   * <p>{@code attributes} (null: none): at most 64, keys 1 to 128 characters, each value a String
+   * (at most 16 KiB), a Long, Integer, Short or Byte, a finite Double or Float, or a Boolean (the
+   * sidecar's bounds; it refuses the rest).
+   *
+   * @throws AreException INVALID_ARGUMENT naming {@code attributes['key']} for a value of another
+   *     type, or NaN or an infinity, before anything is sent
+   */
+  public void reportEvent(String name, Map<String, ?> attributes) {
+    Objects.requireNonNull(name, "name");
+    var proto = EventAttributes.toProto(Map.of(), attributes);
+    sendEvent(EventType.EVENT_TYPE_WORKER_CUSTOM, name, null, null, proto);
+  }
+
+  private void sendEvent(
+      EventType type,
+      String name,
+      Usage usage,
+      Duration took,
+      Map<String, AttributeValue> attributes) {
     Instant now = Instant.now();
     ReportedEvent.Builder event =
         ReportedEvent.newBuilder()
@@ -228,7 +343,10 @@ public final class TaskContext {
                     .setNanos(now.getNano())
                     .build())
             .setName(name)
-            .setUsage(usage);
+            .putAllAttributes(attributes);
+    if (usage != null) {
+      event.setUsage(usage);
+    }
     if (took != null && !took.isNegative() && !took.isZero()) {
       event.setDuration(Durations.toProto(took, "duration", "about 292 years"));
     }

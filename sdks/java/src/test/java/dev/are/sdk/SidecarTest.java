@@ -1163,6 +1163,125 @@ class SidecarTest extends WithSidecar {
     assertDoesNotThrow(() -> held.get().reportToolCall("late", null));
   }
 
+  /**
+   * reportLlmCall could not name the provider, nor a handler record a custom event; the sidecar
+   * fills the GenAI attributes the call itself gives.
+   */
+  @Test
+  void reportedCallsCarryTheGenAiAttributesAndCustomEventsReachTheTrace() throws Exception {
+    String capability = "java-genai-" + System.nanoTime();
+    Worker worker =
+        new Worker(client, "java-genai", fast(WorkerOptions.Transport.STREAM))
+            .handle(
+                capability,
+                task -> {
+                  task.reportLlmCall(
+                      "gpt-x",
+                      Usage.newBuilder().setInputTokens(12).setOutputTokens(3).build(),
+                      null,
+                      TaskContext.LlmCallOptions.none()
+                          .withProvider("openai")
+                          .withResponseModel("gpt-x-2025")
+                          .withAttributes(Map.of("temp", 0.5)));
+                  task.reportLlmCall("bare-model", null, null);
+                  task.reportToolCall(
+                      "search",
+                      null,
+                      TaskContext.ToolCallOptions.none()
+                          .withCallId("call_7")
+                          .withAttributes(Map.of("hits", 3, "cached", true)));
+                  task.reportEvent("chose plan B", Map.of("reason", "budget"));
+                  // Refused before sending: the handler gets the errors back as its output.
+                  List<String> refused = new ArrayList<>();
+                  for (Object bad : List.of(Double.NaN, List.of(1))) {
+                    AreException e =
+                        assertThrows(
+                            AreException.class, () -> task.reportEvent("bad", Map.of("x", bad)));
+                    assertEquals(Status.Code.INVALID_ARGUMENT, e.code());
+                    AreException.FieldViolation v = e.fieldViolations().get(0);
+                    refused.add(e.reason() + " " + v.field() + " " + v.description());
+                  }
+                  return refused;
+                })
+            .start();
+    WorkflowHandle handle =
+        client.submit(
+            new WorkflowBuilder("java-genai")
+                .task(new TaskBuilder("t", capability).maxAttempts(1, Duration.ofMillis(10))));
+    JsonNode refused = handle.result(WAIT, JsonNode.class);
+    stopWorker(worker);
+    assertEquals(2, refused.size(), refused.toString());
+    assertEquals(
+        "INVALID_ARGUMENT attributes['x'] is NaN: event attributes must be finite numbers",
+        refused.get(0).asText());
+    assertTrue(
+        refused.get(1).asText().startsWith("INVALID_ARGUMENT attributes['x'] is a java.util."),
+        refused.toString());
+
+    ListEventsResponse page =
+        client
+            .raw()
+            .trace()
+            .withDeadlineAfter(WAIT.toMillis(), TimeUnit.MILLISECONDS)
+            .listEvents(
+                ListEventsRequest.newBuilder()
+                    .setFilter(
+                        EventFilter.newBuilder()
+                            .addWorkflowIds(handle.id())
+                            .addEventTypes(EventType.EVENT_TYPE_LLM_CALL)
+                            .addEventTypes(EventType.EVENT_TYPE_TOOL_CALL)
+                            .addEventTypes(EventType.EVENT_TYPE_WORKER_CUSTOM))
+                    .setPageSize(100)
+                    .build());
+    List<Event> events = page.getEventsList();
+    assertEquals(4, events.size(), page.toString());
+    Event llm = events.get(0);
+    assertEquals("gpt-x", llm.getName());
+    assertEquals(
+        Map.of(
+            "gen_ai.system", "openai",
+            "gen_ai.response.model", "gpt-x-2025",
+            "gen_ai.request.model", "gpt-x",
+            "gen_ai.operation.name", "chat",
+            "gen_ai.usage.input_tokens", 12L,
+            "gen_ai.usage.output_tokens", 3L,
+            "temp", 0.5),
+        attributes(llm));
+    assertEquals("bare-model", attributes(events.get(1)).get("gen_ai.request.model"));
+    Event tool = events.get(2);
+    assertEquals(EventType.EVENT_TYPE_TOOL_CALL, tool.getEventType());
+    assertEquals(
+        Map.of(
+            "gen_ai.tool.name", "search",
+            "gen_ai.tool.call.id", "call_7",
+            "hits", 3L,
+            "cached", true),
+        attributes(tool));
+    Event custom = events.get(3);
+    assertEquals(EventType.EVENT_TYPE_WORKER_CUSTOM, custom.getEventType());
+    assertEquals("chose plan B", custom.getName());
+    assertEquals(Map.of("reason", "budget"), attributes(custom));
+  }
+
+  /** An event's attributes as Java values (String, Long, Double, Boolean). */
+  private static Map<String, Object> attributes(Event event) {
+    Map<String, Object> out = new LinkedHashMap<>();
+    event
+        .getAttributesMap()
+        .forEach(
+            (key, value) ->
+                out.put(
+                    key,
+                    switch (value.getValueCase()) {
+                      case STRING_VALUE -> value.getStringValue();
+                      case INT_VALUE -> value.getIntValue();
+                      case DOUBLE_VALUE -> value.getDoubleValue();
+                      case BOOL_VALUE -> value.getBoolValue();
+                      case VALUE_NOT_SET -> "(unset)";
+                    }));
+    return out;
+  }
+
   @ParameterizedTest
   @EnumSource(WorkerOptions.Transport.class)
   void aBadWorkerNameEndsRunWithTheSidecarsRefusal(WorkerOptions.Transport transport) {
