@@ -8,45 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator
 
 import grpc
-import msgspec
 import pytest
 
 from are_core.trace import EventDraft
 from are_sdk import Client, InvalidArgumentError
 from are_sdk._proto.are.v1 import event_pb2, trace_service_pb2
-from are_sdk.testing import SidecarProcess
-from sidecar._trace import TEST_HOOK_ENV, TEST_HOOK_METHOD
+from tests.integration.test_trace import record, trace_client, traced
 
-BUFFER = 16
 BATCH_BYTES = 4 << 20  # the sidecar's bound on one batch message (below its message limit)
 
 Message = trace_service_pb2.StreamEventsResponse
 Stream = AsyncGenerator[Message, None]
 
-
-@pytest.fixture(scope="module")
-def traced() -> Iterator[SidecarProcess]:
-    """A sidecar with the event test hook on and a small stream buffer (to overflow it)."""
-    with SidecarProcess.start(
-        env={TEST_HOOK_ENV: "1"}, args=["--event-stream-buffer", str(BUFFER)]
-    ) as process:
-        yield process
-
-
-@pytest.fixture
-async def trace_client(traced: SidecarProcess) -> AsyncIterator[Client]:
-    async with await Client.connect(traced.target) as connected:
-        yield connected
-
-
-async def record(client: Client, *drafts: EventDraft) -> list[int]:
-    """Records ``drafts`` in the sidecar (one transaction) and returns their sequences."""
-    call = client.channel.unary_unary(TEST_HOOK_METHOD)
-    reply = await call(msgspec.msgpack.encode(list(drafts)), timeout=30)
-    return msgspec.msgpack.decode(reply, type=list[int])
+__all__ = ["trace_client", "traced"]  # the fixtures (test_trace's sidecar: test hook, small buffer), by name
 
 
 async def record_many(client: Client, wf: str, count: int, pad: int = 0) -> list[int]:
