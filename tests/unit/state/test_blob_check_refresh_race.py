@@ -17,34 +17,10 @@ import asyncio
 import hashlib
 import os
 
-import pytest
-
 from are_core.state import BlobInfo, BlobStore
-from are_core.storage import GroupCommitter, Storage
+from tests.unit.state.test_blob_references import HOUR, TTL, Clock, blobs, clock
 
-Store = tuple[Storage, GroupCommitter]
-HOUR = 3600 * 10**9
-TTL = 24 * HOUR
-
-
-class Clock:
-    """Wall-clock nanoseconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def blobs(store: Store, clock: Clock) -> BlobStore:
-    return BlobStore(*store, clock=clock)
+__all__ = ["blobs", "clock"]  # the fixtures (test_blob_references'), by name
 
 
 async def _stored(blobs: BlobStore, data: bytes) -> bytes:
