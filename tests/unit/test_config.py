@@ -71,6 +71,9 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
         ({}, {"ARE_MAX_OPEN_BYTES": "1GiB"}, "ARE_MAX_OPEN_BYTES"),
         ({"otlp_max_export_bytes": "65535"}, {}, "--otlp-max-export-bytes"),
         ({}, {"ARE_OTLP_MAX_EXPORT_BYTES": str((64 << 20) + 1)}, "ARE_OTLP_MAX_EXPORT_BYTES"),
+        ({"otlp_max_queue_bytes": str((1 << 20) - 1)}, {}, "--otlp-max-queue-bytes"),
+        ({}, {"ARE_OTLP_MAX_QUEUE_BYTES": str((16 << 30) + 1)}, "ARE_OTLP_MAX_QUEUE_BYTES"),
+        ({}, {"ARE_OTLP_MAX_QUEUE_BYTES": "64MiB"}, "ARE_OTLP_MAX_QUEUE_BYTES"),
     ],
 )
 def test_invalid_settings_name_the_setting(flags: dict[str, str], env: dict[str, str], named: str) -> None:
