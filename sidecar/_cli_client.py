@@ -648,6 +648,8 @@ async def _workflow_closed(client: Client, workflow_id: str) -> bool:
 async def _follow(client: Client, printer: _EventPrinter, which: _Filter, workflow_id: str | None) -> None:
     """Prints live events after the printer's cursor until the limit, or until ``workflow_id`` ends.
 
+    With no ``workflow_id`` (``are events --follow``) it follows until cancelled, whatever ends.
+
     The workflow's end is its terminal event; should that never come (dropped
     by retention before this stream read it), a workflow that has been quiet
     for ``_WORKFLOW_CHECK_S`` is asked for its state, and once it has ended
@@ -689,7 +691,9 @@ async def _print_live(
     workflow_id: str | None,
 ) -> None:
     ended_checks = 0  # quiet periods in a row at whose end the workflow had ended
-    while not printer.full() and not printer.ended and ended_checks < 2:
+    # Only a followed workflow's end stops the follow: `events --follow` reads the ends of
+    # other workflows (or of the one --workflow names) and goes on, as tail -f does.
+    while not printer.full() and not (workflow_id is not None and printer.ended) and ended_checks < 2:
         try:
             item = await asyncio.wait_for(items.get(), None if workflow_id is None else _WORKFLOW_CHECK_S)
         except TimeoutError:

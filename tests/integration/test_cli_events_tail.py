@@ -156,6 +156,27 @@ async def test_follow_shows_the_last_n_then_follows_live_until_stopped(sidecar: 
     assert code == 128 + signal.SIGTERM, (code, stdout, stderr)
 
 
+async def test_follow_goes_on_past_the_end_of_a_workflow(sidecar: SidecarProcess) -> None:
+    """``events --follow`` stopped at the first terminal workflow event it read, of any workflow."""
+    cursor = max(await _sequences(sidecar.target), default=0)  # earlier tests' ends are not shown
+    only_new_ends = ("--type", "WORKFLOW_CANCELLED", "--after", str(cursor), "--limit", "0")
+    follower = await _start(sidecar.target, "events", *only_new_ends, "--follow")
+    assert follower.stdout is not None
+    try:
+        async with await Client.connect(sidecar.target) as client:
+            for _ in range(2):  # each cancelled workflow's end is shown, and following goes on
+                workflow_id = (await client.workflows.submit(_spec(1))).workflow_id
+                await client.workflows.get_handle(workflow_id).cancel()
+                line = await asyncio.wait_for(follower.stdout.readline(), 60)
+                assert workflow_id in line.decode(), (line, workflow_id)
+        assert follower.returncode is None
+    finally:
+        if follower.returncode is None:
+            follower.send_signal(signal.SIGTERM)
+    code, stdout, stderr = await finish(follower)
+    assert code == 128 + signal.SIGTERM, (code, stdout, stderr)
+
+
 def test_a_cursor_beyond_the_log_is_still_refused(sidecar: SidecarProcess) -> None:
     result = _are(sidecar.target, "events", "--after", str(2**62), "--limit", "5")
     assert result.returncode == 1, result.stderr
