@@ -98,17 +98,28 @@ type EventStream struct {
 	// err is the error that ended the stream, returned by every later Next.
 	err error
 
-	// Events fetched with ListEvents in place of a slow-subscriber notice.
+	// Events still to deliver, one per Next: the rest of a batch the
+	// sidecar sent in one message, or events fetched with ListEvents in
+	// place of a slow-subscriber notice.
 	pending []*arev1.Event
 	fill    *arev1.ListEventsRequest
 	fillTo  uint64
 }
+
+// streamBatch is the StreamEventsRequest.max_batch of every Stream: the
+// sidecar sends the events it already has ready (a replay, a burst) up to
+// this many in one message, which costs it far less than one message each
+// (it runs the scheduler on the same event loop), and Next hands them out
+// one by one. The Python SDK asks for the same.
+const streamBatch = 256
 
 // Stream opens a live event stream (StreamEvents): the retained events after
 // AfterSequence if given, one CaughtUp, then new events as they are recorded,
 // until ctx ends or Close. Each event is delivered once; events a slow reader
 // missed are fetched with ListEvents and delivered in their place (unless
 // KeepMissed). The sidecar buffers a bounded number of events per stream.
+// Events it has ready together come in one message (max_batch) and are
+// delivered one by one, as if each had come alone.
 func (t *Trace) Stream(ctx context.Context, filter TraceFilter, opts ...StreamOption) (*EventStream, error) {
 	var o streamOptions
 	for _, opt := range opts {
@@ -116,7 +127,7 @@ func (t *Trace) Stream(ctx context.Context, filter TraceFilter, opts ...StreamOp
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	f := filter.proto()
-	stream, err := t.client.Raw.Trace.StreamEvents(ctx, &arev1.StreamEventsRequest{Filter: f, AfterSequence: o.after})
+	stream, err := t.client.Raw.Trace.StreamEvents(ctx, &arev1.StreamEventsRequest{Filter: f, AfterSequence: o.after, MaxBatch: streamBatch})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -138,6 +149,9 @@ func (s *EventStream) Next() (TraceItem, error) {
 		if len(s.pending) > 0 {
 			event := s.pending[0]
 			s.pending = s.pending[1:]
+			if len(s.pending) == 0 {
+				s.pending = nil // not holding on to a delivered batch while the stream waits
+			}
 			if s.seen.add(event.GetSequence()) {
 				return TraceItem{Event: event}, nil
 			}
@@ -158,6 +172,10 @@ func (s *EventStream) Next() (TraceItem, error) {
 			if s.seen.add(m.Event.GetSequence()) {
 				return TraceItem{Event: m.Event}, nil
 			}
+		case *arev1.StreamEventsResponse_Batch:
+			// Consecutive events, in order, with no notice among them:
+			// delivered from pending before the next message is read.
+			s.pending = m.Batch.GetEvents()
 		case *arev1.StreamEventsResponse_CaughtUp:
 			return TraceItem{CaughtUp: m.CaughtUp}, nil
 		case *arev1.StreamEventsResponse_Missed:
