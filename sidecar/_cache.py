@@ -7,7 +7,10 @@ engine's exceptions to rich statuses.
 
 The scheduler's task short-circuit uses the engine directly:
 ``runtime.find(CacheCapability).engine.lookup_for_task(namespace, prompt)``
-returns a :class:`~are_core.cache.CacheHit` or None.
+returns a :class:`~are_core.cache.CacheHit` or None (given the task's
+``workflow_id`` and ``task_id``, its CACHE_HIT or CACHE_MISS event names
+them; ``engine.store`` takes the completed attempt's for CACHE_STORED). The
+calls of this service name no workflow: their events name none.
 """
 
 from __future__ import annotations

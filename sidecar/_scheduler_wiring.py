@@ -40,7 +40,11 @@ hooks below are installed on the engines, so a task that uses none of
   (``CacheEngine.lookup_for_task``; the exact tier alone when the key is
   ``exact_only``); a hit completes it without dispatch
   (TASK_CACHE_HIT), a miss dispatches it (TASK_CACHE_MISS) and, unless
-  ``read_only``, its output is stored after the durable completion.
+  ``read_only``, its output is stored after the durable completion. The
+  cache's own events of these name the task: the lookup's CACHE_HIT or
+  CACHE_MISS its workflow and task (recorded before the TASK_CACHE_* event
+  it leads to), the store's CACHE_STORED also the attempt that completed it
+  and that attempt's span.
 * **Blobs** (with the state service). A payload may be a blob reference:
   :meth:`Wiring.check_blobs` and :meth:`Wiring.output_blob` check that the
   blob exists (BLOB_NOT_FOUND naming the field) and that a given size
@@ -83,6 +87,7 @@ from are_core.scheduler import (
     RoutingError,
     Scheduler,
     SpecError,
+    TaskOrigin,
     TaskRecord,
     TaskSpec,
     Usage,
@@ -625,14 +630,22 @@ class Wiring:
                     f"cache namespace {spec.cache_key.namespace!r} does not exist",
                 ) from None
 
-    async def cache_lookup(self, key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
-        """The scheduler's short-circuit lookup."""
+    async def cache_lookup(
+        self, key: CacheKey, origin: TaskOrigin
+    ) -> tuple[bytes, str, dict[str, Any]] | None:
+        """The scheduler's short-circuit lookup for the task ``origin`` names (so does its cache event)."""
         assert self.cache is not None
         from are_core.cache import NamespaceNotFoundError  # noqa: PLC0415 - only cache keys get here
 
         try:
             engine = self.cache.engine
-            hit = await engine.lookup_for_task(key.namespace, key.prompt, exact_only=key.exact_only)
+            hit = await engine.lookup_for_task(
+                key.namespace,
+                key.prompt,
+                exact_only=key.exact_only,
+                workflow_id=origin.workflow_id,
+                task_id=origin.task_id,
+            )
         except NamespaceNotFoundError:  # deleted since the workflow was submitted: a miss
             return None
         if hit is None:
@@ -661,10 +674,14 @@ class Wiring:
         output: bytes,
         content_type: str,
         usage: Usage | None,
-        blob_sha256: str = "",
-        blob_size: int = 0,
+        blob_sha256: str,
+        blob_size: int,
+        origin: TaskOrigin,
     ) -> None:
-        """Stores a cache-keyed task's output in the background (after its durable completion)."""
+        """Stores a cache-keyed task's output in the background (after its durable completion).
+
+        ``origin`` is the task and the attempt that completed it: the store's CACHE_STORED names them.
+        """
         assert self.cache is not None
         from are_core.cache import NamespaceDeletingError, NamespaceNotFoundError  # noqa: PLC0415
 
@@ -684,6 +701,10 @@ class Wiring:
                         input_tokens=usage.input_tokens if usage else 0,
                         output_tokens=usage.output_tokens if usage else 0,
                         cost_micro_usd=usage.cost_micro_usd if usage else 0,
+                        workflow_id=origin.workflow_id,
+                        task_id=origin.task_id,
+                        attempt=origin.attempt,
+                        span_id=origin.span_id,
                     )
             except (NamespaceNotFoundError, NamespaceDeletingError) as gone:  # deleted since the submit
                 _log.info(f"a task's output was not stored in the cache: {gone}")

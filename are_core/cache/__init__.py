@@ -9,7 +9,9 @@ indexes are derived. See :class:`CacheEngine`.
 
 The scheduler's task short-circuit calls
 :meth:`CacheEngine.lookup_for_task` (namespace, prompt) and gets a
-:class:`CacheHit` or None.
+:class:`CacheHit` or None; the workflow and task it names are on the
+lookup's event, as the completed attempt given to :meth:`CacheEngine.store`
+is on CACHE_STORED.
 
 Exceptions::
 

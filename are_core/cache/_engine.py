@@ -526,7 +526,10 @@ class CacheEngine:
     stop). Lookups write nothing on their path: counters and the
     CACHE_HIT/CACHE_MISS events are flushed every ``flush_interval`` seconds
     (and at stop), so a SIGKILL can lose at most that much of them, never an
-    acknowledged entry or removal. Recency (which entry an eviction takes
+    acknowledged entry or removal. The event of a task's lookup
+    (:meth:`lookup_for_task` naming its workflow) is the exception: it is
+    recorded at once, before the scheduler records what the lookup decided
+    (see :meth:`_record_task_event`). Recency (which entry an eviction takes
     first) is kept in memory and saved with the entry table, at most every
     five minutes while lookups use entries and at stop: rewriting the head of
     every entry a lookup touched cost more than the lookups themselves, and
@@ -1476,6 +1479,28 @@ class CacheEngine:
         Only text, in a namespace that takes caller vectors (or whose model
         did not load): the exact tier alone answers, or it is a miss.
         """
+        result, draft = await self._lookup(
+            namespace,
+            prompt=prompt,
+            vector=vector,
+            threshold=threshold,
+            max_age_ns=max_age_ns,
+            exact_only=exact_only,
+        )
+        self._queue_event(draft)  # committed with the counters, by the next flush
+        return result
+
+    async def _lookup(
+        self,
+        namespace: str,
+        *,
+        prompt: str = "",
+        vector: np.ndarray[Any, Any] | None = None,
+        threshold: float | None = None,
+        max_age_ns: int | None = None,
+        exact_only: bool = False,
+    ) -> tuple[LookupResult, EventDraft]:
+        """:meth:`lookup`'s answer and the event that records it (CACHE_HIT or CACHE_MISS), not yet queued."""
         state = self._state(namespace)
         if vector is None and is_blank(prompt):
             raise InvalidCacheArgumentError("give a prompt, a vector or both", field="prompt")
@@ -1486,7 +1511,7 @@ class CacheEngine:
         if prompt:
             hit = self._exact(state, prompt, now, oldest)
             if hit is not None:
-                return LookupResult(hit=hit)
+                return LookupResult(hit=hit), _hit_draft(namespace, hit)
         best = 0.0
         # Text alone where nothing can embed it ("caller" namespaces, or a
         # model that did not load): the exact tier is all there is to consult.
@@ -1499,18 +1524,16 @@ class CacheEngine:
                 needed = state.namespace.similarity_threshold if threshold is None else threshold
                 hit, best = await self._semantic(state, query, needed, now, oldest)
                 if hit is not None:
-                    return LookupResult(hit=hit)
+                    return LookupResult(hit=hit), _hit_draft(namespace, hit)
         state.stats.lookups += 1
         state.stats.misses += 1
         state.stats_dirty = True
-        self._queue_event(
-            EventDraft(
-                event_type="CACHE_MISS",
-                name=namespace,
-                attributes={"are.cache.namespace": namespace, "are.cache.best_similarity": round(best, 6)},
-            )
+        miss = EventDraft(
+            event_type="CACHE_MISS",
+            name=namespace,
+            attributes={"are.cache.namespace": namespace, "are.cache.best_similarity": round(best, 6)},
         )
-        return LookupResult(hit=None, best_similarity=max(best, 0.0))
+        return LookupResult(hit=None, best_similarity=max(best, 0.0)), miss
 
     def _exact(self, state: _State, prompt: str, now: int, oldest: int | None) -> CacheHit | None:
         digest = prompt_hash(prompt)
@@ -1614,7 +1637,13 @@ class CacheEngine:
             k = min(k * 4, _MAX_CANDIDATES)
 
     async def lookup_for_task(
-        self, namespace: str, prompt: str, *, exact_only: bool = False
+        self,
+        namespace: str,
+        prompt: str,
+        *,
+        exact_only: bool = False,
+        workflow_id: str = "",
+        task_id: str = "",
     ) -> CacheHit | None:
         """The scheduler's short-circuit: the entry answering this prompt, or None.
 
@@ -1623,6 +1652,13 @@ class CacheEngine:
         ``exact_only`` (the task cache key's) consults the exact tier only.
         A namespace out of service until it is reloaded is a miss.
 
+        ``workflow_id`` and ``task_id`` name the task looked up for: its
+        CACHE_HIT or CACHE_MISS event names them, and is recorded before
+        this returns (:meth:`_record_task_event`), so that it comes before
+        the TASK_CACHE_HIT or TASK_CACHE_MISS the scheduler records next.
+        The lookup comes before any attempt of the task: the event names
+        none (as those do not).
+
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
         """
@@ -1630,11 +1666,15 @@ class CacheEngine:
             state = self._state(namespace)
             if is_blank(prompt):
                 return None
-            result = await self.lookup(
+            result, draft = await self._lookup(
                 namespace, prompt=prompt, exact_only=exact_only or state.embedder is None
             )
         except (EmbedderUnavailableError, EmbedderMismatchError, NamespaceUnavailableError):
             return None
+        if workflow_id:
+            self._record_task_event(msgspec.structs.replace(draft, workflow_id=workflow_id, task_id=task_id))
+        else:
+            self._queue_event(draft)
         return result.hit
 
     def _answer(
@@ -1663,23 +1703,9 @@ class CacheEngine:
         stats.saved_tokens = min(stats.saved_tokens + saved_tokens, _INT64_MAX)
         stats.saved_cost_micro_usd = min(stats.saved_cost_micro_usd + body.cost_micro_usd, _INT64_MAX)
         state.stats_dirty = True
-        entry_id = entry_id_text(head.entry_id)
-        self._queue_event(
-            EventDraft(
-                event_type="CACHE_HIT",
-                name=state.namespace.name,
-                attributes={
-                    "are.cache.namespace": state.namespace.name,
-                    "are.cache.entry_id": entry_id,
-                    "are.cache.tier": tier,
-                    "are.cache.similarity": round(similarity, 6),
-                    "are.cache.saved_tokens": saved_tokens,
-                    "are.cache.saved_cost_micro_usd": body.cost_micro_usd,
-                },
-            )
-        )
+        # Its CACHE_HIT event is made by the lookup (_hit_draft), which knows whose lookup it is.
         return CacheHit(
-            entry_id=entry_id,
+            entry_id=entry_id_text(head.entry_id),
             tier=tier,
             similarity=similarity,
             prompt=body.prompt,
@@ -1711,6 +1737,10 @@ class CacheEngine:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_micro_usd: int = 0,
+        workflow_id: str = "",
+        task_id: str = "",
+        attempt: int = 0,
+        span_id: str = "",
     ) -> StoreResult:
         """Stores a response under a prompt (replacing an entry of the same normalised prompt).
 
@@ -1722,6 +1752,12 @@ class CacheEngine:
         refused store leaves an entry it would have replaced in place. A
         prompt its embedder gives no direction (no words, for the lexical
         one) is stored for the exact tier only.
+
+        ``workflow_id``, ``task_id``, ``attempt`` and ``span_id`` name the
+        task attempt whose output this is (the scheduler's store of a
+        cache-keyed task's output): its CACHE_STORED event names them. The
+        removals the store makes room with (CACHE_INVALIDATED) concern other
+        entries, and name no task.
 
         Raises:
             NamespaceNotFoundError: The namespace does not exist.
@@ -1825,6 +1861,10 @@ class CacheEngine:
         drafts.append(
             EventDraft(
                 event_type="CACHE_STORED",
+                workflow_id=workflow_id,
+                task_id=task_id,
+                attempt=attempt,
+                span_id=span_id,
                 name=name,
                 attributes={
                     "are.cache.namespace": name,
@@ -2781,6 +2821,52 @@ class CacheEngine:
             self._dropped_events += 1
             return
         self._pending_events.append(draft)
+
+    def _record_task_event(self, draft: EventDraft) -> None:
+        """Records the event of a task's lookup now, in a batch of its own, rather than at the next flush.
+
+        The scheduler records the task's TASK_CACHE_HIT or TASK_CACHE_MISS
+        as soon as the lookup returns, in its own commit. Queued for the next
+        flush (up to ``flush_interval`` later), the cache's event came after
+        it, often after the workflow's end: a reader of the workflow saw the
+        decision after what it caused, and the OpenTelemetry export, whose
+        workflow span had ended, lost it. Recorded now, it takes the lower
+        sequence, and readers and listeners get events in sequence order.
+        The batch is submitted at the next loop callback, after the scheduler
+        has begun its transaction in this loop step, so that both usually go
+        in one commit (one sync, not two). Refused (backpressure, a stop) or
+        failed, the event goes to the next flush instead (a sequence it took
+        is then a gap), still naming its task.
+        """
+        events = self._events
+        if events is None:
+            return
+        try:
+            # Checked before recording: a refusal then takes no sequence.
+            self._committer.check_room(2, 2 * _EVENT_BYTES)  # its row and its workflow's index row
+        except StorageError:
+            self._queue_event(draft)
+            return
+        batch = self._storage.batch()
+        event = events.record(batch, draft)
+        asyncio.get_running_loop().call_soon(self._submit_task_event, batch, event, draft)
+
+    def _submit_task_event(self, batch: Any, event: Event, draft: EventDraft) -> None:
+        """Submits the batch of :meth:`_record_task_event`; publishes its event once committed."""
+        try:
+            commit = self._committer.enqueue(batch)
+        except StorageError:
+            self._queue_event(draft)
+            return
+
+        def settled(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                if self._events is not None:
+                    self._events.publish([event])
+            else:
+                self._queue_event(draft)
+
+        commit.add_done_callback(settled)
 
     def _room(
         self,
@@ -3815,6 +3901,22 @@ def _in_force(namespace: Namespace, calibration: Calibration | None) -> Namespac
     if namespace.expansion_fixed or calibration is None:
         return namespace
     return msgspec.structs.replace(namespace, search_expansion=calibration.expansion)
+
+
+def _hit_draft(namespace: str, hit: CacheHit) -> EventDraft:
+    """The CACHE_HIT event of a lookup answered by ``hit``."""
+    return EventDraft(
+        event_type="CACHE_HIT",
+        name=namespace,
+        attributes={
+            "are.cache.namespace": namespace,
+            "are.cache.entry_id": hit.entry_id,
+            "are.cache.tier": hit.tier,
+            "are.cache.similarity": round(hit.similarity, 6),
+            "are.cache.saved_tokens": min(hit.input_tokens + hit.output_tokens, _INT64_MAX),
+            "are.cache.saved_cost_micro_usd": hit.cost_micro_usd,
+        },
+    )
 
 
 def _indexing_draft(namespace: str, indexed: int, total: int, *, done: bool) -> EventDraft:

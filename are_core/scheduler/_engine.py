@@ -73,6 +73,7 @@ from ._model import (
     Failure,
     PoolLimits,
     RetryPolicy,
+    TaskOrigin,
     TaskRecord,
     TaskSpec,
     Usage,
@@ -165,14 +166,23 @@ _POLL_GAP_S = 1.0
 
 RouteHook = Callable[["TaskSpec", "TaskRecord"], tuple[str, dict[str, Any]]]
 """``route(spec, record)`` -> (capability, event attributes); raises RoutingError."""
-CacheLookupHook = Callable[[CacheKey], Awaitable["tuple[bytes, str, dict[str, Any]] | None"]]
-"""``lookup(key)`` -> (output, content type, event attributes) on a hit, None on a miss.
+CacheLookupHook = Callable[[CacheKey, TaskOrigin], Awaitable["tuple[bytes, str, dict[str, Any]] | None"]]
+"""``lookup(key, origin)`` -> (output, content type, event attributes) on a hit, None on a miss.
 
-A hit whose answer is a blob carries its digest and size in the attributes
-``CACHE_BLOB_SHA256`` and ``CACHE_BLOB_SIZE`` (the output is then empty).
+``origin`` names the task looked up for (its workflow and task; no attempt
+has begun): the cache's own event of the lookup names it too, and is
+recorded before the hook returns, so it comes before the task's
+TASK_CACHE_HIT or TASK_CACHE_MISS. A hit whose answer is a blob carries its
+digest and size in the attributes ``CACHE_BLOB_SHA256`` and
+``CACHE_BLOB_SIZE`` (the output is then empty).
 """
-CacheStoreHook = Callable[[CacheKey, bytes, str, "Usage | None", str, int], None]
-"""``store(key, output, content_type, usage, blob_sha256, blob_size)`` after a cache-keyed task completes."""
+CacheStoreHook = Callable[[CacheKey, bytes, str, "Usage | None", str, int, TaskOrigin], None]
+"""``store(key, output, content_type, usage, blob_sha256, blob_size, origin)`` after a task completes.
+
+Called for a cache-keyed task (not ``read_only``) once its completion is
+durable. ``origin`` names the task and the attempt that completed it (with
+its span id): the cache's event of the store names them.
+"""
 BlobReferenceHook = Callable[[Batch, str, str], None]
 """``reference(batch, workflow_id, sha256)``: stages the workflow's reference to a blob a task payload names.
 
@@ -2199,10 +2209,12 @@ class Scheduler:
         assert self.cache_lookup is not None
         token = task.token
         lookup = self.cache_lookup
+        # Before any attempt: the workflow and the task, as the TASK_CACHE_* event that follows.
+        origin = TaskOrigin(workflow_id=task.wf.rec.workflow_id, task_id=task.rec.task_id)
 
         async def run() -> None:
             try:
-                hit = await lookup(key)
+                hit = await lookup(key, origin)
             except Exception:  # noqa: BLE001 - a failing cache is a miss, never a stuck task
                 _log.warning("cache lookup failed; dispatching", exc_info=True)
                 hit = None
@@ -2910,7 +2922,12 @@ class Scheduler:
         key = task.spec.cache_key
         if key is not None and not key.read_only and self.cache_store is not None:
             store = self.cache_store
-            self._t().after.append(lambda: store(key, output, content_type, usage, blob_sha256, blob_size))
+            origin = TaskOrigin(
+                workflow_id=task.wf.rec.workflow_id, task_id=rec.task_id, attempt=attempt, span_id=rec.span_id
+            )
+            self._t().after.append(
+                lambda: store(key, output, content_type, usage, blob_sha256, blob_size, origin)
+            )
         self._release(task)
         self._set_output(task, output)  # counted even past max_open_bytes: the work is done
         rec.output_content_type = content_type

@@ -24,6 +24,7 @@ __all__ = [
     "Failure",
     "PoolLimits",
     "RetryPolicy",
+    "TaskOrigin",
     "TaskRecord",
     "TaskSpec",
     "Usage",
@@ -80,6 +81,21 @@ class CacheKey(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     exact_only: bool = False
     read_only: bool = False
     ttl_s: float = 0.0  # 0: the namespace default
+
+
+class TaskOrigin(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The task on whose behalf an integration hook acts: what the events it records name.
+
+    A lookup of a task's cache key comes before any attempt (``attempt`` 0,
+    no ``span_id``, as the task's own TASK_CACHE_HIT and TASK_CACHE_MISS);
+    the store of its output follows a completed attempt, whose number and
+    span id (16 hex digits) it carries.
+    """
+
+    workflow_id: str
+    task_id: str
+    attempt: int = 0
+    span_id: str = ""
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):

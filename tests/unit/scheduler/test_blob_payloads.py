@@ -13,6 +13,7 @@ from are_core.scheduler import (
     CacheKey,
     Condition,
     Scheduler,
+    TaskOrigin,
     TaskRecord,
     TaskSpec,
     WorkflowSpec,
@@ -85,14 +86,22 @@ async def test_a_cached_blob_answer_completes_with_the_reference_and_blob_output
 ) -> None:
     stored: list[tuple[str, bytes, str, int]] = []
 
-    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def lookup(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         await asyncio.sleep(0)
         if key.prompt == "known":
             return b"", "x/y", {CACHE_BLOB_SHA256: _SHA, CACHE_BLOB_SIZE: 9}
         return None
 
-    def store(key: CacheKey, output: bytes, content_type: str, usage: object, *blob: Any) -> None:
-        stored.append((key.prompt, output, *blob))
+    def store(  # noqa: PLR0917 - the engine's CacheStoreHook, positional
+        key: CacheKey,
+        output: bytes,
+        content_type: str,
+        usage: object,
+        sha256: str,
+        size: int,
+        origin: TaskOrigin,
+    ) -> None:
+        stored.append((key.prompt, output, sha256, size))
 
     engine.cache_lookup = lookup
     engine.cache_store = store

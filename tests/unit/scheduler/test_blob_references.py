@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from are_core.scheduler import CACHE_BLOB_SHA256, CACHE_BLOB_SIZE, TABLES, CacheKey, Scheduler, WorkflowSpec
+from are_core.scheduler import (
+    CACHE_BLOB_SHA256,
+    CACHE_BLOB_SIZE,
+    TABLES,
+    CacheKey,
+    Scheduler,
+    TaskOrigin,
+    WorkflowSpec,
+)
 from are_core.state import BLOB_TABLES, BlobStore, workflow_referrer
 from are_core.storage import Batch, Durability, GroupCommitter, Storage
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
@@ -60,7 +68,7 @@ async def test_inputs_outputs_cache_hits_and_forks_reference_their_blobs_in_the_
     engine, staged = wired
     blobs = staged.blobs
 
-    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def lookup(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         await asyncio.sleep(0)
         return b"", "x/y", {CACHE_BLOB_SHA256: _CACHED, CACHE_BLOB_SIZE: 3}
 

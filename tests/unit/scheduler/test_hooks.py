@@ -14,6 +14,7 @@ from are_core.scheduler import (
     RoutingError,
     Scheduler,
     SpecError,
+    TaskOrigin,
     TaskRecord,
     TaskSpec,
     WorkerHandle,
@@ -116,7 +117,7 @@ async def test_the_cache_answers_an_intent_task_before_any_route(engine: Schedul
             raise RoutingError("nothing clears the threshold")
         return "writer", {}
 
-    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def lookup(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         await asyncio.sleep(0)
         return (b'"cached"', "application/json", {}) if key.prompt == "known" else None
 
@@ -155,7 +156,7 @@ async def test_a_cache_hit_completes_without_dispatch_and_a_miss_dispatches(engi
     answers = {"known": (b'"cached"', "application/json", {"are.cache.tier": "EXACT"})}
     stored: list[tuple[str, bytes]] = []
 
-    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def lookup(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         await asyncio.sleep(0)
         return answers.get(key.prompt)
 
@@ -195,7 +196,7 @@ async def test_a_task_stopped_in_its_cache_lookup_is_looked_up_after_a_restart(
     engine = Scheduler(*opened, rng=lambda: 0.0)
     asked = asyncio.Event()
 
-    async def never(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def never(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         asked.set()
         await asyncio.Event().wait()
         return None
@@ -208,7 +209,7 @@ async def test_a_task_stopped_in_its_cache_lookup_is_looked_up_after_a_restart(
     await asyncio.wait_for(asked.wait(), 5)
     await engine.stop()  # the lookup never answered
 
-    async def hit(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def hit(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         return b'"cached"', "application/json", {}
 
     restarted = Scheduler(*opened, rng=lambda: 0.0)
@@ -232,7 +233,7 @@ async def test_a_cache_answer_after_the_engine_stopped_changes_nothing(
     engine = Scheduler(*opened, rng=lambda: 0.0)
     asked, answer = asyncio.Event(), asyncio.Event()
 
-    async def late(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def late(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         asked.set()
         await answer.wait()
         return b'"cached"', "application/json", {}

@@ -62,6 +62,7 @@ from are_core.scheduler import (
     RoutingError,
     Scheduler,
     TaskNotHeldError,
+    TaskOrigin,
     TaskRecord,
     TaskSpec,
     Usage,
@@ -313,7 +314,7 @@ class FakeCache:
         self.n_entries = 0
 
     def hooks(self, engine: Scheduler) -> None:
-        async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+        async def lookup(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
             return await self.lookup(key, engine)
 
         engine.cache_lookup = lookup
@@ -339,7 +340,14 @@ class FakeCache:
         return output, "application/json", attributes
 
     def store(  # noqa: PLR0917 - the engine's CacheStoreHook, positional
-        self, key: CacheKey, output: bytes, content_type: str, usage: Usage | None, blob: str, size: int
+        self,
+        key: CacheKey,
+        output: bytes,
+        content_type: str,
+        usage: Usage | None,
+        blob: str,
+        size: int,
+        origin: TaskOrigin,
     ) -> None:
         assert not key.read_only
         assert (key.prompt, output, blob) in self.run.reported_by_prompt, (key.prompt, output, blob)

@@ -33,6 +33,7 @@ from are_core.scheduler import (
     Scheduler,
     SpecError,
     TaskNotHeldError,
+    TaskOrigin,
     TaskSpec,
     TooManyOpenBytesError,
     WorkflowClosedError,
@@ -196,7 +197,7 @@ async def test_a_retried_task_counts_only_the_output_it_completed_with(bounded: 
 async def test_a_cache_hit_output_counts(bounded: Scheduler) -> None:
     engine = bounded
 
-    async def lookup(key: CacheKey) -> tuple[bytes, str, dict[str, Any]] | None:
+    async def lookup(key: CacheKey, origin: TaskOrigin) -> tuple[bytes, str, dict[str, Any]] | None:
         await asyncio.sleep(0)
         return (b"c" * 120, "", {}) if key.prompt == "known" else None
 

@@ -26,6 +26,7 @@ from are_core.scheduler import (
     RetryPolicy,
     RoutingError,
     Scheduler,
+    TaskOrigin,
     TaskRecord,
     TaskSpec,
     WorkflowSpec,
@@ -575,7 +576,7 @@ async def test_an_intent_task_stopped_in_its_cache_lookup_is_looked_up_and_route
     engine = await _started(opened, sink, router)
     stuck = asyncio.Event()
 
-    async def never(key: CacheKey) -> None:
+    async def never(key: CacheKey, origin: TaskOrigin) -> None:
         stuck.set()
         await asyncio.sleep(3600)
 
@@ -589,7 +590,7 @@ async def test_an_intent_task_stopped_in_its_cache_lookup_is_looked_up_and_route
     router = FakeRouter()
     lookups: list[str] = []
 
-    async def miss(key: CacheKey) -> None:
+    async def miss(key: CacheKey, origin: TaskOrigin) -> None:
         lookups.append(key.prompt)
 
     sink = Sink()

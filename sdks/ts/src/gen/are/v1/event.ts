@@ -189,25 +189,33 @@ export enum EventType {
    */
   EVENT_TYPE_MEMORY_ADDED = 51,
   /**
-   * EVENT_TYPE_CACHE_HIT - LookupCache answered from a tier. Attributes: "are.cache.namespace",
-   * "are.cache.tier", "are.cache.entry_id", "are.cache.similarity",
-   * "are.cache.saved_tokens", "are.cache.saved_cost_micro_usd". A lookup
-   * changes nothing, so its event is not committed before the answer: lookup
-   * events commit with the cache's counters, once a second, each with the
-   * time of its lookup. Streams and ListEvents see one up to a second after
-   * the answer, and a crash loses those not yet committed.
+   * EVENT_TYPE_CACHE_HIT - LookupCache, or a task's cache key, answered from a tier. Attributes:
+   * "are.cache.namespace", "are.cache.tier", "are.cache.entry_id",
+   * "are.cache.similarity", "are.cache.saved_tokens",
+   * "are.cache.saved_cost_micro_usd". A lookup changes nothing, so the
+   * event of a LookupCache is not committed before the answer: these events
+   * commit with the cache's counters, once a second, each with the time of
+   * its lookup. Streams and ListEvents see one up to a second after the
+   * answer, and a crash loses those not yet committed. A task's lookup sets
+   * workflow_id and task_id (no attempt: it comes before any), and its
+   * event is recorded at once, before the TASK_CACHE_HIT or
+   * TASK_CACHE_MISS it leads to (under storage backpressure, once a second
+   * as the others).
    */
   EVENT_TYPE_CACHE_HIT = 60,
   /**
-   * EVENT_TYPE_CACHE_MISS - LookupCache found nothing. Attributes: "are.cache.namespace",
-   * "are.cache.best_similarity". Committed as CACHE_HIT is.
+   * EVENT_TYPE_CACHE_MISS - LookupCache, or a task's cache key, found nothing. Attributes:
+   * "are.cache.namespace", "are.cache.best_similarity". Sets the fields
+   * and is committed as CACHE_HIT.
    */
   EVENT_TYPE_CACHE_MISS = 61,
   /**
-   * EVENT_TYPE_CACHE_STORED - StoreCache stored an entry. Attributes: "are.cache.namespace",
-   * "are.cache.entry_id", "are.cache.size_bytes", "are.cache.replaced"
-   * (a bulk load records one event: "are.cache.stored_count",
-   * "are.cache.bulk").
+   * EVENT_TYPE_CACHE_STORED - StoreCache stored an entry, or a task's output was stored under its
+   * cache key (then sets workflow_id, task_id, attempt and span_id: the
+   * attempt that completed the task, and its span). Attributes:
+   * "are.cache.namespace", "are.cache.entry_id", "are.cache.size_bytes",
+   * "are.cache.replaced" (a bulk load records one event:
+   * "are.cache.stored_count", "are.cache.bulk").
    */
   EVENT_TYPE_CACHE_STORED = 62,
   /**
