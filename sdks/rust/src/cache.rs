@@ -5,12 +5,17 @@
 //! `value: None`, and [`Cache::get_or_call`], whose call answers JSON, takes
 //! it for a miss.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tonic::Code;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, Result};
 use crate::pb;
@@ -69,7 +74,10 @@ pub struct CacheHit {
 /// stored (or why not). A store that fails does not fail `get_or_call`:
 /// the answer paid for is returned all the same, and `stored` says it is
 /// not cached (the other SDKs log that failure as a warning).
-#[derive(Debug)]
+///
+/// Concurrent callers that share one call ([`Cache::get_or_call`]) each get
+/// a clone of the same result.
+#[derive(Clone, Debug)]
 pub struct CachedResult {
     /// The cached response on a hit, else the call's answer as a later hit
     /// will return it (encoded as JSON and decoded back).
@@ -98,8 +106,9 @@ impl CachedResult {
 }
 
 /// The error of [`Cache::get_or_call`]: the call's own, or the cache's
-/// (a lookup refused for what it asked, not an outage).
-#[derive(Debug)]
+/// (a lookup refused for what it asked, not an outage). Concurrent callers
+/// that share one call each get a clone of the same error.
+#[derive(Clone, Debug)]
 pub enum GetOrCallError<E> {
     /// The call failed; nothing was stored.
     Call(E),
@@ -298,6 +307,25 @@ impl Cache {
     /// call's answer as a later hit will return it: encoded as JSON, as it
     /// is stored, and decoded back (as the Python SDK's `get_or_call`).
     ///
+    /// Concurrent calls of one client (and its clones) that ask the same
+    /// question share one lookup and one `call`, as in the Python, Go and
+    /// TypeScript SDKs, so that five callers of a prompt that misses pay for
+    /// one LLM call, not five: the same namespace, the same prompt (equal
+    /// once normalised as the sidecar does: Unicode NFC, whitespace runs
+    /// collapsed, trimmed), the same lookup options (`vector`, `threshold`,
+    /// `max_age`, `exact_only`) and the same error type `E` (a caller is
+    /// only ever handed an error of its own type). The first caller's `call`
+    /// and other options (`ttl`, `metadata`, `usage`) are used, and every
+    /// caller gets a clone of its result, or of its error (then nothing is
+    /// stored). The shared lookup, call and store run in a task of their own
+    /// (hence the `Send + 'static` bounds): a caller whose future is dropped
+    /// (a timeout, a `select!`) stops waiting while the others still wait,
+    /// and the task is aborted only when no caller waits for it any more; a
+    /// call arriving after that starts a call of its own. Each shared call
+    /// is forgotten the moment it ends (or is abandoned): nothing is kept
+    /// for the questions answered. A panic of `call` panics every caller
+    /// waiting for it.
+    ///
     /// A hit that is not JSON (an entry another SDK stored as bytes or text,
     /// or JSON that does not parse: [`CacheHit::value`] is `None`) cannot be
     /// this call's answer, so it counts as a miss: `call` is made and its
@@ -321,6 +349,85 @@ impl Cache {
         call: F,
     ) -> std::result::Result<CachedResult, GetOrCallError<E>>
     where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<(serde_json::Value, Option<pb::Usage>), E>>
+            + Send
+            + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
+        let flights = &self.client.flights;
+        let key = FlightKey::of::<E>(namespace, prompt, options);
+        let (id, mut answer) = {
+            let mut under_way = flights.lock();
+            match under_way.flights.get_mut(&key) {
+                // Never one that has ended: a flight leaves the map before it lands.
+                Some(flight) => {
+                    flight.waiters += 1;
+                    (flight.id, flight.answer.clone())
+                }
+                None => {
+                    let id = under_way.next_id;
+                    under_way.next_id += 1;
+                    let (land, answer) = watch::channel(None);
+                    let landing = Landing {
+                        flights: flights.clone(),
+                        key: key.clone(),
+                        id,
+                    };
+                    let cache = self.clone();
+                    let (namespace, prompt) = (namespace.to_string(), prompt.to_string());
+                    let options = options.clone();
+                    let task = tokio::spawn(async move {
+                        let result = cache
+                            .look_up_or_call(&namespace, &prompt, &options, call)
+                            .await;
+                        drop(landing); // forgotten before anyone sees it landed
+                        let result: Answer = Arc::new(result);
+                        land.send_replace(Some(result));
+                    });
+                    let flight = Flight {
+                        id,
+                        waiters: 1,
+                        answer: answer.clone(),
+                        task: task.abort_handle(),
+                    };
+                    under_way.flights.insert(key.clone(), flight);
+                    (id, answer)
+                }
+            }
+        };
+        let waiting = Waiting {
+            flights,
+            key: &key,
+            id,
+        };
+        let landed = answer
+            .wait_for(Option::is_some)
+            .await
+            .map(|answer| answer.clone())
+            .ok()
+            .flatten();
+        drop(waiting);
+        let Some(landed) = landed else {
+            // The task ended without an answer while callers waited: `call` panicked.
+            panic!("the call of a get_or_call shared by concurrent callers panicked");
+        };
+        landed
+            .downcast_ref::<std::result::Result<CachedResult, GetOrCallError<E>>>()
+            .expect("a flight's key holds its error type")
+            .clone()
+    }
+
+    /// The lookup, call and store of [`Cache::get_or_call`], shared by its
+    /// concurrent callers.
+    async fn look_up_or_call<F, Fut, E>(
+        &self,
+        namespace: &str,
+        prompt: &str,
+        options: &CacheOptions,
+        call: F,
+    ) -> std::result::Result<CachedResult, GetOrCallError<E>>
+    where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<(serde_json::Value, Option<pb::Usage>), E>>,
     {
@@ -333,7 +440,7 @@ impl Cache {
                         stored: None,
                     });
                 }
-                // Not JSON: not an answer this call could give (see above).
+                // Not JSON: not an answer this call could give (see get_or_call).
             }
             Ok(None) => {}
             Err(e) if cache_down(&e) => {
@@ -362,6 +469,168 @@ impl Cache {
             hit: None,
             stored: Some(stored),
         })
+    }
+}
+
+/// The [`Cache::get_or_call`] calls under way of a client and its clones, by
+/// what decides their answer ([`FlightKey`]): one per distinct question
+/// being answered now, removed when its call ends or the moment its last
+/// caller gives up on it (as the other SDKs keep theirs).
+#[derive(Default)]
+pub(crate) struct Flights {
+    inner: Mutex<UnderWay>,
+}
+
+#[derive(Default)]
+struct UnderWay {
+    flights: HashMap<FlightKey, Flight>,
+    /// The id of the next flight: tells a flight from a later one of the
+    /// same question.
+    next_id: u64,
+}
+
+impl Flights {
+    /// The calls under way. No code of the caller's runs under the lock, so
+    /// a poisoned one (a panic elsewhere) is as good as any.
+    fn lock(&self) -> MutexGuard<'_, UnderWay> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+impl Flights {
+    /// How many calls are under way (tests check that none is left).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().flights.len()
+    }
+
+    /// How many callers wait now for the shared call of a question (0: none
+    /// under way): tests start concurrent callers and need to know when all
+    /// have joined.
+    pub(crate) fn waiters<E: 'static>(
+        &self,
+        namespace: &str,
+        prompt: &str,
+        options: &CacheOptions,
+    ) -> usize {
+        let key = FlightKey::of::<E>(namespace, prompt, options);
+        self.lock().flights.get(&key).map_or(0, |f| f.waiters)
+    }
+}
+
+impl fmt::Debug for Flights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flights")
+            .field("under_way", &self.lock().flights.len())
+            .finish()
+    }
+}
+
+/// A shared call's result: the `Result<CachedResult, GetOrCallError<E>>` of
+/// the `E` its key names.
+type Answer = Arc<dyn Any + Send + Sync>;
+
+/// A [`Cache::get_or_call`] under way, shared by the callers waiting for it.
+struct Flight {
+    id: u64,
+    waiters: usize,
+    /// `None` until the call lands; closed without a value if it panicked.
+    answer: watch::Receiver<Option<Answer>>,
+    task: AbortHandle,
+}
+
+/// What decides a [`Cache::get_or_call`]'s answer: the namespace, the
+/// normalised prompt and the lookup options, as the Go SDK's key; and the
+/// type of the call's error, which every caller sharing it is handed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FlightKey {
+    namespace: String,
+    prompt: String,
+    /// The vector's and the threshold's bits: equal floats, equal keys.
+    vector: Option<Vec<u32>>,
+    threshold: Option<u64>,
+    max_age: Option<Duration>,
+    exact_only: bool,
+    error: TypeId,
+}
+
+impl FlightKey {
+    fn of<E: 'static>(namespace: &str, prompt: &str, options: &CacheOptions) -> FlightKey {
+        FlightKey {
+            namespace: namespace.to_string(),
+            prompt: normalise_prompt(prompt),
+            vector: options
+                .vector
+                .as_ref()
+                .map(|v| v.iter().map(|x| x.to_bits()).collect()),
+            threshold: options.threshold.map(f64::to_bits),
+            max_age: options.max_age,
+            exact_only: options.exact_only,
+            error: TypeId::of::<E>(),
+        }
+    }
+}
+
+/// The prompt as the sidecar's exact tier keys it: Unicode NFC, runs of
+/// whitespace (Python's `str.isspace`: Unicode White_Space and U+001C to
+/// U+001F) collapsed to one space, trimmed.
+fn normalise_prompt(prompt: &str) -> String {
+    let nfc: String = prompt.nfc().collect();
+    nfc.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Owned by a shared call's task: forgets the flight when the task ends,
+/// whether it returned, panicked or was aborted.
+struct Landing {
+    flights: Arc<Flights>,
+    key: FlightKey,
+    id: u64,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        let mut under_way = self.flights.lock();
+        if under_way.flights.get(&self.key).map(|f| f.id) == Some(self.id) {
+            under_way.flights.remove(&self.key);
+        }
+    }
+}
+
+/// A caller waiting for a shared call: when it stops waiting (the answer
+/// came, or its future was dropped), it is no longer counted, and the last
+/// caller to give up on a call still under way aborts it.
+struct Waiting<'a> {
+    flights: &'a Flights,
+    key: &'a FlightKey,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let abandoned = {
+            let mut under_way = self.flights.lock();
+            match under_way.flights.get_mut(self.key) {
+                Some(flight) if flight.id == self.id => {
+                    flight.waiters -= 1;
+                    if flight.waiters == 0 {
+                        // Forgotten now, so that a caller arriving meanwhile
+                        // starts its own call instead of joining an aborted one.
+                        under_way.flights.remove(self.key).map(|f| f.task)
+                    } else {
+                        None
+                    }
+                }
+                // It landed (and was forgotten) already.
+                _ => None,
+            }
+        };
+        // Outside the lock: the task's Landing takes it.
+        if let Some(task) = abandoned {
+            task.abort();
+        }
     }
 }
 
@@ -395,3 +664,6 @@ fn cache_down(e: &Error) -> bool {
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
     )
 }
+
+#[cfg(test)]
+mod flights;

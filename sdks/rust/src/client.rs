@@ -1,5 +1,6 @@
 //! Connecting to the sidecar: [`Client`], [`Options`] and the raw stubs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
@@ -224,6 +225,9 @@ pub struct Client {
     /// [`Options::reconnect_window`]: how long a wait resumes a dropped
     /// stream while the sidecar does not answer.
     pub(crate) reconnect_window: Duration,
+    /// The [`crate::Cache::get_or_call`] calls under way, shared by the
+    /// clones of this client: concurrent callers of one question share one.
+    pub(crate) flights: Arc<crate::cache::Flights>,
 }
 
 /// A channel to `target` (`host:port` or `unix:PATH`); `lazy` connects at the
@@ -356,6 +360,7 @@ impl Client {
             call_timeout: options.call_timeout,
             max_message_bytes: n,
             reconnect_window: options.reconnect_window,
+            flights: Arc::default(),
         })
     }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
@@ -25,8 +26,9 @@ pub struct FieldViolation {
 
 /// A failed call: the gRPC status the sidecar answered, decoded from its rich
 /// details (`google.rpc.ErrorInfo`, `BadRequest`, `RetryInfo`), or an error
-/// the SDK raised itself (then `domain` is [`SDK_DOMAIN`]).
-#[derive(Debug)]
+/// the SDK raised itself (then `domain` is [`SDK_DOMAIN`]). A clone shares
+/// the source error (callers sharing one `Cache::get_or_call` get clones).
+#[derive(Clone, Debug)]
 pub struct Error {
     /// The gRPC status code (UNAVAILABLE also for a connection that broke
     /// during the call, see [`Error::from_status`]).
@@ -47,7 +49,7 @@ pub struct Error {
     /// The closing status of a workflow that did not complete
     /// (reason `WORKFLOW_FAILED` or `WORKFLOW_CANCELLED`), from `result`.
     pub workflow: Option<Box<pb::Workflow>>,
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 /// The SDK's result type.
@@ -73,7 +75,7 @@ impl Error {
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        self.source = Some(source.into());
+        self.source = Some(Arc::from(source.into()));
         self
     }
 

@@ -21,6 +21,19 @@ const MAX_PAGE_SIZE: usize = 1000;
 /// SDKs.
 const RECENT: usize = 16_384;
 
+/// The `max_batch` of every stream, as the Python SDK's: the sidecar sends
+/// the events it already has ready (a replay, a burst) up to this many in
+/// one message, which costs it far less than one message each (it runs the
+/// scheduler on the same event loop), and the stream returns them one by
+/// one.
+const STREAM_BATCH: u32 = 256;
+
+/// The largest message a batch makes (the sidecar's bound: 4 MiB, gRPC's
+/// default receive limit). A client that takes less
+/// ([`crate::Options::max_message_bytes`]) does not ask for batches, which
+/// it could not receive: its events come one per message, as before.
+const STREAM_BATCH_BYTES: usize = 4 << 20;
+
 /// One page of retained events, ascending by sequence.
 #[derive(Clone, Debug)]
 pub struct EventPage {
@@ -51,9 +64,14 @@ impl From<pb::ListEventsResponse> for EventPage {
 }
 
 /// A live event stream: replayed events (when opened with a cursor), one
-/// `CaughtUp`, then live events. One read slowly, or held unread, keeps at
-/// most 2 MiB of events waiting in the client (its HTTP/2 window), and holds
-/// up no other call of the client.
+/// `CaughtUp`, then live events. Events the sidecar has ready together come
+/// in one message (up to 256 of them, a `StreamedEventBatch`) and are
+/// returned one by one, as `Message::Event`s, in order, as if each had come
+/// alone: the stream never returns `Message::Batch`, and the sequence of the
+/// last event returned is the cursor to resume from, as before. One read
+/// slowly, or held unread, keeps at most about 6 MiB of events waiting in
+/// the client (its HTTP/2 window, 2 MiB, and the rest of one batch, at most
+/// 4 MiB), and holds up no other call of the client.
 ///
 /// The sidecar buffers a bounded number of events per stream (10,000 by
 /// default); a stream read too slowly is sent an `EventsMissed` notice,
@@ -71,11 +89,24 @@ pub struct EventStream {
     client: Client,
     filter: pb::EventFilter,
     fill_missed: bool,
-    /// Missed events fetched and not yet returned, ascending.
+    /// Events received or fetched and not yet returned, ascending: the rest
+    /// of a batch, or missed events fetched with ListEvents.
     pending: VecDeque<pb::Event>,
     /// The fill under way: the next page to fetch.
     fill: Option<Fill>,
     seen: Recent,
+    /// What came that the API does not show (tests check it).
+    #[cfg(test)]
+    received: Received,
+}
+
+/// Messages of a stream that the API does not show: batches, and the
+/// slow-subscriber notices filled in.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Received {
+    batches: usize,
+    fills: usize,
 }
 
 impl Client {
@@ -142,7 +173,8 @@ impl Client {
 
     /// Opens an event stream: events matching `filter`, replayed from
     /// `after_sequence` (0: the oldest retained) then live; `None`: live only.
-    /// Missed events are filled in (see [`EventStream`]).
+    /// Missed events are filled in, and events that come batched are
+    /// returned one by one (see [`EventStream`]).
     pub async fn stream_events(
         &self,
         filter: pb::EventFilter,
@@ -152,8 +184,11 @@ impl Client {
         let req = pb::StreamEventsRequest {
             filter: Some(filter.clone()),
             after_sequence,
-            // One event per message (max_batch 0): the stream never yields a batch.
-            max_batch: 0,
+            max_batch: if self.max_message_bytes >= STREAM_BATCH_BYTES {
+                STREAM_BATCH
+            } else {
+                0 // one event per message
+            },
         };
         let inner = bounded("StreamEvents", self.call_timeout, async {
             Ok(trace.stream_events(req).await?.into_inner())
@@ -167,6 +202,8 @@ impl Client {
             pending: VecDeque::new(),
             fill: None,
             seen: Recent::default(),
+            #[cfg(test)]
+            received: Received::default(),
         })
     }
 }
@@ -227,10 +264,24 @@ impl EventStream {
                         return Ok(Some(Message::Event(event)));
                     }
                 }
+                Message::Batch(batch) => {
+                    // Consecutive events, in order, with no notice among
+                    // them: returned from `pending` before the next message
+                    // is read, each as if it had come alone.
+                    #[cfg(test)]
+                    {
+                        self.received.batches += 1;
+                    }
+                    self.pending.extend(batch.events);
+                }
                 Message::Missed(missed)
                     if self.fill_missed
                         && missed.reason == pb::MissedReason::SlowSubscriber as i32 =>
                 {
+                    #[cfg(test)]
+                    {
+                        self.received.fills += 1;
+                    }
                     self.fill = Some(Fill::of(&self.filter, &missed));
                 }
                 other => return Ok(Some(other)),
@@ -310,6 +361,9 @@ impl Recent {
         true
     }
 }
+
+#[cfg(test)]
+mod batches;
 
 #[cfg(test)]
 mod tests {

@@ -586,13 +586,16 @@ async fn get_or_call_makes_the_call_when_the_cache_is_down() {
     let (sidecar, client) = start().await;
     let cache = client.cache();
     let options = CacheOptions::default();
-    let calls = AtomicUsize::new(0);
-    let call = || async {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Infallible>((json!(42), None))
+    let calls = Arc::new(AtomicUsize::new(0));
+    let call = {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>((json!(42), None))
+        }
     };
     let e = cache
-        .get_or_call("rust-no-such-namespace", "6 x 7?", &options, call)
+        .get_or_call("rust-no-such-namespace", "6 x 7?", &options, call.clone())
         .await
         .unwrap_err();
     assert!(
@@ -648,14 +651,17 @@ async fn get_or_call_reports_a_refused_store() {
         metadata: HashMap::from([("not a key".to_string(), "v".to_string())]),
         ..Default::default()
     };
-    let calls = AtomicUsize::new(0);
-    let call = || async {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Infallible>((json!(42), None))
+    let calls = Arc::new(AtomicUsize::new(0));
+    let call = {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>((json!(42), None))
+        }
     };
     for i in 1..=2 {
         let got = cache
-            .get_or_call(ns, "6 x 7?", &options, call)
+            .get_or_call(ns, "6 x 7?", &options, call.clone())
             .await
             .expect("the answer is returned although it was not stored");
         assert_eq!((&got.value, got.from_cache()), (&json!(42), false));

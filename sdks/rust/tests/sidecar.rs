@@ -537,13 +537,14 @@ async fn cache_exact_tier_and_get_or_call() {
         (Code::NotFound, "NAMESPACE_NOT_FOUND")
     );
 
-    let calls = AtomicUsize::new(0);
+    let calls = Arc::new(AtomicUsize::new(0));
     let mut entry = None;
     for i in 0..3 {
+        let calls = calls.clone();
         let got = cache
-            .get_or_call(ns, "the answer to everything", &none, || async {
+            .get_or_call(ns, "the answer to everything", &none, || async move {
                 calls.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, std::io::Error>((
+                Ok::<_, std::io::ErrorKind>((
                     json!("42"),
                     Some(pb::Usage {
                         input_tokens: 7,
@@ -842,7 +843,7 @@ async fn large_output_as_a_blob_and_the_event_stream(transport: WorkerTransport)
             pb::stream_events_response::Message::CaughtUp(_) => break,
             pb::stream_events_response::Message::Missed(m) => panic!("missed {m:?}"),
             pb::stream_events_response::Message::Batch(_) => {
-                panic!("a batch, though max_batch is unset")
+                panic!("a batch: the stream returns its events one by one")
             }
         }
     }

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use are_sdk::{pb, CacheOptions, Client, PatchOptions, TaskBuilder, Worker, WorkflowBuilder};
 use serde_json::{json, Value};
@@ -47,14 +48,17 @@ async fn get_or_call_returns_on_a_miss_the_doubles_a_hit_returns() {
     let (_sidecar, client) = start().await;
     let ns = "rust-doubles";
     let cache = cache_with_namespace(&client, ns).await;
-    let calls = AtomicUsize::new(0);
-    let call = || async {
-        calls.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Infallible>((scores(), None))
+    let calls = Arc::new(AtomicUsize::new(0));
+    let call = {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>((scores(), None))
+        }
     };
     let options = CacheOptions::default();
     let miss = cache
-        .get_or_call(ns, "what is the score", &options, call)
+        .get_or_call(ns, "what is the score", &options, call.clone())
         .await
         .unwrap();
     let hit = cache
@@ -268,13 +272,16 @@ async fn a_cache_entry_that_is_not_json_is_read_raw_and_a_miss_for_get_or_call()
     }
 
     for (prompt, _, content_type) in raw {
-        let calls = AtomicUsize::new(0);
-        let call = || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Infallible>((json!({"fresh": prompt}), None))
+        let calls = Arc::new(AtomicUsize::new(0));
+        let call = {
+            let calls = calls.clone();
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Infallible>((json!({"fresh": prompt}), None))
+            }
         };
         let got = cache
-            .get_or_call(ns, prompt, &exact, call)
+            .get_or_call(ns, prompt, &exact, call.clone())
             .await
             .unwrap_or_else(|e| panic!("{content_type}: {e}"));
         assert_eq!(got.value, json!({"fresh": prompt}), "{content_type}");
