@@ -15,15 +15,24 @@ import dev.are.sdk.v1.PutNamespaceResponse;
 import dev.are.sdk.v1.StoreCacheRequest;
 import dev.are.sdk.v1.Usage;
 import dev.are.sdk.v1.Vector;
+import io.grpc.Context;
 import io.grpc.Status;
 import java.nio.charset.StandardCharsets;
+import java.text.Normalizer;
 import java.time.Duration;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
 import java.util.Optional;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicInteger;
 
 /**
  * The semantic cache of LLM results: {@code client.cache()}.
@@ -46,6 +55,23 @@ public final class Cache {
 
   /** Content type of bytes of no stated type. */
   static final String OCTET_STREAM = "application/octet-stream";
+
+  /**
+   * The threads the shared lookups, calls and stores of {@link #getOrCall} run on: daemons, made as
+   * needed and ended after a minute idle, so that an idle process holds none.
+   */
+  private static final ExecutorService FLIGHT_THREADS =
+      Executors.newCachedThreadPool(
+          new java.util.concurrent.ThreadFactory() {
+            private final AtomicInteger made = new AtomicInteger();
+
+            @Override
+            public Thread newThread(Runnable r) {
+              Thread t = new Thread(r, "are-cache-call-" + made.incrementAndGet());
+              t.setDaemon(true);
+              return t;
+            }
+          });
 
   private final Client client;
 
@@ -367,6 +393,22 @@ public final class Cache {
    * it returns (with its usage). A failed call stores nothing and its exception propagates as it
    * is.
    *
+   * <p>Concurrent calls of one client that ask the same question share one lookup and one {@code
+   * call}, as in the Python, Go and TypeScript SDKs, so that five callers of a prompt that misses
+   * pay for one LLM call, not five: the same namespace, the same prompt (equal once normalised as
+   * the sidecar does: Unicode NFC, whitespace runs collapsed, trimmed) and the same lookup options
+   * (vector, threshold, max age, exact only). The first caller's {@code call} and other options
+   * (TTL, metadata, usage) are used, and every caller gets its result (the same one: treat its
+   * value as read-only, {@code deepCopy()} it to change it), or its exception (the same one; then
+   * nothing is stored). The shared lookup, call and store run on a thread of the SDK's, with the
+   * first caller's {@link io.grpc.Context} values but not its cancellation: a caller interrupted
+   * while it waits stops waiting (CANCELLED, reason {@code INTERRUPTED}, its interrupt flag set),
+   * while the others still wait; the shared call's thread is interrupted only when no caller waits
+   * for it any more, and a call arriving after that starts a call of its own. Each shared call is
+   * forgotten the moment it ends (or is given up on): nothing is kept for the questions answered.
+   * A checked exception of the call reaches every caller as it is, so callers that ask the same
+   * question should declare the same exceptions.
+   *
    * <p>The value is the same on a miss as on a later hit: the answer is encoded once, as it is
    * stored, and the value returned is that encoding read back (a {@code float} 0.1 comes back as
    * the double 0.1, a {@code long} 5 as an int node, a {@code BigDecimal} as a double, a {@code
@@ -384,6 +426,84 @@ public final class Cache {
    * AreException}s.
    */
   public <E extends Exception> Result getOrCall(
+      String namespace, String prompt, CacheOptions options, Call<E> call) throws E {
+    FlightKey key = FlightKey.of(namespace, prompt, options);
+    Flights flights = client.cacheFlights;
+    Flight flight;
+    synchronized (flights) {
+      flight = flights.underWay.get(key);
+      if (flight == null) {
+        // Never one that has ended: a flight leaves the map before it lands.
+        Flight started = new Flight();
+        flight = started;
+        flights.underWay.put(key, started);
+        Runnable fly =
+            () -> {
+              Result result = null;
+              Throwable failure = null;
+              try {
+                result = lookUpOrCall(namespace, prompt, options, call);
+              } catch (Throwable t) { // the call's own, for every caller to get
+                failure = t;
+              }
+              synchronized (flights) {
+                started.landed = true;
+                if (flights.underWay.get(key) == started) {
+                  flights.underWay.remove(key);
+                }
+              }
+              if (failure == null) {
+                started.result.complete(result);
+              } else {
+                started.result.completeExceptionally(failure);
+              }
+            };
+        // The first caller's values (a trace context, say), not its cancellation.
+        started.task = FLIGHT_THREADS.submit(Context.current().fork().wrap(fly));
+      }
+      flight.waiters++;
+    }
+    try {
+      return flight.result.get();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw AreException.local(Status.Code.CANCELLED, "INTERRUPTED", "interrupted", e);
+    } catch (ExecutionException e) {
+      throw Cache.<E>rethrown(e.getCause());
+    } finally {
+      boolean abandoned;
+      synchronized (flights) {
+        flight.waiters--;
+        abandoned = !flight.landed && flight.waiters == 0;
+        if (abandoned && flights.underWay.get(key) == flight) {
+          // Every caller gave up on it: forget it now, so that a caller arriving meanwhile starts
+          // its own call instead of joining one that is being interrupted.
+          flights.underWay.remove(key);
+        }
+      }
+      if (abandoned) {
+        flight.task.cancel(true);
+      }
+    }
+  }
+
+  /**
+   * What a caller of a shared call throws for its failure: the call's exception as it is, which is
+   * {@code E} when it is checked ({@link Call} throws nothing else).
+   */
+  @SuppressWarnings("unchecked")
+  private static <E extends Exception> E rethrown(Throwable failure) throws E {
+    if (failure instanceof RuntimeException r) {
+      throw r;
+    }
+    if (failure instanceof Error r) {
+      throw r;
+    }
+    return (E) failure;
+  }
+
+  /** The lookup, call and store of {@link #getOrCall}, shared by its concurrent callers. */
+  private <E extends Exception> Result lookUpOrCall(
       String namespace, String prompt, CacheOptions options, Call<E> call) throws E {
     Optional<CacheHit> hit;
     try {
@@ -433,6 +553,88 @@ public final class Cache {
           "cache: the answer to a prompt in \"" + namespace + "\" was not stored: " + e);
     }
     return new Result(value, Optional.empty());
+  }
+
+  /**
+   * The {@link #getOrCall} calls under way of a client, by what decides their answer ({@link
+   * FlightKey}): one per distinct question being answered now, removed when its call ends or the
+   * moment its last caller gives up on it (as the other SDKs keep theirs). Guarded by itself.
+   */
+  static final class Flights {
+    private final Map<FlightKey, Flight> underWay = new HashMap<>();
+
+    /** How many calls are under way (tests check that none is left). */
+    synchronized int size() {
+      return underWay.size();
+    }
+
+    /**
+     * How many callers wait now for the shared call of a question (0: none under way): tests start
+     * concurrent callers and need to know when all have joined.
+     */
+    synchronized int waiters(String namespace, String prompt, CacheOptions options) {
+      Flight flight = underWay.get(FlightKey.of(namespace, prompt, options));
+      return flight == null ? 0 : flight.waiters;
+    }
+  }
+
+  /** A {@link #getOrCall} under way, shared by the callers waiting for it. */
+  private static final class Flight {
+    final CompletableFuture<Result> result = new CompletableFuture<>();
+    // Guarded by the Flights:
+    Future<?> task;
+    int waiters;
+    boolean landed;
+  }
+
+  /**
+   * What decides a {@link #getOrCall}'s answer, as the Go SDK's key: the namespace, the normalised
+   * prompt and the lookup options.
+   */
+  private record FlightKey(
+      String namespace,
+      String prompt,
+      List<Float> vector,
+      Double threshold,
+      Duration maxAge,
+      boolean exactOnly) {
+    static FlightKey of(String namespace, String prompt, CacheOptions options) {
+      return new FlightKey(
+          namespace,
+          normalisePrompt(prompt),
+          options.vector() == null ? null : List.copyOf(options.vector()),
+          options.threshold(),
+          options.maxAge(),
+          options.exactOnly());
+    }
+  }
+
+  /**
+   * The prompt as the sidecar's exact tier keys it: Unicode NFC, runs of whitespace (Python's
+   * {@code str.isspace}: space separators, U+0009 to U+000D, U+001C to U+001F and U+0085) collapsed
+   * to one space, trimmed.
+   */
+  static String normalisePrompt(String prompt) {
+    String nfc = Normalizer.normalize(prompt, Normalizer.Form.NFC);
+    StringBuilder out = new StringBuilder(nfc.length());
+    boolean space = false;
+    for (int i = 0; i < nfc.length(); ) {
+      int c = nfc.codePointAt(i);
+      i += Character.charCount(c);
+      if (Character.isSpaceChar(c)
+          || (c >= 0x09 && c <= 0x0d)
+          || (c >= 0x1c && c <= 0x1f)
+          || c == 0x85) {
+        space = out.length() > 0;
+        continue;
+      }
+      if (space) {
+        out.append(' ');
+        space = false;
+      }
+      out.appendCodePoint(c);
+    }
+    return out.toString();
   }
 
   /**

@@ -111,6 +111,12 @@ public final class Client implements AutoCloseable {
   /** The event streams open on this client: {@link #close()} cancels them. */
   private final Set<EventStream> eventStreams = ConcurrentHashMap.newKeySet();
 
+  /**
+   * The {@link Cache#getOrCall} calls under way on this client: concurrent callers of one question
+   * share one.
+   */
+  final Cache.Flights cacheFlights = new Cache.Flights();
+
   private Client(
       String target,
       ManagedChannel managed,
@@ -439,7 +445,8 @@ public final class Client implements AutoCloseable {
    * Opens an event stream: events matching {@code filter}, replayed from {@code afterSequence} (0:
    * the oldest retained) then live; null: live only. Events a slow reader missed are fetched and
    * delivered in place of the sidecar's notice ({@link #streamEvents(EventFilter, Long,
-   * boolean)}). Close it when done.
+   * boolean)}), and events the sidecar sends batched are delivered one by one ({@link
+   * EventStream}). Close it when done.
    */
   public EventStream streamEvents(EventFilter filter, Long afterSequence) {
     return streamEvents(filter, afterSequence, true);

@@ -24,8 +24,15 @@ import java.util.concurrent.TimeUnit;
  * A live event stream (TraceService.StreamEvents): replayed events (when opened with a cursor), one
  * {@code CaughtUp}, then live events. Read it with {@link #next(Duration)} from one thread; close
  * it when done (from any thread). Flow control asks the sidecar for one message at a time, so an
- * unread stream buffers nothing here: the sidecar keeps a bounded buffer per stream and, when a
- * slow reader lets it overflow, drops events and sends an {@code EventsMissed} notice.
+ * unread stream buffers at most one message here: the sidecar keeps a bounded buffer per stream
+ * and, when a slow reader lets it overflow, drops events and sends an {@code EventsMissed} notice.
+ *
+ * <p>The stream asks for batches ({@code max_batch} 256, as the Python SDK): events the sidecar has
+ * ready together (a replay, a burst) come in one message, which costs the sidecar far less than one
+ * message each, and {@link #next} still delivers them one at a time, each as a message holding one
+ * {@code event}, in order, as if each had come alone (it never delivers a {@code batch}); the
+ * sequence of the last event delivered is the cursor to resume from, as before. A client whose
+ * {@link Options#maxMessageBytes()} is under 4 MiB (a batch's bound) does not ask for them.
  *
  * <p>With missed-event fill (the default), a slow-subscriber notice is not delivered: the events it
  * names are still in the flight recorder, so the stream fetches them with ListEvents (from the
@@ -44,12 +51,31 @@ public final class EventStream implements AutoCloseable {
   /** Events asked for per ListEvents page of a fill (the most the sidecar gives). */
   private static final int FILL_PAGE = 1000;
 
+  /**
+   * The {@code max_batch} of every stream, as the Python SDK's: the sidecar sends the events it
+   * already has ready up to this many in one message, which costs it far less than one message
+   * each (it runs the scheduler on the same event loop).
+   */
+  private static final int STREAM_BATCH = 256;
+
+  /**
+   * The largest message a batch makes (the sidecar's bound: gRPC's default receive limit). A client
+   * that takes less does not ask for batches, which it could not receive.
+   */
+  private static final int STREAM_BATCH_BYTES = 4 << 20;
+
   private final Client client;
   private final EventFilter filter;
   private final boolean fillMissed;
   private final LinkedBlockingQueue<Object> queue = new LinkedBlockingQueue<>();
   private volatile ClientCallStreamObserver<StreamEventsRequest> call;
   private boolean ended;
+
+  /** The rest of a batch received: events not yet delivered, in order. */
+  private final ArrayDeque<Event> batched = new ArrayDeque<>();
+
+  /** Batches received so far. */
+  private long batches;
 
   /** Missed events fetched and not yet delivered. */
   private final ArrayDeque<Event> pending = new ArrayDeque<>();
@@ -72,6 +98,9 @@ public final class EventStream implements AutoCloseable {
     this.filter = filter;
     this.fillMissed = fillMissed;
     StreamEventsRequest.Builder req = StreamEventsRequest.newBuilder().setFilter(filter);
+    if (client.maxMessageBytes() >= STREAM_BATCH_BYTES) {
+      req.setMaxBatch(STREAM_BATCH);
+    }
     if (afterSequence != null) {
       req.setAfterSequence(afterSequence);
     }
@@ -121,6 +150,13 @@ public final class EventStream implements AutoCloseable {
       if (ended) {
         return Optional.empty();
       }
+      Event next = batched.poll();
+      if (next != null) {
+        if (firstTime(next.getSequence())) {
+          return Optional.of(StreamEventsResponse.newBuilder().setEvent(next).build());
+        }
+        continue;
+      }
       Event missed = pending.poll();
       if (missed != null) {
         if (firstTime(missed.getSequence())) {
@@ -158,6 +194,12 @@ public final class EventStream implements AutoCloseable {
           if (firstTime(msg.getEvent().getSequence())) {
             return Optional.of(msg);
           }
+        }
+        case BATCH -> {
+          // Consecutive events, in order, with no notice among them: delivered one by one before
+          // the next message is read.
+          batches++;
+          batched.addAll(msg.getBatch().getEventsList());
         }
         case MISSED -> {
           EventsMissed notice = msg.getMissed();
@@ -241,6 +283,11 @@ public final class EventStream implements AutoCloseable {
   /** How many events this stream delivered in place of slow-subscriber notices. */
   long filled() {
     return filled;
+  }
+
+  /** How many batches this stream received (each delivered as the events it holds). */
+  long batches() {
+    return batches;
   }
 
   /** Cancels the stream. */

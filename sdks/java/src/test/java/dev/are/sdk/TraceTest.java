@@ -168,6 +168,71 @@ class TraceTest {
     assertEquals("SEQUENCE_BEYOND_LOG", beyond.reason());
   }
 
+  /** The sequences of the events a stream delivers up to its CaughtUp (a notice fails the test). */
+  private static List<Long> replay(EventStream stream) {
+    List<Long> sequences = new ArrayList<>();
+    StreamEventsResponse msg = stream.next(WithSidecar.WAIT).orElseThrow();
+    while (msg.hasEvent()) {
+      sequences.add(msg.getEvent().getSequence());
+      msg = stream.next(WithSidecar.WAIT).orElseThrow();
+    }
+    assertTrue(msg.hasCaughtUp(), "" + msg);
+    return sequences;
+  }
+
+  /**
+   * A replay of 600 events, all ready at once, comes in batches (it came one event per message:
+   * the stream did not ask for batches), and the stream delivers them one by one: every event, in
+   * order, once, then CaughtUp. A stream resumed from an event inside a batch starts right after
+   * it, and a burst of live events comes out in order too.
+   */
+  @Test
+  void aReplayComesInBatchesDeliveredOneByOneInOrder() throws Exception {
+    WorkflowHandle handle = ranWorkflow();
+    EventFilter filter = customOf(handle);
+    List<Long> sequences = report(handle, 600);
+    try (EventStream stream = client.streamEvents(filter, 0L)) {
+      assertEquals(sequences, replay(stream), "every event, in order, once");
+      assertTrue(
+          stream.batches() > 0,
+          "600 events ready at once and no batch: the stream did not ask for them");
+      // Live: a burst, in order, once (batched, or fetched in place of a notice: this sidecar
+      // buffers 16 events per stream, and the stream is not read while the burst is recorded).
+      List<Long> burst = report(handle, 300);
+      List<Long> live = new ArrayList<>();
+      while (live.size() < burst.size()) {
+        StreamEventsResponse msg = stream.next(WithSidecar.WAIT).orElseThrow();
+        assertTrue(msg.hasEvent(), "only events: " + msg);
+        live.add(msg.getEvent().getSequence());
+      }
+      assertEquals(burst, live);
+      // Resuming from an event that came inside a batch (the 101st): the next one on.
+      List<Long> rest = new ArrayList<>(sequences.subList(101, sequences.size()));
+      rest.addAll(burst);
+      try (EventStream resumed = client.streamEvents(filter, sequences.get(100))) {
+        assertEquals(rest, replay(resumed));
+      }
+    }
+  }
+
+  /**
+   * A client that takes messages under 4 MiB (a batch's bound) does not ask for batches, which it
+   * could not receive: its events come one per message, all of them, in order.
+   */
+  @Test
+  void aClientTakingSmallMessagesGetsSingleEvents() throws Exception {
+    WorkflowHandle handle = ranWorkflow();
+    EventFilter filter = customOf(handle);
+    List<Long> sequences = report(handle, 300);
+    try (Client small =
+            Client.connect(
+                sidecar.target(), Options.builder().maxMessageBytes(1024 * 1024).build());
+        EventStream stream = small.streamEvents(filter, 0L)) {
+      assertEquals(sequences, replay(stream));
+      assertEquals(0, stream.batches());
+    }
+  }
+
   @Test
   void aSlowReaderGetsWhatItMissedInOrderAndOnce() throws Exception {
     WorkflowHandle handle = ranWorkflow();
