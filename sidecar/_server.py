@@ -39,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from are_core.storage import Durability, GroupCommitter, Storage
+from are_core.storage import DataDirLockedError, Durability, GroupCommitter, Storage, StorageOpenError
 from are_sdk._proto.are.v1 import (
     cache_service_pb2,
     router_service_pb2,
@@ -121,6 +121,13 @@ class _OwnedFile(msgspec.Struct, frozen=True):
             self.path.unlink(missing_ok=True)
 
 
+def start_failure(error: DataDirLockedError | StorageOpenError | OSError) -> str:
+    """The one log line of a start that failed for its data folder or an endpoint."""
+    if isinstance(error, DataDirLockedError):
+        return str(error)  # it says whose lock it is and what to do
+    return f"cannot start: {error}"  # a damaged LMDB environment, an endpoint that cannot be bound
+
+
 class Sidecar:
     """One running sidecar: storage, the gRPC server and its lifecycle."""
 
@@ -147,12 +154,15 @@ class Sidecar:
             2, with nothing opened, when ``--tls-cert`` and ``--tls-key``
             cannot be read or are not a certificate and its private key;
             2, after closing what it opened, when a capability refuses its
-            settings as it starts (a model directory that cannot be loaded).
+            settings as it starts (a model directory that cannot be loaded);
+            1, after closing what it opened, when another sidecar owns the
+            data folder, its LMDB environment cannot be opened, or an
+            endpoint cannot be bound: the reason is logged before the
+            unwinding's "stopped".
 
         Raises:
-            DataDirLockedError: Another sidecar owns the data folder.
-            OSError: An endpoint cannot be bound (a taken port, a socket path
-                a live process listens on).
+            OSError: The ``--listen`` port is taken (probed before anything
+                is opened: see :func:`start_failure` for its message).
         """
         try:
             otlp_endpoint(self._config.otlp_endpoint)
@@ -174,6 +184,9 @@ class Sidecar:
         except ConfigError as error:  # a capability refused its settings (a model that cannot load)
             _log.error(f"invalid configuration: {error}")
             return 2
+        except (DataDirLockedError, StorageOpenError, OSError) as error:
+            _log.error(start_failure(error))  # before the unwinding logs "stopped"
+            return 1
         finally:
             await self._shutdown()
         return 0

@@ -36,7 +36,7 @@ from are_core.storage import DataDirLockedError, StorageOpenError
 from sidecar._cli_client import register_client_commands
 from sidecar._config import ConfigError, add_arguments, load_config
 from sidecar._logging import configure_logging
-from sidecar._server import VERSION, Sidecar
+from sidecar._server import VERSION, Sidecar, start_failure
 
 __all__ = ["main"]
 
@@ -132,14 +132,8 @@ def _serve(flags: dict[str, str]) -> int:
         _pin(config.cpu_affinity)
     try:
         return uvloop.run(Sidecar(config).run())
-    except DataDirLockedError as error:
-        logging.getLogger("are.sidecar").error(str(error))
-        return 1
-    except StorageOpenError as error:  # a damaged LMDB environment: one line naming the folder
-        logging.getLogger("are.sidecar").error(f"cannot start: {error}")
-        return 1
-    except OSError as error:
-        logging.getLogger("are.sidecar").error(f"cannot start: {error}")
+    except (DataDirLockedError, StorageOpenError, OSError) as error:  # before anything was opened
+        logging.getLogger("are.sidecar").error(start_failure(error))
         return 1
 
 

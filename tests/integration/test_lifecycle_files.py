@@ -146,7 +146,10 @@ def test_a_start_refused_by_the_lock_leaves_the_running_sidecars_files(running: 
         *("--listen", "127.0.0.1:0", "--uds", str(running.socket_path)),
     )
     assert _exit_status(second, log) == 1
-    assert "is locked by" in log.read_text()
+    lines = log.read_text().splitlines()
+    reason = next(i for i, line in enumerate(lines) if "is locked by" in line)
+    # The reason first, then the unwinding's "stopped" (it read as if the stop came first).
+    assert all(i > reason for i, line in enumerate(lines) if line.endswith("are.sidecar: stopped")), lines
     _still_serving(running, ready_text)
     assert _stop(running.process) == 0
     assert not running.ready_file.exists()  # the sidecar that made them removes them
