@@ -10,6 +10,12 @@ the decision is recorded in the trace (a TASK_ROUTED event naming the card).
 The script prints, for each task, the class it went to and why, then the
 router's view of the classes (``are agents`` shows the same).
 
+The capabilities and cards are named ``example.worker-classes.<class>`` so
+that no other worker on the same sidecar serving ``translate`` (or
+registering a card ``class-translate``) takes these tasks or replaces these
+cards. The router still weighs every card it holds: a cheaper card of yours
+that fits an intent just as well would win it.
+
     python examples/worker_classes.py                            # starts and stops its own sidecar
     python examples/worker_classes.py --target 127.0.0.1:50051   # a sidecar you run
 """
@@ -26,7 +32,11 @@ from contextlib import AsyncExitStack
 
 from are_sdk import AgentCard, Client, TaskContext, Worker, WorkflowSpec
 
-# Each class: its capability, its card's description and its cost per call (micro-USD).
+# The example's own names: plain ones ("translate") are likely served by other workers on a shared
+# sidecar, which would take these tasks, and a card registered under an existing id replaces it.
+PREFIX = "example.worker-classes."
+
+# Each class: its name, its card's description and its cost per call (micro-USD).
 CLASSES = {
     "summarize-small": ("summarise short notes and emails into a few lines", 200),
     "summarize-large": ("summarise short notes and emails into a few lines, and long reports too", 9_000),
@@ -40,14 +50,15 @@ INTENTS = {
 
 def build_workers(client: Client) -> Iterator[Worker]:
     """One worker per class; each answers with its class name (a real one would call its model)."""
-    for capability, (description, cost) in CLASSES.items():
+    for name, (description, cost) in CLASSES.items():
+        capability = PREFIX + name
         card = AgentCard(
-            f"class-{capability}",
+            f"{PREFIX}class-{name}",
             description=description,
             capabilities=(capability,),
             cost_per_call_micro_usd=cost,
         )
-        worker = Worker(client, name=f"{capability}-worker", card=card, shutdown_grace=5)
+        worker = Worker(client, name=f"{name}-worker", card=card, shutdown_grace=5)
 
         async def handle(ctx: TaskContext, served: str = capability) -> str:
             ctx.report_llm_call(f"{served}-model", input_tokens=100, output_tokens=20)
@@ -79,9 +90,9 @@ async def run(target: str) -> dict[str, str]:
             print(f"  {event.task_id}: {attributes['are.route.agent_id']} ({attributes['are.route.reason']})")
         print("classes:")
         async for card in client.router.iter_agents():
-            if card.agent_id.startswith("class-"):
+            if card.agent_id.startswith(PREFIX):
                 price = card.cost_per_call_micro_usd / 1e6
-                print(f"  {card.agent_id:<24} ${price:.4f}/call  load {card.running}/{card.capacity}")
+                print(f"  {card.agent_id:<46} ${price:.4f}/call  load {card.running}/{card.capacity}")
         return served
 
 

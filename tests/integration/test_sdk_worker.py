@@ -495,7 +495,17 @@ def test_the_example_pipeline_runs_end_to_end(sidecar: SidecarProcess) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "waiting for approval: review" in result.stdout
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    # The story follows the recorded order: the gate opens after both drafts, is approved, then runs.
+    assert "review    AWAITING_APPROVAL" in lines, result.stdout
+    gate = lines.index("review    AWAITING_APPROVAL")
+    assert lines.index("write     COMPLETED") < gate
+    assert lines.index("design    COMPLETED") < gate
+    assert lines[gate + 1 : gate + 4] == [
+        "waiting for approval: review (after write, design)",
+        "approved review",
+        "review    RUNNING",
+    ]
     assert "COMPLETED: cost 900 micro-USD" in result.stdout
     assert "published: https://example.invalid/" in result.stdout
 
@@ -509,9 +519,9 @@ def test_the_worker_classes_example_routes_intents_to_the_cheapest_class(sidecar
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "-> summarize-small" in result.stdout  # not the large summariser: it costs more
-    assert "-> translate" in result.stdout
-    assert "inbox: class-summarize-small (cheapest above" in result.stdout
+    assert "-> example.worker-classes.summarize-small" in result.stdout  # not the large one: it costs more
+    assert "-> example.worker-classes.translate" in result.stdout
+    assert "inbox: example.worker-classes.class-summarize-small (cheapest above" in result.stdout
 
 
 _SIGTERM_WORKER = """
