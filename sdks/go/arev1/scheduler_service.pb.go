@@ -453,10 +453,14 @@ func (x *WatchWorkflowRequest) GetIncludeTasks() bool {
 // WatchWorkflowResponse is one change of a watched workflow.
 type WatchWorkflowResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The workflow's status after the change.
+	// The workflow's status when this message is sent: after the change,
+	// and possibly after later ones whose own messages follow (a watcher
+	// that tells a story from the changes reads `event`, which is the change
+	// itself, in sequence order).
 	Workflow *Workflow `protobuf:"bytes,1,opt,name=workflow,proto3" json:"workflow,omitempty"`
-	// The task that changed, without payloads, when include_tasks is set
-	// and the change concerned a task.
+	// The task that changed, as it is when this message is sent (as
+	// workflow), without payloads, when include_tasks is set and the change
+	// concerned a task.
 	Task *Task `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
 	// The event that recorded the change; unset for the initial status.
 	Event *Event `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`

@@ -120,13 +120,19 @@ export interface WatchWorkflowRequest {
 
 /** WatchWorkflowResponse is one change of a watched workflow. */
 export interface WatchWorkflowResponse {
-  /** The workflow's status after the change. */
+  /**
+   * The workflow's status when this message is sent: after the change,
+   * and possibly after later ones whose own messages follow (a watcher
+   * that tells a story from the changes reads `event`, which is the change
+   * itself, in sequence order).
+   */
   workflow:
     | Workflow
     | undefined;
   /**
-   * The task that changed, without payloads, when include_tasks is set
-   * and the change concerned a task.
+   * The task that changed, as it is when this message is sent (as
+   * workflow), without payloads, when include_tasks is set and the change
+   * concerned a task.
    */
   task:
     | Task
