@@ -137,6 +137,8 @@ _BAD_PORT = "the port must be a number from 1 to 65535"
 _HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
 # The deadline of one export call, its retries included (the SDK's default is 10 s).
 _EXPORT_TIMEOUT_S = 5.0
+# The stored bytes of the events replayed onto the span of a workflow that lived across a restart, about.
+_REPLAY_MAX_BYTES = 8 << 20
 # The share of the shutdown grace that exporting what is queued may take: what
 # is left of the grace, at most the first, at least the second.
 _SHUTDOWN_EXPORT_MAX_S = 3.0
@@ -428,6 +430,9 @@ def _otlp_span_builder(
         trace_context=_trace_context_resolver(runtime, recorder),
         attempt_span=_attempt_span_resolver(runtime),
         workflow_start=_workflow_start_resolver(runtime),
+        workflow_events=lambda workflow_id, before, limit: recorder.recent_workflow_events(
+            workflow_id, before, limit, _REPLAY_MAX_BYTES
+        ),
     )
 
 

@@ -39,9 +39,16 @@ the scheduler emits:
 
 The workflow span is exported once, complete, when the workflow ends. When
 its start was not seen by this builder (the sidecar restarted while the
-workflow ran), its end still exports it, with the workflow's span id and
-the start, name and trace context of its submission, found with the
-optional ``workflow_start`` resolver. For that reason :meth:`SpanBuilder.shutdown`
+workflow ran), the first event of the workflow seen here (its end at the
+latest) opens its span, with the workflow's span id and the start, name and
+trace context of its submission, found with the optional ``workflow_start``
+resolver; the events of the workflow recorded before that one, which this
+builder never saw, are replayed onto it in order from the event log with the
+optional ``workflow_events`` resolver (the most recent ``max_events_per_span``
+of them, span boundaries left out, as when seen), so the span has the events
+of both sides of the restart. A workflow whose replayed events hold its
+close ended before the restart (its span was exported then): its late
+events open no span. For that reason :meth:`SpanBuilder.shutdown`
 ends the attempts' spans still open (those attempts are run again, with new
 spans, after a restart) but not the workflows': exporting one marked
 unfinished and again when the workflow ends after the restart would make
@@ -94,6 +101,7 @@ __all__ = [
     "AttemptSpanResolver",
     "SpanBuilder",
     "TraceContextResolver",
+    "WorkflowEventsResolver",
     "WorkflowStartResolver",
     "attempt_span_id",
     "task_traceparent",
@@ -143,6 +151,10 @@ AttemptSpanResolver = Callable[[str, str, int], "int | None"]
 WorkflowStartResolver = Callable[[str], "Event | None"]
 """Given a workflow id, the event that started it (``WORKFLOW_SUBMITTED``/``FORKED``), or None."""
 
+WorkflowEventsResolver = Callable[[str, int, int], Sequence[Event]]
+"""Given a workflow id, a sequence and a count, at most that many of the workflow's retained events
+recorded before that sequence, the most recent ones, in sequence order."""
+
 
 class _ChosenIds(IdGenerator):
     """Hands out the ids chosen for the next span, random ones otherwise."""
@@ -182,7 +194,10 @@ class SpanBuilder:
             builder started, or so long ago that it is no longer kept, for a
             call reported late.
         workflow_start: Finds the event that started a workflow whose start
-            this builder did not see, so that its end exports its span.
+            this builder did not see, so that its span is opened, and its
+            end exports it.
+        workflow_events: Finds the events of such a workflow recorded before
+            the first one seen here, replayed onto its span once opened.
         max_ended_attempts: Span ids of ended attempts kept for the calls
             their workers report late.
     """
@@ -197,6 +212,7 @@ class SpanBuilder:
         trace_context: TraceContextResolver | None = None,
         attempt_span: AttemptSpanResolver | None = None,
         workflow_start: WorkflowStartResolver | None = None,
+        workflow_events: WorkflowEventsResolver | None = None,
         max_ended_attempts: int = 65_536,
     ) -> None:
         self._ids = _ChosenIds()
@@ -216,6 +232,12 @@ class SpanBuilder:
         self._resolve = trace_context
         self._resolve_attempt = attempt_span
         self._resolve_start = workflow_start
+        self._resolve_events = workflow_events
+        # Workflows whose start was not seen here nor found by the resolver -> the sequence of their first
+        # event seen here: asked again at their end only.
+        self._unknown: OrderedDict[str, int] = OrderedDict()
+        # The sequence of the first event this builder saw: it saw none of those before.
+        self._first_sequence: int | None = None
         # (workflow, task, attempt) -> span id of attempts ended here: a late call's parent.
         self._ended: OrderedDict[_AttemptKey, int] = OrderedDict()
         self.max_ended_attempts = max_ended_attempts
@@ -232,6 +254,8 @@ class SpanBuilder:
 
     def on_events(self, events: Sequence[Event]) -> None:
         """Updates the spans with committed events, in order."""
+        if self._first_sequence is None and events:
+            self._first_sequence = events[0].sequence
         for event in events:
             self._on_event(event)
 
@@ -259,6 +283,7 @@ class SpanBuilder:
         kind = event.event_type
         if not event.workflow_id:
             return  # worker connections, cache and router calls outside a workflow: no trace
+        self._open_unseen(event)
         worker_span = kind in _REPORTED and self._worker_span(event)
         if kind in _LATER_ATTEMPT:
             self._end_earlier_attempt(event)
@@ -278,6 +303,19 @@ class SpanBuilder:
             self._end_attempt(event)
         elif kind in _WORKFLOW_END:
             self._end_workflow(event)
+
+    def _open_unseen(self, event: Event) -> None:
+        """Opens the span of ``event``'s workflow if no span of it is open here (see the module docstring).
+
+        Not at its start (which opens it), nor at a deletion (long after its
+        end, perhaps); a workflow whose start was not found is asked about
+        again at its end only.
+        """
+        kind = event.event_type
+        if event.workflow_id in self._workflows or kind in _WORKFLOW_START or kind == "WORKFLOW_DELETED":
+            return
+        if kind in _WORKFLOW_CLOSE or event.workflow_id not in self._unknown:
+            self._start_unseen_workflow(event)
 
     def _worker_span(self, event: Event) -> bool:
         """Whether a reported event's span id is the worker's own span, not its attempt's."""
@@ -537,8 +575,6 @@ class SpanBuilder:
         workflow_id = event.workflow_id
         if event.event_type in _WORKFLOW_CLOSE:
             self._end_open_attempts(event)
-        if workflow_id not in self._workflows and event.event_type in _WORKFLOW_CLOSE:
-            self._start_unseen_workflow(workflow_id)
         span = self._workflows.pop(workflow_id, None)
         self._workflow_events.pop(workflow_id, None)
         if span is None:
@@ -567,13 +603,58 @@ class SpanBuilder:
             if span is not None:
                 self._end_unfinished(key, span, event.event_time_unix_ns)
 
-    def _start_unseen_workflow(self, workflow_id: str) -> None:
-        """Opens the span of a workflow whose start this builder did not see, so that its end exports it."""
+    def _start_unseen_workflow(self, event: Event) -> None:
+        """Opens the span of a workflow whose start this builder did not see, with the events it missed.
+
+        Asked at the first event of the workflow seen here (then at its end
+        only, if its start was not found), so that its span gets the events
+        of both sides of a restart and its end exports it.
+        """
+        workflow_id = event.workflow_id
         if workflow_id in self._closed or self._resolve_start is None:
             return  # exported here already (ended, or evicted), or no way to know its start
+        # Events from the first one seen here were handled as they came: only those before are replayed.
+        first_seen = self._unknown.get(workflow_id, event.sequence)
+        missed = self._missed_events(workflow_id, first_seen)
+        if any(e.event_type in _WORKFLOW_CLOSE for e in missed):
+            self._remember_closed(workflow_id)  # it ended before: a late event, its span exported then
+            return
         start = self._resolve_start(workflow_id)
-        if start is not None and start.workflow_id == workflow_id and start.event_type in _WORKFLOW_START:
-            self._start_workflow(start)
+        if start is None or start.workflow_id != workflow_id or start.event_type not in _WORKFLOW_START:
+            self._remember_unknown(workflow_id, first_seen)
+            return
+        self._unknown.pop(workflow_id, None)
+        self._start_workflow(start)
+        if workflow_id not in self._workflows:
+            return  # evicted at once (max_open_spans)
+        for missed_event in missed:
+            self._replay(missed_event)
+
+    def _missed_events(self, workflow_id: str, before_sequence: int) -> Sequence[Event]:
+        """The workflow's retained events before a sequence, the most recent ``max_events_per_span``."""
+        if self._resolve_events is None or self.max_events_per_span < 1:
+            return ()
+        found = self._resolve_events(workflow_id, before_sequence, self.max_events_per_span)
+        missed = [e for e in found if e.workflow_id == workflow_id and e.sequence < before_sequence]
+        missed.sort(key=lambda e: e.sequence)
+        return missed[-self.max_events_per_span :]
+
+    def _replay(self, event: Event) -> None:
+        """Adds a missed event to its workflow's span as it would have been, had it been seen here."""
+        kind = event.event_type
+        if kind in _SPAN_BOUNDARIES:
+            return  # a span's start or end, not a span event
+        key = (event.workflow_id, event.task_id, event.attempt)
+        seen = self._first_sequence is not None and event.sequence >= self._first_sequence
+        if seen and event.task_id and (key in self._attempts or key in self._ended):
+            return  # seen here on its attempt's span (the workflow was forgotten, then seen again)
+        self._add_span_event(event, with_attributes=kind not in _CALLS)
+
+    def _remember_unknown(self, workflow_id: str, first_seen: int) -> None:
+        self._unknown[workflow_id] = first_seen
+        self._unknown.move_to_end(workflow_id)
+        while len(self._unknown) > self.max_open_spans:
+            self._unknown.popitem(last=False)
 
     def _remember_closed(self, workflow_id: str) -> None:
         self._closed[workflow_id] = None

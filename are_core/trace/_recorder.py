@@ -736,6 +736,44 @@ class EventRecorder:
                 return trace_context_of(event.attributes)
         return None
 
+    def recent_workflow_events(
+        self, workflow_id: str, before_sequence: int, limit: int, max_bytes: int
+    ) -> list[Event]:
+        """A workflow's most recent stored events before ``before_sequence``, oldest first.
+
+        At most ``limit`` of them, and about ``max_bytes`` of stored values
+        (at least one): the workflow's index is read backwards from the
+        sequence, so the cost is that of the events returned, whatever the
+        length of the workflow or of the log. The span builder replays them
+        onto the span of a workflow that lived across a restart.
+        """
+        if limit < 1 or before_sequence < 2 or not _indexable(workflow_id):
+            return []
+        with self._storage.read() as view:
+            rows = view.scan(
+                BY_WORKFLOW_TABLE,
+                start=prefix_key(workflow_id),
+                end=join_key(workflow_id, before_sequence),
+                reverse=True,
+                limit=limit,
+            )
+            values = view.get_many(EVENTS_TABLE, [key[-8:] for key, _ in rows])
+        decode = self._codec.decode
+        events: list[Event] = []
+        size = 0
+        for value in values:  # newest first
+            if value is None:
+                continue  # pruned since the index was read
+            size += len(value)
+            if events and size > max_bytes:
+                break
+            try:
+                events.append(decode(value))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+        events.reverse()
+        return events
+
     # Live streams
 
     def subscribe(self, event_filter: EventFilter, after_sequence: int | None) -> Subscription:
