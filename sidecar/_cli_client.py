@@ -393,6 +393,7 @@ def register_client_commands(group: click.Group) -> None:
     for command in (
         submit,
         status,
+        result,
         trace,
         events,
         workflows,
@@ -967,7 +968,12 @@ def _payload_content_type(value: Any) -> str | None:
 
 @click.command("submit")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--wait", is_flag=True, help="Wait for the workflow to end, showing progress.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the workflow to end, showing progress, then print its result (see `are result`) "
+    "or, on stderr, why it did not complete (exit 1).",
+)
 @click.option("--request-id", default="", help="Idempotency key: resubmitting it returns the same workflow.")
 @_client_command
 async def submit(client: Client, file: Path, *, wait: bool, request_id: str) -> int:
@@ -1016,7 +1022,19 @@ async def _wait(client: Client, workflow_id: str) -> int:
                 break
             await asyncio.sleep(0.5)
     out.print(Text.assemble("workflow ", (workflow_id, "bold"), " ", _styled_state(state)))
-    return 0 if workflow.state == workflow_pb2.WORKFLOW_STATE_COMPLETED else 1
+    if workflow.state != workflow_pb2.WORKFLOW_STATE_COMPLETED:
+        await _print_failure(client, workflow)
+        return 1
+    if _payload_kind(workflow.result) == "none":
+        err.print(f"({_no_result(workflow)})", style="dim")
+    else:
+        _print_result(
+            workflow.result,
+            of=f"task {workflow.result_task_id}",
+            command=f"are result {workflow_id}",
+            raw_to_file=False,
+        )
+    return 0
 
 
 async def _all_tasks(client: Client, workflow_id: str) -> list[task_pb2.Task]:
@@ -1694,6 +1712,338 @@ async def _print_history(client: Client, workflow_id: str, limit: int, *, as_jso
         )
     if more:
         err.print(f"(the newest {limit:,} versions shown; --limit N shows more)", style="dim")
+    return 0
+
+
+# result
+
+_RESULT_TERMINAL_MAX = 64 * 1024  # characters of a result a terminal is shown; a pipe or a file gets it all
+_FAILURE_TERMINAL_MAX = 4096  # characters of a failure message a terminal is shown
+_FAILED_TASKS_SHOWN = 5  # failed tasks a failed workflow's report names
+_CAUSES_SHOWN = 8  # causes of a failure it names (the contract keeps at most 8)
+_TEXT_TYPES = frozenset(
+    {"application/xml", "application/yaml", "application/x-yaml", "application/toml", "application/x-ndjson"}
+)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CLOSED_TASK_STATES = frozenset(
+    {
+        task_pb2.TASK_STATE_COMPLETED,
+        task_pb2.TASK_STATE_FAILED,
+        task_pb2.TASK_STATE_SKIPPED,
+        task_pb2.TASK_STATE_REJECTED,
+        task_pb2.TASK_STATE_CANCELLED,
+    }
+)
+_PayloadKind = Literal["none", "blob", "json", "text", "binary"]
+
+
+def _content_type(payload: common_pb2.Payload) -> str:
+    """The payload's media type, the contract's defaults filled in."""
+    if payload.HasField("blob"):
+        return payload.content_type or payload.blob.content_type or "application/octet-stream"
+    return payload.content_type or "application/json"
+
+
+def _is_text_type(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return (
+        base.startswith("text/")
+        or base in _TEXT_TYPES
+        or base.endswith(("+xml", "+yaml"))
+        or "charset=" in content_type.lower()
+    )
+
+
+def _payload_kind(payload: common_pb2.Payload) -> _PayloadKind:
+    """How a result is shown: JSON that parses, UTF-8 text, a blob reference, other bytes, or nothing."""
+    content = payload.WhichOneof("content")
+    if content is None:
+        return "none"
+    if content == "blob":
+        return "blob"
+    content_type = _content_type(payload)
+    if is_json_content_type(content_type):
+        try:
+            json.loads(payload.data)
+        except ValueError:
+            pass
+        else:
+            return "json"
+    if is_json_content_type(content_type) or _is_text_type(content_type):
+        try:
+            payload.data.decode()
+        except UnicodeDecodeError:
+            return "binary"
+        return "text"
+    return "binary"
+
+
+def _describe_payload(payload: common_pb2.Payload) -> str:
+    """A payload in words: its content type and size, and a blob's sha256."""
+    if payload.HasField("blob"):
+        blob = payload.blob
+        return f"blob sha256:{blob.sha256}, {_format_bytes(blob.size_bytes)}, {_content_type(payload)}"
+    return f"{_format_bytes(len(payload.data))} of {_content_type(payload)}"
+
+
+def _escape_controls(text: str) -> str:
+    r"""``text`` with its control characters but newline and tab escaped (``\x1b``), for a terminal."""
+    return _CONTROL_CHARACTERS.sub(lambda match: repr(match[0])[1:-1], text)
+
+
+def _print_bounded(text: str) -> None:
+    """Writes ``text`` on stdout: whole to a pipe or a file; to a terminal, safe and cut short.
+
+    A terminal gets no control characters (escape sequences in an output
+    could rewrite the screen; they are shown escaped) and at most
+    ``_RESULT_TERMINAL_MAX`` characters, a note on stderr saying how to get the rest.
+    """
+    if not out.is_terminal:
+        _write_line(text.removesuffix("\n"))
+        return
+    shown = text[:_RESULT_TERMINAL_MAX]
+    _write_line(_escape_controls(shown).removesuffix("\n"))
+    if len(text) > len(shown):
+        err.print(
+            f"(the first {len(shown):,} of {len(text):,} characters shown; "
+            "redirect to a file or a pipe for all of it)",
+            style="dim",
+        )
+
+
+def _print_result(payload: common_pb2.Payload, *, of: str, command: str, raw_to_file: bool) -> None:
+    """Prints a result on stdout: JSON indented, text as text, anything else described.
+
+    A terminal first gets, on stderr, which task the result is of and its
+    content type and size. Bytes that are neither (or a blob reference) are
+    described, never written to a terminal (``command`` is the ``are result``
+    that saves them); with ``raw_to_file`` they are written as they are to a
+    pipe or a file.
+    """
+    kind = _payload_kind(payload)
+    if out.is_terminal:
+        err.print(f"(result of {of}: {_describe_payload(payload)})", style="dim")
+    if kind == "json":
+        text = json.dumps(json.loads(payload.data), indent=2, ensure_ascii=False)
+        if out.is_terminal and len(text) <= min(_JSON_HIGHLIGHT_MAX, _RESULT_TERMINAL_MAX):
+            out.print(JSON(text), soft_wrap=True)
+        else:
+            _print_bounded(text)
+    elif kind == "text":
+        _print_bounded(payload.data.decode())
+    elif kind == "binary" and raw_to_file and not out.is_terminal:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(payload.data)
+        sys.stdout.buffer.flush()
+    elif kind == "binary":
+        out.print(Text(f"{_describe_payload(payload)} (binary: not printed)"), soft_wrap=True)
+        err.print(Text(f"(save it with: {command} > FILE)", style="dim"))
+    elif kind == "blob":
+        out.print(
+            Text(f"{_describe_payload(payload)} (in the sidecar's blob store: not printed)"), soft_wrap=True
+        )
+
+
+def _failure_text(failure: common_pb2.Failure | str) -> str:
+    """A failure as ``(TYPE) MESSAGE``, or a state reason, for stderr; safe and cut short in a terminal."""
+    if isinstance(failure, str):
+        text = failure
+    else:
+        text = (f"({failure.type}) " if failure.type else "") + (failure.message or "(no message)")
+    if err.is_terminal:
+        cut = len(text) > _FAILURE_TERMINAL_MAX
+        text = _escape_controls(text[:_FAILURE_TERMINAL_MAX]) + ("…" if cut else "")
+    return text
+
+
+def _print_failure_causes(failure: common_pb2.Failure, indent: str) -> None:
+    cause, depth = failure, 0
+    while cause.HasField("cause") and depth < _CAUSES_SHOWN:
+        cause, depth = cause.cause, depth + 1
+        err.print(Text(f"{indent}caused by {_failure_text(cause)}"))
+
+
+async def _failed_tasks(client: Client, workflow_id: str) -> tuple[list[task_pb2.Task], bool]:
+    """The workflow's first FAILED or REJECTED tasks, and whether there are more."""
+    request = scheduler_service_pb2.ListTasksRequest(
+        workflow_id=workflow_id, states=[task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_REJECTED]
+    )
+    return await _first_items(client.raw.scheduler.ListTasks, request, "tasks", _FAILED_TASKS_SHOWN, 100)
+
+
+async def _print_failure(
+    client: Client, workflow: workflow_pb2.Workflow, tasks: list[task_pb2.Task] | None = None
+) -> None:
+    """Says on stderr why a workflow did not complete: its failure, and its failed tasks' failures."""
+    state = _enum_name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
+    line = Text.assemble(("error:", "red"), f" workflow {workflow.workflow_id} {state}")
+    if workflow.HasField("failure"):
+        line.append(f": {_failure_text(workflow.failure)}")
+    err.print(line)
+    if workflow.HasField("failure"):
+        _print_failure_causes(workflow.failure, "  ")
+    more = False
+    if tasks is None:
+        tasks, more = await _failed_tasks(client, workflow.workflow_id)
+    for task in tasks:
+        task_state = _enum_name(task_pb2.TaskState, task.state, "TASK_STATE_")
+        attempt = f" after {task.attempt} attempts" if task.attempt > 1 else ""
+        why = _failure_text(task.failure if task.HasField("failure") else task.state_reason)
+        err.print(Text(f"  task {task.task_id} {task_state}{attempt}" + (f": {why}" if why else "")))
+        if task.HasField("failure"):
+            _print_failure_causes(task.failure, "    ")
+    if more:
+        err.print(f"  (more failed tasks: are status {workflow.workflow_id})", style="dim")
+
+
+def _no_result(workflow: workflow_pb2.Workflow) -> str:
+    """Why a COMPLETED workflow has no result to show."""
+    if not workflow.result_task_id:
+        return (
+            f"workflow {workflow.workflow_id} has no result: its spec names no result_task_id and it has "
+            "more than one final task (show one task's output with: "
+            f"are result {workflow.workflow_id} --task TASK_ID)"
+        )
+    return (
+        f"workflow {workflow.workflow_id} has no result: "
+        f"its result task {workflow.result_task_id} gave no output"
+    )
+
+
+def _result_json(payload: common_pb2.Payload) -> dict[str, Any]:
+    """The --json fields of a result: its content type and size, and its value, text, data or blob."""
+    kind = _payload_kind(payload)
+    if kind == "none":
+        return {}
+    answer: dict[str, Any] = {"contentType": _content_type(payload)}
+    if kind == "blob":
+        answer["blob"] = json_format.MessageToDict(payload.blob)
+        return answer
+    answer["sizeBytes"] = len(payload.data)
+    if kind == "json":
+        answer["value"] = json.loads(payload.data)
+    elif kind == "text":
+        answer["text"] = payload.data.decode()
+    else:
+        answer["data"] = base64.b64encode(payload.data).decode()
+    return answer
+
+
+def _workflow_result_json(workflow: workflow_pb2.Workflow, failed: list[task_pb2.Task]) -> dict[str, Any]:
+    """``are result --json``: the workflow's id and state, its result, its failure and failed tasks."""
+    answer: dict[str, Any] = {
+        "workflowId": workflow.workflow_id,
+        "state": _enum_name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_"),
+    }
+    if workflow.result_task_id:
+        answer["taskId"] = workflow.result_task_id
+    if workflow.state == workflow_pb2.WORKFLOW_STATE_COMPLETED:
+        answer.update(_result_json(workflow.result))
+    if workflow.HasField("failure"):
+        answer["failure"] = json_format.MessageToDict(workflow.failure)
+    if failed:
+        answer["failedTasks"] = [
+            {"taskId": task.task_id, "state": _enum_name(task_pb2.TaskState, task.state, "TASK_STATE_")}
+            | ({"failure": json_format.MessageToDict(task.failure)} if task.HasField("failure") else {})
+            for task in failed
+        ]
+    return answer
+
+
+@click.command("result")
+@click.argument("workflow_id")
+@click.option("--task", "task_id", default=None, metavar="TASK_ID", help="Print this task's output instead.")
+@_json_option(
+    "Print one line of JSON: the workflow (or task) id and state, the result's content type and size "
+    "and its value (JSON), text, data (base64) or blob; a failure as its proto JSON mapping."
+)
+@_client_command
+async def result(client: Client, workflow_id: str, *, task_id: str | None, as_json: bool) -> int:
+    """Print what a workflow produced: the output of its result task (or, with --task, of one task).
+
+    JSON is printed indented, text as text. Other bytes are described
+    (content type and size) in a terminal and written as they are to a pipe
+    or a file; a blob reference is described by its sha256, size and
+    content type. A terminal is shown at most 64 KiB of text, a pipe or a
+    file all of it. Exits 1, saying why on stderr, when the workflow (task)
+    has not ended, did not complete (with its failure and its failed tasks'),
+    or has no result.
+    """
+    if task_id is not None:
+        return await _task_result(client, workflow_id, task_id, as_json=as_json)
+    response = await client.raw.scheduler.GetWorkflow(
+        scheduler_service_pb2.GetWorkflowRequest(workflow_id=workflow_id)
+    )
+    workflow = response.workflow
+    state = _enum_name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
+    ended = workflow.state in _TERMINAL_WORKFLOW_STATES
+    completed = workflow.state == workflow_pb2.WORKFLOW_STATE_COMPLETED
+    failed: list[task_pb2.Task] = []
+    if ended and not completed:
+        failed, _ = await _failed_tasks(client, workflow_id)
+    if as_json:
+        _write_line(json.dumps(_workflow_result_json(workflow, failed), ensure_ascii=False))
+    if not ended:
+        err.print(
+            Text.assemble(
+                ("error:", "red"),
+                f" workflow {workflow_id} is {state}: it has not ended, so it has no result yet "
+                f"(follow it with: are status {workflow_id})",
+            )
+        )
+        return 1
+    if not completed:
+        await _print_failure(client, workflow, failed)
+        return 1
+    if _payload_kind(workflow.result) == "none":
+        err.print(Text.assemble(("error:", "red"), f" {_no_result(workflow)}"))
+        return 1
+    if not as_json:
+        _print_result(
+            workflow.result,
+            of=f"task {workflow.result_task_id}",
+            command=f"are result {workflow_id}",
+            raw_to_file=True,
+        )
+    return 0
+
+
+async def _task_result(client: Client, workflow_id: str, task_id: str, *, as_json: bool) -> int:
+    """``are result WORKFLOW_ID --task TASK_ID``: one task's output, or why it has none."""
+    response = await client.raw.scheduler.GetTask(
+        scheduler_service_pb2.GetTaskRequest(workflow_id=workflow_id, task_id=task_id)
+    )
+    task = response.task
+    state = _enum_name(task_pb2.TaskState, task.state, "TASK_STATE_")
+    completed = task.state == task_pb2.TASK_STATE_COMPLETED
+    if as_json:
+        answer: dict[str, Any] = {"workflowId": workflow_id, "taskId": task_id, "state": state}
+        answer.update(_result_json(task.output) if completed else {})
+        if task.HasField("failure"):
+            answer["failure"] = json_format.MessageToDict(task.failure)
+        _write_line(json.dumps(answer, ensure_ascii=False))
+    problem = None
+    if task.state not in _CLOSED_TASK_STATES:
+        problem = (
+            f"task {task_id} of workflow {workflow_id} is {state}: it has not ended, so it has no output yet"
+        )
+    elif not completed:
+        why = _failure_text(task.failure if task.HasField("failure") else task.state_reason)
+        problem = f"task {task_id} of workflow {workflow_id} {state}" + (f": {why}" if why else "")
+    elif _payload_kind(task.output) == "none":
+        problem = f"task {task_id} of workflow {workflow_id} gave no output"
+    if problem:
+        err.print(Text.assemble(("error:", "red"), f" {problem}"))
+        if task.HasField("failure"):
+            _print_failure_causes(task.failure, "  ")
+        return 1
+    if not as_json:
+        _print_result(
+            task.output,
+            of=f"task {task_id}",
+            command=f"are result {workflow_id} --task {task_id}",
+            raw_to_file=True,
+        )
     return 0
 
 

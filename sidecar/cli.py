@@ -11,7 +11,7 @@ opened). An empty ``ARE_*`` variable counts as unset. Flags are taken only as
 spelled: an abbreviation (``--data`` for ``--data-dir``) is an unknown flag,
 and the values of unknown arguments are not echoed (one may be a secret).
 
-The client commands (``are submit``, ``status``, ``trace``, ``events``,
+The client commands (``are submit``, ``status``, ``result``, ``trace``, ``events``,
 ``workflows``, ``cancel``, ``approve``, ``reject``, ``approvals``,
 ``state``, ``pools``, ``cache stats``, ``agents``, ``route``)
 live in :mod:`sidecar._cli_client`; they exit 0 on success, 1 when the

@@ -194,7 +194,7 @@ async def test_submit_wait_approve_status_and_trace_with_a_real_worker(
             code, stdout, stderr = await submitting
             assert code == 0, stderr
             assert f"submitted {workflow_id}" in stdout
-            assert "COMPLETED" in stdout.splitlines()[-1]
+            assert f"workflow {workflow_id} COMPLETED" in stdout.splitlines()  # then its result
     code, stdout, stderr = await _are_async(traced.target, "status", workflow_id)
     assert code == 0, stderr
     assert "publish COMPLETED" in stdout
