@@ -149,6 +149,11 @@ class WorkflowHandle:
         long as the sidecar answers again within the client's
         ``reconnect_window`` (see :meth:`Client.connect <are_sdk.Client.connect>`).
 
+        An update's ``workflow`` (and ``task``) is the status when the sidecar
+        sent it: after its change, and possibly after later ones whose own
+        updates follow. To tell what happened in order, read each update's
+        ``event_type`` (the change itself), as ``examples/research_pipeline.py`` does.
+
         Args:
             include_tasks: Also carry the task that changed in each update;
                 otherwise task changes are coalesced into the counts.

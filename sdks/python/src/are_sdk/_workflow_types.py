@@ -416,8 +416,10 @@ class WorkflowUpdate:
     """One message of :meth:`WorkflowHandle.watch`: the workflow after a change.
 
     Attributes:
-        workflow: The workflow's status after the change.
-        task: The task that changed (without payloads), when tasks are watched.
+        workflow: The workflow's status when the update was sent: after the
+            change, possibly after later ones whose updates follow.
+        task: The task that changed (without payloads), when tasks are
+            watched, as it was when the update was sent.
         event_type: The recorded event's type without its prefix
             (``TASK_COMPLETED``), or "" for the initial status.
         sequence: The cursor to resume from.
