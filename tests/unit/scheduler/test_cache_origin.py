@@ -9,14 +9,9 @@ gets that attempt and its span, the one its TASK_DISPATCHED started.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from are_core.scheduler import (
-    TABLES,
     CacheKey,
     Failure,
     RetryPolicy,
@@ -24,23 +19,11 @@ from are_core.scheduler import (
     TaskOrigin,
     WorkflowSpec,
 )
-from are_core.storage import Durability, GroupCommitter, Storage
 from tests.unit.scheduler.test_engine import FakeWorker, settle, spec
 from tests.unit.scheduler.test_reroute import Sink
+from tests.unit.scheduler.test_timeout_events import traced
 
-
-@pytest.fixture
-async def traced(tmp_path: Path) -> AsyncIterator[tuple[Scheduler, Sink]]:
-    """A started scheduler that records its events."""
-    storage = Storage.open(tmp_path / "data", tables=TABLES, durability=Durability.RELAXED)
-    committer = GroupCommitter(storage)
-    sink = Sink()
-    engine = Scheduler(storage, committer, events=sink, rng=lambda: 0.0)
-    await engine.start()
-    yield engine, sink
-    await engine.stop()
-    await committer.aclose()
-    storage.close()
+__all__ = ["traced"]  # the fixture, used by name
 
 
 async def test_the_lookup_names_the_task_and_the_store_the_attempt_that_completed_it(
